@@ -1,0 +1,45 @@
+//! The stored and wire encoding: a format version byte, then postcard.
+//!
+//! Every encoded value starts with [`FORMAT_VERSION`], so data written by
+//! this version can be recognised, and migrated, by later ones.
+
+use serde::{de::DeserializeOwned, Serialize};
+
+/// The current encoding version.
+pub const FORMAT_VERSION: u8 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("empty input")]
+    Empty,
+    #[error("unknown format version {0} (this build reads version {FORMAT_VERSION})")]
+    UnknownVersion(u8),
+    #[error("malformed encoding: {0}")]
+    Malformed(#[from] postcard::Error),
+    #[error("{0} trailing bytes after the encoded value")]
+    Trailing(usize),
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("encoding failed: {0}")]
+pub struct EncodeError(#[from] postcard::Error);
+
+/// Encodes `value` with the version byte in front.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    let out = vec![FORMAT_VERSION];
+    Ok(postcard::to_extend(value, out)?)
+}
+
+/// Decodes what [`encode`] produced; any truncation, corruption or unknown
+/// version is an error, never a panic.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    let (value, rest) = postcard::take_from_bytes(body)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Trailing(rest.len()));
+    }
+    Ok(value)
+}

@@ -1,0 +1,32 @@
+//! The unit of replication: what one write changed.
+
+use serde::{Deserialize, Serialize};
+
+use crate::state::KeyState;
+use crate::stamp::Stamp;
+
+/// One replicated write. Every client write produces exactly one `Delta`
+/// (MSET one per key), stamped at its origin and never re-stamped.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Delta {
+    /// A change to one key: a partial [`KeyState`] merged into the key's state.
+    Key {
+        db: u32,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        state: KeyState,
+    },
+    /// FLUSHDB (`db: Some`) or FLUSHALL (`db: None`): everything stamped
+    /// before `stamp` is dead; see [`KeyState::prune`].
+    Flush { db: Option<u32>, stamp: Stamp },
+}
+
+impl Delta {
+    /// The stamp the delta was written at (for a key delta, the newest one in it).
+    pub fn stamp(&self) -> Stamp {
+        match self {
+            Delta::Key { state, .. } => state.latest_stamp(),
+            Delta::Flush { stamp, .. } => *stamp,
+        }
+    }
+}

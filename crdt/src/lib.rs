@@ -1,0 +1,20 @@
+//! `chorus-crdt`: the pure data types Chorus stores, replicates and merges.
+//!
+//! No I/O and no async here: a [`KeyState`] per key, [`Stamp`]s from a
+//! hybrid logical clock, the replicated [`Delta`], conflict detection, and
+//! the versioned encoding. See `docs/crdt-semantics.md` for what each Redis
+//! command does when it races another on a different node.
+
+pub mod codec;
+pub mod conflict;
+pub mod delta;
+pub mod number;
+pub mod stamp;
+pub mod state;
+
+pub use codec::{decode, encode, DecodeError, EncodeError, FORMAT_VERSION};
+pub use conflict::{Conflict, ConflictKind, Side, Summary};
+pub use delta::Delta;
+pub use stamp::{system_clock, Clock, DriftError, NodeId, Stamp};
+pub use state::{CounterSum, ExpiryField, Extras, KeyState, Read, Register, Tally};
+pub use uhlc::NTP64;

@@ -1,0 +1,111 @@
+//! Number parsing and formatting with Redis's rules.
+//!
+//! Whether a register holds a number decides how a merged key reads, so every
+//! node must judge it identically: these functions are the one definition.
+
+/// Parses a Redis integer: optional `-`, no `+`, no spaces, no leading zeros
+/// (`"0"` itself excepted), within i64. Mirrors Redis's `string2ll`.
+pub fn parse_int(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, s),
+    };
+    match digits {
+        [] => return None,
+        [b'0'] => return (!neg).then_some(0),
+        [b'0', ..] => return None,
+        _ => {}
+    }
+    if digits.len() > 19 {
+        return None;
+    }
+    let mut magnitude: u64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        magnitude = magnitude.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    if neg {
+        if magnitude <= i64::MAX as u64 + 1 {
+            Some((magnitude as i64).wrapping_neg())
+        } else {
+            None
+        }
+    } else {
+        i64::try_from(magnitude).ok()
+    }
+}
+
+/// Parses a Redis float: a finite decimal number with no surrounding spaces.
+pub fn parse_float(s: &[u8]) -> Option<f64> {
+    let text = std::str::from_utf8(s).ok()?;
+    let first = *s.first()?;
+    let last = *s.last()?;
+    if first.is_ascii_whitespace() || last.is_ascii_whitespace() {
+        return None;
+    }
+    // Rust accepts "inf", "nan" and "infinity"; Redis values never hold them.
+    if !text
+        .bytes()
+        .all(|b| b.is_ascii_digit() || matches!(b, b'-' | b'+' | b'.' | b'e' | b'E'))
+    {
+        return None;
+    }
+    let v: f64 = text.parse().ok()?;
+    v.is_finite().then_some(v)
+}
+
+/// Formats a float the way a user reads it: shortest round-trip digits, no
+/// exponent, integral values without a fraction, and no negative zero.
+pub fn format_float(v: f64) -> String {
+    if v == 0.0 {
+        return "0".to_string();
+    }
+    format!("{v}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ints_follow_redis_string2ll() {
+        assert_eq!(parse_int(b"0"), Some(0));
+        assert_eq!(parse_int(b"-12"), Some(-12));
+        assert_eq!(parse_int(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_int(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b" 1",
+            b"1 ",
+            b"01",
+            b"-0",
+            b"1.0",
+            b"9223372036854775808",
+            b"99999999999999999999",
+        ] {
+            assert_eq!(parse_int(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn floats_reject_spaces_and_non_finite() {
+        assert_eq!(parse_float(b"10.5"), Some(10.5));
+        assert_eq!(parse_float(b"-1e3"), Some(-1000.0));
+        assert_eq!(parse_float(b"5"), Some(5.0));
+        for bad in [&b""[..], b" 1", b"1 ", b"inf", b"nan", b"abc", b"1e999"] {
+            assert_eq!(parse_float(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn float_format_is_plain() {
+        assert_eq!(format_float(10.5), "10.5");
+        assert_eq!(format_float(3.0), "3");
+        assert_eq!(format_float(-0.0), "0");
+        assert_eq!(format_float(1e20), "100000000000000000000");
+    }
+}

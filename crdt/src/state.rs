@@ -1,0 +1,519 @@
+//! The replicated state of one key, the ops that change it, and its merge.
+//!
+//! A key's state has three independent parts, each a join-semilattice:
+//! - a last-writer-wins **register** (SET and every string write, DEL as a
+//!   tombstone), which also carries the expiry its writer set;
+//! - an LWW **expiry field**, written by EXPIRE/PERSIST and friends; the
+//!   effective expiry is the later-stamped of it and the register's own;
+//! - a **counter**: per node, a [`Tally`] of that node's increments, and per
+//!   node the highest prefix of those increments that some reset (a register
+//!   write or delete) had observed and so removed.
+//!
+//! The counter is observed-remove: a SET or DEL removes exactly the
+//! increments its node had seen; an increment concurrent with it survives and
+//! is added on top of the register's value when the key is read.
+//!
+//! Ops are pure: `write`, `incr`, `expire` build a *delta*, itself a
+//! `KeyState` holding only what changed, and applying it locally or on a
+//! replica is the same [`KeyState::merge`]. Merge is commutative, associative
+//! and idempotent for whole states and deltas alike.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::conflict::{Conflict, ConflictKind, Side, Summary};
+use crate::number::{parse_float, parse_int};
+use crate::stamp::{NodeId, Stamp};
+
+/// The LWW register: the latest string write or delete of the key.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Register {
+    /// Stamp of the write; `Stamp::ZERO` means never written.
+    pub stamp: Stamp,
+    /// Stamp of the register state this write replaced on its origin node:
+    /// any write stamped after it was not seen by this one.
+    pub parent: Stamp,
+    /// The value; `None` is a tombstone (DEL, or nothing written).
+    #[serde(with = "serde_bytes")]
+    pub value: Option<Box<[u8]>>,
+    /// Absolute expiry in unix ms set by this write; 0 for none.
+    pub expire_at_ms: u64,
+}
+
+impl Register {
+    /// Total order used to pick the winner. Distinct writes never share a
+    /// stamp; the rest of the key only makes the order total on any input.
+    fn beats(&self, other: &Register) -> bool {
+        (self.stamp, self.parent, self.expire_at_ms, &self.value)
+            > (other.stamp, other.parent, other.expire_at_ms, &other.value)
+    }
+}
+
+/// The LWW expiry field written by EXPIRE, PEXPIREAT, PERSIST, ...
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ExpiryField {
+    pub stamp: Stamp,
+    /// Absolute expiry in unix ms; 0 means persistent.
+    pub at_ms: u64,
+}
+
+/// One node's increments to one key, within a segment that began at `epoch`.
+///
+/// Only the node itself writes its tally, so `(epoch, ops)` orders every
+/// version of it. A node begins a new segment (a fresh epoch) when every
+/// increment of its old segment was removed by a reset; so the sums stay
+/// small and a float sum after a reset holds exactly the increments since.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Tally {
+    pub epoch: Stamp,
+    /// Increments in this segment.
+    pub ops: u64,
+    /// Sum of integer increments in this segment (wrapping).
+    pub int: i64,
+    /// Sum of INCRBYFLOAT increments in this segment, in the node's order.
+    pub float: f64,
+    /// How many of the increments were INCRBYFLOAT.
+    pub float_ops: u64,
+}
+
+impl PartialEq for Tally {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+impl Eq for Tally {}
+
+impl Tally {
+    fn key(&self) -> (Stamp, u64, i64, u64, u64) {
+        (
+            self.epoch,
+            self.ops,
+            self.int,
+            self.float.to_bits(),
+            self.float_ops,
+        )
+    }
+
+    /// True when `self` is the same or a later version than `other`.
+    fn covers(&self, other: &Tally) -> bool {
+        (self.epoch, self.ops) >= (other.epoch, other.ops)
+    }
+
+    /// The part of `self` not removed by `removed` (a version of the same
+    /// node's tally that some reset observed).
+    fn surviving(&self, removed: Option<&Tally>) -> Option<Tally> {
+        let Some(r) = removed else { return Some(*self) };
+        if r.covers(self) {
+            None
+        } else if r.epoch == self.epoch {
+            Some(Tally {
+                epoch: self.epoch,
+                ops: self.ops - r.ops,
+                int: self.int.wrapping_sub(r.int),
+                float: self.float - r.float,
+                float_ops: self.float_ops.saturating_sub(r.float_ops),
+            })
+        } else {
+            // A later segment began after this node saw its earlier ones removed.
+            Some(*self)
+        }
+    }
+}
+
+/// Keep the later of two versions of one node's tally.
+fn join_tally(into: &mut BTreeMap<NodeId, Tally>, node: NodeId, t: &Tally) {
+    into.entry(node)
+        .and_modify(|mine| {
+            if t.key() > mine.key() {
+                *mine = *t;
+            }
+        })
+        .or_insert(*t);
+}
+
+/// Everything but the register, boxed: most keys are plain strings and pay
+/// one pointer for it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Extras {
+    pub expiry: ExpiryField,
+    /// Latest tally of each node.
+    pub counts: BTreeMap<NodeId, Tally>,
+    /// Per node, the latest version of its tally that some reset observed.
+    pub removed: BTreeMap<NodeId, Tally>,
+}
+
+impl Extras {
+    fn is_empty(&self) -> bool {
+        self.expiry.stamp.is_zero() && self.counts.is_empty() && self.removed.is_empty()
+    }
+}
+
+/// Sum of a key's surviving increments.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct CounterSum {
+    pub int: i64,
+    /// Float increments summed in node-id order, so every node gets the same bits.
+    pub float: f64,
+    pub float_ops: u64,
+    /// Whether any increment survives at all.
+    pub any: bool,
+}
+
+/// How a key reads at some instant.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Read<'a> {
+    Absent,
+    /// A string; also a non-numeric string that hides surviving increments.
+    Str(&'a [u8]),
+    /// An integer register plus surviving integer increments.
+    Int(i64),
+    /// A register plus surviving increments of which some were INCRBYFLOAT.
+    Float(f64),
+}
+
+impl Read<'_> {
+    /// The bytes a GET returns, `None` when absent.
+    pub fn render(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        use std::borrow::Cow;
+        match self {
+            Read::Absent => None,
+            Read::Str(v) => Some(Cow::Borrowed(v)),
+            Read::Int(i) => Some(Cow::Owned(i.to_string().into_bytes())),
+            Read::Float(f) => Some(Cow::Owned(crate::number::format_float(*f).into_bytes())),
+        }
+    }
+}
+
+/// The full replicated state of one key.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct KeyState {
+    pub reg: Register,
+    pub extras: Option<Box<Extras>>,
+}
+
+impl KeyState {
+    /// True when the state holds nothing at all (no write ever merged).
+    pub fn is_empty(&self) -> bool {
+        self.reg.stamp.is_zero() && self.extras.is_none()
+    }
+
+    /// Effective absolute expiry in unix ms, 0 when none.
+    pub fn expire_at_ms(&self) -> u64 {
+        match &self.extras {
+            Some(x) if x.expiry.stamp > self.reg.stamp => x.expiry.at_ms,
+            _ => self.reg.expire_at_ms,
+        }
+    }
+
+    /// Whether the key's expiry has passed at `now_ms`.
+    pub fn is_expired(&self, now_ms: u64) -> bool {
+        let at = self.expire_at_ms();
+        at != 0 && at <= now_ms
+    }
+
+    /// Sum of the increments no reset has removed.
+    pub fn counter_sum(&self) -> CounterSum {
+        let mut sum = CounterSum::default();
+        let Some(x) = &self.extras else { return sum };
+        for (node, tally) in &x.counts {
+            if let Some(s) = tally.surviving(x.removed.get(node)) {
+                sum.int = sum.int.wrapping_add(s.int);
+                sum.float += s.float;
+                sum.float_ops += s.float_ops;
+                sum.any = true;
+            }
+        }
+        sum
+    }
+
+    /// How the key reads at `now_ms`, ignoring expiry when `now_ms` is 0.
+    pub fn read(&self, now_ms: u64) -> Read<'_> {
+        if now_ms != 0 && self.is_expired(now_ms) {
+            return Read::Absent;
+        }
+        let sum = self.counter_sum();
+        let value = self.reg.value.as_deref();
+        if !sum.any {
+            return value.map_or(Read::Absent, Read::Str);
+        }
+        let float_total = |base: f64| base + sum.int as f64 + sum.float;
+        match value {
+            None if sum.float_ops == 0 => Read::Int(sum.int),
+            None => Read::Float(float_total(0.0)),
+            Some(v) => match parse_int(v) {
+                Some(base) if sum.float_ops == 0 => Read::Int(base.wrapping_add(sum.int)),
+                _ => match parse_float(v) {
+                    Some(base) => Read::Float(float_total(base)),
+                    None => Read::Str(v),
+                },
+            },
+        }
+    }
+
+    /// Whether the key exists at `now_ms`.
+    pub fn exists(&self, now_ms: u64) -> bool {
+        !matches!(self.read(now_ms), Read::Absent)
+    }
+
+    /// The latest stamp anywhere in the state that a reset must follow.
+    pub fn latest_stamp(&self) -> Stamp {
+        let mut latest = self.reg.stamp;
+        if let Some(x) = &self.extras {
+            latest = latest.max(x.expiry.stamp);
+            for t in x.counts.values().chain(x.removed.values()) {
+                latest = latest.max(t.epoch);
+            }
+        }
+        latest
+    }
+
+    // ----- ops: pure, each returns a delta to merge locally and replicate -----
+
+    /// A register write (`Some(value)`) or delete (`None`) stamped `stamp`,
+    /// expiring at `expire_at_ms` (0: never). It removes every increment this
+    /// state has observed.
+    pub fn write(&self, stamp: Stamp, value: Option<&[u8]>, expire_at_ms: u64) -> KeyState {
+        let expire_at_ms = if value.is_some() { expire_at_ms } else { 0 };
+        let removed = match &self.extras {
+            Some(x) if !x.counts.is_empty() => Some(Box::new(Extras {
+                removed: x.counts.clone(),
+                ..Extras::default()
+            })),
+            _ => None,
+        };
+        KeyState {
+            reg: Register {
+                stamp,
+                parent: self.reg.stamp,
+                value: value.map(Box::from),
+                expire_at_ms,
+            },
+            extras: removed,
+        }
+    }
+
+    /// An increment by `int` (INCRBY) or by `float` (INCRBYFLOAT, with
+    /// `is_float`) made by `stamp.node` at `stamp`.
+    pub fn incr(&self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> KeyState {
+        let node = stamp.node;
+        let float_ops = u64::from(is_float);
+        // A tally that every reset so far removed is gone from `counts`
+        // (see `normalize`), so a present one still has surviving increments.
+        let tally = match self.extras.as_ref().and_then(|x| x.counts.get(&node)) {
+            Some(c) => Tally {
+                epoch: c.epoch,
+                ops: c.ops + 1,
+                int: c.int.wrapping_add(int),
+                float: c.float + float,
+                float_ops: c.float_ops + float_ops,
+            },
+            None => Tally {
+                epoch: stamp,
+                ops: 1,
+                int,
+                float,
+                float_ops,
+            },
+        };
+        KeyState {
+            reg: Register::default(),
+            extras: Some(Box::new(Extras {
+                counts: BTreeMap::from([(node, tally)]),
+                ..Extras::default()
+            })),
+        }
+    }
+
+    /// Sets the key's expiry to `at_ms` (0: persist), stamped `stamp`.
+    pub fn expire(&self, stamp: Stamp, at_ms: u64) -> KeyState {
+        KeyState {
+            reg: Register::default(),
+            extras: Some(Box::new(Extras {
+                expiry: ExpiryField { stamp, at_ms },
+                ..Extras::default()
+            })),
+        }
+    }
+
+    /// The delete that `node` records for a key whose expiry has passed:
+    /// stamped at the expiry time, or just after the newest stamp in the
+    /// state if that is later, so that it removes everything the key held.
+    pub fn expiry_delete(&self, node: NodeId) -> KeyState {
+        let at = Stamp::from_unix_ms(self.expire_at_ms(), node);
+        let latest = self.latest_stamp();
+        let stamp = if at > latest {
+            at
+        } else {
+            latest.next_after(node)
+        };
+        self.write(stamp, None, 0)
+    }
+
+    // ----- merge -----
+
+    /// Merges `other` (a state or a delta) into `self` and returns the
+    /// conflicts this merge resolved: writes that lost without their winner
+    /// having seen them. The state is idempotent; the report is per delivery
+    /// (merging a concurrent loser again reports it again), which is why the
+    /// replication layer applies each delta once and conflict logs dedupe by
+    /// (key, winner stamp, loser stamp).
+    pub fn merge(&mut self, other: &KeyState) -> Vec<Conflict> {
+        let mut conflicts = Vec::new();
+        let counters = self.has_counts() || other.has_counts();
+        let hidden_before = if counters {
+            self.hidden_increments()
+        } else {
+            Vec::new()
+        };
+
+        let mut reg_changed = false;
+        if other.reg != self.reg {
+            let other_wins = other.reg.beats(&self.reg);
+            let (winner, loser) = if other_wins {
+                (&other.reg, &self.reg)
+            } else {
+                (&self.reg, &other.reg)
+            };
+            if let Some(c) = register_conflict(winner, loser) {
+                conflicts.push(c);
+            }
+            if other_wins {
+                self.reg = other.reg.clone();
+                reg_changed = true;
+            }
+        }
+
+        if let Some(theirs) = &other.extras {
+            let mine = self.extras.get_or_insert_with(Default::default);
+            if (theirs.expiry.stamp, theirs.expiry.at_ms) > (mine.expiry.stamp, mine.expiry.at_ms) {
+                mine.expiry = theirs.expiry;
+            }
+            for (node, t) in &theirs.counts {
+                join_tally(&mut mine.counts, *node, t);
+            }
+            for (node, t) in &theirs.removed {
+                join_tally(&mut mine.removed, *node, t);
+            }
+        }
+        self.normalize();
+
+        if counters {
+            let kind = if reg_changed {
+                ConflictKind::TypeClash
+            } else {
+                ConflictKind::IncrementHidden
+            };
+            for side in self.hidden_increments() {
+                if !hidden_before.contains(&side) {
+                    conflicts.push(Conflict {
+                        kind,
+                        winner: register_side(&self.reg),
+                        loser: side,
+                    });
+                }
+            }
+        }
+        conflicts
+    }
+
+    /// Drops everything stamped before `floor`: the effect of a FLUSHDB or
+    /// FLUSHALL stamped `floor` on this key.
+    pub fn prune(&mut self, floor: Stamp) {
+        if self.reg.stamp < floor {
+            self.reg = Register::default();
+        }
+        if let Some(x) = &mut self.extras {
+            if x.expiry.stamp < floor {
+                x.expiry = ExpiryField::default();
+            }
+            x.counts.retain(|_, t| t.epoch >= floor);
+            x.removed.retain(|_, t| t.epoch >= floor);
+        }
+        self.normalize();
+    }
+
+    /// Whether this state may be dropped once every peer has acknowledged
+    /// everything up to `acked`: it is a tombstone no peer can still need,
+    /// with no surviving increment and no later expiry write.
+    pub fn collectable(&self, acked: Stamp) -> bool {
+        self.reg.value.is_none()
+            && self.reg.stamp <= acked
+            && self
+                .extras
+                .as_ref()
+                .is_none_or(|x| x.expiry.stamp <= acked && !self.counter_sum().any)
+    }
+
+    fn has_counts(&self) -> bool {
+        self.extras.as_ref().is_some_and(|x| !x.counts.is_empty())
+    }
+
+    /// One canonical form per state, so that equal states compare and encode
+    /// equal on every node: fully removed tallies and empty extras go.
+    fn normalize(&mut self) {
+        if let Some(x) = &mut self.extras {
+            let removed = &x.removed;
+            x.counts
+                .retain(|node, t| removed.get(node).is_none_or(|r| !r.covers(t)));
+            if x.is_empty() {
+                self.extras = None;
+            }
+        }
+    }
+
+    /// Surviving increments hidden because the register holds a non-number.
+    fn hidden_increments(&self) -> Vec<Side> {
+        let Some(x) = &self.extras else {
+            return Vec::new();
+        };
+        let numeric = match self.reg.value.as_deref() {
+            None => true,
+            Some(v) => parse_int(v).is_some() || parse_float(v).is_some(),
+        };
+        if numeric {
+            return Vec::new();
+        }
+        x.counts
+            .iter()
+            .filter_map(|(node, t)| {
+                let s = t.surviving(x.removed.get(node))?;
+                Some(Side {
+                    origin: *node,
+                    stamp: s.epoch,
+                    what: Summary::Increment {
+                        int: s.int,
+                        float: s.float,
+                    },
+                })
+            })
+            .collect()
+    }
+}
+
+fn register_side(reg: &Register) -> Side {
+    Side {
+        origin: reg.stamp.node,
+        stamp: reg.stamp,
+        what: Summary::of_value(reg.value.as_deref()),
+    }
+}
+
+/// The conflict, if any, of `loser` losing to `winner`: the loser was not
+/// seen by the winner exactly when it is newer than the winner's parent.
+fn register_conflict(winner: &Register, loser: &Register) -> Option<Conflict> {
+    if loser.stamp.is_zero() || loser.stamp <= winner.parent || loser.stamp == winner.stamp {
+        return None;
+    }
+    let kind = match (winner.value.is_some(), loser.value.is_some()) {
+        (true, true) => ConflictKind::ConcurrentWrite,
+        (false, true) => ConflictKind::WriteLostToDelete,
+        (true, false) => ConflictKind::DeleteLostToWrite,
+        (false, false) => return None,
+    };
+    Some(Conflict {
+        kind,
+        winner: register_side(winner),
+        loser: register_side(loser),
+    })
+}

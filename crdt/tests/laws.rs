@@ -1,0 +1,360 @@
+//! Property tests: random ops on random nodes, delivered in random orders with
+//! duplicates, converge; merge is commutative, associative and idempotent;
+//! counters and registers hold what the recorded history says they must.
+
+use std::collections::BTreeMap;
+
+use chorus_crdt::{decode, encode, Delta, KeyState, NodeId, Read, Stamp};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    Set(u8),
+    Del,
+    Incr(i8),
+    IncrFloat(i8),
+    Expire(u16),
+    Persist,
+    Flush,
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Op { node: usize, key: u8, op: Op },
+    Deliver { to: usize, pick: usize },
+}
+
+fn op(with_flush: bool, with_floats: bool) -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..4).prop_map(Op::Set),
+        2 => Just(Op::Del),
+        4 => any::<i8>().prop_map(Op::Incr),
+        (if with_floats { 2 } else { 0 }) => any::<i8>().prop_map(Op::IncrFloat),
+        (if with_floats { 1 } else { 0 }) => any::<u16>().prop_map(Op::Expire),
+        (if with_floats { 1 } else { 0 }) => Just(Op::Persist),
+        (if with_flush { 1 } else { 0 }) => Just(Op::Flush),
+    ]
+}
+
+fn steps(nodes: usize, with_flush: bool, with_floats: bool) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => (0..nodes, 0u8..3, op(with_flush, with_floats))
+                .prop_map(|(node, key, op)| Step::Op { node, key, op }),
+            2 => (0..nodes, any::<usize>()).prop_map(|(to, pick)| Step::Deliver { to, pick }),
+        ],
+        1..60,
+    )
+}
+
+/// One node: its Lamport-style clock, flush floor and key states.
+#[derive(Clone, Debug, PartialEq)]
+struct Replica {
+    node: NodeId,
+    time: u64,
+    floor: Stamp,
+    keys: BTreeMap<Vec<u8>, KeyState>,
+    /// Highest increment number of each (key, origin) this node has merged.
+    seen_incrs: BTreeMap<(Vec<u8>, NodeId), u64>,
+}
+
+/// Ground truth recorded while the ops run.
+#[derive(Default)]
+struct History {
+    log: Vec<(Delta, Option<(NodeId, u64)>)>,
+    /// (key, origin, number) -> amount, for every increment made.
+    incrs: BTreeMap<(Vec<u8>, NodeId, u64), i64>,
+    incr_counter: BTreeMap<(Vec<u8>, NodeId), u64>,
+    /// (key, origin) -> highest increment number some reset observed.
+    removed: BTreeMap<(Vec<u8>, NodeId), u64>,
+    /// key -> (stamp, value) of every register write or delete.
+    registers: BTreeMap<Vec<u8>, Vec<(Stamp, Option<Vec<u8>>)>>,
+}
+
+impl Replica {
+    fn new(i: usize) -> Replica {
+        Replica {
+            node: NodeId(i as u64 + 1),
+            time: 0,
+            floor: Stamp::ZERO,
+            keys: BTreeMap::new(),
+            seen_incrs: BTreeMap::new(),
+        }
+    }
+
+    fn stamp(&mut self) -> Stamp {
+        self.time += 1;
+        Stamp {
+            time: self.time,
+            node: self.node,
+        }
+    }
+
+    fn apply(&mut self, delta: &Delta, incr: Option<(NodeId, u64)>) {
+        self.time = self.time.max(delta.stamp().time);
+        match delta {
+            Delta::Key { key, state, .. } => {
+                if let Some((origin, n)) = incr {
+                    let seen = self.seen_incrs.entry((key.clone(), origin)).or_default();
+                    *seen = (*seen).max(n);
+                }
+                let mut incoming = state.clone();
+                incoming.prune(self.floor);
+                let entry = self.keys.entry(key.clone()).or_default();
+                entry.merge(&incoming);
+                if entry.is_empty() {
+                    self.keys.remove(key);
+                }
+            }
+            Delta::Flush { stamp, .. } => {
+                self.floor = self.floor.max(*stamp);
+                let floor = self.floor;
+                self.keys.retain(|_, s| {
+                    s.prune(floor);
+                    !s.is_empty()
+                });
+            }
+        }
+    }
+
+    fn local(&mut self, key: u8, op: &Op, history: &mut History) {
+        let key = vec![b'k', key];
+        let stamp = self.stamp();
+        let state = self.keys.get(&key).cloned().unwrap_or_default();
+        let mut incr = None;
+        let delta_state = match op {
+            Op::Set(_) | Op::Del => {
+                let value = match op {
+                    Op::Set(v) => Some(vec![b'0' + v]),
+                    _ => None,
+                };
+                for ((k, origin), n) in &self.seen_incrs {
+                    if *k == key {
+                        let r = history.removed.entry((key.clone(), *origin)).or_default();
+                        *r = (*r).max(*n);
+                    }
+                }
+                history
+                    .registers
+                    .entry(key.clone())
+                    .or_default()
+                    .push((stamp, value.clone()));
+                state.write(stamp, value.as_deref(), 0)
+            }
+            Op::Incr(by) => {
+                let n = history
+                    .incr_counter
+                    .entry((key.clone(), self.node))
+                    .or_default();
+                *n += 1;
+                history
+                    .incrs
+                    .insert((key.clone(), self.node, *n), i64::from(*by));
+                incr = Some((self.node, *n));
+                state.incr(stamp, i64::from(*by), 0.0, false)
+            }
+            Op::IncrFloat(by) => state.incr(stamp, 0, f64::from(*by) / 10.0, true),
+            Op::Expire(at) => state.expire(stamp, u64::from(*at) + 1),
+            Op::Persist => state.expire(stamp, 0),
+            Op::Flush => {
+                let delta = Delta::Flush { db: None, stamp };
+                self.apply(&delta, None);
+                history.log.push((delta, None));
+                return;
+            }
+        };
+        let delta = Delta::Key {
+            db: 0,
+            key,
+            state: delta_state,
+        };
+        self.apply(&delta, incr);
+        history.log.push((delta, incr));
+    }
+}
+
+/// A deterministic shuffle driven by proptest's seed.
+fn shuffled(len: usize, mut seed: u64) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..len).collect();
+    for i in (1..len).rev() {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        order.swap(i, (seed % (i as u64 + 1)) as usize);
+    }
+    order
+}
+
+/// Runs `steps`, then delivers the whole log to every node twice, each time
+/// in its own random order.
+fn run(nodes: usize, steps: &[Step], seed: u64) -> (Vec<Replica>, History) {
+    let mut replicas: Vec<Replica> = (0..nodes).map(Replica::new).collect();
+    let mut history = History::default();
+    for step in steps {
+        match step {
+            Step::Op { node, key, op } => replicas[*node].local(*key, op, &mut history),
+            Step::Deliver { to, pick } if !history.log.is_empty() => {
+                let (delta, incr) = &history.log[pick % history.log.len()];
+                replicas[*to].apply(delta, *incr);
+            }
+            Step::Deliver { .. } => {}
+        }
+    }
+    for (i, r) in replicas.iter_mut().enumerate() {
+        for round in 0..2u64 {
+            for j in shuffled(history.log.len(), seed ^ (i as u64 * 31 + round + 1)) {
+                let (delta, incr) = &history.log[j];
+                r.apply(delta, *incr);
+            }
+        }
+    }
+    (replicas, history)
+}
+
+fn assert_converged(replicas: &[Replica]) -> Result<(), TestCaseError> {
+    for r in &replicas[1..] {
+        prop_assert_eq!(&r.floor, &replicas[0].floor);
+        prop_assert_eq!(&r.keys, &replicas[0].keys);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+    #[test]
+    fn every_node_converges(nodes in 2usize..6, steps in steps(5, true, true), seed in any::<u64>()) {
+        let steps: Vec<Step> = steps.into_iter().map(|s| match s {
+            Step::Op { node, key, op } => Step::Op { node: node % nodes, key, op },
+            Step::Deliver { to, pick } => Step::Deliver { to: to % nodes, pick },
+        }).collect();
+        let (replicas, _) = run(nodes, &steps, seed);
+        assert_converged(&replicas)?;
+        // A flush leaves nothing stamped before it.
+        let floor = replicas[0].floor;
+        for state in replicas[0].keys.values() {
+            prop_assert!(state.reg.stamp.is_zero() || state.reg.stamp >= floor);
+            if let Some(x) = &state.extras {
+                prop_assert!(x.expiry.stamp.is_zero() || x.expiry.stamp >= floor);
+                prop_assert!(x.counts.values().all(|t| t.epoch >= floor));
+            }
+        }
+    }
+
+    #[test]
+    fn counters_and_registers_hold_what_history_says(steps in steps(3, false, false), seed in any::<u64>()) {
+        let (replicas, history) = run(3, &steps, seed);
+        assert_converged(&replicas)?;
+        let keys: Vec<Vec<u8>> = (0u8..3).map(|k| vec![b'k', k]).collect();
+        for key in keys {
+            let state = replicas[0].keys.get(&key).cloned().unwrap_or_default();
+            // The register holds the highest-stamped write.
+            let winner = history.registers.get(&key)
+                .and_then(|w| w.iter().max_by_key(|(s, _)| *s).cloned());
+            prop_assert_eq!(state.reg.stamp, winner.as_ref().map_or(Stamp::ZERO, |w| w.0));
+            let base = winner.and_then(|w| w.1);
+            prop_assert_eq!(state.reg.value.as_deref(), base.as_deref());
+
+            // The counter is the sum of increments that no reset observed.
+            let mut surviving = 0i64;
+            let mut any = false;
+            for ((k, origin, n), by) in &history.incrs {
+                let removed = history.removed.get(&(k.clone(), *origin)).copied().unwrap_or(0);
+                if *k == key && *n > removed {
+                    surviving += by;
+                    any = true;
+                }
+            }
+            let expected = match (&base, any) {
+                (None, false) => Read::Absent,
+                (None, true) => Read::Int(surviving),
+                (Some(v), false) => Read::Str(v),
+                (Some(v), true) => Read::Int(
+                    std::str::from_utf8(v).unwrap().parse::<i64>().unwrap() + surviving,
+                ),
+            };
+            prop_assert_eq!(state.read(0), expected);
+        }
+    }
+
+    #[test]
+    fn merge_is_commutative_associative_and_idempotent(
+        steps in steps(3, false, true), seed in any::<u64>(), picks in prop::array::uniform3(any::<usize>()),
+    ) {
+        // The pool: every delta of one key, and every node's final state of it.
+        let (replicas, history) = run(3, &steps, seed);
+        let key = vec![b'k', 0];
+        let mut pool: Vec<KeyState> = history.log.iter().filter_map(|(d, _)| match d {
+            Delta::Key { key: k, state, .. } if *k == key => Some(state.clone()),
+            _ => None,
+        }).collect();
+        pool.extend(replicas.iter().filter_map(|r| r.keys.get(&key).cloned()));
+        prop_assume!(!pool.is_empty());
+        let [a, b, c] = picks.map(|p| pool[p % pool.len()].clone());
+        let join = |x: &KeyState, y: &KeyState| { let mut z = x.clone(); z.merge(y); z };
+
+        prop_assert_eq!(join(&a, &b), join(&b, &a));
+        prop_assert_eq!(join(&join(&a, &b), &c), join(&a, &join(&b, &c)));
+        prop_assert_eq!(join(&a, &a), a.clone());
+        let ab = join(&a, &b);
+        prop_assert_eq!(join(&ab, &b), ab);
+    }
+
+    #[test]
+    fn conflicts_are_reported_exactly_when_neither_write_saw_the_other(
+        ta in 1u64..100, tb in 1u64..100, b_saw_a in any::<bool>(),
+        a_deletes in any::<bool>(), b_deletes in any::<bool>(),
+    ) {
+        let (a_node, b_node) = (NodeId(1), NodeId(2));
+        let empty = KeyState::default();
+        let a_write = empty.write(Stamp { time: ta, node: a_node }, (!a_deletes).then_some(&b"a"[..]), 0);
+        let mut a = empty.clone();
+        a.merge(&a_write);
+        let mut b = empty.clone();
+        let mut tb = tb;
+        if b_saw_a {
+            b.merge(&a_write);
+            tb = tb.max(ta + 1); // the HLC moved past what it saw
+        }
+        let b_write = b.write(Stamp { time: tb, node: b_node }, (!b_deletes).then_some(&b"b"[..]), 0);
+        b.merge(&b_write);
+        let at_a = a.merge(&b_write);
+        let at_b = b.merge(&a_write);
+        prop_assert_eq!(&a, &b);
+        let both_deletes = a_deletes && b_deletes;
+        let expected = if b_saw_a || both_deletes { 0 } else { 1 };
+        prop_assert_eq!(at_a.len(), expected);
+        prop_assert_eq!(at_b.len(), if b_saw_a { 0 } else { expected });
+        if expected == 1 {
+            let winner = if tb > ta || (tb == ta) { b_node } else { a_node };
+            prop_assert_eq!(at_a[0].winner.origin, winner);
+        }
+    }
+
+    #[test]
+    fn decoding_random_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = decode::<KeyState>(&bytes);
+        let _ = decode::<Delta>(&bytes);
+        let mut versioned = vec![chorus_crdt::FORMAT_VERSION];
+        versioned.extend_from_slice(&bytes);
+        let _ = decode::<KeyState>(&versioned);
+        let _ = decode::<Delta>(&versioned);
+    }
+
+    #[test]
+    fn truncated_or_flipped_encodings_are_errors_or_other_values(
+        steps in steps(2, true, true), seed in any::<u64>(), cut in any::<usize>(), flip in any::<(usize, u8)>(),
+    ) {
+        let (_, history) = run(2, &steps, seed);
+        for (delta, _) in &history.log {
+            let bytes = encode(delta).unwrap();
+            prop_assert_eq!(&decode::<Delta>(&bytes).unwrap(), delta);
+            let cut = cut % bytes.len();
+            prop_assert!(decode::<Delta>(&bytes[..cut]).is_err());
+            let mut flipped = bytes.clone();
+            let i = flip.0 % flipped.len();
+            flipped[i] ^= flip.1 | 1;
+            let _ = decode::<Delta>(&flipped);
+        }
+    }
+}

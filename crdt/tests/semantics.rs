@@ -1,0 +1,323 @@
+//! One test per semantic rule of DESIGN.md, each a race between two nodes.
+
+use chorus_crdt::{decode, encode, ConflictKind, KeyState, NodeId, Read, Stamp, Summary};
+
+const A: NodeId = NodeId(1);
+const B: NodeId = NodeId(2);
+const C: NodeId = NodeId(3);
+
+fn shown(k: &KeyState) -> Option<Vec<u8>> {
+    k.read(0).render().map(|v| v.into_owned())
+}
+
+fn at(time: u64, node: NodeId) -> Stamp {
+    Stamp { time, node }
+}
+
+/// Applies a local op: the delta merges into the node's own state.
+fn apply(state: &mut KeyState, delta: &KeyState) -> KeyState {
+    let conflicts = state.merge(delta);
+    assert!(conflicts.is_empty(), "a local op conflicts with nothing: {conflicts:?}");
+    delta.clone()
+}
+
+/// Merges `deltas` into copies of `start` in both orders; both must agree.
+fn both_orders(start: &KeyState, x: &KeyState, y: &KeyState) -> KeyState {
+    let mut one = start.clone();
+    one.merge(x);
+    one.merge(y);
+    let mut two = start.clone();
+    two.merge(y);
+    two.merge(x);
+    assert_eq!(one, two, "merge order changed the result");
+    one
+}
+
+#[test]
+fn set_and_concurrent_incr_add_up() {
+    let empty = KeyState::default();
+    let set = empty.write(at(10, A), Some(b"10"), 0);
+    let incr = empty.incr(at(5, B), 1, 0.0, false);
+    let merged = both_orders(&empty, &set, &incr);
+    // The increment is older by stamp but the SET never saw it: it survives.
+    assert_eq!(merged.read(0), Read::Int(11));
+}
+
+#[test]
+fn set_removes_the_increments_it_observed() {
+    let mut a = KeyState::default();
+    let incr = a.incr(at(1, B), 7, 0.0, false);
+    apply(&mut a, &incr);
+    assert_eq!(a.read(0), Read::Int(7));
+    let set = a.write(at(2, A), Some(b"100"), 0);
+    apply(&mut a, &set);
+    assert_eq!(shown(&a).as_deref(), Some(&b"100"[..]));
+
+    // B, which made the increment, gets the SET: same result, and its next
+    // increment lands on top of 100.
+    let mut b = KeyState::default();
+    b.merge(&incr);
+    b.merge(&set);
+    assert_eq!(shown(&b).as_deref(), Some(&b"100"[..]));
+    let again = b.incr(at(3, B), 1, 0.0, false);
+    apply(&mut b, &again);
+    a.merge(&again);
+    assert_eq!(a.read(0), Read::Int(101));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn del_and_concurrent_incr_leave_the_increment() {
+    let mut a = KeyState::default();
+    let first = a.incr(at(1, A), 5, 0.0, false);
+    apply(&mut a, &first);
+    let mut b = a.clone();
+
+    let del = a.write(at(3, A), None, 0);
+    apply(&mut a, &del);
+    assert_eq!(a.read(0), Read::Absent);
+    let concurrent = b.incr(at(2, B), 2, 0.0, false);
+    apply(&mut b, &concurrent);
+
+    a.merge(&concurrent);
+    b.merge(&del);
+    assert_eq!(a, b);
+    assert_eq!(a.read(0), Read::Int(2), "only the unobserved increment survives");
+}
+
+#[test]
+fn del_and_set_race_by_stamp_in_both_orders() {
+    let mut base = KeyState::default();
+    let v = base.write(at(1, C), Some(b"old"), 0);
+    apply(&mut base, &v);
+
+    let set = base.write(at(10, A), Some(b"new"), 0);
+    let del = base.write(at(11, B), None, 0);
+    let mut one = base.clone();
+    one.merge(&set);
+    let c = one.merge(&del);
+    assert_eq!(one.read(0), Read::Absent);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, ConflictKind::WriteLostToDelete);
+    assert_eq!(c[0].loser.what, Summary::Value(b"new".to_vec()));
+
+    let del = base.write(at(10, B), None, 0);
+    let set = base.write(at(11, A), Some(b"new"), 0);
+    let mut two = base.clone();
+    two.merge(&del);
+    let c = two.merge(&set);
+    assert_eq!(two.read(0), Read::Str(b"new"));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, ConflictKind::DeleteLostToWrite);
+    assert_eq!(c[0].loser.what, Summary::Deleted);
+}
+
+#[test]
+fn concurrent_sets_converge_and_report_one_conflict_on_each_side() {
+    let empty = KeyState::default();
+    let x = empty.write(at(10, A), Some(b"x"), 0);
+    let y = empty.write(at(10, B), Some(b"y"), 0);
+    let mut a = empty.clone();
+    apply(&mut a, &x);
+    let mut b = empty.clone();
+    apply(&mut b, &y);
+    let ca = a.merge(&y);
+    let cb = b.merge(&x);
+    assert_eq!(a, b);
+    // Same time, so the node id breaks the tie: B > A.
+    assert_eq!(a.read(0), Read::Str(b"y"));
+    assert_eq!(ca, cb);
+    assert_eq!(ca.len(), 1);
+    assert_eq!(ca[0].winner.origin, B);
+    assert_eq!(ca[0].loser.origin, A);
+    // The winner delivered again is nothing new.
+    assert!(a.merge(&y).is_empty());
+}
+
+#[test]
+fn a_write_that_saw_the_other_is_no_conflict() {
+    let mut a = KeyState::default();
+    let first = a.write(at(1, A), Some(b"1"), 0);
+    apply(&mut a, &first);
+    let mut b = a.clone();
+    let second = b.write(at(2, B), Some(b"2"), 0);
+    apply(&mut b, &second);
+    assert!(a.merge(&second).is_empty());
+    assert_eq!(a.read(0), Read::Str(b"2"));
+}
+
+#[test]
+fn expiry_is_last_writer_wins() {
+    let mut k = KeyState::default();
+    let set = k.write(at(1, A), Some(b"v"), 0);
+    apply(&mut k, &set);
+    let expire = k.expire(at(5, A), 1_000);
+    let persist = k.expire(at(6, B), 0);
+    let merged = both_orders(&k, &expire, &persist);
+    assert_eq!(merged.expire_at_ms(), 0);
+
+    let expire = k.expire(at(7, A), 1_000);
+    let merged = both_orders(&k, &expire, &persist);
+    assert_eq!(merged.expire_at_ms(), 1_000);
+    assert!(merged.is_expired(1_000) && !merged.is_expired(999));
+    assert_eq!(merged.read(1_000), Read::Absent);
+    assert_eq!(merged.read(999), Read::Str(b"v"));
+
+    // A later plain SET clears the TTL; SET with the TTL it read keeps it.
+    let mut cleared = merged.clone();
+    let set = cleared.write(at(8, B), Some(b"w"), 0);
+    apply(&mut cleared, &set);
+    assert_eq!(cleared.expire_at_ms(), 0);
+    let mut kept = merged.clone();
+    let keep = kept.write(at(8, B), Some(b"w"), kept.expire_at_ms());
+    apply(&mut kept, &keep);
+    assert_eq!(kept.expire_at_ms(), 1_000);
+}
+
+#[test]
+fn expiry_delete_removes_everything_and_a_later_write_starts_fresh() {
+    let mut k = KeyState::default();
+    let incr = k.incr(at(1, A), 3, 0.0, false);
+    apply(&mut k, &incr);
+    let exp = k.expire(Stamp::from_unix_ms(1_000, A), 2_000);
+    apply(&mut k, &exp);
+    assert_eq!(k.read(1_999), Read::Int(3));
+    assert_eq!(k.read(2_000), Read::Absent);
+
+    let del = k.expiry_delete(B);
+    assert_eq!(del.reg.stamp, Stamp::from_unix_ms(2_000, B));
+    let mut b = k.clone();
+    apply(&mut b, &del);
+    assert_eq!(b.read(0), Read::Absent);
+    let fresh = b.incr(Stamp::from_unix_ms(2_500, B), 1, 0.0, false);
+    apply(&mut b, &fresh);
+    assert_eq!(b.read(3_000), Read::Int(1));
+    assert!(del.reg.stamp > exp.latest_stamp());
+}
+
+#[test]
+fn flush_kills_every_older_state_but_not_newer_writes() {
+    let mut k = KeyState::default();
+    let set = k.write(at(5, A), Some(b"10"), 0);
+    apply(&mut k, &set);
+    let old_incr = k.incr(at(6, B), 1, 0.0, false);
+    apply(&mut k, &old_incr);
+    let mut flushed = k.clone();
+    flushed.prune(at(8, C));
+    assert!(flushed.is_empty());
+
+    let newer = KeyState::default().write(at(9, A), Some(b"x"), 0);
+    let mut survivor = k.clone();
+    survivor.merge(&newer);
+    survivor.prune(at(8, C));
+    assert_eq!(survivor.read(0), Read::Str(b"x"));
+}
+
+#[test]
+fn float_counter_sums_to_the_same_bits_in_every_order() {
+    let empty = KeyState::default();
+    let deltas = [
+        empty.incr(at(1, A), 0, 0.1, true),
+        empty.incr(at(2, B), 0, 0.2, true),
+        empty.incr(at(3, C), 0, 1e-17, true),
+    ];
+    let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    let mut bits = None;
+    for order in orders {
+        let mut k = KeyState::default();
+        for i in order {
+            k.merge(&deltas[i]);
+        }
+        let Read::Float(v) = k.read(0) else {
+            panic!("float expected")
+        };
+        assert_eq!(*bits.get_or_insert(v.to_bits()), v.to_bits());
+    }
+}
+
+#[test]
+fn float_increments_after_a_reset_are_exact() {
+    let mut k = KeyState::default();
+    let big = k.incr(at(1, A), 0, 1e6, true);
+    apply(&mut k, &big);
+    let reset = k.write(at(2, A), Some(b"0"), 0);
+    apply(&mut k, &reset);
+    let small = k.incr(at(3, A), 0, 0.1, true);
+    apply(&mut k, &small);
+    assert_eq!(k.read(0), Read::Float(0.1));
+}
+
+#[test]
+fn set_of_a_string_over_unseen_increments_is_a_type_clash() {
+    let empty = KeyState::default();
+    let incr = empty.incr(at(1, A), 4, 0.0, false);
+    let set = empty.write(at(2, B), Some(b"hello"), 0);
+    let mut a = empty.clone();
+    apply(&mut a, &incr);
+    let c = a.merge(&set);
+    assert_eq!(a.read(0), Read::Str(b"hello"));
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, ConflictKind::TypeClash);
+    assert_eq!(c[0].loser.what, Summary::Increment { int: 4, float: 0.0 });
+
+    let mut b = empty.clone();
+    apply(&mut b, &set);
+    let c = b.merge(&incr);
+    assert_eq!(c.len(), 1);
+    assert_eq!(c[0].kind, ConflictKind::IncrementHidden);
+    assert_eq!(a, b);
+
+    // A numeric value written later uncovers nothing: it saw the increments.
+    let num = b.write(at(3, B), Some(b"1"), 0);
+    apply(&mut b, &num);
+    assert_eq!(shown(&b).as_deref(), Some(&b"1"[..]));
+}
+
+#[test]
+fn large_values_are_reported_by_digest() {
+    let big = vec![b'x'; 1000];
+    let empty = KeyState::default();
+    let x = empty.write(at(1, A), Some(&big), 0);
+    let y = empty.write(at(2, B), Some(b"small"), 0);
+    let mut k = empty.clone();
+    k.merge(&y);
+    let c = k.merge(&x);
+    assert!(matches!(c[0].loser.what, Summary::Digest { len: 1000, .. }));
+}
+
+#[test]
+fn tombstones_are_collectable_only_once_acknowledged_and_empty() {
+    let mut k = KeyState::default();
+    let set = k.write(at(1, A), Some(b"v"), 0);
+    apply(&mut k, &set);
+    assert!(!k.collectable(at(100, A)), "a live value is never collected");
+    let del = k.write(at(5, A), None, 0);
+    apply(&mut k, &del);
+    assert!(!k.collectable(at(4, Z)), "not every peer has the delete yet");
+    assert!(k.collectable(at(5, A)));
+
+    let late = KeyState::default().incr(at(3, B), 1, 0.0, false);
+    k.merge(&late);
+    assert!(!k.collectable(at(100, A)), "a surviving increment keeps the key");
+}
+const Z: NodeId = NodeId(u64::MAX);
+
+#[test]
+fn encoding_round_trips_with_a_version_byte() {
+    let mut k = KeyState::default();
+    let set = k.write(at(1, A), Some(b"5"), 99);
+    apply(&mut k, &set);
+    let incr = k.incr(at(2, B), 2, 0.5, true);
+    apply(&mut k, &incr);
+    let bytes = encode(&k).expect("encodes");
+    assert_eq!(bytes[0], chorus_crdt::FORMAT_VERSION);
+    let back: KeyState = decode(&bytes).expect("decodes");
+    assert_eq!(back, k);
+
+    assert!(decode::<KeyState>(&[]).is_err());
+    assert!(decode::<KeyState>(&[99, 0]).is_err());
+    assert!(decode::<KeyState>(&bytes[..bytes.len() - 1]).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(decode::<KeyState>(&longer).is_err());
+}
