@@ -1,0 +1,156 @@
+//! Expiry commands (Redis's `expire.c`). Expiry is an absolute wall-clock
+//! time in ms, replicated as such, never as a relative TTL.
+
+use super::flag::*;
+use super::{int_arg, is, CmdResult, Error, Exec, Spec};
+
+pub static COMMANDS: &[Spec] = &[
+    Spec { name: "expire", arity: -3, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Sets the expiration time of a key in seconds.", run: expire },
+    Spec { name: "pexpire", arity: -3, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Sets the expiration time of a key in milliseconds.", run: pexpire },
+    Spec { name: "expireat", arity: -3, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Sets the expiration time of a key to a Unix timestamp.", run: expireat },
+    Spec { name: "pexpireat", arity: -3, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Sets the expiration time of a key to a Unix milliseconds timestamp.", run: pexpireat },
+    Spec { name: "ttl", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Returns the expiration time in seconds of a key.", run: ttl },
+    Spec { name: "pttl", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Returns the expiration time in milliseconds of a key.", run: pttl },
+    Spec { name: "expiretime", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Returns the expiration time of a key as a Unix timestamp.", run: expiretime },
+    Spec { name: "pexpiretime", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Returns the expiration time of a key as a Unix milliseconds timestamp.", run: pexpiretime },
+    Spec { name: "persist", arity: 2, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Removes the expiration time of a key.", run: persist },
+];
+
+/// Writes the expiry field of a visible key: `at_ms` 0 persists it.
+pub fn set_expiry(x: &mut Exec, key: &[u8], at_ms: u64) -> CmdResult {
+    let stamp = x.stamp();
+    let delta = match x.db(key)?.get(key) {
+        Some(s) => s.expire(stamp, at_ms),
+        None => return Ok(()),
+    };
+    x.apply(key, delta)
+}
+
+fn expire_generic(x: &mut Exec, args: &[&[u8]], unit_ms: i64, absolute: bool, cmd: &str) -> CmdResult {
+    let key = args[1];
+    let n = int_arg(args[2])?;
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for a in &args[3..] {
+        match () {
+            _ if is(a, "NX") => nx = true,
+            _ if is(a, "XX") => xx = true,
+            _ if is(a, "GT") => gt = true,
+            _ if is(a, "LT") => lt = true,
+            _ => return Err(Error::Owned(format!("ERR Unsupported option {}", String::from_utf8_lossy(a)))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return Err(Error::Static("ERR NX and XX, GT or LT options at the same time are not compatible"));
+    }
+    if gt && lt {
+        return Err(Error::Static("ERR GT and LT options at the same time are not compatible"));
+    }
+    let invalid = || Error::Owned(format!("ERR invalid expire time in '{cmd}' command"));
+    let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
+    let at = if absolute {
+        ms
+    } else {
+        ms.checked_add(x.now_ms as i64).ok_or_else(invalid)?
+    };
+    x.prepare_write(key)?;
+    let current = match x.visible(key)? {
+        Some(s) => s.expire_at_ms(),
+        None => {
+            x.out.int(0);
+            return Ok(());
+        }
+    };
+    // No expiry counts as infinite for GT and LT, as in Redis.
+    let current_ttl = if current == 0 { i64::MAX } else { current as i64 };
+    let allowed = (!nx || current == 0)
+        && (!xx || current != 0)
+        && (!gt || at > current_ttl)
+        && (!lt || at < current_ttl);
+    if !allowed {
+        x.out.int(0);
+        return Ok(());
+    }
+    if at <= x.now_ms as i64 {
+        x.set_value(key, None, 0)?;
+    } else {
+        set_expiry(x, key, at as u64)?;
+    }
+    x.out.int(1);
+    Ok(())
+}
+
+fn expire(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    expire_generic(x, args, 1000, false, "expire")
+}
+
+fn pexpire(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    expire_generic(x, args, 1, false, "pexpire")
+}
+
+fn expireat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    expire_generic(x, args, 1000, true, "expireat")
+}
+
+fn pexpireat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    expire_generic(x, args, 1, true, "pexpireat")
+}
+
+/// -2 when the key is absent, -1 when it has no expiry, else the expiry.
+fn expiry_of(x: &mut Exec, key: &[u8]) -> Result<Option<u64>, Error> {
+    Ok(match x.visible(key)? {
+        None => None,
+        Some(s) => Some(s.expire_at_ms()),
+    })
+}
+
+fn reply_remaining(x: &mut Exec, key: &[u8], unit_ms: u64) -> CmdResult {
+    let reply = match expiry_of(x, key)? {
+        None => -2,
+        Some(0) => -1,
+        Some(at) => {
+            let left = at.saturating_sub(x.now_ms);
+            ((left + unit_ms / 2) / unit_ms) as i64
+        }
+    };
+    x.out.int(reply);
+    Ok(())
+}
+
+fn ttl(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    reply_remaining(x, args[1], 1000)
+}
+
+fn pttl(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    reply_remaining(x, args[1], 1)
+}
+
+fn reply_time(x: &mut Exec, key: &[u8], unit_ms: u64) -> CmdResult {
+    let reply = match expiry_of(x, key)? {
+        None => -2,
+        Some(0) => -1,
+        Some(at) => (at / unit_ms) as i64,
+    };
+    x.out.int(reply);
+    Ok(())
+}
+
+fn expiretime(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    reply_time(x, args[1], 1000)
+}
+
+fn pexpiretime(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    reply_time(x, args[1], 1)
+}
+
+fn persist(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let key = args[1];
+    x.prepare_write(key)?;
+    match expiry_of(x, key)? {
+        Some(at) if at != 0 => {
+            set_expiry(x, key, 0)?;
+            x.out.int(1);
+        }
+        _ => x.out.int(0),
+    }
+    Ok(())
+}

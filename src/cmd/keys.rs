@@ -1,0 +1,331 @@
+//! Keyspace commands (Redis's `db.c`).
+
+use super::flag::*;
+use super::{int_arg, is, CmdResult, Error, Exec, Spec, DB_RANGE, NO_SUCH_KEY, SYNTAX};
+use crate::glob;
+
+pub static COMMANDS: &[Spec] = &[
+    Spec { name: "del", arity: -2, flags: WRITE, keys: (1, -1, 1), group: "generic", summary: "Deletes one or more keys.", run: del },
+    Spec { name: "unlink", arity: -2, flags: WRITE | FAST, keys: (1, -1, 1), group: "generic", summary: "Asynchronously deletes one or more keys.", run: del },
+    Spec { name: "exists", arity: -2, flags: READONLY | FAST, keys: (1, -1, 1), group: "generic", summary: "Determines whether one or more keys exist.", run: exists },
+    Spec { name: "touch", arity: -2, flags: READONLY | FAST, keys: (1, -1, 1), group: "generic", summary: "Returns the number of existing keys out of those specified after updating the time they were last accessed.", run: exists },
+    Spec { name: "type", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Determines the type of value stored at a key.", run: type_ },
+    Spec { name: "keys", arity: 2, flags: READONLY | ALLKEYS, keys: (0, 0, 0), group: "generic", summary: "Returns all key names that match a pattern.", run: keys },
+    Spec { name: "scan", arity: -2, flags: READONLY | ALLKEYS, keys: (0, 0, 0), group: "generic", summary: "Iterates over the key names in the database.", run: scan },
+    Spec { name: "randomkey", arity: 1, flags: READONLY | ALLKEYS, keys: (0, 0, 0), group: "generic", summary: "Returns a random key name from the database.", run: randomkey },
+    Spec { name: "dbsize", arity: 1, flags: READONLY | FAST | ALLKEYS, keys: (0, 0, 0), group: "server", summary: "Returns the number of keys in the database.", run: dbsize },
+    Spec { name: "rename", arity: 3, flags: WRITE, keys: (1, 2, 1), group: "generic", summary: "Renames a key and overwrites the destination.", run: rename },
+    Spec { name: "renamenx", arity: 3, flags: WRITE | FAST, keys: (1, 2, 1), group: "generic", summary: "Renames a key only when the target key name doesn't exist.", run: renamenx },
+    Spec { name: "copy", arity: -3, flags: WRITE, keys: (1, 2, 1), group: "generic", summary: "Copies the value of a key to a new key.", run: copy },
+    Spec { name: "flushdb", arity: -1, flags: WRITE | ALLKEYS, keys: (0, 0, 0), group: "server", summary: "Removes all keys from the current database.", run: flushdb },
+    Spec { name: "flushall", arity: -1, flags: WRITE | ALLKEYS, keys: (0, 0, 0), group: "server", summary: "Removes all keys from all databases.", run: flushall },
+    Spec { name: "swapdb", arity: 3, flags: WRITE | FAST | ALLKEYS, keys: (0, 0, 0), group: "server", summary: "Swaps two Redis databases.", run: swapdb },
+];
+
+fn del(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let mut n = 0;
+    for key in &args[1..] {
+        if x.delete(key)? {
+            n += 1;
+        }
+    }
+    x.out.int(n);
+    Ok(())
+}
+
+fn exists(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let mut n = 0;
+    for key in &args[1..] {
+        if x.visible(key)?.is_some() {
+            n += 1;
+        }
+    }
+    x.out.int(n);
+    Ok(())
+}
+
+fn type_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let t = if x.visible(args[1])?.is_some() {
+        "string"
+    } else {
+        "none"
+    };
+    x.out.simple(t);
+    Ok(())
+}
+
+/// Every visible key of the current database, in shard order.
+fn for_each_key(x: &mut Exec, mut f: impl FnMut(&[u8])) {
+    let (db, now) = (x.client.db, x.now_ms);
+    for shard in x.locked.shards() {
+        for (k, s) in &shard.dbs[db].map {
+            if s.exists(now) {
+                f(k);
+            }
+        }
+    }
+}
+
+fn keys(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let pattern = args[1];
+    let all = pattern == b"*";
+    let mut found: Vec<Vec<u8>> = Vec::new();
+    for_each_key(x, |k| {
+        if all || glob::matches(pattern, k, false) {
+            found.push(k.to_vec());
+        }
+    });
+    x.out.array(found.len());
+    for k in &found {
+        x.out.bulk(k);
+    }
+    Ok(())
+}
+
+/// SCAN's cursor is `shard << 32 | position within the shard's map`. A shard
+/// that grows or shrinks during a scan may make it miss or repeat keys of that
+/// shard (Redis guarantees no misses; see docs/compatibility.md).
+fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let cursor: u64 = std::str::from_utf8(args[1])
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(Error::Static("ERR invalid cursor"))?;
+    let mut pattern: Option<&[u8]> = None;
+    let mut count: usize = 10;
+    let mut type_filter: Option<&[u8]> = None;
+    let mut i = 2;
+    while i < args.len() {
+        let value = args.get(i + 1).ok_or(SYNTAX)?;
+        if is(args[i], "MATCH") {
+            pattern = Some(value);
+        } else if is(args[i], "COUNT") {
+            let n = int_arg(value)?;
+            if n < 1 {
+                return Err(SYNTAX);
+            }
+            count = n as usize;
+        } else if is(args[i], "TYPE") {
+            type_filter = Some(value);
+        } else {
+            return Err(SYNTAX);
+        }
+        i += 2;
+    }
+    let (mut shard_i, mut pos) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
+    let (db, now) = (x.client.db, x.now_ms);
+    let mut found: Vec<Vec<u8>> = Vec::new();
+    let mut visited = 0;
+    let shards = crate::keyspace::SHARDS;
+    while shard_i < shards && visited < count {
+        let shard = x.locked.shard(shard_i)?;
+        let map = &shard.dbs[db].map;
+        for (k, s) in map.iter().skip(pos) {
+            pos += 1;
+            visited += 1;
+            let type_ok = type_filter.is_none_or(|t| is(t, "string"));
+            if type_ok && s.exists(now) && pattern.is_none_or(|p| glob::matches(p, k, false)) {
+                found.push(k.to_vec());
+            }
+            if visited >= count {
+                break;
+            }
+        }
+        if pos >= map.len() {
+            shard_i += 1;
+            pos = 0;
+        }
+    }
+    let next = if shard_i >= shards {
+        0
+    } else {
+        ((shard_i as u64) << 32) | pos as u64
+    };
+    x.out.array(2);
+    x.out.bulk(next.to_string().as_bytes());
+    x.out.array(found.len());
+    for k in &found {
+        x.out.bulk(k);
+    }
+    Ok(())
+}
+
+fn randomkey(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
+    let (db, now) = (x.client.db, x.now_ms);
+    let total: usize = x.locked.shards().map(|s| s.dbs[db].live).sum();
+    if total == 0 {
+        x.out.null();
+        return Ok(());
+    }
+    let mut pick = rand::random_range(0..total);
+    let mut chosen: Option<Vec<u8>> = None;
+    // Expired keys still count in `live` until deleted, so fall back to any
+    // visible key when the pick lands on one.
+    for shard in x.locked.shards() {
+        let db = &shard.dbs[db];
+        if pick >= db.live {
+            pick -= db.live;
+            continue;
+        }
+        chosen = db
+            .map
+            .iter()
+            .filter(|(_, s)| s.exists(now))
+            .nth(pick)
+            .or_else(|| db.map.iter().find(|(_, s)| s.exists(now)))
+            .map(|(k, _)| k.to_vec());
+        if chosen.is_some() {
+            break;
+        }
+        pick = 0;
+    }
+    match chosen {
+        Some(k) => x.out.bulk(&k),
+        None => x.out.null(),
+    }
+    Ok(())
+}
+
+fn dbsize(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
+    let db = x.client.db;
+    let n: usize = x.locked.shards().map(|s| s.dbs[db].live).sum();
+    x.out.int(n as i64);
+    Ok(())
+}
+
+/// Copies `src`'s value and TTL to `dst` in database `dst_db`.
+fn copy_value(x: &mut Exec, src: &[u8], dst: &[u8], dst_db: usize) -> CmdResult {
+    let (value, at) = match x.visible(src)? {
+        Some(s) => (s.read(0).render().map(|v| v.into_owned()), s.expire_at_ms()),
+        None => return Err(NO_SUCH_KEY),
+    };
+    let Some(value) = value else {
+        return Err(NO_SUCH_KEY);
+    };
+    let saved = x.client.db;
+    x.client.db = dst_db;
+    let result = x.set_value(dst, Some(&value), at);
+    x.client.db = saved;
+    result
+}
+
+fn rename_generic(x: &mut Exec, args: &[&[u8]], nx: bool) -> CmdResult {
+    let (src, dst) = (args[1], args[2]);
+    x.prepare_write(src)?;
+    if x.visible(src)?.is_none() {
+        return Err(NO_SUCH_KEY);
+    }
+    if src == dst {
+        if nx {
+            x.out.int(0);
+        } else {
+            x.out.ok();
+        }
+        return Ok(());
+    }
+    x.prepare_write(dst)?;
+    if nx && x.visible(dst)?.is_some() {
+        x.out.int(0);
+        return Ok(());
+    }
+    let db = x.client.db;
+    copy_value(x, src, dst, db)?;
+    x.set_value(src, None, 0)?;
+    if nx {
+        x.out.int(1);
+    } else {
+        x.out.ok();
+    }
+    Ok(())
+}
+
+fn rename(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    rename_generic(x, args, false)
+}
+
+fn renamenx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    rename_generic(x, args, true)
+}
+
+fn parse_db(x: &Exec, arg: &[u8]) -> Result<usize, Error> {
+    let n = int_arg(arg).map_err(|_| Error::Static("ERR value is not an integer or out of range"))?;
+    if n < 0 || n as usize >= x.ks.databases() {
+        return Err(DB_RANGE);
+    }
+    Ok(n as usize)
+}
+
+fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let (src, dst) = (args[1], args[2]);
+    let mut dst_db = x.client.db;
+    let mut replace = false;
+    let mut i = 3;
+    while i < args.len() {
+        if is(args[i], "REPLACE") {
+            replace = true;
+        } else if is(args[i], "DB") {
+            dst_db = parse_db(x, args.get(i + 1).ok_or(SYNTAX)?)?;
+            i += 1;
+        } else {
+            return Err(SYNTAX);
+        }
+        i += 1;
+    }
+    if src == dst && dst_db == x.client.db {
+        return Err(Error::Static("ERR source and destination objects are the same"));
+    }
+    x.prepare_write(src)?;
+    if x.visible(src)?.is_none() {
+        x.out.int(0);
+        return Ok(());
+    }
+    let saved = x.client.db;
+    x.client.db = dst_db;
+    let dst_exists = x.prepare_write(dst).and_then(|_| Ok(x.visible(dst)?.is_some()));
+    x.client.db = saved;
+    if dst_exists? && !replace {
+        x.out.int(0);
+        return Ok(());
+    }
+    copy_value(x, src, dst, dst_db)?;
+    x.out.int(1);
+    Ok(())
+}
+
+fn flush_mode(args: &[&[u8]]) -> CmdResult {
+    match args.get(1) {
+        None => Ok(()),
+        Some(a) if args.len() == 2 && (is(a, "SYNC") || is(a, "ASYNC")) => Ok(()),
+        _ => Err(SYNTAX),
+    }
+}
+
+fn flushdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    flush_mode(args)?;
+    let db = x.client.db;
+    x.ks.flush_local(&mut x.locked, Some(db));
+    x.out.ok();
+    Ok(())
+}
+
+fn flushall(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    flush_mode(args)?;
+    x.ks.flush_local(&mut x.locked, None);
+    x.out.ok();
+    Ok(())
+}
+
+fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let parse = |a: &[u8]| -> Result<usize, Error> {
+        let n = int_arg(a).map_err(|_| Error::Static("ERR invalid first DB index"))?;
+        if n < 0 || n as usize >= x.ks.databases() {
+            return Err(DB_RANGE);
+        }
+        Ok(n as usize)
+    };
+    let (a, b) = (parse(args[1])?, parse(args[2])?);
+    for shard in x.locked.shards() {
+        shard.dbs.swap(a, b);
+    }
+    x.out.ok();
+    Ok(())
+}

@@ -1,0 +1,290 @@
+//! The command table and the context every command runs in.
+//!
+//! As in Redis, a declarative table (name, arity, flags, key positions)
+//! lets the dispatcher, not each handler, check arity and authentication,
+//! queue commands inside MULTI, and lock exactly the shards a command's keys
+//! live in before the handler runs.
+
+mod expire;
+mod keys;
+mod server;
+
+pub use server::REDIS_COMPAT_VERSION;
+mod strings;
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use chorus_crdt::{KeyState, Read, Stamp};
+use smallvec::SmallVec;
+
+use crate::keyspace::{Db, Keyspace, Locked, NotLocked};
+use crate::resp::Reply;
+use crate::server::{Client, Shared};
+
+/// A command's error reply; the text starts with the Redis error code.
+#[derive(Debug)]
+pub enum Error {
+    Static(&'static str),
+    Owned(String),
+}
+
+impl Error {
+    pub fn text(&self) -> &str {
+        match self {
+            Error::Static(s) => s,
+            Error::Owned(s) => s,
+        }
+    }
+}
+
+impl From<NotLocked> for Error {
+    fn from(_: NotLocked) -> Self {
+        Error::Static("ERR internal error: command touched a key it did not declare")
+    }
+}
+
+pub type CmdResult = Result<(), Error>;
+
+pub const SYNTAX: Error = Error::Static("ERR syntax error");
+pub const NOT_INTEGER: Error = Error::Static("ERR value is not an integer or out of range");
+pub const NOT_FLOAT: Error = Error::Static("ERR value is not a valid float");
+pub const NO_SUCH_KEY: Error = Error::Static("ERR no such key");
+pub const DB_RANGE: Error = Error::Static("ERR DB index is out of range");
+pub const NOAUTH: &str = "NOAUTH Authentication required.";
+
+pub type Handler = fn(&mut Exec<'_, '_>, &[&[u8]]) -> CmdResult;
+
+pub mod flag {
+    pub const WRITE: u32 = 1;
+    pub const READONLY: u32 = 1 << 1;
+    pub const ADMIN: u32 = 1 << 2;
+    /// Allowed before AUTH.
+    pub const NOAUTH: u32 = 1 << 3;
+    /// Runs at once inside MULTI instead of being queued.
+    pub const NOQUEUE: u32 = 1 << 4;
+    /// Needs every shard (whole-keyspace commands).
+    pub const ALLKEYS: u32 = 1 << 5;
+    pub const FAST: u32 = 1 << 6;
+    /// Not allowed inside MULTI at all.
+    pub const NOMULTI: u32 = 1 << 7;
+}
+
+/// One row of the command table.
+pub struct Spec {
+    pub name: &'static str,
+    /// Redis arity: exact count if positive, minimum count if negative
+    /// (both including the command name).
+    pub arity: i32,
+    pub flags: u32,
+    /// First key, last key (negative: from the end), step; 0 when keyless.
+    pub keys: (i32, i32, i32),
+    pub group: &'static str,
+    pub summary: &'static str,
+    pub run: Handler,
+}
+
+impl Spec {
+    pub fn arity_ok(&self, argc: usize) -> bool {
+        let argc = argc as i32;
+        if self.arity >= 0 {
+            argc == self.arity
+        } else {
+            argc >= -self.arity
+        }
+    }
+
+    /// Positions of the keys in `args`.
+    pub fn key_positions(&self, argc: usize) -> impl Iterator<Item = usize> {
+        let (first, last, step) = self.keys;
+        let last = if last < 0 {
+            argc as i32 + last
+        } else {
+            last.min(argc as i32 - 1)
+        };
+        let range = if first > 0 && step > 0 && last >= first {
+            (first as usize..=last as usize).step_by(step as usize)
+        } else {
+            (1..=0).step_by(1)
+        };
+        range
+    }
+
+    pub fn has(&self, f: u32) -> bool {
+        self.flags & f != 0
+    }
+}
+
+pub fn table() -> impl Iterator<Item = &'static Spec> {
+    strings::COMMANDS
+        .iter()
+        .chain(keys::COMMANDS)
+        .chain(expire::COMMANDS)
+        .chain(server::COMMANDS)
+}
+
+static BY_NAME: LazyLock<HashMap<&'static str, &'static Spec>> =
+    LazyLock::new(|| table().map(|s| (s.name, s)).collect());
+
+/// Finds a command by name, ignoring ASCII case, without allocating.
+pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
+    let mut lower = [0u8; 32];
+    if name.len() > lower.len() {
+        return None;
+    }
+    for (d, s) in lower.iter_mut().zip(name) {
+        *d = s.to_ascii_lowercase();
+    }
+    let name = std::str::from_utf8(&lower[..name.len()]).ok()?;
+    BY_NAME.get(name).copied()
+}
+
+/// The shards to lock for a command with these arguments.
+pub fn shards_for(ks: &Keyspace, spec: &Spec, args: &[&[u8]], into: &mut SmallVec<[usize; 4]>) {
+    for i in spec.key_positions(args.len()) {
+        if let Some(key) = args.get(i) {
+            into.push(ks.shard_of(key));
+        }
+    }
+}
+
+/// Everything a command may touch while it runs.
+pub struct Exec<'s, 'c> {
+    pub shared: &'s Shared,
+    pub ks: &'s Keyspace,
+    pub client: &'c mut Client,
+    pub out: &'c mut Reply,
+    pub locked: Locked<'s>,
+    pub now_ms: u64,
+}
+
+impl<'s> Exec<'s, '_> {
+    /// The current database's part of the shard holding `key`.
+    pub fn db(&mut self, key: &[u8]) -> Result<&mut Db, Error> {
+        let db = self.client.db;
+        let shard = self.locked.shard(self.ks.shard_of(key))?;
+        Ok(&mut shard.dbs[db])
+    }
+
+    /// The key's state if it is visible now (present and not expired).
+    pub fn visible(&mut self, key: &[u8]) -> Result<Option<&KeyState>, Error> {
+        let now = self.now_ms;
+        Ok(self.db(key)?.get(key).filter(|s| s.exists(now)))
+    }
+
+    /// The key's value as GET returns it, copied out.
+    pub fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
+        let now = self.now_ms;
+        Ok(self
+            .db(key)?
+            .get(key)
+            .and_then(|s| s.read(now).render().map(Cow::into_owned)))
+    }
+
+    /// Readies `key` for a write: a key whose expiry passed is deleted first,
+    /// so the write starts from nothing. Returns the state to build on.
+    pub fn for_write(&mut self, key: &[u8]) -> Result<KeyState, Error> {
+        let db = self.client.db;
+        self.ks.expire_if_due(&mut self.locked, db, key, self.now_ms)?;
+        Ok(self.db(key)?.get(key).cloned().unwrap_or_default())
+    }
+
+    /// Like [`Exec::for_write`] but without copying the state out.
+    pub fn prepare_write(&mut self, key: &[u8]) -> CmdResult {
+        let db = self.client.db;
+        self.ks.expire_if_due(&mut self.locked, db, key, self.now_ms)?;
+        Ok(())
+    }
+
+    /// Applies a local write's delta to `key` in the current database.
+    pub fn apply(&mut self, key: &[u8], delta: KeyState) -> CmdResult {
+        let db = self.client.db;
+        self.apply_in(db, key, delta)
+    }
+
+    pub fn apply_in(&mut self, db: usize, key: &[u8], delta: KeyState) -> CmdResult {
+        self.ks.apply_local(&mut self.locked, db, key, delta)?;
+        Ok(())
+    }
+
+    pub fn stamp(&self) -> Stamp {
+        self.ks.clock.now()
+    }
+
+    /// Writes `value` (or deletes, for `None`) with an absolute expiry.
+    pub fn set_value(&mut self, key: &[u8], value: Option<&[u8]>, expire_at_ms: u64) -> CmdResult {
+        self.prepare_write(key)?;
+        let stamp = self.stamp();
+        let db = self.db(key)?;
+        let delta = match db.get(key) {
+            Some(state) => state.write(stamp, value, expire_at_ms),
+            None => KeyState::default().write(stamp, value, expire_at_ms),
+        };
+        self.apply(key, delta)
+    }
+
+    /// Deletes `key` if visible; returns whether it was.
+    pub fn delete(&mut self, key: &[u8]) -> Result<bool, Error> {
+        self.prepare_write(key)?;
+        if self.visible(key)?.is_none() {
+            return Ok(false);
+        }
+        self.set_value(key, None, 0)?;
+        Ok(true)
+    }
+}
+
+/// Parses an integer argument.
+pub fn int_arg(arg: &[u8]) -> Result<i64, Error> {
+    chorus_crdt::number::parse_int(arg).ok_or(NOT_INTEGER)
+}
+
+/// Parses a float argument.
+pub fn float_arg(arg: &[u8]) -> Result<f64, Error> {
+    chorus_crdt::number::parse_float(arg).ok_or(NOT_FLOAT)
+}
+
+/// Writes a key's read value as a bulk reply (or null).
+pub fn reply_read(out: &mut Reply, read: Read<'_>) {
+    match read {
+        Read::Absent => out.null(),
+        Read::Str(v) => out.bulk(v),
+        Read::Int(i) => out.bulk(itoa::Buffer::new().format(i).as_bytes()),
+        Read::Float(f) => out.bulk(chorus_crdt::number::format_float(f).as_bytes()),
+    }
+}
+
+/// Whether an option word equals `name`, ignoring case.
+pub fn is(arg: &[u8], name: &str) -> bool {
+    arg.eq_ignore_ascii_case(name.as_bytes())
+}
+
+/// The Redis error for an unknown command.
+pub fn unknown_command(args: &[&[u8]]) -> String {
+    let name = String::from_utf8_lossy(args.first().copied().unwrap_or_default());
+    let mut msg = format!("ERR unknown command '{}', with args beginning with: ", truncate(&name));
+    for a in args.iter().skip(1).take(16) {
+        msg.push('\'');
+        msg.push_str(&truncate(&String::from_utf8_lossy(a)));
+        msg.push_str("' ");
+    }
+    msg
+}
+
+/// The Redis error for a bad subcommand.
+pub fn unknown_subcommand(cmd: &str, sub: &[u8]) -> Error {
+    Error::Owned(format!(
+        "ERR unknown subcommand '{}'. Try {} HELP.",
+        truncate(&String::from_utf8_lossy(sub)),
+        cmd.to_ascii_uppercase()
+    ))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(128).collect()
+}
+
+pub fn wrong_arity(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{name}' command")
+}

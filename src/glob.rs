@@ -1,0 +1,135 @@
+//! Redis glob patterns (`KEYS`, `SCAN MATCH`, `CONFIG GET`): `*`, `?`,
+//! `[abc]`, `[^a-z]`, and `\` to escape. Iterative with one backtrack point,
+//! so a hostile pattern costs O(pattern * subject), not exponential time.
+
+/// Whether `subject` matches `pattern`, optionally ignoring ASCII case.
+pub fn matches(pattern: &[u8], subject: &[u8], nocase: bool) -> bool {
+    let eq = |a: u8, b: u8| {
+        if nocase {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
+    };
+    let (mut p, mut s) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while s < subject.len() {
+        if p < pattern.len() {
+            match pattern[p] {
+                b'*' => {
+                    while p < pattern.len() && pattern[p] == b'*' {
+                        p += 1;
+                    }
+                    if p == pattern.len() {
+                        return true;
+                    }
+                    star = Some((p, s));
+                    continue;
+                }
+                b'?' => {
+                    p += 1;
+                    s += 1;
+                    continue;
+                }
+                b'[' => {
+                    if let Some((matched, next)) = class(pattern, p, subject[s], &eq) {
+                        if matched {
+                            p = next;
+                            s += 1;
+                            continue;
+                        }
+                    }
+                }
+                b'\\' if p + 1 < pattern.len() => {
+                    if eq(pattern[p + 1], subject[s]) {
+                        p += 2;
+                        s += 1;
+                        continue;
+                    }
+                }
+                c => {
+                    if eq(c, subject[s]) {
+                        p += 1;
+                        s += 1;
+                        continue;
+                    }
+                }
+            }
+        }
+        match star {
+            Some((sp, ss)) => {
+                p = sp;
+                s = ss + 1;
+                star = Some((sp, ss + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p..].iter().all(|&c| c == b'*')
+}
+
+/// Matches one byte against the class starting at `pattern[start] == '['`;
+/// returns whether it matched and where the pattern continues.
+fn class(pattern: &[u8], start: usize, c: u8, eq: &impl Fn(u8, u8) -> bool) -> Option<(bool, usize)> {
+    let mut i = start + 1;
+    let negate = pattern.get(i) == Some(&b'^');
+    if negate {
+        i += 1;
+    }
+    let mut matched = false;
+    loop {
+        let b = *pattern.get(i)?;
+        if b == b']' {
+            break;
+        }
+        if b == b'\\' && i + 1 < pattern.len() {
+            matched |= eq(pattern[i + 1], c);
+            i += 2;
+        } else if pattern.get(i + 1) == Some(&b'-') && i + 2 < pattern.len() && pattern[i + 2] != b']' {
+            let (mut lo, mut hi) = (b, pattern[i + 2]);
+            if lo > hi {
+                std::mem::swap(&mut lo, &mut hi);
+            }
+            matched |= (lo..=hi).contains(&c) || (lo..=hi).any(|x| eq(x, c));
+            i += 3;
+        } else {
+            matched |= eq(b, c);
+            i += 1;
+        }
+    }
+    Some((matched != negate, i + 1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::matches;
+
+    #[test]
+    fn redis_glob_cases() {
+        let yes: &[(&str, &str)] = &[
+            ("*", "anything"),
+            ("h?llo", "hello"),
+            ("h*llo", "heeeello"),
+            ("h[ae]llo", "hallo"),
+            ("h[^e]llo", "hallo"),
+            ("h[a-b]llo", "hbllo"),
+            ("user:*:name", "user:42:name"),
+            ("a\\*b", "a*b"),
+            ("", ""),
+        ];
+        for (p, s) in yes {
+            assert!(matches(p.as_bytes(), s.as_bytes(), false), "{p} ~ {s}");
+        }
+        let no: &[(&str, &str)] = &[("h?llo", "hllo"), ("h[^e]llo", "hello"), ("a*c", "abd"), ("", "a")];
+        for (p, s) in no {
+            assert!(!matches(p.as_bytes(), s.as_bytes(), false), "{p} !~ {s}");
+        }
+        assert!(matches(b"MAXMEM*", b"maxmemory", true));
+    }
+
+    #[test]
+    fn hostile_patterns_finish() {
+        let subject = vec![b'a'; 5000];
+        assert!(!matches(b"*a*a*a*a*a*a*a*a*b", &subject, false));
+    }
+}

@@ -1,0 +1,151 @@
+//! INFO: real figures, in Redis's section and field names.
+
+use std::fmt::Write as _;
+use std::sync::atomic::Ordering;
+
+use crate::server::Shared;
+
+const ALL: &[&str] = &["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "keyspace"];
+
+/// Resident set size of this process in bytes, from /proc.
+pub fn rss_bytes() -> u64 {
+    let Ok(statm) = std::fs::read_to_string("/proc/self/statm") else {
+        return 0;
+    };
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    pages * u64::try_from(page).unwrap_or(4096)
+}
+
+fn cpu_seconds() -> (f64, f64) {
+    // SAFETY: getrusage writes into the struct we pass and nothing else.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } != 0 {
+        return (0.0, 0.0);
+    }
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    (secs(usage.ru_stime), secs(usage.ru_utime))
+}
+
+/// Renders the requested sections (`default`, `all`, `everything` or names).
+pub fn render(shared: &Shared, requested: &[String]) -> String {
+    let wanted: Vec<&str> = if requested.is_empty()
+        || requested.iter().any(|r| r == "default" || r == "all" || r == "everything")
+    {
+        ALL.to_vec()
+    } else {
+        ALL.iter().copied().filter(|s| requested.iter().any(|r| r == s)).collect()
+    };
+    let mut out = String::new();
+    for section in wanted {
+        if !out.is_empty() {
+            out.push_str("\r\n");
+        }
+        let mut title = section.to_string();
+        title[..1].make_ascii_uppercase();
+        let _ = write!(out, "# {title}\r\n");
+        section_body(shared, section, &mut out);
+    }
+    out
+}
+
+fn section_body(shared: &Shared, section: &str, out: &mut String) {
+    let mut line = |k: &str, v: &dyn std::fmt::Display| {
+        let _ = write!(out, "{k}:{v}\r\n");
+    };
+    let c = &shared.config;
+    let st = &shared.stats;
+    match section {
+        "server" => {
+            let uptime = shared.started.elapsed().as_secs();
+            line("redis_version", &crate::cmd::REDIS_COMPAT_VERSION);
+            line("chorus_version", &env!("CARGO_PKG_VERSION"));
+            line("redis_mode", &"standalone");
+            line("os", &std::env::consts::OS);
+            line("arch_bits", &(usize::BITS));
+            line("multiplexing_api", &"epoll");
+            line("process_id", &std::process::id());
+            line("run_id", &shared.run_id);
+            line("node_id", &shared.ks.node());
+            line("tcp_port", &c.port);
+            line("server_threads", &c.server_threads);
+            line("uptime_in_seconds", &uptime);
+            line("uptime_in_days", &(uptime / 86_400));
+            line(
+                "config_file",
+                &c.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            );
+        }
+        "clients" => {
+            line("connected_clients", &shared.clients.lock().len());
+            line("maxclients", &shared.tunables.maxclients.load(Ordering::Relaxed));
+            line("blocked_clients", &0);
+        }
+        "memory" => {
+            let rss = rss_bytes();
+            line("used_memory", &rss);
+            line("used_memory_human", &human(rss));
+            line("used_memory_rss", &rss);
+            line("used_memory_rss_human", &human(rss));
+            line("maxmemory", &0);
+            line("maxmemory_policy", &"noeviction");
+            line("mem_allocator", &"libc");
+        }
+        "persistence" => {
+            line("loading", &0);
+            line("rdb_changes_since_last_save", &0);
+            line("rdb_bgsave_in_progress", &0);
+            line("rdb_last_save_time", &(shared.started_unix_ms / 1000));
+            line("aof_enabled", &0);
+            line("storage_provider", &"none");
+        }
+        "stats" => {
+            let (hits, misses) = shared.ks.hits_misses();
+            line("total_connections_received", &st.total_connections.load(Ordering::Relaxed));
+            line("total_commands_processed", &st.total_commands.load(Ordering::Relaxed));
+            line("total_net_input_bytes", &st.net_input_bytes.load(Ordering::Relaxed));
+            line("total_net_output_bytes", &st.net_output_bytes.load(Ordering::Relaxed));
+            line("rejected_connections", &st.rejected_connections.load(Ordering::Relaxed));
+            line("expired_keys", &shared.ks.expired_keys.load(Ordering::Relaxed));
+            line("keyspace_hits", &hits);
+            line("keyspace_misses", &misses);
+            line("conflicts_total", &shared.ks.conflicts.total.load(Ordering::Relaxed));
+        }
+        "replication" => {
+            line("role", &"master");
+            line("connected_slaves", &0);
+            line("active_replica_peers", &0);
+            line("master_replid", &shared.run_id);
+            line("master_repl_offset", &0);
+        }
+        "cpu" => {
+            let (sys, user) = cpu_seconds();
+            line("used_cpu_sys", &format!("{sys:.6}"));
+            line("used_cpu_user", &format!("{user:.6}"));
+        }
+        "keyspace" => {
+            for (i, (keys, expires)) in shared.ks.db_sizes().into_iter().enumerate() {
+                if keys > 0 {
+                    line(&format!("db{i}"), &format!("keys={keys},expires={expires},avg_ttl=0"));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn human(bytes: u64) -> String {
+    let b = bytes as f64;
+    if b >= 1024.0 * 1024.0 * 1024.0 {
+        format!("{:.2}G", b / (1024.0 * 1024.0 * 1024.0))
+    } else if b >= 1024.0 * 1024.0 {
+        format!("{:.2}M", b / (1024.0 * 1024.0))
+    } else {
+        format!("{:.2}K", b / 1024.0)
+    }
+}

@@ -1,0 +1,424 @@
+//! The node's keyspace: every key's [`KeyState`], sharded by key hash.
+//!
+//! A shard is a mutex over one map per database. A command locks the shards
+//! of its keys (in index order, so two commands never deadlock), runs, and
+//! unlocks before any I/O. MULTI/EXEC and whole-keyspace commands lock every
+//! shard. Every write is a delta: merged here exactly as a replica merges
+//! it, then handed to the [`DeltaSink`] (replication, a later layer).
+
+use std::collections::{BTreeSet, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chorus_crdt::{Clock, Conflict, Delta, KeyState, NodeId, Stamp};
+use hashbrown::HashMap;
+use parking_lot::{Mutex, MutexGuard};
+use smallvec::SmallVec;
+
+/// Shards per keyspace: enough that worker threads rarely meet on one lock,
+/// few enough that locking all of them (EXEC, FLUSHALL) stays cheap.
+pub const SHARDS: usize = 64;
+
+/// Conflicts kept for CRDT.CONFLICTS; older ones are dropped first.
+pub const CONFLICT_LOG_CAPACITY: usize = 4096;
+
+/// Where local writes go after they are applied: the replication layer.
+pub trait DeltaSink: Send + Sync {
+    fn publish(&self, delta: Delta);
+}
+
+/// One database inside one shard.
+#[derive(Default)]
+pub struct Db {
+    pub map: HashMap<Box<[u8]>, KeyState>,
+    /// Keys that read as present (ignoring expiry): tombstones are not keys.
+    pub live: usize,
+    /// (expire_at_ms, key) of every key with an expiry, for the active cycle.
+    pub expiring: BTreeSet<(u64, Box<[u8]>)>,
+    /// The latest FLUSHDB/FLUSHALL stamp applied to this database.
+    pub floor: Stamp,
+}
+
+fn is_live(state: &KeyState) -> bool {
+    state.exists(0)
+}
+
+impl Db {
+    /// The state of `key`, tombstones included.
+    pub fn get(&self, key: &[u8]) -> Option<&KeyState> {
+        self.map.get(key)
+    }
+
+    /// Merges `delta` into `key`, keeping `live`, `expiring` and GC in step.
+    /// Returns the conflicts the merge resolved.
+    pub fn merge(&mut self, key: &[u8], delta: &KeyState, gc_acked: Stamp) -> Vec<Conflict> {
+        let (was_live, old_at) = match self.map.get(key) {
+            Some(s) => (is_live(s), s.expire_at_ms()),
+            None => (false, 0),
+        };
+        let state = match self.map.get_mut(key) {
+            Some(s) => s,
+            None => self.map.entry(Box::from(key)).or_default(),
+        };
+        let conflicts = state.merge(delta);
+        if !self.floor.is_zero() {
+            state.prune(self.floor);
+        }
+        let now_live = is_live(state);
+        let new_at = state.expire_at_ms();
+        let drop = state.is_empty() || state.collectable(gc_acked);
+        if drop {
+            self.map.remove(key);
+        }
+        let new_at = if drop { 0 } else { new_at };
+        if old_at != new_at {
+            if old_at != 0 {
+                self.expiring.remove(&(old_at, Box::from(key)));
+            }
+            if new_at != 0 {
+                self.expiring.insert((new_at, Box::from(key)));
+            }
+        }
+        let now_live = now_live && !drop;
+        match (was_live, now_live) {
+            (false, true) => self.live += 1,
+            (true, false) => self.live -= 1,
+            _ => {}
+        }
+        conflicts
+    }
+
+    /// Applies a flush stamped `stamp`: everything older goes.
+    pub fn flush(&mut self, stamp: Stamp) {
+        self.floor = self.floor.max(stamp);
+        let floor = self.floor;
+        self.map.retain(|_, s| {
+            s.prune(floor);
+            !s.is_empty()
+        });
+        self.live = self.map.values().filter(|s| is_live(s)).count();
+        self.expiring = self
+            .map
+            .iter()
+            .filter(|(_, s)| s.expire_at_ms() != 0)
+            .map(|(k, s)| (s.expire_at_ms(), k.clone()))
+            .collect();
+    }
+
+    /// Keys with an expiry (that are live).
+    pub fn expires_count(&self) -> usize {
+        self.expiring.len()
+    }
+}
+
+/// A shard: one map per database, plus hit/miss counters kept under its lock
+/// so reads pay no shared atomic.
+pub struct Shard {
+    pub dbs: Vec<Db>,
+    pub hits: u64,
+    pub misses: u64,
+}
+
+/// A bounded log of the conflicts this node resolved.
+#[derive(Default)]
+pub struct ConflictLog {
+    entries: Mutex<VecDeque<LoggedConflict>>,
+    pub total: AtomicU64,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoggedConflict {
+    pub db: usize,
+    pub key: Vec<u8>,
+    pub recorded_ms: u64,
+    pub conflict: Conflict,
+}
+
+impl ConflictLog {
+    pub fn record(&self, db: usize, key: &[u8], recorded_ms: u64, conflicts: Vec<Conflict>) {
+        if conflicts.is_empty() {
+            return;
+        }
+        self.total.fetch_add(conflicts.len() as u64, Ordering::Relaxed);
+        let mut log = self.entries.lock();
+        for conflict in conflicts {
+            if log.len() == CONFLICT_LOG_CAPACITY {
+                log.pop_front();
+            }
+            log.push_back(LoggedConflict {
+                db,
+                key: key.to_vec(),
+                recorded_ms,
+                conflict,
+            });
+        }
+    }
+
+    pub fn snapshot(&self) -> Vec<LoggedConflict> {
+        self.entries.lock().iter().cloned().collect()
+    }
+}
+
+pub struct Keyspace {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: hashbrown::DefaultHashBuilder,
+    databases: usize,
+    pub clock: Clock,
+    pub conflicts: ConflictLog,
+    pub expired_keys: AtomicU64,
+    sink: Option<Arc<dyn DeltaSink>>,
+}
+
+/// The shards one command holds, in index order.
+pub struct Locked<'a> {
+    guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 2]>,
+}
+
+/// A command touched a key whose shard it had not locked: a bug in a command
+/// table entry, reported to the client rather than taking the node down.
+#[derive(Debug)]
+pub struct NotLocked;
+
+impl<'a> Locked<'a> {
+    pub fn empty() -> Locked<'a> {
+        Locked {
+            guards: SmallVec::new(),
+        }
+    }
+
+    pub fn shard(&mut self, index: usize) -> Result<&mut Shard, NotLocked> {
+        if self.guards.len() == SHARDS {
+            return Ok(&mut self.guards[index].1);
+        }
+        self.guards
+            .iter_mut()
+            .find(|(i, _)| *i == index)
+            .map(|(_, g)| &mut **g)
+            .ok_or(NotLocked)
+    }
+
+    /// Every locked shard, for whole-keyspace commands.
+    pub fn shards(&mut self) -> impl Iterator<Item = &mut Shard> + use<'_, 'a> {
+        self.guards.iter_mut().map(|(_, g)| &mut **g)
+    }
+
+    pub fn holds_all(&self) -> bool {
+        self.guards.len() == SHARDS
+    }
+}
+
+impl Keyspace {
+    pub fn new(databases: usize, clock: Clock) -> Keyspace {
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    dbs: (0..databases).map(|_| Db::default()).collect(),
+                    hits: 0,
+                    misses: 0,
+                })
+            })
+            .collect();
+        Keyspace {
+            shards,
+            hasher: Default::default(),
+            databases,
+            clock,
+            conflicts: ConflictLog::default(),
+            expired_keys: AtomicU64::new(0),
+            sink: None,
+        }
+    }
+
+    pub fn set_sink(&mut self, sink: Arc<dyn DeltaSink>) {
+        self.sink = Some(sink);
+    }
+
+    pub fn databases(&self) -> usize {
+        self.databases
+    }
+
+    pub fn node(&self) -> NodeId {
+        self.clock.node()
+    }
+
+    pub fn shard_of(&self, key: &[u8]) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Locks the given shards in index order.
+    pub fn lock(&self, mut indexes: SmallVec<[usize; 4]>) -> Locked<'_> {
+        indexes.sort_unstable();
+        indexes.dedup();
+        Locked {
+            guards: indexes.into_iter().map(|i| (i, self.shards[i].lock())).collect(),
+        }
+    }
+
+    pub fn lock_all(&self) -> Locked<'_> {
+        Locked {
+            guards: self.shards.iter().enumerate().map(|(i, s)| (i, s.lock())).collect(),
+        }
+    }
+
+    /// The stamp every peer has acknowledged: tombstones at or before it may
+    /// go. With no peers, nobody can still need a tombstone.
+    pub fn gc_acked(&self) -> Stamp {
+        if self.sink.is_some() {
+            Stamp::ZERO
+        } else {
+            Stamp {
+                time: u64::MAX,
+                node: NodeId(u64::MAX),
+            }
+        }
+    }
+
+    /// Applies a local write's delta and publishes it.
+    pub fn apply_local(&self, locked: &mut Locked<'_>, db: usize, key: &[u8], delta: KeyState) -> Result<(), NotLocked> {
+        let acked = self.gc_acked();
+        let shard = locked.shard(self.shard_of(key))?;
+        let conflicts = shard.dbs[db].merge(key, &delta, acked);
+        debug_assert!(conflicts.is_empty(), "a local write conflicts with nothing");
+        if let Some(sink) = &self.sink {
+            sink.publish(Delta::Key {
+                db: db as u32,
+                key: key.to_vec(),
+                state: delta,
+            });
+        }
+        Ok(())
+    }
+
+    /// Applies a local FLUSHDB (`Some(db)`) or FLUSHALL (`None`) on all shards.
+    pub fn flush_local(&self, locked: &mut Locked<'_>, db: Option<usize>) {
+        let stamp = self.clock.now();
+        for shard in locked.shards() {
+            match db {
+                Some(d) => shard.dbs[d].flush(stamp),
+                None => shard.dbs.iter_mut().for_each(|d| d.flush(stamp)),
+            }
+        }
+        if let Some(sink) = &self.sink {
+            sink.publish(Delta::Flush {
+                db: db.map(|d| d as u32),
+                stamp,
+            });
+        }
+    }
+
+    /// Records the delete of a key whose expiry has passed, if it has.
+    /// Returns whether it did.
+    pub fn expire_if_due(&self, locked: &mut Locked<'_>, db: usize, key: &[u8], now_ms: u64) -> Result<bool, NotLocked> {
+        let shard = locked.shard(self.shard_of(key))?;
+        let Some(state) = shard.dbs[db].get(key) else {
+            return Ok(false);
+        };
+        if !state.is_expired(now_ms) {
+            return Ok(false);
+        }
+        let delete = state.expiry_delete(self.node());
+        // The delete may be stamped past the clock; later writes must follow it.
+        let _ = self.clock.observe(delete.reg.stamp);
+        self.expired_keys.fetch_add(1, Ordering::Relaxed);
+        self.apply_local(locked, db, key, delete)?;
+        Ok(true)
+    }
+
+    /// One round of active expiry: deletes up to `budget` keys per shard whose
+    /// expiry has passed. Returns how many it deleted.
+    pub fn active_expire_cycle(&self, now_ms: u64, budget: usize) -> usize {
+        let mut done = 0;
+        for index in 0..SHARDS {
+            let mut locked = self.lock(SmallVec::from_slice(&[index]));
+            for db in 0..self.databases {
+                let due: Vec<Box<[u8]>> = {
+                    let Ok(shard) = locked.shard(index) else { break };
+                    shard.dbs[db]
+                        .expiring
+                        .iter()
+                        .take_while(|(at, _)| *at <= now_ms)
+                        .take(budget)
+                        .map(|(_, k)| k.clone())
+                        .collect()
+                };
+                for key in due {
+                    if let Ok(true) = self.expire_if_due(&mut locked, db, &key, now_ms) {
+                        done += 1;
+                    }
+                }
+            }
+        }
+        done
+    }
+
+    /// Per-database (keys, keys with expiry), summed over shards.
+    pub fn db_sizes(&self) -> Vec<(usize, usize)> {
+        let mut sizes = vec![(0usize, 0usize); self.databases];
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (i, db) in shard.dbs.iter().enumerate() {
+                sizes[i].0 += db.live;
+                sizes[i].1 += db.expires_count();
+            }
+        }
+        sizes
+    }
+
+    /// (keyspace hits, misses) summed over shards.
+    pub fn hits_misses(&self) -> (u64, u64) {
+        self.shards.iter().fold((0, 0), |(h, m), s| {
+            let s = s.lock();
+            (h + s.hits, m + s.misses)
+        })
+    }
+
+    pub fn reset_stats(&self) {
+        for s in self.shards.iter() {
+            let mut s = s.lock();
+            s.hits = 0;
+            s.misses = 0;
+        }
+        self.expired_keys.store(0, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn keyspace() -> Keyspace {
+        Keyspace::new(2, Clock::new(NodeId(1), chorus_crdt::system_clock, Duration::from_millis(500)))
+    }
+
+    #[test]
+    fn live_count_and_expiry_index_follow_writes_and_deletes() {
+        let ks = keyspace();
+        let mut l = ks.lock_all();
+        let s = ks.clock.now();
+        ks.apply_local(&mut l, 0, b"a", KeyState::default().write(s, Some(b"1"), 5_000)).unwrap();
+        let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
+        assert_eq!((db.live, db.expires_count()), (1, 1));
+
+        let state = db.get(b"a").unwrap().clone();
+        ks.apply_local(&mut l, 0, b"a", state.write(ks.clock.now(), None, 0)).unwrap();
+        let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
+        assert_eq!((db.live, db.expires_count()), (0, 0));
+        assert!(db.get(b"a").is_none(), "standalone: the tombstone is collected at once");
+    }
+
+    #[test]
+    fn active_expiry_deletes_due_keys_only() {
+        let ks = keyspace();
+        {
+            let mut l = ks.lock_all();
+            for (k, at) in [(&b"x"[..], 1_000u64), (b"y", 10_000)] {
+                let d = KeyState::default().write(ks.clock.now(), Some(b"v"), at);
+                ks.apply_local(&mut l, 1, k, d).unwrap();
+            }
+        }
+        assert_eq!(ks.active_expire_cycle(5_000, 100), 1);
+        assert_eq!(ks.db_sizes()[1], (1, 1));
+    }
+}

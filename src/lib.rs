@@ -1,0 +1,38 @@
+//! The Chorus server: config, RESP codec, connections, command table,
+//! keyspace and expiry. Values are `chorus-crdt` states stamped by the
+//! node's hybrid logical clock, so replication adds links, not a rewrite.
+
+pub mod cmd;
+pub mod config;
+pub mod glob;
+pub mod info;
+pub mod keyspace;
+pub mod resp;
+pub mod server;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_crdt::{Clock, NodeId};
+
+pub use config::Config;
+
+/// Default `max-clock-drift`: remote stamps further ahead do not move the clock.
+pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_millis(500);
+
+/// A fresh node id. An in-memory node takes a new one at every start, so its
+/// counter tallies never collide with those of its previous life.
+pub fn new_node_id() -> NodeId {
+    loop {
+        if let Some(id) = NodeId::new(rand::random()) {
+            return id;
+        }
+    }
+}
+
+/// Builds the node's shared state from its config.
+pub fn build(config: Config) -> Arc<server::Shared> {
+    let clock = Clock::new(new_node_id(), chorus_crdt::system_clock, DEFAULT_MAX_CLOCK_DRIFT);
+    let ks = keyspace::Keyspace::new(config.databases, clock);
+    server::Shared::new(config, ks)
+}

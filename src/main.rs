@@ -1,0 +1,169 @@
+//! `chorus`: the server binary.
+//!
+//! `chorus server [CONFIG] [--directive value ...]` runs a node, like
+//! `redis-server`. With no argument: one standalone node on 127.0.0.1:6379.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use chorus::Config;
+use tracing::{info, warn};
+
+const USAGE: &str = "\
+Usage:
+  chorus server [CONFIG] [--directive value ...]   run a node (default: 127.0.0.1:6379, in memory)
+  chorus --version
+  chorus help
+
+Examples:
+  chorus server
+  chorus server conf/chorus.conf --port 6380
+  chorus server --port 7000 --requirepass secret
+";
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("chorus: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("server") => server(&args[1..]),
+        Some("--version") | Some("-v") | Some("version") => {
+            println!("chorus {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Some("help") | Some("--help") | Some("-h") | None => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        Some(other) => bail!("unknown subcommand '{other}'\n{USAGE}"),
+    }
+}
+
+fn server(args: &[String]) -> anyhow::Result<()> {
+    let (file, overrides) = match args.first() {
+        Some(first) if !first.starts_with("--") => (Some(PathBuf::from(first)), &args[1..]),
+        _ => (None, args),
+    };
+    let config = Config::load(file.as_deref(), overrides)?;
+    init_logging(&config)?;
+    info!(
+        "chorus {} starting: {} server thread(s), port {}",
+        env!("CARGO_PKG_VERSION"),
+        config.server_threads,
+        config.port
+    );
+    let runtime = build_runtime(&config)?;
+    let shared = chorus::build(config);
+    info!("node id {}", shared.ks.node());
+    runtime.block_on(async {
+        let serving = tokio::spawn(chorus::server::serve(shared.clone()));
+        tokio::select! {
+            r = serving => r.context("server task failed")??,
+            _ = shutdown_signal() => {
+                info!("Received shutdown signal, scheduling shutdown...");
+            }
+        }
+        anyhow::Ok(())
+    })?;
+    info!("Chorus is now ready to exit, bye bye...");
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            _ => {
+                warn!("could not install signal handlers; stop with SHUTDOWN");
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging(config: &Config) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.loglevel.filter()));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
+    match &config.logfile {
+        Some(path) => {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("cannot open logfile {}", path.display()))?;
+            builder.with_ansi(false).with_writer(Arc::new(file)).init();
+        }
+        None => {
+            use std::io::IsTerminal;
+            builder
+                .with_ansi(std::io::stderr().is_terminal())
+                .with_writer(std::io::stderr)
+                .init()
+        }
+    }
+    Ok(())
+}
+
+/// The CPUs this process may run on, in order.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: sched_getaffinity fills the set we own; CPU_ISSET only reads it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&i| libc::CPU_ISSET(i, &set))
+            .collect()
+    }
+}
+
+fn pin_current_thread(cpu: usize) {
+    // SAFETY: the set is a local we own; the call only affects this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            warn!("could not pin a server thread to CPU {cpu}");
+        }
+    }
+}
+
+fn build_runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(config.server_threads)
+        .thread_name("chorus-server")
+        .enable_all();
+    if config.server_thread_affinity {
+        let cpus = allowed_cpus();
+        if !cpus.is_empty() {
+            let next = Arc::new(AtomicUsize::new(0));
+            builder.on_thread_start(move || {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                pin_current_thread(cpus[i % cpus.len()]);
+            });
+        }
+    }
+    builder.build().context("could not start the runtime")
+}

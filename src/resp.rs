@@ -1,0 +1,528 @@
+//! RESP request parsing (multibulk and inline) and reply encoding (RESP2 and
+//! RESP3).
+//!
+//! The parser never copies a multibulk argument: it returns ranges into the
+//! connection's read buffer. A frame that has not fully arrived yields
+//! [`Parsed::Incomplete`] with the buffer length needed before trying again,
+//! so a large bulk arriving in pieces is not re-scanned on every read.
+
+use std::ops::Range;
+
+/// Hard limits on what one request may claim, checked before any allocation.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Longest accepted bulk string (`proto-max-bulk-len`).
+    pub max_bulk: usize,
+    /// Most arguments in one multibulk request.
+    pub max_args: usize,
+    /// Longest inline request or count line.
+    pub max_inline: usize,
+}
+
+impl Limits {
+    /// What an unauthenticated client may send (as Redis 7 does): small
+    /// requests only, so a stranger cannot make the server allocate.
+    pub fn unauthenticated(self) -> Limits {
+        Limits {
+            max_bulk: self.max_bulk.min(16 * 1024),
+            max_args: self.max_args.min(10),
+            max_inline: self.max_inline,
+        }
+    }
+}
+
+pub const DEFAULT_MAX_ARGS: usize = 1024 * 1024;
+pub const DEFAULT_MAX_INLINE: usize = 64 * 1024;
+
+/// Where the parsed arguments' ranges point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// Into the read buffer (multibulk).
+    Buffer,
+    /// Into the parser's scratch buffer (inline, after unquoting).
+    Scratch,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// One request of `len` bytes; its arguments are in `args` (possibly
+    /// none: an empty line or `*0`).
+    Request { len: usize, source: Source },
+    /// More bytes are needed; do not parse again before the buffer holds `need`.
+    Incomplete { need: usize },
+}
+
+/// A protocol error: reply with it, then close the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtocolError(pub &'static str);
+
+impl ProtocolError {
+    pub fn message(&self) -> String {
+        format!("ERR Protocol error: {}", self.0)
+    }
+}
+
+/// Parses one request from the front of `buf`.
+pub fn parse(
+    buf: &[u8],
+    limits: &Limits,
+    args: &mut Vec<Range<usize>>,
+    scratch: &mut Vec<u8>,
+) -> Result<Parsed, ProtocolError> {
+    args.clear();
+    match buf.first() {
+        None => Ok(Parsed::Incomplete { need: 1 }),
+        Some(b'*') => parse_multibulk(buf, limits, args),
+        Some(_) => parse_inline(buf, limits, args, scratch),
+    }
+}
+
+/// Reads a `<prefix><integer>\r\n` line starting at `at`; returns the value
+/// and the offset after the line.
+fn count_line(
+    buf: &[u8],
+    at: usize,
+    max_line: usize,
+    too_big: &'static str,
+    invalid: &'static str,
+) -> Result<Option<(i64, usize)>, ProtocolError> {
+    let rest = &buf[at + 1..];
+    let Some(cr) = memchr::memchr(b'\r', rest) else {
+        if rest.len() > max_line {
+            return Err(ProtocolError(too_big));
+        }
+        return Ok(None);
+    };
+    if cr + 1 >= rest.len() {
+        return Ok(None);
+    }
+    if rest[cr + 1] != b'\n' {
+        return Err(ProtocolError(invalid));
+    }
+    let n = std::str::from_utf8(&rest[..cr])
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+        .ok_or(ProtocolError(invalid))?;
+    Ok(Some((n, at + 1 + cr + 2)))
+}
+
+fn parse_multibulk(
+    buf: &[u8],
+    limits: &Limits,
+    args: &mut Vec<Range<usize>>,
+) -> Result<Parsed, ProtocolError> {
+    let Some((count, mut pos)) = count_line(
+        buf,
+        0,
+        limits.max_inline,
+        "too big mbulk count string",
+        "invalid multibulk length",
+    )?
+    else {
+        return Ok(Parsed::Incomplete { need: buf.len() + 1 });
+    };
+    if count <= 0 {
+        return Ok(Parsed::Request {
+            len: pos,
+            source: Source::Buffer,
+        });
+    }
+    if count as u64 > limits.max_args as u64 {
+        return Err(ProtocolError("invalid multibulk length"));
+    }
+    for _ in 0..count {
+        if pos >= buf.len() {
+            return Ok(Parsed::Incomplete { need: pos + 1 });
+        }
+        if buf[pos] != b'$' {
+            return Err(match buf[pos] {
+                // Redis names the byte it found; these are the common cases.
+                b'*' => ProtocolError("expected '$', got '*'"),
+                b':' => ProtocolError("expected '$', got ':'"),
+                b'+' => ProtocolError("expected '$', got '+'"),
+                _ => ProtocolError("expected '$', got something else"),
+            });
+        }
+        let Some((len, data)) = count_line(
+            buf,
+            pos,
+            limits.max_inline,
+            "too big bulk count string",
+            "invalid bulk length",
+        )?
+        else {
+            return Ok(Parsed::Incomplete { need: buf.len() + 1 });
+        };
+        if len < 0 || len as u64 > limits.max_bulk as u64 {
+            return Err(ProtocolError("invalid bulk length"));
+        }
+        let end = data + len as usize;
+        if buf.len() < end + 2 {
+            return Ok(Parsed::Incomplete { need: end + 2 });
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Err(ProtocolError("invalid bulk length"));
+        }
+        args.push(data..end);
+        pos = end + 2;
+    }
+    Ok(Parsed::Request {
+        len: pos,
+        source: Source::Buffer,
+    })
+}
+
+fn parse_inline(
+    buf: &[u8],
+    limits: &Limits,
+    args: &mut Vec<Range<usize>>,
+    scratch: &mut Vec<u8>,
+) -> Result<Parsed, ProtocolError> {
+    let Some(nl) = memchr::memchr(b'\n', buf) else {
+        if buf.len() > limits.max_inline {
+            return Err(ProtocolError("too big inline request"));
+        }
+        return Ok(Parsed::Incomplete { need: buf.len() + 1 });
+    };
+    if nl > limits.max_inline {
+        return Err(ProtocolError("too big inline request"));
+    }
+    let line = match buf[..nl].last() {
+        Some(b'\r') => &buf[..nl - 1],
+        _ => &buf[..nl],
+    };
+    scratch.clear();
+    split_args(line, args, scratch)?;
+    if args.len() > limits.max_args {
+        return Err(ProtocolError("invalid multibulk length"));
+    }
+    Ok(Parsed::Request {
+        len: nl + 1,
+        source: Source::Scratch,
+    })
+}
+
+/// Splits one line into arguments with Redis quoting (also used for config files).
+pub fn split_args_public(
+    line: &[u8],
+    args: &mut Vec<Range<usize>>,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    split_args(line, args, out)
+}
+
+/// Splits an inline request like Redis's `sdssplitargs`: spaces separate
+/// arguments; "double quotes" take \n \r \t \b \a \\ \" and \xHH escapes;
+/// 'single quotes' take \' only. A closing quote must be followed by a space.
+fn split_args(
+    line: &[u8],
+    args: &mut Vec<Range<usize>>,
+    out: &mut Vec<u8>,
+) -> Result<(), ProtocolError> {
+    const UNBALANCED: ProtocolError = ProtocolError("unbalanced quotes in request");
+    let mut i = 0;
+    loop {
+        while i < line.len() && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= line.len() {
+            return Ok(());
+        }
+        let start = out.len();
+        match line[i] {
+            b'"' => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err(UNBALANCED),
+                        Some(b'\\') if i + 3 < line.len() && line[i + 1] == b'x' => {
+                            let hex = std::str::from_utf8(&line[i + 2..i + 4])
+                                .ok()
+                                .and_then(|h| u8::from_str_radix(h, 16).ok());
+                            match hex {
+                                Some(b) => {
+                                    out.push(b);
+                                    i += 4;
+                                }
+                                None => {
+                                    out.push(b'x');
+                                    i += 2;
+                                }
+                            }
+                        }
+                        Some(b'\\') if i + 1 < line.len() => {
+                            out.push(match line[i + 1] {
+                                b'n' => b'\n',
+                                b'r' => b'\r',
+                                b't' => b'\t',
+                                b'b' => 8,
+                                b'a' => 7,
+                                other => other,
+                            });
+                            i += 2;
+                        }
+                        Some(b'"') => {
+                            i += 1;
+                            if i < line.len() && !line[i].is_ascii_whitespace() {
+                                return Err(UNBALANCED);
+                            }
+                            break;
+                        }
+                        Some(&c) => {
+                            out.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            b'\'' => {
+                i += 1;
+                loop {
+                    match line.get(i) {
+                        None => return Err(UNBALANCED),
+                        Some(b'\\') if line.get(i + 1) == Some(&b'\'') => {
+                            out.push(b'\'');
+                            i += 2;
+                        }
+                        Some(b'\'') => {
+                            i += 1;
+                            if i < line.len() && !line[i].is_ascii_whitespace() {
+                                return Err(UNBALANCED);
+                            }
+                            break;
+                        }
+                        Some(&c) => {
+                            out.push(c);
+                            i += 1;
+                        }
+                    }
+                }
+            }
+            _ => {
+                while i < line.len() && !line[i].is_ascii_whitespace() {
+                    out.push(line[i]);
+                    i += 1;
+                }
+            }
+        }
+        args.push(start..out.len());
+    }
+}
+
+/// A connection's reply buffer: every reply of a pipeline is appended here
+/// and written to the socket with one write.
+pub struct Reply {
+    pub buf: Vec<u8>,
+    /// Whether the client negotiated RESP3 with HELLO 3.
+    pub resp3: bool,
+}
+
+impl Reply {
+    pub fn new() -> Reply {
+        Reply {
+            buf: Vec::with_capacity(16 * 1024),
+            resp3: false,
+        }
+    }
+
+    fn header(&mut self, prefix: u8, n: i64) {
+        self.buf.push(prefix);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    pub fn ok(&mut self) {
+        self.buf.extend_from_slice(b"+OK\r\n");
+    }
+
+    pub fn simple(&mut self, s: &str) {
+        self.buf.push(b'+');
+        self.buf.extend_from_slice(s.as_bytes());
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// An error reply; `msg` starts with its code (`ERR ...`, `WRONGTYPE ...`).
+    /// CR and LF would break the protocol, so they become spaces.
+    pub fn error(&mut self, msg: &str) {
+        self.buf.push(b'-');
+        self.buf
+            .extend(msg.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    pub fn int(&mut self, n: i64) {
+        self.header(b':', n);
+    }
+
+    pub fn bulk(&mut self, data: &[u8]) {
+        self.header(b'$', data.len() as i64);
+        self.buf.extend_from_slice(data);
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    pub fn bulk_str(&mut self, s: &str) {
+        self.bulk(s.as_bytes());
+    }
+
+    /// A missing value: `$-1` in RESP2, `_` in RESP3.
+    pub fn null(&mut self) {
+        if self.resp3 {
+            self.buf.extend_from_slice(b"_\r\n");
+        } else {
+            self.buf.extend_from_slice(b"$-1\r\n");
+        }
+    }
+
+    /// A missing array (EXEC aborted by WATCH): `*-1` in RESP2, `_` in RESP3.
+    pub fn null_array(&mut self) {
+        if self.resp3 {
+            self.buf.extend_from_slice(b"_\r\n");
+        } else {
+            self.buf.extend_from_slice(b"*-1\r\n");
+        }
+    }
+
+    pub fn array(&mut self, n: usize) {
+        self.header(b'*', n as i64);
+    }
+
+    /// A map of `n` pairs: `%` in RESP3, a flat array of 2n in RESP2.
+    pub fn map(&mut self, n: usize) {
+        if self.resp3 {
+            self.header(b'%', n as i64);
+        } else {
+            self.header(b'*', 2 * n as i64);
+        }
+    }
+
+    /// A set: `~` in RESP3, an array in RESP2.
+    pub fn set(&mut self, n: usize) {
+        self.header(if self.resp3 { b'~' } else { b'*' }, n as i64);
+    }
+
+    /// A double: `,` in RESP3, a bulk string in RESP2.
+    pub fn double(&mut self, v: f64) {
+        let text = chorus_crdt::number::format_float(v);
+        if self.resp3 {
+            self.buf.push(b',');
+            self.buf.extend_from_slice(text.as_bytes());
+            self.buf.extend_from_slice(b"\r\n");
+        } else {
+            self.bulk(text.as_bytes());
+        }
+    }
+
+    /// A verbatim text (INFO, CLIENT INFO): `=` in RESP3, bulk in RESP2.
+    pub fn verbatim(&mut self, text: &str) {
+        if self.resp3 {
+            self.header(b'=', text.len() as i64 + 4);
+            self.buf.extend_from_slice(b"txt:");
+            self.buf.extend_from_slice(text.as_bytes());
+            self.buf.extend_from_slice(b"\r\n");
+        } else {
+            self.bulk(text.as_bytes());
+        }
+    }
+}
+
+impl Default for Reply {
+    fn default() -> Self {
+        Reply::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: Limits = Limits {
+        max_bulk: 512 * 1024 * 1024,
+        max_args: DEFAULT_MAX_ARGS,
+        max_inline: DEFAULT_MAX_INLINE,
+    };
+
+    fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut out = Vec::new();
+        let (mut args, mut scratch) = (Vec::new(), Vec::new());
+        let mut at = 0;
+        while at < input.len() {
+            match parse(&input[at..], &LIMITS, &mut args, &mut scratch)? {
+                Parsed::Request { len, source } => {
+                    let base: &[u8] = match source {
+                        Source::Buffer => &input[at..],
+                        Source::Scratch => &scratch,
+                    };
+                    out.push(args.iter().map(|r| base[r.clone()].to_vec()).collect());
+                    at += len;
+                }
+                Parsed::Incomplete { .. } => break,
+            }
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn multibulk_and_inline_pipeline() {
+        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\nset a \"b c\\x41\"\r\n").unwrap();
+        assert_eq!(
+            got,
+            vec![
+                vec![b"GET".to_vec(), b"k".to_vec()],
+                vec![b"PING".to_vec()],
+                vec![b"set".to_vec(), b"a".to_vec(), b"b cA".to_vec()],
+            ]
+        );
+    }
+
+    #[test]
+    fn every_prefix_of_a_frame_is_incomplete() {
+        let frame = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n";
+        let (mut args, mut scratch) = (Vec::new(), Vec::new());
+        for cut in 1..frame.len() {
+            match parse(&frame[..cut], &LIMITS, &mut args, &mut scratch).unwrap() {
+                Parsed::Incomplete { need } => assert!(need > cut, "cut {cut}"),
+                other => panic!("cut {cut}: {other:?}"),
+            }
+        }
+        assert!(matches!(
+            parse(frame, &LIMITS, &mut args, &mut scratch).unwrap(),
+            Parsed::Request { len, .. } if len == frame.len()
+        ));
+    }
+
+    #[test]
+    fn malformed_requests_are_protocol_errors() {
+        for bad in [
+            &b"*x\r\n"[..],
+            b"*1\r\n+a\r\n",
+            b"*1\r\n$-5\r\n",
+            b"*1\r\n$3\r\nabcde\r\n",
+            b"*99999999999\r\n",
+            b"set \"a\r\n",
+            b"*1\r\n$9999999999999\r\n",
+        ] {
+            assert!(parse_all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn unauthenticated_limits_are_small() {
+        let limits = LIMITS.unauthenticated();
+        let (mut args, mut scratch) = (Vec::new(), Vec::new());
+        assert!(parse(b"*11\r\n", &limits, &mut args, &mut scratch).is_err());
+        assert!(parse(b"*1\r\n$20000\r\n", &limits, &mut args, &mut scratch).is_err());
+    }
+
+    #[test]
+    fn resp3_and_resp2_shapes() {
+        let mut r = Reply::new();
+        r.null();
+        r.map(1);
+        r.resp3 = true;
+        r.null();
+        r.map(1);
+        r.double(1.5);
+        assert_eq!(r.buf, b"$-1\r\n*2\r\n_\r\n%1\r\n,1.5\r\n");
+    }
+}
