@@ -225,11 +225,20 @@ impl Config {
     }
 
     /// Applies one directive (lowercase `name`).
-    pub fn apply(&mut self, name: &str, args: &[String], origin: &Origin) -> Result<(), ConfigError> {
+    pub fn apply(
+        &mut self,
+        name: &str,
+        args: &[String],
+        origin: &Origin,
+    ) -> Result<(), ConfigError> {
         let one = || -> Result<&str, ConfigError> {
             match args {
                 [v] => Ok(v.as_str()),
-                _ => Err(err(origin, name, "wrong number of arguments (expects one value)")),
+                _ => Err(err(
+                    origin,
+                    name,
+                    "wrong number of arguments (expects one value)",
+                )),
             }
         };
         let bad = |what: &str| err(origin, name, &format!("{what}, got '{}'", args.join(" ")));
@@ -254,7 +263,8 @@ impl Config {
                 self.server_threads = n;
             }
             "server-thread-affinity" => {
-                self.server_thread_affinity = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+                self.server_thread_affinity =
+                    parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
             }
             "requirepass" => {
                 let v = one()?;
@@ -292,7 +302,8 @@ impl Config {
                 if n < 1024 * 1024 {
                     return Err(bad("expects at least 1mb"));
                 }
-                self.client_query_buffer_limit = usize::try_from(n).map_err(|_| bad("too large"))?;
+                self.client_query_buffer_limit =
+                    usize::try_from(n).map_err(|_| bad("too large"))?;
             }
             "loglevel" => {
                 self.loglevel = match one()?.to_ascii_lowercase().as_str() {
@@ -399,8 +410,17 @@ mod tests {
             "main.conf",
             "# comment\nport 7000\nrequirepass \"s3 cret\"\nproto-max-bulk-len 1mb\ninclude extra.conf\nappendonly no\n",
         );
-        let c = Config::load(Some(&main), &["--port".into(), "7001".into(), "--bind".into(), "127.0.0.1".into(), "::1".into()])
-            .unwrap();
+        let c = Config::load(
+            Some(&main),
+            &[
+                "--port".into(),
+                "7001".into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+            ],
+        )
+        .unwrap();
         assert_eq!(c.port, 7001);
         assert_eq!(c.requirepass.as_deref(), Some(&b"s3 cret"[..]));
         assert_eq!(c.proto_max_bulk_len, 1024 * 1024);
@@ -413,7 +433,10 @@ mod tests {
         let dir = tempdir("bad");
         let main = write(&dir, "bad.conf", "port 7000\n\nfrobnicate yes\n");
         let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
-        assert!(e.contains("bad.conf:3") && e.contains("frobnicate") && e.contains("unknown"), "{e}");
+        assert!(
+            e.contains("bad.conf:3") && e.contains("frobnicate") && e.contains("unknown"),
+            "{e}"
+        );
 
         let main = write(&dir, "bad2.conf", "port seventy\n");
         let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
@@ -423,8 +446,13 @@ mod tests {
         let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
         assert!(e.contains("not yet supported"), "{e}");
 
-        let e = Config::load(None, &["--maxmemory".into(), "1gb".into()]).unwrap_err().to_string();
-        assert!(e.contains("command line") && e.contains("not yet supported"), "{e}");
+        let e = Config::load(None, &["--maxmemory".into(), "1gb".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("command line") && e.contains("not yet supported"),
+            "{e}"
+        );
     }
 
     #[test]

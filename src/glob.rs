@@ -70,7 +70,12 @@ pub fn matches(pattern: &[u8], subject: &[u8], nocase: bool) -> bool {
 
 /// Matches one byte against the class starting at `pattern[start] == '['`;
 /// returns whether it matched and where the pattern continues.
-fn class(pattern: &[u8], start: usize, c: u8, eq: &impl Fn(u8, u8) -> bool) -> Option<(bool, usize)> {
+fn class(
+    pattern: &[u8],
+    start: usize,
+    c: u8,
+    eq: &impl Fn(u8, u8) -> bool,
+) -> Option<(bool, usize)> {
     let mut i = start + 1;
     let negate = pattern.get(i) == Some(&b'^');
     if negate {
@@ -85,7 +90,10 @@ fn class(pattern: &[u8], start: usize, c: u8, eq: &impl Fn(u8, u8) -> bool) -> O
         if b == b'\\' && i + 1 < pattern.len() {
             matched |= eq(pattern[i + 1], c);
             i += 2;
-        } else if pattern.get(i + 1) == Some(&b'-') && i + 2 < pattern.len() && pattern[i + 2] != b']' {
+        } else if pattern.get(i + 1) == Some(&b'-')
+            && i + 2 < pattern.len()
+            && pattern[i + 2] != b']'
+        {
             let (mut lo, mut hi) = (b, pattern[i + 2]);
             if lo > hi {
                 std::mem::swap(&mut lo, &mut hi);
@@ -120,7 +128,12 @@ mod tests {
         for (p, s) in yes {
             assert!(matches(p.as_bytes(), s.as_bytes(), false), "{p} ~ {s}");
         }
-        let no: &[(&str, &str)] = &[("h?llo", "hllo"), ("h[^e]llo", "hello"), ("a*c", "abd"), ("", "a")];
+        let no: &[(&str, &str)] = &[
+            ("h?llo", "hllo"),
+            ("h[^e]llo", "hello"),
+            ("a*c", "abd"),
+            ("", "a"),
+        ];
         for (p, s) in no {
             assert!(!matches(p.as_bytes(), s.as_bytes(), false), "{p} !~ {s}");
         }

@@ -5,7 +5,16 @@ use std::sync::atomic::Ordering;
 
 use crate::server::Shared;
 
-const ALL: &[&str] = &["server", "clients", "memory", "persistence", "stats", "replication", "cpu", "keyspace"];
+const ALL: &[&str] = &[
+    "server",
+    "clients",
+    "memory",
+    "persistence",
+    "stats",
+    "replication",
+    "cpu",
+    "keyspace",
+];
 
 /// Resident set size of this process in bytes, from /proc.
 pub fn rss_bytes() -> u64 {
@@ -35,11 +44,16 @@ fn cpu_seconds() -> (f64, f64) {
 /// Renders the requested sections (`default`, `all`, `everything` or names).
 pub fn render(shared: &Shared, requested: &[String]) -> String {
     let wanted: Vec<&str> = if requested.is_empty()
-        || requested.iter().any(|r| r == "default" || r == "all" || r == "everything")
+        || requested
+            .iter()
+            .any(|r| r == "default" || r == "all" || r == "everything")
     {
         ALL.to_vec()
     } else {
-        ALL.iter().copied().filter(|s| requested.iter().any(|r| r == s)).collect()
+        ALL.iter()
+            .copied()
+            .filter(|s| requested.iter().any(|r| r == s))
+            .collect()
     };
     let mut out = String::new();
     for section in wanted {
@@ -78,12 +92,18 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             line("uptime_in_days", &(uptime / 86_400));
             line(
                 "config_file",
-                &c.config_file.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+                &c.config_file
+                    .as_ref()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
             );
         }
         "clients" => {
             line("connected_clients", &shared.clients.lock().len());
-            line("maxclients", &shared.tunables.maxclients.load(Ordering::Relaxed));
+            line(
+                "maxclients",
+                &shared.tunables.maxclients.load(Ordering::Relaxed),
+            );
             line("blocked_clients", &0);
         }
         "memory" => {
@@ -106,15 +126,36 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
         }
         "stats" => {
             let (hits, misses) = shared.ks.hits_misses();
-            line("total_connections_received", &st.total_connections.load(Ordering::Relaxed));
-            line("total_commands_processed", &st.total_commands.load(Ordering::Relaxed));
-            line("total_net_input_bytes", &st.net_input_bytes.load(Ordering::Relaxed));
-            line("total_net_output_bytes", &st.net_output_bytes.load(Ordering::Relaxed));
-            line("rejected_connections", &st.rejected_connections.load(Ordering::Relaxed));
-            line("expired_keys", &shared.ks.expired_keys.load(Ordering::Relaxed));
+            line(
+                "total_connections_received",
+                &st.total_connections.load(Ordering::Relaxed),
+            );
+            line(
+                "total_commands_processed",
+                &st.total_commands.load(Ordering::Relaxed),
+            );
+            line(
+                "total_net_input_bytes",
+                &st.net_input_bytes.load(Ordering::Relaxed),
+            );
+            line(
+                "total_net_output_bytes",
+                &st.net_output_bytes.load(Ordering::Relaxed),
+            );
+            line(
+                "rejected_connections",
+                &st.rejected_connections.load(Ordering::Relaxed),
+            );
+            line(
+                "expired_keys",
+                &shared.ks.expired_keys.load(Ordering::Relaxed),
+            );
             line("keyspace_hits", &hits);
             line("keyspace_misses", &misses);
-            line("conflicts_total", &shared.ks.conflicts.total.load(Ordering::Relaxed));
+            line(
+                "conflicts_total",
+                &shared.ks.conflicts.total.load(Ordering::Relaxed),
+            );
         }
         "replication" => {
             line("role", &"master");
@@ -131,7 +172,10 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
         "keyspace" => {
             for (i, (keys, expires)) in shared.ks.db_sizes().into_iter().enumerate() {
                 if keys > 0 {
-                    line(&format!("db{i}"), &format!("keys={keys},expires={expires},avg_ttl=0"));
+                    line(
+                        &format!("db{i}"),
+                        &format!("keys={keys},expires={expires},avg_ttl=0"),
+                    );
                 }
             }
         }

@@ -140,7 +140,8 @@ impl ConflictLog {
         if conflicts.is_empty() {
             return;
         }
-        self.total.fetch_add(conflicts.len() as u64, Ordering::Relaxed);
+        self.total
+            .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
         let mut log = self.entries.lock();
         for conflict in conflicts {
             if log.len() == CONFLICT_LOG_CAPACITY {
@@ -251,13 +252,21 @@ impl Keyspace {
         indexes.sort_unstable();
         indexes.dedup();
         Locked {
-            guards: indexes.into_iter().map(|i| (i, self.shards[i].lock())).collect(),
+            guards: indexes
+                .into_iter()
+                .map(|i| (i, self.shards[i].lock()))
+                .collect(),
         }
     }
 
     pub fn lock_all(&self) -> Locked<'_> {
         Locked {
-            guards: self.shards.iter().enumerate().map(|(i, s)| (i, s.lock())).collect(),
+            guards: self
+                .shards
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, s.lock()))
+                .collect(),
         }
     }
 
@@ -275,7 +284,13 @@ impl Keyspace {
     }
 
     /// Applies a local write's delta and publishes it.
-    pub fn apply_local(&self, locked: &mut Locked<'_>, db: usize, key: &[u8], delta: KeyState) -> Result<(), NotLocked> {
+    pub fn apply_local(
+        &self,
+        locked: &mut Locked<'_>,
+        db: usize,
+        key: &[u8],
+        delta: KeyState,
+    ) -> Result<(), NotLocked> {
         let acked = self.gc_acked();
         let shard = locked.shard(self.shard_of(key))?;
         let conflicts = shard.dbs[db].merge(key, &delta, acked);
@@ -309,7 +324,13 @@ impl Keyspace {
 
     /// Records the delete of a key whose expiry has passed, if it has.
     /// Returns whether it did.
-    pub fn expire_if_due(&self, locked: &mut Locked<'_>, db: usize, key: &[u8], now_ms: u64) -> Result<bool, NotLocked> {
+    pub fn expire_if_due(
+        &self,
+        locked: &mut Locked<'_>,
+        db: usize,
+        key: &[u8],
+        now_ms: u64,
+    ) -> Result<bool, NotLocked> {
         let shard = locked.shard(self.shard_of(key))?;
         let Some(state) = shard.dbs[db].get(key) else {
             return Ok(false);
@@ -333,7 +354,9 @@ impl Keyspace {
             let mut locked = self.lock(SmallVec::from_slice(&[index]));
             for db in 0..self.databases {
                 let due: Vec<Box<[u8]>> = {
-                    let Ok(shard) = locked.shard(index) else { break };
+                    let Ok(shard) = locked.shard(index) else {
+                        break;
+                    };
                     shard.dbs[db]
                         .expiring
                         .iter()
@@ -389,7 +412,14 @@ mod tests {
     use std::time::Duration;
 
     fn keyspace() -> Keyspace {
-        Keyspace::new(2, Clock::new(NodeId(1), chorus_crdt::system_clock, Duration::from_millis(500)))
+        Keyspace::new(
+            2,
+            Clock::new(
+                NodeId(1),
+                chorus_crdt::system_clock,
+                Duration::from_millis(500),
+            ),
+        )
     }
 
     #[test]
@@ -397,15 +427,25 @@ mod tests {
         let ks = keyspace();
         let mut l = ks.lock_all();
         let s = ks.clock.now();
-        ks.apply_local(&mut l, 0, b"a", KeyState::default().write(s, Some(b"1"), 5_000)).unwrap();
+        ks.apply_local(
+            &mut l,
+            0,
+            b"a",
+            KeyState::default().write(s, Some(b"1"), 5_000),
+        )
+        .unwrap();
         let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
         assert_eq!((db.live, db.expires_count()), (1, 1));
 
         let state = db.get(b"a").unwrap().clone();
-        ks.apply_local(&mut l, 0, b"a", state.write(ks.clock.now(), None, 0)).unwrap();
+        ks.apply_local(&mut l, 0, b"a", state.write(ks.clock.now(), None, 0))
+            .unwrap();
         let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
         assert_eq!((db.live, db.expires_count()), (0, 0));
-        assert!(db.get(b"a").is_none(), "standalone: the tombstone is collected at once");
+        assert!(
+            db.get(b"a").is_none(),
+            "standalone: the tombstone is collected at once"
+        );
     }
 
     #[test]

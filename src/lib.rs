@@ -32,7 +32,11 @@ pub fn new_node_id() -> NodeId {
 
 /// Builds the node's shared state from its config.
 pub fn build(config: Config) -> Arc<server::Shared> {
-    let clock = Clock::new(new_node_id(), chorus_crdt::system_clock, DEFAULT_MAX_CLOCK_DRIFT);
+    let clock = Clock::new(
+        new_node_id(),
+        chorus_crdt::system_clock,
+        DEFAULT_MAX_CLOCK_DRIFT,
+    );
     let ks = keyspace::Keyspace::new(config.databases, clock);
     server::Shared::new(config, ks)
 }

@@ -119,7 +119,9 @@ fn parse_multibulk(
         "invalid multibulk length",
     )?
     else {
-        return Ok(Parsed::Incomplete { need: buf.len() + 1 });
+        return Ok(Parsed::Incomplete {
+            need: buf.len() + 1,
+        });
     };
     if count <= 0 {
         return Ok(Parsed::Request {
@@ -151,7 +153,9 @@ fn parse_multibulk(
             "invalid bulk length",
         )?
         else {
-            return Ok(Parsed::Incomplete { need: buf.len() + 1 });
+            return Ok(Parsed::Incomplete {
+                need: buf.len() + 1,
+            });
         };
         if len < 0 || len as u64 > limits.max_bulk as u64 {
             return Err(ProtocolError("invalid bulk length"));
@@ -182,7 +186,9 @@ fn parse_inline(
         if buf.len() > limits.max_inline {
             return Err(ProtocolError("too big inline request"));
         }
-        return Ok(Parsed::Incomplete { need: buf.len() + 1 });
+        return Ok(Parsed::Incomplete {
+            need: buf.len() + 1,
+        });
     };
     if nl > limits.max_inline {
         return Err(ProtocolError("too big inline request"));
@@ -346,8 +352,10 @@ impl Reply {
     /// CR and LF would break the protocol, so they become spaces.
     pub fn error(&mut self, msg: &str) {
         self.buf.push(b'-');
-        self.buf
-            .extend(msg.bytes().map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }));
+        self.buf.extend(
+            msg.bytes()
+                .map(|b| if b == b'\r' || b == b'\n' { b' ' } else { b }),
+        );
         self.buf.extend_from_slice(b"\r\n");
     }
 
@@ -464,7 +472,8 @@ mod tests {
 
     #[test]
     fn multibulk_and_inline_pipeline() {
-        let got = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\nset a \"b c\\x41\"\r\n").unwrap();
+        let got =
+            parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nPING\r\nset a \"b c\\x41\"\r\n").unwrap();
         assert_eq!(
             got,
             vec![
@@ -502,7 +511,11 @@ mod tests {
             b"set \"a\r\n",
             b"*1\r\n$9999999999999\r\n",
         ] {
-            assert!(parse_all(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_all(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 

@@ -198,7 +198,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
             }
         };
         let _ = sock.set_nodelay(true);
-        shared.stats.total_connections.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .total_connections
+            .fetch_add(1, Ordering::Relaxed);
         let shared = shared.clone();
         tokio::spawn(async move {
             if let Err(e) = admit(shared, sock, addr).await {
@@ -212,7 +215,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 pub fn protected_refuses(protected_mode: bool, has_password: bool, peer: IpAddr) -> bool {
     let loopback = match peer {
         IpAddr::V4(v4) => v4.is_loopback(),
-        IpAddr::V6(v6) => v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     };
     protected_mode && !has_password && !loopback
 }
@@ -221,8 +226,15 @@ const DENIED: &str = "-DENIED Chorus is running in protected mode because protec
 
 async fn admit(shared: Arc<Shared>, mut sock: TcpStream, addr: SocketAddr) -> std::io::Result<()> {
     let t = &shared.tunables;
-    if protected_refuses(t.protected_mode.load(Ordering::Relaxed), t.has_password(), addr.ip()) {
-        shared.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
+    if protected_refuses(
+        t.protected_mode.load(Ordering::Relaxed),
+        t.has_password(),
+        addr.ip(),
+    ) {
+        shared
+            .stats
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
         sock.write_all(DENIED.as_bytes()).await?;
         return Ok(());
     }
@@ -252,8 +264,12 @@ async fn admit(shared: Arc<Shared>, mut sock: TcpStream, addr: SocketAddr) -> st
         }
     };
     let Some(handle) = handle else {
-        shared.stats.rejected_connections.fetch_add(1, Ordering::Relaxed);
-        sock.write_all(b"-ERR max number of clients reached\r\n").await?;
+        shared
+            .stats
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        sock.write_all(b"-ERR max number of clients reached\r\n")
+            .await?;
         return Ok(());
     };
     let id = handle.id;
@@ -262,7 +278,11 @@ async fn admit(shared: Arc<Shared>, mut sock: TcpStream, addr: SocketAddr) -> st
     result
 }
 
-async fn connection(shared: &Shared, mut sock: TcpStream, handle: Arc<ClientHandle>) -> std::io::Result<()> {
+async fn connection(
+    shared: &Shared,
+    mut sock: TcpStream,
+    handle: Arc<ClientHandle>,
+) -> std::io::Result<()> {
     let mut client = Client {
         handle: handle.clone(),
         db: 0,
@@ -300,7 +320,8 @@ async fn connection(shared: &Shared, mut sock: TcpStream, handle: Arc<ClientHand
                         Source::Buffer => &input[consumed..consumed + len],
                         Source::Scratch => &scratch,
                     };
-                    let argv: SmallVec<[&[u8]; 8]> = ranges.iter().map(|r| &base[r.clone()]).collect();
+                    let argv: SmallVec<[&[u8]; 8]> =
+                        ranges.iter().map(|r| &base[r.clone()]).collect();
                     consumed += len;
                     need = 1;
                     if argv.is_empty() {
@@ -328,7 +349,10 @@ async fn connection(shared: &Shared, mut sock: TcpStream, handle: Arc<ClientHand
             need = need.max(1);
         }
         if commands > 0 {
-            shared.stats.total_commands.fetch_add(commands, Ordering::Relaxed);
+            shared
+                .stats
+                .total_commands
+                .fetch_add(commands, Ordering::Relaxed);
             handle
                 .last_active_ms
                 .store(shared.ks.clock.physical_unix_ms(), Ordering::Relaxed);
@@ -363,7 +387,12 @@ async fn connection(shared: &Shared, mut sock: TcpStream, handle: Arc<ClientHand
         let timeout_secs = shared.tunables.timeout_secs.load(Ordering::Relaxed);
         let read = async {
             if timeout_secs > 0 {
-                match tokio::time::timeout(Duration::from_secs(timeout_secs), sock.read_buf(&mut input)).await {
+                match tokio::time::timeout(
+                    Duration::from_secs(timeout_secs),
+                    sock.read_buf(&mut input),
+                )
+                .await
+                {
                     Ok(r) => r,
                     Err(_) => Ok(0),
                 }
@@ -378,7 +407,10 @@ async fn connection(shared: &Shared, mut sock: TcpStream, handle: Arc<ClientHand
         if n == 0 || handle.killed.load(Ordering::Relaxed) {
             return Ok(());
         }
-        shared.stats.net_input_bytes.fetch_add(n as u64, Ordering::Relaxed);
+        shared
+            .stats
+            .net_input_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
         if input.capacity() > 4 * 1024 * 1024 && input.len() < 64 * 1024 {
             input.shrink_to(64 * 1024);
         }
@@ -386,7 +418,12 @@ async fn connection(shared: &Shared, mut sock: TcpStream, handle: Arc<ClientHand
 }
 
 /// Runs one command; returns its name for CLIENT LIST's `cmd=`.
-pub fn dispatch(shared: &Shared, client: &mut Client, out: &mut Reply, args: &[&[u8]]) -> Option<&'static str> {
+pub fn dispatch(
+    shared: &Shared,
+    client: &mut Client,
+    out: &mut Reply,
+    args: &[&[u8]],
+) -> Option<&'static str> {
     let Some(spec) = cmd::lookup(args[0]) else {
         if client.multi.is_some() {
             client.multi_dirty = true;
@@ -412,7 +449,10 @@ pub fn dispatch(shared: &Shared, client: &mut Client, out: &mut Reply, args: &[&
         if !spec.has(flag::NOQUEUE) {
             if spec.has(flag::NOMULTI) {
                 client.multi_dirty = true;
-                out.error(&format!("ERR Command not allowed inside a transaction: {}", spec.name));
+                out.error(&format!(
+                    "ERR Command not allowed inside a transaction: {}",
+                    spec.name
+                ));
                 return Some(spec.name);
             }
             queue.push(Queued {
@@ -458,7 +498,8 @@ fn lock_for_exec<'a>(ks: &'a Keyspace, client: &Client) -> crate::keyspace::Lock
     if queue.iter().any(|q| q.spec.has(flag::ALLKEYS)) {
         return ks.lock_all();
     }
-    let mut shards: SmallVec<[usize; 4]> = client.watched.iter().map(|w| ks.shard_of(&w.key)).collect();
+    let mut shards: SmallVec<[usize; 4]> =
+        client.watched.iter().map(|w| ks.shard_of(&w.key)).collect();
     for q in queue {
         let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
         cmd::shards_for(ks, q.spec, &args, &mut shards);

@@ -31,12 +31,28 @@ fn benches(c: &mut Criterion) {
     let counter = {
         let mut s = KeyState::default();
         for n in 1..=3u64 {
-            let d = s.incr(Stamp { time: n, node: NodeId(n) }, 1, 0.0, false);
+            let d = s.incr(
+                Stamp {
+                    time: n,
+                    node: NodeId(n),
+                },
+                1,
+                0.0,
+                false,
+            );
             s.merge(&d);
         }
         s
     };
-    let incr = counter.incr(Stamp { time: 9, node: NodeId(2) }, 1, 0.0, false);
+    let incr = counter.incr(
+        Stamp {
+            time: 9,
+            node: NodeId(2),
+        },
+        1,
+        0.0,
+        false,
+    );
     c.bench_function("merge increment into 3-node counter", |b| {
         b.iter(|| {
             let mut s = counter.clone();
@@ -50,7 +66,10 @@ fn benches(c: &mut Criterion) {
         state: delta.clone(),
     };
     let bytes = encode(&wire).expect("encodes");
-    println!("encoded delta of 16B key + 32B value: {} bytes", bytes.len());
+    println!(
+        "encoded delta of 16B key + 32B value: {} bytes",
+        bytes.len()
+    );
     c.bench_function("encode delta (16B key, 32B value)", |b| {
         b.iter(|| encode(black_box(&wire)))
     });

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::state::KeyState;
 use crate::stamp::Stamp;
+use crate::state::KeyState;
 
 /// One replicated write. Every client write produces exactly one `Delta`
 /// (MSET one per key), stamped at its origin and never re-stamped.

@@ -24,7 +24,9 @@ pub fn parse_int(s: &[u8]) -> Option<i64> {
         if !d.is_ascii_digit() {
             return None;
         }
-        magnitude = magnitude.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        magnitude = magnitude
+            .checked_mul(10)?
+            .checked_add(u64::from(d - b'0'))?;
     }
     if neg {
         if magnitude <= i64::MAX as u64 + 1 {

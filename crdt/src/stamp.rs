@@ -11,7 +11,7 @@ use std::num::NonZeroU64;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use uhlc::{HLCBuilder, NTP64, HLC, ID};
+use uhlc::{HLCBuilder, HLC, ID, NTP64};
 
 /// A node's identity in the mesh: a random nonzero u64 chosen at the node's
 /// first start and kept with its data. `0` is reserved for [`Stamp::ZERO`].
@@ -196,9 +196,18 @@ mod tests {
 
     #[test]
     fn stamps_order_by_time_then_node() {
-        let a = Stamp { time: 5, node: NodeId(9) };
-        let b = Stamp { time: 6, node: NodeId(1) };
-        let c = Stamp { time: 6, node: NodeId(2) };
+        let a = Stamp {
+            time: 5,
+            node: NodeId(9),
+        };
+        let b = Stamp {
+            time: 6,
+            node: NodeId(1),
+        };
+        let c = Stamp {
+            time: 6,
+            node: NodeId(2),
+        };
         assert!(a < b && b < c);
         assert!(Stamp::ZERO < a);
     }
@@ -216,11 +225,17 @@ mod tests {
     fn clock_follows_a_near_remote_stamp_but_not_a_far_one() {
         let clock = Clock::new(NodeId(1), frozen, Duration::from_millis(500));
         let base = ntp_from_unix_ms(1_700_000_000_000);
-        let near = Stamp { time: base + ntp_from_unix_ms(100), node: NodeId(2) };
+        let near = Stamp {
+            time: base + ntp_from_unix_ms(100),
+            node: NodeId(2),
+        };
         clock.observe(near).expect("100 ms ahead is within drift");
         assert!(clock.now() > near);
 
-        let far = Stamp { time: base + ntp_from_unix_ms(10_000), node: NodeId(2) };
+        let far = Stamp {
+            time: base + ntp_from_unix_ms(10_000),
+            node: NodeId(2),
+        };
         let err = clock.observe(far).expect_err("10 s ahead exceeds drift");
         assert!(err.ahead_ms >= 9_999, "{err}");
         assert!(clock.now() < far, "a far stamp must not drag the clock");

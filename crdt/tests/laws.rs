@@ -58,6 +58,9 @@ struct Replica {
     seen_incrs: BTreeMap<(Vec<u8>, NodeId), u64>,
 }
 
+/// A register write or delete: its stamp and value.
+type RegisterWrite = (Stamp, Option<Vec<u8>>);
+
 /// Ground truth recorded while the ops run.
 #[derive(Default)]
 struct History {
@@ -68,7 +71,7 @@ struct History {
     /// (key, origin) -> highest increment number some reset observed.
     removed: BTreeMap<(Vec<u8>, NodeId), u64>,
     /// key -> (stamp, value) of every register write or delete.
-    registers: BTreeMap<Vec<u8>, Vec<(Stamp, Option<Vec<u8>>)>>,
+    registers: BTreeMap<Vec<u8>, Vec<RegisterWrite>>,
 }
 
 impl Replica {
@@ -326,7 +329,8 @@ proptest! {
         prop_assert_eq!(at_a.len(), expected);
         prop_assert_eq!(at_b.len(), if b_saw_a { 0 } else { expected });
         if expected == 1 {
-            let winner = if tb > ta || (tb == ta) { b_node } else { a_node };
+            // On equal times the higher node id (B) wins.
+            let winner = if tb >= ta { b_node } else { a_node };
             prop_assert_eq!(at_a[0].winner.origin, winner);
         }
     }

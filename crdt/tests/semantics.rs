@@ -17,7 +17,10 @@ fn at(time: u64, node: NodeId) -> Stamp {
 /// Applies a local op: the delta merges into the node's own state.
 fn apply(state: &mut KeyState, delta: &KeyState) -> KeyState {
     let conflicts = state.merge(delta);
-    assert!(conflicts.is_empty(), "a local op conflicts with nothing: {conflicts:?}");
+    assert!(
+        conflicts.is_empty(),
+        "a local op conflicts with nothing: {conflicts:?}"
+    );
     delta.clone()
 }
 
@@ -82,7 +85,11 @@ fn del_and_concurrent_incr_leave_the_increment() {
     a.merge(&concurrent);
     b.merge(&del);
     assert_eq!(a, b);
-    assert_eq!(a.read(0), Read::Int(2), "only the unobserved increment survives");
+    assert_eq!(
+        a.read(0),
+        Read::Int(2),
+        "only the unobserved increment survives"
+    );
 }
 
 #[test]
@@ -221,7 +228,14 @@ fn float_counter_sums_to_the_same_bits_in_every_order() {
         empty.incr(at(2, B), 0, 0.2, true),
         empty.incr(at(3, C), 0, 1e-17, true),
     ];
-    let orders = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
+    let orders = [
+        [0, 1, 2],
+        [0, 2, 1],
+        [1, 0, 2],
+        [1, 2, 0],
+        [2, 0, 1],
+        [2, 1, 0],
+    ];
     let mut bits = None;
     for order in orders {
         let mut k = KeyState::default();
@@ -290,15 +304,24 @@ fn tombstones_are_collectable_only_once_acknowledged_and_empty() {
     let mut k = KeyState::default();
     let set = k.write(at(1, A), Some(b"v"), 0);
     apply(&mut k, &set);
-    assert!(!k.collectable(at(100, A)), "a live value is never collected");
+    assert!(
+        !k.collectable(at(100, A)),
+        "a live value is never collected"
+    );
     let del = k.write(at(5, A), None, 0);
     apply(&mut k, &del);
-    assert!(!k.collectable(at(4, Z)), "not every peer has the delete yet");
+    assert!(
+        !k.collectable(at(4, Z)),
+        "not every peer has the delete yet"
+    );
     assert!(k.collectable(at(5, A)));
 
     let late = KeyState::default().incr(at(3, B), 1, 0.0, false);
     k.merge(&late);
-    assert!(!k.collectable(at(100, A)), "a surviving increment keeps the key");
+    assert!(
+        !k.collectable(at(100, A)),
+        "a surviving increment keeps the key"
+    );
 }
 const Z: NodeId = NodeId(u64::MAX);
 

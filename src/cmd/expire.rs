@@ -5,15 +5,87 @@ use super::flag::*;
 use super::{int_arg, is, CmdResult, Error, Exec, Spec};
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "expire", arity: -3, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Sets the expiration time of a key in seconds.", run: expire },
-    Spec { name: "pexpire", arity: -3, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Sets the expiration time of a key in milliseconds.", run: pexpire },
-    Spec { name: "expireat", arity: -3, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Sets the expiration time of a key to a Unix timestamp.", run: expireat },
-    Spec { name: "pexpireat", arity: -3, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Sets the expiration time of a key to a Unix milliseconds timestamp.", run: pexpireat },
-    Spec { name: "ttl", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Returns the expiration time in seconds of a key.", run: ttl },
-    Spec { name: "pttl", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Returns the expiration time in milliseconds of a key.", run: pttl },
-    Spec { name: "expiretime", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Returns the expiration time of a key as a Unix timestamp.", run: expiretime },
-    Spec { name: "pexpiretime", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Returns the expiration time of a key as a Unix milliseconds timestamp.", run: pexpiretime },
-    Spec { name: "persist", arity: 2, flags: WRITE | FAST, keys: (1, 1, 1), group: "generic", summary: "Removes the expiration time of a key.", run: persist },
+    Spec {
+        name: "expire",
+        arity: -3,
+        flags: WRITE | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Sets the expiration time of a key in seconds.",
+        run: expire,
+    },
+    Spec {
+        name: "pexpire",
+        arity: -3,
+        flags: WRITE | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Sets the expiration time of a key in milliseconds.",
+        run: pexpire,
+    },
+    Spec {
+        name: "expireat",
+        arity: -3,
+        flags: WRITE | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Sets the expiration time of a key to a Unix timestamp.",
+        run: expireat,
+    },
+    Spec {
+        name: "pexpireat",
+        arity: -3,
+        flags: WRITE | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Sets the expiration time of a key to a Unix milliseconds timestamp.",
+        run: pexpireat,
+    },
+    Spec {
+        name: "ttl",
+        arity: 2,
+        flags: READONLY | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Returns the expiration time in seconds of a key.",
+        run: ttl,
+    },
+    Spec {
+        name: "pttl",
+        arity: 2,
+        flags: READONLY | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Returns the expiration time in milliseconds of a key.",
+        run: pttl,
+    },
+    Spec {
+        name: "expiretime",
+        arity: 2,
+        flags: READONLY | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Returns the expiration time of a key as a Unix timestamp.",
+        run: expiretime,
+    },
+    Spec {
+        name: "pexpiretime",
+        arity: 2,
+        flags: READONLY | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Returns the expiration time of a key as a Unix milliseconds timestamp.",
+        run: pexpiretime,
+    },
+    Spec {
+        name: "persist",
+        arity: 2,
+        flags: WRITE | FAST,
+        keys: (1, 1, 1),
+        group: "generic",
+        summary: "Removes the expiration time of a key.",
+        run: persist,
+    },
 ];
 
 /// Writes the expiry field of a visible key: `at_ms` 0 persists it.
@@ -26,7 +98,13 @@ pub fn set_expiry(x: &mut Exec, key: &[u8], at_ms: u64) -> CmdResult {
     x.apply(key, delta)
 }
 
-fn expire_generic(x: &mut Exec, args: &[&[u8]], unit_ms: i64, absolute: bool, cmd: &str) -> CmdResult {
+fn expire_generic(
+    x: &mut Exec,
+    args: &[&[u8]],
+    unit_ms: i64,
+    absolute: bool,
+    cmd: &str,
+) -> CmdResult {
     let key = args[1];
     let n = int_arg(args[2])?;
     let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
@@ -36,14 +114,23 @@ fn expire_generic(x: &mut Exec, args: &[&[u8]], unit_ms: i64, absolute: bool, cm
             _ if is(a, "XX") => xx = true,
             _ if is(a, "GT") => gt = true,
             _ if is(a, "LT") => lt = true,
-            _ => return Err(Error::Owned(format!("ERR Unsupported option {}", String::from_utf8_lossy(a)))),
+            _ => {
+                return Err(Error::Owned(format!(
+                    "ERR Unsupported option {}",
+                    String::from_utf8_lossy(a)
+                )))
+            }
         }
     }
     if nx && (xx || gt || lt) {
-        return Err(Error::Static("ERR NX and XX, GT or LT options at the same time are not compatible"));
+        return Err(Error::Static(
+            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        ));
     }
     if gt && lt {
-        return Err(Error::Static("ERR GT and LT options at the same time are not compatible"));
+        return Err(Error::Static(
+            "ERR GT and LT options at the same time are not compatible",
+        ));
     }
     let invalid = || Error::Owned(format!("ERR invalid expire time in '{cmd}' command"));
     let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
@@ -61,7 +148,11 @@ fn expire_generic(x: &mut Exec, args: &[&[u8]], unit_ms: i64, absolute: bool, cm
         }
     };
     // No expiry counts as infinite for GT and LT, as in Redis.
-    let current_ttl = if current == 0 { i64::MAX } else { current as i64 };
+    let current_ttl = if current == 0 {
+        i64::MAX
+    } else {
+        current as i64
+    };
     let allowed = (!nx || current == 0)
         && (!xx || current != 0)
         && (!gt || at > current_ttl)
@@ -97,10 +188,7 @@ fn pexpireat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 /// -2 when the key is absent, -1 when it has no expiry, else the expiry.
 fn expiry_of(x: &mut Exec, key: &[u8]) -> Result<Option<u64>, Error> {
-    Ok(match x.visible(key)? {
-        None => None,
-        Some(s) => Some(s.expire_at_ms()),
-    })
+    Ok(x.visible(key)?.map(|s| s.expire_at_ms()))
 }
 
 fn reply_remaining(x: &mut Exec, key: &[u8], unit_ms: u64) -> CmdResult {

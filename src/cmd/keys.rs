@@ -247,7 +247,8 @@ fn renamenx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn parse_db(x: &Exec, arg: &[u8]) -> Result<usize, Error> {
-    let n = int_arg(arg).map_err(|_| Error::Static("ERR value is not an integer or out of range"))?;
+    let n =
+        int_arg(arg).map_err(|_| Error::Static("ERR value is not an integer or out of range"))?;
     if n < 0 || n as usize >= x.ks.databases() {
         return Err(DB_RANGE);
     }
@@ -271,7 +272,9 @@ fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         i += 1;
     }
     if src == dst && dst_db == x.client.db {
-        return Err(Error::Static("ERR source and destination objects are the same"));
+        return Err(Error::Static(
+            "ERR source and destination objects are the same",
+        ));
     }
     x.prepare_write(src)?;
     if x.visible(src)?.is_none() {
@@ -280,7 +283,9 @@ fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     }
     let saved = x.client.db;
     x.client.db = dst_db;
-    let dst_exists = x.prepare_write(dst).and_then(|_| Ok(x.visible(dst)?.is_some()));
+    let dst_exists = x
+        .prepare_write(dst)
+        .and_then(|_| Ok(x.visible(dst)?.is_some()));
     x.client.db = saved;
     if dst_exists? && !replace {
         x.out.int(0);

@@ -103,12 +103,12 @@ impl Spec {
         } else {
             last.min(argc as i32 - 1)
         };
-        let range = if first > 0 && step > 0 && last >= first {
-            (first as usize..=last as usize).step_by(step as usize)
+        let (start, end, step) = if first > 0 && step > 0 && last >= first {
+            (first as usize, last as usize + 1, step as usize)
         } else {
-            (1..=0).step_by(1)
+            (0, 0, 1)
         };
-        range
+        (start..end).step_by(step)
     }
 
     pub fn has(&self, f: u32) -> bool {
@@ -186,14 +186,16 @@ impl<'s> Exec<'s, '_> {
     /// so the write starts from nothing. Returns the state to build on.
     pub fn for_write(&mut self, key: &[u8]) -> Result<KeyState, Error> {
         let db = self.client.db;
-        self.ks.expire_if_due(&mut self.locked, db, key, self.now_ms)?;
+        self.ks
+            .expire_if_due(&mut self.locked, db, key, self.now_ms)?;
         Ok(self.db(key)?.get(key).cloned().unwrap_or_default())
     }
 
     /// Like [`Exec::for_write`] but without copying the state out.
     pub fn prepare_write(&mut self, key: &[u8]) -> CmdResult {
         let db = self.client.db;
-        self.ks.expire_if_due(&mut self.locked, db, key, self.now_ms)?;
+        self.ks
+            .expire_if_due(&mut self.locked, db, key, self.now_ms)?;
         Ok(())
     }
 
@@ -263,7 +265,10 @@ pub fn is(arg: &[u8], name: &str) -> bool {
 /// The Redis error for an unknown command.
 pub fn unknown_command(args: &[&[u8]]) -> String {
     let name = String::from_utf8_lossy(args.first().copied().unwrap_or_default());
-    let mut msg = format!("ERR unknown command '{}', with args beginning with: ", truncate(&name));
+    let mut msg = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        truncate(&name)
+    );
     for a in args.iter().skip(1).take(16) {
         msg.push('\'');
         msg.push_str(&truncate(&String::from_utf8_lossy(a)));

@@ -6,32 +6,194 @@ use std::time::Duration;
 use smallvec::SmallVec;
 
 use super::flag::*;
-use super::{int_arg, is, table, unknown_subcommand, CmdResult, Error, Exec, Spec, DB_RANGE, SYNTAX};
+use super::{
+    int_arg, is, table, unknown_subcommand, CmdResult, Error, Exec, Spec, DB_RANGE, SYNTAX,
+};
 use crate::config::Origin;
 use crate::glob;
 use crate::server::Watched;
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "ping", arity: -1, flags: FAST, keys: (0, 0, 0), group: "connection", summary: "Returns the server's liveliness response.", run: ping },
-    Spec { name: "echo", arity: 2, flags: FAST, keys: (0, 0, 0), group: "connection", summary: "Returns the given string.", run: echo },
-    Spec { name: "quit", arity: -1, flags: NOAUTH | NOQUEUE | FAST, keys: (0, 0, 0), group: "connection", summary: "Closes the connection.", run: quit },
-    Spec { name: "reset", arity: 1, flags: NOAUTH | NOQUEUE | FAST, keys: (0, 0, 0), group: "connection", summary: "Resets the connection.", run: reset },
-    Spec { name: "hello", arity: -1, flags: NOAUTH | FAST | NOMULTI, keys: (0, 0, 0), group: "connection", summary: "Handshakes with the Redis server.", run: hello },
-    Spec { name: "auth", arity: -2, flags: NOAUTH | FAST | NOMULTI, keys: (0, 0, 0), group: "connection", summary: "Authenticates the connection.", run: auth },
-    Spec { name: "select", arity: 2, flags: FAST, keys: (0, 0, 0), group: "connection", summary: "Changes the selected database.", run: select },
-    Spec { name: "client", arity: -2, flags: 0, keys: (0, 0, 0), group: "connection", summary: "A container for client connection commands.", run: client },
-    Spec { name: "config", arity: -2, flags: ADMIN, keys: (0, 0, 0), group: "server", summary: "A container for server configuration commands.", run: config },
-    Spec { name: "info", arity: -1, flags: 0, keys: (0, 0, 0), group: "server", summary: "Returns information and statistics about the server.", run: info },
-    Spec { name: "command", arity: -1, flags: 0, keys: (0, 0, 0), group: "server", summary: "Returns detailed information about all commands.", run: command },
-    Spec { name: "time", arity: 1, flags: FAST, keys: (0, 0, 0), group: "server", summary: "Returns the server time.", run: time },
-    Spec { name: "lastsave", arity: 1, flags: FAST, keys: (0, 0, 0), group: "server", summary: "Returns the Unix timestamp of the last successful save to disk.", run: lastsave },
-    Spec { name: "shutdown", arity: -1, flags: ADMIN | NOMULTI, keys: (0, 0, 0), group: "server", summary: "Synchronously saves the database(s) to disk and shuts down the Redis server.", run: shutdown },
-    Spec { name: "debug", arity: -2, flags: ADMIN, keys: (0, 0, 0), group: "server", summary: "A container for debugging commands.", run: debug },
-    Spec { name: "multi", arity: 1, flags: NOQUEUE | FAST, keys: (0, 0, 0), group: "transactions", summary: "Starts a transaction.", run: multi },
-    Spec { name: "exec", arity: 1, flags: NOQUEUE, keys: (0, 0, 0), group: "transactions", summary: "Executes all commands in a transaction.", run: exec },
-    Spec { name: "discard", arity: 1, flags: NOQUEUE | FAST, keys: (0, 0, 0), group: "transactions", summary: "Discards a transaction.", run: discard },
-    Spec { name: "watch", arity: -2, flags: NOQUEUE | FAST, keys: (1, -1, 1), group: "transactions", summary: "Monitors changes to keys to determine the execution of a transaction.", run: watch },
-    Spec { name: "unwatch", arity: 1, flags: FAST, keys: (0, 0, 0), group: "transactions", summary: "Forgets about watched keys of a transaction.", run: unwatch },
+    Spec {
+        name: "ping",
+        arity: -1,
+        flags: FAST,
+        keys: (0, 0, 0),
+        group: "connection",
+        summary: "Returns the server's liveliness response.",
+        run: ping,
+    },
+    Spec {
+        name: "echo",
+        arity: 2,
+        flags: FAST,
+        keys: (0, 0, 0),
+        group: "connection",
+        summary: "Returns the given string.",
+        run: echo,
+    },
+    Spec {
+        name: "quit",
+        arity: -1,
+        flags: NOAUTH | NOQUEUE | FAST,
+        keys: (0, 0, 0),
+        group: "connection",
+        summary: "Closes the connection.",
+        run: quit,
+    },
+    Spec {
+        name: "reset",
+        arity: 1,
+        flags: NOAUTH | NOQUEUE | FAST,
+        keys: (0, 0, 0),
+        group: "connection",
+        summary: "Resets the connection.",
+        run: reset,
+    },
+    Spec {
+        name: "hello",
+        arity: -1,
+        flags: NOAUTH | FAST | NOMULTI,
+        keys: (0, 0, 0),
+        group: "connection",
+        summary: "Handshakes with the Redis server.",
+        run: hello,
+    },
+    Spec {
+        name: "auth",
+        arity: -2,
+        flags: NOAUTH | FAST | NOMULTI,
+        keys: (0, 0, 0),
+        group: "connection",
+        summary: "Authenticates the connection.",
+        run: auth,
+    },
+    Spec {
+        name: "select",
+        arity: 2,
+        flags: FAST,
+        keys: (0, 0, 0),
+        group: "connection",
+        summary: "Changes the selected database.",
+        run: select,
+    },
+    Spec {
+        name: "client",
+        arity: -2,
+        flags: 0,
+        keys: (0, 0, 0),
+        group: "connection",
+        summary: "A container for client connection commands.",
+        run: client,
+    },
+    Spec {
+        name: "config",
+        arity: -2,
+        flags: ADMIN,
+        keys: (0, 0, 0),
+        group: "server",
+        summary: "A container for server configuration commands.",
+        run: config,
+    },
+    Spec {
+        name: "info",
+        arity: -1,
+        flags: 0,
+        keys: (0, 0, 0),
+        group: "server",
+        summary: "Returns information and statistics about the server.",
+        run: info,
+    },
+    Spec {
+        name: "command",
+        arity: -1,
+        flags: 0,
+        keys: (0, 0, 0),
+        group: "server",
+        summary: "Returns detailed information about all commands.",
+        run: command,
+    },
+    Spec {
+        name: "time",
+        arity: 1,
+        flags: FAST,
+        keys: (0, 0, 0),
+        group: "server",
+        summary: "Returns the server time.",
+        run: time,
+    },
+    Spec {
+        name: "lastsave",
+        arity: 1,
+        flags: FAST,
+        keys: (0, 0, 0),
+        group: "server",
+        summary: "Returns the Unix timestamp of the last successful save to disk.",
+        run: lastsave,
+    },
+    Spec {
+        name: "shutdown",
+        arity: -1,
+        flags: ADMIN | NOMULTI,
+        keys: (0, 0, 0),
+        group: "server",
+        summary: "Synchronously saves the database(s) to disk and shuts down the Redis server.",
+        run: shutdown,
+    },
+    Spec {
+        name: "debug",
+        arity: -2,
+        flags: ADMIN,
+        keys: (0, 0, 0),
+        group: "server",
+        summary: "A container for debugging commands.",
+        run: debug,
+    },
+    Spec {
+        name: "multi",
+        arity: 1,
+        flags: NOQUEUE | FAST,
+        keys: (0, 0, 0),
+        group: "transactions",
+        summary: "Starts a transaction.",
+        run: multi,
+    },
+    Spec {
+        name: "exec",
+        arity: 1,
+        flags: NOQUEUE,
+        keys: (0, 0, 0),
+        group: "transactions",
+        summary: "Executes all commands in a transaction.",
+        run: exec,
+    },
+    Spec {
+        name: "discard",
+        arity: 1,
+        flags: NOQUEUE | FAST,
+        keys: (0, 0, 0),
+        group: "transactions",
+        summary: "Discards a transaction.",
+        run: discard,
+    },
+    Spec {
+        name: "watch",
+        arity: -2,
+        flags: NOQUEUE | FAST,
+        keys: (1, -1, 1),
+        group: "transactions",
+        summary: "Monitors changes to keys to determine the execution of a transaction.",
+        run: watch,
+    },
+    Spec {
+        name: "unwatch",
+        arity: 1,
+        flags: FAST,
+        keys: (0, 0, 0),
+        group: "transactions",
+        summary: "Forgets about watched keys of a transaction.",
+        run: unwatch,
+    },
 ];
 
 /// The Redis version clients are told, for feature detection.
@@ -86,7 +248,9 @@ fn check_password(x: &mut Exec, user: Option<&[u8]>, password: &[u8]) -> CmdResu
         }
     };
     if !ok {
-        return Err(Error::Static("WRONGPASS invalid username-password pair or user is disabled."));
+        return Err(Error::Static(
+            "WRONGPASS invalid username-password pair or user is disabled.",
+        ));
     }
     x.client.authed = true;
     Ok(())
@@ -113,7 +277,11 @@ fn hello(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         proto = match int_arg(v) {
             Ok(n @ (2 | 3)) => n,
             Ok(_) => return Err(Error::Static("NOPROTO unsupported protocol version")),
-            Err(_) => return Err(Error::Static("ERR Protocol version is not an integer or out of range")),
+            Err(_) => {
+                return Err(Error::Static(
+                    "ERR Protocol version is not an integer or out of range",
+                ))
+            }
         };
         i = 2;
     }
@@ -141,7 +309,10 @@ fn hello(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         *x.client.handle.name.lock() = Some(n);
     }
     x.out.resp3 = proto == 3;
-    x.client.handle.resp.store(proto as usize, Ordering::Relaxed);
+    x.client
+        .handle
+        .resp
+        .store(proto as usize, Ordering::Relaxed);
     x.out.map(7);
     x.out.bulk_str("server");
     x.out.bulk_str("redis");
@@ -173,7 +344,9 @@ fn select(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn valid_name(name: &[u8]) -> Result<&[u8], Error> {
     if name.iter().any(|&b| b <= b' ' || b > b'~') {
-        return Err(Error::Static("ERR Client names cannot contain spaces, newlines or special characters."));
+        return Err(Error::Static(
+            "ERR Client names cannot contain spaces, newlines or special characters.",
+        ));
     }
     Ok(name)
 }
@@ -267,8 +440,13 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     } else if is(sub, "HELP") {
         let lines = [
             "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
-            "ID", "GETNAME", "SETNAME <name>", "SETINFO <LIB-NAME|LIB-VER> <value>", "INFO",
-            "LIST [TYPE normal] [ID id ...]", "KILL <ip:port> | KILL [ID id] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]",
+            "ID",
+            "GETNAME",
+            "SETNAME <name>",
+            "SETINFO <LIB-NAME|LIB-VER> <value>",
+            "INFO",
+            "LIST [TYPE normal] [ID id ...]",
+            "KILL <ip:port> | KILL [ID id] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]",
         ];
         x.out.array(lines.len());
         for l in lines {
@@ -293,7 +471,11 @@ fn client_kill(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         while i + 1 < args.len() + 1 && i < args.len() {
             let v = args.get(i + 1).ok_or(SYNTAX)?;
             if is(args[i], "ID") {
-                id = Some(int_arg(v).map_err(|_| Error::Static("ERR client-id should be greater than 0"))? as u64);
+                id = Some(
+                    int_arg(v)
+                        .map_err(|_| Error::Static("ERR client-id should be greater than 0"))?
+                        as u64,
+                );
             } else if is(args[i], "ADDR") {
                 addr = Some(String::from_utf8_lossy(v).into_owned());
             } else if is(args[i], "LADDR") {
@@ -353,14 +535,32 @@ fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .unwrap_or_default(),
         ),
-        ("protected-mode", yes(t.protected_mode.load(Ordering::Relaxed))),
-        ("maxclients", t.maxclients.load(Ordering::Relaxed).to_string()),
-        ("timeout", t.timeout_secs.load(Ordering::Relaxed).to_string()),
+        (
+            "protected-mode",
+            yes(t.protected_mode.load(Ordering::Relaxed)),
+        ),
+        (
+            "maxclients",
+            t.maxclients.load(Ordering::Relaxed).to_string(),
+        ),
+        (
+            "timeout",
+            t.timeout_secs.load(Ordering::Relaxed).to_string(),
+        ),
         ("databases", c.databases.to_string()),
         ("proto-max-bulk-len", t.max_bulk().to_string()),
-        ("client-query-buffer-limit", t.query_buffer_limit.load(Ordering::Relaxed).to_string()),
+        (
+            "client-query-buffer-limit",
+            t.query_buffer_limit.load(Ordering::Relaxed).to_string(),
+        ),
         ("loglevel", t.loglevel.lock().as_str().to_string()),
-        ("logfile", c.logfile.as_ref().map(|p| p.display().to_string()).unwrap_or_default()),
+        (
+            "logfile",
+            c.logfile
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+        ),
         // True of an in-memory node; tools such as redis-benchmark ask.
         ("save", String::new()),
         ("appendonly", "no".to_string()),
@@ -374,7 +574,8 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         let mut found: Vec<&(&str, String)> = Vec::new();
         for pattern in &args[2..] {
             for p in &params {
-                if glob::matches(pattern, p.0.as_bytes(), true) && !found.iter().any(|f| f.0 == p.0) {
+                if glob::matches(pattern, p.0.as_bytes(), true) && !found.iter().any(|f| f.0 == p.0)
+                {
                     found.push(p);
                 }
             }
@@ -384,14 +585,20 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             x.out.bulk_str(name);
             x.out.bulk_str(value);
         }
-    } else if is(sub, "SET") && args.len() >= 4 && args.len() % 2 == 0 {
+    } else if is(sub, "SET") && args.len() >= 4 && args.len().is_multiple_of(2) {
         for pair in args[2..].chunks(2) {
             config_set(x, pair[0], pair[1])?;
         }
         x.out.ok();
     } else if is(sub, "RESETSTAT") && args.len() == 2 {
         let s = &x.shared.stats;
-        for c in [&s.total_commands, &s.total_connections, &s.rejected_connections, &s.net_input_bytes, &s.net_output_bytes] {
+        for c in [
+            &s.total_commands,
+            &s.total_connections,
+            &s.rejected_connections,
+            &s.net_input_bytes,
+            &s.net_output_bytes,
+        ] {
             c.store(0, Ordering::Relaxed);
         }
         x.ks.reset_stats();
@@ -399,7 +606,8 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     } else if is(sub, "HELP") {
         x.out.array(3);
         x.out.simple("CONFIG GET <pattern> [<pattern> ...]");
-        x.out.simple("CONFIG SET <directive> <value> [<directive> <value> ...]");
+        x.out
+            .simple("CONFIG SET <directive> <value> [<directive> <value> ...]");
         x.out.simple("CONFIG RESETSTAT");
     } else if is(sub, "GET") || is(sub, "SET") || is(sub, "RESETSTAT") {
         return Err(Error::Owned(format!(
@@ -418,7 +626,9 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
     // Validate with the same parser as the config file.
     let mut probe = x.shared.config.clone();
     let failed = |msg: String| {
-        Error::Owned(format!("ERR CONFIG SET failed (possibly related to argument '{name}') - {msg}"))
+        Error::Owned(format!(
+            "ERR CONFIG SET failed (possibly related to argument '{name}') - {msg}"
+        ))
     };
     probe
         .apply(&name, std::slice::from_ref(&value), &Origin::ConfigSet)
@@ -428,9 +638,15 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
         "requirepass" => *t.requirepass.write() = probe.requirepass,
         "maxclients" => t.maxclients.store(probe.maxclients, Ordering::Relaxed),
         "timeout" => t.timeout_secs.store(probe.timeout_secs, Ordering::Relaxed),
-        "protected-mode" => t.protected_mode.store(probe.protected_mode, Ordering::Relaxed),
-        "proto-max-bulk-len" => t.max_bulk.store(probe.proto_max_bulk_len, Ordering::Relaxed),
-        "client-query-buffer-limit" => t.query_buffer_limit.store(probe.client_query_buffer_limit, Ordering::Relaxed),
+        "protected-mode" => t
+            .protected_mode
+            .store(probe.protected_mode, Ordering::Relaxed),
+        "proto-max-bulk-len" => t
+            .max_bulk
+            .store(probe.proto_max_bulk_len, Ordering::Relaxed),
+        "client-query-buffer-limit" => t
+            .query_buffer_limit
+            .store(probe.client_query_buffer_limit, Ordering::Relaxed),
         "loglevel" => *t.loglevel.lock() = probe.loglevel,
         _ => return Err(failed("can't set immutable config".to_string())),
     }
@@ -502,7 +718,9 @@ fn command_docs(x: &mut Exec, spec: &Spec) {
 
 fn command(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let all: Vec<&'static Spec> = table().collect();
-    let pick = |names: &[&[u8]]| -> Vec<Option<&'static Spec>> { names.iter().map(|n| super::lookup(n)).collect() };
+    let pick = |names: &[&[u8]]| -> Vec<Option<&'static Spec>> {
+        names.iter().map(|n| super::lookup(n)).collect()
+    };
     match args.get(1) {
         None => {
             x.out.array(all.len());
@@ -518,7 +736,11 @@ fn command(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             }
         }
         Some(sub) if is(sub, "INFO") => {
-            let specs = if args.len() == 2 { all.into_iter().map(Some).collect() } else { pick(&args[2..]) };
+            let specs = if args.len() == 2 {
+                all.into_iter().map(Some).collect()
+            } else {
+                pick(&args[2..])
+            };
             x.out.array(specs.len());
             for s in specs {
                 match s {
@@ -528,14 +750,19 @@ fn command(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             }
         }
         Some(sub) if is(sub, "DOCS") => {
-            let specs: Vec<&Spec> = if args.len() == 2 { all } else { pick(&args[2..]).into_iter().flatten().collect() };
+            let specs: Vec<&Spec> = if args.len() == 2 {
+                all
+            } else {
+                pick(&args[2..]).into_iter().flatten().collect()
+            };
             x.out.map(specs.len());
             for s in specs {
                 command_docs(x, s);
             }
         }
         Some(sub) if is(sub, "GETKEYS") && args.len() >= 3 => {
-            let spec = super::lookup(args[2]).ok_or(Error::Static("ERR Invalid command specified"))?;
+            let spec =
+                super::lookup(args[2]).ok_or(Error::Static("ERR Invalid command specified"))?;
             let positions: Vec<usize> = spec.key_positions(args.len() - 2).collect();
             x.out.array(positions.len());
             for p in positions {
@@ -580,7 +807,9 @@ fn debug(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if is(sub, "SLEEP") && args.len() == 3 {
         let secs = super::float_arg(args[2])?;
         if !(0.0..=3600.0).contains(&secs) {
-            return Err(Error::Static("ERR sleep time must be between 0 and 3600 seconds"));
+            return Err(Error::Static(
+                "ERR sleep time must be between 0 and 3600 seconds",
+            ));
         }
         x.client.sleep = Some(Duration::from_secs_f64(secs));
         x.out.ok();
@@ -631,7 +860,9 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     };
     if x.client.multi_dirty {
         end_multi(x);
-        return Err(Error::Static("EXECABORT Transaction discarded because of previous errors."));
+        return Err(Error::Static(
+            "EXECABORT Transaction discarded because of previous errors.",
+        ));
     }
     let watched = std::mem::take(&mut x.client.watched);
     for w in &watched {

@@ -5,7 +5,9 @@ use chorus_crdt::number::{format_float, parse_float, parse_int};
 use chorus_crdt::Read;
 
 use super::flag::*;
-use super::{float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Spec, NOT_INTEGER, SYNTAX};
+use super::{
+    float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Spec, NOT_INTEGER, SYNTAX,
+};
 
 pub static COMMANDS: &[Spec] = &[
     Spec { name: "get", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "string", summary: "Returns the string value of a key.", run: get },
@@ -51,7 +53,7 @@ fn get(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 enum Ttl {
     /// No option: SET clears the TTL, GETEX leaves it.
     Unset,
-    KeepTtl,
+    Keep,
     Persist,
     At(u64),
 }
@@ -93,7 +95,7 @@ fn set(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         } else if is(a, "GET") {
             get = true;
         } else if is(a, "KEEPTTL") && ttl == Ttl::Unset {
-            ttl = Ttl::KeepTtl;
+            ttl = Ttl::Keep;
         } else if let Some(at) = ttl_option(args, i, x.now_ms, "set")? {
             if ttl != Ttl::Unset {
                 return Err(SYNTAX);
@@ -108,10 +110,23 @@ fn set(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     set_generic(x, key, value, nx, xx, get, ttl)
 }
 
-fn set_generic(x: &mut Exec, key: &[u8], value: &[u8], nx: bool, xx: bool, get: bool, ttl: Ttl) -> CmdResult {
+fn set_generic(
+    x: &mut Exec,
+    key: &[u8],
+    value: &[u8],
+    nx: bool,
+    xx: bool,
+    get: bool,
+    ttl: Ttl,
+) -> CmdResult {
     x.prepare_write(key)?;
     let (exists, old, old_at) = match x.visible(key)? {
-        Some(s) => (true, get.then(|| s.read(0).render().map(|v| v.into_owned())).flatten(), s.expire_at_ms()),
+        Some(s) => (
+            true,
+            get.then(|| s.read(0).render().map(|v| v.into_owned()))
+                .flatten(),
+            s.expire_at_ms(),
+        ),
         None => (false, None, 0),
     };
     if (nx && exists) || (xx && !exists) {
@@ -127,7 +142,7 @@ fn set_generic(x: &mut Exec, key: &[u8], value: &[u8], nx: bool, xx: bool, get: 
     }
     let expire_at = match ttl {
         Ttl::At(at) => at,
-        Ttl::KeepTtl => old_at,
+        Ttl::Keep => old_at,
         Ttl::Unset | Ttl::Persist => 0,
     };
     x.set_value(key, Some(value), expire_at)?;
@@ -269,7 +284,9 @@ fn msetnx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn check_size(x: &Exec, len: usize) -> CmdResult {
     if len > x.shared.tunables.max_bulk() {
-        return Err(Error::Static("ERR string exceeds maximum allowed size (proto-max-bulk-len)"));
+        return Err(Error::Static(
+            "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+        ));
     }
     Ok(())
 }
@@ -278,7 +295,13 @@ fn append(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let key = args[1];
     x.prepare_write(key)?;
     let (mut value, at) = match x.visible(key)? {
-        Some(s) => (s.read(0).render().map(|v| v.into_owned()).unwrap_or_default(), s.expire_at_ms()),
+        Some(s) => (
+            s.read(0)
+                .render()
+                .map(|v| v.into_owned())
+                .unwrap_or_default(),
+            s.expire_at_ms(),
+        ),
         None => (Vec::new(), 0),
     };
     check_size(x, value.len() + args[2].len())?;
@@ -326,7 +349,14 @@ fn setrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let patch = args[3];
     x.prepare_write(key)?;
     let (mut value, at, exists) = match x.visible(key)? {
-        Some(s) => (s.read(0).render().map(|v| v.into_owned()).unwrap_or_default(), s.expire_at_ms(), true),
+        Some(s) => (
+            s.read(0)
+                .render()
+                .map(|v| v.into_owned())
+                .unwrap_or_default(),
+            s.expire_at_ms(),
+            true,
+        ),
         None => (Vec::new(), 0, false),
     };
     if patch.is_empty() {
@@ -411,7 +441,9 @@ fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         None => chorus_crdt::KeyState::default().incr(stamp, 0, by, true),
     };
     x.apply(key, delta)?;
-    let shown = x.value(key)?.unwrap_or_else(|| format_float(new).into_bytes());
+    let shown = x
+        .value(key)?
+        .unwrap_or_else(|| format_float(new).into_bytes());
     x.out.bulk(&shown);
     Ok(())
 }

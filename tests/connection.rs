@@ -1,0 +1,430 @@
+//! Protocol, authentication, limits, bad input and server commands.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{err, q, resp, Server};
+
+#[test]
+fn unknown_commands_are_errors_never_fake_replies() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let e = err(&mut c, &["LPUSH", "list", "a"]);
+    assert!(
+        e.contains("unknown command 'LPUSH', with args beginning with: 'list' 'a'"),
+        "{e}"
+    );
+    assert!(err(&mut c, &["GET"]).contains("wrong number of arguments for 'get' command"));
+    assert!(err(&mut c, &["CLIENT", "NOPE"]).contains("unknown subcommand 'NOPE'"));
+    assert_eq!(
+        q::<String>(&mut c, &["PING"]),
+        "PONG",
+        "the connection survives"
+    );
+}
+
+#[test]
+fn inline_commands_and_quoting_work_like_redis_cli() {
+    let s = Server::start(&[]);
+    let mut raw = s.raw();
+    raw.roundtrip(b"PING\r\n", b"+PONG\r\n");
+    raw.roundtrip(b"set greeting \"hello world\\n\"\r\n", b"+OK\r\n");
+    raw.roundtrip(b"GET greeting\n", b"$12\r\nhello world\n\r\n");
+    raw.roundtrip(
+        b"\r\n\r\nECHO 'it''s'\r\n",
+        b"-ERR Protocol error: unbalanced quotes in request\r\n",
+    );
+    assert!(
+        raw.read_to_close().is_empty(),
+        "a protocol error closes the connection"
+    );
+}
+
+#[test]
+fn resp3_hello_maps_and_nulls() {
+    let s = Server::start(&[]);
+    let mut raw = s.raw();
+    raw.send(&resp(&[b"HELLO", b"3"]));
+    raw.send(&resp(&[b"PING"]));
+    let hello = raw.read_until(b"+PONG\r\n");
+    let text = String::from_utf8_lossy(&hello);
+    assert!(text.starts_with("%7\r\n$6\r\nserver\r\n"), "{text}");
+    assert!(text.contains("$5\r\nproto\r\n:3\r\n"), "{text}");
+    raw.roundtrip(&resp(&[b"GET", b"missing"]), b"_\r\n");
+    raw.roundtrip(
+        &resp(&[b"CONFIG", b"GET", b"databases"]),
+        b"%1\r\n$9\r\ndatabases\r\n$2\r\n16\r\n",
+    );
+    raw.send(&resp(&[b"HELLO", b"2"]));
+    raw.send(&resp(&[b"PING"]));
+    let hello = raw.read_until(b"+PONG\r\n");
+    assert!(
+        hello.starts_with(b"*14\r\n"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
+    raw.roundtrip(&resp(&[b"GET", b"missing"]), b"$-1\r\n");
+    raw.roundtrip(
+        &resp(&[b"HELLO", b"4"]),
+        b"-NOPROTO unsupported protocol version\r\n",
+    );
+}
+
+#[test]
+fn resp3_through_the_redis_crate() {
+    let s = Server::start(&[]);
+    let client = redis::Client::open(format!("{}?protocol=resp3", s.url())).unwrap();
+    let mut c = client.get_connection().unwrap();
+    q::<()>(&mut c, &["SET", "k", "v"]);
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "v");
+    assert_eq!(q::<Option<String>>(&mut c, &["GET", "nope"]), None);
+    let info: String = q(&mut c, &["INFO", "server"]);
+    assert!(info.contains("redis_version:"), "{info}");
+}
+
+#[test]
+fn requirepass_gates_everything_but_auth() {
+    let s = Server::start(&["--requirepass", "s3cret"]);
+    let mut raw = s.raw();
+    raw.roundtrip(
+        &resp(&[b"GET", b"k"]),
+        b"-NOAUTH Authentication required.\r\n",
+    );
+    raw.roundtrip(
+        &resp(&[b"AUTH", b"wrong"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    raw.roundtrip(&resp(&[b"AUTH", b"default", b"s3cret"]), b"+OK\r\n");
+    raw.roundtrip(&resp(&[b"SET", b"k", b"v"]), b"+OK\r\n");
+
+    // Before AUTH only small requests are parsed at all.
+    let mut stranger = s.raw();
+    stranger.send(b"*20\r\n");
+    let reply = stranger.read_to_close();
+    assert!(String::from_utf8_lossy(&reply).contains("Protocol error"));
+
+    let bad = redis::Client::open(s.url()).unwrap().get_connection();
+    if let Ok(mut c) = bad {
+        assert!(err(&mut c, &["GET", "k"]).contains("Authentication required"));
+    }
+    let client = redis::Client::open(format!("redis://:s3cret@{}/", s.addr)).unwrap();
+    let mut c = client.get_connection().unwrap();
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "v");
+
+    let mut hello = s.raw();
+    hello.send(&resp(&[
+        b"HELLO", b"3", b"AUTH", b"default", b"s3cret", b"SETNAME", b"me",
+    ]));
+    hello.send(&resp(&[b"PING"]));
+    assert!(hello.read_until(b"+PONG\r\n").starts_with(b"%7"));
+    hello.roundtrip(&resp(&[b"CLIENT", b"GETNAME"]), b"$2\r\nme\r\n");
+
+    // CONFIG SET requirepass changes it for new connections.
+    assert_eq!(
+        q::<String>(&mut c, &["CONFIG", "SET", "requirepass", ""]),
+        "OK"
+    );
+    let mut open = s.raw();
+    open.roundtrip(&resp(&[b"GET", b"k"]), b"$1\r\nv\r\n");
+    open.roundtrip(
+        &resp(&[b"AUTH", b"x"]),
+        b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
+    );
+}
+
+#[test]
+fn malformed_input_closes_only_that_connection() {
+    let s = Server::start(&["--proto-max-bulk-len", "1mb"]);
+    let mut healthy = s.conn();
+    q::<()>(&mut healthy, &["SET", "kept", "yes"]);
+    let cases: &[(&[u8], &str)] = &[
+        (b"*abc\r\n", "invalid multibulk length"),
+        (b"*1\r\n+GET\r\n", "expected '$'"),
+        (b"*1\r\n$-3\r\n", "invalid bulk length"),
+        (b"*1\r\n$99999999999\r\n", "invalid bulk length"),
+        (b"*2\r\n$3\r\nGET\r\n$2000000\r\n", "invalid bulk length"),
+        (b"*1\r\n$3\r\nGETXX\r\n", "invalid bulk length"),
+        (b"*9999999999\r\n", "invalid multibulk length"),
+    ];
+    for (bytes, expected) in cases {
+        let mut raw = s.raw();
+        raw.send(bytes);
+        let reply = String::from_utf8_lossy(&raw.read_to_close()).into_owned();
+        assert!(
+            reply.starts_with("-ERR Protocol error") && reply.contains(expected),
+            "{bytes:?} -> {reply}"
+        );
+    }
+    // An inline request with no newline past 64 KiB.
+    let mut raw = s.raw();
+    raw.send(&vec![b'a'; 70 * 1024]);
+    assert!(String::from_utf8_lossy(&raw.read_to_close()).contains("too big inline request"));
+    // Random garbage: an error or nothing, never a crash.
+    for seed in 0..50u64 {
+        let mut raw = s.raw();
+        let junk: Vec<u8> = (0..200)
+            .map(|i| ((seed * 7919 + i * 104_729) % 251) as u8)
+            .collect();
+        raw.send(&junk);
+        raw.send(b"\r\n");
+        let _ = raw.0.shutdown(std::net::Shutdown::Write);
+        let _ = raw.read_to_close();
+    }
+    assert_eq!(q::<String>(&mut healthy, &["GET", "kept"]), "yes");
+    assert_eq!(q::<String>(&mut s.conn(), &["PING"]), "PONG");
+}
+
+#[test]
+fn a_frame_split_across_many_writes_is_reassembled() {
+    let s = Server::start(&[]);
+    let mut raw = s.raw();
+    let value = vec![b'x'; 300_000];
+    let frame = resp(&[b"SET", b"big", &value]);
+    for chunk in frame.chunks(7_777) {
+        raw.send(chunk);
+    }
+    raw.roundtrip(b"", b"+OK\r\n");
+    raw.roundtrip(&resp(&[b"STRLEN", b"big"]), b":300000\r\n");
+}
+
+#[test]
+fn maxclients_refuses_the_extra_connection() {
+    let s = Server::start(&["--maxclients", "2"]);
+    let mut a = s.raw();
+    let mut b = s.raw();
+    a.roundtrip(b"PING\r\n", b"+PONG\r\n");
+    b.roundtrip(b"PING\r\n", b"+PONG\r\n");
+    let mut c = s.raw();
+    assert_eq!(c.read_to_close(), b"-ERR max number of clients reached\r\n");
+    drop(a);
+    std::thread::sleep(Duration::from_millis(200));
+    let mut d = s.raw();
+    d.roundtrip(b"PING\r\n", b"+PONG\r\n");
+}
+
+#[test]
+fn idle_clients_are_closed_after_timeout() {
+    let s = Server::start(&["--timeout", "1"]);
+    let mut raw = s.raw();
+    raw.roundtrip(b"PING\r\n", b"+PONG\r\n");
+    let started = std::time::Instant::now();
+    assert!(raw.read_to_close().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
+#[test]
+fn client_commands() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut victim = s.raw();
+    victim.roundtrip(&resp(&[b"CLIENT", b"SETNAME", b"victim"]), b"+OK\r\n");
+    let id: i64 = q(&mut c, &["CLIENT", "ID"]);
+    assert!(id > 0);
+    assert_eq!(q::<String>(&mut c, &["CLIENT", "SETNAME", "tester"]), "OK");
+    assert_eq!(q::<String>(&mut c, &["CLIENT", "GETNAME"]), "tester");
+    assert!(err(&mut c, &["CLIENT", "SETNAME", "two words"]).contains("cannot contain spaces"));
+    let list: String = q(&mut c, &["CLIENT", "LIST"]);
+    assert!(
+        list.contains("name=tester") && list.contains("name=victim"),
+        "{list}"
+    );
+    let info: String = q(&mut c, &["CLIENT", "INFO"]);
+    assert!(info.contains(&format!("id={id} ")), "{info}");
+    let victim_line = list.lines().find(|l| l.contains("name=victim")).unwrap();
+    let victim_id = victim_line
+        .split(' ')
+        .next()
+        .unwrap()
+        .trim_start_matches("id=");
+    assert_eq!(q::<i64>(&mut c, &["CLIENT", "KILL", "ID", victim_id]), 1);
+    assert!(
+        victim.read_to_close().is_empty(),
+        "the killed client is disconnected"
+    );
+    assert!(err(&mut c, &["CLIENT", "KILL", "127.0.0.1:1"]).contains("No such client"));
+}
+
+#[test]
+fn config_get_set_info_command_time() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let got: Vec<String> = q(&mut c, &["CONFIG", "GET", "max*"]);
+    assert!(
+        got.chunks(2)
+            .any(|p| p[0] == "maxclients" && p[1] == "10000"),
+        "{got:?}"
+    );
+    assert_eq!(
+        q::<String>(
+            &mut c,
+            &["CONFIG", "SET", "maxclients", "500", "timeout", "30"]
+        ),
+        "OK"
+    );
+    let got: Vec<String> = q(&mut c, &["CONFIG", "GET", "maxclients", "timeout"]);
+    assert_eq!(got, vec!["maxclients", "500", "timeout", "30"]);
+    assert!(err(&mut c, &["CONFIG", "SET", "port", "1"]).contains("can't set immutable config"));
+    assert!(err(&mut c, &["CONFIG", "SET", "maxclients", "many"]).contains("CONFIG SET failed"));
+    assert!(err(&mut c, &["CONFIG", "SET", "nonsense", "1"]).contains("unknown directive"));
+    assert_eq!(q::<String>(&mut c, &["CONFIG", "RESETSTAT"]), "OK");
+
+    q::<()>(&mut c, &["SET", "k", "v", "EX", "100"]);
+    q::<()>(&mut c, &["GET", "k"]);
+    q::<()>(&mut c, &["GET", "nope"]);
+    let info: String = q(&mut c, &["INFO"]);
+    for needle in [
+        "# Server",
+        "redis_version:",
+        "tcp_port:",
+        "# Clients",
+        "connected_clients:1",
+        "# Memory",
+        "used_memory:",
+        "# Persistence",
+        "# Stats",
+        "keyspace_hits:1",
+        "keyspace_misses:1",
+        "# Replication",
+        "role:master",
+        "# Keyspace",
+        "db0:keys=1,expires=1",
+    ] {
+        assert!(info.contains(needle), "INFO lacks {needle}:\n{info}");
+    }
+    let only: String = q(&mut c, &["INFO", "keyspace"]);
+    assert!(
+        only.starts_with("# Keyspace") && !only.contains("# Server"),
+        "{only}"
+    );
+
+    let count: i64 = q(&mut c, &["COMMAND", "COUNT"]);
+    assert!(count > 60, "{count}");
+    let info: Vec<redis::Value> = q(&mut c, &["COMMAND", "INFO", "get", "nosuch"]);
+    assert_eq!(info.len(), 2);
+    assert_eq!(info[1], redis::Value::Nil);
+    let keys: Vec<String> = q(&mut c, &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"]);
+    assert_eq!(keys, vec!["a", "b"]);
+    let docs: redis::Value = q(&mut c, &["COMMAND", "DOCS", "set"]);
+    assert!(format!("{docs:?}").contains("summary"));
+    let time: Vec<String> = q(&mut c, &["TIME"]);
+    let secs: u64 = time[0].parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(secs.abs_diff(now) < 5);
+    assert!(q::<i64>(&mut c, &["LASTSAVE"]) > 0);
+    assert_eq!(q::<String>(&mut c, &["ECHO", "hi"]), "hi");
+    assert_eq!(q::<String>(&mut c, &["PING", "hi"]), "hi");
+}
+
+#[test]
+fn debug_sleep_delays_only_that_client() {
+    let s = Server::start(&["--server-threads", "2"]);
+    let mut sleeper = s.raw();
+    let started = std::time::Instant::now();
+    sleeper.send(&resp(&[b"DEBUG", b"SLEEP", b"0.5"]));
+    std::thread::sleep(Duration::from_millis(50));
+    assert_eq!(q::<String>(&mut s.conn(), &["PING"]), "PONG");
+    assert!(
+        started.elapsed() < Duration::from_millis(450),
+        "others were not blocked"
+    );
+    assert_eq!(sleeper.read_n(5), b"+OK\r\n");
+    assert!(started.elapsed() >= Duration::from_millis(500));
+}
+
+#[test]
+fn reset_and_quit() {
+    let s = Server::start(&[]);
+    let mut raw = s.raw();
+    raw.roundtrip(&resp(&[b"SELECT", b"2"]), b"+OK\r\n");
+    raw.roundtrip(&resp(&[b"MULTI"]), b"+OK\r\n");
+    raw.roundtrip(&resp(&[b"RESET"]), b"+RESET\r\n");
+    raw.roundtrip(&resp(&[b"SET", b"k", b"db0"]), b"+OK\r\n");
+    raw.roundtrip(&resp(&[b"QUIT"]), b"+OK\r\n");
+    assert!(raw.read_to_close().is_empty());
+    assert_eq!(q::<String>(&mut s.conn(), &["GET", "k"]), "db0");
+}
+
+#[test]
+fn shutdown_command_and_sigterm_stop_the_process() {
+    let mut s = Server::start(&[]);
+    let mut raw = s.raw();
+    raw.send(&resp(&[b"SHUTDOWN", b"NOSAVE"]));
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("SHUTDOWN stops the server");
+    assert!(status.success());
+
+    let mut s = Server::start(&[]);
+    // SAFETY: kill only sends a signal to our own child.
+    unsafe { libc::kill(s.child.id() as i32, libc::SIGTERM) };
+    let status = s
+        .wait_exit(Duration::from_secs(10))
+        .expect("SIGTERM stops the server");
+    assert!(status.success());
+    let lines: Vec<String> = s.log.try_iter().collect();
+    assert!(lines.iter().any(|l| l.contains("bye bye")), "{lines:?}");
+}
+
+#[test]
+fn bad_config_fails_startup_naming_file_line_and_directive() {
+    let dir = std::env::temp_dir().join(format!("chorus-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.conf");
+    std::fs::write(&file, "port 7001\n# fine\nmaxclients lots\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .arg("server")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad.conf:3") && stderr.contains("maxclients"),
+        "{stderr}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["server", "--replicaof", "127.0.0.1", "6380"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet supported"));
+
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .arg("frobnicate")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn the_sample_config_loads() {
+    let conf = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/chorus.conf");
+    let s = Server::start_with(Some(conf), &[]);
+    assert_eq!(q::<String>(&mut s.conn(), &["PING"]), "PONG");
+}
+
+#[test]
+fn protected_mode_refuses_non_loopback_without_password() {
+    use chorus::server::protected_refuses;
+    let outside = "192.0.2.1".parse().unwrap();
+    assert!(protected_refuses(true, false, outside));
+    assert!(!protected_refuses(true, true, outside));
+    assert!(!protected_refuses(false, false, outside));
+    assert!(!protected_refuses(
+        true,
+        false,
+        "127.0.0.1".parse().unwrap()
+    ));
+    assert!(!protected_refuses(true, false, "::1".parse().unwrap()));
+    assert!(!protected_refuses(
+        true,
+        false,
+        "::ffff:127.0.0.1".parse().unwrap()
+    ));
+}

@@ -1,0 +1,216 @@
+//! Keyspace commands, databases and transactions through the `redis` crate.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::{err, q, Server};
+
+#[test]
+fn del_exists_type_keys_and_dbsize() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(
+        &mut c,
+        &["MSET", "user:1", "a", "user:2", "b", "other", "c"],
+    );
+    q::<()>(&mut c, &["INCR", "count"]);
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "user:1", "user:1", "nope"]), 2);
+    assert_eq!(q::<i64>(&mut c, &["TOUCH", "user:1", "nope"]), 1);
+    assert_eq!(q::<String>(&mut c, &["TYPE", "user:1"]), "string");
+    assert_eq!(q::<String>(&mut c, &["TYPE", "nope"]), "none");
+    let mut keys: Vec<String> = q(&mut c, &["KEYS", "user:*"]);
+    keys.sort();
+    assert_eq!(keys, vec!["user:1", "user:2"]);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 4);
+    assert_eq!(q::<i64>(&mut c, &["DEL", "user:1", "user:2", "nope"]), 2);
+    assert_eq!(q::<i64>(&mut c, &["UNLINK", "count"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 1);
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["RANDOMKEY"]),
+        Some("other".into())
+    );
+    q::<()>(&mut c, &["DEL", "other"]);
+    assert_eq!(q::<Option<String>>(&mut c, &["RANDOMKEY"]), None);
+}
+
+#[test]
+fn scan_visits_every_key_once_when_nothing_changes() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..1000 {
+        pipe.cmd("SET").arg(format!("key:{i}")).arg(i).ignore();
+    }
+    pipe.cmd("SET").arg("other").arg(1).ignore();
+    pipe.query::<()>(&mut c).unwrap();
+
+    let mut seen = BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let mut calls = 0;
+    loop {
+        let (next, batch): (String, Vec<String>) =
+            q(&mut c, &["SCAN", &cursor, "MATCH", "key:*", "COUNT", "37"]);
+        for k in batch {
+            assert!(seen.insert(k), "a key was returned twice");
+        }
+        calls += 1;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+        assert!(calls < 10_000);
+    }
+    assert_eq!(seen.len(), 1000);
+    let (_, typed): (String, Vec<String>) =
+        q(&mut c, &["SCAN", "0", "TYPE", "hash", "COUNT", "5000"]);
+    assert!(typed.is_empty());
+    assert!(err(&mut c, &["SCAN", "x"]).contains("invalid cursor"));
+    assert!(err(&mut c, &["SCAN", "0", "COUNT", "0"]).contains("syntax error"));
+}
+
+#[test]
+fn rename_copy_select_swapdb_and_flush() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "a", "1", "EX", "1000"]);
+    assert_eq!(q::<String>(&mut c, &["RENAME", "a", "b"]), "OK");
+    assert_eq!(q::<Option<String>>(&mut c, &["GET", "a"]), None);
+    assert_eq!(q::<String>(&mut c, &["GET", "b"]), "1");
+    assert!(
+        q::<i64>(&mut c, &["TTL", "b"]) > 900,
+        "RENAME keeps the TTL"
+    );
+    assert!(err(&mut c, &["RENAME", "nope", "x"]).contains("no such key"));
+    q::<()>(&mut c, &["SET", "c", "3"]);
+    assert_eq!(q::<i64>(&mut c, &["RENAMENX", "b", "c"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["RENAMENX", "b", "d"]), 1);
+
+    assert_eq!(q::<i64>(&mut c, &["COPY", "d", "c"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["COPY", "d", "c", "REPLACE"]), 1);
+    assert_eq!(q::<String>(&mut c, &["GET", "c"]), "1");
+    assert_eq!(q::<i64>(&mut c, &["COPY", "d", "d", "DB", "3"]), 1);
+    assert!(err(&mut c, &["COPY", "d", "d"]).contains("same"));
+    assert!(err(&mut c, &["COPY", "d", "e", "DB", "99"]).contains("out of range"));
+
+    assert_eq!(q::<String>(&mut c, &["SELECT", "3"]), "OK");
+    assert_eq!(q::<String>(&mut c, &["GET", "d"]), "1");
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 1);
+    assert!(err(&mut c, &["SELECT", "16"]).contains("DB index is out of range"));
+    assert_eq!(q::<String>(&mut c, &["SWAPDB", "0", "3"]), "OK");
+    assert_eq!(
+        q::<i64>(&mut c, &["DBSIZE"]),
+        2,
+        "db 3 now holds what db 0 held"
+    );
+    assert_eq!(q::<String>(&mut c, &["FLUSHDB"]), "OK");
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 0);
+    q::<()>(&mut c, &["SELECT", "0"]);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 1);
+    q::<()>(&mut c, &["SET", "after", "x"]);
+    assert_eq!(q::<String>(&mut c, &["FLUSHALL", "SYNC"]), "OK");
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 0);
+    q::<()>(&mut c, &["SET", "after", "y"]);
+    assert_eq!(
+        q::<String>(&mut c, &["GET", "after"]),
+        "y",
+        "writes after a flush stay"
+    );
+    assert!(err(&mut c, &["FLUSHALL", "BOGUS"]).contains("syntax error"));
+}
+
+#[test]
+fn multi_exec_is_atomic_and_reports_per_command_errors() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let (a, b): (i64, String) = redis::pipe()
+        .atomic()
+        .cmd("INCRBY")
+        .arg("n")
+        .arg(5)
+        .cmd("SET")
+        .arg("k")
+        .arg("v")
+        .ignore()
+        .cmd("GET")
+        .arg("k")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!((a, b.as_str()), (5, "v"));
+
+    // A runtime error inside EXEC does not stop the others.
+    q::<()>(&mut c, &["SET", "s", "text"]);
+    let mut raw = s.raw();
+    raw.roundtrip(
+        b"MULTI\r\nINCR s\r\nINCR n\r\n",
+        b"+OK\r\n+QUEUED\r\n+QUEUED\r\n",
+    );
+    raw.roundtrip(
+        b"EXEC\r\n",
+        b"*2\r\n-ERR value is not an integer or out of range\r\n:6\r\n",
+    );
+
+    // A refused command while queuing aborts the whole transaction.
+    q::<()>(&mut c, &["MULTI"]);
+    assert!(err(&mut c, &["NOSUCHCMD"]).contains("unknown command"));
+    q::<String>(&mut c, &["INCR", "n"]);
+    assert!(err(&mut c, &["EXEC"]).contains("Transaction discarded because of previous errors"));
+    assert_eq!(q::<i64>(&mut c, &["GET", "n"]), 6);
+
+    assert!(err(&mut c, &["EXEC"]).contains("EXEC without MULTI"));
+    assert!(err(&mut c, &["DISCARD"]).contains("DISCARD without MULTI"));
+    q::<()>(&mut c, &["MULTI"]);
+    assert!(err(&mut c, &["MULTI"]).contains("can not be nested"));
+    assert!(err(&mut c, &["WATCH", "x"]).contains("WATCH inside MULTI"));
+    q::<String>(&mut c, &["INCR", "n"]);
+    assert_eq!(q::<String>(&mut c, &["DISCARD"]), "OK");
+    assert_eq!(q::<i64>(&mut c, &["GET", "n"]), 6);
+}
+
+#[test]
+fn watch_aborts_exec_when_another_client_writes() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut other = s.conn();
+    q::<()>(&mut c, &["SET", "w", "1"]);
+    q::<()>(&mut c, &["WATCH", "w"]);
+    q::<()>(&mut other, &["INCR", "w"]);
+    q::<()>(&mut c, &["MULTI"]);
+    q::<String>(&mut c, &["SET", "w", "from-tx"]);
+    let aborted: redis::Value = q(&mut c, &["EXEC"]);
+    assert_eq!(aborted, redis::Value::Nil);
+    assert_eq!(q::<String>(&mut c, &["GET", "w"]), "2");
+
+    // Unmodified: EXEC runs. A watched key that did not exist may be created.
+    q::<()>(&mut c, &["WATCH", "w", "absent"]);
+    q::<()>(&mut c, &["MULTI"]);
+    q::<String>(&mut c, &["SET", "w", "from-tx"]);
+    let ran: Vec<String> = q(&mut c, &["EXEC"]);
+    assert_eq!(ran, vec!["OK"]);
+    q::<()>(&mut c, &["WATCH", "w"]);
+    q::<()>(&mut c, &["UNWATCH"]);
+    q::<()>(&mut other, &["SET", "w", "x"]);
+    q::<()>(&mut c, &["MULTI"]);
+    q::<String>(&mut c, &["GET", "w"]);
+    let ran: Vec<String> = q(&mut c, &["EXEC"]);
+    assert_eq!(ran, vec!["x"]);
+}
+
+#[test]
+fn pipelines_of_thousands_answer_in_order() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..5000 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+        pipe.cmd("INCR").arg("seq");
+    }
+    let seq: Vec<i64> = pipe.query(&mut c).unwrap();
+    assert_eq!(seq, (1..=5000).collect::<Vec<_>>());
+    let mut pipe = redis::pipe();
+    for i in 0..5000 {
+        pipe.cmd("GET").arg(format!("p{i}"));
+    }
+    let values: Vec<i64> = pipe.query(&mut c).unwrap();
+    assert_eq!(values, (0..5000).collect::<Vec<_>>());
+}

@@ -1,0 +1,260 @@
+//! String, counter and expiry commands through the `redis` crate.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{err, q, Server};
+
+#[test]
+fn set_get_and_the_string_family() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    assert_eq!(q::<String>(&mut c, &["SET", "k", "hello"]), "OK");
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "hello");
+    assert_eq!(q::<Option<String>>(&mut c, &["GET", "missing"]), None);
+    assert_eq!(q::<i64>(&mut c, &["APPEND", "k", " world"]), 11);
+    assert_eq!(q::<i64>(&mut c, &["STRLEN", "k"]), 11);
+    assert_eq!(q::<String>(&mut c, &["GETRANGE", "k", "0", "4"]), "hello");
+    assert_eq!(q::<String>(&mut c, &["GETRANGE", "k", "-5", "-1"]), "world");
+    assert_eq!(q::<String>(&mut c, &["GETRANGE", "k", "5", "1"]), "");
+    assert_eq!(q::<i64>(&mut c, &["SETRANGE", "k", "6", "WORLD"]), 11);
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "hello WORLD");
+    assert_eq!(q::<i64>(&mut c, &["SETRANGE", "pad", "3", "x"]), 4);
+    assert_eq!(q::<Vec<u8>>(&mut c, &["GET", "pad"]), b"\0\0\0x");
+    assert!(err(&mut c, &["SETRANGE", "pad", "-1", "x"]).contains("offset is out of range"));
+
+    assert_eq!(q::<i64>(&mut c, &["SETNX", "k", "x"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["SETNX", "new", "x"]), 1);
+    assert_eq!(q::<String>(&mut c, &["GETSET", "new", "y"]), "x");
+    assert_eq!(q::<String>(&mut c, &["GETDEL", "new"]), "y");
+    assert_eq!(q::<Option<String>>(&mut c, &["GETDEL", "new"]), None);
+
+    assert_eq!(q::<String>(&mut c, &["MSET", "a", "1", "b", "2"]), "OK");
+    assert_eq!(
+        q::<Vec<Option<String>>>(&mut c, &["MGET", "a", "nope", "b"]),
+        vec![Some("1".to_string()), None, Some("2".to_string())]
+    );
+    assert_eq!(q::<i64>(&mut c, &["MSETNX", "a", "9", "z", "9"]), 0);
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["GET", "z"]),
+        None,
+        "MSETNX is all or nothing"
+    );
+    assert_eq!(q::<i64>(&mut c, &["MSETNX", "y", "9", "z", "9"]), 1);
+    assert!(err(&mut c, &["MSET", "a", "1", "b"]).contains("wrong number of arguments"));
+}
+
+#[test]
+fn set_options_follow_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    assert_eq!(q::<Option<String>>(&mut c, &["SET", "k", "v", "XX"]), None);
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["SET", "k", "v", "NX"]),
+        Some("OK".into())
+    );
+    assert_eq!(q::<Option<String>>(&mut c, &["SET", "k", "w", "NX"]), None);
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["SET", "k", "w", "XX", "GET"]),
+        Some("v".into())
+    );
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["SET", "fresh", "1", "GET"]),
+        None
+    );
+
+    q::<()>(&mut c, &["SET", "t", "v", "EX", "100"]);
+    let ttl: i64 = q(&mut c, &["TTL", "t"]);
+    assert!((99..=100).contains(&ttl), "{ttl}");
+    q::<()>(&mut c, &["SET", "t", "v2", "KEEPTTL"]);
+    assert!(
+        q::<i64>(&mut c, &["TTL", "t"]) > 90,
+        "KEEPTTL keeps the TTL"
+    );
+    q::<()>(&mut c, &["SET", "t", "v3"]);
+    assert_eq!(
+        q::<i64>(&mut c, &["TTL", "t"]),
+        -1,
+        "a plain SET clears the TTL"
+    );
+    q::<()>(&mut c, &["SET", "t", "v", "PX", "100000"]);
+    assert!(q::<i64>(&mut c, &["PTTL", "t"]) > 99_000);
+    let at = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 1000)
+        .to_string();
+    q::<()>(&mut c, &["SET", "t", "v", "EXAT", &at]);
+    assert_eq!(q::<i64>(&mut c, &["EXPIRETIME", "t"]).to_string(), at);
+
+    assert!(err(&mut c, &["SET", "k", "v", "NX", "XX"]).contains("syntax error"));
+    assert!(err(&mut c, &["SET", "k", "v", "EX", "10", "PX", "10"]).contains("syntax error"));
+    assert!(
+        err(&mut c, &["SET", "k", "v", "EX", "0"]).contains("invalid expire time in 'set' command")
+    );
+    assert!(err(&mut c, &["SET", "k", "v", "EX", "abc"]).contains("not an integer"));
+    assert!(err(&mut c, &["SET", "k", "v", "BOGUS"]).contains("syntax error"));
+    assert!(
+        err(&mut c, &["SETEX", "k", "-1", "v"]).contains("invalid expire time in 'setex' command")
+    );
+    assert_eq!(q::<String>(&mut c, &["PSETEX", "k", "100000", "v"]), "OK");
+    assert!(q::<i64>(&mut c, &["PTTL", "k"]) > 99_000);
+}
+
+#[test]
+fn counters_and_their_errors() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    assert_eq!(q::<i64>(&mut c, &["INCR", "n"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["INCRBY", "n", "41"]), 42);
+    assert_eq!(q::<i64>(&mut c, &["DECR", "n"]), 41);
+    assert_eq!(q::<i64>(&mut c, &["DECRBY", "n", "-9"]), 50);
+    assert_eq!(q::<String>(&mut c, &["GET", "n"]), "50");
+    q::<()>(&mut c, &["SET", "n", "10"]);
+    assert_eq!(
+        q::<i64>(&mut c, &["INCR", "n"]),
+        11,
+        "SET resets the counter"
+    );
+    assert_eq!(q::<String>(&mut c, &["INCRBYFLOAT", "n", "0.5"]), "11.5");
+    assert_eq!(q::<String>(&mut c, &["INCRBYFLOAT", "n", "0.5"]), "12");
+    assert_eq!(
+        q::<i64>(&mut c, &["INCR", "n"]),
+        13,
+        "an integral float accepts INCR"
+    );
+    assert_eq!(q::<String>(&mut c, &["INCRBYFLOAT", "f", "-1.5e2"]), "-150");
+    assert_eq!(q::<String>(&mut c, &["TYPE", "n"]), "string");
+
+    q::<()>(&mut c, &["SET", "s", "abc"]);
+    assert!(err(&mut c, &["INCR", "s"]).contains("value is not an integer or out of range"));
+    assert!(err(&mut c, &["INCRBYFLOAT", "s", "1"]).contains("value is not a valid float"));
+    assert!(err(&mut c, &["INCRBY", "n", "x"]).contains("value is not an integer or out of range"));
+    q::<()>(&mut c, &["SET", "big", &i64::MAX.to_string()]);
+    assert!(err(&mut c, &["INCR", "big"]).contains("increment or decrement would overflow"));
+    assert!(
+        err(&mut c, &["DECRBY", "n", &i64::MIN.to_string()]).contains("decrement would overflow")
+    );
+    assert!(err(&mut c, &["INCRBYFLOAT", "n", "inf"]).contains("not a valid float"));
+    q::<()>(&mut c, &["SET", "fl", "1e308"]);
+    assert!(err(&mut c, &["INCRBYFLOAT", "fl", "1e308"]).contains("NaN or Infinity"));
+    assert_eq!(
+        q::<String>(&mut c, &["GET", "big"]),
+        i64::MAX.to_string(),
+        "a refused INCR changes nothing"
+    );
+}
+
+#[test]
+fn increments_from_many_connections_on_all_threads_add_up() {
+    let s = Server::start(&["--server-threads", "2"]);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let client = s.client();
+            std::thread::spawn(move || {
+                let mut c = client.get_connection().unwrap();
+                for _ in 0..500 {
+                    let _: i64 = redis::cmd("INCR").arg("shared").query(&mut c).unwrap();
+                }
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap();
+    }
+    assert_eq!(q::<i64>(&mut s.conn(), &["GET", "shared"]), 2000);
+}
+
+#[test]
+fn expire_family_and_conditions() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    assert_eq!(q::<i64>(&mut c, &["EXPIRE", "none", "10"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["TTL", "none"]), -2);
+    q::<()>(&mut c, &["SET", "k", "v"]);
+    assert_eq!(q::<i64>(&mut c, &["TTL", "k"]), -1);
+    assert_eq!(q::<i64>(&mut c, &["EXPIRETIME", "k"]), -1);
+    assert_eq!(q::<i64>(&mut c, &["EXPIRE", "k", "100", "XX"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["EXPIRE", "k", "100", "NX"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["EXPIRE", "k", "200", "NX"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["EXPIRE", "k", "50", "GT"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["EXPIRE", "k", "200", "GT"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["EXPIRE", "k", "300", "LT"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["PEXPIRE", "k", "150000", "LT"]), 1);
+    let pttl: i64 = q(&mut c, &["PTTL", "k"]);
+    assert!((149_000..=150_000).contains(&pttl), "{pttl}");
+    assert!(err(&mut c, &["EXPIRE", "k", "1", "NX", "XX"]).contains("not compatible"));
+    assert!(err(&mut c, &["EXPIRE", "k", "1", "GT", "LT"]).contains("not compatible"));
+    assert!(err(&mut c, &["EXPIRE", "k", "x"]).contains("not an integer"));
+    assert_eq!(q::<i64>(&mut c, &["PERSIST", "k"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["PERSIST", "k"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["TTL", "k"]), -1);
+
+    let now_s = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert_eq!(
+        q::<i64>(&mut c, &["EXPIREAT", "k", &(now_s + 500).to_string()]),
+        1
+    );
+    assert_eq!(q::<i64>(&mut c, &["EXPIRETIME", "k"]), (now_s + 500) as i64);
+    assert_eq!(
+        q::<i64>(&mut c, &["PEXPIRETIME", "k"]),
+        ((now_s + 500) * 1000) as i64
+    );
+    assert_eq!(
+        q::<i64>(&mut c, &["EXPIREAT", "k", &(now_s - 10).to_string()]),
+        1
+    );
+    assert_eq!(
+        q::<i64>(&mut c, &["EXISTS", "k"]),
+        0,
+        "an expiry in the past deletes"
+    );
+
+    q::<()>(&mut c, &["SET", "g", "v"]);
+    assert_eq!(q::<String>(&mut c, &["GETEX", "g", "EX", "100"]), "v");
+    assert!(q::<i64>(&mut c, &["TTL", "g"]) > 90);
+    assert_eq!(q::<String>(&mut c, &["GETEX", "g", "PERSIST"]), "v");
+    assert_eq!(q::<i64>(&mut c, &["TTL", "g"]), -1);
+    assert!(err(&mut c, &["GETEX", "g", "EX", "1", "PX", "1"]).contains("syntax error"));
+
+    q::<()>(&mut c, &["INCRBY", "ctr", "5"]);
+    q::<()>(&mut c, &["EXPIRE", "ctr", "100"]);
+    q::<()>(&mut c, &["INCR", "ctr"]);
+    assert!(q::<i64>(&mut c, &["TTL", "ctr"]) > 90, "INCR keeps the TTL");
+}
+
+#[test]
+fn keys_expire_lazily_and_actively() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "lazy", "v", "PX", "50"]);
+    q::<()>(&mut c, &["SET", "active", "v", "PX", "50"]);
+    q::<()>(&mut c, &["SET", "stays", "v"]);
+    q::<()>(&mut c, &["INCR", "ctr"]);
+    q::<()>(&mut c, &["PEXPIRE", "ctr", "50"]);
+    std::thread::sleep(Duration::from_millis(120));
+    assert_eq!(q::<Option<String>>(&mut c, &["GET", "lazy"]), None);
+    assert_eq!(
+        q::<i64>(&mut c, &["INCR", "ctr"]),
+        1,
+        "a write after expiry starts from nothing"
+    );
+    assert_eq!(q::<i64>(&mut c, &["TTL", "ctr"]), -1);
+    // The active cycle runs every 100 ms and removes the untouched key.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while q::<i64>(&mut c, &["DBSIZE"]) != 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "active expiry did not run"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let info: String = q(&mut c, &["INFO", "stats"]);
+    assert!(info.contains("expired_keys:"), "{info}");
+    assert!(!info.contains("expired_keys:0\r"), "{info}");
+}
