@@ -50,43 +50,54 @@ impl Db {
         self.map.get(key)
     }
 
-    /// Merges `delta` into `key`, keeping `live`, `expiring` and GC in step.
-    /// Returns the conflicts the merge resolved.
-    pub fn merge(&mut self, key: &[u8], delta: &KeyState, gc_acked: Stamp) -> Vec<Conflict> {
-        let (was_live, old_at) = match self.map.get(key) {
-            Some(s) => (is_live(s), s.expire_at_ms()),
-            None => (false, 0),
-        };
-        let state = match self.map.get_mut(key) {
-            Some(s) => s,
-            None => self.map.entry(Box::from(key)).or_default(),
-        };
-        let conflicts = state.merge(delta);
-        if !self.floor.is_zero() {
-            state.prune(self.floor);
+    /// Runs `f` on `key`'s state (created empty if absent) with one hash
+    /// lookup, then keeps `live`, `expiring` and GC in step with the change.
+    pub fn change<R>(
+        &mut self,
+        key: &[u8],
+        gc_acked: Stamp,
+        f: impl FnOnce(&mut KeyState) -> R,
+    ) -> R {
+        let Db {
+            map,
+            live,
+            expiring,
+            floor,
+        } = self;
+        let state = map.entry_ref(key).or_default();
+        let (was_live, old_at) = (is_live(state), state.expire_at_ms());
+        let result = f(state);
+        if !floor.is_zero() {
+            state.prune(*floor);
         }
-        let now_live = is_live(state);
-        let new_at = state.expire_at_ms();
         let drop = state.is_empty() || state.collectable(gc_acked);
+        let (now_live, new_at) = if drop {
+            (false, 0)
+        } else {
+            (is_live(state), state.expire_at_ms())
+        };
         if drop {
-            self.map.remove(key);
+            map.remove(key);
         }
-        let new_at = if drop { 0 } else { new_at };
         if old_at != new_at {
             if old_at != 0 {
-                self.expiring.remove(&(old_at, Box::from(key)));
+                expiring.remove(&(old_at, Box::from(key)));
             }
             if new_at != 0 {
-                self.expiring.insert((new_at, Box::from(key)));
+                expiring.insert((new_at, Box::from(key)));
             }
         }
-        let now_live = now_live && !drop;
         match (was_live, now_live) {
-            (false, true) => self.live += 1,
-            (true, false) => self.live -= 1,
+            (false, true) => *live += 1,
+            (true, false) => *live -= 1,
             _ => {}
         }
-        conflicts
+        result
+    }
+
+    /// Merges a replicated `delta` into `key`; returns the conflicts resolved.
+    pub fn merge(&mut self, key: &[u8], delta: &KeyState, gc_acked: Stamp) -> Vec<Conflict> {
+        self.change(key, gc_acked, |state| state.merge(delta))
     }
 
     /// Applies a flush stamped `stamp`: everything older goes.
@@ -158,6 +169,68 @@ impl ConflictLog {
 
     pub fn snapshot(&self) -> Vec<LoggedConflict> {
         self.entries.lock().iter().cloned().collect()
+    }
+}
+
+/// A local write in progress on one key: reads its state, applies deltas.
+/// A key whose expiry had passed was already turned into its delete.
+pub struct Writer<'a> {
+    state: &'a mut KeyState,
+    ks: &'a Keyspace,
+    db: usize,
+    key: &'a [u8],
+    now_ms: u64,
+}
+
+impl Writer<'_> {
+    pub fn state(&self) -> &KeyState {
+        self.state
+    }
+
+    /// Whether the key exists now.
+    pub fn visible(&self) -> bool {
+        self.state.exists(self.now_ms)
+    }
+
+    /// A fresh stamp from the node's clock.
+    pub fn stamp(&self) -> Stamp {
+        self.ks.clock.now()
+    }
+
+    /// Applies a local op's delta and publishes it to the replication layer.
+    pub fn apply(&mut self, delta: KeyState) {
+        if let Some(sink) = &self.ks.sink {
+            sink.publish(Delta::Key {
+                db: self.db as u32,
+                key: self.key.to_vec(),
+                state: delta.clone(),
+            });
+        }
+        let conflicts = self.state.merge_owned(delta);
+        debug_assert!(conflicts.is_empty(), "a local write conflicts with nothing");
+    }
+
+    /// Writes `value` (or deletes, for `None`) expiring at `expire_at_ms`.
+    pub fn set(&mut self, value: Option<&[u8]>, expire_at_ms: u64) {
+        let delta = self.state.write(self.stamp(), value, expire_at_ms);
+        self.apply(delta);
+    }
+
+    /// Sets the expiry field: absolute `at_ms`, 0 to persist.
+    pub fn expire(&mut self, at_ms: u64) {
+        let delta = self.state.expire(self.stamp(), at_ms);
+        self.apply(delta);
+    }
+
+    /// The value as GET returns it, copied out (`None` when not visible).
+    pub fn value(&self) -> Option<Vec<u8>> {
+        if !self.visible() {
+            return None;
+        }
+        self.state
+            .read(0)
+            .render()
+            .map(std::borrow::Cow::into_owned)
     }
 }
 
@@ -283,26 +356,34 @@ impl Keyspace {
         }
     }
 
-    /// Applies a local write's delta and publishes it.
-    pub fn apply_local(
+    /// Runs a local write on `key` in `db`: one hash lookup, expiry first.
+    pub fn update<R>(
         &self,
         locked: &mut Locked<'_>,
         db: usize,
         key: &[u8],
-        delta: KeyState,
-    ) -> Result<(), NotLocked> {
+        now_ms: u64,
+        f: impl FnOnce(&mut Writer<'_>) -> R,
+    ) -> Result<R, NotLocked> {
         let acked = self.gc_acked();
         let shard = locked.shard(self.shard_of(key))?;
-        let conflicts = shard.dbs[db].merge(key, &delta, acked);
-        debug_assert!(conflicts.is_empty(), "a local write conflicts with nothing");
-        if let Some(sink) = &self.sink {
-            sink.publish(Delta::Key {
-                db: db as u32,
-                key: key.to_vec(),
-                state: delta,
-            });
-        }
-        Ok(())
+        Ok(shard.dbs[db].change(key, acked, |state| {
+            let mut w = Writer {
+                state,
+                ks: self,
+                db,
+                key,
+                now_ms,
+            };
+            if w.state.is_expired(now_ms) {
+                let delete = w.state.expiry_delete(self.node());
+                // The delete may be stamped past the clock; later writes must follow it.
+                let _ = self.clock.observe(delete.reg.stamp);
+                self.expired_keys.fetch_add(1, Ordering::Relaxed);
+                w.apply(delete);
+            }
+            f(&mut w)
+        }))
     }
 
     /// Applies a local FLUSHDB (`Some(db)`) or FLUSHALL (`None`) on all shards.
@@ -323,27 +404,21 @@ impl Keyspace {
     }
 
     /// Records the delete of a key whose expiry has passed, if it has.
-    /// Returns whether it did.
     pub fn expire_if_due(
         &self,
         locked: &mut Locked<'_>,
         db: usize,
         key: &[u8],
         now_ms: u64,
-    ) -> Result<bool, NotLocked> {
-        let shard = locked.shard(self.shard_of(key))?;
-        let Some(state) = shard.dbs[db].get(key) else {
-            return Ok(false);
+    ) -> Result<(), NotLocked> {
+        let due = {
+            let shard = locked.shard(self.shard_of(key))?;
+            shard.dbs[db].get(key).is_some_and(|s| s.is_expired(now_ms))
         };
-        if !state.is_expired(now_ms) {
-            return Ok(false);
+        if due {
+            self.update(locked, db, key, now_ms, |_| ())?;
         }
-        let delete = state.expiry_delete(self.node());
-        // The delete may be stamped past the clock; later writes must follow it.
-        let _ = self.clock.observe(delete.reg.stamp);
-        self.expired_keys.fetch_add(1, Ordering::Relaxed);
-        self.apply_local(locked, db, key, delete)?;
-        Ok(true)
+        Ok(())
     }
 
     /// One round of active expiry: deletes up to `budget` keys per shard whose
@@ -366,7 +441,7 @@ impl Keyspace {
                         .collect()
                 };
                 for key in due {
-                    if let Ok(true) = self.expire_if_due(&mut locked, db, &key, now_ms) {
+                    if self.expire_if_due(&mut locked, db, &key, now_ms).is_ok() {
                         done += 1;
                     }
                 }
@@ -426,20 +501,12 @@ mod tests {
     fn live_count_and_expiry_index_follow_writes_and_deletes() {
         let ks = keyspace();
         let mut l = ks.lock_all();
-        let s = ks.clock.now();
-        ks.apply_local(
-            &mut l,
-            0,
-            b"a",
-            KeyState::default().write(s, Some(b"1"), 5_000),
-        )
-        .unwrap();
+        ks.update(&mut l, 0, b"a", 0, |w| w.set(Some(b"1"), 5_000))
+            .unwrap();
         let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
         assert_eq!((db.live, db.expires_count()), (1, 1));
 
-        let state = db.get(b"a").unwrap().clone();
-        ks.apply_local(&mut l, 0, b"a", state.write(ks.clock.now(), None, 0))
-            .unwrap();
+        ks.update(&mut l, 0, b"a", 0, |w| w.set(None, 0)).unwrap();
         let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
         assert_eq!((db.live, db.expires_count()), (0, 0));
         assert!(
@@ -454,8 +521,8 @@ mod tests {
         {
             let mut l = ks.lock_all();
             for (k, at) in [(&b"x"[..], 1_000u64), (b"y", 10_000)] {
-                let d = KeyState::default().write(ks.clock.now(), Some(b"v"), at);
-                ks.apply_local(&mut l, 1, k, d).unwrap();
+                ks.update(&mut l, 1, k, 0, |w| w.set(Some(b"v"), at))
+                    .unwrap();
             }
         }
         assert_eq!(ks.active_expire_cycle(5_000, 100), 1);

@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod conflict;
 pub mod delta;
+pub mod nodemap;
 pub mod number;
 pub mod stamp;
 pub mod state;
@@ -15,6 +16,7 @@ pub mod state;
 pub use codec::{decode, encode, DecodeError, EncodeError, FORMAT_VERSION};
 pub use conflict::{Conflict, ConflictKind, Side, Summary};
 pub use delta::Delta;
+pub use nodemap::NodeMap;
 pub use stamp::{system_clock, Clock, DriftError, NodeId, Stamp};
 pub use state::{CounterSum, ExpiryField, Extras, KeyState, Read, Register, Tally};
 pub use uhlc::NTP64;

@@ -18,11 +18,12 @@
 //! replica is the same [`KeyState::merge`]. Merge is commutative, associative
 //! and idempotent for whole states and deltas alike.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
 use crate::conflict::{Conflict, ConflictKind, Side, Summary};
+use crate::nodemap::{MaxBy, NodeMap};
 use crate::number::{parse_float, parse_int};
 use crate::stamp::{NodeId, Stamp};
 
@@ -121,15 +122,19 @@ impl Tally {
     }
 }
 
+impl MaxBy for Tally {
+    fn max_by_version(self, other: Tally) -> Tally {
+        if other.key() > self.key() {
+            other
+        } else {
+            self
+        }
+    }
+}
+
 /// Keep the later of two versions of one node's tally.
-fn join_tally(into: &mut BTreeMap<NodeId, Tally>, node: NodeId, t: &Tally) {
-    into.entry(node)
-        .and_modify(|mine| {
-            if t.key() > mine.key() {
-                *mine = *t;
-            }
-        })
-        .or_insert(*t);
+fn join_tally(into: &mut NodeMap<Tally>, node: NodeId, t: &Tally) {
+    into.upsert(node, *t, |mine, theirs| *mine = mine.max_by_version(theirs));
 }
 
 /// Everything but the register, boxed: most keys are plain strings and pay
@@ -138,9 +143,9 @@ fn join_tally(into: &mut BTreeMap<NodeId, Tally>, node: NodeId, t: &Tally) {
 pub struct Extras {
     pub expiry: ExpiryField,
     /// Latest tally of each node.
-    pub counts: BTreeMap<NodeId, Tally>,
+    pub counts: NodeMap<Tally>,
     /// Per node, the latest version of its tally that some reset observed.
-    pub removed: BTreeMap<NodeId, Tally>,
+    pub removed: NodeMap<Tally>,
 }
 
 impl Extras {
@@ -216,7 +221,7 @@ impl KeyState {
     pub fn counter_sum(&self) -> CounterSum {
         let mut sum = CounterSum::default();
         let Some(x) = &self.extras else { return sum };
-        for (node, tally) in &x.counts {
+        for (node, tally) in x.counts.iter() {
             if let Some(s) = tally.surviving(x.removed.get(node)) {
                 sum.int = sum.int.wrapping_add(s.int);
                 sum.float += s.float;
@@ -251,9 +256,13 @@ impl KeyState {
         }
     }
 
-    /// Whether the key exists at `now_ms`.
+    /// Whether the key exists at `now_ms` (ignoring expiry when 0). O(1):
+    /// `normalize` keeps only tallies with surviving increments in `counts`.
     pub fn exists(&self, now_ms: u64) -> bool {
-        !matches!(self.read(now_ms), Read::Absent)
+        if now_ms != 0 && self.is_expired(now_ms) {
+            return false;
+        }
+        self.reg.value.is_some() || self.has_counts()
     }
 
     /// The latest stamp anywhere in the state that a reset must follow.
@@ -319,7 +328,7 @@ impl KeyState {
         KeyState {
             reg: Register::default(),
             extras: Some(Box::new(Extras {
-                counts: BTreeMap::from([(node, tally)]),
+                counts: NodeMap::single(node, tally),
                 ..Extras::default()
             })),
         }
@@ -359,8 +368,23 @@ impl KeyState {
     /// replication layer applies each delta once and conflict logs dedupe by
     /// (key, winner stamp, loser stamp).
     pub fn merge(&mut self, other: &KeyState) -> Vec<Conflict> {
+        self.merge_parts(Cow::Borrowed(&other.reg), other.extras.as_deref())
+    }
+
+    /// [`KeyState::merge`] taking `other` by value, so a winning value moves
+    /// in rather than being copied.
+    pub fn merge_owned(&mut self, other: KeyState) -> Vec<Conflict> {
+        let KeyState { reg, extras } = other;
+        self.merge_parts(Cow::Owned(reg), extras.as_deref())
+    }
+
+    fn merge_parts(
+        &mut self,
+        other_reg: Cow<'_, Register>,
+        other_extras: Option<&Extras>,
+    ) -> Vec<Conflict> {
         let mut conflicts = Vec::new();
-        let counters = self.has_counts() || other.has_counts();
+        let counters = self.has_counts() || other_extras.is_some_and(|x| !x.counts.is_empty());
         let hidden_before = if counters {
             self.hidden_increments()
         } else {
@@ -368,31 +392,31 @@ impl KeyState {
         };
 
         let mut reg_changed = false;
-        if other.reg != self.reg {
-            let other_wins = other.reg.beats(&self.reg);
+        if *other_reg != self.reg {
+            let other_wins = other_reg.beats(&self.reg);
             let (winner, loser) = if other_wins {
-                (&other.reg, &self.reg)
+                (&*other_reg, &self.reg)
             } else {
-                (&self.reg, &other.reg)
+                (&self.reg, &*other_reg)
             };
             if let Some(c) = register_conflict(winner, loser) {
                 conflicts.push(c);
             }
             if other_wins {
-                self.reg = other.reg.clone();
+                self.reg = other_reg.into_owned();
                 reg_changed = true;
             }
         }
 
-        if let Some(theirs) = &other.extras {
+        if let Some(theirs) = other_extras {
             let mine = self.extras.get_or_insert_with(Default::default);
             if (theirs.expiry.stamp, theirs.expiry.at_ms) > (mine.expiry.stamp, mine.expiry.at_ms) {
                 mine.expiry = theirs.expiry;
             }
-            for (node, t) in &theirs.counts {
+            for (node, t) in theirs.counts.iter() {
                 join_tally(&mut mine.counts, *node, t);
             }
-            for (node, t) in &theirs.removed {
+            for (node, t) in theirs.removed.iter() {
                 join_tally(&mut mine.removed, *node, t);
             }
         }
@@ -442,7 +466,7 @@ impl KeyState {
             && self
                 .extras
                 .as_ref()
-                .is_none_or(|x| x.expiry.stamp <= acked && !self.counter_sum().any)
+                .is_none_or(|x| x.expiry.stamp <= acked && x.counts.is_empty())
     }
 
     fn has_counts(&self) -> bool {

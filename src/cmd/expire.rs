@@ -88,16 +88,6 @@ pub static COMMANDS: &[Spec] = &[
     },
 ];
 
-/// Writes the expiry field of a visible key: `at_ms` 0 persists it.
-pub fn set_expiry(x: &mut Exec, key: &[u8], at_ms: u64) -> CmdResult {
-    let stamp = x.stamp();
-    let delta = match x.db(key)?.get(key) {
-        Some(s) => s.expire(stamp, at_ms),
-        None => return Ok(()),
-    };
-    x.apply(key, delta)
-}
-
 fn expire_generic(
     x: &mut Exec,
     args: &[&[u8]],
@@ -139,34 +129,33 @@ fn expire_generic(
     } else {
         ms.checked_add(x.now_ms as i64).ok_or_else(invalid)?
     };
-    x.prepare_write(key)?;
-    let current = match x.visible(key)? {
-        Some(s) => s.expire_at_ms(),
-        None => {
-            x.out.int(0);
-            return Ok(());
+    let now = x.now_ms as i64;
+    let set = x.update(key, |w| {
+        if !w.visible() {
+            return Ok(false);
         }
-    };
-    // No expiry counts as infinite for GT and LT, as in Redis.
-    let current_ttl = if current == 0 {
-        i64::MAX
-    } else {
-        current as i64
-    };
-    let allowed = (!nx || current == 0)
-        && (!xx || current != 0)
-        && (!gt || at > current_ttl)
-        && (!lt || at < current_ttl);
-    if !allowed {
-        x.out.int(0);
-        return Ok(());
-    }
-    if at <= x.now_ms as i64 {
-        x.set_value(key, None, 0)?;
-    } else {
-        set_expiry(x, key, at as u64)?;
-    }
-    x.out.int(1);
+        let current = w.state().expire_at_ms();
+        // No expiry counts as infinite for GT and LT, as in Redis.
+        let current_ttl = if current == 0 {
+            i64::MAX
+        } else {
+            current as i64
+        };
+        let allowed = (!nx || current == 0)
+            && (!xx || current != 0)
+            && (!gt || at > current_ttl)
+            && (!lt || at < current_ttl);
+        if !allowed {
+            return Ok(false);
+        }
+        if at <= now {
+            w.set(None, 0);
+        } else {
+            w.expire(at as u64);
+        }
+        Ok(true)
+    })?;
+    x.out.int(i64::from(set));
     Ok(())
 }
 
@@ -231,14 +220,13 @@ fn pexpiretime(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn persist(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let key = args[1];
-    x.prepare_write(key)?;
-    match expiry_of(x, key)? {
-        Some(at) if at != 0 => {
-            set_expiry(x, key, 0)?;
-            x.out.int(1);
+    let removed = x.update(args[1], |w| {
+        let has_ttl = w.visible() && w.state().expire_at_ms() != 0;
+        if has_ttl {
+            w.expire(0);
         }
-        _ => x.out.int(0),
-    }
+        Ok(has_ttl)
+    })?;
+    x.out.int(i64::from(removed));
     Ok(())
 }

@@ -196,42 +196,30 @@ fn dbsize(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 fn copy_value(x: &mut Exec, src: &[u8], dst: &[u8], dst_db: usize) -> CmdResult {
     let (value, at) = match x.visible(src)? {
         Some(s) => (s.read(0).render().map(|v| v.into_owned()), s.expire_at_ms()),
-        None => return Err(NO_SUCH_KEY),
+        None => (None, 0),
     };
-    let Some(value) = value else {
-        return Err(NO_SUCH_KEY);
-    };
-    let saved = x.client.db;
-    x.client.db = dst_db;
-    let result = x.set_value(dst, Some(&value), at);
-    x.client.db = saved;
-    result
+    let value = value.ok_or(NO_SUCH_KEY)?;
+    x.update_in(dst_db, dst, |w| {
+        w.set(Some(&value), at);
+        Ok(())
+    })
 }
 
 fn rename_generic(x: &mut Exec, args: &[&[u8]], nx: bool) -> CmdResult {
     let (src, dst) = (args[1], args[2]);
-    x.prepare_write(src)?;
     if x.visible(src)?.is_none() {
         return Err(NO_SUCH_KEY);
     }
-    if src == dst {
-        if nx {
-            x.out.int(0);
-        } else {
-            x.out.ok();
-        }
-        return Ok(());
-    }
-    x.prepare_write(dst)?;
-    if nx && x.visible(dst)?.is_some() {
-        x.out.int(0);
-        return Ok(());
-    }
-    let db = x.client.db;
-    copy_value(x, src, dst, db)?;
-    x.set_value(src, None, 0)?;
+    let done = if src == dst || (nx && x.visible(dst)?.is_some()) {
+        false
+    } else {
+        let db = x.client.db;
+        copy_value(x, src, dst, db)?;
+        x.set_value(src, None, 0)?;
+        true
+    };
     if nx {
-        x.out.int(1);
+        x.out.int(i64::from(done));
     } else {
         x.out.ok();
     }
@@ -276,18 +264,16 @@ fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "ERR source and destination objects are the same",
         ));
     }
-    x.prepare_write(src)?;
     if x.visible(src)?.is_none() {
         x.out.int(0);
         return Ok(());
     }
-    let saved = x.client.db;
-    x.client.db = dst_db;
-    let dst_exists = x
-        .prepare_write(dst)
-        .and_then(|_| Ok(x.visible(dst)?.is_some()));
-    x.client.db = saved;
-    if dst_exists? && !replace {
+    let now = x.now_ms;
+    let dst_exists = {
+        let shard = x.locked.shard(x.ks.shard_of(dst))?;
+        shard.dbs[dst_db].get(dst).is_some_and(|s| s.exists(now))
+    };
+    if dst_exists && !replace {
         x.out.int(0);
         return Ok(());
     }

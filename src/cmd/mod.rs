@@ -16,10 +16,10 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::LazyLock;
 
-use chorus_crdt::{KeyState, Read, Stamp};
+use chorus_crdt::{KeyState, Read};
 use smallvec::SmallVec;
 
-use crate::keyspace::{Db, Keyspace, Locked, NotLocked};
+use crate::keyspace::{Db, Keyspace, Locked, NotLocked, Writer};
 use crate::resp::Reply;
 use crate::server::{Client, Shared};
 
@@ -182,58 +182,42 @@ impl<'s> Exec<'s, '_> {
             .and_then(|s| s.read(now).render().map(Cow::into_owned)))
     }
 
-    /// Readies `key` for a write: a key whose expiry passed is deleted first,
-    /// so the write starts from nothing. Returns the state to build on.
-    pub fn for_write(&mut self, key: &[u8]) -> Result<KeyState, Error> {
+    /// Runs a write on `key` in the current database (see [`Keyspace::update`]).
+    pub fn update<R>(
+        &mut self,
+        key: &[u8],
+        f: impl FnOnce(&mut Writer<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         let db = self.client.db;
-        self.ks
-            .expire_if_due(&mut self.locked, db, key, self.now_ms)?;
-        Ok(self.db(key)?.get(key).cloned().unwrap_or_default())
+        self.update_in(db, key, f)
     }
 
-    /// Like [`Exec::for_write`] but without copying the state out.
-    pub fn prepare_write(&mut self, key: &[u8]) -> CmdResult {
-        let db = self.client.db;
-        self.ks
-            .expire_if_due(&mut self.locked, db, key, self.now_ms)?;
-        Ok(())
-    }
-
-    /// Applies a local write's delta to `key` in the current database.
-    pub fn apply(&mut self, key: &[u8], delta: KeyState) -> CmdResult {
-        let db = self.client.db;
-        self.apply_in(db, key, delta)
-    }
-
-    pub fn apply_in(&mut self, db: usize, key: &[u8], delta: KeyState) -> CmdResult {
-        self.ks.apply_local(&mut self.locked, db, key, delta)?;
-        Ok(())
-    }
-
-    pub fn stamp(&self) -> Stamp {
-        self.ks.clock.now()
+    pub fn update_in<R>(
+        &mut self,
+        db: usize,
+        key: &[u8],
+        f: impl FnOnce(&mut Writer<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        self.ks.update(&mut self.locked, db, key, self.now_ms, f)?
     }
 
     /// Writes `value` (or deletes, for `None`) with an absolute expiry.
     pub fn set_value(&mut self, key: &[u8], value: Option<&[u8]>, expire_at_ms: u64) -> CmdResult {
-        self.prepare_write(key)?;
-        let stamp = self.stamp();
-        let db = self.db(key)?;
-        let delta = match db.get(key) {
-            Some(state) => state.write(stamp, value, expire_at_ms),
-            None => KeyState::default().write(stamp, value, expire_at_ms),
-        };
-        self.apply(key, delta)
+        self.update(key, |w| {
+            w.set(value, expire_at_ms);
+            Ok(())
+        })
     }
 
     /// Deletes `key` if visible; returns whether it was.
     pub fn delete(&mut self, key: &[u8]) -> Result<bool, Error> {
-        self.prepare_write(key)?;
-        if self.visible(key)?.is_none() {
-            return Ok(false);
-        }
-        self.set_value(key, None, 0)?;
-        Ok(true)
+        self.update(key, |w| {
+            let visible = w.visible();
+            if visible {
+                w.set(None, 0);
+            }
+            Ok(visible)
+        })
     }
 }
 

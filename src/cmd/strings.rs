@@ -4,6 +4,8 @@
 use chorus_crdt::number::{format_float, parse_float, parse_int};
 use chorus_crdt::Read;
 
+use crate::keyspace::Writer;
+
 use super::flag::*;
 use super::{
     float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Spec, NOT_INTEGER, SYNTAX,
@@ -119,52 +121,37 @@ fn set_generic(
     get: bool,
     ttl: Ttl,
 ) -> CmdResult {
-    x.prepare_write(key)?;
-    let (exists, old, old_at) = match x.visible(key)? {
-        Some(s) => (
-            true,
-            get.then(|| s.read(0).render().map(|v| v.into_owned()))
-                .flatten(),
-            s.expire_at_ms(),
-        ),
-        None => (false, None, 0),
-    };
-    if (nx && exists) || (xx && !exists) {
-        if get {
-            match old {
-                Some(v) => x.out.bulk(&v),
-                None => x.out.null(),
-            }
-        } else {
-            x.out.null();
+    let (done, old) = x.update(key, |w| {
+        let exists = w.visible();
+        let old = if get { w.value() } else { None };
+        if (nx && exists) || (xx && !exists) {
+            return Ok((false, old));
         }
-        return Ok(());
-    }
-    let expire_at = match ttl {
-        Ttl::At(at) => at,
-        Ttl::Keep => old_at,
-        Ttl::Unset | Ttl::Persist => 0,
-    };
-    x.set_value(key, Some(value), expire_at)?;
-    if get {
-        match old {
-            Some(v) => x.out.bulk(&v),
-            None => x.out.null(),
-        }
-    } else {
-        x.out.ok();
+        let expire_at = match ttl {
+            Ttl::At(at) => at,
+            Ttl::Keep if exists => w.state().expire_at_ms(),
+            _ => 0,
+        };
+        w.set(Some(value), expire_at);
+        Ok((true, old))
+    })?;
+    match (get, done, old) {
+        (true, _, Some(v)) => x.out.bulk(&v),
+        (true, _, None) | (false, false, _) => x.out.null(),
+        (false, true, _) => x.out.ok(),
     }
     Ok(())
 }
 
 fn setnx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    x.prepare_write(args[1])?;
-    if x.visible(args[1])?.is_some() {
-        x.out.int(0);
-        return Ok(());
-    }
-    x.set_value(args[1], Some(args[2]), 0)?;
-    x.out.int(1);
+    let created = x.update(args[1], |w| {
+        if w.visible() {
+            return Ok(false);
+        }
+        w.set(Some(args[2]), 0);
+        Ok(true)
+    })?;
+    x.out.int(i64::from(created));
     Ok(())
 }
 
@@ -196,12 +183,15 @@ fn getset(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn getdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    x.prepare_write(args[1])?;
-    match x.value(args[1])? {
-        Some(v) => {
-            x.set_value(args[1], None, 0)?;
-            x.out.bulk(&v);
+    let value = x.update(args[1], |w| {
+        let value = w.value();
+        if value.is_some() {
+            w.set(None, 0);
         }
+        Ok(value)
+    })?;
+    match value {
+        Some(v) => x.out.bulk(&v),
         None => x.out.null(),
     }
     Ok(())
@@ -225,20 +215,22 @@ fn getex(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         i += 1;
     }
-    x.prepare_write(key)?;
-    let Some(value) = x.value(key)? else {
-        x.out.null();
-        return Ok(());
-    };
     let at = match ttl {
         Ttl::At(at) => Some(at),
         Ttl::Persist => Some(0),
         _ => None,
     };
-    if let Some(at) = at {
-        super::expire::set_expiry(x, key, at)?;
+    let value = x.update(key, |w| {
+        let value = w.value();
+        if let (Some(_), Some(at)) = (&value, at) {
+            w.expire(at);
+        }
+        Ok(value)
+    })?;
+    match value {
+        Some(v) => x.out.bulk(&v),
+        None => x.out.null(),
     }
-    x.out.bulk(&value);
     Ok(())
 }
 
@@ -282,8 +274,8 @@ fn msetnx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-fn check_size(x: &Exec, len: usize) -> CmdResult {
-    if len > x.shared.tunables.max_bulk() {
+fn check_size(max: usize, len: usize) -> CmdResult {
+    if len > max {
         return Err(Error::Static(
             "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
         ));
@@ -292,22 +284,20 @@ fn check_size(x: &Exec, len: usize) -> CmdResult {
 }
 
 fn append(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let key = args[1];
-    x.prepare_write(key)?;
-    let (mut value, at) = match x.visible(key)? {
-        Some(s) => (
-            s.read(0)
-                .render()
-                .map(|v| v.into_owned())
-                .unwrap_or_default(),
-            s.expire_at_ms(),
-        ),
-        None => (Vec::new(), 0),
-    };
-    check_size(x, value.len() + args[2].len())?;
-    value.extend_from_slice(args[2]);
-    x.set_value(key, Some(&value), at)?;
-    x.out.int(value.len() as i64);
+    let max = x.shared.tunables.max_bulk();
+    let len = x.update(args[1], |w| {
+        let at = if w.visible() {
+            w.state().expire_at_ms()
+        } else {
+            0
+        };
+        let mut value = w.value().unwrap_or_default();
+        check_size(max, value.len() + args[2].len())?;
+        value.extend_from_slice(args[2]);
+        w.set(Some(&value), at);
+        Ok(value.len())
+    })?;
+    x.out.int(len as i64);
     Ok(())
 }
 
@@ -341,62 +331,57 @@ fn getrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn setrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let key = args[1];
     let offset = int_arg(args[2])?;
     if offset < 0 {
         return Err(Error::Static("ERR offset is out of range"));
     }
-    let patch = args[3];
-    x.prepare_write(key)?;
-    let (mut value, at, exists) = match x.visible(key)? {
-        Some(s) => (
-            s.read(0)
-                .render()
-                .map(|v| v.into_owned())
-                .unwrap_or_default(),
-            s.expire_at_ms(),
-            true,
-        ),
-        None => (Vec::new(), 0, false),
-    };
-    if patch.is_empty() {
-        x.out.int(value.len() as i64);
-        return Ok(());
-    }
     let offset = offset as usize;
-    check_size(x, offset.saturating_add(patch.len()))?;
-    if value.len() < offset + patch.len() {
-        value.resize(offset + patch.len(), 0);
-    }
-    value[offset..offset + patch.len()].copy_from_slice(patch);
-    let _ = exists;
-    x.set_value(key, Some(&value), at)?;
-    x.out.int(value.len() as i64);
+    let patch = args[3];
+    let max = x.shared.tunables.max_bulk();
+    let len = x.update(args[1], |w| {
+        let at = if w.visible() {
+            w.state().expire_at_ms()
+        } else {
+            0
+        };
+        let mut value = w.value().unwrap_or_default();
+        if patch.is_empty() {
+            return Ok(value.len());
+        }
+        check_size(max, offset.saturating_add(patch.len()))?;
+        if value.len() < offset + patch.len() {
+            value.resize(offset + patch.len(), 0);
+        }
+        value[offset..offset + patch.len()].copy_from_slice(patch);
+        w.set(Some(&value), at);
+        Ok(value.len())
+    })?;
+    x.out.int(len as i64);
     Ok(())
 }
 
 /// The integer a key holds for INCR and friends (0 when absent).
-fn current_int(x: &mut Exec, key: &[u8]) -> Result<i64, Error> {
-    match x.visible(key)?.map(|s| s.read(0)) {
-        None | Some(Read::Absent) => Ok(0),
-        Some(Read::Int(i)) => Ok(i),
-        Some(Read::Str(v)) => parse_int(v).ok_or(NOT_INTEGER),
-        Some(Read::Float(f)) => parse_int(format_float(f).as_bytes()).ok_or(NOT_INTEGER),
+fn current_int(w: &Writer) -> Result<i64, Error> {
+    if !w.visible() {
+        return Ok(0);
+    }
+    match w.state().read(0) {
+        Read::Absent => Ok(0),
+        Read::Int(i) => Ok(i),
+        Read::Str(v) => parse_int(v).ok_or(NOT_INTEGER),
+        Read::Float(f) => parse_int(format_float(f).as_bytes()).ok_or(NOT_INTEGER),
     }
 }
 
 fn incr_generic(x: &mut Exec, key: &[u8], by: i64) -> CmdResult {
-    x.prepare_write(key)?;
-    let current = current_int(x, key)?;
-    let new = current
-        .checked_add(by)
-        .ok_or(Error::Static("ERR increment or decrement would overflow"))?;
-    let stamp = x.stamp();
-    let delta = match x.db(key)?.get(key) {
-        Some(s) => s.incr(stamp, by, 0.0, false),
-        None => chorus_crdt::KeyState::default().incr(stamp, by, 0.0, false),
-    };
-    x.apply(key, delta)?;
+    let new = x.update(key, |w| {
+        let new = current_int(w)?
+            .checked_add(by)
+            .ok_or(Error::Static("ERR increment or decrement would overflow"))?;
+        let delta = w.state().incr(w.stamp(), by, 0.0, false);
+        w.apply(delta);
+        Ok(new)
+    })?;
     x.out.int(new);
     Ok(())
 }
@@ -422,28 +407,25 @@ fn decrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let key = args[1];
     let by = float_arg(args[2])?;
-    x.prepare_write(key)?;
-    let current = match x.visible(key)?.map(|s| s.read(0)) {
-        None | Some(Read::Absent) => 0.0,
-        Some(Read::Int(i)) => i as f64,
-        Some(Read::Float(f)) => f,
-        Some(Read::Str(v)) => parse_float(v).ok_or(super::NOT_FLOAT)?,
-    };
-    let new = current + by;
-    if !new.is_finite() {
-        return Err(Error::Static("ERR increment would produce NaN or Infinity"));
-    }
-    let stamp = x.stamp();
-    let delta = match x.db(key)?.get(key) {
-        Some(s) => s.incr(stamp, 0, by, true),
-        None => chorus_crdt::KeyState::default().incr(stamp, 0, by, true),
-    };
-    x.apply(key, delta)?;
-    let shown = x
-        .value(key)?
-        .unwrap_or_else(|| format_float(new).into_bytes());
+    let shown = x.update(args[1], |w| {
+        let current = if !w.visible() {
+            0.0
+        } else {
+            match w.state().read(0) {
+                Read::Absent => 0.0,
+                Read::Int(i) => i as f64,
+                Read::Float(f) => f,
+                Read::Str(v) => parse_float(v).ok_or(super::NOT_FLOAT)?,
+            }
+        };
+        if !(current + by).is_finite() {
+            return Err(Error::Static("ERR increment would produce NaN or Infinity"));
+        }
+        let delta = w.state().incr(w.stamp(), 0, by, true);
+        w.apply(delta);
+        Ok(w.value().unwrap_or_default())
+    })?;
     x.out.bulk(&shown);
     Ok(())
 }

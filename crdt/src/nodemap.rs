@@ -1,0 +1,92 @@
+//! A small map from node id to a value, kept as a sorted vector.
+//!
+//! A key's counter has one entry per node that incremented it: a handful at
+//! most. A sorted vector costs one small allocation where a BTreeMap costs a
+//! node sized for eleven entries, and iterates in the same node-id order.
+
+use serde::{Deserialize, Serialize};
+
+use crate::stamp::NodeId;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "Vec<(NodeId, T)>", into = "Vec<(NodeId, T)>")]
+#[serde(bound(
+    deserialize = "T: Deserialize<'de> + Copy + MaxBy",
+    serialize = "T: Serialize + Clone"
+))]
+pub struct NodeMap<T>(Vec<(NodeId, T)>);
+
+/// How two values for the same node combine when a decoded map repeats a node.
+pub trait MaxBy: Copy {
+    fn max_by_version(self, other: Self) -> Self;
+}
+
+impl<T> Default for NodeMap<T> {
+    fn default() -> Self {
+        NodeMap(Vec::new())
+    }
+}
+
+impl<T> NodeMap<T> {
+    pub fn single(node: NodeId, value: T) -> Self {
+        NodeMap(vec![(node, value)])
+    }
+
+    pub fn get(&self, node: &NodeId) -> Option<&T> {
+        self.0
+            .binary_search_by_key(node, |(n, _)| *n)
+            .ok()
+            .map(|i| &self.0[i].1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Entries in node-id order.
+    pub fn iter(&self) -> impl Iterator<Item = (&NodeId, &T)> {
+        self.0.iter().map(|(n, v)| (n, v))
+    }
+
+    pub fn values(&self) -> impl Iterator<Item = &T> {
+        self.0.iter().map(|(_, v)| v)
+    }
+
+    pub fn retain(&mut self, mut keep: impl FnMut(&NodeId, &T) -> bool) {
+        self.0.retain(|(n, v)| keep(n, v));
+    }
+
+    /// Sets `node`'s value to `f(current)`, inserting when absent.
+    pub fn upsert(&mut self, node: NodeId, value: T, f: impl FnOnce(&mut T, T)) {
+        match self.0.binary_search_by_key(&node, |(n, _)| *n) {
+            Ok(i) => f(&mut self.0[i].1, value),
+            Err(i) => self.0.insert(i, (node, value)),
+        }
+    }
+}
+
+impl<T: MaxBy> From<Vec<(NodeId, T)>> for NodeMap<T> {
+    /// Sorts and merges duplicates, so a decoded map upholds the invariant
+    /// whatever bytes it came from.
+    fn from(mut entries: Vec<(NodeId, T)>) -> Self {
+        entries.sort_by_key(|(n, _)| *n);
+        let mut out: Vec<(NodeId, T)> = Vec::with_capacity(entries.len());
+        for (n, v) in entries {
+            match out.last_mut() {
+                Some((last, existing)) if *last == n => *existing = existing.max_by_version(v),
+                _ => out.push((n, v)),
+            }
+        }
+        NodeMap(out)
+    }
+}
+
+impl<T> From<NodeMap<T>> for Vec<(NodeId, T)> {
+    fn from(map: NodeMap<T>) -> Self {
+        map.0
+    }
+}
