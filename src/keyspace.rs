@@ -16,8 +16,11 @@ use hashbrown::HashMap;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
+use crate::key::Key;
+
 /// Shards per keyspace: enough that worker threads rarely meet on one lock,
 /// few enough that locking all of them (EXEC, FLUSHALL) stays cheap.
+/// A power of two (see `shard_of`).
 pub const SHARDS: usize = 64;
 
 /// Conflicts kept for CRDT.CONFLICTS; older ones are dropped first.
@@ -31,11 +34,11 @@ pub trait DeltaSink: Send + Sync {
 /// One database inside one shard.
 #[derive(Default)]
 pub struct Db {
-    pub map: HashMap<Box<[u8]>, KeyState>,
+    pub map: HashMap<Key, KeyState>,
     /// Keys that read as present (ignoring expiry): tombstones are not keys.
     pub live: usize,
     /// (expire_at_ms, key) of every key with an expiry, for the active cycle.
-    pub expiring: BTreeSet<(u64, Box<[u8]>)>,
+    pub expiring: BTreeSet<(u64, Key)>,
     /// The latest FLUSHDB/FLUSHALL stamp applied to this database.
     pub floor: Stamp,
 }
@@ -81,10 +84,10 @@ impl Db {
         }
         if old_at != new_at {
             if old_at != 0 {
-                expiring.remove(&(old_at, Box::from(key)));
+                expiring.remove(&(old_at, Key::new(key)));
             }
             if new_at != 0 {
-                expiring.insert((new_at, Box::from(key)));
+                expiring.insert((new_at, Key::new(key)));
             }
         }
         match (was_live, now_live) {
@@ -216,6 +219,21 @@ impl Writer<'_> {
         self.apply(delta);
     }
 
+    /// Increments the key's counter on this node (INCRBY by `int`, or
+    /// INCRBYFLOAT by `float` with `is_float`). In place: no delta is built
+    /// unless a replication sink needs one.
+    pub fn incr(&mut self, int: i64, float: f64, is_float: bool) {
+        let stamp = self.stamp();
+        let tally = self.state.incr_in_place(stamp, int, float, is_float);
+        if let Some(sink) = &self.ks.sink {
+            sink.publish(Delta::Key {
+                db: self.db as u32,
+                key: self.key.to_vec(),
+                state: KeyState::tally_delta(stamp.node, tally),
+            });
+        }
+    }
+
     /// Sets the expiry field: absolute `at_ms`, 0 to persist.
     pub fn expire(&mut self, at_ms: u64) {
         let delta = self.state.expire(self.stamp(), at_ms);
@@ -316,8 +334,15 @@ impl Keyspace {
         self.clock.node()
     }
 
+    /// The shard of `key`. The maps inside a shard hash keys with their own
+    /// seed and pick buckets from the low bits; taking the shard from an
+    /// independent hash keeps those bits spread within every shard.
     pub fn shard_of(&self, key: &[u8]) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
+        let mixed = self
+            .hasher
+            .hash_one(key)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        (mixed >> (64 - SHARDS.trailing_zeros())) as usize
     }
 
     /// Locks the given shards in index order.
@@ -428,7 +453,7 @@ impl Keyspace {
         for index in 0..SHARDS {
             let mut locked = self.lock(SmallVec::from_slice(&[index]));
             for db in 0..self.databases {
-                let due: Vec<Box<[u8]>> = {
+                let due: Vec<Key> = {
                     let Ok(shard) = locked.shard(index) else {
                         break;
                     };
@@ -512,6 +537,28 @@ mod tests {
         assert!(
             db.get(b"a").is_none(),
             "standalone: the tombstone is collected at once"
+        );
+    }
+
+    #[test]
+    fn keys_spread_over_all_shards_and_over_buckets_within_one() {
+        let ks = keyspace();
+        let mut per_shard = vec![0usize; SHARDS];
+        let mut low_bits_in_shard0 = std::collections::HashSet::new();
+        let maps_hasher = hashbrown::DefaultHashBuilder::default();
+        for i in 0..20_000 {
+            let key = format!("key:{i:012}");
+            let shard = ks.shard_of(key.as_bytes());
+            per_shard[shard] += 1;
+            if shard == 0 {
+                low_bits_in_shard0.insert(maps_hasher.hash_one(key.as_bytes()) & 0xff);
+            }
+        }
+        assert!(per_shard.iter().all(|&n| n > 150), "{per_shard:?}");
+        // ~312 random draws from 256 values give ~180 distinct; a collapse gives a handful.
+        assert!(
+            low_bits_in_shard0.len() > 120,
+            "bucket bits collapse within a shard"
         );
     }
 

@@ -6,6 +6,7 @@ pub mod cmd;
 pub mod config;
 pub mod glob;
 pub mod info;
+pub mod key;
 pub mod keyspace;
 pub mod resp;
 pub mod server;

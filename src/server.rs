@@ -307,6 +307,8 @@ async fn connection(
         // Run every complete request in the buffer.
         let mut consumed = 0;
         let mut commands = 0u64;
+        // One clock read per batch, as Redis caches mstime per event-loop turn.
+        let mut now_ms = shared.ks.clock.physical_unix_ms();
         let mut last_cmd: Option<&'static str> = None;
         while input.len() - consumed >= need && !client.close {
             let limits = if client.authed {
@@ -328,9 +330,10 @@ async fn connection(
                         continue;
                     }
                     commands += 1;
-                    last_cmd = dispatch(shared, &mut client, &mut out, &argv).or(last_cmd);
+                    last_cmd = dispatch(shared, &mut client, &mut out, &argv, now_ms).or(last_cmd);
                     if let Some(pause) = client.sleep.take() {
                         tokio::time::sleep(pause).await;
+                        now_ms = shared.ks.clock.physical_unix_ms();
                     }
                 }
                 Ok(Parsed::Incomplete { need: n }) => {
@@ -353,9 +356,7 @@ async fn connection(
                 .stats
                 .total_commands
                 .fetch_add(commands, Ordering::Relaxed);
-            handle
-                .last_active_ms
-                .store(shared.ks.clock.physical_unix_ms(), Ordering::Relaxed);
+            handle.last_active_ms.store(now_ms, Ordering::Relaxed);
             if let Some(name) = last_cmd {
                 *handle.last_cmd.lock() = name;
             }
@@ -423,6 +424,7 @@ pub fn dispatch(
     client: &mut Client,
     out: &mut Reply,
     args: &[&[u8]],
+    now_ms: u64,
 ) -> Option<&'static str> {
     let Some(spec) = cmd::lookup(args[0]) else {
         if client.multi.is_some() {
@@ -475,7 +477,6 @@ pub fn dispatch(
         cmd::shards_for(ks, spec, args, &mut shards);
         ks.lock(shards)
     };
-    let now_ms = ks.clock.physical_unix_ms();
     let mut x = Exec {
         shared,
         ks,

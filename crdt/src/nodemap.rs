@@ -1,10 +1,12 @@
 //! A small map from node id to a value, kept as a sorted vector.
 //!
 //! A key's counter has one entry per node that incremented it: a handful at
-//! most. A sorted vector costs one small allocation where a BTreeMap costs a
-//! node sized for eleven entries, and iterates in the same node-id order.
+//! most, and usually one. The first entry lives inline (no allocation, no
+//! pointer to chase); more spill to the heap. A BTreeMap would cost a node
+//! sized for eleven entries. Iteration is in node-id order either way.
 
 use serde::{Deserialize, Serialize};
+use smallvec::{smallvec, SmallVec};
 
 use crate::stamp::NodeId;
 
@@ -14,7 +16,7 @@ use crate::stamp::NodeId;
     deserialize = "T: Deserialize<'de> + Copy + MaxBy",
     serialize = "T: Serialize + Clone"
 ))]
-pub struct NodeMap<T>(Vec<(NodeId, T)>);
+pub struct NodeMap<T>(SmallVec<[(NodeId, T); 1]>);
 
 /// How two values for the same node combine when a decoded map repeats a node.
 pub trait MaxBy: Copy {
@@ -23,13 +25,13 @@ pub trait MaxBy: Copy {
 
 impl<T> Default for NodeMap<T> {
     fn default() -> Self {
-        NodeMap(Vec::new())
+        NodeMap(SmallVec::new())
     }
 }
 
 impl<T> NodeMap<T> {
     pub fn single(node: NodeId, value: T) -> Self {
-        NodeMap(vec![(node, value)])
+        NodeMap(smallvec![(node, value)])
     }
 
     pub fn get(&self, node: &NodeId) -> Option<&T> {
@@ -74,7 +76,7 @@ impl<T: MaxBy> From<Vec<(NodeId, T)>> for NodeMap<T> {
     /// whatever bytes it came from.
     fn from(mut entries: Vec<(NodeId, T)>) -> Self {
         entries.sort_by_key(|(n, _)| *n);
-        let mut out: Vec<(NodeId, T)> = Vec::with_capacity(entries.len());
+        let mut out: SmallVec<[(NodeId, T); 1]> = SmallVec::with_capacity(entries.len());
         for (n, v) in entries {
             match out.last_mut() {
                 Some((last, existing)) if *last == n => *existing = existing.max_by_version(v),
@@ -87,6 +89,6 @@ impl<T: MaxBy> From<Vec<(NodeId, T)>> for NodeMap<T> {
 
 impl<T> From<NodeMap<T>> for Vec<(NodeId, T)> {
     fn from(map: NodeMap<T>) -> Self {
-        map.0
+        map.0.into_vec()
     }
 }

@@ -302,14 +302,12 @@ impl KeyState {
         }
     }
 
-    /// An increment by `int` (INCRBY) or by `float` (INCRBYFLOAT, with
-    /// `is_float`) made by `stamp.node` at `stamp`.
-    pub fn incr(&self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> KeyState {
-        let node = stamp.node;
+    /// The tally `stamp.node` has after one more increment on this state.
+    fn next_tally(&self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> Tally {
         let float_ops = u64::from(is_float);
         // A tally that every reset so far removed is gone from `counts`
         // (see `normalize`), so a present one still has surviving increments.
-        let tally = match self.extras.as_ref().and_then(|x| x.counts.get(&node)) {
+        match self.extras.as_ref().and_then(|x| x.counts.get(&stamp.node)) {
             Some(c) => Tally {
                 epoch: c.epoch,
                 ops: c.ops + 1,
@@ -324,7 +322,17 @@ impl KeyState {
                 float,
                 float_ops,
             },
-        };
+        }
+    }
+
+    /// An increment by `int` (INCRBY) or by `float` (INCRBYFLOAT, with
+    /// `is_float`) made by `stamp.node` at `stamp`.
+    pub fn incr(&self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> KeyState {
+        KeyState::tally_delta(stamp.node, self.next_tally(stamp, int, float, is_float))
+    }
+
+    /// The delta that carries one node's tally.
+    pub fn tally_delta(node: NodeId, tally: Tally) -> KeyState {
         KeyState {
             reg: Register::default(),
             extras: Some(Box::new(Extras {
@@ -332,6 +340,21 @@ impl KeyState {
                 ..Extras::default()
             })),
         }
+    }
+
+    /// Applies this node's own increment in place: the same state as
+    /// `self.merge(&self.incr(..))`, without building the delta. Returns the
+    /// new tally, which [`KeyState::tally_delta`] turns into the delta to
+    /// replicate. (A newer tally of this node is never covered by `removed`,
+    /// and a local increment is only made on a numeric value, so neither
+    /// normalisation nor conflict detection has anything to do.)
+    pub fn incr_in_place(&mut self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> Tally {
+        let tally = self.next_tally(stamp, int, float, is_float);
+        let extras = self.extras.get_or_insert_with(Default::default);
+        extras
+            .counts
+            .upsert(stamp.node, tally, |mine, new| *mine = new);
+        tally
     }
 
     /// Sets the key's expiry to `at_ms` (0: persist), stamped `stamp`.

@@ -336,6 +336,32 @@ proptest! {
     }
 
     #[test]
+    fn in_place_increment_equals_merging_its_delta(
+        steps in steps(3, false, true), seed in any::<u64>(), node in 1u64..4, by in any::<i8>(), is_float in any::<bool>(),
+    ) {
+        let (replicas, _) = run(3, &steps, seed);
+        for r in &replicas {
+            for state in r.keys.values() {
+                let stamp = Stamp { time: r.time + 1, node: NodeId(node) };
+                let (int, float) = if is_float { (0, f64::from(by) / 4.0) } else { (i64::from(by), 0.0) };
+                let mut merged = state.clone();
+                merged.merge(&state.incr(stamp, int, float, is_float));
+                let mut in_place = state.clone();
+                let tally = in_place.incr_in_place(stamp, int, float, is_float);
+                prop_assert_eq!(&in_place, &merged);
+                prop_assert_eq!(KeyState::tally_delta(NodeId(node), tally), state.incr(stamp, int, float, is_float));
+                // Owned and borrowed merges agree too.
+                let delta = state.write(stamp, Some(b"7"), 0);
+                let mut owned = state.clone();
+                owned.merge_owned(delta.clone());
+                let mut borrowed = state.clone();
+                borrowed.merge(&delta);
+                prop_assert_eq!(owned, borrowed);
+            }
+        }
+    }
+
+    #[test]
     fn decoding_random_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
         let _ = decode::<KeyState>(&bytes);
         let _ = decode::<Delta>(&bytes);

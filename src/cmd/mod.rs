@@ -13,7 +13,6 @@ pub use server::REDIS_COMPAT_VERSION;
 mod strings;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use chorus_crdt::{KeyState, Read};
@@ -124,7 +123,7 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .chain(server::COMMANDS)
 }
 
-static BY_NAME: LazyLock<HashMap<&'static str, &'static Spec>> =
+static BY_NAME: LazyLock<hashbrown::HashMap<&'static str, &'static Spec>> =
     LazyLock::new(|| table().map(|s| (s.name, s)).collect());
 
 /// Finds a command by name, ignoring ASCII case, without allocating.

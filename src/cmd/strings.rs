@@ -378,8 +378,7 @@ fn incr_generic(x: &mut Exec, key: &[u8], by: i64) -> CmdResult {
         let new = current_int(w)?
             .checked_add(by)
             .ok_or(Error::Static("ERR increment or decrement would overflow"))?;
-        let delta = w.state().incr(w.stamp(), by, 0.0, false);
-        w.apply(delta);
+        w.incr(by, 0.0, false);
         Ok(new)
     })?;
     x.out.int(new);
@@ -422,8 +421,7 @@ fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         if !(current + by).is_finite() {
             return Err(Error::Static("ERR increment would produce NaN or Infinity"));
         }
-        let delta = w.state().incr(w.stamp(), 0, by, true);
-        w.apply(delta);
+        w.incr(0, by, true);
         Ok(w.value().unwrap_or_default())
     })?;
     x.out.bulk(&shown);
