@@ -18,6 +18,11 @@ use chorus_crdt::{Clock, NodeId};
 
 pub use config::Config;
 
+/// Applies a new log level to the running process (set by the binary once its
+/// logger is installed; CONFIG SET loglevel calls it).
+pub static LOG_LEVEL_HOOK: std::sync::OnceLock<Box<dyn Fn(config::LogLevel) + Send + Sync>> =
+    std::sync::OnceLock::new();
+
 /// Default `max-clock-drift`: remote stamps further ahead do not move the clock.
 pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_millis(500);
 

@@ -104,11 +104,14 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CHORUS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(config.loglevel.filter()));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false);
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{fmt, reload, EnvFilter};
+
+    let from_env = EnvFilter::try_from_env("CHORUS_LOG").ok();
+    let env_overrides = from_env.is_some();
+    let filter = from_env.unwrap_or_else(|| EnvFilter::new(config.loglevel.filter()));
+    let (filter, handle) = reload::Layer::new(filter);
+    let registry = tracing_subscriber::registry().with(filter);
     match &config.logfile {
         Some(path) => {
             let file = std::fs::OpenOptions::new()
@@ -116,15 +119,34 @@ fn init_logging(config: &Config) -> anyhow::Result<()> {
                 .append(true)
                 .open(path)
                 .with_context(|| format!("cannot open logfile {}", path.display()))?;
-            builder.with_ansi(false).with_writer(Arc::new(file)).init();
+            registry
+                .with(
+                    fmt::layer()
+                        .with_target(false)
+                        .with_ansi(false)
+                        .with_writer(Arc::new(file)),
+                )
+                .init();
         }
         None => {
             use std::io::IsTerminal;
-            builder
-                .with_ansi(std::io::stderr().is_terminal())
-                .with_writer(std::io::stderr)
-                .init()
+            registry
+                .with(
+                    fmt::layer()
+                        .with_target(false)
+                        .with_ansi(std::io::stderr().is_terminal())
+                        .with_writer(std::io::stderr),
+                )
+                .init();
         }
+    }
+    // CHORUS_LOG is the operator's explicit choice; CONFIG SET does not undo it.
+    if !env_overrides {
+        let _ = chorus::LOG_LEVEL_HOOK.set(Box::new(move |level| {
+            if let Err(e) = handle.reload(EnvFilter::new(level.filter())) {
+                warn!("could not change the log level: {e}");
+            }
+        }));
     }
     Ok(())
 }

@@ -190,6 +190,74 @@ fn a_frame_split_across_many_writes_is_reassembled() {
 }
 
 #[test]
+fn client_query_buffer_limit_disconnects_a_flooding_client() {
+    let s = Server::start(&["--client-query-buffer-limit", "1mb"]);
+    let mut raw = s.raw();
+    // A legal 8 MiB bulk announced, then streamed: past 1 MiB unparsed, the client goes.
+    raw.send(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$8388608\r\n");
+    let chunk = vec![b'x'; 256 * 1024];
+    let mut closed = false;
+    for _ in 0..32 {
+        if std::io::Write::write_all(&mut raw.0, &chunk).is_err() {
+            closed = true;
+            break;
+        }
+    }
+    if !closed {
+        assert!(raw.read_to_close().is_empty());
+    }
+    assert_eq!(q::<Option<String>>(&mut s.conn(), &["GET", "k"]), None);
+}
+
+#[test]
+fn logfile_and_live_loglevel() {
+    let dir = std::env::temp_dir().join(format!("chorus-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log = dir.join("chorus.log");
+    let _ = std::fs::remove_file(&log);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["server", "--port", "0", "--logfile"])
+        .arg(&log)
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let addr = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(a) = text.split("Ready to accept connections tcp on ").nth(1) {
+            break a.lines().next().unwrap().trim().to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no address in the logfile"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let client = redis::Client::open(format!("redis://{addr}/")).unwrap();
+    let mut c = client.get_connection().unwrap();
+    assert_eq!(
+        q::<String>(&mut c, &["CONFIG", "SET", "loglevel", "debug"]),
+        "OK"
+    );
+    // A protocol error is logged at debug level only.
+    let mut raw = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(&mut raw, b"*x\r\n").unwrap();
+    let _ = std::io::Read::read(&mut raw, &mut [0u8; 256]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap()
+        .contains("protocol error")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "debug line not logged after CONFIG SET loglevel debug"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
 fn maxclients_refuses_the_extra_connection() {
     let s = Server::start(&["--maxclients", "2"]);
     let mut a = s.raw();

@@ -32,9 +32,12 @@ use crate::stamp::{NodeId, Stamp};
 pub struct Register {
     /// Stamp of the write; `Stamp::ZERO` means never written.
     pub stamp: Stamp,
-    /// Stamp of the register state this write replaced on its origin node:
-    /// any write stamped after it was not seen by this one.
-    pub parent: Stamp,
+    /// HLC time of the register state this write replaced on its origin
+    /// node: a write stamped later was not seen by this one. Only the time is
+    /// kept (8 bytes a key): two writes of one key by different nodes at the
+    /// identical 64-bit HLC time (a ~4 ns slot) count as seen, the one case
+    /// where a conflict could go unreported.
+    pub parent_time: u64,
     /// The value; `None` is a tombstone (DEL, or nothing written).
     #[serde(with = "serde_bytes")]
     pub value: Option<Box<[u8]>>,
@@ -46,8 +49,13 @@ impl Register {
     /// Total order used to pick the winner. Distinct writes never share a
     /// stamp; the rest of the key only makes the order total on any input.
     fn beats(&self, other: &Register) -> bool {
-        (self.stamp, self.parent, self.expire_at_ms, &self.value)
-            > (other.stamp, other.parent, other.expire_at_ms, &other.value)
+        (self.stamp, self.parent_time, self.expire_at_ms, &self.value)
+            > (
+                other.stamp,
+                other.parent_time,
+                other.expire_at_ms,
+                &other.value,
+            )
     }
 }
 
@@ -294,7 +302,7 @@ impl KeyState {
         KeyState {
             reg: Register {
                 stamp,
-                parent: self.reg.stamp,
+                parent_time: self.reg.stamp.time,
                 value: value.map(Box::from),
                 expire_at_ms,
             },
@@ -549,7 +557,10 @@ fn register_side(reg: &Register) -> Side {
 /// The conflict, if any, of `loser` losing to `winner`: the loser was not
 /// seen by the winner exactly when it is newer than the winner's parent.
 fn register_conflict(winner: &Register, loser: &Register) -> Option<Conflict> {
-    if loser.stamp.is_zero() || loser.stamp <= winner.parent || loser.stamp == winner.stamp {
+    if loser.stamp.is_zero()
+        || loser.stamp.time <= winner.parent_time
+        || loser.stamp == winner.stamp
+    {
         return None;
     }
     let kind = match (winner.value.is_some(), loser.value.is_some()) {

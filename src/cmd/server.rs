@@ -647,7 +647,12 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
         "client-query-buffer-limit" => t
             .query_buffer_limit
             .store(probe.client_query_buffer_limit, Ordering::Relaxed),
-        "loglevel" => *t.loglevel.lock() = probe.loglevel,
+        "loglevel" => {
+            *t.loglevel.lock() = probe.loglevel;
+            if let Some(apply) = crate::LOG_LEVEL_HOOK.get() {
+                apply(probe.loglevel);
+            }
+        }
         _ => return Err(failed("can't set immutable config".to_string())),
     }
     Ok(())
