@@ -214,9 +214,16 @@ impl Writer<'_> {
     }
 
     /// Writes `value` (or deletes, for `None`) expiring at `expire_at_ms`.
+    /// In place (reusing the old value's allocation when it fits) unless a
+    /// replication sink needs the delta.
     pub fn set(&mut self, value: Option<&[u8]>, expire_at_ms: u64) {
-        let delta = self.state.write(self.stamp(), value, expire_at_ms);
-        self.apply(delta);
+        let stamp = self.stamp();
+        if self.ks.sink.is_some() {
+            let delta = self.state.write(stamp, value, expire_at_ms);
+            self.apply(delta);
+        } else {
+            self.state.write_in_place(stamp, value, expire_at_ms);
+        }
     }
 
     /// Increments the key's counter on this node (INCRBY by `int`, or

@@ -99,11 +99,27 @@ fn count_line(
     if rest[cr + 1] != b'\n' {
         return Err(ProtocolError(invalid));
     }
-    let n = std::str::from_utf8(&rest[..cr])
-        .ok()
-        .and_then(|s| s.parse::<i64>().ok())
-        .ok_or(ProtocolError(invalid))?;
+    let n = parse_count(&rest[..cr]).ok_or(ProtocolError(invalid))?;
     Ok(Some((n, at + 1 + cr + 2)))
+}
+
+/// A count line's integer: optional `-`, then decimal digits, within i64.
+fn parse_count(digits: &[u8]) -> Option<i64> {
+    let (neg, digits) = match digits {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, digits),
+    };
+    if digits.is_empty() {
+        return None;
+    }
+    let mut n: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
+    }
+    Some(if neg { -n } else { n })
 }
 
 fn parse_multibulk(

@@ -310,6 +310,35 @@ impl KeyState {
         }
     }
 
+    /// Applies this node's own register write in place: the same state as
+    /// `self.merge_owned(self.write(stamp, value, expire_at_ms))`, but a
+    /// value of the old one's length is copied into the old allocation
+    /// instead of allocating anew and freeing the old.
+    pub fn write_in_place(&mut self, stamp: Stamp, value: Option<&[u8]>, expire_at_ms: u64) {
+        if stamp <= self.reg.stamp {
+            // Not newer than what is here (never so for a local HLC stamp):
+            // let the merge decide.
+            let delta = self.write(stamp, value, expire_at_ms);
+            self.merge_owned(delta);
+            return;
+        }
+        match (&mut self.reg.value, value) {
+            (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
+            (slot, new) => *slot = new.map(Box::from),
+        }
+        self.reg.parent_time = self.reg.stamp.time;
+        self.reg.stamp = stamp;
+        self.reg.expire_at_ms = if value.is_some() { expire_at_ms } else { 0 };
+        if let Some(x) = &mut self.extras {
+            // The write removes every increment it observed: all of them.
+            let counts = std::mem::take(&mut x.counts);
+            for (node, t) in counts.iter() {
+                join_tally(&mut x.removed, *node, t);
+            }
+        }
+        self.normalize();
+    }
+
     /// The tally `stamp.node` has after one more increment on this state.
     fn next_tally(&self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> Tally {
         let float_ops = u64::from(is_float);

@@ -350,6 +350,20 @@ proptest! {
                 let tally = in_place.incr_in_place(stamp, int, float, is_float);
                 prop_assert_eq!(&in_place, &merged);
                 prop_assert_eq!(KeyState::tally_delta(NodeId(node), tally), state.incr(stamp, int, float, is_float));
+                // A register write in place equals merging its delta.
+                for value in [Some(&b"7"[..]), Some(b"a-longer-value"), None] {
+                    let mut merged = state.clone();
+                    merged.merge_owned(state.write(stamp, value, 99));
+                    let mut in_place = state.clone();
+                    in_place.write_in_place(stamp, value, 99);
+                    prop_assert_eq!(&in_place, &merged);
+                    let old = Stamp { time: 0, node: NodeId(node) };
+                    let mut merged = state.clone();
+                    merged.merge_owned(state.write(old, value, 99));
+                    let mut in_place = state.clone();
+                    in_place.write_in_place(old, value, 99);
+                    prop_assert_eq!(&in_place, &merged);
+                }
                 // Owned and borrowed merges agree too.
                 let delta = state.write(stamp, Some(b"7"), 0);
                 let mut owned = state.clone();
