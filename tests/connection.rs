@@ -389,6 +389,15 @@ fn config_get_set_info_command_time() {
 }
 
 #[test]
+fn pinned_worker_threads_serve_clients() {
+    let s = Server::start(&["--server-threads", "2", "--server-thread-affinity", "yes"]);
+    let mut c = s.conn();
+    assert_eq!(q::<i64>(&mut c, &["INCR", "n"]), 1);
+    let threads: Vec<String> = q(&mut c, &["CONFIG", "GET", "server-thread*"]);
+    assert_eq!(threads, vec!["server-threads", "2", "server-thread-affinity", "yes"]);
+}
+
+#[test]
 fn debug_sleep_delays_only_that_client() {
     let s = Server::start(&["--server-threads", "2"]);
     let mut sleeper = s.raw();

@@ -468,7 +468,7 @@ fn client_kill(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         skipme = false;
     } else {
         let mut i = 2;
-        while i + 1 < args.len() + 1 && i < args.len() {
+        while i < args.len() {
             let v = args.get(i + 1).ok_or(SYNTAX)?;
             if is(args[i], "ID") {
                 id = Some(
