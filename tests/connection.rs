@@ -394,7 +394,10 @@ fn pinned_worker_threads_serve_clients() {
     let mut c = s.conn();
     assert_eq!(q::<i64>(&mut c, &["INCR", "n"]), 1);
     let threads: Vec<String> = q(&mut c, &["CONFIG", "GET", "server-thread*"]);
-    assert_eq!(threads, vec!["server-threads", "2", "server-thread-affinity", "yes"]);
+    assert_eq!(
+        threads,
+        vec!["server-threads", "2", "server-thread-affinity", "yes"]
+    );
 }
 
 #[test]
