@@ -1,0 +1,336 @@
+//! `chorus-transport`: authenticated peer links over QUIC. It carries opaque
+//! frames and knows nothing of keys, commands or replication.
+//!
+//! - TLS 1.3 always on (quinn + rustls with the ring provider only).
+//! - Before any data flows, both peers prove the shared secret and agree on
+//!   the cluster name ([`auth`]); a refused peer is counted in [`AuthStats`].
+//! - A link carries independent streams ([`StreamKind::Live`] for deltas,
+//!   [`StreamKind::Bulk`] for state transfer), so neither blocks the other.
+//! - [`peer::Outbound`] keeps one peer connected with backoff and jitter
+//!   behind a bounded queue that never blocks the writer.
+//! - The UDP socket is behind quinn's `AsyncUdpSocket`, so a simulation can
+//!   run the same stack over a simulated network ([`Transport::with_socket`]).
+
+pub mod auth;
+pub mod frame;
+pub mod peer;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn::{AsyncUdpSocket, Endpoint, EndpointConfig, Runtime};
+use tracing::warn;
+
+pub use auth::Refusal;
+pub use frame::{FrameReceiver, FrameSender, DEFAULT_MAX_FRAME};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("TLS setup failed: {0}")]
+    Tls(String),
+    #[error("could not bind the replication socket: {0}")]
+    Bind(String),
+    #[error("connection failed: {0}")]
+    Connect(String),
+    #[error("handshake failed: {0}")]
+    Handshake(String),
+    #[error("peer refused ({0:?}): {1}")]
+    Refused(Refusal, String),
+    #[error("stream error: {0}")]
+    Stream(String),
+    #[error("frame of {len} bytes exceeds the {max}-byte limit")]
+    FrameTooLarge { len: usize, max: usize },
+    #[error("handshake timed out")]
+    Timeout,
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+/// Who this node is to its peers, and the link limits.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    pub node: u64,
+    /// Peers must carry the same cluster name.
+    pub cluster_name: String,
+    /// The shared secret (`masterauth`); never sent over the wire.
+    pub secret: Vec<u8>,
+    pub max_frame: usize,
+    pub handshake_timeout: Duration,
+    /// A link with no packets for this long is dead.
+    pub idle_timeout: Duration,
+    pub keep_alive: Duration,
+}
+
+impl TransportConfig {
+    pub fn new(node: u64, cluster_name: &str, secret: &[u8]) -> TransportConfig {
+        TransportConfig {
+            node,
+            cluster_name: cluster_name.to_string(),
+            secret: secret.to_vec(),
+            max_frame: DEFAULT_MAX_FRAME,
+            handshake_timeout: Duration::from_secs(5),
+            idle_timeout: Duration::from_secs(10),
+            keep_alive: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Handshake outcomes, for INFO.
+#[derive(Debug, Default)]
+pub struct AuthStats {
+    pub accepted: AtomicU64,
+    pub refused_wrong_secret: AtomicU64,
+    pub refused_cluster: AtomicU64,
+    pub refused_other: AtomicU64,
+}
+
+impl AuthStats {
+    fn count(&self, result: &Result<u64, TransportError>) {
+        let counter = match result {
+            Ok(_) => &self.accepted,
+            Err(TransportError::Refused(Refusal::WrongSecret, _)) => &self.refused_wrong_secret,
+            Err(TransportError::Refused(Refusal::ClusterMismatch, _)) => &self.refused_cluster,
+            Err(_) => &self.refused_other,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The kinds of stream a link carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamKind {
+    /// Live deltas, in order.
+    Live,
+    /// Bulk state transfer.
+    Bulk,
+}
+
+impl StreamKind {
+    fn tag(self) -> u8 {
+        match self {
+            StreamKind::Live => 1,
+            StreamKind::Bulk => 2,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<StreamKind> {
+        match tag {
+            1 => Some(StreamKind::Live),
+            2 => Some(StreamKind::Bulk),
+            _ => None,
+        }
+    }
+}
+
+/// This node's QUIC endpoint: dials peers and accepts them.
+pub struct Transport {
+    endpoint: Endpoint,
+    config: Arc<TransportConfig>,
+    pub stats: Arc<AuthStats>,
+}
+
+/// An authenticated connection to one peer.
+#[derive(Clone)]
+pub struct PeerLink {
+    conn: quinn::Connection,
+    /// The peer's node id, as it proved in the handshake.
+    pub peer_node: u64,
+    max_frame: usize,
+}
+
+impl Transport {
+    /// Binds a UDP socket at `addr` (port 0 for any) and listens for peers.
+    pub fn bind(addr: SocketAddr, config: TransportConfig) -> Result<Transport, TransportError> {
+        let socket = std::net::UdpSocket::bind(addr)
+            .map_err(|e| TransportError::Bind(format!("{addr}: {e}")))?;
+        let runtime: Arc<dyn Runtime> = Arc::new(quinn::TokioRuntime);
+        let socket = runtime
+            .wrap_udp_socket(socket)
+            .map_err(|e| TransportError::Bind(e.to_string()))?;
+        Transport::with_socket(socket, runtime, EndpointConfig::default(), config)
+    }
+
+    /// Builds the endpoint over any `AsyncUdpSocket` and runtime (a simulated
+    /// network, a fixed RNG seed in `endpoint_config`).
+    pub fn with_socket(
+        socket: Arc<dyn AsyncUdpSocket>,
+        runtime: Arc<dyn Runtime>,
+        endpoint_config: EndpointConfig,
+        config: TransportConfig,
+    ) -> Result<Transport, TransportError> {
+        if config.secret.is_empty() {
+            return Err(TransportError::Config(
+                "a shared secret (masterauth) is required before peers may connect".into(),
+            ));
+        }
+        let mut link_config = quinn::TransportConfig::default();
+        link_config.keep_alive_interval(Some(config.keep_alive));
+        link_config.max_idle_timeout(Some(
+            config
+                .idle_timeout
+                .try_into()
+                .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
+        ));
+        let link_config = Arc::new(link_config);
+
+        let (cert, key) = tls::self_signed()?;
+        let server_crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(cert, key)?)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+        server.transport_config(link_config.clone());
+        let client_crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config()?)
+                .map_err(|e| TransportError::Tls(e.to_string()))?;
+        let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
+        client.transport_config(link_config);
+
+        let mut endpoint =
+            Endpoint::new_with_abstract_socket(endpoint_config, Some(server), socket, runtime)
+                .map_err(|e| TransportError::Bind(e.to_string()))?;
+        endpoint.set_default_client_config(client);
+        Ok(Transport {
+            endpoint,
+            config: Arc::new(config),
+            stats: Arc::new(AuthStats::default()),
+        })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, TransportError> {
+        self.endpoint
+            .local_addr()
+            .map_err(|e| TransportError::Bind(e.to_string()))
+    }
+
+    pub fn node(&self) -> u64 {
+        self.config.node
+    }
+
+    fn identity(&self) -> auth::Identity<'_> {
+        auth::Identity {
+            cluster: &self.config.cluster_name,
+            node: self.config.node,
+            secret: &self.config.secret,
+        }
+    }
+
+    /// Dials a peer and runs the handshake.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<PeerLink, TransportError> {
+        let connecting = self
+            .endpoint
+            .connect(addr, "chorus-peer")
+            .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+        let attempt = async {
+            let conn = connecting
+                .await
+                .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+            let node = auth::dial(&conn, &self.identity(), self.config.max_frame).await;
+            Ok::<_, TransportError>((conn, node))
+        };
+        let (conn, node) = tokio::time::timeout(self.config.handshake_timeout, attempt)
+            .await
+            .map_err(|_| TransportError::Timeout)??;
+        self.finish_handshake(conn, node, addr)
+    }
+
+    /// The next peer that connected and passed the handshake; `Err` for one
+    /// that did not (it is already closed and counted). `None` once closed.
+    pub async fn accept(&self) -> Option<Result<PeerLink, TransportError>> {
+        let incoming = self.endpoint.accept().await?;
+        let addr = incoming.remote_address();
+        let attempt = async {
+            let conn = incoming
+                .await
+                .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+            let node = auth::accept(&conn, &self.identity(), self.config.max_frame).await;
+            Ok::<_, TransportError>((conn, node))
+        };
+        Some(
+            match tokio::time::timeout(self.config.handshake_timeout, attempt).await {
+                Err(_) => Err(TransportError::Timeout),
+                Ok(Err(e)) => Err(e),
+                Ok(Ok((conn, node))) => self.finish_handshake(conn, node, addr),
+            },
+        )
+    }
+
+    fn finish_handshake(
+        &self,
+        conn: quinn::Connection,
+        node: Result<u64, TransportError>,
+        addr: SocketAddr,
+    ) -> Result<PeerLink, TransportError> {
+        self.stats.count(&node);
+        match node {
+            Ok(peer_node) => Ok(PeerLink {
+                conn,
+                peer_node,
+                max_frame: self.config.max_frame,
+            }),
+            Err(e) => {
+                warn!(peer = %addr, "refused replication peer: {e}");
+                let (code, reason) = match &e {
+                    TransportError::Refused(kind, reason) => (kind.close_code(), reason.clone()),
+                    other => (Refusal::Protocol.close_code(), other.to_string()),
+                };
+                conn.close(code.into(), reason.as_bytes());
+                Err(e)
+            }
+        }
+    }
+
+    /// Closes every link and stops accepting.
+    pub fn close(&self) {
+        self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+impl PeerLink {
+    /// Opens a stream of `kind` to the peer.
+    pub async fn open(&self, kind: StreamKind) -> Result<FrameSender, TransportError> {
+        let mut send = self
+            .conn
+            .open_uni()
+            .await
+            .map_err(|e| TransportError::Stream(e.to_string()))?;
+        // The tag also makes the stream visible to the peer at once.
+        send.write_all(&[kind.tag()])
+            .await
+            .map_err(|e| TransportError::Stream(e.to_string()))?;
+        Ok(FrameSender::new(send, self.max_frame))
+    }
+
+    /// The next stream the peer opened.
+    pub async fn accept_stream(&self) -> Result<(StreamKind, FrameReceiver), TransportError> {
+        let mut recv = self
+            .conn
+            .accept_uni()
+            .await
+            .map_err(|e| TransportError::Stream(e.to_string()))?;
+        let tag = FrameReceiver::read_tag(&mut recv).await?;
+        let kind = StreamKind::from_tag(tag)
+            .ok_or_else(|| TransportError::Stream(format!("unknown stream kind {tag}")))?;
+        Ok((kind, FrameReceiver::new(recv, self.max_frame)))
+    }
+
+    pub fn remote_address(&self) -> SocketAddr {
+        self.conn.remote_address()
+    }
+
+    pub fn close(&self, reason: &str) {
+        self.conn.close(0u32.into(), reason.as_bytes());
+    }
+
+    /// Resolves when the link is closed, by either side or by idleness.
+    pub async fn closed(&self) -> String {
+        self.conn.closed().await.to_string()
+    }
+
+    /// Smoothed round-trip time.
+    pub fn rtt(&self) -> Duration {
+        self.conn.rtt()
+    }
+}

@@ -1,0 +1,303 @@
+//! Real QUIC between endpoints on 127.0.0.1: handshakes, refusals, streams,
+//! reconnects and the bounded queue.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_transport::peer::{Backoff, Outbound, QueueFull};
+use chorus_transport::{Refusal, StreamKind, Transport, TransportConfig, TransportError};
+
+const LOOPBACK: &str = "127.0.0.1:0";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn node(id: u64, cluster: &str, secret: &[u8]) -> Transport {
+    let mut config = TransportConfig::new(id, cluster, secret);
+    config.handshake_timeout = Duration::from_secs(3);
+    Transport::bind(LOOPBACK.parse().unwrap(), config).expect("bind")
+}
+
+fn fast_backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(20), Duration::from_millis(200))
+}
+
+#[tokio::test]
+async fn peers_with_the_secret_exchange_frames_on_separate_streams() {
+    let a = node(1, "prod", b"s3cret");
+    let b = Arc::new(node(2, "prod", b"s3cret"));
+    let b_addr = b.local_addr().unwrap();
+    let acceptor = {
+        let b = b.clone();
+        tokio::spawn(async move { b.accept().await.expect("endpoint open") })
+    };
+    let link = a.connect(b_addr).await.expect("handshake");
+    assert_eq!(link.peer_node, 2);
+    let theirs = tokio::time::timeout(WAIT, acceptor)
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("accepted");
+    assert_eq!(theirs.peer_node, 1);
+
+    let mut live = link.open(StreamKind::Live).await.unwrap();
+    let mut bulk = link.open(StreamKind::Bulk).await.unwrap();
+    // A large bulk frame does not hold up the live stream.
+    let big = vec![7u8; 4 * 1024 * 1024];
+    let bulk_send = tokio::spawn(async move {
+        bulk.send(&big).await.unwrap();
+        bulk.finish().unwrap();
+    });
+    for i in 0..100u32 {
+        live.send(&i.to_be_bytes()).await.unwrap();
+    }
+    live.finish().unwrap();
+
+    let mut got_live = Vec::new();
+    let mut got_bulk = None;
+    for _ in 0..2 {
+        let (kind, mut rx) = tokio::time::timeout(WAIT, theirs.accept_stream())
+            .await
+            .unwrap()
+            .unwrap();
+        match kind {
+            StreamKind::Live => {
+                while let Some(frame) = rx.recv().await.unwrap() {
+                    got_live.push(u32::from_be_bytes(frame.try_into().unwrap()));
+                }
+            }
+            StreamKind::Bulk => {
+                got_bulk = rx.recv().await.unwrap();
+                assert!(rx.recv().await.unwrap().is_none());
+            }
+        }
+    }
+    bulk_send.await.unwrap();
+    assert_eq!(
+        got_live,
+        (0..100).collect::<Vec<_>>(),
+        "in order, none lost"
+    );
+    assert_eq!(got_bulk.map(|b| b.len()), Some(4 * 1024 * 1024));
+    assert_eq!(a.stats.accepted.load(Ordering::Relaxed), 1);
+    assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 1);
+}
+
+async fn handshake(
+    a: &Transport,
+    b: Arc<Transport>,
+) -> (Result<u64, TransportError>, Result<u64, TransportError>) {
+    let addr = b.local_addr().unwrap();
+    let acceptor = tokio::spawn(async move {
+        b.accept()
+            .await
+            .expect("endpoint open")
+            .map(|l| l.peer_node)
+    });
+    let dialed = a.connect(addr).await.map(|l| l.peer_node);
+    let accepted = tokio::time::timeout(WAIT, acceptor).await.unwrap().unwrap();
+    (dialed, accepted)
+}
+
+#[tokio::test]
+async fn a_wrong_secret_is_refused_on_both_sides_and_counted() {
+    let a = node(1, "prod", b"right");
+    let b = Arc::new(node(2, "prod", b"wrong"));
+    let (dialed, accepted) = handshake(&a, b.clone()).await;
+    assert!(
+        matches!(
+            dialed,
+            Err(TransportError::Refused(Refusal::WrongSecret, _))
+        ),
+        "{dialed:?}"
+    );
+    assert!(accepted.is_err(), "{accepted:?}");
+    assert_eq!(a.stats.refused_wrong_secret.load(Ordering::Relaxed), 1);
+    assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        b.stats.refused_wrong_secret.load(Ordering::Relaxed)
+            + b.stats.refused_other.load(Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
+async fn a_different_cluster_name_is_refused() {
+    let a = node(1, "prod", b"s");
+    let b = Arc::new(node(2, "staging", b"s"));
+    let (dialed, accepted) = handshake(&a, b.clone()).await;
+    assert!(
+        matches!(dialed, Err(TransportError::Refused(_, ref why)) if why.contains("cluster-name")),
+        "{dialed:?}"
+    );
+    assert!(
+        matches!(
+            accepted,
+            Err(TransportError::Refused(Refusal::ClusterMismatch, _))
+        ),
+        "{accepted:?}"
+    );
+    assert_eq!(b.stats.refused_cluster.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn no_secret_no_transport() {
+    let err = Transport::bind(LOOPBACK.parse().unwrap(), TransportConfig::new(1, "c", b"")).err();
+    assert!(matches!(err, Some(TransportError::Config(_))));
+}
+
+#[tokio::test]
+async fn a_dialer_that_never_finishes_the_handshake_gets_no_link() {
+    let b = Arc::new({
+        let mut c = TransportConfig::new(2, "prod", b"s");
+        c.handshake_timeout = Duration::from_millis(300);
+        Transport::bind(LOOPBACK.parse().unwrap(), c).unwrap()
+    });
+    let addr = b.local_addr().unwrap();
+    let acceptor = {
+        let b = b.clone();
+        tokio::spawn(async move { b.accept().await.expect("open").map(|l| l.peer_node) })
+    };
+    // This dialer gives up after 1 ms, long before it could prove anything.
+    let mut quick = TransportConfig::new(9, "prod", b"s");
+    quick.handshake_timeout = Duration::from_millis(1);
+    let impatient = Transport::bind(LOOPBACK.parse().unwrap(), quick).unwrap();
+    assert!(impatient.connect(addr).await.is_err());
+    let accepted = tokio::time::timeout(WAIT, acceptor).await.unwrap().unwrap();
+    assert!(accepted.is_err());
+    assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 0);
+}
+
+/// Accepts links on `t` forever, forwarding every live frame to `out`.
+fn sink(
+    t: Arc<Transport>,
+    out: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        while let Some(link) = t.accept().await {
+            let Ok(link) = link else { continue };
+            let out = out.clone();
+            tokio::spawn(async move {
+                while let Ok((_, mut rx)) = link.accept_stream().await {
+                    while let Ok(Some(frame)) = rx.recv().await {
+                        let _ = out.send(frame);
+                    }
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn outbound_reconnects_when_the_peer_comes_back() {
+    // Reserve an address, then leave it empty: the peer is down at first.
+    let reserved = std::net::UdpSocket::bind(LOOPBACK).unwrap();
+    let addr: SocketAddr = reserved.local_addr().unwrap();
+    drop(reserved);
+    let a = Arc::new(node(1, "prod", b"s"));
+    let out = Outbound::spawn(a.clone(), addr, 1024, fast_backoff());
+    out.try_send(b"queued while down".to_vec()).unwrap();
+    // Nothing answers on UDP, so a dial fails at the handshake timeout (3 s here).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while out.state.last_error.lock().unwrap().is_none() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the failed dial was not reported"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!out.state.connected.load(Ordering::Relaxed));
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let b = Arc::new(Transport::bind(addr, TransportConfig::new(2, "prod", b"s")).unwrap());
+    let server = sink(b.clone(), tx.clone());
+    let first = tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("delivered after the peer came up");
+    assert_eq!(first.as_deref(), Some(&b"queued while down"[..]));
+    assert_eq!(out.state.peer_node.load(Ordering::Relaxed), 2);
+
+    // The peer restarts on the same address: the link comes back by itself.
+    server.abort();
+    b.close();
+    drop(b);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let b = Arc::new(Transport::bind(addr, TransportConfig::new(3, "prod", b"s")).unwrap());
+    let _server = sink(b.clone(), tx);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let _ = out.try_send(b"after restart".to_vec());
+        if let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
+            if frame == b"after restart" && out.state.peer_node.load(Ordering::Relaxed) == 3 {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no reconnect to the restarted peer"
+        );
+    }
+    assert!(out.state.connects.load(Ordering::Relaxed) >= 2);
+}
+
+#[tokio::test]
+async fn a_full_queue_refuses_at_once_and_flags_overflow() {
+    let reserved = std::net::UdpSocket::bind(LOOPBACK).unwrap();
+    let addr = reserved.local_addr().unwrap();
+    // Keep the port occupied by a socket that never answers: the peer is unreachable.
+    let a = Arc::new(node(1, "prod", b"s"));
+    let out = Outbound::spawn(a, addr, 4, fast_backoff());
+    let started = std::time::Instant::now();
+    let mut refused = 0;
+    for i in 0..100u32 {
+        if out.try_send(i.to_be_bytes().to_vec()) == Err(QueueFull) {
+            refused += 1;
+        }
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(100),
+        "try_send never waits"
+    );
+    assert!(refused >= 96, "{refused}");
+    assert!(out.queued() <= 4);
+    assert!(out.take_overflow());
+    assert!(!out.take_overflow(), "the flag clears once taken");
+    assert_eq!(out.state.dropped_frames.load(Ordering::Relaxed), refused);
+    drop(reserved);
+}
+
+#[tokio::test]
+async fn oversized_frames_are_refused() {
+    let mut small = TransportConfig::new(1, "prod", b"s");
+    small.max_frame = 1024;
+    let a = Transport::bind(LOOPBACK.parse().unwrap(), small.clone()).unwrap();
+    let mut small_b = small;
+    small_b.node = 2;
+    let b = Arc::new(Transport::bind(LOOPBACK.parse().unwrap(), small_b).unwrap());
+    let addr = b.local_addr().unwrap();
+    let acceptor = {
+        let b = b.clone();
+        tokio::spawn(async move { b.accept().await.unwrap().unwrap() })
+    };
+    let link = a.connect(addr).await.unwrap();
+    let theirs = acceptor.await.unwrap();
+    let mut tx = link.open(StreamKind::Live).await.unwrap();
+    assert!(matches!(
+        tx.send(&[0u8; 2048]).await,
+        Err(TransportError::FrameTooLarge { .. })
+    ));
+    tx.send(b"fits").await.unwrap();
+    let (_, mut rx) = theirs.accept_stream().await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&b"fits"[..]));
+}
+
+#[test]
+fn backoff_grows_to_its_cap_with_jitter() {
+    let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(2));
+    let delays: Vec<Duration> = (0..10).map(|_| b.next_delay()).collect();
+    assert!(delays[0] >= Duration::from_millis(50) && delays[0] < Duration::from_millis(150));
+    assert!(delays.iter().all(|d| *d < Duration::from_secs(3)));
+    assert!(delays[9] >= Duration::from_secs(1), "{delays:?}");
+    b.reset();
+    assert!(b.next_delay() < Duration::from_millis(150));
+}
