@@ -99,27 +99,9 @@ fn count_line(
     if rest[cr + 1] != b'\n' {
         return Err(ProtocolError(invalid));
     }
-    let n = parse_count(&rest[..cr]).ok_or(ProtocolError(invalid))?;
+    // Redis reads counts with string2ll: no '+', no leading zeros.
+    let n = chorus_crdt::number::parse_int(&rest[..cr]).ok_or(ProtocolError(invalid))?;
     Ok(Some((n, at + 1 + cr + 2)))
-}
-
-/// A count line's integer: optional `-`, then decimal digits, within i64.
-fn parse_count(digits: &[u8]) -> Option<i64> {
-    let (neg, digits) = match digits {
-        [b'-', rest @ ..] => (true, rest),
-        _ => (false, digits),
-    };
-    if digits.is_empty() {
-        return None;
-    }
-    let mut n: i64 = 0;
-    for &d in digits {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(i64::from(d - b'0'))?;
-    }
-    Some(if neg { -n } else { n })
 }
 
 fn parse_multibulk(
@@ -385,6 +367,14 @@ impl Reply {
         self.buf.extend_from_slice(b"\r\n");
     }
 
+    /// A bulk reply, or null for `None`.
+    pub fn bulk_or_null(&mut self, data: Option<&[u8]>) {
+        match data {
+            Some(d) => self.bulk(d),
+            None => self.null(),
+        }
+    }
+
     pub fn bulk_str(&mut self, s: &str) {
         self.bulk(s.as_bytes());
     }
@@ -526,6 +516,7 @@ mod tests {
             b"*99999999999\r\n",
             b"set \"a\r\n",
             b"*1\r\n$9999999999999\r\n",
+            b"*1\r\n$03\r\nGET\r\n",
         ] {
             assert!(
                 parse_all(bad).is_err(),

@@ -178,10 +178,7 @@ fn randomkey(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
         }
         pick = 0;
     }
-    match chosen {
-        Some(k) => x.out.bulk(&k),
-        None => x.out.null(),
-    }
+    x.out.bulk_or_null(chosen.as_deref());
     Ok(())
 }
 

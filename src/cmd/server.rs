@@ -383,10 +383,8 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         *x.client.handle.name.lock() = (!name.is_empty()).then(|| name.to_vec());
         x.out.ok();
     } else if is(sub, "GETNAME") && args.len() == 2 {
-        match x.client.handle.name.lock().clone() {
-            Some(n) => x.out.bulk(&n),
-            None => x.out.null(),
-        }
+        let name = x.client.handle.name.lock().clone();
+        x.out.bulk_or_null(name.as_deref());
     } else if is(sub, "SETINFO") && args.len() == 4 {
         let value = String::from_utf8_lossy(valid_name(args[3])?).into_owned();
         let mut lib = x.client.handle.lib.lock();

@@ -135,10 +135,10 @@ fn set_generic(
         w.set(Some(value), expire_at);
         Ok((true, old))
     })?;
-    match (get, done, old) {
-        (true, _, Some(v)) => x.out.bulk(&v),
-        (true, _, None) | (false, false, _) => x.out.null(),
-        (false, true, _) => x.out.ok(),
+    match (get, done) {
+        (true, _) => x.out.bulk_or_null(old.as_deref()),
+        (false, false) => x.out.null(),
+        (false, true) => x.out.ok(),
     }
     Ok(())
 }
@@ -190,10 +190,7 @@ fn getdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         Ok(value)
     })?;
-    match value {
-        Some(v) => x.out.bulk(&v),
-        None => x.out.null(),
-    }
+    x.out.bulk_or_null(value.as_deref());
     Ok(())
 }
 
@@ -227,10 +224,7 @@ fn getex(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         Ok(value)
     })?;
-    match value {
-        Some(v) => x.out.bulk(&v),
-        None => x.out.null(),
-    }
+    x.out.bulk_or_null(value.as_deref());
     Ok(())
 }
 

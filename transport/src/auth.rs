@@ -163,11 +163,18 @@ pub async fn dial(
     me: &Identity<'_>,
     max_frame: usize,
 ) -> Result<u64, TransportError> {
-    match dial_steps(conn, me, max_frame).await {
-        Err(TransportError::Stream(_) | TransportError::Connect(_))
-            if refusal_of(conn).is_some() =>
-        {
-            Err(refusal_of(conn).unwrap_or(TransportError::Handshake("peer closed".into())))
+    explain_close(conn, dial_steps(conn, me, max_frame).await)
+}
+
+/// A handshake cut short by the peer closing the connection reports the
+/// refusal the peer put in its close frame, not just "connection lost".
+fn explain_close(
+    conn: &quinn::Connection,
+    result: Result<u64, TransportError>,
+) -> Result<u64, TransportError> {
+    match result {
+        Err(e @ (TransportError::Stream(_) | TransportError::Connect(_))) => {
+            Err(refusal_of(conn).unwrap_or(e))
         }
         other => other,
     }
@@ -236,14 +243,7 @@ pub async fn accept(
     me: &Identity<'_>,
     max_frame: usize,
 ) -> Result<u64, TransportError> {
-    match accept_steps(conn, me, max_frame).await {
-        Err(TransportError::Stream(_) | TransportError::Connect(_))
-            if refusal_of(conn).is_some() =>
-        {
-            Err(refusal_of(conn).unwrap_or(TransportError::Handshake("peer closed".into())))
-        }
-        other => other,
-    }
+    explain_close(conn, accept_steps(conn, me, max_frame).await)
 }
 
 async fn accept_steps(
