@@ -55,6 +55,18 @@ pub struct Config {
     pub logfile: Option<PathBuf>,
     /// The config file, for INFO's `config_file`.
     pub config_file: Option<PathBuf>,
+    /// Accept replication links from peers (implied by `replicaof`).
+    pub active_replica: bool,
+    /// Peer masters to replicate with, by client address: (host, port).
+    pub replicaof: Vec<(String, u16)>,
+    /// The shared secret peers prove to each other.
+    pub masterauth: Option<Vec<u8>>,
+    /// UDP port for replication; default `port + 10000`.
+    pub replication_port: Option<u16>,
+    /// Peers must share it; a node of another cluster is refused.
+    pub cluster_name: String,
+    /// Bytes of recent writes kept for peers to resume from.
+    pub repl_backlog_size: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,6 +120,12 @@ impl Default for Config {
             loglevel: LogLevel::Notice,
             logfile: None,
             config_file: None,
+            active_replica: false,
+            replicaof: Vec::new(),
+            masterauth: None,
+            replication_port: None,
+            cluster_name: "chorus".to_string(),
+            repl_backlog_size: 16 * 1024 * 1024,
         }
     }
 }
@@ -116,11 +134,6 @@ impl Default for Config {
 /// the feature off is accepted, so existing KeyDB configs load; anything
 /// else is refused rather than silently ignored.
 const NOT_YET: &[(&str, &[&str])] = &[
-    ("active-replica", &["no"]),
-    ("multi-master", &["no"]),
-    ("replicaof", &[]),
-    ("slaveof", &[]),
-    ("masterauth", &[]),
     ("maxmemory", &["0"]),
     ("maxmemory-policy", &["noeviction"]),
     ("storage-provider", &[]),
@@ -318,6 +331,41 @@ impl Config {
                 let v = one()?;
                 self.logfile = (!v.is_empty()).then(|| PathBuf::from(v));
             }
+            "active-replica" => {
+                self.active_replica = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+            }
+            // KeyDB's name for the same mesh; every Chorus node is a master.
+            "multi-master" => {
+                parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+            }
+            "replicaof" | "slaveof" => {
+                let [host, port] = args else {
+                    return Err(err(origin, name, "expects HOST PORT"));
+                };
+                let port: u16 = port.parse().map_err(|_| bad("expects HOST PORT"))?;
+                self.replicaof.push((host.clone(), port));
+            }
+            "masterauth" => {
+                let v = one()?;
+                self.masterauth = (!v.is_empty()).then(|| v.as_bytes().to_vec());
+            }
+            "replication-port" => {
+                self.replication_port =
+                    Some(one()?.parse().map_err(|_| bad("expects a port 0-65535"))?);
+            }
+            "cluster-name" => {
+                let v = one()?;
+                if v.is_empty() {
+                    return Err(bad("expects a name"));
+                }
+                self.cluster_name = v.to_string();
+            }
+            "repl-backlog-size" => {
+                let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 16mb"))?;
+                self.repl_backlog_size = usize::try_from(n)
+                    .map_err(|_| bad("too large"))?
+                    .max(16 * 1024);
+            }
             _ => {
                 if let Some((_, off_values)) = NOT_YET.iter().find(|(n, _)| *n == name) {
                     let value = args.join(" ").to_ascii_lowercase();
@@ -341,7 +389,37 @@ impl Config {
         if self.bind.is_empty() {
             return Err(err(&Origin::CommandLine, "bind", "no address to listen on"));
         }
+        if self.replicating() && self.masterauth.is_none() {
+            return Err(err(
+                &Origin::CommandLine,
+                "masterauth",
+                "replication needs a shared secret: set masterauth to the same value on every node",
+            ));
+        }
+        if self.replicating() {
+            self.replication_listen_port()?;
+        }
         Ok(())
+    }
+
+    /// Whether this node joins a replication mesh.
+    pub fn replicating(&self) -> bool {
+        self.active_replica || !self.replicaof.is_empty()
+    }
+
+    /// The UDP port replication listens on.
+    pub fn replication_listen_port(&self) -> Result<u16, ConfigError> {
+        match self.replication_port {
+            Some(p) => Ok(p),
+            None if self.port == 0 => Ok(0),
+            None => self.port.checked_add(10_000).ok_or_else(|| {
+                err(
+                    &Origin::CommandLine,
+                    "replication-port",
+                    "port + 10000 is past 65535: set replication-port",
+                )
+            }),
+        }
     }
 }
 
@@ -442,7 +520,11 @@ mod tests {
         let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
         assert!(e.contains("bad2.conf:1") && e.contains("port"), "{e}");
 
-        let main = write(&dir, "bad3.conf", "replicaof 10.0.0.1 6379\n");
+        let main = write(
+            &dir,
+            "bad3.conf",
+            "storage-provider flash /var/lib/chorus\n",
+        );
         let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
         assert!(e.contains("not yet supported"), "{e}");
 

@@ -157,13 +157,80 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
                 &shared.ks.conflicts.total.load(Ordering::Relaxed),
             );
         }
-        "replication" => {
-            line("role", &"master");
-            line("connected_slaves", &0);
-            line("active_replica_peers", &0);
-            line("master_replid", &shared.run_id);
-            line("master_repl_offset", &0);
-        }
+        "replication" => match &shared.repl {
+            None => {
+                line("role", &"master");
+                line("connected_slaves", &0);
+                line("active_replica_peers", &0);
+                line("master_replid", &shared.run_id);
+                line("master_repl_offset", &0);
+            }
+            Some(repl) => {
+                let (head, backlog_bytes) = repl.backlog_state();
+                let now = shared.ks.clock.physical_unix_ms();
+                let peers = repl.peers.lock().clone();
+                line("role", &"active-replica");
+                line("node_id", &shared.ks.node());
+                line("cluster_name", &c.cluster_name);
+                line(
+                    "replication_listen",
+                    &repl
+                        .listen
+                        .lock()
+                        .map(|a| a.to_string())
+                        .unwrap_or_default(),
+                );
+                line("master_repl_offset", &head);
+                line("repl_backlog_size", &c.repl_backlog_size);
+                line("repl_backlog_histlen", &backlog_bytes);
+                line(
+                    "connected_peers",
+                    &peers
+                        .iter()
+                        .filter(|p| p.connected.load(Ordering::Relaxed))
+                        .count(),
+                );
+                for (i, p) in peers.iter().enumerate() {
+                    let acked = p.acked_seq.load(Ordering::Relaxed);
+                    let acked_at = p.acked_at_ms.load(Ordering::Relaxed);
+                    let connected = p.connected.load(Ordering::Relaxed);
+                    line(
+                        &format!("peer{i}"),
+                        &format!(
+                            "addr={},state={},node={},sent_seq={},acked_seq={},lag_ops={},ack_age_ms={},state_transfers={},last_error={}",
+                            p.addr,
+                            if connected { "connected" } else { "connecting" },
+                            NodeIdText(p.peer_node.load(Ordering::Relaxed)),
+                            p.sent_seq.load(Ordering::Relaxed),
+                            acked,
+                            head.saturating_sub(acked),
+                            if acked_at == 0 { -1 } else { now.saturating_sub(acked_at) as i64 },
+                            p.state_transfers.load(Ordering::Relaxed),
+                            p.last_error.lock().replace(',', ";"),
+                        ),
+                    );
+                }
+                if let Some(auth) = repl.auth.lock().as_ref() {
+                    line("peer_auth_accepted", &auth.accepted.load(Ordering::Relaxed));
+                    line(
+                        "peer_auth_refused_secret",
+                        &auth.refused_wrong_secret.load(Ordering::Relaxed),
+                    );
+                    line(
+                        "peer_auth_refused_cluster",
+                        &auth.refused_cluster.load(Ordering::Relaxed),
+                    );
+                    line(
+                        "peer_auth_refused_other",
+                        &auth.refused_other.load(Ordering::Relaxed),
+                    );
+                }
+                line(
+                    "clock_drift_events",
+                    &repl.drift_events.load(Ordering::Relaxed),
+                );
+            }
+        },
         "cpu" => {
             let (sys, user) = cpu_seconds();
             line("used_cpu_sys", &format!("{sys:.6}"));
@@ -180,6 +247,19 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             }
         }
         _ => {}
+    }
+}
+
+/// A node id as INFO prints it (hex), or empty before the handshake.
+struct NodeIdText(u64);
+
+impl std::fmt::Display for NodeIdText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0 == 0 {
+            Ok(())
+        } else {
+            write!(f, "{:016x}", self.0)
+        }
     }
 }
 

@@ -276,7 +276,8 @@ pub struct Locked<'a> {
 
 /// A command touched a key whose shard it had not locked: a bug in a command
 /// table entry, reported to the client rather than taking the node down.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
+#[error("internal error: a shard was touched without its lock")]
 pub struct NotLocked;
 
 impl<'a> Locked<'a> {

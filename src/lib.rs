@@ -8,6 +8,7 @@ pub mod glob;
 pub mod info;
 pub mod key;
 pub mod keyspace;
+pub mod replication;
 pub mod resp;
 pub mod server;
 
@@ -36,13 +37,16 @@ pub fn new_node_id() -> NodeId {
     }
 }
 
-/// Builds the node's shared state from its config.
+/// Builds the node's shared state from its config. A replicating node's
+/// keyspace publishes every write to the replicator.
 pub fn build(config: Config) -> Arc<server::Shared> {
-    let clock = Clock::new(
-        new_node_id(),
-        chorus_crdt::system_clock,
-        DEFAULT_MAX_CLOCK_DRIFT,
-    );
-    let ks = keyspace::Keyspace::new(config.databases, clock);
-    server::Shared::new(config, ks)
+    let node = new_node_id();
+    let clock = Clock::new(node, chorus_crdt::system_clock, DEFAULT_MAX_CLOCK_DRIFT);
+    let mut ks = keyspace::Keyspace::new(config.databases, clock);
+    let repl = config.replicating().then(|| {
+        let repl = replication::Replicator::new(node, config.repl_backlog_size);
+        ks.set_sink(repl.clone());
+        repl
+    });
+    server::Shared::new(config, ks, repl)
 }

@@ -113,10 +113,15 @@ pub struct Shared {
     pub started_unix_ms: u64,
     pub run_id: String,
     pub listening: Mutex<Vec<SocketAddr>>,
+    pub repl: Option<Arc<crate::replication::Replicator>>,
 }
 
 impl Shared {
-    pub fn new(config: Config, ks: Keyspace) -> Arc<Shared> {
+    pub fn new(
+        config: Config,
+        ks: Keyspace,
+        repl: Option<Arc<crate::replication::Replicator>>,
+    ) -> Arc<Shared> {
         let tunables = Tunables {
             requirepass: RwLock::new(config.requirepass.clone()),
             maxclients: AtomicUsize::new(config.maxclients),
@@ -141,6 +146,7 @@ impl Shared {
             started: Instant::now(),
             run_id,
             listening: Mutex::new(Vec::new()),
+            repl,
         })
     }
 
@@ -168,9 +174,48 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
     for listener in listeners {
         tokio::spawn(accept_loop(shared.clone(), listener));
     }
+    if let Some(repl) = &shared.repl {
+        start_replication(&shared, repl.clone())?;
+    }
     tokio::spawn(active_expiry(shared.clone()));
     let mut stop = shared.shutdown.subscribe();
     let _ = stop.wait_for(|s| *s).await;
+    Ok(())
+}
+
+fn start_replication(
+    shared: &Arc<Shared>,
+    repl: Arc<crate::replication::Replicator>,
+) -> anyhow::Result<()> {
+    use std::net::ToSocketAddrs;
+    let c = &shared.config;
+    let ip: IpAddr = c.bind[0]
+        .parse()
+        .with_context(|| format!("bind address '{}' is not an IP address", c.bind[0]))?;
+    let listen = SocketAddr::new(ip, c.replication_listen_port()?);
+    let mut peers = Vec::new();
+    for (host, port) in &c.replicaof {
+        let repl_port = port
+            .checked_add(10_000)
+            .with_context(|| format!("replicaof {host} {port}: port + 10000 is past 65535"))?;
+        let addr = (host.as_str(), repl_port)
+            .to_socket_addrs()
+            .with_context(|| format!("replicaof {host} {port}: cannot resolve"))?
+            .next()
+            .with_context(|| format!("replicaof {host} {port}: no address"))?;
+        peers.push(addr);
+    }
+    let secret = c.masterauth.clone().unwrap_or_default();
+    crate::replication::start(
+        shared.clone(),
+        repl,
+        crate::replication::ReplConfig {
+            listen,
+            peers,
+            cluster_name: c.cluster_name.clone(),
+            secret,
+        },
+    )?;
     Ok(())
 }
 

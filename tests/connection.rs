@@ -469,7 +469,7 @@ fn bad_config_fails_startup_naming_file_line_and_directive() {
     );
 
     let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
-        .args(["server", "--replicaof", "127.0.0.1", "6380"])
+        .args(["server", "--storage-provider", "flash", "/tmp/chorus-flash"])
         .output()
         .unwrap();
     assert!(!out.status.success());

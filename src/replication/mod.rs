@@ -1,0 +1,476 @@
+//! Active-active replication over `chorus-transport`.
+//!
+//! Every node dials each peer named by `replicaof` and streams its own writes
+//! to it; every node accepts its peers' links and merges what they send.
+//!
+//! - Local writes reach [`Replicator`] (the keyspace's `DeltaSink`), which
+//!   numbers them per origin into a bounded [`log::Backlog`]. Nothing is
+//!   re-stamped; a remote delta is merged, never republished (no echo).
+//! - On every (re)connect the receiver sends its version vector (`Resume`);
+//!   the sender resumes right after it from the backlog or, when the backlog
+//!   no longer reaches back, streams its whole state (flush floors first) on
+//!   a separate bulk stream, which the receiver merges, never wipes.
+//! - The receiver acknowledges what it applied every 100 ms (`Ack`).
+//! - A slow or dead peer never blocks writes: publishing only appends to the
+//!   backlog; each peer's sender reads it at its own pace.
+//!
+//! Not yet: forwarding other origins' writes when a direct link is down,
+//! tombstone GC by acknowledgement (tombstones are kept), WAIT, and
+//! REPLICAOF at run time.
+
+pub mod log;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chorus_crdt::{decode, encode, Delta, NodeId};
+use chorus_transport::peer::Backoff;
+use chorus_transport::{
+    AuthStats, FrameReceiver, FrameSender, PeerLink, StreamKind, Transport, TransportConfig,
+};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::keyspace::{DeltaSink, SHARDS};
+use crate::server::Shared;
+use log::{Arrival, Backlog, Resume, VersionVector};
+
+/// What peers say to each other on a link.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ReplMsg {
+    /// Receiver → sender, first on a link: what it has applied per origin.
+    Resume { vv: Vec<(NodeId, u64)> },
+    /// Receiver → sender, periodically.
+    Ack { vv: Vec<(NodeId, u64)> },
+    /// One write of `origin`, numbered `seq`.
+    Delta {
+        origin: NodeId,
+        seq: u64,
+        delta: Delta,
+    },
+    /// Part of a state transfer.
+    Snapshot { delta: Delta },
+    /// End of a state transfer: it covered `origin`'s writes up to `seq`.
+    SnapshotDone { origin: NodeId, seq: u64 },
+}
+
+/// How long a receiver holds a live delta that arrived ahead of a state
+/// transfer still being merged before it gives up and resets the link.
+const GAP_WAIT: Duration = Duration::from_secs(10);
+const ACK_INTERVAL: Duration = Duration::from_millis(100);
+const RESUME_WAIT: Duration = Duration::from_secs(10);
+
+/// One peer this node dials, as INFO shows it.
+#[derive(Debug, Default)]
+pub struct PeerInfo {
+    pub addr: String,
+    pub connected: AtomicBool,
+    pub peer_node: AtomicU64,
+    /// Highest sequence number sent on the current link.
+    pub sent_seq: AtomicU64,
+    /// Highest of our sequence numbers the peer acknowledged.
+    pub acked_seq: AtomicU64,
+    /// Unix ms of the last acknowledgement.
+    pub acked_at_ms: AtomicU64,
+    pub state_transfers: AtomicU64,
+    pub last_error: Mutex<String>,
+}
+
+/// The replication state shared by the keyspace (as its sink) and the tasks.
+pub struct Replicator {
+    node: NodeId,
+    backlog: Mutex<Backlog>,
+    head: watch::Sender<u64>,
+    applied: Mutex<VersionVector>,
+    applied_changed: watch::Sender<u64>,
+    pub peers: Mutex<Vec<Arc<PeerInfo>>>,
+    /// Remote stamps too far ahead of our clock (merged, clock not dragged).
+    pub drift_events: AtomicU64,
+    pub auth: Mutex<Option<Arc<AuthStats>>>,
+    pub listen: Mutex<Option<SocketAddr>>,
+}
+
+impl Replicator {
+    pub fn new(node: NodeId, backlog_bytes: usize) -> Arc<Replicator> {
+        Arc::new(Replicator {
+            node,
+            backlog: Mutex::new(Backlog::new(backlog_bytes)),
+            head: watch::channel(0).0,
+            applied: Mutex::new(VersionVector::default()),
+            applied_changed: watch::channel(0).0,
+            peers: Mutex::new(Vec::new()),
+            drift_events: AtomicU64::new(0),
+            auth: Mutex::new(None),
+            listen: Mutex::new(None),
+        })
+    }
+
+    /// (head sequence number, backlog bytes).
+    pub fn backlog_state(&self) -> (u64, usize) {
+        let b = self.backlog.lock();
+        (b.head(), b.bytes())
+    }
+
+    fn applied_vv(&self) -> Vec<(NodeId, u64)> {
+        self.applied.lock().entries()
+    }
+
+    fn advance(&self, origin: NodeId, seq: u64) {
+        self.applied.lock().advance(origin, seq);
+        self.applied_changed.send_modify(|n| *n += 1);
+    }
+}
+
+impl DeltaSink for Replicator {
+    fn publish(&self, delta: Delta) {
+        let head = {
+            let mut backlog = self.backlog.lock();
+            backlog.push(|seq| {
+                let msg = ReplMsg::Delta {
+                    origin: self.node,
+                    seq,
+                    delta,
+                };
+                // Our own types always encode; an empty frame would only
+                // make the peer reset the link and resume.
+                encode(&msg).unwrap_or_default()
+            })
+        };
+        self.head.send_replace(head);
+    }
+}
+
+/// What replication needs from the config.
+#[derive(Debug, Clone)]
+pub struct ReplConfig {
+    pub listen: SocketAddr,
+    pub peers: Vec<SocketAddr>,
+    pub cluster_name: String,
+    pub secret: Vec<u8>,
+}
+
+/// Binds the replication endpoint and starts the accept loop and one sender
+/// per peer. Returns the bound address.
+pub fn start(
+    shared: Arc<Shared>,
+    repl: Arc<Replicator>,
+    config: ReplConfig,
+) -> anyhow::Result<SocketAddr> {
+    let transport = Transport::bind(
+        config.listen,
+        TransportConfig::new(repl.node.0, &config.cluster_name, &config.secret),
+    )?;
+    let addr = transport.local_addr()?;
+    *repl.auth.lock() = Some(transport.stats.clone());
+    *repl.listen.lock() = Some(addr);
+    info!("replication listening on udp {addr}");
+    let transport = Arc::new(transport);
+    tokio::spawn(accept_loop(shared.clone(), repl.clone(), transport.clone()));
+    for peer in config.peers {
+        let info = Arc::new(PeerInfo {
+            addr: peer.to_string(),
+            ..PeerInfo::default()
+        });
+        repl.peers.lock().push(info.clone());
+        tokio::spawn(sender(
+            shared.clone(),
+            repl.clone(),
+            transport.clone(),
+            peer,
+            info,
+        ));
+    }
+    Ok(addr)
+}
+
+fn send_msg(msg: &ReplMsg) -> anyhow::Result<Vec<u8>> {
+    Ok(encode(msg)?)
+}
+
+// ----- sending our writes to one peer -----
+
+async fn sender(
+    shared: Arc<Shared>,
+    repl: Arc<Replicator>,
+    transport: Arc<Transport>,
+    addr: SocketAddr,
+    info: Arc<PeerInfo>,
+) {
+    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    loop {
+        match transport.connect(addr).await {
+            Ok(link) => {
+                backoff.reset();
+                info.connected.store(true, Ordering::Relaxed);
+                info.peer_node.store(link.peer_node, Ordering::Relaxed);
+                info!(peer = %addr, node = %NodeId(link.peer_node), "replication link up");
+                if let Err(e) = serve_peer(&shared, &repl, &link, &info).await {
+                    *info.last_error.lock() = e.to_string();
+                    info!(peer = %addr, "replication link down: {e}");
+                }
+                link.close("resetting");
+                info.connected.store(false, Ordering::Relaxed);
+            }
+            Err(e) => *info.last_error.lock() = e.to_string(),
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn serve_peer(
+    shared: &Arc<Shared>,
+    repl: &Replicator,
+    link: &PeerLink,
+    info: &Arc<PeerInfo>,
+) -> anyhow::Result<()> {
+    let mut live = link.open(StreamKind::Live).await?;
+    let (_, mut back) = tokio::time::timeout(RESUME_WAIT, link.accept_stream()).await??;
+    let resume = match back.recv().await?.map(|f| decode::<ReplMsg>(&f)) {
+        Some(Ok(ReplMsg::Resume { vv })) => VersionVector::from_entries(&vv),
+        other => anyhow::bail!("expected Resume from the peer, got {other:?}"),
+    };
+    let me = repl.node;
+    let acks = tokio::spawn(read_acks(back, me, info.clone(), shared.clone()));
+    let mut cursor = resume.get(me) + 1;
+    let mut head = repl.head.subscribe();
+    let result = async {
+        loop {
+            let next = repl.backlog.lock().read_from(cursor, 256);
+            match next {
+                Resume::Frames(frames) => {
+                    for (seq, frame) in frames {
+                        live.send(&frame).await?;
+                        cursor = seq + 1;
+                        info.sent_seq.store(seq, Ordering::Relaxed);
+                    }
+                }
+                Resume::UpToDate => {
+                    tokio::select! {
+                        changed = head.changed() => changed?,
+                        reason = link.closed() => anyhow::bail!("link closed: {reason}"),
+                    }
+                }
+                Resume::Trimmed => {
+                    info.state_transfers.fetch_add(1, Ordering::Relaxed);
+                    let covered = state_transfer(shared, repl, link).await?;
+                    cursor = covered + 1;
+                    info.sent_seq.store(covered, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+    .await;
+    acks.abort();
+    result
+}
+
+async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, shared: Arc<Shared>) {
+    while let Ok(Some(frame)) = back.recv().await {
+        if let Ok(ReplMsg::Ack { vv }) = decode::<ReplMsg>(&frame) {
+            let acked = VersionVector::from_entries(&vv).get(me);
+            info.acked_seq.fetch_max(acked, Ordering::Relaxed);
+            info.acked_at_ms
+                .store(shared.ks.clock.physical_unix_ms(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Streams this node's whole state on a bulk stream; returns the sequence
+/// number it covers (every write numbered up to it is included).
+async fn state_transfer(
+    shared: &Shared,
+    repl: &Replicator,
+    link: &PeerLink,
+) -> anyhow::Result<u64> {
+    // Read the head first: anything numbered after it is sent live later,
+    // anything up to it is already applied and so in the snapshot.
+    let covered = repl.backlog.lock().head();
+    let ks = &shared.ks;
+    let mut bulk = link.open(StreamKind::Bulk).await?;
+    for db in 0..ks.databases() {
+        let mut floor = chorus_crdt::Stamp::ZERO;
+        for i in 0..SHARDS {
+            let mut l = ks.lock(SmallVec::from_slice(&[i]));
+            floor = floor.max(l.shard(i)?.dbs[db].floor);
+        }
+        if !floor.is_zero() {
+            let delta = Delta::Flush {
+                db: Some(db as u32),
+                stamp: floor,
+            };
+            bulk.send(&send_msg(&ReplMsg::Snapshot { delta })?).await?;
+        }
+    }
+    for i in 0..SHARDS {
+        // Encode one shard under its lock, send after releasing it.
+        let frames: Vec<Vec<u8>> = {
+            let mut l = ks.lock(SmallVec::from_slice(&[i]));
+            let shard = l.shard(i)?;
+            let mut frames = Vec::new();
+            for (db, d) in shard.dbs.iter().enumerate() {
+                for (key, state) in &d.map {
+                    let delta = Delta::Key {
+                        db: db as u32,
+                        key: key.to_vec(),
+                        state: state.clone(),
+                    };
+                    frames.push(send_msg(&ReplMsg::Snapshot { delta })?);
+                }
+            }
+            frames
+        };
+        for f in frames {
+            bulk.send(&f).await?;
+        }
+    }
+    bulk.send(&send_msg(&ReplMsg::SnapshotDone {
+        origin: repl.node,
+        seq: covered,
+    })?)
+    .await?;
+    bulk.finish()?;
+    Ok(covered)
+}
+
+// ----- receiving a peer's writes -----
+
+async fn accept_loop(shared: Arc<Shared>, repl: Arc<Replicator>, transport: Arc<Transport>) {
+    while let Some(result) = transport.accept().await {
+        match result {
+            Ok(link) => {
+                tokio::spawn(receiver(shared.clone(), repl.clone(), link));
+            }
+            Err(e) => warn!("replication peer refused: {e}"),
+        }
+    }
+}
+
+async fn receiver(shared: Arc<Shared>, repl: Arc<Replicator>, link: PeerLink) {
+    if let Err(e) = receive(&shared, &repl, &link).await {
+        info!(peer = %link.remote_address(), "inbound replication link ended: {e}");
+    }
+    link.close("ended");
+}
+
+async fn receive(
+    shared: &Arc<Shared>,
+    repl: &Arc<Replicator>,
+    link: &PeerLink,
+) -> anyhow::Result<()> {
+    let mut back = link.open(StreamKind::Live).await?;
+    back.send(&send_msg(&ReplMsg::Resume {
+        vv: repl.applied_vv(),
+    })?)
+    .await?;
+    let acker = {
+        let repl = repl.clone();
+        tokio::spawn(async move { send_acks(back, repl).await })
+    };
+    let result = async {
+        loop {
+            let (_, rx) = link.accept_stream().await?;
+            let (shared, repl) = (shared.clone(), repl.clone());
+            tokio::spawn(async move {
+                if let Err(e) = apply_stream(&shared, &repl, rx).await {
+                    info!("replication stream ended: {e}");
+                }
+            });
+        }
+    }
+    .await;
+    acker.abort();
+    result
+}
+
+async fn send_acks(mut back: FrameSender, repl: Arc<Replicator>) -> anyhow::Result<()> {
+    loop {
+        tokio::time::sleep(ACK_INTERVAL).await;
+        back.send(&send_msg(&ReplMsg::Ack {
+            vv: repl.applied_vv(),
+        })?)
+        .await?;
+    }
+}
+
+async fn apply_stream(
+    shared: &Shared,
+    repl: &Replicator,
+    mut rx: FrameReceiver,
+) -> anyhow::Result<()> {
+    while let Some(frame) = rx.recv().await? {
+        match decode::<ReplMsg>(&frame)? {
+            ReplMsg::Delta { origin, seq, delta } => loop {
+                let verdict = repl.applied.lock().judge(origin, seq);
+                match verdict {
+                    Arrival::Apply => {
+                        apply(shared, repl, &delta);
+                        repl.advance(origin, seq);
+                        break;
+                    }
+                    Arrival::Duplicate => break,
+                    Arrival::Gap { expected } => {
+                        // A state transfer on the bulk stream may still be
+                        // merging what comes before: wait for it, briefly.
+                        let mut changed = repl.applied_changed.subscribe();
+                        if tokio::time::timeout(GAP_WAIT, changed.changed())
+                            .await
+                            .is_err()
+                        {
+                            anyhow::bail!("gap from {origin}: expected {expected}, got {seq}");
+                        }
+                    }
+                }
+            },
+            ReplMsg::Snapshot { delta } => apply(shared, repl, &delta),
+            ReplMsg::SnapshotDone { origin, seq } => repl.advance(origin, seq),
+            ReplMsg::Resume { .. } | ReplMsg::Ack { .. } => {}
+        }
+    }
+    Ok(())
+}
+
+/// Merges a remote delta into the keyspace, exactly as a local write merges.
+fn apply(shared: &Shared, repl: &Replicator, delta: &Delta) {
+    let ks = &shared.ks;
+    if ks.clock.observe(delta.stamp()).is_err() {
+        repl.drift_events.fetch_add(1, Ordering::Relaxed);
+    }
+    match delta {
+        Delta::Key { db, key, state } => {
+            let db = *db as usize;
+            if db >= ks.databases() {
+                warn!(
+                    db,
+                    "replicated write for a database this node does not have"
+                );
+                return;
+            }
+            let index = ks.shard_of(key);
+            let mut locked = ks.lock(SmallVec::from_slice(&[index]));
+            let Ok(shard) = locked.shard(index) else {
+                return;
+            };
+            let conflicts = shard.dbs[db].merge(key, state, ks.gc_acked());
+            drop(locked);
+            ks.conflicts
+                .record(db, key, ks.clock.physical_unix_ms(), conflicts);
+        }
+        Delta::Flush { db, stamp } => {
+            let mut locked = ks.lock_all();
+            for shard in locked.shards() {
+                match db {
+                    Some(d) if (*d as usize) < shard.dbs.len() => {
+                        shard.dbs[*d as usize].flush(*stamp)
+                    }
+                    Some(_) => {}
+                    None => shard.dbs.iter_mut().for_each(|d| d.flush(*stamp)),
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Real `chorus` processes replicating over real QUIC on 127.0.0.1.
+
+mod common;
+
+use std::net::{TcpListener, UdpSocket};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{q, Server};
+
+const SECRET: &str = "mesh-secret";
+
+/// A client port whose replication port (+10000) is free too.
+fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 8_000) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = 20_000 + (p - 20_000) % 9_000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", p + 10_000)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+fn node(port: u16, peers: &[u16], extra: &[&str]) -> Server {
+    let port_s = port.to_string();
+    let mut args: Vec<String> = vec![
+        "--port".into(),
+        port_s,
+        "--active-replica".into(),
+        "yes".into(),
+        "--masterauth".into(),
+        SECRET.into(),
+    ];
+    for p in peers {
+        args.extend([
+            "--replicaof".to_string(),
+            "127.0.0.1".to_string(),
+            p.to_string(),
+        ]);
+    }
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(&refs)
+}
+
+fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+fn get(c: &mut redis::Connection, key: &str) -> Option<String> {
+    q(c, &["GET", key])
+}
+
+#[test]
+fn two_nodes_replicate_every_write_both_ways() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+
+    q::<()>(&mut ca, &["SET", "from-a", "1"]);
+    q::<()>(&mut cb, &["SET", "from-b", "2", "EX", "1000"]);
+    wait_until("A's write on B", || {
+        get(&mut cb, "from-a").as_deref() == Some("1")
+    });
+    wait_until("B's write on A", || {
+        get(&mut ca, "from-b").as_deref() == Some("2")
+    });
+    assert!(
+        q::<i64>(&mut ca, &["TTL", "from-b"]) > 900,
+        "the expiry travels with the write"
+    );
+
+    q::<()>(&mut ca, &["INCRBY", "counter", "5"]);
+    q::<()>(&mut cb, &["INCRBY", "counter", "7"]);
+    wait_until("counters to add up", || {
+        get(&mut ca, "counter").as_deref() == Some("12")
+            && get(&mut cb, "counter").as_deref() == Some("12")
+    });
+
+    q::<()>(&mut cb, &["DEL", "from-a"]);
+    wait_until("the delete on A", || get(&mut ca, "from-a").is_none());
+    q::<()>(&mut cb, &["SELECT", "3"]);
+    q::<()>(&mut cb, &["SET", "in-db3", "x"]);
+    q::<()>(&mut ca, &["SELECT", "3"]);
+    wait_until("a write in db 3", || {
+        get(&mut ca, "in-db3").as_deref() == Some("x")
+    });
+    q::<()>(&mut ca, &["FLUSHDB"]);
+    wait_until("FLUSHDB on B", || q::<i64>(&mut cb, &["DBSIZE"]) == 0);
+
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(info.contains("role:active-replica"), "{info}");
+    assert!(info.contains("state=connected"), "{info}");
+    assert!(info.contains("peer_auth_accepted:"), "{info}");
+}
+
+#[test]
+fn concurrent_writes_to_one_key_converge_everywhere() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    wait_until("the mesh", || {
+        let info: String = q(&mut a.conn(), &["INFO", "replication"]);
+        info.contains("state=connected")
+    });
+    let writers: Vec<_> = [(a.client(), "a"), (b.client(), "b")]
+        .into_iter()
+        .map(|(client, tag)| {
+            std::thread::spawn(move || {
+                let mut c = client.get_connection().unwrap();
+                for i in 0..300 {
+                    let _: () = redis::cmd("SET")
+                        .arg("contended")
+                        .arg(format!("{tag}{i}"))
+                        .query(&mut c)
+                        .unwrap();
+                    let _: i64 = redis::cmd("INCR").arg("hits").query(&mut c).unwrap();
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    wait_until("one value on both nodes", || {
+        let (x, y) = (get(&mut ca, "contended"), get(&mut cb, "contended"));
+        x.is_some() && x == y
+    });
+    wait_until("every increment on both nodes", || {
+        get(&mut ca, "hits").as_deref() == Some("600")
+            && get(&mut cb, "hits").as_deref() == Some("600")
+    });
+}
+
+#[test]
+fn a_delete_made_while_a_node_was_down_stays_deleted_and_the_node_refills() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = node(pa, &[pb, pc], &[]);
+    let b = node(pb, &[pa, pc], &[]);
+    let c = node(pc, &[pa, pb], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "doomed", "v"]);
+    q::<()>(&mut ca, &["SET", "kept", "x"]);
+    wait_until("the writes on C", || {
+        get(&mut c.conn(), "doomed").is_some() && get(&mut c.conn(), "kept").is_some()
+    });
+    drop(c);
+
+    q::<()>(&mut ca, &["DEL", "doomed"]);
+    q::<()>(&mut cb, &["SET", "while-down", "y"]);
+    wait_until("the delete on B", || get(&mut cb, "doomed").is_none());
+
+    // C restarts empty (in memory) on the same ports and refills from its peers.
+    let c = node(pc, &[pa, pb], &[]);
+    let mut cc = c.conn();
+    wait_until("C to refill", || {
+        get(&mut cc, "kept").as_deref() == Some("x")
+            && get(&mut cc, "while-down").as_deref() == Some("y")
+    });
+    assert_eq!(
+        get(&mut cc, "doomed"),
+        None,
+        "a deleted key never comes back"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(&mut ca, "doomed"), None);
+    assert_eq!(get(&mut cb, "doomed"), None);
+}
+
+#[test]
+fn a_peer_beyond_the_backlog_gets_a_state_transfer() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &["--repl-backlog-size", "16kb"]);
+    let mut ca = a.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("bulk:{i}")).arg(i).ignore();
+    }
+    pipe.cmd("FLUSHDB").ignore();
+    for i in 0..2000 {
+        pipe.cmd("SET").arg(format!("key:{i}")).arg(i).ignore();
+    }
+    pipe.query::<()>(&mut ca).unwrap();
+
+    let b = node(pb, &[pa], &[]);
+    let mut cb = b.conn();
+    wait_until("all keys on B", || q::<i64>(&mut cb, &["DBSIZE"]) == 2000);
+    assert_eq!(get(&mut cb, "key:1999").as_deref(), Some("1999"));
+    assert_eq!(
+        get(&mut cb, "bulk:1"),
+        None,
+        "the flush travelled with the state"
+    );
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(!info.contains("state_transfers=0"), "{info}");
+    // Live writes continue after the transfer.
+    q::<()>(&mut ca, &["SET", "after", "1"]);
+    wait_until("a live write after the transfer", || {
+        get(&mut cb, "after").is_some()
+    });
+}
+
+#[test]
+fn a_peer_with_the_wrong_masterauth_gets_no_data() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let pb_s = pb.to_string();
+    let pa_s = pa.to_string();
+    let intruder = Server::start(&[
+        "--port",
+        &pb_s,
+        "--masterauth",
+        "guess",
+        "--replicaof",
+        "127.0.0.1",
+        &pa_s,
+    ]);
+    let mut ca = a.conn();
+    q::<()>(&mut ca, &["SET", "secret-data", "1"]);
+    wait_until("A to count the refusal", || {
+        let info: String = q(&mut ca, &["INFO", "replication"]);
+        !info.contains("peer_auth_refused_secret:0")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(&mut intruder.conn(), "secret-data"), None);
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(info.contains("state=connecting"), "{info}");
+}
+
+#[test]
+fn a_dead_peer_does_not_block_writes() {
+    let (pa, dead) = (free_port(), free_port());
+    let a = node(pa, &[dead], &[]);
+    let mut ca = a.conn();
+    let mut pipe = redis::pipe();
+    for i in 0..10_000 {
+        pipe.cmd("SET").arg(format!("k{i}")).arg(i).ignore();
+    }
+    pipe.query::<()>(&mut ca).unwrap();
+    assert_eq!(q::<i64>(&mut ca, &["DBSIZE"]), 10_000);
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(
+        info.contains("state=connecting") && info.contains("master_repl_offset:10000"),
+        "{info}"
+    );
+}
+
+#[test]
+fn replication_without_masterauth_is_refused_at_startup() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["server", "--port", "0", "--replicaof", "127.0.0.1", "7000"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("masterauth"));
+}
