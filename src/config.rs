@@ -538,6 +538,25 @@ mod tests {
     }
 
     #[test]
+    fn the_sample_replication_configs_load() {
+        let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        for file in [
+            "node-a.conf",
+            "node-b.conf",
+            "three/node-1.conf",
+            "three/node-2.conf",
+            "three/node-3.conf",
+        ] {
+            let c =
+                Config::load(Some(&conf.join(file)), &[]).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(c.replicating() && c.masterauth.is_some(), "{file}");
+            let peers = if file.starts_with("three") { 2 } else { 1 };
+            assert_eq!(c.replicaof.len(), peers, "{file}");
+            assert_eq!(c.replication_listen_port().unwrap(), c.port + 10_000);
+        }
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("100mb"), Some(100 * 1024 * 1024));
         assert_eq!(parse_size("1k"), Some(1000));

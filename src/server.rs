@@ -98,6 +98,8 @@ pub struct Client {
     pub close: bool,
     /// DEBUG SLEEP: wait this long before running the rest of the pipeline.
     pub sleep: Option<Duration>,
+    /// WAIT: its reply comes once enough peers acknowledged.
+    pub wait: Option<crate::cmd::replication::PendingWait>,
 }
 
 /// Everything the connections share.
@@ -337,6 +339,7 @@ async fn connection(
         watched: Vec::new(),
         close: false,
         sleep: None,
+        wait: None,
     };
     let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out = Reply::new();
@@ -378,6 +381,10 @@ async fn connection(
                     last_cmd = dispatch(shared, &mut client, &mut out, &argv, now_ms).or(last_cmd);
                     if let Some(pause) = client.sleep.take() {
                         tokio::time::sleep(pause).await;
+                        now_ms = shared.ks.clock.physical_unix_ms();
+                    }
+                    if let Some(wait) = client.wait.take() {
+                        out.int(wait.run().await);
                         now_ms = shared.ks.clock.physical_unix_ms();
                     }
                 }

@@ -269,3 +269,72 @@ fn replication_without_masterauth_is_refused_at_startup() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("masterauth"));
 }
+
+#[test]
+fn wait_returns_once_peers_applied_the_write() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = node(pa, &[pb, pc], &[]);
+    let _b = node(pb, &[pa], &[]);
+    let mut ca = a.conn();
+    q::<()>(&mut ca, &["SET", "k", "v"]);
+    assert_eq!(
+        q::<i64>(&mut ca, &["WAIT", "1", "10000"]),
+        1,
+        "B acknowledges"
+    );
+    let started = Instant::now();
+    // C never came up: only one of two peers can acknowledge.
+    assert_eq!(q::<i64>(&mut ca, &["WAIT", "2", "300"]), 1);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(common::err(&mut ca, &["WAIT", "1", "-1"]).contains("timeout is negative"));
+
+    let standalone = Server::start(&[]);
+    assert_eq!(q::<i64>(&mut standalone.conn(), &["WAIT", "1", "0"]), 0);
+    assert!(
+        common::err(&mut standalone.conn(), &["REPLICAOF", "127.0.0.1", "1"])
+            .contains("not enabled")
+    );
+}
+
+#[test]
+fn replicaof_adds_and_removes_peers_at_run_time() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[], &[]);
+    let b = node(pb, &[], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "early", "1"]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(get(&mut cb, "early"), None, "no peers yet");
+
+    let pb_s = pb.to_string();
+    assert_eq!(
+        q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]),
+        "OK"
+    );
+    assert_eq!(
+        q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]),
+        "OK Already connected to specified peer"
+    );
+    wait_until("A's earlier write on B", || {
+        get(&mut cb, "early").as_deref() == Some("1")
+    });
+
+    assert_eq!(
+        q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]),
+        "OK"
+    );
+    assert!(
+        common::err(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]).contains("no such peer")
+    );
+    q::<()>(&mut ca, &["SET", "late", "1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        get(&mut cb, "late"),
+        None,
+        "a removed peer gets nothing new"
+    );
+    assert_eq!(q::<String>(&mut ca, &["REPLICAOF", "NO", "ONE"]), "OK");
+    assert!(
+        common::err(&mut ca, &["REPLICAOF", "127.0.0.1", "99999"]).contains("Invalid master port")
+    );
+}

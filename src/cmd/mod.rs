@@ -7,6 +7,7 @@
 
 mod expire;
 mod keys;
+pub mod replication;
 mod server;
 
 pub use server::REDIS_COMPAT_VERSION;
@@ -121,6 +122,7 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .chain(keys::COMMANDS)
         .chain(expire::COMMANDS)
         .chain(server::COMMANDS)
+        .chain(replication::COMMANDS)
 }
 
 static BY_NAME: LazyLock<hashbrown::HashMap<&'static str, &'static Spec>> =

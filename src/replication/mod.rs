@@ -79,6 +79,8 @@ pub struct PeerInfo {
     pub acked_at_ms: AtomicU64,
     pub state_transfers: AtomicU64,
     pub last_error: Mutex<String>,
+    /// The sender task, aborted when the peer is removed.
+    task: Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// The replication state shared by the keyspace (as its sink) and the tasks.
@@ -93,6 +95,13 @@ pub struct Replicator {
     pub drift_events: AtomicU64,
     pub auth: Mutex<Option<Arc<AuthStats>>>,
     pub listen: Mutex<Option<SocketAddr>>,
+    running: Mutex<Option<Running>>,
+}
+
+/// What adding a peer at run time needs.
+struct Running {
+    shared: std::sync::Weak<Shared>,
+    transport: Arc<Transport>,
 }
 
 impl Replicator {
@@ -107,7 +116,69 @@ impl Replicator {
             drift_events: AtomicU64::new(0),
             auth: Mutex::new(None),
             listen: Mutex::new(None),
+            running: Mutex::new(None),
         })
+    }
+
+    /// How many peers have acknowledged every write up to `seq`.
+    pub fn peers_acked(&self, seq: u64) -> usize {
+        self.peers
+            .lock()
+            .iter()
+            .filter(|p| p.acked_seq.load(Ordering::Relaxed) >= seq)
+            .count()
+    }
+
+    /// The newest sequence number handed out.
+    pub fn head_seq(&self) -> u64 {
+        self.backlog.lock().head()
+    }
+
+    /// Starts replicating with the peer at `addr` (its replication address).
+    /// Returns false when it is already a peer.
+    pub fn add_peer(self: &Arc<Self>, addr: SocketAddr) -> Result<bool, &'static str> {
+        let running = self.running.lock();
+        let Some(run) = running.as_ref() else {
+            return Err("replication is not running");
+        };
+        let Some(shared) = run.shared.upgrade() else {
+            return Err("the node is shutting down");
+        };
+        let mut peers = self.peers.lock();
+        if peers.iter().any(|p| p.addr == addr.to_string()) {
+            return Ok(false);
+        }
+        let info = Arc::new(PeerInfo {
+            addr: addr.to_string(),
+            ..PeerInfo::default()
+        });
+        let task = tokio::spawn(sender(
+            shared,
+            self.clone(),
+            run.transport.clone(),
+            addr,
+            info.clone(),
+        ));
+        *info.task.lock() = Some(task.abort_handle());
+        peers.push(info);
+        Ok(true)
+    }
+
+    /// Stops replicating with the peer at `addr`, or with every peer for
+    /// `None`. Returns how many were removed.
+    pub fn remove_peers(&self, addr: Option<SocketAddr>) -> usize {
+        let mut peers = self.peers.lock();
+        let before = peers.len();
+        peers.retain(|p| {
+            let hit = addr.is_none_or(|a| p.addr == a.to_string());
+            if hit {
+                if let Some(task) = p.task.lock().take() {
+                    task.abort();
+                }
+            }
+            !hit
+        });
+        before - peers.len()
     }
 
     /// (head sequence number, backlog bytes).
@@ -170,22 +241,25 @@ pub fn start(
     *repl.listen.lock() = Some(addr);
     info!("replication listening on udp {addr}");
     let transport = Arc::new(transport);
-    tokio::spawn(accept_loop(shared.clone(), repl.clone(), transport.clone()));
+    *repl.running.lock() = Some(Running {
+        shared: Arc::downgrade(&shared),
+        transport: transport.clone(),
+    });
+    tokio::spawn(accept_loop(shared, repl.clone(), transport));
     for peer in config.peers {
-        let info = Arc::new(PeerInfo {
-            addr: peer.to_string(),
-            ..PeerInfo::default()
-        });
-        repl.peers.lock().push(info.clone());
-        tokio::spawn(sender(
-            shared.clone(),
-            repl.clone(),
-            transport.clone(),
-            peer,
-            info,
-        ));
+        repl.add_peer(peer).map_err(|e| anyhow::anyhow!(e))?;
     }
     Ok(addr)
+}
+
+/// A helper task that ends with the future owning it, however that ends
+/// (including being aborted by REPLICAOF REMOVE).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 fn send_msg(msg: &ReplMsg) -> anyhow::Result<Vec<u8>> {
@@ -235,7 +309,12 @@ async fn serve_peer(
         other => anyhow::bail!("expected Resume from the peer, got {other:?}"),
     };
     let me = repl.node;
-    let acks = tokio::spawn(read_acks(back, me, info.clone(), shared.clone()));
+    let _acks = AbortOnDrop(tokio::spawn(read_acks(
+        back,
+        me,
+        info.clone(),
+        shared.clone(),
+    )));
     let mut cursor = resume.get(me) + 1;
     let mut head = repl.head.subscribe();
     let result = async {
@@ -265,7 +344,6 @@ async fn serve_peer(
         }
     }
     .await;
-    acks.abort();
     result
 }
 
@@ -367,9 +445,11 @@ async fn receive(
         vv: repl.applied_vv(),
     })?)
     .await?;
-    let acker = {
+    let _acker = {
         let repl = repl.clone();
-        tokio::spawn(async move { send_acks(back, repl).await })
+        AbortOnDrop(tokio::spawn(async move {
+            let _ = send_acks(back, repl).await;
+        }))
     };
     let result = async {
         loop {
@@ -383,7 +463,6 @@ async fn receive(
         }
     }
     .await;
-    acker.abort();
     result
 }
 
