@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chorus_crdt::{Clock, Conflict, Delta, KeyState, NodeId, Stamp};
+use chorus_crdt::{Clock, Conflict, KeyState, NodeId, Stamp};
 use hashbrown::HashMap;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
@@ -26,9 +26,13 @@ pub const SHARDS: usize = 64;
 /// Conflicts kept for CRDT.CONFLICTS; older ones are dropped first.
 pub const CONFLICT_LOG_CAPACITY: usize = 4096;
 
-/// Where local writes go after they are applied: the replication layer.
+/// Where local writes go: the replication layer. Borrowed parts, so a write
+/// pays for exactly one encoding and no copies.
 pub trait DeltaSink: Send + Sync {
-    fn publish(&self, delta: Delta);
+    /// A write's delta for one key.
+    fn publish_key(&self, db: u32, key: &[u8], delta: &KeyState);
+    /// A FLUSHDB (`Some(db)`) or FLUSHALL (`None`).
+    fn publish_flush(&self, db: Option<u32>, stamp: Stamp);
 }
 
 /// One database inside one shard.
@@ -203,11 +207,7 @@ impl Writer<'_> {
     /// Applies a local op's delta and publishes it to the replication layer.
     pub fn apply(&mut self, delta: KeyState) {
         if let Some(sink) = &self.ks.sink {
-            sink.publish(Delta::Key {
-                db: self.db as u32,
-                key: self.key.to_vec(),
-                state: delta.clone(),
-            });
+            sink.publish_key(self.db as u32, self.key, &delta);
         }
         let conflicts = self.state.merge_owned(delta);
         debug_assert!(conflicts.is_empty(), "a local write conflicts with nothing");
@@ -233,11 +233,11 @@ impl Writer<'_> {
         let stamp = self.stamp();
         let tally = self.state.incr_in_place(stamp, int, float, is_float);
         if let Some(sink) = &self.ks.sink {
-            sink.publish(Delta::Key {
-                db: self.db as u32,
-                key: self.key.to_vec(),
-                state: KeyState::tally_delta(stamp.node, tally),
-            });
+            sink.publish_key(
+                self.db as u32,
+                self.key,
+                &KeyState::tally_delta(stamp.node, tally),
+            );
         }
     }
 
@@ -429,10 +429,7 @@ impl Keyspace {
             }
         }
         if let Some(sink) = &self.sink {
-            sink.publish(Delta::Flush {
-                db: db.map(|d| d as u32),
-                stamp,
-            });
+            sink.publish_flush(db.map(|d| d as u32), stamp);
         }
     }
 

@@ -25,8 +25,18 @@ pub enum DecodeError {
 pub struct EncodeError(#[from] postcard::Error);
 
 /// Encodes `value` with the version byte in front.
-pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, EncodeError> {
-    let out = vec![FORMAT_VERSION];
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, EncodeError> {
+    encode_sized(value, 64)
+}
+
+/// [`encode`] into a buffer that starts with room for `capacity` bytes, so
+/// a caller that knows the size spares the buffer's regrowth.
+pub fn encode_sized<T: Serialize + ?Sized>(
+    value: &T,
+    capacity: usize,
+) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(capacity.max(1));
+    out.push(FORMAT_VERSION);
     Ok(postcard::to_extend(value, out)?)
 }
 

@@ -10,7 +10,7 @@ use chorus_crdt::NodeId;
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resume {
     /// These frames, in order, starting at the requested sequence number.
-    Frames(Vec<(u64, std::sync::Arc<[u8]>)>),
+    Frames(Vec<(u64, bytes::Bytes)>),
     /// Nothing newer yet.
     UpToDate,
     /// The backlog no longer reaches back that far: a state transfer is needed.
@@ -21,7 +21,7 @@ pub enum Resume {
 #[derive(Debug)]
 pub struct Backlog {
     /// (seq, encoded frame), oldest first, contiguous.
-    entries: VecDeque<(u64, std::sync::Arc<[u8]>)>,
+    entries: VecDeque<(u64, bytes::Bytes)>,
     bytes: usize,
     max_bytes: usize,
     /// The last sequence number handed out (0: none yet).
@@ -41,7 +41,8 @@ impl Backlog {
     /// The next sequence number, to stamp into the frame `build` returns.
     pub fn push(&mut self, build: impl FnOnce(u64) -> Vec<u8>) -> u64 {
         self.head += 1;
-        let frame: std::sync::Arc<[u8]> = build(self.head).into();
+        // Bytes takes the Vec as it is: no copy.
+        let frame = bytes::Bytes::from(build(self.head));
         self.bytes += frame.len();
         self.entries.push_back((self.head, frame));
         // Keep at least the newest frame, whatever its size.

@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_crdt::{decode, encode, Delta, NodeId};
+use chorus_crdt::{decode, encode, encode_sized, Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
 use chorus_transport::{
     AuthStats, FrameReceiver, FrameSender, PeerLink, StreamKind, Transport, TransportConfig,
@@ -57,6 +57,37 @@ pub enum ReplMsg {
     Snapshot { delta: Delta },
     /// End of a state transfer: it covered `origin`'s writes up to `seq`.
     SnapshotDone { origin: NodeId, seq: u64 },
+}
+
+/// [`ReplMsg`] for sending a local write from borrowed parts: the same
+/// variants in the same order, so it encodes to exactly the bytes of the
+/// owned message (a test holds it to that).
+#[derive(Serialize)]
+enum ReplMsgOut<'a> {
+    #[allow(dead_code)]
+    Resume { vv: Vec<(NodeId, u64)> },
+    #[allow(dead_code)]
+    Ack { vv: Vec<(NodeId, u64)> },
+    Delta {
+        origin: NodeId,
+        seq: u64,
+        delta: DeltaRef<'a>,
+    },
+}
+
+/// [`Delta`] by reference, variant for variant.
+#[derive(Serialize)]
+enum DeltaRef<'a> {
+    Key {
+        db: u32,
+        #[serde(with = "serde_bytes")]
+        key: &'a [u8],
+        state: &'a KeyState,
+    },
+    Flush {
+        db: Option<u32>,
+        stamp: Stamp,
+    },
 }
 
 /// How long a receiver holds a live delta that arrived ahead of a state
@@ -197,22 +228,33 @@ impl Replicator {
     }
 }
 
-impl DeltaSink for Replicator {
-    fn publish(&self, delta: Delta) {
+impl Replicator {
+    fn publish(&self, delta: DeltaRef<'_>, size_hint: usize) {
         let head = {
             let mut backlog = self.backlog.lock();
             backlog.push(|seq| {
-                let msg = ReplMsg::Delta {
+                let msg = ReplMsgOut::Delta {
                     origin: self.node,
                     seq,
                     delta,
                 };
                 // Our own types always encode; an empty frame would only
                 // make the peer reset the link and resume.
-                encode(&msg).unwrap_or_default()
+                encode_sized(&msg, size_hint).unwrap_or_default()
             })
         };
         self.head.send_replace(head);
+    }
+}
+
+impl DeltaSink for Replicator {
+    fn publish_key(&self, db: u32, key: &[u8], state: &KeyState) {
+        let value_len = state.reg.value.as_ref().map_or(0, |v| v.len());
+        self.publish(DeltaRef::Key { db, key, state }, key.len() + value_len + 96);
+    }
+
+    fn publish_flush(&self, db: Option<u32>, stamp: Stamp) {
+        self.publish(DeltaRef::Flush { db, stamp }, 48);
     }
 }
 
@@ -322,11 +364,13 @@ async fn serve_peer(
             let next = repl.backlog.lock().read_from(cursor, 256);
             match next {
                 Resume::Frames(frames) => {
-                    for (seq, frame) in frames {
-                        live.send(&frame).await?;
-                        cursor = seq + 1;
-                        info.sent_seq.store(seq, Ordering::Relaxed);
-                    }
+                    let Some(&(last, _)) = frames.last() else {
+                        continue;
+                    };
+                    let payloads: Vec<&[u8]> = frames.iter().map(|(_, f)| &f[..]).collect();
+                    live.send_batch(&payloads).await?;
+                    cursor = last + 1;
+                    info.sent_seq.store(last, Ordering::Relaxed);
                 }
                 Resume::UpToDate => {
                     tokio::select! {
@@ -551,5 +595,60 @@ fn apply(shared: &Shared, repl: &Replicator, delta: &Delta) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The borrowed form a node sends must decode as the owned message.
+    #[test]
+    fn borrowed_and_owned_messages_encode_identically() {
+        let node = NodeId(42);
+        let mut state = KeyState::default();
+        let write = state.write(Stamp { time: 9, node }, Some(b"value"), 1234);
+        state.merge(&write);
+        let incr = state.incr(Stamp { time: 10, node }, 3, 0.5, true);
+        for delta in [write, incr] {
+            let owned = encode(&ReplMsg::Delta {
+                origin: node,
+                seq: 7,
+                delta: Delta::Key {
+                    db: 3,
+                    key: b"key".to_vec(),
+                    state: delta.clone(),
+                },
+            })
+            .unwrap();
+            let borrowed = encode_sized(
+                &ReplMsgOut::Delta {
+                    origin: node,
+                    seq: 7,
+                    delta: DeltaRef::Key {
+                        db: 3,
+                        key: b"key",
+                        state: &delta,
+                    },
+                },
+                8,
+            )
+            .unwrap();
+            assert_eq!(owned, borrowed);
+        }
+        let stamp = Stamp { time: 5, node };
+        let owned = encode(&ReplMsg::Delta {
+            origin: node,
+            seq: 1,
+            delta: Delta::Flush { db: None, stamp },
+        })
+        .unwrap();
+        let borrowed = encode(&ReplMsgOut::Delta {
+            origin: node,
+            seq: 1,
+            delta: DeltaRef::Flush { db: None, stamp },
+        })
+        .unwrap();
+        assert_eq!(owned, borrowed);
     }
 }

@@ -38,6 +38,28 @@ impl FrameSender {
         Ok(())
     }
 
+    /// Sends several frames with one stream write: the per-write cost of the
+    /// stream (locking, waking the connection) is paid once per batch.
+    pub async fn send_batch<B: AsRef<[u8]>>(
+        &mut self,
+        payloads: &[B],
+    ) -> Result<(), TransportError> {
+        let total: usize = payloads.iter().map(|p| 4 + p.as_ref().len()).sum();
+        let mut buf = Vec::with_capacity(total);
+        for p in payloads {
+            let p = p.as_ref();
+            if p.len() > self.max_frame {
+                return Err(TransportError::FrameTooLarge {
+                    len: p.len(),
+                    max: self.max_frame,
+                });
+            }
+            buf.extend_from_slice(&(p.len() as u32).to_be_bytes());
+            buf.extend_from_slice(p);
+        }
+        self.stream.write_all(&buf).await.map_err(io)
+    }
+
     /// Ends the stream after everything sent so far.
     pub fn finish(&mut self) -> Result<(), TransportError> {
         self.stream.finish().map_err(io)

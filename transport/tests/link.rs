@@ -48,9 +48,11 @@ async fn peers_with_the_secret_exchange_frames_on_separate_streams() {
         bulk.send(&big).await.unwrap();
         bulk.finish().unwrap();
     });
-    for i in 0..100u32 {
+    for i in 0..50u32 {
         live.send(&i.to_be_bytes()).await.unwrap();
     }
+    let batch: Vec<[u8; 4]> = (50..100u32).map(|i| i.to_be_bytes()).collect();
+    live.send_batch(&batch).await.unwrap();
     live.finish().unwrap();
 
     let mut got_live = Vec::new();

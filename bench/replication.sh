@@ -1,0 +1,144 @@
+#!/usr/bin/env bash
+# Replication cost and lag, two chorus nodes on loopback, in one run.
+#
+#   bench/replication.sh                 # about 2 minutes
+#   N=200000 PROBES=300 bench/replication.sh
+#
+# 1. SET throughput (redis-benchmark -t set -c 50 -P 16 -n $N -r 100000) against a
+#    standalone node, then against node A replicating to node B. Medians of $ROUNDS.
+# 2. Replication lag: while redis-benchmark keeps node A busy at roughly half its
+#    peak (-c 10 -P 1), a probe writes a timestamped key on A every 10 ms and polls
+#    node B until the key appears; p50/p99/max of write-to-visible-on-B.
+# Node A (and the standalone node) runs on CPU 0; node B, which in production is
+# another machine, shares CPU 1 with the clients (taskset).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+N=${N:-1000000}
+ROUNDS=${ROUNDS:-3}
+PROBES=${PROBES:-500}
+
+if ! command -v redis-benchmark >/dev/null; then
+    echo "installing redis-tools from Debian..."
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null
+fi
+cargo build --release -q
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+# A client port whose replication port (+10000) is free as well.
+free_port() {
+    python3 - <<'PY'
+import socket, random
+while True:
+    p = random.randint(20000, 29000)
+    try:
+        t = socket.socket(); t.bind(("127.0.0.1", p)); t.close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", p + 10000)); u.close()
+        print(p); break
+    except OSError:
+        pass
+PY
+}
+
+wait_ready() {
+    for _ in $(seq 1 100); do
+        redis-cli -p "$1" PING >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "server on port $1 did not start" >&2; exit 1
+}
+
+# start CPU PORT [extra args...]: starts a node, sets STARTED to its pid. (Not run
+# in $(...): a subshell would hold the pipe open and run the EXIT trap.)
+start() {
+    local cpu=$1 port=$2; shift 2
+    taskset -c "$cpu" ./target/release/chorus server --port "$port" --server-threads 1 "$@" \
+        >/dev/null 2>>"$WORK/chorus.log" &
+    STARTED=$!
+    PIDS+=("$STARTED")
+    wait_ready "$port"
+}
+
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+set_rps() {
+    taskset -c 1 redis-benchmark -p "$1" -c 50 -P 16 -n "$N" -r 100000 -t set --csv 2>/dev/null \
+        | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}'
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+: > "$WORK/solo"; : > "$WORK/repl"
+for round in $(seq 1 "$ROUNDS"); do
+    p=$(free_port); start 0 "$p"; pid=$STARTED
+    set_rps "$p" >> "$WORK/solo"; stop "$pid"
+    pa=$(free_port); pb=$(free_port)
+    start 0 "$pa" --masterauth bench --replicaof 127.0.0.1 "$pb"; a=$STARTED
+    start 1 "$pb" --masterauth bench --replicaof 127.0.0.1 "$pa"; b=$STARTED
+    set_rps "$pa" >> "$WORK/repl"
+    # Everything A took must reach B before the round counts.
+    redis-cli -p "$pa" WAIT 1 60000 >/dev/null
+    stop "$a"; stop "$b"
+    echo "round $round done" >&2
+done
+solo=$(median < "$WORK/solo"); repl=$(median < "$WORK/repl")
+
+pa=$(free_port); pb=$(free_port)
+start 0 "$pa" --masterauth bench --replicaof 127.0.0.1 "$pb"; a=$STARTED
+start 1 "$pb" --masterauth bench --replicaof 127.0.0.1 "$pa"; b=$STARTED
+sleep 1
+taskset -c 1 redis-benchmark -p "$pa" -c 10 -P 1 -n 100000000 -r 100000 -t set -q >/dev/null 2>&1 &
+LOAD=$!
+PIDS+=($LOAD)
+sleep 1
+before=$(redis-cli -p "$pa" INFO stats | awk -F: '/total_commands_processed/ {print $2+0}')
+lag=$(taskset -c 1 python3 - "$pa" "$pb" "$PROBES" <<'PY'
+import socket, sys, time
+pa, pb, probes = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+def conn(p):
+    s = socket.create_connection(("127.0.0.1", p)); s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1); return s
+def cmd(s, *args):
+    s.sendall(b"*%d\r\n" % len(args) + b"".join(b"$%d\r\n%s\r\n" % (len(a), a) for a in args))
+    data = b""
+    while not data.endswith(b"\r\n") or (data.startswith(b"$") and data[1:2] != b"-" and data.count(b"\r\n") < 2):
+        data += s.recv(65536)
+    return data
+a, b = conn(pa), conn(pb)
+lags = []
+for i in range(probes):
+    key = b"lagprobe:%d" % i
+    t0 = time.perf_counter()
+    cmd(a, b"SET", key, b"1")
+    while cmd(b, b"GET", key).startswith(b"$-1"):
+        if time.perf_counter() - t0 > 5:
+            break
+    lags.append((time.perf_counter() - t0) * 1000)
+    time.sleep(0.01)
+lags.sort()
+pick = lambda q: lags[min(len(lags) - 1, int(q * len(lags)))]
+print("%.2f %.2f %.2f" % (pick(0.5), pick(0.99), lags[-1]))
+PY
+)
+after=$(redis-cli -p "$pa" INFO stats | awk -F: '/total_commands_processed/ {print $2+0}')
+elapsed_probe=$(awk -v n="$PROBES" 'BEGIN {print n * 0.0105}')
+kill "$LOAD" 2>/dev/null || true
+read -r p50 p99 pmax <<< "$lag"
+
+echo
+echo "SET throughput, ops/s (median of $ROUNDS; -c 50 -P 16 -n $N -r 100000; A on CPU 0; B and the client on CPU 1)"
+printf '%-24s %12s\n' "standalone node" "$solo"
+printf '%-24s %12s\n' "node A replicating to B" "$repl"
+awk -v r="$repl" -v s="$solo" 'BEGIN {printf "%-24s %12.2f\n", "ratio", r / s}'
+echo
+echo "Replication lag, write on A to visible on B ($PROBES probes, every 10 ms)"
+awk -v b="$before" -v a="$after" -v t="$elapsed_probe" 'BEGIN {printf "background load on A: about %d ops/s (redis-benchmark -c 10 -P 1 -t set)\n", (a - b) / t}'
+printf 'p50 %s ms   p99 %s ms   max %s ms\n' "$p50" "$p99" "$pmax"
+echo
+echo "machine: $(nproc) vCPU $(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}'), $(free -g | awk '/Mem/ {print $2}') GiB; $(date -u +%F)"
