@@ -197,13 +197,14 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},sent_seq={},acked_seq={},lag_ops={},ack_age_ms={},state_transfers={},last_error={}",
+                            "addr={},state={},node={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
                             p.sent_seq.load(Ordering::Relaxed),
                             acked,
                             head.saturating_sub(acked),
+                            repl.lag_ms(p),
                             if acked_at == 0 { -1 } else { now.saturating_sub(acked_at) as i64 },
                             p.state_transfers.load(Ordering::Relaxed),
                             p.last_error.lock().replace(',', ";"),

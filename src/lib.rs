@@ -37,6 +37,11 @@ pub fn new_node_id() -> NodeId {
     }
 }
 
+/// Milliseconds since the epoch on the node's physical clock.
+fn wall_clock_ms() -> u64 {
+    chorus_crdt::stamp::unix_ms_from_ntp(chorus_crdt::system_clock().0)
+}
+
 /// Builds the node's shared state from its config. A replicating node's
 /// keyspace publishes every write to the replicator.
 pub fn build(config: Config) -> Arc<server::Shared> {
@@ -44,7 +49,7 @@ pub fn build(config: Config) -> Arc<server::Shared> {
     let clock = Clock::new(node, chorus_crdt::system_clock, DEFAULT_MAX_CLOCK_DRIFT);
     let mut ks = keyspace::Keyspace::new(config.databases, clock);
     let repl = config.replicating().then(|| {
-        let repl = replication::Replicator::new(node, config.repl_backlog_size);
+        let repl = replication::Replicator::new(node, config.repl_backlog_size, wall_clock_ms);
         ks.set_sink(repl.clone());
         repl
     });

@@ -105,6 +105,10 @@ fn two_nodes_replicate_every_write_both_ways() {
     let info: String = q(&mut ca, &["INFO", "replication"]);
     assert!(info.contains("role:active-replica"), "{info}");
     assert!(info.contains("state=connected"), "{info}");
+    wait_until("A's writes acknowledged", || {
+        let info: String = q(&mut ca, &["INFO", "replication"]);
+        info.contains("lag_ops=0,lag_ms=0,")
+    });
     assert!(info.contains("peer_auth_accepted:"), "{info}");
 }
 
@@ -253,6 +257,7 @@ fn a_dead_peer_does_not_block_writes() {
     }
     pipe.query::<()>(&mut ca).unwrap();
     assert_eq!(q::<i64>(&mut ca, &["DBSIZE"]), 10_000);
+    std::thread::sleep(Duration::from_millis(20));
     let info: String = q(&mut ca, &["INFO", "replication"]);
     assert!(
         info.contains("state=connecting") && info.contains("master_repl_offset:10000"),

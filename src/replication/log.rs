@@ -22,6 +22,8 @@ pub enum Resume {
 pub struct Backlog {
     /// (seq, encoded frame), oldest first, contiguous.
     entries: VecDeque<(u64, bytes::Bytes)>,
+    /// Unix ms each entry was written, parallel to `entries`.
+    written_ms: VecDeque<u64>,
     bytes: usize,
     max_bytes: usize,
     /// The last sequence number handed out (0: none yet).
@@ -32,26 +34,46 @@ impl Backlog {
     pub fn new(max_bytes: usize) -> Backlog {
         Backlog {
             entries: VecDeque::new(),
+            written_ms: VecDeque::new(),
             bytes: 0,
             max_bytes,
             head: 0,
         }
     }
 
-    /// The next sequence number, to stamp into the frame `build` returns.
-    pub fn push(&mut self, build: impl FnOnce(u64) -> Vec<u8>) -> u64 {
+    /// The next sequence number, to stamp into the frame `build` returns;
+    /// `now_ms` is when the write was made (for lag in ms).
+    pub fn push(&mut self, now_ms: u64, build: impl FnOnce(u64) -> Vec<u8>) -> u64 {
         self.head += 1;
         // Bytes takes the Vec as it is: no copy.
         let frame = bytes::Bytes::from(build(self.head));
         self.bytes += frame.len();
         self.entries.push_back((self.head, frame));
+        self.written_ms.push_back(now_ms);
         // Keep at least the newest frame, whatever its size.
         while self.bytes > self.max_bytes && self.entries.len() > 1 {
             if let Some((_, old)) = self.entries.pop_front() {
                 self.bytes -= old.len();
+                self.written_ms.pop_front();
             }
         }
         self.head
+    }
+
+    /// When write `seq` was made, while the backlog still holds it.
+    pub fn written_at(&self, seq: u64) -> Option<u64> {
+        let &(first, _) = self.entries.front()?;
+        let i = usize::try_from(seq.checked_sub(first)?).ok()?;
+        self.written_ms.get(i).copied()
+    }
+
+    /// How long the oldest write after `acked` has been waiting at `now_ms`:
+    /// 0 when nothing is outstanding, `None` when it left the backlog.
+    pub fn lag_ms(&self, acked: u64, now_ms: u64) -> Option<u64> {
+        if acked >= self.head {
+            return Some(0);
+        }
+        self.written_at(acked + 1).map(|t| now_ms.saturating_sub(t))
     }
 
     pub fn head(&self) -> u64 {
@@ -141,9 +163,12 @@ mod tests {
     #[test]
     fn backlog_serves_contiguous_frames_until_trimmed() {
         let mut b = Backlog::new(8 * 3);
-        for _ in 0..5 {
-            b.push(frame);
+        for t in 0..5 {
+            b.push(1_000 + t, frame);
         }
+        assert_eq!(b.lag_ms(5, 2_000), Some(0));
+        assert_eq!(b.lag_ms(3, 2_000), Some(2_000 - 1_003));
+        assert_eq!(b.lag_ms(0, 2_000), None, "write 1 left the backlog");
         assert_eq!(b.head(), 5);
         assert_eq!(b.read_from(6, 10), Resume::UpToDate);
         assert_eq!(b.read_from(2, 10), Resume::Trimmed, "only 3 frames fit");
@@ -176,7 +201,7 @@ mod tests {
         fn resume_yields_exactly_the_missing_frames(n in 1u64..200, cap in 1usize..50, acked in 0u64..220) {
             let mut b = Backlog::new(cap * 8);
             for _ in 0..n {
-                b.push(frame);
+                b.push(0, frame);
             }
             let mut vv = VersionVector::default();
             let origin = NodeId(1);

@@ -117,6 +117,8 @@ pub struct PeerInfo {
 /// The replication state shared by the keyspace (as its sink) and the tasks.
 pub struct Replicator {
     node: NodeId,
+    /// Wall clock for lag figures (the node's physical clock).
+    now_ms: fn() -> u64,
     backlog: Mutex<Backlog>,
     head: watch::Sender<u64>,
     applied: Mutex<VersionVector>,
@@ -136,9 +138,10 @@ struct Running {
 }
 
 impl Replicator {
-    pub fn new(node: NodeId, backlog_bytes: usize) -> Arc<Replicator> {
+    pub fn new(node: NodeId, backlog_bytes: usize, now_ms: fn() -> u64) -> Arc<Replicator> {
         Arc::new(Replicator {
             node,
+            now_ms,
             backlog: Mutex::new(Backlog::new(backlog_bytes)),
             head: watch::channel(0).0,
             applied: Mutex::new(VersionVector::default()),
@@ -218,6 +221,14 @@ impl Replicator {
         (b.head(), b.bytes())
     }
 
+    /// How long the oldest write `peer` has not acknowledged has waited, in
+    /// ms; -1 when it is older than the backlog.
+    pub fn lag_ms(&self, peer: &PeerInfo) -> i64 {
+        let acked = peer.acked_seq.load(Ordering::Relaxed);
+        let lag = self.backlog.lock().lag_ms(acked, (self.now_ms)());
+        lag.map_or(-1, |ms| ms as i64)
+    }
+
     fn applied_vv(&self) -> Vec<(NodeId, u64)> {
         self.applied.lock().entries()
     }
@@ -231,8 +242,9 @@ impl Replicator {
 impl Replicator {
     fn publish(&self, delta: DeltaRef<'_>, size_hint: usize) {
         let head = {
+            let now = (self.now_ms)();
             let mut backlog = self.backlog.lock();
-            backlog.push(|seq| {
+            backlog.push(now, |seq| {
                 let msg = ReplMsgOut::Delta {
                     origin: self.node,
                     seq,
