@@ -199,6 +199,16 @@ impl Writer<'_> {
         self.state.exists(self.now_ms)
     }
 
+    /// The key's expiry (unix ms) if it is visible, else 0: what a write
+    /// that keeps the TTL carries over.
+    pub fn kept_expiry(&self) -> u64 {
+        if self.visible() {
+            self.state.expire_at_ms()
+        } else {
+            0
+        }
+    }
+
     /// A fresh stamp from the node's clock.
     pub fn stamp(&self) -> Stamp {
         self.ks.clock.now()

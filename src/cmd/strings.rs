@@ -129,7 +129,7 @@ fn set_generic(
         }
         let expire_at = match ttl {
             Ttl::At(at) => at,
-            Ttl::Keep if exists => w.state().expire_at_ms(),
+            Ttl::Keep => w.kept_expiry(),
             _ => 0,
         };
         w.set(Some(value), expire_at);
@@ -280,11 +280,7 @@ fn check_size(max: usize, len: usize) -> CmdResult {
 fn append(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let max = x.shared.tunables.max_bulk();
     let len = x.update(args[1], |w| {
-        let at = if w.visible() {
-            w.state().expire_at_ms()
-        } else {
-            0
-        };
+        let at = w.kept_expiry();
         let mut value = w.value().unwrap_or_default();
         check_size(max, value.len() + args[2].len())?;
         value.extend_from_slice(args[2]);
@@ -333,11 +329,7 @@ fn setrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let patch = args[3];
     let max = x.shared.tunables.max_bulk();
     let len = x.update(args[1], |w| {
-        let at = if w.visible() {
-            w.state().expire_at_ms()
-        } else {
-            0
-        };
+        let at = w.kept_expiry();
         let mut value = w.value().unwrap_or_default();
         if patch.is_empty() {
             return Ok(value.len());
