@@ -67,6 +67,9 @@ pub struct Config {
     pub cluster_name: String,
     /// Bytes of recent writes kept for peers to resume from.
     pub repl_backlog_size: usize,
+    /// A remote stamp further ahead than this is merged but does not move
+    /// the local clock.
+    pub max_clock_drift_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +129,7 @@ impl Default for Config {
             replication_port: None,
             cluster_name: "chorus".to_string(),
             repl_backlog_size: 16 * 1024 * 1024,
+            max_clock_drift_ms: 500,
         }
     }
 }
@@ -359,6 +363,10 @@ impl Config {
                     return Err(bad("expects a name"));
                 }
                 self.cluster_name = v.to_string();
+            }
+            "max-clock-drift" => {
+                self.max_clock_drift_ms =
+                    one()?.parse().map_err(|_| bad("expects milliseconds"))?;
             }
             "repl-backlog-size" => {
                 let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 16mb"))?;

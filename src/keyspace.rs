@@ -219,8 +219,13 @@ impl Writer<'_> {
         if let Some(sink) = &self.ks.sink {
             sink.publish_key(self.db as u32, self.key, &delta);
         }
+        // A local write can lose on the spot to a replicated one stamped
+        // ahead of our clock (a peer with a fast clock): that is a conflict
+        // like any other, and goes to the log.
         let conflicts = self.state.merge_owned(delta);
-        debug_assert!(conflicts.is_empty(), "a local write conflicts with nothing");
+        self.ks
+            .conflicts
+            .record(self.db, self.key, self.now_ms, conflicts);
     }
 
     /// Writes `value` (or deletes, for `None`) expiring at `expire_at_ms`.

@@ -24,9 +24,6 @@ pub use config::Config;
 pub static LOG_LEVEL_HOOK: std::sync::OnceLock<Box<dyn Fn(config::LogLevel) + Send + Sync>> =
     std::sync::OnceLock::new();
 
-/// Default `max-clock-drift`: remote stamps further ahead do not move the clock.
-pub const DEFAULT_MAX_CLOCK_DRIFT: Duration = Duration::from_millis(500);
-
 /// A fresh node id. An in-memory node takes a new one at every start, so its
 /// counter tallies never collide with those of its previous life.
 pub fn new_node_id() -> NodeId {
@@ -37,16 +34,43 @@ pub fn new_node_id() -> NodeId {
     }
 }
 
+/// Fault injection for tests and drills: `CHORUS_CLOCK_SKEW_MS` shifts this
+/// process's physical clock (HLC and expiry alike), as a badly synchronised
+/// host would. Read once at start-up; 0 when unset.
+static CLOCK_SKEW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+/// The node's physical clock: the system clock plus any injected skew.
+fn node_clock() -> chorus_crdt::NTP64 {
+    let skew = CLOCK_SKEW_MS.load(std::sync::atomic::Ordering::Relaxed);
+    let now = chorus_crdt::system_clock();
+    if skew == 0 {
+        return now;
+    }
+    let ms = chorus_crdt::stamp::unix_ms_from_ntp(now.0).saturating_add_signed(skew);
+    chorus_crdt::NTP64(chorus_crdt::stamp::ntp_from_unix_ms(ms))
+}
+
 /// Milliseconds since the epoch on the node's physical clock.
 fn wall_clock_ms() -> u64 {
-    chorus_crdt::stamp::unix_ms_from_ntp(chorus_crdt::system_clock().0)
+    chorus_crdt::stamp::unix_ms_from_ntp(node_clock().0)
 }
 
 /// Builds the node's shared state from its config. A replicating node's
 /// keyspace publishes every write to the replicator.
 pub fn build(config: Config) -> Arc<server::Shared> {
+    if let Some(skew) = std::env::var("CHORUS_CLOCK_SKEW_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        CLOCK_SKEW_MS.store(skew, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            skew_ms = skew,
+            "physical clock skewed by CHORUS_CLOCK_SKEW_MS"
+        );
+    }
     let node = new_node_id();
-    let clock = Clock::new(node, chorus_crdt::system_clock, DEFAULT_MAX_CLOCK_DRIFT);
+    let max_drift = Duration::from_millis(config.max_clock_drift_ms);
+    let clock = Clock::new(node, node_clock, max_drift);
     let mut ks = keyspace::Keyspace::new(config.databases, clock);
     let repl = config.replicating().then(|| {
         let repl = replication::Replicator::new(node, config.repl_backlog_size, wall_clock_ms);

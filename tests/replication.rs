@@ -31,6 +31,10 @@ fn free_port() -> u16 {
 }
 
 fn node(port: u16, peers: &[u16], extra: &[&str]) -> Server {
+    node_env(port, peers, extra, &[])
+}
+
+fn node_env(port: u16, peers: &[u16], extra: &[&str], env: &[(&str, &str)]) -> Server {
     let port_s = port.to_string();
     let mut args: Vec<String> = vec![
         "--port".into(),
@@ -49,7 +53,7 @@ fn node(port: u16, peers: &[u16], extra: &[&str]) -> Server {
     }
     args.extend(extra.iter().map(|s| s.to_string()));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    Server::start(&refs)
+    Server::start_env(None, &refs, env)
 }
 
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -342,4 +346,32 @@ fn replicaof_adds_and_removes_peers_at_run_time() {
     assert!(
         common::err(&mut ca, &["REPLICAOF", "127.0.0.1", "99999"]).contains("Invalid master port")
     );
+}
+
+#[test]
+fn a_peer_clock_far_ahead_is_merged_counted_and_does_not_drag_ours() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node_env(pb, &[pa], &[], &[("CHORUS_CLOCK_SKEW_MS", "5000")]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut cb, &["SET", "k", "from-the-future"]);
+    wait_until("B's write on A", || {
+        get(&mut ca, "k").as_deref() == Some("from-the-future")
+    });
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(!info.contains("clock_drift_events:0"), "{info}");
+    // A's clock was not dragged 5 s ahead, so its own write is older than B's
+    // and loses, here and on B alike.
+    q::<()>(&mut ca, &["SET", "k", "from-now"]);
+    assert_eq!(get(&mut ca, "k").as_deref(), Some("from-the-future"));
+    let stats: String = q(&mut ca, &["INFO", "stats"]);
+    assert!(
+        !stats.contains("conflicts_total:0"),
+        "the lost write is a recorded conflict: {stats}"
+    );
+    q::<()>(&mut ca, &["SET", "other", "x"]);
+    wait_until("A's later write on B", || get(&mut cb, "other").is_some());
+    assert_eq!(get(&mut cb, "k").as_deref(), Some("from-the-future"));
+    // A key B never wrote is A's to write as usual.
+    assert_eq!(get(&mut cb, "other").as_deref(), Some("x"));
 }

@@ -23,7 +23,13 @@ impl Server {
 
     /// Starts `chorus server FILE --port 0 <args>`.
     pub fn start_with(file: Option<&str>, args: &[&str]) -> Server {
+        Server::start_env(file, args, &[])
+    }
+
+    /// Like [`Server::start_with`], with extra environment variables.
+    pub fn start_env(file: Option<&str>, args: &[&str], env: &[(&str, &str)]) -> Server {
         let mut child = Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .envs(env.iter().copied())
             .arg("server")
             .args(file)
             .args(["--port", "0", "--bind", "127.0.0.1"])
