@@ -158,10 +158,21 @@ impl ConflictLog {
         if conflicts.is_empty() {
             return;
         }
-        self.total
-            .fetch_add(conflicts.len() as u64, Ordering::Relaxed);
         let mut log = self.entries.lock();
         for conflict in conflicts {
+            // The same loser can be merged again (a resumed link, a state
+            // transfer): one entry per (key, winner, loser) is enough.
+            let seen = log.iter().rev().any(|c| {
+                c.db == db
+                    && c.key == key
+                    && c.conflict.winner.stamp == conflict.winner.stamp
+                    && c.conflict.loser.stamp == conflict.loser.stamp
+                    && c.conflict.kind == conflict.kind
+            });
+            if seen {
+                continue;
+            }
+            self.total.fetch_add(1, Ordering::Relaxed);
             if log.len() == CONFLICT_LOG_CAPACITY {
                 log.pop_front();
             }
@@ -580,6 +591,33 @@ mod tests {
             low_bits_in_shard0.len() > 120,
             "bucket bits collapse within a shard"
         );
+    }
+
+    #[test]
+    fn the_conflict_log_keeps_one_entry_per_conflict_and_a_bound() {
+        use chorus_crdt::{Conflict, ConflictKind, Side, Stamp, Summary};
+        let side = |t| Side {
+            origin: NodeId(t),
+            stamp: Stamp {
+                time: t,
+                node: NodeId(t),
+            },
+            what: Summary::Deleted,
+        };
+        let conflict = |w, l| Conflict {
+            kind: ConflictKind::ConcurrentWrite,
+            winner: side(w),
+            loser: side(l),
+        };
+        let log = ConflictLog::default();
+        log.record(0, b"k", 1, vec![conflict(2, 1)]);
+        log.record(0, b"k", 2, vec![conflict(2, 1)]);
+        assert_eq!(log.snapshot().len(), 1);
+        assert_eq!(log.total.load(Ordering::Relaxed), 1);
+        for i in 0..(CONFLICT_LOG_CAPACITY as u64 + 10) {
+            log.record(0, b"k", 3, vec![conflict(i + 100, i + 99)]);
+        }
+        assert_eq!(log.snapshot().len(), CONFLICT_LOG_CAPACITY);
     }
 
     #[test]

@@ -369,6 +369,18 @@ fn a_peer_clock_far_ahead_is_merged_counted_and_does_not_drag_ours() {
         !stats.contains("conflicts_total:0"),
         "the lost write is a recorded conflict: {stats}"
     );
+    let log: Vec<redis::Value> = q(&mut ca, &["CRDT.CONFLICTS", "MATCH", "k", "COUNT", "10"]);
+    let text = format!("{log:?}");
+    assert!(
+        log.len() == 1 && text.contains("concurrent-write"),
+        "{text}"
+    );
+    assert!(
+        text.contains("from-the-future") && text.contains("from-now"),
+        "winner and loser are named: {text}"
+    );
+    let none: Vec<redis::Value> = q(&mut ca, &["CRDT.CONFLICTS", "MATCH", "nothing*"]);
+    assert!(none.is_empty());
     q::<()>(&mut ca, &["SET", "other", "x"]);
     wait_until("A's later write on B", || get(&mut cb, "other").is_some());
     assert_eq!(get(&mut cb, "k").as_deref(), Some("from-the-future"));

@@ -148,6 +148,32 @@ fn counters_and_their_errors() {
 }
 
 #[test]
+fn crdt_state_shows_a_keys_metadata() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "n", "10", "EX", "100"]);
+    q::<()>(&mut c, &["INCRBY", "n", "5"]);
+    let state: Vec<redis::Value> = q(&mut c, &["CRDT.STATE", "n"]);
+    let text = format!("{state:?}");
+    for needle in [
+        "register_stamp",
+        "register_value",
+        "counts",
+        "ops=1 int=5",
+        "effective_expire_at_ms",
+    ] {
+        assert!(text.contains(needle), "{needle} missing: {text}");
+    }
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["CRDT.STATE", "missing"]),
+        None
+    );
+    let log: Vec<redis::Value> = q(&mut c, &["CRDT.CONFLICTS"]);
+    assert!(log.is_empty(), "a single node has no conflicts");
+    assert!(err(&mut c, &["CRDT.CONFLICTS", "COUNT"]).contains("syntax error"));
+}
+
+#[test]
 fn increments_from_many_connections_on_all_threads_add_up() {
     let s = Server::start(&["--server-threads", "2"]);
     let handles: Vec<_> = (0..4)

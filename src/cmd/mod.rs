@@ -5,6 +5,7 @@
 //! queue commands inside MULTI, and lock exactly the shards a command's keys
 //! live in before the handler runs.
 
+mod crdt;
 mod expire;
 mod keys;
 pub mod replication;
@@ -123,6 +124,7 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .chain(expire::COMMANDS)
         .chain(server::COMMANDS)
         .chain(replication::COMMANDS)
+        .chain(crdt::COMMANDS)
 }
 
 static BY_NAME: LazyLock<hashbrown::HashMap<&'static str, &'static Spec>> =
