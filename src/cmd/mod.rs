@@ -6,6 +6,7 @@
 //! live in before the handler runs.
 
 mod crdt;
+mod docs;
 mod expire;
 mod keys;
 pub mod replication;

@@ -709,14 +709,39 @@ fn command_info(x: &mut Exec, spec: &Spec) {
 }
 
 fn command_docs(x: &mut Exec, spec: &Spec) {
+    let args = super::docs::arguments(super::docs::syntax(spec.name));
     x.out.bulk_str(spec.name);
-    x.out.map(3);
+    x.out.map(if args.is_empty() { 3 } else { 4 });
     x.out.bulk_str("summary");
     x.out.bulk_str(spec.summary);
     x.out.bulk_str("since");
     x.out.bulk_str("1.0.0");
     x.out.bulk_str("group");
     x.out.bulk_str(spec.group);
+    if args.is_empty() {
+        return;
+    }
+    // redis-cli builds its hints from these: name, type, optional/multiple.
+    x.out.bulk_str("arguments");
+    x.out.array(args.len());
+    for (name, optional, multiple) in args {
+        let flags: Vec<&str> = [(optional, "optional"), (multiple, "multiple")]
+            .into_iter()
+            .filter_map(|(on, f)| on.then_some(f))
+            .collect();
+        x.out.map(if flags.is_empty() { 2 } else { 3 });
+        x.out.bulk_str("name");
+        x.out.bulk_str(&name);
+        x.out.bulk_str("type");
+        x.out.bulk_str("string");
+        if !flags.is_empty() {
+            x.out.bulk_str("flags");
+            x.out.array(flags.len());
+            for f in flags {
+                x.out.simple(f);
+            }
+        }
+    }
 }
 
 fn command(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
