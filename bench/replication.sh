@@ -18,19 +18,10 @@ N=${N:-1000000}
 ROUNDS=${ROUNDS:-3}
 PROBES=${PROBES:-500}
 
-if ! command -v redis-benchmark >/dev/null; then
-    echo "installing redis-tools from Debian..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-tools >/dev/null
-fi
+source bench/common.sh
+ensure_tools "redis-benchmark redis-cli" "redis-tools"
 cargo build --release -q
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 # A client port whose replication port (+10000) is free as well.
 free_port() {
@@ -47,13 +38,6 @@ while True:
 PY
 }
 
-wait_ready() {
-    for _ in $(seq 1 100); do
-        redis-cli -p "$1" PING >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "server on port $1 did not start" >&2; exit 1
-}
 
 # start CPU PORT [extra args...]: starts a node, sets STARTED to its pid. (Not run
 # in $(...): a subshell would hold the pipe open and run the EXIT trap.)
@@ -66,14 +50,12 @@ start() {
     wait_ready "$port"
 }
 
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 set_rps() {
     taskset -c 1 redis-benchmark -p "$1" -c 50 -P 16 -n "$N" -r 100000 -t set --csv 2>/dev/null \
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}'
 }
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 : > "$WORK/solo"; : > "$WORK/repl"
 for round in $(seq 1 "$ROUNDS"); do
@@ -141,4 +123,4 @@ echo "Replication lag, write on A to visible on B ($PROBES probes, every 10 ms)"
 awk -v b="$before" -v a="$after" -v t="$elapsed_probe" 'BEGIN {printf "background load on A: about %d ops/s (redis-benchmark -c 10 -P 1 -t set)\n", (a - b) / t}'
 printf 'p50 %s ms   p99 %s ms   max %s ms\n' "$p50" "$p99" "$pmax"
 echo
-echo "machine: $(nproc) vCPU $(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}'), $(free -g | awk '/Mem/ {print $2}') GiB; $(date -u +%F)"
+machine

@@ -16,32 +16,15 @@ N=${N:-1000000}
 ROUNDS=${ROUNDS:-3}
 KEYS_FOR_RSS=${KEYS_FOR_RSS:-1000000}
 
-if ! command -v redis-server >/dev/null || ! command -v redis-benchmark >/dev/null; then
-    echo "installing redis-server and redis-tools from Debian..."
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server redis-tools >/dev/null
-fi
+source bench/common.sh
+ensure_tools "redis-server redis-benchmark redis-cli" "redis-server redis-tools"
 cargo build --release -q
 
-WORK=$(mktemp -d)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-wait_ready() {
-    for _ in $(seq 1 100); do
-        redis-cli -p "$1" PING >/dev/null 2>&1 && return 0
-        sleep 0.1
-    done
-    echo "server on port $1 did not start" >&2
-    exit 1
-}
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
@@ -59,7 +42,6 @@ start_chorus() { # $1: cpus for taskset, $2: server-threads
     PIDS+=($!); echo "$! $port"
 }
 
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 # run_bench PORT PIPELINE -> lines "TEST rps"
 run_bench() {
@@ -87,7 +69,6 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 echo
 echo "Throughput, ops/s (median of $ROUNDS rounds; -n $N -r 100000 -c 50; server on CPU 0, client on CPU 1)"
@@ -134,4 +115,5 @@ done
 r=$(awk '$1=="redis" {print $2}' "$WORK/mem"); c=$(awk '$1=="chorus" {print $2}' "$WORK/mem")
 awk -v c="$c" -v r="$r" 'BEGIN {printf "chorus/redis bytes per key: %.2f\n", c / r}'
 echo
-echo "machine: $(nproc) vCPU $(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}'), $(free -g | awk '/Mem/ {print $2}') GiB; $(redis-server --version | awk '{print $3}'); $(date -u +%F)"
+machine
+redis-server --version

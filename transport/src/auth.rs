@@ -135,6 +135,18 @@ fn decode<T: for<'de> Deserialize<'de>>(frame: Option<Vec<u8>>) -> Result<T, Tra
         .map_err(|e| TransportError::Handshake(format!("malformed handshake message: {e}")))
 }
 
+/// The handshake stream, framed.
+fn framed(
+    stream: Result<(quinn::SendStream, quinn::RecvStream), quinn::ConnectionError>,
+    max_frame: usize,
+) -> Result<(FrameSender, FrameReceiver), TransportError> {
+    let (send, recv) = stream.map_err(|e| TransportError::Connect(e.to_string()))?;
+    Ok((
+        FrameSender::new(send, max_frame),
+        FrameReceiver::new(recv, max_frame),
+    ))
+}
+
 fn check_hello(me: &Identity<'_>, hello: &Hello) -> Option<(Refusal, String)> {
     if hello.version != PROTOCOL_VERSION {
         return Some((
@@ -185,14 +197,7 @@ async fn dial_steps(
     me: &Identity<'_>,
     max_frame: usize,
 ) -> Result<u64, TransportError> {
-    let (send, recv) = conn
-        .open_bi()
-        .await
-        .map_err(|e| TransportError::Connect(e.to_string()))?;
-    let (mut tx, mut rx) = (
-        FrameSender::new(send, max_frame),
-        FrameReceiver::new(recv, max_frame),
-    );
+    let (mut tx, mut rx) = framed(conn.open_bi().await, max_frame)?;
     let ekm = ekm(conn)?;
     let my_nonce = nonce()?;
     tx.send(&encode(&Hello {
@@ -251,14 +256,7 @@ async fn accept_steps(
     me: &Identity<'_>,
     max_frame: usize,
 ) -> Result<u64, TransportError> {
-    let (send, recv) = conn
-        .accept_bi()
-        .await
-        .map_err(|e| TransportError::Connect(e.to_string()))?;
-    let (mut tx, mut rx) = (
-        FrameSender::new(send, max_frame),
-        FrameReceiver::new(recv, max_frame),
-    );
+    let (mut tx, mut rx) = framed(conn.accept_bi().await, max_frame)?;
     let ekm = ekm(conn)?;
     let hello: Hello = decode(rx.recv().await?)?;
     if let Some((kind, reason)) = check_hello(me, &hello) {

@@ -1,0 +1,37 @@
+# Shared by the benchmark scripts: tools, a scratch dir, process cleanup.
+# Source it after `set -euo pipefail` and `cd` to the repository root.
+
+# Installs Debian packages providing the given commands' tools if any is missing.
+ensure_tools() { # ensure_tools "redis-server redis-benchmark" "redis-server redis-tools"
+    local missing=0 c
+    for c in $1; do command -v "$c" >/dev/null || missing=1; done
+    if [ "$missing" = 1 ]; then
+        echo "installing $2 from Debian..."
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $2 >/dev/null
+    fi
+}
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+wait_ready() { # wait_ready PORT
+    for _ in $(seq 1 100); do
+        redis-cli -p "$1" PING >/dev/null 2>&1 && return 0
+        sleep 0.1
+    done
+    echo "server on port $1 did not start" >&2
+    exit 1
+}
+
+stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+machine() {
+    echo "machine: $(nproc) vCPU $(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}'), $(free -g | awk '/Mem/ {print $2}') GiB; $(date -u +%F)"
+}
