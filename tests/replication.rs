@@ -387,3 +387,37 @@ fn a_peer_clock_far_ahead_is_merged_counted_and_does_not_drag_ours() {
     // A key B never wrote is A's to write as usual.
     assert_eq!(get(&mut cb, "other").as_deref(), Some("x"));
 }
+
+#[test]
+fn a_peer_sending_garbage_has_its_link_reset_and_the_node_keeps_serving() {
+    use chorus_transport::{StreamKind, Transport, TransportConfig};
+    let pa = free_port();
+    let a = node(pa, &[], &[]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reason = rt.block_on(async {
+        let peer = Transport::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            TransportConfig::new(99, "chorus", SECRET.as_bytes()),
+        )
+        .unwrap();
+        let link = peer
+            .connect(format!("127.0.0.1:{}", pa + 10_000).parse().unwrap())
+            .await
+            .expect("the secret is right, so the handshake passes");
+        let (_, mut back) = link.accept_stream().await.unwrap();
+        assert!(
+            back.recv().await.unwrap().is_some(),
+            "the node asks where to resume"
+        );
+        let mut live = link.open(StreamKind::Live).await.unwrap();
+        live.send(b"\x01not a replication message").await.unwrap();
+        tokio::time::timeout(Duration::from_secs(10), link.closed())
+            .await
+            .expect("the node resets a link that sent garbage")
+    });
+    assert!(!reason.is_empty());
+    let mut c = a.conn();
+    assert_eq!(q::<String>(&mut c, &["PING"]), "PONG");
+    q::<()>(&mut c, &["SET", "still", "fine"]);
+    assert_eq!(get(&mut c, "still").as_deref(), Some("fine"));
+}

@@ -91,8 +91,9 @@ enum DeltaRef<'a> {
 }
 
 /// How long a receiver holds a live delta that arrived ahead of a state
-/// transfer still being merged before it gives up and resets the link.
-const GAP_WAIT: Duration = Duration::from_secs(10);
+/// transfer still being merged before it gives up and resets the link (a
+/// large state transfer takes a while; a reset makes the sender resume).
+const GAP_WAIT: Duration = Duration::from_secs(300);
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const RESUME_WAIT: Duration = Duration::from_secs(10);
 
@@ -510,10 +511,13 @@ async fn receive(
     let result = async {
         loop {
             let (_, rx) = link.accept_stream().await?;
-            let (shared, repl) = (shared.clone(), repl.clone());
+            let (shared, repl, link) = (shared.clone(), repl.clone(), link.clone());
             tokio::spawn(async move {
                 if let Err(e) = apply_stream(&shared, &repl, rx).await {
-                    info!("replication stream ended: {e}");
+                    // A stream we stop reading would stall the sender on flow
+                    // control: reset the whole link so it reconnects and resumes.
+                    warn!(peer = %link.remote_address(), "replication stream failed, resetting the link: {e}");
+                    link.close("stream error");
                 }
             });
         }
