@@ -226,7 +226,7 @@ proptest! {
     #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
 
     #[test]
-    fn every_node_converges(nodes in 2usize..6, steps in steps(5, true, true), seed in any::<u64>()) {
+    fn every_node_converges(nodes in 2usize..12, steps in steps(11, true, true), seed in any::<u64>()) {
         let steps: Vec<Step> = steps.into_iter().map(|s| match s {
             Step::Op { node, key, op } => Step::Op { node: node % nodes, key, op },
             Step::Deliver { to, pick } => Step::Deliver { to: to % nodes, pick },
