@@ -197,7 +197,7 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},last_error={}",
+                            "addr={},state={},node={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},relayed={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
@@ -207,6 +207,7 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
                             repl.lag_ms(p),
                             if acked_at == 0 { -1 } else { now.saturating_sub(acked_at) as i64 },
                             p.state_transfers.load(Ordering::Relaxed),
+                            p.relayed.load(Ordering::Relaxed),
                             p.last_error.lock().replace(',', ";"),
                         ),
                     );
@@ -230,6 +231,14 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
                     "clock_drift_events",
                     &repl.drift_events.load(Ordering::Relaxed),
                 );
+                line("relay_bytes", &repl.relay_bytes());
+                let (stable, floor) = *repl.gc_state.lock();
+                let ms = |s: chorus_crdt::Stamp| if s.is_zero() { 0 } else { s.unix_ms() };
+                line("gc_stable_ms", &ms(stable));
+                line("gc_floor_ms", &ms(floor));
+                line("tombstones", &shared.ks.tombstones());
+                let retired: Vec<String> = repl.retired().iter().map(|n| n.to_string()).collect();
+                line("retired_nodes", &retired.join(","));
             }
         },
         "cpu" => {

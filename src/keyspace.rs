@@ -293,6 +293,8 @@ pub struct Keyspace {
     pub conflicts: ConflictLog,
     pub expired_keys: AtomicU64,
     sink: Option<Arc<dyn DeltaSink>>,
+    /// Tombstones stamped at or before this time may go (see `gc_acked`).
+    gc_time: AtomicU64,
 }
 
 /// The shards one command holds, in index order.
@@ -353,11 +355,15 @@ impl Keyspace {
             conflicts: ConflictLog::default(),
             expired_keys: AtomicU64::new(0),
             sink: None,
+            gc_time: AtomicU64::new(u64::MAX),
         }
     }
 
+    /// Sends every local write to `sink`. Tombstones are then kept until
+    /// the replication layer says every peer has passed them.
     pub fn set_sink(&mut self, sink: Arc<dyn DeltaSink>) {
         self.sink = Some(sink);
+        self.gc_time.store(0, Ordering::Relaxed);
     }
 
     pub fn databases(&self) -> usize {
@@ -402,17 +408,60 @@ impl Keyspace {
         }
     }
 
-    /// The stamp every peer has acknowledged: tombstones at or before it may
-    /// go. With no peers, nobody can still need a tombstone.
+    /// Tombstones at or before this stamp may go: every node has applied
+    /// everything stamped before the GC floor. With no peers, nobody can
+    /// still need a tombstone.
     pub fn gc_acked(&self) -> Stamp {
-        if self.sink.is_some() {
-            Stamp::ZERO
-        } else {
-            Stamp {
-                time: u64::MAX,
-                node: NodeId(u64::MAX),
+        Stamp {
+            time: self.gc_time.load(Ordering::Relaxed),
+            node: NodeId(u64::MAX),
+        }
+    }
+
+    /// Sets the GC floor (from the replication layer).
+    pub fn set_gc_floor(&self, floor: Stamp) {
+        // Strictly before the floor's time: whatever the node ids.
+        self.gc_time
+            .store(floor.time.saturating_sub(1), Ordering::Relaxed);
+    }
+
+    /// Drops every tombstone below the GC floor; returns how many went.
+    pub fn collect_garbage(&self) -> usize {
+        let acked = self.gc_acked();
+        let mut collected = 0;
+        for index in 0..SHARDS {
+            let mut shard = self.shards[index].lock();
+            for db in shard.dbs.iter_mut() {
+                if db.map.len() == db.live {
+                    continue;
+                }
+                let doomed: Vec<Key> = db
+                    .map
+                    .iter()
+                    .filter(|(_, s)| s.collectable(acked))
+                    .map(|(k, _)| k.clone())
+                    .collect();
+                for key in doomed {
+                    db.change(&key, acked, |_| ());
+                    collected += 1;
+                }
             }
         }
+        collected
+    }
+
+    /// Deleted keys still held (as tombstones) for replication.
+    pub fn tombstones(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| {
+                s.lock()
+                    .dbs
+                    .iter()
+                    .map(|d| d.map.len() - d.live)
+                    .sum::<usize>()
+            })
+            .sum()
     }
 
     /// Runs a local write on `key` in `db`: one hash lookup, expiry first.

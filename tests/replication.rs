@@ -421,3 +421,104 @@ fn a_peer_sending_garbage_has_its_link_reset_and_the_node_keeps_serving() {
     q::<()>(&mut c, &["SET", "still", "fine"]);
     assert_eq!(get(&mut c, "still").as_deref(), Some("fine"));
 }
+
+fn info_field(c: &mut redis::Connection, field: &str) -> String {
+    let info: String = q(c, &["INFO", "replication"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+        .to_string()
+}
+
+#[test]
+fn writes_reach_a_node_through_a_third_when_the_direct_link_is_cut() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = node(pa, &[pb, pc], &[]);
+    let b = node(pb, &[pa, pc], &[]);
+    let c = node(pc, &[pa, pb], &[]);
+    let (mut ca, mut cb, mut cc) = (a.conn(), b.conn(), c.conn());
+    q::<()>(&mut ca, &["INCRBY", "n", "1"]);
+    wait_until("the mesh up", || get(&mut cc, "n").as_deref() == Some("1"));
+
+    // Cut A-C both ways: A and C now hear of each other only through B.
+    let (pa_s, pc_s) = (pa.to_string(), pc.to_string());
+    q::<()>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pc_s]);
+    q::<()>(&mut cc, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    for (conn, by) in [(&mut ca, "5"), (&mut cb, "7"), (&mut cc, "11")] {
+        q::<()>(conn, &["INCRBY", "n", by]);
+    }
+    q::<()>(&mut ca, &["SET", "from-a", "1"]);
+    q::<()>(&mut cc, &["SET", "from-c", "1"]);
+    wait_until("A's write on C and C's on A, through B", || {
+        get(&mut cc, "from-a").is_some() && get(&mut ca, "from-c").is_some()
+    });
+    wait_until("the counter exact everywhere", || {
+        [&mut ca, &mut cb, &mut cc]
+            .into_iter()
+            .all(|c| get(c, "n").as_deref() == Some("24"))
+    });
+    let peers: String = q(&mut cb, &["INFO", "replication"]);
+    assert!(
+        peers
+            .lines()
+            .any(|l| l.starts_with("peer") && !l.contains("relayed=0")),
+        "B passed writes on: {peers}"
+    );
+
+    // The direct link returns: everything it carries again is a duplicate.
+    q::<()>(&mut ca, &["REPLICAOF", "127.0.0.1", &pc_s]);
+    q::<()>(&mut cc, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    q::<()>(&mut cc, &["INCRBY", "n", "100"]);
+    wait_until("the last increment everywhere", || {
+        [&mut ca, &mut cb, &mut cc]
+            .into_iter()
+            .all(|c| get(c, "n").as_deref() == Some("124"))
+    });
+    std::thread::sleep(Duration::from_millis(1_500));
+    for c in [&mut ca, &mut cb, &mut cc] {
+        assert_eq!(get(c, "n").as_deref(), Some("124"), "applied once");
+    }
+}
+
+#[test]
+fn tombstones_are_collected_once_every_peer_has_passed_them_and_not_before() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let keys: Vec<String> = (0..50).map(|i| format!("k{i}")).collect();
+    for k in &keys {
+        q::<()>(&mut ca, &["SET", k, "v"]);
+    }
+    wait_until("the writes on B", || q::<i64>(&mut cb, &["DBSIZE"]) == 50);
+    for k in &keys {
+        q::<()>(&mut cb, &["DEL", k]);
+    }
+    wait_until("the deletes on A", || q::<i64>(&mut ca, &["DBSIZE"]) == 0);
+    let tombstones =
+        |c: &mut redis::Connection| info_field(c, "tombstones").parse::<u64>().unwrap();
+    assert!(tombstones(&mut ca) > 0 || tombstones(&mut cb) > 0);
+    wait_until("tombstones collected on both", || {
+        tombstones(&mut ca) == 0 && tombstones(&mut cb) == 0
+    });
+    assert_ne!(info_field(&mut ca, "gc_floor_ms"), "0");
+
+    // With B down, A keeps its tombstones: B could still hold older writes.
+    drop(b);
+    for k in &keys {
+        q::<()>(&mut ca, &["SET", k, "again"]);
+        q::<()>(&mut ca, &["DEL", k]);
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(tombstones(&mut ca), 50, "kept while a peer is away");
+
+    // B returns as a new life (in memory): its old id is retired once it has
+    // caught up, and collection resumes everywhere.
+    let b = node(pb, &[pa], &[]);
+    let mut cb = b.conn();
+    wait_until("the old life retired and the tombstones gone", || {
+        tombstones(&mut ca) == 0 && tombstones(&mut cb) == 0
+    });
+    assert!(!info_field(&mut ca, "retired_nodes").is_empty());
+    assert_eq!(q::<i64>(&mut cb, &["DBSIZE"]), 0);
+}

@@ -13,10 +13,15 @@
 //! - The receiver acknowledges what it applied every 100 ms (`Ack`).
 //! - A slow or dead peer never blocks writes: publishing only appends to the
 //!   backlog; each peer's sender reads it at its own pace.
-//!
-//! Not yet: forwarding other origins' writes when a direct link is down,
-//! tombstone GC by acknowledgement (tombstones are kept), WAIT, and
-//! REPLICAOF at run time.
+//! - Forwarding: every node keeps the other origins' frames it applied in a
+//!   bounded [`log::Relay`]; a sender passes on to its peer any origin's
+//!   frames the peer has not acknowledged `RELAY_DELAY` after this node
+//!   applied them (its link to that origin is presumed down). Receivers judge
+//!   every frame by its origin's sequence number, so a write arriving by two
+//!   paths is applied once.
+//! - Tombstone GC: each sender sends, in order after its writes, a
+//!   `Heartbeat` promise; [`log::GcView`] turns promises and the stable
+//!   stamps peers report into the GC floor the keyspace collects below.
 
 pub mod log;
 
@@ -38,7 +43,7 @@ use tracing::{info, warn};
 
 use crate::keyspace::{DeltaSink, SHARDS};
 use crate::server::Shared;
-use log::{Arrival, Backlog, Resume, VersionVector};
+use log::{Arrival, Backlog, GcView, Relay, Relayed, Resume, VersionVector};
 
 /// What peers say to each other on a link.
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,8 +60,20 @@ pub enum ReplMsg {
     },
     /// Part of a state transfer.
     Snapshot { delta: Delta },
-    /// End of a state transfer: it covered `origin`'s writes up to `seq`.
-    SnapshotDone { origin: NodeId, seq: u64 },
+    /// End of a state transfer: it covered every origin's writes up to these
+    /// sequence numbers.
+    SnapshotDone { vv: Vec<(NodeId, u64)> },
+    /// Sent in order after `origin`'s writes up to `seq`: every later write
+    /// of `origin` is stamped after `promise`. `stable` is the sender's
+    /// stable stamp (see [`log::GcView`]); `retired` the earlier lives of
+    /// restarted nodes it knows of, which never write again.
+    Heartbeat {
+        origin: NodeId,
+        seq: u64,
+        promise: Stamp,
+        stable: Stamp,
+        retired: Vec<NodeId>,
+    },
 }
 
 /// [`ReplMsg`] for sending a local write from borrowed parts: the same
@@ -96,6 +113,16 @@ enum DeltaRef<'a> {
 const GAP_WAIT: Duration = Duration::from_secs(300);
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const RESUME_WAIT: Duration = Duration::from_secs(10);
+/// How long a peer may leave another origin's write unacknowledged before
+/// this node passes it on: well above the ack interval plus a round trip,
+/// so a healthy mesh never forwards.
+const RELAY_DELAY_MS: u64 = 1_000;
+/// How often an idle sender looks for writes to pass on and promises to send.
+const SENDER_TICK: Duration = Duration::from_millis(100);
+/// How often the node makes a promise and recomputes the GC floor.
+const GC_TICK: Duration = Duration::from_millis(200);
+/// How often tombstones below the floor are swept (touched keys go at once).
+const SWEEP_EVERY_TICKS: u32 = 25;
 
 /// One peer this node dials, as INFO shows it.
 #[derive(Debug, Default)]
@@ -107,9 +134,13 @@ pub struct PeerInfo {
     pub sent_seq: AtomicU64,
     /// Highest of our sequence numbers the peer acknowledged.
     pub acked_seq: AtomicU64,
+    /// What the peer reported it applied from every origin.
+    pub acked_vv: Mutex<VersionVector>,
     /// Unix ms of the last acknowledgement.
     pub acked_at_ms: AtomicU64,
     pub state_transfers: AtomicU64,
+    /// Other origins' writes passed on to this peer.
+    pub relayed: AtomicU64,
     pub last_error: Mutex<String>,
     /// The sender task, aborted when the peer is removed.
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -124,6 +155,13 @@ pub struct Replicator {
     head: watch::Sender<u64>,
     applied: Mutex<VersionVector>,
     applied_changed: watch::Sender<u64>,
+    /// Other origins' writes, to pass on to peers cut off from them.
+    relay: Mutex<Relay>,
+    gc: Mutex<GcView>,
+    /// Our newest promise: (sequence number, stamp).
+    promise: Mutex<(u64, Stamp)>,
+    /// Our stable stamp and the GC floor, as last computed (for INFO).
+    pub gc_state: Mutex<(Stamp, Stamp)>,
     pub peers: Mutex<Vec<Arc<PeerInfo>>>,
     /// Remote stamps too far ahead of our clock (merged, clock not dragged).
     pub drift_events: AtomicU64,
@@ -147,6 +185,10 @@ impl Replicator {
             head: watch::channel(0).0,
             applied: Mutex::new(VersionVector::default()),
             applied_changed: watch::channel(0).0,
+            relay: Mutex::new(Relay::new(backlog_bytes)),
+            gc: Mutex::new(GcView::default()),
+            promise: Mutex::new((0, Stamp::ZERO)),
+            gc_state: Mutex::new((Stamp::ZERO, Stamp::ZERO)),
             peers: Mutex::new(Vec::new()),
             drift_events: AtomicU64::new(0),
             auth: Mutex::new(None),
@@ -234,6 +276,63 @@ impl Replicator {
         self.applied.lock().entries()
     }
 
+    /// Bytes of other origins' writes kept for forwarding.
+    pub fn relay_bytes(&self) -> usize {
+        self.relay.lock().bytes()
+    }
+
+    /// Earlier lives of restarted peers.
+    pub fn retired(&self) -> Vec<NodeId> {
+        self.gc.lock().retired()
+    }
+
+    /// Retired nodes every peer applied exactly as much of as we did: no
+    /// write of theirs is still on its way anywhere, so they stop counting.
+    fn settled(&self) -> std::collections::BTreeSet<NodeId> {
+        let retired = self.gc.lock().retired();
+        let applied = self.applied.lock().clone();
+        let peers = self.peers.lock().clone();
+        retired
+            .into_iter()
+            .filter(|r| {
+                peers.iter().all(|p| {
+                    p.peer_node.load(Ordering::Relaxed) == r.0
+                        || p.acked_vv.lock().get(*r) == applied.get(*r)
+                })
+            })
+            .collect()
+    }
+
+    /// Makes a new promise and recomputes our stable stamp and the GC floor.
+    fn gc_tick(&self, ks: &crate::keyspace::Keyspace) -> Stamp {
+        // Every write is stamped and published under its shard's lock: with
+        // all of them held, each write is either numbered by now or will be
+        // stamped after this.
+        let promise = {
+            let _all = ks.lock_all();
+            (self.backlog.lock().head(), ks.clock.now())
+        };
+        *self.promise.lock() = promise;
+        let settled = self.settled();
+        let unknown_peer = self
+            .peers
+            .lock()
+            .iter()
+            .any(|p| p.peer_node.load(Ordering::Relaxed) == 0);
+        let mut gc = self.gc.lock();
+        for (origin, _) in self.applied.lock().entries() {
+            gc.know(origin);
+        }
+        let stable = gc.stable(self.node, promise.1, &settled);
+        let floor = if unknown_peer {
+            Stamp::ZERO
+        } else {
+            gc.floor(self.node, promise.1, &settled)
+        };
+        *self.gc_state.lock() = (stable, floor);
+        floor
+    }
+
     fn advance(&self, origin: NodeId, seq: u64) {
         self.applied.lock().advance(origin, seq);
         self.applied_changed.send_modify(|n| *n += 1);
@@ -300,6 +399,7 @@ pub fn start(
         shared: Arc::downgrade(&shared),
         transport: transport.clone(),
     });
+    tokio::spawn(gc_loop(shared.clone(), repl.clone()));
     tokio::spawn(accept_loop(shared, repl.clone(), transport));
     for peer in config.peers {
         repl.add_peer(peer).map_err(|e| anyhow::anyhow!(e))?;
@@ -321,6 +421,25 @@ fn send_msg(msg: &ReplMsg) -> anyhow::Result<Vec<u8>> {
     Ok(encode(msg)?)
 }
 
+/// Promises, the GC floor, and sweeping tombstones below it.
+async fn gc_loop(shared: Arc<Shared>, repl: Arc<Replicator>) {
+    let mut ticks = 0u32;
+    let mut swept = Stamp::ZERO;
+    loop {
+        tokio::time::sleep(GC_TICK).await;
+        let floor = repl.gc_tick(&shared.ks);
+        shared.ks.set_gc_floor(floor);
+        ticks += 1;
+        if ticks.is_multiple_of(SWEEP_EVERY_TICKS) && floor > swept {
+            swept = floor;
+            let collected = shared.ks.collect_garbage();
+            if collected > 0 {
+                tracing::debug!(collected, "tombstones collected");
+            }
+        }
+    }
+}
+
 // ----- sending our writes to one peer -----
 
 async fn sender(
@@ -336,7 +455,15 @@ async fn sender(
             Ok(link) => {
                 backoff.reset();
                 info.connected.store(true, Ordering::Relaxed);
-                info.peer_node.store(link.peer_node, Ordering::Relaxed);
+                let before = info.peer_node.swap(link.peer_node, Ordering::Relaxed);
+                {
+                    let mut gc = repl.gc.lock();
+                    gc.know(NodeId(link.peer_node));
+                    if before != 0 && before != link.peer_node {
+                        info!(peer = %addr, old = %NodeId(before), "peer restarted with a new node id; its old id is retired");
+                        gc.retire(NodeId(before));
+                    }
+                }
                 info!(peer = %addr, node = %NodeId(link.peer_node), "replication link up");
                 if let Err(e) = serve_peer(&shared, &repl, &link, &info).await {
                     *info.last_error.lock() = e.to_string();
@@ -364,6 +491,8 @@ async fn serve_peer(
         other => anyhow::bail!("expected Resume from the peer, got {other:?}"),
     };
     let me = repl.node;
+    let peer = NodeId(link.peer_node);
+    *info.acked_vv.lock() = resume.clone();
     let _acks = AbortOnDrop(tokio::spawn(read_acks(
         back,
         me,
@@ -371,60 +500,117 @@ async fn serve_peer(
         shared.clone(),
     )));
     let mut cursor = resume.get(me) + 1;
+    // Per other origin, the next of its writes to pass on over this link.
+    let mut relayed: std::collections::BTreeMap<NodeId, u64> = Default::default();
+    let mut promised = Stamp::ZERO;
     let mut head = repl.head.subscribe();
-    let result = async {
-        loop {
-            let next = repl.backlog.lock().read_from(cursor, 256);
-            match next {
-                Resume::Frames(frames) => {
-                    let Some(&(last, _)) = frames.last() else {
-                        continue;
-                    };
+    let mut tick = tokio::time::interval(SENDER_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut busy = false;
+        let mut transfer = false;
+        let next = repl.backlog.lock().read_from(cursor, 256);
+        match next {
+            Resume::Frames(frames) => {
+                if let Some(&(last, _)) = frames.last() {
                     let payloads: Vec<&[u8]> = frames.iter().map(|(_, f)| &f[..]).collect();
                     live.send_batch(&payloads).await?;
                     cursor = last + 1;
                     info.sent_seq.store(last, Ordering::Relaxed);
+                    busy = true;
                 }
-                Resume::UpToDate => {
-                    tokio::select! {
-                        changed = head.changed() => changed?,
-                        reason = link.closed() => anyhow::bail!("link closed: {reason}"),
+            }
+            Resume::UpToDate => {}
+            Resume::Trimmed => transfer = true,
+        }
+        // A promise goes after every write it speaks of.
+        let (seq, stamp) = *repl.promise.lock();
+        if !transfer && seq < cursor && stamp > promised {
+            let stable = repl.gc_state.lock().0;
+            live.send(&send_msg(&ReplMsg::Heartbeat {
+                origin: me,
+                seq,
+                promise: stamp,
+                stable,
+                retired: repl.retired(),
+            })?)
+            .await?;
+            promised = stamp;
+        }
+        if !transfer {
+            let acked = info.acked_vv.lock().clone();
+            let now = (repl.now_ms)();
+            let origins = repl.relay.lock().origins();
+            for origin in origins.into_iter().filter(|o| *o != me && *o != peer) {
+                let from = relayed
+                    .get(&origin)
+                    .copied()
+                    .unwrap_or(0)
+                    .max(acked.get(origin) + 1);
+                let due = repl
+                    .relay
+                    .lock()
+                    .due(origin, from, now, RELAY_DELAY_MS, 256);
+                match due {
+                    Relayed::Frames(frames) => {
+                        if let Some(&(last, _)) = frames.last() {
+                            let payloads: Vec<&[u8]> = frames.iter().map(|(_, f)| &f[..]).collect();
+                            live.send_batch(&payloads).await?;
+                            relayed.insert(origin, last + 1);
+                            info.relayed
+                                .fetch_add(payloads.len() as u64, Ordering::Relaxed);
+                            busy = true;
+                        }
                     }
-                }
-                Resume::Trimmed => {
-                    info.state_transfers.fetch_add(1, Ordering::Relaxed);
-                    let covered = state_transfer(shared, repl, link).await?;
-                    cursor = covered + 1;
-                    info.sent_seq.store(covered, Ordering::Relaxed);
+                    Relayed::Nothing => {}
+                    Relayed::Trimmed => transfer = true,
                 }
             }
         }
+        if transfer {
+            info.state_transfers.fetch_add(1, Ordering::Relaxed);
+            let covered = state_transfer(shared, repl, link).await?;
+            cursor = covered.get(me) + 1;
+            for (origin, seq) in covered.entries() {
+                relayed.insert(origin, seq + 1);
+            }
+            info.sent_seq.store(cursor - 1, Ordering::Relaxed);
+            continue;
+        }
+        if !busy {
+            tokio::select! {
+                changed = head.changed() => changed?,
+                _ = tick.tick() => {}
+                reason = link.closed() => anyhow::bail!("link closed: {reason}"),
+            }
+        }
     }
-    .await;
-    result
 }
 
 async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, shared: Arc<Shared>) {
     while let Ok(Some(frame)) = back.recv().await {
         if let Ok(ReplMsg::Ack { vv }) = decode::<ReplMsg>(&frame) {
-            let acked = VersionVector::from_entries(&vv).get(me);
-            info.acked_seq.fetch_max(acked, Ordering::Relaxed);
+            let vv = VersionVector::from_entries(&vv);
+            info.acked_seq.fetch_max(vv.get(me), Ordering::Relaxed);
+            *info.acked_vv.lock() = vv;
             info.acked_at_ms
                 .store(shared.ks.clock.physical_unix_ms(), Ordering::Relaxed);
         }
     }
 }
 
-/// Streams this node's whole state on a bulk stream; returns the sequence
-/// number it covers (every write numbered up to it is included).
+/// Streams this node's whole state on a bulk stream; returns what it covers
+/// per origin (every write numbered up to that is included).
 async fn state_transfer(
     shared: &Shared,
     repl: &Replicator,
     link: &PeerLink,
-) -> anyhow::Result<u64> {
-    // Read the head first: anything numbered after it is sent live later,
-    // anything up to it is already applied and so in the snapshot.
-    let covered = repl.backlog.lock().head();
+) -> anyhow::Result<VersionVector> {
+    // Read what is applied first: anything numbered after it is sent live
+    // later, anything up to it is already in the keyspace and so in the
+    // snapshot.
+    let mut covered = repl.applied.lock().clone();
+    covered.advance(repl.node, repl.backlog.lock().head());
     let ks = &shared.ks;
     let mut bulk = link.open(StreamKind::Bulk).await?;
     for db in 0..ks.databases() {
@@ -464,8 +650,7 @@ async fn state_transfer(
         }
     }
     bulk.send(&send_msg(&ReplMsg::SnapshotDone {
-        origin: repl.node,
-        seq: covered,
+        vv: covered.entries(),
     })?)
     .await?;
     bulk.finish()?;
@@ -497,6 +682,7 @@ async fn receive(
     repl: &Arc<Replicator>,
     link: &PeerLink,
 ) -> anyhow::Result<()> {
+    repl.gc.lock().know(NodeId(link.peer_node));
     let mut back = link.open(StreamKind::Live).await?;
     back.send(&send_msg(&ReplMsg::Resume {
         vv: repl.applied_vv(),
@@ -549,6 +735,10 @@ async fn apply_stream(
                     Arrival::Apply => {
                         apply(shared, repl, &delta);
                         repl.advance(origin, seq);
+                        let now = (repl.now_ms)();
+                        repl.relay
+                            .lock()
+                            .record(origin, seq, now, bytes::Bytes::from(frame));
                         break;
                     }
                     Arrival::Duplicate => break,
@@ -566,7 +756,34 @@ async fn apply_stream(
                 }
             },
             ReplMsg::Snapshot { delta } => apply(shared, repl, &delta),
-            ReplMsg::SnapshotDone { origin, seq } => repl.advance(origin, seq),
+            ReplMsg::SnapshotDone { vv } => {
+                let now = (repl.now_ms)();
+                for (origin, seq) in vv {
+                    if origin != repl.node {
+                        repl.advance(origin, seq);
+                        repl.relay.lock().jump(origin, seq, now);
+                    }
+                }
+            }
+            ReplMsg::Heartbeat {
+                origin,
+                seq,
+                promise,
+                stable,
+                retired,
+            } => {
+                let applied = repl.applied.lock().get(origin);
+                let mut gc = repl.gc.lock();
+                for node in retired {
+                    gc.retire(node);
+                }
+                // Before the writes it follows are applied (a state transfer
+                // still merging), the promise says nothing yet.
+                if applied >= seq {
+                    gc.promise(origin, promise);
+                }
+                gc.report_stable(origin, stable);
+            }
             ReplMsg::Resume { .. } | ReplMsg::Ack { .. } => {}
         }
     }
