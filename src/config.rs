@@ -61,6 +61,11 @@ pub struct Config {
     pub replicaof: Vec<(String, u16)>,
     /// The shared secret peers prove to each other.
     pub masterauth: Option<Vec<u8>>,
+    /// Mutual TLS for peer links: this node's certificate and key, and the
+    /// CA that signs every peer's.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    pub tls_ca_cert_file: Option<std::path::PathBuf>,
     /// UDP port for replication; default `port + 10000`.
     pub replication_port: Option<u16>,
     /// Peers must share it; a node of another cluster is refused.
@@ -126,6 +131,9 @@ impl Default for Config {
             active_replica: false,
             replicaof: Vec::new(),
             masterauth: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_cert_file: None,
             replication_port: None,
             cluster_name: "chorus".to_string(),
             repl_backlog_size: 16 * 1024 * 1024,
@@ -353,6 +361,15 @@ impl Config {
                 let v = one()?;
                 self.masterauth = (!v.is_empty()).then(|| v.as_bytes().to_vec());
             }
+            "tls-cert-file" | "tls-key-file" | "tls-ca-cert-file" => {
+                let v = one()?;
+                let path = (!v.is_empty()).then(|| std::path::PathBuf::from(v));
+                match name {
+                    "tls-cert-file" => self.tls_cert_file = path,
+                    "tls-key-file" => self.tls_key_file = path,
+                    _ => self.tls_ca_cert_file = path,
+                }
+            }
             "replication-port" => {
                 self.replication_port =
                     Some(one()?.parse().map_err(|_| bad("expects a port 0-65535"))?);
@@ -397,17 +414,42 @@ impl Config {
         if self.bind.is_empty() {
             return Err(err(&Origin::CommandLine, "bind", "no address to listen on"));
         }
-        if self.replicating() && self.masterauth.is_none() {
+        let tls_set = [
+            ("tls-cert-file", &self.tls_cert_file),
+            ("tls-key-file", &self.tls_key_file),
+            ("tls-ca-cert-file", &self.tls_ca_cert_file),
+        ];
+        if tls_set.iter().any(|(_, f)| f.is_some()) {
+            if let Some((missing, _)) = tls_set.iter().find(|(_, f)| f.is_none()) {
+                return Err(err(
+                    &Origin::CommandLine,
+                    missing,
+                    "mutual TLS for peer links needs tls-cert-file, tls-key-file and \
+                     tls-ca-cert-file together",
+                ));
+            }
+        }
+        if self.replicating() && self.masterauth.is_none() && self.peer_tls().is_none() {
             return Err(err(
                 &Origin::CommandLine,
                 "masterauth",
-                "replication needs a shared secret: set masterauth to the same value on every node",
+                "replication needs peers to authenticate: set masterauth to the same value on \
+                 every node, or tls-cert-file, tls-key-file and tls-ca-cert-file",
             ));
         }
         if self.replicating() {
             self.replication_listen_port()?;
         }
         Ok(())
+    }
+
+    /// The mutual-TLS files for peer links, when all three are set.
+    pub fn peer_tls(&self) -> Option<chorus_transport::tls::TlsFiles> {
+        Some(chorus_transport::tls::TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            ca: self.tls_ca_cert_file.clone()?,
+        })
     }
 
     /// Whether this node joins a replication mesh.
@@ -562,6 +604,51 @@ mod tests {
             assert_eq!(c.replicaof.len(), peers, "{file}");
             assert_eq!(c.replication_listen_port().unwrap(), c.port + 10_000);
         }
+    }
+
+    #[test]
+    fn peers_authenticate_by_secret_or_all_three_certificate_files() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let e = Config::load(None, &args(&["--active-replica", "yes"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("masterauth") && e.contains("tls-cert-file"),
+            "{e}"
+        );
+        let e = Config::load(
+            None,
+            &args(&[
+                "--active-replica",
+                "yes",
+                "--tls-cert-file",
+                "n.pem",
+                "--tls-key-file",
+                "n.key",
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("tls-ca-cert-file") && e.contains("together"),
+            "{e}"
+        );
+        let c = Config::load(
+            None,
+            &args(&[
+                "--active-replica",
+                "yes",
+                "--tls-cert-file",
+                "n.pem",
+                "--tls-key-file",
+                "n.key",
+                "--tls-ca-cert-file",
+                "ca.pem",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.peer_tls().unwrap().ca, Path::new("ca.pem"));
+        assert!(c.masterauth.is_none());
     }
 
     #[test]

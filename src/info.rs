@@ -223,6 +223,10 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
                         &auth.refused_cluster.load(Ordering::Relaxed),
                     );
                     line(
+                        "peer_auth_refused_certificate",
+                        &auth.refused_certificate.load(Ordering::Relaxed),
+                    );
+                    line(
                         "peer_auth_refused_other",
                         &auth.refused_other.load(Ordering::Relaxed),
                     );

@@ -14,6 +14,9 @@ use tracing::{info, warn};
 const USAGE: &str = "\
 Usage:
   chorus server [CONFIG] [--directive value ...]   run a node (default: 127.0.0.1:6379, in memory)
+  chorus gen-certs DIR [--nodes N] [--cluster NAME]
+                                                   write a CA and N node certificates for
+                                                   mutual TLS between peers (default 3 nodes)
   chorus --version
   chorus help
 
@@ -34,6 +37,7 @@ fn run() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
         Some("server") => server(&args[1..]),
+        Some("gen-certs") => gen_certs(&args[1..]),
         Some("--version") | Some("-v") | Some("version") => {
             println!("chorus {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -44,6 +48,38 @@ fn run() -> anyhow::Result<()> {
         }
         Some(other) => bail!("unknown subcommand '{other}'\n{USAGE}"),
     }
+}
+
+fn gen_certs(args: &[String]) -> anyhow::Result<()> {
+    let mut dir = None;
+    let mut nodes = 3usize;
+    let mut cluster = "chorus".to_string();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--nodes" => {
+                nodes = it
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .filter(|n| (1..=1000).contains(n))
+                    .context("--nodes expects a number from 1 to 1000")?
+            }
+            "--cluster" => cluster = it.next().context("--cluster expects a name")?.clone(),
+            other if other.starts_with("--") => bail!("gen-certs: unknown option '{other}'"),
+            other if dir.is_none() => dir = Some(PathBuf::from(other)),
+            other => bail!("gen-certs: unexpected argument '{other}'"),
+        }
+    }
+    let dir = dir.context("gen-certs needs a directory to write into")?;
+    let written = chorus_transport::tls::write_cluster(&dir, &cluster, nodes)?;
+    for path in &written {
+        println!("{}", path.display());
+    }
+    println!(
+        "On node N set: tls-cert-file node-N.pem, tls-key-file node-N.key, tls-ca-cert-file ca.pem \
+         (keep ca.key offline)."
+    );
+    Ok(())
 }
 
 fn server(args: &[String]) -> anyhow::Result<()> {

@@ -216,6 +216,7 @@ fn start_replication(
             peers,
             cluster_name: c.cluster_name.clone(),
             secret,
+            tls: c.peer_tls(),
         },
     )?;
     Ok(())

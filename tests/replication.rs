@@ -522,3 +522,66 @@ fn tombstones_are_collected_once_every_peer_has_passed_them_and_not_before() {
     assert!(!info_field(&mut ca, "retired_nodes").is_empty());
     assert_eq!(q::<i64>(&mut cb, &["DBSIZE"]), 0);
 }
+
+fn gen_certs(tag: &str, nodes: usize) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("chorus-certs-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args([
+            "gen-certs",
+            dir.to_str().unwrap(),
+            "--nodes",
+            &nodes.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    dir
+}
+
+fn tls_node(port: u16, peers: &[u16], certs: &std::path::Path, n: usize) -> Server {
+    let file = |name: String| certs.join(name).to_str().unwrap().to_string();
+    let mut args = vec![
+        "--port".to_string(),
+        port.to_string(),
+        "--active-replica".into(),
+        "yes".into(),
+        "--tls-cert-file".into(),
+        file(format!("node-{n}.pem")),
+        "--tls-key-file".into(),
+        file(format!("node-{n}.key")),
+        "--tls-ca-cert-file".into(),
+        file("ca.pem".into()),
+    ];
+    for p in peers {
+        args.extend(["--replicaof".into(), "127.0.0.1".into(), p.to_string()]);
+    }
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Server::start(&refs)
+}
+
+#[test]
+fn peers_authenticated_by_certificates_replicate_and_a_foreign_one_gets_nothing() {
+    let (ours, theirs) = (gen_certs("ours", 2), gen_certs("theirs", 1));
+    let (pa, pb, px) = (free_port(), free_port(), free_port());
+    let a = tls_node(pa, &[pb], &ours, 1);
+    let b = tls_node(pb, &[pa], &ours, 2);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "over-mtls", "1"]);
+    wait_until("A's write on B", || get(&mut cb, "over-mtls").is_some());
+
+    let x = tls_node(px, &[pa], &theirs, 1);
+    let mut cx = x.conn();
+    wait_until("the foreign node refused", || {
+        info_field(&mut ca, "peer_auth_refused_certificate") != "0"
+    });
+    q::<()>(&mut cx, &["SET", "from-x", "1"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(get(&mut ca, "from-x"), None, "no data from a foreign node");
+    let _ = std::fs::remove_dir_all(ours);
+    let _ = std::fs::remove_dir_all(theirs);
+}

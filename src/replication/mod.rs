@@ -377,6 +377,7 @@ pub struct ReplConfig {
     pub peers: Vec<SocketAddr>,
     pub cluster_name: String,
     pub secret: Vec<u8>,
+    pub tls: Option<chorus_transport::tls::TlsFiles>,
 }
 
 /// Binds the replication endpoint and starts the accept loop and one sender
@@ -386,10 +387,10 @@ pub fn start(
     repl: Arc<Replicator>,
     config: ReplConfig,
 ) -> anyhow::Result<SocketAddr> {
-    let transport = Transport::bind(
-        config.listen,
-        TransportConfig::new(repl.node.0, &config.cluster_name, &config.secret),
-    )?;
+    let mut transport_config =
+        TransportConfig::new(repl.node.0, &config.cluster_name, &config.secret);
+    transport_config.tls = config.tls;
+    let transport = Transport::bind(config.listen, transport_config)?;
     let addr = transport.local_addr()?;
     *repl.auth.lock() = Some(transport.stats.clone());
     *repl.listen.lock() = Some(addr);

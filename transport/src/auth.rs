@@ -54,6 +54,8 @@ pub enum Refusal {
     ClusterMismatch,
     Version,
     Protocol,
+    /// The TLS handshake failed on a certificate (mutual TLS).
+    Certificate,
 }
 
 impl Refusal {
@@ -65,6 +67,7 @@ impl Refusal {
             Refusal::ClusterMismatch => 12,
             Refusal::Version => 13,
             Refusal::Protocol => 14,
+            Refusal::Certificate => 15,
         }
     }
 
@@ -73,6 +76,7 @@ impl Refusal {
             11 => Refusal::WrongSecret,
             12 => Refusal::ClusterMismatch,
             13 => Refusal::Version,
+            15 => Refusal::Certificate,
             _ => Refusal::Protocol,
         }
     }

@@ -55,8 +55,11 @@ pub struct TransportConfig {
     pub node: u64,
     /// Peers must carry the same cluster name.
     pub cluster_name: String,
-    /// The shared secret (`masterauth`); never sent over the wire.
+    /// The shared secret (`masterauth`); never sent over the wire. May be
+    /// empty when `tls` is set.
     pub secret: Vec<u8>,
+    /// Mutual TLS: this node's certificate and key and the peers' CA.
+    pub tls: Option<tls::TlsFiles>,
     pub max_frame: usize,
     pub handshake_timeout: Duration,
     /// A link with no packets for this long is dead.
@@ -70,6 +73,7 @@ impl TransportConfig {
             node,
             cluster_name: cluster_name.to_string(),
             secret: secret.to_vec(),
+            tls: None,
             max_frame: DEFAULT_MAX_FRAME,
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
@@ -84,16 +88,27 @@ pub struct AuthStats {
     pub accepted: AtomicU64,
     pub refused_wrong_secret: AtomicU64,
     pub refused_cluster: AtomicU64,
+    /// TLS handshakes that failed on a certificate (wrong CA, none given).
+    pub refused_certificate: AtomicU64,
     pub refused_other: AtomicU64,
 }
 
 impl AuthStats {
     fn count(&self, result: &Result<u64, TransportError>) {
-        let counter = match result {
-            Ok(_) => &self.accepted,
-            Err(TransportError::Refused(Refusal::WrongSecret, _)) => &self.refused_wrong_secret,
-            Err(TransportError::Refused(Refusal::ClusterMismatch, _)) => &self.refused_cluster,
-            Err(_) => &self.refused_other,
+        match result {
+            Ok(_) => {
+                self.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => self.count_refusal(e),
+        }
+    }
+
+    fn count_refusal(&self, e: &TransportError) {
+        let counter = match e {
+            TransportError::Refused(Refusal::WrongSecret, _) => &self.refused_wrong_secret,
+            TransportError::Refused(Refusal::ClusterMismatch, _) => &self.refused_cluster,
+            TransportError::Refused(Refusal::Certificate, _) => &self.refused_certificate,
+            _ => &self.refused_other,
         };
         counter.fetch_add(1, Ordering::Relaxed);
     }
@@ -122,6 +137,16 @@ impl StreamKind {
             2 => Some(StreamKind::Bulk),
             _ => None,
         }
+    }
+}
+
+/// A QUIC handshake failure; one on a certificate is a refusal.
+fn quic_failure(addr: SocketAddr, e: quinn::ConnectionError) -> TransportError {
+    let text = e.to_string();
+    if text.contains("certificate") {
+        TransportError::Refused(Refusal::Certificate, format!("{addr}: {text}"))
+    } else {
+        TransportError::Connect(format!("{addr}: {text}"))
     }
 }
 
@@ -161,9 +186,11 @@ impl Transport {
         endpoint_config: EndpointConfig,
         config: TransportConfig,
     ) -> Result<Transport, TransportError> {
-        if config.secret.is_empty() {
+        if config.secret.is_empty() && config.tls.is_none() {
             return Err(TransportError::Config(
-                "a shared secret (masterauth) is required before peers may connect".into(),
+                "peers must authenticate: set a shared secret (masterauth) or certificates \
+                 (tls-cert-file, tls-key-file, tls-ca-cert-file)"
+                    .into(),
             ));
         }
         let mut link_config = quinn::TransportConfig::default();
@@ -176,14 +203,14 @@ impl Transport {
         ));
         let link_config = Arc::new(link_config);
 
-        let (cert, key) = tls::self_signed()?;
+        let mutual = config.tls.as_ref().map(tls::MutualTls::load).transpose()?;
         let server_crypto =
-            quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(cert, key)?)
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(mutual.as_ref())?)
                 .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
         server.transport_config(link_config.clone());
         let client_crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config()?)
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(mutual.as_ref())?)
                 .map_err(|e| TransportError::Tls(e.to_string()))?;
         let mut client = quinn::ClientConfig::new(Arc::new(client_crypto));
         client.transport_config(link_config);
@@ -224,9 +251,7 @@ impl Transport {
             .connect(addr, "chorus-peer")
             .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
         let attempt = async {
-            let conn = connecting
-                .await
-                .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+            let conn = connecting.await.map_err(|e| quic_failure(addr, e))?;
             let node = auth::dial(&conn, &self.identity(), self.config.max_frame).await;
             Ok::<_, TransportError>((conn, node))
         };
@@ -242,16 +267,19 @@ impl Transport {
         let incoming = self.endpoint.accept().await?;
         let addr = incoming.remote_address();
         let attempt = async {
-            let conn = incoming
-                .await
-                .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
+            let conn = incoming.await.map_err(|e| quic_failure(addr, e))?;
             let node = auth::accept(&conn, &self.identity(), self.config.max_frame).await;
             Ok::<_, TransportError>((conn, node))
         };
         Some(
             match tokio::time::timeout(self.config.handshake_timeout, attempt).await {
                 Err(_) => Err(TransportError::Timeout),
-                Ok(Err(e)) => Err(e),
+                Ok(Err(e)) => {
+                    // Refused before our handshake began (TLS): count it too.
+                    self.stats.count_refusal(&e);
+                    warn!(peer = %addr, "refused replication peer: {e}");
+                    Err(e)
+                }
                 Ok(Ok((conn, node))) => self.finish_handshake(conn, node, addr),
             },
         )

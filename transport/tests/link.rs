@@ -90,14 +90,15 @@ async fn handshake(
     b: Arc<Transport>,
 ) -> (Result<u64, TransportError>, Result<u64, TransportError>) {
     let addr = b.local_addr().unwrap();
-    let acceptor = tokio::spawn(async move {
-        b.accept()
-            .await
-            .expect("endpoint open")
-            .map(|l| l.peer_node)
-    });
+    // The accepted link lives until the dialer is done: dropping it closes
+    // the connection, which could cut the dialer's last handshake step.
+    let acceptor = tokio::spawn(async move { b.accept().await.expect("endpoint open") });
     let dialed = a.connect(addr).await.map(|l| l.peer_node);
-    let accepted = tokio::time::timeout(WAIT, acceptor).await.unwrap().unwrap();
+    let accepted = tokio::time::timeout(WAIT, acceptor)
+        .await
+        .unwrap()
+        .unwrap()
+        .map(|l| l.peer_node);
     (dialed, accepted)
 }
 
@@ -302,4 +303,128 @@ fn backoff_grows_to_its_cap_with_jitter() {
     assert!(delays[9] >= Duration::from_secs(1), "{delays:?}");
     b.reset();
     assert!(b.next_delay() < Duration::from_millis(150));
+}
+
+/// Writes a fresh CA and `n` node certificates into a new directory.
+fn cluster_certs(tag: &str, n: usize) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "chorus-transport-{tag}-{}-{}",
+        std::process::id(),
+        rand_suffix()
+    ));
+    chorus_transport::tls::write_cluster(&dir, "prod", n).expect("certificates");
+    dir
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::AtomicU64;
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+fn mtls_node(
+    id: u64,
+    certs: &std::path::Path,
+    node: usize,
+    ca_from: &std::path::Path,
+) -> Transport {
+    let mut config = TransportConfig::new(id, "prod", b"");
+    config.handshake_timeout = Duration::from_secs(3);
+    config.tls = Some(chorus_transport::tls::TlsFiles {
+        cert: certs.join(format!("node-{node}.pem")),
+        key: certs.join(format!("node-{node}.key")),
+        ca: ca_from.join("ca.pem"),
+    });
+    Transport::bind(LOOPBACK.parse().unwrap(), config).expect("bind")
+}
+
+#[tokio::test]
+async fn peers_with_certificates_from_one_ca_link_without_a_secret() {
+    let certs = cluster_certs("mtls", 2);
+    let a = mtls_node(1, &certs, 1, &certs);
+    let b = Arc::new(mtls_node(2, &certs, 2, &certs));
+    let (dialed, accepted) = handshake(&a, b.clone()).await;
+    assert_eq!(dialed.expect("dialed"), 2);
+    assert_eq!(accepted.expect("accepted"), 1);
+    assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn a_certificate_from_another_ca_is_refused_either_way_and_counted() {
+    let (ours, theirs) = (cluster_certs("ours", 2), cluster_certs("theirs", 1));
+    // The foreign node trusts our CA but holds a certificate from its own.
+    let foreign = mtls_node(9, &theirs, 1, &ours);
+    let b = Arc::new(mtls_node(2, &ours, 2, &ours));
+    let (dialed, accepted) = handshake(&foreign, b.clone()).await;
+    assert!(dialed.is_err(), "{dialed:?}");
+    assert!(
+        matches!(
+            accepted,
+            Err(TransportError::Refused(Refusal::Certificate, _))
+        ),
+        "{accepted:?}"
+    );
+    assert_eq!(b.stats.refused_certificate.load(Ordering::Relaxed), 1);
+    assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 0);
+
+    // Dialing a node whose certificate our CA did not sign fails too.
+    let a = mtls_node(1, &ours, 1, &ours);
+    let foreign = Arc::new(mtls_node(9, &theirs, 1, &theirs));
+    let (dialed, _) = handshake(&a, foreign).await;
+    assert!(
+        matches!(
+            dialed,
+            Err(TransportError::Refused(Refusal::Certificate, _))
+        ),
+        "{dialed:?}"
+    );
+    assert_eq!(a.stats.accepted.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_peer_without_a_certificate_is_refused_by_a_mutual_tls_node() {
+    let certs = cluster_certs("nocert", 1);
+    let plain = node(1, "prod", b"s3cret");
+    let b = Arc::new(mtls_node(2, &certs, 1, &certs));
+    let (dialed, accepted) = handshake(&plain, b.clone()).await;
+    assert!(dialed.is_err(), "{dialed:?}");
+    assert!(
+        matches!(
+            accepted,
+            Err(TransportError::Refused(Refusal::Certificate, _))
+        ),
+        "{accepted:?}"
+    );
+}
+
+#[tokio::test]
+async fn bad_certificate_files_are_named_in_the_error() {
+    let certs = cluster_certs("badfiles", 1);
+    let mut config = TransportConfig::new(1, "prod", b"");
+    config.tls = Some(chorus_transport::tls::TlsFiles {
+        cert: certs.join("missing.pem"),
+        key: certs.join("node-1.key"),
+        ca: certs.join("ca.pem"),
+    });
+    let err = Transport::bind(LOOPBACK.parse().unwrap(), config.clone())
+        .err()
+        .unwrap();
+    assert!(
+        err.to_string().contains("tls-cert-file") && err.to_string().contains("missing.pem"),
+        "{err}"
+    );
+    config.tls = Some(chorus_transport::tls::TlsFiles {
+        cert: certs.join("node-1.pem"),
+        key: certs.join("ca.pem"),
+        ca: certs.join("ca.pem"),
+    });
+    let err = Transport::bind(LOOPBACK.parse().unwrap(), config.clone())
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("tls-key-file"), "{err}");
+    config.tls = None;
+    let err = Transport::bind(LOOPBACK.parse().unwrap(), config)
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("masterauth"), "{err}");
 }
