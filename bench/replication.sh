@@ -10,7 +10,10 @@
 #    peak (-c 10 -P 1), a probe writes a timestamped key on A every 10 ms and polls
 #    node B until the key appears; p50/p99/max of write-to-visible-on-B.
 # Node A (and the standalone node) runs on CPU 0; node B, which in production is
-# another machine, shares CPU 1 with the clients (taskset).
+# another machine, shares CPU 1 with the clients (taskset). Because B takes part
+# of the client's CPU, the throughput ratio understates A; the script also
+# reports A's own CPU time per SET (from /proc, so steal and other processes do
+# not count), the cost replication adds on the writing node.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,26 +54,35 @@ start() {
 }
 
 
+# CPU seconds (user + system) a process has used.
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
+
 set_rps() {
     taskset -c 1 redis-benchmark -p "$1" -c 50 -P 16 -n "$N" -r 100000 -t set --csv 2>/dev/null \
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}'
 }
 
 
-: > "$WORK/solo"; : > "$WORK/repl"
+: > "$WORK/solo"; : > "$WORK/repl"; : > "$WORK/solo_cpu"; : > "$WORK/repl_cpu"
 for round in $(seq 1 "$ROUNDS"); do
     p=$(free_port); start 0 "$p"; pid=$STARTED
-    set_rps "$p" >> "$WORK/solo"; stop "$pid"
+    c0=$(cpu_s "$pid")
+    set_rps "$p" >> "$WORK/solo"
+    awk -v a="$c0" -v b="$(cpu_s "$pid")" -v n="$N" 'BEGIN {print (b - a) * 1e6 / n}' >> "$WORK/solo_cpu"
+    stop "$pid"
     pa=$(free_port); pb=$(free_port)
     start 0 "$pa" --masterauth bench --replicaof 127.0.0.1 "$pb"; a=$STARTED
     start 1 "$pb" --masterauth bench --replicaof 127.0.0.1 "$pa"; b=$STARTED
+    c0=$(cpu_s "$a")
     set_rps "$pa" >> "$WORK/repl"
     # Everything A took must reach B before the round counts.
     redis-cli -p "$pa" WAIT 1 60000 >/dev/null
+    awk -v a="$c0" -v b="$(cpu_s "$a")" -v n="$N" 'BEGIN {print (b - a) * 1e6 / n}' >> "$WORK/repl_cpu"
     stop "$a"; stop "$b"
-    echo "round $round done" >&2
+    echo "round $round: standalone $(tail -1 "$WORK/solo") ops/s $(tail -1 "$WORK/solo_cpu") us/SET, replicating $(tail -1 "$WORK/repl") ops/s $(tail -1 "$WORK/repl_cpu") us/SET" >&2
 done
 solo=$(median < "$WORK/solo"); repl=$(median < "$WORK/repl")
+solo_cpu=$(median < "$WORK/solo_cpu"); repl_cpu=$(median < "$WORK/repl_cpu")
 
 pa=$(free_port); pb=$(free_port)
 start 0 "$pa" --masterauth bench --replicaof 127.0.0.1 "$pb"; a=$STARTED
@@ -118,6 +130,11 @@ echo "SET throughput, ops/s (median of $ROUNDS; -c 50 -P 16 -n $N -r 100000; A o
 printf '%-24s %12s\n' "standalone node" "$solo"
 printf '%-24s %12s\n' "node A replicating to B" "$repl"
 awk -v r="$repl" -v s="$solo" 'BEGIN {printf "%-24s %12.2f\n", "ratio", r / s}'
+echo
+echo "CPU time of the writing node per SET, microseconds (median of $ROUNDS; same runs)"
+printf '%-24s %12.3f\n' "standalone node" "$solo_cpu"
+printf '%-24s %12.3f\n' "node A replicating to B" "$repl_cpu"
+awk -v r="$repl_cpu" -v s="$solo_cpu" 'BEGIN {printf "%-24s %12.2f\n", "ratio (capacity, s/r)", s / r}'
 echo
 echo "Replication lag, write on A to visible on B ($PROBES probes, every 10 ms)"
 awk -v b="$before" -v a="$after" -v t="$elapsed_probe" 'BEGIN {printf "background load on A: about %d ops/s (redis-benchmark -c 10 -P 1 -t set)\n", (a - b) / t}'

@@ -29,10 +29,11 @@ pub const CONFLICT_LOG_CAPACITY: usize = 4096;
 /// Where local writes go: the replication layer. Borrowed parts, so a write
 /// pays for exactly one encoding and no copies.
 pub trait DeltaSink: Send + Sync {
-    /// A write's delta for one key.
-    fn publish_key(&self, db: u32, key: &[u8], delta: &KeyState);
+    /// A write's delta for one key, made at `now_ms` (the command's time:
+    /// the sink need not read the clock again).
+    fn publish_key(&self, db: u32, key: &[u8], delta: &KeyState, now_ms: u64);
     /// A FLUSHDB (`Some(db)`) or FLUSHALL (`None`).
-    fn publish_flush(&self, db: Option<u32>, stamp: Stamp);
+    fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64);
 }
 
 /// One database inside one shard.
@@ -228,7 +229,7 @@ impl Writer<'_> {
     /// Applies a local op's delta and publishes it to the replication layer.
     pub fn apply(&mut self, delta: KeyState) {
         if let Some(sink) = &self.ks.sink {
-            sink.publish_key(self.db as u32, self.key, &delta);
+            sink.publish_key(self.db as u32, self.key, &delta, self.now_ms);
         }
         // A local write can lose on the spot to a replicated one stamped
         // ahead of our clock (a peer with a fast clock): that is a conflict
@@ -244,11 +245,21 @@ impl Writer<'_> {
     /// replication sink needs the delta.
     pub fn set(&mut self, value: Option<&[u8]>, expire_at_ms: u64) {
         let stamp = self.stamp();
-        if self.ks.sink.is_some() {
-            let delta = self.state.write(stamp, value, expire_at_ms);
-            self.apply(delta);
-        } else {
-            self.state.write_in_place(stamp, value, expire_at_ms);
+        match &self.ks.sink {
+            None => {
+                self.state.write_in_place(stamp, value, expire_at_ms);
+            }
+            // The common case: a plain string key our write supersedes. No
+            // conflict is possible and the new state is the delta itself.
+            Some(sink) if stamp > self.state.reg.stamp && self.state.extras.is_none() => {
+                let is_delta = self.state.write_in_place(stamp, value, expire_at_ms);
+                debug_assert!(is_delta);
+                sink.publish_key(self.db as u32, self.key, self.state, self.now_ms);
+            }
+            Some(_) => {
+                let delta = self.state.write(stamp, value, expire_at_ms);
+                self.apply(delta);
+            }
         }
     }
 
@@ -263,6 +274,7 @@ impl Writer<'_> {
                 self.db as u32,
                 self.key,
                 &KeyState::tally_delta(stamp.node, tally),
+                self.now_ms,
             );
         }
     }
@@ -504,7 +516,7 @@ impl Keyspace {
             }
         }
         if let Some(sink) = &self.sink {
-            sink.publish_flush(db.map(|d| d as u32), stamp);
+            sink.publish_flush(db.map(|d| d as u32), stamp, stamp.unix_ms());
         }
     }
 

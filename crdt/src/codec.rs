@@ -40,6 +40,16 @@ pub fn encode_sized<T: Serialize + ?Sized>(
     Ok(postcard::to_extend(value, out)?)
 }
 
+/// Appends [`encode`]'s bytes for `value` to `out` and returns it, so a
+/// caller can reuse one buffer for many values.
+pub fn encode_append<T: Serialize + ?Sized>(
+    value: &T,
+    mut out: Vec<u8>,
+) -> Result<Vec<u8>, EncodeError> {
+    out.push(FORMAT_VERSION);
+    Ok(postcard::to_extend(value, out)?)
+}
+
 /// Decodes what [`encode`] produced; any truncation, corruption or unknown
 /// version is an error, never a panic.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {

@@ -13,7 +13,9 @@ pub mod number;
 pub mod stamp;
 pub mod state;
 
-pub use codec::{decode, encode, encode_sized, DecodeError, EncodeError, FORMAT_VERSION};
+pub use codec::{
+    decode, encode, encode_append, encode_sized, DecodeError, EncodeError, FORMAT_VERSION,
+};
 pub use conflict::{Conflict, ConflictKind, Side, Summary};
 pub use delta::Delta;
 pub use nodemap::NodeMap;

@@ -314,13 +314,23 @@ impl KeyState {
     /// `self.merge_owned(self.write(stamp, value, expire_at_ms))`, but a
     /// value of the old one's length is copied into the old allocation
     /// instead of allocating anew and freeing the old.
-    pub fn write_in_place(&mut self, stamp: Stamp, value: Option<&[u8]>, expire_at_ms: u64) {
+    ///
+    /// Returns true when the resulting state *is* the write's delta (the
+    /// write won outright and the key holds no counter or expiry field), so
+    /// a caller that must replicate the delta can send the state instead of
+    /// building it.
+    pub fn write_in_place(
+        &mut self,
+        stamp: Stamp,
+        value: Option<&[u8]>,
+        expire_at_ms: u64,
+    ) -> bool {
         if stamp <= self.reg.stamp {
             // Not newer than what is here (never so for a local HLC stamp):
             // let the merge decide.
             let delta = self.write(stamp, value, expire_at_ms);
             self.merge_owned(delta);
-            return;
+            return false;
         }
         match (&mut self.reg.value, value) {
             (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
@@ -337,6 +347,7 @@ impl KeyState {
             }
         }
         self.normalize();
+        self.extras.is_none()
     }
 
     /// The tally `stamp.node` has after one more increment on this state.

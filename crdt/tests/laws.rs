@@ -355,8 +355,13 @@ proptest! {
                     let mut merged = state.clone();
                     merged.merge_owned(state.write(stamp, value, 99));
                     let mut in_place = state.clone();
-                    in_place.write_in_place(stamp, value, 99);
+                    let is_delta = in_place.write_in_place(stamp, value, 99);
                     prop_assert_eq!(&in_place, &merged);
+                    // When it says so, the written state is the write's delta.
+                    if is_delta {
+                        prop_assert_eq!(&in_place, &state.write(stamp, value, 99));
+                    }
+                    prop_assert_eq!(is_delta, stamp > state.reg.stamp && state.extras.is_none());
                     let old = Stamp { time: 0, node: NodeId(node) };
                     let mut merged = state.clone();
                     merged.merge_owned(state.write(old, value, 99));

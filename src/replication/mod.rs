@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_crdt::{decode, encode, encode_sized, Delta, KeyState, NodeId, Stamp};
+use chorus_crdt::{decode, encode, encode_append, Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
 use chorus_transport::{
     AuthStats, FrameReceiver, FrameSender, PeerLink, StreamKind, Transport, TransportConfig,
@@ -38,7 +38,6 @@ use chorus_transport::{
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::keyspace::{DeltaSink, SHARDS};
@@ -113,6 +112,8 @@ enum DeltaRef<'a> {
 const GAP_WAIT: Duration = Duration::from_secs(300);
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const RESUME_WAIT: Duration = Duration::from_secs(10);
+/// About how many bytes of backlog a sender hands the stream at once.
+const SEND_BATCH_BYTES: usize = 256 * 1024;
 /// How long a peer may leave another origin's write unacknowledged before
 /// this node passes it on: well above the ack interval plus a round trip,
 /// so a healthy mesh never forwards.
@@ -152,9 +153,15 @@ pub struct Replicator {
     /// Wall clock for lag figures (the node's physical clock).
     now_ms: fn() -> u64,
     backlog: Mutex<Backlog>,
-    head: watch::Sender<u64>,
+    /// Wakes senders waiting for a write; only signalled while one waits
+    /// (`sleepers`), so a busy node pays nothing for it per write.
+    wake: tokio::sync::Notify,
+    sleepers: std::sync::atomic::AtomicUsize,
     applied: Mutex<VersionVector>,
-    applied_changed: watch::Sender<u64>,
+    /// Wakes receivers holding a frame that arrived ahead of its turn;
+    /// signalled only while one waits.
+    applied_changed: tokio::sync::Notify,
+    applied_waiters: std::sync::atomic::AtomicUsize,
     /// Other origins' writes, to pass on to peers cut off from them.
     relay: Mutex<Relay>,
     gc: Mutex<GcView>,
@@ -182,9 +189,11 @@ impl Replicator {
             node,
             now_ms,
             backlog: Mutex::new(Backlog::new(backlog_bytes)),
-            head: watch::channel(0).0,
+            wake: tokio::sync::Notify::new(),
+            sleepers: std::sync::atomic::AtomicUsize::new(0),
             applied: Mutex::new(VersionVector::default()),
-            applied_changed: watch::channel(0).0,
+            applied_changed: tokio::sync::Notify::new(),
+            applied_waiters: std::sync::atomic::AtomicUsize::new(0),
             relay: Mutex::new(Relay::new(backlog_bytes)),
             gc: Mutex::new(GcView::default()),
             promise: Mutex::new((0, Stamp::ZERO)),
@@ -335,38 +344,38 @@ impl Replicator {
 
     fn advance(&self, origin: NodeId, seq: u64) {
         self.applied.lock().advance(origin, seq);
-        self.applied_changed.send_modify(|n| *n += 1);
+        if self.applied_waiters.load(Ordering::SeqCst) > 0 {
+            self.applied_changed.notify_waiters();
+        }
     }
 }
 
 impl Replicator {
-    fn publish(&self, delta: DeltaRef<'_>, size_hint: usize) {
-        let head = {
-            let now = (self.now_ms)();
-            let mut backlog = self.backlog.lock();
-            backlog.push(now, |seq| {
-                let msg = ReplMsgOut::Delta {
-                    origin: self.node,
-                    seq,
-                    delta,
-                };
-                // Our own types always encode; an empty frame would only
-                // make the peer reset the link and resume.
-                encode_sized(&msg, size_hint).unwrap_or_default()
-            })
-        };
-        self.head.send_replace(head);
+    fn publish(&self, delta: DeltaRef<'_>, now_ms: u64) {
+        self.backlog.lock().push(now_ms, |seq, buf| {
+            let msg = ReplMsgOut::Delta {
+                origin: self.node,
+                seq,
+                delta,
+            };
+            // Our own types always encode; an empty frame would only make
+            // the peer reset the link and resume.
+            encode_append(&msg, buf).unwrap_or_default()
+        });
+        // Pairs with the sender's increment before it rechecks the head.
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.wake.notify_waiters();
+        }
     }
 }
 
 impl DeltaSink for Replicator {
-    fn publish_key(&self, db: u32, key: &[u8], state: &KeyState) {
-        let value_len = state.reg.value.as_ref().map_or(0, |v| v.len());
-        self.publish(DeltaRef::Key { db, key, state }, key.len() + value_len + 96);
+    fn publish_key(&self, db: u32, key: &[u8], state: &KeyState, now_ms: u64) {
+        self.publish(DeltaRef::Key { db, key, state }, now_ms);
     }
 
-    fn publish_flush(&self, db: Option<u32>, stamp: Stamp) {
-        self.publish(DeltaRef::Flush { db, stamp }, 48);
+    fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64) {
+        self.publish(DeltaRef::Flush { db, stamp }, now_ms);
     }
 }
 
@@ -406,6 +415,22 @@ pub fn start(
         repl.add_peer(peer).map_err(|e| anyhow::anyhow!(e))?;
     }
     Ok(addr)
+}
+
+/// Counts a task as waiting (for writes, or for its turn) while it lives.
+struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> Waiting<'a> {
+    fn new(sleepers: &'a std::sync::atomic::AtomicUsize) -> Waiting<'a> {
+        sleepers.fetch_add(1, Ordering::SeqCst);
+        Waiting(sleepers)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A helper task that ends with the future owning it, however that ends
@@ -504,22 +529,18 @@ async fn serve_peer(
     // Per other origin, the next of its writes to pass on over this link.
     let mut relayed: std::collections::BTreeMap<NodeId, u64> = Default::default();
     let mut promised = Stamp::ZERO;
-    let mut head = repl.head.subscribe();
     let mut tick = tokio::time::interval(SENDER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let mut busy = false;
         let mut transfer = false;
-        let next = repl.backlog.lock().read_from(cursor, 256);
+        let next = repl.backlog.lock().read_from(cursor, SEND_BATCH_BYTES);
         match next {
-            Resume::Frames(frames) => {
-                if let Some(&(last, _)) = frames.last() {
-                    let payloads: Vec<&[u8]> = frames.iter().map(|(_, f)| &f[..]).collect();
-                    live.send_batch(&payloads).await?;
-                    cursor = last + 1;
-                    info.sent_seq.store(last, Ordering::Relaxed);
-                    busy = true;
-                }
+            Resume::Frames { last, mut chunks } => {
+                live.send_framed(&mut chunks).await?;
+                cursor = last + 1;
+                info.sent_seq.store(last, Ordering::Relaxed);
+                busy = true;
             }
             Resume::UpToDate => {}
             Resume::Trimmed => transfer = true,
@@ -579,10 +600,21 @@ async fn serve_peer(
             continue;
         }
         if !busy {
-            tokio::select! {
-                changed = head.changed() => changed?,
-                _ = tick.tick() => {}
-                reason = link.closed() => anyhow::bail!("link closed: {reason}"),
+            let notified = repl.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let _waiting = Waiting::new(&repl.sleepers);
+            if repl.backlog.lock().head() < cursor {
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tick.tick() => {}
+                    reason = link.closed() => anyhow::bail!("link closed: {reason}"),
+                }
+                // The write that woke us runs us next (tokio's LIFO slot),
+                // before the other clients' ready batches: let those run
+                // first so one send carries all of them in full packets.
+                // Idle, this returns at once.
+                tokio::task::yield_now().await;
             }
         }
     }
@@ -737,19 +769,20 @@ async fn apply_stream(
                         apply(shared, repl, &delta);
                         repl.advance(origin, seq);
                         let now = (repl.now_ms)();
-                        repl.relay
-                            .lock()
-                            .record(origin, seq, now, bytes::Bytes::from(frame));
+                        repl.relay.lock().record(origin, seq, now, frame);
                         break;
                     }
                     Arrival::Duplicate => break,
                     Arrival::Gap { expected } => {
                         // A state transfer on the bulk stream may still be
                         // merging what comes before: wait for it, briefly.
-                        let mut changed = repl.applied_changed.subscribe();
-                        if tokio::time::timeout(GAP_WAIT, changed.changed())
-                            .await
-                            .is_err()
+                        let changed = repl.applied_changed.notified();
+                        tokio::pin!(changed);
+                        changed.as_mut().enable();
+                        let _waiting = Waiting::new(&repl.applied_waiters);
+                        let still = repl.applied.lock().judge(origin, seq);
+                        if matches!(still, Arrival::Gap { .. })
+                            && tokio::time::timeout(GAP_WAIT, changed).await.is_err()
                         {
                             anyhow::bail!("gap from {origin}: expected {expected}, got {seq}");
                         }
@@ -855,7 +888,8 @@ mod tests {
                 },
             })
             .unwrap();
-            let borrowed = encode_sized(
+            // Appended to a reused buffer, as the backlog does.
+            let borrowed = encode_append(
                 &ReplMsgOut::Delta {
                     origin: node,
                     seq: 7,
@@ -865,7 +899,7 @@ mod tests {
                         state: &delta,
                     },
                 },
-                8,
+                Vec::with_capacity(8),
             )
             .unwrap();
             assert_eq!(owned, borrowed);

@@ -132,7 +132,7 @@ fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TransportError> {
     postcard::to_allocvec(v).map_err(|e| TransportError::Handshake(format!("encode: {e}")))
 }
 
-fn decode<T: for<'de> Deserialize<'de>>(frame: Option<Vec<u8>>) -> Result<T, TransportError> {
+fn decode<T: for<'de> Deserialize<'de>>(frame: Option<bytes::Bytes>) -> Result<T, TransportError> {
     let bytes = frame
         .ok_or_else(|| TransportError::Handshake("peer closed during the handshake".into()))?;
     postcard::from_bytes(&bytes)

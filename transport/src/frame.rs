@@ -8,6 +8,15 @@ use crate::TransportError;
 /// Largest frame either side accepts unless configured otherwise.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 
+/// Bytes in front of every frame's payload.
+pub const HEADER_LEN: usize = 4;
+
+/// The header for a payload of `len` bytes, for callers that lay out frames
+/// themselves and send them with [`FrameSender::send_framed`].
+pub fn header(len: usize) -> [u8; HEADER_LEN] {
+    (len as u32).to_be_bytes()
+}
+
 /// Writes frames to one stream.
 pub struct FrameSender {
     stream: SendStream,
@@ -18,7 +27,12 @@ pub struct FrameSender {
 pub struct FrameReceiver {
     stream: RecvStream,
     max_frame: usize,
+    /// Bytes read and not yet returned: many frames arrive per read.
+    buf: bytes::BytesMut,
 }
+
+/// How much a receiver asks the stream for at once.
+const READ_CHUNK: usize = 64 * 1024;
 
 impl FrameSender {
     pub fn new(stream: SendStream, max_frame: usize) -> FrameSender {
@@ -60,6 +74,12 @@ impl FrameSender {
         self.stream.write_all(&buf).await.map_err(io)
     }
 
+    /// Sends bytes that already hold whole frames (each a [`header`] and its
+    /// payload), without copying them.
+    pub async fn send_framed(&mut self, chunks: &mut [bytes::Bytes]) -> Result<(), TransportError> {
+        self.stream.write_all_chunks(chunks).await.map_err(io)
+    }
+
     /// Ends the stream after everything sent so far.
     pub fn finish(&mut self) -> Result<(), TransportError> {
         self.stream.finish().map_err(io)
@@ -68,27 +88,42 @@ impl FrameSender {
 
 impl FrameReceiver {
     pub fn new(stream: RecvStream, max_frame: usize) -> FrameReceiver {
-        FrameReceiver { stream, max_frame }
+        FrameReceiver {
+            stream,
+            max_frame,
+            buf: bytes::BytesMut::new(),
+        }
     }
 
-    /// The next frame, or `None` once the sender finished the stream.
-    pub async fn recv(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
-        let mut len = [0u8; 4];
-        match self.stream.read_exact(&mut len).await {
-            Ok(()) => {}
-            Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
-            Err(e) => return Err(io(e)),
+    /// The next frame, or `None` once the sender finished the stream. The
+    /// frame shares the buffer it was read into (no copy).
+    pub async fn recv(&mut self) -> Result<Option<bytes::Bytes>, TransportError> {
+        loop {
+            if let Some(header) = self.buf.get(..HEADER_LEN) {
+                let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
+                if len > self.max_frame {
+                    return Err(TransportError::FrameTooLarge {
+                        len,
+                        max: self.max_frame,
+                    });
+                }
+                if self.buf.len() >= HEADER_LEN + len {
+                    let _ = self.buf.split_to(HEADER_LEN);
+                    return Ok(Some(self.buf.split_to(len).freeze()));
+                }
+                self.buf.reserve(HEADER_LEN + len - self.buf.len());
+            }
+            match self.stream.read_chunk(READ_CHUNK, true).await.map_err(io)? {
+                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
+                None if self.buf.is_empty() => return Ok(None),
+                None => {
+                    return Err(TransportError::Stream(format!(
+                        "stream ended inside a frame ({} bytes of it)",
+                        self.buf.len()
+                    )))
+                }
+            }
         }
-        let len = u32::from_be_bytes(len) as usize;
-        if len > self.max_frame {
-            return Err(TransportError::FrameTooLarge {
-                len,
-                max: self.max_frame,
-            });
-        }
-        let mut payload = vec![0u8; len];
-        self.stream.read_exact(&mut payload).await.map_err(io)?;
-        Ok(Some(payload))
     }
 
     /// Reads exactly one byte (the stream's kind tag).

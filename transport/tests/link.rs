@@ -65,7 +65,7 @@ async fn peers_with_the_secret_exchange_frames_on_separate_streams() {
         match kind {
             StreamKind::Live => {
                 while let Some(frame) = rx.recv().await.unwrap() {
-                    got_live.push(u32::from_be_bytes(frame.try_into().unwrap()));
+                    got_live.push(u32::from_be_bytes(frame[..].try_into().unwrap()));
                 }
             }
             StreamKind::Bulk => {
@@ -183,7 +183,7 @@ fn sink(
             tokio::spawn(async move {
                 while let Ok((_, mut rx)) = link.accept_stream().await {
                     while let Ok(Some(frame)) = rx.recv().await {
-                        let _ = out.send(frame);
+                        let _ = out.send(frame.to_vec());
                     }
                 }
             });
@@ -277,13 +277,7 @@ async fn oversized_frames_are_refused() {
     let mut small_b = small;
     small_b.node = 2;
     let b = Arc::new(Transport::bind(LOOPBACK.parse().unwrap(), small_b).unwrap());
-    let addr = b.local_addr().unwrap();
-    let acceptor = {
-        let b = b.clone();
-        tokio::spawn(async move { b.accept().await.unwrap().unwrap() })
-    };
-    let link = a.connect(addr).await.unwrap();
-    let theirs = acceptor.await.unwrap();
+    let (link, theirs) = linked(&a, b).await;
     let mut tx = link.open(StreamKind::Live).await.unwrap();
     assert!(matches!(
         tx.send(&[0u8; 2048]).await,
@@ -292,6 +286,49 @@ async fn oversized_frames_are_refused() {
     tx.send(b"fits").await.unwrap();
     let (_, mut rx) = theirs.accept_stream().await.unwrap();
     assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&b"fits"[..]));
+}
+
+/// A dialed link from `a` to `b` and `b`'s side of it.
+async fn linked(
+    a: &Transport,
+    b: Arc<Transport>,
+) -> (chorus_transport::PeerLink, chorus_transport::PeerLink) {
+    let addr = b.local_addr().unwrap();
+    let acceptor = tokio::spawn(async move { b.accept().await.unwrap().unwrap() });
+    let link = a.connect(addr).await.unwrap();
+    (link, acceptor.await.unwrap())
+}
+
+#[tokio::test]
+async fn pre_framed_chunks_arrive_as_frames_and_a_cut_frame_is_an_error() {
+    let a = node(1, "prod", b"s");
+    let (link, theirs) = linked(&a, Arc::new(node(2, "prod", b"s"))).await;
+
+    // Three frames laid out by the caller, split across two chunks mid-frame.
+    let mut wire = Vec::new();
+    for payload in [&b"one"[..], b"", &[9u8; 5000]] {
+        wire.extend_from_slice(&chorus_transport::frame::header(payload.len()));
+        wire.extend_from_slice(payload);
+    }
+    let wire = bytes::Bytes::from(wire);
+    let mut tx = link.open(StreamKind::Live).await.unwrap();
+    tx.send_framed(&mut [wire.slice(..5), wire.slice(5..)])
+        .await
+        .unwrap();
+    // Then a frame whose payload never comes.
+    let mut cut = chorus_transport::frame::header(10).to_vec();
+    cut.extend_from_slice(b"abc");
+    tx.send_framed(&mut [bytes::Bytes::from(cut)])
+        .await
+        .unwrap();
+    tx.finish().unwrap();
+
+    let (_, mut rx) = theirs.accept_stream().await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&b"one"[..]));
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&b""[..]));
+    assert_eq!(rx.recv().await.unwrap().map(|f| f.len()), Some(5000));
+    let err = rx.recv().await.unwrap_err();
+    assert!(err.to_string().contains("inside a frame"), "{err}");
 }
 
 #[test]
