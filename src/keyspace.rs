@@ -36,10 +36,14 @@ pub trait DeltaSink: Send + Sync {
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64);
 }
 
+/// The hasher of the keyspace's maps: random per process in production,
+/// fixed by a seed in the simulation (so a seed replays byte for byte).
+pub type KeyHasher = foldhash::fast::SeedableRandomState;
+
 /// One database inside one shard.
 #[derive(Default)]
 pub struct Db {
-    pub map: HashMap<Key, KeyState>,
+    pub map: HashMap<Key, KeyState, KeyHasher>,
     /// Keys that read as present (ignoring expiry): tombstones are not keys.
     pub live: usize,
     /// (expire_at_ms, key) of every key with an expiry, for the active cycle.
@@ -299,7 +303,7 @@ impl Writer<'_> {
 
 pub struct Keyspace {
     shards: Box<[Mutex<Shard>]>,
-    hasher: hashbrown::DefaultHashBuilder,
+    hasher: KeyHasher,
     databases: usize,
     pub clock: Clock,
     pub conflicts: ConflictLog,
@@ -350,10 +354,26 @@ impl<'a> Locked<'a> {
 
 impl Keyspace {
     pub fn new(databases: usize, clock: Clock) -> Keyspace {
+        Keyspace::with_hashers(databases, clock, KeyHasher::random(), KeyHasher::random())
+    }
+
+    /// A keyspace whose shard choice and maps hash with the given hashers
+    /// (they must differ, or keys of one shard crowd the same buckets).
+    pub fn with_hashers(
+        databases: usize,
+        clock: Clock,
+        shards_hasher: KeyHasher,
+        maps_hasher: KeyHasher,
+    ) -> Keyspace {
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
-                    dbs: (0..databases).map(|_| Db::default()).collect(),
+                    dbs: (0..databases)
+                        .map(|_| Db {
+                            map: HashMap::with_hasher(maps_hasher),
+                            ..Db::default()
+                        })
+                        .collect(),
                     hits: 0,
                     misses: 0,
                 })
@@ -361,7 +381,7 @@ impl Keyspace {
             .collect();
         Keyspace {
             shards,
-            hasher: Default::default(),
+            hasher: shards_hasher,
             databases,
             clock,
             conflicts: ConflictLog::default(),
@@ -637,7 +657,7 @@ mod tests {
         let ks = keyspace();
         let mut per_shard = vec![0usize; SHARDS];
         let mut low_bits_in_shard0 = std::collections::HashSet::new();
-        let maps_hasher = hashbrown::DefaultHashBuilder::default();
+        let maps_hasher = KeyHasher::random();
         for i in 0..20_000 {
             let key = format!("key:{i:012}");
             let shard = ks.shard_of(key.as_bytes());

@@ -55,6 +55,18 @@ fn wall_clock_ms() -> u64 {
     chorus_crdt::stamp::unix_ms_from_ntp(node_clock().0)
 }
 
+/// What a node is made of besides its config: its identity and clocks.
+pub struct NodeEnv {
+    pub node: NodeId,
+    /// The physical clock the HLC and expiry read.
+    pub physical: fn() -> chorus_crdt::NTP64,
+    /// The same clock in unix ms (replication lag figures).
+    pub wall_ms: fn() -> u64,
+    /// Fixed hashers from this seed, so that a simulated run replays byte for
+    /// byte; `None`: random per process.
+    pub hash_seed: Option<u64>,
+}
+
 /// Builds the node's shared state from its config. A replicating node's
 /// keyspace publishes every write to the replicator.
 pub fn build(config: Config) -> Arc<server::Shared> {
@@ -68,12 +80,39 @@ pub fn build(config: Config) -> Arc<server::Shared> {
             "physical clock skewed by CHORUS_CLOCK_SKEW_MS"
         );
     }
-    let node = new_node_id();
+    build_node(
+        config,
+        NodeEnv {
+            node: new_node_id(),
+            physical: node_clock,
+            wall_ms: wall_clock_ms,
+            hash_seed: None,
+        },
+    )
+}
+
+/// [`build`] with the identity and clocks given (the simulation's).
+pub fn build_node(config: Config, env: NodeEnv) -> Arc<server::Shared> {
+    let node = env.node;
     let max_drift = Duration::from_millis(config.max_clock_drift_ms);
-    let clock = Clock::new(node, node_clock, max_drift);
-    let mut ks = keyspace::Keyspace::new(config.databases, clock);
+    let clock = Clock::new(node, env.physical, max_drift);
+    let (shards_hasher, maps_hasher) = match env.hash_seed {
+        None => (keyspace::KeyHasher::random(), keyspace::KeyHasher::random()),
+        Some(seed) => {
+            let shared = foldhash::SharedSeed::global_fixed();
+            (
+                keyspace::KeyHasher::with_seed(seed, shared),
+                keyspace::KeyHasher::with_seed(
+                    seed.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15,
+                    shared,
+                ),
+            )
+        }
+    };
+    let mut ks =
+        keyspace::Keyspace::with_hashers(config.databases, clock, shards_hasher, maps_hasher);
     let repl = config.replicating().then(|| {
-        let repl = replication::Replicator::new(node, config.repl_backlog_size, wall_clock_ms);
+        let repl = replication::Replicator::new(node, config.repl_backlog_size, env.wall_ms);
         ks.set_sink(repl.clone());
         repl
     });

@@ -102,6 +102,40 @@ pub struct Client {
     pub wait: Option<crate::cmd::replication::PendingWait>,
 }
 
+impl Client {
+    /// A client inside the process, with no connection: for embedding the
+    /// node (the simulation drives commands through [`dispatch`] with it).
+    /// It is not listed by CLIENT LIST.
+    pub fn embedded(shared: &Shared) -> Client {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Client {
+            handle: Arc::new(ClientHandle {
+                id: shared.next_client_id.fetch_add(1, Ordering::Relaxed),
+                addr: unspecified,
+                laddr: unspecified,
+                created: Instant::now(),
+                name: Mutex::new(None),
+                lib: Mutex::new((String::new(), String::new())),
+                db: AtomicUsize::new(0),
+                resp: AtomicUsize::new(2),
+                last_active_ms: AtomicU64::new(0),
+                last_cmd: Mutex::new("NULL"),
+                in_multi: AtomicBool::new(false),
+                kill: Notify::new(),
+                killed: AtomicBool::new(false),
+            }),
+            db: 0,
+            authed: true,
+            multi: None,
+            multi_dirty: false,
+            watched: Vec::new(),
+            close: false,
+            sleep: None,
+            wait: None,
+        }
+    }
+}
+
 /// Everything the connections share.
 pub struct Shared {
     pub ks: Keyspace,
@@ -222,7 +256,9 @@ fn start_replication(
     Ok(())
 }
 
-async fn active_expiry(shared: Arc<Shared>) {
+/// The active expiry cycle, every 100 ms (`serve` runs it; an embedded node
+/// runs it itself).
+pub async fn active_expiry(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;

@@ -400,6 +400,17 @@ pub fn start(
         TransportConfig::new(repl.node.0, &config.cluster_name, &config.secret);
     transport_config.tls = config.tls;
     let transport = Transport::bind(config.listen, transport_config)?;
+    start_with_transport(shared, repl, transport, config.peers)
+}
+
+/// [`start`] over a transport the caller built (the simulation's, over
+/// simulated UDP).
+pub fn start_with_transport(
+    shared: Arc<Shared>,
+    repl: Arc<Replicator>,
+    transport: Transport,
+    peers: Vec<SocketAddr>,
+) -> anyhow::Result<SocketAddr> {
     let addr = transport.local_addr()?;
     *repl.auth.lock() = Some(transport.stats.clone());
     *repl.listen.lock() = Some(addr);
@@ -411,7 +422,7 @@ pub fn start(
     });
     tokio::spawn(gc_loop(shared.clone(), repl.clone()));
     tokio::spawn(accept_loop(shared, repl.clone(), transport));
-    for peer in config.peers {
+    for peer in peers {
         repl.add_peer(peer).map_err(|e| anyhow::anyhow!(e))?;
     }
     Ok(addr)
@@ -475,7 +486,15 @@ async fn sender(
     addr: SocketAddr,
     info: Arc<PeerInfo>,
 ) {
-    let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
+    // Seeded from who we are and whom we dial: distinct per link, and the
+    // same in a replayed simulation.
+    let seed = repl.node.0
+        ^ addr.port() as u64
+        ^ u64::from(match addr.ip() {
+            std::net::IpAddr::V4(ip) => u32::from(ip),
+            std::net::IpAddr::V6(ip) => ip.to_bits() as u32,
+        });
+    let mut backoff = Backoff::seeded(Duration::from_millis(100), Duration::from_secs(5), seed);
     loop {
         match transport.connect(addr).await {
             Ok(link) => {
@@ -606,6 +625,7 @@ async fn serve_peer(
             let _waiting = Waiting::new(&repl.sleepers);
             if repl.backlog.lock().head() < cursor {
                 tokio::select! {
+                    biased;
                     _ = &mut notified => {}
                     _ = tick.tick() => {}
                     reason = link.closed() => anyhow::bail!("link closed: {reason}"),

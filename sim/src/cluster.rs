@@ -1,0 +1,193 @@
+//! The simulated cluster: each node is a turmoil host running the real
+//! node code (keyspace, replication, QUIC transport) over simulated UDP.
+//! Commands run through the server's real dispatcher, in process.
+
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::rc::Rc;
+use std::sync::Arc;
+
+use chorus::resp::Reply;
+use chorus::server::{dispatch, Client, Shared};
+use chorus::{Config, NodeEnv};
+use chorus_crdt::NodeId;
+use chorus_transport::{Transport, TransportConfig};
+
+use crate::clock;
+use crate::net::SimUdp;
+
+/// The UDP port every simulated node replicates on.
+pub const REPL_PORT: u16 = 16379;
+const SECRET: &[u8] = b"sim-secret";
+
+/// One node slot: a host that may crash and restart (each start is a new
+/// incarnation with a new node id, as an in-memory node).
+pub struct Slot {
+    pub name: String,
+    /// Starts so far (the current incarnation is `starts - 1`).
+    pub starts: u32,
+    pub node: Option<NodeId>,
+    pub shared: Option<Arc<Shared>>,
+    client: Option<Client>,
+}
+
+pub type Registry = Rc<RefCell<Vec<Slot>>>;
+
+pub fn registry(nodes: usize) -> Registry {
+    Rc::new(RefCell::new(
+        (0..nodes)
+            .map(|i| Slot {
+                name: host_name(i),
+                starts: 0,
+                node: None,
+                shared: None,
+                client: None,
+            })
+            .collect(),
+    ))
+}
+
+pub fn host_name(slot: usize) -> String {
+    format!("n{slot}")
+}
+
+/// The node id of `slot`'s `incarnation`th start: derived from the seed.
+pub fn node_id(seed: u64, slot: usize, incarnation: u32) -> NodeId {
+    let mut x = seed ^ ((slot as u64 + 1) << 40) ^ u64::from(incarnation).rotate_left(20);
+    loop {
+        x = splitmix(x);
+        if let Some(id) = NodeId::new(x) {
+            return id;
+        }
+    }
+}
+
+pub fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Registers node `slot` as a host. `peers` are the other nodes' host names
+/// (full mesh).
+pub fn add_node(
+    sim: &mut turmoil::Sim<'_>,
+    reg: &Registry,
+    seed: u64,
+    slot: usize,
+    peers: Vec<String>,
+) {
+    let name = host_name(slot);
+    let reg = reg.clone();
+    sim.host(name.as_str(), move || {
+        let reg = reg.clone();
+        let peers = peers.clone();
+        async move {
+            let incarnation = {
+                let mut r = reg.borrow_mut();
+                r[slot].starts += 1;
+                r[slot].starts - 1
+            };
+            let node = node_id(seed, slot, incarnation);
+            let shared = start_node(seed, slot, node, &peers)
+                .await
+                .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
+            {
+                let mut r = reg.borrow_mut();
+                r[slot].client = Some(Client::embedded(&shared));
+                r[slot].node = Some(node);
+                r[slot].shared = Some(shared);
+            }
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+}
+
+async fn start_node(
+    seed: u64,
+    slot: usize,
+    node: NodeId,
+    peers: &[String],
+) -> anyhow::Result<Arc<Shared>> {
+    let args: Vec<String> = [
+        "--active-replica",
+        "yes",
+        "--masterauth",
+        "sim-secret",
+        "--cluster-name",
+        "sim",
+        // Small, so that short outages outgrow it and force state transfers.
+        "--repl-backlog-size",
+        "32kb",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let config = Config::load(None, &args)?;
+    let shared = chorus::build_node(
+        config,
+        NodeEnv {
+            node,
+            physical: clock::physical_clock(slot),
+            wall_ms: clock::wall_clock(slot),
+            hash_seed: Some(splitmix(seed ^ slot as u64)),
+        },
+    );
+    let repl = shared
+        .repl
+        .clone()
+        .ok_or_else(|| anyhow::anyhow!("node built without replication"))?;
+    let socket = SimUdp::bind(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+        REPL_PORT,
+    ))
+    .await?;
+    let mut endpoint = quinn::EndpointConfig::default();
+    let mut rng_seed = [0u8; 32];
+    for (i, chunk) in rng_seed.chunks_mut(8).enumerate() {
+        chunk.copy_from_slice(&splitmix(node.0 ^ i as u64).to_le_bytes());
+    }
+    endpoint.rng_seed(Some(rng_seed));
+    let transport = Transport::with_socket(
+        Arc::new(socket),
+        Arc::new(quinn::TokioRuntime),
+        endpoint,
+        TransportConfig::new(node.0, "sim", SECRET),
+    )?;
+    let peers = peers
+        .iter()
+        .map(|p| SocketAddr::new(turmoil::lookup(p.as_str()), REPL_PORT))
+        .collect();
+    chorus::replication::start_with_transport(shared.clone(), repl, transport, peers)?;
+    tokio::spawn(chorus::server::active_expiry(shared.clone()));
+    Ok(shared)
+}
+
+/// Marks `slot` down (its host was crashed): its state is gone.
+pub fn crashed(reg: &Registry, slot: usize) {
+    let mut r = reg.borrow_mut();
+    r[slot].shared = None;
+    r[slot].client = None;
+    r[slot].node = None;
+}
+
+pub fn is_up(reg: &Registry, slot: usize) -> bool {
+    reg.borrow()[slot].shared.is_some()
+}
+
+/// Runs one command on `slot` through the real dispatcher; the raw RESP
+/// reply, or `None` when the node is down.
+pub fn command(reg: &Registry, slot: usize, args: &[&[u8]]) -> Option<Vec<u8>> {
+    let mut r = reg.borrow_mut();
+    let s = &mut r[slot];
+    let (Some(shared), Some(client)) = (s.shared.clone(), s.client.as_mut()) else {
+        return None;
+    };
+    let mut out = Reply::new();
+    let now_ms = shared.ks.clock.physical_unix_ms();
+    dispatch(&shared, client, &mut out, args, now_ms);
+    Some(out.buf)
+}
