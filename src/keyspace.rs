@@ -40,6 +40,9 @@ pub trait DeltaSink: Send + Sync {
 /// fixed by a seed in the simulation (so a seed replays byte for byte).
 pub type KeyHasher = foldhash::fast::SeedableRandomState;
 
+/// (database, key, state) as [`Keyspace::dump`] lists them.
+pub type DumpedKey = (u32, Vec<u8>, KeyState);
+
 /// One database inside one shard.
 #[derive(Default)]
 pub struct Db {
@@ -83,6 +86,9 @@ impl Db {
             state.prune(*floor);
         }
         let drop = state.is_empty() || state.collectable(gc_acked);
+        if !drop {
+            state.strip_dead_tombstone(gc_acked);
+        }
         let (now_live, new_at) = if drop {
             (false, 0)
         } else {
@@ -464,6 +470,11 @@ impl Keyspace {
         for index in 0..SHARDS {
             let mut shard = self.shards[index].lock();
             for db in shard.dbs.iter_mut() {
+                // A tombstone under a counter is stripped in place (the key
+                // stays, its count and expiry untouched).
+                for state in db.map.values_mut() {
+                    state.strip_dead_tombstone(acked);
+                }
                 if db.map.len() == db.live {
                     continue;
                 }
@@ -480,6 +491,31 @@ impl Keyspace {
             }
         }
         collected
+    }
+
+    /// Every key's state in every database, ordered by (db, key), and each
+    /// database's flush floor: the node's whole CRDT state, for comparing
+    /// nodes (the simulation) and debugging.
+    pub fn dump(&self) -> (Vec<DumpedKey>, Vec<Stamp>) {
+        let mut keys = Vec::new();
+        let mut floors = vec![Stamp::ZERO; self.databases];
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (db, d) in shard.dbs.iter().enumerate() {
+                floors[db] = floors[db].max(d.floor);
+                for (key, state) in &d.map {
+                    keys.push((db as u32, key.to_vec(), state.clone()));
+                }
+            }
+        }
+        keys.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        (keys, floors)
+    }
+
+    /// One key's state, tombstones included.
+    pub fn state_of(&self, db: usize, key: &[u8]) -> Option<KeyState> {
+        let shard = self.shards[self.shard_of(key)].lock();
+        shard.dbs.get(db)?.get(key).cloned()
     }
 
     /// Deleted keys still held (as tombstones) for replication.

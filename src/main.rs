@@ -17,6 +17,9 @@ Usage:
   chorus gen-certs DIR [--nodes N] [--cluster NAME]
                                                    write a CA and N node certificates for
                                                    mutual TLS between peers (default 3 nodes)
+  chorus sim [--seed S] [--seeds K] [--nodes N] [--ops M] [--faults LIST] [--json]
+                                                   deterministic simulation of N nodes under faults
+                                                   (the chorus-sim binary: cargo build --release -p chorus-sim)
   chorus --version
   chorus help
 
@@ -38,6 +41,7 @@ fn run() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("server") => server(&args[1..]),
         Some("gen-certs") => gen_certs(&args[1..]),
+        Some("sim") => sim(&args[1..]),
         Some("--version") | Some("-v") | Some("version") => {
             println!("chorus {}", env!("CARGO_PKG_VERSION"));
             Ok(())
@@ -48,6 +52,25 @@ fn run() -> anyhow::Result<()> {
         }
         Some(other) => bail!("unknown subcommand '{other}'\n{USAGE}"),
     }
+}
+
+/// Runs the simulator, a separate binary so that the server never links it
+/// (it brings turmoil and tokio's test clock).
+fn sim(args: &[String]) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot locate the chorus binary")?;
+    let sim = exe.with_file_name(format!("chorus-sim{}", std::env::consts::EXE_SUFFIX));
+    if !sim.exists() {
+        bail!(
+            "chorus sim runs the chorus-sim binary, not found next to {}: build it with \
+             `cargo build --release -p chorus-sim` (or run `cargo run --release -p chorus-sim -- ...`)",
+            exe.display()
+        );
+    }
+    let status = std::process::Command::new(&sim)
+        .args(args)
+        .status()
+        .with_context(|| format!("could not run {}", sim.display()))?;
+    std::process::exit(status.code().unwrap_or(1));
 }
 
 fn gen_certs(args: &[String]) -> anyhow::Result<()> {

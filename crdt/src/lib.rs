@@ -8,6 +8,8 @@
 pub mod codec;
 pub mod conflict;
 pub mod delta;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 pub mod nodemap;
 pub mod number;
 pub mod stamp;

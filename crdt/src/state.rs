@@ -231,6 +231,12 @@ impl KeyState {
         let Some(x) = &self.extras else { return sum };
         for (node, tally) in x.counts.iter() {
             if let Some(s) = tally.surviving(x.removed.get(node)) {
+                #[cfg(feature = "fault-injection")]
+                if crate::fault::get() == crate::fault::Broken::CounterMax {
+                    sum.int = if sum.any { sum.int.max(s.int) } else { s.int };
+                    sum.any = true;
+                    continue;
+                }
                 sum.int = sum.int.wrapping_add(s.int);
                 sum.float += s.float;
                 sum.float_ops += s.float_ops;
@@ -465,6 +471,10 @@ impl KeyState {
         let mut reg_changed = false;
         if *other_reg != self.reg {
             let other_wins = other_reg.beats(&self.reg);
+            #[cfg(feature = "fault-injection")]
+            let other_wins = other_wins
+                && !(crate::fault::get() == crate::fault::Broken::DropDeletes
+                    && other_reg.value.is_none());
             let (winner, loser) = if other_wins {
                 (&*other_reg, &self.reg)
             } else {
@@ -531,13 +541,33 @@ impl KeyState {
     /// Whether this state may be dropped once every peer has acknowledged
     /// everything up to `acked`: it is a tombstone no peer can still need,
     /// with no surviving increment and no later expiry write.
+    ///
+    /// A tombstone that still records removed increments is kept: a node
+    /// that had not collected it yet would carry those records into its next
+    /// write to the key and the nodes' states would differ for good (and the
+    /// records cannot be dropped safely without knowing when each node saw
+    /// them).
     pub fn collectable(&self, acked: Stamp) -> bool {
         self.reg.value.is_none()
             && self.reg.stamp <= acked
-            && self
-                .extras
-                .as_ref()
-                .is_none_or(|x| x.expiry.stamp <= acked && x.counts.is_empty())
+            && self.extras.as_ref().is_none_or(|x| {
+                x.expiry.stamp <= acked && x.counts.is_empty() && x.removed.is_empty()
+            })
+    }
+
+    /// Drops a tombstone register at or below `acked` from a state that
+    /// still holds increments (every node has applied everything before it,
+    /// so nothing older can arrive for it to beat). Nodes collect at
+    /// different moments; without this, a node that merged an increment on
+    /// top of the tombstone would keep it while the others hold none.
+    /// Returns whether anything changed.
+    pub fn strip_dead_tombstone(&mut self, acked: Stamp) -> bool {
+        if self.reg.value.is_none() && !self.reg.stamp.is_zero() && self.reg.stamp <= acked {
+            self.reg = Register::default();
+            self.normalize();
+            return true;
+        }
+        false
     }
 
     fn has_counts(&self) -> bool {
@@ -545,9 +575,14 @@ impl KeyState {
     }
 
     /// One canonical form per state, so that equal states compare and encode
-    /// equal on every node: fully removed tallies and empty extras go.
+    /// equal on every node: fully removed tallies, an expiry field a later
+    /// register write superseded (never read again: the write carries its
+    /// own expiry), and empty extras go.
     fn normalize(&mut self) {
         if let Some(x) = &mut self.extras {
+            if !x.expiry.stamp.is_zero() && x.expiry.stamp <= self.reg.stamp {
+                x.expiry = ExpiryField::default();
+            }
             let removed = &x.removed;
             x.counts
                 .retain(|node, t| removed.get(node).is_none_or(|r| !r.covers(t)));

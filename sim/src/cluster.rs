@@ -27,7 +27,9 @@ pub struct Slot {
     /// Starts so far (the current incarnation is `starts - 1`).
     pub starts: u32,
     pub node: Option<NodeId>,
-    pub shared: Option<Arc<Shared>>,
+    /// Weak: the host's own task owns the node, so a crash drops it inside
+    /// the host (where turmoil releases its sockets).
+    shared: std::sync::Weak<Shared>,
     client: Option<Client>,
 }
 
@@ -40,7 +42,7 @@ pub fn registry(nodes: usize) -> Registry {
                 name: host_name(i),
                 starts: 0,
                 node: None,
-                shared: None,
+                shared: std::sync::Weak::new(),
                 client: None,
             })
             .collect(),
@@ -71,13 +73,14 @@ pub fn splitmix(mut x: u64) -> u64 {
 }
 
 /// Registers node `slot` as a host. `peers` are the other nodes' host names
-/// (full mesh).
+/// (full mesh). The first start waits `join_after` (a node joining late).
 pub fn add_node(
     sim: &mut turmoil::Sim<'_>,
     reg: &Registry,
     seed: u64,
     slot: usize,
     peers: Vec<String>,
+    join_after: std::time::Duration,
 ) {
     let name = host_name(slot);
     let reg = reg.clone();
@@ -90,6 +93,9 @@ pub fn add_node(
                 r[slot].starts += 1;
                 r[slot].starts - 1
             };
+            if incarnation == 0 && !join_after.is_zero() {
+                tokio::time::sleep(join_after).await;
+            }
             let node = node_id(seed, slot, incarnation);
             let shared = start_node(seed, slot, node, &peers)
                 .await
@@ -98,9 +104,10 @@ pub fn add_node(
                 let mut r = reg.borrow_mut();
                 r[slot].client = Some(Client::embedded(&shared));
                 r[slot].node = Some(node);
-                r[slot].shared = Some(shared);
+                r[slot].shared = Arc::downgrade(&shared);
             }
             std::future::pending::<()>().await;
+            drop(shared);
             Ok(())
         }
     });
@@ -169,13 +176,19 @@ async fn start_node(
 /// Marks `slot` down (its host was crashed): its state is gone.
 pub fn crashed(reg: &Registry, slot: usize) {
     let mut r = reg.borrow_mut();
-    r[slot].shared = None;
+    r[slot].shared = std::sync::Weak::new();
     r[slot].client = None;
     r[slot].node = None;
 }
 
 pub fn is_up(reg: &Registry, slot: usize) -> bool {
-    reg.borrow()[slot].shared.is_some()
+    reg.borrow()[slot].shared.strong_count() > 0
+}
+
+/// The node running in `slot` and its id, if it is up.
+pub fn node(reg: &Registry, slot: usize) -> Option<(Arc<Shared>, NodeId)> {
+    let r = reg.borrow();
+    Some((r[slot].shared.upgrade()?, r[slot].node?))
 }
 
 /// Runs one command on `slot` through the real dispatcher; the raw RESP
@@ -183,7 +196,7 @@ pub fn is_up(reg: &Registry, slot: usize) -> bool {
 pub fn command(reg: &Registry, slot: usize, args: &[&[u8]]) -> Option<Vec<u8>> {
     let mut r = reg.borrow_mut();
     let s = &mut r[slot];
-    let (Some(shared), Some(client)) = (s.shared.clone(), s.client.as_mut()) else {
+    let (Some(shared), Some(client)) = (s.shared.upgrade(), s.client.as_mut()) else {
         return None;
     };
     let mut out = Reply::new();

@@ -25,7 +25,7 @@ fn three_nodes_replicate_over_simulated_quic() {
             .filter(|p| *p != slot)
             .map(cluster::host_name)
             .collect();
-        cluster::add_node(&mut sim, &reg, 7, slot, peers);
+        cluster::add_node(&mut sim, &reg, 7, slot, peers, Duration::ZERO);
     }
     step_for(&mut sim, Duration::from_secs(2));
     assert!((0..3).all(|s| cluster::is_up(&reg, s)));
@@ -41,4 +41,21 @@ fn three_nodes_replicate_over_simulated_quic() {
         cluster::command(&reg, 0, &[b"GET", b"c"]).unwrap(),
         b"$1\r\n5\r\n"
     );
+}
+
+#[test]
+fn a_few_seeds_without_faults_pass() {
+    for seed in 0..3 {
+        let out = chorus_sim::run::run(&chorus_sim::run::Options {
+            seed,
+            nodes: 3,
+            ops: 200,
+            faults: vec![],
+        });
+        eprintln!(
+            "seed {seed}: sim {} ms, real {} ms, {:?}",
+            out.sim_ms, out.real_ms, out.failure
+        );
+        assert!(out.failure.is_none(), "seed {seed}: {:?}", out.failure);
+    }
 }

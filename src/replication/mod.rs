@@ -281,7 +281,8 @@ impl Replicator {
         lag.map_or(-1, |ms| ms as i64)
     }
 
-    fn applied_vv(&self) -> Vec<(NodeId, u64)> {
+    /// What this node has applied from each other origin.
+    pub fn applied_vv(&self) -> Vec<(NodeId, u64)> {
         self.applied.lock().entries()
     }
 

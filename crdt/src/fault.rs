@@ -1,0 +1,28 @@
+//! Deliberately broken merge rules, switched on per thread by tests that
+//! must show the simulation notices them. Compiled only with the
+//! `fault-injection` feature; off unless a test turns it on.
+
+use std::cell::Cell;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broken {
+    /// Correct rules.
+    None,
+    /// A counter reads as its largest tally instead of their sum.
+    CounterMax,
+    /// A merge ignores an incoming delete (tombstone) that should win.
+    DropDeletes,
+}
+
+thread_local! {
+    static BROKEN: Cell<Broken> = const { Cell::new(Broken::None) };
+}
+
+/// Breaks (or with `Broken::None` restores) the rules on this thread.
+pub fn set(broken: Broken) {
+    BROKEN.with(|b| b.set(broken));
+}
+
+pub(crate) fn get() -> Broken {
+    BROKEN.with(Cell::get)
+}

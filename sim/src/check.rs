@@ -1,0 +1,425 @@
+//! The checkers. They read only the recorded history and the nodes' final
+//! states: convergence (every node holds the same state), counters (each
+//! equals the surviving increments no reset removed), registers (each holds
+//! its highest-stamped surviving write), conflicts (recorded where writes
+//! were concurrent).
+//!
+//! Which writes *survive* needs no guessing: each origin's writes apply in
+//! sequence order everywhere, so after convergence the writes of origin `o`
+//! that exist anywhere are exactly those numbered up to the converged
+//! version vector's entry for `o`. Writes of a node that crashed before
+//! passing them on are gone with it (an in-memory node), and only those.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+
+use chorus_crdt::{KeyState, NodeId, Stamp};
+
+use crate::cluster::{self, Registry};
+use crate::faults::FaultKind;
+
+/// Why a run failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// liveness, divergence, counter, register, conflict or crash.
+    pub kind: &'static str,
+    pub detail: String,
+}
+
+impl Failure {
+    pub fn new(kind: &'static str, detail: impl Into<String>) -> Failure {
+        Failure {
+            kind,
+            detail: detail.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum WriteKind {
+    Set(String),
+    Del,
+    Incr(i64),
+    Flush,
+}
+
+/// One acknowledged write, as the node that took it numbered and stamped it.
+#[derive(Debug, Clone)]
+pub struct Write {
+    pub origin: NodeId,
+    pub seq: u64,
+    pub key: String,
+    pub kind: WriteKind,
+    /// The register write's stamp when it won at its origin (a flush's
+    /// stamp for a flush); `None` when a write stamped further ahead had
+    /// already arrived there.
+    pub stamp: Option<Stamp>,
+    /// For an increment: the segment of its node's tally it went into.
+    pub epoch: Option<Stamp>,
+    /// What its node had applied when it was made (its own writes included).
+    pub observed: BTreeMap<NodeId, u64>,
+}
+
+#[derive(Debug, Default)]
+pub struct History {
+    pub writes: Vec<Write>,
+    pub flushes: usize,
+}
+
+/// One node's state at the end, tombstones left out (their collection is
+/// timed by each node).
+struct View {
+    slot: usize,
+    /// Applied per origin, its own writes included.
+    vv: BTreeMap<NodeId, u64>,
+    keys: Vec<(u32, Vec<u8>, KeyState)>,
+    floors: Vec<Stamp>,
+    conflict_keys: BTreeSet<Vec<u8>>,
+    /// State transfers and relayed writes this node sent.
+    transfers: u64,
+    relayed: u64,
+}
+
+pub struct Snapshot {
+    views: Vec<View>,
+    down: Vec<usize>,
+}
+
+impl Snapshot {
+    pub fn take(reg: &Registry, nodes: usize) -> Snapshot {
+        let mut views = Vec::new();
+        let mut down = Vec::new();
+        for slot in 0..nodes {
+            let Some((shared, node)) = cluster::node(reg, slot) else {
+                down.push(slot);
+                continue;
+            };
+            let repl = shared.repl.as_ref().expect("sim nodes replicate");
+            let mut vv: BTreeMap<NodeId, u64> = repl.applied_vv().into_iter().collect();
+            vv.insert(node, repl.head_seq());
+            vv.retain(|_, s| *s > 0);
+            let (mut keys, floors) = shared.ks.dump();
+            keys.retain(|(_, _, s)| {
+                !s.collectable(Stamp {
+                    time: u64::MAX,
+                    node: NodeId(u64::MAX),
+                })
+            });
+            let conflict_keys = shared
+                .ks
+                .conflicts
+                .snapshot()
+                .into_iter()
+                .map(|c| c.key)
+                .collect();
+            let peers = repl.peers.lock().clone();
+            let count =
+                |f: fn(&chorus::replication::PeerInfo) -> u64| peers.iter().map(|p| f(p)).sum();
+            views.push(View {
+                slot,
+                vv,
+                keys,
+                floors,
+                conflict_keys,
+                transfers: count(|p| p.state_transfers.load(std::sync::atomic::Ordering::Relaxed)),
+                relayed: count(|p| p.relayed.load(std::sync::atomic::Ordering::Relaxed)),
+            });
+        }
+        Snapshot { views, down }
+    }
+
+    /// Whether every node is up and holds the same state, having applied
+    /// the same writes; otherwise what differs first.
+    pub fn converged(&self) -> Result<(), String> {
+        if let Some(slot) = self.down.first() {
+            return Err(format!("n{slot} is not up"));
+        }
+        let Some(first) = self.views.first() else {
+            return Err("no node is up".into());
+        };
+        for v in &self.views[1..] {
+            if v.vv != first.vv {
+                return Err(format!(
+                    "applied writes differ: n{} {:?} vs n{} {:?}",
+                    first.slot, first.vv, v.slot, v.vv
+                ));
+            }
+            if v.floors != first.floors {
+                return Err(format!(
+                    "flush floors differ: n{} {:?} vs n{} {:?}",
+                    first.slot, first.floors, v.slot, v.floors
+                ));
+            }
+        }
+        if let Some(key) = self.first_divergent_key() {
+            let mut detail = format!("first divergent key {:?}:", String::from_utf8_lossy(&key.1));
+            for v in &self.views {
+                let state = v.keys.iter().find(|(db, k, _)| (*db, k) == (key.0, &key.1));
+                let _ = write!(detail, "\n    n{}: {:?}", v.slot, state.map(|s| &s.2));
+            }
+            return Err(detail);
+        }
+        Ok(())
+    }
+
+    fn first_divergent_key(&self) -> Option<(u32, Vec<u8>)> {
+        let mut all: BTreeSet<(u32, Vec<u8>)> = BTreeSet::new();
+        for v in &self.views {
+            all.extend(v.keys.iter().map(|(db, k, _)| (*db, k.clone())));
+        }
+        all.into_iter().find(|(db, key)| {
+            let states: Vec<Option<&KeyState>> = self
+                .views
+                .iter()
+                .map(|v| {
+                    v.keys
+                        .iter()
+                        .find(|(d, k, _)| d == db && k == key)
+                        .map(|s| &s.2)
+                })
+                .collect();
+            states.windows(2).any(|w| w[0] != w[1])
+        })
+    }
+
+    /// One line per node: a digest of its whole state.
+    pub fn digests(&self) -> Vec<String> {
+        self.views
+            .iter()
+            .map(|v| {
+                let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+                for (db, key, state) in &v.keys {
+                    let bytes = chorus_crdt::encode(&(db, key, state)).unwrap_or_default();
+                    for b in bytes {
+                        h = (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+                    }
+                }
+                format!(
+                    "digest n{} {h:016x} keys={} transfers={} relayed={} conflicts={:?}",
+                    v.slot,
+                    v.keys.len(),
+                    v.transfers,
+                    v.relayed,
+                    v.conflict_keys
+                        .iter()
+                        .map(|k| String::from_utf8_lossy(k).into_owned())
+                        .collect::<Vec<_>>()
+                )
+            })
+            .collect()
+    }
+}
+
+/// The value GET returns on `slot`: `None` for nil.
+fn get(reg: &Registry, slot: usize, key: &str) -> Result<Option<String>, Failure> {
+    let reply = cluster::command(reg, slot, &[b"GET", key.as_bytes()])
+        .ok_or_else(|| Failure::new("liveness", format!("n{slot} went down while checking")))?;
+    let text = String::from_utf8_lossy(&reply).into_owned();
+    if text.starts_with("$-1") {
+        return Ok(None);
+    }
+    match text.split("\r\n").nth(1) {
+        Some(v) if text.starts_with('$') => Ok(Some(v.to_string())),
+        _ => Err(Failure::new(
+            "register",
+            format!("GET {key} on n{slot} replied {text:?}"),
+        )),
+    }
+}
+
+/// Counters, registers and conflicts against the history. Conflict records
+/// missing where writes were concurrent are reported as warnings (see
+/// docs/simulation.md: known cases remain where the checker's notion of
+/// concurrency and the merge's differ).
+pub fn invariants(
+    reg: &Registry,
+    snap: &Snapshot,
+    history: &History,
+    chosen: &[FaultKind],
+    warnings: &mut Vec<String>,
+) -> Option<Failure> {
+    check_all(reg, snap, history, chosen, warnings).err()
+}
+
+fn check_all(
+    reg: &Registry,
+    snap: &Snapshot,
+    history: &History,
+    chosen: &[FaultKind],
+    warnings: &mut Vec<String>,
+) -> Result<(), Failure> {
+    let vv = &snap.views[0].vv;
+    let survives = |w: &&Write| w.seq <= vv.get(&w.origin).copied().unwrap_or(0);
+    let surviving: Vec<&Write> = history.writes.iter().filter(survives).collect();
+    let flush_floor = surviving
+        .iter()
+        .filter(|w| matches!(w.kind, WriteKind::Flush))
+        .filter_map(|w| w.stamp)
+        .max();
+    let slots: Vec<usize> = snap.views.iter().map(|v| v.slot).collect();
+    let pasts = causal_pasts(&history.writes);
+
+    // Counters: per origin, the increments of its tally's last segment, unless
+    // a flush removed that segment (see docs/crdt-semantics.md).
+    let mut by_key: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
+    for w in &surviving {
+        by_key.entry(w.key.as_str()).or_default().push(w);
+    }
+    for (key, writes) in by_key.iter().filter(|(k, _)| k.starts_with('c')) {
+        let mut per_origin: BTreeMap<NodeId, Vec<&Write>> = BTreeMap::new();
+        for w in writes {
+            per_origin.entry(w.origin).or_default().push(w);
+        }
+        let mut expected: i64 = 0;
+        for incs in per_origin.values() {
+            let Some(last) = incs.iter().max_by_key(|w| w.seq) else {
+                continue;
+            };
+            // No tally right after the increment: a flush stamped ahead of
+            // this node's clock (skew beyond the drift limit) pruned it.
+            let Some(epoch) = last.epoch else {
+                continue;
+            };
+            if flush_floor.is_some_and(|f| epoch < f) {
+                continue;
+            }
+            expected += incs
+                .iter()
+                .filter(|w| w.epoch == Some(epoch))
+                .map(|w| match w.kind {
+                    WriteKind::Incr(by) => by,
+                    _ => 0,
+                })
+                .sum::<i64>();
+        }
+        for &slot in &slots {
+            let got = get(reg, slot, key)?;
+            let got_n = got.as_deref().map_or(Ok(0), str::parse::<i64>);
+            if got_n != Ok(expected) {
+                return Err(Failure::new(
+                    "counter",
+                    format!("{key} on n{slot} is {got:?}, expected {expected} (the surviving increments no reset removed)"),
+                ));
+            }
+        }
+    }
+
+    // Registers: the highest-stamped surviving write decides.
+    for (key, writes) in by_key.iter().filter(|(k, _)| k.starts_with('r')) {
+        if writes.iter().any(|w| w.stamp.is_none()) {
+            // A write that lost at once to one stamped ahead: its own stamp
+            // is unknown, so the winner cannot be named for sure.
+            continue;
+        }
+        let Some(winner) = writes.iter().max_by_key(|w| w.stamp) else {
+            continue;
+        };
+        let expected = match &winner.kind {
+            _ if flush_floor.is_some_and(|f| winner.stamp < Some(f)) => None,
+            WriteKind::Set(v) => Some(v.clone()),
+            _ => None,
+        };
+        for &slot in &slots {
+            let got = get(reg, slot, key)?;
+            if got != expected {
+                return Err(Failure::new(
+                    "register",
+                    format!(
+                        "{key} on n{slot} is {got:?}, expected {expected:?} (write {:?} by {} seq {})",
+                        winner.kind, winner.origin, winner.seq
+                    ),
+                ));
+            }
+        }
+        // Concurrent writes (neither saw the other) must leave a conflict
+        // record. A crash can take a node's log with it, so only without.
+        if chosen.contains(&FaultKind::Crash) {
+            continue;
+        }
+        let saw = |a: &Write, b: &Write| {
+            pasts[&(a.origin, a.seq)]
+                .get(&b.origin)
+                .copied()
+                .unwrap_or(0)
+                >= b.seq
+        };
+        // A flush removes older writes without reporting them (it does not
+        // know what it saw): only writes after the last flush can conflict.
+        let live: Vec<&&Write> = writes
+            .iter()
+            .filter(|w| flush_floor.is_none_or(|f| w.stamp > Some(f)))
+            .collect();
+        let concurrent = live.iter().enumerate().find_map(|(i, a)| {
+            live[i + 1..]
+                .iter()
+                .find(|b| {
+                    let both_deletes =
+                        matches!(a.kind, WriteKind::Del) && matches!(b.kind, WriteKind::Del);
+                    let related = a.origin == b.origin || saw(a, b) || saw(b, a);
+                    !both_deletes && !related
+                })
+                .map(|b| (a, b))
+        });
+        let recorded = snap
+            .views
+            .iter()
+            .any(|v| v.conflict_keys.contains(key.as_bytes()));
+        if let (Some((a, b)), false) = (concurrent, recorded) {
+            warnings.push(format!(
+                "{key}: concurrent writes but no node recorded a conflict: {:?} by {} seq {}, {:?} by {} seq {}",
+                a.kind, a.origin, a.seq, b.kind, b.origin, b.seq
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Each write's causal past as a version vector: what its node had applied,
+/// and transitively what those writes had seen (a write can arrive after one
+/// that was made on top of it: per origin delivery is ordered, across
+/// origins it is not).
+fn causal_pasts(writes: &[Write]) -> BTreeMap<(NodeId, u64), BTreeMap<NodeId, u64>> {
+    let mut by_origin: BTreeMap<NodeId, Vec<&Write>> = BTreeMap::new();
+    for w in writes {
+        by_origin.entry(w.origin).or_default().push(w);
+    }
+    for list in by_origin.values_mut() {
+        list.sort_by_key(|w| w.seq);
+    }
+    let mut pasts: BTreeMap<(NodeId, u64), BTreeMap<NodeId, u64>> = BTreeMap::new();
+    // Until nothing grows: every round folds in the pasts of the latest
+    // recorded write each past covers per origin.
+    for w in writes {
+        pasts.insert((w.origin, w.seq), w.observed.clone());
+    }
+    loop {
+        let mut grew = false;
+        for w in writes {
+            let past = pasts[&(w.origin, w.seq)].clone();
+            let mut merged = past.clone();
+            for (origin, &upto) in &past {
+                let Some(list) = by_origin.get(origin) else {
+                    continue;
+                };
+                let idx = list.partition_point(|x| x.seq <= upto);
+                if idx == 0 || (*origin == w.origin && list[idx - 1].seq >= w.seq) {
+                    continue;
+                }
+                let latest = list[idx - 1];
+                for (o, s) in &pasts[&(latest.origin, latest.seq)] {
+                    let e = merged.entry(*o).or_default();
+                    if *s > *e {
+                        *e = *s;
+                    }
+                }
+            }
+            if merged != past {
+                grew = true;
+                pasts.insert((w.origin, w.seq), merged);
+            }
+        }
+        if !grew {
+            return pasts;
+        }
+    }
+}

@@ -1,0 +1,505 @@
+//! One seeded run: build the cluster, drive the workload while faults come
+//! and go, heal everything, wait for convergence, check the invariants.
+//!
+//! Everything random derives from the seed (topology of faults, workload,
+//! turmoil's network, node ids, hashers, QUIC's RNG), so a seed replays.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use chorus_crdt::NodeId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::check::{self, History, Write, WriteKind};
+use crate::clock;
+use crate::cluster::{self, Registry};
+use crate::faults::FaultKind;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub seed: u64,
+    pub nodes: usize,
+    pub ops: usize,
+    /// The fault classes a seed may draw from (each seed picks a subset).
+    pub faults: Vec<FaultKind>,
+}
+
+/// What a run found.
+#[derive(Debug)]
+pub struct Outcome {
+    pub seed: u64,
+    pub ops: usize,
+    /// Faults injected, by class.
+    pub injected: Vec<FaultKind>,
+    pub sim_ms: u64,
+    pub real_ms: u64,
+    pub failure: Option<check::Failure>,
+    /// Findings that do not fail the seed (missing conflict records).
+    pub warnings: Vec<String>,
+    /// Every command with its reply, every fault, the final digests: two runs
+    /// of one seed give the same trace.
+    pub trace: Vec<String>,
+}
+
+/// How long healing may take before the run counts as a liveness failure.
+const LIVENESS_LIMIT: Duration = Duration::from_secs(120);
+const TICK: Duration = Duration::from_millis(1);
+
+struct Run<'a> {
+    sim: turmoil::Sim<'a>,
+    reg: Registry,
+    rng: StdRng,
+    nodes: usize,
+    trace: Vec<String>,
+    history: History,
+    warnings: Vec<String>,
+}
+
+/// A fault in effect, and how to lift it.
+#[derive(Debug, Clone)]
+enum Active {
+    Cut(Vec<(usize, usize)>),
+    OneWay(usize, usize),
+    Down(usize),
+}
+
+pub fn run(opts: &Options) -> Outcome {
+    let started = Instant::now();
+    clock::reset();
+    let mut rng = StdRng::seed_from_u64(opts.seed);
+    // Swarm testing: each seed draws its own mix of the allowed faults.
+    let mut chosen: Vec<FaultKind> = opts
+        .faults
+        .iter()
+        .copied()
+        .filter(|_| rng.random_bool(0.6))
+        .collect();
+    if chosen.is_empty() && !opts.faults.is_empty() {
+        chosen.push(opts.faults[rng.random_range(0..opts.faults.len())]);
+    }
+    let nodes = opts.nodes.clamp(2, clock::MAX_NODES);
+    chosen.retain(|k| nodes >= 3 || *k != FaultKind::Partial);
+
+    let mut builder = turmoil::Builder::new();
+    builder
+        .simulation_duration(Duration::from_secs(3_600))
+        // A fixed start: turmoil's default is the real time of day.
+        .epoch(std::time::UNIX_EPOCH + Duration::from_secs(1_750_000_000))
+        .tick_duration(TICK)
+        .udp_capacity(1 << 16)
+        .rng_seed(rng.random())
+        .min_message_latency(Duration::from_micros(200))
+        .max_message_latency(Duration::from_millis(5));
+    if chosen.contains(&FaultKind::Delay) {
+        builder.max_message_latency(Duration::from_millis(rng.random_range(50..250)));
+    }
+    if chosen.contains(&FaultKind::Loss) {
+        builder
+            .fail_rate(rng.random_range(0.01..0.05))
+            .repair_rate(0.5);
+    }
+    let sim = builder.build();
+    let reg = cluster::registry(nodes);
+    let mut run = Run {
+        sim,
+        reg,
+        rng,
+        nodes,
+        trace: Vec::new(),
+        history: History::default(),
+        warnings: Vec::new(),
+    };
+    if chosen.contains(&FaultKind::Skew) {
+        for slot in 0..nodes {
+            let skew = run.rng.random_range(-4_000i64..=4_000);
+            clock::set_skew_ms(slot, skew);
+            run.note(format!("fault skew n{slot} {skew}ms"));
+        }
+    }
+    let late = chosen.contains(&FaultKind::Join).then(|| nodes - 1);
+    let ops_span = Duration::from_millis(opts.ops as u64 * 15);
+    for slot in 0..nodes {
+        let peers = (0..nodes)
+            .filter(|p| *p != slot)
+            .map(cluster::host_name)
+            .collect();
+        let delay = if late == Some(slot) {
+            ops_span / 2
+        } else {
+            Duration::ZERO
+        };
+        cluster::add_node(&mut run.sim, &run.reg, opts.seed, slot, peers, delay);
+    }
+    if let Some(slot) = late {
+        run.note(format!(
+            "fault join n{slot} after {}ms",
+            (ops_span / 2).as_millis()
+        ));
+    }
+
+    let failure = run
+        .drive(opts, &chosen)
+        .err()
+        .or_else(|| run.heal_and_check(&chosen));
+    let sim_ms = run.sim.elapsed().as_millis() as u64;
+    Outcome {
+        seed: opts.seed,
+        ops: opts.ops,
+        injected: chosen,
+        sim_ms,
+        real_ms: started.elapsed().as_millis() as u64,
+        failure,
+        warnings: run.warnings,
+        trace: run.trace,
+    }
+}
+
+impl Run<'_> {
+    fn note(&mut self, line: String) {
+        let t = self.sim.elapsed().as_millis();
+        self.trace.push(format!("{t:>7} {line}"));
+    }
+
+    fn step(&mut self, ticks: u32) -> Result<(), check::Failure> {
+        for _ in 0..ticks {
+            self.sim.step().map_err(|e| {
+                check::Failure::new("crash", format!("a node's software failed: {e}"))
+            })?;
+            clock::set_now(self.sim.since_epoch());
+        }
+        Ok(())
+    }
+
+    fn up(&self) -> Vec<usize> {
+        (0..self.nodes)
+            .filter(|s| cluster::is_up(&self.reg, *s))
+            .collect()
+    }
+
+    /// The safety phase: the workload with faults coming and going.
+    fn drive(&mut self, opts: &Options, chosen: &[FaultKind]) -> Result<(), check::Failure> {
+        // Let the mesh form before the first fault.
+        self.step(1_000)?;
+        let mut schedule: BTreeMap<usize, Vec<FaultKind>> = BTreeMap::new();
+        for kind in chosen {
+            if matches!(
+                kind,
+                FaultKind::Partition
+                    | FaultKind::Partial
+                    | FaultKind::Asymmetric
+                    | FaultKind::Crash
+            ) {
+                for _ in 0..self.rng.random_range(1..=2) {
+                    let at = self.rng.random_range(0..opts.ops.max(1));
+                    schedule.entry(at).or_default().push(*kind);
+                }
+            }
+        }
+        let mut lift_at: BTreeMap<usize, Vec<Active>> = BTreeMap::new();
+        for op in 0..opts.ops {
+            for active in lift_at.remove(&op).unwrap_or_default() {
+                self.lift(active);
+            }
+            for kind in schedule.remove(&op).unwrap_or_default() {
+                if let Some(active) = self.inject(kind) {
+                    let lasts = self.rng.random_range(20..=150);
+                    lift_at.entry(op + lasts).or_default().push(active);
+                }
+            }
+            self.one_op(op)?;
+            let pause = self.rng.random_range(0..=30);
+            self.step(pause)?;
+        }
+        for active in lift_at.into_values().flatten() {
+            self.lift(active);
+        }
+        Ok(())
+    }
+
+    fn name(slot: usize) -> String {
+        cluster::host_name(slot)
+    }
+
+    fn inject(&mut self, kind: FaultKind) -> Option<Active> {
+        let n = self.nodes;
+        let active = match kind {
+            FaultKind::Partition => {
+                let mut side: Vec<bool> = (0..n).map(|_| self.rng.random_bool(0.5)).collect();
+                if side.iter().all(|s| *s) || side.iter().all(|s| !*s) {
+                    side[0] = !side[0];
+                }
+                let pairs: Vec<(usize, usize)> = (0..n)
+                    .flat_map(|a| (0..n).map(move |b| (a, b)))
+                    .filter(|&(a, b)| a < b && side[a] != side[b])
+                    .collect();
+                for &(a, b) in &pairs {
+                    self.sim.partition(Self::name(a), Self::name(b));
+                }
+                Active::Cut(pairs)
+            }
+            FaultKind::Partial => {
+                let a = self.rng.random_range(0..n);
+                let b = (a + self.rng.random_range(1..n)) % n;
+                self.sim.partition(Self::name(a), Self::name(b));
+                Active::Cut(vec![(a, b)])
+            }
+            FaultKind::Asymmetric => {
+                let a = self.rng.random_range(0..n);
+                let b = (a + self.rng.random_range(1..n)) % n;
+                self.sim.partition_oneway(Self::name(a), Self::name(b));
+                Active::OneWay(a, b)
+            }
+            FaultKind::Crash => {
+                let up = self.up();
+                if up.len() < 2 {
+                    return None;
+                }
+                let victim = up[self.rng.random_range(0..up.len())];
+                self.sim.crash(Self::name(victim));
+                cluster::crashed(&self.reg, victim);
+                Active::Down(victim)
+            }
+            FaultKind::Loss | FaultKind::Delay | FaultKind::Skew | FaultKind::Join => return None,
+        };
+        self.note(format!("fault {kind} {active:?}"));
+        Some(active)
+    }
+
+    fn lift(&mut self, active: Active) {
+        self.note(format!("heal {active:?}"));
+        match active {
+            Active::Cut(pairs) => {
+                for (a, b) in pairs {
+                    self.sim.repair(Self::name(a), Self::name(b));
+                }
+            }
+            Active::OneWay(a, b) => self.sim.repair_oneway(Self::name(a), Self::name(b)),
+            Active::Down(slot) => self.sim.bounce(Self::name(slot)),
+        }
+    }
+
+    /// One random command on a random node that is up, recorded.
+    fn one_op(&mut self, op: usize) -> Result<(), check::Failure> {
+        let up = self.up();
+        if up.is_empty() {
+            return Ok(());
+        }
+        let slot = up[self.rng.random_range(0..up.len())];
+        let roll = self.rng.random_range(0..1000);
+        let value = format!("v{op}");
+        let (args, kinds): (Vec<String>, Vec<(String, WriteKind)>) = match roll {
+            // Counters: only increments, and the rare FLUSHALL below.
+            0..300 => {
+                let key = format!("c{}", self.rng.random_range(0..4));
+                let by = self.rng.random_range(-5i64..=10);
+                (
+                    vec!["INCRBY".into(), key.clone(), by.to_string()],
+                    vec![(key, WriteKind::Incr(by))],
+                )
+            }
+            // Registers: SET, DEL, MSET, GET.
+            300..500 => {
+                let key = format!("r{}", self.rng.random_range(0..8));
+                (
+                    vec!["SET".into(), key.clone(), value.clone()],
+                    vec![(key, WriteKind::Set(value.clone()))],
+                )
+            }
+            500..560 => {
+                let key = format!("r{}", self.rng.random_range(0..8));
+                (vec!["DEL".into(), key.clone()], vec![(key, WriteKind::Del)])
+            }
+            560..600 => {
+                let a = self.rng.random_range(0..8);
+                let b = (a + self.rng.random_range(1..8)) % 8;
+                let (ka, kb) = (format!("r{a}"), format!("r{b}"));
+                let vb = format!("{value}b");
+                (
+                    vec![
+                        "MSET".into(),
+                        ka.clone(),
+                        value.clone(),
+                        kb.clone(),
+                        vb.clone(),
+                    ],
+                    vec![
+                        (ka, WriteKind::Set(value.clone())),
+                        (kb, WriteKind::Set(vb)),
+                    ],
+                )
+            }
+            600..650 => {
+                let key = format!("r{}", self.rng.random_range(0..8));
+                (vec!["GET".into(), key], Vec::new())
+            }
+            // Volatile keys: expiry in all its forms; checked for convergence.
+            650..995 => {
+                let key = format!("x{}", self.rng.random_range(0..4));
+                let args = match self.rng.random_range(0..6) {
+                    0 => vec![
+                        "SET".into(),
+                        key.clone(),
+                        value.clone(),
+                        "PX".into(),
+                        self.rng.random_range(50..3_000).to_string(),
+                    ],
+                    1 => vec![
+                        "PEXPIRE".into(),
+                        key.clone(),
+                        self.rng.random_range(50..3_000).to_string(),
+                    ],
+                    2 => vec!["INCRBY".into(), key.clone(), "3".into()],
+                    3 => vec!["DEL".into(), key.clone()],
+                    4 => vec!["PERSIST".into(), key.clone()],
+                    _ => vec!["GET".into(), key.clone()],
+                };
+                (args, Vec::new())
+            }
+            _ => {
+                if self.history.flushes >= 2 {
+                    return Ok(());
+                }
+                self.history.flushes += 1;
+                (
+                    vec!["FLUSHALL".into()],
+                    vec![(String::new(), WriteKind::Flush)],
+                )
+            }
+        };
+        self.record(slot, &args, kinds)
+    }
+
+    fn record(
+        &mut self,
+        slot: usize,
+        args: &[String],
+        kinds: Vec<(String, WriteKind)>,
+    ) -> Result<(), check::Failure> {
+        let Some((shared, node)) = cluster::node(&self.reg, slot) else {
+            return Ok(());
+        };
+        let repl = shared.repl.clone().expect("sim nodes replicate");
+        let before = repl.head_seq();
+        let mut observed: BTreeMap<NodeId, u64> = repl.applied_vv().into_iter().collect();
+        observed.insert(node, before);
+        let argv: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
+        let Some(reply) = cluster::command(&self.reg, slot, &argv) else {
+            return Ok(());
+        };
+        let after = repl.head_seq();
+        let line = format!(
+            "n{slot} {} -> {}",
+            args.join(" "),
+            String::from_utf8_lossy(&reply)
+                .trim_end()
+                .replace("\r\n", " ")
+        );
+        self.note(line);
+        if reply.starts_with(b"-") && !kinds.is_empty() {
+            return Err(check::Failure::new(
+                "crash",
+                format!(
+                    "n{slot} refused {}: {}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&reply)
+                ),
+            ));
+        }
+        // The op's own deltas are the last ones it published, in key order
+        // (one before each may be the delete of an expired key).
+        let published = after - before;
+        let keyed = kinds.len() as u64;
+        if published < keyed {
+            // Nothing written (DEL of a missing key): nothing to remember.
+            return Ok(());
+        }
+        for (i, (key, kind)) in kinds.into_iter().enumerate() {
+            let seq = after - keyed + 1 + i as u64;
+            let state = (!key.is_empty())
+                .then(|| shared.ks.state_of(0, key.as_bytes()))
+                .flatten();
+            let (stamp, epoch) = match (&kind, &state) {
+                (WriteKind::Flush, _) => (Some(shared.ks.dump().1[0]), None),
+                (WriteKind::Incr(_), Some(s)) => (
+                    None,
+                    s.extras
+                        .as_ref()
+                        .and_then(|x| x.counts.get(&node))
+                        .map(|t| t.epoch),
+                ),
+                // The write's own stamp, if it won here (a peer's write
+                // stamped ahead beyond the drift limit can beat it at once).
+                (_, Some(s)) if s.reg.stamp.node == node => (Some(s.reg.stamp), None),
+                _ => (None, None),
+            };
+            self.history.writes.push(Write {
+                origin: node,
+                seq,
+                key,
+                kind,
+                stamp,
+                epoch,
+                observed: observed.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The liveness phase: lift every fault, restart every node, and require
+    /// identical state within a bounded simulated time; then the checks.
+    fn heal_and_check(&mut self, chosen: &[FaultKind]) -> Option<check::Failure> {
+        for a in 0..self.nodes {
+            for b in 0..self.nodes {
+                if a != b {
+                    self.sim.repair(Self::name(a), Self::name(b));
+                }
+            }
+        }
+        if chosen.contains(&FaultKind::Loss) {
+            self.sim.set_fail_rate(0.0);
+            for a in 0..self.nodes {
+                for b in 0..self.nodes {
+                    if a != b {
+                        self.sim.repair(Self::name(a), Self::name(b));
+                    }
+                }
+            }
+        }
+        self.note("heal all".into());
+        let deadline = self.sim.elapsed() + LIVENESS_LIMIT;
+        let mut last: Option<String>;
+        loop {
+            if let Err(f) = self.step(100) {
+                return Some(f);
+            }
+            let snapshot = check::Snapshot::take(&self.reg, self.nodes);
+            match snapshot.converged() {
+                Ok(()) => {
+                    for line in snapshot.digests() {
+                        self.note(line);
+                    }
+                    return check::invariants(
+                        &self.reg,
+                        &snapshot,
+                        &self.history,
+                        chosen,
+                        &mut self.warnings,
+                    );
+                }
+                Err(why) => last = Some(why),
+            }
+            if self.sim.elapsed() > deadline {
+                return Some(check::Failure::new(
+                    "liveness",
+                    format!(
+                        "no convergence {}s after healing: {}",
+                        LIVENESS_LIMIT.as_secs(),
+                        last.unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+    }
+}
