@@ -337,7 +337,12 @@ impl Run<'_> {
             // Volatile keys: expiry in all its forms; checked for convergence.
             650..995 => {
                 let key = format!("x{}", self.rng.random_range(0..4));
-                let args = match self.rng.random_range(0..6) {
+                let args = match self.rng.random_range(0..7) {
+                    6 => vec![
+                        "EXPIRE".into(),
+                        key.clone(),
+                        self.rng.random_range(1..3).to_string(),
+                    ],
                     0 => vec![
                         "SET".into(),
                         key.clone(),
