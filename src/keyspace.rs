@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chorus_crdt::{Clock, Conflict, KeyState, NodeId, Stamp};
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
@@ -40,6 +40,9 @@ pub trait DeltaSink: Send + Sync {
 /// fixed by a seed in the simulation (so a seed replays byte for byte).
 pub type KeyHasher = foldhash::fast::SeedableRandomState;
 
+/// (database, key, encoded state or `None` when gone), as a cut stores it.
+pub type StoredKey = (u32, Vec<u8>, Option<Vec<u8>>);
+
 /// (database, key, state) as [`Keyspace::dump`] lists them.
 pub type DumpedKey = (u32, Vec<u8>, KeyState);
 
@@ -53,6 +56,8 @@ pub struct Db {
     pub expiring: BTreeSet<(u64, Key)>,
     /// The latest FLUSHDB/FLUSHALL stamp applied to this database.
     pub floor: Stamp,
+    /// Keys changed since the last cut, when the node has a store.
+    pub dirty: Option<HashSet<Key, KeyHasher>>,
 }
 
 fn is_live(state: &KeyState) -> bool {
@@ -78,7 +83,13 @@ impl Db {
             live,
             expiring,
             floor,
+            dirty,
         } = self;
+        if let Some(dirty) = dirty {
+            if !dirty.contains(key) {
+                dirty.insert(Key::new(key));
+            }
+        }
         let state = map.entry_ref(key).or_default();
         let (was_live, old_at) = (is_live(state), state.expire_at_ms());
         let result = f(state);
@@ -122,6 +133,9 @@ impl Db {
     pub fn flush(&mut self, stamp: Stamp) {
         self.floor = self.floor.max(stamp);
         let floor = self.floor;
+        if let Some(dirty) = &mut self.dirty {
+            dirty.extend(self.map.keys().cloned());
+        }
         self.map.retain(|_, s| {
             s.prune(floor);
             !s.is_empty()
@@ -324,6 +338,18 @@ pub struct Locked<'a> {
     guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 2]>,
 }
 
+/// Why a cut could not be taken: each is a bug in the caller, or a state
+/// the codec cannot encode.
+#[derive(Debug, thiserror::Error)]
+pub enum CutError {
+    #[error("a cut needs every shard locked")]
+    NotAllLocked,
+    #[error("the keyspace does not track changed keys (no store)")]
+    NotTracking,
+    #[error("cannot encode the state of key {0:?}: {1}")]
+    Encode(String, chorus_crdt::codec::EncodeError),
+}
+
 /// A command touched a key whose shard it had not locked: a bug in a command
 /// table entry, reported to the client rather than taking the node down.
 #[derive(Debug, thiserror::Error)]
@@ -406,6 +432,87 @@ impl Keyspace {
 
     pub fn databases(&self) -> usize {
         self.databases
+    }
+
+    /// Keeps track of the keys every change touches, for [`Keyspace::take_cut`].
+    pub fn track_dirty(&mut self) {
+        for shard in self.shards.iter_mut() {
+            for db in shard.get_mut().dbs.iter_mut() {
+                db.dirty = Some(HashSet::with_hasher(*db.map.hasher()));
+            }
+        }
+    }
+
+    /// Keys changed since the last cut, all shards: (db, key, encoded state
+    /// or `None` when gone), and each database's flush floor. Takes them:
+    /// the next cut starts afresh. The caller holds every shard, so the
+    /// cut is consistent.
+    pub fn take_cut(
+        &self,
+        locked: &mut Locked<'_>,
+    ) -> Result<(Vec<StoredKey>, Vec<Stamp>), CutError> {
+        if !locked.holds_all() {
+            return Err(CutError::NotAllLocked);
+        }
+        let mut keys = Vec::new();
+        let mut floors = vec![Stamp::ZERO; self.databases];
+        for shard in locked.shards() {
+            for (i, db) in shard.dbs.iter_mut().enumerate() {
+                floors[i] = floors[i].max(db.floor);
+                let Some(dirty) = db.dirty.as_mut() else {
+                    return Err(CutError::NotTracking);
+                };
+                for key in dirty.drain() {
+                    let state = match db.map.get(&key[..]) {
+                        Some(state) => Some(chorus_crdt::encode(state).map_err(|e| {
+                            CutError::Encode(String::from_utf8_lossy(&key).into_owned(), e)
+                        })?),
+                        None => None,
+                    };
+                    keys.push((i as u32, key.to_vec(), state));
+                }
+            }
+        }
+        Ok((keys, floors))
+    }
+
+    /// Marks keys dirty again (a cut that could not be stored).
+    pub fn mark_dirty(&self, keys: &[StoredKey]) {
+        for (db, key, _) in keys {
+            let mut shard = self.shards[self.shard_of(key)].lock();
+            if let Some(dirty) = shard
+                .dbs
+                .get_mut(*db as usize)
+                .and_then(|d| d.dirty.as_mut())
+            {
+                dirty.insert(Key::new(key));
+            }
+        }
+    }
+
+    /// Merges a stored state into the keyspace (a node starting from its
+    /// store): floors first, then every key. Nothing loaded counts as dirty.
+    pub fn restore(&self, keys: Vec<(u32, Vec<u8>, KeyState)>, floors: &[Stamp]) {
+        let acked = self.gc_acked();
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for (db, floor) in shard.dbs.iter_mut().zip(floors) {
+                db.flush(*floor);
+            }
+        }
+        for (db, key, state) in keys {
+            let mut shard = self.shards[self.shard_of(&key)].lock();
+            if let Some(d) = shard.dbs.get_mut(db as usize) {
+                d.change(&key, acked, |s| s.merge_owned(state));
+            }
+        }
+        for shard in self.shards.iter() {
+            for db in shard.lock().dbs.iter_mut() {
+                if let Some(dirty) = &mut db.dirty {
+                    dirty.clear();
+                }
+            }
+        }
     }
 
     pub fn node(&self) -> NodeId {

@@ -8,9 +8,11 @@ pub mod glob;
 pub mod info;
 pub mod key;
 pub mod keyspace;
+pub mod persist;
 pub mod replication;
 pub mod resp;
 pub mod server;
+pub mod store;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -65,11 +67,14 @@ pub struct NodeEnv {
     /// Fixed hashers from this seed, so that a simulated run replays byte for
     /// byte; `None`: random per process.
     pub hash_seed: Option<u64>,
+    /// Where the node's state survives a crash: loaded at start, then cut
+    /// into by [`persist::run`]. `None`: in memory only.
+    pub store: Option<Arc<dyn store::Store>>,
 }
 
 /// Builds the node's shared state from its config. A replicating node's
 /// keyspace publishes every write to the replicator.
-pub fn build(config: Config) -> Arc<server::Shared> {
+pub fn build(config: Config) -> anyhow::Result<Arc<server::Shared>> {
     if let Some(skew) = std::env::var("CHORUS_CLOCK_SKEW_MS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -87,12 +92,14 @@ pub fn build(config: Config) -> Arc<server::Shared> {
             physical: node_clock,
             wall_ms: wall_clock_ms,
             hash_seed: None,
+            store: None,
         },
     )
 }
 
-/// [`build`] with the identity and clocks given (the simulation's).
-pub fn build_node(config: Config, env: NodeEnv) -> Arc<server::Shared> {
+/// [`build`] with the identity, clocks and store given (the simulation's).
+/// Fails only when the store cannot be read.
+pub fn build_node(config: Config, env: NodeEnv) -> anyhow::Result<Arc<server::Shared>> {
     let node = env.node;
     let max_drift = Duration::from_millis(config.max_clock_drift_ms);
     let clock = Clock::new(node, env.physical, max_drift);
@@ -116,5 +123,17 @@ pub fn build_node(config: Config, env: NodeEnv) -> Arc<server::Shared> {
         ks.set_sink(repl.clone());
         repl
     });
-    server::Shared::new(config, ks, repl)
+    let Some(store) = env.store else {
+        return Ok(server::Shared::new(config, ks, repl, None));
+    };
+    ks.track_dirty();
+    if let Some(repl) = &repl {
+        repl.persisting();
+    }
+    let loaded = store
+        .load()
+        .map_err(|e| anyhow::anyhow!("loading the stored state: {e:#}"))?;
+    let shared = server::Shared::new(config, ks, repl, Some(persist::Persistence::new(store)));
+    persist::restore(&shared, loaded);
+    Ok(shared)
 }

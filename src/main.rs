@@ -119,7 +119,7 @@ fn server(args: &[String]) -> anyhow::Result<()> {
         config.port
     );
     let runtime = build_runtime(&config)?;
-    let shared = chorus::build(config);
+    let shared = chorus::build(config)?;
     info!("node id {}", shared.ks.node());
     runtime.block_on(async {
         let serving = tokio::spawn(chorus::server::serve(shared.clone()));

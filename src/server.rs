@@ -150,6 +150,8 @@ pub struct Shared {
     pub run_id: String,
     pub listening: Mutex<Vec<SocketAddr>>,
     pub repl: Option<Arc<crate::replication::Replicator>>,
+    /// The node's store, when it has one.
+    pub persistence: Option<crate::persist::Persistence>,
 }
 
 impl Shared {
@@ -157,6 +159,7 @@ impl Shared {
         config: Config,
         ks: Keyspace,
         repl: Option<Arc<crate::replication::Replicator>>,
+        persistence: Option<crate::persist::Persistence>,
     ) -> Arc<Shared> {
         let tunables = Tunables {
             requirepass: RwLock::new(config.requirepass.clone()),
@@ -183,6 +186,7 @@ impl Shared {
             run_id,
             listening: Mutex::new(Vec::new()),
             repl,
+            persistence,
         })
     }
 
@@ -214,6 +218,12 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         start_replication(&shared, repl.clone())?;
     }
     tokio::spawn(active_expiry(shared.clone()));
+    if shared.persistence.is_some() {
+        tokio::spawn(crate::persist::run(
+            shared.clone(),
+            crate::persist::CUT_EVERY,
+        ));
+    }
     let mut stop = shared.shutdown.subscribe();
     let _ = stop.wait_for(|s| *s).await;
     Ok(())

@@ -13,8 +13,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use uhlc::{HLCBuilder, HLC, ID, NTP64};
 
-/// A node's identity in the mesh: a random nonzero u64 chosen at the node's
-/// first start and kept with its data. `0` is reserved for [`Stamp::ZERO`].
+/// A node's identity in the mesh: a random nonzero u64 chosen at every
+/// start (a node restarted from its store keeps its earlier lives' ids with
+/// the data, but never writes under them again). `0` is reserved for
+/// [`Stamp::ZERO`].
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, Default)]
 pub struct NodeId(pub u64);
 

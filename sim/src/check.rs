@@ -8,7 +8,8 @@
 //! sequence order everywhere, so after convergence the writes of origin `o`
 //! that exist anywhere are exactly those numbered up to the converged
 //! version vector's entry for `o`. Writes of a node that crashed before
-//! passing them on are gone with it (an in-memory node), and only those.
+//! passing them on or storing them are gone with it, and only those; what
+//! its store held must survive (the durability check).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -21,7 +22,7 @@ use crate::faults::FaultKind;
 /// Why a run failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failure {
-    /// liveness, divergence, counter, register, conflict or crash.
+    /// liveness, divergence, counter, register, conflict, durability or crash.
     pub kind: &'static str,
     pub detail: String,
 }
@@ -249,6 +250,22 @@ fn check_all(
     warnings: &mut Vec<String>,
 ) -> Result<(), Failure> {
     let vv = &snap.views[0].vv;
+    // What a crashed node's store held must not be lost with it.
+    for slot in reg.borrow().iter() {
+        for &(life, kept) in &slot.crashed {
+            let have = vv.get(&life).copied().unwrap_or(0);
+            if have < kept {
+                return Err(Failure::new(
+                    "durability",
+                    format!(
+                        "{} (life {life:?}) crashed with its writes up to #{kept} stored; \
+                         the cluster kept them only up to #{have}",
+                        slot.name
+                    ),
+                ));
+            }
+        }
+    }
     let survives = |w: &&Write| w.seq <= vv.get(&w.origin).copied().unwrap_or(0);
     let surviving: Vec<&Write> = history.writes.iter().filter(survives).collect();
     let flush_floor = surviving

@@ -2,13 +2,14 @@
 //! node code (keyspace, replication, QUIC transport) over simulated UDP.
 //! Commands run through the server's real dispatcher, in process.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 
 use chorus::resp::Reply;
 use chorus::server::{dispatch, Client, Shared};
+use chorus::store::MemStore;
 use chorus::{Config, NodeEnv};
 use chorus_crdt::NodeId;
 use chorus_transport::{Transport, TransportConfig};
@@ -21,9 +22,15 @@ pub const REPL_PORT: u16 = 16379;
 const SECRET: &[u8] = b"sim-secret";
 
 /// One node slot: a host that may crash and restart (each start is a new
-/// incarnation with a new node id, as an in-memory node).
+/// incarnation with a new node id). A slot with a store restarts from what
+/// its last cut kept; one without restarts empty, as an in-memory node.
 pub struct Slot {
     pub name: String,
+    /// The slot's disk: it outlives every incarnation.
+    pub store: Option<Arc<MemStore>>,
+    /// Every crashed incarnation and how many of its own writes its store
+    /// held when it crashed: those must survive.
+    pub crashed: Vec<(NodeId, u64)>,
     /// Starts so far (the current incarnation is `starts - 1`).
     pub starts: u32,
     pub node: Option<NodeId>,
@@ -35,11 +42,28 @@ pub struct Slot {
 
 pub type Registry = Rc<RefCell<Vec<Slot>>>;
 
-pub fn registry(nodes: usize) -> Registry {
+/// Which slots of a run keep a store: drawn from the seed (without
+/// touching the workload's random stream), about half of them.
+pub fn stores_for(seed: u64, nodes: usize) -> Vec<bool> {
+    (0..nodes)
+        .map(|i| {
+            let mixed = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                ^ (i as u64 + 1).wrapping_mul(0xd1b5_4a32_d192_ed03);
+            (splitmix(mixed) >> 40) & 1 == 1
+        })
+        .collect()
+}
+
+/// One slot per entry of `stores`, with a store where it says `true`.
+pub fn registry(stores: &[bool]) -> Registry {
     Rc::new(RefCell::new(
-        (0..nodes)
-            .map(|i| Slot {
+        stores
+            .iter()
+            .enumerate()
+            .map(|(i, stored)| Slot {
                 name: host_name(i),
+                store: stored.then(|| Arc::new(MemStore::new())),
+                crashed: Vec::new(),
                 starts: 0,
                 node: None,
                 shared: std::sync::Weak::new(),
@@ -97,7 +121,8 @@ pub fn add_node(
                 tokio::time::sleep(join_after).await;
             }
             let node = node_id(seed, slot, incarnation);
-            let shared = start_node(seed, slot, node, &peers)
+            let store = reg.borrow()[slot].store.clone();
+            let shared = start_node(seed, slot, node, &peers, store)
                 .await
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
             {
@@ -118,6 +143,7 @@ async fn start_node(
     slot: usize,
     node: NodeId,
     peers: &[String],
+    store: Option<Arc<MemStore>>,
 ) -> anyhow::Result<Arc<Shared>> {
     let args: Vec<String> = [
         "--active-replica",
@@ -141,8 +167,9 @@ async fn start_node(
             physical: clock::physical_clock(slot),
             wall_ms: clock::wall_clock(slot),
             hash_seed: Some(splitmix(seed ^ slot as u64)),
+            store: store.map(|s| s as Arc<dyn chorus::store::Store>),
         },
-    );
+    )?;
     let repl = shared
         .repl
         .clone()
@@ -170,15 +197,45 @@ async fn start_node(
         .collect();
     chorus::replication::start_with_transport(shared.clone(), repl, transport, peers)?;
     tokio::spawn(chorus::server::active_expiry(shared.clone()));
+    if shared.persistence.is_some() {
+        tokio::spawn(chorus::persist::run(
+            shared.clone(),
+            chorus::persist::CUT_EVERY,
+        ));
+    }
     Ok(shared)
 }
 
-/// Marks `slot` down (its host was crashed): its state is gone.
-pub fn crashed(reg: &Registry, slot: usize) {
+/// Marks `slot` down (its host was crashed): its memory is gone; its
+/// store keeps what the last cut held.
+/// Returns the life that crashed and how many of its writes its store held.
+pub fn crashed(reg: &Registry, slot: usize) -> Option<(NodeId, u64)> {
     let mut r = reg.borrow_mut();
+    let mut stored = None;
+    if let (Some(node), Some(store)) = (r[slot].node, r[slot].store.clone()) {
+        if BREAK_STORES.with(Cell::get) {
+            store.forget_keys();
+        }
+        let kept = store.applied(node);
+        r[slot].crashed.push((node, kept));
+        stored = Some((node, kept));
+    }
     r[slot].shared = std::sync::Weak::new();
     r[slot].client = None;
     r[slot].node = None;
+    stored
+}
+
+thread_local! {
+    /// Test-only: stores lose every key at a crash but keep their version
+    /// vector, so restarted nodes claim writes they lack. The checkers must
+    /// catch it.
+    static BREAK_STORES: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Turns the broken-store fault on or off for this thread's runs.
+pub fn break_stores(on: bool) {
+    BREAK_STORES.with(|b| b.set(on));
 }
 
 pub fn is_up(reg: &Registry, slot: usize) -> bool {

@@ -101,7 +101,7 @@ pub fn run(opts: &Options) -> Outcome {
             .repair_rate(0.5);
     }
     let sim = builder.build();
-    let reg = cluster::registry(nodes);
+    let reg = cluster::registry(&cluster::stores_for(opts.seed, nodes));
     let mut run = Run {
         sim,
         reg,
@@ -132,6 +132,14 @@ pub fn run(opts: &Options) -> Outcome {
         };
         cluster::add_node(&mut run.sim, &run.reg, opts.seed, slot, peers, delay);
     }
+    let stored: Vec<String> = run
+        .reg
+        .borrow()
+        .iter()
+        .filter(|s| s.store.is_some())
+        .map(|s| s.name.clone())
+        .collect();
+    run.note(format!("stores on [{}]", stored.join(" ")));
     if let Some(slot) = late {
         run.note(format!(
             "fault join n{slot} after {}ms",
@@ -258,7 +266,11 @@ impl Run<'_> {
                 }
                 let victim = up[self.rng.random_range(0..up.len())];
                 self.sim.crash(Self::name(victim));
-                cluster::crashed(&self.reg, victim);
+                if let Some((life, kept)) = cluster::crashed(&self.reg, victim) {
+                    self.note(format!(
+                        "crash n{victim} {life:?}: store holds its writes to #{kept}"
+                    ));
+                }
                 Active::Down(victim)
             }
             FaultKind::Loss | FaultKind::Delay | FaultKind::Skew | FaultKind::Join => return None,

@@ -96,3 +96,26 @@ fn a_counter_that_takes_the_max_is_caught() {
 fn a_merge_that_drops_deletes_is_caught() {
     caught(Broken::DropDeletes, "register");
 }
+
+/// Stores that lose their keys at a crash but keep their version vector
+/// make restarted nodes claim writes they lack; the checkers must notice.
+#[test]
+fn a_store_that_forgets_its_keys_is_caught() {
+    chorus_sim::cluster::break_stores(true);
+    let found = (0..20u64).find_map(|seed| {
+        run(&Options {
+            seed,
+            nodes: 3,
+            ops: OPS,
+            faults: vec![FaultKind::Crash],
+        })
+        .failure
+    });
+    chorus_sim::cluster::break_stores(false);
+    let failure = found.expect("broken stores went unnoticed over 20 seeds");
+    eprintln!("caught: {failure:?}");
+    assert!(
+        ["liveness", "counter", "register", "durability"].contains(&failure.kind),
+        "reported as {failure:?}"
+    );
+}

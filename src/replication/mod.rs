@@ -169,6 +169,11 @@ pub struct Replicator {
     promise: Mutex<(u64, Stamp)>,
     /// Our stable stamp and the GC floor, as last computed (for INFO).
     pub gc_state: Mutex<(Stamp, Stamp)>,
+    /// Our stable stamp before the limit of what we have stored.
+    unstored_stable: Mutex<Stamp>,
+    /// With a store: the stable stamp as of the last stored cut, which what
+    /// we report and collect below never passes.
+    stored_stable: Mutex<Option<Stamp>>,
     pub peers: Mutex<Vec<Arc<PeerInfo>>>,
     /// Remote stamps too far ahead of our clock (merged, clock not dragged).
     pub drift_events: AtomicU64,
@@ -198,6 +203,8 @@ impl Replicator {
             gc: Mutex::new(GcView::default()),
             promise: Mutex::new((0, Stamp::ZERO)),
             gc_state: Mutex::new((Stamp::ZERO, Stamp::ZERO)),
+            unstored_stable: Mutex::new(Stamp::ZERO),
+            stored_stable: Mutex::new(None),
             peers: Mutex::new(Vec::new()),
             drift_events: AtomicU64::new(0),
             auth: Mutex::new(None),
@@ -313,6 +320,57 @@ impl Replicator {
             .collect()
     }
 
+    /// The node keeps its state in a store: from now on its stable stamp
+    /// waits for the cuts (see [`Replicator::stored`]).
+    pub fn persisting(&self) {
+        *self.stored_stable.lock() = Some(Stamp::ZERO);
+    }
+
+    /// The stable stamp to record with a cut about to be taken: everything
+    /// stamped up to it was applied before the cut.
+    pub fn stable_for_cut(&self) -> Stamp {
+        *self.unstored_stable.lock()
+    }
+
+    /// A cut taken after `stable` was computed is durable.
+    pub fn stored(&self, stable: Stamp) {
+        if let Some(s) = self.stored_stable.lock().as_mut() {
+            *s = stable;
+        }
+    }
+
+    /// What a cut records as applied: every other origin's writes, and our
+    /// own up to the newest (taken with every shard held, it is exact).
+    pub fn cut_vv(&self) -> Vec<(NodeId, u64)> {
+        let mut vv = self.applied.lock().entries();
+        let head = self.backlog.lock().head();
+        if head > 0 {
+            vv.push((self.node, head));
+        }
+        vv
+    }
+
+    /// Starts from a store: `applied` as the store holds it (resumed from
+    /// there), `lives` the earlier lives of this node, retired.
+    pub fn restore(&self, applied: &[(NodeId, u64)], lives: &[NodeId]) {
+        let now = (self.now_ms)();
+        for &(origin, seq) in applied {
+            if origin == self.node {
+                continue;
+            }
+            self.applied.lock().advance(origin, seq);
+            // Their frames are not at hand: a peer behind gets a transfer.
+            self.relay.lock().jump(origin, seq, now);
+        }
+        let mut gc = self.gc.lock();
+        for &life in lives {
+            if life != self.node {
+                gc.know(life);
+                gc.retire(life);
+            }
+        }
+    }
+
     /// Makes a new promise and recomputes our stable stamp and the GC floor.
     fn gc_tick(&self, ks: &crate::keyspace::Keyspace) -> Stamp {
         // Every write is stamped and published under its shard's lock: with
@@ -329,15 +387,18 @@ impl Replicator {
             .lock()
             .iter()
             .any(|p| p.peer_node.load(Ordering::Relaxed) == 0);
+        let stored = *self.stored_stable.lock();
         let mut gc = self.gc.lock();
         for (origin, _) in self.applied.lock().entries() {
             gc.know(origin);
         }
-        let stable = gc.stable(self.node, promise.1, &settled);
+        let unstored = gc.stable(self.node, promise.1, &settled);
+        *self.unstored_stable.lock() = unstored;
+        let stable = stored.map_or(unstored, |s| unstored.min(s));
         let floor = if unknown_peer {
             Stamp::ZERO
         } else {
-            gc.floor(self.node, promise.1, &settled)
+            gc.floor(self.node, promise.1, &settled).min(stable)
         };
         *self.gc_state.lock() = (stable, floor);
         floor
@@ -889,6 +950,31 @@ fn apply(shared: &Shared, repl: &Replicator, delta: &Delta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A node with a store reports as stable, and collects below, only what
+    /// its last stored cut holds: after a crash it can never bring back a key
+    /// whose tombstone its peers collected.
+    #[test]
+    fn with_a_store_the_stable_stamp_waits_for_the_cuts() {
+        let ks = crate::keyspace::Keyspace::new(
+            1,
+            chorus_crdt::Clock::new(
+                NodeId(1),
+                chorus_crdt::system_clock,
+                Duration::from_millis(500),
+            ),
+        );
+        let repl = Replicator::new(NodeId(1), 1 << 20, || 0);
+        assert!(!repl.gc_tick(&ks).is_zero(), "alone: its own promise");
+        repl.persisting();
+        assert_eq!(repl.gc_tick(&ks), Stamp::ZERO, "nothing stored yet");
+        assert_eq!(repl.gc_state.lock().0, Stamp::ZERO);
+        let at_cut = repl.stable_for_cut();
+        repl.stored(at_cut);
+        assert_eq!(repl.gc_tick(&ks), at_cut);
+        assert_eq!(repl.gc_state.lock().0, at_cut);
+        assert!(repl.stable_for_cut() > at_cut, "unstored, it moves on");
+    }
 
     /// The borrowed form a node sends must decode as the owned message.
     #[test]

@@ -1,0 +1,107 @@
+//! Taking cuts of the node's state into its [`Store`] (see `store`), and
+//! starting a node from what its store holds.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tracing::{info, warn};
+
+use crate::server::Shared;
+use crate::store::{Cut, Loaded, Store};
+
+/// A node's store and what it did, for INFO.
+pub struct Persistence {
+    pub store: Arc<dyn Store>,
+    pub cuts: AtomicU64,
+    pub keys_written: AtomicU64,
+    pub failures: AtomicU64,
+    /// Unix ms of the last stored cut (0: none yet).
+    pub last_cut_ms: AtomicU64,
+}
+
+impl Persistence {
+    pub fn new(store: Arc<dyn Store>) -> Persistence {
+        Persistence {
+            store,
+            cuts: AtomicU64::new(0),
+            keys_written: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            last_cut_ms: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Loads `loaded` into a node being built: its keys and floors, its clock
+/// past every stored stamp, and what it had applied (the replicator resumes
+/// from there).
+pub fn restore(shared: &Shared, loaded: Loaded) {
+    let keys = loaded.keys.len();
+    shared.ks.restore(loaded.keys, &loaded.floors);
+    if shared.ks.clock.observe(loaded.clock).is_err() {
+        // The physical clock runs behind what this node stamped before it
+        // stopped: writes may lose to its own earlier ones until it catches up.
+        warn!(stored = %loaded.clock, "the clock is behind the stored state's newest stamp");
+    }
+    if let Some(repl) = &shared.repl {
+        repl.restore(&loaded.applied, &loaded.lives);
+    }
+    info!(
+        keys,
+        lives = loaded.lives.len(),
+        "state loaded from the store"
+    );
+}
+
+/// Takes one cut and stores it; returns how many keys it wrote.
+pub fn cut_once(shared: &Shared, persistence: &Persistence) -> anyhow::Result<usize> {
+    let ks = &shared.ks;
+    let stable = shared.repl.as_ref().map(|r| r.stable_for_cut());
+    let cut = {
+        let mut all = ks.lock_all();
+        let (keys, floors) = ks.take_cut(&mut all)?;
+        Cut {
+            node: ks.node(),
+            clock: ks.clock.now(),
+            keys,
+            floors,
+            applied: shared.repl.as_ref().map(|r| r.cut_vv()).unwrap_or_default(),
+        }
+    };
+    let written = cut.keys.len();
+    let keys = cut.keys.clone();
+    if let Err(e) = persistence.store.write(cut) {
+        ks.mark_dirty(&keys);
+        persistence.failures.fetch_add(1, Ordering::Relaxed);
+        return Err(e).context("storing a cut");
+    }
+    if let (Some(repl), Some(stable)) = (&shared.repl, stable) {
+        repl.stored(stable);
+    }
+    persistence.cuts.fetch_add(1, Ordering::Relaxed);
+    persistence
+        .keys_written
+        .fetch_add(written as u64, Ordering::Relaxed);
+    persistence
+        .last_cut_ms
+        .store(ks.clock.physical_unix_ms(), Ordering::Relaxed);
+    Ok(written)
+}
+
+/// How often a node with a store takes a cut: what a crash can lose of the
+/// writes no peer received (Redis's `appendfsync everysec`).
+pub const CUT_EVERY: Duration = Duration::from_secs(1);
+
+/// Takes a cut every `every`, for as long as the node lives.
+pub async fn run(shared: Arc<Shared>, every: Duration) {
+    let Some(persistence) = shared.persistence.as_ref() else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(every).await;
+        if let Err(e) = cut_once(&shared, persistence) {
+            warn!("{e:#}");
+        }
+    }
+}

@@ -1,0 +1,298 @@
+//! Where a node's state survives a crash: the [`Store`] trait, and
+//! [`MemStore`], an in-memory store that outlives the node using it (the
+//! simulation's model of a disk).
+//!
+//! The keyspace marks every key it changes as dirty; every so often the
+//! node takes a [`Cut`]: with every shard locked, the dirty keys' states,
+//! the flush floors, and what the node had applied from each origin (its
+//! own writes included). Because nothing can write while the cut is taken,
+//! the stored state holds exactly the writes the stored version vector
+//! names, no more and no less: a restarted node resumes from that vector
+//! and its peers send it exactly what it lacks. A crash loses the writes
+//! since the last cut that no peer received, as `appendfsync everysec`
+//! loses up to a second of writes in Redis.
+//!
+//! What the node reports as stable to its peers (the stamp below which they
+//! may collect tombstones) never passes what it has stored: a node that
+//! restarts from its store never brings back a key whose delete its peers
+//! have forgotten.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chorus_crdt::{KeyState, NodeId, Stamp};
+use parking_lot::Mutex;
+
+use crate::keyspace::StoredKey;
+
+/// One consistent cut of a node's state, as handed to a [`Store`].
+#[derive(Debug, Clone, Default)]
+pub struct Cut {
+    /// The life of the node that took it.
+    pub node: NodeId,
+    /// A stamp after every write in the cut: a restarted node stamps after it.
+    pub clock: Stamp,
+    /// Keys changed since the previous cut: their encoded [`KeyState`], or
+    /// `None` for a key that is gone.
+    pub keys: Vec<StoredKey>,
+    /// Each database's flush floor.
+    pub floors: Vec<Stamp>,
+    /// Applied per origin, this life's own writes and earlier lives' included.
+    pub applied: Vec<(NodeId, u64)>,
+}
+
+/// What a store held when the node started.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub keys: Vec<(u32, Vec<u8>, KeyState)>,
+    pub floors: Vec<Stamp>,
+    pub applied: Vec<(NodeId, u64)>,
+    /// Every earlier life of this node that wrote to the store.
+    pub lives: Vec<NodeId>,
+    pub clock: Stamp,
+}
+
+/// Durable storage of a node's state. `write` returns once the cut is
+/// durable; a cut is applied whole or not at all.
+pub trait Store: Send + Sync {
+    fn load(&self) -> anyhow::Result<Loaded>;
+    fn write(&self, cut: Cut) -> anyhow::Result<()>;
+}
+
+#[derive(Debug, Default)]
+struct MemData {
+    keys: BTreeMap<(u32, Vec<u8>), Vec<u8>>,
+    floors: Vec<Stamp>,
+    applied: BTreeMap<NodeId, u64>,
+    lives: BTreeSet<NodeId>,
+    clock: Stamp,
+    cuts: u64,
+}
+
+/// A store in memory. It lives outside the node, so a node that is dropped
+/// (crashed) and built again from it finds everything its last cut held and
+/// nothing after.
+#[derive(Debug, Default)]
+pub struct MemStore {
+    data: Mutex<MemData>,
+}
+
+impl MemStore {
+    pub fn new() -> MemStore {
+        MemStore::default()
+    }
+
+    /// How many of `origin`'s writes the store holds (0: none).
+    pub fn applied(&self, origin: NodeId) -> u64 {
+        self.data.lock().applied.get(&origin).copied().unwrap_or(0)
+    }
+
+    /// Drops every stored key, keeping the rest: a broken disk, for proving
+    /// that the simulation's checkers catch a node that restarts claiming
+    /// writes it lost.
+    pub fn forget_keys(&self) {
+        self.data.lock().keys.clear();
+    }
+
+    /// Cuts written so far.
+    pub fn cuts(&self) -> u64 {
+        self.data.lock().cuts
+    }
+
+    /// Keys held (tombstones included).
+    pub fn len(&self) -> usize {
+        self.data.lock().keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Store for MemStore {
+    fn load(&self) -> anyhow::Result<Loaded> {
+        let data = self.data.lock();
+        let mut keys = Vec::with_capacity(data.keys.len());
+        for ((db, key), bytes) in &data.keys {
+            let state: KeyState = chorus_crdt::decode(bytes).map_err(|e| {
+                anyhow::anyhow!(
+                    "stored state of key {:?} in db {db} does not decode: {e}",
+                    String::from_utf8_lossy(key)
+                )
+            })?;
+            keys.push((*db, key.clone(), state));
+        }
+        Ok(Loaded {
+            keys,
+            floors: data.floors.clone(),
+            applied: data.applied.iter().map(|(n, s)| (*n, *s)).collect(),
+            lives: data.lives.iter().copied().collect(),
+            clock: data.clock,
+        })
+    }
+
+    fn write(&self, cut: Cut) -> anyhow::Result<()> {
+        let mut data = self.data.lock();
+        for (db, key, state) in cut.keys {
+            match state {
+                Some(bytes) => {
+                    data.keys.insert((db, key), bytes);
+                }
+                None => {
+                    data.keys.remove(&(db, key));
+                }
+            }
+        }
+        if data.floors.len() < cut.floors.len() {
+            data.floors.resize(cut.floors.len(), Stamp::ZERO);
+        }
+        for (have, new) in data.floors.iter_mut().zip(cut.floors) {
+            *have = (*have).max(new);
+        }
+        for (origin, seq) in cut.applied {
+            let have = data.applied.entry(origin).or_default();
+            *have = (*have).max(seq);
+        }
+        data.lives.insert(cut.node);
+        data.clock = data.clock.max(cut.clock);
+        data.cuts += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chorus_crdt::{Clock, NodeId};
+
+    use super::*;
+    use crate::keyspace::Keyspace;
+
+    fn tracking_keyspace(node: u64) -> Keyspace {
+        let mut ks = Keyspace::new(
+            2,
+            Clock::new(
+                NodeId(node),
+                chorus_crdt::system_clock,
+                Duration::from_millis(500),
+            ),
+        );
+        ks.track_dirty();
+        ks
+    }
+
+    fn cut(ks: &Keyspace) -> Cut {
+        let mut all = ks.lock_all();
+        let (keys, floors) = ks.take_cut(&mut all).unwrap();
+        Cut {
+            node: ks.node(),
+            clock: ks.clock.now(),
+            keys,
+            floors,
+            applied: vec![(NodeId(9), 4)],
+        }
+    }
+
+    fn set(ks: &Keyspace, db: usize, key: &[u8], value: Option<&[u8]>) {
+        let mut all = ks.lock_all();
+        ks.update(&mut all, db, key, 0, |w| w.set(value, 0))
+            .unwrap();
+    }
+
+    #[test]
+    fn a_keyspace_restored_from_its_cuts_equals_the_original() {
+        let ks = tracking_keyspace(1);
+        let store = MemStore::new();
+        set(&ks, 0, b"a", Some(b"1"));
+        set(&ks, 1, b"b", Some(b"2"));
+        store.write(cut(&ks)).unwrap();
+        set(&ks, 0, b"a", Some(b"3"));
+        {
+            let mut all = ks.lock_all();
+            ks.update(&mut all, 0, b"n", 0, |w| w.incr(5, 0.0, false))
+                .unwrap();
+        }
+        let second = cut(&ks);
+        assert_eq!(
+            second.keys.len(),
+            2,
+            "only what changed since the first cut"
+        );
+        store.write(second).unwrap();
+        assert!(cut(&ks).keys.is_empty(), "a cut takes the dirty keys");
+
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.lives, vec![NodeId(1)]);
+        assert_eq!(loaded.applied, vec![(NodeId(9), 4)]);
+        let restarted = tracking_keyspace(2);
+        restarted.restore(loaded.keys, &loaded.floors);
+        assert_eq!(restarted.dump(), ks.dump());
+        assert!(cut(&restarted).keys.is_empty(), "nothing loaded is dirty");
+    }
+
+    #[test]
+    fn a_flush_reaches_the_store_as_removals_and_a_floor() {
+        let ks = tracking_keyspace(1);
+        let store = MemStore::new();
+        set(&ks, 0, b"a", Some(b"1"));
+        set(&ks, 0, b"b", Some(b"2"));
+        store.write(cut(&ks)).unwrap();
+        ks.flush_local(&mut ks.lock_all(), None);
+        let flushed = cut(&ks);
+        assert!(flushed.keys.iter().all(|(_, _, s)| s.is_none()));
+        assert!(!flushed.floors[0].is_zero());
+        store.write(flushed).unwrap();
+        assert!(store.is_empty());
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.floors, ks.dump().1);
+    }
+
+    /// A store that refuses every write.
+    struct Failing;
+
+    impl Store for Failing {
+        fn load(&self) -> anyhow::Result<Loaded> {
+            Ok(Loaded::default())
+        }
+        fn write(&self, _: Cut) -> anyhow::Result<()> {
+            anyhow::bail!("disk full")
+        }
+    }
+
+    #[test]
+    fn keys_of_a_cut_that_could_not_be_stored_go_into_the_next() {
+        let config = crate::Config::load(None, &[]).unwrap();
+        let shared = crate::build_node(
+            config,
+            crate::NodeEnv {
+                node: NodeId(1),
+                physical: chorus_crdt::system_clock,
+                wall_ms: || 0,
+                hash_seed: None,
+                store: Some(Arc::new(Failing)),
+            },
+        )
+        .unwrap();
+        set(&shared.ks, 0, b"a", Some(b"1"));
+        let persistence = shared.persistence.as_ref().unwrap();
+        let err = crate::persist::cut_once(&shared, persistence).unwrap_err();
+        assert!(format!("{err:#}").contains("disk full"), "{err:#}");
+        let mut all = shared.ks.lock_all();
+        let (keys, _) = shared.ks.take_cut(&mut all).unwrap();
+        assert_eq!(keys.len(), 1, "the key is dirty again");
+    }
+
+    #[test]
+    fn stored_bytes_that_do_not_decode_are_an_error_not_a_panic() {
+        let store = MemStore::new();
+        store
+            .write(Cut {
+                keys: vec![(0, b"k".to_vec(), Some(vec![0xff, 0x00, 0x13]))],
+                ..Cut::default()
+            })
+            .unwrap();
+        let err = store.load().unwrap_err();
+        assert!(err.to_string().contains("does not decode"), "{err}");
+    }
+}
