@@ -6,7 +6,9 @@
 use serde::{de::DeserializeOwned, Serialize};
 
 /// The current encoding version.
-pub const FORMAT_VERSION: u8 = 1;
+/// 2: a register write names what it had seen of other nodes' writes
+/// (`Register::seen`) instead of its parent's time.
+pub const FORMAT_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {

@@ -12,6 +12,9 @@ pub enum Broken {
     CounterMax,
     /// A merge ignores an incoming delete (tombstone) that should win.
     DropDeletes,
+    /// A register write that lost counts as seen by its winner when its
+    /// origin's node id is the lower: half the conflicts go unreported.
+    HideConflicts,
 }
 
 thread_local! {

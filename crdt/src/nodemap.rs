@@ -10,7 +10,7 @@ use smallvec::{smallvec, SmallVec};
 
 use crate::stamp::NodeId;
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(from = "Vec<(NodeId, T)>", into = "Vec<(NodeId, T)>")]
 #[serde(bound(
     deserialize = "T: Deserialize<'de> + Copy + MaxBy",
@@ -21,6 +21,12 @@ pub struct NodeMap<T>(SmallVec<[(NodeId, T); 1]>);
 /// How two values for the same node combine when a decoded map repeats a node.
 pub trait MaxBy: Copy {
     fn max_by_version(self, other: Self) -> Self;
+}
+
+impl MaxBy for u64 {
+    fn max_by_version(self, other: u64) -> u64 {
+        self.max(other)
+    }
 }
 
 impl<T> Default for NodeMap<T> {

@@ -32,12 +32,13 @@ use crate::stamp::{NodeId, Stamp};
 pub struct Register {
     /// Stamp of the write; `Stamp::ZERO` means never written.
     pub stamp: Stamp,
-    /// HLC time of the register state this write replaced on its origin
-    /// node: a write stamped later was not seen by this one. Only the time is
-    /// kept (8 bytes a key): two writes of one key by different nodes at the
-    /// identical 64-bit HLC time (a ~4 ns slot) count as seen, the one case
-    /// where a conflict could go unreported.
-    pub parent_time: u64,
+    /// What this write had seen of the key's register writes by *other*
+    /// nodes: per origin, the newest such write's HLC time in the chain of
+    /// register states it replaced (its parent, its parent's parent, ...).
+    /// A write by the same node was seen if older. `None` when the write
+    /// replaced only its own node's writes (or nothing): single-writer keys
+    /// pay one empty pointer.
+    pub seen: Option<Box<NodeMap<u64>>>,
     /// The value; `None` is a tombstone (DEL, or nothing written).
     #[serde(with = "serde_bytes")]
     pub value: Option<Box<[u8]>>,
@@ -45,17 +46,48 @@ pub struct Register {
     pub expire_at_ms: u64,
 }
 
+/// Most other nodes a write's `seen` names: a key rewritten by ever more
+/// node lives keeps the newest. Dropping an entry can only make a later
+/// merge report a loss its winner had in fact seen, never hide one.
+pub const MAX_SEEN: usize = 16;
+
 impl Register {
     /// Total order used to pick the winner. Distinct writes never share a
     /// stamp; the rest of the key only makes the order total on any input.
     fn beats(&self, other: &Register) -> bool {
-        (self.stamp, self.parent_time, self.expire_at_ms, &self.value)
-            > (
-                other.stamp,
-                other.parent_time,
-                other.expire_at_ms,
-                &other.value,
-            )
+        (self.stamp, self.expire_at_ms, &self.value, &self.seen)
+            > (other.stamp, other.expire_at_ms, &other.value, &other.seen)
+    }
+
+    /// Whether this write had seen `other` (a register write of the key).
+    pub fn has_seen(&self, other: &Register) -> bool {
+        if other.stamp.node == self.stamp.node {
+            return other.stamp <= self.stamp;
+        }
+        self.seen
+            .as_ref()
+            .and_then(|s| s.get(&other.stamp.node))
+            .is_some_and(|&time| time >= other.stamp.time)
+    }
+
+    /// The `seen` of a write by `node` that replaces this register: this
+    /// write and everything it had seen, but `node`'s own writes.
+    fn seen_by_successor(&self, node: NodeId) -> Option<Box<NodeMap<u64>>> {
+        if self.stamp.is_zero() || (self.stamp.node == node && self.seen.is_none()) {
+            return None;
+        }
+        let mut seen = self.seen.clone().unwrap_or_default();
+        seen.upsert(self.stamp.node, self.stamp.time, |t, new| {
+            *t = (*t).max(new)
+        });
+        seen.retain(|n, _| *n != node);
+        if seen.len() > MAX_SEEN {
+            let mut times: Vec<u64> = seen.values().copied().collect();
+            times.sort_unstable();
+            let cutoff = times[times.len() - MAX_SEEN];
+            seen.retain(|_, t| *t >= cutoff);
+        }
+        (!seen.is_empty()).then_some(seen)
     }
 }
 
@@ -308,7 +340,7 @@ impl KeyState {
         KeyState {
             reg: Register {
                 stamp,
-                parent_time: self.reg.stamp.time,
+                seen: self.reg.seen_by_successor(stamp.node),
                 value: value.map(Box::from),
                 expire_at_ms,
             },
@@ -342,7 +374,7 @@ impl KeyState {
             (Some(old), Some(new)) if old.len() == new.len() => old.copy_from_slice(new),
             (slot, new) => *slot = new.map(Box::from),
         }
-        self.reg.parent_time = self.reg.stamp.time;
+        self.reg.seen = self.reg.seen_by_successor(stamp.node);
         self.reg.stamp = stamp;
         self.reg.expire_at_ms = if value.is_some() { expire_at_ms } else { 0 };
         if let Some(x) = &mut self.extras {
@@ -629,12 +661,15 @@ fn register_side(reg: &Register) -> Side {
     }
 }
 
-/// The conflict, if any, of `loser` losing to `winner`: the loser was not
-/// seen by the winner exactly when it is newer than the winner's parent.
+/// The conflict, if any, of `loser` losing to `winner`: one the winner had
+/// not seen.
 fn register_conflict(winner: &Register, loser: &Register) -> Option<Conflict> {
-    if loser.stamp.is_zero()
-        || loser.stamp.time <= winner.parent_time
-        || loser.stamp == winner.stamp
+    if loser.stamp.is_zero() || loser.stamp == winner.stamp || winner.has_seen(loser) {
+        return None;
+    }
+    #[cfg(feature = "fault-injection")]
+    if crate::fault::get() == crate::fault::Broken::HideConflicts
+        && loser.stamp.node < winner.stamp.node
     {
         return None;
     }

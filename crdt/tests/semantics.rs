@@ -153,6 +153,59 @@ fn a_write_that_saw_the_other_is_no_conflict() {
     assert_eq!(a.read(0), Read::Str(b"2"));
 }
 
+/// The case a single parent stamp gets wrong (found by the simulation):
+/// the winner descends from a write stamped after the loser that had not
+/// seen the loser either. The loser must still be reported.
+#[test]
+fn a_loser_older_than_the_winners_parent_but_unseen_is_a_conflict() {
+    let empty = KeyState::default();
+    // C writes during a partition; on the other side A writes, B deletes
+    // over it, then B writes again, all stamped after C's write.
+    let lost = empty.write(at(3488, C), Some(b"v167b"), 0);
+    let mut ab = empty.clone();
+    apply(&mut ab, &empty.write(at(3367, A), Some(b"v160"), 0));
+    let del = ab.write(at(4062, A), None, 0);
+    apply(&mut ab, &del);
+    let winner = ab.write(at(4526, B), Some(b"v234"), 0);
+    apply(&mut ab, &winner);
+    let reported = ab.merge(&lost);
+    assert_eq!(reported.len(), 1, "{reported:?}");
+    assert_eq!(reported[0].kind, ConflictKind::ConcurrentWrite);
+    assert_eq!(
+        (reported[0].winner.origin, reported[0].loser.origin),
+        (B, C)
+    );
+
+    // Had the chain seen C's write, nothing is reported.
+    let mut saw = empty.clone();
+    apply(&mut saw, &lost);
+    let over = saw.write(at(4000, A), Some(b"x"), 0);
+    apply(&mut saw, &over);
+    let again = saw.write(at(4600, B), Some(b"y"), 0);
+    let mut other = empty.clone();
+    other.merge(&again);
+    assert!(other.merge(&lost).is_empty(), "B's write descends from C's");
+}
+
+/// A key written by one node only carries no record of what it saw.
+#[test]
+fn single_writer_keys_carry_no_seen_set() {
+    let mut k = KeyState::default();
+    for t in 1..5 {
+        let w = k.write(at(t, A), Some(b"v"), 0);
+        apply(&mut k, &w);
+    }
+    assert!(k.reg.seen.is_none());
+    let w = k.write(at(9, B), Some(b"w"), 0);
+    assert_eq!(
+        w.reg
+            .seen
+            .as_deref()
+            .map(|s| s.iter().map(|(n, t)| (*n, *t)).collect::<Vec<_>>()),
+        Some(vec![(A, 4)])
+    );
+}
+
 #[test]
 fn expiry_is_last_writer_wins() {
     let mut k = KeyState::default();

@@ -228,18 +228,14 @@ fn get(reg: &Registry, slot: usize, key: &str) -> Result<Option<String>, Failure
     }
 }
 
-/// Counters, registers and conflicts against the history. Conflict records
-/// missing where writes were concurrent are reported as warnings (see
-/// docs/simulation.md: known cases remain where the checker's notion of
-/// concurrency and the merge's differ).
+/// Durability, counters, registers and conflicts against the history.
 pub fn invariants(
     reg: &Registry,
     snap: &Snapshot,
     history: &History,
     chosen: &[FaultKind],
-    warnings: &mut Vec<String>,
 ) -> Option<Failure> {
-    check_all(reg, snap, history, chosen, warnings).err()
+    check_all(reg, snap, history, chosen).err()
 }
 
 fn check_all(
@@ -247,7 +243,6 @@ fn check_all(
     snap: &Snapshot,
     history: &History,
     chosen: &[FaultKind],
-    warnings: &mut Vec<String>,
 ) -> Result<(), Failure> {
     let vv = &snap.views[0].vv;
     // What a crashed node's store held must not be lost with it.
@@ -366,25 +361,37 @@ fn check_all(
             .iter()
             .filter(|w| flush_floor.is_none_or(|f| w.stamp > Some(f)))
             .collect();
-        let concurrent = live.iter().enumerate().find_map(|(i, a)| {
-            live[i + 1..]
-                .iter()
-                .find(|b| {
-                    let both_deletes =
-                        matches!(a.kind, WriteKind::Del) && matches!(b.kind, WriteKind::Del);
-                    let related = a.origin == b.origin || saw(a, b) || saw(b, a);
-                    !both_deletes && !related
-                })
-                .map(|b| (a, b))
+        // A write is lost silently when the final winner had not seen it and
+        // no other write knowingly replaced it (had one, that write's own
+        // fate decides). Two deletes lose nothing.
+        let Some(last) = live.iter().max_by_key(|w| w.stamp) else {
+            continue;
+        };
+        let is_del = |w: &Write| matches!(w.kind, WriteKind::Del);
+        let unseen = live.iter().find(|l| {
+            let l: &Write = l;
+            let replaced_knowingly = live.iter().any(|w| {
+                let w: &Write = w;
+                !std::ptr::eq(w, l) && (w.origin == l.origin && w.seq > l.seq || saw(w, l))
+            });
+            let harmless = std::ptr::eq(l, **last)
+                || (is_del(l) && is_del(last))
+                || replaced_knowingly
+                || saw(last, l);
+            !harmless
         });
+        let concurrent = unseen.map(|l| (last, l));
         let recorded = snap
             .views
             .iter()
             .any(|v| v.conflict_keys.contains(key.as_bytes()));
         if let (Some((a, b)), false) = (concurrent, recorded) {
-            warnings.push(format!(
-                "{key}: concurrent writes but no node recorded a conflict: {:?} by {} seq {}, {:?} by {} seq {}",
-                a.kind, a.origin, a.seq, b.kind, b.origin, b.seq
+            return Err(Failure::new(
+                "conflict",
+                format!(
+                    "{key}: concurrent writes but no node recorded a conflict: {:?} by {} seq {}, {:?} by {} seq {}",
+                    a.kind, a.origin, a.seq, b.kind, b.origin, b.seq
+                ),
             ));
         }
     }

@@ -100,7 +100,6 @@ fn json_line(out: &Outcome, replay: &str) -> String {
         "sim_ms": out.sim_ms,
         "real_ms": out.real_ms,
         "ok": out.failure.is_none(),
-        "warnings": out.warnings,
         "failure": out.failure.as_ref().map(|f| serde_json::json!({"kind": f.kind, "detail": f.detail})),
         "replay": replay,
     })
@@ -121,7 +120,6 @@ fn main() {
     };
     let started = Instant::now();
     let mut failures: Vec<(Outcome, String)> = Vec::new();
-    let mut warnings: Vec<(u64, String)> = Vec::new();
     let mut per_fault: std::collections::BTreeMap<FaultKind, u64> = Default::default();
     let (mut ops, mut sim_ms) = (0u64, 0u64);
     for i in 0..a.seeds {
@@ -157,7 +155,6 @@ fn main() {
             );
             let _ = std::io::stderr().flush();
         }
-        warnings.extend(out.warnings.iter().map(|w| (seed, w.clone())));
         if out.failure.is_some() {
             failures.push((out, replay));
         }
@@ -195,10 +192,6 @@ fn main() {
         a.seeds as f64 * 60.0 / real.as_secs_f64().max(1e-9)
     );
     println!("{:<22} {}", "failures", failures.len());
-    println!("{:<22} {}", "warnings", warnings.len());
-    for (seed, w) in warnings.iter().take(5) {
-        println!("  seed {seed}: {w}");
-    }
     for (out, replay) in &failures {
         let f = out.failure.as_ref().expect("only failures here");
         println!();

@@ -36,8 +36,6 @@ pub struct Outcome {
     pub sim_ms: u64,
     pub real_ms: u64,
     pub failure: Option<check::Failure>,
-    /// Findings that do not fail the seed (missing conflict records).
-    pub warnings: Vec<String>,
     /// Every command with its reply, every fault, the final digests: two runs
     /// of one seed give the same trace.
     pub trace: Vec<String>,
@@ -54,7 +52,6 @@ struct Run<'a> {
     nodes: usize,
     trace: Vec<String>,
     history: History,
-    warnings: Vec<String>,
 }
 
 /// A fault in effect, and how to lift it.
@@ -109,7 +106,6 @@ pub fn run(opts: &Options) -> Outcome {
         nodes,
         trace: Vec::new(),
         history: History::default(),
-        warnings: Vec::new(),
     };
     if chosen.contains(&FaultKind::Skew) {
         for slot in 0..nodes {
@@ -159,7 +155,6 @@ pub fn run(opts: &Options) -> Outcome {
         sim_ms,
         real_ms: started.elapsed().as_millis() as u64,
         failure,
-        warnings: run.warnings,
         trace: run.trace,
     }
 }
@@ -497,13 +492,7 @@ impl Run<'_> {
                     for line in snapshot.digests() {
                         self.note(line);
                     }
-                    return check::invariants(
-                        &self.reg,
-                        &snapshot,
-                        &self.history,
-                        chosen,
-                        &mut self.warnings,
-                    );
+                    return check::invariants(&self.reg, &snapshot, &self.history, chosen);
                 }
                 Err(why) => last = Some(why),
             }

@@ -1,5 +1,6 @@
 //! The simulation as CI runs it: seeds per fault class, replay, and proof
-//! that the checkers catch broken merges.
+//! that the checkers catch broken merges, unreported conflicts and broken
+//! stores.
 
 use chorus_crdt::fault::{self, Broken};
 use chorus_sim::faults::{FaultKind, ALL};
@@ -90,6 +91,11 @@ fn caught(broken: Broken, kind: &str) {
 #[test]
 fn a_counter_that_takes_the_max_is_caught() {
     caught(Broken::CounterMax, "counter");
+}
+
+#[test]
+fn a_merge_that_hides_conflicts_is_caught() {
+    caught(Broken::HideConflicts, "conflict");
 }
 
 #[test]

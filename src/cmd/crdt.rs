@@ -1,6 +1,6 @@
 //! CRDT introspection: the conflict log and a key's CRDT metadata.
 
-use chorus_crdt::{Side, Summary};
+use chorus_crdt::{Side, Stamp, Summary};
 
 use super::flag::*;
 use super::{int_arg, is, CmdResult, Error, Exec, Spec, SYNTAX};
@@ -111,8 +111,18 @@ fn state(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     x.out.int(i64::from(s.exists(now)));
     x.out.bulk_str("register_stamp");
     x.out.bulk_str(&s.reg.stamp.to_string());
-    x.out.bulk_str("register_parent_time");
-    x.out.int(s.reg.parent_time as i64);
+    x.out.bulk_str("register_seen");
+    let seen = s.reg.seen.as_deref().cloned().unwrap_or_default();
+    x.out.array(seen.len());
+    for (node, time) in seen.iter() {
+        x.out.bulk_str(
+            &Stamp {
+                time: *time,
+                node: *node,
+            }
+            .to_string(),
+        );
+    }
     x.out.bulk_str("register_value");
     match &s.reg.value {
         Some(v) => x.out.bulk(v),
