@@ -120,9 +120,30 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             line("loading", &0);
             line("rdb_changes_since_last_save", &0);
             line("rdb_bgsave_in_progress", &0);
-            line("rdb_last_save_time", &(shared.started_unix_ms / 1000));
+            let last_cut_ms = shared
+                .persistence
+                .as_ref()
+                .map_or(0, |p| p.last_cut_ms.load(Ordering::Relaxed));
+            let last_save_ms = if last_cut_ms == 0 {
+                shared.started_unix_ms
+            } else {
+                last_cut_ms
+            };
+            line("rdb_last_save_time", &(last_save_ms / 1000));
             line("aof_enabled", &0);
-            line("storage_provider", &"none");
+            match &shared.persistence {
+                None => line("storage_provider", &"none"),
+                Some(p) => {
+                    line("storage_provider", &p.store.name());
+                    line("store_cuts", &p.cuts.load(Ordering::Relaxed));
+                    line(
+                        "store_keys_written",
+                        &p.keys_written.load(Ordering::Relaxed),
+                    );
+                    line("store_write_failures", &p.failures.load(Ordering::Relaxed));
+                    line("store_last_cut_ms", &last_cut_ms);
+                }
+            }
         }
         "stats" => {
             let (hits, misses) = shared.ks.hits_misses();

@@ -54,6 +54,8 @@ pub struct Loaded {
 /// Durable storage of a node's state. `write` returns once the cut is
 /// durable; a cut is applied whole or not at all.
 pub trait Store: Send + Sync {
+    /// What INFO shows as `storage_provider`.
+    fn name(&self) -> &'static str;
     fn load(&self) -> anyhow::Result<Loaded>;
     fn write(&self, cut: Cut) -> anyhow::Result<()>;
 }
@@ -109,6 +111,10 @@ impl MemStore {
 }
 
 impl Store for MemStore {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+
     fn load(&self) -> anyhow::Result<Loaded> {
         let data = self.data.lock();
         let mut keys = Vec::with_capacity(data.keys.len());
@@ -252,6 +258,9 @@ mod tests {
     struct Failing;
 
     impl Store for Failing {
+        fn name(&self) -> &'static str {
+            "failing"
+        }
         fn load(&self) -> anyhow::Result<Loaded> {
             Ok(Loaded::default())
         }
@@ -278,9 +287,43 @@ mod tests {
         let persistence = shared.persistence.as_ref().unwrap();
         let err = crate::persist::cut_once(&shared, persistence).unwrap_err();
         assert!(format!("{err:#}").contains("disk full"), "{err:#}");
+        let info = crate::info::render(&shared, &["persistence".into()]);
+        assert!(info.contains("storage_provider:failing\r\n"), "{info}");
+        assert!(info.contains("store_write_failures:1\r\n"), "{info}");
+        assert!(info.contains("store_cuts:0\r\n"), "{info}");
         let mut all = shared.ks.lock_all();
         let (keys, _) = shared.ks.take_cut(&mut all).unwrap();
         assert_eq!(keys.len(), 1, "the key is dirty again");
+    }
+
+    #[test]
+    fn a_node_with_a_store_cuts_into_it_and_shows_it_in_info() {
+        let store = Arc::new(MemStore::new());
+        let shared = crate::build_node(
+            crate::Config::load(None, &[]).unwrap(),
+            crate::NodeEnv {
+                node: NodeId(1),
+                physical: chorus_crdt::system_clock,
+                wall_ms: || 0,
+                hash_seed: None,
+                store: Some(store.clone()),
+            },
+        )
+        .unwrap();
+        set(&shared.ks, 0, b"a", Some(b"1"));
+        let persistence = shared.persistence.as_ref().unwrap();
+        assert_eq!(crate::persist::cut_once(&shared, persistence).unwrap(), 1);
+        assert_eq!(crate::persist::cut_once(&shared, persistence).unwrap(), 0);
+        assert_eq!(store.len(), 1);
+        let info = crate::info::render(&shared, &["persistence".into()]);
+        for line in [
+            "storage_provider:memory",
+            "store_cuts:2",
+            "store_keys_written:1",
+            "store_write_failures:0",
+        ] {
+            assert!(info.contains(&format!("{line}\r\n")), "{info}");
+        }
     }
 
     #[test]
