@@ -410,3 +410,130 @@ proptest! {
         }
     }
 }
+
+/// One register write in the conflict model: its delta and everything its
+/// node had merged, transitively, when it was made (its causal past).
+struct ModelWrite {
+    delta: KeyState,
+    past: std::collections::BTreeSet<usize>,
+}
+
+/// Register writes on 2-5 nodes with arbitrary partial delivery, then full
+/// delivery everywhere in random order. Returns the writes and, per write,
+/// the winners it was reported losing to.
+fn conflict_run(
+    nodes: usize,
+    steps: &[(usize, Option<u8>, usize)],
+    seed: u64,
+) -> (Vec<ModelWrite>, Vec<Vec<Stamp>>, Vec<KeyState>) {
+    let mut states = vec![KeyState::default(); nodes];
+    let mut merged: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); nodes];
+    let mut times = vec![0u64; nodes];
+    let mut writes: Vec<ModelWrite> = Vec::new();
+    let mut lost_to: Vec<Vec<Stamp>> = Vec::new();
+    let deliver = |to: usize,
+                   w: usize,
+                   writes: &Vec<ModelWrite>,
+                   states: &mut Vec<KeyState>,
+                   merged: &mut Vec<std::collections::BTreeSet<usize>>,
+                   times: &mut Vec<u64>,
+                   lost_to: &mut Vec<Vec<Stamp>>| {
+        times[to] = times[to].max(writes[w].delta.reg.stamp.time);
+        for c in states[to].merge(&writes[w].delta) {
+            if let Some(l) = writes
+                .iter()
+                .position(|x| x.delta.reg.stamp == c.loser.stamp)
+            {
+                lost_to[l].push(c.winner.stamp);
+            }
+        }
+        merged[to].insert(w);
+        merged[to].extend(writes[w].past.iter().copied());
+    };
+    for &(node, value, pick) in steps {
+        let node = node % nodes;
+        if pick % 3 == 0 && !writes.is_empty() {
+            let w = pick % writes.len();
+            deliver(
+                node,
+                w,
+                &writes,
+                &mut states,
+                &mut merged,
+                &mut times,
+                &mut lost_to,
+            );
+            continue;
+        }
+        times[node] += 1;
+        let stamp = Stamp {
+            time: times[node],
+            node: NodeId(node as u64 + 1),
+        };
+        let value = value.map(|v| vec![b'0' + v % 4]);
+        let delta = states[node].write(stamp, value.as_deref(), 0);
+        writes.push(ModelWrite {
+            delta,
+            past: merged[node].clone(),
+        });
+        lost_to.push(Vec::new());
+        let w = writes.len() - 1;
+        deliver(
+            node,
+            w,
+            &writes,
+            &mut states,
+            &mut merged,
+            &mut times,
+            &mut lost_to,
+        );
+    }
+    for round in 0..2u64 {
+        for to in 0..nodes {
+            for w in shuffled(writes.len(), seed ^ (to as u64 + 1) ^ (round << 32)) {
+                deliver(
+                    to,
+                    w,
+                    &writes,
+                    &mut states,
+                    &mut merged,
+                    &mut times,
+                    &mut lost_to,
+                );
+            }
+        }
+    }
+    (writes, lost_to, states)
+}
+
+proptest! {
+    /// Every register write the final winner never saw, and no other write
+    /// knowingly replaced, is reported lost to that winner somewhere
+    /// (delete over delete aside): no silent loss, whatever the delivery.
+    #[test]
+    fn no_write_is_lost_without_a_conflict_report(
+        nodes in 2usize..6,
+        steps in prop::collection::vec((0usize..6, prop::option::of(0u8..4), any::<usize>()), 1..40),
+        seed in any::<u64>(),
+    ) {
+        let (writes, lost_to, states) = conflict_run(nodes, &steps, seed);
+        prop_assume!(!writes.is_empty());
+        for s in &states[1..] {
+            prop_assert_eq!(s, &states[0]);
+        }
+        let last = (0..writes.len()).max_by_key(|&w| writes[w].delta.reg.stamp).unwrap();
+        let winner = &writes[last].delta.reg;
+        prop_assert_eq!(&states[0].reg, winner);
+        for (l, w) in writes.iter().enumerate() {
+            let replaced_knowingly = writes.iter().any(|x| x.past.contains(&l));
+            let both_deletes = w.delta.reg.value.is_none() && winner.value.is_none();
+            if l == last || replaced_knowingly || both_deletes || writes[last].past.contains(&l) {
+                continue;
+            }
+            prop_assert!(
+                lost_to[l].contains(&winner.stamp),
+                "write {} ({:?}) lost silently to {:?}", l, w.delta.reg.stamp, winner.stamp
+            );
+        }
+    }
+}
