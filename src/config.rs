@@ -75,6 +75,34 @@ pub struct Config {
     /// A remote stamp further ahead than this is merged but does not move
     /// the local clock.
     pub max_clock_drift_ms: u64,
+    /// Keep the node's state on disk (in `dir`), all keys in RAM.
+    pub appendonly: bool,
+    /// Where the data files go.
+    pub dir: std::path::PathBuf,
+    /// When writes are made durable.
+    pub appendfsync: Fsync,
+}
+
+/// `appendfsync`: when a node's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before the reply to every write.
+    Always,
+    /// Once a second: a crash loses at most about a second of writes no
+    /// peer received.
+    Everysec,
+    /// Written once a second, flushed when the storage engine chooses.
+    No,
+}
+
+impl Fsync {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Everysec => "everysec",
+            Fsync::No => "no",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,6 +166,9 @@ impl Default for Config {
             cluster_name: "chorus".to_string(),
             repl_backlog_size: 16 * 1024 * 1024,
             max_clock_drift_ms: 500,
+            appendonly: false,
+            dir: std::path::PathBuf::from("."),
+            appendfsync: Fsync::Everysec,
         }
     }
 }
@@ -149,9 +180,6 @@ const NOT_YET: &[(&str, &[&str])] = &[
     ("maxmemory", &["0"]),
     ("maxmemory-policy", &["noeviction"]),
     ("storage-provider", &[]),
-    ("appendonly", &["no"]),
-    ("appendfsync", &["always", "everysec", "no"]),
-    ("dir", &[]),
 ];
 
 const MAX_INCLUDE_DEPTH: usize = 8;
@@ -343,6 +371,24 @@ impl Config {
                 let v = one()?;
                 self.logfile = (!v.is_empty()).then(|| PathBuf::from(v));
             }
+            "appendonly" => {
+                self.appendonly = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+            }
+            "appendfsync" => {
+                self.appendfsync = match one()?.to_ascii_lowercase().as_str() {
+                    "always" => Fsync::Always,
+                    "everysec" => Fsync::Everysec,
+                    "no" => Fsync::No,
+                    _ => return Err(bad("expects always, everysec or no")),
+                };
+            }
+            "dir" => {
+                let dir = one()?;
+                if dir.is_empty() {
+                    return Err(bad("expects a directory"));
+                }
+                self.dir = std::path::PathBuf::from(dir);
+            }
             "active-replica" => {
                 self.active_replica = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
             }
@@ -398,8 +444,8 @@ impl Config {
                         return Err(err(
                             origin,
                             name,
-                            "not yet supported by this version of chorus (replication and \
-                             persistence land in later releases)",
+                            "not yet supported by this version of chorus (the flash tier \
+                             lands in a later release)",
                         ));
                     }
                 } else {

@@ -331,6 +331,10 @@ pub struct Keyspace {
     sink: Option<Arc<dyn DeltaSink>>,
     /// Tombstones stamped at or before this time may go (see `gc_acked`).
     gc_time: AtomicU64,
+    /// With a store: local write calls so far, so a connection can tell
+    /// whether its batch wrote (`appendfsync always`).
+    local_writes: AtomicU64,
+    tracking: bool,
 }
 
 /// The shards one command holds, in index order.
@@ -420,6 +424,8 @@ impl Keyspace {
             expired_keys: AtomicU64::new(0),
             sink: None,
             gc_time: AtomicU64::new(u64::MAX),
+            local_writes: AtomicU64::new(0),
+            tracking: false,
         }
     }
 
@@ -436,11 +442,17 @@ impl Keyspace {
 
     /// Keeps track of the keys every change touches, for [`Keyspace::take_cut`].
     pub fn track_dirty(&mut self) {
+        self.tracking = true;
         for shard in self.shards.iter_mut() {
             for db in shard.get_mut().dbs.iter_mut() {
                 db.dirty = Some(HashSet::with_hasher(*db.map.hasher()));
             }
         }
+    }
+
+    /// Local writes so far (counted only with a store).
+    pub fn local_writes(&self) -> u64 {
+        self.local_writes.load(Ordering::Relaxed)
     }
 
     /// Keys changed since the last cut, all shards: (db, key, encoded state
@@ -650,6 +662,9 @@ impl Keyspace {
     ) -> Result<R, NotLocked> {
         let acked = self.gc_acked();
         let shard = locked.shard(self.shard_of(key))?;
+        if self.tracking {
+            self.local_writes.fetch_add(1, Ordering::Relaxed);
+        }
         Ok(shard.dbs[db].change(key, acked, |state| {
             let mut w = Writer {
                 state,
@@ -671,6 +686,9 @@ impl Keyspace {
 
     /// Applies a local FLUSHDB (`Some(db)`) or FLUSHALL (`None`) on all shards.
     pub fn flush_local(&self, locked: &mut Locked<'_>, db: Option<usize>) {
+        if self.tracking {
+            self.local_writes.fetch_add(1, Ordering::Relaxed);
+        }
         let stamp = self.clock.now();
         for shard in locked.shards() {
             match db {

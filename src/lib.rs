@@ -85,6 +85,14 @@ pub fn build(config: Config) -> anyhow::Result<Arc<server::Shared>> {
             "physical clock skewed by CHORUS_CLOCK_SKEW_MS"
         );
     }
+    let store: Option<Arc<dyn store::Store>> = if config.appendonly {
+        let fsync = config.appendfsync != config::Fsync::No;
+        let store = store::SledStore::open(&config.dir, fsync)?;
+        tracing::info!("state kept in {}", store.path().display());
+        Some(Arc::new(store))
+    } else {
+        None
+    };
     build_node(
         config,
         NodeEnv {
@@ -92,7 +100,7 @@ pub fn build(config: Config) -> anyhow::Result<Arc<server::Shared>> {
             physical: node_clock,
             wall_ms: wall_clock_ms,
             hash_seed: None,
-            store: None,
+            store,
         },
     )
 }
@@ -133,7 +141,13 @@ pub fn build_node(config: Config, env: NodeEnv) -> anyhow::Result<Arc<server::Sh
     let loaded = store
         .load()
         .map_err(|e| anyhow::anyhow!("loading the stored state: {e:#}"))?;
-    let shared = server::Shared::new(config, ks, repl, Some(persist::Persistence::new(store)));
+    let always = config.appendfsync == config::Fsync::Always;
+    let shared = server::Shared::new(
+        config,
+        ks,
+        repl,
+        Some(persist::Persistence::new(store, always)),
+    );
     persist::restore(&shared, loaded);
     Ok(shared)
 }

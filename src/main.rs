@@ -131,6 +131,13 @@ fn server(args: &[String]) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
+    if let Some(persistence) = &shared.persistence {
+        // Whatever changed since the last cut, stored before exiting.
+        match chorus::persist::cut_once(&shared, persistence) {
+            Ok(keys) => info!("final cut stored ({keys} keys changed since the last)"),
+            Err(e) => tracing::error!("the final cut was not stored: {e:#}"),
+        }
+    }
     info!("Chorus is now ready to exit, bye bye...");
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())

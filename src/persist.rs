@@ -14,6 +14,12 @@ use crate::store::{Cut, Loaded, Store};
 /// A node's store and what it did, for INFO.
 pub struct Persistence {
     pub store: Arc<dyn Store>,
+    /// `appendfsync always`: a connection takes a cut before replying to a
+    /// batch that wrote.
+    pub always: bool,
+    /// One cut at a time: two cuts stored out of order would put older
+    /// states over newer ones.
+    cut_lock: parking_lot::Mutex<()>,
     pub cuts: AtomicU64,
     pub keys_written: AtomicU64,
     pub failures: AtomicU64,
@@ -22,9 +28,11 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    pub fn new(store: Arc<dyn Store>) -> Persistence {
+    pub fn new(store: Arc<dyn Store>, always: bool) -> Persistence {
         Persistence {
             store,
+            always,
+            cut_lock: parking_lot::Mutex::new(()),
             cuts: AtomicU64::new(0),
             keys_written: AtomicU64::new(0),
             failures: AtomicU64::new(0),
@@ -56,6 +64,7 @@ pub fn restore(shared: &Shared, loaded: Loaded) {
 
 /// Takes one cut and stores it; returns how many keys it wrote.
 pub fn cut_once(shared: &Shared, persistence: &Persistence) -> anyhow::Result<usize> {
+    let _one_at_a_time = persistence.cut_lock.lock();
     let ks = &shared.ks;
     let stable = shared.repl.as_ref().map(|r| r.stable_for_cut());
     let cut = {
@@ -87,6 +96,21 @@ pub fn cut_once(shared: &Shared, persistence: &Persistence) -> anyhow::Result<us
         .last_cut_ms
         .store(ks.clock.physical_unix_ms(), Ordering::Relaxed);
     Ok(written)
+}
+
+/// `appendfsync always`: stores a cut if the node wrote since `before`
+/// (its local write count when the batch began). A failure is logged and
+/// counted: the batch's writes are applied and replicated, not on disk.
+pub fn sync_if_written(shared: &Shared, before: u64) {
+    let Some(persistence) = shared.persistence.as_ref().filter(|p| p.always) else {
+        return;
+    };
+    if shared.ks.local_writes() == before {
+        return;
+    }
+    if let Err(e) = cut_once(shared, persistence) {
+        tracing::error!("appendfsync always: {e:#}");
+    }
 }
 
 /// How often a node with a store takes a cut: what a crash can lose of the

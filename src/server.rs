@@ -405,6 +405,7 @@ async fn connection(
         // One clock read per batch, as Redis caches mstime per event-loop turn.
         let mut now_ms = shared.ks.clock.physical_unix_ms();
         let mut last_cmd: Option<&'static str> = None;
+        let writes_before = shared.ks.local_writes();
         while input.len() - consumed >= need && !client.close {
             let limits = if client.authed {
                 full_limits(shared)
@@ -461,6 +462,7 @@ async fn connection(
             }
         }
         if !out.buf.is_empty() {
+            crate::persist::sync_if_written(shared, writes_before);
             sock.write_all(&out.buf).await?;
             shared
                 .stats

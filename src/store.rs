@@ -60,7 +60,7 @@ pub trait Store: Send + Sync {
     fn write(&self, cut: Cut) -> anyhow::Result<()>;
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct MemData {
     keys: BTreeMap<(u32, Vec<u8>), Vec<u8>>,
     floors: Vec<Stamp>,
@@ -68,6 +68,37 @@ struct MemData {
     lives: BTreeSet<NodeId>,
     clock: Stamp,
     cuts: u64,
+}
+
+impl MemData {
+    /// Folds a cut's floors, version vector, life and clock into what is
+    /// held (the keys are each store's own business).
+    fn absorb(&mut self, cut: &Cut) {
+        if self.floors.len() < cut.floors.len() {
+            self.floors.resize(cut.floors.len(), Stamp::ZERO);
+        }
+        for (have, new) in self.floors.iter_mut().zip(&cut.floors) {
+            *have = (*have).max(*new);
+        }
+        for (origin, seq) in &cut.applied {
+            let have = self.applied.entry(*origin).or_default();
+            *have = (*have).max(*seq);
+        }
+        self.lives.insert(cut.node);
+        self.clock = self.clock.max(cut.clock);
+        self.cuts += 1;
+    }
+
+    /// What a node starts from: `keys` and what is held besides.
+    fn loaded(&self, keys: Vec<(u32, Vec<u8>, KeyState)>) -> Loaded {
+        Loaded {
+            keys,
+            floors: self.floors.clone(),
+            applied: self.applied.iter().map(|(n, s)| (*n, *s)).collect(),
+            lives: self.lives.iter().copied().collect(),
+            clock: self.clock,
+        }
+    }
 }
 
 /// A store in memory. It lives outside the node, so a node that is dropped
@@ -127,17 +158,12 @@ impl Store for MemStore {
             })?;
             keys.push((*db, key.clone(), state));
         }
-        Ok(Loaded {
-            keys,
-            floors: data.floors.clone(),
-            applied: data.applied.iter().map(|(n, s)| (*n, *s)).collect(),
-            lives: data.lives.iter().copied().collect(),
-            clock: data.clock,
-        })
+        Ok(data.loaded(keys))
     }
 
     fn write(&self, cut: Cut) -> anyhow::Result<()> {
         let mut data = self.data.lock();
+        data.absorb(&cut);
         for (db, key, state) in cut.keys {
             match state {
                 Some(bytes) => {
@@ -148,19 +174,151 @@ impl Store for MemStore {
                 }
             }
         }
-        if data.floors.len() < cut.floors.len() {
-            data.floors.resize(cut.floors.len(), Stamp::ZERO);
+        Ok(())
+    }
+}
+
+/// A store in a sled database under `dir`: the keys of every database with
+/// their encoded states, and the cut's floors, version vector, lives and
+/// clock. A cut is one sled batch, applied atomically; with
+/// `appendfsync always` or `everysec` it is flushed to disk before `write`
+/// returns.
+pub struct SledStore {
+    db: sled::Db,
+    path: std::path::PathBuf,
+    fsync: bool,
+    /// What the store holds of the cuts' merged parts, kept in memory so a
+    /// cut never reads the disk.
+    meta: Mutex<MemData>,
+}
+
+const KEY_PREFIX: u8 = b'k';
+const META_FLOORS: &[u8] = b"m:floors";
+const META_APPLIED: &[u8] = b"m:applied";
+const META_LIVES: &[u8] = b"m:lives";
+const META_CLOCK: &[u8] = b"m:clock";
+
+/// The directory inside `dir` that holds a node's sled files.
+pub const SLED_DIR: &str = "chorus.sled";
+
+fn sled_key(db: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(5 + key.len());
+    k.push(KEY_PREFIX);
+    k.extend_from_slice(&db.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+impl SledStore {
+    /// Opens (or creates) the store in `dir`/[`SLED_DIR`]. `fsync`: flush
+    /// every cut to disk before reporting it stored.
+    pub fn open(dir: &std::path::Path, fsync: bool) -> anyhow::Result<SledStore> {
+        let path = dir.join(SLED_DIR);
+        let db = sled::Config::default()
+            .path(&path)
+            .flush_every_ms(Some(500))
+            .open()
+            .map_err(|e| {
+                anyhow::anyhow!("cannot open the data store in {}: {e}", path.display())
+            })?;
+        let store = SledStore {
+            db,
+            path,
+            fsync,
+            meta: Mutex::new(MemData::default()),
+        };
+        let loaded_meta = store.read_meta()?;
+        *store.meta.lock() = loaded_meta;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn read_meta(&self) -> anyhow::Result<MemData> {
+        fn get<T: serde::de::DeserializeOwned + Default>(
+            db: &sled::Db,
+            key: &[u8],
+        ) -> anyhow::Result<T> {
+            match db.get(key)? {
+                None => Ok(T::default()),
+                Some(bytes) => chorus_crdt::decode(&bytes).map_err(|e| {
+                    anyhow::anyhow!(
+                        "stored {} does not decode: {e}",
+                        String::from_utf8_lossy(key)
+                    )
+                }),
+            }
         }
-        for (have, new) in data.floors.iter_mut().zip(cut.floors) {
-            *have = (*have).max(new);
+        let applied: Vec<(NodeId, u64)> = get(&self.db, META_APPLIED)?;
+        let lives: Vec<NodeId> = get(&self.db, META_LIVES)?;
+        Ok(MemData {
+            keys: BTreeMap::new(),
+            floors: get(&self.db, META_FLOORS)?,
+            applied: applied.into_iter().collect(),
+            lives: lives.into_iter().collect(),
+            clock: get(&self.db, META_CLOCK)?,
+            cuts: 0,
+        })
+    }
+}
+
+fn encoded<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
+    chorus_crdt::encode(value).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+impl Store for SledStore {
+    fn name(&self) -> &'static str {
+        "sled"
+    }
+
+    fn load(&self) -> anyhow::Result<Loaded> {
+        let mut keys = Vec::new();
+        for entry in self.db.scan_prefix([KEY_PREFIX]) {
+            let (k, v) = entry?;
+            if k.len() < 5 {
+                anyhow::bail!("a stored key is too short ({} bytes)", k.len());
+            }
+            let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
+            let key = k[5..].to_vec();
+            let state: KeyState = chorus_crdt::decode(&v).map_err(|e| {
+                anyhow::anyhow!(
+                    "stored state of key {:?} in db {db} does not decode: {e}",
+                    String::from_utf8_lossy(&key)
+                )
+            })?;
+            keys.push((db, key, state));
         }
-        for (origin, seq) in cut.applied {
-            let have = data.applied.entry(origin).or_default();
-            *have = (*have).max(seq);
+        Ok(self.meta.lock().loaded(keys))
+    }
+
+    fn write(&self, cut: Cut) -> anyhow::Result<()> {
+        let mut meta = self.meta.lock();
+        let mut next = meta.clone();
+        next.absorb(&cut);
+        let mut batch = sled::Batch::default();
+        for (db, key, state) in &cut.keys {
+            match state {
+                Some(bytes) => batch.insert(sled_key(*db, key), bytes.as_slice()),
+                None => batch.remove(sled_key(*db, key)),
+            }
         }
-        data.lives.insert(cut.node);
-        data.clock = data.clock.max(cut.clock);
-        data.cuts += 1;
+        batch.insert(META_FLOORS, encoded(&next.floors)?);
+        let applied: Vec<(NodeId, u64)> = next.applied.iter().map(|(n, s)| (*n, *s)).collect();
+        batch.insert(META_APPLIED, encoded(&applied)?);
+        let lives: Vec<NodeId> = next.lives.iter().copied().collect();
+        batch.insert(META_LIVES, encoded(&lives)?);
+        batch.insert(META_CLOCK, encoded(&next.clock)?);
+        self.db
+            .apply_batch(batch)
+            .map_err(|e| anyhow::anyhow!("writing to {}: {e}", self.path.display()))?;
+        if self.fsync {
+            self.db
+                .flush()
+                .map_err(|e| anyhow::anyhow!("flushing {}: {e}", self.path.display()))?;
+        }
+        *meta = next;
         Ok(())
     }
 }
@@ -324,6 +482,38 @@ mod tests {
         ] {
             assert!(info.contains(&format!("{line}\r\n")), "{info}");
         }
+    }
+
+    #[test]
+    fn a_sled_store_reopened_holds_what_its_cuts_wrote() {
+        let dir = std::env::temp_dir().join(format!("chorus-sled-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let ks = tracking_keyspace(1);
+        set(&ks, 0, b"a", Some(b"1"));
+        set(&ks, 1, b"b", Some(b"2"));
+        {
+            let store = SledStore::open(&dir, true).unwrap();
+            store.write(cut(&ks)).unwrap();
+            set(&ks, 1, b"b", None);
+            store.write(cut(&ks)).unwrap();
+        }
+        let store = SledStore::open(&dir, true).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.lives, vec![NodeId(1)]);
+        assert_eq!(loaded.applied, vec![(NodeId(9), 4)]);
+        let restarted = tracking_keyspace(2);
+        restarted.restore(loaded.keys, &loaded.floors);
+        assert_eq!(restarted.dump(), ks.dump());
+        // A later life adds itself; earlier lives stay.
+        let mut next = cut(&restarted);
+        next.node = NodeId(2);
+        next.applied = vec![(NodeId(9), 7), (NodeId(1), 3)];
+        store.write(next).unwrap();
+        drop(store);
+        let loaded = SledStore::open(&dir, false).unwrap().load().unwrap();
+        assert_eq!(loaded.lives, vec![NodeId(1), NodeId(2)]);
+        assert_eq!(loaded.applied, vec![(NodeId(1), 3), (NodeId(9), 7)]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

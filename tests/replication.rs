@@ -585,3 +585,80 @@ fn peers_authenticated_by_certificates_replicate_and_a_foreign_one_gets_nothing(
     let _ = std::fs::remove_dir_all(ours);
     let _ = std::fs::remove_dir_all(theirs);
 }
+
+/// A node with `appendonly yes` that is killed comes back with its data,
+/// resumes from what it stored (its peer streams just the missing writes,
+/// no state transfer although the peer's backlog no longer reaches back to
+/// the start), and gets the writes and deletes made while it was down.
+#[test]
+fn a_node_with_a_store_restarts_from_disk_and_resumes() {
+    let dir = std::env::temp_dir().join(format!("chorus-repl-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let store = [
+        "--appendonly",
+        "yes",
+        "--dir",
+        d,
+        "--repl-backlog-size",
+        "16kb",
+    ];
+    let a = node(pa, &[pb], &store);
+    let b = node(pb, &[pa], &["--repl-backlog-size", "16kb"]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let filler = "x".repeat(1_000);
+    for i in 0..40 {
+        q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
+    }
+    q::<()>(&mut ca, &["SET", "kept", "on-disk"]);
+    q::<()>(&mut ca, &["SET", "doomed", "1"]);
+    wait_until("A to have B's writes", || {
+        q::<i64>(&mut ca, &["DBSIZE"]) == 42
+    });
+    let cuts = |c: &mut redis::Connection| -> u64 {
+        let info: String = q(c, &["INFO", "persistence"]);
+        info.lines()
+            .find_map(|l| l.strip_prefix("store_cuts:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let now = cuts(&mut ca);
+    wait_until("a cut after the writes", || cuts(&mut ca) >= now + 2);
+    let transfers = |c: &mut redis::Connection| -> String {
+        let info: String = q(c, &["INFO", "replication"]);
+        info.split("state_transfers=")
+            .nth(1)
+            .and_then(|r| r.split(',').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let transfers_before = transfers(&mut cb);
+    drop(ca);
+    drop(a);
+
+    q::<()>(&mut cb, &["DEL", "doomed"]);
+    q::<()>(&mut cb, &["SET", "while-down", "2"]);
+    let a = node(pa, &[pb], &store);
+    let mut ca = a.conn();
+    assert_eq!(
+        get(&mut ca, "kept").as_deref(),
+        Some("on-disk"),
+        "loaded from disk, before any peer"
+    );
+    wait_until("the writes made while A was down", || {
+        get(&mut ca, "while-down").as_deref() == Some("2") && get(&mut ca, "doomed").is_none()
+    });
+    assert_eq!(q::<i64>(&mut ca, &["DBSIZE"]), 42);
+    wait_until("A's restart seen by B", || {
+        let info: String = q(&mut cb, &["INFO", "replication"]);
+        info.contains("state=connected")
+    });
+    assert_eq!(
+        transfers(&mut cb),
+        transfers_before,
+        "B resumed A from A's stored version vector, without a state transfer"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -559,9 +559,14 @@ fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
         ),
-        // True of an in-memory node; tools such as redis-benchmark ask.
+        // No RDB snapshots; tools such as redis-benchmark ask.
         ("save", String::new()),
-        ("appendonly", "no".to_string()),
+        (
+            "appendonly",
+            if c.appendonly { "yes" } else { "no" }.to_string(),
+        ),
+        ("appendfsync", c.appendfsync.as_str().to_string()),
+        ("dir", c.dir.display().to_string()),
     ]
 }
 
@@ -813,8 +818,16 @@ fn time(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 }
 
 fn lastsave(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    // An in-memory node never saved; Redis reports its start time then.
-    x.out.int((x.shared.started_unix_ms / 1000) as i64);
+    // Never saved (in memory, or no cut yet): Redis reports its start time.
+    let last_cut_ms = x.shared.persistence.as_ref().map_or(0, |p| {
+        p.last_cut_ms.load(std::sync::atomic::Ordering::Relaxed)
+    });
+    let ms = if last_cut_ms == 0 {
+        x.shared.started_unix_ms
+    } else {
+        last_cut_ms
+    };
+    x.out.int((ms / 1000) as i64);
     Ok(())
 }
 
