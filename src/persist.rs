@@ -79,9 +79,8 @@ pub fn cut_once(shared: &Shared, persistence: &Persistence) -> anyhow::Result<us
         }
     };
     let written = cut.keys.len();
-    let keys = cut.keys.clone();
-    if let Err(e) = persistence.store.write(cut) {
-        ks.mark_dirty(&keys);
+    if let Err(e) = persistence.store.write(&cut) {
+        ks.mark_dirty(&cut.keys);
         persistence.failures.fetch_add(1, Ordering::Relaxed);
         return Err(e).context("storing a cut");
     }
@@ -117,15 +116,41 @@ pub fn sync_if_written(shared: &Shared, before: u64) {
 /// writes no peer received (Redis's `appendfsync everysec`).
 pub const CUT_EVERY: Duration = Duration::from_secs(1);
 
+/// Where the periodic cut runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutThread {
+    /// On tokio's blocking pool: storing a large cut (sled inserts, an
+    /// fsync) never stalls the connections sharing the server threads.
+    Blocking,
+    /// On the calling task (the simulation: deterministic, one thread).
+    Inline,
+}
+
 /// Takes a cut every `every`, for as long as the node lives.
-pub async fn run(shared: Arc<Shared>, every: Duration) {
-    let Some(persistence) = shared.persistence.as_ref() else {
+pub async fn run(shared: Arc<Shared>, every: Duration, thread: CutThread) {
+    if shared.persistence.is_none() {
         return;
-    };
+    }
     loop {
         tokio::time::sleep(every).await;
-        if let Err(e) = cut_once(&shared, persistence) {
+        let result = match thread {
+            CutThread::Inline => cut_with(&shared),
+            CutThread::Blocking => {
+                let shared = shared.clone();
+                tokio::task::spawn_blocking(move || cut_with(&shared))
+                    .await
+                    .unwrap_or_else(|e| Err(anyhow::anyhow!("the cut task failed: {e}")))
+            }
+        };
+        if let Err(e) = result {
             warn!("{e:#}");
         }
+    }
+}
+
+fn cut_with(shared: &Shared) -> anyhow::Result<usize> {
+    match shared.persistence.as_ref() {
+        Some(persistence) => cut_once(shared, persistence),
+        None => Ok(0),
     }
 }

@@ -222,6 +222,7 @@ pub async fn serve(shared: Arc<Shared>) -> anyhow::Result<()> {
         tokio::spawn(crate::persist::run(
             shared.clone(),
             crate::persist::CUT_EVERY,
+            crate::persist::CutThread::Blocking,
         ));
     }
     let mut stop = shared.shutdown.subscribe();

@@ -57,7 +57,7 @@ pub trait Store: Send + Sync {
     /// What INFO shows as `storage_provider`.
     fn name(&self) -> &'static str;
     fn load(&self) -> anyhow::Result<Loaded>;
-    fn write(&self, cut: Cut) -> anyhow::Result<()>;
+    fn write(&self, cut: &Cut) -> anyhow::Result<()>;
 }
 
 #[derive(Debug, Default, Clone)]
@@ -161,16 +161,16 @@ impl Store for MemStore {
         Ok(data.loaded(keys))
     }
 
-    fn write(&self, cut: Cut) -> anyhow::Result<()> {
+    fn write(&self, cut: &Cut) -> anyhow::Result<()> {
         let mut data = self.data.lock();
-        data.absorb(&cut);
-        for (db, key, state) in cut.keys {
+        data.absorb(cut);
+        for (db, key, state) in &cut.keys {
             match state {
                 Some(bytes) => {
-                    data.keys.insert((db, key), bytes);
+                    data.keys.insert((*db, key.clone()), bytes.clone());
                 }
                 None => {
-                    data.keys.remove(&(db, key));
+                    data.keys.remove(&(*db, key.clone()));
                 }
             }
         }
@@ -293,10 +293,10 @@ impl Store for SledStore {
         Ok(self.meta.lock().loaded(keys))
     }
 
-    fn write(&self, cut: Cut) -> anyhow::Result<()> {
+    fn write(&self, cut: &Cut) -> anyhow::Result<()> {
         let mut meta = self.meta.lock();
         let mut next = meta.clone();
-        next.absorb(&cut);
+        next.absorb(cut);
         let mut batch = sled::Batch::default();
         for (db, key, state) in &cut.keys {
             match state {
@@ -370,7 +370,7 @@ mod tests {
         let store = MemStore::new();
         set(&ks, 0, b"a", Some(b"1"));
         set(&ks, 1, b"b", Some(b"2"));
-        store.write(cut(&ks)).unwrap();
+        store.write(&cut(&ks)).unwrap();
         set(&ks, 0, b"a", Some(b"3"));
         {
             let mut all = ks.lock_all();
@@ -383,7 +383,7 @@ mod tests {
             2,
             "only what changed since the first cut"
         );
-        store.write(second).unwrap();
+        store.write(&second).unwrap();
         assert!(cut(&ks).keys.is_empty(), "a cut takes the dirty keys");
 
         let loaded = store.load().unwrap();
@@ -401,12 +401,12 @@ mod tests {
         let store = MemStore::new();
         set(&ks, 0, b"a", Some(b"1"));
         set(&ks, 0, b"b", Some(b"2"));
-        store.write(cut(&ks)).unwrap();
+        store.write(&cut(&ks)).unwrap();
         ks.flush_local(&mut ks.lock_all(), None);
         let flushed = cut(&ks);
         assert!(flushed.keys.iter().all(|(_, _, s)| s.is_none()));
         assert!(!flushed.floors[0].is_zero());
-        store.write(flushed).unwrap();
+        store.write(&flushed).unwrap();
         assert!(store.is_empty());
         let loaded = store.load().unwrap();
         assert_eq!(loaded.floors, ks.dump().1);
@@ -422,7 +422,7 @@ mod tests {
         fn load(&self) -> anyhow::Result<Loaded> {
             Ok(Loaded::default())
         }
-        fn write(&self, _: Cut) -> anyhow::Result<()> {
+        fn write(&self, _: &Cut) -> anyhow::Result<()> {
             anyhow::bail!("disk full")
         }
     }
@@ -493,9 +493,9 @@ mod tests {
         set(&ks, 1, b"b", Some(b"2"));
         {
             let store = SledStore::open(&dir, true).unwrap();
-            store.write(cut(&ks)).unwrap();
+            store.write(&cut(&ks)).unwrap();
             set(&ks, 1, b"b", None);
-            store.write(cut(&ks)).unwrap();
+            store.write(&cut(&ks)).unwrap();
         }
         let store = SledStore::open(&dir, true).unwrap();
         let loaded = store.load().unwrap();
@@ -508,7 +508,7 @@ mod tests {
         let mut next = cut(&restarted);
         next.node = NodeId(2);
         next.applied = vec![(NodeId(9), 7), (NodeId(1), 3)];
-        store.write(next).unwrap();
+        store.write(&next).unwrap();
         drop(store);
         let loaded = SledStore::open(&dir, false).unwrap().load().unwrap();
         assert_eq!(loaded.lives, vec![NodeId(1), NodeId(2)]);
@@ -520,7 +520,7 @@ mod tests {
     fn stored_bytes_that_do_not_decode_are_an_error_not_a_panic() {
         let store = MemStore::new();
         store
-            .write(Cut {
+            .write(&Cut {
                 keys: vec![(0, b"k".to_vec(), Some(vec![0xff, 0x00, 0x13]))],
                 ..Cut::default()
             })

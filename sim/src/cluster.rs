@@ -201,6 +201,7 @@ async fn start_node(
         tokio::spawn(chorus::persist::run(
             shared.clone(),
             chorus::persist::CUT_EVERY,
+            chorus::persist::CutThread::Inline,
         ));
     }
     Ok(shared)
