@@ -86,9 +86,7 @@ impl Db {
             dirty,
         } = self;
         if let Some(dirty) = dirty {
-            if !dirty.contains(key) {
-                dirty.insert(Key::new(key));
-            }
+            dirty.get_or_insert_with(key, Key::new);
         }
         let state = map.entry_ref(key).or_default();
         let (was_live, old_at) = (is_live(state), state.expire_at_ms());

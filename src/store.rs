@@ -216,7 +216,8 @@ impl SledStore {
         let path = dir.join(SLED_DIR);
         let db = sled::Config::default()
             .path(&path)
-            .flush_every_ms(Some(500))
+            // With `fsync` every cut flushes; otherwise sled's own flusher does.
+            .flush_every_ms(if fsync { None } else { Some(500) })
             .open()
             .map_err(|e| {
                 anyhow::anyhow!("cannot open the data store in {}: {e}", path.display())
