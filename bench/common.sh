@@ -28,7 +28,16 @@ wait_ready() { # wait_ready PORT
     exit 1
 }
 
-stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+# Stops a server and waits until it is gone: servers start in subshells, so `wait` cannot
+# see them, and one still exiting (a final cut to disk) would steal the next run's CPU.
+stop() { # stop PID
+    kill "$1" 2>/dev/null || true
+    for _ in $(seq 1 300); do
+        kill -0 "$1" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -9 "$1" 2>/dev/null || true
+}
 
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
