@@ -30,6 +30,11 @@ wait_ready() { # wait_ready PORT
 
 # Stops a server and waits until it is gone: servers start in subshells, so `wait` cannot
 # see them, and one still exiting (a final cut to disk) would steal the next run's CPU.
+# A free TCP port on 127.0.0.1.
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
 stop() { # stop PID
     kill "$1" 2>/dev/null || true
     for _ in $(seq 1 300); do

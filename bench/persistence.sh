@@ -19,10 +19,6 @@ source bench/common.sh
 ensure_tools "redis-server redis-benchmark redis-cli" "redis-server redis-tools"
 cargo build --release -q
 
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
 start() { # start NAME -> "pid port"
     local port dir; port=$(free_port); dir="$WORK/$1-$RANDOM"; mkdir -p "$dir"
     case $1 in

@@ -27,7 +27,7 @@ cargo build --release -q
 
 
 # A client port whose replication port (+10000) is free as well.
-free_port() {
+free_repl_port() {
     python3 - <<'PY'
 import socket, random
 while True:
@@ -65,12 +65,12 @@ set_rps() {
 
 : > "$WORK/solo"; : > "$WORK/repl"; : > "$WORK/solo_cpu"; : > "$WORK/repl_cpu"
 for round in $(seq 1 "$ROUNDS"); do
-    p=$(free_port); start 0 "$p"; pid=$STARTED
+    p=$(free_repl_port); start 0 "$p"; pid=$STARTED
     c0=$(cpu_s "$pid")
     set_rps "$p" >> "$WORK/solo"
     awk -v a="$c0" -v b="$(cpu_s "$pid")" -v n="$N" 'BEGIN {print (b - a) * 1e6 / n}' >> "$WORK/solo_cpu"
     stop "$pid"
-    pa=$(free_port); pb=$(free_port)
+    pa=$(free_repl_port); pb=$(free_repl_port)
     start 0 "$pa" --masterauth bench --replicaof 127.0.0.1 "$pb"; a=$STARTED
     start 1 "$pb" --masterauth bench --replicaof 127.0.0.1 "$pa"; b=$STARTED
     c0=$(cpu_s "$a")
@@ -84,7 +84,7 @@ done
 solo=$(median < "$WORK/solo"); repl=$(median < "$WORK/repl")
 solo_cpu=$(median < "$WORK/solo_cpu"); repl_cpu=$(median < "$WORK/repl_cpu")
 
-pa=$(free_port); pb=$(free_port)
+pa=$(free_repl_port); pb=$(free_repl_port)
 start 0 "$pa" --masterauth bench --replicaof 127.0.0.1 "$pb"; a=$STARTED
 start 1 "$pb" --masterauth bench --replicaof 127.0.0.1 "$pa"; b=$STARTED
 sleep 1

@@ -20,12 +20,6 @@ source bench/common.sh
 ensure_tools "redis-server redis-benchmark redis-cli" "redis-server redis-tools"
 cargo build --release -q
 
-
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
-}
-
-
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 start_redis() {
@@ -41,7 +35,6 @@ start_chorus() { # $1: cpus for taskset, $2: server-threads
         2>>"$WORK/chorus.log" &
     PIDS+=($!); echo "$! $port"
 }
-
 
 # run_bench PORT PIPELINE -> lines "TEST rps"
 run_bench() {
@@ -68,7 +61,6 @@ for round in $(seq 1 "$ROUNDS"); do
         echo "round $round: $server done" >&2
     done
 done
-
 
 echo
 echo "Throughput, ops/s (median of $ROUNDS rounds; -n $N -r 100000 -c 50; server on CPU 0, client on CPU 1)"

@@ -359,6 +359,21 @@ mod tests {
         }
     }
 
+    /// A standalone node with the default config, built on `store`.
+    fn node_with(store: Arc<dyn Store>) -> Arc<crate::server::Shared> {
+        crate::build_node(
+            crate::Config::load(None, &[]).unwrap(),
+            crate::NodeEnv {
+                node: NodeId(1),
+                physical: chorus_crdt::system_clock,
+                wall_ms: || 0,
+                hash_seed: None,
+                store: Some(store),
+            },
+        )
+        .unwrap()
+    }
+
     fn set(ks: &Keyspace, db: usize, key: &[u8], value: Option<&[u8]>) {
         let mut all = ks.lock_all();
         ks.update(&mut all, db, key, 0, |w| w.set(value, 0))
@@ -430,18 +445,7 @@ mod tests {
 
     #[test]
     fn keys_of_a_cut_that_could_not_be_stored_go_into_the_next() {
-        let config = crate::Config::load(None, &[]).unwrap();
-        let shared = crate::build_node(
-            config,
-            crate::NodeEnv {
-                node: NodeId(1),
-                physical: chorus_crdt::system_clock,
-                wall_ms: || 0,
-                hash_seed: None,
-                store: Some(Arc::new(Failing)),
-            },
-        )
-        .unwrap();
+        let shared = node_with(Arc::new(Failing));
         set(&shared.ks, 0, b"a", Some(b"1"));
         let persistence = shared.persistence.as_ref().unwrap();
         let err = crate::persist::cut_once(&shared, persistence).unwrap_err();
@@ -458,17 +462,7 @@ mod tests {
     #[test]
     fn a_node_with_a_store_cuts_into_it_and_shows_it_in_info() {
         let store = Arc::new(MemStore::new());
-        let shared = crate::build_node(
-            crate::Config::load(None, &[]).unwrap(),
-            crate::NodeEnv {
-                node: NodeId(1),
-                physical: chorus_crdt::system_clock,
-                wall_ms: || 0,
-                hash_seed: None,
-                store: Some(store.clone()),
-            },
-        )
-        .unwrap();
+        let shared = node_with(store.clone());
         set(&shared.ks, 0, b"a", Some(b"1"));
         let persistence = shared.persistence.as_ref().unwrap();
         assert_eq!(crate::persist::cut_once(&shared, persistence).unwrap(), 1);

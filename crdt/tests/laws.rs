@@ -418,92 +418,81 @@ struct ModelWrite {
     past: std::collections::BTreeSet<usize>,
 }
 
-/// Register writes on 2-5 nodes with arbitrary partial delivery, then full
-/// delivery everywhere in random order. Returns the writes and, per write,
-/// the winners it was reported losing to.
-fn conflict_run(
-    nodes: usize,
-    steps: &[(usize, Option<u8>, usize)],
-    seed: u64,
-) -> (Vec<ModelWrite>, Vec<Vec<Stamp>>, Vec<KeyState>) {
-    let mut states = vec![KeyState::default(); nodes];
-    let mut merged: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); nodes];
-    let mut times = vec![0u64; nodes];
-    let mut writes: Vec<ModelWrite> = Vec::new();
-    let mut lost_to: Vec<Vec<Stamp>> = Vec::new();
-    let deliver = |to: usize,
-                   w: usize,
-                   writes: &Vec<ModelWrite>,
-                   states: &mut Vec<KeyState>,
-                   merged: &mut Vec<std::collections::BTreeSet<usize>>,
-                   times: &mut Vec<u64>,
-                   lost_to: &mut Vec<Vec<Stamp>>| {
-        times[to] = times[to].max(writes[w].delta.reg.stamp.time);
-        for c in states[to].merge(&writes[w].delta) {
-            if let Some(l) = writes
+/// Register writes of one key on a few nodes, with each node's causal
+/// knowledge and, per write, the winners it was reported losing to.
+struct ConflictModel {
+    states: Vec<KeyState>,
+    merged: Vec<std::collections::BTreeSet<usize>>,
+    times: Vec<u64>,
+    writes: Vec<ModelWrite>,
+    lost_to: Vec<Vec<Stamp>>,
+}
+
+impl ConflictModel {
+    fn new(nodes: usize) -> ConflictModel {
+        ConflictModel {
+            states: vec![KeyState::default(); nodes],
+            merged: vec![Default::default(); nodes],
+            times: vec![0; nodes],
+            writes: Vec::new(),
+            lost_to: Vec::new(),
+        }
+    }
+
+    fn deliver(&mut self, to: usize, w: usize) {
+        let delta = &self.writes[w].delta;
+        self.times[to] = self.times[to].max(delta.reg.stamp.time);
+        for c in self.states[to].merge(delta) {
+            if let Some(l) = self
+                .writes
                 .iter()
                 .position(|x| x.delta.reg.stamp == c.loser.stamp)
             {
-                lost_to[l].push(c.winner.stamp);
+                self.lost_to[l].push(c.winner.stamp);
             }
         }
-        merged[to].insert(w);
-        merged[to].extend(writes[w].past.iter().copied());
-    };
-    for &(node, value, pick) in steps {
-        let node = node % nodes;
-        if pick % 3 == 0 && !writes.is_empty() {
-            let w = pick % writes.len();
-            deliver(
-                node,
-                w,
-                &writes,
-                &mut states,
-                &mut merged,
-                &mut times,
-                &mut lost_to,
-            );
-            continue;
-        }
-        times[node] += 1;
+        self.merged[to].insert(w);
+        let past = self.writes[w].past.clone();
+        self.merged[to].extend(past);
+    }
+
+    fn write(&mut self, node: usize, value: Option<u8>) {
+        self.times[node] += 1;
         let stamp = Stamp {
-            time: times[node],
+            time: self.times[node],
             node: NodeId(node as u64 + 1),
         };
         let value = value.map(|v| vec![b'0' + v % 4]);
-        let delta = states[node].write(stamp, value.as_deref(), 0);
-        writes.push(ModelWrite {
+        let delta = self.states[node].write(stamp, value.as_deref(), 0);
+        self.writes.push(ModelWrite {
             delta,
-            past: merged[node].clone(),
+            past: self.merged[node].clone(),
         });
-        lost_to.push(Vec::new());
-        let w = writes.len() - 1;
-        deliver(
-            node,
-            w,
-            &writes,
-            &mut states,
-            &mut merged,
-            &mut times,
-            &mut lost_to,
-        );
+        self.lost_to.push(Vec::new());
+        self.deliver(node, self.writes.len() - 1);
+    }
+}
+
+/// Register writes on 2-5 nodes with arbitrary partial delivery, then full
+/// delivery everywhere in random order.
+fn conflict_run(nodes: usize, steps: &[(usize, Option<u8>, usize)], seed: u64) -> ConflictModel {
+    let mut m = ConflictModel::new(nodes);
+    for &(node, value, pick) in steps {
+        let node = node % nodes;
+        if pick % 3 == 0 && !m.writes.is_empty() {
+            m.deliver(node, pick % m.writes.len());
+        } else {
+            m.write(node, value);
+        }
     }
     for round in 0..2u64 {
         for to in 0..nodes {
-            for w in shuffled(writes.len(), seed ^ (to as u64 + 1) ^ (round << 32)) {
-                deliver(
-                    to,
-                    w,
-                    &writes,
-                    &mut states,
-                    &mut merged,
-                    &mut times,
-                    &mut lost_to,
-                );
+            for w in shuffled(m.writes.len(), seed ^ (to as u64 + 1) ^ (round << 32)) {
+                m.deliver(to, w);
             }
         }
     }
-    (writes, lost_to, states)
+    m
 }
 
 proptest! {
@@ -516,7 +505,7 @@ proptest! {
         steps in prop::collection::vec((0usize..6, prop::option::of(0u8..4), any::<usize>()), 1..40),
         seed in any::<u64>(),
     ) {
-        let (writes, lost_to, states) = conflict_run(nodes, &steps, seed);
+        let ConflictModel { writes, lost_to, states, .. } = conflict_run(nodes, &steps, seed);
         prop_assume!(!writes.is_empty());
         for s in &states[1..] {
             prop_assert_eq!(s, &states[0]);
