@@ -30,6 +30,13 @@ wait_ready() { # wait_ready PORT
 
 # Stops a server and waits until it is gone: servers start in subshells, so `wait` cannot
 # see them, and one still exiting (a final cut to disk) would steal the next run's CPU.
+# run_bench PORT PIPELINE TESTS -> lines "TEST rps": redis-benchmark on CPU 1, -c 50,
+# -n $N over 100000 random keys.
+run_bench() {
+    taskset -c 1 redis-benchmark -p "$1" -c 50 -P "$2" -n "$N" -r 100000 -t "$3" --csv 2>/dev/null \
+        | awk -F'","' 'NR>1 {gsub(/"/,"",$1); gsub(/"/,"",$2); print $1, $2}'
+}
+
 # A free TCP port on 127.0.0.1.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -40,9 +40,7 @@ for round in $(seq 1 "$ROUNDS"); do
         read -r pid port < <(start "$server")
         wait_ready "$port"
         for p in 16 1; do
-            taskset -c 1 redis-benchmark -p "$port" -c 50 -P "$p" -n "$N" -r 100000 -t set,incr --csv 2>/dev/null \
-                | awk -F'","' 'NR>1 {gsub(/"/,"",$1); gsub(/"/,"",$2); print $1, $2}' \
-                | while read -r test rps; do echo "$server $test P$p $rps" >> "$RESULTS"; done
+            run_bench "$port" "$p" set,incr | while read -r test rps; do echo "$server $test P$p $rps" >> "$RESULTS"; done
         done
         stop "$pid"
         echo "round $round: $server done" >&2

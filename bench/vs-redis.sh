@@ -36,11 +36,6 @@ start_chorus() { # $1: cpus for taskset, $2: server-threads
     PIDS+=($!); echo "$! $port"
 }
 
-# run_bench PORT PIPELINE -> lines "TEST rps"
-run_bench() {
-    taskset -c 1 redis-benchmark -p "$1" -c 50 -P "$2" -n "$N" -r 100000 -t set,get,incr --csv 2>/dev/null \
-        | awk -F'","' 'NR>1 {gsub(/"/,"",$1); gsub(/"/,"",$2); print $1, $2}'
-}
 
 RESULTS="$WORK/results"
 : > "$RESULTS"
@@ -53,7 +48,7 @@ for round in $(seq 1 "$ROUNDS"); do
         esac
         wait_ready "$port"
         for p in 16 1; do
-            run_bench "$port" "$p" | while read -r test rps; do
+            run_bench "$port" "$p" set,get,incr | while read -r test rps; do
                 echo "$server $test P$p $rps" >> "$RESULTS"
             done
         done
