@@ -634,6 +634,36 @@ mod tests {
     }
 
     #[test]
+    fn persistence_directives_parse_and_bad_values_are_errors() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = Config::load(
+            None,
+            &args(&[
+                "--appendonly",
+                "yes",
+                "--dir",
+                "/data",
+                "--appendfsync",
+                "always",
+            ]),
+        )
+        .unwrap();
+        assert!(c.appendonly);
+        assert_eq!(c.dir, std::path::PathBuf::from("/data"));
+        assert_eq!(c.appendfsync, Fsync::Always);
+        let d = Config::load(None, &[]).unwrap();
+        assert_eq!((d.appendonly, d.appendfsync), (false, Fsync::Everysec));
+        for bad in [
+            &["--appendonly", "maybe"][..],
+            &["--appendfsync", "sometimes"],
+            &["--dir", ""],
+        ] {
+            let e = Config::load(None, &args(bad)).unwrap_err().to_string();
+            assert!(e.contains(&bad[0][2..]), "{e}");
+        }
+    }
+
+    #[test]
     fn the_sample_replication_configs_load() {
         let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
         for file in [
