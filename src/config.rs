@@ -508,7 +508,7 @@ impl Config {
         match self.replication_port {
             Some(p) => Ok(p),
             None if self.port == 0 => Ok(0),
-            None => self.port.checked_add(10_000).ok_or_else(|| {
+            None => default_replication_port(self.port).ok_or_else(|| {
                 err(
                     &Origin::CommandLine,
                     "replication-port",
@@ -517,6 +517,12 @@ impl Config {
             }),
         }
     }
+}
+
+/// The replication port of a node listening for clients on `client_port`,
+/// when `replication-port` is not set: port + 10000.
+pub fn default_replication_port(client_port: u16) -> Option<u16> {
+    client_port.checked_add(10_000)
 }
 
 fn err(origin: &Origin, directive: &str, message: &str) -> ConfigError {

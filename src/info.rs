@@ -3,7 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
-use crate::server::Shared;
+use crate::node::Node;
 
 const ALL: &[&str] = &[
     "server",
@@ -42,7 +42,7 @@ fn cpu_seconds() -> (f64, f64) {
 }
 
 /// Renders the requested sections (`default`, `all`, `everything` or names).
-pub fn render(shared: &Shared, requested: &[String]) -> String {
+pub fn render(node: &Node, requested: &[String]) -> String {
     let wanted: Vec<&str> = if requested.is_empty()
         || requested
             .iter()
@@ -63,20 +63,20 @@ pub fn render(shared: &Shared, requested: &[String]) -> String {
         let mut title = section.to_string();
         title[..1].make_ascii_uppercase();
         let _ = write!(out, "# {title}\r\n");
-        section_body(shared, section, &mut out);
+        section_body(node, section, &mut out);
     }
     out
 }
 
-fn section_body(shared: &Shared, section: &str, out: &mut String) {
+fn section_body(node: &Node, section: &str, out: &mut String) {
     let mut line = |k: &str, v: &dyn std::fmt::Display| {
         let _ = write!(out, "{k}:{v}\r\n");
     };
-    let c = &shared.config;
-    let st = &shared.stats;
+    let c = &node.config;
+    let st = &node.stats;
     match section {
         "server" => {
-            let uptime = shared.started.elapsed().as_secs();
+            let uptime = node.started.elapsed().as_secs();
             line("redis_version", &crate::cmd::REDIS_COMPAT_VERSION);
             line("chorus_version", &env!("CARGO_PKG_VERSION"));
             line("redis_mode", &"standalone");
@@ -84,8 +84,8 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             line("arch_bits", &(usize::BITS));
             line("multiplexing_api", &"epoll");
             line("process_id", &std::process::id());
-            line("run_id", &shared.run_id);
-            line("node_id", &shared.ks.node());
+            line("run_id", &node.run_id);
+            line("node_id", &node.ks.node());
             line("tcp_port", &c.port);
             line("server_threads", &c.server_threads);
             line("uptime_in_seconds", &uptime);
@@ -99,10 +99,10 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             );
         }
         "clients" => {
-            line("connected_clients", &shared.clients.lock().len());
+            line("connected_clients", &node.clients.len());
             line(
                 "maxclients",
-                &shared.tunables.maxclients.load(Ordering::Relaxed),
+                &node.tunables.maxclients.load(Ordering::Relaxed),
             );
             line("blocked_clients", &0);
         }
@@ -120,18 +120,14 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             line("loading", &0);
             line("rdb_changes_since_last_save", &0);
             line("rdb_bgsave_in_progress", &0);
-            let last_cut_ms = shared
+            let last_cut_ms = node
                 .persistence
                 .as_ref()
                 .map_or(0, |p| p.last_cut_ms.load(Ordering::Relaxed));
-            let last_save_ms = if last_cut_ms == 0 {
-                shared.started_unix_ms
-            } else {
-                last_cut_ms
-            };
+            let last_save_ms = node.last_save_unix_ms();
             line("rdb_last_save_time", &(last_save_ms / 1000));
             line("aof_enabled", &0);
-            match &shared.persistence {
+            match &node.persistence {
                 None => line("storage_provider", &"none"),
                 Some(p) => {
                     line("storage_provider", &p.store.name());
@@ -146,7 +142,7 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             }
         }
         "stats" => {
-            let (hits, misses) = shared.ks.hits_misses();
+            let (hits, misses) = node.ks.hits_misses();
             line(
                 "total_connections_received",
                 &st.total_connections.load(Ordering::Relaxed),
@@ -169,29 +165,29 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             );
             line(
                 "expired_keys",
-                &shared.ks.expired_keys.load(Ordering::Relaxed),
+                &node.ks.expired_keys.load(Ordering::Relaxed),
             );
             line("keyspace_hits", &hits);
             line("keyspace_misses", &misses);
             line(
                 "conflicts_total",
-                &shared.ks.conflicts.total.load(Ordering::Relaxed),
+                &node.ks.conflicts.total.load(Ordering::Relaxed),
             );
         }
-        "replication" => match &shared.repl {
+        "replication" => match &node.repl {
             None => {
                 line("role", &"master");
                 line("connected_slaves", &0);
                 line("active_replica_peers", &0);
-                line("master_replid", &shared.run_id);
+                line("master_replid", &node.run_id);
                 line("master_repl_offset", &0);
             }
             Some(repl) => {
                 let (head, backlog_bytes) = repl.backlog_state();
-                let now = shared.ks.clock.physical_unix_ms();
+                let now = node.ks.clock.physical_unix_ms();
                 let peers = repl.peers.lock().clone();
                 line("role", &"active-replica");
-                line("node_id", &shared.ks.node());
+                line("node_id", &node.ks.node());
                 line("cluster_name", &c.cluster_name);
                 line(
                     "replication_listen",
@@ -261,7 +257,7 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
                 let ms = |s: chorus_crdt::Stamp| if s.is_zero() { 0 } else { s.unix_ms() };
                 line("gc_stable_ms", &ms(stable));
                 line("gc_floor_ms", &ms(floor));
-                line("tombstones", &shared.ks.tombstones());
+                line("tombstones", &node.ks.tombstones());
                 let retired: Vec<String> = repl.retired().iter().map(|n| n.to_string()).collect();
                 line("retired_nodes", &retired.join(","));
             }
@@ -272,7 +268,7 @@ fn section_body(shared: &Shared, section: &str, out: &mut String) {
             line("used_cpu_user", &format!("{user:.6}"));
         }
         "keyspace" => {
-            for (i, (keys, expires)) in shared.ks.db_sizes().into_iter().enumerate() {
+            for (i, (keys, expires)) in node.ks.db_sizes().into_iter().enumerate() {
                 if keys > 0 {
                     line(
                         &format!("db{i}"),

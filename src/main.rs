@@ -119,10 +119,11 @@ fn server(args: &[String]) -> anyhow::Result<()> {
         config.port
     );
     let runtime = build_runtime(&config)?;
-    let shared = chorus::build(config)?;
-    info!("node id {}", shared.ks.node());
+    let env = chorus::NodeEnv::from_process(&config)?;
+    let node = chorus::Node::open(config, env)?;
+    info!("node id {}", node.node_id());
     runtime.block_on(async {
-        let serving = tokio::spawn(chorus::server::serve(shared.clone()));
+        let serving = tokio::spawn(chorus::connection::serve(node.clone()));
         tokio::select! {
             r = serving => r.context("server task failed")??,
             _ = shutdown_signal() => {
@@ -131,13 +132,7 @@ fn server(args: &[String]) -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })?;
-    if let Some(persistence) = &shared.persistence {
-        // Whatever changed since the last cut, stored before exiting.
-        match chorus::persist::cut_once(&shared, persistence) {
-            Ok(keys) => info!("final cut stored ({keys} keys changed since the last)"),
-            Err(e) => tracing::error!("the final cut was not stored: {e:#}"),
-        }
-    }
+    node.close();
     info!("Chorus is now ready to exit, bye bye...");
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     Ok(())

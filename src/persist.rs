@@ -8,12 +8,17 @@ use std::time::Duration;
 use anyhow::Context;
 use tracing::{info, warn};
 
-use crate::server::Shared;
+use crate::keyspace::Keyspace;
+use crate::replication::Replicator;
 use crate::store::{Cut, Loaded, Store};
 
-/// A node's store and what it did, for INFO.
+/// A node's store, the handles a cut reads (the keyspace, and the
+/// replicator whose version vector and stable stamp go with every cut), and
+/// what it did, for INFO.
 pub struct Persistence {
     pub store: Arc<dyn Store>,
+    ks: Arc<Keyspace>,
+    repl: Option<Arc<Replicator>>,
     /// `appendfsync always`: a connection takes a cut before replying to a
     /// batch that wrote.
     pub always: bool,
@@ -28,9 +33,16 @@ pub struct Persistence {
 }
 
 impl Persistence {
-    pub fn new(store: Arc<dyn Store>, always: bool) -> Persistence {
+    pub fn new(
+        store: Arc<dyn Store>,
+        always: bool,
+        ks: Arc<Keyspace>,
+        repl: Option<Arc<Replicator>>,
+    ) -> Persistence {
         Persistence {
             store,
+            ks,
+            repl,
             always,
             cut_lock: parking_lot::Mutex::new(()),
             cuts: AtomicU64::new(0),
@@ -39,76 +51,90 @@ impl Persistence {
             last_cut_ms: AtomicU64::new(0),
         }
     }
-}
 
-/// Loads `loaded` into a node being built: its keys and floors, its clock
-/// past every stored stamp, and what it had applied (the replicator resumes
-/// from there).
-pub fn restore(shared: &Shared, loaded: Loaded) {
-    let keys = loaded.keys.len();
-    shared.ks.restore(loaded.keys, &loaded.floors);
-    if shared.ks.clock.observe(loaded.clock).is_err() {
-        // The physical clock runs behind what this node stamped before it
-        // stopped: writes may lose to its own earlier ones until it catches up.
-        warn!(stored = %loaded.clock, "the clock is behind the stored state's newest stamp");
-    }
-    if let Some(repl) = &shared.repl {
-        repl.restore(&loaded.applied, &loaded.lives);
-    }
-    info!(
-        keys,
-        lives = loaded.lives.len(),
-        "state loaded from the store"
-    );
-}
-
-/// Takes one cut and stores it; returns how many keys it wrote.
-pub fn cut_once(shared: &Shared, persistence: &Persistence) -> anyhow::Result<usize> {
-    let _one_at_a_time = persistence.cut_lock.lock();
-    let ks = &shared.ks;
-    let stable = shared.repl.as_ref().map(|r| r.stable_for_cut());
-    let cut = {
-        let mut all = ks.lock_all();
-        let (keys, floors) = ks.take_cut(&mut all)?;
-        Cut {
-            node: ks.node(),
-            clock: ks.clock.now(),
-            keys,
-            floors,
-            applied: shared.repl.as_ref().map(|r| r.cut_vv()).unwrap_or_default(),
+    /// Loads `loaded` into a node being opened: its keys and floors, its
+    /// clock past every stored stamp, and what it had applied (the replicator
+    /// resumes from there).
+    pub fn restore(&self, loaded: Loaded) {
+        let keys = loaded.keys.len();
+        self.ks.restore(loaded.keys, &loaded.floors);
+        if self.ks.clock.observe(loaded.clock).is_err() {
+            // The physical clock runs behind what this node stamped before it
+            // stopped: writes may lose to its own earlier ones until it catches up.
+            warn!(stored = %loaded.clock, "the clock is behind the stored state's newest stamp");
         }
-    };
-    let written = cut.keys.len();
-    if let Err(e) = persistence.store.write(&cut) {
-        ks.mark_dirty(&cut.keys);
-        persistence.failures.fetch_add(1, Ordering::Relaxed);
-        return Err(e).context("storing a cut");
+        if let Some(repl) = &self.repl {
+            repl.restore(&loaded.applied, &loaded.lives);
+        }
+        info!(
+            keys,
+            lives = loaded.lives.len(),
+            "state loaded from the store"
+        );
     }
-    if let (Some(repl), Some(stable)) = (&shared.repl, stable) {
-        repl.stored(stable);
-    }
-    persistence.cuts.fetch_add(1, Ordering::Relaxed);
-    persistence
-        .keys_written
-        .fetch_add(written as u64, Ordering::Relaxed);
-    persistence
-        .last_cut_ms
-        .store(ks.clock.physical_unix_ms(), Ordering::Relaxed);
-    Ok(written)
-}
 
-/// `appendfsync always`: stores a cut if the node wrote since `before`
-/// (its local write count when the batch began). A failure is logged and
-/// counted: the batch's writes are applied and replicated, not on disk.
-pub fn sync_if_written(shared: &Shared, before: u64) {
-    let Some(persistence) = shared.persistence.as_ref().filter(|p| p.always) else {
-        return;
-    };
-    if shared.ks.local_writes() == before {
-        return;
+    /// Takes one cut and stores it; returns how many keys it wrote.
+    pub fn cut_once(&self) -> anyhow::Result<usize> {
+        let _one_at_a_time = self.cut_lock.lock();
+        let ks = &self.ks;
+        let stable = self.repl.as_ref().map(|r| r.stable_for_cut());
+        let cut = {
+            let mut all = ks.lock_all();
+            let (keys, floors) = ks.take_cut(&mut all)?;
+            Cut {
+                node: ks.node(),
+                clock: ks.clock.now(),
+                keys,
+                floors,
+                applied: self.repl.as_ref().map(|r| r.cut_vv()).unwrap_or_default(),
+            }
+        };
+        let written = cut.keys.len();
+        if let Err(e) = self.store.write(&cut) {
+            ks.mark_dirty(&cut.keys);
+            self.failures.fetch_add(1, Ordering::Relaxed);
+            return Err(e).context("storing a cut");
+        }
+        if let (Some(repl), Some(stable)) = (&self.repl, stable) {
+            repl.stored(stable);
+        }
+        self.cuts.fetch_add(1, Ordering::Relaxed);
+        self.keys_written
+            .fetch_add(written as u64, Ordering::Relaxed);
+        self.last_cut_ms
+            .store(ks.clock.physical_unix_ms(), Ordering::Relaxed);
+        Ok(written)
     }
-    if let Err(e) = cut_once(shared, persistence) {
-        tracing::error!("appendfsync always: {e:#}");
+
+    /// `appendfsync always`: stores a cut if the node wrote since `before`
+    /// (its local write count when the batch began). A failure is logged and
+    /// counted: the batch's writes are applied and replicated, not on disk.
+    pub fn sync_if_written(&self, before: u64) {
+        if !self.always || self.ks.local_writes() == before {
+            return;
+        }
+        if let Err(e) = self.cut_once() {
+            tracing::error!("appendfsync always: {e:#}");
+        }
+    }
+
+    /// Takes a cut every `every`, for as long as the node lives.
+    pub async fn run(self: Arc<Self>, every: Duration, thread: CutThread) {
+        loop {
+            tokio::time::sleep(every).await;
+            let result = match thread {
+                CutThread::Inline => self.cut_once(),
+                CutThread::Blocking => {
+                    let this = self.clone();
+                    tokio::task::spawn_blocking(move || this.cut_once())
+                        .await
+                        .unwrap_or_else(|e| Err(anyhow::anyhow!("the cut task failed: {e}")))
+                }
+            };
+            if let Err(e) = result {
+                warn!("{e:#}");
+            }
+        }
     }
 }
 
@@ -124,33 +150,4 @@ pub enum CutThread {
     Blocking,
     /// On the calling task (the simulation: deterministic, one thread).
     Inline,
-}
-
-/// Takes a cut every `every`, for as long as the node lives.
-pub async fn run(shared: Arc<Shared>, every: Duration, thread: CutThread) {
-    if shared.persistence.is_none() {
-        return;
-    }
-    loop {
-        tokio::time::sleep(every).await;
-        let result = match thread {
-            CutThread::Inline => cut_with(&shared),
-            CutThread::Blocking => {
-                let shared = shared.clone();
-                tokio::task::spawn_blocking(move || cut_with(&shared))
-                    .await
-                    .unwrap_or_else(|e| Err(anyhow::anyhow!("the cut task failed: {e}")))
-            }
-        };
-        if let Err(e) = result {
-            warn!("{e:#}");
-        }
-    }
-}
-
-fn cut_with(shared: &Shared) -> anyhow::Result<usize> {
-    match shared.persistence.as_ref() {
-        Some(persistence) => cut_once(shared, persistence),
-        None => Ok(0),
-    }
 }

@@ -360,8 +360,8 @@ mod tests {
     }
 
     /// A standalone node with the default config, built on `store`.
-    fn node_with(store: Arc<dyn Store>) -> Arc<crate::server::Shared> {
-        crate::build_node(
+    fn node_with(store: Arc<dyn Store>) -> Arc<crate::Node> {
+        crate::Node::open(
             crate::Config::load(None, &[]).unwrap(),
             crate::NodeEnv {
                 node: NodeId(1),
@@ -445,30 +445,30 @@ mod tests {
 
     #[test]
     fn keys_of_a_cut_that_could_not_be_stored_go_into_the_next() {
-        let shared = node_with(Arc::new(Failing));
-        set(&shared.ks, 0, b"a", Some(b"1"));
-        let persistence = shared.persistence.as_ref().unwrap();
-        let err = crate::persist::cut_once(&shared, persistence).unwrap_err();
+        let node = node_with(Arc::new(Failing));
+        set(&node.ks, 0, b"a", Some(b"1"));
+        let persistence = node.persistence.as_ref().unwrap();
+        let err = persistence.cut_once().unwrap_err();
         assert!(format!("{err:#}").contains("disk full"), "{err:#}");
-        let info = crate::info::render(&shared, &["persistence".into()]);
+        let info = crate::info::render(&node, &["persistence".into()]);
         assert!(info.contains("storage_provider:failing\r\n"), "{info}");
         assert!(info.contains("store_write_failures:1\r\n"), "{info}");
         assert!(info.contains("store_cuts:0\r\n"), "{info}");
-        let mut all = shared.ks.lock_all();
-        let (keys, _) = shared.ks.take_cut(&mut all).unwrap();
+        let mut all = node.ks.lock_all();
+        let (keys, _) = node.ks.take_cut(&mut all).unwrap();
         assert_eq!(keys.len(), 1, "the key is dirty again");
     }
 
     #[test]
     fn a_node_with_a_store_cuts_into_it_and_shows_it_in_info() {
         let store = Arc::new(MemStore::new());
-        let shared = node_with(store.clone());
-        set(&shared.ks, 0, b"a", Some(b"1"));
-        let persistence = shared.persistence.as_ref().unwrap();
-        assert_eq!(crate::persist::cut_once(&shared, persistence).unwrap(), 1);
-        assert_eq!(crate::persist::cut_once(&shared, persistence).unwrap(), 0);
+        let node = node_with(store.clone());
+        set(&node.ks, 0, b"a", Some(b"1"));
+        let persistence = node.persistence.as_ref().unwrap();
+        assert_eq!(persistence.cut_once().unwrap(), 1);
+        assert_eq!(persistence.cut_once().unwrap(), 0);
         assert_eq!(store.len(), 1);
-        let info = crate::info::render(&shared, &["persistence".into()]);
+        let info = crate::info::render(&node, &["persistence".into()]);
         for line in [
             "storage_provider:memory",
             "store_cuts:2",

@@ -496,7 +496,7 @@ fn the_sample_config_loads() {
 
 #[test]
 fn protected_mode_refuses_non_loopback_without_password() {
-    use chorus::server::protected_refuses;
+    use chorus::connection::protected_refuses;
     let outside = "192.0.2.1".parse().unwrap();
     assert!(protected_refuses(true, false, outside));
     assert!(!protected_refuses(true, true, outside));

@@ -162,6 +162,11 @@ impl Clock {
         unix_ms_from_ntp((self.physical)().0)
     }
 
+    /// Current physical time since the epoch, as the clock reads it (TIME).
+    pub fn physical_since_epoch(&self) -> Duration {
+        (self.physical)().to_duration()
+    }
+
     /// Moves the clock past a remote stamp, unless that stamp is more than the
     /// allowed drift ahead of physical time.
     pub fn observe(&self, stamp: Stamp) -> Result<(), DriftError> {

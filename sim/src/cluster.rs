@@ -7,8 +7,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::rc::Rc;
 use std::sync::Arc;
 
+use chorus::cmd::dispatch;
+use chorus::node::{Links, Node};
 use chorus::resp::Reply;
-use chorus::server::{dispatch, Client, Shared};
+use chorus::session::Session;
 use chorus::store::MemStore;
 use chorus::{Config, NodeEnv};
 use chorus_crdt::NodeId;
@@ -36,8 +38,8 @@ pub struct Slot {
     pub node: Option<NodeId>,
     /// Weak: the host's own task owns the node, so a crash drops it inside
     /// the host (where turmoil releases its sockets).
-    shared: std::sync::Weak<Shared>,
-    client: Option<Client>,
+    shared: std::sync::Weak<Node>,
+    client: Option<Session>,
 }
 
 pub type Registry = Rc<RefCell<Vec<Slot>>>;
@@ -127,7 +129,7 @@ pub fn add_node(
                 .map_err(|e| -> Box<dyn std::error::Error> { e.to_string().into() })?;
             {
                 let mut r = reg.borrow_mut();
-                r[slot].client = Some(Client::embedded(&shared));
+                r[slot].client = Some(Session::embedded(&shared.clients));
                 r[slot].node = Some(node);
                 r[slot].shared = Arc::downgrade(&shared);
             }
@@ -144,7 +146,7 @@ async fn start_node(
     node: NodeId,
     peers: &[String],
     store: Option<Arc<MemStore>>,
-) -> anyhow::Result<Arc<Shared>> {
+) -> anyhow::Result<Arc<Node>> {
     let args: Vec<String> = [
         "--active-replica",
         "yes",
@@ -160,7 +162,7 @@ async fn start_node(
     .map(|s| s.to_string())
     .collect();
     let config = Config::load(None, &args)?;
-    let shared = chorus::build_node(
+    let shared = Node::open(
         config,
         NodeEnv {
             node,
@@ -170,10 +172,6 @@ async fn start_node(
             store: store.map(|s| s as Arc<dyn chorus::store::Store>),
         },
     )?;
-    let repl = shared
-        .repl
-        .clone()
-        .ok_or_else(|| anyhow::anyhow!("node built without replication"))?;
     let socket = SimUdp::bind(SocketAddr::new(
         IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         REPL_PORT,
@@ -195,15 +193,10 @@ async fn start_node(
         .iter()
         .map(|p| SocketAddr::new(turmoil::lookup(p.as_str()), REPL_PORT))
         .collect();
-    chorus::replication::start_with_transport(shared.clone(), repl, transport, peers)?;
-    tokio::spawn(chorus::server::active_expiry(shared.clone()));
-    if shared.persistence.is_some() {
-        tokio::spawn(chorus::persist::run(
-            shared.clone(),
-            chorus::persist::CUT_EVERY,
-            chorus::persist::CutThread::Inline,
-        ));
-    }
+    shared.start(
+        Links::Over(transport, peers),
+        chorus::persist::CutThread::Inline,
+    )?;
     Ok(shared)
 }
 
@@ -244,7 +237,7 @@ pub fn is_up(reg: &Registry, slot: usize) -> bool {
 }
 
 /// The node running in `slot` and its id, if it is up.
-pub fn node(reg: &Registry, slot: usize) -> Option<(Arc<Shared>, NodeId)> {
+pub fn node(reg: &Registry, slot: usize) -> Option<(Arc<Node>, NodeId)> {
     let r = reg.borrow();
     Some((r[slot].shared.upgrade()?, r[slot].node?))
 }

@@ -56,7 +56,7 @@ fn type_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 /// Every visible key of the current database, in shard order.
 fn for_each_key(x: &mut Exec, mut f: impl FnMut(&[u8])) {
-    let (db, now) = (x.client.db, x.now_ms);
+    let (db, now) = (x.session.db, x.now_ms);
     for shard in x.locked.shards() {
         for (k, s) in &shard.dbs[db].map {
             if s.exists(now) {
@@ -112,7 +112,7 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         i += 2;
     }
     let (mut shard_i, mut pos) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
-    let (db, now) = (x.client.db, x.now_ms);
+    let (db, now) = (x.session.db, x.now_ms);
     let mut found: Vec<Vec<u8>> = Vec::new();
     let mut visited = 0;
     let shards = crate::keyspace::SHARDS;
@@ -150,7 +150,7 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn randomkey(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    let (db, now) = (x.client.db, x.now_ms);
+    let (db, now) = (x.session.db, x.now_ms);
     let total: usize = x.locked.shards().map(|s| s.dbs[db].live).sum();
     if total == 0 {
         x.out.null();
@@ -183,7 +183,7 @@ fn randomkey(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 }
 
 fn dbsize(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    let db = x.client.db;
+    let db = x.session.db;
     let n: usize = x.locked.shards().map(|s| s.dbs[db].live).sum();
     x.out.int(n as i64);
     Ok(())
@@ -210,7 +210,7 @@ fn rename_generic(x: &mut Exec, args: &[&[u8]], nx: bool) -> CmdResult {
     let done = if src == dst || (nx && x.visible(dst)?.is_some()) {
         false
     } else {
-        let db = x.client.db;
+        let db = x.session.db;
         copy_value(x, src, dst, db)?;
         x.set_value(src, None, 0)?;
         true
@@ -242,7 +242,7 @@ fn parse_db(x: &Exec, arg: &[u8]) -> Result<usize, Error> {
 
 fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let (src, dst) = (args[1], args[2]);
-    let mut dst_db = x.client.db;
+    let mut dst_db = x.session.db;
     let mut replace = false;
     let mut i = 3;
     while i < args.len() {
@@ -256,7 +256,7 @@ fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         i += 1;
     }
-    if src == dst && dst_db == x.client.db {
+    if src == dst && dst_db == x.session.db {
         return Err(Error::Static(
             "ERR source and destination objects are the same",
         ));
@@ -289,7 +289,7 @@ fn flush_mode(args: &[&[u8]]) -> CmdResult {
 
 fn flushdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     flush_mode(args)?;
-    let db = x.client.db;
+    let db = x.session.db;
     x.ks.flush_local(&mut x.locked, Some(db));
     x.out.ok();
     Ok(())

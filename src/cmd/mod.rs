@@ -22,8 +22,9 @@ use chorus_crdt::{KeyState, Read};
 use smallvec::SmallVec;
 
 use crate::keyspace::{Db, Keyspace, Locked, NotLocked, Writer};
+use crate::node::Node;
 use crate::resp::Reply;
-use crate::server::{Client, Shared};
+use crate::session::{Queued, Session};
 
 /// A command's error reply; the text starts with the Redis error code.
 #[derive(Debug)]
@@ -155,9 +156,9 @@ pub fn shards_for(ks: &Keyspace, spec: &Spec, args: &[&[u8]], into: &mut SmallVe
 
 /// Everything a command may touch while it runs.
 pub struct Exec<'s, 'c> {
-    pub shared: &'s Shared,
+    pub node: &'s Node,
     pub ks: &'s Keyspace,
-    pub client: &'c mut Client,
+    pub session: &'c mut Session,
     pub out: &'c mut Reply,
     pub locked: Locked<'s>,
     pub now_ms: u64,
@@ -166,7 +167,7 @@ pub struct Exec<'s, 'c> {
 impl<'s> Exec<'s, '_> {
     /// The current database's part of the shard holding `key`.
     pub fn db(&mut self, key: &[u8]) -> Result<&mut Db, Error> {
-        let db = self.client.db;
+        let db = self.session.db;
         let shard = self.locked.shard(self.ks.shard_of(key))?;
         Ok(&mut shard.dbs[db])
     }
@@ -192,7 +193,7 @@ impl<'s> Exec<'s, '_> {
         key: &[u8],
         f: impl FnOnce(&mut Writer<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let db = self.client.db;
+        let db = self.session.db;
         self.update_in(db, key, f)
     }
 
@@ -280,4 +281,99 @@ fn truncate(s: &str) -> String {
 
 pub fn wrong_arity(name: &str) -> String {
     format!("ERR wrong number of arguments for '{name}' command")
+}
+
+/// Runs one command for `session`: looks it up, checks arity and
+/// authentication, queues it inside MULTI, locks the shards its keys live in
+/// and runs it. Returns its name for CLIENT LIST's `cmd=`.
+pub fn dispatch(
+    node: &Node,
+    session: &mut Session,
+    out: &mut Reply,
+    args: &[&[u8]],
+    now_ms: u64,
+) -> Option<&'static str> {
+    let Some(spec) = lookup(args[0]) else {
+        if session.multi.is_some() {
+            session.multi_dirty = true;
+        }
+        out.error(&unknown_command(args));
+        return None;
+    };
+    if !spec.arity_ok(args.len()) {
+        if session.multi.is_some() {
+            session.multi_dirty = true;
+        }
+        out.error(&wrong_arity(spec.name));
+        return Some(spec.name);
+    }
+    if !session.authed && !spec.has(flag::NOAUTH) {
+        if session.multi.is_some() {
+            session.multi_dirty = true;
+        }
+        out.error(NOAUTH);
+        return Some(spec.name);
+    }
+    if let Some(queue) = &mut session.multi {
+        if !spec.has(flag::NOQUEUE) {
+            if spec.has(flag::NOMULTI) {
+                session.multi_dirty = true;
+                out.error(&format!(
+                    "ERR Command not allowed inside a transaction: {}",
+                    spec.name
+                ));
+                return Some(spec.name);
+            }
+            queue.push(Queued {
+                spec,
+                args: args.iter().map(|a| a.to_vec()).collect(),
+            });
+            out.simple("QUEUED");
+            return Some(spec.name);
+        }
+    }
+    let ks = &*node.ks;
+    let locked = if spec.name == "exec" {
+        lock_for_exec(ks, session)
+    } else if spec.has(flag::ALLKEYS) {
+        ks.lock_all()
+    } else if spec.keys.0 == 0 {
+        Locked::empty()
+    } else {
+        let mut shards = SmallVec::new();
+        shards_for(ks, spec, args, &mut shards);
+        ks.lock(shards)
+    };
+    let mut x = Exec {
+        node,
+        ks,
+        session,
+        out,
+        locked,
+        now_ms,
+    };
+    if let Err(e) = (spec.run)(&mut x, args) {
+        x.out.error(e.text());
+    }
+    Some(spec.name)
+}
+
+/// EXEC locks every shard its queued commands and watched keys live in.
+fn lock_for_exec<'a>(ks: &'a Keyspace, session: &Session) -> Locked<'a> {
+    let Some(queue) = &session.multi else {
+        return Locked::empty();
+    };
+    if queue.iter().any(|q| q.spec.has(flag::ALLKEYS)) {
+        return ks.lock_all();
+    }
+    let mut shards: SmallVec<[usize; 4]> = session
+        .watched
+        .iter()
+        .map(|w| ks.shard_of(&w.key))
+        .collect();
+    for q in queue {
+        let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
+        shards_for(ks, q.spec, &args, &mut shards);
+    }
+    ks.lock(shards)
 }

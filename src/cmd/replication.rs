@@ -1,12 +1,12 @@
 //! Replication commands: WAIT and REPLICAOF.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::flag::*;
 use super::{int_arg, is, CmdResult, Error, Exec, Spec, SYNTAX};
-use crate::replication::Replicator;
+use crate::replication::{PeerAddrError, Replicator};
 
 pub static COMMANDS: &[Spec] = &[
     Spec { name: "wait", arity: 3, flags: 0, keys: (0, 0, 0), group: "generic", summary: "Blocks until the asynchronous replication of all preceding write commands sent by the connection is completed.", run: wait },
@@ -44,17 +44,17 @@ fn wait(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if timeout_ms < 0 {
         return Err(Error::Static("ERR timeout is negative"));
     }
-    let Some(repl) = &x.shared.repl else {
+    let Some(repl) = &x.node.repl else {
         // No peers: nothing to wait for, as Redis answers with no replicas.
         x.out.int(0);
         return Ok(());
     };
-    if x.client.multi.is_some() {
+    if x.session.multi.is_some() {
         // Inside EXEC it cannot block; report what is acknowledged now.
         x.out.int(repl.peers_acked(repl.head_seq()) as i64);
         return Ok(());
     }
-    x.client.wait = Some(PendingWait {
+    x.session.wait = Some(PendingWait {
         repl: repl.clone(),
         seq: repl.head_seq(),
         peers: peers.max(0) as usize,
@@ -65,22 +65,18 @@ fn wait(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn peer_addr(host: &[u8], port: &[u8]) -> Result<SocketAddr, Error> {
     let host = std::str::from_utf8(host).map_err(|_| Error::Static("ERR Invalid host"))?;
-    let port = int_arg(port)?;
-    let repl_port = u16::try_from(port)
-        .ok()
-        .and_then(|p| p.checked_add(10_000))
-        .ok_or(Error::Static(
-            "ERR Invalid master port: port + 10000 must be below 65536",
-        ))?;
-    (host, repl_port)
-        .to_socket_addrs()
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| Error::Owned(format!("ERR cannot resolve '{host}'")))
+    let port =
+        u16::try_from(int_arg(port)?).map_err(|_| Error::Static("ERR Invalid master port"))?;
+    crate::replication::resolve_peer(host, port).map_err(|e| match e {
+        PeerAddrError::Port => {
+            Error::Static("ERR Invalid master port: port + 10000 must be below 65536")
+        }
+        PeerAddrError::Resolve(_) => Error::Owned(format!("ERR {e}")),
+    })
 }
 
 fn replicaof(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let Some(repl) = &x.shared.repl else {
+    let Some(repl) = &x.node.repl else {
         return Err(Error::Static(
             "ERR replication is not enabled on this node: start it with masterauth and active-replica yes",
         ));

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::config::Origin;
 use crate::glob;
-use crate::server::Watched;
+use crate::session::Watched;
 
 pub static COMMANDS: &[Spec] = &[
     Spec {
@@ -215,21 +215,21 @@ fn echo(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn quit(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     x.out.ok();
-    x.client.close = true;
+    x.session.close = true;
     Ok(())
 }
 
 fn reset(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    x.client.multi = None;
-    x.client.multi_dirty = false;
-    x.client.watched.clear();
-    x.client.db = 0;
+    x.session.multi = None;
+    x.session.multi_dirty = false;
+    x.session.watched.clear();
+    x.session.db = 0;
     x.out.resp3 = false;
-    x.client.authed = !x.shared.tunables.has_password();
-    x.client.handle.db.store(0, Ordering::Relaxed);
-    x.client.handle.resp.store(2, Ordering::Relaxed);
-    x.client.handle.in_multi.store(false, Ordering::Relaxed);
-    *x.client.handle.name.lock() = None;
+    x.session.authed = !x.node.tunables.has_password();
+    x.session.handle.db.store(0, Ordering::Relaxed);
+    x.session.handle.resp.store(2, Ordering::Relaxed);
+    x.session.handle.in_multi.store(false, Ordering::Relaxed);
+    *x.session.handle.name.lock() = None;
     x.out.simple("RESET");
     Ok(())
 }
@@ -237,7 +237,7 @@ fn reset(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 /// Checks a password for the default user.
 fn check_password(x: &mut Exec, user: Option<&[u8]>, password: &[u8]) -> CmdResult {
     let ok = {
-        let required = x.shared.tunables.requirepass.read();
+        let required = x.node.tunables.requirepass.read();
         match required.as_deref() {
             None => {
                 return Err(Error::Static(
@@ -252,7 +252,7 @@ fn check_password(x: &mut Exec, user: Option<&[u8]>, password: &[u8]) -> CmdResu
             "WRONGPASS invalid username-password pair or user is disabled.",
         ));
     }
-    x.client.authed = true;
+    x.session.authed = true;
     Ok(())
 }
 
@@ -300,16 +300,16 @@ fn hello(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             )));
         }
     }
-    if !x.client.authed {
+    if !x.session.authed {
         return Err(Error::Static(
             "NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time",
         ));
     }
     if let Some(n) = name {
-        *x.client.handle.name.lock() = Some(n);
+        *x.session.handle.name.lock() = Some(n);
     }
     x.out.resp3 = proto == 3;
-    x.client
+    x.session
         .handle
         .resp
         .store(proto as usize, Ordering::Relaxed);
@@ -321,7 +321,7 @@ fn hello(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     x.out.bulk_str("proto");
     x.out.int(proto);
     x.out.bulk_str("id");
-    x.out.int(x.client.handle.id as i64);
+    x.out.int(x.session.handle.id as i64);
     x.out.bulk_str("mode");
     x.out.bulk_str("standalone");
     x.out.bulk_str("role");
@@ -336,8 +336,8 @@ fn select(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if n < 0 || n as usize >= x.ks.databases() {
         return Err(DB_RANGE);
     }
-    x.client.db = n as usize;
-    x.client.handle.db.store(n as usize, Ordering::Relaxed);
+    x.session.db = n as usize;
+    x.session.handle.db.store(n as usize, Ordering::Relaxed);
     x.out.ok();
     Ok(())
 }
@@ -351,7 +351,7 @@ fn valid_name(name: &[u8]) -> Result<&[u8], Error> {
     Ok(name)
 }
 
-fn client_line(x: &Exec, c: &crate::server::ClientHandle) -> String {
+fn client_line(x: &Exec, c: &crate::session::ClientHandle) -> String {
     let now = x.ks.clock.physical_unix_ms();
     let name = c.name.lock().clone().unwrap_or_default();
     let lib = c.lib.lock().clone();
@@ -369,29 +369,29 @@ fn client_line(x: &Exec, c: &crate::server::ClientHandle) -> String {
         if in_multi { 0 } else { -1 },
         c.last_cmd.lock(),
         c.resp.load(Ordering::Relaxed),
-        lib.0,
-        lib.1,
+        lib.name,
+        lib.version,
     )
 }
 
 fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let sub = args[1];
     if is(sub, "ID") && args.len() == 2 {
-        x.out.int(x.client.handle.id as i64);
+        x.out.int(x.session.handle.id as i64);
     } else if is(sub, "SETNAME") && args.len() == 3 {
         let name = valid_name(args[2])?;
-        *x.client.handle.name.lock() = (!name.is_empty()).then(|| name.to_vec());
+        *x.session.handle.name.lock() = (!name.is_empty()).then(|| name.to_vec());
         x.out.ok();
     } else if is(sub, "GETNAME") && args.len() == 2 {
-        let name = x.client.handle.name.lock().clone();
+        let name = x.session.handle.name.lock().clone();
         x.out.bulk_or_null(name.as_deref());
     } else if is(sub, "SETINFO") && args.len() == 4 {
         let value = String::from_utf8_lossy(valid_name(args[3])?).into_owned();
-        let mut lib = x.client.handle.lib.lock();
+        let mut lib = x.session.handle.lib.lock();
         if is(args[2], "LIB-NAME") {
-            lib.0 = value;
+            lib.name = value;
         } else if is(args[2], "LIB-VER") {
-            lib.1 = value;
+            lib.version = value;
         } else {
             return Err(Error::Owned(format!(
                 "ERR Unrecognized option '{}'",
@@ -401,7 +401,7 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         drop(lib);
         x.out.ok();
     } else if is(sub, "INFO") && args.len() == 2 {
-        let line = client_line(x, &x.client.handle.clone());
+        let line = client_line(x, &x.session.handle.clone());
         x.out.verbatim(&format!("{line}\n"));
     } else if is(sub, "LIST") {
         let mut ids: Option<Vec<u64>> = None;
@@ -424,7 +424,7 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
                 return Err(SYNTAX);
             }
         }
-        let handles: Vec<_> = x.shared.clients.lock().values().cloned().collect();
+        let handles: Vec<_> = x.node.clients.list();
         let mut text = String::new();
         for h in handles {
             if ids.as_ref().is_none_or(|l| l.contains(&h.id)) {
@@ -457,8 +457,8 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn client_kill(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let me = x.client.handle.id;
-    let handles: Vec<_> = x.shared.clients.lock().values().cloned().collect();
+    let me = x.session.handle.id;
+    let handles: Vec<_> = x.node.clients.list();
     let old_style = args.len() == 3;
     let (mut id, mut addr, mut laddr, mut skipme) = (None, None, None, true);
     if old_style {
@@ -497,10 +497,9 @@ fn client_kill(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         if matches {
             killed += 1;
             if h.id == me {
-                x.client.close = true;
+                x.session.close = true;
             } else {
-                h.killed.store(true, Ordering::Relaxed);
-                h.kill.notify_one();
+                h.kill();
             }
         }
     }
@@ -517,8 +516,8 @@ fn client_kill(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 /// Every parameter CONFIG GET knows, with its current value.
 fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
-    let c = &x.shared.config;
-    let t = &x.shared.tunables;
+    let c = &x.node.config;
+    let t = &x.node.tunables;
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
     vec![
         ("port", c.port.to_string()),
@@ -594,7 +593,7 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         x.out.ok();
     } else if is(sub, "RESETSTAT") && args.len() == 2 {
-        let s = &x.shared.stats;
+        let s = &x.node.stats;
         for c in [
             &s.total_commands,
             &s.total_connections,
@@ -627,7 +626,7 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
     let name = String::from_utf8_lossy(name).to_ascii_lowercase();
     let value = String::from_utf8_lossy(value).into_owned();
     // Validate with the same parser as the config file.
-    let mut probe = x.shared.config.clone();
+    let mut probe = x.node.config.clone();
     let failed = |msg: String| {
         Error::Owned(format!(
             "ERR CONFIG SET failed (possibly related to argument '{name}') - {msg}"
@@ -636,7 +635,7 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
     probe
         .apply(&name, std::slice::from_ref(&value), &Origin::ConfigSet)
         .map_err(|e| failed(e.message))?;
-    let t = &x.shared.tunables;
+    let t = &x.node.tunables;
     match name.as_str() {
         "requirepass" => *t.requirepass.write() = probe.requirepass,
         "maxclients" => t.maxclients.store(probe.maxclients, Ordering::Relaxed),
@@ -666,7 +665,7 @@ fn info(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         .iter()
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         .collect();
-    let text = crate::info::render(x.shared, &sections);
+    let text = crate::info::render(x.node, &sections);
     x.out.verbatim(&text);
     Ok(())
 }
@@ -808,9 +807,8 @@ fn command(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn time(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    // The node's clock, not the system's: skewed in drills, simulated in the sim.
+    let now = x.ks.clock.physical_since_epoch();
     x.out.array(2);
     x.out.bulk(now.as_secs().to_string().as_bytes());
     x.out.bulk(now.subsec_micros().to_string().as_bytes());
@@ -819,14 +817,7 @@ fn time(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 
 fn lastsave(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     // Never saved (in memory, or no cut yet): Redis reports its start time.
-    let last_cut_ms = x.shared.persistence.as_ref().map_or(0, |p| {
-        p.last_cut_ms.load(std::sync::atomic::Ordering::Relaxed)
-    });
-    let ms = if last_cut_ms == 0 {
-        x.shared.started_unix_ms
-    } else {
-        last_cut_ms
-    };
+    let ms = x.node.last_save_unix_ms();
     x.out.int((ms / 1000) as i64);
     Ok(())
 }
@@ -838,8 +829,8 @@ fn shutdown(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
     }
     tracing::info!("User requested shutdown...");
-    x.shared.request_shutdown();
-    x.client.close = true;
+    x.node.request_shutdown();
+    x.session.close = true;
     Ok(())
 }
 
@@ -852,7 +843,7 @@ fn debug(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
                 "ERR sleep time must be between 0 and 3600 seconds",
             ));
         }
-        x.client.sleep = Some(Duration::from_secs_f64(secs));
+        x.session.sleep = Some(Duration::from_secs_f64(secs));
         x.out.ok();
         Ok(())
     } else {
@@ -861,24 +852,24 @@ fn debug(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn multi(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    if x.client.multi.is_some() {
+    if x.session.multi.is_some() {
         return Err(Error::Static("ERR MULTI calls can not be nested"));
     }
-    x.client.multi = Some(Vec::new());
-    x.client.handle.in_multi.store(true, Ordering::Relaxed);
+    x.session.multi = Some(Vec::new());
+    x.session.handle.in_multi.store(true, Ordering::Relaxed);
     x.out.ok();
     Ok(())
 }
 
 fn end_multi(x: &mut Exec) {
-    x.client.multi = None;
-    x.client.multi_dirty = false;
-    x.client.watched.clear();
-    x.client.handle.in_multi.store(false, Ordering::Relaxed);
+    x.session.multi = None;
+    x.session.multi_dirty = false;
+    x.session.watched.clear();
+    x.session.handle.in_multi.store(false, Ordering::Relaxed);
 }
 
 fn discard(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    if x.client.multi.is_none() {
+    if x.session.multi.is_none() {
         return Err(Error::Static("ERR DISCARD without MULTI"));
     }
     end_multi(x);
@@ -896,16 +887,16 @@ fn unchanged(x: &mut Exec, w: &Watched) -> Result<bool, Error> {
 }
 
 fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    let Some(queue) = x.client.multi.take() else {
+    let Some(queue) = x.session.multi.take() else {
         return Err(Error::Static("ERR EXEC without MULTI"));
     };
-    if x.client.multi_dirty {
+    if x.session.multi_dirty {
         end_multi(x);
         return Err(Error::Static(
             "EXECABORT Transaction discarded because of previous errors.",
         ));
     }
-    let watched = std::mem::take(&mut x.client.watched);
+    let watched = std::mem::take(&mut x.session.watched);
     for w in &watched {
         if !unchanged(x, w)? {
             end_multi(x);
@@ -925,15 +916,15 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 }
 
 fn watch(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    if x.client.multi.is_some() {
+    if x.session.multi.is_some() {
         return Err(Error::Static("ERR WATCH inside MULTI is not allowed"));
     }
     let now = x.now_ms;
-    let db = x.client.db;
+    let db = x.session.db;
     for key in &args[1..] {
         let state = x.db(key)?.get(key).cloned();
         let visible = state.as_ref().is_some_and(|s| s.exists(now));
-        x.client.watched.push(Watched {
+        x.session.watched.push(Watched {
             db,
             key: key.to_vec(),
             state,
@@ -945,7 +936,7 @@ fn watch(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn unwatch(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
-    x.client.watched.clear();
+    x.session.watched.clear();
     x.out.ok();
     Ok(())
 }

@@ -38,7 +38,7 @@ pub static COMMANDS: &[Spec] = &[
 fn get(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let key = args[1];
     let now = x.now_ms;
-    let db = x.client.db;
+    let db = x.session.db;
     let shard = x.locked.shard(x.ks.shard_of(key))?;
     let read = shard.dbs[db].get(key).map_or(Read::Absent, |s| s.read(now));
     if matches!(read, Read::Absent) {
@@ -231,7 +231,7 @@ fn getex(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 fn mget(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     x.out.array(args.len() - 1);
     let now = x.now_ms;
-    let db = x.client.db;
+    let db = x.session.db;
     for key in &args[1..] {
         let shard = x.locked.shard(x.ks.shard_of(key))?;
         let read = shard.dbs[db].get(key).map_or(Read::Absent, |s| s.read(now));
@@ -278,7 +278,7 @@ fn check_size(max: usize, len: usize) -> CmdResult {
 }
 
 fn append(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let max = x.shared.tunables.max_bulk();
+    let max = x.node.tunables.max_bulk();
     let len = x.update(args[1], |w| {
         let at = w.kept_expiry();
         let mut value = w.value().unwrap_or_default();
@@ -327,7 +327,7 @@ fn setrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     }
     let offset = offset as usize;
     let patch = args[3];
-    let max = x.shared.tunables.max_bulk();
+    let max = x.node.tunables.max_bulk();
     let len = x.update(args[1], |w| {
         let at = w.kept_expiry();
         let mut value = w.value().unwrap_or_default();

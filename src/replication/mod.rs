@@ -40,8 +40,7 @@ use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use tracing::{info, warn};
 
-use crate::keyspace::{DeltaSink, SHARDS};
-use crate::server::Shared;
+use crate::keyspace::{DeltaSink, Keyspace, SHARDS};
 use log::{Arrival, Backlog, GcView, Relay, Relayed, Resume, VersionVector};
 
 /// What peers say to each other on a link.
@@ -126,9 +125,9 @@ const GC_TICK: Duration = Duration::from_millis(200);
 const SWEEP_EVERY_TICKS: u32 = 25;
 
 /// One peer this node dials, as INFO shows it.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct PeerInfo {
-    pub addr: String,
+    pub addr: SocketAddr,
     pub connected: AtomicBool,
     pub peer_node: AtomicU64,
     /// Highest sequence number sent on the current link.
@@ -145,6 +144,24 @@ pub struct PeerInfo {
     pub last_error: Mutex<String>,
     /// The sender task, aborted when the peer is removed.
     task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl PeerInfo {
+    fn new(addr: SocketAddr) -> PeerInfo {
+        PeerInfo {
+            addr,
+            connected: AtomicBool::new(false),
+            peer_node: AtomicU64::new(0),
+            sent_seq: AtomicU64::new(0),
+            acked_seq: AtomicU64::new(0),
+            acked_vv: Mutex::new(VersionVector::default()),
+            acked_at_ms: AtomicU64::new(0),
+            state_transfers: AtomicU64::new(0),
+            relayed: AtomicU64::new(0),
+            last_error: Mutex::new(String::new()),
+            task: Mutex::new(None),
+        }
+    }
 }
 
 /// The replication state shared by the keyspace (as its sink) and the tasks.
@@ -184,7 +201,7 @@ pub struct Replicator {
 
 /// What adding a peer at run time needs.
 struct Running {
-    shared: std::sync::Weak<Shared>,
+    ks: std::sync::Weak<Keyspace>,
     transport: Arc<Transport>,
 }
 
@@ -234,19 +251,16 @@ impl Replicator {
         let Some(run) = running.as_ref() else {
             return Err("replication is not running");
         };
-        let Some(shared) = run.shared.upgrade() else {
+        let Some(ks) = run.ks.upgrade() else {
             return Err("the node is shutting down");
         };
         let mut peers = self.peers.lock();
-        if peers.iter().any(|p| p.addr == addr.to_string()) {
+        if peers.iter().any(|p| p.addr == addr) {
             return Ok(false);
         }
-        let info = Arc::new(PeerInfo {
-            addr: addr.to_string(),
-            ..PeerInfo::default()
-        });
+        let info = Arc::new(PeerInfo::new(addr));
         let task = tokio::spawn(sender(
-            shared,
+            ks,
             self.clone(),
             run.transport.clone(),
             addr,
@@ -263,7 +277,7 @@ impl Replicator {
         let mut peers = self.peers.lock();
         let before = peers.len();
         peers.retain(|p| {
-            let hit = addr.is_none_or(|a| p.addr == a.to_string());
+            let hit = addr.is_none_or(|a| p.addr == a);
             if hit {
                 if let Some(task) = p.task.lock().take() {
                     task.abort();
@@ -441,6 +455,28 @@ impl DeltaSink for Replicator {
     }
 }
 
+/// A peer's replication address from its client address: replication
+/// listens on the client port + 10000 unless `replication-port` says
+/// otherwise (the one place that rule is written).
+pub fn resolve_peer(host: &str, client_port: u16) -> Result<SocketAddr, PeerAddrError> {
+    use std::net::ToSocketAddrs;
+    let port = crate::config::default_replication_port(client_port).ok_or(PeerAddrError::Port)?;
+    (host, port)
+        .to_socket_addrs()
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| PeerAddrError::Resolve(host.to_string()))
+}
+
+/// Why a peer's address could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerAddrError {
+    #[error("port + 10000 must be below 65536")]
+    Port,
+    #[error("cannot resolve '{0}'")]
+    Resolve(String),
+}
+
 /// What replication needs from the config.
 #[derive(Debug, Clone)]
 pub struct ReplConfig {
@@ -454,7 +490,7 @@ pub struct ReplConfig {
 /// Binds the replication endpoint and starts the accept loop and one sender
 /// per peer. Returns the bound address.
 pub fn start(
-    shared: Arc<Shared>,
+    ks: Arc<Keyspace>,
     repl: Arc<Replicator>,
     config: ReplConfig,
 ) -> anyhow::Result<SocketAddr> {
@@ -462,13 +498,13 @@ pub fn start(
         TransportConfig::new(repl.node.0, &config.cluster_name, &config.secret);
     transport_config.tls = config.tls;
     let transport = Transport::bind(config.listen, transport_config)?;
-    start_with_transport(shared, repl, transport, config.peers)
+    start_with_transport(ks, repl, transport, config.peers)
 }
 
 /// [`start`] over a transport the caller built (the simulation's, over
 /// simulated UDP).
 pub fn start_with_transport(
-    shared: Arc<Shared>,
+    ks: Arc<Keyspace>,
     repl: Arc<Replicator>,
     transport: Transport,
     peers: Vec<SocketAddr>,
@@ -479,11 +515,11 @@ pub fn start_with_transport(
     info!("replication listening on udp {addr}");
     let transport = Arc::new(transport);
     *repl.running.lock() = Some(Running {
-        shared: Arc::downgrade(&shared),
+        ks: Arc::downgrade(&ks),
         transport: transport.clone(),
     });
-    tokio::spawn(gc_loop(shared.clone(), repl.clone()));
-    tokio::spawn(accept_loop(shared, repl.clone(), transport));
+    tokio::spawn(gc_loop(ks.clone(), repl.clone()));
+    tokio::spawn(accept_loop(ks, repl.clone(), transport));
     for peer in peers {
         repl.add_peer(peer).map_err(|e| anyhow::anyhow!(e))?;
     }
@@ -521,17 +557,17 @@ fn send_msg(msg: &ReplMsg) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Promises, the GC floor, and sweeping tombstones below it.
-async fn gc_loop(shared: Arc<Shared>, repl: Arc<Replicator>) {
+async fn gc_loop(ks: Arc<Keyspace>, repl: Arc<Replicator>) {
     let mut ticks = 0u32;
     let mut swept = Stamp::ZERO;
     loop {
         tokio::time::sleep(GC_TICK).await;
-        let floor = repl.gc_tick(&shared.ks);
-        shared.ks.set_gc_floor(floor);
+        let floor = repl.gc_tick(&ks);
+        ks.set_gc_floor(floor);
         ticks += 1;
         if ticks.is_multiple_of(SWEEP_EVERY_TICKS) && floor > swept {
             swept = floor;
-            let collected = shared.ks.collect_garbage();
+            let collected = ks.collect_garbage();
             if collected > 0 {
                 tracing::debug!(collected, "tombstones collected");
             }
@@ -542,7 +578,7 @@ async fn gc_loop(shared: Arc<Shared>, repl: Arc<Replicator>) {
 // ----- sending our writes to one peer -----
 
 async fn sender(
-    shared: Arc<Shared>,
+    ks: Arc<Keyspace>,
     repl: Arc<Replicator>,
     transport: Arc<Transport>,
     addr: SocketAddr,
@@ -572,7 +608,7 @@ async fn sender(
                     }
                 }
                 info!(peer = %addr, node = %NodeId(link.peer_node), "replication link up");
-                if let Err(e) = serve_peer(&shared, &repl, &link, &info).await {
+                if let Err(e) = serve_peer(&ks, &repl, &link, &info).await {
                     *info.last_error.lock() = e.to_string();
                     info!(peer = %addr, "replication link down: {e}");
                 }
@@ -586,7 +622,7 @@ async fn sender(
 }
 
 async fn serve_peer(
-    shared: &Arc<Shared>,
+    ks: &Arc<Keyspace>,
     repl: &Replicator,
     link: &PeerLink,
     info: &Arc<PeerInfo>,
@@ -600,12 +636,7 @@ async fn serve_peer(
     let me = repl.node;
     let peer = NodeId(link.peer_node);
     *info.acked_vv.lock() = resume.clone();
-    let _acks = AbortOnDrop(tokio::spawn(read_acks(
-        back,
-        me,
-        info.clone(),
-        shared.clone(),
-    )));
+    let _acks = AbortOnDrop(tokio::spawn(read_acks(back, me, info.clone(), ks.clone())));
     let mut cursor = resume.get(me) + 1;
     // Per other origin, the next of its writes to pass on over this link.
     let mut relayed: std::collections::BTreeMap<NodeId, u64> = Default::default();
@@ -672,7 +703,7 @@ async fn serve_peer(
         }
         if transfer {
             info.state_transfers.fetch_add(1, Ordering::Relaxed);
-            let covered = state_transfer(shared, repl, link).await?;
+            let covered = state_transfer(ks, repl, link).await?;
             cursor = covered.get(me) + 1;
             for (origin, seq) in covered.entries() {
                 relayed.insert(origin, seq + 1);
@@ -702,14 +733,14 @@ async fn serve_peer(
     }
 }
 
-async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, shared: Arc<Shared>) {
+async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks: Arc<Keyspace>) {
     while let Ok(Some(frame)) = back.recv().await {
         if let Ok(ReplMsg::Ack { vv }) = decode::<ReplMsg>(&frame) {
             let vv = VersionVector::from_entries(&vv);
             info.acked_seq.fetch_max(vv.get(me), Ordering::Relaxed);
             *info.acked_vv.lock() = vv;
             info.acked_at_ms
-                .store(shared.ks.clock.physical_unix_ms(), Ordering::Relaxed);
+                .store(ks.clock.physical_unix_ms(), Ordering::Relaxed);
         }
     }
 }
@@ -717,7 +748,7 @@ async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, sha
 /// Streams this node's whole state on a bulk stream; returns what it covers
 /// per origin (every write numbered up to that is included).
 async fn state_transfer(
-    shared: &Shared,
+    ks: &Keyspace,
     repl: &Replicator,
     link: &PeerLink,
 ) -> anyhow::Result<VersionVector> {
@@ -726,7 +757,6 @@ async fn state_transfer(
     // snapshot.
     let mut covered = repl.applied.lock().clone();
     covered.advance(repl.node, repl.backlog.lock().head());
-    let ks = &shared.ks;
     let mut bulk = link.open(StreamKind::Bulk).await?;
     for db in 0..ks.databases() {
         let mut floor = chorus_crdt::Stamp::ZERO;
@@ -774,26 +804,26 @@ async fn state_transfer(
 
 // ----- receiving a peer's writes -----
 
-async fn accept_loop(shared: Arc<Shared>, repl: Arc<Replicator>, transport: Arc<Transport>) {
+async fn accept_loop(ks: Arc<Keyspace>, repl: Arc<Replicator>, transport: Arc<Transport>) {
     while let Some(result) = transport.accept().await {
         match result {
             Ok(link) => {
-                tokio::spawn(receiver(shared.clone(), repl.clone(), link));
+                tokio::spawn(receiver(ks.clone(), repl.clone(), link));
             }
             Err(e) => warn!("replication peer refused: {e}"),
         }
     }
 }
 
-async fn receiver(shared: Arc<Shared>, repl: Arc<Replicator>, link: PeerLink) {
-    if let Err(e) = receive(&shared, &repl, &link).await {
+async fn receiver(ks: Arc<Keyspace>, repl: Arc<Replicator>, link: PeerLink) {
+    if let Err(e) = receive(&ks, &repl, &link).await {
         info!(peer = %link.remote_address(), "inbound replication link ended: {e}");
     }
     link.close("ended");
 }
 
 async fn receive(
-    shared: &Arc<Shared>,
+    ks: &Arc<Keyspace>,
     repl: &Arc<Replicator>,
     link: &PeerLink,
 ) -> anyhow::Result<()> {
@@ -812,9 +842,9 @@ async fn receive(
     let result = async {
         loop {
             let (_, rx) = link.accept_stream().await?;
-            let (shared, repl, link) = (shared.clone(), repl.clone(), link.clone());
+            let (ks, repl, link) = (ks.clone(), repl.clone(), link.clone());
             tokio::spawn(async move {
-                if let Err(e) = apply_stream(&shared, &repl, rx).await {
+                if let Err(e) = apply_stream(&ks, &repl, rx).await {
                     // A stream we stop reading would stall the sender on flow
                     // control: reset the whole link so it reconnects and resumes.
                     warn!(peer = %link.remote_address(), "replication stream failed, resetting the link: {e}");
@@ -838,7 +868,7 @@ async fn send_acks(mut back: FrameSender, repl: Arc<Replicator>) -> anyhow::Resu
 }
 
 async fn apply_stream(
-    shared: &Shared,
+    ks: &Keyspace,
     repl: &Replicator,
     mut rx: FrameReceiver,
 ) -> anyhow::Result<()> {
@@ -848,7 +878,7 @@ async fn apply_stream(
                 let verdict = repl.applied.lock().judge(origin, seq);
                 match verdict {
                     Arrival::Apply => {
-                        apply(shared, repl, &delta);
+                        apply(ks, repl, &delta);
                         repl.advance(origin, seq);
                         let now = (repl.now_ms)();
                         repl.relay.lock().record(origin, seq, now, frame);
@@ -871,7 +901,7 @@ async fn apply_stream(
                     }
                 }
             },
-            ReplMsg::Snapshot { delta } => apply(shared, repl, &delta),
+            ReplMsg::Snapshot { delta } => apply(ks, repl, &delta),
             ReplMsg::SnapshotDone { vv } => {
                 let now = (repl.now_ms)();
                 for (origin, seq) in vv {
@@ -907,8 +937,7 @@ async fn apply_stream(
 }
 
 /// Merges a remote delta into the keyspace, exactly as a local write merges.
-fn apply(shared: &Shared, repl: &Replicator, delta: &Delta) {
-    let ks = &shared.ks;
+fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
     if ks.clock.observe(delta.stamp()).is_err() {
         repl.drift_events.fetch_add(1, Ordering::Relaxed);
     }

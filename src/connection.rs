@@ -1,0 +1,254 @@
+//! The connection layer: listening, admission, and the socket loop. The only
+//! code in Chorus that knows client sockets.
+//!
+//! One tokio task per connection (never one per command). A connection reads
+//! into its buffer, runs every complete command in it, appends every reply
+//! to one output buffer and writes it with a single write: pipelining costs
+//! one syscall pair per batch. No lock is held across an await.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use smallvec::SmallVec;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::node::{Links, Node};
+use crate::persist::CutThread;
+use crate::resp::{self, Limits, Parsed, Reply, Source};
+use crate::session::{ClientHandle, Session};
+
+/// Binds every configured address, starts the node's background work and
+/// serves clients until shutdown is requested.
+pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
+    let mut listeners = Vec::new();
+    for host in &node.config.bind {
+        let ip: IpAddr = host
+            .parse()
+            .with_context(|| format!("bind address '{host}' is not an IP address"))?;
+        let addr = SocketAddr::new(ip, node.config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("could not listen on {addr}"))?;
+        let local = listener.local_addr()?;
+        info!("Ready to accept connections tcp on {local}");
+        node.listening.lock().push(local);
+        listeners.push(listener);
+    }
+    for listener in listeners {
+        tokio::spawn(accept_loop(node.clone(), listener));
+    }
+    node.start(Links::FromConfig, CutThread::Blocking)?;
+    let mut stop = node.shutdown.subscribe();
+    let _ = stop.wait_for(|s| *s).await;
+    Ok(())
+}
+
+async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+    loop {
+        let (sock, addr) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        node.stats.total_connections.fetch_add(1, Ordering::Relaxed);
+        let node = node.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admit(node, sock, addr).await {
+                debug!(%addr, "connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// Whether protected mode refuses `peer`: no password set and not loopback.
+pub fn protected_refuses(protected_mode: bool, has_password: bool, peer: IpAddr) -> bool {
+    let loopback = match peer {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    };
+    protected_mode && !has_password && !loopback
+}
+
+const DENIED: &str = "-DENIED Chorus is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers to Chorus you may adopt one of the following solutions: 1) Just disable protected mode sending the command 'CONFIG SET protected-mode no' from the loopback interface by connecting to Chorus from the same host the server is running, however MAKE SURE Chorus is not publicly accessible from internet if you do so. 2) Alternatively you can just disable the protected mode by editing the Chorus configuration file, and setting the protected mode option to 'no', and then restarting the server. 3) If you started the server manually just for testing, restart it with the '--protected-mode no' option. 4) Set up an authentication password for the default user. NOTE: You only need to do one of the above things in order for the server to start accepting connections from the outside.\r\n";
+
+async fn admit(node: Arc<Node>, mut sock: TcpStream, addr: SocketAddr) -> std::io::Result<()> {
+    let t = &node.tunables;
+    if protected_refuses(
+        t.protected_mode.load(Ordering::Relaxed),
+        t.has_password(),
+        addr.ip(),
+    ) {
+        node.stats
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        sock.write_all(DENIED.as_bytes()).await?;
+        return Ok(());
+    }
+    let handle = node.clients.register(
+        addr,
+        sock.local_addr()?,
+        node.ks.clock.physical_unix_ms(),
+        t.maxclients.load(Ordering::Relaxed),
+    );
+    let Some(handle) = handle else {
+        node.stats
+            .rejected_connections
+            .fetch_add(1, Ordering::Relaxed);
+        sock.write_all(b"-ERR max number of clients reached\r\n")
+            .await?;
+        return Ok(());
+    };
+    let id = handle.id;
+    let result = connection(&node, sock, handle).await;
+    node.clients.remove(id);
+    result
+}
+
+async fn connection(
+    node: &Node,
+    mut sock: TcpStream,
+    handle: Arc<ClientHandle>,
+) -> std::io::Result<()> {
+    let mut session = Session::new(handle.clone(), node.tunables.has_password());
+    let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
+    let mut out = Reply::new();
+    let mut ranges = Vec::new();
+    let mut scratch = Vec::new();
+    let mut need = 1usize;
+    let full_limits = |s: &Node| Limits {
+        max_bulk: s.tunables.max_bulk(),
+        max_args: resp::DEFAULT_MAX_ARGS,
+        max_inline: resp::DEFAULT_MAX_INLINE,
+    };
+    loop {
+        // Run every complete request in the buffer.
+        let mut consumed = 0;
+        let mut commands = 0u64;
+        // One clock read per batch, as Redis caches mstime per event-loop turn.
+        let mut now_ms = node.ks.clock.physical_unix_ms();
+        let mut last_cmd: Option<&'static str> = None;
+        let writes_before = node.ks.local_writes();
+        while input.len() - consumed >= need && !session.close {
+            let limits = if session.authed {
+                full_limits(node)
+            } else {
+                full_limits(node).unauthenticated()
+            };
+            match resp::parse(&input[consumed..], &limits, &mut ranges, &mut scratch) {
+                Ok(Parsed::Request { len, source }) => {
+                    let base: &[u8] = match source {
+                        Source::Buffer => &input[consumed..consumed + len],
+                        Source::Scratch => &scratch,
+                    };
+                    let argv: SmallVec<[&[u8]; 8]> =
+                        ranges.iter().map(|r| &base[r.clone()]).collect();
+                    consumed += len;
+                    need = 1;
+                    if argv.is_empty() {
+                        continue;
+                    }
+                    commands += 1;
+                    last_cmd = crate::cmd::dispatch(node, &mut session, &mut out, &argv, now_ms)
+                        .or(last_cmd);
+                    if let Some(pause) = session.sleep.take() {
+                        tokio::time::sleep(pause).await;
+                        now_ms = node.ks.clock.physical_unix_ms();
+                    }
+                    if let Some(wait) = session.wait.take() {
+                        out.int(wait.run().await);
+                        now_ms = node.ks.clock.physical_unix_ms();
+                    }
+                }
+                Ok(Parsed::Incomplete { need: n }) => {
+                    need = n;
+                    break;
+                }
+                Err(e) => {
+                    debug!(addr = %handle.addr, "protocol error: {}", e.0);
+                    out.error(&e.message());
+                    session.close = true;
+                }
+            }
+        }
+        if consumed > 0 {
+            input.drain(..consumed);
+            need = need.max(1);
+        }
+        if commands > 0 {
+            node.stats
+                .total_commands
+                .fetch_add(commands, Ordering::Relaxed);
+            handle.last_active_ms.store(now_ms, Ordering::Relaxed);
+            if let Some(name) = last_cmd {
+                *handle.last_cmd.lock() = name;
+            }
+        }
+        if !out.buf.is_empty() {
+            if let Some(persistence) = &node.persistence {
+                persistence.sync_if_written(writes_before);
+            }
+            sock.write_all(&out.buf).await?;
+            node.stats
+                .net_output_bytes
+                .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
+            out.buf.clear();
+            if out.buf.capacity() > 1024 * 1024 {
+                out.buf.shrink_to(64 * 1024);
+            }
+        }
+        if session.close {
+            return Ok(());
+        }
+        if input.len() > node.tunables.query_buffer_limit.load(Ordering::Relaxed) {
+            warn!(addr = %handle.addr, "closing client that exceeded client-query-buffer-limit");
+            return Ok(());
+        }
+        // A large bulk announces its size: make room once, not per read.
+        if need > input.len() {
+            input.reserve((need - input.len()).min(64 * 1024 * 1024));
+        } else {
+            input.reserve(16 * 1024);
+        }
+        let timeout_secs = node.tunables.timeout_secs.load(Ordering::Relaxed);
+        let read = async {
+            if timeout_secs > 0 {
+                match tokio::time::timeout(
+                    Duration::from_secs(timeout_secs),
+                    sock.read_buf(&mut input),
+                )
+                .await
+                {
+                    Ok(r) => r,
+                    Err(_) => Ok(0),
+                }
+            } else {
+                sock.read_buf(&mut input).await
+            }
+        };
+        let n = tokio::select! {
+            r = read => r?,
+            _ = handle.kill.notified() => 0,
+        };
+        if n == 0 || handle.killed.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        node.stats
+            .net_input_bytes
+            .fetch_add(n as u64, Ordering::Relaxed);
+        if input.capacity() > 4 * 1024 * 1024 && input.len() < 64 * 1024 {
+            input.shrink_to(64 * 1024);
+        }
+    }
+}

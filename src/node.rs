@@ -1,0 +1,398 @@
+//! The node core: what a Chorus node is, with no client connection in sight.
+//!
+//! A [`Node`] is its identity and clocks, its config (and the part CONFIG SET
+//! may change), its keyspace, replication, persistence, and the background
+//! work that keeps them going (active expiry, tombstone GC, cuts). It is
+//! opened by [`Node::open`], which both the server (`connection::serve`) and
+//! the simulation call, and started by [`Node::start`].
+//!
+//! Layering (DESIGN.md, Layout): replication, persistence and the store take
+//! the narrow handles they need (the keyspace, the replicator), never a
+//! `Node`; commands run against a `Node` and a client [`Session`]; only
+//! `connection` knows sockets.
+//!
+//! [`Session`]: crate::session::Session
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use chorus_crdt::{Clock, NodeId, NTP64};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::watch;
+use tracing::debug;
+
+use crate::config::{Config, Fsync, LogLevel};
+use crate::keyspace::{KeyHasher, Keyspace};
+use crate::persist::{CutThread, Persistence};
+use crate::replication::Replicator;
+use crate::session::ClientRegistry;
+use crate::store::Store;
+
+/// Settings CONFIG SET may change while the node runs.
+pub struct Tunables {
+    pub requirepass: RwLock<Option<Vec<u8>>>,
+    pub maxclients: AtomicUsize,
+    pub timeout_secs: AtomicU64,
+    pub protected_mode: AtomicBool,
+    pub max_bulk: AtomicUsize,
+    pub query_buffer_limit: AtomicUsize,
+    pub loglevel: Mutex<LogLevel>,
+}
+
+impl Tunables {
+    fn from_config(config: &Config) -> Tunables {
+        Tunables {
+            requirepass: RwLock::new(config.requirepass.clone()),
+            maxclients: AtomicUsize::new(config.maxclients),
+            timeout_secs: AtomicU64::new(config.timeout_secs),
+            protected_mode: AtomicBool::new(config.protected_mode),
+            max_bulk: AtomicUsize::new(config.proto_max_bulk_len),
+            query_buffer_limit: AtomicUsize::new(config.client_query_buffer_limit),
+            loglevel: Mutex::new(config.loglevel),
+        }
+    }
+
+    pub fn max_bulk(&self) -> usize {
+        self.max_bulk.load(Ordering::Relaxed)
+    }
+
+    pub fn has_password(&self) -> bool {
+        self.requirepass.read().is_some()
+    }
+}
+
+/// Counters the connection layer feeds and INFO reads.
+#[derive(Default)]
+pub struct Stats {
+    pub total_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub total_commands: AtomicU64,
+    pub net_input_bytes: AtomicU64,
+    pub net_output_bytes: AtomicU64,
+}
+
+impl Stats {
+    /// CONFIG RESETSTAT.
+    pub fn reset(&self) {
+        for c in [
+            &self.total_commands,
+            &self.total_connections,
+            &self.rejected_connections,
+            &self.net_input_bytes,
+            &self.net_output_bytes,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What a node is made of besides its config: its identity, clocks,
+/// randomness and store. The server takes them from the process
+/// ([`NodeEnv::from_process`]); the simulation injects its own so that a
+/// seed replays byte for byte.
+pub struct NodeEnv {
+    pub node: NodeId,
+    /// The physical clock the HLC and expiry read.
+    pub physical: fn() -> NTP64,
+    /// The same clock in unix ms (replication lag figures).
+    pub wall_ms: fn() -> u64,
+    /// Fixed hashers (and run id) from this seed; `None`: random per process.
+    pub hash_seed: Option<u64>,
+    /// Where the node's state survives a crash: loaded at open, then cut
+    /// into. `None`: in memory only.
+    pub store: Option<Arc<dyn Store>>,
+}
+
+impl NodeEnv {
+    /// A fresh identity on this process's clock (skewed by
+    /// `CHORUS_CLOCK_SKEW_MS`, for drills), and the store `config` asks for.
+    pub fn from_process(config: &Config) -> anyhow::Result<NodeEnv> {
+        if let Some(skew) = std::env::var("CHORUS_CLOCK_SKEW_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            CLOCK_SKEW_MS.store(skew, Ordering::Relaxed);
+            tracing::warn!(
+                skew_ms = skew,
+                "physical clock skewed by CHORUS_CLOCK_SKEW_MS"
+            );
+        }
+        let store: Option<Arc<dyn Store>> = if config.appendonly {
+            let fsync = config.appendfsync != Fsync::No;
+            let store = crate::store::SledStore::open(&config.dir, fsync)?;
+            tracing::info!("state kept in {}", store.path().display());
+            Some(Arc::new(store))
+        } else {
+            None
+        };
+        Ok(NodeEnv {
+            node: new_node_id(),
+            physical: process_clock,
+            wall_ms: process_wall_ms,
+            hash_seed: None,
+            store,
+        })
+    }
+}
+
+/// A fresh node id. An in-memory node takes a new one at every start, so its
+/// counter tallies never collide with those of its previous life.
+pub fn new_node_id() -> NodeId {
+    loop {
+        if let Some(id) = NodeId::new(rand::random()) {
+            return id;
+        }
+    }
+}
+
+/// Fault injection for tests and drills: `CHORUS_CLOCK_SKEW_MS` shifts this
+/// process's physical clock (HLC and expiry alike), as a badly synchronised
+/// host would. Read once at start-up; 0 when unset.
+static CLOCK_SKEW_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+
+fn process_clock() -> NTP64 {
+    let skew = CLOCK_SKEW_MS.load(Ordering::Relaxed);
+    let now = chorus_crdt::system_clock();
+    if skew == 0 {
+        return now;
+    }
+    let ms = chorus_crdt::stamp::unix_ms_from_ntp(now.0).saturating_add_signed(skew);
+    NTP64(chorus_crdt::stamp::ntp_from_unix_ms(ms))
+}
+
+fn process_wall_ms() -> u64 {
+    chorus_crdt::stamp::unix_ms_from_ntp(process_clock().0)
+}
+
+/// How the node's replication links are carried.
+pub enum Links {
+    /// Bind the UDP endpoint the config names and dial its `replicaof` peers.
+    FromConfig,
+    /// Over a transport the caller built (the simulation's simulated UDP),
+    /// dialing these replication addresses.
+    Over(chorus_transport::Transport, Vec<SocketAddr>),
+}
+
+/// One Chorus node. See the module doc.
+pub struct Node {
+    pub config: Config,
+    pub ks: Arc<Keyspace>,
+    pub repl: Option<Arc<Replicator>>,
+    pub persistence: Option<Arc<Persistence>>,
+    pub tunables: Tunables,
+    pub stats: Stats,
+    pub clients: ClientRegistry,
+    pub shutdown: watch::Sender<bool>,
+    pub started: Instant,
+    pub started_unix_ms: u64,
+    /// INFO's `run_id`: 40 hex digits drawn from the node's identity, so a
+    /// simulated node's is the same on every replay.
+    pub run_id: String,
+    /// The client addresses the connection layer listens on.
+    pub listening: Mutex<Vec<SocketAddr>>,
+    wall_ms: fn() -> u64,
+}
+
+impl Node {
+    /// Opens a node: its keyspace, replicator (when the config replicates)
+    /// and store (when `env` has one, whose state it loads). Nothing runs yet;
+    /// [`Node::start`] starts the background work. Fails only when the store
+    /// cannot be read.
+    pub fn open(config: Config, env: NodeEnv) -> anyhow::Result<Arc<Node>> {
+        let node = env.node;
+        let clock = Clock::new(
+            node,
+            env.physical,
+            Duration::from_millis(config.max_clock_drift_ms),
+        );
+        let (shards_hasher, maps_hasher) = match env.hash_seed {
+            None => (KeyHasher::random(), KeyHasher::random()),
+            Some(seed) => {
+                let shared = foldhash::SharedSeed::global_fixed();
+                (
+                    KeyHasher::with_seed(seed, shared),
+                    KeyHasher::with_seed(seed.rotate_left(32) ^ 0x9e37_79b9_7f4a_7c15, shared),
+                )
+            }
+        };
+        let mut ks = Keyspace::with_hashers(config.databases, clock, shards_hasher, maps_hasher);
+        let repl = config.replicating().then(|| {
+            let repl = Replicator::new(node, config.repl_backlog_size, env.wall_ms);
+            ks.set_sink(repl.clone());
+            repl
+        });
+        if env.store.is_some() {
+            ks.track_dirty();
+            if let Some(repl) = &repl {
+                repl.persisting();
+            }
+        }
+        let ks = Arc::new(ks);
+        let persistence = match env.store {
+            None => None,
+            Some(store) => {
+                let loaded = store.load().context("loading the stored state")?;
+                let persistence = Persistence::new(
+                    store,
+                    config.appendfsync == Fsync::Always,
+                    ks.clone(),
+                    repl.clone(),
+                );
+                persistence.restore(loaded);
+                Some(Arc::new(persistence))
+            }
+        };
+        let started_unix_ms = ks.clock.physical_unix_ms();
+        Ok(Arc::new(Node {
+            tunables: Tunables::from_config(&config),
+            run_id: run_id(node, env.hash_seed),
+            config,
+            ks,
+            repl,
+            persistence,
+            stats: Stats::default(),
+            clients: ClientRegistry::default(),
+            shutdown: watch::channel(false).0,
+            started: Instant::now(),
+            started_unix_ms,
+            listening: Mutex::new(Vec::new()),
+            wall_ms: env.wall_ms,
+        }))
+    }
+
+    /// Starts the background work on the current tokio runtime: replication
+    /// (its endpoint, senders and GC), the active expiry cycle, and periodic
+    /// cuts when the node has a store.
+    pub fn start(self: &Arc<Self>, links: Links, cuts: CutThread) -> anyhow::Result<()> {
+        if let Some(repl) = &self.repl {
+            match links {
+                Links::FromConfig => {
+                    crate::replication::start(self.ks.clone(), repl.clone(), self.repl_config()?)?;
+                }
+                Links::Over(transport, peers) => {
+                    crate::replication::start_with_transport(
+                        self.ks.clone(),
+                        repl.clone(),
+                        transport,
+                        peers,
+                    )?;
+                }
+            }
+        }
+        tokio::spawn(active_expiry(self.ks.clone()));
+        if let Some(persistence) = &self.persistence {
+            tokio::spawn(persistence.clone().run(crate::persist::CUT_EVERY, cuts));
+        }
+        Ok(())
+    }
+
+    /// What replication needs from the config: where to listen, whom to
+    /// dial, how peers authenticate.
+    fn repl_config(&self) -> anyhow::Result<crate::replication::ReplConfig> {
+        let c = &self.config;
+        let ip: std::net::IpAddr = c.bind[0]
+            .parse()
+            .with_context(|| format!("bind address '{}' is not an IP address", c.bind[0]))?;
+        let listen = SocketAddr::new(ip, c.replication_listen_port()?);
+        let mut peers = Vec::new();
+        for (host, port) in &c.replicaof {
+            peers.push(crate::replication::resolve_peer(host, *port)?);
+        }
+        Ok(crate::replication::ReplConfig {
+            listen,
+            peers,
+            cluster_name: c.cluster_name.clone(),
+            secret: c.masterauth.clone().unwrap_or_default(),
+            tls: c.peer_tls(),
+        })
+    }
+
+    pub fn node_id(&self) -> NodeId {
+        self.ks.node()
+    }
+
+    /// Milliseconds since the epoch on the node's physical clock.
+    pub fn wall_ms(&self) -> u64 {
+        (self.wall_ms)()
+    }
+
+    /// Unix ms of the last durable point: the last stored cut, or the start
+    /// when there is none yet (LASTSAVE and INFO persistence).
+    pub fn last_save_unix_ms(&self) -> u64 {
+        self.persistence
+            .as_ref()
+            .map(|p| p.last_cut_ms.load(Ordering::Relaxed))
+            .filter(|&ms| ms > 0)
+            .unwrap_or(self.started_unix_ms)
+    }
+
+    pub fn request_shutdown(&self) {
+        self.shutdown.send_replace(true);
+    }
+
+    /// What runs once the node stops serving: whatever changed since the
+    /// last cut is stored.
+    pub fn close(&self) {
+        if let Some(persistence) = &self.persistence {
+            match persistence.cut_once() {
+                Ok(keys) => tracing::info!("final cut stored ({keys} keys changed since the last)"),
+                Err(e) => tracing::error!("the final cut was not stored: {e:#}"),
+            }
+        }
+    }
+}
+
+/// 40 hex digits from the node id (and seed): unique per node life, and
+/// reproducible in the simulation, which fixes both.
+fn run_id(node: NodeId, seed: Option<u64>) -> String {
+    let mut state = node.0 ^ seed.unwrap_or(0);
+    let mut out = String::with_capacity(40);
+    while out.len() < 40 {
+        state = splitmix(state);
+        for nibble in 0..16 {
+            if out.len() == 40 {
+                break;
+            }
+            let digit = ((state >> (nibble * 4)) & 0xf) as u32;
+            out.push(char::from_digit(digit, 16).unwrap_or('0'));
+        }
+    }
+    out
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// The active expiry cycle, every 100 ms.
+async fn active_expiry(ks: Arc<Keyspace>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    loop {
+        tick.tick().await;
+        let now = ks.clock.physical_unix_ms();
+        let deleted = ks.active_expire_cycle(now, 64);
+        if deleted > 0 {
+            debug!(deleted, "active expiry cycle");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_ids_are_forty_hex_digits_fixed_by_the_identity() {
+        let a = run_id(NodeId(7), Some(1));
+        assert_eq!(a.len(), 40);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(a, run_id(NodeId(7), Some(1)));
+        assert_ne!(a, run_id(NodeId(8), Some(1)));
+    }
+}

@@ -1,0 +1,180 @@
+//! Client sessions: one client's private state, the handle the rest of the
+//! node sees of it (CLIENT LIST/KILL), and the registry of live clients.
+//!
+//! Nothing here touches a socket: the connection layer creates a session
+//! per accepted connection, the simulation creates embedded ones, and
+//! commands run against either the same way.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::cmd::Spec;
+
+/// CLIENT SETINFO's library name and version.
+#[derive(Debug, Clone, Default)]
+pub struct LibInfo {
+    pub name: String,
+    pub version: String,
+}
+
+/// What the rest of the node can see of one client (CLIENT LIST/KILL).
+pub struct ClientHandle {
+    pub id: u64,
+    pub addr: SocketAddr,
+    pub laddr: SocketAddr,
+    pub created: Instant,
+    pub name: Mutex<Option<Vec<u8>>>,
+    pub lib: Mutex<LibInfo>,
+    pub db: AtomicUsize,
+    pub resp: AtomicUsize,
+    pub last_active_ms: AtomicU64,
+    pub last_cmd: Mutex<&'static str>,
+    pub in_multi: AtomicBool,
+    pub kill: Notify,
+    pub killed: AtomicBool,
+}
+
+impl ClientHandle {
+    fn new(id: u64, addr: SocketAddr, laddr: SocketAddr, now_ms: u64) -> ClientHandle {
+        ClientHandle {
+            id,
+            addr,
+            laddr,
+            created: Instant::now(),
+            name: Mutex::new(None),
+            lib: Mutex::new(LibInfo::default()),
+            db: AtomicUsize::new(0),
+            resp: AtomicUsize::new(2),
+            last_active_ms: AtomicU64::new(now_ms),
+            last_cmd: Mutex::new("NULL"),
+            in_multi: AtomicBool::new(false),
+            kill: Notify::new(),
+            killed: AtomicBool::new(false),
+        }
+    }
+
+    /// Asks the client's connection to close after its current batch.
+    pub fn kill(&self) {
+        self.killed.store(true, Ordering::Relaxed);
+        self.kill.notify_one();
+    }
+}
+
+/// The live clients, by id; ids are never reused.
+pub struct ClientRegistry {
+    clients: Mutex<BTreeMap<u64, Arc<ClientHandle>>>,
+    next_id: AtomicU64,
+}
+
+impl Default for ClientRegistry {
+    fn default() -> Self {
+        ClientRegistry {
+            clients: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+}
+
+impl ClientRegistry {
+    /// Registers a new client unless `max` are already connected.
+    pub fn register(
+        &self,
+        addr: SocketAddr,
+        laddr: SocketAddr,
+        now_ms: u64,
+        max: usize,
+    ) -> Option<Arc<ClientHandle>> {
+        let mut clients = self.clients.lock();
+        if clients.len() >= max {
+            return None;
+        }
+        let handle = Arc::new(self.handle(addr, laddr, now_ms));
+        clients.insert(handle.id, handle.clone());
+        Some(handle)
+    }
+
+    /// A handle with a fresh id that is not listed (embedded sessions).
+    fn handle(&self, addr: SocketAddr, laddr: SocketAddr, now_ms: u64) -> ClientHandle {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        ClientHandle::new(id, addr, laddr, now_ms)
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.clients.lock().remove(&id);
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The live clients, in id order (copied out: no lock held after).
+    pub fn list(&self) -> Vec<Arc<ClientHandle>> {
+        self.clients.lock().values().cloned().collect()
+    }
+}
+
+/// A command queued between MULTI and EXEC.
+pub struct Queued {
+    pub spec: &'static Spec,
+    pub args: Vec<Vec<u8>>,
+}
+
+/// A key under WATCH and what it held then.
+pub struct Watched {
+    pub db: usize,
+    pub key: Vec<u8>,
+    pub state: Option<chorus_crdt::KeyState>,
+    pub visible: bool,
+}
+
+/// One client's private state.
+pub struct Session {
+    pub handle: Arc<ClientHandle>,
+    pub db: usize,
+    pub authed: bool,
+    pub multi: Option<Vec<Queued>>,
+    /// A command inside MULTI was refused: EXEC must abort.
+    pub multi_dirty: bool,
+    pub watched: Vec<Watched>,
+    /// Close once the pending replies are written.
+    pub close: bool,
+    /// DEBUG SLEEP: wait this long before running the rest of the pipeline.
+    pub sleep: Option<Duration>,
+    /// WAIT: its reply comes once enough peers acknowledged.
+    pub wait: Option<crate::cmd::replication::PendingWait>,
+}
+
+impl Session {
+    /// The session of a registered client; it must AUTH first when
+    /// `needs_auth`.
+    pub fn new(handle: Arc<ClientHandle>, needs_auth: bool) -> Session {
+        Session {
+            handle,
+            db: 0,
+            authed: !needs_auth,
+            multi: None,
+            multi_dirty: false,
+            watched: Vec::new(),
+            close: false,
+            sleep: None,
+            wait: None,
+        }
+    }
+
+    /// A client inside the process, with no connection (the simulation
+    /// drives commands with it). Authenticated, and not listed by CLIENT LIST.
+    pub fn embedded(clients: &ClientRegistry) -> Session {
+        let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
+        Session::new(Arc::new(clients.handle(unspecified, unspecified, 0)), false)
+    }
+}
