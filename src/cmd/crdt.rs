@@ -2,8 +2,9 @@
 
 use chorus_crdt::{Side, Stamp, Summary};
 
-use super::flag::*;
-use super::{int_arg, is, CmdResult, Error, Exec, Spec, SYNTAX};
+use super::Flag::*;
+use super::{Args, CmdResult, Error, Exec, Spec};
+use super::{Flags, Keys};
 use crate::glob;
 use crate::resp::Reply;
 
@@ -11,9 +12,10 @@ pub static COMMANDS: &[Spec] = &[
     Spec {
         name: "crdt.conflicts",
         arity: -1,
-        flags: READONLY,
-        keys: (0, 0, 0),
+        flags: Flags::of(&[ReadOnly]),
+        keys: Keys::None,
         group: "crdt",
+        syntax: "[COUNT count] [MATCH pattern] [SINCE unix-time-milliseconds]",
         summary:
             "Lists the conflicts this node resolved, newest first: key, kind, winner and loser.",
         run: conflicts,
@@ -21,9 +23,10 @@ pub static COMMANDS: &[Spec] = &[
     Spec {
         name: "crdt.state",
         arity: 2,
-        flags: READONLY,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[ReadOnly]),
+        keys: Keys::at(1, 1, 1),
         group: "crdt",
+        syntax: "key",
         summary: "Shows a key's CRDT metadata: register, expiry, counter tallies.",
         run: state,
     },
@@ -54,21 +57,19 @@ fn side(out: &mut Reply, s: &Side) {
 /// `CRDT.CONFLICTS [COUNT n] [MATCH pattern] [SINCE unix-ms]`
 fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let (mut count, mut pattern, mut since) = (100usize, None::<&[u8]>, 0u64);
-    let mut i = 1;
-    while i < args.len() {
-        let value = *args.get(i + 1).ok_or(SYNTAX)?;
-        if is(args[i], "COUNT") {
-            count = usize::try_from(int_arg(value)?)
-                .map_err(|_| Error::Static("ERR COUNT must be positive"))?;
-        } else if is(args[i], "MATCH") {
-            pattern = Some(value);
-        } else if is(args[i], "SINCE") {
-            since = u64::try_from(int_arg(value)?)
-                .map_err(|_| Error::Static("ERR SINCE must be positive"))?;
+    let mut options = Args::new(args, 1);
+    while !options.is_empty() {
+        if options.eat("COUNT") {
+            count = usize::try_from(options.int()?)
+                .map_err(|_| Error::err("COUNT must be positive"))?;
+        } else if options.eat("MATCH") {
+            pattern = Some(options.value()?);
+        } else if options.eat("SINCE") {
+            since =
+                u64::try_from(options.int()?).map_err(|_| Error::err("SINCE must be positive"))?;
         } else {
-            return Err(SYNTAX);
+            return Err(Error::Syntax);
         }
-        i += 2;
     }
     let log = x.ks.conflicts.snapshot();
     let picked: Vec<_> = log

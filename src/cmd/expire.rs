@@ -1,88 +1,98 @@
 //! Expiry commands (Redis's `expire.c`). Expiry is an absolute wall-clock
 //! time in ms, replicated as such, never as a relative TTL.
 
-use super::flag::*;
+use super::Flag::*;
 use super::{int_arg, is, CmdResult, Error, Exec, Spec};
+use super::{Flags, Keys};
 
 pub static COMMANDS: &[Spec] = &[
     Spec {
         name: "expire",
         arity: -3,
-        flags: WRITE | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[Write, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key time [NX|XX|GT|LT]",
         summary: "Sets the expiration time of a key in seconds.",
         run: expire,
     },
     Spec {
         name: "pexpire",
         arity: -3,
-        flags: WRITE | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[Write, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key time [NX|XX|GT|LT]",
         summary: "Sets the expiration time of a key in milliseconds.",
         run: pexpire,
     },
     Spec {
         name: "expireat",
         arity: -3,
-        flags: WRITE | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[Write, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key unix-time [NX|XX|GT|LT]",
         summary: "Sets the expiration time of a key to a Unix timestamp.",
         run: expireat,
     },
     Spec {
         name: "pexpireat",
         arity: -3,
-        flags: WRITE | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[Write, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key unix-time [NX|XX|GT|LT]",
         summary: "Sets the expiration time of a key to a Unix milliseconds timestamp.",
         run: pexpireat,
     },
     Spec {
         name: "ttl",
         arity: 2,
-        flags: READONLY | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[ReadOnly, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key",
         summary: "Returns the expiration time in seconds of a key.",
         run: ttl,
     },
     Spec {
         name: "pttl",
         arity: 2,
-        flags: READONLY | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[ReadOnly, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key",
         summary: "Returns the expiration time in milliseconds of a key.",
         run: pttl,
     },
     Spec {
         name: "expiretime",
         arity: 2,
-        flags: READONLY | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[ReadOnly, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key",
         summary: "Returns the expiration time of a key as a Unix timestamp.",
         run: expiretime,
     },
     Spec {
         name: "pexpiretime",
         arity: 2,
-        flags: READONLY | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[ReadOnly, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key",
         summary: "Returns the expiration time of a key as a Unix milliseconds timestamp.",
         run: pexpiretime,
     },
     Spec {
         name: "persist",
         arity: 2,
-        flags: WRITE | FAST,
-        keys: (1, 1, 1),
+        flags: Flags::of(&[Write, Fast]),
+        keys: Keys::at(1, 1, 1),
         group: "generic",
+        syntax: "key",
         summary: "Removes the expiration time of a key.",
         run: persist,
     },
@@ -105,24 +115,24 @@ fn expire_generic(
             _ if is(a, "GT") => gt = true,
             _ if is(a, "LT") => lt = true,
             _ => {
-                return Err(Error::Owned(format!(
-                    "ERR Unsupported option {}",
+                return Err(Error::err(format!(
+                    "Unsupported option {}",
                     String::from_utf8_lossy(a)
                 )))
             }
         }
     }
     if nx && (xx || gt || lt) {
-        return Err(Error::Static(
-            "ERR NX and XX, GT or LT options at the same time are not compatible",
+        return Err(Error::err(
+            "NX and XX, GT or LT options at the same time are not compatible",
         ));
     }
     if gt && lt {
-        return Err(Error::Static(
-            "ERR GT and LT options at the same time are not compatible",
+        return Err(Error::err(
+            "GT and LT options at the same time are not compatible",
         ));
     }
-    let invalid = || Error::Owned(format!("ERR invalid expire time in '{cmd}' command"));
+    let invalid = || Error::err(format!("invalid expire time in '{cmd}' command"));
     let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
     let at = if absolute {
         ms

@@ -1,25 +1,26 @@
 //! Keyspace commands (Redis's `db.c`).
 
-use super::flag::*;
-use super::{int_arg, is, CmdResult, Error, Exec, Spec, DB_RANGE, NO_SUCH_KEY, SYNTAX};
+use super::Flag::*;
+use super::{int_arg, is, Args, CmdResult, Error, Exec, Spec};
+use super::{Flags, Keys};
 use crate::glob;
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "del", arity: -2, flags: WRITE, keys: (1, -1, 1), group: "generic", summary: "Deletes one or more keys.", run: del },
-    Spec { name: "unlink", arity: -2, flags: WRITE | FAST, keys: (1, -1, 1), group: "generic", summary: "Asynchronously deletes one or more keys.", run: del },
-    Spec { name: "exists", arity: -2, flags: READONLY | FAST, keys: (1, -1, 1), group: "generic", summary: "Determines whether one or more keys exist.", run: exists },
-    Spec { name: "touch", arity: -2, flags: READONLY | FAST, keys: (1, -1, 1), group: "generic", summary: "Returns the number of existing keys out of those specified after updating the time they were last accessed.", run: exists },
-    Spec { name: "type", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "generic", summary: "Determines the type of value stored at a key.", run: type_ },
-    Spec { name: "keys", arity: 2, flags: READONLY | ALLKEYS, keys: (0, 0, 0), group: "generic", summary: "Returns all key names that match a pattern.", run: keys },
-    Spec { name: "scan", arity: -2, flags: READONLY | ALLKEYS, keys: (0, 0, 0), group: "generic", summary: "Iterates over the key names in the database.", run: scan },
-    Spec { name: "randomkey", arity: 1, flags: READONLY | ALLKEYS, keys: (0, 0, 0), group: "generic", summary: "Returns a random key name from the database.", run: randomkey },
-    Spec { name: "dbsize", arity: 1, flags: READONLY | FAST | ALLKEYS, keys: (0, 0, 0), group: "server", summary: "Returns the number of keys in the database.", run: dbsize },
-    Spec { name: "rename", arity: 3, flags: WRITE, keys: (1, 2, 1), group: "generic", summary: "Renames a key and overwrites the destination.", run: rename },
-    Spec { name: "renamenx", arity: 3, flags: WRITE | FAST, keys: (1, 2, 1), group: "generic", summary: "Renames a key only when the target key name doesn't exist.", run: renamenx },
-    Spec { name: "copy", arity: -3, flags: WRITE, keys: (1, 2, 1), group: "generic", summary: "Copies the value of a key to a new key.", run: copy },
-    Spec { name: "flushdb", arity: -1, flags: WRITE | ALLKEYS, keys: (0, 0, 0), group: "server", summary: "Removes all keys from the current database.", run: flushdb },
-    Spec { name: "flushall", arity: -1, flags: WRITE | ALLKEYS, keys: (0, 0, 0), group: "server", summary: "Removes all keys from all databases.", run: flushall },
-    Spec { name: "swapdb", arity: 3, flags: WRITE | FAST | ALLKEYS, keys: (0, 0, 0), group: "server", summary: "Swaps two Redis databases.", run: swapdb },
+    Spec { name: "del", arity: -2, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Deletes one or more keys.", run: del },
+    Spec { name: "unlink", arity: -2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Asynchronously deletes one or more keys.", run: del },
+    Spec { name: "exists", arity: -2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Determines whether one or more keys exist.", run: exists },
+    Spec { name: "touch", arity: -2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Returns the number of existing keys out of those specified after updating the time they were last accessed.", run: exists },
+    Spec { name: "type", arity: 2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key", summary: "Determines the type of value stored at a key.", run: type_ },
+    Spec { name: "keys", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::All, group: "generic", syntax: "pattern", summary: "Returns all key names that match a pattern.", run: keys },
+    Spec { name: "scan", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::All, group: "generic", syntax: "cursor [MATCH pattern] [COUNT count] [TYPE type]", summary: "Iterates over the key names in the database.", run: scan },
+    Spec { name: "randomkey", arity: 1, flags: Flags::of(&[ReadOnly]), keys: Keys::All, group: "generic", syntax: "", summary: "Returns a random key name from the database.", run: randomkey },
+    Spec { name: "dbsize", arity: 1, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::All, group: "server", syntax: "", summary: "Returns the number of keys in the database.", run: dbsize },
+    Spec { name: "rename", arity: 3, flags: Flags::of(&[Write]), keys: Keys::at(1, 2, 1), group: "generic", syntax: "key newkey", summary: "Renames a key and overwrites the destination.", run: rename },
+    Spec { name: "renamenx", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 2, 1), group: "generic", syntax: "key newkey", summary: "Renames a key only when the target key name doesn't exist.", run: renamenx },
+    Spec { name: "copy", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, 2, 1), group: "generic", syntax: "source destination [DB destination-db] [REPLACE]", summary: "Copies the value of a key to a new key.", run: copy },
+    Spec { name: "flushdb", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from the current database.", run: flushdb },
+    Spec { name: "flushall", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from all databases.", run: flushall },
+    Spec { name: "swapdb", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::All, group: "server", syntax: "index1 index2", summary: "Swaps two Redis databases.", run: swapdb },
 ];
 
 fn del(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
@@ -89,27 +90,25 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let cursor: u64 = std::str::from_utf8(args[1])
         .ok()
         .and_then(|s| s.parse().ok())
-        .ok_or(Error::Static("ERR invalid cursor"))?;
+        .ok_or(Error::err("invalid cursor"))?;
     let mut pattern: Option<&[u8]> = None;
     let mut count: usize = 10;
     let mut type_filter: Option<&[u8]> = None;
-    let mut i = 2;
-    while i < args.len() {
-        let value = args.get(i + 1).ok_or(SYNTAX)?;
-        if is(args[i], "MATCH") {
-            pattern = Some(value);
-        } else if is(args[i], "COUNT") {
-            let n = int_arg(value)?;
+    let mut options = Args::new(args, 2);
+    while !options.is_empty() {
+        if options.eat("MATCH") {
+            pattern = Some(options.value()?);
+        } else if options.eat("COUNT") {
+            let n = options.int()?;
             if n < 1 {
-                return Err(SYNTAX);
+                return Err(Error::Syntax);
             }
             count = n as usize;
-        } else if is(args[i], "TYPE") {
-            type_filter = Some(value);
+        } else if options.eat("TYPE") {
+            type_filter = Some(options.value()?);
         } else {
-            return Err(SYNTAX);
+            return Err(Error::Syntax);
         }
-        i += 2;
     }
     let (mut shard_i, mut pos) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
     let (db, now) = (x.session.db, x.now_ms);
@@ -195,7 +194,7 @@ fn copy_value(x: &mut Exec, src: &[u8], dst: &[u8], dst_db: usize) -> CmdResult 
         Some(s) => (s.read(0).render().map(|v| v.into_owned()), s.expire_at_ms()),
         None => (None, 0),
     };
-    let value = value.ok_or(NO_SUCH_KEY)?;
+    let value = value.ok_or(Error::NoSuchKey)?;
     x.update_in(dst_db, dst, |w| {
         w.set(Some(&value), at);
         Ok(())
@@ -205,7 +204,7 @@ fn copy_value(x: &mut Exec, src: &[u8], dst: &[u8], dst_db: usize) -> CmdResult 
 fn rename_generic(x: &mut Exec, args: &[&[u8]], nx: bool) -> CmdResult {
     let (src, dst) = (args[1], args[2]);
     if x.visible(src)?.is_none() {
-        return Err(NO_SUCH_KEY);
+        return Err(Error::NoSuchKey);
     }
     let done = if src == dst || (nx && x.visible(dst)?.is_some()) {
         false
@@ -232,10 +231,9 @@ fn renamenx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn parse_db(x: &Exec, arg: &[u8]) -> Result<usize, Error> {
-    let n =
-        int_arg(arg).map_err(|_| Error::Static("ERR value is not an integer or out of range"))?;
+    let n = int_arg(arg).map_err(|_| Error::err("value is not an integer or out of range"))?;
     if n < 0 || n as usize >= x.ks.databases() {
-        return Err(DB_RANGE);
+        return Err(Error::DbRange);
     }
     Ok(n as usize)
 }
@@ -244,22 +242,18 @@ fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let (src, dst) = (args[1], args[2]);
     let mut dst_db = x.session.db;
     let mut replace = false;
-    let mut i = 3;
-    while i < args.len() {
-        if is(args[i], "REPLACE") {
+    let mut options = Args::new(args, 3);
+    while !options.is_empty() {
+        if options.eat("REPLACE") {
             replace = true;
-        } else if is(args[i], "DB") {
-            dst_db = parse_db(x, args.get(i + 1).ok_or(SYNTAX)?)?;
-            i += 1;
+        } else if options.eat("DB") {
+            dst_db = parse_db(x, options.value()?)?;
         } else {
-            return Err(SYNTAX);
+            return Err(Error::Syntax);
         }
-        i += 1;
     }
     if src == dst && dst_db == x.session.db {
-        return Err(Error::Static(
-            "ERR source and destination objects are the same",
-        ));
+        return Err(Error::err("source and destination objects are the same"));
     }
     if x.visible(src)?.is_none() {
         x.out.int(0);
@@ -283,7 +277,7 @@ fn flush_mode(args: &[&[u8]]) -> CmdResult {
     match args.get(1) {
         None => Ok(()),
         Some(a) if args.len() == 2 && (is(a, "SYNC") || is(a, "ASYNC")) => Ok(()),
-        _ => Err(SYNTAX),
+        _ => Err(Error::Syntax),
     }
 }
 
@@ -304,9 +298,9 @@ fn flushall(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let parse = |a: &[u8]| -> Result<usize, Error> {
-        let n = int_arg(a).map_err(|_| Error::Static("ERR invalid first DB index"))?;
+        let n = int_arg(a).map_err(|_| Error::err("invalid first DB index"))?;
         if n < 0 || n as usize >= x.ks.databases() {
-            return Err(DB_RANGE);
+            return Err(Error::DbRange);
         }
         Ok(n as usize)
     };

@@ -1,19 +1,29 @@
-//! The command table and the context every command runs in.
+//! The command layer: a declarative table, one file per command family (as
+//! Redis's `t_*.c`), and the dispatcher that runs a command for a session.
 //!
-//! As in Redis, a declarative table (name, arity, flags, key positions)
-//! lets the dispatcher, not each handler, check arity and authentication,
-//! queue commands inside MULTI, and lock exactly the shards a command's keys
-//! live in before the handler runs.
+//! As in Redis, the table (name, arity, flags, key positions, syntax) lets
+//! the dispatcher, not each handler, check arity and authentication, queue
+//! commands inside MULTI, and lock exactly the shards a command's keys live
+//! in before the handler runs. Commands know the [`Node`] and the client's
+//! [`Session`], never a socket.
 
+mod args;
+mod client;
+mod command;
+mod config;
+mod connection;
 mod crdt;
-mod docs;
+mod error;
 mod expire;
 mod keys;
+mod multi;
 pub mod replication;
 mod server;
-
-pub use server::REDIS_COMPAT_VERSION;
 mod strings;
+
+pub use args::Args;
+pub use error::Error;
+pub use server::REDIS_COMPAT_VERSION;
 
 use std::borrow::Cow;
 use std::sync::LazyLock;
@@ -21,57 +31,80 @@ use std::sync::LazyLock;
 use chorus_crdt::{KeyState, Read};
 use smallvec::SmallVec;
 
-use crate::keyspace::{Db, Keyspace, Locked, NotLocked, Writer};
+use crate::keyspace::{Db, Keyspace, Locked, Writer};
 use crate::node::Node;
 use crate::resp::Reply;
 use crate::session::{Queued, Session};
 
-/// A command's error reply; the text starts with the Redis error code.
-#[derive(Debug)]
-pub enum Error {
-    Static(&'static str),
-    Owned(String),
-}
-
-impl Error {
-    pub fn text(&self) -> &str {
-        match self {
-            Error::Static(s) => s,
-            Error::Owned(s) => s,
-        }
-    }
-}
-
-impl From<NotLocked> for Error {
-    fn from(_: NotLocked) -> Self {
-        Error::Static("ERR internal error: command touched a key it did not declare")
-    }
-}
-
 pub type CmdResult = Result<(), Error>;
-
-pub const SYNTAX: Error = Error::Static("ERR syntax error");
-pub const NOT_INTEGER: Error = Error::Static("ERR value is not an integer or out of range");
-pub const NOT_FLOAT: Error = Error::Static("ERR value is not a valid float");
-pub const NO_SUCH_KEY: Error = Error::Static("ERR no such key");
-pub const DB_RANGE: Error = Error::Static("ERR DB index is out of range");
-pub const NOAUTH: &str = "NOAUTH Authentication required.";
 
 pub type Handler = fn(&mut Exec<'_, '_>, &[&[u8]]) -> CmdResult;
 
-pub mod flag {
-    pub const WRITE: u32 = 1;
-    pub const READONLY: u32 = 1 << 1;
-    pub const ADMIN: u32 = 1 << 2;
+/// A property of a command, as COMMAND INFO reports some of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Flag {
+    Write,
+    ReadOnly,
+    Admin,
     /// Allowed before AUTH.
-    pub const NOAUTH: u32 = 1 << 3;
+    NoAuth,
     /// Runs at once inside MULTI instead of being queued.
-    pub const NOQUEUE: u32 = 1 << 4;
-    /// Needs every shard (whole-keyspace commands).
-    pub const ALLKEYS: u32 = 1 << 5;
-    pub const FAST: u32 = 1 << 6;
+    NoQueue,
+    Fast,
     /// Not allowed inside MULTI at all.
-    pub const NOMULTI: u32 = 1 << 7;
+    NoMulti,
+}
+
+/// A set of [`Flag`]s, built in the (const) command table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Flags(u16);
+
+impl Flags {
+    pub const fn of(flags: &[Flag]) -> Flags {
+        let mut bits = 0u16;
+        let mut i = 0;
+        while i < flags.len() {
+            bits |= 1 << flags[i] as u8;
+            i += 1;
+        }
+        Flags(bits)
+    }
+
+    pub const fn has(self, flag: Flag) -> bool {
+        self.0 & (1 << flag as u8) != 0
+    }
+}
+
+/// Which keys a command names, and so which shards the dispatcher locks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keys {
+    None,
+    /// Redis's (first, last, step): keys at `first`, `first + step`, ... up to
+    /// `last`, which counts from the end when negative.
+    At {
+        first: u8,
+        last: i8,
+        step: u8,
+    },
+    /// Whole-keyspace commands (KEYS, SCAN, FLUSHALL, ...): every shard.
+    All,
+    /// EXEC: the shards of the commands it queued and the keys it watches.
+    Queued,
+}
+
+impl Keys {
+    pub const fn at(first: u8, last: i8, step: u8) -> Keys {
+        Keys::At { first, last, step }
+    }
+
+    /// Redis's (first, last, step) triple, as COMMAND INFO reports it.
+    pub fn triple(&self) -> (i64, i64, i64) {
+        match *self {
+            Keys::At { first, last, step } => (first as i64, last as i64, step as i64),
+            _ => (0, 0, 0),
+        }
+    }
 }
 
 /// One row of the command table.
@@ -80,10 +113,12 @@ pub struct Spec {
     /// Redis arity: exact count if positive, minimum count if negative
     /// (both including the command name).
     pub arity: i32,
-    pub flags: u32,
-    /// First key, last key (negative: from the end), step; 0 when keyless.
-    pub keys: (i32, i32, i32),
+    pub flags: Flags,
+    pub keys: Keys,
     pub group: &'static str,
+    /// The arguments after the name in Redis's notation (`[...]` optional,
+    /// `...` repeatable), for COMMAND DOCS and redis-cli's hints.
+    pub syntax: &'static str,
     pub summary: &'static str,
     pub run: Handler,
 }
@@ -98,24 +133,28 @@ impl Spec {
         }
     }
 
-    /// Positions of the keys in `args`.
+    /// Positions of the keys in a call with `argc` arguments.
     pub fn key_positions(&self, argc: usize) -> impl Iterator<Item = usize> {
-        let (first, last, step) = self.keys;
-        let last = if last < 0 {
-            argc as i32 + last
-        } else {
-            last.min(argc as i32 - 1)
-        };
-        let (start, end, step) = if first > 0 && step > 0 && last >= first {
-            (first as usize, last as usize + 1, step as usize)
-        } else {
-            (0, 0, 1)
+        let (start, end, step) = match self.keys {
+            Keys::At { first, last, step } => {
+                let last = if last < 0 {
+                    argc as i64 + last as i64
+                } else {
+                    (last as i64).min(argc as i64 - 1)
+                };
+                if first > 0 && step > 0 && last >= first as i64 {
+                    (first as usize, last as usize + 1, step as usize)
+                } else {
+                    (0, 0, 1)
+                }
+            }
+            _ => (0, 0, 1),
         };
         (start..end).step_by(step)
     }
 
-    pub fn has(&self, f: u32) -> bool {
-        self.flags & f != 0
+    pub fn has(&self, flag: Flag) -> bool {
+        self.flags.has(flag)
     }
 }
 
@@ -124,7 +163,12 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .iter()
         .chain(keys::COMMANDS)
         .chain(expire::COMMANDS)
+        .chain(connection::COMMANDS)
+        .chain(client::COMMANDS)
+        .chain(config::COMMANDS)
+        .chain(command::COMMANDS)
         .chain(server::COMMANDS)
+        .chain(multi::COMMANDS)
         .chain(replication::COMMANDS)
         .chain(crdt::COMMANDS)
 }
@@ -145,13 +189,86 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
     BY_NAME.get(name).copied()
 }
 
-/// The shards to lock for a command with these arguments.
+/// Adds the shards of a command's keys to `into`.
 pub fn shards_for(ks: &Keyspace, spec: &Spec, args: &[&[u8]], into: &mut SmallVec<[usize; 4]>) {
     for i in spec.key_positions(args.len()) {
         if let Some(key) = args.get(i) {
             into.push(ks.shard_of(key));
         }
     }
+}
+
+/// Runs one command for `session`: looks it up, checks arity and
+/// authentication, queues it inside MULTI, locks the shards its keys live in
+/// and runs it. Returns its name for CLIENT LIST's `cmd=`.
+pub fn dispatch(
+    node: &Node,
+    session: &mut Session,
+    out: &mut Reply,
+    args: &[&[u8]],
+    now_ms: u64,
+) -> Option<&'static str> {
+    let Some(spec) = lookup(args[0]) else {
+        if session.multi.is_some() {
+            session.multi_dirty = true;
+        }
+        out.error(&error::unknown_command(args));
+        return None;
+    };
+    if let Err(e) = admit(session, spec, args) {
+        if session.multi.is_some() {
+            session.multi_dirty = true;
+        }
+        out.error(&e.text());
+        return Some(spec.name);
+    }
+    if let Some(queue) = &mut session.multi {
+        if !spec.has(Flag::NoQueue) {
+            queue.push(Queued {
+                spec,
+                args: args.iter().map(|a| a.to_vec()).collect(),
+            });
+            out.simple("QUEUED");
+            return Some(spec.name);
+        }
+    }
+    let ks = &*node.ks;
+    let locked = match spec.keys {
+        Keys::None => Locked::empty(),
+        Keys::All => ks.lock_all(),
+        Keys::Queued => multi::lock_queued(ks, session),
+        Keys::At { .. } => {
+            let mut shards = SmallVec::new();
+            shards_for(ks, spec, args, &mut shards);
+            ks.lock(shards)
+        }
+    };
+    let mut x = Exec {
+        node,
+        ks,
+        session,
+        out,
+        locked,
+        now_ms,
+    };
+    if let Err(e) = (spec.run)(&mut x, args) {
+        x.out.error(&e.text());
+    }
+    Some(spec.name)
+}
+
+/// What the dispatcher checks before a command runs or is queued.
+fn admit(session: &Session, spec: &Spec, args: &[&[u8]]) -> CmdResult {
+    if !spec.arity_ok(args.len()) {
+        return Err(Error::Arity(spec.name.into()));
+    }
+    if !session.authed && !spec.has(Flag::NoAuth) {
+        return Err(Error::NoAuth);
+    }
+    if session.multi.is_some() && !spec.has(Flag::NoQueue) && spec.has(Flag::NoMulti) {
+        return Err(Error::NotInMulti(spec.name));
+    }
+    Ok(())
 }
 
 /// Everything a command may touch while it runs.
@@ -228,12 +345,12 @@ impl<'s> Exec<'s, '_> {
 
 /// Parses an integer argument.
 pub fn int_arg(arg: &[u8]) -> Result<i64, Error> {
-    chorus_crdt::number::parse_int(arg).ok_or(NOT_INTEGER)
+    chorus_crdt::number::parse_int(arg).ok_or(Error::NotInteger)
 }
 
 /// Parses a float argument.
 pub fn float_arg(arg: &[u8]) -> Result<f64, Error> {
-    chorus_crdt::number::parse_float(arg).ok_or(NOT_FLOAT)
+    chorus_crdt::number::parse_float(arg).ok_or(Error::NotFloat)
 }
 
 /// Writes a key's read value as a bulk reply (or null).
@@ -251,129 +368,37 @@ pub fn is(arg: &[u8], name: &str) -> bool {
     arg.eq_ignore_ascii_case(name.as_bytes())
 }
 
-/// The Redis error for an unknown command.
-pub fn unknown_command(args: &[&[u8]]) -> String {
-    let name = String::from_utf8_lossy(args.first().copied().unwrap_or_default());
-    let mut msg = format!(
-        "ERR unknown command '{}', with args beginning with: ",
-        truncate(&name)
-    );
-    for a in args.iter().skip(1).take(16) {
-        msg.push('\'');
-        msg.push_str(&truncate(&String::from_utf8_lossy(a)));
-        msg.push_str("' ");
-    }
-    msg
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// The Redis error for a bad subcommand.
-pub fn unknown_subcommand(cmd: &str, sub: &[u8]) -> Error {
-    Error::Owned(format!(
-        "ERR unknown subcommand '{}'. Try {} HELP.",
-        truncate(&String::from_utf8_lossy(sub)),
-        cmd.to_ascii_uppercase()
-    ))
-}
-
-fn truncate(s: &str) -> String {
-    s.chars().take(128).collect()
-}
-
-pub fn wrong_arity(name: &str) -> String {
-    format!("ERR wrong number of arguments for '{name}' command")
-}
-
-/// Runs one command for `session`: looks it up, checks arity and
-/// authentication, queues it inside MULTI, locks the shards its keys live in
-/// and runs it. Returns its name for CLIENT LIST's `cmd=`.
-pub fn dispatch(
-    node: &Node,
-    session: &mut Session,
-    out: &mut Reply,
-    args: &[&[u8]],
-    now_ms: u64,
-) -> Option<&'static str> {
-    let Some(spec) = lookup(args[0]) else {
-        if session.multi.is_some() {
-            session.multi_dirty = true;
-        }
-        out.error(&unknown_command(args));
-        return None;
-    };
-    if !spec.arity_ok(args.len()) {
-        if session.multi.is_some() {
-            session.multi_dirty = true;
-        }
-        out.error(&wrong_arity(spec.name));
-        return Some(spec.name);
-    }
-    if !session.authed && !spec.has(flag::NOAUTH) {
-        if session.multi.is_some() {
-            session.multi_dirty = true;
-        }
-        out.error(NOAUTH);
-        return Some(spec.name);
-    }
-    if let Some(queue) = &mut session.multi {
-        if !spec.has(flag::NOQUEUE) {
-            if spec.has(flag::NOMULTI) {
-                session.multi_dirty = true;
-                out.error(&format!(
-                    "ERR Command not allowed inside a transaction: {}",
-                    spec.name
-                ));
-                return Some(spec.name);
-            }
-            queue.push(Queued {
-                spec,
-                args: args.iter().map(|a| a.to_vec()).collect(),
-            });
-            out.simple("QUEUED");
-            return Some(spec.name);
+    #[test]
+    fn every_command_with_arguments_has_a_syntax_line() {
+        for spec in table() {
+            let needs_args = spec.arity.abs() > 1;
+            assert!(
+                !needs_args || !spec.syntax.is_empty(),
+                "{} has no syntax line",
+                spec.name
+            );
         }
     }
-    let ks = &*node.ks;
-    let locked = if spec.name == "exec" {
-        lock_for_exec(ks, session)
-    } else if spec.has(flag::ALLKEYS) {
-        ks.lock_all()
-    } else if spec.keys.0 == 0 {
-        Locked::empty()
-    } else {
-        let mut shards = SmallVec::new();
-        shards_for(ks, spec, args, &mut shards);
-        ks.lock(shards)
-    };
-    let mut x = Exec {
-        node,
-        ks,
-        session,
-        out,
-        locked,
-        now_ms,
-    };
-    if let Err(e) = (spec.run)(&mut x, args) {
-        x.out.error(e.text());
-    }
-    Some(spec.name)
-}
 
-/// EXEC locks every shard its queued commands and watched keys live in.
-fn lock_for_exec<'a>(ks: &'a Keyspace, session: &Session) -> Locked<'a> {
-    let Some(queue) = &session.multi else {
-        return Locked::empty();
-    };
-    if queue.iter().any(|q| q.spec.has(flag::ALLKEYS)) {
-        return ks.lock_all();
+    #[test]
+    fn key_positions_follow_redis_key_specs() {
+        let mset = lookup(b"MSET").unwrap();
+        assert_eq!(mset.key_positions(5).collect::<Vec<_>>(), vec![1, 3]);
+        let get = lookup(b"get").unwrap();
+        assert_eq!(get.key_positions(2).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(lookup(b"exec").unwrap().keys, Keys::Queued);
+        assert_eq!(lookup(b"flushall").unwrap().keys, Keys::All);
+        assert!(lookup(b"ping").unwrap().key_positions(2).next().is_none());
     }
-    let mut shards: SmallVec<[usize; 4]> = session
-        .watched
-        .iter()
-        .map(|w| ks.shard_of(&w.key))
-        .collect();
-    for q in queue {
-        let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
-        shards_for(ks, q.spec, &args, &mut shards);
+
+    #[test]
+    fn flags_hold_exactly_what_they_were_built_from() {
+        let f = Flags::of(&[Flag::Write, Flag::Fast]);
+        assert!(f.has(Flag::Write) && f.has(Flag::Fast));
+        assert!(!f.has(Flag::ReadOnly) && !f.has(Flag::NoMulti));
     }
-    ks.lock(shards)
 }

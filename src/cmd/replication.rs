@@ -4,14 +4,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::flag::*;
-use super::{int_arg, is, CmdResult, Error, Exec, Spec, SYNTAX};
+use super::Flag::*;
+use super::{int_arg, is, CmdResult, Error, Exec, Spec};
+use super::{Flags, Keys};
 use crate::replication::{PeerAddrError, Replicator};
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "wait", arity: 3, flags: 0, keys: (0, 0, 0), group: "generic", summary: "Blocks until the asynchronous replication of all preceding write commands sent by the connection is completed.", run: wait },
-    Spec { name: "replicaof", arity: -3, flags: ADMIN | NOMULTI, keys: (0, 0, 0), group: "server", summary: "Adds, removes or leaves active-active peers.", run: replicaof },
-    Spec { name: "slaveof", arity: -3, flags: ADMIN | NOMULTI, keys: (0, 0, 0), group: "server", summary: "Deprecated alias of REPLICAOF.", run: replicaof },
+    Spec { name: "wait", arity: 3, flags: Flags::of(&[]), keys: Keys::None, group: "generic", syntax: "numpeers timeout", summary: "Blocks until the asynchronous replication of all preceding write commands sent by the connection is completed.", run: wait },
+    Spec { name: "replicaof", arity: -3, flags: Flags::of(&[Admin, NoMulti]), keys: Keys::None, group: "server", syntax: "host port|REMOVE host port|NO ONE", summary: "Adds, removes or leaves active-active peers.", run: replicaof },
+    Spec { name: "slaveof", arity: -3, flags: Flags::of(&[Admin, NoMulti]), keys: Keys::None, group: "server", syntax: "host port|REMOVE host port|NO ONE", summary: "Deprecated alias of REPLICAOF.", run: replicaof },
 ];
 
 /// What WAIT is waiting for; the connection awaits it after the command.
@@ -42,7 +43,7 @@ fn wait(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let peers = int_arg(args[1])?;
     let timeout_ms = int_arg(args[2])?;
     if timeout_ms < 0 {
-        return Err(Error::Static("ERR timeout is negative"));
+        return Err(Error::err("timeout is negative"));
     }
     let Some(repl) = &x.node.repl else {
         // No peers: nothing to wait for, as Redis answers with no replicas.
@@ -64,22 +65,17 @@ fn wait(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn peer_addr(host: &[u8], port: &[u8]) -> Result<SocketAddr, Error> {
-    let host = std::str::from_utf8(host).map_err(|_| Error::Static("ERR Invalid host"))?;
-    let port =
-        u16::try_from(int_arg(port)?).map_err(|_| Error::Static("ERR Invalid master port"))?;
+    let host = std::str::from_utf8(host).map_err(|_| Error::err("Invalid host"))?;
+    let port = u16::try_from(int_arg(port)?).map_err(|_| Error::err("Invalid master port"))?;
     crate::replication::resolve_peer(host, port).map_err(|e| match e {
-        PeerAddrError::Port => {
-            Error::Static("ERR Invalid master port: port + 10000 must be below 65536")
-        }
-        PeerAddrError::Resolve(_) => Error::Owned(format!("ERR {e}")),
+        PeerAddrError::Port => Error::err("Invalid master port: port + 10000 must be below 65536"),
+        PeerAddrError::Resolve(_) => Error::err(format!("{e}")),
     })
 }
 
 fn replicaof(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let Some(repl) = &x.node.repl else {
-        return Err(Error::Static(
-            "ERR replication is not enabled on this node: start it with masterauth and active-replica yes",
-        ));
+        return Err(Error::err("replication is not enabled on this node: start it with masterauth and active-replica yes"));
     };
     match args {
         [_, no, one] if is(no, "NO") && is(one, "ONE") => {
@@ -90,7 +86,7 @@ fn replicaof(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         [_, remove, host, port] if is(remove, "REMOVE") => {
             let addr = peer_addr(host, port)?;
             if repl.remove_peers(Some(addr)) == 0 {
-                return Err(Error::Static("ERR no such peer"));
+                return Err(Error::err("no such peer"));
             }
             x.out.ok();
         }
@@ -99,10 +95,10 @@ fn replicaof(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             match repl.add_peer(addr) {
                 Ok(true) => x.out.ok(),
                 Ok(false) => x.out.simple("OK Already connected to specified peer"),
-                Err(e) => return Err(Error::Owned(format!("ERR {e}"))),
+                Err(e) => return Err(Error::err(e.to_string())),
             }
         }
-        _ => return Err(SYNTAX),
+        _ => return Err(Error::Syntax),
     }
     Ok(())
 }

@@ -6,33 +6,32 @@ use chorus_crdt::Read;
 
 use crate::keyspace::Writer;
 
-use super::flag::*;
-use super::{
-    float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Spec, NOT_INTEGER, SYNTAX,
-};
+use super::Flag::*;
+use super::{float_arg, int_arg, is, reply_read, Args, CmdResult, Error, Exec, Spec};
+use super::{Flags, Keys};
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "get", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "string", summary: "Returns the string value of a key.", run: get },
-    Spec { name: "set", arity: -3, flags: WRITE, keys: (1, 1, 1), group: "string", summary: "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist.", run: set },
-    Spec { name: "setnx", arity: 3, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Set the string value of a key only when the key doesn't exist.", run: setnx },
-    Spec { name: "setex", arity: 4, flags: WRITE, keys: (1, 1, 1), group: "string", summary: "Sets the string value and expiration time of a key.", run: setex },
-    Spec { name: "psetex", arity: 4, flags: WRITE, keys: (1, 1, 1), group: "string", summary: "Sets both string value and expiration time in milliseconds of a key.", run: psetex },
-    Spec { name: "getset", arity: 3, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Returns the previous string value of a key after setting it to a new value.", run: getset },
-    Spec { name: "getdel", arity: 2, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Returns the string value of a key after deleting the key.", run: getdel },
-    Spec { name: "getex", arity: -2, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Returns the string value of a key after setting its expiration time.", run: getex },
-    Spec { name: "mget", arity: -2, flags: READONLY | FAST, keys: (1, -1, 1), group: "string", summary: "Atomically returns the string values of one or more keys.", run: mget },
-    Spec { name: "mset", arity: -3, flags: WRITE, keys: (1, -1, 2), group: "string", summary: "Atomically creates or modifies the string values of one or more keys.", run: mset },
-    Spec { name: "msetnx", arity: -3, flags: WRITE, keys: (1, -1, 2), group: "string", summary: "Atomically modifies the string values of one or more keys only when all keys don't exist.", run: msetnx },
-    Spec { name: "append", arity: 3, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Appends a string to the value of a key. Creates the key if it doesn't exist.", run: append },
-    Spec { name: "strlen", arity: 2, flags: READONLY | FAST, keys: (1, 1, 1), group: "string", summary: "Returns the length of a string value.", run: strlen },
-    Spec { name: "getrange", arity: 4, flags: READONLY, keys: (1, 1, 1), group: "string", summary: "Returns a substring of the string stored at a key.", run: getrange },
-    Spec { name: "substr", arity: 4, flags: READONLY, keys: (1, 1, 1), group: "string", summary: "Returns a substring from a string value.", run: getrange },
-    Spec { name: "setrange", arity: 4, flags: WRITE, keys: (1, 1, 1), group: "string", summary: "Overwrites a part of a string value with another by an offset. Creates the key if it doesn't exist.", run: setrange },
-    Spec { name: "incr", arity: 2, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", run: incr },
-    Spec { name: "decr", arity: 2, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", run: decr },
-    Spec { name: "incrby", arity: 3, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist.", run: incrby },
-    Spec { name: "decrby", arity: 3, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist.", run: decrby },
-    Spec { name: "incrbyfloat", arity: 3, flags: WRITE | FAST, keys: (1, 1, 1), group: "string", summary: "Increment the floating point value of a key by a number. Uses 0 as initial value if the key doesn't exist.", run: incrbyfloat },
+    Spec { name: "get", arity: 2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key", summary: "Returns the string value of a key.", run: get },
+    Spec { name: "set", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key value [NX|XX] [GET] [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|KEEPTTL]", summary: "Sets the string value of a key, ignoring its type. The key is created if it doesn't exist.", run: set },
+    Spec { name: "setnx", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key value", summary: "Set the string value of a key only when the key doesn't exist.", run: setnx },
+    Spec { name: "setex", arity: 4, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key seconds value", summary: "Sets the string value and expiration time of a key.", run: setex },
+    Spec { name: "psetex", arity: 4, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key milliseconds value", summary: "Sets both string value and expiration time in milliseconds of a key.", run: psetex },
+    Spec { name: "getset", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key value", summary: "Returns the previous string value of a key after setting it to a new value.", run: getset },
+    Spec { name: "getdel", arity: 2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key", summary: "Returns the string value of a key after deleting the key.", run: getdel },
+    Spec { name: "getex", arity: -2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key [EX seconds|PX milliseconds|EXAT unix-time-seconds|PXAT unix-time-milliseconds|PERSIST]", summary: "Returns the string value of a key after setting its expiration time.", run: getex },
+    Spec { name: "mget", arity: -2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, -1, 1), group: "string", syntax: "key ...", summary: "Atomically returns the string values of one or more keys.", run: mget },
+    Spec { name: "mset", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 2), group: "string", syntax: "(key value) ...", summary: "Atomically creates or modifies the string values of one or more keys.", run: mset },
+    Spec { name: "msetnx", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 2), group: "string", syntax: "(key value) ...", summary: "Atomically modifies the string values of one or more keys only when all keys don't exist.", run: msetnx },
+    Spec { name: "append", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key value", summary: "Appends a string to the value of a key. Creates the key if it doesn't exist.", run: append },
+    Spec { name: "strlen", arity: 2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key", summary: "Returns the length of a string value.", run: strlen },
+    Spec { name: "getrange", arity: 4, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key start end", summary: "Returns a substring of the string stored at a key.", run: getrange },
+    Spec { name: "substr", arity: 4, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key start end", summary: "Returns a substring from a string value.", run: getrange },
+    Spec { name: "setrange", arity: 4, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key offset value", summary: "Overwrites a part of a string value with another by an offset. Creates the key if it doesn't exist.", run: setrange },
+    Spec { name: "incr", arity: 2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key", summary: "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", run: incr },
+    Spec { name: "decr", arity: 2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key", summary: "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", run: decr },
+    Spec { name: "incrby", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key increment", summary: "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist.", run: incrby },
+    Spec { name: "decrby", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key decrement", summary: "Decrements a number from the integer value of a key. Uses 0 as initial value if the key doesn't exist.", run: decrby },
+    Spec { name: "incrbyfloat", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key increment", summary: "Increment the floating point value of a key by a number. Uses 0 as initial value if the key doesn't exist.", run: incrbyfloat },
 ];
 
 fn get(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
@@ -60,17 +59,22 @@ enum Ttl {
     At(u64),
 }
 
-/// Parses `EX s | PX ms | EXAT s | PXAT ms` at `args[i]`; returns the
-/// absolute expiry and how many arguments it used.
-fn ttl_option(args: &[&[u8]], i: usize, now_ms: u64, cmd: &str) -> Result<Option<u64>, Error> {
-    let unit_ms: i64 = match args[i] {
+/// Parses `EX s | PX ms | EXAT s | PXAT ms` when `option` is one of them
+/// (its value is the next argument); returns the absolute expiry.
+fn ttl_option(
+    option: &[u8],
+    options: &mut Args,
+    now_ms: u64,
+    cmd: &str,
+) -> Result<Option<u64>, Error> {
+    let unit_ms: i64 = match option {
         a if is(a, "EX") || is(a, "EXAT") => 1000,
         a if is(a, "PX") || is(a, "PXAT") => 1,
         _ => return Ok(None),
     };
-    let absolute = args[i].len() == 4;
-    let n = int_arg(args.get(i + 1).ok_or(SYNTAX)?)?;
-    let invalid = || Error::Owned(format!("ERR invalid expire time in '{cmd}' command"));
+    let absolute = option.len() == 4;
+    let n = options.int()?;
+    let invalid = || Error::err(format!("invalid expire time in '{cmd}' command"));
     if n <= 0 {
         return Err(invalid());
     }
@@ -87,9 +91,8 @@ fn set(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let (key, value) = (args[1], args[2]);
     let (mut nx, mut xx, mut get) = (false, false, false);
     let mut ttl = Ttl::Unset;
-    let mut i = 3;
-    while i < args.len() {
-        let a = args[i];
+    let mut options = Args::new(args, 3);
+    while let Some(a) = options.next() {
         if is(a, "NX") && !xx {
             nx = true;
         } else if is(a, "XX") && !nx {
@@ -98,16 +101,14 @@ fn set(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             get = true;
         } else if is(a, "KEEPTTL") && ttl == Ttl::Unset {
             ttl = Ttl::Keep;
-        } else if let Some(at) = ttl_option(args, i, x.now_ms, "set")? {
+        } else if let Some(at) = ttl_option(a, &mut options, x.now_ms, "set")? {
             if ttl != Ttl::Unset {
-                return Err(SYNTAX);
+                return Err(Error::Syntax);
             }
             ttl = Ttl::At(at);
-            i += 1;
         } else {
-            return Err(SYNTAX);
+            return Err(Error::Syntax);
         }
-        i += 1;
     }
     set_generic(x, key, value, nx, xx, get, ttl)
 }
@@ -157,7 +158,7 @@ fn setnx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn setex_generic(x: &mut Exec, args: &[&[u8]], unit_ms: i64, cmd: &str) -> CmdResult {
     let n = int_arg(args[2])?;
-    let invalid = || Error::Owned(format!("ERR invalid expire time in '{cmd}' command"));
+    let invalid = || Error::err(format!("invalid expire time in '{cmd}' command"));
     if n <= 0 {
         return Err(invalid());
     }
@@ -197,20 +198,18 @@ fn getdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 fn getex(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let key = args[1];
     let mut ttl = Ttl::Unset;
-    let mut i = 2;
-    while i < args.len() {
+    let mut options = Args::new(args, 2);
+    while let Some(a) = options.next() {
         if ttl != Ttl::Unset {
-            return Err(SYNTAX);
+            return Err(Error::Syntax);
         }
-        if is(args[i], "PERSIST") {
+        if is(a, "PERSIST") {
             ttl = Ttl::Persist;
-        } else if let Some(at) = ttl_option(args, i, x.now_ms, "getex")? {
+        } else if let Some(at) = ttl_option(a, &mut options, x.now_ms, "getex")? {
             ttl = Ttl::At(at);
-            i += 1;
         } else {
-            return Err(SYNTAX);
+            return Err(Error::Syntax);
         }
-        i += 1;
     }
     let at = match ttl {
         Ttl::At(at) => Some(at),
@@ -242,7 +241,7 @@ fn mget(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn mset(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if args.len() % 2 != 1 {
-        return Err(super::Error::Owned(super::wrong_arity("mset")));
+        return Err(Error::Arity("mset".into()));
     }
     for pair in args[1..].chunks(2) {
         x.set_value(pair[0], Some(pair[1]), 0)?;
@@ -253,7 +252,7 @@ fn mset(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn msetnx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if args.len() % 2 != 1 {
-        return Err(super::Error::Owned(super::wrong_arity("msetnx")));
+        return Err(Error::Arity("msetnx".into()));
     }
     for pair in args[1..].chunks(2) {
         if x.visible(pair[0])?.is_some() {
@@ -270,8 +269,8 @@ fn msetnx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn check_size(max: usize, len: usize) -> CmdResult {
     if len > max {
-        return Err(Error::Static(
-            "ERR string exceeds maximum allowed size (proto-max-bulk-len)",
+        return Err(Error::err(
+            "string exceeds maximum allowed size (proto-max-bulk-len)",
         ));
     }
     Ok(())
@@ -323,7 +322,7 @@ fn getrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 fn setrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let offset = int_arg(args[2])?;
     if offset < 0 {
-        return Err(Error::Static("ERR offset is out of range"));
+        return Err(Error::err("offset is out of range"));
     }
     let offset = offset as usize;
     let patch = args[3];
@@ -354,8 +353,8 @@ fn current_int(w: &Writer) -> Result<i64, Error> {
     match w.state().read(0) {
         Read::Absent => Ok(0),
         Read::Int(i) => Ok(i),
-        Read::Str(v) => parse_int(v).ok_or(NOT_INTEGER),
-        Read::Float(f) => parse_int(format_float(f).as_bytes()).ok_or(NOT_INTEGER),
+        Read::Str(v) => parse_int(v).ok_or(Error::NotInteger),
+        Read::Float(f) => parse_int(format_float(f).as_bytes()).ok_or(Error::NotInteger),
     }
 }
 
@@ -363,7 +362,7 @@ fn incr_generic(x: &mut Exec, key: &[u8], by: i64) -> CmdResult {
     let new = x.update(key, |w| {
         let new = current_int(w)?
             .checked_add(by)
-            .ok_or(Error::Static("ERR increment or decrement would overflow"))?;
+            .ok_or(Error::err("increment or decrement would overflow"))?;
         w.incr(by, 0.0, false);
         Ok(new)
     })?;
@@ -387,7 +386,7 @@ fn decrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let by = int_arg(args[2])?;
     let by = by
         .checked_neg()
-        .ok_or(Error::Static("ERR decrement would overflow"))?;
+        .ok_or(Error::err("decrement would overflow"))?;
     incr_generic(x, args[1], by)
 }
 
@@ -401,11 +400,11 @@ fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
                 Read::Absent => 0.0,
                 Read::Int(i) => i as f64,
                 Read::Float(f) => f,
-                Read::Str(v) => parse_float(v).ok_or(super::NOT_FLOAT)?,
+                Read::Str(v) => parse_float(v).ok_or(super::Error::NotFloat)?,
             }
         };
         if !(current + by).is_finite() {
-            return Err(Error::Static("ERR increment would produce NaN or Infinity"));
+            return Err(Error::err("increment would produce NaN or Infinity"));
         }
         w.incr(0, by, true);
         Ok(w.value().unwrap_or_default())
