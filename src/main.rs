@@ -1,56 +1,80 @@
 //! `chorus`: the server binary.
 //!
 //! `chorus server [CONFIG] [--directive value ...]` runs a node, like
-//! `redis-server`. With no argument: one standalone node on 127.0.0.1:6379.
+//! `redis-server`; `chorus gen-certs` and `chorus sim` are the other tools.
+//! Exit codes: 0 done, 1 failed, 2 bad usage.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use chorus::Config;
+use clap::{Parser, Subcommand};
 use tracing::{info, warn};
 
-const USAGE: &str = "\
-Usage:
-  chorus server [CONFIG] [--directive value ...]   run a node (default: 127.0.0.1:6379, in memory)
-  chorus gen-certs DIR [--nodes N] [--cluster NAME]
-                                                   write a CA and N node certificates for
-                                                   mutual TLS between peers (default 3 nodes)
-  chorus sim [--seed S] [--seeds K] [--nodes N] [--ops M] [--faults LIST] [--json]
-                                                   deterministic simulation of N nodes under faults
-                                                   (the chorus-sim binary: cargo build --release -p chorus-sim)
-  chorus --version
-  chorus help
-
-Examples:
-  chorus server
-  chorus server conf/chorus.conf --port 6380
-  chorus server --port 7000 --requirepass secret
-";
-
-fn main() {
-    if let Err(e) = run() {
-        eprintln!("chorus: {e:#}");
-        std::process::exit(1);
-    }
+/// Chorus: an active-active, Redis-compatible datastore. Every node is a
+/// master; values are CRDTs, so nodes converge without failover.
+#[derive(Debug, Parser)]
+#[command(name = "chorus", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn run() -> anyhow::Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("server") => server(&args[1..]),
-        Some("gen-certs") => gen_certs(&args[1..]),
-        Some("sim") => sim(&args[1..]),
-        Some("--version") | Some("-v") | Some("version") => {
-            println!("chorus {}", env!("CARGO_PKG_VERSION"));
-            Ok(())
-        }
-        Some("help") | Some("--help") | Some("-h") | None => {
-            print!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => bail!("unknown subcommand '{other}'\n{USAGE}"),
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a node, like redis-server: a config file in redis.conf syntax,
+    /// then `--directive value ...` overrides (the last word wins).
+    /// With no argument: one standalone node on 127.0.0.1:6379, in memory.
+    #[command(
+        after_help = "Examples:\n  chorus server\n  chorus server conf/chorus.conf --port 6380\n  chorus server --port 7000 --requirepass secret"
+    )]
+    Server {
+        /// A config file (optional), then `--directive value ...` overrides
+        #[arg(
+            value_name = "CONFIG] [--directive value",
+            trailing_var_arg = true,
+            allow_hyphen_values = true
+        )]
+        args: Vec<String>,
+    },
+    /// Write a CA and node certificates for mutual TLS between peers.
+    GenCerts {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+        /// How many node certificates.
+        #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+        nodes: u16,
+        /// The cluster name the certificates are issued for.
+        #[arg(long, default_value = "chorus")]
+        cluster: String,
+    },
+    /// Run deterministic simulations of N nodes under faults (the chorus-sim
+    /// binary, built with `cargo build --release -p chorus-sim`; `chorus sim
+    /// --help` lists its options).
+    #[command(disable_help_flag = true)]
+    Sim {
+        /// Passed to chorus-sim as they are.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Server { args } => server(&args),
+        Command::GenCerts {
+            dir,
+            nodes,
+            cluster,
+        } => gen_certs(&dir, nodes.into(), &cluster),
+        Command::Sim { args } => sim(&args),
+    };
+    if let Err(e) = result {
+        eprintln!("chorus: {e:#}");
+        std::process::exit(1);
     }
 }
 
@@ -73,28 +97,8 @@ fn sim(args: &[String]) -> anyhow::Result<()> {
     std::process::exit(status.code().unwrap_or(1));
 }
 
-fn gen_certs(args: &[String]) -> anyhow::Result<()> {
-    let mut dir = None;
-    let mut nodes = 3usize;
-    let mut cluster = "chorus".to_string();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--nodes" => {
-                nodes = it
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| (1..=1000).contains(n))
-                    .context("--nodes expects a number from 1 to 1000")?
-            }
-            "--cluster" => cluster = it.next().context("--cluster expects a name")?.clone(),
-            other if other.starts_with("--") => bail!("gen-certs: unknown option '{other}'"),
-            other if dir.is_none() => dir = Some(PathBuf::from(other)),
-            other => bail!("gen-certs: unexpected argument '{other}'"),
-        }
-    }
-    let dir = dir.context("gen-certs needs a directory to write into")?;
-    let written = chorus_transport::tls::write_cluster(&dir, &cluster, nodes)?;
+fn gen_certs(dir: &Path, nodes: usize, cluster: &str) -> anyhow::Result<()> {
+    let written = chorus_transport::tls::write_cluster(dir, cluster, nodes)?;
     for path in &written {
         println!("{}", path.display());
     }

@@ -6,81 +6,46 @@ use std::time::Instant;
 
 use chorus_sim::faults::{self, FaultKind};
 use chorus_sim::run::{self, Options, Outcome};
+use clap::Parser;
 
-const USAGE: &str = "\
-Usage:
-  chorus sim [--seed S] [--seeds K] [--nodes N] [--ops M] [--faults LIST] [--json] [--trace]
-
-  --seed S      first seed (default: random); seeds S, S+1, ... S+K-1 run
-  --seeds K     how many seeds (default 1)
-  --nodes N     nodes, 2 to 16 (default 3)
-  --ops M       client operations per seed (default 300)
-  --faults LIST comma-separated classes each seed draws from: partition, partial,
-                asymmetric, loss, delay, crash, skew, join; or all, none (default all)
-  --json        one JSON object per seed on stdout instead of the table
-  --trace       print each seed's full trace (commands, replies, faults, digests)
-
-A failing seed prints the command that replays it exactly.
-";
-
+/// Deterministic simulations of Chorus nodes: the real node code on a
+/// simulated network under partitions, loss, delay, crashes and clock skew.
+/// Each seed fixes everything (topology, faults, workload); a failing seed
+/// prints the command that replays it exactly.
+#[derive(Debug, Parser)]
+#[command(name = "chorus-sim", bin_name = "chorus sim", version)]
 struct Args {
-    seed: u64,
+    /// First seed (default: random); seeds S, S+1, ... S+K-1 run.
+    #[arg(long, value_name = "S")]
+    seed: Option<u64>,
+    /// How many seeds.
+    #[arg(long, value_name = "K", default_value_t = 1)]
     seeds: u64,
-    nodes: usize,
+    /// Nodes per simulation.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u64).range(2..=16))]
+    nodes: u64,
+    /// Client operations per seed.
+    #[arg(long, value_name = "M", default_value_t = 300)]
     ops: usize,
-    faults: Vec<FaultKind>,
+    /// Comma-separated fault classes each seed draws from: partition, partial,
+    /// asymmetric, loss, delay, crash, skew, join; or all, none.
+    #[arg(long, value_name = "LIST", default_value = "all", value_parser = fault_list)]
+    faults: FaultList,
+    /// One JSON object per seed on stdout instead of the table.
+    #[arg(long)]
     json: bool,
+    /// Print each seed's full trace (commands, replies, faults, digests).
+    #[arg(long)]
     trace: bool,
 }
 
-fn parse(args: &[String]) -> Result<Args, String> {
-    let mut a = Args {
-        seed: rand::random::<u32>() as u64,
-        seeds: 1,
-        nodes: 3,
-        ops: 300,
-        faults: faults::ALL.to_vec(),
-        json: false,
-        trace: false,
-    };
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
-        match flag.as_str() {
-            "--seed" => {
-                a.seed = value("--seed")?
-                    .parse()
-                    .map_err(|_| "--seed expects a number")?
-            }
-            "--seeds" => {
-                a.seeds = value("--seeds")?
-                    .parse()
-                    .map_err(|_| "--seeds expects a number")?
-            }
-            "--nodes" => {
-                a.nodes = value("--nodes")?
-                    .parse()
-                    .ok()
-                    .filter(|n| (2..=16).contains(n))
-                    .ok_or("--nodes expects 2 to 16")?
-            }
-            "--ops" => {
-                a.ops = value("--ops")?
-                    .parse()
-                    .map_err(|_| "--ops expects a number")?
-            }
-            "--faults" => a.faults = faults::parse_list(&value("--faults")?)?,
-            "--json" => a.json = true,
-            "--trace" => a.trace = true,
-            "-h" | "--help" | "help" => return Err(String::new()),
-            other => return Err(format!("unknown option '{other}'")),
-        }
-    }
-    Ok(a)
+/// The fault classes a run draws from (one command-line value).
+#[derive(Debug, Clone)]
+struct FaultList(Vec<FaultKind>);
+
+fn fault_list(text: &str) -> Result<FaultList, String> {
+    faults::parse_list(text).map(FaultList)
 }
 
 fn replay_command(a: &Args, seed: u64) -> String {
@@ -88,7 +53,7 @@ fn replay_command(a: &Args, seed: u64) -> String {
         "cargo run --release -p chorus-sim -- --seed {seed} --nodes {} --ops {} --faults {} --trace",
         a.nodes,
         a.ops,
-        faults::list_text(&a.faults)
+        faults::list_text(&a.faults.0)
     )
 }
 
@@ -107,28 +72,21 @@ fn json_line(out: &Outcome, replay: &str) -> String {
 }
 
 fn main() {
-    let argv: Vec<String> = std::env::args().skip(1).collect();
-    let a = match parse(&argv) {
-        Ok(a) => a,
-        Err(e) => {
-            if !e.is_empty() {
-                eprintln!("chorus sim: {e}\n");
-            }
-            eprint!("{USAGE}");
-            std::process::exit(if e.is_empty() { 0 } else { 2 });
-        }
-    };
+    let mut a = Args::parse();
+    let seed = a.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+    a.seed = Some(seed);
+    let nodes = a.nodes as usize;
     let started = Instant::now();
     let mut failures: Vec<(Outcome, String)> = Vec::new();
     let mut per_fault: std::collections::BTreeMap<FaultKind, u64> = Default::default();
     let (mut ops, mut sim_ms) = (0u64, 0u64);
     for i in 0..a.seeds {
-        let seed = a.seed.wrapping_add(i);
+        let seed = seed.wrapping_add(i);
         let out = run::run(&Options {
             seed,
-            nodes: a.nodes,
+            nodes,
             ops: a.ops,
-            faults: a.faults.clone(),
+            faults: a.faults.0.clone(),
         });
         ops += out.ops as u64;
         sim_ms += out.sim_ms;
@@ -167,7 +125,7 @@ fn main() {
     let faults_text: Vec<String> = per_fault.iter().map(|(k, n)| format!("{k} {n}")).collect();
     println!();
     println!("{:<22} {}", "seeds run", a.seeds);
-    println!("{:<22} {}", "first seed", a.seed);
+    println!("{:<22} {}", "first seed", seed);
     println!("{:<22} {}", "nodes", a.nodes);
     println!("{:<22} {}", "client ops", ops);
     println!(
