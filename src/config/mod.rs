@@ -1,0 +1,1425 @@
+//! Configuration: redis.conf syntax, command-line overrides, validated once.
+//!
+//! `chorus server [FILE] [--directive value ...]` reads FILE (one directive a
+//! line, `#` comments, quoted strings, `include`, sizes like `100mb`), then
+//! applies the overrides in order, so the last word wins as in redis-server.
+//!
+//! Every directive of Redis 7's and KeyDB 6's own config files is known (see
+//! [`directives`]): applied where Chorus implements it, accepted and listed
+//! as ignored where it has no meaning here, and refused, naming file, line and
+//! why, where dropping it silently would change what the user gets. An
+//! unknown (misspelt) or malformed directive fails start-up naming where it
+//! stood.
+
+pub mod directives;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use directives::{Kind, DIRECTIVES};
+
+/// Where a directive came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    File { path: PathBuf, line: usize },
+    CommandLine,
+    ConfigSet,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File { path, line } => write!(f, "{}:{}", path.display(), line),
+            Origin::CommandLine => write!(f, "the command line"),
+            Origin::ConfigSet => write!(f, "CONFIG SET"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("config error at {origin}: directive '{directive}': {message}")]
+pub struct ConfigError {
+    pub origin: Origin,
+    pub directive: String,
+    pub message: String,
+}
+
+/// The node's configuration. Every field is documented in `conf/chorus.conf`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub port: u16,
+    pub bind: Vec<String>,
+    /// Worker threads serving connections; default: the CPUs this process may use.
+    pub server_threads: usize,
+    /// Pin each worker thread to one CPU.
+    pub server_thread_affinity: bool,
+    pub requirepass: Option<Vec<u8>>,
+    pub protected_mode: bool,
+    pub maxclients: usize,
+    /// Close a client idle this many seconds; 0 never.
+    pub timeout_secs: u64,
+    pub databases: usize,
+    pub proto_max_bulk_len: usize,
+    pub client_query_buffer_limit: usize,
+    pub loglevel: LogLevel,
+    pub logfile: Option<PathBuf>,
+    /// The config file, for INFO's `config_file`.
+    pub config_file: Option<PathBuf>,
+    /// Accept replication links from peers (implied by `replicaof`).
+    pub active_replica: bool,
+    /// Peer masters to replicate with, by client address: (host, port).
+    pub replicaof: Vec<(String, u16)>,
+    /// The shared secret peers prove to each other.
+    pub masterauth: Option<Vec<u8>>,
+    /// Mutual TLS for peer links: this node's certificate and key, and the
+    /// CA that signs every peer's.
+    pub tls_cert_file: Option<std::path::PathBuf>,
+    pub tls_key_file: Option<std::path::PathBuf>,
+    pub tls_ca_cert_file: Option<std::path::PathBuf>,
+    /// UDP port for replication; default `port + 10000`.
+    pub replication_port: Option<u16>,
+    /// Peers must share it; a node of another cluster is refused.
+    pub cluster_name: String,
+    /// Bytes of recent writes kept for peers to resume from.
+    pub repl_backlog_size: usize,
+    /// A remote stamp further ahead than this is merged but does not move
+    /// the local clock.
+    pub max_clock_drift_ms: u64,
+    /// Keep the node's state on disk (in `dir`), all keys in RAM.
+    pub appendonly: bool,
+    /// Where the data files go.
+    pub dir: std::path::PathBuf,
+    /// When writes are made durable.
+    pub appendfsync: Fsync,
+    /// `client-output-buffer-limit`, validated as Redis does; not enforced yet.
+    pub client_output_buffer_limits: OutputBufferLimits,
+    /// `save` points as written (seconds, changes). Chorus writes no RDB
+    /// snapshots; they are kept to warn the user.
+    save: Vec<(u64, u64)>,
+    /// The last value written for directives without a typed field, by
+    /// directive name, so that CONFIG GET shows what the user wrote.
+    written: BTreeMap<&'static str, String>,
+    /// Ignored directives the user set, in order: (directive, name as written).
+    ignored: Vec<(&'static str, String)>,
+    /// Refused directives whose last value turns their feature on, with the
+    /// error naming where that value stood. Judged once everything is read,
+    /// because the last value wins: `--daemonize no` on the command line
+    /// rescues a file's `daemonize yes`, as with redis-server.
+    refused: Vec<(&'static str, ConfigError)>,
+}
+
+/// One client class's `client-output-buffer-limit`: a client past `hard`
+/// bytes, or past `soft` for `soft_seconds`, is disconnected (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputBufferLimit {
+    pub hard: u64,
+    pub soft: u64,
+    pub soft_seconds: u64,
+}
+
+/// `client-output-buffer-limit` for the three classes Redis knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputBufferLimits {
+    pub normal: OutputBufferLimit,
+    /// Also named `slave`.
+    pub replica: OutputBufferLimit,
+    pub pubsub: OutputBufferLimit,
+}
+
+impl Default for OutputBufferLimits {
+    /// Redis's defaults.
+    fn default() -> Self {
+        let limit = |hard, soft, soft_seconds| OutputBufferLimit {
+            hard,
+            soft,
+            soft_seconds,
+        };
+        OutputBufferLimits {
+            normal: limit(0, 0, 0),
+            replica: limit(256 << 20, 64 << 20, 60),
+            pubsub: limit(32 << 20, 8 << 20, 60),
+        }
+    }
+}
+
+impl OutputBufferLimits {
+    /// Applies `CLASS HARD SOFT SECONDS [CLASS HARD SOFT SECONDS ...]`,
+    /// all or nothing, as Redis does.
+    fn apply(&mut self, args: &[String]) -> Result<(), String> {
+        if args.is_empty() || !args.len().is_multiple_of(4) {
+            return Err(
+                "expects CLASS HARD SOFT SECONDS (class normal, replica or pubsub; \
+                        sizes like 256mb)"
+                    .to_string(),
+            );
+        }
+        let mut next = *self;
+        for group in args.chunks(4) {
+            let [class, hard, soft, seconds] = group else {
+                continue;
+            };
+            let size = |v: &str| {
+                parse_size(v).ok_or_else(|| format!("expects a size like 64mb, got '{v}'"))
+            };
+            let limit = OutputBufferLimit {
+                hard: size(hard)?,
+                soft: size(soft)?,
+                soft_seconds: seconds
+                    .parse()
+                    .map_err(|_| format!("expects seconds (0 or more), got '{seconds}'"))?,
+            };
+            match class.to_ascii_lowercase().as_str() {
+                "normal" => next.normal = limit,
+                "replica" | "slave" => next.replica = limit,
+                "pubsub" => next.pubsub = limit,
+                // Redis refuses `master` too: a master link has no limit.
+                _ => {
+                    return Err(format!(
+                        "unknown client class '{class}' (normal, replica, slave or pubsub)"
+                    ))
+                }
+            }
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+impl fmt::Display for OutputBufferLimits {
+    /// As Redis's CONFIG GET shows it (the replica class under its old name).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let classes = [
+            ("normal", &self.normal),
+            ("slave", &self.replica),
+            ("pubsub", &self.pubsub),
+        ];
+        for (i, (name, l)) in classes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name} {} {} {}", l.hard, l.soft, l.soft_seconds)?;
+        }
+        Ok(())
+    }
+}
+
+/// `appendfsync`: when a node's writes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fsync {
+    /// Before the reply to every write.
+    Always,
+    /// Once a second: a crash loses at most about a second of writes no
+    /// peer received.
+    Everysec,
+    /// Written once a second, flushed when the storage engine chooses.
+    No,
+}
+
+impl Fsync {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Fsync::Always => "always",
+            Fsync::Everysec => "everysec",
+            Fsync::No => "no",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Verbose,
+    Notice,
+    Warning,
+}
+
+impl LogLevel {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Verbose => "verbose",
+            LogLevel::Notice => "notice",
+            LogLevel::Warning => "warning",
+        }
+    }
+
+    /// The tracing filter for this level.
+    pub fn filter(&self) -> &'static str {
+        match self {
+            LogLevel::Debug => "debug",
+            LogLevel::Verbose => "info",
+            LogLevel::Notice => "info",
+            LogLevel::Warning => "warn",
+        }
+    }
+}
+
+/// The CPUs this process may run on (respects taskset and cgroup limits).
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            port: 6379,
+            bind: vec!["127.0.0.1".to_string()],
+            server_threads: available_cpus(),
+            server_thread_affinity: false,
+            requirepass: None,
+            protected_mode: true,
+            maxclients: 10_000,
+            timeout_secs: 0,
+            databases: 16,
+            proto_max_bulk_len: 512 * 1024 * 1024,
+            client_query_buffer_limit: 1024 * 1024 * 1024,
+            loglevel: LogLevel::Notice,
+            logfile: None,
+            config_file: None,
+            active_replica: false,
+            replicaof: Vec::new(),
+            masterauth: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_ca_cert_file: None,
+            replication_port: None,
+            cluster_name: "chorus".to_string(),
+            repl_backlog_size: 16 * 1024 * 1024,
+            max_clock_drift_ms: 500,
+            appendonly: false,
+            dir: std::path::PathBuf::from("."),
+            appendfsync: Fsync::Everysec,
+            client_output_buffer_limits: OutputBufferLimits::default(),
+            save: Vec::new(),
+            written: BTreeMap::new(),
+            ignored: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+}
+
+const MAX_INCLUDE_DEPTH: usize = 8;
+
+/// Parses a size: a number with an optional unit (k kb m mb g gb, any case),
+/// as redis.conf's `memtoll`.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let lower = text.to_ascii_lowercase();
+    let digits_end = lower
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(lower.len());
+    let (num, unit) = lower.split_at(digits_end);
+    let n: u64 = num.parse().ok()?;
+    let mul: u64 = match unit {
+        "" | "b" => 1,
+        "k" => 1000,
+        "kb" => 1024,
+        "m" => 1000 * 1000,
+        "mb" => 1024 * 1024,
+        "g" => 1000 * 1000 * 1000,
+        "gb" => 1024 * 1024 * 1024,
+        _ => return None,
+    };
+    n.checked_mul(mul)
+}
+
+fn parse_bool(text: &str) -> Option<bool> {
+    match text.to_ascii_lowercase().as_str() {
+        "yes" | "true" => Some(true),
+        "no" | "false" => Some(false),
+        _ => None,
+    }
+}
+
+impl Config {
+    /// Builds the config from an optional file and `--name value...` overrides.
+    pub fn load(file: Option<&Path>, overrides: &[String]) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        if let Some(path) = file {
+            config.config_file = Some(path.to_path_buf());
+            config.read_file(path, 0)?;
+        }
+        for (name, args) in split_overrides(overrides)? {
+            config.apply(&name, &args, &Origin::CommandLine)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn read_file(&mut self, path: &Path, depth: usize) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            origin: Origin::File {
+                path: path.to_path_buf(),
+                line: 0,
+            },
+            directive: String::new(),
+            message: format!("cannot read file: {e}"),
+        })?;
+        for (i, raw) in text.lines().enumerate() {
+            let origin = Origin::File {
+                path: path.to_path_buf(),
+                line: i + 1,
+            };
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let words = split_line(line).ok_or_else(|| ConfigError {
+                origin: origin.clone(),
+                directive: line.to_string(),
+                message: "unbalanced quotes".to_string(),
+            })?;
+            let Some((name, args)) = words.split_first() else {
+                continue;
+            };
+            let name = name.to_ascii_lowercase();
+            if name == "include" {
+                let [target] = args else {
+                    return Err(err(&origin, &name, "expects one file name"));
+                };
+                if depth >= MAX_INCLUDE_DEPTH {
+                    return Err(err(&origin, &name, "includes nested too deeply"));
+                }
+                let target = Path::new(target);
+                let target = if target.is_relative() {
+                    path.parent().unwrap_or(Path::new(".")).join(target)
+                } else {
+                    target.to_path_buf()
+                };
+                self.read_file(&target, depth + 1)?;
+                continue;
+            }
+            self.apply(&name, args, &origin)?;
+        }
+        Ok(())
+    }
+
+    /// Applies one directive.
+    pub fn apply(
+        &mut self,
+        name: &str,
+        args: &[String],
+        origin: &Origin,
+    ) -> Result<(), ConfigError> {
+        // Names are case-insensitive, as in Redis.
+        let lower = name.to_ascii_lowercase();
+        let name = lower.as_str();
+        let one = || -> Result<&str, ConfigError> {
+            match args {
+                [v] => Ok(v.as_str()),
+                _ => Err(err(
+                    origin,
+                    name,
+                    "wrong number of arguments (expects one value)",
+                )),
+            }
+        };
+        let bad = |what: &str| err(origin, name, &format!("{what}, got '{}'", args.join(" ")));
+        match name {
+            "port" => {
+                self.port = one()?.parse().map_err(|_| bad("expects a port 0-65535"))?;
+            }
+            "bind" => {
+                if args.is_empty() {
+                    return Err(err(origin, name, "expects at least one address"));
+                }
+                self.bind = args
+                    .iter()
+                    .map(|a| a.trim_start_matches('-').to_string())
+                    .collect();
+            }
+            "server-threads" => {
+                let n: usize = one()?.parse().map_err(|_| bad("expects a thread count"))?;
+                if !(1..=256).contains(&n) {
+                    return Err(bad("expects 1 to 256 threads"));
+                }
+                self.server_threads = n;
+            }
+            "server-thread-affinity" => {
+                self.server_thread_affinity =
+                    parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+            }
+            "requirepass" => {
+                let v = one()?;
+                self.requirepass = (!v.is_empty()).then(|| v.as_bytes().to_vec());
+            }
+            "protected-mode" => {
+                self.protected_mode = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+            }
+            "maxclients" => {
+                let n: usize = one()?.parse().map_err(|_| bad("expects a number"))?;
+                if n == 0 {
+                    return Err(bad("expects at least 1"));
+                }
+                self.maxclients = n;
+            }
+            "timeout" => {
+                self.timeout_secs = one()?.parse().map_err(|_| bad("expects seconds"))?;
+            }
+            "databases" => {
+                let n: usize = one()?.parse().map_err(|_| bad("expects a number"))?;
+                if !(1..=1024).contains(&n) {
+                    return Err(bad("expects 1 to 1024 databases"));
+                }
+                self.databases = n;
+            }
+            "proto-max-bulk-len" => {
+                let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 512mb"))?;
+                if n < 1024 {
+                    return Err(bad("expects at least 1kb"));
+                }
+                self.proto_max_bulk_len = usize::try_from(n).map_err(|_| bad("too large"))?;
+            }
+            "client-query-buffer-limit" => {
+                let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 1gb"))?;
+                if n < 1024 * 1024 {
+                    return Err(bad("expects at least 1mb"));
+                }
+                self.client_query_buffer_limit =
+                    usize::try_from(n).map_err(|_| bad("too large"))?;
+            }
+            "loglevel" => {
+                self.loglevel = match one()?.to_ascii_lowercase().as_str() {
+                    "debug" => LogLevel::Debug,
+                    "verbose" => LogLevel::Verbose,
+                    "notice" => LogLevel::Notice,
+                    "warning" => LogLevel::Warning,
+                    _ => return Err(bad("expects debug, verbose, notice or warning")),
+                };
+            }
+            "logfile" => {
+                let v = one()?;
+                self.logfile = (!v.is_empty()).then(|| PathBuf::from(v));
+            }
+            "appendonly" => {
+                self.appendonly = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+            }
+            "appendfsync" => {
+                self.appendfsync = match one()?.to_ascii_lowercase().as_str() {
+                    "always" => Fsync::Always,
+                    "everysec" => Fsync::Everysec,
+                    "no" => Fsync::No,
+                    _ => return Err(bad("expects always, everysec or no")),
+                };
+            }
+            "dir" => {
+                let dir = one()?;
+                if dir.is_empty() {
+                    return Err(bad("expects a directory"));
+                }
+                self.dir = std::path::PathBuf::from(dir);
+            }
+            "active-replica" => {
+                self.active_replica = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+            }
+            // KeyDB's name for the same mesh; every Chorus node is a master.
+            "multi-master" => {
+                let on = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+                self.written
+                    .insert("multi-master", if on { "yes" } else { "no" }.to_string());
+            }
+            "replicaof" | "slaveof" => {
+                let [host, port] = args else {
+                    return Err(err(origin, name, "expects HOST PORT"));
+                };
+                let port: u16 = port.parse().map_err(|_| bad("expects HOST PORT"))?;
+                self.replicaof.push((host.clone(), port));
+            }
+            "masterauth" => {
+                let v = one()?;
+                self.masterauth = (!v.is_empty()).then(|| v.as_bytes().to_vec());
+            }
+            "tls-cert-file" | "tls-key-file" | "tls-ca-cert-file" => {
+                let v = one()?;
+                let path = (!v.is_empty()).then(|| std::path::PathBuf::from(v));
+                match name {
+                    "tls-cert-file" => self.tls_cert_file = path,
+                    "tls-key-file" => self.tls_key_file = path,
+                    _ => self.tls_ca_cert_file = path,
+                }
+            }
+            "replication-port" => {
+                self.replication_port =
+                    Some(one()?.parse().map_err(|_| bad("expects a port 0-65535"))?);
+            }
+            "cluster-name" => {
+                let v = one()?;
+                if v.is_empty() {
+                    return Err(bad("expects a name"));
+                }
+                self.cluster_name = v.to_string();
+            }
+            "max-clock-drift" => {
+                self.max_clock_drift_ms =
+                    one()?.parse().map_err(|_| bad("expects milliseconds"))?;
+            }
+            "repl-backlog-size" => {
+                let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 16mb"))?;
+                self.repl_backlog_size = usize::try_from(n)
+                    .map_err(|_| bad("too large"))?
+                    .max(16 * 1024);
+            }
+            _ => self.apply_unimplemented(name, args, origin)?,
+        }
+        Ok(())
+    }
+
+    /// A directive Chorus does not implement: ignored or refused by its
+    /// entry in [`DIRECTIVES`]; unknown if it has none.
+    fn apply_unimplemented(
+        &mut self,
+        name: &str,
+        args: &[String],
+        origin: &Origin,
+    ) -> Result<(), ConfigError> {
+        if name == "include" {
+            return Err(err(origin, name, "works only inside a config file"));
+        }
+        let Some(directive) = directives::lookup(name) else {
+            let message = match directives::suggest(name) {
+                Some(close) => format!("unknown directive (did you mean '{close}'?)"),
+                None => "unknown directive".to_string(),
+            };
+            return Err(err(origin, name, &message));
+        };
+        match directive.kind {
+            // `apply` parses every applied directive before coming here; a
+            // unit test keeps the two in step.
+            Kind::Applied => return Err(err(origin, name, "unknown directive")),
+            Kind::Refused { off, why } => {
+                self.refused.retain(|(d, _)| *d != directive.name);
+                if !off.accepts(args) {
+                    let message = match off.describe() {
+                        Some(values) => format!("{why} (only {values} is accepted)"),
+                        None => why.to_string(),
+                    };
+                    let error = err(origin, name, &message);
+                    // CONFIG SET has no later value to wait for.
+                    if matches!(origin, Origin::ConfigSet) {
+                        return Err(error);
+                    }
+                    self.refused.push((directive.name, error));
+                }
+            }
+            Kind::Ignored => {
+                if args.is_empty() {
+                    return Err(err(origin, name, "expects a value"));
+                }
+                match directive.name {
+                    "save" => self.apply_save(name, args, origin)?,
+                    "client-output-buffer-limit" => self
+                        .client_output_buffer_limits
+                        .apply(args)
+                        .map_err(|m| err(origin, name, &m))?,
+                    _ => {}
+                }
+                // `save` gets a warning of its own (Config::warnings): losing
+                // it loses persistence, unlike the tuning knobs listed here.
+                if directive.name != "save"
+                    && !self.ignored.iter().any(|(d, _)| *d == directive.name)
+                {
+                    self.ignored.push((directive.name, name.to_string()));
+                }
+            }
+        }
+        self.written.insert(directive.name, args.join(" "));
+        Ok(())
+    }
+
+    /// `save SECONDS CHANGES [SECONDS CHANGES ...]` adds save points and
+    /// `save ""` removes them, as in Redis.
+    fn apply_save(
+        &mut self,
+        name: &str,
+        args: &[String],
+        origin: &Origin,
+    ) -> Result<(), ConfigError> {
+        if let [only] = args {
+            if only.is_empty() {
+                self.save.clear();
+                return Ok(());
+            }
+        }
+        let bad = || {
+            err(
+                origin,
+                name,
+                &format!(
+                    "expects SECONDS CHANGES pairs (seconds at least 1) or \"\", got '{}'",
+                    args.join(" ")
+                ),
+            )
+        };
+        if !args.len().is_multiple_of(2) {
+            return Err(bad());
+        }
+        let mut points = Vec::new();
+        for pair in args.chunks(2) {
+            let [seconds, changes] = pair else {
+                return Err(bad());
+            };
+            let seconds: u64 = seconds.parse().map_err(|_| bad())?;
+            let changes: u64 = changes.parse().map_err(|_| bad())?;
+            if seconds == 0 {
+                return Err(bad());
+            }
+            points.push((seconds, changes));
+        }
+        self.save.extend(points);
+        Ok(())
+    }
+
+    /// The ignored directives the user set (names as written, first
+    /// occurrence, in order), for the one start-up line listing them.
+    /// `save` is not among them: see [`Config::warnings`].
+    pub fn ignored_directives(&self) -> Vec<&str> {
+        self.ignored.iter().map(|(_, name)| name.as_str()).collect()
+    }
+
+    /// Start-up warnings about settings that are accepted but change what
+    /// the user gets, each to be logged on its own. Today: `save` points,
+    /// since Chorus writes no RDB snapshots.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.save.is_empty() {
+            let points = self
+                .save
+                .iter()
+                .map(|(s, c)| format!("{s} {c}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let data = if self.appendonly {
+                format!(
+                    "the data is kept on disk by appendonly yes (in {})",
+                    self.dir.display()
+                )
+            } else {
+                "with appendonly no this node keeps its data in memory only: set appendonly \
+                 yes to keep it on disk"
+                    .to_string()
+            };
+            out.push(format!(
+                "save {points}: chorus writes no RDB snapshots; {data}"
+            ));
+        }
+        out
+    }
+
+    /// Every known directive (not its aliases) with its current value, as
+    /// CONFIG GET shows it: applied ones from their typed fields, the
+    /// others as last written, or their default.
+    pub fn params(&self) -> Vec<(&'static str, String)> {
+        DIRECTIVES
+            .iter()
+            .map(|d| {
+                let value = self
+                    .typed_value(d.name)
+                    .or_else(|| self.written.get(d.name).cloned())
+                    .unwrap_or_else(|| d.default.to_string());
+                (d.name, value)
+            })
+            .collect()
+    }
+
+    fn typed_value(&self, name: &str) -> Option<String> {
+        let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+        let text = |v: &Option<Vec<u8>>| {
+            v.as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        Some(match name {
+            "port" => self.port.to_string(),
+            "bind" => self.bind.join(" "),
+            "server-threads" => self.server_threads.to_string(),
+            "server-thread-affinity" => yes(self.server_thread_affinity),
+            "requirepass" => text(&self.requirepass),
+            "protected-mode" => yes(self.protected_mode),
+            "maxclients" => self.maxclients.to_string(),
+            "timeout" => self.timeout_secs.to_string(),
+            "databases" => self.databases.to_string(),
+            "proto-max-bulk-len" => self.proto_max_bulk_len.to_string(),
+            "client-query-buffer-limit" => self.client_query_buffer_limit.to_string(),
+            "loglevel" => self.loglevel.as_str().to_string(),
+            "logfile" => path(&self.logfile),
+            "appendonly" => yes(self.appendonly),
+            "appendfsync" => self.appendfsync.as_str().to_string(),
+            "dir" => self.dir.display().to_string(),
+            "active-replica" => yes(self.active_replica),
+            "replicaof" => self
+                .replicaof
+                .iter()
+                .map(|(host, port)| format!("{host} {port}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            "masterauth" => text(&self.masterauth),
+            "tls-cert-file" => path(&self.tls_cert_file),
+            "tls-key-file" => path(&self.tls_key_file),
+            "tls-ca-cert-file" => path(&self.tls_ca_cert_file),
+            "replication-port" => self
+                .replication_listen_port()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            "cluster-name" => self.cluster_name.clone(),
+            "max-clock-drift" => self.max_clock_drift_ms.to_string(),
+            "repl-backlog-size" => self.repl_backlog_size.to_string(),
+            // No snapshots are taken whatever was written; tools such as
+            // redis-benchmark read `save` to learn whether the server
+            // snapshots.
+            "save" => String::new(),
+            "client-output-buffer-limit" => self.client_output_buffer_limits.to_string(),
+            _ => return None,
+        })
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((_, error)) = self.refused.first() {
+            return Err(error.clone());
+        }
+        if self.bind.is_empty() {
+            return Err(err(&Origin::CommandLine, "bind", "no address to listen on"));
+        }
+        let tls_set = [
+            ("tls-cert-file", &self.tls_cert_file),
+            ("tls-key-file", &self.tls_key_file),
+            ("tls-ca-cert-file", &self.tls_ca_cert_file),
+        ];
+        if tls_set.iter().any(|(_, f)| f.is_some()) {
+            if let Some((missing, _)) = tls_set.iter().find(|(_, f)| f.is_none()) {
+                return Err(err(
+                    &Origin::CommandLine,
+                    missing,
+                    "mutual TLS for peer links needs tls-cert-file, tls-key-file and \
+                     tls-ca-cert-file together",
+                ));
+            }
+        }
+        if self.replicating() && self.masterauth.is_none() && self.peer_tls().is_none() {
+            return Err(err(
+                &Origin::CommandLine,
+                "masterauth",
+                "replication needs peers to authenticate: set masterauth to the same value on \
+                 every node, or tls-cert-file, tls-key-file and tls-ca-cert-file",
+            ));
+        }
+        if self.replicating() {
+            self.replication_listen_port()?;
+        }
+        Ok(())
+    }
+
+    /// The mutual-TLS files for peer links, when all three are set.
+    pub fn peer_tls(&self) -> Option<chorus_transport::tls::TlsFiles> {
+        Some(chorus_transport::tls::TlsFiles {
+            cert: self.tls_cert_file.clone()?,
+            key: self.tls_key_file.clone()?,
+            ca: self.tls_ca_cert_file.clone()?,
+        })
+    }
+
+    /// Whether this node joins a replication mesh.
+    pub fn replicating(&self) -> bool {
+        self.active_replica || !self.replicaof.is_empty()
+    }
+
+    /// The UDP port replication listens on.
+    pub fn replication_listen_port(&self) -> Result<u16, ConfigError> {
+        match self.replication_port {
+            Some(p) => Ok(p),
+            None if self.port == 0 => Ok(0),
+            None => self.port.checked_add(10_000).ok_or_else(|| {
+                err(
+                    &Origin::CommandLine,
+                    "replication-port",
+                    "port + 10000 is past 65535: set replication-port",
+                )
+            }),
+        }
+    }
+}
+
+fn err(origin: &Origin, directive: &str, message: &str) -> ConfigError {
+    ConfigError {
+        origin: origin.clone(),
+        directive: directive.to_string(),
+        message: message.to_string(),
+    }
+}
+
+/// `--port 6380 --bind 127.0.0.1 ::1` into (name, values) pairs.
+fn split_overrides(args: &[String]) -> Result<Vec<(String, Vec<String>)>, ConfigError> {
+    let mut out: Vec<(String, Vec<String>)> = Vec::new();
+    for arg in args {
+        if let Some(name) = arg.strip_prefix("--") {
+            out.push((name.to_ascii_lowercase(), Vec::new()));
+        } else if let Some((_, values)) = out.last_mut() {
+            values.push(arg.clone());
+        } else {
+            return Err(err(
+                &Origin::CommandLine,
+                arg,
+                "expected --directive before a value",
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// Splits a config line into words with redis.conf quoting.
+fn split_line(line: &str) -> Option<Vec<String>> {
+    let mut ranges = Vec::new();
+    let mut out = Vec::new();
+    crate::resp::split_args_public(line.as_bytes(), &mut ranges, &mut out).ok()?;
+    Some(
+        ranges
+            .into_iter()
+            .map(|r| String::from_utf8_lossy(&out[r]).into_owned())
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn tempdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("chorus-config-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn file_include_quotes_units_and_overrides() {
+        let dir = tempdir("ok");
+        write(&dir, "extra.conf", "maxclients 77\n");
+        let main = write(
+            &dir,
+            "main.conf",
+            "# comment\nport 7000\nrequirepass \"s3 cret\"\nproto-max-bulk-len 1mb\ninclude extra.conf\nappendonly no\n",
+        );
+        let c = Config::load(
+            Some(&main),
+            &[
+                "--port".into(),
+                "7001".into(),
+                "--bind".into(),
+                "127.0.0.1".into(),
+                "::1".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.port, 7001);
+        assert_eq!(c.requirepass.as_deref(), Some(&b"s3 cret"[..]));
+        assert_eq!(c.proto_max_bulk_len, 1024 * 1024);
+        assert_eq!(c.maxclients, 77);
+        assert_eq!(c.bind, vec!["127.0.0.1", "::1"]);
+    }
+
+    #[test]
+    fn errors_name_file_line_and_directive() {
+        let dir = tempdir("bad");
+        let main = write(&dir, "bad.conf", "port 7000\n\nfrobnicate yes\n");
+        let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("bad.conf:3") && e.contains("frobnicate") && e.contains("unknown"),
+            "{e}"
+        );
+
+        let main = write(&dir, "bad2.conf", "port seventy\n");
+        let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
+        assert!(e.contains("bad2.conf:1") && e.contains("port"), "{e}");
+
+        let main = write(
+            &dir,
+            "bad3.conf",
+            "storage-provider flash /var/lib/chorus\n",
+        );
+        let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
+        assert!(e.contains("not yet supported"), "{e}");
+
+        let e = Config::load(None, &["--maxmemory".into(), "1gb".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("command line") && e.contains("not yet supported"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn persistence_directives_parse_and_bad_values_are_errors() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = Config::load(
+            None,
+            &args(&[
+                "--appendonly",
+                "yes",
+                "--dir",
+                "/data",
+                "--appendfsync",
+                "always",
+            ]),
+        )
+        .unwrap();
+        assert!(c.appendonly);
+        assert_eq!(c.dir, std::path::PathBuf::from("/data"));
+        assert_eq!(c.appendfsync, Fsync::Always);
+        let d = Config::load(None, &[]).unwrap();
+        assert_eq!((d.appendonly, d.appendfsync), (false, Fsync::Everysec));
+        for bad in [
+            &["--appendonly", "maybe"][..],
+            &["--appendfsync", "sometimes"],
+            &["--dir", ""],
+        ] {
+            let e = Config::load(None, &args(bad)).unwrap_err().to_string();
+            assert!(e.contains(&bad[0][2..]), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_sample_replication_configs_load() {
+        let conf = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+        for file in [
+            "node-a.conf",
+            "node-b.conf",
+            "three/node-1.conf",
+            "three/node-2.conf",
+            "three/node-3.conf",
+        ] {
+            let c =
+                Config::load(Some(&conf.join(file)), &[]).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert!(c.replicating() && c.masterauth.is_some(), "{file}");
+            let peers = if file.starts_with("three") { 2 } else { 1 };
+            assert_eq!(c.replicaof.len(), peers, "{file}");
+            assert_eq!(c.replication_listen_port().unwrap(), c.port + 10_000);
+        }
+    }
+
+    #[test]
+    fn peers_authenticate_by_secret_or_all_three_certificate_files() {
+        let args = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let e = Config::load(None, &args(&["--active-replica", "yes"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("masterauth") && e.contains("tls-cert-file"),
+            "{e}"
+        );
+        let e = Config::load(
+            None,
+            &args(&[
+                "--active-replica",
+                "yes",
+                "--tls-cert-file",
+                "n.pem",
+                "--tls-key-file",
+                "n.key",
+            ]),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("tls-ca-cert-file") && e.contains("together"),
+            "{e}"
+        );
+        let c = Config::load(
+            None,
+            &args(&[
+                "--active-replica",
+                "yes",
+                "--tls-cert-file",
+                "n.pem",
+                "--tls-key-file",
+                "n.key",
+                "--tls-ca-cert-file",
+                "ca.pem",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(c.peer_tls().unwrap().ca, Path::new("ca.pem"));
+        assert!(c.masterauth.is_none());
+    }
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn param(c: &Config, name: &str) -> String {
+        c.params()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .unwrap_or_else(|| panic!("{name} missing from params"))
+    }
+
+    #[test]
+    fn the_table_has_each_name_once_and_aliases_never_shadow_names() {
+        let mut seen = std::collections::HashSet::new();
+        for d in DIRECTIVES {
+            assert_eq!(d.name, d.name.to_ascii_lowercase());
+            assert!(seen.insert(d.name), "{} twice", d.name);
+            for alias in d.aliases {
+                assert!(seen.insert(alias), "{alias} twice");
+            }
+        }
+    }
+
+    #[test]
+    fn every_applied_directive_is_parsed_by_apply() {
+        for d in DIRECTIVES.iter().filter(|d| d.kind == Kind::Applied) {
+            for name in std::iter::once(&d.name).chain(d.aliases) {
+                let mut c = Config::default();
+                if let Err(e) = c.apply(name, &[d.default.to_string()], &Origin::CommandLine) {
+                    assert!(!e.message.contains("unknown"), "{name}: {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn params_answer_every_directive_with_its_default() {
+        let c = Config::default();
+        let params = c.params();
+        assert_eq!(params.len(), DIRECTIVES.len());
+        for (d, (name, value)) in DIRECTIVES.iter().zip(&params) {
+            assert_eq!(d.name, *name);
+            // The worker count follows the machine's CPUs.
+            if d.name != "server-threads" {
+                assert_eq!(d.default, value, "{name}");
+            }
+        }
+        assert_eq!(param(&c, "hz"), "10");
+        assert_eq!(param(&c, "hash-max-listpack-entries"), "512");
+        assert!(
+            params.iter().all(|(n, _)| *n != "slaveof"),
+            "aliases are not listed"
+        );
+    }
+
+    #[test]
+    fn ignored_directives_are_accepted_kept_for_config_get_and_listed_once() {
+        let dir = tempdir("ignored");
+        let main = write(
+            &dir,
+            "ignored.conf",
+            "hz 20\nDynamic-HZ no\nhz 30\nslave-read-only yes\nreplica-read-only no\n\
+             lazyfree-lazy-expire whatever\noom-score-adj-values 0 200 800\nport 7000\n",
+        );
+        let c = Config::load(Some(&main), &args(&["--tcp-backlog", "128"])).unwrap();
+        assert_eq!(
+            c.ignored_directives(),
+            vec![
+                "hz",
+                "dynamic-hz",
+                "slave-read-only",
+                "lazyfree-lazy-expire",
+                "oom-score-adj-values",
+                "tcp-backlog"
+            ]
+        );
+        assert_eq!(param(&c, "hz"), "30", "the last value written wins");
+        assert_eq!(param(&c, "dynamic-hz"), "no");
+        assert_eq!(param(&c, "replica-read-only"), "no");
+        assert_eq!(param(&c, "oom-score-adj-values"), "0 200 800");
+        assert_eq!(param(&c, "tcp-backlog"), "128");
+        assert_eq!(c.port, 7000);
+        assert!(Config::default().ignored_directives().is_empty());
+
+        let e = Config::load(None, &args(&["--hz"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("hz") && e.contains("expects a value"), "{e}");
+    }
+
+    #[test]
+    fn refused_directives_name_file_line_and_why() {
+        let dir = tempdir("refused");
+        for (line, why) in [
+            ("daemonize yes", "systemd"),
+            ("supervised systemd", "supervised no"),
+            ("tls-port 6380", "TLS for clients"),
+            ("unixsocket /run/redis/redis.sock", "Unix socket"),
+            ("cluster-enabled yes", "Redis Cluster"),
+            ("maxmemory 2gb", "not yet supported"),
+            ("maxmemory-policy allkeys-lru", "evict"),
+            ("notify-keyspace-events KEA", "keyspace notifications"),
+            ("rename-command FLUSHALL \"\"", "callable"),
+            ("user alice on >pw ~* +@all", "ACL"),
+            ("aclfile /etc/redis/users.acl", "ACL"),
+            ("loadmodule /usr/lib/redis/modules/x.so", "modules"),
+            ("min-slaves-to-write 1", "WAIT"),
+            ("syslog-enabled yes", "syslog"),
+            ("storage-provider flash /var/lib/keydb/flash", "flash tier"),
+            ("enable-pro", "Pro"),
+            ("db-s3-object s3://bucket/dump.rdb", "S3"),
+        ] {
+            let main = write(&dir, "refused.conf", &format!("port 7000\n{line}\n"));
+            let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
+            let name = line.split(' ').next().unwrap();
+            assert!(
+                e.contains("refused.conf:2") && e.contains(name) && e.contains(why),
+                "{line}: {e}"
+            );
+        }
+        let e = Config::load(None, &args(&["--daemonize", "yes"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("command line") && e.contains("only no or false"),
+            "{e}"
+        );
+
+        // The last value wins, as in redis-server: Debian's systemd unit
+        // starts its stock file (daemonize yes) with --daemonize no.
+        let main = write(
+            &dir,
+            "rescued.conf",
+            "daemonize yes\nmin-slaves-to-write 2\n",
+        );
+        let c = Config::load(
+            Some(&main),
+            &args(&["--daemonize", "no", "--min-replicas-to-write", "0"]),
+        )
+        .unwrap();
+        assert_eq!(param(&c, "daemonize"), "no");
+        let e = Config::load(Some(&main), &args(&["--daemonize", "no"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("rescued.conf:2") && e.contains("min-slaves-to-write"),
+            "{e}"
+        );
+        let mut c = Config::default();
+        let e = c
+            .apply("maxmemory", &args(&["1gb"]), &Origin::ConfigSet)
+            .unwrap_err();
+        assert!(e.message.contains("not yet supported"), "{e}");
+    }
+
+    #[test]
+    fn refused_directives_accept_the_values_that_keep_the_feature_off() {
+        let dir = tempdir("off");
+        let main = write(
+            &dir,
+            "off.conf",
+            "daemonize no\nsupervised no\ntls-port 0\nunixsocket \"\"\ncluster-enabled no\n\
+             maxmemory 0mb\nmaxmemory-policy NoEviction\nnotify-keyspace-events \"\"\n\
+             aclfile \"\"\nmin-replicas-to-write 0\nsyslog-enabled no\n",
+        );
+        let c = Config::load(Some(&main), &[]).unwrap();
+        assert!(
+            c.ignored_directives().is_empty(),
+            "in effect, so not listed as ignored"
+        );
+        assert_eq!(param(&c, "maxmemory"), "0mb");
+        assert_eq!(param(&c, "notify-keyspace-events"), "");
+    }
+
+    #[test]
+    fn a_misspelt_directive_is_unknown_naming_file_and_line() {
+        let dir = tempdir("misspelt");
+        let main = write(
+            &dir,
+            "misspelt.conf",
+            "port 7000\nhz 10\nmaxmemory-polcy noeviction\n",
+        );
+        let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("misspelt.conf:3")
+                && e.contains("maxmemory-polcy")
+                && e.contains("unknown directive")
+                && e.contains("did you mean 'maxmemory-policy'"),
+            "{e}"
+        );
+        assert_eq!(
+            directives::suggest("slave-raed-only"),
+            Some("slave-read-only")
+        );
+        assert_eq!(directives::suggest("frobnicate"), None);
+        let e = Config::load(None, &args(&["--include", "x.conf"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("config file"), "{e}");
+    }
+
+    #[test]
+    fn aliases_and_any_case_reach_the_same_directive() {
+        let dir = tempdir("alias");
+        let main = write(
+            &dir,
+            "alias.conf",
+            "SLAVEOF 127.0.0.1 7001\nMasterAuth s3cret\nHash-Max-Ziplist-Entries 128\n\
+             slave-priority 50\nLUA-TIME-LIMIT 100\n",
+        );
+        let c = Config::load(Some(&main), &args(&["--PORT", "7000"])).unwrap();
+        assert_eq!(c.port, 7000);
+        assert_eq!(c.replicaof, vec![("127.0.0.1".to_string(), 7001)]);
+        assert_eq!(param(&c, "replicaof"), "127.0.0.1 7001");
+        assert_eq!(param(&c, "hash-max-listpack-entries"), "128");
+        assert_eq!(param(&c, "replica-priority"), "50");
+        assert_eq!(param(&c, "busy-reply-threshold"), "100");
+        assert_eq!(
+            c.ignored_directives(),
+            vec![
+                "hash-max-ziplist-entries",
+                "slave-priority",
+                "lua-time-limit"
+            ]
+        );
+    }
+
+    #[test]
+    fn save_is_validated_and_warned_about_apart_from_the_ignored_list() {
+        let c = Config::load(None, &args(&["--save", "3600", "1", "300", "100"])).unwrap();
+        let warnings = c.warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(
+            warnings[0].contains("save 3600 1 300 100")
+                && warnings[0].contains("no RDB snapshots")
+                && warnings[0].contains("appendonly yes"),
+            "{warnings:?}"
+        );
+        assert!(c.ignored_directives().is_empty());
+        assert_eq!(
+            param(&c, "save"),
+            "",
+            "no snapshots are taken, whatever was written"
+        );
+
+        let dir = tempdir("save");
+        let main = write(
+            &dir,
+            "save.conf",
+            "save 900 1\nsave 300 10\nappendonly yes\n",
+        );
+        let c = Config::load(Some(&main), &[]).unwrap();
+        assert!(
+            c.warnings()[0].contains("save 900 1 300 10")
+                && c.warnings()[0].contains("kept on disk"),
+            "{:?}",
+            c.warnings()
+        );
+        let c = Config::load(Some(&main), &args(&["--save", ""])).unwrap();
+        assert!(
+            c.warnings().is_empty(),
+            "save \"\" removes every save point"
+        );
+
+        for bad in [&["0", "1"][..], &["60"], &["60", "x"], &["-1", "1"]] {
+            let mut list = vec!["--save"];
+            list.extend_from_slice(bad);
+            let e = Config::load(None, &args(&list)).unwrap_err().to_string();
+            assert!(e.contains("save") && e.contains("SECONDS CHANGES"), "{e}");
+        }
+    }
+
+    #[test]
+    fn client_output_buffer_limit_takes_redis_syntax_and_is_listed_as_ignored() {
+        let dir = tempdir("cobl");
+        let main = write(
+            &dir,
+            "cobl.conf",
+            "client-output-buffer-limit normal 0 0 0\n\
+             client-output-buffer-limit replica 512mb 128mb 30\n\
+             client-output-buffer-limit PUBSUB 32mb 8mb 60\n",
+        );
+        let c = Config::load(Some(&main), &[]).unwrap();
+        assert_eq!(
+            c.client_output_buffer_limits.replica,
+            OutputBufferLimit {
+                hard: 512 << 20,
+                soft: 128 << 20,
+                soft_seconds: 30
+            }
+        );
+        assert_eq!(
+            param(&c, "client-output-buffer-limit"),
+            "normal 0 0 0 slave 536870912 134217728 30 pubsub 33554432 8388608 60"
+        );
+        assert_eq!(c.ignored_directives(), vec!["client-output-buffer-limit"]);
+        assert_eq!(
+            param(&Config::default(), "client-output-buffer-limit"),
+            "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"
+        );
+
+        for (line, why) in [
+            (
+                "client-output-buffer-limit master 0 0 0",
+                "unknown client class",
+            ),
+            ("client-output-buffer-limit normal 1x 0 0", "size"),
+            ("client-output-buffer-limit normal 0 0 -1", "seconds"),
+            (
+                "client-output-buffer-limit normal 0 0",
+                "CLASS HARD SOFT SECONDS",
+            ),
+        ] {
+            let main = write(&dir, "bad-cobl.conf", &format!("{line}\n"));
+            let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
+            assert!(
+                e.contains("bad-cobl.conf:1") && e.contains(why),
+                "{line}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn keydb_directives_are_known() {
+        for name in [
+            "server-threads",
+            "server-thread-affinity",
+            "active-replica",
+            "multi-master",
+            "storage-provider",
+            "enable-pro",
+            "db-s3-object",
+            "scratch-file-path",
+            "replica-weighting-factor",
+            "min-clients-per-thread",
+            "active-client-balancing",
+            "availability-zone",
+            "overload-protect-percent",
+            "force-eviction-percent",
+            "max-snapshot-slip",
+            "storage-cache-mode",
+            "tls-allowlist",
+        ] {
+            assert!(directives::lookup(name).is_some(), "{name}");
+        }
+        let c = Config::load(
+            None,
+            &args(&[
+                "--multi-master",
+                "yes",
+                "--min-clients-per-thread",
+                "50",
+                "--server-thread-affinity",
+                "true",
+            ]),
+        )
+        .unwrap();
+        assert_eq!(param(&c, "multi-master"), "yes");
+        assert_eq!(c.ignored_directives(), vec!["min-clients-per-thread"]);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("100mb"), Some(100 * 1024 * 1024));
+        assert_eq!(parse_size("1k"), Some(1000));
+        assert_eq!(parse_size("1GB"), Some(1 << 30));
+        assert_eq!(parse_size("12"), Some(12));
+        assert_eq!(parse_size("12xb"), None);
+        assert_eq!(parse_size(""), None);
+    }
+}
