@@ -477,6 +477,7 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("use-exit-on-panic", "no"),
     ignored("watchdog-period", "0"),
     // ---- KeyDB 6
+    // Default: the CPUs this process may use.
     applied("server-threads", ""),
     applied("server-thread-affinity", "no"),
     applied("active-replica", "no"),
@@ -517,7 +518,7 @@ pub static DIRECTIVES: &[Directive] = &[
         "",
         Off::Never,
         "not yet supported by this version of chorus (the flash tier lands in a later \
-         release): the data would stay in RAM and be lost past it",
+         release): every value would have to fit in RAM",
     ),
     // Settings of the flash tier, which only take effect with
     // storage-provider (refused).

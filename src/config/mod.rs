@@ -1076,6 +1076,20 @@ mod tests {
     }
 
     #[test]
+    fn the_compatibility_doc_lists_every_directive_and_alias() {
+        let doc = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/compatibility.md");
+        let doc = std::fs::read_to_string(doc).unwrap();
+        for d in DIRECTIVES {
+            for name in std::iter::once(&d.name).chain(d.aliases) {
+                assert!(
+                    doc.contains(&format!("`{name}`")),
+                    "docs/compatibility.md lacks {name}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn every_applied_directive_is_parsed_by_apply() {
         for d in DIRECTIVES.iter().filter(|d| d.kind == Kind::Applied) {
             for name in std::iter::once(&d.name).chain(d.aliases) {
