@@ -116,6 +116,16 @@ fn server(args: &[String]) -> anyhow::Result<()> {
     };
     let config = Config::load(file.as_deref(), overrides)?;
     init_logging(&config)?;
+    let ignored = config.ignored_directives();
+    if !ignored.is_empty() {
+        warn!(
+            "ignored directives (no meaning in Chorus): {}",
+            ignored.join(", ")
+        );
+    }
+    for warning in config.warnings() {
+        warn!("{warning}");
+    }
     info!(
         "chorus {} starting: {} server thread(s), port {}",
         env!("CARGO_PKG_VERSION"),

@@ -24,7 +24,7 @@ fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
     let c = &x.node.config;
     let t = &x.node.tunables;
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
-    vec![
+    let mut params = vec![
         ("port", c.port.to_string()),
         ("bind", c.bind.join(" ")),
         ("server-threads", c.server_threads.to_string()),
@@ -71,7 +71,14 @@ fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
         ),
         ("appendfsync", c.appendfsync.as_str().to_string()),
         ("dir", c.dir.display().to_string()),
-    ]
+    ];
+    // Every other known directive, as written or its default.
+    for (name, value) in c.params() {
+        if !params.iter().any(|(listed, _)| *listed == name) {
+            params.push((name, value));
+        }
+    }
+    params
 }
 
 fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {

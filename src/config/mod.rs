@@ -3,10 +3,21 @@
 //! `chorus server [FILE] [--directive value ...]` reads FILE (one directive a
 //! line, `#` comments, quoted strings, `include`, sizes like `100mb`), then
 //! applies the overrides in order, so the last word wins as in redis-server.
-//! Any unknown or malformed directive fails start-up naming where it stood.
+//!
+//! Every directive of Redis 7's and KeyDB 6's own config files is known (see
+//! [`directives`]): applied where Chorus implements it, accepted and listed
+//! as ignored where it has no meaning here, and refused, naming file, line and
+//! why, where dropping it silently would change what the user gets. An
+//! unknown (misspelt) or malformed directive fails start-up naming where it
+//! stood.
 
+pub mod directives;
+
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
+
+use directives::{Kind, DIRECTIVES};
 
 /// Where a directive came from, for error messages.
 #[derive(Debug, Clone)]
@@ -26,7 +37,7 @@ impl fmt::Display for Origin {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[error("config error at {origin}: directive '{directive}': {message}")]
 pub struct ConfigError {
     pub origin: Origin,
@@ -81,6 +92,116 @@ pub struct Config {
     pub dir: std::path::PathBuf,
     /// When writes are made durable.
     pub appendfsync: Fsync,
+    /// `client-output-buffer-limit`, validated as Redis does; not enforced yet.
+    pub client_output_buffer_limits: OutputBufferLimits,
+    /// `save` points as written (seconds, changes). Chorus writes no RDB
+    /// snapshots; they are kept to warn the user.
+    save: Vec<(u64, u64)>,
+    /// The last value written for directives without a typed field, by
+    /// directive name, so that CONFIG GET shows what the user wrote.
+    written: BTreeMap<&'static str, String>,
+    /// Ignored directives the user set, in order: (directive, name as written).
+    ignored: Vec<(&'static str, String)>,
+    /// Refused directives whose last value turns their feature on, with the
+    /// error naming where that value stood. Judged once everything is read,
+    /// because the last value wins: `--daemonize no` on the command line
+    /// rescues a file's `daemonize yes`, as with redis-server.
+    refused: Vec<(&'static str, ConfigError)>,
+}
+
+/// One client class's `client-output-buffer-limit`: a client past `hard`
+/// bytes, or past `soft` for `soft_seconds`, is disconnected (0: no limit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputBufferLimit {
+    pub hard: u64,
+    pub soft: u64,
+    pub soft_seconds: u64,
+}
+
+/// `client-output-buffer-limit` for the three classes Redis knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutputBufferLimits {
+    pub normal: OutputBufferLimit,
+    /// Also named `slave`.
+    pub replica: OutputBufferLimit,
+    pub pubsub: OutputBufferLimit,
+}
+
+impl Default for OutputBufferLimits {
+    /// Redis's defaults.
+    fn default() -> Self {
+        let limit = |hard, soft, soft_seconds| OutputBufferLimit {
+            hard,
+            soft,
+            soft_seconds,
+        };
+        OutputBufferLimits {
+            normal: limit(0, 0, 0),
+            replica: limit(256 << 20, 64 << 20, 60),
+            pubsub: limit(32 << 20, 8 << 20, 60),
+        }
+    }
+}
+
+impl OutputBufferLimits {
+    /// Applies `CLASS HARD SOFT SECONDS [CLASS HARD SOFT SECONDS ...]`,
+    /// all or nothing, as Redis does.
+    fn apply(&mut self, args: &[String]) -> Result<(), String> {
+        if args.is_empty() || !args.len().is_multiple_of(4) {
+            return Err(
+                "expects CLASS HARD SOFT SECONDS (class normal, replica or pubsub; \
+                        sizes like 256mb)"
+                    .to_string(),
+            );
+        }
+        let mut next = *self;
+        for group in args.chunks(4) {
+            let [class, hard, soft, seconds] = group else {
+                continue;
+            };
+            let size = |v: &str| {
+                parse_size(v).ok_or_else(|| format!("expects a size like 64mb, got '{v}'"))
+            };
+            let limit = OutputBufferLimit {
+                hard: size(hard)?,
+                soft: size(soft)?,
+                soft_seconds: seconds
+                    .parse()
+                    .map_err(|_| format!("expects seconds (0 or more), got '{seconds}'"))?,
+            };
+            match class.to_ascii_lowercase().as_str() {
+                "normal" => next.normal = limit,
+                "replica" | "slave" => next.replica = limit,
+                "pubsub" => next.pubsub = limit,
+                // Redis refuses `master` too: a master link has no limit.
+                _ => {
+                    return Err(format!(
+                        "unknown client class '{class}' (normal, replica, slave or pubsub)"
+                    ))
+                }
+            }
+        }
+        *self = next;
+        Ok(())
+    }
+}
+
+impl fmt::Display for OutputBufferLimits {
+    /// As Redis's CONFIG GET shows it (the replica class under its old name).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let classes = [
+            ("normal", &self.normal),
+            ("slave", &self.replica),
+            ("pubsub", &self.pubsub),
+        ];
+        for (i, (name, l)) in classes.iter().enumerate() {
+            if i > 0 {
+                f.write_str(" ")?;
+            }
+            write!(f, "{name} {} {} {}", l.hard, l.soft, l.soft_seconds)?;
+        }
+        Ok(())
+    }
 }
 
 /// `appendfsync`: when a node's writes reach the disk.
@@ -169,18 +290,14 @@ impl Default for Config {
             appendonly: false,
             dir: std::path::PathBuf::from("."),
             appendfsync: Fsync::Everysec,
+            client_output_buffer_limits: OutputBufferLimits::default(),
+            save: Vec::new(),
+            written: BTreeMap::new(),
+            ignored: Vec::new(),
+            refused: Vec::new(),
         }
     }
 }
-
-/// Directives of DESIGN.md that later issues implement. A value that keeps
-/// the feature off is accepted, so existing KeyDB configs load; anything
-/// else is refused rather than silently ignored.
-const NOT_YET: &[(&str, &[&str])] = &[
-    ("maxmemory", &["0"]),
-    ("maxmemory-policy", &["noeviction"]),
-    ("storage-provider", &[]),
-];
 
 const MAX_INCLUDE_DEPTH: usize = 8;
 
@@ -277,13 +394,16 @@ impl Config {
         Ok(())
     }
 
-    /// Applies one directive (lowercase `name`).
+    /// Applies one directive.
     pub fn apply(
         &mut self,
         name: &str,
         args: &[String],
         origin: &Origin,
     ) -> Result<(), ConfigError> {
+        // Names are case-insensitive, as in Redis.
+        let lower = name.to_ascii_lowercase();
+        let name = lower.as_str();
         let one = || -> Result<&str, ConfigError> {
             match args {
                 [v] => Ok(v.as_str()),
@@ -394,7 +514,9 @@ impl Config {
             }
             // KeyDB's name for the same mesh; every Chorus node is a master.
             "multi-master" => {
-                parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+                let on = parse_bool(one()?).ok_or_else(|| bad("expects yes or no"))?;
+                self.written
+                    .insert("multi-master", if on { "yes" } else { "no" }.to_string());
             }
             "replicaof" | "slaveof" => {
                 let [host, port] = args else {
@@ -437,26 +559,228 @@ impl Config {
                     .map_err(|_| bad("too large"))?
                     .max(16 * 1024);
             }
-            _ => {
-                if let Some((_, off_values)) = NOT_YET.iter().find(|(n, _)| *n == name) {
-                    let value = args.join(" ").to_ascii_lowercase();
-                    if !off_values.contains(&value.as_str()) {
-                        return Err(err(
-                            origin,
-                            name,
-                            "not yet supported by this version of chorus (the flash tier \
-                             lands in a later release)",
-                        ));
-                    }
-                } else {
-                    return Err(err(origin, name, "unknown directive"));
-                }
-            }
+            _ => self.apply_unimplemented(name, args, origin)?,
         }
         Ok(())
     }
 
+    /// A directive Chorus does not implement: ignored or refused by its
+    /// entry in [`DIRECTIVES`]; unknown if it has none.
+    fn apply_unimplemented(
+        &mut self,
+        name: &str,
+        args: &[String],
+        origin: &Origin,
+    ) -> Result<(), ConfigError> {
+        if name == "include" {
+            return Err(err(origin, name, "works only inside a config file"));
+        }
+        let Some(directive) = directives::lookup(name) else {
+            let message = match directives::suggest(name) {
+                Some(close) => format!("unknown directive (did you mean '{close}'?)"),
+                None => "unknown directive".to_string(),
+            };
+            return Err(err(origin, name, &message));
+        };
+        match directive.kind {
+            // `apply` parses every applied directive before coming here; a
+            // unit test keeps the two in step.
+            Kind::Applied => return Err(err(origin, name, "unknown directive")),
+            Kind::Refused { off, why } => {
+                self.refused.retain(|(d, _)| *d != directive.name);
+                if !off.accepts(args) {
+                    let message = match off.describe() {
+                        Some(values) => format!("{why} (only {values} is accepted)"),
+                        None => why.to_string(),
+                    };
+                    let error = err(origin, name, &message);
+                    // CONFIG SET has no later value to wait for.
+                    if matches!(origin, Origin::ConfigSet) {
+                        return Err(error);
+                    }
+                    self.refused.push((directive.name, error));
+                }
+            }
+            Kind::Ignored => {
+                if args.is_empty() {
+                    return Err(err(origin, name, "expects a value"));
+                }
+                match directive.name {
+                    "save" => self.apply_save(name, args, origin)?,
+                    "client-output-buffer-limit" => self
+                        .client_output_buffer_limits
+                        .apply(args)
+                        .map_err(|m| err(origin, name, &m))?,
+                    _ => {}
+                }
+                // `save` gets a warning of its own (Config::warnings): losing
+                // it loses persistence, unlike the tuning knobs listed here.
+                if directive.name != "save"
+                    && !self.ignored.iter().any(|(d, _)| *d == directive.name)
+                {
+                    self.ignored.push((directive.name, name.to_string()));
+                }
+            }
+        }
+        self.written.insert(directive.name, args.join(" "));
+        Ok(())
+    }
+
+    /// `save SECONDS CHANGES [SECONDS CHANGES ...]` adds save points and
+    /// `save ""` removes them, as in Redis.
+    fn apply_save(
+        &mut self,
+        name: &str,
+        args: &[String],
+        origin: &Origin,
+    ) -> Result<(), ConfigError> {
+        if let [only] = args {
+            if only.is_empty() {
+                self.save.clear();
+                return Ok(());
+            }
+        }
+        let bad = || {
+            err(
+                origin,
+                name,
+                &format!(
+                    "expects SECONDS CHANGES pairs (seconds at least 1) or \"\", got '{}'",
+                    args.join(" ")
+                ),
+            )
+        };
+        if !args.len().is_multiple_of(2) {
+            return Err(bad());
+        }
+        let mut points = Vec::new();
+        for pair in args.chunks(2) {
+            let [seconds, changes] = pair else {
+                return Err(bad());
+            };
+            let seconds: u64 = seconds.parse().map_err(|_| bad())?;
+            let changes: u64 = changes.parse().map_err(|_| bad())?;
+            if seconds == 0 {
+                return Err(bad());
+            }
+            points.push((seconds, changes));
+        }
+        self.save.extend(points);
+        Ok(())
+    }
+
+    /// The ignored directives the user set (names as written, first
+    /// occurrence, in order), for the one start-up line listing them.
+    /// `save` is not among them: see [`Config::warnings`].
+    pub fn ignored_directives(&self) -> Vec<&str> {
+        self.ignored.iter().map(|(_, name)| name.as_str()).collect()
+    }
+
+    /// Start-up warnings about settings that are accepted but change what
+    /// the user gets, each to be logged on its own. Today: `save` points,
+    /// since Chorus writes no RDB snapshots.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if !self.save.is_empty() {
+            let points = self
+                .save
+                .iter()
+                .map(|(s, c)| format!("{s} {c}"))
+                .collect::<Vec<_>>()
+                .join(" ");
+            let data = if self.appendonly {
+                format!(
+                    "the data is kept on disk by appendonly yes (in {})",
+                    self.dir.display()
+                )
+            } else {
+                "with appendonly no this node keeps its data in memory only: set appendonly \
+                 yes to keep it on disk"
+                    .to_string()
+            };
+            out.push(format!(
+                "save {points}: chorus writes no RDB snapshots; {data}"
+            ));
+        }
+        out
+    }
+
+    /// Every known directive (not its aliases) with its current value, as
+    /// CONFIG GET shows it: applied ones from their typed fields, the
+    /// others as last written, or their default.
+    pub fn params(&self) -> Vec<(&'static str, String)> {
+        DIRECTIVES
+            .iter()
+            .map(|d| {
+                let value = self
+                    .typed_value(d.name)
+                    .or_else(|| self.written.get(d.name).cloned())
+                    .unwrap_or_else(|| d.default.to_string());
+                (d.name, value)
+            })
+            .collect()
+    }
+
+    fn typed_value(&self, name: &str) -> Option<String> {
+        let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+        let text = |v: &Option<Vec<u8>>| {
+            v.as_ref()
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default()
+        };
+        let path = |p: &Option<PathBuf>| {
+            p.as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        };
+        Some(match name {
+            "port" => self.port.to_string(),
+            "bind" => self.bind.join(" "),
+            "server-threads" => self.server_threads.to_string(),
+            "server-thread-affinity" => yes(self.server_thread_affinity),
+            "requirepass" => text(&self.requirepass),
+            "protected-mode" => yes(self.protected_mode),
+            "maxclients" => self.maxclients.to_string(),
+            "timeout" => self.timeout_secs.to_string(),
+            "databases" => self.databases.to_string(),
+            "proto-max-bulk-len" => self.proto_max_bulk_len.to_string(),
+            "client-query-buffer-limit" => self.client_query_buffer_limit.to_string(),
+            "loglevel" => self.loglevel.as_str().to_string(),
+            "logfile" => path(&self.logfile),
+            "appendonly" => yes(self.appendonly),
+            "appendfsync" => self.appendfsync.as_str().to_string(),
+            "dir" => self.dir.display().to_string(),
+            "active-replica" => yes(self.active_replica),
+            "replicaof" => self
+                .replicaof
+                .iter()
+                .map(|(host, port)| format!("{host} {port}"))
+                .collect::<Vec<_>>()
+                .join(" "),
+            "masterauth" => text(&self.masterauth),
+            "tls-cert-file" => path(&self.tls_cert_file),
+            "tls-key-file" => path(&self.tls_key_file),
+            "tls-ca-cert-file" => path(&self.tls_ca_cert_file),
+            "replication-port" => self
+                .replication_listen_port()
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
+            "cluster-name" => self.cluster_name.clone(),
+            "max-clock-drift" => self.max_clock_drift_ms.to_string(),
+            "repl-backlog-size" => self.repl_backlog_size.to_string(),
+            // No snapshots are taken whatever was written; tools such as
+            // redis-benchmark read `save` to learn whether the server
+            // snapshots.
+            "save" => String::new(),
+            "client-output-buffer-limit" => self.client_output_buffer_limits.to_string(),
+            _ => return None,
+        })
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
+        if let Some((_, error)) = self.refused.first() {
+            return Err(error.clone());
+        }
         if self.bind.is_empty() {
             return Err(err(&Origin::CommandLine, "bind", "no address to listen on"));
         }
@@ -566,16 +890,19 @@ fn split_line(line: &str) -> Option<Vec<String>> {
 }
 
 #[cfg(test)]
+mod disposition_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
-    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    pub(super) fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
     }
 
-    fn tempdir(tag: &str) -> PathBuf {
+    pub(super) fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("chorus-config-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
         d
