@@ -183,7 +183,10 @@ fn section_body(node: &Node, section: &str, out: &mut String) {
                 line("master_repl_offset", &0);
             }
             Some(repl) => {
-                let (head, backlog_bytes) = repl.backlog_state();
+                let crate::replication::BacklogState {
+                    head_seq: head,
+                    bytes: backlog_bytes,
+                } = repl.backlog_state();
                 let now = node.ks.clock.physical_unix_ms();
                 let peers = repl.peers.lock().clone();
                 line("role", &"active-replica");
@@ -253,7 +256,7 @@ fn section_body(node: &Node, section: &str, out: &mut String) {
                     &repl.drift_events.load(Ordering::Relaxed),
                 );
                 line("relay_bytes", &repl.relay_bytes());
-                let (stable, floor) = *repl.gc_state.lock();
+                let crate::replication::core::GcState { stable, floor } = repl.gc_state();
                 let ms = |s: chorus_crdt::Stamp| if s.is_zero() { 0 } else { s.unix_ms() };
                 line("gc_stable_ms", &ms(stable));
                 line("gc_floor_ms", &ms(floor));

@@ -1,109 +1,58 @@
-//! Active-active replication over `chorus-transport`.
+//! Active-active replication over `chorus-transport`: a thin async driver
+//! around the pure state machine in [`core`].
 //!
 //! Every node dials each peer named by `replicaof` and streams its own writes
 //! to it; every node accepts its peers' links and merges what they send.
 //!
 //! - Local writes reach [`Replicator`] (the keyspace's `DeltaSink`), which
-//!   numbers them per origin into a bounded [`log::Backlog`]. Nothing is
-//!   re-stamped; a remote delta is merged, never republished (no echo).
-//! - On every (re)connect the receiver sends its version vector (`Resume`);
-//!   the sender resumes right after it from the backlog or, when the backlog
-//!   no longer reaches back, streams its whole state (flush floors first) on
-//!   a separate bulk stream, which the receiver merges, never wipes.
+//!   numbers them into the bounded [`backlog`]. Nothing is re-stamped; a
+//!   remote delta is merged, never republished (no echo).
+//! - On every (re)connect the receiver sends its [`version`] vector
+//!   (`Resume`); the sender resumes right after it from the backlog or, when
+//!   the backlog no longer reaches back, streams its whole state (flush floors
+//!   first) on a separate bulk stream, which the receiver merges, never wipes.
 //! - The receiver acknowledges what it applied every 100 ms (`Ack`).
 //! - A slow or dead peer never blocks writes: publishing only appends to the
 //!   backlog; each peer's sender reads it at its own pace.
 //! - Forwarding: every node keeps the other origins' frames it applied in a
-//!   bounded [`log::Relay`]; a sender passes on to its peer any origin's
-//!   frames the peer has not acknowledged `RELAY_DELAY` after this node
-//!   applied them (its link to that origin is presumed down). Receivers judge
-//!   every frame by its origin's sequence number, so a write arriving by two
-//!   paths is applied once.
+//!   bounded [`relay`] log; a sender passes on to its peer any origin's frames
+//!   the peer has not acknowledged `RELAY_DELAY_MS` after this node applied
+//!   them (its link to that origin is presumed down). Receivers judge every
+//!   frame by its origin's sequence number, so a write arriving by two paths
+//!   is applied once.
 //! - Tombstone GC: each sender sends, in order after its writes, a
-//!   `Heartbeat` promise; [`log::GcView`] turns promises and the stable
+//!   `Heartbeat` promise; the [`gc`] view turns promises and the stable
 //!   stamps peers report into the GC floor the keyspace collects below.
+//!
+//! The messages are in [`wire`]; every decision (what to send, relay,
+//! transfer, apply, promise, collect) is a method of [`core::Core`], which
+//! has unit and property tests of its own. The tasks here only move bytes.
 
-pub mod log;
+pub mod backlog;
+pub mod core;
+pub mod gc;
+pub mod relay;
+pub mod version;
+pub mod wire;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_crdt::{decode, encode, encode_append, Delta, KeyState, NodeId, Stamp};
+use chorus_crdt::{decode, encode_append, Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
 use chorus_transport::{
     AuthStats, FrameReceiver, FrameSender, PeerLink, StreamKind, Transport, TransportConfig,
 };
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 use tracing::{info, warn};
 
+use self::core::{Core, GcState, Heartbeat, LinkState};
 use crate::keyspace::{DeltaSink, Keyspace, SHARDS};
-use log::{Arrival, Backlog, GcView, Relay, Relayed, Resume, VersionVector};
-
-/// What peers say to each other on a link.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum ReplMsg {
-    /// Receiver → sender, first on a link: what it has applied per origin.
-    Resume { vv: Vec<(NodeId, u64)> },
-    /// Receiver → sender, periodically.
-    Ack { vv: Vec<(NodeId, u64)> },
-    /// One write of `origin`, numbered `seq`.
-    Delta {
-        origin: NodeId,
-        seq: u64,
-        delta: Delta,
-    },
-    /// Part of a state transfer.
-    Snapshot { delta: Delta },
-    /// End of a state transfer: it covered every origin's writes up to these
-    /// sequence numbers.
-    SnapshotDone { vv: Vec<(NodeId, u64)> },
-    /// Sent in order after `origin`'s writes up to `seq`: every later write
-    /// of `origin` is stamped after `promise`. `stable` is the sender's
-    /// stable stamp (see [`log::GcView`]); `retired` the earlier lives of
-    /// restarted nodes it knows of, which never write again.
-    Heartbeat {
-        origin: NodeId,
-        seq: u64,
-        promise: Stamp,
-        stable: Stamp,
-        retired: Vec<NodeId>,
-    },
-}
-
-/// [`ReplMsg`] for sending a local write from borrowed parts: the same
-/// variants in the same order, so it encodes to exactly the bytes of the
-/// owned message (a test holds it to that).
-#[derive(Serialize)]
-enum ReplMsgOut<'a> {
-    #[allow(dead_code)]
-    Resume { vv: Vec<(NodeId, u64)> },
-    #[allow(dead_code)]
-    Ack { vv: Vec<(NodeId, u64)> },
-    Delta {
-        origin: NodeId,
-        seq: u64,
-        delta: DeltaRef<'a>,
-    },
-}
-
-/// [`Delta`] by reference, variant for variant.
-#[derive(Serialize)]
-enum DeltaRef<'a> {
-    Key {
-        db: u32,
-        #[serde(with = "serde_bytes")]
-        key: &'a [u8],
-        state: &'a KeyState,
-    },
-    Flush {
-        db: Option<u32>,
-        stamp: Stamp,
-    },
-}
+use version::{Arrival, VersionVector};
+use wire::{DeltaRef, ReplMsg, ReplMsgOut};
 
 /// How long a receiver holds a live delta that arrived ahead of a state
 /// transfer still being merged before it gives up and resets the link (a
@@ -111,12 +60,6 @@ enum DeltaRef<'a> {
 const GAP_WAIT: Duration = Duration::from_secs(300);
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const RESUME_WAIT: Duration = Duration::from_secs(10);
-/// About how many bytes of backlog a sender hands the stream at once.
-const SEND_BATCH_BYTES: usize = 256 * 1024;
-/// How long a peer may leave another origin's write unacknowledged before
-/// this node passes it on: well above the ack interval plus a round trip,
-/// so a healthy mesh never forwards.
-const RELAY_DELAY_MS: u64 = 1_000;
 /// How often an idle sender looks for writes to pass on and promises to send.
 const SENDER_TICK: Duration = Duration::from_millis(100);
 /// How often the node makes a promise and recomputes the GC floor.
@@ -164,33 +107,27 @@ impl PeerInfo {
     }
 }
 
-/// The replication state shared by the keyspace (as its sink) and the tasks.
+/// The replication state shared by the keyspace (as its sink) and the
+/// tasks: the pure [`Core`] under one lock, and what the tasks need to wake
+/// each other and to report.
+///
+/// Lock order: keyspace shard locks, then `core`, then `peers`, then one
+/// peer's fields. (Local writes reach `core` from inside a shard lock; the
+/// GC promise takes every shard lock, then `core`.) No lock is held across
+/// an await.
 pub struct Replicator {
     node: NodeId,
     /// Wall clock for lag figures (the node's physical clock).
     now_ms: fn() -> u64,
-    backlog: Mutex<Backlog>,
+    core: Mutex<Core>,
     /// Wakes senders waiting for a write; only signalled while one waits
     /// (`sleepers`), so a busy node pays nothing for it per write.
     wake: tokio::sync::Notify,
     sleepers: std::sync::atomic::AtomicUsize,
-    applied: Mutex<VersionVector>,
     /// Wakes receivers holding a frame that arrived ahead of its turn;
     /// signalled only while one waits.
     applied_changed: tokio::sync::Notify,
     applied_waiters: std::sync::atomic::AtomicUsize,
-    /// Other origins' writes, to pass on to peers cut off from them.
-    relay: Mutex<Relay>,
-    gc: Mutex<GcView>,
-    /// Our newest promise: (sequence number, stamp).
-    promise: Mutex<(u64, Stamp)>,
-    /// Our stable stamp and the GC floor, as last computed (for INFO).
-    pub gc_state: Mutex<(Stamp, Stamp)>,
-    /// Our stable stamp before the limit of what we have stored.
-    unstored_stable: Mutex<Stamp>,
-    /// With a store: the stable stamp as of the last stored cut, which what
-    /// we report and collect below never passes.
-    stored_stable: Mutex<Option<Stamp>>,
     pub peers: Mutex<Vec<Arc<PeerInfo>>>,
     /// Remote stamps too far ahead of our clock (merged, clock not dragged).
     pub drift_events: AtomicU64,
@@ -210,18 +147,11 @@ impl Replicator {
         Arc::new(Replicator {
             node,
             now_ms,
-            backlog: Mutex::new(Backlog::new(backlog_bytes)),
+            core: Mutex::new(Core::new(node, backlog_bytes)),
             wake: tokio::sync::Notify::new(),
             sleepers: std::sync::atomic::AtomicUsize::new(0),
-            applied: Mutex::new(VersionVector::default()),
             applied_changed: tokio::sync::Notify::new(),
             applied_waiters: std::sync::atomic::AtomicUsize::new(0),
-            relay: Mutex::new(Relay::new(backlog_bytes)),
-            gc: Mutex::new(GcView::default()),
-            promise: Mutex::new((0, Stamp::ZERO)),
-            gc_state: Mutex::new((Stamp::ZERO, Stamp::ZERO)),
-            unstored_stable: Mutex::new(Stamp::ZERO),
-            stored_stable: Mutex::new(None),
             peers: Mutex::new(Vec::new()),
             drift_events: AtomicU64::new(0),
             auth: Mutex::new(None),
@@ -241,7 +171,7 @@ impl Replicator {
 
     /// The newest sequence number handed out.
     pub fn head_seq(&self) -> u64 {
-        self.backlog.lock().head()
+        self.core.lock().head()
     }
 
     /// Starts replicating with the peer at `addr` (its replication address).
@@ -288,147 +218,105 @@ impl Replicator {
         before - peers.len()
     }
 
-    /// (head sequence number, backlog bytes).
-    pub fn backlog_state(&self) -> (u64, usize) {
-        let b = self.backlog.lock();
-        (b.head(), b.bytes())
+    /// The backlog as INFO shows it.
+    pub fn backlog_state(&self) -> BacklogState {
+        let core = self.core.lock();
+        BacklogState {
+            head_seq: core.head(),
+            bytes: core.backlog_bytes(),
+        }
     }
 
     /// How long the oldest write `peer` has not acknowledged has waited, in
     /// ms; -1 when it is older than the backlog.
     pub fn lag_ms(&self, peer: &PeerInfo) -> i64 {
         let acked = peer.acked_seq.load(Ordering::Relaxed);
-        let lag = self.backlog.lock().lag_ms(acked, (self.now_ms)());
+        let lag = self.core.lock().lag_ms(acked, (self.now_ms)());
         lag.map_or(-1, |ms| ms as i64)
     }
 
     /// What this node has applied from each other origin.
     pub fn applied_vv(&self) -> Vec<(NodeId, u64)> {
-        self.applied.lock().entries()
+        self.core.lock().applied_vv().entries()
     }
 
     /// Bytes of other origins' writes kept for forwarding.
     pub fn relay_bytes(&self) -> usize {
-        self.relay.lock().bytes()
+        self.core.lock().relay_bytes()
     }
 
     /// Earlier lives of restarted peers.
     pub fn retired(&self) -> Vec<NodeId> {
-        self.gc.lock().retired()
+        self.core.lock().retired()
     }
 
-    /// Retired nodes every peer applied exactly as much of as we did: no
-    /// write of theirs is still on its way anywhere, so they stop counting.
-    fn settled(&self) -> std::collections::BTreeSet<NodeId> {
-        let retired = self.gc.lock().retired();
-        let applied = self.applied.lock().clone();
-        let peers = self.peers.lock().clone();
-        retired
-            .into_iter()
-            .filter(|r| {
-                peers.iter().all(|p| {
-                    p.peer_node.load(Ordering::Relaxed) == r.0
-                        || p.acked_vv.lock().get(*r) == applied.get(*r)
-                })
-            })
-            .collect()
+    /// Our stable stamp and the GC floor, as last computed.
+    pub fn gc_state(&self) -> GcState {
+        self.core.lock().gc_state()
     }
 
     /// The node keeps its state in a store: from now on its stable stamp
     /// waits for the cuts (see [`Replicator::stored`]).
     pub fn persisting(&self) {
-        *self.stored_stable.lock() = Some(Stamp::ZERO);
+        self.core.lock().persisting();
     }
 
     /// The stable stamp to record with a cut about to be taken: everything
     /// stamped up to it was applied before the cut.
     pub fn stable_for_cut(&self) -> Stamp {
-        *self.unstored_stable.lock()
+        self.core.lock().stable_for_cut()
     }
 
     /// A cut taken after `stable` was computed is durable.
     pub fn stored(&self, stable: Stamp) {
-        if let Some(s) = self.stored_stable.lock().as_mut() {
-            *s = stable;
-        }
+        self.core.lock().stored(stable);
     }
 
-    /// What a cut records as applied: every other origin's writes, and our
-    /// own up to the newest (taken with every shard held, it is exact).
+    /// What a cut records as applied (see [`Core::cut_vv`]).
     pub fn cut_vv(&self) -> Vec<(NodeId, u64)> {
-        let mut vv = self.applied.lock().entries();
-        let head = self.backlog.lock().head();
-        if head > 0 {
-            vv.push((self.node, head));
-        }
-        vv
+        self.core.lock().cut_vv()
     }
 
     /// Starts from a store: `applied` as the store holds it (resumed from
     /// there), `lives` the earlier lives of this node, retired.
     pub fn restore(&self, applied: &[(NodeId, u64)], lives: &[NodeId]) {
         let now = (self.now_ms)();
-        for &(origin, seq) in applied {
-            if origin == self.node {
-                continue;
-            }
-            self.applied.lock().advance(origin, seq);
-            // Their frames are not at hand: a peer behind gets a transfer.
-            self.relay.lock().jump(origin, seq, now);
-        }
-        let mut gc = self.gc.lock();
-        for &life in lives {
-            if life != self.node {
-                gc.know(life);
-                gc.retire(life);
-            }
-        }
+        self.core.lock().restore(applied, lives, now);
     }
 
     /// Makes a new promise and recomputes our stable stamp and the GC floor.
-    fn gc_tick(&self, ks: &crate::keyspace::Keyspace) -> Stamp {
-        // Every write is stamped and published under its shard's lock: with
-        // all of them held, each write is either numbered by now or will be
-        // stamped after this.
-        let promise = {
+    fn gc_tick(&self, ks: &Keyspace) -> Stamp {
+        {
+            // Every write is stamped and published under its shard's lock:
+            // with all of them held, each write is either numbered by now or
+            // will be stamped after this.
             let _all = ks.lock_all();
-            (self.backlog.lock().head(), ks.clock.now())
-        };
-        *self.promise.lock() = promise;
-        let settled = self.settled();
-        let unknown_peer = self
-            .peers
-            .lock()
+            self.core.lock().promise(ks.clock.now());
+        }
+        let peers = self.peers.lock().clone();
+        let unknown_peer = peers
             .iter()
             .any(|p| p.peer_node.load(Ordering::Relaxed) == 0);
-        let stored = *self.stored_stable.lock();
-        let mut gc = self.gc.lock();
-        for (origin, _) in self.applied.lock().entries() {
-            gc.know(origin);
-        }
-        let unstored = gc.stable(self.node, promise.1, &settled);
-        *self.unstored_stable.lock() = unstored;
-        let stable = stored.map_or(unstored, |s| unstored.min(s));
-        let floor = if unknown_peer {
-            Stamp::ZERO
-        } else {
-            gc.floor(self.node, promise.1, &settled).min(stable)
-        };
-        *self.gc_state.lock() = (stable, floor);
-        floor
+        let acked: Vec<(Option<NodeId>, VersionVector)> = peers
+            .iter()
+            .map(|p| {
+                let id = NodeId::new(p.peer_node.load(Ordering::Relaxed));
+                (id, p.acked_vv.lock().clone())
+            })
+            .collect();
+        let mut core = self.core.lock();
+        let settled = core.settled(&acked);
+        core.gc_tick(&settled, unknown_peer).floor
     }
 
-    fn advance(&self, origin: NodeId, seq: u64) {
-        self.applied.lock().advance(origin, seq);
+    fn wake_receivers(&self) {
         if self.applied_waiters.load(Ordering::SeqCst) > 0 {
             self.applied_changed.notify_waiters();
         }
     }
-}
 
-impl Replicator {
     fn publish(&self, delta: DeltaRef<'_>, now_ms: u64) {
-        self.backlog.lock().push(now_ms, |seq, buf| {
+        self.core.lock().publish(now_ms, |seq, buf| {
             let msg = ReplMsgOut::Delta {
                 origin: self.node,
                 seq,
@@ -443,6 +331,13 @@ impl Replicator {
             self.wake.notify_waiters();
         }
     }
+}
+
+/// The backlog as INFO shows it.
+#[derive(Debug, Clone, Copy)]
+pub struct BacklogState {
+    pub head_seq: u64,
+    pub bytes: usize,
 }
 
 impl DeltaSink for Replicator {
@@ -553,7 +448,7 @@ impl Drop for AbortOnDrop {
 }
 
 fn send_msg(msg: &ReplMsg) -> anyhow::Result<Vec<u8>> {
-    Ok(encode(msg)?)
+    Ok(wire::encode_msg(msg)?)
 }
 
 /// Promises, the GC floor, and sweeping tombstones below it.
@@ -599,14 +494,11 @@ async fn sender(
                 backoff.reset();
                 info.connected.store(true, Ordering::Relaxed);
                 let before = info.peer_node.swap(link.peer_node, Ordering::Relaxed);
-                {
-                    let mut gc = repl.gc.lock();
-                    gc.know(NodeId(link.peer_node));
-                    if before != 0 && before != link.peer_node {
-                        info!(peer = %addr, old = %NodeId(before), "peer restarted with a new node id; its old id is retired");
-                        gc.retire(NodeId(before));
-                    }
+                let previous = NodeId::new(before);
+                if previous.is_some_and(|p| p.0 != link.peer_node) {
+                    info!(peer = %addr, old = %NodeId(before), "peer restarted with a new node id; its old id is retired");
                 }
+                repl.core.lock().link_up(NodeId(link.peer_node), previous);
                 info!(peer = %addr, node = %NodeId(link.peer_node), "replication link up");
                 if let Err(e) = serve_peer(&ks, &repl, &link, &info).await {
                     *info.last_error.lock() = e.to_string();
@@ -634,89 +526,48 @@ async fn serve_peer(
         other => anyhow::bail!("expected Resume from the peer, got {other:?}"),
     };
     let me = repl.node;
-    let peer = NodeId(link.peer_node);
-    *info.acked_vv.lock() = resume.clone();
+    let mut state = LinkState::new(me, NodeId(link.peer_node), &resume);
+    *info.acked_vv.lock() = resume;
     let _acks = AbortOnDrop(tokio::spawn(read_acks(back, me, info.clone(), ks.clone())));
-    let mut cursor = resume.get(me) + 1;
-    // Per other origin, the next of its writes to pass on over this link.
-    let mut relayed: std::collections::BTreeMap<NodeId, u64> = Default::default();
-    let mut promised = Stamp::ZERO;
     let mut tick = tokio::time::interval(SENDER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let mut busy = false;
-        let mut transfer = false;
-        let next = repl.backlog.lock().read_from(cursor, SEND_BATCH_BYTES);
-        match next {
-            Resume::Frames { last, mut chunks } => {
-                live.send_framed(&mut chunks).await?;
-                cursor = last + 1;
-                info.sent_seq.store(last, Ordering::Relaxed);
-                busy = true;
-            }
-            Resume::UpToDate => {}
-            Resume::Trimmed => transfer = true,
+        let acked = info.acked_vv.lock().clone();
+        let now = (repl.now_ms)();
+        let mut plan = repl.core.lock().plan(&mut state, &acked, now);
+        if let Some((last, chunks)) = plan.live.as_mut() {
+            live.send_framed(chunks).await?;
+            info.sent_seq.store(*last, Ordering::Relaxed);
         }
-        // A promise goes after every write it speaks of.
-        let (seq, stamp) = *repl.promise.lock();
-        if !transfer && seq < cursor && stamp > promised {
-            let stable = repl.gc_state.lock().0;
+        if let Some(hb) = plan.heartbeat.take() {
             live.send(&send_msg(&ReplMsg::Heartbeat {
                 origin: me,
-                seq,
-                promise: stamp,
-                stable,
-                retired: repl.retired(),
+                seq: hb.seq,
+                promise: hb.promise,
+                stable: hb.stable,
+                retired: hb.retired,
             })?)
             .await?;
-            promised = stamp;
         }
-        if !transfer {
-            let acked = info.acked_vv.lock().clone();
-            let now = (repl.now_ms)();
-            let origins = repl.relay.lock().origins();
-            for origin in origins.into_iter().filter(|o| *o != me && *o != peer) {
-                let from = relayed
-                    .get(&origin)
-                    .copied()
-                    .unwrap_or(0)
-                    .max(acked.get(origin) + 1);
-                let due = repl
-                    .relay
-                    .lock()
-                    .due(origin, from, now, RELAY_DELAY_MS, 256);
-                match due {
-                    Relayed::Frames(frames) => {
-                        if let Some(&(last, _)) = frames.last() {
-                            let payloads: Vec<&[u8]> = frames.iter().map(|(_, f)| &f[..]).collect();
-                            live.send_batch(&payloads).await?;
-                            relayed.insert(origin, last + 1);
-                            info.relayed
-                                .fetch_add(payloads.len() as u64, Ordering::Relaxed);
-                            busy = true;
-                        }
-                    }
-                    Relayed::Nothing => {}
-                    Relayed::Trimmed => transfer = true,
-                }
-            }
+        for (_, frames) in &plan.relay {
+            let payloads: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+            live.send_batch(&payloads).await?;
+            info.relayed
+                .fetch_add(payloads.len() as u64, Ordering::Relaxed);
         }
-        if transfer {
+        if plan.transfer {
             info.state_transfers.fetch_add(1, Ordering::Relaxed);
             let covered = state_transfer(ks, repl, link).await?;
-            cursor = covered.get(me) + 1;
-            for (origin, seq) in covered.entries() {
-                relayed.insert(origin, seq + 1);
-            }
-            info.sent_seq.store(cursor - 1, Ordering::Relaxed);
+            state.transferred(me, &covered);
+            info.sent_seq.store(state.sent_seq(), Ordering::Relaxed);
             continue;
         }
-        if !busy {
+        if !plan.is_busy() {
             let notified = repl.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
             let _waiting = Waiting::new(&repl.sleepers);
-            if repl.backlog.lock().head() < cursor {
+            if repl.head_seq() <= state.sent_seq() {
                 tokio::select! {
                     biased;
                     _ = &mut notified => {}
@@ -755,8 +606,7 @@ async fn state_transfer(
     // Read what is applied first: anything numbered after it is sent live
     // later, anything up to it is already in the keyspace and so in the
     // snapshot.
-    let mut covered = repl.applied.lock().clone();
-    covered.advance(repl.node, repl.backlog.lock().head());
+    let covered = repl.core.lock().transfer_covers();
     let mut bulk = link.open(StreamKind::Bulk).await?;
     for db in 0..ks.databases() {
         let mut floor = chorus_crdt::Stamp::ZERO;
@@ -827,7 +677,7 @@ async fn receive(
     repl: &Arc<Replicator>,
     link: &PeerLink,
 ) -> anyhow::Result<()> {
-    repl.gc.lock().know(NodeId(link.peer_node));
+    repl.core.lock().link_up(NodeId(link.peer_node), None);
     let mut back = link.open(StreamKind::Live).await?;
     back.send(&send_msg(&ReplMsg::Resume {
         vv: repl.applied_vv(),
@@ -875,13 +725,13 @@ async fn apply_stream(
     while let Some(frame) = rx.recv().await? {
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta { origin, seq, delta } => loop {
-                let verdict = repl.applied.lock().judge(origin, seq);
+                let verdict = repl.core.lock().judge(origin, seq);
                 match verdict {
                     Arrival::Apply => {
                         apply(ks, repl, &delta);
-                        repl.advance(origin, seq);
                         let now = (repl.now_ms)();
-                        repl.relay.lock().record(origin, seq, now, frame);
+                        repl.core.lock().applied(origin, seq, now, frame);
+                        repl.wake_receivers();
                         break;
                     }
                     Arrival::Duplicate => break,
@@ -892,7 +742,7 @@ async fn apply_stream(
                         tokio::pin!(changed);
                         changed.as_mut().enable();
                         let _waiting = Waiting::new(&repl.applied_waiters);
-                        let still = repl.applied.lock().judge(origin, seq);
+                        let still = repl.core.lock().judge(origin, seq);
                         if matches!(still, Arrival::Gap { .. })
                             && tokio::time::timeout(GAP_WAIT, changed).await.is_err()
                         {
@@ -904,12 +754,8 @@ async fn apply_stream(
             ReplMsg::Snapshot { delta } => apply(ks, repl, &delta),
             ReplMsg::SnapshotDone { vv } => {
                 let now = (repl.now_ms)();
-                for (origin, seq) in vv {
-                    if origin != repl.node {
-                        repl.advance(origin, seq);
-                        repl.relay.lock().jump(origin, seq, now);
-                    }
-                }
+                repl.core.lock().snapshot_done(&vv, now);
+                repl.wake_receivers();
             }
             ReplMsg::Heartbeat {
                 origin,
@@ -917,19 +763,15 @@ async fn apply_stream(
                 promise,
                 stable,
                 retired,
-            } => {
-                let applied = repl.applied.lock().get(origin);
-                let mut gc = repl.gc.lock();
-                for node in retired {
-                    gc.retire(node);
-                }
-                // Before the writes it follows are applied (a state transfer
-                // still merging), the promise says nothing yet.
-                if applied >= seq {
-                    gc.promise(origin, promise);
-                }
-                gc.report_stable(origin, stable);
-            }
+            } => repl.core.lock().heartbeat(
+                origin,
+                Heartbeat {
+                    seq,
+                    promise,
+                    stable,
+                    retired,
+                },
+            ),
             ReplMsg::Resume { .. } | ReplMsg::Ack { .. } => {}
         }
     }
@@ -997,62 +839,11 @@ mod tests {
         assert!(!repl.gc_tick(&ks).is_zero(), "alone: its own promise");
         repl.persisting();
         assert_eq!(repl.gc_tick(&ks), Stamp::ZERO, "nothing stored yet");
-        assert_eq!(repl.gc_state.lock().0, Stamp::ZERO);
+        assert_eq!(repl.gc_state().stable, Stamp::ZERO);
         let at_cut = repl.stable_for_cut();
         repl.stored(at_cut);
         assert_eq!(repl.gc_tick(&ks), at_cut);
-        assert_eq!(repl.gc_state.lock().0, at_cut);
+        assert_eq!(repl.gc_state().stable, at_cut);
         assert!(repl.stable_for_cut() > at_cut, "unstored, it moves on");
-    }
-
-    /// The borrowed form a node sends must decode as the owned message.
-    #[test]
-    fn borrowed_and_owned_messages_encode_identically() {
-        let node = NodeId(42);
-        let mut state = KeyState::default();
-        let write = state.write(Stamp { time: 9, node }, Some(b"value"), 1234);
-        state.merge(&write);
-        let incr = state.incr(Stamp { time: 10, node }, 3, 0.5, true);
-        for delta in [write, incr] {
-            let owned = encode(&ReplMsg::Delta {
-                origin: node,
-                seq: 7,
-                delta: Delta::Key {
-                    db: 3,
-                    key: b"key".to_vec(),
-                    state: delta.clone(),
-                },
-            })
-            .unwrap();
-            // Appended to a reused buffer, as the backlog does.
-            let borrowed = encode_append(
-                &ReplMsgOut::Delta {
-                    origin: node,
-                    seq: 7,
-                    delta: DeltaRef::Key {
-                        db: 3,
-                        key: b"key",
-                        state: &delta,
-                    },
-                },
-                Vec::with_capacity(8),
-            )
-            .unwrap();
-            assert_eq!(owned, borrowed);
-        }
-        let stamp = Stamp { time: 5, node };
-        let owned = encode(&ReplMsg::Delta {
-            origin: node,
-            seq: 1,
-            delta: Delta::Flush { db: None, stamp },
-        })
-        .unwrap();
-        let borrowed = encode(&ReplMsgOut::Delta {
-            origin: node,
-            seq: 1,
-            delta: DeltaRef::Flush { db: None, stamp },
-        })
-        .unwrap();
-        assert_eq!(owned, borrowed);
     }
 }
