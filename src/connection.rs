@@ -31,9 +31,17 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
             .parse()
             .with_context(|| format!("bind address '{host}' is not an IP address"))?;
         let addr = SocketAddr::new(ip, node.config.port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("could not listen on {addr}"))?;
+        let listener = match TcpListener::bind(addr).await {
+            Ok(listener) => listener,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::AddrNotAvailable
+                    && node.config.optional_binds.contains(host) =>
+            {
+                warn!("not listening on {addr} (optional, '-{host}'): {e}");
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("could not listen on {addr}")),
+        };
         let local = listener.local_addr()?;
         info!("Ready to accept connections tcp on {local}");
         node.listening.lock().push(local);

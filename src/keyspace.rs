@@ -340,6 +340,51 @@ pub struct Locked<'a> {
     guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 2]>,
 }
 
+#[cfg(debug_assertions)]
+thread_local! {
+    /// Shard lock sets this thread holds. Each set is taken in ascending
+    /// order at once; a second set taken while one is held could deadlock
+    /// against a thread taking them the other way round.
+    static SHARD_SETS_HELD: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+impl<'a> Locked<'a> {
+    /// Counts a non-empty set as held by this thread (debug builds check
+    /// the lock order with it).
+    fn held(guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 2]>) -> Locked<'a> {
+        debug_assert!(
+            guards.windows(2).all(|w| w[0].0 < w[1].0),
+            "shards are locked in ascending order"
+        );
+        #[cfg(debug_assertions)]
+        if !guards.is_empty() {
+            SHARD_SETS_HELD.with(|n| n.set(n.get() + 1));
+        }
+        Locked { guards }
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        #[cfg(debug_assertions)]
+        if !self.guards.is_empty() {
+            SHARD_SETS_HELD.with(|n| n.set(n.get().saturating_sub(1)));
+        }
+    }
+}
+
+/// Panics (in debug builds) when this thread already holds shard locks.
+fn assert_no_shard_held() {
+    #[cfg(debug_assertions)]
+    SHARD_SETS_HELD.with(|n| {
+        assert_eq!(
+            n.get(),
+            0,
+            "shard locks taken while this thread holds others: lock order violated"
+        )
+    });
+}
+
 /// Why a cut could not be taken: each is a bug in the caller, or a state
 /// the codec cannot encode.
 #[derive(Debug, thiserror::Error)]
@@ -544,23 +589,27 @@ impl Keyspace {
     pub fn lock(&self, mut indexes: SmallVec<[usize; 4]>) -> Locked<'_> {
         indexes.sort_unstable();
         indexes.dedup();
-        Locked {
-            guards: indexes
+        if indexes.is_empty() {
+            return Locked::empty();
+        }
+        assert_no_shard_held();
+        Locked::held(
+            indexes
                 .into_iter()
                 .map(|i| (i, self.shards[i].lock()))
                 .collect(),
-        }
+        )
     }
 
     pub fn lock_all(&self) -> Locked<'_> {
-        Locked {
-            guards: self
-                .shards
+        assert_no_shard_held();
+        Locked::held(
+            self.shards
                 .iter()
                 .enumerate()
                 .map(|(i, s)| (i, s.lock()))
                 .collect(),
-        }
+        )
     }
 
     /// Tombstones at or before this stamp may go: every node has applied

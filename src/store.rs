@@ -492,7 +492,7 @@ mod tests {
             set(&ks, 1, b"b", None);
             store.write(&cut(&ks)).unwrap();
         }
-        let store = SledStore::open(&dir, true).unwrap();
+        let store = reopen(&dir, true);
         let loaded = store.load().unwrap();
         assert_eq!(loaded.lives, vec![NodeId(1)]);
         assert_eq!(loaded.applied, vec![(NodeId(9), 4)]);
@@ -505,10 +505,26 @@ mod tests {
         next.applied = vec![(NodeId(9), 7), (NodeId(1), 3)];
         store.write(&next).unwrap();
         drop(store);
-        let loaded = SledStore::open(&dir, false).unwrap().load().unwrap();
+        let loaded = reopen(&dir, false).load().unwrap();
         assert_eq!(loaded.lives, vec![NodeId(1), NodeId(2)]);
         assert_eq!(loaded.applied, vec![(NodeId(1), 3), (NodeId(9), 7)]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Opens a store just closed: sled's flusher thread may hold the file
+    /// lock for a moment after the last handle is dropped.
+    fn reopen(dir: &std::path::Path, fsync: bool) -> SledStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match SledStore::open(dir, fsync) {
+                Ok(store) => return store,
+                Err(e) if std::time::Instant::now() < deadline => {
+                    assert!(format!("{e:#}").contains("lock"), "{e:#}");
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("{e:#}"),
+            }
+        }
     }
 
     #[test]

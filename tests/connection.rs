@@ -513,3 +513,27 @@ fn protected_mode_refuses_non_loopback_without_password() {
         "::ffff:127.0.0.1".parse().unwrap()
     ));
 }
+
+/// Redis's `bind 127.0.0.1 -::1`: an address written with '-' is skipped
+/// when the host does not have it; without the '-' its absence stops
+/// start-up. (192.0.2.1 is a documentation address no host has; binding to
+/// it fails at once, and no packet is sent.)
+#[test]
+fn an_optional_bind_address_the_host_lacks_is_skipped() {
+    let server = Server::start(&["--bind", "127.0.0.1", "-192.0.2.1"]);
+    let mut c = server.conn();
+    assert_eq!(q::<String>(&mut c, &["PING"]), "PONG");
+    let bind: Vec<String> = q(&mut c, &["CONFIG", "GET", "bind"]);
+    assert_eq!(bind, vec!["bind", "127.0.0.1 -192.0.2.1"]);
+
+    let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["server", "--port", "0", "--bind", "127.0.0.1", "192.0.2.1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("could not listen on 192.0.2.1"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,7 +26,6 @@ fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
     let mut params = vec![
         ("port", c.port.to_string()),
-        ("bind", c.bind.join(" ")),
         ("server-threads", c.server_threads.to_string()),
         ("server-thread-affinity", yes(c.server_thread_affinity)),
         (

@@ -50,6 +50,9 @@ pub struct ConfigError {
 pub struct Config {
     pub port: u16,
     pub bind: Vec<String>,
+    /// Addresses of `bind` written with Redis's '-' prefix: a node starts
+    /// without them when they are not available on the host.
+    pub optional_binds: Vec<String>,
     /// Worker threads serving connections; default: the CPUs this process may use.
     pub server_threads: usize,
     /// Pin each worker thread to one CPU.
@@ -265,6 +268,7 @@ impl Default for Config {
         Config {
             port: 6379,
             bind: vec!["127.0.0.1".to_string()],
+            optional_binds: Vec::new(),
             server_threads: available_cpus(),
             server_thread_affinity: false,
             requirepass: None,
@@ -423,9 +427,15 @@ impl Config {
                 if args.is_empty() {
                     return Err(err(origin, name, "expects at least one address"));
                 }
+                // Redis's '-' prefix: skip the address if it is not there.
                 self.bind = args
                     .iter()
                     .map(|a| a.trim_start_matches('-').to_string())
+                    .collect();
+                self.optional_binds = args
+                    .iter()
+                    .filter_map(|a| a.strip_prefix('-'))
+                    .map(str::to_string)
                     .collect();
             }
             "server-threads" => {
@@ -735,7 +745,19 @@ impl Config {
         };
         Some(match name {
             "port" => self.port.to_string(),
-            "bind" => self.bind.join(" "),
+            "bind" => self
+                .bind
+                .iter()
+                .map(|b| {
+                    let dash = if self.optional_binds.contains(b) {
+                        "-"
+                    } else {
+                        ""
+                    };
+                    format!("{dash}{b}")
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
             "server-threads" => self.server_threads.to_string(),
             "server-thread-affinity" => yes(self.server_thread_affinity),
             "requirepass" => text(&self.requirepass),

@@ -101,6 +101,11 @@ impl Backlog {
         if self.tail_offsets.is_empty() {
             return;
         }
+        debug_assert_eq!(
+            self.bytes,
+            self.segments.iter().map(|s| s.data.len()).sum::<usize>() + self.tail.len(),
+            "backlog bytes account for every held frame"
+        );
         let data = self.tail.split().freeze();
         let offsets = std::mem::take(&mut self.tail_offsets);
         self.segments.push_back(Segment {
@@ -123,6 +128,11 @@ impl Backlog {
             self.bytes -= old.data.len();
             self.written_ms.drain(..old.offsets.len());
         }
+        debug_assert_eq!(
+            self.written_ms.len() as u64,
+            self.head + 1 - self.oldest(),
+            "one write time per held frame"
+        );
     }
 
     /// The oldest sequence number held.

@@ -6,8 +6,7 @@
 //!   the cluster name ([`auth`]); a refused peer is counted in [`AuthStats`].
 //! - A link carries independent streams ([`StreamKind::Live`] for deltas,
 //!   [`StreamKind::Bulk`] for state transfer), so neither blocks the other.
-//! - [`peer::Outbound`] keeps one peer connected with backoff and jitter
-//!   behind a bounded queue that never blocks the writer.
+//! - [`peer::Backoff`] spaces reconnects with exponential backoff and jitter.
 //! - The UDP socket is behind quinn's `AsyncUdpSocket`, so a simulation can
 //!   run the same stack over a simulated network ([`Transport::with_socket`]).
 

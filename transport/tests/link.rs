@@ -1,12 +1,11 @@
 //! Real QUIC between endpoints on 127.0.0.1: handshakes, refusals, streams,
 //! reconnects and the bounded queue.
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_transport::peer::{Backoff, Outbound, QueueFull};
+use chorus_transport::peer::Backoff;
 use chorus_transport::{Refusal, StreamKind, Transport, TransportConfig, TransportError};
 
 const LOOPBACK: &str = "127.0.0.1:0";
@@ -16,10 +15,6 @@ fn node(id: u64, cluster: &str, secret: &[u8]) -> Transport {
     let mut config = TransportConfig::new(id, cluster, secret);
     config.handshake_timeout = Duration::from_secs(3);
     Transport::bind(LOOPBACK.parse().unwrap(), config).expect("bind")
-}
-
-fn fast_backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(20), Duration::from_millis(200))
 }
 
 #[tokio::test]
@@ -169,104 +164,6 @@ async fn a_dialer_that_never_finishes_the_handshake_gets_no_link() {
     let accepted = tokio::time::timeout(WAIT, acceptor).await.unwrap().unwrap();
     assert!(accepted.is_err());
     assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 0);
-}
-
-/// Accepts links on `t` forever, forwarding every live frame to `out`.
-fn sink(
-    t: Arc<Transport>,
-    out: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        while let Some(link) = t.accept().await {
-            let Ok(link) = link else { continue };
-            let out = out.clone();
-            tokio::spawn(async move {
-                while let Ok((_, mut rx)) = link.accept_stream().await {
-                    while let Ok(Some(frame)) = rx.recv().await {
-                        let _ = out.send(frame.to_vec());
-                    }
-                }
-            });
-        }
-    })
-}
-
-#[tokio::test]
-async fn outbound_reconnects_when_the_peer_comes_back() {
-    // Reserve an address, then leave it empty: the peer is down at first.
-    let reserved = std::net::UdpSocket::bind(LOOPBACK).unwrap();
-    let addr: SocketAddr = reserved.local_addr().unwrap();
-    drop(reserved);
-    let a = Arc::new(node(1, "prod", b"s"));
-    let out = Outbound::spawn(a.clone(), addr, 1024, fast_backoff());
-    out.try_send(b"queued while down".to_vec()).unwrap();
-    // Nothing answers on UDP, so a dial fails at the handshake timeout (3 s here).
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while out.state.last_error.lock().unwrap().is_none() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the failed dial was not reported"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(!out.state.connected.load(Ordering::Relaxed));
-
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let b = Arc::new(Transport::bind(addr, TransportConfig::new(2, "prod", b"s")).unwrap());
-    let server = sink(b.clone(), tx.clone());
-    let first = tokio::time::timeout(WAIT, rx.recv())
-        .await
-        .expect("delivered after the peer came up");
-    assert_eq!(first.as_deref(), Some(&b"queued while down"[..]));
-    assert_eq!(out.state.peer_node.load(Ordering::Relaxed), 2);
-
-    // The peer restarts on the same address: the link comes back by itself.
-    server.abort();
-    b.close();
-    drop(b);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let b = Arc::new(Transport::bind(addr, TransportConfig::new(3, "prod", b"s")).unwrap());
-    let _server = sink(b.clone(), tx);
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let _ = out.try_send(b"after restart".to_vec());
-        if let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(200), rx.recv()).await {
-            if frame == b"after restart" && out.state.peer_node.load(Ordering::Relaxed) == 3 {
-                break;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no reconnect to the restarted peer"
-        );
-    }
-    assert!(out.state.connects.load(Ordering::Relaxed) >= 2);
-}
-
-#[tokio::test]
-async fn a_full_queue_refuses_at_once_and_flags_overflow() {
-    let reserved = std::net::UdpSocket::bind(LOOPBACK).unwrap();
-    let addr = reserved.local_addr().unwrap();
-    // Keep the port occupied by a socket that never answers: the peer is unreachable.
-    let a = Arc::new(node(1, "prod", b"s"));
-    let out = Outbound::spawn(a, addr, 4, fast_backoff());
-    let started = std::time::Instant::now();
-    let mut refused = 0;
-    for i in 0..100u32 {
-        if out.try_send(i.to_be_bytes().to_vec()) == Err(QueueFull) {
-            refused += 1;
-        }
-    }
-    assert!(
-        started.elapsed() < Duration::from_millis(100),
-        "try_send never waits"
-    );
-    assert!(refused >= 96, "{refused}");
-    assert!(out.queued() <= 4);
-    assert!(out.take_overflow());
-    assert!(!out.take_overflow(), "the flag clears once taken");
-    assert_eq!(out.state.dropped_frames.load(Ordering::Relaxed), refused);
-    drop(reserved);
 }
 
 #[tokio::test]
