@@ -19,63 +19,30 @@ pub static COMMANDS: &[Spec] = &[Spec {
     run: config,
 }];
 
-/// Every parameter CONFIG GET knows, with its current value.
+/// Every parameter CONFIG GET knows, with its current value: the config's
+/// own list, with the settings CONFIG SET changes live read from the
+/// node's tunables.
 fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
-    let c = &x.node.config;
     let t = &x.node.tunables;
     let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
-    let mut params = vec![
-        ("port", c.port.to_string()),
-        ("server-threads", c.server_threads.to_string()),
-        ("server-thread-affinity", yes(c.server_thread_affinity)),
-        (
-            "requirepass",
-            t.requirepass
+    let mut params = x.node.config.params();
+    for (name, value) in params.iter_mut() {
+        let live = match *name {
+            "requirepass" => t
+                .requirepass
                 .read()
                 .as_ref()
                 .map(|p| String::from_utf8_lossy(p).into_owned())
                 .unwrap_or_default(),
-        ),
-        (
-            "protected-mode",
-            yes(t.protected_mode.load(Ordering::Relaxed)),
-        ),
-        (
-            "maxclients",
-            t.maxclients.load(Ordering::Relaxed).to_string(),
-        ),
-        (
-            "timeout",
-            t.timeout_secs.load(Ordering::Relaxed).to_string(),
-        ),
-        ("databases", c.databases.to_string()),
-        ("proto-max-bulk-len", t.max_bulk().to_string()),
-        (
-            "client-query-buffer-limit",
-            t.query_buffer_limit.load(Ordering::Relaxed).to_string(),
-        ),
-        ("loglevel", t.loglevel.lock().as_str().to_string()),
-        (
-            "logfile",
-            c.logfile
-                .as_ref()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default(),
-        ),
-        // No RDB snapshots; tools such as redis-benchmark ask.
-        ("save", String::new()),
-        (
-            "appendonly",
-            if c.appendonly { "yes" } else { "no" }.to_string(),
-        ),
-        ("appendfsync", c.appendfsync.as_str().to_string()),
-        ("dir", c.dir.display().to_string()),
-    ];
-    // Every other known directive, as written or its default.
-    for (name, value) in c.params() {
-        if !params.iter().any(|(listed, _)| *listed == name) {
-            params.push((name, value));
-        }
+            "protected-mode" => yes(t.protected_mode.load(Ordering::Relaxed)),
+            "maxclients" => t.maxclients.load(Ordering::Relaxed).to_string(),
+            "timeout" => t.timeout_secs.load(Ordering::Relaxed).to_string(),
+            "proto-max-bulk-len" => t.max_bulk().to_string(),
+            "client-query-buffer-limit" => t.query_buffer_limit.load(Ordering::Relaxed).to_string(),
+            "loglevel" => t.loglevel.lock().as_str().to_string(),
+            _ => continue,
+        };
+        *value = live;
     }
     params
 }
