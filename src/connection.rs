@@ -33,10 +33,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
         let addr = SocketAddr::new(ip, node.config.port);
         let listener = match TcpListener::bind(addr).await {
             Ok(listener) => listener,
-            Err(e)
-                if e.kind() == std::io::ErrorKind::AddrNotAvailable
-                    && node.config.optional_binds.contains(host) =>
-            {
+            Err(e) if node.config.optional_binds.contains(host) && unavailable(&e) => {
                 warn!("not listening on {addr} (optional, '-{host}'): {e}");
                 continue;
             }
@@ -46,6 +43,12 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
         info!("Ready to accept connections tcp on {local}");
         node.listening.lock().push(local);
         listeners.push(listener);
+    }
+    if listeners.is_empty() {
+        anyhow::bail!(
+            "no address to listen on: none of the optional bind addresses ({}) is available",
+            node.config.bind.join(" ")
+        );
     }
     for listener in listeners {
         tokio::spawn(accept_loop(node.clone(), listener));
@@ -76,6 +79,16 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             }
         });
     }
+}
+
+/// Whether a bind failed because the host lacks the address or its whole
+/// family (IPv6 disabled), which an optional address may (as in Redis).
+fn unavailable(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::AddrNotAvailable
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::EAFNOSUPPORT | libc::EPROTONOSUPPORT | libc::ESOCKTNOSUPPORT)
+        )
 }
 
 /// Whether protected mode refuses `peer`: no password set and not loopback.

@@ -3,6 +3,7 @@
 use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
+use crate::keyspace::Locked;
 use crate::node::Node;
 
 const ALL: &[&str] = &[
@@ -42,7 +43,8 @@ fn cpu_seconds() -> (f64, f64) {
 }
 
 /// Renders the requested sections (`default`, `all`, `everything` or names).
-pub fn render(node: &Node, requested: &[String]) -> String {
+/// `all` holds every shard: the keyspace figures are read under it.
+pub fn render(node: &Node, all: &mut Locked<'_>, requested: &[String]) -> String {
     let wanted: Vec<&str> = if requested.is_empty()
         || requested
             .iter()
@@ -63,12 +65,12 @@ pub fn render(node: &Node, requested: &[String]) -> String {
         let mut title = section.to_string();
         title[..1].make_ascii_uppercase();
         let _ = write!(out, "# {title}\r\n");
-        section_body(node, section, &mut out);
+        section_body(node, all, section, &mut out);
     }
     out
 }
 
-fn section_body(node: &Node, section: &str, out: &mut String) {
+fn section_body(node: &Node, all: &mut Locked<'_>, section: &str, out: &mut String) {
     let mut line = |k: &str, v: &dyn std::fmt::Display| {
         let _ = write!(out, "{k}:{v}\r\n");
     };
@@ -142,7 +144,7 @@ fn section_body(node: &Node, section: &str, out: &mut String) {
             }
         }
         "stats" => {
-            let (hits, misses) = node.ks.hits_misses();
+            let (hits, misses) = node.ks.hits_misses(all);
             line(
                 "total_connections_received",
                 &st.total_connections.load(Ordering::Relaxed),
@@ -260,7 +262,7 @@ fn section_body(node: &Node, section: &str, out: &mut String) {
                 let ms = |s: chorus_crdt::Stamp| if s.is_zero() { 0 } else { s.unix_ms() };
                 line("gc_stable_ms", &ms(stable));
                 line("gc_floor_ms", &ms(floor));
-                line("tombstones", &node.ks.tombstones());
+                line("tombstones", &node.ks.tombstones(all));
                 let retired: Vec<String> = repl.retired().iter().map(|n| n.to_string()).collect();
                 line("retired_nodes", &retired.join(","));
             }
@@ -271,7 +273,7 @@ fn section_body(node: &Node, section: &str, out: &mut String) {
             line("used_cpu_user", &format!("{user:.6}"));
         }
         "keyspace" => {
-            for (i, (keys, expires)) in node.ks.db_sizes().into_iter().enumerate() {
+            for (i, (keys, expires)) in node.ks.db_sizes(all).into_iter().enumerate() {
                 if keys > 0 {
                     line(
                         &format!("db{i}"),

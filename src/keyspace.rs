@@ -147,6 +147,15 @@ impl Db {
             .collect();
     }
 
+    /// The newest stamp this database holds: its flush floor, and every
+    /// stamp in every key's state.
+    pub fn latest_stamp(&self) -> Stamp {
+        self.map
+            .values()
+            .map(KeyState::latest_stamp)
+            .fold(self.floor, Stamp::max)
+    }
+
     /// Keys with an expiry (that are live).
     pub fn expires_count(&self) -> usize {
         self.expiring.len()
@@ -221,6 +230,8 @@ pub struct Writer<'a> {
     db: usize,
     key: &'a [u8],
     now_ms: u64,
+    /// The database's flush floor when the write began.
+    floor: Stamp,
 }
 
 impl Writer<'_> {
@@ -243,9 +254,20 @@ impl Writer<'_> {
         }
     }
 
-    /// A fresh stamp from the node's clock.
+    /// The stamp for this write: the node's clock, unless the key or its
+    /// database's flush floor holds a stamp at or past it (merged from a peer
+    /// whose clock runs ahead); then just after that. A write the node
+    /// acknowledges replaces what the node had merged, on every node,
+    /// whatever the clocks say (DESIGN.md, Replication: causality beats
+    /// clocks).
     pub fn stamp(&self) -> Stamp {
-        self.ks.clock.now()
+        let now = self.ks.clock.now();
+        let merged = self.state.latest_stamp().max(self.floor);
+        if now > merged {
+            now
+        } else {
+            merged.next_after(now.node)
+        }
     }
 
     /// Applies a local op's delta and publishes it to the replication layer.
@@ -685,16 +707,10 @@ impl Keyspace {
     }
 
     /// Deleted keys still held (as tombstones) for replication.
-    pub fn tombstones(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| {
-                s.lock()
-                    .dbs
-                    .iter()
-                    .map(|d| d.map.len() - d.live)
-                    .sum::<usize>()
-            })
+    pub fn tombstones(&self, all: &mut Locked<'_>) -> usize {
+        debug_assert!(all.holds_all());
+        all.shards()
+            .map(|s| s.dbs.iter().map(|d| d.map.len() - d.live).sum::<usize>())
             .sum()
     }
 
@@ -712,6 +728,7 @@ impl Keyspace {
         if self.tracking {
             self.local_writes.fetch_add(1, Ordering::Relaxed);
         }
+        let floor = shard.dbs[db].floor;
         Ok(shard.dbs[db].change(key, acked, |state| {
             let mut w = Writer {
                 state,
@@ -719,6 +736,7 @@ impl Keyspace {
                 db,
                 key,
                 now_ms,
+                floor,
             };
             if w.state.is_expired(now_ms) {
                 let delete = w.state.expiry_delete(self.node());
@@ -736,7 +754,23 @@ impl Keyspace {
         if self.tracking {
             self.local_writes.fetch_add(1, Ordering::Relaxed);
         }
-        let stamp = self.clock.now();
+        // After everything the flushed databases hold (a key or floor merged
+        // from a peer whose clock runs ahead included): a flush that replied
+        // OK removes all of it, on every node.
+        let now = self.clock.now();
+        let mut merged = Stamp::ZERO;
+        for shard in locked.shards() {
+            for (i, d) in shard.dbs.iter().enumerate() {
+                if db.is_none_or(|want| want == i) {
+                    merged = merged.max(d.latest_stamp());
+                }
+            }
+        }
+        let stamp = if now > merged {
+            now
+        } else {
+            merged.next_after(now.node)
+        };
         for shard in locked.shards() {
             match db {
                 Some(d) => shard.dbs[d].flush(stamp),
@@ -796,10 +830,10 @@ impl Keyspace {
     }
 
     /// Per-database (keys, keys with expiry), summed over shards.
-    pub fn db_sizes(&self) -> Vec<(usize, usize)> {
+    pub fn db_sizes(&self, all: &mut Locked<'_>) -> Vec<(usize, usize)> {
+        debug_assert!(all.holds_all());
         let mut sizes = vec![(0usize, 0usize); self.databases];
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
+        for shard in all.shards() {
             for (i, db) in shard.dbs.iter().enumerate() {
                 sizes[i].0 += db.live;
                 sizes[i].1 += db.expires_count();
@@ -809,16 +843,15 @@ impl Keyspace {
     }
 
     /// (keyspace hits, misses) summed over shards.
-    pub fn hits_misses(&self) -> (u64, u64) {
-        self.shards.iter().fold((0, 0), |(h, m), s| {
-            let s = s.lock();
-            (h + s.hits, m + s.misses)
-        })
+    pub fn hits_misses(&self, all: &mut Locked<'_>) -> (u64, u64) {
+        debug_assert!(all.holds_all());
+        all.shards()
+            .fold((0, 0), |(h, m), s| (h + s.hits, m + s.misses))
     }
 
-    pub fn reset_stats(&self) {
-        for s in self.shards.iter() {
-            let mut s = s.lock();
+    pub fn reset_stats(&self, all: &mut Locked<'_>) {
+        debug_assert!(all.holds_all());
+        for s in all.shards() {
             s.hits = 0;
             s.misses = 0;
         }
@@ -858,6 +891,58 @@ mod tests {
             db.get(b"a").is_none(),
             "standalone: the tombstone is collected at once"
         );
+    }
+
+    /// State merged from a peer whose clock runs ten minutes ahead: a flush
+    /// floor and a key's stamps. Every local write after it must replace
+    /// what it replaces, whatever the local clock says.
+    #[test]
+    fn local_writes_are_stamped_after_what_was_merged_from_a_fast_peer() {
+        let ks = keyspace();
+        let ahead = Stamp::from_unix_ms(ks.clock.physical_unix_ms() + 600_000, NodeId(2));
+        let mut l = ks.lock_all();
+        let value = |l: &mut Locked<'_>, key: &[u8]| {
+            let db = &l.shard(ks.shard_of(key)).unwrap().dbs[0];
+            db.get(key)
+                .and_then(|s| s.read(0).render().map(|v| v.into_owned()))
+        };
+        // A flush floor from the future.
+        for shard in l.shards() {
+            shard.dbs[0].flush(ahead);
+        }
+        ks.update(&mut l, 0, b"k", 0, |w| w.set(Some(b"v"), 0))
+            .unwrap();
+        assert_eq!(value(&mut l, b"k").as_deref(), Some(&b"v"[..]));
+        ks.update(&mut l, 0, b"c", 0, |w| w.incr(1, 0.0, false))
+            .unwrap();
+        assert_eq!(value(&mut l, b"c").as_deref(), Some(&b"1"[..]));
+        // A key whose register and expiry a fast peer stamped.
+        let mut remote = KeyState::default();
+        let write = remote.write(ahead.next_after(NodeId(2)), Some(b"far"), 0);
+        remote.merge(&write);
+        let shard = l.shard(ks.shard_of(b"e")).unwrap();
+        shard.dbs[0].merge(b"e", &remote, Stamp::ZERO);
+        let at = ks.clock.physical_unix_ms() + 100_000;
+        ks.update(&mut l, 0, b"e", 0, |w| w.expire(at)).unwrap();
+        let db = &l.shard(ks.shard_of(b"e")).unwrap().dbs[0];
+        assert_eq!(
+            db.get(b"e").unwrap().expire_at_ms(),
+            at,
+            "EXPIRE took effect"
+        );
+        ks.update(&mut l, 0, b"e", 0, |w| w.set(Some(b"near"), 0))
+            .unwrap();
+        assert_eq!(value(&mut l, b"e").as_deref(), Some(&b"near"[..]));
+        // A local FLUSHDB removes the fast peer's keys too.
+        let shard = l.shard(ks.shard_of(b"f")).unwrap();
+        let far = remote.write(
+            ahead.next_after(NodeId(2)).next_after(NodeId(2)),
+            Some(b"x"),
+            0,
+        );
+        shard.dbs[0].merge(b"f", &far, Stamp::ZERO);
+        ks.flush_local(&mut l, Some(0));
+        assert!(value(&mut l, b"f").is_none() && value(&mut l, b"k").is_none());
     }
 
     #[test]
@@ -920,6 +1005,6 @@ mod tests {
             }
         }
         assert_eq!(ks.active_expire_cycle(5_000, 100), 1);
-        assert_eq!(ks.db_sizes()[1], (1, 1));
+        assert_eq!(ks.db_sizes(&mut ks.lock_all())[1], (1, 1));
     }
 }

@@ -293,9 +293,15 @@ impl Node {
     /// dial, how peers authenticate.
     fn repl_config(&self) -> anyhow::Result<crate::replication::ReplConfig> {
         let c = &self.config;
-        let ip: std::net::IpAddr = c.bind[0]
-            .parse()
-            .with_context(|| format!("bind address '{}' is not an IP address", c.bind[0]))?;
+        // The first client address actually bound (an optional one may not
+        // be), else the first configured (an embedded node listens on none).
+        let bound = self.listening.lock().first().map(|a| a.ip());
+        let ip: std::net::IpAddr = match bound {
+            Some(ip) => ip,
+            None => c.bind[0]
+                .parse()
+                .with_context(|| format!("bind address '{}' is not an IP address", c.bind[0]))?,
+        };
         let listen = SocketAddr::new(ip, c.replication_listen_port()?);
         let mut peers = Vec::new();
         for (host, port) in &c.replicaof {
@@ -307,6 +313,7 @@ impl Node {
             cluster_name: c.cluster_name.clone(),
             secret: c.masterauth.clone().unwrap_or_default(),
             tls: c.peer_tls(),
+            max_message: crate::replication::max_message_for(c.proto_max_bulk_len),
         })
     }
 

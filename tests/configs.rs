@@ -207,12 +207,8 @@ fn debians_stock_redis_conf_starts() {
     conf = rewrite(&conf, "daemonize", "no");
     let log = dir.join("redis-server.log");
     conf = rewrite(&conf, "logfile", &format!("\"{}\"", log.display()));
-    if !ipv6_loopback() {
-        // The stock `bind 127.0.0.1 -::1` marks ::1 optional with '-';
-        // chorus does not honour the '-' yet and would fail to bind ::1.
-        eprintln!("NOTE: no IPv6 loopback here; binding 127.0.0.1 only");
-        conf = rewrite(&conf, "bind", "127.0.0.1");
-    }
+    // The stock `bind 127.0.0.1 -::1` stays: ::1 is optional ('-'), so a
+    // host without IPv6 starts on 127.0.0.1 alone.
     let file = dir.join("redis.conf");
     std::fs::write(&file, conf).expect("write config");
 

@@ -214,3 +214,27 @@ fn pipelines_of_thousands_answer_in_order() {
     let values: Vec<i64> = pipe.query(&mut c).unwrap();
     assert_eq!(values, (0..5000).collect::<Vec<_>>());
 }
+
+/// INFO and CONFIG RESETSTAT read and reset counters kept under the shard
+/// locks. Queued behind a write, they used to take the lock of a shard EXEC
+/// already held: the client hung, and the shard with it.
+#[test]
+fn info_and_config_resetstat_inside_exec_answer() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["MULTI"]);
+    q::<String>(&mut c, &["SET", "k", "v"]);
+    q::<String>(&mut c, &["GET", "k"]);
+    q::<String>(&mut c, &["INFO", "keyspace", "stats"]);
+    q::<String>(&mut c, &["CONFIG", "RESETSTAT"]);
+    q::<String>(&mut c, &["INFO", "stats"]);
+    let replies: Vec<redis::Value> = q(&mut c, &["EXEC"]);
+    assert_eq!(replies.len(), 5);
+    let text = format!("{replies:?}");
+    assert!(text.contains("db0:keys=1"), "{text}");
+    assert!(text.contains("keyspace_hits:1"), "before RESETSTAT: {text}");
+    assert!(text.contains("keyspace_hits:0"), "after RESETSTAT: {text}");
+    // The shard is free again for everyone.
+    let mut other = s.conn();
+    assert_eq!(q::<String>(&mut other, &["GET", "k"]), "v");
+}

@@ -12,7 +12,8 @@ pub static COMMANDS: &[Spec] = &[Spec {
     name: "config",
     arity: -2,
     flags: Flags::of(&[Admin]),
-    keys: Keys::None,
+    // RESETSTAT resets counters kept under the shard locks.
+    keys: Keys::All,
     group: "server",
     syntax: "GET parameter [parameter ...]|SET parameter value [parameter value ...]|RESETSTAT",
     summary: "A container for server configuration commands.",
@@ -81,7 +82,7 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         ] {
             c.store(0, Ordering::Relaxed);
         }
-        x.ks.reset_stats();
+        x.ks.reset_stats(&mut x.locked);
         x.out.ok();
     } else if is(sub, "HELP") {
         x.out.array(3);

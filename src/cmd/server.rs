@@ -10,7 +10,8 @@ pub static COMMANDS: &[Spec] = &[
         name: "info",
         arity: -1,
         flags: Flags::of(&[]),
-        keys: Keys::None,
+        // Keyspace figures live under the shard locks.
+        keys: Keys::All,
         group: "server",
         syntax: "[section ...]",
         summary: "Returns information and statistics about the server.",
@@ -66,7 +67,7 @@ fn info(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         .iter()
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         .collect();
-    let text = crate::info::render(x.node, &sections);
+    let text = crate::info::render(x.node, &mut x.locked, &sections);
     x.out.verbatim(&text);
     Ok(())
 }

@@ -427,16 +427,30 @@ impl Config {
                 if args.is_empty() {
                     return Err(err(origin, name, "expects at least one address"));
                 }
-                // Redis's '-' prefix: skip the address if it is not there.
-                self.bind = args
-                    .iter()
-                    .map(|a| a.trim_start_matches('-').to_string())
-                    .collect();
-                self.optional_binds = args
-                    .iter()
-                    .filter_map(|a| a.strip_prefix('-'))
-                    .map(str::to_string)
-                    .collect();
+                // Redis's '-' prefix: skip the address if it is not there;
+                // '*' and '::*' (Redis 7's sample file) are every address.
+                let mut bind = Vec::new();
+                let mut optional = Vec::new();
+                for arg in args {
+                    let (dash, addr) = match arg.strip_prefix('-') {
+                        Some(addr) => (true, addr),
+                        None => (false, arg.as_str()),
+                    };
+                    let addr = match addr {
+                        "*" => "0.0.0.0",
+                        "::*" => "::",
+                        other => other,
+                    };
+                    if addr.parse::<std::net::IpAddr>().is_err() {
+                        return Err(bad("expects IP addresses (or * and ::*)"));
+                    }
+                    if dash {
+                        optional.push(addr.to_string());
+                    }
+                    bind.push(addr.to_string());
+                }
+                self.bind = bind;
+                self.optional_binds = optional;
             }
             "server-threads" => {
                 let n: usize = one()?.parse().map_err(|_| bad("expects a thread count"))?;
@@ -1080,6 +1094,21 @@ mod tests {
         .unwrap();
         assert_eq!(c.peer_tls().unwrap().ca, Path::new("ca.pem"));
         assert!(c.masterauth.is_none());
+    }
+
+    #[test]
+    fn bind_takes_redis_wildcards_and_optional_addresses_and_refuses_names() {
+        let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = Config::load(None, &args(&["--bind", "*", "-::*"])).unwrap();
+        assert_eq!(c.bind, vec!["0.0.0.0", "::"]);
+        assert_eq!(c.optional_binds, vec!["::"]);
+        let c = Config::load(None, &args(&["--bind", "127.0.0.1", "-::1"])).unwrap();
+        assert_eq!(c.bind, vec!["127.0.0.1", "::1"]);
+        assert_eq!(c.optional_binds, vec!["::1"]);
+        let e = Config::load(None, &args(&["--bind", "localhost"]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'bind'") && e.contains("IP address"), "{e}");
     }
 
     #[test]

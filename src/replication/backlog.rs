@@ -84,10 +84,8 @@ impl Backlog {
         scratch.clear();
         let scratch = encode(self.head, scratch);
         self.tail_offsets.push(self.tail.len() as u32);
-        self.tail
-            .extend_from_slice(&chorus_transport::frame::header(scratch.len()));
-        self.tail.extend_from_slice(&scratch);
-        self.bytes += chorus_transport::frame::HEADER_LEN + scratch.len();
+        chorus_transport::frame::append_framed(&mut self.tail, &scratch);
+        self.bytes += chorus_transport::frame::framed_len(scratch.len());
         self.scratch = scratch;
         self.written_ms.push_back(now_ms);
         if self.tail.len() >= self.segment_bytes {

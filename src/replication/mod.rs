@@ -380,6 +380,18 @@ pub struct ReplConfig {
     pub cluster_name: String,
     pub secret: Vec<u8>,
     pub tls: Option<chorus_transport::tls::TlsFiles>,
+    /// The largest message a link carries: a write of the largest key and
+    /// value a client may send (see [`max_message_for`]).
+    pub max_message: usize,
+}
+
+/// The largest replication message for a node whose clients may send bulk
+/// strings of `proto_max_bulk_len` bytes: one write holds a key and a value
+/// of up to that size each, plus its encoding's overhead.
+pub fn max_message_for(proto_max_bulk_len: usize) -> usize {
+    proto_max_bulk_len
+        .saturating_mul(2)
+        .saturating_add(1024 * 1024)
 }
 
 /// Binds the replication endpoint and starts the accept loop and one sender
@@ -392,6 +404,7 @@ pub fn start(
     let mut transport_config =
         TransportConfig::new(repl.node.0, &config.cluster_name, &config.secret);
     transport_config.tls = config.tls;
+    transport_config.max_frame = config.max_message;
     let transport = Transport::bind(config.listen, transport_config)?;
     start_with_transport(ks, repl, transport, config.peers)
 }

@@ -31,7 +31,7 @@ pub enum ReplMsg {
     SnapshotDone { vv: Vec<(NodeId, u64)> },
     /// Sent in order after `origin`'s writes up to `seq`: every later write
     /// of `origin` is stamped after `promise`. `stable` is the sender's
-    /// stable stamp (see [`log::GcView`]); `retired` the earlier lives of
+    /// stable stamp (see [`super::gc::GcView`]); `retired` the earlier lives of
     /// restarted nodes it knows of, which never write again.
     Heartbeat {
         origin: NodeId,

@@ -1,20 +1,51 @@
-//! Length-prefixed frames over QUIC streams: a 4-byte big-endian length,
-//! then that many bytes. The payload is opaque to the transport.
+//! Length-prefixed frames over QUIC streams. The payload is opaque to the
+//! transport.
+//!
+//! A message goes as one or more fragments, each a 4-byte big-endian header
+//! and up to [`MAX_FRAGMENT`] bytes. The header's top bit says that more
+//! fragments of the same message follow; the other 31 bits are the
+//! fragment's length. So a message of any size a client may write (up to the
+//! receiver's limit) crosses a link, and a header alone never makes a
+//! receiver reserve more than one read's worth of memory.
 
 use quinn::{RecvStream, SendStream};
 
 use crate::TransportError;
 
-/// Largest frame either side accepts unless configured otherwise.
+/// Largest message either side accepts unless configured otherwise.
 pub const DEFAULT_MAX_FRAME: usize = 64 * 1024 * 1024;
 
-/// Bytes in front of every frame's payload.
+/// Bytes in front of every fragment's payload.
 pub const HEADER_LEN: usize = 4;
 
-/// The header for a payload of `len` bytes, for callers that lay out frames
-/// themselves and send them with [`FrameSender::send_framed`].
-pub fn header(len: usize) -> [u8; HEADER_LEN] {
-    (len as u32).to_be_bytes()
+/// Largest fragment a sender writes: a longer message goes as several.
+pub const MAX_FRAGMENT: usize = 1024 * 1024;
+
+/// The header bit saying that more fragments of the message follow.
+const MORE: u32 = 1 << 31;
+
+/// Bytes a message of `len` bytes takes on the wire, headers included.
+pub fn framed_len(len: usize) -> usize {
+    len + HEADER_LEN * len.div_ceil(MAX_FRAGMENT).max(1)
+}
+
+/// Appends `payload` as a framed message (one or more fragments), for
+/// callers that lay out frames themselves and send them with
+/// [`FrameSender::send_framed`].
+pub fn append_framed(out: &mut bytes::BytesMut, payload: &[u8]) {
+    out.reserve(framed_len(payload.len()));
+    let mut rest = payload;
+    loop {
+        let take = rest.len().min(MAX_FRAGMENT);
+        let (part, after) = rest.split_at(take);
+        let more = if after.is_empty() { 0 } else { MORE };
+        out.extend_from_slice(&(take as u32 | more).to_be_bytes());
+        out.extend_from_slice(part);
+        if after.is_empty() {
+            return;
+        }
+        rest = after;
+    }
 }
 
 /// Writes frames to one stream.
@@ -29,6 +60,9 @@ pub struct FrameReceiver {
     max_frame: usize,
     /// Bytes read and not yet returned: many frames arrive per read.
     buf: bytes::BytesMut,
+    /// The fragments of a message received so far (kept here, not in
+    /// `recv`'s future, so that a cancelled `recv` loses nothing).
+    partial: Option<bytes::BytesMut>,
 }
 
 /// How much a receiver asks the stream for at once.
@@ -46,9 +80,20 @@ impl FrameSender {
                 max: self.max_frame,
             });
         }
-        let len = (payload.len() as u32).to_be_bytes();
-        self.stream.write_all(&len).await.map_err(io)?;
-        self.stream.write_all(payload).await.map_err(io)?;
+        if payload.len() <= MAX_FRAGMENT {
+            let len = (payload.len() as u32).to_be_bytes();
+            self.stream.write_all(&len).await.map_err(io)?;
+            return self.stream.write_all(payload).await.map_err(io);
+        }
+        let mut rest = payload;
+        while !rest.is_empty() {
+            let (part, after) = rest.split_at(rest.len().min(MAX_FRAGMENT));
+            let more = if after.is_empty() { 0 } else { MORE };
+            let header = (part.len() as u32 | more).to_be_bytes();
+            self.stream.write_all(&header).await.map_err(io)?;
+            self.stream.write_all(part).await.map_err(io)?;
+            rest = after;
+        }
         Ok(())
     }
 
@@ -58,8 +103,8 @@ impl FrameSender {
         &mut self,
         payloads: &[B],
     ) -> Result<(), TransportError> {
-        let total: usize = payloads.iter().map(|p| 4 + p.as_ref().len()).sum();
-        let mut buf = Vec::with_capacity(total);
+        let total: usize = payloads.iter().map(|p| framed_len(p.as_ref().len())).sum();
+        let mut buf = bytes::BytesMut::with_capacity(total);
         for p in payloads {
             let p = p.as_ref();
             if p.len() > self.max_frame {
@@ -68,8 +113,7 @@ impl FrameSender {
                     max: self.max_frame,
                 });
             }
-            buf.extend_from_slice(&(p.len() as u32).to_be_bytes());
-            buf.extend_from_slice(p);
+            append_framed(&mut buf, p);
         }
         self.stream.write_all(&buf).await.map_err(io)
     }
@@ -92,30 +136,49 @@ impl FrameReceiver {
             stream,
             max_frame,
             buf: bytes::BytesMut::new(),
+            partial: None,
         }
     }
 
-    /// The next frame, or `None` once the sender finished the stream. The
-    /// frame shares the buffer it was read into (no copy).
+    /// The next message, or `None` once the sender finished the stream. A
+    /// message of one fragment shares the buffer it was read into (no copy).
     pub async fn recv(&mut self) -> Result<Option<bytes::Bytes>, TransportError> {
         loop {
             if let Some(header) = self.buf.get(..HEADER_LEN) {
-                let len = u32::from_be_bytes([header[0], header[1], header[2], header[3]]) as usize;
-                if len > self.max_frame {
+                let word = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+                let len = (word & !MORE) as usize;
+                let so_far = self.partial.as_ref().map_or(0, |p| p.len());
+                if so_far + len > self.max_frame {
                     return Err(TransportError::FrameTooLarge {
-                        len,
+                        len: so_far + len,
                         max: self.max_frame,
                     });
                 }
                 if self.buf.len() >= HEADER_LEN + len {
                     let _ = self.buf.split_to(HEADER_LEN);
-                    return Ok(Some(self.buf.split_to(len).freeze()));
+                    let part = self.buf.split_to(len);
+                    if word & MORE != 0 {
+                        self.partial
+                            .get_or_insert_with(bytes::BytesMut::new)
+                            .extend_from_slice(&part);
+                        continue;
+                    }
+                    return Ok(Some(match self.partial.take() {
+                        None => part.freeze(),
+                        Some(mut whole) => {
+                            whole.extend_from_slice(&part);
+                            whole.freeze()
+                        }
+                    }));
                 }
-                self.buf.reserve(HEADER_LEN + len - self.buf.len());
+                // Room for the rest of this fragment as it arrives, a read at
+                // a time: what a header claims is never reserved up front.
+                self.buf
+                    .reserve((HEADER_LEN + len - self.buf.len()).min(READ_CHUNK));
             }
             match self.stream.read_chunk(READ_CHUNK, true).await.map_err(io)? {
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None if self.buf.is_empty() => return Ok(None),
+                None if self.buf.is_empty() && self.partial.is_none() => return Ok(None),
                 None => {
                     return Err(TransportError::Stream(format!(
                         "stream ended inside a frame ({} bytes of it)",

@@ -26,6 +26,10 @@ use tracing::warn;
 pub use auth::Refusal;
 pub use frame::{FrameReceiver, FrameSender, DEFAULT_MAX_FRAME};
 
+/// The largest handshake message: a peer that has proved nothing yet gets
+/// no more than this of our memory per stream.
+pub const HANDSHAKE_MAX_FRAME: usize = 16 * 1024;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
     #[error("TLS setup failed: {0}")]
@@ -251,7 +255,7 @@ impl Transport {
             .map_err(|e| TransportError::Connect(format!("{addr}: {e}")))?;
         let attempt = async {
             let conn = connecting.await.map_err(|e| quic_failure(addr, e))?;
-            let node = auth::dial(&conn, &self.identity(), self.config.max_frame).await;
+            let node = auth::dial(&conn, &self.identity(), HANDSHAKE_MAX_FRAME).await;
             Ok::<_, TransportError>((conn, node))
         };
         let (conn, node) = tokio::time::timeout(self.config.handshake_timeout, attempt)
@@ -267,7 +271,7 @@ impl Transport {
         let addr = incoming.remote_address();
         let attempt = async {
             let conn = incoming.await.map_err(|e| quic_failure(addr, e))?;
-            let node = auth::accept(&conn, &self.identity(), self.config.max_frame).await;
+            let node = auth::accept(&conn, &self.identity(), HANDSHAKE_MAX_FRAME).await;
             Ok::<_, TransportError>((conn, node))
         };
         Some(

@@ -202,18 +202,17 @@ async fn pre_framed_chunks_arrive_as_frames_and_a_cut_frame_is_an_error() {
     let (link, theirs) = linked(&a, Arc::new(node(2, "prod", b"s"))).await;
 
     // Three frames laid out by the caller, split across two chunks mid-frame.
-    let mut wire = Vec::new();
+    let mut wire = bytes::BytesMut::new();
     for payload in [&b"one"[..], b"", &[9u8; 5000]] {
-        wire.extend_from_slice(&chorus_transport::frame::header(payload.len()));
-        wire.extend_from_slice(payload);
+        chorus_transport::frame::append_framed(&mut wire, payload);
     }
-    let wire = bytes::Bytes::from(wire);
+    let wire = wire.freeze();
     let mut tx = link.open(StreamKind::Live).await.unwrap();
     tx.send_framed(&mut [wire.slice(..5), wire.slice(5..)])
         .await
         .unwrap();
     // Then a frame whose payload never comes.
-    let mut cut = chorus_transport::frame::header(10).to_vec();
+    let mut cut = 10u32.to_be_bytes().to_vec();
     cut.extend_from_slice(b"abc");
     tx.send_framed(&mut [bytes::Bytes::from(cut)])
         .await
@@ -226,6 +225,59 @@ async fn pre_framed_chunks_arrive_as_frames_and_a_cut_frame_is_an_error() {
     assert_eq!(rx.recv().await.unwrap().map(|f| f.len()), Some(5000));
     let err = rx.recv().await.unwrap_err();
     assert!(err.to_string().contains("inside a frame"), "{err}");
+}
+
+/// A message larger than a fragment crosses as several and arrives whole,
+/// whichever way it was sent; a message over the receiver's limit is
+/// refused however it is cut up.
+#[tokio::test]
+async fn messages_larger_than_a_fragment_arrive_whole() {
+    use chorus_transport::frame::{append_framed, MAX_FRAGMENT};
+    let mut config = TransportConfig::new(1, "prod", b"s");
+    config.max_frame = 8 * MAX_FRAGMENT;
+    let a = Transport::bind(LOOPBACK.parse().unwrap(), config.clone()).unwrap();
+    let mut config_b = config;
+    config_b.node = 2;
+    let b = Arc::new(Transport::bind(LOOPBACK.parse().unwrap(), config_b).unwrap());
+    let (link, theirs) = linked(&a, b).await;
+    let big: Vec<u8> = (0..3 * MAX_FRAGMENT + 17)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let exact = vec![7u8; MAX_FRAGMENT];
+    let mut tx = link.open(StreamKind::Live).await.unwrap();
+    // Flow control holds the sender until the receiver reads: send apart.
+    let sending = {
+        let (big, exact) = (big.clone(), exact.clone());
+        tokio::spawn(async move {
+            tx.send(&big).await.unwrap();
+            tx.send_batch(&[&b"small"[..], &big, &exact]).await.unwrap();
+            let mut wire = bytes::BytesMut::new();
+            append_framed(&mut wire, &big);
+            tx.send_framed(&mut [wire.freeze()]).await.unwrap();
+            // Over the limit: refused by the sender...
+            assert!(matches!(
+                tx.send(&vec![0u8; 8 * MAX_FRAGMENT + 1]).await,
+                Err(TransportError::FrameTooLarge { .. })
+            ));
+            // ...and by the receiver, when a sender lays it out itself.
+            let mut over = bytes::BytesMut::new();
+            append_framed(&mut over, &vec![1u8; 8 * MAX_FRAGMENT + 1]);
+            let _ = tx.send_framed(&mut [over.freeze()]).await;
+            tx
+        })
+    };
+    let (_, mut rx) = theirs.accept_stream().await.unwrap();
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&big[..]));
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&b"small"[..]));
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&big[..]));
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&exact[..]));
+    assert_eq!(rx.recv().await.unwrap().as_deref(), Some(&big[..]));
+    assert!(matches!(
+        rx.recv().await,
+        Err(TransportError::FrameTooLarge { .. })
+    ));
+    drop(rx);
+    let _ = tokio::time::timeout(Duration::from_secs(5), sending).await;
 }
 
 #[test]
