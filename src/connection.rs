@@ -17,14 +17,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
-use crate::node::{Links, Node};
+use crate::node::Links;
 use crate::persist::CutThread;
 use crate::resp::{self, Limits, Parsed, Reply, Source};
+use crate::server::Server;
 use crate::session::{ClientHandle, Session};
 
 /// Binds every configured address, starts the node's background work and
 /// serves clients until shutdown is requested.
-pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
+pub async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
+    let node = &server.node;
     let mut listeners = Vec::new();
     for host in &node.config.bind {
         let ip: IpAddr = host
@@ -41,7 +43,7 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
         };
         let local = listener.local_addr()?;
         info!("Ready to accept connections tcp on {local}");
-        node.listening.lock().push(local);
+        server.listening.lock().push(local);
         listeners.push(listener);
     }
     if listeners.is_empty() {
@@ -50,16 +52,17 @@ pub async fn serve(node: Arc<Node>) -> anyhow::Result<()> {
             node.config.bind.join(" ")
         );
     }
+    let client_ip = server.listening.lock().first().map(|a| a.ip());
     for listener in listeners {
-        tokio::spawn(accept_loop(node.clone(), listener));
+        tokio::spawn(accept_loop(server.clone(), listener));
     }
-    node.start(Links::FromConfig, CutThread::Blocking)?;
+    node.start(Links::FromConfig { client_ip }, CutThread::Blocking)?;
     let mut stop = node.shutdown.subscribe();
     let _ = stop.wait_for(|s| *s).await;
     Ok(())
 }
 
-async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
+async fn accept_loop(server: Arc<Server>, listener: TcpListener) {
     loop {
         let (sock, addr) = match listener.accept().await {
             Ok(pair) => pair,
@@ -71,10 +74,13 @@ async fn accept_loop(node: Arc<Node>, listener: TcpListener) {
             }
         };
         let _ = sock.set_nodelay(true);
-        node.stats.total_connections.fetch_add(1, Ordering::Relaxed);
-        let node = node.clone();
+        server
+            .stats
+            .total_connections
+            .fetch_add(1, Ordering::Relaxed);
+        let server = server.clone();
         tokio::spawn(async move {
-            if let Err(e) = admit(node, sock, addr).await {
+            if let Err(e) = admit(server, sock, addr).await {
                 debug!(%addr, "connection ended: {e}");
             }
         });
@@ -104,27 +110,29 @@ pub fn protected_refuses(protected_mode: bool, has_password: bool, peer: IpAddr)
 
 const DENIED: &str = "-DENIED Chorus is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers to Chorus you may adopt one of the following solutions: 1) Just disable protected mode sending the command 'CONFIG SET protected-mode no' from the loopback interface by connecting to Chorus from the same host the server is running, however MAKE SURE Chorus is not publicly accessible from internet if you do so. 2) Alternatively you can just disable the protected mode by editing the Chorus configuration file, and setting the protected mode option to 'no', and then restarting the server. 3) If you started the server manually just for testing, restart it with the '--protected-mode no' option. 4) Set up an authentication password for the default user. NOTE: You only need to do one of the above things in order for the server to start accepting connections from the outside.\r\n";
 
-async fn admit(node: Arc<Node>, mut sock: TcpStream, addr: SocketAddr) -> std::io::Result<()> {
-    let t = &node.tunables;
+async fn admit(server: Arc<Server>, mut sock: TcpStream, addr: SocketAddr) -> std::io::Result<()> {
+    let t = &server.tunables;
     if protected_refuses(
         t.protected_mode.load(Ordering::Relaxed),
         t.has_password(),
         addr.ip(),
     ) {
-        node.stats
+        server
+            .stats
             .rejected_connections
             .fetch_add(1, Ordering::Relaxed);
         sock.write_all(DENIED.as_bytes()).await?;
         return Ok(());
     }
-    let handle = node.clients.register(
+    let handle = server.clients.register(
         addr,
         sock.local_addr()?,
-        node.ks.clock.physical_unix_ms(),
+        server.node.ks.clock.physical_unix_ms(),
         t.maxclients.load(Ordering::Relaxed),
     );
     let Some(handle) = handle else {
-        node.stats
+        server
+            .stats
             .rejected_connections
             .fetch_add(1, Ordering::Relaxed);
         sock.write_all(b"-ERR max number of clients reached\r\n")
@@ -132,23 +140,23 @@ async fn admit(node: Arc<Node>, mut sock: TcpStream, addr: SocketAddr) -> std::i
         return Ok(());
     };
     let id = handle.id;
-    let result = connection(&node, sock, handle).await;
-    node.clients.remove(id);
+    let result = connection(&server, sock, handle).await;
+    server.clients.remove(id);
     result
 }
 
 async fn connection(
-    node: &Node,
+    server: &Server,
     mut sock: TcpStream,
     handle: Arc<ClientHandle>,
 ) -> std::io::Result<()> {
-    let mut session = Session::new(handle.clone(), node.tunables.has_password());
+    let mut session = Session::new(handle.clone(), server.tunables.has_password());
     let mut input: Vec<u8> = Vec::with_capacity(16 * 1024);
     let mut out = Reply::new();
     let mut ranges = Vec::new();
     let mut scratch = Vec::new();
     let mut need = 1usize;
-    let full_limits = |s: &Node| Limits {
+    let full_limits = |s: &Server| Limits {
         max_bulk: s.tunables.max_bulk(),
         max_args: resp::DEFAULT_MAX_ARGS,
         max_inline: resp::DEFAULT_MAX_INLINE,
@@ -158,14 +166,14 @@ async fn connection(
         let mut consumed = 0;
         let mut commands = 0u64;
         // One clock read per batch, as Redis caches mstime per event-loop turn.
-        let mut now_ms = node.ks.clock.physical_unix_ms();
+        let mut now_ms = server.node.ks.clock.physical_unix_ms();
         let mut last_cmd: Option<&'static str> = None;
-        let writes_before = node.ks.local_writes();
+        let writes_before = server.node.ks.local_writes();
         while input.len() - consumed >= need && !session.close {
             let limits = if session.authed {
-                full_limits(node)
+                full_limits(server)
             } else {
-                full_limits(node).unauthenticated()
+                full_limits(server).unauthenticated()
             };
             match resp::parse(&input[consumed..], &limits, &mut ranges, &mut scratch) {
                 Ok(Parsed::Request { len, source }) => {
@@ -181,15 +189,15 @@ async fn connection(
                         continue;
                     }
                     commands += 1;
-                    last_cmd = crate::cmd::dispatch(node, &mut session, &mut out, &argv, now_ms)
+                    last_cmd = crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
                         .or(last_cmd);
                     if let Some(pause) = session.sleep.take() {
                         tokio::time::sleep(pause).await;
-                        now_ms = node.ks.clock.physical_unix_ms();
+                        now_ms = server.node.ks.clock.physical_unix_ms();
                     }
                     if let Some(wait) = session.wait.take() {
                         out.int(wait.run().await);
-                        now_ms = node.ks.clock.physical_unix_ms();
+                        now_ms = server.node.ks.clock.physical_unix_ms();
                     }
                 }
                 Ok(Parsed::Incomplete { need: n }) => {
@@ -208,7 +216,8 @@ async fn connection(
             need = need.max(1);
         }
         if commands > 0 {
-            node.stats
+            server
+                .stats
                 .total_commands
                 .fetch_add(commands, Ordering::Relaxed);
             handle.last_active_ms.store(now_ms, Ordering::Relaxed);
@@ -217,11 +226,12 @@ async fn connection(
             }
         }
         if !out.buf.is_empty() {
-            if let Some(persistence) = &node.persistence {
+            if let Some(persistence) = &server.node.persistence {
                 persistence.sync_if_written(writes_before);
             }
             sock.write_all(&out.buf).await?;
-            node.stats
+            server
+                .stats
                 .net_output_bytes
                 .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
             out.buf.clear();
@@ -232,7 +242,7 @@ async fn connection(
         if session.close {
             return Ok(());
         }
-        if input.len() > node.tunables.query_buffer_limit.load(Ordering::Relaxed) {
+        if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
             warn!(addr = %handle.addr, "closing client that exceeded client-query-buffer-limit");
             return Ok(());
         }
@@ -242,7 +252,7 @@ async fn connection(
         } else {
             input.reserve(16 * 1024);
         }
-        let timeout_secs = node.tunables.timeout_secs.load(Ordering::Relaxed);
+        let timeout_secs = server.tunables.timeout_secs.load(Ordering::Relaxed);
         let read = async {
             if timeout_secs > 0 {
                 match tokio::time::timeout(
@@ -265,7 +275,8 @@ async fn connection(
         if n == 0 || handle.killed.load(Ordering::Relaxed) {
             return Ok(());
         }
-        node.stats
+        server
+            .stats
             .net_input_bytes
             .fetch_add(n as u64, Ordering::Relaxed);
         if input.capacity() > 4 * 1024 * 1024 && input.len() < 64 * 1024 {

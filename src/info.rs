@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use crate::keyspace::Locked;
-use crate::node::Node;
+use crate::server::Server;
 
 const ALL: &[&str] = &[
     "server",
@@ -44,7 +44,7 @@ fn cpu_seconds() -> (f64, f64) {
 
 /// Renders the requested sections (`default`, `all`, `everything` or names).
 /// `all` holds every shard: the keyspace figures are read under it.
-pub fn render(node: &Node, all: &mut Locked<'_>, requested: &[String]) -> String {
+pub fn render(server: &Server, all: &mut Locked<'_>, requested: &[String]) -> String {
     let wanted: Vec<&str> = if requested.is_empty()
         || requested
             .iter()
@@ -65,17 +65,18 @@ pub fn render(node: &Node, all: &mut Locked<'_>, requested: &[String]) -> String
         let mut title = section.to_string();
         title[..1].make_ascii_uppercase();
         let _ = write!(out, "# {title}\r\n");
-        section_body(node, all, section, &mut out);
+        section_body(server, all, section, &mut out);
     }
     out
 }
 
-fn section_body(node: &Node, all: &mut Locked<'_>, section: &str, out: &mut String) {
+fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut String) {
+    let node = &*server.node;
     let mut line = |k: &str, v: &dyn std::fmt::Display| {
         let _ = write!(out, "{k}:{v}\r\n");
     };
     let c = &node.config;
-    let st = &node.stats;
+    let st = &server.stats;
     match section {
         "server" => {
             let uptime = node.started.elapsed().as_secs();
@@ -101,10 +102,10 @@ fn section_body(node: &Node, all: &mut Locked<'_>, section: &str, out: &mut Stri
             );
         }
         "clients" => {
-            line("connected_clients", &node.clients.len());
+            line("connected_clients", &server.clients.len());
             line(
                 "maxclients",
-                &node.tunables.maxclients.load(Ordering::Relaxed),
+                &server.tunables.maxclients.load(Ordering::Relaxed),
             );
             line("blocked_clients", &0);
         }

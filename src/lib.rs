@@ -3,8 +3,9 @@
 //! - the node core: [`keyspace`] (sharded CRDT states, expiry), [`replication`],
 //!   [`store`] and [`persist`], opened together as a [`node::Node`];
 //! - the command layer: [`cmd`] (the command table, one file per family)
-//!   running against a node and a client [`session::Session`], with [`resp`]
-//!   replies and [`info`];
+//!   running against a [`server::Server`] (a node as its clients see it:
+//!   live settings, counters, the client registry) and a client
+//!   [`session::Session`], with [`resp`] replies and [`info`];
 //! - the connection layer: [`connection`], the only code that knows sockets.
 //!
 //! Values are `chorus-crdt` states stamped by the node's hybrid logical clock.
@@ -20,6 +21,7 @@ pub mod node;
 pub mod persist;
 pub mod replication;
 pub mod resp;
+pub mod server;
 pub mod session;
 pub mod store;
 

@@ -137,7 +137,8 @@ fn server(args: &[String]) -> anyhow::Result<()> {
     let node = chorus::Node::open(config, env)?;
     info!("node id {}", node.node_id());
     runtime.block_on(async {
-        let serving = tokio::spawn(chorus::connection::serve(node.clone()));
+        let server = chorus::server::Server::new(node.clone());
+        let serving = tokio::spawn(chorus::connection::serve(server));
         tokio::select! {
             r = serving => r.context("server task failed")??,
             _ = shutdown_signal() => {

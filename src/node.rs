@@ -1,93 +1,34 @@
 //! The node core: what a Chorus node is, with no client connection in sight.
 //!
-//! A [`Node`] is its identity and clocks, its config (and the part CONFIG SET
-//! may change), its keyspace, replication, persistence, and the background
-//! work that keeps them going (active expiry, tombstone GC, cuts). It is
-//! opened by [`Node::open`], which both the server (`connection::serve`) and
-//! the simulation call, and started by [`Node::start`].
+//! A [`Node`] is its identity and clocks, its config, its keyspace,
+//! replication, persistence, and the background work that keeps them going
+//! (active expiry, tombstone GC, cuts). It is opened by [`Node::open`],
+//! which both the server and the simulation call, and started by
+//! [`Node::start`]. It knows nothing of clients: what serving them needs
+//! (live settings, counters, the client registry) is the [`Server`]'s.
 //!
 //! Layering (DESIGN.md, Layout): replication, persistence and the store take
 //! the narrow handles they need (the keyspace, the replicator), never a
-//! `Node`; commands run against a `Node` and a client [`Session`]; only
-//! `connection` knows sockets.
+//! `Node`; commands run against a `Server` (and its `Node`) and a client
+//! `Session`; only `connection` knows sockets.
 //!
-//! [`Session`]: crate::session::Session
+//! [`Server`]: crate::server::Server
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chorus_crdt::{Clock, NodeId, NTP64};
-use parking_lot::{Mutex, RwLock};
 use tokio::sync::watch;
 use tracing::debug;
 
-use crate::config::{Config, Fsync, LogLevel};
+use crate::config::{Config, Fsync};
 use crate::keyspace::{KeyHasher, Keyspace};
 use crate::persist::{CutThread, Persistence};
 use crate::replication::Replicator;
-use crate::session::ClientRegistry;
 use crate::store::Store;
-
-/// Settings CONFIG SET may change while the node runs.
-pub struct Tunables {
-    pub requirepass: RwLock<Option<Vec<u8>>>,
-    pub maxclients: AtomicUsize,
-    pub timeout_secs: AtomicU64,
-    pub protected_mode: AtomicBool,
-    pub max_bulk: AtomicUsize,
-    pub query_buffer_limit: AtomicUsize,
-    pub loglevel: Mutex<LogLevel>,
-}
-
-impl Tunables {
-    fn from_config(config: &Config) -> Tunables {
-        Tunables {
-            requirepass: RwLock::new(config.requirepass.clone()),
-            maxclients: AtomicUsize::new(config.maxclients),
-            timeout_secs: AtomicU64::new(config.timeout_secs),
-            protected_mode: AtomicBool::new(config.protected_mode),
-            max_bulk: AtomicUsize::new(config.proto_max_bulk_len),
-            query_buffer_limit: AtomicUsize::new(config.client_query_buffer_limit),
-            loglevel: Mutex::new(config.loglevel),
-        }
-    }
-
-    pub fn max_bulk(&self) -> usize {
-        self.max_bulk.load(Ordering::Relaxed)
-    }
-
-    pub fn has_password(&self) -> bool {
-        self.requirepass.read().is_some()
-    }
-}
-
-/// Counters the connection layer feeds and INFO reads.
-#[derive(Default)]
-pub struct Stats {
-    pub total_connections: AtomicU64,
-    pub rejected_connections: AtomicU64,
-    pub total_commands: AtomicU64,
-    pub net_input_bytes: AtomicU64,
-    pub net_output_bytes: AtomicU64,
-}
-
-impl Stats {
-    /// CONFIG RESETSTAT.
-    pub fn reset(&self) {
-        for c in [
-            &self.total_commands,
-            &self.total_connections,
-            &self.rejected_connections,
-            &self.net_input_bytes,
-            &self.net_output_bytes,
-        ] {
-            c.store(0, Ordering::Relaxed);
-        }
-    }
-}
 
 /// What a node is made of besides its config: its identity, clocks,
 /// randomness and store. The server takes them from the process
@@ -169,8 +110,10 @@ fn process_wall_ms() -> u64 {
 
 /// How the node's replication links are carried.
 pub enum Links {
-    /// Bind the UDP endpoint the config names and dial its `replicaof` peers.
-    FromConfig,
+    /// Bind the UDP endpoint the config names (next to `client_ip`, the
+    /// first client address bound, when there is one) and dial its
+    /// `replicaof` peers.
+    FromConfig { client_ip: Option<IpAddr> },
     /// Over a transport the caller built (the simulation's simulated UDP),
     /// dialing these replication addresses.
     Over(chorus_transport::Transport, Vec<SocketAddr>),
@@ -182,18 +125,12 @@ pub struct Node {
     pub ks: Arc<Keyspace>,
     pub repl: Option<Arc<Replicator>>,
     pub persistence: Option<Arc<Persistence>>,
-    pub tunables: Tunables,
-    pub stats: Stats,
-    pub clients: ClientRegistry,
     pub shutdown: watch::Sender<bool>,
     pub started: Instant,
     pub started_unix_ms: u64,
     /// INFO's `run_id`: 40 hex digits drawn from the node's identity, so a
     /// simulated node's is the same on every replay.
     pub run_id: String,
-    /// The client addresses the connection layer listens on.
-    pub listening: Mutex<Vec<SocketAddr>>,
-    wall_ms: fn() -> u64,
 }
 
 impl Node {
@@ -247,19 +184,14 @@ impl Node {
         };
         let started_unix_ms = ks.clock.physical_unix_ms();
         Ok(Arc::new(Node {
-            tunables: Tunables::from_config(&config),
             run_id: run_id(node, env.hash_seed),
             config,
             ks,
             repl,
             persistence,
-            stats: Stats::default(),
-            clients: ClientRegistry::default(),
             shutdown: watch::channel(false).0,
             started: Instant::now(),
             started_unix_ms,
-            listening: Mutex::new(Vec::new()),
-            wall_ms: env.wall_ms,
         }))
     }
 
@@ -267,10 +199,14 @@ impl Node {
     /// (its endpoint, senders and GC), the active expiry cycle, and periodic
     /// cuts when the node has a store.
     pub fn start(self: &Arc<Self>, links: Links, cuts: CutThread) -> anyhow::Result<()> {
+        if self.repl.is_none() && matches!(links, Links::Over(..)) {
+            anyhow::bail!("links given to a node whose config does not replicate");
+        }
         if let Some(repl) = &self.repl {
             match links {
-                Links::FromConfig => {
-                    crate::replication::start(self.ks.clone(), repl.clone(), self.repl_config()?)?;
+                Links::FromConfig { client_ip } => {
+                    let config = self.repl_config(client_ip)?;
+                    crate::replication::start(self.ks.clone(), repl.clone(), config)?;
                 }
                 Links::Over(transport, peers) => {
                     crate::replication::start_with_transport(
@@ -291,12 +227,14 @@ impl Node {
 
     /// What replication needs from the config: where to listen, whom to
     /// dial, how peers authenticate.
-    fn repl_config(&self) -> anyhow::Result<crate::replication::ReplConfig> {
+    fn repl_config(
+        &self,
+        client_ip: Option<IpAddr>,
+    ) -> anyhow::Result<crate::replication::ReplConfig> {
         let c = &self.config;
         // The first client address actually bound (an optional one may not
-        // be), else the first configured (an embedded node listens on none).
-        let bound = self.listening.lock().first().map(|a| a.ip());
-        let ip: std::net::IpAddr = match bound {
+        // be), else the first configured.
+        let ip: IpAddr = match client_ip {
             Some(ip) => ip,
             None => c.bind[0]
                 .parse()
@@ -305,7 +243,9 @@ impl Node {
         let listen = SocketAddr::new(ip, c.replication_listen_port()?);
         let mut peers = Vec::new();
         for (host, port) in &c.replicaof {
-            peers.push(crate::replication::resolve_peer(host, *port)?);
+            let peer = crate::replication::resolve_peer(host, *port)
+                .with_context(|| format!("replicaof {host} {port}"))?;
+            peers.push(peer);
         }
         Ok(crate::replication::ReplConfig {
             listen,
@@ -319,11 +259,6 @@ impl Node {
 
     pub fn node_id(&self) -> NodeId {
         self.ks.node()
-    }
-
-    /// Milliseconds since the epoch on the node's physical clock.
-    pub fn wall_ms(&self) -> u64 {
-        (self.wall_ms)()
     }
 
     /// Unix ms of the last durable point: the last stored cut, or the start

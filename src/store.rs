@@ -450,7 +450,8 @@ mod tests {
         let persistence = node.persistence.as_ref().unwrap();
         let err = persistence.cut_once().unwrap_err();
         assert!(format!("{err:#}").contains("disk full"), "{err:#}");
-        let info = crate::info::render(&node, &mut node.ks.lock_all(), &["persistence".into()]);
+        let server = crate::server::Server::new(node.clone());
+        let info = crate::info::render(&server, &mut node.ks.lock_all(), &["persistence".into()]);
         assert!(info.contains("storage_provider:failing\r\n"), "{info}");
         assert!(info.contains("store_write_failures:1\r\n"), "{info}");
         assert!(info.contains("store_cuts:0\r\n"), "{info}");
@@ -468,7 +469,8 @@ mod tests {
         assert_eq!(persistence.cut_once().unwrap(), 1);
         assert_eq!(persistence.cut_once().unwrap(), 0);
         assert_eq!(store.len(), 1);
-        let info = crate::info::render(&node, &mut node.ks.lock_all(), &["persistence".into()]);
+        let server = crate::server::Server::new(node.clone());
+        let info = crate::info::render(&server, &mut node.ks.lock_all(), &["persistence".into()]);
         for line in [
             "storage_provider:memory",
             "store_cuts:2",

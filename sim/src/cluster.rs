@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chorus::cmd::dispatch;
 use chorus::node::{Links, Node};
 use chorus::resp::Reply;
+use chorus::server::Server;
 use chorus::session::Session;
 use chorus::store::MemStore;
 use chorus::{Config, NodeEnv};
@@ -38,7 +39,7 @@ pub struct Slot {
     pub node: Option<NodeId>,
     /// Weak: the host's own task owns the node, so a crash drops it inside
     /// the host (where turmoil releases its sockets).
-    shared: std::sync::Weak<Node>,
+    shared: std::sync::Weak<Server>,
     client: Option<Session>,
 }
 
@@ -146,7 +147,7 @@ async fn start_node(
     node: NodeId,
     peers: &[String],
     store: Option<Arc<MemStore>>,
-) -> anyhow::Result<Arc<Node>> {
+) -> anyhow::Result<Arc<Server>> {
     let args: Vec<String> = [
         "--active-replica",
         "yes",
@@ -197,7 +198,7 @@ async fn start_node(
         Links::Over(transport, peers),
         chorus::persist::CutThread::Inline,
     )?;
-    Ok(shared)
+    Ok(Server::new(shared))
 }
 
 /// Marks `slot` down (its host was crashed): its memory is gone; its
@@ -239,7 +240,7 @@ pub fn is_up(reg: &Registry, slot: usize) -> bool {
 /// The node running in `slot` and its id, if it is up.
 pub fn node(reg: &Registry, slot: usize) -> Option<(Arc<Node>, NodeId)> {
     let r = reg.borrow();
-    Some((r[slot].shared.upgrade()?, r[slot].node?))
+    Some((r[slot].shared.upgrade()?.node.clone(), r[slot].node?))
 }
 
 /// Runs one command on `slot` through the real dispatcher; the raw RESP
@@ -251,7 +252,7 @@ pub fn command(reg: &Registry, slot: usize, args: &[&[u8]]) -> Option<Vec<u8>> {
         return None;
     };
     let mut out = Reply::new();
-    let now_ms = shared.ks.clock.physical_unix_ms();
+    let now_ms = shared.node.ks.clock.physical_unix_ms();
     dispatch(&shared, client, &mut out, args, now_ms);
     Some(out.buf)
 }

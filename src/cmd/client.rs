@@ -89,7 +89,7 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
                 return Err(Error::Syntax);
             }
         }
-        let handles: Vec<_> = x.node.clients.list();
+        let handles: Vec<_> = x.server.clients.list();
         let mut text = String::new();
         for h in handles {
             if ids.as_ref().is_none_or(|l| l.contains(&h.id)) {
@@ -123,7 +123,7 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn client_kill(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let me = x.session.handle.id;
-    let handles: Vec<_> = x.node.clients.list();
+    let handles: Vec<_> = x.server.clients.list();
     let old_style = args.len() == 3;
     let (mut id, mut addr, mut laddr, mut skipme) = (None, None, None, true);
     if old_style {

@@ -3,10 +3,10 @@
 use super::Flag::*;
 use super::{is, CmdResult, Error, Exec, Spec};
 use super::{Flags, Keys};
-use std::sync::atomic::Ordering;
 
 use crate::config::Origin;
 use crate::glob;
+use crate::server::Tunables;
 
 pub static COMMANDS: &[Spec] = &[Spec {
     name: "config",
@@ -22,28 +22,14 @@ pub static COMMANDS: &[Spec] = &[Spec {
 
 /// Every parameter CONFIG GET knows, with its current value: the config's
 /// own list, with the settings CONFIG SET changes live read from the
-/// node's tunables.
+/// server's tunables.
 fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
-    let t = &x.node.tunables;
-    let yes = |b: bool| if b { "yes" } else { "no" }.to_string();
+    let t = &x.server.tunables;
     let mut params = x.node.config.params();
     for (name, value) in params.iter_mut() {
-        let live = match *name {
-            "requirepass" => t
-                .requirepass
-                .read()
-                .as_ref()
-                .map(|p| String::from_utf8_lossy(p).into_owned())
-                .unwrap_or_default(),
-            "protected-mode" => yes(t.protected_mode.load(Ordering::Relaxed)),
-            "maxclients" => t.maxclients.load(Ordering::Relaxed).to_string(),
-            "timeout" => t.timeout_secs.load(Ordering::Relaxed).to_string(),
-            "proto-max-bulk-len" => t.max_bulk().to_string(),
-            "client-query-buffer-limit" => t.query_buffer_limit.load(Ordering::Relaxed).to_string(),
-            "loglevel" => t.loglevel.lock().as_str().to_string(),
-            _ => continue,
-        };
-        *value = live;
+        if let Some(live) = Tunables::live(name) {
+            *value = (live.get)(t);
+        }
     }
     params
 }
@@ -72,16 +58,7 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         x.out.ok();
     } else if is(sub, "RESETSTAT") && args.len() == 2 {
-        let s = &x.node.stats;
-        for c in [
-            &s.total_commands,
-            &s.total_connections,
-            &s.rejected_connections,
-            &s.net_input_bytes,
-            &s.net_output_bytes,
-        ] {
-            c.store(0, Ordering::Relaxed);
-        }
+        x.server.stats.reset();
         x.ks.reset_stats(&mut x.locked);
         x.out.ok();
     } else if is(sub, "HELP") {
@@ -91,10 +68,13 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             .simple("CONFIG SET <directive> <value> [<directive> <value> ...]");
         x.out.simple("CONFIG RESETSTAT");
     } else if is(sub, "GET") || is(sub, "SET") || is(sub, "RESETSTAT") {
-        return Err(Error::err(format!(
-            "wrong number of arguments for 'config|{}' command",
-            String::from_utf8_lossy(sub).to_ascii_lowercase()
-        )));
+        return Err(Error::Arity(
+            format!(
+                "config|{}",
+                String::from_utf8_lossy(sub).to_ascii_lowercase()
+            )
+            .into(),
+        ));
     } else {
         return Err(Error::unknown_subcommand("config", sub));
     }
@@ -114,27 +94,9 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
     probe
         .apply(&name, std::slice::from_ref(&value), &Origin::ConfigSet)
         .map_err(|e| failed(e.message))?;
-    let t = &x.node.tunables;
-    match name.as_str() {
-        "requirepass" => *t.requirepass.write() = probe.requirepass,
-        "maxclients" => t.maxclients.store(probe.maxclients, Ordering::Relaxed),
-        "timeout" => t.timeout_secs.store(probe.timeout_secs, Ordering::Relaxed),
-        "protected-mode" => t
-            .protected_mode
-            .store(probe.protected_mode, Ordering::Relaxed),
-        "proto-max-bulk-len" => t
-            .max_bulk
-            .store(probe.proto_max_bulk_len, Ordering::Relaxed),
-        "client-query-buffer-limit" => t
-            .query_buffer_limit
-            .store(probe.client_query_buffer_limit, Ordering::Relaxed),
-        "loglevel" => {
-            *t.loglevel.lock() = probe.loglevel;
-            if let Some(apply) = crate::LOG_LEVEL_HOOK.get() {
-                apply(probe.loglevel);
-            }
-        }
-        _ => return Err(failed("can't set immutable config".to_string())),
+    match Tunables::live(&name) {
+        Some(live) => (live.set)(&x.server.tunables, &probe),
+        None => return Err(failed("can't set immutable config".to_string())),
     }
     Ok(())
 }

@@ -108,7 +108,7 @@ fn reset(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     x.session.watched.clear();
     x.session.db = 0;
     x.out.resp3 = false;
-    x.session.authed = !x.node.tunables.has_password();
+    x.session.authed = !x.server.tunables.has_password();
     x.session.handle.db.store(0, Ordering::Relaxed);
     x.session.handle.resp.store(2, Ordering::Relaxed);
     x.session.handle.in_multi.store(false, Ordering::Relaxed);
@@ -120,7 +120,7 @@ fn reset(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 /// Checks a password for the default user.
 fn check_password(x: &mut Exec, user: Option<&[u8]>, password: &[u8]) -> CmdResult {
     let ok = {
-        let required = x.node.tunables.requirepass.read();
+        let required = x.server.tunables.requirepass.read();
         match required.as_deref() {
             None => {
                 return Err(Error::err("AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"))

@@ -4,8 +4,8 @@
 //! As in Redis, the table (name, arity, flags, key positions, syntax) lets
 //! the dispatcher, not each handler, check arity and authentication, queue
 //! commands inside MULTI, and lock exactly the shards a command's keys live
-//! in before the handler runs. Commands know the [`Node`] and the client's
-//! [`Session`], never a socket.
+//! in before the handler runs. Commands know the [`Server`] (and its [`Node`])
+//! and the client's [`Session`], never a socket.
 
 mod args;
 mod client;
@@ -34,6 +34,7 @@ use smallvec::SmallVec;
 use crate::keyspace::{Db, Keyspace, Locked, Writer};
 use crate::node::Node;
 use crate::resp::Reply;
+use crate::server::Server;
 use crate::session::{Queued, Session};
 
 pub type CmdResult = Result<(), Error>;
@@ -202,7 +203,7 @@ pub fn shards_for(ks: &Keyspace, spec: &Spec, args: &[&[u8]], into: &mut SmallVe
 /// authentication, queues it inside MULTI, locks the shards its keys live in
 /// and runs it. Returns its name for CLIENT LIST's `cmd=`.
 pub fn dispatch(
-    node: &Node,
+    server: &Server,
     session: &mut Session,
     out: &mut Reply,
     args: &[&[u8]],
@@ -232,6 +233,7 @@ pub fn dispatch(
             return Some(spec.name);
         }
     }
+    let node = &*server.node;
     let ks = &*node.ks;
     let locked = match spec.keys {
         Keys::None => Locked::empty(),
@@ -244,6 +246,7 @@ pub fn dispatch(
         }
     };
     let mut x = Exec {
+        server,
         node,
         ks,
         session,
@@ -273,6 +276,7 @@ fn admit(session: &Session, spec: &Spec, args: &[&[u8]]) -> CmdResult {
 
 /// Everything a command may touch while it runs.
 pub struct Exec<'s, 'c> {
+    pub server: &'s Server,
     pub node: &'s Node,
     pub ks: &'s Keyspace,
     pub session: &'c mut Session,

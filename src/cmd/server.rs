@@ -67,7 +67,7 @@ fn info(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         .iter()
         .map(|a| String::from_utf8_lossy(a).to_ascii_lowercase())
         .collect();
-    let text = crate::info::render(x.node, &mut x.locked, &sections);
+    let text = crate::info::render(x.server, &mut x.locked, &sections);
     x.out.verbatim(&text);
     Ok(())
 }

@@ -277,7 +277,7 @@ fn check_size(max: usize, len: usize) -> CmdResult {
 }
 
 fn append(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let max = x.node.tunables.max_bulk();
+    let max = x.server.tunables.max_bulk();
     let len = x.update(args[1], |w| {
         let at = w.kept_expiry();
         let mut value = w.value().unwrap_or_default();
@@ -326,7 +326,7 @@ fn setrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     }
     let offset = offset as usize;
     let patch = args[3];
-    let max = x.node.tunables.max_bulk();
+    let max = x.server.tunables.max_bulk();
     let len = x.update(args[1], |w| {
         let at = w.kept_expiry();
         let mut value = w.value().unwrap_or_default();

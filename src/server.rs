@@ -1,0 +1,220 @@
+//! What serving clients needs on top of a [`Node`]: the settings CONFIG SET
+//! changes while the node runs, the counters INFO shows, the registry of
+//! connected clients and the addresses listened on. No socket here: the
+//! connection layer fills it, commands read it, and the simulation makes
+//! one for its embedded clients.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::config::{Config, LogLevel};
+use crate::node::Node;
+use crate::session::ClientRegistry;
+
+/// Settings CONFIG SET may change while the node runs (see [`LIVE`]).
+pub struct Tunables {
+    pub requirepass: RwLock<Option<Vec<u8>>>,
+    pub maxclients: AtomicUsize,
+    pub timeout_secs: AtomicU64,
+    pub protected_mode: AtomicBool,
+    pub max_bulk: AtomicUsize,
+    pub query_buffer_limit: AtomicUsize,
+    pub loglevel: Mutex<LogLevel>,
+}
+
+/// One setting CONFIG SET changes live: how to read it for CONFIG GET and
+/// how to take it from a config that parsed the new value.
+pub struct Live {
+    pub name: &'static str,
+    pub get: fn(&Tunables) -> String,
+    pub set: fn(&Tunables, &Config),
+}
+
+fn yes_no(on: bool) -> String {
+    if on { "yes" } else { "no" }.to_string()
+}
+
+/// Every live setting, the one list of them: start-up, CONFIG GET and
+/// CONFIG SET all go through it.
+pub static LIVE: &[Live] = &[
+    Live {
+        name: "requirepass",
+        get: |t| {
+            t.requirepass
+                .read()
+                .as_ref()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default()
+        },
+        set: |t, c| *t.requirepass.write() = c.requirepass.clone(),
+    },
+    Live {
+        name: "maxclients",
+        get: |t| t.maxclients.load(Ordering::Relaxed).to_string(),
+        set: |t, c| t.maxclients.store(c.maxclients, Ordering::Relaxed),
+    },
+    Live {
+        name: "timeout",
+        get: |t| t.timeout_secs.load(Ordering::Relaxed).to_string(),
+        set: |t, c| t.timeout_secs.store(c.timeout_secs, Ordering::Relaxed),
+    },
+    Live {
+        name: "protected-mode",
+        get: |t| yes_no(t.protected_mode.load(Ordering::Relaxed)),
+        set: |t, c| t.protected_mode.store(c.protected_mode, Ordering::Relaxed),
+    },
+    Live {
+        name: "proto-max-bulk-len",
+        get: |t| t.max_bulk().to_string(),
+        set: |t, c| t.max_bulk.store(c.proto_max_bulk_len, Ordering::Relaxed),
+    },
+    Live {
+        name: "client-query-buffer-limit",
+        get: |t| t.query_buffer_limit.load(Ordering::Relaxed).to_string(),
+        set: |t, c| {
+            t.query_buffer_limit
+                .store(c.client_query_buffer_limit, Ordering::Relaxed)
+        },
+    },
+    Live {
+        name: "loglevel",
+        get: |t| t.loglevel.lock().as_str().to_string(),
+        set: |t, c| {
+            *t.loglevel.lock() = c.loglevel;
+            if let Some(apply) = crate::LOG_LEVEL_HOOK.get() {
+                apply(c.loglevel);
+            }
+        },
+    },
+];
+
+impl Tunables {
+    fn from_config(config: &Config) -> Tunables {
+        let t = Tunables {
+            requirepass: RwLock::new(None),
+            maxclients: AtomicUsize::new(0),
+            timeout_secs: AtomicU64::new(0),
+            protected_mode: AtomicBool::new(false),
+            max_bulk: AtomicUsize::new(0),
+            query_buffer_limit: AtomicUsize::new(0),
+            loglevel: Mutex::new(config.loglevel),
+        };
+        for live in LIVE {
+            (live.set)(&t, config);
+        }
+        t
+    }
+
+    /// The live setting called `name`, if it is one.
+    pub fn live(name: &str) -> Option<&'static Live> {
+        LIVE.iter().find(|l| l.name == name)
+    }
+
+    pub fn max_bulk(&self) -> usize {
+        self.max_bulk.load(Ordering::Relaxed)
+    }
+
+    pub fn has_password(&self) -> bool {
+        self.requirepass.read().is_some()
+    }
+}
+
+/// Counters the connection layer feeds and INFO reads.
+#[derive(Default)]
+pub struct Stats {
+    pub total_connections: AtomicU64,
+    pub rejected_connections: AtomicU64,
+    pub total_commands: AtomicU64,
+    pub net_input_bytes: AtomicU64,
+    pub net_output_bytes: AtomicU64,
+}
+
+impl Stats {
+    /// CONFIG RESETSTAT.
+    pub fn reset(&self) {
+        for c in [
+            &self.total_commands,
+            &self.total_connections,
+            &self.rejected_connections,
+            &self.net_input_bytes,
+            &self.net_output_bytes,
+        ] {
+            c.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A node as its clients see it. See the module doc.
+pub struct Server {
+    pub node: Arc<Node>,
+    pub tunables: Tunables,
+    pub stats: Stats,
+    pub clients: ClientRegistry,
+    /// The client addresses the connection layer listens on.
+    pub listening: Mutex<Vec<SocketAddr>>,
+}
+
+impl Server {
+    pub fn new(node: Arc<Node>) -> Arc<Server> {
+        Arc::new(Server {
+            tunables: Tunables::from_config(&node.config),
+            node,
+            stats: Stats::default(),
+            clients: ClientRegistry::default(),
+            listening: Mutex::new(Vec::new()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Start-up and CONFIG SET take every live setting from a config the
+    /// same way, and CONFIG GET reads back what was set.
+    #[test]
+    fn every_live_setting_round_trips_through_its_table_entry() {
+        let args: Vec<String> = [
+            "--maxclients",
+            "77",
+            "--timeout",
+            "9",
+            "--protected-mode",
+            "no",
+            "--requirepass",
+            "pw",
+            "--proto-max-bulk-len",
+            "2mb",
+            "--client-query-buffer-limit",
+            "3mb",
+            "--loglevel",
+            "warning",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let config = Config::load(None, &args).unwrap();
+        let t = Tunables::from_config(&config);
+        let got: Vec<(&str, String)> = LIVE.iter().map(|l| (l.name, (l.get)(&t))).collect();
+        assert_eq!(
+            got,
+            vec![
+                ("requirepass", "pw".to_string()),
+                ("maxclients", "77".to_string()),
+                ("timeout", "9".to_string()),
+                ("protected-mode", "no".to_string()),
+                ("proto-max-bulk-len", (2 * 1024 * 1024).to_string()),
+                ("client-query-buffer-limit", (3 * 1024 * 1024).to_string()),
+                ("loglevel", "warning".to_string()),
+            ]
+        );
+        // Each name is one the config knows, as CONFIG GET lists it.
+        let known: Vec<&str> = config.params().into_iter().map(|(n, _)| n).collect();
+        for live in LIVE {
+            assert!(known.contains(&live.name), "{}", live.name);
+        }
+    }
+}
