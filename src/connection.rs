@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,15 +22,31 @@ use crate::resp::{self, Limits, Parsed, Reply, Source};
 use crate::server::Server;
 use crate::session::{ClientHandle, Session};
 
+/// Why a node stopped serving, or never started.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("bind address '{0}' is not an IP address")]
+    BadBind(String),
+    #[error("could not listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("no address to listen on: none of the optional bind addresses ({0}) is available")]
+    NoAddress(String),
+    #[error(transparent)]
+    Node(#[from] crate::node::NodeError),
+}
+
 /// Binds every configured address, starts the node's background work and
 /// serves clients until shutdown is requested.
-pub async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
+pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     let node = &server.node;
     let mut listeners = Vec::new();
     for host in &node.config.bind {
         let ip: IpAddr = host
             .parse()
-            .with_context(|| format!("bind address '{host}' is not an IP address"))?;
+            .map_err(|_| ServeError::BadBind(host.clone()))?;
         let addr = SocketAddr::new(ip, node.config.port);
         let listener = match TcpListener::bind(addr).await {
             Ok(listener) => listener,
@@ -39,18 +54,17 @@ pub async fn serve(server: Arc<Server>) -> anyhow::Result<()> {
                 warn!("not listening on {addr} (optional, '-{host}'): {e}");
                 continue;
             }
-            Err(e) => return Err(e).with_context(|| format!("could not listen on {addr}")),
+            Err(source) => return Err(ServeError::Listen { addr, source }),
         };
-        let local = listener.local_addr()?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| ServeError::Listen { addr, source })?;
         info!("Ready to accept connections tcp on {local}");
         server.listening.lock().push(local);
         listeners.push(listener);
     }
     if listeners.is_empty() {
-        anyhow::bail!(
-            "no address to listen on: none of the optional bind addresses ({}) is available",
-            node.config.bind.join(" ")
-        );
+        return Err(ServeError::NoAddress(node.config.bind.join(" ")));
     }
     let client_ip = server.listening.lock().first().map(|a| a.ip());
     for listener in listeners {

@@ -19,7 +19,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use chorus_crdt::{Clock, NodeId, NTP64};
 use tokio::sync::watch;
 use tracing::debug;
@@ -29,6 +28,27 @@ use crate::keyspace::{KeyHasher, Keyspace};
 use crate::persist::{CutThread, Persistence};
 use crate::replication::Replicator;
 use crate::store::Store;
+
+/// Why a node could not be opened or started.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("loading the stored state: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("bind address '{0}' is not an IP address")]
+    BadBind(String),
+    #[error("replicaof {host} {port}: {reason}")]
+    Peer {
+        host: String,
+        port: u16,
+        reason: crate::replication::PeerAddrError,
+    },
+    #[error("starting replication: {0}")]
+    Replication(#[from] crate::replication::StartError),
+    #[error("links given to a node whose config does not replicate")]
+    NotReplicating,
+}
 
 /// What a node is made of besides its config: its identity, clocks,
 /// randomness and store. The server takes them from the process
@@ -50,7 +70,7 @@ pub struct NodeEnv {
 impl NodeEnv {
     /// A fresh identity on this process's clock (skewed by
     /// `CHORUS_CLOCK_SKEW_MS`, for drills), and the store `config` asks for.
-    pub fn from_process(config: &Config) -> anyhow::Result<NodeEnv> {
+    pub fn from_process(config: &Config) -> Result<NodeEnv, NodeError> {
         if let Some(skew) = std::env::var("CHORUS_CLOCK_SKEW_MS")
             .ok()
             .and_then(|v| v.parse().ok())
@@ -138,7 +158,7 @@ impl Node {
     /// and store (when `env` has one, whose state it loads). Nothing runs yet;
     /// [`Node::start`] starts the background work. Fails only when the store
     /// cannot be read.
-    pub fn open(config: Config, env: NodeEnv) -> anyhow::Result<Arc<Node>> {
+    pub fn open(config: Config, env: NodeEnv) -> Result<Arc<Node>, NodeError> {
         let node = env.node;
         let clock = Clock::new(
             node,
@@ -171,7 +191,7 @@ impl Node {
         let persistence = match env.store {
             None => None,
             Some(store) => {
-                let loaded = store.load().context("loading the stored state")?;
+                let loaded = store.load()?;
                 let persistence = Persistence::new(
                     store,
                     config.appendfsync == Fsync::Always,
@@ -198,9 +218,9 @@ impl Node {
     /// Starts the background work on the current tokio runtime: replication
     /// (its endpoint, senders and GC), the active expiry cycle, and periodic
     /// cuts when the node has a store.
-    pub fn start(self: &Arc<Self>, links: Links, cuts: CutThread) -> anyhow::Result<()> {
+    pub fn start(self: &Arc<Self>, links: Links, cuts: CutThread) -> Result<(), NodeError> {
         if self.repl.is_none() && matches!(links, Links::Over(..)) {
-            anyhow::bail!("links given to a node whose config does not replicate");
+            return Err(NodeError::NotReplicating);
         }
         if let Some(repl) = &self.repl {
             match links {
@@ -230,7 +250,7 @@ impl Node {
     fn repl_config(
         &self,
         client_ip: Option<IpAddr>,
-    ) -> anyhow::Result<crate::replication::ReplConfig> {
+    ) -> Result<crate::replication::ReplConfig, NodeError> {
         let c = &self.config;
         // The first client address actually bound (an optional one may not
         // be), else the first configured.
@@ -238,13 +258,18 @@ impl Node {
             Some(ip) => ip,
             None => c.bind[0]
                 .parse()
-                .with_context(|| format!("bind address '{}' is not an IP address", c.bind[0]))?,
+                .map_err(|_| NodeError::BadBind(c.bind[0].clone()))?,
         };
         let listen = SocketAddr::new(ip, c.replication_listen_port()?);
         let mut peers = Vec::new();
         for (host, port) in &c.replicaof {
-            let peer = crate::replication::resolve_peer(host, *port)
-                .with_context(|| format!("replicaof {host} {port}"))?;
+            let peer = crate::replication::resolve_peer(host, *port).map_err(|reason| {
+                NodeError::Peer {
+                    host: host.clone(),
+                    port: *port,
+                    reason,
+                }
+            })?;
             peers.push(peer);
         }
         Ok(crate::replication::ReplConfig {

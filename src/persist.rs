@@ -5,12 +5,23 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
 use tracing::{info, warn};
 
+use crate::keyspace::CutError;
 use crate::keyspace::Keyspace;
 use crate::replication::Replicator;
-use crate::store::{Cut, Loaded, Store};
+use crate::store::{Cut, Loaded, Store, StoreError};
+
+/// Why a cut was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PersistError {
+    #[error("taking a cut: {0}")]
+    Cut(#[from] CutError),
+    #[error("storing a cut: {0}")]
+    Store(#[from] StoreError),
+    #[error("the cut task failed: {0}")]
+    Task(String),
+}
 
 /// A node's store, the handles a cut reads (the keyspace, and the
 /// replicator whose version vector and stable stamp go with every cut), and
@@ -74,7 +85,7 @@ impl Persistence {
     }
 
     /// Takes one cut and stores it; returns how many keys it wrote.
-    pub fn cut_once(&self) -> anyhow::Result<usize> {
+    pub fn cut_once(&self) -> Result<usize, PersistError> {
         let _one_at_a_time = self.cut_lock.lock();
         let ks = &self.ks;
         let stable = self.repl.as_ref().map(|r| r.stable_for_cut());
@@ -93,7 +104,7 @@ impl Persistence {
         if let Err(e) = self.store.write(&cut) {
             ks.mark_dirty(&cut.keys);
             self.failures.fetch_add(1, Ordering::Relaxed);
-            return Err(e).context("storing a cut");
+            return Err(e.into());
         }
         if let (Some(repl), Some(stable)) = (&self.repl, stable) {
             repl.stored(stable);
@@ -128,7 +139,7 @@ impl Persistence {
                     let this = self.clone();
                     tokio::task::spawn_blocking(move || this.cut_once())
                         .await
-                        .unwrap_or_else(|e| Err(anyhow::anyhow!("the cut task failed: {e}")))
+                        .unwrap_or_else(|e| Err(PersistError::Task(e.to_string())))
                 }
             };
             if let Err(e) = result {

@@ -18,6 +18,7 @@
 //! have forgotten.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 
 use chorus_crdt::{KeyState, NodeId, Stamp};
 use parking_lot::Mutex;
@@ -51,13 +52,27 @@ pub struct Loaded {
     pub clock: Stamp,
 }
 
+/// Why a store could not be opened, read or written. Every variant names
+/// where: a corrupt or unreadable store fails start-up with its path.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the data store in {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("the data store in {path} is unreadable: {what}")]
+    Corrupt { path: PathBuf, what: String },
+    #[error("writing to {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    #[error("encoding the store's metadata: {0}")]
+    Encode(#[from] chorus_crdt::EncodeError),
+}
+
 /// Durable storage of a node's state. `write` returns once the cut is
 /// durable; a cut is applied whole or not at all.
 pub trait Store: Send + Sync {
     /// What INFO shows as `storage_provider`.
     fn name(&self) -> &'static str;
-    fn load(&self) -> anyhow::Result<Loaded>;
-    fn write(&self, cut: &Cut) -> anyhow::Result<()>;
+    fn load(&self) -> Result<Loaded, StoreError>;
+    fn write(&self, cut: &Cut) -> Result<(), StoreError>;
 }
 
 #[derive(Debug, Default, Clone)]
@@ -146,22 +161,23 @@ impl Store for MemStore {
         "memory"
     }
 
-    fn load(&self) -> anyhow::Result<Loaded> {
+    fn load(&self) -> Result<Loaded, StoreError> {
         let data = self.data.lock();
         let mut keys = Vec::with_capacity(data.keys.len());
         for ((db, key), bytes) in &data.keys {
-            let state: KeyState = chorus_crdt::decode(bytes).map_err(|e| {
-                anyhow::anyhow!(
+            let state: KeyState = chorus_crdt::decode(bytes).map_err(|e| StoreError::Corrupt {
+                path: PathBuf::from("<memory>"),
+                what: format!(
                     "stored state of key {:?} in db {db} does not decode: {e}",
                     String::from_utf8_lossy(key)
-                )
+                ),
             })?;
             keys.push((*db, key.clone(), state));
         }
         Ok(data.loaded(keys))
     }
 
-    fn write(&self, cut: &Cut) -> anyhow::Result<()> {
+    fn write(&self, cut: &Cut) -> Result<(), StoreError> {
         let mut data = self.data.lock();
         data.absorb(cut);
         for (db, key, state) in &cut.keys {
@@ -212,15 +228,16 @@ fn sled_key(db: u32, key: &[u8]) -> Vec<u8> {
 impl SledStore {
     /// Opens (or creates) the store in `dir`/[`SLED_DIR`]. `fsync`: flush
     /// every cut to disk before reporting it stored.
-    pub fn open(dir: &std::path::Path, fsync: bool) -> anyhow::Result<SledStore> {
+    pub fn open(dir: &std::path::Path, fsync: bool) -> Result<SledStore, StoreError> {
         let path = dir.join(SLED_DIR);
         let db = sled::Config::default()
             .path(&path)
             // With `fsync` every cut flushes; otherwise sled's own flusher does.
             .flush_every_ms(if fsync { None } else { Some(500) })
             .open()
-            .map_err(|e| {
-                anyhow::anyhow!("cannot open the data store in {}: {e}", path.display())
+            .map_err(|e| StoreError::Open {
+                path: path.clone(),
+                reason: e.to_string(),
             })?;
         let store = SledStore {
             db,
@@ -237,36 +254,49 @@ impl SledStore {
         &self.path
     }
 
-    fn read_meta(&self) -> anyhow::Result<MemData> {
-        fn get<T: serde::de::DeserializeOwned + Default>(
-            db: &sled::Db,
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    fn read_meta(&self) -> Result<MemData, StoreError> {
+        let get = |key: &[u8]| -> Result<Option<sled::IVec>, StoreError> {
+            self.db
+                .get(key)
+                .map_err(|e| self.corrupt(format!("reading {}: {e}", String::from_utf8_lossy(key))))
+        };
+        fn decoded<T: serde::de::DeserializeOwned + Default>(
+            store: &SledStore,
             key: &[u8],
-        ) -> anyhow::Result<T> {
-            match db.get(key)? {
+            bytes: Option<sled::IVec>,
+        ) -> Result<T, StoreError> {
+            match bytes {
                 None => Ok(T::default()),
                 Some(bytes) => chorus_crdt::decode(&bytes).map_err(|e| {
-                    anyhow::anyhow!(
+                    store.corrupt(format!(
                         "stored {} does not decode: {e}",
                         String::from_utf8_lossy(key)
-                    )
+                    ))
                 }),
             }
         }
-        let applied: Vec<(NodeId, u64)> = get(&self.db, META_APPLIED)?;
-        let lives: Vec<NodeId> = get(&self.db, META_LIVES)?;
+        let applied: Vec<(NodeId, u64)> = decoded(self, META_APPLIED, get(META_APPLIED)?)?;
+        let lives: Vec<NodeId> = decoded(self, META_LIVES, get(META_LIVES)?)?;
         Ok(MemData {
             keys: BTreeMap::new(),
-            floors: get(&self.db, META_FLOORS)?,
+            floors: decoded(self, META_FLOORS, get(META_FLOORS)?)?,
             applied: applied.into_iter().collect(),
             lives: lives.into_iter().collect(),
-            clock: get(&self.db, META_CLOCK)?,
+            clock: decoded(self, META_CLOCK, get(META_CLOCK)?)?,
             cuts: 0,
         })
     }
 }
 
-fn encoded<T: serde::Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
-    chorus_crdt::encode(value).map_err(|e| anyhow::anyhow!("{e}"))
+fn encoded<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(chorus_crdt::encode(value)?)
 }
 
 impl Store for SledStore {
@@ -274,27 +304,27 @@ impl Store for SledStore {
         "sled"
     }
 
-    fn load(&self) -> anyhow::Result<Loaded> {
+    fn load(&self) -> Result<Loaded, StoreError> {
         let mut keys = Vec::new();
         for entry in self.db.scan_prefix([KEY_PREFIX]) {
-            let (k, v) = entry?;
+            let (k, v) = entry.map_err(|e| self.corrupt(format!("reading the keys: {e}")))?;
             if k.len() < 5 {
-                anyhow::bail!("a stored key is too short ({} bytes)", k.len());
+                return Err(self.corrupt(format!("a stored key is too short ({} bytes)", k.len())));
             }
             let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
             let key = k[5..].to_vec();
             let state: KeyState = chorus_crdt::decode(&v).map_err(|e| {
-                anyhow::anyhow!(
+                self.corrupt(format!(
                     "stored state of key {:?} in db {db} does not decode: {e}",
                     String::from_utf8_lossy(&key)
-                )
+                ))
             })?;
             keys.push((db, key, state));
         }
         Ok(self.meta.lock().loaded(keys))
     }
 
-    fn write(&self, cut: &Cut) -> anyhow::Result<()> {
+    fn write(&self, cut: &Cut) -> Result<(), StoreError> {
         let mut meta = self.meta.lock();
         let mut next = meta.clone();
         next.absorb(cut);
@@ -311,13 +341,15 @@ impl Store for SledStore {
         let lives: Vec<NodeId> = next.lives.iter().copied().collect();
         batch.insert(META_LIVES, encoded(&lives)?);
         batch.insert(META_CLOCK, encoded(&next.clock)?);
-        self.db
-            .apply_batch(batch)
-            .map_err(|e| anyhow::anyhow!("writing to {}: {e}", self.path.display()))?;
+        self.db.apply_batch(batch).map_err(|e| StoreError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        })?;
         if self.fsync {
-            self.db
-                .flush()
-                .map_err(|e| anyhow::anyhow!("flushing {}: {e}", self.path.display()))?;
+            self.db.flush().map_err(|e| StoreError::Write {
+                path: self.path.clone(),
+                reason: format!("flushing: {e}"),
+            })?;
         }
         *meta = next;
         Ok(())
@@ -435,11 +467,14 @@ mod tests {
         fn name(&self) -> &'static str {
             "failing"
         }
-        fn load(&self) -> anyhow::Result<Loaded> {
+        fn load(&self) -> Result<Loaded, StoreError> {
             Ok(Loaded::default())
         }
-        fn write(&self, _: &Cut) -> anyhow::Result<()> {
-            anyhow::bail!("disk full")
+        fn write(&self, _: &Cut) -> Result<(), StoreError> {
+            Err(StoreError::Write {
+                path: PathBuf::from("/failing"),
+                reason: "disk full".into(),
+            })
         }
     }
 

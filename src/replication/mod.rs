@@ -400,7 +400,7 @@ pub fn start(
     ks: Arc<Keyspace>,
     repl: Arc<Replicator>,
     config: ReplConfig,
-) -> anyhow::Result<SocketAddr> {
+) -> Result<SocketAddr, StartError> {
     let mut transport_config =
         TransportConfig::new(repl.node.0, &config.cluster_name, &config.secret);
     transport_config.tls = config.tls;
@@ -416,7 +416,7 @@ pub fn start_with_transport(
     repl: Arc<Replicator>,
     transport: Transport,
     peers: Vec<SocketAddr>,
-) -> anyhow::Result<SocketAddr> {
+) -> Result<SocketAddr, StartError> {
     let addr = transport.local_addr()?;
     *repl.auth.lock() = Some(transport.stats.clone());
     *repl.listen.lock() = Some(addr);
@@ -429,9 +429,47 @@ pub fn start_with_transport(
     tokio::spawn(gc_loop(ks.clone(), repl.clone()));
     tokio::spawn(accept_loop(ks, repl.clone(), transport));
     for peer in peers {
-        repl.add_peer(peer).map_err(|e| anyhow::anyhow!(e))?;
+        repl.add_peer(peer)
+            .map_err(|reason| StartError::Peer { addr: peer, reason })?;
     }
     Ok(addr)
+}
+
+/// Why replication could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Transport(#[from] chorus_transport::TransportError),
+    #[error("peer {addr}: {reason}")]
+    Peer {
+        addr: SocketAddr,
+        reason: &'static str,
+    },
+}
+
+/// Why a link, or one of its streams, ended.
+#[derive(Debug, thiserror::Error)]
+enum LinkError {
+    #[error(transparent)]
+    Transport(#[from] chorus_transport::TransportError),
+    #[error("a message does not decode: {0}")]
+    Decode(#[from] chorus_crdt::DecodeError),
+    #[error("encoding a message: {0}")]
+    Encode(#[from] chorus_crdt::EncodeError),
+    #[error("the peer sent no Resume within {0:?}")]
+    ResumeTimeout(Duration),
+    #[error("expected Resume from the peer, got {0}")]
+    Protocol(String),
+    #[error("link closed: {0}")]
+    Closed(String),
+    #[error("gap from {origin}: expected {expected}, got {seq}")]
+    Gap {
+        origin: NodeId,
+        expected: u64,
+        seq: u64,
+    },
+    #[error(transparent)]
+    Keyspace(#[from] crate::keyspace::NotLocked),
 }
 
 /// Counts a task as waiting (for writes, or for its turn) while it lives.
@@ -460,7 +498,7 @@ impl Drop for AbortOnDrop {
     }
 }
 
-fn send_msg(msg: &ReplMsg) -> anyhow::Result<Vec<u8>> {
+fn send_msg(msg: &ReplMsg) -> Result<Vec<u8>, LinkError> {
     Ok(wire::encode_msg(msg)?)
 }
 
@@ -531,12 +569,14 @@ async fn serve_peer(
     repl: &Replicator,
     link: &PeerLink,
     info: &Arc<PeerInfo>,
-) -> anyhow::Result<()> {
+) -> Result<(), LinkError> {
     let mut live = link.open(StreamKind::Live).await?;
-    let (_, mut back) = tokio::time::timeout(RESUME_WAIT, link.accept_stream()).await??;
+    let (_, mut back) = tokio::time::timeout(RESUME_WAIT, link.accept_stream())
+        .await
+        .map_err(|_| LinkError::ResumeTimeout(RESUME_WAIT))??;
     let resume = match back.recv().await?.map(|f| decode::<ReplMsg>(&f)) {
         Some(Ok(ReplMsg::Resume { vv })) => VersionVector::from_entries(&vv),
-        other => anyhow::bail!("expected Resume from the peer, got {other:?}"),
+        other => return Err(LinkError::Protocol(format!("{other:?}"))),
     };
     let me = repl.node;
     let mut state = LinkState::new(me, NodeId(link.peer_node), &resume);
@@ -585,7 +625,7 @@ async fn serve_peer(
                     biased;
                     _ = &mut notified => {}
                     _ = tick.tick() => {}
-                    reason = link.closed() => anyhow::bail!("link closed: {reason}"),
+                    reason = link.closed() => return Err(LinkError::Closed(reason.to_string())),
                 }
                 // The write that woke us runs us next (tokio's LIFO slot),
                 // before the other clients' ready batches: let those run
@@ -615,7 +655,7 @@ async fn state_transfer(
     ks: &Keyspace,
     repl: &Replicator,
     link: &PeerLink,
-) -> anyhow::Result<VersionVector> {
+) -> Result<VersionVector, LinkError> {
     // Read what is applied first: anything numbered after it is sent live
     // later, anything up to it is already in the keyspace and so in the
     // snapshot.
@@ -689,7 +729,7 @@ async fn receive(
     ks: &Arc<Keyspace>,
     repl: &Arc<Replicator>,
     link: &PeerLink,
-) -> anyhow::Result<()> {
+) -> Result<(), LinkError> {
     repl.core.lock().link_up(NodeId(link.peer_node), None);
     let mut back = link.open(StreamKind::Live).await?;
     back.send(&send_msg(&ReplMsg::Resume {
@@ -720,7 +760,7 @@ async fn receive(
     result
 }
 
-async fn send_acks(mut back: FrameSender, repl: Arc<Replicator>) -> anyhow::Result<()> {
+async fn send_acks(mut back: FrameSender, repl: Arc<Replicator>) -> Result<(), LinkError> {
     loop {
         tokio::time::sleep(ACK_INTERVAL).await;
         back.send(&send_msg(&ReplMsg::Ack {
@@ -734,7 +774,7 @@ async fn apply_stream(
     ks: &Keyspace,
     repl: &Replicator,
     mut rx: FrameReceiver,
-) -> anyhow::Result<()> {
+) -> Result<(), LinkError> {
     while let Some(frame) = rx.recv().await? {
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta { origin, seq, delta } => loop {
@@ -759,7 +799,11 @@ async fn apply_stream(
                         if matches!(still, Arrival::Gap { .. })
                             && tokio::time::timeout(GAP_WAIT, changed).await.is_err()
                         {
-                            anyhow::bail!("gap from {origin}: expected {expected}, got {seq}");
+                            return Err(LinkError::Gap {
+                                origin,
+                                expected,
+                                seq,
+                            });
                         }
                     }
                 }
