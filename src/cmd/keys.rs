@@ -231,7 +231,7 @@ fn renamenx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn parse_db(x: &Exec, arg: &[u8]) -> Result<usize, Error> {
-    let n = int_arg(arg).map_err(|_| Error::err("value is not an integer or out of range"))?;
+    let n = int_arg(arg)?;
     if n < 0 || n as usize >= x.ks.databases() {
         return Err(Error::DbRange);
     }

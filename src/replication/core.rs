@@ -33,6 +33,8 @@ pub const RELAY_DELAY_MS: u64 = 1_000;
 pub const SEND_BATCH_BYTES: usize = 256 * 1024;
 /// At most this many relayed frames per origin in one plan.
 const RELAY_BATCH: usize = 256;
+/// Sweep tombstones below the floor every this many GC ticks.
+const SWEEP_EVERY_TICKS: u32 = 25;
 
 /// "Every write of ours numbered after `seq` is stamped after `stamp`."
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -102,14 +104,35 @@ pub struct Heartbeat {
     pub retired: Vec<NodeId>,
 }
 
+/// Our own writes for a link: pre-framed chunks, through sequence `last`.
+#[derive(Debug)]
+pub struct LiveFrames {
+    pub last: u64,
+    pub chunks: Vec<bytes::Bytes>,
+}
+
+/// Another origin's writes to pass on, in order.
+#[derive(Debug)]
+pub struct RelayBatch {
+    pub origin: NodeId,
+    pub frames: Vec<bytes::Bytes>,
+}
+
+/// What one peer last acknowledged, and the node id its link reported
+/// (`None` until it is known).
+#[derive(Debug, Clone)]
+pub struct PeerAcks {
+    pub id: Option<NodeId>,
+    pub acked: VersionVector,
+}
+
 /// What a link sends next, in this order.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Our own writes, pre-framed, through sequence number `last`.
-    pub live: Option<(u64, Vec<bytes::Bytes>)>,
+    pub live: Option<LiveFrames>,
     pub heartbeat: Option<Heartbeat>,
     /// Other origins' frames the peer has long been missing.
-    pub relay: Vec<(NodeId, Vec<bytes::Bytes>)>,
+    pub relay: Vec<RelayBatch>,
     /// The peer lacks writes no log here holds: stream the whole state.
     pub transfer: bool,
 }
@@ -137,6 +160,9 @@ pub struct Core {
     /// With a store: the stable stamp as of the last stored cut, which what
     /// we report and collect below never passes.
     stored_stable: Option<Stamp>,
+    gc_ticks: u32,
+    /// The floor of the last sweep.
+    swept: Stamp,
 }
 
 impl Core {
@@ -151,6 +177,8 @@ impl Core {
             gc_state: GcState::default(),
             unstored_stable: Stamp::ZERO,
             stored_stable: None,
+            gc_ticks: 0,
+            swept: Stamp::ZERO,
         }
     }
 
@@ -185,7 +213,7 @@ impl Core {
             Resume::Frames { last, chunks } => {
                 debug_assert!(last >= link.cursor);
                 link.cursor = last + 1;
-                plan.live = Some((last, chunks));
+                plan.live = Some(LiveFrames { last, chunks });
             }
             Resume::UpToDate => {}
             Resume::Trimmed => {
@@ -217,8 +245,10 @@ impl Core {
                 Relayed::Frames(frames) => {
                     if let Some(&(last, _)) = frames.last() {
                         link.relayed.insert(origin, last + 1);
-                        plan.relay
-                            .push((origin, frames.into_iter().map(|(_, f)| f).collect()));
+                        plan.relay.push(RelayBatch {
+                            origin,
+                            frames: frames.into_iter().map(|(_, f)| f).collect(),
+                        });
                     }
                 }
                 Relayed::Nothing => {}
@@ -348,16 +378,28 @@ impl Core {
     /// Retired nodes that every peer (by what it acknowledged, `peers_acked`
     /// with each peer's own id) applied exactly as much of as we did: no
     /// write of theirs is still on its way, so they stop counting.
-    pub fn settled(&self, peers_acked: &[(Option<NodeId>, VersionVector)]) -> BTreeSet<NodeId> {
+    pub fn settled(&self, peers: &[PeerAcks]) -> BTreeSet<NodeId> {
         self.gc
             .retired()
             .into_iter()
             .filter(|r| {
-                peers_acked
+                peers
                     .iter()
-                    .all(|(id, acked)| *id == Some(*r) || acked.get(*r) == self.applied.get(*r))
+                    .all(|p| p.id == Some(*r) || p.acked.get(*r) == self.applied.get(*r))
             })
             .collect()
+    }
+
+    /// Whether the keyspace should sweep for tombstones below `floor` now:
+    /// every `SWEEP_EVERY_TICKS` GC ticks, when the floor moved since the
+    /// last sweep (touched keys drop theirs at once anyway).
+    pub fn sweep_due(&mut self, floor: Stamp) -> bool {
+        self.gc_ticks += 1;
+        if self.gc_ticks.is_multiple_of(SWEEP_EVERY_TICKS) && floor > self.swept {
+            self.swept = floor;
+            return true;
+        }
+        false
     }
 
     // ----- persistence -----
@@ -465,7 +507,7 @@ mod tests {
     fn relayed(plan: &Plan) -> Vec<(NodeId, u64)> {
         plan.relay
             .iter()
-            .flat_map(|(_, fs)| fs.iter())
+            .flat_map(|batch| batch.frames.iter())
             .map(|f| match decode::<ReplMsg>(f).expect("decodes") {
                 ReplMsg::Delta { origin, seq, .. } => (origin, seq),
                 other => panic!("not a delta: {other:?}"),
@@ -485,9 +527,9 @@ mod tests {
         let mut link = LinkState::new(a, b, &resume);
         core.promise(st(50, 1));
         let plan = core.plan(&mut link, &resume, 0);
-        let (last, chunks) = plan.live.as_ref().expect("frames");
-        assert_eq!(*last, 3);
-        let seqs: Vec<u64> = frames(chunks).iter().map(|f| f.1).collect();
+        let live = plan.live.as_ref().expect("frames");
+        assert_eq!(live.last, 3);
+        let seqs: Vec<u64> = frames(&live.chunks).iter().map(|f| f.1).collect();
         assert_eq!(seqs, vec![2, 3], "from the peer's resume point on");
         let hb = plan
             .heartbeat
@@ -500,7 +542,7 @@ mod tests {
         write(&mut core, 0);
         core.promise(st(70, 1));
         let plan = core.plan(&mut link, &resume, 0);
-        assert_eq!(plan.live.as_ref().map(|l| l.0), Some(4));
+        assert_eq!(plan.live.as_ref().map(|l| l.last), Some(4));
         assert_eq!(plan.heartbeat.map(|h| h.seq), Some(4));
     }
 
@@ -522,7 +564,7 @@ mod tests {
         assert_eq!(link.sent_seq(), 50);
         write(&mut core, 0);
         let plan = core.plan(&mut link, &covered, 0);
-        assert_eq!(plan.live.map(|l| l.0), Some(51));
+        assert_eq!(plan.live.map(|l| l.last), Some(51));
         assert!(!plan.transfer);
     }
 
@@ -534,7 +576,7 @@ mod tests {
         let seq = write(&mut origin, 0);
         let mut link = LinkState::new(a, b, &VersionVector::default());
         let plan = origin.plan(&mut link, &VersionVector::default(), 0);
-        for (o, s, payload) in frames(&plan.live.expect("frames").1) {
+        for (o, s, payload) in frames(&plan.live.expect("frames").chunks) {
             assert_eq!(relay.judge(o, s), Arrival::Apply);
             relay.applied(o, s, 1_000, payload);
         }
@@ -603,16 +645,17 @@ mod tests {
         let mut level = VersionVector::default();
         level.advance(old, 4);
         let other = NodeId::new(9);
-        assert!(core.settled(&[(other, behind)]).is_empty());
-        assert_eq!(core.settled(&[(other, level)]), [old].into());
+        let acks = |id, acked| [PeerAcks { id, acked }];
+        assert!(core.settled(&acks(other, behind)).is_empty());
+        assert_eq!(core.settled(&acks(other, level)), [old].into());
         // A link still reporting the old life's own id is not asked about it.
         assert_eq!(
-            core.settled(&[(Some(old), VersionVector::default())]),
+            core.settled(&acks(Some(old), VersionVector::default())),
             [old].into()
         );
         // The new life is a peer like any other: it must have caught up.
         assert!(core
-            .settled(&[(Some(new), VersionVector::default())])
+            .settled(&acks(Some(new), VersionVector::default()))
             .is_empty());
     }
 
@@ -701,11 +744,11 @@ mod tests {
             }
             let busy = plan.is_busy();
             let mut arrived: Vec<(NodeId, u64, bytes::Bytes)> = Vec::new();
-            if let Some((_, chunks)) = &plan.live {
-                arrived.extend(frames(chunks));
+            if let Some(live) = &plan.live {
+                arrived.extend(frames(&live.chunks));
             }
-            for (_, fs) in &plan.relay {
-                for f in fs {
+            for batch in &plan.relay {
+                for f in &batch.frames {
                     match decode::<ReplMsg>(f).expect("decodes") {
                         ReplMsg::Delta { origin, seq, .. } => {
                             arrived.push((origin, seq, f.clone()))

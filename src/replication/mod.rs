@@ -49,7 +49,7 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 use tracing::{info, warn};
 
-use self::core::{Core, GcState, Heartbeat, LinkState};
+use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks};
 use crate::keyspace::{DeltaSink, Keyspace, SHARDS};
 use version::{Arrival, VersionVector};
 use wire::{DeltaRef, ReplMsg, ReplMsgOut};
@@ -64,8 +64,6 @@ const RESUME_WAIT: Duration = Duration::from_secs(10);
 const SENDER_TICK: Duration = Duration::from_millis(100);
 /// How often the node makes a promise and recomputes the GC floor.
 const GC_TICK: Duration = Duration::from_millis(200);
-/// How often tombstones below the floor are swept (touched keys go at once).
-const SWEEP_EVERY_TICKS: u32 = 25;
 
 /// One peer this node dials, as INFO shows it.
 #[derive(Debug)]
@@ -111,10 +109,11 @@ impl PeerInfo {
 /// tasks: the pure [`Core`] under one lock, and what the tasks need to wake
 /// each other and to report.
 ///
-/// Lock order: keyspace shard locks, then `core`, then `peers`, then one
-/// peer's fields. (Local writes reach `core` from inside a shard lock; the
-/// GC promise takes every shard lock, then `core`.) No lock is held across
-/// an await.
+/// Lock order: keyspace shard locks, then `core` (local writes reach it
+/// from inside a shard lock; the GC promise takes every shard lock, then
+/// `core`); and `running`, then `peers`, then one peer's fields
+/// (`add_peer`). `core` and `peers` are never held together. No lock is
+/// held across an await.
 pub struct Replicator {
     node: NodeId,
     /// Wall clock for lag figures (the node's physical clock).
@@ -297,11 +296,11 @@ impl Replicator {
         let unknown_peer = peers
             .iter()
             .any(|p| p.peer_node.load(Ordering::Relaxed) == 0);
-        let acked: Vec<(Option<NodeId>, VersionVector)> = peers
+        let acked: Vec<PeerAcks> = peers
             .iter()
-            .map(|p| {
-                let id = NodeId::new(p.peer_node.load(Ordering::Relaxed));
-                (id, p.acked_vv.lock().clone())
+            .map(|p| PeerAcks {
+                id: NodeId::new(p.peer_node.load(Ordering::Relaxed)),
+                acked: p.acked_vv.lock().clone(),
             })
             .collect();
         let mut core = self.core.lock();
@@ -504,15 +503,12 @@ fn send_msg(msg: &ReplMsg) -> Result<Vec<u8>, LinkError> {
 
 /// Promises, the GC floor, and sweeping tombstones below it.
 async fn gc_loop(ks: Arc<Keyspace>, repl: Arc<Replicator>) {
-    let mut ticks = 0u32;
-    let mut swept = Stamp::ZERO;
     loop {
         tokio::time::sleep(GC_TICK).await;
         let floor = repl.gc_tick(&ks);
         ks.set_gc_floor(floor);
-        ticks += 1;
-        if ticks.is_multiple_of(SWEEP_EVERY_TICKS) && floor > swept {
-            swept = floor;
+        let sweep = repl.core.lock().sweep_due(floor);
+        if sweep {
             let collected = ks.collect_garbage();
             if collected > 0 {
                 tracing::debug!(collected, "tombstones collected");
@@ -588,9 +584,9 @@ async fn serve_peer(
         let acked = info.acked_vv.lock().clone();
         let now = (repl.now_ms)();
         let mut plan = repl.core.lock().plan(&mut state, &acked, now);
-        if let Some((last, chunks)) = plan.live.as_mut() {
-            live.send_framed(chunks).await?;
-            info.sent_seq.store(*last, Ordering::Relaxed);
+        if let Some(frames) = plan.live.as_mut() {
+            live.send_framed(&mut frames.chunks).await?;
+            info.sent_seq.store(frames.last, Ordering::Relaxed);
         }
         if let Some(hb) = plan.heartbeat.take() {
             live.send(&send_msg(&ReplMsg::Heartbeat {
@@ -602,8 +598,8 @@ async fn serve_peer(
             })?)
             .await?;
         }
-        for (_, frames) in &plan.relay {
-            let payloads: Vec<&[u8]> = frames.iter().map(|f| &f[..]).collect();
+        for batch in &plan.relay {
+            let payloads: Vec<&[u8]> = batch.frames.iter().map(|f| &f[..]).collect();
             live.send_batch(&payloads).await?;
             info.relayed
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
