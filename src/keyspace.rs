@@ -170,6 +170,28 @@ pub struct Shard {
     pub misses: u64,
 }
 
+impl Shard {
+    /// Databases `a` and `b` were just swapped: with a store, every key of
+    /// either is changed at both numbers (written where it now is, removed
+    /// where it was).
+    pub fn swapped(&mut self, a: usize, b: usize) {
+        if a == b || self.dbs[a].dirty.is_none() {
+            return;
+        }
+        let keys: Vec<Key> = self.dbs[a]
+            .map
+            .keys()
+            .chain(self.dbs[b].map.keys())
+            .cloned()
+            .collect();
+        for d in [a, b] {
+            if let Some(dirty) = &mut self.dbs[d].dirty {
+                dirty.extend(keys.iter().cloned());
+            }
+        }
+    }
+}
+
 /// A bounded log of the conflicts this node resolved.
 #[derive(Default)]
 pub struct ConflictLog {

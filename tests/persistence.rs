@@ -189,3 +189,41 @@ fn two_nodes_on_one_dir_or_a_bad_setting_are_refused_at_start() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// #11 item 8: SWAPDB moved the databases in memory but not in the store,
+/// so a restart silently un-swapped every key not written since.
+#[test]
+fn swapdb_survives_a_restart() {
+    let dir = data_dir("swapdb");
+    let s = start(&dir, &[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "was-in-0", "a"]);
+    q::<()>(&mut c, &["SELECT", "1"]);
+    q::<()>(&mut c, &["SET", "was-in-1", "b"]);
+    wait_for_cut(&mut c, 2);
+    q::<()>(&mut c, &["SWAPDB", "0", "1"]);
+    let info: String = q(&mut c, &["INFO", "persistence"]);
+    let cuts: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("store_cuts:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("store_cuts");
+    wait_for_cut(&mut c, cuts + 2);
+    kill_hard(s);
+
+    let s = start(&dir, &[]);
+    let mut c = s.conn();
+    assert_eq!(
+        get(&mut c, "was-in-1").as_deref(),
+        Some("b"),
+        "db 0 after the swap"
+    );
+    assert_eq!(get(&mut c, "was-in-0"), None);
+    q::<()>(&mut c, &["SELECT", "1"]);
+    assert_eq!(
+        get(&mut c, "was-in-0").as_deref(),
+        Some("a"),
+        "db 1 after the swap"
+    );
+    assert_eq!(get(&mut c, "was-in-1"), None);
+}

@@ -381,6 +381,20 @@ fn a_value_larger_than_a_frame_replicates_and_stalls_nothing() {
     assert!(info.contains("state_transfers=0,"), "{info}");
 }
 
+/// #11 item 8: a swap has no CRDT meaning across nodes (replicated deltas
+/// name database numbers), so a replicating node that swapped diverged for
+/// good. It is refused, and nothing moves.
+#[test]
+fn swapdb_is_refused_on_a_replicating_node() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let mut ca = a.conn();
+    q::<()>(&mut ca, &["SET", "k", "v"]);
+    let e = common::err(&mut ca, &["SWAPDB", "0", "1"]);
+    assert!(e.contains("replicat"), "{e}");
+    assert_eq!(get(&mut ca, "k").as_deref(), Some("v"));
+}
+
 #[test]
 fn a_peer_clock_far_ahead_is_merged_counted_and_does_not_drag_ours() {
     let (pa, pb) = (free_port(), free_port());

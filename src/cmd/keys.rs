@@ -305,8 +305,16 @@ fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         Ok(n as usize)
     };
     let (a, b) = (parse(args[1])?, parse(args[2])?);
+    if x.node.repl.is_some() {
+        // Replicated writes name database numbers: a swap on one node would
+        // send every later write of the swapped databases astray for good.
+        return Err(Error::err(
+            "SWAPDB is not allowed on a replicating node: a swap has no meaning across nodes",
+        ));
+    }
     for shard in x.locked.shards() {
         shard.dbs.swap(a, b);
+        shard.swapped(a, b);
     }
     x.out.ok();
     Ok(())
