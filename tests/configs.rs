@@ -1,6 +1,6 @@
 //! Existing Redis and KeyDB config files start a real `chorus` unchanged
 //! (but for what a test on a shared machine must change), and every
-//! parameter of Redis 7.0 is known.
+//! parameter of the installed Redis 7.x is known.
 
 mod common;
 
@@ -389,14 +389,23 @@ fn redis_server_version() -> Result<String, String> {
         .ok_or_else(|| format!("unexpected redis-server --version output: {text}"))
 }
 
+/// Compares the directive table with `CONFIG GET *` of whatever redis-server
+/// 7.x is installed (the table covers 7.0, 7.2 and 7.4). A missing
+/// redis-server fails under CI, through [`required_from_package`]; one of
+/// another major version is skipped, loudly, since its parameters are not
+/// the table's to know.
 #[test]
-fn every_parameter_of_redis_7_0_is_known_and_answered_by_config_get() {
+fn every_parameter_of_redis_7_is_known_and_answered_by_config_get() {
     let Some(version) = required_from_package("redis-server", redis_server_version()) else {
         return;
     };
-    if !version.starts_with("7.0.") {
-        // The table is Redis 7.0's; a later Redis adds parameters of its own.
-        eprintln!("SKIPPED: redis-server {version} is not 7.0.x");
+    if !version.starts_with("7.") {
+        eprintln!(
+            "\n**********************************************************************\n\
+             SKIPPED: redis-server {version} is not 7.x: the directive table covers\n\
+             Redis 7.0, 7.2 and 7.4.\n\
+             **********************************************************************\n"
+        );
         return;
     }
     let tmp = TempDir::new("redis7");
@@ -437,6 +446,6 @@ fn every_parameter_of_redis_7_0_is_known_and_answered_by_config_get() {
     }
     assert!(
         unknown.is_empty(),
-        "Redis 7.0 parameters chorus does not know: {unknown:?}"
+        "parameters of redis-server {version} chorus does not know: {unknown:?}"
     );
 }

@@ -1,8 +1,10 @@
-//! Every directive of Redis 7.0's redis.conf and of KeyDB 6's keydb.conf,
-//! with what Chorus does with it.
+//! Every directive of Redis 7.0, 7.2 and 7.4 (their redis.conf and the
+//! parameters of their `config.c`, hidden ones included) and of KeyDB 6's
+//! keydb.conf, with what Chorus does with it.
 //!
 //! A user's existing config must start unchanged, so nothing Redis or KeyDB
-//! accepts may be "unknown" here; a name missing from this table is a
+//! accepts may be "unknown" here (Chorus reports `redis_version:7.2.0`, so a
+//! 7.2 or 7.4 file must start too); a name missing from this table is a
 //! misspelling. Each directive has one of three dispositions:
 //!
 //! - [`Kind::Applied`]: Chorus implements it; `Config::apply` parses it into a
@@ -17,8 +19,14 @@
 //!   accepted; anything else stops start-up with the reason.
 //!
 //! `default` is what CONFIG GET shows when the directive is not set: Redis
-//! 7.0's default (from `CONFIG GET *` of redis-server 7.0.15), KeyDB 6.3's for
-//! KeyDB's own directives, and Chorus's own default for applied ones.
+//! 7.0's default (from `CONFIG GET *` of redis-server 7.0.15), the default of
+//! the Redis version that added it for directives new in 7.2 or 7.4, KeyDB
+//! 6.3's for KeyDB's own directives, and Chorus's own default for applied
+//! ones.
+//!
+//! Not listed: `req-res-logfile` and `client-default-resp` (Redis 7.2), which
+//! exist only in redis-server builds made with `LOG_REQ_RES` for Redis's own
+//! test suite; a released redis-server refuses them as well.
 
 /// What Chorus does with a directive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +163,8 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("unixsocketperm", "0"),
     applied("timeout", "0"),
     ignored("tcp-keepalive", "300"),
+    // Redis 7.4: how many connections one event-loop cycle accepts.
+    ignored("max-new-connections-per-cycle", "10"),
     ignored("socket-mark-id", "0"),
     // ---- TLS: Chorus's TLS secures peer links (the three files below);
     // the client-side TLS settings only matter with tls-port, which is refused.
@@ -185,6 +195,8 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("tls-session-caching", "yes"),
     ignored("tls-session-cache-size", "20480"),
     ignored("tls-session-cache-timeout", "300"),
+    // Redis 7.4: only used with tls-port, which is refused.
+    ignored("max-new-tls-connections-per-cycle", "1"),
     // ---- general
     refused(
         "daemonize",
@@ -215,10 +227,17 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("syslog-facility", "local0"),
     ignored("crash-log-enabled", "yes"),
     ignored("crash-memcheck-enabled", "yes"),
+    // Redis 7.4: keep keys, values and command arguments out of the log.
+    // Chorus's log never contains them (no crash report of client
+    // arguments, no key in any message), so `yes` already holds.
+    ignored("hide-user-data-from-log", "no"),
     applied("databases", "16"),
     ignored("always-show-logo", "no"),
     ignored("set-proc-title", "yes"),
     ignored("proc-title-template", "{title} {listen-addr} {server-mode}"),
+    // Redis 7.2: the locale of strcoll, used by SORT ... ALPHA and Lua's
+    // string comparisons; Chorus has neither, and compares bytes.
+    ignored("locale-collate", ""),
     // ---- snapshotting: Chorus writes no RDB files. `save` is validated by
     // Config::apply and reported by Config::warnings rather than in the
     // ignored list, because losing it loses persistence.
@@ -335,10 +354,12 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("oom-score-adj", "no"),
     ignored("oom-score-adj-values", "0 200 800"),
     ignored("disable-thp", "yes"),
-    ignored("server_cpulist", ""),
-    ignored("bio_cpulist", ""),
-    ignored("aof_rewrite_cpulist", ""),
-    ignored("bgsave_cpulist", ""),
+    // Redis 7.4 names these with dashes and keeps the underscores as
+    // aliases; CONFIG GET answers under 7.0's and 7.2's name.
+    ignored_alias("server_cpulist", &["server-cpulist"], ""),
+    ignored_alias("bio_cpulist", &["bio-cpulist"], ""),
+    ignored_alias("aof_rewrite_cpulist", &["aof-rewrite-cpulist"], ""),
+    ignored_alias("bgsave_cpulist", &["bgsave-cpulist"], ""),
     ignored("ignore-warnings", ""),
     // ---- append only mode: appendonly keeps the state in a sled database
     // in `dir`, so the AOF's file names and rewrite policy mean nothing.
@@ -391,6 +412,8 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("cluster-allow-pubsubshard-when-down", "yes"),
     ignored("cluster-link-sendbuf-limit", "0"),
     ignored("cluster-announce-hostname", ""),
+    // Redis 7.2.
+    ignored("cluster-announce-human-nodename", ""),
     ignored("cluster-preferred-endpoint-type", "ip"),
     ignored("cluster-announce-ip", ""),
     ignored("cluster-announce-port", "0"),
@@ -423,6 +446,9 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("list-max-ziplist-value", ""),
     ignored("list-compress-depth", "0"),
     ignored("set-max-intset-entries", "512"),
+    // Redis 7.2 (small sets as listpacks).
+    ignored("set-max-listpack-entries", "128"),
+    ignored("set-max-listpack-value", "64"),
     ignored_alias(
         "zset-max-listpack-entries",
         &["zset-max-ziplist-entries"],
@@ -470,12 +496,13 @@ pub static DIRECTIVES: &[Directive] = &[
         "there is no Sentinel mode: every chorus node is a master, so there is no failover to \
          manage",
     ),
-    // ---- Redis 7.0's hidden (testing) directives
+    // ---- Redis 7's hidden (testing) directives
     ignored("key-load-delay", "0"),
     ignored("rdb-key-save-delay", "0"),
     ignored("loading-process-events-interval-bytes", "2097152"),
     ignored("use-exit-on-panic", "no"),
     ignored("watchdog-period", "0"),
+    ignored("cluster-ping-interval", "0"),
     // ---- KeyDB 6
     // Default: the CPUs this process may use.
     applied("server-threads", ""),

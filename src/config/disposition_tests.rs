@@ -382,3 +382,70 @@ fn keydb_directives_are_known() {
     assert_eq!(param(&c, "multi-master"), "yes");
     assert_eq!(c.ignored_directives(), vec!["min-clients-per-thread"]);
 }
+
+#[test]
+fn a_redis_7_2_or_7_4_file_starts_with_their_new_directives_ignored() {
+    let dir = tempdir("redis74");
+    let main = write(
+        &dir,
+        "redis74.conf",
+        "port 7000\nlocale-collate \"en_US.UTF-8\"\nset-max-listpack-entries 256\n\
+         set-max-listpack-value 32\ncluster-announce-human-nodename node-a\n\
+         max-new-connections-per-cycle 20\nmax-new-tls-connections-per-cycle 2\n\
+         hide-user-data-from-log yes\nserver-cpulist 0-3\nbgsave_cpulist 1\n\
+         cluster-ping-interval 100\n",
+    );
+    let c = Config::load(Some(&main), &[]).unwrap();
+    assert_eq!(c.port, 7000);
+    assert_eq!(
+        c.ignored_directives(),
+        vec![
+            "locale-collate",
+            "set-max-listpack-entries",
+            "set-max-listpack-value",
+            "cluster-announce-human-nodename",
+            "max-new-connections-per-cycle",
+            "max-new-tls-connections-per-cycle",
+            "hide-user-data-from-log",
+            "server-cpulist",
+            "bgsave_cpulist",
+            "cluster-ping-interval",
+        ]
+    );
+    assert_eq!(param(&c, "locale-collate"), "en_US.UTF-8");
+    assert_eq!(param(&c, "set-max-listpack-entries"), "256");
+    assert_eq!(param(&c, "hide-user-data-from-log"), "yes");
+    // 7.4's dashed name reaches 7.0's and 7.2's directive.
+    assert_eq!(param(&c, "server_cpulist"), "0-3");
+    assert_eq!(param(&c, "bgsave_cpulist"), "1");
+
+    let d = Config::default();
+    for (name, default) in [
+        ("locale-collate", ""),
+        ("set-max-listpack-entries", "128"),
+        ("set-max-listpack-value", "64"),
+        ("cluster-announce-human-nodename", ""),
+        ("max-new-connections-per-cycle", "10"),
+        ("max-new-tls-connections-per-cycle", "1"),
+        ("hide-user-data-from-log", "no"),
+        ("cluster-ping-interval", "0"),
+    ] {
+        assert_eq!(param(&d, name), default, "{name}");
+    }
+    for alias in [
+        "server-cpulist",
+        "bio-cpulist",
+        "aof-rewrite-cpulist",
+        "bgsave-cpulist",
+    ] {
+        assert!(
+            directives::lookup(alias).is_some_and(|d| d.aliases.contains(&alias)),
+            "{alias}"
+        );
+    }
+    // Only in redis-server builds for Redis's own tests.
+    let e = Config::load(None, &args(&["--req-res-logfile", "x"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("unknown directive"), "{e}");
+}
