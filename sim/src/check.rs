@@ -245,6 +245,27 @@ fn check_all(
     chosen: &[FaultKind],
 ) -> Result<(), Failure> {
     let vv = &snap.views[0].vv;
+    // Causality beats clocks (DESIGN.md, Replication): a write is stamped
+    // after everything its node had merged into what it replaces, so it
+    // never loses on the spot to a peer's write or flush stamped by a faster
+    // clock. One that did was acknowledged and then gone.
+    for w in &history.writes {
+        let lost_at_once = match w.kind {
+            WriteKind::Set(_) | WriteKind::Del => w.stamp.is_none(),
+            WriteKind::Incr(_) => w.epoch.is_none(),
+            WriteKind::Flush => false,
+        };
+        if lost_at_once {
+            return Err(Failure::new(
+                "vanished",
+                format!(
+                    "{:?} of {} by {} (seq {}) lost on its own node as it was made, to state \
+                     merged from a peer's faster clock",
+                    w.kind, w.key, w.origin, w.seq
+                ),
+            ));
+        }
+    }
     // What a crashed node's store held must not be lost with it.
     for slot in reg.borrow().iter() {
         for &(life, kept) in &slot.crashed {
