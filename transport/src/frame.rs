@@ -57,12 +57,83 @@ pub struct FrameSender {
 /// Reads frames from one stream.
 pub struct FrameReceiver {
     stream: RecvStream,
-    max_frame: usize,
-    /// Bytes read and not yet returned: many frames arrive per read.
+    deframer: Deframer,
+}
+
+/// The receiving half of the framing without I/O: bytes in, whole
+/// messages out. Its state lives here, not in a future, so a cancelled
+/// read loses nothing.
+#[derive(Debug)]
+pub struct Deframer {
+    max_message: usize,
+    /// Bytes received and not yet returned: many frames arrive per read.
     buf: bytes::BytesMut,
-    /// The fragments of a message received so far (kept here, not in
-    /// `recv`'s future, so that a cancelled `recv` loses nothing).
+    /// The fragments of a message received so far.
     partial: Option<bytes::BytesMut>,
+}
+
+impl Deframer {
+    pub fn new(max_message: usize) -> Deframer {
+        Deframer {
+            max_message,
+            buf: bytes::BytesMut::new(),
+            partial: None,
+        }
+    }
+
+    /// Takes bytes as they arrived.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Whether nothing of a message is held (a stream may end here).
+    pub fn is_idle(&self) -> bool {
+        self.buf.is_empty() && self.partial.is_none()
+    }
+
+    /// Bytes held: the unread buffer and the fragments gathered so far.
+    pub fn held(&self) -> usize {
+        self.buf.len() + self.partial.as_ref().map_or(0, |p| p.len())
+    }
+
+    /// The next whole message, if the bytes pushed so far hold one. A
+    /// message of one fragment shares the buffer it arrived in (no copy).
+    pub fn next_message(&mut self) -> Result<Option<bytes::Bytes>, TransportError> {
+        while let Some(header) = self.buf.get(..HEADER_LEN) {
+            let word = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
+            let len = (word & !MORE) as usize;
+            let so_far = self.partial.as_ref().map_or(0, |p| p.len());
+            if so_far + len > self.max_message {
+                return Err(TransportError::FrameTooLarge {
+                    len: so_far + len,
+                    max: self.max_message,
+                });
+            }
+            if self.buf.len() < HEADER_LEN + len {
+                // Room for the rest of this fragment as it arrives, a read at
+                // a time: what a header claims is never reserved up front.
+                self.buf
+                    .reserve((HEADER_LEN + len - self.buf.len()).min(READ_CHUNK));
+                return Ok(None);
+            }
+            let _ = self.buf.split_to(HEADER_LEN);
+            let part = self.buf.split_to(len);
+            if word & MORE != 0 {
+                self.partial
+                    .get_or_insert_with(bytes::BytesMut::new)
+                    .extend_from_slice(&part);
+                continue;
+            }
+            return Ok(Some(match self.partial.take() {
+                None => part.freeze(),
+                Some(mut whole) => {
+                    whole.extend_from_slice(&part);
+                    whole.freeze()
+                }
+            }));
+        }
+        Ok(None)
+    }
 }
 
 /// How much a receiver asks the stream for at once.
@@ -134,9 +205,7 @@ impl FrameReceiver {
     pub fn new(stream: RecvStream, max_frame: usize) -> FrameReceiver {
         FrameReceiver {
             stream,
-            max_frame,
-            buf: bytes::BytesMut::new(),
-            partial: None,
+            deframer: Deframer::new(max_frame),
         }
     }
 
@@ -144,45 +213,16 @@ impl FrameReceiver {
     /// message of one fragment shares the buffer it was read into (no copy).
     pub async fn recv(&mut self) -> Result<Option<bytes::Bytes>, TransportError> {
         loop {
-            if let Some(header) = self.buf.get(..HEADER_LEN) {
-                let word = u32::from_be_bytes([header[0], header[1], header[2], header[3]]);
-                let len = (word & !MORE) as usize;
-                let so_far = self.partial.as_ref().map_or(0, |p| p.len());
-                if so_far + len > self.max_frame {
-                    return Err(TransportError::FrameTooLarge {
-                        len: so_far + len,
-                        max: self.max_frame,
-                    });
-                }
-                if self.buf.len() >= HEADER_LEN + len {
-                    let _ = self.buf.split_to(HEADER_LEN);
-                    let part = self.buf.split_to(len);
-                    if word & MORE != 0 {
-                        self.partial
-                            .get_or_insert_with(bytes::BytesMut::new)
-                            .extend_from_slice(&part);
-                        continue;
-                    }
-                    return Ok(Some(match self.partial.take() {
-                        None => part.freeze(),
-                        Some(mut whole) => {
-                            whole.extend_from_slice(&part);
-                            whole.freeze()
-                        }
-                    }));
-                }
-                // Room for the rest of this fragment as it arrives, a read at
-                // a time: what a header claims is never reserved up front.
-                self.buf
-                    .reserve((HEADER_LEN + len - self.buf.len()).min(READ_CHUNK));
+            if let Some(message) = self.deframer.next_message()? {
+                return Ok(Some(message));
             }
             match self.stream.read_chunk(READ_CHUNK, true).await.map_err(io)? {
-                Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
-                None if self.buf.is_empty() && self.partial.is_none() => return Ok(None),
+                Some(chunk) => self.deframer.push(&chunk.bytes),
+                None if self.deframer.is_idle() => return Ok(None),
                 None => {
                     return Err(TransportError::Stream(format!(
                         "stream ended inside a frame ({} bytes of it)",
-                        self.buf.len()
+                        self.deframer.held()
                     )))
                 }
             }
@@ -199,4 +239,99 @@ impl FrameReceiver {
 
 fn io(e: impl std::fmt::Display) -> TransportError {
     TransportError::Stream(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Every message of `wire`, pushed in pieces cut at `cuts`.
+    fn deframe(wire: &[u8], cuts: &[usize], max: usize) -> Result<Vec<Vec<u8>>, TransportError> {
+        let mut d = Deframer::new(max);
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        points.push(wire.len());
+        points.sort_unstable();
+        for p in points {
+            d.push(&wire[at..p]);
+            at = p;
+            while let Some(m) = d.next_message()? {
+                out.push(m.to_vec());
+            }
+        }
+        assert!(d.is_idle(), "bytes left over");
+        Ok(out)
+    }
+
+    proptest! {
+        // Megabyte messages: fewer cases keep this under a few seconds.
+        #![proptest_config(ProptestConfig::with_cases(24))]
+
+        /// Messages of any size framed and split at any points arrive whole
+        /// and in order.
+        #[test]
+        fn framed_messages_split_anywhere_arrive_whole(
+            sizes in proptest::collection::vec(0usize..(3 * MAX_FRAGMENT), 1..4),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let messages: Vec<Vec<u8>> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (0..*n).map(|j| (i * 7 + j) as u8).collect())
+                .collect();
+            let mut wire = bytes::BytesMut::new();
+            for m in &messages {
+                append_framed(&mut wire, m);
+            }
+            prop_assert_eq!(
+                wire.len(),
+                messages.iter().map(|m| framed_len(m.len())).sum::<usize>()
+            );
+            prop_assert_eq!(deframe(&wire, &cuts, 4 * MAX_FRAGMENT).unwrap(), messages);
+        }
+    }
+
+    proptest! {
+        /// Arbitrary bytes: messages, a need for more, or an error; never a
+        /// panic, and never more held than was pushed.
+        #[test]
+        fn arbitrary_bytes_never_panic_or_hold_more_than_pushed(
+            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            max in 0usize..4096,
+        ) {
+            let mut d = Deframer::new(max);
+            d.push(&bytes);
+            let mut returned = 0;
+            loop {
+                match d.next_message() {
+                    Ok(Some(m)) => {
+                        prop_assert!(m.len() <= max);
+                        returned += m.len();
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+                prop_assert!(returned + d.held() <= bytes.len());
+            }
+            prop_assert!(d.buf.capacity() <= bytes.len().max(HEADER_LEN) + READ_CHUNK + HEADER_LEN);
+        }
+    }
+
+    #[test]
+    fn a_header_claiming_a_huge_fragment_reserves_one_read_at_most() {
+        let mut d = Deframer::new(usize::MAX / 2);
+        d.push(&(u32::MAX >> 1).to_be_bytes());
+        assert!(d.next_message().unwrap().is_none());
+        assert!(d.buf.capacity() <= HEADER_LEN + READ_CHUNK);
+        let mut over = Deframer::new(1024);
+        over.push(&2048u32.to_be_bytes());
+        assert!(matches!(
+            over.next_message(),
+            Err(TransportError::FrameTooLarge {
+                len: 2048,
+                max: 1024
+            })
+        ));
+    }
 }
