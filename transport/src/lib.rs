@@ -153,11 +153,18 @@ fn quic_failure(addr: SocketAddr, e: quinn::ConnectionError) -> TransportError {
     }
 }
 
+/// At most this many inbound handshakes run at once; a connection beyond
+/// them is refused at once (a peer retries with backoff).
+pub const MAX_PENDING_HANDSHAKES: usize = 64;
+
 /// This node's QUIC endpoint: dials peers and accepts them.
 pub struct Transport {
     endpoint: Endpoint,
     config: Arc<TransportConfig>,
     pub stats: Arc<AuthStats>,
+    /// Inbound handshakes in progress, each on its own task, so that a
+    /// connection that says nothing holds up no other.
+    pending: tokio::sync::Mutex<tokio::task::JoinSet<Result<PeerLink, TransportError>>>,
 }
 
 /// An authenticated connection to one peer.
@@ -226,6 +233,7 @@ impl Transport {
             endpoint,
             config: Arc::new(config),
             stats: Arc::new(AuthStats::default()),
+            pending: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
         })
     }
 
@@ -240,11 +248,7 @@ impl Transport {
     }
 
     fn identity(&self) -> auth::Identity<'_> {
-        auth::Identity {
-            cluster: &self.config.cluster_name,
-            node: self.config.node,
-            secret: &self.config.secret,
-        }
+        identity(&self.config)
     }
 
     /// Dials a peer and runs the handshake.
@@ -266,26 +270,30 @@ impl Transport {
 
     /// The next peer that connected and passed the handshake; `Err` for one
     /// that did not (it is already closed and counted). `None` once closed.
+    /// Handshakes run concurrently (up to [`MAX_PENDING_HANDSHAKES`]), each
+    /// bounded by the handshake timeout.
     pub async fn accept(&self) -> Option<Result<PeerLink, TransportError>> {
-        let incoming = self.endpoint.accept().await?;
-        let addr = incoming.remote_address();
-        let attempt = async {
-            let conn = incoming.await.map_err(|e| quic_failure(addr, e))?;
-            let node = auth::accept(&conn, &self.identity(), HANDSHAKE_MAX_FRAME).await;
-            Ok::<_, TransportError>((conn, node))
-        };
-        Some(
-            match tokio::time::timeout(self.config.handshake_timeout, attempt).await {
-                Err(_) => Err(TransportError::Timeout),
-                Ok(Err(e)) => {
-                    // Refused before our handshake began (TLS): count it too.
-                    self.stats.count_refusal(&e);
-                    warn!(peer = %addr, "refused replication peer: {e}");
-                    Err(e)
+        let mut pending = self.pending.lock().await;
+        loop {
+            tokio::select! {
+                biased;
+                Some(done) = pending.join_next() => {
+                    return Some(done.unwrap_or_else(|e| {
+                        Err(TransportError::Handshake(format!("the handshake task failed: {e}")))
+                    }));
                 }
-                Ok(Ok((conn, node))) => self.finish_handshake(conn, node, addr),
-            },
-        )
+                incoming = self.endpoint.accept() => {
+                    let incoming = incoming?;
+                    if pending.len() >= MAX_PENDING_HANDSHAKES {
+                        warn!(peer = %incoming.remote_address(), "too many handshakes in progress; refused");
+                        incoming.refuse();
+                        continue;
+                    }
+                    let (config, stats) = (self.config.clone(), self.stats.clone());
+                    pending.spawn(handshake(incoming, config, stats));
+                }
+            }
+        }
     }
 
     fn finish_handshake(
@@ -294,28 +302,70 @@ impl Transport {
         node: Result<u64, TransportError>,
         addr: SocketAddr,
     ) -> Result<PeerLink, TransportError> {
-        self.stats.count(&node);
-        match node {
-            Ok(peer_node) => Ok(PeerLink {
-                conn,
-                peer_node,
-                max_frame: self.config.max_frame,
-            }),
-            Err(e) => {
-                warn!(peer = %addr, "refused replication peer: {e}");
-                let (code, reason) = match &e {
-                    TransportError::Refused(kind, reason) => (kind.close_code(), reason.clone()),
-                    other => (Refusal::Protocol.close_code(), other.to_string()),
-                };
-                conn.close(code.into(), reason.as_bytes());
-                Err(e)
-            }
-        }
+        finish_handshake(&self.config, &self.stats, conn, node, addr)
     }
 
     /// Closes every link and stops accepting.
     pub fn close(&self) {
         self.endpoint.close(0u32.into(), b"shutdown");
+    }
+}
+
+fn identity(config: &TransportConfig) -> auth::Identity<'_> {
+    auth::Identity {
+        cluster: &config.cluster_name,
+        node: config.node,
+        secret: &config.secret,
+    }
+}
+
+/// One inbound handshake, on its own task.
+async fn handshake(
+    incoming: quinn::Incoming,
+    config: Arc<TransportConfig>,
+    stats: Arc<AuthStats>,
+) -> Result<PeerLink, TransportError> {
+    let addr = incoming.remote_address();
+    let attempt = async {
+        let conn = incoming.await.map_err(|e| quic_failure(addr, e))?;
+        let node = auth::accept(&conn, &identity(&config), HANDSHAKE_MAX_FRAME).await;
+        Ok::<_, TransportError>((conn, node))
+    };
+    match tokio::time::timeout(config.handshake_timeout, attempt).await {
+        Err(_) => Err(TransportError::Timeout),
+        Ok(Err(e)) => {
+            // Refused before our handshake began (TLS): count it too.
+            stats.count_refusal(&e);
+            warn!(peer = %addr, "refused replication peer: {e}");
+            Err(e)
+        }
+        Ok(Ok((conn, node))) => finish_handshake(&config, &stats, conn, node, addr),
+    }
+}
+
+fn finish_handshake(
+    config: &TransportConfig,
+    stats: &AuthStats,
+    conn: quinn::Connection,
+    node: Result<u64, TransportError>,
+    addr: SocketAddr,
+) -> Result<PeerLink, TransportError> {
+    stats.count(&node);
+    match node {
+        Ok(peer_node) => Ok(PeerLink {
+            conn,
+            peer_node,
+            max_frame: config.max_frame,
+        }),
+        Err(e) => {
+            warn!(peer = %addr, "refused replication peer: {e}");
+            let (code, reason) = match &e {
+                TransportError::Refused(kind, reason) => (kind.close_code(), reason.clone()),
+                other => (Refusal::Protocol.close_code(), other.to_string()),
+            };
+            conn.close(code.into(), reason.as_bytes());
+            Err(e)
+        }
     }
 }
 

@@ -166,6 +166,46 @@ async fn a_dialer_that_never_finishes_the_handshake_gets_no_link() {
     assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 0);
 }
 
+/// #11 item 7: handshakes ran one at a time inside `accept`, so one
+/// connection that never says anything held every other peer out until its
+/// handshake timed out.
+#[tokio::test]
+async fn a_silent_connection_does_not_hold_other_peers_out() {
+    let b = Arc::new({
+        let mut c = TransportConfig::new(2, "prod", b"s");
+        c.handshake_timeout = Duration::from_secs(4);
+        Transport::bind(LOOPBACK.parse().unwrap(), c).unwrap()
+    });
+    let addr = b.local_addr().unwrap();
+    let acceptor = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            loop {
+                match b.accept().await {
+                    Some(Ok(link)) => return Some(link.peer_node),
+                    Some(Err(_)) => continue,
+                    None => return None,
+                }
+            }
+        })
+    };
+    // A QUIC client that completes TLS, then never sends a word.
+    let mut silent = quinn::Endpoint::client(LOOPBACK.parse().unwrap()).unwrap();
+    let crypto = chorus_transport::tls::client_config(None).unwrap();
+    silent.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
+    )));
+    let _held = silent.connect(addr, "chorus-peer").unwrap().await.unwrap();
+    // A real peer, which gives up after one second, still gets in.
+    let mut patient = TransportConfig::new(1, "prod", b"s");
+    patient.handshake_timeout = Duration::from_secs(1);
+    let a = Transport::bind(LOOPBACK.parse().unwrap(), patient).unwrap();
+    let link = a.connect(addr).await.expect("the real peer links at once");
+    assert_eq!(link.peer_node, 2);
+    let accepted = tokio::time::timeout(WAIT, acceptor).await.unwrap().unwrap();
+    assert_eq!(accepted, Some(1));
+}
+
 #[tokio::test]
 async fn oversized_frames_are_refused() {
     let mut small = TransportConfig::new(1, "prod", b"s");
