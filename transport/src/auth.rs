@@ -1,49 +1,63 @@
 //! The peer handshake: both sides prove the shared secret (`masterauth`)
-//! without sending it, bound to this TLS session.
+//! with SPAKE2, a password-authenticated key exchange, bound to this TLS
+//! session.
 //!
 //! On the first bidirectional stream, opened by the dialer:
-//! 1. dialer → `Hello { version, cluster, node, nonce_d }`
-//! 2. acceptor → `Challenge { hello_a, proof_a }` or `Refused(reason)`
-//! 3. dialer checks `proof_a`, → `Proof(proof_d)` or `Refused(reason)`
-//! 4. acceptor checks `proof_d`, → `Welcome` or `Refused(reason)`
+//! 1. dialer → `Hello { version, node, spake_d }`
+//! 2. acceptor → `Challenge { node, spake_a, confirm_a }` or `Refused(reason)`
+//! 3. dialer checks `confirm_a`, → `Proof { confirm_d, cluster }` or `Refused`
+//! 4. acceptor checks `confirm_d` and the cluster name, → `Welcome { cluster }`
+//!    or `Refused(reason)`; the dialer checks the cluster name in turn.
 //!
-//! `proof = HMAC-SHA256(secret, role ‖ ekm ‖ nonce_mine_first ‖ nonce_other)`,
-//! where `ekm` is keying material exported from this TLS session. A relay
-//! in the middle holds two different sessions, so it can forward proofs but
-//! they will not verify: the handshake is safe without trusting certificates.
+//! Both sides run symmetric SPAKE2 with the secret as password and, as the
+//! identity, keying material exported from this TLS session; from the key it
+//! yields, `confirm = HMAC-SHA256(key, role)`. What an unauthenticated party
+//! sees (a SPAKE2 message, a confirmation) gives it nothing to test guesses
+//! against offline: each connection is one online guess at most. A relay in
+//! the middle holds two TLS sessions, so the two sides' keys differ and
+//! nothing verifies. The cluster name goes only to a peer that proved the
+//! secret.
 
 use ring::hmac;
 use serde::{Deserialize, Serialize};
+use spake2::{Ed25519Group, Password, Spake2};
 
 use crate::frame::{FrameReceiver, FrameSender};
 use crate::TransportError;
 
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Hello {
     pub version: u16,
-    pub cluster: String,
     pub node: u64,
-    pub nonce: [u8; 32],
+    pub spake: Vec<u8>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum AcceptorReply {
-    Challenge { hello: Hello, proof: Vec<u8> },
+    Challenge {
+        node: u64,
+        spake: Vec<u8>,
+        confirm: Vec<u8>,
+    },
     Refused(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum DialerProof {
-    Proof(Vec<u8>),
+    Proof { confirm: Vec<u8>, cluster: String },
     Refused(String),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 enum Verdict {
-    Welcome,
+    Welcome {
+        cluster: String,
+    },
+    /// The dialer proved the secret but belongs to another cluster (named).
+    OtherCluster(String),
     Refused(String),
 }
 
@@ -106,27 +120,39 @@ fn ekm(conn: &quinn::Connection) -> Result<[u8; 32], TransportError> {
     Ok(out)
 }
 
-fn nonce() -> Result<[u8; 32], TransportError> {
-    let mut n = [0u8; 32];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut n)
-        .map_err(|_| TransportError::Tls("no randomness for the handshake".into()))?;
-    Ok(n)
+/// Starts this side's SPAKE2 exchange: the secret as password, the TLS
+/// session's exported keying material as the (shared) identity.
+fn spake_start(secret: &[u8], ekm: &[u8]) -> (Spake2<Ed25519Group>, Vec<u8>) {
+    Spake2::<Ed25519Group>::start_symmetric(
+        &Password::new(secret),
+        &spake2::Identity::new(&[b"chorus-peer-v2:".as_slice(), ekm].concat()),
+    )
 }
 
-fn proof(secret: &[u8], role: &[u8], ekm: &[u8], first: &[u8], second: &[u8]) -> hmac::Tag {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let mut ctx = hmac::Context::with_key(&key);
-    for part in [role, ekm, first, second] {
-        ctx.update(part);
-    }
-    ctx.sign()
+/// The key both sides share when both knew the secret; anything else (a
+/// malformed message) is a refusal.
+fn spake_finish(state: Spake2<Ed25519Group>, theirs: &[u8]) -> Result<Vec<u8>, TransportError> {
+    state.finish(theirs).map_err(|e| {
+        TransportError::Refused(Refusal::Protocol, format!("malformed key exchange: {e:?}"))
+    })
 }
 
-fn verify(secret: &[u8], role: &[u8], ekm: &[u8], first: &[u8], second: &[u8], tag: &[u8]) -> bool {
-    let key = hmac::Key::new(hmac::HMAC_SHA256, secret);
-    let msg = [role, ekm, first, second].concat();
-    hmac::verify(&key, &msg, tag).is_ok()
+fn confirm(key: &[u8], role: &[u8]) -> hmac::Tag {
+    hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), role)
 }
+
+fn confirmed(key: &[u8], role: &[u8], tag: &[u8]) -> bool {
+    hmac::verify(&hmac::Key::new(hmac::HMAC_SHA256, key), role, tag).is_ok()
+}
+
+fn cluster_mismatch(mine: &str, theirs: &str) -> TransportError {
+    TransportError::Refused(
+        Refusal::ClusterMismatch,
+        format!("cluster-name '{theirs}' differs from '{mine}'"),
+    )
+}
+
+const WRONG_SECRET: &str = "peer could not prove the shared secret (masterauth)";
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, TransportError> {
     postcard::to_allocvec(v).map_err(|e| TransportError::Handshake(format!("encode: {e}")))
@@ -151,26 +177,13 @@ fn framed(
     ))
 }
 
-fn check_hello(me: &Identity<'_>, hello: &Hello) -> Option<(Refusal, String)> {
-    if hello.version != PROTOCOL_VERSION {
-        return Some((
+fn check_version(version: u16) -> Option<(Refusal, String)> {
+    (version != PROTOCOL_VERSION).then(|| {
+        (
             Refusal::Version,
-            format!(
-                "protocol version {} (this node speaks {PROTOCOL_VERSION})",
-                hello.version
-            ),
-        ));
-    }
-    if hello.cluster != me.cluster {
-        return Some((
-            Refusal::ClusterMismatch,
-            format!(
-                "cluster-name '{}' differs from '{}'",
-                hello.cluster, me.cluster
-            ),
-        ));
-    }
-    None
+            format!("protocol version {version} (this node speaks {PROTOCOL_VERSION})"),
+        )
+    })
 }
 
 /// Runs the dialer's side; returns the peer's node id.
@@ -203,45 +216,43 @@ async fn dial_steps(
 ) -> Result<u64, TransportError> {
     let (mut tx, mut rx) = framed(conn.open_bi().await, max_frame)?;
     let ekm = ekm(conn)?;
-    let my_nonce = nonce()?;
+    let (exchange, spake) = spake_start(me.secret, &ekm);
     tx.send(&encode(&Hello {
         version: PROTOCOL_VERSION,
-        cluster: me.cluster.to_string(),
         node: me.node,
-        nonce: my_nonce,
+        spake,
     })?)
     .await?;
-    let (hello, their_proof) = match decode::<AcceptorReply>(rx.recv().await?)? {
+    let (peer_node, theirs, their_confirm) = match decode::<AcceptorReply>(rx.recv().await?)? {
         AcceptorReply::Refused(reason) => {
             return Err(TransportError::Refused(Refusal::Protocol, reason))
         }
-        AcceptorReply::Challenge { hello, proof } => (hello, proof),
+        AcceptorReply::Challenge {
+            node,
+            spake,
+            confirm,
+        } => (node, spake, confirm),
     };
-    if let Some((kind, reason)) = check_hello(me, &hello) {
+    let key = spake_finish(exchange, &theirs)?;
+    if !confirmed(&key, b"acceptor", &their_confirm) {
         let _ = tx
-            .send(&encode(&DialerProof::Refused(reason.clone()))?)
+            .send(&encode(&DialerProof::Refused(WRONG_SECRET.to_string()))?)
             .await;
-        return Err(TransportError::Refused(kind, reason));
+        return Err(TransportError::Refused(
+            Refusal::WrongSecret,
+            WRONG_SECRET.to_string(),
+        ));
     }
-    if !verify(
-        me.secret,
-        b"acceptor",
-        &ekm,
-        &my_nonce,
-        &hello.nonce,
-        &their_proof,
-    ) {
-        let reason = "peer could not prove the shared secret (masterauth)".to_string();
-        let _ = tx
-            .send(&encode(&DialerProof::Refused(reason.clone()))?)
-            .await;
-        return Err(TransportError::Refused(Refusal::WrongSecret, reason));
-    }
-    let mine = proof(me.secret, b"dialer", &ekm, &hello.nonce, &my_nonce);
-    tx.send(&encode(&DialerProof::Proof(mine.as_ref().to_vec()))?)
-        .await?;
+    tx.send(&encode(&DialerProof::Proof {
+        confirm: confirm(&key, b"dialer").as_ref().to_vec(),
+        cluster: me.cluster.to_string(),
+    })?)
+    .await?;
     match decode::<Verdict>(rx.recv().await?)? {
-        Verdict::Welcome => Ok(hello.node),
+        Verdict::Welcome { cluster } if cluster == me.cluster => Ok(peer_node),
+        Verdict::Welcome { cluster } | Verdict::OtherCluster(cluster) => {
+            Err(cluster_mismatch(me.cluster, &cluster))
+        }
         Verdict::Refused(reason) => Err(TransportError::Refused(Refusal::WrongSecret, reason)),
     }
 }
@@ -263,42 +274,45 @@ async fn accept_steps(
     let (mut tx, mut rx) = framed(conn.accept_bi().await, max_frame)?;
     let ekm = ekm(conn)?;
     let hello: Hello = decode(rx.recv().await?)?;
-    if let Some((kind, reason)) = check_hello(me, &hello) {
+    if let Some((kind, reason)) = check_version(hello.version) {
         let _ = tx
             .send(&encode(&AcceptorReply::Refused(reason.clone()))?)
             .await;
         return Err(TransportError::Refused(kind, reason));
     }
-    let my_nonce = nonce()?;
-    let mine = proof(me.secret, b"acceptor", &ekm, &hello.nonce, &my_nonce);
+    let (exchange, spake) = spake_start(me.secret, &ekm);
+    let key = spake_finish(exchange, &hello.spake)?;
     tx.send(&encode(&AcceptorReply::Challenge {
-        hello: Hello {
-            version: PROTOCOL_VERSION,
-            cluster: me.cluster.to_string(),
-            node: me.node,
-            nonce: my_nonce,
-        },
-        proof: mine.as_ref().to_vec(),
+        node: me.node,
+        spake,
+        confirm: confirm(&key, b"acceptor").as_ref().to_vec(),
     })?)
     .await?;
-    let their_proof = match decode::<DialerProof>(rx.recv().await?)? {
+    let (their_confirm, cluster) = match decode::<DialerProof>(rx.recv().await?)? {
         DialerProof::Refused(reason) => {
             return Err(TransportError::Refused(Refusal::WrongSecret, reason))
         }
-        DialerProof::Proof(p) => p,
+        DialerProof::Proof { confirm, cluster } => (confirm, cluster),
     };
-    if !verify(
-        me.secret,
-        b"dialer",
-        &ekm,
-        &my_nonce,
-        &hello.nonce,
-        &their_proof,
-    ) {
-        let reason = "peer could not prove the shared secret (masterauth)".to_string();
-        let _ = tx.send(&encode(&Verdict::Refused(reason.clone()))?).await;
-        return Err(TransportError::Refused(Refusal::WrongSecret, reason));
+    if !confirmed(&key, b"dialer", &their_confirm) {
+        let _ = tx
+            .send(&encode(&Verdict::Refused(WRONG_SECRET.to_string()))?)
+            .await;
+        return Err(TransportError::Refused(
+            Refusal::WrongSecret,
+            WRONG_SECRET.to_string(),
+        ));
     }
-    tx.send(&encode(&Verdict::Welcome)?).await?;
+    // The peer proved the secret: only now may it learn our cluster name.
+    if cluster != me.cluster {
+        let _ = tx
+            .send(&encode(&Verdict::OtherCluster(me.cluster.to_string()))?)
+            .await;
+        return Err(cluster_mismatch(me.cluster, &cluster));
+    }
+    tx.send(&encode(&Verdict::Welcome {
+        cluster: me.cluster.to_string(),
+    })?)
+    .await?;
     Ok(hello.node)
 }

@@ -119,6 +119,32 @@ async fn a_wrong_secret_is_refused_on_both_sides_and_counted() {
     );
 }
 
+/// #11 item 6: a peer that does not know the secret learns nothing of the
+/// node it dials: not its cluster name (the refusal used to name it), and,
+/// with the handshake a password-authenticated key exchange, no proof
+/// derived from the secret that it could test guesses against offline.
+#[tokio::test]
+async fn a_peer_without_the_secret_learns_nothing_of_the_cluster() {
+    let intruder = node(9, "guessing", b"not-the-secret");
+    let victim = Arc::new(node(2, "payments-eu", b"the-real-secret"));
+    let (dialed, accepted) = handshake(&intruder, victim.clone()).await;
+    let told = format!("{dialed:?}");
+    assert!(
+        matches!(
+            dialed,
+            Err(TransportError::Refused(Refusal::WrongSecret, _))
+        ),
+        "{told}"
+    );
+    assert!(
+        !told.contains("payments-eu"),
+        "the cluster name leaked: {told}"
+    );
+    assert!(accepted.is_err());
+    assert_eq!(victim.stats.refused_cluster.load(Ordering::Relaxed), 0);
+    assert_eq!(victim.stats.accepted.load(Ordering::Relaxed), 0);
+}
+
 #[tokio::test]
 async fn a_different_cluster_name_is_refused() {
     let a = node(1, "prod", b"s");
