@@ -88,6 +88,14 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
+    /// A link came up and the peer said what it holds. What it acknowledged
+    /// on an earlier link no longer counts: a peer that restarted empty
+    /// holds less than it once acknowledged, and WAIT must not count it.
+    fn resumed(&self, me: NodeId, resume: VersionVector) {
+        self.acked_seq.store(resume.get(me), Ordering::Relaxed);
+        *self.acked_vv.lock() = resume;
+    }
+
     fn new(addr: SocketAddr) -> PeerInfo {
         PeerInfo {
             addr,
@@ -576,7 +584,7 @@ async fn serve_peer(
     };
     let me = repl.node;
     let mut state = LinkState::new(me, NodeId(link.peer_node), &resume);
-    *info.acked_vv.lock() = resume;
+    info.resumed(me, resume);
     let _acks = AbortOnDrop(tokio::spawn(read_acks(back, me, info.clone(), ks.clone())));
     let mut tick = tokio::time::interval(SENDER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -874,6 +882,23 @@ fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// #11 item 14: WAIT counted a peer by the highest sequence it ever
+    /// acknowledged, so a peer that restarted empty still counted.
+    #[test]
+    fn a_peer_that_resumes_with_less_than_it_acknowledged_no_longer_counts_for_wait() {
+        let me = NodeId(1);
+        let repl = Replicator::new(me, 1 << 20, || 0);
+        let peer = Arc::new(PeerInfo::new("127.0.0.1:1".parse().unwrap()));
+        repl.peers.lock().push(peer.clone());
+        peer.resumed(me, VersionVector::from_entries(&[(me, 0)]));
+        peer.acked_seq.fetch_max(7, Ordering::Relaxed);
+        assert_eq!(repl.peers_acked(7), 1);
+        // It restarted empty: its new link resumes from nothing.
+        peer.resumed(me, VersionVector::default());
+        assert_eq!(repl.peers_acked(7), 0);
+        assert_eq!(repl.peers_acked(0), 1);
+    }
 
     /// A node with a store reports as stable, and collects below, only what
     /// its last stored cut holds: after a crash it can never bring back a key
