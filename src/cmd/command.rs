@@ -2,6 +2,7 @@
 //! GETKEYS). DOCS reports each command's arguments from its syntax line,
 //! which redis-cli turns into its as-you-type hints.
 
+use super::Flag;
 use super::Flag::*;
 use super::{is, table, CmdResult, Error, Exec, Spec};
 use super::{Flags, Keys};
@@ -19,27 +20,22 @@ pub static COMMANDS: &[Spec] = &[Spec {
     run: command,
 }];
 
+/// The flags COMMAND INFO reports, by Redis's names.
+const FLAG_NAMES: &[(Flag, &str)] = &[
+    (Write, "write"),
+    (ReadOnly, "readonly"),
+    (Admin, "admin"),
+    (NoAuth, "no_auth"),
+    (Fast, "fast"),
+    (NoMulti, "no_multi"),
+];
+
 fn flag_names(spec: &Spec) -> SmallVec<[&'static str; 6]> {
-    let mut f = SmallVec::new();
-    if spec.has(Write) {
-        f.push("write");
-    }
-    if spec.has(ReadOnly) {
-        f.push("readonly");
-    }
-    if spec.has(Admin) {
-        f.push("admin");
-    }
-    if spec.has(NoAuth) {
-        f.push("no_auth");
-    }
-    if spec.has(Fast) {
-        f.push("fast");
-    }
-    if spec.has(NoMulti) {
-        f.push("no_multi");
-    }
-    f
+    FLAG_NAMES
+        .iter()
+        .filter(|(flag, _)| spec.has(*flag))
+        .map(|(_, name)| *name)
+        .collect()
 }
 
 fn command_info(x: &mut Exec, spec: &Spec) {
