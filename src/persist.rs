@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use chorus_crdt::Stamp;
+
 use crate::keyspace::CutError;
 use crate::keyspace::Keyspace;
 use crate::replication::Replicator;
@@ -41,7 +43,16 @@ pub struct Persistence {
     pub failures: AtomicU64,
     /// Unix ms of the last stored cut (0: none yet).
     pub last_cut_ms: AtomicU64,
+    /// A store not durable on write (`appendfsync no`): the stable stamp of
+    /// the newest cut written since the last sync, and how many cuts ago
+    /// that sync was. Only a synced cut's stable stamp may be reported.
+    unsynced: parking_lot::Mutex<(Option<Stamp>, u32)>,
 }
+
+/// With `appendfsync no`, the store is synced every this many cuts: what
+/// the node reports stable (and lets peers collect tombstones below) trails
+/// by up to that many seconds.
+pub const SYNC_EVERY_CUTS: u32 = 10;
 
 impl Persistence {
     pub fn new(
@@ -60,6 +71,7 @@ impl Persistence {
             keys_written: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             last_cut_ms: AtomicU64::new(0),
+            unsynced: parking_lot::Mutex::new((None, 0)),
         }
     }
 
@@ -107,7 +119,11 @@ impl Persistence {
             return Err(e.into());
         }
         if let (Some(repl), Some(stable)) = (&self.repl, stable) {
-            repl.stored(stable);
+            if self.store.durable_on_write() {
+                repl.stored(stable);
+            } else {
+                self.sync_now_and_then(repl, stable)?;
+            }
         }
         self.cuts.fetch_add(1, Ordering::Relaxed);
         self.keys_written
@@ -115,6 +131,24 @@ impl Persistence {
         self.last_cut_ms
             .store(ks.clock.physical_unix_ms(), Ordering::Relaxed);
         Ok(written)
+    }
+
+    /// A cut carrying `stable` was written to a store that is not durable on
+    /// write: report it stored only once a sync covers it, every
+    /// [`SYNC_EVERY_CUTS`] cuts.
+    fn sync_now_and_then(&self, repl: &Replicator, stable: Stamp) -> Result<(), PersistError> {
+        let mut unsynced = self.unsynced.lock();
+        unsynced.0 = Some(stable);
+        unsynced.1 += 1;
+        if unsynced.1 < SYNC_EVERY_CUTS {
+            return Ok(());
+        }
+        self.store.sync()?;
+        if let Some(stable) = unsynced.0.take() {
+            repl.stored(stable);
+        }
+        unsynced.1 = 0;
+        Ok(())
     }
 
     /// `appendfsync always`: stores a cut if the node wrote since `before`

@@ -73,6 +73,15 @@ pub trait Store: Send + Sync {
     fn name(&self) -> &'static str;
     fn load(&self) -> Result<Loaded, StoreError>;
     fn write(&self, cut: &Cut) -> Result<(), StoreError>;
+    /// Whether a cut is durable once `write` returns; if not, only once
+    /// [`Store::sync`] returns (`appendfsync no`).
+    fn durable_on_write(&self) -> bool {
+        true
+    }
+    /// Makes everything written so far durable.
+    fn sync(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -302,6 +311,17 @@ fn encoded<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
 impl Store for SledStore {
     fn name(&self) -> &'static str {
         "sled"
+    }
+
+    fn durable_on_write(&self) -> bool {
+        self.fsync
+    }
+
+    fn sync(&self) -> Result<(), StoreError> {
+        self.db.flush().map(|_| ()).map_err(|e| StoreError::Write {
+            path: self.path.clone(),
+            reason: format!("flushing: {e}"),
+        })
     }
 
     fn load(&self) -> Result<Loaded, StoreError> {
@@ -546,6 +566,76 @@ mod tests {
         assert_eq!(loaded.lives, vec![NodeId(1), NodeId(2)]);
         assert_eq!(loaded.applied, vec![(NodeId(1), 3), (NodeId(9), 7)]);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A store that, like sled under `appendfsync no`, holds a cut only
+    /// in memory until synced.
+    struct Lazy {
+        inner: MemStore,
+        syncs: std::sync::atomic::AtomicU64,
+    }
+
+    impl Store for Lazy {
+        fn name(&self) -> &'static str {
+            "lazy"
+        }
+        fn load(&self) -> Result<Loaded, StoreError> {
+            self.inner.load()
+        }
+        fn write(&self, cut: &Cut) -> Result<(), StoreError> {
+            self.inner.write(cut)
+        }
+        fn durable_on_write(&self) -> bool {
+            false
+        }
+        fn sync(&self) -> Result<(), StoreError> {
+            self.syncs
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+    }
+
+    /// #11 item 10: with `appendfsync no` a node reported as stable (and so
+    /// let peers collect tombstones below) what its last cut held before
+    /// that cut was on disk; a crash then could bring a deleted key back.
+    #[test]
+    fn with_appendfsync_no_only_a_synced_cut_is_reported_stable() {
+        let store = Arc::new(Lazy {
+            inner: MemStore::new(),
+            syncs: Default::default(),
+        });
+        let config = crate::Config::load(
+            None,
+            &["--active-replica", "yes", "--masterauth", "s"].map(String::from),
+        )
+        .unwrap();
+        let node = crate::Node::open(
+            config,
+            crate::NodeEnv {
+                node: NodeId(1),
+                physical: chorus_crdt::system_clock,
+                wall_ms: || 0,
+                hash_seed: None,
+                store: Some(store.clone()),
+            },
+        )
+        .unwrap();
+        let repl = node.repl.clone().unwrap();
+        let persistence = node.persistence.clone().unwrap();
+        repl.gc_tick(&node.ks);
+        let first = repl.stable_for_cut();
+        assert!(!first.is_zero(), "alone, the node's own promise");
+        for _ in 1..crate::persist::SYNC_EVERY_CUTS {
+            persistence.cut_once().unwrap();
+            assert_eq!(
+                repl.stored_stable(),
+                Some(Stamp::ZERO),
+                "written, not synced"
+            );
+        }
+        persistence.cut_once().unwrap();
+        assert_eq!(store.syncs.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert_eq!(repl.stored_stable(), Some(first), "synced: now stable");
     }
 
     /// Opens a store just closed: sled's flusher thread may hold the file

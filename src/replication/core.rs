@@ -415,6 +415,10 @@ impl Core {
         self.unstored_stable
     }
 
+    pub fn stored_stable(&self) -> Option<Stamp> {
+        self.stored_stable
+    }
+
     /// A cut taken after `stable` was computed is durable.
     pub fn stored(&mut self, stable: Stamp) {
         if let Some(s) = self.stored_stable.as_mut() {

@@ -291,8 +291,13 @@ impl Replicator {
         self.core.lock().restore(applied, lives, now);
     }
 
+    /// The stable stamp of the last cut known durable (with a store).
+    pub fn stored_stable(&self) -> Option<Stamp> {
+        self.core.lock().stored_stable()
+    }
+
     /// Makes a new promise and recomputes our stable stamp and the GC floor.
-    fn gc_tick(&self, ks: &Keyspace) -> Stamp {
+    pub(crate) fn gc_tick(&self, ks: &Keyspace) -> Stamp {
         {
             // Every write is stamped and published under its shard's lock:
             // with all of them held, each write is either numbered by now or
