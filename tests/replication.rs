@@ -610,6 +610,34 @@ fn tombstones_are_collected_once_every_peer_has_passed_them_and_not_before() {
     assert_eq!(q::<i64>(&mut cb, &["DBSIZE"]), 0);
 }
 
+/// #11 item 5: removing a peer froze tombstone GC for good: its last
+/// promise still bounded the floor. Once removed it no longer counts.
+#[test]
+fn a_removed_peer_no_longer_holds_tombstone_collection_back() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let mut ca = a.conn();
+    let mut cb = b.conn();
+    q::<()>(&mut ca, &["SET", "first", "1"]);
+    wait_until("the link", || get(&mut cb, "first").is_some());
+    drop(b);
+    for i in 0..20 {
+        let k = format!("k{i}");
+        q::<()>(&mut ca, &["SET", &k, "v"]);
+        q::<()>(&mut ca, &["DEL", &k]);
+    }
+    let tombstones =
+        |c: &mut redis::Connection| info_field(c, "tombstones").parse::<u64>().unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(tombstones(&mut ca), 20, "kept while the peer is only away");
+    let port = pb.to_string();
+    q::<()>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &port]);
+    wait_until("the tombstones collected once the peer is removed", || {
+        tombstones(&mut ca) == 0
+    });
+}
+
 fn gen_certs(tag: &str, nodes: usize) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("chorus-certs-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

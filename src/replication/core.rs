@@ -163,6 +163,9 @@ pub struct Core {
     gc_ticks: u32,
     /// The floor of the last sweep.
     swept: Stamp,
+    /// Peers removed from the mesh (REPLICAOF REMOVE) and not linked since:
+    /// the GC floor does not wait for them.
+    removed: BTreeSet<NodeId>,
 }
 
 impl Core {
@@ -179,6 +182,7 @@ impl Core {
             stored_stable: None,
             gc_ticks: 0,
             swept: Stamp::ZERO,
+            removed: BTreeSet::new(),
         }
     }
 
@@ -276,6 +280,7 @@ impl Core {
     /// A link with `peer` came up; `previous` is the node id last seen at
     /// the same address, now retired when it differs (a restarted peer).
     pub fn link_up(&mut self, peer: NodeId, previous: Option<NodeId>) {
+        self.removed.remove(&peer);
         self.gc.know(peer);
         if let Some(old) = previous.filter(|old| *old != peer) {
             self.gc.retire(old);
@@ -356,7 +361,9 @@ impl Core {
     /// whose id we have not learnt yet, which holds the floor at zero.
     pub fn gc_tick(&mut self, settled: &BTreeSet<NodeId>, unknown_peer: bool) -> GcState {
         for (origin, _) in self.applied.entries() {
-            self.gc.know(origin);
+            if !self.removed.contains(&origin) {
+                self.gc.know(origin);
+            }
         }
         let own = self.promise.stamp;
         let unstored = self.gc.stable(self.me, own, settled);
@@ -369,6 +376,13 @@ impl Core {
         };
         self.gc_state = GcState { stable, floor };
         self.gc_state
+    }
+
+    /// `peer` was removed from the mesh: it stops holding the GC floor
+    /// back (until it links again).
+    pub fn forget(&mut self, peer: NodeId) {
+        self.removed.insert(peer);
+        self.gc.forget(peer);
     }
 
     pub fn gc_state(&self) -> GcState {

@@ -55,6 +55,14 @@ impl GcView {
         self.retired.insert(node);
     }
 
+    /// `node` left the mesh (REPLICAOF REMOVE): it no longer holds the
+    /// floor back, until it links again.
+    pub fn forget(&mut self, node: NodeId) {
+        self.known.remove(&node);
+        self.promises.remove(&node);
+        self.stables.remove(&node);
+    }
+
     pub fn retired(&self) -> Vec<NodeId> {
         self.retired.iter().copied().collect()
     }

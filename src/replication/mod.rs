@@ -211,18 +211,27 @@ impl Replicator {
     /// Stops replicating with the peer at `addr`, or with every peer for
     /// `None`. Returns how many were removed.
     pub fn remove_peers(&self, addr: Option<SocketAddr>) -> usize {
-        let mut peers = self.peers.lock();
-        let before = peers.len();
-        peers.retain(|p| {
-            let hit = addr.is_none_or(|a| p.addr == a);
-            if hit {
-                if let Some(task) = p.task.lock().take() {
-                    task.abort();
+        let mut gone = Vec::new();
+        let removed = {
+            let mut peers = self.peers.lock();
+            let before = peers.len();
+            peers.retain(|p| {
+                let hit = addr.is_none_or(|a| p.addr == a);
+                if hit {
+                    if let Some(task) = p.task.lock().take() {
+                        task.abort();
+                    }
+                    gone.extend(NodeId::new(p.peer_node.load(Ordering::Relaxed)));
                 }
-            }
-            !hit
-        });
-        before - peers.len()
+                !hit
+            });
+            before - peers.len()
+        };
+        let mut core = self.core.lock();
+        for node in gone {
+            core.forget(node);
+        }
+        removed
     }
 
     /// The backlog as INFO shows it.
