@@ -178,10 +178,16 @@ impl Shard {
         if a == b || self.dbs[a].dirty.is_none() {
             return;
         }
-        let keys: Vec<Key> = self.dbs[a]
+        // The keys held at either number, and the ones changed there since
+        // the last cut (a delete no map shows any more): each is rewritten,
+        // or removed, at both numbers.
+        let (da, db) = (&self.dbs[a], &self.dbs[b]);
+        let keys: Vec<Key> = da
             .map
             .keys()
-            .chain(self.dbs[b].map.keys())
+            .chain(db.map.keys())
+            .chain(da.dirty.iter().flatten())
+            .chain(db.dirty.iter().flatten())
             .cloned()
             .collect();
         for d in [a, b] {
@@ -297,9 +303,9 @@ impl Writer<'_> {
         if let Some(sink) = &self.ks.sink {
             sink.publish_key(self.db as u32, self.key, &delta, self.now_ms);
         }
-        // A local write can lose on the spot to a replicated one stamped
-        // ahead of our clock (a peer with a fast clock): that is a conflict
-        // like any other, and goes to the log.
+        // Stamped after the state it replaces (see `stamp`), a local write
+        // wins here; the merge still reports what it replaced unseen (a
+        // concurrent write that arrived first) as a conflict, for the log.
         let conflicts = self.state.merge_owned(delta);
         self.ks
             .conflicts
@@ -538,6 +544,14 @@ impl Keyspace {
     }
 
     /// Local writes so far (counted only with a store).
+    /// Counts a local change made without [`Keyspace::update`] (SWAPDB), so
+    /// that `appendfsync always` stores it before the reply.
+    pub fn note_local_write(&self) {
+        if self.tracking {
+            self.local_writes.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn local_writes(&self) -> u64 {
         self.local_writes.load(Ordering::Relaxed)
     }
@@ -800,7 +814,7 @@ impl Keyspace {
             }
         }
         if let Some(sink) = &self.sink {
-            sink.publish_flush(db.map(|d| d as u32), stamp, stamp.unix_ms());
+            sink.publish_flush(db.map(|d| d as u32), stamp, self.clock.physical_unix_ms());
         }
     }
 

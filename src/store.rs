@@ -101,8 +101,10 @@ impl MemData {
         if self.floors.len() < cut.floors.len() {
             self.floors.resize(cut.floors.len(), Stamp::ZERO);
         }
+        // A cut holds every database's floor as it is now: it replaces what
+        // is held (floors only rise, except where SWAPDB moved them).
         for (have, new) in self.floors.iter_mut().zip(&cut.floors) {
-            *have = (*have).max(*new);
+            *have = *new;
         }
         for (origin, seq) in &cut.applied {
             let have = self.applied.entry(*origin).or_default();

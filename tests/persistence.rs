@@ -191,17 +191,31 @@ fn two_nodes_on_one_dir_or_a_bad_setting_are_refused_at_start() {
 }
 
 /// #11 item 8: SWAPDB moved the databases in memory but not in the store,
-/// so a restart silently un-swapped every key not written since.
+/// so a restart silently un-swapped every key not written since. Also
+/// covered: a flush floor moved by the swap (the store kept the larger of
+/// the two at both numbers, pruning the other database's keys) and a key
+/// deleted just before the swap (it came back where it had been).
 #[test]
 fn swapdb_survives_a_restart() {
     let dir = data_dir("swapdb");
     let s = start(&dir, &[]);
     let mut c = s.conn();
+    let in_db = |c: &mut redis::Connection, db: &str, key: &str| -> Option<String> {
+        q::<()>(c, &["SELECT", db]);
+        get(c, key)
+    };
     q::<()>(&mut c, &["SET", "was-in-0", "a"]);
+    q::<()>(&mut c, &["SET", "deleted-in-0", "x"]);
     q::<()>(&mut c, &["SELECT", "1"]);
     q::<()>(&mut c, &["SET", "was-in-1", "b"]);
     wait_for_cut(&mut c, 2);
-    q::<()>(&mut c, &["SWAPDB", "0", "1"]);
+    q::<()>(&mut c, &["SELECT", "2"]);
+    q::<()>(&mut c, &["SET", "gone", "1"]);
+    q::<()>(&mut c, &["FLUSHDB"]);
+    q::<()>(&mut c, &["SELECT", "0"]);
+    q::<()>(&mut c, &["DEL", "deleted-in-0"]);
+    q::<()>(&mut c, &["SWAPDB", "1", "2"]);
+    q::<()>(&mut c, &["SWAPDB", "0", "3"]);
     let info: String = q(&mut c, &["INFO", "persistence"]);
     let cuts: u64 = info
         .lines()
@@ -214,16 +228,35 @@ fn swapdb_survives_a_restart() {
     let s = start(&dir, &[]);
     let mut c = s.conn();
     assert_eq!(
-        get(&mut c, "was-in-1").as_deref(),
-        Some("b"),
-        "db 0 after the swap"
+        q::<i64>(&mut c, &["DBSIZE"]),
+        0,
+        "db 0 swapped with the empty db 3"
     );
-    assert_eq!(get(&mut c, "was-in-0"), None);
-    q::<()>(&mut c, &["SELECT", "1"]);
+    assert_eq!(in_db(&mut c, "2", "was-in-1").as_deref(), Some("b"));
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 1);
+    assert_eq!(in_db(&mut c, "1", "was-in-1"), None);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 0);
+    assert_eq!(in_db(&mut c, "3", "was-in-0").as_deref(), Some("a"));
     assert_eq!(
-        get(&mut c, "was-in-0").as_deref(),
-        Some("a"),
-        "db 1 after the swap"
+        get(&mut c, "deleted-in-0"),
+        None,
+        "the delete before the swap holds"
     );
-    assert_eq!(get(&mut c, "was-in-1"), None);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 1);
+}
+
+/// `appendfsync always`: a SWAPDB that replied OK is on disk.
+#[test]
+fn swapdb_under_appendfsync_always_is_durable_at_once() {
+    let dir = data_dir("swapdb-always");
+    let s = start(&dir, &["--appendfsync", "always"]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "k", "v"]);
+    q::<()>(&mut c, &["SWAPDB", "0", "3"]);
+    kill_hard(s);
+    let s = start(&dir, &["--appendfsync", "always"]);
+    let mut c = s.conn();
+    assert_eq!(get(&mut c, "k"), None);
+    q::<()>(&mut c, &["SELECT", "3"]);
+    assert_eq!(get(&mut c, "k").as_deref(), Some("v"));
 }

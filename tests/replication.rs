@@ -381,6 +381,20 @@ fn a_value_larger_than_a_frame_replicates_and_stalls_nothing() {
     assert!(info.contains("state_transfers=0,"), "{info}");
 }
 
+/// A value larger than replication's message limit could never replicate:
+/// a replicating node does not let CONFIG SET raise the bulk limit past it.
+#[test]
+fn a_replicating_node_refuses_to_raise_proto_max_bulk_len() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let mut ca = a.conn();
+    let e = common::err(&mut ca, &["CONFIG", "SET", "proto-max-bulk-len", "2gb"]);
+    assert!(e.contains("start-up value"), "{e}");
+    q::<()>(&mut ca, &["CONFIG", "SET", "proto-max-bulk-len", "1mb"]);
+    let got: Vec<String> = q(&mut ca, &["CONFIG", "GET", "proto-max-bulk-len"]);
+    assert_eq!(got[1], (1024 * 1024).to_string());
+}
+
 /// #11 item 8: a swap has no CRDT meaning across nodes (replicated deltas
 /// name database numbers), so a replicating node that swapped diverged for
 /// good. It is refused, and nothing moves.

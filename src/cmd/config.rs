@@ -94,6 +94,18 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
     probe
         .apply(&name, std::slice::from_ref(&value), &Origin::ConfigSet)
         .map_err(|e| failed(e.message))?;
+    if name == "proto-max-bulk-len"
+        && x.node.repl.is_some()
+        && probe.proto_max_bulk_len > x.node.config.proto_max_bulk_len
+    {
+        // Replication's message limit is set from it at start: a larger
+        // value written now could never replicate.
+        return Err(failed(format!(
+            "a replicating node cannot raise it above its start-up value ({}); restart every \
+             node with the new value",
+            x.node.config.proto_max_bulk_len
+        )));
+    }
     match Tunables::live(&name) {
         Some(live) => (live.set)(&x.server.tunables, &probe),
         None => return Err(failed("can't set immutable config".to_string())),

@@ -316,6 +316,7 @@ fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         shard.dbs.swap(a, b);
         shard.swapped(a, b);
     }
+    x.ks.note_local_write();
     x.out.ok();
     Ok(())
 }

@@ -156,16 +156,9 @@ impl FrameSender {
             self.stream.write_all(&len).await.map_err(io)?;
             return self.stream.write_all(payload).await.map_err(io);
         }
-        let mut rest = payload;
-        while !rest.is_empty() {
-            let (part, after) = rest.split_at(rest.len().min(MAX_FRAGMENT));
-            let more = if after.is_empty() { 0 } else { MORE };
-            let header = (part.len() as u32 | more).to_be_bytes();
-            self.stream.write_all(&header).await.map_err(io)?;
-            self.stream.write_all(part).await.map_err(io)?;
-            rest = after;
-        }
-        Ok(())
+        let mut framed = bytes::BytesMut::new();
+        append_framed(&mut framed, payload);
+        self.stream.write_all(&framed).await.map_err(io)
     }
 
     /// Sends several frames with one stream write: the per-write cost of the
@@ -273,7 +266,16 @@ mod tests {
         /// and in order.
         #[test]
         fn framed_messages_split_anywhere_arrive_whole(
-            sizes in proptest::collection::vec(0usize..(3 * MAX_FRAGMENT), 1..4),
+            sizes in proptest::collection::vec(
+                prop_oneof![
+                    Just(0usize),
+                    Just(MAX_FRAGMENT),
+                    Just(MAX_FRAGMENT + 1),
+                    Just(2 * MAX_FRAGMENT),
+                    0usize..(3 * MAX_FRAGMENT),
+                ],
+                1..4,
+            ),
             cuts in proptest::collection::vec(any::<usize>(), 0..8),
         ) {
             let messages: Vec<Vec<u8>> = sizes
@@ -294,13 +296,43 @@ mod tests {
     }
 
     proptest! {
-        /// Arbitrary bytes: messages, a need for more, or an error; never a
-        /// panic, and never more held than was pushed.
+        /// Arbitrary bytes, and valid frames with bytes flipped (so headers
+        /// are mostly plausible and the fragment paths run): messages, a
+        /// need for more, or an error; never a panic, and never more held
+        /// than was pushed.
         #[test]
         fn arbitrary_bytes_never_panic_or_hold_more_than_pushed(
-            bytes in proptest::collection::vec(any::<u8>(), 0..2048),
+            random in proptest::collection::vec(any::<u8>(), 0..2048),
+            messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..6),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            use_random in any::<bool>(),
             max in 0usize..4096,
         ) {
+            let bytes = if use_random {
+                random
+            } else {
+                // Fragments far smaller than a sender makes, so that the
+                // reassembly path runs on small inputs too.
+                let mut wire = Vec::new();
+                for m in &messages {
+                    let mut parts = m.chunks(97).peekable();
+                    if parts.peek().is_none() {
+                        wire.extend_from_slice(&0u32.to_be_bytes());
+                    }
+                    while let Some(part) = parts.next() {
+                        let more = if parts.peek().is_some() { MORE } else { 0 };
+                        wire.extend_from_slice(&(part.len() as u32 | more).to_be_bytes());
+                        wire.extend_from_slice(part);
+                    }
+                }
+                for (at, value) in flips {
+                    if !wire.is_empty() {
+                        let i = at % wire.len();
+                        wire[i] ^= value;
+                    }
+                }
+                wire
+            };
             let mut d = Deframer::new(max);
             d.push(&bytes);
             let mut returned = 0;
@@ -316,6 +348,25 @@ mod tests {
             }
             prop_assert!(d.buf.capacity() <= bytes.len().max(HEADER_LEN) + READ_CHUNK + HEADER_LEN);
         }
+    }
+
+    #[test]
+    fn small_fragments_and_empty_continuations_reassemble() {
+        let mut wire = Vec::new();
+        for (part, more) in [
+            (&b"ab"[..], true),
+            (b"", true),
+            (b"cd", false),
+            (b"", false),
+        ] {
+            let more = if more { MORE } else { 0 };
+            wire.extend_from_slice(&(part.len() as u32 | more).to_be_bytes());
+            wire.extend_from_slice(part);
+        }
+        assert_eq!(
+            deframe(&wire, &[3, 7], 16).unwrap(),
+            vec![b"abcd".to_vec(), Vec::new()]
+        );
     }
 
     #[test]
