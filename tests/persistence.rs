@@ -31,19 +31,19 @@ fn kill_hard(mut s: Server) {
     let _ = s.child.wait();
 }
 
+/// How many cuts the node has stored (INFO persistence).
+fn cuts(c: &mut redis::Connection) -> u64 {
+    let info: String = q(c, &["INFO", "persistence"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("store_cuts:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 fn wait_for_cut(c: &mut redis::Connection, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info: String = q(c, &["INFO", "persistence"]);
-        let cuts: u64 = info
-            .lines()
-            .find_map(|l| l.strip_prefix("store_cuts:"))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0);
-        if cuts >= at_least {
-            return;
-        }
-        assert!(Instant::now() < deadline, "no cut stored: {info}");
+    while cuts(c) < at_least {
+        assert!(Instant::now() < deadline, "no cut {at_least} stored");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -100,12 +100,7 @@ fn a_flush_survives_a_restart() {
     wait_for_cut(&mut c, 2);
     q::<()>(&mut c, &["FLUSHALL"]);
     q::<()>(&mut c, &["SET", "after", "1"]);
-    let cuts_before: String = q(&mut c, &["INFO", "persistence"]);
-    let n: u64 = cuts_before
-        .lines()
-        .find_map(|l| l.strip_prefix("store_cuts:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0);
+    let n = cuts(&mut c);
     wait_for_cut(&mut c, n + 2);
     kill_hard(s);
     let s = start(&dir, &[]);
@@ -216,13 +211,8 @@ fn swapdb_survives_a_restart() {
     q::<()>(&mut c, &["DEL", "deleted-in-0"]);
     q::<()>(&mut c, &["SWAPDB", "1", "2"]);
     q::<()>(&mut c, &["SWAPDB", "0", "3"]);
-    let info: String = q(&mut c, &["INFO", "persistence"]);
-    let cuts: u64 = info
-        .lines()
-        .find_map(|l| l.strip_prefix("store_cuts:"))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("store_cuts");
-    wait_for_cut(&mut c, cuts + 2);
+    let n = cuts(&mut c);
+    wait_for_cut(&mut c, n + 2);
     kill_hard(s);
 
     let s = start(&dir, &[]);
