@@ -16,9 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tracing::{debug, info, warn};
 
+use crate::config::OutputBufferLimit;
 use crate::node::Links;
 use crate::persist::CutThread;
-use crate::resp::{self, Limits, Parsed, Reply, Source};
+use crate::resp::{self, Limits, Parsed, Progress, Reply, Source};
 use crate::server::Server;
 use crate::session::{ClientHandle, Session};
 
@@ -159,6 +160,19 @@ async fn admit(server: Arc<Server>, mut sock: TcpStream, addr: SocketAddr) -> st
     result
 }
 
+/// Most reply bytes one batch gathers before they are written. The rest of
+/// the pipeline runs once they are out, so a client that never reads holds
+/// this plus one reply of server memory, whatever it sends (redis-server,
+/// with no output limit for normal clients, grows without bound).
+pub const REPLY_BATCH_BYTES: usize = 256 * 1024;
+
+/// Why a connection loop closed its client on its own.
+enum Verdict {
+    /// Its replies went past the `normal` class's hard limit, or stayed
+    /// past the soft one for its seconds.
+    OutputLimit,
+}
+
 async fn connection(
     server: &Server,
     mut sock: TcpStream,
@@ -169,6 +183,7 @@ async fn connection(
     let mut out = Reply::new();
     let mut ranges = Vec::new();
     let mut scratch = Vec::new();
+    let mut progress = Progress::default();
     let mut need = 1usize;
     let full_limits = |s: &Server| Limits {
         max_bulk: s.tunables.max_bulk(),
@@ -183,13 +198,22 @@ async fn connection(
         let mut now_ms = server.node.ks.clock.physical_unix_ms();
         let mut last_cmd: Option<&'static str> = None;
         let writes_before = server.node.ks.local_writes();
-        while input.len() - consumed >= need && !session.close {
+        let out_limit = server.tunables.output_buffer_limits.read().normal;
+        let mut verdict = None;
+        while input.len() - consumed >= need && !session.close && out.buf.len() < REPLY_BATCH_BYTES
+        {
             let limits = if session.authed {
                 full_limits(server)
             } else {
                 full_limits(server).unauthenticated()
             };
-            match resp::parse(&input[consumed..], &limits, &mut ranges, &mut scratch) {
+            match resp::parse_resuming(
+                &input[consumed..],
+                &limits,
+                &mut ranges,
+                &mut scratch,
+                &mut progress,
+            ) {
                 Ok(Parsed::Request { len, source }) => {
                     let base: &[u8] = match source {
                         Source::Buffer => &input[consumed..consumed + len],
@@ -212,6 +236,10 @@ async fn connection(
                     if let Some(wait) = session.wait.take() {
                         out.int(wait.run().await);
                         now_ms = server.node.ks.clock.physical_unix_ms();
+                    }
+                    if out_limit.hard > 0 && out.buf.len() as u64 > out_limit.hard {
+                        verdict = Some(Verdict::OutputLimit);
+                        break;
                     }
                 }
                 Ok(Parsed::Incomplete { need: n }) => {
@@ -239,24 +267,51 @@ async fn connection(
                 *handle.last_cmd.lock() = name;
             }
         }
-        if !out.buf.is_empty() {
-            if let Some(persistence) = &server.node.persistence {
-                persistence.sync_if_written(writes_before);
+        if let Some(persistence) = &server.node.persistence {
+            persistence.sync_if_written(writes_before);
+        }
+        let batch_full = out.buf.len() >= REPLY_BATCH_BYTES;
+        if verdict.is_none() && !out.buf.is_empty() {
+            handle.qbuf.store(input.len(), Ordering::Relaxed);
+            handle.omem.store(out.buf.len(), Ordering::Relaxed);
+            handle
+                .buffers
+                .store(input.capacity() + out.buf.capacity(), Ordering::Relaxed);
+            let sent = write_replies(&mut sock, &out.buf, out_limit).await;
+            handle.omem.store(0, Ordering::Relaxed);
+            if sent? {
+                server
+                    .stats
+                    .net_output_bytes
+                    .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
+            } else {
+                verdict = Some(Verdict::OutputLimit);
             }
-            sock.write_all(&out.buf).await?;
-            server
-                .stats
-                .net_output_bytes
-                .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
             out.buf.clear();
             if out.buf.capacity() > 1024 * 1024 {
                 out.buf.shrink_to(64 * 1024);
             }
         }
+        if let Some(Verdict::OutputLimit) = verdict {
+            server
+                .stats
+                .output_buffer_limit_disconnections
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(addr = %handle.addr, "closing client that exceeded client-output-buffer-limit");
+            return Ok(());
+        }
         if session.close {
             return Ok(());
         }
+        if batch_full {
+            // The rest of the pipeline runs before anything more is read.
+            continue;
+        }
         if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
+            server
+                .stats
+                .query_buffer_limit_disconnections
+                .fetch_add(1, Ordering::Relaxed);
             warn!(addr = %handle.addr, "closing client that exceeded client-query-buffer-limit");
             return Ok(());
         }
@@ -293,8 +348,44 @@ async fn connection(
             .stats
             .net_input_bytes
             .fetch_add(n as u64, Ordering::Relaxed);
+        handle.qbuf.store(input.len(), Ordering::Relaxed);
         if input.capacity() > 4 * 1024 * 1024 && input.len() < 64 * 1024 {
             input.shrink_to(64 * 1024);
         }
     }
+}
+
+/// Writes one batch of replies. Returns false, with the client to be
+/// closed, when more than the soft limit stayed unwritten for the limit's
+/// seconds (the hard limit is checked as replies are added).
+async fn write_replies(
+    sock: &mut TcpStream,
+    buf: &[u8],
+    limit: OutputBufferLimit,
+) -> std::io::Result<bool> {
+    if limit.soft == 0 || buf.len() as u64 <= limit.soft {
+        sock.write_all(buf).await?;
+        return Ok(true);
+    }
+    let mut written = 0;
+    let mut over_since: Option<tokio::time::Instant> = None;
+    while written < buf.len() {
+        let pending = (buf.len() - written) as u64;
+        let n = if pending > limit.soft {
+            let since = *over_since.get_or_insert_with(tokio::time::Instant::now);
+            let deadline = since + Duration::from_secs(limit.soft_seconds);
+            match tokio::time::timeout_at(deadline, sock.write(&buf[written..])).await {
+                Ok(n) => n?,
+                Err(_) => return Ok(false),
+            }
+        } else {
+            over_since = None;
+            sock.write(&buf[written..]).await?
+        };
+        if n == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        written += n;
+    }
+    Ok(true)
 }

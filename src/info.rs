@@ -167,6 +167,15 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 &st.rejected_connections.load(Ordering::Relaxed),
             );
             line(
+                "client_query_buffer_limit_disconnections",
+                &st.query_buffer_limit_disconnections.load(Ordering::Relaxed),
+            );
+            line(
+                "client_output_buffer_limit_disconnections",
+                &st.output_buffer_limit_disconnections
+                    .load(Ordering::Relaxed),
+            );
+            line(
                 "expired_keys",
                 &node.ks.expired_keys.load(Ordering::Relaxed),
             );

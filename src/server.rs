@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::config::{Config, LogLevel};
+use crate::config::{Config, LogLevel, OutputBufferLimits};
 use crate::node::Node;
 use crate::session::ClientRegistry;
 
@@ -22,6 +22,7 @@ pub struct Tunables {
     pub protected_mode: AtomicBool,
     pub max_bulk: AtomicUsize,
     pub query_buffer_limit: AtomicUsize,
+    pub output_buffer_limits: RwLock<OutputBufferLimits>,
     pub loglevel: Mutex<LogLevel>,
 }
 
@@ -80,6 +81,11 @@ pub static LIVE: &[Live] = &[
         },
     },
     Live {
+        name: "client-output-buffer-limit",
+        get: |t| t.output_buffer_limits.read().to_string(),
+        set: |t, c| *t.output_buffer_limits.write() = c.client_output_buffer_limits,
+    },
+    Live {
         name: "loglevel",
         get: |t| t.loglevel.lock().as_str().to_string(),
         set: |t, c| {
@@ -100,6 +106,7 @@ impl Tunables {
             protected_mode: AtomicBool::new(false),
             max_bulk: AtomicUsize::new(0),
             query_buffer_limit: AtomicUsize::new(0),
+            output_buffer_limits: RwLock::new(OutputBufferLimits::default()),
             loglevel: Mutex::new(config.loglevel),
         };
         for live in LIVE {
@@ -130,6 +137,8 @@ pub struct Stats {
     pub total_commands: AtomicU64,
     pub net_input_bytes: AtomicU64,
     pub net_output_bytes: AtomicU64,
+    pub query_buffer_limit_disconnections: AtomicU64,
+    pub output_buffer_limit_disconnections: AtomicU64,
 }
 
 impl Stats {
@@ -141,6 +150,8 @@ impl Stats {
             &self.rejected_connections,
             &self.net_input_bytes,
             &self.net_output_bytes,
+            &self.query_buffer_limit_disconnections,
+            &self.output_buffer_limit_disconnections,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -190,6 +201,8 @@ mod tests {
             "2mb",
             "--client-query-buffer-limit",
             "3mb",
+            "--client-output-buffer-limit",
+            "normal 4mb 2mb 7",
             "--loglevel",
             "warning",
         ]
@@ -208,6 +221,11 @@ mod tests {
                 ("protected-mode", "no".to_string()),
                 ("proto-max-bulk-len", (2 * 1024 * 1024).to_string()),
                 ("client-query-buffer-limit", (3 * 1024 * 1024).to_string()),
+                (
+                    "client-output-buffer-limit",
+                    "normal 4194304 2097152 7 slave 268435456 67108864 60 pubsub 33554432 8388608 60"
+                        .to_string()
+                ),
                 ("loglevel", "warning".to_string()),
             ]
         );

@@ -36,6 +36,12 @@ pub struct ClientHandle {
     pub last_active_ms: AtomicU64,
     pub last_cmd: Mutex<&'static str>,
     pub in_multi: AtomicBool,
+    /// Bytes of requests read and not yet run (CLIENT LIST `qbuf`).
+    pub qbuf: AtomicUsize,
+    /// Bytes of replies not yet written (`omem`).
+    pub omem: AtomicUsize,
+    /// What the query and reply buffers hold allocated (`tot-mem`).
+    pub buffers: AtomicUsize,
     pub kill: Notify,
     pub killed: AtomicBool,
 }
@@ -54,6 +60,9 @@ impl ClientHandle {
             last_active_ms: AtomicU64::new(now_ms),
             last_cmd: Mutex::new("NULL"),
             in_multi: AtomicBool::new(false),
+            qbuf: AtomicUsize::new(0),
+            omem: AtomicUsize::new(0),
+            buffers: AtomicUsize::new(0),
             kill: Notify::new(),
             killed: AtomicBool::new(false),
         }

@@ -23,7 +23,7 @@ fn client_line(x: &Exec, c: &crate::session::ClientHandle) -> String {
     let lib = c.lib.lock().clone();
     let in_multi = c.in_multi.load(Ordering::Relaxed);
     format!(
-        "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+        "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub=0 psub=0 ssub=0 multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
         c.id,
         c.addr,
         c.laddr,
@@ -33,6 +33,9 @@ fn client_line(x: &Exec, c: &crate::session::ClientHandle) -> String {
         if in_multi { "x" } else { "N" },
         c.db.load(Ordering::Relaxed),
         if in_multi { 0 } else { -1 },
+        c.qbuf.load(Ordering::Relaxed),
+        c.omem.load(Ordering::Relaxed),
+        c.buffers.load(Ordering::Relaxed),
         c.last_cmd.lock(),
         c.resp.load(Ordering::Relaxed),
         lib.name,

@@ -86,6 +86,8 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
     let value = String::from_utf8_lossy(value).into_owned();
     // Validate with the same parser as the config file.
     let mut probe = x.node.config.clone();
+    // A value that names only some classes keeps the others as they are now.
+    probe.client_output_buffer_limits = *x.server.tunables.output_buffer_limits.read();
     let failed = |msg: String| {
         Error::err(format!(
             "CONFIG SET failed (possibly related to argument '{name}') - {msg}"

@@ -460,9 +460,7 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("stream-node-max-entries", "100"),
     // ---- advanced
     ignored("activerehashing", "yes"),
-    // Validated with Redis's syntax and kept; enforcing the limits is
-    // another issue.
-    ignored(
+    applied(
         "client-output-buffer-limit",
         "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60",
     ),

@@ -295,7 +295,7 @@ fn save_is_validated_and_warned_about_apart_from_the_ignored_list() {
 }
 
 #[test]
-fn client_output_buffer_limit_takes_redis_syntax_and_is_listed_as_ignored() {
+fn client_output_buffer_limit_takes_redis_syntax_and_is_applied() {
     let dir = tempdir("cobl");
     let main = write(
         &dir,
@@ -317,7 +317,7 @@ fn client_output_buffer_limit_takes_redis_syntax_and_is_listed_as_ignored() {
         param(&c, "client-output-buffer-limit"),
         "normal 0 0 0 slave 536870912 134217728 30 pubsub 33554432 8388608 60"
     );
-    assert_eq!(c.ignored_directives(), vec!["client-output-buffer-limit"]);
+    assert!(c.ignored_directives().is_empty());
     assert_eq!(
         param(&Config::default(), "client-output-buffer-limit"),
         "normal 0 0 0 slave 268435456 67108864 60 pubsub 33554432 8388608 60"

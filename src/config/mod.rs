@@ -95,7 +95,8 @@ pub struct Config {
     pub dir: std::path::PathBuf,
     /// When writes are made durable.
     pub appendfsync: Fsync,
-    /// `client-output-buffer-limit`, validated as Redis does; not enforced yet.
+    /// `client-output-buffer-limit`: the `normal` class is enforced on
+    /// clients (see docs/operations.md); the others are kept for pub/sub.
     pub client_output_buffer_limits: OutputBufferLimits,
     /// `save` points as written (seconds, changes). Chorus writes no RDB
     /// snapshots; they are kept to warn the user.
@@ -494,6 +495,16 @@ impl Config {
                 }
                 self.proto_max_bulk_len = usize::try_from(n).map_err(|_| bad("too large"))?;
             }
+            "client-output-buffer-limit" => {
+                // CONFIG SET passes the classes as one value.
+                let words: Vec<String> = match args {
+                    [one] => one.split_whitespace().map(str::to_string).collect(),
+                    _ => args.to_vec(),
+                };
+                self.client_output_buffer_limits
+                    .apply(&words)
+                    .map_err(|m| err(origin, name, &m))?;
+            }
             "client-query-buffer-limit" => {
                 let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 1gb"))?;
                 if n < 1024 * 1024 {
@@ -629,13 +640,8 @@ impl Config {
                 if args.is_empty() {
                     return Err(err(origin, name, "expects a value"));
                 }
-                match directive.name {
-                    "save" => self.apply_save(name, args, origin)?,
-                    "client-output-buffer-limit" => self
-                        .client_output_buffer_limits
-                        .apply(args)
-                        .map_err(|m| err(origin, name, &m))?,
-                    _ => {}
+                if directive.name == "save" {
+                    self.apply_save(name, args, origin)?;
                 }
                 // `save` gets a warning of its own (Config::warnings): losing
                 // it loses persistence, unlike the tuning knobs listed here.
