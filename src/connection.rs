@@ -356,8 +356,10 @@ async fn connection(
 }
 
 /// Writes one batch of replies. Returns false, with the client to be
-/// closed, when more than the soft limit stayed unwritten for the limit's
-/// seconds (the hard limit is checked as replies are added).
+/// closed, when a batch above the soft limit is not all written within the
+/// limit's seconds (the hard limit is checked as replies are added). Redis
+/// watches its buffer stay above the soft limit; Chorus reads no more from
+/// a client while its replies wait, so the batch is what it holds.
 async fn write_replies(
     sock: &mut TcpStream,
     buf: &[u8],
@@ -367,25 +369,9 @@ async fn write_replies(
         sock.write_all(buf).await?;
         return Ok(true);
     }
-    let mut written = 0;
-    let mut over_since: Option<tokio::time::Instant> = None;
-    while written < buf.len() {
-        let pending = (buf.len() - written) as u64;
-        let n = if pending > limit.soft {
-            let since = *over_since.get_or_insert_with(tokio::time::Instant::now);
-            let deadline = since + Duration::from_secs(limit.soft_seconds);
-            match tokio::time::timeout_at(deadline, sock.write(&buf[written..])).await {
-                Ok(n) => n?,
-                Err(_) => return Ok(false),
-            }
-        } else {
-            over_since = None;
-            sock.write(&buf[written..]).await?
-        };
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        written += n;
+    let within = Duration::from_secs(limit.soft_seconds);
+    match tokio::time::timeout(within, sock.write_all(buf)).await {
+        Ok(written) => written.map(|()| true),
+        Err(_) => Ok(false),
     }
-    Ok(true)
 }

@@ -89,20 +89,20 @@ impl Db {
             dirty.get_or_insert_with(key, Key::new);
         }
         let state = map.entry_ref(key).or_default();
-        let (was_live, old_at) = (is_live(state), state.expire_at_ms());
+        // `expiring` holds live keys only: an expiry field left under a
+        // tombstone expires nothing (and GC may drop it at any moment).
+        let was_live = is_live(state);
+        let old_at = if was_live { state.expire_at_ms() } else { 0 };
         let result = f(state);
         if !floor.is_zero() {
             state.prune(*floor);
         }
         let drop = state.is_empty() || state.collectable(gc_acked);
         if !drop {
-            state.strip_dead_tombstone(gc_acked);
+            state.compact(gc_acked);
         }
-        let (now_live, new_at) = if drop {
-            (false, 0)
-        } else {
-            (is_live(state), state.expire_at_ms())
-        };
+        let now_live = !drop && is_live(state);
+        let new_at = if now_live { state.expire_at_ms() } else { 0 };
         if drop {
             map.remove(key);
         }
@@ -142,7 +142,7 @@ impl Db {
         self.expiring = self
             .map
             .iter()
-            .filter(|(_, s)| s.expire_at_ms() != 0)
+            .filter(|(_, s)| is_live(s) && s.expire_at_ms() != 0)
             .map(|(k, s)| (s.expire_at_ms(), k.clone()))
             .collect();
     }
@@ -340,6 +340,12 @@ impl Writer<'_> {
     /// unless a replication sink needs one.
     pub fn incr(&mut self, int: i64, float: f64, is_float: bool) {
         let stamp = self.stamp();
+        if !self.state.exists(0) {
+            // Creating the key: the delta also says it has no TTL.
+            let delta = self.state.incr(stamp, int, float, is_float);
+            self.apply(delta);
+            return;
+        }
         let tally = self.state.incr_in_place(stamp, int, float, is_float);
         if let Some(sink) = &self.ks.sink {
             sink.publish_key(
@@ -694,10 +700,11 @@ impl Keyspace {
         for index in 0..SHARDS {
             let mut shard = self.shards[index].lock();
             for db in shard.dbs.iter_mut() {
-                // A tombstone under a counter is stripped in place (the key
-                // stays, its count and expiry untouched).
+                // A tombstone, floor or removal record under a counter is
+                // dropped in place (the key stays, its count and expiry
+                // untouched).
                 for state in db.map.values_mut() {
-                    state.strip_dead_tombstone(acked);
+                    state.compact(acked);
                 }
                 if db.map.len() == db.live {
                     continue;
@@ -774,7 +781,9 @@ impl Keyspace {
                 now_ms,
                 floor,
             };
-            if w.state.is_expired(now_ms) {
+            // A key that does not exist has nothing to expire: whether a
+            // tombstone still carries an expiry field depends on GC timing.
+            if w.state.is_expired(now_ms) && w.state.exists(0) {
                 let delete = w.state.expiry_delete(self.node());
                 // The delete may be stamped past the clock; later writes must follow it.
                 let _ = self.clock.observe(delete.reg.stamp);
@@ -828,7 +837,9 @@ impl Keyspace {
     ) -> Result<(), NotLocked> {
         let due = {
             let shard = locked.shard(self.shard_of(key))?;
-            shard.dbs[db].get(key).is_some_and(|s| s.is_expired(now_ms))
+            shard.dbs[db]
+                .get(key)
+                .is_some_and(|s| s.is_expired(now_ms) && s.exists(0))
         };
         if due {
             self.update(locked, db, key, now_ms, |_| ())?;

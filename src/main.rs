@@ -137,11 +137,12 @@ fn server(args: &[String]) -> anyhow::Result<()> {
     let node = chorus::Node::open(config, env)?;
     info!("node id {}", node.node_id());
     runtime.block_on(async {
+        let stop = shutdown_signal();
         let server = chorus::server::Server::new(node.clone());
         let serving = tokio::spawn(chorus::connection::serve(server));
         tokio::select! {
             r = serving => r.context("server task failed")??,
-            _ = shutdown_signal() => {
+            _ = stop => {
                 info!("Received shutdown signal, scheduling shutdown...");
             }
         }
@@ -153,29 +154,37 @@ fn server(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Installs the SIGTERM and SIGINT handlers now, before the node reports
+/// it is ready (a signal right after "Ready" must stop it cleanly, not kill
+/// it), and returns what completes on either.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
+        let handlers = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
+        );
+        async move {
+            match handlers {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            _ => {
-                warn!("could not install signal handlers; stop with SHUTDOWN");
-                std::future::pending::<()>().await;
+                _ => {
+                    warn!("could not install signal handlers; stop with SHUTDOWN");
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

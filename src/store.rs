@@ -285,7 +285,7 @@ impl SledStore {
         ) -> Result<T, StoreError> {
             match bytes {
                 None => Ok(T::default()),
-                Some(bytes) => chorus_crdt::decode(&bytes).map_err(|e| {
+                Some(bytes) => chorus_crdt::decode_stored(&bytes).map_err(|e| {
                     store.corrupt(format!(
                         "stored {} does not decode: {e}",
                         String::from_utf8_lossy(key)
@@ -335,7 +335,7 @@ impl Store for SledStore {
             }
             let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
             let key = k[5..].to_vec();
-            let state: KeyState = chorus_crdt::decode(&v).map_err(|e| {
+            let state = chorus_crdt::decode_stored_state(&v).map_err(|e| {
                 self.corrupt(format!(
                     "stored state of key {:?} in db {db} does not decode: {e}",
                     String::from_utf8_lossy(&key)

@@ -361,7 +361,8 @@ fn a_keydb_active_replica_pair_from_its_keydb_conf_replicates() {
 
     q::<()>(&mut a, &["SET", "from-a", "1"]);
     q::<()>(&mut b, &["SET", "from-b", "2"]);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    // The first link may wait out a handshake sent before the peer listened.
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let on_b: Option<String> = q(&mut b, &["GET", "from-a"]);
         let on_a: Option<String> = q(&mut a, &["GET", "from-b"]);

@@ -56,8 +56,10 @@ fn node_env(port: u16, peers: &[u16], extra: &[&str], env: &[(&str, &str)]) -> S
     Server::start_env(None, &refs, env)
 }
 
+/// Polls `cond` for up to a minute: a killed peer's links wait out QUIC's
+/// 10 s idle timeout before they reconnect, and CI machines are loaded.
 fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(60);
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(25));
@@ -287,7 +289,7 @@ fn wait_returns_once_peers_applied_the_write() {
     let mut ca = a.conn();
     q::<()>(&mut ca, &["SET", "k", "v"]);
     assert_eq!(
-        q::<i64>(&mut ca, &["WAIT", "1", "10000"]),
+        q::<i64>(&mut ca, &["WAIT", "1", "30000"]),
         1,
         "B acknowledges"
     );
@@ -366,7 +368,7 @@ fn a_value_larger_than_a_frame_replicates_live_and_stalls_nothing() {
 }
 
 /// With the default 16 MiB backlog the next write pushes a 70 MB value out
-/// before a peer that is down could read it: the value then travels in one
+/// before a peer that is down could read it: the value then travels in a
 /// state transfer, and live replication carries on after it. (With both
 /// nodes up, which path the value takes is a race; CI saw this one.)
 #[test]
@@ -389,14 +391,22 @@ fn a_value_larger_than_the_backlog_reaches_a_late_peer_in_one_transfer() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let info: String = q(&mut ca, &["INFO", "replication"]);
-    assert!(info.contains("state_transfers=1,"), "{info}");
+    // One transfer, or more if a loaded machine reset the link during it.
+    let transfers = |c: &mut redis::Connection| {
+        let info: String = q(c, &["INFO", "replication"]);
+        info.split("state_transfers=")
+            .nth(1)
+            .and_then(|rest| rest.split(',').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no state_transfers in {info}"))
+    };
+    let after_value = transfers(&mut ca);
+    assert!(after_value >= 1);
     q::<()>(&mut ca, &["SET", "later", "1"]);
     wait_until("a write after the transfer", || {
         get(&mut cb, "later").is_some()
     });
-    let info: String = q(&mut ca, &["INFO", "replication"]);
-    assert!(info.contains("state_transfers=1,"), "{info}");
+    assert_eq!(transfers(&mut ca), after_value, "later writes go live");
 }
 
 fn write_big_then_small(ca: &mut redis::Connection, cb: &mut redis::Connection) {
@@ -661,6 +671,39 @@ fn tombstones_are_collected_once_every_peer_has_passed_them_and_not_before() {
         tombstones(&mut ca) == 0 && tombstones(&mut cb) == 0
     });
     assert!(!info_field(&mut ca, "retired_nodes").is_empty());
+    assert_eq!(q::<i64>(&mut cb, &["DBSIZE"]), 0);
+}
+
+/// #11 item 4: a counter that was ever reset (DEL, or expired) was never
+/// collected: its removal records kept the tombstone for good, so every
+/// expired rate-limit counter stayed in memory. Now it goes once stable.
+#[test]
+fn reset_and_expired_counters_are_collected_like_any_tombstone() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    for i in 0..10 {
+        let (deleted, limited) = (format!("del{i}"), format!("rate{i}"));
+        q::<i64>(&mut ca, &["INCR", &deleted]);
+        q::<i64>(&mut cb, &["INCR", &deleted]);
+        q::<i64>(&mut ca, &["INCR", &limited]);
+        q::<i64>(&mut ca, &["PEXPIRE", &limited, "1500"]);
+    }
+    wait_until("the counters on B", || {
+        get(&mut cb, "del9").as_deref() == Some("2")
+    });
+    for i in 0..10 {
+        q::<i64>(&mut cb, &["DEL", &format!("del{i}")]);
+    }
+    wait_until("every counter gone on A", || {
+        q::<i64>(&mut ca, &["DBSIZE"]) == 0
+    });
+    let tombstones =
+        |c: &mut redis::Connection| info_field(c, "tombstones").parse::<u64>().unwrap();
+    wait_until("the counters' tombstones collected on both", || {
+        tombstones(&mut ca) == 0 && tombstones(&mut cb) == 0
+    });
     assert_eq!(q::<i64>(&mut cb, &["DBSIZE"]), 0);
 }
 

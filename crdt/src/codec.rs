@@ -5,10 +5,18 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::state::{ExpiryField, Extras, KeyState, Register, Tally};
+use crate::NodeMap;
+
 /// The current encoding version.
 /// 2: a register write names what it had seen of other nodes' writes
 /// (`Register::seen`) instead of its parent's time.
-pub const FORMAT_VERSION: u8 = 2;
+/// 3: a key's extras carry its expiry floor (`Extras::floor`).
+pub const FORMAT_VERSION: u8 = 3;
+
+/// The oldest version a store written by an earlier build may hold; see
+/// [`decode_stored`] and [`decode_stored_state`].
+pub const OLDEST_STORED_VERSION: u8 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -64,4 +72,113 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
         return Err(DecodeError::Trailing(rest.len()));
     }
     Ok(value)
+}
+
+/// Decodes a value read from a store written by this or an earlier build,
+/// for types whose encoding has not changed since [`OLDEST_STORED_VERSION`]
+/// (everything a store holds but key states). The wire takes [`decode`]:
+/// every node of a cluster runs one version.
+pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    match bytes.first() {
+        Some(&v) if (OLDEST_STORED_VERSION..FORMAT_VERSION).contains(&v) => {
+            let mut current = bytes.to_vec();
+            current[0] = FORMAT_VERSION;
+            decode(&current)
+        }
+        _ => decode(bytes),
+    }
+}
+
+/// Decodes a key's state read from a store written by this or an earlier
+/// build, migrating the old layout.
+pub fn decode_stored_state(bytes: &[u8]) -> Result<KeyState, DecodeError> {
+    match bytes.first() {
+        Some(2) => {
+            let (v2, rest) = postcard::take_from_bytes::<KeyStateV2>(&bytes[1..])?;
+            if !rest.is_empty() {
+                return Err(DecodeError::Trailing(rest.len()));
+            }
+            Ok(v2.into())
+        }
+        _ => decode(bytes),
+    }
+}
+
+/// Version 2's key state: no expiry floor.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct KeyStateV2 {
+    reg: Register,
+    extras: Option<Box<ExtrasV2>>,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct ExtrasV2 {
+    expiry: ExpiryField,
+    counts: NodeMap<Tally>,
+    removed: NodeMap<Tally>,
+}
+
+impl From<KeyStateV2> for KeyState {
+    fn from(v2: KeyStateV2) -> KeyState {
+        KeyState {
+            reg: v2.reg,
+            extras: v2.extras.map(|x| {
+                Box::new(Extras {
+                    expiry: x.expiry,
+                    counts: x.counts,
+                    removed: x.removed,
+                    floor: crate::Stamp::ZERO,
+                })
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{NodeId, Stamp};
+
+    /// A store written by the previous build opens: its key states decode
+    /// into the new layout, its other records as they were.
+    #[test]
+    fn version_2_stores_decode() {
+        let mut state = KeyState::default();
+        let stamp = Stamp {
+            time: 5,
+            node: NodeId(1),
+        };
+        state.merge(&state.incr(stamp, 4, 0.0, false));
+        state.merge(&state.expire(stamp.next_after(NodeId(1)), 9_000));
+        let x = state.extras.as_deref().expect("extras");
+        let v2 = KeyStateV2 {
+            reg: state.reg.clone(),
+            extras: Some(Box::new(ExtrasV2 {
+                expiry: x.expiry,
+                counts: x.counts.clone(),
+                removed: x.removed.clone(),
+            })),
+        };
+        let mut bytes = vec![2];
+        bytes.extend(postcard::to_allocvec(&v2).expect("encode"));
+        assert_eq!(decode_stored_state(&bytes).expect("v2 state"), state);
+        assert!(
+            decode::<KeyState>(&bytes).is_err(),
+            "the wire takes v3 only"
+        );
+        assert_eq!(
+            decode_stored_state(&encode(&state).expect("encode")).expect("v3 state"),
+            state
+        );
+
+        let meta: Vec<(NodeId, u64)> = vec![(NodeId(7), 42)];
+        let mut old = encode(&meta).expect("encode");
+        old[0] = 2;
+        assert_eq!(
+            decode_stored::<Vec<(NodeId, u64)>>(&old).expect("v2 meta"),
+            meta
+        );
+        old[0] = 1;
+        assert!(decode_stored::<Vec<(NodeId, u64)>>(&old).is_err());
+    }
 }

@@ -16,7 +16,8 @@ pub mod stamp;
 pub mod state;
 
 pub use codec::{
-    decode, encode, encode_append, encode_sized, DecodeError, EncodeError, FORMAT_VERSION,
+    decode, decode_stored, decode_stored_state, encode, encode_append, encode_sized, DecodeError,
+    EncodeError, FORMAT_VERSION,
 };
 pub use conflict::{Conflict, ConflictKind, Side, Summary};
 pub use delta::Delta;

@@ -13,6 +13,10 @@
 //! increments its node had seen; an increment concurrent with it survives and
 //! is added on top of the register's value when the key is read.
 //!
+//! An expiry delete also sets the key's **floor**, its expire time:
+//! everything stamped before it (a counter segment begun before it included)
+//! belonged to the key that expired and is gone, whenever it arrives.
+//!
 //! Ops are pure: `write`, `incr`, `expire` build a *delta*, itself a
 //! `KeyState` holding only what changed, and applying it locally or on a
 //! replica is the same [`KeyState::merge`]. Merge is commutative, associative
@@ -186,11 +190,26 @@ pub struct Extras {
     pub counts: NodeMap<Tally>,
     /// Per node, the latest version of its tally that some reset observed.
     pub removed: NodeMap<Tally>,
+    /// Set by an expiry delete to the expire time: every register write,
+    /// expiry write and counter segment stamped before it is dead.
+    pub floor: Stamp,
 }
 
 impl Extras {
     fn is_empty(&self) -> bool {
-        self.expiry.stamp.is_zero() && self.counts.is_empty() && self.removed.is_empty()
+        self.expiry.stamp.is_zero()
+            && self.counts.is_empty()
+            && self.removed.is_empty()
+            && self.floor.is_zero()
+    }
+
+    /// Drops every part stamped before `floor` (the register is the caller's).
+    fn prune(&mut self, floor: Stamp) {
+        if self.expiry.stamp < floor {
+            self.expiry = ExpiryField::default();
+        }
+        self.counts.retain(|_, t| t.epoch >= floor);
+        self.removed.retain(|_, t| t.epoch >= floor);
     }
 }
 
@@ -315,7 +334,7 @@ impl KeyState {
     pub fn latest_stamp(&self) -> Stamp {
         let mut latest = self.reg.stamp;
         if let Some(x) = &self.extras {
-            latest = latest.max(x.expiry.stamp);
+            latest = latest.max(x.expiry.stamp).max(x.floor);
             for t in x.counts.values().chain(x.removed.values()) {
                 latest = latest.max(t.epoch);
             }
@@ -413,8 +432,20 @@ impl KeyState {
 
     /// An increment by `int` (INCRBY) or by `float` (INCRBYFLOAT, with
     /// `is_float`) made by `stamp.node` at `stamp`.
+    ///
+    /// On a key that does not exist it creates one, and a new key has no
+    /// TTL: the delta also persists the key. Without that, an expiry field
+    /// left under a tombstone would apply to the new counter on a node that
+    /// still held the pair and not on one that had collected it.
     pub fn incr(&self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> KeyState {
-        KeyState::tally_delta(stamp.node, self.next_tally(stamp, int, float, is_float))
+        let mut delta =
+            KeyState::tally_delta(stamp.node, self.next_tally(stamp, int, float, is_float));
+        if !self.exists(0) {
+            if let Some(x) = &mut delta.extras {
+                x.expiry = ExpiryField { stamp, at_ms: 0 };
+            }
+        }
+        delta
     }
 
     /// The delta that carries one node's tally.
@@ -428,13 +459,15 @@ impl KeyState {
         }
     }
 
-    /// Applies this node's own increment in place: the same state as
-    /// `self.merge(&self.incr(..))`, without building the delta. Returns the
-    /// new tally, which [`KeyState::tally_delta`] turns into the delta to
-    /// replicate. (A newer tally of this node is never covered by `removed`,
-    /// and a local increment is only made on a numeric value, so neither
-    /// normalisation nor conflict detection has anything to do.)
+    /// Applies this node's own increment to a key that exists in place: the
+    /// same state as `self.merge(&self.incr(..))`, without building the
+    /// delta. Returns the new tally, which [`KeyState::tally_delta`] turns
+    /// into the delta to replicate. (A newer tally of this node is never
+    /// covered by `removed`, and a local increment is only made on a numeric
+    /// value, so neither normalisation nor conflict detection has anything
+    /// to do.)
     pub fn incr_in_place(&mut self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> Tally {
+        debug_assert!(self.exists(0), "creating a key takes `incr`");
         let tally = self.next_tally(stamp, int, float, is_float);
         let extras = self.extras.get_or_insert_with(Default::default);
         extras
@@ -456,16 +489,25 @@ impl KeyState {
 
     /// The delete that `node` records for a key whose expiry has passed:
     /// stamped at the expiry time, or just after the newest stamp in the
-    /// state if that is later, so that it removes everything the key held.
+    /// state if that is later, so that it removes everything the key held;
+    /// and with the expire time as the key's floor, so that what was stamped
+    /// before it and arrives later is dead too.
     pub fn expiry_delete(&self, node: NodeId) -> KeyState {
-        let at = Stamp::from_unix_ms(self.expire_at_ms(), node);
+        let expire_at_ms = self.expire_at_ms();
+        let at = Stamp::from_unix_ms(expire_at_ms, node);
         let latest = self.latest_stamp();
         let stamp = if at > latest {
             at
         } else {
             latest.next_after(node)
         };
-        self.write(stamp, None, 0)
+        let mut delta = self.write(stamp, None, 0);
+        delta.extras.get_or_insert_with(Default::default).floor =
+            Stamp::from_unix_ms(expire_at_ms, NodeId(0));
+        // A delta is in canonical form too: removal records the floor
+        // already covers go.
+        delta.normalize();
+        delta
     }
 
     // ----- merge -----
@@ -532,6 +574,7 @@ impl KeyState {
             for (node, t) in theirs.removed.iter() {
                 join_tally(&mut mine.removed, *node, t);
             }
+            mine.floor = mine.floor.max(theirs.floor);
         }
         self.normalize();
 
@@ -561,45 +604,74 @@ impl KeyState {
             self.reg = Register::default();
         }
         if let Some(x) = &mut self.extras {
-            if x.expiry.stamp < floor {
-                x.expiry = ExpiryField::default();
-            }
-            x.counts.retain(|_, t| t.epoch >= floor);
-            x.removed.retain(|_, t| t.epoch >= floor);
+            x.prune(floor);
         }
         self.normalize();
     }
 
-    /// Whether this state may be dropped once every peer has acknowledged
-    /// everything up to `acked`: it is a tombstone no peer can still need,
-    /// with no surviving increment and no later expiry write.
+    /// Whether this state may be dropped at the GC floor `acked`: a
+    /// tombstone with no surviving increment and nothing stamped after
+    /// `acked`.
     ///
-    /// A tombstone that still records removed increments is kept: a node
-    /// that had not collected it yet would carry those records into its next
-    /// write to the key and the nodes' states would differ for good (and the
-    /// records cannot be dropped safely without knowing when each node saw
-    /// them).
+    /// Removal records and the floor go with it. That is safe because the
+    /// GC floor is causal (see the replication layer's GcView): every node
+    /// has applied everything stamped before it, and this node has applied
+    /// every write any node made before applying those. So no increment
+    /// concurrent with a reset before `acked` can still arrive here, and a
+    /// node's later increments start a new segment no record speaks of.
     pub fn collectable(&self, acked: Stamp) -> bool {
         self.reg.value.is_none()
             && self.reg.stamp <= acked
-            && self.extras.as_ref().is_none_or(|x| {
-                x.expiry.stamp <= acked && x.counts.is_empty() && x.removed.is_empty()
-            })
+            && self
+                .extras
+                .as_ref()
+                .is_none_or(|x| x.expiry.stamp <= acked && x.counts.is_empty() && x.floor <= acked)
     }
 
-    /// Drops a tombstone register at or below `acked` from a state that
-    /// still holds increments (every node has applied everything before it,
-    /// so nothing older can arrive for it to beat). Nodes collect at
-    /// different moments; without this, a node that merged an increment on
-    /// top of the tombstone would keep it while the others hold none.
-    /// Returns whether anything changed.
-    pub fn strip_dead_tombstone(&mut self, acked: Stamp) -> bool {
+    /// Drops what the GC floor `acked` makes dead weight from a state that
+    /// is kept: a tombstone register at or below it (nothing older can
+    /// arrive for it to beat), what the register says it saw at or below
+    /// it, the floor, and removal records of
+    /// segments no tally here continues (nothing of them can arrive; see
+    /// [`KeyState::collectable`]). Nodes compact at different moments;
+    /// nothing they merge later reads differently for it, and once each has
+    /// compacted past the same floor their states are equal. Returns whether
+    /// anything changed.
+    pub fn compact(&mut self, acked: Stamp) -> bool {
+        let mut changed = false;
         if self.reg.value.is_none() && !self.reg.stamp.is_zero() && self.reg.stamp <= acked {
             self.reg = Register::default();
-            self.normalize();
-            return true;
+            changed = true;
         }
-        false
+        // A write at or below the floor reached every node long ago: it can
+        // never arrive again to lose, so whether this one saw it no longer
+        // matters (and nodes that collected it would not say so).
+        if let Some(seen) = &mut self.reg.seen {
+            if seen.values().any(|&t| t <= acked.time) {
+                seen.retain(|_, t| *t > acked.time);
+                if seen.is_empty() {
+                    self.reg.seen = None;
+                }
+                changed = true;
+            }
+        }
+        if let Some(x) = &mut self.extras {
+            if !x.floor.is_zero() && x.floor <= acked {
+                x.floor = Stamp::ZERO;
+                changed = true;
+            }
+            if self.reg.stamp <= acked && !x.removed.is_empty() {
+                let counts = &x.counts;
+                let before = x.removed.len();
+                x.removed
+                    .retain(|node, r| counts.get(node).is_some_and(|t| t.epoch == r.epoch));
+                changed |= x.removed.len() != before;
+            }
+        }
+        if changed {
+            self.normalize();
+        }
+        changed
     }
 
     fn has_counts(&self) -> bool {
@@ -612,6 +684,12 @@ impl KeyState {
     /// own expiry), and empty extras go.
     fn normalize(&mut self) {
         if let Some(x) = &mut self.extras {
+            if !x.floor.is_zero() {
+                x.prune(x.floor);
+                if self.reg.stamp < x.floor {
+                    self.reg = Register::default();
+                }
+            }
             if !x.expiry.stamp.is_zero() && x.expiry.stamp <= self.reg.stamp {
                 x.expiry = ExpiryField::default();
             }

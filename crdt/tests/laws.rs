@@ -15,13 +15,27 @@ enum Op {
     IncrFloat(i8),
     Expire(u16),
     Persist,
+    /// The key's expire time passed here: the node records its expiry
+    /// delete (nothing when the key has no TTL).
+    Expired,
     Flush,
 }
 
 #[derive(Clone, Debug)]
 enum Step {
-    Op { node: usize, key: u8, op: Op },
-    Deliver { to: usize, pick: usize },
+    Op {
+        node: usize,
+        key: u8,
+        op: Op,
+    },
+    Deliver {
+        to: usize,
+        pick: usize,
+    },
+    /// Tombstone GC at `node`, at the causal floor of what was delivered.
+    Collect {
+        node: usize,
+    },
 }
 
 fn op(with_flush: bool, with_floats: bool) -> impl Strategy<Value = Op> {
@@ -32,6 +46,7 @@ fn op(with_flush: bool, with_floats: bool) -> impl Strategy<Value = Op> {
         (if with_floats { 2 } else { 0 }) => any::<i8>().prop_map(Op::IncrFloat),
         (if with_floats { 1 } else { 0 }) => any::<u16>().prop_map(Op::Expire),
         (if with_floats { 1 } else { 0 }) => Just(Op::Persist),
+        (if with_floats { 1 } else { 0 }) => Just(Op::Expired),
         (if with_flush { 1 } else { 0 }) => Just(Op::Flush),
     ]
 }
@@ -159,6 +174,9 @@ impl Replica {
             Op::IncrFloat(by) => state.incr(stamp, 0, f64::from(*by) / 10.0, true),
             Op::Expire(at) => state.expire(stamp, u64::from(*at) + 1),
             Op::Persist => state.expire(stamp, 0),
+            // As the keyspace: only a key that exists is expired.
+            Op::Expired if state.expire_at_ms() == 0 || !state.exists(0) => return,
+            Op::Expired => state.expiry_delete(self.node),
             Op::Flush => {
                 let delta = Delta::Flush { db: None, stamp };
                 self.apply(&delta, None);
@@ -200,7 +218,7 @@ fn run(nodes: usize, steps: &[Step], seed: u64) -> (Vec<Replica>, History) {
                 let (delta, incr) = &history.log[pick % history.log.len()];
                 replicas[*to].apply(delta, *incr);
             }
-            Step::Deliver { .. } => {}
+            Step::Deliver { .. } | Step::Collect { .. } => {}
         }
     }
     for (i, r) in replicas.iter_mut().enumerate() {
@@ -212,6 +230,99 @@ fn run(nodes: usize, steps: &[Step], seed: u64) -> (Vec<Replica>, History) {
         }
     }
     (replicas, history)
+}
+
+fn gc_steps(nodes: usize) -> impl Strategy<Value = Vec<Step>> {
+    prop::collection::vec(
+        prop_oneof![
+            3 => (0..nodes, 0u8..2, op(true, true))
+                .prop_map(|(node, key, op)| Step::Op { node, key, op }),
+            3 => (0..nodes, any::<usize>()).prop_map(|(to, pick)| Step::Deliver { to, pick }),
+            1 => (0..nodes).prop_map(|node| Step::Collect { node }),
+        ],
+        1..80,
+    )
+}
+
+/// Drops what `acked` lets this replica drop, as the keyspace does.
+fn collect_at(r: &mut Replica, acked: Stamp) {
+    r.keys.retain(|_, s| {
+        if s.collectable(acked) {
+            return false;
+        }
+        s.compact(acked);
+        !s.is_empty()
+    });
+}
+
+/// Runs `steps` delivering each delta at most once per node (as replication
+/// does), with GC at `Collect` steps when `collect`, then delivers the rest
+/// and collects everywhere at a floor past everything.
+///
+/// A node collects only once it holds every delta made so far, at a floor
+/// below every delta some node still lacks: the causal floor of
+/// replication's GcView (every node applied what is below it, and this one
+/// has every write made before those were applied).
+fn run_with_gc(nodes: usize, steps: &[Step], seed: u64, collect: bool) -> Vec<Replica> {
+    let mut replicas: Vec<Replica> = (0..nodes).map(Replica::new).collect();
+    let mut history = History::default();
+    let mut stamps: Vec<Stamp> = Vec::new();
+    let mut delivered: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); nodes];
+    for step in steps {
+        match step {
+            Step::Op { node, key, op } => {
+                let before = history.log.len();
+                replicas[*node].local(*key, op, &mut history);
+                for i in before..history.log.len() {
+                    delivered[*node].insert(i);
+                    let r = &replicas[*node];
+                    stamps.push(Stamp {
+                        time: r.time,
+                        node: r.node,
+                    });
+                }
+            }
+            Step::Deliver { to, pick } if !history.log.is_empty() => {
+                let i = pick % history.log.len();
+                if delivered[*to].insert(i) {
+                    let (delta, incr) = &history.log[i];
+                    replicas[*to].apply(delta, *incr);
+                }
+            }
+            Step::Collect { node } if collect && delivered[*node].len() == history.log.len() => {
+                let lacking = (0..history.log.len())
+                    .filter(|i| delivered.iter().any(|d| !d.contains(i)))
+                    .map(|i| stamps[i])
+                    .min();
+                let acked = match lacking {
+                    Some(s) if s.time == 0 => continue,
+                    Some(s) => Stamp {
+                        time: s.time - 1,
+                        node: NodeId(u64::MAX),
+                    },
+                    None => stamps.iter().copied().max().unwrap_or(Stamp::ZERO),
+                };
+                collect_at(&mut replicas[*node], acked);
+            }
+            Step::Deliver { .. } | Step::Collect { .. } => {}
+        }
+    }
+    for (i, r) in replicas.iter_mut().enumerate() {
+        for j in shuffled(history.log.len(), seed ^ (i as u64 * 31 + 1)) {
+            if delivered[i].insert(j) {
+                let (delta, incr) = &history.log[j];
+                r.apply(delta, *incr);
+            }
+        }
+        collect_at(
+            r,
+            Stamp {
+                time: u64::MAX,
+                node: NodeId(u64::MAX),
+            },
+        );
+    }
+    replicas
 }
 
 fn assert_converged(replicas: &[Replica]) -> Result<(), TestCaseError> {
@@ -230,6 +341,7 @@ proptest! {
         let steps: Vec<Step> = steps.into_iter().map(|s| match s {
             Step::Op { node, key, op } => Step::Op { node: node % nodes, key, op },
             Step::Deliver { to, pick } => Step::Deliver { to: to % nodes, pick },
+            Step::Collect { node } => Step::Collect { node: node % nodes },
         }).collect();
         let (replicas, _) = run(nodes, &steps, seed);
         assert_converged(&replicas)?;
@@ -344,12 +456,19 @@ proptest! {
             for state in r.keys.values() {
                 let stamp = Stamp { time: r.time + 1, node: NodeId(node) };
                 let (int, float) = if is_float { (0, f64::from(by) / 4.0) } else { (i64::from(by), 0.0) };
-                let mut merged = state.clone();
-                merged.merge(&state.incr(stamp, int, float, is_float));
-                let mut in_place = state.clone();
-                let tally = in_place.incr_in_place(stamp, int, float, is_float);
-                prop_assert_eq!(&in_place, &merged);
-                prop_assert_eq!(KeyState::tally_delta(NodeId(node), tally), state.incr(stamp, int, float, is_float));
+                // In place is for keys that exist; creating one persists it.
+                if state.exists(0) {
+                    let mut merged = state.clone();
+                    merged.merge(&state.incr(stamp, int, float, is_float));
+                    let mut in_place = state.clone();
+                    let tally = in_place.incr_in_place(stamp, int, float, is_float);
+                    prop_assert_eq!(&in_place, &merged);
+                    prop_assert_eq!(KeyState::tally_delta(NodeId(node), tally), state.incr(stamp, int, float, is_float));
+                } else {
+                    let mut created = state.clone();
+                    created.merge(&state.incr(stamp, int, float, is_float));
+                    prop_assert_eq!(created.expire_at_ms(), 0);
+                }
                 // A register write in place equals merging its delta.
                 for value in [Some(&b"7"[..]), Some(b"a-longer-value"), None] {
                     let mut merged = state.clone();
@@ -381,6 +500,24 @@ proptest! {
                 prop_assert_eq!(owned, borrowed);
             }
         }
+    }
+
+    /// #11 item 9: state after merge does not depend on GC timing. The
+    /// same ops and deliveries, with tombstone GC at random moments on
+    /// random nodes or with none until the end, leave every node with the
+    /// same keys, TTLs and counts.
+    #[test]
+    fn gc_at_any_causally_stable_moment_changes_nothing(nodes in 2usize..5, steps in gc_steps(4), seed in any::<u64>()) {
+        let steps: Vec<Step> = steps.into_iter().map(|s| match s {
+            Step::Op { node, key, op } => Step::Op { node: node % nodes, key, op },
+            Step::Deliver { to, pick } => Step::Deliver { to: to % nodes, pick },
+            Step::Collect { node } => Step::Collect { node: node % nodes },
+        }).collect();
+        let collected = run_with_gc(nodes, &steps, seed, true);
+        let uncollected = run_with_gc(nodes, &steps, seed, false);
+        assert_converged(&collected)?;
+        assert_converged(&uncollected)?;
+        prop_assert_eq!(&collected[0].keys, &uncollected[0].keys);
     }
 
     #[test]

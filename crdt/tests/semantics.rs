@@ -397,3 +397,80 @@ fn encoding_round_trips_with_a_version_byte() {
     longer.push(0);
     assert!(decode::<KeyState>(&longer).is_err());
 }
+
+/// #11 item 3: an increment stamped before a key's expire time dies with
+/// the key, even when it reaches the node that expired the key after the
+/// expiry delete (it used to survive without the TTL: a key for ever).
+#[test]
+fn an_increment_from_before_the_expiry_dies_with_the_key_even_when_late() {
+    let mut a = KeyState::default();
+    let incr = a.incr(Stamp::from_unix_ms(1_000, A), 3, 0.0, false);
+    apply(&mut a, &incr);
+    let exp = a.expire(Stamp::from_unix_ms(1_100, A), 2_000);
+    apply(&mut a, &exp);
+    // B, which has the key and its TTL, increments it before it expires.
+    let mut b = a.clone();
+    let late = b.incr(Stamp::from_unix_ms(1_500, B), 5, 0.0, false);
+    apply(&mut b, &late);
+    // A expires the key before B's increment reaches it.
+    let del = a.expiry_delete(A);
+    apply(&mut a, &del);
+    a.merge(&late);
+    assert_eq!(a.read(0), Read::Absent, "{a:?}");
+    b.merge(&del);
+    assert_eq!(b.read(0), Read::Absent, "{b:?}");
+    assert_eq!(a, b);
+    // An increment after the expire time starts a new key on both.
+    let fresh = b.incr(Stamp::from_unix_ms(2_500, B), 1, 0.0, false);
+    apply(&mut b, &fresh);
+    a.merge(&fresh);
+    assert_eq!(a.read(3_000), Read::Int(1));
+    assert_eq!(a, b);
+}
+
+/// #11 item 4: a counter that was reset (DEL, or its expiry) is collected
+/// once stable, like any tombstone; its removal records do not keep it.
+#[test]
+fn a_reset_counter_is_collectable_once_stable() {
+    let mut k = KeyState::default();
+    let incr = k.incr(at(1, A), 7, 0.0, false);
+    apply(&mut k, &incr);
+    let mut expiring = k.clone();
+    let del = k.write(at(2, A), None, 0);
+    apply(&mut k, &del);
+    assert!(!k.collectable(at(1, C)), "not before the delete is stable");
+    assert!(k.collectable(at(2, C)));
+
+    let exp = expiring.expire(Stamp::from_unix_ms(1_000, A), 2_000);
+    apply(&mut expiring, &exp);
+    let gone = expiring.expiry_delete(B);
+    apply(&mut expiring, &gone);
+    assert!(!expiring.collectable(Stamp::from_unix_ms(1_999, C)));
+    assert!(expiring.collectable(gone.reg.stamp));
+}
+
+/// #11 item 9: what a key holds after a merge does not depend on whether
+/// a node had collected an older tombstone. A DEL races an EXPIRE (the
+/// expiry field outlives the delete); node A collects the pair, node C has
+/// not yet when it increments the absent key. The TTL used to differ.
+#[test]
+fn a_collected_tombstone_leaves_no_trace_in_later_merges() {
+    let k = KeyState::default().write(at(1, A), Some(b"v"), 0);
+    let del = k.write(at(2, A), None, 0);
+    let exp = k.expire(at(3, B), 5_000);
+    let mut c = k.clone();
+    c.merge(&del);
+    c.merge(&exp);
+    assert_eq!(c.read(0), Read::Absent);
+    assert!(c.collectable(at(3, C)));
+    // A collected it: A's state is empty. C increments the absent key.
+    let incr = c.incr(at(11, C), 1, 0.0, false);
+    apply(&mut c, &incr);
+    let mut a = KeyState::default();
+    a.merge(&incr);
+    assert_eq!(c.expire_at_ms(), a.expire_at_ms(), "the TTL");
+    assert_eq!(c.read(0), a.read(0));
+    // Once C strips its dead tombstone the states are equal too.
+    c.compact(at(3, C));
+    assert_eq!(c, a);
+}

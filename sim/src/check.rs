@@ -67,8 +67,8 @@ pub struct History {
     pub flushes: usize,
 }
 
-/// One node's state at the end, tombstones left out (their collection is
-/// timed by each node).
+/// One node's state at the end, with what GC drops left out (its
+/// collection is timed by each node).
 struct View {
     slot: usize,
     /// Applied per origin, its own writes included.
@@ -100,11 +100,15 @@ impl Snapshot {
             vv.insert(node, repl.head_seq());
             vv.retain(|_, s| *s > 0);
             let (mut keys, floors) = shared.ks.dump();
-            keys.retain(|(_, _, s)| {
-                !s.collectable(Stamp {
-                    time: u64::MAX,
-                    node: NodeId(u64::MAX),
-                })
+            // What GC drops (tombstones, and the dead weight `compact` takes
+            // from kept keys) goes when each node's own floor passes it.
+            let beyond_all = Stamp {
+                time: u64::MAX,
+                node: NodeId(u64::MAX),
+            };
+            keys.retain_mut(|(_, _, s)| {
+                s.compact(beyond_all);
+                !s.collectable(beyond_all)
             });
             let conflict_keys = shared
                 .ks

@@ -41,6 +41,10 @@ const SWEEP_EVERY_TICKS: u32 = 25;
 pub struct Promise {
     pub seq: u64,
     pub stamp: Stamp,
+    /// Our stable stamp when the promise was made: with `seq`, it tells a
+    /// peer that every write we made before applying everything stamped
+    /// below it is numbered `seq` or less (the GC floor is causal).
+    pub stable: Stamp,
 }
 
 /// Our stable stamp (we hold every write stamped before it) and the GC
@@ -166,6 +170,8 @@ pub struct Core {
     /// Peers removed from the mesh (REPLICAOF REMOVE) and not linked since:
     /// the GC floor does not wait for them.
     removed: BTreeSet<NodeId>,
+    /// The retired nodes no longer counted, as of the last GC tick.
+    settled: BTreeSet<NodeId>,
 }
 
 impl Core {
@@ -183,6 +189,7 @@ impl Core {
             gc_ticks: 0,
             swept: Stamp::ZERO,
             removed: BTreeSet::new(),
+            settled: BTreeSet::new(),
         }
     }
 
@@ -231,7 +238,7 @@ impl Core {
             plan.heartbeat = Some(Heartbeat {
                 seq: promise.seq,
                 promise: promise.stamp,
-                stable: self.gc_state.stable,
+                stable: promise.stable,
                 retired: self.gc.retired(),
             });
             link.promised = promise.stamp;
@@ -319,11 +326,14 @@ impl Core {
             self.gc.retire(node);
         }
         // Before the writes it follows are applied (a state transfer still
-        // merging), the promise says nothing yet.
+        // merging), neither the promise nor the stable stamp says anything
+        // yet. Counting the stable stamp only then makes the GC floor
+        // causal: a write the origin made before applying what its stable
+        // stamp covers is here before that stamp counts.
         if self.applied.get(origin) >= hb.seq {
             self.gc.promise(origin, hb.promise);
+            self.gc.report_stable(origin, hb.stable);
         }
-        self.gc.report_stable(origin, hb.stable);
     }
 
     fn advance(&mut self, origin: NodeId, seq: u64) {
@@ -349,9 +359,12 @@ impl Core {
     /// either numbered by now or stamped after `stamp`.
     pub fn promise(&mut self, stamp: Stamp) -> Promise {
         debug_assert!(stamp >= self.promise.stamp, "promises never move back");
+        // Nodes settled since the last tick still count: lower, never wrong.
+        let unstored = self.gc.stable(self.me, stamp, &self.settled);
         self.promise = Promise {
             seq: self.backlog.head(),
             stamp,
+            stable: self.stored_stable.map_or(unstored, |s| unstored.min(s)),
         };
         self.promise
     }
@@ -365,6 +378,7 @@ impl Core {
                 self.gc.know(origin);
             }
         }
+        self.settled.clone_from(settled);
         let own = self.promise.stamp;
         let unstored = self.gc.stable(self.me, own, settled);
         self.unstored_stable = unstored;
@@ -648,6 +662,70 @@ mod tests {
             Stamp::ZERO,
             "a peer whose id is unknown holds it at zero"
         );
+    }
+
+    /// The GC floor is causal: a peer's stable stamp counts only once the
+    /// writes it sent before it are applied here, so that an increment it
+    /// made concurrently with a reset below the floor cannot arrive after
+    /// the reset's removal records were collected (#11 item 4).
+    #[test]
+    fn a_stable_report_counts_only_once_the_writes_before_it_are_applied() {
+        let (me, a) = (NodeId(2), NodeId(1));
+        let none = BTreeSet::new();
+        let mut core = Core::new(me, 1 << 20);
+        core.link_up(a, None);
+        core.promise(st(200, 2));
+        let hb = |seq, promise, stable| Heartbeat {
+            seq,
+            promise: st(promise, 1),
+            stable: st(stable, 1),
+            retired: vec![],
+        };
+        core.snapshot_done(&[(a, 5)], 0);
+        core.heartbeat(a, hb(5, 90, 80));
+        assert_eq!(core.gc_tick(&none, false).floor, st(80, 1));
+        core.promise(st(300, 2));
+        core.heartbeat(a, hb(9, 120, 110));
+        assert_eq!(
+            core.gc_tick(&none, false).floor,
+            st(80, 1),
+            "A's writes 6 to 9 may hold one concurrent with what 110 covers"
+        );
+        core.snapshot_done(&[(a, 9)], 0);
+        core.heartbeat(a, hb(9, 120, 110));
+        assert_eq!(core.gc_tick(&none, false).floor, st(110, 1));
+    }
+
+    /// A heartbeat reports the stable stamp of its promise, not a later one:
+    /// writes made after the promise are not covered by its sequence.
+    #[test]
+    fn a_heartbeat_reports_the_stable_stamp_of_its_promise() {
+        let (me, b) = (NodeId(1), NodeId(2));
+        let none = BTreeSet::new();
+        let mut core = Core::new(me, 1 << 20);
+        core.link_up(b, None);
+        core.promise(st(50, 1));
+        core.snapshot_done(&[(b, 3)], 0);
+        core.heartbeat(
+            b,
+            Heartbeat {
+                seq: 3,
+                promise: st(40, 2),
+                stable: st(30, 2),
+                retired: vec![],
+            },
+        );
+        assert_eq!(core.gc_tick(&none, false).stable, st(40, 2));
+        let mut link = LinkState::new(me, b, &VersionVector::default());
+        let plan = core.plan(&mut link, &VersionVector::default(), 0);
+        let hb = plan.heartbeat.expect("a promise to send");
+        assert_eq!((hb.promise, hb.stable), (st(50, 1), Stamp::ZERO));
+        core.promise(st(60, 1));
+        let hb = core
+            .plan(&mut link, &VersionVector::default(), 0)
+            .heartbeat
+            .expect("the next promise");
+        assert_eq!((hb.promise, hb.stable), (st(60, 1), st(40, 2)));
     }
 
     #[test]

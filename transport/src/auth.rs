@@ -25,7 +25,9 @@ use spake2::{Ed25519Group, Password, Spake2};
 use crate::frame::{FrameReceiver, FrameSender};
 use crate::TransportError;
 
-pub const PROTOCOL_VERSION: u16 = 2;
+/// 3: replicated key states carry an expiry floor (crdt format 3); a peer
+/// speaking 2 could not decode them.
+pub const PROTOCOL_VERSION: u16 = 3;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
