@@ -123,6 +123,22 @@ pub fn protected_refuses(protected_mode: bool, has_password: bool, peer: IpAddr)
     protected_mode && !has_password && !loopback
 }
 
+/// Room to make in a connection's read buffer before the next read, when it
+/// holds `held` unparsed bytes and the parser needs `need` of them: at most
+/// what has arrived, or one read.
+pub fn read_reserve(held: usize, need: usize) -> usize {
+    const READ: usize = 16 * 1024;
+    // A large bulk announces its size, but a header alone must not buy a
+    // client megabytes of our memory (any client, when there is no
+    // password): the buffer grows towards the bulk by at most what came,
+    // so it doubles per regrowth and a large value needs only a few.
+    if need > held {
+        (need - held).min(held.max(READ))
+    } else {
+        READ
+    }
+}
+
 const DENIED: &str = "-DENIED Chorus is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers to Chorus you may adopt one of the following solutions: 1) Just disable protected mode sending the command 'CONFIG SET protected-mode no' from the loopback interface by connecting to Chorus from the same host the server is running, however MAKE SURE Chorus is not publicly accessible from internet if you do so. 2) Alternatively you can just disable the protected mode by editing the Chorus configuration file, and setting the protected mode option to 'no', and then restarting the server. 3) If you started the server manually just for testing, restart it with the '--protected-mode no' option. 4) Set up an authentication password for the default user. NOTE: You only need to do one of the above things in order for the server to start accepting connections from the outside.\r\n";
 
 async fn admit(server: Arc<Server>, mut sock: TcpStream, addr: SocketAddr) -> std::io::Result<()> {
@@ -315,12 +331,7 @@ async fn connection(
             warn!(addr = %handle.addr, "closing client that exceeded client-query-buffer-limit");
             return Ok(());
         }
-        // A large bulk announces its size: make room once, not per read.
-        if need > input.len() {
-            input.reserve((need - input.len()).min(64 * 1024 * 1024));
-        } else {
-            input.reserve(16 * 1024);
-        }
+        input.reserve(read_reserve(input.len(), need));
         let timeout_secs = server.tunables.timeout_secs.load(Ordering::Relaxed);
         let read = async {
             if timeout_secs > 0 {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chorus_crdt::{decode, encode, Delta, KeyState, NodeId, Read, Stamp};
+use chorus_crdt::{Delta, KeyState, NodeId, Read, Stamp};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -518,33 +518,6 @@ proptest! {
         assert_converged(&collected)?;
         assert_converged(&uncollected)?;
         prop_assert_eq!(&collected[0].keys, &uncollected[0].keys);
-    }
-
-    #[test]
-    fn decoding_random_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..200)) {
-        let _ = decode::<KeyState>(&bytes);
-        let _ = decode::<Delta>(&bytes);
-        let mut versioned = vec![chorus_crdt::FORMAT_VERSION];
-        versioned.extend_from_slice(&bytes);
-        let _ = decode::<KeyState>(&versioned);
-        let _ = decode::<Delta>(&versioned);
-    }
-
-    #[test]
-    fn truncated_or_flipped_encodings_are_errors_or_other_values(
-        steps in steps(2, true, true), seed in any::<u64>(), cut in any::<usize>(), flip in any::<(usize, u8)>(),
-    ) {
-        let (_, history) = run(2, &steps, seed);
-        for (delta, _) in &history.log {
-            let bytes = encode(delta).unwrap();
-            prop_assert_eq!(&decode::<Delta>(&bytes).unwrap(), delta);
-            let cut = cut % bytes.len();
-            prop_assert!(decode::<Delta>(&bytes[..cut]).is_err());
-            let mut flipped = bytes.clone();
-            let i = flip.0 % flipped.len();
-            flipped[i] ^= flip.1 | 1;
-            let _ = decode::<Delta>(&flipped);
-        }
     }
 }
 

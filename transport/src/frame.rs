@@ -259,7 +259,9 @@ mod tests {
     }
 
     proptest! {
-        // Megabyte messages: fewer cases keep this under a few seconds.
+        // Megabyte messages: fewer cases keep this under a few seconds
+        // (`PROPTEST_CASES` overrides it: bench/fuzz.sh gives this one a
+        // hundredth of the others' cases).
         #![proptest_config(ProptestConfig::with_cases(24))]
 
         /// Messages of any size framed and split at any points arrive whole
@@ -295,58 +297,139 @@ mod tests {
         }
     }
 
+    /// `messages` framed in fragments of at most `fragment` bytes: far
+    /// smaller than a sender makes, so that reassembly runs on small inputs.
+    fn small_fragments(messages: &[Vec<u8>], fragment: usize) -> Vec<u8> {
+        let mut wire = Vec::new();
+        for m in messages {
+            let mut parts = m.chunks(fragment).peekable();
+            if parts.peek().is_none() {
+                wire.extend_from_slice(&0u32.to_be_bytes());
+            }
+            while let Some(part) = parts.next() {
+                let more = if parts.peek().is_some() { MORE } else { 0 };
+                wire.extend_from_slice(&(part.len() as u32 | more).to_be_bytes());
+                wire.extend_from_slice(part);
+            }
+        }
+        wire
+    }
+
+    /// One edit of a stream, as a broken or hostile peer makes them.
+    #[derive(Debug, Clone)]
+    enum Mutation {
+        Flip { at: usize, mask: u8 },
+        Insert { at: usize, byte: u8 },
+        Delete { at: usize },
+        Truncate { at: usize },
+    }
+
+    fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
+        proptest::collection::vec(
+            prop_oneof![
+                3 => (any::<usize>(), 1u8..).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
+                2 => (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Insert { at, byte }),
+                2 => any::<usize>().prop_map(|at| Mutation::Delete { at }),
+                1 => any::<usize>().prop_map(|at| Mutation::Truncate { at }),
+            ],
+            0..5,
+        )
+    }
+
+    fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
+        for m in mutations {
+            let len = bytes.len();
+            match *m {
+                Mutation::Flip { at, mask } if len > 0 => bytes[at % len] ^= mask,
+                Mutation::Insert { at, byte } => bytes.insert(at % (len + 1), byte),
+                Mutation::Delete { at } if len > 0 => {
+                    bytes.remove(at % len);
+                }
+                Mutation::Truncate { at } => bytes.truncate(at % (len + 1)),
+                _ => {}
+            }
+        }
+    }
+
     proptest! {
-        /// Arbitrary bytes, and valid frames with bytes flipped (so headers
-        /// are mostly plausible and the fragment paths run): messages, a
-        /// need for more, or an error; never a panic, and never more held
-        /// than was pushed.
+        /// Arbitrary bytes, and valid frames with bytes flipped, inserted,
+        /// deleted or cut off (so headers are mostly plausible and the
+        /// fragment paths run), pushed in pieces: messages, a need for more,
+        /// or an error; never a panic, never more held than was pushed, and
+        /// never more room reserved than twice what arrived and one read.
         #[test]
         fn arbitrary_bytes_never_panic_or_hold_more_than_pushed(
             random in proptest::collection::vec(any::<u8>(), 0..2048),
             messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..6),
-            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..4),
+            fragment in 1usize..200,
+            mutations in mutations(),
             use_random in any::<bool>(),
             max in 0usize..4096,
+            cuts in proptest::collection::vec(any::<usize>(), 0..4),
         ) {
             let bytes = if use_random {
                 random
             } else {
-                // Fragments far smaller than a sender makes, so that the
-                // reassembly path runs on small inputs too.
-                let mut wire = Vec::new();
-                for m in &messages {
-                    let mut parts = m.chunks(97).peekable();
-                    if parts.peek().is_none() {
-                        wire.extend_from_slice(&0u32.to_be_bytes());
-                    }
-                    while let Some(part) = parts.next() {
-                        let more = if parts.peek().is_some() { MORE } else { 0 };
-                        wire.extend_from_slice(&(part.len() as u32 | more).to_be_bytes());
-                        wire.extend_from_slice(part);
-                    }
-                }
-                for (at, value) in flips {
-                    if !wire.is_empty() {
-                        let i = at % wire.len();
-                        wire[i] ^= value;
-                    }
-                }
+                let mut wire = small_fragments(&messages, fragment);
+                mutate(&mut wire, &mutations);
                 wire
             };
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+            points.push(bytes.len());
+            points.sort_unstable();
             let mut d = Deframer::new(max);
-            d.push(&bytes);
-            let mut returned = 0;
-            loop {
-                match d.next_message() {
-                    Ok(Some(m)) => {
-                        prop_assert!(m.len() <= max);
-                        returned += m.len();
+            let (mut pushed, mut returned) = (0, 0);
+            let mut failed = false;
+            for p in points {
+                d.push(&bytes[pushed..p]);
+                pushed = p;
+                while !failed {
+                    match d.next_message() {
+                        Ok(Some(m)) => {
+                            prop_assert!(m.len() <= max);
+                            returned += m.len();
+                        }
+                        Ok(None) => break,
+                        Err(_) => failed = true,
                     }
-                    Ok(None) | Err(_) => break,
+                    prop_assert!(returned + d.held() <= pushed);
                 }
-                prop_assert!(returned + d.held() <= bytes.len());
+                // Growing a buffer may double it, never more.
+                prop_assert!(
+                    d.buf.capacity() <= 2 * (pushed.max(HEADER_LEN) + READ_CHUNK + HEADER_LEN),
+                    "capacity {} after {} bytes", d.buf.capacity(), pushed
+                );
+                if failed {
+                    break;
+                }
             }
-            prop_assert!(d.buf.capacity() <= bytes.len().max(HEADER_LEN) + READ_CHUNK + HEADER_LEN);
+            if cuts.is_empty() {
+                prop_assert!(d.buf.capacity() <= bytes.len().max(HEADER_LEN) + READ_CHUNK + HEADER_LEN);
+            }
+        }
+    }
+
+    proptest! {
+        // Every case is deframed once per cut: fewer cases than the default
+        // 256 (`PROPTEST_CASES` overrides this as it does the default).
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// A valid stream cut at every byte boundary, and fed a byte at a
+        /// time, yields the same messages as in one piece: no boundary
+        /// between a header, its payload and the next fragment is special.
+        #[test]
+        fn a_valid_stream_split_at_every_byte_boundary_yields_the_same_messages(
+            messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..300), 1..5),
+            fragment in 1usize..120,
+        ) {
+            let wire = small_fragments(&messages, fragment);
+            let max = messages.iter().map(Vec::len).max().unwrap_or(0);
+            prop_assert_eq!(&deframe(&wire, &[], max).unwrap(), &messages);
+            for cut in 0..=wire.len() {
+                prop_assert_eq!(&deframe(&wire, &[cut], max).unwrap(), &messages, "cut at {}", cut);
+            }
+            let every: Vec<usize> = (0..wire.len()).collect();
+            prop_assert_eq!(&deframe(&wire, &every, max).unwrap(), &messages);
         }
     }
 
@@ -367,6 +450,22 @@ mod tests {
             deframe(&wire, &[3, 7], 16).unwrap(),
             vec![b"abcd".to_vec(), Vec::new()]
         );
+    }
+
+    #[test]
+    fn fragments_adding_up_past_the_limit_are_refused_before_the_last_one_arrives() {
+        let mut d = Deframer::new(1000);
+        d.push(&(600 | MORE).to_be_bytes());
+        d.push(&[7; 600]);
+        d.push(&600u32.to_be_bytes());
+        assert!(matches!(
+            d.next_message(),
+            Err(TransportError::FrameTooLarge {
+                len: 1200,
+                max: 1000
+            })
+        ));
+        assert!(d.buf.capacity() <= HEADER_LEN + 600 + HEADER_LEN + READ_CHUNK);
     }
 
     #[test]
