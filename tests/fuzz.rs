@@ -9,8 +9,7 @@
 //! Case counts are small so `cargo test` stays fast; `PROPTEST_CASES`
 //! raises them for the long run (`bench/fuzz.sh`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use chorus_testkit::{mutate, mutations, peak_heap_during};
 
 use chorus::connection::read_reserve;
 use chorus::replication::max_message_for;
@@ -20,105 +19,8 @@ use chorus_crdt::{decode, Delta, KeyState, NodeId, Stamp, FORMAT_VERSION};
 use chorus_transport::frame::{append_framed, Deframer};
 use proptest::prelude::*;
 
-/// Counts the heap bytes live on this thread and their peak, so that a test
-/// sees what one call allocated while other tests run on other threads.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    // `try_with`: the allocator also runs while thread-locals are torn down.
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            note(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            note(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        note(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as a copy (both blocks live at once), the worst case.
-            note(new_size as isize);
-            note(-(layout.size() as isize));
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` and returns its result with the most heap bytes it held at once
-/// beyond what was live before.
-fn peak_heap_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let start = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(start));
-    let result = f();
-    let peak = PEAK.with(Cell::get);
-    (result, (peak - start).max(0) as usize)
-}
-
-/// One edit of an input, as a broken client or peer makes them.
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip { at: usize, mask: u8 },
-    Insert { at: usize, byte: u8 },
-    Delete { at: usize },
-    Truncate { at: usize },
-}
-
-fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    proptest::collection::vec(
-        prop_oneof![
-            3 => (any::<usize>(), 1u8..).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
-            2 => (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Insert { at, byte }),
-            2 => any::<usize>().prop_map(|at| Mutation::Delete { at }),
-            1 => any::<usize>().prop_map(|at| Mutation::Truncate { at }),
-        ],
-        1..5,
-    )
-}
-
-fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
-    for m in mutations {
-        let len = bytes.len();
-        match *m {
-            Mutation::Flip { at, mask } if len > 0 => bytes[at % len] ^= mask,
-            Mutation::Insert { at, byte } => bytes.insert(at % (len + 1), byte),
-            Mutation::Delete { at } if len > 0 => {
-                bytes.remove(at % len);
-            }
-            Mutation::Truncate { at } => bytes.truncate(at % (len + 1)),
-            _ => {}
-        }
-    }
-}
+static ALLOCATOR: chorus_testkit::Counting = chorus_testkit::Counting;
 
 /// `bytes` cut at `cuts` (taken modulo its length, plus its end), in order.
 fn pieces<'a>(bytes: &'a [u8], cuts: &[usize]) -> Vec<&'a [u8]> {
@@ -318,7 +220,7 @@ proptest! {
     #[test]
     fn resp_mutated_requests_read_the_same_whole_or_in_pieces_without_panicking(
         requests in proptest::collection::vec(request(), 1..5),
-        mutations in mutations(),
+        mutations in mutations(1..5),
         cuts in proptest::collection::vec(any::<usize>(), 0..6),
         tiny in any::<bool>(),
     ) {
@@ -600,7 +502,7 @@ proptest! {
     #[test]
     fn repl_mutated_messages_decode_to_an_error_or_a_message_within_the_heap_bound(
         message in message(),
-        mutations in mutations(),
+        mutations in mutations(1..5),
     ) {
         let mut bytes = encoded(&message)?;
         mutate(&mut bytes, &mutations);

@@ -8,8 +8,7 @@
 //! Case counts are small so `cargo test` stays fast; `PROPTEST_CASES`
 //! raises them for the long run (`bench/fuzz.sh`).
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
+use chorus_testkit::{mutate, mutations, peak_heap_during};
 
 use chorus_crdt::{
     decode, encode, Delta, ExpiryField, Extras, KeyState, NodeId, NodeMap, Register, Stamp, Tally,
@@ -17,69 +16,8 @@ use chorus_crdt::{
 };
 use proptest::prelude::*;
 
-/// Counts the heap bytes live on this thread and their peak, so that a test
-/// sees what one decode allocated while other tests run on other threads.
-struct Counting;
-
-thread_local! {
-    static LIVE: Cell<isize> = const { Cell::new(0) };
-    static PEAK: Cell<isize> = const { Cell::new(0) };
-}
-
-fn note(delta: isize) {
-    // `try_with`: the allocator also runs while thread-locals are torn down.
-    let _ = LIVE.try_with(|live| {
-        let now = live.get() + delta;
-        live.set(now);
-        let _ = PEAK.try_with(|peak| peak.set(peak.get().max(now)));
-    });
-}
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            note(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let p = unsafe { System.alloc_zeroed(layout) };
-        if !p.is_null() {
-            note(layout.size() as isize);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) };
-        note(-(layout.size() as isize));
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            // Counted as a copy (both blocks live at once), the worst case.
-            note(new_size as isize);
-            note(-(layout.size() as isize));
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-/// Runs `f` and returns its result with the most heap bytes it held at once
-/// beyond what was live before.
-fn peak_heap_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
-    let start = LIVE.with(Cell::get);
-    PEAK.with(|p| p.set(start));
-    let result = f();
-    let peak = PEAK.with(Cell::get);
-    (result, (peak - start).max(0) as usize)
-}
+static ALLOCATOR: chorus_testkit::Counting = chorus_testkit::Counting;
 
 /// Heap bytes a decode may hold per input byte. postcard hands a length
 /// prefix to serde as a size hint only when the input left could hold that
@@ -170,42 +108,6 @@ fn delta() -> impl Strategy<Value = Delta> {
     ]
 }
 
-/// One edit of an encoding, as a damaged disk or a broken peer makes them.
-#[derive(Debug, Clone)]
-enum Mutation {
-    Flip { at: usize, mask: u8 },
-    Insert { at: usize, byte: u8 },
-    Delete { at: usize },
-    Truncate { at: usize },
-}
-
-fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    proptest::collection::vec(
-        prop_oneof![
-            3 => (any::<usize>(), 1u8..).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
-            2 => (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Insert { at, byte }),
-            2 => any::<usize>().prop_map(|at| Mutation::Delete { at }),
-            1 => any::<usize>().prop_map(|at| Mutation::Truncate { at }),
-        ],
-        1..5,
-    )
-}
-
-fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
-    for m in mutations {
-        let len = bytes.len();
-        match *m {
-            Mutation::Flip { at, mask } if len > 0 => bytes[at % len] ^= mask,
-            Mutation::Insert { at, byte } => bytes.insert(at % (len + 1), byte),
-            Mutation::Delete { at } if len > 0 => {
-                bytes.remove(at % len);
-            }
-            Mutation::Truncate { at } => bytes.truncate(at % (len + 1)),
-            _ => {}
-        }
-    }
-}
-
 /// Decodes `bytes` as a key state and as a delta under the heap bound, and
 /// checks that whatever decodes encodes again to the same value (so a value
 /// that got in can always be stored and sent on).
@@ -252,7 +154,7 @@ proptest! {
     fn mutated_encodings_decode_to_an_error_or_a_value_within_the_heap_bound(
         state in key_state(),
         delta in delta(),
-        mutations in mutations(),
+        mutations in mutations(1..5),
     ) {
         for mut bytes in [encode(&state).unwrap(), encode(&delta).unwrap()] {
             mutate(&mut bytes, &mutations);

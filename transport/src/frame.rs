@@ -237,6 +237,7 @@ fn io(e: impl std::fmt::Display) -> TransportError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chorus_testkit::{mutate, mutations};
     use proptest::prelude::*;
 
     /// Every message of `wire`, pushed in pieces cut at `cuts`.
@@ -315,42 +316,6 @@ mod tests {
         wire
     }
 
-    /// One edit of a stream, as a broken or hostile peer makes them.
-    #[derive(Debug, Clone)]
-    enum Mutation {
-        Flip { at: usize, mask: u8 },
-        Insert { at: usize, byte: u8 },
-        Delete { at: usize },
-        Truncate { at: usize },
-    }
-
-    fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-        proptest::collection::vec(
-            prop_oneof![
-                3 => (any::<usize>(), 1u8..).prop_map(|(at, mask)| Mutation::Flip { at, mask }),
-                2 => (any::<usize>(), any::<u8>()).prop_map(|(at, byte)| Mutation::Insert { at, byte }),
-                2 => any::<usize>().prop_map(|at| Mutation::Delete { at }),
-                1 => any::<usize>().prop_map(|at| Mutation::Truncate { at }),
-            ],
-            0..5,
-        )
-    }
-
-    fn mutate(bytes: &mut Vec<u8>, mutations: &[Mutation]) {
-        for m in mutations {
-            let len = bytes.len();
-            match *m {
-                Mutation::Flip { at, mask } if len > 0 => bytes[at % len] ^= mask,
-                Mutation::Insert { at, byte } => bytes.insert(at % (len + 1), byte),
-                Mutation::Delete { at } if len > 0 => {
-                    bytes.remove(at % len);
-                }
-                Mutation::Truncate { at } => bytes.truncate(at % (len + 1)),
-                _ => {}
-            }
-        }
-    }
-
     proptest! {
         /// Arbitrary bytes, and valid frames with bytes flipped, inserted,
         /// deleted or cut off (so headers are mostly plausible and the
@@ -362,7 +327,7 @@ mod tests {
             random in proptest::collection::vec(any::<u8>(), 0..2048),
             messages in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..600), 0..6),
             fragment in 1usize..200,
-            mutations in mutations(),
+            mutations in mutations(0..5),
             use_random in any::<bool>(),
             max in 0usize..4096,
             cuts in proptest::collection::vec(any::<usize>(), 0..4),
