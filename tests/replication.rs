@@ -707,6 +707,42 @@ fn reset_and_expired_counters_are_collected_like_any_tombstone() {
     assert_eq!(q::<i64>(&mut cb, &["DBSIZE"]), 0);
 }
 
+/// #11 item 11: a member removed from the mesh and added back later with its
+/// old data used to bring keys deleted meanwhile back through a state
+/// transfer. What it sends below the receiver's GC floor is now dropped.
+#[test]
+fn a_member_added_back_with_old_data_brings_no_deleted_key_back() {
+    let (pa, pb) = (free_port(), free_port());
+    let small = ["--repl-backlog-size", "16kb"];
+    let a = node(pa, &[pb], &small);
+    let b = node(pb, &[pa], &small);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let (pa_s, pb_s) = (pa.to_string(), pb.to_string());
+    q::<()>(&mut ca, &["SET", "doomed", "v"]);
+    wait_until("the key on B", || get(&mut cb, "doomed").is_some());
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+
+    // Alone, A deletes the key and collects its tombstone.
+    q::<i64>(&mut ca, &["DEL", "doomed"]);
+    wait_until("the tombstone collected on A", || {
+        info_field(&mut ca, "tombstones") == "0"
+    });
+    // B, still holding the key, writes past its backlog: A will need a
+    // state transfer from it.
+    let filler = "x".repeat(100);
+    for i in 0..500 {
+        q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
+    }
+    // B links first, so that A's delete cannot reach B before B's transfer.
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    wait_until("B's writes on A", || get(&mut ca, "b499").is_some());
+    assert!(info_field(&mut cb, "peer0").contains("state_transfers=1"));
+    assert_eq!(get(&mut ca, "doomed"), None, "a deleted key came back");
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    wait_until("the delete on B too", || get(&mut cb, "doomed").is_none());
+}
+
 /// #11 item 5: removing a peer froze tombstone GC for good: its last
 /// promise still bounded the floor. Once removed it no longer counts.
 #[test]

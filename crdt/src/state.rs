@@ -674,6 +674,40 @@ impl KeyState {
         changed
     }
 
+    /// Strips from a state that arrived in a *state transfer* what the
+    /// receiver's GC floor `acked` says it must already hold or have
+    /// collected; `mine` is the receiver's state of the key. Every node has
+    /// applied every write stamped at or below the floor, so such a part is
+    /// either here already (merging it changes nothing) or was deleted and
+    /// collected here. A sender whose state predates the floor (restored from
+    /// an old copy of its store, or a removed member added back) thus cannot
+    /// bring deleted keys or removed increments back (#11 item 11).
+    ///
+    /// A counter segment begun at or below the floor is kept when the
+    /// receiver still knows that segment (a tally or removal record of the
+    /// same epoch): its later increments may be new. Not otherwise: any
+    /// version of it made before the segment's reset was applied here before
+    /// the reset's records were compacted (the floor is causal).
+    pub fn drop_collected(&mut self, mine: Option<&KeyState>, acked: Stamp) {
+        if !self.reg.stamp.is_zero() && self.reg.stamp <= acked {
+            self.reg = Register::default();
+        }
+        if let Some(x) = &mut self.extras {
+            if !x.expiry.stamp.is_zero() && x.expiry.stamp <= acked {
+                x.expiry = ExpiryField::default();
+            }
+            let known = mine.and_then(|m| m.extras.as_deref());
+            x.counts.retain(|node, t| {
+                t.epoch > acked
+                    || known.is_some_and(|k| {
+                        k.counts.get(node).is_some_and(|c| c.epoch == t.epoch)
+                            || k.removed.get(node).is_some_and(|r| r.epoch == t.epoch)
+                    })
+            });
+        }
+        self.normalize();
+    }
+
     fn has_counts(&self) -> bool {
         self.extras.as_ref().is_some_and(|x| !x.counts.is_empty())
     }

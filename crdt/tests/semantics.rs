@@ -474,3 +474,59 @@ fn a_collected_tombstone_leaves_no_trace_in_later_merges() {
     c.compact(at(3, C));
     assert_eq!(c, a);
 }
+
+/// #11 item 11: a node whose state predates the GC floor (restored from an
+/// old copy of its store, or a removed member added back) sends it in a
+/// state transfer. What it holds below the receiver's floor was deleted and
+/// collected there: it does not come back, neither a string nor a counter
+/// whose reset's records were compacted.
+#[test]
+fn a_transfer_from_a_stale_node_brings_nothing_back_from_below_the_floor() {
+    let mut stale = KeyState::default();
+    let set = stale.write(at(1, B), Some(b"old"), 0);
+    apply(&mut stale, &set);
+    // The receiver collected the key's tombstone (floor at 5): it has nothing.
+    let mut incoming = stale.clone();
+    incoming.drop_collected(None, at(5, C));
+    assert!(incoming.is_empty(), "{incoming:?}");
+
+    // A counter reset at 3 (observing +7), compacted at the receiver,
+    // which since holds a newer value.
+    let mut stale = KeyState::default();
+    let incr = stale.incr(at(2, B), 7, 0.0, false);
+    apply(&mut stale, &incr);
+    let mut receiver = stale.clone();
+    let reset = receiver.write(at(3, A), Some(b"1"), 0);
+    apply(&mut receiver, &reset);
+    receiver.compact(at(5, C));
+    assert_eq!(receiver.read(0), Read::Str(b"1"));
+    let mut incoming = stale.clone();
+    incoming.drop_collected(Some(&receiver), at(5, C));
+    receiver.merge(&incoming);
+    assert_eq!(receiver.read(0), Read::Str(b"1"), "the +7 stays removed");
+}
+
+/// What a transfer carries above the floor, or of a segment the receiver
+/// still knows, merges as before.
+#[test]
+fn a_transfer_keeps_what_the_receiver_may_not_have() {
+    let mut sender = KeyState::default();
+    let incr = sender.incr(at(2, B), 1, 0.0, false);
+    apply(&mut sender, &incr);
+    let mut receiver = sender.clone();
+    // The sender's segment (begun at 2, below the floor) went on to 4.
+    for t in 6..9 {
+        let more = sender.incr(at(t, B), 1, 0.0, false);
+        apply(&mut sender, &more);
+    }
+    let set = sender.write(at(9, B), Some(b"10"), 0);
+    let mut newer = sender.clone();
+    apply(&mut newer, &set);
+    let more = newer.incr(at(10, B), 5, 0.0, false);
+    apply(&mut newer, &more);
+    let mut incoming = newer.clone();
+    incoming.drop_collected(Some(&receiver), at(5, C));
+    receiver.merge(&incoming);
+    assert_eq!(receiver, newer);
+    assert_eq!(receiver.read(0), Read::Int(15));
+}

@@ -826,7 +826,7 @@ async fn apply_stream(
                     }
                 }
             },
-            ReplMsg::Snapshot { delta } => apply(ks, repl, &delta),
+            ReplMsg::Snapshot { delta } => apply_transferred(ks, repl, delta),
             ReplMsg::SnapshotDone { vv } => {
                 let now = (repl.now_ms)();
                 repl.core.lock().snapshot_done(&vv, now);
@@ -851,6 +851,26 @@ async fn apply_stream(
         }
     }
     Ok(())
+}
+
+/// Merges one key of a state transfer: as [`apply`], less what our GC floor
+/// says we already hold or collected, so that a sender whose state predates
+/// it cannot bring deleted keys back (`KeyState::drop_collected`).
+fn apply_transferred(ks: &Keyspace, repl: &Replicator, mut delta: Delta) {
+    if let Delta::Key { db, key, state } = &mut delta {
+        let acked = ks.gc_acked();
+        let index = ks.shard_of(key);
+        let mut locked = ks.lock(SmallVec::from_slice(&[index]));
+        if let Ok(shard) = locked.shard(index) {
+            let mine = shard.dbs.get(*db as usize).and_then(|d| d.get(key));
+            state.drop_collected(mine, acked);
+        }
+        drop(locked);
+        if state.is_empty() {
+            return;
+        }
+    }
+    apply(ks, repl, &delta);
 }
 
 /// Merges a remote delta into the keyspace, exactly as a local write merges.
