@@ -530,3 +530,29 @@ fn a_transfer_keeps_what_the_receiver_may_not_have() {
     assert_eq!(receiver, newer);
     assert_eq!(receiver.read(0), Read::Int(15));
 }
+
+/// A named bound (#11): a key rewritten in turn by ever more nodes names at
+/// most `MAX_SEEN` of them in what its newest write saw.
+#[test]
+fn a_writes_seen_set_never_names_more_than_max_seen_nodes() {
+    let mut k = KeyState::default();
+    for n in 1..=40u64 {
+        let w = k.write(at(n, NodeId(n)), Some(b"v"), 0);
+        apply(&mut k, &w);
+        let named = k.reg.seen.as_ref().map_or(0, |s| s.len());
+        assert!(
+            named <= chorus_crdt::state::MAX_SEEN,
+            "{named} after {n} writers"
+        );
+    }
+    assert_eq!(
+        k.reg.seen.as_ref().map(|s| s.len()),
+        Some(chorus_crdt::state::MAX_SEEN)
+    );
+    // The newest writers are the ones named.
+    assert!(k.reg.has_seen(
+        &KeyState::default()
+            .write(at(39, NodeId(39)), Some(b"v"), 0)
+            .reg
+    ));
+}

@@ -142,6 +142,28 @@ mod tests {
         seq.to_be_bytes().to_vec()
     }
 
+    /// A named bound (#11): however much an origin writes, its relay log
+    /// holds at most its limit (plus the newest frame, when that alone is
+    /// larger), and the newest frames are the ones kept.
+    #[test]
+    fn a_relay_log_never_grows_past_its_limit() {
+        let mut relay = Relay::new(1024);
+        let origin = NodeId(2);
+        for seq in 1..=10_000u64 {
+            let f = vec![0u8; 1 + (seq as usize * 7) % 300];
+            relay.record(origin, seq, 0, bytes::Bytes::from(f));
+            assert!(relay.bytes() <= 1024, "{} bytes at {seq}", relay.bytes());
+        }
+        let kept = relay_frames(relay.due(origin, 9_990, 0, 0, usize::MAX));
+        assert_eq!(kept.last(), Some(&10_000));
+        relay.record(origin, 10_001, 0, bytes::Bytes::from(vec![0u8; 5_000]));
+        assert_eq!(
+            relay.bytes(),
+            5_000,
+            "one frame over the limit is kept alone"
+        );
+    }
+
     fn relay_frames(r: Relayed) -> Vec<u64> {
         match r {
             Relayed::Frames(f) => f.into_iter().map(|(s, _)| s).collect(),
