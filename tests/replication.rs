@@ -910,3 +910,32 @@ fn a_node_with_a_store_restarts_from_disk_and_resumes() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// #11 item 5: every in-memory restart of a peer left its earlier life's
+/// writes in the others' relay logs (up to repl-backlog-size each) for good.
+/// Once every node holds all of that life, its frames are freed.
+#[test]
+fn a_restarted_peers_earlier_life_is_released_once_every_node_holds_it() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    for i in 0..50 {
+        q::<()>(&mut cb, &["SET", &format!("k{i}"), "value"]);
+    }
+    wait_until("B's writes on A", || get(&mut ca, "k49").is_some());
+    let relay_bytes =
+        |c: &mut redis::Connection| info_field(c, "relay_bytes").parse::<u64>().unwrap();
+    assert!(relay_bytes(&mut ca) > 0, "kept to pass on");
+    drop(cb);
+    drop(b);
+    let b = node(pb, &[pa], &[]);
+    let mut cb = b.conn();
+    wait_until("B to refill", || get(&mut cb, "k49").is_some());
+    wait_until("A to retire B's earlier life", || {
+        !info_field(&mut ca, "retired_nodes").is_empty()
+    });
+    wait_until("the earlier life's frames freed", || {
+        relay_bytes(&mut ca) == 0
+    });
+}

@@ -22,6 +22,8 @@ use chorus_crdt::{NodeId, Stamp};
 
 use super::backlog::{Backlog, Resume};
 use super::gc::GcView;
+#[cfg(test)]
+use super::gc::MAX_RETIRED;
 use super::relay::{Relay, Relayed};
 use super::version::{Arrival, VersionVector};
 
@@ -170,7 +172,7 @@ pub struct Core {
     /// Peers removed from the mesh (REPLICAOF REMOVE) and not linked since:
     /// the GC floor does not wait for them.
     removed: BTreeSet<NodeId>,
-    /// The retired nodes no longer counted, as of the last GC tick.
+    /// The retired nodes no longer counted (once settled, for good).
     settled: BTreeSet<NodeId>,
 }
 
@@ -235,11 +237,20 @@ impl Core {
         // A promise goes after every write it speaks of.
         let promise = self.promise;
         if promise.seq < link.cursor && promise.stamp > link.promised {
+            // Every retired life on a link's first heartbeat (the peer may
+            // know one from a transfer and must learn it never writes
+            // again); after that only those not settled yet, so that a
+            // long-running mesh does not carry every restart forever.
+            let retired = if link.promised.is_zero() {
+                self.gc.retired()
+            } else {
+                self.unsettled()
+            };
             plan.heartbeat = Some(Heartbeat {
                 seq: promise.seq,
                 promise: promise.stamp,
                 stable: promise.stable,
-                retired: self.gc.retired(),
+                retired,
             });
             link.promised = promise.stamp;
         }
@@ -344,6 +355,26 @@ impl Core {
         &self.applied
     }
 
+    /// What an acknowledgement says: the applied vector less the settled
+    /// retired lives. Every peer already acknowledged all of those (that is
+    /// what settled them), and a sender keeps what a peer acknowledged
+    /// before, so leaving them out changes nothing it decides.
+    pub fn ack_vv(&self) -> Vec<(NodeId, u64)> {
+        self.applied
+            .entries()
+            .into_iter()
+            .filter(|(n, _)| !self.settled.contains(n))
+            .collect()
+    }
+
+    fn unsettled(&self) -> Vec<NodeId> {
+        self.gc
+            .retired()
+            .into_iter()
+            .filter(|n| !self.settled.contains(n))
+            .collect()
+    }
+
     pub fn relay_bytes(&self) -> usize {
         self.relay.bytes()
     }
@@ -370,7 +401,8 @@ impl Core {
     }
 
     /// Recomputes our stable stamp and the GC floor after a promise.
-    /// `settled`: retired nodes no longer counted; `unknown_peer`: a peer
+    /// `settled`: retired nodes found settled now (see [`Core::settled`]),
+    /// no longer counted from now on; `unknown_peer`: a peer
     /// whose id we have not learnt yet, which holds the floor at zero.
     pub fn gc_tick(&mut self, settled: &BTreeSet<NodeId>, unknown_peer: bool) -> GcState {
         for (origin, _) in self.applied.entries() {
@@ -378,7 +410,14 @@ impl Core {
                 self.gc.know(origin);
             }
         }
-        self.settled.clone_from(settled);
+        // Settled for good: a retired life never writes again, and every
+        // peer held all of it. Its frames are no longer needed anywhere.
+        for &node in settled {
+            if self.settled.insert(node) {
+                self.relay.release(node);
+            }
+        }
+        let settled = &self.settled;
         let own = self.promise.stamp;
         let unstored = self.gc.stable(self.me, own, settled);
         self.unstored_stable = unstored;
@@ -753,6 +792,80 @@ mod tests {
         assert!(core
             .settled(&acks(Some(new), VersionVector::default()))
             .is_empty());
+    }
+
+    /// #11 item 5: every in-memory restart left a retired id whose relay
+    /// log, version-vector entry and retired entry rode in every Ack and
+    /// Heartbeat for good. Once settled, its frames are freed and acks and
+    /// heartbeats (after a link's first) leave it out; a node that never held
+    /// its writes still gets them, by a transfer.
+    #[test]
+    fn a_settled_retired_life_is_released_and_no_longer_carried() {
+        let (me, old, new, fresh) = (NodeId(1), NodeId(7), NodeId(8), NodeId(9));
+        let now = 60_000;
+        let mut core = Core::new(me, 1 << 20);
+        core.link_up(old, None);
+        for seq in 1..=3 {
+            core.applied(old, seq, 0, bytes::Bytes::from(vec![0u8; 100]));
+        }
+        core.link_up(new, Some(old));
+        let mut held = VersionVector::default();
+        held.advance(old, 3);
+        let names_old = |vv: &[(NodeId, u64)]| vv.iter().any(|(n, _)| *n == old);
+        let lacking = core.settled(&[PeerAcks {
+            id: Some(new),
+            acked: VersionVector::default(),
+        }]);
+        core.gc_tick(&lacking, false);
+        assert_eq!(core.relay_bytes(), 300, "kept while a peer lacks it");
+        assert!(names_old(&core.ack_vv()));
+
+        let settled = core.settled(&[PeerAcks {
+            id: Some(new),
+            acked: held.clone(),
+        }]);
+        core.gc_tick(&settled, false);
+        assert_eq!(core.relay_bytes(), 0);
+        assert!(!names_old(&core.ack_vv()));
+        assert_eq!(core.applied_vv().get(old), 3, "the record stays");
+        core.gc_tick(&BTreeSet::new(), false);
+        assert!(!names_old(&core.ack_vv()), "settled for good");
+
+        core.promise(st(10, 1));
+        let mut link = LinkState::new(me, new, &held);
+        let first = core.plan(&mut link, &held, now).heartbeat.expect("promise");
+        assert_eq!(
+            first.retired,
+            vec![old],
+            "a link's first heartbeat names it"
+        );
+        core.promise(st(20, 1));
+        let later = core.plan(&mut link, &held, now).heartbeat.expect("promise");
+        assert!(later.retired.is_empty());
+
+        let nothing = VersionVector::default();
+        let mut newcomer = LinkState::new(me, fresh, &nothing);
+        assert!(core.plan(&mut newcomer, &nothing, now).transfer);
+        let mut again = LinkState::new(me, new, &held);
+        assert!(!core.plan(&mut again, &held, now).transfer);
+    }
+
+    /// A named bound (#11): a peer cannot grow the retired set past its
+    /// limit, however many ids its heartbeats name.
+    #[test]
+    fn heartbeats_cannot_grow_the_retired_set_past_its_limit() {
+        let mut core = Core::new(NodeId(1), 1 << 20);
+        let many: Vec<NodeId> = (10..10 + 2 * MAX_RETIRED as u64).map(NodeId).collect();
+        core.heartbeat(
+            NodeId(2),
+            Heartbeat {
+                seq: 0,
+                promise: Stamp::ZERO,
+                stable: Stamp::ZERO,
+                retired: many,
+            },
+        );
+        assert_eq!(core.retired().len(), MAX_RETIRED);
     }
 
     /// One step of a small mesh of cores (see the property test below).

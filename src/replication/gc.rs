@@ -4,6 +4,11 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chorus_crdt::{NodeId, Stamp};
 
+/// At most this many earlier lives of restarted peers are remembered (8
+/// bytes each, plus a version-vector entry): decades of daily restarts of
+/// a dozen in-memory nodes.
+pub const MAX_RETIRED: usize = 100_000;
+
 /// What this node knows of the cluster for tombstone GC.
 ///
 /// Each node periodically *promises* that its writes numbered after some
@@ -50,9 +55,16 @@ impl GcView {
 
     /// `node` is an earlier life of a peer that restarted without its data;
     /// it stops holding GC back once `settled` (every peer applied as much
-    /// of it as this node did).
-    pub fn retire(&mut self, node: NodeId) {
+    /// of it as this node did). Past [`MAX_RETIRED`] ids a new one is
+    /// refused (false): it then keeps holding collection back, which loses
+    /// nothing, where forgetting an old one would let a peer grow this set
+    /// without bound.
+    pub fn retire(&mut self, node: NodeId) -> bool {
+        if self.retired.len() >= MAX_RETIRED && !self.retired.contains(&node) {
+            return false;
+        }
         self.retired.insert(node);
+        true
     }
 
     /// `node` left the mesh (REPLICAOF REMOVE): it no longer holds the

@@ -35,6 +35,7 @@ pub mod relay;
 pub mod version;
 pub mod wire;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -64,6 +65,9 @@ const RESUME_WAIT: Duration = Duration::from_secs(10);
 const SENDER_TICK: Duration = Duration::from_millis(100);
 /// How often the node makes a promise and recomputes the GC floor.
 const GC_TICK: Duration = Duration::from_millis(200);
+/// At most this many peer addresses are remembered for telling a restarted
+/// peer by its new id.
+const MAX_INBOUND_ADDRS: usize = 1024;
 
 /// One peer this node dials, as INFO shows it.
 #[derive(Debug)]
@@ -141,6 +145,11 @@ pub struct Replicator {
     pub auth: Mutex<Option<Arc<AuthStats>>>,
     pub listen: Mutex<Option<SocketAddr>>,
     running: Mutex<Option<Running>>,
+    /// The node id that last linked in from each address: a different one
+    /// there is a restarted peer, whose earlier life is retired (as a
+    /// sender finds on the links it dials, which may not have been up
+    /// before the restart).
+    inbound: Mutex<HashMap<SocketAddr, NodeId>>,
 }
 
 /// What adding a peer at run time needs.
@@ -163,6 +172,7 @@ impl Replicator {
             drift_events: AtomicU64::new(0),
             auth: Mutex::new(None),
             listen: Mutex::new(None),
+            inbound: Mutex::new(HashMap::new()),
             running: Mutex::new(None),
         })
     }
@@ -660,7 +670,9 @@ async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks:
         if let Ok(ReplMsg::Ack { vv }) = decode::<ReplMsg>(&frame) {
             let vv = VersionVector::from_entries(&vv);
             info.acked_seq.fetch_max(vv.get(me), Ordering::Relaxed);
-            *info.acked_vv.lock() = vv;
+            // An ack leaves out the retired lives the peer settled: what it
+            // said of them before (at least in its Resume) still holds.
+            info.acked_vv.lock().merge(&vv);
             info.acked_at_ms
                 .store(ks.clock.physical_unix_ms(), Ordering::Relaxed);
         }
@@ -748,7 +760,20 @@ async fn receive(
     repl: &Arc<Replicator>,
     link: &PeerLink,
 ) -> Result<(), LinkError> {
-    repl.core.lock().link_up(NodeId(link.peer_node), None);
+    let peer = NodeId(link.peer_node);
+    let previous = {
+        let mut inbound = repl.inbound.lock();
+        if inbound.len() >= MAX_INBOUND_ADDRS && !inbound.contains_key(&link.remote_address()) {
+            // Forgetting which id linked from where only keeps an earlier
+            // life counted (collection waits); it loses nothing.
+            inbound.clear();
+        }
+        inbound.insert(link.remote_address(), peer)
+    };
+    if previous.is_some_and(|p| p != peer) {
+        info!(peer = %link.remote_address(), node = %peer, "a peer linked in with a new node id; its old id is retired");
+    }
+    repl.core.lock().link_up(peer, previous);
     let mut back = link.open(StreamKind::Live).await?;
     back.send(&send_msg(&ReplMsg::Resume {
         vv: repl.applied_vv(),
@@ -781,10 +806,8 @@ async fn receive(
 async fn send_acks(mut back: FrameSender, repl: Arc<Replicator>) -> Result<(), LinkError> {
     loop {
         tokio::time::sleep(ACK_INTERVAL).await;
-        back.send(&send_msg(&ReplMsg::Ack {
-            vv: repl.applied_vv(),
-        })?)
-        .await?;
+        let vv = repl.core.lock().ack_vv();
+        back.send(&send_msg(&ReplMsg::Ack { vv })?).await?;
     }
 }
 

@@ -77,6 +77,17 @@ impl Relay {
         }
     }
 
+    /// Drops `origin`'s frames, keeping how far it went: every peer holds
+    /// them (a retired node, settled). A peer that lacks them after all (a
+    /// node new to the mesh) gets a state transfer, as after a jump long ago.
+    pub fn release(&mut self, origin: NodeId) {
+        if let Some(log) = self.logs.get_mut(&origin) {
+            log.entries.clear();
+            log.bytes = 0;
+            log.jumped_ms = 0;
+        }
+    }
+
     pub fn origins(&self) -> Vec<NodeId> {
         self.logs.keys().copied().collect()
     }

@@ -42,6 +42,14 @@ impl VersionVector {
         *e = (*e).max(seq);
     }
 
+    /// Takes the higher of the two for every origin: an acknowledgement
+    /// that leaves an origin out still holds what an earlier one said.
+    pub fn merge(&mut self, other: &VersionVector) {
+        for (n, s) in &other.0 {
+            self.advance(*n, *s);
+        }
+    }
+
     pub fn entries(&self) -> Vec<(NodeId, u64)> {
         self.0.iter().map(|(n, s)| (*n, *s)).collect()
     }
@@ -70,5 +78,8 @@ mod tests {
         assert_eq!(vv.judge(n, 2), Arrival::Apply);
         vv.advance(n, 0);
         assert_eq!(vv.get(n), 1, "never moves backwards");
+        let m = NodeId(8);
+        vv.merge(&VersionVector::from_entries(&[(m, 4), (n, 0)]));
+        assert_eq!((vv.get(n), vv.get(m)), (1, 4), "a merge keeps the higher");
     }
 }

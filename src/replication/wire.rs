@@ -16,7 +16,8 @@ use serde::{Deserialize, Serialize};
 pub enum ReplMsg {
     /// Receiver → sender, first on a link: what it has applied per origin.
     Resume { vv: Vec<(NodeId, u64)> },
-    /// Receiver → sender, periodically.
+    /// Receiver → sender, periodically: as `Resume`, less the retired lives
+    /// it settled (the sender keeps what earlier messages said of those).
     Ack { vv: Vec<(NodeId, u64)> },
     /// One write of `origin`, numbered `seq`.
     Delta {
@@ -32,7 +33,8 @@ pub enum ReplMsg {
     /// Sent in order after `origin`'s writes up to `seq`: every later write
     /// of `origin` is stamped after `promise`. `stable` is the sender's
     /// stable stamp (see [`super::gc::GcView`]); `retired` the earlier lives of
-    /// restarted nodes it knows of, which never write again.
+    /// restarted nodes it knows of, which never write again (all of them on
+    /// a link's first heartbeat, then those it has not settled yet).
     Heartbeat {
         origin: NodeId,
         seq: u64,

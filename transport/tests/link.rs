@@ -232,6 +232,44 @@ async fn a_silent_connection_does_not_hold_other_peers_out() {
     assert_eq!(accepted, Some(1));
 }
 
+/// A named bound (#11): connections that never finish the handshake hold
+/// at most `MAX_PENDING_HANDSHAKES` handshakes open; any beyond are refused
+/// at once instead of queueing (or growing the set of tasks).
+#[tokio::test]
+async fn silent_connections_beyond_the_handshake_limit_are_refused_at_once() {
+    use chorus_transport::MAX_PENDING_HANDSHAKES;
+    let b = Arc::new({
+        let mut c = TransportConfig::new(2, "prod", b"s");
+        c.handshake_timeout = Duration::from_secs(60);
+        Transport::bind(LOOPBACK.parse().unwrap(), c).unwrap()
+    });
+    let addr = b.local_addr().unwrap();
+    let acceptor = {
+        let b = b.clone();
+        tokio::spawn(async move { while b.accept().await.is_some() {} })
+    };
+    let mut silent = quinn::Endpoint::client(LOOPBACK.parse().unwrap()).unwrap();
+    let crypto = chorus_transport::tls::client_config(None).unwrap();
+    silent.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
+    )));
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for _ in 0..MAX_PENDING_HANDSHAKES + 8 {
+        let connecting = silent.connect(addr, "chorus-peer").unwrap();
+        match tokio::time::timeout(WAIT, connecting)
+            .await
+            .expect("answered at once")
+        {
+            Ok(conn) => held.push(conn),
+            Err(_) => refused += 1,
+        }
+    }
+    assert_eq!(held.len(), MAX_PENDING_HANDSHAKES);
+    assert_eq!(refused, 8);
+    acceptor.abort();
+}
+
 #[tokio::test]
 async fn oversized_frames_are_refused() {
     let mut small = TransportConfig::new(1, "prod", b"s");
