@@ -749,6 +749,44 @@ impl Keyspace {
         shard.dbs.get(db)?.get(key).cloned()
     }
 
+    /// A tag for `key` of `db` in a state transfer's record of the keys it
+    /// named (a collision only keeps a stale key, never drops a live one).
+    pub fn transfer_tag(&self, db: u32, key: &[u8]) -> u64 {
+        self.hasher.hash_one(key) ^ u64::from(db).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    /// After a complete state transfer that named the keys tagged in
+    /// `named`: every other key forgets what the sender held (`held`, per
+    /// node; see `KeyState::forget_held`), since the sender no longer has
+    /// it. Local only: it brings this node in line, it is not a write.
+    /// Returns how many keys changed.
+    pub fn forget_held_absent(
+        &self,
+        named: &HashSet<u64>,
+        held: &std::collections::BTreeMap<NodeId, Stamp>,
+    ) -> usize {
+        let acked = self.gc_acked();
+        let held = |n: NodeId| held.get(&n).copied().unwrap_or(Stamp::ZERO);
+        let mut changed = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            for (db, d) in shard.dbs.iter_mut().enumerate() {
+                let unnamed: Vec<Key> = d
+                    .map
+                    .keys()
+                    .filter(|k| !named.contains(&self.transfer_tag(db as u32, k)))
+                    .cloned()
+                    .collect();
+                for key in unnamed {
+                    if d.change(&key, acked, |s| s.forget_held(held)) {
+                        changed += 1;
+                    }
+                }
+            }
+        }
+        changed
+    }
+
     /// Deleted keys still held (as tombstones) for replication.
     pub fn tombstones(&self, all: &mut Locked<'_>) -> usize {
         debug_assert!(all.holds_all());

@@ -939,3 +939,80 @@ fn a_restarted_peers_earlier_life_is_released_once_every_node_holds_it() {
         relay_bytes(&mut ca) == 0
     });
 }
+
+/// #11 item 11: a member removed and added back with its old data got
+/// nothing deleted back to its peers, but kept (and served) the deleted key
+/// itself for good when the delete had left every backlog: the state
+/// transfer it received no longer named the key. A key the sender no longer
+/// holds whose every write lies below what the sender has collected is gone
+/// on the receiver too.
+#[test]
+fn a_member_added_back_with_old_data_forgets_keys_deleted_while_it_was_away() {
+    let (pa, pb) = (free_port(), free_port());
+    let small = ["--repl-backlog-size", "16kb"];
+    let a = node(pa, &[pb], &small);
+    let b = node(pb, &[pa], &small);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let (pa_s, pb_s) = (pa.to_string(), pb.to_string());
+    q::<()>(&mut ca, &["SET", "doomed", "v"]);
+    q::<()>(&mut ca, &["SET", "kept", "k"]);
+    wait_until("the keys on B", || get(&mut cb, "kept").is_some());
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+
+    q::<i64>(&mut ca, &["DEL", "doomed"]);
+    wait_until("the tombstone collected on A", || {
+        info_field(&mut ca, "tombstones") == "0"
+    });
+    // Both write past their backlogs: each needs a state transfer.
+    let filler = "x".repeat(100);
+    for i in 0..500 {
+        q::<()>(&mut ca, &["SET", &format!("a{i}"), &filler]);
+        q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
+    }
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    wait_until("each node's writes on the other", || {
+        get(&mut ca, "b499").is_some() && get(&mut cb, "a499").is_some()
+    });
+    wait_until("the deleted key gone from B", || {
+        get(&mut cb, "doomed").is_none()
+    });
+    assert_eq!(get(&mut ca, "doomed"), None);
+    assert_eq!(get(&mut cb, "kept").as_deref(), Some("k"));
+    assert_eq!(
+        q::<i64>(&mut ca, &["DBSIZE"]),
+        q::<i64>(&mut cb, &["DBSIZE"])
+    );
+}
+
+/// Found while closing #11 item 11: a state transfer was merged less what
+/// lay below the *receiver's* GC floor, but a floor computed while a member
+/// was removed says nothing of that member's writes. Writes both nodes
+/// acknowledged while apart, stamped below the other's floor, were dropped
+/// when the member came back. Each node keeps every write of the other.
+#[test]
+fn writes_made_while_a_member_was_removed_all_survive_its_return() {
+    let (pa, pb) = (free_port(), free_port());
+    let small = ["--repl-backlog-size", "16kb"];
+    let a = node(pa, &[pb], &small);
+    let b = node(pb, &[pa], &small);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let (pa_s, pb_s) = (pa.to_string(), pb.to_string());
+    q::<()>(&mut ca, &["SET", "first", "1"]);
+    wait_until("the link", || get(&mut cb, "first").is_some());
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    // Both write past their backlogs, then let their floors move past it.
+    let filler = "x".repeat(100);
+    for i in 0..300 {
+        q::<()>(&mut ca, &["SET", &format!("a{i}"), &filler]);
+        q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    wait_until("both nodes to hold all 601 keys", || {
+        q::<i64>(&mut ca, &["DBSIZE"]) == 601 && q::<i64>(&mut cb, &["DBSIZE"]) == 601
+    });
+}

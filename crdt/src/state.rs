@@ -675,30 +675,35 @@ impl KeyState {
     }
 
     /// Strips from a state that arrived in a *state transfer* what the
-    /// receiver's GC floor `acked` says it must already hold or have
-    /// collected; `mine` is the receiver's state of the key. Every node has
-    /// applied every write stamped at or below the floor, so such a part is
-    /// either here already (merging it changes nothing) or was deleted and
-    /// collected here. A sender whose state predates the floor (restored from
-    /// an old copy of its store, or a removed member added back) thus cannot
-    /// bring deleted keys or removed increments back (#11 item 11).
+    /// receiver must already hold or have collected: `held(a)` is a stamp at
+    /// or below which the receiver applied every write of node `a`, and
+    /// `mine` its state of the key. A part stamped at or below that is here
+    /// already (merging it changes nothing) or was deleted and collected
+    /// here. A sender whose state predates it (restored from an old copy of
+    /// its store, or a removed member added back) thus cannot bring deleted
+    /// keys or removed increments back (#11 item 11); and writes the
+    /// receiver never applied (a removed member's, made while it was away)
+    /// are never taken for collected ones, as a GC floor computed without
+    /// that member would.
     ///
-    /// A counter segment begun at or below the floor is kept when the
-    /// receiver still knows that segment (a tally or removal record of the
-    /// same epoch): its later increments may be new. Not otherwise: any
-    /// version of it made before the segment's reset was applied here before
-    /// the reset's records were compacted (the floor is causal).
-    pub fn drop_collected(&mut self, mine: Option<&KeyState>, acked: Stamp) {
-        if !self.reg.stamp.is_zero() && self.reg.stamp <= acked {
+    /// A counter segment begun at or below that is kept when the receiver
+    /// still knows that segment (a tally or removal record of the same
+    /// epoch): its later increments may be new. Not otherwise: any version
+    /// of it made before the segment's reset was applied here before the
+    /// reset's records were compacted (the GC floor is causal).
+    pub fn drop_collected(&mut self, mine: Option<&KeyState>, held: impl Fn(NodeId) -> Stamp) {
+        let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
+        if is_held(self.reg.stamp) {
             self.reg = Register::default();
         }
         if let Some(x) = &mut self.extras {
-            if !x.expiry.stamp.is_zero() && x.expiry.stamp <= acked {
+            if is_held(x.expiry.stamp) {
                 x.expiry = ExpiryField::default();
             }
             let known = mine.and_then(|m| m.extras.as_deref());
             x.counts.retain(|node, t| {
-                t.epoch > acked
+                t.epoch.is_zero()
+                    || t.epoch > held(*node)
                     || known.is_some_and(|k| {
                         k.counts.get(node).is_some_and(|c| c.epoch == t.epoch)
                             || k.removed.get(node).is_some_and(|r| r.epoch == t.epoch)
@@ -706,6 +711,40 @@ impl KeyState {
             });
         }
         self.normalize();
+    }
+
+    /// Forgets the parts of a key that a state transfer's sender no longer
+    /// holds at all though it *held* them: `held(a)` is a stamp such that the
+    /// sender applied every write of node `a` stamped at or below it. Such a
+    /// part reached the sender and is gone there, so a delete removed it and
+    /// was collected; a receiver whose copy predates that (restored from an
+    /// old copy of its store, or a removed member added back) drops it
+    /// instead of keeping, and serving, a deleted key for good (#11 item 11).
+    /// A counter segment goes with its start: increments to it made before
+    /// their node saw the delete reached the sender before it could collect
+    /// (the GC floor is causal), and later ones start a new segment.
+    /// Returns whether anything went.
+    pub fn forget_held(&mut self, held: impl Fn(NodeId) -> Stamp) -> bool {
+        let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
+        let mut changed = false;
+        if is_held(self.reg.stamp) {
+            self.reg = Register::default();
+            changed = true;
+        }
+        if let Some(x) = &mut self.extras {
+            if is_held(x.expiry.stamp) {
+                x.expiry = ExpiryField::default();
+                changed = true;
+            }
+            let before = x.counts.len();
+            x.counts
+                .retain(|node, t| t.epoch.is_zero() || t.epoch > held(*node));
+            changed |= x.counts.len() != before;
+        }
+        if changed {
+            self.normalize();
+        }
+        changed
     }
 
     fn has_counts(&self) -> bool {

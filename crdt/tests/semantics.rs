@@ -487,8 +487,13 @@ fn a_transfer_from_a_stale_node_brings_nothing_back_from_below_the_floor() {
     apply(&mut stale, &set);
     // The receiver collected the key's tombstone (floor at 5): it has nothing.
     let mut incoming = stale.clone();
-    incoming.drop_collected(None, at(5, C));
+    incoming.drop_collected(None, |_| at(5, C));
     assert!(incoming.is_empty(), "{incoming:?}");
+    // Unless the receiver never applied that node's writes so far (a
+    // removed member's, made while it was away): then it is new.
+    let mut incoming = stale.clone();
+    incoming.drop_collected(None, |n| if n == B { at(0, B) } else { at(5, C) });
+    assert_eq!(incoming, stale);
 
     // A counter reset at 3 (observing +7), compacted at the receiver,
     // which since holds a newer value.
@@ -501,7 +506,7 @@ fn a_transfer_from_a_stale_node_brings_nothing_back_from_below_the_floor() {
     receiver.compact(at(5, C));
     assert_eq!(receiver.read(0), Read::Str(b"1"));
     let mut incoming = stale.clone();
-    incoming.drop_collected(Some(&receiver), at(5, C));
+    incoming.drop_collected(Some(&receiver), |_| at(5, C));
     receiver.merge(&incoming);
     assert_eq!(receiver.read(0), Read::Str(b"1"), "the +7 stays removed");
 }
@@ -525,10 +530,42 @@ fn a_transfer_keeps_what_the_receiver_may_not_have() {
     let more = newer.incr(at(10, B), 5, 0.0, false);
     apply(&mut newer, &more);
     let mut incoming = newer.clone();
-    incoming.drop_collected(Some(&receiver), at(5, C));
+    incoming.drop_collected(Some(&receiver), |_| at(5, C));
     receiver.merge(&incoming);
     assert_eq!(receiver, newer);
     assert_eq!(receiver.read(0), Read::Int(15));
+}
+
+/// #11 item 11, the receiver's side: a key a transfer's sender no longer
+/// holds, though it held the writes this copy has, was deleted and
+/// collected there; the stale copy forgets them. What the sender may not
+/// have held yet stays.
+#[test]
+fn a_stale_copy_forgets_only_what_the_sender_held() {
+    let held = |a: NodeId| if a == B { at(5, B) } else { Stamp::ZERO };
+    let mut string = KeyState::default();
+    let set = string.write(at(1, B), Some(b"old"), 5_000);
+    apply(&mut string, &set);
+    let mut counter = KeyState::default();
+    let incr = counter.incr(at(2, B), 7, 0.0, false);
+    apply(&mut counter, &incr);
+    for mut stale in [string, counter] {
+        assert!(stale.forget_held(held));
+        assert!(stale.is_empty(), "{stale:?}");
+    }
+
+    // A write the sender had not applied yet (by A, or by B after 5) stays.
+    let mut string = KeyState::default();
+    let set = string.write(at(6, B), Some(b"new"), 0);
+    apply(&mut string, &set);
+    let mut counter = KeyState::default();
+    let incr = counter.incr(at(3, A), 2, 0.0, false);
+    apply(&mut counter, &incr);
+    for mut newer in [string, counter] {
+        let before = newer.clone();
+        assert!(!newer.forget_held(held));
+        assert_eq!(newer, before);
+    }
 }
 
 /// A named bound (#11): a key rewritten in turn by ever more nodes names at

@@ -293,6 +293,18 @@ impl Core {
         covered
     }
 
+    /// Per node, a stamp at or below which this node has applied every one
+    /// of its writes: its own up to its last promise (made with every shard
+    /// held), another's up to the newest promise of it counted (which speaks
+    /// of writes all applied). Sent with a state transfer, so that the
+    /// receiver can tell a key deleted and collected here from one that has
+    /// not reached here yet (`KeyState::forget_held`).
+    pub fn holds(&self) -> BTreeMap<NodeId, Stamp> {
+        let mut held: BTreeMap<NodeId, Stamp> = self.gc.promises().collect();
+        held.insert(self.me, self.promise.stamp);
+        held
+    }
+
     // ----- receiving -----
 
     /// A link with `peer` came up; `previous` is the node id last seen at

@@ -68,11 +68,18 @@ impl GcView {
     }
 
     /// `node` left the mesh (REPLICAOF REMOVE): it no longer holds the
-    /// floor back, until it links again.
+    /// floor back, until it links again. Its promise stays: it still says
+    /// which of its writes were applied here (see `Core::holds`), and its
+    /// later promises only move forward.
     pub fn forget(&mut self, node: NodeId) {
         self.known.remove(&node);
-        self.promises.remove(&node);
         self.stables.remove(&node);
+    }
+
+    /// Per origin, the newest promise counted: every write of it stamped
+    /// at or below that has been applied here.
+    pub fn promises(&self) -> impl Iterator<Item = (NodeId, Stamp)> + '_ {
+        self.promises.iter().map(|(n, s)| (*n, *s))
     }
 
     pub fn retired(&self) -> Vec<NodeId> {

@@ -35,7 +35,7 @@ pub mod relay;
 pub mod version;
 pub mod wire;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -689,7 +689,10 @@ async fn state_transfer(
     // Read what is applied first: anything numbered after it is sent live
     // later, anything up to it is already in the keyspace and so in the
     // snapshot.
-    let covered = repl.core.lock().transfer_covers();
+    let (covered, held) = {
+        let core = repl.core.lock();
+        (core.transfer_covers(), core.holds())
+    };
     let mut bulk = link.open(StreamKind::Bulk).await?;
     for db in 0..ks.databases() {
         let mut floor = chorus_crdt::Stamp::ZERO;
@@ -729,6 +732,7 @@ async fn state_transfer(
     }
     bulk.send(&send_msg(&ReplMsg::SnapshotDone {
         vv: covered.entries(),
+        held: held.into_iter().collect(),
     })?)
     .await?;
     bulk.finish()?;
@@ -816,6 +820,10 @@ async fn apply_stream(
     repl: &Replicator,
     mut rx: FrameReceiver,
 ) -> Result<(), LinkError> {
+    // The keys a state transfer on this stream named so far, and what this
+    // node had applied when it began.
+    let mut named: hashbrown::HashSet<u64> = hashbrown::HashSet::new();
+    let mut mine_held: Option<BTreeMap<NodeId, Stamp>> = None;
     while let Some(frame) = rx.recv().await? {
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta { origin, seq, delta } => loop {
@@ -849,8 +857,24 @@ async fn apply_stream(
                     }
                 }
             },
-            ReplMsg::Snapshot { delta } => apply_transferred(ks, repl, delta),
-            ReplMsg::SnapshotDone { vv } => {
+            ReplMsg::Snapshot { delta } => {
+                if let Delta::Key { db, key, .. } = &delta {
+                    named.insert(ks.transfer_tag(*db, key));
+                }
+                let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
+                apply_transferred(ks, repl, held, delta);
+            }
+            ReplMsg::SnapshotDone { vv, held } => {
+                let held = held.into_iter().collect();
+                let forgotten = ks.forget_held_absent(&named, &held);
+                if forgotten > 0 {
+                    info!(
+                        forgotten,
+                        "keys deleted on the sender while this node's copy was away are gone here too"
+                    );
+                }
+                named = hashbrown::HashSet::new();
+                mine_held = None;
                 let now = (repl.now_ms)();
                 repl.core.lock().snapshot_done(&vv, now);
                 repl.wake_receivers();
@@ -876,17 +900,22 @@ async fn apply_stream(
     Ok(())
 }
 
-/// Merges one key of a state transfer: as [`apply`], less what our GC floor
-/// says we already hold or collected, so that a sender whose state predates
-/// it cannot bring deleted keys back (`KeyState::drop_collected`).
-fn apply_transferred(ks: &Keyspace, repl: &Replicator, mut delta: Delta) {
+/// Merges one key of a state transfer: as [`apply`], less what this node
+/// applied already (`held`, as of the transfer's start; see [`Core::holds`]),
+/// so that a sender whose state predates it cannot bring deleted keys back
+/// (`KeyState::drop_collected`).
+fn apply_transferred(
+    ks: &Keyspace,
+    repl: &Replicator,
+    held: &BTreeMap<NodeId, Stamp>,
+    mut delta: Delta,
+) {
     if let Delta::Key { db, key, state } = &mut delta {
-        let acked = ks.gc_acked();
         let index = ks.shard_of(key);
         let mut locked = ks.lock(SmallVec::from_slice(&[index]));
         if let Ok(shard) = locked.shard(index) {
             let mine = shard.dbs.get(*db as usize).and_then(|d| d.get(key));
-            state.drop_collected(mine, acked);
+            state.drop_collected(mine, |n| held.get(&n).copied().unwrap_or(Stamp::ZERO));
         }
         drop(locked);
         if state.is_empty() {

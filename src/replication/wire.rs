@@ -28,8 +28,12 @@ pub enum ReplMsg {
     /// Part of a state transfer.
     Snapshot { delta: Delta },
     /// End of a state transfer: it covered every origin's writes up to these
-    /// sequence numbers.
-    SnapshotDone { vv: Vec<(NodeId, u64)> },
+    /// sequence numbers; and the sender had applied every write of each node
+    /// in `held` stamped at or below its stamp (see `Core::holds`).
+    SnapshotDone {
+        vv: Vec<(NodeId, u64)>,
+        held: Vec<(NodeId, Stamp)>,
+    },
     /// Sent in order after `origin`'s writes up to `seq`: every later write
     /// of `origin` is stamped after `promise`. `stable` is the sender's
     /// stable stamp (see [`super::gc::GcView`]); `retired` the earlier lives of
