@@ -52,6 +52,8 @@ struct Run<'a> {
     nodes: usize,
     trace: Vec<String>,
     history: History,
+    /// Some writes carry large values.
+    large: bool,
 }
 
 /// A fault in effect, and how to lift it.
@@ -60,6 +62,8 @@ enum Active {
     Cut(Vec<(usize, usize)>),
     OneWay(usize, usize),
     Down(usize),
+    /// A member out of the mesh.
+    Removed(usize),
 }
 
 pub fn run(opts: &Options) -> Outcome {
@@ -106,6 +110,7 @@ pub fn run(opts: &Options) -> Outcome {
         nodes,
         trace: Vec::new(),
         history: History::default(),
+        large: chosen.contains(&FaultKind::Large),
     };
     if chosen.contains(&FaultKind::Skew) {
         for slot in 0..nodes {
@@ -193,6 +198,8 @@ impl Run<'_> {
                     | FaultKind::Partial
                     | FaultKind::Asymmetric
                     | FaultKind::Crash
+                    | FaultKind::Jump
+                    | FaultKind::Remove
             ) {
                 for _ in 0..self.rng.random_range(1..=2) {
                     let at = self.rng.random_range(0..opts.ops.max(1));
@@ -268,7 +275,32 @@ impl Run<'_> {
                 }
                 Active::Down(victim)
             }
-            FaultKind::Loss | FaultKind::Delay | FaultKind::Skew | FaultKind::Join => return None,
+            FaultKind::Jump => {
+                let slot = self.rng.random_range(0..n);
+                let ahead = self.rng.random_range(60_000i64..=600_000);
+                clock::set_skew_ms(slot, clock::skew_ms(slot) + ahead);
+                self.note(format!("fault jump n{slot} +{ahead}ms"));
+                return None;
+            }
+            FaultKind::Remove => {
+                let up = self.up();
+                if up.len() < 2 {
+                    return None;
+                }
+                let member = up[self.rng.random_range(0..up.len())];
+                for other in 0..n {
+                    if other != member {
+                        self.unlink(member, other);
+                        self.unlink(other, member);
+                    }
+                }
+                Active::Removed(member)
+            }
+            FaultKind::Loss
+            | FaultKind::Delay
+            | FaultKind::Skew
+            | FaultKind::Join
+            | FaultKind::Large => return None,
         };
         self.note(format!("fault {kind} {active:?}"));
         Some(active)
@@ -284,6 +316,37 @@ impl Run<'_> {
             }
             Active::OneWay(a, b) => self.sim.repair_oneway(Self::name(a), Self::name(b)),
             Active::Down(slot) => self.sim.bounce(Self::name(slot)),
+            Active::Removed(member) => {
+                for other in 0..self.nodes {
+                    if other != member {
+                        self.link(member, other);
+                        self.link(other, member);
+                    }
+                }
+            }
+        }
+    }
+
+    fn repl_addr(&self, slot: usize) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.sim.lookup(Self::name(slot)), cluster::REPL_PORT)
+    }
+
+    /// REPLICAOF REMOVE on `slot` for `peer` (nothing if `slot` is down: it
+    /// restarts with its configured peers).
+    fn unlink(&mut self, slot: usize, peer: usize) {
+        if let Some((node, _)) = cluster::node(&self.reg, slot) {
+            if let Some(repl) = &node.repl {
+                repl.remove_peers(Some(self.repl_addr(peer)));
+            }
+        }
+    }
+
+    /// REPLICAOF on `slot` for `peer`.
+    fn link(&mut self, slot: usize, peer: usize) {
+        if let Some((node, _)) = cluster::node(&self.reg, slot) {
+            if let Some(repl) = &node.repl {
+                let _ = repl.add_peer(self.repl_addr(peer));
+            }
         }
     }
 
@@ -309,9 +372,16 @@ impl Run<'_> {
             // Registers: SET, DEL, MSET, GET.
             300..500 => {
                 let key = format!("r{}", self.rng.random_range(0..8));
+                let value = if self.large && self.rng.random_range(0..100) < 3 {
+                    // Past one replication fragment (1 MiB).
+                    let len = self.rng.random_range(1_100_000..2_600_000);
+                    format!("{value}:{}", "L".repeat(len))
+                } else {
+                    value.clone()
+                };
                 (
                     vec!["SET".into(), key.clone(), value.clone()],
-                    vec![(key, WriteKind::Set(value.clone()))],
+                    vec![(key, WriteKind::Set(value))],
                 )
             }
             500..560 => {
@@ -401,9 +471,19 @@ impl Run<'_> {
             return Ok(());
         };
         let after = repl.head_seq();
+        let shown: Vec<String> = args
+            .iter()
+            .map(|a| {
+                if a.len() > 64 {
+                    format!("{}..({} bytes)", &a[..16], a.len())
+                } else {
+                    a.clone()
+                }
+            })
+            .collect();
         let line = format!(
             "n{slot} {} -> {}",
-            args.join(" "),
+            shown.join(" "),
             String::from_utf8_lossy(&reply)
                 .trim_end()
                 .replace("\r\n", " ")

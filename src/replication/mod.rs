@@ -156,6 +156,9 @@ pub struct Replicator {
 struct Running {
     ks: std::sync::Weak<Keyspace>,
     transport: Arc<Transport>,
+    /// The runtime replication started on: a peer added from outside it (a
+    /// simulation's workload) still gets its task there.
+    runtime: tokio::runtime::Handle,
 }
 
 impl Replicator {
@@ -206,7 +209,7 @@ impl Replicator {
             return Ok(false);
         }
         let info = Arc::new(PeerInfo::new(addr));
-        let task = tokio::spawn(sender(
+        let task = run.runtime.spawn(sender(
             ks,
             self.clone(),
             run.transport.clone(),
@@ -456,6 +459,7 @@ pub fn start_with_transport(
     *repl.running.lock() = Some(Running {
         ks: Arc::downgrade(&ks),
         transport: transport.clone(),
+        runtime: tokio::runtime::Handle::current(),
     });
     tokio::spawn(gc_loop(ks.clone(), repl.clone()));
     tokio::spawn(accept_loop(ks, repl.clone(), transport));
