@@ -426,7 +426,7 @@ fn message() -> impl Strategy<Value = ReplMsg> {
         4 => (node.clone(), any::<u64>(), delta())
             .prop_map(|(origin, seq, delta)| ReplMsg::Delta { origin, seq, delta }),
         1 => delta().prop_map(|delta| ReplMsg::Snapshot { delta }),
-        1 => version_vector().prop_map(|vv| ReplMsg::SnapshotDone { vv, held: Vec::new() }),
+        1 => version_vector().prop_map(|vv| ReplMsg::SnapshotDone { vv }),
         1 => (
             node.clone(),
             any::<u64>(),

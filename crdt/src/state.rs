@@ -725,26 +725,44 @@ impl KeyState {
     /// (the GC floor is causal), and later ones start a new segment.
     /// Returns whether anything went.
     pub fn forget_held(&mut self, held: impl Fn(NodeId) -> Stamp) -> bool {
-        let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
-        let mut changed = false;
-        if is_held(self.reg.stamp) {
+        self.forget_missing_from(&KeyState::default(), held)
+    }
+
+    /// As [`KeyState::forget_held`], for a key the transfer did name with
+    /// `sender`'s state: a part here the sender held, and of which it keeps
+    /// neither the part nor anything newer in its place (a tombstone
+    /// register collected under surviving increments, a counter segment
+    /// whose reset's records were compacted), goes. A merge alone would
+    /// keep it.
+    pub fn forget_missing_from(
+        &mut self,
+        sender: &KeyState,
+        held: impl Fn(NodeId) -> Stamp,
+    ) -> bool {
+        let stale = Stale::of(self, sender, &held);
+        if !stale.any() {
+            return false;
+        }
+        if stale.reg {
             self.reg = Register::default();
-            changed = true;
         }
         if let Some(x) = &mut self.extras {
-            if is_held(x.expiry.stamp) {
+            if stale.expiry {
                 x.expiry = ExpiryField::default();
-                changed = true;
             }
-            let before = x.counts.len();
-            x.counts
-                .retain(|node, t| t.epoch.is_zero() || t.epoch > held(*node));
-            changed |= x.counts.len() != before;
+            if stale.counts {
+                x.counts
+                    .retain(|node, t| !segment_gone(sender, *node, t, &held));
+            }
         }
-        if changed {
-            self.normalize();
-        }
-        changed
+        self.normalize();
+        true
+    }
+
+    /// Whether [`KeyState::forget_missing_from`] would drop anything (it
+    /// changes nothing then: most keys of a transfer are not stale).
+    pub fn is_stale_against(&self, sender: &KeyState, held: impl Fn(NodeId) -> Stamp) -> bool {
+        Stale::of(self, sender, &held).any()
     }
 
     fn has_counts(&self) -> bool {
@@ -835,4 +853,52 @@ fn register_conflict(winner: &Register, loser: &Register) -> Option<Conflict> {
         winner: register_side(winner),
         loser: register_side(loser),
     })
+}
+
+/// Which parts of a receiver's state a transfer's sender held and replaced
+/// by nothing (see [`KeyState::forget_missing_from`]).
+struct Stale {
+    reg: bool,
+    expiry: bool,
+    counts: bool,
+}
+
+impl Stale {
+    fn of(mine: &KeyState, sender: &KeyState, held: &impl Fn(NodeId) -> Stamp) -> Stale {
+        let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
+        let theirs = sender.extras.as_deref();
+        let their_expiry = theirs.map_or(Stamp::ZERO, |t| t.expiry.stamp);
+        let x = mine.extras.as_deref();
+        Stale {
+            reg: is_held(mine.reg.stamp) && sender.reg.stamp < mine.reg.stamp,
+            expiry: x.is_some_and(|x| is_held(x.expiry.stamp) && their_expiry < x.expiry.stamp),
+            counts: x.is_some_and(|x| {
+                x.counts
+                    .iter()
+                    .any(|(node, t)| segment_gone(sender, *node, t, held))
+            }),
+        }
+    }
+
+    fn any(&self) -> bool {
+        self.reg || self.expiry || self.counts
+    }
+}
+
+/// Whether `node`'s tally `t` is a segment the sender held (its start at or
+/// below `held(node)`) of which `sender` keeps neither a tally nor a removal
+/// record.
+fn segment_gone(
+    sender: &KeyState,
+    node: NodeId,
+    t: &Tally,
+    held: &impl Fn(NodeId) -> Stamp,
+) -> bool {
+    if t.epoch.is_zero() || t.epoch > held(node) {
+        return false;
+    }
+    !sender
+        .extras
+        .as_deref()
+        .is_some_and(|x| x.counts.get(&node).is_some() || x.removed.get(&node).is_some())
 }

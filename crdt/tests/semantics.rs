@@ -568,6 +568,42 @@ fn a_stale_copy_forgets_only_what_the_sender_held() {
     }
 }
 
+/// The same for a key the transfer names: a stale register the sender held
+/// and replaced by nothing (its delete's tombstone collected under
+/// surviving increments) goes, as does a counter segment it held whose reset
+/// was compacted; a merge alone would keep both.
+#[test]
+fn a_stale_copy_forgets_what_the_sender_replaced_by_nothing() {
+    let held = |_: NodeId| at(5, C);
+    // Receiver: an old string write by B, and a counter segment of A.
+    let mut mine = KeyState::default();
+    let incr = mine.incr(at(2, A), 4, 0.0, false);
+    apply(&mut mine, &incr);
+    // Sender: the segment reset and compacted, then B incremented anew.
+    let mut sender = KeyState::default();
+    let incr = sender.incr(at(7, B), 1, 0.0, false);
+    apply(&mut sender, &incr);
+    assert!(mine.is_stale_against(&sender, held));
+    assert!(mine.forget_missing_from(&sender, held));
+    mine.merge(&sender);
+    assert_eq!(mine, sender);
+    assert_eq!(mine.read(0), Read::Int(1));
+
+    let mut string = KeyState::default();
+    let set = string.write(at(3, B), Some(b"old"), 0);
+    apply(&mut string, &set);
+    let mut counter_only = KeyState::default();
+    let incr = counter_only.incr(at(6, A), 2, 0.0, false);
+    apply(&mut counter_only, &incr);
+    assert!(string.forget_missing_from(&counter_only, held));
+    assert!(string.is_empty(), "{string:?}");
+    // Nothing goes that the sender keeps or never held.
+    let mut newer = KeyState::default();
+    let set = newer.write(at(8, B), Some(b"new"), 0);
+    apply(&mut newer, &set);
+    assert!(!newer.is_stale_against(&counter_only, held));
+}
+
 /// A named bound (#11): a key rewritten in turn by ever more nodes names at
 /// most `MAX_SEEN` of them in what its newest write saw.
 #[test]

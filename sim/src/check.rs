@@ -369,8 +369,9 @@ fn check_all(
             }
         }
         // Concurrent writes (neither saw the other) must leave a conflict
-        // record. A crash can take a node's log with it, so only without.
-        if chosen.contains(&FaultKind::Crash) {
+        // record. A crash can take a node's log with it, so only without
+        // (a member removed is down while out).
+        if chosen.contains(&FaultKind::Crash) || chosen.contains(&FaultKind::Remove) {
             continue;
         }
         let saw = |a: &Write, b: &Write| {

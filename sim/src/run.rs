@@ -287,12 +287,20 @@ impl Run<'_> {
                 if up.len() < 2 {
                     return None;
                 }
+                // A member that went away is removed from the others'
+                // meshes; it comes back later with what its store kept (or
+                // empty), and is added back.
                 let member = up[self.rng.random_range(0..up.len())];
                 for other in 0..n {
                     if other != member {
-                        self.unlink(member, other);
                         self.unlink(other, member);
                     }
+                }
+                self.sim.crash(Self::name(member));
+                if let Some((life, kept)) = cluster::crashed(&self.reg, member) {
+                    self.note(format!(
+                        "removed n{member} {life:?}: store holds its writes to #{kept}"
+                    ));
                 }
                 Active::Removed(member)
             }
@@ -317,9 +325,9 @@ impl Run<'_> {
             Active::OneWay(a, b) => self.sim.repair_oneway(Self::name(a), Self::name(b)),
             Active::Down(slot) => self.sim.bounce(Self::name(slot)),
             Active::Removed(member) => {
+                self.sim.bounce(Self::name(member));
                 for other in 0..self.nodes {
                     if other != member {
-                        self.link(member, other);
                         self.link(other, member);
                     }
                 }
@@ -332,7 +340,7 @@ impl Run<'_> {
     }
 
     /// REPLICAOF REMOVE on `slot` for `peer` (nothing if `slot` is down: it
-    /// restarts with its configured peers).
+    /// restarts with its configured peers, the removed one among them).
     fn unlink(&mut self, slot: usize, peer: usize) {
         if let Some((node, _)) = cluster::node(&self.reg, slot) {
             if let Some(repl) = &node.repl {

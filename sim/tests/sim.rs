@@ -65,6 +65,14 @@ fn clock_jumps_forward_converge() {
     assert_seeds_pass(FaultKind::Jump, 40);
 }
 
+/// #11 items 5 and 11: a member removed while down (the others collect
+/// tombstones without it) and added back with what its store kept brings
+/// nothing deleted back and keeps nothing deleted itself.
+#[test]
+fn removed_members_added_back_converge() {
+    assert_seeds_pass(FaultKind::Remove, 40);
+}
+
 /// #11 item 1: values past one replication fragment replicate and stall no
 /// link, through live streams and state transfers alike.
 #[test]

@@ -698,6 +698,10 @@ async fn state_transfer(
         (core.transfer_covers(), core.holds())
     };
     let mut bulk = link.open(StreamKind::Bulk).await?;
+    bulk.send(&send_msg(&ReplMsg::SnapshotBegin {
+        held: held.into_iter().collect(),
+    })?)
+    .await?;
     for db in 0..ks.databases() {
         let mut floor = chorus_crdt::Stamp::ZERO;
         for i in 0..SHARDS {
@@ -736,7 +740,6 @@ async fn state_transfer(
     }
     bulk.send(&send_msg(&ReplMsg::SnapshotDone {
         vv: covered.entries(),
-        held: held.into_iter().collect(),
     })?)
     .await?;
     bulk.finish()?;
@@ -828,16 +831,19 @@ async fn apply_stream(
     // node had applied when it began.
     let mut named: hashbrown::HashSet<u64> = hashbrown::HashSet::new();
     let mut mine_held: Option<BTreeMap<NodeId, Stamp>> = None;
+    // What the sender of the transfer under way had applied.
+    let mut sender_held: BTreeMap<NodeId, Stamp> = BTreeMap::new();
     while let Some(frame) = rx.recv().await? {
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta { origin, seq, delta } => loop {
                 let verdict = repl.core.lock().judge(origin, seq);
                 match verdict {
                     Arrival::Apply => {
-                        apply(ks, repl, &delta);
-                        let now = (repl.now_ms)();
-                        repl.core.lock().applied(origin, seq, now, frame);
-                        repl.wake_receivers();
+                        if apply(ks, repl, &delta, Some((origin, seq))) {
+                            let now = (repl.now_ms)();
+                            repl.core.lock().applied(origin, seq, now, frame);
+                            repl.wake_receivers();
+                        }
                         break;
                     }
                     Arrival::Duplicate => break,
@@ -866,11 +872,20 @@ async fn apply_stream(
                     named.insert(ks.transfer_tag(*db, key));
                 }
                 let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
-                apply_transferred(ks, repl, held, delta);
+                apply_transferred(ks, repl, held, &sender_held, delta);
             }
-            ReplMsg::SnapshotDone { vv, held } => {
-                let held = held.into_iter().collect();
-                let forgotten = ks.forget_held_absent(&named, &held);
+            ReplMsg::SnapshotBegin { held } => {
+                sender_held = held.into_iter().collect();
+                named = hashbrown::HashSet::new();
+                mine_held = None;
+            }
+            ReplMsg::SnapshotDone { vv } => {
+                // The vector first: a live write it covers that is still on
+                // its way is then judged a duplicate under its shard lock
+                // (see `apply`), so none is merged after the forgetting.
+                let now = (repl.now_ms)();
+                repl.core.lock().snapshot_done(&vv, now);
+                let forgotten = ks.forget_held_absent(&named, &sender_held);
                 if forgotten > 0 {
                     info!(
                         forgotten,
@@ -879,8 +894,7 @@ async fn apply_stream(
                 }
                 named = hashbrown::HashSet::new();
                 mine_held = None;
-                let now = (repl.now_ms)();
-                repl.core.lock().snapshot_done(&vv, now);
+                sender_held = BTreeMap::new();
                 repl.wake_receivers();
             }
             ReplMsg::Heartbeat {
@@ -912,28 +926,45 @@ fn apply_transferred(
     ks: &Keyspace,
     repl: &Replicator,
     held: &BTreeMap<NodeId, Stamp>,
+    sender_held: &BTreeMap<NodeId, Stamp>,
     mut delta: Delta,
 ) {
+    let sender_held = |n: NodeId| sender_held.get(&n).copied().unwrap_or(Stamp::ZERO);
     if let Delta::Key { db, key, state } = &mut delta {
         let index = ks.shard_of(key);
+        let acked = ks.gc_acked();
         let mut locked = ks.lock(SmallVec::from_slice(&[index]));
         if let Ok(shard) = locked.shard(index) {
-            let mine = shard.dbs.get(*db as usize).and_then(|d| d.get(key));
-            state.drop_collected(mine, |n| held.get(&n).copied().unwrap_or(Stamp::ZERO));
+            if let Some(d) = shard.dbs.get_mut(*db as usize) {
+                // What the sender held and replaced by nothing (a tombstone
+                // collected under surviving increments, a compacted reset)
+                // goes here too: a merge alone would keep it.
+                if d.get(key)
+                    .is_some_and(|m| m.is_stale_against(state, sender_held))
+                {
+                    let incoming: &KeyState = state;
+                    d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held));
+                }
+                let mine = d.get(key);
+                state.drop_collected(mine, |n| held.get(&n).copied().unwrap_or(Stamp::ZERO));
+            }
         }
         drop(locked);
         if state.is_empty() {
             return;
         }
     }
-    apply(ks, repl, &delta);
+    apply(ks, repl, &delta, None);
 }
 
 /// Merges a remote delta into the keyspace, exactly as a local write merges.
-fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
-    if ks.clock.observe(delta.stamp()).is_err() {
-        repl.drift_events.fetch_add(1, Ordering::Relaxed);
-    }
+/// `live`: the origin and number of a write from a live stream, judged again
+/// under the shard lock: a state transfer that covers it may have completed
+/// since it was first judged, and forgotten keys its sender deleted and
+/// collected, this write's among them; merging it after that would bring it
+/// back here alone. Returns whether it was merged.
+fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta, live: Option<(NodeId, u64)>) -> bool {
+    let still_due = || live.is_none_or(|(o, seq)| repl.core.lock().judge(o, seq) == Arrival::Apply);
     match delta {
         Delta::Key { db, key, state } => {
             let db = *db as usize;
@@ -942,13 +973,17 @@ fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
                     db,
                     "replicated write for a database this node does not have"
                 );
-                return;
+                return false;
             }
             let index = ks.shard_of(key);
             let mut locked = ks.lock(SmallVec::from_slice(&[index]));
             let Ok(shard) = locked.shard(index) else {
-                return;
+                return false;
             };
+            if !still_due() {
+                return false;
+            }
+            observe(ks, repl, delta);
             let conflicts = shard.dbs[db].merge(key, state, ks.gc_acked());
             drop(locked);
             ks.conflicts
@@ -956,6 +991,10 @@ fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
         }
         Delta::Flush { db, stamp } => {
             let mut locked = ks.lock_all();
+            if !still_due() {
+                return false;
+            }
+            observe(ks, repl, delta);
             for shard in locked.shards() {
                 match db {
                     Some(d) if (*d as usize) < shard.dbs.len() => {
@@ -966,6 +1005,13 @@ fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
                 }
             }
         }
+    }
+    true
+}
+
+fn observe(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
+    if ks.clock.observe(delta.stamp()).is_err() {
+        repl.drift_events.fetch_add(1, Ordering::Relaxed);
     }
 }
 

@@ -5,7 +5,8 @@
 //! On a link the dialing node (the sender) opens the live stream; the
 //! accepting node (the receiver) opens the back stream and first sends
 //! `Resume`, then `Ack`s. The sender sends `Delta`s and `Heartbeat`s on the
-//! live stream, and a state transfer (`Snapshot`s then `SnapshotDone`) on a
+//! live stream, and a state transfer (`SnapshotBegin`, `Snapshot`s, then
+//! `SnapshotDone`) on a
 //! bulk stream of its own, so neither blocks the other.
 
 use chorus_crdt::{encode, Delta, KeyState, NodeId, Stamp};
@@ -28,12 +29,8 @@ pub enum ReplMsg {
     /// Part of a state transfer.
     Snapshot { delta: Delta },
     /// End of a state transfer: it covered every origin's writes up to these
-    /// sequence numbers; and the sender had applied every write of each node
-    /// in `held` stamped at or below its stamp (see `Core::holds`).
-    SnapshotDone {
-        vv: Vec<(NodeId, u64)>,
-        held: Vec<(NodeId, Stamp)>,
-    },
+    /// sequence numbers.
+    SnapshotDone { vv: Vec<(NodeId, u64)> },
     /// Sent in order after `origin`'s writes up to `seq`: every later write
     /// of `origin` is stamped after `promise`. `stable` is the sender's
     /// stable stamp (see [`super::gc::GcView`]); `retired` the earlier lives of
@@ -46,6 +43,10 @@ pub enum ReplMsg {
         stable: Stamp,
         retired: Vec<NodeId>,
     },
+    /// First of a state transfer: the sender had applied every write of each
+    /// node here stamped at or below its stamp (see `Core::holds`), so what
+    /// it no longer has of those was deleted and collected.
+    SnapshotBegin { held: Vec<(NodeId, Stamp)> },
 }
 
 /// [`ReplMsg`] for sending a local write from borrowed parts: the same
