@@ -169,9 +169,6 @@ pub struct Core {
     gc_ticks: u32,
     /// The floor of the last sweep.
     swept: Stamp,
-    /// Peers removed from the mesh (REPLICAOF REMOVE) and not linked since:
-    /// the GC floor does not wait for them.
-    removed: BTreeSet<NodeId>,
     /// The retired nodes no longer counted (once settled, for good).
     settled: BTreeSet<NodeId>,
 }
@@ -190,7 +187,6 @@ impl Core {
             stored_stable: None,
             gc_ticks: 0,
             swept: Stamp::ZERO,
-            removed: BTreeSet::new(),
             settled: BTreeSet::new(),
         }
     }
@@ -310,7 +306,9 @@ impl Core {
     /// A link with `peer` came up; `previous` is the node id last seen at
     /// the same address, now retired when it differs (a restarted peer).
     pub fn link_up(&mut self, peer: NodeId, previous: Option<NodeId>) {
-        self.removed.remove(&peer);
+        if self.gc.readmit(peer) {
+            self.settled.remove(&peer);
+        }
         self.gc.know(peer);
         if let Some(old) = previous.filter(|old| *old != peer) {
             self.gc.retire(old);
@@ -418,9 +416,7 @@ impl Core {
     /// whose id we have not learnt yet, which holds the floor at zero.
     pub fn gc_tick(&mut self, settled: &BTreeSet<NodeId>, unknown_peer: bool) -> GcState {
         for (origin, _) in self.applied.entries() {
-            if !self.removed.contains(&origin) {
-                self.gc.know(origin);
-            }
+            self.gc.know(origin);
         }
         // Settled for good: a retired life never writes again, and every
         // peer held all of it. Its frames are no longer needed anywhere.
@@ -443,11 +439,11 @@ impl Core {
         self.gc_state
     }
 
-    /// `peer` was removed from the mesh: it stops holding the GC floor
-    /// back (until it links again).
+    /// `peer` was removed from the mesh: once every remaining peer holds as
+    /// much of it as this node (what we hold of it we pass on), it stops
+    /// holding the GC floor back, until it links again.
     pub fn forget(&mut self, peer: NodeId) {
-        self.removed.insert(peer);
-        self.gc.forget(peer);
+        self.gc.remove(peer);
     }
 
     pub fn gc_state(&self) -> GcState {
@@ -459,7 +455,7 @@ impl Core {
     /// write of theirs is still on its way, so they stop counting.
     pub fn settled(&self, peers: &[PeerAcks]) -> BTreeSet<NodeId> {
         self.gc
-            .retired()
+            .leaving()
             .into_iter()
             .filter(|r| {
                 peers
@@ -860,6 +856,63 @@ mod tests {
         assert!(core.plan(&mut newcomer, &nothing, now).transfer);
         let mut again = LinkState::new(me, new, &held);
         assert!(!core.plan(&mut again, &held, now).transfer);
+    }
+
+    /// Found by the simulation's `remove` class: a removed peer stopped
+    /// holding the floor back at once, though another peer still lacked
+    /// writes of it that this node held (and would pass on): that peer then
+    /// collected a tombstone, and the older write it got next came back.
+    /// A removed peer stops counting only once every remaining peer holds
+    /// as much of it as this node, and the removal is not announced.
+    #[test]
+    fn a_removed_peer_counts_until_the_others_hold_what_we_hold_of_it() {
+        let (me, gone, other) = (NodeId(1), NodeId(7), NodeId(8));
+        let mut core = Core::new(me, 1 << 20);
+        core.link_up(gone, None);
+        core.link_up(other, None);
+        core.applied(gone, 1, 0, bytes::Bytes::from_static(b"w"));
+        core.heartbeat(gone, hb(1, st(10, 7), st(10, 7)));
+        core.heartbeat(other, hb(0, st(50, 8), st(50, 8)));
+        core.promise(st(60, 1));
+        let lacking = VersionVector::default();
+        let mut holding = VersionVector::default();
+        holding.advance(gone, 1);
+        let acks = |acked: &VersionVector| {
+            [PeerAcks {
+                id: Some(other),
+                acked: acked.clone(),
+            }]
+        };
+        core.forget(gone);
+        let settled = core.settled(&acks(&lacking));
+        assert_eq!(
+            core.gc_tick(&settled, false).floor,
+            st(10, 7),
+            "still counted"
+        );
+        core.promise(st(70, 1));
+        let settled = core.settled(&acks(&holding));
+        assert_eq!(core.gc_tick(&settled, false).floor, st(50, 8));
+        let mut link = LinkState::new(me, other, &holding);
+        let hb = core
+            .plan(&mut link, &holding, 0)
+            .heartbeat
+            .expect("promise");
+        assert!(hb.retired.is_empty(), "a removal is not announced");
+        // Linked again with the same id: it counts again.
+        core.link_up(gone, None);
+        core.promise(st(80, 1));
+        let settled = core.settled(&acks(&holding));
+        assert_eq!(core.gc_tick(&settled, false).floor, st(10, 7));
+    }
+
+    fn hb(seq: u64, promise: Stamp, stable: Stamp) -> Heartbeat {
+        Heartbeat {
+            seq,
+            promise,
+            stable,
+            retired: vec![],
+        }
     }
 
     /// A named bound (#11): a peer cannot grow the retired set past its

@@ -31,6 +31,10 @@ pub struct GcView {
     known: BTreeSet<NodeId>,
     /// Earlier lives of restarted in-memory peers: they never write again.
     retired: BTreeSet<NodeId>,
+    /// Peers removed from the mesh here (REPLICAOF REMOVE) and not linked
+    /// since. Like retired lives they stop counting once settled; unlike
+    /// them this is not announced: other nodes may still link with them.
+    removed: BTreeSet<NodeId>,
 }
 
 impl GcView {
@@ -67,13 +71,22 @@ impl GcView {
         true
     }
 
-    /// `node` left the mesh (REPLICAOF REMOVE): it no longer holds the
-    /// floor back, until it links again. Its promise stays: it still says
-    /// which of its writes were applied here (see `Core::holds`), and its
-    /// later promises only move forward.
-    pub fn forget(&mut self, node: NodeId) {
-        self.known.remove(&node);
-        self.stables.remove(&node);
+    /// `node` left the mesh (REPLICAOF REMOVE): once settled it no longer
+    /// holds the floor back, until it links again.
+    pub fn remove(&mut self, node: NodeId) {
+        self.removed.insert(node);
+    }
+
+    /// `node` linked again: it counts again. Returns whether it had been
+    /// removed.
+    pub fn readmit(&mut self, node: NodeId) -> bool {
+        self.removed.remove(&node)
+    }
+
+    /// The nodes that stop counting once settled: retired lives and removed
+    /// peers.
+    pub fn leaving(&self) -> Vec<NodeId> {
+        self.retired.union(&self.removed).copied().collect()
     }
 
     /// Per origin, the newest promise counted: every write of it stamped
@@ -91,10 +104,10 @@ impl GcView {
         me: NodeId,
         settled: &'a BTreeSet<NodeId>,
     ) -> impl Iterator<Item = NodeId> + 'a {
-        self.known
-            .iter()
-            .copied()
-            .filter(move |n| *n != me && !(self.retired.contains(n) && settled.contains(n)))
+        self.known.iter().copied().filter(move |n| {
+            *n != me
+                && !((self.retired.contains(n) || self.removed.contains(n)) && settled.contains(n))
+        })
     }
 
     /// This node's stable stamp, given its own latest promise; `settled`
