@@ -21,8 +21,10 @@ fn seeds(kind: Option<FaultKind>, first: u64, count: u64) -> Vec<Outcome> {
         .collect()
 }
 
+/// Seeds per class in CI: the release soaks in docs/simulation.md run
+/// thousands; these keep the suite well inside CI's budget on 2 cores.
 fn assert_all_pass(kind: FaultKind) {
-    assert_seeds_pass(kind, 100);
+    assert_seeds_pass(kind, 60);
 }
 
 fn assert_seeds_pass(kind: FaultKind, default_count: u64) {
@@ -62,7 +64,7 @@ fault_class!(late_joins_converge, FaultKind::Join);
 /// every race, and it expires keys early) loses no acknowledged write.
 #[test]
 fn clock_jumps_forward_converge() {
-    assert_seeds_pass(FaultKind::Jump, 40);
+    assert_seeds_pass(FaultKind::Jump, 30);
 }
 
 /// #11 items 5 and 11: a member removed while down (the others collect
@@ -70,7 +72,7 @@ fn clock_jumps_forward_converge() {
 /// nothing deleted back and keeps nothing deleted itself.
 #[test]
 fn removed_members_added_back_converge() {
-    assert_seeds_pass(FaultKind::Remove, 40);
+    assert_seeds_pass(FaultKind::Remove, 30);
 }
 
 /// #11 item 1: values past one replication fragment replicate and stall no
