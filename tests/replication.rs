@@ -707,21 +707,52 @@ fn reset_and_expired_counters_are_collected_like_any_tombstone() {
     assert_eq!(q::<i64>(&mut cb, &["DBSIZE"]), 0);
 }
 
+/// Two nodes with small backlogs (so that writes made apart need a state
+/// transfer): `keys` written on A and seen on B, then each removed from the
+/// other's mesh.
+struct Apart {
+    a: Server,
+    b: Server,
+    pa: String,
+    pb: String,
+}
+
+impl Apart {
+    fn new(keys: &[&str]) -> Apart {
+        let (pa, pb) = (free_port(), free_port());
+        let small = ["--repl-backlog-size", "16kb"];
+        let a = node(pa, &[pb], &small);
+        let b = node(pb, &[pa], &small);
+        let (mut ca, mut cb) = (a.conn(), b.conn());
+        for k in keys {
+            q::<()>(&mut ca, &["SET", k, "v"]);
+        }
+        wait_until("the keys on B", || {
+            keys.iter().all(|k| get(&mut cb, k).is_some())
+        });
+        let (pa, pb) = (pa.to_string(), pb.to_string());
+        q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb]);
+        q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa]);
+        Apart { a, b, pa, pb }
+    }
+
+    /// A links with B again (REPLICAOF); `link_b` the other way.
+    fn link_a(&self) {
+        q::<String>(&mut self.a.conn(), &["REPLICAOF", "127.0.0.1", &self.pb]);
+    }
+
+    fn link_b(&self) {
+        q::<String>(&mut self.b.conn(), &["REPLICAOF", "127.0.0.1", &self.pa]);
+    }
+}
+
 /// #11 item 11: a member removed from the mesh and added back later with its
 /// old data used to bring keys deleted meanwhile back through a state
-/// transfer. What it sends below the receiver's GC floor is now dropped.
+/// transfer. What it sends that the receiver applied already is now dropped.
 #[test]
 fn a_member_added_back_with_old_data_brings_no_deleted_key_back() {
-    let (pa, pb) = (free_port(), free_port());
-    let small = ["--repl-backlog-size", "16kb"];
-    let a = node(pa, &[pb], &small);
-    let b = node(pb, &[pa], &small);
-    let (mut ca, mut cb) = (a.conn(), b.conn());
-    let (pa_s, pb_s) = (pa.to_string(), pb.to_string());
-    q::<()>(&mut ca, &["SET", "doomed", "v"]);
-    wait_until("the key on B", || get(&mut cb, "doomed").is_some());
-    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    let apart = Apart::new(&["doomed"]);
+    let (mut ca, mut cb) = (apart.a.conn(), apart.b.conn());
 
     // Alone, A deletes the key and collects its tombstone.
     q::<i64>(&mut ca, &["DEL", "doomed"]);
@@ -735,11 +766,11 @@ fn a_member_added_back_with_old_data_brings_no_deleted_key_back() {
         q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
     }
     // B links first, so that A's delete cannot reach B before B's transfer.
-    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    apart.link_b();
     wait_until("B's writes on A", || get(&mut ca, "b499").is_some());
     assert!(info_field(&mut cb, "peer0").contains("state_transfers=1"));
     assert_eq!(get(&mut ca, "doomed"), None, "a deleted key came back");
-    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    apart.link_a();
     wait_until("the delete on B too", || get(&mut cb, "doomed").is_none());
 }
 
@@ -948,17 +979,8 @@ fn a_restarted_peers_earlier_life_is_released_once_every_node_holds_it() {
 /// on the receiver too.
 #[test]
 fn a_member_added_back_with_old_data_forgets_keys_deleted_while_it_was_away() {
-    let (pa, pb) = (free_port(), free_port());
-    let small = ["--repl-backlog-size", "16kb"];
-    let a = node(pa, &[pb], &small);
-    let b = node(pb, &[pa], &small);
-    let (mut ca, mut cb) = (a.conn(), b.conn());
-    let (pa_s, pb_s) = (pa.to_string(), pb.to_string());
-    q::<()>(&mut ca, &["SET", "doomed", "v"]);
-    q::<()>(&mut ca, &["SET", "kept", "k"]);
-    wait_until("the keys on B", || get(&mut cb, "kept").is_some());
-    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    let apart = Apart::new(&["doomed", "kept"]);
+    let (mut ca, mut cb) = (apart.a.conn(), apart.b.conn());
 
     q::<i64>(&mut ca, &["DEL", "doomed"]);
     wait_until("the tombstone collected on A", || {
@@ -970,8 +992,8 @@ fn a_member_added_back_with_old_data_forgets_keys_deleted_while_it_was_away() {
         q::<()>(&mut ca, &["SET", &format!("a{i}"), &filler]);
         q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
     }
-    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    apart.link_a();
+    apart.link_b();
     wait_until("each node's writes on the other", || {
         get(&mut ca, "b499").is_some() && get(&mut cb, "a499").is_some()
     });
@@ -979,7 +1001,7 @@ fn a_member_added_back_with_old_data_forgets_keys_deleted_while_it_was_away() {
         get(&mut cb, "doomed").is_none()
     });
     assert_eq!(get(&mut ca, "doomed"), None);
-    assert_eq!(get(&mut cb, "kept").as_deref(), Some("k"));
+    assert_eq!(get(&mut cb, "kept").as_deref(), Some("v"));
     assert_eq!(
         q::<i64>(&mut ca, &["DBSIZE"]),
         q::<i64>(&mut cb, &["DBSIZE"])
@@ -993,16 +1015,8 @@ fn a_member_added_back_with_old_data_forgets_keys_deleted_while_it_was_away() {
 /// when the member came back. Each node keeps every write of the other.
 #[test]
 fn writes_made_while_a_member_was_removed_all_survive_its_return() {
-    let (pa, pb) = (free_port(), free_port());
-    let small = ["--repl-backlog-size", "16kb"];
-    let a = node(pa, &[pb], &small);
-    let b = node(pb, &[pa], &small);
-    let (mut ca, mut cb) = (a.conn(), b.conn());
-    let (pa_s, pb_s) = (pa.to_string(), pb.to_string());
-    q::<()>(&mut ca, &["SET", "first", "1"]);
-    wait_until("the link", || get(&mut cb, "first").is_some());
-    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    let apart = Apart::new(&["first"]);
+    let (mut ca, mut cb) = (apart.a.conn(), apart.b.conn());
     // Both write past their backlogs, then let their floors move past it.
     let filler = "x".repeat(100);
     for i in 0..300 {
@@ -1010,8 +1024,8 @@ fn writes_made_while_a_member_was_removed_all_survive_its_return() {
         q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
     }
     std::thread::sleep(Duration::from_secs(2));
-    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    apart.link_a();
+    apart.link_b();
     wait_until("both nodes to hold all 601 keys", || {
         q::<i64>(&mut ca, &["DBSIZE"]) == 601 && q::<i64>(&mut cb, &["DBSIZE"]) == 601
     });

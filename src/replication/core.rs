@@ -365,16 +365,21 @@ impl Core {
         &self.applied
     }
 
-    /// What an acknowledgement says: the applied vector less the settled
-    /// retired lives. Every peer already acknowledged all of those (that is
-    /// what settled them), and a sender keeps what a peer acknowledged
-    /// before, so leaving them out changes nothing it decides.
-    pub fn ack_vv(&self) -> Vec<(NodeId, u64)> {
-        self.applied
+    /// What the next acknowledgement on a link says: the applied vector
+    /// less the retired lives that were settled already at the link's
+    /// previous one (`reported`, updated here). A sender keeps what a peer
+    /// acknowledged before, so leaving those out changes nothing it decides;
+    /// one settled since goes once more, since this node may have settled it
+    /// before any acknowledgement told the sender how much of it we hold.
+    pub fn ack_vv(&self, reported: &mut BTreeSet<NodeId>) -> Vec<(NodeId, u64)> {
+        let vv = self
+            .applied
             .entries()
             .into_iter()
-            .filter(|(n, _)| !self.settled.contains(n))
-            .collect()
+            .filter(|(n, _)| !reported.contains(n))
+            .collect();
+        reported.clone_from(&self.settled);
+        vv
     }
 
     fn unsettled(&self) -> Vec<NodeId> {
@@ -826,7 +831,8 @@ mod tests {
         }]);
         core.gc_tick(&lacking, false);
         assert_eq!(core.relay_bytes(), 300, "kept while a peer lacks it");
-        assert!(names_old(&core.ack_vv()));
+        let mut reported = BTreeSet::new();
+        assert!(names_old(&core.ack_vv(&mut reported)));
 
         let settled = core.settled(&[PeerAcks {
             id: Some(new),
@@ -834,10 +840,18 @@ mod tests {
         }]);
         core.gc_tick(&settled, false);
         assert_eq!(core.relay_bytes(), 0);
-        assert!(!names_old(&core.ack_vv()));
+        assert!(
+            names_old(&core.ack_vv(&mut reported)),
+            "once more after it settled"
+        );
+        assert!(!names_old(&core.ack_vv(&mut reported)));
+        assert!(
+            names_old(&core.ack_vv(&mut BTreeSet::new())),
+            "a new link's first ack names it"
+        );
         assert_eq!(core.applied_vv().get(old), 3, "the record stays");
         core.gc_tick(&BTreeSet::new(), false);
-        assert!(!names_old(&core.ack_vv()), "settled for good");
+        assert!(!names_old(&core.ack_vv(&mut reported)), "settled for good");
 
         core.promise(st(10, 1));
         let mut link = LinkState::new(me, new, &held);

@@ -35,7 +35,7 @@ pub mod relay;
 pub mod version;
 pub mod wire;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -815,9 +815,10 @@ async fn receive(
 }
 
 async fn send_acks(mut back: FrameSender, repl: Arc<Replicator>) -> Result<(), LinkError> {
+    let mut reported = BTreeSet::new();
     loop {
         tokio::time::sleep(ACK_INTERVAL).await;
-        let vv = repl.core.lock().ack_vv();
+        let vv = repl.core.lock().ack_vv(&mut reported);
         back.send(&send_msg(&ReplMsg::Ack { vv })?).await?;
     }
 }

@@ -192,6 +192,17 @@ async fn a_dialer_that_never_finishes_the_handshake_gets_no_link() {
     assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 0);
 }
 
+/// A bare QUIC client that completes TLS with a node and then never says a
+/// word of the peer handshake.
+fn silent_client() -> quinn::Endpoint {
+    let mut silent = quinn::Endpoint::client(LOOPBACK.parse().unwrap()).unwrap();
+    let crypto = chorus_transport::tls::client_config(None).unwrap();
+    silent.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
+    )));
+    silent
+}
+
 /// #11 item 7: handshakes ran one at a time inside `accept`, so one
 /// connection that never says anything held every other peer out until its
 /// handshake timed out.
@@ -216,11 +227,7 @@ async fn a_silent_connection_does_not_hold_other_peers_out() {
         })
     };
     // A QUIC client that completes TLS, then never sends a word.
-    let mut silent = quinn::Endpoint::client(LOOPBACK.parse().unwrap()).unwrap();
-    let crypto = chorus_transport::tls::client_config(None).unwrap();
-    silent.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
-    )));
+    let silent = silent_client();
     let _held = silent.connect(addr, "chorus-peer").unwrap().await.unwrap();
     // A real peer, which gives up after one second, still gets in.
     let mut patient = TransportConfig::new(1, "prod", b"s");
@@ -248,11 +255,7 @@ async fn silent_connections_beyond_the_handshake_limit_are_refused_at_once() {
         let b = b.clone();
         tokio::spawn(async move { while b.accept().await.is_some() {} })
     };
-    let mut silent = quinn::Endpoint::client(LOOPBACK.parse().unwrap()).unwrap();
-    let crypto = chorus_transport::tls::client_config(None).unwrap();
-    silent.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(crypto).unwrap(),
-    )));
+    let silent = silent_client();
     let mut held = Vec::new();
     let mut refused = 0;
     for _ in 0..MAX_PENDING_HANDSHAKES + 8 {
