@@ -741,6 +741,15 @@ impl Apart {
         q::<String>(&mut self.a.conn(), &["REPLICAOF", "127.0.0.1", &self.pb]);
     }
 
+    /// A deletes `key` and collects its tombstone while B is away.
+    fn delete_on_a(&self, key: &str) {
+        let mut ca = self.a.conn();
+        q::<i64>(&mut ca, &["DEL", key]);
+        wait_until("the tombstone collected on A", || {
+            info_field(&mut ca, "tombstones") == "0"
+        });
+    }
+
     fn link_b(&self) {
         q::<String>(&mut self.b.conn(), &["REPLICAOF", "127.0.0.1", &self.pa]);
     }
@@ -755,10 +764,7 @@ fn a_member_added_back_with_old_data_brings_no_deleted_key_back() {
     let (mut ca, mut cb) = (apart.a.conn(), apart.b.conn());
 
     // Alone, A deletes the key and collects its tombstone.
-    q::<i64>(&mut ca, &["DEL", "doomed"]);
-    wait_until("the tombstone collected on A", || {
-        info_field(&mut ca, "tombstones") == "0"
-    });
+    apart.delete_on_a("doomed");
     // B, still holding the key, writes past its backlog: A will need a
     // state transfer from it.
     let filler = "x".repeat(100);
@@ -974,18 +980,14 @@ fn a_restarted_peers_earlier_life_is_released_once_every_node_holds_it() {
 /// #11 item 11: a member removed and added back with its old data got
 /// nothing deleted back to its peers, but kept (and served) the deleted key
 /// itself for good when the delete had left every backlog: the state
-/// transfer it received no longer named the key. A key the sender no longer
-/// holds whose every write lies below what the sender has collected is gone
-/// on the receiver too.
+/// transfer it received no longer named the key. What the sender had
+/// applied and no longer holds is gone on the receiver too.
 #[test]
 fn a_member_added_back_with_old_data_forgets_keys_deleted_while_it_was_away() {
     let apart = Apart::new(&["doomed", "kept"]);
     let (mut ca, mut cb) = (apart.a.conn(), apart.b.conn());
 
-    q::<i64>(&mut ca, &["DEL", "doomed"]);
-    wait_until("the tombstone collected on A", || {
-        info_field(&mut ca, "tombstones") == "0"
-    });
+    apart.delete_on_a("doomed");
     // Both write past their backlogs: each needs a state transfer.
     let filler = "x".repeat(100);
     for i in 0..500 {
