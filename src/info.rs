@@ -229,7 +229,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},relayed={},last_error={}",
+                            "addr={},state={},node={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},relayed={},repairs={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
@@ -240,6 +240,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                             if acked_at == 0 { -1 } else { now.saturating_sub(acked_at) as i64 },
                             p.state_transfers.load(Ordering::Relaxed),
                             p.relayed.load(Ordering::Relaxed),
+                            p.repairs.load(Ordering::Relaxed),
                             p.last_error.lock().replace(',', ";"),
                         ),
                     );
@@ -267,6 +268,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     "clock_drift_events",
                     &repl.drift_events.load(Ordering::Relaxed),
                 );
+                line("repairs_asked", &repl.repairs_asked.load(Ordering::Relaxed));
                 line("relay_bytes", &repl.relay_bytes());
                 let crate::replication::core::GcState { stable, floor } = repl.gc_state();
                 let ms = |s: chorus_crdt::Stamp| if s.is_zero() { 0 } else { s.unix_ms() };

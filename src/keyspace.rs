@@ -11,6 +11,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use chorus_crdt::digest::{key_digest, DbDigest, Scope};
 use chorus_crdt::{Clock, Conflict, KeyState, NodeId, Stamp};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::{Mutex, MutexGuard};
@@ -751,6 +752,24 @@ impl Keyspace {
 
     /// A tag for `key` of `db` in a state transfer's record of the keys it
     /// named (a collision only keeps a stale key, never drops a live one).
+    /// Adds shard `index`'s keys and floors to `dbs` (one digest per
+    /// database, see `chorus_crdt::digest`). `scratch` is reused across keys.
+    pub fn digest_shard(
+        &self,
+        index: usize,
+        dbs: &mut [DbDigest],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), chorus_crdt::EncodeError> {
+        let shard = self.shards[index].lock();
+        for (d, digest) in shard.dbs.iter().zip(dbs.iter_mut()) {
+            digest.floor = digest.floor.max(d.floor);
+            for (key, state) in &d.map {
+                digest.add(key, key_digest(key, state, scratch)?);
+            }
+        }
+        Ok(())
+    }
+
     pub fn transfer_tag(&self, db: u32, key: &[u8]) -> u64 {
         self.hasher.hash_one(key) ^ u64::from(db).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
@@ -760,10 +779,12 @@ impl Keyspace {
     /// node; see `KeyState::forget_held`), since the sender no longer has
     /// it. Local only: it brings this node in line, it is not a write.
     /// Returns how many keys changed.
+    /// With a `scope` (a repair), only the keys in it.
     pub fn forget_held_absent(
         &self,
         named: &HashSet<u64>,
         held: &std::collections::BTreeMap<NodeId, Stamp>,
+        scope: Option<&Scope>,
     ) -> usize {
         let acked = self.gc_acked();
         let held = |n: NodeId| held.get(&n).copied().unwrap_or(Stamp::ZERO);
@@ -774,6 +795,7 @@ impl Keyspace {
                 let unnamed: Vec<Key> = d
                     .map
                     .keys()
+                    .filter(|k| scope.is_none_or(|s| s.covers(db as u32, k)))
                     .filter(|k| !named.contains(&self.transfer_tag(db as u32, k)))
                     .cloned()
                     .collect();

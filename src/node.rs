@@ -178,6 +178,7 @@ impl Node {
         let mut ks = Keyspace::with_hashers(config.databases, clock, shards_hasher, maps_hasher);
         let repl = config.replicating().then(|| {
             let repl = Replicator::new(node, config.repl_backlog_size, env.wall_ms);
+            repl.set_repair_interval(Duration::from_secs(config.repl_repair_interval_secs));
             ks.set_sink(repl.clone());
             repl
         });

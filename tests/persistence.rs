@@ -6,7 +6,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{q, Server};
+use common::{q, store_cuts, Server};
 
 fn data_dir(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("chorus-persist-{name}-{}", std::process::id()));
@@ -31,18 +31,9 @@ fn kill_hard(mut s: Server) {
     let _ = s.child.wait();
 }
 
-/// How many cuts the node has stored (INFO persistence).
-fn cuts(c: &mut redis::Connection) -> u64 {
-    let info: String = q(c, &["INFO", "persistence"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix("store_cuts:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
-}
-
 fn wait_for_cut(c: &mut redis::Connection, at_least: u64) {
     let deadline = Instant::now() + Duration::from_secs(30);
-    while cuts(c) < at_least {
+    while store_cuts(c) < at_least {
         assert!(Instant::now() < deadline, "no cut {at_least} stored");
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -64,7 +55,7 @@ fn a_killed_node_restarts_with_what_its_last_cut_stored() {
     let info: String = q(&mut c, &["INFO", "persistence"]);
     assert!(info.contains("storage_provider:sled"), "{info}");
     // Two cuts after the last write: the second began after it.
-    let n = cuts(&mut c);
+    let n = store_cuts(&mut c);
     wait_for_cut(&mut c, n + 2);
     kill_hard(s);
 
@@ -101,7 +92,7 @@ fn a_flush_survives_a_restart() {
     wait_for_cut(&mut c, 2);
     q::<()>(&mut c, &["FLUSHALL"]);
     q::<()>(&mut c, &["SET", "after", "1"]);
-    let n = cuts(&mut c);
+    let n = store_cuts(&mut c);
     wait_for_cut(&mut c, n + 2);
     kill_hard(s);
     let s = start(&dir, &[]);
@@ -212,7 +203,7 @@ fn swapdb_survives_a_restart() {
     q::<()>(&mut c, &["DEL", "deleted-in-0"]);
     q::<()>(&mut c, &["SWAPDB", "1", "2"]);
     q::<()>(&mut c, &["SWAPDB", "0", "3"]);
-    let n = cuts(&mut c);
+    let n = store_cuts(&mut c);
     wait_for_cut(&mut c, n + 2);
     kill_hard(s);
 

@@ -8,6 +8,7 @@
 pub mod codec;
 pub mod conflict;
 pub mod delta;
+pub mod digest;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod nodemap;

@@ -4,12 +4,19 @@
 //! its highest-stamped surviving write), conflicts (recorded where writes
 //! were concurrent).
 //!
-//! Which writes *survive* needs no guessing: each origin's writes apply in
-//! sequence order everywhere, so after convergence the writes of origin `o`
-//! that exist anywhere are exactly those numbered up to the converged
-//! version vector's entry for `o`. Writes of a node that crashed before
-//! passing them on or storing them are gone with it, and only those; what
-//! its store held must survive (the durability check).
+//! Which writes *survive* needs almost no guessing: each origin's writes
+//! apply in sequence order everywhere, so after convergence the writes of
+//! origin `o` that survive are those numbered up to the converged version
+//! vector's entry for `o`. Writes of a node that crashed before passing
+//! them on or storing them are gone with it; what its store held must
+//! survive (the durability check). One exception: a state transfer carries
+//! keys as they are when scanned, so when its sender goes for good mid-way
+//! (a crash in memory, a removed member) the receiver can hold some of the
+//! gone life's later writes that no vector counts, and repair spreads them
+//! to every node. For a life that is gone, then, each key may hold any
+//! prefix of its uncounted writes on that key (a key's state is scanned at
+//! one moment), and the counter and register checks accept any such
+//! prefix; every other origin is held to its vector exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -71,6 +78,8 @@ pub struct History {
 /// collection is timed by each node).
 struct View {
     slot: usize,
+    /// The node's current life.
+    node: NodeId,
     /// Applied per origin, its own writes included.
     vv: BTreeMap<NodeId, u64>,
     keys: Vec<(u32, Vec<u8>, KeyState)>,
@@ -122,6 +131,7 @@ impl Snapshot {
                 |f: fn(&chorus::replication::PeerInfo) -> u64| peers.iter().map(|p| f(p)).sum();
             views.push(View {
                 slot,
+                node,
                 vv,
                 keys,
                 floors,
@@ -286,87 +296,135 @@ fn check_all(
             }
         }
     }
-    let survives = |w: &&Write| w.seq <= vv.get(&w.origin).copied().unwrap_or(0);
-    let surviving: Vec<&Write> = history.writes.iter().filter(survives).collect();
-    let flush_floor = surviving
+    let have = |o: &NodeId| vv.get(o).copied().unwrap_or(0);
+    let alive: BTreeSet<NodeId> = snap.views.iter().map(|v| v.node).collect();
+    // Numbered past the converged vector by a life that is gone: part of a
+    // state transfer it was sending when it went (module doc).
+    let uncertain = |w: &Write| w.seq > have(&w.origin) && !alive.contains(&w.origin);
+    let surviving: Vec<&Write> = history
+        .writes
         .iter()
-        .filter(|w| matches!(w.kind, WriteKind::Flush))
+        .filter(|w| w.seq <= have(&w.origin))
+        .collect();
+    let is_flush = |w: &Write| matches!(w.kind, WriteKind::Flush);
+    let counted_floor = surviving
+        .iter()
+        .filter(|w| is_flush(w))
         .filter_map(|w| w.stamp)
         .max();
+    // The floor the nodes hold: every counted flush, or a later one of a
+    // gone life that reached them uncounted.
+    let held_floor = snap.views[0]
+        .floors
+        .first()
+        .copied()
+        .filter(|f| !f.is_zero());
+    let floor_explained = held_floor == counted_floor
+        || held_floor.is_some_and(|f| {
+            counted_floor.is_none_or(|c| f > c)
+                && history
+                    .writes
+                    .iter()
+                    .any(|w| is_flush(w) && uncertain(w) && w.stamp == Some(f))
+        });
+    if !floor_explained {
+        return Err(Failure::new(
+            "flush",
+            format!(
+                "the flush floor is {held_floor:?}; the counted flushes reach {counted_floor:?}"
+            ),
+        ));
+    }
+    let flush_floor = held_floor;
     let slots: Vec<usize> = snap.views.iter().map(|v| v.slot).collect();
     let pasts = causal_pasts(&history.writes);
 
-    // Counters: per origin, the increments of its tally's last segment, unless
-    // a flush removed that segment (see docs/crdt-semantics.md).
     let mut by_key: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
     for w in &surviving {
         by_key.entry(w.key.as_str()).or_default().push(w);
     }
-    for (key, writes) in by_key.iter().filter(|(k, _)| k.starts_with('c')) {
-        let mut per_origin: BTreeMap<NodeId, Vec<&Write>> = BTreeMap::new();
-        for w in writes {
-            per_origin.entry(w.origin).or_default().push(w);
-        }
-        let mut expected: i64 = 0;
-        for incs in per_origin.values() {
-            let Some(last) = incs.iter().max_by_key(|w| w.seq) else {
-                continue;
-            };
-            // No tally right after the increment: a flush stamped ahead of
-            // this node's clock (skew beyond the drift limit) pruned it.
-            let Some(epoch) = last.epoch else {
-                continue;
-            };
-            if flush_floor.is_some_and(|f| epoch < f) {
-                continue;
-            }
-            expected += incs
-                .iter()
-                .filter(|w| w.epoch == Some(epoch))
-                .map(|w| match w.kind {
-                    WriteKind::Incr(by) => by,
-                    _ => 0,
-                })
-                .sum::<i64>();
-        }
-        for &slot in &slots {
-            let got = get(reg, slot, key)?;
-            let got_n = got.as_deref().map_or(Ok(0), str::parse::<i64>);
-            if got_n != Ok(expected) {
-                return Err(Failure::new(
-                    "counter",
-                    format!("{key} on n{slot} is {got:?}, expected {expected} (the surviving increments no reset removed)"),
-                ));
-            }
-        }
+    // Per key, per gone life, its uncounted writes in order: of those, a
+    // prefix survives (a transfer carries a key's state as of one moment).
+    let mut unsure: BTreeMap<&str, BTreeMap<NodeId, Vec<&Write>>> = BTreeMap::new();
+    for w in history
+        .writes
+        .iter()
+        .filter(|w| uncertain(w) && !is_flush(w))
+    {
+        by_key.entry(w.key.as_str()).or_default();
+        unsure
+            .entry(w.key.as_str())
+            .or_default()
+            .entry(w.origin)
+            .or_default()
+            .push(w);
     }
-
-    // Registers: the highest-stamped surviving write decides.
-    for (key, writes) in by_key.iter().filter(|(k, _)| k.starts_with('r')) {
-        if writes.iter().any(|w| w.stamp.is_none()) {
-            // A write that lost at once to one stamped ahead: its own stamp
-            // is unknown, so the winner cannot be named for sure.
+    for (key, writes) in &by_key {
+        let (is_counter, is_register) = (key.starts_with('c'), key.starts_with('r'));
+        if !is_counter && !is_register {
             continue;
         }
-        let Some(winner) = writes.iter().max_by_key(|w| w.stamp) else {
+        let candidates = survivor_sets(writes, unsure.get(key));
+        let Some(candidates) = candidates else {
             continue;
         };
-        let expected = match &winner.kind {
-            _ if flush_floor.is_some_and(|f| winner.stamp < Some(f)) => None,
-            WriteKind::Set(v) => Some(v.clone()),
-            _ => None,
+        let expected: Vec<Option<String>> = if is_counter {
+            candidates
+                .iter()
+                .map(|ws| Some(counter_expected(ws, flush_floor).to_string()))
+                .collect()
+        } else {
+            let mut e = Vec::new();
+            for ws in &candidates {
+                match register_expected(ws, flush_floor) {
+                    Some(v) => e.push(v),
+                    // A winner that cannot be named for sure.
+                    None => {
+                        e.clear();
+                        break;
+                    }
+                }
+            }
+            if e.is_empty() {
+                continue;
+            }
+            e
         };
         for &slot in &slots {
             let got = get(reg, slot, key)?;
-            if got != expected {
+            let got = if is_counter {
+                Some(got.unwrap_or_else(|| "0".into()))
+            } else {
+                got
+            };
+            if !expected.contains(&got) {
+                let kind = if is_counter { "counter" } else { "register" };
+                let what = if is_counter {
+                    "the surviving increments no reset removed"
+                } else {
+                    "its highest-stamped surviving write"
+                };
+                let winner = (!is_counter)
+                    .then(|| writes.iter().max_by_key(|w| w.stamp))
+                    .flatten()
+                    .map(|w| format!("; write {:?} by {} seq {}", w.kind, w.origin, w.seq))
+                    .unwrap_or_default();
                 return Err(Failure::new(
-                    "register",
+                    kind,
                     format!(
-                        "{key} on n{slot} is {got:?}, expected {expected:?} (write {:?} by {} seq {})",
-                        winner.kind, winner.origin, winner.seq
+                        "{key} on n{slot} is {got:?}, expected {} ({what}{winner})",
+                        expected
+                            .iter()
+                            .take(4)
+                            .map(|e| format!("{e:?}"))
+                            .collect::<Vec<_>>()
+                            .join(" or ")
                     ),
                 ));
             }
+        }
+        if !is_register || unsure.contains_key(key) {
+            continue;
         }
         // Concurrent writes (neither saw the other) must leave a conflict
         // record. A crash can take a node's log with it, so only without
@@ -424,6 +482,81 @@ fn check_all(
     Ok(())
 }
 
+/// The sets of writes on one key that may have survived: the counted ones,
+/// plus for each gone life a prefix of its uncounted ones. `None` when
+/// there are too many combinations to try.
+fn survivor_sets<'a>(
+    counted: &[&'a Write],
+    unsure: Option<&BTreeMap<NodeId, Vec<&'a Write>>>,
+) -> Option<Vec<Vec<&'a Write>>> {
+    let lists: Vec<&Vec<&Write>> = unsure.map(|u| u.values().collect()).unwrap_or_default();
+    let combos = lists
+        .iter()
+        .try_fold(1usize, |n, l| n.checked_mul(l.len() + 1))
+        .filter(|n| *n <= 4096)?;
+    let mut sets = Vec::with_capacity(combos);
+    for mut c in 0..combos {
+        let mut ws: Vec<&Write> = counted.to_vec();
+        for l in &lists {
+            let take = c % (l.len() + 1);
+            c /= l.len() + 1;
+            ws.extend(l.iter().take(take));
+        }
+        sets.push(ws);
+    }
+    Some(sets)
+}
+
+/// A counter's value from its surviving writes: per origin, the increments
+/// of its tally's last segment, unless a flush removed that segment (see
+/// docs/crdt-semantics.md).
+fn counter_expected(writes: &[&Write], flush_floor: Option<Stamp>) -> i64 {
+    let mut per_origin: BTreeMap<NodeId, Vec<&Write>> = BTreeMap::new();
+    for w in writes {
+        per_origin.entry(w.origin).or_default().push(w);
+    }
+    let mut expected: i64 = 0;
+    for incs in per_origin.values() {
+        let Some(last) = incs.iter().max_by_key(|w| w.seq) else {
+            continue;
+        };
+        // No tally right after the increment: a flush stamped ahead of
+        // this node's clock (skew beyond the drift limit) pruned it.
+        let Some(epoch) = last.epoch else {
+            continue;
+        };
+        if flush_floor.is_some_and(|f| epoch < f) {
+            continue;
+        }
+        expected += incs
+            .iter()
+            .filter(|w| w.epoch == Some(epoch))
+            .map(|w| match w.kind {
+                WriteKind::Incr(by) => by,
+                _ => 0,
+            })
+            .sum::<i64>();
+    }
+    expected
+}
+
+/// A register's value from its surviving writes: the highest-stamped one
+/// decides. `None` when a write lost at once to one stamped ahead (its own
+/// stamp is unknown, so the winner cannot be named for sure).
+fn register_expected(writes: &[&Write], flush_floor: Option<Stamp>) -> Option<Option<String>> {
+    if writes.iter().any(|w| w.stamp.is_none()) {
+        return None;
+    }
+    let Some(winner) = writes.iter().max_by_key(|w| w.stamp) else {
+        return Some(None);
+    };
+    Some(match &winner.kind {
+        _ if flush_floor.is_some_and(|f| winner.stamp < Some(f)) => None,
+        WriteKind::Set(v) => Some(v.clone()),
+        _ => None,
+    })
+}
+
 /// Each write's causal past as a version vector: what its node had applied,
 /// and transitively what those writes had seen (a write can arrive after one
 /// that was made on top of it: per origin delivery is ordered, across
@@ -471,5 +604,43 @@ fn causal_pasts(writes: &[Write]) -> BTreeMap<(NodeId, u64), BTreeMap<NodeId, u6
         if !grew {
             return pasts;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn incr(origin: u64, seq: u64, by: i64) -> Write {
+        Write {
+            origin: NodeId(origin),
+            seq,
+            key: "c0".into(),
+            kind: WriteKind::Incr(by),
+            stamp: None,
+            epoch: Some(Stamp {
+                time: 1,
+                node: NodeId(origin),
+            }),
+            observed: BTreeMap::new(),
+        }
+    }
+
+    /// A gone life's uncounted increments may survive, but only as a prefix
+    /// of its writes on the key: a total that skips one is still caught.
+    #[test]
+    fn a_gone_lifes_uncounted_writes_survive_only_as_a_prefix() {
+        let counted = [incr(1, 1, 10), incr(2, 1, 1)];
+        let gone = [incr(2, 2, 100), incr(2, 3, 1000)];
+        let counted: Vec<&Write> = counted.iter().collect();
+        let mut unsure: BTreeMap<NodeId, Vec<&Write>> = BTreeMap::new();
+        unsure.insert(NodeId(2), gone.iter().collect());
+        let sets = survivor_sets(&counted, Some(&unsure)).expect("few combinations");
+        let mut totals: Vec<i64> = sets.iter().map(|ws| counter_expected(ws, None)).collect();
+        totals.sort_unstable();
+        assert_eq!(totals, vec![11, 111, 1111], "never 1011: #3 without #2");
+        let none = survivor_sets(&counted, None).expect("one set");
+        assert_eq!(none.len(), 1);
+        assert_eq!(counter_expected(&none[0], None), 11);
     }
 }

@@ -148,6 +148,11 @@ async fn start_node(
     peers: &[String],
     store: Option<Arc<MemStore>>,
 ) -> anyhow::Result<Arc<Server>> {
+    let repair = if REPAIR_OFF.with(Cell::get) {
+        "0"
+    } else {
+        "30"
+    };
     let args: Vec<String> = [
         "--active-replica",
         "yes",
@@ -158,6 +163,8 @@ async fn start_node(
         // Small, so that short outages outgrow it and force state transfers.
         "--repl-backlog-size",
         "32kb",
+        "--repl-repair-interval",
+        repair,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -221,7 +228,17 @@ pub fn crashed(reg: &Registry, slot: usize) -> Option<(NodeId, u64)> {
     stored
 }
 
+/// Test-only: nodes started on this thread from now on never repair (see
+/// docs/architecture.md, "Repair"). Repair mends what a broken merge left
+/// divergent once the deleting node collected its tombstone (it forgets
+/// what its peer held and no longer has), so the tests that break merges on
+/// purpose turn it off to show the checkers still see them.
+pub fn repair_off(off: bool) {
+    REPAIR_OFF.with(|r| r.set(off));
+}
+
 thread_local! {
+    static REPAIR_OFF: Cell<bool> = const { Cell::new(false) };
     /// Test-only: stores lose every key at a crash but keep their version
     /// vector, so restarted nodes claim writes they lack. The checkers must
     /// catch it.

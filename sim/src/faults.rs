@@ -14,7 +14,7 @@ pub enum FaultKind {
     Asymmetric,
     /// Random packet loss on every link.
     Loss,
-    /// Long, random delays (reordering packets).
+    /// A long fixed delay on every message (nodes regions apart).
     Delay,
     /// A node crashes, losing its memory, and restarts as a new incarnation.
     Crash,

@@ -39,6 +39,10 @@ struct Args {
     /// Print each seed's full trace (commands, replies, faults, digests).
     #[arg(long)]
     trace: bool,
+    /// Nodes never compare digests (repair mends some divergence a merge
+    /// bug would leave; run soaks both ways).
+    #[arg(long)]
+    no_repair: bool,
 }
 
 /// The fault classes a run draws from (one command-line value).
@@ -51,10 +55,11 @@ fn fault_list(text: &str) -> Result<FaultList, String> {
 
 fn replay_command(a: &Args, seed: u64) -> String {
     format!(
-        "cargo run --release -p chorus-sim -- --seed {seed} --nodes {} --ops {} --faults {} --trace",
+        "cargo run --release -p chorus-sim -- --seed {seed} --nodes {} --ops {} --faults {}{} --trace",
         a.nodes,
         a.ops,
-        faults::list_text(&a.faults.0)
+        faults::list_text(&a.faults.0),
+        if a.no_repair { " --no-repair" } else { "" }
     )
 }
 
@@ -74,7 +79,17 @@ fn json_line(out: &Outcome, replay: &str) -> String {
 
 fn main() {
     let mut a = Args::parse();
+    // The nodes' logs, for a replay: `RUST_LOG=info chorus-sim --seed S ...`.
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .without_time()
+            .with_ansi(false)
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let seed = a.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
+    chorus_sim::cluster::repair_off(a.no_repair);
     a.seed = Some(seed);
     let nodes = a.nodes as usize;
     let started = Instant::now();

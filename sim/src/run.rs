@@ -94,7 +94,14 @@ pub fn run(opts: &Options) -> Outcome {
         .min_message_latency(Duration::from_micros(200))
         .max_message_latency(Duration::from_millis(5));
     if chosen.contains(&FaultKind::Delay) {
-        builder.max_message_latency(Duration::from_millis(rng.random_range(50..250)));
+        // A distance, not a shuffle: turmoil draws each datagram's delay
+        // on its own, so any jitter reorders a burst (a real path's queues
+        // keep order), QUIC reads the reordering as loss, and a state
+        // transfer of large values crawled for minutes at 0.2-250 ms.
+        let delay = Duration::from_millis(rng.random_range(50..250));
+        builder
+            .min_message_latency(delay)
+            .max_message_latency(delay);
     }
     if chosen.contains(&FaultKind::Loss) {
         builder
@@ -585,6 +592,17 @@ impl Run<'_> {
                 Err(why) => last = Some(why),
             }
             if self.sim.elapsed() > deadline {
+                // What each node's links say, for the trace.
+                for slot in 0..self.nodes {
+                    if let Some(reply) =
+                        cluster::command(&self.reg, slot, &[b"INFO", b"replication"])
+                    {
+                        let text = String::from_utf8_lossy(&reply).into_owned();
+                        for line in text.lines().filter(|l| l.starts_with("peer")) {
+                            self.note(format!("n{slot} {line}"));
+                        }
+                    }
+                }
                 return Some(check::Failure::new(
                     "liveness",
                     format!(

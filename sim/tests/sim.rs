@@ -55,7 +55,7 @@ fault_class!(partitions_converge, FaultKind::Partition);
 fault_class!(partial_partitions_converge, FaultKind::Partial);
 fault_class!(asymmetric_partitions_converge, FaultKind::Asymmetric);
 fault_class!(packet_loss_converges, FaultKind::Loss);
-fault_class!(delay_and_reordering_converge, FaultKind::Delay);
+fault_class!(long_distance_delays_converge, FaultKind::Delay);
 fault_class!(crashes_and_restarts_converge, FaultKind::Crash);
 fault_class!(clock_skew_converges, FaultKind::Skew);
 fault_class!(late_joins_converge, FaultKind::Join);
@@ -82,6 +82,27 @@ fn values_larger_than_a_fragment_converge() {
     assert_seeds_pass(FaultKind::Large, 30);
 }
 
+/// Seeds of every class at once that never converged before repair (a
+/// transfer cut short by its sender's end left writes no vector counted
+/// on some nodes only; docs/simulation.md). Both fail without it.
+#[test]
+fn seeds_that_once_diverged_with_every_class_converge() {
+    for seed in [100459, 100806] {
+        let out = run(&Options {
+            seed,
+            nodes: 3,
+            ops: 300,
+            faults: ALL.to_vec(),
+        });
+        if let Some(f) = out.failure {
+            panic!(
+                "seed {seed} failed ({}): {}\nreplay: cargo run --release -p chorus-sim -- --seed {seed} --nodes 3 --ops 300 --faults all --trace",
+                f.kind, f.detail
+            );
+        }
+    }
+}
+
 #[test]
 fn one_seed_replays_byte_for_byte() {
     let opts = Options {
@@ -99,6 +120,7 @@ fn one_seed_replays_byte_for_byte() {
 /// Runs seeds with a broken rule until one fails; the checkers must notice.
 fn caught(broken: Broken, kind: &str) {
     fault::set(broken);
+    chorus_sim::cluster::repair_off(true);
     let found = (0..20u64).find_map(|seed| {
         let out = run(&Options {
             seed,
@@ -109,6 +131,7 @@ fn caught(broken: Broken, kind: &str) {
         out.failure
     });
     fault::set(Broken::None);
+    chorus_sim::cluster::repair_off(false);
     let failure = found.unwrap_or_else(|| panic!("{broken:?} went unnoticed over 20 seeds"));
     assert!(
         failure.kind == kind || failure.kind == "liveness",

@@ -591,6 +591,7 @@ pub static DIRECTIVES: &[Directive] = &[
     applied("replication-port", "16379"),
     applied("cluster-name", "chorus"),
     applied("max-clock-drift", "500"),
+    applied("repl-repair-interval", "30"),
 ];
 
 /// The known name closest to a misspelt `name`, if any is close enough to

@@ -89,6 +89,9 @@ pub struct Config {
     /// A remote stamp further ahead than this is merged but does not move
     /// the local clock.
     pub max_clock_drift_ms: u64,
+    /// Seconds between digest offers on a quiet link; 0: never (see
+    /// docs/architecture.md, "Repair").
+    pub repl_repair_interval_secs: u64,
     /// Keep the node's state on disk (in `dir`), all keys in RAM.
     pub appendonly: bool,
     /// Where the data files go.
@@ -292,6 +295,7 @@ impl Default for Config {
             cluster_name: "chorus".to_string(),
             repl_backlog_size: 16 * 1024 * 1024,
             max_clock_drift_ms: 500,
+            repl_repair_interval_secs: 30,
             appendonly: false,
             dir: std::path::PathBuf::from("."),
             appendfsync: Fsync::Everysec,
@@ -588,6 +592,13 @@ impl Config {
                 self.max_clock_drift_ms =
                     one()?.parse().map_err(|_| bad("expects milliseconds"))?;
             }
+            "repl-repair-interval" => {
+                self.repl_repair_interval_secs = one()?
+                    .parse()
+                    .ok()
+                    .filter(|s| *s <= 86_400)
+                    .ok_or_else(|| bad("expects seconds, 0 (never) to 86400"))?;
+            }
             "repl-backlog-size" => {
                 let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 16mb"))?;
                 self.repl_backlog_size = usize::try_from(n)
@@ -809,6 +820,7 @@ impl Config {
                 .unwrap_or_default(),
             "cluster-name" => self.cluster_name.clone(),
             "max-clock-drift" => self.max_clock_drift_ms.to_string(),
+            "repl-repair-interval" => self.repl_repair_interval_secs.to_string(),
             "repl-backlog-size" => self.repl_backlog_size.to_string(),
             // No snapshots are taken whatever was written; tools such as
             // redis-benchmark read `save` to learn whether the server

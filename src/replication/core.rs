@@ -124,6 +124,15 @@ pub struct RelayBatch {
     pub frames: Vec<bytes::Bytes>,
 }
 
+/// The end of a state transfer (see [`Core::transfer_tail`]).
+#[derive(Debug, Default)]
+pub struct TransferTail {
+    /// Our own writes, framed.
+    pub own: Vec<bytes::Bytes>,
+    /// Other origins' writes, as frame payloads.
+    pub others: Vec<bytes::Bytes>,
+}
+
 /// What one peer last acknowledged, and the node id its link reported
 /// (`None` until it is known).
 #[derive(Debug, Clone)]
@@ -289,6 +298,38 @@ impl Core {
         covered
     }
 
+    /// The writes applied since a state transfer began, for its end:
+    /// `covered` is what the transfer covered when it began and moves to
+    /// what the returned frames reach. The keyspace streamed in between may
+    /// hold writes applied after the start; sending every frame numbered
+    /// since makes the receiver hold exactly what the vector it advances to
+    /// counts, never a write no vector counts (which could reach some nodes
+    /// and not others for good once its origin is gone). Our own writes come
+    /// framed from the backlog, others' as payloads from the relay logs; an
+    /// origin whose frames are gone keeps its start (the repair covers it).
+    pub fn transfer_tail(&mut self, covered: &mut VersionVector) -> TransferTail {
+        let mut tail = TransferTail::default();
+        if let Resume::Frames { last, chunks } =
+            self.backlog.read_from(covered.get(self.me) + 1, usize::MAX)
+        {
+            tail.own = chunks;
+            covered.advance(self.me, last);
+        }
+        for (origin, applied) in self.applied.entries() {
+            let from = covered.get(origin) + 1;
+            if origin == self.me || applied < from {
+                continue;
+            }
+            if let Relayed::Frames(frames) = self.relay.due(origin, from, u64::MAX, 0, usize::MAX) {
+                if let Some(&(last, _)) = frames.last() {
+                    covered.advance(origin, last);
+                    tail.others.extend(frames.into_iter().map(|(_, f)| f));
+                }
+            }
+        }
+        tail
+    }
+
     /// Per node, a stamp at or below which this node has applied every one
     /// of its writes: its own up to its last promise (made with every shard
     /// held), another's up to the newest promise of it counted (which speaks
@@ -366,19 +407,24 @@ impl Core {
     }
 
     /// What the next acknowledgement on a link says: the applied vector
-    /// less the retired lives that were settled already at the link's
-    /// previous one (`reported`, updated here). A sender keeps what a peer
-    /// acknowledged before, so leaving those out changes nothing it decides;
-    /// one settled since goes once more, since this node may have settled it
-    /// before any acknowledgement told the sender how much of it we hold.
-    pub fn ack_vv(&self, reported: &mut BTreeSet<NodeId>) -> Vec<(NodeId, u64)> {
-        let vv = self
-            .applied
-            .entries()
-            .into_iter()
-            .filter(|(n, _)| !reported.contains(n))
-            .collect();
-        reported.clone_from(&self.settled);
+    /// less the settled retired lives whose count this link already named
+    /// while they were settled (`reported`: per settled life, the count last
+    /// named; updated here). A sender keeps what a peer acknowledged before,
+    /// so leaving those out changes nothing it decides. One settled since
+    /// goes once more, since this node may have settled it before any
+    /// acknowledgement told the sender how much of it we hold; and one whose
+    /// count grew since (a transfer brought more of it) goes again.
+    pub fn ack_vv(&self, reported: &mut BTreeMap<NodeId, u64>) -> Vec<(NodeId, u64)> {
+        reported.retain(|n, _| self.settled.contains(n));
+        let mut vv = Vec::new();
+        for (n, seq) in self.applied.entries() {
+            if !self.settled.contains(&n) {
+                vv.push((n, seq));
+            } else if reported.get(&n) != Some(&seq) {
+                reported.insert(n, seq);
+                vv.push((n, seq));
+            }
+        }
         vv
     }
 
@@ -589,14 +635,12 @@ mod tests {
     }
 
     fn relayed(plan: &Plan) -> Vec<(NodeId, u64)> {
-        plan.relay
+        let frames: Vec<bytes::Bytes> = plan
+            .relay
             .iter()
-            .flat_map(|batch| batch.frames.iter())
-            .map(|f| match decode::<ReplMsg>(f).expect("decodes") {
-                ReplMsg::Delta { origin, seq, .. } => (origin, seq),
-                other => panic!("not a delta: {other:?}"),
-            })
-            .collect()
+            .flat_map(|batch| batch.frames.iter().cloned())
+            .collect();
+        payload_seqs(&frames)
     }
 
     #[test]
@@ -628,6 +672,76 @@ mod tests {
         let plan = core.plan(&mut link, &resume, 0);
         assert_eq!(plan.live.as_ref().map(|l| l.last), Some(4));
         assert_eq!(plan.heartbeat.map(|h| h.seq), Some(4));
+    }
+
+    /// A frame of `origin`'s write `seq`, as it arrives from a peer.
+    fn remote(origin: NodeId, seq: u64) -> bytes::Bytes {
+        let msg = ReplMsgOut::Delta {
+            origin,
+            seq,
+            delta: DeltaRef::Flush {
+                db: None,
+                stamp: st(seq, origin.0),
+            },
+        };
+        bytes::Bytes::from(encode_append(&msg, Vec::new()).expect("encodes"))
+    }
+
+    fn payload_seqs(payloads: &[bytes::Bytes]) -> Vec<(NodeId, u64)> {
+        payloads
+            .iter()
+            .map(|f| match decode::<ReplMsg>(f).expect("decodes") {
+                ReplMsg::Delta { origin, seq, .. } => (origin, seq),
+                other => panic!("not a delta: {other:?}"),
+            })
+            .collect()
+    }
+
+    /// A state transfer streams the keyspace while writes go on. What it
+    /// covers was read at its start, so the writes applied during the scan
+    /// were in the keys scanned after them, counted by no vector on the
+    /// receiver (a transfer then cut short by its sender's end left them on
+    /// one node only). Its end now sends every write numbered since the start
+    /// and covers them.
+    #[test]
+    fn a_transfer_ends_with_every_write_applied_since_it_began() {
+        let (a, c) = (NodeId(1), NodeId(3));
+        let mut core = Core::new(a, 1 << 20);
+        write(&mut core, 0);
+        core.applied(c, 1, 0, remote(c, 1));
+        let mut covered = core.transfer_covers();
+        assert_eq!((covered.get(a), covered.get(c)), (1, 1));
+        // During the scan.
+        write(&mut core, 0);
+        write(&mut core, 0);
+        core.applied(c, 2, 0, remote(c, 2));
+        let tail = core.transfer_tail(&mut covered);
+        let own: Vec<(NodeId, u64)> = frames(&tail.own).iter().map(|f| (f.0, f.1)).collect();
+        assert_eq!(own, vec![(a, 2), (a, 3)]);
+        assert_eq!(payload_seqs(&tail.others), vec![(c, 2)]);
+        assert_eq!((covered.get(a), covered.get(c)), (3, 2), "and covers them");
+        let again = core.transfer_tail(&mut covered);
+        assert!(again.own.is_empty() && again.others.is_empty());
+    }
+
+    /// When the frames since the start are gone from the logs, the transfer
+    /// covers what it covered at its start, as before (repair reconciles
+    /// what that leaves uncounted).
+    #[test]
+    fn a_transfer_whose_tail_is_gone_covers_only_its_start() {
+        let (a, c) = (NodeId(1), NodeId(3));
+        let mut core = Core::new(a, 64);
+        core.applied(c, 1, 0, remote(c, 1));
+        let mut covered = core.transfer_covers();
+        for seq in 2..=40 {
+            core.applied(c, seq, 0, remote(c, seq));
+        }
+        for _ in 0..40 {
+            write(&mut core, 0);
+        }
+        let tail = core.transfer_tail(&mut covered);
+        assert!(tail.others.is_empty() && tail.own.is_empty());
+        assert_eq!((covered.get(a), covered.get(c)), (0, 1));
     }
 
     #[test]
@@ -831,7 +945,7 @@ mod tests {
         }]);
         core.gc_tick(&lacking, false);
         assert_eq!(core.relay_bytes(), 300, "kept while a peer lacks it");
-        let mut reported = BTreeSet::new();
+        let mut reported = BTreeMap::new();
         assert!(names_old(&core.ack_vv(&mut reported)));
 
         let settled = core.settled(&[PeerAcks {
@@ -846,7 +960,7 @@ mod tests {
         );
         assert!(!names_old(&core.ack_vv(&mut reported)));
         assert!(
-            names_old(&core.ack_vv(&mut BTreeSet::new())),
+            names_old(&core.ack_vv(&mut BTreeMap::new())),
             "a new link's first ack names it"
         );
         assert_eq!(core.applied_vv().get(old), 3, "the record stays");
@@ -870,6 +984,15 @@ mod tests {
         assert!(core.plan(&mut newcomer, &nothing, now).transfer);
         let mut again = LinkState::new(me, new, &held);
         assert!(!core.plan(&mut again, &held, now).transfer);
+        // A transfer can still bring more of it (settled while this node held
+        // none, say): the peer must hear the new count, or it waits forever
+        // for this node to catch up (seed 100432: repair never offered).
+        core.snapshot_done(&[(old, 5)], 0);
+        assert!(
+            names_old(&core.ack_vv(&mut reported)),
+            "named again once it grew"
+        );
+        assert!(!names_old(&core.ack_vv(&mut reported)));
     }
 
     /// Found by the simulation's `remove` class: a removed peer stopped

@@ -35,12 +35,13 @@ pub mod relay;
 pub mod version;
 pub mod wire;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_crdt::digest::{differing, DbDigest, Scope};
 use chorus_crdt::{decode, encode_append, Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
 use chorus_transport::{
@@ -86,6 +87,9 @@ pub struct PeerInfo {
     pub state_transfers: AtomicU64,
     /// Other origins' writes passed on to this peer.
     pub relayed: AtomicU64,
+    /// Repairs sent to this peer, and the one it asked for next.
+    pub repairs: AtomicU64,
+    repair_asked: Mutex<Option<Scope>>,
     pub last_error: Mutex<String>,
     /// The sender task, aborted when the peer is removed.
     task: Mutex<Option<tokio::task::AbortHandle>>,
@@ -111,6 +115,8 @@ impl PeerInfo {
             acked_at_ms: AtomicU64::new(0),
             state_transfers: AtomicU64::new(0),
             relayed: AtomicU64::new(0),
+            repairs: AtomicU64::new(0),
+            repair_asked: Mutex::new(None),
             last_error: Mutex::new(String::new()),
             task: Mutex::new(None),
         }
@@ -142,6 +148,12 @@ pub struct Replicator {
     pub peers: Mutex<Vec<Arc<PeerInfo>>>,
     /// Remote stamps too far ahead of our clock (merged, clock not dragged).
     pub drift_events: AtomicU64,
+    /// Digests a peer offered that differed from ours with the same writes
+    /// applied (each answered by a repair request).
+    pub repairs_asked: AtomicU64,
+    /// How often a quiet link offers its digest (see `ReplMsg::Digest`);
+    /// 0: never.
+    repair_interval_ms: AtomicU64,
     pub auth: Mutex<Option<Arc<AuthStats>>>,
     pub listen: Mutex<Option<SocketAddr>>,
     running: Mutex<Option<Running>>,
@@ -173,6 +185,8 @@ impl Replicator {
             applied_waiters: std::sync::atomic::AtomicUsize::new(0),
             peers: Mutex::new(Vec::new()),
             drift_events: AtomicU64::new(0),
+            repairs_asked: AtomicU64::new(0),
+            repair_interval_ms: AtomicU64::new(30_000),
             auth: Mutex::new(None),
             listen: Mutex::new(None),
             inbound: Mutex::new(HashMap::new()),
@@ -265,6 +279,19 @@ impl Replicator {
     }
 
     /// What this node has applied from each other origin.
+    pub fn set_repair_interval(&self, every: Duration) {
+        self.repair_interval_ms
+            .store(every.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Every write applied here, this node's own included.
+    fn full_vv(&self) -> VersionVector {
+        let core = self.core.lock();
+        let mut vv = core.applied_vv().clone();
+        vv.advance(self.node, core.head());
+        vv
+    }
+
     pub fn applied_vv(&self) -> Vec<(NodeId, u64)> {
         self.core.lock().applied_vv().entries()
     }
@@ -616,6 +643,11 @@ async fn serve_peer(
     let _acks = AbortOnDrop(tokio::spawn(read_acks(back, me, info.clone(), ks.clone())));
     let mut tick = tokio::time::interval(SENDER_TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let repair_every = || match repl.repair_interval_ms.load(Ordering::Relaxed) {
+        0 => u64::MAX,
+        ms => ms,
+    };
+    let mut next_offer_ms = (repl.now_ms)().saturating_add(repair_every());
     loop {
         let acked = info.acked_vv.lock().clone();
         let now = (repl.now_ms)();
@@ -642,10 +674,36 @@ async fn serve_peer(
         }
         if plan.transfer {
             info.state_transfers.fetch_add(1, Ordering::Relaxed);
-            let covered = state_transfer(ks, repl, link).await?;
+            let covered = state_transfer(ks, repl, link, None).await?;
             state.transferred(me, &covered);
             info.sent_seq.store(state.sent_seq(), Ordering::Relaxed);
             continue;
+        }
+        let asked = info.repair_asked.lock().take();
+        if let Some(scope) = asked {
+            info!(peer = %info.addr, buckets = scope.buckets(), "repairing where the peer's state differs from ours");
+            state_transfer(ks, repl, link, Some(scope)).await?;
+            info.repairs.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if !plan.is_busy() && now >= next_offer_ms {
+            let mine = repl.full_vv();
+            let mut theirs = info.acked_vv.lock().clone();
+            theirs.advance(NodeId(link.peer_node), u64::MAX);
+            if theirs.covers(&mine) {
+                // Quiet, and the peer has all we have: whatever still differs
+                // is something no version vector counts (docs/architecture.md,
+                // "Repair").
+                next_offer_ms = now.saturating_add(repair_every());
+                let dbs = keyspace_digest(ks).await?;
+                if repl.full_vv() == mine {
+                    live.send(&send_msg(&ReplMsg::Digest {
+                        vv: mine.entries(),
+                        dbs,
+                    })?)
+                    .await?;
+                }
+            }
         }
         if !plan.is_busy() {
             let notified = repl.wake.notified();
@@ -671,7 +729,10 @@ async fn serve_peer(
 
 async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks: Arc<Keyspace>) {
     while let Ok(Some(frame)) = back.recv().await {
-        if let Ok(ReplMsg::Ack { vv }) = decode::<ReplMsg>(&frame) {
+        let msg = decode::<ReplMsg>(&frame);
+        if let Ok(ReplMsg::RepairAsk { scope }) = msg {
+            *info.repair_asked.lock() = Some(scope);
+        } else if let Ok(ReplMsg::Ack { vv }) = msg {
             let vv = VersionVector::from_entries(&vv);
             info.acked_seq.fetch_max(vv.get(me), Ordering::Relaxed);
             // An ack leaves out the retired lives the peer settled: what it
@@ -685,24 +746,36 @@ async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks:
 
 /// Streams this node's whole state on a bulk stream; returns what it covers
 /// per origin (every write numbered up to that is included).
+/// With a `scope`, a repair: only the keys in it (and the floors of its
+/// databases), covering no writes.
 async fn state_transfer(
     ks: &Keyspace,
     repl: &Replicator,
     link: &PeerLink,
+    scope: Option<Scope>,
 ) -> Result<VersionVector, LinkError> {
     // Read what is applied first: anything numbered after it is sent live
     // later, anything up to it is already in the keyspace and so in the
     // snapshot.
-    let (covered, held) = {
+    let (mut covered, held) = {
         let core = repl.core.lock();
-        (core.transfer_covers(), core.holds())
+        let covered = match scope {
+            None => core.transfer_covers(),
+            Some(_) => VersionVector::default(),
+        };
+        (covered, core.holds())
     };
     let mut bulk = link.open(StreamKind::Bulk).await?;
     bulk.send(&send_msg(&ReplMsg::SnapshotBegin {
         held: held.into_iter().collect(),
+        scope: scope.clone(),
     })?)
     .await?;
+    let in_scope = |db: usize, key: &[u8]| scope.as_ref().is_none_or(|s| s.covers(db as u32, key));
     for db in 0..ks.databases() {
+        if scope.as_ref().is_some_and(|s| !s.covers_db(db as u32)) {
+            continue;
+        }
         let mut floor = chorus_crdt::Stamp::ZERO;
         for i in 0..SHARDS {
             let mut l = ks.lock(SmallVec::from_slice(&[i]));
@@ -723,7 +796,7 @@ async fn state_transfer(
             let shard = l.shard(i)?;
             let mut frames = Vec::new();
             for (db, d) in shard.dbs.iter().enumerate() {
-                for (key, state) in &d.map {
+                for (key, state) in d.map.iter().filter(|(k, _)| in_scope(db, k)) {
                     let delta = Delta::Key {
                         db: db as u32,
                         key: key.to_vec(),
@@ -738,12 +811,30 @@ async fn state_transfer(
             bulk.send(&f).await?;
         }
     }
+    if scope.is_none() {
+        let mut tail = repl.core.lock().transfer_tail(&mut covered);
+        bulk.send_framed(&mut tail.own).await?;
+        bulk.send_batch(&tail.others).await?;
+    }
     bulk.send(&send_msg(&ReplMsg::SnapshotDone {
         vv: covered.entries(),
     })?)
     .await?;
     bulk.finish()?;
     Ok(covered)
+}
+
+/// This node's keyspace digest, one shard at a time; only the databases
+/// that hold something.
+async fn keyspace_digest(ks: &Keyspace) -> Result<Vec<DbDigest>, LinkError> {
+    let mut dbs: Vec<DbDigest> = (0..ks.databases() as u32).map(DbDigest::empty).collect();
+    let mut scratch = Vec::new();
+    for i in 0..SHARDS {
+        ks.digest_shard(i, &mut dbs, &mut scratch)?;
+        tokio::task::yield_now().await;
+    }
+    dbs.retain(|d| !d.is_empty());
+    Ok(dbs)
 }
 
 // ----- receiving a peer's writes -----
@@ -790,18 +881,21 @@ async fn receive(
         vv: repl.applied_vv(),
     })?)
     .await?;
+    // Repair requests go back on the acknowledgement stream; one waiting
+    // is enough (a later digest asks again).
+    let (asks, asked) = tokio::sync::mpsc::channel::<Scope>(1);
     let _acker = {
         let repl = repl.clone();
         AbortOnDrop(tokio::spawn(async move {
-            let _ = send_acks(back, repl).await;
+            let _ = send_acks(back, repl, asked).await;
         }))
     };
     let result = async {
         loop {
             let (_, rx) = link.accept_stream().await?;
-            let (ks, repl, link) = (ks.clone(), repl.clone(), link.clone());
+            let (ks, repl, link, asks) = (ks.clone(), repl.clone(), link.clone(), asks.clone());
             tokio::spawn(async move {
-                if let Err(e) = apply_stream(&ks, &repl, rx).await {
+                if let Err(e) = apply_stream(&ks, &repl, rx, &asks).await {
                     // A stream we stop reading would stall the sender on flow
                     // control: reset the whole link so it reconnects and resumes.
                     warn!(peer = %link.remote_address(), "replication stream failed, resetting the link: {e}");
@@ -814,12 +908,24 @@ async fn receive(
     result
 }
 
-async fn send_acks(mut back: FrameSender, repl: Arc<Replicator>) -> Result<(), LinkError> {
-    let mut reported = BTreeSet::new();
+async fn send_acks(
+    mut back: FrameSender,
+    repl: Arc<Replicator>,
+    mut asked: tokio::sync::mpsc::Receiver<Scope>,
+) -> Result<(), LinkError> {
+    let mut reported = BTreeMap::new();
+    let mut tick = tokio::time::interval(ACK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(ACK_INTERVAL).await;
-        let vv = repl.core.lock().ack_vv(&mut reported);
-        back.send(&send_msg(&ReplMsg::Ack { vv })?).await?;
+        tokio::select! {
+            _ = tick.tick() => {
+                let vv = repl.core.lock().ack_vv(&mut reported);
+                back.send(&send_msg(&ReplMsg::Ack { vv })?).await?;
+            }
+            Some(scope) = asked.recv() => {
+                back.send(&send_msg(&ReplMsg::RepairAsk { scope })?).await?;
+            }
+        }
     }
 }
 
@@ -827,22 +933,30 @@ async fn apply_stream(
     ks: &Keyspace,
     repl: &Replicator,
     mut rx: FrameReceiver,
+    asks: &tokio::sync::mpsc::Sender<Scope>,
 ) -> Result<(), LinkError> {
     // The keys a state transfer on this stream named so far, and what this
     // node had applied when it began.
     let mut named: hashbrown::HashSet<u64> = hashbrown::HashSet::new();
+    // The keys a repair under way covers (`None`: a whole transfer).
+    let mut scope: Option<Scope> = None;
     let mut mine_held: Option<BTreeMap<NodeId, Stamp>> = None;
     // What the sender of the transfer under way had applied.
     let mut sender_held: BTreeMap<NodeId, Stamp> = BTreeMap::new();
+    // Between a transfer's begin and its end, deltas are its tail (see
+    // `Core::transfer_tail`): merged as its parts, counted at its end.
+    let mut in_transfer = false;
     while let Some(frame) = rx.recv().await? {
         match decode::<ReplMsg>(&frame)? {
+            ReplMsg::Delta { delta, .. } if in_transfer => {
+                let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
+                apply_transferred(ks, repl, held, &sender_held, delta, false);
+            }
             ReplMsg::Delta { origin, seq, delta } => loop {
                 let verdict = repl.core.lock().judge(origin, seq);
                 match verdict {
                     Arrival::Apply => {
-                        if apply(ks, repl, &delta, Some((origin, seq))) {
-                            let now = (repl.now_ms)();
-                            repl.core.lock().applied(origin, seq, now, frame);
+                        if apply(ks, repl, &delta, Some((origin, seq, frame.clone()))) {
                             repl.wake_receivers();
                         }
                         break;
@@ -873,9 +987,11 @@ async fn apply_stream(
                     named.insert(ks.transfer_tag(*db, key));
                 }
                 let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
-                apply_transferred(ks, repl, held, &sender_held, delta);
+                apply_transferred(ks, repl, held, &sender_held, delta, true);
             }
-            ReplMsg::SnapshotBegin { held } => {
+            ReplMsg::SnapshotBegin { held, scope: s } => {
+                scope = s;
+                in_transfer = true;
                 sender_held = held.into_iter().collect();
                 named = hashbrown::HashSet::new();
                 mine_held = None;
@@ -886,7 +1002,9 @@ async fn apply_stream(
                 // (see `apply`), so none is merged after the forgetting.
                 let now = (repl.now_ms)();
                 repl.core.lock().snapshot_done(&vv, now);
-                let forgotten = ks.forget_held_absent(&named, &sender_held);
+                let forgotten = ks.forget_held_absent(&named, &sender_held, scope.as_ref());
+                scope = None;
+                in_transfer = false;
                 if forgotten > 0 {
                     info!(
                         forgotten,
@@ -913,7 +1031,19 @@ async fn apply_stream(
                     retired,
                 },
             ),
-            ReplMsg::Resume { .. } | ReplMsg::Ack { .. } => {}
+            ReplMsg::Digest { vv, dbs } => {
+                let offered = VersionVector::from_entries(&vv);
+                let mine = repl.full_vv();
+                if mine.covers(&offered) && offered.covers(&mine) {
+                    let digest = keyspace_digest(ks).await?;
+                    let differ = differing(&digest, &dbs);
+                    if !differ.is_empty() && repl.full_vv() == mine {
+                        repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
+                        let _ = asks.try_send(differ);
+                    }
+                }
+            }
+            ReplMsg::Resume { .. } | ReplMsg::Ack { .. } | ReplMsg::RepairAsk { .. } => {}
         }
     }
     Ok(())
@@ -922,13 +1052,15 @@ async fn apply_stream(
 /// Merges one key of a state transfer: as [`apply`], less what this node
 /// applied already (`held`, as of the transfer's start; see [`Core::holds`]),
 /// so that a sender whose state predates it cannot bring deleted keys back
-/// (`KeyState::drop_collected`).
+/// (`KeyState::drop_collected`). `whole`: the sender's whole state of the
+/// key, not a write of its tail, so what it lacks of what it held is gone.
 fn apply_transferred(
     ks: &Keyspace,
     repl: &Replicator,
     held: &BTreeMap<NodeId, Stamp>,
     sender_held: &BTreeMap<NodeId, Stamp>,
     mut delta: Delta,
+    whole: bool,
 ) {
     let sender_held = |n: NodeId| sender_held.get(&n).copied().unwrap_or(Stamp::ZERO);
     if let Delta::Key { db, key, state } = &mut delta {
@@ -940,8 +1072,9 @@ fn apply_transferred(
                 // What the sender held and replaced by nothing (a tombstone
                 // collected under surviving increments, a compacted reset)
                 // goes here too: a merge alone would keep it.
-                if d.get(key)
-                    .is_some_and(|m| m.is_stale_against(state, sender_held))
+                if whole
+                    && d.get(key)
+                        .is_some_and(|m| m.is_stale_against(state, sender_held))
                 {
                     let incoming: &KeyState = state;
                     d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held));
@@ -964,8 +1097,24 @@ fn apply_transferred(
 /// since it was first judged, and forgotten keys its sender deleted and
 /// collected, this write's among them; merging it after that would bring it
 /// back here alone. Returns whether it was merged.
-fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta, live: Option<(NodeId, u64)>) -> bool {
-    let still_due = || live.is_none_or(|(o, seq)| repl.core.lock().judge(o, seq) == Arrival::Apply);
+fn apply(
+    ks: &Keyspace,
+    repl: &Replicator,
+    delta: &Delta,
+    live: Option<(NodeId, u64, bytes::Bytes)>,
+) -> bool {
+    let still_due = || {
+        live.as_ref()
+            .is_none_or(|(o, seq, _)| repl.core.lock().judge(*o, *seq) == Arrival::Apply)
+    };
+    // Counted before the shard lock goes, so that a state transfer's scan
+    // never sees the write without its count (`Core::transfer_tail`).
+    let count = |live: Option<(NodeId, u64, bytes::Bytes)>| {
+        if let Some((origin, seq, frame)) = live {
+            let now = (repl.now_ms)();
+            repl.core.lock().applied(origin, seq, now, frame);
+        }
+    };
     match delta {
         Delta::Key { db, key, state } => {
             let db = *db as usize;
@@ -986,6 +1135,7 @@ fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta, live: Option<(NodeId, 
             }
             observe(ks, repl, delta);
             let conflicts = shard.dbs[db].merge(key, state, ks.gc_acked());
+            count(live);
             drop(locked);
             ks.conflicts
                 .record(db, key, ks.clock.physical_unix_ms(), conflicts);
@@ -1005,6 +1155,7 @@ fn apply(ks: &Keyspace, repl: &Replicator, delta: &Delta, live: Option<(NodeId, 
                     None => shard.dbs.iter_mut().for_each(|d| d.flush(*stamp)),
                 }
             }
+            count(live);
         }
     }
     true
@@ -1040,6 +1191,72 @@ mod tests {
     /// A node with a store reports as stable, and collects below, only what
     /// its last stored cut holds: after a crash it can never bring back a key
     /// whose tombstone its peers collected.
+    fn wall_ms() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    async fn linked_node(id: u64, repair_every: Duration) -> (Arc<Keyspace>, Arc<Replicator>) {
+        let mut ks = Keyspace::new(
+            1,
+            chorus_crdt::Clock::new(
+                NodeId(id),
+                chorus_crdt::system_clock,
+                Duration::from_millis(500),
+            ),
+        );
+        let repl = Replicator::new(NodeId(id), 1 << 20, wall_ms);
+        repl.set_repair_interval(repair_every);
+        ks.set_sink(repl.clone());
+        let ks = Arc::new(ks);
+        let config = ReplConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            peers: Vec::new(),
+            cluster_name: "repair-test".into(),
+            secret: b"a secret long enough for the handshake".to_vec(),
+            tls: None,
+            max_message: max_message_for(1 << 20),
+        };
+        start(ks.clone(), repl.clone(), config).unwrap();
+        (ks, repl)
+    }
+
+    fn holds(ks: &Keyspace, key: &[u8]) -> bool {
+        ks.dump().0.iter().any(|(_, k, _)| k == key)
+    }
+
+    /// What no version vector counts (the part of a state transfer that
+    /// arrived before its sender went down for good) reaches no other node
+    /// by relaying or transfers: nodes whose vectors agree compare digests
+    /// and repair where they differ.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_no_version_vector_counts_reaches_the_other_node_by_repair() {
+        let (ka, ra) = linked_node(1, Duration::from_millis(200)).await;
+        let (kb, rb) = linked_node(2, Duration::from_millis(200)).await;
+        let addr = |r: &Replicator| r.listen.lock().unwrap();
+        ra.add_peer(addr(&rb)).unwrap();
+        rb.add_peer(addr(&ra)).unwrap();
+        // Merged on A as a transfer merges, counted by no vector.
+        let state =
+            KeyState::default().write(Stamp::from_unix_ms(wall_ms(), NodeId(9)), Some(b"v"), 0);
+        {
+            let i = ka.shard_of(b"orphan");
+            let mut locked = ka.lock(SmallVec::from_slice(&[i]));
+            locked.shard(i).unwrap().dbs[0].merge(b"orphan", &state, Stamp::ZERO);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !holds(&kb, b"orphan") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "B never got the key A holds uncounted"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(rb.repairs_asked.load(Ordering::Relaxed) >= 1);
+        assert_eq!(ra.applied_vv(), rb.applied_vv(), "no vector moved");
+    }
+
     #[test]
     fn with_a_store_the_stable_stamp_waits_for_the_cuts() {
         let ks = crate::keyspace::Keyspace::new(

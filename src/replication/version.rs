@@ -50,6 +50,11 @@ impl VersionVector {
         }
     }
 
+    /// Whether every write `other` counts is counted here.
+    pub fn covers(&self, other: &VersionVector) -> bool {
+        other.0.iter().all(|(n, s)| self.get(*n) >= *s)
+    }
+
     pub fn entries(&self) -> Vec<(NodeId, u64)> {
         self.0.iter().map(|(n, s)| (*n, *s)).collect()
     }

@@ -7,8 +7,12 @@
 //! `Resume`, then `Ack`s. The sender sends `Delta`s and `Heartbeat`s on the
 //! live stream, and a state transfer (`SnapshotBegin`, `Snapshot`s, then
 //! `SnapshotDone`) on a
-//! bulk stream of its own, so neither blocks the other.
+//! bulk stream of its own, so neither blocks the other. When the receiver
+//! has everything the sender applied, the sender offers its `Digest`; a
+//! receiver whose digest differs asks (`RepairAsk`) and gets the differing
+//! buckets as a scoped transfer (docs/architecture.md, "Repair").
 
+use chorus_crdt::digest::{DbDigest, Scope};
 use chorus_crdt::{encode, Delta, KeyState, NodeId, Stamp};
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +49,24 @@ pub enum ReplMsg {
     },
     /// First of a state transfer: the sender had applied every write of each
     /// node here stamped at or below its stamp (see `Core::holds`), so what
-    /// it no longer has of those was deleted and collected.
-    SnapshotBegin { held: Vec<(NodeId, Stamp)> },
+    /// it no longer has of those was deleted and collected. With a `scope`,
+    /// a repair: only the keys in it follow, and its `SnapshotDone` covers
+    /// no writes.
+    SnapshotBegin {
+        held: Vec<(NodeId, Stamp)>,
+        scope: Option<Scope>,
+    },
+    /// Sender → receiver, in order on the live stream, when the receiver had
+    /// acknowledged everything the sender applied: the sender's keyspace
+    /// digest, taken with `vv` applied (its own writes included). A receiver
+    /// that applied exactly `vv` too compares (see `RepairAsk`).
+    Digest {
+        vv: Vec<(NodeId, u64)>,
+        dbs: Vec<DbDigest>,
+    },
+    /// Receiver → sender: with the same writes applied, our digests differ
+    /// here; send what you hold of it (a repair, `SnapshotBegin` with scope).
+    RepairAsk { scope: Scope },
 }
 
 /// [`ReplMsg`] for sending a local write from borrowed parts: the same

@@ -190,3 +190,12 @@ pub fn q<T: redis::FromRedisValue>(con: &mut redis::Connection, args: &[&str]) -
     }
     c.query(con).unwrap_or_else(|e| panic!("{args:?}: {e}"))
 }
+
+/// How many cuts the node has stored (INFO persistence).
+pub fn store_cuts(c: &mut redis::Connection) -> u64 {
+    let info: String = q(c, &["INFO", "persistence"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix("store_cuts:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}

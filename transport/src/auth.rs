@@ -27,7 +27,7 @@ use crate::TransportError;
 
 /// 3: replicated key states carry an expiry floor (crdt format 3); a peer
 /// speaking 2 could not decode them.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -1,0 +1,260 @@
+//! Digests of a keyspace that two nodes compare to find where their states
+//! differ without shipping the states: keys fall into [`BUCKETS`] buckets
+//! per database by a hash of the key, and a bucket's digest combines its
+//! keys' digests in an order-free way. Replication's repair compares them
+//! (docs/architecture.md, "Repair").
+//!
+//! Every hash here is [`stable_hash`]: a digest is compared across nodes,
+//! so it must not depend on a per-process seed, a platform or a library
+//! version.
+
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{encode_append, EncodeError};
+use crate::stamp::Stamp;
+use crate::state::KeyState;
+
+/// Buckets per database.
+pub const BUCKETS: usize = 256;
+
+const P1: u64 = 0x9E37_79B1_85EB_CA87;
+const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+const P3: u64 = 0x1656_67B1_9E37_79F9;
+
+fn round(acc: u64, lane: u64) -> u64 {
+    (acc ^ lane.wrapping_mul(P2).rotate_left(31).wrapping_mul(P1))
+        .rotate_left(27)
+        .wrapping_mul(P1)
+        .wrapping_add(P3)
+}
+
+fn avalanche(mut h: u64) -> u64 {
+    h ^= h >> 33;
+    h = h.wrapping_mul(P2);
+    h ^= h >> 29;
+    h = h.wrapping_mul(P3);
+    h ^ (h >> 32)
+}
+
+/// A 64-bit hash of `bytes`, fixed for good (a test pins known answers).
+/// Not meant to resist an adversary: it finds accidental differences.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h = (bytes.len() as u64).wrapping_mul(P1) ^ P3;
+    let mut chunks = bytes.chunks_exact(8);
+    for c in &mut chunks {
+        let mut lane = [0u8; 8];
+        lane.copy_from_slice(c);
+        h = round(h, u64::from_le_bytes(lane));
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut lane = [0u8; 8];
+        lane[..rest.len()].copy_from_slice(rest);
+        h = round(h, u64::from_le_bytes(lane) ^ P2);
+    }
+    avalanche(h)
+}
+
+/// The bucket `key` falls in.
+pub fn bucket_of(key: &[u8]) -> u8 {
+    (stable_hash(key) >> 56) as u8
+}
+
+/// One key's contribution to its bucket's digest. `scratch` is a buffer the
+/// caller reuses across keys.
+pub fn key_digest(key: &[u8], state: &KeyState, scratch: &mut Vec<u8>) -> Result<u64, EncodeError> {
+    let mut buf = std::mem::take(scratch);
+    buf.clear();
+    let buf = encode_append(state, buf)?;
+    let d = avalanche(stable_hash(key) ^ stable_hash(&buf).wrapping_mul(P1).rotate_left(17));
+    *scratch = buf;
+    Ok(d)
+}
+
+/// A set of buckets of one database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Buckets([u64; BUCKETS / 64]);
+
+impl Buckets {
+    pub fn all() -> Buckets {
+        Buckets([u64::MAX; BUCKETS / 64])
+    }
+
+    pub fn insert(&mut self, bucket: u8) {
+        self.0[bucket as usize / 64] |= 1 << (bucket % 64);
+    }
+
+    pub fn contains(&self, bucket: u8) -> bool {
+        self.0[bucket as usize / 64] & (1 << (bucket % 64)) != 0
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.iter().map(|w| w.count_ones() as usize).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Which keys a repair covers: per database, a set of buckets.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Scope(pub Vec<(u32, Buckets)>);
+
+impl Scope {
+    pub fn covers_db(&self, db: u32) -> bool {
+        self.0.iter().any(|(d, _)| *d == db)
+    }
+
+    pub fn covers(&self, db: u32, key: &[u8]) -> bool {
+        self.0
+            .iter()
+            .any(|(d, b)| *d == db && b.contains(bucket_of(key)))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Buckets in the scope, over every database.
+    pub fn buckets(&self) -> usize {
+        self.0.iter().map(|(_, b)| b.len()).sum()
+    }
+}
+
+/// One database's digest: its flush floor and, per bucket, the XOR of its
+/// keys' digests (zero for an empty bucket).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbDigest {
+    pub db: u32,
+    pub floor: Stamp,
+    pub buckets: Vec<u64>,
+}
+
+impl DbDigest {
+    pub fn empty(db: u32) -> DbDigest {
+        DbDigest {
+            db,
+            floor: Stamp::ZERO,
+            buckets: vec![0; BUCKETS],
+        }
+    }
+
+    pub fn add(&mut self, key: &[u8], key_digest: u64) {
+        self.buckets[bucket_of(key) as usize] ^= key_digest;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.floor.is_zero() && self.buckets.iter().all(|b| *b == 0)
+    }
+}
+
+/// Where two keyspace digests differ: the databases whose floors differ
+/// (with whatever buckets differ in them, possibly none) and the differing
+/// buckets of the others. A database missing from one side is empty there.
+pub fn differing(mine: &[DbDigest], theirs: &[DbDigest]) -> Scope {
+    let empty = |db| DbDigest::empty(db);
+    let mut dbs: Vec<u32> = mine.iter().chain(theirs).map(|d| d.db).collect();
+    dbs.sort_unstable();
+    dbs.dedup();
+    let mut scope = Vec::new();
+    for db in dbs {
+        let find = |side: &[DbDigest]| side.iter().find(|d| d.db == db).cloned();
+        let a = find(mine).unwrap_or_else(|| empty(db));
+        let b = find(theirs).unwrap_or_else(|| empty(db));
+        let mut buckets = Buckets::default();
+        for (i, (x, y)) in a.buckets.iter().zip(b.buckets.iter()).enumerate() {
+            if x != y {
+                buckets.insert(i as u8);
+            }
+        }
+        // A malformed digest (wrong length) differs everywhere.
+        if a.buckets.len() != b.buckets.len() {
+            buckets = Buckets::all();
+        }
+        if a.floor != b.floor || !buckets.is_empty() {
+            scope.push((db, buckets));
+        }
+    }
+    Scope(scope)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stamp::NodeId;
+
+    #[test]
+    fn the_hash_never_changes() {
+        // Nodes of different builds compare digests: these answers are fixed
+        // (computed independently of this code when it was written).
+        assert_eq!(
+            stable_hash(b""),
+            0xd8a3_1015_0df9_0781,
+            "{:#x}",
+            stable_hash(b"")
+        );
+        assert_eq!(
+            stable_hash(b"chorus"),
+            0x2971_44aa_25bd_1d50,
+            "{:#x}",
+            stable_hash(b"chorus")
+        );
+        assert_eq!(
+            stable_hash(b"a key longer than eight bytes"),
+            0xd02f_eb98_ace9_eefa,
+            "{:#x}",
+            stable_hash(b"a key longer than eight bytes")
+        );
+    }
+
+    #[test]
+    fn keys_spread_over_every_bucket() {
+        let mut seen = [0u32; BUCKETS];
+        for i in 0..BUCKETS * 64 {
+            seen[bucket_of(format!("key:{i}").as_bytes()) as usize] += 1;
+        }
+        assert!(seen.iter().all(|n| (24..=112).contains(n)), "{seen:?}");
+    }
+
+    fn digest_of(keys: &[(&[u8], KeyState)]) -> DbDigest {
+        let mut d = DbDigest::empty(0);
+        let mut scratch = Vec::new();
+        for (k, s) in keys {
+            d.add(k, key_digest(k, s, &mut scratch).unwrap());
+        }
+        d
+    }
+
+    #[test]
+    fn a_digest_depends_on_every_key_but_not_their_order() {
+        let set = |v: &[u8], ms, node| {
+            KeyState::default().write(Stamp::from_unix_ms(ms, NodeId(node)), Some(v), 0)
+        };
+        let a = set(b"1", 5, 1);
+        let b = set(b"2", 6, 2);
+        let b_later = set(b"2", 7, 2);
+        let one = digest_of(&[(b"a", a.clone()), (b"b", b.clone())]);
+        let other_order = digest_of(&[(b"b", b.clone()), (b"a", a.clone())]);
+        assert_eq!(one, other_order);
+        let restamped = digest_of(&[(b"a", a.clone()), (b"b", b_later)]);
+        assert_eq!(
+            differing(std::slice::from_ref(&one), &[restamped]).buckets(),
+            1
+        );
+        let missing = digest_of(&[(b"a", a)]);
+        let scope = differing(&[one], &[missing]);
+        assert!(scope.covers(0, b"b") && !scope.covers(1, b"b"));
+        assert_eq!(scope.buckets(), 1);
+    }
+
+    #[test]
+    fn a_differing_floor_names_its_database() {
+        let mut flushed = DbDigest::empty(3);
+        flushed.floor = Stamp::from_unix_ms(9, NodeId(1));
+        let scope = differing(&[flushed], &[]);
+        assert!(scope.covers_db(3));
+        assert_eq!(scope.buckets(), 0);
+        assert!(differing(&[DbDigest::empty(3)], &[]).is_empty());
+    }
+}
