@@ -152,6 +152,14 @@ impl MemStore {
         self.data.lock().keys.clear();
     }
 
+    /// A copy of everything held now: a backup, for restoring a node from
+    /// an older state than its last cut.
+    pub fn backup(&self) -> MemStore {
+        MemStore {
+            data: Mutex::new(self.data.lock().clone()),
+        }
+    }
+
     /// Cuts written so far.
     pub fn cuts(&self) -> u64 {
         self.data.lock().cuts

@@ -208,6 +208,25 @@ async fn start_node(
     Ok(Server::new(shared))
 }
 
+/// The store of `slot`, if it keeps one.
+pub fn store(reg: &Registry, slot: usize) -> Option<Arc<MemStore>> {
+    reg.borrow()[slot].store.clone()
+}
+
+/// Marks `slot` down (its host was crashed) and puts `backup` in place of
+/// its store: it restarts from that older copy. What its crashed lives'
+/// stores held counts as durable only as far as the copy holds it.
+pub fn restored(reg: &Registry, slot: usize, backup: Arc<MemStore>) {
+    let mut r = reg.borrow_mut();
+    for (life, kept) in r[slot].crashed.iter_mut() {
+        *kept = (*kept).min(backup.applied(*life));
+    }
+    r[slot].store = Some(backup);
+    r[slot].shared = std::sync::Weak::new();
+    r[slot].client = None;
+    r[slot].node = None;
+}
+
 /// Marks `slot` down (its host was crashed): its memory is gone; its
 /// store keeps what the last cut held.
 /// Returns the life that crashed and how many of its writes its store held.

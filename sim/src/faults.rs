@@ -30,10 +30,14 @@ pub enum FaultKind {
     Remove,
     /// Some writes carry values larger than a replication fragment.
     Large,
+    /// A node with a store is restored from an older copy of it (a backup
+    /// taken 20-150 operations before): its writes stored since are gone
+    /// from it, and keys deleted since are in it.
+    Restore,
 }
 
 /// What `all` draws from: every class.
-pub const ALL: [FaultKind; 11] = [
+pub const ALL: [FaultKind; 12] = [
     FaultKind::Partition,
     FaultKind::Partial,
     FaultKind::Asymmetric,
@@ -45,6 +49,7 @@ pub const ALL: [FaultKind; 11] = [
     FaultKind::Jump,
     FaultKind::Remove,
     FaultKind::Large,
+    FaultKind::Restore,
 ];
 
 impl FaultKind {
@@ -61,6 +66,7 @@ impl FaultKind {
             FaultKind::Jump => "jump",
             FaultKind::Remove => "remove",
             FaultKind::Large => "large",
+            FaultKind::Restore => "restore",
         }
     }
 }

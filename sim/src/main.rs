@@ -29,8 +29,8 @@ struct Args {
     #[arg(long, value_name = "M", default_value_t = 300)]
     ops: usize,
     /// Comma-separated fault classes each seed draws from: partition, partial,
-    /// asymmetric, loss, delay, crash, skew, join, jump, remove, large; or all,
-    /// none.
+    /// asymmetric, loss, delay, crash, skew, join, jump, remove, large,
+    /// restore; or all, none.
     #[arg(long, value_name = "LIST", default_value = "all", value_parser = fault_list)]
     faults: FaultList,
     /// One JSON object per seed on stdout instead of the table.

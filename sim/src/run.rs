@@ -5,8 +5,10 @@
 //! turmoil's network, node ids, hashers, QUIC's RNG), so a seed replays.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use chorus::store::MemStore;
 use chorus_crdt::NodeId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -64,6 +66,18 @@ enum Active {
     Down(usize),
     /// A member out of the mesh.
     Removed(usize),
+    /// A node whose store was copied; lifted, it restarts from the copy.
+    Restore(usize, Backup),
+}
+
+/// A copy of a node's store (its `Debug` is short, for the trace).
+#[derive(Clone)]
+struct Backup(Arc<MemStore>);
+
+impl std::fmt::Debug for Backup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "backup after {} cuts", self.0.cuts())
+    }
 }
 
 pub fn run(opts: &Options) -> Outcome {
@@ -207,6 +221,7 @@ impl Run<'_> {
                     | FaultKind::Crash
                     | FaultKind::Jump
                     | FaultKind::Remove
+                    | FaultKind::Restore
             ) {
                 for _ in 0..self.rng.random_range(1..=2) {
                     let at = self.rng.random_range(0..opts.ops.max(1));
@@ -311,6 +326,19 @@ impl Run<'_> {
                 }
                 Active::Removed(member)
             }
+            FaultKind::Restore => {
+                let stored: Vec<usize> = self
+                    .up()
+                    .into_iter()
+                    .filter(|s| cluster::store(&self.reg, *s).is_some())
+                    .collect();
+                if stored.is_empty() {
+                    return None;
+                }
+                let slot = stored[self.rng.random_range(0..stored.len())];
+                let store = cluster::store(&self.reg, slot)?;
+                Active::Restore(slot, Backup(Arc::new(store.backup())))
+            }
             FaultKind::Loss
             | FaultKind::Delay
             | FaultKind::Skew
@@ -331,6 +359,16 @@ impl Run<'_> {
             }
             Active::OneWay(a, b) => self.sim.repair_oneway(Self::name(a), Self::name(b)),
             Active::Down(slot) => self.sim.bounce(Self::name(slot)),
+            Active::Restore(slot, backup) => {
+                // Only a node that is up: one that is down or removed comes
+                // back by its own fault's end.
+                if cluster::is_up(&self.reg, slot) {
+                    self.sim.crash(Self::name(slot));
+                    cluster::restored(&self.reg, slot, backup.0);
+                    self.note(format!("n{slot} restarts from the backup"));
+                    self.sim.bounce(Self::name(slot));
+                }
+            }
             Active::Removed(member) => {
                 self.sim.bounce(Self::name(member));
                 for other in 0..self.nodes {
@@ -426,8 +464,25 @@ impl Run<'_> {
                 let key = format!("r{}", self.rng.random_range(0..8));
                 (vec!["GET".into(), key], Vec::new())
             }
+            // SWAPDB has no meaning across nodes (each would swap under the
+            // others' writes): a replicating node must refuse it (#11 item 8).
+            650..655 => {
+                let argv: [&[u8]; 3] = [b"SWAPDB", b"0", b"1"];
+                let Some(reply) = cluster::command(&self.reg, slot, &argv) else {
+                    return Ok(());
+                };
+                let reply = String::from_utf8_lossy(&reply).trim_end().to_string();
+                self.note(format!("n{slot} SWAPDB 0 1 -> {reply}"));
+                if !reply.starts_with('-') {
+                    return Err(check::Failure::new(
+                        "swapdb",
+                        format!("n{slot} swapped databases while replicating: {reply}"),
+                    ));
+                }
+                return Ok(());
+            }
             // Volatile keys: expiry in all its forms; checked for convergence.
-            650..995 => {
+            655..995 => {
                 let key = format!("x{}", self.rng.random_range(0..4));
                 let args = match self.rng.random_range(0..7) {
                     6 => vec![
