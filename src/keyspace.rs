@@ -750,8 +750,6 @@ impl Keyspace {
         shard.dbs.get(db)?.get(key).cloned()
     }
 
-    /// A tag for `key` of `db` in a state transfer's record of the keys it
-    /// named (a collision only keeps a stale key, never drops a live one).
     /// Adds shard `index`'s keys and floors to `dbs` (one digest per
     /// database, see `chorus_crdt::digest`). `scratch` is reused across keys.
     pub fn digest_shard(
@@ -770,6 +768,8 @@ impl Keyspace {
         Ok(())
     }
 
+    /// A tag for `key` of `db` in a state transfer's record of the keys it
+    /// named (a collision only keeps a stale key, never drops a live one).
     pub fn transfer_tag(&self, db: u32, key: &[u8]) -> u64 {
         self.hasher.hash_one(key) ^ u64::from(db).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }

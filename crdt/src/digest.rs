@@ -116,6 +116,15 @@ impl Scope {
         self.0.is_empty()
     }
 
+    /// At most one entry per database, each below `databases`: what a
+    /// peer sends, and what keeps `covers` cheap.
+    pub fn is_well_formed(&self, databases: usize) -> bool {
+        let mut seen = std::collections::BTreeSet::new();
+        self.0
+            .iter()
+            .all(|(db, _)| (*db as usize) < databases && seen.insert(*db))
+    }
+
     /// Buckets in the scope, over every database.
     pub fn buckets(&self) -> usize {
         self.0.iter().map(|(_, b)| b.len()).sum()
@@ -245,6 +254,10 @@ mod tests {
         let missing = digest_of(&[(b"a", a)]);
         let scope = differing(&[one], &[missing]);
         assert!(scope.covers(0, b"b") && !scope.covers(1, b"b"));
+        assert!(scope.is_well_formed(1));
+        assert!(!scope.is_well_formed(0), "a database the node lacks");
+        let twice = Scope(vec![scope.0[0], scope.0[0]]);
+        assert!(!twice.is_well_formed(16), "a database named twice");
         assert_eq!(scope.buckets(), 1);
     }
 

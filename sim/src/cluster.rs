@@ -221,6 +221,11 @@ pub fn restored(reg: &Registry, slot: usize, backup: Arc<MemStore>) {
     for (life, kept) in r[slot].crashed.iter_mut() {
         *kept = (*kept).min(backup.applied(*life));
     }
+    // The life that goes down now keeps what the copy held of it.
+    if let Some(node) = r[slot].node {
+        let kept = backup.applied(node);
+        r[slot].crashed.push((node, kept));
+    }
     r[slot].store = Some(backup);
     r[slot].shared = std::sync::Weak::new();
     r[slot].client = None;

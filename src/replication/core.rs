@@ -307,7 +307,7 @@ impl Core {
     /// and not others for good once its origin is gone). Our own writes come
     /// framed from the backlog, others' as payloads from the relay logs; an
     /// origin whose frames are gone keeps its start (the repair covers it).
-    pub fn transfer_tail(&mut self, covered: &mut VersionVector) -> TransferTail {
+    pub fn transfer_tail(&mut self, peer: NodeId, covered: &mut VersionVector) -> TransferTail {
         let mut tail = TransferTail::default();
         if let Resume::Frames { last, chunks } =
             self.backlog.read_from(covered.get(self.me) + 1, usize::MAX)
@@ -317,7 +317,9 @@ impl Core {
         }
         for (origin, applied) in self.applied.entries() {
             let from = covered.get(origin) + 1;
-            if origin == self.me || applied < from {
+            // The peer has its own writes: it never gets them back (as
+            // `plan` never relays them to it).
+            if origin == self.me || origin == peer || applied < from {
                 continue;
             }
             if let Relayed::Frames(frames) = self.relay.due(origin, from, u64::MAX, 0, usize::MAX) {
@@ -715,12 +717,12 @@ mod tests {
         write(&mut core, 0);
         write(&mut core, 0);
         core.applied(c, 2, 0, remote(c, 2));
-        let tail = core.transfer_tail(&mut covered);
+        let tail = core.transfer_tail(NodeId(2), &mut covered);
         let own: Vec<(NodeId, u64)> = frames(&tail.own).iter().map(|f| (f.0, f.1)).collect();
         assert_eq!(own, vec![(a, 2), (a, 3)]);
         assert_eq!(payload_seqs(&tail.others), vec![(c, 2)]);
         assert_eq!((covered.get(a), covered.get(c)), (3, 2), "and covers them");
-        let again = core.transfer_tail(&mut covered);
+        let again = core.transfer_tail(NodeId(2), &mut covered);
         assert!(again.own.is_empty() && again.others.is_empty());
     }
 
@@ -739,7 +741,7 @@ mod tests {
         for _ in 0..40 {
             write(&mut core, 0);
         }
-        let tail = core.transfer_tail(&mut covered);
+        let tail = core.transfer_tail(NodeId(2), &mut covered);
         assert!(tail.others.is_empty() && tail.own.is_empty());
         assert_eq!((covered.get(a), covered.get(c)), (0, 1));
     }

@@ -41,7 +41,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_crdt::digest::{differing, DbDigest, Scope};
+use chorus_crdt::digest::{differing, DbDigest, Scope, BUCKETS};
 use chorus_crdt::{decode, encode_append, Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
 use chorus_transport::{
@@ -87,8 +87,9 @@ pub struct PeerInfo {
     pub state_transfers: AtomicU64,
     /// Other origins' writes passed on to this peer.
     pub relayed: AtomicU64,
-    /// Repairs sent to this peer, and the one it asked for next.
+    /// Repairs sent to this peer.
     pub repairs: AtomicU64,
+    /// The repair the peer asked for on this link, not sent yet.
     repair_asked: Mutex<Option<Scope>>,
     pub last_error: Mutex<String>,
     /// The sender task, aborted when the peer is removed.
@@ -102,6 +103,7 @@ impl PeerInfo {
     fn resumed(&self, me: NodeId, resume: VersionVector) {
         self.acked_seq.store(resume.get(me), Ordering::Relaxed);
         *self.acked_vv.lock() = resume;
+        *self.repair_asked.lock() = None;
     }
 
     fn new(addr: SocketAddr) -> PeerInfo {
@@ -278,7 +280,7 @@ impl Replicator {
         lag.map_or(-1, |ms| ms as i64)
     }
 
-    /// What this node has applied from each other origin.
+    /// How often a quiet link offers its digest; zero: never.
     pub fn set_repair_interval(&self, every: Duration) {
         self.repair_interval_ms
             .store(every.as_millis() as u64, Ordering::Relaxed);
@@ -292,6 +294,7 @@ impl Replicator {
         vv
     }
 
+    /// What this node has applied from each other origin.
     pub fn applied_vv(&self) -> Vec<(NodeId, u64)> {
         self.core.lock().applied_vv().entries()
     }
@@ -731,7 +734,11 @@ async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks:
     while let Ok(Some(frame)) = back.recv().await {
         let msg = decode::<ReplMsg>(&frame);
         if let Ok(ReplMsg::RepairAsk { scope }) = msg {
-            *info.repair_asked.lock() = Some(scope);
+            // One entry per database at most: anything else is not what
+            // this node's peers send, and would cost per key under locks.
+            if scope.is_well_formed(ks.databases()) {
+                *info.repair_asked.lock() = Some(scope);
+            }
         } else if let Ok(ReplMsg::Ack { vv }) = msg {
             let vv = VersionVector::from_entries(&vv);
             info.acked_seq.fetch_max(vv.get(me), Ordering::Relaxed);
@@ -812,7 +819,8 @@ async fn state_transfer(
         }
     }
     if scope.is_none() {
-        let mut tail = repl.core.lock().transfer_tail(&mut covered);
+        let peer = NodeId(link.peer_node);
+        let mut tail = repl.core.lock().transfer_tail(peer, &mut covered);
         bulk.send_framed(&mut tail.own).await?;
         bulk.send_batch(&tail.others).await?;
     }
@@ -1032,14 +1040,20 @@ async fn apply_stream(
                 },
             ),
             ReplMsg::Digest { vv, dbs } => {
+                // Holding at least what the sender held, whatever still
+                // differs in its favour is something no vector counts; a
+                // bucket that differs only by our newer writes costs a
+                // needless repair of it, nothing more (its forgetting stops
+                // at what the sender held, older than those writes).
                 let offered = VersionVector::from_entries(&vv);
-                let mine = repl.full_vv();
-                if mine.covers(&offered) && offered.covers(&mine) {
+                if repl.full_vv().covers(&offered)
+                    && dbs.iter().all(|d| d.buckets.len() == BUCKETS)
+                    && dbs.len() <= ks.databases()
+                {
                     let digest = keyspace_digest(ks).await?;
                     let differ = differing(&digest, &dbs);
-                    if !differ.is_empty() && repl.full_vv() == mine {
+                    if !differ.is_empty() && asks.try_send(differ).is_ok() {
                         repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
-                        let _ = asks.try_send(differ);
                     }
                 }
             }
@@ -1188,9 +1202,6 @@ mod tests {
         assert_eq!(repl.peers_acked(0), 1);
     }
 
-    /// A node with a store reports as stable, and collects below, only what
-    /// its last stored cut holds: after a crash it can never bring back a key
-    /// whose tombstone its peers collected.
     fn wall_ms() -> u64 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1257,6 +1268,9 @@ mod tests {
         assert_eq!(ra.applied_vv(), rb.applied_vv(), "no vector moved");
     }
 
+    /// A node with a store reports as stable, and collects below, only what
+    /// its last stored cut holds: after a crash it can never bring back a key
+    /// whose tombstone its peers collected.
     #[test]
     fn with_a_store_the_stable_stamp_waits_for_the_cuts() {
         let ks = crate::keyspace::Keyspace::new(

@@ -26,7 +26,9 @@ use crate::frame::{FrameReceiver, FrameSender};
 use crate::TransportError;
 
 /// 3: replicated key states carry an expiry floor (crdt format 3); a peer
-/// speaking 2 could not decode them.
+/// speaking 2 could not decode them. 4: a state transfer begins with what
+/// its sender held (`SnapshotBegin`). 5: repair (`Digest`, `RepairAsk`, a
+/// scoped `SnapshotBegin`) and transfers that end with their tail.
 pub const PROTOCOL_VERSION: u16 = 5;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
