@@ -956,6 +956,21 @@ mod tests {
         p
     }
 
+    #[test]
+    fn repl_repair_interval_takes_seconds_and_refuses_the_rest() {
+        let load = |v: &str| Config::load(None, &["--repl-repair-interval".into(), v.into()]);
+        assert_eq!(load("0").unwrap().repl_repair_interval_secs, 0);
+        assert_eq!(load("5").unwrap().repl_repair_interval_secs, 5);
+        assert_eq!(
+            Config::load(None, &[]).unwrap().repl_repair_interval_secs,
+            30
+        );
+        for bad in ["-1", "soon", "86401", "1.5"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("expects seconds"), "{bad}: {e}");
+        }
+    }
+
     pub(super) fn tempdir(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("chorus-config-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();
