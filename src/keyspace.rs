@@ -59,6 +59,8 @@ pub struct Db {
     pub floor: Stamp,
     /// Keys changed since the last cut, when the node has a store.
     pub dirty: Option<HashSet<Key, KeyHasher>>,
+    /// Shared by every database of the keyspace: see [`Keyspace::collected`].
+    pub collected: Arc<AtomicU64>,
 }
 
 fn is_live(state: &KeyState) -> bool {
@@ -85,6 +87,7 @@ impl Db {
             expiring,
             floor,
             dirty,
+            collected,
         } = self;
         if let Some(dirty) = dirty {
             dirty.get_or_insert_with(key, Key::new);
@@ -99,8 +102,14 @@ impl Db {
             state.prune(*floor);
         }
         let drop = state.is_empty() || state.collectable(gc_acked);
-        if !drop {
-            state.compact(gc_acked);
+        let mut dropped = Stamp::ZERO;
+        if drop {
+            dropped = state.newest_stamp();
+        } else {
+            state.compact_noting(gc_acked, &mut dropped);
+        }
+        if !dropped.is_zero() {
+            collected.fetch_max(dropped.time, Ordering::SeqCst);
         }
         let now_live = !drop && is_live(state);
         let new_at = if now_live { state.expire_at_ms() } else { 0 };
@@ -386,6 +395,11 @@ pub struct Keyspace {
     sink: Option<Arc<dyn DeltaSink>>,
     /// Tombstones stamped at or before this time may go (see `gc_acked`).
     gc_time: AtomicU64,
+    /// The time of the newest stamp tombstone collection dropped (a
+    /// tombstone, a floor, a removal record). A write stamped before it
+    /// that arrives late can no longer be told from one a delete
+    /// collected here removed (`Core::collected_past`).
+    collected: Arc<AtomicU64>,
     /// With a store: local write calls so far, so a connection can tell
     /// whether its batch wrote (`appendfsync always`).
     local_writes: AtomicU64,
@@ -501,12 +515,14 @@ impl Keyspace {
         shards_hasher: KeyHasher,
         maps_hasher: KeyHasher,
     ) -> Keyspace {
+        let collected = Arc::new(AtomicU64::new(0));
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
                     dbs: (0..databases)
                         .map(|_| Db {
                             map: HashMap::with_hasher(maps_hasher),
+                            collected: collected.clone(),
                             ..Db::default()
                         })
                         .collect(),
@@ -524,6 +540,7 @@ impl Keyspace {
             expired_keys: AtomicU64::new(0),
             sink: None,
             gc_time: AtomicU64::new(u64::MAX),
+            collected,
             local_writes: AtomicU64::new(0),
             tracking: false,
         }
@@ -687,6 +704,17 @@ impl Keyspace {
         }
     }
 
+    /// A stamp at or after everything tombstone collection dropped here.
+    pub fn collected(&self) -> Stamp {
+        match self.collected.load(Ordering::SeqCst) {
+            0 => Stamp::ZERO,
+            time => Stamp {
+                time,
+                node: NodeId(u64::MAX),
+            },
+        }
+    }
+
     /// Sets the GC floor (from the replication layer).
     pub fn set_gc_floor(&self, floor: Stamp) {
         // Strictly before the floor's time: whatever the node ids.
@@ -704,8 +732,12 @@ impl Keyspace {
                 // A tombstone, floor or removal record under a counter is
                 // dropped in place (the key stays, its count and expiry
                 // untouched).
+                let mut dropped = Stamp::ZERO;
                 for state in db.map.values_mut() {
-                    state.compact(acked);
+                    state.compact_noting(acked, &mut dropped);
+                }
+                if !dropped.is_zero() {
+                    db.collected.fetch_max(dropped.time, Ordering::SeqCst);
                 }
                 if db.map.len() == db.live {
                     continue;

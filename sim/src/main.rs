@@ -71,6 +71,7 @@ fn json_line(out: &Outcome, replay: &str) -> String {
         "sim_ms": out.sim_ms,
         "real_ms": out.real_ms,
         "ok": out.failure.is_none(),
+        "unchecked_keys": out.unchecked_keys,
         "failure": out.failure.as_ref().map(|f| serde_json::json!({"kind": f.kind, "detail": f.detail})),
         "replay": replay,
     })
@@ -95,7 +96,7 @@ fn main() {
     let started = Instant::now();
     let mut failures: Vec<(Outcome, String)> = Vec::new();
     let mut per_fault: std::collections::BTreeMap<FaultKind, u64> = Default::default();
-    let (mut ops, mut sim_ms) = (0u64, 0u64);
+    let (mut ops, mut sim_ms, mut unchecked) = (0u64, 0u64, 0usize);
     for i in 0..a.seeds {
         let seed = seed.wrapping_add(i);
         let out = run::run(&Options {
@@ -106,6 +107,7 @@ fn main() {
         });
         ops += out.ops as u64;
         sim_ms += out.sim_ms;
+        unchecked += out.unchecked_keys;
         for k in &out.injected {
             *per_fault.entry(*k).or_default() += 1;
         }
@@ -164,6 +166,10 @@ fn main() {
         "{:<22} {:.0}",
         "seeds per minute",
         a.seeds as f64 * 60.0 / real.as_secs_f64().max(1e-9)
+    );
+    println!(
+        "{:<22} {} (too many ways their open writes may have gone, or no sure winner)",
+        "keys left unchecked", unchecked
     );
     println!("{:<22} {}", "failures", failures.len());
     for (out, replay) in &failures {

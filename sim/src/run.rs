@@ -38,6 +38,9 @@ pub struct Outcome {
     pub sim_ms: u64,
     pub real_ms: u64,
     pub failure: Option<check::Failure>,
+    /// Keys whose value the checker could not check (see
+    /// `check::invariants`).
+    pub unchecked_keys: usize,
     /// Every command with its reply, every fault, the final digests: two runs
     /// of one seed give the same trace.
     pub trace: Vec<String>,
@@ -54,6 +57,7 @@ struct Run<'a> {
     nodes: usize,
     trace: Vec<String>,
     history: History,
+    unchecked_keys: usize,
     /// Some writes carry large values.
     large: bool,
 }
@@ -131,6 +135,7 @@ pub fn run(opts: &Options) -> Outcome {
         nodes,
         trace: Vec::new(),
         history: History::default(),
+        unchecked_keys: 0,
         large: chosen.contains(&FaultKind::Large),
     };
     if chosen.contains(&FaultKind::Skew) {
@@ -181,6 +186,7 @@ pub fn run(opts: &Options) -> Outcome {
         sim_ms,
         real_ms: started.elapsed().as_millis() as u64,
         failure,
+        unchecked_keys: run.unchecked_keys,
         trace: run.trace,
     }
 }
@@ -317,6 +323,9 @@ impl Run<'_> {
                     if other != member {
                         self.unlink(other, member);
                     }
+                }
+                if let Some(life) = self.reg.borrow()[member].node {
+                    self.history.removed.insert(life);
                 }
                 self.sim.crash(Self::name(member));
                 if let Some((life, kept)) = cluster::crashed(&self.reg, member) {
@@ -642,7 +651,13 @@ impl Run<'_> {
                     for line in snapshot.digests() {
                         self.note(line);
                     }
-                    return check::invariants(&self.reg, &snapshot, &self.history, chosen);
+                    return check::invariants(
+                        &self.reg,
+                        &snapshot,
+                        &self.history,
+                        chosen,
+                        &mut self.unchecked_keys,
+                    );
                 }
                 Err(why) => last = Some(why),
             }
