@@ -263,6 +263,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                         "peer_auth_refused_other",
                         &auth.refused_other.load(Ordering::Relaxed),
                     );
+                    line(
+                        "peer_auth_refused_limit",
+                        &auth.refused_limit.load(Ordering::Relaxed),
+                    );
                 }
                 line(
                     "clock_drift_events",

@@ -12,6 +12,7 @@
 
 pub mod auth;
 pub mod frame;
+pub mod gate;
 pub mod peer;
 pub mod tls;
 
@@ -21,10 +22,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use quinn::{AsyncUdpSocket, Endpoint, EndpointConfig, Runtime};
-use tracing::warn;
+use tracing::{debug, warn};
 
 pub use auth::Refusal;
 pub use frame::{FrameReceiver, FrameSender, DEFAULT_MAX_FRAME};
+pub use gate::{MAX_PENDING_HANDSHAKES, MAX_PENDING_PER_SOURCE};
 
 /// The largest handshake message: a peer that has proved nothing yet gets
 /// no more than this of our memory per stream.
@@ -94,6 +96,8 @@ pub struct AuthStats {
     /// TLS handshakes that failed on a certificate (wrong CA, none given).
     pub refused_certificate: AtomicU64,
     pub refused_other: AtomicU64,
+    /// Connections refused before a handshake by [`gate`]'s limits.
+    pub refused_limit: AtomicU64,
 }
 
 impl AuthStats {
@@ -153,10 +157,6 @@ fn quic_failure(addr: SocketAddr, e: quinn::ConnectionError) -> TransportError {
     }
 }
 
-/// At most this many inbound handshakes run at once; a connection beyond
-/// them is refused at once (a peer retries with backoff).
-pub const MAX_PENDING_HANDSHAKES: usize = 64;
-
 /// This node's QUIC endpoint: dials peers and accepts them.
 pub struct Transport {
     endpoint: Endpoint,
@@ -164,7 +164,12 @@ pub struct Transport {
     pub stats: Arc<AuthStats>,
     /// Inbound handshakes in progress, each on its own task, so that a
     /// connection that says nothing holds up no other.
-    pending: tokio::sync::Mutex<tokio::task::JoinSet<Result<PeerLink, TransportError>>>,
+    pending: tokio::sync::Mutex<Accepting>,
+}
+
+struct Accepting {
+    tasks: tokio::task::JoinSet<(gate::Source, Result<PeerLink, TransportError>)>,
+    gate: gate::Gate,
 }
 
 /// An authenticated connection to one peer.
@@ -233,7 +238,10 @@ impl Transport {
             endpoint,
             config: Arc::new(config),
             stats: Arc::new(AuthStats::default()),
-            pending: tokio::sync::Mutex::new(tokio::task::JoinSet::new()),
+            pending: tokio::sync::Mutex::new(Accepting {
+                tasks: tokio::task::JoinSet::new(),
+                gate: gate::Gate::default(),
+            }),
         })
     }
 
@@ -270,27 +278,40 @@ impl Transport {
 
     /// The next peer that connected and passed the handshake; `Err` for one
     /// that did not (it is already closed and counted). `None` once closed.
-    /// Handshakes run concurrently (up to [`MAX_PENDING_HANDSHAKES`]), each
-    /// bounded by the handshake timeout.
+    /// Handshakes run concurrently, each bounded by the handshake timeout,
+    /// within the limits of [`gate`].
     pub async fn accept(&self) -> Option<Result<PeerLink, TransportError>> {
         let mut pending = self.pending.lock().await;
+        let Accepting { tasks, gate } = &mut *pending;
         loop {
             tokio::select! {
                 biased;
-                Some(done) = pending.join_next() => {
-                    return Some(done.unwrap_or_else(|e| {
-                        Err(TransportError::Handshake(format!("the handshake task failed: {e}")))
-                    }));
+                Some(done) = tasks.join_next() => {
+                    let Ok((source, result)) = done else {
+                        // A handshake task cannot panic short of a bug;
+                        // its slot stays taken rather than guessed at.
+                        return Some(Err(TransportError::Handshake("a handshake task failed".into())));
+                    };
+                    gate.finished(source, result.is_err(), tokio::time::Instant::now());
+                    return Some(result);
                 }
                 incoming = self.endpoint.accept() => {
                     let incoming = incoming?;
-                    if pending.len() >= MAX_PENDING_HANDSHAKES {
-                        warn!(peer = %incoming.remote_address(), "too many handshakes in progress; refused");
-                        incoming.refuse();
-                        continue;
+                    let ip = incoming.remote_address().ip();
+                    match gate.admit(ip, tokio::time::Instant::now()) {
+                        Ok(source) => {
+                            let (config, stats) = (self.config.clone(), self.stats.clone());
+                            tasks.spawn(async move {
+                                (source, handshake(incoming, config, stats).await)
+                            });
+                        }
+                        Err(why) => {
+                            // Not a warning each: a flood would flood the log.
+                            debug!(peer = %incoming.remote_address(), "{}; refused", why.as_str());
+                            self.stats.refused_limit.fetch_add(1, Ordering::Relaxed);
+                            incoming.refuse();
+                        }
                     }
-                    let (config, stats) = (self.config.clone(), self.stats.clone());
-                    pending.spawn(handshake(incoming, config, stats));
                 }
             }
         }

@@ -239,12 +239,14 @@ async fn a_silent_connection_does_not_hold_other_peers_out() {
     assert_eq!(accepted, Some(1));
 }
 
-/// A named bound (#11): connections that never finish the handshake hold
-/// at most `MAX_PENDING_HANDSHAKES` handshakes open; any beyond are refused
-/// at once instead of queueing (or growing the set of tasks).
+/// Named bounds (#11): connections that never finish the handshake hold at
+/// most `MAX_PENDING_PER_SOURCE` handshakes open from one source (and
+/// `MAX_PENDING_HANDSHAKES` from all, see `gate`'s unit tests); any beyond
+/// are refused at once instead of queueing (or growing the set of tasks).
+/// One party can thus not take every slot from the others.
 #[tokio::test]
-async fn silent_connections_beyond_the_handshake_limit_are_refused_at_once() {
-    use chorus_transport::MAX_PENDING_HANDSHAKES;
+async fn silent_connections_beyond_the_per_source_limit_are_refused_at_once() {
+    use chorus_transport::MAX_PENDING_PER_SOURCE;
     let b = Arc::new({
         let mut c = TransportConfig::new(2, "prod", b"s");
         c.handshake_timeout = Duration::from_secs(60);
@@ -258,7 +260,7 @@ async fn silent_connections_beyond_the_handshake_limit_are_refused_at_once() {
     let silent = silent_client();
     let mut held = Vec::new();
     let mut refused = 0;
-    for _ in 0..MAX_PENDING_HANDSHAKES + 8 {
+    for _ in 0..MAX_PENDING_PER_SOURCE + 8 {
         let connecting = silent.connect(addr, "chorus-peer").unwrap();
         match tokio::time::timeout(WAIT, connecting)
             .await
@@ -268,8 +270,59 @@ async fn silent_connections_beyond_the_handshake_limit_are_refused_at_once() {
             Err(_) => refused += 1,
         }
     }
-    assert_eq!(held.len(), MAX_PENDING_HANDSHAKES);
+    assert_eq!(held.len(), MAX_PENDING_PER_SOURCE);
     assert_eq!(refused, 8);
+    assert_eq!(b.stats.refused_limit.load(Ordering::Relaxed), 8);
+    acceptor.abort();
+}
+
+/// Review of #11 item 6: each connection is one online guess at the
+/// secret, and guesses were limited only by the handshakes in progress
+/// (thousands a second). A source that keeps failing now waits: a burst,
+/// then one try per refill; the right secret from it gets in once it has.
+#[tokio::test]
+async fn a_source_that_keeps_guessing_wrong_is_slowed_to_a_trickle() {
+    use chorus_transport::gate::{FAILURE_BURST, FAILURE_REFILL};
+    let b = Arc::new(node(2, "prod", b"the-secret"));
+    let addr = b.local_addr().unwrap();
+    let acceptor = {
+        let b = b.clone();
+        tokio::spawn(async move { while b.accept().await.is_some() {} })
+    };
+    let guesser = node(9, "prod", b"a-guess");
+    // Failures are recorded as the acceptor finishes each handshake, and
+    // the budget refills meanwhile: the limit bites at the burst or a
+    // little after on a slow machine, never before.
+    let mut guesses = 0;
+    loop {
+        let started = tokio::time::Instant::now();
+        match guesser.connect(addr).await {
+            Err(TransportError::Connect(_)) => {
+                assert!(started.elapsed() < FAILURE_REFILL, "refused at once");
+                break;
+            }
+            Err(_) => guesses += 1,
+            Ok(_) => panic!("a wrong secret got in"),
+        }
+        assert!(guesses <= FAILURE_BURST + 20, "never slowed");
+    }
+    assert!(guesses >= FAILURE_BURST, "slowed after {guesses} guesses");
+    assert_eq!(b.stats.refused_limit.load(Ordering::Relaxed), 1);
+    // A guess still finishing when the limit bit costs one refill more.
+    let peer = node(1, "prod", b"the-secret");
+    let mut linked = None;
+    for _ in 0..4 {
+        tokio::time::sleep(FAILURE_REFILL).await;
+        if let Ok(link) = peer.connect(addr).await {
+            linked = Some(link.peer_node);
+            break;
+        }
+    }
+    assert_eq!(
+        linked,
+        Some(2),
+        "the right secret gets in after a refill or two"
+    );
     acceptor.abort();
 }
 
