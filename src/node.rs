@@ -136,7 +136,7 @@ pub enum Links {
     FromConfig { client_ip: Option<IpAddr> },
     /// Over a transport the caller built (the simulation's simulated UDP),
     /// dialing these replication addresses.
-    Over(chorus_transport::Transport, Vec<SocketAddr>),
+    Over(Box<chorus_transport::Transport>, Vec<SocketAddr>),
 }
 
 /// One Chorus node. See the module doc.
@@ -233,7 +233,7 @@ impl Node {
                     crate::replication::start_with_transport(
                         self.ks.clone(),
                         repl.clone(),
-                        transport,
+                        *transport,
                         peers,
                     )?;
                 }

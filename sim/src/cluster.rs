@@ -202,7 +202,7 @@ async fn start_node(
         .map(|p| SocketAddr::new(turmoil::lookup(p.as_str()), REPL_PORT))
         .collect();
     shared.start(
-        Links::Over(transport, peers),
+        Links::Over(Box::new(transport), peers),
         chorus::persist::CutThread::Inline,
     )?;
     Ok(Server::new(shared))
