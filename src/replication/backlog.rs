@@ -34,6 +34,9 @@ impl Segment {
     }
 }
 
+/// The most encoding buffer a backlog keeps between writes.
+const SCRATCH_KEPT: usize = 1 << 20;
+
 /// This node's outgoing writes: sequence numbers and the bounded backlog.
 ///
 /// Frames are laid out back to back, already framed for the wire, in one
@@ -86,7 +89,10 @@ impl Backlog {
         self.tail_offsets.push(self.tail.len() as u32);
         chorus_transport::frame::append_framed(&mut self.tail, &scratch);
         self.bytes += chorus_transport::frame::framed_len(scratch.len());
-        self.scratch = scratch;
+        // One huge value must not pin its size for the node's life.
+        if scratch.capacity() <= SCRATCH_KEPT {
+            self.scratch = scratch;
+        }
         self.written_ms.push_back(now_ms);
         if self.tail.len() >= self.segment_bytes {
             self.seal();
@@ -196,6 +202,23 @@ mod tests {
     use crate::replication::version::{Arrival, VersionVector};
     use chorus_crdt::NodeId;
     use proptest::prelude::*;
+
+    /// Review of #11 item 1: the encoding buffer kept the size of the
+    /// largest write (a 70 MB value: 70 MB for good).
+    #[test]
+    fn a_huge_write_does_not_pin_its_encoding_buffer() {
+        let mut backlog = Backlog::new(1 << 20);
+        backlog.push(0, |_, mut buf| {
+            buf.resize(4 * SCRATCH_KEPT, b'x');
+            buf
+        });
+        assert!(backlog.scratch.capacity() <= SCRATCH_KEPT);
+        backlog.push(0, |_, mut buf| {
+            buf.extend_from_slice(b"small");
+            buf
+        });
+        assert!(backlog.scratch.capacity() >= 5, "a small one is kept for reuse");
+    }
 
     fn frame(seq: u64) -> Vec<u8> {
         seq.to_be_bytes().to_vec()
