@@ -274,6 +274,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 );
                 line("repairs_asked", &repl.repairs_asked.load(Ordering::Relaxed));
                 line(
+                    "repair_digests_taken",
+                    &repl.digests_taken.load(Ordering::Relaxed),
+                );
+                line(
                     "stale_writes_dropped",
                     &repl.stale_writes_dropped.load(Ordering::Relaxed),
                 );

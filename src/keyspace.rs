@@ -61,6 +61,8 @@ pub struct Db {
     pub dirty: Option<HashSet<Key, KeyHasher>>,
     /// Shared by every database of the keyspace: see [`Keyspace::collected`].
     pub collected: Arc<AtomicU64>,
+    /// Shared likewise: `Keyspace::changes_besides_writes`.
+    pub changes: Arc<AtomicU64>,
 }
 
 fn is_live(state: &KeyState) -> bool {
@@ -88,6 +90,7 @@ impl Db {
             floor,
             dirty,
             collected,
+            changes,
         } = self;
         if let Some(dirty) = dirty {
             dirty.get_or_insert_with(key, Key::new);
@@ -103,10 +106,14 @@ impl Db {
         }
         let drop = state.is_empty() || state.collectable(gc_acked);
         let mut dropped = Stamp::ZERO;
-        if drop {
+        let compacted = if drop {
             dropped = state.newest_stamp();
+            !state.is_empty()
         } else {
-            state.compact_noting(gc_acked, &mut dropped);
+            state.compact_noting(gc_acked, &mut dropped)
+        };
+        if compacted {
+            changes.fetch_add(1, Ordering::Relaxed);
         }
         if !dropped.is_zero() {
             collected.fetch_max(dropped.time, Ordering::SeqCst);
@@ -400,6 +407,9 @@ pub struct Keyspace {
     /// that arrives late can no longer be told from one a delete
     /// collected here removed (`Core::collected_past`).
     collected: Arc<AtomicU64>,
+    /// Bumped by every change to the state that is not a write (and so
+    /// moves no version vector): collection, a transfer's forgetting.
+    pub changes_besides_writes: Arc<AtomicU64>,
     /// With a store: local write calls so far, so a connection can tell
     /// whether its batch wrote (`appendfsync always`).
     local_writes: AtomicU64,
@@ -516,6 +526,7 @@ impl Keyspace {
         maps_hasher: KeyHasher,
     ) -> Keyspace {
         let collected = Arc::new(AtomicU64::new(0));
+        let changes = Arc::new(AtomicU64::new(0));
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -523,6 +534,7 @@ impl Keyspace {
                         .map(|_| Db {
                             map: HashMap::with_hasher(maps_hasher),
                             collected: collected.clone(),
+                            changes: changes.clone(),
                             ..Db::default()
                         })
                         .collect(),
@@ -541,6 +553,7 @@ impl Keyspace {
             sink: None,
             gc_time: AtomicU64::new(u64::MAX),
             collected,
+            changes_besides_writes: changes,
             local_writes: AtomicU64::new(0),
             tracking: false,
         }
@@ -733,8 +746,12 @@ impl Keyspace {
                 // dropped in place (the key stays, its count and expiry
                 // untouched).
                 let mut dropped = Stamp::ZERO;
+                let mut compacted = false;
                 for state in db.map.values_mut() {
-                    state.compact_noting(acked, &mut dropped);
+                    compacted |= state.compact_noting(acked, &mut dropped);
+                }
+                if compacted {
+                    db.changes.fetch_add(1, Ordering::Relaxed);
                 }
                 if !dropped.is_zero() {
                     db.collected.fetch_max(dropped.time, Ordering::SeqCst);

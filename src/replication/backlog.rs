@@ -217,7 +217,10 @@ mod tests {
             buf.extend_from_slice(b"small");
             buf
         });
-        assert!(backlog.scratch.capacity() >= 5, "a small one is kept for reuse");
+        assert!(
+            backlog.scratch.capacity() >= 5,
+            "a small one is kept for reuse"
+        );
     }
 
     fn frame(seq: u64) -> Vec<u8> {

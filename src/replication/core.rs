@@ -32,7 +32,7 @@ pub const RELAY_DELAY_MS: u64 = 1_000;
 /// About how many bytes of backlog one plan hands the live stream.
 pub const SEND_BATCH_BYTES: usize = 256 * 1024;
 /// At most this many relayed frames per origin in one plan.
-const RELAY_BATCH: usize = 256;
+pub(super) const RELAY_BATCH: usize = 256;
 /// Sweep tombstones below the floor every this many GC ticks.
 const SWEEP_EVERY_TICKS: u32 = 25;
 

@@ -159,6 +159,12 @@ pub struct Replicator {
     /// How often a quiet link offers its digest (see `ReplMsg::Digest`);
     /// 0: never.
     repair_interval_ms: AtomicU64,
+    /// The last keyspace digest and what the state was when it was taken
+    /// (see [`shared_digest`]): every link's offer and every answer to one
+    /// reuse it until the state changes.
+    digest: Mutex<Option<(DigestAt, Arc<Vec<DbDigest>>)>>,
+    /// Keyspace digests taken (each one reads every key).
+    pub digests_taken: AtomicU64,
     pub auth: Mutex<Option<Arc<AuthStats>>>,
     pub listen: Mutex<Option<SocketAddr>>,
     running: Mutex<Option<Running>>,
@@ -193,6 +199,8 @@ impl Replicator {
             repairs_asked: AtomicU64::new(0),
             stale_writes_dropped: AtomicU64::new(0),
             repair_interval_ms: AtomicU64::new(30_000),
+            digest: Mutex::new(None),
+            digests_taken: AtomicU64::new(0),
             auth: Mutex::new(None),
             listen: Mutex::new(None),
             inbound: Mutex::new(HashMap::new()),
@@ -702,14 +710,16 @@ async fn serve_peer(
                 // is something no version vector counts (docs/architecture.md,
                 // "Repair").
                 next_offer_ms = now.saturating_add(repair_every());
-                let dbs = keyspace_digest(ks).await?;
-                if repl.full_vv() == mine {
-                    live.send(&send_msg(&ReplMsg::Digest {
-                        vv: mine.entries(),
-                        dbs,
-                    })?)
-                    .await?;
-                }
+                let dbs = shared_digest(ks, repl).await?;
+                // Writes applied during the scan are in it or not: offered
+                // with the vector after it, a peer holding at least that
+                // much asks at worst for a bucket it did not need. (It was
+                // dropped: under a steady trickle of writes no offer went.)
+                live.send(&send_msg(&ReplMsg::Digest {
+                    vv: repl.full_vv().entries(),
+                    dbs: dbs.to_vec(),
+                })?)
+                .await?;
             }
         }
         if !plan.is_busy() {
@@ -826,7 +836,11 @@ async fn state_transfer(
         let peer = NodeId(link.peer_node);
         let mut tail = repl.core.lock().transfer_tail(peer, &mut covered);
         bulk.send_framed(&mut tail.own).await?;
-        bulk.send_batch(&tail.others).await?;
+        // In pieces, as relaying sends them: a batch is copied whole into
+        // one buffer, and the tail may hold every relay log.
+        for piece in tail.others.chunks(self::core::RELAY_BATCH) {
+            bulk.send_batch(piece).await?;
+        }
     }
     bulk.send(&send_msg(&ReplMsg::SnapshotDone {
         vv: covered.entries(),
@@ -834,6 +848,35 @@ async fn state_transfer(
     .await?;
     bulk.finish()?;
     Ok(covered)
+}
+
+/// What the state was at: the writes applied, and the other changes.
+type DigestAt = (VersionVector, u64);
+
+fn digest_at(ks: &Keyspace, repl: &Replicator) -> DigestAt {
+    (
+        repl.full_vv(),
+        ks.changes_besides_writes.load(Ordering::SeqCst),
+    )
+}
+
+/// This node's keyspace digest: the last one taken while the state has not
+/// changed since (with `n` peers, one scan per interval instead of `2n`),
+/// or a new one.
+async fn shared_digest(ks: &Keyspace, repl: &Replicator) -> Result<Arc<Vec<DbDigest>>, LinkError> {
+    let at = digest_at(ks, repl);
+    if let Some((taken_at, digest)) = &*repl.digest.lock() {
+        if *taken_at == at {
+            return Ok(digest.clone());
+        }
+    }
+    let digest = Arc::new(keyspace_digest(ks).await?);
+    repl.digests_taken.fetch_add(1, Ordering::Relaxed);
+    // Taken one shard at a time: kept only if nothing changed meanwhile.
+    if digest_at(ks, repl) == at {
+        *repl.digest.lock() = Some((at, digest.clone()));
+    }
+    Ok(digest)
 }
 
 /// This node's keyspace digest, one shard at a time; only the databases
@@ -1015,6 +1058,9 @@ async fn apply_stream(
                 let now = (repl.now_ms)();
                 repl.core.lock().snapshot_done(&vv, now);
                 let forgotten = ks.forget_held_absent(&named, &sender_held, scope.as_ref());
+                // A repair's merges and any transfer's forgetting move no
+                // vector.
+                ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
                 scope = None;
                 in_transfer = false;
                 if forgotten > 0 {
@@ -1054,7 +1100,7 @@ async fn apply_stream(
                     && dbs.iter().all(|d| d.buckets.len() == BUCKETS)
                     && dbs.len() <= ks.databases()
                 {
-                    let digest = keyspace_digest(ks).await?;
+                    let digest = shared_digest(ks, repl).await?;
                     let differ = differing(&digest, &dbs);
                     if !differ.is_empty() && asks.try_send(differ).is_ok() {
                         repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
@@ -1297,6 +1343,34 @@ mod tests {
         }
         assert!(rb.repairs_asked.load(Ordering::Relaxed) >= 1);
         assert_eq!(ra.applied_vv(), rb.applied_vv(), "no vector moved");
+    }
+
+    /// Review of repair: every link's offer and every answer to one read
+    /// every key; with `n` peers that was `2n` scans per interval. One
+    /// digest now serves until a write, a collection or a transfer changes
+    /// the state.
+    #[tokio::test]
+    async fn one_digest_serves_every_link_until_the_state_changes() {
+        let ks = Keyspace::new(
+            1,
+            chorus_crdt::Clock::new(
+                NodeId(1),
+                chorus_crdt::system_clock,
+                Duration::from_millis(500),
+            ),
+        );
+        let repl = Replicator::new(NodeId(1), 1 << 20, || 0);
+        let first = shared_digest(&ks, &repl).await.unwrap();
+        let again = shared_digest(&ks, &repl).await.unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(repl.digests_taken.load(Ordering::Relaxed), 1);
+        repl.core.lock().publish(0, |_, buf| buf);
+        let after_a_write = shared_digest(&ks, &repl).await.unwrap();
+        assert!(!Arc::ptr_eq(&first, &after_a_write));
+        ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
+        let after_a_collection = shared_digest(&ks, &repl).await.unwrap();
+        assert!(!Arc::ptr_eq(&after_a_write, &after_a_collection));
+        assert_eq!(repl.digests_taken.load(Ordering::Relaxed), 3);
     }
 
     /// A node with a store reports as stable, and collects below, only what
