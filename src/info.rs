@@ -277,10 +277,6 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     "repair_digests_taken",
                     &repl.digests_taken.load(Ordering::Relaxed),
                 );
-                line(
-                    "stale_writes_dropped",
-                    &repl.stale_writes_dropped.load(Ordering::Relaxed),
-                );
                 line("relay_bytes", &repl.relay_bytes());
                 let crate::replication::core::GcState { stable, floor } = repl.gc_state();
                 let ms = |s: chorus_crdt::Stamp| if s.is_zero() { 0 } else { s.unix_ms() };

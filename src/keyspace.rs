@@ -59,9 +59,8 @@ pub struct Db {
     pub floor: Stamp,
     /// Keys changed since the last cut, when the node has a store.
     pub dirty: Option<HashSet<Key, KeyHasher>>,
-    /// Shared by every database of the keyspace: see [`Keyspace::collected`].
-    pub collected: Arc<AtomicU64>,
-    /// Shared likewise: `Keyspace::changes_besides_writes`.
+    /// Shared by every database of the keyspace:
+    /// `Keyspace::changes_besides_writes`.
     pub changes: Arc<AtomicU64>,
 }
 
@@ -89,7 +88,6 @@ impl Db {
             expiring,
             floor,
             dirty,
-            collected,
             changes,
         } = self;
         if let Some(dirty) = dirty {
@@ -105,18 +103,13 @@ impl Db {
             state.prune(*floor);
         }
         let drop = state.is_empty() || state.collectable(gc_acked);
-        let mut dropped = Stamp::ZERO;
         let compacted = if drop {
-            dropped = state.newest_stamp();
             !state.is_empty()
         } else {
-            state.compact_noting(gc_acked, &mut dropped)
+            state.compact(gc_acked)
         };
         if compacted {
             changes.fetch_add(1, Ordering::Relaxed);
-        }
-        if !dropped.is_zero() {
-            collected.fetch_max(dropped.time, Ordering::SeqCst);
         }
         let now_live = !drop && is_live(state);
         let new_at = if now_live { state.expire_at_ms() } else { 0 };
@@ -402,11 +395,6 @@ pub struct Keyspace {
     sink: Option<Arc<dyn DeltaSink>>,
     /// Tombstones stamped at or before this time may go (see `gc_acked`).
     gc_time: AtomicU64,
-    /// The time of the newest stamp tombstone collection dropped (a
-    /// tombstone, a floor, a removal record). A write stamped before it
-    /// that arrives late can no longer be told from one a delete
-    /// collected here removed (`Core::collected_past`).
-    collected: Arc<AtomicU64>,
     /// Bumped by every change to the state that is not a write (and so
     /// moves no version vector): collection, a transfer's forgetting.
     pub changes_besides_writes: Arc<AtomicU64>,
@@ -525,7 +513,6 @@ impl Keyspace {
         shards_hasher: KeyHasher,
         maps_hasher: KeyHasher,
     ) -> Keyspace {
-        let collected = Arc::new(AtomicU64::new(0));
         let changes = Arc::new(AtomicU64::new(0));
         let shards = (0..SHARDS)
             .map(|_| {
@@ -533,7 +520,6 @@ impl Keyspace {
                     dbs: (0..databases)
                         .map(|_| Db {
                             map: HashMap::with_hasher(maps_hasher),
-                            collected: collected.clone(),
                             changes: changes.clone(),
                             ..Db::default()
                         })
@@ -552,7 +538,6 @@ impl Keyspace {
             expired_keys: AtomicU64::new(0),
             sink: None,
             gc_time: AtomicU64::new(u64::MAX),
-            collected,
             changes_besides_writes: changes,
             local_writes: AtomicU64::new(0),
             tracking: false,
@@ -717,17 +702,6 @@ impl Keyspace {
         }
     }
 
-    /// A stamp at or after everything tombstone collection dropped here.
-    pub fn collected(&self) -> Stamp {
-        match self.collected.load(Ordering::SeqCst) {
-            0 => Stamp::ZERO,
-            time => Stamp {
-                time,
-                node: NodeId(u64::MAX),
-            },
-        }
-    }
-
     /// Sets the GC floor (from the replication layer).
     pub fn set_gc_floor(&self, floor: Stamp) {
         // Strictly before the floor's time: whatever the node ids.
@@ -745,16 +719,12 @@ impl Keyspace {
                 // A tombstone, floor or removal record under a counter is
                 // dropped in place (the key stays, its count and expiry
                 // untouched).
-                let mut dropped = Stamp::ZERO;
                 let mut compacted = false;
                 for state in db.map.values_mut() {
-                    compacted |= state.compact_noting(acked, &mut dropped);
+                    compacted |= state.compact(acked);
                 }
                 if compacted {
                     db.changes.fetch_add(1, Ordering::Relaxed);
-                }
-                if !dropped.is_zero() {
-                    db.collected.fetch_max(dropped.time, Ordering::SeqCst);
                 }
                 if db.map.len() == db.live {
                     continue;

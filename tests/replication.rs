@@ -784,37 +784,6 @@ fn a_member_added_back_with_old_data_brings_no_deleted_key_back() {
     wait_until("the delete on B too", || get(&mut cb, "doomed").is_none());
 }
 
-/// #11 item 11, found by the simulation (seed 100137): a write a removed
-/// member made that the others never received came back with it, though a
-/// delete stamped after it had been collected meanwhile. The others now drop
-/// what such a member sends from before their collection floor.
-#[test]
-fn a_removed_members_unseen_write_does_not_bring_back_a_key_deleted_after_it() {
-    let apart = Apart::new(&["doomed"]);
-    let (mut ca, mut cb) = (apart.a.conn(), apart.b.conn());
-    // Apart, B writes the key; A never sees that write.
-    q::<()>(&mut cb, &["SET", "doomed", "from-b"]);
-    // Later, A deletes the key and collects its tombstone.
-    apart.delete_on_a("doomed");
-    apart.link_b();
-    // B's writes made once A counts it again reach A.
-    let mut n = 0;
-    wait_until("B's later writes on A", || {
-        n += 1;
-        q::<()>(&mut cb, &["SET", "marker", &n.to_string()]);
-        get(&mut ca, "marker").is_some()
-    });
-    assert_eq!(
-        get(&mut ca, "doomed"),
-        None,
-        "a key deleted after B's write came back"
-    );
-    apart.link_a();
-    wait_until("the key gone from B too", || {
-        get(&mut cb, "doomed").is_none()
-    });
-}
-
 /// #11 item 5: removing a peer froze tombstone GC for good: its last
 /// promise still bounded the floor. Once removed it no longer counts.
 #[test]

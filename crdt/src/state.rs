@@ -609,19 +609,6 @@ impl KeyState {
         self.normalize();
     }
 
-    /// The newest stamp anywhere in this state: for a key GC drops whole,
-    /// the newest of what it forgets.
-    pub fn newest_stamp(&self) -> Stamp {
-        let mut newest = self.reg.stamp;
-        if let Some(x) = &self.extras {
-            newest = newest.max(x.expiry.stamp).max(x.floor);
-            for (_, t) in x.counts.iter().chain(x.removed.iter()) {
-                newest = newest.max(t.epoch);
-            }
-        }
-        newest
-    }
-
     /// Whether this state may be dropped at the GC floor `acked`: a
     /// tombstone with no surviving increment and nothing stamped after
     /// `acked`.
@@ -651,18 +638,8 @@ impl KeyState {
     /// compacted past the same floor their states are equal. Returns whether
     /// anything changed.
     pub fn compact(&mut self, acked: Stamp) -> bool {
-        let mut dropped = Stamp::ZERO;
-        self.compact_noting(acked, &mut dropped)
-    }
-
-    /// As [`KeyState::compact`], raising `dropped` to the newest stamp of
-    /// what went (a tombstone, a floor, a removal record's segment): a write
-    /// older than that which arrives later can no longer be told from one
-    /// the dropped part removed.
-    pub fn compact_noting(&mut self, acked: Stamp, dropped: &mut Stamp) -> bool {
         let mut changed = false;
         if self.reg.value.is_none() && !self.reg.stamp.is_zero() && self.reg.stamp <= acked {
-            *dropped = (*dropped).max(self.reg.stamp);
             self.reg = Register::default();
             changed = true;
         }
@@ -680,20 +657,14 @@ impl KeyState {
         }
         if let Some(x) = &mut self.extras {
             if !x.floor.is_zero() && x.floor <= acked {
-                *dropped = (*dropped).max(x.floor);
                 x.floor = Stamp::ZERO;
                 changed = true;
             }
             if self.reg.stamp <= acked && !x.removed.is_empty() {
                 let counts = &x.counts;
                 let before = x.removed.len();
-                x.removed.retain(|node, r| {
-                    let keep = counts.get(node).is_some_and(|t| t.epoch == r.epoch);
-                    if !keep {
-                        *dropped = (*dropped).max(r.epoch).max(self.reg.stamp);
-                    }
-                    keep
-                });
+                x.removed
+                    .retain(|node, r| counts.get(node).is_some_and(|t| t.epoch == r.epoch));
                 changed |= x.removed.len() != before;
             }
         }

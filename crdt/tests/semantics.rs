@@ -475,30 +475,6 @@ fn a_collected_tombstone_leaves_no_trace_in_later_merges() {
     assert_eq!(c, a);
 }
 
-/// What compaction drops is reported with its newest stamp: a late write
-/// older than that can no longer be told from one the dropped part removed
-/// (the replication layer drops such writes of a removed member).
-#[test]
-fn compaction_reports_the_newest_stamp_it_dropped() {
-    let counter = KeyState::default().incr(at(1, A), 5, 0.0, false);
-    let mut k = counter.clone();
-    k.merge(&counter.write(at(4, B), None, 0));
-    let mut after = k.clone();
-    after.merge(&k.incr(at(6, A), 1, 0.0, false));
-    let mut dropped = Stamp::ZERO;
-    assert!(after.compact_noting(at(5, C), &mut dropped));
-    assert_eq!(
-        dropped,
-        at(4, B),
-        "the reset's tombstone and its removal record"
-    );
-    let mut none = Stamp::ZERO;
-    assert!(!after.compact_noting(at(5, C), &mut none));
-    assert_eq!(none, Stamp::ZERO, "nothing more to drop");
-    assert_eq!(k.newest_stamp(), at(4, B));
-    assert_eq!(after.newest_stamp(), at(6, A), "the new segment's start");
-}
-
 /// #11 item 11: a node whose state predates the GC floor (restored from an
 /// old copy of its store, or a removed member added back) sends it in a
 /// state transfer. What it holds below the receiver's floor was deleted and

@@ -31,8 +31,9 @@ pub enum FaultKind {
     /// Some writes carry values larger than a replication fragment.
     Large,
     /// A node with a store is restored from an older copy of it (a backup
-    /// taken 20-150 operations before): its writes stored since are gone
-    /// from it, and keys deleted since are in it.
+    /// taken 20-150 operations before its crash; it stays down 20-150
+    /// operations more): its writes stored since are gone from it, and
+    /// keys deleted since are in it.
     Restore,
 }
 

@@ -58,6 +58,8 @@ struct Run<'a> {
     trace: Vec<String>,
     history: History,
     unchecked_keys: usize,
+    /// Session keys created so far (`rs0`, `rs1`, ...).
+    sessions: usize,
     /// Some writes carry large values.
     large: bool,
 }
@@ -136,6 +138,7 @@ pub fn run(opts: &Options) -> Outcome {
         trace: Vec::new(),
         history: History::default(),
         unchecked_keys: 0,
+        sessions: 0,
         large: chosen.contains(&FaultKind::Large),
     };
     if chosen.contains(&FaultKind::Skew) {
@@ -238,7 +241,10 @@ impl Run<'_> {
         let mut lift_at: BTreeMap<usize, Vec<Active>> = BTreeMap::new();
         for op in 0..opts.ops {
             for active in lift_at.remove(&op).unwrap_or_default() {
-                self.lift(active);
+                if let Some(next) = self.lift(active) {
+                    let lasts = self.rng.random_range(20..=150);
+                    lift_at.entry(op + lasts).or_default().push(next);
+                }
             }
             for kind in schedule.remove(&op).unwrap_or_default() {
                 if let Some(active) = self.inject(kind) {
@@ -250,8 +256,10 @@ impl Run<'_> {
             let pause = self.rng.random_range(0..=30);
             self.step(pause)?;
         }
-        for active in lift_at.into_values().flatten() {
-            self.lift(active);
+        let mut rest: std::collections::VecDeque<Active> =
+            lift_at.into_values().flatten().collect();
+        while let Some(active) = rest.pop_front() {
+            rest.extend(self.lift(active));
         }
         Ok(())
     }
@@ -324,9 +332,6 @@ impl Run<'_> {
                         self.unlink(other, member);
                     }
                 }
-                if let Some(life) = self.reg.borrow()[member].node {
-                    self.history.removed.insert(life);
-                }
                 self.sim.crash(Self::name(member));
                 if let Some((life, kept)) = cluster::crashed(&self.reg, member) {
                     self.note(format!(
@@ -358,7 +363,9 @@ impl Run<'_> {
         Some(active)
     }
 
-    fn lift(&mut self, active: Active) {
+    /// Ends `active`; a fault with a second phase returns it (it ends
+    /// 20-150 operations later, or with the rest).
+    fn lift(&mut self, active: Active) -> Option<Active> {
         self.note(format!("heal {active:?}"));
         match active {
             Active::Cut(pairs) => {
@@ -370,12 +377,14 @@ impl Run<'_> {
             Active::Down(slot) => self.sim.bounce(Self::name(slot)),
             Active::Restore(slot, backup) => {
                 // Only a node that is up: one that is down or removed comes
-                // back by its own fault's end.
+                // back by its own fault's end. It stays down a while, as a
+                // restore takes time: long enough for the others to collect
+                // what it had applied since the copy.
                 if cluster::is_up(&self.reg, slot) {
                     self.sim.crash(Self::name(slot));
                     cluster::restored(&self.reg, slot, backup.0);
-                    self.note(format!("n{slot} restarts from the backup"));
-                    self.sim.bounce(Self::name(slot));
+                    self.note(format!("n{slot} goes down to be restored from the backup"));
+                    return Some(Active::Down(slot));
                 }
             }
             Active::Removed(member) => {
@@ -387,6 +396,7 @@ impl Run<'_> {
                 }
             }
         }
+        None
     }
 
     fn repl_addr(&self, slot: usize) -> std::net::SocketAddr {
@@ -490,8 +500,27 @@ impl Run<'_> {
                 }
                 return Ok(());
             }
+            // Session keys: each created once and, maybe, deleted once, as a
+            // session store's are. A deleted one stays deleted, so one that
+            // comes back (a stale copy, a late write merged after its
+            // tombstone was collected) shows.
+            655..685 => {
+                let key = format!("rs{}", self.sessions);
+                self.sessions += 1;
+                (
+                    vec!["SET".into(), key.clone(), value.clone()],
+                    vec![(key, WriteKind::Set(value))],
+                )
+            }
+            685..715 => {
+                if self.sessions == 0 {
+                    return Ok(());
+                }
+                let key = format!("rs{}", self.rng.random_range(0..self.sessions));
+                (vec!["DEL".into(), key.clone()], vec![(key, WriteKind::Del)])
+            }
             // Volatile keys: expiry in all its forms; checked for convergence.
-            655..995 => {
+            715..995 => {
                 let key = format!("x{}", self.rng.random_range(0..4));
                 let args = match self.rng.random_range(0..7) {
                     6 => vec![
@@ -545,6 +574,19 @@ impl Run<'_> {
         let before = repl.head_seq();
         let mut observed: BTreeMap<NodeId, u64> = repl.applied_vv().into_iter().collect();
         observed.insert(node, before);
+        // What each key's register held here before: the write replaces it
+        // knowingly, even when it arrived in a state transfer that no vector
+        // counts yet.
+        let replaced: Vec<Option<chorus_crdt::Stamp>> = kinds
+            .iter()
+            .map(|(key, _)| {
+                (!key.is_empty())
+                    .then(|| shared.ks.state_of(0, key.as_bytes()))
+                    .flatten()
+                    .map(|s| s.reg.stamp)
+                    .filter(|s| !s.is_zero())
+            })
+            .collect();
         let argv: Vec<&[u8]> = args.iter().map(|a| a.as_bytes()).collect();
         let Some(reply) = cluster::command(&self.reg, slot, &argv) else {
             return Ok(());
@@ -613,6 +655,7 @@ impl Run<'_> {
                 stamp,
                 epoch,
                 observed: observed.clone(),
+                replaced: replaced[i],
             });
         }
         Ok(())

@@ -108,28 +108,6 @@ fn a_seed_that_diverges_without_repair_converges() {
     }
 }
 
-/// A member removed while it held a write no other node had came back with
-/// its store after a delete of that key, stamped later, was collected
-/// without it: the write brought the key back (docs/simulation.md). The
-/// seed is from before the `restore` class changed what `all` draws.
-#[test]
-fn a_removed_members_unseen_write_does_not_bring_a_collected_key_back() {
-    let seed = 100137;
-    let faults = "partition,partial,asymmetric,loss,delay,crash,skew,join,jump,remove,large";
-    let out = run(&Options {
-        seed,
-        nodes: 3,
-        ops: 300,
-        faults: chorus_sim::faults::parse_list(faults).expect("known classes"),
-    });
-    if let Some(f) = out.failure {
-        panic!(
-            "seed {seed} failed ({}): {}\nreplay: cargo run --release -p chorus-sim -- --seed {seed} --nodes 3 --ops 300 --faults {faults} --trace",
-            f.kind, f.detail
-        );
-    }
-}
-
 #[test]
 fn one_seed_replays_byte_for_byte() {
     let opts = Options {

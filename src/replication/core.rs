@@ -21,7 +21,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use chorus_crdt::{NodeId, Stamp};
 
 use super::backlog::{Backlog, Resume};
-use super::gc::{GcView, MAX_RETIRED};
+use super::gc::GcView;
+#[cfg(test)]
+use super::gc::MAX_RETIRED;
 use super::relay::{Relay, Relayed};
 use super::version::{Arrival, VersionVector};
 
@@ -178,14 +180,6 @@ pub struct Core {
     swept: Stamp,
     /// The retired nodes no longer counted (once settled, for good).
     settled: BTreeSet<NodeId>,
-    /// The highest GC floor computed: the keyspace collected nothing past it.
-    floor_reached: Stamp,
-    /// Removed peers that linked again after they had stopped counting, with
-    /// the floor reached by then (see [`Core::collected_past`]). At most
-    /// [`MAX_RETIRED`] entries: past that a readmitted peer is not recorded,
-    /// and what it wrote unseen while away may bring keys collected
-    /// meanwhile back, as before this was kept.
-    readmitted: BTreeMap<NodeId, Stamp>,
 }
 
 impl Core {
@@ -203,8 +197,6 @@ impl Core {
             gc_ticks: 0,
             swept: Stamp::ZERO,
             settled: BTreeSet::new(),
-            floor_reached: Stamp::ZERO,
-            readmitted: BTreeMap::new(),
         }
     }
 
@@ -346,42 +338,10 @@ impl Core {
     /// of writes all applied). Sent with a state transfer, so that the
     /// receiver can tell a key deleted and collected here from one that has
     /// not reached here yet (`KeyState::forget_held`).
-    ///
-    /// For a node that stopped counting it is at least
-    /// [`Core::collected_past`] (`collected`: the keyspace's
-    /// `Keyspace::collected`): what of its writes below that has not arrived
-    /// is dropped on arrival, so "held" stays true.
-    pub fn holds(&self, collected: Stamp) -> BTreeMap<NodeId, Stamp> {
+    pub fn holds(&self) -> BTreeMap<NodeId, Stamp> {
         let mut held: BTreeMap<NodeId, Stamp> = self.gc.promises().collect();
-        for &node in self.settled.iter().chain(self.readmitted.keys()) {
-            let past = self.collected_past(node, collected);
-            let h = held.entry(node).or_insert(past);
-            *h = (*h).max(past);
-        }
         held.insert(self.me, self.promise.stamp);
         held
-    }
-
-    /// The stamp at or below which a write of `origin` that has not arrived
-    /// here yet is dropped when it does; ZERO for a node that always
-    /// counted. `origin` stopped holding the GC floor back (a removed peer,
-    /// a retired life), so this node may have collected a delete stamped
-    /// after such a write, and merging it would bring the key back. It is
-    /// the newest stamp collection dropped (`collected`), as far as the
-    /// floor went while `origin` did not count: a removed member's writes
-    /// that the others never received survive its return unless something
-    /// newer was collected meanwhile (docs/crdt-semantics.md, "Removed
-    /// members").
-    pub fn collected_past(&self, origin: NodeId, collected: Stamp) -> Stamp {
-        let reach = if self.settled.contains(&origin) {
-            self.floor_reached
-        } else {
-            match self.readmitted.get(&origin) {
-                Some(&reach) => reach,
-                None => return Stamp::ZERO,
-            }
-        };
-        collected.min(reach)
     }
 
     // ----- receiving -----
@@ -389,12 +349,8 @@ impl Core {
     /// A link with `peer` came up; `previous` is the node id last seen at
     /// the same address, now retired when it differs (a restarted peer).
     pub fn link_up(&mut self, peer: NodeId, previous: Option<NodeId>) {
-        if self.gc.readmit(peer)
-            && self.settled.remove(&peer)
-            && (self.readmitted.len() < MAX_RETIRED || self.readmitted.contains_key(&peer))
-        {
-            let past = self.readmitted.entry(peer).or_insert(Stamp::ZERO);
-            *past = (*past).max(self.floor_reached);
+        if self.gc.readmit(peer) {
+            self.settled.remove(&peer);
         }
         self.gc.know(peer);
         if let Some(old) = previous.filter(|old| *old != peer) {
@@ -532,7 +488,6 @@ impl Core {
         } else {
             self.gc.floor(self.me, own, settled).min(stable)
         };
-        self.floor_reached = self.floor_reached.max(floor);
         self.gc_state = GcState { stable, floor };
         self.gc_state
     }
@@ -1088,47 +1043,6 @@ mod tests {
         core.promise(st(80, 1));
         let settled = core.settled(&acks(&holding));
         assert_eq!(core.gc_tick(&settled, false).floor, st(10, 7));
-    }
-
-    /// Found by the simulation (seed 100137): a removed peer's write that
-    /// no other node had, older than a delete collected without it, brought
-    /// the key back when it linked again. Once a peer stops counting, its
-    /// writes that have not arrived are dropped up to what collection
-    /// dropped (and reported held to peers, which then forget them too);
-    /// once it counts again, no further than the floor reached by then.
-    #[test]
-    fn a_removed_peers_late_writes_are_judged_against_what_was_collected_without_it() {
-        let (me, gone, other) = (NodeId(1), NodeId(7), NodeId(8));
-        let mut core = Core::new(me, 1 << 20);
-        core.link_up(gone, None);
-        core.link_up(other, None);
-        core.heartbeat(gone, hb(0, st(10, 7), st(10, 7)));
-        core.heartbeat(other, hb(0, st(50, 8), st(50, 8)));
-        core.promise(st(60, 1));
-        let collected = st(40, 3);
-        assert_eq!(core.collected_past(gone, collected), Stamp::ZERO, "counted");
-        assert_eq!(core.holds(collected)[&gone], st(10, 7));
-        core.forget(gone);
-        let acks = [PeerAcks {
-            id: Some(other),
-            acked: VersionVector::default(),
-        }];
-        let settled = core.settled(&acks);
-        assert_eq!(core.gc_tick(&settled, false).floor, st(50, 8));
-        assert_eq!(
-            core.collected_past(gone, Stamp::ZERO),
-            Stamp::ZERO,
-            "nothing collected"
-        );
-        assert_eq!(core.collected_past(gone, collected), collected);
-        assert_eq!(core.holds(collected)[&gone], collected);
-        assert_eq!(core.collected_past(other, collected), Stamp::ZERO);
-        // Back: it holds the floor back again, so collection from now on
-        // says nothing of its writes still on their way; the horizon stops
-        // at the floor reached.
-        core.link_up(gone, None);
-        assert_eq!(core.collected_past(gone, st(90, 3)), st(50, 8));
-        assert_eq!(core.holds(st(90, 3))[&gone], st(50, 8));
     }
 
     fn hb(seq: u64, promise: Stamp, stable: Stamp) -> Heartbeat {

@@ -153,9 +153,6 @@ pub struct Replicator {
     /// Digests a peer offered that differed from ours with the same writes
     /// applied (each answered by a repair request).
     pub repairs_asked: AtomicU64,
-    /// Writes dropped on arrival because they predate what this node
-    /// collected without their origin (`Core::collected_past`).
-    pub stale_writes_dropped: AtomicU64,
     /// How often a quiet link offers its digest (see `ReplMsg::Digest`);
     /// 0: never.
     repair_interval_ms: AtomicU64,
@@ -197,7 +194,6 @@ impl Replicator {
             peers: Mutex::new(Vec::new()),
             drift_events: AtomicU64::new(0),
             repairs_asked: AtomicU64::new(0),
-            stale_writes_dropped: AtomicU64::new(0),
             repair_interval_ms: AtomicU64::new(30_000),
             digest: Mutex::new(None),
             digests_taken: AtomicU64::new(0),
@@ -784,7 +780,7 @@ async fn state_transfer(
             None => core.transfer_covers(),
             Some(_) => VersionVector::default(),
         };
-        (covered, core.holds(ks.collected()))
+        (covered, core.holds())
     };
     let mut bulk = link.open(StreamKind::Bulk).await?;
     bulk.send(&send_msg(&ReplMsg::SnapshotBegin {
@@ -1004,7 +1000,7 @@ async fn apply_stream(
     while let Some(frame) = rx.recv().await? {
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta { delta, .. } if in_transfer => {
-                let held = mine_held.get_or_insert_with(|| repl.core.lock().holds(ks.collected()));
+                let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
                 apply_transferred(ks, repl, held, &sender_held, delta, false);
             }
             ReplMsg::Delta { origin, seq, delta } => loop {
@@ -1041,7 +1037,7 @@ async fn apply_stream(
                 if let Delta::Key { db, key, .. } = &delta {
                     named.insert(ks.transfer_tag(*db, key));
                 }
-                let held = mine_held.get_or_insert_with(|| repl.core.lock().holds(ks.collected()));
+                let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
                 apply_transferred(ks, repl, held, &sender_held, delta, true);
             }
             ReplMsg::SnapshotBegin { held, scope: s } => {
@@ -1144,13 +1140,7 @@ fn apply_transferred(
                     d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held));
                 }
                 let mine = d.get(key);
-                // Collection may have gone further since the transfer
-                // began: judged now, as a live write is.
-                let collected = ks.collected();
-                state.drop_collected(mine, |n| {
-                    let held = held.get(&n).copied().unwrap_or(Stamp::ZERO);
-                    held.max(repl.core.lock().collected_past(n, collected))
-                });
+                state.drop_collected(mine, |n| held.get(&n).copied().unwrap_or(Stamp::ZERO));
             }
         }
         drop(locked);
@@ -1176,14 +1166,6 @@ fn apply(
     let still_due = || {
         live.as_ref()
             .is_none_or(|(o, seq, _)| repl.core.lock().judge(*o, *seq) == Arrival::Apply)
-    };
-    // A live write of an origin this node collected without, as far as
-    // it collected (see `Core::collected_past`).
-    let stale_below = || {
-        live.as_ref().and_then(|(origin, _, _)| {
-            let past = repl.core.lock().collected_past(*origin, ks.collected());
-            (!past.is_zero()).then_some((*origin, past))
-        })
     };
     // Counted before the shard lock goes, so that a state transfer's scan
     // never sees the write without its count (`Core::transfer_tail`).
@@ -1212,20 +1194,7 @@ fn apply(
                 return false;
             }
             observe(ks, repl, delta);
-            let d = &mut shard.dbs[db];
-            let trimmed = stale_below().map(|(origin, past)| {
-                let mut kept = state.clone();
-                kept.drop_collected(d.get(key), |n| if n == origin { past } else { Stamp::ZERO });
-                kept
-            });
-            let conflicts = match &trimmed {
-                Some(kept) if kept.is_empty() => {
-                    repl.stale_writes_dropped.fetch_add(1, Ordering::Relaxed);
-                    Vec::new()
-                }
-                Some(kept) => d.merge(key, kept, ks.gc_acked()),
-                None => d.merge(key, state, ks.gc_acked()),
-            };
+            let conflicts = shard.dbs[db].merge(key, state, ks.gc_acked());
             count(live);
             drop(locked);
             ks.conflicts
