@@ -304,7 +304,9 @@ impl Writer<'_> {
         if now > merged {
             now
         } else {
-            merged.next_after(now.node)
+            let stamp = merged.next_after(now.node);
+            self.ks.clock.issued(stamp);
+            stamp
         }
     }
 
@@ -893,7 +895,9 @@ impl Keyspace {
         let stamp = if now > merged {
             now
         } else {
-            merged.next_after(now.node)
+            let stamp = merged.next_after(now.node);
+            self.clock.issued(stamp);
+            stamp
         };
         for shard in locked.shards() {
             match db {
@@ -1039,6 +1043,9 @@ mod tests {
         ks.update(&mut l, 0, b"k", 0, |w| w.set(Some(b"v"), 0))
             .unwrap();
         assert_eq!(value(&mut l, b"k").as_deref(), Some(&b"v"[..]));
+        // The clock follows a stamp it issued past itself: every later
+        // stamp (and promise) of this node is after that write (301481).
+        assert!(ks.clock.now() > ahead, "the clock follows its own write");
         ks.update(&mut l, 0, b"c", 0, |w| w.incr(1, 0.0, false))
             .unwrap();
         assert_eq!(value(&mut l, b"c").as_deref(), Some(&b"1"[..]));

@@ -114,6 +114,10 @@ pub struct DriftError {
     pub max_drift_ms: u64,
 }
 
+/// How far ahead of physical time a stamp this node issues itself may move
+/// its clock ([`Clock::issued`]); remote stamps get `max_drift`.
+const ISSUED_AHEAD_MAX: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// A node's hybrid logical clock: uhlc's HLC with an injectable physical
 /// clock (`fn() -> NTP64`), so the simulation can drive it from simulated time.
 pub struct Clock {
@@ -135,7 +139,8 @@ impl Clock {
         let hlc = HLCBuilder::new()
             .with_id(id)
             .with_clock(physical)
-            .with_max_delta(max_drift)
+            // The drift limit for remote stamps is checked in `observe`.
+            .with_max_delta(ISSUED_AHEAD_MAX)
             .build();
         Clock {
             hlc,
@@ -170,18 +175,36 @@ impl Clock {
     /// Moves the clock past a remote stamp, unless that stamp is more than the
     /// allowed drift ahead of physical time.
     pub fn observe(&self, stamp: Stamp) -> Result<(), DriftError> {
-        let id = NonZeroU64::new(stamp.node.0)
-            .map(ID::from)
-            .unwrap_or(ID::from(NonZeroU64::MIN));
-        let ts = uhlc::Timestamp::new(NTP64(stamp.time), id);
-        self.hlc.update_with_timestamp(&ts).map_err(|_| {
-            let now = (self.physical)().0;
-            DriftError {
+        let now = (self.physical)().0;
+        if stamp.time > now.saturating_add(NTP64::from(self.max_drift).0) {
+            return Err(DriftError {
                 stamp,
                 ahead_ms: unix_ms_from_ntp(stamp.time.saturating_sub(now)),
                 max_drift_ms: self.max_drift.as_millis() as u64,
-            }
-        })
+            });
+        }
+        self.follow(stamp);
+        Ok(())
+    }
+
+    /// This node issued `stamp` for a write of its own, past its clock (over
+    /// state a fast peer stamped): the clock follows, whatever the drift
+    /// limit, so that every later stamp and promise of this node is after
+    /// it. A node's stamps then grow with its writes, and its peers' record
+    /// of what they hold of it (its promises) covers every write it made; a
+    /// stale copy of one can then be told from a new write (seed 301481).
+    pub fn issued(&self, stamp: Stamp) {
+        self.follow(stamp);
+    }
+
+    fn follow(&self, stamp: Stamp) {
+        let id = NonZeroU64::new(stamp.node.0)
+            .map(ID::from)
+            .unwrap_or(ID::from(NonZeroU64::MIN));
+        // Refused only past `ISSUED_AHEAD_MAX`: the clock then stays.
+        let _ = self
+            .hlc
+            .update_with_timestamp(&uhlc::Timestamp::new(NTP64(stamp.time), id));
     }
 }
 
