@@ -277,6 +277,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     "repair_digests_taken",
                     &repl.digests_taken.load(Ordering::Relaxed),
                 );
+                line(
+                    "peer_links_refused_removed",
+                    &repl.refused_closed.load(Ordering::Relaxed),
+                );
                 line("relay_bytes", &repl.relay_bytes());
                 let crate::replication::core::GcState { stable, floor } = repl.gc_state();
                 let ms = |s: chorus_crdt::Stamp| if s.is_zero() { 0 } else { s.unix_ms() };

@@ -62,6 +62,8 @@ pub struct Db {
     /// Shared by every database of the keyspace:
     /// `Keyspace::changes_besides_writes`.
     pub changes: Arc<AtomicU64>,
+    /// Shared by every database of the keyspace: `Keyspace::collected`.
+    pub collected: Arc<AtomicU64>,
 }
 
 fn is_live(state: &KeyState) -> bool {
@@ -89,6 +91,7 @@ impl Db {
             floor,
             dirty,
             changes,
+            collected,
         } = self;
         if let Some(dirty) = dirty {
             dirty.get_or_insert_with(key, Key::new);
@@ -110,6 +113,7 @@ impl Db {
         };
         if compacted {
             changes.fetch_add(1, Ordering::Relaxed);
+            collected.fetch_max(gc_acked.time, Ordering::Relaxed);
         }
         let now_live = !drop && is_live(state);
         let new_at = if now_live { state.expire_at_ms() } else { 0 };
@@ -400,6 +404,10 @@ pub struct Keyspace {
     /// Bumped by every change to the state that is not a write (and so
     /// moves no version vector): collection, a transfer's forgetting.
     pub changes_besides_writes: Arc<AtomicU64>,
+    /// The newest GC floor (its time) below which collection dropped
+    /// something: a write older than it that arrives late may be one a
+    /// collected delete had beaten (see `Core::collected`).
+    collected: Arc<AtomicU64>,
     /// With a store: local write calls so far, so a connection can tell
     /// whether its batch wrote (`appendfsync always`).
     local_writes: AtomicU64,
@@ -516,6 +524,7 @@ impl Keyspace {
         maps_hasher: KeyHasher,
     ) -> Keyspace {
         let changes = Arc::new(AtomicU64::new(0));
+        let collected = Arc::new(AtomicU64::new(0));
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -523,6 +532,7 @@ impl Keyspace {
                         .map(|_| Db {
                             map: HashMap::with_hasher(maps_hasher),
                             changes: changes.clone(),
+                            collected: collected.clone(),
                             ..Db::default()
                         })
                         .collect(),
@@ -541,6 +551,7 @@ impl Keyspace {
             sink: None,
             gc_time: AtomicU64::new(u64::MAX),
             changes_besides_writes: changes,
+            collected,
             local_writes: AtomicU64::new(0),
             tracking: false,
         }
@@ -704,6 +715,27 @@ impl Keyspace {
         }
     }
 
+    /// A stamp at or after everything collection dropped so far (ZERO when
+    /// nothing was).
+    pub fn collected(&self) -> Stamp {
+        match self.collected.load(Ordering::Relaxed) {
+            0 => Stamp::ZERO,
+            time => Stamp {
+                time,
+                node: NodeId(u64::MAX),
+            },
+        }
+    }
+
+    /// Lowers the GC floor to before `stamp` until the next
+    /// [`Keyspace::set_gc_floor`]. Whoever collects reads the floor under
+    /// its shard's lock, so with every shard held nothing stamped at or
+    /// after `stamp` is collected from then on.
+    pub fn cap_gc_floor(&self, stamp: Stamp) {
+        self.gc_time
+            .fetch_min(stamp.time.saturating_sub(1), Ordering::Relaxed);
+    }
+
     /// Sets the GC floor (from the replication layer).
     pub fn set_gc_floor(&self, floor: Stamp) {
         // Strictly before the floor's time: whatever the node ids.
@@ -713,10 +745,12 @@ impl Keyspace {
 
     /// Drops every tombstone below the GC floor; returns how many went.
     pub fn collect_garbage(&self) -> usize {
-        let acked = self.gc_acked();
         let mut collected = 0;
         for index in 0..SHARDS {
             let mut shard = self.shards[index].lock();
+            // Read under the lock: a floor lowered meanwhile (see
+            // `cap_gc_floor`) holds for every shard not swept yet.
+            let acked = self.gc_acked();
             for db in shard.dbs.iter_mut() {
                 // A tombstone, floor or removal record under a counter is
                 // dropped in place (the key stays, its count and expiry
@@ -727,6 +761,7 @@ impl Keyspace {
                 }
                 if compacted {
                     db.changes.fetch_add(1, Ordering::Relaxed);
+                    db.collected.fetch_max(acked.time, Ordering::Relaxed);
                 }
                 if db.map.len() == db.live {
                     continue;
@@ -807,11 +842,11 @@ impl Keyspace {
         held: &std::collections::BTreeMap<NodeId, Stamp>,
         scope: Option<&Scope>,
     ) -> usize {
-        let acked = self.gc_acked();
         let held = |n: NodeId| held.get(&n).copied().unwrap_or(Stamp::ZERO);
         let mut changed = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
+            let acked = self.gc_acked();
             for (db, d) in shard.dbs.iter_mut().enumerate() {
                 let unnamed: Vec<Key> = d
                     .map

@@ -179,6 +179,7 @@ impl Node {
         let repl = config.replicating().then(|| {
             let repl = Replicator::new(node, config.repl_backlog_size, env.wall_ms);
             repl.set_repair_interval(Duration::from_secs(config.repl_repair_interval_secs));
+            repl.set_removed_grace(Duration::from_secs(config.removed_peer_grace_secs));
             ks.set_sink(repl.clone());
             repl
         });

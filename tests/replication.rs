@@ -718,9 +718,16 @@ struct Apart {
 }
 
 impl Apart {
+    /// Apart with the default `removed-peer-grace` (an hour): neither
+    /// collects anything the other may still hold.
     fn new(keys: &[&str]) -> Apart {
+        Apart::with_grace(keys, "3600")
+    }
+
+    /// Apart, each collecting without the other once `grace` seconds passed.
+    fn with_grace(keys: &[&str], grace: &str) -> Apart {
         let (pa, pb) = (free_port(), free_port());
-        let small = ["--repl-backlog-size", "16kb"];
+        let small = ["--repl-backlog-size", "16kb", "--removed-peer-grace", grace];
         let a = node(pa, &[pb], &small);
         let b = node(pb, &[pa], &small);
         let (mut ca, mut cb) = (a.conn(), b.conn());
@@ -759,37 +766,145 @@ impl Apart {
     }
 }
 
-/// #11 item 11: a member removed from the mesh and added back later with its
-/// old data used to bring keys deleted meanwhile back through a state
-/// transfer. What it sends that the receiver applied already is now dropped.
+/// #11 item 11, found by the simulation (seed 100137): a write a removed
+/// member made that the others never received came back with it, though a
+/// delete stamped after it had been collected meanwhile. Within its
+/// `removed-peer-grace` a removed member still holds collection back, so
+/// the delete is there to win when it returns.
 #[test]
-fn a_member_added_back_with_old_data_brings_no_deleted_key_back() {
+fn a_removed_members_unseen_write_does_not_bring_back_a_key_deleted_after_it() {
     let apart = Apart::new(&["doomed"]);
     let (mut ca, mut cb) = (apart.a.conn(), apart.b.conn());
-
-    // Alone, A deletes the key and collects its tombstone.
-    apart.delete_on_a("doomed");
-    // B, still holding the key, writes past its backlog: A will need a
-    // state transfer from it.
-    let filler = "x".repeat(100);
-    for i in 0..500 {
-        q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
-    }
-    // B links first, so that A's delete cannot reach B before B's transfer.
+    // Apart, B writes the key; A never sees that write. Then A deletes it.
+    q::<()>(&mut cb, &["SET", "doomed", "from-b"]);
+    std::thread::sleep(Duration::from_millis(5));
+    q::<i64>(&mut ca, &["DEL", "doomed"]);
+    // Long enough for A to collect (a sweep every 5 s), were B not in its
+    // grace.
+    std::thread::sleep(Duration::from_secs(7));
+    assert_eq!(info_field(&mut ca, "tombstones"), "1", "kept for B");
     apart.link_b();
-    wait_until("B's writes on A", || get(&mut ca, "b499").is_some());
-    assert!(info_field(&mut cb, "peer0").contains("state_transfers=1"));
-    assert_eq!(get(&mut ca, "doomed"), None, "a deleted key came back");
     apart.link_a();
-    wait_until("the delete on B too", || get(&mut cb, "doomed").is_none());
+    let mut n = 0;
+    wait_until("each node's later writes on the other", || {
+        n += 1;
+        q::<()>(&mut ca, &["SET", "a-marker", &n.to_string()]);
+        q::<()>(&mut cb, &["SET", "b-marker", &n.to_string()]);
+        get(&mut ca, "b-marker").is_some() && get(&mut cb, "a-marker").is_some()
+    });
+    assert_eq!(
+        get(&mut ca, "doomed"),
+        None,
+        "a key deleted after B's write came back"
+    );
+    wait_until("the key gone from B too", || {
+        get(&mut cb, "doomed").is_none()
+    });
+}
+
+/// #11 item 11, as it happens in production: a member with a store is
+/// removed, and restarts from its store as a new life holding writes of its
+/// earlier one that A never received, while A collected a delete past its
+/// grace. A refuses those writes, whichever life brings them.
+#[test]
+fn a_member_restarted_from_its_store_past_its_grace_is_refused_while_it_holds_writes_never_received(
+) {
+    let dir = std::env::temp_dir().join(format!("chorus-closed-store-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &["--removed-peer-grace", "0"]);
+    let b_args = ["--appendonly", "yes", "--dir", d, "--appendfsync", "always"];
+    let b = node(pb, &[pa], &b_args);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "doomed", "v"]);
+    q::<()>(&mut cb, &["SET", "from-b", "v"]);
+    wait_until("both links", || {
+        get(&mut cb, "doomed").is_some() && get(&mut ca, "from-b").is_some()
+    });
+    let (ps_a, ps_b) = (pa.to_string(), pb.to_string());
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &ps_b]);
+    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &ps_a]);
+    // Apart: B writes the key (stored at once), then A deletes and collects.
+    q::<()>(&mut cb, &["SET", "doomed", "from-b"]);
+    std::thread::sleep(Duration::from_millis(5));
+    q::<i64>(&mut ca, &["DEL", "doomed"]);
+    wait_until("the tombstone collected on A", || {
+        info_field(&mut ca, "tombstones") == "0"
+    });
+    drop(cb);
+    drop(b);
+    // Back from its store, with A in its configured peers.
+    let b = node(pb, &[pa], &b_args);
+    let mut cb = b.conn();
+    assert_eq!(get(&mut cb, "doomed").as_deref(), Some("from-b"));
+    wait_until("A to refuse B's earlier life's writes", || {
+        info_field(&mut ca, "peer_links_refused_removed") != "0"
+    });
+    wait_until("B to be told why", || {
+        info_field(&mut cb, "peer0").contains("removed-peer-grace")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(get(&mut ca, "doomed"), None, "a deleted key came back");
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// #11 item 11: past its grace, A collected a delete without B, so B's
+/// writes A never received could bring deleted keys back. A refuses B while
+/// it holds such writes, says so (its INFO and log, B's link error), and
+/// takes B back once B restarts empty.
+#[test]
+fn a_member_back_after_its_grace_with_writes_the_others_never_received_is_refused() {
+    let mut apart = Apart::with_grace(&["doomed"], "0");
+    let mut ca = apart.a.conn();
+    {
+        let mut cb = apart.b.conn();
+        q::<()>(&mut cb, &["SET", "doomed", "from-b"]);
+    }
+    apart.delete_on_a("doomed");
+    {
+        let mut cb = apart.b.conn();
+        // Past B's backlog too: B would send a state transfer.
+        let filler = "x".repeat(100);
+        for i in 0..500 {
+            q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
+        }
+    }
+    apart.link_b();
+    wait_until("A to refuse B", || {
+        info_field(&mut ca, "peer_links_refused_removed") != "0"
+    });
+    wait_until("B to be told why", || {
+        info_field(&mut apart.b.conn(), "peer0").contains("removed-peer-grace")
+    });
+    assert_eq!(get(&mut ca, "doomed"), None, "a deleted key came back");
+    assert_eq!(get(&mut ca, "b0"), None, "B's writes were merged");
+    // Restarted empty, B is a new node: A takes it back.
+    apart.b.child.kill().unwrap();
+    apart.b.child.wait().unwrap();
+    let (pa, pb): (u16, u16) = (apart.pa.parse().unwrap(), apart.pb.parse().unwrap());
+    let b = node(pb, &[pa], &["--repl-backlog-size", "16kb"]);
+    apart.link_a();
+    q::<()>(&mut ca, &["SET", "after", "v"]);
+    let mut cb = b.conn();
+    wait_until("A's state on the new B", || get(&mut cb, "after").is_some());
+    q::<()>(&mut cb, &["SET", "from-new-b", "v"]);
+    wait_until("the new B's writes on A", || {
+        get(&mut ca, "from-new-b").is_some()
+    });
+    assert_eq!(get(&mut cb, "doomed"), None);
+    assert_eq!(get(&mut cb, "b0"), None);
 }
 
 /// #11 item 5: removing a peer froze tombstone GC for good: its last
-/// promise still bounded the floor. Once removed it no longer counts.
+/// promise still bounded the floor. Once removed (and its `removed-peer-grace`
+/// over) it no longer counts.
 #[test]
 fn a_removed_peer_no_longer_holds_tombstone_collection_back() {
     let (pa, pb) = (free_port(), free_port());
-    let a = node(pa, &[pb], &[]);
+    let a = node(pa, &[pb], &["--removed-peer-grace", "0"]);
     let b = node(pb, &[pa], &[]);
     let mut ca = a.conn();
     let mut cb = b.conn();
@@ -1073,41 +1188,45 @@ fn a_restarted_peers_earlier_life_is_released_once_every_node_holds_it() {
 /// nothing deleted back to its peers, but kept (and served) the deleted key
 /// itself for good when the delete had left every backlog: the state
 /// transfer it received no longer named the key. What the sender had
-/// applied and no longer holds is gone on the receiver too.
+/// applied and no longer holds is gone on the receiver too. (B wrote
+/// nothing A lacks, so A takes it back past its grace.)
 #[test]
 fn a_member_added_back_with_old_data_forgets_keys_deleted_while_it_was_away() {
-    let apart = Apart::new(&["doomed", "kept"]);
+    let apart = Apart::with_grace(&["doomed", "kept"], "0");
     let (mut ca, mut cb) = (apart.a.conn(), apart.b.conn());
 
     apart.delete_on_a("doomed");
-    // Both write past their backlogs: each needs a state transfer.
+    // A writes past its backlog: B needs a state transfer.
     let filler = "x".repeat(100);
     for i in 0..500 {
         q::<()>(&mut ca, &["SET", &format!("a{i}"), &filler]);
-        q::<()>(&mut cb, &["SET", &format!("b{i}"), &filler]);
     }
     apart.link_a();
     apart.link_b();
-    wait_until("each node's writes on the other", || {
-        get(&mut ca, "b499").is_some() && get(&mut cb, "a499").is_some()
-    });
+    wait_until("A's writes on B", || get(&mut cb, "a499").is_some());
     wait_until("the deleted key gone from B", || {
         get(&mut cb, "doomed").is_none()
     });
-    // A transfer streams keys in shard order: b499 can come before others.
+    // A transfer streams keys in shard order: a499 can come before others.
     wait_until("both nodes to hold the same keys", || {
         q::<i64>(&mut ca, &["DBSIZE"]) == q::<i64>(&mut cb, &["DBSIZE"])
     });
     assert_eq!(get(&mut ca, "doomed"), None);
     assert_eq!(get(&mut cb, "kept").as_deref(), Some("v"));
-    assert_eq!(q::<i64>(&mut ca, &["DBSIZE"]), 1002);
+    assert_eq!(q::<i64>(&mut ca, &["DBSIZE"]), 502);
+    // B's own writes reach A again: A took it back.
+    q::<()>(&mut cb, &["SET", "after", "v"]);
+    wait_until("B's write on A", || get(&mut ca, "after").is_some());
+    assert_eq!(info_field(&mut ca, "peer_links_refused_removed"), "0");
 }
 
 /// Found while closing #11 item 11: a state transfer was merged less what
 /// lay below the *receiver's* GC floor, but a floor computed while a member
 /// was removed says nothing of that member's writes. Writes both nodes
 /// acknowledged while apart, stamped below the other's floor, were dropped
-/// when the member came back. Each node keeps every write of the other.
+/// when the member came back. Each node keeps every write of the other
+/// (within the removed peers' grace; past it, see
+/// `a_member_back_after_its_grace_with_writes_the_others_never_received_is_refused`).
 #[test]
 fn writes_made_while_a_member_was_removed_all_survive_its_return() {
     let apart = Apart::new(&["first"]);

@@ -102,6 +102,20 @@ impl Buckets {
 pub struct Scope(pub Vec<(u32, Buckets)>);
 
 impl Scope {
+    /// Every key of `databases` databases.
+    pub fn everything(databases: usize) -> Scope {
+        Scope(
+            (0..databases as u32)
+                .map(|db| (db, Buckets::all()))
+                .collect(),
+        )
+    }
+
+    /// Whether the scope covers every key of `databases` databases.
+    pub fn is_everything(&self, databases: usize) -> bool {
+        (0..databases as u32).all(|db| self.0.iter().any(|(d, b)| *d == db && *b == Buckets::all()))
+    }
+
     pub fn covers_db(&self, db: u32) -> bool {
         self.0.iter().any(|(d, _)| *d == db)
     }

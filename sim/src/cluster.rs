@@ -153,6 +153,7 @@ async fn start_node(
     } else {
         "30"
     };
+    let grace = REMOVED_GRACE_SECS.with(Cell::get).to_string();
     let args: Vec<String> = [
         "--active-replica",
         "yes",
@@ -165,6 +166,8 @@ async fn start_node(
         "32kb",
         "--repl-repair-interval",
         repair,
+        "--removed-peer-grace",
+        &grace,
     ]
     .iter()
     .map(|s| s.to_string())
@@ -232,6 +235,21 @@ pub fn restored(reg: &Registry, slot: usize, backup: Arc<MemStore>) {
     r[slot].node = None;
 }
 
+/// Marks `slot` down (its host was crashed) and empties its store, as an
+/// operator does for a node refused for holding writes of a removed member
+/// (docs/operations.md, "Removing a member"): what its lives' stores held
+/// no longer has to survive.
+pub fn wiped(reg: &Registry, slot: usize) {
+    crashed(reg, slot);
+    let mut r = reg.borrow_mut();
+    for (_, kept) in r[slot].crashed.iter_mut() {
+        *kept = 0;
+    }
+    if r[slot].store.is_some() {
+        r[slot].store = Some(Arc::new(MemStore::new()));
+    }
+}
+
 /// Marks `slot` down (its host was crashed): its memory is gone; its
 /// store keeps what the last cut held.
 /// Returns the life that crashed and how many of its writes its store held.
@@ -261,8 +279,14 @@ pub fn repair_off(off: bool) {
     REPAIR_OFF.with(|r| r.set(off));
 }
 
+/// `removed-peer-grace` of the nodes started on this thread from now on.
+pub fn set_removed_grace(secs: u64) {
+    REMOVED_GRACE_SECS.with(|g| g.set(secs));
+}
+
 thread_local! {
     static REPAIR_OFF: Cell<bool> = const { Cell::new(false) };
+    static REMOVED_GRACE_SECS: Cell<u64> = const { Cell::new(3_600) };
     /// Test-only: stores lose every key at a crash but keep their version
     /// vector, so restarted nodes claim writes they lack. The checkers must
     /// catch it.

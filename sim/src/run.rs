@@ -4,7 +4,7 @@
 //! Everything random derives from the seed (topology of faults, workload,
 //! turmoil's network, node ids, hashers, QUIC's RNG), so a seed replays.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,8 @@ struct Run<'a> {
     sessions: usize,
     /// Some writes carry large values.
     large: bool,
+    /// Refused lives wiped already.
+    wiped_for: BTreeSet<NodeId>,
 }
 
 /// A fault in effect, and how to lift it.
@@ -140,7 +142,15 @@ pub fn run(opts: &Options) -> Outcome {
         unchecked_keys: 0,
         sessions: 0,
         large: chosen.contains(&FaultKind::Large),
+        wiped_for: BTreeSet::new(),
     };
+    // Drawn from the seed, not the workload's stream: past the grace (0 s
+    // always, 1 s at times) a removed member holding writes the others never
+    // received is refused when it comes back, and wiped; within it (an
+    // hour), taken back whole.
+    let grace = [0, 1, 3_600][(cluster::splitmix(opts.seed ^ 0x0067_7261_6365) % 3) as usize];
+    cluster::set_removed_grace(grace);
+    run.note(format!("removed-peer-grace {grace}s"));
     if chosen.contains(&FaultKind::Skew) {
         for slot in 0..nodes {
             let skew = run.rng.random_range(-4_000i64..=4_000);
@@ -255,6 +265,7 @@ impl Run<'_> {
             self.one_op(op)?;
             let pause = self.rng.random_range(0..=30);
             self.step(pause)?;
+            self.wipe_refused();
         }
         let mut rest: std::collections::VecDeque<Active> =
             lift_at.into_values().flatten().collect();
@@ -397,6 +408,41 @@ impl Run<'_> {
             }
         }
         None
+    }
+
+    /// What an operator does for a node refused for holding writes of a
+    /// member removed past its grace, without the deletes collected since:
+    /// restarts it with an empty store. Those writes, and its own that no
+    /// other node received, are lost, knowingly (docs/operations.md,
+    /// "Removing a member").
+    fn wipe_refused(&mut self) {
+        let mut refused = BTreeSet::new();
+        for slot in self.up() {
+            if let Some((node, _)) = cluster::node(&self.reg, slot) {
+                if let Some(repl) = &node.repl {
+                    refused.extend(repl.refused_nodes());
+                }
+            }
+        }
+        refused.retain(|life| !self.wiped_for.contains(life));
+        if refused.is_empty() {
+            return;
+        }
+        for slot in self.up() {
+            let Some((_, life)) = cluster::node(&self.reg, slot) else {
+                continue;
+            };
+            if !refused.contains(&life) {
+                continue;
+            }
+            self.wiped_for.insert(life);
+            self.sim.crash(Self::name(slot));
+            cluster::wiped(&self.reg, slot);
+            self.sim.bounce(Self::name(slot));
+            self.note(format!(
+                "n{slot} wiped and restarted: {life:?} refused for a removed member's writes"
+            ));
+        }
     }
 
     fn repl_addr(&self, slot: usize) -> std::net::SocketAddr {
@@ -688,6 +734,7 @@ impl Run<'_> {
             if let Err(f) = self.step(100) {
                 return Some(f);
             }
+            self.wipe_refused();
             let snapshot = check::Snapshot::take(&self.reg, self.nodes);
             match snapshot.converged() {
                 Ok(()) => {

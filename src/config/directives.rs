@@ -592,6 +592,7 @@ pub static DIRECTIVES: &[Directive] = &[
     applied("cluster-name", "chorus"),
     applied("max-clock-drift", "500"),
     applied("repl-repair-interval", "30"),
+    applied("removed-peer-grace", "3600"),
 ];
 
 /// The known name closest to a misspelt `name`, if any is close enough to

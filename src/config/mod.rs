@@ -92,6 +92,9 @@ pub struct Config {
     /// Seconds between digest offers on a quiet link; 0: never (see
     /// docs/architecture.md, "Repair").
     pub repl_repair_interval_secs: u64,
+    /// Seconds a peer removed with REPLICAOF REMOVE keeps holding tombstone
+    /// collection back (see docs/operations.md, "Removing a member").
+    pub removed_peer_grace_secs: u64,
     /// Keep the node's state on disk (in `dir`), all keys in RAM.
     pub appendonly: bool,
     /// Where the data files go.
@@ -296,6 +299,7 @@ impl Default for Config {
             repl_backlog_size: 16 * 1024 * 1024,
             max_clock_drift_ms: 500,
             repl_repair_interval_secs: 30,
+            removed_peer_grace_secs: 3600,
             appendonly: false,
             dir: std::path::PathBuf::from("."),
             appendfsync: Fsync::Everysec,
@@ -599,6 +603,13 @@ impl Config {
                     .filter(|s| *s <= 86_400)
                     .ok_or_else(|| bad("expects seconds, 0 (never) to 86400"))?;
             }
+            "removed-peer-grace" => {
+                self.removed_peer_grace_secs = one()?
+                    .parse()
+                    .ok()
+                    .filter(|s| *s <= 30 * 86_400)
+                    .ok_or_else(|| bad("expects seconds, 0 to 2592000 (30 days)"))?;
+            }
             "repl-backlog-size" => {
                 let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 16mb"))?;
                 self.repl_backlog_size = usize::try_from(n)
@@ -821,6 +832,7 @@ impl Config {
             "cluster-name" => self.cluster_name.clone(),
             "max-clock-drift" => self.max_clock_drift_ms.to_string(),
             "repl-repair-interval" => self.repl_repair_interval_secs.to_string(),
+            "removed-peer-grace" => self.removed_peer_grace_secs.to_string(),
             "repl-backlog-size" => self.repl_backlog_size.to_string(),
             // No snapshots are taken whatever was written; tools such as
             // redis-benchmark read `save` to learn whether the server
@@ -954,6 +966,20 @@ mod tests {
         let p = dir.join(name);
         std::fs::write(&p, text).unwrap();
         p
+    }
+
+    #[test]
+    fn removed_peer_grace_takes_seconds_up_to_thirty_days() {
+        let load = |v: &str| Config::load(None, &["--removed-peer-grace".into(), v.into()]);
+        assert_eq!(load("0").unwrap().removed_peer_grace_secs, 0);
+        assert_eq!(load("2592000").unwrap().removed_peer_grace_secs, 2_592_000);
+        assert!(load("2592001").is_err());
+        assert!(load("-1").is_err());
+        assert!(load("1h").is_err());
+        assert_eq!(
+            Config::load(None, &[]).unwrap().removed_peer_grace_secs,
+            3600
+        );
     }
 
     #[test]

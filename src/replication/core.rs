@@ -21,9 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chorus_crdt::{NodeId, Stamp};
 
 use super::backlog::{Backlog, Resume};
-use super::gc::GcView;
-#[cfg(test)]
-use super::gc::MAX_RETIRED;
+use super::gc::{GcView, MAX_RETIRED};
 use super::relay::{Relay, Relayed};
 use super::version::{Arrival, VersionVector};
 
@@ -35,6 +33,9 @@ pub const RELAY_DELAY_MS: u64 = 1_000;
 pub const SEND_BATCH_BYTES: usize = 256 * 1024;
 /// At most this many relayed frames per origin in one plan.
 pub(super) const RELAY_BATCH: usize = 256;
+/// How long a removed peer keeps holding collection back by default (see
+/// [`Core::set_removed_grace`]).
+pub const REMOVED_GRACE_MS: u64 = 3_600_000;
 /// Sweep tombstones below the floor every this many GC ticks.
 const SWEEP_EVERY_TICKS: u32 = 25;
 
@@ -180,6 +181,25 @@ pub struct Core {
     swept: Stamp,
     /// The retired nodes no longer counted (once settled, for good).
     settled: BTreeSet<NodeId>,
+    /// Removed peers not linked since, with when they were removed.
+    removed_at: BTreeMap<NodeId, u64>,
+    /// How long a removed peer holds collection back after it settled.
+    removed_grace_ms: u64,
+    /// Removed peers whose grace ran out: collection went on without them,
+    /// so a write of theirs this node never received ([`Core::admits`]) may
+    /// be older than a delete collected here, and merged alone it would
+    /// bring the key back (when such writes are taken: the driver's
+    /// `Replicator::judge_transfer`). Reopened, counting again, when nothing
+    /// was collected past their promise or once they show they hold nothing
+    /// we lack ([`Core::heartbeat`]). At most [`MAX_RETIRED`]: past that a
+    /// removed peer is not closed, and what it wrote unseen may bring keys
+    /// back, as before closing existed.
+    closed: BTreeSet<NodeId>,
+    /// Each peer life's earlier life at the same address: a later life of a
+    /// closed member may hold its writes as they were before they met the
+    /// deletes collected here (see [`Core::carries`]). At most
+    /// [`MAX_RETIRED`] entries.
+    earlier_life: BTreeMap<NodeId, NodeId>,
 }
 
 impl Core {
@@ -197,7 +217,20 @@ impl Core {
             gc_ticks: 0,
             swept: Stamp::ZERO,
             settled: BTreeSet::new(),
+            removed_at: BTreeMap::new(),
+            removed_grace_ms: REMOVED_GRACE_MS,
+            closed: BTreeSet::new(),
+            earlier_life: BTreeMap::new(),
         }
+    }
+
+    /// `removed-peer-grace`: how long after its removal (once every
+    /// remaining peer holds as much of it as this node) a removed peer stops
+    /// holding collection back. Within it the peer may come back with
+    /// anything it wrote; after it, only without writes this node never
+    /// received (docs/operations.md, "Removing a member").
+    pub fn set_removed_grace(&mut self, ms: u64) {
+        self.removed_grace_ms = ms;
     }
 
     // ----- local writes -----
@@ -349,17 +382,85 @@ impl Core {
     /// A link with `peer` came up; `previous` is the node id last seen at
     /// the same address, now retired when it differs (a restarted peer).
     pub fn link_up(&mut self, peer: NodeId, previous: Option<NodeId>) {
-        if self.gc.readmit(peer) {
-            self.settled.remove(&peer);
+        // A closed peer counts again only once it shows it holds nothing
+        // we lack: one that never does would hold collection back for good.
+        if !self.closed.contains(&peer) {
+            self.readmit(peer);
         }
         self.gc.know(peer);
         if let Some(old) = previous.filter(|old| *old != peer) {
             self.gc.retire(old);
+            if self.earlier_life.len() < MAX_RETIRED {
+                self.earlier_life.insert(peer, old);
+            }
         }
+    }
+
+    /// Whether `life` is `origin` or a later life of it.
+    fn descends(&self, life: NodeId, origin: NodeId) -> bool {
+        let mut at = life;
+        // Bounded: a cycle of ids (a peer flapping between two) ends too.
+        for _ in 0..64 {
+            if at == origin {
+                return true;
+            }
+            match self.earlier_life.get(&at) {
+                Some(&earlier) => at = earlier,
+                None => return false,
+            }
+        }
+        false
+    }
+
+    fn readmit(&mut self, peer: NodeId) {
+        if self.gc.readmit(peer) {
+            self.settled.remove(&peer);
+        }
+        self.removed_at.remove(&peer);
+        self.closed.remove(&peer);
     }
 
     pub fn judge(&self, origin: NodeId, seq: u64) -> Arrival {
         self.applied.judge(origin, seq)
+    }
+
+    /// Whether write `seq` of `origin` may be merged as it is: not one of a
+    /// closed member that this node never received (see
+    /// [`Core::closed_promise`]).
+    pub fn admits(&self, origin: NodeId, seq: u64) -> bool {
+        !self.closed.contains(&origin) || seq <= self.applied.get(origin)
+    }
+
+    /// For a closed `peer`, its newest promise counted here: what of its
+    /// writes we lack is stamped after it.
+    pub fn closed_promise(&self, peer: NodeId) -> Option<Stamp> {
+        self.closed
+            .contains(&peer)
+            .then(|| self.gc.promise_of(peer))
+    }
+
+    /// `peer` counts again: nothing was collected past
+    /// [`Core::closed_promise`], so nothing it holds is older than a delete
+    /// collected here.
+    pub fn reopen(&mut self, peer: NodeId) {
+        self.readmit(peer);
+    }
+
+    /// Whether a state transfer from `sender` that holds writes of closed
+    /// `origin` this node never received may be merged, this node having
+    /// collected up to `collected`: the sender's state must have met every
+    /// delete collected here, so that those writes won or lost against
+    /// them there as they would have here. A peer counted while this node
+    /// collected had applied each delete before it went (its stable stamp
+    /// passed them). Not `origin` itself nor a later life of it: those hold
+    /// its writes from before they met the deletes, and a transfer from
+    /// here, which no longer names collected keys, does not undo them.
+    pub fn carries(&self, sender: NodeId, origin: NodeId, collected: Stamp) -> bool {
+        !self.descends(sender, origin) && self.gc.highest_stable(sender) > collected
+    }
+
+    pub fn is_closed(&self, peer: NodeId) -> bool {
+        self.closed.contains(&peer)
     }
 
     /// Write `seq` of `origin` was merged: advance, and keep its frame to
@@ -385,7 +486,14 @@ impl Core {
     }
 
     /// A heartbeat from `origin` (see `wire::ReplMsg::Heartbeat`).
+    ///
+    /// From a closed peer (heartbeats come only from their origin), one that
+    /// follows no write of its own that we lack reopens it: everything it
+    /// holds of itself is here, and it counts again.
     pub fn heartbeat(&mut self, origin: NodeId, hb: Heartbeat) {
+        if self.closed.contains(&origin) && hb.seq <= self.applied.get(origin) {
+            self.readmit(origin);
+        }
         for node in hb.retired {
             self.gc.retire(node);
         }
@@ -476,6 +584,12 @@ impl Core {
         for &node in settled {
             if self.settled.insert(node) {
                 self.relay.release(node);
+                if self.gc.is_removed(node)
+                    && !self.gc.is_retired(node)
+                    && self.closed.len() < MAX_RETIRED
+                {
+                    self.closed.insert(node);
+                }
             }
         }
         let settled = &self.settled;
@@ -492,24 +606,35 @@ impl Core {
         self.gc_state
     }
 
-    /// `peer` was removed from the mesh: once every remaining peer holds as
-    /// much of it as this node (what we hold of it we pass on), it stops
-    /// holding the GC floor back, until it links again.
-    pub fn forget(&mut self, peer: NodeId) {
+    /// `peer` was removed from the mesh at `now_ms`: once every remaining
+    /// peer holds as much of it as this node (what we hold of it we pass
+    /// on) and its grace ran out, it stops holding the GC floor back, until
+    /// it links again.
+    pub fn forget(&mut self, peer: NodeId, now_ms: u64) {
         self.gc.remove(peer);
+        self.removed_at.entry(peer).or_insert(now_ms);
     }
 
     pub fn gc_state(&self) -> GcState {
         self.gc_state
     }
 
-    /// Retired nodes that every peer (by what it acknowledged, `peers_acked`
-    /// with each peer's own id) applied exactly as much of as we did: no
-    /// write of theirs is still on its way, so they stop counting.
-    pub fn settled(&self, peers: &[PeerAcks]) -> BTreeSet<NodeId> {
+    /// Retired nodes and removed peers that every peer (by what it
+    /// acknowledged, `peers_acked` with each peer's own id) applied exactly
+    /// as much of as we did: no write of theirs is still on its way, so they
+    /// stop counting; a removed peer only once its grace ran out at
+    /// `now_ms`.
+    pub fn settled(&self, peers: &[PeerAcks], now_ms: u64) -> BTreeSet<NodeId> {
         self.gc
             .leaving()
             .into_iter()
+            .filter(|r| {
+                self.gc.is_retired(*r)
+                    || self
+                        .removed_at
+                        .get(r)
+                        .is_none_or(|at| now_ms.saturating_sub(*at) >= self.removed_grace_ms)
+            })
             .filter(|r| {
                 peers
                     .iter()
@@ -910,16 +1035,16 @@ mod tests {
         level.advance(old, 4);
         let other = NodeId::new(9);
         let acks = |id, acked| [PeerAcks { id, acked }];
-        assert!(core.settled(&acks(other, behind)).is_empty());
-        assert_eq!(core.settled(&acks(other, level)), [old].into());
+        assert!(core.settled(&acks(other, behind), 0).is_empty());
+        assert_eq!(core.settled(&acks(other, level), 0), [old].into());
         // A link still reporting the old life's own id is not asked about it.
         assert_eq!(
-            core.settled(&acks(Some(old), VersionVector::default())),
+            core.settled(&acks(Some(old), VersionVector::default()), 0),
             [old].into()
         );
         // The new life is a peer like any other: it must have caught up.
         assert!(core
-            .settled(&acks(Some(new), VersionVector::default()))
+            .settled(&acks(Some(new), VersionVector::default()), 0)
             .is_empty());
     }
 
@@ -941,19 +1066,25 @@ mod tests {
         let mut held = VersionVector::default();
         held.advance(old, 3);
         let names_old = |vv: &[(NodeId, u64)]| vv.iter().any(|(n, _)| *n == old);
-        let lacking = core.settled(&[PeerAcks {
-            id: Some(new),
-            acked: VersionVector::default(),
-        }]);
+        let lacking = core.settled(
+            &[PeerAcks {
+                id: Some(new),
+                acked: VersionVector::default(),
+            }],
+            0,
+        );
         core.gc_tick(&lacking, false);
         assert_eq!(core.relay_bytes(), 300, "kept while a peer lacks it");
         let mut reported = BTreeMap::new();
         assert!(names_old(&core.ack_vv(&mut reported)));
 
-        let settled = core.settled(&[PeerAcks {
-            id: Some(new),
-            acked: held.clone(),
-        }]);
+        let settled = core.settled(
+            &[PeerAcks {
+                id: Some(new),
+                acked: held.clone(),
+            }],
+            0,
+        );
         core.gc_tick(&settled, false);
         assert_eq!(core.relay_bytes(), 0);
         assert!(
@@ -1022,15 +1153,16 @@ mod tests {
                 acked: acked.clone(),
             }]
         };
-        core.forget(gone);
-        let settled = core.settled(&acks(&lacking));
+        core.set_removed_grace(0);
+        core.forget(gone, 0);
+        let settled = core.settled(&acks(&lacking), 0);
         assert_eq!(
             core.gc_tick(&settled, false).floor,
             st(10, 7),
             "still counted"
         );
         core.promise(st(70, 1));
-        let settled = core.settled(&acks(&holding));
+        let settled = core.settled(&acks(&holding), 0);
         assert_eq!(core.gc_tick(&settled, false).floor, st(50, 8));
         let mut link = LinkState::new(me, other, &holding);
         let hb = core
@@ -1038,11 +1170,112 @@ mod tests {
             .heartbeat
             .expect("promise");
         assert!(hb.retired.is_empty(), "a removal is not announced");
-        // Linked again with the same id: it counts again.
+    }
+
+    /// #11 item 11, seed 100137 of the simulation: a removed peer stopped
+    /// counting as soon as it settled, so a delete made after a write of it
+    /// that this node never received was collected, and the write brought
+    /// the key back when the peer returned with it. A removed peer now
+    /// counts for `removed-peer-grace`; after that it is closed: refused
+    /// while it holds a write of its own we lack, reopened (counting again)
+    /// by a heartbeat that follows none.
+    #[test]
+    fn a_removed_peer_counts_for_its_grace_then_is_closed_until_it_shows_it_holds_nothing_new() {
+        let (me, gone, other) = (NodeId(1), NodeId(7), NodeId(8));
+        let mut core = Core::new(me, 1 << 20);
+        core.set_removed_grace(1_000);
         core.link_up(gone, None);
-        core.promise(st(80, 1));
-        let settled = core.settled(&acks(&holding));
+        core.link_up(other, None);
+        core.applied(gone, 1, 0, bytes::Bytes::from_static(b"w"));
+        core.heartbeat(gone, hb(1, st(10, 7), st(10, 7)));
+        core.heartbeat(other, hb(0, st(50, 8), st(50, 8)));
+        core.promise(st(60, 1));
+        let mut holding = VersionVector::default();
+        holding.advance(gone, 1);
+        let acks = [PeerAcks {
+            id: Some(other),
+            acked: holding,
+        }];
+        core.forget(gone, 5_000);
+        let settled = core.settled(&acks, 5_999);
+        assert_eq!(
+            core.gc_tick(&settled, false).floor,
+            st(10, 7),
+            "counted during its grace"
+        );
+        assert!(core.admits(gone, 2), "not closed during its grace");
+        // Back within its grace: it counts again, and may bring anything.
+        core.link_up(gone, None);
+        core.forget(gone, 6_000);
+        let settled = core.settled(&acks, 6_999);
         assert_eq!(core.gc_tick(&settled, false).floor, st(10, 7));
+        let settled = core.settled(&acks, 7_000);
+        assert_eq!(core.gc_tick(&settled, false).floor, st(50, 8), "grace over");
+        assert!(core.is_closed(gone));
+        assert!(core.admits(gone, 1), "what we hold of it");
+        assert!(!core.admits(gone, 2), "a write of it we never got");
+        assert!(core.admits(other, 9), "another origin's write");
+        assert_eq!(core.closed_promise(gone), Some(st(10, 7)));
+        assert_eq!(core.closed_promise(other), None);
+        // Linking again does not count it while it may hold more.
+        core.link_up(gone, None);
+        core.promise(st(70, 1));
+        let settled = core.settled(&acks, 8_000);
+        assert_eq!(core.gc_tick(&settled, false).floor, st(50, 8));
+        assert!(core.is_closed(gone));
+        // A heartbeat past what we hold of it says nothing.
+        core.heartbeat(gone, hb(2, st(15, 7), st(15, 7)));
+        assert!(core.is_closed(gone));
+        // One that follows nothing new reopens it: it counts again.
+        core.heartbeat(gone, hb(1, st(20, 7), st(20, 7)));
+        assert!(!core.is_closed(gone));
+        assert!(core.admits(gone, 2));
+        core.promise(st(90, 1));
+        let settled = core.settled(&acks, 9_000);
+        assert_eq!(
+            core.gc_tick(&settled, false).floor,
+            st(20, 7),
+            "counted again"
+        );
+    }
+
+    /// Past its grace, a closed member's writes this node never received
+    /// are taken in a state transfer only from a peer that met every delete
+    /// collected here: one whose reported stable stamp passed them, and
+    /// neither the member nor a later life of it (which hold the writes as
+    /// they were before they met those deletes).
+    #[test]
+    fn a_closed_members_writes_are_carried_only_by_a_peer_that_met_what_was_collected() {
+        let (me, gone, later, other) = (NodeId(1), NodeId(7), NodeId(9), NodeId(8));
+        let mut core = Core::new(me, 1 << 20);
+        core.set_removed_grace(0);
+        core.link_up(gone, None);
+        core.link_up(other, None);
+        core.heartbeat(gone, hb(0, st(10, 7), st(10, 7)));
+        core.heartbeat(other, hb(0, st(50, 8), st(50, 8)));
+        core.forget(gone, 0);
+        let acks = [PeerAcks {
+            id: Some(other),
+            acked: VersionVector::default(),
+        }];
+        let settled = core.settled(&acks, 0);
+        core.gc_tick(&settled, false);
+        assert!(core.is_closed(gone));
+        let collected = st(40, u64::MAX);
+        assert!(core.carries(other, gone, collected), "stable 50 > 40");
+        assert!(
+            !core.carries(other, gone, st(60, u64::MAX)),
+            "has not met 60"
+        );
+        assert!(!core.carries(gone, gone, collected), "the member itself");
+        // Restarted from its store at the same address: a later life.
+        core.link_up(later, Some(gone));
+        core.heartbeat(later, hb(0, st(90, 9), st(90, 9)));
+        assert!(!core.carries(later, gone, collected), "a later life of it");
+        assert!(core.carries(later, other, collected), "another member's");
+        // A stable stamp that drops later does not undo what was met.
+        core.heartbeat(other, hb(0, st(50, 8), st(20, 8)));
+        assert!(core.carries(other, gone, collected));
     }
 
     fn hb(seq: u64, promise: Stamp, stable: Stamp) -> Heartbeat {

@@ -27,6 +27,9 @@ pub struct GcView {
     promises: BTreeMap<NodeId, Stamp>,
     /// The newest stable stamp each node reported.
     stables: BTreeMap<NodeId, Stamp>,
+    /// The highest stable stamp each node reported: it applied every write
+    /// stamped before it, of every origin it counted then.
+    highest: BTreeMap<NodeId, Stamp>,
     /// Every node this one has linked with or applied writes from.
     known: BTreeSet<NodeId>,
     /// Earlier lives of restarted in-memory peers: they never write again.
@@ -55,6 +58,13 @@ impl GcView {
     pub fn report_stable(&mut self, node: NodeId, stable: Stamp) {
         self.known.insert(node);
         self.stables.insert(node, stable);
+        let h = self.highest.entry(node).or_insert(stable);
+        *h = (*h).max(stable);
+    }
+
+    /// The highest stable stamp `node` reported (ZERO: none).
+    pub fn highest_stable(&self, node: NodeId) -> Stamp {
+        self.highest.get(&node).copied().unwrap_or(Stamp::ZERO)
     }
 
     /// `node` is an earlier life of a peer that restarted without its data;
@@ -81,6 +91,19 @@ impl GcView {
     /// removed.
     pub fn readmit(&mut self, node: NodeId) -> bool {
         self.removed.remove(&node)
+    }
+
+    /// `node`'s newest promise counted here (ZERO: none yet).
+    pub fn promise_of(&self, node: NodeId) -> Stamp {
+        self.promises.get(&node).copied().unwrap_or(Stamp::ZERO)
+    }
+
+    pub fn is_removed(&self, node: NodeId) -> bool {
+        self.removed.contains(&node)
+    }
+
+    pub fn is_retired(&self, node: NodeId) -> bool {
+        self.retired.contains(&node)
     }
 
     /// The nodes that stop counting once settled: retired lives and removed

@@ -56,6 +56,9 @@ use crate::keyspace::{DeltaSink, Keyspace, SHARDS};
 use version::{Arrival, VersionVector};
 use wire::{DeltaRef, ReplMsg, ReplMsgOut};
 
+/// Refused (member, peer) pairs remembered, each logged once.
+const MAX_REFUSALS_KEPT: usize = 1_024;
+
 /// How long a receiver holds a live delta that arrived ahead of a state
 /// transfer still being merged before it gives up and resets the link (a
 /// large state transfer takes a while; a reset makes the sender resume).
@@ -162,6 +165,12 @@ pub struct Replicator {
     digest: Mutex<Option<(DigestAt, Arc<Vec<DbDigest>>)>>,
     /// Keyspace digests taken (each one reads every key).
     pub digests_taken: AtomicU64,
+    /// Links refused because a closed removed peer holds writes this node
+    /// never received (see `Core::admits`).
+    pub refused_closed: AtomicU64,
+    /// (closed member, peer) of every link refused for bringing that
+    /// member's writes, up to `MAX_REFUSALS_KEPT`.
+    refused: Mutex<std::collections::BTreeSet<(NodeId, NodeId)>>,
     pub auth: Mutex<Option<Arc<AuthStats>>>,
     pub listen: Mutex<Option<SocketAddr>>,
     running: Mutex<Option<Running>>,
@@ -197,6 +206,8 @@ impl Replicator {
             repair_interval_ms: AtomicU64::new(30_000),
             digest: Mutex::new(None),
             digests_taken: AtomicU64::new(0),
+            refused_closed: AtomicU64::new(0),
+            refused: Mutex::new(std::collections::BTreeSet::new()),
             auth: Mutex::new(None),
             listen: Mutex::new(None),
             inbound: Mutex::new(HashMap::new()),
@@ -264,9 +275,10 @@ impl Replicator {
             });
             before - peers.len()
         };
+        let now = (self.now_ms)();
         let mut core = self.core.lock();
         for node in gone {
-            core.forget(node);
+            core.forget(node, now);
         }
         removed
     }
@@ -286,6 +298,99 @@ impl Replicator {
         let acked = peer.acked_seq.load(Ordering::Relaxed);
         let lag = self.core.lock().lag_ms(acked, (self.now_ms)());
         lag.map_or(-1, |ms| ms as i64)
+    }
+
+    /// `removed-peer-grace` (see `Core::set_removed_grace`).
+    pub fn set_removed_grace(&self, grace: Duration) {
+        let ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.core.lock().set_removed_grace(ms);
+    }
+
+    /// Peers (node ids) whose links were refused for holding writes of a
+    /// member removed past its grace that this node never received, without
+    /// the deletes collected here since (see `Replicator::judge_transfer`).
+    pub fn refused_nodes(&self) -> Vec<NodeId> {
+        let refused = self.refused.lock();
+        let senders: std::collections::BTreeSet<NodeId> =
+            refused.iter().map(|(_, sender)| *sender).collect();
+        senders.into_iter().collect()
+    }
+
+    /// A write of closed `origin` numbered past what we applied arrived:
+    /// it may be older than a delete collected here without it. Reopens
+    /// `origin` when nothing was collected past its promise (all its writes
+    /// we lack are newer than anything collected) and says so (true). The
+    /// floor is capped first, and both under every shard lock, so that
+    /// nothing is collected past it meanwhile.
+    fn reopen_if_clear(&self, ks: &Keyspace, origin: NodeId) -> bool {
+        let Some(promise) = self.core.lock().closed_promise(origin) else {
+            return true;
+        };
+        // What was collected only grows: no need to stop every shard for a
+        // member that stays closed (each of its frames comes here).
+        if ks.collected() > promise {
+            return false;
+        }
+        let _all = ks.lock_all();
+        let mut core = self.core.lock();
+        let Some(promise) = core.closed_promise(origin) else {
+            return true;
+        };
+        ks.cap_gc_floor(promise);
+        // ZERO for both: nothing was ever collected here.
+        if ks.collected() <= promise {
+            core.reopen(origin);
+            return true;
+        }
+        false
+    }
+
+    /// A state transfer from `sender` holding writes up to `vv` begins. For
+    /// each closed member it holds writes of that we never received:
+    /// reopened if nothing was collected here past it, taken if the
+    /// sender's state holds every delete we collected past it
+    /// (`Core::carries`), refused otherwise. Returns the writes of closed
+    /// members it brings.
+    fn judge_transfer(
+        &self,
+        ks: &Keyspace,
+        sender: NodeId,
+        vv: &[(NodeId, u64)],
+    ) -> Result<Vec<(NodeId, u64)>, LinkError> {
+        let beyond: Vec<(NodeId, u64)> = {
+            let core = self.core.lock();
+            vv.iter()
+                .copied()
+                .filter(|(origin, seq)| !core.admits(*origin, *seq))
+                .collect()
+        };
+        let mut carried = Vec::new();
+        for (origin, seq) in beyond {
+            if self.reopen_if_clear(ks, origin) {
+                continue;
+            }
+            if self.core.lock().carries(sender, origin, ks.collected()) {
+                carried.push((origin, seq));
+                continue;
+            }
+            self.refused_closed.fetch_add(1, Ordering::Relaxed);
+            let first = {
+                let mut refused = self.refused.lock();
+                refused.len() < MAX_REFUSALS_KEPT && refused.insert((origin, sender))
+            };
+            if first {
+                warn!(
+                    node = %origin,
+                    sender = %sender,
+                    "refusing writes of removed member {origin} that this node never received: \
+                     deletes were collected without it once its removed-peer-grace ran out, and \
+                     they could bring deleted keys back; the node holding them must restart with \
+                     an empty store to rejoin (those writes are then lost)"
+                );
+            }
+            return Err(LinkError::Refused(origin));
+        }
+        Ok(carried)
     }
 
     /// How often a quiet link offers its digest; zero: never.
@@ -377,7 +482,7 @@ impl Replicator {
             })
             .collect();
         let mut core = self.core.lock();
-        let settled = core.settled(&acked);
+        let settled = core.settled(&acked, (self.now_ms)());
         core.gc_tick(&settled, unknown_peer).floor
     }
 
@@ -543,6 +648,13 @@ enum LinkError {
     },
     #[error(transparent)]
     Keyspace(#[from] crate::keyspace::NotLocked),
+    #[error(
+        "refused: this node holds writes of {0}, a member removed from the peer's mesh, that \
+         the peer never received; it collected deletes without them once removed-peer-grace \
+         ran out, and they could bring deleted keys back. Restart this node with an empty store \
+         to rejoin"
+    )]
+    Refused(NodeId),
 }
 
 /// Counts a task as waiting (for writes, or for its turn) while it lives.
@@ -774,18 +886,20 @@ async fn state_transfer(
     // Read what is applied first: anything numbered after it is sent live
     // later, anything up to it is already in the keyspace and so in the
     // snapshot.
-    let (mut covered, held) = {
+    let (mut covered, held, vv) = {
         let core = repl.core.lock();
+        let vv = core.transfer_covers();
         let covered = match scope {
-            None => core.transfer_covers(),
+            None => vv.clone(),
             Some(_) => VersionVector::default(),
         };
-        (covered, core.holds())
+        (covered, core.holds(), vv.entries())
     };
     let mut bulk = link.open(StreamKind::Bulk).await?;
     bulk.send(&send_msg(&ReplMsg::SnapshotBegin {
         held: held.into_iter().collect(),
         scope: scope.clone(),
+        vv,
     })?)
     .await?;
     let in_scope = |db: usize, key: &[u8]| scope.as_ref().is_none_or(|s| s.covers(db as u32, key));
@@ -946,11 +1060,18 @@ async fn receive(
             let (_, rx) = link.accept_stream().await?;
             let (ks, repl, link, asks) = (ks.clone(), repl.clone(), link.clone(), asks.clone());
             tokio::spawn(async move {
-                if let Err(e) = apply_stream(&ks, &repl, rx, &asks).await {
-                    // A stream we stop reading would stall the sender on flow
-                    // control: reset the whole link so it reconnects and resumes.
-                    warn!(peer = %link.remote_address(), "replication stream failed, resetting the link: {e}");
-                    link.close("stream error");
+                match apply_stream(&ks, &repl, peer, rx, &asks).await {
+                    Ok(()) => {}
+                    // Logged once by `Replicator::judge_transfer`; the
+                    // peer reads why in its INFO (the link's last error).
+                    Err(e @ LinkError::Refused(_)) => link.close(&e.to_string()),
+                    Err(e) => {
+                        // A stream we stop reading would stall the sender on
+                        // flow control: reset the whole link so it
+                        // reconnects and resumes.
+                        warn!(peer = %link.remote_address(), "replication stream failed, resetting the link: {e}");
+                        link.close("stream error");
+                    }
                 }
             });
         }
@@ -983,6 +1104,7 @@ async fn send_acks(
 async fn apply_stream(
     ks: &Keyspace,
     repl: &Replicator,
+    peer: NodeId,
     mut rx: FrameReceiver,
     asks: &tokio::sync::mpsc::Sender<Scope>,
 ) -> Result<(), LinkError> {
@@ -997,6 +1119,9 @@ async fn apply_stream(
     // Between a transfer's begin and its end, deltas are its tail (see
     // `Core::transfer_tail`): merged as its parts, counted at its end.
     let mut in_transfer = false;
+    // Writes of closed members the transfer under way brings (see
+    // `Replicator::judge_transfer`).
+    let mut carried: Vec<(NodeId, u64)> = Vec::new();
     while let Some(frame) = rx.recv().await? {
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta { delta, .. } if in_transfer => {
@@ -1004,7 +1129,23 @@ async fn apply_stream(
                 apply_transferred(ks, repl, held, &sender_held, delta, false);
             }
             ReplMsg::Delta { origin, seq, delta } => loop {
-                let verdict = repl.core.lock().judge(origin, seq);
+                let verdict = {
+                    let core = repl.core.lock();
+                    if !core.admits(origin, seq) {
+                        drop(core);
+                        if repl.reopen_if_clear(ks, origin) {
+                            continue;
+                        }
+                        // Alone, it could bring back a key whose delete was
+                        // collected here: it is taken only with the state
+                        // around it, from a peer that kept those deletes.
+                        if asks.try_send(Scope::everything(ks.databases())).is_ok() {
+                            repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
+                        }
+                        break;
+                    }
+                    core.judge(origin, seq)
+                };
                 match verdict {
                     Arrival::Apply => {
                         if apply(ks, repl, &delta, Some((origin, seq, frame.clone()))) {
@@ -1040,7 +1181,8 @@ async fn apply_stream(
                 let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
                 apply_transferred(ks, repl, held, &sender_held, delta, true);
             }
-            ReplMsg::SnapshotBegin { held, scope: s } => {
+            ReplMsg::SnapshotBegin { held, scope: s, vv } => {
+                carried = repl.judge_transfer(ks, peer, &vv)?;
                 scope = s;
                 in_transfer = true;
                 sender_held = held.into_iter().collect();
@@ -1052,7 +1194,19 @@ async fn apply_stream(
                 // its way is then judged a duplicate under its shard lock
                 // (see `apply`), so none is merged after the forgetting.
                 let now = (repl.now_ms)();
-                repl.core.lock().snapshot_done(&vv, now);
+                {
+                    let mut core = repl.core.lock();
+                    core.snapshot_done(&vv, now);
+                    // A repair of every key holds the closed members' writes
+                    // it was begun with: they count as received now.
+                    if scope
+                        .as_ref()
+                        .is_some_and(|s| s.is_everything(ks.databases()))
+                    {
+                        core.snapshot_done(&carried, now);
+                    }
+                }
+                carried = Vec::new();
                 let forgotten = ks.forget_held_absent(&named, &sender_held, scope.as_ref());
                 // A repair's merges and any transfer's forgetting move no
                 // vector.
@@ -1125,8 +1279,8 @@ fn apply_transferred(
     let sender_held = |n: NodeId| sender_held.get(&n).copied().unwrap_or(Stamp::ZERO);
     if let Delta::Key { db, key, state } = &mut delta {
         let index = ks.shard_of(key);
-        let acked = ks.gc_acked();
         let mut locked = ks.lock(SmallVec::from_slice(&[index]));
+        let acked = ks.gc_acked();
         if let Ok(shard) = locked.shard(index) {
             if let Some(d) = shard.dbs.get_mut(*db as usize) {
                 // What the sender held and replaced by nothing (a tombstone

@@ -55,6 +55,11 @@ pub enum ReplMsg {
     SnapshotBegin {
         held: Vec<(NodeId, Stamp)>,
         scope: Option<Scope>,
+        /// What the sender had applied when it began (its own writes up to
+        /// the newest): a receiver takes writes of a closed member it never
+        /// received only from a sender whose state holds every delete it
+        /// collected past them (`Core::carries`).
+        vv: Vec<(NodeId, u64)>,
     },
     /// Sender → receiver, in order on the live stream, when the receiver had
     /// acknowledged everything the sender applied: the sender's keyspace

@@ -29,7 +29,7 @@ use crate::TransportError;
 /// speaking 2 could not decode them. 4: a state transfer begins with what
 /// its sender held (`SnapshotBegin`). 5: repair (`Digest`, `RepairAsk`, a
 /// scoped `SnapshotBegin`) and transfers that end with their tail.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
