@@ -404,9 +404,10 @@ pub struct Keyspace {
     /// Bumped by every change to the state that is not a write (and so
     /// moves no version vector): collection, a transfer's forgetting.
     pub changes_besides_writes: Arc<AtomicU64>,
-    /// The newest GC floor (its time) below which collection dropped
-    /// something: a write older than it that arrives late may be one a
-    /// collected delete had beaten (see `Core::collected`).
+    /// A time at or after everything collection dropped (the floor's time
+    /// less one when it dropped something), or a transfer's forgetting: a
+    /// write older than it that arrives late may be one a delete gone from
+    /// here had beaten (see `Replicator::reopen_if_clear`).
     collected: Arc<AtomicU64>,
     /// With a store: local write calls so far, so a connection can tell
     /// whether its batch wrote (`appendfsync always`).
@@ -727,6 +728,12 @@ impl Keyspace {
         }
     }
 
+    /// Parts of states stamped up to `upto` were forgotten (a transfer's
+    /// sender had collected them): for late writes, as if collected here.
+    pub fn note_forgotten(&self, upto: Stamp) {
+        self.collected.fetch_max(upto.time, Ordering::Relaxed);
+    }
+
     /// Lowers the GC floor to before `stamp` until the next
     /// [`Keyspace::set_gc_floor`]. Whoever collects reads the floor under
     /// its shard's lock, so with every shard held nothing stamped at or
@@ -842,6 +849,7 @@ impl Keyspace {
         held: &std::collections::BTreeMap<NodeId, Stamp>,
         scope: Option<&Scope>,
     ) -> usize {
+        let held_max = held.values().copied().max().unwrap_or(Stamp::ZERO);
         let held = |n: NodeId| held.get(&n).copied().unwrap_or(Stamp::ZERO);
         let mut changed = 0;
         for shard in self.shards.iter() {
@@ -861,6 +869,9 @@ impl Keyspace {
                     }
                 }
             }
+        }
+        if changed > 0 {
+            self.note_forgotten(held_max);
         }
         changed
     }

@@ -284,9 +284,20 @@ pub fn set_removed_grace(secs: u64) {
     REMOVED_GRACE_SECS.with(|g| g.set(secs));
 }
 
+/// Runs on this thread use `secs` as every node's `removed-peer-grace`
+/// instead of drawing it (`None`: draw it).
+pub fn force_removed_grace(secs: Option<u64>) {
+    FORCED_GRACE_SECS.with(|g| g.set(secs));
+}
+
+pub fn forced_removed_grace() -> Option<u64> {
+    FORCED_GRACE_SECS.with(Cell::get)
+}
+
 thread_local! {
     static REPAIR_OFF: Cell<bool> = const { Cell::new(false) };
     static REMOVED_GRACE_SECS: Cell<u64> = const { Cell::new(3_600) };
+    static FORCED_GRACE_SECS: Cell<Option<u64>> = const { Cell::new(None) };
     /// Test-only: stores lose every key at a crash but keep their version
     /// vector, so restarted nodes claim writes they lack. The checkers must
     /// catch it.

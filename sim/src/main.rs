@@ -43,6 +43,11 @@ struct Args {
     /// bug would leave; run soaks both ways).
     #[arg(long)]
     no_repair: bool,
+    /// Every node's `removed-peer-grace` in seconds, instead of one drawn
+    /// per seed (0 s, 1 s or an hour): 0 closes every removed member as soon
+    /// as it settles.
+    #[arg(long, value_name = "SECS")]
+    removed_grace: Option<u64>,
 }
 
 /// The fault classes a run draws from (one command-line value).
@@ -55,11 +60,14 @@ fn fault_list(text: &str) -> Result<FaultList, String> {
 
 fn replay_command(a: &Args, seed: u64) -> String {
     format!(
-        "cargo run --release -p chorus-sim -- --seed {seed} --nodes {} --ops {} --faults {}{} --trace",
+        "cargo run --release -p chorus-sim -- --seed {seed} --nodes {} --ops {} --faults {}{}{} --trace",
         a.nodes,
         a.ops,
         faults::list_text(&a.faults.0),
-        if a.no_repair { " --no-repair" } else { "" }
+        if a.no_repair { " --no-repair" } else { "" },
+        a.removed_grace
+            .map(|g| format!(" --removed-grace {g}"))
+            .unwrap_or_default()
     )
 }
 
@@ -72,6 +80,7 @@ fn json_line(out: &Outcome, replay: &str) -> String {
         "real_ms": out.real_ms,
         "ok": out.failure.is_none(),
         "unchecked_keys": out.unchecked_keys,
+        "wiped": out.wiped,
         "failure": out.failure.as_ref().map(|f| serde_json::json!({"kind": f.kind, "detail": f.detail})),
         "replay": replay,
     })
@@ -91,12 +100,13 @@ fn main() {
     }
     let seed = a.seed.unwrap_or_else(|| rand::random::<u32>() as u64);
     chorus_sim::cluster::repair_off(a.no_repair);
+    chorus_sim::cluster::force_removed_grace(a.removed_grace);
     a.seed = Some(seed);
     let nodes = a.nodes as usize;
     let started = Instant::now();
     let mut failures: Vec<(Outcome, String)> = Vec::new();
     let mut per_fault: std::collections::BTreeMap<FaultKind, u64> = Default::default();
-    let (mut ops, mut sim_ms, mut unchecked) = (0u64, 0u64, 0usize);
+    let (mut ops, mut sim_ms, mut unchecked, mut wiped) = (0u64, 0u64, 0usize, 0usize);
     for i in 0..a.seeds {
         let seed = seed.wrapping_add(i);
         let out = run::run(&Options {
@@ -108,6 +118,7 @@ fn main() {
         ops += out.ops as u64;
         sim_ms += out.sim_ms;
         unchecked += out.unchecked_keys;
+        wiped += out.wiped;
         for k in &out.injected {
             *per_fault.entry(*k).or_default() += 1;
         }
@@ -170,6 +181,10 @@ fn main() {
     println!(
         "{:<22} {} (too many ways their open writes may have gone, or no sure winner)",
         "keys left unchecked", unchecked
+    );
+    println!(
+        "{:<22} {} (refused a removed member's writes, restarted empty)",
+        "nodes wiped", wiped
     );
     println!("{:<22} {}", "failures", failures.len());
     for (out, replay) in &failures {

@@ -41,6 +41,9 @@ pub struct Outcome {
     /// Keys whose value the checker could not check (see
     /// `check::invariants`).
     pub unchecked_keys: usize,
+    /// Nodes restarted empty because a peer refused them a removed
+    /// member's writes (`Run::wipe_refused`).
+    pub wiped: usize,
     /// Every command with its reply, every fault, the final digests: two runs
     /// of one seed give the same trace.
     pub trace: Vec<String>,
@@ -148,7 +151,8 @@ pub fn run(opts: &Options) -> Outcome {
     // always, 1 s at times) a removed member holding writes the others never
     // received is refused when it comes back, and wiped; within it (an
     // hour), taken back whole.
-    let grace = [0, 1, 3_600][(cluster::splitmix(opts.seed ^ 0x0067_7261_6365) % 3) as usize];
+    let grace = cluster::forced_removed_grace()
+        .unwrap_or([0, 1, 3_600][(cluster::splitmix(opts.seed ^ 0x0067_7261_6365) % 3) as usize]);
     cluster::set_removed_grace(grace);
     run.note(format!("removed-peer-grace {grace}s"));
     if chosen.contains(&FaultKind::Skew) {
@@ -200,6 +204,7 @@ pub fn run(opts: &Options) -> Outcome {
         real_ms: started.elapsed().as_millis() as u64,
         failure,
         unchecked_keys: run.unchecked_keys,
+        wiped: run.wiped_for.len(),
         trace: run.trace,
     }
 }

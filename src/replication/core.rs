@@ -181,24 +181,24 @@ pub struct Core {
     swept: Stamp,
     /// The retired nodes no longer counted (once settled, for good).
     settled: BTreeSet<NodeId>,
-    /// Removed peers not linked since, with when they were removed.
+    /// Removed peers in their grace, with when it began (their removal,
+    /// or their reopening while still removed).
     removed_at: BTreeMap<NodeId, u64>,
-    /// How long a removed peer holds collection back after it settled.
+    /// How long a removed peer holds collection back after its removal.
     removed_grace_ms: u64,
     /// Removed peers whose grace ran out: collection went on without them,
     /// so a write of theirs this node never received ([`Core::admits`]) may
     /// be older than a delete collected here, and merged alone it would
     /// bring the key back (when such writes are taken: the driver's
-    /// `Replicator::judge_transfer`). Reopened, counting again, when nothing
-    /// was collected past their promise or once they show they hold nothing
-    /// we lack ([`Core::heartbeat`]). At most [`MAX_RETIRED`]: past that a
-    /// removed peer is not closed, and what it wrote unseen may bring keys
-    /// back, as before closing existed.
+    /// `Replicator::judge_transfer`). Reopened ([`Core::reopen`]) when
+    /// nothing was collected past their newest promise here. At most
+    /// [`MAX_RETIRED`]: past that a removed peer is not closed, and what it
+    /// wrote unseen may bring keys back, as before closing existed.
     closed: BTreeSet<NodeId>,
-    /// Each peer life's earlier life at the same address: a later life of a
-    /// closed member may hold its writes as they were before they met the
-    /// deletes collected here (see [`Core::carries`]). At most
-    /// [`MAX_RETIRED`] entries.
+    /// A later life of a closed member (at the same address) and the life
+    /// before it: it may hold the member's writes as they were before they
+    /// met the deletes collected here (see [`Core::carries`]). Only chains
+    /// that start at a closed member; at most [`MAX_RETIRED`] entries.
     earlier_life: BTreeMap<NodeId, NodeId>,
 }
 
@@ -390,7 +390,8 @@ impl Core {
         self.gc.know(peer);
         if let Some(old) = previous.filter(|old| *old != peer) {
             self.gc.retire(old);
-            if self.earlier_life.len() < MAX_RETIRED {
+            let from_closed = self.closed.contains(&old) || self.earlier_life.contains_key(&old);
+            if from_closed && self.earlier_life.len() < MAX_RETIRED {
                 self.earlier_life.insert(peer, old);
             }
         }
@@ -439,11 +440,20 @@ impl Core {
             .then(|| self.gc.promise_of(peer))
     }
 
-    /// `peer` counts again: nothing was collected past
+    /// `peer` is no longer closed: nothing was collected past
     /// [`Core::closed_promise`], so nothing it holds is older than a delete
-    /// collected here.
-    pub fn reopen(&mut self, peer: NodeId) {
-        self.readmit(peer);
+    /// collected here. `linked`: it is on a link here, and counts again as a
+    /// peer; otherwise (its writes came through another node) it stays
+    /// removed, in a new grace from `now_ms`, since no promise of it will
+    /// come here to move the floor.
+    pub fn reopen(&mut self, peer: NodeId, linked: bool, now_ms: u64) {
+        if linked || !self.gc.is_removed(peer) {
+            self.readmit(peer);
+        } else {
+            self.closed.remove(&peer);
+            self.settled.remove(&peer);
+            self.removed_at.insert(peer, now_ms);
+        }
     }
 
     /// Whether a state transfer from `sender` that holds writes of closed
@@ -461,6 +471,30 @@ impl Core {
 
     pub fn is_closed(&self, peer: NodeId) -> bool {
         self.closed.contains(&peer)
+    }
+
+    /// A state transfer's closing vector `vv`, less the writes of closed
+    /// members it was not judged to bring (`carried`, see
+    /// `Replicator::judge_transfer`): its tail's writes of theirs were
+    /// dropped, and are asked for again.
+    pub fn clamp_closed(
+        &self,
+        vv: &[(NodeId, u64)],
+        carried: &[(NodeId, u64)],
+    ) -> Vec<(NodeId, u64)> {
+        vv.iter()
+            .map(|&(origin, seq)| {
+                if !self.closed.contains(&origin) {
+                    return (origin, seq);
+                }
+                let judged = carried
+                    .iter()
+                    .find(|(o, _)| *o == origin)
+                    .map_or(0, |(_, s)| *s)
+                    .max(self.applied.get(origin));
+                (origin, seq.min(judged))
+            })
+            .collect()
     }
 
     /// Write `seq` of `origin` was merged: advance, and keep its frame to
@@ -486,14 +520,7 @@ impl Core {
     }
 
     /// A heartbeat from `origin` (see `wire::ReplMsg::Heartbeat`).
-    ///
-    /// From a closed peer (heartbeats come only from their origin), one that
-    /// follows no write of its own that we lack reopens it: everything it
-    /// holds of itself is here, and it counts again.
     pub fn heartbeat(&mut self, origin: NodeId, hb: Heartbeat) {
-        if self.closed.contains(&origin) && hb.seq <= self.applied.get(origin) {
-            self.readmit(origin);
-        }
         for node in hb.retired {
             self.gc.retire(node);
         }
@@ -589,6 +616,7 @@ impl Core {
                     && self.closed.len() < MAX_RETIRED
                 {
                     self.closed.insert(node);
+                    self.removed_at.remove(&node);
                 }
             }
         }
@@ -1225,9 +1253,15 @@ mod tests {
         assert!(core.is_closed(gone));
         // A heartbeat past what we hold of it says nothing.
         core.heartbeat(gone, hb(2, st(15, 7), st(15, 7)));
-        assert!(core.is_closed(gone));
-        // One that follows nothing new reopens it: it counts again.
+        assert_eq!(core.closed_promise(gone), Some(st(10, 7)));
+        // One that follows nothing new moves its promise: what it holds
+        // that we lack is stamped after that (the driver then reopens it if
+        // nothing was collected past it).
         core.heartbeat(gone, hb(1, st(20, 7), st(20, 7)));
+        assert_eq!(core.closed_promise(gone), Some(st(20, 7)));
+        assert!(core.is_closed(gone));
+        // Reopened on its own link: it counts again, as a peer.
+        core.reopen(gone, true, 9_000);
         assert!(!core.is_closed(gone));
         assert!(core.admits(gone, 2));
         core.promise(st(90, 1));
@@ -1237,6 +1271,19 @@ mod tests {
             st(20, 7),
             "counted again"
         );
+        assert!(core.settled(&acks, u64::MAX).is_empty(), "not removed");
+        // Reopened through another node's writes, it stays removed: counted
+        // for a new grace, then closed again.
+        core.forget(gone, 10_000);
+        let settled = core.settled(&acks, 11_000);
+        core.gc_tick(&settled, false);
+        assert!(core.is_closed(gone));
+        core.reopen(gone, false, 12_000);
+        assert!(!core.is_closed(gone));
+        assert!(core.settled(&acks, 12_999).is_empty(), "in its new grace");
+        let settled = core.settled(&acks, 13_000);
+        core.gc_tick(&settled, false);
+        assert!(core.is_closed(gone), "closed again");
     }
 
     /// Past its grace, a closed member's writes this node never received

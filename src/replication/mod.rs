@@ -58,6 +58,9 @@ use wire::{DeltaRef, ReplMsg, ReplMsgOut};
 
 /// Refused (member, peer) pairs remembered, each logged once.
 const MAX_REFUSALS_KEPT: usize = 1_024;
+/// A stream asks its peer for the whole state, for a closed member's writes
+/// that came alone, at most this often.
+const FULL_ASK_EVERY_MS: u64 = 30_000;
 
 /// How long a receiver holds a live delta that arrived ahead of a state
 /// transfer still being merged before it gives up and resets the link (a
@@ -322,7 +325,9 @@ impl Replicator {
     /// we lack are newer than anything collected) and says so (true). The
     /// floor is capped first, and both under every shard lock, so that
     /// nothing is collected past it meanwhile.
-    fn reopen_if_clear(&self, ks: &Keyspace, origin: NodeId) -> bool {
+    /// `via`: the peer whose link brought them (`origin` itself: it is
+    /// linked here, and counts again as a peer).
+    fn reopen_if_clear(&self, ks: &Keyspace, origin: NodeId, via: NodeId) -> bool {
         let Some(promise) = self.core.lock().closed_promise(origin) else {
             return true;
         };
@@ -339,7 +344,7 @@ impl Replicator {
         ks.cap_gc_floor(promise);
         // ZERO for both: nothing was ever collected here.
         if ks.collected() <= promise {
-            core.reopen(origin);
+            core.reopen(origin, via == origin, (self.now_ms)());
             return true;
         }
         false
@@ -366,7 +371,7 @@ impl Replicator {
         };
         let mut carried = Vec::new();
         for (origin, seq) in beyond {
-            if self.reopen_if_clear(ks, origin) {
+            if self.reopen_if_clear(ks, origin, sender) {
                 continue;
             }
             if self.core.lock().carries(sender, origin, ks.collected()) {
@@ -483,7 +488,12 @@ impl Replicator {
             .collect();
         let mut core = self.core.lock();
         let settled = core.settled(&acked, (self.now_ms)());
-        core.gc_tick(&settled, unknown_peer).floor
+        let floor = core.gc_tick(&settled, unknown_peer).floor;
+        // Under the lock: a reopening (`reopen_if_clear`) caps the floor
+        // after this or is counted in it, never overwritten by a floor
+        // computed without it.
+        ks.set_gc_floor(floor);
+        floor
     }
 
     fn wake_receivers(&self) {
@@ -692,7 +702,6 @@ async fn gc_loop(ks: Arc<Keyspace>, repl: Arc<Replicator>) {
     loop {
         tokio::time::sleep(GC_TICK).await;
         let floor = repl.gc_tick(&ks);
-        ks.set_gc_floor(floor);
         let sweep = repl.core.lock().sweep_due(floor);
         if sweep {
             let collected = ks.collect_garbage();
@@ -1122,24 +1131,48 @@ async fn apply_stream(
     // Writes of closed members the transfer under way brings (see
     // `Replicator::judge_transfer`).
     let mut carried: Vec<(NodeId, u64)> = Vec::new();
+    // Closed members one of whose writes this stream dropped: their later
+    // ones go too (they would wait on the gap), until a transfer that
+    // brings them ends.
+    let mut dropping: SmallVec<[NodeId; 2]> = SmallVec::new();
+    let mut asked_all_at: Option<u64> = None;
     while let Some(frame) = rx.recv().await? {
         match decode::<ReplMsg>(&frame)? {
-            ReplMsg::Delta { delta, .. } if in_transfer => {
+            ReplMsg::Delta {
+                origin, seq, delta, ..
+            } if in_transfer => {
+                // The tail: writes the sender applied after the transfer
+                // began, judged on their own (see the lone writes below).
+                if !repl.core.lock().admits(origin, seq) {
+                    continue;
+                }
                 let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
                 apply_transferred(ks, repl, held, &sender_held, delta, false);
             }
             ReplMsg::Delta { origin, seq, delta } => loop {
+                if dropping.contains(&origin) {
+                    break;
+                }
                 let verdict = {
                     let core = repl.core.lock();
                     if !core.admits(origin, seq) {
                         drop(core);
-                        if repl.reopen_if_clear(ks, origin) {
+                        if repl.reopen_if_clear(ks, origin, peer) {
                             continue;
                         }
                         // Alone, it could bring back a key whose delete was
                         // collected here: it is taken only with the state
-                        // around it, from a peer that kept those deletes.
-                        if asks.try_send(Scope::everything(ks.databases())).is_ok() {
+                        // around it, in a transfer judged like any other
+                        // (`Replicator::judge_transfer`). At most one
+                        // request a `FULL_ASK_EVERY_MS` per stream: a member
+                        // still writing through a peer that never removed it
+                        // sends many.
+                        dropping.push(origin);
+                        let now = (repl.now_ms)();
+                        if asked_all_at.is_none_or(|at| now.saturating_sub(at) >= FULL_ASK_EVERY_MS)
+                            && asks.try_send(Scope::everything(ks.databases())).is_ok()
+                        {
+                            asked_all_at = Some(now);
                             repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
                         }
                         break;
@@ -1196,6 +1229,7 @@ async fn apply_stream(
                 let now = (repl.now_ms)();
                 {
                     let mut core = repl.core.lock();
+                    let vv = core.clamp_closed(&vv, &carried);
                     core.snapshot_done(&vv, now);
                     // A repair of every key holds the closed members' writes
                     // it was begun with: they count as received now.
@@ -1206,6 +1240,7 @@ async fn apply_stream(
                         core.snapshot_done(&carried, now);
                     }
                 }
+                dropping.retain(|o| !carried.iter().any(|(c, _)| c == o));
                 carried = Vec::new();
                 let forgotten = ks.forget_held_absent(&named, &sender_held, scope.as_ref());
                 // A repair's merges and any transfer's forgetting move no
@@ -1230,15 +1265,29 @@ async fn apply_stream(
                 promise,
                 stable,
                 retired,
-            } => repl.core.lock().heartbeat(
-                origin,
-                Heartbeat {
-                    seq,
-                    promise,
-                    stable,
-                    retired,
-                },
-            ),
+            } => {
+                let closed = {
+                    let mut core = repl.core.lock();
+                    core.heartbeat(
+                        origin,
+                        Heartbeat {
+                            seq,
+                            promise,
+                            stable,
+                            retired,
+                        },
+                    );
+                    core.is_closed(origin)
+                };
+                // Its writes we lack are stamped after the promise it
+                // counted, if it did: reopened when nothing was collected
+                // past that.
+                if closed && repl.reopen_if_clear(ks, origin, peer) && dropping.contains(&origin) {
+                    // Its writes this stream dropped come again once the
+                    // link resumes from what we applied.
+                    return Err(LinkError::Closed(format!("{origin} reopened: resuming")));
+                }
+            }
             ReplMsg::Digest { vv, dbs } => {
                 // Holding at least what the sender held, whatever still
                 // differs in its favour is something no vector counts; a
@@ -1276,6 +1325,7 @@ fn apply_transferred(
     mut delta: Delta,
     whole: bool,
 ) {
+    let sender_held_max = sender_held.values().copied().max().unwrap_or(Stamp::ZERO);
     let sender_held = |n: NodeId| sender_held.get(&n).copied().unwrap_or(Stamp::ZERO);
     if let Delta::Key { db, key, state } = &mut delta {
         let index = ks.shard_of(key);
@@ -1292,6 +1342,10 @@ fn apply_transferred(
                 {
                     let incoming: &KeyState = state;
                     d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held));
+                    // As good as collected here: a late write older than
+                    // what went must not count as newer than everything
+                    // collected (`Replicator::reopen_if_clear`).
+                    ks.note_forgotten(sender_held_max);
                 }
                 let mine = d.get(key);
                 state.drop_collected(mine, |n| held.get(&n).copied().unwrap_or(Stamp::ZERO));
