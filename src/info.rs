@@ -185,6 +185,11 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 "conflicts_total",
                 &node.ks.conflicts.total.load(Ordering::Relaxed),
             );
+            for kind in chorus_crdt::ConflictKind::ALL {
+                let name = format!("conflicts_{}", kind.as_str().replace('-', "_"));
+                line(&name, &node.ks.conflicts.count_of(kind));
+            }
+            line("conflict_log_len", &node.ks.conflicts.len());
         }
         "replication" => match &node.repl {
             None => {

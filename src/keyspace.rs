@@ -6,26 +6,24 @@
 //! shard. Every write is a delta: merged here exactly as a replica merges
 //! it, then handed to the [`DeltaSink`] (replication, a later layer).
 
-use std::collections::{BTreeSet, VecDeque};
+use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chorus_crdt::digest::{key_digest, DbDigest, Scope};
+use chorus_crdt::digest::{bucket_of, key_digest, DbDigest, Scope};
 use chorus_crdt::{Clock, Conflict, KeyState, NodeId, Stamp};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
+use crate::conflicts::ConflictLog;
 use crate::key::Key;
 
 /// Shards per keyspace: enough that worker threads rarely meet on one lock,
 /// few enough that locking all of them (EXEC, FLUSHALL) stays cheap.
 /// A power of two (see `shard_of`).
 pub const SHARDS: usize = 64;
-
-/// Conflicts kept for CRDT.CONFLICTS; older ones are dropped first.
-pub const CONFLICT_LOG_CAPACITY: usize = 4096;
 
 /// Where local writes go: the replication layer. Borrowed parts, so a write
 /// pays for exactly one encoding and no copies.
@@ -209,58 +207,6 @@ impl Shard {
                 dirty.extend(keys.iter().cloned());
             }
         }
-    }
-}
-
-/// A bounded log of the conflicts this node resolved.
-#[derive(Default)]
-pub struct ConflictLog {
-    entries: Mutex<VecDeque<LoggedConflict>>,
-    pub total: AtomicU64,
-}
-
-#[derive(Debug, Clone)]
-pub struct LoggedConflict {
-    pub db: usize,
-    pub key: Vec<u8>,
-    pub recorded_ms: u64,
-    pub conflict: Conflict,
-}
-
-impl ConflictLog {
-    pub fn record(&self, db: usize, key: &[u8], recorded_ms: u64, conflicts: Vec<Conflict>) {
-        if conflicts.is_empty() {
-            return;
-        }
-        let mut log = self.entries.lock();
-        for conflict in conflicts {
-            // The same loser can be merged again (a resumed link, a state
-            // transfer): one entry per (key, winner, loser) is enough.
-            let seen = log.iter().rev().any(|c| {
-                c.db == db
-                    && c.key == key
-                    && c.conflict.winner.stamp == conflict.winner.stamp
-                    && c.conflict.loser.stamp == conflict.loser.stamp
-                    && c.conflict.kind == conflict.kind
-            });
-            if seen {
-                continue;
-            }
-            self.total.fetch_add(1, Ordering::Relaxed);
-            if log.len() == CONFLICT_LOG_CAPACITY {
-                log.pop_front();
-            }
-            log.push_back(LoggedConflict {
-                db,
-                key: key.to_vec(),
-                recorded_ms,
-                conflict,
-            });
-        }
-    }
-
-    pub fn snapshot(&self) -> Vec<LoggedConflict> {
-        self.entries.lock().iter().cloned().collect()
     }
 }
 
@@ -831,6 +777,59 @@ impl Keyspace {
         Ok(())
     }
 
+    /// `db`'s digest over the keys `pattern` matches (every key without
+    /// one), and how many it covered: one shard locked at a time, so
+    /// writes to the others go on (CRDT.DIGEST).
+    pub fn digest_db(
+        &self,
+        db: usize,
+        pattern: Option<&[u8]>,
+    ) -> Result<(DbDigest, usize), chorus_crdt::EncodeError> {
+        let mut digest = DbDigest::empty(db as u32);
+        let (mut scratch, mut keys) = (Vec::new(), 0);
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            let Some(d) = shard.dbs.get(db) else {
+                continue;
+            };
+            digest.floor = digest.floor.max(d.floor);
+            for (key, state) in &d.map {
+                if pattern.is_none_or(|p| crate::glob::matches(p, key, false)) {
+                    digest.add(key, key_digest(key, state, &mut scratch)?);
+                    keys += 1;
+                }
+            }
+        }
+        Ok((digest, keys))
+    }
+
+    /// The keys of `db` in digest bucket `bucket` that `pattern` matches,
+    /// each with its digest, sorted by key: what a bucket's digest is made
+    /// of (CRDT.DIGEST ... BUCKET).
+    pub fn bucket_digests(
+        &self,
+        db: usize,
+        pattern: Option<&[u8]>,
+        bucket: u8,
+    ) -> Result<Vec<(Vec<u8>, u64)>, chorus_crdt::EncodeError> {
+        let (mut scratch, mut found) = (Vec::new(), Vec::new());
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            let Some(d) = shard.dbs.get(db) else {
+                continue;
+            };
+            for (key, state) in &d.map {
+                if bucket_of(key) == bucket
+                    && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
+                {
+                    found.push((key.to_vec(), key_digest(key, state, &mut scratch)?));
+                }
+            }
+        }
+        found.sort_unstable();
+        Ok(found)
+    }
+
     /// A tag for `key` of `db` in a state transfer's record of the keys it
     /// named (a collision only keeps a stale key, never drops a live one).
     pub fn transfer_tag(&self, db: u32, key: &[u8]) -> u64 {
@@ -1144,33 +1143,6 @@ mod tests {
             low_bits_in_shard0.len() > 120,
             "bucket bits collapse within a shard"
         );
-    }
-
-    #[test]
-    fn the_conflict_log_keeps_one_entry_per_conflict_and_a_bound() {
-        use chorus_crdt::{Conflict, ConflictKind, Side, Stamp, Summary};
-        let side = |t| Side {
-            origin: NodeId(t),
-            stamp: Stamp {
-                time: t,
-                node: NodeId(t),
-            },
-            what: Summary::Deleted,
-        };
-        let conflict = |w, l| Conflict {
-            kind: ConflictKind::ConcurrentWrite,
-            winner: side(w),
-            loser: side(l),
-        };
-        let log = ConflictLog::default();
-        log.record(0, b"k", 1, vec![conflict(2, 1)]);
-        log.record(0, b"k", 2, vec![conflict(2, 1)]);
-        assert_eq!(log.snapshot().len(), 1);
-        assert_eq!(log.total.load(Ordering::Relaxed), 1);
-        for i in 0..(CONFLICT_LOG_CAPACITY as u64 + 10) {
-            log.record(0, b"k", 3, vec![conflict(i + 100, i + 99)]);
-        }
-        assert_eq!(log.snapshot().len(), CONFLICT_LOG_CAPACITY);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 
 pub mod cmd;
 pub mod config;
+pub mod conflicts;
 pub mod connection;
 pub mod glob;
 pub mod info;

@@ -176,6 +176,7 @@ impl Node {
             }
         };
         let mut ks = Keyspace::with_hashers(config.databases, clock, shards_hasher, maps_hasher);
+        ks.conflicts.set_max_len(config.conflict_log_max_len);
         let repl = config.replicating().then(|| {
             let repl = Replicator::new(node, config.repl_backlog_size, env.wall_ms);
             repl.set_repair_interval(Duration::from_secs(config.repl_repair_interval_secs));

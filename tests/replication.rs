@@ -574,7 +574,11 @@ fn a_peer_sending_garbage_has_its_link_reset_and_the_node_keeps_serving() {
 }
 
 fn info_field(c: &mut redis::Connection, field: &str) -> String {
-    let info: String = q(c, &["INFO", "replication"]);
+    info_in(c, "replication", field)
+}
+
+fn info_in(c: &mut redis::Connection, section: &str, field: &str) -> String {
+    let info: String = q(c, &["INFO", section]);
     info.lines()
         .find_map(|l| l.strip_prefix(&format!("{field}:")))
         .unwrap_or_else(|| panic!("no {field} in {info}"))
@@ -1254,4 +1258,106 @@ fn writes_made_while_a_member_was_removed_all_survive_its_return() {
         "both nodes to hold all 602 keys (with the setup's two)",
         || q::<i64>(&mut ca, &["DBSIZE"]) == 602 && q::<i64>(&mut cb, &["DBSIZE"]) == 602,
     );
+}
+
+/// #12, server side: each conflict is logged once on each node that
+/// resolved it, with an id, a kind CRDT.CONFLICTS KIND filters on, a count
+/// per kind in INFO; RESET empties the log and the counts go on.
+#[test]
+fn conflicts_are_logged_once_with_an_id_a_kind_and_a_count_per_kind() {
+    let stat = |c: &mut redis::Connection, field: &str| info_in(c, "stats", field);
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[], &[]);
+    let b = node(pb, &[], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "k", "from-a"]);
+    q::<()>(&mut cb, &["SET", "k", "from-b"]);
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    wait_until("the same value on both", || {
+        let (va, vb) = (get(&mut ca, "k"), get(&mut cb, "k"));
+        va.is_some() && va == vb
+    });
+    for c in [&mut ca, &mut cb] {
+        wait_until("the conflict counted", || {
+            stat(c, "conflicts_concurrent_write") == "1"
+        });
+        assert_eq!(stat(c, "conflicts_type_clash"), "0");
+        assert_eq!(stat(c, "conflict_log_len"), "1");
+        let listed: Vec<redis::Value> = q(c, &["CRDT.CONFLICTS", "KIND", "CONCURRENT-WRITE"]);
+        assert_eq!(listed.len(), 1);
+        let text = format!("{listed:?}");
+        for needle in ["\"id\"", "int(1)", "from-a", "from-b", "concurrent-write"] {
+            assert!(
+                text.to_lowercase().contains(&needle.to_lowercase()),
+                "{needle} missing: {text}"
+            );
+        }
+        let none: Vec<redis::Value> = q(c, &["CRDT.CONFLICTS", "KIND", "type-clash"]);
+        assert!(none.is_empty());
+        let e = common::err(c, &["CRDT.CONFLICTS", "KIND", "nope"]);
+        assert!(e.contains("write-lost-to-delete"), "{e}");
+        assert_eq!(q::<String>(c, &["CRDT.CONFLICTS", "RESET"]), "OK");
+        let after: Vec<redis::Value> = q(c, &["CRDT.CONFLICTS"]);
+        assert!(after.is_empty());
+        assert_eq!(stat(c, "conflicts_total"), "1", "counts go on");
+    }
+}
+
+/// #12, server side: CRDT.DIGEST gives two nodes holding the same state the
+/// same digests; a key written on one while they are apart changes one
+/// bucket there, and that bucket's listing names it.
+#[test]
+fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    for i in 0..50 {
+        q::<()>(&mut ca, &["SET", &format!("k{i}"), "v"]);
+    }
+    wait_until("A's writes on B", || get(&mut cb, "k49").is_some());
+    let buckets = |c: &mut redis::Connection| -> Vec<String> {
+        let reply: Vec<redis::Value> = q(c, &["CRDT.DIGEST"]);
+        let at = reply
+            .iter()
+            .position(|v| *v == redis::Value::BulkString(b"buckets".to_vec()))
+            .expect("a buckets entry");
+        redis::from_redis_value(reply[at + 1].clone()).unwrap()
+    };
+    wait_until("the same digests", || buckets(&mut ca) == buckets(&mut cb));
+    assert_eq!(buckets(&mut ca).len(), 256);
+    // Apart, B changes one key.
+    q::<String>(
+        &mut cb,
+        &["REPLICAOF", "REMOVE", "127.0.0.1", &pa.to_string()],
+    );
+    q::<String>(
+        &mut ca,
+        &["REPLICAOF", "REMOVE", "127.0.0.1", &pb.to_string()],
+    );
+    q::<()>(&mut cb, &["SET", "k7", "changed"]);
+    let (da, db) = (buckets(&mut ca), buckets(&mut cb));
+    let differ: Vec<usize> = (0..256).filter(|i| da[*i] != db[*i]).collect();
+    assert_eq!(differ.len(), 1, "one bucket differs");
+    let listing = |c: &mut redis::Connection| -> Vec<(String, String)> {
+        q(c, &["CRDT.DIGEST", "BUCKET", &differ[0].to_string()])
+    };
+    let (la, lb) = (listing(&mut ca), listing(&mut cb));
+    let changed: Vec<&String> = la
+        .iter()
+        .zip(&lb)
+        .filter(|(x, y)| x != y)
+        .map(|(x, _)| &x.0)
+        .collect();
+    assert_eq!(changed, vec!["k7"]);
+    // A pattern narrows what is digested.
+    let matched: Vec<redis::Value> = q(&mut ca, &["CRDT.DIGEST", "MATCH", "k1*"]);
+    let at = matched
+        .iter()
+        .position(|v| *v == redis::Value::BulkString(b"keys".to_vec()))
+        .unwrap();
+    assert_eq!(matched[at + 1], redis::Value::Int(11), "k1 and k10-k19");
+    assert!(common::err(&mut ca, &["CRDT.DIGEST", "BUCKET", "256"]).contains("BUCKET"));
+    assert!(common::err(&mut ca, &["CRDT.DIGEST", "DB", "99"]).contains("DB index"));
 }

@@ -25,6 +25,28 @@ pub enum ConflictKind {
 }
 
 impl ConflictKind {
+    /// Every kind, in the order INFO lists them.
+    pub const ALL: [ConflictKind; 5] = [
+        ConflictKind::ConcurrentWrite,
+        ConflictKind::WriteLostToDelete,
+        ConflictKind::DeleteLostToWrite,
+        ConflictKind::TypeClash,
+        ConflictKind::IncrementHidden,
+    ];
+
+    /// The kind named `name` (as [`ConflictKind::as_str`] spells it, any
+    /// case).
+    pub fn parse(name: &[u8]) -> Option<ConflictKind> {
+        ConflictKind::ALL
+            .into_iter()
+            .find(|k| k.as_str().as_bytes().eq_ignore_ascii_case(name))
+    }
+
+    /// Its place in [`ConflictKind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(&self) -> &'static str {
         match self {
             ConflictKind::ConcurrentWrite => "concurrent-write",

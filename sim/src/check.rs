@@ -124,7 +124,7 @@ impl Snapshot {
             let conflict_keys = shared
                 .ks
                 .conflicts
-                .snapshot()
+                .all()
                 .into_iter()
                 .map(|c| c.key)
                 .collect();

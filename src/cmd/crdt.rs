@@ -1,11 +1,11 @@
 //! CRDT introspection: the conflict log and a key's CRDT metadata.
 
-use chorus_crdt::{Side, Stamp, Summary};
+use chorus_crdt::{ConflictKind, Side, Stamp, Summary};
 
 use super::Flag::*;
 use super::{Args, CmdResult, Error, Exec, Spec};
 use super::{Flags, Keys};
-use crate::glob;
+use crate::conflicts::Filter;
 use crate::resp::Reply;
 
 pub static COMMANDS: &[Spec] = &[
@@ -15,10 +15,22 @@ pub static COMMANDS: &[Spec] = &[
         flags: Flags::of(&[ReadOnly]),
         keys: Keys::None,
         group: "crdt",
-        syntax: "[COUNT count] [MATCH pattern] [SINCE unix-time-milliseconds]",
-        summary:
-            "Lists the conflicts this node resolved, newest first: key, kind, winner and loser.",
+        syntax: "[COUNT count] [MATCH pattern] [SINCE unix-time-milliseconds] [KIND kind] | RESET",
+        summary: "Lists the conflicts this node resolved, newest first: id, key, kind, winner and \
+                  loser; RESET empties the list.",
         run: conflicts,
+    },
+    Spec {
+        name: "crdt.digest",
+        arity: -1,
+        flags: Flags::of(&[ReadOnly]),
+        keys: Keys::None,
+        group: "crdt",
+        syntax: "[DB index] [MATCH pattern] [BUCKET bucket]",
+        summary: "A database's digest per key bucket (256 of them), over the keys a pattern \
+                  matches; with BUCKET, that bucket's keys and their digests. Two nodes holding \
+                  the same state give the same digests.",
+        run: digest,
     },
     Spec {
         name: "crdt.state",
@@ -54,35 +66,50 @@ fn side(out: &mut Reply, s: &Side) {
     out.bulk_str(&summary_text(&s.what));
 }
 
-/// `CRDT.CONFLICTS [COUNT n] [MATCH pattern] [SINCE unix-ms]`
+/// `CRDT.CONFLICTS [COUNT n] [MATCH pattern] [SINCE unix-ms] [KIND kind]`,
+/// or `CRDT.CONFLICTS RESET`.
 fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let (mut count, mut pattern, mut since) = (100usize, None::<&[u8]>, 0u64);
+    if args.len() == 2 && args[1].eq_ignore_ascii_case(b"RESET") {
+        x.ks.conflicts.reset();
+        x.out.ok();
+        return Ok(());
+    }
+    let mut filter = Filter {
+        count: 100,
+        pattern: None,
+        since_ms: 0,
+        kind: None,
+    };
     let mut options = Args::new(args, 1);
     while !options.is_empty() {
         if options.eat("COUNT") {
-            count = usize::try_from(options.int()?)
+            filter.count = usize::try_from(options.int()?)
                 .map_err(|_| Error::err("COUNT must be positive"))?;
         } else if options.eat("MATCH") {
-            pattern = Some(options.value()?);
+            filter.pattern = Some(options.value()?);
         } else if options.eat("SINCE") {
-            since =
+            filter.since_ms =
                 u64::try_from(options.int()?).map_err(|_| Error::err("SINCE must be positive"))?;
+        } else if options.eat("KIND") {
+            let name = options.value()?;
+            filter.kind = Some(ConflictKind::parse(name).ok_or_else(|| {
+                let kinds: Vec<&str> = ConflictKind::ALL.iter().map(|k| k.as_str()).collect();
+                Error::err(format!(
+                    "unknown conflict kind '{}', expected one of: {}",
+                    String::from_utf8_lossy(name),
+                    kinds.join(", ")
+                ))
+            })?);
         } else {
             return Err(Error::Syntax);
         }
     }
-    let log = x.ks.conflicts.snapshot();
-    let picked: Vec<_> = log
-        .iter()
-        .rev()
-        .filter(|c| {
-            c.recorded_ms >= since && pattern.is_none_or(|p| glob::matches(p, &c.key, false))
-        })
-        .take(count)
-        .collect();
+    let picked = x.ks.conflicts.select(&filter);
     x.out.array(picked.len());
     for c in picked {
-        x.out.map(6);
+        x.out.map(7);
+        x.out.bulk_str("id");
+        x.out.int(c.id as i64);
         x.out.bulk_str("db");
         x.out.int(c.db as i64);
         x.out.bulk_str("key");
@@ -95,6 +122,58 @@ fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         side(x.out, &c.conflict.winner);
         x.out.bulk_str("loser");
         side(x.out, &c.conflict.loser);
+    }
+    Ok(())
+}
+
+/// `CRDT.DIGEST [DB index] [MATCH pattern] [BUCKET bucket]`. Without
+/// BUCKET: a map of the database, its flush floor, how many keys (tombstones
+/// included) were digested, and the 256 bucket digests in hex (zero: no
+/// key). With it: `[key, digest]` pairs of that bucket, sorted by key. Each
+/// reads every key of the database, one shard locked at a time.
+fn digest(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let (mut db, mut pattern, mut bucket) = (x.session.db, None::<&[u8]>, None::<u8>);
+    let mut options = Args::new(args, 1);
+    while !options.is_empty() {
+        if options.eat("DB") {
+            db = usize::try_from(options.int()?)
+                .ok()
+                .filter(|d| *d < x.ks.databases())
+                .ok_or(Error::DbRange)?;
+        } else if options.eat("MATCH") {
+            pattern = Some(options.value()?);
+        } else if options.eat("BUCKET") {
+            bucket = Some(
+                u8::try_from(options.int()?)
+                    .map_err(|_| Error::err("BUCKET must be between 0 and 255"))?,
+            );
+        } else {
+            return Err(Error::Syntax);
+        }
+    }
+    let failed = |e: chorus_crdt::EncodeError| Error::err(format!("digest failed: {e}"));
+    if let Some(bucket) = bucket {
+        let keys = x.ks.bucket_digests(db, pattern, bucket).map_err(failed)?;
+        x.out.array(keys.len());
+        for (key, d) in keys {
+            x.out.array(2);
+            x.out.bulk(&key);
+            x.out.bulk_str(&format!("{d:016x}"));
+        }
+        return Ok(());
+    }
+    let (d, keys) = x.ks.digest_db(db, pattern).map_err(failed)?;
+    x.out.map(4);
+    x.out.bulk_str("db");
+    x.out.int(db as i64);
+    x.out.bulk_str("floor");
+    x.out.bulk_str(&d.floor.to_string());
+    x.out.bulk_str("keys");
+    x.out.int(keys as i64);
+    x.out.bulk_str("buckets");
+    x.out.array(d.buckets.len());
+    for b in &d.buckets {
+        x.out.bulk_str(&format!("{b:016x}"));
     }
     Ok(())
 }

@@ -593,6 +593,7 @@ pub static DIRECTIVES: &[Directive] = &[
     applied("max-clock-drift", "500"),
     applied("repl-repair-interval", "30"),
     applied("removed-peer-grace", "3600"),
+    applied("conflict-log-max-len", "10000"),
 ];
 
 /// The known name closest to a misspelt `name`, if any is close enough to

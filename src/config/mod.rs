@@ -95,6 +95,8 @@ pub struct Config {
     /// Seconds a peer removed with REPLICAOF REMOVE keeps holding tombstone
     /// collection back (see docs/operations.md, "Removing a member").
     pub removed_peer_grace_secs: u64,
+    /// Entries the conflict log keeps (CRDT.CONFLICTS), oldest dropped first.
+    pub conflict_log_max_len: usize,
     /// Keep the node's state on disk (in `dir`), all keys in RAM.
     pub appendonly: bool,
     /// Where the data files go.
@@ -300,6 +302,7 @@ impl Default for Config {
             max_clock_drift_ms: 500,
             repl_repair_interval_secs: 30,
             removed_peer_grace_secs: 3600,
+            conflict_log_max_len: crate::conflicts::DEFAULT_MAX_LEN,
             appendonly: false,
             dir: std::path::PathBuf::from("."),
             appendfsync: Fsync::Everysec,
@@ -603,6 +606,13 @@ impl Config {
                     .filter(|s| *s <= 86_400)
                     .ok_or_else(|| bad("expects seconds, 0 (never) to 86400"))?;
             }
+            "conflict-log-max-len" => {
+                self.conflict_log_max_len = one()?
+                    .parse()
+                    .ok()
+                    .filter(|n| *n <= 10_000_000)
+                    .ok_or_else(|| bad("expects a number of entries, 0 to 10000000"))?;
+            }
             "removed-peer-grace" => {
                 self.removed_peer_grace_secs = one()?
                     .parse()
@@ -833,6 +843,7 @@ impl Config {
             "max-clock-drift" => self.max_clock_drift_ms.to_string(),
             "repl-repair-interval" => self.repl_repair_interval_secs.to_string(),
             "removed-peer-grace" => self.removed_peer_grace_secs.to_string(),
+            "conflict-log-max-len" => self.conflict_log_max_len.to_string(),
             "repl-backlog-size" => self.repl_backlog_size.to_string(),
             // No snapshots are taken whatever was written; tools such as
             // redis-benchmark read `save` to learn whether the server
