@@ -10,6 +10,7 @@
 //!
 //! Values are `chorus-crdt` states stamped by the node's hybrid logical clock.
 
+pub mod audit;
 pub mod cmd;
 pub mod config;
 pub mod conflicts;

@@ -39,6 +39,39 @@ enum Command {
         )]
         args: Vec<String>,
     },
+    /// List the conflicts every node resolved (which concurrent write lost,
+    /// and where), merged: one row per conflict, the nodes that saw it
+    /// listed, oldest first. Exit 2 when a node cannot be asked.
+    #[command(
+        after_help = "Examples:\n  chorus audit --nodes 10.0.1.5:6379,10.0.2.5:6379\n  chorus audit --nodes 127.0.0.1:6379 --key 'user:*' --since 10m --json"
+    )]
+    Audit {
+        /// The nodes to ask, host:port, comma-separated.
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required = true,
+            value_name = "HOST:PORT,..."
+        )]
+        nodes: Vec<String>,
+        /// The nodes' requirepass.
+        #[arg(long)]
+        password: Option<String>,
+        /// Only keys this glob pattern matches.
+        #[arg(long, value_name = "PATTERN")]
+        key: Option<String>,
+        /// Only conflicts logged since: 10m, 2h, 1d, unix milliseconds or
+        /// YYYY-MM-DDTHH:MM:SSZ.
+        #[arg(long, value_name = "WHEN")]
+        since: Option<String>,
+        /// Only one kind: concurrent-write, write-lost-to-delete,
+        /// delete-lost-to-write, type-clash, increment-hidden.
+        #[arg(long)]
+        kind: Option<String>,
+        /// One JSON object per line instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a CA and node certificates for mutual TLS between peers.
     GenCerts {
         /// Directory to write into (created if missing).
@@ -71,6 +104,14 @@ fn main() {
             cluster,
         } => gen_certs(&dir, nodes.into(), &cluster),
         Command::Sim { args } => sim(&args),
+        Command::Audit {
+            nodes,
+            password,
+            key,
+            since,
+            kind,
+            json,
+        } => audit(nodes, password, key, since, kind, json),
     };
     if let Err(e) = result {
         eprintln!("chorus: {e:#}");
@@ -95,6 +136,45 @@ fn sim(args: &[String]) -> anyhow::Result<()> {
         .status()
         .with_context(|| format!("could not run {}", sim.display()))?;
     std::process::exit(status.code().unwrap_or(1));
+}
+
+fn audit(
+    nodes: Vec<String>,
+    password: Option<String>,
+    key: Option<String>,
+    since: Option<String>,
+    kind: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use chorus::audit::{self, AuditError};
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let fail = |e: AuditError| -> ! {
+        eprintln!("chorus audit: {e}");
+        std::process::exit(2);
+    };
+    let since_ms = match since.map(|s| audit::parse_since(&s, now_ms)).transpose() {
+        Ok(s) => s,
+        Err(e) => fail(AuditError::Usage(e)),
+    };
+    let query = audit::Query {
+        nodes,
+        password,
+        key,
+        since_ms,
+        kind,
+        json,
+    };
+    let rows = audit::audit(&query).unwrap_or_else(|e| fail(e));
+    let out = if json {
+        audit::to_json_lines(&rows)?
+    } else {
+        audit::to_table(&rows)
+    };
+    print!("{out}");
+    Ok(())
 }
 
 fn gen_certs(dir: &Path, nodes: usize, cluster: &str) -> anyhow::Result<()> {

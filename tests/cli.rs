@@ -22,7 +22,7 @@ fn text(out: &Output) -> String {
 fn help_lists_every_subcommand_and_exits_0() {
     let out = chorus(&["--help"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    for sub in ["server", "gen-certs", "sim"] {
+    for sub in ["server", "gen-certs", "sim", "audit"] {
         assert!(text(&out).contains(sub), "{}", text(&out));
     }
     let out = chorus(&["server", "--help"]);

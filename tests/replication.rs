@@ -1361,3 +1361,81 @@ fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
     assert!(common::err(&mut ca, &["CRDT.DIGEST", "BUCKET", "256"]).contains("BUCKET"));
     assert!(common::err(&mut ca, &["CRDT.DIGEST", "DB", "99"]).contains("DB index"));
 }
+
+/// #12: `chorus audit` asks every node, merges and de-duplicates: each
+/// concurrent write that lost is one row naming the nodes that resolved
+/// it, with the right winner and loser; a write made after seeing the other
+/// is no conflict. Exit 2 when a node cannot be asked.
+#[test]
+fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[], &[]);
+    let b = node(pb, &[], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    for key in ["k1", "k2"] {
+        q::<()>(&mut ca, &["SET", key, &format!("a-{key}")]);
+        q::<()>(&mut cb, &["SET", key, &format!("b-{key}")]);
+    }
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    for key in ["k1", "k2"] {
+        wait_until("the same value on both", || {
+            let (va, vb) = (get(&mut ca, key), get(&mut cb, key));
+            va.is_some() && va == vb
+        });
+    }
+    // Sequential: B writes after it has A's write.
+    q::<()>(&mut ca, &["SET", "seq", "first"]);
+    wait_until("A's write on B", || get(&mut cb, "seq").is_some());
+    q::<()>(&mut cb, &["SET", "seq", "second"]);
+    wait_until("B's write on A", || {
+        get(&mut ca, "seq").as_deref() == Some("second")
+    });
+    for c in [&mut ca, &mut cb] {
+        wait_until("both conflicts logged", || {
+            info_in(c, "stats", "conflicts_total") == "2"
+        });
+    }
+    let nodes = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["audit", "--nodes", &nodes, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    for (row, key) in rows.iter().zip(["k1", "k2"]) {
+        assert_eq!(row["key"], key, "{row}");
+        assert_eq!(row["kind"], "concurrent-write");
+        let won = get(&mut ca, key).unwrap();
+        assert_eq!(row["winner"]["value"], won.as_str(), "{row}");
+        let lost = if won.starts_with('a') { "b" } else { "a" };
+        assert!(
+            row["loser"]["value"].as_str().unwrap().starts_with(lost),
+            "{row}"
+        );
+        assert_eq!(row["nodes"].as_array().unwrap().len(), 2, "{row}");
+    }
+    let table = run(&["audit", "--nodes", &nodes, "--key", "k1"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.starts_with("KEY") && text.contains("1 conflict\n"),
+        "{text}"
+    );
+    let bad_kind = run(&["audit", "--nodes", &nodes, "--kind", "nope"]);
+    assert_eq!(bad_kind.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad_kind.stderr).contains("concurrent-write"));
+    let gone = run(&["audit", "--nodes", &format!("127.0.0.1:{}", free_port())]);
+    assert_eq!(gone.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("cannot reach"),
+        "{gone:?}"
+    );
+}

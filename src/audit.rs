@@ -1,0 +1,446 @@
+//! `chorus audit`: the conflicts every node resolved, asked of each node
+//! (`CRDT.CONFLICTS`), merged into one list (DESIGN.md, "Conflict audit").
+//!
+//! The same conflict is usually resolved on several nodes (each one that
+//! merged the losing write): it is one row, naming the nodes that saw it.
+//! Rows are sorted by when the winning write was made.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use anyhow::Context;
+
+/// What to ask and how to print it.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub nodes: Vec<String>,
+    pub password: Option<String>,
+    pub key: Option<String>,
+    /// Unix ms: only conflicts logged at or after it.
+    pub since_ms: Option<u64>,
+    pub kind: Option<String>,
+    pub json: bool,
+}
+
+/// Why a node could not be audited: exit code 2, as for bad usage (the
+/// command cannot do what was asked), distinct from "conflicts found".
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot reach {node}: {why}")]
+    Unreachable { node: String, why: String },
+    #[error("{node} refused the password: {why}")]
+    Auth { node: String, why: String },
+    #[error("{node} is not a Chorus server (no CRDT.CONFLICTS: {why})")]
+    NotChorus { node: String, why: String },
+    #[error("{0}")]
+    Usage(String),
+}
+
+/// One side of a conflict as a node reports it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct Side {
+    pub origin: String,
+    pub stamp: String,
+    pub stamp_ms: i64,
+    pub value: String,
+}
+
+/// One conflict, merged over the nodes that resolved it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Row {
+    pub db: i64,
+    pub key: String,
+    pub kind: String,
+    pub winner: Side,
+    pub loser: Side,
+    /// The nodes (as given on the command line) that logged it.
+    pub nodes: Vec<String>,
+}
+
+/// Parses `--since`: a duration back from `now_ms` (`90s`, `10m`, `2h`,
+/// `1d`), unix milliseconds, or a UTC time `YYYY-MM-DDTHH:MM:SS[Z]`.
+pub fn parse_since(text: &str, now_ms: u64) -> Result<u64, String> {
+    let t = text.trim();
+    let bad = || {
+        format!("--since takes a duration (10m, 2h, 1d), unix milliseconds or YYYY-MM-DDTHH:MM:SSZ, not '{text}'")
+    };
+    if let Some((num, unit)) = t
+        .char_indices()
+        .last()
+        .filter(|(_, c)| c.is_ascii_alphabetic())
+        .map(|(i, c)| (&t[..i], c))
+    {
+        if t.contains('-') {
+            return parse_utc(t).ok_or_else(bad);
+        }
+        let n: u64 = num.parse().map_err(|_| bad())?;
+        let unit_ms = match unit {
+            's' => 1_000,
+            'm' => 60_000,
+            'h' => 3_600_000,
+            'd' => 86_400_000,
+            _ => return Err(bad()),
+        };
+        return Ok(now_ms.saturating_sub(n.saturating_mul(unit_ms)));
+    }
+    if t.contains('-') {
+        return parse_utc(t).ok_or_else(bad);
+    }
+    t.parse().map_err(|_| bad())
+}
+
+/// `YYYY-MM-DDTHH:MM:SS[Z]` as unix ms (UTC).
+fn parse_utc(t: &str) -> Option<u64> {
+    let t = t.strip_suffix('Z').unwrap_or(t);
+    let (date, time) = t.split_once('T').unwrap_or((t, "00:00:00"));
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let h: Vec<i64> = time
+        .split(':')
+        .map(|p| p.parse().ok())
+        .collect::<Option<_>>()?;
+    let ([y, mo, da], [hh, mm, ss]) = (d.as_slice(), h.as_slice()) else {
+        return None;
+    };
+    if !(1..=12).contains(mo) || !(1..=31).contains(da) || *hh > 23 || *mm > 59 || *ss > 60 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if *mo <= 2 { y - 1 } else { *y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + da - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3_600 + mm * 60 + ss;
+    u64::try_from(secs).ok().map(|s| s * 1_000)
+}
+
+fn connect(node: &str, password: Option<&str>) -> Result<redis::Connection, AuditError> {
+    let unreachable = |why: String| AuditError::Unreachable {
+        node: node.to_string(),
+        why,
+    };
+    let client =
+        redis::Client::open(format!("redis://{node}/")).map_err(|e| unreachable(e.to_string()))?;
+    let mut conn = client
+        .get_connection_with_timeout(std::time::Duration::from_secs(5))
+        .map_err(|e| unreachable(e.to_string()))?;
+    if let Some(p) = password {
+        redis::cmd("AUTH")
+            .arg(p)
+            .query::<()>(&mut conn)
+            .map_err(|e| AuditError::Auth {
+                node: node.to_string(),
+                why: e.to_string(),
+            })?;
+    }
+    Ok(conn)
+}
+
+/// One entry as a node lists it: (db, key, kind, winner, loser).
+type Entry = (i64, String, String, Side, Side);
+
+/// Every conflict `node` logged that `q` asks for.
+fn fetch(node: &str, q: &Query) -> Result<Vec<Entry>, AuditError> {
+    let mut conn = connect(node, q.password.as_deref())?;
+    let mut cmd = redis::cmd("CRDT.CONFLICTS");
+    cmd.arg("COUNT").arg(u32::MAX);
+    if let Some(k) = &q.key {
+        cmd.arg("MATCH").arg(k);
+    }
+    if let Some(s) = q.since_ms {
+        cmd.arg("SINCE").arg(s);
+    }
+    if let Some(k) = &q.kind {
+        cmd.arg("KIND").arg(k);
+    }
+    let reply: redis::Value = cmd.query(&mut conn).map_err(|e| {
+        let why = e.to_string();
+        if why.contains("NOAUTH") || why.contains("WRONGPASS") {
+            AuditError::Auth {
+                node: node.to_string(),
+                why,
+            }
+        } else if why.contains("unknown command") {
+            AuditError::NotChorus {
+                node: node.to_string(),
+                why,
+            }
+        } else if why.contains("unknown conflict kind") {
+            AuditError::Usage(why)
+        } else {
+            AuditError::Unreachable {
+                node: node.to_string(),
+                why,
+            }
+        }
+    })?;
+    let malformed = |what: &str| AuditError::NotChorus {
+        node: node.to_string(),
+        why: format!("unexpected CRDT.CONFLICTS reply ({what})"),
+    };
+    let redis::Value::Array(entries) = reply else {
+        return Err(malformed("not an array"));
+    };
+    entries
+        .into_iter()
+        .map(|e| entry(e).ok_or_else(|| malformed("an entry lacks a field")))
+        .collect()
+}
+
+/// One `CRDT.CONFLICTS` entry.
+fn entry(e: redis::Value) -> Option<Entry> {
+    let f = fields(e)?;
+    let side = |name: &str| -> Option<Side> {
+        let s = fields(f.get(name)?.clone())?;
+        Some(Side {
+            origin: s.get("origin").and_then(as_text)?,
+            stamp: s.get("stamp").and_then(as_text)?,
+            stamp_ms: s.get("stamp_ms").and_then(as_int)?,
+            value: s.get("value").and_then(as_text)?,
+        })
+    };
+    Some((
+        f.get("db").and_then(as_int)?,
+        f.get("key").and_then(as_text)?,
+        f.get("kind").and_then(as_text)?,
+        side("winner")?,
+        side("loser")?,
+    ))
+}
+
+fn fields(v: redis::Value) -> Option<BTreeMap<String, redis::Value>> {
+    let pairs: Vec<(redis::Value, redis::Value)> = match v {
+        redis::Value::Map(m) => m,
+        redis::Value::Array(a) if a.len() % 2 == 0 => {
+            let mut it = a.into_iter();
+            std::iter::from_fn(|| Some((it.next()?, it.next()?))).collect()
+        }
+        _ => return None,
+    };
+    pairs
+        .into_iter()
+        .map(|(k, v)| Some((as_text(&k)?, v)))
+        .collect()
+}
+
+fn as_text(v: &redis::Value) -> Option<String> {
+    match v {
+        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        redis::Value::SimpleString(s) => Some(s.clone()),
+        redis::Value::Int(i) => Some(i.to_string()),
+        _ => None,
+    }
+}
+
+fn as_int(v: &redis::Value) -> Option<i64> {
+    match v {
+        redis::Value::Int(i) => Some(*i),
+        other => as_text(other)?.parse().ok(),
+    }
+}
+
+/// Asks every node and merges: one row per conflict, the nodes that saw it
+/// listed, sorted by when the winning write was made.
+pub fn audit(q: &Query) -> Result<Vec<Row>, AuditError> {
+    if q.nodes.is_empty() {
+        return Err(AuditError::Usage("--nodes names no node".into()));
+    }
+    // One conflict seen from both sides can carry two kinds (a SET over
+    // increments it had not seen is a type clash where the increments were,
+    // hidden increments where the SET was): one row, both kinds.
+    let mut rows: BTreeMap<(i64, String, String, String), Row> = BTreeMap::new();
+    for node in &q.nodes {
+        for (db, key, kind, winner, loser) in fetch(node, q)? {
+            let id = (db, key.clone(), winner.stamp.clone(), loser.stamp.clone());
+            let row = rows.entry(id).or_insert_with(|| Row {
+                db,
+                key,
+                kind: kind.clone(),
+                winner,
+                loser,
+                nodes: Vec::new(),
+            });
+            if !row.kind.split('/').any(|k| k == kind) {
+                let mut kinds: Vec<&str> = row.kind.split('/').chain([kind.as_str()]).collect();
+                kinds.sort_unstable();
+                row.kind = kinds.join("/");
+            }
+            if !row.nodes.contains(node) {
+                row.nodes.push(node.clone());
+            }
+        }
+    }
+    let mut rows: Vec<Row> = rows.into_values().collect();
+    rows.sort_by(|a, b| {
+        (a.winner.stamp_ms, &a.key, &a.loser.stamp).cmp(&(
+            b.winner.stamp_ms,
+            &b.key,
+            &b.loser.stamp,
+        ))
+    });
+    Ok(rows)
+}
+
+/// JSON lines, one row each.
+pub fn to_json_lines(rows: &[Row]) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for row in rows {
+        out.push_str(&serde_json::to_string(row).context("encoding a row")?);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// A table a person reads at a glance.
+pub fn to_table(rows: &[Row]) -> String {
+    if rows.is_empty() {
+        return "no conflicts\n".to_string();
+    }
+    let cut = |s: &str, n: usize| -> String {
+        if s.chars().count() <= n {
+            s.to_string()
+        } else {
+            let mut t: String = s.chars().take(n - 1).collect();
+            t.push('~');
+            t
+        }
+    };
+    let side = |s: &Side| cut(&format!("{} ({})", s.value, s.origin), 40);
+    let when = |ms: i64| {
+        let secs = ms.div_euclid(1000);
+        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+        let (y, m, d) = civil_from_days(days);
+        format!(
+            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+            rem / 3600,
+            rem % 3600 / 60,
+            rem % 60,
+            ms.rem_euclid(1000)
+        )
+    };
+    let table: Vec<[String; 6]> = rows
+        .iter()
+        .map(|r| {
+            [
+                cut(&r.key, 32),
+                r.kind.clone(),
+                side(&r.winner),
+                side(&r.loser),
+                when(r.winner.stamp_ms),
+                r.nodes.join(","),
+            ]
+        })
+        .collect();
+    let head = ["KEY", "KIND", "WINNER", "LOSER", "WHEN (UTC)", "NODES"];
+    let mut width = head.map(str::len);
+    for row in &table {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &[String]| {
+        let mut l = String::new();
+        for (i, (cell, w)) in cells.iter().zip(width).enumerate() {
+            if i + 1 == cells.len() {
+                l.push_str(cell);
+            } else {
+                let _ = write!(l, "{cell:<w$}  ");
+            }
+        }
+        out.push_str(l.trim_end());
+        out.push('\n');
+    };
+    line(&head.map(String::from));
+    for row in &table {
+        line(row);
+    }
+    out.push_str(&format!(
+        "{} conflict{}\n",
+        rows.len(),
+        if rows.len() == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+/// (year, month, day) of a day count since 1970-01-01.
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_unix_ms_and_utc_times() {
+        let now = 1_800_000_000_000;
+        assert_eq!(parse_since("10m", now), Ok(now - 600_000));
+        assert_eq!(parse_since("2h", now), Ok(now - 7_200_000));
+        assert_eq!(parse_since("1d", now), Ok(now - 86_400_000));
+        assert_eq!(parse_since("1700000000000", now), Ok(1_700_000_000_000));
+        assert_eq!(
+            parse_since("2026-11-30T10:00:00Z", now),
+            Ok(1_796_032_800_000)
+        );
+        assert_eq!(parse_since("1970-01-01", now), Ok(0));
+        for bad in ["", "10x", "m", "2026-13-01T00:00:00Z", "yesterday"] {
+            assert!(parse_since(bad, now).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn days_round_trip_through_the_civil_date() {
+        for days in [-1, 0, 59, 365, 10_957, 20_422, 30_000] {
+            let (y, m, d) = civil_from_days(days);
+            let text = format!("{y:04}-{m:02}-{d:02}T00:00:00Z");
+            assert_eq!(
+                parse_utc(&text),
+                u64::try_from(days * 86_400_000).ok(),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_header_a_row_per_conflict_and_a_count() {
+        let side = |v: &str, ms| Side {
+            origin: "n1".into(),
+            stamp: format!("{ms}@n1"),
+            stamp_ms: ms,
+            value: v.into(),
+        };
+        let rows = vec![Row {
+            db: 0,
+            key: "user:1".into(),
+            kind: "concurrent-write".into(),
+            winner: side("b", 1_796_032_800_123),
+            loser: side("a", 1_796_032_800_000),
+            nodes: vec!["127.0.0.1:7000".into(), "127.0.0.1:7001".into()],
+        }];
+        let t = to_table(&rows);
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].starts_with("KEY"), "{t}");
+        assert!(
+            lines[1].contains("user:1") && lines[1].contains("b (n1)"),
+            "{t}"
+        );
+        assert!(lines[1].contains("2026-11-30T10:00:00.123Z"), "{t}");
+        assert!(lines[1].ends_with("127.0.0.1:7000,127.0.0.1:7001"), "{t}");
+        assert_eq!(lines[2], "1 conflict");
+        assert_eq!(to_table(&[]), "no conflicts\n");
+    }
+}
