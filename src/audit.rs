@@ -158,27 +158,7 @@ fn fetch(node: &str, q: &Query) -> Result<Vec<Entry>, AuditError> {
     if let Some(k) = &q.kind {
         cmd.arg("KIND").arg(k);
     }
-    let reply: redis::Value = cmd.query(&mut conn).map_err(|e| {
-        let why = e.to_string();
-        if why.contains("NOAUTH") || why.contains("WRONGPASS") {
-            AuditError::Auth {
-                node: node.to_string(),
-                why,
-            }
-        } else if why.contains("unknown command") {
-            AuditError::NotChorus {
-                node: node.to_string(),
-                why,
-            }
-        } else if why.contains("unknown conflict kind") {
-            AuditError::Usage(why)
-        } else {
-            AuditError::Unreachable {
-                node: node.to_string(),
-                why,
-            }
-        }
-    })?;
+    let reply: redis::Value = ask(&mut conn, node, &cmd)?;
     let malformed = |what: &str| AuditError::NotChorus {
         node: node.to_string(),
         why: format!("unexpected CRDT.CONFLICTS reply ({what})"),
@@ -364,6 +344,186 @@ pub fn to_table(rows: &[Row]) -> String {
         "{} conflict{}\n",
         rows.len(),
         if rows.len() == 1 { "" } else { "s" }
+    ));
+    out
+}
+
+/// A key whose state differs between two nodes, and the value each serves
+/// for it (`None`: absent there).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct DiffKey {
+    pub key: String,
+    pub a: Option<String>,
+    pub b: Option<String>,
+}
+
+/// What `chorus audit diff` found.
+#[derive(Debug, Clone, Default)]
+pub struct Diff {
+    /// Buckets whose digests differed (of 256).
+    pub buckets: usize,
+    /// Keys listed in those buckets, on either node.
+    pub keys_compared: usize,
+    /// The keys whose states differ; a key with the same value on both
+    /// differs in metadata only (a delete one node has not collected yet).
+    pub keys: Vec<DiffKey>,
+}
+
+fn ask<T: redis::FromRedisValue>(
+    conn: &mut redis::Connection,
+    node: &str,
+    cmd: &redis::Cmd,
+) -> Result<T, AuditError> {
+    cmd.query(conn).map_err(|e| {
+        let why = e.to_string();
+        let node = node.to_string();
+        if why.contains("NOAUTH") || why.contains("WRONGPASS") {
+            AuditError::Auth { node, why }
+        } else if why.contains("unknown command") {
+            AuditError::NotChorus { node, why }
+        } else if why.contains("unknown conflict kind") {
+            AuditError::Usage(why)
+        } else {
+            AuditError::Unreachable { node, why }
+        }
+    })
+}
+
+fn bucket_digests(
+    conn: &mut redis::Connection,
+    node: &str,
+    db: u32,
+    pattern: Option<&str>,
+) -> Result<Vec<String>, AuditError> {
+    let mut cmd = redis::cmd("CRDT.DIGEST");
+    cmd.arg("DB").arg(db);
+    if let Some(p) = pattern {
+        cmd.arg("MATCH").arg(p);
+    }
+    let reply: redis::Value = ask(conn, node, &cmd)?;
+    let buckets = fields(reply)
+        .and_then(|f| f.get("buckets").cloned())
+        .and_then(|b| redis::from_redis_value::<Vec<String>>(b).ok())
+        .filter(|b| b.len() == chorus_crdt::digest::BUCKETS);
+    buckets.ok_or_else(|| AuditError::NotChorus {
+        node: node.to_string(),
+        why: "unexpected CRDT.DIGEST reply".into(),
+    })
+}
+
+/// Compares nodes `a` and `b` by digests of database `db` (over the keys
+/// `pattern` matches), lists the keys of the buckets that differ, and
+/// reads the value of each key whose digest differs on both.
+pub fn diff(
+    a: &str,
+    b: &str,
+    db: u32,
+    pattern: Option<&str>,
+    password: Option<&str>,
+) -> Result<Diff, AuditError> {
+    let mut nodes = [(a, connect(a, password)?), (b, connect(b, password)?)];
+    for (node, conn) in nodes.iter_mut() {
+        ask::<()>(conn, node, redis::cmd("SELECT").arg(db))?;
+    }
+    let [(na, ca), (nb, cb)] = &mut nodes;
+    let (da, db_) = (
+        bucket_digests(ca, na, db, pattern)?,
+        bucket_digests(cb, nb, db, pattern)?,
+    );
+    let mut out = Diff::default();
+    for bucket in (0..da.len()).filter(|i| da[*i] != db_[*i]) {
+        out.buckets += 1;
+        let listing = |conn: &mut redis::Connection, node: &str| {
+            let mut cmd = redis::cmd("CRDT.DIGEST");
+            cmd.arg("DB").arg(db).arg("BUCKET").arg(bucket);
+            if let Some(p) = pattern {
+                cmd.arg("MATCH").arg(p);
+            }
+            ask::<Vec<(String, String)>>(conn, node, &cmd)
+        };
+        let la: BTreeMap<String, String> = listing(ca, na)?.into_iter().collect();
+        let lb: BTreeMap<String, String> = listing(cb, nb)?.into_iter().collect();
+        let mut keys: Vec<&String> = la.keys().chain(lb.keys()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        out.keys_compared += keys.len();
+        for key in keys {
+            if la.get(key) == lb.get(key) {
+                continue;
+            }
+            let value = |conn: &mut redis::Connection, node: &str| {
+                ask::<Option<Vec<u8>>>(conn, node, redis::cmd("GET").arg(key))
+                    .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            };
+            out.keys.push(DiffKey {
+                key: key.clone(),
+                a: value(ca, na)?,
+                b: value(cb, nb)?,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// JSON lines, one differing key each.
+pub fn diff_json_lines(d: &Diff) -> anyhow::Result<String> {
+    let mut out = String::new();
+    for k in &d.keys {
+        let mut v = serde_json::to_value(k).context("encoding a key")?;
+        v["same_value"] = serde_json::Value::Bool(k.a == k.b);
+        out.push_str(&v.to_string());
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+/// Both nodes' values side by side, and a summary line.
+pub fn diff_table(a: &str, b: &str, d: &Diff) -> String {
+    let show = |v: &Option<String>| match v {
+        Some(v) if v.chars().count() > 40 => format!("{}~", v.chars().take(39).collect::<String>()),
+        Some(v) => v.clone(),
+        None => "(absent)".to_string(),
+    };
+    let rows: Vec<[String; 3]> = d
+        .keys
+        .iter()
+        .map(|k| {
+            let key = if k.a == k.b {
+                format!("{} (metadata only)", k.key)
+            } else {
+                k.key.clone()
+            };
+            [key, show(&k.a), show(&k.b)]
+        })
+        .collect();
+    let head = ["KEY".to_string(), a.to_string(), b.to_string()];
+    let mut width = [0usize; 3];
+    for row in rows.iter().chain([&head]) {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in [&head].into_iter().chain(&rows) {
+        let line = format!(
+            "{:<w0$}  {:<w1$}  {}",
+            row[0],
+            row[1],
+            row[2],
+            w0 = width[0],
+            w1 = width[1]
+        );
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    let differ = d.keys.iter().filter(|k| k.a != k.b).count();
+    out.push_str(&format!(
+        "{differ} key{} differ{} ({} in metadata only); {} keys compared in {} differing buckets of 256\n",
+        if differ == 1 { "" } else { "s" },
+        if differ == 1 { "s" } else { "" },
+        d.keys.len() - differ,
+        d.keys_compared,
+        d.buckets
     ));
     out
 }

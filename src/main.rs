@@ -23,6 +23,32 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+enum AuditDiff {
+    /// Compare two nodes by digests (CRDT.DIGEST), narrow down to the keys
+    /// whose states differ, and print both values side by side. Exit 1 when
+    /// a key's value differs, 0 when none does (usable from monitoring), 2
+    /// when a node cannot be asked.
+    Diff {
+        /// One node, host:port.
+        a: String,
+        /// The other.
+        b: String,
+        /// Only keys this glob pattern matches.
+        #[arg(long, value_name = "PATTERN")]
+        key: Option<String>,
+        /// The database.
+        #[arg(long, default_value_t = 0)]
+        db: u32,
+        /// The nodes' requirepass.
+        #[arg(long)]
+        password: Option<String>,
+        /// One JSON object per differing key instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node, like redis-server: a config file in redis.conf syntax,
     /// then `--directive value ...` overrides (the last word wins).
@@ -43,9 +69,13 @@ enum Command {
     /// and where), merged: one row per conflict, the nodes that saw it
     /// listed, oldest first. Exit 2 when a node cannot be asked.
     #[command(
-        after_help = "Examples:\n  chorus audit --nodes 10.0.1.5:6379,10.0.2.5:6379\n  chorus audit --nodes 127.0.0.1:6379 --key 'user:*' --since 10m --json"
+        after_help = "Examples:\n  chorus audit --nodes 10.0.1.5:6379,10.0.2.5:6379\n  chorus audit --nodes 127.0.0.1:6379 --key 'user:*' --since 10m --json\n  chorus audit diff 10.0.1.5:6379 10.0.2.5:6379",
+        args_conflicts_with_subcommands = true,
+        subcommand_negates_reqs = true
     )]
     Audit {
+        #[command(subcommand)]
+        diff: Option<AuditDiff>,
         /// The nodes to ask, host:port, comma-separated.
         #[arg(
             long,
@@ -105,6 +135,19 @@ fn main() {
         } => gen_certs(&dir, nodes.into(), &cluster),
         Command::Sim { args } => sim(&args),
         Command::Audit {
+            diff:
+                Some(AuditDiff::Diff {
+                    a,
+                    b,
+                    key,
+                    db,
+                    password,
+                    json,
+                }),
+            ..
+        } => audit_diff(&a, &b, key, db, password, json),
+        Command::Audit {
+            diff: None,
             nodes,
             password,
             key,
@@ -174,6 +217,31 @@ fn audit(
         audit::to_table(&rows)
     };
     print!("{out}");
+    Ok(())
+}
+
+fn audit_diff(
+    a: &str,
+    b: &str,
+    key: Option<String>,
+    db: u32,
+    password: Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    use chorus::audit;
+    let diff = audit::diff(a, b, db, key.as_deref(), password.as_deref()).unwrap_or_else(|e| {
+        eprintln!("chorus audit diff: {e}");
+        std::process::exit(2);
+    });
+    let out = if json {
+        audit::diff_json_lines(&diff)?
+    } else {
+        audit::diff_table(a, b, &diff)
+    };
+    print!("{out}");
+    if diff.keys.iter().any(|k| k.a != k.b) {
+        std::process::exit(1);
+    }
     Ok(())
 }
 

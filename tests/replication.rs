@@ -1439,3 +1439,69 @@ fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
         "{gone:?}"
     );
 }
+
+/// #12: `chorus audit diff` finds the keys changed on one node while the
+/// link was down (exit 1, both values shown), and none once the nodes have
+/// converged (exit 0).
+#[test]
+fn chorus_audit_diff_finds_keys_changed_apart_and_none_after_convergence() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    for i in 0..100 {
+        q::<()>(&mut ca, &["SET", &format!("k{i}"), "v"]);
+    }
+    wait_until("A's writes on B", || get(&mut cb, "k99").is_some());
+    let (na, nb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let diff = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["audit", "diff", &na, &nb])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    wait_until("no difference", || diff(&[]).status.code() == Some(0));
+    q::<String>(
+        &mut cb,
+        &["REPLICAOF", "REMOVE", "127.0.0.1", &pa.to_string()],
+    );
+    q::<String>(
+        &mut ca,
+        &["REPLICAOF", "REMOVE", "127.0.0.1", &pb.to_string()],
+    );
+    q::<()>(&mut cb, &["SET", "k7", "changed"]);
+    q::<()>(&mut ca, &["SET", "only-on-a", "v"]);
+    let out = diff(&["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let mut rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    rows.sort_by_key(|r| r["key"].as_str().unwrap().to_string());
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows[0]["key"], "k7");
+    assert_eq!(
+        (&rows[0]["a"], &rows[0]["b"]),
+        (&"v".into(), &"changed".into())
+    );
+    assert_eq!(rows[1]["key"], "only-on-a");
+    assert_eq!(rows[1]["b"], serde_json::Value::Null);
+    let table = String::from_utf8(diff(&["--key", "k*"]).stdout).unwrap();
+    assert!(
+        table.contains("k7") && !table.contains("only-on-a"),
+        "{table}"
+    );
+    assert!(table.contains("1 key differs"), "{table}");
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    wait_until("converged: no difference", || {
+        diff(&[]).status.code() == Some(0)
+    });
+    let gone = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["audit", "diff", &na, &format!("127.0.0.1:{}", free_port())])
+        .output()
+        .unwrap();
+    assert_eq!(gone.status.code(), Some(2));
+}
