@@ -342,6 +342,20 @@ impl KeyState {
         latest
     }
 
+    /// The earliest stamp of what this state brings to a merge: its
+    /// register, expiry, floor and counter segments (ZERO parts left out);
+    /// `None` when it brings none. Removal records only remove, so they are
+    /// left out too: a write whose every part is newer than a delete can
+    /// never be one that delete beat.
+    pub fn earliest_added_stamp(&self) -> Option<Stamp> {
+        let mut parts = vec![self.reg.stamp];
+        if let Some(x) = &self.extras {
+            parts.extend([x.expiry.stamp, x.floor]);
+            parts.extend(x.counts.values().map(|t| t.epoch));
+        }
+        parts.into_iter().filter(|s| !s.is_zero()).min()
+    }
+
     // ----- ops: pure, each returns a delta to merge locally and replicate -----
 
     /// A register write (`Some(value)`) or delete (`None`) stamped `stamp`,

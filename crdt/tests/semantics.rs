@@ -629,3 +629,27 @@ fn a_writes_seen_set_never_names_more_than_max_seen_nodes() {
             .reg
     ));
 }
+
+/// What a write brings to a merge dates from its register, expiry, floor
+/// and counter segments, never from the removals it carries: a SET over
+/// old increments is as new as the SET.
+#[test]
+fn a_writes_earliest_added_stamp_leaves_its_removals_out() {
+    let mut s = KeyState::default();
+    assert_eq!(s.earliest_added_stamp(), None);
+    let incr = s.incr(at(10, A), 5, 0.0, false);
+    apply(&mut s, &incr);
+    assert_eq!(incr.earliest_added_stamp(), Some(at(10, A)));
+    let set = s.write(at(50, B), Some(b"v"), 0);
+    assert_eq!(
+        set.earliest_added_stamp(),
+        Some(at(50, B)),
+        "the removal of 10 is not added"
+    );
+    let more = s.incr(at(60, A), 1, 0.0, false);
+    assert_eq!(
+        more.earliest_added_stamp(),
+        Some(at(10, A)),
+        "an increment in a segment begun at 10"
+    );
+}

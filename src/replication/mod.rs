@@ -1143,7 +1143,7 @@ async fn apply_stream(
             } if in_transfer => {
                 // The tail: writes the sender applied after the transfer
                 // began, judged on their own (see the lone writes below).
-                if !repl.core.lock().admits(origin, seq) {
+                if !repl.core.lock().admits(origin, seq) && !newer_than_collected(ks, &delta) {
                     continue;
                 }
                 let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
@@ -1155,7 +1155,7 @@ async fn apply_stream(
                 }
                 let verdict = {
                     let core = repl.core.lock();
-                    if !core.admits(origin, seq) {
+                    if !core.admits(origin, seq) && !newer_than_collected(ks, &delta) {
                         drop(core);
                         if repl.reopen_if_clear(ks, origin, peer) {
                             continue;
@@ -1427,6 +1427,20 @@ fn apply(
         }
     }
     true
+}
+
+/// Whether merging `delta` alone cannot bring back anything a delete
+/// collected here had beaten: everything it brings is stamped after all
+/// that went (a flush only removes). A closed member's write that is
+/// (`Core::admits`) merges like any other: its new writes after it came
+/// back, say.
+fn newer_than_collected(ks: &Keyspace, delta: &Delta) -> bool {
+    match delta {
+        Delta::Key { state, .. } => state
+            .earliest_added_stamp()
+            .is_none_or(|s| s > ks.collected()),
+        Delta::Flush { .. } => true,
+    }
 }
 
 fn observe(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
