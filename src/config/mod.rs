@@ -980,6 +980,21 @@ mod tests {
     }
 
     #[test]
+    fn conflict_log_max_len_takes_a_count_up_to_ten_million() {
+        let load = |v: &str| Config::load(None, &["--conflict-log-max-len".into(), v.into()]);
+        assert_eq!(load("0").unwrap().conflict_log_max_len, 0);
+        assert_eq!(load("10000000").unwrap().conflict_log_max_len, 10_000_000);
+        for bad in ["10000001", "-1", "many"] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("conflict-log-max-len"), "{e}");
+        }
+        assert_eq!(
+            Config::load(None, &[]).unwrap().conflict_log_max_len,
+            10_000
+        );
+    }
+
+    #[test]
     fn removed_peer_grace_takes_seconds_up_to_thirty_days() {
         let load = |v: &str| Config::load(None, &["--removed-peer-grace".into(), v.into()]);
         assert_eq!(load("0").unwrap().removed_peer_grace_secs, 0);
