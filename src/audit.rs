@@ -364,6 +364,8 @@ pub struct Diff {
     pub buckets: usize,
     /// Keys listed in those buckets, on either node.
     pub keys_compared: usize,
+    /// Keys (tombstones included) the first node digested.
+    pub keys_scanned: u64,
     /// The keys whose states differ; a key with the same value on both
     /// differs in metadata only (a delete one node has not collected yet).
     pub keys: Vec<DiffKey>,
@@ -389,31 +391,85 @@ fn ask<T: redis::FromRedisValue>(
     })
 }
 
-fn bucket_digests(
+/// Buckets asked for per `CRDT.DIGEST` request: each request reads the
+/// keys of `DIGEST_RANGE / BUCKETS_PER_SHARD` shards of one node, so a
+/// diff never holds a node for more than that (1M keys: about 60,000).
+pub const DIGEST_RANGE: usize = 16;
+
+/// One node's digests of buckets `first..first + DIGEST_RANGE`, and how many
+/// keys they cover.
+fn range_digests(
     conn: &mut redis::Connection,
     node: &str,
     db: u32,
     pattern: Option<&str>,
-) -> Result<Vec<String>, AuditError> {
+    first: usize,
+) -> Result<(Vec<String>, i64), AuditError> {
     let mut cmd = redis::cmd("CRDT.DIGEST");
     cmd.arg("DB").arg(db);
     if let Some(p) = pattern {
         cmd.arg("MATCH").arg(p);
     }
+    cmd.arg("RANGE").arg(first).arg(first + DIGEST_RANGE - 1);
     let reply: redis::Value = ask(conn, node, &cmd)?;
-    let buckets = fields(reply)
+    let f = fields(reply);
+    let buckets = f
+        .as_ref()
         .and_then(|f| f.get("buckets").cloned())
         .and_then(|b| redis::from_redis_value::<Vec<String>>(b).ok())
-        .filter(|b| b.len() == chorus_crdt::digest::BUCKETS);
-    buckets.ok_or_else(|| AuditError::NotChorus {
+        .filter(|b| b.len() == DIGEST_RANGE);
+    let keys = f.as_ref().and_then(|f| f.get("keys")).and_then(as_int);
+    buckets.zip(keys).ok_or_else(|| AuditError::NotChorus {
         node: node.to_string(),
         why: "unexpected CRDT.DIGEST reply".into(),
     })
 }
 
+/// A progress line on stderr for work that may take a while: shown only on
+/// a terminal and only once the work has run for half a second, so quick
+/// runs and scripts see nothing of it.
+pub struct Progress {
+    on: bool,
+    started: std::time::Instant,
+    shown: bool,
+}
+
+impl Progress {
+    pub fn new() -> Progress {
+        use std::io::IsTerminal;
+        Progress {
+            on: std::io::stderr().is_terminal(),
+            started: std::time::Instant::now(),
+            shown: false,
+        }
+    }
+
+    pub fn show(&mut self, line: impl FnOnce() -> String) {
+        if self.on && self.started.elapsed() >= std::time::Duration::from_millis(500) {
+            eprint!("\r{}\x1b[K", line());
+            self.shown = true;
+        }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Progress {
+        Progress::new()
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if self.shown {
+            eprint!("\r\x1b[K");
+        }
+    }
+}
+
 /// Compares nodes `a` and `b` by digests of database `db` (over the keys
-/// `pattern` matches), lists the keys of the buckets that differ, and
-/// reads the value of each key whose digest differs on both.
+/// `pattern` matches), `DIGEST_RANGE` buckets per request; lists the keys of
+/// the buckets that differ, and reads the value of each key whose digest
+/// differs on both.
 pub fn diff(
     a: &str,
     b: &str,
@@ -426,43 +482,65 @@ pub fn diff(
         ask::<()>(conn, node, redis::cmd("SELECT").arg(db))?;
     }
     let [(na, ca), (nb, cb)] = &mut nodes;
-    let (da, db_) = (
-        bucket_digests(ca, na, db, pattern)?,
-        bucket_digests(cb, nb, db, pattern)?,
-    );
     let mut out = Diff::default();
-    for bucket in (0..da.len()).filter(|i| da[*i] != db_[*i]) {
-        out.buckets += 1;
-        let listing = |conn: &mut redis::Connection, node: &str| {
-            let mut cmd = redis::cmd("CRDT.DIGEST");
-            cmd.arg("DB").arg(db).arg("BUCKET").arg(bucket);
-            if let Some(p) = pattern {
-                cmd.arg("MATCH").arg(p);
-            }
-            ask::<Vec<(String, String)>>(conn, node, &cmd)
-        };
-        let la: BTreeMap<String, String> = listing(ca, na)?.into_iter().collect();
-        let lb: BTreeMap<String, String> = listing(cb, nb)?.into_iter().collect();
-        let mut keys: Vec<&String> = la.keys().chain(lb.keys()).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        out.keys_compared += keys.len();
-        for key in keys {
-            if la.get(key) == lb.get(key) {
-                continue;
-            }
-            let value = |conn: &mut redis::Connection, node: &str| {
-                ask::<Option<Vec<u8>>>(conn, node, redis::cmd("GET").arg(key))
-                    .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
-            };
-            out.keys.push(DiffKey {
-                key: key.clone(),
-                a: value(ca, na)?,
-                b: value(cb, nb)?,
-            });
+    let mut progress = Progress::new();
+    for first in (0..chorus_crdt::digest::BUCKETS).step_by(DIGEST_RANGE) {
+        progress.show(|| {
+            format!(
+                "compared {first} of 256 buckets ({} keys on {na}); {} keys differ so far",
+                out.keys_scanned,
+                out.keys.len()
+            )
+        });
+        let (da, keys_a) = range_digests(ca, na, db, pattern, first)?;
+        let (db_, _) = range_digests(cb, nb, db, pattern, first)?;
+        out.keys_scanned += keys_a as u64;
+        for bucket in (0..DIGEST_RANGE).filter(|i| da[*i] != db_[*i]) {
+            diff_bucket(&mut out, [(*na, &mut *ca), (*nb, &mut *cb)], db, pattern, first + bucket)?;
         }
     }
     Ok(out)
+}
+
+/// Lists `bucket`'s keys on both nodes and reads each key whose digest
+/// differs.
+fn diff_bucket(
+    out: &mut Diff,
+    [(na, ca), (nb, cb)]: [(&str, &mut redis::Connection); 2],
+    db: u32,
+    pattern: Option<&str>,
+    bucket: usize,
+) -> Result<(), AuditError> {
+    out.buckets += 1;
+    let listing = |conn: &mut redis::Connection, node: &str| {
+        let mut cmd = redis::cmd("CRDT.DIGEST");
+        cmd.arg("DB").arg(db).arg("BUCKET").arg(bucket);
+        if let Some(p) = pattern {
+            cmd.arg("MATCH").arg(p);
+        }
+        ask::<Vec<(String, String)>>(conn, node, &cmd)
+    };
+    let la: BTreeMap<String, String> = listing(ca, na)?.into_iter().collect();
+    let lb: BTreeMap<String, String> = listing(cb, nb)?.into_iter().collect();
+    let mut keys: Vec<&String> = la.keys().chain(lb.keys()).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    out.keys_compared += keys.len();
+    for key in keys {
+        if la.get(key) == lb.get(key) {
+            continue;
+        }
+        let value = |conn: &mut redis::Connection, node: &str| {
+            ask::<Option<Vec<u8>>>(conn, node, redis::cmd("GET").arg(key))
+                .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+        };
+        out.keys.push(DiffKey {
+            key: key.clone(),
+            a: value(ca, na)?,
+            b: value(cb, nb)?,
+        });
+    }
+    Ok(())
 }
 
 /// JSON lines, one differing key each.
@@ -518,12 +596,13 @@ pub fn diff_table(a: &str, b: &str, d: &Diff) -> String {
     }
     let differ = d.keys.iter().filter(|k| k.a != k.b).count();
     out.push_str(&format!(
-        "{differ} key{} differ{} ({} in metadata only); {} keys compared in {} differing buckets of 256\n",
+        "{differ} key{} differ{} ({} in metadata only); {} keys compared in {} differing buckets of 256; {} keys digested on {a}\n",
         if differ == 1 { "" } else { "s" },
         if differ == 1 { "s" } else { "" },
         d.keys.len() - differ,
         d.keys_compared,
-        d.buckets
+        d.buckets,
+        d.keys_scanned
     ));
     out
 }

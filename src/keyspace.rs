@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chorus_crdt::digest::{bucket_of, key_digest, DbDigest, Scope};
+use chorus_crdt::digest::{bucket_of, key_digest, DbDigest, Scope, BUCKETS};
 use chorus_crdt::{Clock, Conflict, KeyState, NodeId, Stamp};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::{Mutex, MutexGuard};
@@ -22,8 +22,12 @@ use crate::key::Key;
 
 /// Shards per keyspace: enough that worker threads rarely meet on one lock,
 /// few enough that locking all of them (EXEC, FLUSHALL) stays cheap.
-/// A power of two (see `shard_of`).
+/// A divisor of the digest buckets (see `shard_of`).
 pub const SHARDS: usize = 64;
+
+/// Digest buckets per shard: bucket `b` lies wholly in shard `b / BUCKETS_PER_SHARD`.
+pub const BUCKETS_PER_SHARD: usize = BUCKETS / SHARDS;
+const _: () = assert!(BUCKETS % SHARDS == 0);
 
 /// Where local writes go: the replication layer. Borrowed parts, so a write
 /// pays for exactly one encoding and no copies.
@@ -62,6 +66,11 @@ pub struct Db {
     pub changes: Arc<AtomicU64>,
     /// Shared by every database of the keyspace: `Keyspace::collected`.
     pub collected: Arc<AtomicU64>,
+}
+
+/// The shard holding digest bucket `bucket`.
+pub fn shard_of_bucket(bucket: u8) -> usize {
+    bucket as usize / BUCKETS_PER_SHARD
 }
 
 fn is_live(state: &KeyState) -> bool {
@@ -462,12 +471,12 @@ impl Keyspace {
         Keyspace::with_hashers(databases, clock, KeyHasher::random(), KeyHasher::random())
     }
 
-    /// A keyspace whose shard choice and maps hash with the given hashers
-    /// (they must differ, or keys of one shard crowd the same buckets).
+    /// A keyspace whose maps hash with `maps_hasher` and whose state
+    /// transfers tag keys with `tags_hasher`.
     pub fn with_hashers(
         databases: usize,
         clock: Clock,
-        shards_hasher: KeyHasher,
+        tags_hasher: KeyHasher,
         maps_hasher: KeyHasher,
     ) -> Keyspace {
         let changes = Arc::new(AtomicU64::new(0));
@@ -490,7 +499,7 @@ impl Keyspace {
             .collect();
         Keyspace {
             shards,
-            hasher: shards_hasher,
+            hasher: tags_hasher,
             databases,
             clock,
             conflicts: ConflictLog::default(),
@@ -614,15 +623,12 @@ impl Keyspace {
         self.clock.node()
     }
 
-    /// The shard of `key`. The maps inside a shard hash keys with their own
-    /// seed and pick buckets from the low bits; taking the shard from an
-    /// independent hash keeps those bits spread within every shard.
+    /// The shard of `key`: the one holding its digest bucket, so that a
+    /// bucket's keys are listed from one shard (CRDT.DIGEST, repair). The
+    /// maps inside a shard hash keys with their own random seed, so a
+    /// client choosing keys can crowd a shard's lock but never its map.
     pub fn shard_of(&self, key: &[u8]) -> usize {
-        let mixed = self
-            .hasher
-            .hash_one(key)
-            .wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        (mixed >> (64 - SHARDS.trailing_zeros())) as usize
+        shard_of_bucket(bucket_of(key))
     }
 
     /// Locks the given shards in index order.
@@ -777,35 +783,9 @@ impl Keyspace {
         Ok(())
     }
 
-    /// `db`'s digest over the keys `pattern` matches (every key without
-    /// one), and how many it covered: one shard locked at a time, so
-    /// writes to the others go on (CRDT.DIGEST).
-    pub fn digest_db(
-        &self,
-        db: usize,
-        pattern: Option<&[u8]>,
-    ) -> Result<(DbDigest, usize), chorus_crdt::EncodeError> {
-        let mut digest = DbDigest::empty(db as u32);
-        let (mut scratch, mut keys) = (Vec::new(), 0);
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            let Some(d) = shard.dbs.get(db) else {
-                continue;
-            };
-            digest.floor = digest.floor.max(d.floor);
-            for (key, state) in &d.map {
-                if pattern.is_none_or(|p| crate::glob::matches(p, key, false)) {
-                    digest.add(key, key_digest(key, state, &mut scratch)?);
-                    keys += 1;
-                }
-            }
-        }
-        Ok((digest, keys))
-    }
-
     /// The keys of `db` in digest bucket `bucket` that `pattern` matches,
     /// each with its digest, sorted by key: what a bucket's digest is made
-    /// of (CRDT.DIGEST ... BUCKET).
+    /// of (CRDT.DIGEST ... BUCKET). Reads the one shard holding it.
     pub fn bucket_digests(
         &self,
         db: usize,
@@ -813,11 +793,8 @@ impl Keyspace {
         bucket: u8,
     ) -> Result<Vec<(Vec<u8>, u64)>, chorus_crdt::EncodeError> {
         let (mut scratch, mut found) = (Vec::new(), Vec::new());
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            let Some(d) = shard.dbs.get(db) else {
-                continue;
-            };
+        let shard = self.shards[shard_of_bucket(bucket)].lock();
+        if let Some(d) = shard.dbs.get(db) {
             for (key, state) in &d.map {
                 if bucket_of(key) == bucket
                     && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
@@ -826,8 +803,42 @@ impl Keyspace {
                 }
             }
         }
+        drop(shard);
         found.sort_unstable();
         Ok(found)
+    }
+
+    /// Digests of `db`'s buckets `buckets` over the keys `pattern` matches,
+    /// its flush floor, and how many keys they cover. Reads only the shards
+    /// holding those buckets, one at a time: a caller bounds the work of
+    /// one request by asking for fewer buckets (CRDT.DIGEST ... RANGE).
+    pub fn digest_buckets(
+        &self,
+        db: usize,
+        pattern: Option<&[u8]>,
+        buckets: std::ops::RangeInclusive<u8>,
+    ) -> Result<(Vec<u64>, Stamp, usize), chorus_crdt::EncodeError> {
+        let first = *buckets.start();
+        let mut digests = vec![0u64; buckets.clone().count()];
+        let (mut floor, mut keys, mut scratch) = (Stamp::ZERO, 0, Vec::new());
+        let shards = shard_of_bucket(first)..=shard_of_bucket(*buckets.end());
+        for shard in shards.filter(|_| !buckets.is_empty()) {
+            let shard = self.shards[shard].lock();
+            let Some(d) = shard.dbs.get(db) else {
+                continue;
+            };
+            floor = floor.max(d.floor);
+            for (key, state) in &d.map {
+                let bucket = bucket_of(key);
+                if buckets.contains(&bucket)
+                    && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
+                {
+                    digests[(bucket - first) as usize] ^= key_digest(key, state, &mut scratch)?;
+                    keys += 1;
+                }
+            }
+        }
+        Ok((digests, floor, keys))
     }
 
     /// A tag for `key` of `db` in a state transfer's record of the keys it
@@ -1124,7 +1135,7 @@ mod tests {
     }
 
     #[test]
-    fn keys_spread_over_all_shards_and_over_buckets_within_one() {
+    fn keys_spread_over_all_shards_and_over_map_slots_within_one() {
         let ks = keyspace();
         let mut per_shard = vec![0usize; SHARDS];
         let mut low_bits_in_shard0 = std::collections::HashSet::new();
@@ -1132,6 +1143,7 @@ mod tests {
         for i in 0..20_000 {
             let key = format!("key:{i:012}");
             let shard = ks.shard_of(key.as_bytes());
+            assert_eq!(shard, shard_of_bucket(bucket_of(key.as_bytes())));
             per_shard[shard] += 1;
             if shard == 0 {
                 low_bits_in_shard0.insert(maps_hasher.hash_one(key.as_bytes()) & 0xff);
@@ -1141,8 +1153,44 @@ mod tests {
         // ~312 random draws from 256 values give ~180 distinct; a collapse gives a handful.
         assert!(
             low_bits_in_shard0.len() > 120,
-            "bucket bits collapse within a shard"
+            "map slots collapse within a shard"
         );
+    }
+
+    #[test]
+    fn a_range_of_bucket_digests_reads_only_its_shards_and_matches_the_whole() {
+        let ks = keyspace();
+        let mut l = ks.lock_all();
+        for i in 0..2_000 {
+            let key = format!("k:{i}");
+            ks.update(&mut l, 0, key.as_bytes(), 1, |w| w.set(Some(b"v"), 0))
+                .unwrap();
+        }
+        drop(l);
+        let (whole, _, n) = ks.digest_buckets(0, None, 0..=255).unwrap();
+        assert_eq!(n, 2_000);
+        let mut pieced = Vec::new();
+        let mut counted = 0;
+        for first in (0..=255u8).step_by(16) {
+            let (part, _, n) = ks.digest_buckets(0, None, first..=first + 15).unwrap();
+            pieced.extend(part);
+            counted += n;
+        }
+        assert_eq!((pieced, counted), (whole.clone(), 2_000));
+        // A bucket's listing XORs to its digest.
+        let listed = ks.bucket_digests(0, None, 77).unwrap();
+        assert!(!listed.is_empty());
+        assert_eq!(listed.iter().fold(0, |a, (_, d)| a ^ d), whole[77]);
+        // The work of a range stays in its shards: with another shard
+        // locked elsewhere, a range outside it still answers.
+        let held = ks.lock(SmallVec::from_slice(&[shard_of_bucket(200)]));
+        let (part, _, _) = std::thread::scope(|s| {
+            s.spawn(|| ks.digest_buckets(0, None, 0..=15).unwrap())
+                .join()
+                .unwrap()
+        });
+        drop(held);
+        assert_eq!(part, whole[..16]);
     }
 
     #[test]

@@ -1358,7 +1358,17 @@ fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
         .position(|v| *v == redis::Value::BulkString(b"keys".to_vec()))
         .unwrap();
     assert_eq!(matched[at + 1], redis::Value::Int(11), "k1 and k10-k19");
-    assert!(common::err(&mut ca, &["CRDT.DIGEST", "BUCKET", "256"]).contains("BUCKET"));
+    // A range gives those buckets' digests alone, as the whole lists them.
+    let d = differ[0].to_string();
+    let ranged: Vec<redis::Value> = q(&mut cb, &["CRDT.DIGEST", "RANGE", &d, &d]);
+    let at = ranged
+        .iter()
+        .position(|v| *v == redis::Value::BulkString(b"buckets".to_vec()))
+        .unwrap();
+    let one: Vec<String> = redis::from_redis_value(ranged[at + 1].clone()).unwrap();
+    assert_eq!(one, vec![db[differ[0]].clone()]);
+    assert!(common::err(&mut ca, &["CRDT.DIGEST", "BUCKET", "256"]).contains("0 to 255"));
+    assert!(common::err(&mut ca, &["CRDT.DIGEST", "RANGE", "9", "8"]).contains("past its last"));
     assert!(common::err(&mut ca, &["CRDT.DIGEST", "DB", "99"]).contains("DB index"));
 }
 

@@ -26,10 +26,10 @@ pub static COMMANDS: &[Spec] = &[
         flags: Flags::of(&[ReadOnly]),
         keys: Keys::None,
         group: "crdt",
-        syntax: "[DB index] [MATCH pattern] [BUCKET bucket]",
-        summary: "A database's digest per key bucket (256 of them), over the keys a pattern \
-                  matches; with BUCKET, that bucket's keys and their digests. Two nodes holding \
-                  the same state give the same digests.",
+        syntax: "[DB index] [MATCH pattern] [RANGE first last | BUCKET bucket]",
+        summary: "A database's digest per key bucket (256 of them, or those of a RANGE), over \
+                  the keys a pattern matches; with BUCKET, that bucket's keys and their \
+                  digests. Two nodes holding the same state give the same digests.",
         run: digest,
     },
     Spec {
@@ -126,13 +126,16 @@ fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-/// `CRDT.DIGEST [DB index] [MATCH pattern] [BUCKET bucket]`. Without
-/// BUCKET: a map of the database, its flush floor, how many keys (tombstones
-/// included) were digested, and the 256 bucket digests in hex (zero: no
-/// key). With it: `[key, digest]` pairs of that bucket, sorted by key. Each
-/// reads every key of the database, one shard locked at a time.
+/// `CRDT.DIGEST [DB index] [MATCH pattern] [RANGE first last | BUCKET b]`.
+/// Without BUCKET: a map of the database, its flush floor, how many keys
+/// (tombstones included) were digested, the first bucket, and the digests
+/// of buckets `first..=last` (all 256 without RANGE) in hex (zero: no key).
+/// With BUCKET: `[key, digest]` pairs of that bucket, sorted by key. The
+/// work is the keys of the shards holding the buckets asked for, one shard
+/// locked at a time: a client bounds each request by asking for a range.
 fn digest(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let (mut db, mut pattern, mut bucket) = (x.session.db, None::<&[u8]>, None::<u8>);
+    let (mut db, mut pattern) = (x.session.db, None::<&[u8]>);
+    let (mut range, mut bucket) = (0..=u8::MAX, None::<u8>);
     let mut options = Args::new(args, 1);
     while !options.is_empty() {
         if options.eat("DB") {
@@ -143,10 +146,13 @@ fn digest(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         } else if options.eat("MATCH") {
             pattern = Some(options.value()?);
         } else if options.eat("BUCKET") {
-            bucket = Some(
-                u8::try_from(options.int()?)
-                    .map_err(|_| Error::err("BUCKET must be between 0 and 255"))?,
-            );
+            bucket = Some(bucket_arg(&mut options)?);
+        } else if options.eat("RANGE") {
+            let (first, last) = (bucket_arg(&mut options)?, bucket_arg(&mut options)?);
+            if first > last {
+                return Err(Error::err("RANGE's first bucket is past its last"));
+            }
+            range = first..=last;
         } else {
             return Err(Error::Syntax);
         }
@@ -162,20 +168,27 @@ fn digest(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         return Ok(());
     }
-    let (d, keys) = x.ks.digest_db(db, pattern).map_err(failed)?;
-    x.out.map(4);
+    let first = *range.start();
+    let (digests, floor, keys) = x.ks.digest_buckets(db, pattern, range).map_err(failed)?;
+    x.out.map(5);
     x.out.bulk_str("db");
     x.out.int(db as i64);
     x.out.bulk_str("floor");
-    x.out.bulk_str(&d.floor.to_string());
+    x.out.bulk_str(&floor.to_string());
     x.out.bulk_str("keys");
     x.out.int(keys as i64);
+    x.out.bulk_str("first");
+    x.out.int(i64::from(first));
     x.out.bulk_str("buckets");
-    x.out.array(d.buckets.len());
-    for b in &d.buckets {
+    x.out.array(digests.len());
+    for b in &digests {
         x.out.bulk_str(&format!("{b:016x}"));
     }
     Ok(())
+}
+
+fn bucket_arg(options: &mut Args<'_>) -> Result<u8, Error> {
+    u8::try_from(options.int()?).map_err(|_| Error::err("buckets are numbered 0 to 255"))
 }
 
 /// `CRDT.STATE key`: nil when the node holds nothing for the key.
