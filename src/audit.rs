@@ -144,32 +144,122 @@ fn connect(node: &str, password: Option<&str>) -> Result<redis::Connection, Audi
 /// One entry as a node lists it: (db, key, kind, winner, loser).
 type Entry = (i64, String, String, Side, Side);
 
-/// Every conflict `node` logged that `q` asks for.
-fn fetch(node: &str, q: &Query) -> Result<Vec<Entry>, AuditError> {
+/// Entries asked for per `CRDT.CONFLICTS` request.
+const PAGE: usize = 1000;
+
+/// How far a node's log has been read: the node's run (a restarted node
+/// starts a new log, its ids from 1) and the last id read.
+#[derive(Debug, Clone, Default)]
+pub struct Cursor {
+    run_id: String,
+    last_id: u64,
+}
+
+/// Where each node's log has been read to, by node as given.
+pub type Cursors = BTreeMap<String, Cursor>;
+
+/// The conflicts `node` logged past `cursor` that `q` asks for, oldest
+/// first, a page at a time; `fetched` counts them as they come.
+fn fetch(
+    node: &str,
+    q: &Query,
+    cursor: &mut Cursor,
+    fetched: &std::sync::atomic::AtomicUsize,
+) -> Result<Vec<Entry>, AuditError> {
     let mut conn = connect(node, q.password.as_deref())?;
-    let mut cmd = redis::cmd("CRDT.CONFLICTS");
-    cmd.arg("COUNT").arg(u32::MAX);
-    if let Some(k) = &q.key {
-        cmd.arg("MATCH").arg(k);
-    }
-    if let Some(s) = q.since_ms {
-        cmd.arg("SINCE").arg(s);
-    }
-    if let Some(k) = &q.kind {
-        cmd.arg("KIND").arg(k);
-    }
-    let reply: redis::Value = ask(&mut conn, node, &cmd)?;
     let malformed = |what: &str| AuditError::NotChorus {
         node: node.to_string(),
         why: format!("unexpected CRDT.CONFLICTS reply ({what})"),
     };
-    let redis::Value::Array(entries) = reply else {
-        return Err(malformed("not an array"));
-    };
-    entries
-        .into_iter()
-        .map(|e| entry(e).ok_or_else(|| malformed("an entry lacks a field")))
-        .collect()
+    let info: String = ask(&mut conn, node, redis::cmd("INFO").arg("server"))?;
+    let run_id = info
+        .lines()
+        .find_map(|l| l.strip_prefix("run_id:"))
+        .ok_or_else(|| malformed("INFO names no run_id"))?
+        .trim()
+        .to_string();
+    if run_id != cursor.run_id {
+        *cursor = Cursor { run_id, last_id: 0 };
+    }
+    let mut found = Vec::new();
+    loop {
+        let mut cmd = redis::cmd("CRDT.CONFLICTS");
+        cmd.arg("COUNT").arg(PAGE).arg("AFTER").arg(cursor.last_id);
+        if let Some(k) = &q.key {
+            cmd.arg("MATCH").arg(k);
+        }
+        if let Some(s) = q.since_ms {
+            cmd.arg("SINCE").arg(s);
+        }
+        if let Some(k) = &q.kind {
+            cmd.arg("KIND").arg(k);
+        }
+        let reply: redis::Value = ask(&mut conn, node, &cmd)?;
+        let redis::Value::Array(entries) = reply else {
+            return Err(malformed("not an array"));
+        };
+        let page = entries.len();
+        for e in entries {
+            let f = fields(e.clone()).ok_or_else(|| malformed("an entry is not a map"))?;
+            let id = f
+                .get("id")
+                .and_then(as_int)
+                .ok_or_else(|| malformed("an entry lacks its id"))?;
+            cursor.last_id = cursor.last_id.max(id as u64);
+            found.push(entry(e).ok_or_else(|| malformed("an entry lacks a field"))?);
+        }
+        fetched.fetch_add(page, std::sync::atomic::Ordering::Relaxed);
+        if page < PAGE {
+            return Ok(found);
+        }
+    }
+}
+
+/// Every node's entries past its cursor, asked of all nodes at once; a
+/// progress line while they take time.
+fn fetch_all(q: &Query, cursors: &mut Cursors) -> Result<Vec<(String, Vec<Entry>)>, AuditError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let fetched = AtomicUsize::new(0);
+    std::thread::scope(|s| {
+        let asks: Vec<_> = q
+            .nodes
+            .iter()
+            .map(|node| {
+                let mut cursor = cursors.get(node).cloned().unwrap_or_default();
+                let fetched = &fetched;
+                let handle = s.spawn(move || {
+                    fetch(node, q, &mut cursor, fetched).map(|entries| (cursor, entries))
+                });
+                (node, handle)
+            })
+            .collect();
+        let mut progress = Progress::new();
+        while asks.iter().any(|(_, h)| !h.is_finished()) {
+            progress.show(|| {
+                let waiting: Vec<&str> = asks
+                    .iter()
+                    .filter(|(_, h)| !h.is_finished())
+                    .map(|(n, _)| n.as_str())
+                    .collect();
+                format!(
+                    "{} conflicts read; waiting for {}",
+                    fetched.load(Ordering::Relaxed),
+                    waiting.join(", ")
+                )
+            });
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut out = Vec::new();
+        for (node, handle) in asks {
+            let (cursor, entries) = handle.join().map_err(|_| AuditError::Unreachable {
+                node: node.clone(),
+                why: "the thread asking it failed".into(),
+            })??;
+            cursors.insert(node.clone(), cursor);
+            out.push((node.clone(), entries));
+        }
+        Ok(out)
+    })
 }
 
 /// One `CRDT.CONFLICTS` entry.
@@ -227,15 +317,20 @@ fn as_int(v: &redis::Value) -> Option<i64> {
 /// Asks every node and merges: one row per conflict, the nodes that saw it
 /// listed, sorted by when the winning write was made.
 pub fn audit(q: &Query) -> Result<Vec<Row>, AuditError> {
+    audit_from(q, &mut Cursors::new())
+}
+
+/// [`audit`] of the entries past `cursors`, which move past them.
+pub fn audit_from(q: &Query, cursors: &mut Cursors) -> Result<Vec<Row>, AuditError> {
     if q.nodes.is_empty() {
         return Err(AuditError::Usage("--nodes names no node".into()));
     }
     // One conflict seen from both sides can carry two kinds (a SET over
     // increments it had not seen is a type clash where the increments were,
     // hidden increments where the SET was): one row, both kinds.
-    let mut rows: BTreeMap<(i64, String, String, String), Row> = BTreeMap::new();
-    for node in &q.nodes {
-        for (db, key, kind, winner, loser) in fetch(node, q)? {
+    let mut rows: BTreeMap<RowId, Row> = BTreeMap::new();
+    for (node, entries) in fetch_all(q, cursors)? {
+        for (db, key, kind, winner, loser) in entries {
             let id = (db, key.clone(), winner.stamp.clone(), loser.stamp.clone());
             let row = rows.entry(id).or_insert_with(|| Row {
                 db,
@@ -250,7 +345,7 @@ pub fn audit(q: &Query) -> Result<Vec<Row>, AuditError> {
                 kinds.sort_unstable();
                 row.kind = kinds.join("/");
             }
-            if !row.nodes.contains(node) {
+            if !row.nodes.contains(&node) {
                 row.nodes.push(node.clone());
             }
         }
@@ -264,6 +359,21 @@ pub fn audit(q: &Query) -> Result<Vec<Row>, AuditError> {
         ))
     });
     Ok(rows)
+}
+
+/// What makes two nodes' entries one conflict: (db, key, winner's stamp,
+/// loser's stamp).
+pub type RowId = (i64, String, String, String);
+
+impl Row {
+    pub fn id(&self) -> RowId {
+        (
+            self.db,
+            self.key.clone(),
+            self.winner.stamp.clone(),
+            self.loser.stamp.clone(),
+        )
+    }
 }
 
 /// JSON lines, one row each.
@@ -291,18 +401,7 @@ pub fn to_table(rows: &[Row]) -> String {
         }
     };
     let side = |s: &Side| cut(&format!("{} ({})", s.value, s.origin), 40);
-    let when = |ms: i64| {
-        let secs = ms.div_euclid(1000);
-        let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-        let (y, m, d) = civil_from_days(days);
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-            rem / 3600,
-            rem % 3600 / 60,
-            rem % 60,
-            ms.rem_euclid(1000)
-        )
-    };
+    let when = utc;
     let table: Vec<[String; 6]> = rows
         .iter()
         .map(|r| {
@@ -346,6 +445,40 @@ pub fn to_table(rows: &[Row]) -> String {
         if rows.len() == 1 { "" } else { "s" }
     ));
     out
+}
+
+/// One line per row, for `--follow`: when, key, kind, winner, loser, nodes.
+pub fn to_lines(rows: &[Row]) -> String {
+    let mut out = String::new();
+    for r in rows {
+        let _ = writeln!(
+            out,
+            "{}  {}  {}  winner {} ({})  loser {} ({})  seen by {}",
+            utc(r.winner.stamp_ms),
+            r.key,
+            r.kind,
+            r.winner.value,
+            r.winner.origin,
+            r.loser.value,
+            r.loser.origin,
+            r.nodes.join(",")
+        );
+    }
+    out
+}
+
+/// `ms` since the epoch as an ISO 8601 UTC time.
+fn utc(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (y, m, d) = civil_from_days(days);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        ms.rem_euclid(1000)
+    )
 }
 
 /// A key whose state differs between two nodes, and the value each serves
@@ -392,9 +525,9 @@ fn ask<T: redis::FromRedisValue>(
 }
 
 /// Buckets asked for per `CRDT.DIGEST` request: each request reads the
-/// keys of `DIGEST_RANGE / BUCKETS_PER_SHARD` shards of one node, so a
-/// diff never holds a node for more than that (1M keys: about 60,000).
-pub const DIGEST_RANGE: usize = 16;
+/// keys of one shard of one node, so a diff never holds a node for more
+/// than that (1M keys: about 16,000).
+pub const DIGEST_RANGE: usize = crate::keyspace::BUCKETS_PER_SHARD;
 
 /// One node's digests of buckets `first..first + DIGEST_RANGE`, and how many
 /// keys they cover.
@@ -496,14 +629,21 @@ pub fn diff(
         let (db_, _) = range_digests(cb, nb, db, pattern, first)?;
         out.keys_scanned += keys_a as u64;
         for bucket in (0..DIGEST_RANGE).filter(|i| da[*i] != db_[*i]) {
-            diff_bucket(&mut out, [(*na, &mut *ca), (*nb, &mut *cb)], db, pattern, first + bucket)?;
+            diff_bucket(
+                &mut out,
+                [(*na, &mut *ca), (*nb, &mut *cb)],
+                db,
+                pattern,
+                first + bucket,
+            )?;
         }
     }
     Ok(out)
 }
 
-/// Lists `bucket`'s keys on both nodes and reads each key whose digest
-/// differs.
+/// Narrows a differing `bucket` down: its 256 sub-bucket digests on both
+/// nodes, then the keys of the sub-buckets that differ; reads the value of
+/// each key whose digest differs.
 fn diff_bucket(
     out: &mut Diff,
     [(na, ca), (nb, cb)]: [(&str, &mut redis::Connection); 2],
@@ -512,33 +652,43 @@ fn diff_bucket(
     bucket: usize,
 ) -> Result<(), AuditError> {
     out.buckets += 1;
-    let listing = |conn: &mut redis::Connection, node: &str| {
+    let digest_cmd = || {
         let mut cmd = redis::cmd("CRDT.DIGEST");
-        cmd.arg("DB").arg(db).arg("BUCKET").arg(bucket);
+        cmd.arg("DB").arg(db);
         if let Some(p) = pattern {
             cmd.arg("MATCH").arg(p);
         }
-        ask::<Vec<(String, String)>>(conn, node, &cmd)
+        cmd.arg("BUCKET").arg(bucket);
+        cmd
     };
-    let la: BTreeMap<String, String> = listing(ca, na)?.into_iter().collect();
-    let lb: BTreeMap<String, String> = listing(cb, nb)?.into_iter().collect();
-    let mut keys: Vec<&String> = la.keys().chain(lb.keys()).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    out.keys_compared += keys.len();
-    for key in keys {
-        if la.get(key) == lb.get(key) {
-            continue;
-        }
-        let value = |conn: &mut redis::Connection, node: &str| {
-            ask::<Option<Vec<u8>>>(conn, node, redis::cmd("GET").arg(key))
-                .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+    let split = |conn: &mut redis::Connection, node: &str| {
+        ask::<Vec<String>>(conn, node, digest_cmd().arg("SPLIT"))
+    };
+    let (sa, sb) = (split(ca, na)?, split(cb, nb)?);
+    for sub in (0..sa.len().min(sb.len())).filter(|s| sa[*s] != sb[*s]) {
+        let listing = |conn: &mut redis::Connection, node: &str| {
+            ask::<Vec<(String, String)>>(conn, node, digest_cmd().arg("SUB").arg(sub))
         };
-        out.keys.push(DiffKey {
-            key: key.clone(),
-            a: value(ca, na)?,
-            b: value(cb, nb)?,
-        });
+        let la: BTreeMap<String, String> = listing(ca, na)?.into_iter().collect();
+        let lb: BTreeMap<String, String> = listing(cb, nb)?.into_iter().collect();
+        let mut keys: Vec<&String> = la.keys().chain(lb.keys()).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        out.keys_compared += keys.len();
+        for key in keys {
+            if la.get(key) == lb.get(key) {
+                continue;
+            }
+            let value = |conn: &mut redis::Connection, node: &str| {
+                ask::<Option<Vec<u8>>>(conn, node, redis::cmd("GET").arg(key))
+                    .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
+            };
+            out.keys.push(DiffKey {
+                key: key.clone(),
+                a: value(ca, na)?,
+                b: value(cb, nb)?,
+            });
+        }
     }
     Ok(())
 }

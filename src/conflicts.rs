@@ -38,9 +38,24 @@ pub struct Filter<'a> {
     /// Logged at or after this (unix ms).
     pub since_ms: u64,
     pub kind: Option<ConflictKind>,
+    /// Only entries with a larger id, oldest first (a page of a walk
+    /// through the log, or what is new since the last look); `None`:
+    /// newest first.
+    pub after: Option<u64>,
 }
 
 impl Filter<'_> {
+    /// Every entry, newest first.
+    pub fn all() -> Filter<'static> {
+        Filter {
+            count: usize::MAX,
+            pattern: None,
+            since_ms: 0,
+            kind: None,
+            after: None,
+        }
+    }
+
     fn keeps(&self, c: &LoggedConflict) -> bool {
         c.recorded_ms >= self.since_ms
             && self.kind.is_none_or(|k| k == c.conflict.kind)
@@ -128,23 +143,24 @@ impl ConflictLog {
     /// The newest entries `filter` keeps, newest first.
     pub fn select(&self, filter: &Filter<'_>) -> Vec<LoggedConflict> {
         let e = self.entries.lock();
-        e.log
-            .iter()
-            .rev()
-            .filter(|c| filter.keeps(c))
-            .take(filter.count)
-            .cloned()
-            .collect()
+        let picked = |entries: &mut dyn Iterator<Item = &LoggedConflict>| {
+            entries
+                .filter(|c| filter.keeps(c))
+                .take(filter.count)
+                .cloned()
+                .collect()
+        };
+        match filter.after {
+            // Ids grow along the log: the first newer one is found by
+            // halving, not by a scan.
+            Some(after) => picked(&mut e.log.range(e.log.partition_point(|c| c.id <= after)..)),
+            None => picked(&mut e.log.iter().rev()),
+        }
     }
 
     /// Every entry, newest first.
     pub fn all(&self) -> Vec<LoggedConflict> {
-        self.select(&Filter {
-            count: usize::MAX,
-            pattern: None,
-            since_ms: 0,
-            kind: None,
-        })
+        self.select(&Filter::all())
     }
 
     /// Empties the log (`CRDT.CONFLICTS RESET`); ids keep counting, and so
@@ -204,12 +220,7 @@ mod tests {
     }
 
     fn all() -> Filter<'static> {
-        Filter {
-            count: usize::MAX,
-            pattern: None,
-            since_ms: 0,
-            kind: None,
-        }
+        Filter::all()
     }
 
     #[test]
@@ -299,6 +310,28 @@ mod tests {
             2
         );
         assert_eq!(keys(Filter { count: 1, ..all() }), vec![b"cart:1".to_vec()]);
+        // A walk after an id goes oldest first, a page at a time.
+        let after = |after, count| -> Vec<u64> {
+            let f = Filter {
+                after: Some(after),
+                count,
+                ..all()
+            };
+            log.select(&f).iter().map(|c| c.id).collect()
+        };
+        assert_eq!(after(0, 2), vec![1, 2]);
+        assert_eq!(after(2, 2), vec![3]);
+        assert!(after(3, 2).is_empty());
+        let f = Filter {
+            after: Some(1),
+            kind,
+            ..all()
+        };
+        assert_eq!(
+            log.select(&f)[0].key,
+            b"cart:1",
+            "filters apply on the walk"
+        );
         assert_eq!(log.count_of(ConflictKind::ConcurrentWrite), 2);
         assert_eq!(log.count_of(ConflictKind::TypeClash), 1);
         assert_eq!(log.reset(), 3);

@@ -11,7 +11,7 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chorus_crdt::digest::{bucket_of, key_digest, DbDigest, Scope, BUCKETS};
+use chorus_crdt::digest::{bucket_of, key_digest, sub_bucket_of, DbDigest, Scope, BUCKETS};
 use chorus_crdt::{Clock, Conflict, KeyState, NodeId, Stamp};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::{Mutex, MutexGuard};
@@ -27,7 +27,7 @@ pub const SHARDS: usize = 64;
 
 /// Digest buckets per shard: bucket `b` lies wholly in shard `b / BUCKETS_PER_SHARD`.
 pub const BUCKETS_PER_SHARD: usize = BUCKETS / SHARDS;
-const _: () = assert!(BUCKETS % SHARDS == 0);
+const _: () = assert!(BUCKETS.is_multiple_of(SHARDS));
 
 /// Where local writes go: the replication layer. Borrowed parts, so a write
 /// pays for exactly one encoding and no copies.
@@ -783,29 +783,63 @@ impl Keyspace {
         Ok(())
     }
 
-    /// The keys of `db` in digest bucket `bucket` that `pattern` matches,
-    /// each with its digest, sorted by key: what a bucket's digest is made
-    /// of (CRDT.DIGEST ... BUCKET). Reads the one shard holding it.
+    /// The keys of `db` in digest bucket `bucket` (and sub-bucket `sub`, if
+    /// given) that `pattern` matches, each with its digest, sorted by key:
+    /// what a bucket's digest is made of (CRDT.DIGEST ... BUCKET). Reads
+    /// the one shard holding it.
     pub fn bucket_digests(
         &self,
         db: usize,
         pattern: Option<&[u8]>,
         bucket: u8,
+        sub: Option<u8>,
     ) -> Result<Vec<(Vec<u8>, u64)>, chorus_crdt::EncodeError> {
-        let (mut scratch, mut found) = (Vec::new(), Vec::new());
-        let shard = self.shards[shard_of_bucket(bucket)].lock();
-        if let Some(d) = shard.dbs.get(db) {
-            for (key, state) in &d.map {
-                if bucket_of(key) == bucket
-                    && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
-                {
-                    found.push((key.to_vec(), key_digest(key, state, &mut scratch)?));
-                }
+        let mut found = Vec::new();
+        self.each_in_bucket(db, pattern, bucket, |key, s, digest| {
+            if sub.is_none_or(|want| want == s) {
+                found.push((key.to_vec(), digest));
             }
-        }
-        drop(shard);
+        })?;
         found.sort_unstable();
         Ok(found)
+    }
+
+    /// The digests of the 256 sub-buckets of `db`'s bucket `bucket`, over
+    /// the keys `pattern` matches (CRDT.DIGEST ... BUCKET b SPLIT).
+    pub fn sub_bucket_digests(
+        &self,
+        db: usize,
+        pattern: Option<&[u8]>,
+        bucket: u8,
+    ) -> Result<Vec<u64>, chorus_crdt::EncodeError> {
+        let mut digests = vec![0u64; 256];
+        self.each_in_bucket(db, pattern, bucket, |_, sub, digest| {
+            digests[sub as usize] ^= digest;
+        })?;
+        Ok(digests)
+    }
+
+    /// Runs `f(key, sub-bucket, digest)` on every key of `db` in `bucket`
+    /// that `pattern` matches, under the lock of the one shard holding it.
+    fn each_in_bucket(
+        &self,
+        db: usize,
+        pattern: Option<&[u8]>,
+        bucket: u8,
+        mut f: impl FnMut(&[u8], u8, u64),
+    ) -> Result<(), chorus_crdt::EncodeError> {
+        let mut scratch = Vec::new();
+        let shard = self.shards[shard_of_bucket(bucket)].lock();
+        let Some(d) = shard.dbs.get(db) else {
+            return Ok(());
+        };
+        for (key, state) in &d.map {
+            let (b, sub) = sub_bucket_of(key);
+            if b == bucket && pattern.is_none_or(|p| crate::glob::matches(p, key, false)) {
+                f(key, sub, key_digest(key, state, &mut scratch)?);
+            }
+        }
+        Ok(())
     }
 
     /// Digests of `db`'s buckets `buckets` over the keys `pattern` matches,
@@ -1178,9 +1212,16 @@ mod tests {
         }
         assert_eq!((pieced, counted), (whole.clone(), 2_000));
         // A bucket's listing XORs to its digest.
-        let listed = ks.bucket_digests(0, None, 77).unwrap();
+        let listed = ks.bucket_digests(0, None, 77, None).unwrap();
         assert!(!listed.is_empty());
         assert_eq!(listed.iter().fold(0, |a, (_, d)| a ^ d), whole[77]);
+        // So do its sub-buckets', and each sub-bucket's listing to its own.
+        let subs = ks.sub_bucket_digests(0, None, 77).unwrap();
+        assert_eq!(subs.iter().fold(0, |a, d| a ^ d), whole[77]);
+        let s = subs.iter().position(|d| *d != 0).unwrap() as u8;
+        let in_sub = ks.bucket_digests(0, None, 77, Some(s)).unwrap();
+        assert!(!in_sub.is_empty() && in_sub.len() < listed.len());
+        assert_eq!(in_sub.iter().fold(0, |a, (_, d)| a ^ d), subs[s as usize]);
         // The work of a range stays in its shards: with another shard
         // locked elsewhere, a range outside it still answers.
         let held = ks.lock(SmallVec::from_slice(&[shard_of_bucket(200)]));

@@ -101,6 +101,10 @@ enum Command {
         /// One JSON object per line instead of the table.
         #[arg(long)]
         json: bool,
+        /// After the listing, keep asking every second and print each new
+        /// conflict as it is logged (until interrupted).
+        #[arg(long)]
+        follow: bool,
     },
     /// Write a CA and node certificates for mutual TLS between peers.
     GenCerts {
@@ -154,7 +158,19 @@ fn main() {
             since,
             kind,
             json,
-        } => audit(nodes, password, key, since, kind, json),
+            follow,
+        } => audit(
+            chorus::audit::Query {
+                nodes,
+                password,
+                key,
+                since_ms: None,
+                kind,
+                json,
+            },
+            since,
+            follow,
+        ),
     };
     if let Err(e) = result {
         eprintln!("chorus: {e:#}");
@@ -182,14 +198,12 @@ fn sim(args: &[String]) -> anyhow::Result<()> {
 }
 
 fn audit(
-    nodes: Vec<String>,
-    password: Option<String>,
-    key: Option<String>,
+    mut query: chorus::audit::Query,
     since: Option<String>,
-    kind: Option<String>,
-    json: bool,
+    follow: bool,
 ) -> anyhow::Result<()> {
     use chorus::audit::{self, AuditError};
+    use std::io::Write as _;
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
@@ -198,26 +212,53 @@ fn audit(
         eprintln!("chorus audit: {e}");
         std::process::exit(2);
     };
-    let since_ms = match since.map(|s| audit::parse_since(&s, now_ms)).transpose() {
+    query.since_ms = match since.map(|s| audit::parse_since(&s, now_ms)).transpose() {
         Ok(s) => s,
         Err(e) => fail(AuditError::Usage(e)),
     };
-    let query = audit::Query {
-        nodes,
-        password,
-        key,
-        since_ms,
-        kind,
-        json,
-    };
-    let rows = audit::audit(&query).unwrap_or_else(|e| fail(e));
-    let out = if json {
-        audit::to_json_lines(&rows)?
-    } else {
-        audit::to_table(&rows)
+    let mut cursors = audit::Cursors::new();
+    let rows = audit::audit_from(&query, &mut cursors).unwrap_or_else(|e| fail(e));
+    let out = match (query.json, follow) {
+        (true, _) => audit::to_json_lines(&rows)?,
+        (false, false) => audit::to_table(&rows),
+        (false, true) => audit::to_lines(&rows),
     };
     print!("{out}");
-    Ok(())
+    if !follow {
+        return Ok(());
+    }
+    // Each conflict once, though a node may log it long after another did.
+    let mut printed: std::collections::HashSet<audit::RowId> =
+        rows.iter().map(|r| r.id()).collect();
+    let mut failing = false;
+    loop {
+        std::io::stdout().flush()?;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        let rows = match audit::audit_from(&query, &mut cursors) {
+            Ok(rows) => {
+                failing = false;
+                rows
+            }
+            // A node down for a while is no reason to stop watching the others.
+            Err(e) => {
+                if !failing {
+                    eprintln!("chorus audit: {e} (retrying every second)");
+                }
+                failing = true;
+                continue;
+            }
+        };
+        let new: Vec<audit::Row> = rows
+            .into_iter()
+            .filter(|r| printed.insert(r.id()))
+            .collect();
+        let out = if query.json {
+            audit::to_json_lines(&new)?
+        } else {
+            audit::to_lines(&new)
+        };
+        print!("{out}");
+    }
 }
 
 fn audit_diff(

@@ -1351,6 +1351,28 @@ fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
         .map(|(x, _)| &x.0)
         .collect();
     assert_eq!(changed, vec!["k7"]);
+    // A bucket splits into sub-buckets: one differs, and lists k7 alone.
+    let split = |c: &mut redis::Connection| -> Vec<String> {
+        q(
+            c,
+            &["CRDT.DIGEST", "BUCKET", &differ[0].to_string(), "SPLIT"],
+        )
+    };
+    let (sa, sb) = (split(&mut ca), split(&mut cb));
+    let subs: Vec<usize> = (0..256).filter(|i| sa[*i] != sb[*i]).collect();
+    assert_eq!(subs.len(), 1, "one sub-bucket differs");
+    let in_sub: Vec<(String, String)> = q(
+        &mut cb,
+        &[
+            "CRDT.DIGEST",
+            "BUCKET",
+            &differ[0].to_string(),
+            "SUB",
+            &subs[0].to_string(),
+        ],
+    );
+    assert_eq!(in_sub.len(), 1);
+    assert_eq!((in_sub[0].0.as_str(), &in_sub[0].1), ("k7", &sb[subs[0]]));
     // A pattern narrows what is digested.
     let matched: Vec<redis::Value> = q(&mut ca, &["CRDT.DIGEST", "MATCH", "k1*"]);
     let at = matched
@@ -1369,6 +1391,7 @@ fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
     assert_eq!(one, vec![db[differ[0]].clone()]);
     assert!(common::err(&mut ca, &["CRDT.DIGEST", "BUCKET", "256"]).contains("0 to 255"));
     assert!(common::err(&mut ca, &["CRDT.DIGEST", "RANGE", "9", "8"]).contains("past its last"));
+    assert!(common::err(&mut ca, &["CRDT.DIGEST", "SPLIT"]).contains("syntax"));
     assert!(common::err(&mut ca, &["CRDT.DIGEST", "DB", "99"]).contains("DB index"));
 }
 
@@ -1448,6 +1471,74 @@ fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
         String::from_utf8_lossy(&gone.stderr).contains("cannot reach"),
         "{gone:?}"
     );
+}
+
+/// #12: `chorus audit --follow` prints each conflict once as nodes log
+/// it: started on two nodes that have none yet, it shows the 1,100
+/// conflicts their joining makes (more than one page of CRDT.CONFLICTS
+/// per node), each once, though both nodes log every one.
+#[test]
+fn chorus_audit_follow_prints_each_new_conflict_once() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[], &[]);
+    let b = node(pb, &[], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    const KEYS: usize = 1100;
+    for (c, side) in [(&mut ca, "a"), (&mut cb, "b")] {
+        let mut pipe = redis::pipe();
+        for i in 0..KEYS {
+            pipe.cmd("SET").arg(format!("p{i}")).arg(side).ignore();
+        }
+        pipe.query::<()>(c).unwrap();
+    }
+    let nodes = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["audit", "--nodes", &nodes, "--json", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(rx.try_recv().is_err(), "no conflict before the nodes meet");
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    let mut keys = std::collections::BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while keys.len() < KEYS && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(row["kind"], "concurrent-write", "{row}");
+            *keys
+                .entry(row["key"].as_str().unwrap().to_string())
+                .or_insert(0) += 1;
+        }
+    }
+    // Both nodes logged them all by now; a later poll prints none again.
+    for c in [&mut ca, &mut cb] {
+        wait_until("every conflict logged", || {
+            info_in(c, "stats", "conflicts_total") == KEYS.to_string()
+        });
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    while let Ok(line) = rx.try_recv() {
+        let row: serde_json::Value = serde_json::from_str(&line).unwrap();
+        *keys
+            .entry(row["key"].as_str().unwrap().to_string())
+            .or_insert(0) += 1;
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert_eq!(keys.len(), KEYS, "every conflict printed");
+    assert!(keys.values().all(|n| *n == 1), "each once");
 }
 
 /// #12: `chorus audit diff` finds the keys changed on one node while the

@@ -60,6 +60,14 @@ pub fn bucket_of(key: &[u8]) -> u8 {
     (stable_hash(key) >> 56) as u8
 }
 
+/// The bucket and sub-bucket `key` falls in: a bucket splits into 256
+/// sub-buckets by the next bits of the same hash, so that two nodes
+/// narrow a differing bucket down without listing all its keys.
+pub fn sub_bucket_of(key: &[u8]) -> (u8, u8) {
+    let h = stable_hash(key);
+    ((h >> 56) as u8, (h >> 48) as u8)
+}
+
 /// One key's contribution to its bucket's digest. `scratch` is a buffer the
 /// caller reuses across keys.
 pub fn key_digest(key: &[u8], state: &KeyState, scratch: &mut Vec<u8>) -> Result<u64, EncodeError> {

@@ -15,9 +15,10 @@ pub static COMMANDS: &[Spec] = &[
         flags: Flags::of(&[ReadOnly]),
         keys: Keys::None,
         group: "crdt",
-        syntax: "[COUNT count] [MATCH pattern] [SINCE unix-time-milliseconds] [KIND kind] | RESET",
-        summary: "Lists the conflicts this node resolved, newest first: id, key, kind, winner and \
-                  loser; RESET empties the list.",
+        syntax: "[COUNT count] [MATCH pattern] [SINCE unix-time-milliseconds] [KIND kind] \
+                 [AFTER id] | RESET",
+        summary: "Lists the conflicts this node resolved, newest first (with AFTER: those past \
+                  an id, oldest first): id, key, kind, winner and loser; RESET empties the list.",
         run: conflicts,
     },
     Spec {
@@ -26,10 +27,11 @@ pub static COMMANDS: &[Spec] = &[
         flags: Flags::of(&[ReadOnly]),
         keys: Keys::None,
         group: "crdt",
-        syntax: "[DB index] [MATCH pattern] [RANGE first last | BUCKET bucket]",
+        syntax: "[DB index] [MATCH pattern] [RANGE first last | BUCKET bucket [SPLIT | SUB sub]]",
         summary: "A database's digest per key bucket (256 of them, or those of a RANGE), over \
-                  the keys a pattern matches; with BUCKET, that bucket's keys and their \
-                  digests. Two nodes holding the same state give the same digests.",
+                  the keys a pattern matches; with BUCKET, that bucket's keys and their digests \
+                  (SUB: of one of its 256 sub-buckets; SPLIT: the sub-buckets' digests). Two \
+                  nodes holding the same state give the same digests.",
         run: digest,
     },
     Spec {
@@ -66,8 +68,10 @@ fn side(out: &mut Reply, s: &Side) {
     out.bulk_str(&summary_text(&s.what));
 }
 
-/// `CRDT.CONFLICTS [COUNT n] [MATCH pattern] [SINCE unix-ms] [KIND kind]`,
-/// or `CRDT.CONFLICTS RESET`.
+/// `CRDT.CONFLICTS [COUNT n] [MATCH pattern] [SINCE unix-ms] [KIND kind]
+/// [AFTER id]`, or `CRDT.CONFLICTS RESET`. Newest first; with AFTER, the
+/// entries past that id, oldest first (a client walks the log, or follows
+/// it, a page at a time).
 fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if args.len() == 2 && args[1].eq_ignore_ascii_case(b"RESET") {
         x.ks.conflicts.reset();
@@ -79,6 +83,7 @@ fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         pattern: None,
         since_ms: 0,
         kind: None,
+        after: None,
     };
     let mut options = Args::new(args, 1);
     while !options.is_empty() {
@@ -87,6 +92,10 @@ fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
                 .map_err(|_| Error::err("COUNT must be positive"))?;
         } else if options.eat("MATCH") {
             filter.pattern = Some(options.value()?);
+        } else if options.eat("AFTER") {
+            filter.after = Some(
+                u64::try_from(options.int()?).map_err(|_| Error::err("AFTER must be positive"))?,
+            );
         } else if options.eat("SINCE") {
             filter.since_ms =
                 u64::try_from(options.int()?).map_err(|_| Error::err("SINCE must be positive"))?;
@@ -126,16 +135,19 @@ fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-/// `CRDT.DIGEST [DB index] [MATCH pattern] [RANGE first last | BUCKET b]`.
-/// Without BUCKET: a map of the database, its flush floor, how many keys
-/// (tombstones included) were digested, the first bucket, and the digests
-/// of buckets `first..=last` (all 256 without RANGE) in hex (zero: no key).
-/// With BUCKET: `[key, digest]` pairs of that bucket, sorted by key. The
+/// `CRDT.DIGEST [DB index] [MATCH pattern] [RANGE first last | BUCKET b
+/// [SPLIT | SUB s]]`. Without BUCKET: a map of the database, its flush
+/// floor, how many keys (tombstones included) were digested, the first
+/// bucket, and the digests of buckets `first..=last` (all 256 without
+/// RANGE) in hex (zero: no key). With BUCKET: `[key, digest]` pairs of that
+/// bucket (of its sub-bucket `s` with SUB), sorted by key; with SPLIT, the
+/// digests of its 256 sub-buckets. The
 /// work is the keys of the shards holding the buckets asked for, one shard
 /// locked at a time: a client bounds each request by asking for a range.
 fn digest(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let (mut db, mut pattern) = (x.session.db, None::<&[u8]>);
     let (mut range, mut bucket) = (0..=u8::MAX, None::<u8>);
+    let (mut split, mut sub) = (false, None::<u8>);
     let mut options = Args::new(args, 1);
     while !options.is_empty() {
         if options.eat("DB") {
@@ -147,6 +159,10 @@ fn digest(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             pattern = Some(options.value()?);
         } else if options.eat("BUCKET") {
             bucket = Some(bucket_arg(&mut options)?);
+        } else if options.eat("SPLIT") {
+            split = true;
+        } else if options.eat("SUB") {
+            sub = Some(bucket_arg(&mut options)?);
         } else if options.eat("RANGE") {
             let (first, last) = (bucket_arg(&mut options)?, bucket_arg(&mut options)?);
             if first > last {
@@ -158,8 +174,23 @@ fn digest(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
     }
     let failed = |e: chorus_crdt::EncodeError| Error::err(format!("digest failed: {e}"));
+    if (bucket.is_none() && (split || sub.is_some())) || (split && sub.is_some()) {
+        return Err(Error::Syntax);
+    }
+    if let (Some(bucket), true) = (bucket, split) {
+        let digests =
+            x.ks.sub_bucket_digests(db, pattern, bucket)
+                .map_err(failed)?;
+        x.out.array(digests.len());
+        for d in digests {
+            x.out.bulk_str(&format!("{d:016x}"));
+        }
+        return Ok(());
+    }
     if let Some(bucket) = bucket {
-        let keys = x.ks.bucket_digests(db, pattern, bucket).map_err(failed)?;
+        let keys =
+            x.ks.bucket_digests(db, pattern, bucket, sub)
+                .map_err(failed)?;
         x.out.array(keys.len());
         for (key, d) in keys {
             x.out.array(2);
