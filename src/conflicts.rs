@@ -134,6 +134,10 @@ impl ConflictLog {
     }
 
     /// Keeps at most `max_len` entries from now on (0: none).
+    pub fn max_len(&self) -> usize {
+        self.entries.lock().max_len
+    }
+
     pub fn set_max_len(&self, max_len: usize) {
         let mut e = self.entries.lock();
         e.max_len = max_len;

@@ -1295,6 +1295,14 @@ fn conflicts_are_logged_once_with_an_id_a_kind_and_a_count_per_kind() {
         }
         let none: Vec<redis::Value> = q(c, &["CRDT.CONFLICTS", "KIND", "type-clash"]);
         assert!(none.is_empty());
+        // The bound is live: lowered to 0 the entry goes, raised it stays.
+        q::<()>(c, &["CONFIG", "SET", "conflict-log-max-len", "0"]);
+        let got: Vec<String> = q(c, &["CONFIG", "GET", "conflict-log-max-len"]);
+        assert_eq!(got[1], "0");
+        assert_eq!(stat(c, "conflict_log_len"), "0");
+        q::<()>(c, &["CONFIG", "SET", "conflict-log-max-len", "10000"]);
+        let e = common::err(c, &["CONFIG", "SET", "conflict-log-max-len", "-1"]);
+        assert!(e.contains("conflict-log-max-len"), "{e}");
         let e = common::err(c, &["CRDT.CONFLICTS", "KIND", "nope"]);
         assert!(e.contains("write-lost-to-delete"), "{e}");
         assert_eq!(q::<String>(c, &["CRDT.CONFLICTS", "RESET"]), "OK");

@@ -20,15 +20,20 @@ pub static COMMANDS: &[Spec] = &[Spec {
     run: config,
 }];
 
+/// A live setting the keyspace holds rather than the server's tunables.
+const CONFLICT_LOG_MAX_LEN: &str = "conflict-log-max-len";
+
 /// Every parameter CONFIG GET knows, with its current value: the config's
 /// own list, with the settings CONFIG SET changes live read from the
-/// server's tunables.
+/// server's tunables or the keyspace.
 fn config_params(x: &Exec) -> Vec<(&'static str, String)> {
     let t = &x.server.tunables;
     let mut params = x.node.config.params();
     for (name, value) in params.iter_mut() {
         if let Some(live) = Tunables::live(name) {
             *value = (live.get)(t);
+        } else if *name == CONFLICT_LOG_MAX_LEN {
+            *value = x.ks.conflicts.max_len().to_string();
         }
     }
     params
@@ -110,6 +115,9 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
     }
     match Tunables::live(&name) {
         Some(live) => (live.set)(&x.server.tunables, &probe),
+        None if name == CONFLICT_LOG_MAX_LEN => {
+            x.ks.conflicts.set_max_len(probe.conflict_log_max_len)
+        }
         None => return Err(failed("can't set immutable config".to_string())),
     }
     Ok(())
