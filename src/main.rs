@@ -95,7 +95,8 @@ enum Command {
         #[arg(long, value_name = "WHEN")]
         since: Option<String>,
         /// Only one kind: concurrent-write, write-lost-to-delete,
-        /// delete-lost-to-write, type-clash, increment-hidden.
+        /// delete-lost-to-write, type-clash, increment-hidden,
+        /// write-lost-to-flush, write-lost-to-expiry.
         #[arg(long)]
         kind: Option<String>,
         /// One JSON object per line instead of the table.

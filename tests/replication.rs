@@ -1481,6 +1481,70 @@ fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
     );
 }
 
+/// #12: a write made on B before A's FLUSHALL, reaching A after it, is
+/// logged on A as lost to the flush (A alone can tell it had not seen it);
+/// a write made after the flush is not.
+#[test]
+fn a_write_a_flush_had_not_seen_is_logged_as_lost_to_the_flush() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[], &[]);
+    let b = node(pb, &[], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut cb, &["SET", "f1", "from-b"]);
+    std::thread::sleep(Duration::from_millis(5));
+    q::<()>(&mut ca, &["FLUSHALL"]);
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    wait_until("the flush on B", || get(&mut cb, "f1").is_none());
+    q::<()>(&mut cb, &["SET", "f2", "after"]);
+    wait_until("B's later write on A", || get(&mut ca, "f2").is_some());
+    wait_until("the loss logged on A", || {
+        info_in(&mut ca, "stats", "conflicts_write_lost_to_flush") == "1"
+    });
+    let listed: Vec<redis::Value> = q(&mut ca, &["CRDT.CONFLICTS", "KIND", "write-lost-to-flush"]);
+    let text = format!("{listed:?}");
+    assert_eq!(listed.len(), 1, "{text}");
+    assert!(text.contains("f1") && text.contains("from-b"), "{text}");
+    assert_eq!(
+        info_in(&mut ca, "stats", "conflicts_total"),
+        "1",
+        "nothing else"
+    );
+}
+
+/// #12: B's SET that cleared the TTL, made while the nodes were apart and
+/// before the key expired on A, loses to A's expiry when they meet again:
+/// logged on both as lost to the expiry.
+#[test]
+fn a_write_lost_to_an_expiry_elsewhere_is_logged_as_such() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "e1", "v", "PX", "2000"]);
+    wait_until("the key on B", || get(&mut cb, "e1").is_some());
+    q::<String>(
+        &mut cb,
+        &["REPLICAOF", "REMOVE", "127.0.0.1", &pa.to_string()],
+    );
+    q::<String>(
+        &mut ca,
+        &["REPLICAOF", "REMOVE", "127.0.0.1", &pb.to_string()],
+    );
+    q::<()>(&mut cb, &["SET", "e1", "kept"]);
+    wait_until("the key expired on A", || get(&mut ca, "e1").is_none());
+    assert_eq!(get(&mut cb, "e1").as_deref(), Some("kept"));
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    wait_until("the expiry on B", || get(&mut cb, "e1").is_none());
+    for c in [&mut ca, &mut cb] {
+        wait_until("the loss logged", || {
+            info_in(c, "stats", "conflicts_write_lost_to_expiry") == "1"
+        });
+        assert_eq!(info_in(c, "stats", "conflicts_total"), "1", "nothing else");
+    }
+}
+
 /// #12: `chorus audit --follow` prints each conflict once as nodes log
 /// it: started on two nodes that have none yet, it shows the 1,100
 /// conflicts their joining makes (more than one page of CRDT.CONFLICTS

@@ -22,16 +22,24 @@ pub enum ConflictKind {
     TypeClash,
     /// Increments arrived on top of a non-numeric value and are hidden by it.
     IncrementHidden,
+    /// A write (or increments) lost to a concurrent FLUSHDB/FLUSHALL that
+    /// had not seen it: stamped before the flush, it arrived after it.
+    WriteLostToFlush,
+    /// A write lost to the key's expiry on a node that had not seen it (a
+    /// SET that cleared the TTL, made before the key expired elsewhere).
+    WriteLostToExpiry,
 }
 
 impl ConflictKind {
     /// Every kind, in the order INFO lists them.
-    pub const ALL: [ConflictKind; 5] = [
+    pub const ALL: [ConflictKind; 7] = [
         ConflictKind::ConcurrentWrite,
         ConflictKind::WriteLostToDelete,
         ConflictKind::DeleteLostToWrite,
         ConflictKind::TypeClash,
         ConflictKind::IncrementHidden,
+        ConflictKind::WriteLostToFlush,
+        ConflictKind::WriteLostToExpiry,
     ];
 
     /// The kind named `name` (as [`ConflictKind::as_str`] spells it, any
@@ -54,6 +62,8 @@ impl ConflictKind {
             ConflictKind::DeleteLostToWrite => "delete-lost-to-write",
             ConflictKind::TypeClash => "type-clash",
             ConflictKind::IncrementHidden => "increment-hidden",
+            ConflictKind::WriteLostToFlush => "write-lost-to-flush",
+            ConflictKind::WriteLostToExpiry => "write-lost-to-expiry",
         }
     }
 }

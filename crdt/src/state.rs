@@ -568,7 +568,12 @@ impl KeyState {
             } else {
                 (&self.reg, &*other_reg)
             };
-            if let Some(c) = register_conflict(winner, loser) {
+            let expiry_floor = self
+                .extras
+                .as_ref()
+                .map_or(Stamp::ZERO, |x| x.floor)
+                .max(other_extras.map_or(Stamp::ZERO, |x| x.floor));
+            if let Some(c) = register_conflict(winner, loser, expiry_floor) {
                 conflicts.push(c);
             }
             if other_wins {
@@ -605,6 +610,42 @@ impl KeyState {
                         winner: register_side(&self.reg),
                         loser: side,
                     });
+                }
+            }
+        }
+        conflicts
+    }
+
+    /// What of this delta a flush stamped `flush` removes, as conflicts won
+    /// by the flush: its write and its increments stamped before it. Only
+    /// the node that made the flush can tell a delta it had not seen (one
+    /// arriving after it), so only it asks.
+    pub fn lost_to_flush(&self, flush: Stamp) -> Vec<Conflict> {
+        let winner = Side {
+            origin: flush.node,
+            stamp: flush,
+            what: Summary::Deleted,
+        };
+        let lost = |loser: Side| Conflict {
+            kind: ConflictKind::WriteLostToFlush,
+            winner: winner.clone(),
+            loser,
+        };
+        let mut conflicts = Vec::new();
+        if self.reg.value.is_some() && self.reg.stamp < flush {
+            conflicts.push(lost(register_side(&self.reg)));
+        }
+        if let Some(x) = &self.extras {
+            for (node, t) in x.counts.iter() {
+                if let Some(s) = t.surviving(x.removed.get(node)).filter(|s| s.epoch < flush) {
+                    conflicts.push(lost(Side {
+                        origin: *node,
+                        stamp: s.epoch,
+                        what: Summary::Increment {
+                            int: s.int,
+                            float: s.float,
+                        },
+                    }));
                 }
             }
         }
@@ -845,8 +886,10 @@ fn register_side(reg: &Register) -> Side {
 }
 
 /// The conflict, if any, of `loser` losing to `winner`: one the winner had
-/// not seen.
-fn register_conflict(winner: &Register, loser: &Register) -> Option<Conflict> {
+/// not seen. `expiry_floor` is the key's expiry floor (see
+/// [`KeyState::expiry_delete`]): a winning delete stamped at it is the
+/// key's expiry.
+fn register_conflict(winner: &Register, loser: &Register, expiry_floor: Stamp) -> Option<Conflict> {
     if loser.stamp.is_zero() || loser.stamp == winner.stamp || winner.has_seen(loser) {
         return None;
     }
@@ -856,8 +899,21 @@ fn register_conflict(winner: &Register, loser: &Register) -> Option<Conflict> {
     {
         return None;
     }
+    let is_expiry = |r: &Register| {
+        r.value.is_none() && expiry_floor.node == NodeId(0) && r.stamp.time == expiry_floor.time
+    };
     let kind = match (winner.value.is_some(), loser.value.is_some()) {
         (true, true) => ConflictKind::ConcurrentWrite,
+        // A write that carried the same expiry, or an earlier one, would
+        // have gone anyway: the TTL did what it said.
+        (false, true)
+            if is_expiry(winner)
+                && loser.expire_at_ms != 0
+                && loser.expire_at_ms <= expiry_floor.unix_ms() =>
+        {
+            return None
+        }
+        (false, true) if is_expiry(winner) => ConflictKind::WriteLostToExpiry,
         (false, true) => ConflictKind::WriteLostToDelete,
         (true, false) => ConflictKind::DeleteLostToWrite,
         (false, false) => return None,

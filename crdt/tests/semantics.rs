@@ -653,3 +653,78 @@ fn a_writes_earliest_added_stamp_leaves_its_removals_out() {
         "an increment in a segment begun at 10"
     );
 }
+
+/// A SET that cleared the TTL, made on B before the key expired on A,
+/// loses to A's expiry: reported as lost to the expiry on both sides. A
+/// write that kept the same TTL would have gone anyway: no conflict.
+#[test]
+fn a_write_lost_to_a_concurrent_expiry_is_reported_as_such() {
+    let expire_at = 5_000;
+    let mut base = KeyState::default();
+    let v = base.write(Stamp::from_unix_ms(1_000, A), Some(b"v"), expire_at);
+    apply(&mut base, &v);
+
+    let mut a = base.clone();
+    let expiry = a.expiry_delete(A);
+    apply(&mut a, &expiry);
+    let mut b = base.clone();
+    let cleared = b.write(Stamp::from_unix_ms(2_000, B), Some(b"kept"), 0);
+    apply(&mut b, &cleared);
+
+    let on_a = a.merge(&cleared);
+    let on_b = b.merge(&expiry);
+    assert_eq!(a, b);
+    assert_eq!(a.read(expire_at + 1), Read::Absent);
+    for c in [&on_a, &on_b] {
+        assert_eq!(c.len(), 1, "{c:?}");
+        assert_eq!(c[0].kind, ConflictKind::WriteLostToExpiry);
+        assert_eq!(c[0].loser.what, Summary::Value(b"kept".to_vec()));
+    }
+
+    // The same TTL kept (an overwrite with KEEPTTL): it expired as written.
+    let mut b = base.clone();
+    let kept_ttl = b.write(Stamp::from_unix_ms(2_000, B), Some(b"kept"), expire_at);
+    apply(&mut b, &kept_ttl);
+    assert!(b.merge(&expiry).is_empty());
+    // A plain DEL at another time is still a delete.
+    let mut b = base.clone();
+    apply(&mut b, &cleared);
+    let del = base.write(Stamp::from_unix_ms(3_000, A), None, 0);
+    assert_eq!(b.merge(&del)[0].kind, ConflictKind::WriteLostToDelete);
+}
+
+/// What a flush removes from a delta that arrives after it: its write and
+/// its surviving increments stamped before the flush, each won by the
+/// flush; nothing stamped after it.
+#[test]
+fn a_delta_stamped_before_a_flush_is_lost_to_it() {
+    let flush = at(100, A);
+    let empty = KeyState::default();
+    let write = empty.write(at(50, B), Some(b"w"), 0);
+    let lost = write.lost_to_flush(flush);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].kind, ConflictKind::WriteLostToFlush);
+    assert_eq!(
+        (lost[0].winner.stamp, lost[0].winner.what.clone()),
+        (flush, Summary::Deleted)
+    );
+    assert_eq!(lost[0].loser.what, Summary::Value(b"w".to_vec()));
+    let incr = empty.incr(at(60, C), 3, 0.0, false);
+    let lost = incr.lost_to_flush(flush);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(
+        lost[0].loser.what,
+        Summary::Increment { int: 3, float: 0.0 }
+    );
+    assert!(empty
+        .write(at(150, B), Some(b"w"), 0)
+        .lost_to_flush(flush)
+        .is_empty());
+    assert!(
+        empty
+            .write(at(50, B), None, 0)
+            .lost_to_flush(flush)
+            .is_empty(),
+        "a delete loses nothing"
+    );
+}

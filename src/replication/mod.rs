@@ -1402,7 +1402,22 @@ fn apply(
                 return false;
             }
             observe(ks, repl, delta);
-            let conflicts = shard.dbs[db].merge(key, state, ks.gc_acked());
+            // A write new to this node, stamped before this node's own
+            // flush: the flush had not seen it (only the flushing node can
+            // tell, so only it logs this).
+            let floor = shard.dbs[db].floor;
+            let mut conflicts = if live.is_some() && floor.node == ks.node() {
+                state.lost_to_flush(floor)
+            } else {
+                Vec::new()
+            };
+            let merged = shard.dbs[db].merge(key, state, ks.gc_acked());
+            let reported: Vec<Stamp> = conflicts.iter().map(|c| c.loser.stamp).collect();
+            conflicts.extend(
+                merged
+                    .into_iter()
+                    .filter(|c| !reported.contains(&c.loser.stamp)),
+            );
             count(live);
             drop(locked);
             ks.conflicts
