@@ -40,6 +40,8 @@ pub enum AuditError {
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
 pub struct Side {
     pub origin: String,
+    /// The origin's `node-name` as the reporting node knows it, else its id.
+    pub origin_name: String,
     pub stamp: String,
     pub stamp_ms: i64,
     pub value: String,
@@ -267,8 +269,13 @@ fn entry(e: redis::Value) -> Option<Entry> {
     let f = fields(e)?;
     let side = |name: &str| -> Option<Side> {
         let s = fields(f.get(name)?.clone())?;
+        let origin = s.get("origin").and_then(as_text)?;
         Some(Side {
-            origin: s.get("origin").and_then(as_text)?,
+            origin_name: s
+                .get("origin_name")
+                .and_then(as_text)
+                .unwrap_or_else(|| origin.clone()),
+            origin,
             stamp: s.get("stamp").and_then(as_text)?,
             stamp_ms: s.get("stamp_ms").and_then(as_int)?,
             value: s.get("value").and_then(as_text)?,
@@ -336,8 +343,8 @@ pub fn audit_from(q: &Query, cursors: &mut Cursors) -> Result<Vec<Row>, AuditErr
                 db,
                 key,
                 kind: kind.clone(),
-                winner,
-                loser,
+                winner: winner.clone(),
+                loser: loser.clone(),
                 nodes: Vec::new(),
             });
             if !row.kind.split('/').any(|k| k == kind) {
@@ -347,6 +354,13 @@ pub fn audit_from(q: &Query, cursors: &mut Cursors) -> Result<Vec<Row>, AuditErr
             }
             if !row.nodes.contains(&node) {
                 row.nodes.push(node.clone());
+            }
+            // A node that knows an origin's name tells more than one that
+            // only knows its id.
+            for (mine, theirs) in [(&mut row.winner, &winner), (&mut row.loser, &loser)] {
+                if mine.origin_name == mine.origin {
+                    mine.origin_name = theirs.origin_name.clone();
+                }
             }
         }
     }
@@ -400,7 +414,7 @@ pub fn to_table(rows: &[Row]) -> String {
             t
         }
     };
-    let side = |s: &Side| cut(&format!("{} ({})", s.value, s.origin), 40);
+    let side = |s: &Side| cut(&format!("{} ({})", s.value, s.origin_name), 40);
     let when = utc;
     let table: Vec<[String; 6]> = rows
         .iter()
@@ -458,9 +472,9 @@ pub fn to_lines(rows: &[Row]) -> String {
             r.key,
             r.kind,
             r.winner.value,
-            r.winner.origin,
+            r.winner.origin_name,
             r.loser.value,
-            r.loser.origin,
+            r.loser.origin_name,
             r.nodes.join(",")
         );
     }
@@ -808,6 +822,7 @@ mod tests {
     fn the_table_has_a_header_a_row_per_conflict_and_a_count() {
         let side = |v: &str, ms| Side {
             origin: "n1".into(),
+            origin_name: "eu-west".into(),
             stamp: format!("{ms}@n1"),
             stamp_ms: ms,
             value: v.into(),
@@ -824,7 +839,7 @@ mod tests {
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].starts_with("KEY"), "{t}");
         assert!(
-            lines[1].contains("user:1") && lines[1].contains("b (n1)"),
+            lines[1].contains("user:1") && lines[1].contains("b (eu-west)"),
             "{t}"
         );
         assert!(lines[1].contains("2026-11-30T10:00:00.123Z"), "{t}");

@@ -89,6 +89,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
             line("process_id", &std::process::id());
             line("run_id", &node.run_id);
             line("node_id", &node.ks.node());
+            line("node_name", &c.node_name);
             line("tcp_port", &c.port);
             line("server_threads", &c.server_threads);
             line("uptime_in_seconds", &uptime);
@@ -234,10 +235,13 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},relayed={},repairs={},last_error={}",
+                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},relayed={},repairs={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
+                            chorus_crdt::NodeId::new(p.peer_node.load(Ordering::Relaxed))
+                                .and_then(|n| repl.name_of(n))
+                                .unwrap_or_default(),
                             p.sent_seq.load(Ordering::Relaxed),
                             acked,
                             head.saturating_sub(acked),

@@ -279,6 +279,7 @@ impl Node {
             listen,
             peers,
             cluster_name: c.cluster_name.clone(),
+            node_name: c.node_name.clone(),
             secret: c.masterauth.clone().unwrap_or_default(),
             tls: c.peer_tls(),
             max_message: crate::replication::max_message_for(c.proto_max_bulk_len),

@@ -1410,8 +1410,8 @@ fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
 #[test]
 fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
     let (pa, pb) = (free_port(), free_port());
-    let a = node(pa, &[], &[]);
-    let b = node(pb, &[], &[]);
+    let a = node(pa, &[], &["--node-name", "eu-west"]);
+    let b = node(pb, &[], &["--node-name", "us-east"]);
     let (mut ca, mut cb) = (a.conn(), b.conn());
     for key in ["k1", "k2"] {
         q::<()>(&mut ca, &["SET", key, &format!("a-{key}")]);
@@ -1462,6 +1462,10 @@ fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
             row["loser"]["value"].as_str().unwrap().starts_with(lost),
             "{row}"
         );
+        // Each side named as its node is configured, on both nodes' logs.
+        let name = |side: &str| if side == "a" { "eu-west" } else { "us-east" };
+        assert_eq!(row["winner"]["origin_name"], name(&won[..1]), "{row}");
+        assert_eq!(row["loser"]["origin_name"], name(lost), "{row}");
         assert_eq!(row["nodes"].as_array().unwrap().len(), 2, "{row}");
     }
     let table = run(&["audit", "--nodes", &nodes, "--key", "k1"]);
@@ -1470,6 +1474,13 @@ fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
         text.starts_with("KEY") && text.contains("1 conflict\n"),
         "{text}"
     );
+    assert!(
+        text.contains("(eu-west)") && text.contains("(us-east)"),
+        "{text}"
+    );
+    let peer_line = info_in(&mut ca, "replication", "peer0");
+    assert!(peer_line.contains("name=us-east"), "{peer_line}");
+    assert_eq!(info_in(&mut ca, "server", "node_name"), "eu-west");
     let bad_kind = run(&["audit", "--nodes", &nodes, "--kind", "nope"]);
     assert_eq!(bad_kind.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad_kind.stderr).contains("concurrent-write"));

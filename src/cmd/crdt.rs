@@ -56,10 +56,25 @@ fn summary_text(what: &Summary) -> String {
     }
 }
 
-fn side(out: &mut Reply, s: &Side) {
-    out.map(4);
+/// `node`'s name as configured, where this node knows it; else its id.
+fn origin_name(x: &Exec, node: chorus_crdt::NodeId) -> String {
+    let own = &x.node.config.node_name;
+    if node == x.ks.node() && !own.is_empty() {
+        return own.clone();
+    }
+    x.node
+        .repl
+        .as_ref()
+        .and_then(|r| r.name_of(node))
+        .unwrap_or_else(|| node.to_string())
+}
+
+fn side(out: &mut Reply, s: &Side, name: &str) {
+    out.map(5);
     out.bulk_str("origin");
     out.bulk_str(&s.origin.to_string());
+    out.bulk_str("origin_name");
+    out.bulk_str(name);
     out.bulk_str("stamp");
     out.bulk_str(&s.stamp.to_string());
     out.bulk_str("stamp_ms");
@@ -128,9 +143,11 @@ fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         x.out.bulk_str("recorded_ms");
         x.out.int(c.recorded_ms as i64);
         x.out.bulk_str("winner");
-        side(x.out, &c.conflict.winner);
+        let name = origin_name(x, c.conflict.winner.origin);
+        side(x.out, &c.conflict.winner, &name);
         x.out.bulk_str("loser");
-        side(x.out, &c.conflict.loser);
+        let name = origin_name(x, c.conflict.loser.origin);
+        side(x.out, &c.conflict.loser, &name);
     }
     Ok(())
 }

@@ -590,6 +590,7 @@ pub static DIRECTIVES: &[Directive] = &[
     // Shown as the port in use: port + 10000 unless set.
     applied("replication-port", "16379"),
     applied("cluster-name", "chorus"),
+    applied("node-name", ""),
     applied("max-clock-drift", "500"),
     applied("repl-repair-interval", "30"),
     applied("removed-peer-grace", "3600"),

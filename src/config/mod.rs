@@ -84,6 +84,9 @@ pub struct Config {
     pub replication_port: Option<u16>,
     /// Peers must share it; a node of another cluster is refused.
     pub cluster_name: String,
+    /// How this node names itself to peers, in conflicts and INFO (empty:
+    /// its node id).
+    pub node_name: String,
     /// Bytes of recent writes kept for peers to resume from.
     pub repl_backlog_size: usize,
     /// A remote stamp further ahead than this is merged but does not move
@@ -298,6 +301,7 @@ impl Default for Config {
             tls_ca_cert_file: None,
             replication_port: None,
             cluster_name: "chorus".to_string(),
+            node_name: String::new(),
             repl_backlog_size: 16 * 1024 * 1024,
             max_clock_drift_ms: 500,
             repl_repair_interval_secs: 30,
@@ -595,6 +599,15 @@ impl Config {
                 }
                 self.cluster_name = v.to_string();
             }
+            "node-name" => {
+                let v = one()?;
+                if !chorus_transport::auth::valid_name(v) {
+                    return Err(bad(
+                        "expects up to 64 visible ASCII characters other than ',' and '='",
+                    ));
+                }
+                self.node_name = v.to_string();
+            }
             "max-clock-drift" => {
                 self.max_clock_drift_ms =
                     one()?.parse().map_err(|_| bad("expects milliseconds"))?;
@@ -840,6 +853,7 @@ impl Config {
                 .map(|p| p.to_string())
                 .unwrap_or_default(),
             "cluster-name" => self.cluster_name.clone(),
+            "node-name" => self.node_name.clone(),
             "max-clock-drift" => self.max_clock_drift_ms.to_string(),
             "repl-repair-interval" => self.repl_repair_interval_secs.to_string(),
             "removed-peer-grace" => self.removed_peer_grace_secs.to_string(),
@@ -992,6 +1006,17 @@ mod tests {
             Config::load(None, &[]).unwrap().conflict_log_max_len,
             10_000
         );
+    }
+
+    #[test]
+    fn node_name_takes_a_short_visible_name() {
+        let load = |v: &str| Config::load(None, &["--node-name".into(), v.into()]);
+        assert_eq!(load("eu-west-1").unwrap().node_name, "eu-west-1");
+        for bad in ["eu west", "a,b", "a=b", &"x".repeat(65)] {
+            let e = load(bad).unwrap_err().to_string();
+            assert!(e.contains("node-name"), "{e}");
+        }
+        assert_eq!(Config::load(None, &[]).unwrap().node_name, "");
     }
 
     #[test]

@@ -182,7 +182,13 @@ pub struct Replicator {
     /// sender finds on the links it dials, which may not have been up
     /// before the restart).
     inbound: Mutex<HashMap<SocketAddr, NodeId>>,
+    /// Node names as configured (`node-name`): this node's, and each
+    /// peer's as it told it in the handshake. At most `MAX_NAMES_KEPT`.
+    names: Mutex<HashMap<NodeId, String>>,
 }
+
+/// Node names kept; past it the map starts over (a name is only shown).
+const MAX_NAMES_KEPT: usize = 1024;
 
 /// What adding a peer at run time needs.
 struct Running {
@@ -211,6 +217,7 @@ impl Replicator {
             digests_taken: AtomicU64::new(0),
             refused_closed: AtomicU64::new(0),
             refused: Mutex::new(std::collections::BTreeSet::new()),
+            names: Mutex::new(HashMap::new()),
             auth: Mutex::new(None),
             listen: Mutex::new(None),
             inbound: Mutex::new(HashMap::new()),
@@ -399,6 +406,24 @@ impl Replicator {
     }
 
     /// How often a quiet link offers its digest; zero: never.
+    /// Records `node`'s configured name (nothing for an empty one).
+    pub fn note_name(&self, node: NodeId, name: &str) {
+        if name.is_empty() {
+            return;
+        }
+        let mut names = self.names.lock();
+        if names.len() >= MAX_NAMES_KEPT && !names.contains_key(&node) {
+            names.clear();
+        }
+        names.insert(node, name.to_string());
+    }
+
+    /// `node`'s configured name, if this node has learnt it (its own, or
+    /// a peer's that linked with it).
+    pub fn name_of(&self, node: NodeId) -> Option<String> {
+        self.names.lock().get(&node).cloned()
+    }
+
     pub fn set_repair_interval(&self, every: Duration) {
         self.repair_interval_ms
             .store(every.as_millis() as u64, Ordering::Relaxed);
@@ -565,6 +590,8 @@ pub struct ReplConfig {
     pub listen: SocketAddr,
     pub peers: Vec<SocketAddr>,
     pub cluster_name: String,
+    /// This node's `node-name` (empty: none).
+    pub node_name: String,
     pub secret: Vec<u8>,
     pub tls: Option<chorus_transport::tls::TlsFiles>,
     /// The largest message a link carries: a write of the largest key and
@@ -592,6 +619,8 @@ pub fn start(
         TransportConfig::new(repl.node.0, &config.cluster_name, &config.secret);
     transport_config.tls = config.tls;
     transport_config.max_frame = config.max_message;
+    transport_config.node_name = config.node_name.clone();
+    repl.note_name(repl.node, &config.node_name);
     let transport = Transport::bind(config.listen, transport_config)?;
     start_with_transport(ks, repl, transport, config.peers)
 }
@@ -741,7 +770,8 @@ async fn sender(
                     info!(peer = %addr, old = %NodeId(before), "peer restarted with a new node id; its old id is retired");
                 }
                 repl.core.lock().link_up(NodeId(link.peer_node), previous);
-                info!(peer = %addr, node = %NodeId(link.peer_node), "replication link up");
+                repl.note_name(NodeId(link.peer_node), &link.peer_name);
+                info!(peer = %addr, node = %NodeId(link.peer_node), name = %link.peer_name, "replication link up");
                 if let Err(e) = serve_peer(&ks, &repl, &link, &info).await {
                     *info.last_error.lock() = e.to_string();
                     info!(peer = %addr, "replication link down: {e}");
@@ -1050,6 +1080,7 @@ async fn receive(
         info!(peer = %link.remote_address(), node = %peer, "a peer linked in with a new node id; its old id is retired");
     }
     repl.core.lock().link_up(peer, previous);
+    repl.note_name(peer, &link.peer_name);
     let mut back = link.open(StreamKind::Live).await?;
     back.send(&send_msg(&ReplMsg::Resume {
         vv: repl.applied_vv(),
@@ -1508,6 +1539,7 @@ mod tests {
             listen: "127.0.0.1:0".parse().unwrap(),
             peers: Vec::new(),
             cluster_name: "repair-test".into(),
+            node_name: String::new(),
             secret: b"a secret long enough for the handshake".to_vec(),
             tls: None,
             max_message: max_message_for(1 << 20),

@@ -5,9 +5,10 @@
 //! On the first bidirectional stream, opened by the dialer:
 //! 1. dialer → `Hello { version, node, spake_d }`
 //! 2. acceptor → `Challenge { node, spake_a, confirm_a }` or `Refused(reason)`
-//! 3. dialer checks `confirm_a`, → `Proof { confirm_d, cluster }` or `Refused`
-//! 4. acceptor checks `confirm_d` and the cluster name, → `Welcome { cluster }`
-//!    or `Refused(reason)`; the dialer checks the cluster name in turn.
+//! 3. dialer checks `confirm_a`, → `Proof { confirm_d, cluster, name }` or
+//!    `Refused`
+//! 4. acceptor checks `confirm_d` and the cluster name, → `Welcome { cluster,
+//!    name }` or `Refused(reason)`; the dialer checks the cluster name in turn.
 //!
 //! Both sides run symmetric SPAKE2 with the secret as password and, as the
 //! identity, keying material exported from this TLS session; from the key it
@@ -28,8 +29,10 @@ use crate::TransportError;
 /// 3: replicated key states carry an expiry floor (crdt format 3); a peer
 /// speaking 2 could not decode them. 4: a state transfer begins with what
 /// its sender held (`SnapshotBegin`). 5: repair (`Digest`, `RepairAsk`, a
-/// scoped `SnapshotBegin`) and transfers that end with their tail.
-pub const PROTOCOL_VERSION: u16 = 6;
+/// scoped `SnapshotBegin`) and transfers that end with their tail. 6: a
+/// transfer's `SnapshotBegin` carries its sender's vector. 7: each side
+/// names itself (`node-name`) once the secret is proved.
+pub const PROTOCOL_VERSION: u16 = 7;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -51,7 +54,11 @@ enum AcceptorReply {
 
 #[derive(Debug, Serialize, Deserialize)]
 enum DialerProof {
-    Proof { confirm: Vec<u8>, cluster: String },
+    Proof {
+        confirm: Vec<u8>,
+        cluster: String,
+        name: String,
+    },
     Refused(String),
 }
 
@@ -59,6 +66,7 @@ enum DialerProof {
 enum Verdict {
     Welcome {
         cluster: String,
+        name: String,
     },
     /// The dialer proved the secret but belongs to another cluster (named).
     OtherCluster(String),
@@ -114,7 +122,39 @@ pub fn refusal_of(conn: &quinn::Connection) -> Option<TransportError> {
 pub struct Identity<'a> {
     pub cluster: &'a str,
     pub node: u64,
+    /// The node's name as configured (`node-name`), told to peers that
+    /// proved the secret.
+    pub name: &'a str,
     pub secret: &'a [u8],
+}
+
+/// The peer a handshake authenticated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Peer {
+    pub node: u64,
+    /// As the peer configured it; empty when it has none.
+    pub name: String,
+}
+
+/// The longest node name a peer may give; a longer one is not taken.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Whether `name` may name a node: up to [`MAX_NAME_LEN`] bytes of visible
+/// ASCII other than `,` and `=`, so that it fits any INFO line as it is.
+pub fn valid_name(name: &str) -> bool {
+    name.len() <= MAX_NAME_LEN
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b',' && b != b'=')
+}
+
+/// A name a peer gave, kept only when valid.
+fn taken(name: String) -> String {
+    if valid_name(&name) {
+        name
+    } else {
+        String::new()
+    }
 }
 
 fn ekm(conn: &quinn::Connection) -> Result<[u8; 32], TransportError> {
@@ -190,12 +230,12 @@ fn check_version(version: u16) -> Option<(Refusal, String)> {
     })
 }
 
-/// Runs the dialer's side; returns the peer's node id.
+/// Runs the dialer's side; returns the peer.
 pub async fn dial(
     conn: &quinn::Connection,
     me: &Identity<'_>,
     max_frame: usize,
-) -> Result<u64, TransportError> {
+) -> Result<Peer, TransportError> {
     explain_close(conn, dial_steps(conn, me, max_frame).await)
 }
 
@@ -203,8 +243,8 @@ pub async fn dial(
 /// refusal the peer put in its close frame, not just "connection lost".
 fn explain_close(
     conn: &quinn::Connection,
-    result: Result<u64, TransportError>,
-) -> Result<u64, TransportError> {
+    result: Result<Peer, TransportError>,
+) -> Result<Peer, TransportError> {
     match result {
         Err(e @ (TransportError::Stream(_) | TransportError::Connect(_))) => {
             Err(refusal_of(conn).unwrap_or(e))
@@ -217,7 +257,7 @@ async fn dial_steps(
     conn: &quinn::Connection,
     me: &Identity<'_>,
     max_frame: usize,
-) -> Result<u64, TransportError> {
+) -> Result<Peer, TransportError> {
     let (mut tx, mut rx) = framed(conn.open_bi().await, max_frame)?;
     let ekm = ekm(conn)?;
     let (exchange, spake) = spake_start(me.secret, &ekm);
@@ -250,23 +290,27 @@ async fn dial_steps(
     tx.send(&encode(&DialerProof::Proof {
         confirm: confirm(&key, b"dialer").as_ref().to_vec(),
         cluster: me.cluster.to_string(),
+        name: me.name.to_string(),
     })?)
     .await?;
     match decode::<Verdict>(rx.recv().await?)? {
-        Verdict::Welcome { cluster } if cluster == me.cluster => Ok(peer_node),
-        Verdict::Welcome { cluster } | Verdict::OtherCluster(cluster) => {
+        Verdict::Welcome { cluster, name } if cluster == me.cluster => Ok(Peer {
+            node: peer_node,
+            name: taken(name),
+        }),
+        Verdict::Welcome { cluster, .. } | Verdict::OtherCluster(cluster) => {
             Err(cluster_mismatch(me.cluster, &cluster))
         }
         Verdict::Refused(reason) => Err(TransportError::Refused(Refusal::WrongSecret, reason)),
     }
 }
 
-/// Runs the acceptor's side; returns the peer's node id.
+/// Runs the acceptor's side; returns the peer.
 pub async fn accept(
     conn: &quinn::Connection,
     me: &Identity<'_>,
     max_frame: usize,
-) -> Result<u64, TransportError> {
+) -> Result<Peer, TransportError> {
     explain_close(conn, accept_steps(conn, me, max_frame).await)
 }
 
@@ -274,7 +318,7 @@ async fn accept_steps(
     conn: &quinn::Connection,
     me: &Identity<'_>,
     max_frame: usize,
-) -> Result<u64, TransportError> {
+) -> Result<Peer, TransportError> {
     let (mut tx, mut rx) = framed(conn.accept_bi().await, max_frame)?;
     let ekm = ekm(conn)?;
     let hello: Hello = decode(rx.recv().await?)?;
@@ -292,11 +336,15 @@ async fn accept_steps(
         confirm: confirm(&key, b"acceptor").as_ref().to_vec(),
     })?)
     .await?;
-    let (their_confirm, cluster) = match decode::<DialerProof>(rx.recv().await?)? {
+    let (their_confirm, cluster, name) = match decode::<DialerProof>(rx.recv().await?)? {
         DialerProof::Refused(reason) => {
             return Err(TransportError::Refused(Refusal::WrongSecret, reason))
         }
-        DialerProof::Proof { confirm, cluster } => (confirm, cluster),
+        DialerProof::Proof {
+            confirm,
+            cluster,
+            name,
+        } => (confirm, cluster, name),
     };
     if !confirmed(&key, b"dialer", &their_confirm) {
         let _ = tx
@@ -316,7 +364,11 @@ async fn accept_steps(
     }
     tx.send(&encode(&Verdict::Welcome {
         cluster: me.cluster.to_string(),
+        name: me.name.to_string(),
     })?)
     .await?;
-    Ok(hello.node)
+    Ok(Peer {
+        node: hello.node,
+        name: taken(name),
+    })
 }

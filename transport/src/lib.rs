@@ -60,6 +60,9 @@ pub struct TransportConfig {
     pub node: u64,
     /// Peers must carry the same cluster name.
     pub cluster_name: String,
+    /// This node's name as configured, told to authenticated peers
+    /// (see [`auth::valid_name`]); may be empty.
+    pub node_name: String,
     /// The shared secret (`masterauth`); never sent over the wire. May be
     /// empty when `tls` is set.
     pub secret: Vec<u8>,
@@ -77,6 +80,7 @@ impl TransportConfig {
         TransportConfig {
             node,
             cluster_name: cluster_name.to_string(),
+            node_name: String::new(),
             secret: secret.to_vec(),
             tls: None,
             max_frame: DEFAULT_MAX_FRAME,
@@ -101,7 +105,7 @@ pub struct AuthStats {
 }
 
 impl AuthStats {
-    fn count(&self, result: &Result<u64, TransportError>) {
+    fn count<T>(&self, result: &Result<T, TransportError>) {
         match result {
             Ok(_) => {
                 self.accepted.fetch_add(1, Ordering::Relaxed);
@@ -178,6 +182,8 @@ pub struct PeerLink {
     conn: quinn::Connection,
     /// The peer's node id, as it proved in the handshake.
     pub peer_node: u64,
+    /// The peer's name as it configured it (empty: none).
+    pub peer_name: String,
     max_frame: usize,
 }
 
@@ -320,7 +326,7 @@ impl Transport {
     fn finish_handshake(
         &self,
         conn: quinn::Connection,
-        node: Result<u64, TransportError>,
+        node: Result<auth::Peer, TransportError>,
         addr: SocketAddr,
     ) -> Result<PeerLink, TransportError> {
         finish_handshake(&self.config, &self.stats, conn, node, addr)
@@ -336,6 +342,7 @@ fn identity(config: &TransportConfig) -> auth::Identity<'_> {
     auth::Identity {
         cluster: &config.cluster_name,
         node: config.node,
+        name: &config.node_name,
         secret: &config.secret,
     }
 }
@@ -368,14 +375,15 @@ fn finish_handshake(
     config: &TransportConfig,
     stats: &AuthStats,
     conn: quinn::Connection,
-    node: Result<u64, TransportError>,
+    node: Result<auth::Peer, TransportError>,
     addr: SocketAddr,
 ) -> Result<PeerLink, TransportError> {
     stats.count(&node);
     match node {
-        Ok(peer_node) => Ok(PeerLink {
+        Ok(peer) => Ok(PeerLink {
             conn,
-            peer_node,
+            peer_node: peer.node,
+            peer_name: peer.name,
             max_frame: config.max_frame,
         }),
         Err(e) => {
