@@ -5,6 +5,10 @@
 //! same loser can be merged more than once (a resumed link, a state
 //! transfer, a repair): one entry per (key, winner, loser, kind), found by a
 //! fingerprint set kept in step with the entries, never by a scan.
+//!
+//! With a store, every cut carries the entries logged since the last one
+//! and the id below which entries are gone (the bound, a RESET): a node
+//! restarted from its store has its log back, ids going on from there.
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -20,11 +24,13 @@ use crate::glob;
 pub const DEFAULT_MAX_LEN: usize = 10_000;
 
 /// One conflict as logged.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoggedConflict {
-    /// Unique on this node for as long as it runs, in the order logged.
+    /// Unique on this node, in the order logged (across restarts from a
+    /// store).
     pub id: u64,
     pub db: usize,
+    #[serde(with = "serde_bytes")]
     pub key: Vec<u8>,
     pub recorded_ms: u64,
     pub conflict: Conflict,
@@ -68,6 +74,16 @@ struct Entries {
     fingerprints: HashSet<u64>,
     next_id: u64,
     max_len: usize,
+    /// The newest id handed to a cut (see [`ConflictLog::for_cut`]).
+    cut_upto: u64,
+}
+
+/// What of the log a cut stores: the entries logged since the last cut,
+/// and the first id still kept (the store drops those before it).
+#[derive(Debug, Clone, Default)]
+pub struct LogCut {
+    pub new: Vec<LoggedConflict>,
+    pub keep_from: u64,
 }
 
 /// See the module doc.
@@ -103,6 +119,7 @@ impl ConflictLog {
                 fingerprints: HashSet::new(),
                 next_id: 1,
                 max_len,
+                cut_upto: 0,
             }),
             total: AtomicU64::new(0),
             by_kind: Default::default(),
@@ -134,6 +151,45 @@ impl ConflictLog {
     }
 
     /// Keeps at most `max_len` entries from now on (0: none).
+    /// The entries a cut must store (and forget); the caller hands back
+    /// [`ConflictLog::cut_failed`] if the store refused it.
+    pub fn for_cut(&self) -> LogCut {
+        let mut e = self.entries.lock();
+        let from = e.log.partition_point(|c| c.id <= e.cut_upto);
+        let new: Vec<LoggedConflict> = e.log.range(from..).cloned().collect();
+        e.cut_upto = e.next_id - 1;
+        LogCut {
+            keep_from: e.log.front().map_or(e.next_id, |c| c.id),
+            new,
+        }
+    }
+
+    /// A cut from [`ConflictLog::for_cut`] was not stored: the next one
+    /// carries its entries again.
+    pub fn cut_failed(&self, cut: &LogCut) {
+        if let Some(first) = cut.new.first() {
+            let mut e = self.entries.lock();
+            e.cut_upto = e.cut_upto.min(first.id - 1);
+        }
+    }
+
+    /// Puts back what a store held (oldest first) into an empty log: ids go
+    /// on after the newest, and everything loaded counts as stored.
+    pub fn restore(&self, stored: Vec<LoggedConflict>) {
+        let mut e = self.entries.lock();
+        for c in stored {
+            if e.log.back().is_some_and(|last| last.id >= c.id) {
+                continue;
+            }
+            e.fingerprints
+                .insert(fingerprint(c.db, &c.key, &c.conflict));
+            e.next_id = c.id + 1;
+            e.cut_upto = c.id;
+            e.log.push_back(c);
+        }
+        e.trim();
+    }
+
     pub fn max_len(&self) -> usize {
         self.entries.lock().max_len
     }

@@ -81,6 +81,7 @@ impl Persistence {
     pub fn restore(&self, loaded: Loaded) {
         let keys = loaded.keys.len();
         self.ks.restore(loaded.keys, &loaded.floors);
+        self.ks.conflicts.restore(loaded.conflicts);
         if self.ks.clock.observe(loaded.clock).is_err() {
             // The physical clock runs behind what this node stamped before it
             // stopped: writes may lose to its own earlier ones until it catches up.
@@ -110,11 +111,13 @@ impl Persistence {
                 keys,
                 floors,
                 applied: self.repl.as_ref().map(|r| r.cut_vv()).unwrap_or_default(),
+                conflicts: ks.conflicts.for_cut(),
             }
         };
         let written = cut.keys.len();
         if let Err(e) = self.store.write(&cut) {
             ks.mark_dirty(&cut.keys);
+            ks.conflicts.cut_failed(&cut.conflicts);
             self.failures.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }

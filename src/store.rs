@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use chorus_crdt::{KeyState, NodeId, Stamp};
 use parking_lot::Mutex;
 
+use crate::conflicts::{LogCut, LoggedConflict};
 use crate::keyspace::StoredKey;
 
 /// One consistent cut of a node's state, as handed to a [`Store`].
@@ -39,6 +40,9 @@ pub struct Cut {
     pub floors: Vec<Stamp>,
     /// Applied per origin, this life's own writes and earlier lives' included.
     pub applied: Vec<(NodeId, u64)>,
+    /// The conflict log's entries since the previous cut, and the first id
+    /// it still keeps.
+    pub conflicts: LogCut,
 }
 
 /// What a store held when the node started.
@@ -50,6 +54,8 @@ pub struct Loaded {
     /// Every earlier life of this node that wrote to the store.
     pub lives: Vec<NodeId>,
     pub clock: Stamp,
+    /// The conflict log, oldest first.
+    pub conflicts: Vec<LoggedConflict>,
 }
 
 /// Why a store could not be opened, read or written. Every variant names
@@ -87,11 +93,15 @@ pub trait Store: Send + Sync {
 #[derive(Debug, Default, Clone)]
 struct MemData {
     keys: BTreeMap<(u32, Vec<u8>), Vec<u8>>,
+    /// MemStore only: the conflict log's entries, by id.
+    conflicts: BTreeMap<u64, Vec<u8>>,
     floors: Vec<Stamp>,
     applied: BTreeMap<NodeId, u64>,
     lives: BTreeSet<NodeId>,
     clock: Stamp,
     cuts: u64,
+    /// The first conflict id still stored (those before it were dropped).
+    conflicts_from: u64,
 }
 
 impl MemData {
@@ -113,12 +123,18 @@ impl MemData {
         self.lives.insert(cut.node);
         self.clock = self.clock.max(cut.clock);
         self.cuts += 1;
+        self.conflicts_from = self.conflicts_from.max(cut.conflicts.keep_from);
     }
 
     /// What a node starts from: `keys` and what is held besides.
-    fn loaded(&self, keys: Vec<(u32, Vec<u8>, KeyState)>) -> Loaded {
+    fn loaded(
+        &self,
+        keys: Vec<(u32, Vec<u8>, KeyState)>,
+        conflicts: Vec<LoggedConflict>,
+    ) -> Loaded {
         Loaded {
             keys,
+            conflicts,
             floors: self.floors.clone(),
             applied: self.applied.iter().map(|(n, s)| (*n, *s)).collect(),
             lives: self.lives.iter().copied().collect(),
@@ -133,6 +149,11 @@ impl MemData {
 #[derive(Debug, Default)]
 pub struct MemStore {
     data: Mutex<MemData>,
+}
+
+/// An entry of the conflict log as a store holds it.
+fn encoded_conflict(c: &LoggedConflict) -> Result<Vec<u8>, StoreError> {
+    Ok(chorus_crdt::encode(c)?)
 }
 
 impl MemStore {
@@ -193,12 +214,26 @@ impl Store for MemStore {
             })?;
             keys.push((*db, key.clone(), state));
         }
-        Ok(data.loaded(keys))
+        let mut conflicts = Vec::with_capacity(data.conflicts.len());
+        for (id, bytes) in &data.conflicts {
+            conflicts.push(chorus_crdt::decode(bytes).map_err(|e| StoreError::Corrupt {
+                path: PathBuf::from("<memory>"),
+                what: format!("stored conflict {id} does not decode: {e}"),
+            })?);
+        }
+        Ok(data.loaded(keys, conflicts))
     }
 
     fn write(&self, cut: &Cut) -> Result<(), StoreError> {
         let mut data = self.data.lock();
         data.absorb(cut);
+        let keep_from = data.conflicts_from;
+        data.conflicts.retain(|id, _| *id >= keep_from);
+        for c in &cut.conflicts.new {
+            if c.id >= keep_from {
+                data.conflicts.insert(c.id, encoded_conflict(c)?);
+            }
+        }
         for (db, key, state) in &cut.keys {
             match state {
                 Some(bytes) => {
@@ -228,6 +263,8 @@ pub struct SledStore {
 }
 
 const KEY_PREFIX: u8 = b'k';
+/// The conflict log's entries: this byte, then the id (big-endian).
+const CONFLICT_PREFIX: u8 = b'c';
 const META_FLOORS: &[u8] = b"m:floors";
 const META_APPLIED: &[u8] = b"m:applied";
 const META_LIVES: &[u8] = b"m:lives";
@@ -235,6 +272,12 @@ const META_CLOCK: &[u8] = b"m:clock";
 
 /// The directory inside `dir` that holds a node's sled files.
 pub const SLED_DIR: &str = "chorus.sled";
+
+fn conflict_key(id: u64) -> [u8; 9] {
+    let mut k = [CONFLICT_PREFIX; 9];
+    k[1..].copy_from_slice(&id.to_be_bytes());
+    k
+}
 
 fn sled_key(db: u32, key: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(5 + key.len());
@@ -310,6 +353,9 @@ impl SledStore {
             lives: lives.into_iter().collect(),
             clock: decoded(self, META_CLOCK, get(META_CLOCK)?)?,
             cuts: 0,
+            // The first cut that drops entries reads the ids from the start.
+            conflicts_from: 0,
+            conflicts: BTreeMap::new(),
         })
     }
 }
@@ -351,7 +397,15 @@ impl Store for SledStore {
             })?;
             keys.push((db, key, state));
         }
-        Ok(self.meta.lock().loaded(keys))
+        let mut conflicts = Vec::new();
+        for entry in self.db.scan_prefix([CONFLICT_PREFIX]) {
+            let (k, v) =
+                entry.map_err(|e| self.corrupt(format!("reading the conflict log: {e}")))?;
+            let entry: LoggedConflict = chorus_crdt::decode_stored(&v)
+                .map_err(|e| self.corrupt(format!("stored conflict {k:?} does not decode: {e}")))?;
+            conflicts.push(entry);
+        }
+        Ok(self.meta.lock().loaded(keys, conflicts))
     }
 
     fn write(&self, cut: &Cut) -> Result<(), StoreError> {
@@ -371,6 +425,23 @@ impl Store for SledStore {
         let lives: Vec<NodeId> = next.lives.iter().copied().collect();
         batch.insert(META_LIVES, encoded(&lives)?);
         batch.insert(META_CLOCK, encoded(&next.clock)?);
+        // Entries the log no longer keeps (the bound, a RESET): a range of
+        // ids from the oldest stored, read only when it moved.
+        if next.conflicts_from > meta.conflicts_from {
+            let gone = self
+                .db
+                .range(conflict_key(0)..conflict_key(next.conflicts_from));
+            for entry in gone {
+                let (k, _) =
+                    entry.map_err(|e| self.corrupt(format!("reading the conflict log: {e}")))?;
+                batch.remove(k);
+            }
+        }
+        for c in &cut.conflicts.new {
+            if c.id >= next.conflicts_from {
+                batch.insert(&conflict_key(c.id)[..], encoded_conflict(c)?);
+            }
+        }
         self.db.apply_batch(batch).map_err(|e| StoreError::Write {
             path: self.path.clone(),
             reason: e.to_string(),
@@ -418,6 +489,7 @@ mod tests {
             keys,
             floors,
             applied: vec![(NodeId(9), 4)],
+            conflicts: ks.conflicts.for_cut(),
         }
     }
 
@@ -544,6 +616,84 @@ mod tests {
         ] {
             assert!(info.contains(&format!("{line}\r\n")), "{info}");
         }
+    }
+
+    fn log_conflict(log: &crate::conflicts::ConflictLog, n: u64) {
+        use chorus_crdt::{Conflict, ConflictKind, Side, Summary};
+        let side = |t: u64| Side {
+            origin: NodeId(t),
+            stamp: Stamp {
+                time: t,
+                node: NodeId(t),
+            },
+            what: Summary::Value(format!("v{t}").into_bytes()),
+        };
+        let c = Conflict {
+            kind: ConflictKind::ConcurrentWrite,
+            winner: side(n + 100),
+            loser: side(n),
+        };
+        log.record(0, format!("k{n}").as_bytes(), n, vec![c]);
+    }
+
+    /// #12: the conflict log lives in the store: a node reopened has the
+    /// entries its cuts carried, minus those the bound or a RESET dropped,
+    /// and ids go on after the newest; a cut the store refused is carried
+    /// by the next.
+    #[test]
+    fn the_conflict_log_survives_a_reopen_without_what_it_dropped() {
+        use crate::conflicts::ConflictLog;
+        let dir = std::env::temp_dir().join(format!("chorus-sled-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let write = |store: &dyn Store, log: &ConflictLog| {
+            let cut = Cut {
+                conflicts: log.for_cut(),
+                ..Cut::default()
+            };
+            store.write(&cut).unwrap();
+        };
+        let ids = |loaded: &Loaded| -> Vec<u64> { loaded.conflicts.iter().map(|c| c.id).collect() };
+        let log = ConflictLog::new(3);
+        {
+            let store = SledStore::open(&dir, true).unwrap();
+            log_conflict(&log, 1);
+            log_conflict(&log, 2);
+            write(&store, &log);
+            log_conflict(&log, 3);
+            let refused = log.for_cut();
+            assert_eq!(refused.new.len(), 1);
+            log.cut_failed(&refused);
+            for n in 4..=5 {
+                log_conflict(&log, n);
+            }
+            write(&store, &log);
+        }
+        let store = reopen(&dir, true);
+        let loaded = store.load().unwrap();
+        assert_eq!(ids(&loaded), vec![3, 4, 5], "the bound dropped 1 and 2");
+        let again = ConflictLog::new(3);
+        again.restore(loaded.conflicts);
+        log_conflict(&again, 6);
+        assert_eq!(again.all()[0].id, 6, "ids go on");
+        assert_eq!(again.len(), 3);
+        write(&store, &again);
+        assert_eq!(ids(&store.load().unwrap()), vec![4, 5, 6]);
+        again.reset();
+        write(&store, &again);
+        drop(store);
+        assert!(
+            reopen(&dir, true).load().unwrap().conflicts.is_empty(),
+            "RESET reached the store"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        // The memory store keeps the same.
+        let mem = MemStore::new();
+        let log = ConflictLog::new(2);
+        for n in 1..=3 {
+            log_conflict(&log, n);
+        }
+        write(&mem, &log);
+        assert_eq!(ids(&mem.load().unwrap()), vec![2, 3]);
     }
 
     #[test]

@@ -1556,6 +1556,60 @@ fn a_write_lost_to_an_expiry_elsewhere_is_logged_as_such() {
     }
 }
 
+/// #12: with a store, the conflict log survives a restart: the entry is
+/// listed again with its id, and the next conflict takes the next id.
+#[test]
+fn a_node_restarted_from_its_store_keeps_its_conflict_log() {
+    let dir = std::env::temp_dir().join(format!("chorus-repl-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let stored = ["--appendonly", "yes", "--dir", dir.to_str().unwrap()];
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[], &stored);
+    let b = node(pb, &[], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "k", "from-a"]);
+    q::<()>(&mut cb, &["SET", "k", "from-b"]);
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    wait_until("the conflict logged on A", || {
+        info_in(&mut ca, "stats", "conflict_log_len") == "1"
+    });
+    let listed =
+        |c: &mut redis::Connection| format!("{:?}", q::<redis::Value>(c, &["CRDT.CONFLICTS"]));
+    let before = listed(&mut ca);
+    let cuts = store_cuts(&mut ca);
+    wait_until("two cuts after it", || store_cuts(&mut ca) >= cuts + 2);
+    drop(ca);
+    drop(a);
+    let a = node(pa, &[pb], &stored);
+    let mut ca = a.conn();
+    assert_eq!(listed(&mut ca), before, "the same entry, the same id");
+    // Apart again, a second conflict takes id 2.
+    q::<String>(
+        &mut cb,
+        &["REPLICAOF", "REMOVE", "127.0.0.1", &pa.to_string()],
+    );
+    q::<String>(
+        &mut ca,
+        &["REPLICAOF", "REMOVE", "127.0.0.1", &pb.to_string()],
+    );
+    q::<()>(&mut ca, &["SET", "j", "from-a"]);
+    q::<()>(&mut cb, &["SET", "j", "from-b"]);
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    wait_until("the second conflict on A", || {
+        info_in(&mut ca, "stats", "conflict_log_len") == "2"
+    });
+    let after_first: Vec<redis::Value> = q(&mut ca, &["CRDT.CONFLICTS", "AFTER", "1"]);
+    let on_j: Vec<redis::Value> = q(&mut ca, &["CRDT.CONFLICTS", "MATCH", "j"]);
+    assert_eq!(after_first, on_j, "ids go on: the one on j is 2");
+    assert_eq!(on_j.len(), 1);
+    drop(ca);
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// #12: `chorus audit --follow` prints each conflict once as nodes log
 /// it: started on two nodes that have none yet, it shows the 1,100
 /// conflicts their joining makes (more than one page of CRDT.CONFLICTS
