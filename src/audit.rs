@@ -10,11 +10,27 @@ use std::fmt::Write as _;
 
 use anyhow::Context;
 
+/// How to reach the nodes: their password, and TLS (`tls-port`).
+#[derive(Debug, Clone, Default)]
+pub struct Access {
+    pub password: Option<String>,
+    pub tls: Option<TlsFiles>,
+}
+
+/// TLS to the nodes' `tls-port`: the CA to verify them with (else the
+/// system's roots), and a client certificate for `tls-auth-clients yes`.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    pub cacert: Option<std::path::PathBuf>,
+    pub cert: Option<std::path::PathBuf>,
+    pub key: Option<std::path::PathBuf>,
+}
+
 /// What to ask and how to print it.
 #[derive(Debug, Clone, Default)]
 pub struct Query {
     pub nodes: Vec<String>,
-    pub password: Option<String>,
+    pub access: Access,
     pub key: Option<String>,
     /// Unix ms: only conflicts logged at or after it.
     pub since_ms: Option<u64>,
@@ -121,17 +137,20 @@ fn parse_utc(t: &str) -> Option<u64> {
     u64::try_from(secs).ok().map(|s| s * 1_000)
 }
 
-fn connect(node: &str, password: Option<&str>) -> Result<redis::Connection, AuditError> {
+fn connect(node: &str, access: &Access) -> Result<redis::Connection, AuditError> {
     let unreachable = |why: String| AuditError::Unreachable {
         node: node.to_string(),
         why,
     };
-    let client =
-        redis::Client::open(format!("redis://{node}/")).map_err(|e| unreachable(e.to_string()))?;
+    let client = match &access.tls {
+        None => redis::Client::open(format!("redis://{node}/")),
+        Some(tls) => tls_client(node, tls)?,
+    }
+    .map_err(|e| unreachable(e.to_string()))?;
     let mut conn = client
         .get_connection_with_timeout(std::time::Duration::from_secs(5))
         .map_err(|e| unreachable(e.to_string()))?;
-    if let Some(p) = password {
+    if let Some(p) = &access.password {
         redis::cmd("AUTH")
             .arg(p)
             .query::<()>(&mut conn)
@@ -141,6 +160,40 @@ fn connect(node: &str, password: Option<&str>) -> Result<redis::Connection, Audi
             })?;
     }
     Ok(conn)
+}
+
+/// A client of `node` over TLS with `tls`'s files.
+fn tls_client(node: &str, tls: &TlsFiles) -> Result<redis::RedisResult<redis::Client>, AuditError> {
+    // The process's rustls provider: the same ring the server uses.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |flag: &str, path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| AuditError::Usage(format!("{flag} {}: {e}", path.display())))
+    };
+    let client_tls = match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("--tls-cert", cert)?,
+            client_key: read("--tls-key", key)?,
+        }),
+        (None, None) => None,
+        _ => {
+            return Err(AuditError::Usage(
+                "--tls-cert and --tls-key go together".to_string(),
+            ))
+        }
+    };
+    let root_cert = tls
+        .cacert
+        .as_deref()
+        .map(|c| read("--tls-cacert", c))
+        .transpose()?;
+    Ok(redis::Client::build_with_tls(
+        format!("rediss://{node}/"),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    ))
 }
 
 /// One entry as a node lists it: (db, key, kind, winner, loser).
@@ -168,7 +221,7 @@ fn fetch(
     cursor: &mut Cursor,
     fetched: &std::sync::atomic::AtomicUsize,
 ) -> Result<Vec<Entry>, AuditError> {
-    let mut conn = connect(node, q.password.as_deref())?;
+    let mut conn = connect(node, &q.access)?;
     let malformed = |what: &str| AuditError::NotChorus {
         node: node.to_string(),
         why: format!("unexpected CRDT.CONFLICTS reply ({what})"),
@@ -622,9 +675,9 @@ pub fn diff(
     b: &str,
     db: u32,
     pattern: Option<&str>,
-    password: Option<&str>,
+    access: &Access,
 ) -> Result<Diff, AuditError> {
-    let mut nodes = [(a, connect(a, password)?), (b, connect(b, password)?)];
+    let mut nodes = [(a, connect(a, access)?), (b, connect(b, access)?)];
     for (node, conn) in nodes.iter_mut() {
         ask::<()>(conn, node, redis::cmd("SELECT").arg(db))?;
     }

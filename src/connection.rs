@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::OutputBufferLimit;
@@ -37,6 +37,8 @@ pub enum ServeError {
     NoAddress(String),
     #[error(transparent)]
     Node(#[from] crate::node::NodeError),
+    #[error("TLS for clients: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Binds every configured address, starts the node's background work and
@@ -67,14 +69,96 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     if listeners.is_empty() {
         return Err(ServeError::NoAddress(node.config.bind.join(" ")));
     }
+    let tls_listeners = tls_listeners(&server).await?;
     let client_ip = server.listening.lock().first().map(|a| a.ip());
     for listener in listeners {
         tokio::spawn(accept_loop(server.clone(), listener));
+    }
+    for (listener, acceptor) in tls_listeners {
+        tokio::spawn(tls_accept_loop(server.clone(), listener, acceptor));
     }
     node.start(Links::FromConfig { client_ip }, CutThread::Blocking)?;
     let mut stop = node.shutdown.subscribe();
     let _ = stop.wait_for(|s| *s).await;
     Ok(())
+}
+
+/// The `tls-port` listeners, one per bound address, with their acceptor.
+async fn tls_listeners(
+    server: &Server,
+) -> Result<Vec<(TcpListener, tokio_rustls::TlsAcceptor)>, ServeError> {
+    let c = &server.node.config;
+    let (port, Some(cert), Some(key), Some(ca)) = (
+        c.tls_port,
+        &c.tls_cert_file,
+        &c.tls_key_file,
+        &c.tls_ca_cert_file,
+    ) else {
+        return Ok(Vec::new());
+    };
+    if port == 0 {
+        return Ok(Vec::new());
+    }
+    let acceptor = crate::tls::acceptor(cert, key, ca, c.tls_auth_clients)?;
+    let mut listeners = Vec::new();
+    let plain = server.listening.lock().clone();
+    for addr in plain {
+        let addr = SocketAddr::new(addr.ip(), port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Listen { addr, source })?;
+        info!("Ready to accept connections tls on {addr}");
+        listeners.push((listener, acceptor.clone()));
+    }
+    Ok(listeners)
+}
+
+/// How long a client has to finish its TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+async fn tls_accept_loop(
+    server: Arc<Server>,
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+) {
+    loop {
+        let (sock, addr) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = sock.set_nodelay(true);
+        server
+            .stats
+            .total_connections
+            .fetch_add(1, Ordering::Relaxed);
+        let (server, acceptor) = (server.clone(), acceptor.clone());
+        tokio::spawn(async move {
+            let Ok(local) = sock.local_addr() else {
+                return;
+            };
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    server.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                    info!(%addr, "TLS handshake refused: {e}");
+                    return;
+                }
+                Err(_) => {
+                    server.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+                    info!(%addr, "TLS handshake timed out");
+                    return;
+                }
+            };
+            if let Err(e) = admit(server, tls, addr, local).await {
+                debug!(%addr, "connection ended: {e}");
+            }
+        });
+    }
 }
 
 async fn accept_loop(server: Arc<Server>, listener: TcpListener) {
@@ -95,7 +179,10 @@ async fn accept_loop(server: Arc<Server>, listener: TcpListener) {
             .fetch_add(1, Ordering::Relaxed);
         let server = server.clone();
         tokio::spawn(async move {
-            if let Err(e) = admit(server, sock, addr).await {
+            let Ok(local) = sock.local_addr() else {
+                return;
+            };
+            if let Err(e) = admit(server, sock, addr, local).await {
                 debug!(%addr, "connection ended: {e}");
             }
         });
@@ -141,7 +228,12 @@ pub fn read_reserve(held: usize, need: usize) -> usize {
 
 const DENIED: &str = "-DENIED Chorus is running in protected mode because protected mode is enabled and no password is set for the default user. In this mode connections are only accepted from the loopback interface. If you want to connect from external computers to Chorus you may adopt one of the following solutions: 1) Just disable protected mode sending the command 'CONFIG SET protected-mode no' from the loopback interface by connecting to Chorus from the same host the server is running, however MAKE SURE Chorus is not publicly accessible from internet if you do so. 2) Alternatively you can just disable the protected mode by editing the Chorus configuration file, and setting the protected mode option to 'no', and then restarting the server. 3) If you started the server manually just for testing, restart it with the '--protected-mode no' option. 4) Set up an authentication password for the default user. NOTE: You only need to do one of the above things in order for the server to start accepting connections from the outside.\r\n";
 
-async fn admit(server: Arc<Server>, mut sock: TcpStream, addr: SocketAddr) -> std::io::Result<()> {
+async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
+    server: Arc<Server>,
+    mut sock: S,
+    addr: SocketAddr,
+    local: SocketAddr,
+) -> std::io::Result<()> {
     let t = &server.tunables;
     if protected_refuses(
         t.protected_mode.load(Ordering::Relaxed),
@@ -153,11 +245,12 @@ async fn admit(server: Arc<Server>, mut sock: TcpStream, addr: SocketAddr) -> st
             .rejected_connections
             .fetch_add(1, Ordering::Relaxed);
         sock.write_all(DENIED.as_bytes()).await?;
+        sock.flush().await?;
         return Ok(());
     }
     let handle = server.clients.register(
         addr,
-        sock.local_addr()?,
+        local,
         server.node.ks.clock.physical_unix_ms(),
         t.maxclients.load(Ordering::Relaxed),
     );
@@ -168,6 +261,7 @@ async fn admit(server: Arc<Server>, mut sock: TcpStream, addr: SocketAddr) -> st
             .fetch_add(1, Ordering::Relaxed);
         sock.write_all(b"-ERR max number of clients reached\r\n")
             .await?;
+        sock.flush().await?;
         return Ok(());
     };
     let id = handle.id;
@@ -189,9 +283,9 @@ enum Verdict {
     OutputLimit,
 }
 
-async fn connection(
+async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Server,
-    mut sock: TcpStream,
+    mut sock: S,
     handle: Arc<ClientHandle>,
 ) -> std::io::Result<()> {
     let mut session = Session::new(handle.clone(), server.tunables.has_password());
@@ -371,17 +465,23 @@ async fn connection(
 /// limit's seconds (the hard limit is checked as replies are added). Redis
 /// watches its buffer stay above the soft limit; Chorus reads no more from
 /// a client while its replies wait, so the batch is what it holds.
-async fn write_replies(
-    sock: &mut TcpStream,
+async fn write_replies<S: AsyncWrite + Unpin>(
+    sock: &mut S,
     buf: &[u8],
     limit: OutputBufferLimit,
 ) -> std::io::Result<bool> {
-    if limit.soft == 0 || buf.len() as u64 <= limit.soft {
+    // A TLS stream holds what it encrypted until flushed; a socket's flush
+    // is free.
+    let write = async {
         sock.write_all(buf).await?;
+        sock.flush().await
+    };
+    if limit.soft == 0 || buf.len() as u64 <= limit.soft {
+        write.await?;
         return Ok(true);
     }
     let within = Duration::from_secs(limit.soft_seconds);
-    match tokio::time::timeout(within, sock.write_all(buf)).await {
+    match tokio::time::timeout(within, write).await {
         Ok(written) => written.map(|()| true),
         Err(_) => Ok(false),
     }

@@ -168,6 +168,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 &st.rejected_connections.load(Ordering::Relaxed),
             );
             line(
+                "tls_handshakes_refused",
+                &st.tls_refused.load(Ordering::Relaxed),
+            );
+            line(
                 "client_query_buffer_limit_disconnections",
                 &st.query_buffer_limit_disconnections.load(Ordering::Relaxed),
             );

@@ -26,6 +26,7 @@ pub mod resp;
 pub mod server;
 pub mod session;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use node::{Node, NodeEnv};

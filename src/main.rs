@@ -45,9 +45,44 @@ enum AuditDiff {
         /// One JSON object per differing key instead of the table.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
 }
 
+/// TLS to the nodes' tls-port.
+#[derive(Debug, Clone, clap::Args)]
+struct TlsArgs {
+    /// Connect with TLS (to the nodes' tls-port).
+    #[arg(long)]
+    tls: bool,
+    /// The CA that signed the nodes' certificates (PEM); without it, the
+    /// system's trusted roots.
+    #[arg(long = "tls-cacert", value_name = "FILE", requires = "tls")]
+    cacert: Option<PathBuf>,
+    /// A client certificate (PEM), for nodes with tls-auth-clients yes.
+    #[arg(long = "tls-cert", value_name = "FILE", requires_all = ["tls", "tls_key"])]
+    cert: Option<PathBuf>,
+    /// The client certificate's key (PEM).
+    #[arg(long = "tls-key", id = "tls_key", value_name = "FILE", requires_all = ["tls", "cert"])]
+    key: Option<PathBuf>,
+}
+
+impl TlsArgs {
+    fn access(self, password: Option<String>) -> chorus::audit::Access {
+        chorus::audit::Access {
+            password,
+            tls: self.tls.then_some(chorus::audit::TlsFiles {
+                cacert: self.cacert,
+                cert: self.cert,
+                key: self.key,
+            }),
+        }
+    }
+}
+
+// Parsed once per process: the size of its largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node, like redis-server: a config file in redis.conf syntax,
@@ -106,6 +141,8 @@ enum Command {
         /// conflict as it is logged (until interrupted).
         #[arg(long)]
         follow: bool,
+        #[command(flatten)]
+        tls: TlsArgs,
     },
     /// Write a CA and node certificates for mutual TLS between peers.
     GenCerts {
@@ -117,6 +154,10 @@ enum Command {
         /// The cluster name the certificates are issued for.
         #[arg(long, default_value = "chorus")]
         cluster: String,
+        /// Names and addresses clients reach the nodes by on tls-port
+        /// (each node certificate is valid for all of them), comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
+        hosts: Vec<String>,
     },
     /// Run deterministic simulations of N nodes under faults (the chorus-sim
     /// binary, built with `cargo build --release -p chorus-sim`; `chorus sim
@@ -137,7 +178,8 @@ fn main() {
             dir,
             nodes,
             cluster,
-        } => gen_certs(&dir, nodes.into(), &cluster),
+            hosts,
+        } => gen_certs(&dir, nodes.into(), &cluster, &hosts),
         Command::Sim { args } => sim(&args),
         Command::Audit {
             diff:
@@ -148,9 +190,10 @@ fn main() {
                     db,
                     password,
                     json,
+                    tls,
                 }),
             ..
-        } => audit_diff(&a, &b, key, db, password, json),
+        } => audit_diff(&a, &b, key, db, tls.access(password), json),
         Command::Audit {
             diff: None,
             nodes,
@@ -160,10 +203,11 @@ fn main() {
             kind,
             json,
             follow,
+            tls,
         } => audit(
             chorus::audit::Query {
                 nodes,
-                password,
+                access: tls.access(password),
                 key,
                 since_ms: None,
                 kind,
@@ -267,11 +311,11 @@ fn audit_diff(
     b: &str,
     key: Option<String>,
     db: u32,
-    password: Option<String>,
+    access: chorus::audit::Access,
     json: bool,
 ) -> anyhow::Result<()> {
     use chorus::audit;
-    let diff = audit::diff(a, b, db, key.as_deref(), password.as_deref()).unwrap_or_else(|e| {
+    let diff = audit::diff(a, b, db, key.as_deref(), &access).unwrap_or_else(|e| {
         eprintln!("chorus audit diff: {e}");
         std::process::exit(2);
     });
@@ -287,8 +331,8 @@ fn audit_diff(
     Ok(())
 }
 
-fn gen_certs(dir: &Path, nodes: usize, cluster: &str) -> anyhow::Result<()> {
-    let written = chorus_transport::tls::write_cluster(dir, cluster, nodes)?;
+fn gen_certs(dir: &Path, nodes: usize, cluster: &str, hosts: &[String]) -> anyhow::Result<()> {
+    let written = chorus_transport::tls::write_cluster(dir, cluster, nodes, hosts)?;
     for path in &written {
         println!("{}", path.display());
     }
@@ -468,4 +512,17 @@ fn build_runtime(config: &Config) -> anyhow::Result<tokio::runtime::Runtime> {
         }
     }
     builder.build().context("could not start the runtime")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every subcommand's arguments are consistent (clap checks names,
+    /// groups and requirements only when a command is built).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 }

@@ -134,6 +134,8 @@ impl Tunables {
 pub struct Stats {
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
+    /// TLS clients whose handshake failed or timed out (`tls-port`).
+    pub tls_refused: AtomicU64,
     pub total_commands: AtomicU64,
     pub net_input_bytes: AtomicU64,
     pub net_output_bytes: AtomicU64,
@@ -148,6 +150,7 @@ impl Stats {
             &self.total_commands,
             &self.total_connections,
             &self.rejected_connections,
+            &self.tls_refused,
             &self.net_input_bytes,
             &self.net_output_bytes,
             &self.query_buffer_limit_disconnections,

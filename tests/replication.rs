@@ -982,6 +982,99 @@ fn tls_node(port: u16, peers: &[u16], certs: &std::path::Path, n: usize) -> Serv
     Server::start(&refs)
 }
 
+/// #12: a node with `tls-port` serves TLS clients holding a certificate
+/// its CA signed (`tls-auth-clients yes`, Redis's default), refuses one
+/// without, keeps serving plain TCP on its port; `chorus audit --tls`
+/// reaches it, and without a client certificate it cannot.
+#[test]
+fn clients_speak_tls_on_the_tls_port_and_chorus_audit_reaches_it() {
+    let certs = gen_certs("clients", 2);
+    let file = |name: &str| certs.join(name).to_str().unwrap().to_string();
+    let (port, tls_port) = (free_port(), free_port());
+    let args = [
+        "--port".to_string(),
+        port.to_string(),
+        "--tls-port".into(),
+        tls_port.to_string(),
+        "--tls-cert-file".into(),
+        file("node-1.pem"),
+        "--tls-key-file".into(),
+        file("node-1.key"),
+        "--tls-ca-cert-file".into(),
+        file("ca.pem"),
+    ];
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let server = Server::start(&refs);
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = |cert: Option<&str>| {
+        redis::Client::build_with_tls(
+            format!("rediss://127.0.0.1:{tls_port}/"),
+            redis::TlsCertificates {
+                client_tls: cert.map(|n| redis::ClientTlsConfig {
+                    client_cert: std::fs::read(file(&format!("{n}.pem"))).unwrap(),
+                    client_key: std::fs::read(file(&format!("{n}.key"))).unwrap(),
+                }),
+                root_cert: Some(std::fs::read(file("ca.pem")).unwrap()),
+            },
+        )
+        .unwrap()
+    };
+    let mut tls = client(Some("node-2"))
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .unwrap();
+    q::<()>(&mut tls, &["SET", "over-tls", "yes"]);
+    let mut plain = server.conn();
+    assert_eq!(get(&mut plain, "over-tls").as_deref(), Some("yes"));
+    // Pipelined replies arrive whole through the TLS stream.
+    let mut pipe = redis::pipe();
+    for i in 0..500 {
+        pipe.cmd("SET").arg(format!("p{i}")).arg(i).ignore();
+    }
+    pipe.cmd("DBSIZE");
+    assert_eq!(pipe.query::<(i64,)>(&mut tls).unwrap(), (501,));
+    // No client certificate: refused at the handshake.
+    let refused = client(None)
+        .get_connection_with_timeout(Duration::from_secs(5))
+        .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
+    assert!(refused.is_err(), "{refused:?}");
+    wait_until("the refusal counted", || {
+        info_in(&mut plain, "stats", "tls_handshakes_refused") != "0"
+    });
+    let tls_args = |with_cert: bool| {
+        let mut a = vec!["--tls".to_string(), "--tls-cacert".into(), file("ca.pem")];
+        if with_cert {
+            a.extend([
+                "--tls-cert".into(),
+                file("node-2.pem"),
+                "--tls-key".into(),
+                file("node-2.key"),
+            ]);
+        }
+        a
+    };
+    let node = format!("127.0.0.1:{tls_port}");
+    let run = |args: Vec<String>| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let audit = |with_cert| {
+        let mut a: Vec<String> = vec!["audit".into(), "--nodes".into(), node.clone()];
+        a.extend(tls_args(with_cert));
+        run(a)
+    };
+    let ok = audit(true);
+    assert_eq!(ok.status.code(), Some(0), "{ok:?}");
+    assert_eq!(String::from_utf8_lossy(&ok.stdout), "no conflicts\n");
+    let no_cert = audit(false);
+    assert_eq!(no_cert.status.code(), Some(2), "{no_cert:?}");
+    let mut diff: Vec<String> = vec!["audit".into(), "diff".into(), node.clone(), node.clone()];
+    diff.extend(tls_args(true));
+    let same = run(diff);
+    assert_eq!(same.status.code(), Some(0), "{same:?}");
+}
+
 #[test]
 fn peers_authenticated_by_certificates_replicate_and_a_foreign_one_gets_nothing() {
     let (ours, theirs) = (gen_certs("ours", 2), gen_certs("theirs", 1));

@@ -166,15 +166,9 @@ pub static DIRECTIVES: &[Directive] = &[
     // Redis 7.4: how many connections one event-loop cycle accepts.
     ignored("max-new-connections-per-cycle", "10"),
     ignored("socket-mark-id", "0"),
-    // ---- TLS: Chorus's TLS secures peer links (the three files below);
-    // the client-side TLS settings only matter with tls-port, which is refused.
-    refused(
-        "tls-port",
-        "0",
-        Off::Words(&["0"]),
-        "TLS for clients is not implemented (tls-cert-file, tls-key-file and tls-ca-cert-file \
-         secure the links between peers only): clients would find no TLS port",
-    ),
+    // ---- TLS: the three files secure the peer links, and clients on
+    // tls-port (tls-auth-clients says whether clients need a certificate).
+    applied("tls-port", "0"),
     applied("tls-cert-file", ""),
     applied("tls-key-file", ""),
     ignored("tls-key-file-pass", ""),
@@ -184,7 +178,7 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("tls-dh-params-file", ""),
     applied("tls-ca-cert-file", ""),
     ignored("tls-ca-cert-dir", ""),
-    ignored("tls-auth-clients", "yes"),
+    applied("tls-auth-clients", "yes"),
     // Peer links are always TLS in Chorus.
     ignored("tls-replication", "no"),
     ignored("tls-cluster", "no"),
@@ -195,7 +189,7 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("tls-session-caching", "yes"),
     ignored("tls-session-cache-size", "20480"),
     ignored("tls-session-cache-timeout", "300"),
-    // Redis 7.4: only used with tls-port, which is refused.
+    // Redis 7.4: how many TLS handshakes one event-loop cycle starts.
     ignored("max-new-tls-connections-per-cycle", "1"),
     // ---- general
     refused(
@@ -536,8 +530,13 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("repl-backlog-disk-reserve", "0"),
     ignored("force-backlog-disk-reserve", "no"),
     ignored("tls-rotation", "no"),
-    // Only used with tls-port, which is refused.
-    ignored("tls-allowlist", ""),
+    refused(
+        "tls-allowlist",
+        "",
+        Off::Empty,
+        "restricting TLS clients by certificate name is not implemented: every client \
+         certificate the CA signed would be let in",
+    ),
     refused(
         "storage-provider",
         "",

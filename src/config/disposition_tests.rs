@@ -114,12 +114,23 @@ fn ignored_directives_are_accepted_kept_for_config_get_and_listed_once() {
 }
 
 #[test]
+fn tls_port_needs_the_certificate_files() {
+    let e = Config::load(None, &args(&["--tls-port", "6380"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("tls-port") && e.contains("tls-cert-file"), "{e}");
+    let e = Config::load(None, &args(&["--tls-auth-clients", "maybe"]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("yes, no or optional"), "{e}");
+}
+
+#[test]
 fn refused_directives_name_file_line_and_why() {
     let dir = tempdir("refused");
     for (line, why) in [
         ("daemonize yes", "systemd"),
         ("supervised systemd", "supervised no"),
-        ("tls-port 6380", "TLS for clients"),
         ("unixsocket /run/redis/redis.sock", "Unix socket"),
         ("cluster-enabled yes", "Redis Cluster"),
         ("maxmemory 2gb", "not yet supported"),

@@ -77,6 +77,9 @@ pub struct Config {
     pub masterauth: Option<Vec<u8>>,
     /// Mutual TLS for peer links: this node's certificate and key, and the
     /// CA that signs every peer's.
+    /// `tls-port`: clients speaking TLS (0: none).
+    pub tls_port: u16,
+    pub tls_auth_clients: crate::tls::ClientAuth,
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
     pub tls_ca_cert_file: Option<std::path::PathBuf>,
@@ -296,6 +299,8 @@ impl Default for Config {
             active_replica: false,
             replicaof: Vec::new(),
             masterauth: None,
+            tls_port: 0,
+            tls_auth_clients: crate::tls::ClientAuth::Required,
             tls_cert_file: None,
             tls_key_file: None,
             tls_ca_cert_file: None,
@@ -438,6 +443,13 @@ impl Config {
         match name {
             "port" => {
                 self.port = one()?.parse().map_err(|_| bad("expects a port 0-65535"))?;
+            }
+            "tls-port" => {
+                self.tls_port = one()?.parse().map_err(|_| bad("expects a port 0-65535"))?;
+            }
+            "tls-auth-clients" => {
+                self.tls_auth_clients = crate::tls::ClientAuth::parse(one()?)
+                    .ok_or_else(|| bad("expects yes, no or optional"))?;
             }
             "bind" => {
                 if args.is_empty() {
@@ -810,6 +822,8 @@ impl Config {
         };
         Some(match name {
             "port" => self.port.to_string(),
+            "tls-port" => self.tls_port.to_string(),
+            "tls-auth-clients" => self.tls_auth_clients.as_str().to_string(),
             "bind" => self
                 .bind
                 .iter()
@@ -885,10 +899,17 @@ impl Config {
                 return Err(err(
                     &Origin::CommandLine,
                     missing,
-                    "mutual TLS for peer links needs tls-cert-file, tls-key-file and \
-                     tls-ca-cert-file together",
+                    "TLS (mutual TLS for peer links, tls-port for clients) needs tls-cert-file, \
+                     tls-key-file and tls-ca-cert-file together",
                 ));
             }
+        }
+        if self.tls_port != 0 && self.tls_cert_file.is_none() {
+            return Err(err(
+                &Origin::CommandLine,
+                "tls-port",
+                "TLS for clients needs tls-cert-file, tls-key-file and tls-ca-cert-file",
+            ));
         }
         if self.replicating() && self.masterauth.is_none() && self.peer_tls().is_none() {
             return Err(err(

@@ -267,8 +267,14 @@ pub struct ClusterCerts {
 }
 
 /// A fresh CA and `nodes` node certificates it signed (each good for both
-/// ends of a link). For operators (`chorus gen-certs`) and tests.
-pub fn generate_cluster(cluster: &str, nodes: usize) -> Result<ClusterCerts, TransportError> {
+/// ends of a link, and for clients on `tls-port` reaching the node by one
+/// of `hosts`: DNS names or IP addresses). For operators (`chorus
+/// gen-certs`) and tests.
+pub fn generate_cluster(
+    cluster: &str,
+    nodes: usize,
+    hosts: &[String],
+) -> Result<ClusterCerts, TransportError> {
     use rcgen::{
         BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
         IsCa, KeyPair, KeyUsagePurpose,
@@ -286,7 +292,10 @@ pub fn generate_cluster(cluster: &str, nodes: usize) -> Result<ClusterCerts, Tra
     let mut out = Vec::with_capacity(nodes);
     for i in 1..=nodes {
         let name = format!("{cluster}-node-{i}");
-        let mut params = CertificateParams::new(vec![name.clone()]).map_err(fail)?;
+        let names: Vec<String> = std::iter::once(name.clone())
+            .chain(hosts.iter().cloned())
+            .collect();
+        let mut params = CertificateParams::new(names).map_err(fail)?;
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![
@@ -310,8 +319,9 @@ pub fn write_cluster(
     dir: &Path,
     cluster: &str,
     nodes: usize,
+    hosts: &[String],
 ) -> Result<Vec<PathBuf>, TransportError> {
-    let certs = generate_cluster(cluster, nodes)?;
+    let certs = generate_cluster(cluster, nodes, hosts)?;
     let io =
         |path: &Path, e: std::io::Error| TransportError::Tls(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
