@@ -1510,9 +1510,14 @@ fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
         q::<()>(&mut ca, &["SET", key, &format!("a-{key}")]);
         q::<()>(&mut cb, &["SET", key, &format!("b-{key}")]);
     }
+    // A counter: increments on A, a SET on B that never saw them.
+    std::thread::sleep(Duration::from_millis(5));
+    q::<()>(&mut ca, &["INCRBY", "visits", "5"]);
+    std::thread::sleep(Duration::from_millis(5));
+    q::<()>(&mut cb, &["SET", "visits", "reset-by-b"]);
     q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
     q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
-    for key in ["k1", "k2"] {
+    for key in ["k1", "k2", "visits"] {
         wait_until("the same value on both", || {
             let (va, vb) = (get(&mut ca, key), get(&mut cb, key));
             va.is_some() && va == vb
@@ -1526,8 +1531,8 @@ fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
         get(&mut ca, "seq").as_deref() == Some("second")
     });
     for c in [&mut ca, &mut cb] {
-        wait_until("both conflicts logged", || {
-            info_in(c, "stats", "conflicts_total") == "2"
+        wait_until("every conflict logged", || {
+            info_in(c, "stats", "conflicts_total") == "3"
         });
     }
     let nodes = format!("127.0.0.1:{pa},127.0.0.1:{pb}");
@@ -1544,7 +1549,15 @@ fn chorus_audit_lists_each_lost_write_once_with_the_nodes_that_saw_it() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    // The counter's conflict, seen from both sides: one row, both kinds.
+    let visits = &rows[2];
+    assert_eq!(visits["key"], "visits", "{visits}");
+    assert_eq!(visits["kind"], "increment-hidden/type-clash", "{visits}");
+    assert_eq!(visits["winner"]["value"], "reset-by-b", "{visits}");
+    assert_eq!(visits["loser"]["value"], "<increments +5>", "{visits}");
+    assert_eq!(visits["nodes"].as_array().unwrap().len(), 2, "{visits}");
+    assert_eq!(get(&mut ca, "visits").as_deref(), Some("reset-by-b"));
     for (row, key) in rows.iter().zip(["k1", "k2"]) {
         assert_eq!(row["key"], key, "{row}");
         assert_eq!(row["kind"], "concurrent-write");
@@ -1811,7 +1824,15 @@ fn chorus_audit_diff_finds_keys_changed_apart_and_none_after_convergence() {
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
     rows.sort_by_key(|r| r["key"].as_str().unwrap().to_string());
-    assert_eq!(rows.len(), 2, "{rows:?}");
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    // The counter's conflict, seen from both sides: one row, both kinds.
+    let visits = &rows[2];
+    assert_eq!(visits["key"], "visits", "{visits}");
+    assert_eq!(visits["kind"], "increment-hidden/type-clash", "{visits}");
+    assert_eq!(visits["winner"]["value"], "reset-by-b", "{visits}");
+    assert_eq!(visits["loser"]["value"], "<increments +5>", "{visits}");
+    assert_eq!(visits["nodes"].as_array().unwrap().len(), 2, "{visits}");
+    assert_eq!(get(&mut ca, "visits").as_deref(), Some("reset-by-b"));
     assert_eq!(rows[0]["key"], "k7");
     assert_eq!(
         (&rows[0]["a"], &rows[0]["b"]),
