@@ -272,7 +272,11 @@ fn fetch(
 
 /// Every node's entries past its cursor, asked of all nodes at once; a
 /// progress line while they take time.
-fn fetch_all(q: &Query, cursors: &mut Cursors) -> Result<Vec<(String, Vec<Entry>)>, AuditError> {
+/// Every node's entries past its cursor, and the errors of the nodes that
+/// could not be asked (their cursors stay where they were).
+type Fetched = (Vec<(String, Vec<Entry>)>, Vec<AuditError>);
+
+fn fetch_all(q: &Query, cursors: &mut Cursors) -> Fetched {
     use std::sync::atomic::{AtomicUsize, Ordering};
     let fetched = AtomicUsize::new(0);
     std::thread::scope(|s| {
@@ -304,16 +308,23 @@ fn fetch_all(q: &Query, cursors: &mut Cursors) -> Result<Vec<(String, Vec<Entry>
             });
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        let mut out = Vec::new();
+        let (mut out, mut errors) = (Vec::new(), Vec::new());
         for (node, handle) in asks {
-            let (cursor, entries) = handle.join().map_err(|_| AuditError::Unreachable {
-                node: node.clone(),
-                why: "the thread asking it failed".into(),
-            })??;
-            cursors.insert(node.clone(), cursor);
-            out.push((node.clone(), entries));
+            let asked = handle.join().unwrap_or_else(|_| {
+                Err(AuditError::Unreachable {
+                    node: node.clone(),
+                    why: "the thread asking it failed".into(),
+                })
+            });
+            match asked {
+                Ok((cursor, entries)) => {
+                    cursors.insert(node.clone(), cursor);
+                    out.push((node.clone(), entries));
+                }
+                Err(e) => errors.push(e),
+            }
         }
-        Ok(out)
+        (out, errors)
     })
 }
 
@@ -380,16 +391,37 @@ pub fn audit(q: &Query) -> Result<Vec<Row>, AuditError> {
     audit_from(q, &mut Cursors::new())
 }
 
-/// [`audit`] of the entries past `cursors`, which move past them.
+/// [`audit`] of the entries past `cursors`, which move past them; an
+/// error when any node cannot be asked.
 pub fn audit_from(q: &Query, cursors: &mut Cursors) -> Result<Vec<Row>, AuditError> {
+    let (rows, mut errors) = audit_available(q, cursors)?;
+    match errors.is_empty() {
+        true => Ok(rows),
+        false => Err(errors.swap_remove(0)),
+    }
+}
+
+/// [`audit_from`] of the nodes that answered, and why the others did not
+/// (`--follow` goes on with the nodes it can reach).
+pub fn audit_available(
+    q: &Query,
+    cursors: &mut Cursors,
+) -> Result<(Vec<Row>, Vec<AuditError>), AuditError> {
     if q.nodes.is_empty() {
         return Err(AuditError::Usage("--nodes names no node".into()));
     }
+    let (fetched, errors) = fetch_all(q, cursors);
+    Ok((merge(fetched), errors))
+}
+
+/// One row per conflict over every node's entries, sorted by when the
+/// winning write was made.
+fn merge(fetched: Vec<(String, Vec<Entry>)>) -> Vec<Row> {
     // One conflict seen from both sides can carry two kinds (a SET over
     // increments it had not seen is a type clash where the increments were,
     // hidden increments where the SET was): one row, both kinds.
     let mut rows: BTreeMap<RowId, Row> = BTreeMap::new();
-    for (node, entries) in fetch_all(q, cursors)? {
+    for (node, entries) in fetched {
         for (db, key, kind, winner, loser) in entries {
             let id = (db, key.clone(), winner.stamp.clone(), loser.stamp.clone());
             let row = rows.entry(id).or_insert_with(|| Row {
@@ -425,7 +457,7 @@ pub fn audit_from(q: &Query, cursors: &mut Cursors) -> Result<Vec<Row>, AuditErr
             &b.loser.stamp,
         ))
     });
-    Ok(rows)
+    rows
 }
 
 /// What makes two nodes' entries one conflict: (db, key, winner's stamp,
@@ -708,6 +740,9 @@ pub fn diff(
     Ok(out)
 }
 
+/// Differing sub-buckets past which `diff_bucket` lists the whole bucket.
+const WHOLE_BUCKET_PAST: usize = 16;
+
 /// Narrows a differing `bucket` down: its 256 sub-bucket digests on both
 /// nodes, then the keys of the sub-buckets that differ; reads the value of
 /// each key whose digest differs.
@@ -732,9 +767,23 @@ fn diff_bucket(
         ask::<Vec<String>>(conn, node, digest_cmd().arg("SPLIT"))
     };
     let (sa, sb) = (split(ca, na)?, split(cb, nb)?);
-    for sub in (0..sa.len().min(sb.len())).filter(|s| sa[*s] != sb[*s]) {
+    let differing: Vec<usize> = (0..sa.len().min(sb.len()))
+        .filter(|s| sa[*s] != sb[*s])
+        .collect();
+    // Each listing reads the bucket's shard: past a few sub-buckets, one
+    // listing of the whole bucket costs the node less.
+    let subs: Vec<Option<usize>> = if differing.len() > WHOLE_BUCKET_PAST {
+        vec![None]
+    } else {
+        differing.into_iter().map(Some).collect()
+    };
+    for sub in subs {
         let listing = |conn: &mut redis::Connection, node: &str| {
-            ask::<Vec<(String, String)>>(conn, node, digest_cmd().arg("SUB").arg(sub))
+            let mut cmd = digest_cmd();
+            if let Some(sub) = sub {
+                cmd.arg("SUB").arg(sub);
+            }
+            ask::<Vec<(String, String)>>(conn, node, &cmd)
         };
         let la: BTreeMap<String, String> = listing(ca, na)?.into_iter().collect();
         let lb: BTreeMap<String, String> = listing(cb, nb)?.into_iter().collect();

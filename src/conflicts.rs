@@ -84,6 +84,9 @@ struct Entries {
 pub struct LogCut {
     pub new: Vec<LoggedConflict>,
     pub keep_from: u64,
+    /// The id the next entry takes: stored so that ids never repeat, even
+    /// after a RESET emptied the log and the node restarted.
+    pub next_id: u64,
 }
 
 /// See the module doc.
@@ -150,7 +153,6 @@ impl ConflictLog {
         }
     }
 
-    /// Keeps at most `max_len` entries from now on (0: none).
     /// The entries a cut must store (and forget); the caller hands back
     /// [`ConflictLog::cut_failed`] if the store refused it.
     pub fn for_cut(&self) -> LogCut {
@@ -160,6 +162,7 @@ impl ConflictLog {
         e.cut_upto = e.next_id - 1;
         LogCut {
             keep_from: e.log.front().map_or(e.next_id, |c| c.id),
+            next_id: e.next_id,
             new,
         }
     }
@@ -173,18 +176,21 @@ impl ConflictLog {
         }
     }
 
-    /// Puts back what a store held (oldest first) into an empty log: ids go
-    /// on after the newest, and everything loaded counts as stored.
-    pub fn restore(&self, stored: Vec<LoggedConflict>) {
+    /// Puts back what a store held (oldest first) into an empty log, and
+    /// the id the next entry was to take: ids go on from there, and
+    /// everything loaded counts as stored.
+    pub fn restore(&self, stored: Vec<LoggedConflict>, next_id: u64) {
         let mut e = self.entries.lock();
+        e.next_id = e.next_id.max(next_id);
+        e.cut_upto = e.next_id - 1;
         for c in stored {
             if e.log.back().is_some_and(|last| last.id >= c.id) {
                 continue;
             }
             e.fingerprints
                 .insert(fingerprint(c.db, &c.key, &c.conflict));
-            e.next_id = c.id + 1;
-            e.cut_upto = c.id;
+            e.next_id = e.next_id.max(c.id + 1);
+            e.cut_upto = e.next_id - 1;
             e.log.push_back(c);
         }
         e.trim();
@@ -194,6 +200,7 @@ impl ConflictLog {
         self.entries.lock().max_len
     }
 
+    /// Keeps at most `max_len` entries from now on (0: none).
     pub fn set_max_len(&self, max_len: usize) {
         let mut e = self.entries.lock();
         e.max_len = max_len;

@@ -45,32 +45,59 @@ pub enum ServeError {
 /// serves clients until shutdown is requested.
 pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     let node = &server.node;
+    let c = &node.config;
+    // As in Redis, `port 0` with a `tls-port` serves TLS alone.
+    let tls_only = c.tls_port != 0 && c.port == 0;
+    let acceptor = match (
+        c.tls_port,
+        &c.tls_cert_file,
+        &c.tls_key_file,
+        &c.tls_ca_cert_file,
+    ) {
+        (0, ..) => None,
+        (_, Some(cert), Some(key), Some(ca)) => {
+            Some(crate::tls::acceptor(cert, key, ca, c.tls_auth_clients)?)
+        }
+        // Config validation requires the files with a tls-port.
+        _ => None,
+    };
     let mut listeners = Vec::new();
-    for host in &node.config.bind {
+    let mut tls_listeners = Vec::new();
+    for host in &c.bind {
         let ip: IpAddr = host
             .parse()
             .map_err(|_| ServeError::BadBind(host.clone()))?;
-        let addr = SocketAddr::new(ip, node.config.port);
-        let listener = match TcpListener::bind(addr).await {
-            Ok(listener) => listener,
-            Err(e) if node.config.optional_binds.contains(host) && unavailable(&e) => {
-                warn!("not listening on {addr} (optional, '-{host}'): {e}");
+        let optional = c.optional_binds.contains(host);
+        if !tls_only {
+            let Some(listener) = listen(SocketAddr::new(ip, c.port), optional, "tcp").await? else {
                 continue;
+            };
+            server
+                .listening
+                .lock()
+                .push(listener.local_addr().map_err(|source| ServeError::Listen {
+                    addr: SocketAddr::new(ip, c.port),
+                    source,
+                })?);
+            listeners.push(listener);
+        }
+        if let Some(acceptor) = &acceptor {
+            if let Some(listener) = listen(SocketAddr::new(ip, c.tls_port), optional, "tls").await?
+            {
+                tls_listeners.push((listener, acceptor.clone()));
             }
-            Err(source) => return Err(ServeError::Listen { addr, source }),
-        };
-        let local = listener
-            .local_addr()
-            .map_err(|source| ServeError::Listen { addr, source })?;
-        info!("Ready to accept connections tcp on {local}");
-        server.listening.lock().push(local);
-        listeners.push(listener);
+        }
     }
-    if listeners.is_empty() {
-        return Err(ServeError::NoAddress(node.config.bind.join(" ")));
+    if listeners.is_empty() && tls_listeners.is_empty() {
+        return Err(ServeError::NoAddress(c.bind.join(" ")));
     }
-    let tls_listeners = tls_listeners(&server).await?;
-    let client_ip = server.listening.lock().first().map(|a| a.ip());
+    let client_ip = match server.listening.lock().first() {
+        Some(a) => Some(a.ip()),
+        None => tls_listeners
+            .first()
+            .and_then(|(l, _)| l.local_addr().ok())
+            .map(|a| a.ip()),
+    };
     for listener in listeners {
         tokio::spawn(accept_loop(server.clone(), listener));
     }
@@ -83,34 +110,26 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// The `tls-port` listeners, one per bound address, with their acceptor.
-async fn tls_listeners(
-    server: &Server,
-) -> Result<Vec<(TcpListener, tokio_rustls::TlsAcceptor)>, ServeError> {
-    let c = &server.node.config;
-    let (port, Some(cert), Some(key), Some(ca)) = (
-        c.tls_port,
-        &c.tls_cert_file,
-        &c.tls_key_file,
-        &c.tls_ca_cert_file,
-    ) else {
-        return Ok(Vec::new());
+/// Binds `addr` (`what`: tcp or tls, for the log); `None` for an optional
+/// address the host does not have.
+async fn listen(
+    addr: SocketAddr,
+    optional: bool,
+    what: &str,
+) -> Result<Option<TcpListener>, ServeError> {
+    let listener = match TcpListener::bind(addr).await {
+        Ok(listener) => listener,
+        Err(e) if optional && unavailable(&e) => {
+            warn!("not listening on {addr} (optional): {e}");
+            return Ok(None);
+        }
+        Err(source) => return Err(ServeError::Listen { addr, source }),
     };
-    if port == 0 {
-        return Ok(Vec::new());
-    }
-    let acceptor = crate::tls::acceptor(cert, key, ca, c.tls_auth_clients)?;
-    let mut listeners = Vec::new();
-    let plain = server.listening.lock().clone();
-    for addr in plain {
-        let addr = SocketAddr::new(addr.ip(), port);
-        let listener = TcpListener::bind(addr)
-            .await
-            .map_err(|source| ServeError::Listen { addr, source })?;
-        info!("Ready to accept connections tls on {addr}");
-        listeners.push((listener, acceptor.clone()));
-    }
-    Ok(listeners)
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServeError::Listen { addr, source })?;
+    info!("Ready to accept connections {what} on {local}");
+    Ok(Some(listener))
 }
 
 /// How long a client has to finish its TLS handshake.
@@ -121,6 +140,9 @@ async fn tls_accept_loop(
     listener: TcpListener,
     acceptor: tokio_rustls::TlsAcceptor,
 ) {
+    // Handshakes cost CPU before anything is known of the client: a bound
+    // on those in flight keeps a flood of them from taking the node.
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_HANDSHAKES));
     loop {
         let (sock, addr) = match listener.accept().await {
             Ok(pair) => pair,
@@ -130,36 +152,44 @@ async fn tls_accept_loop(
                 continue;
             }
         };
-        let _ = sock.set_nodelay(true);
         server
             .stats
             .total_connections
             .fetch_add(1, Ordering::Relaxed);
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            server.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        let _ = sock.set_nodelay(true);
         let (server, acceptor) = (server.clone(), acceptor.clone());
         tokio::spawn(async move {
             let Ok(local) = sock.local_addr() else {
                 return;
             };
-            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await
-            {
+            let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(sock));
+            let tls = match handshake.await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => {
                     server.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
-                    info!(%addr, "TLS handshake refused: {e}");
+                    debug!(%addr, "TLS handshake refused: {e}");
                     return;
                 }
                 Err(_) => {
                     server.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
-                    info!(%addr, "TLS handshake timed out");
+                    debug!(%addr, "TLS handshake timed out");
                     return;
                 }
             };
+            drop(permit);
             if let Err(e) = admit(server, tls, addr, local).await {
                 debug!(%addr, "connection ended: {e}");
             }
         });
     }
 }
+
+/// TLS handshakes in flight per listener; a client past it is closed.
+const MAX_TLS_HANDSHAKES: usize = 256;
 
 async fn accept_loop(server: Arc<Server>, listener: TcpListener) {
     loop {
@@ -245,8 +275,7 @@ async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
             .rejected_connections
             .fetch_add(1, Ordering::Relaxed);
         sock.write_all(DENIED.as_bytes()).await?;
-        sock.flush().await?;
-        return Ok(());
+        return sock.shutdown().await;
     }
     let handle = server.clients.register(
         addr,
@@ -261,12 +290,13 @@ async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
             .fetch_add(1, Ordering::Relaxed);
         sock.write_all(b"-ERR max number of clients reached\r\n")
             .await?;
-        sock.flush().await?;
-        return Ok(());
+        return sock.shutdown().await;
     };
     let id = handle.id;
-    let result = connection(&server, sock, handle).await;
+    let result = connection(&server, &mut sock, handle).await;
     server.clients.remove(id);
+    // A TLS client learns the close was meant (close_notify).
+    let _ = sock.shutdown().await;
     result
 }
 
@@ -285,7 +315,7 @@ enum Verdict {
 
 async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     server: &Server,
-    mut sock: S,
+    sock: &mut S,
     handle: Arc<ClientHandle>,
 ) -> std::io::Result<()> {
     let mut session = Session::new(handle.clone(), server.tunables.has_password());
@@ -387,7 +417,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             handle
                 .buffers
                 .store(input.capacity() + out.buf.capacity(), Ordering::Relaxed);
-            let sent = write_replies(&mut sock, &out.buf, out_limit).await;
+            let sent = write_replies(sock, &out.buf, out_limit).await;
             handle.omem.store(0, Ordering::Relaxed);
             if sent? {
                 server

@@ -795,10 +795,8 @@ impl Keyspace {
         sub: Option<u8>,
     ) -> Result<Vec<(Vec<u8>, u64)>, chorus_crdt::EncodeError> {
         let mut found = Vec::new();
-        self.each_in_bucket(db, pattern, bucket, |key, s, digest| {
-            if sub.is_none_or(|want| want == s) {
-                found.push((key.to_vec(), digest));
-            }
+        self.each_in_bucket(db, pattern, bucket, sub, |key, _, digest| {
+            found.push((key.to_vec(), digest));
         })?;
         found.sort_unstable();
         Ok(found)
@@ -813,19 +811,21 @@ impl Keyspace {
         bucket: u8,
     ) -> Result<Vec<u64>, chorus_crdt::EncodeError> {
         let mut digests = vec![0u64; 256];
-        self.each_in_bucket(db, pattern, bucket, |_, sub, digest| {
+        self.each_in_bucket(db, pattern, bucket, None, |_, sub, digest| {
             digests[sub as usize] ^= digest;
         })?;
         Ok(digests)
     }
 
     /// Runs `f(key, sub-bucket, digest)` on every key of `db` in `bucket`
-    /// that `pattern` matches, under the lock of the one shard holding it.
+    /// (and in sub-bucket `only`, if given) that `pattern` matches, under
+    /// the lock of the one shard holding it. Only those keys are digested.
     fn each_in_bucket(
         &self,
         db: usize,
         pattern: Option<&[u8]>,
         bucket: u8,
+        only: Option<u8>,
         mut f: impl FnMut(&[u8], u8, u64),
     ) -> Result<(), chorus_crdt::EncodeError> {
         let mut scratch = Vec::new();
@@ -835,7 +835,10 @@ impl Keyspace {
         };
         for (key, state) in &d.map {
             let (b, sub) = sub_bucket_of(key);
-            if b == bucket && pattern.is_none_or(|p| crate::glob::matches(p, key, false)) {
+            if b == bucket
+                && only.is_none_or(|o| o == sub)
+                && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
+            {
                 f(key, sub, key_digest(key, state, &mut scratch)?);
             }
         }

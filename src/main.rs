@@ -154,6 +154,10 @@ enum Command {
         /// The cluster name the certificates are issued for.
         #[arg(long, default_value = "chorus")]
         cluster: String,
+        /// How many client certificates, for clients of tls-port
+        /// (client-N.pem, client-N.key: client authentication only).
+        #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1000))]
+        clients: u16,
         /// Names and addresses clients reach the nodes by on tls-port
         /// (each node certificate is valid for all of them), comma-separated.
         #[arg(long, value_delimiter = ',', default_value = "localhost,127.0.0.1,::1")]
@@ -178,8 +182,9 @@ fn main() {
             dir,
             nodes,
             cluster,
+            clients,
             hosts,
-        } => gen_certs(&dir, nodes.into(), &cluster, &hosts),
+        } => gen_certs(&dir, nodes.into(), clients.into(), &cluster, &hosts),
         Command::Sim { args } => sim(&args),
         Command::Audit {
             diff:
@@ -275,24 +280,25 @@ fn audit(
     // Each conflict once, though a node may log it long after another did.
     let mut printed: std::collections::HashSet<audit::RowId> =
         rows.iter().map(|r| r.id()).collect();
-    let mut failing = false;
+    let mut failing = std::collections::BTreeSet::new();
     loop {
         std::io::stdout().flush()?;
         std::thread::sleep(std::time::Duration::from_secs(1));
-        let rows = match audit::audit_from(&query, &mut cursors) {
-            Ok(rows) => {
-                failing = false;
-                rows
-            }
-            // A node down for a while is no reason to stop watching the others.
-            Err(e) => {
-                if !failing {
-                    eprintln!("chorus audit: {e} (retrying every second)");
-                }
-                failing = true;
-                continue;
-            }
-        };
+        // A node down for a while is no reason to stop watching the others:
+        // each failing node is reported once, until it answers again.
+        let (rows, errors) =
+            audit::audit_available(&query, &mut cursors).unwrap_or_else(|e| fail(e));
+        let now_failing: std::collections::BTreeSet<String> =
+            errors.iter().map(|e| e.to_string()).collect();
+        for e in now_failing.difference(&failing) {
+            eprintln!("chorus audit: {e} (asking again every second)");
+        }
+        failing = now_failing;
+        // Bounded memory for a follow of days: past a million, forget the
+        // oldest lookups (a conflict logged again that late may print twice).
+        if printed.len() > 1_000_000 {
+            printed.clear();
+        }
         let new: Vec<audit::Row> = rows
             .into_iter()
             .filter(|r| printed.insert(r.id()))
@@ -331,8 +337,14 @@ fn audit_diff(
     Ok(())
 }
 
-fn gen_certs(dir: &Path, nodes: usize, cluster: &str, hosts: &[String]) -> anyhow::Result<()> {
-    let written = chorus_transport::tls::write_cluster(dir, cluster, nodes, hosts)?;
+fn gen_certs(
+    dir: &Path,
+    nodes: usize,
+    clients: usize,
+    cluster: &str,
+    hosts: &[String],
+) -> anyhow::Result<()> {
+    let written = chorus_transport::tls::write_cluster(dir, cluster, nodes, clients, hosts)?;
     for path in &written {
         println!("{}", path.display());
     }

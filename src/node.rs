@@ -165,7 +165,7 @@ impl Node {
             env.physical,
             Duration::from_millis(config.max_clock_drift_ms),
         );
-        let (shards_hasher, maps_hasher) = match env.hash_seed {
+        let (tags_hasher, maps_hasher) = match env.hash_seed {
             None => (KeyHasher::random(), KeyHasher::random()),
             Some(seed) => {
                 let shared = foldhash::SharedSeed::global_fixed();
@@ -175,7 +175,7 @@ impl Node {
                 )
             }
         };
-        let mut ks = Keyspace::with_hashers(config.databases, clock, shards_hasher, maps_hasher);
+        let mut ks = Keyspace::with_hashers(config.databases, clock, tags_hasher, maps_hasher);
         ks.conflicts.set_max_len(config.conflict_log_max_len);
         let repl = config.replicating().then(|| {
             let repl = Replicator::new(node, config.repl_backlog_size, env.wall_ms);

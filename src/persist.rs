@@ -81,7 +81,9 @@ impl Persistence {
     pub fn restore(&self, loaded: Loaded) {
         let keys = loaded.keys.len();
         self.ks.restore(loaded.keys, &loaded.floors);
-        self.ks.conflicts.restore(loaded.conflicts);
+        self.ks
+            .conflicts
+            .restore(loaded.conflicts, loaded.conflicts_next_id);
         if self.ks.clock.observe(loaded.clock).is_err() {
             // The physical clock runs behind what this node stamped before it
             // stopped: writes may lose to its own earlier ones until it catches up.

@@ -54,8 +54,9 @@ pub struct Loaded {
     /// Every earlier life of this node that wrote to the store.
     pub lives: Vec<NodeId>,
     pub clock: Stamp,
-    /// The conflict log, oldest first.
+    /// The conflict log, oldest first, and the id its next entry takes.
     pub conflicts: Vec<LoggedConflict>,
+    pub conflicts_next_id: u64,
 }
 
 /// Why a store could not be opened, read or written. Every variant names
@@ -102,6 +103,8 @@ struct MemData {
     cuts: u64,
     /// The first conflict id still stored (those before it were dropped).
     conflicts_from: u64,
+    /// The id the conflict log's next entry takes.
+    conflicts_next_id: u64,
 }
 
 impl MemData {
@@ -124,6 +127,7 @@ impl MemData {
         self.clock = self.clock.max(cut.clock);
         self.cuts += 1;
         self.conflicts_from = self.conflicts_from.max(cut.conflicts.keep_from);
+        self.conflicts_next_id = self.conflicts_next_id.max(cut.conflicts.next_id);
     }
 
     /// What a node starts from: `keys` and what is held besides.
@@ -135,6 +139,7 @@ impl MemData {
         Loaded {
             keys,
             conflicts,
+            conflicts_next_id: self.conflicts_next_id,
             floors: self.floors.clone(),
             applied: self.applied.iter().map(|(n, s)| (*n, *s)).collect(),
             lives: self.lives.iter().copied().collect(),
@@ -269,6 +274,7 @@ const META_FLOORS: &[u8] = b"m:floors";
 const META_APPLIED: &[u8] = b"m:applied";
 const META_LIVES: &[u8] = b"m:lives";
 const META_CLOCK: &[u8] = b"m:clock";
+const META_CONFLICTS_NEXT: &[u8] = b"m:conflicts_next";
 
 /// The directory inside `dir` that holds a node's sled files.
 pub const SLED_DIR: &str = "chorus.sled";
@@ -355,6 +361,7 @@ impl SledStore {
             cuts: 0,
             // The first cut that drops entries reads the ids from the start.
             conflicts_from: 0,
+            conflicts_next_id: decoded(self, META_CONFLICTS_NEXT, get(META_CONFLICTS_NEXT)?)?,
             conflicts: BTreeMap::new(),
         })
     }
@@ -425,6 +432,7 @@ impl Store for SledStore {
         let lives: Vec<NodeId> = next.lives.iter().copied().collect();
         batch.insert(META_LIVES, encoded(&lives)?);
         batch.insert(META_CLOCK, encoded(&next.clock)?);
+        batch.insert(META_CONFLICTS_NEXT, encoded(&next.conflicts_next_id)?);
         // Entries the log no longer keeps (the bound, a RESET): a range of
         // ids from the oldest stored, read only when it moved.
         if next.conflicts_from > meta.conflicts_from {
@@ -672,7 +680,7 @@ mod tests {
         let loaded = store.load().unwrap();
         assert_eq!(ids(&loaded), vec![3, 4, 5], "the bound dropped 1 and 2");
         let again = ConflictLog::new(3);
-        again.restore(loaded.conflicts);
+        again.restore(loaded.conflicts, loaded.conflicts_next_id);
         log_conflict(&again, 6);
         assert_eq!(again.all()[0].id, 6, "ids go on");
         assert_eq!(again.len(), 3);

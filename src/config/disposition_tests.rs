@@ -119,6 +119,25 @@ fn tls_port_needs_the_certificate_files() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("tls-port") && e.contains("tls-cert-file"), "{e}");
+    let files = [
+        "--tls-port",
+        "6380",
+        "--tls-cert-file",
+        "n.pem",
+        "--tls-key-file",
+        "n.key",
+        "--tls-ca-cert-file",
+        "ca.pem",
+    ];
+    let e = Config::load(None, &args(&files)).unwrap_err().to_string();
+    assert!(
+        e.contains("masterauth"),
+        "a client certificate must not make a peer: {e}"
+    );
+    let with_secret = [&files[..], &["--masterauth", "s"]].concat();
+    assert!(Config::load(None, &args(&with_secret)).is_ok());
+    let no_client_certs = [&files[..], &["--tls-auth-clients", "no"]].concat();
+    assert!(Config::load(None, &args(&no_client_certs)).is_ok());
     let e = Config::load(None, &args(&["--tls-auth-clients", "maybe"]))
         .unwrap_err()
         .to_string();

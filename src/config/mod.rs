@@ -75,11 +75,11 @@ pub struct Config {
     pub replicaof: Vec<(String, u16)>,
     /// The shared secret peers prove to each other.
     pub masterauth: Option<Vec<u8>>,
-    /// Mutual TLS for peer links: this node's certificate and key, and the
-    /// CA that signs every peer's.
     /// `tls-port`: clients speaking TLS (0: none).
     pub tls_port: u16,
     pub tls_auth_clients: crate::tls::ClientAuth,
+    /// Mutual TLS for peer links (and `tls-port`): this node's certificate
+    /// and key, and the CA that signs every peer's.
     pub tls_cert_file: Option<std::path::PathBuf>,
     pub tls_key_file: Option<std::path::PathBuf>,
     pub tls_ca_cert_file: Option<std::path::PathBuf>,
@@ -909,6 +909,18 @@ impl Config {
                 &Origin::CommandLine,
                 "tls-port",
                 "TLS for clients needs tls-cert-file, tls-key-file and tls-ca-cert-file",
+            ));
+        }
+        if self.tls_port != 0
+            && self.tls_auth_clients != crate::tls::ClientAuth::No
+            && self.masterauth.is_none()
+        {
+            return Err(err(
+                &Origin::CommandLine,
+                "tls-port",
+                "client certificates are checked against tls-ca-cert-file, the CA that admits \
+                 peers: set masterauth too, so that a client's certificate alone never lets it \
+                 join the cluster (or tls-auth-clients no)",
             ));
         }
         if self.replicating() && self.masterauth.is_none() && self.peer_tls().is_none() {

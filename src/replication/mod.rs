@@ -405,7 +405,6 @@ impl Replicator {
         Ok(carried)
     }
 
-    /// How often a quiet link offers its digest; zero: never.
     /// Records `node`'s configured name (nothing for an empty one).
     pub fn note_name(&self, node: NodeId, name: &str) {
         if name.is_empty() {
@@ -424,6 +423,7 @@ impl Replicator {
         self.names.lock().get(&node).cloned()
     }
 
+    /// How often a quiet link offers its digest; zero: never.
     pub fn set_repair_interval(&self, every: Duration) {
         self.repair_interval_ms
             .store(every.as_millis() as u64, Ordering::Relaxed);

@@ -264,6 +264,9 @@ pub struct ClusterCerts {
     pub ca_key: String,
     /// (certificate, key) per node.
     pub nodes: Vec<(String, String)>,
+    /// (certificate, key) per client of `tls-port`: client authentication
+    /// only.
+    pub clients: Vec<(String, String)>,
 }
 
 /// A fresh CA and `nodes` node certificates it signed (each good for both
@@ -273,6 +276,7 @@ pub struct ClusterCerts {
 pub fn generate_cluster(
     cluster: &str,
     nodes: usize,
+    clients: usize,
     hosts: &[String],
 ) -> Result<ClusterCerts, TransportError> {
     use rcgen::{
@@ -306,22 +310,36 @@ pub fn generate_cluster(
         let cert = params.signed_by(&key, &ca).map_err(fail)?;
         out.push((cert.pem(), key.serialize_pem()));
     }
+    let mut client_certs = Vec::with_capacity(clients);
+    for i in 1..=clients {
+        let name = format!("{cluster}-client-{i}");
+        let mut params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().map_err(fail)?;
+        let cert = params.signed_by(&key, &ca).map_err(fail)?;
+        client_certs.push((cert.pem(), key.serialize_pem()));
+    }
     Ok(ClusterCerts {
         ca_cert: ca.pem(),
         ca_key: ca_key_pem,
         nodes: out,
+        clients: client_certs,
     })
 }
 
 /// Writes [`generate_cluster`]'s files into `dir`: `ca.pem`, `ca.key`,
-/// `node-N.pem`, `node-N.key` (keys readable by the owner only).
+/// `node-N.pem`, `node-N.key`, `client-N.pem`, `client-N.key` (keys
+/// readable by the owner only).
 pub fn write_cluster(
     dir: &Path,
     cluster: &str,
     nodes: usize,
+    clients: usize,
     hosts: &[String],
 ) -> Result<Vec<PathBuf>, TransportError> {
-    let certs = generate_cluster(cluster, nodes, hosts)?;
+    let certs = generate_cluster(cluster, nodes, clients, hosts)?;
     let io =
         |path: &Path, e: std::io::Error| TransportError::Tls(format!("{}: {e}", path.display()));
     std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
@@ -332,6 +350,10 @@ pub fn write_cluster(
     for (i, (cert, key)) in certs.nodes.into_iter().enumerate() {
         files.push((dir.join(format!("node-{}.pem", i + 1)), cert, false));
         files.push((dir.join(format!("node-{}.key", i + 1)), key, true));
+    }
+    for (i, (cert, key)) in certs.clients.into_iter().enumerate() {
+        files.push((dir.join(format!("client-{}.pem", i + 1)), cert, false));
+        files.push((dir.join(format!("client-{}.key", i + 1)), key, true));
     }
     let mut written = Vec::new();
     for (path, text, secret) in files {

@@ -458,7 +458,7 @@ fn cluster_certs(tag: &str, n: usize) -> std::path::PathBuf {
         std::process::id(),
         rand_suffix()
     ));
-    chorus_transport::tls::write_cluster(&dir, "prod", n, &[]).expect("certificates");
+    chorus_transport::tls::write_cluster(&dir, "prod", n, 0, &[]).expect("certificates");
     dir
 }
 
