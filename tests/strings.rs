@@ -284,3 +284,129 @@ fn keys_expire_lazily_and_actively() {
     assert!(info.contains("expired_keys:"), "{info}");
     assert!(!info.contains("expired_keys:0\r"), "{info}");
 }
+
+/// SETBIT, GETBIT, BITCOUNT, BITPOS and BITOP, on Redis's documented
+/// examples; a bit write keeps the TTL; errors as Redis words them.
+#[test]
+fn bit_commands_follow_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let set_bytes = |c: &mut redis::Connection, key: &str, bytes: &[u8]| {
+        redis::cmd("SET")
+            .arg(key)
+            .arg(bytes)
+            .query::<()>(c)
+            .unwrap();
+    };
+    assert_eq!(q::<i64>(&mut c, &["SETBIT", "mykey", "7", "1"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["SETBIT", "mykey", "7", "0"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["SETBIT", "mykey", "7", "1"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["GETBIT", "mykey", "0"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["GETBIT", "mykey", "7"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["GETBIT", "mykey", "100"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["SETBIT", "grown", "17", "1"]), 0);
+    assert_eq!(q::<Vec<u8>>(&mut c, &["GET", "grown"]), vec![0, 0, 0x40]);
+
+    assert_eq!(q::<String>(&mut c, &["SET", "mykey", "foobar"]), "OK");
+    assert_eq!(q::<i64>(&mut c, &["BITCOUNT", "mykey"]), 26);
+    assert_eq!(q::<i64>(&mut c, &["BITCOUNT", "mykey", "0", "0"]), 4);
+    assert_eq!(q::<i64>(&mut c, &["BITCOUNT", "mykey", "1", "1"]), 6);
+    assert_eq!(
+        q::<i64>(&mut c, &["BITCOUNT", "mykey", "1", "1", "BYTE"]),
+        6
+    );
+    assert_eq!(
+        q::<i64>(&mut c, &["BITCOUNT", "mykey", "5", "30", "BIT"]),
+        17
+    );
+    assert_eq!(q::<i64>(&mut c, &["BITCOUNT", "nokey"]), 0);
+    assert!(err(&mut c, &["BITCOUNT", "mykey", "1"]).contains("syntax error"));
+
+    set_bytes(&mut c, "mykey", &[0xff, 0xf0, 0x00]);
+    assert_eq!(q::<i64>(&mut c, &["BITPOS", "mykey", "0"]), 12);
+    set_bytes(&mut c, "mykey", &[0x00, 0xff, 0xf0]);
+    assert_eq!(q::<i64>(&mut c, &["BITPOS", "mykey", "1", "0"]), 8);
+    assert_eq!(q::<i64>(&mut c, &["BITPOS", "mykey", "1", "2"]), 16);
+    assert_eq!(
+        q::<i64>(&mut c, &["BITPOS", "mykey", "1", "2", "-1", "BYTE"]),
+        16
+    );
+    assert_eq!(
+        q::<i64>(&mut c, &["BITPOS", "mykey", "1", "7", "15", "BIT"]),
+        8
+    );
+    set_bytes(&mut c, "mykey", &[0x00, 0x00, 0x00]);
+    assert_eq!(q::<i64>(&mut c, &["BITPOS", "mykey", "1"]), -1);
+    assert_eq!(
+        q::<i64>(&mut c, &["BITPOS", "mykey", "1", "7", "-3", "BIT"]),
+        -1
+    );
+    set_bytes(&mut c, "ones", &[0xff, 0xff]);
+    assert_eq!(
+        q::<i64>(&mut c, &["BITPOS", "ones", "0"]),
+        16,
+        "past the end"
+    );
+    assert_eq!(
+        q::<i64>(&mut c, &["BITPOS", "ones", "0", "0", "-1"]),
+        -1,
+        "an end given"
+    );
+    assert_eq!(q::<i64>(&mut c, &["BITPOS", "nokey", "0"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["BITPOS", "nokey", "1"]), -1);
+    assert!(err(&mut c, &["BITPOS", "mykey", "2"]).contains("The bit argument must be 1 or 0."));
+
+    q::<()>(&mut c, &["SET", "key1", "foobar"]);
+    q::<()>(&mut c, &["SET", "key2", "abcdef"]);
+    assert_eq!(
+        q::<i64>(&mut c, &["BITOP", "AND", "dest", "key1", "key2"]),
+        6
+    );
+    assert_eq!(q::<String>(&mut c, &["GET", "dest"]), "`bc`ab");
+    assert_eq!(
+        q::<i64>(&mut c, &["BITOP", "OR", "dest", "key1", "key2"]),
+        6
+    );
+    assert_eq!(q::<String>(&mut c, &["GET", "dest"]), "goofev");
+    set_bytes(&mut c, "short", &[0x0f]);
+    assert_eq!(
+        q::<i64>(&mut c, &["BITOP", "XOR", "dest", "short", "ones"]),
+        2
+    );
+    assert_eq!(q::<Vec<u8>>(&mut c, &["GET", "dest"]), vec![0xf0, 0xff]);
+    assert_eq!(q::<i64>(&mut c, &["BITOP", "NOT", "dest", "short"]), 1);
+    assert_eq!(q::<Vec<u8>>(&mut c, &["GET", "dest"]), vec![0xf0]);
+    assert_eq!(
+        q::<i64>(&mut c, &["BITOP", "OR", "dest", "nokey", "nokey2"]),
+        0
+    );
+    assert_eq!(
+        q::<i64>(&mut c, &["EXISTS", "dest"]),
+        0,
+        "an empty result deletes"
+    );
+    assert!(err(&mut c, &["BITOP", "NOT", "dest", "key1", "key2"])
+        .contains("BITOP NOT must be called with a single source key."));
+    assert!(err(&mut c, &["BITOP", "NAND", "dest", "key1"]).contains("syntax error"));
+
+    assert!(err(&mut c, &["SETBIT", "k", "-1", "1"])
+        .contains("bit offset is not an integer or out of range"));
+    assert!(err(&mut c, &["SETBIT", "k", "4294967296", "1"])
+        .contains("bit offset is not an integer or out of range"));
+    assert!(
+        err(&mut c, &["SETBIT", "k", "0", "2"]).contains("bit is not an integer or out of range")
+    );
+    assert!(
+        err(&mut c, &["GETBIT", "k", "x"]).contains("bit offset is not an integer or out of range")
+    );
+    // A bit write keeps the TTL, as any string modification does.
+    q::<()>(&mut c, &["SET", "ttl", "v", "EX", "100"]);
+    q::<()>(&mut c, &["SETBIT", "ttl", "0", "1"]);
+    assert!(q::<i64>(&mut c, &["TTL", "ttl"]) > 90);
+    // Over a counter: the bits of its decimal text, and a SETBIT replaces it.
+    q::<()>(&mut c, &["INCRBY", "n", "1"]);
+    assert_eq!(q::<i64>(&mut c, &["BITCOUNT", "n"]), 3, "'1' is 0x31");
+    q::<()>(&mut c, &["SETBIT", "n", "6", "1"]);
+    assert_eq!(q::<String>(&mut c, &["GET", "n"]), "3");
+    assert_eq!(q::<i64>(&mut c, &["INCR", "n"]), 4);
+}

@@ -8,6 +8,7 @@
 //! and the client's [`Session`], never a socket.
 
 mod args;
+mod bits;
 mod client;
 mod command;
 mod config;
@@ -162,6 +163,7 @@ impl Spec {
 pub fn table() -> impl Iterator<Item = &'static Spec> {
     strings::COMMANDS
         .iter()
+        .chain(bits::COMMANDS)
         .chain(keys::COMMANDS)
         .chain(expire::COMMANDS)
         .chain(connection::COMMANDS)
