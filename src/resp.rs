@@ -54,7 +54,13 @@ pub enum Parsed {
 
 /// A protocol error: reply with it, then close the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProtocolError(pub &'static str);
+pub struct ProtocolError(pub std::borrow::Cow<'static, str>);
+
+impl ProtocolError {
+    const fn fixed(why: &'static str) -> ProtocolError {
+        ProtocolError(std::borrow::Cow::Borrowed(why))
+    }
+}
 
 impl ProtocolError {
     pub fn message(&self) -> String {
@@ -121,23 +127,23 @@ fn count_line(
     let rest = &buf[at + 1..];
     let Some(cr) = memchr::memchr(b'\r', rest) else {
         if rest.len() > max_line {
-            return Err(ProtocolError(too_big));
+            return Err(ProtocolError::fixed(too_big));
         }
         return Ok(None);
     };
     // Refused whether or not the CR has come, so that the verdict does not
     // depend on where a read ended.
     if cr > max_line {
-        return Err(ProtocolError(too_big));
+        return Err(ProtocolError::fixed(too_big));
     }
     if cr + 1 >= rest.len() {
         return Ok(None);
     }
     if rest[cr + 1] != b'\n' {
-        return Err(ProtocolError(invalid));
+        return Err(ProtocolError::fixed(invalid));
     }
     // Redis reads counts with string2ll: no '+', no leading zeros.
-    let n = chorus_crdt::number::parse_int(&rest[..cr]).ok_or(ProtocolError(invalid))?;
+    let n = chorus_crdt::number::parse_int(&rest[..cr]).ok_or(ProtocolError::fixed(invalid))?;
     Ok(Some((n, at + 1 + cr + 2)))
 }
 
@@ -180,7 +186,7 @@ fn multibulk_args(
             });
         }
         if count as u64 > limits.max_args as u64 {
-            return Err(ProtocolError("invalid multibulk length"));
+            return Err(ProtocolError::fixed("invalid multibulk length"));
         }
         progress.remaining = count as u64;
         progress.pos = pos;
@@ -191,13 +197,16 @@ fn multibulk_args(
             return Ok(Parsed::Incomplete { need: pos + 1 });
         }
         if buf[pos] != b'$' {
-            return Err(match buf[pos] {
-                // Redis names the byte it found; these are the common cases.
-                b'*' => ProtocolError("expected '$', got '*'"),
-                b':' => ProtocolError("expected '$', got ':'"),
-                b'+' => ProtocolError("expected '$', got '+'"),
-                _ => ProtocolError("expected '$', got something else"),
-            });
+            // Redis names the byte it found, line breaks made spaces; a
+            // byte that is not printable ASCII shows as '?'.
+            let got = match buf[pos] {
+                b'\r' | b'\n' => ' ',
+                b if b.is_ascii_graphic() || b == b' ' => char::from(b),
+                _ => '?',
+            };
+            return Err(ProtocolError(std::borrow::Cow::Owned(format!(
+                "expected '$', got '{got}'"
+            ))));
         }
         let Some((len, data)) = count_line(
             buf,
@@ -212,14 +221,14 @@ fn multibulk_args(
             });
         };
         if len < 0 || len as u64 > limits.max_bulk as u64 {
-            return Err(ProtocolError("invalid bulk length"));
+            return Err(ProtocolError::fixed("invalid bulk length"));
         }
         let end = data + len as usize;
         if buf.len() < end + 2 {
             return Ok(Parsed::Incomplete { need: end + 2 });
         }
         if &buf[end..end + 2] != b"\r\n" {
-            return Err(ProtocolError("invalid bulk length"));
+            return Err(ProtocolError::fixed("invalid bulk length"));
         }
         args.push(data..end);
         progress.pos = end + 2;
@@ -243,14 +252,14 @@ fn parse_inline(
 ) -> Result<Parsed, ProtocolError> {
     let Some(nl) = memchr::memchr(b'\n', buf) else {
         if buf.len() > limits.max_inline {
-            return Err(ProtocolError("too big inline request"));
+            return Err(ProtocolError::fixed("too big inline request"));
         }
         return Ok(Parsed::Incomplete {
             need: buf.len() + 1,
         });
     };
     if nl > limits.max_inline {
-        return Err(ProtocolError("too big inline request"));
+        return Err(ProtocolError::fixed("too big inline request"));
     }
     let line = match buf[..nl].last() {
         Some(b'\r') => &buf[..nl - 1],
@@ -259,7 +268,7 @@ fn parse_inline(
     scratch.clear();
     split_args(line, args, scratch)?;
     if args.len() > limits.max_args {
-        return Err(ProtocolError("invalid multibulk length"));
+        return Err(ProtocolError::fixed("invalid multibulk length"));
     }
     Ok(Parsed::Request {
         len: nl + 1,
@@ -284,7 +293,7 @@ fn split_args(
     args: &mut Vec<Range<usize>>,
     out: &mut Vec<u8>,
 ) -> Result<(), ProtocolError> {
-    const UNBALANCED: ProtocolError = ProtocolError("unbalanced quotes in request");
+    const UNBALANCED: ProtocolError = ProtocolError::fixed("unbalanced quotes in request");
     let mut i = 0;
     loop {
         while i < line.len() && line[i].is_ascii_whitespace() {

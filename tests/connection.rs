@@ -141,7 +141,9 @@ fn malformed_input_closes_only_that_connection() {
     q::<()>(&mut healthy, &["SET", "kept", "yes"]);
     let cases: &[(&[u8], &str)] = &[
         (b"*abc\r\n", "invalid multibulk length"),
-        (b"*1\r\n+GET\r\n", "expected '$'"),
+        (b"*1\r\n+GET\r\n", "expected '$', got '+'"),
+        (b"*1\r\nfoo\r\n", "expected '$', got 'f'"),
+        (b"*1\r\n\x01\r\n", "expected '$', got '?'"),
         (b"*1\r\n$-3\r\n", "invalid bulk length"),
         (b"*1\r\n$99999999999\r\n", "invalid bulk length"),
         (b"*2\r\n$3\r\nGET\r\n$2000000\r\n", "invalid bulk length"),
