@@ -238,3 +238,46 @@ fn info_and_config_resetstat_inside_exec_answer() {
     let mut other = s.conn();
     assert_eq!(q::<String>(&mut other, &["GET", "k"]), "v");
 }
+
+/// MOVE and OBJECT, as Redis replies, with Chorus's own encodings.
+#[test]
+fn move_and_object_follow_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "k", "v", "EX", "100"]);
+    assert_eq!(q::<i64>(&mut c, &["MOVE", "k", "3"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "k"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["MOVE", "k", "3"]), 0, "gone here");
+    q::<()>(&mut c, &["SELECT", "3"]);
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "v");
+    assert!(
+        q::<i64>(&mut c, &["TTL", "k"]) > 90,
+        "the TTL moves with it"
+    );
+    q::<()>(&mut c, &["SELECT", "0"]);
+    q::<()>(&mut c, &["SET", "k", "here"]);
+    assert_eq!(q::<i64>(&mut c, &["MOVE", "k", "3"]), 0, "taken there");
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "here");
+    assert!(
+        err(&mut c, &["MOVE", "k", "0"]).contains("source and destination objects are the same")
+    );
+    assert!(err(&mut c, &["MOVE", "k", "99"]).contains("DB index is out of range"));
+
+    q::<()>(&mut c, &["INCRBY", "n", "5"]);
+    assert_eq!(
+        q::<String>(&mut c, &["OBJECT", "ENCODING", "k"]),
+        "register"
+    );
+    assert_eq!(q::<String>(&mut c, &["OBJECT", "ENCODING", "n"]), "counter");
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["OBJECT", "ENCODING", "nokey"]),
+        None
+    );
+    assert_eq!(q::<i64>(&mut c, &["OBJECT", "REFCOUNT", "k"]), 1);
+    assert!(err(&mut c, &["OBJECT", "FREQ", "k"]).contains("LFU maxmemory policy is not selected"));
+    assert!(err(&mut c, &["OBJECT", "IDLETIME", "k"]).contains("not tracked"));
+    assert!(err(&mut c, &["OBJECT", "NOPE", "k"])
+        .contains("unknown subcommand 'NOPE'. Try OBJECT HELP."));
+    let help: Vec<String> = q(&mut c, &["OBJECT", "HELP"]);
+    assert!(help[0].starts_with("OBJECT <subcommand>") && help.len() > 5);
+}

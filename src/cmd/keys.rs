@@ -20,6 +20,8 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "copy", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, 2, 1), group: "generic", syntax: "source destination [DB destination-db] [REPLACE]", summary: "Copies the value of a key to a new key.", run: copy },
     Spec { name: "flushdb", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from the current database.", run: flushdb },
     Spec { name: "flushall", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from all databases.", run: flushall },
+    Spec { name: "move", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key db", summary: "Moves a key to another database.", run: move_ },
+    Spec { name: "object", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "generic", syntax: "ENCODING|FREQ|IDLETIME|REFCOUNT key | HELP", summary: "A container for object introspection commands.", run: object },
     Spec { name: "swapdb", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::All, group: "server", syntax: "index1 index2", summary: "Swaps two Redis databases.", run: swapdb },
 ];
 
@@ -318,5 +320,84 @@ fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     }
     x.ks.note_local_write();
     x.out.ok();
+    Ok(())
+}
+
+/// MOVE: the key goes to database `db` unless a key of that name is there.
+/// Replicated as a write there and a delete here (the shard is the same:
+/// it does not depend on the database).
+fn move_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let key = args[1];
+    let to = parse_db(x, args[2])?;
+    if to == x.session.db {
+        return Err(Error::err("source and destination objects are the same"));
+    }
+    let now = x.now_ms;
+    let taken = {
+        let shard = x.locked.shard(x.ks.shard_of(key))?;
+        shard.dbs[to].get(key).is_some_and(|s| s.exists(now))
+    };
+    if taken || x.visible(key)?.is_none() {
+        x.out.int(0);
+        return Ok(());
+    }
+    copy_value(x, key, key, to)?;
+    x.set_value(key, None, 0)?;
+    x.out.int(1);
+    Ok(())
+}
+
+/// OBJECT: what Chorus knows of a key's representation. ENCODING names
+/// Chorus's own structures (`register`: a last-writer-wins value;
+/// `counter`: a value with per-node increments), never Redis's.
+fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let sub = args[1];
+    if is(sub, "HELP") && args.len() == 2 {
+        let lines = [
+            "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "ENCODING <key>",
+            "    Return the kind of internal representation used in order to store the value",
+            "    associated with a <key>: register (a last-writer-wins value) or counter (a",
+            "    value with per-node increments).",
+            "FREQ <key>",
+            "    Not tracked: Chorus keeps no access frequency (no LFU eviction).",
+            "IDLETIME <key>",
+            "    Not tracked: Chorus keeps no access time (no LRU eviction).",
+            "REFCOUNT <key>",
+            "    Return the number of references of the value associated with the specified",
+            "    <key>: always 1, as values are never shared.",
+            "HELP",
+            "    Print this help.",
+        ];
+        x.out.array(lines.len());
+        for l in lines {
+            x.out.simple(l);
+        }
+        return Ok(());
+    }
+    let known = ["ENCODING", "FREQ", "IDLETIME", "REFCOUNT"];
+    if args.len() != 3 || !known.iter().any(|k| is(sub, k)) {
+        return Err(Error::unknown_subcommand("object", sub));
+    }
+    let Some(state) = x.visible(args[2])? else {
+        x.out.null();
+        return Ok(());
+    };
+    let counter = state.extras.as_ref().is_some_and(|e| !e.counts.is_empty());
+    if is(sub, "ENCODING") {
+        x.out.bulk_str(if counter { "counter" } else { "register" });
+    } else if is(sub, "REFCOUNT") {
+        x.out.int(1);
+    } else if is(sub, "FREQ") {
+        return Err(Error::err(
+            "An LFU maxmemory policy is not selected, access frequency not tracked. Chorus \
+             keeps no access frequency: eviction is not supported yet.",
+        ));
+    } else {
+        return Err(Error::err(
+            "An LRU maxmemory policy is not selected, access time not tracked. Chorus keeps no \
+             access time: eviction is not supported yet.",
+        ));
+    }
     Ok(())
 }
