@@ -388,7 +388,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 Err(e) => {
                     debug!(addr = %handle.addr, "protocol error: {}", e.0);
-                    out.error(&e.message());
+                    crate::cmd::reply_error(server, &mut out, &e.message());
                     session.close = true;
                 }
             }

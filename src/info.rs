@@ -14,6 +14,7 @@ const ALL: &[&str] = &[
     "stats",
     "replication",
     "cpu",
+    "errorstats",
     "keyspace",
 ];
 
@@ -168,6 +169,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 &st.rejected_connections.load(Ordering::Relaxed),
             );
             line(
+                "total_error_replies",
+                &st.errors.total.load(Ordering::Relaxed),
+            );
+            line(
                 "tls_handshakes_refused",
                 &st.tls_refused.load(Ordering::Relaxed),
             );
@@ -304,6 +309,11 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 line("retired_nodes", &retired.join(","));
             }
         },
+        "errorstats" => {
+            for (code, n) in st.errors.by_code() {
+                line(&format!("errorstat_{code}"), &format!("count={n}"));
+            }
+        }
         "cpu" => {
             let (sys, user) = cpu_seconds();
             line("used_cpu_sys", &format!("{sys:.6}"));

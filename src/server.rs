@@ -129,9 +129,48 @@ impl Tunables {
     }
 }
 
+/// Error replies by their first word (`ERR`, `WRONGTYPE`, ...), for INFO
+/// errorstats; at most `MAX_ERROR_CODES` codes, as Redis keeps 128.
+#[derive(Default)]
+pub struct ErrorStats {
+    pub total: AtomicU64,
+    by_code: Mutex<std::collections::BTreeMap<String, u64>>,
+}
+
+const MAX_ERROR_CODES: usize = 128;
+
+impl ErrorStats {
+    /// Counts an error reply `msg` (its code is its first word).
+    pub fn record(&self, msg: &str) {
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let code = msg.split(' ').next().unwrap_or("ERR");
+        let mut by_code = self.by_code.lock();
+        if let Some(n) = by_code.get_mut(code) {
+            *n += 1;
+        } else if by_code.len() < MAX_ERROR_CODES {
+            by_code.insert(code.to_string(), 1);
+        }
+    }
+
+    /// (code, count), by code.
+    pub fn by_code(&self) -> Vec<(String, u64)> {
+        self.by_code
+            .lock()
+            .iter()
+            .map(|(c, n)| (c.clone(), *n))
+            .collect()
+    }
+
+    pub fn reset(&self) {
+        self.total.store(0, Ordering::Relaxed);
+        self.by_code.lock().clear();
+    }
+}
+
 /// Counters the connection layer feeds and INFO reads.
 #[derive(Default)]
 pub struct Stats {
+    pub errors: ErrorStats,
     pub total_connections: AtomicU64,
     pub rejected_connections: AtomicU64,
     /// TLS clients whose handshake failed or timed out (`tls-port`).
@@ -146,6 +185,7 @@ pub struct Stats {
 impl Stats {
     /// CONFIG RESETSTAT.
     pub fn reset(&self) {
+        self.errors.reset();
         for c in [
             &self.total_commands,
             &self.total_connections,

@@ -717,3 +717,37 @@ fn client_output_buffer_limit_is_set_live_one_class_at_a_time() {
     );
     assert!(e.contains("unknown client class"), "{e}");
 }
+
+/// INFO errorstats counts error replies by code, as Redis does; INFO takes
+/// several sections, `all` and `everything`; CONFIG RESETSTAT clears the
+/// counts.
+#[test]
+fn info_counts_errors_by_code_and_takes_several_sections() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let _ = err(&mut c, &["NOSUCHCOMMAND"]);
+    let _ = err(&mut c, &["SET", "k", "v", "BOGUS"]);
+    let _ = err(&mut c, &["EXEC"]);
+    let mut raw = s.raw();
+    raw.send(b"*1\r\nfoo\r\n");
+    let _ = raw.read_to_close();
+    let info: String = q(&mut c, &["INFO", "errorstats"]);
+    assert!(info.starts_with("# Errorstats\r\n"), "{info}");
+    assert!(info.contains("errorstat_ERR:count=4"), "{info}");
+    let stats: String = q(&mut c, &["INFO", "stats"]);
+    assert!(stats.contains("total_error_replies:4"), "{stats}");
+    // Several sections at once, in Redis's order; `all` and the default hold errorstats.
+    let two: String = q(&mut c, &["INFO", "keyspace", "server"]);
+    let (server_at, keyspace_at) = (
+        two.find("# Server").unwrap(),
+        two.find("# Keyspace").unwrap(),
+    );
+    assert!(server_at < keyspace_at && !two.contains("# Stats"), "{two}");
+    for which in [&["INFO"][..], &["INFO", "all"], &["INFO", "everything"]] {
+        let text: String = q(&mut c, which);
+        assert!(text.contains("# Errorstats"), "{which:?}");
+    }
+    q::<()>(&mut c, &["CONFIG", "RESETSTAT"]);
+    let info: String = q(&mut c, &["INFO", "errorstats"]);
+    assert!(!info.contains("errorstat_ERR"), "{info}");
+}

@@ -215,14 +215,14 @@ pub fn dispatch(
         if session.multi.is_some() {
             session.multi_dirty = true;
         }
-        out.error(&error::unknown_command(args));
+        reply_error(server, out, &error::unknown_command(args));
         return None;
     };
     if let Err(e) = admit(session, spec, args) {
         if session.multi.is_some() {
             session.multi_dirty = true;
         }
-        out.error(&e.text());
+        reply_error(server, out, &e.text());
         return Some(spec.name);
     }
     if let Some(queue) = &mut session.multi {
@@ -257,9 +257,15 @@ pub fn dispatch(
         now_ms,
     };
     if let Err(e) = (spec.run)(&mut x, args) {
-        x.out.error(&e.text());
+        reply_error(server, x.out, &e.text());
     }
     Some(spec.name)
+}
+
+/// Writes an error reply and counts it (INFO errorstats).
+pub fn reply_error(server: &Server, out: &mut Reply, msg: &str) {
+    server.stats.errors.record(msg);
+    out.error(msg);
 }
 
 /// What the dispatcher checks before a command runs or is queued.

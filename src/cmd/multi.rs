@@ -121,7 +121,7 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     for q in &queue {
         let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
         if let Err(e) = (q.spec.run)(x, &args) {
-            x.out.error(&e.text());
+            super::reply_error(x.server, x.out, &e.text());
         }
     }
     Ok(())
