@@ -410,3 +410,49 @@ fn bit_commands_follow_redis() {
     assert_eq!(q::<String>(&mut c, &["GET", "n"]), "3");
     assert_eq!(q::<i64>(&mut c, &["INCR", "n"]), 4);
 }
+
+/// LCS on Redis's documented example: the string, LEN, IDX with
+/// MINMATCHLEN and WITHMATCHLEN; errors as Redis words them.
+#[test]
+fn lcs_follows_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["MSET", "key1", "ohmytext", "key2", "mynewtext"]);
+    assert_eq!(q::<String>(&mut c, &["LCS", "key1", "key2"]), "mytext");
+    assert_eq!(q::<i64>(&mut c, &["LCS", "key1", "key2", "LEN"]), 6);
+    type Range = (i64, i64);
+    let idx: (String, Vec<(Range, Range)>, String, i64) =
+        q(&mut c, &["LCS", "key1", "key2", "IDX"]);
+    assert_eq!(
+        idx,
+        (
+            "matches".to_string(),
+            vec![((4, 7), (5, 8)), ((2, 3), (0, 1))],
+            "len".to_string(),
+            6
+        )
+    );
+    let min: (String, Vec<(Range, Range, i64)>, String, i64) = q(
+        &mut c,
+        &[
+            "LCS",
+            "key1",
+            "key2",
+            "IDX",
+            "MINMATCHLEN",
+            "4",
+            "WITHMATCHLEN",
+        ],
+    );
+    assert_eq!(min.1, vec![((4, 7), (5, 8), 4)]);
+    assert_eq!(q::<String>(&mut c, &["LCS", "key1", "nokey"]), "");
+    assert!(err(&mut c, &["LCS", "key1", "key2", "LEN", "IDX"])
+        .contains("If you want both the length and indexes, please just use IDX."));
+    assert!(err(&mut c, &["LCS", "key1", "key2", "NOPE"]).contains("syntax error"));
+    // Its table is bounded by proto-max-bulk-len, as in Redis.
+    let small = Server::start(&["--proto-max-bulk-len", "1mb"]);
+    let mut c = small.conn();
+    let long = "x".repeat(1000);
+    q::<()>(&mut c, &["MSET", "a", &long, "b", &long]);
+    assert!(err(&mut c, &["LCS", "a", "b"]).contains("exceeds proto-max-bulk-len"));
+}

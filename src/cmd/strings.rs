@@ -27,6 +27,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "getrange", arity: 4, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key start end", summary: "Returns a substring of the string stored at a key.", run: getrange },
     Spec { name: "substr", arity: 4, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key start end", summary: "Returns a substring from a string value.", run: getrange },
     Spec { name: "setrange", arity: 4, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key offset value", summary: "Overwrites a part of a string value with another by an offset. Creates the key if it doesn't exist.", run: setrange },
+    Spec { name: "lcs", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 2, 1), group: "string", syntax: "key1 key2 [LEN] [IDX] [MINMATCHLEN min-match-len] [WITHMATCHLEN]", summary: "Finds the longest common substring.", run: lcs },
     Spec { name: "incr", arity: 2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key", summary: "Increments the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", run: incr },
     Spec { name: "decr", arity: 2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key", summary: "Decrements the integer value of a key by one. Uses 0 as initial value if the key doesn't exist.", run: decr },
     Spec { name: "incrby", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "string", syntax: "key increment", summary: "Increments the integer value of a key by a number. Uses 0 as initial value if the key doesn't exist.", run: incrby },
@@ -410,5 +411,115 @@ fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         Ok(w.value().unwrap_or_default())
     })?;
     x.out.bulk(&shown);
+    Ok(())
+}
+
+/// LCS, Redis's algorithm: a table of common-subsequence lengths, walked
+/// back from the end to build the string and, with IDX, the matching
+/// ranges (last first, as Redis lists them).
+fn lcs(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let (mut len_only, mut idx, mut min_match, mut with_len) = (false, false, 0i64, false);
+    let mut options = Args::new(args, 3);
+    while !options.is_empty() {
+        if options.eat("LEN") {
+            len_only = true;
+        } else if options.eat("IDX") {
+            idx = true;
+        } else if options.eat("WITHMATCHLEN") {
+            with_len = true;
+        } else if options.eat("MINMATCHLEN") {
+            min_match = options.int()?.max(0);
+        } else {
+            return Err(Error::Syntax);
+        }
+    }
+    if len_only && idx {
+        return Err(Error::err(
+            "If you want both the length and indexes, please just use IDX.",
+        ));
+    }
+    let a = x.value(args[1])?.unwrap_or_default();
+    let b = x.value(args[2])?.unwrap_or_default();
+    let cells = (a.len() as u128 + 1) * (b.len() as u128 + 1) * 4;
+    if cells > x.server.tunables.max_bulk() as u128 {
+        return Err(Error::err(
+            "Insufficient memory, transient memory for LCS exceeds proto-max-bulk-len",
+        ));
+    }
+    let width = b.len() + 1;
+    let mut table = vec![0u32; (a.len() + 1) * width];
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            table[i * width + j] = if a[i - 1] == b[j - 1] {
+                table[(i - 1) * width + j - 1] + 1
+            } else {
+                table[(i - 1) * width + j].max(table[i * width + j - 1])
+            };
+        }
+    }
+    let at = |i: usize, j: usize| table[i * width + j];
+    let total = at(a.len(), b.len()) as usize;
+    if len_only {
+        x.out.int(total as i64);
+        return Ok(());
+    }
+    let mut common = vec![0u8; total];
+    let mut matches: Vec<[usize; 4]> = Vec::new();
+    let (mut i, mut j, mut k) = (a.len(), b.len(), total);
+    let none = a.len();
+    let (mut a_start, mut a_end, mut b_start, mut b_end) = (none, 0, 0, 0);
+    while i > 0 && j > 0 {
+        let mut emit = false;
+        if a[i - 1] == b[j - 1] {
+            common[k - 1] = a[i - 1];
+            if a_start == none {
+                (a_start, a_end, b_start, b_end) = (i - 1, i - 1, j - 1, j - 1);
+            } else if a_start == i && b_start == j {
+                a_start -= 1;
+                b_start -= 1;
+            } else {
+                emit = true;
+            }
+            if a_start == 0 || b_start == 0 {
+                emit = true;
+            }
+            k -= 1;
+            i -= 1;
+            j -= 1;
+        } else {
+            if at(i - 1, j) > at(i, j - 1) {
+                i -= 1;
+            } else {
+                j -= 1;
+            }
+            emit = a_start != none;
+        }
+        if emit {
+            if a_end - a_start + 1 >= min_match as usize {
+                matches.push([a_start, a_end, b_start, b_end]);
+            }
+            a_start = none;
+        }
+    }
+    if !idx {
+        x.out.bulk(&common);
+        return Ok(());
+    }
+    x.out.map(2);
+    x.out.bulk_str("matches");
+    x.out.array(matches.len());
+    for [a0, a1, b0, b1] in matches {
+        x.out.array(if with_len { 3 } else { 2 });
+        for (start, end) in [(a0, a1), (b0, b1)] {
+            x.out.array(2);
+            x.out.int(start as i64);
+            x.out.int(end as i64);
+        }
+        if with_len {
+            x.out.int((a1 - a0 + 1) as i64);
+        }
+    }
+    x.out.bulk_str("len");
+    x.out.int(total as i64);
     Ok(())
 }
