@@ -281,3 +281,34 @@ fn move_and_object_follow_redis() {
     let help: Vec<String> = q(&mut c, &["OBJECT", "HELP"]);
     assert!(help[0].starts_with("OBJECT <subcommand>") && help.len() > 5);
 }
+
+/// MEMORY USAGE estimates what a key holds: more for a longer value, a
+/// long name, a TTL or counter metadata; nil for a missing key.
+#[test]
+fn memory_usage_grows_with_what_a_key_holds() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let usage =
+        |c: &mut redis::Connection, key: &str| q::<Option<i64>>(c, &["MEMORY", "USAGE", key]);
+    q::<()>(&mut c, &["SET", "small", "12345"]);
+    q::<()>(&mut c, &["SET", "big", &"x".repeat(105)]);
+    let small = usage(&mut c, "small").unwrap();
+    assert!(small > 5 && small < 200, "{small}");
+    assert_eq!(usage(&mut c, "big").unwrap(), small + 100);
+    let long_name = "n".repeat(40);
+    q::<()>(&mut c, &["SET", &long_name, "12345"]);
+    assert_eq!(usage(&mut c, &long_name).unwrap(), small + 40);
+    q::<()>(&mut c, &["SET", "ttl", "12345", "EX", "100"]);
+    assert!(usage(&mut c, "ttl").unwrap() > small);
+    q::<()>(&mut c, &["INCRBY", "n", "12345"]);
+    assert!(usage(&mut c, "n").unwrap() > small, "counter metadata");
+    assert_eq!(usage(&mut c, "missing"), None);
+    assert_eq!(
+        q::<Option<i64>>(&mut c, &["MEMORY", "USAGE", "small", "SAMPLES", "0"]),
+        Some(small)
+    );
+    assert!(err(&mut c, &["MEMORY", "DOCTOR"])
+        .contains("unknown subcommand 'DOCTOR'. Try MEMORY HELP."));
+    let help: Vec<String> = q(&mut c, &["MEMORY", "HELP"]);
+    assert!(help[0].starts_with("MEMORY <subcommand>"));
+}

@@ -47,6 +47,15 @@ impl<T> NodeMap<T> {
             .map(|i| &self.0[i].1)
     }
 
+    /// Bytes it holds on the heap (nothing while its one entry is inline).
+    pub fn heap_bytes(&self) -> usize {
+        if self.0.spilled() {
+            self.0.capacity() * std::mem::size_of::<(NodeId, T)>()
+        } else {
+            0
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

@@ -257,6 +257,20 @@ pub struct KeyState {
 }
 
 impl KeyState {
+    /// Bytes the state holds on the heap: the value, what its register had
+    /// seen, and the counter and expiry metadata (MEMORY USAGE).
+    pub fn heap_bytes(&self) -> usize {
+        let reg = &self.reg;
+        let mut n = reg.value.as_ref().map_or(0, |v| v.len());
+        if let Some(seen) = &reg.seen {
+            n += std::mem::size_of::<NodeMap<u64>>() + seen.heap_bytes();
+        }
+        if let Some(x) = &self.extras {
+            n += std::mem::size_of::<Extras>() + x.counts.heap_bytes() + x.removed.heap_bytes();
+        }
+        n
+    }
+
     /// True when the state holds nothing at all (no write ever merged).
     pub fn is_empty(&self) -> bool {
         self.reg.stamp.is_zero() && self.extras.is_none()

@@ -22,6 +22,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "flushall", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from all databases.", run: flushall },
     Spec { name: "move", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key db", summary: "Moves a key to another database.", run: move_ },
     Spec { name: "object", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "generic", syntax: "ENCODING|FREQ|IDLETIME|REFCOUNT key | HELP", summary: "A container for object introspection commands.", run: object },
+    Spec { name: "memory", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "server", syntax: "USAGE key [SAMPLES count] | HELP", summary: "A container for memory diagnostics commands.", run: memory },
     Spec { name: "swapdb", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::All, group: "server", syntax: "index1 index2", summary: "Swaps two Redis databases.", run: swapdb },
 ];
 
@@ -399,5 +400,64 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
              access time: eviction is not supported yet.",
         ));
     }
+    Ok(())
+}
+
+/// MEMORY USAGE: an estimate of the bytes a key holds, as Redis's is: its
+/// slot in the table, its name past what fits inline, its value and CRDT
+/// metadata, and its entry in the expiry index. Allocator rounding and the
+/// table's spare room are not counted. SAMPLES is accepted and has nothing
+/// to sample (a value is one allocation).
+fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let sub = args[1];
+    if is(sub, "HELP") && args.len() == 2 {
+        let lines = [
+            "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
+            "USAGE <key> [SAMPLES <count>]",
+            "    Return the estimated memory usage of <key>: its table slot, name, value and",
+            "    CRDT metadata, and its expiry index entry.",
+            "HELP",
+            "    Print this help.",
+        ];
+        x.out.array(lines.len());
+        for l in lines {
+            x.out.simple(l);
+        }
+        return Ok(());
+    }
+    if !is(sub, "USAGE") || args.len() < 3 {
+        return Err(Error::unknown_subcommand("memory", sub));
+    }
+    let mut options = Args::new(args, 3);
+    while !options.is_empty() {
+        if options.eat("SAMPLES") {
+            if options.int()? < 0 {
+                return Err(Error::Syntax);
+            }
+        } else {
+            return Err(Error::Syntax);
+        }
+    }
+    let key = args[2];
+    let Some((state_bytes, expires)) = x
+        .visible(key)?
+        .map(|s| (s.heap_bytes(), s.expire_at_ms() != 0))
+    else {
+        x.out.null();
+        return Ok(());
+    };
+    let name = crate::key::Key::new(key);
+    let name_heap = if matches!(name, crate::key::Key::Heap(_)) {
+        key.len()
+    } else {
+        0
+    };
+    let slot = std::mem::size_of::<(crate::key::Key, chorus_crdt::KeyState)>() + 1;
+    let expiry = if expires {
+        std::mem::size_of::<(u64, crate::key::Key)>() + name_heap
+    } else {
+        0
+    };
+    x.out.int((slot + name_heap + state_bytes + expiry) as i64);
     Ok(())
 }
