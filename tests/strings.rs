@@ -456,3 +456,71 @@ fn lcs_follows_redis() {
     q::<()>(&mut c, &["MSET", "a", &long, "b", &long]);
     assert!(err(&mut c, &["LCS", "a", "b"]).contains("exceeds proto-max-bulk-len"));
 }
+
+/// BITFIELD and BITFIELD_RO on Redis's documented examples: GET, SET,
+/// INCRBY, `#` offsets, OVERFLOW WRAP/SAT/FAIL; errors as Redis words them.
+#[test]
+fn bitfield_follows_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let bf = |c: &mut redis::Connection, args: &[&str]| -> Vec<Option<i64>> {
+        q(c, &[&["BITFIELD"][..], args].concat())
+    };
+    assert_eq!(
+        bf(
+            &mut c,
+            &["mykey", "INCRBY", "i5", "100", "1", "GET", "u4", "0"]
+        ),
+        vec![Some(1), Some(0)]
+    );
+    assert_eq!(
+        bf(
+            &mut c,
+            &["mystring", "SET", "i8", "#0", "100", "SET", "i8", "#1", "200"]
+        ),
+        vec![Some(0), Some(0)]
+    );
+    assert_eq!(q::<Vec<u8>>(&mut c, &["GET", "mystring"]), vec![100, 0xc8]);
+    assert_eq!(
+        bf(&mut c, &["mystring", "GET", "u8", "#0", "GET", "i8", "#1"]),
+        vec![Some(100), Some(-56)]
+    );
+    let sat = [
+        "ov", "INCRBY", "u2", "100", "1", "OVERFLOW", "SAT", "INCRBY", "u2", "102", "1",
+    ];
+    assert_eq!(bf(&mut c, &sat), vec![Some(1), Some(1)]);
+    assert_eq!(bf(&mut c, &sat), vec![Some(2), Some(2)]);
+    assert_eq!(bf(&mut c, &sat), vec![Some(3), Some(3)]);
+    assert_eq!(
+        bf(&mut c, &sat),
+        vec![Some(0), Some(3)],
+        "wraps, then saturates"
+    );
+    assert_eq!(
+        bf(
+            &mut c,
+            &["ov", "OVERFLOW", "FAIL", "INCRBY", "u2", "102", "1"]
+        ),
+        vec![None]
+    );
+    assert_eq!(bf(&mut c, &["nokey", "GET", "u8", "0"]), vec![Some(0)]);
+    assert_eq!(
+        q::<i64>(&mut c, &["EXISTS", "nokey"]),
+        0,
+        "reading creates nothing"
+    );
+    let ro: Vec<i64> = q(&mut c, &["BITFIELD_RO", "mystring", "GET", "u8", "0"]);
+    assert_eq!(ro, vec![100]);
+    assert!(
+        err(&mut c, &["BITFIELD_RO", "mystring", "SET", "u8", "0", "1"])
+            .contains("BITFIELD_RO only supports the GET subcommand")
+    );
+    assert!(err(&mut c, &["BITFIELD", "k", "GET", "u64", "0"]).contains("Invalid bitfield type"));
+    assert!(
+        err(&mut c, &["BITFIELD", "k", "GET", "u8", "-1"]).contains("bit offset is not an integer")
+    );
+    assert!(err(&mut c, &["BITFIELD", "k", "OVERFLOW", "NOPE"])
+        .contains("Invalid OVERFLOW type specified"));
+    assert!(err(&mut c, &["BITFIELD", "k", "SET", "u8", "0"]).contains("syntax error"));
+    assert!(err(&mut c, &["BITFIELD", "k", "SET", "u8", "0", "x"]).contains("not an integer"));
+}

@@ -12,6 +12,8 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "getbit", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key offset", summary: "Returns a bit value by offset.", run: getbit },
     Spec { name: "bitcount", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key [start end [BYTE|BIT]]", summary: "Counts the number of set bits (population counting) in a string.", run: bitcount },
     Spec { name: "bitpos", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key bit [start [end [BYTE|BIT]]]", summary: "Finds the first set (1) or clear (0) bit in a string.", run: bitpos },
+    Spec { name: "bitfield", arity: -2, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key [GET encoding offset | [OVERFLOW WRAP|SAT|FAIL] SET encoding offset value | INCRBY encoding offset increment ...]", summary: "Performs arbitrary bitfield integer operations on strings.", run: bitfield },
+    Spec { name: "bitfield_ro", arity: -2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key [GET encoding offset ...]", summary: "Performs arbitrary read-only bitfield integer operations on strings.", run: bitfield_ro },
     Spec { name: "bitop", arity: -4, flags: Flags::of(&[Write]), keys: Keys::at(2, -1, 1), group: "bitmap", syntax: "AND|OR|XOR|NOT destkey key [key ...]", summary: "Performs bitwise operations on multiple strings, and stores the result.", run: bitop },
 ];
 
@@ -229,6 +231,240 @@ fn bitop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
+/// A BITFIELD integer type: `i1`..`i64` or `u1`..`u63`.
+#[derive(Clone, Copy)]
+struct Field {
+    signed: bool,
+    bits: u32,
+}
+
+impl Field {
+    fn parse(arg: &[u8]) -> Result<Field, Error> {
+        let bad = || {
+            Error::err(
+                "Invalid bitfield type. Use something like i16 u8. Note that u64 is not \
+                 supported but i64 is.",
+            )
+        };
+        let (signed, digits) = match arg.split_first() {
+            Some((b'i' | b'I', rest)) => (true, rest),
+            Some((b'u' | b'U', rest)) => (false, rest),
+            _ => return Err(bad()),
+        };
+        let bits = std::str::from_utf8(digits)
+            .ok()
+            .and_then(|d| d.parse::<u32>().ok())
+            .filter(|b| *b >= 1 && *b <= if signed { 64 } else { 63 })
+            .ok_or_else(bad)?;
+        Ok(Field { signed, bits })
+    }
+
+    fn min(self) -> i128 {
+        if self.signed {
+            -(1i128 << (self.bits - 1))
+        } else {
+            0
+        }
+    }
+
+    fn max(self) -> i128 {
+        if self.signed {
+            (1i128 << (self.bits - 1)) - 1
+        } else {
+            (1i128 << self.bits) - 1
+        }
+    }
+
+    /// `v` taken modulo 2^bits, as the field reads it back.
+    fn wrap(self, v: i128) -> i128 {
+        let m = 1i128 << self.bits;
+        let low = v.rem_euclid(m);
+        if self.signed && low > self.max() {
+            low - m
+        } else {
+            low
+        }
+    }
+
+    fn get(self, value: &[u8], offset: usize) -> i128 {
+        let mut v: i128 = 0;
+        for i in 0..self.bits as usize {
+            v = (v << 1) | i128::from(bit_at(value, offset + i));
+        }
+        self.wrap(v)
+    }
+
+    fn set(self, value: &mut Vec<u8>, offset: usize, v: i128) {
+        let last_byte = (offset + self.bits as usize - 1) / 8;
+        if value.len() <= last_byte {
+            value.resize(last_byte + 1, 0);
+        }
+        for i in 0..self.bits as usize {
+            let on = (v >> (self.bits as usize - 1 - i)) & 1 == 1;
+            let at = offset + i;
+            let mask = 1u8 << (7 - at % 8);
+            if on {
+                value[at / 8] |= mask;
+            } else {
+                value[at / 8] &= !mask;
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Overflow {
+    Wrap,
+    Sat,
+    Fail,
+}
+
+enum FieldOp {
+    Get(Field, usize),
+    Set(Field, usize, i64, Overflow),
+    IncrBy(Field, usize, i64, Overflow),
+}
+
+/// An offset: bits, or `#n` for n times the field's width.
+fn field_offset(arg: &[u8], field: Field) -> Result<usize, Error> {
+    let (times, digits) = match arg.split_first() {
+        Some((b'#', rest)) => (field.bits as i64, rest),
+        _ => (1, arg),
+    };
+    match int_arg(digits).ok().and_then(|n| n.checked_mul(times)) {
+        Some(n) if (0..=MAX_BIT_OFFSET).contains(&n) => Ok(n as usize),
+        _ => Err(Error::err("bit offset is not an integer or out of range")),
+    }
+}
+
+fn field_ops(args: &[&[u8]], read_only: bool) -> Result<Vec<FieldOp>, Error> {
+    let mut ops = Vec::new();
+    let mut overflow = Overflow::Wrap;
+    let mut i = 2;
+    let arg = |i: usize| args.get(i).copied().ok_or(Error::Syntax);
+    while i < args.len() {
+        let op = args[i];
+        if is(op, "GET") {
+            let field = Field::parse(arg(i + 1)?)?;
+            ops.push(FieldOp::Get(field, field_offset(arg(i + 2)?, field)?));
+            i += 3;
+        } else if read_only {
+            return Err(Error::err("BITFIELD_RO only supports the GET subcommand"));
+        } else if is(op, "OVERFLOW") {
+            let mode = arg(i + 1)?;
+            overflow = if is(mode, "WRAP") {
+                Overflow::Wrap
+            } else if is(mode, "SAT") {
+                Overflow::Sat
+            } else if is(mode, "FAIL") {
+                Overflow::Fail
+            } else {
+                return Err(Error::err("Invalid OVERFLOW type specified"));
+            };
+            i += 2;
+        } else if is(op, "SET") || is(op, "INCRBY") {
+            let field = Field::parse(arg(i + 1)?)?;
+            let offset = field_offset(arg(i + 2)?, field)?;
+            let n = int_arg(arg(i + 3)?)?;
+            ops.push(if is(op, "SET") {
+                FieldOp::Set(field, offset, n, overflow)
+            } else {
+                FieldOp::IncrBy(field, offset, n, overflow)
+            });
+            i += 4;
+        } else {
+            return Err(Error::Syntax);
+        }
+    }
+    Ok(ops)
+}
+
+/// `v` fitted into `field` by `overflow`; `None` when FAIL refuses it.
+fn fit(field: Field, v: i128, overflow: Overflow) -> Option<i128> {
+    if (field.min()..=field.max()).contains(&v) {
+        return Some(v);
+    }
+    match overflow {
+        Overflow::Wrap => Some(field.wrap(v)),
+        Overflow::Sat => Some(v.clamp(field.min(), field.max())),
+        Overflow::Fail => None,
+    }
+}
+
+fn bitfield(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let ops = field_ops(args, false)?;
+    if ops.iter().all(|op| matches!(op, FieldOp::Get(..))) {
+        return bitfield_reads(x, args[1], &ops);
+    }
+    let max = x.server.tunables.max_bulk();
+    let results = x.update(args[1], |w| {
+        let at = w.kept_expiry();
+        let mut value = w.value().unwrap_or_default();
+        let mut results: Vec<Option<i128>> = Vec::with_capacity(ops.len());
+        let mut wrote = false;
+        for op in &ops {
+            let (field, offset) = match op {
+                FieldOp::Get(f, o) | FieldOp::Set(f, o, ..) | FieldOp::IncrBy(f, o, ..) => (*f, *o),
+            };
+            if (offset + field.bits as usize).div_ceil(8) > max {
+                return Err(Error::err(
+                    "string exceeds maximum allowed size (proto-max-bulk-len)",
+                ));
+            }
+            let old = field.get(&value, offset);
+            match *op {
+                FieldOp::Get(..) => results.push(Some(old)),
+                FieldOp::Set(_, _, v, overflow) => match fit(field, i128::from(v), overflow) {
+                    Some(new) => {
+                        field.set(&mut value, offset, new);
+                        wrote = true;
+                        results.push(Some(old));
+                    }
+                    None => results.push(None),
+                },
+                FieldOp::IncrBy(_, _, by, overflow) => {
+                    match fit(field, old + i128::from(by), overflow) {
+                        Some(new) => {
+                            field.set(&mut value, offset, new);
+                            wrote = true;
+                            results.push(Some(new));
+                        }
+                        None => results.push(None),
+                    }
+                }
+            }
+        }
+        if wrote {
+            w.set(Some(&value), at);
+        }
+        Ok(results)
+    })?;
+    x.out.array(results.len());
+    for r in results {
+        match r {
+            Some(v) => x.out.int(v as i64),
+            None => x.out.null(),
+        }
+    }
+    Ok(())
+}
+
+fn bitfield_reads(x: &mut Exec, key: &[u8], ops: &[FieldOp]) -> CmdResult {
+    let value = x.value(key)?.unwrap_or_default();
+    x.out.array(ops.len());
+    for op in ops {
+        if let FieldOp::Get(field, offset) = op {
+            x.out.int(field.get(&value, *offset) as i64);
+        }
+    }
+    Ok(())
+}
+
+fn bitfield_ro(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let ops = field_ops(args, true)?;
+    bitfield_reads(x, args[1], &ops)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -243,6 +479,28 @@ mod tests {
         assert_eq!(bit_range(3, 1, false, 6), None);
         assert_eq!(bit_range(0, 100, false, 6), Some((0, 47)));
         assert_eq!(bit_range(0, -1, false, 0), None);
+    }
+
+    #[test]
+    fn fields_wrap_saturate_and_fail_as_redis() {
+        let u2 = Field::parse(b"u2").unwrap();
+        let i8 = Field::parse(b"i8").unwrap();
+        assert_eq!(fit(u2, 4, Overflow::Wrap), Some(0));
+        assert_eq!(fit(u2, 4, Overflow::Sat), Some(3));
+        assert_eq!(fit(u2, -1, Overflow::Sat), Some(0));
+        assert_eq!(fit(u2, 4, Overflow::Fail), None);
+        assert_eq!(fit(i8, 200, Overflow::Wrap), Some(-56));
+        assert_eq!(fit(i8, -129, Overflow::Sat), Some(-128));
+        let i64f = Field::parse(b"i64").unwrap();
+        assert_eq!(
+            fit(i64f, i128::from(i64::MAX) + 1, Overflow::Wrap),
+            Some(i128::from(i64::MIN))
+        );
+        let mut v = Vec::new();
+        i8.set(&mut v, 8, -56);
+        assert_eq!(v, vec![0, 0xc8]);
+        assert_eq!(i8.get(&v, 8), -56);
+        assert!(Field::parse(b"u64").is_err() && Field::parse(b"i0").is_err());
     }
 
     #[test]
