@@ -312,3 +312,80 @@ fn memory_usage_grows_with_what_a_key_holds() {
     let help: Vec<String> = q(&mut c, &["MEMORY", "HELP"]);
     assert!(help[0].starts_with("MEMORY <subcommand>"));
 }
+
+/// DUMP and RESTORE in Chorus's own payload: a round trip, TTLs relative
+/// and absolute, REPLACE and BUSYKEY, and a damaged or foreign payload
+/// refused with Redis's words.
+#[test]
+fn dump_and_restore_round_trip_in_chorus_format() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "k", "hello"]);
+    let payload: Vec<u8> = q(&mut c, &["DUMP", "k"]);
+    assert_eq!(q::<Option<Vec<u8>>>(&mut c, &["DUMP", "nokey"]), None);
+    let restore =
+        |c: &mut redis::Connection, key: &str, ttl: &str, payload: &[u8], extra: &[&str]| {
+            redis::cmd("RESTORE")
+                .arg(key)
+                .arg(ttl)
+                .arg(payload)
+                .arg(extra)
+                .query::<String>(c)
+        };
+    assert_eq!(restore(&mut c, "copy", "0", &payload, &[]).unwrap(), "OK");
+    assert_eq!(q::<String>(&mut c, &["GET", "copy"]), "hello");
+    assert_eq!(q::<i64>(&mut c, &["TTL", "copy"]), -1);
+    let busy = restore(&mut c, "copy", "0", &payload, &[]).unwrap_err();
+    assert!(busy.to_string().contains("BUSYKEY"), "{busy}");
+    assert_eq!(
+        restore(&mut c, "copy", "5000", &payload, &["REPLACE"]).unwrap(),
+        "OK"
+    );
+    let ttl = q::<i64>(&mut c, &["PTTL", "copy"]);
+    assert!(ttl > 4000 && ttl <= 5000, "{ttl}");
+    let at = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis()
+        + 60_000)
+        .to_string();
+    assert_eq!(
+        restore(&mut c, "abs", &at, &payload, &["ABSTTL", "IDLETIME", "10"]).unwrap(),
+        "OK"
+    );
+    assert!(q::<i64>(&mut c, &["TTL", "abs"]) > 50);
+    assert_eq!(
+        restore(&mut c, "gone", "1", &payload, &["ABSTTL"]).unwrap(),
+        "OK"
+    );
+    assert_eq!(
+        q::<i64>(&mut c, &["EXISTS", "gone"]),
+        0,
+        "already expired: nothing made"
+    );
+    // Damaged, foreign (a Redis payload) or bad options.
+    let mut damaged = payload.clone();
+    damaged[5] ^= 1;
+    let redis_payload = b"\x00\x05hello\x0a\x00\x81\x9e\x1d\x90\x8b\x11\x2d\x0c";
+    for bad in [&damaged[..], &redis_payload[..], b""] {
+        let e = restore(&mut c, "x", "0", bad, &[]).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("DUMP payload version or checksum are wrong"),
+            "{e}"
+        );
+    }
+    for (opts, why) in [
+        (&["IDLETIME", "-1"][..], "Invalid IDLETIME value"),
+        (&["FREQ", "256"], "Invalid FREQ value"),
+        (&["FREQ", "1", "IDLETIME", "1"], "syntax error"),
+    ] {
+        let e = restore(&mut c, "x", "0", &payload, opts).unwrap_err();
+        assert!(e.to_string().contains(why), "{opts:?}: {e}");
+    }
+    let e = restore(&mut c, "x", "-5", &payload, &[]).unwrap_err();
+    assert!(
+        e.to_string().contains("Invalid TTL value, must be >= 0"),
+        "{e}"
+    );
+}

@@ -35,6 +35,8 @@ pub enum Error {
     NoProto,
     #[error("ERR wrong number of arguments for '{0}' command")]
     Arity(Cow<'static, str>),
+    #[error("BUSYKEY Target key name already exists.")]
+    BusyKey,
     #[error("ERR unknown subcommand '{sub}'. Try {command} HELP.")]
     UnknownSubcommand { command: String, sub: String },
     #[error("ERR Command not allowed inside a transaction: {0}")]

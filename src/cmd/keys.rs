@@ -23,6 +23,8 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "move", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key db", summary: "Moves a key to another database.", run: move_ },
     Spec { name: "object", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "generic", syntax: "ENCODING|FREQ|IDLETIME|REFCOUNT key | HELP", summary: "A container for object introspection commands.", run: object },
     Spec { name: "memory", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "server", syntax: "USAGE key [SAMPLES count] | HELP", summary: "A container for memory diagnostics commands.", run: memory },
+    Spec { name: "dump", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key", summary: "Returns a serialized representation of the value stored at a key.", run: dump },
+    Spec { name: "restore", arity: -4, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key ttl serialized-value [REPLACE] [ABSTTL] [IDLETIME seconds] [FREQ frequency]", summary: "Creates a key from the serialized representation of a value.", run: restore },
     Spec { name: "swapdb", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::All, group: "server", syntax: "index1 index2", summary: "Swaps two Redis databases.", run: swapdb },
 ];
 
@@ -459,5 +461,99 @@ fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         0
     };
     x.out.int((slot + name_heap + state_bytes + expiry) as i64);
+    Ok(())
+}
+
+/// DUMP's payload, Chorus's own: a magic, a format version, the kind of
+/// value, the value, and a 64-bit FNV-1a checksum of all that before it.
+/// A key's value only: a RESTORE is a new write, never a copy of another
+/// node's CRDT state (its stamps mean nothing in another cluster).
+const DUMP_MAGIC: &[u8] = b"CHRS";
+const DUMP_VERSION: u8 = 1;
+/// The kinds of value a payload holds.
+const DUMP_STRING: u8 = 0;
+
+fn dump_payload(value: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + 14);
+    out.extend_from_slice(DUMP_MAGIC);
+    out.push(DUMP_VERSION);
+    out.push(DUMP_STRING);
+    out.extend_from_slice(value);
+    let sum = chorus_crdt::conflict::fnv1a64(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// The value in a payload, if it is one this version wrote intact.
+fn undump(payload: &[u8]) -> Option<&[u8]> {
+    let (body, sum) = payload.split_at_checked(payload.len().checked_sub(8)?)?;
+    if chorus_crdt::conflict::fnv1a64(body).to_le_bytes() != sum {
+        return None;
+    }
+    let rest = body.strip_prefix(DUMP_MAGIC)?;
+    match rest {
+        [DUMP_VERSION, DUMP_STRING, value @ ..] => Some(value),
+        _ => None,
+    }
+}
+
+fn dump(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    match x.value(args[1])? {
+        Some(value) => x.out.bulk(&dump_payload(&value)),
+        None => x.out.null(),
+    }
+    Ok(())
+}
+
+/// RESTORE: writes the payload's value as a new write. IDLETIME and FREQ
+/// are checked as Redis checks them and have nothing to set (Chorus keeps
+/// no access time or frequency).
+fn restore(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let key = args[1];
+    let ttl = int_arg(args[2])?;
+    let (mut replace, mut absolute, mut idle, mut freq) = (false, false, false, false);
+    let mut options = Args::new(args, 4);
+    while !options.is_empty() {
+        if options.eat("REPLACE") {
+            replace = true;
+        } else if options.eat("ABSTTL") {
+            absolute = true;
+        } else if options.eat("IDLETIME") && !freq {
+            if options.int()? < 0 {
+                return Err(Error::err("Invalid IDLETIME value, must be >= 0"));
+            }
+            idle = true;
+        } else if options.eat("FREQ") && !idle {
+            if !(0..=255).contains(&options.int()?) {
+                return Err(Error::err("Invalid FREQ value, must be >= 0 and <= 255"));
+            }
+            freq = true;
+        } else {
+            return Err(Error::Syntax);
+        }
+    }
+    if ttl < 0 {
+        return Err(Error::err("Invalid TTL value, must be >= 0"));
+    }
+    if !replace && x.visible(key)?.is_some() {
+        return Err(Error::BusyKey);
+    }
+    let value = undump(args[3])
+        .ok_or_else(|| Error::err("DUMP payload version or checksum are wrong"))?
+        .to_vec();
+    let expire_at = match (ttl, absolute) {
+        (0, _) => 0,
+        (t, true) => t as u64,
+        (t, false) => x.now_ms.saturating_add(t as u64),
+    };
+    if expire_at != 0 && expire_at <= x.now_ms {
+        // Already expired: nothing is created (a replaced key goes).
+        if replace {
+            x.delete(key)?;
+        }
+    } else {
+        x.set_value(key, Some(&value), expire_at)?;
+    }
+    x.out.ok();
     Ok(())
 }
