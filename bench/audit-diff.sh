@@ -19,20 +19,6 @@ source bench/common.sh
 ensure_tools "redis-cli" "redis-tools"
 cargo build --release -q
 
-# A client port whose replication port (+10000) is free as well.
-free_repl_port() {
-    python3 - <<'PY'
-import socket, random
-while True:
-    p = random.randint(20000, 29000)
-    try:
-        t = socket.socket(); t.bind(("127.0.0.1", p)); t.close()
-        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", p + 10000)); u.close()
-        print(p); break
-    except OSError:
-        pass
-PY
-}
 
 start() { # start CPU PORT [args...]
     local cpu=$1 port=$2; shift 2

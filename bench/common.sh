@@ -37,6 +37,21 @@ run_bench() {
         | awk -F'","' 'NR>1 {gsub(/"/,"",$1); gsub(/"/,"",$2); print $1, $2}'
 }
 
+# A client port whose replication port (+10000) is free as well.
+free_repl_port() {
+    python3 - <<'PY'
+import socket, random
+while True:
+    p = random.randint(20000, 29000)
+    try:
+        t = socket.socket(); t.bind(("127.0.0.1", p)); t.close()
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("127.0.0.1", p + 10000)); u.close()
+        print(p); break
+    except OSError:
+        pass
+PY
+}
+
 # A free TCP port on 127.0.0.1.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -144,23 +144,11 @@ async fn tls_accept_loop(
     // on those in flight keeps a flood of them from taking the node.
     let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_TLS_HANDSHAKES));
     loop {
-        let (sock, addr) = match listener.accept().await {
-            Ok(pair) => pair,
-            Err(e) => {
-                warn!("accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        server
-            .stats
-            .total_connections
-            .fetch_add(1, Ordering::Relaxed);
+        let (sock, addr) = next_client(&server, &listener).await;
         let Ok(permit) = handshakes.clone().try_acquire_owned() else {
             server.stats.tls_refused.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        let _ = sock.set_nodelay(true);
         let (server, acceptor) = (server.clone(), acceptor.clone());
         tokio::spawn(async move {
             let Ok(local) = sock.local_addr() else {
@@ -191,22 +179,33 @@ async fn tls_accept_loop(
 /// TLS handshakes in flight per listener; a client past it is closed.
 const MAX_TLS_HANDSHAKES: usize = 256;
 
-async fn accept_loop(server: Arc<Server>, listener: TcpListener) {
+/// The next client of `listener`, counted, with Nagle off.
+async fn next_client(
+    server: &Server,
+    listener: &TcpListener,
+) -> (tokio::net::TcpStream, SocketAddr) {
     loop {
-        let (sock, addr) = match listener.accept().await {
-            Ok(pair) => pair,
+        match listener.accept().await {
+            Ok((sock, addr)) => {
+                let _ = sock.set_nodelay(true);
+                server
+                    .stats
+                    .total_connections
+                    .fetch_add(1, Ordering::Relaxed);
+                return (sock, addr);
+            }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
                 warn!("accept failed: {e}");
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                continue;
             }
-        };
-        let _ = sock.set_nodelay(true);
-        server
-            .stats
-            .total_connections
-            .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+async fn accept_loop(server: Arc<Server>, listener: TcpListener) {
+    loop {
+        let (sock, addr) = next_client(&server, &listener).await;
         let server = server.clone();
         tokio::spawn(async move {
             let Ok(local) = sock.local_addr() else {

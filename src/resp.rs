@@ -427,6 +427,14 @@ impl Reply {
         self.buf.extend_from_slice(b"\r\n");
     }
 
+    /// A HELP reply: one status line each.
+    pub fn lines(&mut self, lines: &[&str]) {
+        self.array(lines.len());
+        for l in lines {
+            self.simple(l);
+        }
+    }
+
     pub fn int(&mut self, n: i64) {
         self.header(b':', n);
     }

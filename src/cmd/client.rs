@@ -114,10 +114,7 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "LIST [TYPE normal] [ID id ...]",
             "KILL <ip:port> | KILL [ID id] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]",
         ];
-        x.out.array(lines.len());
-        for l in lines {
-            x.out.simple(l);
-        }
+        x.out.lines(&lines);
     } else {
         return Err(Error::unknown_subcommand("client", sub));
     }

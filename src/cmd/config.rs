@@ -67,11 +67,11 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         x.ks.reset_stats(&mut x.locked);
         x.out.ok();
     } else if is(sub, "HELP") {
-        x.out.array(3);
-        x.out.simple("CONFIG GET <pattern> [<pattern> ...]");
-        x.out
-            .simple("CONFIG SET <directive> <value> [<directive> <value> ...]");
-        x.out.simple("CONFIG RESETSTAT");
+        x.out.lines(&[
+            "CONFIG GET <pattern> [<pattern> ...]",
+            "CONFIG SET <directive> <value> [<directive> <value> ...]",
+            "CONFIG RESETSTAT",
+        ]);
     } else if is(sub, "GET") || is(sub, "SET") || is(sub, "RESETSTAT") {
         return Err(Error::Arity(
             format!(

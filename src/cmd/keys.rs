@@ -372,10 +372,7 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "HELP",
             "    Print this help.",
         ];
-        x.out.array(lines.len());
-        for l in lines {
-            x.out.simple(l);
-        }
+        x.out.lines(&lines);
         return Ok(());
     }
     let known = ["ENCODING", "FREQ", "IDLETIME", "REFCOUNT"];
@@ -421,10 +418,7 @@ fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "HELP",
             "    Print this help.",
         ];
-        x.out.array(lines.len());
-        for l in lines {
-            x.out.simple(l);
-        }
+        x.out.lines(&lines);
         return Ok(());
     }
     if !is(sub, "USAGE") || args.len() < 3 {
