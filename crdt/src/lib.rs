@@ -7,6 +7,7 @@
 
 pub mod codec;
 pub mod conflict;
+pub mod context;
 pub mod delta;
 pub mod digest;
 #[cfg(feature = "fault-injection")]
@@ -21,6 +22,7 @@ pub use codec::{
     EncodeError, FORMAT_VERSION,
 };
 pub use conflict::{Conflict, ConflictKind, Side, Summary};
+pub use context::{CausalContext, Dot};
 pub use delta::Delta;
 pub use nodemap::NodeMap;
 pub use stamp::{system_clock, Clock, DriftError, NodeId, Stamp};
