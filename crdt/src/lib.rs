@@ -14,6 +14,7 @@ pub mod digest;
 pub mod fault;
 pub mod nodemap;
 pub mod number;
+pub mod orset;
 pub mod stamp;
 pub mod state;
 
@@ -25,6 +26,7 @@ pub use conflict::{Conflict, ConflictKind, Side, Summary};
 pub use context::{CausalContext, Dot};
 pub use delta::Delta;
 pub use nodemap::NodeMap;
+pub use orset::OrSet;
 pub use stamp::{system_clock, Clock, DriftError, NodeId, Stamp};
 pub use state::{CounterSum, ExpiryField, Extras, KeyState, Read, Register, Tally};
 pub use uhlc::NTP64;
