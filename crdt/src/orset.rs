@@ -92,49 +92,88 @@ impl OrSet {
 
     /// Joins `other` (a state or a delta) into this state.
     pub fn merge(&mut self, other: &OrSet) {
-        let mut merged = BTreeMap::new();
-        let members = std::mem::take(&mut self.members);
-        let mut theirs = other.members.iter().peekable();
-        for (member, mine) in members {
-            while let Some((m, dots)) = theirs.next_if(|(m, _)| m.as_slice() < member.as_slice()) {
-                keep_new(&mut merged, m, dots, &self.ctx);
-            }
-            let both = theirs.next_if(|(m, _)| **m == member).map(|(_, d)| d);
-            let mut kept: Dots = mine
-                .iter()
-                .filter(|d| both.is_some_and(|t| t.contains(d)) || !other.ctx.contains(**d))
-                .chain(
-                    both.into_iter()
-                        .flatten()
-                        .filter(|d| !mine.contains(d) && !self.ctx.contains(**d)),
-                )
-                .copied()
-                .collect();
-            // One order, so that equal sets are equal states.
-            kept.sort_unstable();
-            if !kept.is_empty() {
-                merged.insert(member, kept);
-            }
-        }
-        for (m, dots) in theirs {
-            keep_new(&mut merged, m, dots, &self.ctx);
-        }
-        self.members = merged;
+        self.members = join_entries(
+            std::mem::take(&mut self.members),
+            &other.members,
+            &self.ctx,
+            &other.ctx,
+            |_, _| {},
+        );
         self.ctx.merge(&other.ctx);
     }
 }
 
-/// A member only `other` has: its dots this context has not seen (those it
-/// has seen were removed here).
-fn keep_new(into: &mut BTreeMap<Vec<u8>, Dots>, member: &[u8], dots: &Dots, ctx: &CausalContext) {
-    let kept: Dots = dots
-        .iter()
-        .filter(|d| !ctx.contains(**d))
-        .copied()
-        .collect();
-    if !kept.is_empty() {
-        into.insert(member.to_vec(), kept);
+/// Something held under a dot: a dot itself (a set member's add), or a
+/// write carrying its dot (a hash field's value).
+pub trait Dotted: Clone + Ord {
+    fn dot(&self) -> Dot;
+}
+
+impl Dotted for Dot {
+    fn dot(&self) -> Dot {
+        *self
     }
+}
+
+/// The join of two dot stores keyed by element: an item survives when both
+/// sides hold it, or one side holds it and the other's context has not seen
+/// its dot (had it seen it, it removed it). `on_new(key, items)` sees each
+/// key whose items the join changed from ours, for conflict reports.
+pub fn join_entries<T: Dotted, S: smallvec::Array<Item = T>>(
+    mine: BTreeMap<Vec<u8>, SmallVec<S>>,
+    theirs: &BTreeMap<Vec<u8>, SmallVec<S>>,
+    my_ctx: &CausalContext,
+    their_ctx: &CausalContext,
+    mut on_new: impl FnMut(&[u8], &SmallVec<S>),
+) -> BTreeMap<Vec<u8>, SmallVec<S>> {
+    let mut out = BTreeMap::new();
+    let mut theirs_iter = theirs.iter().peekable();
+    // A key only they hold: the items our context has not seen (those it
+    // has seen were removed here).
+    let keep_new = |out: &mut BTreeMap<Vec<u8>, SmallVec<S>>,
+                    key: &[u8],
+                    items: &SmallVec<S>,
+                    on_new: &mut dyn FnMut(&[u8], &SmallVec<S>)| {
+        let kept: SmallVec<S> = items
+            .iter()
+            .filter(|i| !my_ctx.contains(i.dot()))
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            on_new(key, &kept);
+            out.insert(key.to_vec(), kept);
+        }
+    };
+    for (key, mine_items) in mine {
+        while let Some((k, items)) = theirs_iter.next_if(|(k, _)| k.as_slice() < key.as_slice()) {
+            keep_new(&mut out, k, items, &mut on_new);
+        }
+        let both = theirs_iter.next_if(|(k, _)| **k == key).map(|(_, i)| i);
+        let mut kept: SmallVec<S> = mine_items
+            .iter()
+            .filter(|i| both.is_some_and(|t| t.contains(i)) || !their_ctx.contains(i.dot()))
+            .cloned()
+            .collect();
+        let before = kept.len();
+        kept.extend(
+            both.into_iter()
+                .flatten()
+                .filter(|i| !mine_items.contains(i) && !my_ctx.contains(i.dot()))
+                .cloned(),
+        );
+        // One order, so that equal stores are equal states.
+        kept.sort_unstable();
+        if kept.len() > before {
+            on_new(&key, &kept);
+        }
+        if !kept.is_empty() {
+            out.insert(key, kept);
+        }
+    }
+    for (k, items) in theirs_iter {
+        keep_new(&mut out, k, items, &mut on_new);
+    }
+    out
 }
 
 #[cfg(test)]
