@@ -1840,6 +1840,50 @@ fn chorus_audit_follow_prints_each_new_conflict_once() {
     assert!(keys.values().all(|n| *n == 1), "each once");
 }
 
+/// #12: `chorus audit --follow` keeps following the nodes that answer when
+/// one stops: a node gone after the start does not hide the others'
+/// conflicts, and it is reported on stderr.
+#[test]
+fn chorus_audit_follow_goes_on_while_a_node_is_down() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = node(pa, &[], &[]);
+    let b = node(pb, &[], &[]);
+    let c = node(pc, &[], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "k", "from-a"]);
+    q::<()>(&mut cb, &["SET", "k", "from-b"]);
+    let nodes = format!("127.0.0.1:{pa},127.0.0.1:{pb},127.0.0.1:{pc}");
+    let mut follow = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["audit", "--nodes", &nodes, "--json", "--follow"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follow.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    drop(c);
+    std::thread::sleep(Duration::from_millis(1500));
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb.to_string()]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa.to_string()]);
+    let line = rx.recv_timeout(Duration::from_secs(20));
+    let _ = follow.kill();
+    let out = follow.wait_with_output().unwrap();
+    let row: serde_json::Value =
+        serde_json::from_str(&line.expect("the conflict, though C is down")).unwrap();
+    assert_eq!(row["key"], "k", "{row}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("127.0.0.1:{pc}")), "{stderr}");
+}
+
 /// #12: `chorus audit diff` finds the keys changed on one node while the
 /// link was down (exit 1, both values shown), and none once the nodes have
 /// converged (exit 0).
