@@ -280,6 +280,7 @@ mod tests {
             what: Summary::Value(b"v".to_vec()),
         };
         Conflict {
+            element: None,
             kind,
             winner: side(winner),
             loser: side(loser),

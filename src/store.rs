@@ -408,9 +408,18 @@ impl Store for SledStore {
         for entry in self.db.scan_prefix([CONFLICT_PREFIX]) {
             let (k, v) =
                 entry.map_err(|e| self.corrupt(format!("reading the conflict log: {e}")))?;
-            let entry: LoggedConflict = chorus_crdt::decode_stored(&v)
-                .map_err(|e| self.corrupt(format!("stored conflict {k:?} does not decode: {e}")))?;
-            conflicts.push(entry);
+            let ((id, db, key, recorded_ms), conflict) =
+                chorus_crdt::decode_stored_conflict::<(u64, usize, serde_bytes::ByteBuf, u64)>(&v)
+                    .map_err(|e| {
+                        self.corrupt(format!("stored conflict {k:?} does not decode: {e}"))
+                    })?;
+            conflicts.push(LoggedConflict {
+                id,
+                db,
+                key: key.into_vec(),
+                recorded_ms,
+                conflict,
+            });
         }
         Ok(self.meta.lock().loaded(keys, conflicts))
     }
@@ -637,6 +646,7 @@ mod tests {
             what: Summary::Value(format!("v{t}").into_bytes()),
         };
         let c = Conflict {
+            element: None,
             kind: ConflictKind::ConcurrentWrite,
             winner: side(n + 100),
             loser: side(n),

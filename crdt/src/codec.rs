@@ -5,6 +5,7 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use crate::conflict::Conflict;
 use crate::state::{ExpiryField, Extras, KeyState, Register, Tally};
 use crate::NodeMap;
 
@@ -12,7 +13,9 @@ use crate::NodeMap;
 /// 2: a register write names what it had seen of other nodes' writes
 /// (`Register::seen`) instead of its parent's time.
 /// 3: a key's extras carry its expiry floor (`Extras::floor`).
-pub const FORMAT_VERSION: u8 = 3;
+/// 4: a key's extras carry its collections (`Extras::coll`); a conflict
+/// names the element it was about (`Conflict::element`).
+pub const FORMAT_VERSION: u8 = 4;
 
 /// The oldest version a store written by an earlier build may hold; see
 /// [`decode_stored`] and [`decode_stored_state`].
@@ -93,14 +96,80 @@ pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
 /// build, migrating the old layout.
 pub fn decode_stored_state(bytes: &[u8]) -> Result<KeyState, DecodeError> {
     match bytes.first() {
-        Some(2) => {
-            let (v2, rest) = postcard::take_from_bytes::<KeyStateV2>(&bytes[1..])?;
-            if !rest.is_empty() {
-                return Err(DecodeError::Trailing(rest.len()));
-            }
-            Ok(v2.into())
+        Some(2) => Ok(take_all::<KeyStateV2>(&bytes[1..])?.into()),
+        Some(3) => Ok(take_all::<KeyStateV3>(&bytes[1..])?.into()),
+        _ => decode(bytes),
+    }
+}
+
+/// Decodes a conflict record read from a store written by this or an
+/// earlier build: `Head` is what the record holds before its conflict
+/// (the store's own fields), decoded as it always was.
+pub fn decode_stored_conflict<Head: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<(Head, Conflict), DecodeError> {
+    match bytes.first() {
+        Some(&v) if (OLDEST_STORED_VERSION..4).contains(&v) => {
+            let (head, c) = take_all::<(Head, ConflictV3)>(&bytes[1..])?;
+            Ok((
+                head,
+                Conflict {
+                    kind: c.kind,
+                    winner: c.winner,
+                    loser: c.loser,
+                    element: None,
+                },
+            ))
         }
         _ => decode(bytes),
+    }
+}
+
+fn take_all<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
+    let (value, rest) = postcard::take_from_bytes::<T>(body)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Trailing(rest.len()));
+    }
+    Ok(value)
+}
+
+/// Versions 2 and 3's conflict: no element.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct ConflictV3 {
+    kind: crate::ConflictKind,
+    winner: crate::Side,
+    loser: crate::Side,
+}
+
+/// Version 3's key state: no collections.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct KeyStateV3 {
+    reg: Register,
+    extras: Option<Box<ExtrasV3>>,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct ExtrasV3 {
+    expiry: ExpiryField,
+    counts: NodeMap<Tally>,
+    removed: NodeMap<Tally>,
+    floor: crate::Stamp,
+}
+
+impl From<KeyStateV3> for KeyState {
+    fn from(v3: KeyStateV3) -> KeyState {
+        KeyState {
+            reg: v3.reg,
+            extras: v3.extras.map(|x| {
+                Box::new(Extras {
+                    expiry: x.expiry,
+                    counts: x.counts,
+                    removed: x.removed,
+                    floor: x.floor,
+                    coll: None,
+                })
+            }),
+        }
     }
 }
 
@@ -128,6 +197,7 @@ impl From<KeyStateV2> for KeyState {
                     counts: x.counts,
                     removed: x.removed,
                     floor: crate::Stamp::ZERO,
+                    coll: None,
                 })
             }),
         }
@@ -164,12 +234,41 @@ mod tests {
         assert_eq!(decode_stored_state(&bytes).expect("v2 state"), state);
         assert!(
             decode::<KeyState>(&bytes).is_err(),
-            "the wire takes v3 only"
+            "the wire takes the current version only"
         );
         assert_eq!(
-            decode_stored_state(&encode(&state).expect("encode")).expect("v3 state"),
+            decode_stored_state(&encode(&state).expect("encode")).expect("v4 state"),
             state
         );
+        // Version 3: the same state with its floor, no collections.
+        let v3 = KeyStateV3 {
+            reg: state.reg.clone(),
+            extras: Some(Box::new(ExtrasV3 {
+                expiry: x.expiry,
+                counts: x.counts.clone(),
+                removed: x.removed.clone(),
+                floor: x.floor,
+            })),
+        };
+        let mut bytes = vec![3];
+        bytes.extend(postcard::to_allocvec(&v3).expect("encode"));
+        assert_eq!(decode_stored_state(&bytes).expect("v3 state"), state);
+
+        // A conflict record of version 3: no element.
+        let side = crate::Side {
+            origin: NodeId(1),
+            stamp,
+            what: crate::Summary::Deleted,
+        };
+        let old = ConflictV3 {
+            kind: crate::ConflictKind::ConcurrentWrite,
+            winner: side.clone(),
+            loser: side.clone(),
+        };
+        let mut bytes = vec![3];
+        bytes.extend(postcard::to_allocvec(&(7u64, old)).expect("encode"));
+        let (head, c) = decode_stored_conflict::<u64>(&bytes).expect("v3 conflict");
+        assert_eq!((head, c.element, c.loser), (7, None, side));
 
         let meta: Vec<(NodeId, u64)> = vec![(NodeId(7), 42)];
         let mut old = encode(&meta).expect("encode");

@@ -79,6 +79,8 @@ pub enum Summary {
     Deleted,
     /// Increments of one node not removed by any reset.
     Increment { int: i64, float: f64 },
+    /// A hash, set or sorted set of `len` elements (a type clash's side).
+    Collection { kind: String, len: u64 },
 }
 
 impl Summary {
@@ -110,6 +112,9 @@ pub struct Conflict {
     pub kind: ConflictKind,
     pub winner: Side,
     pub loser: Side,
+    /// The hash field or sorted-set member both sides wrote; `None` for
+    /// the key itself.
+    pub element: Option<Vec<u8>>,
 }
 
 /// 64-bit FNV-1a: a stable digest, identical on every node and platform.

@@ -46,14 +46,59 @@ impl CausalContext {
         self.vv.get(&dot.node).is_some_and(|n| *n >= dot.n) || self.cloud.contains(&dot)
     }
 
-    /// The dot `node`'s next write takes: one past everything of it held.
-    /// A node always holds all of its own writes to the key, so its run
-    /// has no gap.
-    pub fn next_dot(&self, node: NodeId) -> Dot {
-        Dot {
-            node,
-            n: self.vv.get(&node).copied().unwrap_or(0) + 1,
+    /// The dot `node`'s next write at HLC time `time` takes, and whether it
+    /// is a *birth*: the first dot of the node's run on this key. A run
+    /// continues one past the node's newest dot held here (a node always
+    /// holds all of its own writes to the key, so its run has no gap). With
+    /// none held, a new run starts at `time`: every dot of an earlier run
+    /// on the key was numbered at or below its own write's time (each
+    /// write's HLC time is at least one past its predecessor's), and the
+    /// earlier run is gone only because the key was collected, which waits
+    /// until every node applied everything stamped before the collection
+    /// floor. So a new run never reuses a dot some node still holds.
+    pub fn next_dot(&self, node: NodeId, time: u64) -> (Dot, bool) {
+        match self.newest_of(node) {
+            Some(n) => (Dot { node, n: n + 1 }, false),
+            None => (
+                Dot {
+                    node,
+                    n: time.max(1),
+                },
+                true,
+            ),
         }
+    }
+
+    /// Adds a dot [`CausalContext::next_dot`] handed out. A birth claims
+    /// every lower dot of its node as held: they belong to a collected run
+    /// (see `next_dot`) or were never issued.
+    pub fn insert_new(&mut self, dot: Dot, birth: bool) {
+        if birth {
+            self.vv
+                .upsert(dot.node, dot.n, |mine, theirs| *mine = (*mine).max(theirs));
+            self.compact();
+        } else {
+            self.insert(dot);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.vv.is_empty() && self.cloud.is_empty()
+    }
+
+    /// The newest dot of `node` held, if any.
+    pub fn newest_of(&self, node: NodeId) -> Option<u64> {
+        self.vv
+            .get(&node)
+            .copied()
+            .into_iter()
+            .chain(self.cloud.iter().filter(|d| d.node == node).map(|d| d.n))
+            .max()
+    }
+
+    /// Bytes held on the heap (MEMORY USAGE).
+    pub fn heap_bytes(&self) -> usize {
+        self.vv.heap_bytes() + self.cloud.len() * (std::mem::size_of::<Dot>() + 8)
     }
 
     /// Adds `dot`, folding the cloud into the vector where it now joins.
@@ -120,7 +165,17 @@ mod tests {
         c.insert(dot(1, 2));
         assert_eq!(c.cloud_len(), 0, "folded into the vector");
         assert!(c.contains(dot(1, 2)) && c.contains(dot(1, 3)));
-        assert_eq!(c.next_dot(NodeId(1)), dot(1, 4));
-        assert_eq!(c.next_dot(NodeId(2)), dot(2, 1));
+        assert_eq!(c.next_dot(NodeId(1), 99), (dot(1, 4), false));
+        assert_eq!(
+            c.next_dot(NodeId(2), 99),
+            (dot(2, 99), true),
+            "a new run starts at its time"
+        );
+        c.insert_new(dot(2, 99), true);
+        assert!(
+            c.contains(dot(2, 50)),
+            "a birth covers every lower dot of its node"
+        );
+        assert_eq!(c.cloud_len(), 0);
     }
 }

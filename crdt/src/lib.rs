@@ -6,6 +6,7 @@
 //! command does when it races another on a different node.
 
 pub mod codec;
+pub mod coll;
 pub mod conflict;
 pub mod context;
 pub mod delta;
@@ -14,21 +15,18 @@ pub mod digest;
 pub mod fault;
 pub mod nodemap;
 pub mod number;
-pub mod ormap;
-pub mod orset;
 pub mod stamp;
 pub mod state;
 
 pub use codec::{
-    decode, decode_stored, decode_stored_state, encode, encode_append, encode_sized, DecodeError,
-    EncodeError, FORMAT_VERSION,
+    decode, decode_stored, decode_stored_conflict, decode_stored_state, encode, encode_append,
+    encode_sized, DecodeError, EncodeError, FORMAT_VERSION,
 };
+pub use coll::{Coll, Kind};
 pub use conflict::{Conflict, ConflictKind, Side, Summary};
 pub use context::{CausalContext, Dot};
 pub use delta::Delta;
 pub use nodemap::NodeMap;
-pub use ormap::LwwMap;
-pub use orset::OrSet;
 pub use stamp::{system_clock, Clock, DriftError, NodeId, Stamp};
-pub use state::{CounterSum, ExpiryField, Extras, KeyState, Read, Register, Tally};
+pub use state::{CounterSum, ExpiryField, Extras, KeyState, KeyType, Read, Register, Tally};
 pub use uhlc::NTP64;

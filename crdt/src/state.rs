@@ -26,6 +26,7 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
+use crate::coll::{Coll, Kind};
 use crate::conflict::{Conflict, ConflictKind, Side, Summary};
 use crate::nodemap::{MaxBy, NodeMap};
 use crate::number::{parse_float, parse_int};
@@ -141,13 +142,13 @@ impl Tally {
     }
 
     /// True when `self` is the same or a later version than `other`.
-    fn covers(&self, other: &Tally) -> bool {
+    pub(crate) fn covers(&self, other: &Tally) -> bool {
         (self.epoch, self.ops) >= (other.epoch, other.ops)
     }
 
     /// The part of `self` not removed by `removed` (a version of the same
     /// node's tally that some reset observed).
-    fn surviving(&self, removed: Option<&Tally>) -> Option<Tally> {
+    pub(crate) fn surviving(&self, removed: Option<&Tally>) -> Option<Tally> {
         let Some(r) = removed else { return Some(*self) };
         if r.covers(self) {
             None
@@ -166,6 +167,37 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// A node's tally after one more increment: `current` continued, or a
+    /// new segment begun at `stamp` when the node has none (every increment
+    /// of its last one was removed).
+    pub(crate) fn next(
+        current: Option<&Tally>,
+        stamp: Stamp,
+        int: i64,
+        float: f64,
+        is_float: bool,
+    ) -> Tally {
+        let float_ops = u64::from(is_float);
+        match current {
+            Some(c) => Tally {
+                epoch: c.epoch,
+                ops: c.ops + 1,
+                int: c.int.wrapping_add(int),
+                float: c.float + float,
+                float_ops: c.float_ops + float_ops,
+            },
+            None => Tally {
+                epoch: stamp,
+                ops: 1,
+                int,
+                float,
+                float_ops,
+            },
+        }
+    }
+}
+
 impl MaxBy for Tally {
     fn max_by_version(self, other: Tally) -> Tally {
         if other.key() > self.key() {
@@ -177,7 +209,7 @@ impl MaxBy for Tally {
 }
 
 /// Keep the later of two versions of one node's tally.
-fn join_tally(into: &mut NodeMap<Tally>, node: NodeId, t: &Tally) {
+pub(crate) fn join_tally(into: &mut NodeMap<Tally>, node: NodeId, t: &Tally) {
     into.upsert(node, *t, |mine, theirs| *mine = mine.max_by_version(theirs));
 }
 
@@ -193,6 +225,8 @@ pub struct Extras {
     /// Set by an expiry delete to the expire time: every register write,
     /// expiry write and counter segment stamped before it is dead.
     pub floor: Stamp,
+    /// Hash, set and sorted-set elements, and their causal context.
+    pub coll: Option<Box<Coll>>,
 }
 
 impl Extras {
@@ -201,6 +235,7 @@ impl Extras {
             && self.counts.is_empty()
             && self.removed.is_empty()
             && self.floor.is_zero()
+            && self.coll.is_none()
     }
 
     /// Drops every part stamped before `floor` (the register is the caller's).
@@ -210,6 +245,12 @@ impl Extras {
         }
         self.counts.retain(|_, t| t.epoch >= floor);
         self.removed.retain(|_, t| t.epoch >= floor);
+        if let Some(c) = &mut self.coll {
+            c.prune(floor);
+            if c.is_empty() {
+                self.coll = None;
+            }
+        }
     }
 }
 
@@ -249,6 +290,42 @@ impl Read<'_> {
     }
 }
 
+/// What a key holds, as TYPE names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyType {
+    String,
+    Coll(Kind),
+}
+
+impl KeyType {
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyType::String => "string",
+            KeyType::Coll(k) => k.name(),
+        }
+    }
+}
+
+/// How a register `value` with surviving increments `sum` reads: a string
+/// key, or a hash field.
+pub(crate) fn read_value(value: Option<&[u8]>, sum: CounterSum) -> Read<'_> {
+    if !sum.any {
+        return value.map_or(Read::Absent, Read::Str);
+    }
+    let float_total = |base: f64| base + sum.int as f64 + sum.float;
+    match value {
+        None if sum.float_ops == 0 => Read::Int(sum.int),
+        None => Read::Float(float_total(0.0)),
+        Some(v) => match parse_int(v) {
+            Some(base) if sum.float_ops == 0 => Read::Int(base.wrapping_add(sum.int)),
+            _ => match parse_float(v) {
+                Some(base) => Read::Float(float_total(base)),
+                None => Read::Str(v),
+            },
+        },
+    }
+}
+
 /// The full replicated state of one key.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KeyState {
@@ -267,8 +344,113 @@ impl KeyState {
         }
         if let Some(x) = &self.extras {
             n += std::mem::size_of::<Extras>() + x.counts.heap_bytes() + x.removed.heap_bytes();
+            if let Some(c) = &x.coll {
+                n += std::mem::size_of::<Coll>() + c.heap_bytes();
+            }
         }
         n
+    }
+
+    /// The collection part, if the key has one.
+    pub fn coll(&self) -> Option<&Coll> {
+        self.extras.as_ref().and_then(|x| x.coll.as_deref())
+    }
+
+    /// The newest stamp of the string part: its register write, or the
+    /// start of its newest counter segment.
+    fn string_at(&self) -> Stamp {
+        let mut at = self.reg.stamp;
+        if let Some(x) = &self.extras {
+            for t in x.counts.values() {
+                at = at.max(t.epoch);
+            }
+        }
+        at
+    }
+
+    /// Whether the key shows its string part: it has one, and no
+    /// collection write is newer (a collection written since hides it, and
+    /// keeps it hidden even once emptied: the key was not a string to
+    /// whoever emptied it).
+    fn string_visible(&self) -> bool {
+        if self.reg.value.is_none() && !self.has_counts() {
+            return false;
+        }
+        self.coll().is_none_or(|c| self.string_at() > c.at)
+    }
+
+    /// What the key holds at `now_ms` (ignoring expiry when 0); `None`
+    /// when it does not exist.
+    pub fn key_type(&self, now_ms: u64) -> Option<KeyType> {
+        if now_ms != 0 && self.is_expired(now_ms) {
+            return None;
+        }
+        if self.string_visible() {
+            return Some(KeyType::String);
+        }
+        let c = self.coll()?;
+        if self.reg.value.is_some() || self.has_counts() {
+            // The string part is hidden: so is any collection older than it.
+            if self.string_at() > c.at {
+                return None;
+            }
+        }
+        c.visible().map(KeyType::Coll)
+    }
+
+    /// Whether the state holds a part the key does not show (a string
+    /// under a collection, or the elements of another collection).
+    pub fn has_hidden_parts(&self) -> bool {
+        let shown = self.key_type(0);
+        let string = self.reg.value.is_some() || self.has_counts();
+        if string && shown != Some(KeyType::String) {
+            return true;
+        }
+        self.coll().is_some_and(|c| {
+            [Kind::Hash, Kind::Set, Kind::ZSet]
+                .into_iter()
+                .any(|k| c.len(k) > 0 && shown != Some(KeyType::Coll(k)))
+        })
+    }
+
+    /// The parts present but not shown, as conflict sides.
+    fn hidden_sides(&self) -> Vec<(KeyType, Side)> {
+        let shown = self.key_type(0);
+        let mut out = Vec::new();
+        if shown != Some(KeyType::String) {
+            if self.reg.value.is_some() {
+                out.push((KeyType::String, register_side(&self.reg)));
+            } else if self.has_counts() {
+                let sum = self.counter_sum();
+                out.push((
+                    KeyType::String,
+                    Side {
+                        origin: self.string_at().node,
+                        stamp: self.string_at(),
+                        what: Summary::Increment {
+                            int: sum.int,
+                            float: sum.float,
+                        },
+                    },
+                ));
+            }
+        }
+        if let Some(c) = self.coll() {
+            for k in [Kind::Hash, Kind::Set, Kind::ZSet] {
+                if c.len(k) > 0 && shown != Some(KeyType::Coll(k)) {
+                    out.push((KeyType::Coll(k), c.side(k)));
+                }
+            }
+        }
+        out
+    }
+
+    /// The side a type clash names as its winner: the part shown.
+    fn shown_side(&self) -> Option<Side> {
+        match self.key_type(0)? {
+            KeyType::String => Some(register_side(&self.reg)),
+            KeyType::Coll(k) => self.coll().map(|c| c.side(k)),
+        }
     }
 
     /// True when the state holds nothing at all (no write ever merged).
@@ -316,23 +498,10 @@ impl KeyState {
         if now_ms != 0 && self.is_expired(now_ms) {
             return Read::Absent;
         }
-        let sum = self.counter_sum();
-        let value = self.reg.value.as_deref();
-        if !sum.any {
-            return value.map_or(Read::Absent, Read::Str);
+        if self.extras.as_ref().is_some_and(|x| x.coll.is_some()) && !self.string_visible() {
+            return Read::Absent;
         }
-        let float_total = |base: f64| base + sum.int as f64 + sum.float;
-        match value {
-            None if sum.float_ops == 0 => Read::Int(sum.int),
-            None => Read::Float(float_total(0.0)),
-            Some(v) => match parse_int(v) {
-                Some(base) if sum.float_ops == 0 => Read::Int(base.wrapping_add(sum.int)),
-                _ => match parse_float(v) {
-                    Some(base) => Read::Float(float_total(base)),
-                    None => Read::Str(v),
-                },
-            },
-        }
+        read_value(self.reg.value.as_deref(), self.counter_sum())
     }
 
     /// Whether the key exists at `now_ms` (ignoring expiry when 0). O(1):
@@ -340,6 +509,9 @@ impl KeyState {
     pub fn exists(&self, now_ms: u64) -> bool {
         if now_ms != 0 && self.is_expired(now_ms) {
             return false;
+        }
+        if self.extras.as_ref().is_some_and(|x| x.coll.is_some()) {
+            return self.key_type(0).is_some();
         }
         self.reg.value.is_some() || self.has_counts()
     }
@@ -351,6 +523,9 @@ impl KeyState {
             latest = latest.max(x.expiry.stamp).max(x.floor);
             for t in x.counts.values().chain(x.removed.values()) {
                 latest = latest.max(t.epoch);
+            }
+            if let Some(c) = &x.coll {
+                latest = latest.max(c.at);
             }
         }
         latest
@@ -366,11 +541,45 @@ impl KeyState {
         if let Some(x) = &self.extras {
             parts.extend([x.expiry.stamp, x.floor]);
             parts.extend(x.counts.values().map(|t| t.epoch));
+            parts.extend(x.coll.as_ref().and_then(|c| c.earliest_added()));
         }
         parts.into_iter().filter(|s| !s.is_zero()).min()
     }
 
     // ----- ops: pure, each returns a delta to merge locally and replicate -----
+
+    /// The delta of a collection command of `kind` at `stamp`: `ops` adds
+    /// its element writes to the delta against the current collection
+    /// part. Elements of other kinds that concurrent writes left hidden go
+    /// (the command saw the key as `kind`). A command that creates the key
+    /// also persists it, as INCR does; a key that shows nothing but holds
+    /// hidden parts is deleted first (the caller's job: see the server's
+    /// `Writer`).
+    pub fn coll_write(
+        &self,
+        stamp: Stamp,
+        kind: Kind,
+        ops: impl FnOnce(&Coll, &mut Coll),
+    ) -> KeyState {
+        let empty = Coll::default();
+        let current = self.coll().unwrap_or(&empty);
+        let mut delta = Coll::delta(stamp, kind);
+        current.clear_others_into(&mut delta, kind, stamp);
+        ops(current, &mut delta);
+        let expiry = if self.exists(0) {
+            ExpiryField::default()
+        } else {
+            ExpiryField { stamp, at_ms: 0 }
+        };
+        KeyState {
+            reg: Register::default(),
+            extras: Some(Box::new(Extras {
+                expiry,
+                coll: Some(Box::new(delta)),
+                ..Extras::default()
+            })),
+        }
+    }
 
     /// A register write (`Some(value)`) or delete (`None`) stamped `stamp`,
     /// expiring at `expire_at_ms` (0: never). It removes every increment this
@@ -378,10 +587,19 @@ impl KeyState {
     pub fn write(&self, stamp: Stamp, value: Option<&[u8]>, expire_at_ms: u64) -> KeyState {
         let expire_at_ms = if value.is_some() { expire_at_ms } else { 0 };
         let removed = match &self.extras {
-            Some(x) if !x.counts.is_empty() => Some(Box::new(Extras {
-                removed: x.counts.clone(),
-                ..Extras::default()
-            })),
+            Some(x)
+                if !x.counts.is_empty() || x.coll.as_ref().is_some_and(|c| c.has_elements()) =>
+            {
+                Some(Box::new(Extras {
+                    removed: x.counts.clone(),
+                    coll: x
+                        .coll
+                        .as_ref()
+                        .filter(|c| c.has_elements())
+                        .map(|c| Box::new(c.clear(stamp))),
+                    ..Extras::default()
+                }))
+            }
             _ => None,
         };
         KeyState {
@@ -410,9 +628,9 @@ impl KeyState {
         value: Option<&[u8]>,
         expire_at_ms: u64,
     ) -> bool {
-        if stamp <= self.reg.stamp {
-            // Not newer than what is here (never so for a local HLC stamp):
-            // let the merge decide.
+        if stamp <= self.reg.stamp || self.coll().is_some_and(Coll::has_elements) {
+            // Not newer than what is here (never so for a local HLC stamp),
+            // or elements to remove: let the merge decide.
             let delta = self.write(stamp, value, expire_at_ms);
             self.merge_owned(delta);
             return false;
@@ -437,25 +655,10 @@ impl KeyState {
 
     /// The tally `stamp.node` has after one more increment on this state.
     fn next_tally(&self, stamp: Stamp, int: i64, float: f64, is_float: bool) -> Tally {
-        let float_ops = u64::from(is_float);
         // A tally that every reset so far removed is gone from `counts`
         // (see `normalize`), so a present one still has surviving increments.
-        match self.extras.as_ref().and_then(|x| x.counts.get(&stamp.node)) {
-            Some(c) => Tally {
-                epoch: c.epoch,
-                ops: c.ops + 1,
-                int: c.int.wrapping_add(int),
-                float: c.float + float,
-                float_ops: c.float_ops + float_ops,
-            },
-            None => Tally {
-                epoch: stamp,
-                ops: 1,
-                int,
-                float,
-                float_ops,
-            },
-        }
+        let current = self.extras.as_ref().and_then(|x| x.counts.get(&stamp.node));
+        Tally::next(current, stamp, int, float, is_float)
     }
 
     /// An increment by `int` (INCRBY) or by `float` (INCRBYFLOAT, with
@@ -563,6 +766,12 @@ impl KeyState {
         other_extras: Option<&Extras>,
     ) -> Vec<Conflict> {
         let mut conflicts = Vec::new();
+        let colls = self.coll().is_some() || other_extras.is_some_and(|x| x.coll.is_some());
+        let clashes_before = if colls {
+            self.hidden_sides()
+        } else {
+            Vec::new()
+        };
         let counters = self.has_counts() || other_extras.is_some_and(|x| !x.counts.is_empty());
         let hidden_before = if counters {
             self.hidden_increments()
@@ -608,8 +817,35 @@ impl KeyState {
                 join_tally(&mut mine.removed, *node, t);
             }
             mine.floor = mine.floor.max(theirs.floor);
+            if let Some(tc) = &theirs.coll {
+                let c = mine.coll.get_or_insert_with(Default::default);
+                for (element, mut conflict) in c.merge(tc) {
+                    conflict.element = Some(element);
+                    conflicts.push(conflict);
+                }
+            }
+        }
+        if other_extras.is_none_or(|x| x.coll.is_none()) {
+            if let Some(c) = self.extras.as_mut().and_then(|x| x.coll.as_mut()) {
+                c.make_whole();
+            }
         }
         self.normalize();
+        if colls {
+            for (part, side) in self.hidden_sides() {
+                if clashes_before.iter().any(|(p, _)| *p == part) {
+                    continue;
+                }
+                if let Some(winner) = self.shown_side() {
+                    conflicts.push(Conflict {
+                        kind: ConflictKind::TypeClash,
+                        winner,
+                        loser: side,
+                        element: None,
+                    });
+                }
+            }
+        }
 
         if counters {
             let kind = if reg_changed {
@@ -623,6 +859,7 @@ impl KeyState {
                         kind,
                         winner: register_side(&self.reg),
                         loser: side,
+                        element: None,
                     });
                 }
             }
@@ -644,6 +881,7 @@ impl KeyState {
             kind: ConflictKind::WriteLostToFlush,
             winner: winner.clone(),
             loser,
+            element: None,
         };
         let mut conflicts = Vec::new();
         if self.reg.value.is_some() && self.reg.stamp < flush {
@@ -691,10 +929,12 @@ impl KeyState {
     pub fn collectable(&self, acked: Stamp) -> bool {
         self.reg.value.is_none()
             && self.reg.stamp <= acked
-            && self
-                .extras
-                .as_ref()
-                .is_none_or(|x| x.expiry.stamp <= acked && x.counts.is_empty() && x.floor <= acked)
+            && self.extras.as_ref().is_none_or(|x| {
+                x.expiry.stamp <= acked
+                    && x.counts.is_empty()
+                    && x.floor <= acked
+                    && x.coll.as_ref().is_none_or(|c| c.is_collectable(acked))
+            })
     }
 
     /// Drops what the GC floor `acked` makes dead weight from a state that
@@ -735,6 +975,15 @@ impl KeyState {
                 x.removed
                     .retain(|node, r| counts.get(node).is_some_and(|t| t.epoch == r.epoch));
                 changed |= x.removed.len() != before;
+            }
+            if let Some(c) = &mut x.coll {
+                changed |= c.compact(acked, self.reg.stamp);
+                if c.is_collectable(acked) {
+                    // Its context too: a new run of dots starts past it
+                    // (`CausalContext::next_dot`).
+                    x.coll = None;
+                    changed = true;
+                }
             }
         }
         if changed {
@@ -853,6 +1102,9 @@ impl KeyState {
             if !x.expiry.stamp.is_zero() && x.expiry.stamp <= self.reg.stamp {
                 x.expiry = ExpiryField::default();
             }
+            if x.coll.as_ref().is_some_and(|c| c.is_empty()) {
+                x.coll = None;
+            }
             let removed = &x.removed;
             x.counts
                 .retain(|node, t| removed.get(node).is_none_or(|r| !r.covers(t)));
@@ -936,6 +1188,7 @@ fn register_conflict(winner: &Register, loser: &Register, expiry_floor: Stamp) -
         kind,
         winner: register_side(winner),
         loser: register_side(loser),
+        element: None,
     })
 }
 

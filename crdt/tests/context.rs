@@ -73,9 +73,15 @@ proptest! {
     fn a_nodes_next_dot_is_past_everything_held_of_it(given in dots()) {
         let c = context(&given);
         for node in 1..=3 {
-            let next = c.next_dot(NodeId(node));
-            let contiguous = (1..next.n).all(|n| c.contains(Dot { node: NodeId(node), n }));
-            prop_assert!(contiguous && !c.contains(next));
+            let (next, birth) = c.next_dot(NodeId(node), 1_000);
+            prop_assert!(!c.contains(next));
+            // Past every dot of the node held; a birth only when none is.
+            let held = (1..1_000).filter(|n| c.contains(Dot { node: NodeId(node), n: *n })).max();
+            prop_assert_eq!(birth, held.is_none());
+            prop_assert!(held.is_none_or(|h| next.n == h + 1));
+            if birth {
+                prop_assert_eq!(next.n, 1_000, "a new run starts at the write's time");
+            }
         }
     }
 }

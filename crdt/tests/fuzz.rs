@@ -92,6 +92,7 @@ fn key_state() -> impl Strategy<Value = KeyState> {
             counts: NodeMap::from(counts),
             removed: NodeMap::from(removed),
             floor,
+            coll: None,
         });
     (register, proptest::option::of(extras)).prop_map(|(reg, extras)| KeyState {
         reg,

@@ -53,6 +53,7 @@ fn summary_text(what: &Summary) -> String {
         Summary::Deleted => "<deleted>".to_string(),
         Summary::Increment { int, float } if *float == 0.0 => format!("<increments {int:+}>"),
         Summary::Increment { int, float } => format!("<increments {int:+} and {float:+}>"),
+        Summary::Collection { kind, len } => format!("<{kind} of {len}>"),
     }
 }
 

@@ -31,8 +31,9 @@ use crate::TransportError;
 /// its sender held (`SnapshotBegin`). 5: repair (`Digest`, `RepairAsk`, a
 /// scoped `SnapshotBegin`) and transfers that end with their tail. 6: a
 /// transfer's `SnapshotBegin` carries its sender's vector. 7: each side
-/// names itself (`node-name`) once the secret is proved.
-pub const PROTOCOL_VERSION: u16 = 7;
+/// names itself (`node-name`) once the secret is proved. 8: key states carry
+/// collections (crdt format 4).
+pub const PROTOCOL_VERSION: u16 = 8;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]

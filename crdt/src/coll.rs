@@ -1,0 +1,856 @@
+//! The collection part of a key's state (issue #13): hashes, sets and
+//! sorted sets, in one causal context.
+//!
+//! - A **set** member keeps the adds ("dots") no remove observed: an
+//!   observed-remove set, add wins.
+//! - A **hash field** and a **sorted-set member** are an element: the
+//!   register writes of its value (a field's bytes, a member's score) that
+//!   no later write or remove observed, plus a counter (HINCRBY, ZINCRBY) as
+//!   a string key has one: per node a [`Tally`], removed by what a reset
+//!   observed. Two surviving writes of one element are concurrent writes,
+//!   a conflict; the higher stamp is the value.
+//!
+//! The key's [`CausalContext`] holds every dot the state has seen, so a
+//! removed element leaves no tombstone: an element absent here whose dots
+//! the context holds was removed, one whose dots it lacks is new. Counter
+//! removal records (`removed`) are the only per-element metadata a removal
+//! leaves; compaction drops them at causal stability, as for strings.
+//!
+//! A delta is a `Coll` too, marked `part`: it names in its maps every
+//! element it touches (a removal as an entry with no writes), so merging it
+//! visits those elements only. A whole state (`part` false) may remove any
+//! element by its context, and merging one visits them all.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+use crate::conflict::{Conflict, ConflictKind, Side, Summary};
+use crate::context::{CausalContext, Dot};
+use crate::nodemap::NodeMap;
+use crate::stamp::Stamp;
+use crate::state::{join_tally, read_value, CounterSum, Read, Tally};
+
+/// Which collection a part of the state is.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+pub enum Kind {
+    #[default]
+    Hash,
+    Set,
+    ZSet,
+}
+
+impl Kind {
+    /// The name TYPE replies with.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Hash => "hash",
+            Kind::Set => "set",
+            Kind::ZSet => "zset",
+        }
+    }
+}
+
+/// One add of a set member: its dot and HLC time (the time lets a flush or
+/// an expiry floor, which are stamps, tell what they remove).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Add {
+    pub dot: Dot,
+    pub time: u64,
+}
+
+impl Add {
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            time: self.time,
+            node: self.dot.node,
+        }
+    }
+}
+
+/// A member's surviving adds: almost always one.
+pub type Adds = SmallVec<[Add; 1]>;
+
+/// A hash field's value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Blob(#[serde(with = "serde_bytes")] pub Box<[u8]>);
+
+/// A sorted-set score, ordered totally (scores are never NaN).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct Score(pub f64);
+
+impl PartialEq for Score {
+    fn eq(&self, other: &Score) -> bool {
+        self.0.to_bits() == other.0.to_bits()
+    }
+}
+impl Eq for Score {}
+impl PartialOrd for Score {
+    fn partial_cmp(&self, other: &Score) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Score {
+    fn cmp(&self, other: &Score) -> std::cmp::Ordering {
+        self.0.total_cmp(&other.0)
+    }
+}
+
+/// One register write of an element's value.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Write<V> {
+    pub dot: Dot,
+    pub time: u64,
+    pub value: V,
+}
+
+impl<V> Write<V> {
+    pub fn stamp(&self) -> Stamp {
+        Stamp {
+            time: self.time,
+            node: self.dot.node,
+        }
+    }
+}
+
+/// A hash field or sorted-set member: surviving value writes and counter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Elem<V> {
+    pub writes: SmallVec<[Write<V>; 1]>,
+    /// Latest tally of each node that incremented it; `None` for most.
+    pub counts: Option<Box<NodeMap<Tally>>>,
+}
+
+impl<V> Default for Elem<V> {
+    fn default() -> Self {
+        Elem {
+            writes: SmallVec::new(),
+            counts: None,
+        }
+    }
+}
+
+impl<V> Elem<V> {
+    fn is_empty(&self) -> bool {
+        self.writes.is_empty() && self.counts.is_none()
+    }
+
+    /// The value's winning write: the highest stamp.
+    pub fn winner(&self) -> Option<&Write<V>> {
+        self.writes.iter().max_by_key(|w| w.stamp())
+    }
+}
+
+/// What resets of one element observed of its counter, per node, and the
+/// newest such reset (for compaction).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Removed {
+    pub reset: Stamp,
+    pub tallies: NodeMap<Tally>,
+}
+
+/// See the module doc.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coll {
+    pub ctx: CausalContext,
+    /// The newest collection write (adds and removes alike) and its kind:
+    /// at or after every stamp in the part, and the key's type when its
+    /// collections clash.
+    pub at: Stamp,
+    pub kind: Kind,
+    pub hash: BTreeMap<Vec<u8>, Elem<Blob>>,
+    pub set: BTreeMap<Vec<u8>, Adds>,
+    pub zset: BTreeMap<Vec<u8>, Elem<Score>>,
+    pub removed: BTreeMap<(Kind, Vec<u8>), Removed>,
+    /// A delta (see the module doc); false for a state.
+    pub part: bool,
+    /// At or before every element stamp here (ZERO: not known), so that a
+    /// prune by a floor below it has nothing to scan.
+    #[serde(skip)]
+    oldest: Hint,
+}
+
+/// Local bookkeeping that is no part of the state: equal on every value.
+#[derive(Debug, Clone, Copy, Default)]
+struct Hint(Stamp);
+
+impl PartialEq for Hint {
+    fn eq(&self, _: &Hint) -> bool {
+        true
+    }
+}
+impl Eq for Hint {}
+
+/// The sum of an element's counter, less what its removal record removed.
+pub fn elem_sum(counts: Option<&NodeMap<Tally>>, removed: Option<&Removed>) -> CounterSum {
+    let mut sum = CounterSum::default();
+    for (node, t) in counts.into_iter().flat_map(NodeMap::iter) {
+        if let Some(s) = t.surviving(removed.and_then(|r| r.tallies.get(node))) {
+            sum.int = sum.int.wrapping_add(s.int);
+            sum.float += s.float;
+            sum.float_ops += s.float_ops;
+            sum.any = true;
+        }
+    }
+    sum
+}
+
+/// Joins two versions of an element: a write survives when both hold it,
+/// or one holds it and the other's context lacks its dot; tallies take the
+/// later version per node. Returns whether writes the first lacked came in.
+fn join_elem<V: Clone + Ord>(
+    mine: &mut Elem<V>,
+    theirs: Option<&Elem<V>>,
+    my_ctx: &CausalContext,
+    their_ctx: &CausalContext,
+) -> bool {
+    let their_writes = theirs.map_or(&[][..], |t| &t.writes[..]);
+    mine.writes
+        .retain(|w| their_writes.contains(w) || !their_ctx.contains(w.dot));
+    let before = mine.writes.len();
+    for w in their_writes {
+        if !mine.writes.contains(w) && !my_ctx.contains(w.dot) {
+            mine.writes.push(w.clone());
+        }
+    }
+    let grew = mine.writes.len() > before;
+    if grew {
+        // One order, so that equal elements are equal states.
+        mine.writes.sort_unstable();
+    }
+    if let Some(tc) = theirs.and_then(|t| t.counts.as_deref()) {
+        let counts = mine.counts.get_or_insert_with(Default::default);
+        for (node, t) in tc.iter() {
+            join_tally(counts, *node, t);
+        }
+    }
+    grew
+}
+
+/// Drops the tallies a removal record covers; true when nothing is left.
+fn settle<V>(elem: &mut Elem<V>, removed: Option<&Removed>) -> bool {
+    if let Some(counts) = &mut elem.counts {
+        if let Some(r) = removed {
+            counts.retain(|node, t| r.tallies.get(node).is_none_or(|r| !r.covers(t)));
+        }
+        if counts.is_empty() {
+            elem.counts = None;
+        }
+    }
+    elem.is_empty()
+}
+
+/// Joins a map of elements; `conflicts` gets each element whose surviving
+/// writes grew to more than one.
+#[allow(clippy::too_many_arguments)]
+fn join_elems<V: Clone + Ord>(
+    kind: Kind,
+    mine: &mut BTreeMap<Vec<u8>, Elem<V>>,
+    theirs: &BTreeMap<Vec<u8>, Elem<V>>,
+    my_ctx: &CausalContext,
+    their_ctx: &CausalContext,
+    removed: &BTreeMap<(Kind, Vec<u8>), Removed>,
+    (their_whole, keep_empty): (bool, bool),
+    mut on_siblings: impl FnMut(&[u8], &Elem<V>),
+) {
+    let removed_of = |key: &[u8]| removed.get(&(kind, key.to_vec()));
+    if their_whole {
+        // Theirs may remove any of mine by its context.
+        mine.retain(|key, elem| {
+            let grew = join_elem(elem, theirs.get(key), my_ctx, their_ctx);
+            if grew && elem.writes.len() > 1 {
+                on_siblings(key, elem);
+            }
+            !settle(elem, removed_of(key)) || keep_empty
+        });
+    }
+    for (key, their) in theirs {
+        if their_whole && mine.contains_key(key) {
+            continue;
+        }
+        let mut elem = mine.remove(key).unwrap_or_default();
+        let grew = join_elem(&mut elem, Some(their), my_ctx, their_ctx);
+        if grew && elem.writes.len() > 1 {
+            on_siblings(key, &elem);
+        }
+        if !settle(&mut elem, removed_of(key)) || keep_empty {
+            mine.insert(key.clone(), elem);
+        }
+    }
+}
+
+/// As [`join_elems`] for set members (dots only).
+fn join_members(
+    mine: &mut BTreeMap<Vec<u8>, Adds>,
+    theirs: &BTreeMap<Vec<u8>, Adds>,
+    my_ctx: &CausalContext,
+    their_ctx: &CausalContext,
+    (their_whole, keep_empty): (bool, bool),
+) {
+    let join = |adds: &mut Adds, their: &[Add]| {
+        adds.retain(|a| their.contains(a) || !their_ctx.contains(a.dot));
+        let before = adds.len();
+        for a in their {
+            if !adds.contains(a) && !my_ctx.contains(a.dot) {
+                adds.push(*a);
+            }
+        }
+        if adds.len() > before {
+            adds.sort_unstable();
+        }
+    };
+    if their_whole {
+        mine.retain(|key, adds| {
+            join(adds, theirs.get(key).map_or(&[][..], |t| &t[..]));
+            !adds.is_empty() || keep_empty
+        });
+    }
+    for (key, their) in theirs {
+        if their_whole && mine.contains_key(key) {
+            continue;
+        }
+        let mut adds = mine.remove(key).unwrap_or_default();
+        join(&mut adds, their);
+        if !adds.is_empty() || keep_empty {
+            mine.insert(key.clone(), adds);
+        }
+    }
+}
+
+impl Coll {
+    /// An empty delta of a write of `kind` at `stamp`.
+    pub fn delta(stamp: Stamp, kind: Kind) -> Coll {
+        Coll {
+            at: stamp,
+            kind,
+            part: true,
+            ..Coll::default()
+        }
+    }
+
+    /// This part joined with a whole empty one: no longer a delta, and
+    /// without the empty entries only a delta keeps. (A key state without
+    /// a collection part is a whole state of none.)
+    pub fn make_whole(&mut self) {
+        if !self.part {
+            return;
+        }
+        self.part = false;
+        self.hash.retain(|_, e| !e.is_empty());
+        self.zset.retain(|_, e| !e.is_empty());
+        self.set.retain(|_, a| !a.is_empty());
+    }
+
+    /// Holds nothing at all (not even a context).
+    pub fn is_empty(&self) -> bool {
+        self.ctx.is_empty()
+            && self.at.is_zero()
+            && self.hash.is_empty()
+            && self.set.is_empty()
+            && self.zset.is_empty()
+            && self.removed.is_empty()
+    }
+
+    /// Whether a key's GC may drop this part, context and all: no element,
+    /// no removal record, and no write after the GC floor `acked`.
+    pub fn is_collectable(&self, acked: Stamp) -> bool {
+        !self.has_elements() && self.removed.is_empty() && self.at <= acked
+    }
+
+    /// Elements of `kind` present.
+    pub fn len(&self, kind: Kind) -> usize {
+        match kind {
+            Kind::Hash => self.hash.len(),
+            Kind::Set => self.set.len(),
+            Kind::ZSet => self.zset.len(),
+        }
+    }
+
+    /// Whether any collection holds an element.
+    pub fn has_elements(&self) -> bool {
+        !(self.hash.is_empty() && self.set.is_empty() && self.zset.is_empty())
+    }
+
+    /// The collection the key shows: the kind of the newest collection
+    /// write if it holds elements, else the first that does (elements only
+    /// a concurrent add kept, which no write here has seen).
+    pub fn visible(&self) -> Option<Kind> {
+        if self.len(self.kind) > 0 {
+            return Some(self.kind);
+        }
+        [Kind::Hash, Kind::Set, Kind::ZSet]
+            .into_iter()
+            .find(|k| self.len(*k) > 0)
+    }
+
+    /// A side for a conflict report: the collection of `kind` as it stands.
+    pub fn side(&self, kind: Kind) -> Side {
+        let newest = self.newest(kind);
+        Side {
+            origin: newest.node,
+            stamp: newest,
+            what: Summary::Collection {
+                kind: kind.name().to_string(),
+                len: self.len(kind) as u64,
+            },
+        }
+    }
+
+    /// The newest element write of `kind` (an element's own stamp; counter
+    /// segments by their start).
+    fn newest(&self, kind: Kind) -> Stamp {
+        let newest = match kind {
+            Kind::Hash => self.hash.values().flat_map(elem_stamps).max(),
+            Kind::ZSet => self.zset.values().flat_map(elem_stamps).max(),
+            Kind::Set => self.set.values().flatten().map(Add::stamp).max(),
+        };
+        newest.unwrap_or(Stamp::ZERO)
+    }
+
+    /// The removal record of an element.
+    pub fn removed_of(&self, kind: Kind, key: &[u8]) -> Option<&Removed> {
+        if self.removed.is_empty() {
+            return None;
+        }
+        self.removed.get(&(kind, key.to_vec()))
+    }
+
+    /// A hash field's value as a string key's would read: its winning
+    /// write plus its surviving increments.
+    pub fn field(&self, field: &[u8]) -> Option<Read<'_>> {
+        let e = self.hash.get(field)?;
+        Some(self.read_elem(Kind::Hash, field, e))
+    }
+
+    fn read_elem<'a>(&'a self, kind: Kind, key: &[u8], e: &'a Elem<Blob>) -> Read<'a> {
+        let value = e.winner().map(|w| &*w.value.0);
+        match &e.counts {
+            None => value.map_or(Read::Absent, Read::Str),
+            Some(c) => read_value(value, elem_sum(Some(c), self.removed_of(kind, key))),
+        }
+    }
+
+    /// Every field of the hash with its value, by field.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], Read<'_>)> {
+        self.hash
+            .iter()
+            .map(|(k, e)| (k.as_slice(), self.read_elem(Kind::Hash, k, e)))
+    }
+
+    /// Every member of the set, in byte order.
+    pub fn members(&self) -> impl Iterator<Item = &[u8]> {
+        self.set.keys().map(Vec::as_slice)
+    }
+
+    pub fn is_member(&self, member: &[u8]) -> bool {
+        self.set.contains_key(member)
+    }
+
+    // ----- ops: each builds a delta against this state -----
+
+    /// Adds to `delta` the removal of everything `kind`'s element `key`
+    /// holds here: its dots, and its counter as a removal record.
+    fn remove_into(&self, delta: &mut Coll, kind: Kind, key: &[u8], stamp: Stamp) {
+        let counts = match kind {
+            Kind::Hash => match self.hash.get(key) {
+                Some(e) => {
+                    for w in &e.writes {
+                        delta.ctx.insert(w.dot);
+                    }
+                    delta.hash.entry(key.to_vec()).or_default();
+                    e.counts.as_deref()
+                }
+                None => None,
+            },
+            Kind::ZSet => match self.zset.get(key) {
+                Some(e) => {
+                    for w in &e.writes {
+                        delta.ctx.insert(w.dot);
+                    }
+                    delta.zset.entry(key.to_vec()).or_default();
+                    e.counts.as_deref()
+                }
+                None => None,
+            },
+            Kind::Set => {
+                if let Some(adds) = self.set.get(key) {
+                    for a in adds {
+                        delta.ctx.insert(a.dot);
+                    }
+                    delta.set.entry(key.to_vec()).or_default();
+                }
+                None
+            }
+        };
+        if let Some(counts) = counts {
+            let r = delta.removed.entry((kind, key.to_vec())).or_default();
+            r.reset = r.reset.max(stamp);
+            for (node, t) in counts.iter() {
+                join_tally(&mut r.tallies, *node, t);
+            }
+        }
+    }
+
+    /// The delta of removing every element held here, of every kind (DEL,
+    /// and a register write over the key), made at `stamp`. A whole-state
+    /// delta: it may remove any element. It moves no `at`: the register
+    /// write carries the stamp.
+    pub fn clear(&self, stamp: Stamp) -> Coll {
+        let mut delta = Coll::default();
+        for key in self.hash.keys() {
+            self.remove_into(&mut delta, Kind::Hash, key, stamp);
+        }
+        for key in self.set.keys() {
+            self.remove_into(&mut delta, Kind::Set, key, stamp);
+        }
+        for key in self.zset.keys() {
+            self.remove_into(&mut delta, Kind::ZSet, key, stamp);
+        }
+        delta.hash.clear();
+        delta.set.clear();
+        delta.zset.clear();
+        delta.part = false;
+        delta
+    }
+
+    /// The delta of removing the elements of every kind but `kind` (what a
+    /// write of `kind` clears when concurrent writes left others hidden).
+    pub fn clear_others_into(&self, delta: &mut Coll, kind: Kind, stamp: Stamp) {
+        for other in [Kind::Hash, Kind::Set, Kind::ZSet] {
+            if other == kind || self.len(other) == 0 {
+                continue;
+            }
+            let keys: Vec<Vec<u8>> = match other {
+                Kind::Hash => self.hash.keys().cloned().collect(),
+                Kind::Set => self.set.keys().cloned().collect(),
+                Kind::ZSet => self.zset.keys().cloned().collect(),
+            };
+            for key in keys {
+                self.remove_into(delta, other, &key, stamp);
+            }
+        }
+    }
+
+    /// A new dot for `stamp.node`, recorded in `delta`'s context: past
+    /// this state's and past those `delta` already took (one command may
+    /// write many elements).
+    fn new_dot(&self, delta: &mut Coll, stamp: Stamp) -> Dot {
+        let (mut dot, mut birth) = self.ctx.next_dot(stamp.node, stamp.time);
+        if let Some(n) = delta.ctx.newest_of(stamp.node).filter(|n| *n >= dot.n) {
+            dot.n = n + 1;
+            birth = false;
+        }
+        delta.ctx.insert_new(dot, birth);
+        dot
+    }
+
+    /// HSET of one field, into `delta` (a delta of `Coll::delta(stamp, Hash)`).
+    pub fn hset_into(&self, delta: &mut Coll, stamp: Stamp, field: &[u8], value: &[u8]) {
+        self.remove_into(delta, Kind::Hash, field, stamp);
+        let dot = self.new_dot(delta, stamp);
+        let elem = delta.hash.entry(field.to_vec()).or_default();
+        // The same field twice in one command: the last value stands.
+        elem.writes.clear();
+        elem.writes.push(Write {
+            dot,
+            time: stamp.time,
+            value: Blob(value.into()),
+        });
+    }
+
+    /// HDEL (or ZREM, SREM) of one element, into `delta`.
+    pub fn remove_elem_into(&self, delta: &mut Coll, kind: Kind, key: &[u8], stamp: Stamp) {
+        self.remove_into(delta, kind, key, stamp);
+    }
+
+    /// SADD of one member, into `delta`: a new dot replacing the adds held
+    /// (so that it survives a concurrent SREM, as an add must).
+    pub fn sadd_into(&self, delta: &mut Coll, stamp: Stamp, member: &[u8]) {
+        self.remove_into(delta, Kind::Set, member, stamp);
+        let dot = self.new_dot(delta, stamp);
+        let adds = delta.set.entry(member.to_vec()).or_default();
+        adds.clear();
+        adds.push(Add {
+            dot,
+            time: stamp.time,
+        });
+    }
+
+    /// An increment of `kind`'s element `key` by this node, into `delta`:
+    /// the node's next tally, continuing its segment while one survives.
+    pub fn incr_into(
+        &self,
+        delta: &mut Coll,
+        kind: Kind,
+        key: &[u8],
+        stamp: Stamp,
+        by: (i64, f64, bool),
+    ) {
+        let (int, float, is_float) = by;
+        let current = match kind {
+            Kind::Hash => self.hash.get(key).and_then(|e| e.counts.as_deref()),
+            Kind::ZSet => self.zset.get(key).and_then(|e| e.counts.as_deref()),
+            Kind::Set => None,
+        }
+        .and_then(|c| c.get(&stamp.node));
+        let tally = Tally::next(current, stamp, int, float, is_float);
+        let counts = match kind {
+            Kind::Hash => &mut delta.hash.entry(key.to_vec()).or_default().counts,
+            Kind::ZSet => &mut delta.zset.entry(key.to_vec()).or_default().counts,
+            Kind::Set => return,
+        };
+        counts
+            .get_or_insert_with(Default::default)
+            .upsert(stamp.node, tally, |mine, new| *mine = new);
+    }
+
+    // ----- merge -----
+
+    /// Joins `other` (a state or a delta) into this part; returns, per
+    /// element, the concurrent writes this join brought together (each
+    /// loser with the winner).
+    pub fn merge(&mut self, other: &Coll) -> Vec<(Vec<u8>, Conflict)> {
+        let mut conflicts = Vec::new();
+        for (key, r) in &other.removed {
+            let mine = self.removed.entry(key.clone()).or_default();
+            mine.reset = mine.reset.max(r.reset);
+            for (node, t) in r.tallies.iter() {
+                join_tally(&mut mine.tallies, *node, t);
+            }
+        }
+        // A delta keeps the entries of elements it empties: they name what
+        // it removes.
+        let how = (!other.part, self.part && other.part);
+        join_elems(
+            Kind::Hash,
+            &mut self.hash,
+            &other.hash,
+            &self.ctx,
+            &other.ctx,
+            &self.removed,
+            how,
+            |key, e| siblings(&mut conflicts, key, e, blob_side),
+        );
+        join_members(&mut self.set, &other.set, &self.ctx, &other.ctx, how);
+        join_elems(
+            Kind::ZSet,
+            &mut self.zset,
+            &other.zset,
+            &self.ctx,
+            &other.ctx,
+            &self.removed,
+            how,
+            |key, e| siblings(&mut conflicts, key, e, score_side),
+        );
+        // Elements a removal record now covers whole (a record that
+        // arrived without its element).
+        let stays_delta = self.part && other.part;
+        if !other.removed.is_empty() && !stays_delta {
+            for (kind, key) in other.removed.keys() {
+                let r = self.removed.get(&(*kind, key.clone()));
+                match kind {
+                    Kind::Hash => {
+                        if self.hash.get_mut(key).is_some_and(|e| settle(e, r)) {
+                            self.hash.remove(key);
+                        }
+                    }
+                    Kind::ZSet => {
+                        if self.zset.get_mut(key).is_some_and(|e| settle(e, r)) {
+                            self.zset.remove(key);
+                        }
+                    }
+                    Kind::Set => {}
+                }
+            }
+        }
+        self.ctx.merge(&other.ctx);
+        if (other.at, other.kind) > (self.at, self.kind) {
+            self.at = other.at;
+            self.kind = other.kind;
+        }
+        self.part &= other.part;
+        if !self.oldest.0.is_zero() {
+            if let Some(e) = other.oldest_stamp() {
+                self.oldest.0 = self.oldest.0.min(e);
+            }
+        }
+        conflicts
+    }
+
+    /// Drops every element write, add and counter segment stamped before
+    /// `floor` (a flush, or the key's expiry floor), and their records.
+    pub fn prune(&mut self, floor: Stamp) {
+        if floor.is_zero() {
+            return;
+        }
+        if self.at < floor && !self.part {
+            // Every element here is older: only the context stays, so that
+            // those elements stay removed wherever they arrive from.
+            // (Removal records may be newer: a register write's.)
+            self.hash.clear();
+            self.set.clear();
+            self.zset.clear();
+        }
+        if !self.oldest.0.is_zero() && floor <= self.oldest.0 {
+            return;
+        }
+        // A delta keeps its entries, emptied or not: they name what it removes.
+        let keep = self.part;
+        fn prune_elems<V>(map: &mut BTreeMap<Vec<u8>, Elem<V>>, floor: Stamp, keep: bool) {
+            map.retain(|_, e| {
+                if e.is_empty() {
+                    return keep;
+                }
+                e.writes.retain(|w| w.stamp() >= floor);
+                if let Some(c) = &mut e.counts {
+                    c.retain(|_, t| t.epoch >= floor);
+                    if c.is_empty() {
+                        e.counts = None;
+                    }
+                }
+                !e.is_empty() || keep
+            });
+        }
+        prune_elems(&mut self.hash, floor, keep);
+        prune_elems(&mut self.zset, floor, keep);
+        self.set.retain(|_, adds| {
+            if adds.is_empty() {
+                return keep;
+            }
+            adds.retain(|a| a.stamp() >= floor);
+            !adds.is_empty() || keep
+        });
+        self.removed.retain(|_, r| {
+            r.tallies.retain(|_, t| t.epoch >= floor);
+            !r.tallies.is_empty()
+        });
+        self.oldest.0 = self.oldest_stamp().unwrap_or(self.at).max(floor);
+    }
+
+    /// The oldest stamp a prune looks at: elements' and removal records'.
+    fn oldest_stamp(&self) -> Option<Stamp> {
+        let records = self
+            .removed
+            .values()
+            .flat_map(|r| r.tallies.values().map(|t| t.epoch));
+        self.earliest_added().into_iter().chain(records).min()
+    }
+
+    /// The oldest stamp this part brings to a merge (element writes, adds,
+    /// counter segments), `None` when it brings none.
+    pub fn earliest_added(&self) -> Option<Stamp> {
+        let hash = self.hash.values().flat_map(elem_stamps);
+        let zset = self.zset.values().flat_map(elem_stamps);
+        let set = self.set.values().flatten().map(Add::stamp);
+        hash.chain(zset).chain(set).min()
+    }
+
+    /// Drops what the GC floor `acked` makes dead weight: removal records
+    /// no tally here continues, once their reset is at or below it; and the
+    /// context, once every collection write and every register write (which
+    /// removes elements too; `reg_stamp` is the newest) is at or below it.
+    /// Every node then applied every add and remove the context speaks of,
+    /// so no element it would tell removed can arrive again, and a later
+    /// write starts a new run of dots past it (`CausalContext::next_dot`).
+    /// Nodes that compacted past the same floor hold equal parts. Returns
+    /// whether anything changed.
+    pub fn compact(&mut self, acked: Stamp, reg_stamp: Stamp) -> bool {
+        let before = self.removed.len();
+        let (hash, zset) = (&self.hash, &self.zset);
+        self.removed.retain(|(kind, key), r| {
+            if r.reset > acked {
+                return true;
+            }
+            let counts = match kind {
+                Kind::Hash => hash.get(key).and_then(|e| e.counts.as_deref()),
+                Kind::ZSet => zset.get(key).and_then(|e| e.counts.as_deref()),
+                Kind::Set => None,
+            };
+            r.tallies.retain(|node, t| {
+                counts
+                    .and_then(|c| c.get(node))
+                    .is_some_and(|c| c.epoch == t.epoch)
+            });
+            !r.tallies.is_empty()
+        });
+        let mut changed = self.removed.len() != before;
+        if self.at <= acked && reg_stamp <= acked && !self.ctx.is_empty() {
+            self.ctx = CausalContext::default();
+            changed = true;
+        }
+        changed
+    }
+
+    /// Bytes held on the heap, roughly: per element its key, entry and
+    /// value (MEMORY USAGE).
+    pub fn heap_bytes(&self) -> usize {
+        const NODE_SLACK: usize = 8;
+        let elem = std::mem::size_of::<Vec<u8>>() + NODE_SLACK;
+        let mut n = self.ctx.heap_bytes();
+        for (k, e) in &self.hash {
+            n += elem + std::mem::size_of::<Elem<Blob>>() + k.capacity();
+            n += e.writes.iter().map(|w| w.value.0.len()).sum::<usize>();
+            if e.writes.spilled() {
+                n += e.writes.capacity() * std::mem::size_of::<Write<Blob>>();
+            }
+        }
+        for (k, a) in &self.set {
+            n += elem + std::mem::size_of::<Adds>() + k.capacity();
+            if a.spilled() {
+                n += a.capacity() * std::mem::size_of::<Add>();
+            }
+        }
+        for k in self.zset.keys() {
+            n += elem + std::mem::size_of::<Elem<Score>>() + k.capacity();
+        }
+        n
+    }
+}
+
+fn elem_stamps<V>(e: &Elem<V>) -> impl Iterator<Item = Stamp> + '_ {
+    e.writes
+        .iter()
+        .map(Write::stamp)
+        .chain(e.counts.iter().flat_map(|c| c.values()).map(|t| t.epoch))
+}
+
+/// Reports each of an element's surviving writes but the winner as lost
+/// to it: writes no later write observed, so concurrent.
+fn siblings<V>(
+    conflicts: &mut Vec<(Vec<u8>, Conflict)>,
+    key: &[u8],
+    e: &Elem<V>,
+    side: fn(&Write<V>) -> Side,
+) {
+    let Some(win) = e.winner() else { return };
+    for lost in e.writes.iter().filter(|w| w.dot != win.dot) {
+        conflicts.push((
+            key.to_vec(),
+            Conflict {
+                kind: ConflictKind::ConcurrentWrite,
+                winner: side(win),
+                loser: side(lost),
+                element: None,
+            },
+        ));
+    }
+}
+
+fn blob_side(w: &Write<Blob>) -> Side {
+    Side {
+        origin: w.dot.node,
+        stamp: w.stamp(),
+        what: Summary::of_value(Some(&w.value.0)),
+    }
+}
+
+fn score_side(w: &Write<Score>) -> Side {
+    Side {
+        origin: w.dot.node,
+        stamp: w.stamp(),
+        what: Summary::Value(crate::number::format_float(w.value.0).into_bytes()),
+    }
+}
