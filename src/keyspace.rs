@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chorus_crdt::digest::{bucket_of, key_digest, sub_bucket_of, DbDigest, Scope, BUCKETS};
-use chorus_crdt::{Clock, Conflict, KeyState, NodeId, Stamp};
+use chorus_crdt::{Clock, Coll, Conflict, KeyState, KeyType, Kind, NodeId, Stamp};
 use hashbrown::{HashMap, HashSet};
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
@@ -234,6 +234,49 @@ pub struct Writer<'a> {
 impl Writer<'_> {
     pub fn state(&self) -> &KeyState {
         self.state
+    }
+
+    /// What the key shows now (`None`: it does not exist).
+    pub fn key_type(&self) -> Option<KeyType> {
+        self.state.key_type(self.now_ms)
+    }
+
+    /// Whether the key shows a hash, set or sorted set.
+    pub fn shows_collection(&self) -> bool {
+        matches!(self.key_type(), Some(KeyType::Coll(_)))
+    }
+
+    /// Runs a collection command of `kind` (the caller checked the key
+    /// shows `kind` or nothing): `ops` adds its element writes to the delta
+    /// against the current collection part, stamped as given. A key that
+    /// shows nothing but holds hidden parts (a string under a collection,
+    /// elements a concurrent write kept) is deleted first, and again if the
+    /// command empties it: a key a client saw vanish must not come back as
+    /// something it never wrote.
+    /// Nothing but that delete is written when `ops` fails.
+    pub fn coll_write<R, E>(
+        &mut self,
+        kind: Kind,
+        ops: impl FnOnce(&Coll, &mut Coll, Stamp) -> Result<R, E>,
+    ) -> Result<R, E> {
+        if !self.visible() && self.state.has_hidden_parts() {
+            self.set(None, 0);
+        }
+        let stamp = self.stamp();
+        let mut result = None;
+        let delta = self
+            .state
+            .coll_write(stamp, kind, |c, d| result = Some(ops(c, d, stamp)));
+        let r = match result {
+            Some(Ok(r)) => r,
+            Some(Err(e)) => return Err(e),
+            None => unreachable!("KeyState::coll_write runs its ops"),
+        };
+        self.apply(delta);
+        if !self.state.exists(0) && self.state.has_hidden_parts() {
+            self.set(None, 0);
+        }
+        Ok(r)
     }
 
     /// Whether the key exists now.

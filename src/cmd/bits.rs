@@ -51,7 +51,7 @@ fn setbit(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let max = x.server.tunables.max_bulk();
     let old = x.update(args[1], |w| {
         let at = w.kept_expiry();
-        let mut value = w.value().unwrap_or_default();
+        let mut value = super::str_value(w)?.unwrap_or_default();
         let byte = offset / 8;
         if byte >= value.len() {
             if byte + 1 > max {
@@ -399,7 +399,7 @@ fn bitfield(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let max = x.server.tunables.max_bulk();
     let results = x.update(args[1], |w| {
         let at = w.kept_expiry();
-        let mut value = w.value().unwrap_or_default();
+        let mut value = super::str_value(w)?.unwrap_or_default();
         let mut results: Vec<Option<i128>> = Vec::with_capacity(ops.len());
         let mut wrote = false;
         for op in &ops {

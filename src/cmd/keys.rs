@@ -51,11 +51,11 @@ fn exists(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn type_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let t = if x.visible(args[1])?.is_some() {
-        "string"
-    } else {
-        "none"
-    };
+    let now = x.now_ms;
+    let t = x
+        .visible(args[1])?
+        .and_then(|s| s.key_type(now))
+        .map_or("none", |t| t.name());
     x.out.simple(t);
     Ok(())
 }
@@ -126,7 +126,8 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         for (k, s) in map.iter().skip(pos) {
             pos += 1;
             visited += 1;
-            let type_ok = type_filter.is_none_or(|t| is(t, "string"));
+            let type_ok =
+                type_filter.is_none_or(|t| s.key_type(now).is_some_and(|kt| is(t, kt.name())));
             if type_ok && s.exists(now) && pattern.is_none_or(|p| glob::matches(p, k, false)) {
                 found.push(k.to_vec());
             }

@@ -16,10 +16,12 @@ mod connection;
 mod crdt;
 mod error;
 mod expire;
+mod hashes;
 mod keys;
 mod multi;
 pub mod replication;
 mod server;
+mod sets;
 mod strings;
 
 pub use args::Args;
@@ -29,7 +31,7 @@ pub use server::REDIS_COMPAT_VERSION;
 use std::borrow::Cow;
 use std::sync::LazyLock;
 
-use chorus_crdt::{KeyState, Read};
+use chorus_crdt::{Coll, KeyState, KeyType, Kind, Read, Stamp};
 use smallvec::SmallVec;
 
 use crate::keyspace::{Db, Keyspace, Locked, Writer};
@@ -165,6 +167,8 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .iter()
         .chain(bits::COMMANDS)
         .chain(keys::COMMANDS)
+        .chain(hashes::COMMANDS)
+        .chain(sets::COMMANDS)
         .chain(expire::COMMANDS)
         .chain(connection::COMMANDS)
         .chain(client::COMMANDS)
@@ -307,13 +311,56 @@ impl<'s> Exec<'s, '_> {
         Ok(self.db(key)?.get(key).filter(|s| s.exists(now)))
     }
 
-    /// The key's value as GET returns it, copied out.
+    /// The key's value as GET returns it, copied out; WRONGTYPE for a
+    /// key holding a collection.
     pub fn value(&mut self, key: &[u8]) -> Result<Option<Vec<u8>>, Error> {
         let now = self.now_ms;
-        Ok(self
-            .db(key)?
-            .get(key)
-            .and_then(|s| s.read(now).render().map(Cow::into_owned)))
+        let Some(state) = self.db(key)?.get(key) else {
+            return Ok(None);
+        };
+        match state.read(now) {
+            Read::Absent if matches!(state.key_type(now), Some(KeyType::Coll(_))) => {
+                Err(Error::WrongType)
+            }
+            read => Ok(read.render().map(Cow::into_owned)),
+        }
+    }
+
+    /// The key's collection part if it shows `kind` now (`None` if it
+    /// does not exist; WRONGTYPE if it shows another type), with the reply
+    /// to write while reading it.
+    pub fn coll(&mut self, key: &[u8], kind: Kind) -> Result<(Option<&Coll>, &mut Reply), Error> {
+        let now = self.now_ms;
+        let db = self.session.db;
+        let shard = self.locked.shard(self.ks.shard_of(key))?;
+        let out = &mut *self.out;
+        let Some(state) = shard.dbs[db].get(key) else {
+            return Ok((None, out));
+        };
+        match state.key_type(now) {
+            None => Ok((None, out)),
+            Some(KeyType::Coll(k)) if k == kind => Ok((state.coll(), out)),
+            Some(_) => Err(Error::WrongType),
+        }
+    }
+
+    /// Runs a collection command of `kind` on `key`: WRONGTYPE unless the
+    /// key shows `kind` or nothing. `f` reads the current part and fills
+    /// the delta (see `Writer::coll_write`); its result is the reply's.
+    pub fn coll_update<R>(
+        &mut self,
+        key: &[u8],
+        kind: Kind,
+        f: impl FnOnce(&Coll, &mut Coll, Stamp) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        self.update(key, |w| {
+            match w.key_type() {
+                None => {}
+                Some(KeyType::Coll(k)) if k == kind => {}
+                Some(_) => return Err(Error::WrongType),
+            }
+            w.coll_write(kind, f)
+        })
     }
 
     /// Runs a write on `key` in the current database (see [`Keyspace::update`]).
@@ -353,6 +400,15 @@ impl<'s> Exec<'s, '_> {
             Ok(visible)
         })
     }
+}
+
+/// A string key's value inside a write: WRONGTYPE when the key holds a
+/// collection.
+pub fn str_value(w: &Writer) -> Result<Option<Vec<u8>>, Error> {
+    if w.shows_collection() {
+        return Err(Error::WrongType);
+    }
+    Ok(w.value())
 }
 
 /// Parses an integer argument.

@@ -40,8 +40,12 @@ fn get(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let now = x.now_ms;
     let db = x.session.db;
     let shard = x.locked.shard(x.ks.shard_of(key))?;
-    let read = shard.dbs[db].get(key).map_or(Read::Absent, |s| s.read(now));
+    let state = shard.dbs[db].get(key);
+    let read = state.map_or(Read::Absent, |s| s.read(now));
     if matches!(read, Read::Absent) {
+        if state.is_some_and(|s| matches!(s.key_type(now), Some(chorus_crdt::KeyType::Coll(_)))) {
+            return Err(Error::WrongType);
+        }
         shard.misses += 1;
     } else {
         shard.hits += 1;
@@ -125,7 +129,7 @@ fn set_generic(
 ) -> CmdResult {
     let (done, old) = x.update(key, |w| {
         let exists = w.visible();
-        let old = if get { w.value() } else { None };
+        let old = if get { super::str_value(w)? } else { None };
         if (nx && exists) || (xx && !exists) {
             return Ok((false, old));
         }
@@ -186,7 +190,7 @@ fn getset(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn getdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let value = x.update(args[1], |w| {
-        let value = w.value();
+        let value = super::str_value(w)?;
         if value.is_some() {
             w.set(None, 0);
         }
@@ -218,7 +222,7 @@ fn getex(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         _ => None,
     };
     let value = x.update(key, |w| {
-        let value = w.value();
+        let value = super::str_value(w)?;
         if let (Some(_), Some(at)) = (&value, at) {
             w.expire(at);
         }
@@ -281,7 +285,7 @@ fn append(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let max = x.server.tunables.max_bulk();
     let len = x.update(args[1], |w| {
         let at = w.kept_expiry();
-        let mut value = w.value().unwrap_or_default();
+        let mut value = super::str_value(w)?.unwrap_or_default();
         check_size(max, value.len() + args[2].len())?;
         value.extend_from_slice(args[2]);
         w.set(Some(&value), at);
@@ -330,7 +334,7 @@ fn setrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let max = x.server.tunables.max_bulk();
     let len = x.update(args[1], |w| {
         let at = w.kept_expiry();
-        let mut value = w.value().unwrap_or_default();
+        let mut value = super::str_value(w)?.unwrap_or_default();
         if patch.is_empty() {
             return Ok(value.len());
         }
@@ -350,6 +354,9 @@ fn setrange(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 fn current_int(w: &Writer) -> Result<i64, Error> {
     if !w.visible() {
         return Ok(0);
+    }
+    if w.shows_collection() {
+        return Err(Error::WrongType);
     }
     match w.state().read(0) {
         Read::Absent => Ok(0),
@@ -396,6 +403,8 @@ fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let shown = x.update(args[1], |w| {
         let current = if !w.visible() {
             0.0
+        } else if w.shows_collection() {
+            return Err(Error::WrongType);
         } else {
             match w.state().read(0) {
                 Read::Absent => 0.0,
@@ -408,7 +417,7 @@ fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             return Err(Error::err("increment would produce NaN or Infinity"));
         }
         w.incr(0, by, true);
-        Ok(w.value().unwrap_or_default())
+        Ok(super::str_value(w)?.unwrap_or_default())
     })?;
     x.out.bulk(&shown);
     Ok(())

@@ -1,0 +1,215 @@
+//! Hash commands (Redis's `t_hash.c`): each field a register or a counter
+//! as a string key is, fields an observed-remove map (DESIGN.md, Data
+//! model; docs/crdt-semantics.md).
+
+use chorus_crdt::number::{format_float, parse_float, parse_int};
+use chorus_crdt::{Kind, Read};
+
+use super::Flag::*;
+use super::{float_arg, int_arg, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec};
+
+#[rustfmt::skip]
+pub static COMMANDS: &[Spec] = &[
+    Spec { name: "hset", arity: -4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value [field value ...]", summary: "Creates or modifies the value of a field in a hash.", run: hset },
+    Spec { name: "hmset", arity: -4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value [field value ...]", summary: "Sets the values of multiple fields.", run: hmset },
+    Spec { name: "hsetnx", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value", summary: "Sets the value of a field in a hash only when the field doesn't exist.", run: hsetnx },
+    Spec { name: "hget", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field", summary: "Returns the value of a field in a hash.", run: hget },
+    Spec { name: "hmget", arity: -3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field [field ...]", summary: "Returns the values of all fields in a hash.", run: hmget },
+    Spec { name: "hgetall", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key", summary: "Returns all fields and values in a hash.", run: hgetall },
+    Spec { name: "hkeys", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key", summary: "Returns all fields in a hash.", run: hkeys },
+    Spec { name: "hvals", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key", summary: "Returns all values in a hash.", run: hvals },
+    Spec { name: "hlen", arity: 2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key", summary: "Returns the number of fields in a hash.", run: hlen },
+    Spec { name: "hexists", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field", summary: "Determines whether a field exists in a hash.", run: hexists },
+    Spec { name: "hstrlen", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field", summary: "Returns the length of the value of a field.", run: hstrlen },
+    Spec { name: "hdel", arity: -3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field [field ...]", summary: "Deletes one or more fields and their values from a hash. Deletes the hash if no fields remain.", run: hdel },
+    Spec { name: "hincrby", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field increment", summary: "Increments the integer value of a field in a hash by a number. Uses 0 as initial value if the field doesn't exist.", run: hincrby },
+    Spec { name: "hincrbyfloat", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field increment", summary: "Increments the floating point value of a field by a number. Uses 0 as initial value if the field doesn't exist.", run: hincrbyfloat },
+];
+
+fn pairs<'a>(args: &'a [&'a [u8]], name: &'static str) -> Result<&'a [&'a [u8]], Error> {
+    let pairs = &args[2..];
+    if pairs.len() % 2 != 0 {
+        return Err(Error::Arity(name.into()));
+    }
+    Ok(pairs)
+}
+
+/// Writes the pairs; returns how many fields were new.
+fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
+    x.coll_update(key, Kind::Hash, |c, d, stamp| {
+        let mut added = 0;
+        for p in pairs.chunks_exact(2) {
+            if c.field(p[0]).is_none() && !d.hash.get(p[0]).is_some_and(|e| !e.writes.is_empty()) {
+                added += 1;
+            }
+            c.hset_into(d, stamp, p[0], p[1]);
+        }
+        Ok(added)
+    })
+}
+
+fn hset(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let pairs = pairs(args, "hset")?;
+    let added = hset_pairs(x, args[1], pairs)?;
+    x.out.int(added);
+    Ok(())
+}
+
+fn hmset(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let pairs = pairs(args, "hmset")?;
+    hset_pairs(x, args[1], pairs)?;
+    x.out.ok();
+    Ok(())
+}
+
+fn hsetnx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    if x.coll(args[1], Kind::Hash)?
+        .0
+        .is_some_and(|c| c.field(args[2]).is_some())
+    {
+        x.out.int(0);
+        return Ok(());
+    }
+    hset_pairs(x, args[1], &args[2..4])?;
+    x.out.int(1);
+    Ok(())
+}
+
+fn hget(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let (c, out) = x.coll(args[1], Kind::Hash)?;
+    let read = c.and_then(|c| c.field(args[2])).unwrap_or(Read::Absent);
+    reply_read(out, read);
+    Ok(())
+}
+
+fn hmget(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let fields = &args[2..];
+    let (c, out) = x.coll(args[1], Kind::Hash)?;
+    out.array(fields.len());
+    for f in fields {
+        reply_read(out, c.and_then(|c| c.field(f)).unwrap_or(Read::Absent));
+    }
+    Ok(())
+}
+
+/// HGETALL, HKEYS, HVALS: fields and/or values, by field.
+fn list(x: &mut Exec, key: &[u8], keys: bool, values: bool) -> CmdResult {
+    let (c, out) = x.coll(key, Kind::Hash)?;
+    let n = c.map_or(0, |c| c.len(Kind::Hash));
+    if keys && values {
+        out.map(n);
+    } else {
+        out.array(n);
+    }
+    for (f, v) in c.into_iter().flat_map(|c| c.fields()) {
+        if keys {
+            out.bulk(f);
+        }
+        if values {
+            reply_read(out, v);
+        }
+    }
+    Ok(())
+}
+
+fn hgetall(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    list(x, args[1], true, true)
+}
+
+fn hkeys(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    list(x, args[1], true, false)
+}
+
+fn hvals(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    list(x, args[1], false, true)
+}
+
+fn hlen(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let n = x
+        .coll(args[1], Kind::Hash)?
+        .0
+        .map_or(0, |c| c.len(Kind::Hash));
+    x.out.int(n as i64);
+    Ok(())
+}
+
+fn hexists(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let found = x
+        .coll(args[1], Kind::Hash)?
+        .0
+        .is_some_and(|c| c.field(args[2]).is_some());
+    x.out.int(i64::from(found));
+    Ok(())
+}
+
+fn hstrlen(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let len = x
+        .coll(args[1], Kind::Hash)?
+        .0
+        .and_then(|c| c.field(args[2]))
+        .and_then(|r| r.render().map(|v| v.len()))
+        .unwrap_or(0);
+    x.out.int(len as i64);
+    Ok(())
+}
+
+fn hdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    if x.coll(args[1], Kind::Hash)?.0.is_none() {
+        x.out.int(0);
+        return Ok(());
+    }
+    let removed = x.coll_update(args[1], Kind::Hash, |c, d, stamp| {
+        let mut removed = 0;
+        for f in &args[2..] {
+            if c.field(f).is_some() && !d.hash.contains_key(*f) {
+                removed += 1;
+            }
+            c.remove_elem_into(d, Kind::Hash, f, stamp);
+        }
+        Ok(removed)
+    })?;
+    x.out.int(removed);
+    Ok(())
+}
+
+fn hincrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let by = int_arg(args[3])?;
+    let field = args[2];
+    let new = x.coll_update(args[1], Kind::Hash, |c, d, stamp| {
+        let current = match c.field(field) {
+            None | Some(Read::Absent) => 0,
+            Some(Read::Int(i)) => i,
+            Some(Read::Str(v)) => parse_int(v).ok_or(Error::err("hash value is not an integer"))?,
+            Some(Read::Float(f)) => parse_int(format_float(f).as_bytes())
+                .ok_or(Error::err("hash value is not an integer"))?,
+        };
+        let new = current
+            .checked_add(by)
+            .ok_or(Error::err("increment or decrement would overflow"))?;
+        c.incr_into(d, Kind::Hash, field, stamp, (by, 0.0, false));
+        Ok(new)
+    })?;
+    x.out.int(new);
+    Ok(())
+}
+
+fn hincrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let by = float_arg(args[3])?;
+    let field = args[2];
+    let new = x.coll_update(args[1], Kind::Hash, |c, d, stamp| {
+        let current = match c.field(field) {
+            None | Some(Read::Absent) => 0.0,
+            Some(Read::Int(i)) => i as f64,
+            Some(Read::Float(f)) => f,
+            Some(Read::Str(v)) => parse_float(v).ok_or(Error::err("hash value is not a float"))?,
+        };
+        let new = current + by;
+        if !new.is_finite() {
+            return Err(Error::err("increment would produce NaN or Infinity"));
+        }
+        c.incr_into(d, Kind::Hash, field, stamp, (0, by, true));
+        Ok(new)
+    })?;
+    x.out.bulk(format_float(new).as_bytes());
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! Hashes and sets through the `redis` crate: Redis 7.0 replies and errors,
+//! WRONGTYPE across types, and what a key holding one does under DEL,
+//! SET, EXPIRE and TYPE.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::{err, q, Server};
+
+const WRONGTYPE: &str = "WRONGTYPE";
+
+#[test]
+fn hash_commands_follow_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    assert_eq!(q::<i64>(&mut c, &["HSET", "h", "a", "1", "b", "2"]), 2);
+    assert_eq!(q::<i64>(&mut c, &["HSET", "h", "a", "10", "c", "3"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["HSET", "h", "d", "x", "d", "y"]), 1);
+    assert_eq!(
+        q::<String>(&mut c, &["HGET", "h", "d"]),
+        "y",
+        "the last value of a field named twice"
+    );
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "a"]), "10");
+    assert_eq!(q::<Option<String>>(&mut c, &["HGET", "h", "nope"]), None);
+    assert_eq!(q::<Option<String>>(&mut c, &["HGET", "missing", "a"]), None);
+    assert_eq!(q::<i64>(&mut c, &["HLEN", "h"]), 4);
+    assert_eq!(
+        q::<Vec<Option<String>>>(&mut c, &["HMGET", "h", "a", "zz", "b"]),
+        vec![Some("10".into()), None, Some("2".into())]
+    );
+    let all: BTreeMap<String, String> = q(&mut c, &["HGETALL", "h"]);
+    let expected: BTreeMap<String, String> = [("a", "10"), ("b", "2"), ("c", "3"), ("d", "y")]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    assert_eq!(all, expected);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["HKEYS", "h"]),
+        vec!["a", "b", "c", "d"]
+    );
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["HVALS", "h"]),
+        vec!["10", "2", "3", "y"]
+    );
+    assert_eq!(q::<i64>(&mut c, &["HEXISTS", "h", "a"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["HEXISTS", "h", "zz"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["HSTRLEN", "h", "a"]), 2);
+    assert_eq!(q::<i64>(&mut c, &["HSTRLEN", "h", "zz"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["HSETNX", "h", "a", "no"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["HSETNX", "h", "e", "5"]), 1);
+    assert_eq!(
+        q::<String>(&mut c, &["HMSET", "h", "f", "6", "g", "7"]),
+        "OK"
+    );
+    assert_eq!(q::<i64>(&mut c, &["HLEN", "h"]), 7);
+
+    assert_eq!(q::<i64>(&mut c, &["HINCRBY", "h", "a", "5"]), 15);
+    assert_eq!(q::<i64>(&mut c, &["HINCRBY", "h", "new", "-3"]), -3);
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "new"]), "-3");
+    assert_eq!(
+        q::<String>(&mut c, &["HINCRBYFLOAT", "h", "a", "0.5"]),
+        "15.5"
+    );
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "a"]), "15.5");
+    assert!(err(&mut c, &["HINCRBY", "h", "d", "1"]).contains("hash value is not an integer"));
+    assert!(err(&mut c, &["HINCRBY", "h", "a", "1"]).contains("hash value is not an integer"));
+    assert!(err(&mut c, &["HINCRBYFLOAT", "h", "d", "1"]).contains("hash value is not a float"));
+    assert!(err(&mut c, &["HINCRBY", "h", "a", "x"]).contains("value is not an integer"));
+    assert_eq!(
+        q::<String>(&mut c, &["HSET", "h", "big", "9223372036854775807"]),
+        "1"
+    );
+    assert!(err(&mut c, &["HINCRBY", "h", "big", "1"]).contains("overflow"));
+    assert_eq!(
+        q::<String>(&mut c, &["HGET", "h", "big"]),
+        "9223372036854775807",
+        "a failed HINCRBY writes nothing"
+    );
+    // A field written over its increments reads as written.
+    assert_eq!(q::<i64>(&mut c, &["HSET", "h", "new", "100"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["HINCRBY", "h", "new", "1"]), 101);
+
+    assert!(err(&mut c, &["HSET", "h", "a"]).contains("wrong number of arguments for 'hset'"));
+    assert!(err(&mut c, &["HMSET", "h", "a", "1", "b"])
+        .contains("wrong number of arguments for 'hmset'"));
+    assert!(err(&mut c, &["HGET", "h"]).contains("wrong number of arguments"));
+
+    // HDEL of every field deletes the key.
+    let fields: Vec<String> = q(&mut c, &["HKEYS", "h"]);
+    assert_eq!(q::<i64>(&mut c, &["HDEL", "h", "a", "a", "zz"]), 1);
+    let mut args = vec!["HDEL", "h"];
+    args.extend(fields.iter().map(String::as_str));
+    assert_eq!(q::<i64>(&mut c, &args), fields.len() as i64 - 1);
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "h"]), 0);
+    assert_eq!(q::<String>(&mut c, &["TYPE", "h"]), "none");
+    assert_eq!(q::<i64>(&mut c, &["HLEN", "h"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["HDEL", "h", "a"]), 0);
+    assert_eq!(
+        q::<BTreeMap<String, String>>(&mut c, &["HGETALL", "h"]),
+        BTreeMap::new()
+    );
+}
+
+#[test]
+fn set_commands_follow_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    assert_eq!(q::<i64>(&mut c, &["SADD", "s", "a", "b", "a"]), 2);
+    assert_eq!(q::<i64>(&mut c, &["SADD", "s", "b", "c"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["SCARD", "s"]), 3);
+    assert_eq!(q::<i64>(&mut c, &["SCARD", "missing"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["SISMEMBER", "s", "a"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["SISMEMBER", "s", "z"]), 0);
+    assert_eq!(
+        q::<Vec<i64>>(&mut c, &["SMISMEMBER", "s", "a", "z", "c"]),
+        vec![1, 0, 1]
+    );
+    assert_eq!(
+        q::<Vec<i64>>(&mut c, &["SMISMEMBER", "missing", "a"]),
+        vec![0]
+    );
+    let members: BTreeSet<String> = q(&mut c, &["SMEMBERS", "s"]);
+    assert_eq!(members, ["a", "b", "c"].map(String::from).into());
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["SMEMBERS", "missing"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(q::<i64>(&mut c, &["SREM", "s", "a", "z", "a"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["SREM", "missing", "a"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["SREM", "s", "b", "c"]), 2);
+    assert_eq!(
+        q::<i64>(&mut c, &["EXISTS", "s"]),
+        0,
+        "the last SREM deletes the key"
+    );
+    assert!(err(&mut c, &["SADD", "s"]).contains("wrong number of arguments for 'sadd'"));
+}
+
+#[test]
+fn every_command_meets_another_type_with_wrongtype() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["HSET", "h", "f", "1"]);
+    q::<i64>(&mut c, &["SADD", "s", "m"]);
+    q::<String>(&mut c, &["SET", "str", "v"]);
+    for args in [
+        vec!["GET", "h"],
+        vec!["INCR", "h"],
+        vec!["INCRBYFLOAT", "s", "1"],
+        vec!["APPEND", "h", "x"],
+        vec!["STRLEN", "s"],
+        vec!["GETRANGE", "h", "0", "1"],
+        vec!["SETRANGE", "h", "0", "x"],
+        vec!["GETDEL", "h"],
+        vec!["GETSET", "h", "x"],
+        vec!["SETBIT", "s", "1", "1"],
+        vec!["GETBIT", "h", "1"],
+        vec!["BITCOUNT", "h"],
+        vec!["HSET", "str", "f", "v"],
+        vec!["HGET", "s", "f"],
+        vec!["HGETALL", "str"],
+        vec!["HINCRBY", "s", "f", "1"],
+        vec!["HLEN", "s"],
+        vec!["SADD", "h", "m"],
+        vec!["SMEMBERS", "str"],
+        vec!["SISMEMBER", "h", "m"],
+        vec!["SREM", "str", "m"],
+        vec!["SCARD", "h"],
+    ] {
+        let e = err(&mut c, &args);
+        assert!(e.contains(WRONGTYPE), "{args:?}: {e}");
+    }
+    // Nothing changed.
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "f"]), "1");
+    assert_eq!(q::<i64>(&mut c, &["SCARD", "s"]), 1);
+    assert_eq!(q::<String>(&mut c, &["GET", "str"]), "v");
+    // MGET answers nil for keys of other types, as Redis does.
+    assert_eq!(
+        q::<Vec<Option<String>>>(&mut c, &["MGET", "h", "str"]),
+        vec![None, Some("v".into())]
+    );
+    assert_eq!(q::<String>(&mut c, &["TYPE", "h"]), "hash");
+    assert_eq!(q::<String>(&mut c, &["TYPE", "s"]), "set");
+    assert_eq!(q::<String>(&mut c, &["TYPE", "str"]), "string");
+    let (_, hashes): (String, Vec<String>) =
+        q(&mut c, &["SCAN", "0", "TYPE", "hash", "COUNT", "100"]);
+    assert_eq!(hashes, vec!["h"]);
+    let (_, sets): (String, Vec<String>) = q(&mut c, &["SCAN", "0", "TYPE", "set", "COUNT", "100"]);
+    assert_eq!(sets, vec!["s"]);
+}
+
+#[test]
+fn set_del_and_expire_work_on_every_type() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["HSET", "h", "f", "1", "g", "2"]);
+    // SET replaces a hash whole; the fields are gone for good.
+    assert_eq!(q::<String>(&mut c, &["SET", "h", "plain"]), "OK");
+    assert_eq!(q::<String>(&mut c, &["GET", "h"]), "plain");
+    assert_eq!(q::<String>(&mut c, &["TYPE", "h"]), "string");
+    assert_eq!(q::<i64>(&mut c, &["DEL", "h"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["HSET", "h", "new", "1"]), 1);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["HKEYS", "h"]),
+        vec!["new"],
+        "old fields stay deleted"
+    );
+    // A hash made from a deleted string key has no TTL from it.
+    q::<String>(&mut c, &["SET", "t", "v", "EX", "100"]);
+    q::<i64>(&mut c, &["DEL", "t"]);
+    q::<i64>(&mut c, &["SADD", "t", "m"]);
+    assert_eq!(q::<i64>(&mut c, &["TTL", "t"]), -1);
+    // EXPIRE, TTL, PERSIST on a set; an expired set is gone.
+    assert_eq!(q::<i64>(&mut c, &["EXPIRE", "t", "100"]), 1);
+    assert!(q::<i64>(&mut c, &["TTL", "t"]) > 90);
+    q::<i64>(&mut c, &["SADD", "t", "n"]);
+    assert!(
+        q::<i64>(&mut c, &["TTL", "t"]) > 90,
+        "a member added keeps the key's TTL"
+    );
+    assert_eq!(q::<i64>(&mut c, &["PEXPIRE", "t", "30"]), 1);
+    std::thread::sleep(std::time::Duration::from_millis(80));
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "t"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["SADD", "t", "x"]), 1);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["SMEMBERS", "t"]),
+        vec!["x"],
+        "the expired members stay gone"
+    );
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 2);
+    assert_eq!(q::<String>(&mut c, &["FLUSHALL"]), "OK");
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["SADD", "t", "y"]), 1);
+    assert_eq!(q::<Vec<String>>(&mut c, &["SMEMBERS", "t"]), vec!["y"]);
+}
