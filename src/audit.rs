@@ -68,6 +68,8 @@ pub struct Side {
 pub struct Row {
     pub db: i64,
     pub key: String,
+    /// The hash field (or sorted-set member) both writes were to.
+    pub element: Option<String>,
     pub kind: String,
     pub winner: Side,
     pub loser: Side,
@@ -196,8 +198,8 @@ fn tls_client(node: &str, tls: &TlsFiles) -> Result<redis::RedisResult<redis::Cl
     ))
 }
 
-/// One entry as a node lists it: (db, key, kind, winner, loser).
-type Entry = (i64, String, String, Side, Side);
+/// One entry as a node lists it: (db, key, element, kind, winner, loser).
+type Entry = (i64, String, Option<String>, String, Side, Side);
 
 /// Entries asked for per `CRDT.CONFLICTS` request.
 const PAGE: usize = 1000;
@@ -348,6 +350,7 @@ fn entry(e: redis::Value) -> Option<Entry> {
     Some((
         f.get("db").and_then(as_int)?,
         f.get("key").and_then(as_text)?,
+        f.get("element").and_then(as_text),
         f.get("kind").and_then(as_text)?,
         side("winner")?,
         side("loser")?,
@@ -422,11 +425,12 @@ fn merge(fetched: Vec<(String, Vec<Entry>)>) -> Vec<Row> {
     // hidden increments where the SET was): one row, both kinds.
     let mut rows: BTreeMap<RowId, Row> = BTreeMap::new();
     for (node, entries) in fetched {
-        for (db, key, kind, winner, loser) in entries {
+        for (db, key, element, kind, winner, loser) in entries {
             let id = (db, key.clone(), winner.stamp.clone(), loser.stamp.clone());
             let row = rows.entry(id).or_insert_with(|| Row {
                 db,
                 key,
+                element,
                 kind: kind.clone(),
                 winner: winner.clone(),
                 loser: loser.clone(),
@@ -505,7 +509,10 @@ pub fn to_table(rows: &[Row]) -> String {
         .iter()
         .map(|r| {
             [
-                cut(&r.key, 32),
+                match &r.element {
+                    Some(e) => format!("{} [{}]", cut(&r.key, 32), cut(e, 24)),
+                    None => cut(&r.key, 32),
+                },
                 r.kind.clone(),
                 side(&r.winner),
                 side(&r.loser),
@@ -554,7 +561,10 @@ pub fn to_lines(rows: &[Row]) -> String {
             out,
             "{}  {}  {}  winner {} ({})  loser {} ({})  seen by {}",
             utc(r.winner.stamp_ms),
-            r.key,
+            match &r.element {
+                Some(e) => format!("{} [{e}]", r.key),
+                None => r.key.clone(),
+            },
             r.kind,
             r.winner.value,
             r.winner.origin_name,

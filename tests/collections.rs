@@ -235,3 +235,82 @@ fn set_del_and_expire_work_on_every_type() {
     assert_eq!(q::<i64>(&mut c, &["SADD", "t", "y"]), 1);
     assert_eq!(q::<Vec<String>>(&mut c, &["SMEMBERS", "t"]), vec!["y"]);
 }
+
+#[test]
+fn copy_rename_move_dump_and_restore_carry_hashes_and_sets() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["HSET", "h", "f", "1", "g", "two"]);
+    q::<i64>(&mut c, &["HINCRBY", "h", "f", "41"]);
+    q::<i64>(&mut c, &["SADD", "s", "a", "b"]);
+    q::<i64>(&mut c, &["EXPIRE", "s", "1000"]);
+    let fields =
+        |c: &mut redis::Connection, k: &str| q::<BTreeMap<String, String>>(c, &["HGETALL", k]);
+    let members = |c: &mut redis::Connection, k: &str| q::<BTreeSet<String>>(c, &["SMEMBERS", k]);
+    let h = fields(&mut c, "h");
+    assert_eq!(h["f"], "42");
+
+    assert_eq!(q::<i64>(&mut c, &["COPY", "h", "h2"]), 1);
+    assert_eq!(fields(&mut c, "h2"), h);
+    assert_eq!(q::<i64>(&mut c, &["COPY", "s", "s2"]), 1);
+    assert_eq!(members(&mut c, "s2"), members(&mut c, "s"));
+    assert!(
+        q::<i64>(&mut c, &["TTL", "s2"]) > 990,
+        "COPY carries the TTL"
+    );
+    // COPY REPLACE over a key of another type.
+    assert_eq!(q::<i64>(&mut c, &["COPY", "s", "h2", "REPLACE"]), 1);
+    assert_eq!(q::<String>(&mut c, &["TYPE", "h2"]), "set");
+    assert_eq!(members(&mut c, "h2"), members(&mut c, "s"));
+
+    assert_eq!(q::<String>(&mut c, &["RENAME", "h", "h3"]), "OK");
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "h"]), 0);
+    assert_eq!(fields(&mut c, "h3"), h);
+    assert_eq!(q::<i64>(&mut c, &["MOVE", "h3", "1"]), 1);
+    q::<String>(&mut c, &["SELECT", "1"]);
+    assert_eq!(fields(&mut c, "h3"), h);
+    q::<String>(&mut c, &["SELECT", "0"]);
+
+    let payload: Vec<u8> = redis::cmd("DUMP").arg("s").query(&mut c).unwrap();
+    let _: () = redis::cmd("RESTORE")
+        .arg("s4")
+        .arg(0)
+        .arg(&payload)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(members(&mut c, "s4"), members(&mut c, "s"));
+    q::<String>(&mut c, &["SELECT", "1"]);
+    let payload: Vec<u8> = redis::cmd("DUMP").arg("h3").query(&mut c).unwrap();
+    q::<String>(&mut c, &["SELECT", "0"]);
+    let _: () = redis::cmd("RESTORE")
+        .arg("s4")
+        .arg(0)
+        .arg(&payload)
+        .arg("REPLACE")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(fields(&mut c, "s4"), h);
+    let mut bad = payload.clone();
+    let last = bad.len() - 9;
+    bad[last] ^= 1;
+    let e = redis::cmd("RESTORE")
+        .arg("s5")
+        .arg(0)
+        .arg(&bad)
+        .query::<()>(&mut c)
+        .unwrap_err();
+    assert!(e.to_string().contains("checksum"), "{e}");
+
+    assert_eq!(q::<String>(&mut c, &["OBJECT", "ENCODING", "s4"]), "ormap");
+    assert_eq!(q::<String>(&mut c, &["OBJECT", "ENCODING", "s"]), "orset");
+    let small: i64 = q(&mut c, &["MEMORY", "USAGE", "s"]);
+    let mut args = vec!["SADD".to_string(), "s".to_string()];
+    args.extend((0..100).map(|i| format!("member-{i}")));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    q::<i64>(&mut c, &refs);
+    let big: i64 = q(&mut c, &["MEMORY", "USAGE", "s"]);
+    assert!(
+        big > small + 100 * 20,
+        "MEMORY USAGE counts the members: {small} then {big}"
+    );
+}

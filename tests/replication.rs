@@ -1949,3 +1949,75 @@ fn chorus_audit_diff_finds_keys_changed_apart_and_none_after_convergence() {
         .unwrap();
     assert_eq!(gone.status.code(), Some(2));
 }
+
+/// Hashes and sets written on both sides of a partition (#13): on relink
+/// both nodes hold the same fields and members; counter fields hold every
+/// increment; an SADD the other side's SREM had not seen survives (add
+/// wins); an HDEL removes only the field writes it saw; the concurrent
+/// writes of one field are logged as a conflict on that field.
+#[test]
+fn hashes_and_sets_written_on_both_sides_of_a_partition_converge() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<i64>(
+        &mut ca,
+        &["HSET", "h", "f", "base", "f0", "base", "gone", "x"],
+    );
+    q::<i64>(&mut ca, &["HINCRBY", "h", "n", "5"]);
+    q::<i64>(&mut ca, &["SADD", "s", "keep", "contested", "dropped"]);
+    wait_until("the base on B", || {
+        q::<i64>(&mut cb, &["HLEN", "h"]) == 4 && q::<i64>(&mut cb, &["SCARD", "s"]) == 3
+    });
+
+    let (pa_s, pb_s) = (pa.to_string(), pb.to_string());
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    std::thread::sleep(Duration::from_millis(200));
+
+    q::<i64>(&mut ca, &["HSET", "h", "f", "from-a", "only-a", "1"]);
+    q::<i64>(&mut ca, &["HINCRBY", "h", "n", "10"]);
+    q::<i64>(&mut ca, &["SREM", "s", "contested", "dropped"]);
+    q::<i64>(&mut ca, &["HDEL", "h", "gone"]);
+    std::thread::sleep(Duration::from_millis(5));
+    q::<i64>(&mut cb, &["HSET", "h", "f", "from-b"]);
+    q::<i64>(&mut cb, &["HINCRBY", "h", "n", "100"]);
+    q::<i64>(&mut cb, &["SADD", "s", "contested", "only-b"]);
+    q::<i64>(&mut cb, &["HDEL", "h", "f0"]);
+    // A write B made to "gone" after A's HDEL (unseen by it) survives.
+    q::<i64>(&mut cb, &["HSET", "h", "gone", "again"]);
+
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    let expected_h: std::collections::BTreeMap<String, String> = [
+        ("f", "from-b"),
+        ("gone", "again"),
+        ("n", "115"),
+        ("only-a", "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let expected_s: std::collections::BTreeSet<String> =
+        ["contested", "keep", "only-b"].map(String::from).into();
+    wait_until("both nodes converged", || {
+        let ha: std::collections::BTreeMap<String, String> = q(&mut ca, &["HGETALL", "h"]);
+        let hb: std::collections::BTreeMap<String, String> = q(&mut cb, &["HGETALL", "h"]);
+        let sa: std::collections::BTreeSet<String> = q(&mut ca, &["SMEMBERS", "s"]);
+        let sb: std::collections::BTreeSet<String> = q(&mut cb, &["SMEMBERS", "s"]);
+        ha == expected_h && hb == expected_h && sa == expected_s && sb == expected_s
+    });
+    // The field both sides wrote is a conflict, named by its field.
+    let logged: redis::Value = q(&mut ca, &["CRDT.CONFLICTS", "MATCH", "h"]);
+    let text = format!("{logged:?}");
+    assert!(
+        text.contains("element") && text.contains("from-a") && text.contains("from-b"),
+        "{text}"
+    );
+    // Equal states: equal digests.
+    let da: redis::Value = q(&mut ca, &["CRDT.DIGEST"]);
+    let db: redis::Value = q(&mut cb, &["CRDT.DIGEST"]);
+    let digests = |v: &redis::Value| format!("{v:?}").split("digests").nth(1).map(String::from);
+    assert_eq!(digests(&da), digests(&db));
+}

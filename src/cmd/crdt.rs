@@ -132,13 +132,15 @@ fn conflicts(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let picked = x.ks.conflicts.select(&filter);
     x.out.array(picked.len());
     for c in picked {
-        x.out.map(7);
+        x.out.map(8);
         x.out.bulk_str("id");
         x.out.int(c.id as i64);
         x.out.bulk_str("db");
         x.out.int(c.db as i64);
         x.out.bulk_str("key");
         x.out.bulk(&c.key);
+        x.out.bulk_str("element");
+        x.out.bulk_or_null(c.conflict.element.as_deref());
         x.out.bulk_str("kind");
         x.out.bulk_str(c.conflict.kind.as_str());
         x.out.bulk_str("recorded_ms");

@@ -4,6 +4,8 @@ use super::Flag::*;
 use super::{int_arg, is, Args, CmdResult, Error, Exec, Spec};
 use super::{Flags, Keys};
 use crate::glob;
+use crate::keyspace::Writer;
+use chorus_crdt::{KeyState, KeyType, Kind};
 
 pub static COMMANDS: &[Spec] = &[
     Spec { name: "del", arity: -2, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Deletes one or more keys.", run: del },
@@ -194,15 +196,134 @@ fn dbsize(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
+/// A key's value as a client sees it: what COPY, RENAME and MOVE write
+/// anew at their destination, and what DUMP serialises.
+enum Value {
+    Str(Vec<u8>),
+    Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    Set(Vec<Vec<u8>>),
+}
+
+impl Value {
+    fn of(state: &KeyState, now_ms: u64) -> Option<Value> {
+        match state.key_type(now_ms)? {
+            KeyType::String => Some(Value::Str(state.read(0).render()?.into_owned())),
+            KeyType::Coll(Kind::Hash) => Some(Value::Hash(
+                state
+                    .coll()?
+                    .fields()
+                    .filter_map(|(f, v)| Some((f.to_vec(), v.render()?.into_owned())))
+                    .collect(),
+            )),
+            KeyType::Coll(Kind::Set) => Some(Value::Set(
+                state.coll()?.members().map(<[u8]>::to_vec).collect(),
+            )),
+            KeyType::Coll(Kind::ZSet) => None,
+        }
+    }
+
+    /// Writes this value over whatever the writer's key holds, expiring at
+    /// `at` (0: never): new writes, stamped here.
+    fn write(&self, w: &mut Writer<'_>, at: u64) {
+        match self {
+            Value::Str(v) => w.set(Some(v), at),
+            Value::Hash(_) | Value::Set(_) => {
+                if w.visible() {
+                    w.set(None, 0);
+                }
+                let kind = if matches!(self, Value::Hash(_)) {
+                    Kind::Hash
+                } else {
+                    Kind::Set
+                };
+                let _ = w.coll_write(kind, |c, d, stamp| -> Result<(), ()> {
+                    match self {
+                        Value::Hash(fields) => {
+                            for (f, v) in fields {
+                                c.hset_into(d, stamp, f, v);
+                            }
+                        }
+                        Value::Set(members) => {
+                            for m in members {
+                                c.sadd_into(d, stamp, m);
+                            }
+                        }
+                        Value::Str(_) => {}
+                    }
+                    Ok(())
+                });
+                if at != 0 {
+                    w.expire(at);
+                }
+            }
+        }
+    }
+
+    /// DUMP's body: the kind byte, then the value (collections as
+    /// length-prefixed items, lengths as u32 little-endian).
+    fn encode(&self) -> Vec<u8> {
+        fn item(out: &mut Vec<u8>, bytes: &[u8]) {
+            out.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+            out.extend_from_slice(bytes);
+        }
+        match self {
+            Value::Str(v) => [&[DUMP_STRING][..], v].concat(),
+            Value::Hash(fields) => {
+                let mut out = vec![DUMP_HASH];
+                for (f, v) in fields {
+                    item(&mut out, f);
+                    item(&mut out, v);
+                }
+                out
+            }
+            Value::Set(members) => {
+                let mut out = vec![DUMP_SET];
+                for m in members {
+                    item(&mut out, m);
+                }
+                out
+            }
+        }
+    }
+
+    fn decode(body: &[u8]) -> Option<Value> {
+        let (&kind, mut rest) = body.split_first()?;
+        let mut items = Vec::new();
+        if kind != DUMP_STRING {
+            while !rest.is_empty() {
+                let (len, tail) = rest.split_at_checked(4)?;
+                let len = u32::from_le_bytes(len.try_into().ok()?) as usize;
+                let (item, tail) = tail.split_at_checked(len)?;
+                items.push(item.to_vec());
+                rest = tail;
+            }
+        }
+        match kind {
+            DUMP_STRING => Some(Value::Str(rest.to_vec())),
+            DUMP_HASH if items.len() % 2 == 0 => {
+                let mut pairs = Vec::with_capacity(items.len() / 2);
+                let mut it = items.into_iter();
+                while let (Some(f), Some(v)) = (it.next(), it.next()) {
+                    pairs.push((f, v));
+                }
+                Some(Value::Hash(pairs))
+            }
+            DUMP_SET => Some(Value::Set(items)),
+            _ => None,
+        }
+    }
+}
+
 /// Copies `src`'s value and TTL to `dst` in database `dst_db`.
 fn copy_value(x: &mut Exec, src: &[u8], dst: &[u8], dst_db: usize) -> CmdResult {
+    let now = x.now_ms;
     let (value, at) = match x.visible(src)? {
-        Some(s) => (s.read(0).render().map(|v| v.into_owned()), s.expire_at_ms()),
+        Some(s) => (Value::of(s, now), s.expire_at_ms()),
         None => (None, 0),
     };
     let value = value.ok_or(Error::NoSuchKey)?;
     x.update_in(dst_db, dst, |w| {
-        w.set(Some(&value), at);
+        value.write(w, at);
         Ok(())
     })
 }
@@ -353,7 +474,8 @@ fn move_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 /// OBJECT: what Chorus knows of a key's representation. ENCODING names
 /// Chorus's own structures (`register`: a last-writer-wins value;
-/// `counter`: a value with per-node increments), never Redis's.
+/// `counter`: a value with per-node increments; `ormap`, `orset`: the
+/// observed-remove hash and set), never Redis's.
 fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let sub = args[1];
     if is(sub, "HELP") && args.len() == 2 {
@@ -361,8 +483,9 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "OBJECT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
             "ENCODING <key>",
             "    Return the kind of internal representation used in order to store the value",
-            "    associated with a <key>: register (a last-writer-wins value) or counter (a",
-            "    value with per-node increments).",
+            "    associated with a <key>: register (a last-writer-wins value), counter (a",
+            "    value with per-node increments), ormap (a hash: an observed-remove map of",
+            "    fields) or orset (a set: an observed-remove set, add wins).",
             "FREQ <key>",
             "    Not tracked: Chorus keeps no access frequency (no LFU eviction).",
             "IDLETIME <key>",
@@ -385,8 +508,15 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         return Ok(());
     };
     let counter = state.extras.as_ref().is_some_and(|e| !e.counts.is_empty());
+    let encoding = match state.key_type(0) {
+        Some(KeyType::Coll(Kind::Hash)) => "ormap",
+        Some(KeyType::Coll(Kind::Set)) => "orset",
+        Some(KeyType::Coll(Kind::ZSet)) => "orzset",
+        _ if counter => "counter",
+        _ => "register",
+    };
     if is(sub, "ENCODING") {
-        x.out.bulk_str(if counter { "counter" } else { "register" });
+        x.out.bulk_str(encoding);
     } else if is(sub, "REFCOUNT") {
         x.out.int(1);
     } else if is(sub, "FREQ") {
@@ -467,33 +597,37 @@ const DUMP_MAGIC: &[u8] = b"CHRS";
 const DUMP_VERSION: u8 = 1;
 /// The kinds of value a payload holds.
 const DUMP_STRING: u8 = 0;
+const DUMP_HASH: u8 = 1;
+const DUMP_SET: u8 = 2;
 
-fn dump_payload(value: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(value.len() + 14);
+fn dump_payload(value: &Value) -> Vec<u8> {
+    let body = value.encode();
+    let mut out = Vec::with_capacity(body.len() + 13);
     out.extend_from_slice(DUMP_MAGIC);
     out.push(DUMP_VERSION);
-    out.push(DUMP_STRING);
-    out.extend_from_slice(value);
+    out.extend_from_slice(&body);
     let sum = chorus_crdt::conflict::fnv1a64(&out);
     out.extend_from_slice(&sum.to_le_bytes());
     out
 }
 
 /// The value in a payload, if it is one this version wrote intact.
-fn undump(payload: &[u8]) -> Option<&[u8]> {
+fn undump(payload: &[u8]) -> Option<Value> {
     let (body, sum) = payload.split_at_checked(payload.len().checked_sub(8)?)?;
     if chorus_crdt::conflict::fnv1a64(body).to_le_bytes() != sum {
         return None;
     }
     let rest = body.strip_prefix(DUMP_MAGIC)?;
     match rest {
-        [DUMP_VERSION, DUMP_STRING, value @ ..] => Some(value),
+        [DUMP_VERSION, body @ ..] => Value::decode(body),
         _ => None,
     }
 }
 
 fn dump(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    match x.value(args[1])? {
+    let now = x.now_ms;
+    let value = x.visible(args[1])?.and_then(|s| Value::of(s, now));
+    match value {
         Some(value) => x.out.bulk(&dump_payload(&value)),
         None => x.out.null(),
     }
@@ -533,9 +667,8 @@ fn restore(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if !replace && x.visible(key)?.is_some() {
         return Err(Error::BusyKey);
     }
-    let value = undump(args[3])
-        .ok_or_else(|| Error::err("DUMP payload version or checksum are wrong"))?
-        .to_vec();
+    let value =
+        undump(args[3]).ok_or_else(|| Error::err("DUMP payload version or checksum are wrong"))?;
     let expire_at = match (ttl, absolute) {
         (0, _) => 0,
         (t, true) => t as u64,
@@ -547,7 +680,10 @@ fn restore(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             x.delete(key)?;
         }
     } else {
-        x.set_value(key, Some(&value), expire_at)?;
+        x.update(key, |w| {
+            value.write(w, expire_at);
+            Ok(())
+        })?;
     }
     x.out.ok();
     Ok(())
