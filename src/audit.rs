@@ -939,9 +939,10 @@ mod tests {
             stamp_ms: ms,
             value: v.into(),
         };
-        let rows = vec![Row {
+        let mut rows = vec![Row {
             db: 0,
             key: "user:1".into(),
+            element: None,
             kind: "concurrent-write".into(),
             winner: side("b", 1_796_032_800_123),
             loser: side("a", 1_796_032_800_000),
@@ -958,5 +959,9 @@ mod tests {
         assert!(lines[1].ends_with("127.0.0.1:7000,127.0.0.1:7001"), "{t}");
         assert_eq!(lines[2], "1 conflict");
         assert_eq!(to_table(&[]), "no conflicts\n");
+        // A conflict on a hash field names the field after the key.
+        rows[0].element = Some("email".into());
+        assert!(to_table(&rows).contains("user:1 [email]"));
+        assert!(to_lines(&rows).contains("user:1 [email]"));
     }
 }

@@ -28,7 +28,7 @@ pub static COMMANDS: &[Spec] = &[
 
 fn pairs<'a>(args: &'a [&'a [u8]], name: &'static str) -> Result<&'a [&'a [u8]], Error> {
     let pairs = &args[2..];
-    if pairs.len() % 2 != 0 {
+    if !pairs.len().is_multiple_of(2) {
         return Err(Error::Arity(name.into()));
     }
     Ok(pairs)
@@ -39,7 +39,7 @@ fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
     x.coll_update(key, Kind::Hash, |c, d, stamp| {
         let mut added = 0;
         for p in pairs.chunks_exact(2) {
-            if c.field(p[0]).is_none() && !d.hash.get(p[0]).is_some_and(|e| !e.writes.is_empty()) {
+            if c.field(p[0]).is_none() && d.hash.get(p[0]).is_none_or(|e| e.writes.is_empty()) {
                 added += 1;
             }
             c.hset_into(d, stamp, p[0], p[1]);

@@ -21,7 +21,7 @@ fn sadd(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let added = x.coll_update(args[1], Kind::Set, |c, d, stamp| {
         let mut added = 0;
         for m in members {
-            if !c.is_member(m) && !d.set.get(*m).is_some_and(|a| !a.is_empty()) {
+            if !c.is_member(m) && d.set.get(*m).is_none_or(|a| a.is_empty()) {
                 added += 1;
             }
             // Re-adding a member takes a new dot: an add must survive a
