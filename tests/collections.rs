@@ -314,3 +314,142 @@ fn copy_rename_move_dump_and_restore_carry_hashes_and_sets() {
         "MEMORY USAGE counts the members: {small} then {big}"
     );
 }
+
+#[test]
+fn random_scanning_and_algebra_commands_on_sets_and_hashes() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut args = vec!["SADD".to_string(), "big".to_string()];
+    args.extend((0..300).map(|i| format!("m{i:03}")));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(q::<i64>(&mut c, &refs), 300);
+    // SSCAN visits every member, COUNT at a time, and ends at cursor 0.
+    let mut seen = BTreeSet::new();
+    let mut cursor = "0".to_string();
+    let mut calls = 0;
+    loop {
+        let (next, batch): (String, Vec<String>) =
+            q(&mut c, &["SSCAN", "big", &cursor, "COUNT", "7"]);
+        seen.extend(batch);
+        calls += 1;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+    }
+    assert_eq!(seen.len(), 300);
+    assert!(calls >= 300 / 7, "{calls} calls");
+    let (_, matched): (String, Vec<String>) = q(
+        &mut c,
+        &["SSCAN", "big", "0", "MATCH", "m29*", "COUNT", "1000"],
+    );
+    assert_eq!(
+        matched,
+        vec!["m290", "m291", "m292", "m293", "m294", "m295", "m296", "m297", "m298", "m299"]
+    );
+
+    let one: String = q(&mut c, &["SRANDMEMBER", "big"]);
+    assert!(one.starts_with('m'));
+    let five: Vec<String> = q(&mut c, &["SRANDMEMBER", "big", "5"]);
+    assert_eq!(
+        five.iter().collect::<BTreeSet<_>>().len(),
+        5,
+        "distinct for a positive count"
+    );
+    let repeats: Vec<String> = q(&mut c, &["SRANDMEMBER", "big", "-400"]);
+    assert_eq!(repeats.len(), 400, "a negative count may repeat");
+    let popped: Vec<String> = q(&mut c, &["SPOP", "big", "10"]);
+    assert_eq!(popped.len(), 10);
+    assert_eq!(q::<i64>(&mut c, &["SCARD", "big"]), 290);
+    for m in &popped {
+        assert_eq!(q::<i64>(&mut c, &["SISMEMBER", "big", m]), 0);
+    }
+    let single: String = q(&mut c, &["SPOP", "big"]);
+    assert_eq!(q::<i64>(&mut c, &["SISMEMBER", "big", &single]), 0);
+    assert_eq!(q::<Option<String>>(&mut c, &["SPOP", "missing"]), None);
+    assert!(err(&mut c, &["SPOP", "big", "-1"]).contains("out of range"));
+
+    q::<i64>(&mut c, &["SADD", "a", "1", "2", "3"]);
+    q::<i64>(&mut c, &["SADD", "b", "2", "3", "4"]);
+    let set = |v: &[&str]| {
+        v.iter()
+            .map(|s| s.to_string())
+            .collect::<BTreeSet<String>>()
+    };
+    assert_eq!(
+        q::<BTreeSet<String>>(&mut c, &["SINTER", "a", "b"]),
+        set(&["2", "3"])
+    );
+    assert_eq!(
+        q::<BTreeSet<String>>(&mut c, &["SUNION", "a", "b"]),
+        set(&["1", "2", "3", "4"])
+    );
+    assert_eq!(
+        q::<BTreeSet<String>>(&mut c, &["SDIFF", "a", "b"]),
+        set(&["1"])
+    );
+    assert_eq!(
+        q::<BTreeSet<String>>(&mut c, &["SINTER", "a", "missing"]),
+        set(&[])
+    );
+    assert_eq!(q::<i64>(&mut c, &["SINTERCARD", "2", "a", "b"]), 2);
+    assert_eq!(
+        q::<i64>(&mut c, &["SINTERCARD", "2", "a", "b", "LIMIT", "1"]),
+        1
+    );
+    assert!(err(&mut c, &["SINTERCARD", "0", "a"]).contains("numkeys"));
+    assert_eq!(q::<i64>(&mut c, &["SINTERSTORE", "d", "a", "b"]), 2);
+    assert_eq!(
+        q::<BTreeSet<String>>(&mut c, &["SMEMBERS", "d"]),
+        set(&["2", "3"])
+    );
+    assert_eq!(q::<i64>(&mut c, &["SUNIONSTORE", "d", "a", "b"]), 4);
+    assert_eq!(
+        q::<i64>(&mut c, &["SCARD", "d"]),
+        4,
+        "STORE replaces the destination"
+    );
+    assert_eq!(q::<i64>(&mut c, &["SDIFFSTORE", "d", "a", "a"]), 0);
+    assert_eq!(
+        q::<i64>(&mut c, &["EXISTS", "d"]),
+        0,
+        "an empty result deletes the destination"
+    );
+    q::<String>(&mut c, &["SET", "str", "x"]);
+    assert!(err(&mut c, &["SINTER", "a", "str"]).contains(WRONGTYPE));
+    assert_eq!(
+        q::<i64>(&mut c, &["SINTERSTORE", "str", "a", "b"]),
+        2,
+        "a STORE overwrites any type"
+    );
+    assert_eq!(q::<i64>(&mut c, &["SMOVE", "a", "b", "1"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["SMOVE", "a", "b", "1"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["SISMEMBER", "b", "1"]), 1);
+    q::<String>(&mut c, &["SET", "plain", "x"]);
+    assert!(err(&mut c, &["SMOVE", "a", "plain", "2"]).contains(WRONGTYPE));
+    assert_eq!(
+        q::<i64>(&mut c, &["SISMEMBER", "a", "2"]),
+        1,
+        "nothing moved"
+    );
+
+    q::<i64>(&mut c, &["HSET", "h", "f1", "v1", "f2", "v2", "f3", "v3"]);
+    let f: String = q(&mut c, &["HRANDFIELD", "h"]);
+    assert!(f.starts_with('f'));
+    let two: Vec<String> = q(&mut c, &["HRANDFIELD", "h", "2", "WITHVALUES"]);
+    assert_eq!(two.len(), 4);
+    assert_eq!(two[1], two[0].replace('f', "v"));
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["HRANDFIELD", "h", "-5"]).len(),
+        5
+    );
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["HRANDFIELD", "h", "10"]).len(),
+        3
+    );
+    let (next, all): (String, Vec<String>) = q(&mut c, &["HSCAN", "h", "0"]);
+    assert_eq!((next.as_str(), all.len()), ("0", 6));
+    let (_, names): (String, Vec<String>) =
+        q(&mut c, &["HSCAN", "h", "0", "MATCH", "f2", "NOVALUES"]);
+    assert_eq!(names, vec!["f2"]);
+}

@@ -2,11 +2,17 @@
 //! as a string key is, fields an observed-remove map (DESIGN.md, Data
 //! model; docs/crdt-semantics.md).
 
+use std::ops::Bound;
+
 use chorus_crdt::number::{format_float, parse_float, parse_int};
 use chorus_crdt::{Kind, Read};
 
+use super::sets::{
+    parse_cursor, pick_distinct, pick_repeating, scan_cursor, scan_options, scan_start,
+};
 use super::Flag::*;
-use super::{float_arg, int_arg, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec};
+use super::{float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec};
+use crate::glob;
 
 #[rustfmt::skip]
 pub static COMMANDS: &[Spec] = &[
@@ -22,6 +28,8 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "hexists", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field", summary: "Determines whether a field exists in a hash.", run: hexists },
     Spec { name: "hstrlen", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field", summary: "Returns the length of the value of a field.", run: hstrlen },
     Spec { name: "hdel", arity: -3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field [field ...]", summary: "Deletes one or more fields and their values from a hash. Deletes the hash if no fields remain.", run: hdel },
+    Spec { name: "hrandfield", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key [count [WITHVALUES]]", summary: "Returns one or more random fields from a hash.", run: hrandfield },
+    Spec { name: "hscan", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key cursor [MATCH pattern] [COUNT count] [NOVALUES]", summary: "Iterates over fields and values of a hash.", run: hscan },
     Spec { name: "hincrby", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field increment", summary: "Increments the integer value of a field in a hash by a number. Uses 0 as initial value if the field doesn't exist.", run: hincrby },
     Spec { name: "hincrbyfloat", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field increment", summary: "Increments the floating point value of a field by a number. Uses 0 as initial value if the field doesn't exist.", run: hincrbyfloat },
 ];
@@ -211,5 +219,83 @@ fn hincrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         Ok(new)
     })?;
     x.out.bulk(format_float(new).as_bytes());
+    Ok(())
+}
+
+fn hrandfield(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let count = args.get(2).map(|a| int_arg(a)).transpose()?;
+    let with_values = match args.get(3) {
+        None => false,
+        Some(a) if is(a, "WITHVALUES") && args.len() == 4 => true,
+        Some(_) => return Err(Error::Syntax),
+    };
+    let (c, out) = x.coll(args[1], Kind::Hash)?;
+    let fields: Vec<(&[u8], Read)> = c.map(|c| c.fields().collect()).unwrap_or_default();
+    let Some(n) = count else {
+        let pick = (!fields.is_empty()).then(|| fields[rand::random_range(0..fields.len())].0);
+        out.bulk_or_null(pick);
+        return Ok(());
+    };
+    let picks = if n >= 0 {
+        pick_distinct(fields.len(), n as usize)
+    } else if fields.is_empty() {
+        Vec::new()
+    } else {
+        pick_repeating(fields.len(), n.unsigned_abs() as usize)
+    };
+    if with_values && out.resp3 {
+        out.array(picks.len());
+        for i in picks {
+            out.array(2);
+            out.bulk(fields[i].0);
+            reply_read(out, fields[i].1);
+        }
+    } else {
+        out.array(picks.len() * if with_values { 2 } else { 1 });
+        for i in picks {
+            out.bulk(fields[i].0);
+            if with_values {
+                reply_read(out, fields[i].1);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn hscan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let cursor = parse_cursor(args[2])?;
+    let mut rest: Vec<&[u8]> = args.to_vec();
+    let novalues = rest.last().is_some_and(|a| is(a, "NOVALUES")) && rest.len() > 3;
+    if novalues {
+        rest.pop();
+    }
+    let (pattern, count) = scan_options(&rest, 3)?;
+    let (c, out) = x.coll(args[1], Kind::Hash)?;
+    let start = scan_start(cursor);
+    let mut found: Vec<(&[u8], Read)> = Vec::new();
+    let mut next = 0;
+    if let Some(c) = c {
+        let mut it = c
+            .hash
+            .range::<[u8], _>((Bound::Included(&start[..]), Bound::Unbounded))
+            .map(|(f, _)| f.as_slice());
+        for f in it.by_ref().take(count) {
+            if pattern.is_none_or(|p| glob::matches(p, f, false)) {
+                found.push((f, c.field(f).unwrap_or(Read::Absent)));
+            }
+        }
+        if let Some(f) = it.next() {
+            next = scan_cursor(f);
+        }
+    }
+    out.array(2);
+    out.bulk(next.to_string().as_bytes());
+    out.array(found.len() * if novalues { 1 } else { 2 });
+    for (f, v) in found {
+        out.bulk(f);
+        if !novalues {
+            reply_read(out, v);
+        }
+    }
     Ok(())
 }

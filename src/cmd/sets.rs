@@ -1,10 +1,14 @@
 //! Set commands (Redis's `t_set.c`): an observed-remove set, add wins
 //! (DESIGN.md, Data model; docs/crdt-semantics.md).
 
+use std::collections::BTreeSet;
+use std::ops::Bound;
+
 use chorus_crdt::Kind;
 
 use super::Flag::*;
-use super::{CmdResult, Exec, Flags, Keys, Spec};
+use super::{int_arg, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
+use crate::glob;
 
 #[rustfmt::skip]
 pub static COMMANDS: &[Spec] = &[
@@ -13,6 +17,17 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "sismember", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key member", summary: "Determines whether a member belongs to a set.", run: sismember },
     Spec { name: "smismember", arity: -3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key member [member ...]", summary: "Determines whether multiple members belong to a set.", run: smismember },
     Spec { name: "smembers", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key", summary: "Returns all members of a set.", run: smembers },
+    Spec { name: "spop", arity: -2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key [count]", summary: "Returns one or more random members from a set after removing them. Deletes the set if the last member was popped.", run: spop },
+    Spec { name: "srandmember", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key [count]", summary: "Get one or multiple random members from a set", run: srandmember },
+    Spec { name: "smove", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 2, 1), group: "set", syntax: "source destination member", summary: "Moves a member from one set to another.", run: smove },
+    Spec { name: "sinter", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, -1, 1), group: "set", syntax: "key [key ...]", summary: "Returns the intersect of multiple sets.", run: sinter },
+    Spec { name: "sintercard", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, -1, 1), group: "set", syntax: "numkeys key [key ...] [LIMIT limit]", summary: "Returns the number of members of the intersect of multiple sets.", run: sintercard },
+    Spec { name: "sinterstore", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the intersect of multiple sets in a key.", run: sinterstore },
+    Spec { name: "sunion", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, -1, 1), group: "set", syntax: "key [key ...]", summary: "Returns the union of multiple sets.", run: sunion },
+    Spec { name: "sunionstore", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the union of multiple sets in a key.", run: sunionstore },
+    Spec { name: "sdiff", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, -1, 1), group: "set", syntax: "key [key ...]", summary: "Returns the difference of multiple sets.", run: sdiff },
+    Spec { name: "sdiffstore", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the difference of multiple sets in a key.", run: sdiffstore },
+    Spec { name: "sscan", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key cursor [MATCH pattern] [COUNT count]", summary: "Iterates over members of a set.", run: sscan },
     Spec { name: "scard", arity: 2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key", summary: "Returns the number of members in a set.", run: scard },
 ];
 
@@ -93,4 +108,350 @@ fn scard(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         .map_or(0, |c| c.len(Kind::Set));
     x.out.int(n as i64);
     Ok(())
+}
+
+/// A SCAN cursor over a collection ordered by element: the first 63 bits
+/// of the next element, with the top bit set so that it is never 0 (which
+/// ends a scan). Resuming at those bytes, trailing zeros stripped, starts
+/// at or before that element: an element present for the whole scan is
+/// returned at least once, and some may come twice, as SCAN allows.
+pub fn scan_cursor(next: &[u8]) -> u64 {
+    let mut prefix = [0u8; 8];
+    let n = next.len().min(8);
+    prefix[..n].copy_from_slice(&next[..n]);
+    (1 << 63) | (u64::from_be_bytes(prefix) >> 1)
+}
+
+/// Where a scan at `cursor` resumes: the bytes it encodes.
+pub fn scan_start(cursor: u64) -> Vec<u8> {
+    if cursor == 0 {
+        return Vec::new();
+    }
+    let mut bytes = (cursor << 1).to_be_bytes().to_vec();
+    while bytes.last() == Some(&0) {
+        bytes.pop();
+    }
+    bytes
+}
+
+/// SSCAN/HSCAN's arguments after the cursor: (MATCH pattern, COUNT).
+pub fn scan_options<'a>(
+    args: &'a [&'a [u8]],
+    from: usize,
+) -> Result<(Option<&'a [u8]>, usize), Error> {
+    let mut pattern = None;
+    let mut count = 10usize;
+    let mut options = Args::new(args, from);
+    while !options.is_empty() {
+        if options.eat("MATCH") {
+            pattern = Some(options.value()?);
+        } else if options.eat("COUNT") {
+            let n = options.int()?;
+            if n < 1 {
+                return Err(Error::Syntax);
+            }
+            count = n as usize;
+        } else {
+            return Err(Error::Syntax);
+        }
+    }
+    Ok((pattern, count))
+}
+
+pub fn parse_cursor(arg: &[u8]) -> Result<u64, Error> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(Error::err("invalid cursor"))
+}
+
+fn sscan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let cursor = parse_cursor(args[2])?;
+    let (pattern, count) = scan_options(args, 3)?;
+    let (c, out) = x.coll(args[1], Kind::Set)?;
+    let start = scan_start(cursor);
+    let mut found: Vec<&[u8]> = Vec::new();
+    let mut next = 0;
+    if let Some(c) = c {
+        let mut it = c
+            .set
+            .range::<[u8], _>((Bound::Included(&start[..]), Bound::Unbounded));
+        for (m, _) in it.by_ref().take(count) {
+            if pattern.is_none_or(|p| glob::matches(p, m, false)) {
+                found.push(m);
+            }
+        }
+        if let Some((m, _)) = it.next() {
+            next = scan_cursor(m);
+        }
+    }
+    out.array(2);
+    out.bulk(next.to_string().as_bytes());
+    out.array(found.len());
+    for m in found {
+        out.bulk(m);
+    }
+    Ok(())
+}
+
+/// Picks `n` distinct positions out of `len` (all when `n >= len`), in order.
+pub fn pick_distinct(len: usize, n: usize) -> Vec<usize> {
+    if n >= len {
+        return (0..len).collect();
+    }
+    let mut picked = rand::seq::index::sample(&mut rand::rng(), len, n).into_vec();
+    picked.sort_unstable();
+    picked
+}
+
+/// `n` positions out of `len`, repeats allowed (a negative COUNT).
+pub fn pick_repeating(len: usize, n: usize) -> Vec<usize> {
+    (0..n).map(|_| rand::random_range(0..len)).collect()
+}
+
+fn spop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let count = match args.get(2) {
+        None => None,
+        Some(a) => Some(
+            usize::try_from(int_arg(a)?)
+                .map_err(|_| Error::err("value is out of range, must be positive"))?,
+        ),
+    };
+    if args.len() > 3 {
+        return Err(Error::Syntax);
+    }
+    let members: Vec<Vec<u8>> = match x.coll(args[1], Kind::Set)?.0 {
+        None => Vec::new(),
+        Some(c) => {
+            let len = c.len(Kind::Set);
+            let picks = pick_distinct(len, count.unwrap_or(1));
+            let mut picks = picks.into_iter().peekable();
+            let mut out = Vec::new();
+            for (i, m) in c.members().enumerate() {
+                if picks.peek() == Some(&i) {
+                    picks.next();
+                    out.push(m.to_vec());
+                }
+            }
+            out
+        }
+    };
+    if !members.is_empty() {
+        x.coll_update(args[1], Kind::Set, |c, d, stamp| {
+            for m in &members {
+                c.remove_elem_into(d, Kind::Set, m, stamp);
+            }
+            Ok(())
+        })?;
+    }
+    match count {
+        None => x.out.bulk_or_null(members.first().map(Vec::as_slice)),
+        Some(_) => {
+            x.out.set(members.len());
+            for m in &members {
+                x.out.bulk(m);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn srandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    if args.len() > 3 {
+        return Err(Error::Syntax);
+    }
+    let count = args.get(2).map(|a| int_arg(a)).transpose()?;
+    let (c, out) = x.coll(args[1], Kind::Set)?;
+    let members: Vec<&[u8]> = c.map(|c| c.members().collect()).unwrap_or_default();
+    match count {
+        None => {
+            let pick = (!members.is_empty()).then(|| members[rand::random_range(0..members.len())]);
+            out.bulk_or_null(pick);
+        }
+        Some(n) => {
+            let picks = if n >= 0 {
+                pick_distinct(members.len(), n as usize)
+            } else if members.is_empty() {
+                Vec::new()
+            } else {
+                pick_repeating(members.len(), n.unsigned_abs() as usize)
+            };
+            out.array(picks.len());
+            for i in picks {
+                out.bulk(members[i]);
+            }
+        }
+    }
+    Ok(())
+}
+
+fn smove(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let (src, dst, member) = (args[1], args[2], args[3]);
+    let present = x
+        .coll(src, Kind::Set)?
+        .0
+        .is_some_and(|c| c.is_member(member));
+    // The destination's type is checked before anything is written.
+    x.coll(dst, Kind::Set)?;
+    if !present {
+        x.out.int(0);
+        return Ok(());
+    }
+    if src != dst {
+        x.coll_update(src, Kind::Set, |c, d, stamp| {
+            c.remove_elem_into(d, Kind::Set, member, stamp);
+            Ok(())
+        })?;
+        x.coll_update(dst, Kind::Set, |c, d, stamp| {
+            c.sadd_into(d, stamp, member);
+            Ok(())
+        })?;
+    }
+    x.out.int(1);
+    Ok(())
+}
+
+/// The members of each set named (an absent key: empty), WRONGTYPE for
+/// any other type.
+fn sets_of(x: &mut Exec, keys: &[&[u8]]) -> Result<Vec<BTreeSet<Vec<u8>>>, Error> {
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        let members = x
+            .coll(k, Kind::Set)?
+            .0
+            .map(|c| c.members().map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        out.push(members);
+    }
+    Ok(out)
+}
+
+#[derive(Clone, Copy)]
+enum SetOp {
+    Inter,
+    Union,
+    Diff,
+}
+
+fn combine(sets: Vec<BTreeSet<Vec<u8>>>, op: SetOp) -> BTreeSet<Vec<u8>> {
+    let mut it = sets.into_iter();
+    let Some(mut acc) = it.next() else {
+        return BTreeSet::new();
+    };
+    for s in it {
+        match op {
+            SetOp::Inter => acc.retain(|m| s.contains(m)),
+            SetOp::Union => acc.extend(s),
+            SetOp::Diff => acc.retain(|m| !s.contains(m)),
+        }
+    }
+    acc
+}
+
+fn set_op(x: &mut Exec, args: &[&[u8]], op: SetOp) -> CmdResult {
+    let sets = sets_of(x, &args[1..])?;
+    let result = combine(sets, op);
+    x.out.set(result.len());
+    for m in &result {
+        x.out.bulk(m);
+    }
+    Ok(())
+}
+
+/// Replaces `dst` with a set of `members` (deletes it when empty): new
+/// writes, stamped here.
+pub fn store_set(x: &mut Exec, dst: &[u8], members: &BTreeSet<Vec<u8>>) -> CmdResult {
+    x.update(dst, |w| {
+        if w.visible() {
+            w.set(None, 0);
+        }
+        if !members.is_empty() {
+            w.coll_write(Kind::Set, |c, d, stamp| -> Result<(), Error> {
+                for m in members {
+                    c.sadd_into(d, stamp, m);
+                }
+                Ok(())
+            })?;
+        }
+        Ok(())
+    })
+}
+
+fn set_op_store(x: &mut Exec, args: &[&[u8]], op: SetOp) -> CmdResult {
+    let sets = sets_of(x, &args[2..])?;
+    let result = combine(sets, op);
+    store_set(x, args[1], &result)?;
+    x.out.int(result.len() as i64);
+    Ok(())
+}
+
+fn sinter(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    set_op(x, args, SetOp::Inter)
+}
+fn sunion(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    set_op(x, args, SetOp::Union)
+}
+fn sdiff(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    set_op(x, args, SetOp::Diff)
+}
+fn sinterstore(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    set_op_store(x, args, SetOp::Inter)
+}
+fn sunionstore(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    set_op_store(x, args, SetOp::Union)
+}
+fn sdiffstore(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    set_op_store(x, args, SetOp::Diff)
+}
+
+fn sintercard(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let numkeys = usize::try_from(int_arg(args[1])?)
+        .ok()
+        .filter(|n| *n > 0)
+        .ok_or(Error::err("numkeys should be greater than 0"))?;
+    let keys = args.get(2..2 + numkeys).ok_or(Error::err(
+        "Number of keys can't be greater than number of args",
+    ))?;
+    let mut limit = 0usize;
+    let mut options = Args::new(args, 2 + numkeys);
+    while !options.is_empty() {
+        if options.eat("LIMIT") {
+            limit = usize::try_from(options.int()?)
+                .map_err(|_| Error::err("LIMIT can't be negative"))?;
+        } else {
+            return Err(Error::Syntax);
+        }
+    }
+    let sets = sets_of(x, keys)?;
+    let n = combine(sets, SetOp::Inter).len();
+    x.out.int(if limit > 0 { n.min(limit) } else { n } as i64);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_scan_cursor_is_never_zero_and_resumes_at_or_before_its_element() {
+        let cases: [&[u8]; 8] = [
+            b"",
+            b"\0",
+            b"\0\0\0\0\0\0\0\0\0",
+            b"a",
+            b"ab\0",
+            b"member:000123",
+            &[0xff; 12],
+            &[0x01, 0xff, 0x80, 0, 0, 0, 0, 1, 2],
+        ];
+        for e in cases {
+            let cursor = scan_cursor(e);
+            assert_ne!(cursor, 0, "{e:?}");
+            assert!(
+                scan_start(cursor).as_slice() <= e,
+                "{e:?} resumes past itself"
+            );
+        }
+        assert!(scan_start(0).is_empty());
+    }
 }
