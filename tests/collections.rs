@@ -453,3 +453,34 @@ fn random_scanning_and_algebra_commands_on_sets_and_hashes() {
         q(&mut c, &["HSCAN", "h", "0", "MATCH", "f2", "NOVALUES"]);
     assert_eq!(names, vec!["f2"]);
 }
+
+#[test]
+fn crdt_state_shows_a_collections_metadata() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["HSET", "h", "f", "v", "g", "w"]);
+    q::<i64>(&mut c, &["HINCRBY", "h", "n", "3"]);
+    q::<i64>(&mut c, &["HDEL", "h", "g"]);
+    let state: BTreeMap<String, redis::Value> = q(&mut c, &["CRDT.STATE", "h"]);
+    assert_eq!(state["type"], redis::Value::BulkString(b"hash".to_vec()));
+    let text = format!("{:?}", state["collection"]);
+    for part in [
+        "hash_elements",
+        "int(2)",
+        "runs=[",
+        "hash f writes=[",
+        "=v]",
+        "int=3",
+        "context",
+    ] {
+        assert!(text.contains(part), "{part} in {text}");
+    }
+    q::<i64>(&mut c, &["SADD", "s", "m"]);
+    let state: BTreeMap<String, redis::Value> = q(&mut c, &["CRDT.STATE", "s"]);
+    assert_eq!(state["type"], redis::Value::BulkString(b"set".to_vec()));
+    assert!(format!("{:?}", state["collection"]).contains("set m adds=["));
+    q::<String>(&mut c, &["SET", "str", "x"]);
+    let state: BTreeMap<String, redis::Value> = q(&mut c, &["CRDT.STATE", "str"]);
+    assert_eq!(state["type"], redis::Value::BulkString(b"string".to_vec()));
+    assert!(!state.contains_key("collection"));
+}

@@ -138,6 +138,21 @@ impl CausalContext {
         }
     }
 
+    /// For CRDT.STATE: each node's run as `node:n`, and the cloud's dots.
+    pub fn describe(&self) -> String {
+        let runs: Vec<String> = self
+            .vv
+            .iter()
+            .map(|(node, n)| format!("{node}:{n}"))
+            .collect();
+        let cloud: Vec<String> = self
+            .cloud
+            .iter()
+            .map(|d| format!("{}:{}", d.node, d.n))
+            .collect();
+        format!("runs=[{}] cloud=[{}]", runs.join(","), cloud.join(","))
+    }
+
     /// Dots held past a gap (0 once every run is contiguous).
     pub fn cloud_len(&self) -> usize {
         self.cloud.len()

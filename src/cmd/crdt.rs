@@ -250,9 +250,12 @@ fn state(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         return Ok(());
     };
     let extras = s.extras.as_deref().cloned().unwrap_or_default();
-    x.out.map(9);
+    let coll = extras.coll.as_deref();
+    x.out.map(if coll.is_some() { 11 } else { 10 });
     x.out.bulk_str("exists");
     x.out.int(i64::from(s.exists(now)));
+    x.out.bulk_str("type");
+    x.out.bulk_str(s.key_type(now).map_or("none", |t| t.name()));
     x.out.bulk_str("register_stamp");
     x.out.bulk_str(&s.reg.stamp.to_string());
     x.out.bulk_str("register_seen");
@@ -289,5 +292,80 @@ fn state(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             ));
         }
     }
+    if let Some(c) = coll {
+        x.out.bulk_str("collection");
+        collection(x.out, c);
+    }
     Ok(())
+}
+
+/// Elements CRDT.STATE lists of a collection; the counts say how many more.
+const STATE_ELEMENTS: usize = 100;
+
+/// A collection part: its newest write, context, sizes, and the first
+/// elements of each kind with their dots.
+fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
+    use chorus_crdt::Kind;
+    out.map(8);
+    out.bulk_str("at");
+    out.bulk_str(&c.at.to_string());
+    out.bulk_str("kind");
+    out.bulk_str(c.kind.name());
+    out.bulk_str("context");
+    out.bulk_str(&c.ctx.describe());
+    for kind in [Kind::Hash, Kind::Set, Kind::ZSet] {
+        out.bulk_str(&format!("{}_elements", kind.name()));
+        out.int(c.len(kind) as i64);
+    }
+    out.bulk_str("removal_records");
+    out.int(c.removed.len() as i64);
+    let mut lines: Vec<String> = Vec::new();
+    for (f, e) in c.hash.iter().take(STATE_ELEMENTS) {
+        let writes: Vec<String> = e
+            .writes
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}:{}@{}={}",
+                    w.dot.node,
+                    w.dot.n,
+                    w.stamp(),
+                    String::from_utf8_lossy(&w.value.0)
+                )
+            })
+            .collect();
+        let counts: Vec<String> = e
+            .counts
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(node, t)| {
+                format!(
+                    "node={node} epoch={} ops={} int={} float={}",
+                    t.epoch, t.ops, t.int, t.float
+                )
+            })
+            .collect();
+        lines.push(format!(
+            "hash {} writes=[{}] counts=[{}]",
+            String::from_utf8_lossy(f),
+            writes.join(" "),
+            counts.join(" ")
+        ));
+    }
+    for (m, adds) in c.set.iter().take(STATE_ELEMENTS) {
+        let adds: Vec<String> = adds
+            .iter()
+            .map(|a| format!("{}:{}@{}", a.dot.node, a.dot.n, a.stamp()))
+            .collect();
+        lines.push(format!(
+            "set {} adds=[{}]",
+            String::from_utf8_lossy(m),
+            adds.join(" ")
+        ));
+    }
+    out.bulk_str("elements");
+    out.array(lines.len());
+    for l in &lines {
+        out.bulk_str(l);
+    }
 }
