@@ -279,6 +279,35 @@ impl Writer<'_> {
         Ok(r)
     }
 
+    /// Runs `op` in place on the collection part when the key shows
+    /// `kind` and hides nothing (the common case), publishing the delta it
+    /// fills when a replication sink wants one. `None` when that does not
+    /// hold or `op` declines; nothing was changed then.
+    pub fn coll_in_place<R>(
+        &mut self,
+        kind: Kind,
+        op: impl FnOnce(&mut Coll, Option<&mut Coll>, Stamp) -> Option<R>,
+    ) -> Option<R> {
+        if self.key_type() != Some(KeyType::Coll(kind)) || self.state.has_hidden_parts() {
+            return None;
+        }
+        let stamp = self.stamp();
+        let mut delta = self.ks.sink.is_some().then(|| Coll::delta(stamp, kind));
+        let coll = self.state.extras.as_mut()?.coll.as_mut()?;
+        let r = op(coll, delta.as_mut(), stamp)?;
+        if let (Some(sink), Some(d)) = (&self.ks.sink, delta) {
+            let delta = KeyState {
+                reg: Default::default(),
+                extras: Some(Box::new(chorus_crdt::Extras {
+                    coll: Some(Box::new(d)),
+                    ..Default::default()
+                })),
+            };
+            sink.publish_key(self.db as u32, self.key, &delta, self.now_ms);
+        }
+        Some(r)
+    }
+
     /// Whether the key exists now.
     pub fn visible(&self) -> bool {
         self.state.exists(self.now_ms)

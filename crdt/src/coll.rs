@@ -28,6 +28,7 @@ use smallvec::SmallVec;
 
 use crate::conflict::{Conflict, ConflictKind, Side, Summary};
 use crate::context::{CausalContext, Dot};
+use crate::ekey::{EKey, Probe};
 use crate::nodemap::NodeMap;
 use crate::stamp::Stamp;
 use crate::state::{join_tally, read_value, CounterSum, Read, Tally};
@@ -161,9 +162,9 @@ pub struct Coll {
     /// collections clash.
     pub at: Stamp,
     pub kind: Kind,
-    pub hash: BTreeMap<Vec<u8>, Elem<Blob>>,
-    pub set: BTreeMap<Vec<u8>, Adds>,
-    pub zset: BTreeMap<Vec<u8>, Elem<Score>>,
+    pub hash: BTreeMap<EKey, Elem<Blob>>,
+    pub set: BTreeMap<EKey, Adds>,
+    pub zset: BTreeMap<EKey, Elem<Score>>,
     pub removed: BTreeMap<(Kind, Vec<u8>), Removed>,
     /// A delta (see the module doc); false for a state.
     pub part: bool,
@@ -248,8 +249,8 @@ fn settle<V>(elem: &mut Elem<V>, removed: Option<&Removed>) -> bool {
 #[allow(clippy::too_many_arguments)]
 fn join_elems<V: Clone + Ord>(
     kind: Kind,
-    mine: &mut BTreeMap<Vec<u8>, Elem<V>>,
-    theirs: &BTreeMap<Vec<u8>, Elem<V>>,
+    mine: &mut BTreeMap<EKey, Elem<V>>,
+    theirs: &BTreeMap<EKey, Elem<V>>,
     my_ctx: &CausalContext,
     their_ctx: &CausalContext,
     removed: &BTreeMap<(Kind, Vec<u8>), Removed>,
@@ -262,9 +263,9 @@ fn join_elems<V: Clone + Ord>(
         mine.retain(|key, elem| {
             let grew = join_elem(elem, theirs.get(key), my_ctx, their_ctx);
             if grew && elem.writes.len() > 1 {
-                on_siblings(key, elem);
+                on_siblings(key.bytes(), elem);
             }
-            !settle(elem, removed_of(key)) || keep_empty
+            !settle(elem, removed_of(key.bytes())) || keep_empty
         });
     }
     for (key, their) in theirs {
@@ -274,9 +275,9 @@ fn join_elems<V: Clone + Ord>(
         let mut elem = mine.remove(key).unwrap_or_default();
         let grew = join_elem(&mut elem, Some(their), my_ctx, their_ctx);
         if grew && elem.writes.len() > 1 {
-            on_siblings(key, &elem);
+            on_siblings(key.bytes(), &elem);
         }
-        if !settle(&mut elem, removed_of(key)) || keep_empty {
+        if !settle(&mut elem, removed_of(key.bytes())) || keep_empty {
             mine.insert(key.clone(), elem);
         }
     }
@@ -284,8 +285,8 @@ fn join_elems<V: Clone + Ord>(
 
 /// As [`join_elems`] for set members (dots only).
 fn join_members(
-    mine: &mut BTreeMap<Vec<u8>, Adds>,
-    theirs: &BTreeMap<Vec<u8>, Adds>,
+    mine: &mut BTreeMap<EKey, Adds>,
+    theirs: &BTreeMap<EKey, Adds>,
     my_ctx: &CausalContext,
     their_ctx: &CausalContext,
     (their_whole, keep_empty): (bool, bool),
@@ -421,7 +422,7 @@ impl Coll {
     /// A hash field's value as a string key's would read: its winning
     /// write plus its surviving increments.
     pub fn field(&self, field: &[u8]) -> Option<Read<'_>> {
-        let e = self.hash.get(field)?;
+        let e = self.hash.get(Probe::new(field).as_keyed())?;
         Some(self.read_elem(Kind::Hash, field, e))
     }
 
@@ -437,16 +438,61 @@ impl Coll {
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], Read<'_>)> {
         self.hash
             .iter()
-            .map(|(k, e)| (k.as_slice(), self.read_elem(Kind::Hash, k, e)))
+            .map(|(k, e)| (k.bytes(), self.read_elem(Kind::Hash, k.bytes(), e)))
     }
 
-    /// Every member of the set, in byte order.
+    /// A hash field's element (its writes and counter).
+    pub fn field_elem(&self, field: &[u8]) -> Option<&Elem<Blob>> {
+        self.hash.get(Probe::new(field).as_keyed())
+    }
+
+    /// A set member's adds.
+    pub fn member_adds(&self, member: &[u8]) -> Option<&Adds> {
+        self.set.get(Probe::new(member).as_keyed())
+    }
+
+    /// A SCAN step over `kind`'s elements: up to `count` of them from the
+    /// first whose hash is at least `from`, and the hash to go on from (0:
+    /// done). Elements are in hash order, so one present for the whole
+    /// scan is returned at least once.
+    pub fn scan(&self, kind: Kind, from: u64, count: usize) -> (Vec<&[u8]>, u64) {
+        let start = Probe::at_hash(from);
+        let bounds = (
+            std::ops::Bound::Included(start.as_keyed()),
+            std::ops::Bound::Unbounded,
+        );
+        let mut keys: Box<dyn Iterator<Item = &EKey>> = match kind {
+            Kind::Hash => Box::new(
+                self.hash
+                    .range::<dyn crate::ekey::Keyed, _>(bounds)
+                    .map(|(k, _)| k),
+            ),
+            Kind::Set => Box::new(
+                self.set
+                    .range::<dyn crate::ekey::Keyed, _>(bounds)
+                    .map(|(k, _)| k),
+            ),
+            Kind::ZSet => Box::new(
+                self.zset
+                    .range::<dyn crate::ekey::Keyed, _>(bounds)
+                    .map(|(k, _)| k),
+            ),
+        };
+        let found: Vec<&[u8]> = keys.by_ref().take(count).map(EKey::bytes).collect();
+        // A cursor of 0 ends a scan: an element hashed to 0 resumes at 1
+        // (it sorts first, so only a batch boundary between two such
+        // elements, a chance of one in 2^64 each, could skip one).
+        let next = keys.next().map_or(0, |k| k.hash().max(1));
+        (found, next)
+    }
+
+    /// Every member of the set, in hash order.
     pub fn members(&self) -> impl Iterator<Item = &[u8]> {
-        self.set.keys().map(Vec::as_slice)
+        self.set.keys().map(EKey::bytes)
     }
 
     pub fn is_member(&self, member: &[u8]) -> bool {
-        self.set.contains_key(member)
+        self.set.contains_key(Probe::new(member).as_keyed())
     }
 
     // ----- ops: each builds a delta against this state -----
@@ -454,33 +500,34 @@ impl Coll {
     /// Adds to `delta` the removal of everything `kind`'s element `key`
     /// holds here: its dots, and its counter as a removal record.
     fn remove_into(&self, delta: &mut Coll, kind: Kind, key: &[u8], stamp: Stamp) {
+        let probe = Probe::new(key);
         let counts = match kind {
-            Kind::Hash => match self.hash.get(key) {
+            Kind::Hash => match self.hash.get(probe.as_keyed()) {
                 Some(e) => {
                     for w in &e.writes {
                         delta.ctx.insert(w.dot);
                     }
-                    delta.hash.entry(key.to_vec()).or_default();
+                    delta.hash.entry(probe.to_key()).or_default();
                     e.counts.as_deref()
                 }
                 None => None,
             },
-            Kind::ZSet => match self.zset.get(key) {
+            Kind::ZSet => match self.zset.get(probe.as_keyed()) {
                 Some(e) => {
                     for w in &e.writes {
                         delta.ctx.insert(w.dot);
                     }
-                    delta.zset.entry(key.to_vec()).or_default();
+                    delta.zset.entry(probe.to_key()).or_default();
                     e.counts.as_deref()
                 }
                 None => None,
             },
             Kind::Set => {
-                if let Some(adds) = self.set.get(key) {
+                if let Some(adds) = self.set.get(probe.as_keyed()) {
                     for a in adds {
                         delta.ctx.insert(a.dot);
                     }
-                    delta.set.entry(key.to_vec()).or_default();
+                    delta.set.entry(probe.to_key()).or_default();
                 }
                 None
             }
@@ -501,13 +548,13 @@ impl Coll {
     pub fn clear(&self, stamp: Stamp) -> Coll {
         let mut delta = Coll::default();
         for key in self.hash.keys() {
-            self.remove_into(&mut delta, Kind::Hash, key, stamp);
+            self.remove_into(&mut delta, Kind::Hash, key.bytes(), stamp);
         }
         for key in self.set.keys() {
-            self.remove_into(&mut delta, Kind::Set, key, stamp);
+            self.remove_into(&mut delta, Kind::Set, key.bytes(), stamp);
         }
         for key in self.zset.keys() {
-            self.remove_into(&mut delta, Kind::ZSet, key, stamp);
+            self.remove_into(&mut delta, Kind::ZSet, key.bytes(), stamp);
         }
         delta.hash.clear();
         delta.set.clear();
@@ -524,9 +571,9 @@ impl Coll {
                 continue;
             }
             let keys: Vec<Vec<u8>> = match other {
-                Kind::Hash => self.hash.keys().cloned().collect(),
-                Kind::Set => self.set.keys().cloned().collect(),
-                Kind::ZSet => self.zset.keys().cloned().collect(),
+                Kind::Hash => self.hash.keys().map(|k| k.bytes().to_vec()).collect(),
+                Kind::Set => self.set.keys().map(|k| k.bytes().to_vec()).collect(),
+                Kind::ZSet => self.zset.keys().map(|k| k.bytes().to_vec()).collect(),
             };
             for key in keys {
                 self.remove_into(delta, other, &key, stamp);
@@ -551,7 +598,7 @@ impl Coll {
     pub fn hset_into(&self, delta: &mut Coll, stamp: Stamp, field: &[u8], value: &[u8]) {
         self.remove_into(delta, Kind::Hash, field, stamp);
         let dot = self.new_dot(delta, stamp);
-        let elem = delta.hash.entry(field.to_vec()).or_default();
+        let elem = delta.hash.entry(EKey::new(field)).or_default();
         // The same field twice in one command: the last value stands.
         elem.writes.clear();
         elem.writes.push(Write {
@@ -571,7 +618,7 @@ impl Coll {
     pub fn sadd_into(&self, delta: &mut Coll, stamp: Stamp, member: &[u8]) {
         self.remove_into(delta, Kind::Set, member, stamp);
         let dot = self.new_dot(delta, stamp);
-        let adds = delta.set.entry(member.to_vec()).or_default();
+        let adds = delta.set.entry(EKey::new(member)).or_default();
         adds.clear();
         adds.push(Add {
             dot,
@@ -590,21 +637,194 @@ impl Coll {
         by: (i64, f64, bool),
     ) {
         let (int, float, is_float) = by;
+        let probe = Probe::new(key);
         let current = match kind {
-            Kind::Hash => self.hash.get(key).and_then(|e| e.counts.as_deref()),
-            Kind::ZSet => self.zset.get(key).and_then(|e| e.counts.as_deref()),
+            Kind::Hash => self
+                .hash
+                .get(probe.as_keyed())
+                .and_then(|e| e.counts.as_deref()),
+            Kind::ZSet => self
+                .zset
+                .get(probe.as_keyed())
+                .and_then(|e| e.counts.as_deref()),
             Kind::Set => None,
         }
         .and_then(|c| c.get(&stamp.node));
         let tally = Tally::next(current, stamp, int, float, is_float);
         let counts = match kind {
-            Kind::Hash => &mut delta.hash.entry(key.to_vec()).or_default().counts,
-            Kind::ZSet => &mut delta.zset.entry(key.to_vec()).or_default().counts,
+            Kind::Hash => &mut delta.hash.entry(probe.to_key()).or_default().counts,
+            Kind::ZSet => &mut delta.zset.entry(probe.to_key()).or_default().counts,
             Kind::Set => return,
         };
         counts
             .get_or_insert_with(Default::default)
             .upsert(stamp.node, tally, |mine, new| *mine = new);
+    }
+
+    // ----- this node's own ops, in place -----
+    //
+    // Each is the same state as merging the op's delta built above
+    // (property-tested), without building it unless `delta` asks (a
+    // replication sink). The caller uses them on a key that shows the
+    // op's kind and hides nothing; `None` means "not here": nothing was
+    // changed and the general path must run.
+
+    /// Records a local write of `kind` at `stamp`: its dot, and the newest write.
+    fn note_local(&mut self, stamp: Stamp, kind: Kind, dot: Dot, birth: bool) {
+        self.ctx.insert_new(dot, birth);
+        if (stamp, kind) > (self.at, self.kind) {
+            self.at = stamp;
+            self.kind = kind;
+        }
+    }
+
+    /// HSET of one field here; returns whether the field is new. `None`
+    /// for a field with a counter (its removal record takes the general
+    /// path).
+    pub fn hset_here(
+        &mut self,
+        stamp: Stamp,
+        field: &[u8],
+        value: &[u8],
+        mut delta: Option<&mut Coll>,
+    ) -> Option<bool> {
+        let (dot, birth) = self.ctx.next_dot(stamp.node, stamp.time);
+        let write = Write {
+            dot,
+            time: stamp.time,
+            value: Blob(value.into()),
+        };
+        let for_delta = delta.is_some().then(|| write.clone());
+        let probe = Probe::new(field);
+        let fresh = match self.hash.get_mut(probe.as_keyed()) {
+            Some(e) if e.counts.is_some() => return None,
+            Some(e) => {
+                if let Some(d) = delta.as_deref_mut() {
+                    for w in &e.writes {
+                        d.ctx.insert(w.dot);
+                    }
+                }
+                e.writes.clear();
+                e.writes.push(write);
+                false
+            }
+            None => {
+                let mut writes = SmallVec::new();
+                writes.push(write);
+                self.hash.insert(
+                    probe.to_key(),
+                    Elem {
+                        writes,
+                        counts: None,
+                    },
+                );
+                true
+            }
+        };
+        if let (Some(d), Some(w)) = (delta, for_delta) {
+            d.ctx.insert_new(dot, birth);
+            let e = d.hash.entry(probe.to_key()).or_default();
+            e.writes.clear();
+            e.writes.push(w);
+        }
+        self.note_local(stamp, Kind::Hash, dot, birth);
+        Some(fresh)
+    }
+
+    /// SADD of one member here; returns whether the member is new.
+    pub fn sadd_here(&mut self, stamp: Stamp, member: &[u8], mut delta: Option<&mut Coll>) -> bool {
+        let (dot, birth) = self.ctx.next_dot(stamp.node, stamp.time);
+        let add = Add {
+            dot,
+            time: stamp.time,
+        };
+        let probe = Probe::new(member);
+        let fresh = match self.set.get_mut(probe.as_keyed()) {
+            Some(adds) => {
+                if let Some(d) = delta.as_deref_mut() {
+                    for a in adds.iter() {
+                        d.ctx.insert(a.dot);
+                    }
+                }
+                adds.clear();
+                adds.push(add);
+                false
+            }
+            None => {
+                let mut adds = SmallVec::new();
+                adds.push(add);
+                self.set.insert(probe.to_key(), adds);
+                true
+            }
+        };
+        if let Some(d) = delta {
+            d.ctx.insert_new(dot, birth);
+            let adds = d.set.entry(probe.to_key()).or_default();
+            adds.clear();
+            adds.push(add);
+        }
+        self.note_local(stamp, Kind::Set, dot, birth);
+        fresh
+    }
+
+    /// An increment of `kind`'s element here (HINCRBY, ZINCRBY), the
+    /// element's current value checked first by the caller.
+    pub fn incr_here(
+        &mut self,
+        kind: Kind,
+        key: &[u8],
+        stamp: Stamp,
+        by: (i64, f64, bool),
+        delta: Option<&mut Coll>,
+    ) {
+        let (int, float, is_float) = by;
+        let probe = Probe::new(key);
+        fn bump<V>(
+            map: &mut BTreeMap<EKey, Elem<V>>,
+            probe: &Probe,
+            stamp: Stamp,
+            by: (i64, f64, bool),
+        ) -> Tally {
+            let tally = |current: Option<&Tally>| Tally::next(current, stamp, by.0, by.1, by.2);
+            match map.get_mut(probe.as_keyed()) {
+                Some(e) => {
+                    let counts = e.counts.get_or_insert_with(Default::default);
+                    let t = tally(counts.get(&stamp.node));
+                    counts.upsert(stamp.node, t, |mine, new| *mine = new);
+                    t
+                }
+                None => {
+                    let t = tally(None);
+                    map.insert(
+                        probe.to_key(),
+                        Elem {
+                            writes: SmallVec::new(),
+                            counts: Some(Box::new(NodeMap::single(stamp.node, t))),
+                        },
+                    );
+                    t
+                }
+            }
+        }
+        let tally = match kind {
+            Kind::Hash => bump(&mut self.hash, &probe, stamp, (int, float, is_float)),
+            Kind::ZSet => bump(&mut self.zset, &probe, stamp, (int, float, is_float)),
+            Kind::Set => return,
+        };
+        if let Some(d) = delta {
+            let counts = match kind {
+                Kind::Hash => &mut d.hash.entry(probe.to_key()).or_default().counts,
+                Kind::ZSet => &mut d.zset.entry(probe.to_key()).or_default().counts,
+                Kind::Set => return,
+            };
+            counts
+                .get_or_insert_with(Default::default)
+                .upsert(stamp.node, tally, |mine, new| *mine = new);
+        }
+        if (stamp, kind) > (self.at, self.kind) {
+            self.at = stamp;
+            self.kind = kind;
+        }
     }
 
     // ----- merge -----
@@ -651,15 +871,24 @@ impl Coll {
         if !other.removed.is_empty() && !stays_delta {
             for (kind, key) in other.removed.keys() {
                 let r = self.removed.get(&(*kind, key.clone()));
+                let probe = Probe::new(key);
                 match kind {
                     Kind::Hash => {
-                        if self.hash.get_mut(key).is_some_and(|e| settle(e, r)) {
-                            self.hash.remove(key);
+                        if self
+                            .hash
+                            .get_mut(probe.as_keyed())
+                            .is_some_and(|e| settle(e, r))
+                        {
+                            self.hash.remove(probe.as_keyed());
                         }
                     }
                     Kind::ZSet => {
-                        if self.zset.get_mut(key).is_some_and(|e| settle(e, r)) {
-                            self.zset.remove(key);
+                        if self
+                            .zset
+                            .get_mut(probe.as_keyed())
+                            .is_some_and(|e| settle(e, r))
+                        {
+                            self.zset.remove(probe.as_keyed());
                         }
                     }
                     Kind::Set => {}
@@ -699,7 +928,7 @@ impl Coll {
         }
         // A delta keeps its entries, emptied or not: they name what it removes.
         let keep = self.part;
-        fn prune_elems<V>(map: &mut BTreeMap<Vec<u8>, Elem<V>>, floor: Stamp, keep: bool) {
+        fn prune_elems<V>(map: &mut BTreeMap<EKey, Elem<V>>, floor: Stamp, keep: bool) {
             map.retain(|_, e| {
                 if e.is_empty() {
                     return keep;
@@ -764,9 +993,10 @@ impl Coll {
             if r.reset > acked {
                 return true;
             }
+            let probe = Probe::new(key);
             let counts = match kind {
-                Kind::Hash => hash.get(key).and_then(|e| e.counts.as_deref()),
-                Kind::ZSet => zset.get(key).and_then(|e| e.counts.as_deref()),
+                Kind::Hash => hash.get(probe.as_keyed()).and_then(|e| e.counts.as_deref()),
+                Kind::ZSet => zset.get(probe.as_keyed()).and_then(|e| e.counts.as_deref()),
                 Kind::Set => None,
             };
             r.tallies.retain(|node, t| {
@@ -788,23 +1018,23 @@ impl Coll {
     /// value (MEMORY USAGE).
     pub fn heap_bytes(&self) -> usize {
         const NODE_SLACK: usize = 8;
-        let elem = std::mem::size_of::<Vec<u8>>() + NODE_SLACK;
+        let elem = std::mem::size_of::<EKey>() + NODE_SLACK;
         let mut n = self.ctx.heap_bytes();
         for (k, e) in &self.hash {
-            n += elem + std::mem::size_of::<Elem<Blob>>() + k.capacity();
+            n += elem + std::mem::size_of::<Elem<Blob>>() + k.bytes().len();
             n += e.writes.iter().map(|w| w.value.0.len()).sum::<usize>();
             if e.writes.spilled() {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Blob>>();
             }
         }
         for (k, a) in &self.set {
-            n += elem + std::mem::size_of::<Adds>() + k.capacity();
+            n += elem + std::mem::size_of::<Adds>() + k.bytes().len();
             if a.spilled() {
                 n += a.capacity() * std::mem::size_of::<Add>();
             }
         }
         for k in self.zset.keys() {
-            n += elem + std::mem::size_of::<Elem<Score>>() + k.capacity();
+            n += elem + std::mem::size_of::<Elem<Score>>() + k.bytes().len();
         }
         n
     }

@@ -106,6 +106,16 @@ impl CausalContext {
         if self.contains(dot) || dot.n == 0 {
             return;
         }
+        let next = self.vv.get(&dot.node).copied().unwrap_or(0) + 1;
+        if dot.n == next {
+            // The usual case: the dot continues its node's run.
+            self.vv
+                .upsert(dot.node, dot.n, |mine, theirs| *mine = theirs);
+            if !self.cloud.is_empty() {
+                self.compact();
+            }
+            return;
+        }
         self.cloud.insert(dot);
         self.compact();
     }
@@ -116,8 +126,10 @@ impl CausalContext {
             self.vv
                 .upsert(*node, *n, |mine, theirs| *mine = (*mine).max(theirs));
         }
-        self.cloud.extend(other.cloud.iter().copied());
-        self.compact();
+        if !(self.cloud.is_empty() && other.cloud.is_empty()) {
+            self.cloud.extend(other.cloud.iter().copied());
+            self.compact();
+        }
     }
 
     /// Moves every cloud dot the vector now reaches into it, and drops

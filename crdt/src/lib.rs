@@ -11,6 +11,7 @@ pub mod conflict;
 pub mod context;
 pub mod delta;
 pub mod digest;
+pub mod ekey;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod nodemap;
@@ -26,6 +27,7 @@ pub use coll::{Coll, Kind};
 pub use conflict::{Conflict, ConflictKind, Side, Summary};
 pub use context::{CausalContext, Dot};
 pub use delta::Delta;
+pub use ekey::{EKey, Probe};
 pub use nodemap::NodeMap;
 pub use stamp::{system_clock, Clock, DriftError, NodeId, Stamp};
 pub use state::{CounterSum, ExpiryField, Extras, KeyState, KeyType, Read, Register, Tally};

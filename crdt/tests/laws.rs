@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chorus_crdt::{Delta, KeyState, Kind, NodeId, Read, Stamp};
+use chorus_crdt::{Coll, Delta, Extras, KeyState, KeyType, Kind, NodeId, Read, Stamp};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -538,6 +538,58 @@ proptest! {
                     let mut in_place = state.clone();
                     in_place.write_in_place(old, value, 99);
                     prop_assert_eq!(&in_place, &merged);
+                }
+                // The collection ops made in place equal merging their
+                // deltas, and their deltas bring a replica the same state.
+                for kind in [Kind::Hash, Kind::Set] {
+                    if state.key_type(0) != Some(KeyType::Coll(kind)) || state.has_hidden_parts() {
+                        continue;
+                    }
+                    for elem in [&b"f0"[..], b"\x01", b"new"] {
+                        let general = state.coll_write(stamp, kind, |c, d| match kind {
+                            Kind::Hash => c.hset_into(d, stamp, elem, b"v"),
+                            _ => c.sadd_into(d, stamp, elem),
+                        });
+                        let mut merged = state.clone();
+                        merged.merge(&general);
+                        let mut in_place = state.clone();
+                        let mut delta = Coll::delta(stamp, kind);
+                        let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                        let done = match kind {
+                            Kind::Hash => coll.hset_here(stamp, elem, b"v", Some(&mut delta)).is_some(),
+                            _ => { coll.sadd_here(stamp, elem, Some(&mut delta)); true }
+                        };
+                        if !done {
+                            prop_assert_eq!(&in_place, state, "a declined op changes nothing");
+                            continue;
+                        }
+                        prop_assert_eq!(&in_place, &merged);
+                        let mut replica = state.clone();
+                        replica.merge(&KeyState {
+                            reg: Default::default(),
+                            extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                        });
+                        prop_assert_eq!(&replica, &merged);
+                    }
+                    if kind == Kind::Hash {
+                        for field in [&b"f0"[..], b"new"] {
+                            let by = (i64::from(by), 0.0, false);
+                            let general = state.coll_write(stamp, kind, |c, d| c.incr_into(d, kind, field, stamp, by));
+                            let mut merged = state.clone();
+                            merged.merge(&general);
+                            let mut in_place = state.clone();
+                            let mut delta = Coll::delta(stamp, kind);
+                            let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            coll.incr_here(kind, field, stamp, by, Some(&mut delta));
+                            prop_assert_eq!(&in_place, &merged);
+                            let mut replica = state.clone();
+                            replica.merge(&KeyState {
+                                reg: Default::default(),
+                                extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                            });
+                            prop_assert_eq!(&replica, &merged);
+                        }
+                    }
                 }
                 // Owned and borrowed merges agree too.
                 let delta = state.write(stamp, Some(b"7"), 0);

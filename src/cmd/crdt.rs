@@ -347,7 +347,7 @@ fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
             .collect();
         lines.push(format!(
             "hash {} writes=[{}] counts=[{}]",
-            String::from_utf8_lossy(f),
+            String::from_utf8_lossy(f.bytes()),
             writes.join(" "),
             counts.join(" ")
         ));
@@ -359,7 +359,7 @@ fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
             .collect();
         lines.push(format!(
             "set {} adds=[{}]",
-            String::from_utf8_lossy(m),
+            String::from_utf8_lossy(m.bytes()),
             adds.join(" ")
         ));
     }

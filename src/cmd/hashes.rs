@@ -2,14 +2,10 @@
 //! as a string key is, fields an observed-remove map (DESIGN.md, Data
 //! model; docs/crdt-semantics.md).
 
-use std::ops::Bound;
-
 use chorus_crdt::number::{format_float, parse_float, parse_int};
-use chorus_crdt::{Kind, Read};
+use chorus_crdt::{Coll, Kind, Read};
 
-use super::sets::{
-    parse_cursor, pick_distinct, pick_repeating, scan_cursor, scan_options, scan_start,
-};
+use super::sets::{parse_cursor, pick_distinct, pick_repeating, scan_options};
 use super::Flag::*;
 use super::{float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec};
 use crate::glob;
@@ -44,10 +40,25 @@ fn pairs<'a>(args: &'a [&'a [u8]], name: &'static str) -> Result<&'a [&'a [u8]],
 
 /// Writes the pairs; returns how many fields were new.
 fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
-    x.coll_update(key, Kind::Hash, |c, d, stamp| {
+    let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {
+        // A counter field anywhere takes the general path, for all of them.
+        if pairs.len() > 2
+            && pairs
+                .chunks_exact(2)
+                .any(|p| c.field_elem(p[0]).is_some_and(|e| e.counts.is_some()))
+        {
+            return None;
+        }
         let mut added = 0;
         for p in pairs.chunks_exact(2) {
-            if c.field(p[0]).is_none() && d.hash.get(p[0]).is_none_or(|e| e.writes.is_empty()) {
+            added += i64::from(c.hset_here(stamp, p[0], p[1], d.as_deref_mut())?);
+        }
+        Some(added)
+    };
+    x.coll_update_fast(key, Kind::Hash, fast, |c, d, stamp| {
+        let mut added = 0;
+        for p in pairs.chunks_exact(2) {
+            if c.field(p[0]).is_none() && d.field_elem(p[0]).is_none_or(|e| e.writes.is_empty()) {
                 added += 1;
             }
             c.hset_into(d, stamp, p[0], p[1]);
@@ -169,7 +180,7 @@ fn hdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let removed = x.coll_update(args[1], Kind::Hash, |c, d, stamp| {
         let mut removed = 0;
         for f in &args[2..] {
-            if c.field(f).is_some() && !d.hash.contains_key(*f) {
+            if c.field(f).is_some() && d.field_elem(f).is_none() {
                 removed += 1;
             }
             c.remove_elem_into(d, Kind::Hash, f, stamp);
@@ -183,7 +194,7 @@ fn hdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 fn hincrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let by = int_arg(args[3])?;
     let field = args[2];
-    let new = x.coll_update(args[1], Kind::Hash, |c, d, stamp| {
+    let next = |c: &Coll| -> Result<i64, Error> {
         let current = match c.field(field) {
             None | Some(Read::Absent) => 0,
             Some(Read::Int(i)) => i,
@@ -191,9 +202,18 @@ fn hincrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             Some(Read::Float(f)) => parse_int(format_float(f).as_bytes())
                 .ok_or(Error::err("hash value is not an integer"))?,
         };
-        let new = current
+        current
             .checked_add(by)
-            .ok_or(Error::err("increment or decrement would overflow"))?;
+            .ok_or(Error::err("increment or decrement would overflow"))
+    };
+    // An error is left to the general path, which finds it again.
+    let fast = |c: &mut Coll, d: Option<&mut Coll>, stamp| {
+        let new = next(c).ok()?;
+        c.incr_here(Kind::Hash, field, stamp, (by, 0.0, false), d);
+        Some(new)
+    };
+    let new = x.coll_update_fast(args[1], Kind::Hash, fast, |c, d, stamp| {
+        let new = next(c)?;
         c.incr_into(d, Kind::Hash, field, stamp, (by, 0.0, false));
         Ok(new)
     })?;
@@ -271,21 +291,15 @@ fn hscan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     }
     let (pattern, count) = scan_options(&rest, 3)?;
     let (c, out) = x.coll(args[1], Kind::Hash)?;
-    let start = scan_start(cursor);
     let mut found: Vec<(&[u8], Read)> = Vec::new();
     let mut next = 0;
     if let Some(c) = c {
-        let mut it = c
-            .hash
-            .range::<[u8], _>((Bound::Included(&start[..]), Bound::Unbounded))
-            .map(|(f, _)| f.as_slice());
-        for f in it.by_ref().take(count) {
+        let (fields, n) = c.scan(Kind::Hash, cursor, count);
+        next = n;
+        for f in fields {
             if pattern.is_none_or(|p| glob::matches(p, f, false)) {
                 found.push((f, c.field(f).unwrap_or(Read::Absent)));
             }
-        }
-        if let Some(f) = it.next() {
-            next = scan_cursor(f);
         }
     }
     out.array(2);

@@ -344,6 +344,28 @@ impl<'s> Exec<'s, '_> {
         }
     }
 
+    /// [`Exec::coll_update`] that first tries `fast` in place (see
+    /// `Writer::coll_in_place`): the hot commands' path.
+    pub fn coll_update_fast<R>(
+        &mut self,
+        key: &[u8],
+        kind: Kind,
+        fast: impl FnOnce(&mut Coll, Option<&mut Coll>, Stamp) -> Option<R>,
+        slow: impl FnOnce(&Coll, &mut Coll, Stamp) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        self.update(key, |w| {
+            if let Some(r) = w.coll_in_place(kind, fast) {
+                return Ok(r);
+            }
+            match w.key_type() {
+                None => {}
+                Some(KeyType::Coll(k)) if k == kind => {}
+                Some(_) => return Err(Error::WrongType),
+            }
+            w.coll_write(kind, slow)
+        })
+    }
+
     /// Runs a collection command of `kind` on `key`: WRONGTYPE unless the
     /// key shows `kind` or nothing. `f` reads the current part and fills
     /// the delta (see `Writer::coll_write`); its result is the reply's.
