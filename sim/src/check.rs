@@ -229,8 +229,14 @@ impl Snapshot {
 
 /// The value GET returns on `slot`: `None` for nil.
 fn get(reg: &Registry, slot: usize, key: &str) -> Result<Option<String>, Failure> {
-    let reply = cluster::command(reg, slot, &[b"GET", key.as_bytes()])
-        .ok_or_else(|| Failure::new("liveness", format!("n{slot} went down while checking")))?;
+    // A counter field's pseudo-key "f:hash:field" reads with HGET.
+    let reply = match key.strip_prefix("f:").and_then(|k| k.split_once(':')) {
+        Some((hash, field)) => {
+            cluster::command(reg, slot, &[b"HGET", hash.as_bytes(), field.as_bytes()])
+        }
+        None => cluster::command(reg, slot, &[b"GET", key.as_bytes()]),
+    }
+    .ok_or_else(|| Failure::new("liveness", format!("n{slot} went down while checking")))?;
     let text = String::from_utf8_lossy(&reply).into_owned();
     if text.starts_with("$-1") {
         return Ok(None);
@@ -368,7 +374,9 @@ fn check_all(
             .push(w);
     }
     for (key, writes) in &by_key {
-        let (is_counter, is_register) = (key.starts_with('c'), key.starts_with('r'));
+        // Counters: keys "c*", and counter fields "f:hash:field".
+        let is_counter = key.starts_with('c') || key.starts_with("f:");
+        let is_register = key.starts_with('r');
         if !is_counter && !is_register {
             continue;
         }

@@ -570,8 +570,40 @@ impl Run<'_> {
                 let key = format!("rs{}", self.rng.random_range(0..self.sessions));
                 (vec!["DEL".into(), key.clone()], vec![(key, WriteKind::Del)])
             }
+            // Counter fields: only increments, as the counters above; each
+            // (hash, field) is checked like a counter key ("f:hash:field").
+            715..765 => {
+                let (h, f) = (self.rng.random_range(0..2), self.rng.random_range(0..3));
+                let by = self.rng.random_range(-5i64..=10);
+                let (key, field) = (format!("hc{h}"), format!("n{f}"));
+                (
+                    vec!["HINCRBY".into(), key.clone(), field.clone(), by.to_string()],
+                    vec![(format!("f:{key}:{field}"), WriteKind::Incr(by))],
+                )
+            }
+            // Hashes and sets in every form, a SET over one now and then (a
+            // type clash): checked for convergence.
+            765..855 => {
+                let n = self.rng.random_range(0..4);
+                let (h, s) = (format!("h{n}"), format!("s{n}"));
+                let field = format!("f{}", self.rng.random_range(0..4));
+                let member = format!("m{}", self.rng.random_range(0..6));
+                let args: Vec<String> = match self.rng.random_range(0..20) {
+                    0..4 => vec!["HSET".into(), h, field, value.clone()],
+                    4..6 => vec!["HSET".into(), h, field, "1".into(), "f9".into(), value.clone()],
+                    6..8 => vec!["HDEL".into(), h, field],
+                    8..10 => vec!["HINCRBY".into(), h, field, "2".into()],
+                    10..14 => vec!["SADD".into(), s, member],
+                    14..16 => vec!["SREM".into(), s, member],
+                    16 => vec!["SPOP".into(), s],
+                    17 => vec!["DEL".into(), if n % 2 == 0 { h } else { s }],
+                    18 => vec!["SET".into(), if n % 2 == 0 { h } else { s }, value.clone()],
+                    _ => vec!["SADD".into(), h, member],
+                };
+                (args, Vec::new())
+            }
             // Volatile keys: expiry in all its forms; checked for convergence.
-            715..995 => {
+            855..995 => {
                 let key = format!("x{}", self.rng.random_range(0..4));
                 let args = match self.rng.random_range(0..7) {
                     6 => vec![
@@ -681,11 +713,30 @@ impl Run<'_> {
         }
         for (i, (key, kind)) in kinds.into_iter().enumerate() {
             let seq = after - keyed + 1 + i as u64;
-            let state = (!key.is_empty())
-                .then(|| shared.ks.state_of(0, key.as_bytes()))
-                .flatten();
+            // A counter field's pseudo-key: "f:hash:field".
+            let field = key
+                .strip_prefix("f:")
+                .and_then(|k| k.split_once(':'))
+                .map(|(k, f)| (k.to_string(), f.to_string()));
+            let state = match &field {
+                Some((k, _)) => shared.ks.state_of(0, k.as_bytes()),
+                None => (!key.is_empty())
+                    .then(|| shared.ks.state_of(0, key.as_bytes()))
+                    .flatten(),
+            };
             let (stamp, epoch) = match (&kind, &state) {
                 (WriteKind::Flush, _) => (Some(shared.ks.dump().1[0]), None),
+                (WriteKind::Incr(_), Some(s)) if field.is_some() => (
+                    None,
+                    field.as_ref().and_then(|(_, f)| {
+                        s.coll()?
+                            .field_elem(f.as_bytes())?
+                            .counts
+                            .as_ref()?
+                            .get(&node)
+                            .map(|t| t.epoch)
+                    }),
+                ),
                 (WriteKind::Incr(_), Some(s)) => (
                     None,
                     s.extras
