@@ -30,7 +30,7 @@ use crate::conflict::{Conflict, ConflictKind, Side, Summary};
 use crate::context::{CausalContext, Dot};
 use crate::ekey::{EKey, Probe};
 use crate::nodemap::NodeMap;
-use crate::stamp::Stamp;
+use crate::stamp::{NodeId, Stamp};
 use crate::state::{join_tally, read_value, CounterSum, Read, Tally};
 
 /// Which collection a part of the state is.
@@ -1014,6 +1014,177 @@ impl Coll {
         changed
     }
 
+    // ----- state transfers from a node that collected what this one holds -----
+
+    /// Whether [`Coll::forget_missing_from`] would drop anything.
+    pub fn is_stale_against(&self, sender: Option<&Coll>, held: &impl Fn(NodeId) -> Stamp) -> bool {
+        let mut stale = false;
+        self.visit_stale(sender, held, |_, _, _| {
+            stale = true;
+        });
+        stale
+    }
+
+    /// Forgets the element writes, adds and counter segments that a state
+    /// transfer's sender applied (stamped at or below `held` of their
+    /// node) and no longer holds: a remove it applied took them, and its
+    /// record of that (its context) may be collected. The receiver's copy
+    /// predates that remove (see `KeyState::forget_missing_from`). Returns
+    /// whether anything went.
+    pub fn forget_missing_from(
+        &mut self,
+        sender: Option<&Coll>,
+        held: &impl Fn(NodeId) -> Stamp,
+    ) -> bool {
+        let mut stale: Vec<(Kind, EKey, Option<Dot>, Option<NodeId>)> = Vec::new();
+        self.visit_stale(sender, held, |kind, key, what| {
+            stale.push((kind, key.clone(), what.0, what.1))
+        });
+        if stale.is_empty() {
+            return false;
+        }
+        for (kind, key, dot, node) in stale {
+            match kind {
+                Kind::Hash => forget_in(&mut self.hash, &key, dot, node),
+                Kind::ZSet => forget_in(&mut self.zset, &key, dot, node),
+                Kind::Set => {
+                    if let (Some(adds), Some(dot)) = (self.set.get_mut(&key), dot) {
+                        adds.retain(|a| a.dot != dot);
+                        if adds.is_empty() {
+                            self.set.remove(&key);
+                        }
+                    }
+                }
+            }
+        }
+        true
+    }
+
+    /// Calls `f(kind, key, (dot, tally node))` for each stale part: an
+    /// element write or add (its dot), or a counter segment (its node).
+    fn visit_stale(
+        &self,
+        sender: Option<&Coll>,
+        held: &impl Fn(NodeId) -> Stamp,
+        mut f: impl FnMut(Kind, &EKey, (Option<Dot>, Option<NodeId>)),
+    ) {
+        let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
+        fn elems<'a, V>(
+            kind: Kind,
+            mine: &'a BTreeMap<EKey, Elem<V>>,
+            theirs: Option<&'a BTreeMap<EKey, Elem<V>>>,
+            removed: Option<&'a BTreeMap<(Kind, Vec<u8>), Removed>>,
+            is_held: &impl Fn(Stamp) -> bool,
+            f: &mut impl FnMut(Kind, &EKey, (Option<Dot>, Option<NodeId>)),
+        ) {
+            for (key, e) in mine {
+                let their = theirs.and_then(|t| t.get(key));
+                for w in &e.writes {
+                    let kept = their.is_some_and(|t| t.writes.iter().any(|x| x.dot == w.dot));
+                    if is_held(w.stamp()) && !kept {
+                        f(kind, key, (Some(w.dot), None));
+                    }
+                }
+                for (node, t) in e.counts.iter().flat_map(|c| c.iter()) {
+                    let known = their
+                        .and_then(|t| t.counts.as_deref())
+                        .is_some_and(|c| c.get(node).is_some())
+                        || removed
+                            .and_then(|r| r.get(&(kind, key.bytes().to_vec())))
+                            .is_some_and(|r| r.tallies.get(node).is_some());
+                    if is_held(t.epoch) && !known {
+                        f(kind, key, (None, Some(*node)));
+                    }
+                }
+            }
+        }
+        let removed = sender.map(|c| &c.removed);
+        elems(
+            Kind::Hash,
+            &self.hash,
+            sender.map(|c| &c.hash),
+            removed,
+            &is_held,
+            &mut f,
+        );
+        elems(
+            Kind::ZSet,
+            &self.zset,
+            sender.map(|c| &c.zset),
+            removed,
+            &is_held,
+            &mut f,
+        );
+        for (key, adds) in &self.set {
+            let their = sender.and_then(|c| c.set.get(key));
+            for a in adds {
+                if is_held(a.stamp()) && !their.is_some_and(|t| t.contains(a)) {
+                    f(Kind::Set, key, (Some(a.dot), None));
+                }
+            }
+        }
+    }
+
+    /// Strips from a state that arrived in a state transfer the element
+    /// writes, adds and counter segments the receiver applied (at or below
+    /// `held` of their node) and does not hold: it removed them and may
+    /// have collected the record (see `KeyState::drop_collected`).
+    pub fn drop_collected(&mut self, mine: Option<&Coll>, held: &impl Fn(NodeId) -> Stamp) {
+        let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
+        fn strip<V>(
+            kind: Kind,
+            theirs: &mut BTreeMap<EKey, Elem<V>>,
+            mine: Option<&BTreeMap<EKey, Elem<V>>>,
+            my_removed: Option<&BTreeMap<(Kind, Vec<u8>), Removed>>,
+            is_held: &impl Fn(Stamp) -> bool,
+        ) {
+            theirs.retain(|key, e| {
+                let my = mine.and_then(|m| m.get(key));
+                e.writes.retain(|w| {
+                    !is_held(w.stamp())
+                        || my.is_some_and(|m| m.writes.iter().any(|x| x.dot == w.dot))
+                });
+                if let Some(counts) = &mut e.counts {
+                    counts.retain(|node, t| {
+                        !is_held(t.epoch)
+                            || my
+                                .and_then(|m| m.counts.as_deref())
+                                .and_then(|c| c.get(node))
+                                .is_some_and(|c| c.epoch == t.epoch)
+                            || my_removed
+                                .and_then(|r| r.get(&(kind, key.bytes().to_vec())))
+                                .and_then(|r| r.tallies.get(node))
+                                .is_some_and(|r| r.epoch == t.epoch)
+                    });
+                    if counts.is_empty() {
+                        e.counts = None;
+                    }
+                }
+                !e.is_empty()
+            });
+        }
+        let my_removed = mine.map(|c| &c.removed);
+        strip(
+            Kind::Hash,
+            &mut self.hash,
+            mine.map(|c| &c.hash),
+            my_removed,
+            &is_held,
+        );
+        strip(
+            Kind::ZSet,
+            &mut self.zset,
+            mine.map(|c| &c.zset),
+            my_removed,
+            &is_held,
+        );
+        self.set.retain(|key, adds| {
+            let my = mine.and_then(|c| c.set.get(key));
+            adds.retain(|a| !is_held(a.stamp()) || my.is_some_and(|m| m.contains(a)));
+            !adds.is_empty()
+        });
+    }
+
     /// Bytes held on the heap, roughly: per element its key, entry and
     /// value (MEMORY USAGE).
     pub fn heap_bytes(&self) -> usize {
@@ -1037,6 +1208,29 @@ impl Coll {
             n += elem + std::mem::size_of::<Elem<Score>>() + k.bytes().len();
         }
         n
+    }
+}
+
+/// Forgets one stale part of an element: a write (by dot) or a node's
+/// counter segment.
+fn forget_in<V>(
+    map: &mut BTreeMap<EKey, Elem<V>>,
+    key: &EKey,
+    dot: Option<Dot>,
+    node: Option<NodeId>,
+) {
+    let Some(e) = map.get_mut(key) else { return };
+    if let Some(dot) = dot {
+        e.writes.retain(|w| w.dot != dot);
+    }
+    if let (Some(node), Some(counts)) = (node, &mut e.counts) {
+        counts.retain(|n, _| *n != node);
+        if counts.is_empty() {
+            e.counts = None;
+        }
+    }
+    if e.is_empty() {
+        map.remove(key);
     }
 }
 

@@ -978,7 +978,7 @@ impl KeyState {
             }
             if let Some(c) = &mut x.coll {
                 changed |= c.compact(acked, self.reg.stamp);
-                if c.is_collectable(acked) {
+                if c.is_collectable(acked) && self.reg.stamp <= acked {
                     // Its context too: a new run of dots starts past it
                     // (`CausalContext::next_dot`).
                     x.coll = None;
@@ -1027,6 +1027,9 @@ impl KeyState {
                             || k.removed.get(node).is_some_and(|r| r.epoch == t.epoch)
                     })
             });
+            if let Some(c) = &mut x.coll {
+                c.drop_collected(mine.and_then(KeyState::coll), &held);
+            }
         }
         self.normalize();
     }
@@ -1071,6 +1074,11 @@ impl KeyState {
             if stale.counts {
                 x.counts
                     .retain(|node, t| !segment_gone(sender, *node, t, &held));
+            }
+            if stale.coll {
+                if let Some(c) = &mut x.coll {
+                    c.forget_missing_from(sender.coll(), &held);
+                }
             }
         }
         self.normalize();
@@ -1198,6 +1206,7 @@ struct Stale {
     reg: bool,
     expiry: bool,
     counts: bool,
+    coll: bool,
 }
 
 impl Stale {
@@ -1214,11 +1223,14 @@ impl Stale {
                     .iter()
                     .any(|(node, t)| segment_gone(sender, *node, t, held))
             }),
+            coll: mine
+                .coll()
+                .is_some_and(|c| c.is_stale_against(sender.coll(), held)),
         }
     }
 
     fn any(&self) -> bool {
-        self.reg || self.expiry || self.counts
+        self.reg || self.expiry || self.counts || self.coll
     }
 }
 

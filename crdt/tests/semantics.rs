@@ -728,3 +728,82 @@ fn a_delta_stamped_before_a_flush_is_lost_to_it() {
         "a delete loses nothing"
     );
 }
+
+/// Found by the simulation (seed 5015, 5 nodes, no repair): a SET that
+/// removed a set member reached a node before the SADD it removed; that
+/// node's GC, at a floor below the SET (the SADD still in flight), dropped
+/// the SET's record of the removal, and the SADD arriving next came back
+/// for good on that node alone.
+#[test]
+fn a_removal_arriving_before_its_add_survives_gc_below_it() {
+    use chorus_crdt::Kind;
+    let mut a = KeyState::default();
+    let sadd = a.coll_write(at(10, A), Kind::Set, |c, d| c.sadd_into(d, at(10, A), b"m"));
+    apply(&mut a, &sadd);
+    let mut b = a.clone();
+    let set = b.write(at(20, B), Some(b"v"), 0);
+    apply(&mut b, &set);
+    // C gets the SET first, collects at a floor below it, then the SADD.
+    let mut c = KeyState::default();
+    c.merge(&set);
+    c.compact(at(15, C));
+    c.merge(&sadd);
+    b.merge(&sadd);
+    assert_eq!(
+        c.coll().map_or(0, |x| x.len(Kind::Set)),
+        0,
+        "the member stays removed"
+    );
+    assert_eq!(shown(&c), Some(b"v".to_vec()));
+    let beyond = at(u64::MAX, NodeId(u64::MAX));
+    for s in [&mut b, &mut c] {
+        s.compact(beyond);
+    }
+    assert_eq!(b, c);
+}
+
+/// #11 item 11 for collections: a state transfer from a node that removed
+/// a member and collected the record of it makes a receiver holding an
+/// older copy forget the member; and a transfer from a node with an older
+/// copy brings back nothing the receiver removed and collected.
+#[test]
+fn state_transfers_neither_keep_nor_bring_back_a_collected_removal() {
+    use chorus_crdt::Kind;
+    let mut old = KeyState::default();
+    let add = old.coll_write(at(10, A), Kind::Set, |c, d| {
+        c.sadd_into(d, at(10, A), b"gone");
+        c.sadd_into(d, at(10, A), b"kept");
+    });
+    apply(&mut old, &add);
+    let mut now = old.clone();
+    let rem = now.coll_write(at(20, B), Kind::Set, |c, d| {
+        c.remove_elem_into(d, Kind::Set, b"gone", at(20, B))
+    });
+    apply(&mut now, &rem);
+    now.compact(at(30, C));
+    let held = |_| at(30, C);
+    // The sender (now) applied A's add and no longer holds "gone".
+    let mut receiver = old.clone();
+    assert!(receiver.is_stale_against(&now, held));
+    receiver.forget_missing_from(&now, held);
+    receiver.merge(&now);
+    let members: Vec<Vec<u8>> = receiver
+        .coll()
+        .unwrap()
+        .members()
+        .map(<[u8]>::to_vec)
+        .collect();
+    assert_eq!(members, vec![b"kept".to_vec()]);
+    // The other way: the old copy arriving at a node that collected.
+    let mut incoming = old.clone();
+    incoming.drop_collected(Some(&now), held);
+    let mut merged = now.clone();
+    merged.merge(&incoming);
+    let members: Vec<Vec<u8>> = merged
+        .coll()
+        .unwrap()
+        .members()
+        .map(<[u8]>::to_vec)
+        .collect();
+    assert_eq!(members, vec![b"kept".to_vec()]);
+}

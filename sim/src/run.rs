@@ -590,7 +590,14 @@ impl Run<'_> {
                 let member = format!("m{}", self.rng.random_range(0..6));
                 let args: Vec<String> = match self.rng.random_range(0..20) {
                     0..4 => vec!["HSET".into(), h, field, value.clone()],
-                    4..6 => vec!["HSET".into(), h, field, "1".into(), "f9".into(), value.clone()],
+                    4..6 => vec![
+                        "HSET".into(),
+                        h,
+                        field,
+                        "1".into(),
+                        "f9".into(),
+                        value.clone(),
+                    ],
                     6..8 => vec!["HDEL".into(), h, field],
                     8..10 => vec!["HINCRBY".into(), h, field, "2".into()],
                     10..14 => vec!["SADD".into(), s, member],
