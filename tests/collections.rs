@@ -352,6 +352,9 @@ fn random_scanning_and_algebra_commands_on_sets_and_hashes() {
     );
     let repeats: Vec<String> = q(&mut c, &["SRANDMEMBER", "big", "-400"]);
     assert_eq!(repeats.len(), 400, "a negative count may repeat");
+    for huge in ["-9223372036854775808", "-100000000000"] {
+        assert!(err(&mut c, &["SRANDMEMBER", "big", huge]).contains("out of range"));
+    }
     let popped: Vec<String> = q(&mut c, &["SPOP", "big", "10"]);
     assert_eq!(popped.len(), 10);
     assert_eq!(q::<i64>(&mut c, &["SCARD", "big"]), 290);
@@ -437,6 +440,7 @@ fn random_scanning_and_algebra_commands_on_sets_and_hashes() {
         q::<Vec<String>>(&mut c, &["HRANDFIELD", "h", "-5"]).len(),
         5
     );
+    assert!(err(&mut c, &["HRANDFIELD", "h", "-9223372036854775808"]).contains("out of range"));
     assert_eq!(
         q::<Vec<String>>(&mut c, &["HRANDFIELD", "h", "10"]).len(),
         3

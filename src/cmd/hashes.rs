@@ -261,7 +261,7 @@ fn hrandfield(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     } else if fields.is_empty() {
         Vec::new()
     } else {
-        pick_repeating(fields.len(), n.unsigned_abs() as usize)
+        pick_repeating(fields.len(), n.unsigned_abs())?
     };
     if with_values && out.resp3 {
         out.array(picks.len());

@@ -175,9 +175,18 @@ pub fn pick_distinct(len: usize, n: usize) -> Vec<usize> {
     picked
 }
 
-/// `n` positions out of `len`, repeats allowed (a negative COUNT).
-pub fn pick_repeating(len: usize, n: usize) -> Vec<usize> {
-    (0..n).map(|_| rand::random_range(0..len)).collect()
+/// The most picks a negative COUNT may ask for: the reply is built in
+/// memory before it is sent, so a count of 2^62 (which Redis would start
+/// streaming until memory ran out) is refused instead.
+pub const MAX_REPEATING: u64 = 10_000_000;
+
+/// `n` positions out of `len`, repeats allowed (a negative COUNT); an
+/// error past [`MAX_REPEATING`].
+pub fn pick_repeating(len: usize, n: u64) -> Result<Vec<usize>, Error> {
+    if n > MAX_REPEATING {
+        return Err(Error::err("value is out of range"));
+    }
+    Ok((0..n).map(|_| rand::random_range(0..len)).collect())
 }
 
 fn spop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
@@ -245,7 +254,7 @@ fn srandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             } else if members.is_empty() {
                 Vec::new()
             } else {
-                pick_repeating(members.len(), n.unsigned_abs() as usize)
+                pick_repeating(members.len(), n.unsigned_abs())?
             };
             out.array(picks.len());
             for i in picks {
