@@ -273,6 +273,7 @@ impl Writer<'_> {
             None => unreachable!("KeyState::coll_write runs its ops"),
         };
         self.apply(delta);
+        self.dots_issued(stamp);
         if !self.state.exists(0) && self.state.has_hidden_parts() {
             self.set(None, 0);
         }
@@ -295,6 +296,7 @@ impl Writer<'_> {
         let mut delta = self.ks.sink.is_some().then(|| Coll::delta(stamp, kind));
         let coll = self.state.extras.as_mut()?.coll.as_mut()?;
         let r = op(coll, delta.as_mut(), stamp)?;
+        self.dots_issued(stamp);
         if let (Some(sink), Some(d)) = (&self.ks.sink, delta) {
             let delta = KeyState {
                 reg: Default::default(),
@@ -306,6 +308,22 @@ impl Writer<'_> {
             sink.publish_key(self.db as u32, self.key, &delta, self.now_ms);
         }
         Some(r)
+    }
+
+    /// A command that wrote several elements at `stamp` numbered their
+    /// dots past its time: the clock moves past the last, so that the
+    /// node's next write numbers its dots above them (dots never repeat).
+    fn dots_issued(&self, stamp: Stamp) {
+        let newest = self
+            .state
+            .coll()
+            .and_then(|c| c.ctx.newest_from(stamp.node, stamp.time));
+        if let Some(n) = newest.filter(|n| *n > stamp.time) {
+            self.ks.clock.issued(Stamp {
+                time: n,
+                node: stamp.node,
+            });
+        }
     }
 
     /// Whether the key exists now.
@@ -382,6 +400,11 @@ impl Writer<'_> {
     /// INCRBYFLOAT by `float` with `is_float`). In place: no delta is built
     /// unless a replication sink needs one.
     pub fn incr(&mut self, int: i64, float: f64, is_float: bool) {
+        if !self.visible() && self.state.has_hidden_parts() {
+            // A string a collection hid must not come back under the
+            // increment: the key starts from nothing, as for a collection.
+            self.set(None, 0);
+        }
         let stamp = self.stamp();
         if !self.state.exists(0) {
             // Creating the key: the delta also says it has no TTL.

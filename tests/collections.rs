@@ -425,6 +425,15 @@ fn random_scanning_and_algebra_commands_on_sets_and_hashes() {
     q::<String>(&mut c, &["SET", "plain", "x"]);
     assert!(err(&mut c, &["SMOVE", "a", "plain", "2"]).contains(WRONGTYPE));
     assert_eq!(
+        q::<i64>(&mut c, &["SMOVE", "nosuch", "plain", "2"]),
+        0,
+        "as Redis: no source, 0"
+    );
+    assert!(err(&mut c, &["SINTERCARD", "x", "a"]).contains("numkeys should be greater than 0"));
+    assert!(
+        err(&mut c, &["SINTERCARD", "1", "a", "LIMIT", "x"]).contains("LIMIT can't be negative")
+    );
+    assert_eq!(
         q::<i64>(&mut c, &["SISMEMBER", "a", "2"]),
         1,
         "nothing moved"
@@ -465,7 +474,7 @@ fn crdt_state_shows_a_collections_metadata() {
     for part in [
         "hash_elements",
         "int(2)",
-        "runs=[",
+        "floor=",
         "hash f writes=[",
         "=v]",
         "int=3",

@@ -1979,12 +1979,17 @@ fn hashes_and_sets_written_on_both_sides_of_a_partition_converge() {
     q::<i64>(&mut ca, &["HSET", "h", "f", "from-a", "only-a", "1"]);
     q::<i64>(&mut ca, &["HINCRBY", "h", "n", "10"]);
     q::<i64>(&mut ca, &["SREM", "s", "contested", "dropped"]);
+    // A string on one side, a hash created and emptied on the other.
+    q::<()>(&mut ca, &["SET", "clash", "10"]);
     q::<i64>(&mut ca, &["HDEL", "h", "gone"]);
     std::thread::sleep(Duration::from_millis(5));
     q::<i64>(&mut cb, &["HSET", "h", "f", "from-b"]);
     q::<i64>(&mut cb, &["HINCRBY", "h", "n", "100"]);
     q::<i64>(&mut cb, &["SADD", "s", "contested", "only-b"]);
     q::<i64>(&mut cb, &["HDEL", "h", "f0"]);
+    std::thread::sleep(Duration::from_millis(5));
+    q::<i64>(&mut cb, &["HSET", "clash", "f", "x"]);
+    q::<i64>(&mut cb, &["HDEL", "clash", "f"]);
     // A write B made to "gone" after A's HDEL (unseen by it) survives.
     q::<i64>(&mut cb, &["HSET", "h", "gone", "again"]);
 
@@ -2008,6 +2013,16 @@ fn hashes_and_sets_written_on_both_sides_of_a_partition_converge() {
         let sb: std::collections::BTreeSet<String> = q(&mut cb, &["SMEMBERS", "s"]);
         ha == expected_h && hb == expected_h && sa == expected_s && sb == expected_s
     });
+    // The hash written after the string hides it, emptied or not: the key
+    // is gone, and an INCR starts it from nothing.
+    wait_until("the clash resolved on both", || {
+        q::<i64>(&mut ca, &["EXISTS", "clash"]) == 0 && q::<i64>(&mut cb, &["EXISTS", "clash"]) == 0
+    });
+    assert_eq!(q::<i64>(&mut ca, &["INCR", "clash"]), 1);
+    wait_until("the INCR on B", || {
+        get(&mut cb, "clash").as_deref() == Some("1")
+    });
+    assert_eq!(get(&mut ca, "clash").as_deref(), Some("1"));
     // The field both sides wrote is a conflict, named by its field.
     let logged: redis::Value = q(&mut ca, &["CRDT.CONFLICTS", "MATCH", "h"]);
     let text = format!("{logged:?}");

@@ -461,7 +461,7 @@ impl Coll {
             std::ops::Bound::Included(start.as_keyed()),
             std::ops::Bound::Unbounded,
         );
-        let mut keys: Box<dyn Iterator<Item = &EKey>> = match kind {
+        let keys: Box<dyn Iterator<Item = &EKey>> = match kind {
             Kind::Hash => Box::new(
                 self.hash
                     .range::<dyn crate::ekey::Keyed, _>(bounds)
@@ -478,11 +478,18 @@ impl Coll {
                     .map(|(k, _)| k),
             ),
         };
-        let found: Vec<&[u8]> = keys.by_ref().take(count).map(EKey::bytes).collect();
-        // A cursor of 0 ends a scan: an element hashed to 0 resumes at 1
-        // (it sorts first, so only a batch boundary between two such
-        // elements, a chance of one in 2^64 each, could skip one).
-        let next = keys.next().map_or(0, |k| k.hash().max(1));
+        let mut keys = keys.peekable();
+        let mut found: Vec<&[u8]> = Vec::new();
+        let mut last = None;
+        // COUNT elements, then the rest of the last one's hash: a cursor
+        // names a hash, so a batch never ends inside a run of equal ones
+        // (and the next hash, above the last, is never the 0 that ends a
+        // scan).
+        while let Some(k) = keys.next_if(|k| found.len() < count || Some(k.hash()) == last) {
+            last = Some(k.hash());
+            found.push(k.bytes());
+        }
+        let next = keys.next().map_or(0, EKey::hash);
         (found, next)
     }
 
@@ -585,12 +592,10 @@ impl Coll {
     /// this state's and past those `delta` already took (one command may
     /// write many elements).
     fn new_dot(&self, delta: &mut Coll, stamp: Stamp) -> Dot {
-        let (mut dot, mut birth) = self.ctx.next_dot(stamp.node, stamp.time);
-        if let Some(n) = delta.ctx.newest_of(stamp.node).filter(|n| *n >= dot.n) {
-            dot.n = n + 1;
-            birth = false;
-        }
-        delta.ctx.insert_new(dot, birth);
+        let mine = self.ctx.next_dot(stamp.node, stamp.time);
+        let theirs = delta.ctx.next_dot(stamp.node, stamp.time);
+        let dot = if theirs.n > mine.n { theirs } else { mine };
+        delta.ctx.insert(dot);
         dot
     }
 
@@ -670,8 +675,8 @@ impl Coll {
     // changed and the general path must run.
 
     /// Records a local write of `kind` at `stamp`: its dot, and the newest write.
-    fn note_local(&mut self, stamp: Stamp, kind: Kind, dot: Dot, birth: bool) {
-        self.ctx.insert_new(dot, birth);
+    fn note_local(&mut self, stamp: Stamp, kind: Kind, dot: Dot) {
+        self.ctx.insert(dot);
         if (stamp, kind) > (self.at, self.kind) {
             self.at = stamp;
             self.kind = kind;
@@ -688,7 +693,7 @@ impl Coll {
         value: &[u8],
         mut delta: Option<&mut Coll>,
     ) -> Option<bool> {
-        let (dot, birth) = self.ctx.next_dot(stamp.node, stamp.time);
+        let dot = self.ctx.next_dot(stamp.node, stamp.time);
         let write = Write {
             dot,
             time: stamp.time,
@@ -722,18 +727,18 @@ impl Coll {
             }
         };
         if let (Some(d), Some(w)) = (delta, for_delta) {
-            d.ctx.insert_new(dot, birth);
+            d.ctx.insert(dot);
             let e = d.hash.entry(probe.to_key()).or_default();
             e.writes.clear();
             e.writes.push(w);
         }
-        self.note_local(stamp, Kind::Hash, dot, birth);
+        self.note_local(stamp, Kind::Hash, dot);
         Some(fresh)
     }
 
     /// SADD of one member here; returns whether the member is new.
     pub fn sadd_here(&mut self, stamp: Stamp, member: &[u8], mut delta: Option<&mut Coll>) -> bool {
-        let (dot, birth) = self.ctx.next_dot(stamp.node, stamp.time);
+        let dot = self.ctx.next_dot(stamp.node, stamp.time);
         let add = Add {
             dot,
             time: stamp.time,
@@ -758,12 +763,12 @@ impl Coll {
             }
         };
         if let Some(d) = delta {
-            d.ctx.insert_new(dot, birth);
+            d.ctx.insert(dot);
             let adds = d.set.entry(probe.to_key()).or_default();
             adds.clear();
             adds.push(add);
         }
-        self.note_local(stamp, Kind::Set, dot, birth);
+        self.note_local(stamp, Kind::Set, dot);
         fresh
     }
 
@@ -978,15 +983,12 @@ impl Coll {
     }
 
     /// Drops what the GC floor `acked` makes dead weight: removal records
-    /// no tally here continues, once their reset is at or below it; and the
-    /// context, once every collection write and every register write (which
-    /// removes elements too; `reg_stamp` is the newest) is at or below it.
-    /// Every node then applied every add and remove the context speaks of,
-    /// so no element it would tell removed can arrive again, and a later
-    /// write starts a new run of dots past it (`CausalContext::next_dot`).
-    /// Nodes that compacted past the same floor hold equal parts. Returns
-    /// whether anything changed.
-    pub fn compact(&mut self, acked: Stamp, reg_stamp: Stamp) -> bool {
+    /// no tally here continues, once their reset is at or below it; and
+    /// the context's dots below its time, which the context's floor now
+    /// covers (every write made before it reached every node, and every
+    /// node stamps its later writes past it). Returns whether anything was
+    /// dropped.
+    pub fn compact(&mut self, acked: Stamp) -> bool {
         let before = self.removed.len();
         let (hash, zset) = (&self.hash, &self.zset);
         self.removed.retain(|(kind, key), r| {
@@ -1006,12 +1008,12 @@ impl Coll {
             });
             !r.tallies.is_empty()
         });
-        let mut changed = self.removed.len() != before;
-        if self.at <= acked && reg_stamp <= acked && !self.ctx.is_empty() {
-            self.ctx = CausalContext::default();
-            changed = true;
-        }
-        changed
+        // Never past the newest write known here: a node without peers
+        // collects at "everything", and its next write must still be new.
+        let cloud = self.ctx.cloud_len();
+        self.ctx
+            .raise_floor(acked.time.min(self.at.time.saturating_add(1)));
+        self.removed.len() != before || self.ctx.cloud_len() != cloud
     }
 
     // ----- state transfers from a node that collected what this one holds -----

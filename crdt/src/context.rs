@@ -5,22 +5,25 @@
 //! collections a tombstone per removed element (an ORSWOT, as rust-crdt's
 //! `Orswot`).
 //!
-//! A dot is (node, n): the node's n-th element write on this key, counted
-//! per key from 1. A node sees its own writes in order, and replication
-//! delivers each origin's writes in order, but a remove carries other
-//! nodes' dots: a node may learn of (m, 5) before (m, 3) arrives. So the
-//! context is a version vector (every dot up to n of each node) plus a
-//! cloud of dots seen past a gap, folded into the vector as gaps fill.
+//! A dot is (node, n), where n is the HLC time of the write that made it
+//! (plus i for the i-th element one command writes; the node's clock is
+//! then moved past the last, so its next write starts above it). So a
+//! node's dots only grow, across every life of the key, and a dot tells
+//! when its write was made: a context is a **floor** below which every dot
+//! is held, and a **cloud** of the dots held at or above it. The floor
+//! rises with the replication GC floor: every write stamped before it has
+//! reached every node, so any dot numbered below it is one this node has
+//! seen (and holds, or removed). Dots arrive in any order; nothing depends
+//! on delivery order.
 
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
 
-use crate::nodemap::NodeMap;
 use crate::stamp::NodeId;
 
-/// One element write: its node, and its number among that node's writes
-/// to the key.
+/// One element write: its node, and its number (the write's HLC time,
+/// plus its place among one command's elements).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct Dot {
     pub node: NodeId,
@@ -30,10 +33,11 @@ pub struct Dot {
 /// See the module doc.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CausalContext {
-    /// Per node: every dot up to this one is held.
-    vv: NodeMap<u64>,
-    /// Dots held past a gap in their node's run.
-    cloud: BTreeSet<Dot>,
+    /// Every dot numbered below this is held.
+    floor: u64,
+    /// Dots held at or above the floor, as (n, node): ordered by number, so
+    /// a rising floor splits them off in one step.
+    cloud: BTreeSet<(u64, NodeId)>,
 }
 
 impl CausalContext {
@@ -43,129 +47,80 @@ impl CausalContext {
 
     /// Whether the context holds `dot`.
     pub fn contains(&self, dot: Dot) -> bool {
-        self.vv.get(&dot.node).is_some_and(|n| *n >= dot.n) || self.cloud.contains(&dot)
+        dot.n < self.floor || self.cloud.contains(&(dot.n, dot.node))
     }
 
-    /// The dot `node`'s next write at HLC time `time` takes, and whether it
-    /// is a *birth*: the first dot of the node's run on this key. A run
-    /// continues one past the node's newest dot held here (a node always
-    /// holds all of its own writes to the key, so its run has no gap). With
-    /// none held, a new run starts at `time`: every dot of an earlier run
-    /// on the key was numbered at or below its own write's time (each
-    /// write's HLC time is at least one past its predecessor's), and the
-    /// earlier run is gone only because the key was collected, which waits
-    /// until every node applied everything stamped before the collection
-    /// floor. So a new run never reuses a dot some node still holds.
-    pub fn next_dot(&self, node: NodeId, time: u64) -> (Dot, bool) {
-        match self.newest_of(node) {
-            Some(n) => (Dot { node, n: n + 1 }, false),
-            None => (
-                Dot {
-                    node,
-                    n: time.max(1),
-                },
-                true,
-            ),
-        }
+    /// The dot `node`'s next element write at HLC time `time` takes: `time`,
+    /// or one past the node's dots at or above it (an earlier element of
+    /// the same command).
+    pub fn next_dot(&self, node: NodeId, time: u64) -> Dot {
+        let n = match self.newest_from(node, time) {
+            Some(n) => n + 1,
+            None => time.max(1),
+        };
+        Dot { node, n }
     }
 
-    /// Adds a dot [`CausalContext::next_dot`] handed out. A birth claims
-    /// every lower dot of its node as held: they belong to a collected run
-    /// (see `next_dot`) or were never issued.
-    pub fn insert_new(&mut self, dot: Dot, birth: bool) {
-        if birth {
-            self.vv
-                .upsert(dot.node, dot.n, |mine, theirs| *mine = (*mine).max(theirs));
-            self.compact();
-        } else {
-            self.insert(dot);
-        }
+    /// The newest dot of `node` held here numbered at or above `time`.
+    pub fn newest_from(&self, node: NodeId, time: u64) -> Option<u64> {
+        self.cloud
+            .range((time, NodeId(0))..)
+            .filter(|(_, d)| *d == node)
+            .map(|(n, _)| *n)
+            .last()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.vv.is_empty() && self.cloud.is_empty()
-    }
-
-    /// The newest dot of `node` held, if any.
-    pub fn newest_of(&self, node: NodeId) -> Option<u64> {
-        self.vv
-            .get(&node)
-            .copied()
-            .into_iter()
-            .chain(self.cloud.iter().filter(|d| d.node == node).map(|d| d.n))
-            .max()
-    }
-
-    /// Bytes held on the heap (MEMORY USAGE).
-    pub fn heap_bytes(&self) -> usize {
-        self.vv.heap_bytes() + self.cloud.len() * (std::mem::size_of::<Dot>() + 8)
-    }
-
-    /// Adds `dot`, folding the cloud into the vector where it now joins.
+    /// Adds `dot`.
     pub fn insert(&mut self, dot: Dot) {
-        if self.contains(dot) || dot.n == 0 {
-            return;
+        if dot.n >= self.floor {
+            self.cloud.insert((dot.n, dot.node));
         }
-        let next = self.vv.get(&dot.node).copied().unwrap_or(0) + 1;
-        if dot.n == next {
-            // The usual case: the dot continues its node's run.
-            self.vv
-                .upsert(dot.node, dot.n, |mine, theirs| *mine = theirs);
-            if !self.cloud.is_empty() {
-                self.compact();
-            }
-            return;
-        }
-        self.cloud.insert(dot);
-        self.compact();
     }
 
     /// Everything `other` holds, too.
     pub fn merge(&mut self, other: &CausalContext) {
-        for (node, n) in other.vv.iter() {
-            self.vv
-                .upsert(*node, *n, |mine, theirs| *mine = (*mine).max(theirs));
+        if other.floor > self.floor {
+            self.raise_floor(other.floor);
         }
-        if !(self.cloud.is_empty() && other.cloud.is_empty()) {
-            self.cloud.extend(other.cloud.iter().copied());
-            self.compact();
-        }
-    }
-
-    /// Moves every cloud dot the vector now reaches into it, and drops
-    /// cloud dots it already covers.
-    fn compact(&mut self) {
-        let cloud = std::mem::take(&mut self.cloud);
-        for dot in cloud {
-            let held = self.vv.get(&dot.node).copied().unwrap_or(0);
-            if dot.n <= held {
-                continue;
-            }
-            if dot.n == held + 1 {
-                self.vv
-                    .upsert(dot.node, dot.n, |mine, theirs| *mine = theirs);
-            } else {
-                self.cloud.insert(dot);
+        for &(n, node) in &other.cloud {
+            if n >= self.floor {
+                self.cloud.insert((n, node));
             }
         }
     }
 
-    /// For CRDT.STATE: each node's run as `node:n`, and the cloud's dots.
+    /// Holds every dot numbered below `floor` (a GC floor's time: every
+    /// write made before it reached every node). Returns whether the
+    /// context changed.
+    pub fn raise_floor(&mut self, floor: u64) -> bool {
+        if floor <= self.floor {
+            return false;
+        }
+        self.floor = floor;
+        self.cloud = self.cloud.split_off(&(floor, NodeId(0)));
+        true
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.floor == 0 && self.cloud.is_empty()
+    }
+
+    /// Bytes held on the heap (MEMORY USAGE).
+    pub fn heap_bytes(&self) -> usize {
+        self.cloud.len() * (std::mem::size_of::<(u64, NodeId)>() + 8)
+    }
+
+    /// For CRDT.STATE: the floor, and the cloud's dots as `node:n`.
     pub fn describe(&self) -> String {
-        let runs: Vec<String> = self
-            .vv
-            .iter()
-            .map(|(node, n)| format!("{node}:{n}"))
-            .collect();
         let cloud: Vec<String> = self
             .cloud
             .iter()
-            .map(|d| format!("{}:{}", d.node, d.n))
+            .map(|(n, node)| format!("{node}:{n}"))
             .collect();
-        format!("runs=[{}] cloud=[{}]", runs.join(","), cloud.join(","))
+        format!("floor={} cloud=[{}]", self.floor, cloud.join(","))
     }
 
-    /// Dots held past a gap (0 once every run is contiguous).
+    /// Dots held above the floor.
     pub fn cloud_len(&self) -> usize {
         self.cloud.len()
     }
@@ -183,26 +138,24 @@ mod tests {
     }
 
     #[test]
-    fn a_dot_past_a_gap_waits_in_the_cloud_until_the_gap_fills() {
+    fn a_floor_holds_every_dot_below_it_and_a_command_takes_dots_past_its_time() {
         let mut c = CausalContext::new();
-        c.insert(dot(1, 1));
-        c.insert(dot(1, 3));
-        assert!(c.contains(dot(1, 3)) && !c.contains(dot(1, 2)));
+        c.insert(dot(1, 10));
+        c.insert(dot(2, 30));
+        assert!(c.contains(dot(1, 10)) && !c.contains(dot(1, 9)));
+        assert!(c.raise_floor(20));
+        assert!(c.contains(dot(1, 9)), "below the floor: held");
         assert_eq!(c.cloud_len(), 1);
-        c.insert(dot(1, 2));
-        assert_eq!(c.cloud_len(), 0, "folded into the vector");
-        assert!(c.contains(dot(1, 2)) && c.contains(dot(1, 3)));
-        assert_eq!(c.next_dot(NodeId(1), 99), (dot(1, 4), false));
+        assert_eq!(c.next_dot(NodeId(3), 40), dot(3, 40));
+        c.insert(dot(3, 40));
+        c.insert(dot(3, 41));
         assert_eq!(
-            c.next_dot(NodeId(2), 99),
-            (dot(2, 99), true),
-            "a new run starts at its time"
+            c.next_dot(NodeId(3), 40),
+            dot(3, 42),
+            "the command's next element"
         );
-        c.insert_new(dot(2, 99), true);
-        assert!(
-            c.contains(dot(2, 50)),
-            "a birth covers every lower dot of its node"
-        );
-        assert_eq!(c.cloud_len(), 0);
+        assert_eq!(c.next_dot(NodeId(3), 50), dot(3, 50));
+        c.insert(dot(1, 5));
+        assert_eq!(c.cloud_len(), 3, "a dot below the floor adds nothing");
     }
 }

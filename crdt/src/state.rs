@@ -977,10 +977,18 @@ impl KeyState {
                 changed |= x.removed.len() != before;
             }
             if let Some(c) = &mut x.coll {
-                changed |= c.compact(acked, self.reg.stamp);
-                if c.is_collectable(acked) && self.reg.stamp <= acked {
-                    // Its context too: a new run of dots starts past it
-                    // (`CausalContext::next_dot`).
+                changed |= c.compact(acked);
+                // Not while it hides a string part: that would show again.
+                let hides = (self.reg.value.is_some() || !x.counts.is_empty()) && {
+                    let mut at = self.reg.stamp;
+                    for t in x.counts.values() {
+                        at = at.max(t.epoch);
+                    }
+                    at <= c.at
+                };
+                if c.is_collectable(acked) && self.reg.stamp <= acked && !hides {
+                    // Its context too: every dot it holds is below the
+                    // floor, and a node's later dots are numbered past it.
                     x.coll = None;
                     changed = true;
                 }

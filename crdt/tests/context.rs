@@ -70,18 +70,28 @@ proptest! {
     }
 
     #[test]
-    fn a_nodes_next_dot_is_past_everything_held_of_it(given in dots()) {
+    fn a_nodes_next_dot_is_new_and_at_or_past_the_writes_time(given in dots(), time in 1u64..14) {
         let c = context(&given);
         for node in 1..=3 {
-            let (next, birth) = c.next_dot(NodeId(node), 1_000);
+            let next = c.next_dot(NodeId(node), time);
             prop_assert!(!c.contains(next));
-            // Past every dot of the node held; a birth only when none is.
-            let held = (1..1_000).filter(|n| c.contains(Dot { node: NodeId(node), n: *n })).max();
-            prop_assert_eq!(birth, held.is_none());
-            prop_assert!(held.is_none_or(|h| next.n == h + 1));
-            if birth {
-                prop_assert_eq!(next.n, 1_000, "a new run starts at the write's time");
-            }
+            prop_assert!(next.n >= time);
+        }
+    }
+
+    #[test]
+    fn a_floor_holds_everything_below_it_and_merges_as_the_higher(given in dots(), f in 0u64..14, g in 0u64..14) {
+        let mut a = context(&given);
+        a.raise_floor(f);
+        let mut b = context(&given[..given.len() / 2]);
+        b.raise_floor(g);
+        for d in every_dot() {
+            prop_assert_eq!(a.contains(d), d.n < f || given.contains(&d));
+        }
+        prop_assert_eq!(merged(&a, &b), merged(&b, &a));
+        let m = merged(&a, &b);
+        for d in every_dot() {
+            prop_assert_eq!(m.contains(d), a.contains(d) || b.contains(d));
         }
     }
 }

@@ -807,3 +807,89 @@ fn state_transfers_neither_keep_nor_bring_back_a_collected_removal() {
         .collect();
     assert_eq!(members, vec![b"kept".to_vec()]);
 }
+
+/// Review finding: with dots numbered per node from 1 (the earlier design),
+/// a node whose context GC had dropped could take a dot it had used before
+/// and lose a write. Dots are write times now: a node's later dots are past
+/// every earlier one, whatever any context forgot.
+#[test]
+fn a_node_never_reuses_a_dot_after_its_context_was_compacted() {
+    use chorus_crdt::Kind;
+    let mut a = KeyState::default();
+    let two = a.coll_write(at(10, A), Kind::Hash, |c, d| {
+        c.hset_into(d, at(10, A), b"f1", b"x");
+        c.hset_into(d, at(10, A), b"f2", b"y");
+    });
+    apply(&mut a, &two);
+    let mut b = a.clone();
+    a.compact(at(20, C));
+    let over = b.coll_write(at(21, B), Kind::Hash, |c, d| {
+        c.hset_into(d, at(21, B), b"f1", b"z")
+    });
+    apply(&mut b, &over);
+    a.merge(&over);
+    let g = a.coll_write(at(22, A), Kind::Hash, |c, d| {
+        c.hset_into(d, at(22, A), b"g", b"w")
+    });
+    apply(&mut a, &g);
+    b.merge(&g);
+    for s in [&a, &b] {
+        let fields: Vec<(Vec<u8>, Option<Vec<u8>>)> = s
+            .coll()
+            .unwrap()
+            .fields()
+            .map(|(f, v)| (f.to_vec(), v.render().map(|v| v.into_owned())))
+            .collect();
+        assert_eq!(fields.len(), 3, "{fields:?}");
+        assert!(fields.contains(&(b"g".to_vec(), Some(b"w".to_vec()))));
+    }
+}
+
+/// Review finding: a string a collection hid (a SET concurrent with an HSET
+/// whose field was then deleted) must not show again when GC drops the
+/// emptied collection.
+#[test]
+fn gc_does_not_bring_back_a_string_a_collection_hid() {
+    use chorus_crdt::Kind;
+    let mut a = KeyState::default();
+    let set = a.write(at(10, A), Some(b"10"), 0);
+    apply(&mut a, &set);
+    let mut b = KeyState::default();
+    let hset = b.coll_write(at(11, B), Kind::Hash, |c, d| {
+        c.hset_into(d, at(11, B), b"f", b"x")
+    });
+    apply(&mut b, &hset);
+    let hdel = b.coll_write(at(12, B), Kind::Hash, |c, d| {
+        c.remove_elem_into(d, Kind::Hash, b"f", at(12, B))
+    });
+    apply(&mut b, &hdel);
+    a.merge(&hset);
+    a.merge(&hdel);
+    b.merge(&set);
+    assert_eq!(a, b);
+    assert!(!a.exists(0), "the key shows nothing");
+    a.compact(at(u64::MAX, NodeId(u64::MAX)));
+    assert!(!a.exists(0), "not even after GC");
+    assert_eq!(shown(&a), None);
+}
+
+/// A node without peers collects at "everything" after every write; its
+/// next write must still count as new.
+#[test]
+fn a_write_after_gc_at_everything_is_new() {
+    use chorus_crdt::Kind;
+    let mut a = KeyState::default();
+    let everything = at(u64::MAX, NodeId(u64::MAX));
+    for (t, f) in [(10, &b"f1"[..]), (11, b"f2"), (12, b"f1")] {
+        let d = a.coll_write(at(t, A), Kind::Hash, |c, d| {
+            c.hset_into(d, at(t, A), f, b"v")
+        });
+        apply(&mut a, &d);
+        a.compact(everything);
+    }
+    let d = a.coll_write(at(13, A), Kind::Hash, |c, d| {
+        c.hset_into(d, at(13, A), b"f3", b"v")
+    });
+    apply(&mut a, &d);
+    assert_eq!(a.coll().unwrap().len(Kind::Hash), 3);
+}

@@ -224,7 +224,7 @@ fn hincrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 fn hincrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let by = float_arg(args[3])?;
     let field = args[2];
-    let new = x.coll_update(args[1], Kind::Hash, |c, d, stamp| {
+    x.coll_update(args[1], Kind::Hash, |c, d, stamp| {
         let current = match c.field(field) {
             None | Some(Read::Absent) => 0.0,
             Some(Read::Int(i)) => i as f64,
@@ -236,9 +236,11 @@ fn hincrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             return Err(Error::err("increment would produce NaN or Infinity"));
         }
         c.incr_into(d, Kind::Hash, field, stamp, (0, by, true));
-        Ok(new)
+        Ok(())
     })?;
-    x.out.bulk(format_float(new).as_bytes());
+    // The value as HGET now reads it (the sum of the field's increments).
+    let (c, out) = x.coll(args[1], Kind::Hash)?;
+    reply_read(out, c.and_then(|c| c.field(field)).unwrap_or(Read::Absent));
     Ok(())
 }
 

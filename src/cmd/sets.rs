@@ -267,11 +267,12 @@ fn srandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn smove(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let (src, dst, member) = (args[1], args[2], args[3]);
-    let present = x
-        .coll(src, Kind::Set)?
-        .0
-        .is_some_and(|c| c.is_member(member));
-    // The destination's type is checked before anything is written.
+    // As Redis: a missing source is 0 whatever the destination holds; else
+    // both types are checked before anything is written.
+    let Some(present) = x.coll(src, Kind::Set)?.0.map(|c| c.is_member(member)) else {
+        x.out.int(0);
+        return Ok(());
+    };
     x.coll(dst, Kind::Set)?;
     if !present {
         x.out.int(0);
@@ -385,8 +386,8 @@ fn sdiffstore(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn sintercard(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let numkeys = usize::try_from(int_arg(args[1])?)
-        .ok()
+    let numkeys = chorus_crdt::number::parse_int(args[1])
+        .and_then(|n| usize::try_from(n).ok())
         .filter(|n| *n > 0)
         .ok_or(Error::err("numkeys should be greater than 0"))?;
     let keys = args.get(2..2 + numkeys).ok_or(Error::err(
@@ -396,8 +397,12 @@ fn sintercard(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let mut options = Args::new(args, 2 + numkeys);
     while !options.is_empty() {
         if options.eat("LIMIT") {
-            limit = usize::try_from(options.int()?)
-                .map_err(|_| Error::err("LIMIT can't be negative"))?;
+            limit = options
+                .value()
+                .ok()
+                .and_then(chorus_crdt::number::parse_int)
+                .and_then(|n| usize::try_from(n).ok())
+                .ok_or(Error::err("LIMIT can't be negative"))?;
         } else {
             return Err(Error::Syntax);
         }
