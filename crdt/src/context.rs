@@ -65,9 +65,9 @@ impl CausalContext {
     pub fn newest_from(&self, node: NodeId, time: u64) -> Option<u64> {
         self.cloud
             .range((time, NodeId(0))..)
-            .filter(|(_, d)| *d == node)
+            .rev()
+            .find(|(_, d)| *d == node)
             .map(|(n, _)| *n)
-            .last()
     }
 
     /// Adds `dot`.
