@@ -97,7 +97,10 @@ impl CausalContext {
             return false;
         }
         self.floor = floor;
-        self.cloud = self.cloud.split_off(&(floor, NodeId(0)));
+        // Usually one dot or none goes: no new tree, as split_off makes.
+        while self.cloud.first().is_some_and(|(n, _)| *n < floor) {
+            self.cloud.pop_first();
+        }
         true
     }
 
