@@ -1,0 +1,267 @@
+//! Property tests of hashes and sets against the history: random HSETs,
+//! HDELs, SADDs, SREMs and DELs on three nodes, their deltas delivered in
+//! random orders with duplicates, with GC at random moments; every node
+//! converges to what the history says:
+//! - a set member is present when some add of it was observed by no later
+//!   remove, re-add or DEL (add wins);
+//! - a hash field holds the highest-stamped of the writes no later op
+//!   observed, and is absent when every write of it was observed;
+//! - two writes of one field that survive together are reported as a
+//!   conflict on that field, wherever they meet.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use chorus_crdt::context::Dot;
+use chorus_crdt::{KeyState, Kind, NodeId, Stamp};
+use proptest::prelude::*;
+
+#[derive(Clone, Debug)]
+enum Op {
+    HSet(u8, u8),
+    HDel(u8),
+    SAdd(u8),
+    SRem(u8),
+    /// DEL of the hash (`true`) or the set.
+    Del(bool),
+}
+
+#[derive(Clone, Debug)]
+enum Step {
+    Op { node: usize, op: Op },
+    Deliver { to: usize, pick: usize },
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        3 => (0..3usize, prop_oneof![
+            4 => (0..3u8, any::<u8>()).prop_map(|(f, v)| Op::HSet(f, v)),
+            2 => (0..3u8).prop_map(Op::HDel),
+            4 => (0..3u8).prop_map(Op::SAdd),
+            2 => (0..3u8).prop_map(Op::SRem),
+            1 => any::<bool>().prop_map(Op::Del),
+        ]).prop_map(|(node, op)| Step::Op { node, op }),
+        4 => (0..3usize, any::<usize>()).prop_map(|(to, pick)| Step::Deliver { to, pick }),
+    ]
+}
+
+/// One node: its hash key and its set key.
+#[derive(Clone, Default, Debug, PartialEq)]
+struct Node {
+    hash: KeyState,
+    set: KeyState,
+}
+
+struct Run {
+    nodes: Vec<Node>,
+    /// Every delta made: (to the hash?, delta).
+    deltas: Vec<(bool, KeyState)>,
+    /// Field writes: dot -> (field, stamp, value); set adds: dot -> member.
+    writes: BTreeMap<Dot, (u8, Stamp, u8)>,
+    adds: BTreeMap<Dot, u8>,
+    /// Every dot some op observed (and so removed or replaced).
+    observed: BTreeSet<Dot>,
+    /// Fields some merge reported a conflict on.
+    conflicted: BTreeSet<Vec<u8>>,
+    time: u64,
+}
+
+fn field_dots(s: &KeyState, f: u8) -> Vec<Dot> {
+    s.coll()
+        .and_then(|c| c.field_elem(&[f]))
+        .map(|e| e.writes.iter().map(|w| w.dot).collect())
+        .unwrap_or_default()
+}
+
+fn member_dots(s: &KeyState, m: u8) -> Vec<Dot> {
+    s.coll()
+        .and_then(|c| c.member_adds(&[m]))
+        .map(|a| a.iter().map(|a| a.dot).collect())
+        .unwrap_or_default()
+}
+
+impl Run {
+    fn new() -> Run {
+        Run {
+            nodes: vec![Node::default(); 3],
+            deltas: Vec::new(),
+            writes: BTreeMap::new(),
+            adds: BTreeMap::new(),
+            observed: BTreeSet::new(),
+            conflicted: BTreeSet::new(),
+            time: 0,
+        }
+    }
+
+    fn merge(&mut self, to: usize, is_hash: bool, delta: &KeyState) {
+        let node = &mut self.nodes[to];
+        let state = if is_hash {
+            &mut node.hash
+        } else {
+            &mut node.set
+        };
+        for c in state.merge(delta) {
+            if let Some(e) = c.element {
+                self.conflicted.insert(e);
+            }
+        }
+    }
+
+    fn apply(&mut self, step: &Step) {
+        match step {
+            Step::Op { node, op } => {
+                // A global clock: every node's next write is after all.
+                self.time += 1;
+                let stamp = Stamp {
+                    time: self.time,
+                    node: NodeId(*node as u64 + 1),
+                };
+                let n = &self.nodes[*node];
+                let (is_hash, delta, seen) = match op {
+                    Op::HSet(f, v) => {
+                        let d = n.hash.coll_write(stamp, Kind::Hash, |c, d| {
+                            c.hset_into(d, stamp, &[*f], &[*v])
+                        });
+                        let dot = field_dots(&d, *f)[0];
+                        self.writes.insert(dot, (*f, stamp, *v));
+                        (true, d, field_dots(&n.hash, *f))
+                    }
+                    Op::HDel(f) => (
+                        true,
+                        n.hash.coll_write(stamp, Kind::Hash, |c, d| {
+                            c.remove_elem_into(d, Kind::Hash, &[*f], stamp)
+                        }),
+                        field_dots(&n.hash, *f),
+                    ),
+                    Op::SAdd(m) => {
+                        let d = n
+                            .set
+                            .coll_write(stamp, Kind::Set, |c, d| c.sadd_into(d, stamp, &[*m]));
+                        self.adds.insert(member_dots(&d, *m)[0], *m);
+                        (false, d, member_dots(&n.set, *m))
+                    }
+                    Op::SRem(m) => (
+                        false,
+                        n.set.coll_write(stamp, Kind::Set, |c, d| {
+                            c.remove_elem_into(d, Kind::Set, &[*m], stamp)
+                        }),
+                        member_dots(&n.set, *m),
+                    ),
+                    Op::Del(h) => {
+                        let s = if *h { &n.hash } else { &n.set };
+                        let seen: Vec<Dot> = (0..3)
+                            .flat_map(|e| {
+                                if *h {
+                                    field_dots(s, e)
+                                } else {
+                                    member_dots(s, e)
+                                }
+                            })
+                            .collect();
+                        (*h, s.write(stamp, None, 0), seen)
+                    }
+                };
+                self.observed.extend(seen);
+                self.merge(*node, is_hash, &delta);
+                self.deltas.push((is_hash, delta));
+            }
+            Step::Deliver { to, pick } => {
+                if !self.deltas.is_empty() {
+                    let (h, d) = self.deltas[pick % self.deltas.len()].clone();
+                    self.merge(*to, h, &d);
+                }
+            }
+        }
+    }
+
+    fn expected_fields(&self) -> BTreeMap<u8, u8> {
+        let mut out: BTreeMap<u8, (Stamp, u8)> = BTreeMap::new();
+        for (dot, (f, stamp, v)) in &self.writes {
+            if self.observed.contains(dot) {
+                continue;
+            }
+            let e = out.entry(*f).or_insert((*stamp, *v));
+            if *stamp > e.0 {
+                *e = (*stamp, *v);
+            }
+        }
+        out.into_iter().map(|(f, (_, v))| (f, v)).collect()
+    }
+
+    fn expected_members(&self) -> BTreeSet<u8> {
+        self.adds
+            .iter()
+            .filter(|(d, _)| !self.observed.contains(d))
+            .map(|(_, m)| *m)
+            .collect()
+    }
+
+    /// Fields with two writes no op observed: concurrent, a conflict.
+    fn concurrent_fields(&self) -> BTreeSet<Vec<u8>> {
+        let mut per_field: BTreeMap<u8, usize> = BTreeMap::new();
+        for (dot, (f, ..)) in &self.writes {
+            if !self.observed.contains(dot) {
+                *per_field.entry(*f).or_default() += 1;
+            }
+        }
+        per_field
+            .into_iter()
+            .filter(|(_, n)| *n > 1)
+            .map(|(f, _)| vec![f])
+            .collect()
+    }
+}
+
+fn fields_of(s: &KeyState) -> BTreeMap<u8, u8> {
+    s.coll()
+        .map(|c| {
+            c.fields()
+                .map(|(f, v)| (f[0], v.render().expect("a field has a value")[0]))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn members_of(s: &KeyState) -> BTreeSet<u8> {
+    s.coll()
+        .map(|c| c.members().map(|m| m[0]).collect())
+        .unwrap_or_default()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn deltas_in_any_order_converge_to_the_history(
+        steps in prop::collection::vec(step(), 1..80),
+        gc_at in any::<u64>(),
+    ) {
+        let mut run = Run::new();
+        for s in &steps {
+            run.apply(s);
+        }
+        // Everything reaches everyone, in reverse order, twice.
+        let deltas = run.deltas.clone();
+        for to in 0..3 {
+            for (h, d) in deltas.iter().rev().chain(deltas.iter()) {
+                run.merge(to, *h, d);
+            }
+        }
+        for n in &run.nodes[1..] {
+            prop_assert_eq!(n, &run.nodes[0]);
+        }
+        let node = &run.nodes[0];
+        prop_assert_eq!(fields_of(&node.hash), run.expected_fields());
+        prop_assert_eq!(members_of(&node.set), run.expected_members());
+        // Concurrent writes of a field were reported on that field.
+        for f in run.concurrent_fields() {
+            prop_assert!(run.conflicted.contains(&f), "field {:?} lost silently", f);
+        }
+        // GC once everything arrived changes what every node reads nothing.
+        let acked = Stamp { time: gc_at % (run.time + 2), node: NodeId(u64::MAX) };
+        let mut collected = node.clone();
+        collected.hash.compact(acked);
+        collected.set.compact(acked);
+        prop_assert_eq!(fields_of(&collected.hash), run.expected_fields());
+        prop_assert_eq!(members_of(&collected.set), run.expected_members());
+    }
+}
