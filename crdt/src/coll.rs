@@ -772,6 +772,65 @@ impl Coll {
         fresh
     }
 
+    /// HINCRBY or HINCRBYFLOAT here in one walk of the hash: `check` sees
+    /// the field's value (absent for a new field) and returns the reply,
+    /// or `None` to leave everything as it was.
+    pub fn hincr_here<R>(
+        &mut self,
+        stamp: Stamp,
+        field: &[u8],
+        by: (i64, f64, bool),
+        check: impl FnOnce(Read<'_>) -> Option<R>,
+        delta: Option<&mut Coll>,
+    ) -> Option<R> {
+        let probe = Probe::new(field);
+        let removed = if self.removed.is_empty() {
+            None
+        } else {
+            self.removed.get(&(Kind::Hash, field.to_vec()))
+        };
+        let next = |current: Option<&Tally>| Tally::next(current, stamp, by.0, by.1, by.2);
+        let (reply, tally) = match self.hash.get_mut(probe.as_keyed()) {
+            Some(e) => {
+                let value = e.winner().map(|w| &*w.value.0);
+                let read = match &e.counts {
+                    None => value.map_or(Read::Absent, Read::Str),
+                    Some(c) => read_value(value, elem_sum(Some(c), removed)),
+                };
+                let reply = check(read)?;
+                let counts = e.counts.get_or_insert_with(Default::default);
+                let t = next(counts.get(&stamp.node));
+                counts.upsert(stamp.node, t, |mine, new| *mine = new);
+                (reply, t)
+            }
+            None => {
+                let reply = check(Read::Absent)?;
+                let t = next(None);
+                self.hash.insert(
+                    probe.to_key(),
+                    Elem {
+                        writes: SmallVec::new(),
+                        counts: Some(Box::new(NodeMap::single(stamp.node, t))),
+                    },
+                );
+                (reply, t)
+            }
+        };
+        if let Some(d) = delta {
+            d.hash
+                .entry(probe.to_key())
+                .or_default()
+                .counts
+                .get_or_insert_with(Default::default)
+                .upsert(stamp.node, tally, |mine, new| *mine = new);
+        }
+        if (stamp, Kind::Hash) > (self.at, self.kind) {
+            self.at = stamp;
+            self.kind = Kind::Hash;
+        }
+        Some(reply)
+    }
+
     /// An increment of `kind`'s element here (HINCRBY, ZINCRBY), the
     /// element's current value checked first by the caller.
     pub fn incr_here(

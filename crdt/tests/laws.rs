@@ -582,6 +582,18 @@ proptest! {
                             let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
                             coll.incr_here(kind, field, stamp, by, Some(&mut delta));
                             prop_assert_eq!(&in_place, &merged);
+                            // HINCRBY's one-walk path: the same state and
+                            // delta; declining changes nothing.
+                            let mut one_walk = state.clone();
+                            let mut delta2 = Coll::delta(stamp, kind);
+                            let c = one_walk.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            prop_assert_eq!(c.hincr_here(stamp, field, by, |_| Some(()), Some(&mut delta2)), Some(()));
+                            prop_assert_eq!(&one_walk, &merged);
+                            prop_assert_eq!(&delta2, &delta);
+                            let mut declined = state.clone();
+                            let c = declined.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            prop_assert_eq!(c.hincr_here(stamp, field, by, |_| None::<()>, None), None);
+                            prop_assert_eq!(&declined, state);
                             let mut replica = state.clone();
                             replica.merge(&KeyState {
                                 reg: Default::default(),

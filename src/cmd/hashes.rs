@@ -191,29 +191,36 @@ fn hdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
+/// The integer a field holds for HINCRBY, plus `by`; Redis's errors.
+fn int_after(read: Read<'_>, by: i64) -> Result<i64, Error> {
+    let current = match read {
+        Read::Absent => 0,
+        Read::Int(i) => i,
+        Read::Str(v) => parse_int(v).ok_or(Error::err("hash value is not an integer"))?,
+        Read::Float(f) => parse_int(format_float(f).as_bytes())
+            .ok_or(Error::err("hash value is not an integer"))?,
+    };
+    current
+        .checked_add(by)
+        .ok_or(Error::err("increment or decrement would overflow"))
+}
+
 fn hincrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let by = int_arg(args[3])?;
     let field = args[2];
-    let next = |c: &Coll| -> Result<i64, Error> {
-        let current = match c.field(field) {
-            None | Some(Read::Absent) => 0,
-            Some(Read::Int(i)) => i,
-            Some(Read::Str(v)) => parse_int(v).ok_or(Error::err("hash value is not an integer"))?,
-            Some(Read::Float(f)) => parse_int(format_float(f).as_bytes())
-                .ok_or(Error::err("hash value is not an integer"))?,
-        };
-        current
-            .checked_add(by)
-            .ok_or(Error::err("increment or decrement would overflow"))
-    };
-    // An error is left to the general path, which finds it again.
+    // One walk of the hash in place; an error is left to the general path,
+    // which finds it again.
     let fast = |c: &mut Coll, d: Option<&mut Coll>, stamp| {
-        let new = next(c).ok()?;
-        c.incr_here(Kind::Hash, field, stamp, (by, 0.0, false), d);
-        Some(new)
+        c.hincr_here(
+            stamp,
+            field,
+            (by, 0.0, false),
+            |read| int_after(read, by).ok(),
+            d,
+        )
     };
     let new = x.coll_update_fast(args[1], Kind::Hash, fast, |c, d, stamp| {
-        let new = next(c)?;
+        let new = int_after(c.field(field).unwrap_or(Read::Absent), by)?;
         c.incr_into(d, Kind::Hash, field, stamp, (by, 0.0, false));
         Ok(new)
     })?;
