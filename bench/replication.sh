@@ -3,6 +3,7 @@
 #
 #   bench/replication.sh                 # about 2 minutes
 #   N=200000 PROBES=300 bench/replication.sh
+#   TEST=hset bench/replication.sh       # another redis-benchmark test (hset, sadd, incr...)
 #
 # 1. SET throughput (redis-benchmark -t set -c 50 -P 16 -n $N -r 100000) against a
 #    standalone node, then against node A replicating to node B. Medians of $ROUNDS.
@@ -20,6 +21,7 @@ cd "$(dirname "$0")/.."
 N=${N:-1000000}
 ROUNDS=${ROUNDS:-3}
 PROBES=${PROBES:-500}
+TEST=${TEST:-set}
 
 source bench/common.sh
 ensure_tools "redis-benchmark redis-cli" "redis-tools"
@@ -44,7 +46,7 @@ start() {
 cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 
 set_rps() {
-    taskset -c 1 redis-benchmark -p "$1" -c 50 -P 16 -n "$N" -r 100000 -t set --csv 2>/dev/null \
+    taskset -c 1 redis-benchmark -p "$1" -c 50 -P 16 -n "$N" -r 100000 -t "$TEST" --csv 2>/dev/null \
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}'
 }
 
@@ -65,7 +67,7 @@ for round in $(seq 1 "$ROUNDS"); do
     redis-cli -p "$pa" WAIT 1 60000 >/dev/null
     awk -v a="$c0" -v b="$(cpu_s "$a")" -v n="$N" 'BEGIN {print (b - a) * 1e6 / n}' >> "$WORK/repl_cpu"
     stop "$a"; stop "$b"
-    echo "round $round: standalone $(tail -1 "$WORK/solo") ops/s $(tail -1 "$WORK/solo_cpu") us/SET, replicating $(tail -1 "$WORK/repl") ops/s $(tail -1 "$WORK/repl_cpu") us/SET" >&2
+    echo "round $round: standalone $(tail -1 "$WORK/solo") ops/s $(tail -1 "$WORK/solo_cpu") us/op, replicating $(tail -1 "$WORK/repl") ops/s $(tail -1 "$WORK/repl_cpu") us/op" >&2
 done
 solo=$(median < "$WORK/solo"); repl=$(median < "$WORK/repl")
 solo_cpu=$(median < "$WORK/solo_cpu"); repl_cpu=$(median < "$WORK/repl_cpu")
@@ -112,12 +114,12 @@ kill "$LOAD" 2>/dev/null || true
 read -r p50 p99 pmax <<< "$lag"
 
 echo
-echo "SET throughput, ops/s (median of $ROUNDS; -c 50 -P 16 -n $N -r 100000; A on CPU 0; B and the client on CPU 1)"
+echo "${TEST^^} throughput, ops/s (median of $ROUNDS; -c 50 -P 16 -n $N -r 100000; A on CPU 0; B and the client on CPU 1)"
 printf '%-24s %12s\n' "standalone node" "$solo"
 printf '%-24s %12s\n' "node A replicating to B" "$repl"
 awk -v r="$repl" -v s="$solo" 'BEGIN {printf "%-24s %12.2f\n", "ratio", r / s}'
 echo
-echo "CPU time of the writing node per SET, microseconds (median of $ROUNDS; same runs)"
+echo "CPU time of the writing node per ${TEST^^}, microseconds (median of $ROUNDS; same runs)"
 printf '%-24s %12.3f\n' "standalone node" "$solo_cpu"
 printf '%-24s %12.3f\n' "node A replicating to B" "$repl_cpu"
 awk -v r="$repl_cpu" -v s="$solo_cpu" 'BEGIN {printf "%-24s %12.2f\n", "ratio (capacity, s/r)", s / r}'
