@@ -491,3 +491,32 @@ fn crdt_state_shows_a_collections_metadata() {
     assert_eq!(state["type"], redis::Value::BulkString(b"string".to_vec()));
     assert!(!state.contains_key("collection"));
 }
+
+#[test]
+fn single_random_picks_reach_every_element() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let members: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    let mut args = vec!["SADD", "s"];
+    args.extend(members.iter().map(String::as_str));
+    q::<i64>(&mut c, &args);
+    let mut hfields = vec!["HSET", "h"];
+    for m in &members {
+        hfields.extend([m.as_str(), "v"]);
+    }
+    q::<i64>(&mut c, &hfields);
+    let mut seen = BTreeSet::new();
+    let mut fields = BTreeSet::new();
+    for _ in 0..300 {
+        seen.insert(q::<String>(&mut c, &["SRANDMEMBER", "s"]));
+        fields.insert(q::<String>(&mut c, &["HRANDFIELD", "h"]));
+    }
+    assert!(seen.len() >= 8, "SRANDMEMBER picked only {seen:?}");
+    assert!(fields.len() >= 8, "HRANDFIELD picked only {fields:?}");
+    let mut popped = BTreeSet::new();
+    while let Some(m) = q::<Option<String>>(&mut c, &["SPOP", "s"]) {
+        assert!(popped.insert(m), "a member popped twice");
+    }
+    assert_eq!(popped, members.into_iter().collect::<BTreeSet<_>>());
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "s"]), 0);
+}

@@ -493,6 +493,40 @@ impl Coll {
         (found, next)
     }
 
+    /// The element of `kind` at or after hash `r` (wrapping to the first):
+    /// a random pick in one walk when `r` is random. Elements whose hash
+    /// follows a wide gap come up more often than others, as Redis's
+    /// bucket picks favour some keys: fair enough for SPOP, SRANDMEMBER and
+    /// HRANDFIELD without a count.
+    pub fn pick(&self, kind: Kind, r: u64) -> Option<&[u8]> {
+        let start = Probe::at_hash(r);
+        let from = (
+            std::ops::Bound::Included(start.as_keyed()),
+            std::ops::Bound::Unbounded,
+        );
+        let key = match kind {
+            Kind::Hash => self
+                .hash
+                .range::<dyn crate::ekey::Keyed, _>(from)
+                .next()
+                .or_else(|| self.hash.iter().next())
+                .map(|(k, _)| k),
+            Kind::Set => self
+                .set
+                .range::<dyn crate::ekey::Keyed, _>(from)
+                .next()
+                .or_else(|| self.set.iter().next())
+                .map(|(k, _)| k),
+            Kind::ZSet => self
+                .zset
+                .range::<dyn crate::ekey::Keyed, _>(from)
+                .next()
+                .or_else(|| self.zset.iter().next())
+                .map(|(k, _)| k),
+        };
+        key.map(EKey::bytes)
+    }
+
     /// Every member of the set, in hash order.
     pub fn members(&self) -> impl Iterator<Item = &[u8]> {
         self.set.keys().map(EKey::bytes)

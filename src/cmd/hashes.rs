@@ -259,12 +259,12 @@ fn hrandfield(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         Some(_) => return Err(Error::Syntax),
     };
     let (c, out) = x.coll(args[1], Kind::Hash)?;
-    let fields: Vec<(&[u8], Read)> = c.map(|c| c.fields().collect()).unwrap_or_default();
     let Some(n) = count else {
-        let pick = (!fields.is_empty()).then(|| fields[rand::random_range(0..fields.len())].0);
-        out.bulk_or_null(pick);
+        // One field: one walk of the tree.
+        out.bulk_or_null(c.and_then(|c| c.pick(Kind::Hash, rand::random())));
         return Ok(());
     };
+    let fields: Vec<(&[u8], Read)> = c.map(|c| c.fields().collect()).unwrap_or_default();
     let picks = if n >= 0 {
         pick_distinct(fields.len(), n as usize)
     } else if fields.is_empty() {

@@ -202,6 +202,11 @@ fn spop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     }
     let members: Vec<Vec<u8>> = match x.coll(args[1], Kind::Set)?.0 {
         None => Vec::new(),
+        // One member: one walk of the tree.
+        Some(c) if count.is_none() => c
+            .pick(Kind::Set, rand::random())
+            .map(|m| vec![m.to_vec()])
+            .unwrap_or_default(),
         Some(c) => {
             let len = c.len(Kind::Set);
             let picks = pick_distinct(len, count.unwrap_or(1));
@@ -242,12 +247,13 @@ fn srandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     }
     let count = args.get(2).map(|a| int_arg(a)).transpose()?;
     let (c, out) = x.coll(args[1], Kind::Set)?;
+    if count.is_none() {
+        out.bulk_or_null(c.and_then(|c| c.pick(Kind::Set, rand::random())));
+        return Ok(());
+    }
     let members: Vec<&[u8]> = c.map(|c| c.members().collect()).unwrap_or_default();
     match count {
-        None => {
-            let pick = (!members.is_empty()).then(|| members[rand::random_range(0..members.len())]);
-            out.bulk_or_null(pick);
-        }
+        None => out.null(),
         Some(n) => {
             let picks = if n >= 0 {
                 pick_distinct(members.len(), n as usize)
