@@ -5,7 +5,8 @@
 use chorus_crdt::number::{format_float, parse_float, parse_int};
 use chorus_crdt::{Coll, Kind, Read};
 
-use super::sets::{parse_cursor, pick_distinct, pick_repeating, scan_options};
+use super::keys::{parse_cursor, scan_options};
+use super::sets::{pick_distinct, pick_repeating};
 use super::Flag::*;
 use super::{float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec};
 use crate::glob;
@@ -298,7 +299,8 @@ fn hscan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if novalues {
         rest.pop();
     }
-    let (pattern, count) = scan_options(&rest, 3)?;
+    let o = scan_options(&rest, 3, false)?;
+    let (pattern, count) = (o.pattern, o.count);
     let (c, out) = x.coll(args[1], Kind::Hash)?;
     let mut found: Vec<(&[u8], Read)> = Vec::new();
     let mut next = 0;

@@ -93,30 +93,58 @@ fn keys(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 /// SCAN's cursor is `shard << 32 | position within the shard's map`. A shard
 /// that grows or shrinks during a scan may make it miss or repeat keys of that
 /// shard (Redis guarantees no misses; see docs/compatibility.md).
-fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let cursor: u64 = std::str::from_utf8(args[1])
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(Error::err("invalid cursor"))?;
-    let mut pattern: Option<&[u8]> = None;
-    let mut count: usize = 10;
-    let mut type_filter: Option<&[u8]> = None;
-    let mut options = Args::new(args, 2);
+/// SCAN's options after the cursor (SSCAN's and HSCAN's too): MATCH,
+/// COUNT, and TYPE where `with_type`.
+pub struct ScanOptions<'a> {
+    pub pattern: Option<&'a [u8]>,
+    pub count: usize,
+    pub type_filter: Option<&'a [u8]>,
+}
+
+pub fn scan_options<'a>(
+    args: &'a [&'a [u8]],
+    from: usize,
+    with_type: bool,
+) -> Result<ScanOptions<'a>, Error> {
+    let mut o = ScanOptions {
+        pattern: None,
+        count: 10,
+        type_filter: None,
+    };
+    let mut options = Args::new(args, from);
     while !options.is_empty() {
         if options.eat("MATCH") {
-            pattern = Some(options.value()?);
+            o.pattern = Some(options.value()?);
         } else if options.eat("COUNT") {
             let n = options.int()?;
             if n < 1 {
                 return Err(Error::Syntax);
             }
-            count = n as usize;
-        } else if options.eat("TYPE") {
-            type_filter = Some(options.value()?);
+            o.count = n as usize;
+        } else if with_type && options.eat("TYPE") {
+            o.type_filter = Some(options.value()?);
         } else {
             return Err(Error::Syntax);
         }
     }
+    Ok(o)
+}
+
+/// A SCAN cursor argument.
+pub fn parse_cursor(arg: &[u8]) -> Result<u64, Error> {
+    std::str::from_utf8(arg)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(Error::err("invalid cursor"))
+}
+
+fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let cursor = parse_cursor(args[1])?;
+    let ScanOptions {
+        pattern,
+        count,
+        type_filter,
+    } = scan_options(args, 2, true)?;
     let (mut shard_i, mut pos) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
     let (db, now) = (x.session.db, x.now_ms);
     let mut found: Vec<Vec<u8>> = Vec::new();

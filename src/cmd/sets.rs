@@ -5,6 +5,7 @@ use std::collections::BTreeSet;
 
 use chorus_crdt::{Coll, Kind};
 
+use super::keys::{parse_cursor, scan_options};
 use super::Flag::*;
 use super::{int_arg, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
 use crate::glob;
@@ -116,40 +117,10 @@ fn scard(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-/// SSCAN/HSCAN's arguments after the cursor: (MATCH pattern, COUNT).
-pub fn scan_options<'a>(
-    args: &'a [&'a [u8]],
-    from: usize,
-) -> Result<(Option<&'a [u8]>, usize), Error> {
-    let mut pattern = None;
-    let mut count = 10usize;
-    let mut options = Args::new(args, from);
-    while !options.is_empty() {
-        if options.eat("MATCH") {
-            pattern = Some(options.value()?);
-        } else if options.eat("COUNT") {
-            let n = options.int()?;
-            if n < 1 {
-                return Err(Error::Syntax);
-            }
-            count = n as usize;
-        } else {
-            return Err(Error::Syntax);
-        }
-    }
-    Ok((pattern, count))
-}
-
-pub fn parse_cursor(arg: &[u8]) -> Result<u64, Error> {
-    std::str::from_utf8(arg)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(Error::err("invalid cursor"))
-}
-
 fn sscan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let cursor = parse_cursor(args[2])?;
-    let (pattern, count) = scan_options(args, 3)?;
+    let o = scan_options(args, 3, false)?;
+    let (pattern, count) = (o.pattern, o.count);
     let (c, out) = x.coll(args[1], Kind::Set)?;
     let (members, next) = c.map_or((Vec::new(), 0), |c| c.scan(Kind::Set, cursor, count));
     let found: Vec<&[u8]> = members
