@@ -22,6 +22,7 @@
 //! element by its context, and merging one visits them all.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
@@ -32,6 +33,7 @@ use crate::ekey::{EKey, Probe};
 use crate::nodemap::NodeMap;
 use crate::stamp::{NodeId, Stamp};
 use crate::state::{join_tally, read_value, CounterSum, Read, Tally};
+use crate::zindex::{Entry, ScoreIndex};
 
 /// Which collection a part of the state is.
 #[derive(
@@ -172,7 +174,22 @@ pub struct Coll {
     /// prune by a floor below it has nothing to scan.
     #[serde(skip)]
     oldest: Hint,
+    /// The sorted set's order, built on first use and kept in step by
+    /// every change to `zset` after that (see `Coll::reindex`).
+    #[serde(skip)]
+    zindex: Derived,
 }
+
+/// A derived index: no part of the state, so equal on every value.
+#[derive(Debug, Clone, Default)]
+struct Derived(OnceLock<ScoreIndex>);
+
+impl PartialEq for Derived {
+    fn eq(&self, _: &Derived) -> bool {
+        true
+    }
+}
+impl Eq for Derived {}
 
 /// Local bookkeeping that is no part of the state: equal on every value.
 #[derive(Debug, Clone, Copy, Default)]
@@ -536,6 +553,68 @@ impl Coll {
         self.set.contains_key(Probe::new(member).as_keyed())
     }
 
+    /// A sorted-set member's score: its winning ZADD (0 without one) plus
+    /// its surviving ZINCRBY increments.
+    pub fn score(&self, member: &[u8]) -> Option<f64> {
+        let e = self.zset.get(Probe::new(member).as_keyed())?;
+        self.elem_score(member, e)
+    }
+
+    fn elem_score(&self, member: &[u8], e: &Elem<Score>) -> Option<f64> {
+        if e.is_empty() {
+            return None;
+        }
+        let base = e.winner().map_or(0.0, |w| w.value.0);
+        Some(match &e.counts {
+            None => base,
+            Some(c) => {
+                let sum = elem_sum(Some(c), self.removed_of(Kind::ZSet, member));
+                base + sum.float + sum.int as f64
+            }
+        })
+    }
+
+    /// The sorted set in order (by score, then member), built on first use.
+    pub fn zindex(&self) -> &ScoreIndex {
+        self.zindex.0.get_or_init(|| {
+            ScoreIndex::from_entries(
+                self.zset
+                    .iter()
+                    .filter_map(|(k, e)| {
+                        Some(Entry {
+                            score: self.elem_score(k.bytes(), e)?,
+                            member: k.bytes().into(),
+                        })
+                    })
+                    .collect(),
+            )
+        })
+    }
+
+    /// Moves `member` in a built index from `old` to its score now.
+    fn reindex(&mut self, member: &[u8], old: Option<f64>) {
+        if self.zindex.0.get().is_none() {
+            return;
+        }
+        let new = self.score(member);
+        if old.map(f64::to_bits) == new.map(f64::to_bits) {
+            return;
+        }
+        if let Some(ix) = self.zindex.0.get_mut() {
+            if let Some(old) = old {
+                ix.remove(old, member);
+            }
+            if let Some(new) = new {
+                ix.insert(new, member);
+            }
+        }
+    }
+
+    /// Drops a built index (after a change that may touch any member).
+    fn unindex(&mut self) {
+        self.zindex.0.take();
+    }
+
     // ----- ops: each builds a delta against this state -----
 
     /// Adds to `delta` the removal of everything `kind`'s element `key`
@@ -662,6 +741,20 @@ impl Coll {
         adds.push(Add {
             dot,
             time: stamp.time,
+        });
+    }
+
+    /// ZADD of one member at `score`, into `delta`: its earlier score and
+    /// increments removed, as HSET's are.
+    pub fn zadd_into(&self, delta: &mut Coll, stamp: Stamp, member: &[u8], score: f64) {
+        self.remove_into(delta, Kind::ZSet, member, stamp);
+        let dot = self.new_dot(delta, stamp);
+        let elem = delta.zset.entry(EKey::new(member)).or_default();
+        elem.writes.clear();
+        elem.writes.push(Write {
+            dot,
+            time: stamp.time,
+            value: Score(score),
         });
     }
 
@@ -806,6 +899,60 @@ impl Coll {
         fresh
     }
 
+    /// ZADD of one member here; returns its score before (`None`: new).
+    /// `None` outside for a member with increments (the general path
+    /// records their removal).
+    pub fn zadd_here(
+        &mut self,
+        stamp: Stamp,
+        member: &[u8],
+        score: f64,
+        mut delta: Option<&mut Coll>,
+    ) -> Option<Option<f64>> {
+        let dot = self.ctx.next_dot(stamp.node, stamp.time);
+        let write = Write {
+            dot,
+            time: stamp.time,
+            value: Score(score),
+        };
+        let probe = Probe::new(member);
+        let old = match self.zset.get_mut(probe.as_keyed()) {
+            Some(e) if e.counts.is_some() => return None,
+            Some(e) => {
+                if let Some(d) = delta.as_deref_mut() {
+                    for w in &e.writes {
+                        d.ctx.insert(w.dot);
+                    }
+                }
+                let old = e.winner().map(|w| w.value.0);
+                e.writes.clear();
+                e.writes.push(write.clone());
+                old
+            }
+            None => {
+                let mut writes = SmallVec::new();
+                writes.push(write.clone());
+                self.zset.insert(
+                    probe.to_key(),
+                    Elem {
+                        writes,
+                        counts: None,
+                    },
+                );
+                None
+            }
+        };
+        if let Some(d) = delta {
+            d.ctx.insert(dot);
+            let e = d.zset.entry(probe.to_key()).or_default();
+            e.writes.clear();
+            e.writes.push(write);
+        }
+        self.note_local(stamp, Kind::ZSet, dot);
+        self.reindex(member, old);
+        Some(old)
+    }
+
     /// HINCRBY or HINCRBYFLOAT here in one walk of the hash: `check` sees
     /// the field's value (absent for a new field) and returns the reply,
     /// or `None` to leave everything as it was.
@@ -904,11 +1051,18 @@ impl Coll {
                 }
             }
         }
+        let old_score = match kind {
+            Kind::ZSet => self.score(key),
+            _ => None,
+        };
         let tally = match kind {
             Kind::Hash => bump(&mut self.hash, &probe, stamp, (int, float, is_float)),
             Kind::ZSet => bump(&mut self.zset, &probe, stamp, (int, float, is_float)),
             Kind::Set => return,
         };
+        if kind == Kind::ZSet {
+            self.reindex(key, old_score);
+        }
         if let Some(d) = delta {
             let counts = match kind {
                 Kind::Hash => &mut d.hash.entry(probe.to_key()).or_default().counts,
@@ -932,6 +1086,25 @@ impl Coll {
     /// loser with the winner).
     pub fn merge(&mut self, other: &Coll) -> Vec<(Vec<u8>, Conflict)> {
         let mut conflicts = Vec::new();
+        // The members whose score this merge may move, with their scores
+        // before it: a delta's (it names them), or all (a whole state).
+        let moved: Vec<(Vec<u8>, Option<f64>)> = if self.zindex.0.get().is_none() {
+            Vec::new()
+        } else if !other.part {
+            self.unindex();
+            Vec::new()
+        } else {
+            let named = other.zset.keys().map(EKey::bytes);
+            let recorded = other
+                .removed
+                .keys()
+                .filter(|(k, _)| *k == Kind::ZSet)
+                .map(|(_, m)| &m[..]);
+            named
+                .chain(recorded)
+                .map(|m| (m.to_vec(), self.score(m)))
+                .collect()
+        };
         for (key, r) in &other.removed {
             let mine = self.removed.entry(key.clone()).or_default();
             mine.reset = mine.reset.max(r.reset);
@@ -999,6 +1172,9 @@ impl Coll {
             self.kind = other.kind;
         }
         self.part &= other.part;
+        for (member, old) in moved {
+            self.reindex(&member, old);
+        }
         if !self.oldest.0.is_zero() {
             if let Some(e) = other.oldest_stamp() {
                 self.oldest.0 = self.oldest.0.min(e);
@@ -1014,6 +1190,7 @@ impl Coll {
             return;
         }
         if self.at < floor && !self.part {
+            self.unindex();
             // Every element here is older: only the context stays, so that
             // those elements stay removed wherever they arrive from.
             // (Removal records may be newer: a register write's.)
@@ -1026,6 +1203,9 @@ impl Coll {
         }
         // A delta keeps its entries, emptied or not: they name what it removes.
         let keep = self.part;
+        if !self.zset.is_empty() {
+            self.unindex();
+        }
         fn prune_elems<V>(map: &mut BTreeMap<EKey, Elem<V>>, floor: Stamp, keep: bool) {
             map.retain(|_, e| {
                 if e.is_empty() {
@@ -1138,6 +1318,7 @@ impl Coll {
         if stale.is_empty() {
             return false;
         }
+        self.unindex();
         for (kind, key, dot, node) in stale {
             match kind {
                 Kind::Hash => forget_in(&mut self.hash, &key, dot, node),
@@ -1225,6 +1406,7 @@ impl Coll {
     /// `held` of their node) and does not hold: it removed them and may
     /// have collected the record (see `KeyState::drop_collected`).
     pub fn drop_collected(&mut self, mine: Option<&Coll>, held: &impl Fn(NodeId) -> Stamp) {
+        self.unindex();
         let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
         fn strip<V>(
             kind: Kind,
@@ -1299,10 +1481,13 @@ impl Coll {
                 n += a.capacity() * std::mem::size_of::<Add>();
             }
         }
-        for k in self.zset.keys() {
+        for (k, e) in &self.zset {
             n += elem + std::mem::size_of::<Elem<Score>>() + k.bytes().len();
+            if e.writes.spilled() {
+                n += e.writes.capacity() * std::mem::size_of::<Write<Score>>();
+            }
         }
-        n
+        n + self.zindex.0.get().map_or(0, ScoreIndex::heap_bytes)
     }
 }
 

@@ -18,6 +18,7 @@ pub mod nodemap;
 pub mod number;
 pub mod stamp;
 pub mod state;
+pub mod zindex;
 
 pub use codec::{
     decode, decode_stored, decode_stored_conflict, decode_stored_state, encode, encode_append,

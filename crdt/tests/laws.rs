@@ -24,6 +24,9 @@ enum Op {
     HIncr(u8, i8),
     SAdd(u8),
     SRem(u8),
+    ZAdd(u8, i8),
+    ZIncr(u8, i8),
+    ZRem(u8),
 }
 
 #[derive(Clone, Debug)]
@@ -64,6 +67,9 @@ fn op_with(with_flush: bool, with_floats: bool, with_colls: bool) -> impl Strate
         2 => (0u8..3, any::<i8>()).prop_map(|(f, by)| Op::HIncr(f, by)),
         3 => (0u8..3).prop_map(Op::SAdd),
         2 => (0u8..3).prop_map(Op::SRem),
+        3 => (0u8..3, -3i8..3).prop_map(|(m, score)| Op::ZAdd(m, score)),
+        2 => (0u8..3, any::<i8>()).prop_map(|(m, by)| Op::ZIncr(m, by)),
+        1 => (0u8..3).prop_map(Op::ZRem),
     ];
     prop_oneof![
         3 => strings,
@@ -148,7 +154,12 @@ impl Replica {
                 let mut incoming = state.clone();
                 incoming.prune(self.floor);
                 let entry = self.keys.entry(key.clone()).or_default();
+                // Built before, so that the merge must keep it in step.
+                if let Some(c) = entry.coll() {
+                    c.zindex();
+                }
                 entry.merge(&incoming);
+                assert_index_in_step(entry);
                 if entry.is_empty() {
                     self.keys.remove(key);
                 }
@@ -231,6 +242,21 @@ impl Replica {
             Op::SRem(m) => state.coll_write(stamp, Kind::Set, |c, d| {
                 c.remove_elem_into(d, Kind::Set, &[*m], stamp)
             }),
+            Op::ZAdd(m, score) => state.coll_write(stamp, Kind::ZSet, |c, d| {
+                c.zadd_into(d, stamp, &[b'z', *m], f64::from(*score))
+            }),
+            Op::ZIncr(m, by) => state.coll_write(stamp, Kind::ZSet, |c, d| {
+                c.incr_into(
+                    d,
+                    Kind::ZSet,
+                    &[b'z', *m],
+                    stamp,
+                    (0, f64::from(*by) / 2.0, true),
+                )
+            }),
+            Op::ZRem(m) => state.coll_write(stamp, Kind::ZSet, |c, d| {
+                c.remove_elem_into(d, Kind::ZSet, &[b'z', *m], stamp)
+            }),
         };
         let delta = Delta::Key {
             db: 0,
@@ -240,6 +266,25 @@ impl Replica {
         self.apply(&delta, incr);
         history.log.push((delta, incr));
     }
+}
+
+/// A sorted set's index, however it was kept, orders exactly the members
+/// present by their scores now.
+fn assert_index_in_step(state: &KeyState) {
+    let Some(c) = state.coll() else { return };
+    let kept: Vec<(u64, Vec<u8>)> = c
+        .zindex()
+        .iter()
+        .map(|e| (e.score.to_bits(), e.member.to_vec()))
+        .collect();
+    let mut fresh: Vec<(f64, Vec<u8>)> = c
+        .zset
+        .keys()
+        .filter_map(|k| Some((c.score(k.bytes())? + 0.0, k.bytes().to_vec())))
+        .collect();
+    fresh.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+    let fresh: Vec<(u64, Vec<u8>)> = fresh.into_iter().map(|(s, m)| (s.to_bits(), m)).collect();
+    assert_eq!(kept, fresh, "the score index left its members' scores");
 }
 
 /// A deterministic shuffle driven by proptest's seed.
@@ -541,24 +586,28 @@ proptest! {
                 }
                 // The collection ops made in place equal merging their
                 // deltas, and their deltas bring a replica the same state.
-                for kind in [Kind::Hash, Kind::Set] {
+                for kind in [Kind::Hash, Kind::Set, Kind::ZSet] {
                     if state.key_type(0) != Some(KeyType::Coll(kind)) || state.has_hidden_parts() {
                         continue;
                     }
-                    for elem in [&b"f0"[..], b"\x01", b"new"] {
+                    for elem in [&b"f0"[..], b"\x01", b"z\x01", b"new"] {
                         let general = state.coll_write(stamp, kind, |c, d| match kind {
                             Kind::Hash => c.hset_into(d, stamp, elem, b"v"),
-                            _ => c.sadd_into(d, stamp, elem),
+                            Kind::ZSet => c.zadd_into(d, stamp, elem, 1.5),
+                            Kind::Set => c.sadd_into(d, stamp, elem),
                         });
                         let mut merged = state.clone();
                         merged.merge(&general);
                         let mut in_place = state.clone();
                         let mut delta = Coll::delta(stamp, kind);
                         let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                        coll.zindex();
                         let done = match kind {
                             Kind::Hash => coll.hset_here(stamp, elem, b"v", Some(&mut delta)).is_some(),
-                            _ => { coll.sadd_here(stamp, elem, Some(&mut delta)); true }
+                            Kind::ZSet => coll.zadd_here(stamp, elem, 1.5, Some(&mut delta)).is_some(),
+                            Kind::Set => { coll.sadd_here(stamp, elem, Some(&mut delta)); true }
                         };
+                        assert_index_in_step(&in_place);
                         if !done {
                             prop_assert_eq!(&in_place, state, "a declined op changes nothing");
                             continue;
@@ -570,6 +619,27 @@ proptest! {
                             extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
                         });
                         prop_assert_eq!(&replica, &merged);
+                    }
+                    if kind == Kind::ZSet {
+                        for member in [&b"z\x01"[..], b"new"] {
+                            let by = (0, f64::from(by) / 2.0, true);
+                            let general = state.coll_write(stamp, kind, |c, d| c.incr_into(d, kind, member, stamp, by));
+                            let mut merged = state.clone();
+                            merged.merge(&general);
+                            let mut in_place = state.clone();
+                            let mut delta = Coll::delta(stamp, kind);
+                            let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            coll.zindex();
+                            coll.incr_here(kind, member, stamp, by, Some(&mut delta));
+                            assert_index_in_step(&in_place);
+                            prop_assert_eq!(&in_place, &merged);
+                            let mut replica = state.clone();
+                            replica.merge(&KeyState {
+                                reg: Default::default(),
+                                extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                            });
+                            prop_assert_eq!(&replica, &merged);
+                        }
                     }
                     if kind == Kind::Hash {
                         for field in [&b"f0"[..], b"new"] {
@@ -650,7 +720,12 @@ fn views(r: &Replica) -> BTreeMap<Vec<u8>, String> {
                     .map(|(f, v)| (f.to_vec(), format!("{v:?}")))
                     .collect();
                 let members: Vec<_> = c.members().map(<[u8]>::to_vec).collect();
-                (c.at, c.kind, fields, members, c.removed.clone())
+                let scores: Vec<_> = c
+                    .zindex()
+                    .iter()
+                    .map(|e| (e.member.to_vec(), e.score))
+                    .collect();
+                (c.at, c.kind, fields, members, scores, c.removed.clone())
             });
             (k.clone(), format!("{plain:?} {coll:?} {:?}", s.key_type(0)))
         })
