@@ -368,6 +368,23 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                     commands += 1;
                     last_cmd = crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
                         .or(last_cmd);
+                    drop(argv);
+                    if let Some(blocked) = session.blocked.take() {
+                        let waited = block(
+                            server,
+                            &mut session,
+                            &mut out,
+                            sock,
+                            &mut input,
+                            blocked,
+                            out_limit,
+                        )
+                        .await?;
+                        if !waited {
+                            return Ok(());
+                        }
+                        now_ms = server.node.ks.clock.physical_unix_ms();
+                    }
                     if let Some(pause) = session.sleep.take() {
                         tokio::time::sleep(pause).await;
                         now_ms = server.node.ks.clock.physical_unix_ms();
@@ -485,6 +502,70 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         handle.qbuf.store(input.len(), Ordering::Relaxed);
         if input.capacity() > 4 * 1024 * 1024 && input.len() < 64 * 1024 {
             input.shrink_to(64 * 1024);
+        }
+    }
+}
+
+/// Runs a blocked command (see `cmd::blocking`) again each time one of
+/// its keys changes, until it answers or its timeout passes (a null
+/// array). What the client sends meanwhile is read into `input`, to run
+/// after it. Returns false when the client went away or was killed.
+async fn block<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    session: &mut Session,
+    out: &mut Reply,
+    sock: &mut S,
+    input: &mut Vec<u8>,
+    blocked: crate::cmd::blocking::Blocked,
+    out_limit: OutputBufferLimit,
+) -> std::io::Result<bool> {
+    // A pipeline's earlier replies go out before this one waits.
+    if !out.buf.is_empty() {
+        if !write_replies(sock, &out.buf, out_limit).await? {
+            return Ok(false);
+        }
+        server
+            .stats
+            .net_output_bytes
+            .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
+        out.buf.clear();
+    }
+    let ks = &server.node.ks;
+    let watch = ks.waiters.watch(blocked.db, blocked.keys);
+    let deadline = blocked.timeout.map(|t| tokio::time::Instant::now() + t);
+    let argv: Vec<&[u8]> = blocked.argv.iter().map(Vec::as_slice).collect();
+    let handle = session.handle.clone();
+    loop {
+        // Again at once: a change may have come between the first try
+        // and the watch.
+        let now_ms = ks.clock.physical_unix_ms();
+        crate::cmd::dispatch(server, session, out, &argv, now_ms);
+        if session.blocked.take().is_none() {
+            return Ok(true);
+        }
+        let timeout = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let reading = input.len() < server.tunables.query_buffer_limit.load(Ordering::Relaxed);
+        input.reserve(4096);
+        tokio::select! {
+            _ = watch.notify.notified() => {}
+            _ = timeout => {
+                out.null_array();
+                return Ok(true);
+            }
+            _ = handle.kill.notified() => return Ok(false),
+            read = sock.read_buf(input), if reading => {
+                if read? == 0 {
+                    return Ok(false);
+                }
+            }
+        }
+        if handle.killed.load(Ordering::Relaxed) {
+            return Ok(false);
         }
     }
 }

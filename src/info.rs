@@ -109,7 +109,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 "maxclients",
                 &server.tunables.maxclients.load(Ordering::Relaxed),
             );
-            line("blocked_clients", &0);
+            line("blocked_clients", &server.node.ks.waiters.blocked());
         }
         "memory" => {
             let rss = rss_bytes();

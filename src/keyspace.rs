@@ -463,6 +463,8 @@ pub struct Keyspace {
     /// whether its batch wrote (`appendfsync always`).
     local_writes: AtomicU64,
     tracking: bool,
+    /// Clients blocked on keys, woken by every change to them.
+    pub waiters: crate::waiters::Waiters,
 }
 
 /// The shards one command holds, in index order.
@@ -605,6 +607,7 @@ impl Keyspace {
             collected,
             local_writes: AtomicU64::new(0),
             tracking: false,
+            waiters: Default::default(),
         }
     }
 
@@ -1041,7 +1044,7 @@ impl Keyspace {
             self.local_writes.fetch_add(1, Ordering::Relaxed);
         }
         let floor = shard.dbs[db].floor;
-        Ok(shard.dbs[db].change(key, acked, |state| {
+        let result = shard.dbs[db].change(key, acked, |state| {
             let mut w = Writer {
                 state,
                 ks: self,
@@ -1060,7 +1063,9 @@ impl Keyspace {
                 w.apply(delete);
             }
             f(&mut w)
-        }))
+        });
+        self.waiters.wake(db, key);
+        Ok(result)
     }
 
     /// Applies a local FLUSHDB (`Some(db)`) or FLUSHALL (`None`) on all shards.

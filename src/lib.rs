@@ -27,6 +27,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod waiters;
 
 pub use config::Config;
 pub use node::{Node, NodeEnv};

@@ -505,6 +505,19 @@ impl Reply {
         }
     }
 
+    /// A sorted-set score: a double as [`Reply::double`], printed as
+    /// `format_score` prints it (`inf`, exponents).
+    pub fn score(&mut self, v: f64) {
+        let text = chorus_crdt::number::format_score(v);
+        if self.resp3 {
+            self.buf.push(b',');
+            self.buf.extend_from_slice(text.as_bytes());
+            self.buf.extend_from_slice(b"\r\n");
+        } else {
+            self.bulk(text.as_bytes());
+        }
+    }
+
     /// A verbatim text (INFO, CLIENT INFO): `=` in RESP3, bulk in RESP2.
     pub fn verbatim(&mut self, text: &str) {
         if self.resp3 {

@@ -161,6 +161,10 @@ pub struct Session {
     pub sleep: Option<Duration>,
     /// WAIT: its reply comes once enough peers acknowledged.
     pub wait: Option<crate::cmd::replication::PendingWait>,
+    /// A blocking command found nothing: the connection waits for its keys.
+    pub blocked: Option<crate::cmd::blocking::Blocked>,
+    /// Running EXEC's queue, where a blocking command must not block.
+    pub in_exec: bool,
 }
 
 impl Session {
@@ -177,6 +181,8 @@ impl Session {
             close: false,
             sleep: None,
             wait: None,
+            blocked: None,
+            in_exec: false,
         }
     }
 

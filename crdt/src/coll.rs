@@ -463,6 +463,28 @@ impl Coll {
         self.hash.get(Probe::new(field).as_keyed())
     }
 
+    /// A sorted-set member's element as this part holds it (a delta names
+    /// a member it removes with an empty one).
+    pub fn zset_named(&self, member: &[u8]) -> Option<&Elem<Score>> {
+        self.zset.get(Probe::new(member).as_keyed())
+    }
+
+    /// Whether `kind`'s element has counter increments (HINCRBY, ZINCRBY).
+    pub fn has_increments(&self, kind: Kind, key: &[u8]) -> bool {
+        let probe = Probe::new(key);
+        match kind {
+            Kind::Hash => self
+                .hash
+                .get(probe.as_keyed())
+                .is_some_and(|e| e.counts.is_some()),
+            Kind::ZSet => self
+                .zset
+                .get(probe.as_keyed())
+                .is_some_and(|e| e.counts.is_some()),
+            Kind::Set => false,
+        }
+    }
+
     /// A set member's adds.
     pub fn member_adds(&self, member: &[u8]) -> Option<&Adds> {
         self.set.get(Probe::new(member).as_keyed())

@@ -58,6 +58,47 @@ pub fn parse_float(s: &[u8]) -> Option<f64> {
     v.is_finite().then_some(v)
 }
 
+/// Parses a sorted-set score as Redis's `strtod` check does: any float,
+/// `inf`, `+inf`, `-inf` (any case, `infinity` too), never NaN, no spaces.
+pub fn parse_score(s: &[u8]) -> Option<f64> {
+    if let Some(v) = parse_float(s) {
+        return Some(v);
+    }
+    let text = std::str::from_utf8(s).ok()?;
+    let unsigned = text.trim_start_matches(['+', '-']);
+    if text.len() - unsigned.len() > 1
+        || !(unsigned.eq_ignore_ascii_case("inf") || unsigned.eq_ignore_ascii_case("infinity"))
+    {
+        return None;
+    }
+    Some(if text.starts_with('-') {
+        f64::NEG_INFINITY
+    } else {
+        f64::INFINITY
+    })
+}
+
+/// Formats a score: shortest round-trip digits (as Redis 7.2 replies;
+/// 7.0 printed 17 significant digits), an exponent for very large or
+/// small ones, `inf`, `-inf`, and `nan` (see docs/crdt-semantics.md: only
+/// concurrent increments of opposite infinities make one).
+pub fn format_score(v: f64) -> String {
+    if v.is_nan() {
+        return "nan".to_string();
+    }
+    if v.is_infinite() {
+        return if v > 0.0 { "inf" } else { "-inf" }.to_string();
+    }
+    let abs = v.abs();
+    if v == 0.0 {
+        "0".to_string()
+    } else if (1e-5..1e17).contains(&abs) {
+        format!("{v}")
+    } else {
+        format!("{v:e}")
+    }
+}
+
 /// Formats a float the way a user reads it: shortest round-trip digits, no
 /// exponent, integral values without a fraction, and no negative zero.
 pub fn format_float(v: f64) -> String {
@@ -70,6 +111,23 @@ pub fn format_float(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scores_parse_as_redis_and_print_shortest() {
+        assert_eq!(parse_score(b"1.5"), Some(1.5));
+        assert_eq!(parse_score(b"-inf"), Some(f64::NEG_INFINITY));
+        assert_eq!(parse_score(b"+INF"), Some(f64::INFINITY));
+        assert_eq!(parse_score(b"infinity"), Some(f64::INFINITY));
+        for bad in [&b"nan"[..], b"", b" 1", b"--inf", b"1x", b"inf "] {
+            assert_eq!(parse_score(bad), None, "{bad:?}");
+        }
+        assert_eq!(format_score(3.0), "3");
+        assert_eq!(format_score(0.1), "0.1");
+        assert_eq!(format_score(-0.0), "0");
+        assert_eq!(format_score(f64::INFINITY), "inf");
+        assert_eq!(format_score(1e300), "1e300");
+        assert_eq!(parse_score(format_score(1e-300).as_bytes()), Some(1e-300));
+    }
 
     #[test]
     fn ints_follow_redis_string2ll() {

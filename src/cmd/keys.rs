@@ -230,6 +230,7 @@ enum Value {
     Str(Vec<u8>),
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
     Set(Vec<Vec<u8>>),
+    ZSet(Vec<(Vec<u8>, f64)>),
 }
 
 impl Value {
@@ -246,7 +247,14 @@ impl Value {
             KeyType::Coll(Kind::Set) => Some(Value::Set(
                 state.coll()?.members().map(<[u8]>::to_vec).collect(),
             )),
-            KeyType::Coll(Kind::ZSet) => None,
+            KeyType::Coll(Kind::ZSet) => Some(Value::ZSet(
+                state
+                    .coll()?
+                    .zindex()
+                    .iter()
+                    .map(|e| (e.member.to_vec(), e.score))
+                    .collect(),
+            )),
         }
     }
 
@@ -255,14 +263,14 @@ impl Value {
     fn write(&self, w: &mut Writer<'_>, at: u64) {
         match self {
             Value::Str(v) => w.set(Some(v), at),
-            Value::Hash(_) | Value::Set(_) => {
+            Value::Hash(_) | Value::Set(_) | Value::ZSet(_) => {
                 if w.visible() {
                     w.set(None, 0);
                 }
-                let kind = if matches!(self, Value::Hash(_)) {
-                    Kind::Hash
-                } else {
-                    Kind::Set
+                let kind = match self {
+                    Value::Hash(_) => Kind::Hash,
+                    Value::Set(_) => Kind::Set,
+                    _ => Kind::ZSet,
                 };
                 let _ = w.coll_write(kind, |c, d, stamp| -> Result<(), ()> {
                     match self {
@@ -274,6 +282,11 @@ impl Value {
                         Value::Set(members) => {
                             for m in members {
                                 c.sadd_into(d, stamp, m);
+                            }
+                        }
+                        Value::ZSet(members) => {
+                            for (m, score) in members {
+                                c.zadd_into(d, stamp, m, *score);
                             }
                         }
                         Value::Str(_) => {}
@@ -311,6 +324,14 @@ impl Value {
                 }
                 out
             }
+            Value::ZSet(members) => {
+                let mut out = vec![DUMP_ZSET];
+                for (m, score) in members {
+                    item(&mut out, m);
+                    item(&mut out, &score.to_le_bytes());
+                }
+                out
+            }
         }
     }
 
@@ -337,6 +358,18 @@ impl Value {
                 Some(Value::Hash(pairs))
             }
             DUMP_SET => Some(Value::Set(items)),
+            DUMP_ZSET if items.len() % 2 == 0 => {
+                let mut members = Vec::with_capacity(items.len() / 2);
+                let mut it = items.into_iter();
+                while let (Some(m), Some(s)) = (it.next(), it.next()) {
+                    let score = f64::from_le_bytes(s.as_slice().try_into().ok()?);
+                    if score.is_nan() {
+                        return None;
+                    }
+                    members.push((m, score));
+                }
+                Some(Value::ZSet(members))
+            }
             _ => None,
         }
     }
@@ -513,7 +546,8 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "    Return the kind of internal representation used in order to store the value",
             "    associated with a <key>: register (a last-writer-wins value), counter (a",
             "    value with per-node increments), ormap (a hash: an observed-remove map of",
-            "    fields) or orset (a set: an observed-remove set, add wins).",
+            "    fields), orset (a set: an observed-remove set, add wins) or orzset (a sorted",
+            "    set: an observed-remove set of members with scores, and a score index).",
             "FREQ <key>",
             "    Not tracked: Chorus keeps no access frequency (no LFU eviction).",
             "IDLETIME <key>",
@@ -627,6 +661,7 @@ const DUMP_VERSION: u8 = 1;
 const DUMP_STRING: u8 = 0;
 const DUMP_HASH: u8 = 1;
 const DUMP_SET: u8 = 2;
+const DUMP_ZSET: u8 = 3;
 
 fn dump_payload(value: &Value) -> Vec<u8> {
     let body = value.encode();

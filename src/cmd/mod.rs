@@ -9,6 +9,7 @@
 
 mod args;
 mod bits;
+pub mod blocking;
 mod client;
 mod command;
 mod config;
@@ -23,6 +24,7 @@ pub mod replication;
 mod server;
 mod sets;
 mod strings;
+mod zsets;
 
 pub use args::Args;
 pub use error::Error;
@@ -169,6 +171,7 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .chain(keys::COMMANDS)
         .chain(hashes::COMMANDS)
         .chain(sets::COMMANDS)
+        .chain(zsets::COMMANDS)
         .chain(expire::COMMANDS)
         .chain(connection::COMMANDS)
         .chain(client::COMMANDS)

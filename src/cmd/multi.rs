@@ -118,12 +118,14 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     }
     end_multi(x);
     x.out.array(queue.len());
+    x.session.in_exec = true;
     for q in &queue {
         let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
         if let Err(e) = (q.spec.run)(x, &args) {
             super::reply_error(x.server, x.out, &e.text());
         }
     }
+    x.session.in_exec = false;
     Ok(())
 }
 

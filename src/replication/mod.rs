@@ -1451,6 +1451,7 @@ fn apply(
             );
             count(live);
             drop(locked);
+            ks.waiters.wake(db, key);
             ks.conflicts
                 .record(db, key, ks.clock.physical_unix_ms(), conflicts);
         }
