@@ -2036,3 +2036,73 @@ fn hashes_and_sets_written_on_both_sides_of_a_partition_converge() {
     let digests = |v: &redis::Value| format!("{v:?}").split("digests").nth(1).map(String::from);
     assert_eq!(digests(&da), digests(&db));
 }
+
+/// Sorted sets across a partition: concurrent ZINCRBYs sum, the later of
+/// two concurrent ZADDs of one member wins (a conflict naming it), a ZREM
+/// removes only the score it saw, and every node orders the result alike.
+/// A BZPOPMIN blocked on B wakes for a ZADD made on A.
+#[test]
+fn sorted_sets_written_on_both_sides_of_a_partition_converge() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<i64>(
+        &mut ca,
+        &["ZADD", "z", "1", "base", "2", "contested", "3", "dropped"],
+    );
+    q::<String>(&mut ca, &["ZINCRBY", "z", "5", "counter"]);
+    wait_until("the base on B", || q::<i64>(&mut cb, &["ZCARD", "z"]) == 4);
+
+    let (pa_s, pb_s) = (pa.to_string(), pb.to_string());
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    std::thread::sleep(Duration::from_millis(200));
+
+    q::<String>(&mut ca, &["ZINCRBY", "z", "10", "counter"]);
+    q::<i64>(&mut ca, &["ZADD", "z", "20", "contested"]);
+    q::<i64>(&mut ca, &["ZREM", "z", "dropped"]);
+    q::<i64>(&mut ca, &["ZADD", "z", "7", "only-a"]);
+    std::thread::sleep(Duration::from_millis(5));
+    q::<String>(&mut cb, &["ZINCRBY", "z", "100", "counter"]);
+    q::<i64>(&mut cb, &["ZADD", "z", "30", "contested"]);
+    q::<i64>(&mut cb, &["ZADD", "z", "-1", "only-b"]);
+
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    let expected: Vec<(String, f64)> = [
+        ("only-b", -1.0),
+        ("base", 1.0),
+        ("only-a", 7.0),
+        ("contested", 30.0),
+        ("counter", 115.0),
+    ]
+    .into_iter()
+    .map(|(m, s)| (m.to_string(), s))
+    .collect();
+    wait_until("both nodes converged", || {
+        let za: Vec<(String, f64)> = q(&mut ca, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]);
+        let zb: Vec<(String, f64)> = q(&mut cb, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]);
+        za == expected && zb == expected
+    });
+    assert_eq!(q::<i64>(&mut ca, &["ZRANK", "z", "contested"]), 3);
+    assert_eq!(q::<i64>(&mut cb, &["ZREVRANK", "z", "only-b"]), 4);
+    let logged: redis::Value = q(&mut ca, &["CRDT.CONFLICTS", "MATCH", "z"]);
+    let text = format!("{logged:?}");
+    assert!(text.contains("contested"), "{text}");
+
+    // A client blocked on B is woken by a write replicated from A.
+    let mut waiter = b.conn();
+    let blocked = std::thread::spawn(move || {
+        let got: Vec<String> = q(&mut waiter, &["BZPOPMIN", "queue", "10"]);
+        got
+    });
+    wait_until("the client blocked on B", || {
+        q::<String>(&mut cb, &["INFO", "clients"]).contains("blocked_clients:1")
+    });
+    q::<i64>(&mut ca, &["ZADD", "queue", "3", "job"]);
+    assert_eq!(blocked.join().unwrap(), vec!["queue", "job", "3"]);
+    wait_until("the pop reached A", || {
+        q::<i64>(&mut ca, &["EXISTS", "queue"]) == 0
+    });
+}
