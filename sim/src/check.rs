@@ -234,7 +234,13 @@ fn get(reg: &Registry, slot: usize, key: &str) -> Result<Option<String>, Failure
         Some((hash, field)) => {
             cluster::command(reg, slot, &[b"HGET", hash.as_bytes(), field.as_bytes()])
         }
-        None => cluster::command(reg, slot, &[b"GET", key.as_bytes()]),
+        None => match key.strip_prefix("g:").and_then(|k| k.split_once(':')) {
+            // A counter member's "g:zset:member" reads with ZSCORE.
+            Some((zset, member)) => {
+                cluster::command(reg, slot, &[b"ZSCORE", zset.as_bytes(), member.as_bytes()])
+            }
+            None => cluster::command(reg, slot, &[b"GET", key.as_bytes()]),
+        },
     }
     .ok_or_else(|| Failure::new("liveness", format!("n{slot} went down while checking")))?;
     let text = String::from_utf8_lossy(&reply).into_owned();
@@ -374,8 +380,9 @@ fn check_all(
             .push(w);
     }
     for (key, writes) in &by_key {
-        // Counters: keys "c*", and counter fields "f:hash:field".
-        let is_counter = key.starts_with('c') || key.starts_with("f:");
+        // Counters: keys "c*", counter fields "f:hash:field" and counter
+        // members "g:zset:member".
+        let is_counter = key.starts_with('c') || key.starts_with("f:") || key.starts_with("g:");
         let is_register = key.starts_with('r');
         if !is_counter && !is_register {
             continue;

@@ -572,7 +572,23 @@ impl Run<'_> {
             }
             // Counter fields: only increments, as the counters above; each
             // (hash, field) is checked like a counter key ("f:hash:field").
-            715..765 => {
+            // Sorted-set members only ZINCRBY touches: checked the same way
+            // ("g:zset:member", read with ZSCORE).
+            745..765 => {
+                let (z, m) = (self.rng.random_range(0..2), self.rng.random_range(0..3));
+                let by = self.rng.random_range(-5i64..=10);
+                let (key, member) = (format!("zc{z}"), format!("n{m}"));
+                (
+                    vec![
+                        "ZINCRBY".into(),
+                        key.clone(),
+                        by.to_string(),
+                        member.clone(),
+                    ],
+                    vec![(format!("g:{key}:{member}"), WriteKind::Incr(by))],
+                )
+            }
+            715..745 => {
                 let (h, f) = (self.rng.random_range(0..2), self.rng.random_range(0..3));
                 let by = self.rng.random_range(-5i64..=10);
                 let (key, field) = (format!("hc{h}"), format!("n{f}"));
@@ -583,7 +599,33 @@ impl Run<'_> {
             }
             // Hashes and sets in every form, a SET over one now and then (a
             // type clash): checked for convergence.
-            765..855 => {
+            // Sorted sets in every form, clashing with sets and strings.
+            830..855 => {
+                let n = self.rng.random_range(0..3);
+                let z = format!("z{n}");
+                let member = format!("m{}", self.rng.random_range(0..6));
+                let score = self.rng.random_range(-3i64..=3).to_string();
+                let args: Vec<String> = match self.rng.random_range(0..16) {
+                    0..5 => vec!["ZADD".into(), z, score, member],
+                    5..7 => vec![
+                        "ZADD".into(),
+                        z,
+                        "GT".into(),
+                        score,
+                        member,
+                        "1".into(),
+                        "m9".into(),
+                    ],
+                    7..10 => vec!["ZINCRBY".into(), z, score, member],
+                    10..12 => vec!["ZREM".into(), z, member],
+                    12 => vec!["ZPOPMIN".into(), z],
+                    13 => vec!["ZREMRANGEBYSCORE".into(), z, "-1".into(), "1".into()],
+                    14 => vec!["DEL".into(), z],
+                    _ => vec!["SADD".into(), z, member],
+                };
+                (args, Vec::new())
+            }
+            765..830 => {
                 let n = self.rng.random_range(0..4);
                 let (h, s) = (format!("h{n}"), format!("s{n}"));
                 let field = format!("f{}", self.rng.random_range(0..4));
@@ -720,9 +762,12 @@ impl Run<'_> {
         }
         for (i, (key, kind)) in kinds.into_iter().enumerate() {
             let seq = after - keyed + 1 + i as u64;
-            // A counter field's pseudo-key: "f:hash:field".
+            // A counter field's pseudo-key "f:hash:field", or a counter
+            // member's "g:zset:member".
+            let is_member = key.starts_with("g:");
             let field = key
                 .strip_prefix("f:")
+                .or_else(|| key.strip_prefix("g:"))
                 .and_then(|k| k.split_once(':'))
                 .map(|(k, f)| (k.to_string(), f.to_string()));
             let state = match &field {
@@ -736,12 +781,13 @@ impl Run<'_> {
                 (WriteKind::Incr(_), Some(s)) if field.is_some() => (
                     None,
                     field.as_ref().and_then(|(_, f)| {
-                        s.coll()?
-                            .field_elem(f.as_bytes())?
-                            .counts
-                            .as_ref()?
-                            .get(&node)
-                            .map(|t| t.epoch)
+                        let c = s.coll()?;
+                        let counts = if is_member {
+                            c.zset_named(f.as_bytes())?.counts.as_ref()?
+                        } else {
+                            c.field_elem(f.as_bytes())?.counts.as_ref()?
+                        };
+                        counts.get(&node).map(|t| t.epoch)
                     }),
                 ),
                 (WriteKind::Incr(_), Some(s)) => (
