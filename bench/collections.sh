@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Hash and set commands, Chorus vs redis-server, side by side in one run (#13).
+# Hash, set and sorted-set commands, Chorus vs redis-server, side by side in one run (#13).
 #
 #   bench/collections.sh                   # full run
 #   N=200000 ROUNDS=1 bench/collections.sh # quick look
@@ -7,9 +7,10 @@
 # Throughput: redis-benchmark -n $N -r 100000 -c 50 -P 16 on one hash and one set
 # (redis-benchmark's own HSET and SADD tests: fields and members element:0..99999),
 # then HGET and SISMEMBER of random fields and members of them, and HINCRBY of 1,000
-# counter fields. Each server is pinned to CPU 0 and redis-benchmark to CPU 1 (taskset);
+# counter fields; ZADD of random scores to random members of one sorted set (about
+# 100k members), ZINCRBY, ZSCORE, ZRANGE 0 9 and ZREVRANK on it. Each server is pinned to CPU 0 and redis-benchmark to CPU 1 (taskset);
 # the servers alternate over $ROUNDS rounds and the table reports medians.
-# Memory: RSS growth for a 1M-element hash and set, and 100k hashes of 10 fields
+# Memory: RSS growth for a 1M-element hash, set and sorted set, and 100k hashes of 10 fields
 # (which redis-server keeps as listpacks), loaded with redis-cli --pipe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -61,6 +62,11 @@ for round in $(seq 1 "$ROUNDS"); do
             bench "$port" SISMEMBER SISMEMBER myset element:__rand_int__
             bench "$port" HINCRBY HINCRBY counters field:__rand_int__ 1
             bench "$port" INCR INCR counter:__rand_int__
+            bench "$port" ZADD ZADD lb __rand_int__ element:__rand_int__
+            bench "$port" ZINCRBY ZINCRBY lb 1 element:__rand_int__
+            bench "$port" ZSCORE ZSCORE lb element:__rand_int__
+            bench "$port" ZRANGE ZRANGE lb 0 9
+            bench "$port" ZREVRANK ZREVRANK lb element:__rand_int__
         } | while read -r test rps; do echo "$server $test $rps" >> "$RESULTS"; done
         stop "$pid"
         echo "round $round: $server done" >&2
@@ -70,7 +76,7 @@ done
 echo
 echo "Throughput, ops/s (median of $ROUNDS rounds; -n $N -r 100000 -c 50 -P 16; server on CPU 0, client on CPU 1)"
 printf '%-10s %12s %12s %8s\n' test redis chorus ratio
-for t in HSET SADD HGET SISMEMBER HINCRBY INCR; do
+for t in HSET SADD HGET SISMEMBER HINCRBY INCR ZADD ZINCRBY ZSCORE ZRANGE ZREVRANK; do
     r=$(awk -v t="$t" '$1=="redis" && $2==t {print $3}' "$RESULTS" | median)
     c=$(awk -v t="$t" '$1=="chorus" && $2==t {print $3}' "$RESULTS" | median)
     awk -v t="$t" -v r="$r" -v c="$c" 'BEGIN {printf "%-10s %12.0f %12.0f %8.2f\n", t, r, c, c / r}'
@@ -90,6 +96,9 @@ with open(work + "/hash.resp", "wb") as f:
 with open(work + "/set.resp", "wb") as f:
     for i in range(n):
         f.write(cmd(b"SADD", b"bigset", b"member:%011d" % i))
+with open(work + "/zset.resp", "wb") as f:
+    for i in range(n):
+        f.write(cmd(b"ZADD", b"bigzset", b"%d" % (i * 7919 % n), b"member:%011d" % i))
 with open(work + "/small.resp", "wb") as f:
     for i in range(small):
         args = [b"HSET", b"user:%010d" % i]
@@ -102,7 +111,7 @@ echo
 echo "Memory: RSS growth per element (fields 18 bytes, values 16; members 18 bytes; small hashes: 10 fields of 6 bytes, values 16)"
 printf '%-8s %-22s %14s\n' server load bytes_per_element
 for server in redis chorus; do
-    for load in hash set small; do
+    for load in hash set zset small; do
         case $server in
             redis) read -r pid port < <(start_redis) ;;
             chorus) read -r pid port < <(start_chorus) ;;
@@ -114,6 +123,7 @@ for server in redis chorus; do
         case $load in
             hash) elements=$(redis-cli -p "$port" HLEN bighash) ;;
             set) elements=$(redis-cli -p "$port" SCARD bigset) ;;
+            zset) elements=$(redis-cli -p "$port" ZCARD bigzset) ;;
             small) elements=$(( $(redis-cli -p "$port" DBSIZE) * 10 )) ;;
         esac
         per=$(awk -v a="$after" -v b="$before" -v k="$elements" 'BEGIN {printf "%d", (a - b) * 1024 / k}')

@@ -583,17 +583,11 @@ impl Coll {
     }
 
     fn elem_score(&self, member: &[u8], e: &Elem<Score>) -> Option<f64> {
-        if e.is_empty() {
-            return None;
-        }
-        let base = e.winner().map_or(0.0, |w| w.value.0);
-        Some(match &e.counts {
-            None => base,
-            Some(c) => {
-                let sum = elem_sum(Some(c), self.removed_of(Kind::ZSet, member));
-                base + sum.float + sum.int as f64
-            }
-        })
+        let removed = match &e.counts {
+            Some(_) => self.removed_of(Kind::ZSet, member),
+            None => None,
+        };
+        score_of(e, removed)
     }
 
     /// The sorted set in order (by score, then member), built on first use.
@@ -619,6 +613,11 @@ impl Coll {
             return;
         }
         let new = self.score(member);
+        self.reindex_to(member, old, new);
+    }
+
+    /// Moves `member` in a built index from `old` to `new`.
+    fn reindex_to(&mut self, member: &[u8], old: Option<f64>, new: Option<f64>) {
         if old.map(f64::to_bits) == new.map(f64::to_bits) {
             return;
         }
@@ -971,8 +970,63 @@ impl Coll {
             e.writes.push(write);
         }
         self.note_local(stamp, Kind::ZSet, dot);
-        self.reindex(member, old);
+        self.reindex_to(member, old, Some(score));
         Some(old)
+    }
+
+    /// ZINCRBY here in one walk of the sorted set: `check` sees the
+    /// member's score (absent for a new member) and may refuse; returns
+    /// the score after.
+    pub fn zincr_here<E>(
+        &mut self,
+        stamp: Stamp,
+        member: &[u8],
+        by: f64,
+        check: impl FnOnce(Option<f64>) -> Result<(), E>,
+        delta: Option<&mut Coll>,
+    ) -> Result<f64, E> {
+        let probe = Probe::new(member);
+        let removed = if self.removed.is_empty() {
+            None
+        } else {
+            self.removed.get(&(Kind::ZSet, member.to_vec()))
+        };
+        let next = |current: Option<&Tally>| Tally::next(current, stamp, 0, by, true);
+        let (old, new, tally) = match self.zset.get_mut(probe.as_keyed()) {
+            Some(e) => {
+                let old = score_of(e, removed);
+                check(old)?;
+                let counts = e.counts.get_or_insert_with(Default::default);
+                let t = next(counts.get(&stamp.node));
+                counts.upsert(stamp.node, t, |mine, new| *mine = new);
+                (old, score_of(e, removed), t)
+            }
+            None => {
+                check(None)?;
+                let t = next(None);
+                let e = Elem {
+                    writes: SmallVec::new(),
+                    counts: Some(Box::new(NodeMap::single(stamp.node, t))),
+                };
+                let new = score_of(&e, removed);
+                self.zset.insert(probe.to_key(), e);
+                (None, new, t)
+            }
+        };
+        if let Some(d) = delta {
+            d.zset
+                .entry(probe.to_key())
+                .or_default()
+                .counts
+                .get_or_insert_with(Default::default)
+                .upsert(stamp.node, tally, |mine, new| *mine = new);
+        }
+        if (stamp, Kind::ZSet) > (self.at, self.kind) {
+            self.at = stamp;
+            self.kind = Kind::ZSet;
+        }
+        self.reindex_to(member, old, new);
+        Ok(new.unwrap_or(0.0))
     }
 
     /// HINCRBY or HINCRBYFLOAT here in one walk of the hash: `check` sees
@@ -1534,6 +1588,22 @@ fn forget_in<V>(
     if e.is_empty() {
         map.remove(key);
     }
+}
+
+/// A sorted-set element's score: its winning ZADD (0 without one) plus
+/// the increments `removed` does not cover; `None` for an empty element.
+fn score_of(e: &Elem<Score>, removed: Option<&Removed>) -> Option<f64> {
+    if e.is_empty() {
+        return None;
+    }
+    let base = e.winner().map_or(0.0, |w| w.value.0);
+    Some(match &e.counts {
+        None => base,
+        Some(c) => {
+            let sum = elem_sum(Some(c), removed);
+            base + sum.float + sum.int as f64
+        }
+    })
 }
 
 fn elem_stamps<V>(e: &Elem<V>) -> impl Iterator<Item = Stamp> + '_ {

@@ -195,16 +195,23 @@ fn add_scores(
         let mut done = Added::default();
         if f.incr {
             let (by, m) = scored[0];
-            let cur = c.score(m);
-            match f.decide(cur, by) {
-                Err(e) => return Some(Err(e)),
-                Ok(None) => return Some(Ok(done)),
-                Ok(Some(_)) => {}
-            }
-            c.incr_here(Kind::ZSet, m, stamp, (0, by, true), d);
-            done.added = i64::from(cur.is_none());
-            done.score = c.score(m);
-            return Some(Ok(done));
+            // Err(None): the flags leave the member alone.
+            let check = |cur: Option<f64>| match f.decide(cur, by) {
+                Err(e) => Err(Some(e)),
+                Ok(None) => Err(None),
+                Ok(Some(_)) => {
+                    done.added = i64::from(cur.is_none());
+                    Ok(())
+                }
+            };
+            return Some(match c.zincr_here(stamp, m, by, check, d) {
+                Ok(score) => Ok(Added {
+                    score: Some(score),
+                    ..done
+                }),
+                Err(Some(e)) => Err(e),
+                Err(None) => Ok(Added::default()),
+            });
         }
         // A member with increments anywhere takes the general path (its
         // removal record), for all of them.
