@@ -486,6 +486,17 @@ fn crdt_state_shows_a_collections_metadata() {
     let state: BTreeMap<String, redis::Value> = q(&mut c, &["CRDT.STATE", "s"]);
     assert_eq!(state["type"], redis::Value::BulkString(b"set".to_vec()));
     assert!(format!("{:?}", state["collection"]).contains("set m adds=["));
+    q::<i64>(&mut c, &["ZADD", "z", "1.5", "m"]);
+    q::<String>(&mut c, &["ZINCRBY", "z", "2", "m"]);
+    let state: BTreeMap<String, redis::Value> = q(&mut c, &["CRDT.STATE", "z"]);
+    assert_eq!(state["type"], redis::Value::BulkString(b"zset".to_vec()));
+    let text = format!("{:?}", state["collection"]);
+    assert!(
+        text.contains("zset m score=3.5 writes=[")
+            && text.contains("=1.5]")
+            && text.contains("float=2"),
+        "{text}"
+    );
     q::<String>(&mut c, &["SET", "str", "x"]);
     let state: BTreeMap<String, redis::Value> = q(&mut c, &["CRDT.STATE", "str"]);
     assert_eq!(state["type"], redis::Value::BulkString(b"string".to_vec()));

@@ -771,3 +771,78 @@ fn bzpopmin_waits_for_a_write_by_another_client() {
     let info: String = q(&mut c, &["INFO", "clients"]);
     assert!(info.contains("blocked_clients:0"), "{info}");
 }
+
+#[test]
+fn sort_orders_sets_and_sorted_sets() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["SADD", "nums", "10", "2", "33", "-1"]);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["SORT", "nums"]),
+        vec!["-1", "2", "10", "33"]
+    );
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["SORT", "nums", "DESC", "LIMIT", "1", "2"]),
+        vec!["10", "2"]
+    );
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["SORT_RO", "nums", "ALPHA"]),
+        vec!["-1", "10", "2", "33"]
+    );
+    q::<i64>(&mut c, &["SADD", "words", "b", "a", "c"]);
+    assert!(err(&mut c, &["SORT", "words"])
+        .contains("One or more scores can't be converted into double"));
+    // BY and GET through string keys and hash fields; # is the element.
+    q::<i64>(
+        &mut c,
+        &["ZADD", "users", "1", "ann", "2", "bob", "3", "cy"],
+    );
+    for (u, age, name) in [
+        ("ann", "40", "Ann"),
+        ("bob", "20", "Bob"),
+        ("cy", "30", "Cy"),
+    ] {
+        q::<()>(&mut c, &["SET", &format!("age:{u}"), age]);
+        q::<i64>(&mut c, &["HSET", &format!("user:{u}"), "name", name]);
+    }
+    assert_eq!(
+        q::<Vec<String>>(
+            &mut c,
+            &[
+                "SORT",
+                "users",
+                "BY",
+                "age:*",
+                "GET",
+                "#",
+                "GET",
+                "user:*->name"
+            ]
+        ),
+        vec!["bob", "Bob", "cy", "Cy", "ann", "Ann"]
+    );
+    assert_eq!(
+        q::<Vec<Option<String>>>(
+            &mut c,
+            &["SORT", "users", "BY", "nosort", "GET", "missing:*"]
+        ),
+        vec![None, None, None],
+        "BY without * keeps the sorted set's order; a missing GET key is nil"
+    );
+    assert_eq!(
+        q::<Vec<String>>(
+            &mut c,
+            &["SORT", "users", "BY", "user:*->name", "ALPHA", "DESC"]
+        ),
+        vec!["cy", "bob", "ann"]
+    );
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["SORT", "absent"]),
+        Vec::<String>::new()
+    );
+    q::<()>(&mut c, &["SET", "str", "x"]);
+    assert!(err(&mut c, &["SORT", "str"]).contains("WRONGTYPE"));
+    assert!(err(&mut c, &["SORT", "nums", "LIMIT", "1"]).contains("syntax error"));
+    assert!(err(&mut c, &["SORT_RO", "nums", "STORE", "dst"]).contains("syntax error"));
+    assert!(err(&mut c, &["SORT", "nums", "STORE", "dst"]).contains("no lists yet"));
+}

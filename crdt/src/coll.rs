@@ -1259,6 +1259,73 @@ impl Coll {
         conflicts
     }
 
+    /// The element writes, adds and counter segments here stamped before
+    /// `flush`, each with its element: what a flush that had not seen them
+    /// removes (see `KeyState::lost_to_flush`).
+    pub fn lost_to_flush(&self, flush: Stamp) -> Vec<(Vec<u8>, Side)> {
+        let mut lost = Vec::new();
+        fn elems<V>(
+            lost: &mut Vec<(Vec<u8>, Side)>,
+            kind: Kind,
+            map: &BTreeMap<EKey, Elem<V>>,
+            removed: &BTreeMap<(Kind, Vec<u8>), Removed>,
+            flush: Stamp,
+            side: fn(&Write<V>) -> Side,
+        ) {
+            for (key, e) in map {
+                for w in e.writes.iter().filter(|w| w.stamp() < flush) {
+                    lost.push((key.bytes().to_vec(), side(w)));
+                }
+                let r = removed.get(&(kind, key.bytes().to_vec()));
+                for (node, t) in e.counts.iter().flat_map(|c| c.iter()) {
+                    let surviving = t.surviving(r.and_then(|r| r.tallies.get(node)));
+                    if let Some(s) = surviving.filter(|s| s.epoch < flush) {
+                        lost.push((
+                            key.bytes().to_vec(),
+                            Side {
+                                origin: *node,
+                                stamp: s.epoch,
+                                what: Summary::Increment {
+                                    int: s.int,
+                                    float: s.float,
+                                },
+                            },
+                        ));
+                    }
+                }
+            }
+        }
+        elems(
+            &mut lost,
+            Kind::Hash,
+            &self.hash,
+            &self.removed,
+            flush,
+            blob_side,
+        );
+        elems(
+            &mut lost,
+            Kind::ZSet,
+            &self.zset,
+            &self.removed,
+            flush,
+            score_side,
+        );
+        for (key, adds) in &self.set {
+            for a in adds.iter().filter(|a| a.stamp() < flush) {
+                lost.push((
+                    key.bytes().to_vec(),
+                    Side {
+                        origin: a.dot.node,
+                        stamp: a.stamp(),
+                        what: Summary::Value(key.bytes().to_vec()),
+                    },
+                ));
+            }
+        }
+        lost
+    }
+
     /// Drops every element write, add and counter segment stamped before
     /// `floor` (a flush, or the key's expiry floor), and their records.
     pub fn prune(&mut self, floor: Stamp) {

@@ -900,6 +900,13 @@ impl KeyState {
                     }));
                 }
             }
+            if let Some(c) = &x.coll {
+                for (element, loser) in c.lost_to_flush(flush) {
+                    let mut conflict = lost(loser);
+                    conflict.element = Some(element);
+                    conflicts.push(conflict);
+                }
+            }
         }
         conflicts
     }

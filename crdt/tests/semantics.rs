@@ -1,6 +1,6 @@
 //! One test per semantic rule of DESIGN.md, each a race between two nodes.
 
-use chorus_crdt::{decode, encode, ConflictKind, KeyState, NodeId, Read, Stamp, Summary};
+use chorus_crdt::{decode, encode, ConflictKind, KeyState, Kind, NodeId, Read, Stamp, Summary};
 
 const A: NodeId = NodeId(1);
 const B: NodeId = NodeId(2);
@@ -726,6 +726,47 @@ fn a_delta_stamped_before_a_flush_is_lost_to_it() {
             .lost_to_flush(flush)
             .is_empty(),
         "a delete loses nothing"
+    );
+}
+
+/// A collection command's delta that a flush had not seen loses each of
+/// its element writes to it, named by element; removals lose nothing.
+#[test]
+fn element_writes_stamped_before_a_flush_are_lost_to_it_by_element() {
+    let flush = at(100, A);
+    let empty = KeyState::default();
+    let s = at(50, B);
+    let hset = empty.coll_write(s, Kind::Hash, |c, d| c.hset_into(d, s, b"f", b"v"));
+    let lost = hset.lost_to_flush(flush);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].element.as_deref(), Some(&b"f"[..]));
+    assert_eq!(lost[0].loser.what, Summary::Value(b"v".to_vec()));
+    let zincr = empty.coll_write(s, Kind::ZSet, |c, d| {
+        c.incr_into(d, Kind::ZSet, b"m", s, (0, 2.5, true))
+    });
+    let lost = zincr.lost_to_flush(flush);
+    assert_eq!(lost.len(), 1);
+    assert_eq!(lost[0].element.as_deref(), Some(&b"m"[..]));
+    assert_eq!(
+        lost[0].loser.what,
+        Summary::Increment { int: 0, float: 2.5 }
+    );
+    let sadd = empty.coll_write(s, Kind::Set, |c, d| {
+        c.sadd_into(d, s, b"x");
+        c.sadd_into(d, s, b"y");
+    });
+    assert_eq!(sadd.lost_to_flush(flush).len(), 2);
+    let later = at(150, B);
+    let after = empty.coll_write(later, Kind::Set, |c, d| c.sadd_into(d, later, b"x"));
+    assert!(after.lost_to_flush(flush).is_empty());
+    let mut held = KeyState::default();
+    held.merge(&sadd);
+    let srem = held.coll_write(s, Kind::Set, |c, d| {
+        c.remove_elem_into(d, Kind::Set, b"x", s)
+    });
+    assert!(
+        srem.lost_to_flush(flush).is_empty(),
+        "a removal loses nothing"
     );
 }
 

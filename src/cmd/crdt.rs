@@ -363,6 +363,41 @@ fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
             adds.join(" ")
         ));
     }
+    for (m, e) in c.zset.iter().take(STATE_ELEMENTS) {
+        let writes: Vec<String> = e
+            .writes
+            .iter()
+            .map(|w| {
+                format!(
+                    "{}:{}@{}={}",
+                    w.dot.node,
+                    w.dot.n,
+                    w.stamp(),
+                    chorus_crdt::number::format_score(w.value.0)
+                )
+            })
+            .collect();
+        let counts: Vec<String> = e
+            .counts
+            .iter()
+            .flat_map(|c| c.iter())
+            .map(|(node, t)| {
+                format!(
+                    "node={node} epoch={} ops={} float={}",
+                    t.epoch, t.ops, t.float
+                )
+            })
+            .collect();
+        let score = c
+            .score(m.bytes())
+            .map_or_else(|| "none".to_string(), chorus_crdt::number::format_score);
+        lines.push(format!(
+            "zset {} score={score} writes=[{}] counts=[{}]",
+            String::from_utf8_lossy(m.bytes()),
+            writes.join(" "),
+            counts.join(" ")
+        ));
+    }
     out.bulk_str("elements");
     out.array(lines.len());
     for l in &lines {

@@ -23,6 +23,7 @@ mod multi;
 pub mod replication;
 mod server;
 mod sets;
+mod sort;
 mod strings;
 mod zsets;
 
@@ -172,6 +173,7 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .chain(hashes::COMMANDS)
         .chain(sets::COMMANDS)
         .chain(zsets::COMMANDS)
+        .chain(sort::COMMANDS)
         .chain(expire::COMMANDS)
         .chain(connection::COMMANDS)
         .chain(client::COMMANDS)
