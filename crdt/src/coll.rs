@@ -77,9 +77,39 @@ impl Add {
 /// A member's surviving adds: almost always one.
 pub type Adds = SmallVec<[Add; 1]>;
 
-/// A hash field's value.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct Blob(#[serde(with = "serde_bytes")] pub Box<[u8]>);
+/// A hash field's value: inline up to 16 bytes (no allocation, which
+/// malloc would round up to 32 bytes), on the heap past that.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Blob(pub SmallVec<[u8; 16]>);
+
+impl Blob {
+    pub fn new(bytes: &[u8]) -> Blob {
+        Blob(SmallVec::from_slice(bytes))
+    }
+
+    /// Heap bytes held besides itself (none when inline).
+    pub fn heap_len(&self) -> usize {
+        if self.0.spilled() {
+            self.0.capacity()
+        } else {
+            0
+        }
+    }
+}
+
+/// Encoded as bytes, as the boxed slice it replaced was.
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Blob, D::Error> {
+        let bytes: serde_bytes::ByteBuf = Deserialize::deserialize(d)?;
+        Ok(Blob::new(&bytes))
+    }
+}
 
 /// A sorted-set score, ordered totally (scores are never NaN).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
@@ -599,7 +629,7 @@ impl Coll {
                     .filter_map(|(k, e)| {
                         Some(Entry {
                             score: self.elem_score(k.bytes(), e)?,
-                            member: k.bytes().into(),
+                            member: crate::ekey::ElemBytes::from_slice(k.bytes()),
                         })
                     })
                     .collect(),
@@ -743,7 +773,7 @@ impl Coll {
         elem.writes.push(Write {
             dot,
             time: stamp.time,
-            value: Blob(value.into()),
+            value: Blob::new(value),
         });
     }
 
@@ -845,7 +875,7 @@ impl Coll {
         let write = Write {
             dot,
             time: stamp.time,
-            value: Blob(value.into()),
+            value: Blob::new(value),
         };
         let for_delta = delta.is_some().then(|| write.clone());
         let probe = Probe::new(field);
@@ -1612,20 +1642,20 @@ impl Coll {
         let elem = std::mem::size_of::<EKey>() + NODE_SLACK;
         let mut n = self.ctx.heap_bytes();
         for (k, e) in &self.hash {
-            n += elem + std::mem::size_of::<Elem<Blob>>() + k.bytes().len();
-            n += e.writes.iter().map(|w| w.value.0.len()).sum::<usize>();
+            n += elem + std::mem::size_of::<Elem<Blob>>() + k.heap_len();
+            n += e.writes.iter().map(|w| w.value.heap_len()).sum::<usize>();
             if e.writes.spilled() {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Blob>>();
             }
         }
         for (k, a) in &self.set {
-            n += elem + std::mem::size_of::<Adds>() + k.bytes().len();
+            n += elem + std::mem::size_of::<Adds>() + k.heap_len();
             if a.spilled() {
                 n += a.capacity() * std::mem::size_of::<Add>();
             }
         }
         for (k, e) in &self.zset {
-            n += elem + std::mem::size_of::<Elem<Score>>() + k.bytes().len();
+            n += elem + std::mem::size_of::<Elem<Score>>() + k.heap_len();
             if e.writes.spilled() {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Score>>();
             }

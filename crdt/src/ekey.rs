@@ -11,21 +11,35 @@ use std::borrow::Borrow;
 use std::cmp::Ordering;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use smallvec::SmallVec;
 
 use crate::digest::stable_hash;
+
+/// Bytes kept inline up to 24 (most fields and members: no allocation of
+/// their own, which malloc would round up to 32 bytes), on the heap past.
+pub type ElemBytes = SmallVec<[u8; 24]>;
 
 /// See the module doc.
 #[derive(Debug, Clone)]
 pub struct EKey {
     hash: u64,
-    bytes: Box<[u8]>,
+    bytes: ElemBytes,
 }
 
 impl EKey {
     pub fn new(bytes: &[u8]) -> EKey {
         EKey {
             hash: stable_hash(bytes),
-            bytes: bytes.into(),
+            bytes: ElemBytes::from_slice(bytes),
+        }
+    }
+
+    /// Heap bytes this key holds besides itself (none when inline).
+    pub fn heap_len(&self) -> usize {
+        if self.bytes.spilled() {
+            self.bytes.capacity()
+        } else {
+            0
         }
     }
 
@@ -82,7 +96,7 @@ impl<'a> Probe<'a> {
     pub fn to_key(&self) -> EKey {
         EKey {
             hash: self.hash,
-            bytes: self.bytes.into(),
+            bytes: ElemBytes::from_slice(self.bytes),
         }
     }
 }
@@ -160,6 +174,26 @@ impl<'de> Deserialize<'de> for EKey {
 mod tests {
     use super::*;
     use std::collections::BTreeMap;
+
+    /// Inline storage changed no encoding: keys and values still encode
+    /// as the byte strings format 4 wrote (short and long alike).
+    #[test]
+    fn inline_keys_and_values_encode_as_plain_bytes() {
+        for bytes in [&b""[..], b"field", &[7u8; 100]] {
+            let plain = postcard::to_allocvec(serde_bytes::Bytes::new(bytes)).unwrap();
+            let key = postcard::to_allocvec(&EKey::new(bytes)).unwrap();
+            let value = postcard::to_allocvec(&crate::coll::Blob::new(bytes)).unwrap();
+            assert_eq!((&key, &value), (&plain, &plain));
+            let back: crate::coll::Blob = postcard::from_bytes(&value).unwrap();
+            assert_eq!(&back.0[..], bytes);
+            assert_eq!(
+                postcard::from_bytes::<EKey>(&key).unwrap(),
+                EKey::new(bytes)
+            );
+        }
+        assert_eq!(EKey::new(b"short").heap_len(), 0);
+        assert!(EKey::new(&[1; 40]).heap_len() >= 40);
+    }
 
     #[test]
     fn a_map_finds_by_borrowed_bytes_and_orders_by_hash() {

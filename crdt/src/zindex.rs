@@ -10,6 +10,8 @@
 
 use std::cmp::Ordering;
 
+use crate::ekey::ElemBytes;
+
 /// Blocks split when they grow past this, and merge with a neighbour when
 /// they shrink below a quarter of it.
 const MAX_BLOCK: usize = 512;
@@ -19,7 +21,7 @@ const MAX_BLOCK: usize = 512;
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
     pub score: f64,
-    pub member: Box<[u8]>,
+    pub member: ElemBytes,
 }
 
 impl Entry {
@@ -86,7 +88,7 @@ impl ScoreIndex {
         let score = norm(score);
         let entry = Entry {
             score,
-            member: member.into(),
+            member: ElemBytes::from_slice(member),
         };
         if self.blocks.is_empty() {
             self.blocks.push(vec![entry]);
@@ -223,7 +225,11 @@ impl ScoreIndex {
             .iter()
             .map(|b| b.capacity() * std::mem::size_of::<Entry>())
             .sum();
-        let members: usize = self.iter().map(|e| e.member.len()).sum();
+        let members: usize = self
+            .iter()
+            .filter(|e| e.member.spilled())
+            .map(|e| e.member.capacity())
+            .sum();
         entries + members + self.blocks.capacity() * std::mem::size_of::<Vec<Entry>>()
     }
 }
