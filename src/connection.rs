@@ -539,7 +539,9 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
         // Again at once: a change may have come between the first try
         // and the watch.
         let now_ms = ks.clock.physical_unix_ms();
+        session.retrying_block = true;
         crate::cmd::dispatch(server, session, out, &argv, now_ms);
+        session.retrying_block = false;
         if session.blocked.take().is_none() {
             return Ok(true);
         }
@@ -549,7 +551,14 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
                 None => std::future::pending().await,
             }
         };
-        let reading = input.len() < server.tunables.query_buffer_limit.load(Ordering::Relaxed);
+        if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
+            server
+                .stats
+                .query_buffer_limit_disconnections
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(addr = %handle.addr, "closing blocked client that exceeded client-query-buffer-limit");
+            return Ok(false);
+        }
         input.reserve(4096);
         tokio::select! {
             _ = watch.notify.notified() => {}
@@ -558,7 +567,7 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
                 return Ok(true);
             }
             _ = handle.kill.notified() => return Ok(false),
-            read = sock.read_buf(input), if reading => {
+            read = sock.read_buf(input) => {
                 if read? == 0 {
                     return Ok(false);
                 }

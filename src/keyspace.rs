@@ -272,6 +272,10 @@ impl Writer<'_> {
             Some(Err(e)) => return Err(e),
             None => unreachable!("KeyState::coll_write runs its ops"),
         };
+        if delta.coll().is_some_and(Coll::names_nothing) {
+            // Nothing written: no write to apply or replicate.
+            return Ok(r);
+        }
         self.apply(delta);
         self.dots_issued(stamp);
         if !self.state.exists(0) && self.state.has_hidden_parts() {
@@ -297,7 +301,7 @@ impl Writer<'_> {
         let coll = self.state.extras.as_mut()?.coll.as_mut()?;
         let r = op(coll, delta.as_mut(), stamp)?;
         self.dots_issued(stamp);
-        if let (Some(sink), Some(d)) = (&self.ks.sink, delta) {
+        if let (Some(sink), Some(d)) = (&self.ks.sink, delta.filter(|d| !d.names_nothing())) {
             let delta = KeyState {
                 reg: Default::default(),
                 extras: Some(Box::new(chorus_crdt::Extras {
@@ -1196,6 +1200,61 @@ mod tests {
                 Duration::from_millis(500),
             ),
         )
+    }
+
+    /// Counts what a keyspace publishes.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<Vec<u8>>>);
+
+    impl DeltaSink for Recorder {
+        fn publish_key(&self, _: u32, key: &[u8], _: &KeyState, _: u64) {
+            self.0.lock().unwrap().push(key.to_vec());
+        }
+        fn publish_flush(&self, _: Option<u32>, _: Stamp, _: u64) {}
+    }
+
+    /// A collection command that changes nothing (every member skipped by
+    /// its flags, an absent field removed) neither writes nor replicates:
+    /// its delta would move only the peers' newest-write stamp.
+    #[test]
+    fn a_collection_command_that_changes_nothing_publishes_nothing() {
+        let mut ks = keyspace();
+        let sink = Arc::new(Recorder::default());
+        ks.set_sink(sink.clone());
+        let mut l = ks.lock_all();
+        ks.update(&mut l, 0, b"z", 0, |w| {
+            w.coll_write(Kind::ZSet, |c, d, stamp| -> Result<(), ()> {
+                c.zadd_into(d, stamp, b"m", 5.0);
+                Ok(())
+            })
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(sink.0.lock().unwrap().len(), 1);
+        let before = l.shard(ks.shard_of(b"z")).unwrap().dbs[0]
+            .get(b"z")
+            .cloned();
+        // In place, doing nothing (ZADD GT of a lower score).
+        let r = ks
+            .update(&mut l, 0, b"z", 0, |w| {
+                w.coll_in_place(Kind::ZSet, |_, _, _| Some(()))
+            })
+            .unwrap();
+        assert_eq!(r, Some(()));
+        // The general path, doing nothing (ZREM of an absent member).
+        ks.update(&mut l, 0, b"z", 0, |w| {
+            w.coll_write(Kind::ZSet, |c, d, stamp| -> Result<(), ()> {
+                c.remove_elem_into(d, Kind::ZSet, b"absent", stamp);
+                Ok(())
+            })
+        })
+        .unwrap()
+        .unwrap();
+        assert_eq!(sink.0.lock().unwrap().len(), 1, "nothing published");
+        let after = l.shard(ks.shard_of(b"z")).unwrap().dbs[0]
+            .get(b"z")
+            .cloned();
+        assert_eq!(before, after, "nothing written");
     }
 
     #[test]

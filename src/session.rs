@@ -165,6 +165,9 @@ pub struct Session {
     pub blocked: Option<crate::cmd::blocking::Blocked>,
     /// Running EXEC's queue, where a blocking command must not block.
     pub in_exec: bool,
+    /// Running a blocked command again after a wake: a key now of another
+    /// type keeps it waiting instead of failing it (as Redis 7.0).
+    pub retrying_block: bool,
 }
 
 impl Session {
@@ -183,6 +186,7 @@ impl Session {
             wait: None,
             blocked: None,
             in_exec: false,
+            retrying_block: false,
         }
     }
 

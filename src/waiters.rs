@@ -12,14 +12,18 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
-/// A database and a key in it.
-type Slot = (usize, Vec<u8>);
-
-/// The registry: (database, key) to the clients waiting on it.
+/// The registry: a key to the clients waiting on it, with their database
+/// (keyed by the bytes alone, so that a write looks up its key without
+/// copying it).
 #[derive(Default)]
 pub struct Waiters {
     blocked: AtomicUsize,
-    keys: Mutex<HashMap<Slot, Vec<Weak<Notify>>>>,
+    keys: Mutex<HashMap<Vec<u8>, Vec<Waiter>>>,
+}
+
+struct Waiter {
+    db: usize,
+    notify: Weak<Notify>,
 }
 
 /// One blocked client's registration; dropping it unregisters.
@@ -37,9 +41,10 @@ impl Waiters {
         {
             let mut map = self.keys.lock();
             for k in &keys {
-                map.entry((db, k.clone()))
-                    .or_default()
-                    .push(Arc::downgrade(&notify));
+                map.entry(k.clone()).or_default().push(Waiter {
+                    db,
+                    notify: Arc::downgrade(&notify),
+                });
             }
         }
         self.blocked.fetch_add(1, Ordering::SeqCst);
@@ -57,9 +62,25 @@ impl Waiters {
             return;
         }
         let map = self.keys.lock();
-        if let Some(list) = map.get(&(db, key.to_vec())) {
-            for w in list.iter().filter_map(Weak::upgrade) {
-                w.notify_one();
+        if let Some(list) = map.get(key) {
+            for w in list.iter().filter(|w| w.db == db) {
+                if let Some(n) = w.notify.upgrade() {
+                    n.notify_one();
+                }
+            }
+        }
+    }
+
+    /// Wakes every client waiting on a key of `db` (SWAPDB brings a whole
+    /// other database under its keys).
+    pub fn wake_db(&self, db: usize) {
+        if self.blocked.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        let map = self.keys.lock();
+        for w in map.values().flatten().filter(|w| w.db == db) {
+            if let Some(n) = w.notify.upgrade() {
+                n.notify_one();
             }
         }
     }
@@ -73,12 +94,12 @@ impl Waiters {
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         let mut map = self.waiters.keys.lock();
+        let me = Arc::as_ptr(&self.notify);
         for k in std::mem::take(&mut self.keys) {
-            let slot = (self.db, k);
-            if let Some(list) = map.get_mut(&slot) {
-                list.retain(|w| !std::ptr::eq(w.as_ptr(), Arc::as_ptr(&self.notify)));
+            if let Some(list) = map.get_mut(&k) {
+                list.retain(|w| !(w.db == self.db && std::ptr::eq(w.notify.as_ptr(), me)));
                 if list.is_empty() {
-                    map.remove(&slot);
+                    map.remove(&k);
                 }
             }
         }
@@ -108,6 +129,12 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(5), watch.notify.notified())
             .await
             .expect("the wake reaches the watch");
+        let other = w.watch(1, vec![b"x".to_vec()]);
+        w.wake_db(1);
+        tokio::time::timeout(std::time::Duration::from_secs(5), other.notify.notified())
+            .await
+            .expect("a database-wide wake reaches the watch");
+        drop(other);
         drop(watch);
         assert_eq!(w.blocked(), 0);
         assert!(w.keys.lock().is_empty());

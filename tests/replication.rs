@@ -2090,6 +2090,25 @@ fn sorted_sets_written_on_both_sides_of_a_partition_converge() {
     let logged: redis::Value = q(&mut ca, &["CRDT.CONFLICTS", "MATCH", "z"]);
     let text = format!("{logged:?}");
     assert!(text.contains("contested"), "{text}");
+    // A ZADD its flags skip writes nothing, here or there: the states stay
+    // equal (it once sent a delta that moved only the peer's stamp).
+    assert_eq!(q::<i64>(&mut ca, &["ZADD", "z", "GT", "0", "base"]), 0);
+    q::<i64>(&mut ca, &["ZADD", "z", "8", "marker"]);
+    wait_until("the marker on B", || {
+        q::<Option<String>>(&mut cb, &["ZSCORE", "z", "marker"]).is_some()
+    });
+    q::<i64>(&mut ca, &["ZREM", "z", "marker"]);
+    wait_until("the marker gone from B", || {
+        q::<Option<String>>(&mut cb, &["ZSCORE", "z", "marker"]).is_none()
+    });
+    assert_eq!(q::<i64>(&mut ca, &["ZADD", "z", "GT", "0", "base"]), 0);
+    q::<i64>(&mut ca, &["ZADD", "z2", "1", "m"]);
+    wait_until("z2 on B", || q::<i64>(&mut cb, &["ZCARD", "z2"]) == 1);
+    wait_until("equal states after a no-op ZADD", || {
+        let da: redis::Value = q(&mut ca, &["CRDT.DIGEST", "MATCH", "z"]);
+        let db: redis::Value = q(&mut cb, &["CRDT.DIGEST", "MATCH", "z"]);
+        da == db
+    });
 
     // A client blocked on B is woken by a write replicated from A.
     let mut waiter = b.conn();

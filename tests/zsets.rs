@@ -770,6 +770,96 @@ fn bzpopmin_waits_for_a_write_by_another_client() {
     }
     let info: String = q(&mut c, &["INFO", "clients"]);
     assert!(info.contains("blocked_clients:0"), "{info}");
+
+    // A key turned into another type keeps the client waiting (Redis
+    // 7.0); SWAPDB bringing a sorted set under the key wakes it.
+    let mut waiter = s.conn();
+    let blocked = std::thread::spawn(move || {
+        let got: Vec<String> = q(&mut waiter, &["BZPOPMIN", "later", "0"]);
+        got
+    });
+    let wait_blocked = |c: &mut redis::Connection| {
+        for _ in 0..500 {
+            if q::<String>(c, &["INFO", "clients"]).contains("blocked_clients:1") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the client never blocked");
+    };
+    wait_blocked(&mut c);
+    q::<()>(&mut c, &["SET", "later", "a string"]);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(q::<String>(&mut c, &["INFO", "clients"]).contains("blocked_clients:1"));
+    q::<()>(&mut c, &["SELECT", "1"]);
+    q::<i64>(&mut c, &["ZADD", "later", "4", "swapped"]);
+    q::<()>(&mut c, &["SWAPDB", "0", "1"]);
+    assert_eq!(blocked.join().unwrap(), vec!["later", "swapped", "4"]);
+}
+
+/// A command that writes nothing writes nothing: no stamp moves (a peer
+/// would otherwise hold a different state than the node that ran it).
+#[test]
+fn commands_that_change_nothing_write_nothing() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["ZADD", "z", "5", "m"]);
+    q::<i64>(&mut c, &["HSET", "h", "f", "v"]);
+    let at = |c: &mut redis::Connection, key: &str| -> String {
+        let state: std::collections::BTreeMap<String, redis::Value> = q(c, &["CRDT.STATE", key]);
+        let text = format!("{:?}", state["collection"]);
+        text.split("\"at\"")
+            .nth(1)
+            .unwrap_or_default()
+            .chars()
+            .take(60)
+            .collect()
+    };
+    let (z0, h0) = (at(&mut c, "z"), at(&mut c, "h"));
+    assert_eq!(q::<i64>(&mut c, &["ZADD", "z", "GT", "1", "m"]), 0);
+    assert_eq!(q::<i64>(&mut c, &["ZADD", "z", "XX", "1", "new"]), 0);
+    assert_eq!(
+        q::<Option<String>>(&mut c, &["ZADD", "z", "NX", "INCR", "1", "m"]),
+        None
+    );
+    q::<i64>(&mut c, &["ZADD", "z", "+inf", "top"]);
+    let z1 = at(&mut c, "z");
+    assert!(err(&mut c, &["ZINCRBY", "z", "-inf", "top"]).contains("NaN"));
+    assert_eq!(at(&mut c, "z"), z1, "a refused ZINCRBY");
+    assert_ne!(z0, z1);
+    assert_eq!(q::<i64>(&mut c, &["HDEL", "h", "absent"]), 0);
+    assert_eq!(at(&mut c, "h"), h0, "an HDEL of an absent field");
+    // An increment that overflows to infinity then meets -inf is refused:
+    // no NaN is ever stored by one node.
+    q::<i64>(&mut c, &["ZADD", "o", "-inf", "m"]);
+    assert_eq!(q::<String>(&mut c, &["ZINCRBY", "o", "1e308", "m"]), "-inf");
+    assert!(err(&mut c, &["ZINCRBY", "o", "1e308", "m"]).contains("NaN"));
+    assert_eq!(q::<String>(&mut c, &["ZSCORE", "o", "m"]), "-inf");
+    // Redis's order of checks and layouts.
+    q::<()>(&mut c, &["SET", "str", "x"]);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["ZPOPMIN", "str", "0"]),
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["ZRANGE", "z", "0", "-1", "LIMIT", "0", "-1"]),
+        vec!["m", "top"]
+    );
+    assert!(err(&mut c, &["ZRANDMEMBER", "z", "abc", "foo"]).contains("value is not an integer"));
+    assert!(err(
+        &mut c,
+        &["ZRANDMEMBER", "z", "-9223372036854775807", "WITHSCORES"]
+    )
+    .contains("value is out of range"));
+    q::<i64>(
+        &mut c,
+        &[
+            "ZADD", "f", "1e300", "big", "-1.5e-7", "tiny", "-0", "negzero",
+        ],
+    );
+    assert_eq!(q::<String>(&mut c, &["ZSCORE", "f", "big"]), "1e+300");
+    assert_eq!(q::<String>(&mut c, &["ZSCORE", "f", "tiny"]), "-1.5e-07");
+    assert_eq!(q::<String>(&mut c, &["ZSCORE", "f", "negzero"]), "-0");
 }
 
 #[test]

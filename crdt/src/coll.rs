@@ -212,7 +212,7 @@ pub struct Coll {
 
 /// A derived index: no part of the state, so equal on every value.
 #[derive(Debug, Clone, Default)]
-struct Derived(OnceLock<ScoreIndex>);
+struct Derived(OnceLock<Box<ScoreIndex>>);
 
 impl PartialEq for Derived {
     fn eq(&self, _: &Derived) -> bool {
@@ -396,6 +396,17 @@ impl Coll {
     pub fn is_empty(&self) -> bool {
         self.ctx.is_empty()
             && self.at.is_zero()
+            && self.hash.is_empty()
+            && self.set.is_empty()
+            && self.zset.is_empty()
+            && self.removed.is_empty()
+    }
+
+    /// A delta that touches no element and removes nothing: a command
+    /// that wrote nothing (a ZADD its flags skipped, an HDEL of absent
+    /// fields). Applying or sending one would only move `at`.
+    pub fn names_nothing(&self) -> bool {
+        self.ctx.is_empty()
             && self.hash.is_empty()
             && self.set.is_empty()
             && self.zset.is_empty()
@@ -623,7 +634,7 @@ impl Coll {
     /// The sorted set in order (by score, then member), built on first use.
     pub fn zindex(&self) -> &ScoreIndex {
         self.zindex.0.get_or_init(|| {
-            ScoreIndex::from_entries(
+            Box::new(ScoreIndex::from_entries(
                 self.zset
                     .iter()
                     .filter_map(|(k, e)| {
@@ -633,7 +644,7 @@ impl Coll {
                         })
                     })
                     .collect(),
-            )
+            ))
         })
     }
 
@@ -1005,14 +1016,14 @@ impl Coll {
     }
 
     /// ZINCRBY here in one walk of the sorted set: `check` sees the
-    /// member's score (absent for a new member) and may refuse; returns
-    /// the score after.
+    /// member's score before (absent for a new member) and after, and may
+    /// refuse, leaving everything as it was; returns the score after.
     pub fn zincr_here<E>(
         &mut self,
         stamp: Stamp,
         member: &[u8],
         by: f64,
-        check: impl FnOnce(Option<f64>) -> Result<(), E>,
+        check: impl FnOnce(Option<f64>, f64) -> Result<(), E>,
         delta: Option<&mut Coll>,
     ) -> Result<f64, E> {
         let probe = Probe::new(member);
@@ -1021,24 +1032,43 @@ impl Coll {
         } else {
             self.removed.get(&(Kind::ZSet, member.to_vec()))
         };
+        let node = stamp.node;
         let next = |current: Option<&Tally>| Tally::next(current, stamp, 0, by, true);
         let (old, new, tally) = match self.zset.get_mut(probe.as_keyed()) {
             Some(e) => {
                 let old = score_of(e, removed);
-                check(old)?;
+                let had_counts = e.counts.is_some();
                 let counts = e.counts.get_or_insert_with(Default::default);
-                let t = next(counts.get(&stamp.node));
-                counts.upsert(stamp.node, t, |mine, new| *mine = new);
-                (old, score_of(e, removed), t)
+                let before = counts.get(&node).copied();
+                let t = next(before.as_ref());
+                counts.upsert(node, t, |mine, new| *mine = new);
+                let new = score_of(e, removed).unwrap_or(0.0);
+                if let Err(refused) = check(old, new) {
+                    match (had_counts, before) {
+                        (false, _) => e.counts = None,
+                        (true, Some(b)) => {
+                            if let Some(c) = &mut e.counts {
+                                c.upsert(node, b, |mine, old| *mine = old);
+                            }
+                        }
+                        (true, None) => {
+                            if let Some(c) = &mut e.counts {
+                                c.retain(|n, _| *n != node);
+                            }
+                        }
+                    }
+                    return Err(refused);
+                }
+                (old, new, t)
             }
             None => {
-                check(None)?;
                 let t = next(None);
                 let e = Elem {
                     writes: SmallVec::new(),
-                    counts: Some(Box::new(NodeMap::single(stamp.node, t))),
+                    counts: Some(Box::new(NodeMap::single(node, t))),
                 };
-                let new = score_of(&e, removed);
+                let new = score_of(&e, removed).unwrap_or(0.0);
+                check(None, new)?;
                 self.zset.insert(probe.to_key(), e);
                 (None, new, t)
             }
@@ -1049,14 +1079,31 @@ impl Coll {
                 .or_default()
                 .counts
                 .get_or_insert_with(Default::default)
-                .upsert(stamp.node, tally, |mine, new| *mine = new);
+                .upsert(node, tally, |mine, new| *mine = new);
         }
         if (stamp, Kind::ZSet) > (self.at, self.kind) {
             self.at = stamp;
             self.kind = Kind::ZSet;
         }
-        self.reindex_to(member, old, new);
-        Ok(new.unwrap_or(0.0))
+        self.reindex_to(member, old, Some(new));
+        Ok(new)
+    }
+
+    /// A member's score once `delta` (writes and increments of this node's
+    /// making, no removal) is merged: what a ZINCRBY on the general path
+    /// checks before it is applied.
+    pub fn score_after(&self, delta: &Coll, member: &[u8]) -> Option<f64> {
+        let probe = Probe::new(member);
+        let mut e = self.zset.get(probe.as_keyed()).cloned().unwrap_or_default();
+        if let Some(d) = delta.zset.get(probe.as_keyed()) {
+            if !d.writes.is_empty() {
+                e.writes = d.writes.clone();
+            }
+            for (node, t) in d.counts.iter().flat_map(|c| c.iter()) {
+                join_tally(e.counts.get_or_insert_with(Default::default), *node, t);
+            }
+        }
+        score_of(&e, self.removed_of(Kind::ZSet, member))
     }
 
     /// HINCRBY or HINCRBYFLOAT here in one walk of the hash: `check` sees
@@ -1206,10 +1253,19 @@ impl Coll {
                 .keys()
                 .filter(|(k, _)| *k == Kind::ZSet)
                 .map(|(_, m)| &m[..]);
-            named
+            let moved: Vec<(Vec<u8>, Option<f64>)> = named
                 .chain(recorded)
                 .map(|m| (m.to_vec(), self.score(m)))
-                .collect()
+                .collect();
+            // A delta naming many members (ZREMRANGEBYSCORE of most of
+            // them) is cheaper rebuilt on the next read than moved one
+            // by one.
+            if moved.len() > 64 && moved.len() > self.zset.len() / 8 {
+                self.unindex();
+                Vec::new()
+            } else {
+                moved
+            }
         };
         for (key, r) in &other.removed {
             let mine = self.removed.entry(key.clone()).or_default();
@@ -1403,9 +1459,13 @@ impl Coll {
             adds.retain(|a| a.stamp() >= floor);
             !adds.is_empty() || keep
         });
+        // A record goes with its reset, not with its tallies: a record
+        // whose tallies are all older than the floor may have merged, on
+        // another node, into one whose tallies are not, and its reset
+        // with it; dropping it here would leave the two resets apart.
         self.removed.retain(|_, r| {
             r.tallies.retain(|_, t| t.epoch >= floor);
-            !r.tallies.is_empty()
+            r.reset >= floor
         });
         self.oldest.0 = self.oldest_stamp().unwrap_or(self.at).max(floor);
     }
@@ -1415,7 +1475,7 @@ impl Coll {
         let records = self
             .removed
             .values()
-            .flat_map(|r| r.tallies.values().map(|t| t.epoch));
+            .flat_map(|r| r.tallies.values().map(|t| t.epoch).chain([r.reset]));
         self.earliest_added().into_iter().chain(records).min()
     }
 
@@ -1660,7 +1720,11 @@ impl Coll {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Score>>();
             }
         }
-        n + self.zindex.0.get().map_or(0, ScoreIndex::heap_bytes)
+        n + self
+            .zindex
+            .0
+            .get()
+            .map_or(0, |ix| std::mem::size_of::<ScoreIndex>() + ix.heap_bytes())
     }
 }
 

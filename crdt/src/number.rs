@@ -78,10 +78,12 @@ pub fn parse_score(s: &[u8]) -> Option<f64> {
     })
 }
 
-/// Formats a score: shortest round-trip digits (as Redis 7.2 replies;
-/// 7.0 printed 17 significant digits), an exponent for very large or
-/// small ones, `inf`, `-inf`, and `nan` (see docs/crdt-semantics.md: only
-/// concurrent increments of opposite infinities make one).
+/// Formats a score as Redis's `%.17g` lays it out (an exponent with a
+/// sign and two digits at least, below 1e-4 or from 1e17 on; `inf`,
+/// `-inf`, `-0`), with the shortest digits that read back to the same
+/// double (as Redis 7.2; 7.0 printed 17 significant digits, `0.1` as
+/// `0.10000000000000001`). `nan` only for the case docs/crdt-semantics.md
+/// describes.
 pub fn format_score(v: f64) -> String {
     if v.is_nan() {
         return "nan".to_string();
@@ -89,13 +91,17 @@ pub fn format_score(v: f64) -> String {
     if v.is_infinite() {
         return if v > 0.0 { "inf" } else { "-inf" }.to_string();
     }
-    let abs = v.abs();
     if v == 0.0 {
-        "0".to_string()
-    } else if (1e-5..1e17).contains(&abs) {
+        return if v.is_sign_negative() { "-0" } else { "0" }.to_string();
+    }
+    let sci = format!("{v:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..17).contains(&exp) {
         format!("{v}")
     } else {
-        format!("{v:e}")
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.unsigned_abs())
     }
 }
 
@@ -123,9 +129,14 @@ mod tests {
         }
         assert_eq!(format_score(3.0), "3");
         assert_eq!(format_score(0.1), "0.1");
-        assert_eq!(format_score(-0.0), "0");
+        assert_eq!(format_score(-0.0), "-0");
         assert_eq!(format_score(f64::INFINITY), "inf");
-        assert_eq!(format_score(1e300), "1e300");
+        assert_eq!(format_score(1e300), "1e+300");
+        assert_eq!(format_score(-1.5e-7), "-1.5e-07");
+        assert_eq!(format_score(5e-5), "5e-05");
+        assert_eq!(format_score(0.0001), "0.0001");
+        assert_eq!(format_score(1e16), "10000000000000000");
+        assert_eq!(format_score(1.25e17), "1.25e+17");
         assert_eq!(parse_score(format_score(1e-300).as_bytes()), Some(1e-300));
     }
 

@@ -639,14 +639,14 @@ proptest! {
                             let mut delta2 = Coll::delta(stamp, kind);
                             let c = one_walk.extras.as_mut().unwrap().coll.as_mut().unwrap();
                             c.zindex();
-                            let score = c.zincr_here(stamp, member, by.1, |_| Ok::<(), ()>(()), Some(&mut delta2));
+                            let score = c.zincr_here(stamp, member, by.1, |_, _| Ok::<(), ()>(()), Some(&mut delta2));
                             prop_assert_eq!(Ok(c.score(member).unwrap()), score);
                             assert_index_in_step(&one_walk);
                             prop_assert_eq!(&one_walk, &merged);
                             prop_assert_eq!(&delta2, &delta);
                             let mut refused = state.clone();
                             let c = refused.extras.as_mut().unwrap().coll.as_mut().unwrap();
-                            prop_assert_eq!(c.zincr_here(stamp, member, by.1, |_| Err(()), None), Err(()));
+                            prop_assert_eq!(c.zincr_here(stamp, member, by.1, |_, _| Err(()), None), Err(()));
                             prop_assert_eq!(&refused, state);
                             let mut replica = state.clone();
                             replica.merge(&KeyState {

@@ -45,7 +45,11 @@ pub fn bzpop(x: &mut Exec, args: &[&[u8]], max: bool) -> CmdResult {
     let keys = &args[1..args.len() - 1];
     let timeout = timeout_arg(args[args.len() - 1])?;
     for key in keys {
-        if let Some((member, score)) = pop(x, key, 1, max)?.and_then(|mut p| p.pop()) {
+        let popped = match pop(x, key, 1, max) {
+            Err(Error::WrongType) if x.session.retrying_block => continue,
+            popped => popped?,
+        };
+        if let Some((member, score)) = popped.and_then(|mut p| p.pop()) {
             x.out.array(3);
             x.out.bulk(key);
             x.out.bulk(&member);

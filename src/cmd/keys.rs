@@ -504,6 +504,8 @@ fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         shard.dbs.swap(a, b);
         shard.swapped(a, b);
     }
+    x.ks.waiters.wake_db(a);
+    x.ks.waiters.wake_db(b);
     x.ks.note_local_write();
     x.out.ok();
     Ok(())

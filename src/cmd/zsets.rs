@@ -81,28 +81,30 @@ impl AddFlags {
         !(self.nx || self.xx || self.gt || self.lt || self.incr)
     }
 
-    /// The score a ZADD of `score` gives a member now at `current`, or
-    /// `None` when its flags leave the member as it is.
-    fn decide(self, current: Option<f64>, score: f64) -> Result<Option<f64>, Error> {
+    /// The score a ZADD (not INCR) of `score` gives a member now at
+    /// `current`, or `None` when its flags leave the member as it is.
+    fn decide(self, current: Option<f64>, score: f64) -> Option<f64> {
+        match current {
+            None => (!self.xx).then_some(score),
+            Some(_) if self.nx => None,
+            Some(cur) if (self.lt && score >= cur) || (self.gt && score <= cur) => None,
+            Some(_) => Some(score),
+        }
+    }
+
+    /// Whether an increment taking a member from `current` to `new` goes
+    /// ahead under these flags; a NaN result is refused, as Redis refuses it.
+    fn allows_incr(self, current: Option<f64>, new: f64) -> Result<bool, Error> {
         let Some(cur) = current else {
-            return Ok((!self.xx).then_some(score));
+            return Ok(!self.xx);
         };
         if self.nx {
-            return Ok(None);
+            return Ok(false);
         }
-        let new = if self.incr {
-            let new = cur + score;
-            if new.is_nan() {
-                return Err(nan_result());
-            }
-            new
-        } else {
-            score
-        };
-        if (self.lt && new >= cur) || (self.gt && new <= cur) {
-            return Ok(None);
+        if new.is_nan() {
+            return Err(nan_result());
         }
-        Ok(Some(new))
+        Ok(!((self.lt && new >= cur) || (self.gt && new <= cur)))
     }
 }
 
@@ -196,10 +198,10 @@ fn add_scores(
         if f.incr {
             let (by, m) = scored[0];
             // Err(None): the flags leave the member alone.
-            let check = |cur: Option<f64>| match f.decide(cur, by) {
+            let check = |cur: Option<f64>, new: f64| match f.allows_incr(cur, new) {
                 Err(e) => Err(Some(e)),
-                Ok(None) => Err(None),
-                Ok(Some(_)) => {
+                Ok(false) => Err(None),
+                Ok(true) => {
                     done.added = i64::from(cur.is_none());
                     Ok(())
                 }
@@ -222,10 +224,7 @@ fn add_scores(
             let write = if f.plain() {
                 Some(score)
             } else {
-                match f.decide(c.score(m), score) {
-                    Ok(w) => w,
-                    Err(e) => return Some(Err(e)),
-                }
+                f.decide(c.score(m), score)
             };
             let Some(score) = write else { continue };
             let old = c.zadd_here(stamp, m, score, d.as_deref_mut())?;
@@ -237,40 +236,41 @@ fn add_scores(
         }
         Some(Ok(done))
     };
-    let mut incr_member = None;
-    let done = x.coll_update_fast(key, Kind::ZSet, fast, |c, d, stamp| {
-        add_into(c, d, stamp, scored, f, &mut incr_member)
-    })?;
-    let mut done = done?;
-    if let Some(m) = incr_member {
-        done.score = x.coll(key, Kind::ZSet)?.0.and_then(|c| c.score(m));
-    }
-    Ok(done)
+    x.coll_update_fast(key, Kind::ZSet, fast, |c, d, stamp| {
+        add_into(c, d, stamp, scored, f)
+    })?
 }
 
 /// ZADD's general path: every write into the delta. Members named twice
 /// see their first write (`pending`), as Redis applies them in turn.
-fn add_into<'a>(
+fn add_into(
     c: &Coll,
     d: &mut Coll,
     stamp: chorus_crdt::Stamp,
-    scored: &[(f64, &'a [u8])],
+    scored: &[(f64, &[u8])],
     f: AddFlags,
-    incr_member: &mut Option<&'a [u8]>,
 ) -> Result<Result<Added, Error>, Error> {
     let mut done = Added::default();
+    if f.incr {
+        let (by, m) = scored[0];
+        let cur = c.score(m);
+        let mut trial = Coll::delta(stamp, Kind::ZSet);
+        c.incr_into(&mut trial, Kind::ZSet, m, stamp, (0, by, true));
+        let new = c.score_after(&trial, m).unwrap_or(0.0);
+        if f.allows_incr(cur, new)? {
+            c.incr_into(d, Kind::ZSet, m, stamp, (0, by, true));
+            done.added = i64::from(cur.is_none());
+            done.score = Some(new);
+        }
+        return Ok(Ok(done));
+    }
     let mut pending: HashMap<&[u8], f64> = HashMap::new();
     for &(score, m) in scored {
         let cur = pending.get(m).copied().or_else(|| c.score(m));
-        let Some(new) = f.decide(cur, score)? else {
+        let Some(new) = f.decide(cur, score) else {
             continue;
         };
-        if f.incr {
-            c.incr_into(d, Kind::ZSet, m, stamp, (0, score, true));
-            *incr_member = Some(m);
-        } else {
-            c.zadd_into(d, stamp, m, new);
-        }
+        c.zadd_into(d, stamp, m, new);
         match cur {
             None => done.added += 1,
             Some(o) if o != new => done.changed += 1,
@@ -599,7 +599,8 @@ fn range_request<'a>(
     }
     let by = by_opt.unwrap_or(By::Rank);
     let rev = rev_opt.unwrap_or(false);
-    if limit.is_some() && by == By::Rank {
+    // As Redis: a LIMIT whose count is -1 (all) passes with a rank range.
+    if limit.is_some_and(|(_, count)| count != -1) && by == By::Rank {
         return Err(Error::err(
             "syntax error, LIMIT is only supported in combination with either BYSCORE or BYLEX",
         ));
@@ -777,6 +778,11 @@ fn pop_cmd(x: &mut Exec, args: &[&[u8]], max: bool) -> CmdResult {
                 .map_err(|_| Error::err("value is out of range, must be positive"))?,
         ),
     };
+    if count == Some(0) {
+        // As Redis: before the key is even looked at.
+        x.out.array(0);
+        return Ok(());
+    }
     let popped = pop(x, args[1], count.unwrap_or(1), max)?.unwrap_or_default();
     if count.is_some() {
         reply_entries(x.out, popped.iter().map(|(m, s)| (m.as_slice(), *s)), true);
@@ -808,30 +814,41 @@ fn bzpopmax(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 // ----- random, scan -----
 
 fn zrandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let count = args.get(2).map(|a| int_arg(a)).transpose()?;
     let withscores = match args.len() {
         2 | 3 => false,
         4 if is(args[3], "WITHSCORES") => true,
         _ => return Err(Error::Syntax),
     };
-    let count = args.get(2).map(|a| int_arg(a)).transpose()?;
+    if withscores && count.is_some_and(|n| !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&n)) {
+        return Err(Error::err("value is out of range"));
+    }
     let (c, out) = x.coll(args[1], Kind::ZSet)?;
     let Some(n) = count else {
         out.bulk_or_null(c.and_then(|c| c.pick(Kind::ZSet, rand::random())));
         return Ok(());
     };
-    let entries: Vec<&Entry> = c.map(|c| c.zindex().iter().collect()).unwrap_or_default();
+    let Some(ix) = c.map(|c| c.zindex()) else {
+        out.array(0);
+        return Ok(());
+    };
     let picks = if n >= 0 {
-        pick_distinct(entries.len(), n as usize)
-    } else if entries.is_empty() {
+        pick_distinct(ix.len(), n as usize)
+    } else if ix.is_empty() {
         Vec::new()
     } else {
-        pick_repeating(entries.len(), n.unsigned_abs())?
+        pick_repeating(ix.len(), n.unsigned_abs())?
+    };
+    // A few picks find their ranks; many walk the index once.
+    let entries: Vec<&Entry> = if picks.len() <= 64 {
+        picks.iter().filter_map(|&i| ix.get(i)).collect()
+    } else {
+        let all: Vec<&Entry> = ix.iter().collect();
+        picks.iter().map(|&i| all[i]).collect()
     };
     reply_entries(
         out,
-        picks
-            .iter()
-            .map(|&i| (&*entries[i].member, entries[i].score)),
+        entries.iter().map(|e| (&*e.member, e.score)),
         withscores,
     );
     Ok(())
