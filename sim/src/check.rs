@@ -357,6 +357,34 @@ fn check_all(
     }
     let flush_floor = held_floor;
     let slots: Vec<usize> = snap.views.iter().map(|v| v.slot).collect();
+    // Equal states must read alike: a sorted set's order comes from an
+    // index each node derives and keeps for itself, which no digest sees.
+    for key in ["z0", "z1", "z2", "zc0", "zc1"] {
+        let mut first: Option<(usize, Vec<u8>)> = None;
+        for &slot in &slots {
+            let argv: [&[u8]; 5] = [b"ZRANGE", key.as_bytes(), b"0", b"-1", b"WITHSCORES"];
+            let Some(reply) = cluster::command(reg, slot, &argv) else {
+                return Err(Failure::new(
+                    "liveness",
+                    format!("n{slot} went down while checking"),
+                ));
+            };
+            match &first {
+                None => first = Some((slot, reply)),
+                Some((s0, r0)) if *r0 != reply => {
+                    return Err(Failure::new(
+                        "order",
+                        format!(
+                            "ZRANGE {key} 0 -1 WITHSCORES: n{s0} {:?}, n{slot} {:?}",
+                            String::from_utf8_lossy(r0),
+                            String::from_utf8_lossy(&reply)
+                        ),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
     let pasts = causal_pasts(&history.writes);
 
     let mut by_key: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
