@@ -265,6 +265,7 @@ pub fn dispatch(
         locked,
         now_ms,
     };
+    x.expire_named_keys(spec, args);
     if let Err(e) = (spec.run)(&mut x, args) {
         reply_error(server, x.out, &e.text());
     }
@@ -304,6 +305,27 @@ pub struct Exec<'s, 'c> {
 
 impl<'s> Exec<'s, '_> {
     /// The current database's part of the shard holding `key`.
+    /// Redis's lazy expiry: a key the command names whose time has passed
+    /// is deleted, and the delete replicated, before the command runs. A
+    /// read that answered "gone" thus made the delete that keeps it gone: a
+    /// write a peer made before the expiry, arriving later, loses to it
+    /// instead of bringing the key back.
+    pub fn expire_named_keys(&mut self, spec: &Spec, args: &[&[u8]]) {
+        let db = self.session.db;
+        for i in spec.key_positions(args.len()) {
+            let Some(key) = args.get(i) else { continue };
+            let Ok(shard) = self.locked.shard(self.ks.shard_of(key)) else {
+                continue;
+            };
+            if shard.dbs[db].expiring.is_empty() {
+                continue;
+            }
+            let _ = self
+                .ks
+                .expire_if_due(&mut self.locked, db, key, self.now_ms);
+        }
+    }
+
     pub fn db(&mut self, key: &[u8]) -> Result<&mut Db, Error> {
         let db = self.session.db;
         let shard = self.locked.shard(self.ks.shard_of(key))?;

@@ -121,6 +121,7 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     x.session.in_exec = true;
     for q in &queue {
         let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
+        x.expire_named_keys(q.spec, &args);
         if let Err(e) = (q.spec.run)(x, &args) {
             super::reply_error(x.server, x.out, &e.text());
         }
