@@ -113,12 +113,29 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
         }
         "memory" => {
             let rss = rss_bytes();
-            line("used_memory", &rss);
-            line("used_memory_human", &human(rss));
+            // Where the counting allocator is not installed (an embedder),
+            // the RSS is the best figure there is.
+            let used = crate::alloc::used_bytes().map_or(rss, |b| b as u64);
+            let peak = (crate::alloc::peak_bytes() as u64).max(used);
+            let limits = &node.ks.limits;
+            line("used_memory", &used);
+            line("used_memory_human", &human(used));
             line("used_memory_rss", &rss);
             line("used_memory_rss_human", &human(rss));
-            line("maxmemory", &0);
-            line("maxmemory_policy", &"noeviction");
+            line("used_memory_peak", &peak);
+            line("used_memory_peak_human", &human(peak));
+            line(
+                "used_memory_peak_perc",
+                &format!("{:.2}%", used as f64 * 100.0 / peak.max(1) as f64),
+            );
+            line("maxmemory", &limits.maxmemory());
+            line("maxmemory_human", &human(limits.maxmemory()));
+            line("maxmemory_policy", &limits.policy().name());
+            line(
+                "mem_fragmentation_ratio",
+                &format!("{:.2}", rss as f64 / used.max(1) as f64),
+            );
+            line("mem_fragmentation_bytes", &(rss as i64 - used as i64));
             line("mem_allocator", &"libc");
         }
         "persistence" => {
@@ -188,6 +205,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
             line(
                 "expired_keys",
                 &node.ks.expired_keys.load(Ordering::Relaxed),
+            );
+            line(
+                "evicted_keys",
+                &node.ks.evicted_keys.load(Ordering::Relaxed),
             );
             line("keyspace_hits", &hits);
             line("keyspace_misses", &misses);

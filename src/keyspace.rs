@@ -8,17 +8,18 @@
 
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chorus_crdt::digest::{bucket_of, key_digest, sub_bucket_of, DbDigest, Scope, BUCKETS};
 use chorus_crdt::{Clock, Coll, Conflict, KeyState, KeyType, Kind, NodeId, Stamp};
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashSet;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
 use crate::conflicts::ConflictLog;
 use crate::key::Key;
+use crate::keymap::KeyMap;
 
 /// Shards per keyspace: enough that worker threads rarely meet on one lock,
 /// few enough that locking all of them (EXEC, FLUSHALL) stays cheap.
@@ -52,7 +53,7 @@ pub type DumpedKey = (u32, Vec<u8>, KeyState);
 /// One database inside one shard.
 #[derive(Default)]
 pub struct Db {
-    pub map: HashMap<Key, KeyState, KeyHasher>,
+    pub map: KeyMap,
     /// Keys that read as present (ignoring expiry): tombstones are not keys.
     pub live: usize,
     /// (expire_at_ms, key) of every key with an expiry, for the active cycle.
@@ -66,6 +67,9 @@ pub struct Db {
     pub changes: Arc<AtomicU64>,
     /// Shared by every database of the keyspace: `Keyspace::collected`.
     pub collected: Arc<AtomicU64>,
+    /// Shared by every database of the keyspace: the access clock a new
+    /// key starts with (`Keyspace::access_clock`).
+    pub access_clock: Arc<AtomicU32>,
 }
 
 /// The shard holding digest bucket `bucket`.
@@ -99,11 +103,14 @@ impl Db {
             dirty,
             changes,
             collected,
+            access_clock,
         } = self;
         if let Some(dirty) = dirty {
             dirty.get_or_insert_with(key, Key::new);
         }
-        let state = map.entry_ref(key).or_default();
+        let state = &mut map
+            .get_or_insert(key, access_clock.load(Ordering::Relaxed))
+            .state;
         // `expiring` holds live keys only: an expiry field left under a
         // tombstone expires nothing (and GC may drop it at any moment).
         let was_live = is_live(state);
@@ -452,6 +459,13 @@ pub struct Keyspace {
     pub clock: Clock,
     pub conflicts: ConflictLog,
     pub expired_keys: AtomicU64,
+    /// Keys deleted by `maxmemory` eviction (INFO `evicted_keys`).
+    pub evicted_keys: AtomicU64,
+    /// The access clock a key starts with when it is created: the time for
+    /// LRU, or minutes and a first count for LFU (see `crate::evict`).
+    pub access_clock: Arc<AtomicU32>,
+    /// `maxmemory` and its policy (live: CONFIG SET shares them).
+    pub limits: Arc<crate::evict::Limits>,
     sink: Option<Arc<dyn DeltaSink>>,
     /// Tombstones stamped at or before this time may go (see `gc_acked`).
     gc_time: AtomicU64,
@@ -582,14 +596,16 @@ impl Keyspace {
     ) -> Keyspace {
         let changes = Arc::new(AtomicU64::new(0));
         let collected = Arc::new(AtomicU64::new(0));
+        let access_clock = Arc::new(AtomicU32::new(0));
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
                     dbs: (0..databases)
                         .map(|_| Db {
-                            map: HashMap::with_hasher(maps_hasher),
+                            map: KeyMap::with_hasher(maps_hasher),
                             changes: changes.clone(),
                             collected: collected.clone(),
+                            access_clock: access_clock.clone(),
                             ..Db::default()
                         })
                         .collect(),
@@ -605,6 +621,9 @@ impl Keyspace {
             clock,
             conflicts: ConflictLog::default(),
             expired_keys: AtomicU64::new(0),
+            evicted_keys: AtomicU64::new(0),
+            access_clock,
+            limits: Default::default(),
             sink: None,
             gc_time: AtomicU64::new(u64::MAX),
             changes_besides_writes: changes,
@@ -1107,6 +1126,28 @@ impl Keyspace {
         }
     }
 
+    /// Evicts `key` of `db` for `maxmemory`: a delete, replicated like DEL.
+    /// Whether the key was there to go (an expired one goes as expired).
+    pub fn evict(&self, db: usize, key: &[u8], now_ms: u64) -> bool {
+        let mut locked = self.lock(SmallVec::from_slice(&[self.shard_of(key)]));
+        let deleted = self.update(&mut locked, db, key, now_ms, |w| {
+            let visible = w.visible();
+            if visible {
+                w.set(None, 0);
+            }
+            visible
+        });
+        match deleted {
+            Ok(true) => {
+                self.evicted_keys.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            // Gone already, or expired by the update itself: memory freed
+            // either way, nothing evicted.
+            _ => false,
+        }
+    }
+
     /// Records the delete of a key whose expiry has passed, if it has.
     pub fn expire_if_due(
         &self,
@@ -1183,6 +1224,7 @@ impl Keyspace {
             s.misses = 0;
         }
         self.expired_keys.store(0, Ordering::Relaxed);
+        self.evicted_keys.store(0, Ordering::Relaxed);
     }
 }
 

@@ -10,14 +10,17 @@
 //!
 //! Values are `chorus-crdt` states stamped by the node's hybrid logical clock.
 
+pub mod alloc;
 pub mod audit;
 pub mod cmd;
 pub mod config;
 pub mod conflicts;
 pub mod connection;
+pub mod evict;
 pub mod glob;
 pub mod info;
 pub mod key;
+pub mod keymap;
 pub mod keyspace;
 pub mod node;
 pub mod persist;

@@ -174,7 +174,12 @@ enum Command {
     },
 }
 
+/// The system allocator, counted: INFO's `used_memory` and `maxmemory`.
+#[global_allocator]
+static ALLOCATOR: chorus::alloc::Counting = chorus::alloc::Counting::new();
+
 fn main() {
+    chorus::alloc::installed();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Server { args } => server(&args),

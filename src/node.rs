@@ -154,6 +154,17 @@ pub struct Node {
 }
 
 impl Node {
+    /// The memory `maxmemory` bounds: what the allocator holds less the
+    /// writes kept for peers (the backlog is bounded by its own setting,
+    /// as Redis leaves replica buffers out; counting it would make eviction
+    /// delete data to make room for copies of the data it deletes).
+    /// `None` where the counting allocator is not installed.
+    pub fn data_memory(&self) -> Option<u64> {
+        let used = crate::alloc::used_bytes()? as u64;
+        let buffered = self.repl.as_ref().map_or(0, |r| r.buffered_bytes() as u64);
+        Some(used.saturating_sub(buffered))
+    }
+
     /// Opens a node: its keyspace, replicator (when the config replicates)
     /// and store (when `env` has one, whose state it loads). Nothing runs yet;
     /// [`Node::start`] starts the background work. Fails only when the store
@@ -241,7 +252,7 @@ impl Node {
                 }
             }
         }
-        tokio::spawn(active_expiry(self.ks.clone()));
+        tokio::spawn(active_expiry(self.clone()));
         if let Some(persistence) = &self.persistence {
             tokio::spawn(persistence.clone().run(crate::persist::CUT_EVERY, cuts));
         }
@@ -341,8 +352,12 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
-/// The active expiry cycle, every 100 ms.
-async fn active_expiry(ks: Arc<Keyspace>) {
+/// The active expiry cycle, every 100 ms; with it, the clock new keys
+/// start with, and eviction (replicated writes grow memory too, and no
+/// command of this node's waits for them).
+async fn active_expiry(node: Arc<Node>) {
+    let ks = &node.ks;
+    let replicating = node.repl.is_some();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     loop {
         tick.tick().await;
@@ -351,6 +366,11 @@ async fn active_expiry(ks: Arc<Keyspace>) {
         if deleted > 0 {
             debug!(deleted, "active expiry cycle");
         }
+        if let Some(clock) = ks.limits.clock() {
+            ks.access_clock
+                .store(clock.new_key(now), std::sync::atomic::Ordering::Relaxed);
+        }
+        let _ = crate::evict::make_room(ks, || node.data_memory(), replicating, now);
     }
 }
 

@@ -24,6 +24,8 @@ pub struct Tunables {
     pub query_buffer_limit: AtomicUsize,
     pub output_buffer_limits: RwLock<OutputBufferLimits>,
     pub loglevel: Mutex<LogLevel>,
+    /// The keyspace's `maxmemory` settings, shared with it.
+    pub memory: Arc<crate::evict::Limits>,
 }
 
 /// One setting CONFIG SET changes live: how to read it for CONFIG GET and
@@ -68,6 +70,21 @@ pub static LIVE: &[Live] = &[
         set: |t, c| t.protected_mode.store(c.protected_mode, Ordering::Relaxed),
     },
     Live {
+        name: "maxmemory",
+        get: |t| t.memory.maxmemory().to_string(),
+        set: |t, c| t.memory.set_maxmemory(c.maxmemory),
+    },
+    Live {
+        name: "maxmemory-policy",
+        get: |t| t.memory.policy().name().to_string(),
+        set: |t, c| t.memory.set_policy(c.maxmemory_policy),
+    },
+    Live {
+        name: "maxmemory-samples",
+        get: |t| t.memory.samples().to_string(),
+        set: |t, c| t.memory.set_samples(c.maxmemory_samples),
+    },
+    Live {
         name: "proto-max-bulk-len",
         get: |t| t.max_bulk().to_string(),
         set: |t, c| t.max_bulk.store(c.proto_max_bulk_len, Ordering::Relaxed),
@@ -98,7 +115,7 @@ pub static LIVE: &[Live] = &[
 ];
 
 impl Tunables {
-    fn from_config(config: &Config) -> Tunables {
+    fn from_config(config: &Config, memory: Arc<crate::evict::Limits>) -> Tunables {
         let t = Tunables {
             requirepass: RwLock::new(None),
             maxclients: AtomicUsize::new(0),
@@ -108,6 +125,7 @@ impl Tunables {
             query_buffer_limit: AtomicUsize::new(0),
             output_buffer_limits: RwLock::new(OutputBufferLimits::default()),
             loglevel: Mutex::new(config.loglevel),
+            memory,
         };
         for live in LIVE {
             (live.set)(&t, config);
@@ -214,7 +232,7 @@ pub struct Server {
 impl Server {
     pub fn new(node: Arc<Node>) -> Arc<Server> {
         Arc::new(Server {
-            tunables: Tunables::from_config(&node.config),
+            tunables: Tunables::from_config(&node.config, node.ks.limits.clone()),
             node,
             stats: Stats::default(),
             clients: ClientRegistry::default(),
@@ -248,12 +266,18 @@ mod tests {
             "normal 4mb 2mb 7",
             "--loglevel",
             "warning",
+            "--maxmemory",
+            "1mb",
+            "--maxmemory-policy",
+            "allkeys-lfu",
+            "--maxmemory-samples",
+            "9",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
         let config = Config::load(None, &args).unwrap();
-        let t = Tunables::from_config(&config);
+        let t = Tunables::from_config(&config, Default::default());
         let got: Vec<(&str, String)> = LIVE.iter().map(|l| (l.name, (l.get)(&t))).collect();
         assert_eq!(
             got,
@@ -262,6 +286,9 @@ mod tests {
                 ("maxclients", "77".to_string()),
                 ("timeout", "9".to_string()),
                 ("protected-mode", "no".to_string()),
+                ("maxmemory", (1024 * 1024).to_string()),
+                ("maxmemory-policy", "allkeys-lfu".to_string()),
+                ("maxmemory-samples", "9".to_string()),
                 ("proto-max-bulk-len", (2 * 1024 * 1024).to_string()),
                 ("client-query-buffer-limit", (3 * 1024 * 1024).to_string()),
                 (

@@ -8,13 +8,13 @@ use super::{int_arg, is, CmdResult, Error, Exec, Spec};
 use super::{Flags, Keys};
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "setbit", arity: 4, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key offset value", summary: "Sets or clears the bit at offset of the string value. Creates the key if it doesn't exist.", run: setbit },
+    Spec { name: "setbit", arity: 4, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key offset value", summary: "Sets or clears the bit at offset of the string value. Creates the key if it doesn't exist.", run: setbit },
     Spec { name: "getbit", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key offset", summary: "Returns a bit value by offset.", run: getbit },
     Spec { name: "bitcount", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key [start end [BYTE|BIT]]", summary: "Counts the number of set bits (population counting) in a string.", run: bitcount },
     Spec { name: "bitpos", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key bit [start [end [BYTE|BIT]]]", summary: "Finds the first set (1) or clear (0) bit in a string.", run: bitpos },
-    Spec { name: "bitfield", arity: -2, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key [GET encoding offset | [OVERFLOW WRAP|SAT|FAIL] SET encoding offset value | INCRBY encoding offset increment ...]", summary: "Performs arbitrary bitfield integer operations on strings.", run: bitfield },
+    Spec { name: "bitfield", arity: -2, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key [GET encoding offset | [OVERFLOW WRAP|SAT|FAIL] SET encoding offset value | INCRBY encoding offset increment ...]", summary: "Performs arbitrary bitfield integer operations on strings.", run: bitfield },
     Spec { name: "bitfield_ro", arity: -2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "bitmap", syntax: "key [GET encoding offset ...]", summary: "Performs arbitrary read-only bitfield integer operations on strings.", run: bitfield_ro },
-    Spec { name: "bitop", arity: -4, flags: Flags::of(&[Write]), keys: Keys::at(2, -1, 1), group: "bitmap", syntax: "AND|OR|XOR|NOT destkey key [key ...]", summary: "Performs bitwise operations on multiple strings, and stores the result.", run: bitop },
+    Spec { name: "bitop", arity: -4, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(2, -1, 1), group: "bitmap", syntax: "AND|OR|XOR|NOT destkey key [key ...]", summary: "Performs bitwise operations on multiple strings, and stores the result.", run: bitop },
 ];
 
 /// Bit offsets go up to 2^32 - 1, as in Redis (a 512 MB string).

@@ -23,6 +23,7 @@ pub static COMMANDS: &[Spec] = &[Spec {
 /// The flags COMMAND INFO reports, by Redis's names.
 const FLAG_NAMES: &[(Flag, &str)] = &[
     (Write, "write"),
+    (DenyOom, "denyoom"),
     (ReadOnly, "readonly"),
     (Admin, "admin"),
     (NoAuth, "no_auth"),

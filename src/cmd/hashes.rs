@@ -13,9 +13,9 @@ use crate::glob;
 
 #[rustfmt::skip]
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "hset", arity: -4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value [field value ...]", summary: "Creates or modifies the value of a field in a hash.", run: hset },
-    Spec { name: "hmset", arity: -4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value [field value ...]", summary: "Sets the values of multiple fields.", run: hmset },
-    Spec { name: "hsetnx", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value", summary: "Sets the value of a field in a hash only when the field doesn't exist.", run: hsetnx },
+    Spec { name: "hset", arity: -4, flags: Flags::of(&[DenyOom, Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value [field value ...]", summary: "Creates or modifies the value of a field in a hash.", run: hset },
+    Spec { name: "hmset", arity: -4, flags: Flags::of(&[DenyOom, Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value [field value ...]", summary: "Sets the values of multiple fields.", run: hmset },
+    Spec { name: "hsetnx", arity: 4, flags: Flags::of(&[DenyOom, Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field value", summary: "Sets the value of a field in a hash only when the field doesn't exist.", run: hsetnx },
     Spec { name: "hget", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field", summary: "Returns the value of a field in a hash.", run: hget },
     Spec { name: "hmget", arity: -3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field [field ...]", summary: "Returns the values of all fields in a hash.", run: hmget },
     Spec { name: "hgetall", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key", summary: "Returns all fields and values in a hash.", run: hgetall },
@@ -27,8 +27,8 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "hdel", arity: -3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field [field ...]", summary: "Deletes one or more fields and their values from a hash. Deletes the hash if no fields remain.", run: hdel },
     Spec { name: "hrandfield", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key [count [WITHVALUES]]", summary: "Returns one or more random fields from a hash.", run: hrandfield },
     Spec { name: "hscan", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key cursor [MATCH pattern] [COUNT count] [NOVALUES]", summary: "Iterates over fields and values of a hash.", run: hscan },
-    Spec { name: "hincrby", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field increment", summary: "Increments the integer value of a field in a hash by a number. Uses 0 as initial value if the field doesn't exist.", run: hincrby },
-    Spec { name: "hincrbyfloat", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field increment", summary: "Increments the floating point value of a field by a number. Uses 0 as initial value if the field doesn't exist.", run: hincrbyfloat },
+    Spec { name: "hincrby", arity: 4, flags: Flags::of(&[DenyOom, Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field increment", summary: "Increments the integer value of a field in a hash by a number. Uses 0 as initial value if the field doesn't exist.", run: hincrby },
+    Spec { name: "hincrbyfloat", arity: 4, flags: Flags::of(&[DenyOom, Write, Fast]), keys: Keys::at(1, 1, 1), group: "hash", syntax: "key field increment", summary: "Increments the floating point value of a field by a number. Uses 0 as initial value if the field doesn't exist.", run: hincrbyfloat },
 ];
 
 fn pairs<'a>(args: &'a [&'a [u8]], name: &'static str) -> Result<&'a [&'a [u8]], Error> {

@@ -19,14 +19,14 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "dbsize", arity: 1, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::All, group: "server", syntax: "", summary: "Returns the number of keys in the database.", run: dbsize },
     Spec { name: "rename", arity: 3, flags: Flags::of(&[Write]), keys: Keys::at(1, 2, 1), group: "generic", syntax: "key newkey", summary: "Renames a key and overwrites the destination.", run: rename },
     Spec { name: "renamenx", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 2, 1), group: "generic", syntax: "key newkey", summary: "Renames a key only when the target key name doesn't exist.", run: renamenx },
-    Spec { name: "copy", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, 2, 1), group: "generic", syntax: "source destination [DB destination-db] [REPLACE]", summary: "Copies the value of a key to a new key.", run: copy },
+    Spec { name: "copy", arity: -3, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, 2, 1), group: "generic", syntax: "source destination [DB destination-db] [REPLACE]", summary: "Copies the value of a key to a new key.", run: copy },
     Spec { name: "flushdb", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from the current database.", run: flushdb },
     Spec { name: "flushall", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from all databases.", run: flushall },
     Spec { name: "move", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key db", summary: "Moves a key to another database.", run: move_ },
     Spec { name: "object", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "generic", syntax: "ENCODING|FREQ|IDLETIME|REFCOUNT key | HELP", summary: "A container for object introspection commands.", run: object },
     Spec { name: "memory", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "server", syntax: "USAGE key [SAMPLES count] | HELP", summary: "A container for memory diagnostics commands.", run: memory },
     Spec { name: "dump", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key", summary: "Returns a serialized representation of the value stored at a key.", run: dump },
-    Spec { name: "restore", arity: -4, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key ttl serialized-value [REPLACE] [ABSTTL] [IDLETIME seconds] [FREQ frequency]", summary: "Creates a key from the serialized representation of a value.", run: restore },
+    Spec { name: "restore", arity: -4, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key ttl serialized-value [REPLACE] [ABSTTL] [IDLETIME seconds] [FREQ frequency]", summary: "Creates a key from the serialized representation of a value.", run: restore },
     Spec { name: "swapdb", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::All, group: "server", syntax: "index1 index2", summary: "Swaps two Redis databases.", run: swapdb },
 ];
 
@@ -90,9 +90,10 @@ fn keys(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-/// SCAN's cursor is `shard << 32 | position within the shard's map`. A shard
-/// that grows or shrinks during a scan may make it miss or repeat keys of that
-/// shard (Redis guarantees no misses; see docs/compatibility.md).
+/// SCAN's cursor is `shard << 32 | bucket of the shard's table`: each call
+/// costs what it returns. A table that grows during a scan may make it miss
+/// or repeat keys of that shard (Redis guarantees no misses; see
+/// docs/compatibility.md).
 /// SCAN's options after the cursor (SSCAN's and HSCAN's too): MATCH,
 /// COUNT, and TYPE where `with_type`.
 pub struct ScanOptions<'a> {
@@ -150,22 +151,28 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let mut found: Vec<Vec<u8>> = Vec::new();
     let mut visited = 0;
     let shards = crate::keyspace::SHARDS;
-    while shard_i < shards && visited < count {
+    // As Redis: empty buckets count a tenth, so that a sparse table (after
+    // mass deletes) cannot make one call walk it whole.
+    let mut empty = 0;
+    while shard_i < shards && visited < count && empty < count * 10 {
         let shard = x.locked.shard(shard_i)?;
         let map = &shard.dbs[db].map;
-        for (k, s) in map.iter().skip(pos) {
+        while pos < map.buckets() && visited < count && empty < count * 10 {
+            let Some(e) = map.bucket(pos) else {
+                pos += 1;
+                empty += 1;
+                continue;
+            };
             pos += 1;
             visited += 1;
+            let (k, s) = (&e.key, &e.state);
             let type_ok =
                 type_filter.is_none_or(|t| s.key_type(now).is_some_and(|kt| is(t, kt.name())));
             if type_ok && s.exists(now) && pattern.is_none_or(|p| glob::matches(p, k, false)) {
                 found.push(k.to_vec());
             }
-            if visited >= count {
-                break;
-            }
         }
-        if pos >= map.len() {
+        if pos >= map.buckets() {
             shard_i += 1;
             pos = 0;
         }

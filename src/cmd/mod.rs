@@ -61,6 +61,9 @@ pub enum Flag {
     Fast,
     /// Not allowed inside MULTI at all.
     NoMulti,
+    /// May grow memory: refused while over `maxmemory` (Redis's
+    /// `denyoom`).
+    DenyOom,
 }
 
 /// A set of [`Flag`]s, built in the (const) command table.
@@ -234,6 +237,16 @@ pub fn dispatch(
         reply_error(server, out, &e.text());
         return Some(spec.name);
     }
+    if denied_for_memory(server, session, spec, now_ms) {
+        if spec.keys == Keys::Queued {
+            // EXEC: as Redis, the transaction is discarded.
+            multi::discard_session(session);
+        } else if session.multi.is_some() {
+            session.multi_dirty = true;
+        }
+        reply_error(server, out, &Error::Oom.text());
+        return Some(spec.name);
+    }
     if let Some(queue) = &mut session.multi {
         if !spec.has(Flag::NoQueue) {
             queue.push(Queued {
@@ -265,7 +278,7 @@ pub fn dispatch(
         locked,
         now_ms,
     };
-    x.expire_named_keys(spec, args);
+    x.touch_named_keys(spec, args);
     if let Err(e) = (spec.run)(&mut x, args) {
         reply_error(server, x.out, &e.text());
     }
@@ -276,6 +289,27 @@ pub fn dispatch(
 pub fn reply_error(server: &Server, out: &mut Reply, msg: &str) {
     server.stats.errors.record(msg);
     out.error(msg);
+}
+
+/// Whether a command that may grow memory (or an EXEC of one) must be
+/// refused: over `maxmemory`, after eviction had its chance (it runs here,
+/// before the command takes its shard locks, since it takes others).
+fn denied_for_memory(server: &Server, session: &Session, spec: &Spec, now_ms: u64) -> bool {
+    let ks = &server.node.ks;
+    if ks.limits.maxmemory() == 0 {
+        return false;
+    }
+    let grows = spec.has(Flag::DenyOom)
+        || (spec.keys == Keys::Queued
+            && session
+                .multi
+                .as_ref()
+                .is_some_and(|q| q.iter().any(|c| c.spec.has(Flag::DenyOom))));
+    if !grows {
+        return false;
+    }
+    let node = &server.node;
+    crate::evict::make_room(ks, || node.data_memory(), node.repl.is_some(), now_ms).is_err()
 }
 
 /// What the dispatcher checks before a command runs or is queued.
@@ -305,24 +339,35 @@ pub struct Exec<'s, 'c> {
 
 impl<'s> Exec<'s, '_> {
     /// The current database's part of the shard holding `key`.
-    /// Redis's lazy expiry: a key the command names whose time has passed
-    /// is deleted, and the delete replicated, before the command runs. A
-    /// read that answered "gone" thus made the delete that keeps it gone: a
-    /// write a peer made before the expiry, arriving later, loses to it
-    /// instead of bringing the key back.
-    pub fn expire_named_keys(&mut self, spec: &Spec, args: &[&[u8]]) {
+    /// Before a command runs, each key it names is touched: its access
+    /// clock moves (when an LRU or LFU `maxmemory-policy` is on), and, as
+    /// Redis's lazy expiry, a key whose time has passed is deleted and the
+    /// delete replicated. A read that answered "gone" thus made the delete
+    /// that keeps it gone: a write a peer made before the expiry, arriving
+    /// later, loses to it instead of bringing the key back.
+    pub fn touch_named_keys(&mut self, spec: &Spec, args: &[&[u8]]) {
         let db = self.session.db;
+        let clock = self.ks.limits.clock();
         for i in spec.key_positions(args.len()) {
             let Some(key) = args.get(i) else { continue };
             let Ok(shard) = self.locked.shard(self.ks.shard_of(key)) else {
                 continue;
             };
-            if shard.dbs[db].expiring.is_empty() {
+            let d = &mut shard.dbs[db];
+            if d.expiring.is_empty() && clock.is_none() {
                 continue;
             }
-            let _ = self
-                .ks
-                .expire_if_due(&mut self.locked, db, key, self.now_ms);
+            let Some(entry) = d.map.entry_mut(key) else {
+                continue;
+            };
+            if let Some(c) = clock {
+                entry.clock = c.touch(entry.clock, self.now_ms);
+            }
+            if entry.state.is_expired(self.now_ms) && entry.state.exists(0) {
+                let _ = self
+                    .ks
+                    .expire_if_due(&mut self.locked, db, key, self.now_ms);
+            }
         }
     }
 

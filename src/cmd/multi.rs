@@ -76,10 +76,15 @@ fn multi(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 }
 
 fn end_multi(x: &mut Exec) {
-    x.session.multi = None;
-    x.session.multi_dirty = false;
-    x.session.watched.clear();
-    x.session.handle.in_multi.store(false, Ordering::Relaxed);
+    discard_session(x.session);
+}
+
+/// Ends the session's transaction, its queue and watches dropped.
+pub(super) fn discard_session(session: &mut Session) {
+    session.multi = None;
+    session.multi_dirty = false;
+    session.watched.clear();
+    session.handle.in_multi.store(false, Ordering::Relaxed);
 }
 
 fn discard(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
@@ -121,7 +126,7 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     x.session.in_exec = true;
     for q in &queue {
         let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
-        x.expire_named_keys(q.spec, &args);
+        x.touch_named_keys(q.spec, &args);
         if let Err(e) = (q.spec.run)(x, &args) {
             super::reply_error(x.server, x.out, &e.text());
         }

@@ -12,7 +12,7 @@ use crate::glob;
 
 #[rustfmt::skip]
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "sadd", arity: -3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key member [member ...]", summary: "Adds one or more members to a set. Creates the key if it doesn't exist.", run: sadd },
+    Spec { name: "sadd", arity: -3, flags: Flags::of(&[DenyOom, Write, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key member [member ...]", summary: "Adds one or more members to a set. Creates the key if it doesn't exist.", run: sadd },
     Spec { name: "srem", arity: -3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key member [member ...]", summary: "Removes one or more members from a set. Deletes the set if the last member was removed.", run: srem },
     Spec { name: "sismember", arity: 3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key member", summary: "Determines whether a member belongs to a set.", run: sismember },
     Spec { name: "smismember", arity: -3, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key member [member ...]", summary: "Determines whether multiple members belong to a set.", run: smismember },
@@ -22,11 +22,11 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "smove", arity: 4, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 2, 1), group: "set", syntax: "source destination member", summary: "Moves a member from one set to another.", run: smove },
     Spec { name: "sinter", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, -1, 1), group: "set", syntax: "key [key ...]", summary: "Returns the intersect of multiple sets.", run: sinter },
     Spec { name: "sintercard", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, -1, 1), group: "set", syntax: "numkeys key [key ...] [LIMIT limit]", summary: "Returns the number of members of the intersect of multiple sets.", run: sintercard },
-    Spec { name: "sinterstore", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the intersect of multiple sets in a key.", run: sinterstore },
+    Spec { name: "sinterstore", arity: -3, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the intersect of multiple sets in a key.", run: sinterstore },
     Spec { name: "sunion", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, -1, 1), group: "set", syntax: "key [key ...]", summary: "Returns the union of multiple sets.", run: sunion },
-    Spec { name: "sunionstore", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the union of multiple sets in a key.", run: sunionstore },
+    Spec { name: "sunionstore", arity: -3, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the union of multiple sets in a key.", run: sunionstore },
     Spec { name: "sdiff", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, -1, 1), group: "set", syntax: "key [key ...]", summary: "Returns the difference of multiple sets.", run: sdiff },
-    Spec { name: "sdiffstore", arity: -3, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the difference of multiple sets in a key.", run: sdiffstore },
+    Spec { name: "sdiffstore", arity: -3, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, -1, 1), group: "set", syntax: "destination key [key ...]", summary: "Stores the difference of multiple sets in a key.", run: sdiffstore },
     Spec { name: "sscan", arity: -3, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key cursor [MATCH pattern] [COUNT count]", summary: "Iterates over members of a set.", run: sscan },
     Spec { name: "scard", arity: 2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "set", syntax: "key", summary: "Returns the number of members in a set.", run: scard },
 ];

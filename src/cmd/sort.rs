@@ -12,7 +12,7 @@ use super::{Args, CmdResult, Error, Exec, Flags, Keys, Spec};
 
 #[rustfmt::skip]
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "sort", arity: -2, flags: Flags::of(&[Write]), keys: Keys::All, group: "generic", syntax: "key [BY pattern] [LIMIT offset count] [GET pattern [GET pattern ...]] [ASC|DESC] [ALPHA] [STORE destination]", summary: "Sorts the elements in a list, a set, or a sorted set, optionally storing the result.", run: sort },
+    Spec { name: "sort", arity: -2, flags: Flags::of(&[DenyOom, Write]), keys: Keys::All, group: "generic", syntax: "key [BY pattern] [LIMIT offset count] [GET pattern [GET pattern ...]] [ASC|DESC] [ALPHA] [STORE destination]", summary: "Sorts the elements in a list, a set, or a sorted set, optionally storing the result.", run: sort },
     Spec { name: "sort_ro", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::All, group: "generic", syntax: "key [BY pattern] [LIMIT offset count] [GET pattern [GET pattern ...]] [ASC|DESC] [ALPHA]", summary: "Returns the sorted elements of a list, a set, or a sorted set.", run: sort_ro },
 ];
 

@@ -138,9 +138,6 @@ const NO: Off = Off::Words(&["no", "false"]);
 
 const ACL: &str = "ACL users are not implemented (requirepass protects the default user): the \
                    users it defines could not log in and its rules would not apply";
-const EVICTION_LATER: &str = "not yet supported by this version of chorus (eviction and the \
-                              flash tier land in a later release): the node would grow past \
-                              the limit instead of evicting";
 
 /// Every known directive. Order: as in redis.conf's sections, then KeyDB's
 /// own, then Chorus's own.
@@ -311,15 +308,9 @@ pub static DIRECTIVES: &[Directive] = &[
     ),
     // ---- clients and memory
     applied("maxclients", "10000"),
-    refused("maxmemory", "0", Off::Zero, EVICTION_LATER),
-    refused(
-        "maxmemory-policy",
-        "noeviction",
-        Off::Words(&["noeviction"]),
-        "not yet supported by this version of chorus (eviction lands in a later release): \
-         nothing would be evicted",
-    ),
-    ignored("maxmemory-samples", "5"),
+    applied("maxmemory", "0"),
+    applied("maxmemory-policy", "noeviction"),
+    applied("maxmemory-samples", "5"),
     ignored("maxmemory-eviction-tenacity", "10"),
     ignored_alias(
         "replica-ignore-maxmemory",

@@ -64,6 +64,10 @@ pub struct Config {
     pub timeout_secs: u64,
     pub databases: usize,
     pub proto_max_bulk_len: usize,
+    /// `maxmemory` in bytes (0: no limit), its policy and samples.
+    pub maxmemory: u64,
+    pub maxmemory_policy: crate::evict::Policy,
+    pub maxmemory_samples: usize,
     pub client_query_buffer_limit: usize,
     pub loglevel: LogLevel,
     pub logfile: Option<PathBuf>,
@@ -292,6 +296,9 @@ impl Default for Config {
             timeout_secs: 0,
             databases: 16,
             proto_max_bulk_len: 512 * 1024 * 1024,
+            maxmemory: 0,
+            maxmemory_policy: crate::evict::Policy::NoEviction,
+            maxmemory_samples: 5,
             client_query_buffer_limit: 1024 * 1024 * 1024,
             loglevel: LogLevel::Notice,
             logfile: None,
@@ -514,6 +521,25 @@ impl Config {
                     return Err(bad("expects 1 to 1024 databases"));
                 }
                 self.databases = n;
+            }
+            "maxmemory" => {
+                self.maxmemory =
+                    parse_size(one()?).ok_or_else(|| bad("expects a size like 2gb"))?;
+            }
+            "maxmemory-policy" => {
+                self.maxmemory_policy = crate::evict::Policy::parse(one()?).ok_or_else(|| {
+                    bad(
+                        "expects noeviction, allkeys-lru, allkeys-lfu, allkeys-random, \
+                         volatile-lru, volatile-lfu, volatile-random or volatile-ttl",
+                    )
+                })?;
+            }
+            "maxmemory-samples" => {
+                let n: usize = one()?.parse().map_err(|_| bad("expects a number"))?;
+                if !(1..=64).contains(&n) {
+                    return Err(bad("expects 1 to 64 samples"));
+                }
+                self.maxmemory_samples = n;
             }
             "proto-max-bulk-len" => {
                 let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 512mb"))?;
@@ -845,6 +871,9 @@ impl Config {
             "timeout" => self.timeout_secs.to_string(),
             "databases" => self.databases.to_string(),
             "proto-max-bulk-len" => self.proto_max_bulk_len.to_string(),
+            "maxmemory" => self.maxmemory.to_string(),
+            "maxmemory-policy" => self.maxmemory_policy.name().to_string(),
+            "maxmemory-samples" => self.maxmemory_samples.to_string(),
             "client-query-buffer-limit" => self.client_query_buffer_limit.to_string(),
             "loglevel" => self.loglevel.as_str().to_string(),
             "logfile" => path(&self.logfile),
@@ -1136,11 +1165,11 @@ mod tests {
         let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
         assert!(e.contains("not yet supported"), "{e}");
 
-        let e = Config::load(None, &["--maxmemory".into(), "1gb".into()])
+        let e = Config::load(None, &["--maxmemory-policy".into(), "lru".into()])
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("command line") && e.contains("not yet supported"),
+            e.contains("command line") && e.contains("allkeys-lru"),
             "{e}"
         );
     }

@@ -82,13 +82,23 @@ impl Backlog {
     /// is given (told the write's sequence number) and returns the buffer.
     /// `now_ms` is when the write was made (for lag in ms).
     pub fn push(&mut self, now_ms: u64, encode: impl FnOnce(u64, Vec<u8>) -> Vec<u8>) -> u64 {
-        self.head += 1;
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        let scratch = encode(self.head, scratch);
+        let scratch = encode(self.head + 1, scratch);
+        let framed = chorus_transport::frame::framed_len(scratch.len());
+        if self.tail.capacity() - self.tail.len() < framed {
+            // A new buffer of a segment's size, never a grown copy: grown
+            // buffers doubled, and each lived as long as any segment cut
+            // from it, so the backlog held up to twice the bytes it counts
+            // (maxmemory leaves those bytes out of the data's memory).
+            // Sealed before this write takes its number.
+            self.seal();
+            self.tail = bytes::BytesMut::with_capacity(self.segment_bytes.max(framed));
+        }
+        self.head += 1;
         self.tail_offsets.push(self.tail.len() as u32);
         chorus_transport::frame::append_framed(&mut self.tail, &scratch);
-        self.bytes += chorus_transport::frame::framed_len(scratch.len());
+        self.bytes += framed;
         // One huge value must not pin its size for the node's life.
         if scratch.capacity() <= SCRATCH_KEPT {
             self.scratch = scratch;
@@ -283,6 +293,37 @@ mod tests {
         let (last, got) = seqs(b.read_from(b.oldest(), 1));
         assert!(!got.is_empty() && last == *got.last().unwrap());
         assert_eq!(seqs(b.read_from(30, 1)), (30, vec![30]));
+    }
+
+    /// Frames of every size, many larger than what is left of the
+    /// segment buffer: each is sealed before it takes its number, so
+    /// resuming anywhere gives every number once, in order; and the
+    /// buffers held stay close to the bytes counted.
+    #[test]
+    fn frames_that_do_not_fit_the_buffer_start_a_new_one() {
+        let mut b = Backlog::new(1 << 20);
+        for seq in 1..=2000u64 {
+            let size = (seq * 37 % 3000) as usize;
+            b.push(seq, |n, mut buf| {
+                assert_eq!(n, seq, "the number the write gets");
+                buf.extend_from_slice(&n.to_be_bytes());
+                buf.resize(8 + size, 0);
+                buf
+            });
+            if seq % 7 == 0 {
+                // A reader seals what was appended.
+                let _ = b.read_from(seq, 1 << 30);
+            }
+        }
+        let Resume::Frames { last, chunks } = b.read_from(b.oldest(), usize::MAX) else {
+            panic!("frames");
+        };
+        let got: Vec<u64> = payloads(&chunks)
+            .iter()
+            .map(|p| u64::from_be_bytes(p[..8].try_into().unwrap()))
+            .collect();
+        assert_eq!(last, 2000);
+        assert_eq!(got, (b.oldest()..=2000).collect::<Vec<_>>());
     }
 
     proptest! {

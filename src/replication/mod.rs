@@ -447,6 +447,13 @@ impl Replicator {
         self.core.lock().relay_bytes()
     }
 
+    /// Bytes of writes kept for peers: the backlog and the relay logs,
+    /// each bounded by `repl-backlog-size`.
+    pub fn buffered_bytes(&self) -> usize {
+        let core = self.core.lock();
+        core.backlog_bytes() + core.relay_bytes()
+    }
+
     /// Earlier lives of restarted peers.
     pub fn retired(&self) -> Vec<NodeId> {
         self.core.lock().retired()

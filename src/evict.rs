@@ -1,0 +1,356 @@
+//! `maxmemory`: the limit, the policy, and eviction by sampling, as Redis
+//! does it (`evict.c`): draw a few random keys (`maxmemory-samples`), delete
+//! the best candidate by the policy, until the allocator's count is under
+//! the limit.
+//!
+//! An eviction is a delete, replicated like DEL: a node that dropped its
+//! part of a CRDT state alone would diverge from its peers for good (a
+//! counter's other tallies would come back as the whole value). With peers
+//! the deletes' tombstones and backlog entries take memory until the peers
+//! acknowledge them, so a replicating node evicts down to a little under the
+//! limit ([`Limits::target`]).
+
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+
+use smallvec::SmallVec;
+
+use crate::key::Key;
+use crate::keyspace::{Keyspace, SHARDS};
+
+/// `maxmemory-policy`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum Policy {
+    #[default]
+    NoEviction,
+    AllKeysLru,
+    AllKeysLfu,
+    AllKeysRandom,
+    VolatileLru,
+    VolatileLfu,
+    VolatileRandom,
+    VolatileTtl,
+}
+
+const POLICIES: [(Policy, &str); 8] = [
+    (Policy::NoEviction, "noeviction"),
+    (Policy::AllKeysLru, "allkeys-lru"),
+    (Policy::AllKeysLfu, "allkeys-lfu"),
+    (Policy::AllKeysRandom, "allkeys-random"),
+    (Policy::VolatileLru, "volatile-lru"),
+    (Policy::VolatileLfu, "volatile-lfu"),
+    (Policy::VolatileRandom, "volatile-random"),
+    (Policy::VolatileTtl, "volatile-ttl"),
+];
+
+impl Policy {
+    pub fn parse(name: &str) -> Option<Policy> {
+        POLICIES
+            .iter()
+            .find(|(_, n)| n.eq_ignore_ascii_case(name))
+            .map(|(p, _)| *p)
+    }
+
+    pub fn name(self) -> &'static str {
+        POLICIES[self as usize].1
+    }
+
+    fn from_u8(v: u8) -> Policy {
+        POLICIES
+            .get(v as usize)
+            .map_or(Policy::NoEviction, |(p, _)| *p)
+    }
+
+    /// Only keys with an expiry may go.
+    fn volatile(self) -> bool {
+        matches!(
+            self,
+            Policy::VolatileLru
+                | Policy::VolatileLfu
+                | Policy::VolatileRandom
+                | Policy::VolatileTtl
+        )
+    }
+
+    /// What the keys' access clocks must hold for this policy.
+    pub fn clock(self) -> Option<Clock> {
+        match self {
+            Policy::AllKeysLru | Policy::VolatileLru => Some(Clock::Lru),
+            Policy::AllKeysLfu | Policy::VolatileLfu => Some(Clock::Lfu),
+            _ => None,
+        }
+    }
+}
+
+/// What a key's access clock holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Clock {
+    /// The last access, in tenths of a second.
+    Lru,
+    /// Redis's LFU word: the minute of the last decrement (24 bits) and a
+    /// logarithmic access counter (8 bits).
+    Lfu,
+}
+
+/// Redis's `lfu-log-factor` and `lfu-decay-time` defaults.
+const LFU_LOG_FACTOR: f64 = 10.0;
+const LFU_DECAY_MINUTES: u32 = 1;
+/// A new key's count, so that it is not the first to go.
+const LFU_INIT: u32 = 5;
+
+fn minutes(now_ms: u64) -> u32 {
+    ((now_ms / 60_000) & 0xff_ffff) as u32
+}
+
+/// Tenths of a second: an LRU clock fine enough to tell a key read a
+/// moment ago from one written a second before, wrapping after 13 years
+/// (an idle time is a wrapping difference).
+fn tenths(now_ms: u64) -> u32 {
+    (now_ms / 100) as u32
+}
+
+impl Clock {
+    /// The word a key created now starts with.
+    pub fn new_key(self, now_ms: u64) -> u32 {
+        match self {
+            Clock::Lru => tenths(now_ms),
+            Clock::Lfu => (minutes(now_ms) << 8) | LFU_INIT,
+        }
+    }
+
+    /// The word after an access now.
+    pub fn touch(self, word: u32, now_ms: u64) -> u32 {
+        match self {
+            Clock::Lru => tenths(now_ms),
+            Clock::Lfu => {
+                let mut count = lfu_decayed(word, now_ms);
+                if count < 255 {
+                    let base = count.saturating_sub(LFU_INIT) as f64;
+                    if rand::random::<f64>() < 1.0 / (base * LFU_LOG_FACTOR + 1.0) {
+                        count += 1;
+                    }
+                }
+                (minutes(now_ms) << 8) | count
+            }
+        }
+    }
+
+    /// How good a victim a key with this word is: the higher, the sooner it
+    /// goes (idle time for LRU; 255 less the decayed count for LFU).
+    fn idleness(self, word: u32, now_ms: u64) -> u64 {
+        match self {
+            Clock::Lru => u64::from(tenths(now_ms).wrapping_sub(word)),
+            Clock::Lfu => u64::from(255 - lfu_decayed(word, now_ms)),
+        }
+    }
+}
+
+/// The count less one per `lfu-decay-time` minutes since the last access.
+fn lfu_decayed(word: u32, now_ms: u64) -> u32 {
+    let (last, count) = (word >> 8, word & 0xff);
+    let elapsed = minutes(now_ms).wrapping_sub(last) & 0xff_ffff;
+    count.saturating_sub(elapsed / LFU_DECAY_MINUTES)
+}
+
+/// The limit and how to keep to it; live (CONFIG SET).
+#[derive(Debug, Default)]
+pub struct Limits {
+    maxmemory: AtomicU64,
+    policy: AtomicU8,
+    samples: AtomicUsize,
+}
+
+impl Limits {
+    pub fn set_maxmemory(&self, bytes: u64) {
+        self.maxmemory.store(bytes, Ordering::Relaxed);
+    }
+
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.store(policy as u8, Ordering::Relaxed);
+    }
+
+    pub fn set_samples(&self, samples: usize) {
+        self.samples.store(samples.max(1), Ordering::Relaxed);
+    }
+
+    /// 0: no limit.
+    pub fn maxmemory(&self) -> u64 {
+        self.maxmemory.load(Ordering::Relaxed)
+    }
+
+    pub fn policy(&self) -> Policy {
+        Policy::from_u8(self.policy.load(Ordering::Relaxed))
+    }
+
+    pub fn samples(&self) -> usize {
+        self.samples.load(Ordering::Relaxed).max(1)
+    }
+
+    /// The clock keys must keep now: `None` unless a limit is set with an
+    /// LRU or LFU policy (commands then pay nothing for it).
+    pub fn clock(&self) -> Option<Clock> {
+        if self.maxmemory() == 0 {
+            return None;
+        }
+        self.policy().clock()
+    }
+
+    /// What eviction brings memory down to: the limit, or 1/32 under it
+    /// on a node that replicates (room for its deletes' tombstones and
+    /// backlog entries until the peers have them).
+    fn target(&self, replicating: bool) -> u64 {
+        let max = self.maxmemory();
+        if replicating {
+            max - max / 32
+        } else {
+            max
+        }
+    }
+}
+
+/// Why a write was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub struct OutOfMemory;
+
+/// Most keys one call evicts, so that one command never stalls long; the
+/// next command (or the cron) goes on.
+const MOST_PER_CALL: usize = 512;
+
+/// Brings memory under the limit if it is over: `Ok` when it is under, or
+/// eviction made progress; `OutOfMemory` when it is over and nothing can go
+/// (`noeviction`, or no key the policy may take). `used` reads the
+/// allocator's count (`None`: not known, so nothing is enforced).
+pub fn make_room(
+    ks: &Keyspace,
+    used: impl Fn() -> Option<u64>,
+    replicating: bool,
+    now_ms: u64,
+) -> Result<(), OutOfMemory> {
+    let limits = &ks.limits;
+    let max = limits.maxmemory();
+    if max == 0 {
+        return Ok(());
+    }
+    let Some(mut now_used) = used() else {
+        return Ok(());
+    };
+    if now_used <= max {
+        return Ok(());
+    }
+    let policy = limits.policy();
+    if policy == Policy::NoEviction {
+        return Err(OutOfMemory);
+    }
+    let target = limits.target(replicating);
+    let mut evicted = 0;
+    while now_used > target && evicted < MOST_PER_CALL {
+        let Some((db, key)) = pick(ks, policy, limits.samples(), now_ms) else {
+            break;
+        };
+        if ks.evict(db, &key, now_ms) {
+            evicted += 1;
+        }
+        now_used = used().unwrap_or(0);
+    }
+    if evicted == 0 && now_used > max {
+        return Err(OutOfMemory);
+    }
+    Ok(())
+}
+
+/// The best victim among `samples` random keys (across shards and
+/// databases); `None` when none of several rounds found any key the policy
+/// may take.
+fn pick(ks: &Keyspace, policy: Policy, samples: usize, now_ms: u64) -> Option<(usize, Key)> {
+    let clock = policy.clock();
+    let mut best: Option<(u64, usize, Key)> = None;
+    for _round in 0..8 {
+        for _ in 0..samples {
+            let shard = rand::random_range(0..SHARDS);
+            let mut locked = ks.lock(SmallVec::from_slice(&[shard]));
+            let Ok(s) = locked.shard(shard) else {
+                continue;
+            };
+            for (db, d) in s.dbs.iter().enumerate() {
+                if d.live == 0 {
+                    continue;
+                }
+                let candidate = if policy.volatile() {
+                    volatile_sample(d, policy)
+                } else {
+                    // Past tombstones (deletes the peers have not all
+                    // acknowledged yet): only a key can be evicted.
+                    let start = rand::random_range(0..d.map.buckets().max(1));
+                    d.map.sample_from(start, 64, |e| e.state.exists(0))
+                };
+                let Some(entry) = candidate else {
+                    continue;
+                };
+                let score = match (policy, clock) {
+                    (Policy::VolatileTtl, _) => u64::MAX - entry.state.expire_at_ms(),
+                    (_, Some(c)) => c.idleness(entry.clock, now_ms),
+                    _ => rand::random(),
+                };
+                if best.as_ref().is_none_or(|(b, _, _)| score > *b) {
+                    best = Some((score, db, entry.key.clone()));
+                }
+            }
+        }
+        if best.is_some() {
+            break;
+        }
+    }
+    best.map(|(_, db, key)| (db, key))
+}
+
+/// A key with an expiry from one database of a shard: the soonest to
+/// expire for volatile-ttl, else one at a random point of the expiry order.
+fn volatile_sample(d: &crate::keyspace::Db, policy: Policy) -> Option<&crate::keymap::Entry> {
+    let (first, _) = d.expiring.first()?;
+    let (last, _) = d.expiring.last()?;
+    let (_, key) = if policy == Policy::VolatileTtl || first == last {
+        d.expiring.first()?
+    } else {
+        let at = rand::random_range(*first..=*last);
+        d.expiring.range((at, Key::new(b""))..).next()?
+    };
+    d.map.entry(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_parse_by_redis_names() {
+        for (p, name) in POLICIES {
+            assert_eq!(Policy::parse(name), Some(p));
+            assert_eq!(Policy::parse(&name.to_uppercase()), Some(p));
+            assert_eq!(p.name(), name);
+            assert_eq!(Policy::from_u8(p as u8), p);
+        }
+        assert_eq!(Policy::parse("allkeys"), None);
+    }
+
+    #[test]
+    fn lru_prefers_the_longest_idle_and_lfu_the_least_used() {
+        let now = 10_000_000_000;
+        let lru = Clock::Lru;
+        let old = lru.new_key(now - 60_000);
+        let fresh = lru.touch(old, now);
+        assert!(lru.idleness(old, now) > lru.idleness(fresh, now));
+
+        let lfu = Clock::Lfu;
+        let mut busy = lfu.new_key(now);
+        for _ in 0..10_000 {
+            busy = lfu.touch(busy, now);
+        }
+        let idle = lfu.new_key(now);
+        assert!(busy & 0xff > LFU_INIT + 5, "counted, logarithmically");
+        assert!(busy & 0xff < 255);
+        assert!(lfu.idleness(idle, now) > lfu.idleness(busy, now));
+        // A count decays by one a minute.
+        let later = now + 3 * 60_000;
+        assert_eq!(lfu_decayed(busy, later), (busy & 0xff) - 3);
+    }
+}
