@@ -5,8 +5,10 @@
 //! of RSS per small key here (docs/benchmarks.md).
 //!
 //! Each thread adds to its own cache-line-sized stripe, so that two server
-//! threads allocating at once do not fight over one counter; the total is
-//! the sum of the stripes (a block freed by another thread than the one
+//! threads allocating at once do not fight over one counter (and, the
+//! stripe being its alone, without a locked instruction; threads past the
+//! 31st share the last stripe atomically); the total is the sum of the
+//! stripes (a block freed by another thread than the one
 //! that allocated it makes one stripe go down and another up: the sum is
 //! still right).
 
@@ -30,18 +32,29 @@ thread_local! {
     static MY_STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
 }
 
-fn stripe() -> &'static AtomicIsize {
+/// The stripe threads share once every other one is taken.
+const SHARED: usize = STRIPES - 1;
+
+/// Adds `delta` to this thread's stripe: a plain load and store where the
+/// stripe is the thread's alone (no locked instruction on the hot path),
+/// an atomic add on the shared one.
+fn count(delta: isize) {
     let i = MY_STRIPE
         .try_with(|mine| {
             let mut i = mine.get();
             if i == usize::MAX {
-                i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed) % STRIPES;
+                i = NEXT_STRIPE.fetch_add(1, Ordering::Relaxed).min(SHARED);
                 mine.set(i);
             }
             i
         })
-        .unwrap_or(0);
-    &COUNTS[i].0
+        .unwrap_or(SHARED);
+    let stripe = &COUNTS[i].0;
+    if i == SHARED {
+        stripe.fetch_add(delta, Ordering::Relaxed);
+    } else {
+        stripe.store(stripe.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
+    }
 }
 
 /// What malloc takes for a request: glibc's chunk (the size plus an
@@ -81,7 +94,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: the caller's contract, passed on.
         let p = unsafe { System.alloc(layout) };
         if !p.is_null() {
-            stripe().fetch_add(charged(layout.size(), layout.align()), Ordering::Relaxed);
+            count(charged(layout.size(), layout.align()));
         }
         p
     }
@@ -90,7 +103,7 @@ unsafe impl GlobalAlloc for Counting {
         // SAFETY: as for `alloc`.
         let p = unsafe { System.alloc_zeroed(layout) };
         if !p.is_null() {
-            stripe().fetch_add(charged(layout.size(), layout.align()), Ordering::Relaxed);
+            count(charged(layout.size(), layout.align()));
         }
         p
     }
@@ -98,7 +111,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         // SAFETY: as for `alloc`.
         unsafe { System.dealloc(ptr, layout) };
-        stripe().fetch_sub(charged(layout.size(), layout.align()), Ordering::Relaxed);
+        count(-charged(layout.size(), layout.align()));
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
@@ -106,7 +119,7 @@ unsafe impl GlobalAlloc for Counting {
         let p = unsafe { System.realloc(ptr, layout, new_size) };
         if !p.is_null() {
             let grew = charged(new_size, layout.align()) - charged(layout.size(), layout.align());
-            stripe().fetch_add(grew, Ordering::Relaxed);
+            count(grew);
         }
         p
     }

@@ -145,6 +145,16 @@ impl Clock {
     }
 }
 
+/// OBJECT FREQ: the access count, decayed to now.
+pub fn lfu_count(word: u32, now_ms: u64) -> u32 {
+    lfu_decayed(word, now_ms)
+}
+
+/// OBJECT IDLETIME: how long since the last access.
+pub fn lru_idle_ms(word: u32, now_ms: u64) -> u64 {
+    u64::from(tenths(now_ms).wrapping_sub(word)) * 100
+}
+
 /// The count less one per `lfu-decay-time` minutes since the last access.
 fn lfu_decayed(word: u32, now_ms: u64) -> u32 {
     let (last, count) = (word >> 8, word & 0xff);
@@ -288,7 +298,7 @@ fn pick(ks: &Keyspace, policy: Policy, samples: usize, now_ms: u64) -> Option<(u
                 };
                 let score = match (policy, clock) {
                     (Policy::VolatileTtl, _) => u64::MAX - entry.state.expire_at_ms(),
-                    (_, Some(c)) => c.idleness(entry.clock, now_ms),
+                    (_, Some(c)) => c.idleness(entry.clock(), now_ms),
                     _ => rand::random(),
                 };
                 if best.as_ref().is_none_or(|(b, _, _)| score > *b) {

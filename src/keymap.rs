@@ -15,12 +15,22 @@ use hashbrown::HashTable;
 use crate::key::Key;
 use crate::keyspace::KeyHasher;
 
-/// A key, its state, and when it was last used: tenths of a second for LRU, or
-/// Redis's LFU word (minutes << 8 | logarithmic counter).
+/// A key and its state. The key's mark holds when it was last used:
+/// tenths of a second for LRU, or Redis's LFU word (minutes << 8 |
+/// logarithmic counter).
 pub struct Entry {
     pub key: Key,
-    pub clock: u32,
     pub state: KeyState,
+}
+
+impl Entry {
+    pub fn clock(&self) -> u32 {
+        self.key.mark()
+    }
+
+    pub fn set_clock(&mut self, clock: u32) {
+        self.key.set_mark(clock);
+    }
 }
 
 pub struct KeyMap {
@@ -81,10 +91,13 @@ impl KeyMap {
         let hasher = &self.hasher;
         self.table
             .entry(hash, |e| &*e.key == key, |e| hasher.hash_one(&*e.key))
-            .or_insert_with(|| Entry {
-                key: Key::new(key),
-                clock,
-                state: KeyState::default(),
+            .or_insert_with(|| {
+                let mut key = Key::new(key);
+                key.set_mark(clock);
+                Entry {
+                    key,
+                    state: KeyState::default(),
+                }
             })
             .into_mut()
     }
@@ -190,11 +203,11 @@ mod tests {
             m.get_or_insert(format!("key:{i}").as_bytes(), i);
         }
         assert_eq!(m.len(), 1000);
-        assert_eq!(m.entry(b"key:7").map(|e| e.clock), Some(7));
+        assert_eq!(m.entry(b"key:7").map(Entry::clock), Some(7));
         assert!(m.remove(b"key:7").is_some());
         assert!(m.get(b"key:7").is_none());
         assert_eq!(
-            m.get_or_insert(b"key:8", 99).clock,
+            m.get_or_insert(b"key:8", 99).clock(),
             8,
             "an existing entry stays"
         );

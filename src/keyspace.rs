@@ -70,6 +70,9 @@ pub struct Db {
     /// Shared by every database of the keyspace: the access clock a new
     /// key starts with (`Keyspace::access_clock`).
     pub access_clock: Arc<AtomicU32>,
+    /// Shared by every database of the keyspace: how many entries all the
+    /// `expiring` sets hold (`Keyspace::keys_with_expiry`).
+    pub with_expiry: Arc<AtomicU64>,
 }
 
 /// The shard holding digest bucket `bucket`.
@@ -104,6 +107,7 @@ impl Db {
             changes,
             collected,
             access_clock,
+            with_expiry,
         } = self;
         if let Some(dirty) = dirty {
             dirty.get_or_insert_with(key, Key::new);
@@ -135,11 +139,11 @@ impl Db {
             map.remove(key);
         }
         if old_at != new_at {
-            if old_at != 0 {
-                expiring.remove(&(old_at, Key::new(key)));
+            if old_at != 0 && expiring.remove(&(old_at, Key::new(key))) {
+                with_expiry.fetch_sub(1, Ordering::Relaxed);
             }
-            if new_at != 0 {
-                expiring.insert((new_at, Key::new(key)));
+            if new_at != 0 && expiring.insert((new_at, Key::new(key))) {
+                with_expiry.fetch_add(1, Ordering::Relaxed);
             }
         }
         match (was_live, now_live) {
@@ -167,12 +171,16 @@ impl Db {
             !s.is_empty()
         });
         self.live = self.map.values().filter(|s| is_live(s)).count();
+        self.with_expiry
+            .fetch_sub(self.expiring.len() as u64, Ordering::Relaxed);
         self.expiring = self
             .map
             .iter()
             .filter(|(_, s)| is_live(s) && s.expire_at_ms() != 0)
             .map(|(k, s)| (s.expire_at_ms(), k.clone()))
             .collect();
+        self.with_expiry
+            .fetch_add(self.expiring.len() as u64, Ordering::Relaxed);
     }
 
     /// The newest stamp this database holds: its flush floor, and every
@@ -464,6 +472,9 @@ pub struct Keyspace {
     /// The access clock a key starts with when it is created: the time for
     /// LRU, or minutes and a first count for LFU (see `crate::evict`).
     pub access_clock: Arc<AtomicU32>,
+    /// Keys with an expiry, in every database: while there are none and no
+    /// access clock is kept, a command touches nothing before it runs.
+    pub with_expiry: Arc<AtomicU64>,
     /// `maxmemory` and its policy (live: CONFIG SET shares them).
     pub limits: Arc<crate::evict::Limits>,
     sink: Option<Arc<dyn DeltaSink>>,
@@ -597,6 +608,7 @@ impl Keyspace {
         let changes = Arc::new(AtomicU64::new(0));
         let collected = Arc::new(AtomicU64::new(0));
         let access_clock = Arc::new(AtomicU32::new(0));
+        let with_expiry = Arc::new(AtomicU64::new(0));
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -606,6 +618,7 @@ impl Keyspace {
                             changes: changes.clone(),
                             collected: collected.clone(),
                             access_clock: access_clock.clone(),
+                            with_expiry: with_expiry.clone(),
                             ..Db::default()
                         })
                         .collect(),
@@ -623,6 +636,7 @@ impl Keyspace {
             expired_keys: AtomicU64::new(0),
             evicted_keys: AtomicU64::new(0),
             access_clock,
+            with_expiry,
             limits: Default::default(),
             sink: None,
             gc_time: AtomicU64::new(u64::MAX),
@@ -1307,10 +1321,26 @@ mod tests {
             .unwrap();
         let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
         assert_eq!((db.live, db.expires_count()), (1, 1));
+        assert_eq!(ks.with_expiry.load(Ordering::Relaxed), 1);
+        let other: &[u8] = [&b"b"[..], b"c", b"d", b"e", b"f"]
+            .into_iter()
+            .find(|k| ks.shard_of(k) != ks.shard_of(b"a"))
+            .unwrap();
+        ks.update(&mut l, 0, other, 0, |w| w.set(Some(b"1"), 6_000))
+            .unwrap();
+        assert_eq!(ks.with_expiry.load(Ordering::Relaxed), 2);
+        let shard = ks.shard_of(other);
+        let end = Stamp {
+            time: u64::MAX,
+            node: NodeId(1),
+        };
+        l.shard(shard).unwrap().dbs[0].flush(end);
+        assert_eq!(ks.with_expiry.load(Ordering::Relaxed), 1, "b flushed");
 
         ks.update(&mut l, 0, b"a", 0, |w| w.set(None, 0)).unwrap();
         let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
         assert_eq!((db.live, db.expires_count()), (0, 0));
+        assert_eq!(ks.with_expiry.load(Ordering::Relaxed), 0);
         assert!(
             db.get(b"a").is_none(),
             "standalone: the tombstone is collected at once"

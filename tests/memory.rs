@@ -151,13 +151,15 @@ fn allkeys_lru_keeps_memory_bounded_and_the_recently_read_keys() {
     let limit = used(&mut c) + 8_000_000;
     config_set(&mut c, "maxmemory", &limit.to_string());
     // 2,000 keys written first; 500 of them read again and again while
-    // 40,000 more are written (five times the limit).
+    // 40,000 more are written (five times the limit), in batches a little
+    // more than the LRU clock's tenth of a second apart (keys used within
+    // one tenth look alike, as within one second in Redis).
     fill(&mut c, "old", 0..2000, 1000);
-    std::thread::sleep(std::time::Duration::from_millis(300));
     let hot: Vec<String> = (0..500).map(|i| format!("old:{i}")).collect();
-    for batch in 0..100 {
+    for batch in 0..25 {
+        std::thread::sleep(std::time::Duration::from_millis(120));
         let _: Vec<Option<Vec<u8>>> = redis::cmd("MGET").arg(&hot).query(&mut c).unwrap();
-        fill(&mut c, "new", batch * 400..(batch + 1) * 400, 1000);
+        fill(&mut c, "new", batch * 1600..(batch + 1) * 1600, 1000);
         let now = used(&mut c);
         assert!(
             now <= limit + limit / 10,
@@ -283,4 +285,58 @@ fn maxmemory_settings_parse_as_redis_and_bad_ones_are_refused() {
         .unwrap();
     let text = format!("{flags:?}");
     assert_eq!(text.matches("denyoom").count(), 1, "SET only: {text}");
+}
+
+#[test]
+fn object_idletime_and_freq_read_the_clocks_eviction_uses() {
+    let s = Server::start(&["--maxmemory", "1gb", "--maxmemory-policy", "allkeys-lru"]);
+    let mut c = s.conn();
+    let _: () = redis::cmd("SET").arg("k").arg("v").query(&mut c).unwrap();
+    let idle = |c: &mut redis::Connection| -> i64 {
+        redis::cmd("OBJECT")
+            .arg("IDLETIME")
+            .arg("k")
+            .query(c)
+            .unwrap()
+    };
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    assert_eq!(idle(&mut c), 1);
+    // TYPE, EXISTS, TTL and OBJECT look without touching, as in Redis.
+    for cmd in ["TYPE", "EXISTS", "TTL"] {
+        let _: redis::Value = redis::cmd(cmd).arg("k").query(&mut c).unwrap();
+    }
+    assert_eq!(idle(&mut c), 1);
+    let _: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+    assert_eq!(idle(&mut c), 0);
+    let e = redis::cmd("OBJECT")
+        .arg("FREQ")
+        .arg("k")
+        .query::<i64>(&mut c)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("LFU maxmemory policy is not selected"),
+        "{e}"
+    );
+
+    config_set(&mut c, "maxmemory-policy", "allkeys-lfu");
+    for _ in 0..200 {
+        let _: String = redis::cmd("GET").arg("k").query(&mut c).unwrap();
+    }
+    let freq: i64 = redis::cmd("OBJECT")
+        .arg("FREQ")
+        .arg("k")
+        .query(&mut c)
+        .unwrap();
+    assert!((5..=255).contains(&freq) && freq > 5, "freq {freq}");
+    let e = redis::cmd("OBJECT")
+        .arg("IDLETIME")
+        .arg("k")
+        .query::<i64>(&mut c)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("LRU maxmemory policy is not selected"),
+        "{e}"
+    );
 }

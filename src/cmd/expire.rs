@@ -49,7 +49,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec {
         name: "ttl",
         arity: 2,
-        flags: Flags::of(&[ReadOnly, Fast]),
+        flags: Flags::of(&[NoTouch, ReadOnly, Fast]),
         keys: Keys::at(1, 1, 1),
         group: "generic",
         syntax: "key",
@@ -59,7 +59,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec {
         name: "pttl",
         arity: 2,
-        flags: Flags::of(&[ReadOnly, Fast]),
+        flags: Flags::of(&[NoTouch, ReadOnly, Fast]),
         keys: Keys::at(1, 1, 1),
         group: "generic",
         syntax: "key",
@@ -69,7 +69,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec {
         name: "expiretime",
         arity: 2,
-        flags: Flags::of(&[ReadOnly, Fast]),
+        flags: Flags::of(&[NoTouch, ReadOnly, Fast]),
         keys: Keys::at(1, 1, 1),
         group: "generic",
         syntax: "key",
@@ -79,7 +79,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec {
         name: "pexpiretime",
         arity: 2,
-        flags: Flags::of(&[ReadOnly, Fast]),
+        flags: Flags::of(&[NoTouch, ReadOnly, Fast]),
         keys: Keys::at(1, 1, 1),
         group: "generic",
         syntax: "key",

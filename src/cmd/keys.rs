@@ -10,9 +10,9 @@ use chorus_crdt::{KeyState, KeyType, Kind};
 pub static COMMANDS: &[Spec] = &[
     Spec { name: "del", arity: -2, flags: Flags::of(&[Write]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Deletes one or more keys.", run: del },
     Spec { name: "unlink", arity: -2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Asynchronously deletes one or more keys.", run: del },
-    Spec { name: "exists", arity: -2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Determines whether one or more keys exist.", run: exists },
+    Spec { name: "exists", arity: -2, flags: Flags::of(&[NoTouch, ReadOnly, Fast]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Determines whether one or more keys exist.", run: exists },
     Spec { name: "touch", arity: -2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, -1, 1), group: "generic", syntax: "key ...", summary: "Returns the number of existing keys out of those specified after updating the time they were last accessed.", run: exists },
-    Spec { name: "type", arity: 2, flags: Flags::of(&[ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key", summary: "Determines the type of value stored at a key.", run: type_ },
+    Spec { name: "type", arity: 2, flags: Flags::of(&[NoTouch, ReadOnly, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key", summary: "Determines the type of value stored at a key.", run: type_ },
     Spec { name: "keys", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::All, group: "generic", syntax: "pattern", summary: "Returns all key names that match a pattern.", run: keys },
     Spec { name: "scan", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::All, group: "generic", syntax: "cursor [MATCH pattern] [COUNT count] [TYPE type]", summary: "Iterates over the key names in the database.", run: scan },
     Spec { name: "randomkey", arity: 1, flags: Flags::of(&[ReadOnly]), keys: Keys::All, group: "generic", syntax: "", summary: "Returns a random key name from the database.", run: randomkey },
@@ -23,7 +23,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "flushdb", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from the current database.", run: flushdb },
     Spec { name: "flushall", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from all databases.", run: flushall },
     Spec { name: "move", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key db", summary: "Moves a key to another database.", run: move_ },
-    Spec { name: "object", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "generic", syntax: "ENCODING|FREQ|IDLETIME|REFCOUNT key | HELP", summary: "A container for object introspection commands.", run: object },
+    Spec { name: "object", arity: -2, flags: Flags::of(&[NoTouch, ReadOnly]), keys: Keys::at(2, 2, 1), group: "generic", syntax: "ENCODING|FREQ|IDLETIME|REFCOUNT key | HELP", summary: "A container for object introspection commands.", run: object },
     Spec { name: "memory", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "server", syntax: "USAGE key [SAMPLES count] | HELP", summary: "A container for memory diagnostics commands.", run: memory },
     Spec { name: "dump", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key", summary: "Returns a serialized representation of the value stored at a key.", run: dump },
     Spec { name: "restore", arity: -4, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key ttl serialized-value [REPLACE] [ABSTTL] [IDLETIME seconds] [FREQ frequency]", summary: "Creates a key from the serialized representation of a value.", run: restore },
@@ -590,16 +590,28 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         x.out.bulk_str(encoding);
     } else if is(sub, "REFCOUNT") {
         x.out.int(1);
-    } else if is(sub, "FREQ") {
-        return Err(Error::err(
-            "An LFU maxmemory policy is not selected, access frequency not tracked. Chorus \
-             keeps no access frequency: eviction is not supported yet.",
-        ));
     } else {
-        return Err(Error::err(
-            "An LRU maxmemory policy is not selected, access time not tracked. Chorus keeps no \
-             access time: eviction is not supported yet.",
-        ));
+        let clock = x.ks.limits.clock();
+        let word = x.db(args[2])?.map.entry(args[2]).map_or(0, |e| e.clock());
+        let now = x.now_ms;
+        if is(sub, "FREQ") {
+            if clock != Some(crate::evict::Clock::Lfu) {
+                return Err(Error::err(
+                    "An LFU maxmemory policy is not selected, access frequency not tracked. \
+                     Chorus tracks it while maxmemory is set with an LFU policy.",
+                ));
+            }
+            x.out.int(crate::evict::lfu_count(word, now).into());
+        } else {
+            if clock != Some(crate::evict::Clock::Lru) {
+                return Err(Error::err(
+                    "An LRU maxmemory policy is not selected, access time not tracked. Chorus \
+                     tracks it while maxmemory is set with an LRU policy.",
+                ));
+            }
+            x.out
+                .int((crate::evict::lru_idle_ms(word, now) / 1000) as i64);
+        }
     }
     Ok(())
 }
@@ -645,11 +657,7 @@ fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         return Ok(());
     };
     let name = crate::key::Key::new(key);
-    let name_heap = if matches!(name, crate::key::Key::Heap(_)) {
-        key.len()
-    } else {
-        0
-    };
+    let name_heap = if name.is_heap() { key.len() } else { 0 };
     let slot = std::mem::size_of::<(crate::key::Key, chorus_crdt::KeyState)>() + 1;
     let expiry = if expires {
         std::mem::size_of::<(u64, crate::key::Key)>() + name_heap

@@ -32,6 +32,7 @@ pub use error::Error;
 pub use server::REDIS_COMPAT_VERSION;
 
 use std::borrow::Cow;
+use std::sync::atomic::Ordering;
 use std::sync::LazyLock;
 
 use chorus_crdt::{Coll, KeyState, KeyType, Kind, Read, Stamp};
@@ -64,6 +65,9 @@ pub enum Flag {
     /// May grow memory: refused while over `maxmemory` (Redis's
     /// `denyoom`).
     DenyOom,
+    /// Looks at its keys without counting as an access: their LRU/LFU
+    /// clocks stay (Redis's `LOOKUP_NOTOUCH`: OBJECT, TYPE, EXISTS, TTL).
+    NoTouch,
 }
 
 /// A set of [`Flag`]s, built in the (const) command table.
@@ -348,6 +352,9 @@ impl<'s> Exec<'s, '_> {
     pub fn touch_named_keys(&mut self, spec: &Spec, args: &[&[u8]]) {
         let db = self.session.db;
         let clock = self.ks.limits.clock();
+        if clock.is_none() && self.ks.with_expiry.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         for i in spec.key_positions(args.len()) {
             let Some(key) = args.get(i) else { continue };
             let Ok(shard) = self.locked.shard(self.ks.shard_of(key)) else {
@@ -360,8 +367,8 @@ impl<'s> Exec<'s, '_> {
             let Some(entry) = d.map.entry_mut(key) else {
                 continue;
             };
-            if let Some(c) = clock {
-                entry.clock = c.touch(entry.clock, self.now_ms);
+            if let Some(c) = clock.filter(|_| !spec.has(Flag::NoTouch)) {
+                entry.set_clock(c.touch(entry.clock(), self.now_ms));
             }
             if entry.state.is_expired(self.now_ms) && entry.state.exists(0) {
                 let _ = self
