@@ -143,6 +143,20 @@ pub fn used_bytes() -> Option<usize> {
     Some(used)
 }
 
+static STARTUP: AtomicUsize = AtomicUsize::new(0);
+
+/// Records what the process holds once it is ready to serve (MEMORY
+/// STATS' `startup.allocated`).
+pub fn mark_startup() {
+    if let Some(used) = used_bytes() {
+        STARTUP.store(used, Ordering::Relaxed);
+    }
+}
+
+pub fn startup_bytes() -> usize {
+    STARTUP.load(Ordering::Relaxed)
+}
+
 /// The most `used_bytes` has reported.
 pub fn peak_bytes() -> usize {
     PEAK.load(Ordering::Relaxed)

@@ -128,6 +128,7 @@ async fn listen(
     let local = listener
         .local_addr()
         .map_err(|source| ServeError::Listen { addr, source })?;
+    crate::alloc::mark_startup();
     info!("Ready to accept connections {what} on {local}");
     Ok(Some(listener))
 }

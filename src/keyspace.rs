@@ -1140,6 +1140,15 @@ impl Keyspace {
         }
     }
 
+    /// Sets the access clock new keys start with to `now_ms`'s (the
+    /// active cycle does it every tick).
+    pub fn refresh_access_clock(&self, now_ms: u64) {
+        if let Some(clock) = self.limits.clock() {
+            self.access_clock
+                .store(clock.new_key(now_ms), Ordering::Relaxed);
+        }
+    }
+
     /// Evicts `key` of `db` for `maxmemory`: a delete, replicated like DEL.
     /// Whether the key was there to go (an expired one goes as expired).
     pub fn evict(&self, db: usize, key: &[u8], now_ms: u64) -> bool {

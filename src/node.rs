@@ -252,6 +252,10 @@ impl Node {
                 }
             }
         }
+        // Before the first client: a key written before the cycle's first
+        // tick must not start as the idlest of all.
+        self.ks
+            .refresh_access_clock(self.ks.clock.physical_unix_ms());
         tokio::spawn(active_expiry(self.clone()));
         if let Some(persistence) = &self.persistence {
             tokio::spawn(persistence.clone().run(crate::persist::CUT_EVERY, cuts));
@@ -366,10 +370,7 @@ async fn active_expiry(node: Arc<Node>) {
         if deleted > 0 {
             debug!(deleted, "active expiry cycle");
         }
-        if let Some(clock) = ks.limits.clock() {
-            ks.access_clock
-                .store(clock.new_key(now), std::sync::atomic::Ordering::Relaxed);
-        }
+        ks.refresh_access_clock(now);
         let _ = crate::evict::make_room(ks, || node.data_memory(), replicating, now);
     }
 }

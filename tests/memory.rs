@@ -340,3 +340,41 @@ fn object_idletime_and_freq_read_the_clocks_eviction_uses() {
         "{e}"
     );
 }
+
+#[test]
+fn memory_stats_counts_keys_and_the_dataset_and_purge_answers() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let stats = |c: &mut redis::Connection| -> std::collections::HashMap<String, redis::Value> {
+        let v: redis::Value = redis::cmd("MEMORY").arg("STATS").query(c).unwrap();
+        let pairs: Vec<(String, redis::Value)> = match v {
+            redis::Value::Map(m) => m
+                .into_iter()
+                .map(|(k, v)| (redis::from_redis_value(k).unwrap(), v))
+                .collect(),
+            redis::Value::Array(a) => a
+                .chunks(2)
+                .map(|p| (redis::from_redis_value(p[0].clone()).unwrap(), p[1].clone()))
+                .collect(),
+            other => panic!("{other:?}"),
+        };
+        pairs.into_iter().collect()
+    };
+    let int = |m: &std::collections::HashMap<String, redis::Value>, k: &str| -> i64 {
+        redis::from_redis_value(m[k].clone()).unwrap()
+    };
+    let before = stats(&mut c);
+    assert_eq!(int(&before, "keys.count"), 0);
+    fill(&mut c, "k", 0..1000, 1000);
+    let after = stats(&mut c);
+    assert_eq!(int(&after, "keys.count"), 1000);
+    let grew = int(&after, "dataset.bytes") - int(&before, "dataset.bytes");
+    assert!(
+        (1_000_000..2_000_000).contains(&grew),
+        "dataset grew {grew}"
+    );
+    let per_key = int(&after, "keys.bytes-per-key");
+    assert!((1000..2000).contains(&per_key), "{per_key} bytes a key");
+    assert!(int(&after, "peak.allocated") >= int(&after, "total.allocated"));
+    let _: () = redis::cmd("MEMORY").arg("PURGE").query(&mut c).unwrap();
+}

@@ -24,7 +24,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "flushall", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from all databases.", run: flushall },
     Spec { name: "move", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key db", summary: "Moves a key to another database.", run: move_ },
     Spec { name: "object", arity: -2, flags: Flags::of(&[NoTouch, ReadOnly]), keys: Keys::at(2, 2, 1), group: "generic", syntax: "ENCODING|FREQ|IDLETIME|REFCOUNT key | HELP", summary: "A container for object introspection commands.", run: object },
-    Spec { name: "memory", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "server", syntax: "USAGE key [SAMPLES count] | HELP", summary: "A container for memory diagnostics commands.", run: memory },
+    Spec { name: "memory", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "server", syntax: "USAGE key [SAMPLES count] | STATS | PURGE | HELP", summary: "A container for memory diagnostics commands.", run: memory },
     Spec { name: "dump", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key", summary: "Returns a serialized representation of the value stored at a key.", run: dump },
     Spec { name: "restore", arity: -4, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key ttl serialized-value [REPLACE] [ABSTTL] [IDLETIME seconds] [FREQ frequency]", summary: "Creates a key from the serialized representation of a value.", run: restore },
     Spec { name: "swapdb", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::All, group: "server", syntax: "index1 index2", summary: "Swaps two Redis databases.", run: swapdb },
@@ -629,10 +629,24 @@ fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "USAGE <key> [SAMPLES <count>]",
             "    Return the estimated memory usage of <key>: its table slot, name, value and",
             "    CRDT metadata, and its expiry index entry.",
+            "STATS",
+            "    Show memory usage details: the allocator's count, its peak and start-up",
+            "    figures, the replication backlog, keys, and the dataset.",
+            "PURGE",
+            "    Return freed memory to the system (glibc's malloc_trim).",
             "HELP",
             "    Print this help.",
         ];
         x.out.lines(&lines);
+        return Ok(());
+    }
+    if is(sub, "STATS") && args.len() == 2 {
+        return memory_stats(x);
+    }
+    if is(sub, "PURGE") && args.len() == 2 {
+        // SAFETY: malloc_trim only walks glibc's own free lists.
+        unsafe { libc::malloc_trim(0) };
+        x.out.ok();
         return Ok(());
     }
     if !is(sub, "USAGE") || args.len() < 3 {
@@ -665,6 +679,57 @@ fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         0
     };
     x.out.int((slot + name_heap + state_bytes + expiry) as i64);
+    Ok(())
+}
+
+/// MEMORY STATS, with Redis's field names where Chorus has the figure.
+fn memory_stats(x: &mut Exec) -> CmdResult {
+    let rss = crate::info::rss_bytes();
+    let total = crate::alloc::used_bytes().map_or(rss, |b| b as u64);
+    let peak = (crate::alloc::peak_bytes() as u64).max(total);
+    let startup = (crate::alloc::startup_bytes() as u64).min(total);
+    let backlog = x
+        .node
+        .repl
+        .as_ref()
+        .map_or(0, |r| r.buffered_bytes() as u64);
+    let keys: usize = {
+        let mut all = x.ks.lock_all();
+        x.ks.db_sizes(&mut all).iter().map(|(k, _)| k).sum()
+    };
+    let overhead = startup + backlog;
+    let dataset = total.saturating_sub(overhead);
+    let percent = |part: u64, whole: u64| part as f64 * 100.0 / whole.max(1) as f64;
+    x.out.map(13);
+    let ints: [(&str, u64); 5] = [
+        ("peak.allocated", peak),
+        ("total.allocated", total),
+        ("startup.allocated", startup),
+        ("replication.backlog", backlog),
+        ("overhead.total", overhead),
+    ];
+    for (name, value) in ints {
+        x.out.bulk_str(name);
+        x.out.int(value as i64);
+    }
+    x.out.bulk_str("keys.count");
+    x.out.int(keys as i64);
+    x.out.bulk_str("keys.bytes-per-key");
+    x.out
+        .int((total.saturating_sub(startup) / keys.max(1) as u64) as i64);
+    x.out.bulk_str("dataset.bytes");
+    x.out.int(dataset as i64);
+    x.out.bulk_str("dataset.percentage");
+    x.out
+        .double(percent(dataset, total.saturating_sub(startup)));
+    x.out.bulk_str("peak.percentage");
+    x.out.double(percent(total, peak));
+    x.out.bulk_str("allocator.resident");
+    x.out.int(rss as i64);
+    x.out.bulk_str("fragmentation");
+    x.out.double(rss as f64 / total.max(1) as f64);
+    x.out.bulk_str("fragmentation.bytes");
+    x.out.int(rss as i64 - total as i64);
     Ok(())
 }
 
