@@ -6,9 +6,10 @@
 //!
 //! Each thread adds to its own cache-line-sized stripe, so that two server
 //! threads allocating at once do not fight over one counter (and, the
-//! stripe being its alone, without a locked instruction; threads past the
-//! 31st share the last stripe atomically); the total is the sum of the
-//! stripes (a block freed by another thread than the one
+//! stripe being its alone, without a locked instruction); the total is the
+//! sum of the stripes. Stripes are never handed back: the 31st thread the
+//! process ever starts, and every later one, share the last stripe with an
+//! atomic add (tokio's blocking pool starts threads as it needs them) (a block freed by another thread than the one
 //! that allocated it makes one stripe go down and another up: the sum is
 //! still right).
 
@@ -53,7 +54,11 @@ fn count(delta: isize) {
     if i == SHARED {
         stripe.fetch_add(delta, Ordering::Relaxed);
     } else {
-        stripe.store(stripe.load(Ordering::Relaxed) + delta, Ordering::Relaxed);
+        // Wrapping: a panic inside the allocator would abort the process.
+        stripe.store(
+            stripe.load(Ordering::Relaxed).wrapping_add(delta),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -137,9 +142,13 @@ pub fn used_bytes() -> Option<usize> {
     if !INSTALLED.load(Ordering::Relaxed) {
         return None;
     }
-    let sum: isize = COUNTS.iter().map(|s| s.0.load(Ordering::Relaxed)).sum();
+    let sum = COUNTS.iter().fold(0isize, |sum, s| {
+        sum.wrapping_add(s.0.load(Ordering::Relaxed))
+    });
     let used = sum.max(0) as usize;
-    PEAK.fetch_max(used, Ordering::Relaxed);
+    if used > PEAK.load(Ordering::Relaxed) {
+        PEAK.fetch_max(used, Ordering::Relaxed);
+    }
     Some(used)
 }
 

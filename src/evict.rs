@@ -139,7 +139,7 @@ impl Clock {
     /// goes (idle time for LRU; 255 less the decayed count for LFU).
     fn idleness(self, word: u32, now_ms: u64) -> u64 {
         match self {
-            Clock::Lru => u64::from(tenths(now_ms).wrapping_sub(word)),
+            Clock::Lru => lru_idle_ms(word, now_ms) / 100,
             Clock::Lfu => u64::from(255 - lfu_decayed(word, now_ms)),
         }
     }
@@ -152,13 +152,23 @@ pub fn lfu_count(word: u32, now_ms: u64) -> u32 {
 
 /// OBJECT IDLETIME: how long since the last access.
 pub fn lru_idle_ms(word: u32, now_ms: u64) -> u64 {
-    u64::from(tenths(now_ms).wrapping_sub(word)) * 100
+    let idle = tenths(now_ms).wrapping_sub(word);
+    // A word ahead of `now_ms` (another thread touched the key after this
+    // one read the time, or the wall clock stepped back): just used.
+    if idle > u32::MAX / 2 {
+        return 0;
+    }
+    u64::from(idle) * 100
 }
 
 /// The count less one per `lfu-decay-time` minutes since the last access.
 fn lfu_decayed(word: u32, now_ms: u64) -> u32 {
     let (last, count) = (word >> 8, word & 0xff);
     let elapsed = minutes(now_ms).wrapping_sub(last) & 0xff_ffff;
+    if elapsed > 0x7f_ffff {
+        // Ahead of `now_ms`: no decay.
+        return count;
+    }
     count.saturating_sub(elapsed / LFU_DECAY_MINUTES)
 }
 
@@ -196,13 +206,14 @@ impl Limits {
         self.samples.load(Ordering::Relaxed).max(1)
     }
 
-    /// The clock keys must keep now: `None` unless a limit is set with an
-    /// LRU or LFU policy (commands then pay nothing for it).
+    /// The clock keys must keep now: `None` without a limit (commands then
+    /// pay nothing for it); with one, LFU under an LFU policy and LRU under
+    /// any other (as Redis keeps it, for OBJECT IDLETIME).
     pub fn clock(&self) -> Option<Clock> {
         if self.maxmemory() == 0 {
             return None;
         }
-        self.policy().clock()
+        Some(self.policy().clock().unwrap_or(Clock::Lru))
     }
 
     /// What eviction brings memory down to: the limit, or 1/32 under it
@@ -291,7 +302,7 @@ fn pick(ks: &Keyspace, policy: Policy, samples: usize, now_ms: u64) -> Option<(u
                     // Past tombstones (deletes the peers have not all
                     // acknowledged yet): only a key can be evicted.
                     let start = rand::random_range(0..d.map.buckets().max(1));
-                    d.map.sample_from(start, 64, |e| e.state.exists(0))
+                    d.map.sample_from(start, 64, 1024, |e| e.state.exists(0))
                 };
                 let Some(entry) = candidate else {
                     continue;
@@ -362,5 +373,12 @@ mod tests {
         // A count decays by one a minute.
         let later = now + 3 * 60_000;
         assert_eq!(lfu_decayed(busy, later), (busy & 0xff) - 3);
+        // A word from a moment ahead of the reader's time is just used,
+        // never the idlest of all.
+        let ahead = lru.touch(0, now + 300);
+        assert_eq!(lru.idleness(ahead, now), 0);
+        assert_eq!(lru_idle_ms(ahead, now), 0);
+        let ahead = lfu.touch(busy, now + 120_000);
+        assert_eq!(lfu_decayed(ahead, now), ahead & 0xff);
     }
 }

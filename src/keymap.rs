@@ -148,19 +148,21 @@ impl KeyMap {
     }
 
     /// The first entry `wanted` takes in the buckets at or after `start`
-    /// (wrapping around), looking at `most` full buckets at most: a random
-    /// key for a random `start`.
+    /// (wrapping around), looking at `most` full buckets and `most_buckets`
+    /// buckets at most (a table emptied by evictions keeps its size): a
+    /// random key for a random `start`.
     pub fn sample_from(
         &self,
         start: usize,
         most: usize,
+        most_buckets: usize,
         wanted: impl Fn(&Entry) -> bool,
     ) -> Option<&Entry> {
         let n = self.buckets();
         if self.table.is_empty() || n == 0 {
             return None;
         }
-        (0..n)
+        (0..n.min(most_buckets))
             .filter_map(|i| self.bucket((start + i) % n))
             .take(most)
             .find(|e| wanted(e))
@@ -219,19 +221,25 @@ mod tests {
     #[test]
     fn every_full_bucket_is_reachable_from_some_start() {
         let mut m = map();
-        assert!(m.sample_from(0, 10, |_| true).is_none());
+        assert!(m.sample_from(0, 10, 10, |_| true).is_none());
         for i in 0..100u32 {
             m.get_or_insert(format!("k{i}").as_bytes(), 0);
         }
         let mut seen = std::collections::HashSet::new();
         for start in 0..m.buckets() {
-            let e = m.sample_from(start, 1, |_| true).expect("not empty");
+            let e = m
+                .sample_from(start, 1, usize::MAX, |_| true)
+                .expect("not empty");
             seen.insert(e.key.to_vec());
         }
         assert_eq!(seen.len(), 100);
         let odd = |e: &Entry| e.key.ends_with(b"1");
-        let e = m.sample_from(0, 1000, odd).expect("k1, k11, ...");
+        let e = m
+            .sample_from(0, 1000, usize::MAX, odd)
+            .expect("k1, k11, ...");
         assert!(odd(e));
-        assert!(m.sample_from(0, 1000, |e| e.key.is_empty()).is_none());
+        assert!(m
+            .sample_from(0, 1000, usize::MAX, |e| e.key.is_empty())
+            .is_none());
     }
 }

@@ -71,8 +71,11 @@ pub struct Db {
     /// key starts with (`Keyspace::access_clock`).
     pub access_clock: Arc<AtomicU32>,
     /// Shared by every database of the keyspace: how many entries all the
-    /// `expiring` sets hold (`Keyspace::keys_with_expiry`).
+    /// `expiring` sets hold (`Keyspace::with_expiry`).
     pub with_expiry: Arc<AtomicU64>,
+    /// Shared by every database of the keyspace: the sum of every `live`
+    /// (`Keyspace::live_keys`).
+    pub live_keys: Arc<AtomicU64>,
 }
 
 /// The shard holding digest bucket `bucket`.
@@ -108,6 +111,7 @@ impl Db {
             collected,
             access_clock,
             with_expiry,
+            live_keys,
         } = self;
         if let Some(dirty) = dirty {
             dirty.get_or_insert_with(key, Key::new);
@@ -147,8 +151,14 @@ impl Db {
             }
         }
         match (was_live, now_live) {
-            (false, true) => *live += 1,
-            (true, false) => *live -= 1,
+            (false, true) => {
+                *live += 1;
+                live_keys.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                *live -= 1;
+                live_keys.fetch_sub(1, Ordering::Relaxed);
+            }
             _ => {}
         }
         result
@@ -170,7 +180,11 @@ impl Db {
             s.prune(floor);
             !s.is_empty()
         });
-        self.live = self.map.values().filter(|s| is_live(s)).count();
+        let live = self.map.values().filter(|s| is_live(s)).count();
+        self.live_keys
+            .fetch_sub(self.live as u64, Ordering::Relaxed);
+        self.live_keys.fetch_add(live as u64, Ordering::Relaxed);
+        self.live = live;
         self.with_expiry
             .fetch_sub(self.expiring.len() as u64, Ordering::Relaxed);
         self.expiring = self
@@ -475,6 +489,9 @@ pub struct Keyspace {
     /// Keys with an expiry, in every database: while there are none and no
     /// access clock is kept, a command touches nothing before it runs.
     pub with_expiry: Arc<AtomicU64>,
+    /// Keys in every database (tombstones are not keys), read without a
+    /// lock (MEMORY STATS, which may run inside an EXEC holding shards).
+    pub live_keys: Arc<AtomicU64>,
     /// `maxmemory` and its policy (live: CONFIG SET shares them).
     pub limits: Arc<crate::evict::Limits>,
     sink: Option<Arc<dyn DeltaSink>>,
@@ -609,6 +626,7 @@ impl Keyspace {
         let collected = Arc::new(AtomicU64::new(0));
         let access_clock = Arc::new(AtomicU32::new(0));
         let with_expiry = Arc::new(AtomicU64::new(0));
+        let live_keys = Arc::new(AtomicU64::new(0));
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -619,6 +637,7 @@ impl Keyspace {
                             collected: collected.clone(),
                             access_clock: access_clock.clone(),
                             with_expiry: with_expiry.clone(),
+                            live_keys: live_keys.clone(),
                             ..Db::default()
                         })
                         .collect(),
@@ -637,6 +656,7 @@ impl Keyspace {
             evicted_keys: AtomicU64::new(0),
             access_clock,
             with_expiry,
+            live_keys,
             limits: Default::default(),
             sink: None,
             gc_time: AtomicU64::new(u64::MAX),
@@ -1338,6 +1358,7 @@ mod tests {
         ks.update(&mut l, 0, other, 0, |w| w.set(Some(b"1"), 6_000))
             .unwrap();
         assert_eq!(ks.with_expiry.load(Ordering::Relaxed), 2);
+        assert_eq!(ks.live_keys.load(Ordering::Relaxed), 2);
         let shard = ks.shard_of(other);
         let end = Stamp {
             time: u64::MAX,
@@ -1345,11 +1366,13 @@ mod tests {
         };
         l.shard(shard).unwrap().dbs[0].flush(end);
         assert_eq!(ks.with_expiry.load(Ordering::Relaxed), 1, "b flushed");
+        assert_eq!(ks.live_keys.load(Ordering::Relaxed), 1);
 
         ks.update(&mut l, 0, b"a", 0, |w| w.set(None, 0)).unwrap();
         let db = &l.shard(ks.shard_of(b"a")).unwrap().dbs[0];
         assert_eq!((db.live, db.expires_count()), (0, 0));
         assert_eq!(ks.with_expiry.load(Ordering::Relaxed), 0);
+        assert_eq!(ks.live_keys.load(Ordering::Relaxed), 0);
         assert!(
             db.get(b"a").is_none(),
             "standalone: the tombstone is collected at once"

@@ -151,6 +151,9 @@ pub struct Node {
     /// INFO's `run_id`: 40 hex digits drawn from the node's identity, so a
     /// simulated node's is the same on every replay.
     pub run_id: String,
+    /// The replication backlog and relay logs, in bytes, as the 100 ms
+    /// cycle last read them (see `data_memory`).
+    pub repl_buffered: std::sync::atomic::AtomicU64,
 }
 
 impl Node {
@@ -159,9 +162,14 @@ impl Node {
     /// as Redis leaves replica buffers out; counting it would make eviction
     /// delete data to make room for copies of the data it deletes).
     /// `None` where the counting allocator is not installed.
+    /// The writes kept for peers are read by the 100 ms cycle
+    /// (`repl_buffered`), not here: this runs before every command that may
+    /// grow memory, and they sit under the replication core's lock.
     pub fn data_memory(&self) -> Option<u64> {
         let used = crate::alloc::used_bytes()? as u64;
-        let buffered = self.repl.as_ref().map_or(0, |r| r.buffered_bytes() as u64);
+        let buffered = self
+            .repl_buffered
+            .load(std::sync::atomic::Ordering::Relaxed);
         Some(used.saturating_sub(buffered))
     }
 
@@ -219,6 +227,7 @@ impl Node {
         let started_unix_ms = ks.clock.physical_unix_ms();
         Ok(Arc::new(Node {
             run_id: run_id(node, env.hash_seed),
+            repl_buffered: Default::default(),
             config,
             ks,
             repl,
@@ -371,6 +380,14 @@ async fn active_expiry(node: Arc<Node>) {
             debug!(deleted, "active expiry cycle");
         }
         ks.refresh_access_clock(now);
+        if let Some(repl) = &node.repl {
+            node.repl_buffered.store(
+                repl.buffered_bytes() as u64,
+                std::sync::atomic::Ordering::Relaxed,
+            );
+        }
+        // The peak moves on the cycle too, not only when INFO asks.
+        let _ = crate::alloc::used_bytes();
         let _ = crate::evict::make_room(ks, || node.data_memory(), replicating, now);
     }
 }

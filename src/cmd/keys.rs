@@ -24,7 +24,7 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "flushall", arity: -1, flags: Flags::of(&[Write]), keys: Keys::All, group: "server", syntax: "[ASYNC|SYNC]", summary: "Removes all keys from all databases.", run: flushall },
     Spec { name: "move", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key db", summary: "Moves a key to another database.", run: move_ },
     Spec { name: "object", arity: -2, flags: Flags::of(&[NoTouch, ReadOnly]), keys: Keys::at(2, 2, 1), group: "generic", syntax: "ENCODING|FREQ|IDLETIME|REFCOUNT key | HELP", summary: "A container for object introspection commands.", run: object },
-    Spec { name: "memory", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(2, 2, 1), group: "server", syntax: "USAGE key [SAMPLES count] | STATS | PURGE | HELP", summary: "A container for memory diagnostics commands.", run: memory },
+    Spec { name: "memory", arity: -2, flags: Flags::of(&[NoTouch, ReadOnly]), keys: Keys::at(2, 2, 1), group: "server", syntax: "USAGE key [SAMPLES count] | STATS | PURGE | HELP", summary: "A container for memory diagnostics commands.", run: memory },
     Spec { name: "dump", arity: 2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key", summary: "Returns a serialized representation of the value stored at a key.", run: dump },
     Spec { name: "restore", arity: -4, flags: Flags::of(&[DenyOom, Write]), keys: Keys::at(1, 1, 1), group: "generic", syntax: "key ttl serialized-value [REPLACE] [ABSTTL] [IDLETIME seconds] [FREQ frequency]", summary: "Creates a key from the serialized representation of a value.", run: restore },
     Spec { name: "swapdb", arity: 3, flags: Flags::of(&[Write, Fast]), keys: Keys::All, group: "server", syntax: "index1 index2", summary: "Swaps two Redis databases.", run: swapdb },
@@ -154,10 +154,11 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     // As Redis: empty buckets count a tenth, so that a sparse table (after
     // mass deletes) cannot make one call walk it whole.
     let mut empty = 0;
-    while shard_i < shards && visited < count && empty < count * 10 {
+    let most_empty = count.saturating_mul(10);
+    while shard_i < shards && visited < count && empty < most_empty {
         let shard = x.locked.shard(shard_i)?;
         let map = &shard.dbs[db].map;
-        while pos < map.buckets() && visited < count && empty < count * 10 {
+        while pos < map.buckets() && visited < count && empty < most_empty {
             let Some(e) = map.bucket(pos) else {
                 pos += 1;
                 empty += 1;
@@ -558,9 +559,11 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "    fields), orset (a set: an observed-remove set, add wins) or orzset (a sorted",
             "    set: an observed-remove set of members with scores, and a score index).",
             "FREQ <key>",
-            "    Not tracked: Chorus keeps no access frequency (no LFU eviction).",
+            "    Return the access frequency index of the key <key>: kept while maxmemory is",
+            "    set with an LFU policy.",
             "IDLETIME <key>",
-            "    Not tracked: Chorus keeps no access time (no LRU eviction).",
+            "    Return the idle time of the key <key>: kept while maxmemory is set with any",
+            "    other policy.",
             "REFCOUNT <key>",
             "    Return the number of references of the value associated with the specified",
             "    <key>: always 1, as values are never shared.",
@@ -592,22 +595,33 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         x.out.int(1);
     } else {
         let clock = x.ks.limits.clock();
+        let lfu_policy = x.ks.limits.policy().clock() == Some(crate::evict::Clock::Lfu);
         let word = x.db(args[2])?.map.entry(args[2]).map_or(0, |e| e.clock());
         let now = x.now_ms;
+        const SWITCHING: &str = "Please note that when switching between policies at runtime \
+                                 LRU and LFU data will take some time to adjust.";
+        const NO_LIMIT: &str = "Chorus keeps access clocks only while maxmemory is set.";
         if is(sub, "FREQ") {
-            if clock != Some(crate::evict::Clock::Lfu) {
-                return Err(Error::err(
+            if !lfu_policy {
+                return Err(Error::err(format!(
                     "An LFU maxmemory policy is not selected, access frequency not tracked. \
-                     Chorus tracks it while maxmemory is set with an LFU policy.",
-                ));
+                     {SWITCHING}"
+                )));
+            }
+            if clock != Some(crate::evict::Clock::Lfu) {
+                return Err(Error::err(format!(
+                    "access frequency not tracked: {NO_LIMIT}"
+                )));
             }
             x.out.int(crate::evict::lfu_count(word, now).into());
         } else {
+            if lfu_policy {
+                return Err(Error::err(format!(
+                    "An LFU maxmemory policy is selected, idle time not tracked. {SWITCHING}"
+                )));
+            }
             if clock != Some(crate::evict::Clock::Lru) {
-                return Err(Error::err(
-                    "An LRU maxmemory policy is not selected, access time not tracked. Chorus \
-                     tracks it while maxmemory is set with an LRU policy.",
-                ));
+                return Err(Error::err(format!("idle time not tracked: {NO_LIMIT}")));
             }
             x.out
                 .int((crate::evict::lru_idle_ms(word, now) / 1000) as i64);
@@ -693,10 +707,7 @@ fn memory_stats(x: &mut Exec) -> CmdResult {
         .repl
         .as_ref()
         .map_or(0, |r| r.buffered_bytes() as u64);
-    let keys: usize = {
-        let mut all = x.ks.lock_all();
-        x.ks.db_sizes(&mut all).iter().map(|(k, _)| k).sum()
-    };
+    let keys = x.ks.live_keys.load(std::sync::atomic::Ordering::Relaxed) as usize;
     let overhead = startup + backlog;
     let dataset = total.saturating_sub(overhead);
     let percent = |part: u64, whole: u64| part as f64 * 100.0 / whole.max(1) as f64;

@@ -243,12 +243,19 @@ pub fn dispatch(
     }
     if denied_for_memory(server, session, spec, now_ms) {
         if spec.keys == Keys::Queued {
-            // EXEC: as Redis, the transaction is discarded.
+            // EXEC: as Redis 7, the transaction is discarded, saying why.
             multi::discard_session(session);
-        } else if session.multi.is_some() {
-            session.multi_dirty = true;
+            let why = format!(
+                "EXECABORT Transaction discarded because of: {}",
+                Error::Oom.text()
+            );
+            reply_error(server, out, &why);
+        } else {
+            if session.multi.is_some() {
+                session.multi_dirty = true;
+            }
+            reply_error(server, out, &Error::Oom.text());
         }
-        reply_error(server, out, &Error::Oom.text());
         return Some(spec.name);
     }
     if let Some(queue) = &mut session.multi {
@@ -303,7 +310,11 @@ fn denied_for_memory(server: &Server, session: &Session, spec: &Spec, now_ms: u6
     if ks.limits.maxmemory() == 0 {
         return false;
     }
+    // As Redis 7: inside MULTI every command that would be queued is
+    // refused (a queue grows memory without bound), and EXEC is when it
+    // holds one that may grow memory.
     let grows = spec.has(Flag::DenyOom)
+        || (session.multi.is_some() && !spec.has(Flag::NoQueue))
         || (spec.keys == Keys::Queued
             && session
                 .multi
