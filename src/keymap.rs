@@ -147,6 +147,27 @@ impl KeyMap {
         self.table.get_bucket(index)
     }
 
+    /// Up to `most` entries `wanted` takes, from the buckets at or after
+    /// `start` (wrapping around), looking at `most_buckets` buckets at most.
+    pub fn sample_run(
+        &self,
+        start: usize,
+        most: usize,
+        most_buckets: usize,
+        wanted: impl Fn(&Entry) -> bool,
+    ) -> impl Iterator<Item = &Entry> {
+        let n = self.buckets();
+        let looked = if self.table.is_empty() {
+            0
+        } else {
+            n.min(most_buckets)
+        };
+        (0..looked)
+            .filter_map(move |i| self.bucket((start + i) % n))
+            .filter(move |e| wanted(e))
+            .take(most)
+    }
+
     /// The first entry `wanted` takes in the buckets at or after `start`
     /// (wrapping around), looking at `most` full buckets and `most_buckets`
     /// buckets at most (a table emptied by evictions keeps its size): a
@@ -241,5 +262,9 @@ mod tests {
         assert!(m
             .sample_from(0, 1000, usize::MAX, |e| e.key.is_empty())
             .is_none());
+        let run: Vec<&Entry> = m.sample_run(3, 5, usize::MAX, odd).collect();
+        assert_eq!(run.len(), 5);
+        assert!(run.iter().all(|e| odd(e)));
+        assert_eq!(m.sample_run(0, 5, 0, |_| true).count(), 0);
     }
 }
