@@ -577,6 +577,16 @@ fn info_field(c: &mut redis::Connection, field: &str) -> String {
     info_in(c, "replication", field)
 }
 
+/// The 256 bucket digests CRDT.DIGEST lists.
+fn digest_buckets(c: &mut redis::Connection) -> Vec<String> {
+    let reply: Vec<redis::Value> = q(c, &["CRDT.DIGEST"]);
+    let at = reply
+        .iter()
+        .position(|v| *v == redis::Value::BulkString(b"buckets".to_vec()))
+        .expect("a buckets entry");
+    redis::from_redis_value(reply[at + 1].clone()).unwrap()
+}
+
 fn info_in(c: &mut redis::Connection, section: &str, field: &str) -> String {
     let info: String = q(c, &["INFO", section]);
     info.lines()
@@ -1474,16 +1484,10 @@ fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
         q::<()>(&mut ca, &["SET", &format!("k{i}"), "v"]);
     }
     wait_until("A's writes on B", || get(&mut cb, "k49").is_some());
-    let buckets = |c: &mut redis::Connection| -> Vec<String> {
-        let reply: Vec<redis::Value> = q(c, &["CRDT.DIGEST"]);
-        let at = reply
-            .iter()
-            .position(|v| *v == redis::Value::BulkString(b"buckets".to_vec()))
-            .expect("a buckets entry");
-        redis::from_redis_value(reply[at + 1].clone()).unwrap()
-    };
-    wait_until("the same digests", || buckets(&mut ca) == buckets(&mut cb));
-    assert_eq!(buckets(&mut ca).len(), 256);
+    wait_until("the same digests", || {
+        digest_buckets(&mut ca) == digest_buckets(&mut cb)
+    });
+    assert_eq!(digest_buckets(&mut ca).len(), 256);
     // Apart, B changes one key.
     q::<String>(
         &mut cb,
@@ -1494,7 +1498,7 @@ fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
         &["REPLICAOF", "REMOVE", "127.0.0.1", &pb.to_string()],
     );
     q::<()>(&mut cb, &["SET", "k7", "changed"]);
-    let (da, db) = (buckets(&mut ca), buckets(&mut cb));
+    let (da, db) = (digest_buckets(&mut ca), digest_buckets(&mut cb));
     let differ: Vec<usize> = (0..256).filter(|i| da[*i] != db[*i]).collect();
     assert_eq!(differ.len(), 1, "one bucket differs");
     let listing = |c: &mut redis::Connection| -> Vec<(String, String)> {
@@ -2169,15 +2173,9 @@ fn nodes_that_evict_keep_equal_digests() {
     let evicted =
         |c: &mut redis::Connection| -> u64 { info_in(c, "stats", "evicted_keys").parse().unwrap() };
     assert!(evicted(&mut ca) + evicted(&mut cb) > 5_000);
-    let buckets = |c: &mut redis::Connection| -> Vec<String> {
-        let reply: Vec<redis::Value> = q(c, &["CRDT.DIGEST"]);
-        let at = reply
-            .iter()
-            .position(|v| *v == redis::Value::BulkString(b"buckets".to_vec()))
-            .expect("a buckets entry");
-        redis::from_redis_value(reply[at + 1].clone()).unwrap()
-    };
-    wait_until("the same digests", || buckets(&mut ca) == buckets(&mut cb));
+    wait_until("the same digests", || {
+        digest_buckets(&mut ca) == digest_buckets(&mut cb)
+    });
     let size = |c: &mut redis::Connection| q::<u64>(c, &["DBSIZE"]);
     assert_eq!(size(&mut ca), size(&mut cb));
     assert!(size(&mut ca) < 15_000, "evicted: {}", size(&mut ca));
