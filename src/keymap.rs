@@ -102,11 +102,6 @@ impl KeyMap {
             .into_mut()
     }
 
-    pub fn insert(&mut self, key: Key, state: KeyState, clock: u32) {
-        let entry = self.get_or_insert(&key, clock);
-        entry.state = state;
-    }
-
     pub fn remove(&mut self, key: &[u8]) -> Option<KeyState> {
         let hash = self.hash(key);
         let found = self.table.find_entry(hash, |e| &*e.key == key).ok()?;
@@ -115,10 +110,6 @@ impl KeyMap {
 
     pub fn retain(&mut self, mut keep: impl FnMut(&Key, &mut KeyState) -> bool) {
         self.table.retain(|e| keep(&e.key, &mut e.state));
-    }
-
-    pub fn clear(&mut self) {
-        self.table.clear();
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &KeyState)> {
@@ -166,27 +157,6 @@ impl KeyMap {
             .filter_map(move |i| self.bucket((start + i) % n))
             .filter(move |e| wanted(e))
             .take(most)
-    }
-
-    /// The first entry `wanted` takes in the buckets at or after `start`
-    /// (wrapping around), looking at `most` full buckets and `most_buckets`
-    /// buckets at most (a table emptied by evictions keeps its size): a
-    /// random key for a random `start`.
-    pub fn sample_from(
-        &self,
-        start: usize,
-        most: usize,
-        most_buckets: usize,
-        wanted: impl Fn(&Entry) -> bool,
-    ) -> Option<&Entry> {
-        let n = self.buckets();
-        if self.table.is_empty() || n == 0 {
-            return None;
-        }
-        (0..n.min(most_buckets))
-            .filter_map(|i| self.bucket((start + i) % n))
-            .take(most)
-            .find(|e| wanted(e))
     }
 }
 
@@ -242,26 +212,25 @@ mod tests {
     #[test]
     fn every_full_bucket_is_reachable_from_some_start() {
         let mut m = map();
-        assert!(m.sample_from(0, 10, 10, |_| true).is_none());
+        assert_eq!(m.sample_run(0, 10, 10, |_| true).count(), 0);
         for i in 0..100u32 {
             m.get_or_insert(format!("k{i}").as_bytes(), 0);
         }
         let mut seen = std::collections::HashSet::new();
         for start in 0..m.buckets() {
             let e = m
-                .sample_from(start, 1, usize::MAX, |_| true)
+                .sample_run(start, 1, usize::MAX, |_| true)
+                .next()
                 .expect("not empty");
             seen.insert(e.key.to_vec());
         }
         assert_eq!(seen.len(), 100);
         let odd = |e: &Entry| e.key.ends_with(b"1");
-        let e = m
-            .sample_from(0, 1000, usize::MAX, odd)
-            .expect("k1, k11, ...");
-        assert!(odd(e));
-        assert!(m
-            .sample_from(0, 1000, usize::MAX, |e| e.key.is_empty())
-            .is_none());
+        assert_eq!(
+            m.sample_run(0, 1000, usize::MAX, |e| e.key.is_empty())
+                .count(),
+            0
+        );
         let run: Vec<&Entry> = m.sample_run(3, 5, usize::MAX, odd).collect();
         assert_eq!(run.len(), 5);
         assert!(run.iter().all(|e| odd(e)));
