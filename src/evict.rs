@@ -274,7 +274,17 @@ pub fn make_room(
         now_used = used().unwrap_or(0);
     }
     if evicted == 0 && now_used > max {
-        return Err(OutOfMemory);
+        // Refused only when no key the policy may take is left. Keys there
+        // are but none sampled: the table is mostly tombstones waiting for
+        // the peers' acknowledgements, which free memory as they come.
+        let left = if policy.volatile() {
+            ks.with_expiry.load(std::sync::atomic::Ordering::Relaxed)
+        } else {
+            ks.live_keys.load(std::sync::atomic::Ordering::Relaxed)
+        };
+        if left == 0 {
+            return Err(OutOfMemory);
+        }
     }
     Ok(())
 }
