@@ -98,13 +98,18 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
             .and_then(|(l, _)| l.local_addr().ok())
             .map(|a| a.ip()),
     };
+    // Replication first: a client served before it would find the
+    // configured peers missing (REPLICAOF REMOVE: "no such peer").
+    node.start(Links::FromConfig { client_ip }, CutThread::Blocking)?;
+    crate::alloc::mark_startup();
     for listener in listeners {
+        announce(&listener, "tcp");
         tokio::spawn(accept_loop(server.clone(), listener));
     }
     for (listener, acceptor) in tls_listeners {
+        announce(&listener, "tls");
         tokio::spawn(tls_accept_loop(server.clone(), listener, acceptor));
     }
-    node.start(Links::FromConfig { client_ip }, CutThread::Blocking)?;
     let mut stop = node.shutdown.subscribe();
     let _ = stop.wait_for(|s| *s).await;
     Ok(())
@@ -125,12 +130,13 @@ async fn listen(
         }
         Err(source) => return Err(ServeError::Listen { addr, source }),
     };
-    let local = listener
-        .local_addr()
-        .map_err(|source| ServeError::Listen { addr, source })?;
-    crate::alloc::mark_startup();
-    info!("Ready to accept connections {what} on {local}");
     Ok(Some(listener))
+}
+
+fn announce(listener: &TcpListener, what: &str) {
+    if let Ok(local) = listener.local_addr() {
+        info!("Ready to accept connections {what} on {local}");
+    }
 }
 
 /// How long a client has to finish its TLS handshake.

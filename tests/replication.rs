@@ -307,6 +307,56 @@ fn wait_returns_once_peers_applied_the_write() {
     );
 }
 
+/// A client that connects the moment a node says it is ready finds the
+/// peers of its config already there (CI once saw "no such peer" from a
+/// node that accepted clients before it had started replication): the
+/// node starts replication before it reports ready.
+#[test]
+fn a_node_reports_ready_only_once_replication_has_started() {
+    use std::io::BufRead;
+    let (pa, pb) = (free_port(), free_port());
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["server", "--bind", "127.0.0.1", "--port", &pa.to_string()])
+        .args(["--active-replica", "yes", "--masterauth", SECRET])
+        .args(["--replicaof", "127.0.0.1", &pb.to_string()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn chorus");
+    let stderr = child.stderr.take().expect("stderr");
+    let mut replication_up = false;
+    let mut ready_after_it = None;
+    for line in std::io::BufReader::new(stderr)
+        .lines()
+        .map_while(Result::ok)
+    {
+        if line.contains("replication listening on udp") {
+            replication_up = true;
+        }
+        if line.contains("Ready to accept connections") {
+            ready_after_it = Some(replication_up);
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(
+        ready_after_it,
+        Some(true),
+        "ready only after replication started"
+    );
+    // And through a client, at once:
+    let a = node(pa, &[pb], &[]);
+    let mut ca = a.conn();
+    assert_eq!(
+        q::<String>(
+            &mut ca,
+            &["REPLICAOF", "REMOVE", "127.0.0.1", &pb.to_string()]
+        ),
+        "OK"
+    );
+}
+
 #[test]
 fn replicaof_adds_and_removes_peers_at_run_time() {
     let (pa, pb) = (free_port(), free_port());
