@@ -69,7 +69,7 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
             .map_err(|_| ServeError::BadBind(host.clone()))?;
         let optional = c.optional_binds.contains(host);
         if !tls_only {
-            let Some(listener) = listen(SocketAddr::new(ip, c.port), optional, "tcp").await? else {
+            let Some(listener) = listen(SocketAddr::new(ip, c.port), optional).await? else {
                 continue;
             };
             server
@@ -82,8 +82,7 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
             listeners.push(listener);
         }
         if let Some(acceptor) = &acceptor {
-            if let Some(listener) = listen(SocketAddr::new(ip, c.tls_port), optional, "tls").await?
-            {
+            if let Some(listener) = listen(SocketAddr::new(ip, c.tls_port), optional).await? {
                 tls_listeners.push((listener, acceptor.clone()));
             }
         }
@@ -115,13 +114,8 @@ pub async fn serve(server: Arc<Server>) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// Binds `addr` (`what`: tcp or tls, for the log); `None` for an optional
-/// address the host does not have.
-async fn listen(
-    addr: SocketAddr,
-    optional: bool,
-    what: &str,
-) -> Result<Option<TcpListener>, ServeError> {
+/// Binds `addr`; `None` for an optional address the host does not have.
+async fn listen(addr: SocketAddr, optional: bool) -> Result<Option<TcpListener>, ServeError> {
     let listener = match TcpListener::bind(addr).await {
         Ok(listener) => listener,
         Err(e) if optional && unavailable(&e) => {
