@@ -394,6 +394,20 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         out.int(wait.run().await);
                         now_ms = server.node.ks.clock.physical_unix_ms();
                     }
+                    if let Some(persistence) = session.save.take() {
+                        match tokio::task::spawn_blocking(move || persistence.cut_once()).await {
+                            Ok(Ok(_)) => out.ok(),
+                            Ok(Err(e)) => {
+                                crate::cmd::reply_error(server, &mut out, &format!("ERR {e}"))
+                            }
+                            Err(e) => crate::cmd::reply_error(
+                                server,
+                                &mut out,
+                                &format!("ERR the save failed: {e}"),
+                            ),
+                        }
+                        now_ms = server.node.ks.clock.physical_unix_ms();
+                    }
                     if out_limit.hard > 0 && out.buf.len() as u64 > out_limit.hard {
                         verdict = Some(Verdict::OutputLimit);
                         break;
@@ -425,7 +439,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         }
         if let Some(persistence) = &server.node.persistence {
-            persistence.sync_if_written(writes_before);
+            persistence.sync_if_written(writes_before).await;
         }
         let batch_full = out.buf.len() >= REPLY_BATCH_BYTES;
         if verdict.is_none() && !out.buf.is_empty() {

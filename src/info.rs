@@ -148,7 +148,23 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 .map_or(0, |p| p.last_cut_ms.load(Ordering::Relaxed));
             let last_save_ms = node.last_save_unix_ms();
             line("rdb_last_save_time", &(last_save_ms / 1000));
-            line("aof_enabled", &0);
+            let log = node.persistence.as_ref().and_then(|p| p.log.as_ref());
+            line("aof_enabled", &u8::from(log.is_some()));
+            if let Some(log) = log {
+                let failing = log.failing.load(Ordering::Relaxed);
+                line("aof_last_write_status", &if failing { "err" } else { "ok" });
+                line(
+                    "aof_current_size",
+                    &log.unfolded_bytes.load(Ordering::Relaxed),
+                );
+                line(
+                    "log_bytes_written",
+                    &log.bytes_written.load(Ordering::Relaxed),
+                );
+                line("log_fsyncs", &log.fsyncs.load(Ordering::Relaxed));
+                line("log_appended_offset", &log.appended());
+                line("log_durable_offset", &log.durable());
+            }
             match &node.persistence {
                 None => line("storage_provider", &"none"),
                 Some(p) => {

@@ -16,6 +16,7 @@ pub mod cmd;
 pub mod config;
 pub mod conflicts;
 pub mod connection;
+pub mod deltalog;
 pub mod evict;
 pub mod glob;
 pub mod info;

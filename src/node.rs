@@ -24,8 +24,9 @@ use tokio::sync::watch;
 use tracing::debug;
 
 use crate::config::{Config, Fsync};
+use crate::deltalog::DeltaLog;
 use crate::keyspace::{KeyHasher, Keyspace};
-use crate::persist::{CutThread, Persistence};
+use crate::persist::{CutThread, LogSink, Persistence};
 use crate::replication::Replicator;
 use crate::store::Store;
 
@@ -48,6 +49,8 @@ pub enum NodeError {
     Replication(#[from] crate::replication::StartError),
     #[error("links given to a node whose config does not replicate")]
     NotReplicating,
+    #[error("the delta log: {0}")]
+    Log(#[from] crate::deltalog::LogError),
 }
 
 /// What a node is made of besides its config: its identity, clocks,
@@ -65,6 +68,9 @@ pub struct NodeEnv {
     /// Where the node's state survives a crash: loaded at open, then cut
     /// into. `None`: in memory only.
     pub store: Option<Arc<dyn Store>>,
+    /// With a store: the directory of its delta log (`crate::deltalog`).
+    /// `None`: the store alone, cut every second (the simulation).
+    pub log_dir: Option<std::path::PathBuf>,
 }
 
 impl NodeEnv {
@@ -82,8 +88,9 @@ impl NodeEnv {
             );
         }
         let store: Option<Arc<dyn Store>> = if config.appendonly {
-            let fsync = config.appendfsync != Fsync::No;
-            let store = crate::store::SledStore::open(&config.dir, fsync)?;
+            // Every fold is flushed whatever `appendfsync` says: the log
+            // files it folded go once it returns.
+            let store = crate::store::SledStore::open(&config.dir, true)?;
             tracing::info!("state kept in {}", store.path().display());
             Some(Arc::new(store))
         } else {
@@ -94,6 +101,7 @@ impl NodeEnv {
             physical: process_clock,
             wall_ms: process_wall_ms,
             hash_seed: None,
+            log_dir: store.as_ref().map(|_| config.dir.clone()),
             store,
         })
     }
@@ -194,6 +202,14 @@ impl Node {
                 )
             }
         };
+        let loaded = env.store.as_ref().map(|s| s.load()).transpose()?;
+        let (log, replay) = match (&loaded, &env.log_dir) {
+            (Some(loaded), Some(dir)) => {
+                let (log, replay) = DeltaLog::open(dir, config.appendfsync, loaded.log_from)?;
+                (Some(log), Some(replay))
+            }
+            _ => (None, None),
+        };
         let mut ks = Keyspace::with_hashers(config.databases, clock, tags_hasher, maps_hasher);
         ks.conflicts.set_max_len(config.conflict_log_max_len);
         let repl = config.replicating().then(|| {
@@ -203,6 +219,12 @@ impl Node {
             ks.set_sink(repl.clone());
             repl
         });
+        if let Some(log) = &log {
+            match &repl {
+                Some(repl) => repl.set_log(log.clone()),
+                None => ks.set_sink(Arc::new(LogSink::new(node, log.clone()))),
+            }
+        }
         if env.store.is_some() {
             ks.track_dirty();
             if let Some(repl) = &repl {
@@ -210,19 +232,22 @@ impl Node {
             }
         }
         let ks = Arc::new(ks);
-        let persistence = match env.store {
-            None => None,
-            Some(store) => {
-                let loaded = store.load()?;
+        let persistence = match (env.store, loaded) {
+            (Some(store), Some(loaded)) => {
                 let persistence = Persistence::new(
                     store,
+                    log,
                     config.appendfsync == Fsync::Always,
                     ks.clone(),
                     repl.clone(),
                 );
                 persistence.restore(loaded);
+                if let Some(replay) = &replay {
+                    persistence.replay(replay)?;
+                }
                 Some(Arc::new(persistence))
             }
+            _ => None,
         };
         let started_unix_ms = ks.clock.physical_unix_ms();
         Ok(Arc::new(Node {
@@ -267,7 +292,7 @@ impl Node {
             .refresh_access_clock(self.ks.clock.physical_unix_ms());
         tokio::spawn(active_expiry(self.clone()));
         if let Some(persistence) = &self.persistence {
-            tokio::spawn(persistence.clone().run(crate::persist::CUT_EVERY, cuts));
+            tokio::spawn(persistence.clone().run(persistence.cut_every(), cuts));
         }
         Ok(())
     }
@@ -335,6 +360,9 @@ impl Node {
             match persistence.cut_once() {
                 Ok(keys) => tracing::info!("final cut stored ({keys} keys changed since the last)"),
                 Err(e) => tracing::error!("the final cut was not stored: {e:#}"),
+            }
+            if let Some(log) = &persistence.log {
+                log.close();
             }
         }
     }

@@ -1,5 +1,7 @@
 //! Taking cuts of the node's state into its [`Store`] (see `store`), and
-//! starting a node from what its store holds.
+//! starting a node from what its store holds. With a delta log (see
+//! `deltalog`), a cut is a fold: the log makes writes durable, and cuts
+//! come seldom, only to keep the log short.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -9,8 +11,12 @@ use tracing::{info, warn};
 
 use chorus_crdt::Stamp;
 
-use crate::keyspace::CutError;
-use crate::keyspace::Keyspace;
+use chorus_crdt::{encode_append, Delta, NodeId};
+use smallvec::SmallVec;
+
+use crate::deltalog::{DeltaLog, LogError, Replay};
+use crate::keyspace::{CutError, DeltaSink, Keyspace};
+use crate::replication::wire::{DeltaRef, ReplMsg, ReplMsgOut};
 use crate::replication::Replicator;
 use crate::store::{Cut, Loaded, Store, StoreError};
 
@@ -30,6 +36,9 @@ pub enum PersistError {
 /// what it did, for INFO.
 pub struct Persistence {
     pub store: Arc<dyn Store>,
+    /// Where every applied write goes between cuts (`appendonly yes`; the
+    /// simulation's stores have none, and cut every second).
+    pub log: Option<Arc<DeltaLog>>,
     ks: Arc<Keyspace>,
     repl: Option<Arc<Replicator>>,
     /// `appendfsync always`: a connection takes a cut before replying to a
@@ -57,12 +66,14 @@ pub const SYNC_EVERY_CUTS: u32 = 10;
 impl Persistence {
     pub fn new(
         store: Arc<dyn Store>,
+        log: Option<Arc<DeltaLog>>,
         always: bool,
         ks: Arc<Keyspace>,
         repl: Option<Arc<Replicator>>,
     ) -> Persistence {
         Persistence {
             store,
+            log,
             ks,
             repl,
             always,
@@ -99,7 +110,77 @@ impl Persistence {
         );
     }
 
-    /// Takes one cut and stores it; returns how many keys it wrote.
+    /// Merges every write of the log's unfolded generations into the state
+    /// just restored from the store. Returns how many were merged.
+    pub fn replay(&self, replay: &Replay) -> Result<u64, LogError> {
+        let ks = &self.ks;
+        let acked = ks.gc_acked();
+        let records = replay.for_each(|payload| {
+            if let Some((a, b)) = swap_of(payload) {
+                if a.max(b) >= ks.databases() {
+                    return Err(format!(
+                        "a swap of database {a} and {b}, which this node does not have"
+                    ));
+                }
+                for shard in ks.lock_all().shards() {
+                    shard.dbs.swap(a, b);
+                    shard.swapped(a, b);
+                }
+                return Ok(());
+            }
+            let ReplMsg::Delta { origin, seq, delta } = chorus_crdt::decode::<ReplMsg>(payload)
+                .map_err(|e| format!("a record does not decode: {e}"))?
+            else {
+                return Err("a record that is not a write".into());
+            };
+            let _ = ks.clock.observe(delta.stamp());
+            match &delta {
+                Delta::Key { db, key, state } => {
+                    let index = ks.shard_of(key);
+                    let mut locked = ks.lock(SmallVec::from_slice(&[index]));
+                    let shard = locked.shard(index).map_err(|_| "shard lock".to_string())?;
+                    let Some(db) = shard.dbs.get_mut(*db as usize) else {
+                        return Err(format!(
+                            "a write to database {db}, which this node does not have"
+                        ));
+                    };
+                    db.merge(key, state, acked);
+                }
+                Delta::Flush { db, stamp } => {
+                    let mut all = ks.lock_all();
+                    for shard in all.shards() {
+                        for (i, d) in shard.dbs.iter_mut().enumerate() {
+                            if db.is_none_or(|db| db as usize == i) {
+                                d.flush(*stamp);
+                            }
+                        }
+                    }
+                }
+            }
+            if let Some(repl) = &self.repl {
+                repl.replayed(origin, seq);
+            }
+            Ok(())
+        })?;
+        if records > 0 {
+            info!(records, "writes merged from the delta log");
+        }
+        Ok(records)
+    }
+
+    /// A SWAPDB (under every shard lock): the log records it in its place
+    /// among the writes, whose database numbers it changes.
+    pub fn log_swap(&self, a: usize, b: usize) {
+        if let Some(log) = &self.log {
+            let mut record = [0u8; 9];
+            record[0] = SWAP_RECORD;
+            record[1..5].copy_from_slice(&(a as u32).to_le_bytes());
+            record[5..].copy_from_slice(&(b as u32).to_le_bytes());
+            log.append(&record);
+        }
+    }
+
+    /// Takes one cut and stores it; returns how many keys it wrote.    /// Takes one cut and stores it; returns how many keys it wrote.
     pub fn cut_once(&self) -> Result<usize, PersistError> {
         let _one_at_a_time = self.cut_lock.lock();
         let ks = &self.ks;
@@ -107,7 +188,11 @@ impl Persistence {
         let cut = {
             let mut all = ks.lock_all();
             let (keys, floors) = ks.take_cut(&mut all)?;
+            // Every write appended before this was applied before the
+            // shards were all locked, so the cut holds it.
+            let log_from = self.log.as_ref().map(|log| log.rotate());
             Cut {
+                log_from,
                 node: ks.node(),
                 clock: ks.clock.now(),
                 keys,
@@ -122,6 +207,9 @@ impl Persistence {
             ks.conflicts.cut_failed(&cut.conflicts);
             self.failures.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
+        }
+        if let (Some(log), Some(from)) = (&self.log, cut.log_from) {
+            log.folded(from);
         }
         if let (Some(repl), Some(stable)) = (&self.repl, stable) {
             if self.store.durable_on_write() {
@@ -156,15 +244,31 @@ impl Persistence {
         Ok(())
     }
 
-    /// `appendfsync always`: stores a cut if the node wrote since `before`
-    /// (its local write count when the batch began). A failure is logged and
-    /// counted: the batch's writes are applied and replicated, not on disk.
-    pub fn sync_if_written(&self, before: u64) {
+    /// `appendfsync always`: if the node wrote since `before` (its local
+    /// write count when the batch began), waits until the log's fsync
+    /// covers the batch's writes; without a log, stores a cut. A failed cut
+    /// is logged and counted: the batch's writes are applied and
+    /// replicated, not on disk.
+    pub async fn sync_if_written(&self, before: u64) {
         if !self.always || self.ks.local_writes() == before {
+            return;
+        }
+        if let Some(log) = &self.log {
+            log.durable_at(log.appended()).await;
             return;
         }
         if let Err(e) = self.cut_once() {
             tracing::error!("appendfsync always: {e:#}");
+        }
+    }
+
+    /// How often cuts are taken: seldom with a log, which makes writes
+    /// durable between them.
+    pub fn cut_every(&self) -> Duration {
+        if self.log.is_some() {
+            FOLD_EVERY
+        } else {
+            CUT_EVERY
         }
     }
 
@@ -188,9 +292,82 @@ impl Persistence {
     }
 }
 
-/// How often a node with a store takes a cut: what a crash can lose of the
-/// writes no peer received (Redis's `appendfsync everysec`).
+/// How often a node with a store and no log takes a cut: what a crash can
+/// lose of the writes no peer received (Redis's `appendfsync everysec`).
 pub const CUT_EVERY: Duration = Duration::from_secs(1);
+
+/// How often a node with a delta log folds it into its store: what a
+/// restart replays at most, and how long what it reports stable (and so
+/// its peers' tombstone collection) may trail.
+pub const FOLD_EVERY: Duration = Duration::from_secs(10);
+
+/// The first byte of a log record that is a SWAPDB, not a replication
+/// message (whose first byte is the encoding's format version).
+const SWAP_RECORD: u8 = 0xff;
+
+fn swap_of(payload: &[u8]) -> Option<(usize, usize)> {
+    match payload {
+        [SWAP_RECORD, a @ .., b0, b1, b2, b3] if a.len() == 4 => Some((
+            u32::from_le_bytes([a[0], a[1], a[2], a[3]]) as usize,
+            u32::from_le_bytes([*b0, *b1, *b2, *b3]) as usize,
+        )),
+        _ => None,
+    }
+}
+
+/// The sink of a node that keeps a log and does not replicate: its writes
+/// numbered as replication would, so the log reads the same either way.
+pub struct LogSink {
+    node: NodeId,
+    seq: AtomicU64,
+    log: Arc<DeltaLog>,
+}
+
+impl LogSink {
+    pub fn new(node: NodeId, log: Arc<DeltaLog>) -> LogSink {
+        LogSink {
+            node,
+            seq: AtomicU64::new(0),
+            log,
+        }
+    }
+
+    fn append(&self, delta: DeltaRef<'_>) {
+        thread_local! {
+            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let msg = ReplMsgOut::Delta {
+            origin: self.node,
+            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
+            delta,
+        };
+        SCRATCH.with_borrow_mut(|scratch| {
+            let mut buf = std::mem::take(scratch);
+            buf.clear();
+            // Our own types always encode.
+            if let Ok(encoded) = encode_append(&msg, buf) {
+                self.log.append(&encoded);
+                if encoded.capacity() <= 64 * 1024 {
+                    *scratch = encoded;
+                }
+            }
+        });
+    }
+}
+
+impl DeltaSink for LogSink {
+    fn publish_key(&self, db: u32, key: &[u8], delta: &chorus_crdt::KeyState, _now_ms: u64) {
+        self.append(DeltaRef::Key {
+            db,
+            key,
+            state: delta,
+        });
+    }
+
+    fn publish_flush(&self, db: Option<u32>, stamp: Stamp, _now_ms: u64) {
+        self.append(DeltaRef::Flush { db, stamp });
+    }
+}
 
 /// Where the periodic cut runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -161,6 +161,8 @@ pub struct Session {
     pub sleep: Option<Duration>,
     /// WAIT: its reply comes once enough peers acknowledged.
     pub wait: Option<crate::cmd::replication::PendingWait>,
+    /// SAVE: its reply comes once this store's fold is durable.
+    pub save: Option<std::sync::Arc<crate::persist::Persistence>>,
     /// A blocking command found nothing: the connection waits for its keys.
     pub blocked: Option<crate::cmd::blocking::Blocked>,
     /// Running EXEC's queue, where a blocking command must not block.
@@ -184,6 +186,7 @@ impl Session {
             close: false,
             sleep: None,
             wait: None,
+            save: None,
             blocked: None,
             in_exec: false,
             retrying_block: false,

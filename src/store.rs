@@ -43,6 +43,9 @@ pub struct Cut {
     /// The conflict log's entries since the previous cut, and the first id
     /// it still keeps.
     pub conflicts: LogCut,
+    /// With a delta log: the first generation this cut does not hold (see
+    /// `crate::deltalog`); a restart replays from it.
+    pub log_from: Option<u64>,
 }
 
 /// What a store held when the node started.
@@ -57,6 +60,8 @@ pub struct Loaded {
     /// The conflict log, oldest first, and the id its next entry takes.
     pub conflicts: Vec<LoggedConflict>,
     pub conflicts_next_id: u64,
+    /// The first delta log generation the store does not hold.
+    pub log_from: u64,
 }
 
 /// Why a store could not be opened, read or written. Every variant names
@@ -105,6 +110,8 @@ struct MemData {
     conflicts_from: u64,
     /// The id the conflict log's next entry takes.
     conflicts_next_id: u64,
+    /// The first delta log generation not held (`Cut::log_from`).
+    log_from: u64,
 }
 
 impl MemData {
@@ -128,6 +135,9 @@ impl MemData {
         self.cuts += 1;
         self.conflicts_from = self.conflicts_from.max(cut.conflicts.keep_from);
         self.conflicts_next_id = self.conflicts_next_id.max(cut.conflicts.next_id);
+        if let Some(from) = cut.log_from {
+            self.log_from = self.log_from.max(from);
+        }
     }
 
     /// What a node starts from: `keys` and what is held besides.
@@ -144,6 +154,7 @@ impl MemData {
             applied: self.applied.iter().map(|(n, s)| (*n, *s)).collect(),
             lives: self.lives.iter().copied().collect(),
             clock: self.clock,
+            log_from: self.log_from,
         }
     }
 }
@@ -275,6 +286,7 @@ const META_APPLIED: &[u8] = b"m:applied";
 const META_LIVES: &[u8] = b"m:lives";
 const META_CLOCK: &[u8] = b"m:clock";
 const META_CONFLICTS_NEXT: &[u8] = b"m:conflicts_next";
+const META_LOG_FROM: &[u8] = b"m:log_from";
 
 /// The directory inside `dir` that holds a node's sled files.
 pub const SLED_DIR: &str = "chorus.sled";
@@ -363,6 +375,7 @@ impl SledStore {
             conflicts_from: 0,
             conflicts_next_id: decoded(self, META_CONFLICTS_NEXT, get(META_CONFLICTS_NEXT)?)?,
             conflicts: BTreeMap::new(),
+            log_from: decoded(self, META_LOG_FROM, get(META_LOG_FROM)?)?,
         })
     }
 }
@@ -442,6 +455,7 @@ impl Store for SledStore {
         batch.insert(META_LIVES, encoded(&lives)?);
         batch.insert(META_CLOCK, encoded(&next.clock)?);
         batch.insert(META_CONFLICTS_NEXT, encoded(&next.conflicts_next_id)?);
+        batch.insert(META_LOG_FROM, encoded(&next.log_from)?);
         // Entries the log no longer keeps (the bound, a RESET): a range of
         // ids from the oldest stored, read only when it moved.
         if next.conflicts_from > meta.conflicts_from {
@@ -507,6 +521,7 @@ mod tests {
             floors,
             applied: vec![(NodeId(9), 4)],
             conflicts: ks.conflicts.for_cut(),
+            log_from: None,
         }
     }
 
@@ -520,6 +535,7 @@ mod tests {
                 wall_ms: || 0,
                 hash_seed: None,
                 store: Some(store),
+                log_dir: None,
             },
         )
         .unwrap()
@@ -666,6 +682,7 @@ mod tests {
         let write = |store: &dyn Store, log: &ConflictLog| {
             let cut = Cut {
                 conflicts: log.for_cut(),
+                log_from: None,
                 ..Cut::default()
             };
             store.write(&cut).unwrap();
@@ -795,6 +812,7 @@ mod tests {
                 wall_ms: || 0,
                 hash_seed: None,
                 store: Some(store.clone()),
+                log_dir: None,
             },
         )
         .unwrap();

@@ -31,10 +31,21 @@ fn kill_hard(mut s: Server) {
     let _ = s.child.wait();
 }
 
-fn wait_for_cut(c: &mut redis::Connection, at_least: u64) {
+fn info_field(c: &mut redis::Connection, field: &str) -> u64 {
+    let info: String = q(c, &["INFO", "persistence"]);
+    info.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {info}"))
+}
+
+/// Waits until the delta log is durable past every write acknowledged so
+/// far (`appendfsync everysec`: within a second).
+fn wait_for_log_sync(c: &mut redis::Connection) {
+    let appended = info_field(c, "log_appended_offset");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while store_cuts(c) < at_least {
-        assert!(Instant::now() < deadline, "no cut {at_least} stored");
+    while info_field(c, "log_durable_offset") < appended {
+        assert!(Instant::now() < deadline, "the log was not synced");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -54,9 +65,8 @@ fn a_killed_node_restarts_with_what_its_last_cut_stored() {
     q::<()>(&mut c, &["SET", "in-db5", "y"]);
     let info: String = q(&mut c, &["INFO", "persistence"]);
     assert!(info.contains("storage_provider:sled"), "{info}");
-    // Two cuts after the last write: the second began after it.
-    let n = store_cuts(&mut c);
-    wait_for_cut(&mut c, n + 2);
+    // Folded into the store: the restart reads it from there.
+    q::<()>(&mut c, &["SAVE"]);
     kill_hard(s);
 
     let s = start(&dir, &[]);
@@ -89,11 +99,11 @@ fn a_flush_survives_a_restart() {
     for i in 0..50 {
         q::<()>(&mut c, &["SET", &format!("k{i}"), "v"]);
     }
-    wait_for_cut(&mut c, 2);
+    q::<()>(&mut c, &["SAVE"]);
+    // In the log only: the restart merges the flush over the stored keys.
     q::<()>(&mut c, &["FLUSHALL"]);
     q::<()>(&mut c, &["SET", "after", "1"]);
-    let n = store_cuts(&mut c);
-    wait_for_cut(&mut c, n + 2);
+    wait_for_log_sync(&mut c);
     kill_hard(s);
     let s = start(&dir, &[]);
     let mut c = s.conn();
@@ -195,7 +205,7 @@ fn swapdb_survives_a_restart() {
     q::<()>(&mut c, &["SET", "deleted-in-0", "x"]);
     q::<()>(&mut c, &["SELECT", "1"]);
     q::<()>(&mut c, &["SET", "was-in-1", "b"]);
-    wait_for_cut(&mut c, 2);
+    q::<()>(&mut c, &["SAVE"]);
     q::<()>(&mut c, &["SELECT", "2"]);
     q::<()>(&mut c, &["SET", "gone", "1"]);
     q::<()>(&mut c, &["FLUSHDB"]);
@@ -203,8 +213,8 @@ fn swapdb_survives_a_restart() {
     q::<()>(&mut c, &["DEL", "deleted-in-0"]);
     q::<()>(&mut c, &["SWAPDB", "1", "2"]);
     q::<()>(&mut c, &["SWAPDB", "0", "3"]);
-    let n = store_cuts(&mut c);
-    wait_for_cut(&mut c, n + 2);
+    // The swaps in the log among the writes around them, not in the store.
+    wait_for_log_sync(&mut c);
     kill_hard(s);
 
     let s = start(&dir, &[]);
@@ -241,4 +251,215 @@ fn swapdb_under_appendfsync_always_is_durable_at_once() {
     assert_eq!(get(&mut c, "k"), None);
     q::<()>(&mut c, &["SELECT", "3"]);
     assert_eq!(get(&mut c, "k").as_deref(), Some("v"));
+}
+
+/// #14: between folds the delta log keeps every write: killed with no fold
+/// since the start, the node comes back with strings, counters, hashes,
+/// sets, sorted sets, expiries, deletes and a flush as they were.
+#[test]
+fn writes_survive_a_kill_between_folds_through_the_delta_log() {
+    let dir = data_dir("log-everysec");
+    let s = start(&dir, &[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "s", "v"]);
+    q::<()>(&mut c, &["SET", "ttl", "v", "EX", "1000"]);
+    q::<()>(&mut c, &["INCRBY", "n", "41"]);
+    q::<()>(&mut c, &["INCR", "n"]);
+    q::<()>(&mut c, &["HSET", "h", "f1", "a", "f2", "b"]);
+    q::<()>(&mut c, &["HINCRBY", "h", "count", "7"]);
+    q::<()>(&mut c, &["SADD", "set", "x", "y", "z"]);
+    q::<()>(&mut c, &["SREM", "set", "y"]);
+    q::<()>(&mut c, &["ZADD", "z", "1", "one", "2", "two"]);
+    q::<()>(&mut c, &["ZINCRBY", "z", "5", "one"]);
+    q::<()>(&mut c, &["SET", "deleted", "x"]);
+    q::<()>(&mut c, &["DEL", "deleted"]);
+    q::<()>(&mut c, &["SELECT", "2"]);
+    q::<()>(&mut c, &["SET", "flushed", "x"]);
+    q::<()>(&mut c, &["FLUSHDB"]);
+    q::<()>(&mut c, &["SET", "after-flush", "y"]);
+    wait_for_log_sync(&mut c);
+    assert_eq!(
+        store_cuts(&mut c),
+        0,
+        "no fold yet: only the log holds them"
+    );
+    assert!(info_field(&mut c, "aof_current_size") > 0);
+    kill_hard(s);
+
+    let s = start(&dir, &[]);
+    let mut c = s.conn();
+    assert_eq!(get(&mut c, "s").as_deref(), Some("v"));
+    assert!(q::<i64>(&mut c, &["TTL", "ttl"]) > 900);
+    assert_eq!(q::<i64>(&mut c, &["INCR", "n"]), 43, "the counter goes on");
+    let h: Vec<String> = q(&mut c, &["HMGET", "h", "f1", "f2", "count"]);
+    assert_eq!(h, ["a", "b", "7"]);
+    let mut members: Vec<String> = q(&mut c, &["SMEMBERS", "set"]);
+    members.sort();
+    assert_eq!(members, ["x", "z"]);
+    let z: Vec<String> = q(&mut c, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]);
+    assert_eq!(z, ["two", "2", "one", "6"]);
+    assert_eq!(get(&mut c, "deleted"), None);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 6);
+    q::<()>(&mut c, &["SELECT", "2"]);
+    assert_eq!(get(&mut c, "flushed"), None);
+    assert_eq!(get(&mut c, "after-flush").as_deref(), Some("y"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// #14: `appendfsync always`: a client's reply waits for the fsync that
+/// covers its write, so a node killed in the middle of a stream of writes
+/// from several clients comes back with every write any of them saw
+/// acknowledged.
+#[test]
+fn every_acknowledged_write_survives_a_kill_mid_stream_under_appendfsync_always() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let dir = data_dir("log-always");
+    let s = start(&dir, &["--appendfsync", "always"]);
+    let acked: Vec<Arc<AtomicUsize>> = (0..3).map(|_| Arc::new(AtomicUsize::new(0))).collect();
+    let writers: Vec<_> = acked
+        .iter()
+        .enumerate()
+        .map(|(w, acked)| {
+            let mut c = s.conn();
+            let acked = acked.clone();
+            std::thread::spawn(move || {
+                for batch in 0.. {
+                    let mut p = redis::pipe();
+                    for i in batch * 10..(batch + 1) * 10 {
+                        p.cmd("SET").arg(format!("w{w}:{i}")).arg(i).ignore();
+                        p.cmd("HINCRBY")
+                            .arg(format!("h{w}"))
+                            .arg("n")
+                            .arg(1)
+                            .ignore();
+                    }
+                    if p.query::<()>(&mut c).is_err() {
+                        return;
+                    }
+                    acked.store((batch + 1) * 10, Ordering::SeqCst);
+                }
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while acked.iter().any(|a| a.load(Ordering::SeqCst) < 100) {
+        assert!(Instant::now() < deadline, "the writers made no progress");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill_hard(s);
+    for w in writers {
+        w.join().expect("writer");
+    }
+    let s = start(&dir, &["--appendfsync", "always"]);
+    let mut c = s.conn();
+    for (w, acked) in acked.iter().enumerate() {
+        let acked = acked.load(Ordering::SeqCst);
+        for i in 0..acked {
+            assert_eq!(
+                q::<Option<i64>>(&mut c, &["GET", &format!("w{w}:{i}")]),
+                Some(i as i64),
+                "writer {w}'s acknowledged write {i}"
+            );
+        }
+        let n: i64 = q(&mut c, &["HGET", &format!("h{w}"), "n"]);
+        assert!(
+            n as usize >= acked,
+            "writer {w}: {n} increments of {acked} acknowledged"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn log_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("chorus.deltas"))
+        .expect("the delta log directory")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| std::fs::metadata(p).map(|m| m.len() > 0).unwrap_or(false))
+        .collect();
+    files.sort();
+    files
+}
+
+/// #14: a log cut short at its end (a crash mid-write) loses only the cut
+/// record; a log that does not read back stops the start, naming its file.
+#[test]
+fn a_torn_log_tail_is_dropped_and_a_corrupt_log_stops_the_start_with_its_path() {
+    let dir = data_dir("log-corrupt");
+    let s = start(&dir, &["--appendfsync", "always"]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "first", "1"]);
+    q::<()>(&mut c, &["SET", "second", "2"]);
+    kill_hard(s);
+    let files = log_files(&dir);
+    assert_eq!(files.len(), 1, "{files:?}");
+    let log = &files[0];
+    let len = std::fs::metadata(log).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(log)
+        .unwrap()
+        .set_len(len - 2)
+        .unwrap();
+    let s = start(&dir, &["--appendfsync", "always"]);
+    let mut c = s.conn();
+    assert_eq!(get(&mut c, "first").as_deref(), Some("1"));
+    assert_eq!(get(&mut c, "second"), None, "the record cut short");
+    drop(c);
+    kill_hard(s);
+
+    let mut bytes = std::fs::read(log).unwrap();
+    bytes[10] ^= 0x55;
+    std::fs::write(log, &bytes).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+        .args(["server", "--port", "0", "--appendonly", "yes"])
+        .args(["--dir", dir.to_str().unwrap()])
+        .output()
+        .expect("run chorus");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&log.display().to_string()), "{stderr}");
+    assert!(stderr.contains("checksum"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// #14: SAVE folds everything into the store before it replies, BGSAVE
+/// and BGREWRITEAOF start one, LASTSAVE moves; a node without a store
+/// says so.
+#[test]
+fn save_and_bgsave_fold_the_log_into_the_store() {
+    let dir = data_dir("save");
+    let s = start(&dir, &[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "k", "v"]);
+    assert_eq!(store_cuts(&mut c), 0);
+    assert_eq!(q::<String>(&mut c, &["SAVE"]), "OK");
+    assert_eq!(store_cuts(&mut c), 1);
+    let last: i64 = q(&mut c, &["LASTSAVE"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((now - last).abs() <= 2, "LASTSAVE {last}, now {now}");
+    assert_eq!(
+        q::<String>(&mut c, &["BGSAVE"]),
+        "Background saving started"
+    );
+    assert_eq!(
+        q::<String>(&mut c, &["BGREWRITEAOF"]),
+        "Background append only file rewriting started"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while store_cuts(&mut c) < 3 {
+        assert!(Instant::now() < deadline, "BGSAVE folded nothing");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(common::err(&mut c, &["BGSAVE", "NOW"]).contains("syntax"));
+    q::<()>(&mut c, &["MULTI"]);
+    assert!(common::err(&mut c, &["SAVE"]).contains("not allowed inside a transaction"));
+    q::<()>(&mut c, &["DISCARD"]);
+    let plain = Server::start(&[]);
+    let mut p = plain.conn();
+    assert!(common::err(&mut p, &["SAVE"]).contains("appendonly yes"));
+    let _ = std::fs::remove_dir_all(&dir);
 }

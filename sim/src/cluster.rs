@@ -181,6 +181,7 @@ async fn start_node(
             wall_ms: clock::wall_clock(slot),
             hash_seed: Some(splitmix(seed ^ slot as u64)),
             store: store.map(|s| s as Arc<dyn chorus::store::Store>),
+            log_dir: None,
         },
     )?;
     let socket = SimUdp::bind(SocketAddr::new(

@@ -512,6 +512,9 @@ fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         shard.dbs.swap(a, b);
         shard.swapped(a, b);
     }
+    if let Some(persistence) = &x.node.persistence {
+        persistence.log_swap(a, b);
+    }
     x.ks.waiters.wake_db(a);
     x.ks.waiters.wake_db(b);
     x.ks.note_local_write();

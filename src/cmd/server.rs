@@ -1,4 +1,5 @@
-//! Server commands: INFO, TIME, LASTSAVE, SHUTDOWN, DEBUG.
+//! Server commands: INFO, TIME, LASTSAVE, SAVE, BGSAVE, BGREWRITEAOF,
+//! SHUTDOWN, DEBUG.
 
 use super::Flag::*;
 use super::{is, CmdResult, Error, Exec, Spec};
@@ -36,6 +37,36 @@ pub static COMMANDS: &[Spec] = &[
         syntax: "",
         summary: "Returns the Unix timestamp of the last successful save to disk.",
         run: lastsave,
+    },
+    Spec {
+        name: "save",
+        arity: 1,
+        flags: Flags::of(&[Admin, NoMulti]),
+        keys: Keys::None,
+        group: "server",
+        syntax: "",
+        summary: "Synchronously saves the database(s) to disk.",
+        run: save,
+    },
+    Spec {
+        name: "bgsave",
+        arity: -1,
+        flags: Flags::of(&[Admin, NoMulti]),
+        keys: Keys::None,
+        group: "server",
+        syntax: "[SCHEDULE]",
+        summary: "Asynchronously saves the database(s) to disk.",
+        run: bgsave,
+    },
+    Spec {
+        name: "bgrewriteaof",
+        arity: 1,
+        flags: Flags::of(&[Admin, NoMulti]),
+        keys: Keys::None,
+        group: "server",
+        syntax: "",
+        summary: "Asynchronously rewrites the append-only file to disk.",
+        run: bgsave,
     },
     Spec {
         name: "shutdown",
@@ -85,6 +116,39 @@ fn lastsave(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     // Never saved (in memory, or no cut yet): Redis reports its start time.
     let ms = x.node.last_save_unix_ms();
     x.out.int((ms / 1000) as i64);
+    Ok(())
+}
+
+fn store_of(x: &Exec) -> Result<std::sync::Arc<crate::persist::Persistence>, Error> {
+    x.node.persistence.clone().ok_or_else(|| {
+        Error::err("this node keeps no store: start it with appendonly yes and a dir")
+    })
+}
+
+/// A fold of everything changed into the store, durable when the reply
+/// comes (the connection awaits it: `Session::save`).
+fn save(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
+    x.session.save = Some(store_of(x)?);
+    Ok(())
+}
+
+/// BGSAVE and BGREWRITEAOF: both a fold, on the blocking pool.
+fn bgsave(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let rewrite = is(args[0], "BGREWRITEAOF");
+    if !rewrite && args.len() > 2 || args.len() == 2 && !is(args[1], "SCHEDULE") {
+        return Err(Error::Syntax);
+    }
+    let persistence = store_of(x)?;
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = persistence.cut_once() {
+            tracing::error!("background save: {e:#}");
+        }
+    });
+    x.out.simple(if rewrite {
+        "Background append only file rewriting started"
+    } else {
+        "Background saving started"
+    });
     Ok(())
 }
 

@@ -720,6 +720,17 @@ impl Core {
 
     /// Starts from a store: `applied` as the store holds it, `lives` the
     /// earlier lives of this node, retired.
+    /// A write of `origin` merged again from the delta log at a restart:
+    /// counted if it is the next one (one a transfer brought before it
+    /// left no record, so the count stops at the gap; what follows is
+    /// merged, and comes again).
+    pub fn replayed(&mut self, origin: NodeId, seq: u64, now_ms: u64) {
+        if origin != self.me && seq == self.applied.get(origin) + 1 {
+            self.advance(origin, seq);
+            self.relay.jump(origin, seq, now_ms);
+        }
+    }
+
     pub fn restore(&mut self, applied: &[(NodeId, u64)], lives: &[NodeId], now_ms: u64) {
         for &(origin, seq) in applied {
             if origin == self.me {

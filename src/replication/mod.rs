@@ -185,6 +185,8 @@ pub struct Replicator {
     /// Node names as configured (`node-name`): this node's, and each
     /// peer's as it told it in the handshake. At most `MAX_NAMES_KEPT`.
     names: Mutex<HashMap<NodeId, String>>,
+    /// With `appendonly yes`: where every applied write is appended.
+    log: std::sync::OnceLock<Arc<crate::deltalog::DeltaLog>>,
 }
 
 /// Node names kept; past it the map starts over (a name is only shown).
@@ -222,6 +224,7 @@ impl Replicator {
             listen: Mutex::new(None),
             inbound: Mutex::new(HashMap::new()),
             running: Mutex::new(None),
+            log: std::sync::OnceLock::new(),
         })
     }
 
@@ -493,6 +496,19 @@ impl Replicator {
         self.core.lock().restore(applied, lives, now);
     }
 
+    /// From now on every write this node applies, its own and its peers',
+    /// is appended to `log` as the frame replication encoded for it.
+    pub fn set_log(&self, log: Arc<crate::deltalog::DeltaLog>) {
+        let _ = self.log.set(log);
+    }
+
+    /// A write merged from the delta log at a restart (see
+    /// [`Core::replayed`]).
+    pub fn replayed(&self, origin: NodeId, seq: u64) {
+        let now = (self.now_ms)();
+        self.core.lock().replayed(origin, seq, now);
+    }
+
     /// The stable stamp of the last cut known durable (with a store).
     pub fn stored_stable(&self) -> Option<Stamp> {
         self.core.lock().stored_stable()
@@ -543,7 +559,11 @@ impl Replicator {
             };
             // Our own types always encode; an empty frame would only make
             // the peer reset the link and resume.
-            encode_append(&msg, buf).unwrap_or_default()
+            let frame = encode_append(&msg, buf).unwrap_or_default();
+            if let Some(log) = self.log.get() {
+                log.append(&frame);
+            }
+            frame
         });
         // Pairs with the sender's increment before it rechecks the head.
         if self.sleepers.load(Ordering::SeqCst) > 0 {
@@ -1417,6 +1437,9 @@ fn apply(
     // never sees the write without its count (`Core::transfer_tail`).
     let count = |live: Option<(NodeId, u64, bytes::Bytes)>| {
         if let Some((origin, seq, frame)) = live {
+            if let Some(log) = repl.log.get() {
+                log.append(&frame);
+            }
             let now = (repl.now_ms)();
             repl.core.lock().applied(origin, seq, now, frame);
         }
