@@ -377,7 +377,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             &mut out,
                             sock,
                             &mut input,
-                            blocked,
+                            (blocked, writes_before),
                             out_limit,
                         )
                         .await?;
@@ -531,10 +531,14 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
     out: &mut Reply,
     sock: &mut S,
     input: &mut Vec<u8>,
-    blocked: crate::cmd::blocking::Blocked,
+    (blocked, writes_before): (crate::cmd::blocking::Blocked, u64),
     out_limit: OutputBufferLimit,
 ) -> std::io::Result<bool> {
-    // A pipeline's earlier replies go out before this one waits.
+    // A pipeline's earlier replies go out before this one waits, once
+    // their writes are as durable as `appendfsync` promises.
+    if let Some(persistence) = &server.node.persistence {
+        persistence.sync_if_written(writes_before).await;
+    }
     if !out.buf.is_empty() {
         if !write_replies(sock, &out.buf, out_limit).await? {
             return Ok(false);

@@ -18,11 +18,18 @@
 //! recorded one on. Merges are idempotent, so a record whose write the
 //! store already holds costs nothing but its merge.
 //!
-//! A record is `len: u32 LE, crc32: u32 LE, payload`. A record cut short at
-//! the end of a file is what a crash mid-write leaves: dropped with a
-//! warning. A record that does not read back (a bad checksum, a payload
-//! that does not decode) stops the start with the file's path: the log is
-//! never silently replaced.
+//! A record is `len: u32 LE, crc32(len), crc32(payload), payload`. What a
+//! crash mid-write leaves at the end of a file (a short header, a checked
+//! header whose payload runs past the end, zeros the file system had
+//! allocated) is dropped with a warning. A record that does not read back
+//! (a header or payload checksum that fails, a payload that does not
+//! decode) stops the start with the file's path: the log is never silently
+//! replaced, nor cut at a flipped length.
+//!
+//! A failed fsync stops the process, as Redis does under `always` and as
+//! databases have since Linux was found to drop the pages of a failed
+//! fsync and report the next one clean: retrying could acknowledge writes
+//! that never reached the disk.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -39,11 +46,14 @@ use crate::config::Fsync;
 /// The directory inside `dir` that holds the log's generations.
 pub const LOG_DIR: &str = "chorus.deltas";
 
-const HEADER: usize = 8;
+const HEADER: usize = 12;
 /// No record is larger: replication's frames are bounded far below it.
 const MAX_RECORD: usize = 1 << 31;
 /// How long the writer waits before trying again after a failed write.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// Failed writes after the node began to close before the writer gives up
+/// (the final fold holds everything before it).
+const GIVE_UP_AT_STOP: u32 = 50;
 
 /// Why the log could not be opened or read back.
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +135,10 @@ fn generations(dir: &Path) -> Result<Vec<u64>, LogError> {
         let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".log")) else {
             continue;
         };
+        // Only names `file_of` makes: anything else is not the log's.
+        if hex.len() != 16 {
+            continue;
+        }
         if let Ok(generation) = u64::from_str_radix(hex, 16) {
             found.push(generation);
         }
@@ -212,11 +226,13 @@ impl DeltaLog {
 
     /// Appends one record; returns the log position after it.
     pub fn append(&self, payload: &[u8]) -> u64 {
+        let len = (payload.len() as u32).to_le_bytes();
         let mut pending = self.pending.lock();
         let was_empty = pending.bytes.is_empty();
+        pending.bytes.extend_from_slice(&len);
         pending
             .bytes
-            .extend_from_slice(&(payload.len() as u32).to_le_bytes());
+            .extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
         pending
             .bytes
             .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
@@ -253,19 +269,16 @@ impl DeltaLog {
         let Ok(found) = generations(&self.dir) else {
             return;
         };
-        for old in found.into_iter().filter(|g| *g < generation) {
-            let path = file_of(&self.dir, old);
-            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            match std::fs::remove_file(&path) {
-                Ok(()) => {
-                    self.unfolded_bytes.fetch_sub(
-                        len.min(self.unfolded_bytes.load(Ordering::Relaxed)),
-                        Ordering::Relaxed,
-                    );
-                }
-                Err(e) => warn!("removing folded log {}: {e}", path.display()),
+        let mut kept = 0;
+        for g in found {
+            let path = file_of(&self.dir, g);
+            if g >= generation {
+                kept += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+            } else if let Err(e) = std::fs::remove_file(&path) {
+                warn!("removing folded log {}: {e}", path.display());
             }
         }
+        self.unfolded_bytes.store(kept, Ordering::Relaxed);
     }
 
     /// Waits until the log is durable (as `appendfsync` says) up to
@@ -300,6 +313,7 @@ impl DeltaLog {
         let mut file_len = 0;
         // What a failed round left to write again.
         let mut carry: Option<Round> = None;
+        let mut failures_since_stop = 0;
         loop {
             let round = match carry.take() {
                 Some(round) => round,
@@ -307,6 +321,16 @@ impl DeltaLog {
             };
             if let Err((done, e)) = self.write_round(&mut file, &mut file_len, &round) {
                 self.failed(&e);
+                if self.pending.lock().stop {
+                    failures_since_stop += 1;
+                    if failures_since_stop >= GIVE_UP_AT_STOP {
+                        error!(
+                            "the delta log in {} could not be written at shutdown; the final fold holds every write before it",
+                            self.dir.display()
+                        );
+                        return;
+                    }
+                }
                 // What was not written goes again.
                 let start = round.end - round.bytes.len() as u64;
                 carry = Some(Round {
@@ -329,13 +353,7 @@ impl DeltaLog {
             };
             if sync_now && unsynced {
                 if let Err(e) = file.sync_data() {
-                    self.failed(&format!("fsync: {e}"));
-                    carry = Some(Round {
-                        bytes: Vec::new(),
-                        rotations: Vec::new(),
-                        ..round
-                    });
-                    continue;
+                    self.fatal(&format!("fsync: {e}"));
                 }
                 self.fsyncs.fetch_add(1, Ordering::Relaxed);
                 unsynced = false;
@@ -377,6 +395,14 @@ impl DeltaLog {
         }
     }
 
+    fn fatal(&self, what: &str) -> ! {
+        error!(
+            "the delta log in {} cannot be made durable ({what}): stopping, as nothing written since its last fsync can be trusted to be on disk",
+            self.dir.display()
+        );
+        std::process::exit(1);
+    }
+
     fn failed(&self, what: &str) {
         if !self.failing.swap(true, Ordering::Relaxed) {
             error!("writing the delta log in {}: {what}", self.dir.display());
@@ -401,8 +427,9 @@ impl DeltaLog {
             at = switch_at;
             // Whole before the next file takes writes: a torn record is
             // only ever at the end of the newest file a life wrote.
-            file.sync_data()
-                .map_err(|e| (at, format!("fsync before rotating: {e}")))?;
+            if let Err(e) = file.sync_data() {
+                self.fatal(&format!("fsync before rotating: {e}"));
+            }
             *file = Self::create(&self.dir, generation)
                 .map_err(|e| (at, format!("starting generation {generation}: {e}")))?;
             *file_len = 0;
@@ -417,7 +444,9 @@ impl DeltaLog {
     /// write cut short would put half a record before its retry).
     fn write_part(&self, file: &mut File, file_len: &mut u64, part: &[u8]) -> std::io::Result<()> {
         if let Err(e) = file.write_all(part) {
-            let _ = file.set_len(*file_len);
+            if let Err(trunc) = file.set_len(*file_len) {
+                self.fatal(&format!("{e}, then undoing the partial write: {trunc}"));
+            }
             return Err(e);
         }
         *file_len += part.len() as u64;
@@ -471,9 +500,26 @@ impl Replay {
                     torn("header")?;
                     break;
                 }
-                let len =
-                    u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap_or_default()) as usize;
-                let crc = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().unwrap_or_default());
+                let word = |i: usize| {
+                    u32::from_le_bytes([
+                        bytes[at + i],
+                        bytes[at + i + 1],
+                        bytes[at + i + 2],
+                        bytes[at + i + 3],
+                    ])
+                };
+                let (len, len_crc, crc) = (word(0), word(4), word(8));
+                if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+                    if bytes[at..].iter().all(|&b| b == 0) {
+                        torn("zeros")?;
+                        break;
+                    }
+                    return Err(corrupt(
+                        at as u64,
+                        "a record header checksum mismatch".into(),
+                    ));
+                }
+                let len = len as usize;
                 if len >= MAX_RECORD {
                     return Err(corrupt(at as u64, format!("a record of {len} bytes")));
                 }
@@ -483,7 +529,7 @@ impl Replay {
                 }
                 let payload = &bytes[at + HEADER..at + HEADER + len];
                 if crc32fast::hash(payload) != crc {
-                    return Err(corrupt(at as u64, "checksum mismatch".into()));
+                    return Err(corrupt(at as u64, "a record checksum mismatch".into()));
                 }
                 each(payload).map_err(|what| corrupt(at as u64, what))?;
                 records += 1;
@@ -588,6 +634,37 @@ mod tests {
         assert!(err.contains(&path.display().to_string()), "{err}");
         assert!(err.contains("checksum"), "{err}");
         log.close();
+    }
+
+    #[test]
+    fn a_flipped_length_is_an_error_and_a_zeroed_tail_is_dropped() {
+        let dir = temp_dir("length");
+        let (log, _) = DeltaLog::open(&dir, Fsync::No, 0).unwrap();
+        let all = records(3);
+        for r in &all {
+            log.append(r);
+        }
+        log.close();
+        let path = file_of(&dir.join(LOG_DIR), 0);
+        let whole = std::fs::read(&path).unwrap();
+        // Zeros after the last record (space the file system allocated
+        // before a crash) are a torn tail.
+        let mut zeroed = whole.clone();
+        zeroed.extend_from_slice(&[0; 40]);
+        std::fs::write(&path, &zeroed).unwrap();
+        let (log, replay) = DeltaLog::open(&dir, Fsync::No, 0).unwrap();
+        assert_eq!(replayed(&replay).unwrap(), all);
+        log.close();
+        // A length that runs past the end, in the first record: not a torn
+        // tail to cut the rest at, but corruption.
+        let mut flipped = whole.clone();
+        flipped[3] ^= 0x10;
+        std::fs::write(&path, &flipped).unwrap();
+        let (log, replay) = DeltaLog::open(&dir, Fsync::No, 0).unwrap();
+        let err = replayed(&replay).unwrap_err().to_string();
+        assert!(err.contains("header checksum"), "{err}");
+        log.close();
+        assert_eq!(std::fs::read(&path).unwrap(), flipped, "nothing cut");
     }
 
     #[test]

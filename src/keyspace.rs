@@ -675,6 +675,12 @@ impl Keyspace {
         self.gc_time.store(0, Ordering::Relaxed);
     }
 
+    /// A sink that only logs (a node with a delta log and no peers): no
+    /// other node must see a delete, so its tombstone still goes at once.
+    pub fn set_log_sink(&mut self, sink: Arc<dyn DeltaSink>) {
+        self.sink = Some(sink);
+    }
+
     pub fn databases(&self) -> usize {
         self.databases
     }

@@ -222,7 +222,7 @@ impl Node {
         if let Some(log) = &log {
             match &repl {
                 Some(repl) => repl.set_log(log.clone()),
-                None => ks.set_sink(Arc::new(LogSink::new(node, log.clone()))),
+                None => ks.set_log_sink(Arc::new(LogSink::new(node, log.clone()))),
             }
         }
         if env.store.is_some() {

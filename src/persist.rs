@@ -180,7 +180,7 @@ impl Persistence {
         }
     }
 
-    /// Takes one cut and stores it; returns how many keys it wrote.    /// Takes one cut and stores it; returns how many keys it wrote.
+    /// Takes one cut and stores it; returns how many keys it wrote.
     pub fn cut_once(&self) -> Result<usize, PersistError> {
         let _one_at_a_time = self.cut_lock.lock();
         let ks = &self.ks;
@@ -208,7 +208,10 @@ impl Persistence {
             self.failures.fetch_add(1, Ordering::Relaxed);
             return Err(e.into());
         }
-        if let (Some(log), Some(from)) = (&self.log, cut.log_from) {
+        // Only once the store holds the cut durably do its log files go.
+        if let (Some(log), Some(from), true) =
+            (&self.log, cut.log_from, self.store.durable_on_write())
+        {
             log.folded(from);
         }
         if let (Some(repl), Some(stable)) = (&self.repl, stable) {

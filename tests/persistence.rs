@@ -463,3 +463,26 @@ fn save_and_bgsave_fold_the_log_into_the_store() {
     assert!(common::err(&mut p, &["SAVE"]).contains("appendonly yes"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node that keeps a log and has no peers drops a delete's tombstone at
+/// once, as one in memory does (the log's sink once held every tombstone
+/// for good: nothing but replication ever let them go).
+#[test]
+fn a_standalone_node_with_a_log_keeps_no_tombstones() {
+    let dir = data_dir("tombstones");
+    let s = start(&dir, &[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "k", "v"]);
+    q::<()>(&mut c, &["DEL", "k"]);
+    q::<()>(&mut c, &["SET", "e", "v", "PX", "1"]);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(get(&mut c, "e"), None);
+    for key in ["k", "e"] {
+        assert_eq!(
+            q::<redis::Value>(&mut c, &["CRDT.STATE", key]),
+            redis::Value::Nil,
+            "{key} left a tombstone"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

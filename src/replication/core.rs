@@ -718,8 +718,6 @@ impl Core {
         vv
     }
 
-    /// Starts from a store: `applied` as the store holds it, `lives` the
-    /// earlier lives of this node, retired.
     /// A write of `origin` merged again from the delta log at a restart:
     /// counted if it is the next one (one a transfer brought before it
     /// left no record, so the count stops at the gap; what follows is
@@ -731,6 +729,8 @@ impl Core {
         }
     }
 
+    /// Starts from a store: `applied` as the store holds it, `lives` the
+    /// earlier lives of this node, retired.
     pub fn restore(&mut self, applied: &[(NodeId, u64)], lives: &[NodeId], now_ms: u64) {
         for &(origin, seq) in applied {
             if origin == self.me {

@@ -560,7 +560,7 @@ impl Replicator {
             // Our own types always encode; an empty frame would only make
             // the peer reset the link and resume.
             let frame = encode_append(&msg, buf).unwrap_or_default();
-            if let Some(log) = self.log.get() {
+            if let Some(log) = self.log.get().filter(|_| !frame.is_empty()) {
                 log.append(&frame);
             }
             frame
