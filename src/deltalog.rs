@@ -49,6 +49,11 @@ pub const LOG_DIR: &str = "chorus.deltas";
 const HEADER: usize = 12;
 /// No record is larger: replication's frames are bounded far below it.
 const MAX_RECORD: usize = 1 << 31;
+/// Without `always`, how often the writer writes what was appended (unless
+/// `WAKE_BYTES` came first): what a crash of the process alone can lose,
+/// besides what the kernel holds.
+const WRITE_EVERY: Duration = Duration::from_millis(10);
+const WAKE_BYTES: usize = 1 << 20;
 /// How long the writer waits before trying again after a failed write.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
 /// Failed writes after the node began to close before the writer gives up
@@ -228,7 +233,7 @@ impl DeltaLog {
     pub fn append(&self, payload: &[u8]) -> u64 {
         let len = (payload.len() as u32).to_le_bytes();
         let mut pending = self.pending.lock();
-        let was_empty = pending.bytes.is_empty();
+        let before = pending.bytes.len();
         pending.bytes.extend_from_slice(&len);
         pending
             .bytes
@@ -239,8 +244,17 @@ impl DeltaLog {
         pending.bytes.extend_from_slice(payload);
         pending.end += (HEADER + payload.len()) as u64;
         let end = pending.end;
+        // The writer is woken for the first bytes only when a client will
+        // wait for them (`always`); otherwise it comes by itself every
+        // `WRITE_EVERY`, or when `WAKE_BYTES` piled up. A wake per write
+        // would cost a context switch each on the server's CPU.
+        let wake = if self.fsync == Fsync::Always {
+            before == 0
+        } else {
+            before < WAKE_BYTES && pending.bytes.len() >= WAKE_BYTES
+        };
         drop(pending);
-        if was_empty {
+        if wake {
             self.more.notify_one();
         }
         end
@@ -377,14 +391,38 @@ impl DeltaLog {
     /// written but not synced) the next second's fsync.
     fn next_round(&self, unsynced: bool, last_sync: Instant) -> Round {
         let mut pending = self.pending.lock();
-        while pending.bytes.is_empty() && pending.rotations.is_empty() && !pending.stop {
-            if unsynced {
-                let wait = Duration::from_secs(1).saturating_sub(last_sync.elapsed());
-                if wait.is_zero() || self.more.wait_for(&mut pending, wait).timed_out() {
-                    break;
-                }
+        loop {
+            if pending.stop || !pending.rotations.is_empty() {
+                break;
+            }
+            let ready = match self.fsync {
+                Fsync::Always => !pending.bytes.is_empty(),
+                _ => pending.bytes.len() >= WAKE_BYTES,
+            };
+            if ready {
+                break;
+            }
+            let tick = if self.fsync == Fsync::Always {
+                None
             } else {
-                self.more.wait(&mut pending);
+                Some(WRITE_EVERY)
+            };
+            let until_sync =
+                unsynced.then(|| Duration::from_secs(1).saturating_sub(last_sync.elapsed()));
+            let wait = match (tick, until_sync) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            match wait {
+                Some(wait) => {
+                    if wait.is_zero() || self.more.wait_for(&mut pending, wait).timed_out() {
+                        // A tick: write what there is, or sync what is due.
+                        if !pending.bytes.is_empty() || until_sync.is_some_and(|w| w <= wait) {
+                            break;
+                        }
+                    }
+                }
+                None => self.more.wait(&mut pending),
             }
         }
         Round {

@@ -94,6 +94,10 @@ pub trait Store: Send + Sync {
     fn sync(&self) -> Result<(), StoreError> {
         Ok(())
     }
+    /// Bytes the store takes on disk, where it has a disk.
+    fn disk_bytes(&self) -> Option<u64> {
+        None
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -391,6 +395,10 @@ impl Store for SledStore {
 
     fn durable_on_write(&self) -> bool {
         self.fsync
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        self.db.size_on_disk().ok()
     }
 
     fn sync(&self) -> Result<(), StoreError> {

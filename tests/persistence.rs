@@ -435,6 +435,7 @@ fn save_and_bgsave_fold_the_log_into_the_store() {
     assert_eq!(store_cuts(&mut c), 0);
     assert_eq!(q::<String>(&mut c, &["SAVE"]), "OK");
     assert_eq!(store_cuts(&mut c), 1);
+    assert!(info_field(&mut c, "store_disk_bytes") > 0);
     let last: i64 = q(&mut c, &["LASTSAVE"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
