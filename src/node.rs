@@ -88,9 +88,9 @@ impl NodeEnv {
             );
         }
         let store: Option<Arc<dyn Store>> = if config.appendonly {
-            // Every fold is flushed whatever `appendfsync` says: the log
-            // files it folded go once it returns.
-            let store = crate::store::SledStore::open(&config.dir, true)?;
+            // Every fold is durable when it returns, whatever `appendfsync`
+            // says: the log files it folded go then.
+            let store = crate::store::RedbStore::open(&config.dir)?;
             tracing::info!("state kept in {}", store.path().display());
             Some(Arc::new(store))
         } else {

@@ -375,7 +375,7 @@ impl DeltaSink for LogSink {
 /// Where the periodic cut runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutThread {
-    /// On tokio's blocking pool: storing a large cut (sled inserts, an
+    /// On tokio's blocking pool: storing a large cut (a store transaction, an
     /// fsync) never stalls the connections sharing the server threads.
     Blocking,
     /// On the calling task (the simulation: deterministic, one thread).

@@ -101,7 +101,7 @@ pub trait Store: Send + Sync {
 }
 
 #[derive(Debug, Default, Clone)]
-struct MemData {
+pub(crate) struct MemData {
     keys: BTreeMap<(u32, Vec<u8>), Vec<u8>>,
     /// MemStore only: the conflict log's entries, by id.
     conflicts: BTreeMap<u64, Vec<u8>>,
@@ -121,7 +121,7 @@ struct MemData {
 impl MemData {
     /// Folds a cut's floors, version vector, life and clock into what is
     /// held (the keys are each store's own business).
-    fn absorb(&mut self, cut: &Cut) {
+    pub(crate) fn absorb(&mut self, cut: &Cut) {
         if self.floors.len() < cut.floors.len() {
             self.floors.resize(cut.floors.len(), Stamp::ZERO);
         }
@@ -145,7 +145,7 @@ impl MemData {
     }
 
     /// What a node starts from: `keys` and what is held besides.
-    fn loaded(
+    pub(crate) fn loaded(
         &self,
         keys: Vec<(u32, Vec<u8>, KeyState)>,
         conflicts: Vec<LoggedConflict>,
@@ -163,6 +163,19 @@ impl MemData {
     }
 }
 
+/// An entry of the conflict log from the bytes a store holds.
+fn stored_conflict(bytes: &[u8]) -> Result<LoggedConflict, chorus_crdt::DecodeError> {
+    let ((id, db, key, recorded_ms), conflict) =
+        chorus_crdt::decode_stored_conflict::<(u64, usize, serde_bytes::ByteBuf, u64)>(bytes)?;
+    Ok(LoggedConflict {
+        id,
+        db,
+        key: key.into_vec(),
+        recorded_ms,
+        conflict,
+    })
+}
+
 /// A store in memory. It lives outside the node, so a node that is dropped
 /// (crashed) and built again from it finds everything its last cut held and
 /// nothing after.
@@ -172,7 +185,7 @@ pub struct MemStore {
 }
 
 /// An entry of the conflict log as a store holds it.
-fn encoded_conflict(c: &LoggedConflict) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encoded_conflict(c: &LoggedConflict) -> Result<Vec<u8>, StoreError> {
     Ok(chorus_crdt::encode(c)?)
 }
 
@@ -384,7 +397,7 @@ impl SledStore {
     }
 }
 
-fn encoded<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+pub(crate) fn encoded<T: serde::Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(chorus_crdt::encode(value)?)
 }
 
@@ -429,18 +442,9 @@ impl Store for SledStore {
         for entry in self.db.scan_prefix([CONFLICT_PREFIX]) {
             let (k, v) =
                 entry.map_err(|e| self.corrupt(format!("reading the conflict log: {e}")))?;
-            let ((id, db, key, recorded_ms), conflict) =
-                chorus_crdt::decode_stored_conflict::<(u64, usize, serde_bytes::ByteBuf, u64)>(&v)
-                    .map_err(|e| {
-                        self.corrupt(format!("stored conflict {k:?} does not decode: {e}"))
-                    })?;
-            conflicts.push(LoggedConflict {
-                id,
-                db,
-                key: key.into_vec(),
-                recorded_ms,
-                conflict,
-            });
+            conflicts.push(stored_conflict(&v).map_err(|e| {
+                self.corrupt(format!("stored conflict {k:?} does not decode: {e}"))
+            })?);
         }
         Ok(self.meta.lock().loaded(keys, conflicts))
     }
@@ -491,6 +495,297 @@ impl Store for SledStore {
                 reason: format!("flushing: {e}"),
             })?;
         }
+        *meta = next;
+        Ok(())
+    }
+}
+
+/// A store in a redb database, `dir`/[`REDB_FILE`]: a copy-on-write B-tree
+/// whose freed pages are reused, so overwriting keys does not grow it
+/// without bound as sled 0.34 does (docs/benchmarks.md, "Is sled fit").
+/// Each cut is one write transaction, durable when its commit returns. A
+/// `dir` holding only a sled store is migrated at open: its state is
+/// copied in one transaction, then the sled directory is renamed
+/// `chorus.sled.migrated` (kept, never deleted).
+pub struct RedbStore {
+    db: redb::Database,
+    path: PathBuf,
+    meta: Mutex<MemData>,
+}
+
+/// The file inside `dir` that holds a node's redb database.
+pub const REDB_FILE: &str = "chorus.redb";
+
+const REDB_KEYS: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("keys");
+const REDB_CONFLICTS: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("conflicts");
+const REDB_META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+
+/// (database, key) as the keys table orders them.
+fn redb_key(db: u32, key: &[u8]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(4 + key.len());
+    k.extend_from_slice(&db.to_be_bytes());
+    k.extend_from_slice(key);
+    k
+}
+
+impl RedbStore {
+    /// Opens (or creates) the store in `dir`, migrating a sled store found
+    /// there first.
+    pub fn open(dir: &std::path::Path) -> Result<RedbStore, StoreError> {
+        let path = dir.join(REDB_FILE);
+        let sled_dir = dir.join(SLED_DIR);
+        let migrate = !path.exists() && sled_dir.exists();
+        let db = redb::Database::create(&path).map_err(|e| StoreError::Open {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let store = RedbStore {
+            db,
+            path,
+            meta: Mutex::new(MemData::default()),
+        };
+        if migrate {
+            store.migrate_from(&sled_dir)?;
+        }
+        let meta = store.read_meta()?;
+        *store.meta.lock() = meta;
+        Ok(store)
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    fn write_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
+    }
+
+    /// Copies a sled store's whole state in, as one cut, then renames the
+    /// sled directory so the next start does not migrate again.
+    fn migrate_from(&self, sled_dir: &std::path::Path) -> Result<(), StoreError> {
+        let loaded = {
+            let sled = SledStore::open(sled_dir.parent().unwrap_or(sled_dir), true)?;
+            sled.load()?
+        };
+        let keys = loaded.keys.len();
+        let cut = Cut {
+            node: loaded.lives.first().copied().unwrap_or_default(),
+            clock: loaded.clock,
+            keys: loaded
+                .keys
+                .iter()
+                .map(|(db, key, state)| Ok((*db, key.clone(), Some(encoded(state)?))))
+                .collect::<Result<_, StoreError>>()?,
+            floors: loaded.floors.clone(),
+            applied: loaded.applied.clone(),
+            conflicts: LogCut {
+                new: loaded.conflicts,
+                keep_from: 0,
+                next_id: loaded.conflicts_next_id,
+            },
+            log_from: Some(loaded.log_from),
+        };
+        self.write(&cut)?;
+        // Every earlier life, not just the one the cut names.
+        {
+            let mut meta = self.meta.lock();
+            meta.lives.extend(loaded.lives.iter().copied());
+            let lives: Vec<NodeId> = meta.lives.iter().copied().collect();
+            let txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
+            {
+                let mut table = txn.open_table(REDB_META).map_err(|e| self.write_err(e))?;
+                table
+                    .insert("lives", encoded(&lives)?.as_slice())
+                    .map_err(|e| self.write_err(e))?;
+            }
+            txn.commit().map_err(|e| self.write_err(e))?;
+        }
+        let kept = sled_dir.with_extension("sled.migrated");
+        std::fs::rename(sled_dir, &kept).map_err(|e| StoreError::Write {
+            path: sled_dir.to_path_buf(),
+            reason: format!("renaming it to {} after migrating it: {e}", kept.display()),
+        })?;
+        tracing::info!(
+            keys,
+            "migrated the sled store into {}; the sled files are kept in {}",
+            self.path.display(),
+            kept.display()
+        );
+        Ok(())
+    }
+
+    fn read_meta(&self) -> Result<MemData, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.corrupt(format!("reading: {e}")))?;
+        let table = match txn.open_table(REDB_META) {
+            Ok(table) => Some(table),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(self.corrupt(format!("reading the metadata: {e}"))),
+        };
+        fn decoded<T: serde::de::DeserializeOwned + Default>(
+            store: &RedbStore,
+            table: Option<&redb::ReadOnlyTable<&str, &[u8]>>,
+            key: &str,
+        ) -> Result<T, StoreError> {
+            let Some(table) = table else {
+                return Ok(T::default());
+            };
+            match table
+                .get(key)
+                .map_err(|e| store.corrupt(format!("reading {key}: {e}")))?
+            {
+                None => Ok(T::default()),
+                Some(bytes) => chorus_crdt::decode_stored(bytes.value())
+                    .map_err(|e| store.corrupt(format!("stored {key} does not decode: {e}"))),
+            }
+        }
+        let t = table.as_ref();
+        let applied: Vec<(NodeId, u64)> = decoded(self, t, "applied")?;
+        let lives: Vec<NodeId> = decoded(self, t, "lives")?;
+        Ok(MemData {
+            keys: BTreeMap::new(),
+            floors: decoded(self, t, "floors")?,
+            applied: applied.into_iter().collect(),
+            lives: lives.into_iter().collect(),
+            clock: decoded(self, t, "clock")?,
+            cuts: 0,
+            conflicts_from: 0,
+            conflicts_next_id: decoded(self, t, "conflicts_next")?,
+            conflicts: BTreeMap::new(),
+            log_from: decoded(self, t, "log_from")?,
+        })
+    }
+}
+
+impl Store for RedbStore {
+    fn name(&self) -> &'static str {
+        "redb"
+    }
+
+    fn disk_bytes(&self) -> Option<u64> {
+        std::fs::metadata(&self.path).map(|m| m.len()).ok()
+    }
+
+    fn load(&self) -> Result<Loaded, StoreError> {
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.corrupt(format!("reading: {e}")))?;
+        let mut keys = Vec::new();
+        match txn.open_table(REDB_KEYS) {
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.corrupt(format!("reading the keys: {e}"))),
+            Ok(table) => {
+                let entries = table
+                    .range::<&[u8]>(..)
+                    .map_err(|e| self.corrupt(format!("reading the keys: {e}")))?;
+                for entry in entries {
+                    let (k, v) =
+                        entry.map_err(|e| self.corrupt(format!("reading the keys: {e}")))?;
+                    let k = k.value();
+                    if k.len() < 4 {
+                        return Err(
+                            self.corrupt(format!("a stored key is too short ({} bytes)", k.len()))
+                        );
+                    }
+                    let db = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
+                    let key = k[4..].to_vec();
+                    let state = chorus_crdt::decode_stored_state(v.value()).map_err(|e| {
+                        self.corrupt(format!(
+                            "stored state of key {:?} in db {db} does not decode: {e}",
+                            String::from_utf8_lossy(&key)
+                        ))
+                    })?;
+                    keys.push((db, key, state));
+                }
+            }
+        }
+        let mut conflicts = Vec::new();
+        match txn.open_table(REDB_CONFLICTS) {
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(self.corrupt(format!("reading the conflict log: {e}"))),
+            Ok(table) => {
+                let entries = table
+                    .range::<u64>(..)
+                    .map_err(|e| self.corrupt(format!("reading the conflict log: {e}")))?;
+                for entry in entries {
+                    let (k, v) = entry
+                        .map_err(|e| self.corrupt(format!("reading the conflict log: {e}")))?;
+                    conflicts.push(stored_conflict(v.value()).map_err(|e| {
+                        self.corrupt(format!(
+                            "stored conflict {} does not decode: {e}",
+                            k.value()
+                        ))
+                    })?);
+                }
+            }
+        }
+        Ok(self.meta.lock().loaded(keys, conflicts))
+    }
+
+    fn write(&self, cut: &Cut) -> Result<(), StoreError> {
+        let mut meta = self.meta.lock();
+        let mut next = meta.clone();
+        next.absorb(cut);
+        let txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
+        {
+            let mut keys = txn.open_table(REDB_KEYS).map_err(|e| self.write_err(e))?;
+            for (db, key, state) in &cut.keys {
+                let k = redb_key(*db, key);
+                match state {
+                    Some(bytes) => {
+                        keys.insert(k.as_slice(), bytes.as_slice())
+                            .map_err(|e| self.write_err(e))?;
+                    }
+                    None => {
+                        keys.remove(k.as_slice()).map_err(|e| self.write_err(e))?;
+                    }
+                }
+            }
+            let mut m = txn.open_table(REDB_META).map_err(|e| self.write_err(e))?;
+            let applied: Vec<(NodeId, u64)> = next.applied.iter().map(|(n, s)| (*n, *s)).collect();
+            let lives: Vec<NodeId> = next.lives.iter().copied().collect();
+            for (name, bytes) in [
+                ("floors", encoded(&next.floors)?),
+                ("applied", encoded(&applied)?),
+                ("lives", encoded(&lives)?),
+                ("clock", encoded(&next.clock)?),
+                ("conflicts_next", encoded(&next.conflicts_next_id)?),
+                ("log_from", encoded(&next.log_from)?),
+            ] {
+                m.insert(name, bytes.as_slice())
+                    .map_err(|e| self.write_err(e))?;
+            }
+            let mut conflicts = txn
+                .open_table(REDB_CONFLICTS)
+                .map_err(|e| self.write_err(e))?;
+            if next.conflicts_from > meta.conflicts_from {
+                let from = next.conflicts_from;
+                conflicts
+                    .retain_in::<u64, _>(..from, |_, _| false)
+                    .map_err(|e| self.write_err(e))?;
+            }
+            for c in &cut.conflicts.new {
+                if c.id >= next.conflicts_from {
+                    conflicts
+                        .insert(c.id, encoded_conflict(c)?.as_slice())
+                        .map_err(|e| self.write_err(e))?;
+                }
+            }
+        }
+        txn.commit().map_err(|e| self.write_err(e))?;
         *meta = next;
         Ok(())
     }
@@ -768,6 +1063,96 @@ mod tests {
         let loaded = reopen(&dir, false).load().unwrap();
         assert_eq!(loaded.lives, vec![NodeId(1), NodeId(2)]);
         assert_eq!(loaded.applied, vec![(NodeId(1), 3), (NodeId(9), 7)]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The store a node opens: what its cuts wrote (keys, removals, lives,
+    /// version vector, conflict log and its bound, the log generation) is
+    /// what it loads after a reopen.
+    #[test]
+    fn a_redb_store_reopened_holds_what_its_cuts_wrote() {
+        use crate::conflicts::ConflictLog;
+        let dir = std::env::temp_dir().join(format!("chorus-redb-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ks = tracking_keyspace(1);
+        let log = ConflictLog::new(2);
+        set(&ks, 0, b"a", Some(b"1"));
+        set(&ks, 1, b"b", Some(b"2"));
+        {
+            let store = RedbStore::open(&dir).unwrap();
+            store.write(&cut(&ks)).unwrap();
+            set(&ks, 1, b"b", None);
+            for n in 1..=3 {
+                log_conflict(&log, n);
+            }
+            store
+                .write(&Cut {
+                    conflicts: log.for_cut(),
+                    log_from: Some(7),
+                    ..cut(&ks)
+                })
+                .unwrap();
+        }
+        let store = RedbStore::open(&dir).unwrap();
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.lives, vec![NodeId(1)]);
+        assert_eq!(loaded.applied, vec![(NodeId(9), 4)]);
+        assert_eq!(loaded.log_from, 7);
+        let ids: Vec<u64> = loaded.conflicts.iter().map(|c| c.id).collect();
+        assert_eq!(ids, vec![2, 3], "the bound dropped 1");
+        let restarted = tracking_keyspace(2);
+        restarted.restore(loaded.keys, &loaded.floors);
+        assert_eq!(restarted.dump(), ks.dump());
+        assert!(store.disk_bytes().unwrap() > 0);
+        // A second node on the same dir is refused, naming the file.
+        let err = RedbStore::open(&dir).err().expect("refused").to_string();
+        assert!(
+            err.contains("cannot open the data store") && err.contains(REDB_FILE),
+            "{err}"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// #14: a dir holding a sled store (every node before redb) starts with
+    /// all of it in redb, and the sled files kept aside, not deleted.
+    #[test]
+    fn a_sled_store_is_migrated_into_redb_once_and_kept() {
+        let dir = std::env::temp_dir().join(format!("chorus-migrate-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let ks = tracking_keyspace(1);
+        set(&ks, 0, b"a", Some(b"1"));
+        set(&ks, 1, b"b", Some(b"2"));
+        let log = crate::conflicts::ConflictLog::new(10);
+        log_conflict(&log, 1);
+        {
+            let sled = SledStore::open(&dir, true).unwrap();
+            let mut first = cut(&ks);
+            first.conflicts = log.for_cut();
+            sled.write(&first).unwrap();
+            let mut second = cut(&tracking_keyspace(2));
+            second.node = NodeId(2);
+            sled.write(&second).unwrap();
+        }
+        let before = reopen(&dir, true).load().unwrap();
+        let store = RedbStore::open(&dir).unwrap();
+        assert!(!dir.join(SLED_DIR).exists());
+        assert!(dir.join("chorus.sled.migrated").exists(), "kept aside");
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.lives, vec![NodeId(1), NodeId(2)]);
+        assert_eq!(loaded.applied, before.applied);
+        assert_eq!(loaded.clock, before.clock);
+        assert_eq!(loaded.conflicts.len(), 1);
+        assert_eq!(loaded.conflicts_next_id, before.conflicts_next_id);
+        let restarted = tracking_keyspace(3);
+        restarted.restore(loaded.keys, &loaded.floors);
+        assert_eq!(restarted.dump(), ks.dump());
+        drop(store);
+        // Opened again: no second migration, the same state.
+        let again = RedbStore::open(&dir).unwrap().load().unwrap();
+        assert_eq!(again.lives, vec![NodeId(1), NodeId(2)]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

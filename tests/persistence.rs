@@ -64,7 +64,7 @@ fn a_killed_node_restarts_with_what_its_last_cut_stored() {
     q::<()>(&mut c, &["SELECT", "5"]);
     q::<()>(&mut c, &["SET", "in-db5", "y"]);
     let info: String = q(&mut c, &["INFO", "persistence"]);
-    assert!(info.contains("storage_provider:sled"), "{info}");
+    assert!(info.contains("storage_provider:redb"), "{info}");
     // Folded into the store: the restart reads it from there.
     q::<()>(&mut c, &["SAVE"]);
     kill_hard(s);
@@ -155,7 +155,7 @@ fn without_appendonly_a_restart_starts_empty() {
     let s = Server::start(&["--dir", d]);
     let mut c = s.conn();
     assert_eq!(q::<Option<String>>(&mut c, &["GET", "k"]), None);
-    assert!(!dir.join("chorus.sled").exists(), "nothing written to disk");
+    assert!(!dir.join("chorus.redb").exists(), "nothing written to disk");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

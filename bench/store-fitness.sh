@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Is sled fit to be Chorus's store? (#14: it has had no release since 2021.)
+# Is the store engine fit? (#14: sled, with no release since 2021, was not: docs/benchmarks.md.)
 #
-#   bench/sled-fitness.sh                 # KEYS=100000 VALUE=100 ROUNDS=10 KILLS=5
+#   bench/store-fitness.sh                # KEYS=100000 VALUE=100 ROUNDS=10 KILLS=5
 #
 # 1. Space amplification: KEYS keys of VALUE bytes written, then every key overwritten
-#    ROUNDS times, a SAVE (a fold into sled) after each round; sled's bytes on disk against
-#    the bytes the keys and values hold.
+#    ROUNDS times, a SAVE (a fold into the store) after each round; the store's bytes on disk
+#    against the bytes the keys and values hold.
 # 2. Recovery after kill -9 in the middle of a fold: a SAVE of a round of overwrites is
 #    started and the node killed while it runs, KILLS times; each restart must load every
 #    key, with the last acknowledged round's value.
@@ -51,20 +51,20 @@ logical=$(awk -v keys="$KEYS" -v len="$VALUE" 'BEGIN {
 
 start everysec
 echo "space amplification: $KEYS keys x $VALUE-byte values ($logical bytes of keys and values)"
-printf '%-6s %14s %14s %8s %10s\n' round sled-bytes du-bytes amp save-ms
+printf '%-6s %14s %14s %8s %10s\n' round store-bytes du-bytes amp save-ms
 for round in $(seq 0 "$ROUNDS"); do
     write_round "$round"
     t0=$(date +%s%N)
     redis-cli -p "$PORT" SAVE >/dev/null
     ms=$(( ($(date +%s%N) - t0) / 1000000 ))
     sled=$(field store_disk_bytes)
-    du=$(du -sb "$DIR/chorus.sled" | cut -f1)
+    du=$(du -sb "$DIR/chorus.redb" | cut -f1)
     awk -v r="$round" -v s="$sled" -v d="$du" -v l="$logical" -v ms="$ms" \
         'BEGIN {printf "%-6s %14d %14d %8.2f %10d\n", r, s, d, d / l, ms}'
 done
 stop "$PID"
 start everysec
-echo "after a restart: $(du -sb "$DIR/chorus.sled" | cut -f1) bytes on disk"
+echo "after a restart: $(du -sb "$DIR/chorus.redb" | cut -f1) bytes on disk"
 stop "$PID"
 
 echo
