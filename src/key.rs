@@ -27,9 +27,13 @@ pub enum Key {
     },
     Heap {
         mark: u32,
+        dirty: bool,
         bytes: Box<[u8]>,
     },
 }
+
+/// An inline key's length byte carries the dirty flag in its top bit.
+const DIRTY_BIT: u8 = 0x80;
 
 impl Key {
     pub fn new(bytes: &[u8]) -> Key {
@@ -44,6 +48,7 @@ impl Key {
         } else {
             Key::Heap {
                 mark: 0,
+                dirty: false,
                 bytes: Box::from(bytes),
             }
         }
@@ -51,7 +56,7 @@ impl Key {
 
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            Key::Inline { len, buf, .. } => &buf[..*len as usize],
+            Key::Inline { len, buf, .. } => &buf[..(*len & !DIRTY_BIT) as usize],
             Key::Heap { bytes, .. } => bytes,
         }
     }
@@ -70,6 +75,28 @@ impl Key {
     }
 
     /// Whether the bytes live on the heap (longer than the inline room).
+    /// Changed since the last cut into the store (`Keyspace::take_cut`):
+    /// a flag in the key, so marking a write costs no second lookup.
+    pub fn is_dirty(&self) -> bool {
+        match self {
+            Key::Inline { len, .. } => len & DIRTY_BIT != 0,
+            Key::Heap { dirty, .. } => *dirty,
+        }
+    }
+
+    pub fn set_dirty(&mut self, to: bool) {
+        match self {
+            Key::Inline { len, .. } => {
+                *len = if to {
+                    *len | DIRTY_BIT
+                } else {
+                    *len & !DIRTY_BIT
+                }
+            }
+            Key::Heap { dirty, .. } => *dirty = to,
+        }
+    }
+
     pub fn is_heap(&self) -> bool {
         matches!(self, Key::Heap { .. })
     }
@@ -130,6 +157,27 @@ impl fmt::Debug for Key {
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+
+    #[test]
+    fn the_dirty_flag_changes_neither_bytes_nor_identity() {
+        for len in [0, 5, 18, 19, 64] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 7) as u8).collect();
+            let clean = Key::new(&bytes);
+            let mut dirty = clean.clone();
+            assert!(!dirty.is_dirty());
+            dirty.set_mark(0xdead_beef);
+            dirty.set_dirty(true);
+            assert!(dirty.is_dirty(), "len {len}");
+            assert_eq!(dirty.as_bytes(), &bytes[..]);
+            assert!(dirty == clean);
+            let hasher = hashbrown::DefaultHashBuilder::default();
+            assert_eq!(hasher.hash_one(&dirty), hasher.hash_one(&clean));
+            assert_eq!(dirty.mark(), 0xdead_beef, "the mark is apart");
+            dirty.set_dirty(false);
+            assert!(!dirty.is_dirty());
+            assert_eq!(dirty.as_bytes(), &bytes[..]);
+        }
+    }
 
     #[test]
     fn inline_and_heap_keys_behave_as_their_bytes() {

@@ -124,6 +124,10 @@ impl KeyMap {
         self.table.iter().map(|e| &e.state)
     }
 
+    pub fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
+        self.table.iter_mut()
+    }
+
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut KeyState> {
         self.table.iter_mut().map(|e| &mut e.state)
     }

@@ -60,8 +60,10 @@ pub struct Db {
     pub expiring: BTreeSet<(u64, Key)>,
     /// The latest FLUSHDB/FLUSHALL stamp applied to this database.
     pub floor: Stamp,
-    /// Keys changed since the last cut, when the node has a store.
-    pub dirty: Option<HashSet<Key, KeyHasher>>,
+    /// When the node has a store: keys gone from `map` since the last cut
+    /// (a key still there and changed carries its dirty flag instead:
+    /// `Key::is_dirty`), and keys of a cut that could not be stored.
+    pub gone: Option<HashSet<Key, KeyHasher>>,
     /// Shared by every database of the keyspace:
     /// `Keyspace::changes_besides_writes`.
     pub changes: Arc<AtomicU64>,
@@ -106,19 +108,18 @@ impl Db {
             live,
             expiring,
             floor,
-            dirty,
+            gone,
             changes,
             collected,
             access_clock,
             with_expiry,
             live_keys,
         } = self;
-        if let Some(dirty) = dirty {
-            dirty.get_or_insert_with(key, Key::new);
+        let entry = map.get_or_insert(key, access_clock.load(Ordering::Relaxed));
+        if gone.is_some() {
+            entry.key.set_dirty(true);
         }
-        let state = &mut map
-            .get_or_insert(key, access_clock.load(Ordering::Relaxed))
-            .state;
+        let state = &mut entry.state;
         // `expiring` holds live keys only: an expiry field left under a
         // tombstone expires nothing (and GC may drop it at any moment).
         let was_live = is_live(state);
@@ -141,6 +142,9 @@ impl Db {
         let new_at = if now_live { state.expire_at_ms() } else { 0 };
         if drop {
             map.remove(key);
+            if let Some(gone) = gone {
+                gone.insert(Key::new(key));
+            }
         }
         if old_at != new_at {
             if old_at != 0 && expiring.remove(&(old_at, Key::new(key))) {
@@ -173,13 +177,18 @@ impl Db {
     pub fn flush(&mut self, stamp: Stamp) {
         self.floor = self.floor.max(stamp);
         let floor = self.floor;
-        if let Some(dirty) = &mut self.dirty {
-            dirty.extend(self.map.keys().cloned());
+        let gone = &mut self.gone;
+        let tracking = gone.is_some();
+        for entry in self.map.entries_mut() {
+            entry.state.prune(floor);
+            entry.key.set_dirty(tracking);
+            if entry.state.is_empty() {
+                if let Some(gone) = gone.as_mut() {
+                    gone.insert(Key::new(&entry.key));
+                }
+            }
         }
-        self.map.retain(|_, s| {
-            s.prune(floor);
-            !s.is_empty()
-        });
+        self.map.retain(|_, s| !s.is_empty());
         let live = self.map.values().filter(|s| is_live(s)).count();
         self.live_keys
             .fetch_sub(self.live as u64, Ordering::Relaxed);
@@ -225,24 +234,26 @@ impl Shard {
     /// either is changed at both numbers (written where it now is, removed
     /// where it was).
     pub fn swapped(&mut self, a: usize, b: usize) {
-        if a == b || self.dbs[a].dirty.is_none() {
+        if a == b || self.dbs[a].gone.is_none() {
             return;
         }
-        // The keys held at either number, and the ones changed there since
-        // the last cut (a delete no map shows any more): each is rewritten,
-        // or removed, at both numbers.
-        let (da, db) = (&self.dbs[a], &self.dbs[b]);
-        let keys: Vec<Key> = da
-            .map
-            .keys()
-            .chain(db.map.keys())
-            .chain(da.dirty.iter().flatten())
-            .chain(db.dirty.iter().flatten())
-            .cloned()
-            .collect();
-        for d in [a, b] {
-            if let Some(dirty) = &mut self.dbs[d].dirty {
-                dirty.extend(keys.iter().cloned());
+        // What the store holds at one number and the other no longer has
+        // there: every key (and removal) of the database that moved away.
+        let held_at = |d: &Db| -> Vec<Key> {
+            d.map
+                .keys()
+                .chain(d.gone.iter().flatten())
+                .map(|k| Key::new(k))
+                .collect()
+        };
+        let (was_a, was_b) = (held_at(&self.dbs[b]), held_at(&self.dbs[a]));
+        for (d, was) in [(a, was_a), (b, was_b)] {
+            let db = &mut self.dbs[d];
+            for entry in db.map.entries_mut() {
+                entry.key.set_dirty(true);
+            }
+            if let Some(gone) = &mut db.gone {
+                gone.extend(was);
             }
         }
     }
@@ -690,7 +701,7 @@ impl Keyspace {
         self.tracking = true;
         for shard in self.shards.iter_mut() {
             for db in shard.get_mut().dbs.iter_mut() {
-                db.dirty = Some(HashSet::with_hasher(*db.map.hasher()));
+                db.gone = Some(HashSet::with_hasher(*db.map.hasher()));
             }
         }
     }
@@ -724,17 +735,24 @@ impl Keyspace {
         for shard in locked.shards() {
             for (i, db) in shard.dbs.iter_mut().enumerate() {
                 floors[i] = floors[i].max(db.floor);
-                let Some(dirty) = db.dirty.as_mut() else {
+                let Some(gone) = db.gone.as_mut() else {
                     return Err(CutError::NotTracking);
                 };
-                for key in dirty.drain() {
-                    let state = match db.map.get(&key[..]) {
-                        Some(state) => Some(chorus_crdt::encode(state).map_err(|e| {
-                            CutError::Encode(String::from_utf8_lossy(&key).into_owned(), e)
-                        })?),
-                        None => None,
-                    };
-                    keys.push((i as u32, key.to_vec(), state));
+                for entry in db.map.entries_mut() {
+                    if !entry.key.is_dirty() {
+                        continue;
+                    }
+                    entry.key.set_dirty(false);
+                    let state = chorus_crdt::encode(&entry.state).map_err(|e| {
+                        CutError::Encode(String::from_utf8_lossy(&entry.key).into_owned(), e)
+                    })?;
+                    keys.push((i as u32, entry.key.to_vec(), Some(state)));
+                }
+                // A key gone and back again was written above.
+                for key in gone.drain() {
+                    if !db.map.contains_key(&key) {
+                        keys.push((i as u32, key.to_vec(), None));
+                    }
                 }
             }
         }
@@ -745,12 +763,19 @@ impl Keyspace {
     pub fn mark_dirty(&self, keys: &[StoredKey]) {
         for (db, key, _) in keys {
             let mut shard = self.shards[self.shard_of(key)].lock();
-            if let Some(dirty) = shard
-                .dbs
-                .get_mut(*db as usize)
-                .and_then(|d| d.dirty.as_mut())
-            {
-                dirty.insert(Key::new(key));
+            let Some(d) = shard.dbs.get_mut(*db as usize) else {
+                continue;
+            };
+            if d.gone.is_none() {
+                continue;
+            }
+            match d.map.entry_mut(key) {
+                Some(entry) => entry.key.set_dirty(true),
+                None => {
+                    if let Some(gone) = &mut d.gone {
+                        gone.insert(Key::new(key));
+                    }
+                }
             }
         }
     }
@@ -773,8 +798,11 @@ impl Keyspace {
         }
         for shard in self.shards.iter() {
             for db in shard.lock().dbs.iter_mut() {
-                if let Some(dirty) = &mut db.dirty {
-                    dirty.clear();
+                if let Some(gone) = &mut db.gone {
+                    gone.clear();
+                    for entry in db.map.entries_mut() {
+                        entry.key.set_dirty(false);
+                    }
                 }
             }
         }

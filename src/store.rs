@@ -1066,6 +1066,61 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A cut holds exactly the keys changed since the previous one: a key
+    /// written, a key deleted (a removal), a key deleted and written again
+    /// (its state), and after a flush every key the database had.
+    #[test]
+    fn a_cut_holds_what_changed_since_the_last_and_nothing_else() {
+        let ks = tracking_keyspace(1);
+        let names = |cut: &Cut| -> Vec<(u32, String, bool)> {
+            let mut v: Vec<_> = cut
+                .keys
+                .iter()
+                .map(|(db, k, s)| (*db, String::from_utf8_lossy(k).into_owned(), s.is_some()))
+                .collect();
+            v.sort();
+            v
+        };
+        set(&ks, 0, b"a", Some(b"1"));
+        set(&ks, 0, b"b", Some(b"1"));
+        set(&ks, 1, b"a-rather-long-key-on-the-heap", Some(b"1"));
+        assert_eq!(
+            names(&cut(&ks)),
+            vec![
+                (0, "a".into(), true),
+                (0, "b".into(), true),
+                (1, "a-rather-long-key-on-the-heap".into(), true)
+            ]
+        );
+        assert!(cut(&ks).keys.is_empty(), "nothing changed since");
+        set(&ks, 0, b"a", None);
+        set(&ks, 0, b"b", None);
+        set(&ks, 0, b"b", Some(b"2"));
+        set(&ks, 1, b"a-rather-long-key-on-the-heap", Some(b"2"));
+        assert_eq!(
+            names(&cut(&ks)),
+            vec![
+                (0, "a".into(), false),
+                (0, "b".into(), true),
+                (1, "a-rather-long-key-on-the-heap".into(), true)
+            ]
+        );
+        set(&ks, 1, b"c", Some(b"3"));
+        cut(&ks);
+        let mut all = ks.lock_all();
+        for shard in all.shards() {
+            shard.dbs[1].flush(ks.clock.now());
+        }
+        drop(all);
+        assert_eq!(
+            names(&cut(&ks)),
+            vec![
+                (1, "a-rather-long-key-on-the-heap".into(), false),
+                (1, "c".into(), false)
+            ]
+        );
+    }
+
     /// The store a node opens: what its cuts wrote (keys, removals, lives,
     /// version vector, conflict log and its bound, the log generation) is
     /// what it loads after a reopen.
