@@ -49,7 +49,7 @@ done
 
 echo
 echo "Throughput with appendonly yes, appendfsync $FSYNC, ops/s (median of $ROUNDS; -n $N -r 100000 -c 50; server on CPU 0, client on CPU 1)"
-printf '%-6s %-4s %12s %12s %8s %14s %10s\n' test pipe redis-aof chorus-sled ratio chorus-memory sled/memory
+printf '%-6s %-4s %12s %12s %8s %14s %10s\n' test pipe redis-aof chorus-log ratio chorus-memory log/memory
 for p in P16 P1; do
     for t in SET INCR; do
         r=$(awk -v t="$t" -v p="$p" '$1=="redis" && $2==t && $3==p {print $4}' "$RESULTS" | median)

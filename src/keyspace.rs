@@ -38,6 +38,19 @@ pub trait DeltaSink: Send + Sync {
     fn publish_key(&self, db: u32, key: &[u8], delta: &KeyState, now_ms: u64);
     /// A FLUSHDB (`Some(db)`) or FLUSHALL (`None`).
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64);
+    /// An increment of `node`'s tally on an existing key: by default its
+    /// delta as a key state (`KeyState::tally_delta`); a sink may record
+    /// it more briefly.
+    fn publish_tally(
+        &self,
+        db: u32,
+        key: &[u8],
+        node: chorus_crdt::NodeId,
+        tally: chorus_crdt::state::Tally,
+        now_ms: u64,
+    ) {
+        self.publish_key(db, key, &KeyState::tally_delta(node, tally), now_ms);
+    }
 }
 
 /// The hasher of the keyspace's maps: random per process in production,
@@ -458,12 +471,7 @@ impl Writer<'_> {
         }
         let tally = self.state.incr_in_place(stamp, int, float, is_float);
         if let Some(sink) = &self.ks.sink {
-            sink.publish_key(
-                self.db as u32,
-                self.key,
-                &KeyState::tally_delta(stamp.node, tally),
-                self.now_ms,
-            );
+            sink.publish_tally(self.db as u32, self.key, stamp.node, tally, self.now_ms);
         }
     }
 

@@ -11,7 +11,8 @@ use tracing::{info, warn};
 
 use chorus_crdt::Stamp;
 
-use chorus_crdt::{encode_append, Delta, NodeId};
+use chorus_crdt::state::Tally;
+use chorus_crdt::{encode_append, Delta, KeyState, NodeId};
 use smallvec::SmallVec;
 
 use crate::deltalog::{DeltaLog, LogError, Replay};
@@ -116,6 +117,23 @@ impl Persistence {
         let ks = &self.ks;
         let acked = ks.gc_acked();
         let records = replay.for_each(|payload| {
+            if let Some(rest) = payload.strip_prefix(&[TALLY_RECORD]) {
+                let (db, key, node, tally): (u32, serde_bytes::ByteBuf, NodeId, Tally) =
+                    chorus_crdt::decode(rest)
+                        .map_err(|e| format!("a tally record does not decode: {e}"))?;
+                let delta = KeyState::tally_delta(node, tally);
+                let _ = ks.clock.observe(tally.epoch);
+                let index = ks.shard_of(&key);
+                let mut locked = ks.lock(SmallVec::from_slice(&[index]));
+                let shard = locked.shard(index).map_err(|_| "shard lock".to_string())?;
+                let Some(db) = shard.dbs.get_mut(db as usize) else {
+                    return Err(format!(
+                        "a write to database {db}, which this node does not have"
+                    ));
+                };
+                db.merge(&key, &delta, acked);
+                return Ok(());
+            }
             if let Some((a, b)) = swap_of(payload) {
                 if a.max(b) >= ks.databases() {
                     return Err(format!(
@@ -307,6 +325,10 @@ pub const FOLD_EVERY: Duration = Duration::from_secs(10);
 /// The first byte of a log record that is a SWAPDB, not a replication
 /// message (whose first byte is the encoding's format version).
 const SWAP_RECORD: u8 = 0xff;
+/// The first byte of a log record that is an increment of a node's own
+/// tally, written by a node without peers: (db, key, node, tally), a few
+/// fields where the key state that replication sends has a dozen.
+const TALLY_RECORD: u8 = 0xfe;
 
 fn swap_of(payload: &[u8]) -> Option<(usize, usize)> {
     match payload {
@@ -336,24 +358,16 @@ impl LogSink {
     }
 
     fn append(&self, delta: DeltaRef<'_>) {
-        thread_local! {
-            static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
-        }
         let msg = ReplMsgOut::Delta {
             origin: self.node,
             seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
             delta,
         };
-        SCRATCH.with_borrow_mut(|scratch| {
-            let mut buf = std::mem::take(scratch);
-            buf.clear();
+        with_scratch(|buf| {
             // Our own types always encode.
-            if let Ok(encoded) = encode_append(&msg, buf) {
-                self.log.append(&encoded);
-                if encoded.capacity() <= 64 * 1024 {
-                    *scratch = encoded;
-                }
-            }
+            let encoded = encode_append(&msg, buf).ok()?;
+            self.log.append(&encoded);
+            Some(encoded)
         });
     }
 }
@@ -370,6 +384,35 @@ impl DeltaSink for LogSink {
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, _now_ms: u64) {
         self.append(DeltaRef::Flush { db, stamp });
     }
+
+    fn publish_tally(&self, db: u32, key: &[u8], node: NodeId, tally: Tally, _now_ms: u64) {
+        with_scratch(|mut buf| {
+            buf.push(TALLY_RECORD);
+            // Our own types always encode.
+            let record =
+                encode_append(&(db, serde_bytes::Bytes::new(key), node, tally), buf).ok()?;
+            self.log.append(&record);
+            Some(record)
+        });
+    }
+}
+
+/// Encodes into this thread's scratch buffer (`encode` gets it empty and
+/// returns it filled, or `None` when encoding failed).
+fn with_scratch(encode: impl FnOnce(Vec<u8>) -> Option<Vec<u8>>) {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with_borrow_mut(|scratch| {
+        let mut buf = std::mem::take(scratch);
+        buf.clear();
+        if let Some(used) = encode(buf) {
+            // One huge value must not pin its size for the thread's life.
+            if used.capacity() <= 64 * 1024 {
+                *scratch = used;
+            }
+        }
+    });
 }
 
 /// Where the periodic cut runs.

@@ -265,6 +265,8 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     q::<()>(&mut c, &["SET", "ttl", "v", "EX", "1000"]);
     q::<()>(&mut c, &["INCRBY", "n", "41"]);
     q::<()>(&mut c, &["INCR", "n"]);
+    q::<()>(&mut c, &["INCRBYFLOAT", "f", "1.25"]);
+    q::<()>(&mut c, &["INCRBYFLOAT", "f", "1.5"]);
     q::<()>(&mut c, &["HSET", "h", "f1", "a", "f2", "b"]);
     q::<()>(&mut c, &["HINCRBY", "h", "count", "7"]);
     q::<()>(&mut c, &["SADD", "set", "x", "y", "z"]);
@@ -291,6 +293,7 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     assert_eq!(get(&mut c, "s").as_deref(), Some("v"));
     assert!(q::<i64>(&mut c, &["TTL", "ttl"]) > 900);
     assert_eq!(q::<i64>(&mut c, &["INCR", "n"]), 43, "the counter goes on");
+    assert_eq!(get(&mut c, "f").as_deref(), Some("2.75"));
     let h: Vec<String> = q(&mut c, &["HMGET", "h", "f1", "f2", "count"]);
     assert_eq!(h, ["a", "b", "7"]);
     let mut members: Vec<String> = q(&mut c, &["SMEMBERS", "set"]);
@@ -299,7 +302,7 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     let z: Vec<String> = q(&mut c, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]);
     assert_eq!(z, ["two", "2", "one", "6"]);
     assert_eq!(get(&mut c, "deleted"), None);
-    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 6);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 7);
     q::<()>(&mut c, &["SELECT", "2"]);
     assert_eq!(get(&mut c, "flushed"), None);
     assert_eq!(get(&mut c, "after-flush").as_deref(), Some("y"));
