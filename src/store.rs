@@ -534,48 +534,52 @@ impl RedbStore {
     pub fn open(dir: &std::path::Path) -> Result<RedbStore, StoreError> {
         let path = dir.join(REDB_FILE);
         let sled_dir = dir.join(SLED_DIR);
-        let migrate = !path.exists() && sled_dir.exists();
-        let db = redb::Database::create(&path).map_err(|e| StoreError::Open {
-            path: path.clone(),
-            reason: e.to_string(),
-        })?;
+        if !path.exists() && sled_dir.exists() {
+            Self::migrate(&sled_dir, &path)?;
+        }
         let store = RedbStore {
-            db,
+            db: Self::open_file(&path)?,
             path,
             meta: Mutex::new(MemData::default()),
         };
-        if migrate {
-            store.migrate_from(&sled_dir)?;
-        }
         let meta = store.read_meta()?;
         *store.meta.lock() = meta;
         Ok(store)
     }
 
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    fn corrupt(&self, what: String) -> StoreError {
-        StoreError::Corrupt {
-            path: self.path.clone(),
-            what,
+    /// redb's own checks report most damage as errors, but some damaged
+    /// files make it panic: either way the start fails naming the file.
+    fn open_file(path: &std::path::Path) -> Result<redb::Database, StoreError> {
+        let opened = std::panic::catch_unwind(|| redb::Database::create(path));
+        match opened {
+            Ok(Ok(db)) => Ok(db),
+            Ok(Err(e)) => Err(StoreError::Open {
+                path: path.to_path_buf(),
+                reason: e.to_string(),
+            }),
+            Err(_) => Err(StoreError::Corrupt {
+                path: path.to_path_buf(),
+                what: "the database file is damaged (the engine panicked opening it)".into(),
+            }),
         }
     }
 
-    fn write_err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Write {
-            path: self.path.clone(),
-            reason: e.to_string(),
-        }
-    }
-
-    /// Copies a sled store's whole state in, as one cut, then renames the
-    /// sled directory so the next start does not migrate again.
-    fn migrate_from(&self, sled_dir: &std::path::Path) -> Result<(), StoreError> {
+    /// Copies a sled store's whole state into a new redb file in one
+    /// transaction, under a temporary name renamed into place only once
+    /// committed (an interrupted migration leaves no `chorus.redb` and
+    /// runs again at the next start), then renames the sled directory
+    /// `chorus.sled.migrated` (kept, never deleted).
+    fn migrate(sled_dir: &std::path::Path, path: &std::path::Path) -> Result<(), StoreError> {
         let loaded = {
             let sled = SledStore::open(sled_dir.parent().unwrap_or(sled_dir), true)?;
             sled.load()?
+        };
+        let partial = path.with_extension("redb.migrating");
+        let _ = std::fs::remove_file(&partial);
+        let store = RedbStore {
+            db: Self::open_file(&partial)?,
+            path: partial.clone(),
+            meta: Mutex::new(MemData::default()),
         };
         let keys = loaded.keys.len();
         let cut = Cut {
@@ -595,20 +599,18 @@ impl RedbStore {
             },
             log_from: Some(loaded.log_from),
         };
-        self.write(&cut)?;
-        // Every earlier life, not just the one the cut names.
-        {
-            let mut meta = self.meta.lock();
-            meta.lives.extend(loaded.lives.iter().copied());
-            let lives: Vec<NodeId> = meta.lives.iter().copied().collect();
-            let txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
-            {
-                let mut table = txn.open_table(REDB_META).map_err(|e| self.write_err(e))?;
-                table
-                    .insert("lives", encoded(&lives)?.as_slice())
-                    .map_err(|e| self.write_err(e))?;
-            }
-            txn.commit().map_err(|e| self.write_err(e))?;
+        store.commit(&cut, &loaded.lives)?;
+        drop(store);
+        let in_place = |what: &str, e: std::io::Error| StoreError::Write {
+            path: path.to_path_buf(),
+            reason: format!("{what}: {e}"),
+        };
+        std::fs::rename(&partial, path)
+            .map_err(|e| in_place("moving the migrated store into place", e))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| in_place("syncing its directory", e))?;
         }
         let kept = sled_dir.with_extension("sled.migrated");
         std::fs::rename(sled_dir, &kept).map_err(|e| StoreError::Write {
@@ -618,10 +620,28 @@ impl RedbStore {
         tracing::info!(
             keys,
             "migrated the sled store into {}; the sled files are kept in {}",
-            self.path.display(),
+            path.display(),
             kept.display()
         );
         Ok(())
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    fn corrupt(&self, what: String) -> StoreError {
+        StoreError::Corrupt {
+            path: self.path.clone(),
+            what,
+        }
+    }
+
+    fn write_err(&self, e: impl std::fmt::Display) -> StoreError {
+        StoreError::Write {
+            path: self.path.clone(),
+            reason: e.to_string(),
+        }
     }
 
     fn read_meta(&self) -> Result<MemData, StoreError> {
@@ -679,6 +699,23 @@ impl Store for RedbStore {
     }
 
     fn load(&self) -> Result<Loaded, StoreError> {
+        // As at open: a damaged page may make the engine panic.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load_all())).unwrap_or_else(
+            |_| {
+                Err(self.corrupt(
+                    "the database file is damaged (the engine panicked reading it)".into(),
+                ))
+            },
+        )
+    }
+
+    fn write(&self, cut: &Cut) -> Result<(), StoreError> {
+        self.commit(cut, &[])
+    }
+}
+
+impl RedbStore {
+    fn load_all(&self) -> Result<Loaded, StoreError> {
         let txn = self
             .db
             .begin_read()
@@ -735,10 +772,15 @@ impl Store for RedbStore {
         Ok(self.meta.lock().loaded(keys, conflicts))
     }
 
-    fn write(&self, cut: &Cut) -> Result<(), StoreError> {
+    /// Stores `cut`, and `lives` besides its own (a migration's), in one
+    /// transaction.
+    fn commit(&self, cut: &Cut, lives: &[NodeId]) -> Result<(), StoreError> {
         let mut meta = self.meta.lock();
         let mut next = meta.clone();
         next.absorb(cut);
+        next.lives.extend(lives.iter().copied());
+        // Not a life: what a cut of a store that had none names.
+        next.lives.remove(&NodeId::default());
         let txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
         {
             let mut keys = txn.open_table(REDB_KEYS).map_err(|e| self.write_err(e))?;
@@ -1170,6 +1212,22 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A damaged store file fails the start naming the file, whatever the
+    /// engine makes of it (an error or a panic).
+    #[test]
+    fn a_damaged_redb_file_is_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("chorus-redb-bad-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let junk: Vec<u8> = (0..65536u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        std::fs::write(dir.join(REDB_FILE), &junk).unwrap();
+        let err = RedbStore::open(&dir).err().expect("refused").to_string();
+        assert!(err.contains(REDB_FILE), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// #14: a dir holding a sled store (every node before redb) starts with
     /// all of it in redb, and the sled files kept aside, not deleted.
     #[test]
@@ -1191,8 +1249,22 @@ mod tests {
             second.node = NodeId(2);
             sled.write(&second).unwrap();
         }
-        let before = reopen(&dir, true).load().unwrap();
+        let before = {
+            // While something else holds the sled store, the start fails,
+            // and leaves nothing that would stop the next from migrating.
+            let held = reopen(&dir, true);
+            let err = RedbStore::open(&dir)
+                .err()
+                .expect("sled is locked")
+                .to_string();
+            assert!(err.contains(SLED_DIR), "{err}");
+            assert!(!dir.join(REDB_FILE).exists());
+            held.load().unwrap()
+        };
+        // A migration cut short before: its partial file is not the store.
+        std::fs::write(dir.join("chorus.redb.migrating"), b"half a copy").unwrap();
         let store = RedbStore::open(&dir).unwrap();
+        assert!(!dir.join("chorus.redb.migrating").exists());
         assert!(!dir.join(SLED_DIR).exists());
         assert!(dir.join("chorus.sled.migrated").exists(), "kept aside");
         let loaded = store.load().unwrap();
