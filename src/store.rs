@@ -163,6 +163,22 @@ impl MemData {
     }
 }
 
+/// A key as a store holds it: (database, key) from `k`, the database's
+/// number big-endian then the key's bytes, and its state from `v`.
+fn stored_key(k: &[u8], v: &[u8]) -> Result<(u32, Vec<u8>, KeyState), String> {
+    let Some((db, key)) = k.split_first_chunk::<4>() else {
+        return Err(format!("a stored key is too short ({} bytes)", k.len()));
+    };
+    let db = u32::from_be_bytes(*db);
+    let state = chorus_crdt::decode_stored_state(v).map_err(|e| {
+        format!(
+            "stored state of key {:?} in db {db} does not decode: {e}",
+            String::from_utf8_lossy(key)
+        )
+    })?;
+    Ok((db, key.to_vec(), state))
+}
+
 /// An entry of the conflict log from the bytes a store holds.
 fn stored_conflict(bytes: &[u8]) -> Result<LoggedConflict, chorus_crdt::DecodeError> {
     let ((id, db, key, recorded_ms), conflict) =
@@ -425,18 +441,10 @@ impl Store for SledStore {
         let mut keys = Vec::new();
         for entry in self.db.scan_prefix([KEY_PREFIX]) {
             let (k, v) = entry.map_err(|e| self.corrupt(format!("reading the keys: {e}")))?;
-            if k.len() < 5 {
-                return Err(self.corrupt(format!("a stored key is too short ({} bytes)", k.len())));
-            }
-            let db = u32::from_be_bytes([k[1], k[2], k[3], k[4]]);
-            let key = k[5..].to_vec();
-            let state = chorus_crdt::decode_stored_state(&v).map_err(|e| {
-                self.corrupt(format!(
-                    "stored state of key {:?} in db {db} does not decode: {e}",
-                    String::from_utf8_lossy(&key)
-                ))
-            })?;
-            keys.push((db, key, state));
+            keys.push(
+                stored_key(k.get(1..).unwrap_or_default(), &v)
+                    .map_err(|what| self.corrupt(what))?,
+            );
         }
         let mut conflicts = Vec::new();
         for entry in self.db.scan_prefix([CONFLICT_PREFIX]) {
@@ -731,21 +739,7 @@ impl RedbStore {
                 for entry in entries {
                     let (k, v) =
                         entry.map_err(|e| self.corrupt(format!("reading the keys: {e}")))?;
-                    let k = k.value();
-                    if k.len() < 4 {
-                        return Err(
-                            self.corrupt(format!("a stored key is too short ({} bytes)", k.len()))
-                        );
-                    }
-                    let db = u32::from_be_bytes([k[0], k[1], k[2], k[3]]);
-                    let key = k[4..].to_vec();
-                    let state = chorus_crdt::decode_stored_state(v.value()).map_err(|e| {
-                        self.corrupt(format!(
-                            "stored state of key {:?} in db {db} does not decode: {e}",
-                            String::from_utf8_lossy(&key)
-                        ))
-                    })?;
-                    keys.push((db, key, state));
+                    keys.push(stored_key(k.value(), v.value()).map_err(|what| self.corrupt(what))?);
                 }
             }
         }
