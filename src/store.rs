@@ -837,6 +837,14 @@ mod tests {
     use super::*;
     use crate::keyspace::Keyspace;
 
+    /// A directory of this process's own, empty.
+    fn empty_dir(name: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("chorus-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     fn tracking_keyspace(node: u64) -> Keyspace {
         let mut ks = Keyspace::new(
             2,
@@ -1016,8 +1024,7 @@ mod tests {
     #[test]
     fn the_conflict_log_survives_a_reopen_without_what_it_dropped() {
         use crate::conflicts::ConflictLog;
-        let dir = std::env::temp_dir().join(format!("chorus-sled-log-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = empty_dir("sled-log");
         let write = |store: &dyn Store, log: &ConflictLog| {
             let cut = Cut {
                 conflicts: log.for_cut(),
@@ -1072,8 +1079,7 @@ mod tests {
 
     #[test]
     fn a_sled_store_reopened_holds_what_its_cuts_wrote() {
-        let dir = std::env::temp_dir().join(format!("chorus-sled-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = empty_dir("sled-unit");
         let ks = tracking_keyspace(1);
         set(&ks, 0, b"a", Some(b"1"));
         set(&ks, 1, b"b", Some(b"2"));
@@ -1163,9 +1169,7 @@ mod tests {
     #[test]
     fn a_redb_store_reopened_holds_what_its_cuts_wrote() {
         use crate::conflicts::ConflictLog;
-        let dir = std::env::temp_dir().join(format!("chorus-redb-unit-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = empty_dir("redb-unit");
         let ks = tracking_keyspace(1);
         let log = ConflictLog::new(2);
         set(&ks, 0, b"a", Some(b"1"));
@@ -1210,9 +1214,7 @@ mod tests {
     /// engine makes of it (an error or a panic).
     #[test]
     fn a_damaged_redb_file_is_an_error_naming_it() {
-        let dir = std::env::temp_dir().join(format!("chorus-redb-bad-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = empty_dir("redb-bad");
         let junk: Vec<u8> = (0..65536u32)
             .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
             .collect();
@@ -1226,9 +1228,7 @@ mod tests {
     /// all of it in redb, and the sled files kept aside, not deleted.
     #[test]
     fn a_sled_store_is_migrated_into_redb_once_and_kept() {
-        let dir = std::env::temp_dir().join(format!("chorus-migrate-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = empty_dir("migrate");
         let ks = tracking_keyspace(1);
         set(&ks, 0, b"a", Some(b"1"));
         set(&ks, 1, b"b", Some(b"2"));
