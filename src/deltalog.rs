@@ -26,13 +26,21 @@
 //! decode) stops the start with the file's path: the log is never silently
 //! replaced, nor cut at a flipped length.
 //!
+//! A replicating node also serves its peers from the log: its own writes
+//! are numbered records (`append_numbered`), indexed in memory by sequence
+//! number, and generations a peer still lacks are kept past their fold
+//! (bounded by `repl-log-max-size`), so that a peer that fell behind the
+//! in-memory backlog, in a burst or an outage, resumes from here instead of
+//! by a state transfer (`read_numbered`).
+//!
 //! A failed fsync stops the process, as Redis does under `always` and as
 //! databases have since Linux was found to drop the pages of a failed
 //! fsync and report the next one clean: retrying could acknowledge writes
 //! that never reached the disk.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -56,6 +64,9 @@ const WRITE_EVERY: Duration = Duration::from_millis(10);
 const WAKE_BYTES: usize = 1 << 20;
 /// How long the writer waits before trying again after a failed write.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
+/// At most this many bytes of the log between two index marks of numbered
+/// records: what a read from the log skips at most before its first record.
+const MARK_EVERY: u64 = 64 * 1024;
 /// Failed writes after the node began to close before the writer gives up
 /// (the final fold holds everything before it).
 const GIVE_UP_AT_STOP: u32 = 50;
@@ -89,6 +100,17 @@ struct Pending {
     /// The generation appends go to now.
     generation: u64,
     stop: bool,
+    /// (position, generation): where each generation of this process that
+    /// is still on disk starts, oldest first.
+    starts: VecDeque<(u64, u64)>,
+    /// (sequence number, position) of numbered records: the first of every
+    /// generation and then one at least every `MARK_EVERY` bytes, oldest
+    /// first.
+    marks: VecDeque<(u64, u64)>,
+    /// The next numbered record at or after this position is marked.
+    mark_at: u64,
+    /// The last sequence number appended.
+    last_numbered: u64,
 }
 
 /// The log of one running node.
@@ -106,6 +128,15 @@ pub struct DeltaLog {
     pub failing: AtomicBool,
     /// Bytes in the generations not folded yet (INFO `aof_current_size`).
     pub unfolded_bytes: AtomicU64,
+    /// Bytes of folded generations kept because a peer lacks numbered
+    /// records in them (INFO `repl_log_bytes`).
+    pub kept_bytes: AtomicU64,
+    /// The most bytes of folded generations kept for peers.
+    keep_max: AtomicU64,
+    /// Per peer, the first sequence number it lacks.
+    peer_needs: Mutex<Vec<u64>>,
+    /// The position up to which appended bytes are in the files.
+    written: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -116,6 +147,18 @@ struct Round {
     end: u64,
     rotations: Vec<(u64, u64)>,
     stop: bool,
+}
+
+/// What [`DeltaLog::read_numbered`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NumberedRead {
+    /// Records from the requested sequence number through `last`, handed
+    /// over in order.
+    Read { last: u64 },
+    /// The requested record is appended but not in the files yet.
+    NotYet,
+    /// The log no longer holds the requested record (or cannot read it).
+    Gone,
 }
 
 /// The records of the generations a restart replays, oldest first.
@@ -197,6 +240,7 @@ impl DeltaLog {
             fsync,
             pending: Mutex::new(Pending {
                 generation: next,
+                starts: VecDeque::from([(0, next)]),
                 ..Pending::default()
             }),
             more: Condvar::new(),
@@ -205,6 +249,10 @@ impl DeltaLog {
             fsyncs: AtomicU64::new(0),
             failing: AtomicBool::new(false),
             unfolded_bytes: AtomicU64::new(unfolded),
+            kept_bytes: AtomicU64::new(0),
+            keep_max: AtomicU64::new(0),
+            peer_needs: Mutex::new(Vec::new()),
+            written: AtomicU64::new(0),
             writer: Mutex::new(None),
         });
         let writer = log.clone();
@@ -231,8 +279,26 @@ impl DeltaLog {
 
     /// Appends one record; returns the log position after it.
     pub fn append(&self, payload: &[u8]) -> u64 {
+        self.append_record(payload, None)
+    }
+
+    /// Appends one of this node's own writes, numbered `seq` (numbers
+    /// ascend with every call), which [`DeltaLog::read_numbered`] can find.
+    pub fn append_numbered(&self, payload: &[u8], seq: u64) -> u64 {
+        self.append_record(payload, Some(seq))
+    }
+
+    fn append_record(&self, payload: &[u8], seq: Option<u64>) -> u64 {
         let len = (payload.len() as u32).to_le_bytes();
         let mut pending = self.pending.lock();
+        if let Some(seq) = seq {
+            let at = pending.end;
+            if at >= pending.mark_at {
+                pending.marks.push_back((seq, at));
+                pending.mark_at = at + MARK_EVERY;
+            }
+            pending.last_numbered = seq;
+        }
         let before = pending.bytes.len();
         pending.bytes.extend_from_slice(&len);
         pending
@@ -272,27 +338,214 @@ impl DeltaLog {
         pending.generation += 1;
         let (at, generation) = (pending.end, pending.generation);
         pending.rotations.push((at, generation));
+        pending.starts.push_back((at, generation));
+        // A generation's first numbered record is marked: reading from the
+        // oldest one kept needs no mark from a deleted one.
+        pending.mark_at = at;
         drop(pending);
         self.more.notify_one();
         generation
     }
 
     /// The store holds everything before `generation` durably: those files
-    /// go.
+    /// go, but for those a peer still lacks numbered records in (within
+    /// [`DeltaLog::keep_for_peers_max`]).
     pub fn folded(&self, generation: u64) {
         let Ok(found) = generations(&self.dir) else {
             return;
         };
-        let mut kept = 0;
-        for g in found {
-            let path = file_of(&self.dir, g);
+        let sizes: Vec<(u64, u64)> = found
+            .into_iter()
+            .map(|g| {
+                let len = std::fs::metadata(file_of(&self.dir, g)).map_or(0, |m| m.len());
+                (g, len)
+            })
+            .collect();
+        let keep_from = self.kept_from(generation, &sizes);
+        let (mut unfolded, mut kept) = (0, 0);
+        for (g, len) in sizes {
             if g >= generation {
-                kept += std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            } else if let Err(e) = std::fs::remove_file(&path) {
-                warn!("removing folded log {}: {e}", path.display());
+                unfolded += len;
+            } else if g >= keep_from {
+                kept += len;
+            } else if let Err(e) = std::fs::remove_file(file_of(&self.dir, g)) {
+                warn!(
+                    "removing folded log {}: {e}",
+                    file_of(&self.dir, g).display()
+                );
             }
         }
-        self.unfolded_bytes.store(kept, Ordering::Relaxed);
+        let mut pending = self.pending.lock();
+        while pending.starts.len() > 1 && pending.starts[0].1 < keep_from {
+            pending.starts.pop_front();
+        }
+        let oldest = pending.starts[0].0;
+        while pending.marks.front().is_some_and(|&(_, at)| at < oldest) {
+            pending.marks.pop_front();
+        }
+        drop(pending);
+        self.unfolded_bytes.store(unfolded, Ordering::Relaxed);
+        self.kept_bytes.store(kept, Ordering::Relaxed);
+    }
+
+    /// The oldest generation to keep when the store holds everything before
+    /// `folded`: the one holding the first numbered record some peer lacks,
+    /// unless the kept bytes would pass the bound.
+    fn kept_from(&self, folded: u64, sizes: &[(u64, u64)]) -> u64 {
+        let needs = self.peer_needs.lock().clone();
+        let pending = self.pending.lock();
+        let Some(&(oldest_seq, _)) = pending.marks.front() else {
+            return folded;
+        };
+        // A peer that lacks records the log no longer holds gets a state
+        // transfer: it holds nothing back.
+        let Some(need) = needs
+            .into_iter()
+            .filter(|&n| n >= oldest_seq && n <= pending.last_numbered)
+            .min()
+        else {
+            return folded;
+        };
+        let Some(&(_, at)) = pending.marks.iter().rev().find(|&&(seq, _)| seq <= need) else {
+            return folded;
+        };
+        let Some(&(_, holding)) = pending.starts.iter().rev().find(|&&(start, _)| start <= at)
+        else {
+            return folded;
+        };
+        drop(pending);
+        let max = self.keep_max.load(Ordering::Relaxed);
+        let wanted = holding.min(folded);
+        let mut keep = wanted;
+        let mut kept: u64 = sizes
+            .iter()
+            .filter(|&&(g, _)| g >= wanted && g < folded)
+            .map(|&(_, len)| len)
+            .sum();
+        for &(g, len) in sizes.iter().filter(|&&(g, _)| g >= wanted && g < folded) {
+            if kept <= max {
+                break;
+            }
+            kept -= len;
+            keep = g + 1;
+        }
+        keep
+    }
+
+    /// The first sequence number each peer lacks: the generations holding
+    /// them are kept past their fold (see [`DeltaLog::folded`]).
+    pub fn keep_for_peers(&self, needs: Vec<u64>) {
+        *self.peer_needs.lock() = needs;
+    }
+
+    /// `repl-log-max-size`: the most bytes of folded generations kept for
+    /// peers.
+    pub fn keep_for_peers_max(&self, bytes: u64) {
+        self.keep_max.store(bytes, Ordering::Relaxed);
+    }
+
+    /// The oldest numbered record the log holds, and the newest appended.
+    pub fn numbered_range(&self) -> Option<(u64, u64)> {
+        let pending = self.pending.lock();
+        pending
+            .marks
+            .front()
+            .map(|&(first, _)| (first, pending.last_numbered))
+    }
+
+    /// Hands `each` the payloads of the numbered records from `from` on, in
+    /// order, about `max_bytes` of them; `seq_of` tells a numbered record's
+    /// number from its payload (`None`: not a numbered record).
+    pub fn read_numbered(
+        &self,
+        from: u64,
+        max_bytes: usize,
+        seq_of: impl Fn(&[u8]) -> Option<u64>,
+        mut each: impl FnMut(&[u8]),
+    ) -> NumberedRead {
+        let (mut at, starts) = {
+            let pending = self.pending.lock();
+            let Some(&(_, at)) = pending.marks.iter().rev().find(|&&(seq, _)| seq <= from) else {
+                return NumberedRead::Gone;
+            };
+            let first = pending
+                .starts
+                .iter()
+                .rposition(|&(start, _)| start <= at)
+                .unwrap_or(0);
+            let starts: Vec<(u64, u64)> = pending.starts.iter().skip(first).copied().collect();
+            (at, starts)
+        };
+        let written = self.written.load(Ordering::Acquire);
+        let mut next = from;
+        let mut bytes = 0;
+        'files: for (i, &(start, generation)) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).map_or(written, |&(s, _)| s.min(written));
+            if at >= end {
+                if end == written {
+                    break;
+                }
+                continue;
+            }
+            let path = file_of(&self.dir, generation);
+            let gone = |what: String| {
+                warn!("reading {} for a peer: {what}", path.display());
+                NumberedRead::Gone
+            };
+            let mut file = match File::open(&path) {
+                Ok(f) => BufReader::with_capacity(1 << 20, f),
+                // Folded and removed since: the peer needs a transfer.
+                Err(e) => return gone(format!("{e}")),
+            };
+            if let Err(e) = file.seek(SeekFrom::Start(at - start)) {
+                return gone(format!("{e}"));
+            }
+            let mut header = [0u8; HEADER];
+            let mut payload = Vec::new();
+            while at < end {
+                if let Err(e) = file.read_exact(&mut header) {
+                    return gone(format!("at byte {}: {e}", at - start));
+                }
+                let word = |i: usize| {
+                    u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]])
+                };
+                let (len, len_crc, crc) = (word(0), word(4), word(8));
+                if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+                    return gone(format!(
+                        "a record header checksum mismatch at byte {}",
+                        at - start
+                    ));
+                }
+                payload.resize(len as usize, 0);
+                if let Err(e) = file.read_exact(&mut payload) {
+                    return gone(format!("at byte {}: {e}", at - start));
+                }
+                if crc32fast::hash(&payload) != crc {
+                    return gone(format!("a record checksum mismatch at byte {}", at - start));
+                }
+                at += (HEADER + payload.len()) as u64;
+                match seq_of(&payload) {
+                    Some(seq) if seq < next => {}
+                    Some(seq) if seq == next => {
+                        each(&payload);
+                        next += 1;
+                        bytes += payload.len();
+                        if bytes >= max_bytes {
+                            break 'files;
+                        }
+                    }
+                    Some(seq) => {
+                        return gone(format!("record {seq} where {next} was expected"));
+                    }
+                    None => {}
+                }
+            }
+        }
+        if next == from {
+            NumberedRead::NotYet
+        } else {
+            NumberedRead::Read { last: next - 1 }
+        }
     }
 
     /// Waits until the log is durable (as `appendfsync` says) up to
@@ -462,6 +715,7 @@ impl DeltaLog {
             let part = &round.bytes[(at - start) as usize..(switch_at - start) as usize];
             self.write_part(file, file_len, part)
                 .map_err(|e| (at, format!("write: {e}")))?;
+            self.written.store(switch_at, Ordering::Release);
             at = switch_at;
             // Whole before the next file takes writes: a torn record is
             // only ever at the end of the newest file a life wrote.
@@ -475,6 +729,7 @@ impl DeltaLog {
         let part = &round.bytes[(at - start) as usize..];
         self.write_part(file, file_len, part)
             .map_err(|e| (at, format!("write: {e}")))?;
+        self.written.store(round.end, Ordering::Release);
         Ok(())
     }
 
@@ -703,6 +958,106 @@ mod tests {
         assert!(err.contains("header checksum"), "{err}");
         log.close();
         assert_eq!(std::fs::read(&path).unwrap(), flipped, "nothing cut");
+    }
+
+    /// A numbered record's number, as replication reads its own frames.
+    fn seq_of(payload: &[u8]) -> Option<u64> {
+        std::str::from_utf8(payload)
+            .ok()?
+            .strip_prefix("own ")?
+            .parse()
+            .ok()
+    }
+
+    fn read_all(log: &DeltaLog, from: u64, max: usize) -> (NumberedRead, Vec<u64>) {
+        let mut got = Vec::new();
+        let read = log.read_numbered(from, max, seq_of, |p| got.push(seq_of(p).unwrap()));
+        (read, got)
+    }
+
+    fn wait_written(log: &DeltaLog) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log.written.load(Ordering::Acquire) < log.appended() {
+            assert!(Instant::now() < deadline, "the writer never wrote");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Appends own writes 1..=n with a peer's write after each, rotating
+    /// every `rotate_every` of them.
+    fn numbered_log(dir: &Path, n: u64, rotate_every: u64) -> Arc<DeltaLog> {
+        let (log, _) = DeltaLog::open(dir, Fsync::No, 0).unwrap();
+        for seq in 1..=n {
+            log.append_numbered(format!("own {seq}").as_bytes(), seq);
+            log.append(format!("peer write {}", "x".repeat(seq as usize % 97)).as_bytes());
+            if seq % rotate_every == 0 {
+                log.rotate();
+            }
+        }
+        wait_written(&log);
+        log
+    }
+
+    #[test]
+    fn numbered_records_read_back_from_any_number_across_generations() {
+        let dir = temp_dir("numbered");
+        let log = numbered_log(&dir, 5_000, 700);
+        for from in [1, 2, 699, 700, 701, 2_345, 4_999, 5_000] {
+            let (read, got) = read_all(&log, from, usize::MAX);
+            assert_eq!(read, NumberedRead::Read { last: 5_000 }, "from {from}");
+            assert_eq!(got, (from..=5_000).collect::<Vec<_>>(), "from {from}");
+        }
+        // A batch stops after about `max` bytes, and the next goes on.
+        let (read, got) = read_all(&log, 10, 100);
+        let NumberedRead::Read { last } = read else {
+            panic!("{read:?}")
+        };
+        assert_eq!(got, (10..=last).collect::<Vec<_>>());
+        assert!(last < 30, "a batch of about 100 bytes: {last}");
+        // Appended and not written yet.
+        log.append_numbered(b"own 5001", 5_001);
+        let later = log.read_numbered(5_001, usize::MAX, seq_of, |_| {});
+        assert!(
+            matches!(
+                later,
+                NumberedRead::NotYet | NumberedRead::Read { last: 5_001 }
+            ),
+            "{later:?}"
+        );
+        log.close();
+    }
+
+    #[test]
+    fn folded_generations_stay_while_a_peer_lacks_them_within_the_bound() {
+        let dir = temp_dir("kept");
+        let log = numbered_log(&dir, 3_000, 1_000);
+        log.keep_for_peers_max(u64::MAX);
+        let current = log.rotate();
+        // A peer that lacks write 1_500 keeps the generation holding it,
+        // not the one before.
+        log.keep_for_peers(vec![1_500, 2_900]);
+        log.folded(current);
+        let (read, got) = read_all(&log, 1_500, usize::MAX);
+        assert_eq!(read, NumberedRead::Read { last: 3_000 });
+        assert_eq!(got.len(), 1_501);
+        assert!(log.kept_bytes.load(Ordering::Relaxed) > 0);
+        assert_eq!(read_all(&log, 999, usize::MAX).0, NumberedRead::Gone);
+        // Past the bound, the oldest go even though a peer lacks them.
+        log.keep_for_peers_max(1);
+        log.folded(current);
+        assert_eq!(read_all(&log, 1_500, usize::MAX).0, NumberedRead::Gone);
+        assert_eq!(read_all(&log, 2_500, usize::MAX).0, NumberedRead::Gone);
+        // Once every peer has everything, nothing folded is kept.
+        log.keep_for_peers_max(u64::MAX);
+        log.keep_for_peers(vec![3_001]);
+        log.folded(current);
+        assert_eq!(log.kept_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(
+            generations(&dir.join(LOG_DIR)).unwrap(),
+            vec![current],
+            "only the generation not folded"
+        );
+        log.close();
     }
 
     #[test]

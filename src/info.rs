@@ -253,7 +253,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 let crate::replication::BacklogState {
                     head_seq: head,
                     bytes: backlog_bytes,
+                    span_ms,
+                    covers_ms,
                 } = repl.backlog_state();
+                let secs = |ms: Option<u64>| ms.map_or(-1.0, |ms| ms as f64 / 1000.0);
                 let now = node.ks.clock.physical_unix_ms();
                 let peers = repl.peers.lock().clone();
                 line("role", &"active-replica");
@@ -270,6 +273,18 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 line("master_repl_offset", &head);
                 line("repl_backlog_size", &c.repl_backlog_size);
                 line("repl_backlog_histlen", &backlog_bytes);
+                line("repl_backlog_seconds", &format!("{:.1}", secs(span_ms)));
+                line(
+                    "repl_backlog_covers_seconds",
+                    &format!("{:.1}", secs(covers_ms)),
+                );
+                if let Some(log) = repl.log() {
+                    line("repl_log_max_size", &c.repl_log_max_size);
+                    line("repl_log_bytes", &log.kept_bytes.load(Ordering::Relaxed));
+                    let (first, last) = log.numbered_range().unwrap_or((0, 0));
+                    line("repl_log_first_seq", &first);
+                    line("repl_log_last_seq", &last);
+                }
                 line(
                     "connected_peers",
                     &peers
@@ -284,7 +299,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},relayed={},repairs={},last_error={}",
+                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},from_log={},relayed={},repairs={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
@@ -297,6 +312,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                             repl.lag_ms(p),
                             if acked_at == 0 { -1 } else { now.saturating_sub(acked_at) as i64 },
                             p.state_transfers.load(Ordering::Relaxed),
+                            p.from_log.load(Ordering::Relaxed),
                             p.relayed.load(Ordering::Relaxed),
                             p.repairs.load(Ordering::Relaxed),
                             p.last_error.lock().replace(',', ";"),

@@ -216,12 +216,16 @@ impl Node {
             let repl = Replicator::new(node, config.repl_backlog_size, env.wall_ms);
             repl.set_repair_interval(Duration::from_secs(config.repl_repair_interval_secs));
             repl.set_removed_grace(Duration::from_secs(config.removed_peer_grace_secs));
+            repl.set_peer_buffer_limit(config.client_output_buffer_limits.replica);
             ks.set_sink(repl.clone());
             repl
         });
         if let Some(log) = &log {
             match &repl {
-                Some(repl) => repl.set_log(log.clone()),
+                Some(repl) => {
+                    log.keep_for_peers_max(config.repl_log_max_size);
+                    repl.set_log(log.clone());
+                }
                 None => ks.set_log_sink(Arc::new(LogSink::new(node, log.clone()))),
             }
         }

@@ -2236,3 +2236,116 @@ fn nodes_that_evict_keep_equal_digests() {
         assert_eq!(get(&mut ca, &n), get(&mut cb, &n));
     }
 }
+
+/// A peer's counters on A's INFO line for it (`state_transfers`,
+/// `from_log`, ...).
+fn peer_counter(c: &mut redis::Connection, name: &str) -> u64 {
+    let info: String = q(c, &["INFO", "replication"]);
+    info.split(&format!(",{name}="))
+        .nth(1)
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in {info}"))
+}
+
+fn persistent(dir: &std::path::Path) -> Vec<String> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir).unwrap();
+    [
+        "--appendonly",
+        "yes",
+        "--dir",
+        dir.to_str().unwrap(),
+        "--repl-backlog-size",
+        "16kb",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// #16: a peer stopped while its partner writes far past the in-memory
+/// backlog resumes from the partner's delta log, kept past its folds for
+/// the peer, instead of by a state transfer; once the peer has it all the
+/// log is no longer kept for it.
+#[test]
+fn a_peer_stopped_past_the_backlog_resumes_from_the_log_without_a_transfer() {
+    let base = std::env::temp_dir().join(format!("chorus-logresume-{}", std::process::id()));
+    let (da, db) = (persistent(&base.join("a")), persistent(&base.join("b")));
+    let (da, db): (Vec<&str>, Vec<&str>) = (
+        da.iter().map(String::as_str).collect(),
+        db.iter().map(String::as_str).collect(),
+    );
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &da);
+    let mut ca = a.conn();
+    let value = "v".repeat(200);
+    let write = |c: &mut redis::Connection, range: std::ops::Range<u32>| {
+        let mut pipe = redis::pipe();
+        for i in range {
+            pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
+        }
+        pipe.query::<()>(c).unwrap();
+    };
+    {
+        let b = node(pb, &[pa], &db);
+        let mut cb = b.conn();
+        write(&mut ca, 0..100);
+        wait_until("B to have the first writes", || {
+            q::<i64>(&mut cb, &["DBSIZE"]) == 100
+        });
+        // Its log written (every 10 ms) before it is killed.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // About 600 KB, far past the 16 KB backlog, with a fold between.
+    write(&mut ca, 100..2_000);
+    q::<()>(&mut ca, &["SAVE"]);
+    write(&mut ca, 2_000..3_000);
+    q::<()>(&mut ca, &["SAVE"]);
+    let kept = |c: &mut redis::Connection| info_field(c, "repl_log_bytes").parse::<u64>().unwrap();
+    assert!(kept(&mut ca) > 0, "folded log kept for B");
+
+    let b = node(pb, &[pa], &db);
+    let mut cb = b.conn();
+    wait_until("B to catch up", || q::<i64>(&mut cb, &["DBSIZE"]) == 3_000);
+    assert_eq!(get(&mut cb, "key:2999").as_deref(), Some(value.as_str()));
+    assert_eq!(peer_counter(&mut ca, "state_transfers"), 0);
+    assert!(peer_counter(&mut ca, "from_log") >= 2_800);
+    wait_until("the log no longer kept for B", || {
+        q::<()>(&mut ca, &["SAVE"]);
+        kept(&mut ca) == 0
+    });
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// #16: a burst of large writes far past the backlog's size while the link
+/// is up: the backlog keeps what the connected peer has yet to be sent
+/// (within `client-output-buffer-limit replica`), so no state transfer.
+#[test]
+fn a_burst_past_the_backlog_replicates_without_a_transfer() {
+    let (pa, pb) = (free_port(), free_port());
+    let small = ["--repl-backlog-size", "16kb"];
+    let a = node(pa, &[pb], &small);
+    let b = node(pb, &[pa], &small);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "first", "1"]);
+    wait_until("the link up", || get(&mut cb, "first").is_some());
+    let value = "v".repeat(1024);
+    let mut pipe = redis::pipe();
+    for i in 0..5_000 {
+        pipe.cmd("SET")
+            .arg(format!("burst:{i}"))
+            .arg(&value)
+            .ignore();
+    }
+    pipe.query::<()>(&mut ca).unwrap();
+    wait_until("the burst on B", || q::<i64>(&mut cb, &["DBSIZE"]) == 5_001);
+    assert_eq!(peer_counter(&mut ca, "state_transfers"), 0);
+    // Sent, the burst no longer holds the backlog past its size.
+    q::<()>(&mut ca, &["SET", "after", "1"]);
+    wait_until("the backlog back to its size", || {
+        info_field(&mut ca, "repl_backlog_histlen")
+            .parse::<u64>()
+            .unwrap()
+            <= 32 * 1024
+    });
+}

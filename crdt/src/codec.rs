@@ -77,6 +77,16 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
+/// Decodes the first value of what [`encode`] produced and ignores the rest:
+/// a message's leading fields read without decoding the whole of it.
+pub fn decode_prefix<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnknownVersion(version));
+    }
+    Ok(postcard::take_from_bytes(body)?.0)
+}
+
 /// Decodes a value read from a store written by this or an earlier build,
 /// for types whose encoding has not changed since [`OLDEST_STORED_VERSION`]
 /// (everything a store holds but key states). The wire takes [`decode`]:

@@ -21,8 +21,8 @@ pub mod state;
 pub mod zindex;
 
 pub use codec::{
-    decode, decode_stored, decode_stored_conflict, decode_stored_state, encode, encode_append,
-    encode_sized, DecodeError, EncodeError, FORMAT_VERSION,
+    decode, decode_prefix, decode_stored, decode_stored_conflict, decode_stored_state, encode,
+    encode_append, encode_sized, DecodeError, EncodeError, FORMAT_VERSION,
 };
 pub use coll::{Coll, Kind};
 pub use conflict::{Conflict, ConflictKind, Side, Summary};

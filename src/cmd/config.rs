@@ -113,6 +113,9 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
             x.node.config.proto_max_bulk_len
         )));
     }
+    if let (Some(repl), "client-output-buffer-limit") = (&x.node.repl, name.as_str()) {
+        repl.set_peer_buffer_limit(probe.client_output_buffer_limits.replica);
+    }
     match Tunables::live(&name) {
         Some(live) => (live.set)(&x.server.tunables, &probe),
         None if name == CONFLICT_LOG_MAX_LEN => {

@@ -585,6 +585,7 @@ pub static DIRECTIVES: &[Directive] = &[
     applied("repl-repair-interval", "30"),
     applied("removed-peer-grace", "3600"),
     applied("conflict-log-max-len", "10000"),
+    applied("repl-log-max-size", "4294967296"),
 ];
 
 /// The known name closest to a misspelt `name`, if any is close enough to

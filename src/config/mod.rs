@@ -96,6 +96,10 @@ pub struct Config {
     pub node_name: String,
     /// Bytes of recent writes kept for peers to resume from.
     pub repl_backlog_size: usize,
+    /// With `appendonly yes`: the most bytes of folded delta log kept for
+    /// peers that lack writes in it (they resume from the log, not by a
+    /// state transfer).
+    pub repl_log_max_size: u64,
     /// A remote stamp further ahead than this is merged but does not move
     /// the local clock.
     pub max_clock_drift_ms: u64,
@@ -315,6 +319,7 @@ impl Default for Config {
             cluster_name: "chorus".to_string(),
             node_name: String::new(),
             repl_backlog_size: 16 * 1024 * 1024,
+            repl_log_max_size: 4 << 30,
             max_clock_drift_ms: 500,
             repl_repair_interval_secs: 30,
             removed_peer_grace_secs: 3600,
@@ -671,6 +676,10 @@ impl Config {
                     .filter(|s| *s <= 30 * 86_400)
                     .ok_or_else(|| bad("expects seconds, 0 to 2592000 (30 days)"))?;
             }
+            "repl-log-max-size" => {
+                self.repl_log_max_size =
+                    parse_size(one()?).ok_or_else(|| bad("expects a size like 4gb"))?;
+            }
             "repl-backlog-size" => {
                 let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 16mb"))?;
                 self.repl_backlog_size = usize::try_from(n)
@@ -902,6 +911,7 @@ impl Config {
             "removed-peer-grace" => self.removed_peer_grace_secs.to_string(),
             "conflict-log-max-len" => self.conflict_log_max_len.to_string(),
             "repl-backlog-size" => self.repl_backlog_size.to_string(),
+            "repl-log-max-size" => self.repl_log_max_size.to_string(),
             // No snapshots are taken whatever was written; tools such as
             // redis-benchmark read `save` to learn whether the server
             // snapshots.

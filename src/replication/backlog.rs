@@ -19,6 +19,12 @@ pub enum Resume {
     Trimmed,
 }
 
+impl Resume {
+    pub fn is_trimmed(&self) -> bool {
+        matches!(self, Resume::Trimmed)
+    }
+}
+
 /// Frames sealed together: contiguous sequence numbers in one buffer.
 #[derive(Debug)]
 struct Segment {
@@ -59,6 +65,25 @@ pub struct Backlog {
     segment_bytes: usize,
     /// The last sequence number handed out (0: none yet).
     head: u64,
+    /// The lowest next frame a connected peer has yet to be sent
+    /// (`u64::MAX`: none): frames from it on are kept past `max_bytes`, as
+    /// Redis keeps a replica's output buffer, within `hold_limit`.
+    hold_from: u64,
+    hold_limit: HoldLimit,
+    /// Since when the backlog has held more than the soft limit.
+    over_soft_since_ms: Option<u64>,
+}
+
+/// How far the backlog grows past its size for a connected peer that has
+/// yet to be sent what it holds: `client-output-buffer-limit replica`
+/// (0: no limit). Past `hard` bytes, or past `soft` for `soft_ms`, the
+/// oldest frames go and the peer resumes from the delta log or by a state
+/// transfer.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HoldLimit {
+    pub hard: usize,
+    pub soft: usize,
+    pub soft_ms: u64,
 }
 
 impl Backlog {
@@ -75,7 +100,21 @@ impl Backlog {
             // Small enough that trimming keeps close to the bound.
             segment_bytes: (max_bytes / 8).clamp(64, 64 * 1024),
             head: 0,
+            hold_from: u64::MAX,
+            hold_limit: HoldLimit::default(),
+            over_soft_since_ms: None,
         }
+    }
+
+    /// Keeps the frames from `from` on past the backlog's size, within the
+    /// limit (`u64::MAX`: none to keep).
+    pub fn hold_from(&mut self, from: u64, now_ms: u64) {
+        self.hold_from = from;
+        self.trim(now_ms);
+    }
+
+    pub fn set_hold_limit(&mut self, limit: HoldLimit) {
+        self.hold_limit = limit;
     }
 
     /// Appends the next write; `encode` appends its payload to the buffer it
@@ -107,7 +146,7 @@ impl Backlog {
         if self.tail.len() >= self.segment_bytes {
             self.seal();
         }
-        self.trim();
+        self.trim(now_ms);
         self.head
     }
 
@@ -131,11 +170,32 @@ impl Backlog {
     }
 
     /// Drops the oldest sealed segments beyond the bound, keeping at least
-    /// the newest frame.
-    fn trim(&mut self) {
+    /// the newest frame, and those a connected peer has yet to be sent
+    /// within the hold limit.
+    fn trim(&mut self, now_ms: u64) {
+        let HoldLimit {
+            hard,
+            soft,
+            soft_ms,
+        } = self.hold_limit;
+        if soft > 0 && self.bytes > soft {
+            self.over_soft_since_ms.get_or_insert(now_ms);
+        } else {
+            self.over_soft_since_ms = None;
+        }
+        let soft_ran_out = self
+            .over_soft_since_ms
+            .is_some_and(|since| now_ms.saturating_sub(since) >= soft_ms);
         while self.bytes > self.max_bytes
             && (self.segments.len() > 1 || !self.tail_offsets.is_empty())
         {
+            let Some(oldest) = self.segments.front() else {
+                break;
+            };
+            let within = (hard == 0 || self.bytes <= hard) && !soft_ran_out;
+            if within && oldest.end() > self.hold_from {
+                break;
+            }
             let Some(old) = self.segments.pop_front() else {
                 break;
             };
@@ -171,6 +231,25 @@ impl Backlog {
 
     pub fn head(&self) -> u64 {
         self.head
+    }
+
+    /// How long ago the oldest held write was made (`None`: none held).
+    pub fn span_ms(&self, now_ms: u64) -> Option<u64> {
+        self.written_ms.front().map(|&t| now_ms.saturating_sub(t))
+    }
+
+    /// How long an outage the backlog covers at the rate writes came while
+    /// it holds them: its bound over that rate, in ms (`None`: too few
+    /// writes to tell).
+    pub fn covers_ms(&self, now_ms: u64) -> Option<u64> {
+        let span = self.span_ms(now_ms)?;
+        if span == 0 || self.bytes == 0 {
+            return None;
+        }
+        Some(
+            (self.max_bytes as u128 * span as u128 / self.bytes as u128).min(u64::MAX as u128)
+                as u64,
+        )
     }
 
     /// Bytes held, for INFO.
@@ -257,13 +336,62 @@ mod tests {
         out
     }
 
+    /// A frame of `n` bytes.
+    fn sized(n: usize) -> impl FnOnce(u64, Vec<u8>) -> Vec<u8> {
+        move |seq, mut buf| {
+            buf.extend_from_slice(&seq.to_be_bytes());
+            buf.resize(n, 0);
+            buf
+        }
+    }
+
+    #[test]
+    fn frames_a_connected_peer_lacks_stay_past_the_size_within_the_hold_limit() {
+        let mut b = Backlog::new(16 * 1024);
+        b.set_hold_limit(HoldLimit {
+            hard: 1 << 20,
+            soft: 512 * 1024,
+            soft_ms: 1_000,
+        });
+        b.hold_from(1, 0);
+        for _ in 0..400 {
+            b.push(0, sized(1024));
+        }
+        assert!(b.bytes() > 400 * 1024, "held for the peer: {}", b.bytes());
+        let (_, got) = seqs(b.read_from(1, usize::MAX));
+        assert_eq!(got, (1..=400).collect::<Vec<_>>());
+        // The peer was sent up to 300: what it has goes.
+        b.hold_from(301, 0);
+        assert!(b.bytes() <= 120 * 1024, "{}", b.bytes());
+        assert_eq!(seqs(b.read_from(301, usize::MAX)).1.len(), 100);
+        // Past the soft limit for its time, the peer is no longer held for.
+        for _ in 0..500 {
+            b.push(10, sized(1024));
+        }
+        assert!(!b.read_from(301, 1).is_trimmed(), "within 1 s");
+        b.push(1_100, sized(1024));
+        assert!(b.read_from(301, 1).is_trimmed());
+        assert!(b.bytes() <= 32 * 1024, "{}", b.bytes());
+        // Past the hard limit at once.
+        b.hold_from(b.head() + 1, 2_000);
+        let first = b.head() + 1;
+        for _ in 0..1_100 {
+            b.push(2_000, sized(1024));
+        }
+        assert!(b.read_from(first, 1).is_trimmed());
+        assert!(b.bytes() <= 1 << 20);
+        // With no peer to hold for, the size alone bounds it.
+        b.hold_from(u64::MAX, 3_000);
+        assert!(b.bytes() <= 32 * 1024, "{}", b.bytes());
+    }
+
     fn seqs(r: Resume) -> (u64, Vec<u64>) {
         match r {
             Resume::Frames { last, chunks } => (
                 last,
                 payloads(&chunks)
                     .iter()
-                    .map(|p| u64::from_be_bytes(p[..].try_into().unwrap()))
+                    .map(|p| u64::from_be_bytes(p[..8].try_into().unwrap()))
                     .collect(),
             ),
             other => panic!("{other:?}"),

@@ -20,7 +20,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use chorus_crdt::{NodeId, Stamp};
 
-use super::backlog::{Backlog, Resume};
+use super::backlog::{Backlog, HoldLimit, Resume};
 use super::gc::{GcView, MAX_RETIRED};
 use super::relay::{Relay, Relayed};
 use super::version::{Arrival, VersionVector};
@@ -87,6 +87,13 @@ impl LinkState {
         self.cursor - 1
     }
 
+    /// Our own writes through `last` were sent from outside the backlog
+    /// (the delta log): continue after them.
+    pub fn sent_through(&mut self, last: u64) {
+        debug_assert!(last >= self.cursor, "frames from the cursor on");
+        self.cursor = self.cursor.max(last + 1);
+    }
+
     /// A state transfer covering `covered` was sent: continue after it.
     pub fn transferred(&mut self, me: NodeId, covered: &VersionVector) {
         let next = covered.get(me) + 1;
@@ -151,6 +158,10 @@ pub struct Plan {
     pub relay: Vec<RelayBatch>,
     /// The peer lacks writes no log here holds: stream the whole state.
     pub transfer: bool,
+    /// With `transfer`: our own writes from this one on left the backlog.
+    /// A node with a delta log may still hold them there (the driver reads
+    /// them and reports [`LinkState::sent_through`] instead of transferring).
+    pub trimmed_from: Option<u64>,
 }
 
 impl Plan {
@@ -195,6 +206,9 @@ pub struct Core {
     /// [`MAX_RETIRED`]: past that a removed peer is not closed, and what it
     /// wrote unseen may bring keys back, as before closing existed.
     closed: BTreeSet<NodeId>,
+    /// Per connected peer, the next of our writes its link will send: the
+    /// backlog keeps them past its size (see [`HoldLimit`]).
+    links: BTreeMap<NodeId, u64>,
     /// A later life of a closed member (at the same address) and the life
     /// before it: it may hold the member's writes as they were before they
     /// met the deletes collected here (see [`Core::carries`]). Only chains
@@ -220,8 +234,26 @@ impl Core {
             removed_at: BTreeMap::new(),
             removed_grace_ms: REMOVED_GRACE_MS,
             closed: BTreeSet::new(),
+            links: BTreeMap::new(),
             earlier_life: BTreeMap::new(),
         }
+    }
+
+    /// `client-output-buffer-limit replica`: how far the backlog grows for
+    /// connected peers it has yet to send to.
+    pub fn set_hold_limit(&mut self, limit: HoldLimit) {
+        self.backlog.set_hold_limit(limit);
+    }
+
+    /// The link to `peer` went down: the backlog no longer holds for it.
+    pub fn link_down(&mut self, peer: NodeId, now_ms: u64) {
+        self.links.remove(&peer);
+        self.hold(now_ms);
+    }
+
+    fn hold(&mut self, now_ms: u64) {
+        let from = self.links.values().copied().min().unwrap_or(u64::MAX);
+        self.backlog.hold_from(from, now_ms);
     }
 
     /// `removed-peer-grace`: how long after its removal (once every
@@ -249,6 +281,10 @@ impl Core {
         self.backlog.bytes()
     }
 
+    pub fn backlog(&self) -> &Backlog {
+        &self.backlog
+    }
+
     /// How long the oldest write after `acked` has waited at `now_ms`.
     pub fn lag_ms(&self, acked: u64, now_ms: u64) -> Option<u64> {
         self.backlog.lag_ms(acked, now_ms)
@@ -259,6 +295,14 @@ impl Core {
     /// What `link` sends next; `acked` is what its peer last acknowledged.
     /// The link's state moves past everything planned.
     pub fn plan(&mut self, link: &mut LinkState, acked: &VersionVector, now_ms: u64) -> Plan {
+        let plan = self.plan_sends(link, acked, now_ms);
+        if self.links.insert(link.peer, link.cursor) != Some(link.cursor) {
+            self.hold(now_ms);
+        }
+        plan
+    }
+
+    fn plan_sends(&mut self, link: &mut LinkState, acked: &VersionVector, now_ms: u64) -> Plan {
         let mut plan = Plan::default();
         match self.backlog.read_from(link.cursor, SEND_BATCH_BYTES) {
             Resume::Frames { last, chunks } => {
@@ -269,6 +313,7 @@ impl Core {
             Resume::UpToDate => {}
             Resume::Trimmed => {
                 plan.transfer = true;
+                plan.trimmed_from = Some(link.cursor);
                 return plan;
             }
         }
@@ -639,6 +684,7 @@ impl Core {
     /// on) and its grace ran out, it stops holding the GC floor back, until
     /// it links again.
     pub fn forget(&mut self, peer: NodeId, now_ms: u64) {
+        self.link_down(peer, now_ms);
         self.gc.remove(peer);
         self.removed_at.entry(peer).or_insert(now_ms);
     }

@@ -51,7 +51,8 @@ use parking_lot::Mutex;
 use smallvec::SmallVec;
 use tracing::{info, warn};
 
-use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks};
+use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks, SEND_BATCH_BYTES};
+use crate::deltalog::NumberedRead;
 use crate::keyspace::{DeltaSink, Keyspace, SHARDS};
 use version::{Arrival, VersionVector};
 use wire::{DeltaRef, ReplMsg, ReplMsgOut};
@@ -68,6 +69,9 @@ const FULL_ASK_EVERY_MS: u64 = 30_000;
 const GAP_WAIT: Duration = Duration::from_secs(300);
 const ACK_INTERVAL: Duration = Duration::from_millis(100);
 const RESUME_WAIT: Duration = Duration::from_secs(10);
+/// How long a sender waits for the log's writer to write a record a peer
+/// needs and the backlog no longer holds.
+const LOG_NOT_YET: Duration = Duration::from_millis(5);
 /// How often an idle sender looks for writes to pass on and promises to send.
 const SENDER_TICK: Duration = Duration::from_millis(100);
 /// How often the node makes a promise and recomputes the GC floor.
@@ -95,6 +99,9 @@ pub struct PeerInfo {
     pub relayed: AtomicU64,
     /// Repairs sent to this peer.
     pub repairs: AtomicU64,
+    /// Our own writes sent to this peer from the delta log (they had left
+    /// the backlog).
+    pub from_log: AtomicU64,
     /// The repair the peer asked for on this link, not sent yet.
     repair_asked: Mutex<Option<Scope>>,
     pub last_error: Mutex<String>,
@@ -124,6 +131,7 @@ impl PeerInfo {
             state_transfers: AtomicU64::new(0),
             relayed: AtomicU64::new(0),
             repairs: AtomicU64::new(0),
+            from_log: AtomicU64::new(0),
             repair_asked: Mutex::new(None),
             last_error: Mutex::new(String::new()),
             task: Mutex::new(None),
@@ -299,10 +307,29 @@ impl Replicator {
     /// The backlog as INFO shows it.
     pub fn backlog_state(&self) -> BacklogState {
         let core = self.core.lock();
+        let now = (self.now_ms)();
         BacklogState {
             head_seq: core.head(),
             bytes: core.backlog_bytes(),
+            span_ms: core.backlog().span_ms(now),
+            covers_ms: core.backlog().covers_ms(now),
         }
+    }
+
+    /// `client-output-buffer-limit replica`: how far the backlog grows past
+    /// its size for connected peers it has yet to send to.
+    pub fn set_peer_buffer_limit(&self, limit: crate::config::OutputBufferLimit) {
+        let bytes = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        self.core.lock().set_hold_limit(backlog::HoldLimit {
+            hard: bytes(limit.hard),
+            soft: bytes(limit.soft),
+            soft_ms: limit.soft_seconds.saturating_mul(1000),
+        });
+    }
+
+    /// The delta log, with `appendonly yes`.
+    pub fn log(&self) -> Option<&Arc<crate::deltalog::DeltaLog>> {
+        self.log.get()
     }
 
     /// How long the oldest write `peer` has not acknowledged has waited, in
@@ -524,6 +551,14 @@ impl Replicator {
             self.core.lock().promise(ks.clock.now());
         }
         let peers = self.peers.lock().clone();
+        if let Some(log) = self.log.get() {
+            log.keep_for_peers(
+                peers
+                    .iter()
+                    .map(|p| p.acked_seq.load(Ordering::Relaxed) + 1)
+                    .collect(),
+            );
+        }
         let unknown_peer = peers
             .iter()
             .any(|p| p.peer_node.load(Ordering::Relaxed) == 0);
@@ -561,7 +596,7 @@ impl Replicator {
             // the peer reset the link and resume.
             let frame = encode_append(&msg, buf).unwrap_or_default();
             if let Some(log) = self.log.get().filter(|_| !frame.is_empty()) {
-                log.append(&frame);
+                log.append_numbered(&frame, seq);
             }
             frame
         });
@@ -577,6 +612,10 @@ impl Replicator {
 pub struct BacklogState {
     pub head_seq: u64,
     pub bytes: usize,
+    /// How long ago the oldest write held was made.
+    pub span_ms: Option<u64>,
+    /// How long an outage the backlog covers at the recent write rate.
+    pub covers_ms: Option<u64>,
 }
 
 impl DeltaSink for Replicator {
@@ -803,6 +842,9 @@ async fn sender(
                     *info.last_error.lock() = e.to_string();
                     info!(peer = %addr, "replication link down: {e}");
                 }
+                repl.core
+                    .lock()
+                    .link_down(NodeId(link.peer_node), (repl.now_ms)());
                 link.close("resetting");
                 info.connected.store(false, Ordering::Relaxed);
             }
@@ -861,6 +903,23 @@ async fn serve_peer(
             info.relayed
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
         }
+        if let (true, Some(from), Some(log)) = (plan.transfer, plan.trimmed_from, repl.log.get()) {
+            match send_from_log(me, log, from, &mut live).await? {
+                NumberedRead::Read { last } => {
+                    info.from_log.fetch_add(last + 1 - from, Ordering::Relaxed);
+                    state.sent_through(last);
+                    info.sent_seq.store(last, Ordering::Relaxed);
+                    continue;
+                }
+                // Appended a moment ago and not written yet: the log's
+                // writer takes at most a few ms.
+                NumberedRead::NotYet if !log.failing.load(Ordering::Relaxed) => {
+                    tokio::time::sleep(LOG_NOT_YET).await;
+                    continue;
+                }
+                NumberedRead::NotYet | NumberedRead::Gone => {}
+            }
+        }
         if plan.transfer {
             info.state_transfers.fetch_add(1, Ordering::Relaxed);
             let covered = state_transfer(ks, repl, link, None).await?;
@@ -915,6 +974,43 @@ async fn serve_peer(
                 tokio::task::yield_now().await;
             }
         }
+    }
+}
+
+/// Sends our own writes from `from` on, as far as one batch goes, from the
+/// delta log: for a peer that fell behind the backlog.
+async fn send_from_log(
+    me: NodeId,
+    log: &Arc<crate::deltalog::DeltaLog>,
+    from: u64,
+    live: &mut FrameSender,
+) -> Result<NumberedRead, LinkError> {
+    let log = log.clone();
+    let (read, framed) = tokio::task::spawn_blocking(move || {
+        let mut framed = bytes::BytesMut::new();
+        let read = log.read_numbered(
+            from,
+            SEND_BATCH_BYTES,
+            |payload| own_seq(me, payload),
+            |payload| chorus_transport::frame::append_framed(&mut framed, payload),
+        );
+        (read, framed)
+    })
+    .await
+    .map_err(|e| LinkError::Protocol(format!("reading the delta log: {e}")))?;
+    if let NumberedRead::Read { .. } = read {
+        live.send_framed(&mut [framed.freeze()]).await?;
+    }
+    Ok(read)
+}
+
+/// The sequence number of a log record that is one of `me`'s writes.
+fn own_seq(me: NodeId, payload: &[u8]) -> Option<u64> {
+    // `ReplMsg::Delta`'s leading fields: its variant, origin and number.
+    const DELTA_VARIANT: u32 = 2;
+    match chorus_crdt::decode_prefix::<(u32, NodeId, u64)>(payload) {
+        Ok((DELTA_VARIANT, origin, seq)) if origin == me => Some(seq),
+        _ => None,
     }
 }
 
@@ -1529,6 +1625,36 @@ fn observe(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The log serves a peer by reading the leading fields of our frames:
+    /// they must stay where `own_seq` looks for them.
+    #[test]
+    fn own_seq_reads_the_number_of_our_own_frames_only() {
+        let me = NodeId(77);
+        let stamp = Stamp { time: 5, node: me };
+        let frame = |origin: NodeId, seq: u64| {
+            chorus_crdt::encode(&ReplMsg::Delta {
+                origin,
+                seq,
+                delta: Delta::Flush { db: Some(1), stamp },
+            })
+            .unwrap()
+        };
+        assert_eq!(own_seq(me, &frame(me, 300)), Some(300));
+        assert_eq!(own_seq(me, &frame(me, u64::MAX)), Some(u64::MAX));
+        assert_eq!(own_seq(me, &frame(NodeId(78), 300)), None);
+        let heartbeat = chorus_crdt::encode(&ReplMsg::Heartbeat {
+            origin: me,
+            seq: 300,
+            promise: stamp,
+            stable: stamp,
+            retired: vec![],
+        })
+        .unwrap();
+        assert_eq!(own_seq(me, &heartbeat), None);
+        assert_eq!(own_seq(me, &[0xfe, 1, 2, 3]), None, "a tally record");
+        assert_eq!(own_seq(me, &[]), None);
+    }
 
     /// #11 item 14: WAIT counted a peer by the highest sequence it ever
     /// acknowledged, so a peer that restarted empty still counted.
