@@ -151,11 +151,14 @@ impl Drop for Relay {
     }
 }
 
+/// A datagram in flight: (arrival, order of coming, destination, bytes).
+type InFlight = (Instant, u64, SocketAddr, Vec<u8>);
+
 /// Datagrams waiting for their arrival time, in arrival order (ties in the
 /// order they came).
 #[derive(Default)]
 struct Waiting {
-    heap: BinaryHeap<Reverse<(Instant, u64, SocketAddr, Vec<u8>)>>,
+    heap: BinaryHeap<Reverse<InFlight>>,
     next: u64,
 }
 
@@ -342,7 +345,7 @@ pub fn parse_rate(text: &str) -> Result<u64, String> {
     let v: f64 = num
         .parse()
         .map_err(|_| format!("not a rate: {text} (100mbit, 1gbit)"))?;
-    if !(v * scale >= 8_000.0) {
+    if v.is_nan() || v * scale < 8_000.0 {
         return Err(format!("a rate of at least 8kbit: {text}"));
     }
     Ok((v * scale) as u64)
