@@ -299,7 +299,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},from_log={},relayed={},repairs={},last_error={}",
+                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},transfer_keys={},transfer_bytes={},from_log={},relayed={},repairs={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
@@ -312,6 +312,8 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                             repl.lag_ms(p),
                             if acked_at == 0 { -1 } else { now.saturating_sub(acked_at) as i64 },
                             p.state_transfers.load(Ordering::Relaxed),
+                            p.transfer_keys.load(Ordering::Relaxed),
+                            p.transfer_bytes.load(Ordering::Relaxed),
                             p.from_log.load(Ordering::Relaxed),
                             p.relayed.load(Ordering::Relaxed),
                             p.repairs.load(Ordering::Relaxed),

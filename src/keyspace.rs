@@ -11,7 +11,9 @@ use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chorus_crdt::digest::{bucket_of, key_digest, sub_bucket_of, DbDigest, Scope, BUCKETS};
+use chorus_crdt::digest::{
+    bucket_of, key_digest, sub_bucket_of, DbDigest, LeafDigest, TransferScope, BUCKETS,
+};
 use chorus_crdt::{Clock, Coll, Conflict, KeyState, KeyType, Kind, NodeId, Stamp};
 use hashbrown::HashSet;
 use parking_lot::{Mutex, MutexGuard};
@@ -980,6 +982,23 @@ impl Keyspace {
         Ok(())
     }
 
+    /// Adds shard `index`'s keys to `dbs` (one leaf digest per database).
+    pub fn leaf_digest_shard(
+        &self,
+        index: usize,
+        dbs: &mut [LeafDigest],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), chorus_crdt::EncodeError> {
+        let shard = self.shards[index].lock();
+        for (d, digest) in shard.dbs.iter().zip(dbs.iter_mut()) {
+            digest.floor = digest.floor.max(d.floor);
+            for (key, state) in &d.map {
+                digest.add(key, key_digest(key, state, scratch)?);
+            }
+        }
+        Ok(())
+    }
+
     /// The keys of `db` in digest bucket `bucket` (and sub-bucket `sub`, if
     /// given) that `pattern` matches, each with its digest, sorted by key:
     /// what a bucket's digest is made of (CRDT.DIGEST ... BUCKET). Reads
@@ -1091,7 +1110,7 @@ impl Keyspace {
         &self,
         named: &HashSet<u64>,
         held: &std::collections::BTreeMap<NodeId, Stamp>,
-        scope: Option<&Scope>,
+        scope: Option<&TransferScope>,
     ) -> usize {
         let held_max = held.values().copied().max().unwrap_or(Stamp::ZERO);
         let held = |n: NodeId| held.get(&n).copied().unwrap_or(Stamp::ZERO);

@@ -336,6 +336,8 @@ impl Node {
             secret: c.masterauth.clone().unwrap_or_default(),
             tls: c.peer_tls(),
             max_message: crate::replication::max_message_for(c.proto_max_bulk_len),
+            window: c.repl_window_size,
+            congestion: c.repl_congestion_control,
         })
     }
 

@@ -2349,3 +2349,154 @@ fn a_burst_past_the_backlog_replicates_without_a_transfer() {
             <= 32 * 1024
     });
 }
+
+/// Relays `listen` to `target` through a link of `one_way` delay, with up to
+/// `jitter` more (reordering), and `loss`, both ways, on a runtime of its own
+/// (kept alive by the returned value).
+fn long_link(
+    listen: u16,
+    target: u16,
+    one_way: Duration,
+    jitter: Duration,
+    loss: f64,
+) -> (tokio::runtime::Runtime, chorus_linkem::Relay) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let link = chorus_linkem::Link {
+        delay: one_way,
+        jitter,
+        loss,
+        reorder: true,
+        ..chorus_linkem::Link::default()
+    };
+    let relay = rt
+        .block_on(chorus_linkem::Relay::start(
+            ([127, 0, 0, 1], listen).into(),
+            ([127, 0, 0, 1], target).into(),
+            link,
+            link,
+            u64::from(listen),
+        ))
+        .unwrap();
+    (rt, relay)
+}
+
+/// #16: two nodes whose links cross an emulated long-distance link (40 to
+/// 60 ms each way, datagrams reordered, 2% lost) converge on concurrent
+/// writes of every kind, without a state transfer.
+#[test]
+fn nodes_across_a_lossy_long_link_converge_without_transfers() {
+    let (pa, pb, ra, rb) = (free_port(), free_port(), free_port(), free_port());
+    let (one_way, jitter) = (Duration::from_millis(40), Duration::from_millis(20));
+    // A dials B through the relay on rb's replication port, B dials A
+    // through ra's.
+    let _ab = long_link(rb + 10_000, pb + 10_000, one_way, jitter, 0.02);
+    let _ba = long_link(ra + 10_000, pa + 10_000, one_way, jitter, 0.02);
+    let a = node(pa, &[rb], &[]);
+    let b = node(pb, &[ra], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "hello", "a"]);
+    wait_until("the link up", || get(&mut cb, "hello").is_some());
+    let writer = |port: u16, side: &'static str| {
+        std::thread::spawn(move || {
+            let mut c = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+                .unwrap()
+                .get_connection()
+                .unwrap();
+            for i in 0..300 {
+                let mut pipe = redis::pipe();
+                pipe.cmd("INCRBY").arg("counter").arg(1).ignore();
+                pipe.cmd("SET").arg(format!("{side}:{i}")).arg("v").ignore();
+                pipe.cmd("SET")
+                    .arg("contended")
+                    .arg(format!("{side}{i}"))
+                    .ignore();
+                pipe.cmd("SADD")
+                    .arg("members")
+                    .arg(format!("{side}{}", i % 50))
+                    .ignore();
+                pipe.cmd("HINCRBY").arg("hash").arg(side).arg(2).ignore();
+                pipe.query::<()>(&mut c).unwrap();
+            }
+        })
+    };
+    let (wa, wb) = (writer(pa, "a"), writer(pb, "b"));
+    wa.join().unwrap();
+    wb.join().unwrap();
+    wait_until("both counters at 600", || {
+        get(&mut ca, "counter").as_deref() == Some("600")
+            && get(&mut cb, "counter").as_deref() == Some("600")
+    });
+    wait_until("equal digests", || {
+        q::<redis::Value>(&mut ca, &["CRDT.DIGEST"]) == q::<redis::Value>(&mut cb, &["CRDT.DIGEST"])
+    });
+    assert_eq!(q::<i64>(&mut ca, &["DBSIZE"]), 605);
+    assert_eq!(q::<i64>(&mut cb, &["SCARD", "members"]), 100);
+    assert_eq!(get(&mut ca, "contended"), get(&mut cb, "contended"));
+    assert_eq!(peer_counter(&mut ca, "state_transfers"), 0);
+    assert_eq!(peer_counter(&mut cb, "state_transfers"), 0);
+}
+
+/// #16: a peer that holds most of the state and lacks writes no backlog or
+/// log holds gets a transfer of only the leaves where the digests differ:
+/// a few hundred keys of 3,000, with the writes, the deletes and the
+/// peer's own writes of the outage all right after it.
+#[test]
+fn a_peer_that_lacks_a_little_gets_only_what_differs() {
+    let (pa, pb) = (free_port(), free_port());
+    let small = ["--repl-backlog-size", "16kb"];
+    let a = node(pa, &[pb], &small);
+    let b = node(pb, &[pa], &small);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let value = "v".repeat(100);
+    let set_range = |c: &mut redis::Connection, prefix: &str, range: std::ops::Range<u32>| {
+        let mut pipe = redis::pipe();
+        for i in range {
+            pipe.cmd("SET")
+                .arg(format!("{prefix}:{i}"))
+                .arg(&value)
+                .ignore();
+        }
+        pipe.query::<()>(c).unwrap();
+    };
+    set_range(&mut ca, "key", 0..3_000);
+    wait_until("B to hold the 3,000 keys", || {
+        q::<i64>(&mut cb, &["DBSIZE"]) == 3_000
+    });
+    // A stops sending to B; B still sends to A.
+    let pb_s = pb.to_string();
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
+    set_range(&mut ca, "new", 0..200);
+    let mut pipe = redis::pipe();
+    for i in 0..50 {
+        pipe.cmd("DEL").arg(format!("key:{i}")).ignore();
+    }
+    pipe.query::<()>(&mut ca).unwrap();
+    set_range(&mut cb, "from-b", 0..20);
+    wait_until("B's writes on A", || get(&mut ca, "from-b:19").is_some());
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    wait_until("B to catch up", || {
+        get(&mut cb, "new:199").is_some()
+            && get(&mut cb, "key:0").is_none()
+            && q::<i64>(&mut cb, &["DBSIZE"]) == 3_170
+    });
+    wait_until("equal digests", || {
+        q::<redis::Value>(&mut ca, &["CRDT.DIGEST"]) == q::<redis::Value>(&mut cb, &["CRDT.DIGEST"])
+    });
+    assert_eq!(get(&mut cb, "key:49"), None, "a delete of the outage");
+    assert_eq!(get(&mut cb, "key:50").as_deref(), Some(value.as_str()));
+    assert_eq!(peer_counter(&mut ca, "state_transfers"), 1);
+    let shipped = peer_counter(&mut ca, "transfer_keys");
+    assert!(
+        (250..800).contains(&shipped),
+        "the 250 changed keys and some that share their leaves, not all 3,220: {shipped}"
+    );
+    // Live writes go on after it.
+    q::<()>(&mut ca, &["SET", "after", "1"]);
+    wait_until("a write after the transfer", || {
+        get(&mut cb, "after").is_some()
+    });
+}

@@ -210,6 +210,147 @@ pub fn differing(mine: &[DbDigest], theirs: &[DbDigest]) -> Scope {
     Scope(scope)
 }
 
+/// Bits of the finest leaves a transfer compares: 2^20 leaves, 8 MB of
+/// digests a database.
+pub const MAX_LEAF_BITS: u8 = 20;
+/// Bits of the coarsest: one leaf a bucket.
+pub const MIN_LEAF_BITS: u8 = 8;
+
+/// The leaf `key` falls in when a database splits into `2^bits` leaves by
+/// the top bits of its key's hash (so a leaf lies within its bucket).
+pub fn leaf_of(key: &[u8], bits: u8) -> u32 {
+    let bits = bits.clamp(MIN_LEAF_BITS, MAX_LEAF_BITS);
+    (stable_hash(key) >> (64 - u32::from(bits))) as u32
+}
+
+/// Leaf bits for a state of `keys` keys: about a key a leaf, so that a
+/// transfer of what differs ships little more than the keys that do (the
+/// digests cost 8 bytes a leaf, a key's state tens to thousands).
+pub fn leaf_bits_for(keys: u64) -> u8 {
+    let bits = 64 - keys.max(1).leading_zeros();
+    (bits as u8).clamp(MIN_LEAF_BITS, MAX_LEAF_BITS)
+}
+
+/// One database's digest split into `2^bits` leaves: its flush floor and,
+/// per leaf, the XOR of its keys' digests.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeafDigest {
+    pub db: u32,
+    pub floor: Stamp,
+    pub bits: u8,
+    pub leaves: Vec<u64>,
+}
+
+impl LeafDigest {
+    pub fn empty(db: u32, bits: u8) -> LeafDigest {
+        let bits = bits.clamp(MIN_LEAF_BITS, MAX_LEAF_BITS);
+        LeafDigest {
+            db,
+            floor: Stamp::ZERO,
+            bits,
+            leaves: vec![0; 1 << bits],
+        }
+    }
+
+    pub fn add(&mut self, key: &[u8], key_digest: u64) {
+        self.leaves[leaf_of(key, self.bits) as usize] ^= key_digest;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.floor.is_zero() && self.leaves.iter().all(|l| *l == 0)
+    }
+
+    fn is_well_formed(&self) -> bool {
+        (MIN_LEAF_BITS..=MAX_LEAF_BITS).contains(&self.bits) && self.leaves.len() == 1 << self.bits
+    }
+}
+
+/// Which keys a transfer of what differs carries: per database, the leaves
+/// (of `2^bits`) whose digests differ, ascending. A database listed with no
+/// leaves differs only in its flush floor.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Leaves {
+    pub bits: u8,
+    pub dbs: Vec<(u32, Vec<u32>)>,
+}
+
+impl Leaves {
+    pub fn covers_db(&self, db: u32) -> bool {
+        self.dbs.iter().any(|(d, _)| *d == db)
+    }
+
+    pub fn covers(&self, db: u32, key: &[u8]) -> bool {
+        self.dbs
+            .iter()
+            .any(|(d, leaves)| *d == db && leaves.binary_search(&leaf_of(key, self.bits)).is_ok())
+    }
+
+    /// Leaves in the scope, over every database.
+    pub fn count(&self) -> usize {
+        self.dbs.iter().map(|(_, l)| l.len()).sum()
+    }
+}
+
+/// Where two leaf digests of the same split differ (a database missing on
+/// one side is empty there). `None` when they are not comparable (another
+/// split, a malformed digest): then everything must go.
+pub fn differing_leaves(bits: u8, mine: &[LeafDigest], theirs: &[LeafDigest]) -> Option<Leaves> {
+    let bits = bits.clamp(MIN_LEAF_BITS, MAX_LEAF_BITS);
+    if mine
+        .iter()
+        .chain(theirs)
+        .any(|d| d.bits != bits || !d.is_well_formed())
+    {
+        return None;
+    }
+    let mut dbs: Vec<u32> = mine.iter().chain(theirs).map(|d| d.db).collect();
+    dbs.sort_unstable();
+    dbs.dedup();
+    let mut out = Vec::new();
+    for db in dbs {
+        let find = |side: &[LeafDigest]| side.iter().find(|d| d.db == db).cloned();
+        let a = find(mine).unwrap_or_else(|| LeafDigest::empty(db, bits));
+        let b = find(theirs).unwrap_or_else(|| LeafDigest::empty(db, bits));
+        let leaves: Vec<u32> = (0..a.leaves.len())
+            .filter(|&i| a.leaves[i] != b.leaves[i])
+            .map(|i| i as u32)
+            .collect();
+        if a.floor != b.floor || !leaves.is_empty() {
+            out.push((db, leaves));
+        }
+    }
+    Some(Leaves { bits, dbs: out })
+}
+
+/// The keys a state transfer carries: buckets (a repair) or the leaves
+/// that differ (a transfer of what differs).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TransferScope {
+    Buckets(Scope),
+    Leaves(Leaves),
+}
+
+impl TransferScope {
+    pub fn covers_db(&self, db: u32) -> bool {
+        match self {
+            TransferScope::Buckets(s) => s.covers_db(db),
+            TransferScope::Leaves(l) => l.covers_db(db),
+        }
+    }
+
+    pub fn covers(&self, db: u32, key: &[u8]) -> bool {
+        match self {
+            TransferScope::Buckets(s) => s.covers(db, key),
+            TransferScope::Leaves(l) => l.covers(db, key),
+        }
+    }
+
+    /// Whether it is a repair of every key of `databases` databases.
+    pub fn is_everything(&self, databases: usize) -> bool {
+        matches!(self, TransferScope::Buckets(s) if s.is_everything(databases))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -291,5 +432,66 @@ mod tests {
         assert!(scope.covers_db(3));
         assert_eq!(scope.buckets(), 0);
         assert!(differing(&[DbDigest::empty(3)], &[]).is_empty());
+    }
+
+    fn set(v: &[u8], ms: u64, node: u64) -> KeyState {
+        KeyState::default().write(Stamp::from_unix_ms(ms, NodeId(node)), Some(v), 0)
+    }
+
+    fn leaf_digest_of(bits: u8, keys: &[(&[u8], KeyState)]) -> LeafDigest {
+        let mut d = LeafDigest::empty(0, bits);
+        let mut scratch = Vec::new();
+        for (k, s) in keys {
+            d.add(k, key_digest(k, s, &mut scratch).unwrap());
+        }
+        d
+    }
+
+    #[test]
+    fn leaves_narrow_a_difference_to_the_keys_that_differ() {
+        let keys: Vec<Vec<u8>> = (0..2_000)
+            .map(|i| format!("key:{i}").into_bytes())
+            .collect();
+        let bits = leaf_bits_for(keys.len() as u64);
+        assert_eq!(bits, 11);
+        let states = |changed: &[usize]| -> Vec<(&[u8], KeyState)> {
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let t = if changed.contains(&i) { 9 } else { 5 };
+                    (&k[..], set(b"v", t, 1))
+                })
+                .collect()
+        };
+        let mine = leaf_digest_of(bits, &states(&[]));
+        let theirs = leaf_digest_of(bits, &states(&[7, 1_500]));
+        let scope = differing_leaves(bits, std::slice::from_ref(&mine), &[theirs]).unwrap();
+        assert!(scope.count() <= 2 && scope.count() >= 1, "{scope:?}");
+        assert!(scope.covers(0, &keys[7]) && scope.covers(0, &keys[1_500]));
+        let carried = keys.iter().filter(|k| scope.covers(0, k)).count();
+        assert!(carried < 10, "a few keys besides the two: {carried}");
+        // The same state differs nowhere; an empty side differs wherever
+        // the other holds keys.
+        let same = differing_leaves(bits, std::slice::from_ref(&mine), std::slice::from_ref(&mine)).unwrap();
+        assert_eq!(same.count(), 0);
+        assert!(same.dbs.is_empty());
+        let all = differing_leaves(bits, std::slice::from_ref(&mine), &[]).unwrap();
+        assert!(keys.iter().all(|k| all.covers(0, k)));
+        // Other splits are not comparable.
+        assert!(differing_leaves(bits + 1, std::slice::from_ref(&mine), &[]).is_none());
+        let mut short = mine;
+        short.leaves.pop();
+        assert!(differing_leaves(bits, &[short], &[]).is_none());
+    }
+
+    #[test]
+    fn a_leaf_lies_within_its_bucket() {
+        for i in 0..1_000 {
+            let key = format!("k{i}");
+            let leaf = leaf_of(key.as_bytes(), 16);
+            assert_eq!((leaf >> 8) as u8, bucket_of(key.as_bytes()));
+        }
+        assert_eq!(leaf_bits_for(0), MIN_LEAF_BITS);
+        assert_eq!(leaf_bits_for(u64::MAX), MAX_LEAF_BITS);
     }
 }

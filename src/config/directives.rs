@@ -586,6 +586,8 @@ pub static DIRECTIVES: &[Directive] = &[
     applied("removed-peer-grace", "3600"),
     applied("conflict-log-max-len", "10000"),
     applied("repl-log-max-size", "4294967296"),
+    applied("repl-window-size", "33554432"),
+    applied("repl-congestion-control", "cubic"),
 ];
 
 /// The known name closest to a misspelt `name`, if any is close enough to

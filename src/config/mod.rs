@@ -96,6 +96,9 @@ pub struct Config {
     pub node_name: String,
     /// Bytes of recent writes kept for peers to resume from.
     pub repl_backlog_size: usize,
+    /// Bytes a replication stream may have in flight (QUIC's window).
+    pub repl_window_size: u64,
+    pub repl_congestion_control: chorus_transport::Congestion,
     /// With `appendonly yes`: the most bytes of folded delta log kept for
     /// peers that lack writes in it (they resume from the log, not by a
     /// state transfer).
@@ -320,6 +323,8 @@ impl Default for Config {
             node_name: String::new(),
             repl_backlog_size: 16 * 1024 * 1024,
             repl_log_max_size: 4 << 30,
+            repl_window_size: chorus_transport::DEFAULT_WINDOW,
+            repl_congestion_control: chorus_transport::Congestion::Cubic,
             max_clock_drift_ms: 500,
             repl_repair_interval_secs: 30,
             removed_peer_grace_secs: 3600,
@@ -676,6 +681,14 @@ impl Config {
                     .filter(|s| *s <= 30 * 86_400)
                     .ok_or_else(|| bad("expects seconds, 0 to 2592000 (30 days)"))?;
             }
+            "repl-window-size" => {
+                self.repl_window_size = parse_size(one()?)
+                    .filter(|n| (64 * 1024..=1 << 32).contains(n))
+                    .ok_or_else(|| bad("expects a size from 64kb to 4gb, like 32mb"))?;
+            }
+            "repl-congestion-control" => {
+                self.repl_congestion_control = one()?.parse().map_err(|e: String| bad(&e))?;
+            }
             "repl-log-max-size" => {
                 self.repl_log_max_size =
                     parse_size(one()?).ok_or_else(|| bad("expects a size like 4gb"))?;
@@ -912,6 +925,8 @@ impl Config {
             "conflict-log-max-len" => self.conflict_log_max_len.to_string(),
             "repl-backlog-size" => self.repl_backlog_size.to_string(),
             "repl-log-max-size" => self.repl_log_max_size.to_string(),
+            "repl-window-size" => self.repl_window_size.to_string(),
+            "repl-congestion-control" => self.repl_congestion_control.to_string(),
             // No snapshots are taken whatever was written; tools such as
             // redis-benchmark read `save` to learn whether the server
             // snapshots.
@@ -1077,6 +1092,35 @@ mod tests {
         assert_eq!(
             Config::load(None, &[]).unwrap().conflict_log_max_len,
             10_000
+        );
+    }
+
+    #[test]
+    fn wan_link_settings_take_a_window_size_and_a_congestion_control() {
+        let load = |name: &str, v: &str| Config::load(None, &[format!("--{name}"), v.into()]);
+        let c = load("repl-window-size", "64mb").unwrap();
+        assert_eq!(c.repl_window_size, 64 << 20);
+        for bad in ["1kb", "8gb", "wide"] {
+            let e = load("repl-window-size", bad).unwrap_err().to_string();
+            assert!(e.contains("repl-window-size"), "{e}");
+        }
+        let c = load("repl-congestion-control", "BBR").unwrap();
+        assert_eq!(c.repl_congestion_control, chorus_transport::Congestion::Bbr);
+        assert_eq!(
+            c.typed_value("repl-congestion-control").as_deref(),
+            Some("bbr")
+        );
+        let e = load("repl-congestion-control", "fast")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("cubic, bbr or newreno"), "{e}");
+        let c = load("repl-log-max-size", "1gb").unwrap();
+        assert_eq!(c.repl_log_max_size, 1 << 30);
+        let d = Config::load(None, &[]).unwrap();
+        assert_eq!(d.repl_window_size, 32 << 20);
+        assert_eq!(
+            d.repl_congestion_control,
+            chorus_transport::Congestion::Cubic
         );
     }
 

@@ -41,11 +41,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chorus_crdt::digest::{differing, DbDigest, Scope, BUCKETS};
+use chorus_crdt::digest::{
+    differing, differing_leaves, leaf_bits_for, DbDigest, LeafDigest, Scope, TransferScope,
+    BUCKETS, MAX_LEAF_BITS, MIN_LEAF_BITS,
+};
 use chorus_crdt::{decode, encode_append, Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
 use chorus_transport::{
     AuthStats, FrameReceiver, FrameSender, PeerLink, StreamKind, Transport, TransportConfig,
+    DEFAULT_MAX_FRAME,
 };
 use parking_lot::Mutex;
 use smallvec::SmallVec;
@@ -102,6 +106,12 @@ pub struct PeerInfo {
     /// Our own writes sent to this peer from the delta log (they had left
     /// the backlog).
     pub from_log: AtomicU64,
+    /// Keys and bytes of state sent in transfers (whole, or what differs)
+    /// and repairs.
+    pub transfer_keys: AtomicU64,
+    pub transfer_bytes: AtomicU64,
+    /// Where the peer's leaf digests go while a transfer waits for them.
+    leaf_reply: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Option<LeafDigest>>>>,
     /// The repair the peer asked for on this link, not sent yet.
     repair_asked: Mutex<Option<Scope>>,
     pub last_error: Mutex<String>,
@@ -132,6 +142,9 @@ impl PeerInfo {
             relayed: AtomicU64::new(0),
             repairs: AtomicU64::new(0),
             from_log: AtomicU64::new(0),
+            transfer_keys: AtomicU64::new(0),
+            transfer_bytes: AtomicU64::new(0),
+            leaf_reply: Mutex::new(None),
             repair_asked: Mutex::new(None),
             last_error: Mutex::new(String::new()),
             task: Mutex::new(None),
@@ -195,6 +208,8 @@ pub struct Replicator {
     names: Mutex<HashMap<NodeId, String>>,
     /// With `appendonly yes`: where every applied write is appended.
     log: std::sync::OnceLock<Arc<crate::deltalog::DeltaLog>>,
+    /// The largest message a link carries (a leaf digest must fit).
+    max_message: AtomicU64,
 }
 
 /// Node names kept; past it the map starts over (a name is only shown).
@@ -233,6 +248,7 @@ impl Replicator {
             inbound: Mutex::new(HashMap::new()),
             running: Mutex::new(None),
             log: std::sync::OnceLock::new(),
+            max_message: AtomicU64::new(DEFAULT_MAX_FRAME as u64),
         })
     }
 
@@ -663,6 +679,10 @@ pub struct ReplConfig {
     /// The largest message a link carries: a write of the largest key and
     /// value a client may send (see [`max_message_for`]).
     pub max_message: usize,
+    /// `repl-window-size`: bytes a link's stream may have in flight.
+    pub window: u64,
+    /// `repl-congestion-control`.
+    pub congestion: chorus_transport::Congestion,
 }
 
 /// The largest replication message for a node whose clients may send bulk
@@ -686,6 +706,10 @@ pub fn start(
     transport_config.tls = config.tls;
     transport_config.max_frame = config.max_message;
     transport_config.node_name = config.node_name.clone();
+    transport_config.window = config.window;
+    repl.max_message
+        .store(config.max_message as u64, Ordering::Relaxed);
+    transport_config.congestion = config.congestion;
     repl.note_name(repl.node, &config.node_name);
     let transport = Transport::bind(config.listen, transport_config)?;
     start_with_transport(ks, repl, transport, config.peers)
@@ -922,7 +946,17 @@ async fn serve_peer(
         }
         if plan.transfer {
             info.state_transfers.fetch_add(1, Ordering::Relaxed);
-            let covered = state_transfer(ks, repl, link, None).await?;
+            // A peer that holds something may hold most of it: ship only
+            // what differs.
+            let holds_something = !info.acked_vv.lock().entries().is_empty();
+            let kind = match holds_something {
+                true => match peer_leaves(ks, repl, &mut live, info).await? {
+                    Some((bits, theirs)) => Transfer::Differing { bits, theirs },
+                    None => Transfer::Whole,
+                },
+                false => Transfer::Whole,
+            };
+            let covered = state_transfer(ks, repl, link, info, kind).await?;
             state.transferred(me, &covered);
             info.sent_seq.store(state.sent_seq(), Ordering::Relaxed);
             continue;
@@ -930,7 +964,7 @@ async fn serve_peer(
         let asked = info.repair_asked.lock().take();
         if let Some(scope) = asked {
             info!(peer = %info.addr, buckets = scope.buckets(), "repairing where the peer's state differs from ours");
-            state_transfer(ks, repl, link, Some(scope)).await?;
+            state_transfer(ks, repl, link, info, Transfer::Repair(scope)).await?;
             info.repairs.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -1023,6 +1057,14 @@ async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks:
             if scope.is_well_formed(ks.databases()) {
                 *info.repair_asked.lock() = Some(scope);
             }
+        } else if let Ok(ReplMsg::LeafDigest { digest }) = msg {
+            if let Some(reply) = info.leaf_reply.lock().as_ref() {
+                let _ = reply.send(Some(digest));
+            }
+        } else if let Ok(ReplMsg::LeafDigestsEnd) = msg {
+            if let Some(reply) = info.leaf_reply.lock().take() {
+                let _ = reply.send(None);
+            }
         } else if let Ok(ReplMsg::Ack { vv }) = msg {
             let vv = VersionVector::from_entries(&vv);
             info.acked_seq.fetch_max(vv.get(me), Ordering::Relaxed);
@@ -1035,15 +1077,88 @@ async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks:
     }
 }
 
-/// Streams this node's whole state on a bulk stream; returns what it covers
-/// per origin (every write numbered up to that is included).
-/// With a `scope`, a repair: only the keys in it (and the floors of its
-/// databases), covering no writes.
+/// How long a sender waits for its peer's leaf digests before it sends its
+/// whole state instead (the peer scans its keyspace to make them).
+const LEAF_WAIT: Duration = Duration::from_secs(120);
+
+/// What a state transfer carries.
+enum Transfer {
+    /// Every key: covers every write applied when it began.
+    Whole,
+    /// The keys in the leaves where our digests differ from the peer's
+    /// (`theirs`, taken before the transfer began): covers as much as a
+    /// whole one, for a key whose digests agree is held by the peer as we
+    /// hold it, and what we apply later comes in the tail.
+    Differing { bits: u8, theirs: Vec<LeafDigest> },
+    /// The keys in the buckets a peer asked for: covers no writes.
+    Repair(Scope),
+}
+
+/// Asks the peer for its leaf digests at a split fit for our key count;
+/// `None` when it does not answer in time (a whole transfer then).
+async fn peer_leaves(
+    ks: &Keyspace,
+    repl: &Replicator,
+    live: &mut FrameSender,
+    info: &PeerInfo,
+) -> Result<Option<(u8, Vec<LeafDigest>)>, LinkError> {
+    // A database's digest must fit one message, with room to spare.
+    let fits = (repl.max_message.load(Ordering::Relaxed) / 16).max(1);
+    let fit_bits = (63 - fits.leading_zeros()) as u8;
+    let bits = leaf_bits_for(ks.live_keys.load(Ordering::Relaxed))
+        .min(fit_bits)
+        .clamp(MIN_LEAF_BITS, MAX_LEAF_BITS);
+    if u64::from(8u32) << bits > repl.max_message.load(Ordering::Relaxed) {
+        return Ok(None);
+    }
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    *info.leaf_reply.lock() = Some(tx);
+    live.send(&send_msg(&ReplMsg::LeafDigestAsk { bits })?)
+        .await?;
+    let mut theirs = Vec::new();
+    let collected = tokio::time::timeout(LEAF_WAIT, async {
+        while let Some(Some(digest)) = rx.recv().await {
+            if theirs.len() >= ks.databases() {
+                return false;
+            }
+            theirs.push(digest);
+        }
+        true
+    })
+    .await;
+    *info.leaf_reply.lock() = None;
+    Ok(match collected {
+        Ok(true) => Some((bits, theirs)),
+        _ => {
+            warn!(peer = %info.addr, "the peer sent no leaf digests in time: sending the whole state");
+            None
+        }
+    })
+}
+
+/// This node's leaf digests, one shard at a time; only the databases that
+/// hold something.
+async fn leaf_digests(ks: &Keyspace, bits: u8) -> Result<Vec<LeafDigest>, LinkError> {
+    let mut dbs: Vec<LeafDigest> = (0..ks.databases() as u32)
+        .map(|db| LeafDigest::empty(db, bits))
+        .collect();
+    let mut scratch = Vec::new();
+    for i in 0..SHARDS {
+        ks.leaf_digest_shard(i, &mut dbs, &mut scratch)?;
+        tokio::task::yield_now().await;
+    }
+    dbs.retain(|d| !d.is_empty());
+    Ok(dbs)
+}
+
+/// Streams this node's state on a bulk stream (see [`Transfer`]); returns
+/// what it covers per origin (every write numbered up to that is included).
 async fn state_transfer(
     ks: &Keyspace,
     repl: &Replicator,
     link: &PeerLink,
-    scope: Option<Scope>,
+    info: &PeerInfo,
+    kind: Transfer,
 ) -> Result<VersionVector, LinkError> {
     // Read what is applied first: anything numbered after it is sent live
     // later, anything up to it is already in the keyspace and so in the
@@ -1051,11 +1166,32 @@ async fn state_transfer(
     let (mut covered, held, vv) = {
         let core = repl.core.lock();
         let vv = core.transfer_covers();
-        let covered = match scope {
-            None => vv.clone(),
-            Some(_) => VersionVector::default(),
+        let covered = match kind {
+            Transfer::Repair(_) => VersionVector::default(),
+            Transfer::Whole | Transfer::Differing { .. } => vv.clone(),
         };
         (covered, core.holds(), vv.entries())
+    };
+    let (scope, covering) = match kind {
+        Transfer::Whole => (None, true),
+        Transfer::Repair(scope) => (Some(TransferScope::Buckets(scope)), false),
+        Transfer::Differing { bits, theirs } => {
+            // Ours taken after what the transfer covers was read: a write
+            // it misses is in the tail.
+            let mine = leaf_digests(ks, bits).await?;
+            match differing_leaves(bits, &mine, &theirs) {
+                Some(leaves) => {
+                    info!(
+                        peer = %info.addr,
+                        leaves = leaves.count(),
+                        of = (1u64 << bits) * mine.len().max(1) as u64,
+                        "state transfer of the leaves that differ"
+                    );
+                    (Some(TransferScope::Leaves(leaves)), true)
+                }
+                None => (None, true),
+            }
+        }
     };
     let mut bulk = link.open(StreamKind::Bulk).await?;
     bulk.send(&send_msg(&ReplMsg::SnapshotBegin {
@@ -1082,6 +1218,7 @@ async fn state_transfer(
             bulk.send(&send_msg(&ReplMsg::Snapshot { delta })?).await?;
         }
     }
+    let (mut keys, mut bytes) = (0u64, 0u64);
     for i in 0..SHARDS {
         // Encode one shard under its lock, send after releasing it.
         let frames: Vec<Vec<u8>> = {
@@ -1089,6 +1226,9 @@ async fn state_transfer(
             let shard = l.shard(i)?;
             let mut frames = Vec::new();
             for (db, d) in shard.dbs.iter().enumerate() {
+                if scope.as_ref().is_some_and(|s| !s.covers_db(db as u32)) {
+                    continue;
+                }
                 for (key, state) in d.map.iter().filter(|(k, _)| in_scope(db, k)) {
                     let delta = Delta::Key {
                         db: db as u32,
@@ -1100,11 +1240,15 @@ async fn state_transfer(
             }
             frames
         };
+        keys += frames.len() as u64;
         for f in frames {
+            bytes += f.len() as u64;
             bulk.send(&f).await?;
         }
     }
-    if scope.is_none() {
+    info.transfer_keys.fetch_add(keys, Ordering::Relaxed);
+    info.transfer_bytes.fetch_add(bytes, Ordering::Relaxed);
+    if covering {
         let peer = NodeId(link.peer_node);
         let mut tail = repl.core.lock().transfer_tail(peer, &mut covered);
         bulk.send_framed(&mut tail.own).await?;
@@ -1209,9 +1353,10 @@ async fn receive(
         vv: repl.applied_vv(),
     })?)
     .await?;
-    // Repair requests go back on the acknowledgement stream; one waiting
-    // is enough (a later digest asks again).
-    let (asks, asked) = tokio::sync::mpsc::channel::<Scope>(1);
+    // Repair requests and leaf digests go back on the acknowledgement
+    // stream; one repair request waiting is enough (a later digest asks
+    // again).
+    let (asks, asked) = tokio::sync::mpsc::channel::<Back>(1);
     let _acker = {
         let repl = repl.clone();
         AbortOnDrop(tokio::spawn(async move {
@@ -1243,10 +1388,16 @@ async fn receive(
     result
 }
 
+/// What a receiver sends its peer besides acknowledgements.
+enum Back {
+    Repair(Scope),
+    Leaves(Vec<LeafDigest>),
+}
+
 async fn send_acks(
     mut back: FrameSender,
     repl: Arc<Replicator>,
-    mut asked: tokio::sync::mpsc::Receiver<Scope>,
+    mut asked: tokio::sync::mpsc::Receiver<Back>,
 ) -> Result<(), LinkError> {
     let mut reported = BTreeMap::new();
     let mut tick = tokio::time::interval(ACK_INTERVAL);
@@ -1257,9 +1408,17 @@ async fn send_acks(
                 let vv = repl.core.lock().ack_vv(&mut reported);
                 back.send(&send_msg(&ReplMsg::Ack { vv })?).await?;
             }
-            Some(scope) = asked.recv() => {
-                back.send(&send_msg(&ReplMsg::RepairAsk { scope })?).await?;
-            }
+            Some(what) = asked.recv() => match what {
+                Back::Repair(scope) => {
+                    back.send(&send_msg(&ReplMsg::RepairAsk { scope })?).await?;
+                }
+                Back::Leaves(digests) => {
+                    for digest in digests {
+                        back.send(&send_msg(&ReplMsg::LeafDigest { digest })?).await?;
+                    }
+                    back.send(&send_msg(&ReplMsg::LeafDigestsEnd)?).await?;
+                }
+            },
         }
     }
 }
@@ -1269,13 +1428,13 @@ async fn apply_stream(
     repl: &Replicator,
     peer: NodeId,
     mut rx: FrameReceiver,
-    asks: &tokio::sync::mpsc::Sender<Scope>,
+    asks: &tokio::sync::mpsc::Sender<Back>,
 ) -> Result<(), LinkError> {
     // The keys a state transfer on this stream named so far, and what this
     // node had applied when it began.
     let mut named: hashbrown::HashSet<u64> = hashbrown::HashSet::new();
     // The keys a repair under way covers (`None`: a whole transfer).
-    let mut scope: Option<Scope> = None;
+    let mut scope: Option<TransferScope> = None;
     let mut mine_held: Option<BTreeMap<NodeId, Stamp>> = None;
     // What the sender of the transfer under way had applied.
     let mut sender_held: BTreeMap<NodeId, Stamp> = BTreeMap::new();
@@ -1324,7 +1483,9 @@ async fn apply_stream(
                         dropping.push(origin);
                         let now = (repl.now_ms)();
                         if asked_all_at.is_none_or(|at| now.saturating_sub(at) >= FULL_ASK_EVERY_MS)
-                            && asks.try_send(Scope::everything(ks.databases())).is_ok()
+                            && asks
+                                .try_send(Back::Repair(Scope::everything(ks.databases())))
+                                .is_ok()
                         {
                             asked_all_at = Some(now);
                             repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
@@ -1455,12 +1616,22 @@ async fn apply_stream(
                 {
                     let digest = shared_digest(ks, repl).await?;
                     let differ = differing(&digest, &dbs);
-                    if !differ.is_empty() && asks.try_send(differ).is_ok() {
+                    if !differ.is_empty() && asks.try_send(Back::Repair(differ)).is_ok() {
                         repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
-            ReplMsg::Resume { .. } | ReplMsg::Ack { .. } | ReplMsg::RepairAsk { .. } => {}
+            ReplMsg::LeafDigestAsk { bits } => {
+                let digests = leaf_digests(ks, bits.clamp(MIN_LEAF_BITS, MAX_LEAF_BITS)).await?;
+                if asks.send(Back::Leaves(digests)).await.is_err() {
+                    return Err(LinkError::Closed("the acknowledgement stream ended".into()));
+                }
+            }
+            ReplMsg::Resume { .. }
+            | ReplMsg::Ack { .. }
+            | ReplMsg::RepairAsk { .. }
+            | ReplMsg::LeafDigest { .. }
+            | ReplMsg::LeafDigestsEnd => {}
         }
     }
     Ok(())
@@ -1700,6 +1871,8 @@ mod tests {
             secret: b"a secret long enough for the handshake".to_vec(),
             tls: None,
             max_message: max_message_for(1 << 20),
+            window: chorus_transport::DEFAULT_WINDOW,
+            congestion: chorus_transport::Congestion::Cubic,
         };
         start(ks.clone(), repl.clone(), config).unwrap();
         (ks, repl)

@@ -10,9 +10,11 @@
 //! bulk stream of its own, so neither blocks the other. When the receiver
 //! has everything the sender applied, the sender offers its `Digest`; a
 //! receiver whose digest differs asks (`RepairAsk`) and gets the differing
-//! buckets as a scoped transfer (docs/architecture.md, "Repair").
+//! buckets as a scoped transfer (docs/architecture.md, "Repair"). A sender
+//! whose receiver lacks writes no log holds first asks for the receiver's
+//! leaf digests (`LeafDigestAsk`) and transfers only the leaves that differ.
 
-use chorus_crdt::digest::{DbDigest, Scope};
+use chorus_crdt::digest::{DbDigest, LeafDigest, Scope, TransferScope};
 use chorus_crdt::{encode, Delta, KeyState, NodeId, Stamp};
 use serde::{Deserialize, Serialize};
 
@@ -20,10 +22,14 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ReplMsg {
     /// Receiver → sender, first on a link: what it has applied per origin.
-    Resume { vv: Vec<(NodeId, u64)> },
+    Resume {
+        vv: Vec<(NodeId, u64)>,
+    },
     /// Receiver → sender, periodically: as `Resume`, less the retired lives
     /// it settled (the sender keeps what earlier messages said of those).
-    Ack { vv: Vec<(NodeId, u64)> },
+    Ack {
+        vv: Vec<(NodeId, u64)>,
+    },
     /// One write of `origin`, numbered `seq`.
     Delta {
         origin: NodeId,
@@ -31,10 +37,14 @@ pub enum ReplMsg {
         delta: Delta,
     },
     /// Part of a state transfer.
-    Snapshot { delta: Delta },
+    Snapshot {
+        delta: Delta,
+    },
     /// End of a state transfer: it covered every origin's writes up to these
     /// sequence numbers.
-    SnapshotDone { vv: Vec<(NodeId, u64)> },
+    SnapshotDone {
+        vv: Vec<(NodeId, u64)>,
+    },
     /// Sent in order after `origin`'s writes up to `seq`: every later write
     /// of `origin` is stamped after `promise`. `stable` is the sender's
     /// stable stamp (see [`super::gc::GcView`]); `retired` the earlier lives of
@@ -54,7 +64,7 @@ pub enum ReplMsg {
     /// no writes.
     SnapshotBegin {
         held: Vec<(NodeId, Stamp)>,
-        scope: Option<Scope>,
+        scope: Option<TransferScope>,
         /// What the sender had applied when it began (its own writes up to
         /// the newest): a receiver takes writes of a closed member it never
         /// received only from a sender whose state holds every delete it
@@ -71,7 +81,21 @@ pub enum ReplMsg {
     },
     /// Receiver → sender: with the same writes applied, our digests differ
     /// here; send what you hold of it (a repair, `SnapshotBegin` with scope).
-    RepairAsk { scope: Scope },
+    RepairAsk {
+        scope: Scope,
+    },
+    /// Sender → receiver, on the live stream, when the receiver lacks writes
+    /// no log here holds: send your digest split into `2^bits` leaves per
+    /// database, so that the transfer carries only the leaves that differ.
+    LeafDigestAsk {
+        bits: u8,
+    },
+    /// Receiver → sender: one database's leaf digest (only databases that
+    /// hold something), then `LeafDigestsEnd`.
+    LeafDigest {
+        digest: LeafDigest,
+    },
+    LeafDigestsEnd,
 }
 
 /// [`ReplMsg`] for sending a local write from borrowed parts: the same

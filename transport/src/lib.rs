@@ -73,7 +73,50 @@ pub struct TransportConfig {
     /// A link with no packets for this long is dead.
     pub idle_timeout: Duration,
     pub keep_alive: Duration,
+    /// Bytes a stream may have in flight (QUIC's flow-control window): a
+    /// link carries at most this much per round trip, so it must cover the
+    /// bandwidth-delay product (1 Gbit/s at 200 ms is 25 MB).
+    pub window: u64,
+    pub congestion: Congestion,
 }
+
+/// How a link paces what it sends (QUIC congestion control).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Congestion {
+    Cubic,
+    /// Paces by the measured bandwidth and round trip rather than by loss:
+    /// steadier on long links with random loss.
+    Bbr,
+    NewReno,
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Congestion, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "cubic" => Ok(Congestion::Cubic),
+            "bbr" => Ok(Congestion::Bbr),
+            "newreno" => Ok(Congestion::NewReno),
+            _ => Err(format!(
+                "unknown congestion control '{s}' (cubic, bbr or newreno)"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Congestion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Congestion::Cubic => "cubic",
+            Congestion::Bbr => "bbr",
+            Congestion::NewReno => "newreno",
+        })
+    }
+}
+
+/// The default [`TransportConfig::window`]: fills 1 Gbit/s at 200 ms.
+pub const DEFAULT_WINDOW: u64 = 32 << 20;
 
 impl TransportConfig {
     pub fn new(node: u64, cluster_name: &str, secret: &[u8]) -> TransportConfig {
@@ -87,6 +130,8 @@ impl TransportConfig {
             handshake_timeout: Duration::from_secs(5),
             idle_timeout: Duration::from_secs(10),
             keep_alive: Duration::from_secs(1),
+            window: DEFAULT_WINDOW,
+            congestion: Congestion::Cubic,
         }
     }
 }
@@ -222,6 +267,32 @@ impl Transport {
                 .try_into()
                 .map_err(|_| TransportError::Config("idle timeout too large".into()))?,
         ));
+        let window = quinn::VarInt::from_u64(config.window)
+            .map_err(|_| TransportError::Config("window too large".into()))?;
+        // A link has a few streams (live, back, a transfer's bulk): the
+        // connection may fill the window on two at once.
+        let connection_window = quinn::VarInt::from_u64(config.window.saturating_mul(2))
+            .map_err(|_| TransportError::Config("window too large".into()))?;
+        link_config.stream_receive_window(window);
+        link_config.receive_window(connection_window);
+        link_config.send_window(config.window.saturating_mul(2));
+        match config.congestion {
+            Congestion::Cubic => {
+                link_config.congestion_controller_factory(Arc::new(
+                    quinn::congestion::CubicConfig::default(),
+                ));
+            }
+            Congestion::Bbr => {
+                link_config.congestion_controller_factory(Arc::new(
+                    quinn::congestion::BbrConfig::default(),
+                ));
+            }
+            Congestion::NewReno => {
+                link_config.congestion_controller_factory(Arc::new(
+                    quinn::congestion::NewRenoConfig::default(),
+                ));
+            }
+        }
         let link_config = Arc::new(link_config);
 
         let mutual = config.tls.as_ref().map(tls::MutualTls::load).transpose()?;
