@@ -463,7 +463,7 @@ impl DeltaLog {
         seq_of: impl Fn(&[u8]) -> Option<u64>,
         mut each: impl FnMut(&[u8]),
     ) -> NumberedRead {
-        let (mut at, starts) = {
+        let (mut at, starts, written) = {
             let pending = self.pending.lock();
             let Some(&(_, at)) = pending.marks.iter().rev().find(|&&(seq, _)| seq <= from) else {
                 return NumberedRead::Gone;
@@ -474,9 +474,10 @@ impl DeltaLog {
                 .rposition(|&(start, _)| start <= at)
                 .unwrap_or(0);
             let starts: Vec<(u64, u64)> = pending.starts.iter().skip(first).copied().collect();
-            (at, starts)
+            // Read with the generations: a rotation written after this
+            // would put `written` past the last of them.
+            (at, starts, self.written.load(Ordering::Acquire))
         };
-        let written = self.written.load(Ordering::Acquire);
         let mut next = from;
         let mut bytes = 0;
         'files: for (i, &(start, generation)) in starts.iter().enumerate() {

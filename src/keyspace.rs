@@ -982,15 +982,21 @@ impl Keyspace {
         Ok(())
     }
 
-    /// Adds shard `index`'s keys to `dbs` (one leaf digest per database).
+    /// Adds shard `index`'s keys to `dbs` (one leaf digest of `2^bits`
+    /// leaves per database, made when it first has a key or a floor).
     pub fn leaf_digest_shard(
         &self,
         index: usize,
-        dbs: &mut [LeafDigest],
+        bits: u8,
+        dbs: &mut [Option<LeafDigest>],
         scratch: &mut Vec<u8>,
     ) -> Result<(), chorus_crdt::EncodeError> {
         let shard = self.shards[index].lock();
-        for (d, digest) in shard.dbs.iter().zip(dbs.iter_mut()) {
+        for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
+            if d.map.is_empty() && d.floor.is_zero() {
+                continue;
+            }
+            let digest = digest.get_or_insert_with(|| LeafDigest::empty(db as u32, bits));
             digest.floor = digest.floor.max(d.floor);
             for (key, state) in &d.map {
                 digest.add(key, key_digest(key, state, scratch)?);

@@ -472,7 +472,12 @@ mod tests {
         assert!(carried < 10, "a few keys besides the two: {carried}");
         // The same state differs nowhere; an empty side differs wherever
         // the other holds keys.
-        let same = differing_leaves(bits, std::slice::from_ref(&mine), std::slice::from_ref(&mine)).unwrap();
+        let same = differing_leaves(
+            bits,
+            std::slice::from_ref(&mine),
+            std::slice::from_ref(&mine),
+        )
+        .unwrap();
         assert_eq!(same.count(), 0);
         assert!(same.dbs.is_empty());
         let all = differing_leaves(bits, std::slice::from_ref(&mine), &[]).unwrap();

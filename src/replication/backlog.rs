@@ -72,13 +72,16 @@ pub struct Backlog {
     hold_limit: HoldLimit,
     /// Since when the backlog has held more than the soft limit.
     over_soft_since_ms: Option<u64>,
+    /// The time of the last push or hold change.
+    last_ms: u64,
 }
 
 /// How far the backlog grows past its size for a connected peer that has
 /// yet to be sent what it holds: `client-output-buffer-limit replica`
-/// (0: no limit). Past `hard` bytes, or past `soft` for `soft_ms`, the
-/// oldest frames go and the peer resumes from the delta log or by a state
-/// transfer.
+/// (0: no limit), counted as the bytes held beyond the size (what a Redis
+/// replica's output buffer would hold). Past `hard` bytes, or past `soft`
+/// for `soft_ms`, the oldest frames go and the peer resumes from the delta
+/// log or by a state transfer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HoldLimit {
     pub hard: usize,
@@ -103,6 +106,7 @@ impl Backlog {
             hold_from: u64::MAX,
             hold_limit: HoldLimit::default(),
             over_soft_since_ms: None,
+            last_ms: 0,
         }
     }
 
@@ -115,6 +119,7 @@ impl Backlog {
 
     pub fn set_hold_limit(&mut self, limit: HoldLimit) {
         self.hold_limit = limit;
+        self.trim(self.last_ms);
     }
 
     /// Appends the next write; `encode` appends its payload to the buffer it
@@ -178,7 +183,9 @@ impl Backlog {
             soft,
             soft_ms,
         } = self.hold_limit;
-        if soft > 0 && self.bytes > soft {
+        self.last_ms = self.last_ms.max(now_ms);
+        let beyond = |bytes: usize, max: usize| bytes.saturating_sub(max);
+        if soft > 0 && beyond(self.bytes, self.max_bytes) > soft {
             self.over_soft_since_ms.get_or_insert(now_ms);
         } else {
             self.over_soft_since_ms = None;
@@ -192,7 +199,7 @@ impl Backlog {
             let Some(oldest) = self.segments.front() else {
                 break;
             };
-            let within = (hard == 0 || self.bytes <= hard) && !soft_ran_out;
+            let within = (hard == 0 || beyond(self.bytes, self.max_bytes) <= hard) && !soft_ran_out;
             if within && oldest.end() > self.hold_from {
                 break;
             }
@@ -379,10 +386,21 @@ mod tests {
             b.push(2_000, sized(1024));
         }
         assert!(b.read_from(first, 1).is_trimmed());
-        assert!(b.bytes() <= 1 << 20);
+        assert!(b.bytes() <= (1 << 20) + 32 * 1024, "{}", b.bytes());
         // With no peer to hold for, the size alone bounds it.
         b.hold_from(u64::MAX, 3_000);
         assert!(b.bytes() <= 32 * 1024, "{}", b.bytes());
+        // A lower limit applies at once, counted beyond the size.
+        b.hold_from(b.head() + 1, 3_000);
+        for _ in 0..200 {
+            b.push(3_000, sized(1024));
+        }
+        assert!(b.bytes() > 150 * 1024);
+        b.set_hold_limit(HoldLimit {
+            hard: 64 * 1024,
+            ..HoldLimit::default()
+        });
+        assert!(b.bytes() <= (16 + 64 + 16) * 1024, "{}", b.bytes());
     }
 
     fn seqs(r: Resume) -> (u64, Vec<u64>) {

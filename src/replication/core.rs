@@ -296,7 +296,10 @@ impl Core {
     /// The link's state moves past everything planned.
     pub fn plan(&mut self, link: &mut LinkState, acked: &VersionVector, now_ms: u64) -> Plan {
         let plan = self.plan_sends(link, acked, now_ms);
-        if self.links.insert(link.peer, link.cursor) != Some(link.cursor) {
+        // From what the peer acknowledged, not what was sent: a link that
+        // drops resumes from there, and up to a window's worth was in flight.
+        let from = link.cursor.min(acked.get(self.me) + 1);
+        if self.links.insert(link.peer, from) != Some(from) {
             self.hold(now_ms);
         }
         plan

@@ -76,6 +76,9 @@ const RESUME_WAIT: Duration = Duration::from_secs(10);
 /// How long a sender waits for the log's writer to write a record a peer
 /// needs and the backlog no longer holds.
 const LOG_NOT_YET: Duration = Duration::from_millis(5);
+/// Waits for the log's writer in a row before a sender gives up on the log
+/// (10 s).
+const LOG_WAITS_MAX: u32 = 2_000;
 /// How often an idle sender looks for writes to pass on and promises to send.
 const SENDER_TICK: Duration = Duration::from_millis(100);
 /// How often the node makes a promise and recomputes the GC floor.
@@ -83,6 +86,9 @@ const GC_TICK: Duration = Duration::from_millis(200);
 /// At most this many peer addresses are remembered for telling a restarted
 /// peer by its new id.
 const MAX_INBOUND_ADDRS: usize = 1024;
+
+/// An ask's number and where its leaf digests go (`None`: the last came).
+type LeafReply = (u64, tokio::sync::mpsc::UnboundedSender<Option<LeafDigest>>);
 
 /// One peer this node dials, as INFO shows it.
 #[derive(Debug)]
@@ -110,8 +116,10 @@ pub struct PeerInfo {
     /// and repairs.
     pub transfer_keys: AtomicU64,
     pub transfer_bytes: AtomicU64,
-    /// Where the peer's leaf digests go while a transfer waits for them.
-    leaf_reply: Mutex<Option<tokio::sync::mpsc::UnboundedSender<Option<LeafDigest>>>>,
+    /// Where the peer's leaf digests go while a transfer waits for them,
+    /// with the number of the ask they answer.
+    leaf_reply: Mutex<Option<LeafReply>>,
+    leaf_asks: AtomicU64,
     /// The repair the peer asked for on this link, not sent yet.
     repair_asked: Mutex<Option<Scope>>,
     pub last_error: Mutex<String>,
@@ -145,6 +153,7 @@ impl PeerInfo {
             transfer_keys: AtomicU64::new(0),
             transfer_bytes: AtomicU64::new(0),
             leaf_reply: Mutex::new(None),
+            leaf_asks: AtomicU64::new(0),
             repair_asked: Mutex::new(None),
             last_error: Mutex::new(String::new()),
             task: Mutex::new(None),
@@ -866,9 +875,6 @@ async fn sender(
                     *info.last_error.lock() = e.to_string();
                     info!(peer = %addr, "replication link down: {e}");
                 }
-                repl.core
-                    .lock()
-                    .link_down(NodeId(link.peer_node), (repl.now_ms)());
                 link.close("resetting");
                 info.connected.store(false, Ordering::Relaxed);
             }
@@ -893,6 +899,12 @@ async fn serve_peer(
         other => return Err(LinkError::Protocol(format!("{other:?}"))),
     };
     let me = repl.node;
+    // However this ends (an error, the task aborted by REPLICAOF REMOVE),
+    // the backlog no longer holds for this link.
+    let _holding = LinkHold {
+        repl,
+        peer: NodeId(link.peer_node),
+    };
     let mut state = LinkState::new(me, NodeId(link.peer_node), &resume);
     info.resumed(me, resume);
     let _acks = AbortOnDrop(tokio::spawn(read_acks(back, me, info.clone(), ks.clone())));
@@ -903,6 +915,7 @@ async fn serve_peer(
         ms => ms,
     };
     let mut next_offer_ms = (repl.now_ms)().saturating_add(repair_every());
+    let mut log_waits = 0u32;
     loop {
         let acked = info.acked_vv.lock().clone();
         let now = (repl.now_ms)();
@@ -927,18 +940,25 @@ async fn serve_peer(
             info.relayed
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
         }
-        if let (true, Some(from), Some(log)) = (plan.transfer, plan.trimmed_from, repl.log.get()) {
+        let log = repl.log.get().filter(|_| log_waits < LOG_WAITS_MAX);
+        if let (true, Some(from), Some(log)) = (plan.transfer, plan.trimmed_from, log) {
             match send_from_log(me, log, from, &mut live).await? {
                 NumberedRead::Read { last } => {
                     info.from_log.fetch_add(last + 1 - from, Ordering::Relaxed);
                     state.sent_through(last);
                     info.sent_seq.store(last, Ordering::Relaxed);
+                    log_waits = 0;
                     continue;
                 }
                 // Appended a moment ago and not written yet: the log's
-                // writer takes at most a few ms.
+                // writer takes at most a few ms (a writer that never
+                // comes: a transfer after `LOG_WAITS_MAX` tries).
                 NumberedRead::NotYet if !log.failing.load(Ordering::Relaxed) => {
-                    tokio::time::sleep(LOG_NOT_YET).await;
+                    log_waits += 1;
+                    tokio::select! {
+                        _ = tokio::time::sleep(LOG_NOT_YET) => {}
+                        reason = link.closed() => return Err(LinkError::Closed(reason.to_string())),
+                    }
                     continue;
                 }
                 NumberedRead::NotYet | NumberedRead::Gone => {}
@@ -950,7 +970,7 @@ async fn serve_peer(
             // what differs.
             let holds_something = !info.acked_vv.lock().entries().is_empty();
             let kind = match holds_something {
-                true => match peer_leaves(ks, repl, &mut live, info).await? {
+                true => match peer_leaves(ks, repl, link, &mut live, info).await? {
                     Some((bits, theirs)) => Transfer::Differing { bits, theirs },
                     None => Transfer::Whole,
                 },
@@ -958,6 +978,7 @@ async fn serve_peer(
             };
             let covered = state_transfer(ks, repl, link, info, kind).await?;
             state.transferred(me, &covered);
+            log_waits = 0;
             info.sent_seq.store(state.sent_seq(), Ordering::Relaxed);
             continue;
         }
@@ -1011,6 +1032,19 @@ async fn serve_peer(
     }
 }
 
+/// Ends a link's hold on the backlog when dropped (see `Core::link_down`).
+struct LinkHold<'a> {
+    repl: &'a Replicator,
+    peer: NodeId,
+}
+
+impl Drop for LinkHold<'_> {
+    fn drop(&mut self) {
+        let now = (self.repl.now_ms)();
+        self.repl.core.lock().link_down(self.peer, now);
+    }
+}
+
 /// Sends our own writes from `from` on, as far as one batch goes, from the
 /// delta log: for a peer that fell behind the backlog.
 async fn send_from_log(
@@ -1057,13 +1091,16 @@ async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks:
             if scope.is_well_formed(ks.databases()) {
                 *info.repair_asked.lock() = Some(scope);
             }
-        } else if let Ok(ReplMsg::LeafDigest { digest }) = msg {
-            if let Some(reply) = info.leaf_reply.lock().as_ref() {
+        } else if let Ok(ReplMsg::LeafDigest { ask, digest }) = msg {
+            if let Some((_, reply)) = info.leaf_reply.lock().as_ref().filter(|r| r.0 == ask) {
                 let _ = reply.send(Some(digest));
             }
-        } else if let Ok(ReplMsg::LeafDigestsEnd) = msg {
-            if let Some(reply) = info.leaf_reply.lock().take() {
-                let _ = reply.send(None);
+        } else if let Ok(ReplMsg::LeafDigestsEnd { ask }) = msg {
+            let mut waiting = info.leaf_reply.lock();
+            if waiting.as_ref().is_some_and(|r| r.0 == ask) {
+                if let Some((_, reply)) = waiting.take() {
+                    let _ = reply.send(None);
+                }
             }
         } else if let Ok(ReplMsg::Ack { vv }) = msg {
             let vv = VersionVector::from_entries(&vv);
@@ -1099,6 +1136,7 @@ enum Transfer {
 async fn peer_leaves(
     ks: &Keyspace,
     repl: &Replicator,
+    link: &PeerLink,
     live: &mut FrameSender,
     info: &PeerInfo,
 ) -> Result<Option<(u8, Vec<LeafDigest>)>, LinkError> {
@@ -1111,12 +1149,15 @@ async fn peer_leaves(
     if u64::from(8u32) << bits > repl.max_message.load(Ordering::Relaxed) {
         return Ok(None);
     }
+    // An answer to an earlier ask that timed out must not pass for this
+    // one's: each ask has its own number.
+    let ask = info.leaf_asks.fetch_add(1, Ordering::Relaxed) + 1;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    *info.leaf_reply.lock() = Some(tx);
-    live.send(&send_msg(&ReplMsg::LeafDigestAsk { bits })?)
+    *info.leaf_reply.lock() = Some((ask, tx));
+    live.send(&send_msg(&ReplMsg::LeafDigestAsk { ask, bits })?)
         .await?;
     let mut theirs = Vec::new();
-    let collected = tokio::time::timeout(LEAF_WAIT, async {
+    let collect = async {
         while let Some(Some(digest)) = rx.recv().await {
             if theirs.len() >= ks.databases() {
                 return false;
@@ -1124,8 +1165,14 @@ async fn peer_leaves(
             theirs.push(digest);
         }
         true
-    })
-    .await;
+    };
+    let collected = tokio::select! {
+        done = tokio::time::timeout(LEAF_WAIT, collect) => done,
+        reason = link.closed() => {
+            *info.leaf_reply.lock() = None;
+            return Err(LinkError::Closed(reason.to_string()));
+        }
+    };
     *info.leaf_reply.lock() = None;
     Ok(match collected {
         Ok(true) => Some((bits, theirs)),
@@ -1139,16 +1186,19 @@ async fn peer_leaves(
 /// This node's leaf digests, one shard at a time; only the databases that
 /// hold something.
 async fn leaf_digests(ks: &Keyspace, bits: u8) -> Result<Vec<LeafDigest>, LinkError> {
-    let mut dbs: Vec<LeafDigest> = (0..ks.databases() as u32)
-        .map(|db| LeafDigest::empty(db, bits))
-        .collect();
+    // A database's leaves are made at its first key or floor: 2^bits of
+    // them for every database would be 8 MB each at 20 bits.
+    let mut dbs: Vec<Option<LeafDigest>> = vec![None; ks.databases()];
     let mut scratch = Vec::new();
     for i in 0..SHARDS {
-        ks.leaf_digest_shard(i, &mut dbs, &mut scratch)?;
+        ks.leaf_digest_shard(i, bits, &mut dbs, &mut scratch)?;
         tokio::task::yield_now().await;
     }
-    dbs.retain(|d| !d.is_empty());
-    Ok(dbs)
+    Ok(dbs
+        .into_iter()
+        .flatten()
+        .filter(|d| !d.is_empty())
+        .collect())
 }
 
 /// Streams this node's state on a bulk stream (see [`Transfer`]); returns
@@ -1391,7 +1441,8 @@ async fn receive(
 /// What a receiver sends its peer besides acknowledgements.
 enum Back {
     Repair(Scope),
-    Leaves(Vec<LeafDigest>),
+    /// The leaf digests answering ask number `.0`.
+    Leaves(u64, Vec<LeafDigest>),
 }
 
 async fn send_acks(
@@ -1412,11 +1463,11 @@ async fn send_acks(
                 Back::Repair(scope) => {
                     back.send(&send_msg(&ReplMsg::RepairAsk { scope })?).await?;
                 }
-                Back::Leaves(digests) => {
+                Back::Leaves(ask, digests) => {
                     for digest in digests {
-                        back.send(&send_msg(&ReplMsg::LeafDigest { digest })?).await?;
+                        back.send(&send_msg(&ReplMsg::LeafDigest { ask, digest })?).await?;
                     }
-                    back.send(&send_msg(&ReplMsg::LeafDigestsEnd)?).await?;
+                    back.send(&send_msg(&ReplMsg::LeafDigestsEnd { ask })?).await?;
                 }
             },
         }
@@ -1621,9 +1672,9 @@ async fn apply_stream(
                     }
                 }
             }
-            ReplMsg::LeafDigestAsk { bits } => {
+            ReplMsg::LeafDigestAsk { ask, bits } => {
                 let digests = leaf_digests(ks, bits.clamp(MIN_LEAF_BITS, MAX_LEAF_BITS)).await?;
-                if asks.send(Back::Leaves(digests)).await.is_err() {
+                if asks.send(Back::Leaves(ask, digests)).await.is_err() {
                     return Err(LinkError::Closed("the acknowledgement stream ended".into()));
                 }
             }
@@ -1631,7 +1682,7 @@ async fn apply_stream(
             | ReplMsg::Ack { .. }
             | ReplMsg::RepairAsk { .. }
             | ReplMsg::LeafDigest { .. }
-            | ReplMsg::LeafDigestsEnd => {}
+            | ReplMsg::LeafDigestsEnd { .. } => {}
         }
     }
     Ok(())

@@ -87,15 +87,20 @@ pub enum ReplMsg {
     /// Sender → receiver, on the live stream, when the receiver lacks writes
     /// no log here holds: send your digest split into `2^bits` leaves per
     /// database, so that the transfer carries only the leaves that differ.
+    /// `ask` numbers the request; the answers carry it.
     LeafDigestAsk {
+        ask: u64,
         bits: u8,
     },
     /// Receiver → sender: one database's leaf digest (only databases that
     /// hold something), then `LeafDigestsEnd`.
     LeafDigest {
+        ask: u64,
         digest: LeafDigest,
     },
-    LeafDigestsEnd,
+    LeafDigestsEnd {
+        ask: u64,
+    },
 }
 
 /// [`ReplMsg`] for sending a local write from borrowed parts: the same

@@ -32,8 +32,9 @@ use crate::TransportError;
 /// scoped `SnapshotBegin`) and transfers that end with their tail. 6: a
 /// transfer's `SnapshotBegin` carries its sender's vector. 7: each side
 /// names itself (`node-name`) once the secret is proved. 8: key states carry
-/// collections (crdt format 4).
-pub const PROTOCOL_VERSION: u16 = 8;
+/// collections (crdt format 4). 9: transfers of what differs
+/// (`LeafDigestAsk`, `LeafDigest`, a `SnapshotBegin` scoped by leaves).
+pub const PROTOCOL_VERSION: u16 = 9;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
