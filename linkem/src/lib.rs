@@ -194,7 +194,7 @@ impl Relay {
         back: Link,
         seed: u64,
     ) -> std::io::Result<Relay> {
-        let socket = Arc::new(UdpSocket::bind(listen).await?);
+        let socket = Arc::new(bind_relay_socket(listen).await?);
         let local = socket.local_addr()?;
         let (fwd_counts, back_counts) = (Arc::new(Counts::default()), Arc::new(Counts::default()));
         let task = tokio::spawn(run(
@@ -227,6 +227,39 @@ impl Drop for Upstream {
 
 const MAX_DATAGRAM: usize = 65_536;
 
+/// Socket buffers of the relay's sockets: the relay must not drop what the
+/// link it emulates would carry (a default buffer overflows under a burst).
+const SOCKET_BUFFER: libc::c_int = 32 << 20;
+
+/// Binds a UDP socket with large buffers (forced past the system's cap
+/// where the process may, as root can).
+async fn bind_relay_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use std::os::fd::AsRawFd;
+    let socket = UdpSocket::bind(addr).await?;
+    let fd = socket.as_raw_fd();
+    for (forced, plain) in [
+        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+    ] {
+        for option in [forced, plain] {
+            // SAFETY: a valid socket descriptor, an int option of its size.
+            let done = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    option,
+                    (&SOCKET_BUFFER as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            if done == 0 {
+                break;
+            }
+        }
+    }
+    Ok(socket)
+}
+
 async fn run(
     socket: Arc<UdpSocket>,
     target: SocketAddr,
@@ -249,7 +282,7 @@ async fn run(
                     } else {
                         (std::net::Ipv6Addr::LOCALHOST, 0).into()
                     };
-                    let Ok(up) = UdpSocket::bind(bind).await else { continue };
+                    let Ok(up) = bind_relay_socket(bind).await else { continue };
                     let up = Arc::new(up);
                     let task = tokio::spawn(answers(
                         up.clone(),

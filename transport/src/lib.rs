@@ -115,6 +115,53 @@ impl std::fmt::Display for Congestion {
     }
 }
 
+/// Socket buffers asked for: a burst of a long link's packets overflows
+/// the default (about 200 KB), the kernel drops what does not fit, and the
+/// congestion control takes the drops for a congested path. The kernel
+/// caps the size at `net.core.rmem_max`/`wmem_max` (docs/operations.md).
+const SOCKET_BUFFER: usize = 16 << 20;
+
+/// Asks for `bytes` of receive and send buffer on `socket`; logs what the
+/// kernel granted when it is less.
+fn grow_socket_buffers(socket: &std::net::UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let fd = socket.as_raw_fd();
+    for (option, name) in [(libc::SO_RCVBUF, "receive"), (libc::SO_SNDBUF, "send")] {
+        let want = bytes as libc::c_int;
+        // SAFETY: a valid socket descriptor, an int option of the right size.
+        let set = unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&want as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        let mut got: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: as above, with room for the answer.
+        let read = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                option,
+                (&mut got as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        // Linux reports twice the size asked (its bookkeeping).
+        if set != 0 || read != 0 || (got as usize) < bytes {
+            tracing::info!(
+                "replication socket {name} buffer is {} KB of the {} KB asked for; raise net.core.{}mem_max for long links",
+                got / 1024 / 2,
+                bytes / 1024,
+                if option == libc::SO_RCVBUF { "r" } else { "w" }
+            );
+        }
+    }
+}
+
 /// The default [`TransportConfig::window`]: fills 1 Gbit/s at 200 ms.
 pub const DEFAULT_WINDOW: u64 = 32 << 20;
 
@@ -237,6 +284,7 @@ impl Transport {
     pub fn bind(addr: SocketAddr, config: TransportConfig) -> Result<Transport, TransportError> {
         let socket = std::net::UdpSocket::bind(addr)
             .map_err(|e| TransportError::Bind(format!("{addr}: {e}")))?;
+        grow_socket_buffers(&socket, SOCKET_BUFFER);
         let runtime: Arc<dyn Runtime> = Arc::new(quinn::TokioRuntime);
         let socket = runtime
             .wrap_udp_socket(socket)
