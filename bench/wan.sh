@@ -6,6 +6,7 @@
 #   bench/wan.sh                                   # about 10 minutes
 #   RTTS="100 200" SIZES="100 1024" LINKS="1280kb:cubic 32mb:cubic 32mb:bbr" bench/wan.sh
 #   LOSS=0.001 RATE=1gbit bench/wan.sh       # RATE=none: no bandwidth cap
+#   COMPRESS=lz4 bench/wan.sh
 #
 # 1. Sustained rate: redis-benchmark -t set -c 50 -P 16 -n N -d SIZE writes to A
 #    as fast as A takes them; then WAIT 1 on A. Every write has crossed the link
@@ -26,6 +27,9 @@ LINKS=${LINKS:-"1280kb:cubic 32mb:cubic 32mb:bbr"}
 RATE=${RATE:-1gbit}
 LOSS=${LOSS:-0}
 PROBES=${PROBES:-200}
+# lz4: compress the live stream (redis-benchmark's values are one repeated
+# byte, so its ratio is an upper bound).
+COMPRESS=${COMPRESS:-no}
 
 source bench/common.sh
 ensure_tools "redis-benchmark redis-cli" "redis-tools"
@@ -108,7 +112,7 @@ if [ "$(id -u)" = 0 ]; then
     sysctl -qw net.core.rmem_max=33554432 net.core.wmem_max=33554432 || true
 fi
 machine
-echo "link: $RATE each way, loss $LOSS; redis-benchmark -t set -c 50 -P 16;" \
+echo "link: $RATE each way, loss $LOSS, compression $COMPRESS; redis-benchmark -t set -c 50 -P 16;" \
     "rmem_max $(sysctl -n net.core.rmem_max)"
 printf '%5s %6s %-14s %9s %11s %8s %9s %9s %9s\n' rtt size link writes ops/s MB/s transfers lag_p50 lag_p99
 for rtt in $RTTS; do
@@ -121,7 +125,8 @@ for rtt in $RTTS; do
             # A dials B through the relay on rb+10000, B dials A through ra+10000.
             relay $((rb + 10000)) $((pb + 10000)) "$one_way"
             relay $((ra + 10000)) $((pa + 10000)) "$one_way"
-            common=(--masterauth bench --repl-window-size "$window" --repl-congestion-control "$cc")
+            common=(--masterauth bench --repl-window-size "$window" --repl-congestion-control "$cc"
+                --repl-compression "$COMPRESS")
             start 0 "$pa" --replicaof 127.0.0.1 "$rb" "${common[@]}"; a=$STARTED
             start 1 "$pb" --replicaof 127.0.0.1 "$ra" "${common[@]}"; b=$STARTED
             redis-cli -p "$pa" SET warm 1 >/dev/null

@@ -299,7 +299,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},transfer_keys={},transfer_bytes={},from_log={},relayed={},repairs={},last_error={}",
+                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},transfer_keys={},transfer_bytes={},from_log={},compression={},compression_ratio={:.2},relayed={},repairs={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
@@ -315,6 +315,14 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                             p.transfer_keys.load(Ordering::Relaxed),
                             p.transfer_bytes.load(Ordering::Relaxed),
                             p.from_log.load(Ordering::Relaxed),
+                            if p.compressing.load(Ordering::Relaxed) { "lz4" } else { "none" },
+                            {
+                                let (raw, sent) = (
+                                    p.compress_in.load(Ordering::Relaxed),
+                                    p.compress_out.load(Ordering::Relaxed),
+                                );
+                                if sent == 0 { 1.0 } else { raw as f64 / sent as f64 }
+                            },
                             p.relayed.load(Ordering::Relaxed),
                             p.repairs.load(Ordering::Relaxed),
                             p.last_error.lock().replace(',', ";"),

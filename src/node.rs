@@ -338,6 +338,7 @@ impl Node {
             max_message: crate::replication::max_message_for(c.proto_max_bulk_len),
             window: c.repl_window_size,
             congestion: c.repl_congestion_control,
+            compression: c.repl_compression,
         })
     }
 

@@ -13,7 +13,7 @@ use chorus_testkit::{mutate, mutations, peak_heap_during};
 
 use chorus::connection::read_reserve;
 use chorus::replication::max_message_for;
-use chorus::replication::wire::{encode_msg, ReplMsg};
+use chorus::replication::wire::{decompress, encode_msg, ReplMsg};
 use chorus::resp::{self, Limits, Parsed, Progress, ProtocolError, Source};
 use chorus_crdt::{decode, Delta, KeyState, NodeId, Stamp, FORMAT_VERSION};
 use chorus_transport::frame::{append_framed, Deframer};
@@ -421,7 +421,12 @@ fn delta() -> impl Strategy<Value = Delta> {
 fn message() -> impl Strategy<Value = ReplMsg> {
     let node = (1u64..5).prop_map(NodeId);
     prop_oneof![
-        1 => version_vector().prop_map(|vv| ReplMsg::Resume { vv }),
+        1 => (version_vector(), proptest::collection::vec("[a-z0-9]{0,6}", 0..3))
+            .prop_map(|(vv, accepts)| ReplMsg::Resume { vv, accepts }),
+        1 => (any::<u64>(), any::<u8>()).prop_map(|(ask, bits)| ReplMsg::LeafDigestAsk { ask, bits }),
+        1 => any::<u64>().prop_map(|ask| ReplMsg::LeafDigestsEnd { ask }),
+        1 => proptest::collection::vec(any::<u8>(), 0..64)
+            .prop_map(|framed| ReplMsg::Compressed { lz4: lz4_flex::block::compress_prepend_size(&framed) }),
         1 => version_vector().prop_map(|vv| ReplMsg::Ack { vv }),
         4 => (node.clone(), any::<u64>(), delta())
             .prop_map(|(origin, seq, delta)| ReplMsg::Delta { origin, seq, delta }),
@@ -496,6 +501,23 @@ proptest! {
         let mut versioned = vec![FORMAT_VERSION];
         versioned.extend_from_slice(&bytes);
         decode_checked(&versioned)?;
+    }
+
+    /// A compressed batch, valid or mutated, opens to its frames or to an
+    /// error, never past the limit it is read with.
+    #[test]
+    fn repl_compressed_batches_open_or_fail_within_their_limit(
+        framed in proptest::collection::vec(any::<u8>(), 0..512),
+        mutations in mutations(0..4),
+    ) {
+        let mut lz4 = lz4_flex::block::compress_prepend_size(&framed);
+        mutate(&mut lz4, &mutations);
+        let limit = 1024;
+        let (opened, heap) = peak_heap_during(|| decompress(&lz4, limit));
+        prop_assert!(heap <= limit + HEAP_FIXED, "{} heap bytes", heap);
+        if mutations.is_empty() {
+            prop_assert_eq!(opened.ok(), Some(framed));
+        }
     }
 
     /// Valid messages with bytes flipped, inserted, deleted or cut off.

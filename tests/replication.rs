@@ -2500,3 +2500,52 @@ fn a_peer_that_lacks_a_little_gets_only_what_differs() {
         get(&mut cb, "after").is_some()
     });
 }
+
+/// #16: with `repl-compression lz4` the live stream goes compressed (the
+/// receiver says in its Resume that it reads lz4), writes of every size
+/// (one past the 1 MB fragment) arrive whole, and INFO shows the ratio.
+#[test]
+fn a_compressed_live_stream_carries_every_write() {
+    let (pa, pb) = (free_port(), free_port());
+    let lz4 = ["--repl-compression", "lz4"];
+    let a = node(pa, &[pb], &lz4);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "first", "1"]);
+    wait_until("the link up", || get(&mut cb, "first").is_some());
+    let mut pipe = redis::pipe();
+    for i in 0..2_000 {
+        pipe.cmd("SET")
+            .arg(format!("key:{i}"))
+            .arg(format!(
+                "{{\"user\":{i},\"session\":\"active\",\"region\":\"eu-west\"}}"
+            ))
+            .ignore();
+        pipe.cmd("INCR").arg("counter").ignore();
+    }
+    pipe.cmd("SADD").arg("set").arg("m1").arg("m2").ignore();
+    pipe.query::<()>(&mut ca).unwrap();
+    let big = "z".repeat(1_500_000);
+    q::<()>(&mut ca, &["SET", "big", &big]);
+    wait_until("everything on B", || {
+        q::<i64>(&mut cb, &["STRLEN", "big"]) == 1_500_000
+            && get(&mut cb, "counter").as_deref() == Some("2000")
+    });
+    assert_eq!(q::<i64>(&mut cb, &["DBSIZE"]), 2_004);
+    assert_eq!(
+        get(&mut cb, "key:1999").as_deref(),
+        Some("{\"user\":1999,\"session\":\"active\",\"region\":\"eu-west\"}")
+    );
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(info.contains("compression=lz4"), "{info}");
+    let ratio: f64 = info
+        .split("compression_ratio=")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .and_then(|r| r.parse().ok())
+        .unwrap();
+    assert!(ratio > 2.0, "compressible writes: {ratio}");
+    // B does not compress what it sends.
+    let info: String = q(&mut cb, &["INFO", "replication"]);
+    assert!(info.contains("compression=none"), "{info}");
+}

@@ -588,6 +588,7 @@ pub static DIRECTIVES: &[Directive] = &[
     applied("repl-log-max-size", "4294967296"),
     applied("repl-window-size", "33554432"),
     applied("repl-congestion-control", "cubic"),
+    applied("repl-compression", "no"),
 ];
 
 /// The known name closest to a misspelt `name`, if any is close enough to

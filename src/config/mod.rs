@@ -99,6 +99,8 @@ pub struct Config {
     /// Bytes a replication stream may have in flight (QUIC's window).
     pub repl_window_size: u64,
     pub repl_congestion_control: chorus_transport::Congestion,
+    /// `repl-compression lz4`: compress the live stream to peers that read it.
+    pub repl_compression: bool,
     /// With `appendonly yes`: the most bytes of folded delta log kept for
     /// peers that lack writes in it (they resume from the log, not by a
     /// state transfer).
@@ -325,6 +327,7 @@ impl Default for Config {
             repl_log_max_size: 4 << 30,
             repl_window_size: chorus_transport::DEFAULT_WINDOW,
             repl_congestion_control: chorus_transport::Congestion::Cubic,
+            repl_compression: false,
             max_clock_drift_ms: 500,
             repl_repair_interval_secs: 30,
             removed_peer_grace_secs: 3600,
@@ -686,6 +689,13 @@ impl Config {
                     .filter(|n| (64 * 1024..=1 << 32).contains(n))
                     .ok_or_else(|| bad("expects a size from 64kb to 4gb, like 32mb"))?;
             }
+            "repl-compression" => {
+                self.repl_compression = match one()?.to_ascii_lowercase().as_str() {
+                    "lz4" => true,
+                    "no" | "none" => false,
+                    _ => return Err(bad("expects no or lz4")),
+                };
+            }
             "repl-congestion-control" => {
                 self.repl_congestion_control = one()?.parse().map_err(|e: String| bad(&e))?;
             }
@@ -927,6 +937,7 @@ impl Config {
             "repl-log-max-size" => self.repl_log_max_size.to_string(),
             "repl-window-size" => self.repl_window_size.to_string(),
             "repl-congestion-control" => self.repl_congestion_control.to_string(),
+            "repl-compression" => if self.repl_compression { "lz4" } else { "no" }.to_string(),
             // No snapshots are taken whatever was written; tools such as
             // redis-benchmark read `save` to learn whether the server
             // snapshots.
@@ -1116,7 +1127,12 @@ mod tests {
         assert!(e.contains("cubic, bbr or newreno"), "{e}");
         let c = load("repl-log-max-size", "1gb").unwrap();
         assert_eq!(c.repl_log_max_size, 1 << 30);
+        assert!(load("repl-compression", "lz4").unwrap().repl_compression);
+        assert!(!load("repl-compression", "no").unwrap().repl_compression);
+        let e = load("repl-compression", "zip").unwrap_err().to_string();
+        assert!(e.contains("no or lz4"), "{e}");
         let d = Config::load(None, &[]).unwrap();
+        assert!(!d.repl_compression);
         assert_eq!(d.repl_window_size, 32 << 20);
         assert_eq!(
             d.repl_congestion_control,

@@ -116,6 +116,11 @@ pub struct PeerInfo {
     /// and repairs.
     pub transfer_keys: AtomicU64,
     pub transfer_bytes: AtomicU64,
+    /// Whether the current link's live stream is compressed, and the bytes
+    /// of frames before and after compression over every link.
+    pub compressing: AtomicBool,
+    pub compress_in: AtomicU64,
+    pub compress_out: AtomicU64,
     /// Where the peer's leaf digests go while a transfer waits for them,
     /// with the number of the ask they answer.
     leaf_reply: Mutex<Option<LeafReply>>,
@@ -152,6 +157,9 @@ impl PeerInfo {
             from_log: AtomicU64::new(0),
             transfer_keys: AtomicU64::new(0),
             transfer_bytes: AtomicU64::new(0),
+            compressing: AtomicBool::new(false),
+            compress_in: AtomicU64::new(0),
+            compress_out: AtomicU64::new(0),
             leaf_reply: Mutex::new(None),
             leaf_asks: AtomicU64::new(0),
             repair_asked: Mutex::new(None),
@@ -219,6 +227,8 @@ pub struct Replicator {
     log: std::sync::OnceLock<Arc<crate::deltalog::DeltaLog>>,
     /// The largest message a link carries (a leaf digest must fit).
     max_message: AtomicU64,
+    /// `repl-compression lz4`.
+    compress: AtomicBool,
 }
 
 /// Node names kept; past it the map starts over (a name is only shown).
@@ -258,6 +268,7 @@ impl Replicator {
             running: Mutex::new(None),
             log: std::sync::OnceLock::new(),
             max_message: AtomicU64::new(DEFAULT_MAX_FRAME as u64),
+            compress: AtomicBool::new(false),
         })
     }
 
@@ -692,6 +703,8 @@ pub struct ReplConfig {
     pub window: u64,
     /// `repl-congestion-control`.
     pub congestion: chorus_transport::Congestion,
+    /// `repl-compression lz4`.
+    pub compression: bool,
 }
 
 /// The largest replication message for a node whose clients may send bulk
@@ -718,6 +731,7 @@ pub fn start(
     transport_config.window = config.window;
     repl.max_message
         .store(config.max_message as u64, Ordering::Relaxed);
+    repl.compress.store(config.compression, Ordering::Relaxed);
     transport_config.congestion = config.congestion;
     repl.note_name(repl.node, &config.node_name);
     let transport = Transport::bind(config.listen, transport_config)?;
@@ -894,10 +908,12 @@ async fn serve_peer(
     let (_, mut back) = tokio::time::timeout(RESUME_WAIT, link.accept_stream())
         .await
         .map_err(|_| LinkError::ResumeTimeout(RESUME_WAIT))??;
-    let resume = match back.recv().await?.map(|f| decode::<ReplMsg>(&f)) {
-        Some(Ok(ReplMsg::Resume { vv })) => VersionVector::from_entries(&vv),
+    let (resume, accepts) = match back.recv().await?.map(|f| decode::<ReplMsg>(&f)) {
+        Some(Ok(ReplMsg::Resume { vv, accepts })) => (VersionVector::from_entries(&vv), accepts),
         other => return Err(LinkError::Protocol(format!("{other:?}"))),
     };
+    let compress = repl.compress.load(Ordering::Relaxed) && accepts.iter().any(|a| a == wire::LZ4);
+    info.compressing.store(compress, Ordering::Relaxed);
     let me = repl.node;
     // However this ends (an error, the task aborted by REPLICAOF REMOVE),
     // the backlog no longer holds for this link.
@@ -921,7 +937,7 @@ async fn serve_peer(
         let now = (repl.now_ms)();
         let mut plan = repl.core.lock().plan(&mut state, &acked, now);
         if let Some(frames) = plan.live.as_mut() {
-            live.send_framed(&mut frames.chunks).await?;
+            send_live(&mut live, &mut frames.chunks, compress, info).await?;
             info.sent_seq.store(frames.last, Ordering::Relaxed);
         }
         if let Some(hb) = plan.heartbeat.take() {
@@ -942,7 +958,7 @@ async fn serve_peer(
         }
         let log = repl.log.get().filter(|_| log_waits < LOG_WAITS_MAX);
         if let (true, Some(from), Some(log)) = (plan.transfer, plan.trimmed_from, log) {
-            match send_from_log(me, log, from, &mut live).await? {
+            match send_from_log(me, log, from, &mut live, compress, info).await? {
                 NumberedRead::Read { last } => {
                     info.from_log.fetch_add(last + 1 - from, Ordering::Relaxed);
                     state.sent_through(last);
@@ -1052,6 +1068,8 @@ async fn send_from_log(
     log: &Arc<crate::deltalog::DeltaLog>,
     from: u64,
     live: &mut FrameSender,
+    compress: bool,
+    info: &PeerInfo,
 ) -> Result<NumberedRead, LinkError> {
     let log = log.clone();
     let (read, framed) = tokio::task::spawn_blocking(move || {
@@ -1067,9 +1085,34 @@ async fn send_from_log(
     .await
     .map_err(|e| LinkError::Protocol(format!("reading the delta log: {e}")))?;
     if let NumberedRead::Read { .. } = read {
-        live.send_framed(&mut [framed.freeze()]).await?;
+        send_live(live, &mut [framed.freeze()], compress, info).await?;
     }
     Ok(read)
+}
+
+/// Sends pre-framed chunks of our own writes on the live stream, as one
+/// compressed batch when the link compresses and the batch is worth it.
+async fn send_live(
+    live: &mut FrameSender,
+    chunks: &mut [bytes::Bytes],
+    compress: bool,
+    info: &PeerInfo,
+) -> Result<(), LinkError> {
+    let len: usize = chunks.iter().map(|c| c.len()).sum();
+    if !compress || len < wire::COMPRESS_FROM {
+        live.send_framed(chunks).await?;
+        return Ok(());
+    }
+    let mut whole = Vec::with_capacity(len);
+    for chunk in chunks.iter() {
+        whole.extend_from_slice(chunk);
+    }
+    let frame = wire::compress(&whole)?;
+    info.compress_in.fetch_add(len as u64, Ordering::Relaxed);
+    info.compress_out
+        .fetch_add(frame.len() as u64, Ordering::Relaxed);
+    live.send(&frame).await?;
+    Ok(())
 }
 
 /// The sequence number of a log record that is one of `me`'s writes.
@@ -1401,6 +1444,7 @@ async fn receive(
     let mut back = link.open(StreamKind::Live).await?;
     back.send(&send_msg(&ReplMsg::Resume {
         vv: repl.applied_vv(),
+        accepts: vec![wire::LZ4.to_string()],
     })?)
     .await?;
     // Repair requests and leaf digests go back on the acknowledgement
@@ -1436,6 +1480,50 @@ async fn receive(
     }
     .await;
     result
+}
+
+/// A stream's frames, with compressed batches opened into theirs.
+struct Frames {
+    rx: FrameReceiver,
+    opened: chorus_transport::frame::Deframer,
+    max: usize,
+}
+
+impl Frames {
+    fn new(rx: FrameReceiver, max: usize) -> Frames {
+        Frames {
+            rx,
+            opened: chorus_transport::frame::Deframer::new(max),
+            max,
+        }
+    }
+
+    async fn next(&mut self) -> Result<Option<bytes::Bytes>, LinkError> {
+        loop {
+            if let Some(frame) = self.opened.next_message()? {
+                return Ok(Some(frame));
+            }
+            let Some(frame) = self.rx.recv().await? else {
+                return Ok(None);
+            };
+            if !wire::is_compressed(&frame) {
+                return Ok(Some(frame));
+            }
+            let ReplMsg::Compressed { lz4 } = decode::<ReplMsg>(&frame)? else {
+                return Err(LinkError::Protocol("a compressed batch that is not".into()));
+            };
+            // A batch holds up to a send's worth of frames, each within the
+            // message limit.
+            let framed = wire::decompress(&lz4, self.max.saturating_mul(2))
+                .map_err(|e| LinkError::Protocol(e.to_string()))?;
+            if !self.opened.is_idle() {
+                return Err(LinkError::Protocol(
+                    "a compressed batch ends mid-frame".into(),
+                ));
+            }
+            self.opened.push(&framed);
+        }
+    }
 }
 
 /// What a receiver sends its peer besides acknowledgements.
@@ -1478,7 +1566,7 @@ async fn apply_stream(
     ks: &Keyspace,
     repl: &Replicator,
     peer: NodeId,
-    mut rx: FrameReceiver,
+    rx: FrameReceiver,
     asks: &tokio::sync::mpsc::Sender<Back>,
 ) -> Result<(), LinkError> {
     // The keys a state transfer on this stream named so far, and what this
@@ -1500,7 +1588,8 @@ async fn apply_stream(
     // brings them ends.
     let mut dropping: SmallVec<[NodeId; 2]> = SmallVec::new();
     let mut asked_all_at: Option<u64> = None;
-    while let Some(frame) = rx.recv().await? {
+    let mut frames = Frames::new(rx, repl.max_message.load(Ordering::Relaxed) as usize);
+    while let Some(frame) = frames.next().await? {
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta {
                 origin, seq, delta, ..
@@ -1679,6 +1768,7 @@ async fn apply_stream(
                 }
             }
             ReplMsg::Resume { .. }
+            | ReplMsg::Compressed { .. }
             | ReplMsg::Ack { .. }
             | ReplMsg::RepairAsk { .. }
             | ReplMsg::LeafDigest { .. }
@@ -1924,6 +2014,7 @@ mod tests {
             max_message: max_message_for(1 << 20),
             window: chorus_transport::DEFAULT_WINDOW,
             congestion: chorus_transport::Congestion::Cubic,
+            compression: false,
         };
         start(ks.clone(), repl.clone(), config).unwrap();
         (ks, repl)

@@ -21,9 +21,11 @@ use serde::{Deserialize, Serialize};
 /// What peers say to each other on a link.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum ReplMsg {
-    /// Receiver → sender, first on a link: what it has applied per origin.
+    /// Receiver → sender, first on a link: what it has applied per origin,
+    /// and the compressions of the live stream it reads (`"lz4"`).
     Resume {
         vv: Vec<(NodeId, u64)>,
+        accepts: Vec<String>,
     },
     /// Receiver → sender, periodically: as `Resume`, less the retired lives
     /// it settled (the sender keeps what earlier messages said of those).
@@ -101,6 +103,14 @@ pub enum ReplMsg {
     LeafDigestsEnd {
         ask: u64,
     },
+    /// Sender → receiver, on the live stream of a link whose receiver
+    /// accepts lz4 and whose sender has `repl-compression lz4`: frames as
+    /// the stream would carry them (transport-framed, back to back),
+    /// compressed as one lz4 block with its length (u32 LE) in front.
+    Compressed {
+        #[serde(with = "serde_bytes")]
+        lz4: Vec<u8>,
+    },
 }
 
 /// [`ReplMsg`] for sending a local write from borrowed parts: the same
@@ -109,7 +119,10 @@ pub enum ReplMsg {
 #[derive(Serialize)]
 pub(crate) enum ReplMsgOut<'a> {
     #[allow(dead_code)]
-    Resume { vv: Vec<(NodeId, u64)> },
+    Resume {
+        vv: Vec<(NodeId, u64)>,
+        accepts: Vec<String>,
+    },
     #[allow(dead_code)]
     Ack { vv: Vec<(NodeId, u64)> },
     Delta {
@@ -134,6 +147,52 @@ pub(crate) enum DeltaRef<'a> {
     },
 }
 
+/// The compression a receiver reads, named in its `Resume`.
+pub const LZ4: &str = "lz4";
+
+/// Batches smaller than this go uncompressed: lz4 gains little on them.
+pub const COMPRESS_FROM: usize = 512;
+
+/// `ReplMsg::Compressed`'s variant, read from a frame's leading bytes.
+const COMPRESSED_VARIANT: u32 = 12;
+
+/// Whether `frame` is a `ReplMsg::Compressed` (without decoding it).
+pub fn is_compressed(frame: &[u8]) -> bool {
+    matches!(
+        chorus_crdt::decode_prefix::<u32>(frame),
+        Ok(COMPRESSED_VARIANT)
+    )
+}
+
+/// Compresses framed bytes into one `ReplMsg::Compressed` frame payload.
+pub fn compress(framed: &[u8]) -> Result<Vec<u8>, chorus_crdt::codec::EncodeError> {
+    encode(&ReplMsg::Compressed {
+        lz4: lz4_flex::block::compress_prepend_size(framed),
+    })
+}
+
+/// Why a compressed frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum Decompress {
+    #[error("a compressed batch claims {0} bytes, more than a link carries")]
+    TooLarge(usize),
+    #[error("a compressed batch does not decompress: {0}")]
+    Corrupt(String),
+}
+
+/// The framed bytes of a `ReplMsg::Compressed` block, refusing one that
+/// claims more than `max` bytes before allocating them.
+pub fn decompress(lz4: &[u8], max: usize) -> Result<Vec<u8>, Decompress> {
+    let Some(len) = lz4.get(..4) else {
+        return Err(Decompress::Corrupt("no length".into()));
+    };
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > max {
+        return Err(Decompress::TooLarge(len));
+    }
+    lz4_flex::block::decompress_size_prepended(lz4).map_err(|e| Decompress::Corrupt(e.to_string()))
+}
+
 /// Encodes a message for a frame.
 pub fn encode_msg(msg: &ReplMsg) -> Result<Vec<u8>, chorus_crdt::codec::EncodeError> {
     encode(msg)
@@ -143,6 +202,44 @@ pub fn encode_msg(msg: &ReplMsg) -> Result<Vec<u8>, chorus_crdt::codec::EncodeEr
 mod tests {
     use super::*;
     use chorus_crdt::encode_append;
+
+    #[test]
+    fn a_compressed_batch_reads_back_as_the_frames_it_holds() {
+        let mut framed = bytes::BytesMut::new();
+        let big = vec![7u8; 3 << 20];
+        let messages: Vec<Vec<u8>> = vec![b"one".to_vec(), big, b"three".repeat(100)];
+        for m in &messages {
+            chorus_transport::frame::append_framed(&mut framed, m);
+        }
+        let frame = compress(&framed).unwrap();
+        assert!(is_compressed(&frame));
+        assert!(
+            frame.len() < framed.len() / 20,
+            "{} of {}",
+            frame.len(),
+            framed.len()
+        );
+        let Ok(ReplMsg::Compressed { lz4 }) = chorus_crdt::decode::<ReplMsg>(&frame) else {
+            panic!("not a compressed batch")
+        };
+        let back = decompress(&lz4, 8 << 20).unwrap();
+        assert_eq!(back, framed.to_vec());
+        let mut deframer = chorus_transport::frame::Deframer::new(8 << 20);
+        deframer.push(&back);
+        for m in &messages {
+            assert_eq!(deframer.next_message().unwrap().unwrap().to_vec(), *m);
+        }
+        // A claim past the limit is refused before anything is allocated;
+        // garbage is an error, never a panic.
+        assert!(matches!(
+            decompress(&lz4, 1 << 20),
+            Err(Decompress::TooLarge(_))
+        ));
+        assert!(decompress(&[0xff, 0xff, 0, 0, 1, 2, 3], 1 << 20).is_err());
+        assert!(decompress(&[1], 1 << 20).is_err());
+        let other = encode(&ReplMsg::LeafDigestsEnd { ask: 1 }).unwrap();
+        assert!(!is_compressed(&other));
+    }
 
     /// The borrowed form a node sends must decode as the owned message.
     #[test]
