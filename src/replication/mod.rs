@@ -891,6 +891,7 @@ async fn sender(
                 }
                 link.close("resetting");
                 info.connected.store(false, Ordering::Relaxed);
+                info.compressing.store(false, Ordering::Relaxed);
             }
             Err(e) => *info.last_error.lock() = e.to_string(),
         }
@@ -914,6 +915,7 @@ async fn serve_peer(
     };
     let compress = repl.compress.load(Ordering::Relaxed) && accepts.iter().any(|a| a == wire::LZ4);
     info.compressing.store(compress, Ordering::Relaxed);
+    let max_message = repl.max_message.load(Ordering::Relaxed) as usize;
     let me = repl.node;
     // However this ends (an error, the task aborted by REPLICAOF REMOVE),
     // the backlog no longer holds for this link.
@@ -937,7 +939,7 @@ async fn serve_peer(
         let now = (repl.now_ms)();
         let mut plan = repl.core.lock().plan(&mut state, &acked, now);
         if let Some(frames) = plan.live.as_mut() {
-            send_live(&mut live, &mut frames.chunks, compress, info).await?;
+            send_live(&mut live, &mut frames.chunks, compress, max_message, info).await?;
             info.sent_seq.store(frames.last, Ordering::Relaxed);
         }
         if let Some(hb) = plan.heartbeat.take() {
@@ -958,7 +960,7 @@ async fn serve_peer(
         }
         let log = repl.log.get().filter(|_| log_waits < LOG_WAITS_MAX);
         if let (true, Some(from), Some(log)) = (plan.transfer, plan.trimmed_from, log) {
-            match send_from_log(me, log, from, &mut live, compress, info).await? {
+            match send_from_log(me, log, from, &mut live, compress, max_message, info).await? {
                 NumberedRead::Read { last } => {
                     info.from_log.fetch_add(last + 1 - from, Ordering::Relaxed);
                     state.sent_through(last);
@@ -1069,6 +1071,7 @@ async fn send_from_log(
     from: u64,
     live: &mut FrameSender,
     compress: bool,
+    max: usize,
     info: &PeerInfo,
 ) -> Result<NumberedRead, LinkError> {
     let log = log.clone();
@@ -1085,7 +1088,7 @@ async fn send_from_log(
     .await
     .map_err(|e| LinkError::Protocol(format!("reading the delta log: {e}")))?;
     if let NumberedRead::Read { .. } = read {
-        send_live(live, &mut [framed.freeze()], compress, info).await?;
+        send_live(live, &mut [framed.freeze()], compress, max, info).await?;
     }
     Ok(read)
 }
@@ -1096,6 +1099,7 @@ async fn send_live(
     live: &mut FrameSender,
     chunks: &mut [bytes::Bytes],
     compress: bool,
+    max: usize,
     info: &PeerInfo,
 ) -> Result<(), LinkError> {
     let len: usize = chunks.iter().map(|c| c.len()).sum();
@@ -1108,6 +1112,12 @@ async fn send_live(
         whole.extend_from_slice(chunk);
     }
     let frame = wire::compress(&whole)?;
+    // What does not compress goes as it is; so does a batch whose one
+    // frame would pass the message limit.
+    if frame.len() >= len || frame.len() > max {
+        live.send_framed(chunks).await?;
+        return Ok(());
+    }
     info.compress_in.fetch_add(len as u64, Ordering::Relaxed);
     info.compress_out
         .fetch_add(frame.len() as u64, Ordering::Relaxed);
@@ -1501,7 +1511,18 @@ impl Frames {
     async fn next(&mut self) -> Result<Option<bytes::Bytes>, LinkError> {
         loop {
             if let Some(frame) = self.opened.next_message()? {
+                if wire::is_compressed(&frame) {
+                    return Err(LinkError::Protocol(
+                        "a compressed batch inside another".into(),
+                    ));
+                }
                 return Ok(Some(frame));
+            }
+            // A batch holds whole frames: anything left is a sender's error.
+            if !self.opened.is_idle() {
+                return Err(LinkError::Protocol(
+                    "a compressed batch ends mid-frame".into(),
+                ));
             }
             let Some(frame) = self.rx.recv().await? else {
                 return Ok(None);
@@ -1516,11 +1537,6 @@ impl Frames {
             // message limit.
             let framed = wire::decompress(&lz4, self.max.saturating_mul(2))
                 .map_err(|e| LinkError::Protocol(e.to_string()))?;
-            if !self.opened.is_idle() {
-                return Err(LinkError::Protocol(
-                    "a compressed batch ends mid-frame".into(),
-                ));
-            }
             self.opened.push(&framed);
         }
     }

@@ -187,7 +187,9 @@ pub fn decompress(lz4: &[u8], max: usize) -> Result<Vec<u8>, Decompress> {
         return Err(Decompress::Corrupt("no length".into()));
     };
     let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    if len > max {
+    // lz4 expands a block 255 times at most: a claim past that is a lie,
+    // refused before the decoder allocates what it claims.
+    if len > max.min(lz4.len().saturating_mul(255).saturating_add(64)) {
         return Err(Decompress::TooLarge(len));
     }
     lz4_flex::block::decompress_size_prepended(lz4).map_err(|e| Decompress::Corrupt(e.to_string()))
@@ -236,6 +238,11 @@ mod tests {
             Err(Decompress::TooLarge(_))
         ));
         assert!(decompress(&[0xff, 0xff, 0, 0, 1, 2, 3], 1 << 20).is_err());
+        // A few bytes claiming a megabyte: refused, not allocated.
+        assert!(matches!(
+            decompress(&[0, 0, 16, 0, 1, 2, 3, 4], 1 << 30),
+            Err(Decompress::TooLarge(_))
+        ));
         assert!(decompress(&[1], 1 << 20).is_err());
         let other = encode(&ReplMsg::LeafDigestsEnd { ask: 1 }).unwrap();
         assert!(!is_compressed(&other));

@@ -34,7 +34,8 @@ use crate::TransportError;
 /// names itself (`node-name`) once the secret is proved. 8: key states carry
 /// collections (crdt format 4). 9: transfers of what differs
 /// (`LeafDigestAsk`, `LeafDigest`, a `SnapshotBegin` scoped by leaves).
-pub const PROTOCOL_VERSION: u16 = 9;
+/// 10: a `Resume` names the compressions its sender reads; `Compressed`.
+pub const PROTOCOL_VERSION: u16 = 10;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
