@@ -20,13 +20,6 @@ ensure_tools "redis-cli" "redis-tools"
 cargo build --release -q
 
 
-start() { # start CPU PORT [args...]
-    local cpu=$1 port=$2; shift 2
-    taskset -c "$cpu" ./target/release/chorus server --port "$port" --server-threads 1 "$@" \
-        >/dev/null 2>>"$WORK/chorus.log" &
-    PIDS+=("$!")
-    wait_ready "$port"
-}
 
 net_bytes() { # net_bytes PORT -> input + output bytes so far
     redis-cli -p "$1" INFO stats | tr -d '\r' | awk -F: '

@@ -71,3 +71,22 @@ median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else prin
 machine() {
     echo "machine: $(nproc) vCPU $(lscpu | awk -F: '/Model name/ {gsub(/^ +/,"",$2); print $2}'), $(free -g | awk '/Mem/ {print $2}') GiB; $(date -u +%F)"
 }
+
+# start CPU PORT [extra args...]: starts a chorus node (release build, one server
+# thread) pinned to CPU, sets STARTED to its pid. (Not run in $(...): a subshell
+# would hold the pipe open and run the EXIT trap.)
+start() {
+    local cpu=$1 port=$2; shift 2
+    taskset -c "$cpu" ./target/release/chorus server --port "$port" --server-threads 1 "$@" \
+        >/dev/null 2>>"$WORK/chorus.log" &
+    STARTED=$!
+    PIDS+=("$STARTED")
+    wait_ready "$port"
+}
+
+now_ms() { date +%s%3N; }
+
+# peer_field PORT NAME: a counter of the first peer line of PORT's INFO replication.
+peer_field() {
+    redis-cli -p "$1" INFO replication | tr ',' '\n' | tr -d '\r' | awk -F= -v n="$2" '$1 == n {print $2+0; exit}'
+}

@@ -22,18 +22,7 @@ source bench/common.sh
 ensure_tools "redis-cli" "redis-tools"
 cargo build --release -q
 
-start() { # start CPU PORT [args...]
-    local cpu=$1 port=$2; shift 2
-    taskset -c "$cpu" ./target/release/chorus server --port "$port" --server-threads 1 "$@" \
-        >/dev/null 2>>"$WORK/chorus.log" &
-    STARTED=$!
-    PIDS+=("$STARTED")
-    wait_ready "$port"
-}
 
-peer_field() { # peer_field PORT NAME
-    redis-cli -p "$1" INFO replication | tr ',' '\n' | tr -d '\r' | awk -F= -v n="$2" '$1 == n {print $2+0; exit}'
-}
 info_field() { # info_field PORT NAME
     redis-cli -p "$1" INFO replication | tr -d '\r' | awk -F: -v n="$2" '$1 == n {print $2; exit}'
 }

@@ -30,16 +30,6 @@ cargo build --release -q
 
 
 
-# start CPU PORT [extra args...]: starts a node, sets STARTED to its pid. (Not run
-# in $(...): a subshell would hold the pipe open and run the EXIT trap.)
-start() {
-    local cpu=$1 port=$2; shift 2
-    taskset -c "$cpu" ./target/release/chorus server --port "$port" --server-threads 1 "$@" \
-        >/dev/null 2>>"$WORK/chorus.log" &
-    STARTED=$!
-    PIDS+=("$STARTED")
-    wait_ready "$port"
-}
 
 
 # CPU seconds (user + system) a process has used.

@@ -22,15 +22,6 @@ source bench/common.sh
 ensure_tools "redis-cli" "redis-tools"
 cargo build --release -q
 
-start() { # start CPU PORT [args...]
-    local cpu=$1 port=$2; shift 2
-    taskset -c "$cpu" ./target/release/chorus server --port "$port" --server-threads 1 "$@" \
-        >/dev/null 2>>"$WORK/chorus.log" &
-    STARTED=$!
-    PIDS+=("$STARTED")
-    wait_ready "$port"
-}
-now_ms() { date +%s%3N; }
 peer_of() { # peer_of PORT PEER_PORT NAME: a counter of PORT's link to PEER_PORT
     redis-cli -p "$1" INFO replication | tr -d '\r' | grep "addr=127.0.0.1:$(($2 + 10000))," \
         | tr ',' '\n' | awk -F= -v n="$3" '$1 == n {print $2; exit}'

@@ -35,14 +35,6 @@ source bench/common.sh
 ensure_tools "redis-benchmark redis-cli" "redis-tools"
 cargo build --release -q -p chorus -p chorus-linkem
 
-start() { # start CPU PORT [args...]
-    local cpu=$1 port=$2; shift 2
-    taskset -c "$cpu" ./target/release/chorus server --port "$port" --server-threads 1 "$@" \
-        >/dev/null 2>>"$WORK/chorus.log" &
-    STARTED=$!
-    PIDS+=("$STARTED")
-    wait_ready "$port"
-}
 
 relay() { # relay LISTEN_PORT TARGET_PORT ONE_WAY_MS
     local rate=()
@@ -53,11 +45,7 @@ relay() { # relay LISTEN_PORT TARGET_PORT ONE_WAY_MS
     PIDS+=("$STARTED")
 }
 
-now_ms() { date +%s%3N; }
 
-peer_field() { # peer_field PORT NAME
-    redis-cli -p "$1" INFO replication | tr ',' '\n' | tr -d '\r' | awk -F= -v n="$2" '$1 == n {print $2+0; exit}'
-}
 
 # lag PORT_A PORT_B RATE SIZE -> "p50 p99" in ms of write-on-A to visible-on-B
 # while a generator writes RATE SETs a second to A.
