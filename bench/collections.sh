@@ -26,19 +26,7 @@ cargo build --release -q
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-start_redis() {
-    local port; port=$(free_port)
-    taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-        --daemonize no --logfile "$WORK/redis.log" &
-    PIDS+=($!); echo "$! $port"
-}
 
-start_chorus() {
-    local port; port=$(free_port)
-    taskset -c 0 ./target/release/chorus server --port "$port" --server-threads 1 \
-        2>>"$WORK/chorus.log" &
-    PIDS+=($!); echo "$! $port"
-}
 
 # bench PORT NAME COMMAND...: "NAME rps" for one custom command at -P 16.
 bench() {

@@ -90,3 +90,20 @@ now_ms() { date +%s%3N; }
 peer_field() {
     redis-cli -p "$1" INFO replication | tr ',' '\n' | tr -d '\r' | awk -F= -v n="$2" '$1 == n {print $2+0; exit}'
 }
+
+# start_redis / start_chorus [CPUS [THREADS]]: print "PID PORT" of a server pinned to CPU 0
+# (chorus: CPUS, default 0, with THREADS server threads, default 1) on a free port. Run as
+# `read -r pid port < <(start_redis)`.
+start_redis() {
+    local port; port=$(free_port)
+    taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        --daemonize no --logfile "$WORK/redis.log" &
+    PIDS+=($!); echo "$! $port"
+}
+
+start_chorus() {
+    local port; port=$(free_port)
+    taskset -c "${1:-0}" ./target/release/chorus server --port "$port" --server-threads "${2:-1}" \
+        2>>"$WORK/chorus.log" &
+    PIDS+=($!); echo "$! $port"
+}

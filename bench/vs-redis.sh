@@ -22,19 +22,7 @@ cargo build --release -q
 
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
-start_redis() {
-    local port; port=$(free_port)
-    taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
-        --daemonize no --logfile "$WORK/redis.log" &
-    PIDS+=($!); echo "$! $port"
-}
 
-start_chorus() { # $1: cpus for taskset, $2: server-threads
-    local port; port=$(free_port)
-    taskset -c "$1" ./target/release/chorus server --port "$port" --server-threads "$2" \
-        2>>"$WORK/chorus.log" &
-    PIDS+=($!); echo "$! $port"
-}
 
 
 RESULTS="$WORK/results"

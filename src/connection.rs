@@ -338,7 +338,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         let mut now_ms = server.node.ks.clock.physical_unix_ms();
         let mut last_cmd: Option<&'static str> = None;
         let writes_before = server.node.ks.local_writes();
-        let out_limit = server.tunables.output_buffer_limits.read().normal;
+        let out_limit = {
+            let limits = server.tunables.output_buffer_limits.read();
+            match session.subscribed() {
+                true => limits.pubsub,
+                false => limits.normal,
+            }
+        };
         let mut verdict = None;
         while input.len() - consumed >= need && !session.close && out.buf.len() < REPLY_BATCH_BYTES
         {
@@ -367,6 +373,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                     commands += 1;
+                    if let Some(subs) = &session.subs {
+                        // Messages that came before the command go before
+                        // its reply (an UNSUBSCRIBE's, say).
+                        subs.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
+                    }
                     last_cmd = crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
                         .or(last_cmd);
                     drop(argv);
@@ -441,14 +452,37 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         if let Some(persistence) = &server.node.persistence {
             persistence.sync_if_written(writes_before).await;
         }
+        // Full of replies: the rest of the pipeline runs before anything
+        // more is read. (Messages alone never keep a client from being read.)
         let batch_full = out.buf.len() >= REPLY_BATCH_BYTES;
+        let mailbox = session.subs.as_ref().map(|s| s.mailbox.clone());
+        if let Some(mailbox) = &mailbox {
+            if mailbox.overflowed.load(Ordering::Relaxed) {
+                verdict = Some(Verdict::OutputLimit);
+            } else if !session.close {
+                // (Nothing follows QUIT's +OK.)
+                mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
+            }
+        }
         if verdict.is_none() && !out.buf.is_empty() {
             handle.qbuf.store(input.len(), Ordering::Relaxed);
             handle.omem.store(out.buf.len(), Ordering::Relaxed);
             handle
                 .buffers
                 .store(input.capacity() + out.buf.capacity(), Ordering::Relaxed);
-            let sent = write_replies(sock, &out.buf, out_limit).await;
+            let sent = match &mailbox {
+                // A subscriber that stops reading must not keep its task
+                // in a write while its mailbox overflows.
+                Some(m) => tokio::select! {
+                    sent = write_replies(sock, &out.buf, out_limit) => sent,
+                    _ = handle.kill.notified() => match m.overflowed.load(Ordering::Relaxed) {
+                        true => Ok(false),
+                        // CLIENT KILL.
+                        false => return Ok(()),
+                    },
+                },
+                None => write_replies(sock, &out.buf, out_limit).await,
+            };
             handle.omem.store(0, Ordering::Relaxed);
             if sent? {
                 server
@@ -475,7 +509,6 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
         if batch_full {
-            // The rest of the pipeline runs before anything more is read.
             continue;
         }
         if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
@@ -487,7 +520,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(());
         }
         input.reserve(read_reserve(input.len(), need));
-        let timeout_secs = server.tunables.timeout_secs.load(Ordering::Relaxed);
+        // As Redis, `timeout` spares subscribers: they only listen.
+        let timeout_secs = match session.subscribed() {
+            true => 0,
+            false => server.tunables.timeout_secs.load(Ordering::Relaxed),
+        };
         let read = async {
             if timeout_secs > 0 {
                 match tokio::time::timeout(
@@ -503,10 +540,30 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 sock.read_buf(&mut input).await
             }
         };
+        let mail = async {
+            match &mailbox {
+                // More than one batch was waiting: the next goes at once.
+                Some(m) if !m.is_empty() => {}
+                Some(m) => m.ready.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         let n = tokio::select! {
             r = read => r?,
             _ = handle.kill.notified() => 0,
+            _ = mail => continue,
         };
+        if mailbox
+            .as_ref()
+            .is_some_and(|m| m.overflowed.load(Ordering::Relaxed))
+        {
+            server
+                .stats
+                .output_buffer_limit_disconnections
+                .fetch_add(1, Ordering::Relaxed);
+            warn!(addr = %handle.addr, "closing subscriber that exceeded client-output-buffer-limit pubsub");
+            return Ok(());
+        }
         if n == 0 || handle.killed.load(Ordering::Relaxed) {
             return Ok(());
         }
@@ -554,6 +611,8 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
     let deadline = blocked.timeout.map(|t| tokio::time::Instant::now() + t);
     let argv: Vec<&[u8]> = blocked.argv.iter().map(Vec::as_slice).collect();
     let handle = session.handle.clone();
+    // A RESP3 subscriber may block: its messages go out meanwhile.
+    let mailbox = session.subs.as_ref().map(|s| s.mailbox.clone());
     loop {
         // Again at once: a change may have come between the first try
         // and the watch.
@@ -579,7 +638,28 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
             return Ok(false);
         }
         input.reserve(4096);
+        let mail = async {
+            match &mailbox {
+                Some(m) if !m.is_empty() => {}
+                Some(m) => m.ready.notified().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            _ = mail => {
+                if let Some(m) = &mailbox {
+                    if m.overflowed.load(Ordering::Relaxed) {
+                        return Ok(false);
+                    }
+                    let mut pushes = Reply::new();
+                    pushes.resp3 = out.resp3;
+                    m.drain_into(&mut pushes, REPLY_BATCH_BYTES);
+                    if !pushes.buf.is_empty() && !write_replies(sock, &pushes.buf, out_limit).await? {
+                        return Ok(false);
+                    }
+                }
+                continue;
+            }
             _ = watch.notify.notified() => {}
             _ = timeout => {
                 out.null_array();

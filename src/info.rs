@@ -231,6 +231,20 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
             );
             line("keyspace_hits", &hits);
             line("keyspace_misses", &misses);
+            let (channels, shard_channels, patterns) = node.ks.pubsub.counts();
+            line("pubsub_channels", &channels);
+            line("pubsub_patterns", &patterns);
+            line("pubsubshard_channels", &shard_channels);
+            let pubsub = &node.ks.pubsub;
+            line(
+                "pubsub_delivered",
+                &pubsub.delivered.load(Ordering::Relaxed),
+            );
+            line(
+                "pubsub_from_peers",
+                &pubsub.from_peers.load(Ordering::Relaxed),
+            );
+            line("pubsub_late_dropped", &pubsub.late.load(Ordering::Relaxed));
             line(
                 "conflicts_total",
                 &node.ks.conflicts.total.load(Ordering::Relaxed),
@@ -299,7 +313,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},transfer_keys={},transfer_bytes={},from_log={},compression={},compression_ratio={:.2},relayed={},repairs={},last_error={}",
+                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},transfer_keys={},transfer_bytes={},from_log={},compression={},compression_ratio={:.2},relayed={},repairs={},pubsub_sent={},pubsub_dropped={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
@@ -325,6 +339,8 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                             },
                             p.relayed.load(Ordering::Relaxed),
                             p.repairs.load(Ordering::Relaxed),
+                            p.pubsub_sent.load(Ordering::Relaxed),
+                            p.pubsub_dropped.load(Ordering::Relaxed),
                             p.last_error.lock().replace(',', ";"),
                         ),
                     );

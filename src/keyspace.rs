@@ -53,6 +53,9 @@ pub trait DeltaSink: Send + Sync {
     ) {
         self.publish_key(db, key, &KeyState::tally_delta(node, tally), now_ms);
     }
+    /// A PUBLISH or SPUBLISH made here, for the peers' subscribers: sent
+    /// at most once, never stored.
+    fn publish_message(&self, _space: crate::pubsub::Space, _channel: &[u8], _message: &[u8]) {}
 }
 
 /// The hasher of the keyspace's maps: random per process in production,
@@ -532,6 +535,8 @@ pub struct Keyspace {
     tracking: bool,
     /// Clients blocked on keys, woken by every change to them.
     pub waiters: crate::waiters::Waiters,
+    /// Subscribers, and the messages published to them.
+    pub pubsub: Arc<crate::pubsub::PubSub>,
 }
 
 /// The shards one command holds, in index order.
@@ -686,7 +691,23 @@ impl Keyspace {
             local_writes: AtomicU64::new(0),
             tracking: false,
             waiters: Default::default(),
+            pubsub: Arc::new(crate::pubsub::PubSub::new()),
         }
+    }
+
+    /// Delivers a message published by a local client to this node's
+    /// subscribers and hands it to the replication sink for the peers'.
+    /// Returns the local receivers, as PUBLISH answers.
+    pub fn publish_message(
+        &self,
+        space: crate::pubsub::Space,
+        channel: &[u8],
+        message: &[u8],
+    ) -> usize {
+        if let Some(sink) = &self.sink {
+            sink.publish_message(space, channel, message);
+        }
+        self.pubsub.publish(space, channel, message)
     }
 
     /// Sends every local write to `sink`. Tombstones are then kept until

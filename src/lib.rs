@@ -25,6 +25,7 @@ pub mod keymap;
 pub mod keyspace;
 pub mod node;
 pub mod persist;
+pub mod pubsub;
 pub mod replication;
 pub mod resp;
 pub mod server;

@@ -479,6 +479,12 @@ impl Reply {
         self.header(b'*', n as i64);
     }
 
+    /// An out-of-band message of `n` parts (pub/sub, invalidations): `>`
+    /// in RESP3, an array in RESP2.
+    pub fn push(&mut self, n: usize) {
+        self.header(if self.resp3 { b'>' } else { b'*' }, n as i64);
+    }
+
     /// A map of `n` pairs: `%` in RESP3, a flat array of 2n in RESP2.
     pub fn map(&mut self, n: usize) {
         if self.resp3 {

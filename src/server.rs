@@ -26,6 +26,8 @@ pub struct Tunables {
     pub loglevel: Mutex<LogLevel>,
     /// The keyspace's `maxmemory` settings, shared with it.
     pub memory: Arc<crate::evict::Limits>,
+    /// The keyspace's pub/sub hub, which holds the `pubsub` output limit.
+    pub pubsub: Arc<crate::pubsub::PubSub>,
 }
 
 /// One setting CONFIG SET changes live: how to read it for CONFIG GET and
@@ -100,7 +102,10 @@ pub static LIVE: &[Live] = &[
     Live {
         name: "client-output-buffer-limit",
         get: |t| t.output_buffer_limits.read().to_string(),
-        set: |t, c| *t.output_buffer_limits.write() = c.client_output_buffer_limits,
+        set: |t, c| {
+            *t.output_buffer_limits.write() = c.client_output_buffer_limits;
+            t.pubsub.set_limit(c.client_output_buffer_limits.pubsub);
+        },
     },
     Live {
         name: "loglevel",
@@ -115,7 +120,11 @@ pub static LIVE: &[Live] = &[
 ];
 
 impl Tunables {
-    fn from_config(config: &Config, memory: Arc<crate::evict::Limits>) -> Tunables {
+    fn from_config(
+        config: &Config,
+        memory: Arc<crate::evict::Limits>,
+        pubsub: Arc<crate::pubsub::PubSub>,
+    ) -> Tunables {
         let t = Tunables {
             requirepass: RwLock::new(None),
             maxclients: AtomicUsize::new(0),
@@ -126,6 +135,7 @@ impl Tunables {
             output_buffer_limits: RwLock::new(OutputBufferLimits::default()),
             loglevel: Mutex::new(config.loglevel),
             memory,
+            pubsub,
         };
         for live in LIVE {
             (live.set)(&t, config);
@@ -232,7 +242,11 @@ pub struct Server {
 impl Server {
     pub fn new(node: Arc<Node>) -> Arc<Server> {
         Arc::new(Server {
-            tunables: Tunables::from_config(&node.config, node.ks.limits.clone()),
+            tunables: Tunables::from_config(
+                &node.config,
+                node.ks.limits.clone(),
+                node.ks.pubsub.clone(),
+            ),
             node,
             stats: Stats::default(),
             clients: ClientRegistry::default(),
@@ -277,7 +291,7 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let config = Config::load(None, &args).unwrap();
-        let t = Tunables::from_config(&config, Default::default());
+        let t = Tunables::from_config(&config, Default::default(), Default::default());
         let got: Vec<(&str, String)> = LIVE.iter().map(|l| (l.name, (l.get)(&t))).collect();
         assert_eq!(
             got,

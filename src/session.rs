@@ -44,6 +44,9 @@ pub struct ClientHandle {
     pub buffers: AtomicUsize,
     pub kill: Notify,
     pub killed: AtomicBool,
+    /// Channels, patterns and shard channels subscribed to (`sub=`,
+    /// `psub=`, `ssub=`).
+    pub subscriptions: [AtomicUsize; 3],
 }
 
 impl ClientHandle {
@@ -65,6 +68,7 @@ impl ClientHandle {
             buffers: AtomicUsize::new(0),
             kill: Notify::new(),
             killed: AtomicBool::new(false),
+            subscriptions: Default::default(),
         }
     }
 
@@ -170,6 +174,16 @@ pub struct Session {
     /// Running a blocked command again after a wake: a key now of another
     /// type keeps it waiting instead of failing it (as Redis 7.0).
     pub retrying_block: bool,
+    /// Channels and patterns subscribed to, with the mailbox their
+    /// messages wait in (created by the first subscribe).
+    pub subs: Option<crate::pubsub::Subscriptions>,
+}
+
+impl Session {
+    /// Whether the client is in Redis's subscribed context.
+    pub fn subscribed(&self) -> bool {
+        self.subs.as_ref().is_some_and(|s| s.any())
+    }
 }
 
 impl Session {
@@ -190,6 +204,7 @@ impl Session {
             blocked: None,
             in_exec: false,
             retrying_block: false,
+            subs: None,
         }
     }
 

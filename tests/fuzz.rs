@@ -427,6 +427,8 @@ fn message() -> impl Strategy<Value = ReplMsg> {
         1 => any::<u64>().prop_map(|ask| ReplMsg::LeafDigestsEnd { ask }),
         1 => proptest::collection::vec(any::<u8>(), 0..64)
             .prop_map(|framed| ReplMsg::Compressed { lz4: lz4_flex::block::compress_prepend_size(&framed) }),
+        1 => (any::<u64>(), any::<bool>(), proptest::collection::vec(any::<u8>(), 0..16), proptest::collection::vec(any::<u8>(), 0..64))
+            .prop_map(|(after, sharded, channel, message)| ReplMsg::Publish { after, sharded, channel, message }),
         1 => version_vector().prop_map(|vv| ReplMsg::Ack { vv }),
         4 => (node.clone(), any::<u64>(), delta())
             .prop_map(|(origin, seq, delta)| ReplMsg::Delta { origin, seq, delta }),

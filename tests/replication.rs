@@ -2549,3 +2549,153 @@ fn a_compressed_live_stream_carries_every_write() {
     let info: String = q(&mut cb, &["INFO", "replication"]);
     assert!(info.contains("compression=none"), "{info}");
 }
+
+#[test]
+fn a_message_published_on_one_node_reaches_every_nodes_subscribers_once_after_its_writes() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = node(pa, &[pb, pc], &[]);
+    let b = node(pb, &[pa, pc], &[]);
+    let c = node(pc, &[pa, pb], &[]);
+    let (mut ca, mut cb, mut cc) = (a.conn(), b.conn(), c.conn());
+    q::<()>(&mut ca, &["SET", "up", "1"]);
+    wait_until("the mesh up", || {
+        get(&mut cb, "up").is_some() && get(&mut cc, "up").is_some()
+    });
+    wait_until("A linked to both", || {
+        info_field(&mut ca, "connected_peers") == "2"
+    });
+
+    let mut on_c = c.client().get_connection().unwrap();
+    let mut on_c = on_c.as_pubsub();
+    on_c.subscribe("events").unwrap();
+    let mut on_b = b.client().get_connection().unwrap();
+    let mut on_b = on_b.as_pubsub();
+    on_b.psubscribe("ev*").unwrap();
+    let mut shard_on_b = b.raw();
+    shard_on_b.roundtrip(
+        &common::resp(&[b"SSUBSCRIBE", b"shard"]),
+        b"*3\r\n$10\r\nssubscribe\r\n$5\r\nshard\r\n:1\r\n",
+    );
+    for s in [&on_c, &on_b] {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    }
+
+    // A burst of writes larger than one send batch, then a message: it
+    // waits for the last of them.
+    let big = "x".repeat(100_000);
+    let mut burst = redis::pipe();
+    for i in 0..40 {
+        burst.cmd("SET").arg(format!("big{i}")).arg(&big).ignore();
+    }
+    burst.cmd("PUBLISH").arg("events").arg("burst").ignore();
+    burst.query::<()>(&mut ca).unwrap();
+    let msg = on_c.get_message().unwrap();
+    assert_eq!(msg.get_payload::<String>().unwrap(), "burst");
+    assert_eq!(get(&mut cc, "big39").map(|v| v.len()), Some(big.len()));
+    let msg = on_b.get_message().unwrap();
+    assert_eq!(msg.get_payload::<String>().unwrap(), "burst");
+
+    const N: usize = 200;
+    for i in 0..N {
+        q::<()>(&mut ca, &["SET", &format!("k{i}"), &format!("v{i}")]);
+        // Its integer reply counts this node's receivers: none here.
+        let local: i64 = q(&mut ca, &["PUBLISH", "events", &i.to_string()]);
+        assert_eq!(local, 0);
+    }
+    assert_eq!(q::<i64>(&mut ca, &["SPUBLISH", "shard", "s"]), 0);
+    for i in 0..N {
+        let msg = on_c.get_message().unwrap();
+        assert_eq!(msg.get_channel_name(), "events");
+        let n: String = msg.get_payload().unwrap();
+        assert_eq!(n, i.to_string(), "in the order published");
+        // What A wrote before publishing is here by the time its message is.
+        assert_eq!(get(&mut cc, &format!("k{i}")), Some(format!("v{i}")));
+    }
+    for i in 0..N {
+        let msg = on_b.get_message().unwrap();
+        assert_eq!(msg.get_pattern::<String>().unwrap(), "ev*");
+        assert_eq!(msg.get_payload::<String>().unwrap(), i.to_string());
+    }
+    let want = b"*3\r\n$8\r\nsmessage\r\n$5\r\nshard\r\n$1\r\ns\r\n";
+    assert_eq!(shard_on_b.read_n(want.len()), want);
+
+    // At most once: no copy comes by another path, even after the relay
+    // delay (messages are never passed on).
+    on_c.set_read_timeout(Some(Duration::from_millis(2_000)))
+        .unwrap();
+    let extra = on_c.get_message();
+    assert!(extra.is_err(), "a second copy arrived: {extra:?}");
+    let peers: String = q(&mut ca, &["INFO", "replication"]);
+    let sent: u64 = peers
+        .lines()
+        .filter(|l| l.starts_with("peer"))
+        .filter_map(|l| l.split("pubsub_sent=").nth(1))
+        .filter_map(|v| v.split(',').next()?.parse::<u64>().ok())
+        .sum();
+    assert_eq!(sent, 2 * (N as u64 + 2), "{peers}");
+    assert!(peers.contains("pubsub_dropped=0"), "{peers}");
+    let from_peers = info_in(&mut cc, "stats", "pubsub_from_peers");
+    assert_eq!(from_peers, (N + 2).to_string());
+}
+
+#[test]
+fn a_message_published_during_a_state_transfer_waits_for_the_writes_before_it() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &["--repl-backlog-size", "16kb"]);
+    let mut ca = a.conn();
+    // B will need a transfer of 100,000 keys, which it merges for a while
+    // after the last of them was sent.
+    for chunk in 0..10 {
+        let mut pipe = redis::pipe();
+        for i in 0..10_000 {
+            pipe.cmd("SET")
+                .arg(format!("bulk:{chunk}:{i}"))
+                .arg(i)
+                .ignore();
+        }
+        pipe.query::<()>(&mut ca).unwrap();
+    }
+
+    let b = node(pb, &[pa], &[]);
+    let mut on_b = b.client().get_connection().unwrap();
+    let mut on_b = on_b.as_pubsub();
+    on_b.subscribe("marks").unwrap();
+    on_b.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // Once A's link to B is up, while the transfer runs: a write, then a
+    // message about it, every few ms.
+    let publisher = std::thread::spawn(move || {
+        wait_until("A's link to B", || {
+            q::<String>(&mut ca, &["INFO", "replication"]).contains("state=connected")
+        });
+        let started = Instant::now();
+        let mut i = 0u64;
+        while started.elapsed() < Duration::from_secs(4) {
+            q::<()>(&mut ca, &["SET", &format!("mark:{i}"), "1"]);
+            q::<i64>(&mut ca, &["PUBLISH", "marks", &i.to_string()]);
+            i += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        (ca, i)
+    });
+    let mut cb = b.conn();
+    let mut received = 0;
+    loop {
+        let Ok(msg) = on_b.get_message() else { break };
+        let i: String = msg.get_payload().unwrap();
+        assert_eq!(
+            get(&mut cb, &format!("mark:{i}")).as_deref(),
+            Some("1"),
+            "message {i} came before the write made before it"
+        );
+        received += 1;
+        if received == 1 {
+            on_b.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        }
+    }
+    let (mut ca, published) = publisher.join().unwrap();
+    assert!(received > 0, "no message of {published} arrived");
+    assert_eq!(info_in(&mut cb, "stats", "pubsub_late_dropped"), "0");
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(!info.contains("state_transfers=0"), "{info}");
+}

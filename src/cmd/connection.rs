@@ -83,6 +83,14 @@ pub static COMMANDS: &[Spec] = &[
 ];
 
 fn ping(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    if args.len() <= 2 && !x.out.resp3 && x.session.subscribed() {
+        // As Redis: a subscribed RESP2 client reads pushes, so PING
+        // answers in their shape.
+        x.out.array(2);
+        x.out.bulk(b"pong");
+        x.out.bulk(args.get(1).copied().unwrap_or_default());
+        return Ok(());
+    }
     match args.len() {
         1 => x.out.simple("PONG"),
         2 => x.out.bulk(args[1]),
@@ -103,6 +111,7 @@ fn quit(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 }
 
 fn reset(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
+    x.session.subs = None;
     x.session.multi = None;
     x.session.multi_dirty = false;
     x.session.watched.clear();

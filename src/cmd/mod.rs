@@ -20,6 +20,7 @@ mod expire;
 mod hashes;
 mod keys;
 mod multi;
+mod pubsub;
 pub mod replication;
 mod server;
 mod sets;
@@ -188,6 +189,7 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .chain(command::COMMANDS)
         .chain(server::COMMANDS)
         .chain(multi::COMMANDS)
+        .chain(pubsub::COMMANDS)
         .chain(replication::COMMANDS)
         .chain(crdt::COMMANDS)
 }
@@ -234,7 +236,7 @@ pub fn dispatch(
         reply_error(server, out, &error::unknown_command(args));
         return None;
     };
-    if let Err(e) = admit(session, spec, args) {
+    if let Err(e) = admit(session, out.resp3, spec, args) {
         if session.multi.is_some() {
             session.multi_dirty = true;
         }
@@ -328,17 +330,43 @@ fn denied_for_memory(server: &Server, session: &Session, spec: &Spec, now_ms: u6
 }
 
 /// What the dispatcher checks before a command runs or is queued.
-fn admit(session: &Session, spec: &Spec, args: &[&[u8]]) -> CmdResult {
+fn admit(session: &Session, resp3: bool, spec: &Spec, args: &[&[u8]]) -> CmdResult {
     if !spec.arity_ok(args.len()) {
         return Err(Error::Arity(spec.name.into()));
     }
     if !session.authed && !spec.has(Flag::NoAuth) {
         return Err(Error::NoAuth);
     }
+    if !resp3 && session.subscribed() && !pubsub::allowed_while_subscribed(spec.name) {
+        return Err(Error::err(format!("Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context", full_name(spec, args))));
+    }
     if session.multi.is_some() && !spec.has(Flag::NoQueue) && spec.has(Flag::NoMulti) {
         return Err(Error::NotInMulti(spec.name));
     }
     Ok(())
+}
+
+/// A command's name as Redis 7 reports it in errors: `client|list` for a
+/// container command's subcommand.
+fn full_name(spec: &Spec, args: &[&[u8]]) -> String {
+    const CONTAINERS: &[&str] = &[
+        "client",
+        "config",
+        "command",
+        "object",
+        "memory",
+        "pubsub",
+        "debug",
+        "crdt.conflicts",
+    ];
+    match args.get(1) {
+        Some(sub) if CONTAINERS.contains(&spec.name) => format!(
+            "{}|{}",
+            spec.name,
+            String::from_utf8_lossy(sub).to_ascii_lowercase()
+        ),
+        _ => spec.name.to_string(),
+    }
 }
 
 /// Everything a command may touch while it runs.

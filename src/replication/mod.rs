@@ -116,6 +116,11 @@ pub struct PeerInfo {
     /// and repairs.
     pub transfer_keys: AtomicU64,
     pub transfer_bytes: AtomicU64,
+    /// Pub/sub messages sent to this peer, and dropped because its link
+    /// had too many waiting (`OUTBOX_BYTES`) or they passed the message
+    /// limit.
+    pub pubsub_sent: AtomicU64,
+    pub pubsub_dropped: AtomicU64,
     /// Whether the current link's live stream is compressed, and the bytes
     /// of frames before and after compression over every link.
     pub compressing: AtomicBool,
@@ -160,6 +165,8 @@ impl PeerInfo {
             compressing: AtomicBool::new(false),
             compress_in: AtomicU64::new(0),
             compress_out: AtomicU64::new(0),
+            pubsub_sent: AtomicU64::new(0),
+            pubsub_dropped: AtomicU64::new(0),
             leaf_reply: Mutex::new(None),
             leaf_asks: AtomicU64::new(0),
             repair_asked: Mutex::new(None),
@@ -229,6 +236,78 @@ pub struct Replicator {
     max_message: AtomicU64,
     /// `repl-compression lz4`.
     compress: AtomicBool,
+    /// Each connected link's pub/sub messages waiting to be sent.
+    outboxes: Mutex<Vec<Arc<Outbox>>>,
+}
+
+/// Most bytes of pub/sub messages one link holds unsent; past it a message
+/// is dropped for that peer (at most once: never a blocked publisher).
+pub const OUTBOX_BYTES: usize = 16 << 20;
+
+/// One link's pub/sub messages waiting to be sent, each with the newest of
+/// our writes when it was published: it goes once the link has sent that
+/// write, so a subscriber there that reads after a message sees what its
+/// publisher wrote before publishing.
+struct Outbox {
+    info: Arc<PeerInfo>,
+    queue: Mutex<(std::collections::VecDeque<(u64, bytes::Bytes)>, usize)>,
+}
+
+impl Outbox {
+    fn push(&self, after: u64, frame: bytes::Bytes) {
+        let mut q = self.queue.lock();
+        // One message past the bound still goes when nothing waits (the
+        // message limit bounds it).
+        if !q.0.is_empty() && q.1 + frame.len() > OUTBOX_BYTES {
+            self.info.pubsub_dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        q.1 += frame.len();
+        q.0.push_back((after, frame));
+    }
+
+    /// The messages whose writes were sent (`sent` and below).
+    fn take_through(&self, sent: u64) -> Vec<bytes::Bytes> {
+        let mut q = self.queue.lock();
+        let mut ready = Vec::new();
+        while q.0.front().is_some_and(|(after, _)| *after <= sent) {
+            if let Some((_, frame)) = q.0.pop_front() {
+                q.1 -= frame.len();
+                ready.push(frame);
+            }
+        }
+        ready
+    }
+
+    fn is_empty(&self) -> bool {
+        self.queue.lock().0.is_empty()
+    }
+}
+
+/// A link's outbox, registered while the link is up.
+struct OutboxGuard<'a> {
+    repl: &'a Replicator,
+    outbox: Arc<Outbox>,
+}
+
+impl<'a> OutboxGuard<'a> {
+    fn new(repl: &'a Replicator, info: &Arc<PeerInfo>) -> OutboxGuard<'a> {
+        let outbox = Arc::new(Outbox {
+            info: info.clone(),
+            queue: Mutex::new((std::collections::VecDeque::new(), 0)),
+        });
+        repl.outboxes.lock().push(outbox.clone());
+        OutboxGuard { repl, outbox }
+    }
+}
+
+impl Drop for OutboxGuard<'_> {
+    fn drop(&mut self) {
+        self.repl
+            .outboxes
+            .lock()
+            .retain(|o| !Arc::ptr_eq(o, &self.outbox));
+    }
 }
 
 /// Node names kept; past it the map starts over (a name is only shown).
@@ -269,6 +348,7 @@ impl Replicator {
             log: std::sync::OnceLock::new(),
             max_message: AtomicU64::new(DEFAULT_MAX_FRAME as u64),
             compress: AtomicBool::new(false),
+            outboxes: Mutex::new(Vec::new()),
         })
     }
 
@@ -662,6 +742,34 @@ impl DeltaSink for Replicator {
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64) {
         self.publish(DeltaRef::Flush { db, stamp }, now_ms);
     }
+
+    fn publish_message(&self, space: crate::pubsub::Space, channel: &[u8], message: &[u8]) {
+        if self.outboxes.lock().is_empty() {
+            return;
+        }
+        let after = self.head_seq();
+        let msg = ReplMsg::Publish {
+            after,
+            sharded: space == crate::pubsub::Space::Shard,
+            channel: channel.to_vec(),
+            message: message.to_vec(),
+        };
+        let Ok(frame) = chorus_crdt::encode(&msg) else {
+            return;
+        };
+        let frame = bytes::Bytes::from(frame);
+        let too_large = frame.len() > self.max_message.load(Ordering::Relaxed) as usize;
+        for outbox in self.outboxes.lock().iter() {
+            if too_large {
+                outbox.info.pubsub_dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                outbox.push(after, frame.clone());
+            }
+        }
+        if self.sleepers.load(Ordering::SeqCst) > 0 {
+            self.wake.notify_waiters();
+        }
+    }
 }
 
 /// A peer's replication address from its client address: replication
@@ -923,6 +1031,7 @@ async fn serve_peer(
         repl,
         peer: NodeId(link.peer_node),
     };
+    let outbox = OutboxGuard::new(repl, info);
     let mut state = LinkState::new(me, NodeId(link.peer_node), &resume);
     info.resumed(me, resume);
     let _acks = AbortOnDrop(tokio::spawn(read_acks(back, me, info.clone(), ks.clone())));
@@ -951,6 +1060,13 @@ async fn serve_peer(
                 retired: hb.retired,
             })?)
             .await?;
+        }
+        let messages = outbox.outbox.take_through(state.sent_seq());
+        if !messages.is_empty() {
+            let payloads: Vec<&[u8]> = messages.iter().map(|m| &m[..]).collect();
+            live.send_batch(&payloads).await?;
+            info.pubsub_sent
+                .fetch_add(payloads.len() as u64, Ordering::Relaxed);
         }
         for batch in &plan.relay {
             let payloads: Vec<&[u8]> = batch.frames.iter().map(|f| &f[..]).collect();
@@ -1033,7 +1149,7 @@ async fn serve_peer(
             tokio::pin!(notified);
             notified.as_mut().enable();
             let _waiting = Waiting::new(&repl.sleepers);
-            if repl.head_seq() <= state.sent_seq() {
+            if repl.head_seq() <= state.sent_seq() && outbox.outbox.is_empty() {
                 tokio::select! {
                     biased;
                     _ = &mut notified => {}
@@ -1604,6 +1720,7 @@ async fn apply_stream(
     // brings them ends.
     let mut dropping: SmallVec<[NodeId; 2]> = SmallVec::new();
     let mut asked_all_at: Option<u64> = None;
+    let mut publish_stalled = false;
     let mut frames = Frames::new(rx, repl.max_message.load(Ordering::Relaxed) as usize);
     while let Some(frame) = frames.next().await? {
         match decode::<ReplMsg>(&frame)? {
@@ -1783,6 +1900,30 @@ async fn apply_stream(
                     return Err(LinkError::Closed("the acknowledgement stream ended".into()));
                 }
             }
+            ReplMsg::Publish {
+                after,
+                sharded,
+                channel,
+                message,
+            } => {
+                // One wait that timed out is enough: later messages that
+                // would wait too go at once until the writes arrive.
+                let wait = match publish_stalled {
+                    true => Duration::ZERO,
+                    false => PUBLISH_WAIT,
+                };
+                publish_stalled = !applied_through(repl, peer, after, wait).await;
+                if publish_stalled {
+                    ks.pubsub.late.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                let space = match sharded {
+                    true => crate::pubsub::Space::Shard,
+                    false => crate::pubsub::Space::Global,
+                };
+                ks.pubsub.from_peers.fetch_add(1, Ordering::Relaxed);
+                ks.pubsub.publish(space, &channel, &message);
+            }
             ReplMsg::Resume { .. }
             | ReplMsg::Compressed { .. }
             | ReplMsg::Ack { .. }
@@ -1792,6 +1933,29 @@ async fn apply_stream(
         }
     }
     Ok(())
+}
+
+/// How long a published message waits for the writes its sender made
+/// before it (arriving by a state transfer's bulk stream) before it is
+/// dropped.
+const PUBLISH_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether `origin`'s writes through `seq` are applied here, waiting up to
+/// `wait` for them.
+async fn applied_through(repl: &Replicator, origin: NodeId, seq: u64, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let changed = repl.applied_changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        let _waiting = Waiting::new(&repl.applied_waiters);
+        if repl.core.lock().applied_vv().get(origin) >= seq {
+            return true;
+        }
+        if tokio::time::timeout_at(deadline, changed).await.is_err() {
+            return false;
+        }
+    }
 }
 
 /// Merges one key of a state transfer: as [`apply`], less what this node
@@ -1956,6 +2120,35 @@ mod tests {
 
     /// The log serves a peer by reading the leading fields of our frames:
     /// they must stay where `own_seq` looks for them.
+    #[test]
+    fn an_outbox_holds_a_message_until_the_writes_before_it_were_sent_and_drops_past_its_bound() {
+        let info = Arc::new(PeerInfo::new(SocketAddr::from(([127, 0, 0, 1], 1))));
+        let outbox = Outbox {
+            info: info.clone(),
+            queue: Mutex::new((std::collections::VecDeque::new(), 0)),
+        };
+        outbox.push(5, bytes::Bytes::from_static(b"after 5"));
+        outbox.push(7, bytes::Bytes::from_static(b"after 7"));
+        assert!(outbox.take_through(4).is_empty());
+        assert_eq!(
+            outbox.take_through(6),
+            vec![bytes::Bytes::from_static(b"after 5")]
+        );
+        assert_eq!(outbox.take_through(7).len(), 1);
+        assert!(outbox.is_empty());
+        let big = bytes::Bytes::from(vec![0u8; OUTBOX_BYTES / 2 + 1]);
+        outbox.push(0, big.clone());
+        outbox.push(0, big.clone());
+        assert_eq!(info.pubsub_dropped.load(Ordering::Relaxed), 1);
+        assert_eq!(outbox.take_through(0).len(), 1);
+        outbox.push(0, big);
+        assert_eq!(info.pubsub_dropped.load(Ordering::Relaxed), 1, "room again");
+        outbox.take_through(0);
+        // Alone, a message past the bound still goes.
+        outbox.push(0, bytes::Bytes::from(vec![0u8; OUTBOX_BYTES + 1]));
+        assert_eq!(outbox.take_through(0).len(), 1);
+    }
+
     #[test]
     fn own_seq_reads_the_number_of_our_own_frames_only() {
         let me = NodeId(77);

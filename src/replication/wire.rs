@@ -111,6 +111,19 @@ pub enum ReplMsg {
         #[serde(with = "serde_bytes")]
         lz4: Vec<u8>,
     },
+    /// Sender → receiver, on the live stream after the sender's writes made
+    /// before it: a PUBLISH (or SPUBLISH, `sharded`) made on the sender,
+    /// for the receiver's subscribers. Never stored, never passed on.
+    /// `after`: the sender's newest write then, which the receiver applies
+    /// before delivering (it may come by a state transfer's bulk stream).
+    Publish {
+        after: u64,
+        sharded: bool,
+        #[serde(with = "serde_bytes")]
+        channel: Vec<u8>,
+        #[serde(with = "serde_bytes")]
+        message: Vec<u8>,
+    },
 }
 
 /// [`ReplMsg`] for sending a local write from borrowed parts: the same

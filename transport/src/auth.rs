@@ -35,7 +35,8 @@ use crate::TransportError;
 /// collections (crdt format 4). 9: transfers of what differs
 /// (`LeafDigestAsk`, `LeafDigest`, a `SnapshotBegin` scoped by leaves).
 /// 10: a `Resume` names the compressions its sender reads; `Compressed`.
-pub const PROTOCOL_VERSION: u16 = 10;
+/// 11: `Publish` (pub/sub messages on the live stream).
+pub const PROTOCOL_VERSION: u16 = 11;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
