@@ -14,6 +14,8 @@
 # Then across nodes: two Chorus nodes replicating on 127.0.0.1 (A on CPU 0, B on CPU 1); a
 # subscriber on B, and a publisher on A sending $RATE messages/s for $SECONDS_ACROSS s, each
 # carrying its send time; reports the latency from PUBLISH on A to receipt on B, p50/p99/max.
+# Last, $INVALIDATIONS times: a RESP3 client on B with CLIENT TRACKING reads a key, a client on
+# A writes it; reports the time from the SET on A to the invalidation on B.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +25,7 @@ SUBSCRIBERS=${SUBSCRIBERS:-50}
 SIZE=${SIZE:-16}
 RATE=${RATE:-1000}
 SECONDS_ACROSS=${SECONDS_ACROSS:-20}
+INVALIDATIONS=${INVALIDATIONS:-2000}
 
 source bench/common.sh
 ensure_tools "redis-server redis-benchmark redis-cli" "redis-server redis-tools"
@@ -158,5 +161,35 @@ lat.sort()
 n = len(lat)
 pick = lambda q: lat[min(n - 1, int(q * n))]
 print(f"received {n} of {rate * seconds}; latency ms p50 {pick(0.5):.3f} p99 {pick(0.99):.3f} max {lat[-1]:.3f}")
+PY
+echo
+echo "Across nodes: a client on B caching a key (CLIENT TRACKING), A writing it ($INVALIDATIONS times)"
+python3 - "$pa" "$pb" "$INVALIDATIONS" <<'PY'
+import socket, sys, time
+pa, pb, n = (int(a) for a in sys.argv[1:])
+def conn(port):
+    s = socket.create_connection(("127.0.0.1", port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+def until(s, suffix):
+    got = b""
+    while not got.endswith(suffix):
+        got += s.recv(65536)
+    return got
+cache, writer = conn(pb), conn(pa)
+cache.sendall(b"HELLO 3\r\n"); until(cache, b"modules\r\n*0\r\n")
+cache.sendall(b"CLIENT TRACKING ON\r\n"); until(cache, b"+OK\r\n")
+lat = []
+for i in range(n):
+    cache.sendall(b"EXISTS cached\r\n"); until(cache, b"\r\n")
+    # Let the read land before the write it is to hear of.
+    time.sleep(0.001)
+    start = time.perf_counter_ns()
+    writer.sendall(b"SET cached %d\r\n" % i); until(writer, b"+OK\r\n")
+    until(cache, b"$6\r\ncached\r\n")
+    lat.append((time.perf_counter_ns() - start) / 1e6)
+lat.sort()
+pick = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))]
+print(f"{len(lat)} invalidations; from SET on A to the push on B, ms: p50 {pick(0.5):.3f} p99 {pick(0.99):.3f} max {lat[-1]:.3f}")
 PY
 stop "$a"; stop "$b"

@@ -373,11 +373,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         continue;
                     }
                     commands += 1;
-                    if let Some(subs) = &session.subs {
-                        // Messages that came before the command go before
-                        // its reply (an UNSUBSCRIBE's, say).
-                        subs.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
-                    }
+                    // Messages that came before the command go before its
+                    // reply (an UNSUBSCRIBE's, say).
+                    handle.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
                     last_cmd = crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
                         .or(last_cmd);
                     drop(argv);
@@ -455,14 +453,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         // Full of replies: the rest of the pipeline runs before anything
         // more is read. (Messages alone never keep a client from being read.)
         let batch_full = out.buf.len() >= REPLY_BATCH_BYTES;
-        let mailbox = session.subs.as_ref().map(|s| s.mailbox.clone());
-        if let Some(mailbox) = &mailbox {
-            if mailbox.overflowed.load(Ordering::Relaxed) {
-                verdict = Some(Verdict::OutputLimit);
-            } else if !session.close {
-                // (Nothing follows QUIT's +OK.)
-                mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
-            }
+        let mailbox = &handle.mailbox;
+        if mailbox.overflowed.load(Ordering::Relaxed) {
+            verdict = Some(Verdict::OutputLimit);
+        } else if !session.close {
+            // (Nothing follows QUIT's +OK.)
+            mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
         }
         if verdict.is_none() && !out.buf.is_empty() {
             handle.qbuf.store(input.len(), Ordering::Relaxed);
@@ -470,18 +466,15 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             handle
                 .buffers
                 .store(input.capacity() + out.buf.capacity(), Ordering::Relaxed);
-            let sent = match &mailbox {
-                // A subscriber that stops reading must not keep its task
-                // in a write while its mailbox overflows.
-                Some(m) => tokio::select! {
-                    sent = write_replies(sock, &out.buf, out_limit) => sent,
-                    _ = handle.kill.notified() => match m.overflowed.load(Ordering::Relaxed) {
-                        true => Ok(false),
-                        // CLIENT KILL.
-                        false => return Ok(()),
-                    },
+            // A subscriber that stops reading must not keep its task in a
+            // write while its mailbox overflows.
+            let sent = tokio::select! {
+                sent = write_replies(sock, &out.buf, out_limit) => sent,
+                _ = handle.kill.notified() => match mailbox.overflowed.load(Ordering::Relaxed) {
+                    true => Ok(false),
+                    // CLIENT KILL.
+                    false => return Ok(()),
                 },
-                None => write_replies(sock, &out.buf, out_limit).await,
             };
             handle.omem.store(0, Ordering::Relaxed);
             if sent? {
@@ -541,11 +534,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let mail = async {
-            match &mailbox {
-                // More than one batch was waiting: the next goes at once.
-                Some(m) if !m.is_empty() => {}
-                Some(m) => m.ready.notified().await,
-                None => std::future::pending().await,
+            // More than one batch was waiting: the next goes at once.
+            if mailbox.is_empty() {
+                mailbox.ready.notified().await;
             }
         };
         let n = tokio::select! {
@@ -553,10 +544,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             _ = handle.kill.notified() => 0,
             _ = mail => continue,
         };
-        if mailbox
-            .as_ref()
-            .is_some_and(|m| m.overflowed.load(Ordering::Relaxed))
-        {
+        if mailbox.overflowed.load(Ordering::Relaxed) {
             server
                 .stats
                 .output_buffer_limit_disconnections
@@ -612,7 +600,7 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
     let argv: Vec<&[u8]> = blocked.argv.iter().map(Vec::as_slice).collect();
     let handle = session.handle.clone();
     // A RESP3 subscriber may block: its messages go out meanwhile.
-    let mailbox = session.subs.as_ref().map(|s| s.mailbox.clone());
+    let mailbox = handle.mailbox.clone();
     loop {
         // Again at once: a change may have come between the first try
         // and the watch.
@@ -639,24 +627,20 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
         }
         input.reserve(4096);
         let mail = async {
-            match &mailbox {
-                Some(m) if !m.is_empty() => {}
-                Some(m) => m.ready.notified().await,
-                None => std::future::pending().await,
+            if mailbox.is_empty() {
+                mailbox.ready.notified().await;
             }
         };
         tokio::select! {
             _ = mail => {
-                if let Some(m) = &mailbox {
-                    if m.overflowed.load(Ordering::Relaxed) {
-                        return Ok(false);
-                    }
-                    let mut pushes = Reply::new();
-                    pushes.resp3 = out.resp3;
-                    m.drain_into(&mut pushes, REPLY_BATCH_BYTES);
-                    if !pushes.buf.is_empty() && !write_replies(sock, &pushes.buf, out_limit).await? {
-                        return Ok(false);
-                    }
+                if mailbox.overflowed.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                let mut pushes = Reply::new();
+                pushes.resp3 = out.resp3;
+                mailbox.drain_into(&mut pushes, REPLY_BATCH_BYTES);
+                if !pushes.buf.is_empty() && !write_replies(sock, &pushes.buf, out_limit).await? {
+                    return Ok(false);
                 }
                 continue;
             }

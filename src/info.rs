@@ -110,6 +110,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 &server.tunables.maxclients.load(Ordering::Relaxed),
             );
             line("blocked_clients", &server.node.ks.waiters.blocked());
+            line("tracking_clients", &server.node.ks.invalidations.counts().0);
         }
         "memory" => {
             let rss = rss_bytes();
@@ -235,6 +236,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
             line("pubsub_channels", &channels);
             line("pubsub_patterns", &patterns);
             line("pubsubshard_channels", &shard_channels);
+            let (_, tracked_keys, tracked_items, prefixes) = node.ks.invalidations.counts();
+            line("tracking_total_keys", &tracked_keys);
+            line("tracking_total_items", &tracked_items);
+            line("tracking_total_prefixes", &prefixes);
             let pubsub = &node.ks.pubsub;
             line(
                 "pubsub_delivered",

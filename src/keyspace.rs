@@ -58,6 +58,9 @@ pub trait DeltaSink: Send + Sync {
     fn publish_message(&self, _space: crate::pubsub::Space, _channel: &[u8], _message: &[u8]) {}
 }
 
+/// `tracking-table-max-keys`'s default (Redis's).
+pub const DEFAULT_TRACKING_TABLE_MAX_KEYS: usize = 1_000_000;
+
 /// The hasher of the keyspace's maps: random per process in production,
 /// fixed by a seed in the simulation (so a seed replays byte for byte).
 pub type KeyHasher = foldhash::fast::SeedableRandomState;
@@ -537,6 +540,8 @@ pub struct Keyspace {
     pub waiters: crate::waiters::Waiters,
     /// Subscribers, and the messages published to them.
     pub pubsub: Arc<crate::pubsub::PubSub>,
+    /// CLIENT TRACKING: whom to tell when a key changes.
+    pub invalidations: Arc<crate::tracking::Invalidations>,
 }
 
 /// The shards one command holds, in index order.
@@ -672,6 +677,11 @@ impl Keyspace {
                 })
             })
             .collect();
+        let pubsub = Arc::new(crate::pubsub::PubSub::new());
+        let invalidations = Arc::new(crate::tracking::Invalidations::new(
+            DEFAULT_TRACKING_TABLE_MAX_KEYS,
+            pubsub.clone(),
+        ));
         Keyspace {
             shards,
             hasher: tags_hasher,
@@ -691,7 +701,8 @@ impl Keyspace {
             local_writes: AtomicU64::new(0),
             tracking: false,
             waiters: Default::default(),
-            pubsub: Arc::new(crate::pubsub::PubSub::new()),
+            pubsub,
+            invalidations,
         }
     }
 
@@ -1156,6 +1167,8 @@ impl Keyspace {
                 for key in unnamed {
                     if d.change(&key, acked, |s| s.forget_held(held)) {
                         changed += 1;
+                        self.waiters.wake(db, &key);
+                        self.invalidations.changed(&key);
                     }
                 }
             }
@@ -1172,6 +1185,14 @@ impl Keyspace {
         all.shards()
             .map(|s| s.dbs.iter().map(|d| d.map.len() - d.live).sum::<usize>())
             .sum()
+    }
+
+    /// A key changed (a local write, a replicated merge, an expiry or an
+    /// eviction): clients blocked on it retry, and clients caching it are
+    /// told.
+    pub fn key_changed(&self, db: usize, key: &[u8]) {
+        self.waiters.wake(db, key);
+        self.invalidations.changed(key);
     }
 
     /// Runs a local write on `key` in `db`: one hash lookup, expiry first.
@@ -1209,7 +1230,7 @@ impl Keyspace {
             }
             f(&mut w)
         });
-        self.waiters.wake(db, key);
+        self.key_changed(db, key);
         Ok(result)
     }
 
@@ -1237,6 +1258,7 @@ impl Keyspace {
             self.clock.issued(stamp);
             stamp
         };
+        self.invalidations.changed_all();
         for shard in locked.shards() {
             match db {
                 Some(d) => shard.dbs[d].flush(stamp),

@@ -32,6 +32,7 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod tls;
+pub mod tracking;
 pub mod waiters;
 
 pub use config::Config;

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -42,6 +42,14 @@ enum Push {
         channel: Bytes,
         payload: Bytes,
     },
+    /// CLIENT TRACKING: `key` changed (`None`: every key, after a flush);
+    /// `redirected`: sent to a REDIRECT target.
+    Invalidate {
+        key: Option<Bytes>,
+        redirected: bool,
+    },
+    /// CLIENT TRACKING: the REDIRECT target `id` went away.
+    RedirectBroken { id: u64 },
 }
 
 impl Push {
@@ -57,6 +65,8 @@ impl Push {
                 channel,
                 payload,
             } => pattern.len() + channel.len() + payload.len() + FRAMING,
+            Push::Invalidate { key, .. } => key.as_ref().map_or(0, Bytes::len) + FRAMING,
+            Push::RedirectBroken { .. } => FRAMING,
         }
     }
 
@@ -86,19 +96,53 @@ impl Push {
                 out.bulk(channel);
                 out.bulk(payload);
             }
+            // Queued for a RESP3 client that has since said HELLO 2: not
+            // something it can read.
+            Push::Invalidate {
+                redirected: false, ..
+            }
+            | Push::RedirectBroken { .. }
+                if !out.resp3 => {}
+            Push::Invalidate { key, .. } => {
+                // RESP3: a push of its own; RESP2 (a REDIRECT target): a
+                // message on Redis's channel.
+                if out.resp3 {
+                    out.push(2);
+                    out.bulk(b"invalidate");
+                } else {
+                    out.push(3);
+                    out.bulk(b"message");
+                    out.bulk(b"__redis__:invalidate");
+                }
+                match key {
+                    Some(key) => {
+                        out.array(1);
+                        out.bulk(key);
+                    }
+                    None => out.null(),
+                }
+            }
+            Push::RedirectBroken { id } => {
+                out.push(2);
+                out.bulk(b"tracking-redir-broken");
+                out.int(*id as i64);
+            }
         }
     }
 }
 
 /// The messages one subscribed client has yet to be sent.
 pub struct Mailbox {
-    client: Arc<ClientHandle>,
+    client: Weak<ClientHandle>,
     queue: Mutex<Queue>,
     /// Signalled when a message arrives (a permit is kept if the
     /// connection is not waiting yet).
     pub ready: tokio::sync::Notify,
     /// Went past its limit: takes nothing more; the connection closes.
     pub overflowed: AtomicBool,
+    /// Messages queued: a connection looks here, not in the queue, after
+    /// every command.
+    pending: AtomicUsize,
 }
 
 #[derive(Default)]
@@ -112,13 +156,42 @@ struct Queue {
 }
 
 impl Mailbox {
-    pub fn new(client: Arc<ClientHandle>) -> Arc<Mailbox> {
-        Arc::new(Mailbox {
+    /// A client's mailbox (see `ClientHandle::mailbox`).
+    pub fn new(client: Weak<ClientHandle>) -> Mailbox {
+        Mailbox {
             client,
             queue: Mutex::new(Queue::default()),
             ready: tokio::sync::Notify::new(),
             overflowed: AtomicBool::new(false),
-        })
+            pending: AtomicUsize::new(0),
+        }
+    }
+
+    /// Queues a CLIENT TRACKING invalidation, if the client reads them:
+    /// in RESP3, or in RESP2 as a subscribed REDIRECT target (as Redis).
+    pub fn invalidate(&self, key: Option<Bytes>, redirected: bool, limit: OutputBufferLimit) {
+        let Some(client) = self.client.upgrade() else {
+            return;
+        };
+        let resp3 = client.resp.load(Ordering::Relaxed) > 2;
+        let subscribed = client
+            .subscriptions
+            .iter()
+            .any(|n| n.load(Ordering::Relaxed) > 0);
+        if resp3 || (redirected && subscribed) {
+            self.deliver(Push::Invalidate { key, redirected }, limit);
+        }
+    }
+
+    /// Tells a RESP3 client that its REDIRECT target went away.
+    pub fn redirect_broken(&self, id: u64, limit: OutputBufferLimit) {
+        if self
+            .client
+            .upgrade()
+            .is_some_and(|c| c.resp.load(Ordering::Relaxed) > 2)
+        {
+            self.deliver(Push::RedirectBroken { id }, limit);
+        }
     }
 
     /// Queues `push` unless that takes the mailbox past `limit`, in which
@@ -148,16 +221,22 @@ impl Mailbox {
         if over_hard || soft_expired {
             q.pushes.clear();
             q.bytes = 0;
+            self.pending.store(0, Ordering::Release);
             drop(q);
             self.overflowed.store(true, Ordering::Relaxed);
-            self.client.omem.store(0, Ordering::Relaxed);
-            self.client.kill();
+            if let Some(client) = self.client.upgrade() {
+                client.omem.store(0, Ordering::Relaxed);
+                client.kill();
+            }
             self.ready.notify_one();
             return false;
         }
         q.bytes = bytes;
         q.pushes.push_back(push);
-        self.client.omem.store(bytes, Ordering::Relaxed);
+        self.pending.store(q.pushes.len(), Ordering::Release);
+        if let Some(client) = self.client.upgrade() {
+            client.omem.store(bytes, Ordering::Relaxed);
+        }
         drop(q);
         self.ready.notify_one();
         true
@@ -165,6 +244,9 @@ impl Mailbox {
 
     /// Writes queued messages into `out` until it holds `max` bytes.
     pub fn drain_into(&self, out: &mut Reply, max: usize) {
+        if self.is_empty() {
+            return;
+        }
         let mut q = self.queue.lock();
         while out.buf.len() < max {
             let Some(push) = q.pushes.pop_front() else {
@@ -173,14 +255,17 @@ impl Mailbox {
             q.bytes -= push.cost();
             push.write(out);
         }
+        self.pending.store(q.pushes.len(), Ordering::Release);
         if q.soft == 0 || q.bytes as u64 <= q.soft {
             q.over_soft_since = None;
         }
-        self.client.omem.store(q.bytes, Ordering::Relaxed);
+        if let Some(client) = self.client.upgrade() {
+            client.omem.store(q.bytes, Ordering::Relaxed);
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.queue.lock().pushes.is_empty()
+        self.pending.load(Ordering::Acquire) == 0
     }
 }
 
@@ -248,7 +333,7 @@ impl PubSub {
         self.limit[2].store(limit.soft_seconds, Ordering::Relaxed);
     }
 
-    fn limit(&self) -> OutputBufferLimit {
+    pub fn limit(&self) -> OutputBufferLimit {
         OutputBufferLimit {
             hard: self.limit[0].load(Ordering::Relaxed),
             soft: self.limit[1].load(Ordering::Relaxed),
@@ -401,10 +486,10 @@ impl Kind {
 }
 
 impl Subscriptions {
-    pub fn new(hub: Arc<PubSub>, client: Arc<ClientHandle>) -> Subscriptions {
+    pub fn new(hub: Arc<PubSub>, mailbox: &Arc<Mailbox>) -> Subscriptions {
         Subscriptions {
             hub,
-            mailbox: Mailbox::new(client),
+            mailbox: mailbox.clone(),
             channels: HashSet::new(),
             shard_channels: HashSet::new(),
             patterns: HashSet::new(),
@@ -471,7 +556,9 @@ impl Subscriptions {
 
     /// CLIENT LIST's counts follow.
     fn counted(&self, kind: Kind) {
-        self.mailbox.client.subscriptions[kind as usize].store(self.len(kind), Ordering::Relaxed);
+        if let Some(client) = self.mailbox.client.upgrade() {
+            client.subscriptions[kind as usize].store(self.len(kind), Ordering::Relaxed);
+        }
     }
 
     /// Whether the client is in Redis's subscribed context.
@@ -501,6 +588,13 @@ mod tests {
         registry.register(unspecified, unspecified, 0, 10).unwrap()
     }
 
+    /// Keeps a test's client alive for the test's length (a mailbox holds
+    /// its client weakly).
+    fn keep(c: Arc<ClientHandle>) -> Arc<ClientHandle> {
+        std::mem::forget(c.clone());
+        c
+    }
+
     fn drained(mailbox: &Mailbox) -> Vec<u8> {
         let mut out = Reply::new();
         mailbox.drain_into(&mut out, usize::MAX);
@@ -510,8 +604,8 @@ mod tests {
     #[test]
     fn a_publish_reaches_channel_and_pattern_subscribers_once_each() {
         let hub = Arc::new(PubSub::new());
-        let mut a = Subscriptions::new(hub.clone(), client());
-        let mut b = Subscriptions::new(hub.clone(), client());
+        let mut a = Subscriptions::new(hub.clone(), &keep(client()).mailbox);
+        let mut b = Subscriptions::new(hub.clone(), &keep(client()).mailbox);
         assert!(a.subscribe(Kind::Channel, b"news"));
         assert!(!a.subscribe(Kind::Channel, b"news"));
         assert!(b.subscribe(Kind::Pattern, b"n*"));
@@ -547,7 +641,7 @@ mod tests {
             soft_seconds: 0,
         });
         let handle = client();
-        let mut s = Subscriptions::new(hub.clone(), handle.clone());
+        let mut s = Subscriptions::new(hub.clone(), &handle.mailbox);
         s.subscribe(Kind::Channel, b"c");
         for _ in 0..3 {
             assert_eq!(hub.publish(Space::Global, b"c", &[b'x'; 300]), 1);
@@ -569,7 +663,7 @@ mod tests {
             soft_seconds: 0,
         });
         let s = {
-            let mut s = Subscriptions::new(hub.clone(), client());
+            let mut s = Subscriptions::new(hub.clone(), &keep(client()).mailbox);
             s.subscribe(Kind::Channel, b"c");
             s
         };

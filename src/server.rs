@@ -28,6 +28,8 @@ pub struct Tunables {
     pub memory: Arc<crate::evict::Limits>,
     /// The keyspace's pub/sub hub, which holds the `pubsub` output limit.
     pub pubsub: Arc<crate::pubsub::PubSub>,
+    /// The keyspace's CLIENT TRACKING table (`tracking-table-max-keys`).
+    pub invalidations: Arc<crate::tracking::Invalidations>,
 }
 
 /// One setting CONFIG SET changes live: how to read it for CONFIG GET and
@@ -108,6 +110,11 @@ pub static LIVE: &[Live] = &[
         },
     },
     Live {
+        name: "tracking-table-max-keys",
+        get: |t| t.invalidations.max_keys().to_string(),
+        set: |t, c| t.invalidations.set_max_keys(c.tracking_table_max_keys),
+    },
+    Live {
         name: "loglevel",
         get: |t| t.loglevel.lock().as_str().to_string(),
         set: |t, c| {
@@ -124,6 +131,7 @@ impl Tunables {
         config: &Config,
         memory: Arc<crate::evict::Limits>,
         pubsub: Arc<crate::pubsub::PubSub>,
+        invalidations: Arc<crate::tracking::Invalidations>,
     ) -> Tunables {
         let t = Tunables {
             requirepass: RwLock::new(None),
@@ -136,6 +144,7 @@ impl Tunables {
             loglevel: Mutex::new(config.loglevel),
             memory,
             pubsub,
+            invalidations,
         };
         for live in LIVE {
             (live.set)(&t, config);
@@ -246,6 +255,7 @@ impl Server {
                 &node.config,
                 node.ks.limits.clone(),
                 node.ks.pubsub.clone(),
+                node.ks.invalidations.clone(),
             ),
             node,
             stats: Stats::default(),
@@ -291,7 +301,12 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         let config = Config::load(None, &args).unwrap();
-        let t = Tunables::from_config(&config, Default::default(), Default::default());
+        let t = Tunables::from_config(
+            &config,
+            Default::default(),
+            Default::default(),
+            Arc::new(crate::tracking::Invalidations::new(0, Default::default())),
+        );
         let got: Vec<(&str, String)> = LIVE.iter().map(|l| (l.name, (l.get)(&t))).collect();
         assert_eq!(
             got,
@@ -310,6 +325,7 @@ mod tests {
                     "normal 4194304 2097152 7 slave 268435456 67108864 60 pubsub 33554432 8388608 60"
                         .to_string()
                 ),
+                ("tracking-table-max-keys", "1000000".to_string()),
                 ("loglevel", "warning".to_string()),
             ]
         );

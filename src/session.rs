@@ -47,11 +47,16 @@ pub struct ClientHandle {
     /// Channels, patterns and shard channels subscribed to (`sub=`,
     /// `psub=`, `ssub=`).
     pub subscriptions: [AtomicUsize; 3],
+    /// Where its pub/sub messages and invalidations (its own, or those
+    /// other clients redirect to it) wait for its connection.
+    pub mailbox: Arc<crate::pubsub::Mailbox>,
+    /// CLIENT TRACKING's redirect (`redir=`): -1 when not tracking.
+    pub redirect: std::sync::atomic::AtomicI64,
 }
 
 impl ClientHandle {
-    fn new(id: u64, addr: SocketAddr, laddr: SocketAddr, now_ms: u64) -> ClientHandle {
-        ClientHandle {
+    fn new(id: u64, addr: SocketAddr, laddr: SocketAddr, now_ms: u64) -> Arc<ClientHandle> {
+        Arc::new_cyclic(|me| ClientHandle {
             id,
             addr,
             laddr,
@@ -69,7 +74,9 @@ impl ClientHandle {
             kill: Notify::new(),
             killed: AtomicBool::new(false),
             subscriptions: Default::default(),
-        }
+            mailbox: Arc::new(crate::pubsub::Mailbox::new(me.clone())),
+            redirect: std::sync::atomic::AtomicI64::new(-1),
+        })
     }
 
     /// Asks the client's connection to close after its current batch.
@@ -107,13 +114,13 @@ impl ClientRegistry {
         if clients.len() >= max {
             return None;
         }
-        let handle = Arc::new(self.handle(addr, laddr, now_ms));
+        let handle = self.handle(addr, laddr, now_ms);
         clients.insert(handle.id, handle.clone());
         Some(handle)
     }
 
     /// A handle with a fresh id that is not listed (embedded sessions).
-    fn handle(&self, addr: SocketAddr, laddr: SocketAddr, now_ms: u64) -> ClientHandle {
+    fn handle(&self, addr: SocketAddr, laddr: SocketAddr, now_ms: u64) -> Arc<ClientHandle> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         ClientHandle::new(id, addr, laddr, now_ms)
     }
@@ -177,6 +184,10 @@ pub struct Session {
     /// Channels and patterns subscribed to, with the mailbox their
     /// messages wait in (created by the first subscribe).
     pub subs: Option<crate::pubsub::Subscriptions>,
+    /// CLIENT TRACKING, while on.
+    pub tracking: Option<crate::tracking::TrackingGuard>,
+    /// CLIENT CACHING's word for the next command (OPTIN, OPTOUT).
+    pub caching: Option<bool>,
 }
 
 impl Session {
@@ -205,6 +216,8 @@ impl Session {
             in_exec: false,
             retrying_block: false,
             subs: None,
+            tracking: None,
+            caching: None,
         }
     }
 
@@ -212,6 +225,6 @@ impl Session {
     /// drives commands with it). Authenticated, and not listed by CLIENT LIST.
     pub fn embedded(clients: &ClientRegistry) -> Session {
         let unspecified = SocketAddr::from(([0, 0, 0, 0], 0));
-        Session::new(Arc::new(clients.handle(unspecified, unspecified, 0)), false)
+        Session::new(clients.handle(unspecified, unspecified, 0), false)
     }
 }

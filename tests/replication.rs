@@ -2699,3 +2699,33 @@ fn a_message_published_during_a_state_transfer_waits_for_the_writes_before_it() 
     let info: String = q(&mut ca, &["INFO", "replication"]);
     assert!(!info.contains("state_transfers=0"), "{info}");
 }
+
+#[test]
+fn a_client_caching_a_key_on_one_node_is_told_when_another_node_writes_it() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "profile:1", "old"]);
+    wait_until("the write on B", || get(&mut cb, "profile:1").is_some());
+
+    let mut cache = b.raw();
+    cache.send(&common::resp(&[b"HELLO", b"3"]));
+    cache.read_until(b"modules\r\n*0\r\n");
+    cache.roundtrip(&common::resp(&[b"CLIENT", b"TRACKING", b"ON"]), b"+OK\r\n");
+    cache.roundtrip(&common::resp(&[b"GET", b"profile:1"]), b"$3\r\nold\r\n");
+    q::<()>(&mut ca, &["SET", "profile:1", "new"]);
+    let want = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$9\r\nprofile:1\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&cache.read_n(want.len())),
+        String::from_utf8_lossy(want)
+    );
+    // Read again: the new value, and the next remote write tells again.
+    cache.roundtrip(&common::resp(&[b"GET", b"profile:1"]), b"$3\r\nnew\r\n");
+    q::<()>(&mut ca, &["FLUSHALL"]);
+    let flushed = b">2\r\n$10\r\ninvalidate\r\n_\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&cache.read_n(flushed.len())),
+        String::from_utf8_lossy(flushed)
+    );
+}

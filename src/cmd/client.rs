@@ -1,11 +1,12 @@
-//! CLIENT: the live clients (ID, NAME, SETINFO, INFO, LIST, KILL).
+//! CLIENT: the live clients (ID, NAME, SETINFO, INFO, LIST, KILL) and
+//! client-side caching (TRACKING, CACHING, GETREDIR, TRACKINGINFO).
 
 use super::{int_arg, is, Args, CmdResult, Error, Exec, Spec};
 use super::{Flags, Keys};
 use std::sync::atomic::Ordering;
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "client", arity: -2, flags: Flags::of(&[]), keys: Keys::None, group: "connection", syntax: "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|INFO|LIST [TYPE normal|pubsub|master|replica] [ID client-id ...]|KILL [ID client-id] [TYPE normal|pubsub|master|replica] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]", summary: "A container for client connection commands.", run: client },
+    Spec { name: "client", arity: -2, flags: Flags::of(&[]), keys: Keys::None, group: "connection", syntax: "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|INFO|LIST [TYPE normal|pubsub|master|replica] [ID client-id ...]|KILL [ID client-id] [TYPE normal|pubsub|master|replica] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]|TRACKING ON|OFF [REDIRECT client-id] [PREFIX prefix ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP]|CACHING YES|NO|GETREDIR|TRACKINGINFO", summary: "A container for client connection commands.", run: client },
 ];
 
 pub(super) fn valid_name(name: &[u8]) -> Result<&[u8], Error> {
@@ -26,13 +27,22 @@ fn client_line(x: &Exec, c: &crate::session::ClientHandle) -> String {
         .subscriptions
         .each_ref()
         .map(|n| n.load(Ordering::Relaxed));
-    let flags = match (in_multi, subs.iter().any(|&n| n > 0)) {
-        (true, _) => "x",
-        (false, true) => "P",
-        (false, false) => "N",
-    };
+    // In Redis's order.
+    let mut flags = String::new();
+    if subs.iter().any(|&n| n > 0) {
+        flags.push('P');
+    }
+    if in_multi {
+        flags.push('x');
+    }
+    if c.redirect.load(Ordering::Relaxed) >= 0 {
+        flags.push('t');
+    }
+    if flags.is_empty() {
+        flags.push('N');
+    }
     format!(
-        "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+        "id={} addr={} laddr={} fd=-1 name={} age={} idle={} flags={} db={} sub={} psub={} ssub={} multi={} qbuf={} qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem={} tot-mem={} events=r cmd={} user=default redir={} resp={} lib-name={} lib-ver={}",
         c.id,
         c.addr,
         c.laddr,
@@ -49,6 +59,7 @@ fn client_line(x: &Exec, c: &crate::session::ClientHandle) -> String {
         c.omem.load(Ordering::Relaxed),
         c.buffers.load(Ordering::Relaxed),
         c.last_cmd.lock(),
+        c.redirect.load(Ordering::Relaxed),
         c.resp.load(Ordering::Relaxed),
         lib.name,
         lib.version,
@@ -115,6 +126,18 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         x.out.verbatim(&text);
     } else if is(sub, "KILL") {
         client_kill(x, args)?;
+    } else if is(sub, "TRACKING") && args.len() >= 3 {
+        tracking(x, args)?;
+    } else if is(sub, "CACHING") && args.len() == 3 {
+        caching(x, args[2])?;
+    } else if is(sub, "GETREDIR") && args.len() == 2 {
+        let redirect = match &x.session.tracking {
+            None => -1,
+            Some(t) => t.tracker.options().redirect as i64,
+        };
+        x.out.int(redirect);
+    } else if is(sub, "TRACKINGINFO") && args.len() == 2 {
+        tracking_info(x);
     } else if is(sub, "HELP") {
         let lines = [
             "CLIENT <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
@@ -125,6 +148,10 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "INFO",
             "LIST [TYPE normal|pubsub|master|replica] [ID id ...]",
             "KILL <ip:port> | KILL [ID id] [TYPE normal|pubsub|master|replica] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]",
+            "TRACKING (ON|OFF) [REDIRECT <id>] [BCAST] [PREFIX <prefix> [...]] [OPTIN] [OPTOUT] [NOLOOP]",
+            "CACHING (YES|NO)",
+            "GETREDIR",
+            "TRACKINGINFO",
         ];
         x.out.lines(&lines);
     } else {
@@ -227,5 +254,205 @@ fn client_type(name: &[u8]) -> Result<ClientType, Error> {
             "Unknown client type '{}'",
             String::from_utf8_lossy(name)
         )))
+    }
+}
+
+/// CLIENT TRACKING ON|OFF with its options, checked in Redis 7.0's order
+/// and words.
+fn tracking(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let mut o = crate::tracking::Options::default();
+    let mut target = None;
+    let mut options = Args::new(args, 3);
+    while !options.is_empty() {
+        if options.eat("REDIRECT") {
+            if o.redirect != 0 {
+                return Err(Error::err(
+                    "A client can only redirect to a single other client",
+                ));
+            }
+            let id = int_arg(options.value()?)?;
+            let handle = x
+                .server
+                .clients
+                .list()
+                .into_iter()
+                .find(|h| h.id as i64 == id);
+            let Some(handle) = handle else {
+                return Err(Error::err(
+                    "The client ID you want redirect to does not exist",
+                ));
+            };
+            o.redirect = handle.id;
+            target = Some(handle.mailbox.clone());
+        } else if options.eat("BCAST") {
+            o.bcast = true;
+        } else if options.eat("OPTIN") {
+            o.optin = true;
+        } else if options.eat("OPTOUT") {
+            o.optout = true;
+        } else if options.eat("NOLOOP") {
+            o.noloop = true;
+        } else if options.eat("PREFIX") {
+            o.prefixes
+                .push(bytes::Bytes::copy_from_slice(options.value()?));
+        } else {
+            return Err(Error::Syntax);
+        }
+    }
+    if is(args[2], "off") {
+        x.session.tracking = None;
+        x.session.caching = None;
+        x.session.handle.redirect.store(-1, Ordering::Relaxed);
+        x.out.ok();
+        return Ok(());
+    }
+    if !is(args[2], "on") {
+        return Err(Error::Syntax);
+    }
+    let current = x
+        .session
+        .tracking
+        .as_ref()
+        .map(|t| t.tracker.options().clone());
+    if !o.bcast && !o.prefixes.is_empty() {
+        return Err(Error::err(
+            "PREFIX option requires BCAST mode to be enabled",
+        ));
+    }
+    if let Some(c) = &current {
+        if c.bcast != o.bcast {
+            return Err(Error::err("You can't switch BCAST mode on/off before disabling tracking for this client, and then re-enabling it with a different mode."));
+        }
+    }
+    if o.bcast && (o.optin || o.optout) {
+        return Err(Error::err("OPTIN and OPTOUT are not compatible with BCAST"));
+    }
+    if o.optin && o.optout {
+        return Err(Error::err(
+            "You can't specify both OPTIN mode and OPTOUT mode",
+        ));
+    }
+    if let Some(c) = &current {
+        if (o.optin && c.optout) || (o.optout && c.optin) {
+            return Err(Error::err("You can't switch OPTIN/OPTOUT mode before disabling tracking for this client, and then re-enabling it with a different mode."));
+        }
+    }
+    if o.bcast {
+        // As Redis: BCAST without a prefix is the empty prefix, every key;
+        // prefixes given again add to those already on, none overlapping.
+        let mut given = std::mem::take(&mut o.prefixes);
+        if given.is_empty() && current.as_ref().is_none_or(|c| c.prefixes.is_empty()) {
+            given.push(bytes::Bytes::new());
+        }
+        let existing = current.map(|c| c.prefixes).unwrap_or_default();
+        let overlap = |a: &[u8], b: &[u8]| a.starts_with(b) || b.starts_with(a);
+        for (n, p) in given.iter().enumerate() {
+            if let Some(e) = existing.iter().find(|e| overlap(e, p)) {
+                return Err(Error::err(format!(
+                    "Prefix '{}' overlaps with an existing prefix '{}'. Prefixes for a single client must not overlap.",
+                    String::from_utf8_lossy(p),
+                    String::from_utf8_lossy(e)
+                )));
+            }
+            if let Some(other) = given[n + 1..].iter().find(|q| overlap(q, p)) {
+                return Err(Error::err(format!(
+                    "Prefix '{}' overlaps with another provided prefix '{}'. Prefixes for a single client must not overlap.",
+                    String::from_utf8_lossy(p),
+                    String::from_utf8_lossy(other)
+                )));
+            }
+        }
+        o.prefixes = existing.into_iter().chain(given).collect();
+    }
+    let redirect = o.redirect as i64;
+    let guard = x.ks.invalidations.enable(
+        x.session.handle.id,
+        o,
+        &x.session.handle.mailbox,
+        target.as_ref(),
+    );
+    x.session.tracking = Some(guard);
+    x.session.handle.redirect.store(redirect, Ordering::Relaxed);
+    x.out.ok();
+    Ok(())
+}
+
+fn caching(x: &mut Exec, word: &[u8]) -> CmdResult {
+    let Some(o) = x
+        .session
+        .tracking
+        .as_ref()
+        .map(|t| t.tracker.options().clone())
+    else {
+        return Err(Error::err("CLIENT CACHING can be called only when the client is in tracking mode with OPTIN or OPTOUT mode enabled"));
+    };
+    if is(word, "yes") {
+        if !o.optin {
+            return Err(Error::err(
+                "CLIENT CACHING YES is only valid when tracking is enabled in OPTIN mode.",
+            ));
+        }
+        x.session.caching = Some(true);
+    } else if is(word, "no") {
+        if !o.optout {
+            return Err(Error::err(
+                "CLIENT CACHING NO is only valid when tracking is enabled in OPTOUT mode.",
+            ));
+        }
+        x.session.caching = Some(false);
+    } else {
+        return Err(Error::Syntax);
+    }
+    x.out.ok();
+    Ok(())
+}
+
+fn tracking_info(x: &mut Exec) {
+    let tracker = x.session.tracking.as_ref().map(|t| t.tracker.clone());
+    let o = tracker.as_ref().map(|t| t.options().clone());
+    let mut flags: Vec<&str> = Vec::new();
+    match &o {
+        None => flags.push("off"),
+        Some(o) => {
+            flags.push("on");
+            if o.bcast {
+                flags.push("bcast");
+            }
+            if o.optin {
+                flags.push("optin");
+                if x.session.caching == Some(true) {
+                    flags.push("caching-yes");
+                }
+            }
+            if o.optout {
+                flags.push("optout");
+                if x.session.caching == Some(false) {
+                    flags.push("caching-no");
+                }
+            }
+            if o.noloop {
+                flags.push("noloop");
+            }
+            if tracker
+                .as_ref()
+                .is_some_and(|t| t.broken.load(Ordering::Relaxed))
+            {
+                flags.push("broken_redirect");
+            }
+        }
+    }
+    x.out.map(3);
+    x.out.bulk(b"flags");
+    x.out.set(flags.len());
+    for f in &flags {
+        x.out.bulk(f.as_bytes());
+    }
+    x.out.bulk(b"redirect");
+    x.out.int(o.as_ref().map_or(-1, |o| o.redirect as i64));
+    x.out.bulk(b"prefixes");
+    let prefixes = o.map(|o| o.prefixes).unwrap_or_default();
+    x.out.array(prefixes.len());
+    for p in &prefixes {
+        x.out.bulk(p);
     }
 }

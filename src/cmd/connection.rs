@@ -112,6 +112,9 @@ fn quit(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 
 fn reset(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     x.session.subs = None;
+    x.session.tracking = None;
+    x.session.caching = None;
+    x.session.handle.redirect.store(-1, Ordering::Relaxed);
     x.session.multi = None;
     x.session.multi_dirty = false;
     x.session.watched.clear();

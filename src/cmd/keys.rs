@@ -515,6 +515,7 @@ fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if let Some(persistence) = &x.node.persistence {
         persistence.log_swap(a, b);
     }
+    x.ks.invalidations.changed_all();
     x.ks.waiters.wake_db(a);
     x.ks.waiters.wake_db(b);
     x.ks.note_local_write();

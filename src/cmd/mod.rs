@@ -292,8 +292,17 @@ pub fn dispatch(
         now_ms,
     };
     x.touch_named_keys(spec, args);
-    if let Err(e) = (spec.run)(&mut x, args) {
-        reply_error(server, x.out, &e.text());
+    // As Redis: CLIENT CACHING's word lasts until a command other than
+    // CLIENT, and through a transaction to its EXEC.
+    let caching = match x.session.caching {
+        Some(_) if spec.name == "client" || x.session.multi.is_some() => x.session.caching,
+        _ => x.session.caching.take(),
+    };
+    let client = x.session.handle.id;
+    let ran = crate::tracking::as_client(client, || (spec.run)(&mut x, args));
+    match ran {
+        Ok(()) => x.track_reads(spec, args, caching),
+        Err(e) => reply_error(server, x.out, &e.text()),
     }
     Some(spec.name)
 }
@@ -415,6 +424,21 @@ impl<'s> Exec<'s, '_> {
                     .expire_if_due(&mut self.locked, db, key, self.now_ms);
             }
         }
+    }
+
+    /// After a read-only command of a tracking client: its keys are
+    /// remembered, to tell it when they change (CLIENT TRACKING).
+    pub fn track_reads(&self, spec: &Spec, args: &[&[u8]], caching: Option<bool>) {
+        let Some(guard) = &self.session.tracking else {
+            return;
+        };
+        if !spec.has(Flag::ReadOnly) || !guard.tracker.remembers(caching) {
+            return;
+        }
+        let keys = spec
+            .key_positions(args.len())
+            .filter_map(|i| args.get(i).copied());
+        self.ks.invalidations.remember(self.session.handle.id, keys);
     }
 
     pub fn db(&mut self, key: &[u8]) -> Result<&mut Db, Error> {

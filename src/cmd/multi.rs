@@ -124,11 +124,13 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     end_multi(x);
     x.out.array(queue.len());
     x.session.in_exec = true;
+    let caching = x.session.caching.take();
     for q in &queue {
         let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
         x.touch_named_keys(q.spec, &args);
-        if let Err(e) = (q.spec.run)(x, &args) {
-            super::reply_error(x.server, x.out, &e.text());
+        match (q.spec.run)(x, &args) {
+            Ok(()) => x.track_reads(q.spec, &args, caching),
+            Err(e) => super::reply_error(x.server, x.out, &e.text()),
         }
     }
     x.session.in_exec = false;

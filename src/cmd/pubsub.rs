@@ -133,7 +133,7 @@ fn subs<'a>(x: &'a mut Exec) -> &'a mut Subscriptions {
     let client = x.session.handle.clone();
     x.session
         .subs
-        .get_or_insert_with(|| Subscriptions::new(hub, client))
+        .get_or_insert_with(|| Subscriptions::new(hub, &client.mailbox))
 }
 
 fn add(x: &mut Exec, kind: Kind, names: &[&[u8]]) -> CmdResult {
@@ -224,10 +224,12 @@ fn spublish(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn publish_in(x: &mut Exec, space: Space, args: &[&[u8]]) -> CmdResult {
     let receivers = x.ks.publish_message(space, args[1], args[2]);
-    if let Some(subs) = &x.session.subs {
-        // A RESP3 client publishing to itself gets the push before the
-        // reply, as Redis writes it.
-        subs.mailbox
+    if !x.session.in_exec {
+        // A RESP3 client publishing to a channel it listens to gets the
+        // push before the reply, as Redis writes it.
+        x.session
+            .handle
+            .mailbox
             .drain_into(x.out, crate::connection::REPLY_BATCH_BYTES);
     }
     x.out.int(receivers as i64);

@@ -292,7 +292,7 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored_alias("replica-announce-ip", &["slave-announce-ip"], ""),
     ignored_alias("replica-announce-port", &["slave-announce-port"], "0"),
     // ---- keys tracking
-    ignored("tracking-table-max-keys", "1000000"),
+    applied("tracking-table-max-keys", "1000000"),
     // ---- security
     refused("aclfile", "", Off::Empty, ACL),
     refused("user", "", Off::Never, ACL),

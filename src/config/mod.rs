@@ -68,6 +68,8 @@ pub struct Config {
     pub maxmemory: u64,
     pub maxmemory_policy: crate::evict::Policy,
     pub maxmemory_samples: usize,
+    /// CLIENT TRACKING's table bound, in keys (0: none).
+    pub tracking_table_max_keys: usize,
     pub client_query_buffer_limit: usize,
     pub loglevel: LogLevel,
     pub logfile: Option<PathBuf>,
@@ -308,6 +310,7 @@ impl Default for Config {
             maxmemory: 0,
             maxmemory_policy: crate::evict::Policy::NoEviction,
             maxmemory_samples: 5,
+            tracking_table_max_keys: crate::keyspace::DEFAULT_TRACKING_TABLE_MAX_KEYS,
             client_query_buffer_limit: 1024 * 1024 * 1024,
             loglevel: LogLevel::Notice,
             logfile: None,
@@ -553,6 +556,11 @@ impl Config {
                     return Err(bad("expects 1 to 64 samples"));
                 }
                 self.maxmemory_samples = n;
+            }
+            "tracking-table-max-keys" => {
+                self.tracking_table_max_keys = one()?
+                    .parse()
+                    .map_err(|_| bad("expects a number of keys (0: no limit)"))?;
             }
             "proto-max-bulk-len" => {
                 let n = parse_size(one()?).ok_or_else(|| bad("expects a size like 512mb"))?;
@@ -906,6 +914,7 @@ impl Config {
             "maxmemory" => self.maxmemory.to_string(),
             "maxmemory-policy" => self.maxmemory_policy.name().to_string(),
             "maxmemory-samples" => self.maxmemory_samples.to_string(),
+            "tracking-table-max-keys" => self.tracking_table_max_keys.to_string(),
             "client-query-buffer-limit" => self.client_query_buffer_limit.to_string(),
             "loglevel" => self.loglevel.as_str().to_string(),
             "logfile" => path(&self.logfile),

@@ -1987,7 +1987,9 @@ fn apply_transferred(
                         .is_some_and(|m| m.is_stale_against(state, sender_held))
                 {
                     let incoming: &KeyState = state;
-                    d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held));
+                    if d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held)) {
+                        ks.key_changed(*db as usize, key);
+                    }
                     // As good as collected here: a late write older than
                     // what went must not count as newer than everything
                     // collected (`Replicator::reopen_if_clear`).
@@ -2068,8 +2070,10 @@ fn apply(
                     .filter(|c| !reported.contains(&c.loser.stamp)),
             );
             count(live);
+            // Under the shard lock: a client that read the key before the
+            // merge was remembered before it, and is told.
+            ks.key_changed(db, key);
             drop(locked);
-            ks.waiters.wake(db, key);
             ks.conflicts
                 .record(db, key, ks.clock.physical_unix_ms(), conflicts);
         }
@@ -2079,6 +2083,7 @@ fn apply(
                 return false;
             }
             observe(ks, repl, delta);
+            ks.invalidations.changed_all();
             for shard in locked.shards() {
                 match db {
                     Some(d) if (*d as usize) < shard.dbs.len() => {
