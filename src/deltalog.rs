@@ -1034,6 +1034,13 @@ mod tests {
         let log = numbered_log(&dir, 3_000, 1_000);
         log.keep_for_peers_max(u64::MAX);
         let current = log.rotate();
+        // The writer opens the new generation's file in its own time (a
+        // loaded machine showed the test before it had).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !generations(&dir.join(LOG_DIR)).unwrap().contains(&current) {
+            assert!(Instant::now() < deadline, "the writer never rotated");
+            std::thread::sleep(Duration::from_millis(2));
+        }
         // A peer that lacks write 1_500 keeps the generation holding it,
         // not the one before.
         log.keep_for_peers(vec![1_500, 2_900]);

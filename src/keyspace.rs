@@ -290,6 +290,9 @@ pub struct Writer<'a> {
     now_ms: u64,
     /// The database's flush floor when the write began.
     floor: Stamp,
+    /// Whether anything was written: a command that changed nothing tells
+    /// no one.
+    wrote: bool,
 }
 
 impl Writer<'_> {
@@ -361,7 +364,12 @@ impl Writer<'_> {
         let mut delta = self.ks.sink.is_some().then(|| Coll::delta(stamp, kind));
         let coll = self.state.extras.as_mut()?.coll.as_mut()?;
         let r = op(coll, delta.as_mut(), stamp)?;
-        self.dots_issued(stamp);
+        // An op may answer without writing (ZADD NX of a member there, an
+        // increment refused): what it wrote is stamped `stamp`.
+        if self.state.coll().is_some_and(|c| c.at == stamp) {
+            self.wrote = true;
+            self.dots_issued(stamp);
+        }
         if let (Some(sink), Some(d)) = (&self.ks.sink, delta.filter(|d| !d.names_nothing())) {
             let delta = KeyState {
                 reg: Default::default(),
@@ -426,6 +434,7 @@ impl Writer<'_> {
 
     /// Applies a local op's delta and publishes it to the replication layer.
     pub fn apply(&mut self, delta: KeyState) {
+        self.wrote = true;
         if let Some(sink) = &self.ks.sink {
             sink.publish_key(self.db as u32, self.key, &delta, self.now_ms);
         }
@@ -442,6 +451,7 @@ impl Writer<'_> {
     /// In place (reusing the old value's allocation when it fits) unless a
     /// replication sink needs the delta.
     pub fn set(&mut self, value: Option<&[u8]>, expire_at_ms: u64) {
+        self.wrote = true;
         let stamp = self.stamp();
         match &self.ks.sink {
             None => {
@@ -465,6 +475,7 @@ impl Writer<'_> {
     /// INCRBYFLOAT by `float` with `is_float`). In place: no delta is built
     /// unless a replication sink needs one.
     pub fn incr(&mut self, int: i64, float: f64, is_float: bool) {
+        self.wrote = true;
         if !self.visible() && self.state.has_hidden_parts() {
             // A string a collection hid must not come back under the
             // increment: the key starts from nothing, as for a collection.
@@ -542,6 +553,8 @@ pub struct Keyspace {
     pub pubsub: Arc<crate::pubsub::PubSub>,
     /// CLIENT TRACKING: whom to tell when a key changes.
     pub invalidations: Arc<crate::tracking::Invalidations>,
+    /// `notify-keyspace-events` (0: off).
+    pub notify: Arc<crate::notify::Flags>,
 }
 
 /// The shards one command holds, in index order.
@@ -703,6 +716,7 @@ impl Keyspace {
             waiters: Default::default(),
             pubsub,
             invalidations,
+            notify: Default::default(),
         }
     }
 
@@ -1165,10 +1179,12 @@ impl Keyspace {
                     .cloned()
                     .collect();
                 for key in unnamed {
+                    let before = crate::notify::Before::of(self, d.get(&key));
                     if d.change(&key, acked, |s| s.forget_held(held)) {
                         changed += 1;
                         self.waiters.wake(db, &key);
                         self.invalidations.changed(&key);
+                        crate::notify::after_merge(self, db, &key, before, d.get(&key));
                     }
                 }
             }
@@ -1210,7 +1226,8 @@ impl Keyspace {
             self.local_writes.fetch_add(1, Ordering::Relaxed);
         }
         let floor = shard.dbs[db].floor;
-        let result = shard.dbs[db].change(key, acked, |state| {
+        let (result, outcome) = shard.dbs[db].change(key, acked, |state| {
+            let existed = state.exists(now_ms);
             let mut w = Writer {
                 state,
                 ks: self,
@@ -1218,19 +1235,28 @@ impl Keyspace {
                 key,
                 now_ms,
                 floor,
+                wrote: false,
             };
             // A key that does not exist has nothing to expire: whether a
             // tombstone still carries an expiry field depends on GC timing.
-            if w.state.is_expired(now_ms) && w.state.exists(0) {
+            let expired = w.state.is_expired(now_ms) && w.state.exists(0);
+            if expired {
                 let delete = w.state.expiry_delete(self.node());
                 // The delete may be stamped past the clock; later writes must follow it.
                 let _ = self.clock.observe(delete.reg.stamp);
                 self.expired_keys.fetch_add(1, Ordering::Relaxed);
                 w.apply(delete);
+                w.wrote = false;
             }
-            f(&mut w)
+            let result = f(&mut w);
+            let outcome = (existed, w.state.exists(now_ms), expired, w.wrote);
+            (result, outcome)
         });
-        self.key_changed(db, key);
+        let (_, _, expired, wrote) = outcome;
+        if wrote || expired {
+            self.key_changed(db, key);
+            crate::notify::after_write(self, db, key, outcome);
+        }
         Ok(result)
     }
 
@@ -1283,12 +1309,14 @@ impl Keyspace {
     /// Whether the key was there to go (an expired one goes as expired).
     pub fn evict(&self, db: usize, key: &[u8], now_ms: u64) -> bool {
         let mut locked = self.lock(SmallVec::from_slice(&[self.shard_of(key)]));
-        let deleted = self.update(&mut locked, db, key, now_ms, |w| {
-            let visible = w.visible();
-            if visible {
-                w.set(None, 0);
-            }
-            visible
+        let deleted = crate::notify::as_cause(crate::notify::EVICTED, "evicted", || {
+            self.update(&mut locked, db, key, now_ms, |w| {
+                let visible = w.visible();
+                if visible {
+                    w.set(None, 0);
+                }
+                visible
+            })
         });
         match deleted {
             Ok(true) => {

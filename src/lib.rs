@@ -24,6 +24,7 @@ pub mod key;
 pub mod keymap;
 pub mod keyspace;
 pub mod node;
+pub mod notify;
 pub mod persist;
 pub mod pubsub;
 pub mod replication;

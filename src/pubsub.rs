@@ -341,6 +341,11 @@ impl PubSub {
         }
     }
 
+    /// Whether anyone subscribes to anything here.
+    pub fn has_subscribers(&self) -> bool {
+        self.subscriptions.load(Ordering::Acquire) > 0
+    }
+
     /// Delivers `payload` to the local subscribers of `channel` (and, in
     /// the global space, of every pattern it matches). Returns how many
     /// received it, as PUBLISH answers.

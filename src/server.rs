@@ -30,6 +30,8 @@ pub struct Tunables {
     pub pubsub: Arc<crate::pubsub::PubSub>,
     /// The keyspace's CLIENT TRACKING table (`tracking-table-max-keys`).
     pub invalidations: Arc<crate::tracking::Invalidations>,
+    /// The keyspace's `notify-keyspace-events`.
+    pub notify: Arc<crate::notify::Flags>,
 }
 
 /// One setting CONFIG SET changes live: how to read it for CONFIG GET and
@@ -110,6 +112,11 @@ pub static LIVE: &[Live] = &[
         },
     },
     Live {
+        name: "notify-keyspace-events",
+        get: |t| crate::notify::classes_text(t.notify.load(Ordering::Relaxed)),
+        set: |t, c| t.notify.store(c.notify_keyspace_events, Ordering::Relaxed),
+    },
+    Live {
         name: "tracking-table-max-keys",
         get: |t| t.invalidations.max_keys().to_string(),
         set: |t, c| t.invalidations.set_max_keys(c.tracking_table_max_keys),
@@ -132,6 +139,7 @@ impl Tunables {
         memory: Arc<crate::evict::Limits>,
         pubsub: Arc<crate::pubsub::PubSub>,
         invalidations: Arc<crate::tracking::Invalidations>,
+        notify: Arc<crate::notify::Flags>,
     ) -> Tunables {
         let t = Tunables {
             requirepass: RwLock::new(None),
@@ -145,6 +153,7 @@ impl Tunables {
             memory,
             pubsub,
             invalidations,
+            notify,
         };
         for live in LIVE {
             (live.set)(&t, config);
@@ -256,6 +265,7 @@ impl Server {
                 node.ks.limits.clone(),
                 node.ks.pubsub.clone(),
                 node.ks.invalidations.clone(),
+                node.ks.notify.clone(),
             ),
             node,
             stats: Stats::default(),
@@ -306,6 +316,7 @@ mod tests {
             Default::default(),
             Default::default(),
             Arc::new(crate::tracking::Invalidations::new(0, Default::default())),
+            Default::default(),
         );
         let got: Vec<(&str, String)> = LIVE.iter().map(|l| (l.name, (l.get)(&t))).collect();
         assert_eq!(
@@ -325,6 +336,7 @@ mod tests {
                     "normal 4194304 2097152 7 slave 268435456 67108864 60 pubsub 33554432 8388608 60"
                         .to_string()
                 ),
+                ("notify-keyspace-events", "".to_string()),
                 ("tracking-table-max-keys", "1000000".to_string()),
                 ("loglevel", "warning".to_string()),
             ]

@@ -2729,3 +2729,34 @@ fn a_client_caching_a_key_on_one_node_is_told_when_another_node_writes_it() {
         String::from_utf8_lossy(flushed)
     );
 }
+
+#[test]
+fn a_peers_writes_are_told_as_keyspace_notifications() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node(pb, &[pa], &["--notify-keyspace-events", "KEA"]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<()>(&mut ca, &["SET", "up", "1"]);
+    wait_until("the link up", || get(&mut cb, "up").is_some());
+
+    let mut sub = b.client().get_connection().unwrap();
+    sub.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut sub = sub.as_pubsub();
+    sub.psubscribe("__keyspace@0__:*").unwrap();
+    let mut next = || {
+        let m = sub.get_message().unwrap();
+        (
+            m.get_channel_name().to_string(),
+            m.get_payload::<String>().unwrap(),
+        )
+    };
+    q::<()>(&mut ca, &["SET", "k", "v"]);
+    assert_eq!(next(), ("__keyspace@0__:k".to_string(), "set".to_string()));
+    q::<i64>(&mut ca, &["HSET", "h", "f", "1"]);
+    assert_eq!(next(), ("__keyspace@0__:h".to_string(), "hset".to_string()));
+    q::<i64>(&mut ca, &["DEL", "k"]);
+    assert_eq!(next(), ("__keyspace@0__:k".to_string(), "del".to_string()));
+    // Nothing is sent on to A's subscribers by B: A was not asked to tell.
+    let info = info_in(&mut ca, "stats", "pubsub_from_peers");
+    assert_eq!(info, "0");
+}

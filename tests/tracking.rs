@@ -52,6 +52,9 @@ fn a_reader_is_told_when_a_key_it_read_changes_once_per_read() {
     q::<()>(&mut b, &["SET", "k", "w"]);
     expect_nothing(&mut a);
     a.roundtrip(&resp(&[b"GET", b"k"]), b"$1\r\nw\r\n");
+    // A write that changes nothing tells no one.
+    let _: bool = q(&mut b, &["SETNX", "k", "other"]);
+    expect_nothing(&mut a);
     q::<()>(&mut b, &["DEL", "k"]);
     expect(&mut a, &invalidation("k"));
     q::<i64>(&mut b, &["HSET", "h", "f", "1"]);

@@ -385,12 +385,22 @@ impl Value {
 
 /// Copies `src`'s value and TTL to `dst` in database `dst_db`.
 fn copy_value(x: &mut Exec, src: &[u8], dst: &[u8], dst_db: usize) -> CmdResult {
+    move_value(x, src, dst, dst_db, false)
+}
+
+/// Writes `src`'s value (and expiry) to `dst` in `dst_db`; with `take`,
+/// deletes `src` first (RENAME, MOVE: its notification comes first, as in
+/// Redis).
+fn move_value(x: &mut Exec, src: &[u8], dst: &[u8], dst_db: usize, take: bool) -> CmdResult {
     let now = x.now_ms;
     let (value, at) = match x.visible(src)? {
         Some(s) => (Value::of(s, now), s.expire_at_ms()),
         None => (None, 0),
     };
     let value = value.ok_or(Error::NoSuchKey)?;
+    if take {
+        x.set_value(src, None, 0)?;
+    }
     x.update_in(dst_db, dst, |w| {
         value.write(w, at);
         Ok(())
@@ -406,8 +416,7 @@ fn rename_generic(x: &mut Exec, args: &[&[u8]], nx: bool) -> CmdResult {
         false
     } else {
         let db = x.session.db;
-        copy_value(x, src, dst, db)?;
-        x.set_value(src, None, 0)?;
+        move_value(x, src, dst, db, true)?;
         true
     };
     if nx {
@@ -541,8 +550,7 @@ fn move_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         x.out.int(0);
         return Ok(());
     }
-    copy_value(x, key, key, to)?;
-    x.set_value(key, None, 0)?;
+    move_value(x, key, key, to, true)?;
     x.out.int(1);
     Ok(())
 }

@@ -299,7 +299,11 @@ pub fn dispatch(
         _ => x.session.caching.take(),
     };
     let client = x.session.handle.id;
-    let ran = crate::tracking::as_client(client, || (spec.run)(&mut x, args));
+    let first_key = spec.key_positions(args.len()).next().map(|i| args[i]);
+    let db = x.session.db;
+    let ran = crate::notify::as_command(ks, spec.name, first_key, db, || {
+        crate::tracking::as_client(client, || (spec.run)(&mut x, args))
+    });
     match ran {
         Ok(()) => x.track_reads(spec, args, caching),
         Err(e) => reply_error(server, x.out, &e.text()),

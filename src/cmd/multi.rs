@@ -128,7 +128,11 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     for q in &queue {
         let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
         x.touch_named_keys(q.spec, &args);
-        match (q.spec.run)(x, &args) {
+        let first_key = q.spec.key_positions(args.len()).next().map(|i| args[i]);
+        let (ks, db) = (x.ks, x.session.db);
+        let ran =
+            crate::notify::as_command(ks, q.spec.name, first_key, db, || (q.spec.run)(x, &args));
+        match ran {
             Ok(()) => x.track_reads(q.spec, &args, caching),
             Err(e) => super::reply_error(x.server, x.out, &e.text()),
         }

@@ -223,8 +223,12 @@ fn getex(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     };
     let value = x.update(key, |w| {
         let value = super::str_value(w)?;
+        // PERSIST of a key without a TTL changes nothing.
+        let persisting_nothing = at == Some(0) && w.state().expire_at_ms() == 0;
         if let (Some(_), Some(at)) = (&value, at) {
-            w.expire(at);
+            if !persisting_nothing {
+                w.expire(at);
+            }
         }
         Ok(value)
     })?;

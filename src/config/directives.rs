@@ -411,13 +411,7 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored("latency-tracking", "yes"),
     ignored("latency-tracking-info-percentiles", "50 99 99.9"),
     // ---- event notification
-    refused(
-        "notify-keyspace-events",
-        "",
-        Off::Empty,
-        "keyspace notifications are not implemented yet (a later release): subscribers \
-         would receive nothing",
-    ),
+    applied("notify-keyspace-events", ""),
     // ---- encodings: Chorus's values are CRDTs with their own layout.
     ignored_alias(
         "hash-max-listpack-entries",

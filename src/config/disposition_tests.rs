@@ -152,7 +152,6 @@ fn refused_directives_name_file_line_and_why() {
         ("supervised systemd", "supervised no"),
         ("unixsocket /run/redis/redis.sock", "Unix socket"),
         ("cluster-enabled yes", "Redis Cluster"),
-        ("notify-keyspace-events KEA", "keyspace notifications"),
         ("rename-command FLUSHALL \"\"", "callable"),
         ("user alice on >pw ~* +@all", "ACL"),
         ("aclfile /etc/redis/users.acl", "ACL"),

@@ -70,6 +70,8 @@ pub struct Config {
     pub maxmemory_samples: usize,
     /// CLIENT TRACKING's table bound, in keys (0: none).
     pub tracking_table_max_keys: usize,
+    /// `notify-keyspace-events` as class flags (see `crate::notify`).
+    pub notify_keyspace_events: u32,
     pub client_query_buffer_limit: usize,
     pub loglevel: LogLevel,
     pub logfile: Option<PathBuf>,
@@ -311,6 +313,7 @@ impl Default for Config {
             maxmemory_policy: crate::evict::Policy::NoEviction,
             maxmemory_samples: 5,
             tracking_table_max_keys: crate::keyspace::DEFAULT_TRACKING_TABLE_MAX_KEYS,
+            notify_keyspace_events: 0,
             client_query_buffer_limit: 1024 * 1024 * 1024,
             loglevel: LogLevel::Notice,
             logfile: None,
@@ -556,6 +559,12 @@ impl Config {
                     return Err(bad("expects 1 to 64 samples"));
                 }
                 self.maxmemory_samples = n;
+            }
+            "notify-keyspace-events" => {
+                self.notify_keyspace_events =
+                    crate::notify::parse_classes(one()?).ok_or_else(|| {
+                        bad("expects Redis's event classes: K E g $ l s h z x e t m d n A")
+                    })?;
             }
             "tracking-table-max-keys" => {
                 self.tracking_table_max_keys = one()?
@@ -915,6 +924,7 @@ impl Config {
             "maxmemory-policy" => self.maxmemory_policy.name().to_string(),
             "maxmemory-samples" => self.maxmemory_samples.to_string(),
             "tracking-table-max-keys" => self.tracking_table_max_keys.to_string(),
+            "notify-keyspace-events" => crate::notify::classes_text(self.notify_keyspace_events),
             "client-query-buffer-limit" => self.client_query_buffer_limit.to_string(),
             "loglevel" => self.loglevel.as_str().to_string(),
             "logfile" => path(&self.logfile),

@@ -1987,8 +1987,10 @@ fn apply_transferred(
                         .is_some_and(|m| m.is_stale_against(state, sender_held))
                 {
                     let incoming: &KeyState = state;
+                    let before = crate::notify::Before::of(ks, d.get(key));
                     if d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held)) {
                         ks.key_changed(*db as usize, key);
+                        crate::notify::after_merge(ks, *db as usize, key, before, d.get(key));
                     }
                     // As good as collected here: a late write older than
                     // what went must not count as newer than everything
@@ -2062,7 +2064,9 @@ fn apply(
             } else {
                 Vec::new()
             };
+            let before = crate::notify::Before::of(ks, shard.dbs[db].get(key));
             let merged = shard.dbs[db].merge(key, state, ks.gc_acked());
+            crate::notify::after_merge(ks, db, key, before, shard.dbs[db].get(key));
             let reported: Vec<Stamp> = conflicts.iter().map(|c| c.loser.stamp).collect();
             conflicts.extend(
                 merged
