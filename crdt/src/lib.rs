@@ -16,6 +16,7 @@ pub mod ekey;
 pub mod fault;
 pub mod nodemap;
 pub mod number;
+pub mod position;
 pub mod stamp;
 pub mod state;
 pub mod zindex;
