@@ -300,11 +300,7 @@ async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
     result
 }
 
-/// Most reply bytes one batch gathers before they are written. The rest of
-/// the pipeline runs once they are out, so a client that never reads holds
-/// this plus one reply of server memory, whatever it sends (redis-server,
-/// with no output limit for normal clients, grows without bound).
-pub const REPLY_BATCH_BYTES: usize = 256 * 1024;
+pub use crate::resp::REPLY_BATCH_BYTES;
 
 /// Why a connection loop closed its client on its own.
 enum Verdict {

@@ -383,6 +383,12 @@ fn split_args(
     }
 }
 
+/// Most reply bytes one batch gathers before they are written. The rest of
+/// the pipeline runs once they are out, so a client that never reads holds
+/// this plus one reply of server memory, whatever it sends (redis-server,
+/// with no output limit for normal clients, grows without bound).
+pub const REPLY_BATCH_BYTES: usize = 256 * 1024;
+
 /// A connection's reply buffer: every reply of a pipeline is appended here
 /// and written to the socket with one write.
 pub struct Reply {

@@ -230,7 +230,7 @@ fn publish_in(x: &mut Exec, space: Space, args: &[&[u8]]) -> CmdResult {
         x.session
             .handle
             .mailbox
-            .drain_into(x.out, crate::connection::REPLY_BATCH_BYTES);
+            .drain_into(x.out, crate::resp::REPLY_BATCH_BYTES);
     }
     x.out.int(receivers as i64);
     Ok(())
