@@ -113,9 +113,7 @@ fn a_resp2_subscriber_may_only_subscribe_ping_and_leave() {
 fn a_resp3_subscriber_gets_pushes_and_may_run_any_command() {
     let s = Server::start(&[]);
     let mut sub = s.raw();
-    sub.send(&resp(&[b"HELLO", b"3"]));
-    // HELLO's map ends with its empty list of modules.
-    sub.read_until(b"modules\r\n*0\r\n");
+    sub.hello3();
     sub.roundtrip(
         &resp(&[b"SUBSCRIBE", b"c"]),
         b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n",
@@ -307,8 +305,7 @@ fn a_subscribed_resp2_client_is_told_arity_first_and_the_full_command_name() {
 fn a_resp3_subscriber_gets_its_messages_while_blocked_and_its_own_before_the_reply() {
     let s = Server::start(&[]);
     let mut sub = s.raw();
-    sub.send(&resp(&[b"HELLO", b"3"]));
-    sub.read_until(b"modules\r\n*0\r\n");
+    sub.hello3();
     sub.roundtrip(
         &resp(&[b"SUBSCRIBE", b"c"]),
         b">3\r\n$9\r\nsubscribe\r\n$1\r\nc\r\n:1\r\n",

@@ -2710,8 +2710,7 @@ fn a_client_caching_a_key_on_one_node_is_told_when_another_node_writes_it() {
     wait_until("the write on B", || get(&mut cb, "profile:1").is_some());
 
     let mut cache = b.raw();
-    cache.send(&common::resp(&[b"HELLO", b"3"]));
-    cache.read_until(b"modules\r\n*0\r\n");
+    cache.hello3();
     cache.roundtrip(&common::resp(&[b"CLIENT", b"TRACKING", b"ON"]), b"+OK\r\n");
     cache.roundtrip(&common::resp(&[b"GET", b"profile:1"]), b"$3\r\nold\r\n");
     q::<()>(&mut ca, &["SET", "profile:1", "new"]);

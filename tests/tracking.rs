@@ -7,12 +7,6 @@ use std::time::Duration;
 
 use common::{q, resp, Raw, Server};
 
-fn hello3(raw: &mut Raw) {
-    raw.send(&resp(&[b"HELLO", b"3"]));
-    // HELLO's map ends with its empty list of modules.
-    raw.read_until(b"modules\r\n*0\r\n");
-}
-
 fn invalidation(key: &str) -> String {
     format!(
         ">2\r\n$10\r\ninvalidate\r\n*1\r\n${}\r\n{key}\r\n",
@@ -41,7 +35,7 @@ fn expect_nothing(raw: &mut Raw) {
 fn a_reader_is_told_when_a_key_it_read_changes_once_per_read() {
     let s = Server::start(&[]);
     let mut a = s.raw();
-    hello3(&mut a);
+    a.hello3();
     a.roundtrip(&resp(&[b"CLIENT", b"TRACKING", b"ON"]), b"+OK\r\n");
     a.roundtrip(&resp(&[b"GET", b"k"]), b"_\r\n");
     a.roundtrip(&resp(&[b"HGET", b"h", b"f"]), b"_\r\n");
@@ -129,7 +123,7 @@ fn a_resp2_client_redirects_its_invalidations_to_a_subscriber() {
 fn bcast_tells_every_change_under_its_prefixes_without_reads() {
     let s = Server::start(&[]);
     let mut a = s.raw();
-    hello3(&mut a);
+    a.hello3();
     a.roundtrip(
         &resp(&[
             b"CLIENT",
@@ -200,7 +194,7 @@ fn bcast_tells_every_change_under_its_prefixes_without_reads() {
 fn optin_tracks_only_reads_after_caching_yes() {
     let s = Server::start(&[]);
     let mut a = s.raw();
-    hello3(&mut a);
+    a.hello3();
     a.roundtrip(
         &resp(&[b"CLIENT", b"TRACKING", b"ON", b"OPTIN"]),
         b"+OK\r\n",
@@ -226,7 +220,7 @@ fn optin_tracks_only_reads_after_caching_yes() {
 fn a_full_tracking_table_forgets_keys_and_tells_their_readers() {
     let s = Server::start(&["--tracking-table-max-keys", "2"]);
     let mut a = s.raw();
-    hello3(&mut a);
+    a.hello3();
     a.roundtrip(&resp(&[b"CLIENT", b"TRACKING", b"ON"]), b"+OK\r\n");
     a.send(&resp(&[b"MGET", b"x", b"y", b"z"]));
     // One of the three had to go, and its reader hears of it at once.
@@ -248,7 +242,7 @@ fn bcast_without_a_prefix_covers_every_key_and_an_idle_redirect_target_is_woken(
     let s = Server::start(&[]);
     // The target says nothing after HELLO: its connection only waits.
     let mut target = s.raw();
-    hello3(&mut target);
+    target.hello3();
     let mut ids = s.conn();
     let target_id = {
         let list: String = q(&mut ids, &["CLIENT", "LIST"]);

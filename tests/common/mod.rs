@@ -148,6 +148,13 @@ impl Raw {
         self.read_n(usize::MAX)
     }
 
+    /// Switches the connection to RESP3 (HELLO 3) and reads HELLO's map,
+    /// which ends with its empty list of modules.
+    pub fn hello3(&mut self) {
+        self.send(&resp(&[b"HELLO", b"3"]));
+        self.read_until(b"modules\r\n*0\r\n");
+    }
+
     /// Sends `bytes` and reads exactly the reply `expected`.
     pub fn roundtrip(&mut self, bytes: &[u8], expected: &[u8]) {
         self.send(bytes);
