@@ -8,7 +8,7 @@
 //! commands that write two keys, which key); the dispatcher names the
 //! command on its thread. A merged change carries no command: it is
 //! notified by what the key shows after it (`set`, `incrby`, `hset`,
-//! `sadd`, `zadd`) or `del` when it is gone.
+//! `sadd`, `zadd`, `lpush`) or `del` when it is gone.
 
 use std::cell::Cell;
 use std::hash::{BuildHasher, BuildHasherDefault};
@@ -184,6 +184,15 @@ fn command_event(command: &str, first: bool, same_db: bool) -> Option<(u32, &'st
         "sinterstore" => (SET, "sinterstore"),
         "sunionstore" => (SET, "sunionstore"),
         "sdiffstore" => (SET, "sdiffstore"),
+        "lpush" | "lpushx" => (LIST, "lpush"),
+        "rpush" | "rpushx" => (LIST, "rpush"),
+        "lpop" | "blpop" => (LIST, "lpop"),
+        "rpop" | "brpop" => (LIST, "rpop"),
+        "linsert" => (LIST, "linsert"),
+        "lset" => (LIST, "lset"),
+        "lrem" => (LIST, "lrem"),
+        "ltrim" => (LIST, "ltrim"),
+        "sort" => (LIST, "sortstore"),
         "zadd" => (ZSET, "zadd"),
         "zincrby" => (ZSET, "zincr"),
         "zrem" => (ZSET, "zrem"),
@@ -210,6 +219,7 @@ fn merged_event(state: Option<&KeyState>, now_ms: u64) -> (u32, &'static str) {
         Some(KeyType::Coll(Kind::Hash)) => (HASH, "hset"),
         Some(KeyType::Coll(Kind::Set)) => (SET, "sadd"),
         Some(KeyType::Coll(Kind::ZSet)) => (ZSET, "zadd"),
+        Some(KeyType::Coll(Kind::List)) => (LIST, "lpush"),
         // A counter's value (its tallies) reads as a number.
         Some(KeyType::String) => match state.read(now_ms) {
             Read::Int(_) | Read::Float(_) => (STRING, "incrby"),
@@ -224,6 +234,10 @@ fn removes_elements(event: &str) -> bool {
     matches!(
         event,
         "srem"
+            | "lpop"
+            | "rpop"
+            | "lrem"
+            | "ltrim"
             | "spop"
             | "hdel"
             | "zrem"

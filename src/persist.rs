@@ -116,10 +116,11 @@ impl Persistence {
     pub fn replay(&self, replay: &Replay) -> Result<u64, LogError> {
         let ks = &self.ks;
         let acked = ks.gc_acked();
+        let write_tag = ReplMsg::delta_tag();
         let records = replay.for_each(|payload| {
             if let Some(rest) = payload.strip_prefix(&[TALLY_RECORD]) {
                 let (db, key, node, tally): (u32, serde_bytes::ByteBuf, NodeId, Tally) =
-                    chorus_crdt::decode(rest)
+                    chorus_crdt::decode_stored(rest)
                         .map_err(|e| format!("a tally record does not decode: {e}"))?;
                 let delta = KeyState::tally_delta(node, tally);
                 let _ = ks.clock.observe(tally.epoch);
@@ -146,11 +147,8 @@ impl Persistence {
                 }
                 return Ok(());
             }
-            let ReplMsg::Delta { origin, seq, delta } = chorus_crdt::decode::<ReplMsg>(payload)
-                .map_err(|e| format!("a record does not decode: {e}"))?
-            else {
-                return Err("a record that is not a write".into());
-            };
+            let (origin, seq, delta) = chorus_crdt::decode_stored_write(payload, &write_tag)
+                .map_err(|e| format!("a record does not decode: {e}"))?;
             let _ = ks.clock.observe(delta.stamp());
             match &delta {
                 Delta::Key { db, key, state } => {

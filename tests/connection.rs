@@ -11,9 +11,9 @@ use common::{err, q, resp, Raw, Server};
 fn unknown_commands_are_errors_never_fake_replies() {
     let s = Server::start(&[]);
     let mut c = s.conn();
-    let e = err(&mut c, &["LPUSH", "list", "a"]);
+    let e = err(&mut c, &["XADD", "stream", "*"]);
     assert!(
-        e.contains("unknown command 'LPUSH', with args beginning with: 'list' 'a'"),
+        e.contains("unknown command 'XADD', with args beginning with: 'stream' '*'"),
         "{e}"
     );
     assert!(err(&mut c, &["GET"]).contains("wrong number of arguments for 'get' command"));

@@ -184,3 +184,62 @@ fn writes_that_change_nothing_or_delete_say_what_redis_says() {
     q::<i64>(&mut c, &["DEL", "never-was"]);
     nothing_more(&mut sub);
 }
+
+/// #15: list commands tell Redis's events: the push and pop names, LMOVE's
+/// push on the destination before the pop on the source, `del` after the
+/// command that empties a list, `sortstore`.
+#[test]
+fn list_commands_tell_redis_events() {
+    let s = Server::start(&["--notify-keyspace-events", "Kl$g"]);
+    let mut con = listener(&s);
+    let mut sub = con.as_pubsub();
+    sub.psubscribe("__keyspace@0__:*").unwrap();
+    let mut c = s.conn();
+    let ks = |key: &str, event: &str| pair(&format!("__keyspace@0__:{key}"), event);
+    q::<i64>(&mut c, &["RPUSH", "l", "a", "b", "c"]);
+    q::<i64>(&mut c, &["LPUSHX", "l", "z"]);
+    q::<i64>(&mut c, &["LINSERT", "l", "BEFORE", "b", "x"]);
+    q::<()>(&mut c, &["LSET", "l", "0", "y"]);
+    q::<i64>(&mut c, &["LREM", "l", "0", "x"]);
+    q::<()>(&mut c, &["LTRIM", "l", "0", "2"]);
+    assert_eq!(
+        next(&mut sub, 6),
+        vec![
+            ks("l", "rpush"),
+            ks("l", "lpush"),
+            ks("l", "linsert"),
+            ks("l", "lset"),
+            ks("l", "lrem"),
+            ks("l", "ltrim"),
+        ]
+    );
+    // l is [y, a, b]: LMOVE tells the push on the destination first.
+    q::<String>(&mut c, &["LMOVE", "l", "m", "RIGHT", "LEFT"]);
+    assert_eq!(next(&mut sub, 2), vec![ks("m", "lpush"), ks("l", "rpop")]);
+    q::<Vec<String>>(&mut c, &["LPOP", "l", "5"]);
+    assert_eq!(next(&mut sub, 2), vec![ks("l", "lpop"), ks("l", "del")]);
+    q::<Vec<String>>(&mut c, &["BRPOP", "m", "1"]);
+    assert_eq!(next(&mut sub, 2), vec![ks("m", "rpop"), ks("m", "del")]);
+    q::<i64>(&mut c, &["RPUSH", "m", "1", "2"]);
+    q::<redis::Value>(&mut c, &["LMPOP", "1", "m", "RIGHT"]);
+    q::<redis::Value>(&mut c, &["BLMPOP", "1", "1", "m", "LEFT"]);
+    assert_eq!(
+        next(&mut sub, 4),
+        vec![
+            ks("m", "rpush"),
+            ks("m", "rpop"),
+            ks("m", "lpop"),
+            ks("m", "del")
+        ]
+    );
+    // Nothing to pop, nothing told.
+    let _: Option<String> = q(&mut c, &["RPOPLPUSH", "l", "m"]);
+    let _: i64 = q(&mut c, &["LPUSHX", "l", "v"]);
+    nothing_more(&mut sub);
+    q::<i64>(&mut c, &["RPUSH", "n", "2", "1"]);
+    q::<i64>(&mut c, &["SORT", "n", "STORE", "sorted"]);
+    assert_eq!(
+        next(&mut sub, 2),
+        vec![ks("n", "rpush"), ks("sorted", "sortstore")]
+    );
+}

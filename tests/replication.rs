@@ -2759,3 +2759,103 @@ fn a_peers_writes_are_told_as_keyspace_notifications() {
     let info = info_in(&mut ca, "stats", "pubsub_from_peers");
     assert_eq!(info, "0");
 }
+
+/// #15: three nodes pushing at both ends of one list at once end with the
+/// same list, every element once, each node's pushes in the order it made
+/// them; an element popped on two cut-off nodes at once is removed once;
+/// a client blocked in BLPOP on one node is woken by a push made on another.
+#[test]
+fn lists_pushed_on_three_nodes_at_once_converge_to_one_order() {
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = node(pa, &[pb, pc], &[]);
+    let b = node(pb, &[pa, pc], &[]);
+    let c = node(pc, &[pa, pb], &[]);
+    let (mut ca, mut cb, mut cc) = (a.conn(), b.conn(), c.conn());
+    q::<()>(&mut ca, &["SET", "up", "1"]);
+    wait_until("the mesh up", || {
+        get(&mut cb, "up").is_some() && get(&mut cc, "up").is_some()
+    });
+    const PUSHES: usize = 300;
+    let writers: Vec<_> = [&a, &b, &c]
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            let mut con = s.conn();
+            std::thread::spawn(move || {
+                for i in 0..PUSHES {
+                    let (cmd, end) = if i % 2 == 0 {
+                        ("RPUSH", "R")
+                    } else {
+                        ("LPUSH", "L")
+                    };
+                    let v = format!("{n}.{end}.{i:04}");
+                    q::<i64>(&mut con, &[cmd, "l", &v]);
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    let all = |con: &mut redis::Connection| -> Vec<String> { q(con, &["LRANGE", "l", "0", "-1"]) };
+    wait_until("every push on every node", || {
+        all(&mut ca).len() == 3 * PUSHES
+            && all(&mut cb).len() == 3 * PUSHES
+            && all(&mut cc).len() == 3 * PUSHES
+    });
+    let list = all(&mut ca);
+    assert_eq!(all(&mut cb), list);
+    assert_eq!(all(&mut cc), list);
+    let distinct: std::collections::BTreeSet<&String> = list.iter().collect();
+    assert_eq!(distinct.len(), list.len(), "an element twice");
+    for n in 0..3 {
+        for end in ["R", "L"] {
+            let mine: Vec<&String> = list
+                .iter()
+                .filter(|v| v.starts_with(&format!("{n}.{end}.")))
+                .collect();
+            let mut sorted = mine.clone();
+            sorted.sort();
+            if end == "L" {
+                sorted.reverse();
+            }
+            assert_eq!(mine, sorted, "node {n}'s {end} pushes out of order");
+        }
+    }
+
+    // A cut off from B and C: both pop the same head.
+    let (pa_s, pb_s, pc_s) = (pa.to_string(), pb.to_string(), pc.to_string());
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pc_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    q::<String>(&mut cc, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    wait_until("A alone", || info_field(&mut ca, "connected_peers") == "0");
+    let on_a: Option<String> = q(&mut ca, &["LPOP", "l"]);
+    let on_b: Option<String> = q(&mut cb, &["LPOP", "l"]);
+    assert_eq!(on_a, on_b, "both popped the head they saw");
+    assert_eq!(on_a.as_deref(), Some(list[0].as_str()));
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pc_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    q::<String>(&mut cc, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    wait_until("the pops merged", || {
+        let (x, y, z) = (all(&mut ca), all(&mut cb), all(&mut cc));
+        x == y && y == z && x.len() == 3 * PUSHES - 1
+    });
+    assert_eq!(all(&mut ca), list[1..], "the one element removed once");
+
+    // BLPOP on C, woken by a push on A.
+    let mut waiter = c.conn();
+    let blocked = std::thread::spawn(move || {
+        let got: Vec<String> = q(&mut waiter, &["BLPOP", "jobs", "20"]);
+        got
+    });
+    wait_until("the client blocked on C", || {
+        q::<String>(&mut cc, &["INFO", "clients"]).contains("blocked_clients:1")
+    });
+    q::<i64>(&mut ca, &["RPUSH", "jobs", "job-1"]);
+    assert_eq!(blocked.join().unwrap(), vec!["jobs", "job-1"]);
+    wait_until("the pop reached A", || {
+        q::<i64>(&mut ca, &["EXISTS", "jobs"]) == 0
+    });
+}

@@ -934,5 +934,6 @@ fn sort_orders_sets_and_sorted_sets() {
     assert!(err(&mut c, &["SORT", "str"]).contains("WRONGTYPE"));
     assert!(err(&mut c, &["SORT", "nums", "LIMIT", "1"]).contains("syntax error"));
     assert!(err(&mut c, &["SORT_RO", "nums", "STORE", "dst"]).contains("syntax error"));
-    assert!(err(&mut c, &["SORT", "nums", "STORE", "dst"]).contains("no lists yet"));
+    assert_eq!(q::<i64>(&mut c, &["SORT", "nums", "STORE", "dst"]), 4);
+    assert_eq!(q::<String>(&mut c, &["TYPE", "dst"]), "list");
 }

@@ -5,9 +5,15 @@
 
 use serde::{de::DeserializeOwned, Serialize};
 
+use std::collections::BTreeMap;
+
+use crate::coll::{Adds, Blob, Coll, Elem, Kind, Removed, Score};
 use crate::conflict::Conflict;
+use crate::context::CausalContext;
+use crate::delta::Delta;
+use crate::ekey::EKey;
 use crate::state::{ExpiryField, Extras, KeyState, Register, Tally};
-use crate::NodeMap;
+use crate::{NodeId, NodeMap, Stamp};
 
 /// The current encoding version.
 /// 2: a register write names what it had seen of other nodes' writes
@@ -15,7 +21,8 @@ use crate::NodeMap;
 /// 3: a key's extras carry its expiry floor (`Extras::floor`).
 /// 4: a key's extras carry its collections (`Extras::coll`); a conflict
 /// names the element it was about (`Conflict::element`).
-pub const FORMAT_VERSION: u8 = 4;
+/// 5: collections hold lists (`Coll::list`).
+pub const FORMAT_VERSION: u8 = 5;
 
 /// The oldest version a store written by an earlier build may hold; see
 /// [`decode_stored`] and [`decode_stored_state`].
@@ -108,7 +115,27 @@ pub fn decode_stored_state(bytes: &[u8]) -> Result<KeyState, DecodeError> {
     match bytes.first() {
         Some(2) => Ok(take_all::<KeyStateV2>(&bytes[1..])?.into()),
         Some(3) => Ok(take_all::<KeyStateV3>(&bytes[1..])?.into()),
+        Some(4) => Ok(take_all::<KeyStateV4>(&bytes[1..])?.into()),
         _ => decode(bytes),
+    }
+}
+
+/// Decodes a write `(origin, seq, delta)` of the delta log written by
+/// this build or the one before: `tag` is the encoding of the log
+/// record's message kind (its enum variant), which has not changed, and
+/// must lead the body.
+pub fn decode_stored_write(bytes: &[u8], tag: &[u8]) -> Result<(NodeId, u64, Delta), DecodeError> {
+    let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
+    let fields = body
+        .strip_prefix(tag)
+        .ok_or(DecodeError::Malformed(postcard::Error::DeserializeBadEnum))?;
+    match version {
+        4 => {
+            let (origin, seq, delta) = take_all::<(NodeId, u64, DeltaV4)>(fields)?;
+            Ok((origin, seq, delta.into()))
+        }
+        FORMAT_VERSION => take_all(fields),
+        v => Err(DecodeError::UnknownVersion(v)),
     }
 }
 
@@ -131,7 +158,7 @@ pub fn decode_stored_conflict<Head: DeserializeOwned>(
                 },
             ))
         }
-        _ => decode(bytes),
+        _ => decode_stored(bytes),
     }
 }
 
@@ -149,6 +176,90 @@ struct ConflictV3 {
     kind: crate::ConflictKind,
     winner: crate::Side,
     loser: crate::Side,
+}
+
+/// Version 4's key state: collections without lists.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct KeyStateV4 {
+    reg: Register,
+    extras: Option<Box<ExtrasV4>>,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct ExtrasV4 {
+    expiry: ExpiryField,
+    counts: NodeMap<Tally>,
+    removed: NodeMap<Tally>,
+    floor: Stamp,
+    coll: Option<Box<CollV4>>,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct CollV4 {
+    ctx: CausalContext,
+    at: Stamp,
+    kind: Kind,
+    hash: BTreeMap<EKey, Elem<Blob>>,
+    set: BTreeMap<EKey, Adds>,
+    zset: BTreeMap<EKey, Elem<Score>>,
+    removed: BTreeMap<(Kind, Vec<u8>), Removed>,
+    part: bool,
+}
+
+impl From<KeyStateV4> for KeyState {
+    fn from(v4: KeyStateV4) -> KeyState {
+        KeyState {
+            reg: v4.reg,
+            extras: v4.extras.map(|x| {
+                Box::new(Extras {
+                    expiry: x.expiry,
+                    counts: x.counts,
+                    removed: x.removed,
+                    floor: x.floor,
+                    coll: x.coll.map(|c| {
+                        let mut coll = Box::<Coll>::default();
+                        coll.ctx = c.ctx;
+                        coll.at = c.at;
+                        coll.kind = c.kind;
+                        coll.hash = c.hash;
+                        coll.set = c.set;
+                        coll.zset = c.zset;
+                        coll.removed = c.removed;
+                        coll.part = c.part;
+                        coll
+                    }),
+                })
+            }),
+        }
+    }
+}
+
+/// Version 4's delta: key states without lists.
+#[derive(serde::Deserialize, serde::Serialize)]
+enum DeltaV4 {
+    Key {
+        db: u32,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        state: KeyStateV4,
+    },
+    Flush {
+        db: Option<u32>,
+        stamp: Stamp,
+    },
+}
+
+impl From<DeltaV4> for Delta {
+    fn from(v4: DeltaV4) -> Delta {
+        match v4 {
+            DeltaV4::Key { db, key, state } => Delta::Key {
+                db,
+                key,
+                state: state.into(),
+            },
+            DeltaV4::Flush { db, stamp } => Delta::Flush { db, stamp },
+        }
+    }
 }
 
 /// Version 3's key state: no collections.
@@ -247,7 +358,7 @@ mod tests {
             "the wire takes the current version only"
         );
         assert_eq!(
-            decode_stored_state(&encode(&state).expect("encode")).expect("v4 state"),
+            decode_stored_state(&encode(&state).expect("encode")).expect("v5 state"),
             state
         );
         // Version 3: the same state with its floor, no collections.
@@ -279,6 +390,78 @@ mod tests {
         bytes.extend(postcard::to_allocvec(&(7u64, old)).expect("encode"));
         let (head, c) = decode_stored_conflict::<u64>(&bytes).expect("v3 conflict");
         assert_eq!((head, c.element, c.loser), (7, None, side));
+
+        // Version 4: a collection without lists, as a stored state and as
+        // a write in the delta log.
+        let mut hash = KeyState::default();
+        let stamp = Stamp {
+            time: 9,
+            node: NodeId(2),
+        };
+        let delta = hash.coll_write(stamp, Kind::Hash, |c, d| c.hset_into(d, stamp, b"f", b"v"));
+        hash.merge(&delta);
+        let c = hash.coll().expect("a collection");
+        let as_v4 = |state: &KeyState| KeyStateV4 {
+            reg: state.reg.clone(),
+            extras: state.extras.as_deref().map(|x| {
+                Box::new(ExtrasV4 {
+                    expiry: x.expiry,
+                    counts: x.counts.clone(),
+                    removed: x.removed.clone(),
+                    floor: x.floor,
+                    coll: x.coll.as_deref().map(|c| {
+                        Box::new(CollV4 {
+                            ctx: c.ctx.clone(),
+                            at: c.at,
+                            kind: c.kind,
+                            hash: c.hash.clone(),
+                            set: c.set.clone(),
+                            zset: c.zset.clone(),
+                            removed: c.removed.clone(),
+                            part: c.part,
+                        })
+                    }),
+                })
+            }),
+        };
+        assert!(!c.hash.is_empty());
+        let mut bytes = vec![4];
+        bytes.extend(postcard::to_allocvec(&as_v4(&hash)).expect("encode"));
+        assert_eq!(decode_stored_state(&bytes).expect("v4 state"), hash);
+        let tag = [3u8];
+        let v4_write = DeltaV4::Key {
+            db: 1,
+            key: b"k".to_vec(),
+            state: as_v4(&delta),
+        };
+        let mut bytes = vec![4, 3];
+        bytes.extend(postcard::to_allocvec(&(NodeId(2), 7u64, v4_write)).expect("encode"));
+        let (origin, seq, read) = decode_stored_write(&bytes, &tag).expect("v4 write");
+        assert_eq!((origin, seq), (NodeId(2), 7));
+        assert_eq!(
+            read,
+            Delta::Key {
+                db: 1,
+                key: b"k".to_vec(),
+                state: delta.clone()
+            }
+        );
+        bytes[1] = 4;
+        assert!(
+            decode_stored_write(&bytes, &tag).is_err(),
+            "another message kind"
+        );
+        let mut bytes = vec![FORMAT_VERSION, 3];
+        let write = Delta::Key {
+            db: 1,
+            key: b"k".to_vec(),
+            state: delta,
+        };
+        bytes.extend(postcard::to_allocvec(&(NodeId(2), 7u64, &write)).expect("encode"));
+        assert_eq!(
+            decode_stored_write(&bytes, &tag).expect("v5 write").2,
+            write
+        );
 
         let meta: Vec<(NodeId, u64)> = vec![(NodeId(7), 42)];
         let mut old = encode(&meta).expect("encode");

@@ -1,5 +1,5 @@
-//! The collection part of a key's state (issue #13): hashes, sets and
-//! sorted sets, in one causal context.
+//! The collection part of a key's state (issues #13, #15): hashes, sets,
+//! sorted sets and lists, in one causal context.
 //!
 //! - A **set** member keeps the adds ("dots") no remove observed: an
 //!   observed-remove set, add wins.
@@ -9,6 +9,14 @@
 //!   a string key has one: per node a [`Tally`], removed by what a reset
 //!   observed. Two surviving writes of one element are concurrent writes,
 //!   a conflict; the higher stamp is the value.
+//!
+//! - A **list** element is an element too, keyed by its place (a dense
+//!   [`Position`], unique per node): its writes are the register of its
+//!   value (LSET). A pop, LREM or LTRIM removes the writes it observed, so
+//!   two nodes popping one element concurrently remove it once, and an
+//!   LSET the pop did not observe keeps the element, as an HSET survives a
+//!   concurrent HDEL. Nothing stays of a removed element: the others'
+//!   order never depended on it (see `position.rs`).
 //!
 //! The key's [`CausalContext`] holds every dot the state has seen, so a
 //! removed element leaves no tombstone: an element absent here whose dots
@@ -31,6 +39,7 @@ use crate::conflict::{Conflict, ConflictKind, Side, Summary};
 use crate::context::{CausalContext, Dot};
 use crate::ekey::{EKey, Probe};
 use crate::nodemap::NodeMap;
+use crate::position::Position;
 use crate::stamp::{NodeId, Stamp};
 use crate::state::{join_tally, read_value, CounterSum, Read, Tally};
 use crate::zindex::{Entry, ScoreIndex};
@@ -44,15 +53,19 @@ pub enum Kind {
     Hash,
     Set,
     ZSet,
+    List,
 }
 
 impl Kind {
+    pub const ALL: [Kind; 4] = [Kind::Hash, Kind::Set, Kind::ZSet, Kind::List];
+
     /// The name TYPE replies with.
     pub fn name(self) -> &'static str {
         match self {
             Kind::Hash => "hash",
             Kind::Set => "set",
             Kind::ZSet => "zset",
+            Kind::List => "list",
         }
     }
 }
@@ -197,6 +210,7 @@ pub struct Coll {
     pub hash: BTreeMap<EKey, Elem<Blob>>,
     pub set: BTreeMap<EKey, Adds>,
     pub zset: BTreeMap<EKey, Elem<Score>>,
+    pub list: BTreeMap<Position, Elem<Blob>>,
     pub removed: BTreeMap<(Kind, Vec<u8>), Removed>,
     /// A delta (see the module doc); false for a state.
     pub part: bool,
@@ -291,28 +305,24 @@ fn settle<V>(elem: &mut Elem<V>, removed: Option<&Removed>) -> bool {
     elem.is_empty()
 }
 
-/// Joins a map of elements; `conflicts` gets each element whose surviving
-/// writes grew to more than one.
-#[allow(clippy::too_many_arguments)]
-fn join_elems<V: Clone + Ord>(
-    kind: Kind,
-    mine: &mut BTreeMap<EKey, Elem<V>>,
-    theirs: &BTreeMap<EKey, Elem<V>>,
-    my_ctx: &CausalContext,
-    their_ctx: &CausalContext,
-    removed: &BTreeMap<(Kind, Vec<u8>), Removed>,
+/// Joins a map of elements; `on_siblings` gets each element whose
+/// surviving writes grew to more than one.
+fn join_elems<'r, K: Ord + Clone, V: Clone + Ord>(
+    mine: &mut BTreeMap<K, Elem<V>>,
+    theirs: &BTreeMap<K, Elem<V>>,
+    (my_ctx, their_ctx): (&CausalContext, &CausalContext),
+    removed_of: impl Fn(&K) -> Option<&'r Removed>,
     (their_whole, keep_empty): (bool, bool),
-    mut on_siblings: impl FnMut(&[u8], &Elem<V>),
+    mut on_siblings: impl FnMut(&K, &Elem<V>),
 ) {
-    let removed_of = |key: &[u8]| removed.get(&(kind, key.to_vec()));
     if their_whole {
         // Theirs may remove any of mine by its context.
         mine.retain(|key, elem| {
             let grew = join_elem(elem, theirs.get(key), my_ctx, their_ctx);
             if grew && elem.writes.len() > 1 {
-                on_siblings(key.bytes(), elem);
+                on_siblings(key, elem);
             }
-            !settle(elem, removed_of(key.bytes())) || keep_empty
+            !settle(elem, removed_of(key)) || keep_empty
         });
     }
     for (key, their) in theirs {
@@ -322,12 +332,24 @@ fn join_elems<V: Clone + Ord>(
         let mut elem = mine.remove(key).unwrap_or_default();
         let grew = join_elem(&mut elem, Some(their), my_ctx, their_ctx);
         if grew && elem.writes.len() > 1 {
-            on_siblings(key.bytes(), &elem);
+            on_siblings(key, &elem);
         }
-        if !settle(&mut elem, removed_of(key.bytes())) || keep_empty {
+        if !settle(&mut elem, removed_of(key)) || keep_empty {
             mine.insert(key.clone(), elem);
         }
     }
+}
+
+/// An element's counter removal record in `removed` (none for most).
+fn record_of<'r>(
+    removed: &'r BTreeMap<(Kind, Vec<u8>), Removed>,
+    kind: Kind,
+    key: &EKey,
+) -> Option<&'r Removed> {
+    if removed.is_empty() {
+        return None;
+    }
+    removed.get(&(kind, key.bytes().to_vec()))
 }
 
 /// As [`join_elems`] for set members (dots only).
@@ -389,6 +411,7 @@ impl Coll {
         self.part = false;
         self.hash.retain(|_, e| !e.is_empty());
         self.zset.retain(|_, e| !e.is_empty());
+        self.list.retain(|_, e| !e.is_empty());
         self.set.retain(|_, a| !a.is_empty());
     }
 
@@ -399,6 +422,7 @@ impl Coll {
             && self.hash.is_empty()
             && self.set.is_empty()
             && self.zset.is_empty()
+            && self.list.is_empty()
             && self.removed.is_empty()
     }
 
@@ -410,6 +434,7 @@ impl Coll {
             && self.hash.is_empty()
             && self.set.is_empty()
             && self.zset.is_empty()
+            && self.list.is_empty()
             && self.removed.is_empty()
     }
 
@@ -425,12 +450,16 @@ impl Coll {
             Kind::Hash => self.hash.len(),
             Kind::Set => self.set.len(),
             Kind::ZSet => self.zset.len(),
+            Kind::List => self.list.len(),
         }
     }
 
     /// Whether any collection holds an element.
     pub fn has_elements(&self) -> bool {
-        !(self.hash.is_empty() && self.set.is_empty() && self.zset.is_empty())
+        !(self.hash.is_empty()
+            && self.set.is_empty()
+            && self.zset.is_empty()
+            && self.list.is_empty())
     }
 
     /// The collection the key shows: the kind of the newest collection
@@ -440,9 +469,7 @@ impl Coll {
         if self.len(self.kind) > 0 {
             return Some(self.kind);
         }
-        [Kind::Hash, Kind::Set, Kind::ZSet]
-            .into_iter()
-            .find(|k| self.len(*k) > 0)
+        Kind::ALL.into_iter().find(|k| self.len(*k) > 0)
     }
 
     /// A side for a conflict report: the collection of `kind` as it stands.
@@ -465,6 +492,7 @@ impl Coll {
             Kind::Hash => self.hash.values().flat_map(elem_stamps).max(),
             Kind::ZSet => self.zset.values().flat_map(elem_stamps).max(),
             Kind::Set => self.set.values().flatten().map(Add::stamp).max(),
+            Kind::List => self.list.values().flat_map(elem_stamps).max(),
         };
         newest.unwrap_or(Stamp::ZERO)
     }
@@ -522,7 +550,7 @@ impl Coll {
                 .zset
                 .get(probe.as_keyed())
                 .is_some_and(|e| e.counts.is_some()),
-            Kind::Set => false,
+            Kind::Set | Kind::List => false,
         }
     }
 
@@ -557,6 +585,8 @@ impl Coll {
                     .range::<dyn crate::ekey::Keyed, _>(bounds)
                     .map(|(k, _)| k),
             ),
+            // Lists are walked by index, never by hash.
+            Kind::List => Box::new(std::iter::empty()),
         };
         let mut keys = keys.peekable();
         let mut found: Vec<&[u8]> = Vec::new();
@@ -603,6 +633,7 @@ impl Coll {
                 .next()
                 .or_else(|| self.zset.iter().next())
                 .map(|(k, _)| k),
+            Kind::List => None,
         };
         key.map(EKey::bytes)
     }
@@ -713,6 +744,8 @@ impl Coll {
                 }
                 None
             }
+            // List elements are named by place: `list_remove_into`.
+            Kind::List => None,
         };
         if let Some(counts) = counts {
             let r = delta.removed.entry((kind, key.to_vec())).or_default();
@@ -738,9 +771,13 @@ impl Coll {
         for key in self.zset.keys() {
             self.remove_into(&mut delta, Kind::ZSet, key.bytes(), stamp);
         }
+        for pos in self.list.keys() {
+            self.list_remove_into(&mut delta, pos);
+        }
         delta.hash.clear();
         delta.set.clear();
         delta.zset.clear();
+        delta.list.clear();
         delta.part = false;
         delta
     }
@@ -748,7 +785,7 @@ impl Coll {
     /// The delta of removing the elements of every kind but `kind` (what a
     /// write of `kind` clears when concurrent writes left others hidden).
     pub fn clear_others_into(&self, delta: &mut Coll, kind: Kind, stamp: Stamp) {
-        for other in [Kind::Hash, Kind::Set, Kind::ZSet] {
+        for other in Kind::ALL {
             if other == kind || self.len(other) == 0 {
                 continue;
             }
@@ -756,6 +793,12 @@ impl Coll {
                 Kind::Hash => self.hash.keys().map(|k| k.bytes().to_vec()).collect(),
                 Kind::Set => self.set.keys().map(|k| k.bytes().to_vec()).collect(),
                 Kind::ZSet => self.zset.keys().map(|k| k.bytes().to_vec()).collect(),
+                Kind::List => {
+                    for pos in self.list.keys() {
+                        self.list_remove_into(delta, pos);
+                    }
+                    continue;
+                }
             };
             for key in keys {
                 self.remove_into(delta, other, &key, stamp);
@@ -766,7 +809,7 @@ impl Coll {
     /// A new dot for `stamp.node`, recorded in `delta`'s context: past
     /// this state's and past those `delta` already took (one command may
     /// write many elements).
-    fn new_dot(&self, delta: &mut Coll, stamp: Stamp) -> Dot {
+    pub(crate) fn new_dot(&self, delta: &mut Coll, stamp: Stamp) -> Dot {
         let mine = self.ctx.next_dot(stamp.node, stamp.time);
         let theirs = delta.ctx.next_dot(stamp.node, stamp.time);
         let dot = if theirs.n > mine.n { theirs } else { mine };
@@ -841,14 +884,14 @@ impl Coll {
                 .zset
                 .get(probe.as_keyed())
                 .and_then(|e| e.counts.as_deref()),
-            Kind::Set => None,
+            Kind::Set | Kind::List => None,
         }
         .and_then(|c| c.get(&stamp.node));
         let tally = Tally::next(current, stamp, int, float, is_float);
         let counts = match kind {
             Kind::Hash => &mut delta.hash.entry(probe.to_key()).or_default().counts,
             Kind::ZSet => &mut delta.zset.entry(probe.to_key()).or_default().counts,
-            Kind::Set => return,
+            Kind::Set | Kind::List => return,
         };
         counts
             .get_or_insert_with(Default::default)
@@ -864,7 +907,7 @@ impl Coll {
     // changed and the general path must run.
 
     /// Records a local write of `kind` at `stamp`: its dot, and the newest write.
-    fn note_local(&mut self, stamp: Stamp, kind: Kind, dot: Dot) {
+    pub(crate) fn note_local(&mut self, stamp: Stamp, kind: Kind, dot: Dot) {
         self.ctx.insert(dot);
         if (stamp, kind) > (self.at, self.kind) {
             self.at = stamp;
@@ -1211,7 +1254,7 @@ impl Coll {
         let tally = match kind {
             Kind::Hash => bump(&mut self.hash, &probe, stamp, (int, float, is_float)),
             Kind::ZSet => bump(&mut self.zset, &probe, stamp, (int, float, is_float)),
-            Kind::Set => return,
+            Kind::Set | Kind::List => return,
         };
         if kind == Kind::ZSet {
             self.reindex(key, old_score);
@@ -1220,12 +1263,20 @@ impl Coll {
             let counts = match kind {
                 Kind::Hash => &mut d.hash.entry(probe.to_key()).or_default().counts,
                 Kind::ZSet => &mut d.zset.entry(probe.to_key()).or_default().counts,
-                Kind::Set => return,
+                Kind::Set | Kind::List => return,
             };
             counts
                 .get_or_insert_with(Default::default)
                 .upsert(stamp.node, tally, |mine, new| *mine = new);
         }
+        if (stamp, kind) > (self.at, self.kind) {
+            self.at = stamp;
+            self.kind = kind;
+        }
+    }
+
+    /// Records a local removal of `kind` at `stamp` (no new dot).
+    pub(crate) fn note_removal(&mut self, stamp: Stamp, kind: Kind) {
         if (stamp, kind) > (self.at, self.kind) {
             self.at = stamp;
             self.kind = kind;
@@ -1277,26 +1328,32 @@ impl Coll {
         // A delta keeps the entries of elements it empties: they name what
         // it removes.
         let how = (!other.part, self.part && other.part);
+        let ctxs = (&self.ctx, &other.ctx);
+        let removed = &self.removed;
         join_elems(
-            Kind::Hash,
             &mut self.hash,
             &other.hash,
-            &self.ctx,
-            &other.ctx,
-            &self.removed,
+            ctxs,
+            |k| record_of(removed, Kind::Hash, k),
             how,
-            |key, e| siblings(&mut conflicts, key, e, blob_side),
+            |key, e| siblings(&mut conflicts, key.bytes(), e, blob_side),
         );
         join_members(&mut self.set, &other.set, &self.ctx, &other.ctx, how);
         join_elems(
-            Kind::ZSet,
             &mut self.zset,
             &other.zset,
-            &self.ctx,
-            &other.ctx,
-            &self.removed,
+            ctxs,
+            |k| record_of(removed, Kind::ZSet, k),
             how,
-            |key, e| siblings(&mut conflicts, key, e, score_side),
+            |key, e| siblings(&mut conflicts, key.bytes(), e, score_side),
+        );
+        join_elems(
+            &mut self.list,
+            &other.list,
+            ctxs,
+            |_| None,
+            how,
+            |pos, e| siblings(&mut conflicts, pos.to_string().as_bytes(), e, blob_side),
         );
         // Elements a removal record now covers whole (a record that
         // arrived without its element).
@@ -1324,7 +1381,7 @@ impl Coll {
                             self.zset.remove(probe.as_keyed());
                         }
                     }
-                    Kind::Set => {}
+                    Kind::Set | Kind::List => {}
                 }
             }
         }
@@ -1409,6 +1466,11 @@ impl Coll {
                 ));
             }
         }
+        for (pos, e) in &self.list {
+            for w in e.writes.iter().filter(|w| w.stamp() < flush) {
+                lost.push((pos.to_string().into_bytes(), blob_side(w)));
+            }
+        }
         lost
     }
 
@@ -1426,6 +1488,7 @@ impl Coll {
             self.hash.clear();
             self.set.clear();
             self.zset.clear();
+            self.list.clear();
         }
         if !self.oldest.0.is_zero() && floor <= self.oldest.0 {
             return;
@@ -1435,7 +1498,7 @@ impl Coll {
         if !self.zset.is_empty() {
             self.unindex();
         }
-        fn prune_elems<V>(map: &mut BTreeMap<EKey, Elem<V>>, floor: Stamp, keep: bool) {
+        fn prune_elems<K: Ord, V>(map: &mut BTreeMap<K, Elem<V>>, floor: Stamp, keep: bool) {
             map.retain(|_, e| {
                 if e.is_empty() {
                     return keep;
@@ -1452,6 +1515,7 @@ impl Coll {
         }
         prune_elems(&mut self.hash, floor, keep);
         prune_elems(&mut self.zset, floor, keep);
+        prune_elems(&mut self.list, floor, keep);
         self.set.retain(|_, adds| {
             if adds.is_empty() {
                 return keep;
@@ -1485,7 +1549,8 @@ impl Coll {
         let hash = self.hash.values().flat_map(elem_stamps);
         let zset = self.zset.values().flat_map(elem_stamps);
         let set = self.set.values().flatten().map(Add::stamp);
-        hash.chain(zset).chain(set).min()
+        let list = self.list.values().flat_map(elem_stamps);
+        hash.chain(zset).chain(set).chain(list).min()
     }
 
     /// Drops what the GC floor `acked` makes dead weight: removal records
@@ -1505,7 +1570,7 @@ impl Coll {
             let counts = match kind {
                 Kind::Hash => hash.get(probe.as_keyed()).and_then(|e| e.counts.as_deref()),
                 Kind::ZSet => zset.get(probe.as_keyed()).and_then(|e| e.counts.as_deref()),
-                Kind::Set => None,
+                Kind::Set | Kind::List => None,
             };
             r.tallies.retain(|node, t| {
                 counts
@@ -1530,6 +1595,27 @@ impl Coll {
         self.visit_stale(sender, held, |_, _, _| {
             stale = true;
         });
+        stale || !self.stale_list_writes(sender, held).is_empty()
+    }
+
+    /// The list element writes a transfer's sender applied and no longer
+    /// holds (see [`Coll::forget_missing_from`]).
+    fn stale_list_writes(
+        &self,
+        sender: Option<&Coll>,
+        held: &impl Fn(NodeId) -> Stamp,
+    ) -> Vec<(Position, Dot)> {
+        let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
+        let mut stale = Vec::new();
+        for (pos, e) in &self.list {
+            let their = sender.and_then(|c| c.list.get(pos));
+            for w in &e.writes {
+                let kept = their.is_some_and(|t| t.writes.iter().any(|x| x.dot == w.dot));
+                if is_held(w.stamp()) && !kept {
+                    stale.push((pos.clone(), w.dot));
+                }
+            }
+        }
         stale
     }
 
@@ -1548,14 +1634,19 @@ impl Coll {
         self.visit_stale(sender, held, |kind, key, what| {
             stale.push((kind, key.clone(), what.0, what.1))
         });
+        let stale_list = self.stale_list_writes(sender, held);
+        for (pos, dot) in &stale_list {
+            forget_in(&mut self.list, pos, Some(*dot), None);
+        }
         if stale.is_empty() {
-            return false;
+            return !stale_list.is_empty();
         }
         self.unindex();
         for (kind, key, dot, node) in stale {
             match kind {
                 Kind::Hash => forget_in(&mut self.hash, &key, dot, node),
                 Kind::ZSet => forget_in(&mut self.zset, &key, dot, node),
+                Kind::List => {}
                 Kind::Set => {
                     if let (Some(adds), Some(dot)) = (self.set.get_mut(&key), dot) {
                         adds.retain(|a| a.dot != dot);
@@ -1693,6 +1784,13 @@ impl Coll {
             adds.retain(|a| !is_held(a.stamp()) || my.is_some_and(|m| m.contains(a)));
             !adds.is_empty()
         });
+        self.list.retain(|pos, e| {
+            let my = mine.and_then(|c| c.list.get(pos));
+            e.writes.retain(|w| {
+                !is_held(w.stamp()) || my.is_some_and(|m| m.writes.iter().any(|x| x.dot == w.dot))
+            });
+            !e.is_empty()
+        });
     }
 
     /// Bytes held on the heap, roughly: per element its key, entry and
@@ -1720,6 +1818,14 @@ impl Coll {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Score>>();
             }
         }
+        for (pos, e) in &self.list {
+            n += std::mem::size_of::<Position>() + NODE_SLACK + std::mem::size_of::<Elem<Blob>>();
+            n += pos.heap_len();
+            n += e.writes.iter().map(|w| w.value.heap_len()).sum::<usize>();
+            if e.writes.spilled() {
+                n += e.writes.capacity() * std::mem::size_of::<Write<Blob>>();
+            }
+        }
         n + self
             .zindex
             .0
@@ -1730,9 +1836,9 @@ impl Coll {
 
 /// Forgets one stale part of an element: a write (by dot) or a node's
 /// counter segment.
-fn forget_in<V>(
-    map: &mut BTreeMap<EKey, Elem<V>>,
-    key: &EKey,
+fn forget_in<K: Ord, V>(
+    map: &mut BTreeMap<K, Elem<V>>,
+    key: &K,
     dot: Option<Dot>,
     node: Option<NodeId>,
 ) {

@@ -14,6 +14,7 @@ pub mod digest;
 pub mod ekey;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod list;
 pub mod nodemap;
 pub mod number;
 pub mod position;
@@ -22,8 +23,9 @@ pub mod state;
 pub mod zindex;
 
 pub use codec::{
-    decode, decode_prefix, decode_stored, decode_stored_conflict, decode_stored_state, encode,
-    encode_append, encode_sized, DecodeError, EncodeError, FORMAT_VERSION,
+    decode, decode_prefix, decode_stored, decode_stored_conflict, decode_stored_state,
+    decode_stored_write, encode, encode_append, encode_sized, DecodeError, EncodeError,
+    FORMAT_VERSION,
 };
 pub use coll::{Coll, Kind};
 pub use conflict::{Conflict, ConflictKind, Side, Summary};
@@ -31,6 +33,7 @@ pub use context::{CausalContext, Dot};
 pub use delta::Delta;
 pub use ekey::{EKey, Probe};
 pub use nodemap::NodeMap;
+pub use position::Position;
 pub use stamp::{system_clock, Clock, DriftError, NodeId, Stamp};
 pub use state::{CounterSum, ExpiryField, Extras, KeyState, KeyType, Read, Register, Tally};
 pub use uhlc::NTP64;

@@ -6,11 +6,14 @@
 //! tombstones to collect, unlike RGA, whose inserts name the element they
 //! follow.
 //!
-//! A position is a sequence of components `(digit, node)`, compared
+//! A position is a sequence of components `(digit, node, n)`, compared
 //! lexicographically (a prefix first). Each component a node makes carries
-//! its own id, so two nodes inserting at one place concurrently make
-//! different positions (the one with the higher node id after the other);
-//! a node never makes the same position twice, since it sees its first.
+//! its own id and the number of the dot its element took, so two nodes
+//! inserting at one place concurrently make different positions (the one
+//! with the higher node id after the other), and a node never makes the
+//! same position twice, even at a place whose element it removed since (a
+//! position made again would merge a new element with what a concurrent
+//! LSET of the old one wrote there).
 //! LPUSH and RPUSH make one-component positions a step below the head or
 //! above the tail, so a list fed at its ends stays one component per
 //! element; only inserts between close neighbours grow a position.
@@ -18,6 +21,7 @@
 use serde::{Deserialize, Serialize};
 use smallvec::SmallVec;
 
+use crate::context::Dot;
 use crate::stamp::NodeId;
 
 /// One level of a position.
@@ -25,6 +29,8 @@ use crate::stamp::NodeId;
 pub struct Component {
     pub digit: u64,
     pub node: NodeId,
+    /// The number of the dot of the element it was made for.
+    pub n: u64,
 }
 
 /// An element's place in a list.
@@ -42,8 +48,10 @@ const MAX_DIGIT: u64 = u64::MAX - 1;
 
 impl Position {
     /// A position strictly between `lo` and `hi` (`None`: the list's head
-    /// or tail), made by `node`. `lo` must sort before `hi`.
-    pub fn between(lo: Option<&Position>, hi: Option<&Position>, node: NodeId) -> Position {
+    /// or tail), made for the element whose first write took `dot`. `lo`
+    /// must sort before `hi`.
+    pub fn between(lo: Option<&Position>, hi: Option<&Position>, dot: Dot) -> Position {
+        let (node, n) = (dot.node, dot.n);
         debug_assert!(match (lo, hi) {
             (Some(l), Some(h)) => l < h,
             _ => true,
@@ -79,12 +87,17 @@ impl Position {
                 out.push(Component {
                     digit: digit.clamp(1, MAX_DIGIT),
                     node,
+                    n,
                 });
                 return Position(out);
             }
             // The bounds' digits touch: our own component at the lower
             // digit may still sort between them by its node.
-            let mine = Component { digit: low, node };
+            let mine = Component {
+                digit: low,
+                node,
+                n,
+            };
             let above_lo = l.is_none_or(|l| mine > l);
             let below_hi = h.is_none_or(|h| mine < h);
             if above_lo && below_hi && (1..=MAX_DIGIT).contains(&low) {
@@ -99,6 +112,7 @@ impl Position {
             let down = l.unwrap_or(Component {
                 digit: 0,
                 node: NodeId(0),
+                n: 0,
             });
             out.push(down);
             under_lo = under_lo && l == Some(down);
@@ -117,14 +131,43 @@ impl Position {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+
+    /// Heap bytes held besides itself (none for one component).
+    pub fn heap_len(&self) -> usize {
+        if self.0.spilled() {
+            self.0.capacity() * std::mem::size_of::<Component>()
+        } else {
+            0
+        }
+    }
+}
+
+/// How a conflict report names a list element: its components, each a
+/// digit in hex, the node that made it and its dot's number.
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, c) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str(".")?;
+            }
+            write!(f, "{:x}@{}:{}", c.digit, c.node.0, c.n)?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn n(id: u64) -> NodeId {
-        NodeId(id)
+    /// A dot of node `id`, numbered past every one made before.
+    fn n(id: u64) -> Dot {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        Dot {
+            node: NodeId(id),
+            n: NEXT.fetch_add(1, Ordering::Relaxed),
+        }
     }
 
     #[test]
@@ -217,7 +260,8 @@ mod tests {
         let at = |digit, node| {
             Position(SmallVec::from_slice(&[Component {
                 digit,
-                node: n(node),
+                node: NodeId(node),
+                n: 1,
             }]))
         };
         // A head at the lowest digit a node makes, and one a level down.
@@ -239,6 +283,18 @@ mod tests {
             let p = Position::between(Some(&a), Some(&b), n(node));
             assert!(a < p && p < b, "{p:?}");
         }
+    }
+
+    #[test]
+    fn a_place_made_again_is_a_new_position() {
+        let a = Position::between(None, None, n(1));
+        let b = Position::between(None, None, n(1));
+        assert_ne!(a, b, "a pushed, popped, pushed again");
+        let lo = Position::between(None, None, n(2));
+        let hi = Position::between(Some(&lo), None, n(2));
+        let x = Position::between(Some(&lo), Some(&hi), n(3));
+        let y = Position::between(Some(&lo), Some(&hi), n(3));
+        assert_ne!(x, y, "inserted, removed, inserted again");
     }
 
     #[test]

@@ -407,7 +407,7 @@ impl KeyState {
             return true;
         }
         self.coll().is_some_and(|c| {
-            [Kind::Hash, Kind::Set, Kind::ZSet]
+            Kind::ALL
                 .into_iter()
                 .any(|k| c.len(k) > 0 && shown != Some(KeyType::Coll(k)))
         })
@@ -436,7 +436,7 @@ impl KeyState {
             }
         }
         if let Some(c) = self.coll() {
-            for k in [Kind::Hash, Kind::Set, Kind::ZSet] {
+            for k in Kind::ALL {
                 if c.len(k) > 0 && shown != Some(KeyType::Coll(k)) {
                     out.push((KeyType::Coll(k), c.side(k)));
                 }

@@ -27,6 +27,19 @@ enum Op {
     ZAdd(u8, i8),
     ZIncr(u8, i8),
     ZRem(u8),
+    /// LPUSH (true) or RPUSH of a value.
+    Push(bool, u8),
+    /// LPOP (true) or RPOP.
+    Pop(bool),
+    /// LSET at an index (modulo the length).
+    LSet(u8, u8),
+    /// LINSERT at an index (modulo the length plus one): between the
+    /// elements before and at it.
+    LInsert(u8, u8),
+    /// LREM of every element equal to a value.
+    LRem(u8),
+    /// LTRIM keeping `len` elements from `start`.
+    LTrim(u8, u8),
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +83,12 @@ fn op_with(with_flush: bool, with_floats: bool, with_colls: bool) -> impl Strate
         3 => (0u8..3, -3i8..3).prop_map(|(m, score)| Op::ZAdd(m, score)),
         2 => (0u8..3, any::<i8>()).prop_map(|(m, by)| Op::ZIncr(m, by)),
         1 => (0u8..3).prop_map(Op::ZRem),
+        3 => (any::<bool>(), 0u8..4).prop_map(|(head, v)| Op::Push(head, v)),
+        2 => any::<bool>().prop_map(Op::Pop),
+        1 => (any::<u8>(), 0u8..4).prop_map(|(i, v)| Op::LSet(i, v)),
+        2 => (any::<u8>(), 0u8..4).prop_map(|(i, v)| Op::LInsert(i, v)),
+        1 => (0u8..4).prop_map(Op::LRem),
+        1 => (0u8..3, 0u8..4).prop_map(|(start, len)| Op::LTrim(start, len)),
     ];
     prop_oneof![
         3 => strings,
@@ -256,6 +275,56 @@ impl Replica {
             }),
             Op::ZRem(m) => state.coll_write(stamp, Kind::ZSet, |c, d| {
                 c.remove_elem_into(d, Kind::ZSet, &[b'z', *m], stamp)
+            }),
+            Op::Push(head, v) => state.coll_write(stamp, Kind::List, |c, d| {
+                c.list_push_into(d, stamp, *head, &[b'0' + v])
+            }),
+            Op::Pop(head) => state.coll_write(stamp, Kind::List, |c, d| {
+                let end = if *head {
+                    c.list_iter().next()
+                } else {
+                    c.list_iter().next_back()
+                };
+                if let Some(p) = end.map(|(p, _)| p.clone()) {
+                    c.list_remove_into(d, &p);
+                }
+            }),
+            Op::LSet(i, v) => state.coll_write(stamp, Kind::List, |c, d| {
+                let len = c.len(Kind::List).max(1);
+                if let Some(p) = c.list_get(usize::from(*i) % len).map(|(p, _)| p.clone()) {
+                    c.list_set_into(d, stamp, &p, &[b'0' + v]);
+                }
+            }),
+            Op::LInsert(i, v) => state.coll_write(stamp, Kind::List, |c, d| {
+                let at = usize::from(*i) % (c.len(Kind::List) + 1);
+                let lo = at
+                    .checked_sub(1)
+                    .and_then(|j| c.list_get(j))
+                    .map(|(p, _)| p.clone());
+                let hi = c.list_get(at).map(|(p, _)| p.clone());
+                c.list_insert_into(d, stamp, lo.as_ref(), hi.as_ref(), &[b'0' + v]);
+            }),
+            Op::LRem(v) => state.coll_write(stamp, Kind::List, |c, d| {
+                let doomed: Vec<_> = c
+                    .list_iter()
+                    .filter(|(_, x)| *x == [b'0' + v])
+                    .map(|(p, _)| p.clone())
+                    .collect();
+                for p in &doomed {
+                    c.list_remove_into(d, p);
+                }
+            }),
+            Op::LTrim(start, len) => state.coll_write(stamp, Kind::List, |c, d| {
+                let (start, len) = (usize::from(*start), usize::from(*len));
+                let doomed: Vec<_> = c
+                    .list_iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i < start || *i >= start + len)
+                    .map(|(_, (p, _))| p.clone())
+                    .collect();
+                for p in &doomed {
+                    c.list_remove_into(d, p);
+                }
             }),
         };
         let delta = Delta::Key {
@@ -595,6 +664,7 @@ proptest! {
                             Kind::Hash => c.hset_into(d, stamp, elem, b"v"),
                             Kind::ZSet => c.zadd_into(d, stamp, elem, 1.5),
                             Kind::Set => c.sadd_into(d, stamp, elem),
+                            Kind::List => unreachable!("not in this loop"),
                         });
                         let mut merged = state.clone();
                         merged.merge(&general);
@@ -606,6 +676,7 @@ proptest! {
                             Kind::Hash => coll.hset_here(stamp, elem, b"v", Some(&mut delta)).is_some(),
                             Kind::ZSet => coll.zadd_here(stamp, elem, 1.5, Some(&mut delta)).is_some(),
                             Kind::Set => { coll.sadd_here(stamp, elem, Some(&mut delta)); true }
+                            Kind::List => unreachable!("not in this loop"),
                         };
                         assert_index_in_step(&in_place);
                         if !done {
@@ -688,6 +759,48 @@ proptest! {
                         }
                     }
                 }
+                // A push or pop in place equals merging its delta.
+                if state.key_type(0) == Some(KeyType::Coll(Kind::List)) && !state.has_hidden_parts() {
+                    for head in [true, false] {
+                        let general = state.coll_write(stamp, Kind::List, |c, d| {
+                            c.list_push_into(d, stamp, head, b"pushed")
+                        });
+                        let mut merged = state.clone();
+                        merged.merge(&general);
+                        let mut in_place = state.clone();
+                        let mut delta = Coll::delta(stamp, Kind::List);
+                        let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                        coll.list_push_here(stamp, head, b"pushed", Some(&mut delta));
+                        prop_assert_eq!(&in_place, &merged);
+                        let mut replica = state.clone();
+                        replica.merge(&KeyState {
+                            reg: Default::default(),
+                            extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                        });
+                        prop_assert_eq!(&replica, &merged);
+
+                        let general = state.coll_write(stamp, Kind::List, |c, d| {
+                            let end = if head { c.list_iter().next() } else { c.list_iter().next_back() };
+                            let p = end.map(|(p, _)| p.clone()).unwrap();
+                            c.list_remove_into(d, &p);
+                        });
+                        let mut merged = state.clone();
+                        merged.merge(&general);
+                        let mut in_place = state.clone();
+                        let mut delta = Coll::delta(stamp, Kind::List);
+                        let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                        let expected = if head { state.coll().unwrap().list_iter().next() } else { state.coll().unwrap().list_iter().next_back() };
+                        let popped = coll.list_pop_here(stamp, head, Some(&mut delta));
+                        prop_assert_eq!(popped.as_ref().map(|b| &b.0[..]), expected.map(|(_, v)| v));
+                        prop_assert_eq!(&in_place, &merged);
+                        let mut replica = state.clone();
+                        replica.merge(&KeyState {
+                            reg: Default::default(),
+                            extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                        });
+                        prop_assert_eq!(&replica, &merged);
+                    }
+                }
                 // Owned and borrowed merges agree too.
                 let delta = state.write(stamp, Some(b"7"), 0);
                 let mut owned = state.clone();
@@ -740,7 +853,16 @@ fn views(r: &Replica) -> BTreeMap<Vec<u8>, String> {
                     .iter()
                     .map(|e| (e.member.to_vec(), e.score))
                     .collect();
-                (c.at, c.kind, fields, members, scores, c.removed.clone())
+                let list: Vec<_> = c.list_iter().map(|(_, v)| v.to_vec()).collect();
+                (
+                    c.at,
+                    c.kind,
+                    fields,
+                    members,
+                    scores,
+                    list,
+                    c.removed.clone(),
+                )
             });
             (k.clone(), format!("{plain:?} {coll:?} {:?}", s.key_type(0)))
         })
@@ -859,6 +981,104 @@ proptest! {
                 lost_to[l].contains(&winner.stamp),
                 "write {} ({:?}) lost silently to {:?}", l, w.delta.reg.stamp, winner.stamp
             );
+        }
+    }
+}
+
+/// One list op of the ordering test: on `node`, a push (`head` or tail)
+/// or a pop, or a delivery of a random pending delta to `node`.
+#[derive(Clone, Debug)]
+enum ListStep {
+    Push { node: usize, head: bool },
+    Pop { node: usize, head: bool },
+    Deliver { node: usize, pick: usize },
+}
+
+fn list_steps() -> impl Strategy<Value = Vec<ListStep>> {
+    prop::collection::vec(
+        prop_oneof![
+            4 => (0usize..3, any::<bool>()).prop_map(|(node, head)| ListStep::Push { node, head }),
+            1 => (0usize..3, any::<bool>()).prop_map(|(node, head)| ListStep::Pop { node, head }),
+            4 => (0usize..3, any::<usize>()).prop_map(|(node, pick)| ListStep::Deliver { node, pick }),
+        ],
+        1..120,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// Pushes and pops on three nodes, delivered in any order: every node
+    /// ends with the same list; each node's own pushes keep the order it
+    /// made them in (its RPUSHes in order, its LPUSHes reversed); every
+    /// element pushed is there unless some node popped it, and an element
+    /// two nodes popped concurrently is removed once.
+    #[test]
+    fn every_node_sees_one_list_order_that_keeps_each_nodes_pushes(steps in list_steps(), seed in any::<u64>()) {
+        let mut states = vec![KeyState::default(); 3];
+        let mut times = [0u64; 3];
+        let mut log: Vec<KeyState> = Vec::new();
+        let mut delivered: Vec<std::collections::BTreeSet<usize>> = vec![Default::default(); 3];
+        let mut pushed: Vec<Vec<u8>> = Vec::new();
+        let mut popped: std::collections::BTreeSet<Vec<u8>> = Default::default();
+        let mut seq = 0u16;
+        for step in &steps {
+            match *step {
+                ListStep::Push { node, head } | ListStep::Pop { node, head } => {
+                    times[node] = times[node].max(states[node].latest_stamp().time) + 1;
+                    let stamp = Stamp { time: times[node], node: NodeId(node as u64 + 1) };
+                    let state = &states[node];
+                    let delta = if matches!(step, ListStep::Push { .. }) {
+                        seq += 1;
+                        let value = [&[node as u8, u8::from(head)][..], &seq.to_be_bytes()].concat();
+                        pushed.push(value.clone());
+                        state.coll_write(stamp, Kind::List, |c, d| c.list_push_into(d, stamp, head, &value))
+                    } else {
+                        let Some(c) = state.coll() else { continue };
+                        let end = if head { c.list_iter().next() } else { c.list_iter().next_back() };
+                        let Some((_, v)) = end else { continue };
+                        popped.insert(v.to_vec());
+                        state.coll_write(stamp, Kind::List, |c, d| {
+                            let end = if head { c.list_iter().next() } else { c.list_iter().next_back() };
+                            let p = end.map(|(p, _)| p.clone()).unwrap();
+                            c.list_remove_into(d, &p);
+                        })
+                    };
+                    states[node].merge(&delta);
+                    delivered[node].insert(log.len());
+                    log.push(delta);
+                }
+                ListStep::Deliver { node, pick } => {
+                    let pending: Vec<usize> = (0..log.len()).filter(|i| !delivered[node].contains(i)).collect();
+                    if let Some(&i) = pending.get(pick % pending.len().max(1)) {
+                        states[node].merge(&log[i]);
+                        delivered[node].insert(i);
+                    }
+                }
+            }
+        }
+        for (node, state) in states.iter_mut().enumerate() {
+            for i in shuffled(log.len(), seed ^ node as u64) {
+                state.merge(&log[i]);
+            }
+        }
+        prop_assert_eq!(&states[1], &states[0]);
+        prop_assert_eq!(&states[2], &states[0]);
+        let list: Vec<Vec<u8>> = states[0]
+            .coll()
+            .map(|c| c.list_iter().map(|(_, v)| v.to_vec()).collect())
+            .unwrap_or_default();
+        let expected: std::collections::BTreeSet<Vec<u8>> =
+            pushed.iter().filter(|v| !popped.contains(*v)).cloned().collect();
+        let present: std::collections::BTreeSet<Vec<u8>> = list.iter().cloned().collect();
+        prop_assert_eq!(present.len(), list.len(), "an element twice");
+        prop_assert_eq!(present, expected);
+        for node in 0..3u8 {
+            for head in [0u8, 1] {
+                let mine: Vec<&Vec<u8>> = list.iter().filter(|v| v[0] == node && v[1] == head).collect();
+                let in_order = mine.windows(2).all(|w| if head == 1 { w[0][2..] > w[1][2..] } else { w[0][2..] < w[1][2..] });
+                prop_assert!(in_order, "node {}'s pushes out of order: {:?}", node, mine);
+            }
         }
     }
 }

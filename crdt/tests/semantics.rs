@@ -934,3 +934,71 @@ fn a_write_after_gc_at_everything_is_new() {
     apply(&mut a, &d);
     assert_eq!(a.coll().unwrap().len(Kind::Hash), 3);
 }
+
+fn list_of(k: &KeyState) -> Vec<Vec<u8>> {
+    k.coll()
+        .map(|c| c.list_iter().map(|(_, v)| v.to_vec()).collect())
+        .unwrap_or_default()
+}
+
+fn push(k: &KeyState, stamp: Stamp, head: bool, v: &[u8]) -> KeyState {
+    k.coll_write(stamp, Kind::List, |c, d| {
+        c.list_push_into(d, stamp, head, v)
+    })
+}
+
+fn pop(k: &KeyState, stamp: Stamp, head: bool) -> KeyState {
+    k.coll_write(stamp, Kind::List, |c, d| {
+        let end = if head {
+            c.list_iter().next()
+        } else {
+            c.list_iter().next_back()
+        };
+        let pos = end.map(|(p, _)| p.clone()).expect("an element");
+        c.list_remove_into(d, &pos);
+    })
+}
+
+/// Two nodes pop one element at once: it is removed once, and the element
+/// after it stays.
+#[test]
+fn a_list_element_popped_on_two_nodes_is_removed_once() {
+    let mut base = KeyState::default();
+    for (i, v) in [b"x", b"y", b"z"].iter().enumerate() {
+        let d = push(&base, at(i as u64 + 1, A), false, *v);
+        base.merge(&d);
+    }
+    let pa = pop(&base, at(10, A), true);
+    let pb = pop(&base, at(11, B), true);
+    let end = both_orders(&base, &pa, &pb);
+    assert_eq!(list_of(&end), [b"y".to_vec(), b"z".to_vec()]);
+}
+
+/// A pushes x, B sees it; A pops x and pushes y at the same end while B
+/// sets x's value: both B's element (the LSET kept it) and y stay, two
+/// elements, not one merged out of both.
+#[test]
+fn a_push_after_a_pop_is_a_new_element_beside_a_concurrent_lset() {
+    let mut a = KeyState::default();
+    let d = push(&a, at(1, A), true, b"x");
+    a.merge(&d);
+    let b = a.clone();
+    let popped = pop(&a, at(2, A), true);
+    a.merge(&popped);
+    let pushed = push(&a, at(3, A), true, b"y");
+    let set = b.coll_write(at(4, B), Kind::List, |c, d| {
+        let pos = c.list_iter().next().map(|(p, _)| p.clone()).expect("x");
+        c.list_set_into(d, at(4, B), &pos, b"set-on-b");
+    });
+    let mut left = b.clone();
+    left.merge(&set);
+    left.merge(&popped);
+    left.merge(&pushed);
+    let mut right = a.clone();
+    right.merge(&pushed);
+    right.merge(&set);
+    assert_eq!(left, right);
+    let mut list = list_of(&left);
+    list.sort();
+    assert_eq!(list, [b"set-on-b".to_vec(), b"y".to_vec()]);
+}

@@ -278,6 +278,7 @@ fn check_all(
     chosen: &[FaultKind],
     unchecked: &mut usize,
 ) -> Result<(), Failure> {
+    lists(snap)?;
     let vv = &snap.views[0].vv;
     // Causality beats clocks (DESIGN.md, Replication): a write is stamped
     // after everything its node had merged into what it replaces, so it
@@ -666,6 +667,61 @@ fn causal_pasts(writes: &[Write]) -> BTreeMap<(NodeId, u64), BTreeMap<NodeId, u6
             return pasts;
         }
     }
+}
+
+/// The queue-like lists ("q" keys, fed with values `p<life>.<L|R>.<n>`):
+/// no value twice, none that was never pushed, and each node life's pushes
+/// at one end in the order it made them (an RPUSH after another lands
+/// after it; an LPUSH, before it), whatever reached it in between.
+fn lists(snap: &Snapshot) -> Result<(), Failure> {
+    let Some(view) = snap.views.first() else {
+        return Ok(());
+    };
+    for (_, key, state) in &view.keys {
+        if !key.starts_with(b"q") {
+            continue;
+        }
+        let Some(c) = state.coll() else { continue };
+        let name = String::from_utf8_lossy(key);
+        let mut seen = BTreeSet::new();
+        // Per (life, end): the last number met walking the list.
+        let mut last: BTreeMap<(u64, bool), u64> = BTreeMap::new();
+        for (_, v) in c.list_iter() {
+            let text = String::from_utf8_lossy(v);
+            let parsed = text.strip_prefix('p').and_then(|t| {
+                let mut parts = t.split('.');
+                let life = parts.next()?.parse::<u64>().ok()?;
+                let right = match parts.next()? {
+                    "R" => true,
+                    "L" => false,
+                    _ => return None,
+                };
+                let n = parts.next()?.parse::<u64>().ok()?;
+                Some((life, right, n))
+            });
+            let Some((life, right, n)) = parsed else {
+                return Err(Failure::new(
+                    "list",
+                    format!("{name} holds {text:?}, never pushed"),
+                ));
+            };
+            if !seen.insert(v.to_vec()) {
+                return Err(Failure::new("list", format!("{name} holds {text:?} twice")));
+            }
+            if let Some(prev) = last.insert((life, right), n) {
+                // Walking from the head: RPUSHes grow, LPUSHes shrink.
+                if (right && prev > n) || (!right && prev < n) {
+                    return Err(Failure::new(
+                        "list",
+                        format!(
+                            "{name}: life {life}'s pushes out of order at {text:?} (after #{prev})"
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

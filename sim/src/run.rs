@@ -651,8 +651,57 @@ impl Run<'_> {
                 };
                 (args, Vec::new())
             }
+            // Lists fed at both ends and popped ("q"): each pushed value
+            // names its node's life, its end and a number that only grows,
+            // so the checker can tell a value twice, one never pushed, and
+            // a node's pushes out of the order it made them in.
+            855..885 => {
+                let key = format!("q{}", self.rng.random_range(0..3));
+                let life = cluster::node(&self.reg, slot).map_or(0, |(_, n)| n.0);
+                let args: Vec<String> = match self.rng.random_range(0..12) {
+                    0..4 => vec!["RPUSH".into(), key, format!("p{life}.R.{op}")],
+                    4..7 => vec!["LPUSH".into(), key, format!("p{life}.L.{op}")],
+                    7 => vec!["LPOP".into(), key],
+                    8 => vec!["RPOP".into(), key],
+                    9..11 => vec!["LTRIM".into(), key, "0".into(), "9".into()],
+                    _ => vec!["LRANGE".into(), key, "0".into(), "-1".into()],
+                };
+                (args, Vec::new())
+            }
+            // Lists in every form, clashing with sets and strings: checked
+            // for convergence.
+            885..905 => {
+                let key = format!("l{}", self.rng.random_range(0..2));
+                let index = self.rng.random_range(-3i64..3).to_string();
+                let args: Vec<String> = match self.rng.random_range(0..15) {
+                    0..3 => vec!["RPUSH".into(), key, value.clone(), "a".into()],
+                    3..5 => vec!["LPUSH".into(), key, value.clone()],
+                    5..7 => vec!["LSET".into(), key, index, value.clone()],
+                    7 => vec![
+                        "LINSERT".into(),
+                        key,
+                        "BEFORE".into(),
+                        "a".into(),
+                        value.clone(),
+                    ],
+                    8 => vec!["LREM".into(), key, "0".into(), "a".into()],
+                    9 => vec!["LTRIM".into(), key, "1".into(), "-1".into()],
+                    10 => vec!["RPOP".into(), key, "2".into()],
+                    11 => vec![
+                        "LMOVE".into(),
+                        key,
+                        format!("l{}", self.rng.random_range(0..2)),
+                        "RIGHT".into(),
+                        "LEFT".into(),
+                    ],
+                    12 => vec!["DEL".into(), key],
+                    13 => vec!["SET".into(), key, value.clone()],
+                    _ => vec!["SADD".into(), key, value.clone()],
+                };
+                (args, Vec::new())
+            }
             // Volatile keys: expiry in all its forms; checked for convergence.
-            855..995 => {
+            905..995 => {
                 let key = format!("x{}", self.rng.random_range(0..4));
                 let args = match self.rng.random_range(0..7) {
                     6 => vec![

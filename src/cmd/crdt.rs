@@ -302,18 +302,34 @@ fn state(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 /// Elements CRDT.STATE lists of a collection; the counts say how many more.
 const STATE_ELEMENTS: usize = 100;
 
+/// An element's value writes as `node:n@stamp=value`.
+fn blob_writes(e: &chorus_crdt::coll::Elem<chorus_crdt::coll::Blob>) -> Vec<String> {
+    e.writes
+        .iter()
+        .map(|w| {
+            format!(
+                "{}:{}@{}={}",
+                w.dot.node,
+                w.dot.n,
+                w.stamp(),
+                String::from_utf8_lossy(&w.value.0)
+            )
+        })
+        .collect()
+}
+
 /// A collection part: its newest write, context, sizes, and the first
 /// elements of each kind with their dots.
 fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
     use chorus_crdt::Kind;
-    out.map(8);
+    out.map(9);
     out.bulk_str("at");
     out.bulk_str(&c.at.to_string());
     out.bulk_str("kind");
     out.bulk_str(c.kind.name());
     out.bulk_str("context");
     out.bulk_str(&c.ctx.describe());
-    for kind in [Kind::Hash, Kind::Set, Kind::ZSet] {
+    for kind in Kind::ALL {
         out.bulk_str(&format!("{}_elements", kind.name()));
         out.int(c.len(kind) as i64);
     }
@@ -321,19 +337,7 @@ fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
     out.int(c.removed.len() as i64);
     let mut lines: Vec<String> = Vec::new();
     for (f, e) in c.hash.iter().take(STATE_ELEMENTS) {
-        let writes: Vec<String> = e
-            .writes
-            .iter()
-            .map(|w| {
-                format!(
-                    "{}:{}@{}={}",
-                    w.dot.node,
-                    w.dot.n,
-                    w.stamp(),
-                    String::from_utf8_lossy(&w.value.0)
-                )
-            })
-            .collect();
+        let writes = blob_writes(e);
         let counts: Vec<String> = e
             .counts
             .iter()
@@ -397,6 +401,10 @@ fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
             writes.join(" "),
             counts.join(" ")
         ));
+    }
+    for (i, (pos, e)) in c.list.iter().take(STATE_ELEMENTS).enumerate() {
+        let writes = blob_writes(e);
+        lines.push(format!("list {i} at={pos} writes=[{}]", writes.join(" ")));
     }
     out.bulk_str("elements");
     out.array(lines.len());

@@ -239,6 +239,7 @@ enum Value {
     Hash(Vec<(Vec<u8>, Vec<u8>)>),
     Set(Vec<Vec<u8>>),
     ZSet(Vec<(Vec<u8>, f64)>),
+    List(Vec<Vec<u8>>),
 }
 
 impl Value {
@@ -263,6 +264,9 @@ impl Value {
                     .map(|e| (e.member.to_vec(), e.score))
                     .collect(),
             )),
+            KeyType::Coll(Kind::List) => Some(Value::List(
+                state.coll()?.list_iter().map(|(_, v)| v.to_vec()).collect(),
+            )),
         }
     }
 
@@ -271,13 +275,14 @@ impl Value {
     fn write(&self, w: &mut Writer<'_>, at: u64) {
         match self {
             Value::Str(v) => w.set(Some(v), at),
-            Value::Hash(_) | Value::Set(_) | Value::ZSet(_) => {
+            Value::Hash(_) | Value::Set(_) | Value::ZSet(_) | Value::List(_) => {
                 if w.visible() {
                     w.set(None, 0);
                 }
                 let kind = match self {
                     Value::Hash(_) => Kind::Hash,
                     Value::Set(_) => Kind::Set,
+                    Value::List(_) => Kind::List,
                     _ => Kind::ZSet,
                 };
                 let _ = w.coll_write(kind, |c, d, stamp| -> Result<(), ()> {
@@ -295,6 +300,11 @@ impl Value {
                         Value::ZSet(members) => {
                             for (m, score) in members {
                                 c.zadd_into(d, stamp, m, *score);
+                            }
+                        }
+                        Value::List(items) => {
+                            for v in items {
+                                c.list_push_into(d, stamp, false, v);
                             }
                         }
                         Value::Str(_) => {}
@@ -321,6 +331,13 @@ impl Value {
                 let mut out = vec![DUMP_HASH];
                 for (f, v) in fields {
                     item(&mut out, f);
+                    item(&mut out, v);
+                }
+                out
+            }
+            Value::List(items) => {
+                let mut out = vec![DUMP_LIST];
+                for v in items {
                     item(&mut out, v);
                 }
                 out
@@ -366,6 +383,7 @@ impl Value {
                 Some(Value::Hash(pairs))
             }
             DUMP_SET => Some(Value::Set(items)),
+            DUMP_LIST => Some(Value::List(items)),
             DUMP_ZSET if items.len() % 2 == 0 => {
                 let mut members = Vec::with_capacity(items.len() / 2);
                 let mut it = items.into_iter();
@@ -598,6 +616,7 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         Some(KeyType::Coll(Kind::Hash)) => "ormap",
         Some(KeyType::Coll(Kind::Set)) => "orset",
         Some(KeyType::Coll(Kind::ZSet)) => "orzset",
+        Some(KeyType::Coll(Kind::List)) => "sequence",
         _ if counter => "counter",
         _ => "register",
     };
@@ -767,6 +786,7 @@ const DUMP_STRING: u8 = 0;
 const DUMP_HASH: u8 = 1;
 const DUMP_SET: u8 = 2;
 const DUMP_ZSET: u8 = 3;
+const DUMP_LIST: u8 = 4;
 
 fn dump_payload(value: &Value) -> Vec<u8> {
     let body = value.encode();

@@ -19,6 +19,7 @@ mod error;
 mod expire;
 mod hashes;
 mod keys;
+mod lists;
 mod multi;
 mod pubsub;
 pub mod replication;
@@ -179,6 +180,7 @@ pub fn table() -> impl Iterator<Item = &'static Spec> {
         .chain(bits::COMMANDS)
         .chain(keys::COMMANDS)
         .chain(hashes::COMMANDS)
+        .chain(lists::COMMANDS)
         .chain(sets::COMMANDS)
         .chain(zsets::COMMANDS)
         .chain(sort::COMMANDS)
@@ -577,6 +579,14 @@ pub fn str_value(w: &Writer) -> Result<Option<Vec<u8>>, Error> {
         return Err(Error::WrongType);
     }
     Ok(w.value())
+}
+
+/// A pop's count (LPOP, ZPOPMIN, ...): Redis's getPositiveLong, one text
+/// for a negative count and for one that is not a number.
+pub fn pop_count(arg: &[u8]) -> Result<usize, Error> {
+    chorus_crdt::number::parse_int(arg)
+        .and_then(|n| usize::try_from(n).ok())
+        .ok_or(Error::err("value is out of range, must be positive"))
 }
 
 /// Parses an integer argument.

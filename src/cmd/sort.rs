@@ -1,7 +1,6 @@
-//! SORT and SORT_RO (Redis's `sort.c`) over sets and sorted sets. Lists
-//! do not exist yet (#15), so STORE, which writes a list, is refused with
-//! an error saying so. BY and GET may name any key, so both lock every
-//! shard (as KEYS does).
+//! SORT and SORT_RO (Redis's `sort.c`) over lists, sets and sorted sets;
+//! STORE writes the result as a list. BY and GET may name any key, so both
+//! lock every shard (as KEYS does).
 
 use std::cmp::Ordering;
 
@@ -61,7 +60,7 @@ fn sort_generic(x: &mut Exec, args: &[&[u8]], read_only: bool) -> CmdResult {
     let mut limit: Option<(i64, i64)> = None;
     let mut by: Option<&[u8]> = None;
     let mut gets: Vec<&[u8]> = Vec::new();
-    let mut store = false;
+    let mut store: Option<&[u8]> = None;
     let mut options = Args::new(args, 2);
     while !options.is_empty() {
         if options.eat("ASC") {
@@ -73,8 +72,7 @@ fn sort_generic(x: &mut Exec, args: &[&[u8]], read_only: bool) -> CmdResult {
         } else if options.remaining() >= 3 && options.eat("LIMIT") {
             limit = Some((options.int()?, options.int()?));
         } else if !read_only && options.remaining() >= 2 && options.eat("STORE") {
-            options.value()?;
-            store = true;
+            store = Some(options.value()?);
         } else if options.remaining() >= 2 && options.eat("BY") {
             by = Some(options.value()?);
         } else if options.remaining() >= 2 && options.eat("GET") {
@@ -83,19 +81,18 @@ fn sort_generic(x: &mut Exec, args: &[&[u8]], read_only: bool) -> CmdResult {
             return Err(Error::Syntax);
         }
     }
-    if store {
-        return Err(Error::err(
-            "SORT STORE writes a list, and Chorus has no lists yet",
-        ));
-    }
     // BY without '*' sorts nothing: the elements keep their order (a
-    // sorted set's, by score; a set's, by hash).
+    // list's; a sorted set's, by score; a set's, by hash).
     let dont_sort = by.is_some_and(|p| !p.contains(&b'*'));
     let now = x.now_ms;
     let elems: Vec<Vec<u8>> = match x.visible(key)? {
         None => Vec::new(),
         Some(state) => match state.key_type(now) {
             None => Vec::new(),
+            Some(KeyType::Coll(Kind::List)) => state
+                .coll()
+                .map(|c| c.list_iter().map(|(_, v)| v.to_vec()).collect())
+                .unwrap_or_default(),
             Some(KeyType::Coll(Kind::Set)) => state
                 .coll()
                 .map(|c| c.members().map(<[u8]>::to_vec).collect())
@@ -178,6 +175,27 @@ fn sort_generic(x: &mut Exec, args: &[&[u8]], read_only: bool) -> CmdResult {
         for g in &gets {
             reply.push(lookup(x, g, e)?);
         }
+    }
+    if let Some(dst) = store {
+        // As Redis: a missing GET value is stored as an empty string, and
+        // an empty result deletes the destination.
+        let n = reply.len();
+        x.update(dst, |w| {
+            if w.visible() {
+                w.set(None, 0);
+            }
+            if n == 0 {
+                return Ok(());
+            }
+            w.coll_write(Kind::List, |c, d, stamp| {
+                for v in &reply {
+                    c.list_push_into(d, stamp, false, v.as_deref().unwrap_or_default());
+                }
+                Ok(())
+            })
+        })?;
+        x.out.int(n as i64);
+        return Ok(());
     }
     x.out.array(reply.len());
     for r in &reply {

@@ -771,13 +771,7 @@ fn pop_cmd(x: &mut Exec, args: &[&[u8]], max: bool) -> CmdResult {
     if args.len() > 3 {
         return Err(Error::Syntax);
     }
-    let count = match args.get(2) {
-        None => None,
-        Some(a) => Some(
-            usize::try_from(int_arg(a)?)
-                .map_err(|_| Error::err("value is out of range, must be positive"))?,
-        ),
-    };
+    let count = args.get(2).map(|a| super::pop_count(a)).transpose()?;
     if count == Some(0) {
         // As Redis: before the key is even looked at.
         x.out.array(0);

@@ -126,6 +126,29 @@ pub enum ReplMsg {
     },
 }
 
+impl ReplMsg {
+    /// How a `Delta` message's encoding starts after the format version:
+    /// its variant's tag (so the delta log, which holds these, can read
+    /// the ones an earlier build wrote; see `decode_stored_write`).
+    pub fn delta_tag() -> Vec<u8> {
+        let delta = Delta::Flush {
+            db: None,
+            stamp: Stamp::ZERO,
+        };
+        let fields = (NodeId(0), 0u64, delta);
+        let whole = encode(&ReplMsg::Delta {
+            origin: fields.0,
+            seq: fields.1,
+            delta: fields.2.clone(),
+        });
+        match (whole, encode(&fields)) {
+            // Each is the format version, then its body.
+            (Ok(whole), Ok(tail)) => whole[1..whole.len() + 1 - tail.len()].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// [`ReplMsg`] for sending a local write from borrowed parts: the same
 /// variants in the same order, so it encodes to exactly the bytes of the
 /// owned message (a test holds it to that).
@@ -217,6 +240,32 @@ pub fn encode_msg(msg: &ReplMsg) -> Result<Vec<u8>, chorus_crdt::codec::EncodeEr
 mod tests {
     use super::*;
     use chorus_crdt::encode_append;
+
+    #[test]
+    fn a_logged_write_reads_back_through_its_tag() {
+        let write = ReplMsg::Delta {
+            origin: NodeId(3),
+            seq: 300,
+            delta: Delta::Flush {
+                db: Some(2),
+                stamp: Stamp {
+                    time: 1 << 40,
+                    node: NodeId(3),
+                },
+            },
+        };
+        let bytes = encode(&write).unwrap();
+        let tag = ReplMsg::delta_tag();
+        assert!(!tag.is_empty());
+        let (origin, seq, delta) = chorus_crdt::decode_stored_write(&bytes, &tag).unwrap();
+        assert_eq!((origin, seq), (NodeId(3), 300));
+        let ReplMsg::Delta { delta: sent, .. } = write else {
+            unreachable!()
+        };
+        assert_eq!(delta, sent);
+        let other = encode(&ReplMsg::Ack { vv: Vec::new() }).unwrap();
+        assert!(chorus_crdt::decode_stored_write(&other, &tag).is_err());
+    }
 
     #[test]
     fn a_compressed_batch_reads_back_as_the_frames_it_holds() {

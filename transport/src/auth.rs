@@ -35,8 +35,9 @@ use crate::TransportError;
 /// collections (crdt format 4). 9: transfers of what differs
 /// (`LeafDigestAsk`, `LeafDigest`, a `SnapshotBegin` scoped by leaves).
 /// 10: a `Resume` names the compressions its sender reads; `Compressed`.
-/// 11: `Publish` (pub/sub messages on the live stream).
-pub const PROTOCOL_VERSION: u16 = 11;
+/// 11: `Publish` (pub/sub messages on the live stream). 12: key states
+/// carry lists (crdt format 5).
+pub const PROTOCOL_VERSION: u16 = 12;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
