@@ -40,6 +40,7 @@ use crate::context::{CausalContext, Dot};
 use crate::ekey::{EKey, Probe};
 use crate::nodemap::NodeMap;
 use crate::position::Position;
+use crate::seq::Seq;
 use crate::stamp::{NodeId, Stamp};
 use crate::state::{join_tally, read_value, CounterSum, Read, Tally};
 use crate::zindex::{Entry, ScoreIndex};
@@ -180,7 +181,7 @@ impl<V> Default for Elem<V> {
 }
 
 impl<V> Elem<V> {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.writes.is_empty() && self.counts.is_none()
     }
 
@@ -210,7 +211,7 @@ pub struct Coll {
     pub hash: BTreeMap<EKey, Elem<Blob>>,
     pub set: BTreeMap<EKey, Adds>,
     pub zset: BTreeMap<EKey, Elem<Score>>,
-    pub list: BTreeMap<Position, Elem<Blob>>,
+    pub list: Seq<Elem<Blob>>,
     pub removed: BTreeMap<(Kind, Vec<u8>), Removed>,
     /// A delta (see the module doc); false for a state.
     pub part: bool,
@@ -305,11 +306,74 @@ fn settle<V>(elem: &mut Elem<V>, removed: Option<&Removed>) -> bool {
     elem.is_empty()
 }
 
+/// A map of elements by key: a `BTreeMap` (hash fields, sorted-set
+/// members) or a list's [`Seq`], for the joins and prunes all share.
+pub(crate) trait ElemMap<K, V> {
+    fn elem(&self, key: &K) -> Option<&Elem<V>>;
+    fn has(&self, key: &K) -> bool;
+    fn take(&mut self, key: &K) -> Option<Elem<V>>;
+    fn put(&mut self, key: K, elem: Elem<V>);
+    fn keep(&mut self, f: impl FnMut(&K, &mut Elem<V>) -> bool);
+    fn elems<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a Elem<V>)>
+    where
+        K: 'a,
+        V: 'a;
+}
+
+impl<K: Ord, V> ElemMap<K, V> for BTreeMap<K, Elem<V>> {
+    fn elem(&self, key: &K) -> Option<&Elem<V>> {
+        self.get(key)
+    }
+    fn has(&self, key: &K) -> bool {
+        self.contains_key(key)
+    }
+    fn take(&mut self, key: &K) -> Option<Elem<V>> {
+        self.remove(key)
+    }
+    fn put(&mut self, key: K, elem: Elem<V>) {
+        self.insert(key, elem);
+    }
+    fn keep(&mut self, f: impl FnMut(&K, &mut Elem<V>) -> bool) {
+        self.retain(f);
+    }
+    fn elems<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a Elem<V>)>
+    where
+        K: 'a,
+        V: 'a,
+    {
+        self.iter()
+    }
+}
+
+impl<V> ElemMap<Position, V> for Seq<Elem<V>> {
+    fn elem(&self, key: &Position) -> Option<&Elem<V>> {
+        self.get(key)
+    }
+    fn has(&self, key: &Position) -> bool {
+        self.contains_key(key)
+    }
+    fn take(&mut self, key: &Position) -> Option<Elem<V>> {
+        self.remove(key)
+    }
+    fn put(&mut self, key: Position, elem: Elem<V>) {
+        self.insert(key, elem);
+    }
+    fn keep(&mut self, f: impl FnMut(&Position, &mut Elem<V>) -> bool) {
+        self.retain(f);
+    }
+    fn elems<'a>(&'a self) -> impl Iterator<Item = (&'a Position, &'a Elem<V>)>
+    where
+        V: 'a,
+    {
+        self.iter()
+    }
+}
+
 /// Joins a map of elements; `on_siblings` gets each element whose
 /// surviving writes grew to more than one.
 fn join_elems<'r, K: Ord + Clone, V: Clone + Ord>(
-    mine: &mut BTreeMap<K, Elem<V>>,
-    theirs: &BTreeMap<K, Elem<V>>,
+    mine: &mut impl ElemMap<K, V>,
+    theirs: &impl ElemMap<K, V>,
     (my_ctx, their_ctx): (&CausalContext, &CausalContext),
     removed_of: impl Fn(&K) -> Option<&'r Removed>,
     (their_whole, keep_empty): (bool, bool),
@@ -317,25 +381,25 @@ fn join_elems<'r, K: Ord + Clone, V: Clone + Ord>(
 ) {
     if their_whole {
         // Theirs may remove any of mine by its context.
-        mine.retain(|key, elem| {
-            let grew = join_elem(elem, theirs.get(key), my_ctx, their_ctx);
+        mine.keep(|key, elem| {
+            let grew = join_elem(elem, theirs.elem(key), my_ctx, their_ctx);
             if grew && elem.writes.len() > 1 {
                 on_siblings(key, elem);
             }
             !settle(elem, removed_of(key)) || keep_empty
         });
     }
-    for (key, their) in theirs {
-        if their_whole && mine.contains_key(key) {
+    for (key, their) in theirs.elems() {
+        if their_whole && mine.has(key) {
             continue;
         }
-        let mut elem = mine.remove(key).unwrap_or_default();
+        let mut elem = mine.take(key).unwrap_or_default();
         let grew = join_elem(&mut elem, Some(their), my_ctx, their_ctx);
         if grew && elem.writes.len() > 1 {
             on_siblings(key, &elem);
         }
         if !settle(&mut elem, removed_of(key)) || keep_empty {
-            mine.insert(key.clone(), elem);
+            mine.put(key.clone(), elem);
         }
     }
 }
@@ -1466,7 +1530,7 @@ impl Coll {
                 ));
             }
         }
-        for (pos, e) in &self.list {
+        for (pos, e) in self.list.iter() {
             for w in e.writes.iter().filter(|w| w.stamp() < flush) {
                 lost.push((pos.to_string().into_bytes(), blob_side(w)));
             }
@@ -1498,8 +1562,8 @@ impl Coll {
         if !self.zset.is_empty() {
             self.unindex();
         }
-        fn prune_elems<K: Ord, V>(map: &mut BTreeMap<K, Elem<V>>, floor: Stamp, keep: bool) {
-            map.retain(|_, e| {
+        fn prune_elems<K, V>(map: &mut impl ElemMap<K, V>, floor: Stamp, keep: bool) {
+            map.keep(|_, e| {
                 if e.is_empty() {
                     return keep;
                 }
@@ -1607,7 +1671,7 @@ impl Coll {
     ) -> Vec<(Position, Dot)> {
         let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
         let mut stale = Vec::new();
-        for (pos, e) in &self.list {
+        for (pos, e) in self.list.iter() {
             let their = sender.and_then(|c| c.list.get(pos));
             for w in &e.writes {
                 let kept = their.is_some_and(|t| t.writes.iter().any(|x| x.dot == w.dot));
@@ -1818,8 +1882,8 @@ impl Coll {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Score>>();
             }
         }
-        for (pos, e) in &self.list {
-            n += std::mem::size_of::<Position>() + NODE_SLACK + std::mem::size_of::<Elem<Blob>>();
+        n += self.list.heap_bytes();
+        for (pos, e) in self.list.iter() {
             n += pos.heap_len();
             n += e.writes.iter().map(|w| w.value.heap_len()).sum::<usize>();
             if e.writes.spilled() {
@@ -1836,13 +1900,13 @@ impl Coll {
 
 /// Forgets one stale part of an element: a write (by dot) or a node's
 /// counter segment.
-fn forget_in<K: Ord, V>(
-    map: &mut BTreeMap<K, Elem<V>>,
+fn forget_in<K: Clone, V>(
+    map: &mut impl ElemMap<K, V>,
     key: &K,
     dot: Option<Dot>,
     node: Option<NodeId>,
 ) {
-    let Some(e) = map.get_mut(key) else { return };
+    let Some(mut e) = map.take(key) else { return };
     if let Some(dot) = dot {
         e.writes.retain(|w| w.dot != dot);
     }
@@ -1852,8 +1916,8 @@ fn forget_in<K: Ord, V>(
             e.counts = None;
         }
     }
-    if e.is_empty() {
-        map.remove(key);
+    if !e.is_empty() {
+        map.put(key.clone(), e);
     }
 }
 

@@ -18,6 +18,7 @@ pub mod list;
 pub mod nodemap;
 pub mod number;
 pub mod position;
+pub mod seq;
 pub mod stamp;
 pub mod state;
 pub mod zindex;

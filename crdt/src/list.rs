@@ -16,7 +16,7 @@ use crate::stamp::Stamp;
 
 /// Puts into `delta` the element at `pos` with its one write.
 fn list_write(delta: &mut Coll, stamp: Stamp, pos: Position, dot: Dot, value: &[u8]) {
-    let e = delta.list.entry(pos).or_default();
+    let e = delta.list.or_default(pos);
     e.writes.clear();
     e.writes.push(Write {
         dot,
@@ -84,9 +84,9 @@ impl Coll {
     fn list_end(&self, delta: &Coll, head: bool) -> Option<Position> {
         fn ends(c: &Coll, head: bool) -> Option<&Position> {
             if head {
-                c.list.keys().next()
+                c.list.first_key()
             } else {
-                c.list.keys().next_back()
+                c.list.last_key()
             }
         }
         match (ends(self, head), ends(delta, head)) {
@@ -139,7 +139,7 @@ impl Coll {
             for w in &e.writes {
                 delta.ctx.insert(w.dot);
             }
-            delta.list.entry(pos.clone()).or_default();
+            delta.list.or_default(pos.clone());
         }
     }
 
@@ -155,9 +155,9 @@ impl Coll {
     ) {
         let dot = self.ctx.next_dot(stamp.node, stamp.time);
         let pos = if head {
-            Position::between(None, self.list.keys().next(), dot)
+            Position::between(None, self.list.first_key(), dot)
         } else {
-            Position::between(self.list.keys().next_back(), None, dot)
+            Position::between(self.list.last_key(), None, dot)
         };
         let write = Write {
             dot,
