@@ -15,6 +15,9 @@ pub enum Broken {
     /// A register write that lost counts as seen by its winner when its
     /// origin's node id is the lower: half the conflicts go unreported.
     HideConflicts,
+    /// A list push lands one element in from its end (LPUSH after the
+    /// head, RPUSH before the tail): out of its node's order.
+    ListOrder,
 }
 
 thread_local! {

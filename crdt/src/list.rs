@@ -25,6 +25,24 @@ fn list_write(delta: &mut Coll, stamp: Stamp, pos: Position, dot: Dot, value: &[
     });
 }
 
+/// With the `ListOrder` fault on: where a push lands instead, one element
+/// in from its end.
+#[cfg(feature = "fault-injection")]
+fn misplaced(list: &crate::seq::Seq<Elem<Blob>>, head: bool, dot: Dot) -> Option<Position> {
+    if crate::fault::get() != crate::fault::Broken::ListOrder || list.is_empty() {
+        return None;
+    }
+    let mut keys = list.keys();
+    let (lo, hi) = if head {
+        let first = keys.next();
+        (first, keys.next())
+    } else {
+        let last = keys.next_back();
+        (keys.next_back(), last)
+    };
+    Some(Position::between(lo, hi, dot))
+}
+
 /// An element's value: its winning write's.
 fn value_of(e: &Elem<Blob>) -> &[u8] {
     e.winner().map_or(&[][..], |w| &w.value.0[..])
@@ -106,6 +124,8 @@ impl Coll {
         } else {
             Position::between(end.as_ref(), None, dot)
         };
+        #[cfg(feature = "fault-injection")]
+        let pos = misplaced(&self.list, head, dot).unwrap_or(pos);
         list_write(delta, stamp, pos, dot, value);
     }
 
@@ -159,6 +179,8 @@ impl Coll {
         } else {
             Position::between(self.list.last_key(), None, dot)
         };
+        #[cfg(feature = "fault-injection")]
+        let pos = misplaced(&self.list, head, dot).unwrap_or(pos);
         let write = Write {
             dot,
             time: stamp.time,

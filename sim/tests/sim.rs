@@ -155,6 +155,11 @@ fn a_merge_that_hides_conflicts_is_caught() {
 }
 
 #[test]
+fn list_pushes_out_of_their_nodes_order_are_caught() {
+    caught(Broken::ListOrder, "list");
+}
+
+#[test]
 fn a_merge_that_drops_deletes_is_caught() {
     caught(Broken::DropDeletes, "register");
 }
