@@ -63,6 +63,14 @@ impl CausalContext {
 
     /// The newest dot of `node` held here numbered at or above `time`.
     pub fn newest_from(&self, node: NodeId, time: u64) -> Option<u64> {
+        // The common cases without a walk: nothing held at or past
+        // `time`, or the newest dot held is this node's (a local write).
+        match self.cloud.last() {
+            None => return None,
+            Some(&(n, _)) if n < time => return None,
+            Some(&(n, d)) if d == node => return Some(n),
+            Some(_) => {}
+        }
         self.cloud
             .range((time, NodeId(0))..)
             .rev()
