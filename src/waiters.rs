@@ -1,9 +1,13 @@
-//! Clients blocked on keys (BZPOPMIN, BZPOPMAX): each registers one
+//! Clients blocked on keys (BLPOP, BZPOPMIN, ...): each registers one
 //! `Notify` under every key it waits for, and a change to one of those
-//! keys, a local write or a replicated merge alike, wakes it to try again.
-//! `notify_one` keeps a wake that comes before the client waits, so none
-//! is lost between its try and its wait. Writers pay one atomic load while
-//! no client is blocked.
+//! keys, a local write or a replicated merge alike, wakes the client that
+//! has waited longest on it to try again (Redis serves blocked clients
+//! first come, first served). A client that stops waiting, served or not,
+//! passes the turn on: it wakes the next in line on each of its keys, which
+//! tries in its turn (a push of three elements serves three clients, one
+//! after the other). `notify_one` keeps a wake that comes before the
+//! client waits, so none is lost between its try and its wait. Writers pay
+//! one atomic load while no client is blocked.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -56,18 +60,14 @@ impl Waiters {
         }
     }
 
-    /// Wakes the clients waiting on `key` of `db`, if any.
+    /// Wakes the client that has waited longest on `key` of `db`, if any.
     pub fn wake(&self, db: usize, key: &[u8]) {
         if self.blocked.load(Ordering::SeqCst) == 0 {
             return;
         }
         let map = self.keys.lock();
         if let Some(list) = map.get(key) {
-            for w in list.iter().filter(|w| w.db == db) {
-                if let Some(n) = w.notify.upgrade() {
-                    n.notify_one();
-                }
-            }
+            wake_first(list, db);
         }
     }
 
@@ -91,6 +91,17 @@ impl Waiters {
     }
 }
 
+/// Wakes the first live waiter of `db` in `list` (registration order).
+fn wake_first(list: &[Waiter], db: usize) {
+    if let Some(n) = list
+        .iter()
+        .filter(|w| w.db == db)
+        .find_map(|w| w.notify.upgrade())
+    {
+        n.notify_one();
+    }
+}
+
 impl Drop for Watch<'_> {
     fn drop(&mut self) {
         let mut map = self.waiters.keys.lock();
@@ -100,6 +111,10 @@ impl Drop for Watch<'_> {
                 list.retain(|w| !(w.db == self.db && std::ptr::eq(w.notify.as_ptr(), me)));
                 if list.is_empty() {
                     map.remove(&k);
+                } else {
+                    // The turn passes on: what woke this client (or what
+                    // it left) may serve the next in line.
+                    wake_first(list, self.db);
                 }
             }
         }
@@ -110,6 +125,28 @@ impl Drop for Watch<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_change_wakes_the_longest_waiting_and_leaving_passes_the_turn() {
+        let w = Waiters::default();
+        let first = w.watch(0, vec![b"k".to_vec()]);
+        let second = w.watch(0, vec![b"k".to_vec()]);
+        let short = std::time::Duration::from_millis(20);
+        w.wake(0, b"k");
+        tokio::time::timeout(short * 50, first.notify.notified())
+            .await
+            .expect("the first in line is woken");
+        assert!(
+            tokio::time::timeout(short, second.notify.notified())
+                .await
+                .is_err(),
+            "the second waits its turn"
+        );
+        drop(first);
+        tokio::time::timeout(short * 50, second.notify.notified())
+            .await
+            .expect("the first leaving wakes the next");
+    }
 
     #[tokio::test]
     async fn a_wake_before_the_wait_is_kept_and_only_watched_keys_wake() {

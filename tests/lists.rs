@@ -662,3 +662,52 @@ fn a_blocked_move_to_a_key_of_another_type_answers_wrongtype() {
     );
     assert_eq!(range(&mut c, "src"), ["job"]);
 }
+
+/// As Redis: clients blocked on one list are served in the order they
+/// blocked, each one element, in the list's order.
+#[test]
+fn blocked_clients_are_served_first_come_first_served() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut blocked = Vec::new();
+    for i in 0..3 {
+        let mut waiter = s.conn();
+        blocked.push(std::thread::spawn(move || {
+            let got: Vec<String> = q(&mut waiter, &["BLPOP", "q", "10"]);
+            (i, got[1].clone())
+        }));
+        wait_blocked(&mut c, i + 1);
+    }
+    q::<i64>(&mut c, &["RPUSH", "q", "a", "b", "c"]);
+    let served: Vec<(usize, String)> = blocked.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        served,
+        [
+            (0, "a".to_string()),
+            (1, "b".to_string()),
+            (2, "c".to_string())
+        ]
+    );
+    // One element at a time, to whoever has waited longest.
+    let mut blocked = Vec::new();
+    for i in 0..3 {
+        let mut waiter = s.conn();
+        blocked.push(std::thread::spawn(move || {
+            let got: Vec<String> = q(&mut waiter, &["BRPOP", "q", "10"]);
+            (i, got[1].clone())
+        }));
+        wait_blocked(&mut c, i + 1);
+    }
+    for v in ["x", "y", "z"] {
+        q::<i64>(&mut c, &["LPUSH", "q", v]);
+    }
+    let served: Vec<(usize, String)> = blocked.into_iter().map(|t| t.join().unwrap()).collect();
+    assert_eq!(
+        served,
+        [
+            (0, "x".to_string()),
+            (1, "y".to_string()),
+            (2, "z".to_string())
+        ]
+    );
+}

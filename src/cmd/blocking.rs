@@ -1,4 +1,5 @@
-//! Blocking commands (BZPOPMIN, BZPOPMAX). When there is nothing to pop,
+//! Blocking commands (BZPOPMIN, BZPOPMAX here; BLPOP, BRPOP, BLMOVE,
+//! BRPOPLPUSH, BLMPOP in `lists.rs`). When there is nothing to pop,
 //! the command leaves a [`Blocked`] in the session and no reply; the
 //! connection then waits for a change to one of its keys, made here or
 //! replicated from a peer (`crate::waiters`), runs the command again, and
