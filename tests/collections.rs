@@ -389,6 +389,28 @@ fn random_scanning_and_algebra_commands_on_sets_and_hashes() {
         q::<BTreeSet<String>>(&mut c, &["SINTER", "a", "missing"]),
         set(&[])
     );
+    // Smallest set first, whatever the order named: the same members.
+    q::<i64>(
+        &mut c,
+        &["SADD", "big", "0", "1", "2", "3", "4", "5", "6", "7"],
+    );
+    q::<i64>(&mut c, &["SADD", "small", "3", "7", "9"]);
+    for keys in [
+        ["big", "small", "b"],
+        ["small", "b", "big"],
+        ["b", "big", "small"],
+    ] {
+        let mut args = vec!["SINTER"];
+        args.extend(keys);
+        assert_eq!(
+            q::<BTreeSet<String>>(&mut c, &args),
+            set(&["3"]),
+            "{keys:?}"
+        );
+    }
+    // Every key's type is checked, even after a missing one (as Redis).
+    q::<()>(&mut c, &["SET", "a-string", "v"]);
+    assert!(err(&mut c, &["SINTER", "missing", "a-string"]).contains(WRONGTYPE));
     assert_eq!(q::<i64>(&mut c, &["SINTERCARD", "2", "a", "b"]), 2);
     assert_eq!(
         q::<i64>(&mut c, &["SINTERCARD", "2", "a", "b", "LIMIT", "1"]),

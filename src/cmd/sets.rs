@@ -284,6 +284,38 @@ fn sets_of(x: &mut Exec, keys: &[&[u8]]) -> Result<Vec<BTreeSet<Vec<u8>>>, Error
     Ok(out)
 }
 
+/// The members in every one of `keys`' sets, as Redis computes it: every
+/// key's type checked first, then the smallest set's members kept while
+/// each next-larger set holds them, so the work follows the smallest set,
+/// not the sum of them all (a missing key is an empty set: nothing).
+fn intersection(x: &mut Exec, keys: &[&[u8]]) -> Result<BTreeSet<Vec<u8>>, Error> {
+    let mut sized = Vec::with_capacity(keys.len());
+    for k in keys {
+        let len = x.coll(k, Kind::Set)?.0.map_or(0, |c| c.len(Kind::Set));
+        sized.push((len, *k));
+    }
+    sized.sort_by_key(|(len, _)| *len);
+    let Some(&(smallest, first)) = sized.first() else {
+        return Ok(BTreeSet::new());
+    };
+    if smallest == 0 {
+        return Ok(BTreeSet::new());
+    }
+    let mut members: BTreeSet<Vec<u8>> = x
+        .coll(first, Kind::Set)?
+        .0
+        .map(|c| c.members().map(<[u8]>::to_vec).collect())
+        .unwrap_or_default();
+    for (_, k) in &sized[1..] {
+        if members.is_empty() {
+            break;
+        }
+        let c = x.coll(k, Kind::Set)?.0;
+        members.retain(|m| c.is_some_and(|c| c.is_member(m)));
+    }
+    Ok(members)
+}
+
 #[derive(Clone, Copy)]
 enum SetOp {
     Inter,
@@ -298,6 +330,7 @@ fn combine(sets: Vec<BTreeSet<Vec<u8>>>, op: SetOp) -> BTreeSet<Vec<u8>> {
     };
     for s in it {
         match op {
+            // Intersections take `intersection`, smallest set first.
             SetOp::Inter => acc.retain(|m| s.contains(m)),
             SetOp::Union => acc.extend(s),
             SetOp::Diff => acc.retain(|m| !s.contains(m)),
@@ -307,8 +340,10 @@ fn combine(sets: Vec<BTreeSet<Vec<u8>>>, op: SetOp) -> BTreeSet<Vec<u8>> {
 }
 
 fn set_op(x: &mut Exec, args: &[&[u8]], op: SetOp) -> CmdResult {
-    let sets = sets_of(x, &args[1..])?;
-    let result = combine(sets, op);
+    let result = match op {
+        SetOp::Inter => intersection(x, &args[1..])?,
+        _ => combine(sets_of(x, &args[1..])?, op),
+    };
     x.out.set(result.len());
     for m in &result {
         x.out.bulk(m);
@@ -336,8 +371,10 @@ pub fn store_set(x: &mut Exec, dst: &[u8], members: &BTreeSet<Vec<u8>>) -> CmdRe
 }
 
 fn set_op_store(x: &mut Exec, args: &[&[u8]], op: SetOp) -> CmdResult {
-    let sets = sets_of(x, &args[2..])?;
-    let result = combine(sets, op);
+    let result = match op {
+        SetOp::Inter => intersection(x, &args[2..])?,
+        _ => combine(sets_of(x, &args[2..])?, op),
+    };
     store_set(x, args[1], &result)?;
     x.out.int(result.len() as i64);
     Ok(())
@@ -384,8 +421,7 @@ fn sintercard(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             return Err(Error::Syntax);
         }
     }
-    let sets = sets_of(x, keys)?;
-    let n = combine(sets, SetOp::Inter).len();
+    let n = intersection(x, keys)?.len();
     x.out.int(if limit > 0 { n.min(limit) } else { n } as i64);
     Ok(())
 }
