@@ -553,3 +553,56 @@ fn single_random_picks_reach_every_element() {
     assert_eq!(popped, members.into_iter().collect::<BTreeSet<_>>());
     assert_eq!(q::<i64>(&mut c, &["EXISTS", "s"]), 0);
 }
+
+/// Counted random picks from large sets and hashes: a few are random
+/// picks, many one walk; distinct when the count is positive, members all.
+#[test]
+fn counted_random_picks_of_large_collections() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let members: Vec<String> = (0..2_000).map(|i| format!("m{i}")).collect();
+    let mut args = vec!["SADD", "big"];
+    args.extend(members.iter().map(String::as_str));
+    assert_eq!(q::<i64>(&mut c, &args), 2_000);
+    let all: BTreeSet<String> = members.iter().cloned().collect();
+    for n in [10usize, 1_500, 5_000] {
+        let got: Vec<String> = q(&mut c, &["SRANDMEMBER", "big", &n.to_string()]);
+        let distinct: BTreeSet<String> = got.iter().cloned().collect();
+        assert_eq!(got.len(), n.min(2_000), "SRANDMEMBER {n}");
+        assert_eq!(distinct.len(), got.len(), "SRANDMEMBER {n} repeats");
+        assert!(distinct.is_subset(&all));
+    }
+    let got: Vec<String> = q(&mut c, &["SRANDMEMBER", "big", "-50"]);
+    assert_eq!(got.len(), 50);
+    assert!(got.iter().all(|m| all.contains(m)));
+    let popped: Vec<String> = q(&mut c, &["SPOP", "big", "10"]);
+    let distinct: BTreeSet<String> = popped.iter().cloned().collect();
+    assert_eq!(distinct.len(), 10);
+    assert_eq!(q::<i64>(&mut c, &["SCARD", "big"]), 1_990);
+    for m in &popped {
+        assert_eq!(q::<i64>(&mut c, &["SISMEMBER", "big", m]), 0);
+    }
+    assert!(err(&mut c, &["SPOP", "big", "x"]).contains("value is out of range, must be positive"));
+    assert!(err(&mut c, &["SPOP", "big", "x", "y"]).contains("syntax error"));
+
+    let mut args = vec!["HSET", "h"];
+    let pairs: Vec<(String, String)> = (0..1_000)
+        .map(|i| (format!("f{i}"), format!("v{i}")))
+        .collect();
+    for (f, v) in &pairs {
+        args.push(f);
+        args.push(v);
+    }
+    q::<i64>(&mut c, &args);
+    let got: Vec<String> = q(&mut c, &["HRANDFIELD", "h", "5", "WITHVALUES"]);
+    assert_eq!(got.len(), 10);
+    for pair in got.chunks(2) {
+        assert_eq!(pair[1], format!("v{}", &pair[0][1..]), "{pair:?}");
+    }
+    let got: Vec<String> = q(&mut c, &["HRANDFIELD", "h", "-3"]);
+    assert_eq!(got.len(), 3);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["HRANDFIELD", "nope", "-3"]),
+        Vec::<String>::new()
+    );
+}

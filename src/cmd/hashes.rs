@@ -6,7 +6,7 @@ use chorus_crdt::number::{format_float, parse_float, parse_int};
 use chorus_crdt::{Coll, Kind, Read};
 
 use super::keys::{parse_cursor, scan_options};
-use super::sets::{pick_distinct, pick_repeating};
+use super::sets::{random_distinct, random_repeating};
 use super::Flag::*;
 use super::{float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec};
 use crate::glob;
@@ -265,27 +265,29 @@ fn hrandfield(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         out.bulk_or_null(c.and_then(|c| c.pick(Kind::Hash, rand::random())));
         return Ok(());
     };
-    let fields: Vec<(&[u8], Read)> = c.map(|c| c.fields().collect()).unwrap_or_default();
-    let picks = if n >= 0 {
-        pick_distinct(fields.len(), n as usize)
-    } else if fields.is_empty() {
-        Vec::new()
-    } else {
-        pick_repeating(fields.len(), n.unsigned_abs())?
+    let Some(c) = c else {
+        out.array(0);
+        return Ok(());
     };
+    let picked = if n >= 0 {
+        random_distinct(c, Kind::Hash, n as usize)
+    } else {
+        random_repeating(c, Kind::Hash, n.unsigned_abs())?
+    };
+    let value = |f: &[u8]| c.field(f).unwrap_or(Read::Absent);
     if with_values && out.resp3 {
-        out.array(picks.len());
-        for i in picks {
+        out.array(picked.len());
+        for f in picked {
             out.array(2);
-            out.bulk(fields[i].0);
-            reply_read(out, fields[i].1);
+            out.bulk(f);
+            reply_read(out, value(f));
         }
     } else {
-        out.array(picks.len() * if with_values { 2 } else { 1 });
-        for i in picks {
-            out.bulk(fields[i].0);
+        out.array(picked.len() * if with_values { 2 } else { 1 });
+        for f in picked {
+            out.bulk(f);
             if with_values {
-                reply_read(out, fields[i].1);
+                reply_read(out, value(f));
             }
         }
     }

@@ -7,7 +7,7 @@ use chorus_crdt::{Coll, Kind};
 
 use super::keys::{parse_cursor, scan_options};
 use super::Flag::*;
-use super::{int_arg, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
+use super::{int_arg, pop_count, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
 use crate::glob;
 
 #[rustfmt::skip]
@@ -146,6 +146,42 @@ pub fn pick_distinct(len: usize, n: usize) -> Vec<usize> {
     picked
 }
 
+/// Up to `n` distinct elements of `kind` at random. A few out of many are
+/// random picks, one tree walk each (SPOP 10 of a million members costs
+/// ten walks, not a million steps); more than a quarter, one pass over
+/// all of them.
+pub fn random_distinct(c: &Coll, kind: Kind, n: usize) -> Vec<&[u8]> {
+    let len = c.len(kind);
+    if n >= len {
+        return c.scan(kind, 0, usize::MAX).0;
+    }
+    if n <= len / 4 {
+        let mut seen = std::collections::HashSet::with_capacity(n);
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            match c.pick(kind, rand::random()) {
+                Some(m) if seen.insert(m) => out.push(m),
+                Some(_) => {}
+                None => break,
+            }
+        }
+        return out;
+    }
+    let all = c.scan(kind, 0, usize::MAX).0;
+    pick_distinct(len, n).into_iter().map(|i| all[i]).collect()
+}
+
+/// `n` elements of `kind` at random, repeats allowed (a negative COUNT),
+/// one tree walk each; an error past [`MAX_REPEATING`].
+pub fn random_repeating(c: &Coll, kind: Kind, n: u64) -> Result<Vec<&[u8]>, Error> {
+    if n > MAX_REPEATING {
+        return Err(Error::err("value is out of range"));
+    }
+    Ok((0..n)
+        .filter_map(|_| c.pick(kind, rand::random()))
+        .collect())
+}
+
 /// The most picks a negative COUNT may ask for: the reply is built in
 /// memory before it is sent, so a count of 2^62 (which Redis would start
 /// streaming until memory ran out) is refused instead.
@@ -161,16 +197,10 @@ pub fn pick_repeating(len: usize, n: u64) -> Result<Vec<usize>, Error> {
 }
 
 fn spop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let count = match args.get(2) {
-        None => None,
-        Some(a) => Some(
-            usize::try_from(int_arg(a)?)
-                .map_err(|_| Error::err("value is out of range, must be positive"))?,
-        ),
-    };
     if args.len() > 3 {
         return Err(Error::Syntax);
     }
+    let count = args.get(2).map(|a| pop_count(a)).transpose()?;
     let members: Vec<Vec<u8>> = match x.coll(args[1], Kind::Set)?.0 {
         None => Vec::new(),
         // One member: one walk of the tree.
@@ -178,19 +208,10 @@ fn spop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             .pick(Kind::Set, rand::random())
             .map(|m| vec![m.to_vec()])
             .unwrap_or_default(),
-        Some(c) => {
-            let len = c.len(Kind::Set);
-            let picks = pick_distinct(len, count.unwrap_or(1));
-            let mut picks = picks.into_iter().peekable();
-            let mut out = Vec::new();
-            for (i, m) in c.members().enumerate() {
-                if picks.peek() == Some(&i) {
-                    picks.next();
-                    out.push(m.to_vec());
-                }
-            }
-            out
-        }
+        Some(c) => random_distinct(c, Kind::Set, count.unwrap_or(1))
+            .into_iter()
+            .map(<[u8]>::to_vec)
+            .collect(),
     };
     if !members.is_empty() {
         x.coll_update(args[1], Kind::Set, |c, d, stamp| {
@@ -222,22 +243,18 @@ fn srandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         out.bulk_or_null(c.and_then(|c| c.pick(Kind::Set, rand::random())));
         return Ok(());
     }
-    let members: Vec<&[u8]> = c.map(|c| c.members().collect()).unwrap_or_default();
-    match count {
-        None => out.null(),
-        Some(n) => {
-            let picks = if n >= 0 {
-                pick_distinct(members.len(), n as usize)
-            } else if members.is_empty() {
-                Vec::new()
-            } else {
-                pick_repeating(members.len(), n.unsigned_abs())?
-            };
-            out.array(picks.len());
-            for i in picks {
-                out.bulk(members[i]);
-            }
-        }
+    let Some(n) = count else {
+        out.null();
+        return Ok(());
+    };
+    let picked = match c {
+        None => Vec::new(),
+        Some(c) if n >= 0 => random_distinct(c, Kind::Set, n as usize),
+        Some(c) => random_repeating(c, Kind::Set, n.unsigned_abs())?,
+    };
+    out.array(picked.len());
+    for m in picked {
+        out.bulk(m);
     }
     Ok(())
 }
