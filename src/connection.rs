@@ -597,6 +597,7 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
     let handle = session.handle.clone();
     // A RESP3 subscriber may block: its messages go out meanwhile.
     let mailbox = handle.mailbox.clone();
+    let mut woken = false;
     loop {
         // Again at once: a change may have come between the first try
         // and the watch.
@@ -606,6 +607,11 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
         session.retrying_block = false;
         if session.blocked.take().is_none() {
             return Ok(true);
+        }
+        if std::mem::take(&mut woken) {
+            // Woken first in line for a change this client cannot take:
+            // the next in line may.
+            watch.pass_on();
         }
         let timeout = async {
             match deadline {
@@ -640,7 +646,7 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
                 }
                 continue;
             }
-            _ = watch.notify.notified() => {}
+            _ = watch.notify.notified() => woken = true,
             _ = timeout => {
                 out.null_array();
                 return Ok(true);

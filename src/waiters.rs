@@ -91,6 +91,26 @@ impl Waiters {
     }
 }
 
+impl Watch<'_> {
+    /// Passes the turn on: wakes, on each key, the first waiter of this
+    /// database registered after this one. For a client that was woken and
+    /// stays blocked (the change was not one it can take: another type
+    /// under the key, or an element someone else took), so that a client
+    /// behind it that can take it is not left waiting.
+    pub fn pass_on(&self) {
+        let map = self.waiters.keys.lock();
+        let me = Arc::as_ptr(&self.notify);
+        for k in &self.keys {
+            let Some(list) = map.get(k) else { continue };
+            let after = list
+                .iter()
+                .position(|w| w.db == self.db && std::ptr::eq(w.notify.as_ptr(), me))
+                .map_or(0, |i| i + 1);
+            wake_first(&list[after..], self.db);
+        }
+    }
+}
+
 /// Wakes the first live waiter of `db` in `list` (registration order).
 fn wake_first(list: &[Waiter], db: usize) {
     if let Some(n) = list
@@ -142,6 +162,10 @@ mod tests {
                 .is_err(),
             "the second waits its turn"
         );
+        first.pass_on();
+        tokio::time::timeout(short * 50, second.notify.notified())
+            .await
+            .expect("a woken client that stays blocked wakes the next");
         drop(first);
         tokio::time::timeout(short * 50, second.notify.notified())
             .await

@@ -606,3 +606,63 @@ fn counted_random_picks_of_large_collections() {
         Vec::<String>::new()
     );
 }
+
+/// Members crafted to share one element hash (the hash is public and not
+/// meant to resist an adversary): a counted SPOP or SRANDMEMBER still
+/// answers, where random picks alone could only ever reach one of them.
+#[test]
+fn counted_picks_answer_when_members_share_a_hash() {
+    const P1: u64 = 0x9E37_79B1_85EB_CA87;
+    const P2: u64 = 0xC2B2_AE3D_27D4_EB4F;
+    const P3: u64 = 0x1656_67B1_9E37_79F9;
+    fn inv(a: u64) -> u64 {
+        let mut x = a;
+        for _ in 0..6 {
+            x = x.wrapping_mul(2u64.wrapping_sub(a.wrapping_mul(x)));
+        }
+        x
+    }
+    fn round(acc: u64, lane: u64) -> u64 {
+        (acc ^ lane.wrapping_mul(P2).rotate_left(31).wrapping_mul(P1))
+            .rotate_left(27)
+            .wrapping_mul(P1)
+            .wrapping_add(P3)
+    }
+    // Two 8-byte lanes: the second chosen so that both rounds end at `T`.
+    const T: u64 = 0x0123_4567_89ab_cdef;
+    let x = T.wrapping_sub(P3).wrapping_mul(inv(P1)).rotate_right(27);
+    let members: Vec<Vec<u8>> = (1..=8u64)
+        .map(|first| {
+            let acc = round(16u64.wrapping_mul(P1) ^ P3, first);
+            let y = (acc ^ x).wrapping_mul(inv(P1)).rotate_right(31);
+            let second = y.wrapping_mul(inv(P2));
+            assert_eq!(round(acc, second), T);
+            [first.to_le_bytes(), second.to_le_bytes()].concat()
+        })
+        .collect();
+    let hash = chorus_crdt::digest::stable_hash(&members[0]);
+    assert!(members
+        .iter()
+        .all(|m| chorus_crdt::digest::stable_hash(m) == hash));
+
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    c.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let added: i64 = redis::cmd("SADD")
+        .arg("s")
+        .arg(&members)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(added, 8);
+    let picked: Vec<Vec<u8>> = redis::cmd("SRANDMEMBER")
+        .arg("s")
+        .arg(2)
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(picked.len(), 2);
+    assert_ne!(picked[0], picked[1]);
+    let popped: Vec<Vec<u8>> = redis::cmd("SPOP").arg("s").arg(2).query(&mut c).unwrap();
+    assert_eq!(popped.len(), 2);
+    assert_eq!(q::<i64>(&mut c, &["SCARD", "s"]), 6);
+}

@@ -711,3 +711,36 @@ fn blocked_clients_are_served_first_come_first_served() {
         ]
     );
 }
+
+/// A client first in line that cannot take what arrived (it waits for a
+/// sorted set; a list came) passes its turn: the list client behind it is
+/// served (as Redis, which serves the clients blocked for that type).
+#[test]
+fn a_blocked_client_of_another_type_does_not_hold_up_the_line() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut zset_waiter = s.conn();
+    let zset = std::thread::spawn(move || {
+        let got: Option<Vec<String>> = q(&mut zset_waiter, &["BZPOPMIN", "k", "3"]);
+        got
+    });
+    wait_blocked(&mut c, 1);
+    let mut list_waiter = s.conn();
+    let list = std::thread::spawn(move || {
+        let got: Option<Vec<String>> = q(&mut list_waiter, &["BLPOP", "k", "10"]);
+        got
+    });
+    wait_blocked(&mut c, 2);
+    let started = Instant::now();
+    q::<i64>(&mut c, &["LPUSH", "k", "x"]);
+    assert_eq!(
+        list.join().unwrap(),
+        Some(vec!["k".to_string(), "x".to_string()])
+    );
+    assert!(started.elapsed() < Duration::from_secs(2), "served at once");
+    assert_eq!(
+        zset.join().unwrap(),
+        None,
+        "the sorted-set client timed out"
+    );
+}

@@ -52,8 +52,11 @@ impl<V: std::fmt::Debug> std::fmt::Debug for Seq<V> {
     }
 }
 
-fn new_chunk<V>(pos: Position, value: V) -> Chunk<V> {
-    let mut c = VecDeque::with_capacity(CHUNK);
+/// A chunk holding one entry, with room for `room`: a whole chunk's when
+/// opened beside a full one (a long list growing), one otherwise (most
+/// lists are short, and so is every delta).
+fn new_chunk<V>(pos: Position, value: V, room: usize) -> Chunk<V> {
+    let mut c = VecDeque::with_capacity(room);
     c.push_back((pos, value));
     c
 }
@@ -117,7 +120,8 @@ impl<V> Seq<V> {
         if self.last_key().is_none_or(|last| *last < pos) {
             match self.chunks.back_mut() {
                 Some(c) if c.len() < CHUNK => c.push_back((pos, value)),
-                _ => self.chunks.push_back(new_chunk(pos, value)),
+                Some(_) => self.chunks.push_back(new_chunk(pos, value, CHUNK)),
+                None => self.chunks.push_back(new_chunk(pos, value, 1)),
             }
             self.len += 1;
             return None;
@@ -125,7 +129,8 @@ impl<V> Seq<V> {
         if self.first_key().is_some_and(|first| pos < *first) {
             match self.chunks.front_mut() {
                 Some(c) if c.len() < CHUNK => c.push_front((pos, value)),
-                _ => self.chunks.push_front(new_chunk(pos, value)),
+                Some(_) => self.chunks.push_front(new_chunk(pos, value, CHUNK)),
+                None => self.chunks.push_front(new_chunk(pos, value, 1)),
             }
             self.len += 1;
             return None;
@@ -435,6 +440,14 @@ mod tests {
             let read: Seq<u64> = postcard::from_bytes(&bytes).unwrap();
             proptest::prop_assert_eq!(read, seq);
         }
+    }
+
+    #[test]
+    fn a_short_list_reserves_little() {
+        let mut seq: Seq<u64> = Seq::default();
+        seq.insert(pos(1), 1);
+        seq.insert(pos(2), 2);
+        assert!(seq.heap_bytes() < 16 * std::mem::size_of::<(Position, u64)>());
     }
 
     #[test]

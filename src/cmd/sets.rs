@@ -158,14 +158,19 @@ pub fn random_distinct(c: &Coll, kind: Kind, n: usize) -> Vec<&[u8]> {
     if n <= len / 4 {
         let mut seen = std::collections::HashSet::with_capacity(n);
         let mut out = Vec::with_capacity(n);
-        while out.len() < n {
+        // Elements that share a hash are picked only by the first of them
+        // (crafted collisions could make too few reachable): the tries are
+        // bounded, then the walk below serves.
+        for _ in 0..4 * n + 16 {
             match c.pick(kind, rand::random()) {
                 Some(m) if seen.insert(m) => out.push(m),
                 Some(_) => {}
                 None => break,
             }
+            if out.len() == n {
+                return out;
+            }
         }
-        return out;
     }
     let all = c.scan(kind, 0, usize::MAX).0;
     pick_distinct(len, n).into_iter().map(|i| all[i]).collect()
