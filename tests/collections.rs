@@ -455,6 +455,8 @@ fn random_scanning_and_algebra_commands_on_sets_and_hashes() {
     assert!(
         err(&mut c, &["SINTERCARD", "1", "a", "LIMIT", "x"]).contains("LIMIT can't be negative")
     );
+    // As Redis: LIMIT without its value is a syntax error.
+    assert!(err(&mut c, &["SINTERCARD", "1", "a", "LIMIT"]).contains("syntax error"));
     assert_eq!(
         q::<i64>(&mut c, &["SISMEMBER", "a", "2"]),
         1,

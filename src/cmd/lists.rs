@@ -8,7 +8,7 @@ use chorus_crdt::{Coll, Kind, Position};
 
 use super::blocking::{timeout_arg, Blocked};
 use super::Flag::*;
-use super::{int_arg, pop_count, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
+use super::{count_arg, int_arg, pop_count, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
 
 #[rustfmt::skip]
 pub static COMMANDS: &[Spec] = &[
@@ -392,21 +392,9 @@ fn lpos(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
                 ));
             }
         } else if options.remaining() >= 2 && options.eat("COUNT") {
-            count = Some(
-                options
-                    .value()
-                    .ok()
-                    .and_then(chorus_crdt::number::parse_int)
-                    .and_then(|n| usize::try_from(n).ok())
-                    .ok_or(Error::err("COUNT can't be negative"))?,
-            );
+            count = Some(count_arg(options.value()?, 0, "COUNT can't be negative")?);
         } else if options.remaining() >= 2 && options.eat("MAXLEN") {
-            maxlen = options
-                .value()
-                .ok()
-                .and_then(chorus_crdt::number::parse_int)
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or(Error::err("MAXLEN can't be negative"))?;
+            maxlen = count_arg(options.value()?, 0, "MAXLEN can't be negative")?;
         } else {
             return Err(Error::Syntax);
         }
@@ -500,10 +488,7 @@ fn rpoplpush(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 /// LMPOP's and BLMPOP's arguments from `numkeys`: the keys, the end and
 /// the count.
 fn mpop_args<'a>(args: &'a [&'a [u8]], at: usize) -> Result<(&'a [&'a [u8]], bool, usize), Error> {
-    let numkeys = chorus_crdt::number::parse_int(args[at])
-        .and_then(|n| usize::try_from(n).ok())
-        .filter(|n| *n > 0)
-        .ok_or(Error::err("numkeys should be greater than 0"))?;
+    let numkeys = count_arg(args[at], 1, "numkeys should be greater than 0")?;
     let side_at = at.saturating_add(numkeys).saturating_add(1);
     let side = args.get(side_at).ok_or(Error::Syntax)?;
     let head = side_arg(side)?;
@@ -511,15 +496,11 @@ fn mpop_args<'a>(args: &'a [&'a [u8]], at: usize) -> Result<(&'a [&'a [u8]], boo
     let mut options = Args::new(args, side_at + 1);
     while !options.is_empty() {
         if count.is_none() && options.remaining() >= 2 && options.eat("COUNT") {
-            count = Some(
-                options
-                    .value()
-                    .ok()
-                    .and_then(chorus_crdt::number::parse_int)
-                    .and_then(|n| usize::try_from(n).ok())
-                    .filter(|n| *n > 0)
-                    .ok_or(Error::err("count should be greater than 0"))?,
-            );
+            count = Some(count_arg(
+                options.value()?,
+                1,
+                "count should be greater than 0",
+            )?);
         } else {
             return Err(Error::Syntax);
         }

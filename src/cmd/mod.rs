@@ -581,12 +581,19 @@ pub fn str_value(w: &Writer) -> Result<Option<Vec<u8>>, Error> {
     Ok(w.value())
 }
 
-/// A pop's count (LPOP, ZPOPMIN, ...): Redis's getPositiveLong, one text
-/// for a negative count and for one that is not a number.
-pub fn pop_count(arg: &[u8]) -> Result<usize, Error> {
+/// A count of at least `min`, as Redis's getRangeLong with a message: one
+/// error text, `text`, for a count out of range and for one that is not a
+/// number.
+pub fn count_arg(arg: &[u8], min: usize, text: &'static str) -> Result<usize, Error> {
     chorus_crdt::number::parse_int(arg)
         .and_then(|n| usize::try_from(n).ok())
-        .ok_or(Error::err("value is out of range, must be positive"))
+        .filter(|n| *n >= min)
+        .ok_or(Error::err(text))
+}
+
+/// A pop's count (LPOP, ZPOPMIN, ...).
+pub fn pop_count(arg: &[u8]) -> Result<usize, Error> {
+    count_arg(arg, 0, "value is out of range, must be positive")
 }
 
 /// Parses an integer argument.

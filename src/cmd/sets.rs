@@ -422,10 +422,7 @@ fn sdiffstore(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn sintercard(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let numkeys = chorus_crdt::number::parse_int(args[1])
-        .and_then(|n| usize::try_from(n).ok())
-        .filter(|n| *n > 0)
-        .ok_or(Error::err("numkeys should be greater than 0"))?;
+    let numkeys = super::count_arg(args[1], 1, "numkeys should be greater than 0")?;
     let keys = args.get(2..2 + numkeys).ok_or(Error::err(
         "Number of keys can't be greater than number of args",
     ))?;
@@ -433,12 +430,7 @@ fn sintercard(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let mut options = Args::new(args, 2 + numkeys);
     while !options.is_empty() {
         if options.eat("LIMIT") {
-            limit = options
-                .value()
-                .ok()
-                .and_then(chorus_crdt::number::parse_int)
-                .and_then(|n| usize::try_from(n).ok())
-                .ok_or(Error::err("LIMIT can't be negative"))?;
+            limit = super::count_arg(options.value()?, 0, "LIMIT can't be negative")?;
         } else {
             return Err(Error::Syntax);
         }
