@@ -490,3 +490,36 @@ fn a_standalone_node_with_a_log_keeps_no_tombstones() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// #15: a list comes back whole after kill -9, its part in the store and
+/// its later pops, sets and pushes from the delta log; pushes after the
+/// restart land at its ends.
+#[test]
+fn a_list_survives_a_hard_kill_from_store_and_log() {
+    let dir = data_dir("list");
+    let s = start(&dir, &[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["RPUSH", "l", "a", "b", "c", "d"]);
+    q::<()>(&mut c, &["SAVE"]);
+    q::<Option<String>>(&mut c, &["LPOP", "l"]);
+    q::<()>(&mut c, &["LSET", "l", "1", "C"]);
+    q::<i64>(&mut c, &["LPUSH", "l", "head"]);
+    q::<i64>(&mut c, &["LINSERT", "l", "AFTER", "b", "b2"]);
+    let before: Vec<String> = q(&mut c, &["LRANGE", "l", "0", "-1"]);
+    assert_eq!(before, ["head", "b", "b2", "C", "d"]);
+    wait_for_log_sync(&mut c);
+    kill_hard(s);
+    let s = start(&dir, &[]);
+    let mut c = s.conn();
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["LRANGE", "l", "0", "-1"]),
+        before
+    );
+    q::<i64>(&mut c, &["RPUSH", "l", "tail"]);
+    q::<i64>(&mut c, &["LPUSH", "l", "first"]);
+    assert_eq!(
+        q::<Vec<String>>(&mut c, &["LRANGE", "l", "0", "-1"]),
+        ["first", "head", "b", "b2", "C", "d", "tail"]
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
