@@ -41,10 +41,7 @@ RESULTS="$WORK/results"
 [ "${ONLY:-}" = memory ] && ROUNDS=0
 for round in $(seq 1 "$ROUNDS"); do
     for server in redis chorus; do
-        case $server in
-            redis) read -r pid port < <(start_redis) ;;
-            chorus) read -r pid port < <(start_chorus) ;;
-        esac
+        read -r pid port < <(start_server "$server")
         wait_ready "$port"
         {
             run_bench "$port" 16 hset,sadd
@@ -104,10 +101,7 @@ echo "Memory: RSS growth per element (fields 18 bytes, values 16; members 18 byt
 printf '%-8s %-22s %14s\n' server load bytes_per_element
 for server in redis chorus; do
     for load in hash set zset small; do
-        case $server in
-            redis) read -r pid port < <(start_redis) ;;
-            chorus) read -r pid port < <(start_chorus) ;;
-        esac
+        read -r pid port < <(start_server "$server")
         wait_ready "$port"
         before=$(rss_kb "$pid")
         taskset -c 1 redis-cli -p "$port" --pipe < "$WORK/$load.resp" >/dev/null

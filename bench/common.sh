@@ -101,6 +101,14 @@ start_redis() {
     PIDS+=($!); echo "$! $port"
 }
 
+# start_server redis|chorus: start_redis or start_chorus (one server thread on CPU 0).
+start_server() {
+    case $1 in
+        redis) start_redis ;;
+        chorus) start_chorus ;;
+    esac
+}
+
 start_chorus() {
     local port; port=$(free_port)
     taskset -c "${1:-0}" ./target/release/chorus server --port "$port" --server-threads "${2:-1}" \

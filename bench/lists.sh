@@ -35,10 +35,7 @@ RESULTS="$WORK/results"
 [ "${ONLY:-}" = memory ] && ROUNDS=0
 for round in $(seq 1 "$ROUNDS"); do
     for server in redis chorus; do
-        case $server in
-            redis) read -r pid port < <(start_redis) ;;
-            chorus) read -r pid port < <(start_chorus) ;;
-        esac
+        read -r pid port < <(start_server "$server")
         wait_ready "$port"
         list_bench "$port" | while read -r test rps; do echo "$server $test $rps" >> "$RESULTS"; done
         stop "$pid"
@@ -74,10 +71,7 @@ echo
 echo "Memory: RSS growth per element of a list of $ELEMENTS 16-byte values"
 printf '%-8s %14s\n' server bytes_per_element
 for server in redis chorus; do
-    case $server in
-        redis) read -r pid port < <(start_redis) ;;
-        chorus) read -r pid port < <(start_chorus) ;;
-    esac
+    read -r pid port < <(start_server "$server")
     wait_ready "$port"
     before=$(rss_kb "$pid")
     taskset -c 1 redis-cli -p "$port" --pipe < "$WORK/list.resp" >/dev/null

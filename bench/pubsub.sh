@@ -75,10 +75,7 @@ RESULTS="$WORK/results"
 : > "$RESULTS"
 for round in $(seq 1 "$ROUNDS"); do
     for server in redis chorus; do
-        case $server in
-            redis) read -r pid port < <(start_redis) ;;
-            chorus) read -r pid port < <(start_chorus) ;;
-        esac
+        read -r pid port < <(start_server "$server")
         wait_ready "$port"
         taskset -c 1 python3 "$WORK/subscribers.py" "$port" "$SUBSCRIBERS" "$WORK/subs.out" > "$WORK/subs.ready" &
         subs=$!

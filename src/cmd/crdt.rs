@@ -303,7 +303,7 @@ fn state(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 const STATE_ELEMENTS: usize = 100;
 
 /// An element's value writes as `node:n@stamp=value`.
-fn blob_writes(e: &chorus_crdt::coll::Elem<chorus_crdt::coll::Blob>) -> Vec<String> {
+fn writes_text<V>(e: &chorus_crdt::coll::Elem<V>, show: impl Fn(&V) -> String) -> Vec<String> {
     e.writes
         .iter()
         .map(|w| {
@@ -312,10 +312,14 @@ fn blob_writes(e: &chorus_crdt::coll::Elem<chorus_crdt::coll::Blob>) -> Vec<Stri
                 w.dot.node,
                 w.dot.n,
                 w.stamp(),
-                String::from_utf8_lossy(&w.value.0)
+                show(&w.value)
             )
         })
         .collect()
+}
+
+fn blob_writes(e: &chorus_crdt::coll::Elem<chorus_crdt::coll::Blob>) -> Vec<String> {
+    writes_text(e, |v| String::from_utf8_lossy(&v.0).into_owned())
 }
 
 /// A collection part: its newest write, context, sizes, and the first
@@ -368,19 +372,7 @@ fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
         ));
     }
     for (m, e) in c.zset.iter().take(STATE_ELEMENTS) {
-        let writes: Vec<String> = e
-            .writes
-            .iter()
-            .map(|w| {
-                format!(
-                    "{}:{}@{}={}",
-                    w.dot.node,
-                    w.dot.n,
-                    w.stamp(),
-                    chorus_crdt::number::format_score(w.value.0)
-                )
-            })
-            .collect();
+        let writes = writes_text(e, |v| chorus_crdt::number::format_score(v.0));
         let counts: Vec<String> = e
             .counts
             .iter()
