@@ -221,9 +221,9 @@ impl From<KeyStateV4> for KeyState {
                         coll.ctx = c.ctx;
                         coll.at = c.at;
                         coll.kind = c.kind;
-                        coll.hash = c.hash;
-                        coll.set = c.set;
-                        coll.zset = c.zset;
+                        coll.hash = c.hash.into_iter().collect();
+                        coll.set = c.set.into_iter().collect();
+                        coll.zset = c.zset.into_iter().collect();
                         coll.removed = c.removed;
                         coll.part = c.part;
                         coll
@@ -414,9 +414,9 @@ mod tests {
                             ctx: c.ctx.clone(),
                             at: c.at,
                             kind: c.kind,
-                            hash: c.hash.clone(),
-                            set: c.set.clone(),
-                            zset: c.zset.clone(),
+                            hash: c.hash.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                            set: c.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                            zset: c.zset.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                             removed: c.removed.clone(),
                             part: c.part,
                         })

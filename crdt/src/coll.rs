@@ -38,6 +38,7 @@ use smallvec::SmallVec;
 use crate::conflict::{Conflict, ConflictKind, Side, Summary};
 use crate::context::{CausalContext, Dot};
 use crate::ekey::{EKey, Probe};
+use crate::emap::EMap;
 use crate::nodemap::NodeMap;
 use crate::position::Position;
 use crate::seq::Seq;
@@ -208,9 +209,9 @@ pub struct Coll {
     /// collections clash.
     pub at: Stamp,
     pub kind: Kind,
-    pub hash: BTreeMap<EKey, Elem<Blob>>,
-    pub set: BTreeMap<EKey, Adds>,
-    pub zset: BTreeMap<EKey, Elem<Score>>,
+    pub hash: EMap<Elem<Blob>>,
+    pub set: EMap<Adds>,
+    pub zset: EMap<Elem<Score>>,
     pub list: Seq<Elem<Blob>>,
     pub removed: BTreeMap<(Kind, Vec<u8>), Removed>,
     /// A delta (see the module doc); false for a state.
@@ -320,25 +321,24 @@ pub(crate) trait ElemMap<K, V> {
         V: 'a;
 }
 
-impl<K: Ord, V> ElemMap<K, V> for BTreeMap<K, Elem<V>> {
-    fn elem(&self, key: &K) -> Option<&Elem<V>> {
+impl<V> ElemMap<EKey, V> for EMap<Elem<V>> {
+    fn elem(&self, key: &EKey) -> Option<&Elem<V>> {
         self.get(key)
     }
-    fn has(&self, key: &K) -> bool {
+    fn has(&self, key: &EKey) -> bool {
         self.contains_key(key)
     }
-    fn take(&mut self, key: &K) -> Option<Elem<V>> {
+    fn take(&mut self, key: &EKey) -> Option<Elem<V>> {
         self.remove(key)
     }
-    fn put(&mut self, key: K, elem: Elem<V>) {
+    fn put(&mut self, key: EKey, elem: Elem<V>) {
         self.insert(key, elem);
     }
-    fn keep(&mut self, f: impl FnMut(&K, &mut Elem<V>) -> bool) {
+    fn keep(&mut self, f: impl FnMut(&EKey, &mut Elem<V>) -> bool) {
         self.retain(f);
     }
-    fn elems<'a>(&'a self) -> impl Iterator<Item = (&'a K, &'a Elem<V>)>
+    fn elems<'a>(&'a self) -> impl Iterator<Item = (&'a EKey, &'a Elem<V>)>
     where
-        K: 'a,
         V: 'a,
     {
         self.iter()
@@ -418,8 +418,8 @@ fn record_of<'r>(
 
 /// As [`join_elems`] for set members (dots only).
 fn join_members(
-    mine: &mut BTreeMap<EKey, Adds>,
-    theirs: &BTreeMap<EKey, Adds>,
+    mine: &mut EMap<Adds>,
+    theirs: &EMap<Adds>,
     my_ctx: &CausalContext,
     their_ctx: &CausalContext,
     (their_whole, keep_empty): (bool, bool),
@@ -628,27 +628,10 @@ impl Coll {
     /// done). Elements are in hash order, so one present for the whole
     /// scan is returned at least once.
     pub fn scan(&self, kind: Kind, from: u64, count: usize) -> (Vec<&[u8]>, u64) {
-        let start = Probe::at_hash(from);
-        let bounds = (
-            std::ops::Bound::Included(start.as_keyed()),
-            std::ops::Bound::Unbounded,
-        );
         let keys: Box<dyn Iterator<Item = &EKey>> = match kind {
-            Kind::Hash => Box::new(
-                self.hash
-                    .range::<dyn crate::ekey::Keyed, _>(bounds)
-                    .map(|(k, _)| k),
-            ),
-            Kind::Set => Box::new(
-                self.set
-                    .range::<dyn crate::ekey::Keyed, _>(bounds)
-                    .map(|(k, _)| k),
-            ),
-            Kind::ZSet => Box::new(
-                self.zset
-                    .range::<dyn crate::ekey::Keyed, _>(bounds)
-                    .map(|(k, _)| k),
-            ),
+            Kind::Hash => Box::new(self.hash.iter_from(from).map(|(k, _)| k)),
+            Kind::Set => Box::new(self.set.iter_from(from).map(|(k, _)| k)),
+            Kind::ZSet => Box::new(self.zset.iter_from(from).map(|(k, _)| k)),
             // Lists are walked by index, never by hash.
             Kind::List => Box::new(std::iter::empty()),
         };
@@ -673,27 +656,22 @@ impl Coll {
     /// bucket picks favour some keys: fair enough for SPOP, SRANDMEMBER and
     /// HRANDFIELD without a count.
     pub fn pick(&self, kind: Kind, r: u64) -> Option<&[u8]> {
-        let start = Probe::at_hash(r);
-        let from = (
-            std::ops::Bound::Included(start.as_keyed()),
-            std::ops::Bound::Unbounded,
-        );
         let key = match kind {
             Kind::Hash => self
                 .hash
-                .range::<dyn crate::ekey::Keyed, _>(from)
+                .iter_from(r)
                 .next()
                 .or_else(|| self.hash.iter().next())
                 .map(|(k, _)| k),
             Kind::Set => self
                 .set
-                .range::<dyn crate::ekey::Keyed, _>(from)
+                .iter_from(r)
                 .next()
                 .or_else(|| self.set.iter().next())
                 .map(|(k, _)| k),
             Kind::ZSet => self
                 .zset
-                .range::<dyn crate::ekey::Keyed, _>(from)
+                .iter_from(r)
                 .next()
                 .or_else(|| self.zset.iter().next())
                 .map(|(k, _)| k),
@@ -1285,7 +1263,7 @@ impl Coll {
         let (int, float, is_float) = by;
         let probe = Probe::new(key);
         fn bump<V>(
-            map: &mut BTreeMap<EKey, Elem<V>>,
+            map: &mut EMap<Elem<V>>,
             probe: &Probe,
             stamp: Stamp,
             by: (i64, f64, bool),
@@ -1474,7 +1452,7 @@ impl Coll {
         fn elems<V>(
             lost: &mut Vec<(Vec<u8>, Side)>,
             kind: Kind,
-            map: &BTreeMap<EKey, Elem<V>>,
+            map: &EMap<Elem<V>>,
             removed: &BTreeMap<(Kind, Vec<u8>), Removed>,
             flush: Stamp,
             side: fn(&Write<V>) -> Side,
@@ -1735,8 +1713,8 @@ impl Coll {
         let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
         fn elems<'a, V>(
             kind: Kind,
-            mine: &'a BTreeMap<EKey, Elem<V>>,
-            theirs: Option<&'a BTreeMap<EKey, Elem<V>>>,
+            mine: &'a EMap<Elem<V>>,
+            theirs: Option<&'a EMap<Elem<V>>>,
             removed: Option<&'a BTreeMap<(Kind, Vec<u8>), Removed>>,
             is_held: &impl Fn(Stamp) -> bool,
             f: &mut impl FnMut(Kind, &EKey, (Option<Dot>, Option<NodeId>)),
@@ -1798,8 +1776,8 @@ impl Coll {
         let is_held = |s: Stamp| !s.is_zero() && s <= held(s.node);
         fn strip<V>(
             kind: Kind,
-            theirs: &mut BTreeMap<EKey, Elem<V>>,
-            mine: Option<&BTreeMap<EKey, Elem<V>>>,
+            theirs: &mut EMap<Elem<V>>,
+            mine: Option<&EMap<Elem<V>>>,
             my_removed: Option<&BTreeMap<(Kind, Vec<u8>), Removed>>,
             is_held: &impl Fn(Stamp) -> bool,
         ) {

@@ -47,6 +47,15 @@ impl EKey {
         &self.bytes
     }
 
+    /// A key with a chosen hash, as a crafted collision would have.
+    #[cfg(test)]
+    pub(crate) fn with_hash(hash: u64, bytes: &[u8]) -> EKey {
+        EKey {
+            hash,
+            bytes: ElemBytes::from_slice(bytes),
+        }
+    }
+
     pub fn hash(&self) -> u64 {
         self.hash
     }

@@ -12,6 +12,7 @@ pub mod context;
 pub mod delta;
 pub mod digest;
 pub mod ekey;
+pub mod emap;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod list;
