@@ -1838,24 +1838,23 @@ impl Coll {
     /// Bytes held on the heap, roughly: per element its key, entry and
     /// value (MEMORY USAGE).
     pub fn heap_bytes(&self) -> usize {
-        const NODE_SLACK: usize = 8;
-        let elem = std::mem::size_of::<EKey>() + NODE_SLACK;
         let mut n = self.ctx.heap_bytes();
+        n += self.hash.heap_bytes() + self.set.heap_bytes() + self.zset.heap_bytes();
         for (k, e) in &self.hash {
-            n += elem + std::mem::size_of::<Elem<Blob>>() + k.heap_len();
+            n += k.heap_len();
             n += e.writes.iter().map(|w| w.value.heap_len()).sum::<usize>();
             if e.writes.spilled() {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Blob>>();
             }
         }
         for (k, a) in &self.set {
-            n += elem + std::mem::size_of::<Adds>() + k.heap_len();
+            n += k.heap_len();
             if a.spilled() {
                 n += a.capacity() * std::mem::size_of::<Add>();
             }
         }
         for (k, e) in &self.zset {
-            n += elem + std::mem::size_of::<Elem<Score>>() + k.heap_len();
+            n += k.heap_len();
             if e.writes.spilled() {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Score>>();
             }

@@ -9,8 +9,10 @@
 //! walking the directory walks every key in order (SCAN cursors, encodings
 //! and merge-joins rely on that order, as they did on the B-tree this
 //! replaces). A full bucket splits in two on its next bit, doubling the
-//! directory when it must; nothing is ever rehashed at once, so no write
-//! pauses for a big collection. A B-tree of 100,000 elements cost a cache
+//! directory when it must (a copy of the directory, 4 bytes a slot: no
+//! write rehashes the whole map); a bucket that removals leave with few
+//! keys merges back with its buddy, so deletions free buckets and leave no
+//! long runs of empty ones for a walk to cross. A B-tree of 100,000 elements cost a cache
 //! miss per level on every HSET, SADD or HGET; a lookup here reads the
 //! directory slot, the bucket, and (see [`find`]) usually one entry.
 //!
@@ -51,6 +53,8 @@ struct Table<V> {
     /// 2^depth bucket indexes, by the top `depth` bits of a hash.
     dir: Vec<u32>,
     buckets: Vec<Bucket<V>>,
+    /// Indexes in `buckets` merges freed, for the next splits.
+    free: Vec<u32>,
     depth: u32,
     len: usize,
 }
@@ -139,6 +143,13 @@ fn insert_at<V>(v: &mut Vec<(EKey, V)>, i: usize, entry: (EKey, V)) {
     v.insert(i, entry);
 }
 
+/// Gives back a vector's spare room once it is half empty.
+fn shrink<T>(v: &mut Vec<T>) {
+    if v.len() * 2 < v.capacity() {
+        v.shrink_to(v.len() + v.len() / 4);
+    }
+}
+
 impl<V> Keys<V> {
     fn len(&self) -> usize {
         match self {
@@ -166,10 +177,12 @@ impl<V> Keys<V> {
 
     fn remove<Q: Keyed + ?Sized>(&mut self, depth: u32, hash: u64, q: &Q) -> Option<V> {
         match self {
-            Keys::Few(v) => match find(v, depth, hash, q) {
-                Ok(i) => Some(v.remove(i).1),
-                Err(_) => None,
-            },
+            Keys::Few(v) => {
+                let i = find(v, depth, hash, q).ok()?;
+                let removed = v.remove(i).1;
+                shrink(v);
+                Some(removed)
+            }
             Keys::Many(t) => {
                 let r = t.remove(&Parts(hash, q.bytes()) as &dyn Keyed);
                 if t.len() <= SPLIT_AT {
@@ -182,7 +195,10 @@ impl<V> Keys<V> {
 
     fn retain(&mut self, mut f: impl FnMut(&EKey, &mut V) -> bool) {
         match self {
-            Keys::Few(v) => v.retain_mut(|(k, v)| f(k, v)),
+            Keys::Few(v) => {
+                v.retain_mut(|(k, v)| f(k, v));
+                shrink(v);
+            }
             Keys::Many(t) => t.retain(|k, v| f(k, v)),
         }
     }
@@ -211,11 +227,16 @@ impl<V> Keys<V> {
                 Keys::Few(upper)
             }
             Keys::Many(t) => {
-                let first_upper = t
-                    .keys()
-                    .find(|k| k.hash() & mask != 0)
-                    .map(|k| k.hash())
-                    .unwrap_or(u64::MAX);
+                // The keys share their top `bit` bits: the upper half starts
+                // at the smallest hash with those bits and bit `bit` set.
+                let first_upper = t.keys().next().map_or(u64::MAX, |k| {
+                    let prefix = if bit == 0 {
+                        0
+                    } else {
+                        k.hash() >> (64 - bit) << (64 - bit)
+                    };
+                    prefix | mask
+                });
                 let upper = t.split_off(&Parts(first_upper, &[]) as &dyn Keyed);
                 let fold = |t: BTreeMap<EKey, V>| {
                     if t.len() <= SPLIT_AT {
@@ -241,6 +262,7 @@ impl<V> Table<V> {
                 depth: 0,
                 keys: Keys::Few(keys),
             }],
+            free: Vec::new(),
             depth: 0,
         }
     }
@@ -327,11 +349,20 @@ impl<V> Table<V> {
         let start = self.slot(hash) & !(run - 1);
         let upper = self.buckets[b].keys.split_off(d);
         self.buckets[b].depth = d + 1;
-        let new = u32::try_from(self.buckets.len()).expect("fewer buckets than keys");
-        self.buckets.push(Bucket {
+        let upper = Bucket {
             depth: d + 1,
             keys: upper,
-        });
+        };
+        let new = match self.free.pop() {
+            Some(i) => {
+                self.buckets[i as usize] = upper;
+                i
+            }
+            None => {
+                self.buckets.push(upper);
+                u32::try_from(self.buckets.len() - 1).expect("fewer buckets than keys")
+            }
+        };
         for slot in &mut self.dir[start + run / 2..start + run] {
             *slot = new;
         }
@@ -343,6 +374,7 @@ impl<V> Table<V> {
         let bucket = &mut self.buckets[b];
         let removed = bucket.keys.remove(bucket.depth, hash, q)?;
         self.len -= 1;
+        self.merge_from(self.slot(hash));
         self.after_removals();
         Some(removed)
     }
@@ -354,17 +386,89 @@ impl<V> Table<V> {
             len += b.keys.len();
         }
         self.len = len;
+        let mut slot = 0;
+        while slot < self.dir.len() {
+            self.merge_from(slot);
+            let run = 1usize << (self.depth - self.buckets[self.dir[slot] as usize].depth);
+            slot = (slot & !(run - 1)) + run;
+        }
         self.after_removals();
     }
 
-    /// Rebuilds a directory and buckets far too many for the keys left.
+    /// Merges the bucket filling `slot` with its buddy (the other half of
+    /// the range one bit shorter) while the two are at the same depth and
+    /// hold [`FOLD_AT`] keys or fewer between them.
+    fn merge_from(&mut self, slot: usize) {
+        loop {
+            let b = self.dir[slot] as usize;
+            let d = self.buckets[b].depth;
+            if d == 0 {
+                return;
+            }
+            let shift = self.depth - d;
+            let prefix = slot >> shift;
+            let buddy = self.dir[(prefix ^ 1) << shift] as usize;
+            if self.buckets[buddy].depth != d
+                || self.buckets[b].keys.len() + self.buckets[buddy].keys.len() > FOLD_AT
+            {
+                return;
+            }
+            let (lower, upper) = if prefix & 1 == 0 {
+                (b, buddy)
+            } else {
+                (buddy, b)
+            };
+            let vector = |keys: Keys<V>| match keys {
+                Keys::Few(v) => v,
+                Keys::Many(t) => t.into_iter().collect(),
+            };
+            let empty = || Keys::Few(Vec::new());
+            let mut keys = vector(std::mem::replace(&mut self.buckets[lower].keys, empty()));
+            keys.extend(vector(std::mem::replace(
+                &mut self.buckets[upper].keys,
+                empty(),
+            )));
+            keys.shrink_to(keys.len() + keys.len() / 4);
+            self.buckets[lower] = Bucket {
+                depth: d - 1,
+                keys: Keys::Few(keys),
+            };
+            let start = (prefix & !1) << shift;
+            for s in &mut self.dir[start..start + (2 << shift)] {
+                *s = lower as u32;
+            }
+            self.free.push(upper as u32);
+        }
+    }
+
+    /// Rebuilds a directory far too big for the keys left (merges never
+    /// shrink it), or buckets far too many.
     fn after_removals(&mut self) {
-        if self.buckets.len() > 8 && self.len * 4 < self.buckets.len() {
+        let live = self.buckets.len() - self.free.len();
+        let big_dir = self.dir.len() > 8 * self.len.max(4 * SPLIT_AT);
+        if big_dir || (live > 8 && self.len * 4 < live) {
             let keys = std::mem::replace(self, Table::of(Vec::new())).into_sorted();
             for (k, v) in keys {
                 self.insert(k, v);
             }
         }
+    }
+
+    /// Bytes on the heap besides the entries' own.
+    fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<(EKey, V)>();
+        let mut n = std::mem::size_of::<Table<V>>()
+            + self.dir.capacity() * 4
+            + self.free.capacity() * 4
+            + self.buckets.capacity() * std::mem::size_of::<Bucket<V>>();
+        for b in &self.buckets {
+            n += match &b.keys {
+                Keys::Few(v) => v.capacity() * entry,
+                // A B-tree node's slack, as `Coll::heap_bytes` counted it.
+                Keys::Many(t) => t.len() * (entry + 8),
+            };
+        }
+        n
     }
 
     /// Every key in order.
@@ -469,9 +573,7 @@ impl<V> EMap<V> {
             Repr::Few(v) => {
                 let i = find(v, 0, hash, q).ok()?;
                 let removed = v.remove(i).1;
-                if v.is_empty() {
-                    *v = Vec::new();
-                }
+                shrink(v);
                 return Some(removed);
             }
             Repr::Table(t) => t.remove(hash, q)?,
@@ -484,9 +586,7 @@ impl<V> EMap<V> {
         match &mut self.0 {
             Repr::Few(v) => {
                 v.retain_mut(|(k, v)| f(k, v));
-                if v.is_empty() {
-                    *v = Vec::new();
-                }
+                shrink(v);
             }
             Repr::Table(t) => {
                 t.retain(f);
@@ -509,7 +609,7 @@ impl<V> EMap<V> {
 
     /// The value at `key`, inserted by `make` if there is none.
     pub fn get_or_insert_with(&mut self, key: EKey, make: impl FnOnce() -> V) -> &mut V {
-        // Two lookups only when the key is new; a split may move it.
+        // Looked up again after an insert: a split may have moved it.
         if self.get(&key).is_none() {
             let value = make();
             self.insert(key.clone(), value);
@@ -548,6 +648,16 @@ impl<V> EMap<V> {
 
     pub fn first_key_value(&self) -> Option<(&EKey, &V)> {
         self.iter().next()
+    }
+
+    /// Bytes the map holds on the heap: its entries' room (keys and values
+    /// as laid out, not what they point to) and, past a vector, the
+    /// directory and buckets (MEMORY USAGE).
+    pub fn heap_bytes(&self) -> usize {
+        match &self.0 {
+            Repr::Few(v) => v.capacity() * std::mem::size_of::<(EKey, V)>(),
+            Repr::Table(t) => t.heap_bytes(),
+        }
     }
 }
 
@@ -715,11 +825,18 @@ mod tests {
         ]
     }
 
-    /// Keys 0..space as bytes, or crafted to share their top bits (every
-    /// key among a few hashes) when `collide`.
+    /// Crafted keys share their top 6 bits, differ in the next two and
+    /// then only in their lowest bits, among a few hashes: under 128 keys
+    /// the directory may not reach those two bits, so their bucket turns
+    /// into a B-tree, which splits both ways once the map grows past that.
+    fn clustered(k: u64) -> u64 {
+        0xA800_0000_0000_0000 | ((k % 4) << 56) | (k % 5)
+    }
+
+    /// Keys 0..space as bytes, or crafted (see `clustered`) when `collide`.
     fn key(k: u16, collide: bool) -> EKey {
         if collide {
-            crafted(0xABCD_0000_0000_0000 | u64::from(k % 5), u32::from(k))
+            crafted(clustered(u64::from(k)), u32::from(k))
         } else {
             EKey::new(format!("k{k}").as_bytes())
         }
@@ -757,6 +874,7 @@ mod tests {
                         model.retain(|_, v| *v % 4 != m % 4);
                     }
                     Op::Scan(h, n) => {
+                        let h = if collide && h % 2 == 0 { clustered(h / 2) } else { h };
                         let got: Vec<_> = map.iter_from(h).take(n.into()).collect();
                         let want: Vec<_> = model
                             .range::<dyn Keyed, _>((
@@ -836,6 +954,71 @@ mod tests {
         assert!(matches!(map.0, Repr::Few(_)), "five keys back in a vector");
         map.retain(|_, _| false);
         assert!(matches!(&map.0, Repr::Few(v) if v.capacity() == 0));
+    }
+
+    #[test]
+    fn draining_a_big_map_in_order_merges_its_buckets_and_frees_them() {
+        let mut map = EMap::new();
+        for n in 0..200_000u32 {
+            map.insert(EKey::new(&n.to_le_bytes()), n);
+        }
+        let full = map.heap_bytes();
+        // Remove the lowest 90% in key order, as a drain by SSCAN would.
+        let doomed: Vec<EKey> = map.keys().take(180_000).cloned().collect();
+        for k in &doomed {
+            assert!(map.remove(k).is_some());
+        }
+        assert_eq!(map.len(), 20_000);
+        let t = table(&map);
+        let live: Vec<&Bucket<u32>> = (0..t.buckets.len())
+            .filter(|i| !t.free.contains(&(*i as u32)))
+            .map(|i| &t.buckets[i])
+            .collect();
+        let empty = live.iter().filter(|b| b.keys.len() == 0).count();
+        assert!(empty <= 2 * t.depth as usize, "{empty} empty buckets left");
+        assert!(
+            live.len() < 20_000 / 4,
+            "{} buckets for 20,000 keys",
+            live.len()
+        );
+        assert!(
+            map.heap_bytes() < full / 3,
+            "{} of {full} bytes kept",
+            map.heap_bytes()
+        );
+        // The first key is found without a walk across the emptied range.
+        assert_eq!(
+            map.iter().next().map(|(k, _)| k),
+            map.iter_from(0).next().map(|(k, _)| k)
+        );
+        let doomed: std::collections::HashSet<&[u8]> = doomed.iter().map(|k| k.bytes()).collect();
+        let rest: std::collections::HashSet<u32> = map.values().copied().collect();
+        let want: std::collections::HashSet<u32> = (0..200_000u32)
+            .filter(|n| !doomed.contains(&n.to_le_bytes()[..]))
+            .collect();
+        assert_eq!(rest, want);
+    }
+
+    #[test]
+    fn crafted_keys_deleted_down_to_a_few_leave_no_big_directory() {
+        let mut map = EMap::new();
+        for n in 0..5_000u32 {
+            map.insert(crafted(0x5500_0000_0000_0000 | u64::from(n), n), n);
+        }
+        for n in 0..5_000u32 {
+            map.insert(EKey::new(&n.to_le_bytes()), n);
+        }
+        for n in 9..5_000u32 {
+            map.remove(&crafted(0x5500_0000_0000_0000 | u64::from(n), n));
+            map.remove(&EKey::new(&n.to_le_bytes()));
+        }
+        assert_eq!(map.len(), 18);
+        let t = table(&map);
+        assert!(
+            t.dir.len() <= 8 * 4 * SPLIT_AT,
+            "a directory of {} slots",
+            t.dir.len()
+        );
     }
 
     #[test]
