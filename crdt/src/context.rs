@@ -16,9 +16,8 @@
 //! seen (and holds, or removed). Dots arrive in any order; nothing depends
 //! on delivery order.
 
-use std::collections::BTreeSet;
-
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
+use smallvec::SmallVec;
 
 use crate::stamp::NodeId;
 
@@ -35,9 +34,25 @@ pub struct Dot {
 pub struct CausalContext {
     /// Every dot numbered below this is held.
     floor: u64,
-    /// Dots held at or above the floor, as (n, node): ordered by number, so
-    /// a rising floor splits them off in one step.
-    cloud: BTreeSet<(u64, NodeId)>,
+    /// Dots held at or above the floor, as (n, node), sorted and distinct:
+    /// ordered by number, so a rising floor drains a prefix. A vector, not
+    /// a tree: a node's dots and its peers' arrive near the newest end, a
+    /// node without peers holds one at most between a write and its
+    /// compaction (inline: a tree allocated and freed a node for every
+    /// write), and the encoding is the same sorted sequence.
+    #[serde(deserialize_with = "sorted_cloud")]
+    cloud: SmallVec<[(u64, NodeId); 1]>,
+}
+
+/// A cloud as encoded, put in order and rid of repeats: a peer's bytes are
+/// not trusted to be sorted.
+fn sorted_cloud<'de, D: Deserializer<'de>>(d: D) -> Result<SmallVec<[(u64, NodeId); 1]>, D::Error> {
+    let mut cloud = SmallVec::<[(u64, NodeId); 1]>::deserialize(d)?;
+    if !cloud.windows(2).all(|w| w[0] < w[1]) {
+        cloud.sort_unstable();
+        cloud.dedup();
+    }
+    Ok(cloud)
 }
 
 impl CausalContext {
@@ -47,7 +62,7 @@ impl CausalContext {
 
     /// Whether the context holds `dot`.
     pub fn contains(&self, dot: Dot) -> bool {
-        dot.n < self.floor || self.cloud.contains(&(dot.n, dot.node))
+        dot.n < self.floor || self.cloud.binary_search(&(dot.n, dot.node)).is_ok()
     }
 
     /// The dot `node`'s next element write at HLC time `time` takes: `time`,
@@ -72,8 +87,9 @@ impl CausalContext {
             Some(_) => {}
         }
         self.cloud
-            .range((time, NodeId(0))..)
+            .iter()
             .rev()
+            .take_while(|(n, _)| *n >= time)
             .find(|(_, d)| *d == node)
             .map(|(n, _)| *n)
     }
@@ -81,7 +97,16 @@ impl CausalContext {
     /// Adds `dot`.
     pub fn insert(&mut self, dot: Dot) {
         if dot.n >= self.floor {
-            self.cloud.insert((dot.n, dot.node));
+            self.add((dot.n, dot.node));
+        }
+    }
+
+    fn add(&mut self, dot: (u64, NodeId)) {
+        // Usually the newest: no search.
+        if self.cloud.last().is_none_or(|last| *last < dot) {
+            self.cloud.push(dot);
+        } else if let Err(at) = self.cloud.binary_search(&dot) {
+            self.cloud.insert(at, dot);
         }
     }
 
@@ -90,11 +115,33 @@ impl CausalContext {
         if other.floor > self.floor {
             self.raise_floor(other.floor);
         }
-        for &(n, node) in &other.cloud {
-            if n >= self.floor {
-                self.cloud.insert((n, node));
+        let floor = self.floor;
+        let theirs = other.cloud.iter().filter(move |(n, _)| *n >= floor);
+        if other.cloud.len() <= 8 {
+            for &dot in theirs {
+                self.add(dot);
             }
+            return;
         }
+        // Two big clouds (a whole state's): one merge of the sorted runs.
+        let mine = std::mem::take(&mut self.cloud);
+        let mut merged = SmallVec::with_capacity(mine.len() + other.cloud.len());
+        let (mut a, mut b) = (mine.into_iter().peekable(), theirs.copied().peekable());
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x < y => a.next(),
+                (Some(x), Some(y)) if x > y => b.next(),
+                (Some(_), Some(_)) => {
+                    b.next();
+                    a.next()
+                }
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            merged.extend(next);
+        }
+        self.cloud = merged;
     }
 
     /// Holds every dot numbered below `floor` (a GC floor's time: every
@@ -105,9 +152,13 @@ impl CausalContext {
             return false;
         }
         self.floor = floor;
-        // Usually one dot or none goes: no new tree, as split_off makes.
-        while self.cloud.first().is_some_and(|(n, _)| *n < floor) {
-            self.cloud.pop_first();
+        let below = self.cloud.partition_point(|(n, _)| *n < floor);
+        if below > 0 {
+            self.cloud.drain(..below);
+            // A burst's room goes back once the floor has passed it.
+            if self.cloud.spilled() && self.cloud.len() * 4 < self.cloud.capacity() {
+                self.cloud.shrink_to_fit();
+            }
         }
         true
     }
@@ -118,7 +169,11 @@ impl CausalContext {
 
     /// Bytes held on the heap (MEMORY USAGE).
     pub fn heap_bytes(&self) -> usize {
-        self.cloud.len() * (std::mem::size_of::<(u64, NodeId)>() + 8)
+        if self.cloud.spilled() {
+            self.cloud.capacity() * std::mem::size_of::<(u64, NodeId)>()
+        } else {
+            0
+        }
     }
 
     /// For CRDT.STATE: the floor, and the cloud's dots as `node:n`.
@@ -140,6 +195,7 @@ impl CausalContext {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn dot(node: u64, n: u64) -> Dot {
         Dot {
@@ -168,5 +224,63 @@ mod tests {
         assert_eq!(c.next_dot(NodeId(3), 50), dot(3, 50));
         c.insert(dot(1, 5));
         assert_eq!(c.cloud_len(), 3, "a dot below the floor adds nothing");
+    }
+
+    #[test]
+    fn clouds_merge_drain_and_decode_as_sorted_sets_of_dots() {
+        let (mut a, mut b) = (CausalContext::new(), CausalContext::new());
+        let mut model = BTreeSet::new();
+        let mut x: u64 = 3;
+        for i in 0..400 {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let d = dot((x >> 33) % 3, 100 + (x >> 40) % 500);
+            if i % 2 == 0 {
+                a.insert(d);
+            } else {
+                b.insert(d);
+            }
+            model.insert((d.n, d.node));
+        }
+        a.merge(&b);
+        assert!(a.cloud.iter().eq(model.iter()), "a big merge");
+        let mut small = CausalContext::new();
+        small.insert(dot(7, 350));
+        small.insert(dot(7, 90));
+        a.merge(&small);
+        model.insert((350, NodeId(7)));
+        model.insert((90, NodeId(7)));
+        assert!(a.cloud.iter().eq(model.iter()), "a small merge");
+        for &(n, node) in &model {
+            assert!(a.contains(Dot { node, n }));
+        }
+        assert!(a.raise_floor(300));
+        model.retain(|(n, _)| *n >= 300);
+        assert!(a.cloud.iter().eq(model.iter()), "a prefix drained");
+        #[derive(Serialize)]
+        struct AsATree {
+            floor: u64,
+            cloud: BTreeSet<(u64, NodeId)>,
+        }
+        let tree = AsATree {
+            floor: 300,
+            cloud: model.clone(),
+        };
+        let bytes = crate::codec::encode(&a).expect("encodes");
+        assert_eq!(
+            bytes,
+            crate::codec::encode(&tree).expect("encodes"),
+            "the tree's encoding"
+        );
+        let unsorted = CausalContext {
+            floor: 5,
+            cloud: smallvec::smallvec![(9, NodeId(1)), (7, NodeId(2)), (9, NodeId(1))],
+        };
+        let back: CausalContext =
+            crate::codec::decode(&crate::codec::encode(&unsorted).expect("encodes"))
+                .expect("decodes");
+        assert_eq!(back.cloud.as_slice(), &[(7, NodeId(2)), (9, NodeId(1))]);
+        assert!(back.contains(dot(2, 7)) && !back.contains(dot(2, 9)));
     }
 }
