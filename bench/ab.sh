@@ -17,7 +17,7 @@ NEW=${2:?new binary}
 N=${N:-1000000}
 ROUNDS=${ROUNDS:-3}
 TESTS=${TESTS:-sadd,hset,zadd}
-READS=${READS:-"HGET myhash element:__rand_int__;SISMEMBER myset element:__rand_int__;ZSCORE myzset element:__rand_int__"}
+READS=${READS-"HGET myhash element:__rand_int__;SISMEMBER myset element:__rand_int__;ZSCORE myzset element:__rand_int__"}
 
 source bench/common.sh
 ensure_tools "redis-benchmark redis-cli" "redis-tools"
