@@ -50,8 +50,8 @@ done
 echo "ops/s, median of $ROUNDS rounds (-n $N -r 100000 -c 50 -P 16; server on CPU 0, client on CPU 1)"
 printf '%-12s %12s %12s %8s\n' test old new change
 for t in $(awk '{print $2}' "$RESULTS" | awk '!seen[$0]++'); do
-    o=$(awk -v t="$t" '$1=="old" && $2==t {print $3}' "$RESULTS" | median)
-    n=$(awk -v t="$t" '$1=="new" && $2==t {print $3}' "$RESULTS" | median)
+    o=$(median_of old "$t")
+    n=$(median_of new "$t")
     awk -v t="$t" -v o="$o" -v n="$n" 'BEGIN {printf "%-12s %12.0f %12.0f %+7.0f%%\n", t, o, n, (n / o - 1) * 100}'
 done
 machine

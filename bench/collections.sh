@@ -65,8 +65,8 @@ echo
 echo "Throughput, ops/s (median of $ROUNDS rounds; -n $N -r 100000 -c 50 -P 16; server on CPU 0, client on CPU 1)"
 printf '%-10s %12s %12s %8s\n' test redis chorus ratio
 for t in HSET SADD HGET SISMEMBER HINCRBY INCR ZADD ZINCRBY ZSCORE ZRANGE ZREVRANK; do
-    r=$(awk -v t="$t" '$1=="redis" && $2==t {print $3}' "$RESULTS" | median)
-    c=$(awk -v t="$t" '$1=="chorus" && $2==t {print $3}' "$RESULTS" | median)
+    r=$(median_of redis "$t")
+    c=$(median_of chorus "$t")
     awk -v t="$t" -v r="$r" -v c="$c" 'BEGIN {printf "%-10s %12.0f %12.0f %8.2f\n", t, r, c, c / r}'
 done
 }

@@ -66,6 +66,9 @@ stop() { # stop PID
     kill -9 "$1" 2>/dev/null || true
 }
 
+# median_of SERVER TEST: the median of the third field of $RESULTS's lines "SERVER TEST value".
+median_of() { awk -v s="$1" -v t="$2" '$1==s && $2==t {print $3}' "$RESULTS" | median; }
+
 median() { sort -n | awk '{a[NR]=$1} END {if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 machine() {

@@ -48,8 +48,8 @@ echo
 echo "Throughput, ops/s (median of $ROUNDS rounds; -n $N -c 50 -P 16; server on CPU 0, client on CPU 1)"
 printf '%-40s %12s %12s %8s\n' test redis chorus ratio
 for t in $(awk '$1=="redis" {print $2}' "$RESULTS" | awk '!seen[$0]++'); do
-    r=$(awk -v t="$t" '$1=="redis" && $2==t {print $3}' "$RESULTS" | median)
-    c=$(awk -v t="$t" '$1=="chorus" && $2==t {print $3}' "$RESULTS" | median)
+    r=$(median_of redis "$t")
+    c=$(median_of chorus "$t")
     awk -v t="$t" -v r="$r" -v c="$c" 'BEGIN {printf "%-40s %12.0f %12.0f %8.2f\n", t, r, c, c / r}'
 done
 }
