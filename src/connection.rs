@@ -342,91 +342,117 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
         };
         let mut verdict = None;
-        while input.len() - consumed >= need && !session.close && out.buf.len() < REPLY_BATCH_BYTES
-        {
-            let limits = if session.authed {
-                full_limits(server)
-            } else {
-                full_limits(server).unauthenticated()
-            };
-            match resp::parse_resuming(
-                &input[consumed..],
-                &limits,
-                &mut ranges,
-                &mut scratch,
-                &mut progress,
-            ) {
-                Ok(Parsed::Request { len, source }) => {
-                    let base: &[u8] = match source {
-                        Source::Buffer => &input[consumed..consumed + len],
-                        Source::Scratch => &scratch,
+        // A command that waits (a blocking one, WAIT, DEBUG SLEEP, SAVE)
+        // ends the batch its writes were staged in: the staged writes go
+        // out before the task may move to another thread. (A batch is not
+        // Send: the compiler refuses an await while one is open.)
+        loop {
+            let mut waits = false;
+            {
+                let _batch = server.node.ks.batch();
+                while input.len() - consumed >= need
+                    && !session.close
+                    && out.buf.len() < REPLY_BATCH_BYTES
+                {
+                    let limits = if session.authed {
+                        full_limits(server)
+                    } else {
+                        full_limits(server).unauthenticated()
                     };
-                    let argv: SmallVec<[&[u8]; 8]> =
-                        ranges.iter().map(|r| &base[r.clone()]).collect();
-                    consumed += len;
-                    need = 1;
-                    if argv.is_empty() {
-                        continue;
-                    }
-                    commands += 1;
-                    // Messages that came before the command go before its
-                    // reply (an UNSUBSCRIBE's, say).
-                    handle.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
-                    last_cmd = crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
-                        .or(last_cmd);
-                    drop(argv);
-                    if let Some(blocked) = session.blocked.take() {
-                        let waited = block(
-                            server,
-                            &mut session,
-                            &mut out,
-                            sock,
-                            &mut input,
-                            (blocked, writes_before),
-                            out_limit,
-                        )
-                        .await?;
-                        if !waited {
-                            return Ok(());
-                        }
-                        now_ms = server.node.ks.clock.physical_unix_ms();
-                    }
-                    if let Some(pause) = session.sleep.take() {
-                        tokio::time::sleep(pause).await;
-                        now_ms = server.node.ks.clock.physical_unix_ms();
-                    }
-                    if let Some(wait) = session.wait.take() {
-                        out.int(wait.run().await);
-                        now_ms = server.node.ks.clock.physical_unix_ms();
-                    }
-                    if let Some(persistence) = session.save.take() {
-                        match tokio::task::spawn_blocking(move || persistence.cut_once()).await {
-                            Ok(Ok(_)) => out.ok(),
-                            Ok(Err(e)) => {
-                                crate::cmd::reply_error(server, &mut out, &format!("ERR {e}"))
+                    match resp::parse_resuming(
+                        &input[consumed..],
+                        &limits,
+                        &mut ranges,
+                        &mut scratch,
+                        &mut progress,
+                    ) {
+                        Ok(Parsed::Request { len, source }) => {
+                            let base: &[u8] = match source {
+                                Source::Buffer => &input[consumed..consumed + len],
+                                Source::Scratch => &scratch,
+                            };
+                            let argv: SmallVec<[&[u8]; 8]> =
+                                ranges.iter().map(|r| &base[r.clone()]).collect();
+                            consumed += len;
+                            need = 1;
+                            if argv.is_empty() {
+                                continue;
                             }
-                            Err(e) => crate::cmd::reply_error(
-                                server,
-                                &mut out,
-                                &format!("ERR the save failed: {e}"),
-                            ),
+                            commands += 1;
+                            // Messages that came before the command go before its
+                            // reply (an UNSUBSCRIBE's, say).
+                            handle.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
+                            last_cmd =
+                                crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
+                                    .or(last_cmd);
+                            drop(argv);
+                            if session.blocked.is_some()
+                                || session.sleep.is_some()
+                                || session.wait.is_some()
+                                || session.save.is_some()
+                            {
+                                waits = true;
+                                break;
+                            }
+                            if out_limit.hard > 0 && out.buf.len() as u64 > out_limit.hard {
+                                verdict = Some(Verdict::OutputLimit);
+                                break;
+                            }
                         }
-                        now_ms = server.node.ks.clock.physical_unix_ms();
+                        Ok(Parsed::Incomplete { need: n }) => {
+                            need = n;
+                            break;
+                        }
+                        Err(e) => {
+                            debug!(addr = %handle.addr, "protocol error: {}", e.0);
+                            crate::cmd::reply_error(server, &mut out, &e.message());
+                            session.close = true;
+                        }
                     }
-                    if out_limit.hard > 0 && out.buf.len() as u64 > out_limit.hard {
-                        verdict = Some(Verdict::OutputLimit);
-                        break;
-                    }
                 }
-                Ok(Parsed::Incomplete { need: n }) => {
-                    need = n;
-                    break;
+            }
+            if !waits {
+                break;
+            }
+            if let Some(blocked) = session.blocked.take() {
+                let waited = block(
+                    server,
+                    &mut session,
+                    &mut out,
+                    sock,
+                    &mut input,
+                    (blocked, writes_before),
+                    out_limit,
+                )
+                .await?;
+                if !waited {
+                    return Ok(());
                 }
-                Err(e) => {
-                    debug!(addr = %handle.addr, "protocol error: {}", e.0);
-                    crate::cmd::reply_error(server, &mut out, &e.message());
-                    session.close = true;
+                now_ms = server.node.ks.clock.physical_unix_ms();
+            }
+            if let Some(pause) = session.sleep.take() {
+                tokio::time::sleep(pause).await;
+                now_ms = server.node.ks.clock.physical_unix_ms();
+            }
+            if let Some(wait) = session.wait.take() {
+                out.int(wait.run().await);
+                now_ms = server.node.ks.clock.physical_unix_ms();
+            }
+            if let Some(persistence) = session.save.take() {
+                match tokio::task::spawn_blocking(move || persistence.cut_once()).await {
+                    Ok(Ok(_)) => out.ok(),
+                    Ok(Err(e)) => crate::cmd::reply_error(server, &mut out, &format!("ERR {e}")),
+                    Err(e) => crate::cmd::reply_error(
+                        server,
+                        &mut out,
+                        &format!("ERR the save failed: {e}"),
+                    ),
                 }
+                now_ms = server.node.ks.clock.physical_unix_ms();
+            }
+            if out_limit.hard > 0 && out.buf.len() as u64 > out_limit.hard {
+                verdict = Some(Verdict::OutputLimit);
+                break;
             }
         }
         if consumed > 0 {

@@ -279,17 +279,28 @@ impl DeltaLog {
 
     /// Appends one record; returns the log position after it.
     pub fn append(&self, payload: &[u8]) -> u64 {
-        self.append_record(payload, None)
+        self.append_record(&[payload], None)
     }
 
     /// Appends one of this node's own writes, numbered `seq` (numbers
     /// ascend with every call), which [`DeltaLog::read_numbered`] can find.
     pub fn append_numbered(&self, payload: &[u8], seq: u64) -> u64 {
-        self.append_record(payload, Some(seq))
+        self.append_record(&[payload], Some(seq))
     }
 
-    fn append_record(&self, payload: &[u8], seq: Option<u64>) -> u64 {
-        let len = (payload.len() as u32).to_le_bytes();
+    /// [`DeltaLog::append_numbered`] of a payload in parts.
+    pub fn append_numbered_parts(&self, parts: &[&[u8]], seq: u64) -> u64 {
+        self.append_record(parts, Some(seq))
+    }
+
+    fn append_record(&self, parts: &[&[u8]], seq: Option<u64>) -> u64 {
+        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
+        let len = (payload_len as u32).to_le_bytes();
+        let mut crc = crc32fast::Hasher::new();
+        for part in parts {
+            crc.update(part);
+        }
+        let crc = crc.finalize();
         let mut pending = self.pending.lock();
         if let Some(seq) = seq {
             let at = pending.end;
@@ -304,11 +315,11 @@ impl DeltaLog {
         pending
             .bytes
             .extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
-        pending
-            .bytes
-            .extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-        pending.bytes.extend_from_slice(payload);
-        pending.end += (HEADER + payload.len()) as u64;
+        pending.bytes.extend_from_slice(&crc.to_le_bytes());
+        for part in parts {
+            pending.bytes.extend_from_slice(part);
+        }
+        pending.end += (HEADER + payload_len) as u64;
         let end = pending.end;
         // The writer is woken for the first bytes only when a client will
         // wait for them (`always`); otherwise it comes by itself every

@@ -56,6 +56,28 @@ pub trait DeltaSink: Send + Sync {
     /// A PUBLISH or SPUBLISH made here, for the peers' subscribers: sent
     /// at most once, never stored.
     fn publish_message(&self, _space: crate::pubsub::Space, _channel: &[u8], _message: &[u8]) {}
+    /// This thread starts a batch of commands (see [`Keyspace::batch`]):
+    /// the sink may hold the writes until [`DeltaSink::close_batch`].
+    /// `floor`: the clock's floor (`Clock::floor`) before any of them.
+    fn open_batch(&self, _floor: u64) {}
+    /// This thread's batch ends: what it held goes out.
+    fn close_batch(&self) {}
+}
+
+/// A batch of commands running on this thread (see [`Keyspace::batch`]).
+/// Not `Send`: a batch never spans an await, where its task could move to
+/// another thread and leave its writes behind in this one's stage.
+pub struct Batch<'a> {
+    sink: Option<&'a dyn DeltaSink>,
+    _not_send: std::marker::PhantomData<*const ()>,
+}
+
+impl Drop for Batch<'_> {
+    fn drop(&mut self) {
+        if let Some(sink) = self.sink {
+            sink.close_batch();
+        }
+    }
 }
 
 /// `tracking-table-max-keys`'s default (Redis's).
@@ -733,6 +755,20 @@ impl Keyspace {
             sink.publish_message(space, channel, message);
         }
         self.pubsub.publish(space, channel, message)
+    }
+
+    /// Opens a batch of commands on this thread: their writes reach the
+    /// sink together when it drops (one lock of the replication core per
+    /// pipeline instead of one per write). Drop it before any await.
+    pub fn batch(&self) -> Batch<'_> {
+        let sink = self.sink.as_deref();
+        if let Some(sink) = sink {
+            sink.open_batch(self.clock.floor());
+        }
+        Batch {
+            sink,
+            _not_send: std::marker::PhantomData,
+        }
     }
 
     /// Sends every local write to `sink`. Tombstones are then kept until

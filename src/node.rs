@@ -217,6 +217,7 @@ impl Node {
             repl.set_repair_interval(Duration::from_secs(config.repl_repair_interval_secs));
             repl.set_removed_grace(Duration::from_secs(config.removed_peer_grace_secs));
             repl.set_peer_buffer_limit(config.client_output_buffer_limits.replica);
+            repl.set_backlog_min_seconds(config.repl_backlog_min_secs);
             ks.set_sink(repl.clone());
             repl
         });

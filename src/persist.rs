@@ -12,12 +12,12 @@ use tracing::{info, warn};
 use chorus_crdt::Stamp;
 
 use chorus_crdt::state::Tally;
-use chorus_crdt::{encode_append, Delta, KeyState, NodeId};
+use chorus_crdt::{encode_append, Delta, EncodeError, KeyState, NodeId};
 use smallvec::SmallVec;
 
 use crate::deltalog::{DeltaLog, LogError, Replay};
 use crate::keyspace::{CutError, DeltaSink, Keyspace};
-use crate::replication::wire::{DeltaRef, ReplMsg, ReplMsgOut};
+use crate::replication::wire::{self, ReplMsg};
 use crate::replication::Replicator;
 use crate::store::{Cut, Loaded, Store, StoreError};
 
@@ -355,32 +355,29 @@ impl LogSink {
         }
     }
 
-    fn append(&self, delta: DeltaRef<'_>) {
-        let msg = ReplMsgOut::Delta {
-            origin: self.node,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed) + 1,
-            delta,
-        };
-        with_scratch(|buf| {
+    /// Appends a write whose body (see `wire::delta_head`) `body` lays out.
+    fn append(&self, body: impl FnOnce(&mut Vec<u8>) -> Result<(), EncodeError>) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        with_scratch(|mut buf| {
+            buf.extend_from_slice(wire::delta_head(self.node, seq).as_slice());
             // Our own types always encode.
-            let encoded = encode_append(&msg, buf).ok()?;
-            self.log.append(&encoded);
-            Some(encoded)
+            body(&mut buf).ok()?;
+            self.log.append(&buf);
+            Some(buf)
         });
     }
 }
 
 impl DeltaSink for LogSink {
     fn publish_key(&self, db: u32, key: &[u8], delta: &chorus_crdt::KeyState, _now_ms: u64) {
-        self.append(DeltaRef::Key {
-            db,
-            key,
-            state: delta,
-        });
+        self.append(|out| wire::append_key_body(out, db, key, delta));
     }
 
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, _now_ms: u64) {
-        self.append(DeltaRef::Flush { db, stamp });
+        self.append(|out| {
+            wire::append_flush_body(out, db, stamp);
+            Ok(())
+        });
     }
 
     fn publish_tally(&self, db: u32, key: &[u8], node: NodeId, tally: Tally, _now_ms: u64) {

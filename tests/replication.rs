@@ -2317,6 +2317,58 @@ fn a_peer_stopped_past_the_backlog_resumes_from_the_log_without_a_transfer() {
     let _ = std::fs::remove_dir_all(&base);
 }
 
+/// #16: `repl-backlog-min-seconds` keeps the last minutes of writes past
+/// the backlog's size: a peer away for less (here a restart from its
+/// store) resumes from the backlog, with no log on the writer, instead of
+/// by a state transfer.
+#[test]
+fn a_peer_away_within_the_backlog_time_target_resumes_without_a_transfer() {
+    let base = std::env::temp_dir().join(format!("chorus-keeptime-{}", std::process::id()));
+    let db = persistent(&base.join("b"));
+    let db: Vec<&str> = db.iter().map(String::as_str).collect();
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(
+        pa,
+        &[pb],
+        &[
+            "--repl-backlog-size",
+            "16kb",
+            "--repl-backlog-min-seconds",
+            "600",
+        ],
+    );
+    let mut ca = a.conn();
+    let value = "v".repeat(200);
+    let write = |c: &mut redis::Connection, range: std::ops::Range<u32>| {
+        let mut pipe = redis::pipe();
+        for i in range {
+            pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
+        }
+        pipe.query::<()>(c).unwrap();
+    };
+    {
+        let b = node(pb, &[pa], &db);
+        let mut cb = b.conn();
+        write(&mut ca, 0..100);
+        wait_until("B to have the first writes", || {
+            q::<i64>(&mut cb, &["DBSIZE"]) == 100
+        });
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    // About 600 KB, far past the 16 KB backlog, while B is away.
+    write(&mut ca, 100..3_000);
+    let held = info_field(&mut ca, "repl_backlog_histlen")
+        .parse::<u64>()
+        .unwrap();
+    assert!(held > 500_000, "kept past the size: {held}");
+    let b = node(pb, &[pa], &db);
+    let mut cb = b.conn();
+    wait_until("B to catch up", || q::<i64>(&mut cb, &["DBSIZE"]) == 3_000);
+    assert_eq!(get(&mut cb, "key:2999").as_deref(), Some(value.as_str()));
+    assert_eq!(peer_counter(&mut ca, "state_transfers"), 0);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
 /// #16: a burst of large writes far past the backlog's size while the link
 /// is up: the backlog keeps what the connected peer has yet to be sent
 /// (within `client-output-buffer-limit replica`), so no state transfer.

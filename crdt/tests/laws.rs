@@ -505,8 +505,18 @@ proptest! {
             Step::Deliver { to, pick } => Step::Deliver { to: to % nodes, pick },
             Step::Collect { node } => Step::Collect { node: node % nodes },
         }).collect();
-        let (replicas, _) = run(nodes, &steps, seed);
+        let (replicas, history) = run(nodes, &steps, seed);
         assert_converged(&replicas)?;
+        // The direct encoder lays out every state and delta as postcard does.
+        let deltas = history.log.iter().filter_map(|(d, _)| match d {
+            Delta::Key { state, .. } => Some(state),
+            Delta::Flush { .. } => None,
+        });
+        for state in replicas.iter().flat_map(|r| r.keys.values()).chain(deltas) {
+            let mut direct = vec![chorus_crdt::codec::FORMAT_VERSION];
+            chorus_crdt::codec::append_state(&mut direct, state).expect("encodes");
+            prop_assert_eq!(direct, chorus_crdt::encode(state).expect("encodes"));
+        }
         // A flush leaves nothing stamped before it.
         let floor = replicas[0].floor;
         for state in replicas[0].keys.values() {

@@ -580,6 +580,7 @@ pub static DIRECTIVES: &[Directive] = &[
     applied("removed-peer-grace", "3600"),
     applied("conflict-log-max-len", "10000"),
     applied("repl-log-max-size", "4294967296"),
+    applied("repl-backlog-min-seconds", "0"),
     applied("repl-window-size", "33554432"),
     applied("repl-congestion-control", "cubic"),
     applied("repl-compression", "no"),

@@ -100,6 +100,9 @@ pub struct Config {
     pub node_name: String,
     /// Bytes of recent writes kept for peers to resume from.
     pub repl_backlog_size: usize,
+    /// Seconds of recent writes the backlog keeps past its size (within
+    /// `client-output-buffer-limit replica`'s hard bound); 0: none.
+    pub repl_backlog_min_secs: u64,
     /// Bytes a replication stream may have in flight (QUIC's window).
     pub repl_window_size: u64,
     pub repl_congestion_control: chorus_transport::Congestion,
@@ -330,6 +333,7 @@ impl Default for Config {
             cluster_name: "chorus".to_string(),
             node_name: String::new(),
             repl_backlog_size: 16 * 1024 * 1024,
+            repl_backlog_min_secs: 0,
             repl_log_max_size: 4 << 30,
             repl_window_size: chorus_transport::DEFAULT_WINDOW,
             repl_congestion_control: chorus_transport::Congestion::Cubic,
@@ -680,6 +684,13 @@ impl Config {
                 self.max_clock_drift_ms =
                     one()?.parse().map_err(|_| bad("expects milliseconds"))?;
             }
+            "repl-backlog-min-seconds" => {
+                self.repl_backlog_min_secs = one()?
+                    .parse()
+                    .ok()
+                    .filter(|s| *s <= 86_400)
+                    .ok_or_else(|| bad("expects seconds, 0 (none) to 86400"))?;
+            }
             "repl-repair-interval" => {
                 self.repl_repair_interval_secs = one()?
                     .parse()
@@ -950,6 +961,7 @@ impl Config {
             "node-name" => self.node_name.clone(),
             "max-clock-drift" => self.max_clock_drift_ms.to_string(),
             "repl-repair-interval" => self.repl_repair_interval_secs.to_string(),
+            "repl-backlog-min-seconds" => self.repl_backlog_min_secs.to_string(),
             "removed-peer-grace" => self.removed_peer_grace_secs.to_string(),
             "conflict-log-max-len" => self.conflict_log_max_len.to_string(),
             "repl-backlog-size" => self.repl_backlog_size.to_string(),
@@ -1146,6 +1158,16 @@ mod tests {
         assert!(e.contains("cubic, bbr or newreno"), "{e}");
         let c = load("repl-log-max-size", "1gb").unwrap();
         assert_eq!(c.repl_log_max_size, 1 << 30);
+        let c = load("repl-backlog-min-seconds", "600").unwrap();
+        assert_eq!(c.repl_backlog_min_secs, 600);
+        assert_eq!(
+            c.typed_value("repl-backlog-min-seconds").as_deref(),
+            Some("600")
+        );
+        let e = load("repl-backlog-min-seconds", "1h")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("expects seconds"), "{e}");
         assert!(load("repl-compression", "lz4").unwrap().repl_compression);
         assert!(!load("repl-compression", "no").unwrap().repl_compression);
         let e = load("repl-compression", "zip").unwrap_err().to_string();

@@ -70,6 +70,9 @@ pub struct Backlog {
     /// Redis keeps a replica's output buffer, within `hold_limit`.
     hold_from: u64,
     hold_limit: HoldLimit,
+    /// `repl-backlog-min-seconds`: writes younger than this are kept past
+    /// `max_bytes` (within the hold limit's hard bound); 0: none.
+    keep_ms: u64,
     /// Since when the backlog has held more than the soft limit.
     over_soft_since_ms: Option<u64>,
     /// The time of the last push or hold change.
@@ -105,6 +108,7 @@ impl Backlog {
             head: 0,
             hold_from: u64::MAX,
             hold_limit: HoldLimit::default(),
+            keep_ms: 0,
             over_soft_since_ms: None,
             last_ms: 0,
         }
@@ -122,6 +126,13 @@ impl Backlog {
         self.trim(self.last_ms);
     }
 
+    /// Keeps the writes of the last `keep_ms` past the size, within the
+    /// hold limit's hard bound (0: none kept for their age).
+    pub fn set_keep_ms(&mut self, keep_ms: u64) {
+        self.keep_ms = keep_ms;
+        self.trim(self.last_ms);
+    }
+
     /// Appends the next write; `encode` appends its payload to the buffer it
     /// is given (told the write's sequence number) and returns the buffer.
     /// `now_ms` is when the write was made (for lag in ms).
@@ -129,7 +140,20 @@ impl Backlog {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
         let scratch = encode(self.head + 1, scratch);
-        let framed = chorus_transport::frame::framed_len(scratch.len());
+        self.push_parts(now_ms, &scratch, &[]);
+        // One huge value must not pin its size for the node's life.
+        if scratch.capacity() <= SCRATCH_KEPT {
+            self.scratch = scratch;
+        }
+        self.head
+    }
+
+    /// Appends the next write, whose payload is `head` then `body` (the
+    /// caller numbered it [`Backlog::head`] + 1), framed straight into the
+    /// buffer when it fits one fragment.
+    pub fn push_parts(&mut self, now_ms: u64, head: &[u8], body: &[u8]) -> u64 {
+        let len = head.len() + body.len();
+        let framed = chorus_transport::frame::framed_len(len);
         if self.tail.capacity() - self.tail.len() < framed {
             // A new buffer of a segment's size, never a grown copy: grown
             // buffers doubled, and each lived as long as any segment cut
@@ -141,12 +165,19 @@ impl Backlog {
         }
         self.head += 1;
         self.tail_offsets.push(self.tail.len() as u32);
-        chorus_transport::frame::append_framed(&mut self.tail, &scratch);
-        self.bytes += framed;
-        // One huge value must not pin its size for the node's life.
-        if scratch.capacity() <= SCRATCH_KEPT {
-            self.scratch = scratch;
+        if len <= chorus_transport::frame::MAX_FRAGMENT {
+            self.tail.extend_from_slice(&(len as u32).to_be_bytes());
+            self.tail.extend_from_slice(head);
+            self.tail.extend_from_slice(body);
+        } else if body.is_empty() {
+            chorus_transport::frame::append_framed(&mut self.tail, head);
+        } else {
+            let mut whole = Vec::with_capacity(len);
+            whole.extend_from_slice(head);
+            whole.extend_from_slice(body);
+            chorus_transport::frame::append_framed(&mut self.tail, &whole);
         }
+        self.bytes += framed;
         self.written_ms.push_back(now_ms);
         if self.tail.len() >= self.segment_bytes {
             self.seal();
@@ -199,8 +230,14 @@ impl Backlog {
             let Some(oldest) = self.segments.front() else {
                 break;
             };
-            let within = (hard == 0 || beyond(self.bytes, self.max_bytes) <= hard) && !soft_ran_out;
-            if within && oldest.end() > self.hold_from {
+            let within_hard = hard == 0 || beyond(self.bytes, self.max_bytes) <= hard;
+            if within_hard && !soft_ran_out && oldest.end() > self.hold_from {
+                break;
+            }
+            // Its newest write is the last of it to age past the target.
+            let newest_ms = self.written_ms.get(oldest.offsets.len().saturating_sub(1));
+            let young = newest_ms.is_some_and(|&t| now_ms.saturating_sub(t) < self.keep_ms);
+            if within_hard && young {
                 break;
             }
             let Some(old) = self.segments.pop_front() else {
@@ -246,17 +283,25 @@ impl Backlog {
     }
 
     /// How long an outage the backlog covers at the rate writes came while
-    /// it holds them: its bound over that rate, in ms (`None`: too few
-    /// writes to tell).
+    /// it holds them: its bound over that rate, in ms, or the time target
+    /// while that rate keeps within the hard bound (`None`: too few writes
+    /// to tell).
     pub fn covers_ms(&self, now_ms: u64) -> Option<u64> {
         let span = self.span_ms(now_ms)?;
         if span == 0 || self.bytes == 0 {
             return None;
         }
-        Some(
-            (self.max_bytes as u128 * span as u128 / self.bytes as u128).min(u64::MAX as u128)
-                as u64,
-        )
+        let at_rate = |bound: usize| {
+            (bound as u128 * span as u128 / self.bytes as u128).min(u64::MAX as u128) as u64
+        };
+        let by_size = at_rate(self.max_bytes);
+        let by_age = match self.hold_limit.hard {
+            0 => self.keep_ms,
+            hard => self
+                .keep_ms
+                .min(at_rate(self.max_bytes.saturating_add(hard))),
+        };
+        Some(by_size.max(by_age))
     }
 
     /// Bytes held, for INFO.
@@ -350,6 +395,38 @@ mod tests {
             buf.resize(n, 0);
             buf
         }
+    }
+
+    /// `repl-backlog-min-seconds`: with no peer connected, the writes of
+    /// the last seconds stay past the size, within the hard bound.
+    #[test]
+    fn recent_writes_stay_past_the_size_for_the_time_target() {
+        let mut b = Backlog::new(16 * 1024);
+        b.set_hold_limit(HoldLimit {
+            hard: 1 << 20,
+            soft: 64 * 1024,
+            soft_ms: 10,
+        });
+        b.set_keep_ms(60_000);
+        for t in 0..300 {
+            b.push(t * 100, sized(1024));
+        }
+        // 30 s of writes, 300 KB: all kept, past the size and the soft limit.
+        assert_eq!(seqs(b.read_from(1, usize::MAX)).1.len(), 300);
+        assert_eq!(b.covers_ms(30_000), Some(60_000));
+        // Those older than a minute go as writes come.
+        b.push(70_000, sized(1024));
+        assert!(b.read_from(90, 1).is_trimmed());
+        assert_eq!(seqs(b.read_from(110, usize::MAX)).1.len(), 301 - 110 + 1);
+        // The hard bound holds whatever the target.
+        for _ in 0..2_000 {
+            b.push(70_000, sized(1024));
+        }
+        assert!(b.bytes() <= (1 << 20) + 32 * 1024, "{}", b.bytes());
+        assert!(b.covers_ms(70_010).unwrap() < 60_000);
+        // Without the target, the size alone bounds it.
+        b.set_keep_ms(0);
+        assert!(b.bytes() <= 32 * 1024, "{}", b.bytes());
     }
 
     #[test]

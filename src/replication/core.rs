@@ -245,6 +245,11 @@ impl Core {
         self.backlog.set_hold_limit(limit);
     }
 
+    /// See [`Backlog::set_keep_ms`].
+    pub fn set_backlog_keep_ms(&mut self, keep_ms: u64) {
+        self.backlog.set_keep_ms(keep_ms);
+    }
+
     /// The link to `peer` went down: the backlog no longer holds for it.
     pub fn link_down(&mut self, peer: NodeId, now_ms: u64) {
         self.links.remove(&peer);
@@ -272,6 +277,12 @@ impl Core {
         self.backlog.push(now_ms, encode)
     }
 
+    /// Numbers the next local write ([`Core::head`] + 1), whose payload is
+    /// `head` then `body`.
+    pub fn publish_parts(&mut self, now_ms: u64, head: &[u8], body: &[u8]) -> u64 {
+        self.backlog.push_parts(now_ms, head, body)
+    }
+
     /// The newest sequence number handed out.
     pub fn head(&self) -> u64 {
         self.backlog.head()
@@ -283,6 +294,16 @@ impl Core {
 
     pub fn backlog(&self) -> &Backlog {
         &self.backlog
+    }
+
+    #[cfg(test)]
+    pub fn last_promise(&self) -> Promise {
+        self.promise
+    }
+
+    #[cfg(test)]
+    pub fn backlog_mut(&mut self) -> &mut Backlog {
+        &mut self.backlog
     }
 
     /// How long the oldest write after `acked` has waited at `now_ms`.
@@ -634,8 +655,13 @@ impl Core {
     /// Makes a promise: our writes after the newest so far are stamped after
     /// `stamp`. The caller holds every shard lock, so that each write is
     /// either numbered by now or stamped after `stamp`.
+    ///
+    /// Promises never move back: a stamp below the last promise's (an open
+    /// batch's floor, see `Replicator::gc_tick`) keeps the last. That is
+    /// still true of every write: those stamped after the last promise
+    /// are, and a batch open then held the last promise below its writes.
     pub fn promise(&mut self, stamp: Stamp) -> Promise {
-        debug_assert!(stamp >= self.promise.stamp, "promises never move back");
+        let stamp = stamp.max(self.promise.stamp);
         // Nodes settled since the last tick still count: lower, never wrong.
         let unstored = self.gc.stable(self.me, stamp, &self.settled);
         self.promise = Promise {
@@ -801,8 +827,15 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::replication::wire::{DeltaRef, ReplMsg, ReplMsgOut};
-    use chorus_crdt::{decode, encode_append};
+    use crate::replication::wire::{self, ReplMsg};
+    use chorus_crdt::decode;
+
+    /// The frame of `origin`'s write `seq`: a flush, the smallest delta.
+    fn flush_frame(origin: NodeId, seq: u64, stamp: Stamp, mut buf: Vec<u8>) -> Vec<u8> {
+        buf.extend_from_slice(wire::delta_head(origin, seq).as_slice());
+        wire::append_flush_body(&mut buf, None, stamp);
+        buf
+    }
     use proptest::prelude::*;
 
     fn st(time: u64, node: u64) -> Stamp {
@@ -816,18 +849,11 @@ mod tests {
     fn write(core: &mut Core, now_ms: u64) -> u64 {
         let me = core.me;
         core.publish(now_ms, |seq, buf| {
-            let msg = ReplMsgOut::Delta {
-                origin: me,
-                seq,
-                delta: DeltaRef::Flush {
-                    db: None,
-                    stamp: Stamp {
-                        time: seq,
-                        node: me,
-                    },
-                },
+            let stamp = Stamp {
+                time: seq,
+                node: me,
             };
-            encode_append(&msg, buf).expect("encodes")
+            flush_frame(me, seq, stamp, buf)
         })
     }
 
@@ -891,15 +917,7 @@ mod tests {
 
     /// A frame of `origin`'s write `seq`, as it arrives from a peer.
     fn remote(origin: NodeId, seq: u64) -> bytes::Bytes {
-        let msg = ReplMsgOut::Delta {
-            origin,
-            seq,
-            delta: DeltaRef::Flush {
-                db: None,
-                stamp: st(seq, origin.0),
-            },
-        };
-        bytes::Bytes::from(encode_append(&msg, Vec::new()).expect("encodes"))
+        bytes::Bytes::from(flush_frame(origin, seq, st(seq, origin.0), Vec::new()))
     }
 
     fn payload_seqs(payloads: &[bytes::Bytes]) -> Vec<(NodeId, u64)> {

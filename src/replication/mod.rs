@@ -32,6 +32,7 @@ pub mod backlog;
 pub mod core;
 pub mod gc;
 pub mod relay;
+mod stage;
 pub mod version;
 pub mod wire;
 
@@ -45,7 +46,7 @@ use chorus_crdt::digest::{
     differing, differing_leaves, leaf_bits_for, DbDigest, LeafDigest, Scope, TransferScope,
     BUCKETS, MAX_LEAF_BITS, MIN_LEAF_BITS,
 };
-use chorus_crdt::{decode, encode_append, Delta, KeyState, NodeId, Stamp};
+use chorus_crdt::{decode, Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
 use chorus_transport::{
     AuthStats, FrameReceiver, FrameSender, PeerLink, StreamKind, Transport, TransportConfig,
@@ -59,7 +60,7 @@ use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks, SEND_BATCH_BYTES
 use crate::deltalog::NumberedRead;
 use crate::keyspace::{DeltaSink, Keyspace, SHARDS};
 use version::{Arrival, VersionVector};
-use wire::{DeltaRef, ReplMsg, ReplMsgOut};
+use wire::ReplMsg;
 
 /// Refused (member, peer) pairs remembered, each logged once.
 const MAX_REFUSALS_KEPT: usize = 1_024;
@@ -187,6 +188,10 @@ impl PeerInfo {
 /// held across an await.
 pub struct Replicator {
     node: NodeId,
+    /// Unique in the process (a thread's staged writes name it).
+    id: u64,
+    /// Each thread's open batch of staged writes (see [`stage`]).
+    slots: stage::Slots,
     /// Wall clock for lag figures (the node's physical clock).
     now_ms: fn() -> u64,
     core: Mutex<Core>,
@@ -324,8 +329,11 @@ struct Running {
 
 impl Replicator {
     pub fn new(node: NodeId, backlog_bytes: usize, now_ms: fn() -> u64) -> Arc<Replicator> {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Arc::new(Replicator {
             node,
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            slots: stage::Slots::default(),
             now_ms,
             core: Mutex::new(Core::new(node, backlog_bytes)),
             wake: tokio::sync::Notify::new(),
@@ -361,8 +369,11 @@ impl Replicator {
             .count()
     }
 
-    /// The newest sequence number handed out.
+    /// The newest sequence number handed out (after this thread's staged
+    /// writes take theirs: a WAIT or PUBLISH after writes in one batch
+    /// counts them).
     pub fn head_seq(&self) -> u64 {
+        self.publish_staged();
         self.core.lock().head()
     }
 
@@ -441,6 +452,15 @@ impl Replicator {
             soft: bytes(limit.soft),
             soft_ms: limit.soft_seconds.saturating_mul(1000),
         });
+    }
+
+    /// `repl-backlog-min-seconds`: the backlog keeps this long's writes
+    /// past its size (within the replica buffer limit's hard bound), so a
+    /// peer away that long resumes from it whatever the write rate.
+    pub fn set_backlog_min_seconds(&self, secs: u64) {
+        self.core
+            .lock()
+            .set_backlog_keep_ms(secs.saturating_mul(1000));
     }
 
     /// The delta log, with `appendonly yes`.
@@ -660,11 +680,22 @@ impl Replicator {
     /// Makes a new promise and recomputes our stable stamp and the GC floor.
     pub(crate) fn gc_tick(&self, ks: &Keyspace) -> Stamp {
         {
-            // Every write is stamped and published under its shard's lock:
-            // with all of them held, each write is either numbered by now or
-            // will be stamped after this.
+            // Every write is stamped under its shard's lock, and numbered
+            // there or staged by a batch still open: with all of them
+            // held, each write is numbered by now, staged, or will be
+            // stamped after this.
             let _all = ks.lock_all();
-            self.core.lock().promise(ks.clock.now());
+            let now = ks.clock.now();
+            // Writes a batch staged are numbered when it closes: the
+            // promise stays below every stamp an open batch may hold.
+            let stamp = match self.slots.floor() {
+                stage::IDLE => now,
+                floor => now.min(Stamp {
+                    time: floor,
+                    node: NodeId(0),
+                }),
+            };
+            self.core.lock().promise(stamp);
         }
         let peers = self.peers.lock().clone();
         if let Some(log) = self.log.get() {
@@ -701,21 +732,49 @@ impl Replicator {
         }
     }
 
-    fn publish(&self, delta: DeltaRef<'_>, now_ms: u64) {
-        self.core.lock().publish(now_ms, |seq, buf| {
-            let msg = ReplMsgOut::Delta {
-                origin: self.node,
-                seq,
-                delta,
-            };
-            // Our own types always encode; an empty frame would only make
-            // the peer reset the link and resume.
-            let frame = encode_append(&msg, buf).unwrap_or_default();
-            if let Some(log) = self.log.get().filter(|_| !frame.is_empty()) {
-                log.append_numbered(&frame, seq);
+    /// Publishes a local write whose body `encode` appends: staged when
+    /// this thread has a batch open, else numbered now.
+    fn publish(&self, now_ms: u64, encode: impl FnOnce(&mut Vec<u8>)) {
+        let encode = match stage::stage(self.id, now_ms, encode) {
+            Ok(false) => return,
+            Ok(true) => {
+                self.publish_staged();
+                return;
             }
-            frame
+            Err(encode) => encode,
+        };
+        let log = self.log.get();
+        self.core.lock().publish(now_ms, |seq, mut buf| {
+            buf.extend_from_slice(wire::delta_head(self.node, seq).as_slice());
+            encode(&mut buf);
+            if let Some(log) = log {
+                log.append_numbered(&buf, seq);
+            }
+            buf
         });
+        self.wake_senders();
+    }
+
+    /// Numbers this thread's staged writes into the backlog (and the log).
+    fn publish_staged(&self) {
+        let log = self.log.get();
+        let published = stage::drain(self.id, |writes| {
+            let mut core = self.core.lock();
+            for (body, now_ms) in writes {
+                let seq = core.head() + 1;
+                let head = wire::delta_head(self.node, seq);
+                core.publish_parts(now_ms, head.as_slice(), body);
+                if let Some(log) = log {
+                    log.append_numbered_parts(&[head.as_slice(), body], seq);
+                }
+            }
+        });
+        if published {
+            self.wake_senders();
+        }
+    }
+
+    fn wake_senders(&self) {
         // Pairs with the sender's increment before it rechecks the head.
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.wake.notify_waiters();
@@ -736,11 +795,41 @@ pub struct BacklogState {
 
 impl DeltaSink for Replicator {
     fn publish_key(&self, db: u32, key: &[u8], state: &KeyState, now_ms: u64) {
-        self.publish(DeltaRef::Key { db, key, state }, now_ms);
+        self.publish(now_ms, |out| {
+            let start = out.len();
+            if let Err(e) = wire::append_key_body(out, db, key, state) {
+                // Our own types always encode; a frame without a body only
+                // makes the peer reset the link and resume.
+                warn!(error = %e, "a write did not encode");
+                out.truncate(start);
+            }
+        });
     }
 
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64) {
-        self.publish(DeltaRef::Flush { db, stamp }, now_ms);
+        self.publish(now_ms, |out| wire::append_flush_body(out, db, stamp));
+    }
+
+    fn publish_tally(
+        &self,
+        db: u32,
+        key: &[u8],
+        node: NodeId,
+        tally: chorus_crdt::Tally,
+        now_ms: u64,
+    ) {
+        self.publish(now_ms, |out| {
+            wire::append_tally_body(out, db, key, node, tally)
+        });
+    }
+
+    fn open_batch(&self, floor: u64) {
+        stage::open(self.id, &self.slots, floor);
+    }
+
+    fn close_batch(&self) {
+        self.publish_staged();
+        stage::close(self.id);
     }
 
     fn publish_message(&self, space: crate::pubsub::Space, channel: &[u8], message: &[u8]) {
@@ -1244,9 +1333,8 @@ async fn send_live(
 /// The sequence number of a log record that is one of `me`'s writes.
 fn own_seq(me: NodeId, payload: &[u8]) -> Option<u64> {
     // `ReplMsg::Delta`'s leading fields: its variant, origin and number.
-    const DELTA_VARIANT: u32 = 2;
     match chorus_crdt::decode_prefix::<(u32, NodeId, u64)>(payload) {
-        Ok((DELTA_VARIANT, origin, seq)) if origin == me => Some(seq),
+        Ok((wire::DELTA_VARIANT, origin, seq)) if origin == me => Some(seq),
         _ => None,
     }
 }
@@ -2207,6 +2295,89 @@ mod tests {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// A batch's writes are numbered when it closes, in the order they
+    /// were made; until then a promise stays below their stamps, so no
+    /// peer is told they are covered by a number they do not have yet.
+    #[test]
+    fn a_batch_numbers_its_writes_when_it_closes_and_promises_stay_below_them() {
+        let me = NodeId(1);
+        let mut ks = Keyspace::new(
+            1,
+            chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
+        );
+        let repl = Replicator::new(me, 1 << 20, wall_ms);
+        ks.set_sink(repl.clone());
+        let set = |key: &[u8]| {
+            let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
+            ks.update(&mut locked, 0, key, wall_ms(), |w| {
+                w.set(Some(b"v"), 0);
+                w.state().reg.stamp
+            })
+            .expect("locked")
+        };
+        let promise = |repl: &Replicator| {
+            repl.gc_tick(&ks);
+            repl.core.lock().last_promise()
+        };
+        let outside = set(b"before");
+        assert_eq!(
+            repl.core.lock().head(),
+            1,
+            "no batch open: numbered at once"
+        );
+        assert!(promise(&repl).stamp > outside);
+
+        let batch = ks.batch();
+        let a = set(b"a");
+        let b = set(b"b");
+        assert_eq!(repl.core.lock().head(), 1, "staged");
+        let during = promise(&repl);
+        assert_eq!(during.seq, 1);
+        assert!(during.stamp < a && a < b, "{during:?} {a:?} {b:?}");
+        drop(batch);
+        assert_eq!(repl.core.lock().head(), 3);
+        let after = promise(&repl);
+        assert_eq!(after.seq, 3);
+        assert!(after.stamp > b);
+
+        // WAIT and PUBLISH read the head after the batch's writes.
+        let batch = ks.batch();
+        set(b"c");
+        assert_eq!(repl.head_seq(), 4);
+        set(b"d");
+        drop(batch);
+        assert_eq!(repl.core.lock().head(), 5);
+        let mut seqs = Vec::new();
+        let mut keys = Vec::new();
+        match repl.core.lock().backlog_mut().read_from(1, usize::MAX) {
+            backlog::Resume::Frames { chunks, .. } => {
+                for chunk in chunks {
+                    let mut at = 0;
+                    while at < chunk.len() {
+                        let len =
+                            u32::from_be_bytes(chunk[at..at + 4].try_into().unwrap()) as usize;
+                        match decode::<ReplMsg>(&chunk[at + 4..at + 4 + len]).expect("decodes") {
+                            ReplMsg::Delta {
+                                seq,
+                                delta: Delta::Key { key, .. },
+                                ..
+                            } => {
+                                seqs.push(seq);
+                                keys.push(key);
+                            }
+                            other => panic!("{other:?}"),
+                        }
+                        at += 4 + len;
+                    }
+                }
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(seqs, [1, 2, 3, 4, 5]);
+        let names: Vec<&[u8]> = vec![b"before", b"a", b"b", b"c", b"d"];
+        assert_eq!(keys, names);
     }
 
     async fn linked_node(id: u64, repair_every: Duration) -> (Arc<Keyspace>, Arc<Replicator>) {

@@ -14,6 +14,9 @@
 //! whose receiver lacks writes no log holds first asks for the receiver's
 //! leaf digests (`LeafDigestAsk`) and transfers only the leaves that differ.
 
+use chorus_crdt::codec::{
+    append_bytes, append_state, append_tally_delta, append_varint, put_varint, MAX_VARINT,
+};
 use chorus_crdt::digest::{DbDigest, LeafDigest, Scope, TransferScope};
 use chorus_crdt::{encode, Delta, KeyState, NodeId, Stamp};
 use serde::{Deserialize, Serialize};
@@ -149,38 +152,86 @@ impl ReplMsg {
     }
 }
 
-/// [`ReplMsg`] for sending a local write from borrowed parts: the same
-/// variants in the same order, so it encodes to exactly the bytes of the
-/// owned message (a test holds it to that).
-#[derive(Serialize)]
-pub(crate) enum ReplMsgOut<'a> {
-    #[allow(dead_code)]
-    Resume {
-        vv: Vec<(NodeId, u64)>,
-        accepts: Vec<String>,
-    },
-    #[allow(dead_code)]
-    Ack { vv: Vec<(NodeId, u64)> },
-    Delta {
-        origin: NodeId,
-        seq: u64,
-        delta: DeltaRef<'a>,
-    },
+/// The bytes of `ReplMsg::Delta { origin, seq, delta }` are
+/// [`delta_head`]`(origin, seq)` followed by the delta's body
+/// ([`append_key_body`], [`append_tally_body`], [`append_flush_body`]), laid
+/// out without serde: a local write's body is encoded once, when the write
+/// is made, and numbered when its batch is published. A test holds them to
+/// the owned message's encoding.
+pub(crate) struct DeltaHead {
+    bytes: [u8; DeltaHead::MAX],
+    len: u8,
 }
 
-/// [`Delta`] by reference, variant for variant.
-#[derive(Serialize)]
-pub(crate) enum DeltaRef<'a> {
-    Key {
-        db: u32,
-        #[serde(with = "serde_bytes")]
-        key: &'a [u8],
-        state: &'a KeyState,
-    },
-    Flush {
-        db: Option<u32>,
-        stamp: Stamp,
-    },
+impl DeltaHead {
+    /// Version byte, variant (both under 128: one byte each), two varints.
+    const MAX: usize = 2 + 2 * MAX_VARINT;
+
+    pub(crate) fn as_slice(&self) -> &[u8] {
+        &self.bytes[..self.len as usize]
+    }
+}
+
+/// `ReplMsg::Delta`'s variant number.
+pub(crate) const DELTA_VARIANT: u32 = 2;
+const _: () = assert!(chorus_crdt::FORMAT_VERSION < 0x80 && DELTA_VARIANT < 0x80);
+
+pub(crate) fn delta_head(origin: NodeId, seq: u64) -> DeltaHead {
+    let mut bytes = [0; DeltaHead::MAX];
+    bytes[0] = chorus_crdt::FORMAT_VERSION;
+    bytes[1] = DELTA_VARIANT as u8;
+    let mut len = 2;
+    for n in [origin.0, seq] {
+        let mut varint = [0; MAX_VARINT];
+        let n = put_varint(&mut varint, n);
+        bytes[len..len + n].copy_from_slice(&varint[..n]);
+        len += n;
+    }
+    DeltaHead {
+        bytes,
+        len: len as u8,
+    }
+}
+
+/// `Delta::Key { db, key, state }`.
+pub(crate) fn append_key_body(
+    out: &mut Vec<u8>,
+    db: u32,
+    key: &[u8],
+    state: &KeyState,
+) -> Result<(), chorus_crdt::EncodeError> {
+    out.push(0);
+    append_varint(out, db as u64);
+    append_bytes(out, key);
+    append_state(out, state)
+}
+
+/// `Delta::Key` of [`KeyState::tally_delta`]`(node, tally)`.
+pub(crate) fn append_tally_body(
+    out: &mut Vec<u8>,
+    db: u32,
+    key: &[u8],
+    node: NodeId,
+    tally: chorus_crdt::Tally,
+) {
+    out.push(0);
+    append_varint(out, db as u64);
+    append_bytes(out, key);
+    append_tally_delta(out, node, tally);
+}
+
+/// `Delta::Flush { db, stamp }`.
+pub(crate) fn append_flush_body(out: &mut Vec<u8>, db: Option<u32>, stamp: Stamp) {
+    out.push(1);
+    match db {
+        None => out.push(0),
+        Some(db) => {
+            out.push(1);
+            append_varint(out, db as u64);
+        }
+    }
+    append_varint(out, stamp.time);
+    append_varint(out, stamp.node.0);
 }
 
 /// The compression a receiver reads, named in its `Resume`.
@@ -239,7 +290,6 @@ pub fn encode_msg(msg: &ReplMsg) -> Result<Vec<u8>, chorus_crdt::codec::EncodeEr
 #[cfg(test)]
 mod tests {
     use super::*;
-    use chorus_crdt::encode_append;
 
     #[test]
     fn a_logged_write_reads_back_through_its_tag() {
@@ -310,54 +360,37 @@ mod tests {
         assert!(!is_compressed(&other));
     }
 
-    /// The borrowed form a node sends must decode as the owned message.
-    #[test]
-    fn borrowed_and_owned_messages_encode_identically() {
-        let node = NodeId(42);
-        let mut state = KeyState::default();
-        let write = state.write(Stamp { time: 9, node }, Some(b"value"), 1234);
-        state.merge(&write);
-        let incr = state.incr(Stamp { time: 10, node }, 3, 0.5, true);
-        for delta in [write, incr] {
-            let owned = encode(&ReplMsg::Delta {
-                origin: node,
-                seq: 7,
-                delta: Delta::Key {
-                    db: 3,
-                    key: b"key".to_vec(),
-                    state: delta.clone(),
-                },
-            })
-            .unwrap();
-            // Appended to a reused buffer, as the backlog does.
-            let borrowed = encode_append(
-                &ReplMsgOut::Delta {
-                    origin: node,
-                    seq: 7,
-                    delta: DeltaRef::Key {
-                        db: 3,
-                        key: b"key",
-                        state: &delta,
-                    },
-                },
-                Vec::with_capacity(8),
-            )
-            .unwrap();
-            assert_eq!(owned, borrowed);
+    proptest::proptest! {
+        /// A write laid out from its parts encodes as the owned message.
+        #[test]
+        fn a_write_laid_out_by_hand_encodes_as_the_owned_message(
+            origin in proptest::prelude::any::<u64>(),
+            seq in proptest::prelude::any::<u64>(),
+            db in proptest::prelude::any::<u32>(),
+            key in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            int in proptest::prelude::any::<i64>(),
+            flush_db in proptest::option::of(proptest::prelude::any::<u32>()),
+        ) {
+            let node = NodeId(origin | 1);
+            let mut state = KeyState::default();
+            let write = state.write(Stamp { time: 9, node }, Some(b"value"), 1234);
+            state.merge(&write);
+            let incr = state.incr(Stamp { time: 10, node }, 3, 0.5, true);
+            let tally = state.incr_in_place(Stamp { time: 11, node }, int, 0.0, false);
+            let owned = |delta: Delta| encode(&ReplMsg::Delta { origin: node, seq, delta }).unwrap();
+            let key_delta = |state: &KeyState| Delta::Key { db, key: key.clone(), state: state.clone() };
+            for delta in [&write, &incr, &state] {
+                let mut direct = delta_head(node, seq).as_slice().to_vec();
+                append_key_body(&mut direct, db, &key, delta).unwrap();
+                proptest::prop_assert_eq!(direct, owned(key_delta(delta)));
+            }
+            let mut direct = delta_head(node, seq).as_slice().to_vec();
+            append_tally_body(&mut direct, db, &key, node, tally);
+            proptest::prop_assert_eq!(direct, owned(key_delta(&KeyState::tally_delta(node, tally))));
+            let stamp = Stamp { time: seq ^ 77, node };
+            let mut direct = delta_head(node, seq).as_slice().to_vec();
+            append_flush_body(&mut direct, flush_db, stamp);
+            proptest::prop_assert_eq!(direct, owned(Delta::Flush { db: flush_db, stamp }));
         }
-        let stamp = Stamp { time: 5, node };
-        let owned = encode(&ReplMsg::Delta {
-            origin: node,
-            seq: 1,
-            delta: Delta::Flush { db: None, stamp },
-        })
-        .unwrap();
-        let borrowed = encode(&ReplMsgOut::Delta {
-            origin: node,
-            seq: 1,
-            delta: DeltaRef::Flush { db: None, stamp },
-        })
-        .unwrap();
-        assert_eq!(owned, borrowed);
     }
 }
