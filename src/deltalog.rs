@@ -137,6 +137,10 @@ pub struct DeltaLog {
     peer_needs: Mutex<Vec<u64>>,
     /// The position up to which appended bytes are in the files.
     written: AtomicU64,
+    /// Tasks waiting for a numbered record to be appended
+    /// ([`DeltaLog::durable_through`]), woken by each such append.
+    numbered_more: tokio::sync::Notify,
+    numbered_waiters: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -245,6 +249,8 @@ impl DeltaLog {
             }),
             more: Condvar::new(),
             durable: tokio::sync::watch::channel(0).0,
+            numbered_more: tokio::sync::Notify::new(),
+            numbered_waiters: AtomicU64::new(0),
             bytes_written: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
             failing: AtomicBool::new(false),
@@ -334,7 +340,37 @@ impl DeltaLog {
         if wake {
             self.more.notify_one();
         }
+        if seq.is_some() && self.numbered_waiters.load(Ordering::SeqCst) > 0 {
+            self.numbered_more.notify_waiters();
+        }
         end
+    }
+
+    /// Waits until the log holds every numbered record up to `seq` and is
+    /// durable past them: a write is numbered when made, and its record
+    /// may wait for one numbered before it that another thread's batch
+    /// has yet to hand over (within that batch, never across an await).
+    pub async fn durable_through(&self, seq: u64) {
+        loop {
+            let notified = self.numbered_more.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let (last, end) = {
+                let pending = self.pending.lock();
+                (pending.last_numbered, pending.end)
+            };
+            if last >= seq {
+                return self.durable_at(end).await;
+            }
+            self.numbered_waiters.fetch_add(1, Ordering::SeqCst);
+            // Rechecked after counting ourselves: an append between the
+            // check and the count did not know to wake us.
+            let last = self.pending.lock().last_numbered;
+            if last < seq {
+                notified.await;
+            }
+            self.numbered_waiters.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// The position after everything appended so far.
@@ -873,6 +909,34 @@ mod tests {
 
     fn records(n: usize) -> Vec<Vec<u8>> {
         (0..n).map(|i| format!("record {i}").into_bytes()).collect()
+    }
+
+    /// `appendfsync always` with writes numbered as they are made: a
+    /// reply waits until the records up to its write's number are in, and
+    /// durable.
+    #[tokio::test]
+    async fn durable_through_waits_for_the_numbered_records_up_to_it() {
+        let dir = temp_dir("through");
+        let (log, _) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
+        log.append_numbered(b"one", 1);
+        tokio::time::timeout(Duration::from_secs(5), log.durable_through(1))
+            .await
+            .expect("record 1 is in");
+        let waiting = {
+            let log = log.clone();
+            tokio::spawn(async move { log.durable_through(3).await })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        log.append_numbered(b"two", 2);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "record 3 is not in yet");
+        log.append_numbered_parts(&[b"thr", b"ee"], 3);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("woken by record 3")
+            .unwrap();
+        assert!(log.durable() >= log.appended());
+        log.close();
     }
 
     #[test]

@@ -57,11 +57,17 @@ pub trait DeltaSink: Send + Sync {
     /// at most once, never stored.
     fn publish_message(&self, _space: crate::pubsub::Space, _channel: &[u8], _message: &[u8]) {}
     /// This thread starts a batch of commands (see [`Keyspace::batch`]):
-    /// the sink may hold the writes until [`DeltaSink::close_batch`].
-    /// `floor`: the clock's floor (`Clock::floor`) before any of them.
-    fn open_batch(&self, _floor: u64) {}
+    /// the sink may hold the writes' frames until
+    /// [`DeltaSink::close_batch`] (numbered, as every write, when made).
+    fn open_batch(&self) {}
     /// This thread's batch ends: what it held goes out.
     fn close_batch(&self) {}
+    /// The newest number a write of this node took (`None`: the sink
+    /// numbers writes as it appends them to the log): `appendfsync always`
+    /// waits for the log to hold every write up to it.
+    fn numbered(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A batch of commands running on this thread (see [`Keyspace::batch`]).
@@ -757,13 +763,19 @@ impl Keyspace {
         self.pubsub.publish(space, channel, message)
     }
 
+    /// The newest number a write of this node took, when its sink numbers
+    /// writes as they are made (see [`DeltaSink::numbered`]).
+    pub fn numbered(&self) -> Option<u64> {
+        self.sink.as_deref().and_then(|s| s.numbered())
+    }
+
     /// Opens a batch of commands on this thread: their writes reach the
     /// sink together when it drops (one lock of the replication core per
     /// pipeline instead of one per write). Drop it before any await.
     pub fn batch(&self) -> Batch<'_> {
         let sink = self.sink.as_deref();
         if let Some(sink) = sink {
-            sink.open_batch(self.clock.floor());
+            sink.open_batch();
         }
         Batch {
             sink,
@@ -983,39 +995,39 @@ impl Keyspace {
             .store(floor.time.saturating_sub(1), Ordering::Relaxed);
     }
 
-    /// Drops every tombstone below the GC floor; returns how many went.
-    pub fn collect_garbage(&self) -> usize {
+    /// Drops every tombstone below the GC floor in shard `index`; returns
+    /// how many went. A sweep goes a shard at a time, so the connections
+    /// sharing its thread wait for one shard's keys at most.
+    pub fn collect_garbage_in(&self, index: usize) -> usize {
         let mut collected = 0;
-        for index in 0..SHARDS {
-            let mut shard = self.shards[index].lock();
-            // Read under the lock: a floor lowered meanwhile (see
-            // `cap_gc_floor`) holds for every shard not swept yet.
-            let acked = self.gc_acked();
-            for db in shard.dbs.iter_mut() {
-                // A tombstone, floor or removal record under a counter is
-                // dropped in place (the key stays, its count and expiry
-                // untouched).
-                let mut compacted = false;
-                for state in db.map.values_mut() {
-                    compacted |= state.compact(acked);
-                }
-                if compacted {
-                    db.changes.fetch_add(1, Ordering::Relaxed);
-                    db.collected.fetch_max(acked.time, Ordering::Relaxed);
-                }
-                if db.map.len() == db.live {
-                    continue;
-                }
-                let doomed: Vec<Key> = db
-                    .map
-                    .iter()
-                    .filter(|(_, s)| s.collectable(acked))
-                    .map(|(k, _)| k.clone())
-                    .collect();
-                for key in doomed {
-                    db.change(&key, acked, |_| ());
-                    collected += 1;
-                }
+        let mut shard = self.shards[index].lock();
+        // Read under the lock: a floor lowered meanwhile (see
+        // `cap_gc_floor`) holds for every shard not swept yet.
+        let acked = self.gc_acked();
+        for db in shard.dbs.iter_mut() {
+            // A tombstone, floor or removal record under a counter is
+            // dropped in place (the key stays, its count and expiry
+            // untouched).
+            let mut compacted = false;
+            for state in db.map.values_mut() {
+                compacted |= state.compact(acked);
+            }
+            if compacted {
+                db.changes.fetch_add(1, Ordering::Relaxed);
+                db.collected.fetch_max(acked.time, Ordering::Relaxed);
+            }
+            if db.map.len() == db.live {
+                continue;
+            }
+            let doomed: Vec<Key> = db
+                .map
+                .iter()
+                .filter(|(_, s)| s.collectable(acked))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for key in doomed {
+                db.change(&key, acked, |_| ());
+                collected += 1;
             }
         }
         collected

@@ -273,7 +273,10 @@ impl Persistence {
             return;
         }
         if let Some(log) = &self.log {
-            log.durable_at(log.appended()).await;
+            match self.ks.numbered() {
+                Some(seq) => log.durable_through(seq).await,
+                None => log.durable_at(log.appended()).await,
+            }
             return;
         }
         if let Err(e) = self.cut_once() {

@@ -86,9 +86,21 @@ pub fn append_state(out: &mut Vec<u8>, state: &KeyState) -> Result<(), EncodeErr
             let (node, tally) = x.counts.iter().next().expect("one tally");
             append_tally_delta(out, *node, *tally);
         }
-        _ => *out = postcard::to_extend(state, std::mem::take(out))?,
+        _ => {
+            postcard::to_extend(state, Appender(out))?;
+        }
     }
     Ok(())
+}
+
+/// Extends a borrowed buffer: postcard's `to_extend` takes its writer by
+/// value, and a failed encoding must not take the caller's bytes with it.
+struct Appender<'a>(&'a mut Vec<u8>);
+
+impl Extend<u8> for Appender<'_> {
+    fn extend<I: IntoIterator<Item = u8>>(&mut self, bytes: I) {
+        self.0.extend(bytes);
+    }
 }
 
 /// Postcard's bytes for [`KeyState::tally_delta`]`(node, tally)`, without

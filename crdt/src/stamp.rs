@@ -8,7 +8,6 @@
 
 use std::fmt;
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -126,9 +125,6 @@ pub struct Clock {
     node: NodeId,
     physical: fn() -> NTP64,
     max_drift: Duration,
-    /// A time the clock has reached: every stamp it issues later is after
-    /// it (see [`Clock::floor`]).
-    reached: AtomicU64,
 }
 
 impl Clock {
@@ -151,14 +147,7 @@ impl Clock {
             node,
             physical,
             max_drift,
-            reached: AtomicU64::new(0),
         }
-    }
-
-    /// A time every stamp this clock issues from now on is after (a lower
-    /// bound of the clock's state, cheaper than a stamp: no lock).
-    pub fn floor(&self) -> u64 {
-        self.reached.load(Ordering::Acquire)
     }
 
     pub fn node(&self) -> NodeId {
@@ -167,11 +156,8 @@ impl Clock {
 
     /// A new stamp, greater than every stamp this clock made or observed.
     pub fn now(&self) -> Stamp {
-        let time = self.hlc.new_timestamp().get_time().0;
-        // Below the HLC's own state, whatever order racing stores land in.
-        self.reached.store(time, Ordering::Release);
         Stamp {
-            time,
+            time: self.hlc.new_timestamp().get_time().0,
             node: self.node,
         }
     }

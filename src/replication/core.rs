@@ -206,6 +206,10 @@ pub struct Core {
     /// [`MAX_RETIRED`]: past that a removed peer is not closed, and what it
     /// wrote unseen may bring keys back, as before closing existed.
     closed: BTreeSet<NodeId>,
+    /// Our writes numbered ahead of one still staged on another thread
+    /// (see `replication::stage`): number -> (when made, payload body),
+    /// put into the backlog once the writes before them are.
+    early: BTreeMap<u64, (u64, Vec<u8>)>,
     /// Per connected peer, the next of our writes its link will send: the
     /// backlog keeps them past its size (see [`HoldLimit`]).
     links: BTreeMap<NodeId, u64>,
@@ -236,6 +240,7 @@ impl Core {
             closed: BTreeSet::new(),
             links: BTreeMap::new(),
             earlier_life: BTreeMap::new(),
+            early: BTreeMap::new(),
         }
     }
 
@@ -277,10 +282,27 @@ impl Core {
         self.backlog.push(now_ms, encode)
     }
 
-    /// Numbers the next local write ([`Core::head`] + 1), whose payload is
-    /// `head` then `body`.
+    /// Puts the next local write ([`Core::head`] + 1), whose payload is
+    /// `head` then `body`, into the backlog.
     pub fn publish_parts(&mut self, now_ms: u64, head: &[u8], body: &[u8]) -> u64 {
         self.backlog.push_parts(now_ms, head, body)
+    }
+
+    /// Keeps write `seq` (made at `now_ms`, payload body `body`) until the
+    /// writes numbered before it are in the backlog.
+    pub fn park(&mut self, seq: u64, now_ms: u64, body: Vec<u8>) {
+        debug_assert!(seq > self.backlog.head() + 1);
+        self.early.insert(seq, (now_ms, body));
+    }
+
+    /// The parked write that comes next in the backlog, if any.
+    pub fn unpark_next(&mut self) -> Option<(u64, u64, Vec<u8>)> {
+        let entry = self.early.first_entry()?;
+        if *entry.key() != self.backlog.head() + 1 {
+            return None;
+        }
+        let (seq, (now_ms, body)) = entry.remove_entry();
+        Some((seq, now_ms, body))
     }
 
     /// The newest sequence number handed out.
@@ -392,11 +414,13 @@ impl Core {
     }
 
     /// What a state transfer started now covers: every other origin's writes
-    /// applied so far and our own up to the newest. Anything numbered later
-    /// goes live after it; anything up to it is in the keyspace already.
-    pub fn transfer_covers(&self) -> VersionVector {
+    /// applied so far and our own up to `numbered`, the newest number a
+    /// write of ours took (a write is numbered once applied). Anything
+    /// numbered later goes live after it; anything up to it is in the
+    /// keyspace already.
+    pub fn transfer_covers(&self, numbered: u64) -> VersionVector {
         let mut covered = self.applied.clone();
-        covered.advance(self.me, self.backlog.head());
+        covered.advance(self.me, numbered);
         covered
     }
 
@@ -652,20 +676,16 @@ impl Core {
 
     // ----- GC -----
 
-    /// Makes a promise: our writes after the newest so far are stamped after
-    /// `stamp`. The caller holds every shard lock, so that each write is
-    /// either numbered by now or stamped after `stamp`.
-    ///
-    /// Promises never move back: a stamp below the last promise's (an open
-    /// batch's floor, see `Replicator::gc_tick`) keeps the last. That is
-    /// still true of every write: those stamped after the last promise
-    /// are, and a batch open then held the last promise below its writes.
-    pub fn promise(&mut self, stamp: Stamp) -> Promise {
-        let stamp = stamp.max(self.promise.stamp);
+    /// Makes a promise: our writes numbered after `numbered` (the newest
+    /// number a write of ours took) are stamped after `stamp`. The caller
+    /// holds every shard lock, so that each write is either numbered by
+    /// now or stamped after `stamp`.
+    pub fn promise(&mut self, stamp: Stamp, numbered: u64) -> Promise {
+        debug_assert!(stamp >= self.promise.stamp, "promises never move back");
         // Nodes settled since the last tick still count: lower, never wrong.
         let unstored = self.gc.stable(self.me, stamp, &self.settled);
         self.promise = Promise {
-            seq: self.backlog.head(),
+            seq: numbered,
             stamp,
             stable: self.stored_stable.map_or(unstored, |s| unstored.min(s)),
         };
@@ -783,12 +803,12 @@ impl Core {
     }
 
     /// What a cut records as applied: every other origin's writes, and our
-    /// own up to the newest (taken with every shard held, it is exact).
-    pub fn cut_vv(&self) -> Vec<(NodeId, u64)> {
+    /// own up to `numbered`, the newest number a write of ours took
+    /// (taken with every shard held, it is exact).
+    pub fn cut_vv(&self, numbered: u64) -> Vec<(NodeId, u64)> {
         let mut vv = self.applied.entries();
-        let head = self.backlog.head();
-        if head > 0 {
-            vv.push((self.me, head));
+        if numbered > 0 {
+            vv.push((self.me, numbered));
         }
         vv
     }
@@ -894,7 +914,7 @@ mod tests {
         let mut resume = VersionVector::default();
         resume.advance(a, 1);
         let mut link = LinkState::new(a, b, &resume);
-        core.promise(st(50, 1));
+        core.promise(st(50, 1), core.head());
         let plan = core.plan(&mut link, &resume, 0);
         let live = plan.live.as_ref().expect("frames");
         assert_eq!(live.last, 3);
@@ -907,9 +927,9 @@ mod tests {
         let again = core.plan(&mut link, &resume, 0);
         assert!(!again.is_busy(), "nothing new: {again:?}");
         // A promise about writes not yet sent waits for them.
-        core.promise(st(60, 1));
+        core.promise(st(60, 1), core.head());
         write(&mut core, 0);
-        core.promise(st(70, 1));
+        core.promise(st(70, 1), core.head());
         let plan = core.plan(&mut link, &resume, 0);
         assert_eq!(plan.live.as_ref().map(|l| l.last), Some(4));
         assert_eq!(plan.heartbeat.map(|h| h.seq), Some(4));
@@ -942,7 +962,7 @@ mod tests {
         let mut core = Core::new(a, 1 << 20);
         write(&mut core, 0);
         core.applied(c, 1, 0, remote(c, 1));
-        let mut covered = core.transfer_covers();
+        let mut covered = core.transfer_covers(core.head());
         assert_eq!((covered.get(a), covered.get(c)), (1, 1));
         // During the scan.
         write(&mut core, 0);
@@ -965,7 +985,7 @@ mod tests {
         let (a, c) = (NodeId(1), NodeId(3));
         let mut core = Core::new(a, 64);
         core.applied(c, 1, 0, remote(c, 1));
-        let mut covered = core.transfer_covers();
+        let mut covered = core.transfer_covers(core.head());
         for seq in 2..=40 {
             core.applied(c, seq, 0, remote(c, seq));
         }
@@ -989,7 +1009,7 @@ mod tests {
         let mut link = LinkState::new(a, b, &resume);
         let plan = core.plan(&mut link, &resume, 0);
         assert!(plan.transfer && plan.live.is_none(), "{plan:?}");
-        let covered = core.transfer_covers();
+        let covered = core.transfer_covers(core.head());
         assert_eq!(covered.get(a), 50);
         link.transferred(a, &covered);
         assert_eq!(link.sent_seq(), 50);
@@ -1037,7 +1057,7 @@ mod tests {
         let (me, a) = (NodeId(2), NodeId(1));
         let mut core = Core::new(me, 1 << 20);
         core.link_up(a, None);
-        core.promise(st(100, 2));
+        core.promise(st(100, 2), core.head());
         let hb = |seq| Heartbeat {
             seq,
             promise: st(90, 1),
@@ -1073,7 +1093,7 @@ mod tests {
         let none = BTreeSet::new();
         let mut core = Core::new(me, 1 << 20);
         core.link_up(a, None);
-        core.promise(st(200, 2));
+        core.promise(st(200, 2), core.head());
         let hb = |seq, promise, stable| Heartbeat {
             seq,
             promise: st(promise, 1),
@@ -1083,7 +1103,7 @@ mod tests {
         core.snapshot_done(&[(a, 5)], 0);
         core.heartbeat(a, hb(5, 90, 80));
         assert_eq!(core.gc_tick(&none, false).floor, st(80, 1));
-        core.promise(st(300, 2));
+        core.promise(st(300, 2), core.head());
         core.heartbeat(a, hb(9, 120, 110));
         assert_eq!(
             core.gc_tick(&none, false).floor,
@@ -1103,7 +1123,7 @@ mod tests {
         let none = BTreeSet::new();
         let mut core = Core::new(me, 1 << 20);
         core.link_up(b, None);
-        core.promise(st(50, 1));
+        core.promise(st(50, 1), core.head());
         core.snapshot_done(&[(b, 3)], 0);
         core.heartbeat(
             b,
@@ -1119,7 +1139,7 @@ mod tests {
         let plan = core.plan(&mut link, &VersionVector::default(), 0);
         let hb = plan.heartbeat.expect("a promise to send");
         assert_eq!((hb.promise, hb.stable), (st(50, 1), Stamp::ZERO));
-        core.promise(st(60, 1));
+        core.promise(st(60, 1), core.head());
         let hb = core
             .plan(&mut link, &VersionVector::default(), 0)
             .heartbeat
@@ -1206,7 +1226,7 @@ mod tests {
         core.gc_tick(&BTreeSet::new(), false);
         assert!(!names_old(&core.ack_vv(&mut reported)), "settled for good");
 
-        core.promise(st(10, 1));
+        core.promise(st(10, 1), core.head());
         let mut link = LinkState::new(me, new, &held);
         let first = core.plan(&mut link, &held, now).heartbeat.expect("promise");
         assert_eq!(
@@ -1214,7 +1234,7 @@ mod tests {
             vec![old],
             "a link's first heartbeat names it"
         );
-        core.promise(st(20, 1));
+        core.promise(st(20, 1), core.head());
         let later = core.plan(&mut link, &held, now).heartbeat.expect("promise");
         assert!(later.retired.is_empty());
 
@@ -1249,7 +1269,7 @@ mod tests {
         core.applied(gone, 1, 0, bytes::Bytes::from_static(b"w"));
         core.heartbeat(gone, hb(1, st(10, 7), st(10, 7)));
         core.heartbeat(other, hb(0, st(50, 8), st(50, 8)));
-        core.promise(st(60, 1));
+        core.promise(st(60, 1), core.head());
         let lacking = VersionVector::default();
         let mut holding = VersionVector::default();
         holding.advance(gone, 1);
@@ -1267,7 +1287,7 @@ mod tests {
             st(10, 7),
             "still counted"
         );
-        core.promise(st(70, 1));
+        core.promise(st(70, 1), core.head());
         let settled = core.settled(&acks(&holding), 0);
         assert_eq!(core.gc_tick(&settled, false).floor, st(50, 8));
         let mut link = LinkState::new(me, other, &holding);
@@ -1295,7 +1315,7 @@ mod tests {
         core.applied(gone, 1, 0, bytes::Bytes::from_static(b"w"));
         core.heartbeat(gone, hb(1, st(10, 7), st(10, 7)));
         core.heartbeat(other, hb(0, st(50, 8), st(50, 8)));
-        core.promise(st(60, 1));
+        core.promise(st(60, 1), core.head());
         let mut holding = VersionVector::default();
         holding.advance(gone, 1);
         let acks = [PeerAcks {
@@ -1325,7 +1345,7 @@ mod tests {
         assert_eq!(core.closed_promise(other), None);
         // Linking again does not count it while it may hold more.
         core.link_up(gone, None);
-        core.promise(st(70, 1));
+        core.promise(st(70, 1), core.head());
         let settled = core.settled(&acks, 8_000);
         assert_eq!(core.gc_tick(&settled, false).floor, st(50, 8));
         assert!(core.is_closed(gone));
@@ -1342,7 +1362,7 @@ mod tests {
         core.reopen(gone, true, 9_000);
         assert!(!core.is_closed(gone));
         assert!(core.admits(gone, 2));
-        core.promise(st(90, 1));
+        core.promise(st(90, 1), core.head());
         let settled = core.settled(&acks, 9_000);
         assert_eq!(
             core.gc_tick(&settled, false).floor,
@@ -1547,7 +1567,7 @@ mod tests {
                 self.cores[b].heartbeat(me, hb);
             }
             if plan.transfer {
-                let covered = self.cores[a].transfer_covers();
+                let covered = self.cores[a].transfer_covers(self.cores[a].head());
                 self.cores[b].snapshot_done(&covered.entries(), now);
                 link.transferred(self.id(a), &covered);
             }

@@ -190,8 +190,10 @@ pub struct Replicator {
     node: NodeId,
     /// Unique in the process (a thread's staged writes name it).
     id: u64,
-    /// Each thread's open batch of staged writes (see [`stage`]).
-    slots: stage::Slots,
+    /// The newest number a write of ours took. A write is numbered when it
+    /// is made, under its shard's lock; its frame may wait in a stage (see
+    /// [`stage`]) before it reaches the backlog (`Core::head`).
+    numbered: AtomicU64,
     /// Wall clock for lag figures (the node's physical clock).
     now_ms: fn() -> u64,
     core: Mutex<Core>,
@@ -284,8 +286,20 @@ impl Outbox {
         ready
     }
 
+    #[cfg(test)]
     fn is_empty(&self) -> bool {
         self.queue.lock().0.is_empty()
+    }
+
+    /// Whether a message could go once the link has sent `sent`: one
+    /// published after a write still staged waits for it (the batch that
+    /// hands it over wakes the sender).
+    fn has_ready(&self, sent: u64) -> bool {
+        self.queue
+            .lock()
+            .0
+            .front()
+            .is_some_and(|(after, _)| *after <= sent)
     }
 }
 
@@ -333,7 +347,7 @@ impl Replicator {
         Arc::new(Replicator {
             node,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            slots: stage::Slots::default(),
+            numbered: AtomicU64::new(0),
             now_ms,
             core: Mutex::new(Core::new(node, backlog_bytes)),
             wake: tokio::sync::Notify::new(),
@@ -369,11 +383,14 @@ impl Replicator {
             .count()
     }
 
-    /// The newest sequence number handed out (after this thread's staged
-    /// writes take theirs: a WAIT or PUBLISH after writes in one batch
-    /// counts them).
+    /// The newest sequence number handed out (a write's frame may still
+    /// wait in a stage: what WAIT and PUBLISH count by it goes out first).
     pub fn head_seq(&self) -> u64 {
-        self.publish_staged();
+        self.numbered.load(Ordering::Acquire)
+    }
+
+    /// The newest of our writes in the backlog, ready to send.
+    fn backlog_head(&self) -> u64 {
         self.core.lock().head()
     }
 
@@ -597,9 +614,8 @@ impl Replicator {
 
     /// Every write applied here, this node's own included.
     fn full_vv(&self) -> VersionVector {
-        let core = self.core.lock();
-        let mut vv = core.applied_vv().clone();
-        vv.advance(self.node, core.head());
+        let mut vv = self.core.lock().applied_vv().clone();
+        vv.advance(self.node, self.head_seq());
         vv
     }
 
@@ -649,7 +665,8 @@ impl Replicator {
 
     /// What a cut records as applied (see [`Core::cut_vv`]).
     pub fn cut_vv(&self) -> Vec<(NodeId, u64)> {
-        self.core.lock().cut_vv()
+        let numbered = self.head_seq();
+        self.core.lock().cut_vv(numbered)
     }
 
     /// Starts from a store: `applied` as the store holds it (resumed from
@@ -680,22 +697,12 @@ impl Replicator {
     /// Makes a new promise and recomputes our stable stamp and the GC floor.
     pub(crate) fn gc_tick(&self, ks: &Keyspace) -> Stamp {
         {
-            // Every write is stamped under its shard's lock, and numbered
-            // there or staged by a batch still open: with all of them
-            // held, each write is numbered by now, staged, or will be
-            // stamped after this.
+            // Every write is stamped and numbered under its shard's lock:
+            // with all of them held, each write is either numbered by now or
+            // will be stamped after this.
             let _all = ks.lock_all();
-            let now = ks.clock.now();
-            // Writes a batch staged are numbered when it closes: the
-            // promise stays below every stamp an open batch may hold.
-            let stamp = match self.slots.floor() {
-                stage::IDLE => now,
-                floor => now.min(Stamp {
-                    time: floor,
-                    node: NodeId(0),
-                }),
-            };
-            self.core.lock().promise(stamp);
+            let numbered = self.head_seq();
+            self.core.lock().promise(ks.clock.now(), numbered);
         }
         let peers = self.peers.lock().clone();
         if let Some(log) = self.log.get() {
@@ -732,10 +739,12 @@ impl Replicator {
         }
     }
 
-    /// Publishes a local write whose body `encode` appends: staged when
-    /// this thread has a batch open, else numbered now.
+    /// Publishes a local write whose body `encode` appends: numbered now,
+    /// its frame staged when this thread has a batch open, else put into
+    /// the backlog now.
     fn publish(&self, now_ms: u64, encode: impl FnOnce(&mut Vec<u8>)) {
-        let encode = match stage::stage(self.id, now_ms, encode) {
+        let seq = self.numbered.fetch_add(1, Ordering::AcqRel) + 1;
+        let encode = match stage::stage(self.id, seq, now_ms, encode) {
             Ok(false) => return,
             Ok(true) => {
                 self.publish_staged();
@@ -743,34 +752,54 @@ impl Replicator {
             }
             Err(encode) => encode,
         };
-        let log = self.log.get();
-        self.core.lock().publish(now_ms, |seq, mut buf| {
-            buf.extend_from_slice(wire::delta_head(self.node, seq).as_slice());
-            encode(&mut buf);
-            if let Some(log) = log {
-                log.append_numbered(&buf, seq);
+        thread_local! {
+            static BODY: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        BODY.with_borrow_mut(|body| {
+            body.clear();
+            encode(body);
+            let mut core = self.core.lock();
+            self.enter(&mut core, seq, now_ms, body);
+            drop(core);
+            if body.capacity() > 64 * 1024 {
+                *body = Vec::new();
             }
-            buf
         });
         self.wake_senders();
     }
 
-    /// Numbers this thread's staged writes into the backlog (and the log).
+    /// Puts this thread's staged writes into the backlog (and the log).
     fn publish_staged(&self) {
-        let log = self.log.get();
         let published = stage::drain(self.id, |writes| {
             let mut core = self.core.lock();
-            for (body, now_ms) in writes {
-                let seq = core.head() + 1;
-                let head = wire::delta_head(self.node, seq);
-                core.publish_parts(now_ms, head.as_slice(), body);
-                if let Some(log) = log {
-                    log.append_numbered_parts(&[head.as_slice(), body], seq);
-                }
+            for (seq, body, now_ms) in writes {
+                self.enter(&mut core, seq, now_ms, body);
             }
         });
         if published {
             self.wake_senders();
+        }
+    }
+
+    /// Puts write `seq` into the backlog and the log, with the parked
+    /// writes that were waiting for it; parks it if one before it is still
+    /// staged on another thread (backlog and log hold writes in order).
+    fn enter(&self, core: &mut Core, seq: u64, now_ms: u64, body: &[u8]) {
+        if seq != core.head() + 1 {
+            core.park(seq, now_ms, body.to_vec());
+            return;
+        }
+        self.append(core, seq, now_ms, body);
+        while let Some((seq, now_ms, body)) = core.unpark_next() {
+            self.append(core, seq, now_ms, &body);
+        }
+    }
+
+    fn append(&self, core: &mut Core, seq: u64, now_ms: u64, body: &[u8]) {
+        let head = wire::delta_head(self.node, seq);
+        core.publish_parts(now_ms, head.as_slice(), body);
+        if let Some(log) = self.log.get() {
+            log.append_numbered_parts(&[head.as_slice(), body], seq);
         }
     }
 
@@ -823,13 +852,17 @@ impl DeltaSink for Replicator {
         });
     }
 
-    fn open_batch(&self, floor: u64) {
-        stage::open(self.id, &self.slots, floor);
+    fn open_batch(&self) {
+        stage::open(self.id);
     }
 
     fn close_batch(&self) {
         self.publish_staged();
         stage::close(self.id);
+    }
+
+    fn numbered(&self) -> Option<u64> {
+        Some(self.head_seq())
     }
 
     fn publish_message(&self, space: crate::pubsub::Space, channel: &[u8], message: &[u8]) {
@@ -1043,7 +1076,13 @@ async fn gc_loop(ks: Arc<Keyspace>, repl: Arc<Replicator>) {
         let floor = repl.gc_tick(&ks);
         let sweep = repl.core.lock().sweep_due(floor);
         if sweep {
-            let collected = ks.collect_garbage();
+            let mut collected = 0;
+            for shard in 0..SHARDS {
+                collected += ks.collect_garbage_in(shard);
+                // Connections on this thread run between shards: a sweep
+                // of a million keys stalled them ~10 ms at once.
+                tokio::task::yield_now().await;
+            }
             if collected > 0 {
                 tracing::debug!(collected, "tombstones collected");
             }
@@ -1238,7 +1277,8 @@ async fn serve_peer(
             tokio::pin!(notified);
             notified.as_mut().enable();
             let _waiting = Waiting::new(&repl.sleepers);
-            if repl.head_seq() <= state.sent_seq() && outbox.outbox.is_empty() {
+            if repl.backlog_head() <= state.sent_seq() && !outbox.outbox.has_ready(state.sent_seq())
+            {
                 tokio::select! {
                     biased;
                     _ = &mut notified => {}
@@ -1472,7 +1512,7 @@ async fn state_transfer(
     // snapshot.
     let (mut covered, held, vv) = {
         let core = repl.core.lock();
-        let vv = core.transfer_covers();
+        let vv = core.transfer_covers(repl.head_seq());
         let covered = match kind {
             Transfer::Repair(_) => VersionVector::default(),
             Transfer::Whole | Transfer::Differing { .. } => vv.clone(),
@@ -2297,11 +2337,12 @@ mod tests {
             .map_or(0, |d| d.as_millis() as u64)
     }
 
-    /// A batch's writes are numbered when it closes, in the order they
-    /// were made; until then a promise stays below their stamps, so no
-    /// peer is told they are covered by a number they do not have yet.
+    /// A write is numbered when made, batch or not; a batch's frames reach
+    /// the backlog when it closes, and a write numbered after one of them
+    /// on another thread waits for it there: backlog (and log) stay in
+    /// number order, and a promise or a cut counts every write made.
     #[test]
-    fn a_batch_numbers_its_writes_when_it_closes_and_promises_stay_below_them() {
+    fn a_batch_hands_its_writes_over_when_it_closes_and_the_backlog_stays_in_order() {
         let me = NodeId(1);
         let mut ks = Keyspace::new(
             1,
@@ -2321,36 +2362,23 @@ mod tests {
             repl.gc_tick(&ks);
             repl.core.lock().last_promise()
         };
-        let outside = set(b"before");
-        assert_eq!(
-            repl.core.lock().head(),
-            1,
-            "no batch open: numbered at once"
-        );
-        assert!(promise(&repl).stamp > outside);
+        set(b"before");
+        assert_eq!((repl.head_seq(), repl.backlog_head()), (1, 1));
 
         let batch = ks.batch();
-        let a = set(b"a");
-        let b = set(b"b");
-        assert_eq!(repl.core.lock().head(), 1, "staged");
+        set(b"a");
+        assert_eq!((repl.head_seq(), repl.backlog_head()), (2, 1), "staged");
+        // Another thread's write, numbered after the staged one, waits.
+        let b = std::thread::scope(|s| s.spawn(|| set(b"b")).join().unwrap());
+        assert_eq!((repl.head_seq(), repl.backlog_head()), (3, 1));
         let during = promise(&repl);
-        assert_eq!(during.seq, 1);
-        assert!(during.stamp < a && a < b, "{during:?} {a:?} {b:?}");
+        assert_eq!(during.seq, 3);
+        assert!(during.stamp > b);
+        assert!(repl.cut_vv().contains(&(me, 3)));
         drop(batch);
-        assert_eq!(repl.core.lock().head(), 3);
-        let after = promise(&repl);
-        assert_eq!(after.seq, 3);
-        assert!(after.stamp > b);
+        assert_eq!(repl.backlog_head(), 3);
 
-        // WAIT and PUBLISH read the head after the batch's writes.
-        let batch = ks.batch();
-        set(b"c");
-        assert_eq!(repl.head_seq(), 4);
-        set(b"d");
-        drop(batch);
-        assert_eq!(repl.core.lock().head(), 5);
-        let mut seqs = Vec::new();
-        let mut keys = Vec::new();
+        let mut frames = Vec::new();
         match repl.core.lock().backlog_mut().read_from(1, usize::MAX) {
             backlog::Resume::Frames { chunks, .. } => {
                 for chunk in chunks {
@@ -2363,10 +2391,7 @@ mod tests {
                                 seq,
                                 delta: Delta::Key { key, .. },
                                 ..
-                            } => {
-                                seqs.push(seq);
-                                keys.push(key);
-                            }
+                            } => frames.push((seq, key)),
                             other => panic!("{other:?}"),
                         }
                         at += 4 + len;
@@ -2375,9 +2400,12 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(seqs, [1, 2, 3, 4, 5]);
-        let names: Vec<&[u8]> = vec![b"before", b"a", b"b", b"c", b"d"];
-        assert_eq!(keys, names);
+        let expected: Vec<(u64, Vec<u8>)> = vec![
+            (1, b"before".to_vec()),
+            (2, b"a".to_vec()),
+            (3, b"b".to_vec()),
+        ];
+        assert_eq!(frames, expected);
     }
 
     async fn linked_node(id: u64, repair_every: Duration) -> (Arc<Keyspace>, Arc<Replicator>) {
@@ -2463,7 +2491,7 @@ mod tests {
         let again = shared_digest(&ks, &repl).await.unwrap();
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(repl.digests_taken.load(Ordering::Relaxed), 1);
-        repl.core.lock().publish(0, |_, buf| buf);
+        repl.publish_key(0, b"k", &KeyState::default(), 0);
         let after_a_write = shared_digest(&ks, &repl).await.unwrap();
         assert!(!Arc::ptr_eq(&first, &after_a_write));
         ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
