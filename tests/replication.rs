@@ -2263,6 +2263,34 @@ fn persistent(dir: &std::path::Path) -> Vec<String> {
     .to_vec()
 }
 
+/// SETs `key:{i}` to `value` for every `i` in `range`, in one pipeline.
+fn set_keys(c: &mut redis::Connection, range: std::ops::Range<u32>, value: &str) {
+    let mut pipe = redis::pipe();
+    for i in range {
+        pipe.cmd("SET").arg(format!("key:{i}")).arg(value).ignore();
+    }
+    pipe.query::<()>(c).unwrap();
+}
+
+/// Starts B (port `pb`, arguments `args`) linked to A, writes A's first
+/// 100 keys and waits for them on B, then stops B once its log is written
+/// (every 10 ms).
+fn first_writes_then_stop(
+    ca: &mut redis::Connection,
+    pa: u16,
+    pb: u16,
+    args: &[&str],
+    value: &str,
+) {
+    let b = node(pb, &[pa], args);
+    let mut cb = b.conn();
+    set_keys(ca, 0..100, value);
+    wait_until("B to have the first writes", || {
+        q::<i64>(&mut cb, &["DBSIZE"]) == 100
+    });
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// #16: a peer stopped while its partner writes far past the in-memory
 /// backlog resumes from the partner's delta log, kept past its folds for
 /// the peer, instead of by a state transfer; once the peer has it all the
@@ -2279,23 +2307,8 @@ fn a_peer_stopped_past_the_backlog_resumes_from_the_log_without_a_transfer() {
     let a = node(pa, &[pb], &da);
     let mut ca = a.conn();
     let value = "v".repeat(200);
-    let write = |c: &mut redis::Connection, range: std::ops::Range<u32>| {
-        let mut pipe = redis::pipe();
-        for i in range {
-            pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
-        }
-        pipe.query::<()>(c).unwrap();
-    };
-    {
-        let b = node(pb, &[pa], &db);
-        let mut cb = b.conn();
-        write(&mut ca, 0..100);
-        wait_until("B to have the first writes", || {
-            q::<i64>(&mut cb, &["DBSIZE"]) == 100
-        });
-        // Its log written (every 10 ms) before it is killed.
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let write = |c: &mut redis::Connection, range| set_keys(c, range, &value);
+    first_writes_then_stop(&mut ca, pa, pb, &db, &value);
     // About 600 KB, far past the 16 KB backlog, with a fold between.
     write(&mut ca, 100..2_000);
     q::<()>(&mut ca, &["SAVE"]);
@@ -2339,22 +2352,8 @@ fn a_peer_away_within_the_backlog_time_target_resumes_without_a_transfer() {
     );
     let mut ca = a.conn();
     let value = "v".repeat(200);
-    let write = |c: &mut redis::Connection, range: std::ops::Range<u32>| {
-        let mut pipe = redis::pipe();
-        for i in range {
-            pipe.cmd("SET").arg(format!("key:{i}")).arg(&value).ignore();
-        }
-        pipe.query::<()>(c).unwrap();
-    };
-    {
-        let b = node(pb, &[pa], &db);
-        let mut cb = b.conn();
-        write(&mut ca, 0..100);
-        wait_until("B to have the first writes", || {
-            q::<i64>(&mut cb, &["DBSIZE"]) == 100
-        });
-        std::thread::sleep(Duration::from_millis(300));
-    }
+    let write = |c: &mut redis::Connection, range| set_keys(c, range, &value);
+    first_writes_then_stop(&mut ca, pa, pb, &db, &value);
     // About 600 KB, far past the 16 KB backlog, while B is away.
     write(&mut ca, 100..3_000);
     let held = info_field(&mut ca, "repl_backlog_histlen")
