@@ -62,6 +62,10 @@ pub trait DeltaSink: Send + Sync {
     fn open_batch(&self) {}
     /// This thread's batch ends: what it held goes out.
     fn close_batch(&self) {}
+    /// What this thread's open batch holds goes out now, before a command
+    /// that may run long (writes other threads make meanwhile would wait
+    /// behind it).
+    fn hand_over(&self) {}
     /// The newest number a write of this node took (`None`: the sink
     /// numbers writes as it appends them to the log): `appendfsync always`
     /// waits for the log to hold every write up to it.
@@ -767,6 +771,13 @@ impl Keyspace {
     /// writes as they are made (see [`DeltaSink::numbered`]).
     pub fn numbered(&self) -> Option<u64> {
         self.sink.as_deref().and_then(|s| s.numbered())
+    }
+
+    /// See [`DeltaSink::hand_over`].
+    pub fn hand_over_batch(&self) {
+        if let Some(sink) = &self.sink {
+            sink.hand_over();
+        }
     }
 
     /// Opens a batch of commands on this thread: their writes reach the

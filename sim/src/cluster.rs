@@ -330,8 +330,8 @@ pub fn command(reg: &Registry, slot: usize, args: &[&[u8]]) -> Option<Vec<u8>> {
     };
     let mut out = Reply::new();
     let now_ms = shared.node.ks.clock.physical_unix_ms();
-    // As a connection runs a pipeline: the writes are staged and numbered
-    // when the batch closes.
+    // As a connection runs a pipeline: the writes' frames are staged and
+    // handed over when the batch closes.
     let batch = shared.node.ks.batch();
     dispatch(&shared, client, &mut out, args, now_ms);
     drop(batch);

@@ -274,6 +274,11 @@ pub fn dispatch(
     }
     let node = &*server.node;
     let ks = &*node.ks;
+    if !spec.has(Flag::Fast) && !spec.has(Flag::Write) {
+        // A read that may take long (KEYS, SORT, SUNION, INFO...): writes
+        // staged before it go out first (see `replication::stage`).
+        ks.hand_over_batch();
+    }
     let locked = match spec.keys {
         Keys::None => Locked::empty(),
         Keys::All => ks.lock_all(),

@@ -62,6 +62,10 @@ use crate::keyspace::{DeltaSink, Keyspace, SHARDS};
 use version::{Arrival, VersionVector};
 use wire::ReplMsg;
 
+/// How long a transfer's tail waits for the frames of writes its scan saw
+/// (see `state_transfer`) before the link starts over.
+const TAIL_WAIT: Duration = Duration::from_secs(10);
+
 /// Refused (member, peer) pairs remembered, each logged once.
 const MAX_REFUSALS_KEPT: usize = 1_024;
 /// A stream asks its peer for the whole state, for a closed member's writes
@@ -744,9 +748,15 @@ impl Replicator {
     /// the backlog now.
     fn publish(&self, now_ms: u64, encode: impl FnOnce(&mut Vec<u8>)) {
         let seq = self.numbered.fetch_add(1, Ordering::AcqRel) + 1;
+        let gap = Gap {
+            repl: self,
+            seq,
+            now_ms,
+        };
         let encode = match stage::stage(self.id, seq, now_ms, encode) {
-            Ok(false) => return,
+            Ok(false) => return gap.filled(),
             Ok(true) => {
+                gap.filled();
                 self.publish_staged();
                 return;
             }
@@ -765,6 +775,7 @@ impl Replicator {
                 *body = Vec::new();
             }
         });
+        gap.filled();
         self.wake_senders();
     }
 
@@ -785,6 +796,10 @@ impl Replicator {
     /// writes that were waiting for it; parks it if one before it is still
     /// staged on another thread (backlog and log hold writes in order).
     fn enter(&self, core: &mut Core, seq: u64, now_ms: u64, body: &[u8]) {
+        if seq <= core.head() {
+            // Entered already (a drain that a panic cut short, retried).
+            return;
+        }
         if seq != core.head() + 1 {
             core.park(seq, now_ms, body.to_vec());
             return;
@@ -808,6 +823,31 @@ impl Replicator {
         if self.sleepers.load(Ordering::SeqCst) > 0 {
             self.wake.notify_waiters();
         }
+    }
+}
+
+/// A number taken for a write whose frame is not yet staged or entered.
+/// A panic before it is would leave a gap that every later frame parks
+/// behind for good: on unwinding, the number gets a frame that changes
+/// nothing (a flush of database 0 at the zero stamp, before every write).
+struct Gap<'a> {
+    repl: &'a Replicator,
+    seq: u64,
+    now_ms: u64,
+}
+
+impl Gap<'_> {
+    fn filled(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for Gap<'_> {
+    fn drop(&mut self) {
+        let mut body = Vec::new();
+        wire::append_flush_body(&mut body, Some(0), Stamp::ZERO);
+        let mut core = self.repl.core.lock();
+        self.repl.enter(&mut core, self.seq, self.now_ms, &body);
     }
 }
 
@@ -859,6 +899,10 @@ impl DeltaSink for Replicator {
     fn close_batch(&self) {
         self.publish_staged();
         stage::close(self.id);
+    }
+
+    fn hand_over(&self) {
+        self.publish_staged();
     }
 
     fn numbered(&self) -> Option<u64> {
@@ -1596,6 +1640,20 @@ async fn state_transfer(
     info.transfer_keys.fetch_add(keys, Ordering::Relaxed);
     info.transfer_bytes.fetch_add(bytes, Ordering::Relaxed);
     if covering {
+        // The scan may hold a write numbered since the start whose frame
+        // still waits in a batch: the tail ends at the backlog's head, so
+        // it waits for that frame (a batch never spans an await; this takes
+        // microseconds) and the peer never holds a write no vector counts.
+        let numbered = repl.head_seq();
+        let deadline = tokio::time::Instant::now() + TAIL_WAIT;
+        while repl.backlog_head() < numbered {
+            if tokio::time::Instant::now() >= deadline {
+                return Err(LinkError::Protocol(format!(
+                    "write {numbered} did not reach the backlog within {TAIL_WAIT:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let peer = NodeId(link.peer_node);
         let mut tail = repl.core.lock().transfer_tail(peer, &mut covered);
         bulk.send_framed(&mut tail.own).await?;
@@ -2406,6 +2464,32 @@ mod tests {
             (3, b"b".to_vec()),
         ];
         assert_eq!(frames, expected);
+
+        // A long pipeline hands its writes over every 64, and before a
+        // command that may run long, not only at its end.
+        let batch = ks.batch();
+        for i in 0..64u32 {
+            set(format!("k{i}").as_bytes());
+        }
+        assert_eq!(repl.backlog_head(), 3 + 64);
+        set(b"c");
+        assert_eq!(repl.backlog_head(), 3 + 64);
+        ks.hand_over_batch();
+        assert_eq!(repl.backlog_head(), 3 + 65);
+        drop(batch);
+    }
+
+    /// A write whose encoding panics still leaves no gap in the numbers:
+    /// the writes after it reach the backlog.
+    #[test]
+    fn a_write_that_panics_while_encoding_leaves_no_gap() {
+        let repl = Replicator::new(NodeId(1), 1 << 20, wall_ms);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            repl.publish(0, |_| panic!("an encoding bug"));
+        }));
+        assert!(panicked.is_err());
+        repl.publish_key(0, b"k", &KeyState::default(), 0);
+        assert_eq!((repl.head_seq(), repl.backlog_head()), (2, 2));
     }
 
     async fn linked_node(id: u64, repair_every: Duration) -> (Arc<Keyspace>, Arc<Replicator>) {

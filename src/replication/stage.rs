@@ -15,10 +15,13 @@
 
 use std::cell::RefCell;
 
-/// Bodies at least this big are published at once rather than held to
-/// the batch's end: a batch of large values would otherwise sit in the
-/// stage and the backlog at once.
-const STAGE_AT_ONCE: usize = 64 * 1024;
+/// A stage holding this many writes, or this many bytes, is handed over
+/// at once rather than at the batch's end: writes other threads number
+/// meanwhile wait behind it (parked), so a long pipeline must not hold
+/// the node's replication (and its peers' GC) for its whole length, nor
+/// a batch of large values sit in the stage and the backlog at once.
+const STAGE_WRITES: usize = 64;
+const STAGE_BYTES: usize = 64 * 1024;
 
 /// The most buffer a thread's stage keeps between batches.
 const STAGE_KEPT: usize = 256 * 1024;
@@ -67,10 +70,12 @@ pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
         if stage.open != id {
             return Err(encode);
         }
-        let start = stage.bodies.len();
+        // (Bytes an encoding that panicked left behind are not a body.)
+        let start = stage.writes.last().map_or(0, |w| w.1);
+        stage.bodies.truncate(start);
         encode(&mut stage.bodies);
         stage.writes.push((seq, stage.bodies.len(), now_ms));
-        Ok(stage.bodies.len() - start >= STAGE_AT_ONCE)
+        Ok(stage.writes.len() >= STAGE_WRITES || stage.bodies.len() >= STAGE_BYTES)
     })
 }
 
