@@ -31,7 +31,13 @@ thread_local! {
     // No destructor (a `Cell<usize>`), so it is there for as long as the
     // thread allocates, even while it exits.
     static MY_STRIPE: Cell<usize> = const { Cell::new(usize::MAX) };
+    /// Inside [`Uncounted`]: allocations go to `ENGINE`, not the stripes.
+    static UNCOUNTED: Cell<bool> = const { Cell::new(false) };
 }
+
+/// What the store engine holds (its page cache and write buffers), which
+/// `used_bytes` leaves out: see [`Uncounted`].
+static ENGINE: AtomicIsize = AtomicIsize::new(0);
 
 /// The stripe threads share once every other one is taken.
 const SHARED: usize = STRIPES - 1;
@@ -40,6 +46,10 @@ const SHARED: usize = STRIPES - 1;
 /// stripe is the thread's alone (no locked instruction on the hot path),
 /// an atomic add on the shared one.
 fn count(delta: isize) {
+    if UNCOUNTED.try_with(Cell::get).unwrap_or(false) {
+        ENGINE.fetch_add(delta, Ordering::Relaxed);
+        return;
+    }
     let i = MY_STRIPE
         .try_with(|mine| {
             let mut i = mine.get();
@@ -152,6 +162,46 @@ pub fn used_bytes() -> Option<usize> {
     Some(used)
 }
 
+/// While one lives, this thread's allocations and frees are the store
+/// engine's, left out of `used_bytes` (so of `maxmemory`), as Redis's
+/// zmalloc never sees what RocksDB allocates under KeyDB's flash tier: the
+/// engine's cache is bounded by its own setting, and counting it would make
+/// eviction push keys out to make room for the engine's copies of them.
+///
+/// A block must be freed on the side it was allocated on, or the counts
+/// drift: what the engine hands back (a value read, a key loaded) is made
+/// inside [`counted`].
+pub struct Uncounted {
+    was: bool,
+}
+
+impl Uncounted {
+    pub fn begin() -> Uncounted {
+        Uncounted {
+            was: UNCOUNTED.with(|u| u.replace(true)),
+        }
+    }
+}
+
+impl Drop for Uncounted {
+    fn drop(&mut self) {
+        UNCOUNTED.with(|u| u.set(self.was));
+    }
+}
+
+/// Runs `f` counted, inside an [`Uncounted`] stretch or not.
+pub fn counted<R>(f: impl FnOnce() -> R) -> R {
+    let was = UNCOUNTED.with(|u| u.replace(false));
+    let result = f();
+    UNCOUNTED.with(|u| u.set(was));
+    result
+}
+
+/// What the store engine holds now (approximately: see [`Uncounted`]).
+pub fn engine_bytes() -> usize {
+    ENGINE.load(Ordering::Relaxed).max(0) as usize
+}
+
 static STARTUP: AtomicUsize = AtomicUsize::new(0);
 
 /// Records what the process holds once it is ready to serve (MEMORY
@@ -174,6 +224,39 @@ pub fn peak_bytes() -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_uncounted_stretch_counts_apart_and_ends_with_its_guard() {
+        // Library tests do not install the allocator: the counts are
+        // driven directly, with a charge far larger than anything other
+        // test threads allocate meanwhile.
+        const BIG: isize = 1 << 40;
+        let stripes = || {
+            COUNTS
+                .iter()
+                .fold(0isize, |s, c| s.wrapping_add(c.0.load(Ordering::Relaxed)))
+        };
+        let near = |a: isize, b: isize| (a - b).abs() < 1 << 30;
+        let (engine, counted_before) = (ENGINE.load(Ordering::Relaxed), stripes());
+        {
+            let _engine = Uncounted::begin();
+            count(BIG);
+            assert!(near(ENGINE.load(Ordering::Relaxed), engine + BIG));
+            assert!(near(stripes(), counted_before));
+            counted(|| count(BIG));
+            assert!(near(stripes(), counted_before + BIG), "counted inside");
+            assert!(UNCOUNTED.with(Cell::get), "still uncounted after");
+            {
+                let _nested = Uncounted::begin();
+            }
+            assert!(UNCOUNTED.with(Cell::get), "a nested guard restores");
+            count(-BIG);
+        }
+        assert!(!UNCOUNTED.with(Cell::get));
+        count(-BIG);
+        assert!(near(ENGINE.load(Ordering::Relaxed), engine));
+        assert!(near(stripes(), counted_before));
+    }
 
     #[test]
     fn charges_follow_glibc_chunks() {

@@ -262,10 +262,13 @@ pub fn make_room(
     if policy == Policy::NoEviction {
         return Err(OutOfMemory);
     }
+    if let Some(tier) = &ks.cold {
+        return move_cold(ks, tier, used, now_used, max, policy, now_ms);
+    }
     let target = limits.target(replicating);
     let mut evicted = 0;
     while now_used > target && evicted < MOST_PER_CALL {
-        let Some((db, key)) = pick(ks, policy, limits.samples(), now_ms) else {
+        let Some((db, key)) = pick(ks, policy, limits.samples(), now_ms, |_| true) else {
             break;
         };
         if ks.evict(db, &key, now_ms) {
@@ -289,13 +292,99 @@ pub fn make_room(
     Ok(())
 }
 
+/// With a flash tier: the policy's victims move to the store, which
+/// replicates nothing, so no room is kept for tombstones. Only keys the
+/// store holds as they are can go (see `crate::flash`); when every key in
+/// RAM has changed since the last fold, a fold is asked for and the write
+/// goes ahead: memory passes the limit by what is written until the fold
+/// ends. Refused only when nothing the policy may take is left in RAM.
+fn move_cold(
+    ks: &Keyspace,
+    tier: &crate::flash::ColdTier,
+    used: impl Fn() -> Option<u64>,
+    mut now_used: u64,
+    max: u64,
+    policy: Policy,
+    now_ms: u64,
+) -> Result<(), OutOfMemory> {
+    if tier.starved() {
+        return Ok(());
+    }
+    let movable = |e: &crate::keymap::Entry| !e.key.is_cold() && !e.key.is_dirty();
+    let mut moved = 0;
+    while now_used > max && moved < MOST_PER_CALL {
+        let Some((db, key)) = pick(ks, policy, ks.limits.samples(), now_ms, movable) else {
+            break;
+        };
+        if ks.move_cold(db, &key) {
+            moved += 1;
+        }
+        now_used = used().unwrap_or(0);
+    }
+    if now_used <= max || moved > 0 {
+        return Ok(());
+    }
+    let in_ram = if policy.volatile() {
+        ks.with_expiry
+            .load(Ordering::Relaxed)
+            .saturating_sub(tier.cold_volatile.load(Ordering::Relaxed))
+    } else {
+        ks.live_keys
+            .load(Ordering::Relaxed)
+            .saturating_sub(ks.cold_keys())
+    };
+    if in_ram == 0 {
+        return Err(OutOfMemory);
+    }
+    tier.starve();
+    Ok(())
+}
+
+/// A node starting with a flash tier: moves random keys out until the
+/// allocator holds at most `limit` (the keys the store loaded past it went
+/// straight to disk, but their stand-ins and the log's replay came on top).
+/// Every loaded key is clean, so any may go.
+pub fn cool_down(ks: &Keyspace, limit: u64, now_ms: u64) {
+    let Some(tier) = &ks.cold else {
+        return;
+    };
+    let used = || crate::alloc::used_bytes().map(|b| b as u64);
+    loop {
+        let Some(now_used) = used() else {
+            return;
+        };
+        let before = ks.cold_keys();
+        if now_used <= limit {
+            return;
+        }
+        let _ = move_cold(
+            ks,
+            tier,
+            used,
+            now_used,
+            limit,
+            Policy::AllKeysRandom,
+            now_ms,
+        );
+        if ks.cold_keys() == before {
+            return;
+        }
+    }
+}
+
 /// The best victim among `samples` random keys of one random shard (in
 /// each of its databases), drawn from consecutive buckets as Redis's
 /// `dictGetSomeKeys` draws them: the table is in hash order, so neighbours
 /// are as random as scattered keys, and they share cache lines (scattered
 /// samples cost a cache miss each, most of an eviction's time);
 /// `None` when none of several rounds found any key the policy may take.
-fn pick(ks: &Keyspace, policy: Policy, samples: usize, now_ms: u64) -> Option<(usize, Key)> {
+fn pick(
+    ks: &Keyspace,
+    policy: Policy,
+    samples: usize,
+    now_ms: u64,
+    may_take: impl Fn(&crate::keymap::Entry) -> bool,
+) -> Option<(usize, Key)> {
     let clock = policy.clock();
     let mut best: Option<(u64, usize, Key)> = None;
     for _round in 0..16 {
@@ -320,7 +409,7 @@ fn pick(ks: &Keyspace, policy: Policy, samples: usize, now_ms: u64) -> Option<(u
             };
             if policy.volatile() {
                 for _ in 0..samples {
-                    if let Some(entry) = volatile_sample(d, policy) {
+                    if let Some(entry) = volatile_sample(d, policy, &may_take) {
                         consider(entry);
                     }
                 }
@@ -330,7 +419,7 @@ fn pick(ks: &Keyspace, policy: Policy, samples: usize, now_ms: u64) -> Option<(u
                 let start = rand::random_range(0..d.map.buckets().max(1));
                 for entry in d
                     .map
-                    .sample_run(start, samples, 1024, |e| e.state.exists(0))
+                    .sample_run(start, samples, 1024, |e| e.state.exists(0) && may_take(e))
                 {
                     consider(entry);
                 }
@@ -343,19 +432,36 @@ fn pick(ks: &Keyspace, policy: Policy, samples: usize, now_ms: u64) -> Option<(u
     best.map(|(_, db, key)| (db, key))
 }
 
-/// A key with an expiry from one database of a shard: the soonest to
-/// expire for volatile-ttl, else one at a random point of the expiry order.
-fn volatile_sample(d: &crate::keyspace::Db, policy: Policy) -> Option<&crate::keymap::Entry> {
+/// A key with an expiry from one database of a shard that `may_take`
+/// allows: the soonest to expire for volatile-ttl, else the first from a
+/// random point of the expiry order (looking at a few dozen at most from
+/// each point; volatile-ttl tries a random point when the soonest ones
+/// may not go, as with a flash tier once they are on disk).
+fn volatile_sample<'d>(
+    d: &'d crate::keyspace::Db,
+    policy: Policy,
+    may_take: &impl Fn(&crate::keymap::Entry) -> bool,
+) -> Option<&'d crate::keymap::Entry> {
     let (first, _) = d.expiring.first()?;
     let (last, _) = d.expiring.last()?;
-    let (_, key) = if policy == Policy::VolatileTtl || first == last {
-        d.expiring.first()?
-    } else {
-        let at = rand::random_range(*first..=*last);
-        d.expiring.range((at, Key::new(b""))..).next()?
+    let from = |at: u64| {
+        d.expiring
+            .range((at, Key::new(b""))..)
+            .take(VOLATILE_LOOKS)
+            .filter_map(|(_, key)| d.map.entry(key))
+            .find(|e| may_take(e))
     };
-    d.map.entry(key)
+    let random = || from(rand::random_range(*first..=*last));
+    if policy == Policy::VolatileTtl {
+        from(*first).or_else(random)
+    } else {
+        random()
+    }
 }
+
+/// Most entries of the expiry order one volatile sample looks at for one
+/// the policy may take (with a flash tier, cold and changed keys may not).
+const VOLATILE_LOOKS: usize = 32;
 
 #[cfg(test)]
 mod tests {

@@ -123,6 +123,9 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
             line("used_memory_human", &human(used));
             line("used_memory_rss", &rss);
             line("used_memory_rss_human", &human(rss));
+            // The store engine's cache and buffers: outside used_memory
+            // and maxmemory (see crate::alloc::Uncounted).
+            line("used_memory_store_engine", &crate::alloc::engine_bytes());
             line("used_memory_peak", &peak);
             line("used_memory_peak_human", &human(peak));
             line(
@@ -181,6 +184,15 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                         line("store_disk_bytes", &bytes);
                     }
                 }
+            }
+            // The flash tier (`storage-provider flash`): keys whose state
+            // is on disk only, and their moves.
+            if let Some(tier) = &node.ks.cold {
+                line("flash_enabled", &1);
+                line("flash_cold_keys", &tier.cold_keys.load(Ordering::Relaxed));
+                line("flash_moved_out", &tier.moved_out.load(Ordering::Relaxed));
+                line("flash_warmed", &tier.warmed.load(Ordering::Relaxed));
+                line("flash_peeked", &tier.peeked.load(Ordering::Relaxed));
             }
         }
         "stats" => {

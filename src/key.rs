@@ -28,12 +28,16 @@ pub enum Key {
     Heap {
         mark: u32,
         dirty: bool,
+        cold: bool,
         bytes: Box<[u8]>,
     },
 }
 
-/// An inline key's length byte carries the dirty flag in its top bit.
+/// An inline key's length byte carries the dirty flag in its top bit and
+/// the cold flag in the next (a length is at most 18).
 const DIRTY_BIT: u8 = 0x80;
+const COLD_BIT: u8 = 0x40;
+const LEN_BITS: u8 = !(DIRTY_BIT | COLD_BIT);
 
 impl Key {
     pub fn new(bytes: &[u8]) -> Key {
@@ -49,6 +53,7 @@ impl Key {
             Key::Heap {
                 mark: 0,
                 dirty: false,
+                cold: false,
                 bytes: Box::from(bytes),
             }
         }
@@ -56,7 +61,7 @@ impl Key {
 
     pub fn as_bytes(&self) -> &[u8] {
         match self {
-            Key::Inline { len, buf, .. } => &buf[..(*len & !DIRTY_BIT) as usize],
+            Key::Inline { len, buf, .. } => &buf[..(*len & LEN_BITS) as usize],
             Key::Heap { bytes, .. } => bytes,
         }
     }
@@ -94,6 +99,28 @@ impl Key {
                 }
             }
             Key::Heap { dirty, .. } => *dirty = to,
+        }
+    }
+
+    /// The key's state lives in the flash tier's store, not in RAM (see
+    /// `crate::flash`): the state beside it in the table is a stand-in.
+    pub fn is_cold(&self) -> bool {
+        match self {
+            Key::Inline { len, .. } => len & COLD_BIT != 0,
+            Key::Heap { cold, .. } => *cold,
+        }
+    }
+
+    pub fn set_cold(&mut self, to: bool) {
+        match self {
+            Key::Inline { len, .. } => {
+                *len = if to {
+                    *len | COLD_BIT
+                } else {
+                    *len & !COLD_BIT
+                }
+            }
+            Key::Heap { cold, .. } => *cold = to,
         }
     }
 
@@ -176,6 +203,25 @@ mod tests {
             dirty.set_dirty(false);
             assert!(!dirty.is_dirty());
             assert_eq!(dirty.as_bytes(), &bytes[..]);
+        }
+    }
+
+    #[test]
+    fn the_cold_flag_is_apart_from_the_dirty_flag_and_the_bytes() {
+        for len in [0, 5, 18, 19, 64] {
+            let bytes: Vec<u8> = (0..len).map(|i| (i * 13) as u8).collect();
+            let mut key = Key::new(&bytes);
+            assert!(!key.is_cold());
+            key.set_cold(true);
+            assert!(key.is_cold() && !key.is_dirty(), "len {len}");
+            key.set_dirty(true);
+            assert!(key.is_cold() && key.is_dirty());
+            assert_eq!(key.as_bytes(), &bytes[..]);
+            key.set_cold(false);
+            assert!(!key.is_cold() && key.is_dirty());
+            key.set_dirty(false);
+            assert_eq!(key.as_bytes(), &bytes[..]);
+            assert!(key == Key::new(&bytes));
         }
     }
 

@@ -124,6 +124,10 @@ impl KeyMap {
         self.table.iter().map(|e| &e.state)
     }
 
+    pub fn entries(&self) -> impl Iterator<Item = &Entry> {
+        self.table.iter()
+    }
+
     pub fn entries_mut(&mut self) -> impl Iterator<Item = &mut Entry> {
         self.table.iter_mut()
     }

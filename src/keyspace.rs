@@ -6,6 +6,7 @@
 //! shard. Every write is a delta: merged here exactly as a replica merges
 //! it, then handed to the [`DeltaSink`] (replication, a later layer).
 
+use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
@@ -20,8 +21,9 @@ use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
 
 use crate::conflicts::ConflictLog;
+use crate::flash::ColdTier;
 use crate::key::Key;
-use crate::keymap::KeyMap;
+use crate::keymap::{Entry, KeyMap};
 
 /// Shards per keyspace: enough that worker threads rarely meet on one lock,
 /// few enough that locking all of them (EXEC, FLUSHALL) stays cheap.
@@ -131,6 +133,13 @@ pub struct Db {
     /// Shared by every database of the keyspace: the sum of every `live`
     /// (`Keyspace::live_keys`).
     pub live_keys: Arc<AtomicU64>,
+    /// The database's number where its cold keys are stored: SWAPDB moves
+    /// it with the database until `Shard::swapped` brings them back.
+    pub index: u32,
+    /// The flash tier, if the node has one (see `crate::flash`).
+    pub cold: Option<Arc<ColdTier>>,
+    /// Keys of `map` that are cold.
+    pub cold_keys: usize,
 }
 
 /// The shard holding digest bucket `bucket`.
@@ -142,10 +151,142 @@ fn is_live(state: &KeyState) -> bool {
     state.exists(0)
 }
 
+/// Keys a fold took (see `Keyspace::take_changed`), per shard: (database,
+/// key).
+pub type TakenKeys = Vec<Vec<(u32, Key)>>;
+
+/// Appends the current states of `names` in `shard` to `into` (see
+/// `Keyspace::encode_taken`).
+fn encode_in(
+    shard: &mut Shard,
+    names: &[(u32, Key)],
+    into: &mut Vec<StoredKey>,
+) -> Result<(), CutError> {
+    for (db, key) in names {
+        let Some(d) = shard.dbs.get(*db as usize) else {
+            continue;
+        };
+        match d.map.entry(key) {
+            // Not while a fold runs (`ColdTier::folding`); a cold key is
+            // in the store as it is.
+            Some(entry) if entry.key.is_cold() => {}
+            Some(entry) => {
+                let state = chorus_crdt::encode(&entry.state)
+                    .map_err(|e| CutError::Encode(String::from_utf8_lossy(key).into_owned(), e))?;
+                into.push((*db, key.to_vec(), Some(state)));
+            }
+            None => into.push((*db, key.to_vec(), None)),
+        }
+    }
+    Ok(())
+}
+
+/// A cold key's state from the store, as RAM would hold it now: without
+/// what a flush since removed, compacted to the GC floor (so a digest of it
+/// matches a peer's of the same writes).
+fn read_cold(tier: &ColdTier, db: u32, key: &[u8], floor: Stamp, gc_acked: Stamp) -> KeyState {
+    let mut state = tier.read(db, key);
+    if !floor.is_zero() {
+        state.prune(floor);
+    }
+    state.compact(gc_acked);
+    state
+}
+
 impl Db {
-    /// The state of `key`, tombstones included.
+    /// The state of `key`, tombstones included. A cold key must have been
+    /// warmed (the dispatcher warms a command's named keys): its state here
+    /// is a stand-in (see `crate::flash`).
     pub fn get(&self, key: &[u8]) -> Option<&KeyState> {
+        let entry = self.map.entry(key)?;
+        debug_assert!(!entry.key.is_cold(), "{key:?} read cold");
+        Some(&entry.state)
+    }
+
+    /// The state of `key`, or a cold key's stand-in: enough to tell
+    /// whether the key exists and when it expires, without a disk read.
+    pub fn indexed(&self, key: &[u8]) -> Option<&KeyState> {
         self.map.get(key)
+    }
+
+    /// Brings a cold `key`'s state back into RAM; nothing if it is not cold.
+    pub fn warm(&mut self, key: &[u8], gc_acked: Stamp) {
+        self.entry_warmed(key, gc_acked, true);
+    }
+
+    /// `key`'s entry, with one lookup, its state brought back into RAM
+    /// first if it is cold and `warm`.
+    pub fn entry_warmed(&mut self, key: &[u8], gc_acked: Stamp, warm: bool) -> Option<&mut Entry> {
+        let Db {
+            map,
+            cold,
+            index,
+            floor,
+            cold_keys,
+            ..
+        } = self;
+        let entry = map.entry_mut(key)?;
+        if let (true, true, Some(tier)) = (warm, entry.key.is_cold(), cold.as_deref()) {
+            let stand_in = std::mem::replace(
+                &mut entry.state,
+                read_cold(tier, *index, key, *floor, gc_acked),
+            );
+            entry.key.set_cold(false);
+            *cold_keys -= 1;
+            tier.note_warmed(stand_in.expire_at_ms());
+        }
+        Some(entry)
+    }
+
+    /// `key`'s state wherever it is, tombstones included, without bringing
+    /// a cold one back into RAM (a digest, a transfer, a dump).
+    pub fn peek(&self, key: &[u8], gc_acked: Stamp) -> Option<Cow<'_, KeyState>> {
+        let entry = self.map.entry(key)?;
+        Some(self.peek_entry(entry, gc_acked))
+    }
+
+    /// Every key and its state as [`Db::peek`] reads it, tombstones
+    /// included.
+    pub fn states(&self, gc_acked: Stamp) -> impl Iterator<Item = (&Key, Cow<'_, KeyState>)> {
+        self.map
+            .entries()
+            .map(move |e| (&e.key, self.peek_entry(e, gc_acked)))
+    }
+
+    /// An entry's state as [`Db::peek`] reads it.
+    pub fn peek_entry<'a>(&self, entry: &'a Entry, gc_acked: Stamp) -> Cow<'a, KeyState> {
+        match &self.cold {
+            Some(tier) if entry.key.is_cold() => {
+                tier.peeked.fetch_add(1, Ordering::Relaxed);
+                Cow::Owned(read_cold(
+                    tier, self.index, &entry.key, self.floor, gc_acked,
+                ))
+            }
+            _ => Cow::Borrowed(&entry.state),
+        }
+    }
+
+    /// Moves `key`'s state out of RAM into the flash tier, leaving its
+    /// stand-in. Only a live key whose newest state the store holds (clean,
+    /// and no fold pending) can go. Whether it went.
+    pub fn make_cold(&mut self, key: &[u8]) -> bool {
+        let Some(tier) = &self.cold else {
+            return false;
+        };
+        if tier.folding() {
+            return false;
+        }
+        let Some(entry) = self.map.entry_mut(key) else {
+            return false;
+        };
+        if entry.key.is_cold() || entry.key.is_dirty() || !is_live(&entry.state) {
+            return false;
+        }
+        entry.state = crate::flash::stand_in(&entry.state);
+        entry.key.set_cold(true);
+        self.cold_keys += 1;
+        tier.note_moved_out(entry.state.expire_at_ms());
+        true
     }
 
     /// Runs `f` on `key`'s state (created empty if absent) with one hash
@@ -167,20 +308,52 @@ impl Db {
             access_clock,
             with_expiry,
             live_keys,
+            index,
+            cold,
+            cold_keys,
         } = self;
         let entry = map.get_or_insert(key, access_clock.load(Ordering::Relaxed));
-        if gone.is_some() {
+        // A cold key's state comes back for the change, and goes back to
+        // disk if the change leaves it as it was (a merge of what it holds
+        // already, a transfer's forgetting of nothing): a full state
+        // transfer must not bring every cold key into RAM.
+        let mut was_cold = None;
+        if entry.key.is_cold() {
+            if let Some(tier) = cold.as_deref() {
+                let read = read_cold(tier, *index, key, *floor, gc_acked);
+                was_cold = Some((std::mem::replace(&mut entry.state, read.clone()), read));
+            }
+        }
+        if gone.is_some() && was_cold.is_none() {
             entry.key.set_dirty(true);
         }
-        let state = &mut entry.state;
         // `expiring` holds live keys only: an expiry field left under a
         // tombstone expires nothing (and GC may drop it at any moment).
-        let was_live = is_live(state);
-        let old_at = if was_live { state.expire_at_ms() } else { 0 };
-        let result = f(state);
+        let was_live = is_live(&entry.state);
+        let old_at = if was_live {
+            entry.state.expire_at_ms()
+        } else {
+            0
+        };
+        let result = f(&mut entry.state);
         if !floor.is_zero() {
-            state.prune(*floor);
+            entry.state.prune(*floor);
         }
+        if let Some((stand_in, read)) = was_cold {
+            if entry.state == read {
+                entry.state = stand_in;
+                return result;
+            }
+            entry.key.set_cold(false);
+            if gone.is_some() {
+                entry.key.set_dirty(true);
+            }
+            *cold_keys -= 1;
+            if let Some(tier) = cold.as_deref() {
+                tier.note_warmed(stand_in.expire_at_ms());
+            }
+        }
+        let state = &mut entry.state;
         let drop = state.is_empty() || state.collectable(gc_acked);
         let compacted = if drop {
             !state.is_empty()
@@ -233,6 +406,22 @@ impl Db {
         let gone = &mut self.gone;
         let tracking = gone.is_some();
         for entry in self.map.entries_mut() {
+            if entry.key.is_cold() {
+                let Some(tier) = &self.cold else { continue };
+                // A stand-in's stamp is its key's newest: older than the
+                // floor, the whole state goes (its stored copy at the next
+                // fold); else the parts after the floor stay.
+                let expire_at = entry.state.expire_at_ms();
+                if entry.state.latest_stamp() >= floor {
+                    entry.state = read_cold(tier, self.index, &entry.key, Stamp::ZERO, Stamp::ZERO);
+                    tier.note_warmed(expire_at);
+                } else {
+                    entry.state = KeyState::default();
+                    tier.note_gone(expire_at);
+                }
+                entry.key.set_cold(false);
+                self.cold_keys -= 1;
+            }
             entry.state.prune(floor);
             entry.key.set_dirty(tracking);
             if entry.state.is_empty() {
@@ -287,7 +476,23 @@ impl Shard {
     /// either is changed at both numbers (written where it now is, removed
     /// where it was).
     pub fn swapped(&mut self, a: usize, b: usize) {
-        if a == b || self.dbs[a].gone.is_none() {
+        if a == b {
+            return;
+        }
+        // Each database's cold keys are stored at its old number, where
+        // they are about to be removed: they come back into RAM first, to
+        // be written where they now are.
+        for d in [a, b] {
+            let db = &mut self.dbs[d];
+            if db.cold_keys > 0 {
+                let cold: Vec<Key> = db.map.keys().filter(|k| k.is_cold()).cloned().collect();
+                for key in cold {
+                    db.warm(&key, Stamp::ZERO);
+                }
+            }
+            db.index = d as u32;
+        }
+        if self.dbs[a].gone.is_none() {
             return;
         }
         // What the store holds at one number and the other no longer has
@@ -587,6 +792,14 @@ pub struct Keyspace {
     pub invalidations: Arc<crate::tracking::Invalidations>,
     /// `notify-keyspace-events` (0: off).
     pub notify: Arc<crate::notify::Flags>,
+    /// The flash tier (`storage-provider flash`), if the node has one.
+    pub cold: Option<Arc<ColdTier>>,
+    /// SWAPDBs so far: a fold storing keys a shard at a time checks that
+    /// none came since it took them.
+    swaps: AtomicU64,
+    /// While a fold stores its keys, the GC floor it began with (see
+    /// `cap_gc_for_fold`); `u64::MAX` otherwise.
+    fold_cap: AtomicU64,
 }
 
 /// The shards one command holds, in index order.
@@ -649,6 +862,8 @@ pub enum CutError {
     NotTracking,
     #[error("cannot encode the state of key {0:?}: {1}")]
     Encode(String, chorus_crdt::codec::EncodeError),
+    #[error("a SWAPDB came while the fold was storing keys; the next fold stores them")]
+    Swapped,
 }
 
 /// A command touched a key whose shard it had not locked: a bug in a command
@@ -707,7 +922,8 @@ impl Keyspace {
             .map(|_| {
                 Mutex::new(Shard {
                     dbs: (0..databases)
-                        .map(|_| Db {
+                        .map(|index| Db {
+                            index: index as u32,
                             map: KeyMap::with_hasher(maps_hasher),
                             changes: changes.clone(),
                             collected: collected.clone(),
@@ -749,7 +965,28 @@ impl Keyspace {
             pubsub,
             invalidations,
             notify: Default::default(),
+            cold: None,
+            swaps: AtomicU64::new(0),
+            fold_cap: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Gives the keyspace a flash tier: from now on eviction moves keys
+    /// into `tier`'s store instead of deleting them.
+    pub fn set_cold_tier(&mut self, tier: Arc<ColdTier>) {
+        for shard in self.shards.iter() {
+            for db in shard.lock().dbs.iter_mut() {
+                db.cold = Some(tier.clone());
+            }
+        }
+        self.cold = Some(tier);
+    }
+
+    /// Keys whose state is in the flash tier only.
+    pub fn cold_keys(&self) -> u64 {
+        self.cold
+            .as_ref()
+            .map_or(0, |t| t.cold_keys.load(Ordering::Relaxed))
     }
 
     /// Delivers a message published by a local client to this node's
@@ -842,12 +1079,34 @@ impl Keyspace {
         &self,
         locked: &mut Locked<'_>,
     ) -> Result<(Vec<StoredKey>, Vec<Stamp>), CutError> {
+        let (taken, floors) = self.take_changed(locked)?;
+        let mut keys = Vec::new();
+        for (index, names) in taken.iter().enumerate() {
+            let shard = locked.shard(index).map_err(|_| CutError::NotAllLocked)?;
+            if let Err(e) = encode_in(shard, names, &mut keys) {
+                self.mark_taken_dirty_in(locked, &taken);
+                return Err(e);
+            }
+        }
+        Ok((keys, floors))
+    }
+
+    /// A fold's first step, under every shard lock: per shard, the keys
+    /// changed since the last fold, removed ones included (their dirty
+    /// flags cleared: the next fold starts afresh), and each database's
+    /// flush floor. Nothing is encoded here, so the pause is a scan for
+    /// flags; [`Keyspace::encode_taken`] reads the states a shard at a time.
+    pub fn take_changed(
+        &self,
+        locked: &mut Locked<'_>,
+    ) -> Result<(TakenKeys, Vec<Stamp>), CutError> {
         if !locked.holds_all() {
             return Err(CutError::NotAllLocked);
         }
-        let mut keys = Vec::new();
+        let mut taken: TakenKeys = vec![Vec::new(); SHARDS];
         let mut floors = vec![Stamp::ZERO; self.databases];
-        for shard in locked.shards() {
+        for (index, shard) in locked.shards().enumerate() {
+            let names = &mut taken[index];
             for (i, db) in shard.dbs.iter_mut().enumerate() {
                 floors[i] = floors[i].max(db.floor);
                 let Some(gone) = db.gone.as_mut() else {
@@ -858,37 +1117,82 @@ impl Keyspace {
                         continue;
                     }
                     entry.key.set_dirty(false);
-                    let state = chorus_crdt::encode(&entry.state).map_err(|e| {
-                        CutError::Encode(String::from_utf8_lossy(&entry.key).into_owned(), e)
-                    })?;
-                    keys.push((i as u32, entry.key.to_vec(), Some(state)));
+                    // Never the case (a change warms the key first): a
+                    // stand-in stored would replace the key's state.
+                    if entry.key.is_cold() {
+                        debug_assert!(false, "cold key {:?} marked dirty", entry.key);
+                        continue;
+                    }
+                    names.push((i as u32, Key::new(&entry.key)));
                 }
-                // A key gone and back again was written above.
+                // A key gone and back again is taken above.
                 for key in gone.drain() {
                     if !db.map.contains_key(&key) {
-                        keys.push((i as u32, key.to_vec(), None));
+                        names.push((i as u32, key));
                     }
                 }
             }
         }
-        Ok((keys, floors))
+        Ok((taken, floors))
     }
 
-    /// Marks keys dirty again (a cut that could not be stored).
-    pub fn mark_dirty(&self, keys: &[StoredKey]) {
-        for (db, key, _) in keys {
-            let mut shard = self.shards[self.shard_of(key)].lock();
-            let Some(d) = shard.dbs.get_mut(*db as usize) else {
+    /// The states of `names` (shard `index`'s keys from
+    /// [`Keyspace::take_changed`]) as they are now, under that shard's
+    /// lock, appended to `into`: a key changed since it was taken goes as
+    /// it is now (what the store holds may run ahead of the fold's version
+    /// vector: merges are idempotent and the log's replay brings the rest),
+    /// a key gone as `None`. Fails with [`CutError::Swapped`] when a SWAPDB
+    /// came after `swaps` ([`Keyspace::swaps`] when the keys were taken):
+    /// the database numbers `names` holds mean other databases now.
+    pub fn encode_taken(
+        &self,
+        index: usize,
+        names: &[(u32, Key)],
+        swaps: u64,
+        into: &mut Vec<StoredKey>,
+    ) -> Result<(), CutError> {
+        let mut locked = self.lock(SmallVec::from_slice(&[index]));
+        let shard = locked.shard(index).map_err(|_| CutError::NotAllLocked)?;
+        if self.swaps.load(Ordering::SeqCst) != swaps {
+            return Err(CutError::Swapped);
+        }
+        encode_in(shard, names, into)
+    }
+
+    /// SWAPDBs so far (see [`Keyspace::encode_taken`]).
+    pub fn swaps(&self) -> u64 {
+        self.swaps.load(Ordering::SeqCst)
+    }
+
+    /// A SWAPDB, under every shard lock.
+    pub fn note_swap(&self) {
+        self.swaps.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Marks keys a fold took changed again (a fold that could not store
+    /// them).
+    pub fn mark_taken_dirty(&self, taken: &TakenKeys) {
+        let mut all = self.lock_all();
+        self.mark_taken_dirty_in(&mut all, taken);
+    }
+
+    fn mark_taken_dirty_in(&self, locked: &mut Locked<'_>, taken: &TakenKeys) {
+        for (index, names) in taken.iter().enumerate() {
+            let Ok(shard) = locked.shard(index) else {
                 continue;
             };
-            if d.gone.is_none() {
-                continue;
-            }
-            match d.map.entry_mut(key) {
-                Some(entry) => entry.key.set_dirty(true),
-                None => {
-                    if let Some(gone) = &mut d.gone {
-                        gone.insert(Key::new(key));
+            for (db, key) in names {
+                let Some(d) = shard.dbs.get_mut(*db as usize) else {
+                    continue;
+                };
+                match d.map.entry_mut(key) {
+                    // A cold key is in the store as it is.
+                    Some(entry) if !entry.key.is_cold() => entry.key.set_dirty(true),
+                    Some(_) => {}
+                    None => {
+                        if let Some(gone) = &mut d.gone {
+                            gone.insert(key.clone());
+                        }
                     }
                 }
             }
@@ -898,19 +1202,42 @@ impl Keyspace {
     /// Merges a stored state into the keyspace (a node starting from its
     /// store): floors first, then every key. Nothing loaded counts as dirty.
     pub fn restore(&self, keys: Vec<(u32, Vec<u8>, KeyState)>, floors: &[Stamp]) {
-        let acked = self.gc_acked();
+        self.restore_floors(floors);
+        for (db, key, state) in keys {
+            self.restore_key(db, key, state, false);
+        }
+        self.restored();
+    }
+
+    /// The first step of [`Keyspace::restore`]: each database's floor.
+    pub fn restore_floors(&self, floors: &[Stamp]) {
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             for (db, floor) in shard.dbs.iter_mut().zip(floors) {
                 db.flush(*floor);
             }
         }
-        for (db, key, state) in keys {
-            let mut shard = self.shards[self.shard_of(&key)].lock();
-            if let Some(d) = shard.dbs.get_mut(db as usize) {
-                d.change(&key, acked, |s| s.merge_owned(state));
+    }
+
+    /// One stored key of [`Keyspace::restore`]; `cold`: left in the flash
+    /// tier (the store holds it as it is), its stand-in in RAM.
+    pub fn restore_key(&self, db: u32, key: Vec<u8>, state: KeyState, cold: bool) {
+        let acked = self.gc_acked();
+        let mut shard = self.shards[self.shard_of(&key)].lock();
+        if let Some(d) = shard.dbs.get_mut(db as usize) {
+            d.change(&key, acked, |s| s.merge_owned(state));
+            if cold {
+                if let Some(entry) = d.map.entry_mut(&key) {
+                    entry.key.set_dirty(false);
+                }
+                d.make_cold(&key);
             }
         }
+    }
+
+    /// The last step of [`Keyspace::restore`]: nothing loaded counts as
+    /// changed since the store's last cut.
+    pub fn restored(&self) {
         for shard in self.shards.iter() {
             for db in shard.lock().dbs.iter_mut() {
                 if let Some(gone) = &mut db.gone {
@@ -967,9 +1294,30 @@ impl Keyspace {
     /// still need a tombstone.
     pub fn gc_acked(&self) -> Stamp {
         Stamp {
-            time: self.gc_time.load(Ordering::Relaxed),
+            time: self
+                .gc_time
+                .load(Ordering::Relaxed)
+                .min(self.fold_cap.load(Ordering::Relaxed)),
             node: NodeId(u64::MAX),
         }
+    }
+
+    /// Holds collection at the GC floor it has now until
+    /// [`Keyspace::end_fold_cap`], under every shard lock (a fold taking
+    /// its keys). A fold reads states after it rotated the log: were a
+    /// tombstone collected meanwhile above the floor the fold began with,
+    /// the store could hold its key as gone while the log's replay from
+    /// that rotation holds an older write to it, which would come back.
+    /// Below that floor no such write can be in the log: every node applied
+    /// it before the floor passed it.
+    pub fn cap_gc_for_fold(&self) {
+        self.fold_cap
+            .store(self.gc_time.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+
+    /// The fold is stored (or failed): collection follows the floor again.
+    pub fn end_fold_cap(&self) {
+        self.fold_cap.store(u64::MAX, Ordering::Relaxed);
     }
 
     /// A stamp at or after everything collection dropped so far (ZERO when
@@ -1052,10 +1400,11 @@ impl Keyspace {
         let mut floors = vec![Stamp::ZERO; self.databases];
         for shard in self.shards.iter() {
             let shard = shard.lock();
+            let acked = self.gc_acked();
             for (db, d) in shard.dbs.iter().enumerate() {
                 floors[db] = floors[db].max(d.floor);
-                for (key, state) in &d.map {
-                    keys.push((db as u32, key.to_vec(), state.clone()));
+                for (key, state) in d.states(acked) {
+                    keys.push((db as u32, key.to_vec(), state.into_owned()));
                 }
             }
         }
@@ -1066,7 +1415,8 @@ impl Keyspace {
     /// One key's state, tombstones included.
     pub fn state_of(&self, db: usize, key: &[u8]) -> Option<KeyState> {
         let shard = self.shards[self.shard_of(key)].lock();
-        shard.dbs.get(db)?.get(key).cloned()
+        let acked = self.gc_acked();
+        Some(shard.dbs.get(db)?.peek(key, acked)?.into_owned())
     }
 
     /// Adds shard `index`'s keys and floors to `dbs` (one digest per
@@ -1078,10 +1428,11 @@ impl Keyspace {
         scratch: &mut Vec<u8>,
     ) -> Result<(), chorus_crdt::EncodeError> {
         let shard = self.shards[index].lock();
+        let acked = self.gc_acked();
         for (d, digest) in shard.dbs.iter().zip(dbs.iter_mut()) {
             digest.floor = digest.floor.max(d.floor);
-            for (key, state) in &d.map {
-                digest.add(key, key_digest(key, state, scratch)?);
+            for (key, state) in d.states(acked) {
+                digest.add(key, key_digest(key, &state, scratch)?);
             }
         }
         Ok(())
@@ -1097,14 +1448,15 @@ impl Keyspace {
         scratch: &mut Vec<u8>,
     ) -> Result<(), chorus_crdt::EncodeError> {
         let shard = self.shards[index].lock();
+        let acked = self.gc_acked();
         for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
             if d.map.is_empty() && d.floor.is_zero() {
                 continue;
             }
             let digest = digest.get_or_insert_with(|| LeafDigest::empty(db as u32, bits));
             digest.floor = digest.floor.max(d.floor);
-            for (key, state) in &d.map {
-                digest.add(key, key_digest(key, state, scratch)?);
+            for (key, state) in d.states(acked) {
+                digest.add(key, key_digest(key, &state, scratch)?);
             }
         }
         Ok(())
@@ -1160,13 +1512,16 @@ impl Keyspace {
         let Some(d) = shard.dbs.get(db) else {
             return Ok(());
         };
-        for (key, state) in &d.map {
+        let acked = self.gc_acked();
+        for entry in d.map.entries() {
+            let key = &entry.key;
             let (b, sub) = sub_bucket_of(key);
             if b == bucket
                 && only.is_none_or(|o| o == sub)
                 && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
             {
-                f(key, sub, key_digest(key, state, &mut scratch)?);
+                let state = d.peek_entry(entry, acked);
+                f(key, sub, key_digest(key, &state, &mut scratch)?);
             }
         }
         Ok(())
@@ -1192,12 +1547,15 @@ impl Keyspace {
                 continue;
             };
             floor = floor.max(d.floor);
-            for (key, state) in &d.map {
+            let acked = self.gc_acked();
+            for entry in d.map.entries() {
+                let key = &entry.key;
                 let bucket = bucket_of(key);
                 if buckets.contains(&bucket)
                     && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
                 {
-                    digests[(bucket - first) as usize] ^= key_digest(key, state, &mut scratch)?;
+                    let state = d.peek_entry(entry, acked);
+                    digests[(bucket - first) as usize] ^= key_digest(key, &state, &mut scratch)?;
                     keys += 1;
                 }
             }
@@ -1238,12 +1596,15 @@ impl Keyspace {
                     .cloned()
                     .collect();
                 for key in unnamed {
-                    let before = crate::notify::Before::of(self, d.get(&key));
+                    // A cold key's stand-in tells what notifications read;
+                    // the change reads it back, and leaves it cold if it
+                    // forgets nothing.
+                    let before = crate::notify::Before::of(self, d.indexed(&key));
                     if d.change(&key, acked, |s| s.forget_held(held)) {
                         changed += 1;
                         self.waiters.wake(db, &key);
                         self.invalidations.changed(&key);
-                        crate::notify::after_merge(self, db, &key, before, d.get(&key));
+                        crate::notify::after_merge(self, db, &key, before, d.indexed(&key));
                     }
                 }
             }
@@ -1388,6 +1749,15 @@ impl Keyspace {
         }
     }
 
+    /// Moves `key` of `db` into the flash tier (see `Db::make_cold`).
+    pub fn move_cold(&self, db: usize, key: &[u8]) -> bool {
+        let index = self.shard_of(key);
+        let mut locked = self.lock(SmallVec::from_slice(&[index]));
+        locked
+            .shard(index)
+            .is_ok_and(|s| s.dbs.get_mut(db).is_some_and(|d| d.make_cold(key)))
+    }
+
     /// Records the delete of a key whose expiry has passed, if it has.
     pub fn expire_if_due(
         &self,
@@ -1399,7 +1769,7 @@ impl Keyspace {
         let due = {
             let shard = locked.shard(self.shard_of(key))?;
             shard.dbs[db]
-                .get(key)
+                .indexed(key)
                 .is_some_and(|s| s.is_expired(now_ms) && s.exists(0))
         };
         if due {
@@ -1574,6 +1944,23 @@ mod tests {
             db.get(b"a").is_none(),
             "standalone: the tombstone is collected at once"
         );
+    }
+
+    /// While a fold stores its keys, collection stays at the GC floor the
+    /// fold began with, however far the floor moves meanwhile.
+    #[test]
+    fn a_fold_holds_collection_at_the_floor_it_began_with() {
+        let mut ks = keyspace();
+        ks.set_sink(Arc::new(Recorder::default()));
+        let at = |t: u64| Stamp::from_unix_ms(t, NodeId(1));
+        ks.set_gc_floor(at(1_000));
+        let began = ks.gc_acked();
+        ks.cap_gc_for_fold();
+        ks.set_gc_floor(at(5_000));
+        assert_eq!(ks.gc_acked(), began);
+        ks.end_fold_cap();
+        assert!(ks.gc_acked() > began);
+        assert_eq!(ks.gc_acked().time, at(5_000).time - 1);
     }
 
     /// State merged from a peer whose clock runs ten minutes ahead: a flush

@@ -18,6 +18,7 @@ pub mod conflicts;
 pub mod connection;
 pub mod deltalog;
 pub mod evict;
+pub mod flash;
 pub mod glob;
 pub mod info;
 pub mod key;

@@ -87,21 +87,30 @@ impl NodeEnv {
                 "physical clock skewed by CHORUS_CLOCK_SKEW_MS"
             );
         }
-        let store: Option<Arc<dyn Store>> = if config.appendonly {
-            // Every fold is durable when it returns, whatever `appendfsync`
-            // says: the log files it folded go then.
-            let store = crate::store::RedbStore::open(&config.dir)?;
-            tracing::info!("state kept in {}", store.path().display());
-            Some(Arc::new(store))
-        } else {
-            None
+        let store: Option<Arc<dyn Store>> = match config.data_dir() {
+            Some(dir) => {
+                if config.flash.is_some() {
+                    std::fs::create_dir_all(dir).map_err(|e| crate::store::StoreError::Open {
+                        path: dir.to_path_buf(),
+                        reason: e.to_string(),
+                    })?;
+                }
+                // Every fold is durable when it returns, whatever
+                // `appendfsync` says: the log files it folded go then.
+                let store = crate::store::RedbStore::open(dir)?;
+                tracing::info!("state kept in {}", store.path().display());
+                Some(Arc::new(store))
+            }
+            None => None,
         };
         Ok(NodeEnv {
             node: new_node_id(),
             physical: process_clock,
             wall_ms: process_wall_ms,
             hash_seed: None,
-            log_dir: store.as_ref().map(|_| config.dir.clone()),
+            log_dir: store
+                .as_ref()
+                .and_then(|_| config.data_dir().map(|d| d.to_path_buf())),
             store,
         })
     }
@@ -202,7 +211,7 @@ impl Node {
                 )
             }
         };
-        let loaded = env.store.as_ref().map(|s| s.load()).transpose()?;
+        let loaded = env.store.as_ref().map(|s| s.load_meta()).transpose()?;
         let (log, replay) = match (&loaded, &env.log_dir) {
             (Some(loaded), Some(dir)) => {
                 let (log, replay) = DeltaLog::open(dir, config.appendfsync, loaded.log_from)?;
@@ -230,6 +239,9 @@ impl Node {
                 None => ks.set_log_sink(Arc::new(LogSink::new(node, log.clone()))),
             }
         }
+        if let (Some(store), Some(_)) = (&env.store, &config.flash) {
+            ks.set_cold_tier(Arc::new(crate::flash::ColdTier::new(store.clone())));
+        }
         if env.store.is_some() {
             ks.track_dirty();
             if let Some(repl) = &repl {
@@ -246,9 +258,16 @@ impl Node {
                     ks.clone(),
                     repl.clone(),
                 );
-                persistence.restore(loaded);
+                let cold_past = (config.flash.is_some()
+                    && config.maxmemory > 0
+                    && config.maxmemory_policy != crate::evict::Policy::NoEviction)
+                    .then_some(config.maxmemory);
+                persistence.restore(loaded, cold_past)?;
                 if let Some(replay) = &replay {
                     persistence.replay(replay)?;
+                }
+                if let Some(limit) = cold_past {
+                    crate::evict::cool_down(&ks, limit, ks.clock.physical_unix_ms());
                 }
                 Some(Arc::new(persistence))
             }
@@ -425,6 +444,24 @@ async fn active_expiry(node: Arc<Node>) {
         // The peak moves on the cycle too, not only when INFO asks.
         let _ = crate::alloc::used_bytes();
         let _ = crate::evict::make_room(ks, || node.data_memory(), replicating, now);
+        if ks.cold.is_some() {
+            // Moving keys out is local and cheap: after a burst of writes
+            // (and each fold) memory comes down without waiting for the
+            // next write, a few milliseconds a tick at most.
+            let until = std::time::Instant::now() + Duration::from_millis(5);
+            while std::time::Instant::now() < until
+                && node
+                    .data_memory()
+                    .is_some_and(|u| u > ks.limits.maxmemory())
+                && ks.limits.maxmemory() > 0
+            {
+                let moved = ks.cold_keys();
+                let _ = crate::evict::make_room(ks, || node.data_memory(), replicating, now);
+                if ks.cold_keys() == moved {
+                    break;
+                }
+            }
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use chorus_crdt::{encode_append, Delta, EncodeError, KeyState, NodeId};
 use smallvec::SmallVec;
 
 use crate::deltalog::{DeltaLog, LogError, Replay};
-use crate::keyspace::{CutError, DeltaSink, Keyspace};
+use crate::keyspace::{CutError, DeltaSink, Keyspace, TakenKeys};
 use crate::replication::wire::{self, ReplMsg};
 use crate::replication::Replicator;
 use crate::store::{Cut, Loaded, Store, StoreError};
@@ -90,9 +90,23 @@ impl Persistence {
     /// Loads `loaded` into a node being opened: its keys and floors, its
     /// clock past every stored stamp, and what it had applied (the replicator
     /// resumes from there).
-    pub fn restore(&self, loaded: Loaded) {
-        let keys = loaded.keys.len();
-        self.ks.restore(loaded.keys, &loaded.floors);
+    ///
+    /// The keys stream from the store (see [`Store::load_keys`]); with a
+    /// flash tier and a limit (`cold_past`), once the allocator holds more
+    /// than it the rest stay in the store, each with its stand-in in RAM.
+    pub fn restore(&self, loaded: Loaded, cold_past: Option<u64>) -> Result<(), StoreError> {
+        self.ks.restore_floors(&loaded.floors);
+        let mut keys = 0u64;
+        let mut cold = 0u64;
+        self.store.load_keys(&mut |db, key, state| {
+            let over = cold_past.is_some_and(|limit| {
+                crate::alloc::used_bytes().is_some_and(|used| used as u64 > limit)
+            });
+            keys += 1;
+            cold += u64::from(over);
+            self.ks.restore_key(db, key, state, over);
+        })?;
+        self.ks.restored();
         self.ks
             .conflicts
             .restore(loaded.conflicts, loaded.conflicts_next_id);
@@ -106,9 +120,11 @@ impl Persistence {
         }
         info!(
             keys,
+            cold,
             lives = loaded.lives.len(),
             "state loaded from the store"
         );
+        Ok(())
     }
 
     /// Merges every write of the log's unfolded generations into the state
@@ -201,29 +217,49 @@ impl Persistence {
         let _one_at_a_time = self.cut_lock.lock();
         let ks = &self.ks;
         let stable = self.repl.as_ref().map(|r| r.stable_for_cut());
-        let cut = {
+        let (taken, swaps, mut cut) = {
             let mut all = ks.lock_all();
-            let (keys, floors) = ks.take_cut(&mut all)?;
+            let (taken, floors) = ks.take_changed(&mut all)?;
+            // The keys just taken are clean but not stored yet: none may go
+            // cold until the store holds them.
+            if let Some(tier) = &ks.cold {
+                tier.set_folding(true);
+            }
+            if self.log.is_some() {
+                ks.cap_gc_for_fold();
+            }
             // Every write appended before this was applied before the
-            // shards were all locked, so the cut holds it.
+            // shards were all locked, so the fold holds it.
             let log_from = self.log.as_ref().map(|log| log.rotate());
-            Cut {
+            let cut = Cut {
                 log_from,
                 node: ks.node(),
                 clock: ks.clock.now(),
-                keys,
+                keys: Vec::new(),
                 floors,
                 applied: self.repl.as_ref().map(|r| r.cut_vv()).unwrap_or_default(),
                 conflicts: ks.conflicts.for_cut(),
+            };
+            (taken, ks.swaps(), cut)
+        };
+        let stored = self.store_taken(&taken, swaps, &mut cut);
+        if stored.is_err() {
+            // Before the flash tier may move them: they are not stored.
+            ks.mark_taken_dirty(&taken);
+        }
+        ks.end_fold_cap();
+        if let Some(tier) = &ks.cold {
+            tier.set_folding(false);
+        }
+        let written = match stored {
+            Ok(written) => written,
+            Err(e) => {
+                ks.conflicts.cut_failed(&cut.conflicts);
+                self.failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
             }
         };
-        let written = cut.keys.len();
-        if let Err(e) = self.store.write(&cut) {
-            ks.mark_dirty(&cut.keys);
-            ks.conflicts.cut_failed(&cut.conflicts);
-            self.failures.fetch_add(1, Ordering::Relaxed);
-            return Err(e.into());
-        }
+        drop(taken);
         // Only once the store holds the cut durably do its log files go.
         if let (Some(log), Some(from), true) =
             (&self.log, cut.log_from, self.store.durable_on_write())
@@ -242,6 +278,65 @@ impl Persistence {
             .fetch_add(written as u64, Ordering::Relaxed);
         self.last_cut_ms
             .store(ks.clock.physical_unix_ms(), Ordering::Relaxed);
+        if ks.cold.is_some() {
+            // A flash node's RSS should follow what it holds: the cut's
+            // copies of the keys it stored go back to the system.
+            drop(cut);
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            // SAFETY: malloc_trim only hands free pages back.
+            unsafe {
+                libc::malloc_trim(0);
+            }
+        }
+        Ok(written)
+    }
+
+    /// Stores the keys a fold took, read a shard at a time under that
+    /// shard's lock alone. With a delta log, every [`FOLD_CHUNK_BYTES`] of
+    /// encoded states go in a write of their own (keys only), so a fold
+    /// holds one chunk of copies at a time, not every changed key's: the
+    /// store may then hold states newer than its version vector says, and a
+    /// crash between chunks leaves the fold's log files to replay, both of
+    /// which merges make harmless. The fold's metadata goes with the last
+    /// chunk. Without a log (the simulation), everything goes in one write.
+    /// Returns how many keys went.
+    fn store_taken(
+        &self,
+        taken: &TakenKeys,
+        swaps: u64,
+        cut: &mut Cut,
+    ) -> Result<usize, PersistError> {
+        let mut written = 0;
+        let mut pending_bytes = 0;
+        for (index, names) in taken.iter().enumerate() {
+            if names.is_empty() {
+                continue;
+            }
+            let from = cut.keys.len();
+            self.ks.encode_taken(index, names, swaps, &mut cut.keys)?;
+            pending_bytes += cut.keys[from..]
+                .iter()
+                .map(|(_, key, state)| key.len() + state.as_ref().map_or(0, Vec::len))
+                .sum::<usize>();
+            if self.log.is_some() && pending_bytes >= FOLD_CHUNK_BYTES {
+                // Stamped after every state in it: a restart moves its clock
+                // past the stored clock.
+                let chunk = Cut {
+                    node: cut.node,
+                    clock: self.ks.clock.now(),
+                    keys: std::mem::take(&mut cut.keys),
+                    ..Cut::default()
+                };
+                self.store.write(&chunk)?;
+                written += chunk.keys.len();
+                pending_bytes = 0;
+            }
+        }
+        written += cut.keys.len();
+        // The states were read after the keys were taken: the clock stored
+        // must be after theirs.
+        cut.clock = self.ks.clock.now();
+        self.store.write(cut)?;
         Ok(written)
     }
 
@@ -297,7 +392,16 @@ impl Persistence {
     /// Takes a cut every `every`, for as long as the node lives.
     pub async fn run(self: Arc<Self>, every: Duration, thread: CutThread) {
         loop {
-            tokio::time::sleep(every).await;
+            match &self.ks.cold {
+                // Eviction found nothing clean to move out: fold now.
+                Some(tier) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(every) => {}
+                        _ = tier.fold_wanted.notified() => {}
+                    }
+                }
+                None => tokio::time::sleep(every).await,
+            }
             let result = match thread {
                 CutThread::Inline => self.cut_once(),
                 CutThread::Blocking => {
@@ -322,6 +426,10 @@ pub const CUT_EVERY: Duration = Duration::from_secs(1);
 /// restart replays at most, and how long what it reports stable (and so
 /// its peers' tombstone collection) may trail.
 pub const FOLD_EVERY: Duration = Duration::from_secs(10);
+
+/// About how many bytes of encoded states a fold stores per write (see
+/// `Persistence::store_taken`).
+pub const FOLD_CHUNK_BYTES: usize = 8 << 20;
 
 /// The first byte of a log record that is a SWAPDB, not a replication
 /// message (whose first byte is the encoding's format version).

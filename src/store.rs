@@ -23,6 +23,7 @@ use std::path::PathBuf;
 use chorus_crdt::{KeyState, NodeId, Stamp};
 use parking_lot::Mutex;
 
+use crate::alloc::{counted, Uncounted};
 use crate::conflicts::{LogCut, LoggedConflict};
 use crate::keyspace::StoredKey;
 
@@ -84,6 +85,20 @@ pub trait Store: Send + Sync {
     /// What INFO shows as `storage_provider`.
     fn name(&self) -> &'static str;
     fn load(&self) -> Result<Loaded, StoreError>;
+    /// What [`Store::load`] gives but the keys ([`Store::load_keys`]).
+    fn load_meta(&self) -> Result<Loaded, StoreError> {
+        let mut loaded = self.load()?;
+        loaded.keys.clear();
+        Ok(loaded)
+    }
+    /// Every stored key, handed to `each` one at a time: a node with a
+    /// flash tier may hold more than fits in RAM.
+    fn load_keys(&self, each: &mut dyn FnMut(u32, Vec<u8>, KeyState)) -> Result<(), StoreError> {
+        for (db, key, state) in self.load()?.keys {
+            each(db, key, state);
+        }
+        Ok(())
+    }
     fn write(&self, cut: &Cut) -> Result<(), StoreError>;
     /// Whether a cut is durable once `write` returns; if not, only once
     /// [`Store::sync`] returns (`appendfsync no`).
@@ -97,6 +112,15 @@ pub trait Store: Send + Sync {
     /// Bytes the store takes on disk, where it has a disk.
     fn disk_bytes(&self) -> Option<u64> {
         None
+    }
+    /// One key's state as the last stored cut left it (`None`: not held),
+    /// read without loading the rest: the flash tier reads cold keys so.
+    fn read_key(&self, db: u32, key: &[u8]) -> Result<Option<KeyState>, StoreError> {
+        let _ = (db, key);
+        Err(StoreError::Corrupt {
+            path: PathBuf::from(self.name()),
+            what: "this store cannot read one key at a time".into(),
+        })
     }
 }
 
@@ -271,6 +295,22 @@ impl Store for MemStore {
             })?);
         }
         Ok(data.loaded(keys, conflicts))
+    }
+
+    fn read_key(&self, db: u32, key: &[u8]) -> Result<Option<KeyState>, StoreError> {
+        let data = self.data.lock();
+        let Some(bytes) = data.keys.get(&(db, key.to_vec())) else {
+            return Ok(None);
+        };
+        chorus_crdt::decode(bytes)
+            .map(Some)
+            .map_err(|e| StoreError::Corrupt {
+                path: PathBuf::from("<memory>"),
+                what: format!(
+                    "stored state of key {:?} in db {db} does not decode: {e}",
+                    String::from_utf8_lossy(key)
+                ),
+            })
     }
 
     fn write(&self, cut: &Cut) -> Result<(), StoreError> {
@@ -521,6 +561,11 @@ pub struct RedbStore {
     meta: Mutex<MemData>,
 }
 
+/// The most the store engine caches of its file in memory (redb's default
+/// is 1 GiB): part of what a node takes besides `maxmemory`, which does
+/// not count it (see `crate::alloc::Uncounted`).
+pub const STORE_CACHE_BYTES: usize = 64 << 20;
+
 /// The file inside `dir` that holds a node's redb database.
 pub const REDB_FILE: &str = "chorus.redb";
 
@@ -558,7 +603,12 @@ impl RedbStore {
     /// redb's own checks report most damage as errors, but some damaged
     /// files make it panic: either way the start fails naming the file.
     fn open_file(path: &std::path::Path) -> Result<redb::Database, StoreError> {
-        let opened = std::panic::catch_unwind(|| redb::Database::create(path));
+        let opened = std::panic::catch_unwind(|| {
+            let _engine = Uncounted::begin();
+            redb::Builder::new()
+                .set_cache_size(STORE_CACHE_BYTES)
+                .create(path)
+        });
         match opened {
             Ok(Ok(db)) => Ok(db),
             Ok(Err(e)) => Err(StoreError::Open {
@@ -638,21 +688,24 @@ impl RedbStore {
         &self.path
     }
 
+    // Errors are made counted: they leave the engine's stretch (see
+    // `crate::alloc::Uncounted`).
     fn corrupt(&self, what: String) -> StoreError {
-        StoreError::Corrupt {
+        counted(|| StoreError::Corrupt {
             path: self.path.clone(),
             what,
-        }
+        })
     }
 
     fn write_err(&self, e: impl std::fmt::Display) -> StoreError {
-        StoreError::Write {
+        counted(|| StoreError::Write {
             path: self.path.clone(),
             reason: e.to_string(),
-        }
+        })
     }
 
     fn read_meta(&self) -> Result<MemData, StoreError> {
+        let _engine = Uncounted::begin();
         let txn = self
             .db
             .begin_read()
@@ -675,25 +728,31 @@ impl RedbStore {
                 .map_err(|e| store.corrupt(format!("reading {key}: {e}")))?
             {
                 None => Ok(T::default()),
-                Some(bytes) => chorus_crdt::decode_stored(bytes.value())
+                Some(bytes) => counted(|| chorus_crdt::decode_stored(bytes.value()))
                     .map_err(|e| store.corrupt(format!("stored {key} does not decode: {e}"))),
             }
         }
         let t = table.as_ref();
         let applied: Vec<(NodeId, u64)> = decoded(self, t, "applied")?;
         let lives: Vec<NodeId> = decoded(self, t, "lives")?;
-        Ok(MemData {
+        let floors = decoded(self, t, "floors")?;
+        let (clock, conflicts_next_id, log_from) = (
+            decoded(self, t, "clock")?,
+            decoded(self, t, "conflicts_next")?,
+            decoded(self, t, "log_from")?,
+        );
+        Ok(counted(|| MemData {
             keys: BTreeMap::new(),
-            floors: decoded(self, t, "floors")?,
+            floors,
             applied: applied.into_iter().collect(),
             lives: lives.into_iter().collect(),
-            clock: decoded(self, t, "clock")?,
+            clock,
             cuts: 0,
             conflicts_from: 0,
-            conflicts_next_id: decoded(self, t, "conflicts_next")?,
+            conflicts_next_id,
             conflicts: BTreeMap::new(),
-            log_from: decoded(self, t, "log_from")?,
-        })
+            log_from,
+        }))
     }
 }
 
@@ -707,28 +766,71 @@ impl Store for RedbStore {
     }
 
     fn load(&self) -> Result<Loaded, StoreError> {
-        // As at open: a damaged page may make the engine panic.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.load_all())).unwrap_or_else(
-            |_| {
-                Err(self.corrupt(
-                    "the database file is damaged (the engine panicked reading it)".into(),
-                ))
-            },
-        )
+        let mut keys = Vec::new();
+        self.load_keys(&mut |db, key, state| keys.push((db, key, state)))?;
+        let mut loaded = self.load_meta()?;
+        loaded.keys = keys;
+        Ok(loaded)
+    }
+
+    fn load_meta(&self) -> Result<Loaded, StoreError> {
+        let conflicts = self.guarded(|| self.read_conflicts())?;
+        Ok(self.meta.lock().loaded(Vec::new(), conflicts))
+    }
+
+    fn load_keys(&self, each: &mut dyn FnMut(u32, Vec<u8>, KeyState)) -> Result<(), StoreError> {
+        self.guarded(|| self.read_keys(each))
     }
 
     fn write(&self, cut: &Cut) -> Result<(), StoreError> {
         self.commit(cut, &[])
     }
+
+    fn read_key(&self, db: u32, key: &[u8]) -> Result<Option<KeyState>, StoreError> {
+        self.guarded(|| self.read_one(db, key))
+    }
 }
 
 impl RedbStore {
-    fn load_all(&self) -> Result<Loaded, StoreError> {
+    fn read_one(&self, db: u32, key: &[u8]) -> Result<Option<KeyState>, StoreError> {
+        let _engine = Uncounted::begin();
         let txn = self
             .db
             .begin_read()
             .map_err(|e| self.corrupt(format!("reading: {e}")))?;
-        let mut keys = Vec::new();
+        let table = match txn.open_table(REDB_KEYS) {
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(self.corrupt(format!("reading the keys: {e}"))),
+            Ok(table) => table,
+        };
+        let k = redb_key(db, key);
+        let Some(v) = table
+            .get(k.as_slice())
+            .map_err(|e| self.corrupt(format!("reading the keys: {e}")))?
+        else {
+            return Ok(None);
+        };
+        // The key's bytes are dropped on the counted side too.
+        let state = counted(|| stored_key(&k, v.value()).map(|(_, _, state)| state))
+            .map_err(|what| self.corrupt(what))?;
+        Ok(Some(state))
+    }
+
+    /// As at open: a damaged page may make the engine panic, and the start
+    /// then fails naming the file.
+    fn guarded<T>(&self, read: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(read)).unwrap_or_else(|_| {
+            Err(self
+                .corrupt("the database file is damaged (the engine panicked reading it)".into()))
+        })
+    }
+
+    fn read_keys(&self, each: &mut dyn FnMut(u32, Vec<u8>, KeyState)) -> Result<(), StoreError> {
+        let _engine = Uncounted::begin();
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.corrupt(format!("reading: {e}")))?;
         match txn.open_table(REDB_KEYS) {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
             Err(e) => return Err(self.corrupt(format!("reading the keys: {e}"))),
@@ -739,10 +841,24 @@ impl RedbStore {
                 for entry in entries {
                     let (k, v) =
                         entry.map_err(|e| self.corrupt(format!("reading the keys: {e}")))?;
-                    keys.push(stored_key(k.value(), v.value()).map_err(|what| self.corrupt(what))?);
+                    counted(|| -> Result<(), StoreError> {
+                        let (db, key, state) =
+                            stored_key(k.value(), v.value()).map_err(|what| self.corrupt(what))?;
+                        each(db, key, state);
+                        Ok(())
+                    })?;
                 }
             }
         }
+        Ok(())
+    }
+
+    fn read_conflicts(&self) -> Result<Vec<LoggedConflict>, StoreError> {
+        let _engine = Uncounted::begin();
+        let txn = self
+            .db
+            .begin_read()
+            .map_err(|e| self.corrupt(format!("reading: {e}")))?;
         let mut conflicts = Vec::new();
         match txn.open_table(REDB_CONFLICTS) {
             Err(redb::TableError::TableDoesNotExist(_)) => {}
@@ -754,16 +870,17 @@ impl RedbStore {
                 for entry in entries {
                     let (k, v) = entry
                         .map_err(|e| self.corrupt(format!("reading the conflict log: {e}")))?;
-                    conflicts.push(stored_conflict(v.value()).map_err(|e| {
+                    let conflict = counted(|| stored_conflict(v.value())).map_err(|e| {
                         self.corrupt(format!(
                             "stored conflict {} does not decode: {e}",
                             k.value()
                         ))
-                    })?);
+                    })?;
+                    counted(|| conflicts.push(conflict));
                 }
             }
         }
-        Ok(self.meta.lock().loaded(keys, conflicts))
+        Ok(conflicts)
     }
 
     /// Stores `cut`, and `lives` besides its own (a migration's), in one
@@ -775,6 +892,7 @@ impl RedbStore {
         next.lives.extend(lives.iter().copied());
         // Not a life: what a cut of a store that had none names.
         next.lives.remove(&NodeId::default());
+        let _engine = Uncounted::begin();
         let txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
         {
             let mut keys = txn.open_table(REDB_KEYS).map_err(|e| self.write_err(e))?;
@@ -822,7 +940,7 @@ impl RedbStore {
             }
         }
         txn.commit().map_err(|e| self.write_err(e))?;
-        *meta = next;
+        counted(|| *meta = next);
         Ok(())
     }
 }
@@ -1375,5 +1493,51 @@ mod tests {
             .unwrap();
         let err = store.load().unwrap_err();
         assert!(err.to_string().contains("does not decode"), "{err}");
+    }
+
+    /// A fold with a delta log stores its keys a chunk at a time, each
+    /// shard read under its own lock; a SWAPDB between taking the keys and
+    /// storing them fails the fold, and the next one stores them.
+    #[test]
+    fn a_fold_stores_in_chunks_and_a_swapdb_meanwhile_leaves_its_keys_to_the_next() {
+        let dir = empty_dir("chunked-fold");
+        let store = Arc::new(MemStore::new());
+        let ks = Arc::new(tracking_keyspace(1));
+        let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0).unwrap();
+        let persistence =
+            crate::persist::Persistence::new(store.clone(), Some(log), false, ks.clone(), None);
+        let value = vec![b'v'; 8 << 10];
+        let keys = 3 * crate::persist::FOLD_CHUNK_BYTES / value.len();
+        for i in 0..keys {
+            let key = format!("k{i}");
+            let mut l = ks.lock(smallvec::smallvec![ks.shard_of(key.as_bytes())]);
+            ks.update(&mut l, 0, key.as_bytes(), 0, |w| w.set(Some(&value), 0))
+                .unwrap();
+        }
+        assert_eq!(persistence.cut_once().unwrap(), keys);
+        assert!(store.cuts() >= 3, "{} writes", store.cuts());
+        assert_eq!(store.len(), keys);
+        let loaded = store.load().unwrap();
+        assert_eq!(loaded.log_from, 1, "the metadata went with the last chunk");
+
+        // Taken, then a SWAPDB: nothing of them is stored.
+        let mut l = ks.lock(smallvec::smallvec![ks.shard_of(b"k0")]);
+        ks.update(&mut l, 0, b"k0", 0, |w| w.set(Some(b"new"), 0))
+            .unwrap();
+        drop(l);
+        let (taken, _) = ks.take_changed(&mut ks.lock_all()).unwrap();
+        let swaps = ks.swaps();
+        ks.note_swap();
+        let index = ks.shard_of(b"k0");
+        let mut into = Vec::new();
+        assert!(matches!(
+            ks.encode_taken(index, &taken[index], swaps, &mut into),
+            Err(crate::keyspace::CutError::Swapped)
+        ));
+        ks.mark_taken_dirty(&taken);
+        persistence.cut_once().unwrap();
+        let state = store.read_key(0, b"k0").unwrap().unwrap();
+        assert_eq!(state.read(0).render().as_deref(), Some(&b"new"[..]));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

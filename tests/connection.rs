@@ -491,11 +491,16 @@ fn bad_config_fails_startup_naming_file_line_and_directive() {
     );
 
     let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
-        .args(["server", "--storage-provider", "flash", "/tmp/chorus-flash"])
+        .args([
+            "server",
+            "--storage-provider",
+            "rocksdb",
+            "/tmp/chorus-flash",
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("not yet supported"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("expects flash PATH"));
 
     let out = Command::new(env!("CARGO_BIN_EXE_chorus"))
         .arg("frobnicate")

@@ -2,33 +2,11 @@
 
 mod common;
 
-use std::net::{TcpListener, UdpSocket};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{q, Server};
+use common::{digest_buckets, free_port, q, Server};
 
 const SECRET: &str = "mesh-secret";
-
-/// A client port whose replication port (+10000) is free too.
-fn free_port() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let _ = NEXT.compare_exchange(
-        0,
-        20_000 + (std::process::id() % 8_000) as u16,
-        Ordering::SeqCst,
-        Ordering::SeqCst,
-    );
-    loop {
-        let p = NEXT.fetch_add(1, Ordering::SeqCst);
-        let p = 20_000 + (p - 20_000) % 9_000;
-        if TcpListener::bind(("127.0.0.1", p)).is_ok()
-            && UdpSocket::bind(("127.0.0.1", p + 10_000)).is_ok()
-        {
-            return p;
-        }
-    }
-}
 
 fn node(port: u16, peers: &[u16], extra: &[&str]) -> Server {
     node_env(port, peers, extra, &[])
@@ -625,16 +603,6 @@ fn a_peer_sending_garbage_has_its_link_reset_and_the_node_keeps_serving() {
 
 fn info_field(c: &mut redis::Connection, field: &str) -> String {
     info_in(c, "replication", field)
-}
-
-/// The 256 bucket digests CRDT.DIGEST lists.
-fn digest_buckets(c: &mut redis::Connection) -> Vec<String> {
-    let reply: Vec<redis::Value> = q(c, &["CRDT.DIGEST"]);
-    let at = reply
-        .iter()
-        .position(|v| *v == redis::Value::BulkString(b"buckets".to_vec()))
-        .expect("a buckets entry");
-    redis::from_redis_value(reply[at + 1].clone()).unwrap()
 }
 
 fn info_in(c: &mut redis::Connection, section: &str, field: &str) -> String {

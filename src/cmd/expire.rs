@@ -187,7 +187,7 @@ fn pexpireat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 /// -2 when the key is absent, -1 when it has no expiry, else the expiry.
 fn expiry_of(x: &mut Exec, key: &[u8]) -> Result<Option<u64>, Error> {
-    Ok(x.visible(key)?.map(|s| s.expire_at_ms()))
+    Ok(x.visible_in_index(key)?.map(|s| s.expire_at_ms()))
 }
 
 fn reply_remaining(x: &mut Exec, key: &[u8], unit_ms: u64) -> CmdResult {

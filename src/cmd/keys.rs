@@ -44,7 +44,7 @@ fn del(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 fn exists(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let mut n = 0;
     for key in &args[1..] {
-        if x.visible(key)?.is_some() {
+        if x.visible_in_index(key)?.is_some() {
             n += 1;
         }
     }
@@ -155,9 +155,11 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     // mass deletes) cannot make one call walk it whole.
     let mut empty = 0;
     let most_empty = count.saturating_mul(10);
+    let acked = x.ks.gc_acked();
     while shard_i < shards && visited < count && empty < most_empty {
         let shard = x.locked.shard(shard_i)?;
-        let map = &shard.dbs[db].map;
+        let d = &shard.dbs[db];
+        let map = &d.map;
         while pos < map.buckets() && visited < count && empty < most_empty {
             let Some(e) = map.bucket(pos) else {
                 pos += 1;
@@ -167,8 +169,11 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             pos += 1;
             visited += 1;
             let (k, s) = (&e.key, &e.state);
-            let type_ok =
-                type_filter.is_none_or(|t| s.key_type(now).is_some_and(|kt| is(t, kt.name())));
+            // A cold key's stand-in has no type: its state is read.
+            let type_ok = type_filter.is_none_or(|t| {
+                let s = d.peek_entry(e, acked);
+                s.key_type(now).is_some_and(|kt| is(t, kt.name()))
+            });
             if type_ok && s.exists(now) && pattern.is_none_or(|p| glob::matches(p, k, false)) {
                 found.push(k.to_vec());
             }
@@ -485,7 +490,9 @@ fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let now = x.now_ms;
     let dst_exists = {
         let shard = x.locked.shard(x.ks.shard_of(dst))?;
-        shard.dbs[dst_db].get(dst).is_some_and(|s| s.exists(now))
+        shard.dbs[dst_db]
+            .indexed(dst)
+            .is_some_and(|s| s.exists(now))
     };
     if dst_exists && !replace {
         x.out.int(0);
@@ -539,6 +546,7 @@ fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         shard.dbs.swap(a, b);
         shard.swapped(a, b);
     }
+    x.ks.note_swap();
     if let Some(persistence) = &x.node.persistence {
         persistence.log_swap(a, b);
     }
@@ -562,7 +570,7 @@ fn move_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let now = x.now_ms;
     let taken = {
         let shard = x.locked.shard(x.ks.shard_of(key))?;
-        shard.dbs[to].get(key).is_some_and(|s| s.exists(now))
+        shard.dbs[to].indexed(key).is_some_and(|s| s.exists(now))
     };
     if taken || x.visible(key)?.is_none() {
         x.out.int(0);

@@ -318,6 +318,10 @@ pub fn dispatch(
     Some(spec.name)
 }
 
+/// Commands that read only whether their keys exist and when they expire:
+/// they leave cold keys in the flash tier (see `Exec::visible_in_index`).
+const INDEX_ONLY: &[&str] = &["exists", "ttl", "pttl", "expiretime", "pexpiretime"];
+
 /// Writes an error reply and counts it (INFO errorstats).
 pub fn reply_error(server: &Server, out: &mut Reply, msg: &str) {
     server.stats.errors.record(msg);
@@ -411,19 +415,24 @@ impl<'s> Exec<'s, '_> {
     pub fn touch_named_keys(&mut self, spec: &Spec, args: &[&[u8]]) {
         let db = self.session.db;
         let clock = self.ks.limits.clock();
-        if clock.is_none() && self.ks.with_expiry.load(Ordering::Relaxed) == 0 {
+        let cold = self.ks.cold_keys() > 0;
+        if clock.is_none() && !cold && self.ks.with_expiry.load(Ordering::Relaxed) == 0 {
             return;
         }
+        // What the index answers alone needs no disk read.
+        let warms = cold && !INDEX_ONLY.contains(&spec.name);
+        let acked = self.ks.gc_acked();
         for i in spec.key_positions(args.len()) {
             let Some(key) = args.get(i) else { continue };
             let Ok(shard) = self.locked.shard(self.ks.shard_of(key)) else {
                 continue;
             };
             let d = &mut shard.dbs[db];
-            if d.expiring.is_empty() && clock.is_none() {
+            let warm = warms && d.cold_keys > 0;
+            if d.expiring.is_empty() && clock.is_none() && !warm {
                 continue;
             }
-            let Some(entry) = d.map.entry_mut(key) else {
+            let Some(entry) = d.entry_warmed(key, acked, warm) else {
                 continue;
             };
             if let Some(c) = clock.filter(|_| !spec.has(Flag::NoTouch)) {
@@ -452,16 +461,32 @@ impl<'s> Exec<'s, '_> {
         self.ks.invalidations.remember(self.session.handle.id, keys);
     }
 
+    /// The current database's part of the shard holding `key`, with `key`
+    /// warmed if it was cold (see `crate::flash`).
     pub fn db(&mut self, key: &[u8]) -> Result<&mut Db, Error> {
         let db = self.session.db;
+        let acked = self.ks.gc_acked();
         let shard = self.locked.shard(self.ks.shard_of(key))?;
-        Ok(&mut shard.dbs[db])
+        let d = &mut shard.dbs[db];
+        if d.cold_keys > 0 {
+            d.warm(key, acked);
+        }
+        Ok(d)
     }
 
     /// The key's state if it is visible now (present and not expired).
     pub fn visible(&mut self, key: &[u8]) -> Result<Option<&KeyState>, Error> {
         let now = self.now_ms;
         Ok(self.db(key)?.get(key).filter(|s| s.exists(now)))
+    }
+
+    /// The key's state, or a cold key's stand-in, if it is visible now:
+    /// for what the index answers alone (EXISTS, TTL), with no disk read.
+    pub fn visible_in_index(&mut self, key: &[u8]) -> Result<Option<&KeyState>, Error> {
+        let now = self.now_ms;
+        let db = self.session.db;
+        let shard = self.locked.shard(self.ks.shard_of(key))?;
+        Ok(shard.dbs[db].indexed(key).filter(|s| s.exists(now)))
     }
 
     /// The key's value as GET returns it, copied out; WRONGTYPE for a

@@ -99,7 +99,9 @@ fn discard(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 /// Whether a watched key still holds what it held at WATCH.
 fn unchanged(x: &mut Exec, w: &Watched) -> Result<bool, Error> {
     let now = x.now_ms;
+    let acked = x.ks.gc_acked();
     let shard = x.locked.shard(x.ks.shard_of(&w.key))?;
+    shard.dbs[w.db].warm(&w.key, acked);
     let state = shard.dbs[w.db].get(&w.key);
     let visible = state.is_some_and(|s| s.exists(now));
     Ok(visible == w.visible && state == w.state.as_ref())

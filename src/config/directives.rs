@@ -522,15 +522,9 @@ pub static DIRECTIVES: &[Directive] = &[
         "restricting TLS clients by certificate name is not implemented: every client \
          certificate the CA signed would be let in",
     ),
-    refused(
-        "storage-provider",
-        "",
-        Off::Never,
-        "not yet supported by this version of chorus (the flash tier lands in a later \
-         release): every value would have to fit in RAM",
-    ),
-    // Settings of the flash tier, which only take effect with
-    // storage-provider (refused).
+    applied("storage-provider", ""),
+    // KeyDB's tuning of its RocksDB flash tier: Chorus's tier is its own
+    // store (see crate::flash), which they do not describe.
     ignored("storage-provider-options", ""),
     ignored("storage-cache-mode", "writethrough"),
     ignored("storage-flush-period", "500"),

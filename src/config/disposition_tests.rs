@@ -158,7 +158,6 @@ fn refused_directives_name_file_line_and_why() {
         ("loadmodule /usr/lib/redis/modules/x.so", "modules"),
         ("min-slaves-to-write 1", "WAIT"),
         ("syslog-enabled yes", "syslog"),
-        ("storage-provider flash /var/lib/keydb/flash", "flash tier"),
         ("enable-pro", "Pro"),
         ("db-s3-object s3://bucket/dump.rdb", "S3"),
     ] {
@@ -198,15 +197,23 @@ fn refused_directives_name_file_line_and_why() {
         e.contains("rescued.conf:2") && e.contains("min-slaves-to-write"),
         "{e}"
     );
+    // KeyDB's flash tier is Chorus's too, with only its `flash` provider.
     let mut c = Config::default();
-    let e = c
-        .apply(
-            "storage-provider",
-            &args(&["flash", "/tmp/flash"]),
-            &Origin::ConfigSet,
-        )
-        .unwrap_err();
-    assert!(e.message.contains("not yet supported"), "{e}");
+    c.apply(
+        "storage-provider",
+        &args(&["flash", "/tmp/flash"]),
+        &Origin::ConfigSet,
+    )
+    .unwrap();
+    assert_eq!(c.flash.as_deref(), Some(std::path::Path::new("/tmp/flash")));
+    assert_eq!(param(&c, "storage-provider"), "flash /tmp/flash");
+    assert_eq!(c.data_dir(), Some(std::path::Path::new("/tmp/flash")));
+    for bad in [&["rocksdb", "/x"][..], &["flash"][..], &["flash", ""][..]] {
+        let e = Config::default()
+            .apply("storage-provider", &args(bad), &Origin::ConfigSet)
+            .unwrap_err();
+        assert!(e.message.contains("expects flash PATH"), "{bad:?}: {e}");
+    }
 }
 
 #[test]

@@ -127,6 +127,10 @@ pub struct Config {
     pub appendonly: bool,
     /// Where the data files go.
     pub dir: std::path::PathBuf,
+    /// `storage-provider flash PATH`: the store and delta log live in PATH
+    /// (persistence on, as `appendonly yes`), and `maxmemory` moves keys
+    /// there instead of deleting them (see `crate::flash`).
+    pub flash: Option<std::path::PathBuf>,
     /// When writes are made durable.
     pub appendfsync: Fsync,
     /// `client-output-buffer-limit`: the `normal` class is enforced on
@@ -344,6 +348,7 @@ impl Default for Config {
             conflict_log_max_len: crate::conflicts::DEFAULT_MAX_LEN,
             appendonly: false,
             dir: std::path::PathBuf::from("."),
+            flash: None,
             appendfsync: Fsync::Everysec,
             client_output_buffer_limits: OutputBufferLimits::default(),
             save: Vec::new(),
@@ -640,6 +645,20 @@ impl Config {
                 self.written
                     .insert("multi-master", if on { "yes" } else { "no" }.to_string());
             }
+            "storage-provider" => {
+                // CONFIG SET passes both words as one value.
+                let words: Vec<String> = match args {
+                    [one] => one.split_whitespace().map(str::to_string).collect(),
+                    _ => args.to_vec(),
+                };
+                let [provider, path] = words.as_slice() else {
+                    return Err(err(origin, name, "expects flash PATH"));
+                };
+                if !provider.eq_ignore_ascii_case("flash") || path.is_empty() {
+                    return Err(bad("expects flash PATH (the only provider is flash)"));
+                }
+                self.flash = Some(std::path::PathBuf::from(path));
+            }
             "replicaof" | "slaveof" => {
                 let [host, port] = args else {
                     return Err(err(origin, name, "expects HOST PORT"));
@@ -861,11 +880,8 @@ impl Config {
                 .map(|(s, c)| format!("{s} {c}"))
                 .collect::<Vec<_>>()
                 .join(" ");
-            let data = if self.appendonly {
-                format!(
-                    "the data is kept on disk by appendonly yes (in {})",
-                    self.dir.display()
-                )
+            let data = if let Some(dir) = self.data_dir() {
+                format!("the data is kept on disk (in {})", dir.display())
             } else {
                 "with appendonly no this node keeps its data in memory only: set appendonly \
                  yes to keep it on disk"
@@ -875,7 +891,25 @@ impl Config {
                 "save {points}: chorus writes no RDB snapshots; {data}"
             ));
         }
+        if self.flash.is_some()
+            && (self.maxmemory == 0 || self.maxmemory_policy == crate::evict::Policy::NoEviction)
+        {
+            out.push(
+                "storage-provider flash: no key leaves RAM until maxmemory is set and \
+                 maxmemory-policy is not noeviction (the policy picks the keys that move)"
+                    .to_string(),
+            );
+        }
         out
+    }
+
+    /// Where the node keeps its store and delta log: the flash path, else
+    /// `dir` with `appendonly yes`; `None`: in memory only.
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        match &self.flash {
+            Some(path) => Some(path),
+            None => self.appendonly.then_some(self.dir.as_path()),
+        }
     }
 
     /// Every known directive (not its aliases) with its current value, as
@@ -942,6 +976,10 @@ impl Config {
             "appendonly" => yes(self.appendonly),
             "appendfsync" => self.appendfsync.as_str().to_string(),
             "dir" => self.dir.display().to_string(),
+            "storage-provider" => self
+                .flash
+                .as_ref()
+                .map_or(String::new(), |p| format!("flash {}", p.display())),
             "active-replica" => yes(self.active_replica),
             "replicaof" => self
                 .replicaof
@@ -1271,10 +1309,13 @@ mod tests {
         let main = write(
             &dir,
             "bad3.conf",
-            "storage-provider flash /var/lib/chorus\n",
+            "storage-provider rocksdb /var/lib/chorus\n",
         );
         let e = Config::load(Some(&main), &[]).unwrap_err().to_string();
-        assert!(e.contains("not yet supported"), "{e}");
+        assert!(
+            e.contains("bad3.conf:1") && e.contains("expects flash PATH"),
+            "{e}"
+        );
 
         let e = Config::load(None, &["--maxmemory-policy".into(), "lru".into()])
             .unwrap_err()

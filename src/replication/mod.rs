@@ -1615,16 +1615,18 @@ async fn state_transfer(
         let frames: Vec<Vec<u8>> = {
             let mut l = ks.lock(SmallVec::from_slice(&[i]));
             let shard = l.shard(i)?;
+            let acked = ks.gc_acked();
             let mut frames = Vec::new();
             for (db, d) in shard.dbs.iter().enumerate() {
                 if scope.as_ref().is_some_and(|s| !s.covers_db(db as u32)) {
                     continue;
                 }
-                for (key, state) in d.map.iter().filter(|(k, _)| in_scope(db, k)) {
+                for entry in d.map.entries().filter(|e| in_scope(db, &e.key)) {
+                    // A cold key is read from the flash tier and stays there.
                     let delta = Delta::Key {
                         db: db as u32,
-                        key: key.to_vec(),
-                        state: state.clone(),
+                        key: entry.key.to_vec(),
+                        state: d.peek_entry(entry, acked).into_owned(),
                     };
                     frames.push(send_msg(&ReplMsg::Snapshot { delta })?);
                 }
@@ -2165,26 +2167,30 @@ fn apply_transferred(
         let acked = ks.gc_acked();
         if let Ok(shard) = locked.shard(index) {
             if let Some(d) = shard.dbs.get_mut(*db as usize) {
+                // A cold key is read through, not brought back: most keys a
+                // transfer sends are held here already.
                 // What the sender held and replaced by nothing (a tombstone
                 // collected under surviving increments, a compacted reset)
                 // goes here too: a merge alone would keep it.
                 if whole
-                    && d.get(key)
+                    && d.peek(key, acked)
                         .is_some_and(|m| m.is_stale_against(state, sender_held))
                 {
                     let incoming: &KeyState = state;
-                    let before = crate::notify::Before::of(ks, d.get(key));
+                    let before = crate::notify::Before::of(ks, d.indexed(key));
                     if d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held)) {
                         ks.key_changed(*db as usize, key);
-                        crate::notify::after_merge(ks, *db as usize, key, before, d.get(key));
+                        crate::notify::after_merge(ks, *db as usize, key, before, d.indexed(key));
                     }
                     // As good as collected here: a late write older than
                     // what went must not count as newer than everything
                     // collected (`Replicator::reopen_if_clear`).
                     ks.note_forgotten(sender_held_max);
                 }
-                let mine = d.get(key);
-                state.drop_collected(mine, |n| held.get(&n).copied().unwrap_or(Stamp::ZERO));
+                let mine = d.peek(key, acked);
+                state.drop_collected(mine.as_deref(), |n| {
+                    held.get(&n).copied().unwrap_or(Stamp::ZERO)
+                });
             }
         }
         drop(locked);
@@ -2250,9 +2256,11 @@ fn apply(
             } else {
                 Vec::new()
             };
-            let before = crate::notify::Before::of(ks, shard.dbs[db].get(key));
+            // Notifications read existence and the newest stamp, which a
+            // cold key's stand-in tells: the merge alone reads it back.
+            let before = crate::notify::Before::of(ks, shard.dbs[db].indexed(key));
             let merged = shard.dbs[db].merge(key, state, ks.gc_acked());
-            crate::notify::after_merge(ks, db, key, before, shard.dbs[db].get(key));
+            crate::notify::after_merge(ks, db, key, before, shard.dbs[db].indexed(key));
             let reported: Vec<Stamp> = conflicts.iter().map(|c| c.loser.stamp).collect();
             conflicts.extend(
                 merged

@@ -3,8 +3,9 @@
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -205,4 +206,34 @@ pub fn store_cuts(c: &mut redis::Connection) -> u64 {
         .find_map(|l| l.strip_prefix("store_cuts:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// A client port whose replication port (+10000) is free too.
+pub fn free_port() -> u16 {
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        20_000 + (std::process::id() % 8_000) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    loop {
+        let p = NEXT.fetch_add(1, Ordering::SeqCst);
+        let p = 20_000 + (p - 20_000) % 9_000;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", p + 10_000)).is_ok()
+        {
+            return p;
+        }
+    }
+}
+
+/// The 256 bucket digests CRDT.DIGEST lists.
+pub fn digest_buckets(c: &mut redis::Connection) -> Vec<String> {
+    let reply: Vec<redis::Value> = q(c, &["CRDT.DIGEST"]);
+    let at = reply
+        .iter()
+        .position(|v| *v == redis::Value::BulkString(b"buckets".to_vec()))
+        .expect("a buckets entry");
+    redis::from_redis_value(reply[at + 1].clone()).unwrap()
 }

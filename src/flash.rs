@@ -1,0 +1,390 @@
+//! The flash tier (`storage-provider flash PATH`, KeyDB's directive): when
+//! memory passes `maxmemory`, the keys the policy picks leave RAM for the
+//! node's store instead of being deleted, and come back when used.
+//!
+//! The store is the one persistence folds into (`crate::persist`), so
+//! moving a key out writes nothing: a key may go cold once its newest
+//! state is in the store (its dirty flag clear, and no fold between taking
+//! its cut and storing it). The key stays in the table, flagged cold, with a
+//! stand-in state that answers what the index must answer without a disk
+//! read: whether the key exists, its expiry, its newest stamp (flushes
+//! compare it with their floor). Everything else, a command's read or
+//! write, a replicated merge, a digest or a transfer, reads the state
+//! through (`Db::warm`, `Db::peek`). Going cold is local: nothing is
+//! replicated, and the key's CRDT state is the same wherever it lives.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chorus_crdt::state::Register;
+use chorus_crdt::KeyState;
+
+use crate::store::Store;
+
+/// The node's flash tier: where cold keys are read back from, and what it
+/// did, for INFO.
+pub struct ColdTier {
+    store: Arc<dyn Store>,
+    /// A cut has been taken and is not stored yet: the keys it took are
+    /// clean in RAM but their newest state is not in the store.
+    folding: AtomicBool,
+    /// Eviction found over the limit and nothing clean to move: the fold
+    /// loop folds at once instead of waiting for its period.
+    pub fold_wanted: tokio::sync::Notify,
+    /// Folds ended so far (stored or failed).
+    folds: AtomicU64,
+    /// `folds` + 1 when eviction last found nothing it could move (0:
+    /// never): until the next fold ends it does not look again, since only
+    /// a fold makes keys movable (a write would otherwise sample the table
+    /// in vain, again and again).
+    starved_at: AtomicU64,
+    /// Keys whose state is in the store only.
+    pub cold_keys: AtomicU64,
+    /// Of those, the keys with an expiry (the `volatile-*` policies'
+    /// candidates: when all are cold, nothing is left to move).
+    pub cold_volatile: AtomicU64,
+    /// Keys moved out of RAM so far.
+    pub moved_out: AtomicU64,
+    /// Cold keys read back into RAM (a command or a merge used them).
+    pub warmed: AtomicU64,
+    /// Cold states read without bringing them back (digests, transfers).
+    pub peeked: AtomicU64,
+}
+
+impl ColdTier {
+    pub fn new(store: Arc<dyn Store>) -> ColdTier {
+        ColdTier {
+            store,
+            folding: AtomicBool::new(false),
+            fold_wanted: tokio::sync::Notify::new(),
+            folds: AtomicU64::new(0),
+            starved_at: AtomicU64::new(0),
+            cold_keys: AtomicU64::new(0),
+            cold_volatile: AtomicU64::new(0),
+            moved_out: AtomicU64::new(0),
+            warmed: AtomicU64::new(0),
+            peeked: AtomicU64::new(0),
+        }
+    }
+
+    /// A cut was taken (`true`, under every shard lock) or its store write
+    /// ended (`false`).
+    pub fn set_folding(&self, to: bool) {
+        self.folding.store(to, Ordering::SeqCst);
+        if !to {
+            self.folds.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Eviction found nothing to move: a fold is asked for, and eviction
+    /// rests until it ends.
+    pub fn starve(&self) {
+        self.starved_at
+            .store(self.folds.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
+        self.fold_wanted.notify_one();
+    }
+
+    /// Whether eviction rests (see [`ColdTier::starve`]).
+    pub fn starved(&self) -> bool {
+        self.starved_at.load(Ordering::SeqCst) == self.folds.load(Ordering::SeqCst) + 1
+    }
+
+    /// Read under a shard lock: the cut is taken under every shard lock, so
+    /// a key seen clean while no fold is pending is in the store as it is.
+    pub fn folding(&self) -> bool {
+        self.folding.load(Ordering::SeqCst)
+    }
+
+    /// A key expiring at `expire_at_ms` (0: never) went cold.
+    pub fn note_moved_out(&self, expire_at_ms: u64) {
+        self.cold_keys.fetch_add(1, Ordering::Relaxed);
+        self.moved_out.fetch_add(1, Ordering::Relaxed);
+        if expire_at_ms != 0 {
+            self.cold_volatile.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A cold key came back into RAM.
+    pub fn note_warmed(&self, expire_at_ms: u64) {
+        self.note_gone(expire_at_ms);
+        self.warmed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A cold key is cold no more (warmed, or dropped by a flush).
+    pub fn note_gone(&self, expire_at_ms: u64) {
+        self.cold_keys.fetch_sub(1, Ordering::Relaxed);
+        if expire_at_ms != 0 {
+            self.cold_volatile.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A cold key's state. A store that cannot give back what it was
+    /// handed has lost data: the process stops, naming the store's error,
+    /// as it does when an fsync fails (see `crate::deltalog`), rather than
+    /// answer or merge as if the key were empty.
+    pub fn read(&self, db: u32, key: &[u8]) -> KeyState {
+        match self.store.read_key(db, key) {
+            Ok(Some(state)) => state,
+            Ok(None) => fail(&format!(
+                "the flash store holds no state for cold key {:?} in db {db}",
+                String::from_utf8_lossy(key)
+            )),
+            Err(e) => fail(&format!(
+                "reading cold key {:?} in db {db}: {e}",
+                String::from_utf8_lossy(key)
+            )),
+        }
+    }
+}
+
+fn fail(what: &str) -> ! {
+    tracing::error!("{what}: stopping, the flash tier cannot serve its data");
+    eprintln!("chorus: {what}: stopping, the flash tier cannot serve its data");
+    std::process::exit(1)
+}
+
+/// What stays in RAM for a cold key: a state that exists exactly when
+/// `state` does (ignoring expiry), expires when it does, and whose newest
+/// stamp is `state`'s. It holds no value bytes (an empty box allocates
+/// nothing) and no metadata.
+pub fn stand_in(state: &KeyState) -> KeyState {
+    KeyState {
+        reg: Register {
+            stamp: state.latest_stamp(),
+            seen: None,
+            value: Some(Box::default()),
+            expire_at_ms: state.expire_at_ms(),
+        },
+        extras: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chorus_crdt::coll::Kind;
+    use chorus_crdt::{NodeId, Stamp};
+
+    #[test]
+    fn a_stand_in_answers_existence_expiry_and_newest_stamp_as_its_key() {
+        let node = NodeId(7);
+        let stamp = |t: u64| Stamp::from_unix_ms(t, node);
+        let empty = KeyState::default();
+        let plain = empty.write(stamp(2_000), Some(&[7u8; 1000]), 5_000);
+        let counter = empty.incr(stamp(3_000), 12, 0.0, false);
+        let mut hash = empty.coll_write(stamp(4_000), Kind::Hash, |c, d| {
+            c.hset_into(d, stamp(4_000), b"field", b"value")
+        });
+        hash.merge(&hash.expire(stamp(4_500), 9_000));
+        for (name, state) in [("string", plain), ("counter", counter), ("hash", hash)] {
+            let s = stand_in(&state);
+            for now in [0, 4_999, 5_000, 8_999, 9_000] {
+                assert_eq!(s.exists(now), state.exists(now), "{name} at {now}");
+            }
+            assert!(state.exists(0), "{name}");
+            assert_eq!(s.expire_at_ms(), state.expire_at_ms(), "{name}");
+            assert_eq!(s.latest_stamp(), state.latest_stamp(), "{name}");
+            assert!(!s.is_empty(), "{name}");
+            assert_eq!(s.heap_bytes(), 0, "{name}: nothing on the heap");
+        }
+    }
+
+    use crate::keyspace::{Keyspace, Locked, SHARDS};
+    use crate::persist::Persistence;
+    use crate::store::MemStore;
+    use chorus_crdt::digest::DbDigest;
+    use chorus_crdt::Clock;
+    use smallvec::SmallVec;
+    use std::time::Duration;
+
+    fn tiered() -> (Arc<Keyspace>, Arc<ColdTier>, Persistence) {
+        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        let clock = Clock::new(
+            NodeId(1),
+            chorus_crdt::system_clock,
+            Duration::from_millis(500),
+        );
+        let mut ks = Keyspace::new(2, clock);
+        let tier = Arc::new(ColdTier::new(store.clone()));
+        ks.set_cold_tier(tier.clone());
+        ks.track_dirty();
+        let ks = Arc::new(ks);
+        let persistence = Persistence::new(store, None, false, ks.clone(), None);
+        (ks, tier, persistence)
+    }
+
+    fn locked<'a>(ks: &'a Keyspace, key: &[u8]) -> Locked<'a> {
+        ks.lock(SmallVec::from_slice(&[ks.shard_of(key)]))
+    }
+
+    fn digests(ks: &Keyspace) -> Vec<DbDigest> {
+        let mut dbs = vec![DbDigest::empty(0), DbDigest::empty(1)];
+        let mut scratch = Vec::new();
+        for i in 0..SHARDS {
+            ks.digest_shard(i, &mut dbs, &mut scratch).unwrap();
+        }
+        assert!(!dbs[0].is_empty());
+        dbs
+    }
+
+    /// A read, as a command's: the key warmed, then read.
+    fn value(ks: &Keyspace, key: &[u8]) -> Option<Vec<u8>> {
+        let mut l = locked(ks, key);
+        let d = &mut l.shard(ks.shard_of(key)).unwrap().dbs[0];
+        d.warm(key, ks.gc_acked());
+        d.get(key)?.read(0).render().map(|v| v.into_owned())
+    }
+
+    #[test]
+    fn a_key_goes_cold_only_once_stored_and_comes_back_as_it_was() {
+        let (ks, tier, persistence) = tiered();
+        let big = vec![b'x'; 4000];
+        for key in [&b"string"[..], b"counter", b"hash"] {
+            let mut l = locked(&ks, key);
+            ks.update(&mut l, 0, key, 0, |w| match key {
+                b"string" => w.set(Some(&big), 0),
+                b"counter" => w.incr(5, 0.0, false),
+                _ => {
+                    let _ = w.coll_write(Kind::Hash, |c, d, stamp| {
+                        c.hset_into(d, stamp, b"f", b"v");
+                        Ok::<(), ()>(())
+                    });
+                }
+            })
+            .unwrap();
+        }
+        assert!(!ks.move_cold(0, b"string"), "changed since the last cut");
+        persistence.cut_once().unwrap();
+        tier.set_folding(true);
+        assert!(!ks.move_cold(0, b"string"), "a cut is being stored");
+        tier.set_folding(false);
+        let (before, digest_before) = (ks.dump(), digests(&ks));
+        for key in [&b"string"[..], b"counter", b"hash"] {
+            assert!(ks.move_cold(0, key), "{key:?}");
+            assert!(!ks.move_cold(0, key), "already cold");
+        }
+        assert!(!ks.move_cold(0, b"absent"));
+        assert_eq!(ks.cold_keys(), 3);
+        // Its stand-in holds none of the value.
+        {
+            let l = locked(&ks, b"string");
+            let mut l = l;
+            let d = &l.shard(ks.shard_of(b"string")).unwrap().dbs[0];
+            assert_eq!(d.indexed(b"string").unwrap().heap_bytes(), 0);
+            assert!(d.indexed(b"string").unwrap().exists(0));
+        }
+        // Peeks (dumps, digests, transfers) read through and leave it cold.
+        assert_eq!(ks.dump(), before);
+        assert_eq!(digests(&ks), digest_before);
+        assert_eq!(ks.cold_keys(), 3);
+        assert!(tier.peeked.load(Ordering::Relaxed) > 0);
+        // A write reads it back first.
+        let mut l = locked(&ks, b"counter");
+        ks.update(&mut l, 0, b"counter", 0, |w| w.incr(1, 0.0, false))
+            .unwrap();
+        drop(l);
+        assert_eq!(value(&ks, b"counter").as_deref(), Some(&b"6"[..]));
+        assert_eq!(value(&ks, b"string"), Some(big));
+        assert_eq!(ks.cold_keys(), 1);
+        assert_eq!(tier.warmed.load(Ordering::Relaxed), 2);
+        // Nothing warmed counts as changed but the written key.
+        let mut all = ks.lock_all();
+        let (cut, _) = ks.take_cut(&mut all).unwrap();
+        let names: Vec<&[u8]> = cut.iter().map(|(_, k, _)| k.as_slice()).collect();
+        assert_eq!(names, vec![&b"counter"[..]]);
+    }
+
+    #[test]
+    fn a_flush_drops_older_cold_keys_and_keeps_what_a_newer_write_left() {
+        let (ks, _tier, persistence) = tiered();
+        for key in [&b"old"[..], b"new"] {
+            let mut l = locked(&ks, key);
+            ks.update(&mut l, 0, key, 0, |w| w.set(Some(b"value"), 0))
+                .unwrap();
+        }
+        let new_stamp = ks.state_of(0, b"new").unwrap().latest_stamp();
+        let old_stamp = ks.state_of(0, b"old").unwrap().latest_stamp();
+        assert!(old_stamp < new_stamp);
+        persistence.cut_once().unwrap();
+        assert!(ks.move_cold(0, b"old") && ks.move_cold(0, b"new"));
+        // A flush from a peer stamped between the two writes.
+        {
+            let mut all = ks.lock_all();
+            for shard in all.shards() {
+                shard.dbs[0].flush(new_stamp);
+            }
+        }
+        assert_eq!(ks.cold_keys(), 0, "neither is cold any more");
+        assert_eq!(ks.state_of(0, b"old"), None);
+        assert_eq!(value(&ks, b"new").as_deref(), Some(&b"value"[..]));
+        // The dropped key leaves the store at the next cut.
+        let mut all = ks.lock_all();
+        let (cut, _) = ks.take_cut(&mut all).unwrap();
+        assert!(cut.contains(&(0, b"old".to_vec(), None)), "{cut:?}");
+    }
+
+    #[test]
+    fn a_cold_key_expires_and_swapdb_brings_cold_keys_back_to_their_new_number() {
+        let (ks, _tier, persistence) = tiered();
+        let now = ks.clock.physical_unix_ms();
+        for (key, at) in [(&b"soon"[..], now + 50), (b"kept", 0)] {
+            let mut l = locked(&ks, key);
+            ks.update(&mut l, 1, key, 0, |w| w.set(Some(b"value"), at))
+                .unwrap();
+        }
+        persistence.cut_once().unwrap();
+        assert!(ks.move_cold(1, b"soon") && ks.move_cold(1, b"kept"));
+        assert_eq!(ks.active_expire_cycle(now + 100, 10), 1);
+        assert!(ks.state_of(1, b"soon").is_none_or(|s| !s.exists(0)));
+        assert_eq!(ks.cold_keys(), 1);
+        {
+            let mut all = ks.lock_all();
+            for shard in all.shards() {
+                shard.dbs.swap(0, 1);
+                shard.swapped(0, 1);
+            }
+        }
+        assert_eq!(ks.cold_keys(), 0);
+        persistence.cut_once().unwrap();
+        assert!(ks.move_cold(0, b"kept"));
+        assert_eq!(value(&ks, b"kept").as_deref(), Some(&b"value"[..]));
+    }
+
+    #[test]
+    fn a_merge_that_changes_nothing_leaves_a_cold_key_cold() {
+        let (ks, tier, persistence) = tiered();
+        let mut l = locked(&ks, b"k");
+        ks.update(&mut l, 0, b"k", 0, |w| w.set(Some(&[b'v'; 2000]), 0))
+            .unwrap();
+        drop(l);
+        persistence.cut_once().unwrap();
+        assert!(ks.move_cold(0, b"k"));
+        let held = ks.state_of(0, b"k").unwrap();
+        let acked = ks.gc_acked();
+        let newer = held.write(ks.clock.now(), Some(b"newer"), 0);
+        let mut l = locked(&ks, b"k");
+        let d = &mut l.shard(ks.shard_of(b"k")).unwrap().dbs[0];
+        // What a state transfer or a duplicate delivery brings: held already.
+        d.merge(b"k", &held, acked);
+        assert_eq!(d.cold_keys, 1, "still cold");
+        assert!(d
+            .map
+            .entry(b"k")
+            .is_some_and(|e| e.key.is_cold() && !e.key.is_dirty()));
+        assert_eq!(d.indexed(b"k").unwrap().heap_bytes(), 0);
+        // A write it lacks brings it back, changed.
+        d.merge(b"k", &newer, acked);
+        assert_eq!(d.cold_keys, 0);
+        assert!(d
+            .map
+            .entry(b"k")
+            .is_some_and(|e| !e.key.is_cold() && e.key.is_dirty()));
+        assert_eq!(
+            d.get(b"k").unwrap().read(0).render().as_deref(),
+            Some(&b"newer"[..])
+        );
+        drop(l);
+        assert_eq!(ks.cold_keys(), 0);
+        assert_eq!(tier.warmed.load(Ordering::Relaxed), 1);
+    }
+}
