@@ -3,12 +3,15 @@
 #
 #   bench/vs-redis.sh            # full run (about 6 minutes on 2 vCPUs)
 #   N=200000 ROUNDS=1 bench/vs-redis.sh   # quick look
+#   ONLY=memory bench/vs-redis.sh         # the memory figures alone
 #
 # Throughput: redis-benchmark -t set,get,incr -n $N -r 100000 at -c 50 -P 16 and -P 1.
 # Each server is pinned to CPU 0 and redis-benchmark to CPU 1 (taskset); the servers
 # alternate over $ROUNDS rounds and the table reports medians. Chorus runs with one
 # server thread (pinned) and, as a separate column, with two threads unpinned.
-# Memory: RSS growth after 1,000,000 SETs of 16-byte keys and 32-byte values.
+# Memory: RSS growth after 1,000,000 SETs of 16-byte keys and 32-byte values, and the
+# growth of INFO's used_memory (the allocator's bytes: jemalloc's for redis-server, the
+# counted glibc allocations for Chorus).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +30,7 @@ rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 
 RESULTS="$WORK/results"
 : > "$RESULTS"
+if [ "${ONLY:-}" != memory ]; then
 for round in $(seq 1 "$ROUNDS"); do
     for server in redis chorus1 chorus2; do
         case $server in
@@ -57,6 +61,7 @@ for p in P16 P1; do
             'BEGIN {printf "%-6s %-4s %12.0f %12.0f %8.2f %14.0f %8.2f\n", t, p, r, c1, c1 / r, c2, c2 / r}'
     done
 done
+fi
 
 # Memory: RSS growth per key after loading KEYS_FOR_RSS keys through redis-cli --pipe.
 python3 - "$KEYS_FOR_RSS" > "$WORK/load.resp" <<'PY'
@@ -71,7 +76,8 @@ PY
 
 echo
 echo "Memory after $KEYS_FOR_RSS SETs (16-byte keys, 32-byte values)"
-printf '%-10s %12s %12s %14s\n' server rss_before rss_after bytes_per_key
+used_memory() { redis-cli -p "$1" INFO memory | awk -F: '/^used_memory:/ {print $2+0}'; }
+printf '%-10s %12s %12s %14s %16s\n' server rss_before rss_after bytes_per_key alloc_per_key
 for server in redis chorus; do
     case $server in
         redis) read -r pid port < <(start_redis) ;;
@@ -79,11 +85,14 @@ for server in redis chorus; do
     esac
     wait_ready "$port"
     before=$(rss_kb "$pid")
+    used_before=$(used_memory "$port")
     taskset -c 1 redis-cli -p "$port" --pipe < "$WORK/load.resp" >/dev/null
     keys=$(redis-cli -p "$port" DBSIZE)
     after=$(rss_kb "$pid")
+    used_after=$(used_memory "$port")
     per_key=$(awk -v a="$after" -v b="$before" -v k="$keys" 'BEGIN {printf "%d", (a - b) * 1024 / k}')
-    printf '%-10s %10s kB %10s kB %14s\n' "$server" "$before" "$after" "$per_key"
+    alloc_per_key=$(awk -v a="$used_after" -v b="$used_before" -v k="$keys" 'BEGIN {printf "%d", (a - b) / k}')
+    printf '%-10s %10s kB %10s kB %14s %16s\n' "$server" "$before" "$after" "$per_key" "$alloc_per_key"
     echo "$server $per_key" >> "$WORK/mem"
     stop "$pid"
 done

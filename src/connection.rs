@@ -378,6 +378,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             if argv.is_empty() {
                                 continue;
                             }
+                            // The next request's key: its lookup's first
+                            // memory access overlaps this command's work.
+                            if let Some(next) = resp::peek_key(&input[consumed..]) {
+                                server.node.ks.prefetch(session.db, next);
+                            }
                             commands += 1;
                             // Messages that came before the command go before its
                             // reply (an UNSUBSCRIBE's, say).

@@ -479,6 +479,8 @@ impl Shard {
         if a == b {
             return;
         }
+        let (low, high) = self.dbs.split_at_mut(a.max(b));
+        low[a.min(b)].map.swap_hints(&mut high[0].map);
         // Each database's cold keys are stored at its old number, where
         // they are about to be removed: they come back into RAM first, to
         // be written where they now are.
@@ -751,6 +753,11 @@ impl Writer<'_> {
 
 pub struct Keyspace {
     shards: Box<[Mutex<Shard>]>,
+    /// Where each shard's map of each database keeps its table, by
+    /// `shard * databases + db`: read without the shard's lock to prefetch
+    /// (see [`Keyspace::prefetch`]).
+    hints: Box<[Arc<crate::keytable::ChunksHint>]>,
+    maps_hasher: KeyHasher,
     hasher: KeyHasher,
     databases: usize,
     pub clock: Clock,
@@ -937,6 +944,16 @@ impl Keyspace {
                     misses: 0,
                 })
             })
+            .collect::<Box<[Mutex<Shard>]>>();
+        let hints = shards
+            .iter()
+            .flat_map(|s| {
+                s.lock()
+                    .dbs
+                    .iter()
+                    .map(|d| d.map.hint())
+                    .collect::<Vec<_>>()
+            })
             .collect();
         let pubsub = Arc::new(crate::pubsub::PubSub::new());
         let invalidations = Arc::new(crate::tracking::Invalidations::new(
@@ -945,6 +962,8 @@ impl Keyspace {
         ));
         Keyspace {
             shards,
+            hints,
+            maps_hasher,
             hasher: tags_hasher,
             databases,
             clock,
@@ -969,6 +988,17 @@ impl Keyspace {
             swaps: AtomicU64::new(0),
             fold_cap: AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// Brings the start of `key`'s lookup in database `db` into the CPU's
+    /// cache, without a lock: a connection calls it for the next request
+    /// it holds before running the current one.
+    pub fn prefetch(&self, db: usize, key: &[u8]) {
+        if db >= self.databases {
+            return;
+        }
+        let hint = &self.hints[self.shard_of(key) * self.databases + db];
+        hint.prefetch(self.maps_hasher.hash_one(key));
     }
 
     /// Gives the keyspace a flash tier: from now on eviction moves keys

@@ -24,6 +24,7 @@ pub mod info;
 pub mod key;
 pub mod keymap;
 pub mod keyspace;
+pub mod keytable;
 pub mod node;
 pub mod notify;
 pub mod persist;

@@ -94,6 +94,31 @@ pub fn parse(
     parse_resuming(buf, limits, args, scratch, &mut Progress::default())
 }
 
+/// The second argument of the multibulk request at the front of `buf`
+/// (most commands' first key), if the bytes up to its end are there; a
+/// glance for prefetching, not a parse: it checks only what it reads.
+pub fn peek_key(buf: &[u8]) -> Option<&[u8]> {
+    fn length(buf: &[u8], prefix: u8) -> Option<(usize, &[u8])> {
+        let rest = buf.strip_prefix(&[prefix])?;
+        let end = rest.iter().take(12).position(|&b| b == b'\r')?;
+        let digits = &rest[..end];
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        let n = digits
+            .iter()
+            .fold(0usize, |n, d| n * 10 + (d - b'0') as usize);
+        Some((n, rest.get(end + 2..)?))
+    }
+    let (count, rest) = length(buf, b'*')?;
+    if count < 2 {
+        return None;
+    }
+    let (name, rest) = length(rest, b'$')?;
+    let (key, rest) = length(rest.get(name.checked_add(2)?..)?, b'$')?;
+    rest.get(..key)
+}
+
 /// [`parse`] for a connection: a request that is `Incomplete` is resumed
 /// where it stopped on the next call, with `args` and `progress` kept as
 /// they were and `buf` starting at the same request.
@@ -551,6 +576,37 @@ impl Default for Reply {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn peek_key_finds_the_second_argument_of_a_whole_request_only() {
+        assert_eq!(
+            peek_key(b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n"),
+            Some(&b"foo"[..])
+        );
+        assert_eq!(
+            peek_key(b"*3\r\n$3\r\nSET\r\n$4\r\nkey1\r\n$1"),
+            Some(&b"key1"[..]),
+            "the rest of the request need not be there"
+        );
+        for partial in [
+            &b"*2\r\n$3\r\nGET\r\n$3\r\nfo"[..],
+            b"*2\r\n$3\r\nGET\r\n$3",
+            b"*2\r\n$3\r\nGE",
+            b"*1\r\n$4\r\nPING\r\n",
+            b"PING\r\n",
+            b"*2\r\n$x\r\nGET\r\n$3\r\nfoo\r\n",
+            b"*2\r\n$99999999999999999999\r\n",
+            b"*2\r\n$18446744073709551615\r\nGET\r\n$3\r\nfoo\r\n",
+            b"",
+        ] {
+            assert_eq!(
+                peek_key(partial),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(partial)
+            );
+        }
+    }
+
     use super::*;
 
     const LIMITS: Limits = Limits {

@@ -66,7 +66,7 @@ fn type_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 fn for_each_key(x: &mut Exec, mut f: impl FnMut(&[u8])) {
     let (db, now) = (x.session.db, x.now_ms);
     for shard in x.locked.shards() {
-        for (k, s) in &shard.dbs[db].map {
+        for (k, s) in shard.dbs[db].map.iter() {
             if s.exists(now) {
                 f(k);
             }
@@ -90,10 +90,12 @@ fn keys(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-/// SCAN's cursor is `shard << 32 | bucket of the shard's table`: each call
-/// costs what it returns. A table that grows during a scan may make it miss
-/// or repeat keys of that shard (Redis guarantees no misses; see
-/// docs/compatibility.md).
+/// SCAN's cursor is `shard << 32 | position in the shard's slab`: each call
+/// costs what it returns. Entries keep their position while the map grows
+/// and churns; only the compaction of a map that lost more than half its
+/// keys moves them, and a scan across it may miss or repeat keys of that
+/// shard (Redis guarantees no misses; see docs/compatibility.md).
+///
 /// SCAN's options after the cursor (SSCAN's and HSCAN's too): MATCH,
 /// COUNT, and TYPE where `with_type`.
 pub struct ScanOptions<'a> {
@@ -151,7 +153,7 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let mut found: Vec<Vec<u8>> = Vec::new();
     let mut visited = 0;
     let shards = crate::keyspace::SHARDS;
-    // As Redis: empty buckets count a tenth, so that a sparse table (after
+    // As Redis: holes count a tenth, so that a sparse map (after
     // mass deletes) cannot make one call walk it whole.
     let mut empty = 0;
     let most_empty = count.saturating_mul(10);
@@ -160,8 +162,8 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         let shard = x.locked.shard(shard_i)?;
         let d = &shard.dbs[db];
         let map = &d.map;
-        while pos < map.buckets() && visited < count && empty < most_empty {
-            let Some(e) = map.bucket(pos) else {
+        while pos < map.positions() && visited < count && empty < most_empty {
+            let Some(e) = map.at(pos) else {
                 pos += 1;
                 empty += 1;
                 continue;
@@ -178,7 +180,7 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
                 found.push(k.to_vec());
             }
         }
-        if pos >= map.buckets() {
+        if pos >= map.positions() {
             shard_i += 1;
             pos = 0;
         }
@@ -680,7 +682,7 @@ fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         let lines = [
             "MEMORY <subcommand> [<arg> [value] [opt] ...]. Subcommands are:",
             "USAGE <key> [SAMPLES <count>]",
-            "    Return the estimated memory usage of <key>: its table slot, name, value and",
+            "    Return the estimated memory usage of <key>: its entry, name, value and",
             "    CRDT metadata, and its expiry index entry.",
             "STATS",
             "    Show memory usage details: the allocator's count, its peak and start-up",
