@@ -112,7 +112,10 @@ impl ChunksHint {
         if base == 0 {
             return;
         }
-        let at = base.wrapping_add((hash as usize & self.mask.load(Ordering::Relaxed)) * 64);
+        // Base and mask are read apart and may belong to different
+        // chunks (an emptied table's mask is all ones): wrapping math.
+        let chunk = hash as usize & self.mask.load(Ordering::Relaxed);
+        let at = base.wrapping_add(chunk.wrapping_mul(64));
         prefetch(at);
     }
 }
@@ -375,6 +378,11 @@ mod tests {
         b.clear();
         assert!(names(&hint_a, &b));
         hint_a.prefetch(12345);
+        // A reader that saw a table's base, then the mask of its emptied
+        // successor (all ones), still only computes an address.
+        hint_a.base.store(4096, Ordering::Relaxed);
+        hint_a.mask.store(usize::MAX, Ordering::Relaxed);
+        hint_a.prefetch(u64::MAX);
         a.retain(|p| p < 10, hash_of);
         a.shrink_to_fit(hash_of);
         assert!(names(&hint_b, &a));

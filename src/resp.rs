@@ -100,7 +100,8 @@ pub fn parse(
 pub fn peek_key(buf: &[u8]) -> Option<&[u8]> {
     fn length(buf: &[u8], prefix: u8) -> Option<(usize, &[u8])> {
         let rest = buf.strip_prefix(&[prefix])?;
-        let end = rest.iter().take(12).position(|&b| b == b'\r')?;
+        // At most nine digits: no overflow on any target.
+        let end = rest.iter().take(10).position(|&b| b == b'\r')?;
         let digits = &rest[..end];
         if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
             return None;
@@ -595,6 +596,7 @@ mod tests {
             b"PING\r\n",
             b"*2\r\n$x\r\nGET\r\n$3\r\nfoo\r\n",
             b"*2\r\n$99999999999999999999\r\n",
+            b"*2\r\n$3\r\nGET\r\n$9999999999\r\nfoo\r\n",
             b"*2\r\n$18446744073709551615\r\nGET\r\n$3\r\nfoo\r\n",
             b"",
         ] {
