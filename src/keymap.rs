@@ -127,6 +127,11 @@ impl Slab {
     }
 }
 
+/// The hash of the key at a slab position: what a table rebuild asks.
+fn hash_at<'a>(slab: &'a Slab, hasher: &'a KeyHasher) -> impl Fn(u32) -> u64 + 'a {
+    move |p| slab.get(p).map_or(0, |e| hasher.hash_one(&*e.key))
+}
+
 pub struct KeyMap {
     /// Positions in `slab`, by the hash of their entry's key.
     table: KeyTable,
@@ -205,10 +210,8 @@ impl KeyMap {
                     key,
                     state: KeyState::default(),
                 });
-                let (slab, hasher) = (&self.slab, &self.hasher);
-                self.table.insert(hash, pos, |p| {
-                    slab.get(p).map_or(0, |e| hasher.hash_one(&*e.key))
-                });
+                self.table
+                    .insert(hash, pos, hash_at(&self.slab, &self.hasher));
                 pos
             }
         };
@@ -241,11 +244,9 @@ impl KeyMap {
             }
         }
         if removed {
-            let (slab, hasher) = (&self.slab, &self.hasher);
-            self.table.retain(
-                |p| slab.get(p).is_some(),
-                |p| slab.get(p).map_or(0, |e| hasher.hash_one(&*e.key)),
-            );
+            let slab = &self.slab;
+            self.table
+                .retain(|p| slab.get(p).is_some(), hash_at(slab, &self.hasher));
             self.after_removals();
         }
     }
@@ -279,9 +280,7 @@ impl KeyMap {
         for p in self.table.positions_mut() {
             *p = moved_to[*p as usize];
         }
-        let hasher = &self.hasher;
-        self.table
-            .shrink_to_fit(|p| slab.get(p).map_or(0, |e| hasher.hash_one(&*e.key)));
+        self.table.shrink_to_fit(hash_at(&slab, &self.hasher));
         self.slab = slab;
     }
 
