@@ -3,6 +3,7 @@
 #
 #   bench/ab.sh OLD_BINARY NEW_BINARY
 #   ROUNDS=5 TESTS=sadd,hset bench/ab.sh /tmp/old/chorus target/release/chorus
+#   APPENDFSYNC=everysec TESTS=set,incr READS= bench/ab.sh OLD NEW   # both with appendonly yes
 #
 # Build the old one from a worktree, e.g.
 #   git worktree add /tmp/old HEAD~1 && (cd /tmp/old && CARGO_TARGET_DIR=/tmp/old-target cargo build --release)
@@ -17,6 +18,7 @@ NEW=${2:?new binary}
 N=${N:-1000000}
 ROUNDS=${ROUNDS:-3}
 TESTS=${TESTS:-sadd,hset,zadd}
+APPENDFSYNC=${APPENDFSYNC:-}
 READS=${READS-"HGET myhash element:__rand_int__;SISMEMBER myset element:__rand_int__;ZSCORE myzset element:__rand_int__"}
 
 source bench/common.sh
@@ -29,7 +31,12 @@ for round in $(seq 1 "$ROUNDS"); do
         bin=$OLD
         [ "$build" = new ] && bin=$NEW
         port=$(free_port)
-        taskset -c 0 "$bin" server --port "$port" --server-threads 1 >/dev/null 2>&1 &
+        args=()
+        if [ -n "$APPENDFSYNC" ]; then
+            dir="$WORK/$build-$round"; mkdir -p "$dir"
+            args=(--appendonly yes --appendfsync "$APPENDFSYNC" --dir "$dir")
+        fi
+        taskset -c 0 "$bin" server --port "$port" --server-threads 1 "${args[@]}" >/dev/null 2>&1 &
         pid=$!
         PIDS+=("$pid")
         wait_ready "$port"
@@ -47,7 +54,8 @@ for round in $(seq 1 "$ROUNDS"); do
     done
 done
 
-echo "ops/s, median of $ROUNDS rounds (-n $N -r 100000 -c 50 -P 16; server on CPU 0, client on CPU 1)"
+[ -n "${RAW:-}" ] && sort -k2,2 -k1,1 -s "$RESULTS" >&2
+echo "ops/s, median of $ROUNDS rounds (-n $N -r 100000 -c 50 -P 16; server on CPU 0, client on CPU 1${APPENDFSYNC:+; appendonly yes, appendfsync $APPENDFSYNC})"
 printf '%-12s %12s %12s %8s\n' test old new change
 for t in $(awk '{print $2}' "$RESULTS" | awk '!seen[$0]++'); do
     o=$(median_of old "$t")

@@ -300,14 +300,48 @@ impl DeltaLog {
     }
 
     fn append_record(&self, parts: &[&[u8]], seq: Option<u64>) -> u64 {
-        let payload_len: usize = parts.iter().map(|p| p.len()).sum();
-        let len = (payload_len as u32).to_le_bytes();
-        let mut crc = crc32fast::Hasher::new();
-        for part in parts {
-            crc.update(part);
+        let appended = self.append_with(seq, |bytes| {
+            for part in parts {
+                bytes.extend_from_slice(part);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        match appended {
+            Ok(end) => end,
+            Err(never) => match never {},
         }
-        let crc = crc.finalize();
+    }
+
+    /// Appends one record whose payload `encode` appends, in place in the
+    /// pending bytes (no copy through a buffer of its own: for a node that
+    /// logs every write, that copy and its buffer's cache line cost more
+    /// than the encoding). A failed `encode` appends nothing.
+    pub fn append_encoded<E>(
+        &self,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<u64, E> {
+        self.append_with(None, encode)
+    }
+
+    fn append_with<E>(
+        &self,
+        seq: Option<u64>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<u64, E> {
         let mut pending = self.pending.lock();
+        let before = pending.bytes.len();
+        pending.bytes.extend_from_slice(&[0; HEADER]);
+        if let Err(e) = encode(&mut pending.bytes) {
+            pending.bytes.truncate(before);
+            return Err(e);
+        }
+        let payload_len = pending.bytes.len() - before - HEADER;
+        let len = (payload_len as u32).to_le_bytes();
+        let crc = crc32fast::hash(&pending.bytes[before + HEADER..]);
+        let header = &mut pending.bytes[before..before + HEADER];
+        header[..4].copy_from_slice(&len);
+        header[4..8].copy_from_slice(&crc32fast::hash(&len).to_le_bytes());
+        header[8..].copy_from_slice(&crc.to_le_bytes());
         if let Some(seq) = seq {
             let at = pending.end;
             if at >= pending.mark_at {
@@ -315,15 +349,6 @@ impl DeltaLog {
                 pending.mark_at = at + MARK_EVERY;
             }
             pending.last_numbered = seq;
-        }
-        let before = pending.bytes.len();
-        pending.bytes.extend_from_slice(&len);
-        pending
-            .bytes
-            .extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
-        pending.bytes.extend_from_slice(&crc.to_le_bytes());
-        for part in parts {
-            pending.bytes.extend_from_slice(part);
         }
         pending.end += (HEADER + payload_len) as u64;
         let end = pending.end;
@@ -343,7 +368,7 @@ impl DeltaLog {
         if seq.is_some() && self.numbered_waiters.load(Ordering::SeqCst) > 0 {
             self.numbered_more.notify_waiters();
         }
-        end
+        Ok(end)
     }
 
     /// Waits until the log holds every numbered record up to `seq` and is

@@ -180,6 +180,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     );
                     line("store_write_failures", &p.failures.load(Ordering::Relaxed));
                     line("store_last_cut_ms", &last_cut_ms);
+                    line(
+                        "store_last_cut_usec",
+                        &p.last_cut_us.load(Ordering::Relaxed),
+                    );
                     if let Some(bytes) = p.store.disk_bytes() {
                         line("store_disk_bytes", &bytes);
                     }

@@ -896,7 +896,13 @@ impl RedbStore {
         let txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
         {
             let mut keys = txn.open_table(REDB_KEYS).map_err(|e| self.write_err(e))?;
-            for (db, key, state) in &cut.keys {
+            // In the tree's order: each leaf is then copied and filled once
+            // while it is hot, where the cut's hash order touched a random
+            // leaf per key: a first fold of 250,000 keys took 1.9 s that
+            // way, 1.2 s sorted.
+            let mut order: Vec<&StoredKey> = cut.keys.iter().collect();
+            order.sort_unstable_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            for (db, key, state) in order {
                 let k = redb_key(*db, key);
                 match state {
                     Some(bytes) => {

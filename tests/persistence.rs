@@ -436,9 +436,12 @@ fn save_and_bgsave_fold_the_log_into_the_store() {
     let mut c = s.conn();
     q::<()>(&mut c, &["SET", "k", "v"]);
     assert_eq!(store_cuts(&mut c), 0);
+    assert_eq!(info_field(&mut c, "store_last_cut_usec"), 0);
     assert_eq!(q::<String>(&mut c, &["SAVE"]), "OK");
     assert_eq!(store_cuts(&mut c), 1);
     assert!(info_field(&mut c, "store_disk_bytes") > 0);
+    // A fold stores and syncs: it takes some time, and says how long.
+    assert!(info_field(&mut c, "store_last_cut_usec") > 0);
     let last: i64 = q(&mut c, &["LASTSAVE"]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -110,14 +110,19 @@ pub fn append_tally_delta(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
     out.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0]);
     // `counts`: one entry.
     out.push(1);
+    append_node_tally(out, node, tally);
+    // No `removed`, a zero floor, no collection.
+    out.extend_from_slice(&[0, 0, 0, 0]);
+}
+
+/// Postcard's bytes for `(node, tally)`.
+pub fn append_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
     append_varint(out, node.0);
     append_stamp(out, tally.epoch);
     append_varint(out, tally.ops);
     append_varint(out, ((tally.int << 1) ^ (tally.int >> 63)) as u64);
     out.extend_from_slice(&tally.float.to_le_bytes());
     append_varint(out, tally.float_ops);
-    // No `removed`, a zero floor, no collection.
-    out.extend_from_slice(&[0, 0, 0, 0]);
 }
 
 fn is_lone_tally(x: &Extras) -> bool {
@@ -473,6 +478,9 @@ mod tests {
             let mut direct = Vec::new();
             append_tally_delta(&mut direct, NodeId(node), tally);
             prop_assert_eq!(direct, postcard::to_allocvec(&KeyState::tally_delta(NodeId(node), tally)).expect("encodes"));
+            let mut direct = Vec::new();
+            append_node_tally(&mut direct, NodeId(node), tally);
+            prop_assert_eq!(direct, postcard::to_allocvec(&(NodeId(node), tally)).expect("encodes"));
         }
     }
 
