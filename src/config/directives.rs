@@ -346,8 +346,8 @@ pub static DIRECTIVES: &[Directive] = &[
     ignored_alias("aof_rewrite_cpulist", &["aof-rewrite-cpulist"], ""),
     ignored_alias("bgsave_cpulist", &["bgsave-cpulist"], ""),
     ignored("ignore-warnings", ""),
-    // ---- append only mode: appendonly keeps the state in a sled database
-    // in `dir`, so the AOF's file names and rewrite policy mean nothing.
+    // ---- append only mode: appendonly keeps the state in a store and a
+    // delta log in `dir`, so the AOF's file names and rewrite policy mean nothing.
     applied("appendonly", "no"),
     ignored("appendfilename", "appendonly.aof"),
     ignored("appenddirname", "appendonlydir"),

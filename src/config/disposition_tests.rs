@@ -208,6 +208,8 @@ fn refused_directives_name_file_line_and_why() {
     assert_eq!(c.flash.as_deref(), Some(std::path::Path::new("/tmp/flash")));
     assert_eq!(param(&c, "storage-provider"), "flash /tmp/flash");
     assert_eq!(c.data_dir(), Some(std::path::Path::new("/tmp/flash")));
+    // The tier logs every write as `appendonly yes` does, and says so.
+    assert_eq!(param(&c, "appendonly"), "yes");
     for bad in [&["rocksdb", "/x"][..], &["flash"][..], &["flash", ""][..]] {
         let e = Config::default()
             .apply("storage-provider", &args(bad), &Origin::ConfigSet)

@@ -973,7 +973,8 @@ impl Config {
             "client-query-buffer-limit" => self.client_query_buffer_limit.to_string(),
             "loglevel" => self.loglevel.as_str().to_string(),
             "logfile" => path(&self.logfile),
-            "appendonly" => yes(self.appendonly),
+            // The flash tier keeps its store and log as `appendonly yes`.
+            "appendonly" => yes(self.appendonly || self.flash.is_some()),
             "appendfsync" => self.appendfsync.as_str().to_string(),
             "dir" => self.dir.display().to_string(),
             "storage-provider" => self
