@@ -378,10 +378,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             if argv.is_empty() {
                                 continue;
                             }
-                            // The next request's key: its lookup's first
-                            // memory access overlaps this command's work.
-                            if let Some(next) = resp::peek_key(&input[consumed..]) {
-                                server.node.ks.prefetch(session.db, next);
+                            // The next requests' keys: their lookups' memory
+                            // accesses overlap this command's work, a step
+                            // at a time (the table's chunk two requests
+                            // ahead; the entries of the next one, whose
+                            // chunk came in during the previous command).
+                            let ks = &server.node.ks;
+                            if let Some((next, len)) = resp::peek_request(&input[consumed..]) {
+                                ks.prefetch_entries(session.db, next);
+                                let after = len.and_then(|l| input.get(consumed + l..));
+                                if let Some(after) = after.and_then(resp::peek_key) {
+                                    ks.prefetch(session.db, after);
+                                }
                             }
                             commands += 1;
                             // Messages that came before the command go before its

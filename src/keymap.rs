@@ -67,6 +67,14 @@ impl Slab {
         }
     }
 
+    /// Where position `pos` lives in memory, if the slab reaches it.
+    fn address(&self, pos: u32) -> Option<usize> {
+        let pos = pos as usize;
+        let segment = self.segments.get(pos >> SEGMENT_BITS)?;
+        let at = segment.get(pos & (SEGMENT - 1))?;
+        Some(at as *const Option<Entry> as usize)
+    }
+
     fn get(&self, pos: u32) -> Option<&Entry> {
         let pos = pos as usize;
         self.segments
@@ -179,6 +187,18 @@ impl KeyMap {
         self.table.find(self.hash(key), |p| {
             slab.get(p).is_some_and(|e| &*e.key == key)
         })
+    }
+
+    /// Asks the CPU to bring in the entries a lookup of `key` will read
+    /// (its chunk should be in the cache already: see [`KeyMap::hint`]).
+    pub fn prefetch_entries(&self, key: &[u8]) {
+        let slab = &self.slab;
+        self.table.candidates(self.hash(key), |p| {
+            if let Some(at) = slab.address(p) {
+                crate::keytable::prefetch(at);
+                crate::keytable::prefetch(at + std::mem::size_of::<Option<Entry>>() - 1);
+            }
+        });
     }
 
     pub fn entry(&self, key: &[u8]) -> Option<&Entry> {

@@ -1001,6 +1001,18 @@ impl Keyspace {
         hint.prefetch(self.maps_hasher.hash_one(key));
     }
 
+    /// Asks the CPU to bring in the entries a lookup of `key` in `db` will
+    /// read, once its chunk came in (a [`Keyspace::prefetch`] one request
+    /// earlier). Reads the table, so under the shard's lock: skipped when
+    /// another thread holds it.
+    pub fn prefetch_entries(&self, db: usize, key: &[u8]) {
+        if let Some(shard) = self.shards[self.shard_of(key)].try_lock() {
+            if let Some(d) = shard.dbs.get(db) {
+                d.map.prefetch_entries(key);
+            }
+        }
+    }
+
     /// Gives the keyspace a flash tier: from now on eviction moves keys
     /// into `tier`'s store instead of deleting them.
     pub fn set_cold_tier(&mut self, tier: Arc<ColdTier>) {

@@ -17,10 +17,11 @@
 //! counts it added (a count that reached 255 stays, until the next
 //! rebuild).
 //!
-//! A connection that holds the next pipelined request prefetches that
-//! key's chunk before it runs the current one ([`ChunksHint`]): the one
-//! miss this table adds over a table of entries is then paid while the
-//! server works on something else.
+//! A connection that holds the next pipelined requests prefetches the
+//! chunk of the key two requests ahead ([`ChunksHint`]) and the entries
+//! of the next one ([`KeyTable::candidates`]) before it runs the current
+//! one: the miss this table adds over a table of entries, and the entry's
+//! own, are then paid while the server works on something else.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -121,7 +122,7 @@ impl ChunksHint {
 }
 
 #[inline]
-fn prefetch(addr: usize) {
+pub fn prefetch(addr: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
@@ -194,6 +195,15 @@ impl KeyTable {
             i = (i + 1) & mask;
         }
         None
+    }
+
+    /// Calls `f` with every position whose tag matches `hash`'s: where a
+    /// lookup of it will look (to prefetch those entries).
+    pub fn candidates(&self, hash: u64, mut f: impl FnMut(u32)) {
+        self.locate(hash, |p| {
+            f(p);
+            false
+        });
     }
 
     pub fn find(&self, hash: u64, eq: impl FnMut(u32) -> bool) -> Option<u32> {
@@ -420,6 +430,12 @@ mod tests {
         }
         for p in 0..3000u32 {
             assert_eq!(t.find(hash_of(p), |q| q == p).is_some(), model.contains(&p));
+            // What a prefetch of its entries brings in: every position a
+            // lookup compares (so its own, when present), all of the tag.
+            let mut seen = Vec::new();
+            t.candidates(hash_of(p), |q| seen.push(q));
+            assert_eq!(seen.contains(&p), model.contains(&p));
+            assert!(seen.iter().all(|q| tag(hash_of(*q)) == tag(hash_of(p))));
         }
         let mut all: Vec<u32> = (0..t.slots()).filter_map(|i| t.at_slot(i)).collect();
         all.sort_unstable();

@@ -98,26 +98,48 @@ pub fn parse(
 /// (most commands' first key), if the bytes up to its end are there; a
 /// glance for prefetching, not a parse: it checks only what it reads.
 pub fn peek_key(buf: &[u8]) -> Option<&[u8]> {
-    fn length(buf: &[u8], prefix: u8) -> Option<(usize, &[u8])> {
-        let rest = buf.strip_prefix(&[prefix])?;
-        // At most nine digits: no overflow on any target.
-        let end = rest.iter().take(10).position(|&b| b == b'\r')?;
-        let digits = &rest[..end];
-        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
-            return None;
-        }
-        let n = digits
-            .iter()
-            .fold(0usize, |n, d| n * 10 + (d - b'0') as usize);
-        Some((n, rest.get(end + 2..)?))
-    }
-    let (count, rest) = length(buf, b'*')?;
+    let (count, rest) = peek_length(buf, b'*')?;
     if count < 2 {
         return None;
     }
-    let (name, rest) = length(rest, b'$')?;
-    let (key, rest) = length(rest.get(name.checked_add(2)?..)?, b'$')?;
+    let (name, rest) = peek_length(rest, b'$')?;
+    let (key, rest) = peek_length(rest.get(name.checked_add(2)?..)?, b'$')?;
     rest.get(..key)
+}
+
+/// [`peek_key`], and the length of the whole request when all of it is
+/// there and it has at most 16 arguments: where the request after it
+/// starts.
+pub fn peek_request(buf: &[u8]) -> Option<(&[u8], Option<usize>)> {
+    let key = peek_key(buf)?;
+    let len = (|| {
+        let (count, mut rest) = peek_length(buf, b'*')?;
+        if count > 16 {
+            return None;
+        }
+        for _ in 0..count {
+            let (n, after) = peek_length(rest, b'$')?;
+            rest = after.get(n.checked_add(2)?..)?;
+        }
+        Some(buf.len() - rest.len())
+    })();
+    Some((key, len))
+}
+
+/// The length after `prefix` at the front of `buf`, and what follows its
+/// line.
+fn peek_length(buf: &[u8], prefix: u8) -> Option<(usize, &[u8])> {
+    let rest = buf.strip_prefix(&[prefix])?;
+    // At most nine digits: no overflow on any target.
+    let end = rest.iter().take(10).position(|&b| b == b'\r')?;
+    let digits = &rest[..end];
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = digits
+        .iter()
+        .fold(0usize, |n, d| n * 10 + (d - b'0') as usize);
+    Some((n, rest.get(end + 2..)?))
 }
 
 /// [`parse`] for a connection: a request that is `Incomplete` is resumed
@@ -607,6 +629,29 @@ mod tests {
                 String::from_utf8_lossy(partial)
             );
         }
+    }
+
+    #[test]
+    fn peek_request_measures_a_whole_request_only() {
+        let two = b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n";
+        let (key, len) = peek_request(two).unwrap();
+        assert_eq!((key, len), (&b"foo"[..], Some(22)));
+        assert_eq!(
+            peek_request(&two[22..]),
+            Some((&b"k"[..], Some(two.len() - 22)))
+        );
+        // The key is there, the request's end is not.
+        assert_eq!(
+            peek_request(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv"),
+            Some((&b"k"[..], None))
+        );
+        assert_eq!(
+            peek_request(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r"),
+            Some((&b"k"[..], None))
+        );
+        assert_eq!(peek_request(b"*1\r\n$4\r\nPING\r\n"), None);
+        let many = format!("*17\r\n{}", "$1\r\nk\r\n".repeat(17));
+        assert_eq!(peek_request(many.as_bytes()), Some((&b"k"[..], None)));
     }
 
     use super::*;
