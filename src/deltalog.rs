@@ -113,6 +113,23 @@ struct Pending {
     last_numbered: u64,
 }
 
+/// A record being appended in place: dropped unfinished (its encoding
+/// failed or panicked), it leaves the pending bytes as they were.
+struct Unfinished<'a> {
+    pending: parking_lot::MutexGuard<'a, Pending>,
+    before: usize,
+    finished: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            let before = self.before;
+            self.pending.bytes.truncate(before);
+        }
+    }
+}
+
 /// The log of one running node.
 pub struct DeltaLog {
     dir: PathBuf,
@@ -328,13 +345,19 @@ impl DeltaLog {
         seq: Option<u64>,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let mut pending = self.pending.lock();
-        let before = pending.bytes.len();
-        pending.bytes.extend_from_slice(&[0; HEADER]);
-        if let Err(e) = encode(&mut pending.bytes) {
-            pending.bytes.truncate(before);
-            return Err(e);
-        }
+        let mut record = Unfinished {
+            pending: self.pending.lock(),
+            before: 0,
+            finished: false,
+        };
+        let before = record.pending.bytes.len();
+        record.before = before;
+        record.pending.bytes.extend_from_slice(&[0; HEADER]);
+        // On an error or a panic, `record` drops unfinished and takes its
+        // bytes back out.
+        encode(&mut record.pending.bytes)?;
+        record.finished = true;
+        let pending = &mut record.pending;
         let payload_len = pending.bytes.len() - before - HEADER;
         let len = (payload_len as u32).to_le_bytes();
         let crc = crc32fast::hash(&pending.bytes[before + HEADER..]);
@@ -361,7 +384,7 @@ impl DeltaLog {
         } else {
             before < WAKE_BYTES && pending.bytes.len() >= WAKE_BYTES
         };
-        drop(pending);
+        drop(record);
         if wake {
             self.more.notify_one();
         }
@@ -979,6 +1002,42 @@ mod tests {
         let (log, replay) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
         assert_eq!(replay.files.len(), 4, "three rotations, four files");
         assert_eq!(replayed(&replay).unwrap(), all);
+        log.close();
+    }
+
+    /// Review of session 22: a record is encoded in place in the pending
+    /// bytes, so an encoding that fails, or panics, must leave nothing of
+    /// it there (a zeroed header would fail the next start as corrupt).
+    #[test]
+    fn an_encoding_that_fails_or_panics_leaves_no_trace() {
+        let dir = temp_dir("encode-fails");
+        let (log, _) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
+        log.append(b"before");
+        assert_eq!(
+            log.append_encoded(|out| {
+                out.extend_from_slice(b"half");
+                Err("no")
+            }),
+            Err("no")
+        );
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _ = log.append_encoded(|out| -> Result<(), ()> {
+                out.extend_from_slice(b"half");
+                panic!("an encoder's bug");
+            });
+        }));
+        assert!(panicked.is_err());
+        let end = log.append_encoded(|out| {
+            out.extend_from_slice(b"after");
+            Ok::<(), ()>(())
+        });
+        assert_eq!(end, Ok(log.appended()));
+        log.close();
+        let (log, replay) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
+        assert_eq!(
+            replayed(&replay).unwrap(),
+            vec![b"before".to_vec(), b"after".to_vec()]
+        );
         log.close();
     }
 
