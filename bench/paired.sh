@@ -3,6 +3,8 @@
 #
 #   bench/paired.sh OLD_BINARY NEW_BINARY
 #   PAIRS=81 TESTS=set,get,incr bench/paired.sh /tmp/old-target/release/chorus target/release/chorus
+#   NEW_ARGS="--appendonly yes --appendfsync everysec" TESTS=set,incr \
+#       bench/paired.sh target/release/chorus target/release/chorus   # what the log costs
 #
 # bench/ab.sh restarts the servers every round, so minutes pass between an old and a new
 # figure, and this machine's speed drifts by 25% over minutes. Here both servers stay up
@@ -10,7 +12,8 @@
 # runs as $PAIRS pairs of short runs (-n $N, about half a second), old and new back to back,
 # the order swapped every pair. A pair's ratio sees the same machine; the median of the
 # ratios is the result. Keys are written once before the pairs (SET over -r 100000), so that
-# reads find them.
+# reads find them. OLD_ARGS and NEW_ARGS are added to each server's command line; a server
+# given `--appendonly yes` gets a fresh `--dir`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,13 +22,19 @@ NEW=${2:?new binary}
 PAIRS=${PAIRS:-41}
 N=${N:-300000}
 TESTS=${TESTS:-set,get,incr}
+OLD_ARGS=${OLD_ARGS:-}
+NEW_ARGS=${NEW_ARGS:-}
 
 source bench/common.sh
 ensure_tools "redis-benchmark redis-cli" "redis-tools"
 
-start() { # start BINARY -> port
-    local port; port=$(free_port)
-    taskset -c 0 "$1" server --port "$port" --server-threads 1 >/dev/null 2>&1 &
+start() { # start BINARY ARGS -> port
+    local port args; port=$(free_port)
+    read -ra args <<< "$2"
+    case " $2 " in
+        *" --appendonly yes "*) mkdir -p "$WORK/dir-$port"; args+=(--dir "$WORK/dir-$port") ;;
+    esac
+    taskset -c 0 "$1" server --port "$port" --server-threads 1 "${args[@]}" >/dev/null 2>&1 &
     PIDS+=($!)
     wait_ready "$port"
     echo "$port"
@@ -35,8 +44,8 @@ rps() { # rps PORT TEST
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}'
 }
 
-old=$(start "$OLD")
-new=$(start "$NEW")
+old=$(start "$OLD" "$OLD_ARGS")
+new=$(start "$NEW" "$NEW_ARGS")
 for port in "$old" "$new"; do rps "$port" set >/dev/null; done
 
 echo "new/old, median of $PAIRS paired runs (-n $N -r 100000 -c 50 -P 16; servers on CPU 0, client on CPU 1)"
