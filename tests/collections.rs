@@ -298,7 +298,10 @@ fn copy_rename_move_dump_and_restore_carry_hashes_and_sets() {
         .unwrap_err();
     assert!(e.to_string().contains("checksum"), "{e}");
 
-    assert_eq!(q::<String>(&mut c, &["OBJECT", "ENCODING", "s4"]), "ormap");
+    assert_eq!(
+        q::<String>(&mut c, &["OBJECT", "ENCODING", "s4"]),
+        "packed-ormap"
+    );
     assert_eq!(q::<String>(&mut c, &["OBJECT", "ENCODING", "s"]), "orset");
     let small: i64 = q(&mut c, &["MEMORY", "USAGE", "s"]);
     let mut args = vec!["SADD".to_string(), "s".to_string()];

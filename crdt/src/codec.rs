@@ -224,12 +224,14 @@ pub fn decode_stored<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError
 /// Decodes a key's state read from a store written by this or an earlier
 /// build, migrating the old layout.
 pub fn decode_stored_state(bytes: &[u8]) -> Result<KeyState, DecodeError> {
-    match bytes.first() {
-        Some(2) => Ok(take_all::<KeyStateV2>(&bytes[1..])?.into()),
-        Some(3) => Ok(take_all::<KeyStateV3>(&bytes[1..])?.into()),
-        Some(4) => Ok(take_all::<KeyStateV4>(&bytes[1..])?.into()),
-        _ => decode(bytes),
-    }
+    let mut state: KeyState = match bytes.first() {
+        Some(2) => take_all::<KeyStateV2>(&bytes[1..])?.into(),
+        Some(3) => take_all::<KeyStateV3>(&bytes[1..])?.into(),
+        Some(4) => take_all::<KeyStateV4>(&bytes[1..])?.into(),
+        _ => decode(bytes)?,
+    };
+    state.pack();
+    Ok(state)
 }
 
 /// Decodes a write `(origin, seq, delta)` of the delta log written by
@@ -568,7 +570,12 @@ mod tests {
                             ctx: c.ctx.clone(),
                             at: c.at,
                             kind: c.kind,
-                            hash: c.hash.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+                            hash: c
+                                .hash
+                                .map()
+                                .iter()
+                                .map(|(k, v)| (k.clone(), v.clone()))
+                                .collect(),
                             set: c.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                             zset: c.zset.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                             removed: c.removed.clone(),

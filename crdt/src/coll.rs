@@ -29,6 +29,7 @@
 //! visits those elements only. A whole state (`part` false) may remove any
 //! element by its context, and merging one visits them all.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
@@ -39,6 +40,7 @@ use crate::conflict::{Conflict, ConflictKind, Side, Summary};
 use crate::context::{CausalContext, Dot};
 use crate::ekey::{EKey, Probe};
 use crate::emap::EMap;
+use crate::fields::{FieldRef, Fields};
 use crate::nodemap::NodeMap;
 use crate::position::Position;
 use crate::seq::Seq;
@@ -209,7 +211,8 @@ pub struct Coll {
     /// collections clash.
     pub at: Stamp,
     pub kind: Kind,
-    pub hash: EMap<Elem<Blob>>,
+    /// Packed while small and plain (see `fields.rs`).
+    pub hash: Fields,
     pub set: EMap<Adds>,
     pub zset: EMap<Elem<Score>>,
     pub list: Seq<Elem<Blob>>,
@@ -473,7 +476,7 @@ impl Coll {
             return;
         }
         self.part = false;
-        self.hash.retain(|_, e| !e.is_empty());
+        self.hash.map_mut().retain(|_, e| !e.is_empty());
         self.zset.retain(|_, e| !e.is_empty());
         self.list.retain(|_, e| !e.is_empty());
         self.set.retain(|_, a| !a.is_empty());
@@ -553,7 +556,7 @@ impl Coll {
     /// segments by their start).
     fn newest(&self, kind: Kind) -> Stamp {
         let newest = match kind {
-            Kind::Hash => self.hash.values().flat_map(elem_stamps).max(),
+            Kind::Hash => self.hash.stamps().max(),
             Kind::ZSet => self.zset.values().flat_map(elem_stamps).max(),
             Kind::Set => self.set.values().flatten().map(Add::stamp).max(),
             Kind::List => self.list.values().flat_map(elem_stamps).max(),
@@ -572,8 +575,15 @@ impl Coll {
     /// A hash field's value as a string key's would read: its winning
     /// write plus its surviving increments.
     pub fn field(&self, field: &[u8]) -> Option<Read<'_>> {
-        let e = self.hash.get(Probe::new(field).as_keyed())?;
-        Some(self.read_elem(Kind::Hash, field, e))
+        let f = self.hash.get(field)?;
+        Some(self.read_field(field, f))
+    }
+
+    fn read_field<'a>(&'a self, field: &[u8], f: FieldRef<'a>) -> Read<'a> {
+        match f {
+            FieldRef::Elem(e) => self.read_elem(Kind::Hash, field, e),
+            FieldRef::Packed(p) => Read::Str(p.value),
+        }
     }
 
     fn read_elem<'a>(&'a self, kind: Kind, key: &[u8], e: &'a Elem<Blob>) -> Read<'a> {
@@ -586,14 +596,20 @@ impl Coll {
 
     /// Every field of the hash with its value, by field.
     pub fn fields(&self) -> impl Iterator<Item = (&[u8], Read<'_>)> {
-        self.hash
-            .iter()
-            .map(|(k, e)| (k.bytes(), self.read_elem(Kind::Hash, k.bytes(), e)))
+        self.hash.iter().map(|(k, f)| (k, self.read_field(k, f)))
     }
 
     /// A hash field's element (its writes and counter).
-    pub fn field_elem(&self, field: &[u8]) -> Option<&Elem<Blob>> {
-        self.hash.get(Probe::new(field).as_keyed())
+    pub fn field_elem(&self, field: &[u8]) -> Option<Cow<'_, Elem<Blob>>> {
+        self.hash.get(field).map(|f| match f {
+            FieldRef::Elem(e) => Cow::Borrowed(e),
+            FieldRef::Packed(p) => Cow::Owned(p.to_elem()),
+        })
+    }
+
+    /// A hash field's counter tallies, if it has any.
+    pub fn field_counts(&self, field: &[u8]) -> Option<&NodeMap<Tally>> {
+        self.hash.get(field).and_then(FieldRef::counts)
     }
 
     /// A sorted-set member's element as this part holds it (a delta names
@@ -606,10 +622,7 @@ impl Coll {
     pub fn has_increments(&self, kind: Kind, key: &[u8]) -> bool {
         let probe = Probe::new(key);
         match kind {
-            Kind::Hash => self
-                .hash
-                .get(probe.as_keyed())
-                .is_some_and(|e| e.counts.is_some()),
+            Kind::Hash => self.hash.get(key).is_some_and(|f| f.counts().is_some()),
             Kind::ZSet => self
                 .zset
                 .get(probe.as_keyed())
@@ -628,10 +641,14 @@ impl Coll {
     /// done). Elements are in hash order, so one present for the whole
     /// scan is returned at least once.
     pub fn scan(&self, kind: Kind, from: u64, count: usize) -> (Vec<&[u8]>, u64) {
-        let keys: Box<dyn Iterator<Item = &EKey>> = match kind {
-            Kind::Hash => Box::new(self.hash.iter_from(from).map(|(k, _)| k)),
-            Kind::Set => Box::new(self.set.iter_from(from).map(|(k, _)| k)),
-            Kind::ZSet => Box::new(self.zset.iter_from(from).map(|(k, _)| k)),
+        let keys: Box<dyn Iterator<Item = (u64, &[u8])>> = match kind {
+            Kind::Hash => Box::new(self.hash.keys_from(from)),
+            Kind::Set => Box::new(self.set.iter_from(from).map(|(k, _)| (k.hash(), k.bytes()))),
+            Kind::ZSet => Box::new(
+                self.zset
+                    .iter_from(from)
+                    .map(|(k, _)| (k.hash(), k.bytes())),
+            ),
             // Lists are walked by index, never by hash.
             Kind::List => Box::new(std::iter::empty()),
         };
@@ -642,11 +659,11 @@ impl Coll {
         // names a hash, so a batch never ends inside a run of equal ones
         // (and the next hash, above the last, is never the 0 that ends a
         // scan).
-        while let Some(k) = keys.next_if(|k| found.len() < count || Some(k.hash()) == last) {
-            last = Some(k.hash());
-            found.push(k.bytes());
+        while let Some((hash, k)) = keys.next_if(|(h, _)| found.len() < count || Some(*h) == last) {
+            last = Some(hash);
+            found.push(k);
         }
-        let next = keys.next().map_or(0, EKey::hash);
+        let next = keys.next().map_or(0, |(h, _)| h);
         (found, next)
     }
 
@@ -657,12 +674,14 @@ impl Coll {
     /// HRANDFIELD without a count.
     pub fn pick(&self, kind: Kind, r: u64) -> Option<&[u8]> {
         let key = match kind {
-            Kind::Hash => self
-                .hash
-                .iter_from(r)
-                .next()
-                .or_else(|| self.hash.iter().next())
-                .map(|(k, _)| k),
+            Kind::Hash => {
+                return self
+                    .hash
+                    .keys_from(r)
+                    .next()
+                    .or_else(|| self.hash.keys_from(0).next())
+                    .map(|(_, k)| k)
+            }
             Kind::Set => self
                 .set
                 .iter_from(r)
@@ -757,13 +776,18 @@ impl Coll {
     fn remove_into(&self, delta: &mut Coll, kind: Kind, key: &[u8], stamp: Stamp) {
         let probe = Probe::new(key);
         let counts = match kind {
-            Kind::Hash => match self.hash.get(probe.as_keyed()) {
-                Some(e) => {
-                    for w in &e.writes {
-                        delta.ctx.insert(w.dot);
+            Kind::Hash => match self.hash.get(key) {
+                Some(f) => {
+                    match f {
+                        FieldRef::Elem(e) => {
+                            for w in &e.writes {
+                                delta.ctx.insert(w.dot);
+                            }
+                        }
+                        FieldRef::Packed(p) => delta.ctx.insert(p.dot),
                     }
-                    delta.hash.entry(probe.to_key()).or_default();
-                    e.counts.as_deref()
+                    delta.hash.map_mut().entry(probe.to_key()).or_default();
+                    f.counts()
                 }
                 None => None,
             },
@@ -804,8 +828,8 @@ impl Coll {
     /// write carries the stamp.
     pub fn clear(&self, stamp: Stamp) -> Coll {
         let mut delta = Coll::default();
-        for key in self.hash.keys() {
-            self.remove_into(&mut delta, Kind::Hash, key.bytes(), stamp);
+        for (key, _) in self.hash.iter() {
+            self.remove_into(&mut delta, Kind::Hash, key, stamp);
         }
         for key in self.set.keys() {
             self.remove_into(&mut delta, Kind::Set, key.bytes(), stamp);
@@ -832,7 +856,7 @@ impl Coll {
                 continue;
             }
             let keys: Vec<Vec<u8>> = match other {
-                Kind::Hash => self.hash.keys().map(|k| k.bytes().to_vec()).collect(),
+                Kind::Hash => self.hash.iter().map(|(k, _)| k.to_vec()).collect(),
                 Kind::Set => self.set.keys().map(|k| k.bytes().to_vec()).collect(),
                 Kind::ZSet => self.zset.keys().map(|k| k.bytes().to_vec()).collect(),
                 Kind::List => {
@@ -863,7 +887,7 @@ impl Coll {
     pub fn hset_into(&self, delta: &mut Coll, stamp: Stamp, field: &[u8], value: &[u8]) {
         self.remove_into(delta, Kind::Hash, field, stamp);
         let dot = self.new_dot(delta, stamp);
-        let elem = delta.hash.entry(EKey::new(field)).or_default();
+        let elem = delta.hash.map_mut().entry(EKey::new(field)).or_default();
         // The same field twice in one command: the last value stands.
         elem.writes.clear();
         elem.writes.push(Write {
@@ -918,10 +942,7 @@ impl Coll {
         let (int, float, is_float) = by;
         let probe = Probe::new(key);
         let current = match kind {
-            Kind::Hash => self
-                .hash
-                .get(probe.as_keyed())
-                .and_then(|e| e.counts.as_deref()),
+            Kind::Hash => self.hash.get(key).and_then(|f| f.counts()),
             Kind::ZSet => self
                 .zset
                 .get(probe.as_keyed())
@@ -931,7 +952,14 @@ impl Coll {
         .and_then(|c| c.get(&stamp.node));
         let tally = Tally::next(current, stamp, int, float, is_float);
         let counts = match kind {
-            Kind::Hash => &mut delta.hash.entry(probe.to_key()).or_default().counts,
+            Kind::Hash => {
+                &mut delta
+                    .hash
+                    .map_mut()
+                    .entry(probe.to_key())
+                    .or_default()
+                    .counts
+            }
             Kind::ZSet => &mut delta.zset.entry(probe.to_key()).or_default().counts,
             Kind::Set | Kind::List => return,
         };
@@ -973,9 +1001,28 @@ impl Coll {
             time: stamp.time,
             value: Blob::new(value),
         };
-        let for_delta = delta.is_some().then(|| write.clone());
         let probe = Probe::new(field);
-        let fresh = match self.hash.get_mut(probe.as_keyed()) {
+        if self.hash.is_packed() {
+            let old = match self.hash.get(field) {
+                Some(FieldRef::Packed(p)) => Some(p.dot),
+                _ => None,
+            };
+            if let Some(fresh) = self.hash.set_packed(field, value, dot, stamp.time) {
+                if let Some(d) = delta {
+                    if let Some(old) = old {
+                        d.ctx.insert(old);
+                    }
+                    d.ctx.insert(dot);
+                    let e = d.hash.map_mut().entry(probe.to_key()).or_default();
+                    e.writes.clear();
+                    e.writes.push(write);
+                }
+                self.note_local(stamp, Kind::Hash, dot);
+                return Some(fresh);
+            }
+        }
+        let for_delta = delta.is_some().then(|| write.clone());
+        let fresh = match self.hash.map_mut().get_mut(probe.as_keyed()) {
             Some(e) if e.counts.is_some() => return None,
             Some(e) => {
                 if let Some(d) = delta.as_deref_mut() {
@@ -990,7 +1037,7 @@ impl Coll {
             None => {
                 let mut writes = SmallVec::new();
                 writes.push(write);
-                self.hash.insert(
+                self.hash.map_mut().insert(
                     probe.to_key(),
                     Elem {
                         writes,
@@ -1002,7 +1049,7 @@ impl Coll {
         };
         if let (Some(d), Some(w)) = (delta, for_delta) {
             d.ctx.insert(dot);
-            let e = d.hash.entry(probe.to_key()).or_default();
+            let e = d.hash.map_mut().entry(probe.to_key()).or_default();
             e.writes.clear();
             e.writes.push(w);
         }
@@ -1209,7 +1256,7 @@ impl Coll {
             self.removed.get(&(Kind::Hash, field.to_vec()))
         };
         let next = |current: Option<&Tally>| Tally::next(current, stamp, by.0, by.1, by.2);
-        let (reply, tally) = match self.hash.get_mut(probe.as_keyed()) {
+        let (reply, tally) = match self.hash.map_mut().get_mut(probe.as_keyed()) {
             Some(e) => {
                 let value = e.winner().map(|w| &*w.value.0);
                 let read = match &e.counts {
@@ -1225,7 +1272,7 @@ impl Coll {
             None => {
                 let reply = check(Read::Absent)?;
                 let t = next(None);
-                self.hash.insert(
+                self.hash.map_mut().insert(
                     probe.to_key(),
                     Elem {
                         writes: SmallVec::new(),
@@ -1237,6 +1284,7 @@ impl Coll {
         };
         if let Some(d) = delta {
             d.hash
+                .map_mut()
                 .entry(probe.to_key())
                 .or_default()
                 .counts
@@ -1294,7 +1342,7 @@ impl Coll {
             _ => None,
         };
         let tally = match kind {
-            Kind::Hash => bump(&mut self.hash, &probe, stamp, (int, float, is_float)),
+            Kind::Hash => bump(self.hash.map_mut(), &probe, stamp, (int, float, is_float)),
             Kind::ZSet => bump(&mut self.zset, &probe, stamp, (int, float, is_float)),
             Kind::Set | Kind::List => return,
         };
@@ -1303,7 +1351,7 @@ impl Coll {
         }
         if let Some(d) = delta {
             let counts = match kind {
-                Kind::Hash => &mut d.hash.entry(probe.to_key()).or_default().counts,
+                Kind::Hash => &mut d.hash.map_mut().entry(probe.to_key()).or_default().counts,
                 Kind::ZSet => &mut d.zset.entry(probe.to_key()).or_default().counts,
                 Kind::Set | Kind::List => return,
             };
@@ -1372,14 +1420,17 @@ impl Coll {
         let how = (!other.part, self.part && other.part);
         let ctxs = (&self.ctx, &other.ctx);
         let removed = &self.removed;
-        join_elems(
-            &mut self.hash,
-            &other.hash,
-            ctxs,
-            |k| record_of(removed, Kind::Hash, k),
-            how,
-            |key, e| siblings(&mut conflicts, key.bytes(), e, blob_side),
-        );
+        // A delta without fields changes none (and leaves a packed hash packed).
+        if !other.hash.is_empty() || (!other.part && !self.hash.is_empty()) {
+            join_elems(
+                self.hash.map_mut(),
+                &*other.hash.map(),
+                ctxs,
+                |k| record_of(removed, Kind::Hash, k),
+                how,
+                |key, e| siblings(&mut conflicts, key.bytes(), e, blob_side),
+            );
+        }
         join_members(&mut self.set, &other.set, &self.ctx, &other.ctx, how);
         join_elems(
             &mut self.zset,
@@ -1406,12 +1457,9 @@ impl Coll {
                 let probe = Probe::new(key);
                 match kind {
                     Kind::Hash => {
-                        if self
-                            .hash
-                            .get_mut(probe.as_keyed())
-                            .is_some_and(|e| settle(e, r))
-                        {
-                            self.hash.remove(probe.as_keyed());
+                        let hash = self.hash.map_mut();
+                        if hash.get_mut(probe.as_keyed()).is_some_and(|e| settle(e, r)) {
+                            hash.remove(probe.as_keyed());
                         }
                     }
                     Kind::ZSet => {
@@ -1433,6 +1481,9 @@ impl Coll {
             self.kind = other.kind;
         }
         self.part &= other.part;
+        if !self.part {
+            self.hash.pack();
+        }
         for (member, old) in moved {
             self.reindex(&member, old);
         }
@@ -1483,7 +1534,7 @@ impl Coll {
         elems(
             &mut lost,
             Kind::Hash,
-            &self.hash,
+            &*self.hash.map(),
             &self.removed,
             flush,
             blob_side,
@@ -1555,7 +1606,11 @@ impl Coll {
                 !e.is_empty() || keep
             });
         }
-        prune_elems(&mut self.hash, floor, keep);
+        // A packed hash's fields are plain writes: unpacked only when the
+        // floor drops one.
+        if !self.hash.is_empty() && !self.hash.packed_all_from(floor) {
+            prune_elems(self.hash.map_mut(), floor, keep);
+        }
         prune_elems(&mut self.zset, floor, keep);
         prune_elems(&mut self.list, floor, keep);
         self.set.retain(|_, adds| {
@@ -1573,6 +1628,9 @@ impl Coll {
             r.tallies.retain(|_, t| t.epoch >= floor);
             r.reset >= floor
         });
+        if !self.part {
+            self.hash.pack();
+        }
         self.oldest.0 = self.oldest_stamp().unwrap_or(self.at).max(floor);
     }
 
@@ -1588,7 +1646,7 @@ impl Coll {
     /// The oldest stamp this part brings to a merge (element writes, adds,
     /// counter segments), `None` when it brings none.
     pub fn earliest_added(&self) -> Option<Stamp> {
-        let hash = self.hash.values().flat_map(elem_stamps);
+        let hash = self.hash.stamps();
         let zset = self.zset.values().flat_map(elem_stamps);
         let set = self.set.values().flatten().map(Add::stamp);
         let list = self.list.values().flat_map(elem_stamps);
@@ -1610,7 +1668,7 @@ impl Coll {
             }
             let probe = Probe::new(key);
             let counts = match kind {
-                Kind::Hash => hash.get(probe.as_keyed()).and_then(|e| e.counts.as_deref()),
+                Kind::Hash => hash.get(key).and_then(|f| f.counts()),
                 Kind::ZSet => zset.get(probe.as_keyed()).and_then(|e| e.counts.as_deref()),
                 Kind::Set | Kind::List => None,
             };
@@ -1621,11 +1679,19 @@ impl Coll {
             });
             !r.tallies.is_empty()
         });
-        // Never past the newest write known here: a node without peers
-        // collects at "everything", and its next write must still be new.
+        // Never past the newest write known here (a node without peers
+        // collects at "everything"), but past every dot its command took:
+        // an HSET of ten fields numbers them from its time up, and those
+        // left above the floor would stay in the cloud until the key's
+        // next write. A later write's dots are numbered from the floor up
+        // (`CausalContext::next_dot`), so it is still new.
         let cloud = self.ctx.cloud_len();
+        let newest = self
+            .ctx
+            .newest_from(self.at.node, self.at.time)
+            .map_or(self.at.time, |n| n.max(self.at.time));
         self.ctx
-            .raise_floor(acked.time.min(self.at.time.saturating_add(1)));
+            .raise_floor(acked.time.min(newest.saturating_add(1)));
         self.removed.len() != before || self.ctx.cloud_len() != cloud
     }
 
@@ -1686,7 +1752,7 @@ impl Coll {
         self.unindex();
         for (kind, key, dot, node) in stale {
             match kind {
-                Kind::Hash => forget_in(&mut self.hash, &key, dot, node),
+                Kind::Hash => forget_in(self.hash.map_mut(), &key, dot, node),
                 Kind::ZSet => forget_in(&mut self.zset, &key, dot, node),
                 Kind::List => {}
                 Kind::Set => {
@@ -1698,6 +1764,9 @@ impl Coll {
                     }
                 }
             }
+        }
+        if !self.part {
+            self.hash.pack();
         }
         true
     }
@@ -1741,10 +1810,11 @@ impl Coll {
             }
         }
         let removed = sender.map(|c| &c.removed);
+        let their_hash = sender.map(|c| c.hash.map());
         elems(
             Kind::Hash,
-            &self.hash,
-            sender.map(|c| &c.hash),
+            &*self.hash.map(),
+            their_hash.as_deref(),
             removed,
             &is_held,
             &mut f,
@@ -1807,10 +1877,11 @@ impl Coll {
             });
         }
         let my_removed = mine.map(|c| &c.removed);
+        let my_hash = mine.map(|c| c.hash.map());
         strip(
             Kind::Hash,
-            &mut self.hash,
-            mine.map(|c| &c.hash),
+            self.hash.map_mut(),
+            my_hash.as_deref(),
             my_removed,
             &is_held,
         );
@@ -1840,13 +1911,6 @@ impl Coll {
     pub fn heap_bytes(&self) -> usize {
         let mut n = self.ctx.heap_bytes();
         n += self.hash.heap_bytes() + self.set.heap_bytes() + self.zset.heap_bytes();
-        for (k, e) in &self.hash {
-            n += k.heap_len();
-            n += e.writes.iter().map(|w| w.value.heap_len()).sum::<usize>();
-            if e.writes.spilled() {
-                n += e.writes.capacity() * std::mem::size_of::<Write<Blob>>();
-            }
-        }
         for (k, a) in &self.set {
             n += k.heap_len();
             if a.spilled() {

@@ -67,11 +67,12 @@ impl CausalContext {
 
     /// The dot `node`'s next element write at HLC time `time` takes: `time`,
     /// or one past the node's dots at or above it (an earlier element of
-    /// the same command).
+    /// the same command), and never below the floor (a compaction may
+    /// raise it past the dots of the newest command, a few past its time).
     pub fn next_dot(&self, node: NodeId, time: u64) -> Dot {
         let n = match self.newest_from(node, time) {
             Some(n) => n + 1,
-            None => time.max(1),
+            None => time.max(1).max(self.floor),
         };
         Dot { node, n }
     }

@@ -15,6 +15,7 @@ pub mod ekey;
 pub mod emap;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
+pub mod fields;
 pub mod list;
 pub mod nodemap;
 pub mod number;

@@ -351,6 +351,15 @@ impl KeyState {
         n
     }
 
+    /// Packs a small hash (see `fields.rs`): for a state decoded whole.
+    pub fn pack(&mut self) {
+        if let Some(c) = self.extras.as_mut().and_then(|x| x.coll.as_mut()) {
+            if !c.part {
+                c.hash.pack();
+            }
+        }
+    }
+
     /// The collection part, if the key has one.
     pub fn coll(&self) -> Option<&Coll> {
         self.extras.as_ref().and_then(|x| x.coll.as_deref())

@@ -265,3 +265,45 @@ proptest! {
         prop_assert_eq!(members_of(&collected.set), run.expected_members());
     }
 }
+
+/// An HSET of ten fields numbers its dots from its time up; compacted on
+/// a node without peers (GC at "everything"), none of them stays in the
+/// context, the hash packs, and the node's next write, one tick later,
+/// is still new: it shows, and so does the field it did not touch.
+#[test]
+fn a_many_field_write_leaves_no_dots_behind_and_the_next_write_shows() {
+    let everything = Stamp {
+        time: u64::MAX,
+        node: NodeId(u64::MAX),
+    };
+    let node = NodeId(1);
+    let t0 = Stamp { time: 1_000, node };
+    let mut state = KeyState::default();
+    let delta = state.coll_write(t0, Kind::Hash, |c, d| {
+        for f in 0..10u8 {
+            c.hset_into(d, t0, &[b'f', b'0' + f], b"v");
+        }
+    });
+    state.merge(&delta);
+    state.compact(everything);
+    let coll = state.coll().unwrap();
+    assert_eq!(coll.ctx.cloud_len(), 0, "{:?}", coll.ctx);
+    assert!(coll.hash.is_packed());
+
+    let t1 = Stamp { time: 1_001, node };
+    for general in [false, true] {
+        let mut s = state.clone();
+        if general {
+            let d = s.coll_write(t1, Kind::Hash, |c, d| c.hset_into(d, t1, b"f3", b"new"));
+            s.merge(&d);
+        } else {
+            let c = s.extras.as_mut().unwrap().coll.as_mut().unwrap();
+            assert_eq!(c.hset_here(t1, b"f3", b"new", None), Some(false));
+        }
+        s.compact(everything);
+        let c = s.coll().unwrap();
+        assert_eq!(c.field(b"f3"), Some(chorus_crdt::Read::Str(b"new")));
+        assert_eq!(c.field(b"f4"), Some(chorus_crdt::Read::Str(b"v")));
+        assert_eq!(c.len(Kind::Hash), 10);
+    }
+}

@@ -834,7 +834,7 @@ impl Run<'_> {
                         let counts = if is_member {
                             c.zset_named(f.as_bytes())?.counts.as_ref()?
                         } else {
-                            c.field_elem(f.as_bytes())?.counts.as_ref()?
+                            c.field_counts(f.as_bytes())?
                         };
                         counts.get(&node).map(|t| t.epoch)
                     }),

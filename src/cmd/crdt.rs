@@ -341,7 +341,8 @@ fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
     out.int(c.removed.len() as i64);
     let mut lines: Vec<String> = Vec::new();
     for (f, e) in c.hash.iter().take(STATE_ELEMENTS) {
-        let writes = blob_writes(e);
+        let e = e.to_elem();
+        let writes = blob_writes(&e);
         let counts: Vec<String> = e
             .counts
             .iter()
@@ -355,7 +356,7 @@ fn collection(out: &mut Reply, c: &chorus_crdt::Coll) {
             .collect();
         lines.push(format!(
             "hash {} writes=[{}] counts=[{}]",
-            String::from_utf8_lossy(f.bytes()),
+            String::from_utf8_lossy(f),
             writes.join(" "),
             counts.join(" ")
         ));

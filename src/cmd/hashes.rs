@@ -46,7 +46,7 @@ fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
         if pairs.len() > 2
             && pairs
                 .chunks_exact(2)
-                .any(|p| c.field_elem(p[0]).is_some_and(|e| e.counts.is_some()))
+                .any(|p| c.field_counts(p[0]).is_some())
         {
             return None;
         }

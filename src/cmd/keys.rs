@@ -586,7 +586,8 @@ fn move_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 /// OBJECT: what Chorus knows of a key's representation. ENCODING names
 /// Chorus's own structures (`register`: a last-writer-wins value;
 /// `counter`: a value with per-node increments; `ormap`, `orset`: the
-/// observed-remove hash and set), never Redis's.
+/// observed-remove hash and set; `packed-ormap`: a small hash in one
+/// buffer), never Redis's.
 fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let sub = args[1];
     if is(sub, "HELP") && args.len() == 2 {
@@ -596,7 +597,8 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "    Return the kind of internal representation used in order to store the value",
             "    associated with a <key>: register (a last-writer-wins value), counter (a",
             "    value with per-node increments), ormap (a hash: an observed-remove map of",
-            "    fields), orset (a set: an observed-remove set, add wins) or orzset (a sorted",
+            "    fields), packed-ormap (a small hash of plain fields, packed in one buffer),",
+            "    orset (a set: an observed-remove set, add wins) or orzset (a sorted",
             "    set: an observed-remove set of members with scores, and a score index).",
             "FREQ <key>",
             "    Return the access frequency index of the key <key>: kept while maxmemory is",
@@ -623,7 +625,10 @@ fn object(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     };
     let counter = state.extras.as_ref().is_some_and(|e| !e.counts.is_empty());
     let encoding = match state.key_type(0) {
-        Some(KeyType::Coll(Kind::Hash)) => "ormap",
+        Some(KeyType::Coll(Kind::Hash)) => match state.coll() {
+            Some(c) if c.hash.is_packed() => "packed-ormap",
+            _ => "ormap",
+        },
         Some(KeyType::Coll(Kind::Set)) => "orset",
         Some(KeyType::Coll(Kind::ZSet)) => "orzset",
         Some(KeyType::Coll(Kind::List)) => "sequence",
