@@ -40,7 +40,7 @@ use crate::conflict::{Conflict, ConflictKind, Side, Summary};
 use crate::context::{CausalContext, Dot};
 use crate::ekey::{EKey, Probe};
 use crate::emap::EMap;
-use crate::fields::{FieldRef, Fields};
+use crate::fields::{FieldRef, Fields, PACK_MAX_BYTES, PACK_MAX_FIELDS};
 use crate::nodemap::NodeMap;
 use crate::position::Position;
 use crate::seq::Seq;
@@ -202,8 +202,10 @@ pub struct Removed {
     pub tallies: NodeMap<Tally>,
 }
 
-/// See the module doc.
+/// See the module doc. Laid out as declared: `at`, `kind` and the hash's
+/// length, which every command's type check reads, share a cache line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[repr(C)]
 pub struct Coll {
     pub ctx: CausalContext,
     /// The newest collection write (adds and removes alike) and its kind:
@@ -1003,11 +1005,7 @@ impl Coll {
         };
         let probe = Probe::new(field);
         if self.hash.is_packed() {
-            let old = match self.hash.get(field) {
-                Some(FieldRef::Packed(p)) => Some(p.dot),
-                _ => None,
-            };
-            if let Some(fresh) = self.hash.set_packed(field, value, dot, stamp.time) {
+            if let Some((fresh, old)) = self.hash.set_packed(field, value, dot, stamp.time) {
                 if let Some(d) = delta {
                     if let Some(old) = old {
                         d.ctx.insert(old);
@@ -1052,6 +1050,15 @@ impl Coll {
             let e = d.hash.map_mut().entry(probe.to_key()).or_default();
             e.writes.clear();
             e.writes.push(w);
+        }
+        // A hash a long value or a counter unpacked packs again once it
+        // qualifies, without waiting for a merge (a node without peers
+        // never merges).
+        if value.len() <= PACK_MAX_BYTES
+            && field.len() <= PACK_MAX_BYTES
+            && self.hash.len() <= PACK_MAX_FIELDS
+        {
+            self.hash.pack();
         }
         self.note_local(stamp, Kind::Hash, dot);
         Some(fresh)
@@ -1256,21 +1263,26 @@ impl Coll {
             self.removed.get(&(Kind::Hash, field.to_vec()))
         };
         let next = |current: Option<&Tally>| Tally::next(current, stamp, by.0, by.1, by.2);
-        let (reply, tally) = match self.hash.map_mut().get_mut(probe.as_keyed()) {
-            Some(e) => {
-                let value = e.winner().map(|w| &*w.value.0);
-                let read = match &e.counts {
-                    None => value.map_or(Read::Absent, Read::Str),
-                    Some(c) => read_value(value, elem_sum(Some(c), removed)),
-                };
-                let reply = check(read)?;
-                let counts = e.counts.get_or_insert_with(Default::default);
-                let t = next(counts.get(&stamp.node));
-                counts.upsert(stamp.node, t, |mine, new| *mine = new);
+        // A packed field has no counter: checked before anything unpacks,
+        // so that a refused increment leaves the hash packed.
+        let mut check = Some(check);
+        let mut run_check = |read: Read<'_>| check.take().and_then(|c| c(read));
+        let checked = if self.hash.is_packed() {
+            let read = match self.hash.get(field) {
+                Some(f) => self.read_field(field, f),
+                None => Read::Absent,
+            };
+            Some(run_check(read)?)
+        } else {
+            None
+        };
+        let (reply, tally) = match (checked, self.hash.map_mut().get_mut(probe.as_keyed())) {
+            (Some(reply), Some(e)) => {
+                let t = next(None);
+                e.counts = Some(Box::new(NodeMap::single(stamp.node, t)));
                 (reply, t)
             }
-            None => {
-                let reply = check(Read::Absent)?;
+            (Some(reply), None) => {
                 let t = next(None);
                 self.hash.map_mut().insert(
                     probe.to_key(),
@@ -1281,6 +1293,32 @@ impl Coll {
                 );
                 (reply, t)
             }
+            (None, found) => match found {
+                Some(e) => {
+                    let value = e.winner().map(|w| &*w.value.0);
+                    let read = match &e.counts {
+                        None => value.map_or(Read::Absent, Read::Str),
+                        Some(c) => read_value(value, elem_sum(Some(c), removed)),
+                    };
+                    let reply = run_check(read)?;
+                    let counts = e.counts.get_or_insert_with(Default::default);
+                    let t = next(counts.get(&stamp.node));
+                    counts.upsert(stamp.node, t, |mine, new| *mine = new);
+                    (reply, t)
+                }
+                None => {
+                    let reply = run_check(Read::Absent)?;
+                    let t = next(None);
+                    self.hash.map_mut().insert(
+                        probe.to_key(),
+                        Elem {
+                            writes: SmallVec::new(),
+                            counts: Some(Box::new(NodeMap::single(stamp.node, t))),
+                        },
+                    );
+                    (reply, t)
+                }
+            },
         };
         if let Some(d) = delta {
             d.hash

@@ -7,7 +7,9 @@
 //!
 //! A dot is (node, n), where n is the HLC time of the write that made it
 //! (plus i for the i-th element one command writes; the node's clock is
-//! then moved past the last, so its next write starts above it). So a
+//! then moved past the last, so its next write starts above it; and never
+//! below the context's floor, which a compaction raises past the newest
+//! command's dots, see [`CausalContext::next_dot`]). So a
 //! node's dots only grow, across every life of the key, and a dot tells
 //! when its write was made: a context is a **floor** below which every dot
 //! is held, and a **cloud** of the dots held at or above it. The floor

@@ -307,3 +307,39 @@ fn a_many_field_write_leaves_no_dots_behind_and_the_next_write_shows() {
         assert_eq!(c.len(Kind::Hash), 10);
     }
 }
+
+/// A refused HINCRBY leaves a packed hash packed, and a hash a long value
+/// unpacked packs again once that value is overwritten by a short one.
+#[test]
+fn a_packed_hash_stays_packed_through_refusals_and_repacks_after_long_values() {
+    let node = NodeId(1);
+    let t0 = Stamp { time: 1_000, node };
+    let mut state = KeyState::default();
+    let delta = state.coll_write(t0, Kind::Hash, |c, d| {
+        c.hset_into(d, t0, b"name", b"ann");
+        c.hset_into(d, t0, b"city", b"oslo");
+    });
+    state.merge(&delta);
+    let c = state.extras.as_mut().unwrap().coll.as_mut().unwrap();
+    assert!(c.hash.is_packed());
+
+    let t1 = Stamp { time: 2_000, node };
+    let refused: Option<()> = c.hincr_here(t1, b"name", (1, 0.0, false), |_| None, None);
+    assert!(refused.is_none());
+    assert!(c.hash.is_packed(), "a refused increment unpacks nothing");
+
+    let long = vec![b'x'; chorus_crdt::fields::PACK_MAX_BYTES + 1];
+    assert_eq!(c.hset_here(t1, b"city", &long, None), Some(false));
+    assert!(!c.hash.is_packed());
+    let t2 = Stamp { time: 3_000, node };
+    assert_eq!(c.hset_here(t2, b"city", b"rome", None), Some(false));
+    assert!(c.hash.is_packed(), "short again, packed again");
+    assert_eq!(c.field(b"city"), Some(chorus_crdt::Read::Str(b"rome")));
+    assert_eq!(c.field(b"name"), Some(chorus_crdt::Read::Str(b"ann")));
+
+    let t3 = Stamp { time: 4_000, node };
+    let reply = c.hincr_here(t3, b"n", (5, 0.0, false), |_| Some(5), None);
+    assert_eq!(reply, Some(5));
+    assert!(!c.hash.is_packed(), "a counter field does not pack");
+    assert_eq!(c.field(b"n"), Some(chorus_crdt::Read::Int(5)));
+}
