@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Small hashes with a replicating peer, two Chorus builds (#13): per round and build, a pair of
+# nodes peered both ways (writer on CPU 0, peer on CPU 1), 100,000 hashes of 10 fields loaded
+# into the writer and replicated, then HSET of one field on the writer (-c 50 -P 16 -n $N
+# -r 100000, redis-benchmark on CPU 1 beside the peer). Builds alternate over $ROUNDS rounds;
+# medians. Every write reaches the peer as a delta merged into a hash it holds (packed there
+# when the build packs).
+#
+#   bench/small-hashes-peer.sh OLD_BINARY NEW_BINARY
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+OLD=${1:?usage: bench/small-hashes-peer.sh OLD_BINARY NEW_BINARY}
+NEW=${2:?usage: bench/small-hashes-peer.sh OLD_BINARY NEW_BINARY}
+ROUNDS=${ROUNDS:-3}
+N=${N:-300000}
+
+source bench/common.sh
+ensure_tools "redis-benchmark redis-cli" "redis-tools"
+
+python3 - "$WORK/small.resp" <<'PY'
+import sys
+def cmd(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+with open(sys.argv[1], "wb") as f:
+    for i in range(100000):
+        args = [b"HSET", b"user:%012d" % i]
+        for j in range(10):
+            args += [b"field%d" % j, b"v" * 16]
+        f.write(cmd(*args))
+PY
+
+cli() { redis-cli -a bench --no-auth-warning "$@"; }
+
+RESULTS="$WORK/results"
+: > "$RESULTS"
+for round in $(seq 1 "$ROUNDS"); do
+    for build in old new; do
+        bin=$OLD
+        [ "$build" = new ] && bin=$NEW
+        pa=$(free_repl_port)
+        pb=$(free_repl_port)
+        taskset -c 0 "$bin" server --port "$pa" --server-threads 1 --requirepass bench \
+            --masterauth bench --replicaof 127.0.0.1 "$pb" >/dev/null 2>&1 &
+        a=$!
+        PIDS+=($a)
+        taskset -c 1 "$bin" server --port "$pb" --server-threads 1 --requirepass bench \
+            --masterauth bench --replicaof 127.0.0.1 "$pa" >/dev/null 2>&1 &
+        b=$!
+        PIDS+=($b)
+        for port in "$pa" "$pb"; do
+            for _ in $(seq 1 100); do cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
+        done
+        cli -p "$pa" --pipe < "$WORK/small.resp" >/dev/null
+        for _ in $(seq 1 300); do
+            [ "$(cli -p "$pb" DBSIZE)" = 100000 ] && break
+            sleep 0.2
+        done
+        rps=$(taskset -c 1 redis-benchmark -a bench -p "$pa" -c 50 -P 16 -n "$N" -r 100000 --csv \
+            HSET user:__rand_int__ field3 vvvvvvvvvvvvvvvv 2>/dev/null \
+            | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}')
+        echo "$build HSET $rps" >> "$RESULTS"
+        echo "round $round: $build HSET $rps (peer: $(cli -p "$pb" OBJECT ENCODING user:000000000007))" >&2
+        stop "$a"
+        stop "$b"
+    done
+done
+old=$(median_of old HSET)
+new=$(median_of new HSET)
+awk -v o="$old" -v n="$new" 'BEGIN {printf "HSET with a peer, median of rounds: old %.0f, new %.0f, new/old %.2f\n", o, n, n / o}'
+machine
