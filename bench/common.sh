@@ -118,3 +118,22 @@ start_chorus() {
         2>>"$WORK/chorus.log" &
     PIDS+=($!); echo "$! $port"
 }
+
+# small_hashes_resp FILE: RESP for 100,000 HSETs of hashes user:<12 digits> (redis-benchmark's
+# __rand_int__ is 12 digits) with 10 fields field0..field9 of 16-byte values.
+small_hashes_resp() {
+    python3 - "$1" <<'PY'
+import sys
+def cmd(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+with open(sys.argv[1], "wb") as f:
+    for i in range(100000):
+        args = [b"HSET", b"user:%012d" % i]
+        for j in range(10):
+            args += [b"field%d" % j, b"v" * 16]
+        f.write(cmd(*args))
+PY
+}

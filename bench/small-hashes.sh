@@ -18,20 +18,7 @@ N=${N:-300000}
 source bench/common.sh
 ensure_tools "redis-benchmark redis-cli" "redis-tools"
 
-python3 - "$WORK/small.resp" <<'PY'
-import sys
-def cmd(*args):
-    out = b"*%d\r\n" % len(args)
-    for a in args:
-        out += b"$%d\r\n%s\r\n" % (len(a), a)
-    return out
-with open(sys.argv[1], "wb") as f:
-    for i in range(100000):
-        args = [b"HSET", b"user:%012d" % i]  # redis-benchmark's __rand_int__ is 12 digits
-        for j in range(10):
-            args += [b"field%d" % j, b"v" * 16]
-        f.write(cmd(*args))
-PY
+small_hashes_resp "$WORK/small.resp"
 
 old_port=$(free_port)
 taskset -c 0 "$OLD" server --port "$old_port" --server-threads 1 >/dev/null 2>&1 &

@@ -671,3 +671,63 @@ fn counted_picks_answer_when_members_share_a_hash() {
     assert_eq!(popped.len(), 2);
     assert_eq!(q::<i64>(&mut c, &["SCARD", "s"]), 6);
 }
+
+/// A small hash of plain fields is packed in one buffer (OBJECT ENCODING
+/// `packed-ormap`); a long value or a counter field makes it a map, and it
+/// packs again once it qualifies. Every read answers alike either way.
+#[test]
+fn small_hashes_pack_and_unpack_as_they_change() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let enc = |c: &mut redis::Connection| q::<String>(c, &["OBJECT", "ENCODING", "h"]);
+    let fields: Vec<String> = (0..20).map(|i| format!("field{i}")).collect();
+    let mut args = vec!["HSET".to_string(), "h".to_string()];
+    for f in &fields {
+        args.extend([f.clone(), format!("v-{f}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(q::<i64>(&mut c, &args), 20);
+    assert_eq!(enc(&mut c), "packed-ormap");
+    let packed_usage: i64 = q(&mut c, &["MEMORY", "USAGE", "h"]);
+    let expected: BTreeMap<String, String> = fields
+        .iter()
+        .map(|f| (f.clone(), format!("v-{f}")))
+        .collect();
+    let all: BTreeMap<String, String> = q(&mut c, &["HGETALL", "h"]);
+    assert_eq!(all, expected);
+
+    // A value past 64 bytes: a map, reading the same.
+    let long = "x".repeat(65);
+    assert_eq!(q::<i64>(&mut c, &["HSET", "h", "field3", &long]), 0);
+    assert_eq!(enc(&mut c), "ormap");
+    let map_usage: i64 = q(&mut c, &["MEMORY", "USAGE", "h"]);
+    assert!(
+        packed_usage < map_usage / 2,
+        "packed {packed_usage} bytes, as a map {map_usage}"
+    );
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "field3"]), long);
+
+    // Short again: packed again, every field as written.
+    assert_eq!(q::<i64>(&mut c, &["HSET", "h", "field3", "v-field3"]), 0);
+    assert_eq!(enc(&mut c), "packed-ormap");
+    let all: BTreeMap<String, String> = q(&mut c, &["HGETALL", "h"]);
+    assert_eq!(all, expected);
+    assert_eq!(q::<i64>(&mut c, &["HLEN", "h"]), 20);
+    let (cursor, scanned): (u64, Vec<String>) = q(&mut c, &["HSCAN", "h", "0", "COUNT", "100"]);
+    assert_eq!((cursor, scanned.len()), (0, 40));
+
+    // A refused increment changes nothing; a counter field makes a map.
+    assert!(err(&mut c, &["HINCRBY", "h", "field1", "1"]).contains("not an integer"));
+    assert_eq!(enc(&mut c), "packed-ormap");
+    assert_eq!(q::<i64>(&mut c, &["HINCRBY", "h", "n", "5"]), 5);
+    assert_eq!(enc(&mut c), "ormap");
+    assert_eq!(q::<i64>(&mut c, &["HDEL", "h", "n", "field0"]), 2);
+    assert_eq!(q::<i64>(&mut c, &["HLEN", "h"]), 19);
+    assert_eq!(
+        enc(&mut c),
+        "packed-ormap",
+        "plain again after the HDEL's merge"
+    );
+    assert_eq!(q::<Option<String>>(&mut c, &["HGET", "h", "field0"]), None);
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "field19"]), "v-field19");
+}

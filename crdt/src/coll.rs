@@ -1276,13 +1276,29 @@ impl Coll {
         } else {
             None
         };
-        let (reply, tally) = match (checked, self.hash.map_mut().get_mut(probe.as_keyed())) {
-            (Some(reply), Some(e)) => {
-                let t = next(None);
-                e.counts = Some(Box::new(NodeMap::single(stamp.node, t)));
+        let (reply, tally) = match self.hash.map_mut().get_mut(probe.as_keyed()) {
+            Some(e) => {
+                let reply = match checked {
+                    Some(reply) => reply,
+                    None => {
+                        let value = e.winner().map(|w| &*w.value.0);
+                        let read = match &e.counts {
+                            None => value.map_or(Read::Absent, Read::Str),
+                            Some(c) => read_value(value, elem_sum(Some(c), removed)),
+                        };
+                        run_check(read)?
+                    }
+                };
+                let counts = e.counts.get_or_insert_with(Default::default);
+                let t = next(counts.get(&stamp.node));
+                counts.upsert(stamp.node, t, |mine, new| *mine = new);
                 (reply, t)
             }
-            (Some(reply), None) => {
+            None => {
+                let reply = match checked {
+                    Some(reply) => reply,
+                    None => run_check(Read::Absent)?,
+                };
                 let t = next(None);
                 self.hash.map_mut().insert(
                     probe.to_key(),
@@ -1293,32 +1309,6 @@ impl Coll {
                 );
                 (reply, t)
             }
-            (None, found) => match found {
-                Some(e) => {
-                    let value = e.winner().map(|w| &*w.value.0);
-                    let read = match &e.counts {
-                        None => value.map_or(Read::Absent, Read::Str),
-                        Some(c) => read_value(value, elem_sum(Some(c), removed)),
-                    };
-                    let reply = run_check(read)?;
-                    let counts = e.counts.get_or_insert_with(Default::default);
-                    let t = next(counts.get(&stamp.node));
-                    counts.upsert(stamp.node, t, |mine, new| *mine = new);
-                    (reply, t)
-                }
-                None => {
-                    let reply = run_check(Read::Absent)?;
-                    let t = next(None);
-                    self.hash.map_mut().insert(
-                        probe.to_key(),
-                        Elem {
-                            writes: SmallVec::new(),
-                            counts: Some(Box::new(NodeMap::single(stamp.node, t))),
-                        },
-                    );
-                    (reply, t)
-                }
-            },
         };
         if let Some(d) = delta {
             d.hash
