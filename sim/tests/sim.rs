@@ -108,6 +108,28 @@ fn a_seed_that_diverges_without_repair_converges() {
     }
 }
 
+/// A key deleted by a later life of its writer's node stays deleted on a
+/// node restored from a backup that still holds it: the later life learns
+/// its earlier life's promises from the peers that relayed its writes, so
+/// its transfer to the restored node names what it deleted
+/// (docs/simulation.md, seed 102).
+#[test]
+fn a_key_deleted_by_a_later_life_stays_deleted_on_a_restored_node() {
+    let seed = 102;
+    let out = run(&Options {
+        seed,
+        nodes: 3,
+        ops: 300,
+        faults: ALL.to_vec(),
+    });
+    if let Some(f) = out.failure {
+        panic!(
+            "seed {seed} failed ({}): {}\nreplay: cargo run --release -p chorus-sim -- --seed {seed} --nodes 3 --ops 300 --faults all --trace",
+            f.kind, f.detail
+        );
+    }
+}
+
 #[test]
 fn one_seed_replays_byte_for_byte() {
     let opts = Options {

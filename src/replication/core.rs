@@ -69,6 +69,8 @@ pub struct LinkState {
     relayed: BTreeMap<NodeId, u64>,
     /// The last promise stamp sent on this link.
     promised: Stamp,
+    /// Per other origin, the promise stamp of its heartbeat last passed on.
+    passed_on: BTreeMap<NodeId, Stamp>,
 }
 
 impl LinkState {
@@ -79,6 +81,7 @@ impl LinkState {
             cursor: resume.get(me) + 1,
             relayed: BTreeMap::new(),
             promised: Stamp::ZERO,
+            passed_on: BTreeMap::new(),
         }
     }
 
@@ -116,6 +119,14 @@ pub struct Heartbeat {
     pub promise: Stamp,
     pub stable: Stamp,
     pub retired: Vec<NodeId>,
+}
+
+/// The newest heartbeat of an origin counted here, to pass on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Heard {
+    seq: u64,
+    promise: Stamp,
+    stable: Stamp,
 }
 
 /// Our own writes for a link: pre-framed chunks, through sequence `last`.
@@ -156,6 +167,9 @@ pub struct Plan {
     pub heartbeat: Option<Heartbeat>,
     /// Other origins' frames the peer has long been missing.
     pub relay: Vec<RelayBatch>,
+    /// Other origins' heartbeats, for a peer that applied the writes they
+    /// follow (see [`Core::plan`]), each with its origin.
+    pub passed_on: Vec<(NodeId, Heartbeat)>,
     /// The peer lacks writes no log here holds: stream the whole state.
     pub transfer: bool,
     /// With `transfer`: our own writes from this one on left the backlog.
@@ -167,7 +181,11 @@ pub struct Plan {
 impl Plan {
     /// Whether there is anything to send.
     pub fn is_busy(&self) -> bool {
-        self.live.is_some() || self.heartbeat.is_some() || !self.relay.is_empty() || self.transfer
+        self.live.is_some()
+            || self.heartbeat.is_some()
+            || !self.relay.is_empty()
+            || !self.passed_on.is_empty()
+            || self.transfer
     }
 }
 
@@ -218,6 +236,8 @@ pub struct Core {
     /// met the deletes collected here (see [`Core::carries`]). Only chains
     /// that start at a closed member; at most [`MAX_RETIRED`] entries.
     earlier_life: BTreeMap<NodeId, NodeId>,
+    /// Per other origin, the newest of its heartbeats counted here.
+    heard: BTreeMap<NodeId, Heard>,
 }
 
 impl Core {
@@ -241,6 +261,7 @@ impl Core {
             links: BTreeMap::new(),
             earlier_life: BTreeMap::new(),
             early: BTreeMap::new(),
+            heard: BTreeMap::new(),
         }
     }
 
@@ -410,7 +431,39 @@ impl Core {
                 }
             }
         }
+        self.pass_on_heartbeats(link, acked, &mut plan);
         plan
+    }
+
+    /// Other origins' heartbeats for a peer that acknowledged the writes
+    /// they follow, each once per promise. A peer that got an origin's
+    /// writes only through other nodes (relayed, or in a transfer) hears
+    /// no promise of it otherwise: a later life of a restarted node never
+    /// hears one of its earlier life, whose writes it holds, and so cannot
+    /// say in a transfer that it deleted one of them (`Core::holds`). Not
+    /// for lives settled here, as for the retired list of a heartbeat.
+    fn pass_on_heartbeats(&self, link: &mut LinkState, acked: &VersionVector, plan: &mut Plan) {
+        for (&origin, heard) in &self.heard {
+            if origin == link.peer || self.settled.contains(&origin) {
+                continue;
+            }
+            let newer = link
+                .passed_on
+                .get(&origin)
+                .is_none_or(|sent| *sent < heard.promise);
+            if newer && acked.get(origin) >= heard.seq {
+                link.passed_on.insert(origin, heard.promise);
+                plan.passed_on.push((
+                    origin,
+                    Heartbeat {
+                        seq: heard.seq,
+                        promise: heard.promise,
+                        stable: heard.stable,
+                        retired: Vec::new(),
+                    },
+                ));
+            }
+        }
     }
 
     /// What a state transfer started now covers: every other origin's writes
@@ -612,7 +665,8 @@ impl Core {
         }
     }
 
-    /// A heartbeat from `origin` (see `wire::ReplMsg::Heartbeat`).
+    /// A heartbeat of `origin` (see `wire::ReplMsg::Heartbeat`), from
+    /// itself or passed on by another node.
     pub fn heartbeat(&mut self, origin: NodeId, hb: Heartbeat) {
         for node in hb.retired {
             self.gc.retire(node);
@@ -621,10 +675,24 @@ impl Core {
         // merging), neither the promise nor the stable stamp says anything
         // yet. Counting the stable stamp only then makes the GC floor
         // causal: a write the origin made before applying what its stable
-        // stamp covers is here before that stamp counts.
-        if self.applied.get(origin) >= hb.seq {
-            self.gc.promise(origin, hb.promise);
-            self.gc.report_stable(origin, hb.stable);
+        // stamp covers is here before that stamp counts. One older than a
+        // promise counted already (passed on late) says nothing new, and
+        // its stable stamp may be higher than the newest: a node's stable
+        // stamp drops when it learns of a new node.
+        if self.applied.get(origin) < hb.seq || hb.promise < self.gc.promise_of(origin) {
+            return;
+        }
+        self.gc.promise(origin, hb.promise);
+        self.gc.report_stable(origin, hb.stable);
+        if origin != self.me {
+            self.heard.insert(
+                origin,
+                Heard {
+                    seq: hb.seq,
+                    promise: hb.promise,
+                    stable: hb.stable,
+                },
+            );
         }
     }
 
@@ -1050,6 +1118,90 @@ mod tests {
         // Never back to the origin itself.
         let mut to_a = LinkState::new(b, a, &none);
         assert!(relayed(&relay.plan(&mut to_a, &none, 9_000)).is_empty());
+    }
+
+    /// A later life of a restarted node gets its earlier life's writes
+    /// only from other nodes, and never hears a promise of that life from
+    /// the life itself: it hears it passed on, once it holds the writes the
+    /// promise follows, so that its `holds` (sent with a transfer) names the
+    /// earlier life (docs/simulation.md, seed 102).
+    #[test]
+    fn heartbeats_are_passed_on_once_the_peer_holds_the_writes_they_follow() {
+        let (old, b, new) = (NodeId(1), NodeId(2), NodeId(3));
+        let mut relay = Core::new(b, 1 << 20);
+        relay.link_up(old, None);
+        relay.snapshot_done(&[(old, 5)], 0);
+        let hb = |seq, promise, stable| Heartbeat {
+            seq,
+            promise: st(promise, 1),
+            stable: st(stable, 1),
+            retired: vec![],
+        };
+        relay.heartbeat(old, hb(5, 90, 80));
+        let mut later = Core::new(new, 1 << 20);
+        let mut to_new = LinkState::new(b, new, &VersionVector::default());
+        let passed = |core: &mut Core, link: &mut LinkState, acked: &VersionVector| {
+            core.plan(link, acked, 0).passed_on
+        };
+        assert!(
+            passed(&mut relay, &mut to_new, &VersionVector::default()).is_empty(),
+            "not before the peer holds the writes it follows"
+        );
+        let mut acked = VersionVector::default();
+        acked.advance(old, 4);
+        assert!(passed(&mut relay, &mut to_new, &acked).is_empty());
+        acked.advance(old, 5);
+        let got = passed(&mut relay, &mut to_new, &acked);
+        assert_eq!(got, vec![(old, hb(5, 90, 80))]);
+        assert!(
+            passed(&mut relay, &mut to_new, &acked).is_empty(),
+            "once per promise"
+        );
+        later.snapshot_done(&[(old, 5)], 0);
+        for (origin, hb) in got {
+            later.heartbeat(origin, hb);
+        }
+        assert_eq!(later.holds().get(&old), Some(&st(90, 1)));
+        // Never back to the origin itself.
+        let mut to_old = LinkState::new(b, old, &VersionVector::default());
+        assert!(passed(&mut relay, &mut to_old, &acked).is_empty());
+        // A newer promise goes too; a settled life's no longer does.
+        relay.snapshot_done(&[(old, 7)], 0);
+        relay.heartbeat(old, hb(7, 120, 110));
+        acked.advance(old, 7);
+        assert_eq!(
+            passed(&mut relay, &mut to_new, &acked),
+            vec![(old, hb(7, 120, 110))]
+        );
+        relay.gc.retire(old);
+        relay.gc_tick(&[old].into(), false);
+        relay.snapshot_done(&[(old, 9)], 0);
+        relay.heartbeat(old, hb(9, 150, 140));
+        acked.advance(old, 9);
+        assert!(passed(&mut relay, &mut to_new, &acked).is_empty());
+    }
+
+    /// A heartbeat passed on late, older than a promise counted already,
+    /// leaves the stable stamp as the newer one set it: a node's stable
+    /// stamp drops when it learns of a new node, and an older one may be
+    /// higher than what the node holds now.
+    #[test]
+    fn a_heartbeat_older_than_one_counted_changes_nothing() {
+        let (me, a) = (NodeId(2), NodeId(1));
+        let none = BTreeSet::new();
+        let mut core = Core::new(me, 1 << 20);
+        core.link_up(a, None);
+        core.promise(st(200, 2), core.head());
+        core.snapshot_done(&[(a, 9)], 0);
+        let hb = |seq, promise, stable| Heartbeat {
+            seq,
+            promise: st(promise, 1),
+            stable: st(stable, 1),
+            retired: vec![],
+        };
+        core.heartbeat(a, hb(9, 120, 30));
+        core.heartbeat(a, hb(5, 90, 80));
+        assert_eq!(core.gc_tick(&none, false).floor, st(30, 1));
     }
 
     #[test]
@@ -1565,6 +1717,9 @@ mod tests {
             if let Some(hb) = plan.heartbeat {
                 let me = self.id(a);
                 self.cores[b].heartbeat(me, hb);
+            }
+            for (origin, hb) in plan.passed_on {
+                self.cores[b].heartbeat(origin, hb);
             }
             if plan.transfer {
                 let covered = self.cores[a].transfer_covers(self.cores[a].head());

@@ -1246,6 +1246,16 @@ async fn serve_peer(
             info.relayed
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
         }
+        for (origin, hb) in plan.passed_on.drain(..) {
+            live.send(&send_msg(&ReplMsg::Heartbeat {
+                origin,
+                seq: hb.seq,
+                promise: hb.promise,
+                stable: hb.stable,
+                retired: hb.retired,
+            })?)
+            .await?;
+        }
         let log = repl.log.get().filter(|_| log_waits < LOG_WAITS_MAX);
         if let (true, Some(from), Some(log)) = (plan.transfer, plan.trimmed_from, log) {
             match send_from_log(me, log, from, &mut live, compress, max_message, info).await? {

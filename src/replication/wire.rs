@@ -54,7 +54,9 @@ pub enum ReplMsg {
     /// of `origin` is stamped after `promise`. `stable` is the sender's
     /// stable stamp (see [`super::gc::GcView`]); `retired` the earlier lives of
     /// restarted nodes it knows of, which never write again (all of them on
-    /// a link's first heartbeat, then those it has not settled yet).
+    /// a link's first heartbeat, then those it has not settled yet). Also
+    /// passed on by other nodes, with `retired` empty, once the receiver
+    /// acknowledged `origin`'s writes up to `seq` (`Core::plan`).
     Heartbeat {
         origin: NodeId,
         seq: u64,
