@@ -12,6 +12,7 @@ use crate::conflict::Conflict;
 use crate::context::CausalContext;
 use crate::delta::Delta;
 use crate::ekey::EKey;
+use crate::lazy::Lazy;
 use crate::state::{ExpiryField, Extras, KeyState, Register, Tally};
 use crate::{NodeId, NodeMap, Stamp};
 
@@ -328,7 +329,7 @@ impl From<KeyStateV4> for KeyState {
                 Box::new(Extras {
                     expiry: x.expiry,
                     counts: x.counts,
-                    removed: x.removed,
+                    removed: Lazy::new(x.removed),
                     floor: x.floor,
                     coll: x.coll.map(|c| {
                         let mut coll = Box::<Coll>::default();
@@ -336,9 +337,9 @@ impl From<KeyStateV4> for KeyState {
                         coll.at = c.at;
                         coll.kind = c.kind;
                         coll.hash = c.hash.into_iter().collect();
-                        coll.set = c.set.into_iter().collect();
-                        coll.zset = c.zset.into_iter().collect();
-                        coll.removed = c.removed;
+                        coll.set = Lazy::new(c.set.into_iter().collect());
+                        coll.zset = Lazy::new(c.zset.into_iter().collect());
+                        coll.removed = Lazy::new(c.removed);
                         coll.part = c.part;
                         coll
                     }),
@@ -399,7 +400,7 @@ impl From<KeyStateV3> for KeyState {
                 Box::new(Extras {
                     expiry: x.expiry,
                     counts: x.counts,
-                    removed: x.removed,
+                    removed: Lazy::new(x.removed),
                     floor: x.floor,
                     coll: None,
                 })
@@ -430,7 +431,7 @@ impl From<KeyStateV2> for KeyState {
                 Box::new(Extras {
                     expiry: x.expiry,
                     counts: x.counts,
-                    removed: x.removed,
+                    removed: Lazy::new(x.removed),
                     floor: crate::Stamp::ZERO,
                     coll: None,
                 })
@@ -503,7 +504,7 @@ mod tests {
             extras: Some(Box::new(ExtrasV2 {
                 expiry: x.expiry,
                 counts: x.counts.clone(),
-                removed: x.removed.clone(),
+                removed: (*x.removed).clone(),
             })),
         };
         let mut bytes = vec![2];
@@ -523,7 +524,7 @@ mod tests {
             extras: Some(Box::new(ExtrasV3 {
                 expiry: x.expiry,
                 counts: x.counts.clone(),
-                removed: x.removed.clone(),
+                removed: (*x.removed).clone(),
                 floor: x.floor,
             })),
         };
@@ -563,7 +564,7 @@ mod tests {
                 Box::new(ExtrasV4 {
                     expiry: x.expiry,
                     counts: x.counts.clone(),
-                    removed: x.removed.clone(),
+                    removed: (*x.removed).clone(),
                     floor: x.floor,
                     coll: x.coll.as_deref().map(|c| {
                         Box::new(CollV4 {
@@ -578,7 +579,7 @@ mod tests {
                                 .collect(),
                             set: c.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                             zset: c.zset.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                            removed: c.removed.clone(),
+                            removed: (*c.removed).clone(),
                             part: c.part,
                         })
                     }),

@@ -41,6 +41,7 @@ use crate::context::{CausalContext, Dot};
 use crate::ekey::{EKey, Probe};
 use crate::emap::EMap;
 use crate::fields::{FieldRef, Fields, PACK_MAX_BYTES, PACK_MAX_FIELDS};
+use crate::lazy::Lazy;
 use crate::nodemap::NodeMap;
 use crate::position::Position;
 use crate::seq::Seq;
@@ -215,10 +216,12 @@ pub struct Coll {
     pub kind: Kind,
     /// Packed while small and plain (see `fields.rs`).
     pub hash: Fields,
-    pub set: EMap<Adds>,
-    pub zset: EMap<Elem<Score>>,
-    pub list: Seq<Elem<Blob>>,
-    pub removed: BTreeMap<(Kind, Vec<u8>), Removed>,
+    /// The other kinds and the removal records, each a null pointer while
+    /// empty (see `lazy.rs`): most keys hold one kind and no records.
+    pub set: Lazy<EMap<Adds>>,
+    pub zset: Lazy<EMap<Elem<Score>>>,
+    pub list: Lazy<Seq<Elem<Blob>>>,
+    pub removed: Lazy<BTreeMap<(Kind, Vec<u8>), Removed>>,
     /// A delta (see the module doc); false for a state.
     pub part: bool,
     /// At or before every element stamp here (ZERO: not known), so that a
@@ -479,9 +482,24 @@ impl Coll {
         }
         self.part = false;
         self.hash.map_mut().retain(|_, e| !e.is_empty());
-        self.zset.retain(|_, e| !e.is_empty());
-        self.list.retain(|_, e| !e.is_empty());
-        self.set.retain(|_, a| !a.is_empty());
+        if let Some(zset) = self.zset.made_mut() {
+            zset.retain(|_, e| !e.is_empty());
+        }
+        if let Some(list) = self.list.made_mut() {
+            list.retain(|_, e| !e.is_empty());
+        }
+        if let Some(set) = self.set.made_mut() {
+            set.retain(|_, a| !a.is_empty());
+        }
+        self.tidy();
+    }
+
+    /// Frees the parts of other kinds emptied.
+    fn tidy(&mut self) {
+        self.set.tidy();
+        self.zset.tidy();
+        self.list.tidy();
+        self.removed.tidy();
     }
 
     /// Holds nothing at all (not even a context).
@@ -798,7 +816,7 @@ impl Coll {
                     for w in &e.writes {
                         delta.ctx.insert(w.dot);
                     }
-                    delta.zset.entry(probe.to_key()).or_default();
+                    delta.zset.make().entry(probe.to_key()).or_default();
                     e.counts.as_deref()
                 }
                 None => None,
@@ -808,7 +826,7 @@ impl Coll {
                     for a in adds {
                         delta.ctx.insert(a.dot);
                     }
-                    delta.set.entry(probe.to_key()).or_default();
+                    delta.set.make().entry(probe.to_key()).or_default();
                 }
                 None
             }
@@ -816,7 +834,11 @@ impl Coll {
             Kind::List => None,
         };
         if let Some(counts) = counts {
-            let r = delta.removed.entry((kind, key.to_vec())).or_default();
+            let r = delta
+                .removed
+                .make()
+                .entry((kind, key.to_vec()))
+                .or_default();
             r.reset = r.reset.max(stamp);
             for (node, t) in counts.iter() {
                 join_tally(&mut r.tallies, *node, t);
@@ -909,7 +931,7 @@ impl Coll {
     pub fn sadd_into(&self, delta: &mut Coll, stamp: Stamp, member: &[u8]) {
         self.remove_into(delta, Kind::Set, member, stamp);
         let dot = self.new_dot(delta, stamp);
-        let adds = delta.set.entry(EKey::new(member)).or_default();
+        let adds = delta.set.make().entry(EKey::new(member)).or_default();
         adds.clear();
         adds.push(Add {
             dot,
@@ -922,7 +944,7 @@ impl Coll {
     pub fn zadd_into(&self, delta: &mut Coll, stamp: Stamp, member: &[u8], score: f64) {
         self.remove_into(delta, Kind::ZSet, member, stamp);
         let dot = self.new_dot(delta, stamp);
-        let elem = delta.zset.entry(EKey::new(member)).or_default();
+        let elem = delta.zset.make().entry(EKey::new(member)).or_default();
         elem.writes.clear();
         elem.writes.push(Write {
             dot,
@@ -962,7 +984,7 @@ impl Coll {
                     .or_default()
                     .counts
             }
-            Kind::ZSet => &mut delta.zset.entry(probe.to_key()).or_default().counts,
+            Kind::ZSet => &mut delta.zset.make().entry(probe.to_key()).or_default().counts,
             Kind::Set | Kind::List => return,
         };
         counts
@@ -1072,7 +1094,7 @@ impl Coll {
             time: stamp.time,
         };
         let probe = Probe::new(member);
-        let fresh = match self.set.get_mut(probe.as_keyed()) {
+        let fresh = match self.set.make().get_mut(probe.as_keyed()) {
             Some(adds) => {
                 if let Some(d) = delta.as_deref_mut() {
                     for a in adds.iter() {
@@ -1086,13 +1108,13 @@ impl Coll {
             None => {
                 let mut adds = SmallVec::new();
                 adds.push(add);
-                self.set.insert(probe.to_key(), adds);
+                self.set.make().insert(probe.to_key(), adds);
                 true
             }
         };
         if let Some(d) = delta {
             d.ctx.insert(dot);
-            let adds = d.set.entry(probe.to_key()).or_default();
+            let adds = d.set.make().entry(probe.to_key()).or_default();
             adds.clear();
             adds.push(add);
         }
@@ -1117,7 +1139,7 @@ impl Coll {
             value: Score(score),
         };
         let probe = Probe::new(member);
-        let old = match self.zset.get_mut(probe.as_keyed()) {
+        let old = match self.zset.make().get_mut(probe.as_keyed()) {
             Some(e) if e.counts.is_some() => return None,
             Some(e) => {
                 if let Some(d) = delta.as_deref_mut() {
@@ -1133,7 +1155,7 @@ impl Coll {
             None => {
                 let mut writes = SmallVec::new();
                 writes.push(write.clone());
-                self.zset.insert(
+                self.zset.make().insert(
                     probe.to_key(),
                     Elem {
                         writes,
@@ -1145,7 +1167,7 @@ impl Coll {
         };
         if let Some(d) = delta {
             d.ctx.insert(dot);
-            let e = d.zset.entry(probe.to_key()).or_default();
+            let e = d.zset.make().entry(probe.to_key()).or_default();
             e.writes.clear();
             e.writes.push(write);
         }
@@ -1173,7 +1195,7 @@ impl Coll {
         };
         let node = stamp.node;
         let next = |current: Option<&Tally>| Tally::next(current, stamp, 0, by, true);
-        let (old, new, tally) = match self.zset.get_mut(probe.as_keyed()) {
+        let (old, new, tally) = match self.zset.make().get_mut(probe.as_keyed()) {
             Some(e) => {
                 let old = score_of(e, removed);
                 let had_counts = e.counts.is_some();
@@ -1208,12 +1230,13 @@ impl Coll {
                 };
                 let new = score_of(&e, removed).unwrap_or(0.0);
                 check(None, new)?;
-                self.zset.insert(probe.to_key(), e);
+                self.zset.make().insert(probe.to_key(), e);
                 (None, new, t)
             }
         };
         if let Some(d) = delta {
             d.zset
+                .make()
                 .entry(probe.to_key())
                 .or_default()
                 .counts
@@ -1371,7 +1394,7 @@ impl Coll {
         };
         let tally = match kind {
             Kind::Hash => bump(self.hash.map_mut(), &probe, stamp, (int, float, is_float)),
-            Kind::ZSet => bump(&mut self.zset, &probe, stamp, (int, float, is_float)),
+            Kind::ZSet => bump(self.zset.make(), &probe, stamp, (int, float, is_float)),
             Kind::Set | Kind::List => return,
         };
         if kind == Kind::ZSet {
@@ -1380,7 +1403,7 @@ impl Coll {
         if let Some(d) = delta {
             let counts = match kind {
                 Kind::Hash => &mut d.hash.map_mut().entry(probe.to_key()).or_default().counts,
-                Kind::ZSet => &mut d.zset.entry(probe.to_key()).or_default().counts,
+                Kind::ZSet => &mut d.zset.make().entry(probe.to_key()).or_default().counts,
                 Kind::Set | Kind::List => return,
             };
             counts
@@ -1437,7 +1460,7 @@ impl Coll {
             }
         };
         for (key, r) in &other.removed {
-            let mine = self.removed.entry(key.clone()).or_default();
+            let mine = self.removed.make().entry(key.clone()).or_default();
             mine.reset = mine.reset.max(r.reset);
             for (node, t) in r.tallies.iter() {
                 join_tally(&mut mine.tallies, *node, t);
@@ -1459,23 +1482,31 @@ impl Coll {
                 |key, e| siblings(&mut conflicts, key.bytes(), e, blob_side),
             );
         }
-        join_members(&mut self.set, &other.set, &self.ctx, &other.ctx, how);
-        join_elems(
-            &mut self.zset,
-            &other.zset,
-            ctxs,
-            |k| record_of(removed, Kind::ZSet, k),
-            how,
-            |key, e| siblings(&mut conflicts, key.bytes(), e, score_side),
-        );
-        join_elems(
-            &mut self.list,
-            &other.list,
-            ctxs,
-            |_| None,
-            how,
-            |pos, e| siblings(&mut conflicts, pos.to_string().as_bytes(), e, blob_side),
-        );
+        // A kind neither side holds has nothing to join (and stays
+        // unallocated).
+        if !other.set.is_empty() || !self.set.is_empty() {
+            join_members(self.set.make(), &other.set, &self.ctx, &other.ctx, how);
+        }
+        if !other.zset.is_empty() || !self.zset.is_empty() {
+            join_elems(
+                self.zset.make(),
+                &*other.zset,
+                ctxs,
+                |k| record_of(removed, Kind::ZSet, k),
+                how,
+                |key, e| siblings(&mut conflicts, key.bytes(), e, score_side),
+            );
+        }
+        if !other.list.is_empty() || !self.list.is_empty() {
+            join_elems(
+                self.list.make(),
+                &*other.list,
+                ctxs,
+                |_| None,
+                how,
+                |pos, e| siblings(&mut conflicts, pos.to_string().as_bytes(), e, blob_side),
+            );
+        }
         // Elements a removal record now covers whole (a record that
         // arrived without its element).
         let stays_delta = self.part && other.part;
@@ -1491,12 +1522,10 @@ impl Coll {
                         }
                     }
                     Kind::ZSet => {
-                        if self
-                            .zset
-                            .get_mut(probe.as_keyed())
-                            .is_some_and(|e| settle(e, r))
-                        {
-                            self.zset.remove(probe.as_keyed());
+                        if let Some(zset) = self.zset.made_mut() {
+                            if zset.get_mut(probe.as_keyed()).is_some_and(|e| settle(e, r)) {
+                                zset.remove(probe.as_keyed());
+                            }
                         }
                     }
                     Kind::Set | Kind::List => {}
@@ -1512,6 +1541,7 @@ impl Coll {
         if !self.part {
             self.hash.pack();
         }
+        self.tidy();
         for (member, old) in moved {
             self.reindex(&member, old);
         }
@@ -1639,26 +1669,35 @@ impl Coll {
         if !self.hash.is_empty() && !self.hash.packed_all_from(floor) {
             prune_elems(self.hash.map_mut(), floor, keep);
         }
-        prune_elems(&mut self.zset, floor, keep);
-        prune_elems(&mut self.list, floor, keep);
-        self.set.retain(|_, adds| {
-            if adds.is_empty() {
-                return keep;
-            }
-            adds.retain(|a| a.stamp() >= floor);
-            !adds.is_empty() || keep
-        });
+        if let Some(zset) = self.zset.made_mut() {
+            prune_elems(zset, floor, keep);
+        }
+        if let Some(list) = self.list.made_mut() {
+            prune_elems(list, floor, keep);
+        }
+        if let Some(set) = self.set.made_mut() {
+            set.retain(|_, adds| {
+                if adds.is_empty() {
+                    return keep;
+                }
+                adds.retain(|a| a.stamp() >= floor);
+                !adds.is_empty() || keep
+            });
+        }
         // A record goes with its reset, not with its tallies: a record
         // whose tallies are all older than the floor may have merged, on
         // another node, into one whose tallies are not, and its reset
         // with it; dropping it here would leave the two resets apart.
-        self.removed.retain(|_, r| {
-            r.tallies.retain(|_, t| t.epoch >= floor);
-            r.reset >= floor
-        });
+        if let Some(removed) = self.removed.made_mut() {
+            removed.retain(|_, r| {
+                r.tallies.retain(|_, t| t.epoch >= floor);
+                r.reset >= floor
+            });
+        }
         if !self.part {
             self.hash.pack();
         }
+        self.tidy();
         self.oldest.0 = self.oldest_stamp().unwrap_or(self.at).max(floor);
     }
 
@@ -1690,23 +1729,26 @@ impl Coll {
     pub fn compact(&mut self, acked: Stamp) -> bool {
         let before = self.removed.len();
         let (hash, zset) = (&self.hash, &self.zset);
-        self.removed.retain(|(kind, key), r| {
-            if r.reset > acked {
-                return true;
-            }
-            let probe = Probe::new(key);
-            let counts = match kind {
-                Kind::Hash => hash.get(key).and_then(|f| f.counts()),
-                Kind::ZSet => zset.get(probe.as_keyed()).and_then(|e| e.counts.as_deref()),
-                Kind::Set | Kind::List => None,
-            };
-            r.tallies.retain(|node, t| {
-                counts
-                    .and_then(|c| c.get(node))
-                    .is_some_and(|c| c.epoch == t.epoch)
+        if let Some(removed) = self.removed.made_mut() {
+            removed.retain(|(kind, key), r| {
+                if r.reset > acked {
+                    return true;
+                }
+                let probe = Probe::new(key);
+                let counts = match kind {
+                    Kind::Hash => hash.get(key).and_then(|f| f.counts()),
+                    Kind::ZSet => zset.get(probe.as_keyed()).and_then(|e| e.counts.as_deref()),
+                    Kind::Set | Kind::List => None,
+                };
+                r.tallies.retain(|node, t| {
+                    counts
+                        .and_then(|c| c.get(node))
+                        .is_some_and(|c| c.epoch == t.epoch)
+                });
+                !r.tallies.is_empty()
             });
-            !r.tallies.is_empty()
-        });
+            self.removed.tidy();
+        }
         // Never past the newest write known here (a node without peers
         // collects at "everything"), but past every dot its command took:
         // an HSET of ten fields numbers them from its time up, and those
@@ -1772,22 +1814,24 @@ impl Coll {
         });
         let stale_list = self.stale_list_writes(sender, held);
         for (pos, dot) in &stale_list {
-            forget_in(&mut self.list, pos, Some(*dot), None);
+            forget_in(self.list.make(), pos, Some(*dot), None);
         }
         if stale.is_empty() {
+            self.list.tidy();
             return !stale_list.is_empty();
         }
         self.unindex();
         for (kind, key, dot, node) in stale {
             match kind {
                 Kind::Hash => forget_in(self.hash.map_mut(), &key, dot, node),
-                Kind::ZSet => forget_in(&mut self.zset, &key, dot, node),
+                Kind::ZSet => forget_in(self.zset.make(), &key, dot, node),
                 Kind::List => {}
                 Kind::Set => {
-                    if let (Some(adds), Some(dot)) = (self.set.get_mut(&key), dot) {
+                    let set = self.set.make();
+                    if let (Some(adds), Some(dot)) = (set.get_mut(&key), dot) {
                         adds.retain(|a| a.dot != dot);
                         if adds.is_empty() {
-                            self.set.remove(&key);
+                            set.remove(&key);
                         }
                     }
                 }
@@ -1796,6 +1840,7 @@ impl Coll {
         if !self.part {
             self.hash.pack();
         }
+        self.tidy();
         true
     }
 
@@ -1837,7 +1882,7 @@ impl Coll {
                 }
             }
         }
-        let removed = sender.map(|c| &c.removed);
+        let removed = sender.map(|c| &*c.removed);
         let their_hash = sender.map(|c| c.hash.map());
         elems(
             Kind::Hash,
@@ -1850,7 +1895,7 @@ impl Coll {
         elems(
             Kind::ZSet,
             &self.zset,
-            sender.map(|c| &c.zset),
+            sender.map(|c| &*c.zset),
             removed,
             &is_held,
             &mut f,
@@ -1904,7 +1949,7 @@ impl Coll {
                 !e.is_empty()
             });
         }
-        let my_removed = mine.map(|c| &c.removed);
+        let my_removed = mine.map(|c| &*c.removed);
         let my_hash = mine.map(|c| c.hash.map());
         strip(
             Kind::Hash,
@@ -1913,31 +1958,41 @@ impl Coll {
             my_removed,
             &is_held,
         );
-        strip(
-            Kind::ZSet,
-            &mut self.zset,
-            mine.map(|c| &c.zset),
-            my_removed,
-            &is_held,
-        );
-        self.set.retain(|key, adds| {
-            let my = mine.and_then(|c| c.set.get(key));
-            adds.retain(|a| !is_held(a.stamp()) || my.is_some_and(|m| m.contains(a)));
-            !adds.is_empty()
-        });
-        self.list.retain(|pos, e| {
-            let my = mine.and_then(|c| c.list.get(pos));
-            e.writes.retain(|w| {
-                !is_held(w.stamp()) || my.is_some_and(|m| m.writes.iter().any(|x| x.dot == w.dot))
+        if let Some(zset) = self.zset.made_mut() {
+            strip(
+                Kind::ZSet,
+                zset,
+                mine.map(|c| &*c.zset),
+                my_removed,
+                &is_held,
+            );
+        }
+        if let Some(set) = self.set.made_mut() {
+            set.retain(|key, adds| {
+                let my = mine.and_then(|c| c.set.get(key));
+                adds.retain(|a| !is_held(a.stamp()) || my.is_some_and(|m| m.contains(a)));
+                !adds.is_empty()
             });
-            !e.is_empty()
-        });
+        }
+        if let Some(list) = self.list.made_mut() {
+            list.retain(|pos, e| {
+                let my = mine.and_then(|c| c.list.get(pos));
+                e.writes.retain(|w| {
+                    !is_held(w.stamp())
+                        || my.is_some_and(|m| m.writes.iter().any(|x| x.dot == w.dot))
+                });
+                !e.is_empty()
+            });
+        }
+        self.tidy();
     }
 
     /// Bytes held on the heap, roughly: per element its key, entry and
     /// value (MEMORY USAGE).
     pub fn heap_bytes(&self) -> usize {
         let mut n = self.ctx.heap_bytes();
+        n += self.set.box_bytes() + self.zset.box_bytes();
+        n += self.list.box_bytes() + self.removed.box_bytes();
         n += self.hash.heap_bytes() + self.set.heap_bytes() + self.zset.heap_bytes();
         for (k, a) in &self.set {
             n += k.heap_len();

@@ -519,8 +519,8 @@ impl<V> Default for EMap<V> {
 }
 
 impl<V> EMap<V> {
-    pub fn new() -> EMap<V> {
-        EMap::default()
+    pub const fn new() -> EMap<V> {
+        EMap(Repr::Few(Vec::new()))
     }
 
     pub fn len(&self) -> usize {

@@ -16,6 +16,7 @@ pub mod emap;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
 pub mod fields;
+pub mod lazy;
 pub mod list;
 pub mod nodemap;
 pub mod number;

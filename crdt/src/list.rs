@@ -16,7 +16,7 @@ use crate::stamp::Stamp;
 
 /// Puts into `delta` the element at `pos` with its one write.
 fn list_write(delta: &mut Coll, stamp: Stamp, pos: Position, dot: Dot, value: &[u8]) {
-    let e = delta.list.or_default(pos);
+    let e = delta.list.make().or_default(pos);
     e.writes.clear();
     e.writes.push(Write {
         dot,
@@ -159,7 +159,7 @@ impl Coll {
             for w in &e.writes {
                 delta.ctx.insert(w.dot);
             }
-            delta.list.or_default(pos.clone());
+            delta.list.make().or_default(pos.clone());
         }
     }
 
@@ -188,7 +188,7 @@ impl Coll {
         };
         if let Some(d) = delta {
             d.ctx.insert(dot);
-            d.list.insert(
+            d.list.make().insert(
                 pos.clone(),
                 Elem {
                     writes: smallvec![write.clone()],
@@ -196,7 +196,7 @@ impl Coll {
                 },
             );
         }
-        self.list.insert(
+        self.list.make().insert(
             pos,
             Elem {
                 writes: smallvec![write],
@@ -214,16 +214,18 @@ impl Coll {
         head: bool,
         delta: Option<&mut Coll>,
     ) -> Option<Blob> {
+        let list = self.list.made_mut()?;
         let (pos, e) = if head {
-            self.list.pop_first()?
+            list.pop_first()?
         } else {
-            self.list.pop_last()?
+            list.pop_last()?
         };
+        self.list.tidy();
         if let Some(d) = delta {
             for w in &e.writes {
                 d.ctx.insert(w.dot);
             }
-            d.list.insert(pos, Elem::default());
+            d.list.make().insert(pos, Elem::default());
         }
         self.note_removal(stamp, Kind::List);
         let winner = e.winner().map(|w| w.dot);

@@ -36,6 +36,10 @@ impl<T> Default for NodeMap<T> {
 }
 
 impl<T> NodeMap<T> {
+    pub const fn new() -> Self {
+        NodeMap(SmallVec::new_const())
+    }
+
     pub fn single(node: NodeId, value: T) -> Self {
         NodeMap(smallvec![(node, value)])
     }

@@ -31,6 +31,12 @@ pub struct Seq<V> {
 
 impl<V> Default for Seq<V> {
     fn default() -> Self {
+        Seq::new()
+    }
+}
+
+impl<V> Seq<V> {
+    pub const fn new() -> Seq<V> {
         Seq {
             chunks: VecDeque::new(),
             len: 0,

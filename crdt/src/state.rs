@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::coll::{Coll, Kind};
 use crate::conflict::{Conflict, ConflictKind, Side, Summary};
+use crate::lazy::Lazy;
 use crate::nodemap::{MaxBy, NodeMap};
 use crate::number::{parse_float, parse_int};
 use crate::stamp::{NodeId, Stamp};
@@ -220,8 +221,9 @@ pub struct Extras {
     pub expiry: ExpiryField,
     /// Latest tally of each node.
     pub counts: NodeMap<Tally>,
-    /// Per node, the latest version of its tally that some reset observed.
-    pub removed: NodeMap<Tally>,
+    /// Per node, the latest version of its tally that some reset observed:
+    /// none for most keys, so a null pointer until a reset (`lazy.rs`).
+    pub removed: Lazy<NodeMap<Tally>>,
     /// Set by an expiry delete to the expire time: every register write,
     /// expiry write and counter segment stamped before it is dead.
     pub floor: Stamp,
@@ -244,7 +246,10 @@ impl Extras {
             self.expiry = ExpiryField::default();
         }
         self.counts.retain(|_, t| t.epoch >= floor);
-        self.removed.retain(|_, t| t.epoch >= floor);
+        if let Some(removed) = self.removed.made_mut() {
+            removed.retain(|_, t| t.epoch >= floor);
+        }
+        self.removed.tidy();
         if let Some(c) = &mut self.coll {
             c.prune(floor);
             if c.is_empty() {
@@ -343,7 +348,8 @@ impl KeyState {
             n += std::mem::size_of::<NodeMap<u64>>() + seen.heap_bytes();
         }
         if let Some(x) = &self.extras {
-            n += std::mem::size_of::<Extras>() + x.counts.heap_bytes() + x.removed.heap_bytes();
+            n += std::mem::size_of::<Extras>() + x.counts.heap_bytes();
+            n += x.removed.box_bytes() + x.removed.heap_bytes();
             if let Some(c) = &x.coll {
                 n += std::mem::size_of::<Coll>() + c.heap_bytes();
             }
@@ -600,7 +606,7 @@ impl KeyState {
                 if !x.counts.is_empty() || x.coll.as_ref().is_some_and(|c| c.has_elements()) =>
             {
                 Some(Box::new(Extras {
-                    removed: x.counts.clone(),
+                    removed: Lazy::new(x.counts.clone()),
                     coll: x
                         .coll
                         .as_ref()
@@ -655,7 +661,7 @@ impl KeyState {
             // The write removes every increment it observed: all of them.
             let counts = std::mem::take(&mut x.counts);
             for (node, t) in counts.iter() {
-                join_tally(&mut x.removed, *node, t);
+                join_tally(x.removed.make(), *node, t);
             }
         }
         self.normalize();
@@ -823,7 +829,7 @@ impl KeyState {
                 join_tally(&mut mine.counts, *node, t);
             }
             for (node, t) in theirs.removed.iter() {
-                join_tally(&mut mine.removed, *node, t);
+                join_tally(mine.removed.make(), *node, t);
             }
             mine.floor = mine.floor.max(theirs.floor);
             if let Some(tc) = &theirs.coll {
@@ -988,8 +994,10 @@ impl KeyState {
             if self.reg.stamp <= acked && !x.removed.is_empty() {
                 let counts = &x.counts;
                 let before = x.removed.len();
-                x.removed
-                    .retain(|node, r| counts.get(node).is_some_and(|t| t.epoch == r.epoch));
+                if let Some(removed) = x.removed.made_mut() {
+                    removed.retain(|node, r| counts.get(node).is_some_and(|t| t.epoch == r.epoch));
+                }
+                x.removed.tidy();
                 changed |= x.removed.len() != before;
             }
             if let Some(c) = &mut x.coll {

@@ -343,3 +343,68 @@ fn a_packed_hash_stays_packed_through_refusals_and_repacks_after_long_values() {
     assert!(!c.hash.is_packed(), "a counter field does not pack");
     assert_eq!(c.field(b"n"), Some(chorus_crdt::Read::Int(5)));
 }
+
+/// A hash holds no part of the other kinds nor removal records: written
+/// here, merged as a delta and as a whole state, pruned, compacted and with
+/// a field deleted, it allocates none of them (each costs a box); a set
+/// allocates only its own.
+#[test]
+fn a_hash_allocates_no_part_of_the_other_kinds() {
+    let everything = Stamp {
+        time: u64::MAX,
+        node: NodeId(u64::MAX),
+    };
+    let (a, b) = (NodeId(1), NodeId(2));
+    let t0 = Stamp {
+        time: 1_000,
+        node: a,
+    };
+    let mut here = KeyState::default();
+    let delta = here.coll_write(t0, Kind::Hash, |c, d| {
+        c.hset_into(d, t0, b"name", b"ann");
+        c.hset_into(d, t0, b"city", b"oslo");
+    });
+    here.merge(&delta);
+    let mut there = KeyState::default();
+    there.merge(&delta);
+    let t1 = Stamp {
+        time: 2_000,
+        node: b,
+    };
+    let d2 = there.coll_write(t1, Kind::Hash, |c, d| {
+        c.remove_elem_into(d, Kind::Hash, b"city", t1)
+    });
+    there.merge(&d2);
+    here.merge(&d2);
+    here.merge(&there);
+    here.prune(Stamp { time: 10, node: a });
+    here.compact(everything);
+    let others_made = |s: &KeyState| {
+        let c = s.coll().expect("a collection");
+        (
+            c.set.is_made(),
+            c.zset.is_made(),
+            c.list.is_made(),
+            c.removed.is_made(),
+        )
+    };
+    assert_eq!(others_made(&here), (false, false, false, false));
+    assert_eq!(here.coll().unwrap().len(Kind::Hash), 1);
+    assert!(here.extras.as_ref().is_some_and(|x| !x.removed.is_made()));
+
+    let mut set = KeyState::default();
+    let d = set.coll_write(t0, Kind::Set, |c, d| c.sadd_into(d, t0, b"m"));
+    set.merge(&d);
+    assert_eq!(others_made(&set), (true, false, false, false));
+}
+
+/// What a small collection key costs besides its elements: the sizes of
+/// the boxes every one of them holds.
+#[test]
+fn a_collection_keys_boxes_stay_small() {
+    let coll = std::mem::size_of::<chorus_crdt::Coll>();
+    let extras = std::mem::size_of::<chorus_crdt::Extras>();
+    eprintln!("Coll {coll} bytes, Extras {extras} bytes");
+    assert!(coll <= 160, "Coll is {coll} bytes");
+    assert!(extras <= 120, "Extras is {extras} bytes");
+}

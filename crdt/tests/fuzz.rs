@@ -90,7 +90,7 @@ fn key_state() -> impl Strategy<Value = KeyState> {
         .prop_map(|(stamp, at_ms, counts, removed, floor)| Extras {
             expiry: ExpiryField { stamp, at_ms },
             counts: NodeMap::from(counts),
-            removed: NodeMap::from(removed),
+            removed: chorus_crdt::lazy::Lazy::new(NodeMap::from(removed)),
             floor,
             coll: None,
         });
