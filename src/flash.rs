@@ -156,6 +156,7 @@ pub fn stand_in(state: &KeyState) -> KeyState {
             expire_at_ms: state.expire_at_ms(),
         },
         extras: None,
+        coll: None,
     }
 }
 

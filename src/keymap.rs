@@ -45,7 +45,7 @@ impl Entry {
     }
 }
 
-/// Entries a full segment holds (20 KB of 80-byte entries): what a map
+/// Entries a full segment holds (22 KB of 88-byte entries): what a map
 /// wastes past its last entry is at most one segment.
 const SEGMENT: usize = 256;
 const SEGMENT_BITS: u32 = SEGMENT.trailing_zeros();

@@ -601,7 +601,7 @@ impl Writer<'_> {
         }
         let stamp = self.stamp();
         let mut delta = self.ks.sink.is_some().then(|| Coll::delta(stamp, kind));
-        let coll = self.state.extras.as_mut()?.coll.as_mut()?;
+        let coll = self.state.coll.as_mut()?;
         let r = op(coll, delta.as_mut(), stamp)?;
         // An op may answer without writing (ZADD NX of a member there, an
         // increment refused): what it wrote is stamped `stamp`.
@@ -612,10 +612,8 @@ impl Writer<'_> {
         if let (Some(sink), Some(d)) = (&self.ks.sink, delta.filter(|d| !d.names_nothing())) {
             let delta = KeyState {
                 reg: Default::default(),
-                extras: Some(Box::new(chorus_crdt::Extras {
-                    coll: Some(Box::new(d)),
-                    ..Default::default()
-                })),
+                extras: None,
+                coll: Some(Box::new(d)),
             };
             sink.publish_key(self.db as u32, self.key, &delta, self.now_ms);
         }
@@ -698,7 +696,11 @@ impl Writer<'_> {
             }
             // The common case: a plain string key our write supersedes. No
             // conflict is possible and the new state is the delta itself.
-            Some(sink) if stamp > self.state.reg.stamp && self.state.extras.is_none() => {
+            Some(sink)
+                if stamp > self.state.reg.stamp
+                    && self.state.extras.is_none()
+                    && self.state.coll.is_none() =>
+            {
                 let is_delta = self.state.write_in_place(stamp, value, expire_at_ms);
                 debug_assert!(is_delta);
                 sink.publish_key(self.db as u32, self.key, self.state, self.now_ms);

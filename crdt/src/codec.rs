@@ -79,6 +79,9 @@ pub fn encode_append<T: Serialize + ?Sized>(
 /// property test.
 pub fn append_state(out: &mut Vec<u8>, state: &KeyState) -> Result<(), EncodeError> {
     match state.extras.as_deref() {
+        _ if state.coll.is_some() => {
+            postcard::to_extend(state, Appender(out))?;
+        }
         None if state.reg.seen.is_none() => {
             append_plain_register(out, &state.reg);
             out.push(0);
@@ -131,7 +134,6 @@ fn is_lone_tally(x: &Extras) -> bool {
         && x.counts.len() == 1
         && x.removed.is_empty()
         && x.floor.is_zero()
-        && x.coll.is_none()
 }
 
 fn append_plain_register(out: &mut Vec<u8>, reg: &Register) {
@@ -323,27 +325,33 @@ struct CollV4 {
 
 impl From<KeyStateV4> for KeyState {
     fn from(v4: KeyStateV4) -> KeyState {
+        let Some(x) = v4.extras else {
+            return KeyState {
+                reg: v4.reg,
+                extras: None,
+                coll: None,
+            };
+        };
+        let rest = Extras {
+            expiry: x.expiry,
+            counts: x.counts,
+            removed: Lazy::new(x.removed),
+            floor: x.floor,
+        };
         KeyState {
             reg: v4.reg,
-            extras: v4.extras.map(|x| {
-                Box::new(Extras {
-                    expiry: x.expiry,
-                    counts: x.counts,
-                    removed: Lazy::new(x.removed),
-                    floor: x.floor,
-                    coll: x.coll.map(|c| {
-                        let mut coll = Box::<Coll>::default();
-                        coll.ctx = c.ctx;
-                        coll.at = c.at;
-                        coll.kind = c.kind;
-                        coll.hash = c.hash.into_iter().collect();
-                        coll.set = Lazy::new(c.set.into_iter().collect());
-                        coll.zset = Lazy::new(c.zset.into_iter().collect());
-                        coll.removed = Lazy::new(c.removed);
-                        coll.part = c.part;
-                        coll
-                    }),
-                })
+            extras: (!rest.is_empty()).then(|| Box::new(rest)),
+            coll: x.coll.map(|c| {
+                let mut coll = Box::<Coll>::default();
+                coll.ctx = c.ctx;
+                coll.at = c.at;
+                coll.kind = c.kind;
+                coll.hash = c.hash.into_iter().collect();
+                coll.set = Lazy::new(c.set.into_iter().collect());
+                coll.zset = Lazy::new(c.zset.into_iter().collect());
+                coll.removed = Lazy::new(c.removed);
+                coll.part = c.part;
+                coll
             }),
         }
     }
@@ -402,9 +410,9 @@ impl From<KeyStateV3> for KeyState {
                     counts: x.counts,
                     removed: Lazy::new(x.removed),
                     floor: x.floor,
-                    coll: None,
                 })
             }),
+            coll: None,
         }
     }
 }
@@ -433,9 +441,9 @@ impl From<KeyStateV2> for KeyState {
                     counts: x.counts,
                     removed: Lazy::new(x.removed),
                     floor: crate::Stamp::ZERO,
-                    coll: None,
                 })
             }),
+            coll: None,
         }
     }
 }
@@ -472,6 +480,7 @@ mod tests {
                     expire_at_ms: expire,
                 },
                 extras: None,
+                coll: None,
             };
             for state in [tally_state, plain] {
                 let mut direct = Vec::new();
@@ -558,15 +567,17 @@ mod tests {
         let delta = hash.coll_write(stamp, Kind::Hash, |c, d| c.hset_into(d, stamp, b"f", b"v"));
         hash.merge(&delta);
         let c = hash.coll().expect("a collection");
+        let none = Extras::default();
         let as_v4 = |state: &KeyState| KeyStateV4 {
             reg: state.reg.clone(),
-            extras: state.extras.as_deref().map(|x| {
+            extras: (state.extras.is_some() || state.coll.is_some()).then(|| {
+                let x = state.extras.as_deref().unwrap_or(&none);
                 Box::new(ExtrasV4 {
                     expiry: x.expiry,
                     counts: x.counts.clone(),
                     removed: (*x.removed).clone(),
                     floor: x.floor,
-                    coll: x.coll.as_deref().map(|c| {
+                    coll: state.coll.as_deref().map(|c| {
                         Box::new(CollV4 {
                             ctx: c.ctx.clone(),
                             at: c.at,

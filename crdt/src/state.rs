@@ -227,17 +227,14 @@ pub struct Extras {
     /// Set by an expiry delete to the expire time: every register write,
     /// expiry write and counter segment stamped before it is dead.
     pub floor: Stamp,
-    /// Hash, set and sorted-set elements, and their causal context.
-    pub coll: Option<Box<Coll>>,
 }
 
 impl Extras {
-    fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.expiry.stamp.is_zero()
             && self.counts.is_empty()
             && self.removed.is_empty()
             && self.floor.is_zero()
-            && self.coll.is_none()
     }
 
     /// Drops every part stamped before `floor` (the register is the caller's).
@@ -250,12 +247,6 @@ impl Extras {
             removed.retain(|_, t| t.epoch >= floor);
         }
         self.removed.tidy();
-        if let Some(c) = &mut self.coll {
-            c.prune(floor);
-            if c.is_empty() {
-                self.coll = None;
-            }
-        }
     }
 }
 
@@ -332,10 +323,92 @@ pub(crate) fn read_value(value: Option<&[u8]>, sum: CounterSum) -> Read<'_> {
 }
 
 /// The full replicated state of one key.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+///
+/// Encoded as it was when the collection part sat in the extras (see the
+/// `Serialize` impl below): a register and, if anything else, the extras
+/// with the collection part last.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct KeyState {
     pub reg: Register,
     pub extras: Option<Box<Extras>>,
+    /// Hash, set, sorted-set and list elements, and their causal context:
+    /// beside the extras, so that a collection key holds no counter or
+    /// expiry room it does not use (a pointer more for every key, 128
+    /// bytes less for every collection).
+    pub coll: Option<Box<Coll>>,
+}
+
+/// The extras as encoded: the collection part last inside them.
+#[derive(Serialize)]
+struct ExtrasOut<'a> {
+    expiry: &'a ExpiryField,
+    counts: &'a NodeMap<Tally>,
+    removed: &'a Lazy<NodeMap<Tally>>,
+    floor: &'a Stamp,
+    coll: &'a Option<Box<Coll>>,
+}
+
+#[derive(Deserialize)]
+struct ExtrasIn {
+    expiry: ExpiryField,
+    counts: NodeMap<Tally>,
+    removed: Lazy<NodeMap<Tally>>,
+    floor: Stamp,
+    coll: Option<Box<Coll>>,
+}
+
+#[derive(Deserialize)]
+struct KeyStateIn {
+    reg: Register,
+    extras: Option<ExtrasIn>,
+}
+
+impl Serialize for KeyState {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let none = Extras::default();
+        let extras = match (&self.extras, &self.coll) {
+            (None, None) => None,
+            (x, coll) => {
+                let x = x.as_deref().unwrap_or(&none);
+                Some(ExtrasOut {
+                    expiry: &x.expiry,
+                    counts: &x.counts,
+                    removed: &x.removed,
+                    floor: &x.floor,
+                    coll,
+                })
+            }
+        };
+        let mut st = s.serialize_struct("KeyState", 2)?;
+        st.serialize_field("reg", &self.reg)?;
+        st.serialize_field("extras", &extras)?;
+        st.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyState {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeyState, D::Error> {
+        let KeyStateIn { reg, extras } = KeyStateIn::deserialize(d)?;
+        let Some(x) = extras else {
+            return Ok(KeyState {
+                reg,
+                extras: None,
+                coll: None,
+            });
+        };
+        let rest = Extras {
+            expiry: x.expiry,
+            counts: x.counts,
+            removed: x.removed,
+            floor: x.floor,
+        };
+        Ok(KeyState {
+            reg,
+            extras: (!rest.is_empty()).then(|| Box::new(rest)),
+            coll: x.coll,
+        })
+    }
 }
 
 impl KeyState {
@@ -350,16 +423,16 @@ impl KeyState {
         if let Some(x) = &self.extras {
             n += std::mem::size_of::<Extras>() + x.counts.heap_bytes();
             n += x.removed.box_bytes() + x.removed.heap_bytes();
-            if let Some(c) = &x.coll {
-                n += std::mem::size_of::<Coll>() + c.heap_bytes();
-            }
+        }
+        if let Some(c) = &self.coll {
+            n += std::mem::size_of::<Coll>() + c.heap_bytes();
         }
         n
     }
 
     /// Packs a small hash (see `fields.rs`): for a state decoded whole.
     pub fn pack(&mut self) {
-        if let Some(c) = self.extras.as_mut().and_then(|x| x.coll.as_mut()) {
+        if let Some(c) = &mut self.coll {
             if !c.part {
                 c.hash.pack();
             }
@@ -368,7 +441,7 @@ impl KeyState {
 
     /// The collection part, if the key has one.
     pub fn coll(&self) -> Option<&Coll> {
-        self.extras.as_ref().and_then(|x| x.coll.as_deref())
+        self.coll.as_deref()
     }
 
     /// The newest stamp of the string part: its register write, or the
@@ -470,7 +543,7 @@ impl KeyState {
 
     /// True when the state holds nothing at all (no write ever merged).
     pub fn is_empty(&self) -> bool {
-        self.reg.stamp.is_zero() && self.extras.is_none()
+        self.reg.stamp.is_zero() && self.extras.is_none() && self.coll.is_none()
     }
 
     /// Effective absolute expiry in unix ms, 0 when none.
@@ -513,7 +586,7 @@ impl KeyState {
         if now_ms != 0 && self.is_expired(now_ms) {
             return Read::Absent;
         }
-        if self.extras.as_ref().is_some_and(|x| x.coll.is_some()) && !self.string_visible() {
+        if self.coll.is_some() && !self.string_visible() {
             return Read::Absent;
         }
         read_value(self.reg.value.as_deref(), self.counter_sum())
@@ -525,7 +598,7 @@ impl KeyState {
         if now_ms != 0 && self.is_expired(now_ms) {
             return false;
         }
-        if self.extras.as_ref().is_some_and(|x| x.coll.is_some()) {
+        if self.coll.is_some() {
             return self.key_type(0).is_some();
         }
         self.reg.value.is_some() || self.has_counts()
@@ -539,9 +612,9 @@ impl KeyState {
             for t in x.counts.values().chain(x.removed.values()) {
                 latest = latest.max(t.epoch);
             }
-            if let Some(c) = &x.coll {
-                latest = latest.max(c.at);
-            }
+        }
+        if let Some(c) = &self.coll {
+            latest = latest.max(c.at);
         }
         latest
     }
@@ -556,8 +629,8 @@ impl KeyState {
         if let Some(x) = &self.extras {
             parts.extend([x.expiry.stamp, x.floor]);
             parts.extend(x.counts.values().map(|t| t.epoch));
-            parts.extend(x.coll.as_ref().and_then(|c| c.earliest_added()));
         }
+        parts.extend(self.coll.as_ref().and_then(|c| c.earliest_added()));
         parts.into_iter().filter(|s| !s.is_zero()).min()
     }
 
@@ -588,11 +661,13 @@ impl KeyState {
         };
         KeyState {
             reg: Register::default(),
-            extras: Some(Box::new(Extras {
-                expiry,
-                coll: Some(Box::new(delta)),
-                ..Extras::default()
-            })),
+            extras: (!expiry.stamp.is_zero()).then(|| {
+                Box::new(Extras {
+                    expiry,
+                    ..Extras::default()
+                })
+            }),
+            coll: Some(Box::new(delta)),
         }
     }
 
@@ -602,19 +677,10 @@ impl KeyState {
     pub fn write(&self, stamp: Stamp, value: Option<&[u8]>, expire_at_ms: u64) -> KeyState {
         let expire_at_ms = if value.is_some() { expire_at_ms } else { 0 };
         let removed = match &self.extras {
-            Some(x)
-                if !x.counts.is_empty() || x.coll.as_ref().is_some_and(|c| c.has_elements()) =>
-            {
-                Some(Box::new(Extras {
-                    removed: Lazy::new(x.counts.clone()),
-                    coll: x
-                        .coll
-                        .as_ref()
-                        .filter(|c| c.has_elements())
-                        .map(|c| Box::new(c.clear(stamp))),
-                    ..Extras::default()
-                }))
-            }
+            Some(x) if !x.counts.is_empty() => Some(Box::new(Extras {
+                removed: Lazy::new(x.counts.clone()),
+                ..Extras::default()
+            })),
             _ => None,
         };
         KeyState {
@@ -625,6 +691,11 @@ impl KeyState {
                 expire_at_ms,
             },
             extras: removed,
+            coll: self
+                .coll
+                .as_ref()
+                .filter(|c| c.has_elements())
+                .map(|c| Box::new(c.clear(stamp))),
         }
     }
 
@@ -665,7 +736,7 @@ impl KeyState {
             }
         }
         self.normalize();
-        self.extras.is_none()
+        self.extras.is_none() && self.coll.is_none()
     }
 
     /// The tally `stamp.node` has after one more increment on this state.
@@ -702,6 +773,7 @@ impl KeyState {
                 counts: NodeMap::single(node, tally),
                 ..Extras::default()
             })),
+            coll: None,
         }
     }
 
@@ -730,6 +802,7 @@ impl KeyState {
                 expiry: ExpiryField { stamp, at_ms },
                 ..Extras::default()
             })),
+            coll: None,
         }
     }
 
@@ -765,23 +838,28 @@ impl KeyState {
     /// replication layer applies each delta once and conflict logs dedupe by
     /// (key, winner stamp, loser stamp).
     pub fn merge(&mut self, other: &KeyState) -> Vec<Conflict> {
-        self.merge_parts(Cow::Borrowed(&other.reg), other.extras.as_deref())
+        self.merge_parts(
+            Cow::Borrowed(&other.reg),
+            other.extras.as_deref(),
+            other.coll.as_deref(),
+        )
     }
 
     /// [`KeyState::merge`] taking `other` by value, so a winning value moves
     /// in rather than being copied.
     pub fn merge_owned(&mut self, other: KeyState) -> Vec<Conflict> {
-        let KeyState { reg, extras } = other;
-        self.merge_parts(Cow::Owned(reg), extras.as_deref())
+        let KeyState { reg, extras, coll } = other;
+        self.merge_parts(Cow::Owned(reg), extras.as_deref(), coll.as_deref())
     }
 
     fn merge_parts(
         &mut self,
         other_reg: Cow<'_, Register>,
         other_extras: Option<&Extras>,
+        other_coll: Option<&Coll>,
     ) -> Vec<Conflict> {
         let mut conflicts = Vec::new();
-        let colls = self.coll().is_some() || other_extras.is_some_and(|x| x.coll.is_some());
+        let colls = self.coll.is_some() || other_coll.is_some();
         let clashes_before = if colls {
             self.hidden_sides()
         } else {
@@ -832,17 +910,19 @@ impl KeyState {
                 join_tally(mine.removed.make(), *node, t);
             }
             mine.floor = mine.floor.max(theirs.floor);
-            if let Some(tc) = &theirs.coll {
-                let c = mine.coll.get_or_insert_with(Default::default);
+        }
+        match other_coll {
+            Some(tc) => {
+                let c = self.coll.get_or_insert_with(Default::default);
                 for (element, mut conflict) in c.merge(tc) {
                     conflict.element = Some(element);
                     conflicts.push(conflict);
                 }
             }
-        }
-        if other_extras.is_none_or(|x| x.coll.is_none()) {
-            if let Some(c) = self.extras.as_mut().and_then(|x| x.coll.as_mut()) {
-                c.make_whole();
+            None => {
+                if let Some(c) = &mut self.coll {
+                    c.make_whole();
+                }
             }
         }
         self.normalize();
@@ -915,12 +995,12 @@ impl KeyState {
                     }));
                 }
             }
-            if let Some(c) = &x.coll {
-                for (element, loser) in c.lost_to_flush(flush) {
-                    let mut conflict = lost(loser);
-                    conflict.element = Some(element);
-                    conflicts.push(conflict);
-                }
+        }
+        if let Some(c) = &self.coll {
+            for (element, loser) in c.lost_to_flush(flush) {
+                let mut conflict = lost(loser);
+                conflict.element = Some(element);
+                conflicts.push(conflict);
             }
         }
         conflicts
@@ -934,6 +1014,12 @@ impl KeyState {
         }
         if let Some(x) = &mut self.extras {
             x.prune(floor);
+        }
+        if let Some(c) = &mut self.coll {
+            c.prune(floor);
+            if c.is_empty() {
+                self.coll = None;
+            }
         }
         self.normalize();
     }
@@ -951,12 +1037,11 @@ impl KeyState {
     pub fn collectable(&self, acked: Stamp) -> bool {
         self.reg.value.is_none()
             && self.reg.stamp <= acked
-            && self.extras.as_ref().is_none_or(|x| {
-                x.expiry.stamp <= acked
-                    && x.counts.is_empty()
-                    && x.floor <= acked
-                    && x.coll.as_ref().is_none_or(|c| c.is_collectable(acked))
-            })
+            && self
+                .extras
+                .as_ref()
+                .is_none_or(|x| x.expiry.stamp <= acked && x.counts.is_empty() && x.floor <= acked)
+            && self.coll.as_ref().is_none_or(|c| c.is_collectable(acked))
     }
 
     /// Drops what the GC floor `acked` makes dead weight from a state that
@@ -987,6 +1072,16 @@ impl KeyState {
             }
         }
         if let Some(x) = &mut self.extras {
+            // A persist (an expiry field of no time, as every key's
+            // creation writes) at or below the floor: no older expiry it
+            // beats can still arrive, and without it the key reads the
+            // same when its register sets no expiry of its own. A new hash
+            // keeps no extras for it.
+            let persist = x.expiry.at_ms == 0 && !x.expiry.stamp.is_zero();
+            if persist && x.expiry.stamp <= acked && self.reg.expire_at_ms == 0 {
+                x.expiry = ExpiryField::default();
+                changed = true;
+            }
             if !x.floor.is_zero() && x.floor <= acked {
                 x.floor = Stamp::ZERO;
                 changed = true;
@@ -1000,22 +1095,23 @@ impl KeyState {
                 x.removed.tidy();
                 changed |= x.removed.len() != before;
             }
-            if let Some(c) = &mut x.coll {
-                changed |= c.compact(acked);
-                // Not while it hides a string part: that would show again.
-                let hides = (self.reg.value.is_some() || !x.counts.is_empty()) && {
-                    let mut at = self.reg.stamp;
-                    for t in x.counts.values() {
-                        at = at.max(t.epoch);
-                    }
-                    at <= c.at
-                };
-                if c.is_collectable(acked) && self.reg.stamp <= acked && !hides {
-                    // Its context too: every dot it holds is below the
-                    // floor, and a node's later dots are numbered past it.
-                    x.coll = None;
-                    changed = true;
+        }
+        if let Some(c) = &mut self.coll {
+            changed |= c.compact(acked);
+            // Not while it hides a string part: that would show again.
+            let counts = self.extras.as_ref().map(|x| &x.counts);
+            let hides = (self.reg.value.is_some() || counts.is_some_and(|c| !c.is_empty())) && {
+                let mut at = self.reg.stamp;
+                for t in counts.into_iter().flat_map(|c| c.values()) {
+                    at = at.max(t.epoch);
                 }
+                at <= c.at
+            };
+            if c.is_collectable(acked) && self.reg.stamp <= acked && !hides {
+                // Its context too: every dot it holds is below the
+                // floor, and a node's later dots are numbered past it.
+                self.coll = None;
+                changed = true;
             }
         }
         if changed {
@@ -1059,9 +1155,9 @@ impl KeyState {
                             || k.removed.get(node).is_some_and(|r| r.epoch == t.epoch)
                     })
             });
-            if let Some(c) = &mut x.coll {
-                c.drop_collected(mine.and_then(KeyState::coll), &held);
-            }
+        }
+        if let Some(c) = &mut self.coll {
+            c.drop_collected(mine.and_then(KeyState::coll), &held);
         }
         self.normalize();
     }
@@ -1107,10 +1203,10 @@ impl KeyState {
                 x.counts
                     .retain(|node, t| !segment_gone(sender, *node, t, &held));
             }
-            if stale.coll {
-                if let Some(c) = &mut x.coll {
-                    c.forget_missing_from(sender.coll(), &held);
-                }
+        }
+        if stale.coll {
+            if let Some(c) = &mut self.coll {
+                c.forget_missing_from(sender.coll(), &held);
             }
         }
         self.normalize();
@@ -1135,6 +1231,9 @@ impl KeyState {
         if let Some(x) = &mut self.extras {
             if !x.floor.is_zero() {
                 x.prune(x.floor);
+                if let Some(c) = &mut self.coll {
+                    c.prune(x.floor);
+                }
                 if self.reg.stamp < x.floor {
                     self.reg = Register::default();
                 }
@@ -1142,15 +1241,15 @@ impl KeyState {
             if !x.expiry.stamp.is_zero() && x.expiry.stamp <= self.reg.stamp {
                 x.expiry = ExpiryField::default();
             }
-            if x.coll.as_ref().is_some_and(|c| c.is_empty()) {
-                x.coll = None;
-            }
             let removed = &x.removed;
             x.counts
                 .retain(|node, t| removed.get(node).is_none_or(|r| !r.covers(t)));
             if x.is_empty() {
                 self.extras = None;
             }
+        }
+        if self.coll.as_ref().is_some_and(|c| c.is_empty()) {
+            self.coll = None;
         }
     }
 
@@ -1282,4 +1381,115 @@ fn segment_gone(
         .extras
         .as_deref()
         .is_some_and(|x| x.counts.get(&node).is_some() || x.removed.get(&node).is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout before the collection part moved beside the extras.
+    #[derive(Serialize)]
+    struct OldKeyState<'a> {
+        reg: &'a Register,
+        extras: Option<OldExtras<'a>>,
+    }
+
+    #[derive(Serialize)]
+    struct OldExtras<'a> {
+        expiry: ExpiryField,
+        counts: &'a NodeMap<Tally>,
+        removed: &'a NodeMap<Tally>,
+        floor: Stamp,
+        coll: &'a Option<Box<Coll>>,
+    }
+
+    fn old_bytes(s: &KeyState) -> Vec<u8> {
+        let none = Extras::default();
+        let extras = (s.extras.is_some() || s.coll.is_some()).then(|| {
+            let x = s.extras.as_deref().unwrap_or(&none);
+            OldExtras {
+                expiry: x.expiry,
+                counts: &x.counts,
+                removed: &x.removed,
+                floor: x.floor,
+                coll: &s.coll,
+            }
+        });
+        postcard::to_allocvec(&OldKeyState {
+            reg: &s.reg,
+            extras,
+        })
+        .expect("encodes")
+    }
+
+    /// Compaction drops a persist at or below the floor only where the key
+    /// reads the same without it: not over a register that sets an expiry
+    /// of its own (PERSIST after SET EX).
+    #[test]
+    fn compaction_drops_a_persist_only_where_nothing_reads_differently() {
+        let node = NodeId(3);
+        let at = |time| Stamp { time, node };
+        let everything = Stamp {
+            time: u64::MAX,
+            node: NodeId(u64::MAX),
+        };
+        let mut hash = KeyState::default();
+        hash.merge(&hash.coll_write(at(10), Kind::Hash, |c, d| {
+            c.hset_into(d, at(10), b"f", b"v")
+        }));
+        assert_eq!(hash.extras.as_ref().map(|x| x.expiry.at_ms), Some(0));
+        assert!(!hash.compact(at(9)), "above the floor: kept");
+        assert!(hash.compact(at(10)));
+        assert!(hash.extras.is_none());
+        assert_eq!(hash.expire_at_ms(), 0);
+
+        let mut string = KeyState::default();
+        string.merge(&string.write(at(20), Some(b"x"), 99_000));
+        string.merge(&string.expire(at(30), 0));
+        assert_eq!(string.expire_at_ms(), 0);
+        string.compact(everything);
+        assert_eq!(
+            string.expire_at_ms(),
+            0,
+            "the persist still hides SET EX's expiry"
+        );
+    }
+
+    /// Every kind of key encodes as it did when the collection part sat in
+    /// the extras (stores, logs, peers and digests hold those bytes), and
+    /// decodes back to itself.
+    #[test]
+    fn a_key_state_encodes_as_before_the_collection_part_moved() {
+        let node = NodeId(3);
+        let at = |time| Stamp { time, node };
+        let mut hash = KeyState::default();
+        hash.merge(&hash.coll_write(at(10), Kind::Hash, |c, d| {
+            c.hset_into(d, at(10), b"f", b"v")
+        }));
+        assert!(hash.extras.is_some(), "a new key's persist");
+        hash.compact(at(15));
+        let mut expiring_hash = hash.clone();
+        expiring_hash.merge(&expiring_hash.expire(at(20), 99_000));
+        let mut counter = KeyState::default();
+        counter.merge(&counter.incr(at(30), 5, 0.0, false));
+        let mut string = KeyState::default();
+        string.merge(&string.write(at(40), Some(b"x"), 0));
+        let mut overwritten = hash.clone();
+        overwritten.merge(&overwritten.write(at(50), Some(b"s"), 0));
+        assert!(hash.extras.is_none() && hash.coll.is_some());
+        assert!(expiring_hash.extras.is_some() && expiring_hash.coll.is_some());
+        for s in [
+            hash,
+            expiring_hash,
+            counter,
+            string,
+            overwritten,
+            KeyState::default(),
+        ] {
+            let bytes = postcard::to_allocvec(&s).expect("encodes");
+            assert_eq!(bytes, old_bytes(&s), "{s:?}");
+            let back: KeyState = postcard::from_bytes(&bytes).expect("decodes");
+            assert_eq!(back, s);
+        }
+    }
 }

@@ -297,7 +297,7 @@ fn a_many_field_write_leaves_no_dots_behind_and_the_next_write_shows() {
             let d = s.coll_write(t1, Kind::Hash, |c, d| c.hset_into(d, t1, b"f3", b"new"));
             s.merge(&d);
         } else {
-            let c = s.extras.as_mut().unwrap().coll.as_mut().unwrap();
+            let c = s.coll.as_mut().unwrap();
             assert_eq!(c.hset_here(t1, b"f3", b"new", None), Some(false));
         }
         s.compact(everything);
@@ -320,7 +320,7 @@ fn a_packed_hash_stays_packed_through_refusals_and_repacks_after_long_values() {
         c.hset_into(d, t0, b"city", b"oslo");
     });
     state.merge(&delta);
-    let c = state.extras.as_mut().unwrap().coll.as_mut().unwrap();
+    let c = state.coll.as_mut().unwrap();
     assert!(c.hash.is_packed());
 
     let t1 = Stamp { time: 2_000, node };
@@ -344,10 +344,10 @@ fn a_packed_hash_stays_packed_through_refusals_and_repacks_after_long_values() {
     assert_eq!(c.field(b"n"), Some(chorus_crdt::Read::Int(5)));
 }
 
-/// A hash holds no part of the other kinds nor removal records: written
-/// here, merged as a delta and as a whole state, pruned, compacted and with
-/// a field deleted, it allocates none of them (each costs a box); a set
-/// allocates only its own.
+/// A hash holds no part of the other kinds nor removal records, and once
+/// compacted no extras: written here, merged as a delta and as a whole
+/// state, pruned, compacted and with a field deleted, it allocates none of
+/// them (each costs a box); a set allocates only its own.
 #[test]
 fn a_hash_allocates_no_part_of_the_other_kinds() {
     let everything = Stamp {
@@ -390,7 +390,7 @@ fn a_hash_allocates_no_part_of_the_other_kinds() {
     };
     assert_eq!(others_made(&here), (false, false, false, false));
     assert_eq!(here.coll().unwrap().len(Kind::Hash), 1);
-    assert!(here.extras.as_ref().is_some_and(|x| !x.removed.is_made()));
+    assert!(here.extras.is_none(), "no expiry, counter or floor: no extras");
 
     let mut set = KeyState::default();
     let d = set.coll_write(t0, Kind::Set, |c, d| c.sadd_into(d, t0, b"m"));

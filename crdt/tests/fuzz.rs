@@ -92,11 +92,11 @@ fn key_state() -> impl Strategy<Value = KeyState> {
             counts: NodeMap::from(counts),
             removed: chorus_crdt::lazy::Lazy::new(NodeMap::from(removed)),
             floor,
-            coll: None,
         });
     (register, proptest::option::of(extras)).prop_map(|(reg, extras)| KeyState {
         reg,
         extras: extras.map(Box::new),
+        coll: None,
     })
 }
 

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use chorus_crdt::{Coll, Delta, Extras, KeyState, KeyType, Kind, NodeId, Read, Stamp};
+use chorus_crdt::{Coll, Delta, KeyState, KeyType, Kind, NodeId, Read, Stamp};
 use proptest::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -653,7 +653,7 @@ proptest! {
                         prop_assert_eq!(&in_place, &state.write(stamp, value, 99));
                     }
                     // The keyspace's fast path relies on this case.
-                    if stamp > state.reg.stamp && state.extras.is_none() {
+                    if stamp > state.reg.stamp && state.extras.is_none() && state.coll.is_none() {
                         prop_assert!(is_delta);
                     }
                     let old = Stamp { time: 0, node: NodeId(node) };
@@ -680,7 +680,7 @@ proptest! {
                         merged.merge(&general);
                         let mut in_place = state.clone();
                         let mut delta = Coll::delta(stamp, kind);
-                        let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                        let coll = in_place.coll.as_mut().unwrap();
                         coll.zindex();
                         let done = match kind {
                             Kind::Hash => coll.hset_here(stamp, elem, b"v", Some(&mut delta)).is_some(),
@@ -697,7 +697,8 @@ proptest! {
                         let mut replica = state.clone();
                         replica.merge(&KeyState {
                             reg: Default::default(),
-                            extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                            extras: None,
+                            coll: Some(Box::new(delta)),
                         });
                         prop_assert_eq!(&replica, &merged);
                     }
@@ -709,7 +710,7 @@ proptest! {
                             merged.merge(&general);
                             let mut in_place = state.clone();
                             let mut delta = Coll::delta(stamp, kind);
-                            let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            let coll = in_place.coll.as_mut().unwrap();
                             coll.zindex();
                             coll.incr_here(kind, member, stamp, by, Some(&mut delta));
                             assert_index_in_step(&in_place);
@@ -718,7 +719,7 @@ proptest! {
                             // and index; a refusal changes nothing.
                             let mut one_walk = state.clone();
                             let mut delta2 = Coll::delta(stamp, kind);
-                            let c = one_walk.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            let c = one_walk.coll.as_mut().unwrap();
                             c.zindex();
                             let score = c.zincr_here(stamp, member, by.1, |_, _| Ok::<(), ()>(()), Some(&mut delta2));
                             prop_assert_eq!(Ok(c.score(member).unwrap()), score);
@@ -726,13 +727,14 @@ proptest! {
                             prop_assert_eq!(&one_walk, &merged);
                             prop_assert_eq!(&delta2, &delta);
                             let mut refused = state.clone();
-                            let c = refused.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            let c = refused.coll.as_mut().unwrap();
                             prop_assert_eq!(c.zincr_here(stamp, member, by.1, |_, _| Err(()), None), Err(()));
                             prop_assert_eq!(&refused, state);
                             let mut replica = state.clone();
                             replica.merge(&KeyState {
                                 reg: Default::default(),
-                                extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                                extras: None,
+                            coll: Some(Box::new(delta)),
                             });
                             prop_assert_eq!(&replica, &merged);
                         }
@@ -745,25 +747,26 @@ proptest! {
                             merged.merge(&general);
                             let mut in_place = state.clone();
                             let mut delta = Coll::delta(stamp, kind);
-                            let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            let coll = in_place.coll.as_mut().unwrap();
                             coll.incr_here(kind, field, stamp, by, Some(&mut delta));
                             prop_assert_eq!(&in_place, &merged);
                             // HINCRBY's one-walk path: the same state and
                             // delta; declining changes nothing.
                             let mut one_walk = state.clone();
                             let mut delta2 = Coll::delta(stamp, kind);
-                            let c = one_walk.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            let c = one_walk.coll.as_mut().unwrap();
                             prop_assert_eq!(c.hincr_here(stamp, field, by, |_| Some(()), Some(&mut delta2)), Some(()));
                             prop_assert_eq!(&one_walk, &merged);
                             prop_assert_eq!(&delta2, &delta);
                             let mut declined = state.clone();
-                            let c = declined.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                            let c = declined.coll.as_mut().unwrap();
                             prop_assert_eq!(c.hincr_here(stamp, field, by, |_| None::<()>, None), None);
                             prop_assert_eq!(&declined, state);
                             let mut replica = state.clone();
                             replica.merge(&KeyState {
                                 reg: Default::default(),
-                                extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                                extras: None,
+                            coll: Some(Box::new(delta)),
                             });
                             prop_assert_eq!(&replica, &merged);
                         }
@@ -779,13 +782,14 @@ proptest! {
                         merged.merge(&general);
                         let mut in_place = state.clone();
                         let mut delta = Coll::delta(stamp, Kind::List);
-                        let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                        let coll = in_place.coll.as_mut().unwrap();
                         coll.list_push_here(stamp, head, b"pushed", Some(&mut delta));
                         prop_assert_eq!(&in_place, &merged);
                         let mut replica = state.clone();
                         replica.merge(&KeyState {
                             reg: Default::default(),
-                            extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                            extras: None,
+                            coll: Some(Box::new(delta)),
                         });
                         prop_assert_eq!(&replica, &merged);
 
@@ -798,7 +802,7 @@ proptest! {
                         merged.merge(&general);
                         let mut in_place = state.clone();
                         let mut delta = Coll::delta(stamp, Kind::List);
-                        let coll = in_place.extras.as_mut().unwrap().coll.as_mut().unwrap();
+                        let coll = in_place.coll.as_mut().unwrap();
                         let expected = if head { state.coll().unwrap().list_iter().next() } else { state.coll().unwrap().list_iter().next_back() };
                         let popped = coll.list_pop_here(stamp, head, Some(&mut delta));
                         prop_assert_eq!(popped.as_ref().map(|b| &b.0[..]), expected.map(|(_, v)| v));
@@ -806,7 +810,8 @@ proptest! {
                         let mut replica = state.clone();
                         replica.merge(&KeyState {
                             reg: Default::default(),
-                            extras: Some(Box::new(Extras { coll: Some(Box::new(delta)), ..Default::default() })),
+                            extras: None,
+                            coll: Some(Box::new(delta)),
                         });
                         prop_assert_eq!(&replica, &merged);
                     }
@@ -851,7 +856,7 @@ fn views(r: &Replica) -> BTreeMap<Vec<u8>, String> {
         .iter()
         .map(|(k, s)| {
             let mut plain = s.clone();
-            let coll = plain.extras.as_mut().and_then(|x| x.coll.take());
+            let coll = plain.coll.take();
             let coll = coll.map(|c| {
                 let fields: Vec<_> = c
                     .fields()

@@ -250,7 +250,7 @@ fn state(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         return Ok(());
     };
     let extras = s.extras.as_deref().cloned().unwrap_or_default();
-    let coll = extras.coll.as_deref();
+    let coll = s.coll.as_deref();
     x.out.map(if coll.is_some() { 11 } else { 10 });
     x.out.bulk_str("exists");
     x.out.int(i64::from(s.exists(now)));
