@@ -337,8 +337,10 @@ impl<'de> Deserialize<'de> for Fields {
 /// The count of fields (beside the buffer: HLEN, TYPE and every command's
 /// type check read it, and a read of the buffer is a cache miss of its
 /// own), and the buffer: a one-byte count of nodes, each node's id (u64),
-/// then per field in the map's order: its length, its value's length, its
-/// writer's index in the node table, its time (u64), its dot's number less
+/// a base time (u64, at or below every field's time), then per field in
+/// the map's order: its length, its value's length, its writer's index in
+/// the node table, its time less the base (a varint: one byte for the
+/// fields of one command, five for a second apart), its dot's number less
 /// its time (a varint: the dot of a write is its time, or a little past it
 /// when one command writes many), the field's bytes and the value's.
 /// Little-endian throughout.
@@ -350,8 +352,16 @@ struct Packed {
 
 const HEAD: usize = 1;
 
-/// A field's fixed-size part: lengths, node index, time.
-const FIXED: usize = 3 + 8;
+/// A field's fixed-size part: lengths, node index.
+const FIXED: usize = 3;
+
+/// Where the varint at `at` ends.
+fn skip_varint(buf: &[u8], mut at: usize) -> usize {
+    while buf[at] & 0x80 != 0 {
+        at += 1;
+    }
+    at + 1
+}
 
 fn put_varint(out: &mut Vec<u8>, mut n: u64) {
     while n >= 0x80 {
@@ -398,8 +408,20 @@ impl Packed {
         NodeId(u64::from_le_bytes(b))
     }
 
-    fn first(&self) -> usize {
+    /// Where the base time is.
+    fn base_at(&self) -> usize {
         HEAD + 8 * self.nodes()
+    }
+
+    fn base(&self) -> u64 {
+        let at = self.base_at();
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.buf[at..at + 8]);
+        u64::from_le_bytes(b)
+    }
+
+    fn first(&self) -> usize {
+        self.base_at() + 8
     }
 
     fn iter(&self) -> PackedIter<'_> {
@@ -414,11 +436,10 @@ impl Packed {
     fn field_at(&self, at: usize) -> (PackedField<'_>, usize) {
         let b = &self.buf;
         let (flen, vlen, ix) = (usize::from(b[at]), usize::from(b[at + 1]), b[at + 2]);
-        let mut t = [0u8; 8];
-        t.copy_from_slice(&b[at + 3..at + FIXED]);
-        let time = u64::from_le_bytes(t);
-        let (extra, used) = get_varint(&b[at + FIXED..]);
-        let start = at + FIXED + used;
+        let (since, used) = get_varint(&b[at + FIXED..]);
+        let time = self.base().wrapping_add(since);
+        let (extra, more) = get_varint(&b[at + FIXED + used..]);
+        let start = at + FIXED + used + more;
         let field = &b[start..start + flen];
         let value = &b[start + flen..start + flen + vlen];
         let f = PackedField {
@@ -439,12 +460,7 @@ impl Packed {
         let mut at = self.first();
         for _ in 0..self.count() {
             let (flen, vlen) = (usize::from(b[at]), usize::from(b[at + 1]));
-            // The varint's last byte is the first below 0x80.
-            let mut start = at + FIXED;
-            while b[start] & 0x80 != 0 {
-                start += 1;
-            }
-            start += 1;
+            let start = skip_varint(b, skip_varint(b, at + FIXED));
             // The last byte first: fields often share a prefix (`field1`).
             if flen == field.len()
                 && (flen == 0 || b[start + flen - 1] == field[flen - 1])
@@ -476,21 +492,24 @@ impl Packed {
         }
         let mut nodes: Vec<NodeId> = Vec::new();
         let mut body = 0;
+        let mut base = u64::MAX;
         for (k, e) in m {
             let w = packable(k.bytes(), e)?;
             if !nodes.contains(&w.dot.node) {
                 nodes.push(w.dot.node);
             }
-            body += FIXED + 10 + k.bytes().len() + w.value.0.len();
+            base = base.min(w.time);
+            body += FIXED + 20 + k.bytes().len() + w.value.0.len();
         }
         if nodes.len() > PACK_MAX_NODES {
             return None;
         }
-        let mut out = Vec::with_capacity(HEAD + 8 * nodes.len() + body);
+        let mut out = Vec::with_capacity(HEAD + 8 * nodes.len() + 8 + body);
         out.push(nodes.len() as u8);
         for n in &nodes {
             out.extend_from_slice(&n.0.to_le_bytes());
         }
+        out.extend_from_slice(&base.to_le_bytes());
         for (k, e) in m {
             let w = &e.writes[0];
             let ix = nodes.iter().position(|n| *n == w.dot.node).unwrap_or(0);
@@ -499,7 +518,7 @@ impl Packed {
                 k.bytes(),
                 &w.value.0,
                 ix as u8,
-                w.time,
+                w.time - base,
                 w.dot.n - w.time,
             );
         }
@@ -530,12 +549,39 @@ impl Packed {
         let found = self.offset_of(field);
         let old = found.map(|at| self.field_at(at));
         let old_dot = old.map(|(f, _)| f.dot);
-        if let (Some(at), Some((f, end)), Some(ix)) = (found, old, ix) {
-            // The same size (a value of the same length, a dot as far
-            // from its time): rewritten where it stands.
-            if f.value.len() == value.len() && f.dot.n - f.time == dot.n - time {
-                let mut entry = Vec::with_capacity(end - at);
-                put_field(&mut entry, field, value, ix as u8, time, dot.n - time);
+        let base = self.base();
+        if time < base {
+            // Older than every field here (a clock behind a peer's):
+            // packed anew around a lower base. Rare.
+            let mut m = self.unpack();
+            let fresh = m
+                .insert(
+                    EKey::new(field),
+                    PackedField {
+                        field,
+                        value,
+                        dot,
+                        time,
+                    }
+                    .to_elem(),
+                )
+                .is_none();
+            *self = Packed::from_map(&m)?;
+            return Some((fresh, old_dot));
+        }
+        if let (Some(at), Some((_, end)), Some(ix)) = (found, old, ix) {
+            // The same size (a value of the same length, times as far
+            // apart): rewritten where it stands.
+            let mut entry = Vec::with_capacity(end - at);
+            put_field(
+                &mut entry,
+                field,
+                value,
+                ix as u8,
+                time - base,
+                dot.n - time,
+            );
+            if entry.len() == end - at {
                 self.buf[at..end].copy_from_slice(&entry);
                 return Some((false, old_dot));
             }
@@ -559,16 +605,17 @@ impl Packed {
             }
         };
         let grow_head = if ix.is_none() { 8 } else { 0 };
-        let size = FIXED + varint_len(dot.n - time) + field.len() + value.len();
+        let size =
+            FIXED + varint_len(time - base) + varint_len(dot.n - time) + field.len() + value.len();
         let mut out = Vec::with_capacity(self.buf.len() + grow_head + size - (end - at));
         out.push((nodes + usize::from(ix.is_none())) as u8);
-        out.extend_from_slice(&self.buf[HEAD..self.first()]);
+        out.extend_from_slice(&self.buf[HEAD..self.base_at()]);
         if ix.is_none() {
             out.extend_from_slice(&dot.node.0.to_le_bytes());
         }
-        out.extend_from_slice(&self.buf[self.first()..at]);
+        out.extend_from_slice(&self.buf[self.base_at()..at]);
         let ix = ix.unwrap_or(nodes) as u8;
-        put_field(&mut out, field, value, ix, time, dot.n - time);
+        put_field(&mut out, field, value, ix, time - base, dot.n - time);
         out.extend_from_slice(&self.buf[end..]);
         self.buf = out.into_boxed_slice();
         self.count += u16::from(fresh);
@@ -581,11 +628,12 @@ fn varint_len(n: u64) -> usize {
     (64 - n.max(1).leading_zeros() as usize).div_ceil(7)
 }
 
-fn put_field(out: &mut Vec<u8>, field: &[u8], value: &[u8], ix: u8, time: u64, extra: u64) {
+/// A field's bytes: `since` is its time less the buffer's base.
+fn put_field(out: &mut Vec<u8>, field: &[u8], value: &[u8], ix: u8, since: u64, extra: u64) {
     out.push(field.len() as u8);
     out.push(value.len() as u8);
     out.push(ix);
-    out.extend_from_slice(&time.to_le_bytes());
+    put_varint(out, since);
     put_varint(out, extra);
     out.extend_from_slice(field);
     out.extend_from_slice(value);

@@ -390,7 +390,10 @@ fn a_hash_allocates_no_part_of_the_other_kinds() {
     };
     assert_eq!(others_made(&here), (false, false, false, false));
     assert_eq!(here.coll().unwrap().len(Kind::Hash), 1);
-    assert!(here.extras.is_none(), "no expiry, counter or floor: no extras");
+    assert!(
+        here.extras.is_none(),
+        "no expiry, counter or floor: no extras"
+    );
 
     let mut set = KeyState::default();
     let d = set.coll_write(t0, Kind::Set, |c, d| c.sadd_into(d, t0, b"m"));
