@@ -8,8 +8,9 @@
 //! (sessions, user records) and written by one node at a time, so each
 //! field holds one write and no counter: that is what packs. A field
 //! packs as its lengths, the index of its writer in the buffer's node
-//! table, its write's time, its dot's distance from that time, and the
-//! field's and value's bytes: some 12 bytes besides the data.
+//! table, its write's time as a distance from the buffer's base time, its
+//! dot's distance from that time, and the field's and value's bytes: 5 to
+//! 9 bytes besides the data.
 //!
 //! The packed form is storage only. The buffer keeps the fields in the
 //! map's order (stable hash, then bytes), so iteration, SCAN cursors and
