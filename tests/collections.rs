@@ -731,3 +731,37 @@ fn small_hashes_pack_and_unpack_as_they_change() {
     assert_eq!(q::<Option<String>>(&mut c, &["HGET", "h", "field0"]), None);
     assert_eq!(q::<String>(&mut c, &["HGET", "h", "field19"]), "v-field19");
 }
+
+/// A small hash written by one command costs little: no extras box once
+/// the node's GC floor passes its creation (CRDT.STATE shows no expiry
+/// field), and MEMORY USAGE of ten short fields stays under 60 bytes a
+/// field (846 bytes for the ten before the key's unused parts became null
+/// pointers and the packed times distances; redis-server's listpack: 41
+/// bytes a field of RSS, docs/benchmarks.md).
+#[test]
+fn a_small_hash_carries_no_room_it_does_not_use() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut args = vec!["HSET".to_string(), "user:1".to_string()];
+    for i in 0..10 {
+        args.extend([format!("fld{i:03}"), format!("value-{i:010}")]);
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    assert_eq!(q::<i64>(&mut c, &args), 10);
+    assert_eq!(
+        q::<String>(&mut c, &["OBJECT", "ENCODING", "user:1"]),
+        "packed-ormap"
+    );
+    let state: BTreeMap<String, redis::Value> = q(&mut c, &["CRDT.STATE", "user:1"]);
+    assert_eq!(
+        state["expiry_field"],
+        redis::Value::BulkString(b"0@0@0000000000000000".to_vec()),
+        "the creation's persist is compacted away"
+    );
+    let usage: i64 = q(&mut c, &["MEMORY", "USAGE", "user:1"]);
+    assert!(usage <= 600, "MEMORY USAGE of ten fields: {usage} bytes");
+    assert_eq!(
+        q::<String>(&mut c, &["HGET", "user:1", "fld007"]),
+        "value-0000000007"
+    );
+}
