@@ -93,19 +93,7 @@ fn values_larger_than_a_fragment_converge() {
 /// some nodes only; docs/simulation.md): `--no-repair` fails it.
 #[test]
 fn a_seed_that_diverges_without_repair_converges() {
-    let seed = 100837;
-    let out = run(&Options {
-        seed,
-        nodes: 3,
-        ops: 300,
-        faults: ALL.to_vec(),
-    });
-    if let Some(f) = out.failure {
-        panic!(
-            "seed {seed} failed ({}): {}\nreplay: cargo run --release -p chorus-sim -- --seed {seed} --nodes 3 --ops 300 --faults all --trace",
-            f.kind, f.detail
-        );
-    }
+    assert_seed_of_every_class_passes(100837);
 }
 
 /// A key deleted by a later life of its writer's node stays deleted on a
@@ -115,7 +103,11 @@ fn a_seed_that_diverges_without_repair_converges() {
 /// (docs/simulation.md, seed 102).
 #[test]
 fn a_key_deleted_by_a_later_life_stays_deleted_on_a_restored_node() {
-    let seed = 102;
+    assert_seed_of_every_class_passes(102);
+}
+
+/// One seed of `--faults all`, three nodes, 300 operations.
+fn assert_seed_of_every_class_passes(seed: u64) {
     let out = run(&Options {
         seed,
         nodes: 3,

@@ -1179,6 +1179,17 @@ async fn sender(
     }
 }
 
+/// `origin`'s heartbeat as the wire says it: our own, or one passed on.
+fn heartbeat_msg(origin: NodeId, hb: Heartbeat) -> ReplMsg {
+    ReplMsg::Heartbeat {
+        origin,
+        seq: hb.seq,
+        promise: hb.promise,
+        stable: hb.stable,
+        retired: hb.retired,
+    }
+}
+
 async fn serve_peer(
     ks: &Arc<Keyspace>,
     repl: &Replicator,
@@ -1224,14 +1235,7 @@ async fn serve_peer(
             info.sent_seq.store(frames.last, Ordering::Relaxed);
         }
         if let Some(hb) = plan.heartbeat.take() {
-            live.send(&send_msg(&ReplMsg::Heartbeat {
-                origin: me,
-                seq: hb.seq,
-                promise: hb.promise,
-                stable: hb.stable,
-                retired: hb.retired,
-            })?)
-            .await?;
+            live.send(&send_msg(&heartbeat_msg(me, hb))?).await?;
         }
         let messages = outbox.outbox.take_through(state.sent_seq());
         if !messages.is_empty() {
@@ -1247,14 +1251,7 @@ async fn serve_peer(
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
         }
         for (origin, hb) in plan.passed_on.drain(..) {
-            live.send(&send_msg(&ReplMsg::Heartbeat {
-                origin,
-                seq: hb.seq,
-                promise: hb.promise,
-                stable: hb.stable,
-                retired: hb.retired,
-            })?)
-            .await?;
+            live.send(&send_msg(&heartbeat_msg(origin, hb))?).await?;
         }
         let log = repl.log.get().filter(|_| log_waits < LOG_WAITS_MAX);
         if let (true, Some(from), Some(log)) = (plan.transfer, plan.trimmed_from, log) {
