@@ -2,7 +2,9 @@
 # Two Chorus builds in paired runs: an A/B that this noisy VM can resolve.
 #
 #   bench/paired.sh OLD_BINARY NEW_BINARY
+#   bench/paired.sh redis target/release/chorus   # against redis-server, paired the same way
 #   PAIRS=81 TESTS=set,get,incr bench/paired.sh /tmp/old-target/release/chorus target/release/chorus
+#   TESTS="incr,HGET myhash element:__rand_int__" bench/paired.sh ...   # tests or whole commands
 #   NEW_ARGS="--appendonly yes --appendfsync everysec" TESTS=set,incr \
 #       bench/paired.sh target/release/chorus target/release/chorus   # what the log costs
 #
@@ -26,10 +28,18 @@ OLD_ARGS=${OLD_ARGS:-}
 NEW_ARGS=${NEW_ARGS:-}
 
 source bench/common.sh
-ensure_tools "redis-benchmark redis-cli" "redis-tools"
+ensure_tools "redis-server redis-benchmark redis-cli" "redis-server redis-tools"
 
 start() { # start BINARY ARGS -> port
     local port args; port=$(free_port)
+    if [ "$1" = redis ]; then
+        taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+            --daemonize no --logfile /dev/null $2 >/dev/null 2>&1 &
+        PIDS+=($!)
+        wait_ready "$port"
+        echo "$port"
+        return
+    fi
     read -ra args <<< "$2"
     case " $2 " in
         *" --appendonly yes "*) mkdir -p "$WORK/dir-$port"; args+=(--dir "$WORK/dir-$port") ;;
@@ -39,8 +49,10 @@ start() { # start BINARY ARGS -> port
     wait_ready "$port"
     echo "$port"
 }
-rps() { # rps PORT TEST
-    taskset -c 1 redis-benchmark -p "$1" -c 50 -P 16 -n "$N" -r 100000 -t "$2" --csv 2>/dev/null \
+rps() { # rps PORT TEST: TEST is a redis-benchmark test name (incr) or a command (INCR k:__rand_int__)
+    local what
+    if [[ "$2" == *" "* ]]; then read -ra what <<< "$2"; else what=(-t "$2"); fi
+    taskset -c 1 redis-benchmark -p "$1" -c 50 -P 16 -n "$N" -r 100000 --csv "${what[@]}" 2>/dev/null \
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}'
 }
 
@@ -52,18 +64,19 @@ echo "new/old, median of $PAIRS paired runs (-n $N -r 100000 -c 50 -P 16; server
 printf '%-8s %8s %8s %8s %14s %14s\n' test median low high old-median new-median
 IFS=',' read -ra tests <<< "$TESTS"
 for t in "${tests[@]}"; do
-    : > "$WORK/$t"
+    f="$WORK/pairs"
+    : > "$f"
     for i in $(seq 1 "$PAIRS"); do
         if [ $((i % 2)) = 0 ]; then
             o=$(rps "$old" "$t"); n=$(rps "$new" "$t")
         else
             n=$(rps "$new" "$t"); o=$(rps "$old" "$t")
         fi
-        echo "$o $n" >> "$WORK/$t"
+        echo "$o $n" >> "$f"
     done
-    ratio=$(awk '{print $2 / $1}' "$WORK/$t" | sort -g)
-    o=$(awk '{print $1}' "$WORK/$t" | median)
-    n=$(awk '{print $2}' "$WORK/$t" | median)
+    ratio=$(awk '{print $2 / $1}' "$f" | sort -g)
+    o=$(awk '{print $1}' "$f" | median)
+    n=$(awk '{print $2}' "$f" | median)
     echo "$ratio" | awk -v t="$t" -v o="$o" -v n="$n" '{r[NR] = $1}
         END {printf "%-8s %8.3f %8.3f %8.3f %14.0f %14.0f\n", t, r[int((NR + 1) / 2)], r[1], r[NR], o, n}'
 done

@@ -302,6 +302,27 @@ async fn admit<S: AsyncRead + AsyncWrite + Unpin>(
 
 pub use crate::resp::REPLY_BATCH_BYTES;
 
+/// A request's key and where the request after it starts, as offsets in
+/// the connection's input: what a prefetch needs of it.
+struct Peek {
+    key: std::ops::Range<usize>,
+    end: Option<usize>,
+    /// Where its lookup goes, once the first prefetch worked it out.
+    hint: Option<crate::keyspace::KeyHint>,
+}
+
+/// [`resp::peek_request`] of the request at `at` in `input`, each request
+/// read once for the two prefetches it serves.
+fn peek_at(input: &[u8], at: usize) -> Option<Peek> {
+    let (key, len) = resp::peek_request(input.get(at..)?)?;
+    let start = key.as_ptr() as usize - input.as_ptr() as usize;
+    Some(Peek {
+        key: start..start + key.len(),
+        end: len.map(|l| at + l),
+        hint: None,
+    })
+}
+
 /// Why a connection loop closed its client on its own.
 enum Verdict {
     /// Its replies went past the `normal` class's hard limit, or stayed
@@ -350,6 +371,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             let mut waits = false;
             {
                 let _batch = server.node.ks.batch();
+                // The request after the next one, peeked for its prefetch:
+                // where it starts, and what `peek_at` found there.
+                let mut peeked: (usize, Option<Peek>) = (usize::MAX, None);
                 while input.len() - consumed >= need
                     && !session.close
                     && out.buf.len() < REPLY_BATCH_BYTES
@@ -384,11 +408,20 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             // ahead; the entries of the next one, whose
                             // chunk came in during the previous command).
                             let ks = &server.node.ks;
-                            if let Some((next, len)) = resp::peek_request(&input[consumed..]) {
-                                ks.prefetch_entries(session.db, next);
-                                let after = len.and_then(|l| input.get(consumed + l..));
-                                if let Some(after) = after.and_then(resp::peek_key) {
-                                    ks.prefetch(session.db, after);
+                            let next = match peeked {
+                                (at, next) if at == consumed => next,
+                                _ => peek_at(&input, consumed),
+                            };
+                            peeked = (usize::MAX, None);
+                            if let Some(next) = next {
+                                ks.prefetch_entries(session.db, &input[next.key], next.hint);
+                                if let Some(at) = next.end {
+                                    let mut second = peek_at(&input, at);
+                                    if let Some(second) = &mut second {
+                                        second.hint =
+                                            ks.prefetch(session.db, &input[second.key.clone()]);
+                                    }
+                                    peeked = (at, second);
                                 }
                             }
                             commands += 1;

@@ -189,11 +189,12 @@ impl KeyMap {
         })
     }
 
-    /// Asks the CPU to bring in the entries a lookup of `key` will read
+    /// Asks the CPU to bring in the entries a lookup of the key whose hash
+    /// is `hash` will read
     /// (its chunk should be in the cache already: see [`KeyMap::hint`]).
-    pub fn prefetch_entries(&self, key: &[u8]) {
+    pub fn prefetch_entries(&self, hash: u64) {
         let slab = &self.slab;
-        self.table.candidates(self.hash(key), |p| {
+        self.table.candidates(hash, |p| {
             if let Some(at) = slab.address(p) {
                 crate::keytable::prefetch(at);
                 crate::keytable::prefetch(at + std::mem::size_of::<Option<Entry>>() - 1);

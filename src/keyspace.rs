@@ -753,6 +753,14 @@ impl Writer<'_> {
     }
 }
 
+/// Where a key's lookup goes (its shard, and its hash in the shard's
+/// maps), worked out once for the prefetches ahead of its command.
+#[derive(Clone, Copy, Debug)]
+pub struct KeyHint {
+    shard: usize,
+    hash: u64,
+}
+
 pub struct Keyspace {
     shards: Box<[Mutex<Shard>]>,
     /// Where each shard's map of each database keeps its table, by
@@ -814,6 +822,10 @@ pub struct Keyspace {
 /// The shards one command holds, in index order.
 pub struct Locked<'a> {
     guards: SmallVec<[(usize, MutexGuard<'a, Shard>); 2]>,
+    /// The key a single-key command locked for, by address and length, and
+    /// its shard: the command's own lookups of that very slice need not
+    /// hash it again.
+    known: Option<(usize, usize, usize)>,
 }
 
 #[cfg(debug_assertions)]
@@ -836,7 +848,24 @@ impl<'a> Locked<'a> {
         if !guards.is_empty() {
             SHARD_SETS_HELD.with(|n| n.set(n.get() + 1));
         }
-        Locked { guards }
+        Locked {
+            guards,
+            known: None,
+        }
+    }
+
+    /// The shard holding `key`, which `shard_of` names: the one worked out
+    /// when the lock was taken if `key` is that very slice.
+    pub fn shard_for(
+        &mut self,
+        key: &[u8],
+        shard_of: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<&mut Shard, NotLocked> {
+        let index = match self.known {
+            Some((at, len, index)) if at == key.as_ptr() as usize && len == key.len() => index,
+            _ => shard_of(key),
+        };
+        self.shard(index)
     }
 }
 
@@ -885,6 +914,7 @@ impl<'a> Locked<'a> {
     pub fn empty() -> Locked<'a> {
         Locked {
             guards: SmallVec::new(),
+            known: None,
         }
     }
 
@@ -993,24 +1023,33 @@ impl Keyspace {
     }
 
     /// Brings the start of `key`'s lookup in database `db` into the CPU's
-    /// cache, without a lock: a connection calls it for the next request
-    /// it holds before running the current one.
-    pub fn prefetch(&self, db: usize, key: &[u8]) {
+    /// cache, without a lock: a connection calls it for the request after
+    /// the next one it holds before running the current one. Returns where
+    /// the lookup goes, for that request's [`Keyspace::prefetch_entries`].
+    pub fn prefetch(&self, db: usize, key: &[u8]) -> Option<KeyHint> {
         if db >= self.databases {
-            return;
+            return None;
         }
-        let hint = &self.hints[self.shard_of(key) * self.databases + db];
-        hint.prefetch(self.maps_hasher.hash_one(key));
+        let hint = KeyHint {
+            shard: self.shard_of(key),
+            hash: self.maps_hasher.hash_one(key),
+        };
+        self.hints[hint.shard * self.databases + db].prefetch(hint.hash);
+        Some(hint)
     }
 
     /// Asks the CPU to bring in the entries a lookup of `key` in `db` will
     /// read, once its chunk came in (a [`Keyspace::prefetch`] one request
-    /// earlier). Reads the table, so under the shard's lock: skipped when
-    /// another thread holds it.
-    pub fn prefetch_entries(&self, db: usize, key: &[u8]) {
-        if let Some(shard) = self.shards[self.shard_of(key)].try_lock() {
+    /// earlier, whose answer is `hint`). Reads the table, so under the
+    /// shard's lock: skipped when another thread holds it.
+    pub fn prefetch_entries(&self, db: usize, key: &[u8], hint: Option<KeyHint>) {
+        let hint = hint.unwrap_or_else(|| KeyHint {
+            shard: self.shard_of(key),
+            hash: self.maps_hasher.hash_one(key),
+        });
+        if let Some(shard) = self.shards[hint.shard].try_lock() {
             if let Some(d) = shard.dbs.get(db) {
-                d.map.prefetch_entries(key);
+                d.map.prefetch_entries(hint.hash);
             }
         }
     }
@@ -1320,6 +1359,15 @@ impl Keyspace {
                 .map(|i| (i, self.shards[i].lock()))
                 .collect(),
         )
+    }
+
+    /// Locks the shard holding `key`, for a command on that key alone.
+    pub fn lock_key(&self, key: &[u8]) -> Locked<'_> {
+        let index = self.shard_of(key);
+        assert_no_shard_held();
+        let mut locked = Locked::held(smallvec::smallvec![(index, self.shards[index].lock())]);
+        locked.known = Some((key.as_ptr() as usize, key.len(), index));
+        locked
     }
 
     pub fn lock_all(&self) -> Locked<'_> {
@@ -1685,7 +1733,7 @@ impl Keyspace {
         f: impl FnOnce(&mut Writer<'_>) -> R,
     ) -> Result<R, NotLocked> {
         let acked = self.gc_acked();
-        let shard = locked.shard(self.shard_of(key))?;
+        let shard = locked.shard_for(key, |k| self.shard_of(k))?;
         if self.tracking {
             self.local_writes.fetch_add(1, Ordering::Relaxed);
         }
@@ -1811,7 +1859,7 @@ impl Keyspace {
         now_ms: u64,
     ) -> Result<(), NotLocked> {
         let due = {
-            let shard = locked.shard(self.shard_of(key))?;
+            let shard = locked.shard_for(key, |k| self.shard_of(k))?;
             shard.dbs[db]
                 .indexed(key)
                 .is_some_and(|s| s.is_expired(now_ms) && s.exists(0))

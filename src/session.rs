@@ -188,6 +188,9 @@ pub struct Session {
     pub tracking: Option<crate::tracking::TrackingGuard>,
     /// CLIENT CACHING's word for the next command (OPTIN, OPTOUT).
     pub caching: Option<bool>,
+    /// The command this client ran last: a pipeline mostly repeats one,
+    /// and a comparison of its name costs less than a lookup.
+    pub last_spec: Option<&'static crate::cmd::Spec>,
 }
 
 impl Session {
@@ -218,6 +221,7 @@ impl Session {
             subs: None,
             tracking: None,
             caching: None,
+            last_spec: None,
         }
     }
 

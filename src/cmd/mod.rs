@@ -231,12 +231,19 @@ pub fn dispatch(
     args: &[&[u8]],
     now_ms: u64,
 ) -> Option<&'static str> {
-    let Some(spec) = lookup(args[0]) else {
-        if session.multi.is_some() {
-            session.multi_dirty = true;
+    let spec = match session.last_spec {
+        Some(last) if last.name.as_bytes().eq_ignore_ascii_case(args[0]) => last,
+        _ => {
+            let Some(spec) = lookup(args[0]) else {
+                if session.multi.is_some() {
+                    session.multi_dirty = true;
+                }
+                reply_error(server, out, &error::unknown_command(args));
+                return None;
+            };
+            session.last_spec = Some(spec);
+            spec
         }
-        reply_error(server, out, &error::unknown_command(args));
-        return None;
     };
     if let Err(e) = admit(session, out.resp3, spec, args) {
         if session.multi.is_some() {
@@ -283,6 +290,9 @@ pub fn dispatch(
         Keys::None => Locked::empty(),
         Keys::All => ks.lock_all(),
         Keys::Queued => multi::lock_queued(ks, session),
+        Keys::At {
+            first: 1, last: 1, ..
+        } if args.len() > 1 => ks.lock_key(args[1]),
         Keys::At { .. } => {
             let mut shards = SmallVec::new();
             shards_for(ks, spec, args, &mut shards);
@@ -424,7 +434,7 @@ impl<'s> Exec<'s, '_> {
         let acked = self.ks.gc_acked();
         for i in spec.key_positions(args.len()) {
             let Some(key) = args.get(i) else { continue };
-            let Ok(shard) = self.locked.shard(self.ks.shard_of(key)) else {
+            let Ok(shard) = self.locked.shard_for(key, |k| self.ks.shard_of(k)) else {
                 continue;
             };
             let d = &mut shard.dbs[db];
@@ -466,7 +476,7 @@ impl<'s> Exec<'s, '_> {
     pub fn db(&mut self, key: &[u8]) -> Result<&mut Db, Error> {
         let db = self.session.db;
         let acked = self.ks.gc_acked();
-        let shard = self.locked.shard(self.ks.shard_of(key))?;
+        let shard = self.locked.shard_for(key, |k| self.ks.shard_of(k))?;
         let d = &mut shard.dbs[db];
         if d.cold_keys > 0 {
             d.warm(key, acked);
@@ -485,7 +495,7 @@ impl<'s> Exec<'s, '_> {
     pub fn visible_in_index(&mut self, key: &[u8]) -> Result<Option<&KeyState>, Error> {
         let now = self.now_ms;
         let db = self.session.db;
-        let shard = self.locked.shard(self.ks.shard_of(key))?;
+        let shard = self.locked.shard_for(key, |k| self.ks.shard_of(k))?;
         Ok(shard.dbs[db].indexed(key).filter(|s| s.exists(now)))
     }
 
@@ -510,7 +520,7 @@ impl<'s> Exec<'s, '_> {
     pub fn coll(&mut self, key: &[u8], kind: Kind) -> Result<(Option<&Coll>, &mut Reply), Error> {
         let now = self.now_ms;
         let db = self.session.db;
-        let shard = self.locked.shard(self.ks.shard_of(key))?;
+        let shard = self.locked.shard_for(key, |k| self.ks.shard_of(k))?;
         let out = &mut *self.out;
         let Some(state) = shard.dbs[db].get(key) else {
             return Ok((None, out));
