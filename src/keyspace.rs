@@ -596,7 +596,7 @@ impl Writer<'_> {
         kind: Kind,
         op: impl FnOnce(&mut Coll, Option<&mut Coll>, Stamp) -> Option<R>,
     ) -> Option<R> {
-        if self.key_type() != Some(KeyType::Coll(kind)) || self.state.has_hidden_parts() {
+        if !self.state.shows_only(kind, self.now_ms) {
             return None;
         }
         let stamp = self.stamp();
@@ -1738,8 +1738,12 @@ impl Keyspace {
             self.local_writes.fetch_add(1, Ordering::Relaxed);
         }
         let floor = shard.dbs[db].floor;
+        // Whether the key existed before and after: only keyspace
+        // notifications read it (one turned on mid-command is told from
+        // the next).
+        let notifying = self.notify.load(Ordering::Relaxed) != 0;
         let (result, outcome) = shard.dbs[db].change(key, acked, |state| {
-            let existed = state.exists(now_ms);
+            let existed = notifying && state.exists(now_ms);
             let mut w = Writer {
                 state,
                 ks: self,
@@ -1761,7 +1765,8 @@ impl Keyspace {
                 w.wrote = false;
             }
             let result = f(&mut w);
-            let outcome = (existed, w.state.exists(now_ms), expired, w.wrote);
+            let exists = notifying && w.state.exists(now_ms);
+            let outcome = (existed, exists, expired, w.wrote);
             (result, outcome)
         });
         let (_, _, expired, wrote) = outcome;

@@ -486,6 +486,18 @@ impl KeyState {
         c.visible().map(KeyType::Coll)
     }
 
+    /// Whether the key shows a collection of `kind` at `now_ms` (0: ever)
+    /// and holds no other part: `key_type` is that collection and
+    /// [`KeyState::has_hidden_parts`] is false, told with one pass.
+    pub fn shows_only(&self, kind: Kind, now_ms: u64) -> bool {
+        if (now_ms != 0 && self.is_expired(now_ms)) || self.reg.value.is_some() || self.has_counts()
+        {
+            return false;
+        }
+        self.coll()
+            .is_some_and(|c| Kind::ALL.into_iter().all(|k| (c.len(k) > 0) == (k == kind)))
+    }
+
     /// Whether the state holds a part the key does not show (a string
     /// under a collection, or the elements of another collection).
     pub fn has_hidden_parts(&self) -> bool {

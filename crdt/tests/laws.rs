@@ -513,6 +513,13 @@ proptest! {
             Delta::Flush { .. } => None,
         });
         for state in replicas.iter().flat_map(|r| r.keys.values()).chain(deltas) {
+            // The in-place write's one-pass test reads as its two parts.
+            for kind in Kind::ALL {
+                prop_assert_eq!(
+                    state.shows_only(kind, 0),
+                    state.key_type(0) == Some(KeyType::Coll(kind)) && !state.has_hidden_parts()
+                );
+            }
             let mut direct = vec![chorus_crdt::codec::FORMAT_VERSION];
             chorus_crdt::codec::append_state(&mut direct, state).expect("encodes");
             prop_assert_eq!(direct, chorus_crdt::encode(state).expect("encodes"));
