@@ -534,6 +534,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             handle
                 .buffers
                 .store(input.capacity() + out.buf.capacity(), Ordering::Relaxed);
+            // The replies wait until the other clients with requests in
+            // have run theirs, as Redis writes its replies before it sleeps:
+            // a client then wakes for many replies at once, where a write per
+            // task as each finished woke it (a cross-CPU wake-up, dear in a
+            // VM) for nearly every one.
+            tokio::task::yield_now().await;
             // A subscriber that stops reading must not keep its task in a
             // write while its mailbox overflows.
             let sent = tokio::select! {
