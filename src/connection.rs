@@ -11,7 +11,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smallvec::SmallVec;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -395,8 +394,17 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 Source::Buffer => &input[consumed..consumed + len],
                                 Source::Scratch => &scratch,
                             };
-                            let argv: SmallVec<[&[u8]; 8]> =
-                                ranges.iter().map(|r| &base[r.clone()]).collect();
+                            let mut few: [&[u8]; 8] = [&[]; 8];
+                            let many: Vec<&[u8]>;
+                            let argv: &[&[u8]] = if ranges.len() <= few.len() {
+                                for (arg, r) in few.iter_mut().zip(ranges.iter()) {
+                                    *arg = &base[r.clone()];
+                                }
+                                &few[..ranges.len()]
+                            } else {
+                                many = ranges.iter().map(|r| &base[r.clone()]).collect();
+                                &many
+                            };
                             consumed += len;
                             need = 1;
                             if argv.is_empty() {
@@ -429,9 +437,8 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             // reply (an UNSUBSCRIBE's, say).
                             handle.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
                             last_cmd =
-                                crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
+                                crate::cmd::dispatch(server, &mut session, &mut out, argv, now_ms)
                                     .or(last_cmd);
-                            drop(argv);
                             if session.blocked.is_some()
                                 || session.sleep.is_some()
                                 || session.wait.is_some()

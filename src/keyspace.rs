@@ -1032,7 +1032,7 @@ impl Keyspace {
         }
         let hint = KeyHint {
             shard: self.shard_of(key),
-            hash: self.maps_hasher.hash_one(key),
+            hash: crate::keymap::key_hash(&self.maps_hasher, key),
         };
         self.hints[hint.shard * self.databases + db].prefetch(hint.hash);
         Some(hint)
@@ -1045,7 +1045,7 @@ impl Keyspace {
     pub fn prefetch_entries(&self, db: usize, key: &[u8], hint: Option<KeyHint>) {
         let hint = hint.unwrap_or_else(|| KeyHint {
             shard: self.shard_of(key),
-            hash: self.maps_hasher.hash_one(key),
+            hash: crate::keymap::key_hash(&self.maps_hasher, key),
         });
         if let Some(shard) = self.shards[hint.shard].try_lock() {
             if let Some(d) = shard.dbs.get(db) {
@@ -2127,7 +2127,8 @@ mod tests {
             assert_eq!(shard, shard_of_bucket(bucket_of(key.as_bytes())));
             per_shard[shard] += 1;
             if shard == 0 {
-                low_bits_in_shard0.insert(maps_hasher.hash_one(key.as_bytes()) & 0xff);
+                low_bits_in_shard0
+                    .insert(crate::keymap::key_hash(&maps_hasher, key.as_bytes()) & 0xff);
             }
         }
         assert!(per_shard.iter().all(|&n| n > 150), "{per_shard:?}");

@@ -177,6 +177,16 @@ pub fn parse_resuming(
 #[inline]
 fn quick_count(buf: &[u8], at: usize) -> Option<(usize, usize)> {
     let digits = buf.get(at + 1..)?;
+    // Most counts are one or two digits: read them without the loop.
+    if let [a @ b'1'..=b'9', rest @ ..] = digits {
+        match rest {
+            [b'\r', b'\n', ..] => return Some(((a - b'0') as usize, at + 4)),
+            [b @ b'0'..=b'9', b'\r', b'\n', ..] => {
+                return Some(((a - b'0') as usize * 10 + (b - b'0') as usize, at + 5))
+            }
+            _ => {}
+        }
+    }
     let mut n = 0usize;
     let mut i = 0;
     while let Some(&b) = digits.get(i) {
@@ -499,10 +509,14 @@ impl Reply {
     }
 
     fn header(&mut self, prefix: u8, n: i64) {
-        self.buf.push(prefix);
-        self.buf
-            .extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
-        self.buf.extend_from_slice(b"\r\n");
+        // One copy into the buffer: the line is at most 23 bytes.
+        let mut line = [0u8; 24];
+        let mut itoa = itoa::Buffer::new();
+        let digits = itoa.format(n).as_bytes();
+        line[0] = prefix;
+        line[1..1 + digits.len()].copy_from_slice(digits);
+        line[1 + digits.len()..3 + digits.len()].copy_from_slice(b"\r\n");
+        self.buf.extend_from_slice(&line[..3 + digits.len()]);
     }
 
     pub fn ok(&mut self) {
@@ -711,17 +725,20 @@ mod tests {
             digits in "[0-9]{0,20}",
             tail in proptest::sample::select(vec!["\r\n", "\r", "", "\n", "x\r\n", "\r\r\n"]),
             n in 0u64..1_000_000_000_000_000_000,
+            small in 0u64..120,
         ) {
             let buf = format!("${sign}{digits}{tail}").into_bytes();
             if let Some((count, after)) = quick_count(&buf, 0) {
                 let exact = count_line(&buf, 0, DEFAULT_MAX_INLINE, "too big", "invalid");
                 proptest::prop_assert_eq!(exact, Ok(Some((count as i64, after))));
             }
-            let common = format!("${n}\r\n");
-            proptest::prop_assert_eq!(
-                quick_count(common.as_bytes(), 0),
-                Some((n as usize, common.len()))
-            );
+            for n in [n, small] {
+                let common = format!("${n}\r\n");
+                proptest::prop_assert_eq!(
+                    quick_count(common.as_bytes(), 0),
+                    Some((n as usize, common.len()))
+                );
+            }
         }
     }
 
