@@ -187,7 +187,8 @@ fn quick_count(buf: &[u8], at: usize) -> Option<(usize, usize)> {
             _ => {}
         }
     }
-    let mut n = 0usize;
+    // In u64 whatever the target: 18 digits would overflow a 32-bit usize.
+    let mut n = 0u64;
     let mut i = 0;
     while let Some(&b) = digits.get(i) {
         let d = b.wrapping_sub(b'0');
@@ -197,13 +198,13 @@ fn quick_count(buf: &[u8], at: usize) -> Option<(usize, usize)> {
         if i == 18 {
             return None;
         }
-        n = n * 10 + d as usize;
+        n = n * 10 + u64::from(d);
         i += 1;
     }
     if i == 0 || (i > 1 && digits[0] == b'0') || digits.get(i..i + 2)? != b"\r\n" {
         return None;
     }
-    Some((n, at + 1 + i + 2))
+    Some((usize::try_from(n).ok()?, at + 1 + i + 2))
 }
 
 /// Reads a `<prefix><integer>\r\n` line starting at `at`; returns the value

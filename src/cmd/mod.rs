@@ -291,7 +291,9 @@ pub fn dispatch(
         Keys::All => ks.lock_all(),
         Keys::Queued => multi::lock_queued(ks, session),
         Keys::At {
-            first: 1, last: 1, ..
+            first: 1,
+            last: 1,
+            step: 1,
         } if args.len() > 1 => ks.lock_key(args[1]),
         Keys::At { .. } => {
             let mut shards = SmallVec::new();
