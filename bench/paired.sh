@@ -35,7 +35,7 @@ start() { # start BINARY ARGS -> port
     if [ "$1" = redis ]; then
         taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
             --daemonize no --logfile /dev/null $2 >/dev/null 2>&1 &
-        PIDS+=($!)
+        echo "$!" >> "$WORK/pids"
         wait_ready "$port"
         echo "$port"
         return
@@ -45,7 +45,7 @@ start() { # start BINARY ARGS -> port
         *" --appendonly yes "*) mkdir -p "$WORK/dir-$port"; args+=(--dir "$WORK/dir-$port") ;;
     esac
     taskset -c 0 "$1" server --port "$port" --server-threads 1 "${args[@]}" >/dev/null 2>&1 &
-    PIDS+=($!)
+    echo "$!" >> "$WORK/pids"
     wait_ready "$port"
     echo "$port"
 }
@@ -56,6 +56,9 @@ rps() { # rps PORT TEST: TEST is a redis-benchmark test name (incr) or a command
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}'
 }
 
+# `start` runs in a command substitution, a subshell whose PIDS the EXIT trap never sees: the
+# servers' pids go through a file instead.
+trap 'kill $(cat "$WORK/pids" 2>/dev/null) 2>/dev/null; cleanup' EXIT
 old=$(start "$OLD" "$OLD_ARGS")
 new=$(start "$NEW" "$NEW_ARGS")
 for port in "$old" "$new"; do rps "$port" set >/dev/null; done
