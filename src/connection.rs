@@ -11,6 +11,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chorus_crdt::digest::stable_hash;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
@@ -305,6 +306,8 @@ pub use crate::resp::REPLY_BATCH_BYTES;
 /// the connection's input: what a prefetch needs of it.
 struct Peek {
     key: std::ops::Range<usize>,
+    /// Its third argument, a field or member perhaps.
+    elem: Option<std::ops::Range<usize>>,
     end: Option<usize>,
     /// Where its lookup goes, once the first prefetch worked it out.
     hint: Option<crate::keyspace::KeyHint>,
@@ -313,11 +316,15 @@ struct Peek {
 /// [`resp::peek_request`] of the request at `at` in `input`, each request
 /// read once for the two prefetches it serves.
 fn peek_at(input: &[u8], at: usize) -> Option<Peek> {
-    let (key, len) = resp::peek_request(input.get(at..)?)?;
-    let start = key.as_ptr() as usize - input.as_ptr() as usize;
+    let peeked = resp::peek_request(input.get(at..)?)?;
+    let range = |arg: &[u8]| {
+        let start = arg.as_ptr() as usize - input.as_ptr() as usize;
+        start..start + arg.len()
+    };
     Some(Peek {
-        key: start..start + key.len(),
-        end: len.map(|l| at + l),
+        key: range(peeked.key),
+        elem: peeked.elem.map(range),
+        end: peeked.len.map(|l| at + l),
         hint: None,
     })
 }
@@ -415,14 +422,28 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             // at a time (the table's chunk two requests
                             // ahead; the entries of the next one, whose
                             // chunk came in during the previous command).
+                            // A next request on this command's key finds the
+                            // key's structures in the cache: what it will miss
+                            // is its element's entry in a big collection.
                             let ks = &server.node.ks;
                             let next = match peeked {
                                 (at, next) if at == consumed => next,
                                 _ => peek_at(&input, consumed),
                             };
                             peeked = (usize::MAX, None);
+                            let mut element = None;
                             if let Some(next) = next {
-                                ks.prefetch_entries(session.db, &input[next.key], next.hint);
+                                let key = &input[next.key.clone()];
+                                match next.elem {
+                                    // (A long third argument is more likely a
+                                    // string's value than an element: not hashed.)
+                                    Some(elem)
+                                        if elem.len() <= 128 && argv.get(1) == Some(&key) =>
+                                    {
+                                        element = Some(stable_hash(&input[elem]));
+                                    }
+                                    _ => ks.prefetch_entries(session.db, key, next.hint),
+                                }
                                 if let Some(at) = next.end {
                                     let mut second = peek_at(&input, at);
                                     if let Some(second) = &mut second {
@@ -436,9 +457,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             // Messages that came before the command go before its
                             // reply (an UNSUBSCRIBE's, say).
                             handle.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
+                            crate::keyspace::expect_element(element);
                             last_cmd =
                                 crate::cmd::dispatch(server, &mut session, &mut out, argv, now_ms)
                                     .or(last_cmd);
+                            crate::keyspace::expect_element(None);
                             if session.blocked.is_some()
                                 || session.sleep.is_some()
                                 || session.wait.is_some()

@@ -602,6 +602,7 @@ impl Writer<'_> {
         let stamp = self.stamp();
         let mut delta = self.ks.sink.is_some().then(|| Coll::delta(stamp, kind));
         let coll = self.state.coll.as_mut()?;
+        prefetch_expected(coll);
         let r = op(coll, delta.as_mut(), stamp)?;
         // An op may answer without writing (ZADD NX of a member there, an
         // increment refused): what it wrote is stamped `stamp`.
@@ -817,6 +818,37 @@ pub struct Keyspace {
     /// While a fold stores its keys, the GC floor it began with (see
     /// `cap_gc_for_fold`); `u64::MAX` otherwise.
     fold_cap: AtomicU64,
+}
+
+thread_local! {
+    /// See [`expect_element`].
+    static NEXT_ELEMENT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Tells the command about to run on this thread that the request after
+/// it names, on the same key, the element whose stable hash is `hash`.
+/// Once the command has found the key's collection, it asks the CPU for
+/// the entries that element's lookup will read ([`prefetch_expected`]):
+/// in a pipeline on one big hash, set or sorted set, those are the misses
+/// the next command would otherwise wait for. `None` clears it.
+///
+/// (Tried and dropped: a second step that also prefetched the next
+/// element's counter box, its entries brought in one command earlier: the
+/// extra lookup cost more than HINCRBY's miss, docs/benchmarks.md.)
+pub fn expect_element(hash: Option<u64>) {
+    NEXT_ELEMENT.set(hash);
+}
+
+/// See [`expect_element`]; at most once per announcement.
+pub fn prefetch_expected(coll: &Coll) {
+    let Some(hash) = NEXT_ELEMENT.take() else {
+        return;
+    };
+    if let Some((at, len)) = coll.first_probe(hash) {
+        for line in (at & !63..at + len).step_by(64) {
+            crate::keytable::prefetch(line);
+        }
+    }
 }
 
 /// The shards one command holds, in index order.

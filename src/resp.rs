@@ -94,29 +94,31 @@ pub fn parse(
     parse_resuming(buf, limits, args, scratch, &mut Progress::default())
 }
 
-/// The second argument of the multibulk request at the front of `buf`
-/// (most commands' first key), if the bytes up to its end are there; a
-/// glance for prefetching, not a parse: it checks only what it reads.
-pub fn peek_key(buf: &[u8]) -> Option<&[u8]> {
-    let (count, rest) = peek_length(buf, b'*')?;
-    if count < 2 {
-        return None;
-    }
-    let (name, rest) = peek_length(rest, b'$')?;
-    let (key, rest) = peek_length(rest.get(name.checked_add(2)?..)?, b'$')?;
-    rest.get(..key)
+/// A glance at the multibulk request at the front of a buffer, for
+/// prefetching, not a parse: it checks only what it reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peeked<'a> {
+    /// The second argument (most commands' first key).
+    pub key: &'a [u8],
+    /// The element the command most likely names, when there: the fourth
+    /// argument of ZADD and ZINCRBY (key score member), the third of the
+    /// rest (a hash field, a set or sorted-set member).
+    pub elem: Option<&'a [u8]>,
+    /// The whole request's length when all of it is there and it has at
+    /// most 16 arguments: where the request after it starts.
+    pub len: Option<usize>,
 }
 
-/// [`peek_key`], and the length of the whole request when all of it is
-/// there and it has at most 16 arguments: where the request after it
-/// starts.
-pub fn peek_request(buf: &[u8]) -> Option<(&[u8], Option<usize>)> {
+/// See [`Peeked`]; none unless the bytes up to the key's end are there.
+pub fn peek_request(buf: &[u8]) -> Option<Peeked<'_>> {
     let (count, mut rest) = peek_length(buf, b'*')?;
     if count < 2 {
         return None;
     }
     let mut key = None;
+    let mut elem = None;
     let mut len = None;
+    let mut elem_at = 2;
     for i in 0..count {
         if i == 2 && count > 16 {
             break;
@@ -124,8 +126,17 @@ pub fn peek_request(buf: &[u8]) -> Option<(&[u8], Option<usize>)> {
         let Some((n, after)) = peek_length(rest, b'$') else {
             break;
         };
-        if i == 1 {
+        if i == 0 {
+            let name = after.get(..n);
+            if name.is_some_and(|c| c.eq_ignore_ascii_case(b"zadd"))
+                || name.is_some_and(|c| c.eq_ignore_ascii_case(b"zincrby"))
+            {
+                elem_at = 3;
+            }
+        } else if i == 1 {
             key = Some(after.get(..n)?);
+        } else if i == elem_at {
+            elem = after.get(..n);
         }
         let Some(next) = after.get(n + 2..) else {
             break;
@@ -135,7 +146,11 @@ pub fn peek_request(buf: &[u8]) -> Option<(&[u8], Option<usize>)> {
             len = Some(buf.len() - rest.len());
         }
     }
-    Some((key?, len))
+    Some(Peeked {
+        key: key?,
+        elem,
+        len,
+    })
 }
 
 /// The length after `prefix` at the front of `buf`, and what follows its
@@ -660,14 +675,11 @@ impl Default for Reply {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn peek_key_finds_the_second_argument_of_a_whole_request_only() {
+    fn peek_request_reads_a_whole_key_only() {
+        let peeked = peek_request(b"*3\r\n$3\r\nSET\r\n$4\r\nkey1\r\n$1").unwrap();
         assert_eq!(
-            peek_key(b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n"),
-            Some(&b"foo"[..])
-        );
-        assert_eq!(
-            peek_key(b"*3\r\n$3\r\nSET\r\n$4\r\nkey1\r\n$1"),
-            Some(&b"key1"[..]),
+            (peeked.key, peeked.elem, peeked.len),
+            (&b"key1"[..], None, None),
             "the rest of the request need not be there"
         );
         for partial in [
@@ -683,7 +695,7 @@ mod tests {
             b"",
         ] {
             assert_eq!(
-                peek_key(partial),
+                peek_request(partial),
                 None,
                 "{:?}",
                 String::from_utf8_lossy(partial)
@@ -693,25 +705,33 @@ mod tests {
 
     #[test]
     fn peek_request_measures_a_whole_request_only() {
+        type Parts<'a> = (&'a [u8], Option<&'a [u8]>, Option<usize>);
+        fn at(buf: &[u8]) -> Option<Parts<'_>> {
+            peek_request(buf).map(|p| (p.key, p.elem, p.len))
+        }
         let two = b"*2\r\n$3\r\nGET\r\n$3\r\nfoo\r\n*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r\n";
-        let (key, len) = peek_request(two).unwrap();
-        assert_eq!((key, len), (&b"foo"[..], Some(22)));
+        assert_eq!(at(two), Some((&b"foo"[..], None, Some(22))));
         assert_eq!(
-            peek_request(&two[22..]),
-            Some((&b"k"[..], Some(two.len() - 22)))
+            at(&two[22..]),
+            Some((&b"k"[..], Some(&b"vv"[..]), Some(two.len() - 22)))
         );
         // The key is there, the request's end is not.
         assert_eq!(
-            peek_request(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv"),
-            Some((&b"k"[..], None))
+            at(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nv"),
+            Some((&b"k"[..], None, None))
         );
         assert_eq!(
-            peek_request(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r"),
-            Some((&b"k"[..], None))
+            at(b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2\r\nvv\r"),
+            Some((&b"k"[..], Some(&b"vv"[..]), None))
         );
-        assert_eq!(peek_request(b"*1\r\n$4\r\nPING\r\n"), None);
+        assert_eq!(at(b"*1\r\n$4\r\nPING\r\n"), None);
+        assert_eq!(
+            at(b"*4\r\n$4\r\nzadd\r\n$1\r\nk\r\n$1\r\n1\r\n$1\r\nm\r\n"),
+            Some((&b"k"[..], Some(&b"m"[..]), Some(35))),
+            "ZADD names its member after the score"
+        );
         let many = format!("*17\r\n{}", "$1\r\nk\r\n".repeat(17));
-        assert_eq!(peek_request(many.as_bytes()), Some((&b"k"[..], None)));
+        assert_eq!(at(many.as_bytes()), Some((&b"k"[..], None, None)));
     }
 
     use super::*;

@@ -463,6 +463,19 @@ fn join_members(
 }
 
 impl Coll {
+    /// Where a lookup of the element whose stable hash is `hash`, in this
+    /// collection's kind, most likely reads (see [`EMap::first_probe`]):
+    /// for a command to prefetch the next request's element. Lists have
+    /// none.
+    pub fn first_probe(&self, hash: u64) -> Option<(usize, usize)> {
+        match self.kind {
+            Kind::Hash => self.hash.unpacked()?.first_probe(hash),
+            Kind::Set => self.set.first_probe(hash),
+            Kind::ZSet => self.zset.first_probe(hash),
+            Kind::List => None,
+        }
+    }
+
     /// An empty delta of a write of `kind` at `stamp`.
     pub fn delta(stamp: Stamp, kind: Kind) -> Coll {
         Coll {

@@ -538,6 +538,29 @@ impl<V> EMap<V> {
         *self = EMap::default();
     }
 
+    /// Where the entries a lookup of `hash` compares (see [`find`]) most
+    /// likely lie in memory, address and size, for a caller to prefetch a
+    /// request ahead: reads the directory and the bucket, not the entries.
+    pub fn first_probe(&self, hash: u64) -> Option<(usize, usize)> {
+        let (v, depth) = match &self.0 {
+            Repr::Few(v) => (v, 0),
+            Repr::Table(t) => {
+                let bucket = t.bucket_of(hash);
+                match &bucket.keys {
+                    Keys::Few(v) => (v, bucket.depth),
+                    Keys::Many(_) => return None,
+                }
+            }
+        };
+        if v.is_empty() {
+            return None;
+        }
+        let i = ((u128::from(hash << depth) * v.len() as u128) >> 64) as usize;
+        // The guess and a neighbour each side: where most searches end.
+        let around = &v[i.saturating_sub(1)..v.len().min(i + 2)];
+        Some((around.as_ptr() as usize, std::mem::size_of_val(around)))
+    }
+
     pub fn get<Q: Keyed + ?Sized>(&self, q: &Q) -> Option<&V> {
         let hash = q.hash();
         match &self.0 {
@@ -946,6 +969,39 @@ mod tests {
                 Some(&n)
             );
         }
+    }
+
+    #[test]
+    fn the_first_probe_covers_where_lookups_end() {
+        for size in [1u32, 5, 16, 17, 200, 20_000] {
+            let mut map = EMap::new();
+            for n in 0..size {
+                map.insert(EKey::new(&n.to_le_bytes()), n);
+            }
+            let mut covered = 0;
+            for n in 0..size {
+                let key = EKey::new(&n.to_le_bytes());
+                let found: *const u32 = map.get(&key).unwrap();
+                let (at, len) = map.first_probe(key.hash()).unwrap();
+                if (at..at + len).contains(&(found as usize)) {
+                    covered += 1;
+                }
+            }
+            // Interpolation within a bucket of at most 16 ends on the guess
+            // or a neighbour about three times in four (a window of three
+            // put at random would cover about one in four).
+            assert!(covered * 10 >= size * 7, "{covered} of {size}");
+        }
+        assert_eq!(EMap::<u32>::new().first_probe(7), None);
+        let mut crafted_map = EMap::new();
+        for n in 0..1_000u32 {
+            crafted_map.insert(crafted(0x1234_5600_0000_0000 | u64::from(n), n), n);
+        }
+        assert_eq!(
+            crafted_map.first_probe(0x1234_5600_0000_0000),
+            None,
+            "a B-tree bucket has no place to guess"
+        );
     }
 
     #[test]

@@ -170,6 +170,14 @@ impl Fields {
         }
     }
 
+    /// The map, unless packed.
+    pub fn unpacked(&self) -> Option<&EMap<Elem<Blob>>> {
+        match &self.0 {
+            Repr::Map(m) => Some(m),
+            Repr::Packed(_) => None,
+        }
+    }
+
     pub fn get(&self, field: &[u8]) -> Option<FieldRef<'_>> {
         match &self.0 {
             Repr::Map(m) => m.get(Probe::new(field).as_keyed()).map(FieldRef::Elem),

@@ -529,7 +529,13 @@ impl<'s> Exec<'s, '_> {
         };
         match state.key_type(now) {
             None => Ok((None, out)),
-            Some(KeyType::Coll(k)) if k == kind => Ok((state.coll(), out)),
+            Some(KeyType::Coll(k)) if k == kind => {
+                let coll = state.coll();
+                if let Some(c) = coll {
+                    crate::keyspace::prefetch_expected(c);
+                }
+                Ok((coll, out))
+            }
             Some(_) => Err(Error::WrongType),
         }
     }
