@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tracing::{debug, info, warn};
 
 use crate::config::OutputBufferLimit;
+use crate::keyspace::Ahead;
 use crate::node::Links;
 use crate::persist::CutThread;
 use crate::resp::{self, Limits, Parsed, Progress, Reply, Source};
@@ -306,8 +307,10 @@ pub use crate::resp::REPLY_BATCH_BYTES;
 /// the connection's input: what a prefetch needs of it.
 struct Peek {
     key: std::ops::Range<usize>,
-    /// Its third argument, a field or member perhaps.
+    /// The field or member it names, as far as a glance tells.
     elem: Option<std::ops::Range<usize>>,
+    /// It increments that element.
+    counter: bool,
     end: Option<usize>,
     /// Where its lookup goes, once the first prefetch worked it out.
     hint: Option<crate::keyspace::KeyHint>,
@@ -324,6 +327,7 @@ fn peek_at(input: &[u8], at: usize) -> Option<Peek> {
     Some(Peek {
         key: range(peeked.key),
         elem: peeked.elem.map(range),
+        counter: peeked.counter,
         end: peeked.len.map(|l| at + l),
         hint: None,
     })
@@ -431,22 +435,35 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 _ => peek_at(&input, consumed),
                             };
                             peeked = (usize::MAX, None);
-                            let mut element = None;
+                            // (A long third argument is more likely a string's
+                            // value than an element: not hashed.)
+                            let on_this_key = |p: &Peek| match &p.elem {
+                                Some(elem)
+                                    if elem.len() <= 128
+                                        && argv.get(1) == Some(&&input[p.key.clone()]) =>
+                                {
+                                    Some(stable_hash(&input[elem.clone()]))
+                                }
+                                _ => None,
+                            };
+                            let mut ahead = Ahead::NONE;
                             if let Some(next) = next {
-                                let key = &input[next.key.clone()];
-                                match next.elem {
-                                    // (A long third argument is more likely a
-                                    // string's value than an element: not hashed.)
-                                    Some(elem)
-                                        if elem.len() <= 128 && argv.get(1) == Some(&key) =>
-                                    {
-                                        element = Some(stable_hash(&input[elem]));
-                                    }
-                                    _ => ks.prefetch_entries(session.db, key, next.hint),
+                                let element = on_this_key(&next);
+                                if next.counter {
+                                    ahead.counter = element;
+                                } else {
+                                    ahead.entries = element;
+                                }
+                                if element.is_none() {
+                                    ks.prefetch_entries(session.db, &input[next.key], next.hint);
                                 }
                                 if let Some(at) = next.end {
                                     let mut second = peek_at(&input, at);
                                     if let Some(second) = &mut second {
+                                        if second.counter {
+                                            // Its counter next time, its entries now.
+                                            ahead.entries = ahead.entries.or(on_this_key(second));
+                                        }
                                         second.hint =
                                             ks.prefetch(session.db, &input[second.key.clone()]);
                                     }
@@ -457,11 +474,11 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             // Messages that came before the command go before its
                             // reply (an UNSUBSCRIBE's, say).
                             handle.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
-                            crate::keyspace::expect_element(element);
+                            crate::keyspace::expect_elements(ahead);
                             last_cmd =
                                 crate::cmd::dispatch(server, &mut session, &mut out, argv, now_ms)
                                     .or(last_cmd);
-                            crate::keyspace::expect_element(None);
+                            crate::keyspace::expect_elements(Ahead::NONE);
                             if session.blocked.is_some()
                                 || session.sleep.is_some()
                                 || session.wait.is_some()

@@ -821,33 +821,51 @@ pub struct Keyspace {
 }
 
 thread_local! {
-    /// See [`expect_element`].
-    static NEXT_ELEMENT: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+    /// See [`expect_elements`].
+    static AHEAD: std::cell::Cell<Ahead> = const { std::cell::Cell::new(Ahead::NONE) };
 }
 
-/// Tells the command about to run on this thread that the request after
-/// it names, on the same key, the element whose stable hash is `hash`.
-/// Once the command has found the key's collection, it asks the CPU for
-/// the entries that element's lookup will read ([`prefetch_expected`]):
-/// in a pipeline on one big hash, set or sorted set, those are the misses
-/// the next command would otherwise wait for. `None` clears it.
-///
-/// (Tried and dropped: a second step that also prefetched the next
-/// element's counter box, its entries brought in one command earlier: the
-/// extra lookup cost more than HINCRBY's miss, docs/benchmarks.md.)
-pub fn expect_element(hash: Option<u64>) {
-    NEXT_ELEMENT.set(hash);
+/// Elements the next requests name on the key of the command about to
+/// run, by stable hash (see [`expect_elements`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ahead {
+    /// One whose entries to bring in: the next request's, or for a run of
+    /// increments the one after it.
+    pub entries: Option<u64>,
+    /// The next request's, an increment, whose entries came in during the
+    /// command before: its counter box to bring in.
+    pub counter: Option<u64>,
 }
 
-/// See [`expect_element`]; at most once per announcement.
-pub fn prefetch_expected(coll: &Coll) {
-    let Some(hash) = NEXT_ELEMENT.take() else {
-        return;
+impl Ahead {
+    pub const NONE: Ahead = Ahead {
+        entries: None,
+        counter: None,
     };
-    if let Some((at, len)) = coll.first_probe(hash) {
+}
+
+/// Tells the command about to run on this thread which elements the next
+/// requests name on its key. Once the command has found the key's
+/// collection, it asks the CPU for what their lookups will read
+/// ([`prefetch_expected`]): in a pipeline on one big hash, set or sorted
+/// set, those are the misses each command would otherwise wait for.
+pub fn expect_elements(ahead: Ahead) {
+    AHEAD.set(ahead);
+}
+
+/// See [`expect_elements`]; at most once per announcement.
+pub fn prefetch_expected(coll: &Coll) {
+    let ahead = AHEAD.replace(Ahead::NONE);
+    let lines = |(at, len): (usize, usize)| {
         for line in (at & !63..at + len).step_by(64) {
             crate::keytable::prefetch(line);
         }
+    };
+    if let Some(probe) = ahead.entries.and_then(|h| coll.first_probe(h)) {
+        lines(probe);
+    }
+    if let Some(probe) = ahead.counter.and_then(|h| coll.counter_probe(h)) {
+        lines(probe);
     }
 }
 

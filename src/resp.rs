@@ -104,6 +104,9 @@ pub struct Peeked<'a> {
     /// argument of ZADD and ZINCRBY (key score member), the third of the
     /// rest (a hash field, a set or sorted-set member).
     pub elem: Option<&'a [u8]>,
+    /// The command increments the element (HINCRBY, HINCRBYFLOAT, ZINCRBY):
+    /// its counter is worth bringing in too.
+    pub counter: bool,
     /// The whole request's length when all of it is there and it has at
     /// most 16 arguments: where the request after it starts.
     pub len: Option<usize>,
@@ -119,6 +122,7 @@ pub fn peek_request(buf: &[u8]) -> Option<Peeked<'_>> {
     let mut elem = None;
     let mut len = None;
     let mut elem_at = 2;
+    let mut counter = false;
     for i in 0..count {
         if i == 2 && count > 16 {
             break;
@@ -127,12 +131,14 @@ pub fn peek_request(buf: &[u8]) -> Option<Peeked<'_>> {
             break;
         };
         if i == 0 {
-            let name = after.get(..n);
-            if name.is_some_and(|c| c.eq_ignore_ascii_case(b"zadd"))
-                || name.is_some_and(|c| c.eq_ignore_ascii_case(b"zincrby"))
-            {
+            let name = after.get(..n).unwrap_or_default();
+            let zincrby = name.eq_ignore_ascii_case(b"zincrby");
+            if zincrby || name.eq_ignore_ascii_case(b"zadd") {
                 elem_at = 3;
             }
+            counter = zincrby
+                || name.eq_ignore_ascii_case(b"hincrby")
+                || name.eq_ignore_ascii_case(b"hincrbyfloat");
         } else if i == 1 {
             key = Some(after.get(..n)?);
         } else if i == elem_at {
@@ -149,6 +155,7 @@ pub fn peek_request(buf: &[u8]) -> Option<Peeked<'_>> {
     Some(Peeked {
         key: key?,
         elem,
+        counter,
         len,
     })
 }
@@ -730,6 +737,11 @@ mod tests {
             Some((&b"k"[..], Some(&b"m"[..]), Some(35))),
             "ZADD names its member after the score"
         );
+        let incr = b"*4\r\n$7\r\nHINCRBY\r\n$1\r\nh\r\n$1\r\nf\r\n$1\r\n1\r\n";
+        assert!(peek_request(incr).is_some_and(|p| p.counter && p.elem == Some(b"f")));
+        let zincr = b"*4\r\n$7\r\nzincrby\r\n$1\r\nz\r\n$1\r\n1\r\n$1\r\nm\r\n";
+        assert!(peek_request(zincr).is_some_and(|p| p.counter && p.elem == Some(b"m")));
+        assert!(peek_request(&two[22..]).is_some_and(|p| !p.counter));
         let many = format!("*17\r\n{}", "$1\r\nk\r\n".repeat(17));
         assert_eq!(at(many.as_bytes()), Some((&b"k"[..], None, None)));
     }

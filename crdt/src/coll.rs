@@ -476,6 +476,19 @@ impl Coll {
         }
     }
 
+    /// Where the counter of the element whose stable hash is `hash` lies
+    /// in memory (a box of its own, read by HINCRBY and ZINCRBY), for a
+    /// command to prefetch once the element's entry is in the cache.
+    pub fn counter_probe(&self, hash: u64) -> Option<(usize, usize)> {
+        let counts = match self.kind {
+            Kind::Hash => self.hash.unpacked()?.get_by_hash(hash)?.counts.as_deref(),
+            Kind::ZSet => self.zset.get_by_hash(hash)?.counts.as_deref(),
+            Kind::Set | Kind::List => None,
+        }?;
+        let at: *const NodeMap<Tally> = counts;
+        Some((at as usize, std::mem::size_of::<NodeMap<Tally>>()))
+    }
+
     /// An empty delta of a write of `kind` at `stamp`.
     pub fn delta(stamp: Stamp, kind: Kind) -> Coll {
         Coll {

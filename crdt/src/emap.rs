@@ -561,6 +561,28 @@ impl<V> EMap<V> {
         Some((around.as_ptr() as usize, std::mem::size_of_val(around)))
     }
 
+    /// The value of the first key whose hash is `hash`, the bytes not
+    /// compared: for a prefetch, which a collision only misleads.
+    pub fn get_by_hash(&self, hash: u64) -> Option<&V> {
+        let (v, depth) = match &self.0 {
+            Repr::Few(v) => (v, 0),
+            Repr::Table(t) => {
+                let bucket = t.bucket_of(hash);
+                match &bucket.keys {
+                    Keys::Few(v) => (v, bucket.depth),
+                    Keys::Many(_) => return None,
+                }
+            }
+        };
+        // Empty bytes order first among keys of one hash.
+        let i = match find(v, depth, hash, &Parts(hash, &[])) {
+            Ok(i) | Err(i) => i,
+        };
+        v.get(i)
+            .filter(|(k, _)| k.hash() == hash)
+            .map(|(_, value)| value)
+    }
+
     pub fn get<Q: Keyed + ?Sized>(&self, q: &Q) -> Option<&V> {
         let hash = q.hash();
         match &self.0 {
@@ -993,6 +1015,16 @@ mod tests {
             assert!(covered * 10 >= size * 7, "{covered} of {size}");
         }
         assert_eq!(EMap::<u32>::new().first_probe(7), None);
+        let mut map = EMap::new();
+        for n in 0..5_000u32 {
+            map.insert(EKey::new(&n.to_le_bytes()), n);
+        }
+        for n in 0..5_000u32 {
+            let key = EKey::new(&n.to_le_bytes());
+            assert_eq!(map.get_by_hash(key.hash()), Some(&n));
+        }
+        let absent = EKey::new(b"absent");
+        assert_eq!(map.get_by_hash(absent.hash()), None);
         let mut crafted_map = EMap::new();
         for n in 0..1_000u32 {
             crafted_map.insert(crafted(0x1234_5600_0000_0000 | u64::from(n), n), n);
