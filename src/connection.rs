@@ -311,6 +311,9 @@ struct Peek {
     elem: Option<std::ops::Range<usize>>,
     /// It increments that element.
     counter: bool,
+    /// The command before the one before it was told to bring in its
+    /// element's entries (see `keyspace::Ahead`).
+    entries_coming: bool,
     end: Option<usize>,
     /// Where its lookup goes, once the first prefetch worked it out.
     hint: Option<crate::keyspace::KeyHint>,
@@ -328,6 +331,7 @@ fn peek_at(input: &[u8], at: usize) -> Option<Peek> {
         key: range(peeked.key),
         elem: peeked.elem.map(range),
         counter: peeked.counter,
+        entries_coming: false,
         end: peeked.len.map(|l| at + l),
         hint: None,
     })
@@ -449,7 +453,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             let mut ahead = Ahead::NONE;
                             if let Some(next) = next {
                                 let element = on_this_key(&next);
-                                if next.counter {
+                                if next.counter && next.entries_coming {
                                     ahead.counter = element;
                                 } else {
                                     ahead.entries = element;
@@ -461,8 +465,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                     let mut second = peek_at(&input, at);
                                     if let Some(second) = &mut second {
                                         if second.counter {
-                                            // Its counter next time, its entries now.
-                                            ahead.entries = ahead.entries.or(on_this_key(second));
+                                            // Its entries now, its counter next time.
+                                            ahead.after = on_this_key(second);
+                                            second.entries_coming = ahead.after.is_some();
                                         }
                                         second.hint =
                                             ks.prefetch(session.db, &input[second.key.clone()]);

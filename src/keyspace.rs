@@ -829,17 +829,20 @@ thread_local! {
 /// run, by stable hash (see [`expect_elements`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ahead {
-    /// One whose entries to bring in: the next request's, or for a run of
-    /// increments the one after it.
+    /// The next request's, whose entries to bring in.
     pub entries: Option<u64>,
-    /// The next request's, an increment, whose entries came in during the
-    /// command before: its counter box to bring in.
+    /// The request after next's, an increment, whose entries to bring in
+    /// now and its counter box during the next command.
+    pub after: Option<u64>,
+    /// The next request's, an increment whose entries the command before
+    /// brought in: its counter box to bring in.
     pub counter: Option<u64>,
 }
 
 impl Ahead {
     pub const NONE: Ahead = Ahead {
         entries: None,
+        after: None,
         counter: None,
     };
 }
@@ -861,8 +864,10 @@ pub fn prefetch_expected(coll: &Coll) {
             crate::keytable::prefetch(line);
         }
     };
-    if let Some(probe) = ahead.entries.and_then(|h| coll.first_probe(h)) {
-        lines(probe);
+    for hash in [ahead.entries, ahead.after].into_iter().flatten() {
+        if let Some(probe) = coll.first_probe(hash) {
+            lines(probe);
+        }
     }
     if let Some(probe) = ahead.counter.and_then(|h| coll.counter_probe(h)) {
         lines(probe);

@@ -144,7 +144,7 @@ pub fn peek_request(buf: &[u8]) -> Option<Peeked<'_>> {
         } else if i == elem_at {
             elem = after.get(..n);
         }
-        let Some(next) = after.get(n + 2..) else {
+        let Some(next) = n.checked_add(2).and_then(|end| after.get(end..)) else {
             break;
         };
         rest = next;
@@ -742,6 +742,13 @@ mod tests {
         let zincr = b"*4\r\n$7\r\nzincrby\r\n$1\r\nz\r\n$1\r\n1\r\n$1\r\nm\r\n";
         assert!(peek_request(zincr).is_some_and(|p| p.counter && p.elem == Some(b"m")));
         assert!(peek_request(&two[22..]).is_some_and(|p| !p.counter));
+        let float = b"*4\r\n$12\r\nhincrbyfloat\r\n$1\r\nh\r\n$1\r\nf\r\n$1\r\n1\r\n";
+        assert!(peek_request(float).is_some_and(|p| p.counter && p.elem == Some(b"f")));
+        assert_eq!(
+            at(b"*3\r\n$4\r\nZADD\r\n$1\r\nk\r\n$1\r\n1\r\n"),
+            Some((&b"k"[..], None, Some(28))),
+            "a ZADD without its member names no element"
+        );
         let many = format!("*17\r\n{}", "$1\r\nk\r\n".repeat(17));
         assert_eq!(at(many.as_bytes()), Some((&b"k"[..], None, None)));
     }

@@ -1005,6 +1005,10 @@ mod tests {
                 let key = EKey::new(&n.to_le_bytes());
                 let found: *const u32 = map.get(&key).unwrap();
                 let (at, len) = map.first_probe(key.hash()).unwrap();
+                assert!(
+                    len <= 3 * std::mem::size_of::<(EKey, u32)>(),
+                    "three entries"
+                );
                 if (at..at + len).contains(&(found as usize)) {
                     covered += 1;
                 }
