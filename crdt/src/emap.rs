@@ -538,20 +538,26 @@ impl<V> EMap<V> {
         *self = EMap::default();
     }
 
+    /// The sorted vector a lookup of `hash` searches, and the hash bits
+    /// its keys share; none for a B-tree bucket.
+    fn sorted_run(&self, hash: u64) -> Option<(&[(EKey, V)], u32)> {
+        match &self.0 {
+            Repr::Few(v) => Some((v, 0)),
+            Repr::Table(t) => {
+                let bucket = t.bucket_of(hash);
+                match &bucket.keys {
+                    Keys::Few(v) => Some((v, bucket.depth)),
+                    Keys::Many(_) => None,
+                }
+            }
+        }
+    }
+
     /// Where the entries a lookup of `hash` compares (see [`find`]) most
     /// likely lie in memory, address and size, for a caller to prefetch a
     /// request ahead: reads the directory and the bucket, not the entries.
     pub fn first_probe(&self, hash: u64) -> Option<(usize, usize)> {
-        let (v, depth) = match &self.0 {
-            Repr::Few(v) => (v, 0),
-            Repr::Table(t) => {
-                let bucket = t.bucket_of(hash);
-                match &bucket.keys {
-                    Keys::Few(v) => (v, bucket.depth),
-                    Keys::Many(_) => return None,
-                }
-            }
-        };
+        let (v, depth) = self.sorted_run(hash)?;
         if v.is_empty() {
             return None;
         }
@@ -564,16 +570,7 @@ impl<V> EMap<V> {
     /// The value of the first key whose hash is `hash`, the bytes not
     /// compared: for a prefetch, which a collision only misleads.
     pub fn get_by_hash(&self, hash: u64) -> Option<&V> {
-        let (v, depth) = match &self.0 {
-            Repr::Few(v) => (v, 0),
-            Repr::Table(t) => {
-                let bucket = t.bucket_of(hash);
-                match &bucket.keys {
-                    Keys::Few(v) => (v, bucket.depth),
-                    Keys::Many(_) => return None,
-                }
-            }
-        };
+        let (v, depth) = self.sorted_run(hash)?;
         // Empty bytes order first among keys of one hash.
         let i = match find(v, depth, hash, &Parts(hash, &[])) {
             Ok(i) | Err(i) => i,
