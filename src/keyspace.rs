@@ -55,6 +55,16 @@ pub trait DeltaSink: Send + Sync {
     ) {
         self.publish_key(db, key, &KeyState::tally_delta(node, tally), now_ms);
     }
+    /// A collection write's delta made in place: by default as a key state
+    /// of that part alone; a sink may encode it without building one.
+    fn publish_coll(&self, db: u32, key: &[u8], delta: &Coll, now_ms: u64) {
+        let state = KeyState {
+            reg: Default::default(),
+            extras: None,
+            coll: Some(Box::new(delta.clone())),
+        };
+        self.publish_key(db, key, &state, now_ms);
+    }
     /// A PUBLISH or SPUBLISH made here, for the peers' subscribers: sent
     /// at most once, never stored.
     fn publish_message(&self, _space: crate::pubsub::Space, _channel: &[u8], _message: &[u8]) {}
@@ -611,12 +621,7 @@ impl Writer<'_> {
             self.dots_issued(stamp);
         }
         if let (Some(sink), Some(d)) = (&self.ks.sink, delta.filter(|d| !d.names_nothing())) {
-            let delta = KeyState {
-                reg: Default::default(),
-                extras: None,
-                coll: Some(Box::new(d)),
-            };
-            sink.publish_key(self.db as u32, self.key, &delta, self.now_ms);
+            sink.publish_coll(self.db as u32, self.key, &d, self.now_ms);
         }
         Some(r)
     }

@@ -536,6 +536,13 @@ impl DeltaSink for LogSink {
         self.append(|out| wire::append_key_body(out, db, key, delta));
     }
 
+    fn publish_coll(&self, db: u32, key: &[u8], delta: &chorus_crdt::Coll, _now_ms: u64) {
+        self.append(|out| {
+            wire::append_coll_body(out, db, key, delta);
+            Ok(())
+        });
+    }
+
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, _now_ms: u64) {
         self.append(|out| {
             wire::append_flush_body(out, db, stamp);

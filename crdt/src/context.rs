@@ -189,6 +189,11 @@ impl CausalContext {
         format!("floor={} cloud=[{}]", self.floor, cloud.join(","))
     }
 
+    /// The floor and the dots held at or above it, as encoded.
+    pub(crate) fn parts(&self) -> (u64, &[(u64, NodeId)]) {
+        (self.floor, &self.cloud)
+    }
+
     /// Dots held above the floor.
     pub fn cloud_len(&self) -> usize {
         self.cloud.len()

@@ -10,13 +10,18 @@ use smallvec::{smallvec, SmallVec};
 
 use crate::stamp::NodeId;
 
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(from = "Vec<(NodeId, T)>", into = "Vec<(NodeId, T)>")]
-#[serde(bound(
-    deserialize = "T: Deserialize<'de> + Copy + MaxBy",
-    serialize = "T: Serialize + Clone"
-))]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(from = "Vec<(NodeId, T)>")]
+#[serde(bound(deserialize = "T: Deserialize<'de> + Copy + MaxBy"))]
 pub struct NodeMap<T>(SmallVec<[(NodeId, T); 1]>);
+
+/// Encoded as the vector of pairs it is decoded from, without building
+/// one (serde's `into` cloned the map into a new vector every time).
+impl<T: Serialize> Serialize for NodeMap<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|(node, v)| (node, v)))
+    }
+}
 
 /// How two values for the same node combine when a decoded map repeats a node.
 pub trait MaxBy: Copy {
@@ -103,11 +108,5 @@ impl<T: MaxBy> From<Vec<(NodeId, T)>> for NodeMap<T> {
             }
         }
         NodeMap(out)
-    }
-}
-
-impl<T> From<NodeMap<T>> for Vec<(NodeId, T)> {
-    fn from(map: NodeMap<T>) -> Self {
-        map.0.into_vec()
     }
 }

@@ -875,6 +875,10 @@ impl DeltaSink for Replicator {
         });
     }
 
+    fn publish_coll(&self, db: u32, key: &[u8], delta: &chorus_crdt::Coll, now_ms: u64) {
+        self.publish(now_ms, |out| wire::append_coll_body(out, db, key, delta));
+    }
+
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64) {
         self.publish(now_ms, |out| wire::append_flush_body(out, db, stamp));
     }

@@ -15,7 +15,8 @@
 //! leaf digests (`LeafDigestAsk`) and transfers only the leaves that differ.
 
 use chorus_crdt::codec::{
-    append_bytes, append_state, append_tally_delta, append_varint, put_varint, MAX_VARINT,
+    append_bytes, append_coll_delta, append_state, append_tally_delta, append_varint, put_varint,
+    MAX_VARINT,
 };
 use chorus_crdt::digest::{DbDigest, LeafDigest, Scope, TransferScope};
 use chorus_crdt::{encode, Delta, KeyState, NodeId, Stamp};
@@ -208,6 +209,14 @@ pub(crate) fn append_key_body(
     append_state(out, state)
 }
 
+/// `Delta::Key` of a key state holding only the collection part `delta`.
+pub(crate) fn append_coll_body(out: &mut Vec<u8>, db: u32, key: &[u8], delta: &chorus_crdt::Coll) {
+    out.push(0);
+    append_varint(out, db as u64);
+    append_bytes(out, key);
+    append_coll_delta(out, delta);
+}
+
 /// `Delta::Key` of [`KeyState::tally_delta`]`(node, tally)`.
 pub(crate) fn append_tally_body(
     out: &mut Vec<u8>,
@@ -389,6 +398,13 @@ mod tests {
             let mut direct = delta_head(node, seq).as_slice().to_vec();
             append_tally_body(&mut direct, db, &key, node, tally);
             proptest::prop_assert_eq!(direct, owned(key_delta(&KeyState::tally_delta(node, tally))));
+            let hset = KeyState::default().coll_write(Stamp { time: 12, node }, chorus_crdt::Kind::Hash, |c, d| {
+                c.hset_into(d, Stamp { time: 12, node }, &key, b"value");
+            });
+            let hset = KeyState { extras: None, ..hset };
+            let mut direct = delta_head(node, seq).as_slice().to_vec();
+            append_coll_body(&mut direct, db, &key, hset.coll().expect("a collection delta"));
+            proptest::prop_assert_eq!(direct, owned(key_delta(&hset)));
             let stamp = Stamp { time: seq ^ 77, node };
             let mut direct = delta_head(node, seq).as_slice().to_vec();
             append_flush_body(&mut direct, flush_db, stamp);
