@@ -86,6 +86,27 @@ pub trait DeltaSink: Send + Sync {
     }
 }
 
+thread_local! {
+    /// The delta an in-place collection write fills for the replication
+    /// sink, reused command after command (`Coll::recycle_as_delta`).
+    static DELTA: std::cell::RefCell<Coll> = std::cell::RefCell::new(Coll::default());
+}
+
+/// Runs `f` on an empty delta `Coll::delta(stamp, kind)`: this thread's
+/// reused one, or a fresh one if that is in use.
+fn with_delta<R>(stamp: Stamp, kind: Kind, f: impl FnOnce(&mut Coll) -> R) -> R {
+    DELTA.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut delta) => {
+            delta.recycle_as_delta(stamp, kind);
+            let r = f(&mut delta);
+            // Nothing of the write (a large value) stays held meanwhile.
+            delta.recycle_as_delta(stamp, kind);
+            r
+        }
+        Err(_) => f(&mut Coll::delta(stamp, kind)),
+    })
+}
+
 /// A batch of commands running on this thread (see [`Keyspace::batch`]).
 /// Not `Send`: a batch never spans an await, where its task could move to
 /// another thread and leave its writes behind in this one's stage.
@@ -610,20 +631,33 @@ impl Writer<'_> {
             return None;
         }
         let stamp = self.stamp();
-        let mut delta = self.ks.sink.is_some().then(|| Coll::delta(stamp, kind));
-        let coll = self.state.coll.as_mut()?;
-        prefetch_expected(coll);
-        let r = op(coll, delta.as_mut(), stamp)?;
-        // An op may answer without writing (ZADD NX of a member there, an
-        // increment refused): what it wrote is stamped `stamp`.
+        if self.ks.sink.is_none() {
+            let coll = self.state.coll.as_mut()?;
+            prefetch_expected(coll);
+            let r = op(coll, None, stamp)?;
+            self.wrote_in_place(stamp);
+            return Some(r);
+        }
+        with_delta(stamp, kind, |delta| {
+            let coll = self.state.coll.as_mut()?;
+            prefetch_expected(coll);
+            let r = op(coll, Some(&mut *delta), stamp)?;
+            self.wrote_in_place(stamp);
+            if let Some(sink) = self.ks.sink.as_ref().filter(|_| !delta.names_nothing()) {
+                sink.publish_coll(self.db as u32, self.key, delta, self.now_ms);
+            }
+            Some(r)
+        })
+    }
+
+    /// Bookkeeping after an in-place op: an op may answer without writing
+    /// (ZADD NX of a member there, an increment refused); what it wrote is
+    /// stamped `stamp`.
+    fn wrote_in_place(&mut self, stamp: Stamp) {
         if self.state.coll().is_some_and(|c| c.at == stamp) {
             self.wrote = true;
             self.dots_issued(stamp);
         }
-        if let (Some(sink), Some(d)) = (&self.ks.sink, delta.filter(|d| !d.names_nothing())) {
-            sink.publish_coll(self.db as u32, self.key, &d, self.now_ms);
-        }
-        Some(r)
     }
 
     /// A command that wrote several elements at `stamp` numbered their

@@ -499,6 +499,28 @@ impl Coll {
         }
     }
 
+    /// Makes this part `Coll::delta(stamp, kind)` again, keeping the room
+    /// a small delta's context and hash took: a node that replicates
+    /// reuses one delta for command after command, where a fresh one cost
+    /// three allocations and their frees on every HSET.
+    pub fn recycle_as_delta(&mut self, stamp: Stamp, kind: Kind) {
+        self.ctx.clear();
+        self.at = stamp;
+        self.kind = kind;
+        self.hash.clear_few();
+        if let Some(set) = self.set.made_mut() {
+            set.clear_few();
+        }
+        if let Some(zset) = self.zset.made_mut() {
+            zset.clear_few();
+        }
+        self.list.clear();
+        self.removed.clear();
+        self.part = true;
+        self.oldest = Hint::default();
+        self.zindex = Derived::default();
+    }
+
     /// This part joined with a whole empty one: no longer a delta, and
     /// without the empty entries only a delta keeps. (A key state without
     /// a collection part is a whole state of none.)

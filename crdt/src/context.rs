@@ -189,6 +189,16 @@ impl CausalContext {
         format!("floor={} cloud=[{}]", self.floor, cloud.join(","))
     }
 
+    /// Empties the context, keeping a small cloud's room.
+    pub fn clear(&mut self) {
+        self.floor = 0;
+        if self.cloud.capacity() > 8 {
+            self.cloud = SmallVec::new();
+        } else {
+            self.cloud.clear();
+        }
+    }
+
     /// The floor and the dots held at or above it, as encoded.
     pub(crate) fn parts(&self) -> (u64, &[(u64, NodeId)]) {
         (self.floor, &self.cloud)

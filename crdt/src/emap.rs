@@ -538,6 +538,15 @@ impl<V> EMap<V> {
         *self = EMap::default();
     }
 
+    /// Empties a map of a few keys keeping its vector's room for the next
+    /// few (a delta reused, command after command); a larger one is freed.
+    pub fn clear_few(&mut self) {
+        match &mut self.0 {
+            Repr::Few(v) if v.capacity() <= SPLIT_AT => v.clear(),
+            _ => self.clear(),
+        }
+    }
+
     /// The sorted vector a lookup of `hash` searches, and the hash bits
     /// its keys share; none for a B-tree bucket.
     fn sorted_run(&self, hash: u64) -> Option<(&[(EKey, V)], u32)> {

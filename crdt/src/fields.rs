@@ -142,6 +142,15 @@ impl Fields {
         self.0 = Repr::Map(EMap::new());
     }
 
+    /// Empties the fields, keeping a small map's room (see
+    /// [`EMap::clear_few`]).
+    pub fn clear_few(&mut self) {
+        match &mut self.0 {
+            Repr::Map(m) => m.clear_few(),
+            Repr::Packed(_) => self.clear(),
+        }
+    }
+
     /// The fields as a map: borrowed, or unpacked into a new one.
     pub fn map(&self) -> Cow<'_, EMap<Elem<Blob>>> {
         match &self.0 {

@@ -1002,3 +1002,54 @@ fn a_push_after_a_pop_is_a_new_element_beside_a_concurrent_lset() {
     list.sort();
     assert_eq!(list, [b"set-on-b".to_vec(), b"y".to_vec()]);
 }
+
+/// A delta reused for the next command (`Coll::recycle_as_delta`) is the
+/// fresh delta that command would have made: nothing of the last write
+/// (its fields, members, list elements, removal records, context) stays.
+#[test]
+fn a_recycled_delta_is_a_fresh_one() {
+    let mut state = KeyState::default();
+    let first = at(10, A);
+    let hash = state.coll_write(first, Kind::Hash, |c, d| {
+        c.hset_into(d, first, b"f", b"v");
+        c.incr_into(d, Kind::Hash, b"n", first, (3, 0.0, false));
+    });
+    apply(&mut state, &hash);
+    let mut used = hash.coll().expect("a collection delta").clone();
+    let second = at(11, A);
+    let current = state.coll().expect("a hash").clone();
+    current.hset_into(&mut used, second, b"f", &[7; 4096]);
+    current.remove_elem_into(&mut used, Kind::Hash, b"n", second);
+    current.sadd_into(&mut used, second, b"m");
+    current.zadd_into(&mut used, second, b"z", 2.5);
+    current.list_push_into(&mut used, second, true, b"x");
+    assert!(
+        used.removed.len() == 1 && used.ctx.cloud_len() > 2,
+        "{used:?}"
+    );
+    let third = at(12, B);
+    for kind in Kind::ALL {
+        used.recycle_as_delta(third, kind);
+        let fresh = chorus_crdt::Coll::delta(third, kind);
+        assert_eq!(used, fresh);
+        let as_state = |c: &chorus_crdt::Coll| KeyState {
+            coll: Some(Box::new(c.clone())),
+            ..KeyState::default()
+        };
+        assert_eq!(
+            encode(&as_state(&used)).unwrap(),
+            encode(&as_state(&fresh)).unwrap()
+        );
+    }
+    // Used again, it fills as a fresh one does.
+    used.recycle_as_delta(third, Kind::Hash);
+    let mut fresh = chorus_crdt::Coll::delta(third, Kind::Hash);
+    let mut mine = current.clone();
+    let mut theirs = current;
+    assert_eq!(
+        mine.hset_here(third, b"f", b"w", Some(&mut used)),
+        theirs.hset_here(third, b"f", b"w", Some(&mut fresh))
+    );
+    assert_eq!(used, fresh);
+    assert_eq!(mine, theirs);
+}
