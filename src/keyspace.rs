@@ -95,16 +95,25 @@ thread_local! {
 /// Runs `f` on an empty delta `Coll::delta(stamp, kind)`: this thread's
 /// reused one, or a fresh one if that is in use.
 fn with_delta<R>(stamp: Stamp, kind: Kind, f: impl FnOnce(&mut Coll) -> R) -> R {
-    DELTA.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut delta) => {
-            delta.recycle_as_delta(stamp, kind);
-            let r = f(&mut delta);
-            // Nothing of the write (a large value) stays held meanwhile.
-            delta.recycle_as_delta(stamp, kind);
-            r
+    let mut reused = DELTA
+        .try_with(|cell| {
+            cell.try_borrow_mut()
+                .ok()
+                .map(|mut d| std::mem::take(&mut *d))
+        })
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    reused.recycle_as_delta(stamp, kind);
+    let r = f(&mut reused);
+    // Nothing of the write (a large value) stays held until the next one.
+    reused.recycle_as_delta(stamp, kind);
+    let _ = DELTA.try_with(|cell| {
+        if let Ok(mut d) = cell.try_borrow_mut() {
+            *d = reused;
         }
-        Err(_) => f(&mut Coll::delta(stamp, kind)),
-    })
+    });
+    r
 }
 
 /// A batch of commands running on this thread (see [`Keyspace::batch`]).
