@@ -6,6 +6,7 @@
 #   bench/replication_instructions.sh "SET key:__rand_int__ v"
 #   SIDE=receiver bench/replication_instructions.sh                     # count node B instead
 #   CHORUS=/tmp/old/chorus CHORUS_BUILT=1 bench/replication_instructions.sh
+#   KEEP=/tmp/cg bench/replication_instructions.sh                      # keep both callgrind files
 #
 # Two chorus nodes replicate to each other on loopback (one server thread each); the counted
 # one runs under callgrind, the other natively. redis-benchmark sends 50,000 of the command
@@ -56,6 +57,7 @@ total() {
     kill -INT "$counted"
     for _ in $(seq 1 600); do kill -0 "$counted" 2>/dev/null || break; sleep 0.1; done
     [ -z "$other" ] || stop "$other"
+    [ -z "${KEEP:-}" ] || cp "$out" "$KEEP/callgrind.$SIDE.$n"
     awk '/^(summary|totals):/ {print $2; exit}' "$out"
 }
 

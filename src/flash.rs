@@ -118,6 +118,21 @@ impl ColdTier {
         }
     }
 
+    /// A key's state as stored, if the store holds it: for a key that was
+    /// cold when a scan met it, read after the scan let go of the shard
+    /// (see `crate::keyspace::ColdReads`), by when it may have been
+    /// removed. An error reading it stops the process, as in
+    /// [`ColdTier::read`].
+    pub fn read_if_held(&self, db: u32, key: &[u8]) -> Option<KeyState> {
+        match self.store.read_key(db, key) {
+            Ok(state) => state,
+            Err(e) => fail(&format!(
+                "reading cold key {:?} in db {db}: {e}",
+                String::from_utf8_lossy(key)
+            )),
+        }
+    }
+
     /// A cold key's state. A store that cannot give back what it was
     /// handed has lost data: the process stops, naming the store's error,
     /// as it does when an fsync fails (see `crate::deltalog`), rather than
@@ -199,7 +214,10 @@ mod tests {
     use std::time::Duration;
 
     fn tiered() -> (Arc<Keyspace>, Arc<ColdTier>, Persistence) {
-        let store: Arc<dyn Store> = Arc::new(MemStore::new());
+        tiered_on(Arc::new(MemStore::new()))
+    }
+
+    fn tiered_on(store: Arc<dyn Store>) -> (Arc<Keyspace>, Arc<ColdTier>, Persistence) {
         let clock = Clock::new(
             NodeId(1),
             chorus_crdt::system_clock,
@@ -234,6 +252,119 @@ mod tests {
         let d = &mut l.shard(ks.shard_of(key)).unwrap().dbs[0];
         d.warm(key, ks.gc_acked());
         d.get(key)?.read(0).render().map(|v| v.into_owned())
+    }
+
+    /// A store that counts the keys read while the key's shard is locked.
+    #[derive(Default)]
+    struct Watched {
+        inner: MemStore,
+        keyspace: std::sync::OnceLock<std::sync::Weak<Keyspace>>,
+        reads: AtomicU64,
+        under_lock: AtomicU64,
+    }
+
+    impl Store for Watched {
+        fn name(&self) -> &'static str {
+            "watched"
+        }
+        fn load(&self) -> Result<crate::store::Loaded, crate::store::StoreError> {
+            self.inner.load()
+        }
+        fn write(&self, cut: &crate::store::Cut) -> Result<(), crate::store::StoreError> {
+            self.inner.write(cut)
+        }
+        fn read_key(
+            &self,
+            db: u32,
+            key: &[u8],
+        ) -> Result<Option<KeyState>, crate::store::StoreError> {
+            self.reads.fetch_add(1, Ordering::Relaxed);
+            let ks = self.keyspace.get().and_then(std::sync::Weak::upgrade);
+            if ks.is_some_and(|ks| ks.shard_is_locked(ks.shard_of(key))) {
+                self.under_lock.fetch_add(1, Ordering::Relaxed);
+            }
+            self.inner.read_key(db, key)
+        }
+    }
+
+    /// Digests (a peer's repair offer, CRDT.DIGEST, a transfer of the
+    /// leaves that differ) and a state transfer read cold keys from the
+    /// store after letting go of the shard, so a disk read holds up no
+    /// write; and they read what they read in RAM.
+    #[test]
+    fn digests_and_transfers_read_cold_keys_with_the_shard_unlocked() {
+        let store = Arc::new(Watched::default());
+        let (ks, tier, persistence) = tiered_on(store.clone());
+        store.keyspace.set(Arc::downgrade(&ks)).unwrap();
+        let names: Vec<(usize, Vec<u8>)> = (0..60)
+            .map(|i| (i % 2, format!("key:{i}").into_bytes()))
+            .collect();
+        for (db, key) in &names {
+            let mut l = locked(&ks, key);
+            ks.update(&mut l, *db, key, 0, |w| w.set(Some(key), 0))
+                .unwrap();
+        }
+        persistence.cut_once().unwrap();
+        let all_digests = |ks: &Keyspace| {
+            let mut leaves = vec![None, None];
+            let mut scratch = Vec::new();
+            for i in 0..SHARDS {
+                ks.leaf_digest_shard(i, 6, &mut leaves, &mut scratch)
+                    .unwrap();
+            }
+            let buckets: Vec<_> = (0..=255u8)
+                .map(|b| ks.bucket_digests(1, None, b, None).unwrap())
+                .collect();
+            (
+                digests(ks),
+                leaves,
+                buckets,
+                ks.digest_buckets(0, None, 0..=255).unwrap(),
+            )
+        };
+        let (before, states) = (all_digests(&ks), ks.dump().0);
+        for (db, key) in &names {
+            assert!(ks.move_cold(*db, key));
+        }
+        assert_eq!(store.reads.load(Ordering::Relaxed), 0);
+        assert_eq!(all_digests(&ks), before);
+        // A state transfer's scan, in pieces of 7 keys.
+        let mut met = Vec::new();
+        for i in 0..SHARDS {
+            let mut scan = crate::keyspace::ShardScan::default();
+            loop {
+                let mut cold = crate::keyspace::ColdReads::default();
+                let mut take = |db: u32, key: &[u8], state: &KeyState| {
+                    met.push((db, key.to_vec(), state.clone()));
+                    Ok::<_, ()>(1)
+                };
+                let done = ks
+                    .scan_piece(
+                        i,
+                        &mut scan,
+                        7,
+                        usize::MAX,
+                        |_| true,
+                        |_, _| true,
+                        &mut take,
+                        &mut cold,
+                    )
+                    .unwrap();
+                assert!(cold.len() <= 7);
+                while !cold.is_empty() {
+                    cold.read(3, &mut take).unwrap();
+                }
+                if done {
+                    break;
+                }
+            }
+        }
+        met.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+        assert_eq!(met, states);
+        assert_eq!(ks.cold_keys(), 60, "read, and left cold");
+        assert!(store.reads.load(Ordering::Relaxed) >= 4 * 60);
+        assert_eq!(store.under_lock.load(Ordering::Relaxed), 0);
+        assert!(tier.peeked.load(Ordering::Relaxed) >= 4 * 60);
     }
 
     #[test]

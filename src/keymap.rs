@@ -155,6 +155,16 @@ pub struct KeyMap {
     table: KeyTable,
     slab: Slab,
     hasher: KeyHasher,
+    /// Changes whenever entries may have moved (a compaction, the empty
+    /// map's reset), unique across maps: a scan that resumes at a position
+    /// starts over when it finds another epoch (see [`KeyMap::epoch`]).
+    epoch: u64,
+}
+
+/// The next [`KeyMap::epoch`].
+fn new_epoch() -> u64 {
+    static EPOCHS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    EPOCHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 impl Default for KeyMap {
@@ -169,7 +179,16 @@ impl KeyMap {
             table: KeyTable::default(),
             slab: Slab::default(),
             hasher,
+            epoch: new_epoch(),
         }
+    }
+
+    /// Which arrangement of entries positions name: a position read at
+    /// one epoch names the same entry, if it lives, while the epoch holds.
+    /// A scan that saw every position of one epoch saw every key that
+    /// lived throughout it.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
     }
 
     pub fn hasher(&self) -> &KeyHasher {
@@ -290,6 +309,7 @@ impl KeyMap {
         if self.table.is_empty() {
             self.table.clear();
             self.slab = Slab::default();
+            self.epoch = new_epoch();
         } else if holes >= SEGMENT && holes > self.table.len() {
             self.compact();
         }
@@ -313,6 +333,7 @@ impl KeyMap {
         }
         self.table.shrink_to_fit(hash_at(&slab, &self.hasher));
         self.slab = slab;
+        self.epoch = new_epoch();
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &KeyState)> {

@@ -233,6 +233,75 @@ fn read_cold(tier: &ColdTier, db: u32, key: &[u8], floor: Stamp, gc_acked: Stamp
     state
 }
 
+/// Cold keys a scan met under a shard's lock, read from the flash tier
+/// once the lock is released ([`ColdReads::read`]): a disk read under the
+/// lock would hold up every write to the shard for its length.
+///
+/// Read later, a key's stored state is still at least what it was when the
+/// scan met it: a cold key's record is written only while the key is warm
+/// again, and then with a newer state, and removed only after the key
+/// was. A key whose record is gone by then is skipped, as if the scan had
+/// come after its removal.
+#[derive(Default)]
+pub struct ColdReads {
+    tier: Option<Arc<ColdTier>>,
+    acked: Stamp,
+    /// (database, where its cold keys are stored, its flush floor, key),
+    /// in the order met.
+    keys: std::collections::VecDeque<(u32, u32, Stamp, Vec<u8>)>,
+}
+
+impl ColdReads {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Reads the keys met, in order, handing each state still stored to
+    /// `f(db, key, state)` as [`Db::peek`] would have read it, until what
+    /// `f` returns adds up to `budget` (one key at least); the rest wait
+    /// for the next call.
+    pub fn read<E>(
+        &mut self,
+        budget: usize,
+        mut f: impl FnMut(u32, &[u8], &KeyState) -> Result<usize, E>,
+    ) -> Result<(), E> {
+        let Some(tier) = self.tier.clone() else {
+            self.keys.clear();
+            return Ok(());
+        };
+        let mut spent = 0;
+        while spent < budget {
+            let Some((db, index, floor, key)) = self.keys.pop_front() else {
+                break;
+            };
+            let Some(mut state) = tier.read_if_held(index, &key) else {
+                continue;
+            };
+            tier.peeked.fetch_add(1, Ordering::Relaxed);
+            if !floor.is_zero() {
+                state.prune(floor);
+            }
+            state.compact(self.acked);
+            spent += f(db, &key, &state)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where a scan of one shard that releases its lock between pieces
+/// stands ([`Keyspace::scan_piece`]).
+#[derive(Debug, Default, Clone)]
+pub struct ShardScan {
+    db: usize,
+    position: usize,
+    /// The epoch of the database's map at `position` (`KeyMap::epoch`).
+    epoch: Option<u64>,
+}
+
 impl Db {
     /// The state of `key`, tombstones included. A cold key must have been
     /// warmed (the dispatcher warms a command's named keys): its state here
@@ -303,6 +372,29 @@ impl Db {
                 ))
             }
             _ => Cow::Borrowed(&entry.state),
+        }
+    }
+
+    /// An entry's state if it is in RAM; a cold one's is left to `cold`, to
+    /// be read once the shard's lock is released.
+    pub fn peek_or_defer<'a>(
+        &self,
+        db: u32,
+        entry: &'a Entry,
+        gc_acked: Stamp,
+        cold: &mut ColdReads,
+    ) -> Option<&'a KeyState> {
+        match &self.cold {
+            Some(tier) if entry.key.is_cold() => {
+                if cold.tier.is_none() {
+                    cold.tier = Some(tier.clone());
+                }
+                cold.acked = gc_acked;
+                cold.keys
+                    .push_back((db, self.index, self.floor, entry.key.to_vec()));
+                None
+            }
+            _ => Some(&entry.state),
         }
     }
 
@@ -1622,15 +1714,23 @@ impl Keyspace {
         dbs: &mut [DbDigest],
         scratch: &mut Vec<u8>,
     ) -> Result<(), chorus_crdt::EncodeError> {
-        let shard = self.shards[index].lock();
-        let acked = self.gc_acked();
-        for (d, digest) in shard.dbs.iter().zip(dbs.iter_mut()) {
-            digest.floor = digest.floor.max(d.floor);
-            for (key, state) in d.states(acked) {
-                digest.add(key, key_digest(key, &state, scratch)?);
+        let mut cold = ColdReads::default();
+        {
+            let shard = self.shards[index].lock();
+            let acked = self.gc_acked();
+            for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
+                digest.floor = digest.floor.max(d.floor);
+                for entry in d.map.entries() {
+                    if let Some(state) = d.peek_or_defer(db as u32, entry, acked, &mut cold) {
+                        digest.add(&entry.key, key_digest(&entry.key, state, scratch)?);
+                    }
+                }
             }
         }
-        Ok(())
+        cold.read(usize::MAX, |db, key, state| {
+            dbs[db as usize].add(key, key_digest(key, state, scratch)?);
+            Ok(1)
+        })
     }
 
     /// Adds shard `index`'s keys to `dbs` (one leaf digest of `2^bits`
@@ -1642,19 +1742,84 @@ impl Keyspace {
         dbs: &mut [Option<LeafDigest>],
         scratch: &mut Vec<u8>,
     ) -> Result<(), chorus_crdt::EncodeError> {
-        let shard = self.shards[index].lock();
-        let acked = self.gc_acked();
-        for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
-            if d.map.is_empty() && d.floor.is_zero() {
-                continue;
-            }
-            let digest = digest.get_or_insert_with(|| LeafDigest::empty(db as u32, bits));
-            digest.floor = digest.floor.max(d.floor);
-            for (key, state) in d.states(acked) {
-                digest.add(key, key_digest(key, &state, scratch)?);
+        let mut cold = ColdReads::default();
+        {
+            let shard = self.shards[index].lock();
+            let acked = self.gc_acked();
+            for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
+                if d.map.is_empty() && d.floor.is_zero() {
+                    continue;
+                }
+                let digest = digest.get_or_insert_with(|| LeafDigest::empty(db as u32, bits));
+                digest.floor = digest.floor.max(d.floor);
+                for entry in d.map.entries() {
+                    if let Some(state) = d.peek_or_defer(db as u32, entry, acked, &mut cold) {
+                        digest.add(&entry.key, key_digest(&entry.key, state, scratch)?);
+                    }
+                }
             }
         }
-        Ok(())
+        cold.read(usize::MAX, |db, key, state| {
+            let digest = dbs[db as usize].get_or_insert_with(|| LeafDigest::empty(db, bits));
+            digest.add(key, key_digest(key, state, scratch)?);
+            Ok(1)
+        })
+    }
+
+    /// Whether shard `index`'s lock is held (by any thread).
+    #[cfg(test)]
+    pub(crate) fn shard_is_locked(&self, index: usize) -> bool {
+        self.shards[index].is_locked()
+    }
+
+    /// Runs `f(db, key, state)` on the next keys of shard `index` in the
+    /// databases `dbs` takes that `wanted(db, key)`, under the shard's
+    /// lock, until it met `most_keys` keys or what `f` returns adds up to
+    /// `budget`; cold keys go to `cold`, to be read after (see
+    /// [`ColdReads`]). Whether the shard is done. Writes go on between
+    /// two pieces: a key that lived throughout the scan is met at least
+    /// once (a compaction of a map, which moves its entries, starts its
+    /// database over), a key made or removed meanwhile perhaps not.
+    #[allow(clippy::too_many_arguments)]
+    pub fn scan_piece<E>(
+        &self,
+        index: usize,
+        scan: &mut ShardScan,
+        most_keys: usize,
+        budget: usize,
+        dbs: impl Fn(usize) -> bool,
+        wanted: impl Fn(usize, &[u8]) -> bool,
+        mut f: impl FnMut(u32, &[u8], &KeyState) -> Result<usize, E>,
+        cold: &mut ColdReads,
+    ) -> Result<bool, E> {
+        let shard = self.shards[index].lock();
+        let acked = self.gc_acked();
+        let (mut keys, mut spent) = (0, 0);
+        while let Some(d) = shard.dbs.get(scan.db) {
+            let epoch = d.map.epoch();
+            if scan.epoch != Some(epoch) {
+                scan.position = 0;
+                scan.epoch = Some(epoch);
+            }
+            while dbs(scan.db) && scan.position < d.map.positions() {
+                if keys >= most_keys || spent >= budget {
+                    return Ok(false);
+                }
+                let entry = d.map.at(scan.position);
+                scan.position += 1;
+                let Some(entry) = entry.filter(|e| wanted(scan.db, &e.key)) else {
+                    continue;
+                };
+                keys += 1;
+                if let Some(state) = d.peek_or_defer(scan.db as u32, entry, acked, cold) {
+                    spent += f(scan.db as u32, &entry.key, state)?;
+                }
+            }
+            scan.db += 1;
+            scan.position = 0;
+            scan.epoch = None;
+        }
+        Ok(true)
     }
 
     /// The keys of `db` in digest bucket `bucket` (and sub-bucket `sub`, if
@@ -1703,23 +1868,34 @@ impl Keyspace {
         mut f: impl FnMut(&[u8], u8, u64),
     ) -> Result<(), chorus_crdt::EncodeError> {
         let mut scratch = Vec::new();
-        let shard = self.shards[shard_of_bucket(bucket)].lock();
-        let Some(d) = shard.dbs.get(db) else {
-            return Ok(());
-        };
-        let acked = self.gc_acked();
-        for entry in d.map.entries() {
-            let key = &entry.key;
-            let (b, sub) = sub_bucket_of(key);
-            if b == bucket
-                && only.is_none_or(|o| o == sub)
-                && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
-            {
-                let state = d.peek_entry(entry, acked);
-                f(key, sub, key_digest(key, &state, &mut scratch)?);
+        let mut cold = ColdReads::default();
+        {
+            let shard = self.shards[shard_of_bucket(bucket)].lock();
+            let Some(d) = shard.dbs.get(db) else {
+                return Ok(());
+            };
+            let acked = self.gc_acked();
+            for entry in d.map.entries() {
+                let key = &entry.key;
+                let (b, sub) = sub_bucket_of(key);
+                if b == bucket
+                    && only.is_none_or(|o| o == sub)
+                    && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
+                {
+                    if let Some(state) = d.peek_or_defer(db as u32, entry, acked, &mut cold) {
+                        f(key, sub, key_digest(key, state, &mut scratch)?);
+                    }
+                }
             }
         }
-        Ok(())
+        cold.read(usize::MAX, |_, key, state| {
+            f(
+                key,
+                sub_bucket_of(key).1,
+                key_digest(key, state, &mut scratch)?,
+            );
+            Ok(1)
+        })
     }
 
     /// Digests of `db`'s buckets `buckets` over the keys `pattern` matches,
@@ -1737,23 +1913,33 @@ impl Keyspace {
         let (mut floor, mut keys, mut scratch) = (Stamp::ZERO, 0, Vec::new());
         let shards = shard_of_bucket(first)..=shard_of_bucket(*buckets.end());
         for shard in shards.filter(|_| !buckets.is_empty()) {
-            let shard = self.shards[shard].lock();
-            let Some(d) = shard.dbs.get(db) else {
-                continue;
-            };
-            floor = floor.max(d.floor);
-            let acked = self.gc_acked();
-            for entry in d.map.entries() {
-                let key = &entry.key;
-                let bucket = bucket_of(key);
-                if buckets.contains(&bucket)
-                    && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
-                {
-                    let state = d.peek_entry(entry, acked);
-                    digests[(bucket - first) as usize] ^= key_digest(key, &state, &mut scratch)?;
-                    keys += 1;
+            let mut cold = ColdReads::default();
+            {
+                let shard = self.shards[shard].lock();
+                let Some(d) = shard.dbs.get(db) else {
+                    continue;
+                };
+                floor = floor.max(d.floor);
+                let acked = self.gc_acked();
+                for entry in d.map.entries() {
+                    let key = &entry.key;
+                    let bucket = bucket_of(key);
+                    if buckets.contains(&bucket)
+                        && pattern.is_none_or(|p| crate::glob::matches(p, key, false))
+                    {
+                        if let Some(state) = d.peek_or_defer(db as u32, entry, acked, &mut cold) {
+                            digests[(bucket - first) as usize] ^=
+                                key_digest(key, state, &mut scratch)?;
+                            keys += 1;
+                        }
+                    }
                 }
             }
+            cold.read(usize::MAX, |_, key, state| {
+                digests[(bucket_of(key) - first) as usize] ^= key_digest(key, state, &mut scratch)?;
+                keys += 1;
+                Ok::<_, chorus_crdt::EncodeError>(1)
+            })?;
         }
         Ok((digests, floor, keys))
     }
@@ -2107,6 +2293,83 @@ mod tests {
             .get(b"z")
             .cloned();
         assert_eq!(before, after, "nothing written");
+    }
+
+    /// A scan in pieces meets every key that lives throughout, though
+    /// deletes between two pieces compact the map under it (moving
+    /// entries from positions not yet read to positions already read).
+    #[test]
+    fn a_scan_in_pieces_meets_every_key_across_a_compaction() {
+        let ks = keyspace();
+        let names: Vec<Vec<u8>> = (0..400_000)
+            .map(|i| format!("key:{i}").into_bytes())
+            .filter(|k| ks.shard_of(k) == 5)
+            .take(1400)
+            .collect();
+        assert_eq!(names.len(), 1400);
+        {
+            let mut l = ks.lock_all();
+            for (i, key) in names.iter().enumerate() {
+                ks.update(&mut l, i % 2, key, 0, |w| w.set(Some(b"v"), 0))
+                    .unwrap();
+            }
+        }
+        let epoch = |db: usize| ks.shards[5].lock().dbs[db].map.epoch();
+        let before = epoch(0);
+        let mut met: Vec<(u32, Vec<u8>)> = Vec::new();
+        let mut scan = ShardScan::default();
+        let mut cold = ColdReads::default();
+        let mut piece = |scan: &mut ShardScan, met: &mut Vec<(u32, Vec<u8>)>| {
+            ks.scan_piece(
+                5,
+                scan,
+                100,
+                usize::MAX,
+                |_| true,
+                |_, _| true,
+                |db, key, _| {
+                    met.push((db, key.to_vec()));
+                    Ok::<_, ()>(1)
+                },
+                &mut cold,
+            )
+            .unwrap()
+        };
+        for _ in 0..3 {
+            assert!(!piece(&mut scan, &mut met));
+        }
+        // Every key met so far, and 100 more of db 0, deleted.
+        let gone: Vec<(u32, Vec<u8>)> = met
+            .iter()
+            .cloned()
+            .chain(
+                names
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, k)| i % 2 == 0 && !met.contains(&(0, k.to_vec())))
+                    .map(|(_, k)| (0, k.clone()))
+                    .take(100),
+            )
+            .collect();
+        {
+            let mut l = ks.lock_all();
+            for (db, key) in &gone {
+                ks.update(&mut l, *db as usize, key, 0, |w| w.set(None, 0))
+                    .unwrap();
+            }
+        }
+        assert_ne!(epoch(0), before, "the deletes compacted db 0's map");
+        while !piece(&mut scan, &mut met) {}
+        assert!(cold.is_empty());
+        for (i, key) in names.iter().enumerate() {
+            let db = (i % 2) as u32;
+            if !gone.contains(&(db, key.clone())) {
+                assert!(
+                    met.contains(&(db, key.clone())),
+                    "{key:?} in db {db} was not met"
+                );
+            }
+        }
     }
 
     #[test]

@@ -58,7 +58,7 @@ use tracing::{info, warn};
 
 use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks, SEND_BATCH_BYTES};
 use crate::deltalog::NumberedRead;
-use crate::keyspace::{DeltaSink, Keyspace, SHARDS};
+use crate::keyspace::{ColdReads, DeltaSink, Keyspace, ShardScan, SHARDS};
 use version::{Arrival, VersionVector};
 use wire::ReplMsg;
 
@@ -91,6 +91,11 @@ const GC_TICK: Duration = Duration::from_millis(200);
 /// At most this many peer addresses are remembered for telling a restarted
 /// peer by its new id.
 const MAX_INBOUND_ADDRS: usize = 1024;
+
+/// A state transfer encodes a shard in pieces of this many keys, or of
+/// this many bytes (past one key), releasing the shard's lock between.
+const TRANSFER_PIECE_KEYS: usize = 512;
+const TRANSFER_PIECE_BYTES: usize = 1 << 20;
 
 /// An ask's number and where its leaf digests go (`None`: the last came).
 type LeafReply = (u64, tokio::sync::mpsc::UnboundedSender<Option<LeafDigest>>);
@@ -1622,32 +1627,56 @@ async fn state_transfer(
     }
     let (mut keys, mut bytes) = (0u64, 0u64);
     for i in 0..SHARDS {
-        // Encode one shard under its lock, send after releasing it.
-        let frames: Vec<Vec<u8>> = {
-            let mut l = ks.lock(SmallVec::from_slice(&[i]));
-            let shard = l.shard(i)?;
-            let acked = ks.gc_acked();
-            let mut frames = Vec::new();
-            for (db, d) in shard.dbs.iter().enumerate() {
-                if scope.as_ref().is_some_and(|s| !s.covers_db(db as u32)) {
-                    continue;
+        // A piece of a shard encoded under its lock, sent after releasing
+        // it: writes wait for one piece at most, and what is held in frames
+        // is about a piece (a shard of a large keyspace is gigabytes).
+        let mut scan = ShardScan::default();
+        loop {
+            let mut frames: Vec<Vec<u8>> = Vec::new();
+            let mut cold = ColdReads::default();
+            let done = ks.scan_piece(
+                i,
+                &mut scan,
+                TRANSFER_PIECE_KEYS,
+                TRANSFER_PIECE_BYTES,
+                |db| scope.as_ref().is_none_or(|s| s.covers_db(db as u32)),
+                |db, key| in_scope(db, key),
+                |db, key, state| {
+                    let f = wire::snapshot_key_msg(db, key, state)?;
+                    let len = f.len();
+                    frames.push(f);
+                    Ok::<_, LinkError>(len)
+                },
+                &mut cold,
+            )?;
+            loop {
+                keys += frames.len() as u64;
+                for f in frames.drain(..) {
+                    bytes += f.len() as u64;
+                    bulk.send(&f).await?;
                 }
-                for entry in d.map.entries().filter(|e| in_scope(db, &e.key)) {
-                    // A cold key is read from the flash tier and stays there.
-                    let delta = Delta::Key {
-                        db: db as u32,
-                        key: entry.key.to_vec(),
-                        state: d.peek_entry(entry, acked).into_owned(),
-                    };
-                    frames.push(send_msg(&ReplMsg::Snapshot { delta })?);
+                if cold.is_empty() {
+                    break;
                 }
+                // A cold key is read from the flash tier, off the runtime's
+                // threads, and stays there.
+                let read = tokio::task::spawn_blocking(move || {
+                    let mut frames = Vec::new();
+                    let read = cold.read(TRANSFER_PIECE_BYTES, |db, key, state| {
+                        let f = wire::snapshot_key_msg(db, key, state)?;
+                        let len = f.len();
+                        frames.push(f);
+                        Ok::<_, chorus_crdt::EncodeError>(len)
+                    });
+                    read.map(|()| (cold, frames))
+                })
+                .await
+                .map_err(|e| LinkError::Protocol(format!("reading cold keys: {e}")))??;
+                (cold, frames) = read;
             }
-            frames
-        };
-        keys += frames.len() as u64;
-        for f in frames {
-            bytes += f.len() as u64;
-            bulk.send(&f).await?;
+            if done {
+                break;
+            }
         }
     }
     info.transfer_keys.fetch_add(keys, Ordering::Relaxed);

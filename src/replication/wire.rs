@@ -209,6 +209,23 @@ pub(crate) fn append_key_body(
     append_state(out, state)
 }
 
+/// `ReplMsg::Snapshot`'s variant number.
+const SNAPSHOT_VARIANT: u8 = 3;
+
+/// The bytes of `ReplMsg::Snapshot { delta: Delta::Key { db, key, state } }`,
+/// without copying the state into an owned message: a state transfer sends
+/// every key so.
+pub(crate) fn snapshot_key_msg(
+    db: u32,
+    key: &[u8],
+    state: &KeyState,
+) -> Result<Vec<u8>, chorus_crdt::EncodeError> {
+    let mut out = Vec::with_capacity(24 + key.len());
+    out.extend_from_slice(&[chorus_crdt::FORMAT_VERSION, SNAPSHOT_VARIANT]);
+    append_key_body(&mut out, db, key, state)?;
+    Ok(out)
+}
+
 /// `Delta::Key` of a key state holding only the collection part `delta`.
 pub(crate) fn append_coll_body(out: &mut Vec<u8>, db: u32, key: &[u8], delta: &chorus_crdt::Coll) {
     out.push(0);
@@ -394,6 +411,10 @@ mod tests {
                 let mut direct = delta_head(node, seq).as_slice().to_vec();
                 append_key_body(&mut direct, db, &key, delta).unwrap();
                 proptest::prop_assert_eq!(direct, owned(key_delta(delta)));
+            }
+            for delta in [&write, &incr, &state] {
+                let snapshot = encode(&ReplMsg::Snapshot { delta: key_delta(delta) }).unwrap();
+                proptest::prop_assert_eq!(snapshot_key_msg(db, &key, delta).unwrap(), snapshot);
             }
             let mut direct = delta_head(node, seq).as_slice().to_vec();
             append_tally_body(&mut direct, db, &key, node, tally);
