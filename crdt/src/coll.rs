@@ -462,6 +462,32 @@ fn join_members(
     }
 }
 
+/// Adds a field's write dots to `delta`'s context (its removal).
+fn remove_field_dots(delta: &mut Coll, f: FieldRef<'_>) {
+    match f {
+        FieldRef::Elem(e) => {
+            for w in &e.writes {
+                delta.ctx.insert(w.dot);
+            }
+        }
+        FieldRef::Packed(p) => delta.ctx.insert(p.dot),
+    }
+}
+
+/// Records in `delta` that `kind`'s element `key` had its counter `counts`
+/// reset at `stamp` (what a removal does to a counter).
+fn reset_counter(delta: &mut Coll, kind: Kind, key: &[u8], counts: &NodeMap<Tally>, stamp: Stamp) {
+    let r = delta
+        .removed
+        .make()
+        .entry((kind, key.to_vec()))
+        .or_default();
+    r.reset = r.reset.max(stamp);
+    for (node, t) in counts.iter() {
+        join_tally(&mut r.tallies, *node, t);
+    }
+}
+
 impl Coll {
     /// Where a lookup of the element whose stable hash is `hash`, in this
     /// collection's kind, most likely reads (see [`EMap::first_probe`]):
@@ -846,14 +872,7 @@ impl Coll {
         let counts = match kind {
             Kind::Hash => match self.hash.get(key) {
                 Some(f) => {
-                    match f {
-                        FieldRef::Elem(e) => {
-                            for w in &e.writes {
-                                delta.ctx.insert(w.dot);
-                            }
-                        }
-                        FieldRef::Packed(p) => delta.ctx.insert(p.dot),
-                    }
+                    remove_field_dots(delta, f);
                     delta.hash.map_mut().entry(probe.to_key()).or_default();
                     f.counts()
                 }
@@ -882,15 +901,7 @@ impl Coll {
             Kind::List => None,
         };
         if let Some(counts) = counts {
-            let r = delta
-                .removed
-                .make()
-                .entry((kind, key.to_vec()))
-                .or_default();
-            r.reset = r.reset.max(stamp);
-            for (node, t) in counts.iter() {
-                join_tally(&mut r.tallies, *node, t);
-            }
+            reset_counter(delta, kind, key, counts, stamp);
         }
     }
 
@@ -900,21 +911,31 @@ impl Coll {
     /// write carries the stamp.
     pub fn clear(&self, stamp: Stamp) -> Coll {
         let mut delta = Coll::default();
-        for (key, _) in self.hash.iter() {
-            self.remove_into(&mut delta, Kind::Hash, key, stamp);
+        // Each element as it is walked, not looked up again by name (a
+        // packed hash's lookup is a walk: the clear of one would be
+        // quadratic).
+        for (key, f) in self.hash.iter() {
+            remove_field_dots(&mut delta, f);
+            if let Some(counts) = f.counts() {
+                reset_counter(&mut delta, Kind::Hash, key, counts, stamp);
+            }
         }
-        for key in self.set.keys() {
-            self.remove_into(&mut delta, Kind::Set, key.bytes(), stamp);
+        for (_, adds) in self.set.iter() {
+            for a in adds.iter() {
+                delta.ctx.insert(a.dot);
+            }
         }
-        for key in self.zset.keys() {
-            self.remove_into(&mut delta, Kind::ZSet, key.bytes(), stamp);
+        for (key, e) in self.zset.iter() {
+            for w in e.writes.iter() {
+                delta.ctx.insert(w.dot);
+            }
+            if let Some(counts) = e.counts.as_deref() {
+                reset_counter(&mut delta, Kind::ZSet, key.bytes(), counts, stamp);
+            }
         }
         for pos in self.list.keys() {
             self.list_remove_into(&mut delta, pos);
         }
-        delta.hash.clear();
-        delta.set.clear();
-        delta.zset.clear();
         delta.list.clear();
         delta.part = false;
         delta

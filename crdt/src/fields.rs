@@ -546,6 +546,23 @@ impl Packed {
         })
     }
 
+    /// A place in the node table that no field names.
+    fn unnamed_node(&self) -> Option<usize> {
+        let nodes = self.nodes();
+        if nodes == 0 {
+            return None;
+        }
+        let b = &self.buf;
+        let mut named = [0u64; 4];
+        let mut at = self.first();
+        for _ in 0..self.count() {
+            let (flen, vlen, ix) = (usize::from(b[at]), usize::from(b[at + 1]), b[at + 2]);
+            named[usize::from(ix / 64)] |= 1 << (ix % 64);
+            at = skip_varint(b, skip_varint(b, at + FIXED)) + flen + vlen;
+        }
+        (0..nodes).find(|&i| named[i / 64] & (1 << (i % 64)) == 0)
+    }
+
     /// See [`Fields::set_packed`].
     fn set(
         &mut self,
@@ -558,9 +575,21 @@ impl Packed {
             return None;
         }
         let nodes = self.nodes();
-        let ix = (0..nodes).find(|i| self.node(*i) == dot.node);
-        if ix.is_none() && nodes >= PACK_MAX_NODES {
-            return None;
+        let mut ix = (0..nodes).find(|i| self.node(*i) == dot.node);
+        if ix.is_none() {
+            // A writer no field names any more gives its place to the new
+            // one: the table holds at most one more than the writers of the
+            // fields held, however many wrote before (a node takes a new id
+            // each life).
+            match self.unnamed_node() {
+                Some(free) => {
+                    let at = HEAD + 8 * free;
+                    self.buf[at..at + 8].copy_from_slice(&dot.node.0.to_le_bytes());
+                    ix = Some(free);
+                }
+                None if nodes >= PACK_MAX_NODES => return None,
+                None => {}
+            }
         }
         // Where the new field goes: in place of the old, or before the
         // first field ordered after it.
@@ -769,6 +798,55 @@ mod tests {
             let mut f = Fields::from(m);
             f.pack();
             assert!(!f.is_packed());
+        }
+    }
+
+    /// A field written by one node after another (a node takes a new id
+    /// each life) stays packed, its node table no longer than the writers
+    /// its fields name, and one.
+    #[test]
+    fn writers_no_field_names_give_their_place_in_the_node_table() {
+        let m = map_of(&[
+            (b"kept".to_vec(), 1, 10, b"a".to_vec()),
+            (b"f".to_vec(), 2, 10, b"b".to_vec()),
+        ]);
+        let mut f = Fields::from(m);
+        f.pack();
+        let start = f.heap_bytes();
+        let mut replaced = Dot {
+            node: NodeId(2),
+            n: 11,
+        };
+        for writer in 3..400u64 {
+            let dot = Dot {
+                node: NodeId(writer),
+                n: 20 + writer,
+            };
+            assert_eq!(
+                f.set_packed(b"f", b"c", dot, 20 + writer),
+                Some((false, Some(replaced)))
+            );
+            replaced = dot;
+            assert!(f.is_packed(), "writer {writer}");
+            let Repr::Packed(p) = &f.0 else {
+                unreachable!()
+            };
+            assert!(p.nodes() <= 3, "writer {writer}: {} nodes", p.nodes());
+        }
+        assert!(
+            f.heap_bytes() <= start + 8 + 4,
+            "{} against {start}",
+            f.heap_bytes()
+        );
+        match f.get(b"kept") {
+            Some(FieldRef::Packed(p)) => assert_eq!(p.dot.node, NodeId(1)),
+            other => panic!("{other:?}"),
+        }
+        match f.get(b"f") {
+            Some(FieldRef::Packed(p)) => {
+                assert_eq!((p.dot.node, p.value), (NodeId(399), &b"c"[..]))
+            }
+            other => panic!("{other:?}"),
         }
     }
 

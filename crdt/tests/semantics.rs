@@ -1053,3 +1053,67 @@ fn a_recycled_delta_is_a_fresh_one() {
     assert_eq!(used, fresh);
     assert_eq!(mine, theirs);
 }
+
+/// DEL's delta walks each element once (a packed hash's lookup by name is
+/// a walk of its buffer), and removes exactly what removing each element
+/// by name removes: every dot, and every counter as a removal record.
+#[test]
+fn a_clear_removes_what_removing_each_element_by_name_removes() {
+    let build = |kind: Kind, counters: bool| {
+        let mut state = KeyState::default();
+        for i in 0..100u64 {
+            let s = at(10 + i, if i % 3 == 0 { B } else { A });
+            let name = format!("e{}", i % 60);
+            let d = state.coll_write(s, kind, |c, d| match (kind, counters && i % 2 == 0) {
+                (Kind::Set, _) => c.sadd_into(d, s, name.as_bytes()),
+                (Kind::ZSet, false) => c.zadd_into(d, s, name.as_bytes(), i as f64),
+                (Kind::Hash, false) => c.hset_into(d, s, name.as_bytes(), b"v"),
+                (_, _) => c.incr_into(d, kind, name.as_bytes(), s, (0, 1.5, true)),
+            });
+            apply(&mut state, &d);
+        }
+        state.coll().expect("a collection").clone()
+    };
+    let by_name = |c: &chorus_crdt::Coll, stamp: Stamp| {
+        let mut d = chorus_crdt::Coll::default();
+        for (k, _) in c.hash.iter() {
+            c.remove_elem_into(&mut d, Kind::Hash, k, stamp);
+        }
+        for k in c.set.keys() {
+            c.remove_elem_into(&mut d, Kind::Set, k.bytes(), stamp);
+        }
+        for k in c.zset.keys() {
+            c.remove_elem_into(&mut d, Kind::ZSet, k.bytes(), stamp);
+        }
+        d.hash.clear();
+        d.set.clear();
+        d.zset.clear();
+        d.part = false;
+        d
+    };
+    let packed = build(Kind::Hash, false);
+    assert!(packed.hash.is_packed());
+    let mut unpacked = packed.clone();
+    unpacked.hash.map_mut();
+    let stamp = at(500, C);
+    for c in [
+        packed,
+        unpacked,
+        build(Kind::Hash, true),
+        build(Kind::Set, false),
+        build(Kind::ZSet, false),
+        build(Kind::ZSet, true),
+    ] {
+        let cleared = c.clear(stamp);
+        assert_eq!(cleared, by_name(&c, stamp));
+        let mut gone = KeyState {
+            coll: Some(Box::new(c.clone())),
+            ..KeyState::default()
+        };
+        gone.merge(&KeyState {
+            coll: Some(Box::new(cleared)),
+            ..KeyState::default()
+        });
+        assert!(!gone.exists(0), "{gone:?}");
+    }
+}
