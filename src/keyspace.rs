@@ -241,7 +241,10 @@ fn read_cold(tier: &ColdTier, db: u32, key: &[u8], floor: Stamp, gc_acked: Stamp
 /// scan met it: a cold key's record is written only while the key is warm
 /// again, and then with a newer state, and removed only after the key
 /// was. A key whose record is gone by then is skipped, as if the scan had
-/// come after its removal.
+/// come after its removal. (The one exception is a SWAPDB between, which
+/// rewrites a database number's records with the other database's keys:
+/// a replicating node refuses SWAPDB, so only a standalone node's
+/// CRDT.DIGEST can mix the two, as a digest taken across it would.)
 #[derive(Default)]
 pub struct ColdReads {
     tier: Option<Arc<ColdTier>>,
@@ -263,12 +266,16 @@ impl ColdReads {
     /// Reads the keys met, in order, handing each state still stored to
     /// `f(db, key, state)` as [`Db::peek`] would have read it, until what
     /// `f` returns adds up to `budget` (one key at least); the rest wait
-    /// for the next call.
+    /// for the next call. `acked_now` is the keyspace's GC floor read just
+    /// before: a state is compacted to the lower of it and the floor when
+    /// met (a floor may be lowered meanwhile, `cap_gc_floor`).
     pub fn read<E>(
         &mut self,
+        acked_now: Stamp,
         budget: usize,
         mut f: impl FnMut(u32, &[u8], &KeyState) -> Result<usize, E>,
     ) -> Result<(), E> {
+        let acked = self.acked.min(acked_now);
         let Some(tier) = self.tier.clone() else {
             self.keys.clear();
             return Ok(());
@@ -285,10 +292,40 @@ impl ColdReads {
             if !floor.is_zero() {
                 state.prune(floor);
             }
-            state.compact(self.acked);
+            state.compact(acked);
             spent += f(db, &key, &state)?;
         }
         Ok(())
+    }
+}
+
+impl ColdReads {
+    /// Adds the keys met to `dbs` (see [`Keyspace::digest_shard`]).
+    pub fn add_digests(
+        &mut self,
+        acked_now: Stamp,
+        dbs: &mut [DbDigest],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), chorus_crdt::EncodeError> {
+        self.read(acked_now, usize::MAX, |db, key, state| {
+            dbs[db as usize].add(key, key_digest(key, state, scratch)?);
+            Ok(1)
+        })
+    }
+
+    /// Adds the keys met to `dbs` (see [`Keyspace::leaf_digest_shard`]).
+    pub fn add_leaf_digests(
+        &mut self,
+        acked_now: Stamp,
+        bits: u8,
+        dbs: &mut [Option<LeafDigest>],
+        scratch: &mut Vec<u8>,
+    ) -> Result<(), chorus_crdt::EncodeError> {
+        self.read(acked_now, usize::MAX, |db, key, state| {
+            let digest = dbs[db as usize].get_or_insert_with(|| LeafDigest::empty(db, bits));
+            digest.add(key, key_digest(key, state, scratch)?);
+            Ok(1)
+        })
     }
 }
 
@@ -1707,63 +1744,55 @@ impl Keyspace {
     }
 
     /// Adds shard `index`'s keys and floors to `dbs` (one digest per
-    /// database, see `chorus_crdt::digest`). `scratch` is reused across keys.
+    /// database, see `chorus_crdt::digest`), but its cold keys, left in
+    /// `cold` to be added once the lock is released
+    /// ([`ColdReads::add_digests`]). `scratch` is reused across keys.
     pub fn digest_shard(
         &self,
         index: usize,
         dbs: &mut [DbDigest],
         scratch: &mut Vec<u8>,
+        cold: &mut ColdReads,
     ) -> Result<(), chorus_crdt::EncodeError> {
-        let mut cold = ColdReads::default();
-        {
-            let shard = self.shards[index].lock();
-            let acked = self.gc_acked();
-            for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
-                digest.floor = digest.floor.max(d.floor);
-                for entry in d.map.entries() {
-                    if let Some(state) = d.peek_or_defer(db as u32, entry, acked, &mut cold) {
-                        digest.add(&entry.key, key_digest(&entry.key, state, scratch)?);
-                    }
+        let shard = self.shards[index].lock();
+        let acked = self.gc_acked();
+        for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
+            digest.floor = digest.floor.max(d.floor);
+            for entry in d.map.entries() {
+                if let Some(state) = d.peek_or_defer(db as u32, entry, acked, cold) {
+                    digest.add(&entry.key, key_digest(&entry.key, state, scratch)?);
                 }
             }
         }
-        cold.read(usize::MAX, |db, key, state| {
-            dbs[db as usize].add(key, key_digest(key, state, scratch)?);
-            Ok(1)
-        })
+        Ok(())
     }
 
     /// Adds shard `index`'s keys to `dbs` (one leaf digest of `2^bits`
-    /// leaves per database, made when it first has a key or a floor).
+    /// leaves per database, made when it first has a key or a floor), but
+    /// its cold keys, left in `cold` ([`ColdReads::add_leaf_digests`]).
     pub fn leaf_digest_shard(
         &self,
         index: usize,
         bits: u8,
         dbs: &mut [Option<LeafDigest>],
         scratch: &mut Vec<u8>,
+        cold: &mut ColdReads,
     ) -> Result<(), chorus_crdt::EncodeError> {
-        let mut cold = ColdReads::default();
-        {
-            let shard = self.shards[index].lock();
-            let acked = self.gc_acked();
-            for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
-                if d.map.is_empty() && d.floor.is_zero() {
-                    continue;
-                }
-                let digest = digest.get_or_insert_with(|| LeafDigest::empty(db as u32, bits));
-                digest.floor = digest.floor.max(d.floor);
-                for entry in d.map.entries() {
-                    if let Some(state) = d.peek_or_defer(db as u32, entry, acked, &mut cold) {
-                        digest.add(&entry.key, key_digest(&entry.key, state, scratch)?);
-                    }
+        let shard = self.shards[index].lock();
+        let acked = self.gc_acked();
+        for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
+            if d.map.is_empty() && d.floor.is_zero() {
+                continue;
+            }
+            let digest = digest.get_or_insert_with(|| LeafDigest::empty(db as u32, bits));
+            digest.floor = digest.floor.max(d.floor);
+            for entry in d.map.entries() {
+                if let Some(state) = d.peek_or_defer(db as u32, entry, acked, cold) {
+                    digest.add(&entry.key, key_digest(&entry.key, state, scratch)?);
                 }
             }
         }
-        cold.read(usize::MAX, |db, key, state| {
-            let digest = dbs[db as usize].get_or_insert_with(|| LeafDigest::empty(db, bits));
-            digest.add(key, key_digest(key, state, scratch)?);
-            Ok(1)
-        })
+        Ok(())
     }
 
     /// Whether shard `index`'s lock is held (by any thread).
@@ -1794,7 +1823,10 @@ impl Keyspace {
     ) -> Result<bool, E> {
         let shard = self.shards[index].lock();
         let acked = self.gc_acked();
-        let (mut keys, mut spent) = (0, 0);
+        let (mut keys, mut spent, mut examined) = (0, 0, 0);
+        // Holes and keys not wanted (a repair's scope) are passed over
+        // cheaply, but not without end under the lock.
+        let most_examined = most_keys.saturating_mul(16);
         while let Some(d) = shard.dbs.get(scan.db) {
             let epoch = d.map.epoch();
             if scan.epoch != Some(epoch) {
@@ -1802,11 +1834,12 @@ impl Keyspace {
                 scan.epoch = Some(epoch);
             }
             while dbs(scan.db) && scan.position < d.map.positions() {
-                if keys >= most_keys || spent >= budget {
+                if keys >= most_keys || spent >= budget || examined >= most_examined {
                     return Ok(false);
                 }
                 let entry = d.map.at(scan.position);
                 scan.position += 1;
+                examined += 1;
                 let Some(entry) = entry.filter(|e| wanted(scan.db, &e.key)) else {
                     continue;
                 };
@@ -1888,7 +1921,7 @@ impl Keyspace {
                 }
             }
         }
-        cold.read(usize::MAX, |_, key, state| {
+        cold.read(self.gc_acked(), usize::MAX, |_, key, state| {
             f(
                 key,
                 sub_bucket_of(key).1,
@@ -1935,7 +1968,7 @@ impl Keyspace {
                     }
                 }
             }
-            cold.read(usize::MAX, |_, key, state| {
+            cold.read(self.gc_acked(), usize::MAX, |_, key, state| {
                 digests[(bucket_of(key) - first) as usize] ^= key_digest(key, state, &mut scratch)?;
                 keys += 1;
                 Ok::<_, chorus_crdt::EncodeError>(1)
@@ -2361,6 +2394,26 @@ mod tests {
         assert_ne!(epoch(0), before, "the deletes compacted db 0's map");
         while !piece(&mut scan, &mut met) {}
         assert!(cold.is_empty());
+        // A scan that wants nothing (a repair of other keys) still lets go
+        // of the lock after a bounded walk.
+        let mut pieces = 0;
+        let mut scan = ShardScan::default();
+        while !ks
+            .scan_piece(
+                5,
+                &mut scan,
+                10,
+                usize::MAX,
+                |_| true,
+                |_, _| false,
+                |_, _, _| Ok::<_, ()>(1),
+                &mut cold,
+            )
+            .unwrap()
+        {
+            pieces += 1;
+        }
+        assert!(pieces >= 4, "{pieces} pieces");
         for (i, key) in names.iter().enumerate() {
             let db = (i % 2) as u32;
             if !gone.contains(&(db, key.clone())) {

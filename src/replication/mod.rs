@@ -1548,7 +1548,17 @@ async fn leaf_digests(ks: &Keyspace, bits: u8) -> Result<Vec<LeafDigest>, LinkEr
     let mut dbs: Vec<Option<LeafDigest>> = vec![None; ks.databases()];
     let mut scratch = Vec::new();
     for i in 0..SHARDS {
-        ks.leaf_digest_shard(i, bits, &mut dbs, &mut scratch)?;
+        let mut cold = ColdReads::default();
+        ks.leaf_digest_shard(i, bits, &mut dbs, &mut scratch, &mut cold)?;
+        if !cold.is_empty() {
+            let acked = ks.gc_acked();
+            dbs = tokio::task::spawn_blocking(move || {
+                cold.add_leaf_digests(acked, bits, &mut dbs, &mut Vec::new())
+                    .map(|()| dbs)
+            })
+            .await
+            .map_err(|e| LinkError::Protocol(format!("reading cold keys: {e}")))??;
+        }
         tokio::task::yield_now().await;
     }
     Ok(dbs
@@ -1625,6 +1635,8 @@ async fn state_transfer(
             bulk.send(&send_msg(&ReplMsg::Snapshot { delta })?).await?;
         }
     }
+    // Keys sent: a database whose map was compacted during the scan
+    // starts over, and its keys met before count twice.
     let (mut keys, mut bytes) = (0u64, 0u64);
     for i in 0..SHARDS {
         // A piece of a shard encoded under its lock, sent after releasing
@@ -1660,9 +1672,10 @@ async fn state_transfer(
                 }
                 // A cold key is read from the flash tier, off the runtime's
                 // threads, and stays there.
+                let acked = ks.gc_acked();
                 let read = tokio::task::spawn_blocking(move || {
                     let mut frames = Vec::new();
-                    let read = cold.read(TRANSFER_PIECE_BYTES, |db, key, state| {
+                    let read = cold.read(acked, TRANSFER_PIECE_BYTES, |db, key, state| {
                         let f = wire::snapshot_key_msg(db, key, state)?;
                         let len = f.len();
                         frames.push(f);
@@ -1748,7 +1761,17 @@ async fn keyspace_digest(ks: &Keyspace) -> Result<Vec<DbDigest>, LinkError> {
     let mut dbs: Vec<DbDigest> = (0..ks.databases() as u32).map(DbDigest::empty).collect();
     let mut scratch = Vec::new();
     for i in 0..SHARDS {
-        ks.digest_shard(i, &mut dbs, &mut scratch)?;
+        let mut cold = ColdReads::default();
+        ks.digest_shard(i, &mut dbs, &mut scratch, &mut cold)?;
+        if !cold.is_empty() {
+            let acked = ks.gc_acked();
+            dbs = tokio::task::spawn_blocking(move || {
+                cold.add_digests(acked, &mut dbs, &mut Vec::new())
+                    .map(|()| dbs)
+            })
+            .await
+            .map_err(|e| LinkError::Protocol(format!("reading cold keys: {e}")))??;
+        }
         tokio::task::yield_now().await;
     }
     dbs.retain(|d| !d.is_empty());

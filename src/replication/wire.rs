@@ -211,6 +211,7 @@ pub(crate) fn append_key_body(
 
 /// `ReplMsg::Snapshot`'s variant number.
 const SNAPSHOT_VARIANT: u8 = 3;
+const _: () = assert!(SNAPSHOT_VARIANT < 0x80);
 
 /// The bytes of `ReplMsg::Snapshot { delta: Delta::Key { db, key, state } }`,
 /// without copying the state into an owned message: a state transfer sends
