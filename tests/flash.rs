@@ -471,6 +471,63 @@ fn writes_replicated_into_keys_cold_on_disk_merge_and_both_nodes_converge() {
     }
 }
 
+/// A peer that joins late gets a state transfer of a keyspace mostly on
+/// disk: in pieces (40,000 keys, some 600 a shard), the cold keys read from
+/// the store and left there, every key arriving whole.
+#[test]
+fn a_late_peer_gets_the_keys_cold_on_disk_by_state_transfer() {
+    let dir = data_dir("transfer");
+    let (pa, pb) = (free_port(), free_port());
+    let flash: Vec<String> = [
+        "--storage-provider",
+        "flash",
+        dir.to_str().unwrap(),
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--repl-backlog-size",
+        "16kb",
+        // Neither the backlog nor the log reaches back: the peer takes a
+        // state transfer.
+        "--repl-log-max-size",
+        "1",
+    ]
+    .map(String::from)
+    .to_vec();
+    let a = peer(pa, pb, &flash);
+    let mut ca = a.conn();
+    let limit = used(&mut ca) + 8_000_000;
+    config_set(&mut ca, "maxmemory", &limit.to_string());
+    fill(&mut ca, "k", 0..40_000, 1000);
+    let _: () = q(&mut ca, &["SAVE"]);
+    fill(&mut ca, "after", 0..100, 1000);
+    let cold = info_field(&mut ca, "persistence", "flash_cold_keys");
+    assert!(cold > 25_000, "{cold} cold keys");
+    let peeked = info_field(&mut ca, "persistence", "flash_peeked");
+
+    let b = peer(pb, pa, &[]);
+    let mut cb = b.conn();
+    wait_until("every key on B", || {
+        q::<u64>(&mut cb, &["DBSIZE"]) == 40_100
+    });
+    check_all(&mut cb, "k", 0..40_000, 1000);
+    check_all(&mut cb, "after", 0..100, 1000);
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(!info.contains("state_transfers=0"), "{info}");
+    assert!(
+        info_field(&mut ca, "persistence", "flash_peeked") >= peeked + cold * 9 / 10,
+        "the transfer read the cold keys from disk"
+    );
+    assert!(
+        info_field(&mut ca, "persistence", "flash_cold_keys") >= cold * 9 / 10,
+        "and left them there"
+    );
+    wait_until("equal digests", || {
+        digest_buckets(&mut ca) == digest_buckets(&mut cb)
+    });
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_flash_path_that_cannot_be_made_stops_the_start_naming_it() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
