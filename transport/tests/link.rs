@@ -182,11 +182,20 @@ async fn a_dialer_that_never_finishes_the_handshake_gets_no_link() {
         let b = b.clone();
         tokio::spawn(async move { b.accept().await.expect("open").map(|l| l.peer_node) })
     };
-    // This dialer gives up after 1 ms, long before it could prove anything.
-    let mut quick = TransportConfig::new(9, "prod", b"s");
-    quick.handshake_timeout = Duration::from_millis(1);
-    let impatient = Transport::bind(LOOPBACK.parse().unwrap(), quick).unwrap();
-    assert!(impatient.connect(addr).await.is_err());
+    // This dialer gives up once it has sent its first packet, long before
+    // it could prove anything: its connect is dropped after one poll (a
+    // 1 ms handshake timeout sometimes finished in time on loopback).
+    let impatient = Transport::bind(
+        LOOPBACK.parse().unwrap(),
+        TransportConfig::new(9, "prod", b"s"),
+    )
+    .unwrap();
+    assert!(
+        tokio::time::timeout(Duration::ZERO, impatient.connect(addr))
+            .await
+            .is_err(),
+        "a handshake cannot finish in one poll"
+    );
     let accepted = tokio::time::timeout(WAIT, acceptor).await.unwrap().unwrap();
     assert!(accepted.is_err());
     assert_eq!(b.stats.accepted.load(Ordering::Relaxed), 0);
