@@ -1540,8 +1540,13 @@ impl Coll {
         let how = (!other.part, self.part && other.part);
         let ctxs = (&self.ctx, &other.ctx);
         let removed = &self.removed;
-        // A delta without fields changes none (and leaves a packed hash packed).
-        if !other.hash.is_empty() || (!other.part && !self.hash.is_empty()) {
+        // A delta without fields changes none (and leaves a packed hash
+        // packed); a delta's plain fields join a packed hash in place.
+        let in_place = other.part
+            && !self.part
+            && self.hash.is_packed()
+            && self.hash.join_packed(&other.hash, &self.ctx, &other.ctx);
+        if !in_place && (!other.hash.is_empty() || (!other.part && !self.hash.is_empty())) {
             join_elems(
                 self.hash.map_mut(),
                 &*other.hash.map(),
@@ -1584,6 +1589,8 @@ impl Coll {
                 let r = self.removed.get(&(*kind, key.clone()));
                 let probe = Probe::new(key);
                 match kind {
+                    // A packed field has no counter: no record empties it.
+                    Kind::Hash if self.hash.is_packed() => {}
                     Kind::Hash => {
                         let hash = self.hash.map_mut();
                         if hash.get_mut(probe.as_keyed()).is_some_and(|e| settle(e, r)) {

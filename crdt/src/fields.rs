@@ -26,7 +26,7 @@ use std::borrow::Cow;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::coll::{Blob, Elem, Write};
-use crate::context::Dot;
+use crate::context::{CausalContext, Dot};
 use crate::digest::stable_hash;
 use crate::ekey::{EKey, Probe};
 use crate::emap::EMap;
@@ -262,6 +262,59 @@ impl Fields {
         }
     }
 
+    /// Joins a delta's fields (`theirs`, made under `their_ctx`) into a
+    /// packed hash of a whole state in place, as the general join does
+    /// (`coll::join_elems` with a delta: only the fields it names change;
+    /// only right for a delta into a whole state): true when done. A
+    /// replicated HSET or HDEL so spares unpacking the hash and packing it
+    /// again. False when a field needs what the packed form cannot hold
+    /// (two writes surviving side by side, a counter, a long value): the
+    /// caller then runs the general join, which redoes the fields done
+    /// here to the same result (a join is idempotent) and reports their
+    /// conflicts, none of them new.
+    pub(crate) fn join_packed(
+        &mut self,
+        theirs: &Fields,
+        my_ctx: &CausalContext,
+        their_ctx: &CausalContext,
+    ) -> bool {
+        for (field, t) in theirs.iter() {
+            let their = match t {
+                FieldRef::Elem(e) if e.counts.is_some() || e.writes.len() > 1 => return false,
+                FieldRef::Elem(e) => e.writes.first().map(|w| (w.dot, w.time, &w.value.0[..])),
+                FieldRef::Packed(p) => Some((p.dot, p.time, p.value)),
+            };
+            let Repr::Packed(p) = &mut self.0 else {
+                // Emptied by an earlier field: a map from here on.
+                return false;
+            };
+            let found = p.find(field);
+            let same = |m: &PackedField<'_>| their.is_some_and(|w| w == (m.dot, m.time, m.value));
+            let keep_mine = found
+                .as_ref()
+                .is_some_and(|(_, m)| same(m) || !their_ctx.contains(m.dot));
+            let already = found.as_ref().is_some_and(|(_, m)| same(m));
+            let add = their.filter(|w| !already && !my_ctx.contains(w.0));
+            match (keep_mine, add, found.map(|(at, _)| at)) {
+                // Both survive: a conflict, which the general join reports.
+                (true, Some(_), _) => return false,
+                (true, None, _) | (false, None, None) => {}
+                (false, None, Some(at)) => {
+                    p.remove_at(at);
+                    if p.count() == 0 {
+                        self.0 = Repr::Map(EMap::new());
+                    }
+                }
+                (false, Some((dot, time, value)), _) => {
+                    if p.set(field, value, dot, time).is_none() {
+                        return false;
+                    }
+                }
+            }
+        }
+        true
+    }
+
     /// Whether a packed hash keeps every field stamped at or after `floor`
     /// (a prune would change nothing); false for a map.
     pub fn packed_all_from(&self, floor: Stamp) -> bool {
@@ -387,6 +440,18 @@ fn put_varint(out: &mut Vec<u8>, mut n: u64) {
         n >>= 7;
     }
     out.push(n as u8);
+}
+
+/// Writes `n`'s varint at the start of `out`, which has room; its length.
+fn put_varint_at(out: &mut [u8], mut n: u64) -> usize {
+    let mut i = 0;
+    while n >= 0x80 {
+        out[i] = (n as u8) | 0x80;
+        n >>= 7;
+        i += 1;
+    }
+    out[i] = n as u8;
+    i + 1
 }
 
 /// A varint of a buffer this module wrote: never more than ten bytes.
@@ -563,6 +628,15 @@ impl Packed {
         (0..nodes).find(|&i| named[i / 64] & (1 << (i % 64)) == 0)
     }
 
+    /// Drops the field at byte `at`.
+    fn remove_at(&mut self, at: usize) {
+        let (_, end) = self.field_at(at);
+        let mut buf = std::mem::take(&mut self.buf).into_vec();
+        buf.drain(at..end);
+        self.buf = buf.into_boxed_slice();
+        self.count -= 1;
+    }
+
     /// See [`Fields::set_packed`].
     fn set(
         &mut self,
@@ -574,28 +648,19 @@ impl Packed {
         if field.len() > PACK_MAX_BYTES || value.len() > PACK_MAX_BYTES || dot.n < time {
             return None;
         }
-        let nodes = self.nodes();
-        let mut ix = (0..nodes).find(|i| self.node(*i) == dot.node);
-        if ix.is_none() {
-            // A writer no field names any more gives its place to the new
-            // one: the table holds at most one more than the writers of the
-            // fields held, however many wrote before (a node takes a new id
-            // each life).
-            match self.unnamed_node() {
-                Some(free) => {
-                    let at = HEAD + 8 * free;
-                    self.buf[at..at + 8].copy_from_slice(&dot.node.0.to_le_bytes());
-                    ix = Some(free);
-                }
-                None if nodes >= PACK_MAX_NODES => return None,
-                None => {}
-            }
-        }
         // Where the new field goes: in place of the old, or before the
         // first field ordered after it.
         let found = self.offset_of(field);
-        let old = found.map(|at| self.field_at(at));
-        let old_dot = old.map(|(f, _)| f.dot);
+        let (old_dot, old_end) = match found {
+            Some(at) => {
+                let (f, end) = self.field_at(at);
+                (Some(f.dot), Some(end))
+            }
+            None => (None, None),
+        };
+        if found.is_none() && self.count() >= PACK_MAX_FIELDS {
+            return None;
+        }
         let base = self.base();
         if time < base {
             // Older than every field here (a clock behind a peer's):
@@ -616,29 +681,42 @@ impl Packed {
             *self = Packed::from_map(&m)?;
             return Some((fresh, old_dot));
         }
-        if let (Some(at), Some((_, end)), Some(ix)) = (found, old, ix) {
+        let nodes = self.nodes();
+        let mut ix = (0..nodes).find(|i| self.node(*i) == dot.node);
+        if ix.is_none() {
+            // A writer no field names any more gives its place to the new
+            // one: the table holds at most one more than the writers of the
+            // fields held, however many wrote before (a node takes a new id
+            // each life). Past every refusal: `None` changes nothing.
+            match self.unnamed_node() {
+                Some(free) => {
+                    let at = HEAD + 8 * free;
+                    self.buf[at..at + 8].copy_from_slice(&dot.node.0.to_le_bytes());
+                    ix = Some(free);
+                }
+                None if nodes >= PACK_MAX_NODES => return None,
+                None => {}
+            }
+        }
+        let size =
+            FIXED + varint_len(time - base) + varint_len(dot.n - time) + field.len() + value.len();
+        if let (Some(at), Some(end), Some(ix)) = (found, old_end, ix) {
             // The same size (a value of the same length, times as far
-            // apart): rewritten where it stands.
-            let mut entry = Vec::with_capacity(end - at);
-            put_field(
-                &mut entry,
-                field,
-                value,
-                ix as u8,
-                time - base,
-                dot.n - time,
-            );
-            if entry.len() == end - at {
-                self.buf[at..end].copy_from_slice(&entry);
+            // apart): rewritten where it stands, with no buffer between.
+            if size == end - at {
+                let slot = &mut self.buf[at..end];
+                slot[..FIXED].copy_from_slice(&[field.len() as u8, value.len() as u8, ix as u8]);
+                let mut i = FIXED;
+                i += put_varint_at(&mut slot[i..], time - base);
+                i += put_varint_at(&mut slot[i..], dot.n - time);
+                slot[i..i + field.len()].copy_from_slice(field);
+                slot[i + field.len()..].copy_from_slice(value);
                 return Some((false, old_dot));
             }
         }
-        let (at, end, fresh) = match (found, old) {
-            (Some(at), Some((_, end))) => (at, end, false),
+        let (at, end, fresh) = match (found, old_end) {
+            (Some(at), Some(end)) => (at, end, false),
             _ => {
-                if self.count() >= PACK_MAX_FIELDS {
-                    return None;
-                }
                 let hash = stable_hash(field);
                 let mut at = self.first();
                 for _ in 0..self.count() {
@@ -652,8 +730,6 @@ impl Packed {
             }
         };
         let grow_head = if ix.is_none() { 8 } else { 0 };
-        let size =
-            FIXED + varint_len(time - base) + varint_len(dot.n - time) + field.len() + value.len();
         let mut out = Vec::with_capacity(self.buf.len() + grow_head + size - (end - at));
         out.push((nodes + usize::from(ix.is_none())) as u8);
         out.extend_from_slice(&self.buf[HEAD..self.base_at()]);

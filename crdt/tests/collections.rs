@@ -99,7 +99,17 @@ impl Run {
         } else {
             &mut node.set
         };
-        for c in state.merge(delta) {
+        // The same merge into the hash held as a map: a packed hash joins
+        // a delta in place, to the same state and the same conflicts.
+        let mut unpacked = state.clone();
+        if let Some(c) = unpacked.coll.as_mut() {
+            c.hash.map_mut();
+        }
+        let expected = unpacked.merge(delta);
+        let conflicts = state.merge(delta);
+        assert_eq!(conflicts, expected);
+        assert_eq!(*state, unpacked);
+        for c in conflicts {
             if let Some(e) = c.element {
                 self.conflicted.insert(e);
             }
@@ -410,4 +420,75 @@ fn a_collection_keys_boxes_stay_small() {
     eprintln!("Coll {coll} bytes, Extras {extras} bytes");
     assert!(coll <= 160, "Coll is {coll} bytes");
     assert!(extras <= 120, "Extras is {extras} bytes");
+}
+
+/// An op on a hash for [`a_packed_hash_joins_every_delta_as_its_map_does`].
+#[derive(Clone, Debug)]
+enum HashOp {
+    /// HSET of these fields; values of 65 bytes (too long to pack) when set.
+    Set(Vec<(u8, u8)>, bool),
+    Del(Vec<u8>),
+    Incr(u8, i64),
+    /// DEL of the key.
+    Clear,
+}
+
+fn hash_op() -> impl Strategy<Value = HashOp> {
+    prop_oneof![
+        6 => (prop::collection::vec((0..4u8, any::<u8>()), 1..4), prop::bool::weighted(0.1))
+            .prop_map(|(f, long)| HashOp::Set(f, long)),
+        3 => prop::collection::vec(0..4u8, 1..4).prop_map(HashOp::Del),
+        1 => (0..4u8, -5..5i64).prop_map(|(f, n)| HashOp::Incr(f, n)),
+        1 => Just(HashOp::Clear),
+    ]
+}
+
+/// Merges `delta` into `state`, and into a copy whose hash is held as a
+/// map: the same state and the same conflicts either way.
+fn merge_both_ways(state: &mut KeyState, delta: &KeyState) {
+    let mut unpacked = state.clone();
+    if let Some(c) = unpacked.coll.as_mut() {
+        c.hash.map_mut();
+    }
+    let expected = unpacked.merge(delta);
+    assert_eq!(state.merge(delta), expected);
+    assert_eq!(*state, unpacked);
+}
+
+proptest! {
+    /// A packed hash joins every delta (several fields, long values,
+    /// counters, HDELs of fields held or not, DELs) as the same hash held
+    /// as a map does, whether the delta joins in place, in part, or not.
+    #[test]
+    fn a_packed_hash_joins_every_delta_as_its_map_does(
+        steps in prop::collection::vec((0..3usize, hash_op(), 0..3usize, any::<usize>()), 1..50),
+    ) {
+        let mut nodes = vec![KeyState::default(); 3];
+        let mut deltas: Vec<KeyState> = Vec::new();
+        for (t, (node, op, to, pick)) in steps.into_iter().enumerate() {
+            let stamp = Stamp { time: t as u64 + 1, node: NodeId(node as u64 + 1) };
+            let delta = match &op {
+                HashOp::Clear => nodes[node].write(stamp, None, 0),
+                op => nodes[node].coll_write(stamp, Kind::Hash, |c, d| match op {
+                    HashOp::Set(fields, long) => {
+                        for (f, v) in fields {
+                            let value = vec![*v; if *long { 65 } else { 2 }];
+                            c.hset_into(d, stamp, &[*f], &value);
+                        }
+                    }
+                    HashOp::Del(fields) => {
+                        for f in fields {
+                            c.remove_elem_into(d, Kind::Hash, &[*f], stamp);
+                        }
+                    }
+                    HashOp::Incr(f, n) => c.incr_into(d, Kind::Hash, &[*f], stamp, (*n, 0.0, false)),
+                    HashOp::Clear => unreachable!(),
+                }),
+            };
+            merge_both_ways(&mut nodes[node], &delta);
+            deltas.push(delta);
+            let delivered = deltas[pick % deltas.len()].clone();
+            merge_both_ways(&mut nodes[to], &delivered);
+        }
+    }
 }
