@@ -225,7 +225,11 @@ fn encode_in(
 /// what a flush since removed, compacted to the GC floor (so a digest of it
 /// matches a peer's of the same writes).
 fn read_cold(tier: &ColdTier, db: u32, key: &[u8], floor: Stamp, gc_acked: Stamp) -> KeyState {
-    let mut state = tier.read(db, key);
+    as_in_ram(tier.read(db, key), floor, gc_acked)
+}
+
+/// A state read from the store as RAM would hold it: see [`read_cold`].
+fn as_in_ram(mut state: KeyState, floor: Stamp, gc_acked: Stamp) -> KeyState {
     if !floor.is_zero() {
         state.prune(floor);
     }
@@ -285,21 +289,15 @@ impl ColdReads {
             let Some((db, index, floor, key)) = self.keys.pop_front() else {
                 break;
             };
-            let Some(mut state) = tier.read_if_held(index, &key) else {
+            let Some(state) = tier.read_if_held(index, &key) else {
                 continue;
             };
             tier.peeked.fetch_add(1, Ordering::Relaxed);
-            if !floor.is_zero() {
-                state.prune(floor);
-            }
-            state.compact(acked);
-            spent += f(db, &key, &state)?;
+            spent += f(db, &key, &as_in_ram(state, floor, acked))?;
         }
         Ok(())
     }
-}
 
-impl ColdReads {
     /// Adds the keys met to `dbs` (see [`Keyspace::digest_shard`]).
     pub fn add_digests(
         &mut self,
