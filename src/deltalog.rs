@@ -159,6 +159,9 @@ pub struct DeltaLog {
     numbered_more: tokio::sync::Notify,
     numbered_waiters: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// A payload's checksum starts from a copy of this: `crc32fast::hash`
+    /// checks the CPU's features on every call.
+    crc: crc32fast::Hasher,
 }
 
 /// Bytes the writer took to write in one go.
@@ -185,6 +188,36 @@ pub enum NumberedRead {
 /// The records of the generations a restart replays, oldest first.
 pub struct Replay {
     pub files: Vec<PathBuf>,
+}
+
+/// CRC-32 (IEEE, as crc32fast) of a record's four length bytes, by table:
+/// crc32fast's general path (a CPU feature check, a hasher set up and
+/// finished) cost several times as much for four bytes, on every write.
+fn crc_of_len(len: [u8; 4]) -> u32 {
+    const TABLE: [u32; 256] = {
+        let mut table = [0u32; 256];
+        let mut i = 0;
+        while i < 256 {
+            let mut c = i as u32;
+            let mut bit = 0;
+            while bit < 8 {
+                c = if c & 1 == 1 {
+                    0xedb8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+                bit += 1;
+            }
+            table[i] = c;
+            i += 1;
+        }
+        table
+    };
+    let mut c = !0u32;
+    for b in len {
+        c = TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
+    }
+    !c
 }
 
 fn file_of(dir: &Path, generation: u64) -> PathBuf {
@@ -277,6 +310,7 @@ impl DeltaLog {
             peer_needs: Mutex::new(Vec::new()),
             written: AtomicU64::new(0),
             writer: Mutex::new(None),
+            crc: crc32fast::Hasher::new(),
         });
         let writer = log.clone();
         let handle = std::thread::Builder::new()
@@ -360,10 +394,12 @@ impl DeltaLog {
         let pending = &mut record.pending;
         let payload_len = pending.bytes.len() - before - HEADER;
         let len = (payload_len as u32).to_le_bytes();
-        let crc = crc32fast::hash(&pending.bytes[before + HEADER..]);
+        let mut crc = self.crc.clone();
+        crc.update(&pending.bytes[before + HEADER..]);
+        let crc = crc.finalize();
         let header = &mut pending.bytes[before..before + HEADER];
         header[..4].copy_from_slice(&len);
-        header[4..8].copy_from_slice(&crc32fast::hash(&len).to_le_bytes());
+        header[4..8].copy_from_slice(&crc_of_len(len).to_le_bytes());
         header[8..].copy_from_slice(&crc.to_le_bytes());
         if let Some(seq) = seq {
             let at = pending.end;
@@ -606,7 +642,7 @@ impl DeltaLog {
                     u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]])
                 };
                 let (len, len_crc, crc) = (word(0), word(4), word(8));
-                if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+                if crc_of_len(len.to_le_bytes()) != len_crc {
                     return gone(format!(
                         "a record header checksum mismatch at byte {}",
                         at - start
@@ -898,7 +934,7 @@ impl Replay {
                     ])
                 };
                 let (len, len_crc, crc) = (word(0), word(4), word(8));
-                if crc32fast::hash(&len.to_le_bytes()) != len_crc {
+                if crc_of_len(len.to_le_bytes()) != len_crc {
                     if bytes[at..].iter().all(|&b| b == 0) {
                         torn("zeros")?;
                         break;
@@ -953,6 +989,18 @@ mod tests {
             Ok(())
         })?;
         Ok(out)
+    }
+
+    #[test]
+    fn a_length_checksum_by_table_is_crc32fast_s() {
+        let mut len = 0x9e37_79b9u32;
+        for shift in 0..32 {
+            for n in [1u32 << shift, u32::MAX >> shift, len] {
+                let bytes = n.to_le_bytes();
+                assert_eq!(crc_of_len(bytes), crc32fast::hash(&bytes), "{n}");
+            }
+            len = len.rotate_left(5).wrapping_mul(0x85eb_ca6b);
+        }
     }
 
     fn records(n: usize) -> Vec<Vec<u8>> {

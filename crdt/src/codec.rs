@@ -299,10 +299,14 @@ pub fn put_varint(buf: &mut [u8; MAX_VARINT], n: u64) -> usize {
         return 1;
     }
     let len = (64 - n.leading_zeros() as usize).div_ceil(7);
-    let mut low = 0u64;
-    for i in 0..8 {
-        low |= ((n >> (7 * i)) & 0x7f) << (8 * i);
-    }
+    // The low 56 bits' eight groups of seven, each moved up to its byte in
+    // three halvings (28 bits to each half of the word, 14 to each
+    // quarter, 7 to each byte): nine operations where a loop over the
+    // groups took twenty-four.
+    let x = n & 0x00ff_ffff_ffff_ffff;
+    let x = (x & 0x0fff_ffff) | ((x & 0x00ff_ffff_f000_0000) << 4);
+    let x = (x & 0x0000_3fff_0000_3fff) | ((x & 0x0fff_c000_0fff_c000) << 2);
+    let low = (x & 0x007f_007f_007f_007f) | ((x & 0x3f80_3f80_3f80_3f80) << 1);
     // A continuation bit on every byte but the last.
     let more = if len > 8 {
         u64::MAX
@@ -716,6 +720,9 @@ mod tests {
                 (1u64 << shift) - 1,
                 (1u64 << shift) | 1,
                 u64::MAX >> shift,
+                0x0123_4567_89ab_cdef >> shift,
+                0xfedc_ba98_7654_3210 << shift,
+                0x5555_5555_5555_5555 >> shift,
             ] {
                 let mut direct = vec![7];
                 append_varint(&mut direct, n);

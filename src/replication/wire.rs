@@ -185,10 +185,11 @@ pub(crate) fn delta_head(origin: NodeId, seq: u64) -> DeltaHead {
     bytes[1] = DELTA_VARIANT as u8;
     let mut len = 2;
     for n in [origin.0, seq] {
-        let mut varint = [0; MAX_VARINT];
-        let n = put_varint(&mut varint, n);
-        bytes[len..len + n].copy_from_slice(&varint[..n]);
-        len += n;
+        // Put whole in place (a copy of a length known only at run time
+        // is a call to memmove); `MAX` leaves room for both.
+        if let Some(varint) = bytes[len..].first_chunk_mut::<MAX_VARINT>() {
+            len += put_varint(varint, n);
+        }
     }
     DeltaHead {
         bytes,
