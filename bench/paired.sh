@@ -7,6 +7,7 @@
 #   TESTS="incr,HGET myhash element:__rand_int__" bench/paired.sh ...   # tests or whole commands
 #   NEW_ARGS="--appendonly yes --appendfsync everysec" TESTS=set,incr \
 #       bench/paired.sh target/release/chorus target/release/chorus   # what the log costs
+#   PIPE=1 N=50000 ...                       # requests per pipeline (default 16)
 #
 # bench/ab.sh restarts the servers every round, so minutes pass between an old and a new
 # figure, and this machine's speed drifts by 25% over minutes. Here both servers stay up
@@ -24,6 +25,7 @@ NEW=${2:?new binary}
 PAIRS=${PAIRS:-41}
 N=${N:-300000}
 TESTS=${TESTS:-set,get,incr}
+PIPE=${PIPE:-16}
 OLD_ARGS=${OLD_ARGS:-}
 NEW_ARGS=${NEW_ARGS:-}
 
@@ -52,7 +54,7 @@ start() { # start BINARY ARGS -> port
 rps() { # rps PORT TEST: TEST is a redis-benchmark test name (incr) or a command (INCR k:__rand_int__)
     local what
     if [[ "$2" == *" "* ]]; then read -ra what <<< "$2"; else what=(-t "$2"); fi
-    taskset -c 1 redis-benchmark -p "$1" -c 50 -P 16 -n "$N" -r 100000 --csv "${what[@]}" 2>/dev/null \
+    taskset -c 1 redis-benchmark -p "$1" -c 50 -P "$PIPE" -n "$N" -r 100000 --csv "${what[@]}" 2>/dev/null \
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}'
 }
 
@@ -63,7 +65,7 @@ old=$(start "$OLD" "$OLD_ARGS")
 new=$(start "$NEW" "$NEW_ARGS")
 for port in "$old" "$new"; do rps "$port" set >/dev/null; done
 
-echo "new/old, median of $PAIRS paired runs (-n $N -r 100000 -c 50 -P 16; servers on CPU 0, client on CPU 1)"
+echo "new/old, median of $PAIRS paired runs (-n $N -r 100000 -c 50 -P $PIPE; servers on CPU 0, client on CPU 1)"
 printf '%-8s %8s %8s %8s %14s %14s\n' test median low high old-median new-median
 IFS=',' read -ra tests <<< "$TESTS"
 for t in "${tests[@]}"; do
