@@ -146,6 +146,18 @@ pub fn installed() {
     INSTALLED.store(true, Ordering::Relaxed);
 }
 
+/// Hands the allocator's free pages back to the system (glibc's
+/// `malloc_trim`): RSS follows what the process holds after it freed much
+/// at once. It walks the heap: call it off the server threads.
+pub fn give_back_free_pages() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks glibc's own free lists and hands
+    // whole free pages back.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// Bytes the process holds from the allocator now (`None` where the
 /// counting allocator is not installed: library tests, embedders).
 pub fn used_bytes() -> Option<usize> {

@@ -420,6 +420,10 @@ fn splitmix(mut x: u64) -> u64 {
     x ^ (x >> 31)
 }
 
+/// Keys moved to the flash tier in one burst past which the allocator's
+/// free pages are handed back when the burst ends.
+const TRIM_AFTER_MOVED: u64 = 1024;
+
 /// The active expiry cycle, every 100 ms; with it, the clock new keys
 /// start with, and eviction (replicated writes grow memory too, and no
 /// command of this node's waits for them).
@@ -427,6 +431,8 @@ async fn active_expiry(node: Arc<Node>) {
     let ks = &node.ks;
     let replicating = node.repl.is_some();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
+    // Keys moved to the flash tier since free pages were last handed back.
+    let mut moved_since_trim = 0;
     loop {
         tick.tick().await;
         let now = ks.clock.physical_unix_ms();
@@ -443,6 +449,7 @@ async fn active_expiry(node: Arc<Node>) {
         }
         // The peak moves on the cycle too, not only when INFO asks.
         let _ = crate::alloc::used_bytes();
+        let cold_before = ks.cold_keys();
         let _ = crate::evict::make_room(ks, || node.data_memory(), replicating, now);
         if ks.cold.is_some() {
             // Moving keys out is local and cheap: after a burst of writes
@@ -460,6 +467,15 @@ async fn active_expiry(node: Arc<Node>) {
                 if ks.cold_keys() == moved {
                     break;
                 }
+            }
+            // The values moved out were freed, but the allocator keeps
+            // their pages: once a burst of moves is over (a bulk load past
+            // the limit, with no write and so no fold after it to trim),
+            // they go back, or RSS stays at the burst's peak for good.
+            moved_since_trim += ks.cold_keys().saturating_sub(cold_before);
+            if moved_since_trim >= TRIM_AFTER_MOVED && ks.cold_keys() == cold_before {
+                moved_since_trim = 0;
+                let _ = tokio::task::spawn_blocking(crate::alloc::give_back_free_pages).await;
             }
         }
     }

@@ -295,11 +295,7 @@ impl Persistence {
             // A flash node's RSS should follow what it holds: the cut's
             // copies of the keys it stored go back to the system.
             drop(cut);
-            #[cfg(all(target_os = "linux", target_env = "gnu"))]
-            // SAFETY: malloc_trim only hands free pages back.
-            unsafe {
-                libc::malloc_trim(0);
-            }
+            crate::alloc::give_back_free_pages();
         }
         Ok(written)
     }

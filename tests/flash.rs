@@ -148,6 +148,47 @@ fn keys_past_maxmemory_move_to_disk_and_every_one_reads_back() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A bulk load past the limit, then no write: the values moved to disk
+/// free their memory, and the allocator hands those pages back without a
+/// fold (none comes without writes) or a MEMORY PURGE.
+#[test]
+fn after_a_load_past_the_limit_rss_falls_without_another_write() {
+    let dir = data_dir("rss");
+    let s = start(&dir, &["--maxmemory-policy", "allkeys-lru"]);
+    let mut c = s.conn();
+    let limit = used(&mut c) + 8_000_000;
+    config_set(&mut c, "maxmemory", &limit.to_string());
+    let base = info_field(&mut c, "memory", "used_memory_rss");
+    // 60 MB of values, most of which go to disk once stored (none of
+    // them written again: no fold follows to trim the heap).
+    fill(&mut c, "k", 0..60_000, 1000);
+    let rss = |c: &mut redis::Connection| info_field(c, "memory", "used_memory_rss");
+    let mut peak = rss(&mut c);
+    wait_until("memory under the limit", || {
+        peak = peak.max(rss(&mut c));
+        used(&mut c) <= limit
+    });
+    let cold = info_field(&mut c, "persistence", "flash_cold_keys");
+    assert!(cold > 45_000, "{cold} cold keys");
+    // RSS comes back to what the node holds: its start, the data it
+    // keeps in RAM, the store engine's cache, and some slack for the
+    // allocator (without handing pages back it kept about 45 MB more).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = rss(&mut c);
+        let held = base + used(&mut c) + info_field(&mut c, "memory", "used_memory_store_engine");
+        if now <= held + 24_000_000 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "RSS {now} where the node holds {held} (peak {peak}, {cold} keys on disk)"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn every_type_goes_cold_and_answers_as_before() {
     let dir = data_dir("types");

@@ -704,8 +704,7 @@ fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         return memory_stats(x);
     }
     if is(sub, "PURGE") && args.len() == 2 {
-        // SAFETY: malloc_trim only walks glibc's own free lists.
-        unsafe { libc::malloc_trim(0) };
+        crate::alloc::give_back_free_pages();
         x.out.ok();
         return Ok(());
     }
