@@ -148,7 +148,7 @@ pub fn installed() {
 
 /// Hands the allocator's free pages back to the system (glibc's
 /// `malloc_trim`): RSS follows what the process holds after it freed much
-/// at once. It walks the heap: call it off the server threads.
+/// at once. It walks the heap, holding each arena's lock meanwhile.
 pub fn give_back_free_pages() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only walks glibc's own free lists and hands

@@ -431,8 +431,10 @@ async fn active_expiry(node: Arc<Node>) {
     let ks = &node.ks;
     let replicating = node.repl.is_some();
     let mut tick = tokio::time::interval(Duration::from_millis(100));
-    // Keys moved to the flash tier since free pages were last handed back.
-    let mut moved_since_trim = 0;
+    // The flash tier's count of keys moved out at the last tick and at the
+    // last trim, and the trim running, if one is.
+    let (mut moved_last_tick, mut moved_at_trim) = (0, 0);
+    let mut trimming: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tick.tick().await;
         let now = ks.clock.physical_unix_ms();
@@ -449,9 +451,8 @@ async fn active_expiry(node: Arc<Node>) {
         }
         // The peak moves on the cycle too, not only when INFO asks.
         let _ = crate::alloc::used_bytes();
-        let cold_before = ks.cold_keys();
         let _ = crate::evict::make_room(ks, || node.data_memory(), replicating, now);
-        if ks.cold.is_some() {
+        if let Some(tier) = &ks.cold {
             // Moving keys out is local and cheap: after a burst of writes
             // (and each fold) memory comes down without waiting for the
             // next write, a few milliseconds a tick at most.
@@ -469,13 +470,22 @@ async fn active_expiry(node: Arc<Node>) {
                 }
             }
             // The values moved out were freed, but the allocator keeps
-            // their pages: once a burst of moves is over (a bulk load past
-            // the limit, with no write and so no fold after it to trim),
-            // they go back, or RSS stays at the burst's peak for good.
-            moved_since_trim += ks.cold_keys().saturating_sub(cold_before);
-            if moved_since_trim >= TRIM_AFTER_MOVED && ks.cold_keys() == cold_before {
-                moved_since_trim = 0;
-                let _ = tokio::task::spawn_blocking(crate::alloc::give_back_free_pages).await;
+            // their pages: once a burst of moves (by this cycle or by
+            // writes) is over, a bulk load past the limit with no write
+            // and so no fold after it to trim, they go back, or RSS stays
+            // at the burst's peak for good. The trim walks the heap: off
+            // this cycle, one at a time.
+            let moved = tier.moved_out.load(std::sync::atomic::Ordering::Relaxed);
+            let quiet = moved == moved_last_tick;
+            moved_last_tick = moved;
+            if quiet
+                && moved.saturating_sub(moved_at_trim) >= TRIM_AFTER_MOVED
+                && trimming.as_ref().is_none_or(|t| t.is_finished())
+            {
+                moved_at_trim = moved;
+                trimming = Some(tokio::task::spawn_blocking(
+                    crate::alloc::give_back_free_pages,
+                ));
             }
         }
     }
