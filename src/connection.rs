@@ -488,6 +488,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 || session.sleep.is_some()
                                 || session.wait.is_some()
                                 || session.save.is_some()
+                                || session.hold_for_room
                             {
                                 waits = true;
                                 break;
@@ -534,6 +535,14 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
             if let Some(wait) = session.wait.take() {
                 out.int(wait.run().await);
+                now_ms = server.node.ks.clock.physical_unix_ms();
+            }
+            if std::mem::take(&mut session.hold_for_room) {
+                if let Some(tier) = &server.node.ks.cold {
+                    let node = &server.node;
+                    tier.wait_for_room(|| node.data_memory(), || node.ks.limits.maxmemory())
+                        .await;
+                }
                 now_ms = server.node.ks.clock.physical_unix_ms();
             }
             if let Some(persistence) = session.save.take() {

@@ -197,6 +197,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 line("flash_moved_out", &tier.moved_out.load(Ordering::Relaxed));
                 line("flash_warmed", &tier.warmed.load(Ordering::Relaxed));
                 line("flash_peeked", &tier.peeked.load(Ordering::Relaxed));
+                line(
+                    "flash_writes_held",
+                    &tier.writes_held.load(Ordering::Relaxed),
+                );
             }
         }
         "stats" => {

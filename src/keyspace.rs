@@ -353,6 +353,20 @@ impl Db {
         self.map.get(key)
     }
 
+    /// What `entry` (of this database) holds at `now_ms`, a cold one's
+    /// told by the index (`flash::type_tag`) without a disk read.
+    pub fn type_of(&self, entry: &Entry, now_ms: u64, gc_acked: Stamp) -> Option<KeyType> {
+        if entry.key.is_cold() {
+            if !entry.state.exists(now_ms) {
+                return None;
+            }
+            if let Some(t) = crate::flash::tagged_type(entry.clock()) {
+                return Some(t);
+            }
+        }
+        self.peek_entry(entry, gc_acked).key_type(now_ms)
+    }
+
     /// Brings a cold `key`'s state back into RAM; nothing if it is not cold.
     pub fn warm(&mut self, key: &[u8], gc_acked: Stamp) {
         self.entry_warmed(key, gc_acked, true);
@@ -367,6 +381,7 @@ impl Db {
             index,
             floor,
             cold_keys,
+            access_clock,
             ..
         } = self;
         let entry = map.entry_mut(key)?;
@@ -376,6 +391,8 @@ impl Db {
                 read_cold(tier, *index, key, *floor, gc_acked),
             );
             entry.key.set_cold(false);
+            // Its word held its type (`flash::type_tag`): a clock again.
+            entry.set_clock(access_clock.load(Ordering::Relaxed));
             *cold_keys -= 1;
             tier.note_warmed(stand_in.expire_at_ms());
         }
@@ -449,8 +466,10 @@ impl Db {
         if entry.key.is_cold() || entry.key.is_dirty() || !is_live(&entry.state) {
             return false;
         }
+        let tag = crate::flash::type_tag(&entry.state);
         entry.state = crate::flash::stand_in(&entry.state);
         entry.key.set_cold(true);
+        entry.set_clock(tag);
         self.cold_keys += 1;
         tier.note_moved_out(entry.state.expire_at_ms());
         true
@@ -512,6 +531,7 @@ impl Db {
                 return result;
             }
             entry.key.set_cold(false);
+            entry.set_clock(access_clock.load(Ordering::Relaxed));
             if gone.is_some() {
                 entry.key.set_dirty(true);
             }
@@ -587,6 +607,7 @@ impl Db {
                     tier.note_gone(expire_at);
                 }
                 entry.key.set_cold(false);
+                entry.set_clock(self.access_clock.load(Ordering::Relaxed));
                 self.cold_keys -= 1;
             }
             entry.state.prune(floor);

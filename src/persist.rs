@@ -302,12 +302,15 @@ impl Persistence {
 
     /// Stores the keys a fold took, read a shard at a time under that
     /// shard's lock alone. With a delta log, every [`FOLD_CHUNK_BYTES`] of
-    /// encoded states go in a write of their own (keys only), so a fold
-    /// holds one chunk of copies at a time, not every changed key's: the
-    /// store may then hold states newer than its version vector says, and a
-    /// crash between chunks leaves the fold's log files to replay, both of
-    /// which merges make harmless. The fold's metadata goes with the last
-    /// chunk. Without a log (the simulation), everything goes in one write.
+    /// encoded states (less on a small flash node) go in a write of their
+    /// own (keys only), so a fold holds one chunk of copies at a time, not
+    /// every changed key's: the store may then hold states newer than its
+    /// version vector says, and a crash between chunks leaves the fold's
+    /// log files to replay, both of which merges make harmless. The chunks
+    /// before the last are not synced (an fsync each took half a flash
+    /// node's fold time); the last, with the fold's metadata, makes them
+    /// durable. Without a log (the simulation), everything goes in one
+    /// write.
     /// Returns how many keys went.
     fn store_taken(
         &self,
@@ -317,6 +320,7 @@ impl Persistence {
     ) -> Result<usize, PersistError> {
         let mut written = 0;
         let mut pending_bytes = 0;
+        let chunk_bytes = self.chunk_bytes();
         for (index, names) in taken.iter().enumerate() {
             if names.is_empty() {
                 continue;
@@ -327,7 +331,7 @@ impl Persistence {
                 .iter()
                 .map(|(_, key, state)| key.len() + state.as_ref().map_or(0, Vec::len))
                 .sum::<usize>();
-            if self.log.is_some() && pending_bytes >= FOLD_CHUNK_BYTES {
+            if self.log.is_some() && pending_bytes >= chunk_bytes {
                 // Stamped after every state in it: a restart moves its clock
                 // past the stored clock.
                 let chunk = Cut {
@@ -336,7 +340,8 @@ impl Persistence {
                     keys: std::mem::take(&mut cut.keys),
                     ..Cut::default()
                 };
-                self.store.write(&chunk)?;
+                // Durable with the fold's last write, which ends it.
+                self.store.write_unsynced(&chunk)?;
                 written += chunk.keys.len();
                 pending_bytes = 0;
             }
@@ -347,6 +352,17 @@ impl Persistence {
         cut.clock = self.ks.clock.now();
         self.store.write(cut)?;
         Ok(written)
+    }
+
+    /// How many bytes of encoded states a fold holds at most before it
+    /// stores them: [`FOLD_CHUNK_BYTES`], less on a flash node with a small
+    /// limit, where the copies would be a large part of its memory.
+    fn chunk_bytes(&self) -> usize {
+        let max = self.ks.limits.maxmemory() as usize;
+        match self.ks.cold {
+            Some(_) if max > 0 => (max / 16).clamp(FOLD_CHUNK_MIN_BYTES, FOLD_CHUNK_BYTES),
+            _ => FOLD_CHUNK_BYTES,
+        }
     }
 
     /// A cut carrying `stable` was written to a store that is not durable on
@@ -480,6 +496,10 @@ pub fn next_fold_in(every: Duration, took: Duration) -> Duration {
 /// About how many bytes of encoded states a fold stores per write (see
 /// `Persistence::store_taken`).
 pub const FOLD_CHUNK_BYTES: usize = 8 << 20;
+
+/// The least a flash node's fold stores at a time (see
+/// `Persistence::chunk_bytes`).
+const FOLD_CHUNK_MIN_BYTES: usize = 256 << 10;
 
 /// The first byte of a log record that is a SWAPDB, not a replication
 /// message (whose first byte is the encoding's format version).

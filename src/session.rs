@@ -174,6 +174,10 @@ pub struct Session {
     pub wait: Option<crate::cmd::replication::PendingWait>,
     /// SAVE: its reply comes once this store's fold is durable.
     pub save: Option<std::sync::Arc<crate::persist::Persistence>>,
+    /// A write took a flash node's memory past its ceiling while a fold
+    /// is due: the connection waits for room before its next command
+    /// (`crate::flash::ColdTier::wait_for_room`).
+    pub hold_for_room: bool,
     /// A blocking command found nothing: the connection waits for its keys.
     pub blocked: Option<crate::cmd::blocking::Blocked>,
     /// Running EXEC's queue, where a blocking command must not block.
@@ -215,6 +219,7 @@ impl Session {
             sleep: None,
             wait: None,
             save: None,
+            hold_for_room: false,
             blocked: None,
             in_exec: false,
             retrying_block: false,

@@ -100,6 +100,13 @@ pub trait Store: Send + Sync {
         Ok(())
     }
     fn write(&self, cut: &Cut) -> Result<(), StoreError>;
+    /// As [`Store::write`], but the cut need only be readable when this
+    /// returns: it becomes durable with the next [`Store::write`] (a
+    /// fold's chunks before its last, whose writes the delta log keeps
+    /// durable meanwhile).
+    fn write_unsynced(&self, cut: &Cut) -> Result<(), StoreError> {
+        self.write(cut)
+    }
     /// Whether a cut is durable once `write` returns; if not, only once
     /// [`Store::sync`] returns (`appendfsync no`).
     fn durable_on_write(&self) -> bool {
@@ -657,7 +664,7 @@ impl RedbStore {
             },
             log_from: Some(loaded.log_from),
         };
-        store.commit(&cut, &loaded.lives)?;
+        store.commit(&cut, &loaded.lives, redb::Durability::Immediate)?;
         drop(store);
         let in_place = |what: &str, e: std::io::Error| StoreError::Write {
             path: path.to_path_buf(),
@@ -783,7 +790,14 @@ impl Store for RedbStore {
     }
 
     fn write(&self, cut: &Cut) -> Result<(), StoreError> {
-        self.commit(cut, &[])
+        self.commit(cut, &[], redb::Durability::Immediate)
+    }
+
+    /// Without an fsync: a redb commit of durability `None` is seen by
+    /// later reads and made durable by the next immediate commit, which
+    /// also frees the pages the unsynced ones left behind.
+    fn write_unsynced(&self, cut: &Cut) -> Result<(), StoreError> {
+        self.commit(cut, &[], redb::Durability::None)
     }
 
     fn read_key(&self, db: u32, key: &[u8]) -> Result<Option<KeyState>, StoreError> {
@@ -885,7 +899,12 @@ impl RedbStore {
 
     /// Stores `cut`, and `lives` besides its own (a migration's), in one
     /// transaction.
-    fn commit(&self, cut: &Cut, lives: &[NodeId]) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        cut: &Cut,
+        lives: &[NodeId],
+        durability: redb::Durability,
+    ) -> Result<(), StoreError> {
         let mut meta = self.meta.lock();
         let mut next = meta.clone();
         next.absorb(cut);
@@ -893,7 +912,8 @@ impl RedbStore {
         // Not a life: what a cut of a store that had none names.
         next.lives.remove(&NodeId::default());
         let _engine = Uncounted::begin();
-        let txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
+        let mut txn = self.db.begin_write().map_err(|e| self.write_err(e))?;
+        txn.set_durability(durability);
         {
             let mut keys = txn.open_table(REDB_KEYS).map_err(|e| self.write_err(e))?;
             // In the tree's order: each leaf is then copied and filled once

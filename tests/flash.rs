@@ -192,6 +192,33 @@ fn after_a_load_past_the_limit_rss_falls_without_another_write() {
 }
 
 #[test]
+fn a_load_faster_than_the_folds_waits_for_them_instead_of_passing_the_limit() {
+    let dir = data_dir("ceiling");
+    let s = start(&dir, &["--maxmemory-policy", "allkeys-lru"]);
+    let mut c = s.conn();
+    let limit = used(&mut c) + 16_000_000;
+    config_set(&mut c, "maxmemory", &limit.to_string());
+    // 100 MB written with no pause: every key in RAM is new, so none may
+    // leave until a fold stores it, and the writes outrun the folds.
+    fill(&mut c, "k", 0..100_000, 1000);
+    // The ceiling is a quarter past the limit; a fold's chunk of encoded
+    // states (8 MiB) and one pipeline (1 MB) come on top of it.
+    let peak = info_field(&mut c, "memory", "used_memory_peak");
+    let bound = limit + limit / 4 + 8 * 1024 * 1024 + 4_000_000;
+    assert!(
+        peak <= bound,
+        "peak {peak} for a limit of {limit} (bound {bound})"
+    );
+    assert!(info_field(&mut c, "persistence", "flash_writes_held") > 0);
+    let _: () = q(&mut c, &["SAVE"]);
+    wait_until("memory under the limit", || {
+        used(&mut c) <= limit + limit / 10
+    });
+    check_all(&mut c, "k", 0..100_000, 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn every_type_goes_cold_and_answers_as_before() {
     let dir = data_dir("types");
     let s = start(&dir, &["--maxmemory-policy", "allkeys-lru"]);
@@ -215,24 +242,38 @@ fn every_type_goes_cold_and_answers_as_before() {
     let cold = info_field(&mut c, "persistence", "flash_cold_keys");
     assert!(cold > 5_000, "{cold} cold keys");
 
-    // SCAN TYPE reads a cold key's type from disk, without warming it.
+    // TYPE and SCAN TYPE answer from the index: no cold key is read,
+    // to keep or not.
     let warmed = info_field(&mut c, "persistence", "flash_warmed");
-    let mut hashes = Vec::new();
-    let mut cursor = 0u64;
-    loop {
-        let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("TYPE")
-            .arg("hash")
-            .query(&mut c)
-            .unwrap();
-        hashes.extend(found);
-        cursor = next;
-        if cursor == 0 {
-            break;
+    let peeked = info_field(&mut c, "persistence", "flash_peeked");
+    for kind in ["hash", "set", "zset", "list"] {
+        let mut found_all = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, found): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("TYPE")
+                .arg(kind)
+                .query(&mut c)
+                .unwrap();
+            found_all.extend(found);
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
+        assert_eq!(found_all, vec![kind.to_string()]);
+        assert_eq!(q::<String>(&mut c, &["TYPE", kind]), kind);
     }
-    assert_eq!(hashes, vec!["hash".to_string()]);
+    for key in ["counter", "volatile", "filler:0"] {
+        assert_eq!(q::<String>(&mut c, &["TYPE", key]), "string", "{key}");
+    }
+    assert_eq!(q::<String>(&mut c, &["TYPE", "nothing"]), "none");
+    assert_eq!(
+        info_field(&mut c, "persistence", "flash_peeked"),
+        peeked,
+        "cold keys read for their type"
+    );
     // (A TTL long enough that the fills before, slow in a debug build
     // under a parallel test run, cannot eat into it.)
     assert!(q::<i64>(&mut c, &["TTL", "volatile"]) > 99_000);
@@ -242,10 +283,9 @@ fn every_type_goes_cold_and_answers_as_before() {
     if now_warmed != warmed {
         let persistence: String = q(&mut c, &["INFO", "persistence"]);
         let stats: String = q(&mut c, &["INFO", "stats"]);
-        panic!("flash_warmed {warmed} -> {now_warmed} during SCAN TYPE and TTL\n{persistence}\n{stats}");
+        panic!("flash_warmed {warmed} -> {now_warmed} during TYPE, SCAN TYPE and TTL\n{persistence}\n{stats}");
     }
 
-    assert_eq!(q::<String>(&mut c, &["TYPE", "zset"]), "zset");
     let mut fields: Vec<String> = q(&mut c, &["HKEYS", "hash"]);
     fields.sort();
     assert_eq!(fields, ["f1", "f2", "n"]);
@@ -302,6 +342,32 @@ fn a_killed_node_restarts_with_its_cold_keys_on_disk_and_its_latest_writes() {
     assert_eq!(q::<String>(&mut c, &["GET", "k:0"]), "rewritten");
     check_all(&mut c, "k", 1..40_000, 1000);
     check_all(&mut c, "late", 0..100, 1000);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_node_killed_during_a_load_held_for_its_folds_restarts_with_every_key() {
+    let dir = data_dir("held");
+    let args = ["--maxmemory-policy", "allkeys-lru", "--maxmemory", "24mb"];
+    let mut s = start(&dir, &args);
+    let mut c = s.conn();
+    // Past the limit with every key new: the load waits for folds, which
+    // store their chunks before the last without an fsync, and is killed
+    // with the last fold's keys in the log only.
+    fill(&mut c, "k", 0..60_000, 1000);
+    assert!(info_field(&mut c, "persistence", "flash_writes_held") > 0);
+    assert!(info_field(&mut c, "persistence", "flash_cold_keys") > 10_000);
+    wait_until("the log is durable", || {
+        info_field(&mut c, "persistence", "log_durable_offset")
+            >= info_field(&mut c, "persistence", "log_appended_offset")
+    });
+    let _ = s.child.kill();
+    let _ = s.child.wait();
+
+    let s = start(&dir, &args);
+    let mut c = s.conn();
+    assert_eq!(q::<u64>(&mut c, &["DBSIZE"]), 60_000);
+    check_all(&mut c, "k", 0..60_000, 1000);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

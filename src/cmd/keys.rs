@@ -53,11 +53,7 @@ fn exists(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn type_(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let now = x.now_ms;
-    let t = x
-        .visible(args[1])?
-        .and_then(|s| s.key_type(now))
-        .map_or("none", |t| t.name());
+    let t = x.visible_type(args[1])?.map_or("none", |t| t.name());
     x.out.simple(t);
     Ok(())
 }
@@ -171,11 +167,9 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             pos += 1;
             visited += 1;
             let (k, s) = (&e.key, &e.state);
-            // A cold key's stand-in has no type: its state is read.
-            let type_ok = type_filter.is_none_or(|t| {
-                let s = d.peek_entry(e, acked);
-                s.key_type(now).is_some_and(|kt| is(t, kt.name()))
-            });
+            // (A cold key's type from the index, not its stand-in.)
+            let type_ok = type_filter
+                .is_none_or(|t| d.type_of(e, now, acked).is_some_and(|kt| is(t, kt.name())));
             if type_ok && s.exists(now) && pattern.is_none_or(|p| glob::matches(p, k, false)) {
                 found.push(k.to_vec());
             }

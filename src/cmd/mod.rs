@@ -332,7 +332,7 @@ pub fn dispatch(
 
 /// Commands that read only whether their keys exist and when they expire:
 /// they leave cold keys in the flash tier (see `Exec::visible_in_index`).
-const INDEX_ONLY: &[&str] = &["exists", "ttl", "pttl", "expiretime", "pexpiretime"];
+const INDEX_ONLY: &[&str] = &["exists", "ttl", "pttl", "expiretime", "pexpiretime", "type"];
 
 /// Writes an error reply and counts it (INFO errorstats).
 pub fn reply_error(server: &Server, out: &mut Reply, msg: &str) {
@@ -343,7 +343,7 @@ pub fn reply_error(server: &Server, out: &mut Reply, msg: &str) {
 /// Whether a command that may grow memory (or an EXEC of one) must be
 /// refused: over `maxmemory`, after eviction had its chance (it runs here,
 /// before the command takes its shard locks, since it takes others).
-fn denied_for_memory(server: &Server, session: &Session, spec: &Spec, now_ms: u64) -> bool {
+fn denied_for_memory(server: &Server, session: &mut Session, spec: &Spec, now_ms: u64) -> bool {
     let ks = &server.node.ks;
     if ks.limits.maxmemory() == 0 {
         return false;
@@ -362,7 +362,15 @@ fn denied_for_memory(server: &Server, session: &Session, spec: &Spec, now_ms: u6
         return false;
     }
     let node = &server.node;
-    crate::evict::make_room(ks, || node.data_memory(), node.repl.is_some(), now_ms).is_err()
+    if crate::evict::make_room(ks, || node.data_memory(), node.repl.is_some(), now_ms).is_err() {
+        return true;
+    }
+    // The write goes ahead (a few over the ceiling are its slack), and
+    // the client waits after it.
+    if let Some(tier) = &ks.cold {
+        session.hold_for_room = tier.holds_writes(|| node.data_memory(), ks.limits.maxmemory());
+    }
+    false
 }
 
 /// What the dispatcher checks before a command runs or is queued.
@@ -447,7 +455,8 @@ impl<'s> Exec<'s, '_> {
             let Some(entry) = d.entry_warmed(key, acked, warm) else {
                 continue;
             };
-            if let Some(c) = clock.filter(|_| !spec.has(Flag::NoTouch)) {
+            // (A cold key's word holds its type until it is warmed.)
+            if let Some(c) = clock.filter(|_| !spec.has(Flag::NoTouch) && !entry.key.is_cold()) {
                 entry.set_clock(c.touch(entry.clock(), self.now_ms));
             }
             if entry.state.is_expired(self.now_ms) && entry.state.exists(0) {
@@ -490,6 +499,15 @@ impl<'s> Exec<'s, '_> {
     pub fn visible(&mut self, key: &[u8]) -> Result<Option<&KeyState>, Error> {
         let now = self.now_ms;
         Ok(self.db(key)?.get(key).filter(|s| s.exists(now)))
+    }
+
+    /// What the key holds if it is visible now, a cold key's told by the
+    /// index (TYPE, with no disk read).
+    pub fn visible_type(&mut self, key: &[u8]) -> Result<Option<KeyType>, Error> {
+        let (now, db, acked) = (self.now_ms, self.session.db, self.ks.gc_acked());
+        let shard = self.locked.shard_for(key, |k| self.ks.shard_of(k))?;
+        let d = &shard.dbs[db];
+        Ok(d.map.entry(key).and_then(|e| d.type_of(e, now, acked)))
     }
 
     /// The key's state, or a cold key's stand-in, if it is visible now:

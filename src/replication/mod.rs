@@ -1974,6 +1974,9 @@ async fn apply_stream(
     let mut publish_stalled = false;
     let mut frames = Frames::new(rx, repl.max_message.load(Ordering::Relaxed) as usize);
     while let Some(frame) = frames.next().await? {
+        if ks.cold.is_some() {
+            crate::flash::make_room_for_replicated(ks, || repl.buffered_bytes() as u64).await;
+        }
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta {
                 origin, seq, delta, ..
