@@ -69,6 +69,55 @@ fn scan_visits_every_key_once_when_nothing_changes() {
     assert!(err(&mut c, &["SCAN", "0", "COUNT", "0"]).contains("syntax error"));
 }
 
+/// Redis's SCAN guarantee: a key present from the scan's start to its end
+/// is returned. Deleting most keys makes a shard's map move its entries to
+/// the front (a compaction), under a cursor that points into it.
+#[test]
+fn scan_returns_every_key_that_lives_throughout_across_mass_deletes() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    const N: usize = 64_000;
+    for chunk in (0..N).collect::<Vec<_>>().chunks(4000) {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("SET").arg(format!("key:{i}")).arg(1).ignore();
+        }
+        pipe.query::<()>(&mut c).unwrap();
+    }
+    let mut seen = BTreeSet::new();
+    let (mut cursor, first): (String, Vec<String>) = q(&mut c, &["SCAN", "0", "COUNT", "500"]);
+    seen.extend(first);
+    // Nine keys in ten go: every shard's map compacts.
+    for chunk in (0..N)
+        .filter(|i| i % 10 != 0)
+        .collect::<Vec<_>>()
+        .chunks(4000)
+    {
+        let mut pipe = redis::pipe();
+        for i in chunk {
+            pipe.cmd("DEL").arg(format!("key:{i}")).ignore();
+        }
+        pipe.query::<()>(&mut c).unwrap();
+    }
+    let mut calls = 0;
+    while cursor != "0" {
+        let (next, batch): (String, Vec<String>) = q(&mut c, &["SCAN", &cursor, "COUNT", "500"]);
+        seen.extend(batch);
+        cursor = next;
+        calls += 1;
+        assert!(calls < 10_000);
+    }
+    let missed: Vec<usize> = (0..N)
+        .filter(|i| i % 10 == 0 && !seen.contains(&format!("key:{i}")))
+        .collect();
+    assert!(
+        missed.is_empty(),
+        "{} kept keys never returned: {:?}",
+        missed.len(),
+        &missed[..missed.len().min(10)]
+    );
+}
+
 #[test]
 fn rename_copy_select_swapdb_and_flush() {
     let s = Server::start(&[]);

@@ -86,11 +86,14 @@ fn keys(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-/// SCAN's cursor is `shard << 32 | position in the shard's slab`: each call
-/// costs what it returns. Entries keep their position while the map grows
-/// and churns; only the compaction of a map that lost more than half its
-/// keys moves them, and a scan across it may miss or repeat keys of that
-/// shard (Redis guarantees no misses; see docs/compatibility.md).
+/// SCAN's cursor is `shard << 48 | epoch tag << 32 | position in the
+/// shard's slab`: each call costs what it returns. Entries keep their
+/// position while the map grows and churns; only the compaction of a map
+/// that lost more than half its keys moves them, and gives the map a new
+/// epoch (`KeyMap::epoch`): a cursor whose tag (the epoch's low 16 bits)
+/// is not the map's starts that shard over, so a key that lives
+/// throughout the scan is returned at least once, as Redis guarantees
+/// (keys of that shard may come twice, as Redis allows).
 ///
 /// SCAN's options after the cursor (SSCAN's and HSCAN's too): MATCH,
 /// COUNT, and TYPE where `with_type`.
@@ -129,6 +132,11 @@ pub fn scan_options<'a>(
     Ok(o)
 }
 
+/// The part of a map's epoch a SCAN cursor carries.
+fn epoch_tag(epoch: u64) -> u64 {
+    epoch & 0xffff
+}
+
 /// A SCAN cursor argument.
 pub fn parse_cursor(arg: &[u8]) -> Result<u64, Error> {
     std::str::from_utf8(arg)
@@ -144,7 +152,13 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         count,
         type_filter,
     } = scan_options(args, 2, true)?;
-    let (mut shard_i, mut pos) = ((cursor >> 32) as usize, (cursor & 0xffff_ffff) as usize);
+    let (mut shard_i, tag, mut pos) = (
+        (cursor >> 48) as usize,
+        (cursor >> 32) & 0xffff,
+        (cursor & 0xffff_ffff) as usize,
+    );
+    let mut resumed = pos > 0;
+    let mut epoch = 0;
     let (db, now) = (x.session.db, x.now_ms);
     let mut found: Vec<Vec<u8>> = Vec::new();
     let mut visited = 0;
@@ -158,6 +172,10 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         let shard = x.locked.shard(shard_i)?;
         let d = &shard.dbs[db];
         let map = &d.map;
+        epoch = map.epoch();
+        if std::mem::take(&mut resumed) && epoch_tag(epoch) != tag {
+            pos = 0;
+        }
         while pos < map.positions() && visited < count && empty < most_empty {
             let Some(e) = map.at(pos) else {
                 pos += 1;
@@ -179,10 +197,10 @@ fn scan(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             pos = 0;
         }
     }
-    let next = if shard_i >= shards {
-        0
-    } else {
-        ((shard_i as u64) << 32) | pos as u64
+    let next = match (shard_i >= shards, pos) {
+        (true, _) => 0,
+        (false, 0) => (shard_i as u64) << 48,
+        (false, pos) => ((shard_i as u64) << 48) | (epoch_tag(epoch) << 32) | pos as u64,
     };
     x.out.array(2);
     x.out.bulk(next.to_string().as_bytes());
