@@ -217,6 +217,34 @@ fn optin_tracks_only_reads_after_caching_yes() {
 }
 
 #[test]
+fn optout_tracks_every_read_but_the_one_after_caching_no() {
+    let s = Server::start(&[]);
+    let mut a = s.raw();
+    a.hello3();
+    a.roundtrip(
+        &resp(&[b"CLIENT", b"TRACKING", b"ON", b"OPTOUT"]),
+        b"+OK\r\n",
+    );
+    a.roundtrip(&resp(&[b"GET", b"cached"]), b"_\r\n");
+    a.roundtrip(&resp(&[b"CLIENT", b"CACHING", b"NO"]), b"+OK\r\n");
+    a.roundtrip(&resp(&[b"GET", b"not-cached"]), b"_\r\n");
+    // CACHING NO covers the next command only.
+    a.roundtrip(&resp(&[b"GET", b"after"]), b"_\r\n");
+    let mut b = s.conn();
+    for k in ["not-cached", "cached", "after"] {
+        q::<()>(&mut b, &["SET", k, "1"]);
+    }
+    let both = invalidation("cached") + &invalidation("after");
+    expect(&mut a, &both);
+    expect_nothing(&mut a);
+    a.send(&resp(&[b"CLIENT", b"CACHING", b"YES"]));
+    let e = a.read_until(b"\r\n");
+    assert!(
+        String::from_utf8_lossy(&e).contains("only valid when tracking is enabled in OPTIN mode")
+    );
+}
+
+#[test]
 fn a_full_tracking_table_forgets_keys_and_tells_their_readers() {
     let s = Server::start(&["--tracking-table-max-keys", "2"]);
     let mut a = s.raw();
