@@ -539,6 +539,21 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
             if std::mem::take(&mut session.hold_for_room) {
                 if let Some(tier) = &server.node.ks.cold {
+                    // The replies so far go out first (a client must not
+                    // time out on writes that were made, and retry them).
+                    if let Some(persistence) = &server.node.persistence {
+                        persistence.sync_if_written(writes_before).await;
+                    }
+                    if !out.buf.is_empty() {
+                        if !write_replies(sock, &out.buf, out_limit).await? {
+                            return Ok(());
+                        }
+                        server
+                            .stats
+                            .net_output_bytes
+                            .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
+                        out.buf.clear();
+                    }
                     let node = &server.node;
                     tier.wait_for_room(|| node.data_memory(), || node.ks.limits.maxmemory())
                         .await;

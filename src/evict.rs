@@ -296,8 +296,9 @@ pub fn make_room(
 /// replicates nothing, so no room is kept for tombstones. Only keys the
 /// store holds as they are can go (see `crate::flash`); when every key in
 /// RAM has changed since the last fold, a fold is asked for and the write
-/// goes ahead: memory passes the limit by what is written until the fold
-/// ends. Refused only when nothing the policy may take is left in RAM.
+/// goes ahead, up to `crate::flash::ceiling`, past which the writer waits
+/// for the fold (`ColdTier::holds_writes`). Refused only when nothing the
+/// policy may take is left in RAM.
 fn move_cold(
     ks: &Keyspace,
     tier: &crate::flash::ColdTier,

@@ -56,12 +56,25 @@ pub struct ColdTier {
     /// Times a writer (a client, or a link's replicated writes) was held
     /// until a fold ended, memory being past [`ceiling`].
     pub writes_held: AtomicU64,
+    /// `moved_out` when the last fold ended: eviction that finds nothing
+    /// to move before moving anything since, found that the fold freed
+    /// nothing (what fills memory is not keys a fold can free: tombstones
+    /// waiting for peers, the index, buffers).
+    moved_at_fold_end: AtomicU64,
+    /// Set then, cleared by the next move: writers are not held, since
+    /// the next fold would free nothing either (each write would wait a
+    /// whole fold for nothing).
+    futile: AtomicBool,
+    /// The replication buffers' bytes, which `maxmemory` does not count,
+    /// as the node's 100 ms cycle last read them (a link reads them so
+    /// for every frame, without the replication core's lock).
+    pub repl_buffered: AtomicU64,
 }
 
 /// What a flash node's memory may reach while writes outrun its folds:
 /// past `maxmemory`, keys can leave RAM only once a fold has stored them,
 /// so when every key in RAM has changed since the last fold, writers go on
-/// until this and then wait for the fold (a bulk load took 381 MB of a
+/// until this and then wait for the fold (a bulk load took 469 MB of a
 /// 100 MB limit before). The slack lets writes overlap the fold.
 pub fn ceiling(maxmemory: u64) -> u64 {
     maxmemory.saturating_add(maxmemory / 4)
@@ -72,22 +85,18 @@ pub fn ceiling(maxmemory: u64) -> u64 {
 /// would move keys out, a few thousand a tick, while a peer's bulk load
 /// comes in faster), and the link waits as a client does past the
 /// ceiling. Waiting holds the stream, whose flow control slows the peer.
-/// `buffered`: the replication buffers' bytes, which `maxmemory` does not
-/// count (as `crate::node::Node::data_memory`), read only when over it.
-pub async fn make_room_for_replicated(
-    ks: &crate::keyspace::Keyspace,
-    buffered: impl FnOnce() -> u64,
-) {
+/// Memory is counted as for a client (`crate::node::Node::data_memory`:
+/// the replication buffers left out).
+pub async fn make_room_for_replicated(ks: &crate::keyspace::Keyspace) {
     let Some(tier) = &ks.cold else {
         return;
     };
     let max = ks.limits.maxmemory();
-    let all = || crate::alloc::used_bytes().map(|b| b as u64);
-    if max == 0 || all().is_none_or(|u| u <= max) {
+    if max == 0 {
         return;
     }
-    let buffered = buffered();
-    let used = || all().map(|u| u.saturating_sub(buffered));
+    let buffered = tier.repl_buffered.load(Ordering::Relaxed);
+    let used = || crate::alloc::used_bytes().map(|b| (b as u64).saturating_sub(buffered));
     if used().is_some_and(|u| u > max) {
         let _ = crate::evict::make_room(ks, used, true, ks.clock.physical_unix_ms());
         if tier.holds_writes(used, max) {
@@ -99,6 +108,10 @@ pub async fn make_room_for_replicated(
 /// How often a held writer looks again without a fold's end (a FLUSHALL,
 /// a raised limit or a failed fold may have made room).
 const HELD_RECHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// The longest a writer is held, should no fold end (a fold that failed
+/// before it began, or whose task died).
+const HELD_MOST: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl ColdTier {
     pub fn new(store: Arc<dyn Store>) -> ColdTier {
@@ -115,6 +128,9 @@ impl ColdTier {
             warmed: AtomicU64::new(0),
             peeked: AtomicU64::new(0),
             writes_held: AtomicU64::new(0),
+            moved_at_fold_end: AtomicU64::new(0),
+            futile: AtomicBool::new(false),
+            repl_buffered: AtomicU64::new(0),
         }
     }
 
@@ -123,6 +139,8 @@ impl ColdTier {
     pub fn set_folding(&self, to: bool) {
         self.folding.store(to, Ordering::SeqCst);
         if !to {
+            self.moved_at_fold_end
+                .store(self.moved_out.load(Ordering::SeqCst), Ordering::SeqCst);
             self.folds.fetch_add(1, Ordering::SeqCst);
             self.fold_ended.notify_waiters();
         }
@@ -135,6 +153,7 @@ impl ColdTier {
     pub fn holds_writes(&self, used: impl FnOnce() -> Option<u64>, maxmemory: u64) -> bool {
         maxmemory > 0
             && (self.starved() || self.folding())
+            && !self.futile.load(Ordering::Relaxed)
             && used().is_some_and(|u| u > ceiling(maxmemory))
     }
 
@@ -145,14 +164,19 @@ impl ColdTier {
     /// good (a client's next write is then refused as without the tier, a
     /// link's applied). No lock is held.
     pub async fn wait_for_room(&self, used: impl Fn() -> Option<u64>, maxmemory: impl Fn() -> u64) {
-        self.writes_held.fetch_add(1, Ordering::Relaxed);
         let folds = self.folds.load(Ordering::SeqCst);
-        while self.folds.load(Ordering::SeqCst) == folds {
+        // However a fold fails, a writer is not held past this.
+        let until = tokio::time::Instant::now() + HELD_MOST;
+        let mut counted = false;
+        while self.folds.load(Ordering::SeqCst) == folds && tokio::time::Instant::now() < until {
             let ended = self.fold_ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
             if !self.holds_writes(&used, maxmemory()) {
                 return;
+            }
+            if !std::mem::replace(&mut counted, true) {
+                self.writes_held.fetch_add(1, Ordering::Relaxed);
             }
             tokio::select! {
                 _ = ended => {}
@@ -164,6 +188,11 @@ impl ColdTier {
     /// Eviction found nothing to move: a fold is asked for, and eviction
     /// rests until it ends.
     pub fn starve(&self) {
+        if self.moved_out.load(Ordering::SeqCst) == self.moved_at_fold_end.load(Ordering::SeqCst)
+            && self.folds.load(Ordering::SeqCst) > 0
+        {
+            self.futile.store(true, Ordering::Relaxed);
+        }
         self.starved_at
             .store(self.folds.load(Ordering::SeqCst) + 1, Ordering::SeqCst);
         self.fold_wanted.notify_one();
@@ -182,6 +211,9 @@ impl ColdTier {
 
     /// A key expiring at `expire_at_ms` (0: never) went cold.
     pub fn note_moved_out(&self, expire_at_ms: u64) {
+        if self.futile.load(Ordering::Relaxed) {
+            self.futile.store(false, Ordering::Relaxed);
+        }
         self.cold_keys.fetch_add(1, Ordering::Relaxed);
         self.moved_out.fetch_add(1, Ordering::Relaxed);
         if expire_at_ms != 0 {
@@ -347,6 +379,43 @@ mod tests {
     use chorus_crdt::Clock;
     use smallvec::SmallVec;
     use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_writer_waits_for_one_fold_at_most_and_not_after_a_fold_that_freed_nothing() {
+        let tier = Arc::new(ColdTier::new(Arc::new(MemStore::new())));
+        let (max, over) = (1_000, || Some(2_000u64));
+        assert!(!tier.holds_writes(over, max), "nothing asked of a fold");
+        assert!(
+            !tier.holds_writes(|| Some(1_100), max),
+            "within the ceiling"
+        );
+        tier.starve();
+        assert!(tier.holds_writes(over, max));
+        let waiting = tier.clone();
+        let writer = tokio::spawn(async move { waiting.wait_for_room(over, || 1_000).await });
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        assert!(!writer.is_finished(), "released before a fold ended");
+        // A fold ends, and memory is still past the ceiling: one fold only.
+        tier.set_folding(true);
+        tier.set_folding(false);
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("released by the fold's end")
+            .unwrap();
+        assert_eq!(tier.writes_held.load(Ordering::Relaxed), 1);
+        // Eviction finds nothing to move with no move since that fold:
+        // waiting for the next would free nothing either.
+        tier.starve();
+        assert!(!tier.holds_writes(over, max), "held after a futile fold");
+        tier.note_moved_out(0);
+        assert!(
+            tier.holds_writes(over, max),
+            "a move makes folds worth waiting for"
+        );
+        // Nor is a writer held while memory is not past the ceiling.
+        tier.wait_for_room(|| Some(500), || 1_000).await;
+        assert_eq!(tier.writes_held.load(Ordering::Relaxed), 1);
+    }
 
     fn tiered() -> (Arc<Keyspace>, Arc<ColdTier>, Persistence) {
         tiered_on(Arc::new(MemStore::new()))

@@ -444,10 +444,13 @@ async fn active_expiry(node: Arc<Node>) {
         }
         ks.refresh_access_clock(now);
         if let Some(repl) = &node.repl {
-            node.repl_buffered.store(
-                repl.buffered_bytes() as u64,
-                std::sync::atomic::Ordering::Relaxed,
-            );
+            let buffered = repl.buffered_bytes() as u64;
+            node.repl_buffered
+                .store(buffered, std::sync::atomic::Ordering::Relaxed);
+            if let Some(tier) = &ks.cold {
+                tier.repl_buffered
+                    .store(buffered, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         // The peak moves on the cycle too, not only when INFO asks.
         let _ = crate::alloc::used_bytes();

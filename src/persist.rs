@@ -225,6 +225,7 @@ impl Persistence {
         let started_cpu = thread_cpu_time();
         let ks = &self.ks;
         let stable = self.repl.as_ref().map(|r| r.stable_for_cut());
+        let mut folding = Folding(None);
         let (taken, swaps, mut cut) = {
             let mut all = ks.lock_all();
             let (taken, floors) = ks.take_changed(&mut all)?;
@@ -232,6 +233,7 @@ impl Persistence {
             // cold until the store holds them.
             if let Some(tier) = &ks.cold {
                 tier.set_folding(true);
+                folding.0 = Some(tier);
             }
             if self.log.is_some() {
                 ks.cap_gc_for_fold();
@@ -256,9 +258,7 @@ impl Persistence {
             ks.mark_taken_dirty(&taken);
         }
         ks.end_fold_cap();
-        if let Some(tier) = &ks.cold {
-            tier.set_folding(false);
-        }
+        drop(folding);
         let written = match stored {
             Ok(written) => written,
             Err(e) => {
@@ -446,6 +446,19 @@ impl Persistence {
             if let Err(e) = result {
                 warn!("{e:#}");
             }
+        }
+    }
+}
+
+/// A fold under way on a flash node: ended however the fold ends, a
+/// panic included (else no key could go cold again, and writers held for
+/// room would wait for a fold's end that never comes).
+struct Folding<'a>(Option<&'a crate::flash::ColdTier>);
+
+impl Drop for Folding<'_> {
+    fn drop(&mut self) {
+        if let Some(tier) = self.0 {
+            tier.set_folding(false);
         }
     }
 }

@@ -202,7 +202,8 @@ fn a_load_faster_than_the_folds_waits_for_them_instead_of_passing_the_limit() {
     // leave until a fold stores it, and the writes outrun the folds.
     fill(&mut c, "k", 0..100_000, 1000);
     // The ceiling is a quarter past the limit; a fold's chunk of encoded
-    // states (8 MiB) and one pipeline (1 MB) come on top of it.
+    // states (at most 8 MiB, here 1 MiB) and the client's pipeline (1 MB)
+    // come on top of it, and some slack.
     let peak = info_field(&mut c, "memory", "used_memory_peak");
     let bound = limit + limit / 4 + 8 * 1024 * 1024 + 4_000_000;
     assert!(

@@ -1975,7 +1975,7 @@ async fn apply_stream(
     let mut frames = Frames::new(rx, repl.max_message.load(Ordering::Relaxed) as usize);
     while let Some(frame) = frames.next().await? {
         if ks.cold.is_some() {
-            crate::flash::make_room_for_replicated(ks, || repl.buffered_bytes() as u64).await;
+            crate::flash::make_room_for_replicated(ks).await;
         }
         match decode::<ReplMsg>(&frame)? {
             ReplMsg::Delta {
