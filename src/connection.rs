@@ -541,18 +541,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 if let Some(tier) = &server.node.ks.cold {
                     // The replies so far go out first (a client must not
                     // time out on writes that were made, and retry them).
-                    if let Some(persistence) = &server.node.persistence {
-                        persistence.sync_if_written(writes_before).await;
-                    }
-                    if !out.buf.is_empty() {
-                        if !write_replies(sock, &out.buf, out_limit).await? {
-                            return Ok(());
-                        }
-                        server
-                            .stats
-                            .net_output_bytes
-                            .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
-                        out.buf.clear();
+                    if !send_replies_so_far(server, sock, &mut out, writes_before, out_limit)
+                        .await?
+                    {
+                        return Ok(());
                     }
                     let node = &server.node;
                     tier.wait_for_room(|| node.data_memory(), || node.ks.limits.maxmemory())
@@ -716,6 +708,32 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A pipeline's replies so far go out before its connection waits (a
+/// blocked command, a hold for room), once their writes are as durable as
+/// `appendfsync` promises. False when the client went away.
+async fn send_replies_so_far<S: AsyncWrite + Unpin>(
+    server: &Server,
+    sock: &mut S,
+    out: &mut Reply,
+    writes_before: u64,
+    out_limit: OutputBufferLimit,
+) -> std::io::Result<bool> {
+    if let Some(persistence) = &server.node.persistence {
+        persistence.sync_if_written(writes_before).await;
+    }
+    if !out.buf.is_empty() {
+        if !write_replies(sock, &out.buf, out_limit).await? {
+            return Ok(false);
+        }
+        server
+            .stats
+            .net_output_bytes
+            .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
+        out.buf.clear();
+    }
+    Ok(true)
+}
+
 /// Runs a blocked command (see `cmd::blocking`) again each time one of
 /// its keys changes, until it answers or its timeout passes (a null
 /// array). What the client sends meanwhile is read into `input`, to run
@@ -729,20 +747,8 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
     (blocked, writes_before): (crate::cmd::blocking::Blocked, u64),
     out_limit: OutputBufferLimit,
 ) -> std::io::Result<bool> {
-    // A pipeline's earlier replies go out before this one waits, once
-    // their writes are as durable as `appendfsync` promises.
-    if let Some(persistence) = &server.node.persistence {
-        persistence.sync_if_written(writes_before).await;
-    }
-    if !out.buf.is_empty() {
-        if !write_replies(sock, &out.buf, out_limit).await? {
-            return Ok(false);
-        }
-        server
-            .stats
-            .net_output_bytes
-            .fetch_add(out.buf.len() as u64, Ordering::Relaxed);
-        out.buf.clear();
+    if !send_replies_so_far(server, sock, out, writes_before, out_limit).await? {
+        return Ok(false);
     }
     let ks = &server.node.ks;
     let watch = ks.waiters.watch(blocked.db, blocked.keys);
