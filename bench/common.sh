@@ -37,6 +37,18 @@ run_bench() {
         | awk -F'","' 'NR>1 {gsub(/"/,"",$1); gsub(/"/,"",$2); print $1, $2}'
 }
 
+# wait_linked PORT: until the node's first peer link is up (a load begun
+# before it would have trimmed the backlog's first writes, and the peer would
+# join by a state transfer).
+wait_linked() {
+    for _ in $(seq 1 100); do
+        redis-cli -p "$1" INFO replication | grep -q "^peer0:.*state=connected" && return 0
+        sleep 0.1
+    done
+    echo "node on port $1 did not link to its peer" >&2
+    exit 1
+}
+
 # A client port whose replication port (+10000) is free as well.
 free_repl_port() {
     python3 - <<'PY'
