@@ -225,8 +225,9 @@ pub struct Core {
     /// wrote unseen may bring keys back, as before closing existed.
     closed: BTreeSet<NodeId>,
     /// Our writes numbered ahead of one still staged on another thread
-    /// (see `replication::stage`): number -> (when made, payload body),
-    /// put into the backlog once the writes before them are.
+    /// (see `replication::stage`): number -> (when made, payload: the
+    /// delta's head and body), put into the backlog once the writes
+    /// before them are.
     early: BTreeMap<u64, (u64, Vec<u8>)>,
     /// Per connected peer, the next of our writes its link will send: the
     /// backlog keeps them past its size (see [`HoldLimit`]).
@@ -309,11 +310,21 @@ impl Core {
         self.backlog.push_parts(now_ms, head, body)
     }
 
-    /// Keeps write `seq` (made at `now_ms`, payload body `body`) until the
-    /// writes numbered before it are in the backlog.
-    pub fn park(&mut self, seq: u64, now_ms: u64, body: Vec<u8>) {
+    /// Appends a run of framed writes numbered from [`Core::head`] + 1 on
+    /// (see [`Backlog::push_framed_run`]).
+    pub fn publish_framed_run(
+        &mut self,
+        framed: &[u8],
+        writes: impl IntoIterator<Item = (usize, u64)>,
+    ) -> u64 {
+        self.backlog.push_framed_run(framed, writes)
+    }
+
+    /// Keeps write `seq` (made at `now_ms`, its payload: head and body)
+    /// until the writes numbered before it are in the backlog.
+    pub fn park(&mut self, seq: u64, now_ms: u64, payload: Vec<u8>) {
         debug_assert!(seq > self.backlog.head() + 1);
-        self.early.insert(seq, (now_ms, body));
+        self.early.insert(seq, (now_ms, payload));
     }
 
     /// The parked write that comes next in the backlog, if any.

@@ -758,11 +758,20 @@ impl Replicator {
             seq,
             now_ms,
         };
-        let encode = match stage::stage(self.id, seq, now_ms, encode) {
-            Ok(false) => return gap.filled(),
-            Ok(true) => {
+        let encode = match stage::stage(self.id, self.node, seq, now_ms, encode) {
+            Ok(stage::Staged::Yes(false)) => return gap.filled(),
+            Ok(stage::Staged::Yes(true)) => {
                 gap.filled();
                 self.publish_staged();
+                return;
+            }
+            Ok(stage::Staged::TooLarge(payload)) => {
+                self.publish_staged();
+                let mut core = self.core.lock();
+                self.enter(&mut core, seq, now_ms, [&[], &payload]);
+                drop(core);
+                gap.filled();
+                self.wake_senders();
                 return;
             }
             Err(encode) => encode,
@@ -773,8 +782,9 @@ impl Replicator {
         BODY.with_borrow_mut(|body| {
             body.clear();
             encode(body);
+            let head = wire::delta_head(self.node, seq);
             let mut core = self.core.lock();
-            self.enter(&mut core, seq, now_ms, body);
+            self.enter(&mut core, seq, now_ms, [head.as_slice(), body]);
             drop(core);
             if body.capacity() > 64 * 1024 {
                 *body = Vec::new();
@@ -784,42 +794,70 @@ impl Replicator {
         self.wake_senders();
     }
 
-    /// Puts this thread's staged writes into the backlog (and the log).
+    /// Puts this thread's staged writes into the backlog (and the log):
+    /// in one copy when they are the backlog's next writes, as they are
+    /// unless another thread numbered one among them.
     fn publish_staged(&self) {
-        let published = stage::drain(self.id, |writes| {
+        let published = stage::drain(self.id, |frames, writes| {
             let mut core = self.core.lock();
-            for (seq, body, now_ms) in writes {
-                self.enter(&mut core, seq, now_ms, body);
+            let (Some(first), Some(last)) = (writes.first(), writes.last()) else {
+                return;
+            };
+            let next = core.head() + 1;
+            if first.0 != next || last.0 - first.0 + 1 != writes.len() as u64 {
+                for (seq, payload, now_ms) in stage::payloads(frames, writes) {
+                    self.enter(&mut core, seq, now_ms, [&[], payload]);
+                }
+                return;
             }
+            let mut start = 0;
+            core.publish_framed_run(
+                frames,
+                writes.iter().map(|&(_, end, now_ms)| {
+                    let len = end - start;
+                    start = end;
+                    (len, now_ms)
+                }),
+            );
+            if let Some(log) = self.log.get() {
+                for (seq, payload, _) in stage::payloads(frames, writes) {
+                    log.append_numbered_parts(&[payload], seq);
+                }
+            }
+            self.enter_parked(&mut core);
         });
         if published {
             self.wake_senders();
         }
     }
 
-    /// Puts write `seq` into the backlog and the log, with the parked
-    /// writes that were waiting for it; parks it if one before it is still
-    /// staged on another thread (backlog and log hold writes in order).
-    fn enter(&self, core: &mut Core, seq: u64, now_ms: u64, body: &[u8]) {
+    /// Puts write `seq` (its payload: `parts` back to back) into the
+    /// backlog and the log, with the parked writes that were waiting for
+    /// it; parks it if one before it is still staged on another thread
+    /// (backlog and log hold writes in order).
+    fn enter(&self, core: &mut Core, seq: u64, now_ms: u64, parts: [&[u8]; 2]) {
         if seq <= core.head() {
             // Entered already (a drain that a panic cut short, retried).
             return;
         }
         if seq != core.head() + 1 {
-            core.park(seq, now_ms, body.to_vec());
+            core.park(seq, now_ms, parts.concat());
             return;
         }
-        self.append(core, seq, now_ms, body);
-        while let Some((seq, now_ms, body)) = core.unpark_next() {
-            self.append(core, seq, now_ms, &body);
+        self.append(core, seq, now_ms, parts);
+        self.enter_parked(core);
+    }
+
+    fn enter_parked(&self, core: &mut Core) {
+        while let Some((seq, now_ms, payload)) = core.unpark_next() {
+            self.append(core, seq, now_ms, [&[], &payload]);
         }
     }
 
-    fn append(&self, core: &mut Core, seq: u64, now_ms: u64, body: &[u8]) {
-        let head = wire::delta_head(self.node, seq);
-        core.publish_parts(now_ms, head.as_slice(), body);
+    fn append(&self, core: &mut Core, seq: u64, now_ms: u64, parts: [&[u8]; 2]) {
+        core.publish_parts(now_ms, parts[0], parts[1]);
         if let Some(log) = self.log.get() {
-            log.append_numbered_parts(&[head.as_slice(), body], seq);
+            log.append_numbered_parts(&parts, seq);
         }
     }
 
@@ -851,8 +889,10 @@ impl Drop for Gap<'_> {
     fn drop(&mut self) {
         let mut body = Vec::new();
         wire::append_flush_body(&mut body, Some(0), Stamp::ZERO);
+        let head = wire::delta_head(self.repl.node, self.seq);
         let mut core = self.repl.core.lock();
-        self.repl.enter(&mut core, self.seq, self.now_ms, &body);
+        self.repl
+            .enter(&mut core, self.seq, self.now_ms, [head.as_slice(), &body]);
     }
 }
 
@@ -2509,6 +2549,15 @@ mod tests {
         assert!(repl.cut_vv().contains(&(me, 3)));
         drop(batch);
         assert_eq!(repl.backlog_head(), 3);
+        // A batch's writes with another thread's numbered among them enter
+        // one by one (not as one run), in number order.
+        let batch = ks.batch();
+        set(b"x");
+        std::thread::scope(|s| s.spawn(|| set(b"y")).join().unwrap());
+        set(b"z");
+        assert_eq!((repl.head_seq(), repl.backlog_head()), (6, 3));
+        drop(batch);
+        assert_eq!(repl.backlog_head(), 6);
 
         let mut frames = Vec::new();
         match repl.core.lock().backlog_mut().read_from(1, usize::MAX) {
@@ -2536,6 +2585,9 @@ mod tests {
             (1, b"before".to_vec()),
             (2, b"a".to_vec()),
             (3, b"b".to_vec()),
+            (4, b"x".to_vec()),
+            (5, b"y".to_vec()),
+            (6, b"z".to_vec()),
         ];
         assert_eq!(frames, expected);
 
@@ -2545,11 +2597,11 @@ mod tests {
         for i in 0..64u32 {
             set(format!("k{i}").as_bytes());
         }
-        assert_eq!(repl.backlog_head(), 3 + 64);
+        assert_eq!(repl.backlog_head(), 6 + 64);
         set(b"c");
-        assert_eq!(repl.backlog_head(), 3 + 64);
+        assert_eq!(repl.backlog_head(), 6 + 64);
         ks.hand_over_batch();
-        assert_eq!(repl.backlog_head(), 3 + 65);
+        assert_eq!(repl.backlog_head(), 6 + 65);
         drop(batch);
     }
 

@@ -15,6 +15,11 @@
 
 use std::cell::RefCell;
 
+use chorus_crdt::NodeId;
+use chorus_transport::frame::{HEADER_LEN, MAX_FRAGMENT};
+
+use super::wire;
+
 /// A stage holding this many writes, or this many bytes, is handed over
 /// at once rather than at the batch's end: writes other threads number
 /// meanwhile wait behind it (parked), so a long pipeline must not hold
@@ -30,9 +35,11 @@ const STAGE_KEPT: usize = 256 * 1024;
 struct Stage {
     /// The replicator the open batch stages for (its id); 0: none open.
     open: u64,
-    /// Bodies of the staged writes, back to back.
-    bodies: Vec<u8>,
-    /// Each write's number, where its body ends in `bodies`, and when it
+    /// The staged writes as the backlog holds them, back to back: each
+    /// framed for the wire (its length, then the delta's head and body),
+    /// so that a run of them enters the backlog in one copy.
+    frames: Vec<u8>,
+    /// Each write's number, where its frame ends in `frames`, and when it
     /// was made (unix ms).
     writes: Vec<(u64, usize, u64)>,
 }
@@ -41,10 +48,20 @@ thread_local! {
     static STAGE: RefCell<Stage> = const {
         RefCell::new(Stage {
             open: 0,
-            bodies: Vec::new(),
+            frames: Vec::new(),
             writes: Vec::new(),
         })
     };
+}
+
+/// What became of a write given to [`stage`].
+pub(super) enum Staged {
+    /// Staged; true when the stage is big enough to publish now.
+    Yes(bool),
+    /// Not staged: its payload (head and body) is larger than one frame's
+    /// fragment, and a run holds only whole one-fragment frames. The
+    /// caller publishes it after what is staged.
+    TooLarge(Vec<u8>),
 }
 
 /// Opens a batch on this thread for replicator `id`: writes made before
@@ -56,54 +73,72 @@ pub(super) fn open(id: u64) {
     });
 }
 
-/// Stages write `seq`'s body for replicator `id` if this thread has a
-/// batch open for it: `encode` appends the body. `Ok(true)`: staged, and
-/// big enough that the stage should be published now; `Err(encode)`: no
-/// batch is open (the caller publishes at once).
+/// Stages write `seq`'s frame for replicator `id` (made by node `node`)
+/// if this thread has a batch open for it: `encode` appends the body.
+/// `Err(encode)`: no batch is open (the caller publishes at once).
 pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
     id: u64,
+    node: NodeId,
     seq: u64,
     now_ms: u64,
     encode: F,
-) -> Result<bool, F> {
+) -> Result<Staged, F> {
     STAGE.with_borrow_mut(|stage| {
         if stage.open != id {
             return Err(encode);
         }
-        // (Bytes an encoding that panicked left behind are not a body.)
+        // (Bytes an encoding that panicked left behind are not a frame.)
         let start = stage.writes.last().map_or(0, |w| w.1);
-        stage.bodies.truncate(start);
-        encode(&mut stage.bodies);
-        stage.writes.push((seq, stage.bodies.len(), now_ms));
-        Ok(stage.writes.len() >= STAGE_WRITES || stage.bodies.len() >= STAGE_BYTES)
+        let frames = &mut stage.frames;
+        frames.truncate(start);
+        frames.extend_from_slice(&[0; HEADER_LEN]);
+        frames.extend_from_slice(wire::delta_head(node, seq).as_slice());
+        encode(frames);
+        let len = frames.len() - start - HEADER_LEN;
+        if len > MAX_FRAGMENT {
+            let payload = frames[start + HEADER_LEN..].to_vec();
+            frames.truncate(start);
+            return Ok(Staged::TooLarge(payload));
+        }
+        frames[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        stage.writes.push((seq, frames.len(), now_ms));
+        Ok(Staged::Yes(
+            stage.writes.len() >= STAGE_WRITES || frames.len() >= STAGE_BYTES,
+        ))
     })
 }
 
-/// Hands this thread's staged writes for replicator `id` to `publish`
-/// (each number, body and time made, in the order they were staged).
-/// False when there were none.
-pub(super) fn drain(
-    id: u64,
-    publish: impl FnOnce(&mut dyn Iterator<Item = (u64, &[u8], u64)>),
-) -> bool {
+/// Hands this thread's staged writes for replicator `id` to `publish`:
+/// their frames back to back, and each one's number, where its frame ends
+/// and when it was made, in the order they were staged. False when there
+/// were none.
+pub(super) fn drain(id: u64, publish: impl FnOnce(&[u8], &[(u64, usize, u64)])) -> bool {
     STAGE.with_borrow_mut(|stage| {
         if stage.open != id || stage.writes.is_empty() {
             return false;
         }
-        let bodies = &stage.bodies;
-        let mut start = 0;
-        let mut each = stage.writes.iter().map(|&(seq, end, ms)| {
-            let body = &bodies[start..end];
-            start = end;
-            (seq, body, ms)
-        });
-        publish(&mut each);
-        stage.bodies.clear();
+        let end = stage.writes.last().map_or(0, |w| w.1);
+        publish(&stage.frames[..end], &stage.writes);
+        stage.frames.clear();
         stage.writes.clear();
-        if stage.bodies.capacity() > STAGE_KEPT {
-            stage.bodies = Vec::new();
+        if stage.frames.capacity() > STAGE_KEPT {
+            stage.frames = Vec::new();
         }
         true
+    })
+}
+
+/// The payload of each staged frame (its head and body, without the
+/// frame's length), with its number and time.
+pub(super) fn payloads<'a>(
+    frames: &'a [u8],
+    writes: &'a [(u64, usize, u64)],
+) -> impl Iterator<Item = (u64, &'a [u8], u64)> + 'a {
+    let mut start = 0;
+    writes.iter().map(move |&(seq, end, ms)| {
+        let payload = &frames[start + HEADER_LEN..end];
+        start = end;
+        (seq, payload, ms)
     })
 }
 
