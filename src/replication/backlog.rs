@@ -595,6 +595,7 @@ mod tests {
             let mut by_run = Backlog::new(cap * 12);
             let mut by_one = Backlog::new(cap * 12);
             let mut seq = 0u64;
+            let mut largest_run = 0;
             let payload = |seq: u64, pad: usize| {
                 let mut p = seq.to_be_bytes().to_vec();
                 p.resize(8 + pad, seq as u8);
@@ -617,12 +618,20 @@ mod tests {
                         writes.push((4 + p.len(), seq * 10));
                         by_one.push_parts(seq * 10, &p, &[]);
                     }
+                    largest_run = largest_run.max(framed.len());
                     prop_assert_eq!(by_run.push_framed_run(&framed, writes), seq);
                 }
                 if reads.contains(&seq) {
-                    let _ = by_run.read_from(seq, 1);
+                    // A reader seals what was appended.
+                    prop_assert_eq!(seqs(by_run.read_from(seq, 1)), (seq, vec![seq]));
                 }
                 prop_assert_eq!(by_run.head(), by_one.head());
+                // Trimmed as it grows: beyond the bound, at most the oldest
+                // segment kept, which a run may have filled.
+                prop_assert!(
+                    by_run.bytes() <= cap * 12 + by_run.segment_bytes + largest_run + 60,
+                    "{} bytes held", by_run.bytes()
+                );
             }
             // Trimming goes by segments, whose bounds may differ.
             let from = by_run.oldest().max(by_one.oldest());
@@ -631,8 +640,12 @@ mod tests {
                 other => panic!("{other:?}"),
             };
             prop_assert_eq!(frames(&mut by_run), frames(&mut by_one));
+            // Resuming at each write finds its frame (its offset).
             for s in from..=seq {
                 prop_assert_eq!(by_run.written_at(s), Some(s * 10));
+                let (last, got) = seqs(by_run.read_from(s, 1));
+                prop_assert_eq!(got.first(), Some(&s));
+                prop_assert_eq!(got, (s..=last).collect::<Vec<_>>());
             }
             prop_assert_eq!(by_run.read_from(seq, 1).is_trimmed(), false);
         }

@@ -766,11 +766,14 @@ impl Replicator {
                 return;
             }
             Ok(stage::Staged::TooLarge(payload)) => {
-                self.publish_staged();
+                // Entered (parked behind this thread's staged writes)
+                // before the gap counts as filled: a panic in publishing
+                // them must not replace this write by the gap's no-op.
                 let mut core = self.core.lock();
-                self.enter(&mut core, seq, now_ms, [&[], &payload]);
+                self.enter(&mut core, seq, now_ms, [&payload, &[]]);
                 drop(core);
                 gap.filled();
+                self.publish_staged();
                 self.wake_senders();
                 return;
             }
@@ -806,7 +809,7 @@ impl Replicator {
             let next = core.head() + 1;
             if first.0 != next || last.0 - first.0 + 1 != writes.len() as u64 {
                 for (seq, payload, now_ms) in stage::payloads(frames, writes) {
-                    self.enter(&mut core, seq, now_ms, [&[], payload]);
+                    self.enter(&mut core, seq, now_ms, [payload, &[]]);
                 }
                 return;
             }
@@ -850,7 +853,9 @@ impl Replicator {
 
     fn enter_parked(&self, core: &mut Core) {
         while let Some((seq, now_ms, payload)) = core.unpark_next() {
-            self.append(core, seq, now_ms, [&[], &payload]);
+            // (Whole, as one part: a payload past one fragment is framed
+            // from it without another copy.)
+            self.append(core, seq, now_ms, [&payload, &[]]);
         }
     }
 

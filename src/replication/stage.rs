@@ -98,6 +98,8 @@ pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
         if len > MAX_FRAGMENT {
             let payload = frames[start + HEADER_LEN..].to_vec();
             frames.truncate(start);
+            // A drain of nothing staged would not shrink it.
+            frames.shrink_to(STAGE_KEPT);
             return Ok(Staged::TooLarge(payload));
         }
         frames[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
