@@ -535,7 +535,7 @@ fn swap_of(payload: &[u8]) -> Option<(usize, usize)> {
 /// The sink of a node that keeps a log and does not replicate: its writes
 /// numbered as replication would, so the log reads the same either way.
 pub struct LogSink {
-    node: NodeId,
+    heads: wire::Heads,
     seq: AtomicU64,
     log: Arc<DeltaLog>,
 }
@@ -543,7 +543,7 @@ pub struct LogSink {
 impl LogSink {
     pub fn new(node: NodeId, log: Arc<DeltaLog>) -> LogSink {
         LogSink {
-            node,
+            heads: wire::Heads::new(node),
             seq: AtomicU64::new(0),
             log,
         }
@@ -554,7 +554,7 @@ impl LogSink {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         // Our own types always encode.
         let _ = self.log.append_encoded(|out| {
-            out.extend_from_slice(wire::delta_head(self.node, seq).as_slice());
+            self.heads.of(seq).append_to(out);
             body(out)
         });
     }
@@ -562,7 +562,7 @@ impl LogSink {
 
 impl DeltaSink for LogSink {
     fn publish_key(&self, db: u32, key: &[u8], delta: &chorus_crdt::KeyState, _now_ms: u64) {
-        self.append(|out| wire::append_key_body(out, db, key, delta));
+        self.append(|out| wire::append_own_key_body(out, self.heads.origin(), db, key, delta));
     }
 
     fn publish_coll(&self, db: u32, key: &[u8], delta: &chorus_crdt::Coll, _now_ms: u64) {

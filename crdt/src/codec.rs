@@ -24,7 +24,10 @@ use crate::{NodeId, NodeMap, Stamp};
 /// 4: a key's extras carry its collections (`Extras::coll`); a conflict
 /// names the element it was about (`Conflict::element`).
 /// 5: collections hold lists (`Coll::list`).
-pub const FORMAT_VERSION: u8 = 5;
+/// 6: a write sent or logged under its origin's name leaves the origin of
+/// its register's stamp implied (node 0; [`append_plain_key_delta`],
+/// [`Delta::restore_origin`]). Other values are laid out as in 5.
+pub const FORMAT_VERSION: u8 = 6;
 
 /// The oldest version a store written by an earlier build may hold; see
 /// [`decode_stored`] and [`decode_stored_state`].
@@ -100,6 +103,109 @@ pub fn append_state(out: &mut Vec<u8>, state: &KeyState) -> Result<(), EncodeErr
         }
     }
     Ok(())
+}
+
+/// Appends postcard's bytes for `Delta::Key { db, key, state }` when
+/// `state` is a plain register (no `seen`, extras or collection: every
+/// SET, SETEX or DEL that replaced only its own node's writes) and returns
+/// true; false, with nothing appended, for any other state. The hot path
+/// of every replicated and logged string write: the buffer grows once and
+/// the fields go straight in.
+///
+/// With `origin`, the bytes are a write of `origin`'s, sent or logged
+/// under its name: a register stamp of `origin`'s names node 0 instead
+/// (a node id is a ten-byte varint, a sixth of a small SET's frame), and
+/// [`Delta::restore_origin`] puts it back. Without, the bytes are
+/// exactly postcard's.
+pub fn append_plain_key_delta(
+    out: &mut Vec<u8>,
+    origin: Option<NodeId>,
+    db: u32,
+    key: &[u8],
+    state: &KeyState,
+) -> bool {
+    if state.reg.seen.is_some() || state.extras.is_some() || state.coll.is_some() {
+        return false;
+    }
+    let reg = &state.reg;
+    let value = reg.value.as_deref();
+    // Variant, db, key, stamp, seen, value, expiry, no extras.
+    let most = 1
+        + MAX_VARINT
+        + MAX_VARINT
+        + key.len()
+        + 2 * MAX_VARINT
+        + 1
+        + 1
+        + MAX_VARINT
+        + value.map_or(0, <[u8]>::len)
+        + MAX_VARINT
+        + 1;
+    let mut w = Writer::new(out, most);
+    w.byte(0);
+    w.varint(db as u64);
+    w.varint(key.len() as u64);
+    w.bytes(key);
+    w.varint(reg.stamp.time);
+    w.varint(if Some(reg.stamp.node) == origin {
+        0
+    } else {
+        reg.stamp.node.0
+    });
+    w.byte(0);
+    match value {
+        None => w.byte(0),
+        Some(v) => {
+            w.byte(1);
+            w.varint(v.len() as u64);
+            w.bytes(v);
+        }
+    }
+    w.varint(reg.expire_at_ms);
+    w.byte(0);
+    true
+}
+
+/// Writes fields into a buffer grown once by the most they can take, and
+/// cuts it to what they took when dropped. Writing past that most is a
+/// bug, and panics.
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    at: usize,
+}
+
+impl<'a> Writer<'a> {
+    fn new(out: &'a mut Vec<u8>, most: usize) -> Writer<'a> {
+        let at = out.len();
+        out.resize(at + most, 0);
+        Writer { out, at }
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.out[self.at] = b;
+        self.at += 1;
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, n: u64) {
+        let Some(slot) = self.out[self.at..].first_chunk_mut::<MAX_VARINT>() else {
+            panic!("a writer's buffer is too small for its fields");
+        };
+        self.at += put_varint(slot, n);
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.out[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+}
+
+impl Drop for Writer<'_> {
+    fn drop(&mut self) {
+        self.out.truncate(self.at);
+    }
 }
 
 /// Postcard's bytes for a key state of the empty register, no extras and
@@ -210,8 +316,10 @@ fn append_elem<V>(out: &mut Vec<u8>, e: &Elem<V>, value: impl Fn(&mut Vec<u8>, &
 }
 
 fn append_dot(out: &mut Vec<u8>, dot: Dot) {
-    append_varint(out, dot.node.0);
-    append_varint(out, dot.n);
+    let mut fields = Scratch::<{ 2 * MAX_VARINT }>::new();
+    fields.varint(dot.node.0);
+    fields.varint(dot.n);
+    fields.append_to(out);
 }
 
 /// Extends a borrowed buffer: postcard's `to_extend` takes its writer by
@@ -247,22 +355,30 @@ pub fn append_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
 }
 
 fn append_plain_register(out: &mut Vec<u8>, reg: &Register) {
-    append_stamp(out, reg.stamp);
+    let mut head = Scratch::<{ 3 * MAX_VARINT + 2 }>::new();
+    head.varint(reg.stamp.time);
+    head.varint(reg.stamp.node.0);
     // `seen`: none.
-    out.push(0);
+    head.byte(0);
     match &reg.value {
-        None => out.push(0),
+        None => head.byte(0),
         Some(v) => {
-            out.push(1);
-            append_bytes(out, v);
+            head.byte(1);
+            head.varint(v.len() as u64);
         }
+    }
+    head.append_to(out);
+    if let Some(v) = &reg.value {
+        out.extend_from_slice(v);
     }
     append_varint(out, reg.expire_at_ms);
 }
 
 fn append_stamp(out: &mut Vec<u8>, stamp: Stamp) {
-    append_varint(out, stamp.time);
-    append_varint(out, stamp.node.0);
+    let mut fields = Scratch::<{ 2 * MAX_VARINT }>::new();
+    fields.varint(stamp.time);
+    fields.varint(stamp.node.0);
+    fields.append_to(out);
 }
 
 /// Postcard's bytes for a byte string: its length, then the bytes.
@@ -287,6 +403,68 @@ pub fn append_varint(out: &mut Vec<u8>, n: u64) {
 
 /// The most bytes a varint of a `u64` takes.
 pub const MAX_VARINT: usize = 10;
+
+/// A few short fields laid out on the stack, then appended to a buffer in
+/// one copy of the whole array, cut to length. Appended one by one, each
+/// varint took a capacity check, a copy and a cut of its own: a SET's
+/// stamp (two varints) cost 147 instructions so. `N` must hold the most
+/// bytes the caller's fields can take; writing past it is a bug, and
+/// panics.
+#[derive(Clone, Copy)]
+pub struct Scratch<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for Scratch<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> Scratch<N> {
+    pub fn new() -> Self {
+        Scratch {
+            buf: [0; N],
+            len: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub fn byte(&mut self, b: u8) {
+        self.buf[self.len] = b;
+        self.len += 1;
+    }
+
+    /// `n`'s varint (postcard's LEB128).
+    #[inline(always)]
+    pub fn varint(&mut self, n: u64) {
+        self.fixed::<MAX_VARINT>(|slot| put_varint(slot, n));
+    }
+
+    /// Bytes `put` writes at the start of an `M`-byte slot, returning how
+    /// many: the slot is copied whole where a run-time length would be a
+    /// call to memmove.
+    #[inline(always)]
+    pub fn fixed<const M: usize>(&mut self, put: impl FnOnce(&mut [u8; M]) -> usize) {
+        let Some(slot) = self.buf[self.len..].first_chunk_mut::<M>() else {
+            panic!("a scratch of {N} bytes is too small for its fields");
+        };
+        self.len += put(slot);
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+
+    /// Appends the fields to `out`.
+    #[inline(always)]
+    pub fn append_to(&self, out: &mut Vec<u8>) {
+        let start = out.len();
+        out.extend_from_slice(&self.buf);
+        out.truncate(start + self.len);
+    }
+}
 
 /// Writes `n`'s varint at the start of `buf`; returns its length. Past
 /// one byte, its seven-bit groups are spread over a word at once, not one
@@ -366,6 +544,7 @@ pub fn decode_stored_state(bytes: &[u8]) -> Result<KeyState, DecodeError> {
         Some(2) => take_all::<KeyStateV2>(&bytes[1..])?.into(),
         Some(3) => take_all::<KeyStateV3>(&bytes[1..])?.into(),
         Some(4) => take_all::<KeyStateV4>(&bytes[1..])?.into(),
+        Some(5) => take_all::<KeyState>(&bytes[1..])?,
         _ => decode(bytes)?,
     };
     state.pack();
@@ -373,22 +552,24 @@ pub fn decode_stored_state(bytes: &[u8]) -> Result<KeyState, DecodeError> {
 }
 
 /// Decodes a write `(origin, seq, delta)` of the delta log written by
-/// this build or the one before: `tag` is the encoding of the log
+/// this build or the two before: `tag` is the encoding of the log
 /// record's message kind (its enum variant), which has not changed, and
-/// must lead the body.
+/// must lead the body. The origin a record left implied is put back.
 pub fn decode_stored_write(bytes: &[u8], tag: &[u8]) -> Result<(NodeId, u64, Delta), DecodeError> {
     let (&version, body) = bytes.split_first().ok_or(DecodeError::Empty)?;
     let fields = body
         .strip_prefix(tag)
         .ok_or(DecodeError::Malformed(postcard::Error::DeserializeBadEnum))?;
-    match version {
+    let (origin, seq, mut delta) = match version {
         4 => {
             let (origin, seq, delta) = take_all::<(NodeId, u64, DeltaV4)>(fields)?;
-            Ok((origin, seq, delta.into()))
+            (origin, seq, delta.into())
         }
-        FORMAT_VERSION => take_all(fields),
-        v => Err(DecodeError::UnknownVersion(v)),
-    }
+        5 | FORMAT_VERSION => take_all::<(NodeId, u64, Delta)>(fields)?,
+        v => return Err(DecodeError::UnknownVersion(v)),
+    };
+    delta.restore_origin(origin);
+    Ok((origin, seq, delta))
 }
 
 /// Decodes a conflict record read from a store written by this or an
@@ -738,6 +919,72 @@ mod tests {
 
     /// A store written by the previous build opens: its key states decode
     /// into the new layout, its other records as they were.
+    /// A plain write laid out under its origin's name leaves the stamp's
+    /// node out and reads back whole, from the log as from a link; one
+    /// laid out without (a state transfer's) is postcard's own.
+    #[test]
+    fn an_own_write_leaves_its_stamps_origin_implied_and_reads_back_whole() {
+        let me = NodeId(0xfedc_ba98_7654_3210);
+        let tag = [3u8];
+        let record = |origin: Option<NodeId>, state: &KeyState| {
+            let mut bytes = vec![FORMAT_VERSION, 3];
+            bytes.extend(postcard::to_allocvec(&(me, 7u64)).expect("encode"));
+            let mut body = Vec::new();
+            if !append_plain_key_delta(&mut body, origin, 1, b"k", state) {
+                body.clear();
+                body.push(0);
+                append_varint(&mut body, 1);
+                append_bytes(&mut body, b"k");
+                append_state(&mut body, state).expect("encode");
+            }
+            bytes.extend(body);
+            bytes
+        };
+        let full = |state: &KeyState| {
+            let mut bytes = vec![FORMAT_VERSION, 3];
+            let write = Delta::Key {
+                db: 1,
+                key: b"k".to_vec(),
+                state: state.clone(),
+            };
+            bytes.extend(postcard::to_allocvec(&(me, 7u64, write)).expect("encode"));
+            bytes
+        };
+        let mine = KeyState::default().write(
+            Stamp {
+                time: 1 << 62,
+                node: me,
+            },
+            Some(b"v"),
+            5,
+        );
+        let theirs = KeyState::default().write(
+            Stamp {
+                time: 1 << 62,
+                node: NodeId(3),
+            },
+            None,
+            0,
+        );
+        let never = KeyState::default().write(Stamp::ZERO, Some(b"v"), 0);
+        for state in [&mine, &theirs, &never] {
+            let read = |bytes: &[u8]| decode_stored_write(bytes, &tag).expect("a write").2;
+            let want = Delta::Key {
+                db: 1,
+                key: b"k".to_vec(),
+                state: state.clone(),
+            };
+            assert_eq!(record(None, state), full(state), "postcard's bytes");
+            assert_eq!(read(&record(Some(me), state)), want);
+        }
+        assert_eq!(
+            record(Some(me), &mine).len() + 9,
+            full(&mine).len(),
+            "the node's ten-byte varint is one byte"
+        );
+        assert_eq!(record(Some(me), &theirs), full(&theirs));
+    }
+
     #[test]
     fn version_2_stores_decode() {
         let mut state = KeyState::default();
@@ -875,6 +1122,16 @@ mod tests {
             decode_stored_write(&bytes, &tag).expect("v5 write").2,
             write
         );
+
+        bytes[0] = 5;
+        assert_eq!(
+            decode_stored_write(&bytes, &tag).expect("v5 write").2,
+            write,
+            "version 5 laid writes out as 6 does"
+        );
+        let mut v5_state = encode(&hash).expect("encode");
+        v5_state[0] = 5;
+        assert_eq!(decode_stored_state(&v5_state).expect("v5 state"), hash);
 
         let meta: Vec<(NodeId, u64)> = vec![(NodeId(7), 42)];
         let mut old = encode(&meta).expect("encode");

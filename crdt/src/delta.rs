@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::stamp::Stamp;
+use crate::stamp::{NodeId, Stamp};
 use crate::state::KeyState;
 
 /// One replicated write. Every client write produces exactly one `Delta`
@@ -22,6 +22,20 @@ pub enum Delta {
 }
 
 impl Delta {
+    /// Puts back the node of a register stamp that a write of `origin`'s
+    /// left implied (named node 0: see
+    /// [`crate::codec::append_plain_key_delta`]). No write is stamped by
+    /// node 0, so a register stamp with a time and node 0 is one of
+    /// these; `Stamp::ZERO` (never written) stays as it is.
+    pub fn restore_origin(&mut self, origin: NodeId) {
+        if let Delta::Key { state, .. } = self {
+            let stamp = &mut state.reg.stamp;
+            if stamp.node == NodeId(0) && stamp.time != 0 {
+                stamp.node = origin;
+            }
+        }
+    }
+
     /// The stamp the delta was written at (for a key delta, the newest one in it).
     pub fn stamp(&self) -> Stamp {
         match self {

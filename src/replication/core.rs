@@ -927,7 +927,6 @@ impl Core {
 mod tests {
     use super::*;
     use crate::replication::wire::{self, ReplMsg};
-    use chorus_crdt::decode;
 
     /// The frame of `origin`'s write `seq`: a flush, the smallest delta.
     fn flush_frame(origin: NodeId, seq: u64, stamp: Stamp, mut buf: Vec<u8>) -> Vec<u8> {
@@ -964,7 +963,7 @@ mod tests {
             while at < chunk.len() {
                 let len = u32::from_be_bytes(chunk[at..at + 4].try_into().expect("header"));
                 let payload = chunk.slice(at + 4..at + 4 + len as usize);
-                match decode::<ReplMsg>(&payload).expect("decodes") {
+                match wire::decode_msg(&payload).expect("decodes") {
                     ReplMsg::Delta { origin, seq, .. } => out.push((origin, seq, payload)),
                     other => panic!("not a delta: {other:?}"),
                 }
@@ -1022,7 +1021,7 @@ mod tests {
     fn payload_seqs(payloads: &[bytes::Bytes]) -> Vec<(NodeId, u64)> {
         payloads
             .iter()
-            .map(|f| match decode::<ReplMsg>(f).expect("decodes") {
+            .map(|f| match wire::decode_msg(f).expect("decodes") {
                 ReplMsg::Delta { origin, seq, .. } => (origin, seq),
                 other => panic!("not a delta: {other:?}"),
             })
@@ -1703,7 +1702,7 @@ mod tests {
             }
             for batch in &plan.relay {
                 for f in &batch.frames {
-                    match decode::<ReplMsg>(f).expect("decodes") {
+                    match wire::decode_msg(f).expect("decodes") {
                         ReplMsg::Delta { origin, seq, .. } => {
                             arrived.push((origin, seq, f.clone()))
                         }

@@ -46,7 +46,7 @@ use chorus_crdt::digest::{
     differing, differing_leaves, leaf_bits_for, DbDigest, LeafDigest, Scope, TransferScope,
     BUCKETS, MAX_LEAF_BITS, MIN_LEAF_BITS,
 };
-use chorus_crdt::{decode, Delta, KeyState, NodeId, Stamp};
+use chorus_crdt::{Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
 use chorus_transport::{
     AuthStats, FrameReceiver, FrameSender, PeerLink, StreamKind, Transport, TransportConfig,
@@ -197,6 +197,8 @@ impl PeerInfo {
 /// held across an await.
 pub struct Replicator {
     node: NodeId,
+    /// The heads of `node`'s writes.
+    heads: wire::Heads,
     /// Unique in the process (a thread's staged writes name it).
     id: u64,
     /// The newest number a write of ours took. A write is numbered when it
@@ -355,6 +357,7 @@ impl Replicator {
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Arc::new(Replicator {
             node,
+            heads: wire::Heads::new(node),
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             numbered: AtomicU64::new(0),
             now_ms,
@@ -758,7 +761,7 @@ impl Replicator {
             seq,
             now_ms,
         };
-        let encode = match stage::stage(self.id, self.node, seq, now_ms, encode) {
+        let encode = match stage::stage(self.id, &self.heads, seq, now_ms, encode) {
             Ok(stage::Staged::Yes(false)) => return gap.filled(),
             Ok(stage::Staged::Yes(true)) => {
                 gap.filled();
@@ -785,7 +788,7 @@ impl Replicator {
         BODY.with_borrow_mut(|body| {
             body.clear();
             encode(body);
-            let head = wire::delta_head(self.node, seq);
+            let head = self.heads.of(seq);
             let mut core = self.core.lock();
             self.enter(&mut core, seq, now_ms, [head.as_slice(), body]);
             drop(core);
@@ -894,7 +897,7 @@ impl Drop for Gap<'_> {
     fn drop(&mut self) {
         let mut body = Vec::new();
         wire::append_flush_body(&mut body, Some(0), Stamp::ZERO);
-        let head = wire::delta_head(self.repl.node, self.seq);
+        let head = self.repl.heads.of(self.seq);
         let mut core = self.repl.core.lock();
         self.repl
             .enter(&mut core, self.seq, self.now_ms, [head.as_slice(), &body]);
@@ -916,7 +919,7 @@ impl DeltaSink for Replicator {
     fn publish_key(&self, db: u32, key: &[u8], state: &KeyState, now_ms: u64) {
         self.publish(now_ms, |out| {
             let start = out.len();
-            if let Err(e) = wire::append_key_body(out, db, key, state) {
+            if let Err(e) = wire::append_own_key_body(out, self.node, db, key, state) {
                 // Our own types always encode; a frame without a body only
                 // makes the peer reset the link and resume.
                 warn!(error = %e, "a write did not encode");
@@ -1254,7 +1257,7 @@ async fn serve_peer(
     let (_, mut back) = tokio::time::timeout(RESUME_WAIT, link.accept_stream())
         .await
         .map_err(|_| LinkError::ResumeTimeout(RESUME_WAIT))??;
-    let (resume, accepts) = match back.recv().await?.map(|f| decode::<ReplMsg>(&f)) {
+    let (resume, accepts) = match back.recv().await?.map(|f| wire::decode_msg(&f)) {
         Some(Ok(ReplMsg::Resume { vv, accepts })) => (VersionVector::from_entries(&vv), accepts),
         other => return Err(LinkError::Protocol(format!("{other:?}"))),
     };
@@ -1486,7 +1489,7 @@ fn own_seq(me: NodeId, payload: &[u8]) -> Option<u64> {
 
 async fn read_acks(mut back: FrameReceiver, me: NodeId, info: Arc<PeerInfo>, ks: Arc<Keyspace>) {
     while let Ok(Some(frame)) = back.recv().await {
-        let msg = decode::<ReplMsg>(&frame);
+        let msg = wire::decode_msg(&frame);
         if let Ok(ReplMsg::RepairAsk { scope }) = msg {
             // One entry per database at most: anything else is not what
             // this node's peers send, and would cost per key under locks.
@@ -1942,7 +1945,7 @@ impl Frames {
             if !wire::is_compressed(&frame) {
                 return Ok(Some(frame));
             }
-            let ReplMsg::Compressed { lz4 } = decode::<ReplMsg>(&frame)? else {
+            let ReplMsg::Compressed { lz4 } = wire::decode_msg(&frame)? else {
                 return Err(LinkError::Protocol("a compressed batch that is not".into()));
             };
             // A batch holds up to a send's worth of frames, each within the
@@ -2022,7 +2025,7 @@ async fn apply_stream(
         if ks.cold.is_some() {
             crate::flash::make_room_for_replicated(ks).await;
         }
-        match decode::<ReplMsg>(&frame)? {
+        match wire::decode_msg(&frame)? {
             ReplMsg::Delta {
                 origin, seq, delta, ..
             } if in_transfer => {
@@ -2572,7 +2575,7 @@ mod tests {
                     while at < chunk.len() {
                         let len =
                             u32::from_be_bytes(chunk[at..at + 4].try_into().unwrap()) as usize;
-                        match decode::<ReplMsg>(&chunk[at + 4..at + 4 + len]).expect("decodes") {
+                        match wire::decode_msg(&chunk[at + 4..at + 4 + len]).expect("decodes") {
                             ReplMsg::Delta {
                                 seq,
                                 delta: Delta::Key { key, .. },

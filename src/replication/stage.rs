@@ -15,7 +15,6 @@
 
 use std::cell::RefCell;
 
-use chorus_crdt::NodeId;
 use chorus_transport::frame::{HEADER_LEN, MAX_FRAGMENT};
 
 use super::wire;
@@ -73,12 +72,12 @@ pub(super) fn open(id: u64) {
     });
 }
 
-/// Stages write `seq`'s frame for replicator `id` (made by node `node`)
+/// Stages write `seq`'s frame for replicator `id` (`heads`: its node's)
 /// if this thread has a batch open for it: `encode` appends the body.
 /// `Err(encode)`: no batch is open (the caller publishes at once).
 pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
     id: u64,
-    node: NodeId,
+    heads: &wire::Heads,
     seq: u64,
     now_ms: u64,
     encode: F,
@@ -92,7 +91,7 @@ pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
         let frames = &mut stage.frames;
         frames.truncate(start);
         frames.extend_from_slice(&[0; HEADER_LEN]);
-        frames.extend_from_slice(wire::delta_head(node, seq).as_slice());
+        heads.of(seq).append_to(frames);
         encode(frames);
         let len = frames.len() - start - HEADER_LEN;
         if len > MAX_FRAGMENT {

@@ -15,8 +15,8 @@
 //! leaf digests (`LeafDigestAsk`) and transfers only the leaves that differ.
 
 use chorus_crdt::codec::{
-    append_bytes, append_coll_delta, append_state, append_tally_delta, append_varint, put_varint,
-    MAX_VARINT,
+    append_bytes, append_coll_delta, append_plain_key_delta, append_state, append_tally_delta,
+    append_varint, Scratch, MAX_VARINT,
 };
 use chorus_crdt::digest::{DbDigest, LeafDigest, Scope, TransferScope};
 use chorus_crdt::{encode, Delta, KeyState, NodeId, Stamp};
@@ -161,40 +161,46 @@ impl ReplMsg {
 /// out without serde: a local write's body is encoded once, when the write
 /// is made, and numbered when its batch is published. A test holds them to
 /// the owned message's encoding.
-pub(crate) struct DeltaHead {
-    bytes: [u8; DeltaHead::MAX],
-    len: u8,
-}
-
-impl DeltaHead {
-    /// Version byte, variant (both under 128: one byte each), two varints.
-    const MAX: usize = 2 + 2 * MAX_VARINT;
-
-    pub(crate) fn as_slice(&self) -> &[u8] {
-        &self.bytes[..self.len as usize]
-    }
-}
+pub(crate) type DeltaHead = Scratch<{ 2 + 2 * MAX_VARINT }>;
 
 /// `ReplMsg::Delta`'s variant number.
 pub(crate) const DELTA_VARIANT: u32 = 2;
 const _: () = assert!(chorus_crdt::FORMAT_VERSION < 0x80 && DELTA_VARIANT < 0x80);
 
+/// The [`delta_head`]s of one origin's writes, its id's varint put once
+/// (a local write's head is numbered on every write).
+#[derive(Clone, Copy)]
+pub(crate) struct Heads {
+    origin: NodeId,
+    start: DeltaHead,
+}
+
+impl Heads {
+    pub(crate) fn new(origin: NodeId) -> Heads {
+        let mut start = DeltaHead::new();
+        // Version byte, variant: both under 128, one byte each.
+        start.byte(chorus_crdt::FORMAT_VERSION);
+        start.byte(DELTA_VARIANT as u8);
+        start.varint(origin.0);
+        Heads { origin, start }
+    }
+
+    pub(crate) fn origin(&self) -> NodeId {
+        self.origin
+    }
+
+    /// The head of write `seq`.
+    #[inline(always)]
+    pub(crate) fn of(&self, seq: u64) -> DeltaHead {
+        let mut head = self.start;
+        head.varint(seq);
+        head
+    }
+}
+
+#[cfg(test)]
 pub(crate) fn delta_head(origin: NodeId, seq: u64) -> DeltaHead {
-    let mut bytes = [0; DeltaHead::MAX];
-    bytes[0] = chorus_crdt::FORMAT_VERSION;
-    bytes[1] = DELTA_VARIANT as u8;
-    let mut len = 2;
-    for n in [origin.0, seq] {
-        // Put whole in place (a copy of a length known only at run time
-        // is a call to memmove); `MAX` leaves room for both.
-        if let Some(varint) = bytes[len..].first_chunk_mut::<MAX_VARINT>() {
-            len += put_varint(varint, n);
-        }
-    }
-    DeltaHead {
-        bytes,
-        len: len as u8,
-    }
+    Heads::new(origin).of(seq)
 }
 
 /// `Delta::Key { db, key, state }`.
@@ -204,9 +210,38 @@ pub(crate) fn append_key_body(
     key: &[u8],
     state: &KeyState,
 ) -> Result<(), chorus_crdt::EncodeError> {
-    out.push(0);
-    append_varint(out, db as u64);
-    append_bytes(out, key);
+    append_key_body_of(out, None, db, key, state)
+}
+
+/// `Delta::Key { db, key, state }` of a write of `origin`'s, to follow
+/// its [`delta_head`]: a register stamp of `origin`'s is left implied
+/// (see [`decode_msg`]).
+pub(crate) fn append_own_key_body(
+    out: &mut Vec<u8>,
+    origin: NodeId,
+    db: u32,
+    key: &[u8],
+    state: &KeyState,
+) -> Result<(), chorus_crdt::EncodeError> {
+    append_key_body_of(out, Some(origin), db, key, state)
+}
+
+fn append_key_body_of(
+    out: &mut Vec<u8>,
+    origin: Option<NodeId>,
+    db: u32,
+    key: &[u8],
+    state: &KeyState,
+) -> Result<(), chorus_crdt::EncodeError> {
+    if append_plain_key_delta(out, origin, db, key, state) {
+        return Ok(());
+    }
+    let mut fields = Scratch::<{ 1 + 2 * MAX_VARINT }>::new();
+    fields.byte(0);
+    fields.varint(db as u64);
+    fields.varint(key.len() as u64);
+    fields.append_to(out);
+    out.extend_from_slice(key);
     append_state(out, state)
 }
 
@@ -312,6 +347,16 @@ pub fn decompress(lz4: &[u8], max: usize) -> Result<Vec<u8>, Decompress> {
     lz4_flex::block::decompress_size_prepended(lz4).map_err(|e| Decompress::Corrupt(e.to_string()))
 }
 
+/// Decodes a message off a link: a write's register stamp its origin
+/// left implied ([`append_own_key_body`]) names the origin again.
+pub fn decode_msg(bytes: &[u8]) -> Result<ReplMsg, chorus_crdt::DecodeError> {
+    let mut msg = chorus_crdt::decode::<ReplMsg>(bytes)?;
+    if let ReplMsg::Delta { origin, delta, .. } = &mut msg {
+        delta.restore_origin(*origin);
+    }
+    Ok(msg)
+}
+
 /// Encodes a message for a frame.
 pub fn encode_msg(msg: &ReplMsg) -> Result<Vec<u8>, chorus_crdt::codec::EncodeError> {
     encode(msg)
@@ -390,6 +435,12 @@ mod tests {
         assert!(!is_compressed(&other));
     }
 
+    fn varint_len(n: u64) -> usize {
+        let mut v = Vec::new();
+        chorus_crdt::codec::append_varint(&mut v, n);
+        v.len()
+    }
+
     proptest::proptest! {
         /// A write laid out from its parts encodes as the owned message.
         #[test]
@@ -412,8 +463,26 @@ mod tests {
             for delta in [&write, &incr, &state] {
                 let mut direct = delta_head(node, seq).as_slice().to_vec();
                 append_key_body(&mut direct, db, &key, delta).unwrap();
-                proptest::prop_assert_eq!(direct, owned(key_delta(delta)));
+                proptest::prop_assert_eq!(&direct, &owned(key_delta(delta)));
+                // A write under its origin's name: the same, less the
+                // register stamp's node, which reads back.
+                let mut own = delta_head(node, seq).as_slice().to_vec();
+                append_own_key_body(&mut own, node, db, &key, delta).unwrap();
+                let implied = delta.reg.stamp.node == node && delta.reg.seen.is_none()
+                    && delta.extras.is_none() && delta.coll.is_none();
+                let node_len = if implied { direct.len() - own.len() + 1 } else { 1 };
+                proptest::prop_assert_eq!(node_len, if implied { varint_len(node.0) } else { 1 });
+                let Ok(ReplMsg::Delta { origin, seq: read_seq, delta: read }) = decode_msg(&own) else {
+                    panic!("an own write does not decode");
+                };
+                proptest::prop_assert_eq!((origin, read_seq), (node, seq));
+                proptest::prop_assert_eq!(read, key_delta(delta));
             }
+            // A write of another node's register: named in full.
+            let theirs = KeyState::default().write(Stamp { time: 9, node: NodeId(node.0 ^ 2) }, Some(b"v"), 0);
+            let mut own = delta_head(node, seq).as_slice().to_vec();
+            append_own_key_body(&mut own, node, db, &key, &theirs).unwrap();
+            proptest::prop_assert_eq!(&own, &owned(key_delta(&theirs)));
             for delta in [&write, &incr, &state] {
                 let snapshot = encode(&ReplMsg::Snapshot { delta: key_delta(delta) }).unwrap();
                 proptest::prop_assert_eq!(snapshot_key_msg(db, &key, delta).unwrap(), snapshot);

@@ -36,8 +36,9 @@ use crate::TransportError;
 /// (`LeafDigestAsk`, `LeafDigest`, a `SnapshotBegin` scoped by leaves).
 /// 10: a `Resume` names the compressions its sender reads; `Compressed`.
 /// 11: `Publish` (pub/sub messages on the live stream). 12: key states
-/// carry lists (crdt format 5).
-pub const PROTOCOL_VERSION: u16 = 12;
+/// carry lists (crdt format 5). 13: a write leaves its register stamp's
+/// origin implied (crdt format 6).
+pub const PROTOCOL_VERSION: u16 = 13;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
