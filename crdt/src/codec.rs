@@ -87,17 +87,18 @@ pub fn append_state(out: &mut Vec<u8>, state: &KeyState) -> Result<(), EncodeErr
         postcard::to_extend(state, Appender(out))?;
         return Ok(());
     }
-    append_plain_register(out, &state.reg);
+    let mut w = Writer::new(out);
+    write_plain_register(&mut w, &state.reg, None);
     match (state.extras.as_deref(), state.coll.as_deref()) {
-        (None, None) => out.push(0),
+        (None, None) => w.byte(0),
         (extras, coll) => {
-            out.push(1);
-            append_extras(out, extras);
+            w.byte(1);
+            write_extras(&mut w, extras);
             match coll {
-                None => out.push(0),
+                None => w.byte(0),
                 Some(c) => {
-                    out.push(1);
-                    append_coll(out, c);
+                    w.byte(1);
+                    write_coll(&mut w, c);
                 }
             }
         }
@@ -109,8 +110,7 @@ pub fn append_state(out: &mut Vec<u8>, state: &KeyState) -> Result<(), EncodeErr
 /// `state` is a plain register (no `seen`, extras or collection: every
 /// SET, SETEX or DEL that replaced only its own node's writes) and returns
 /// true; false, with nothing appended, for any other state. The hot path
-/// of every replicated and logged string write: the buffer grows once and
-/// the fields go straight in.
+/// of every replicated and logged string write.
 ///
 /// With `origin`, the bytes are a write of `origin`'s, sent or logged
 /// under its name: a register stamp of `origin`'s names node 0 instead
@@ -141,7 +141,7 @@ pub fn append_plain_key_delta(
         + value.map_or(0, <[u8]>::len)
         + MAX_VARINT
         + 1;
-    let mut w = Writer::new(out, most);
+    let mut w = Exact::new(out, most);
     w.byte(0);
     w.varint(db as u64);
     w.varint(key.len() as u64);
@@ -167,18 +167,19 @@ pub fn append_plain_key_delta(
 }
 
 /// Writes fields into a buffer grown once by the most they can take, and
-/// cuts it to what they took when dropped. Writing past that most is a
-/// bug, and panics.
-struct Writer<'a> {
+/// cuts it to what they took when dropped: for a few fields whose most is
+/// known, no check per field ([`Writer`]'s cost a SET's delta 80
+/// instructions). Writing past that most is a bug, and panics.
+struct Exact<'a> {
     out: &'a mut Vec<u8>,
     at: usize,
 }
 
-impl<'a> Writer<'a> {
-    fn new(out: &'a mut Vec<u8>, most: usize) -> Writer<'a> {
+impl<'a> Exact<'a> {
+    fn new(out: &'a mut Vec<u8>, most: usize) -> Exact<'a> {
         let at = out.len();
         out.resize(at + most, 0);
-        Writer { out, at }
+        Exact { out, at }
     }
 
     #[inline(always)]
@@ -202,6 +203,79 @@ impl<'a> Writer<'a> {
     }
 }
 
+impl Drop for Exact<'_> {
+    fn drop(&mut self) {
+        self.out.truncate(self.at);
+    }
+}
+
+/// Writes fields into the end of a buffer, which it grows in steps and
+/// cuts to what was written when dropped: a field costs a comparison
+/// where pushing it took a capacity check, a copy and a cut (a one-field
+/// HSET's delta cost 1,500 instructions so, most of them in `Vec`).
+struct Writer<'a> {
+    out: &'a mut Vec<u8>,
+    at: usize,
+}
+
+impl<'a> Writer<'a> {
+    fn new(out: &'a mut Vec<u8>) -> Writer<'a> {
+        let at = out.len();
+        Writer { out, at }
+    }
+
+    /// Makes room for `n` more bytes.
+    #[inline(always)]
+    fn room(&mut self, n: usize) {
+        if self.out.len() - self.at < n {
+            self.grow(n);
+        }
+    }
+
+    #[cold]
+    fn grow(&mut self, n: usize) {
+        self.out.resize(self.at + n.max(128), 0);
+    }
+
+    #[inline(always)]
+    fn byte(&mut self, b: u8) {
+        self.room(1);
+        self.out[self.at] = b;
+        self.at += 1;
+    }
+
+    #[inline(always)]
+    fn varint(&mut self, n: u64) {
+        self.room(MAX_VARINT);
+        if let Some(slot) = self.out[self.at..].first_chunk_mut::<MAX_VARINT>() {
+            self.at += put_varint(slot, n);
+        }
+    }
+
+    #[inline(always)]
+    fn bytes(&mut self, bytes: &[u8]) {
+        self.room(bytes.len());
+        self.out[self.at..self.at + bytes.len()].copy_from_slice(bytes);
+        self.at += bytes.len();
+    }
+
+    #[inline(always)]
+    fn fixed<const M: usize>(&mut self, bytes: &[u8; M]) {
+        self.room(M);
+        if let Some(slot) = self.out[self.at..].first_chunk_mut::<M>() {
+            *slot = *bytes;
+            self.at += M;
+        }
+    }
+
+    /// A byte string: its length, then the bytes.
+    #[inline(always)]
+    fn string(&mut self, bytes: &[u8]) {
+        self.varint(bytes.len() as u64);
+        self.bytes(bytes);
+    }
+}
+
 impl Drop for Writer<'_> {
     fn drop(&mut self) {
         self.out.truncate(self.at);
@@ -212,114 +286,112 @@ impl Drop for Writer<'_> {
 /// the collection part `delta` (a collection write's delta), without
 /// building it.
 pub fn append_coll_delta(out: &mut Vec<u8>, delta: &Coll) {
+    let mut w = Writer::new(out);
     // The empty register, `Some(extras)` of none, then `Some(coll)`.
-    out.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
-    append_coll(out, delta);
+    w.fixed(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1]);
+    write_coll(&mut w, delta);
 }
 
 /// The extras' own fields (`None`: the empty ones).
-fn append_extras(out: &mut Vec<u8>, extras: Option<&Extras>) {
+fn write_extras(w: &mut Writer, extras: Option<&Extras>) {
     let Some(x) = extras else {
         // Expiry, counts, removed, floor.
-        out.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0]);
+        w.fixed(&[0, 0, 0, 0, 0, 0, 0]);
         return;
     };
-    append_stamp(out, x.expiry.stamp);
-    append_varint(out, x.expiry.at_ms);
-    append_tallies(out, &x.counts);
-    append_tallies(out, &x.removed);
-    append_stamp(out, x.floor);
+    write_stamp(w, x.expiry.stamp);
+    w.varint(x.expiry.at_ms);
+    write_tallies(w, &x.counts);
+    write_tallies(w, &x.removed);
+    write_stamp(w, x.floor);
 }
 
-fn append_tallies(out: &mut Vec<u8>, tallies: &NodeMap<Tally>) {
-    append_varint(out, tallies.len() as u64);
+fn write_tallies(w: &mut Writer, tallies: &NodeMap<Tally>) {
+    w.varint(tallies.len() as u64);
     for (node, tally) in tallies.iter() {
-        append_node_tally(out, *node, *tally);
+        write_node_tally(w, *node, *tally, false);
     }
 }
 
-fn append_coll(out: &mut Vec<u8>, c: &Coll) {
+fn write_coll(w: &mut Writer, c: &Coll) {
     let (floor, cloud) = c.ctx.parts();
-    append_varint(out, floor);
-    append_varint(out, cloud.len() as u64);
+    w.varint(floor);
+    w.varint(cloud.len() as u64);
     for &(n, node) in cloud {
-        append_varint(out, n);
-        append_varint(out, node.0);
+        w.varint(n);
+        w.varint(node.0);
     }
-    append_stamp(out, c.at);
-    append_varint(out, c.kind as u64);
-    append_varint(out, c.hash.len() as u64);
+    write_stamp(w, c.at);
+    w.varint(c.kind as u64);
+    w.varint(c.hash.len() as u64);
     for (field, f) in c.hash.iter() {
-        append_bytes(out, field);
+        w.string(field);
         match f {
-            FieldRef::Elem(e) => append_elem(out, e, |out, v| append_bytes(out, &v.0)),
+            FieldRef::Elem(e) => write_elem(w, e, |w, v| w.string(&v.0)),
             FieldRef::Packed(p) => {
-                out.push(1);
-                append_dot(out, p.dot);
-                append_varint(out, p.time);
-                append_bytes(out, p.value);
+                w.byte(1);
+                write_dot(w, p.dot);
+                w.varint(p.time);
+                w.string(p.value);
                 // No counts.
-                out.push(0);
+                w.byte(0);
             }
         }
     }
-    append_varint(out, c.set.len() as u64);
+    w.varint(c.set.len() as u64);
     for (member, adds) in c.set.iter() {
-        append_bytes(out, member.bytes());
-        append_varint(out, adds.len() as u64);
+        w.string(member.bytes());
+        w.varint(adds.len() as u64);
         for add in adds {
-            append_dot(out, add.dot);
-            append_varint(out, add.time);
+            write_dot(w, add.dot);
+            w.varint(add.time);
         }
     }
-    append_varint(out, c.zset.len() as u64);
+    w.varint(c.zset.len() as u64);
     for (member, e) in c.zset.iter() {
-        append_bytes(out, member.bytes());
-        append_elem(out, e, |out, score| {
-            out.extend_from_slice(&score.0.to_le_bytes())
-        });
+        w.string(member.bytes());
+        write_elem(w, e, |w, score| w.fixed(&score.0.to_le_bytes()));
     }
-    append_varint(out, c.list.len() as u64);
+    w.varint(c.list.len() as u64);
     for (pos, e) in c.list.iter() {
-        append_varint(out, pos.0.len() as u64);
+        w.varint(pos.0.len() as u64);
         for part in &pos.0 {
-            append_varint(out, part.digit);
-            append_varint(out, part.node.0);
-            append_varint(out, part.n);
+            w.varint(part.digit);
+            w.varint(part.node.0);
+            w.varint(part.n);
         }
-        append_elem(out, e, |out, v| append_bytes(out, &v.0));
+        write_elem(w, e, |w, v| w.string(&v.0));
     }
-    append_varint(out, c.removed.len() as u64);
+    w.varint(c.removed.len() as u64);
     for ((kind, key), r) in c.removed.iter() {
-        append_varint(out, *kind as u64);
-        append_bytes(out, key);
-        append_stamp(out, r.reset);
-        append_tallies(out, &r.tallies);
+        w.varint(*kind as u64);
+        w.string(key);
+        write_stamp(w, r.reset);
+        write_tallies(w, &r.tallies);
     }
-    out.push(c.part as u8);
+    w.byte(c.part as u8);
 }
 
-fn append_elem<V>(out: &mut Vec<u8>, e: &Elem<V>, value: impl Fn(&mut Vec<u8>, &V)) {
-    append_varint(out, e.writes.len() as u64);
-    for w in &e.writes {
-        append_dot(out, w.dot);
-        append_varint(out, w.time);
-        value(out, &w.value);
+fn write_elem<V>(w: &mut Writer, e: &Elem<V>, value: impl Fn(&mut Writer, &V)) {
+    w.varint(e.writes.len() as u64);
+    for write in &e.writes {
+        write_dot(w, write.dot);
+        w.varint(write.time);
+        value(w, &write.value);
     }
     match e.counts.as_deref() {
-        None => out.push(0),
+        None => w.byte(0),
         Some(counts) => {
-            out.push(1);
-            append_tallies(out, counts);
+            w.byte(1);
+            write_tallies(w, counts);
         }
     }
 }
 
-fn append_dot(out: &mut Vec<u8>, dot: Dot) {
-    let mut fields = Scratch::<{ 2 * MAX_VARINT }>::new();
-    fields.varint(dot.node.0);
-    fields.varint(dot.n);
-    fields.append_to(out);
+#[inline(always)]
+fn write_dot(w: &mut Writer, dot: Dot) {
+    w.varint(dot.node.0);
+    w.varint(dot.n);
 }
 
 /// Extends a borrowed buffer: postcard's `to_extend` takes its writer by
@@ -335,50 +407,68 @@ impl Extend<u8> for Appender<'_> {
 /// Postcard's bytes for [`KeyState::tally_delta`]`(node, tally)`, without
 /// building it.
 pub fn append_tally_delta(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
-    // The empty register, then `Some(extras)` with an empty expiry field.
-    out.extend_from_slice(&[0, 0, 0, 0, 0, 1, 0, 0, 0]);
-    // `counts`: one entry.
-    out.push(1);
-    append_node_tally(out, node, tally);
+    let mut w = Writer::new(out);
+    // The empty register, then `Some(extras)` with an empty expiry field,
+    // and `counts` of one entry.
+    w.fixed(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
+    write_node_tally(&mut w, node, tally, false);
     // No `removed`, a zero floor, no collection.
-    out.extend_from_slice(&[0, 0, 0, 0]);
+    w.fixed(&[0, 0, 0, 0]);
 }
 
 /// Postcard's bytes for `(node, tally)`.
 pub fn append_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
-    append_varint(out, node.0);
-    append_stamp(out, tally.epoch);
-    append_varint(out, tally.ops);
-    append_varint(out, ((tally.int << 1) ^ (tally.int >> 63)) as u64);
-    out.extend_from_slice(&tally.float.to_le_bytes());
-    append_varint(out, tally.float_ops);
+    write_node_tally(&mut Writer::new(out), node, tally, false);
 }
 
-fn append_plain_register(out: &mut Vec<u8>, reg: &Register) {
-    let mut head = Scratch::<{ 3 * MAX_VARINT + 2 }>::new();
-    head.varint(reg.stamp.time);
-    head.varint(reg.stamp.node.0);
+/// [`append_node_tally`] in a record of `node`'s own write: an epoch of
+/// `node`'s leaves its node implied (named 0), as a write's register stamp
+/// does ([`append_plain_key_delta`]); [`Tally::restore_origin`] puts it
+/// back.
+pub fn append_own_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
+    write_node_tally(&mut Writer::new(out), node, tally, true);
+}
+
+fn write_node_tally(w: &mut Writer, node: NodeId, tally: Tally, implied: bool) {
+    w.varint(node.0);
+    w.varint(tally.epoch.time);
+    w.varint(if implied && tally.epoch.node == node {
+        0
+    } else {
+        tally.epoch.node.0
+    });
+    w.varint(tally.ops);
+    w.varint(((tally.int << 1) ^ (tally.int >> 63)) as u64);
+    w.fixed(&tally.float.to_le_bytes());
+    w.varint(tally.float_ops);
+}
+
+/// A register without `seen`; with `origin`, its stamp's node left
+/// implied when it is `origin` (see [`append_plain_key_delta`]).
+#[inline(always)]
+fn write_plain_register(w: &mut Writer, reg: &Register, origin: Option<NodeId>) {
+    w.varint(reg.stamp.time);
+    w.varint(if Some(reg.stamp.node) == origin {
+        0
+    } else {
+        reg.stamp.node.0
+    });
     // `seen`: none.
-    head.byte(0);
+    w.byte(0);
     match &reg.value {
-        None => head.byte(0),
+        None => w.byte(0),
         Some(v) => {
-            head.byte(1);
-            head.varint(v.len() as u64);
+            w.byte(1);
+            w.string(v);
         }
     }
-    head.append_to(out);
-    if let Some(v) = &reg.value {
-        out.extend_from_slice(v);
-    }
-    append_varint(out, reg.expire_at_ms);
+    w.varint(reg.expire_at_ms);
 }
 
-fn append_stamp(out: &mut Vec<u8>, stamp: Stamp) {
-    let mut fields = Scratch::<{ 2 * MAX_VARINT }>::new();
-    fields.varint(stamp.time);
-    fields.varint(stamp.node.0);
-    fields.append_to(out);
+#[inline(always)]
+fn write_stamp(w: &mut Writer, stamp: Stamp) {
+    w.varint(stamp.time);
+    w.varint(stamp.node.0);
 }
 
 /// Postcard's bytes for a byte string: its length, then the bytes.
@@ -919,6 +1009,31 @@ mod tests {
 
     /// A store written by the previous build opens: its key states decode
     /// into the new layout, its other records as they were.
+    /// A state far past the writer's first step of room, appended after
+    /// bytes already in the buffer, is postcard's and leaves them be.
+    #[test]
+    fn a_large_collection_appends_as_postcard_lays_it_out() {
+        let node = NodeId(u64::MAX - 5);
+        let mut state = KeyState::default();
+        for i in 0..2_000u64 {
+            let at = Stamp {
+                time: (1 << 60) + i,
+                node,
+            };
+            let field = format!("field:{i}");
+            let d = state.coll_write(at, crate::coll::Kind::Hash, |c, d| {
+                c.hset_into(d, at, field.as_bytes(), &[b'v'; 70]);
+            });
+            state.merge_owned(d);
+        }
+        let mut direct = b"prefix".to_vec();
+        append_state(&mut direct, &state).expect("encodes");
+        let whole = postcard::to_allocvec(&state).expect("encodes");
+        assert!(whole.len() > 100_000, "{}", whole.len());
+        assert_eq!(&direct[..6], b"prefix");
+        assert_eq!(&direct[6..], &whole[..]);
+    }
+
     /// A plain write laid out under its origin's name leaves the stamp's
     /// node out and reads back whole, from the log as from a link; one
     /// laid out without (a state transfer's) is postcard's own.

@@ -124,6 +124,18 @@ pub struct Tally {
     pub float_ops: u64,
 }
 
+impl Tally {
+    /// Puts back the node of an epoch that a record of `node`'s own
+    /// write left implied (named 0: see
+    /// [`crate::codec::append_own_node_tally`]). No epoch begins at a
+    /// stamp of node 0's, so one with a time and node 0 is one of these.
+    pub fn restore_origin(&mut self, node: NodeId) {
+        if self.epoch.node == NodeId(0) && self.epoch.time != 0 {
+            self.epoch.node = node;
+        }
+    }
+}
+
 impl PartialEq for Tally {
     fn eq(&self, other: &Self) -> bool {
         self.key() == other.key()
