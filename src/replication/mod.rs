@@ -2529,6 +2529,13 @@ mod tests {
             chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
         );
         let repl = Replicator::new(me, 1 << 20, wall_ms);
+        // A delta log attached: each path that enters writes (a run, one by
+        // one, parked) logs them too, in number order.
+        let dir = std::env::temp_dir().join(format!("chorus-batch-log-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0)
+            .expect("a delta log");
+        repl.set_log(log.clone());
         ks.set_sink(repl.clone());
         let set = |key: &[u8]| {
             let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
@@ -2568,6 +2575,7 @@ mod tests {
         assert_eq!(repl.backlog_head(), 6);
 
         let mut frames = Vec::new();
+        let mut payloads = Vec::new();
         match repl.core.lock().backlog_mut().read_from(1, usize::MAX) {
             backlog::Resume::Frames { chunks, .. } => {
                 for chunk in chunks {
@@ -2575,6 +2583,7 @@ mod tests {
                     while at < chunk.len() {
                         let len =
                             u32::from_be_bytes(chunk[at..at + 4].try_into().unwrap()) as usize;
+                        payloads.push(chunk[at + 4..at + 4 + len].to_vec());
                         match wire::decode_msg(&chunk[at + 4..at + 4 + len]).expect("decodes") {
                             ReplMsg::Delta {
                                 seq,
@@ -2611,6 +2620,24 @@ mod tests {
         ks.hand_over_batch();
         assert_eq!(repl.backlog_head(), 6 + 65);
         drop(batch);
+
+        // The log holds what the backlog does, record for record.
+        log.close();
+        let mut logged = Vec::new();
+        let read = log.read_numbered(
+            1,
+            usize::MAX,
+            |p| own_seq(me, p),
+            |p| logged.push(p.to_vec()),
+        );
+        assert!(
+            matches!(read, crate::deltalog::NumberedRead::Read { last: 71, .. }),
+            "{read:?}"
+        );
+        assert_eq!(logged[..6], payloads[..]);
+        let numbers: Vec<Option<u64>> = logged.iter().map(|p| own_seq(me, p)).collect();
+        assert_eq!(numbers, (1..=71).map(Some).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A write whose encoding panics still leaves no gap in the numbers:
