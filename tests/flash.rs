@@ -593,6 +593,61 @@ fn writes_replicated_into_keys_cold_on_disk_merge_and_both_nodes_converge() {
 /// A peer that joins late gets a state transfer of a keyspace mostly on
 /// disk: in pieces (40,000 keys, some 600 a shard), the cold keys read from
 /// the store and left there, every key arriving whole.
+/// A peer's bulk load arriving over a link is held as a client's is
+/// (`flash::make_room_for_replicated`): the flash node's memory stays
+/// near its ceiling while the writes outrun its folds, and every key
+/// arrives.
+#[test]
+fn a_bulk_load_over_a_link_waits_for_the_folds_instead_of_passing_the_limit() {
+    let dir = data_dir("link-ceiling");
+    let (pa, pb) = (free_port(), free_port());
+    // A small window, and on B a small backlog (which caps what B keeps
+    // of A's writes to relay): the replication buffers, which `maxmemory`
+    // does not count, stay small beside the limit.
+    let window = ["--repl-window-size", "1mb"].map(String::from);
+    let mut flash: Vec<String> = [
+        "--storage-provider",
+        "flash",
+        dir.to_str().unwrap(),
+        "--maxmemory-policy",
+        "allkeys-lru",
+        "--repl-backlog-size",
+        "1mb",
+    ]
+    .map(String::from)
+    .to_vec();
+    flash.extend(window.clone());
+    let b = peer(pb, pa, &flash);
+    let mut cb = b.conn();
+    let limit = used(&mut cb) + 16_000_000;
+    config_set(&mut cb, "maxmemory", &limit.to_string());
+    // A backlog that holds the whole load: B takes it as a stream of
+    // writes, not by a state transfer.
+    let mut plain = window.to_vec();
+    plain.extend(["--repl-backlog-size", "256mb"].map(String::from));
+    let a = peer(pa, pb, &plain);
+    let mut ca = a.conn();
+    fill(&mut ca, "k", 0..100_000, 1000);
+    wait_until("every key on B", || {
+        q::<u64>(&mut cb, &["DBSIZE"]) == 100_000
+    });
+    let peak = info_field(&mut cb, "memory", "used_memory_peak");
+    // As for a client's load (see above), the link's window and B's relay.
+    let bound = limit + limit / 4 + 8 * 1024 * 1024 + 4_000_000 + 3 * 1024 * 1024;
+    let memory: String = q(&mut cb, &["INFO", "memory"]);
+    let replication: String = q(&mut cb, &["INFO", "replication"]);
+    assert!(
+        peak <= bound,
+        "peak {peak} for a limit of {limit} (bound {bound})\n{memory}\n{replication}"
+    );
+    assert!(info_field(&mut cb, "persistence", "flash_writes_held") > 0);
+    let info: String = q(&mut ca, &["INFO", "replication"]);
+    assert!(info.contains("state_transfers=0"), "{info}");
+    check_all(&mut cb, "k", 0..100_000, 1000);
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn a_late_peer_gets_the_keys_cold_on_disk_by_state_transfer() {
     let dir = data_dir("transfer");
