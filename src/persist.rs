@@ -641,6 +641,7 @@ mod tests {
     fn a_tally_record_holds_what_serde_would_write_less_its_own_epochs_node() {
         for (db, key, node, epoch_node, time, ops, int, float) in [
             (0u32, &b""[..], 1u64, 1u64, 1u64, 1u64, 1i64, 0.0f64),
+            (3, b"timeless", 9, 9, 0, 1, 1, 0.0),
             (
                 15,
                 b"counter:000000012345",

@@ -13,7 +13,7 @@ use chorus_testkit::{mutate, mutations, peak_heap_during};
 
 use chorus::connection::read_reserve;
 use chorus::replication::max_message_for;
-use chorus::replication::wire::{decompress, encode_msg, ReplMsg};
+use chorus::replication::wire::{decode_msg, decompress, encode_msg, ReplMsg};
 use chorus::resp::{self, Limits, Parsed, Progress, ProtocolError, Source};
 use chorus_crdt::{decode, Delta, KeyState, NodeId, Stamp, FORMAT_VERSION};
 use chorus_transport::frame::{append_framed, Deframer};
@@ -458,7 +458,7 @@ fn encoded(message: &ReplMsg) -> Result<Vec<u8>, TestCaseError> {
 /// Decodes `bytes` as a link does, within the heap bound; a message that
 /// decodes encodes again to a message that decodes the same.
 fn decode_checked(bytes: &[u8]) -> Result<(), TestCaseError> {
-    let (message, heap) = peak_heap_during(|| decode::<ReplMsg>(bytes));
+    let (message, heap) = peak_heap_during(|| decode_msg(bytes));
     prop_assert!(
         heap <= HEAP_PER_INPUT_BYTE * bytes.len() + HEAP_FIXED,
         "{} heap bytes for {} input bytes",
@@ -467,7 +467,7 @@ fn decode_checked(bytes: &[u8]) -> Result<(), TestCaseError> {
     );
     if let Ok(message) = message {
         let again = encoded(&message)?;
-        let twice = decode::<ReplMsg>(&again).map_err(|e| TestCaseError::fail(e.to_string()))?;
+        let twice = decode_msg(&again).map_err(|e| TestCaseError::fail(e.to_string()))?;
         prop_assert_eq!(encoded(&twice)?, again);
     }
     Ok(())

@@ -26,7 +26,9 @@ use crate::{NodeId, NodeMap, Stamp};
 /// 5: collections hold lists (`Coll::list`).
 /// 6: a write sent or logged under its origin's name leaves the origin of
 /// its register's stamp implied (node 0; [`append_plain_key_delta`],
-/// [`Delta::restore_origin`]). Other values are laid out as in 5.
+/// [`Delta::restore_origin`]), and a logged tally the node of its epoch
+/// ([`append_own_node_tally`], [`Tally::restore_origin`]). Other values
+/// are laid out as in 5.
 pub const FORMAT_VERSION: u8 = 6;
 
 /// The oldest version a store written by an earlier build may hold; see
@@ -147,7 +149,8 @@ pub fn append_plain_key_delta(
     w.varint(key.len() as u64);
     w.bytes(key);
     w.varint(reg.stamp.time);
-    w.varint(if Some(reg.stamp.node) == origin {
+    // (A stamp without a time names its node: the restore leaves those.)
+    w.varint(if Some(reg.stamp.node) == origin && reg.stamp.time != 0 {
         0
     } else {
         reg.stamp.node.0
@@ -432,11 +435,13 @@ pub fn append_own_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
 fn write_node_tally(w: &mut Writer, node: NodeId, tally: Tally, implied: bool) {
     w.varint(node.0);
     w.varint(tally.epoch.time);
-    w.varint(if implied && tally.epoch.node == node {
-        0
-    } else {
-        tally.epoch.node.0
-    });
+    w.varint(
+        if implied && tally.epoch.node == node && tally.epoch.time != 0 {
+            0
+        } else {
+            tally.epoch.node.0
+        },
+    );
     w.varint(tally.ops);
     w.varint(((tally.int << 1) ^ (tally.int >> 63)) as u64);
     w.fixed(&tally.float.to_le_bytes());
@@ -448,7 +453,8 @@ fn write_node_tally(w: &mut Writer, node: NodeId, tally: Tally, implied: bool) {
 #[inline(always)]
 fn write_plain_register(w: &mut Writer, reg: &Register, origin: Option<NodeId>) {
     w.varint(reg.stamp.time);
-    w.varint(if Some(reg.stamp.node) == origin {
+    // (A stamp without a time names its node: the restore leaves those.)
+    w.varint(if Some(reg.stamp.node) == origin && reg.stamp.time != 0 {
         0
     } else {
         reg.stamp.node.0
@@ -1007,8 +1013,6 @@ mod tests {
         }
     }
 
-    /// A store written by the previous build opens: its key states decode
-    /// into the new layout, its other records as they were.
     /// A state far past the writer's first step of room, appended after
     /// bytes already in the buffer, is postcard's and leaves them be.
     #[test]
@@ -1082,7 +1086,9 @@ mod tests {
             0,
         );
         let never = KeyState::default().write(Stamp::ZERO, Some(b"v"), 0);
-        for state in [&mine, &theirs, &never] {
+        // No real write's stamp lacks a time; one that did names its node.
+        let timeless = KeyState::default().write(Stamp { time: 0, node: me }, Some(b"v"), 0);
+        for state in [&mine, &theirs, &never, &timeless] {
             let read = |bytes: &[u8]| decode_stored_write(bytes, &tag).expect("a write").2;
             let want = Delta::Key {
                 db: 1,
@@ -1100,6 +1106,8 @@ mod tests {
         assert_eq!(record(Some(me), &theirs), full(&theirs));
     }
 
+    /// A store written by the previous build opens: its key states decode
+    /// into the new layout, its other records as they were.
     #[test]
     fn version_2_stores_decode() {
         let mut state = KeyState::default();
