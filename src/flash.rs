@@ -722,6 +722,95 @@ mod tests {
         assert!(cut.contains(&(0, b"old".to_vec(), None)), "{cut:?}");
     }
 
+    /// A cold key's access-clock word holds its type tag; every way a key
+    /// comes back into RAM puts an access clock there again, or eviction
+    /// would rank it by its type (a hash as a key idle since boot).
+    #[test]
+    fn every_way_back_into_ram_gives_a_key_an_access_clock_again() {
+        let (ks, _tier, persistence) = tiered();
+        const NOW: u32 = 0x00ab_cdef;
+        ks.access_clock.store(NOW, Ordering::Relaxed);
+        let keys: [&[u8]; 6] = [
+            b"read", b"written", b"merged", b"kept", b"flushed", b"swapped",
+        ];
+        let fill = |db: usize| {
+            for key in keys {
+                let mut l = locked(&ks, key);
+                ks.update(&mut l, db, key, 0, |w| {
+                    let _ = w.coll_write(Kind::Hash, |c, d, stamp| {
+                        c.hset_into(d, stamp, b"f", b"v");
+                        Ok::<(), ()>(())
+                    });
+                })
+                .unwrap();
+            }
+            persistence.cut_once().unwrap();
+            for key in keys {
+                assert!(ks.move_cold(db, key), "{key:?}");
+            }
+        };
+        fill(0);
+        let word = |db: usize, key: &[u8]| {
+            let mut l = locked(&ks, key);
+            let d = &l.shard(ks.shard_of(key)).unwrap().dbs[db];
+            let entry = d.map.entry(key).unwrap();
+            (entry.key.is_cold(), entry.clock())
+        };
+        let hash_tag = (false, type_tag(&ks.state_of(0, b"read").unwrap()));
+        assert_eq!(word(0, b"read"), (true, hash_tag.1), "cold: its type");
+        assert_ne!(hash_tag.1, NOW);
+        // A command's read warms it.
+        let mut l = locked(&ks, b"read");
+        l.shard(ks.shard_of(b"read")).unwrap().dbs[0].warm(b"read", ks.gc_acked());
+        drop(l);
+        assert_eq!(word(0, b"read"), (false, NOW));
+        // A write changes it.
+        let mut l = locked(&ks, b"written");
+        ks.update(&mut l, 0, b"written", 0, |w| {
+            let _ = w.coll_write(Kind::Hash, |c, d, stamp| {
+                c.hset_into(d, stamp, b"g", b"w");
+                Ok::<(), ()>(())
+            });
+        })
+        .unwrap();
+        drop(l);
+        assert_eq!(word(0, b"written"), (false, NOW));
+        // A merge of something new warms it; one of what it holds leaves
+        // it cold, its tag in place.
+        let held = ks.state_of(0, b"kept").unwrap();
+        let stamp = Stamp::from_unix_ms(ks.clock.physical_unix_ms() + 1, NodeId(2));
+        let newer = ks
+            .state_of(0, b"merged")
+            .unwrap()
+            .coll_write(stamp, Kind::Hash, |c, d| c.hset_into(d, stamp, b"x", b"y"));
+        for (key, delta) in [(&b"merged"[..], &newer), (b"kept", &held)] {
+            let mut l = locked(&ks, key);
+            l.shard(ks.shard_of(key)).unwrap().dbs[0].merge(key, delta, ks.gc_acked());
+        }
+        assert_eq!(word(0, b"merged"), (false, NOW));
+        assert_eq!(word(0, b"kept"), (true, hash_tag.1));
+        // A flush older than the key reads it back.
+        {
+            let mut all = ks.lock_all();
+            for shard in all.shards() {
+                shard.dbs[0].flush(Stamp::from_unix_ms(1, NodeId(2)));
+            }
+        }
+        assert_eq!(word(0, b"flushed"), (false, NOW));
+        assert_eq!(word(0, b"kept"), (false, NOW));
+        // SWAPDB brings a database's cold keys back.
+        fill(1);
+        {
+            let mut all = ks.lock_all();
+            for shard in all.shards() {
+                shard.dbs.swap(0, 1);
+                shard.swapped(0, 1);
+            }
+        }
+        assert_eq!(word(0, b"swapped"), (false, NOW));
+        assert_eq!(ks.cold_keys(), 0);
+    }
+
     #[test]
     fn a_cold_key_expires_and_swapdb_brings_cold_keys_back_to_their_new_number() {
         let (ks, _tier, persistence) = tiered();
