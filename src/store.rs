@@ -1521,6 +1521,91 @@ mod tests {
         assert!(err.to_string().contains("does not decode"), "{err}");
     }
 
+    /// A store whose unsynced writes go through and whose synced ones fail
+    /// while `failing`: a disk that fills up at a fold's last chunk.
+    #[derive(Default)]
+    struct FailsAtTheEnd {
+        inner: MemStore,
+        failing: std::sync::atomic::AtomicBool,
+        unsynced: std::sync::atomic::AtomicU64,
+    }
+
+    impl Store for FailsAtTheEnd {
+        fn name(&self) -> &'static str {
+            "fails-at-the-end"
+        }
+        fn load(&self) -> Result<Loaded, StoreError> {
+            self.inner.load()
+        }
+        fn write(&self, cut: &Cut) -> Result<(), StoreError> {
+            if self.failing.load(std::sync::atomic::Ordering::Relaxed) {
+                return Err(StoreError::Write {
+                    path: PathBuf::from("/fails-at-the-end"),
+                    reason: "disk full".into(),
+                });
+            }
+            self.inner.write(cut)
+        }
+        fn write_unsynced(&self, cut: &Cut) -> Result<(), StoreError> {
+            self.unsynced
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.inner.write(cut)
+        }
+    }
+
+    /// A fold whose last write fails after chunks went unsynced: the store
+    /// may hold those chunks, but nothing says they are durable, so the
+    /// fold's log files stay (a restart replays them), its metadata is not
+    /// stored, and every key it took is stored by the next fold.
+    #[test]
+    fn a_fold_whose_last_write_fails_keeps_its_log_and_leaves_its_keys_to_the_next() {
+        use std::sync::atomic::Ordering::Relaxed;
+        let dir = empty_dir("fold-fails-last");
+        let store = Arc::new(FailsAtTheEnd::default());
+        let ks = Arc::new(tracking_keyspace(1));
+        let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0).unwrap();
+        let persistence =
+            crate::persist::Persistence::new(store.clone(), Some(log), false, ks.clone(), None);
+        let generations = || {
+            let mut names: Vec<String> = std::fs::read_dir(dir.join(crate::deltalog::LOG_DIR))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
+            names.sort();
+            names
+        };
+        let value = vec![b'v'; 8 << 10];
+        let keys = 3 * crate::persist::FOLD_CHUNK_BYTES / value.len();
+        for i in 0..keys {
+            let key = format!("k{i}");
+            let mut l = ks.lock(smallvec::smallvec![ks.shard_of(key.as_bytes())]);
+            ks.update(&mut l, 0, key.as_bytes(), 0, |w| w.set(Some(&value), 0))
+                .unwrap();
+        }
+        let before = generations();
+        assert_eq!(before.len(), 1, "{before:?}");
+
+        store.failing.store(true, Relaxed);
+        let err = persistence.cut_once().unwrap_err();
+        assert!(format!("{err:#}").contains("disk full"), "{err:#}");
+        assert!(store.unsynced.load(Relaxed) >= 2, "chunks went first");
+        assert!(store.inner.len() > 0 && store.inner.len() < keys);
+        assert_eq!(store.inner.load().unwrap().log_from, 0, "no metadata");
+        let after = generations();
+        assert!(
+            before.iter().all(|g| after.contains(g)),
+            "the fold's log files stay: {before:?} -> {after:?}"
+        );
+
+        store.failing.store(false, Relaxed);
+        assert_eq!(persistence.cut_once().unwrap(), keys, "every key again");
+        assert_eq!(store.inner.len(), keys);
+        let loaded = store.inner.load().unwrap();
+        assert_eq!(loaded.log_from, 2, "the second fold's metadata");
+        assert_eq!(generations().len(), 1, "{:?}", generations());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     /// A fold with a delta log stores its keys a chunk at a time, each
     /// shard read under its own lock; a SWAPDB between taking the keys and
     /// storing them fails the fold, and the next one stores them.
