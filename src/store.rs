@@ -1589,7 +1589,7 @@ mod tests {
         let err = persistence.cut_once().unwrap_err();
         assert!(format!("{err:#}").contains("disk full"), "{err:#}");
         assert!(store.unsynced.load(Relaxed) >= 2, "chunks went first");
-        assert!(store.inner.len() > 0 && store.inner.len() < keys);
+        assert!(!store.inner.is_empty() && store.inner.len() < keys);
         assert_eq!(store.inner.load().unwrap().log_from, 0, "no metadata");
         let after = generations();
         assert!(
