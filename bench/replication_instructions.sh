@@ -7,6 +7,8 @@
 #   SIDE=receiver bench/replication_instructions.sh                     # count node B instead
 #   CHORUS=/tmp/old/chorus CHORUS_BUILT=1 bench/replication_instructions.sh
 #   KEEP=/tmp/cg bench/replication_instructions.sh                      # keep both callgrind files
+#   STANDALONE=1 ARGS="--appendonly yes --appendfsync everysec" bench/replication_instructions.sh \
+#       "SET key:__rand_int__ v"                                        # what the delta log costs
 #
 # Two chorus nodes replicate to each other on loopback (one server thread each); the counted
 # one runs under callgrind, the other natively. redis-benchmark sends 50,000 of the command
@@ -34,6 +36,12 @@ total() {
     rm -f "$out"
     local cg=(valgrind --tool=callgrind --callgrind-out-file="$out")
     local a=("$CHORUS" server --port "$pa" --server-threads 1)
+    # ARGS go to node A, each run in a fresh --dir (a log from the first run would be replayed).
+    if [ -n "${ARGS:-}" ]; then
+        local extra; read -ra extra <<< "$ARGS"
+        rm -rf "$WORK/dir"; mkdir -p "$WORK/dir"
+        a+=("${extra[@]}" --dir "$WORK/dir")
+    fi
     local b=("$CHORUS" server --port "$pb" --server-threads 1 --masterauth bench --replicaof 127.0.0.1 "$pa")
     [ -n "${STANDALONE:-}" ] || a+=(--masterauth bench --replicaof 127.0.0.1 "$pb")
     if [ "$SIDE" = receiver ]; then

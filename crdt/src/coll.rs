@@ -97,8 +97,16 @@ pub type Adds = SmallVec<[Add; 1]>;
 
 /// A hash field's value: inline up to 16 bytes (no allocation, which
 /// malloc would round up to 32 bytes), on the heap past that.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Blob(pub SmallVec<[u8; 16]>);
+
+/// One copy of the bytes: `SmallVec`'s own clone pushes them one by one
+/// (a replicated HSET's delta copy of its value cost so).
+impl Clone for Blob {
+    fn clone(&self) -> Blob {
+        Blob::new(&self.0)
+    }
+}
 
 impl Blob {
     pub fn new(bytes: &[u8]) -> Blob {
