@@ -69,6 +69,11 @@ impl<T: Part> Lazy<T> {
         self.0 = None;
     }
 
+    /// The part, if one is allocated (a part never made reads as empty).
+    pub fn part(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+
     /// Whether a part is allocated (empty or not).
     pub fn is_made(&self) -> bool {
         self.0.is_some()
