@@ -1521,6 +1521,20 @@ mod tests {
         assert!(err.to_string().contains("does not decode"), "{err}");
     }
 
+    /// Writes keys k0, k1... of 8 KB values, three fold chunks' worth;
+    /// returns how many.
+    fn write_three_chunks(ks: &Keyspace) -> usize {
+        let value = vec![b'v'; 8 << 10];
+        let keys = 3 * crate::persist::FOLD_CHUNK_BYTES / value.len();
+        for i in 0..keys {
+            let key = format!("k{i}");
+            let mut l = ks.lock(smallvec::smallvec![ks.shard_of(key.as_bytes())]);
+            ks.update(&mut l, 0, key.as_bytes(), 0, |w| w.set(Some(&value), 0))
+                .unwrap();
+        }
+        keys
+    }
+
     /// A store whose unsynced writes go through and whose synced ones fail
     /// while `failing`: a disk that fills up at a fold's last chunk.
     #[derive(Default)]
@@ -1574,14 +1588,7 @@ mod tests {
             names.sort();
             names
         };
-        let value = vec![b'v'; 8 << 10];
-        let keys = 3 * crate::persist::FOLD_CHUNK_BYTES / value.len();
-        for i in 0..keys {
-            let key = format!("k{i}");
-            let mut l = ks.lock(smallvec::smallvec![ks.shard_of(key.as_bytes())]);
-            ks.update(&mut l, 0, key.as_bytes(), 0, |w| w.set(Some(&value), 0))
-                .unwrap();
-        }
+        let keys = write_three_chunks(&ks);
         let before = generations();
         assert_eq!(before.len(), 1, "{before:?}");
 
@@ -1617,14 +1624,7 @@ mod tests {
         let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0).unwrap();
         let persistence =
             crate::persist::Persistence::new(store.clone(), Some(log), false, ks.clone(), None);
-        let value = vec![b'v'; 8 << 10];
-        let keys = 3 * crate::persist::FOLD_CHUNK_BYTES / value.len();
-        for i in 0..keys {
-            let key = format!("k{i}");
-            let mut l = ks.lock(smallvec::smallvec![ks.shard_of(key.as_bytes())]);
-            ks.update(&mut l, 0, key.as_bytes(), 0, |w| w.set(Some(&value), 0))
-                .unwrap();
-        }
+        let keys = write_three_chunks(&ks);
         assert_eq!(persistence.cut_once().unwrap(), keys);
         assert!(store.cuts() >= 3, "{} writes", store.cuts());
         assert_eq!(store.len(), keys);
