@@ -62,7 +62,8 @@ const MAX_RECORD: usize = 1 << 31;
 /// besides what the kernel holds.
 const WRITE_EVERY: Duration = Duration::from_millis(10);
 const WAKE_BYTES: usize = 1 << 20;
-/// The largest written round's buffer kept for the next round.
+/// The largest written round's buffer kept for a later round (the two
+/// buffers that take turns may each hold up to this while idle).
 const SPARE_MAX: usize = 4 * WAKE_BYTES;
 /// How long the writer waits before trying again after a failed write.
 const RETRY_AFTER: Duration = Duration::from_millis(100);
@@ -784,10 +785,12 @@ impl DeltaLog {
     /// Waits for appended bytes, a rotation, the stop, or (with bytes
     /// written but not synced) the next second's fsync.
     fn next_round(&self, unsynced: bool, last_sync: Instant, written: Option<Vec<u8>>) -> Round {
-        let mut pending = self.pending.lock();
         // A buffer grown far past a round's usual size by a burst goes
-        // back to the allocator rather than stay held.
-        if let Some(mut spare) = written.filter(|b| b.capacity() <= SPARE_MAX) {
+        // back to the allocator rather than stay held (freed here, not
+        // under the lock every append takes).
+        let written = written.filter(|b| b.capacity() <= SPARE_MAX);
+        let mut pending = self.pending.lock();
+        if let Some(mut spare) = written {
             spare.clear();
             pending.spare = spare;
         }

@@ -1596,7 +1596,7 @@ mod tests {
         let err = persistence.cut_once().unwrap_err();
         assert!(format!("{err:#}").contains("disk full"), "{err:#}");
         assert!(store.unsynced.load(Relaxed) >= 2, "chunks went first");
-        assert!(!store.inner.is_empty() && store.inner.len() < keys);
+        assert!(!store.inner.is_empty(), "the chunks are in the store");
         assert_eq!(store.inner.load().unwrap().log_from, 0, "no metadata");
         let after = generations();
         assert!(
@@ -1609,7 +1609,13 @@ mod tests {
         assert_eq!(store.inner.len(), keys);
         let loaded = store.inner.load().unwrap();
         assert_eq!(loaded.log_from, 2, "the second fold's metadata");
-        assert_eq!(generations().len(), 1, "{:?}", generations());
+        // The writer thread starts the fold's new generation, then the
+        // older files go.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while generations() != ["0000000000000002.log"] {
+            assert!(std::time::Instant::now() < deadline, "{:?}", generations());
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
