@@ -124,7 +124,7 @@ struct Pending {
 /// A record being appended in place: dropped unfinished (its encoding
 /// failed or panicked), it leaves the pending bytes as they were.
 struct Unfinished<'a> {
-    pending: parking_lot::MutexGuard<'a, Pending>,
+    pending: &'a mut Pending,
     before: usize,
     finished: bool,
 }
@@ -170,6 +170,9 @@ pub struct DeltaLog {
     /// A payload's checksum starts from a copy of this: `crc32fast::hash`
     /// checks the CPU's features on every call.
     crc: crc32fast::Hasher,
+    /// Tests: the numbered append of this number panics, once.
+    #[cfg(test)]
+    pub(crate) panic_at: AtomicU64,
 }
 
 /// Bytes the writer took to write in one go.
@@ -319,6 +322,8 @@ impl DeltaLog {
             written: AtomicU64::new(0),
             writer: Mutex::new(None),
             crc: crc32fast::Hasher::new(),
+            #[cfg(test)]
+            panic_at: AtomicU64::new(0),
         });
         let writer = log.clone();
         let handle = std::thread::Builder::new()
@@ -344,22 +349,56 @@ impl DeltaLog {
 
     /// Appends one record; returns the log position after it.
     pub fn append(&self, payload: &[u8]) -> u64 {
-        self.append_record(&[payload], None)
+        self.append_record(&[payload])
     }
 
     /// Appends one of this node's own writes, numbered `seq` (numbers
     /// ascend with every call), which [`DeltaLog::read_numbered`] can find.
+    /// A number the log holds already is not appended again (a hand-over
+    /// that a panic cut short, retried); returns the log position after it.
     pub fn append_numbered(&self, payload: &[u8], seq: u64) -> u64 {
-        self.append_record(&[payload], Some(seq))
+        self.append_numbered_parts(&[payload], seq)
     }
 
     /// [`DeltaLog::append_numbered`] of a payload in parts.
     pub fn append_numbered_parts(&self, parts: &[&[u8]], seq: u64) -> u64 {
-        self.append_record(parts, Some(seq))
+        let mut pending = self.pending.lock();
+        let before = pending.bytes.len();
+        self.append_numbered_locked(&mut pending, seq, parts);
+        let end = pending.end;
+        self.appended_wake(pending, before, true);
+        end
     }
 
-    fn append_record(&self, parts: &[&[u8]], seq: Option<u64>) -> u64 {
-        let appended = self.append_with(seq, |bytes| {
+    /// [`DeltaLog::append_numbered`] of several records under one lock of
+    /// the pending bytes. A panic leaves the records before the one it cut
+    /// short appended, and nothing of that one.
+    pub fn append_numbered_run<'a>(&self, records: impl IntoIterator<Item = (u64, &'a [u8])>) {
+        let mut pending = self.pending.lock();
+        let before = pending.bytes.len();
+        for (seq, payload) in records {
+            self.append_numbered_locked(&mut pending, seq, &[payload]);
+        }
+        self.appended_wake(pending, before, true);
+    }
+
+    fn append_numbered_locked(&self, pending: &mut Pending, seq: u64, parts: &[&[u8]]) {
+        if seq <= pending.last_numbered {
+            return;
+        }
+        let appended = self.append_locked(pending, Some(seq), |bytes| {
+            for part in parts {
+                bytes.extend_from_slice(part);
+            }
+            Ok::<(), std::convert::Infallible>(())
+        });
+        if let Err(never) = appended {
+            match never {}
+        }
+    }
+
+    fn append_record(&self, parts: &[&[u8]]) -> u64 {
+        let appended = self.append_with(None, |bytes| {
             for part in parts {
                 bytes.extend_from_slice(part);
             }
@@ -387,19 +426,41 @@ impl DeltaLog {
         seq: Option<u64>,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<u64, E> {
+        let mut pending = self.pending.lock();
+        let before = pending.bytes.len();
+        self.append_locked(&mut pending, seq, encode)?;
+        let end = pending.end;
+        self.appended_wake(pending, before, seq.is_some());
+        Ok(end)
+    }
+
+    /// Appends one record under the pending bytes' lock.
+    fn append_locked<E>(
+        &self,
+        pending: &mut Pending,
+        seq: Option<u64>,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let before = pending.bytes.len();
         let mut record = Unfinished {
-            pending: self.pending.lock(),
-            before: 0,
+            pending,
+            before,
             finished: false,
         };
-        let before = record.pending.bytes.len();
-        record.before = before;
         record.pending.bytes.extend_from_slice(&[0; HEADER]);
+        #[cfg(test)]
+        if seq.is_some_and(|seq| {
+            self.panic_at
+                .compare_exchange(seq, 0, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+        }) {
+            panic!("the test's panic in appending record {seq:?}");
+        }
         // On an error or a panic, `record` drops unfinished and takes its
         // bytes back out.
         encode(&mut record.pending.bytes)?;
         record.finished = true;
-        let pending = &mut record.pending;
+        let pending = &mut *record.pending;
         let payload_len = pending.bytes.len() - before - HEADER;
         let len = (payload_len as u32).to_le_bytes();
         let mut crc = self.crc.clone();
@@ -418,24 +479,35 @@ impl DeltaLog {
             pending.last_numbered = seq;
         }
         pending.end += (HEADER + payload_len) as u64;
-        let end = pending.end;
+        Ok(())
+    }
+
+    /// Lets go of the pending bytes after appends that found `before` of
+    /// them, and wakes whoever those appends concern.
+    fn appended_wake(
+        &self,
+        pending: parking_lot::MutexGuard<'_, Pending>,
+        before: usize,
+        numbered: bool,
+    ) {
         // The writer is woken for the first bytes only when a client will
         // wait for them (`always`); otherwise it comes by itself every
         // `WRITE_EVERY`, or when `WAKE_BYTES` piled up. A wake per write
         // would cost a context switch each on the server's CPU.
-        let wake = if self.fsync == Fsync::Always {
-            before == 0
-        } else {
-            before < WAKE_BYTES && pending.bytes.len() >= WAKE_BYTES
-        };
-        drop(record);
+        let after = pending.bytes.len();
+        let wake = after > before
+            && if self.fsync == Fsync::Always {
+                before == 0
+            } else {
+                before < WAKE_BYTES && after >= WAKE_BYTES
+            };
+        drop(pending);
         if wake {
             self.more.notify_one();
         }
-        if seq.is_some() && self.numbered_waiters.load(Ordering::SeqCst) > 0 {
+        if numbered && self.numbered_waiters.load(Ordering::SeqCst) > 0 {
             self.numbered_more.notify_waiters();
         }
-        Ok(end)
     }
 
     /// Waits until the log holds every numbered record up to `seq` and is
@@ -1105,6 +1177,29 @@ mod tests {
             replayed(&replay).unwrap(),
             vec![b"before".to_vec(), b"after".to_vec()]
         );
+        log.close();
+    }
+
+    /// A run of numbered records that a panic cuts short keeps those
+    /// before it whole; offered again, the numbers the log holds are not
+    /// appended twice.
+    #[test]
+    fn a_numbered_run_cut_short_and_retried_holds_each_record_once() {
+        let dir = temp_dir("run-retried");
+        let (log, _) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
+        let all = records(4);
+        let run = || (1..=4u64).zip(all.iter().map(|r| &r[..]));
+        log.panic_at.store(3, Ordering::SeqCst);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            log.append_numbered_run(run())
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(log.pending.lock().last_numbered, 2);
+        log.append_numbered_run(run());
+        log.append_numbered(b"again", 4);
+        log.close();
+        let (log, replay) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
+        assert_eq!(replayed(&replay).unwrap(), all);
         log.close();
     }
 

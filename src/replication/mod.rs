@@ -816,6 +816,15 @@ impl Replicator {
                 }
                 return;
             }
+            // The log first: a panic between the two leaves logged what
+            // the backlog lacks, and the retry enters it there; the other
+            // way round, the retry found the writes entered and skipped
+            // the log's records for good.
+            if let Some(log) = self.log.get() {
+                log.append_numbered_run(
+                    stage::payloads(frames, writes).map(|(seq, payload, _)| (seq, payload)),
+                );
+            }
             let mut start = 0;
             core.publish_framed_run(
                 frames,
@@ -825,11 +834,6 @@ impl Replicator {
                     (len, now_ms)
                 }),
             );
-            if let Some(log) = self.log.get() {
-                for (seq, payload, _) in stage::payloads(frames, writes) {
-                    log.append_numbered_parts(&[payload], seq);
-                }
-            }
             self.enter_parked(&mut core);
         });
         if published {
@@ -862,11 +866,12 @@ impl Replicator {
         }
     }
 
+    /// The log first, as in [`Replicator::publish_staged`].
     fn append(&self, core: &mut Core, seq: u64, now_ms: u64, parts: [&[u8]; 2]) {
-        core.publish_parts(now_ms, parts[0], parts[1]);
         if let Some(log) = self.log.get() {
             log.append_numbered_parts(&parts, seq);
         }
+        core.publish_parts(now_ms, parts[0], parts[1]);
     }
 
     fn wake_senders(&self) {
@@ -2637,6 +2642,56 @@ mod tests {
         assert_eq!(logged[..6], payloads[..]);
         let numbers: Vec<Option<u64>> = logged.iter().map(|p| own_seq(me, p)).collect();
         assert_eq!(numbers, (1..=71).map(Some).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A panic while a pipeline's writes go into the log, after some of
+    /// them did, costs the log none of them: the next hand-over logs the
+    /// rest, each once and in number order.
+    #[test]
+    fn a_panic_while_logging_a_run_loses_none_of_its_records() {
+        let me = NodeId(5);
+        let mut ks = Keyspace::new(
+            1,
+            chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
+        );
+        let repl = Replicator::new(me, 1 << 20, wall_ms);
+        let dir = std::env::temp_dir().join(format!("chorus-run-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0)
+            .expect("a delta log");
+        repl.set_log(log.clone());
+        ks.set_sink(repl.clone());
+        let set = |key: &[u8]| {
+            let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
+            ks.update(&mut locked, 0, key, wall_ms(), |w| w.set(Some(b"v"), 0))
+                .expect("locked");
+        };
+        let batch = ks.batch();
+        for key in [b"a", b"b", b"c"] {
+            set(key);
+        }
+        log.panic_at.store(2, Ordering::SeqCst);
+        let panicked =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| ks.hand_over_batch()));
+        assert!(panicked.is_err(), "the log's append panicked");
+        drop(batch);
+        set(b"d");
+        assert_eq!(repl.backlog_head(), 4);
+
+        log.close();
+        let mut numbers = Vec::new();
+        let read = log.read_numbered(
+            1,
+            usize::MAX,
+            |p| own_seq(me, p),
+            |p| numbers.push(own_seq(me, p)),
+        );
+        assert!(
+            matches!(read, crate::deltalog::NumberedRead::Read { last: 4 }),
+            "{read:?}"
+        );
+        assert_eq!(numbers, (1..=4).map(Some).collect::<Vec<_>>());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
