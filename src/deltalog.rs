@@ -18,7 +18,9 @@
 //! recorded one on. Merges are idempotent, so a record whose write the
 //! store already holds costs nothing but its merge.
 //!
-//! A record is `len: u32 LE, crc32(len), crc32(payload), payload`. What a
+//! A record is `len: u32 LE, crc32c(len), crc32c(payload), payload` (logs
+//! of builds before session 34 used CRC-32 (IEEE) instead; their files
+//! still replay, each read by the checksum its first record has). What a
 //! crash mid-write leaves at the end of a file (a short header, a checked
 //! header whose payload runs past the end, zeros the file system had
 //! allocated) is dropped with a warning. A record that does not read back
@@ -167,9 +169,6 @@ pub struct DeltaLog {
     numbered_more: tokio::sync::Notify,
     numbered_waiters: AtomicU64,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// A payload's checksum starts from a copy of this: `crc32fast::hash`
-    /// checks the CPU's features on every call.
-    crc: crc32fast::Hasher,
     /// Tests: the numbered append of this number panics, once.
     #[cfg(test)]
     pub(crate) panic_at: AtomicU64,
@@ -201,34 +200,30 @@ pub struct Replay {
     pub files: Vec<PathBuf>,
 }
 
-/// CRC-32 (IEEE, as crc32fast) of a record's four length bytes, by table:
-/// crc32fast's general path (a CPU feature check, a hasher set up and
-/// finished) cost several times as much for four bytes, on every write.
-fn crc_of_len(len: [u8; 4]) -> u32 {
-    const TABLE: [u32; 256] = {
-        let mut table = [0u32; 256];
-        let mut i = 0;
-        while i < 256 {
-            let mut c = i as u32;
-            let mut bit = 0;
-            while bit < 8 {
-                c = if c & 1 == 1 {
-                    0xedb8_8320 ^ (c >> 1)
-                } else {
-                    c >> 1
-                };
-                bit += 1;
-            }
-            table[i] = c;
-            i += 1;
+/// A record's checksums, of its length and of its payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Checksum {
+    /// CRC-32C, which the CPU computes: what this build writes.
+    Castagnoli,
+    /// CRC-32 (IEEE): what builds before session 34 wrote.
+    Ieee,
+}
+
+impl Checksum {
+    fn of(self, bytes: &[u8]) -> u32 {
+        match self {
+            Checksum::Castagnoli => crate::checksum::crc32c(bytes),
+            Checksum::Ieee => crc32fast::hash(bytes),
         }
-        table
-    };
-    let mut c = !0u32;
-    for b in len {
-        c = TABLE[((c ^ b as u32) & 0xff) as usize] ^ (c >> 8);
     }
-    !c
+
+    /// The checksum a file's first record header (`len`, `len_crc`) was
+    /// written with, if either.
+    fn of_first(len: u32, len_crc: u32) -> Option<Checksum> {
+        [Checksum::Castagnoli, Checksum::Ieee]
+            .into_iter()
+            .find(|kind| kind.of(&len.to_le_bytes()) == len_crc)
+    }
 }
 
 fn file_of(dir: &Path, generation: u64) -> PathBuf {
@@ -321,7 +316,6 @@ impl DeltaLog {
             peer_needs: Mutex::new(Vec::new()),
             written: AtomicU64::new(0),
             writer: Mutex::new(None),
-            crc: crc32fast::Hasher::new(),
             #[cfg(test)]
             panic_at: AtomicU64::new(0),
         });
@@ -463,12 +457,10 @@ impl DeltaLog {
         let pending = &mut *record.pending;
         let payload_len = pending.bytes.len() - before - HEADER;
         let len = (payload_len as u32).to_le_bytes();
-        let mut crc = self.crc.clone();
-        crc.update(&pending.bytes[before + HEADER..]);
-        let crc = crc.finalize();
+        let crc = crate::checksum::crc32c(&pending.bytes[before + HEADER..]);
         let header = &mut pending.bytes[before..before + HEADER];
         header[..4].copy_from_slice(&len);
-        header[4..8].copy_from_slice(&crc_of_len(len).to_le_bytes());
+        header[4..8].copy_from_slice(&crate::checksum::crc32c_of_4(len).to_le_bytes());
         header[8..].copy_from_slice(&crc.to_le_bytes());
         if let Some(seq) = seq {
             let at = pending.end;
@@ -722,7 +714,8 @@ impl DeltaLog {
                     u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]])
                 };
                 let (len, len_crc, crc) = (word(0), word(4), word(8));
-                if crc_of_len(len.to_le_bytes()) != len_crc {
+                // (Only this process's files: written with CRC-32C.)
+                if Checksum::Castagnoli.of(&len.to_le_bytes()) != len_crc {
                     return gone(format!(
                         "a record header checksum mismatch at byte {}",
                         at - start
@@ -732,7 +725,7 @@ impl DeltaLog {
                 if let Err(e) = file.read_exact(&mut payload) {
                     return gone(format!("at byte {}: {e}", at - start));
                 }
-                if crc32fast::hash(&payload) != crc {
+                if Checksum::Castagnoli.of(&payload) != crc {
                     return gone(format!("a record checksum mismatch at byte {}", at - start));
                 }
                 at += (HEADER + payload.len()) as u64;
@@ -999,6 +992,7 @@ impl Replay {
                     source,
                 })?;
             let mut at = 0usize;
+            let mut kind = Checksum::Castagnoli;
             while at < bytes.len() {
                 // A crash mid-write cuts the last record of the file its
                 // life wrote short; a later life wrote its own files after.
@@ -1025,7 +1019,10 @@ impl Replay {
                     ])
                 };
                 let (len, len_crc, crc) = (word(0), word(4), word(8));
-                if crc_of_len(len.to_le_bytes()) != len_crc {
+                if at == 0 {
+                    kind = Checksum::of_first(len, len_crc).unwrap_or(Checksum::Castagnoli);
+                }
+                if kind.of(&len.to_le_bytes()) != len_crc {
                     if bytes[at..].iter().all(|&b| b == 0) {
                         torn("zeros")?;
                         break;
@@ -1044,7 +1041,7 @@ impl Replay {
                     break;
                 }
                 let payload = &bytes[at + HEADER..at + HEADER + len];
-                if crc32fast::hash(payload) != crc {
+                if kind.of(payload) != crc {
                     return Err(corrupt(at as u64, "a record checksum mismatch".into()));
                 }
                 each(payload).map_err(|what| corrupt(at as u64, what))?;
@@ -1082,16 +1079,62 @@ mod tests {
         Ok(out)
     }
 
-    #[test]
-    fn a_length_checksum_by_table_is_crc32fast_s() {
-        let mut len = 0x9e37_79b9u32;
-        for shift in 0..32 {
-            for n in [1u32 << shift, u32::MAX >> shift, len] {
-                let bytes = n.to_le_bytes();
-                assert_eq!(crc_of_len(bytes), crc32fast::hash(&bytes), "{n}");
-            }
-            len = len.rotate_left(5).wrapping_mul(0x85eb_ca6b);
+    /// Records as builds before session 34 wrote them: CRC-32 (IEEE).
+    fn ieee_records(all: &[Vec<u8>]) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        for r in all {
+            let len = (r.len() as u32).to_le_bytes();
+            bytes.extend_from_slice(&len);
+            bytes.extend_from_slice(&crc32fast::hash(&len).to_le_bytes());
+            bytes.extend_from_slice(&crc32fast::hash(r).to_le_bytes());
+            bytes.extend_from_slice(r);
         }
+        bytes
+    }
+
+    /// This build writes CRC-32C, and still replays the CRC-32 (IEEE) of
+    /// the logs an earlier build left (an upgrade restarts on them), each
+    /// file by the checksum of its first record; a flipped byte in one is
+    /// corruption as before.
+    #[test]
+    fn a_log_an_earlier_build_wrote_still_replays() {
+        let dir = temp_dir("earlier-build");
+        let (log, _) = DeltaLog::open(&dir, Fsync::No, 0).unwrap();
+        let all = records(6);
+        log.append(&all[3]);
+        log.close();
+        let logs = dir.join(LOG_DIR);
+        let ours = std::fs::read(file_of(&logs, 0)).unwrap();
+        let len = (all[3].len() as u32).to_le_bytes();
+        assert_eq!(
+            ours[4..12],
+            [
+                crate::checksum::crc32c(&len).to_le_bytes(),
+                crate::checksum::crc32c(&all[3]).to_le_bytes()
+            ]
+            .concat()[..],
+            "written with CRC-32C"
+        );
+        // Generation 0 as an earlier build left it, before this build's.
+        let earlier = ieee_records(&all[..3]);
+        std::fs::write(file_of(&logs, 0), &earlier).unwrap();
+        std::fs::write(file_of(&logs, 1), &ours).unwrap();
+        let (log, replay) = DeltaLog::open(&dir, Fsync::No, 0).unwrap();
+        assert_eq!(replayed(&replay).unwrap(), all[..4].to_vec());
+        log.append(&all[4]);
+        log.append(&all[5]);
+        log.close();
+        let (log, replay) = DeltaLog::open(&dir, Fsync::No, 0).unwrap();
+        assert_eq!(replayed(&replay).unwrap(), all);
+        log.close();
+        let mut flipped = earlier.clone();
+        let last = flipped.len() - 1;
+        flipped[last] ^= 0x01;
+        std::fs::write(file_of(&logs, 0), &flipped).unwrap();
+        let (log, replay) = DeltaLog::open(&dir, Fsync::No, 0).unwrap();
+        let err = replayed(&replay).unwrap_err().to_string();
+        assert!(err.contains("a record checksum mismatch"), "{err}");
+        log.close();
     }
 
     fn records(n: usize) -> Vec<Vec<u8>> {

@@ -12,6 +12,7 @@
 
 pub mod alloc;
 pub mod audit;
+pub mod checksum;
 pub mod cmd;
 pub mod config;
 pub mod conflicts;
