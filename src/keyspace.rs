@@ -15,7 +15,9 @@ use std::sync::Arc;
 use chorus_crdt::digest::{
     bucket_of, key_digest, sub_bucket_of, DbDigest, LeafDigest, TransferScope, BUCKETS,
 };
-use chorus_crdt::{Clock, Coll, Conflict, KeyState, KeyType, Kind, NodeId, Stamp};
+use chorus_crdt::{
+    Clock, Coll, Conflict, HashDelta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp,
+};
 use hashbrown::HashSet;
 use parking_lot::{Mutex, MutexGuard};
 use smallvec::SmallVec;
@@ -64,6 +66,27 @@ pub trait DeltaSink: Send + Sync {
             coll: Some(Box::new(delta.clone())),
         };
         self.publish_key(db, key, &state, now_ms);
+    }
+    /// A one-field HSET made in place at `stamp` (what it did: `one`): by
+    /// default as the delta `Coll` it would have filled; a sink may lay
+    /// its bytes out directly (`codec::append_hset_delta`).
+    #[allow(clippy::too_many_arguments)]
+    fn publish_hset(
+        &self,
+        db: u32,
+        key: &[u8],
+        stamp: Stamp,
+        one: &OneWrite,
+        field: &[u8],
+        value: &[u8],
+        now_ms: u64,
+    ) {
+        let mut delta = Coll::delta(stamp, Kind::Hash);
+        for &dot in &one.replaced {
+            delta.covers(dot);
+        }
+        delta.wrote(&chorus_crdt::Probe::new(field), one.dot, stamp.time, value);
+        self.publish_coll(db, key, &delta, now_ms);
     }
     /// A PUBLISH or SPUBLISH made here, for the peers' subscribers: sent
     /// at most once, never stored.
@@ -805,6 +828,38 @@ impl Writer<'_> {
             }
             Some(r)
         })
+    }
+
+    /// HSET of one field in place when the key is a hash that hides
+    /// nothing (see [`Writer::coll_in_place`]), its delta recorded as a
+    /// [`OneWrite`] for the sink to lay out directly. Whether the field is
+    /// new; `None` when that path does not apply (nothing was changed).
+    pub fn hset_one_in_place(&mut self, field: &[u8], value: &[u8]) -> Option<bool> {
+        if !self.state.shows_only(Kind::Hash, self.now_ms) {
+            return None;
+        }
+        let stamp = self.stamp();
+        let ks = self.ks;
+        let coll = self.state.coll.as_mut()?;
+        prefetch_expected(coll);
+        let Some(sink) = ks.sink.as_ref() else {
+            let fresh = coll.hset_here::<Coll>(stamp, field, value, None)?;
+            self.wrote_in_place(stamp);
+            return Some(fresh);
+        };
+        let mut one = OneWrite::default();
+        let fresh = coll.hset_here(stamp, field, value, Some(&mut one))?;
+        self.wrote_in_place(stamp);
+        sink.publish_hset(
+            self.db as u32,
+            self.key,
+            stamp,
+            &one,
+            field,
+            value,
+            self.now_ms,
+        );
+        Some(fresh)
     }
 
     /// Bookkeeping after an in-place op: an op may answer without writing

@@ -571,6 +571,22 @@ impl DeltaSink for LogSink {
         });
     }
 
+    fn publish_hset(
+        &self,
+        db: u32,
+        key: &[u8],
+        stamp: Stamp,
+        one: &chorus_crdt::OneWrite,
+        field: &[u8],
+        value: &[u8],
+        _now_ms: u64,
+    ) {
+        self.append(|out| {
+            wire::append_hset_body(out, db, key, stamp, one, field, value);
+            Ok(())
+        });
+    }
+
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, _now_ms: u64) {
         self.append(|out| {
             wire::append_flush_body(out, db, stamp);

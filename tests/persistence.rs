@@ -267,7 +267,10 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     q::<()>(&mut c, &["INCR", "n"]);
     q::<()>(&mut c, &["INCRBYFLOAT", "f", "1.25"]);
     q::<()>(&mut c, &["INCRBYFLOAT", "f", "1.5"]);
-    q::<()>(&mut c, &["HSET", "h", "f1", "a", "f2", "b"]);
+    q::<()>(&mut c, &["HSET", "h", "f1", "a", "f2", "old"]);
+    // One field at a time (a delta laid out without a delta `Coll`).
+    q::<()>(&mut c, &["HSET", "h", "f2", "b"]);
+    q::<()>(&mut c, &["HSET", "h1", "only", "one"]);
     q::<()>(&mut c, &["HINCRBY", "h", "count", "7"]);
     q::<()>(&mut c, &["SADD", "set", "x", "y", "z"]);
     q::<()>(&mut c, &["SREM", "set", "y"]);
@@ -296,13 +299,15 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     assert_eq!(get(&mut c, "f").as_deref(), Some("2.75"));
     let h: Vec<String> = q(&mut c, &["HMGET", "h", "f1", "f2", "count"]);
     assert_eq!(h, ["a", "b", "7"]);
+    let h1: Vec<(String, String)> = q(&mut c, &["HGETALL", "h1"]);
+    assert_eq!(h1, [("only".to_string(), "one".to_string())]);
     let mut members: Vec<String> = q(&mut c, &["SMEMBERS", "set"]);
     members.sort();
     assert_eq!(members, ["x", "z"]);
     let z: Vec<String> = q(&mut c, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]);
     assert_eq!(z, ["two", "2", "one", "6"]);
     assert_eq!(get(&mut c, "deleted"), None);
-    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 7);
+    assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 8);
     q::<()>(&mut c, &["SELECT", "2"]);
     assert_eq!(get(&mut c, "flushed"), None);
     assert_eq!(get(&mut c, "after-flush").as_deref(), Some("y"));

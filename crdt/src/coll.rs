@@ -1088,43 +1088,41 @@ impl Coll {
 
     /// HSET of one field here; returns whether the field is new. `None`
     /// for a field with a counter (its removal record takes the general
-    /// path).
-    pub fn hset_here(
+    /// path; nothing is changed or recorded then). What the write did goes
+    /// to `delta`: a delta `Coll`, or a [`OneWrite`] that a sink lays out
+    /// directly.
+    pub fn hset_here<D: HashDelta>(
         &mut self,
         stamp: Stamp,
         field: &[u8],
         value: &[u8],
-        mut delta: Option<&mut Coll>,
+        mut delta: Option<&mut D>,
     ) -> Option<bool> {
         let dot = self.ctx.next_dot(stamp.node, stamp.time);
-        let write = Write {
-            dot,
-            time: stamp.time,
-            value: Blob::new(value),
-        };
         let probe = Probe::new(field);
         if self.hash.is_packed() {
             if let Some((fresh, old)) = self.hash.set_packed(field, value, dot, stamp.time) {
                 if let Some(d) = delta {
                     if let Some(old) = old {
-                        d.ctx.insert(old);
+                        d.covers(old);
                     }
-                    d.ctx.insert(dot);
-                    let e = d.hash.map_mut().entry(probe.to_key()).or_default();
-                    e.writes.clear();
-                    e.writes.push(write);
+                    d.wrote(&probe, dot, stamp.time, value);
                 }
                 self.note_local(stamp, Kind::Hash, dot);
                 return Some(fresh);
             }
         }
-        let for_delta = delta.is_some().then(|| write.clone());
+        let write = Write {
+            dot,
+            time: stamp.time,
+            value: Blob::new(value),
+        };
         let fresh = match self.hash.map_mut().get_mut(probe.as_keyed()) {
             Some(e) if e.counts.is_some() => return None,
             Some(e) => {
                 if let Some(d) = delta.as_deref_mut() {
                     for w in &e.writes {
-                        d.ctx.insert(w.dot);
+                        d.covers(w.dot);
                     }
                 }
                 e.writes.clear();
@@ -1144,11 +1142,8 @@ impl Coll {
                 true
             }
         };
-        if let (Some(d), Some(w)) = (delta, for_delta) {
-            d.ctx.insert(dot);
-            let e = d.hash.map_mut().entry(probe.to_key()).or_default();
-            e.writes.clear();
-            e.writes.push(w);
+        if let Some(d) = delta {
+            d.wrote(&probe, dot, stamp.time, value);
         }
         // A hash a long value or a counter unpacked packs again once it
         // qualifies, without waiting for a merge (a node without peers
@@ -2103,6 +2098,64 @@ impl Coll {
             .0
             .get()
             .map_or(0, |ix| std::mem::size_of::<ScoreIndex>() + ix.heap_bytes())
+    }
+}
+
+/// Where an in-place hash write records what it did, for its delta.
+pub trait HashDelta {
+    /// The delta covers `dot`: a write the new one replaced.
+    fn covers(&mut self, dot: Dot);
+    /// The field's new write (the delta covers its dot, too).
+    fn wrote(&mut self, field: &Probe<'_>, dot: Dot, time: u64, value: &[u8]);
+}
+
+impl HashDelta for Coll {
+    fn covers(&mut self, dot: Dot) {
+        self.ctx.insert(dot);
+    }
+
+    fn wrote(&mut self, field: &Probe<'_>, dot: Dot, time: u64, value: &[u8]) {
+        self.ctx.insert(dot);
+        let e = self.hash.map_mut().entry(field.to_key()).or_default();
+        e.writes.clear();
+        e.writes.push(Write {
+            dot,
+            time,
+            value: Blob::new(value),
+        });
+    }
+}
+
+/// What a one-element write did, for a sink that lays out its delta
+/// without filling a delta `Coll` (`codec::append_hset_delta`): the new
+/// write's dot and those of the writes it replaced. (Filling and laying
+/// out a `Coll` for a one-field HSET cost a replicating node about as
+/// much as the HSET itself.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneWrite {
+    pub dot: Dot,
+    pub replaced: SmallVec<[Dot; 2]>,
+}
+
+impl Default for OneWrite {
+    fn default() -> OneWrite {
+        OneWrite {
+            dot: Dot {
+                node: NodeId(0),
+                n: 0,
+            },
+            replaced: SmallVec::new(),
+        }
+    }
+}
+
+impl HashDelta for OneWrite {
+    fn covers(&mut self, dot: Dot) {
+        self.replaced.push(dot);
+    }
+
+    fn wrote(&mut self, _field: &Probe<'_>, dot: Dot, _time: u64, _value: &[u8]) {
+        self.dot = dot;
     }
 }
 

@@ -308,7 +308,10 @@ fn a_many_field_write_leaves_no_dots_behind_and_the_next_write_shows() {
             s.merge(&d);
         } else {
             let c = s.coll.as_mut().unwrap();
-            assert_eq!(c.hset_here(t1, b"f3", b"new", None), Some(false));
+            assert_eq!(
+                c.hset_here(t1, b"f3", b"new", None::<&mut chorus_crdt::Coll>),
+                Some(false)
+            );
         }
         s.compact(everything);
         let c = s.coll().unwrap();
@@ -339,10 +342,16 @@ fn a_packed_hash_stays_packed_through_refusals_and_repacks_after_long_values() {
     assert!(c.hash.is_packed(), "a refused increment unpacks nothing");
 
     let long = vec![b'x'; chorus_crdt::fields::PACK_MAX_BYTES + 1];
-    assert_eq!(c.hset_here(t1, b"city", &long, None), Some(false));
+    assert_eq!(
+        c.hset_here(t1, b"city", &long, None::<&mut chorus_crdt::Coll>),
+        Some(false)
+    );
     assert!(!c.hash.is_packed());
     let t2 = Stamp { time: 3_000, node };
-    assert_eq!(c.hset_here(t2, b"city", b"rome", None), Some(false));
+    assert_eq!(
+        c.hset_here(t2, b"city", b"rome", None::<&mut chorus_crdt::Coll>),
+        Some(false)
+    );
     assert!(c.hash.is_packed(), "short again, packed again");
     assert_eq!(c.field(b"city"), Some(chorus_crdt::Read::Str(b"rome")));
     assert_eq!(c.field(b"name"), Some(chorus_crdt::Read::Str(b"ann")));

@@ -41,6 +41,21 @@ fn pairs<'a>(args: &'a [&'a [u8]], name: &'static str) -> Result<&'a [&'a [u8]],
 
 /// Writes the pairs; returns how many fields were new.
 fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
+    let slow = |c: &Coll, d: &mut Coll, stamp| {
+        let mut added = 0;
+        for p in pairs.chunks_exact(2) {
+            if c.field(p[0]).is_none() && d.field_elem(p[0]).is_none_or(|e| e.writes.is_empty()) {
+                added += 1;
+            }
+            c.hset_into(d, stamp, p[0], p[1]);
+        }
+        Ok(added)
+    };
+    if let [field, value] = pairs {
+        // One field: its delta laid out by the sink, no delta `Coll` filled.
+        let one = |w: &mut crate::keyspace::Writer<'_>| w.hset_one_in_place(field, value);
+        return x.coll_update_with(key, Kind::Hash, |w| one(w).map(i64::from), slow);
+    }
     let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {
         // A counter field anywhere takes the general path, for all of them.
         if pairs.len() > 2
@@ -56,16 +71,7 @@ fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
         }
         Some(added)
     };
-    x.coll_update_fast(key, Kind::Hash, fast, |c, d, stamp| {
-        let mut added = 0;
-        for p in pairs.chunks_exact(2) {
-            if c.field(p[0]).is_none() && d.field_elem(p[0]).is_none_or(|e| e.writes.is_empty()) {
-                added += 1;
-            }
-            c.hset_into(d, stamp, p[0], p[1]);
-        }
-        Ok(added)
-    })
+    x.coll_update_fast(key, Kind::Hash, fast, slow)
 }
 
 fn hset(x: &mut Exec, args: &[&[u8]]) -> CmdResult {

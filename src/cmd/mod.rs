@@ -567,8 +567,19 @@ impl<'s> Exec<'s, '_> {
         fast: impl FnOnce(&mut Coll, Option<&mut Coll>, Stamp) -> Option<R>,
         slow: impl FnOnce(&Coll, &mut Coll, Stamp) -> Result<R, Error>,
     ) -> Result<R, Error> {
+        self.coll_update_with(key, kind, |w| w.coll_in_place(kind, fast), slow)
+    }
+
+    /// [`Exec::coll_update_fast`] with a fast path given the key's writer.
+    pub fn coll_update_with<R>(
+        &mut self,
+        key: &[u8],
+        kind: Kind,
+        fast: impl FnOnce(&mut crate::keyspace::Writer<'_>) -> Option<R>,
+        slow: impl FnOnce(&Coll, &mut Coll, Stamp) -> Result<R, Error>,
+    ) -> Result<R, Error> {
         self.update(key, |w| {
-            if let Some(r) = w.coll_in_place(kind, fast) {
+            if let Some(r) = fast(w) {
                 return Ok(r);
             }
             match w.key_type() {

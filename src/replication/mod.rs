@@ -937,6 +937,21 @@ impl DeltaSink for Replicator {
         self.publish(now_ms, |out| wire::append_coll_body(out, db, key, delta));
     }
 
+    fn publish_hset(
+        &self,
+        db: u32,
+        key: &[u8],
+        stamp: Stamp,
+        one: &chorus_crdt::OneWrite,
+        field: &[u8],
+        value: &[u8],
+        now_ms: u64,
+    ) {
+        self.publish(now_ms, |out| {
+            wire::append_hset_body(out, db, key, stamp, one, field, value)
+        });
+    }
+
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64) {
         self.publish(now_ms, |out| wire::append_flush_body(out, db, stamp));
     }

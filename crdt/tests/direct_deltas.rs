@@ -1,0 +1,153 @@
+//! Deltas a sink lays out directly, without a delta `Coll`: the bytes must
+//! be those of the `Coll` the write would have filled, whatever the state
+//! held before (packed or not, one write or several concurrent ones per
+//! field, other nodes' dots around).
+
+use chorus_crdt::codec::{append_coll_delta, append_hset_delta};
+use chorus_crdt::{Coll, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp};
+use proptest::prelude::*;
+
+const FIELDS: [&[u8]; 4] = [b"f0", b"f1", b"a-field-name", b"\x00"];
+
+/// A write on one of three replicas: (node, field, value length, time
+/// step, whether the replica then sends its state to the next one).
+type Op = (u64, usize, usize, u64, bool);
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    proptest::collection::vec(
+        (
+            0u64..3,
+            0..FIELDS.len(),
+            prop_oneof![Just(0usize), Just(1), Just(64), Just(65), Just(200)],
+            0u64..3,
+            any::<bool>(),
+        ),
+        0..12,
+    )
+}
+
+/// A hash written concurrently on three replicas, as replica 0 holds it.
+fn hash_state(ops: &[Op]) -> (KeyState, u64) {
+    let mut replicas = vec![KeyState::default(); 3];
+    let mut time = 1_000;
+    for &(node, field, len, step, send) in ops {
+        time += step;
+        let stamp = Stamp {
+            time,
+            node: NodeId(node + 1),
+        };
+        let value = vec![b'v'; len];
+        let r = &mut replicas[node as usize];
+        let delta = r.coll_write(stamp, Kind::Hash, |c, d| {
+            c.hset_into(d, stamp, FIELDS[field], &value)
+        });
+        r.merge(&delta);
+        if send {
+            let sent = replicas[node as usize].clone();
+            replicas[(node as usize + 1) % 3].merge(&sent);
+        }
+    }
+    (replicas.swap_remove(0), time)
+}
+
+proptest! {
+    #[test]
+    fn a_one_field_hset_lays_out_the_delta_it_would_have_filled(
+        ops in ops(),
+        node in 1u64..4,
+        field in 0..FIELDS.len(),
+        len in prop_oneof![Just(0usize), Just(3), Just(64), Just(65), Just(300)],
+        later in 0u64..2,
+    ) {
+        let (state, time) = hash_state(&ops);
+        prop_assume!(state.key_type(0) == Some(KeyType::Coll(Kind::Hash)) && !state.has_hidden_parts());
+        let stamp = Stamp { time: time + later, node: NodeId(node) };
+        let value = vec![b'w'; len];
+        let mut by_coll = state.clone();
+        let mut delta = Coll::delta(stamp, Kind::Hash);
+        let fresh = by_coll.coll.as_mut().unwrap().hset_here(stamp, FIELDS[field], &value, Some(&mut delta));
+        let mut by_one = state.clone();
+        let mut one = OneWrite::default();
+        let fresh_one = by_one.coll.as_mut().unwrap().hset_here(stamp, FIELDS[field], &value, Some(&mut one));
+        prop_assert_eq!(fresh, fresh_one);
+        prop_assert_eq!(&by_one, &by_coll);
+        if fresh.is_none() {
+            return Ok(());
+        }
+        let (mut laid_out, mut direct) = (vec![7u8], vec![7u8]);
+        append_coll_delta(&mut laid_out, &delta);
+        append_hset_delta(&mut direct, stamp, &one, FIELDS[field], &value);
+        prop_assert_eq!(&direct, &laid_out);
+        // And a replica that merges it holds what the writer does.
+        let mut replica = state.clone();
+        replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
+        prop_assert_eq!(&replica, &by_one);
+    }
+}
+
+/// The case the property must reach: a field with two concurrent writes,
+/// from two nodes, both replaced.
+#[test]
+fn an_hset_over_concurrent_writes_names_every_dot_it_replaced() {
+    let write = |node: u64| {
+        let stamp = Stamp {
+            time: 1_000,
+            node: NodeId(node),
+        };
+        let mut state = KeyState::default();
+        let delta = state.coll_write(stamp, Kind::Hash, |c, d| c.hset_into(d, stamp, b"f", b"v"));
+        state.merge(&delta);
+        state
+    };
+    let mut state = write(1);
+    state.merge(&write(2));
+    let stamp = Stamp {
+        time: 1_001,
+        node: NodeId(1),
+    };
+    let mut one = OneWrite::default();
+    let fresh = state
+        .coll
+        .as_mut()
+        .unwrap()
+        .hset_here(stamp, b"f", b"x", Some(&mut one));
+    assert_eq!(fresh, Some(false));
+    assert_eq!(one.replaced.len(), 2, "{one:?}");
+    assert_ne!(one.replaced[0].node, one.replaced[1].node);
+}
+
+/// Every number at its largest (ten-byte varints throughout) and three
+/// dots replaced, one a duplicate of the new one's number: the layout
+/// keeps within the room it takes, and matches the delta `Coll`'s.
+#[test]
+fn the_largest_numbers_fit_the_room_the_layout_takes() {
+    use chorus_crdt::{Dot, HashDelta, Probe};
+    let big = NodeId(u64::MAX);
+    let stamp = Stamp {
+        time: u64::MAX - 1,
+        node: big,
+    };
+    let mut one = OneWrite {
+        dot: Dot {
+            node: big,
+            n: u64::MAX,
+        },
+        ..OneWrite::default()
+    };
+    for (node, n) in [(u64::MAX - 1, u64::MAX), (u64::MAX, u64::MAX), (1, 1)] {
+        one.replaced.push(Dot {
+            node: NodeId(node),
+            n,
+        });
+    }
+    let field = vec![b'f'; 300];
+    let mut delta = Coll::delta(stamp, Kind::Hash);
+    for &dot in &one.replaced {
+        delta.covers(dot);
+    }
+    delta.wrote(&Probe::new(&field), one.dot, stamp.time, b"v");
+    let (mut laid_out, mut direct) = (Vec::new(), Vec::new());
+    append_coll_delta(&mut laid_out, &delta);
+    append_hset_delta(&mut direct, stamp, &one, &field, b"v");
+    assert_eq!(direct, laid_out);
+}
