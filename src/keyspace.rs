@@ -16,7 +16,7 @@ use chorus_crdt::digest::{
     bucket_of, key_digest, sub_bucket_of, DbDigest, LeafDigest, TransferScope, BUCKETS,
 };
 use chorus_crdt::{
-    Clock, Coll, Conflict, HashDelta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp,
+    Clock, Coll, Conflict, ElemDelta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp,
 };
 use hashbrown::HashSet;
 use parking_lot::{Mutex, MutexGuard};
@@ -67,25 +67,35 @@ pub trait DeltaSink: Send + Sync {
         };
         self.publish_key(db, key, &state, now_ms);
     }
-    /// A one-field HSET made in place at `stamp` (what it did: `one`): by
-    /// default as the delta `Coll` it would have filled; a sink may lay
-    /// its bytes out directly (`codec::append_hset_delta`).
+    /// A one-element write made in place at `stamp` (what it did: `one`):
+    /// HSET of field `elem` to `value` (`Some`), or SADD of member `elem`.
+    /// By default as the delta `Coll` it would have filled; a sink may lay
+    /// its bytes out directly (`codec::append_one_delta`).
     #[allow(clippy::too_many_arguments)]
-    fn publish_hset(
+    fn publish_one(
         &self,
         db: u32,
         key: &[u8],
         stamp: Stamp,
         one: &OneWrite,
-        field: &[u8],
-        value: &[u8],
+        elem: &[u8],
+        value: Option<&[u8]>,
         now_ms: u64,
     ) {
-        let mut delta = Coll::delta(stamp, Kind::Hash);
+        let kind = if value.is_some() {
+            Kind::Hash
+        } else {
+            Kind::Set
+        };
+        let mut delta = Coll::delta(stamp, kind);
         for &dot in &one.replaced {
             delta.covers(dot);
         }
-        delta.wrote(&chorus_crdt::Probe::new(field), one.dot, stamp.time, value);
+        let probe = chorus_crdt::Probe::new(elem);
+        match value {
+            Some(value) => delta.wrote(&probe, one.dot, stamp.time, value),
+            None => delta.added(&probe, one.dot, stamp.time),
+        }
         self.publish_coll(db, key, &delta, now_ms);
     }
     /// A PUBLISH or SPUBLISH made here, for the peers' subscribers: sent
@@ -830,35 +840,42 @@ impl Writer<'_> {
         })
     }
 
-    /// HSET of one field in place when the key is a hash that hides
-    /// nothing (see [`Writer::coll_in_place`]), its delta recorded as a
-    /// [`OneWrite`] for the sink to lay out directly. Whether the field is
-    /// new; `None` when that path does not apply (nothing was changed).
-    pub fn hset_one_in_place(&mut self, field: &[u8], value: &[u8]) -> Option<bool> {
-        if !self.state.shows_only(Kind::Hash, self.now_ms) {
+    /// HSET of one field (`value` `Some`) or SADD of one member in place
+    /// when the key is a hash or a set that hides nothing (see
+    /// [`Writer::coll_in_place`]), its delta recorded as a [`OneWrite`] for
+    /// the sink to lay out directly. Whether the element is new; `None`
+    /// when that path does not apply (nothing was changed).
+    pub fn one_in_place(&mut self, elem: &[u8], value: Option<&[u8]>) -> Option<bool> {
+        let kind = if value.is_some() {
+            Kind::Hash
+        } else {
+            Kind::Set
+        };
+        if !self.state.shows_only(kind, self.now_ms) {
             return None;
         }
         let stamp = self.stamp();
         let ks = self.ks;
         let coll = self.state.coll.as_mut()?;
         prefetch_expected(coll);
-        let Some(sink) = ks.sink.as_ref() else {
-            let fresh = coll.hset_here::<Coll>(stamp, field, value, None)?;
-            self.wrote_in_place(stamp);
-            return Some(fresh);
-        };
         let mut one = OneWrite::default();
-        let fresh = coll.hset_here(stamp, field, value, Some(&mut one))?;
+        let record = ks.sink.is_some().then_some(&mut one);
+        let fresh = match value {
+            Some(value) => coll.hset_here(stamp, elem, value, record)?,
+            None => coll.sadd_here(stamp, elem, record),
+        };
         self.wrote_in_place(stamp);
-        sink.publish_hset(
-            self.db as u32,
-            self.key,
-            stamp,
-            &one,
-            field,
-            value,
-            self.now_ms,
-        );
+        if let Some(sink) = ks.sink.as_ref() {
+            sink.publish_one(
+                self.db as u32,
+                self.key,
+                stamp,
+                &one,
+                elem,
+                value,
+                self.now_ms,
+            );
+        }
         Some(fresh)
     }
 

@@ -571,18 +571,18 @@ impl DeltaSink for LogSink {
         });
     }
 
-    fn publish_hset(
+    fn publish_one(
         &self,
         db: u32,
         key: &[u8],
         stamp: Stamp,
         one: &chorus_crdt::OneWrite,
-        field: &[u8],
-        value: &[u8],
+        elem: &[u8],
+        value: Option<&[u8]>,
         _now_ms: u64,
     ) {
         self.append(|out| {
-            wire::append_hset_body(out, db, key, stamp, one, field, value);
+            wire::append_one_body(out, db, key, stamp, one, elem, value);
             Ok(())
         });
     }

@@ -274,6 +274,7 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     q::<()>(&mut c, &["HINCRBY", "h", "count", "7"]);
     q::<()>(&mut c, &["SADD", "set", "x", "y", "z"]);
     q::<()>(&mut c, &["SREM", "set", "y"]);
+    q::<()>(&mut c, &["SADD", "set", "w"]);
     q::<()>(&mut c, &["ZADD", "z", "1", "one", "2", "two"]);
     q::<()>(&mut c, &["ZINCRBY", "z", "5", "one"]);
     q::<()>(&mut c, &["SET", "deleted", "x"]);
@@ -303,7 +304,7 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     assert_eq!(h1, [("only".to_string(), "one".to_string())]);
     let mut members: Vec<String> = q(&mut c, &["SMEMBERS", "set"]);
     members.sort();
-    assert_eq!(members, ["x", "z"]);
+    assert_eq!(members, ["w", "x", "z"]);
     let z: Vec<String> = q(&mut c, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]);
     assert_eq!(z, ["two", "2", "one", "6"]);
     assert_eq!(get(&mut c, "deleted"), None);

@@ -2003,6 +2003,7 @@ fn hashes_and_sets_written_on_both_sides_of_a_partition_converge() {
     q::<i64>(&mut ca, &["HSET", "h", "f", "from-a", "only-a", "1"]);
     q::<i64>(&mut ca, &["HINCRBY", "h", "n", "10"]);
     q::<i64>(&mut ca, &["SREM", "s", "contested", "dropped"]);
+    q::<i64>(&mut ca, &["SADD", "s", "only-a"]);
     // A string on one side, a hash created and emptied on the other.
     q::<()>(&mut ca, &["SET", "clash", "10"]);
     q::<i64>(&mut ca, &["HDEL", "h", "gone"]);
@@ -2028,8 +2029,9 @@ fn hashes_and_sets_written_on_both_sides_of_a_partition_converge() {
     .into_iter()
     .map(|(k, v)| (k.to_string(), v.to_string()))
     .collect();
-    let expected_s: std::collections::BTreeSet<String> =
-        ["contested", "keep", "only-b"].map(String::from).into();
+    let expected_s: std::collections::BTreeSet<String> = ["contested", "keep", "only-a", "only-b"]
+        .map(String::from)
+        .into();
     wait_until("both nodes converged", || {
         let ha: std::collections::BTreeMap<String, String> = q(&mut ca, &["HGETALL", "h"]);
         let hb: std::collections::BTreeMap<String, String> = q(&mut cb, &["HGETALL", "h"]);

@@ -306,21 +306,24 @@ pub fn append_coll_delta(out: &mut Vec<u8>, delta: &Coll) {
     write_coll(&mut w, delta);
 }
 
-/// The bytes [`append_coll_delta`] lays out for the delta of one hash
-/// field's write at `stamp` (`Coll::delta(stamp, Kind::Hash)` covering
-/// `one`'s dots and holding `field` = `value` written at `one.dot`),
-/// without filling that delta.
-pub fn append_hset_delta(
+/// The bytes [`append_coll_delta`] lays out for the delta of one
+/// element's write at `stamp` (`Coll::delta(stamp, kind)` covering `one`'s
+/// dots and holding the write at `one.dot`), without filling that delta:
+/// of a hash field `elem` = `value` (`Some`), or of a set member `elem`
+/// added (`value` `None`).
+pub fn append_one_delta(
     out: &mut Vec<u8>,
     stamp: Stamp,
     one: &OneWrite,
-    field: &[u8],
-    value: &[u8],
+    elem: &[u8],
+    value: Option<&[u8]>,
 ) {
+    let field = elem;
     let replaced = one.replaced.len();
     // Fifteen and six fixed bytes, three single ones, the cloud's dots and
     // nine other varints.
-    let most = 24 + field.len() + value.len() + (2 * (replaced + 1) + 9) * MAX_VARINT;
+    let most =
+        24 + field.len() + value.map_or(0, <[u8]>::len) + (2 * (replaced + 1) + 9) * MAX_VARINT;
     let mut w = Exact::new(out, most);
     // The write's time is its stamp's, and nearly always its dot's number
     // (the first dot a node numbers at a time is the time): laid out
@@ -382,19 +385,35 @@ pub fn append_hset_delta(
     }
     w.varint_bytes(&time, time_len);
     w.varint_bytes(&writer, writer_len);
-    w.varint(Kind::Hash as u64);
-    // One field: its one write and no counts.
-    w.byte(1);
-    w.varint(field.len() as u64);
-    w.bytes(field);
-    w.byte(1);
-    node_id(&mut w, one.dot.node);
-    number(&mut w, one.dot.n);
-    w.varint_bytes(&time, time_len);
-    w.varint(value.len() as u64);
-    w.bytes(value);
-    // No counts; no set, sorted set, list or removal records; a part.
-    w.bytes(&[0, 0, 0, 0, 0, 1]);
+    match value {
+        Some(value) => {
+            w.varint(Kind::Hash as u64);
+            // One field: its one write and no counts.
+            w.byte(1);
+            w.varint(field.len() as u64);
+            w.bytes(field);
+            w.byte(1);
+            node_id(&mut w, one.dot.node);
+            number(&mut w, one.dot.n);
+            w.varint_bytes(&time, time_len);
+            w.varint(value.len() as u64);
+            w.bytes(value);
+            // No counts; no set, sorted set, list or removal records; a part.
+            w.bytes(&[0, 0, 0, 0, 0, 1]);
+        }
+        None => {
+            // No hash fields; one member with its one add.
+            w.bytes(&[Kind::Set as u8, 0, 1]);
+            w.varint(elem.len() as u64);
+            w.bytes(elem);
+            w.byte(1);
+            node_id(&mut w, one.dot.node);
+            number(&mut w, one.dot.n);
+            w.varint_bytes(&time, time_len);
+            // No sorted set, list or removal records; a part.
+            w.bytes(&[0, 0, 0, 1]);
+        }
+    }
 }
 
 /// The extras' own fields (`None`: the empty ones).

@@ -1091,7 +1091,7 @@ impl Coll {
     /// path; nothing is changed or recorded then). What the write did goes
     /// to `delta`: a delta `Coll`, or a [`OneWrite`] that a sink lays out
     /// directly.
-    pub fn hset_here<D: HashDelta>(
+    pub fn hset_here<D: ElemDelta>(
         &mut self,
         stamp: Stamp,
         field: &[u8],
@@ -1159,7 +1159,12 @@ impl Coll {
     }
 
     /// SADD of one member here; returns whether the member is new.
-    pub fn sadd_here(&mut self, stamp: Stamp, member: &[u8], mut delta: Option<&mut Coll>) -> bool {
+    pub fn sadd_here<D: ElemDelta>(
+        &mut self,
+        stamp: Stamp,
+        member: &[u8],
+        mut delta: Option<&mut D>,
+    ) -> bool {
         let dot = self.ctx.next_dot(stamp.node, stamp.time);
         let add = Add {
             dot,
@@ -1170,7 +1175,7 @@ impl Coll {
             Some(adds) => {
                 if let Some(d) = delta.as_deref_mut() {
                     for a in adds.iter() {
-                        d.ctx.insert(a.dot);
+                        d.covers(a.dot);
                     }
                 }
                 adds.clear();
@@ -1185,10 +1190,7 @@ impl Coll {
             }
         };
         if let Some(d) = delta {
-            d.ctx.insert(dot);
-            let adds = d.set.make().entry(probe.to_key()).or_default();
-            adds.clear();
-            adds.push(add);
+            d.added(&probe, dot, stamp.time);
         }
         self.note_local(stamp, Kind::Set, dot);
         fresh
@@ -2101,15 +2103,18 @@ impl Coll {
     }
 }
 
-/// Where an in-place hash write records what it did, for its delta.
-pub trait HashDelta {
+/// Where an in-place write of one element (a hash field, a set member)
+/// records what it did, for its delta.
+pub trait ElemDelta {
     /// The delta covers `dot`: a write the new one replaced.
     fn covers(&mut self, dot: Dot);
     /// The field's new write (the delta covers its dot, too).
     fn wrote(&mut self, field: &Probe<'_>, dot: Dot, time: u64, value: &[u8]);
+    /// The member's new add (the delta covers its dot, too).
+    fn added(&mut self, member: &Probe<'_>, dot: Dot, time: u64);
 }
 
-impl HashDelta for Coll {
+impl ElemDelta for Coll {
     fn covers(&mut self, dot: Dot) {
         self.ctx.insert(dot);
     }
@@ -2123,6 +2128,13 @@ impl HashDelta for Coll {
             time,
             value: Blob::new(value),
         });
+    }
+
+    fn added(&mut self, member: &Probe<'_>, dot: Dot, time: u64) {
+        self.ctx.insert(dot);
+        let adds = self.set.make().entry(member.to_key()).or_default();
+        adds.clear();
+        adds.push(Add { dot, time });
     }
 }
 
@@ -2149,12 +2161,16 @@ impl Default for OneWrite {
     }
 }
 
-impl HashDelta for OneWrite {
+impl ElemDelta for OneWrite {
     fn covers(&mut self, dot: Dot) {
         self.replaced.push(dot);
     }
 
     fn wrote(&mut self, _field: &Probe<'_>, dot: Dot, _time: u64, _value: &[u8]) {
+        self.dot = dot;
+    }
+
+    fn added(&mut self, _member: &Probe<'_>, dot: Dot, _time: u64) {
         self.dot = dot;
     }
 }

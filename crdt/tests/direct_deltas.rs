@@ -3,7 +3,7 @@
 //! held before (packed or not, one write or several concurrent ones per
 //! field, other nodes' dots around).
 
-use chorus_crdt::codec::{append_coll_delta, append_hset_delta};
+use chorus_crdt::codec::{append_coll_delta, append_one_delta};
 use chorus_crdt::{Coll, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp};
 use proptest::prelude::*;
 
@@ -28,6 +28,12 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
 
 /// A hash written concurrently on three replicas, as replica 0 holds it.
 fn hash_state(ops: &[Op]) -> (KeyState, u64) {
+    coll_state(Kind::Hash, ops)
+}
+
+/// A hash or a set (members: the fields) written concurrently on three
+/// replicas, as replica 0 holds it.
+fn coll_state(kind: Kind, ops: &[Op]) -> (KeyState, u64) {
     let mut replicas = vec![KeyState::default(); 3];
     let mut time = 1_000;
     for &(node, field, len, step, send) in ops {
@@ -38,8 +44,9 @@ fn hash_state(ops: &[Op]) -> (KeyState, u64) {
         };
         let value = vec![b'v'; len];
         let r = &mut replicas[node as usize];
-        let delta = r.coll_write(stamp, Kind::Hash, |c, d| {
-            c.hset_into(d, stamp, FIELDS[field], &value)
+        let delta = r.coll_write(stamp, kind, |c, d| match kind {
+            Kind::Hash => c.hset_into(d, stamp, FIELDS[field], &value),
+            _ => c.sadd_into(d, stamp, FIELDS[field]),
         });
         r.merge(&delta);
         if send {
@@ -76,9 +83,38 @@ proptest! {
         }
         let (mut laid_out, mut direct) = (vec![7u8], vec![7u8]);
         append_coll_delta(&mut laid_out, &delta);
-        append_hset_delta(&mut direct, stamp, &one, FIELDS[field], &value);
+        append_one_delta(&mut direct, stamp, &one, FIELDS[field], Some(&value));
         prop_assert_eq!(&direct, &laid_out);
         // And a replica that merges it holds what the writer does.
+        let mut replica = state.clone();
+        replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
+        prop_assert_eq!(&replica, &by_one);
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_one_member_sadd_lays_out_the_delta_it_would_have_filled(
+        ops in ops(),
+        node in 1u64..4,
+        member in 0..FIELDS.len(),
+        later in 0u64..2,
+    ) {
+        let (state, time) = coll_state(Kind::Set, &ops);
+        prop_assume!(state.key_type(0) == Some(KeyType::Coll(Kind::Set)) && !state.has_hidden_parts());
+        let stamp = Stamp { time: time + later, node: NodeId(node) };
+        let mut by_coll = state.clone();
+        let mut delta = Coll::delta(stamp, Kind::Set);
+        let fresh = by_coll.coll.as_mut().unwrap().sadd_here(stamp, FIELDS[member], Some(&mut delta));
+        let mut by_one = state.clone();
+        let mut one = OneWrite::default();
+        let fresh_one = by_one.coll.as_mut().unwrap().sadd_here(stamp, FIELDS[member], Some(&mut one));
+        prop_assert_eq!(fresh, fresh_one);
+        prop_assert_eq!(&by_one, &by_coll);
+        let (mut laid_out, mut direct) = (vec![7u8], vec![7u8]);
+        append_coll_delta(&mut laid_out, &delta);
+        append_one_delta(&mut direct, stamp, &one, FIELDS[member], None);
+        prop_assert_eq!(&direct, &laid_out);
         let mut replica = state.clone();
         replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
         prop_assert_eq!(&replica, &by_one);
@@ -121,7 +157,7 @@ fn an_hset_over_concurrent_writes_names_every_dot_it_replaced() {
 /// keeps within the room it takes, and matches the delta `Coll`'s.
 #[test]
 fn the_largest_numbers_fit_the_room_the_layout_takes() {
-    use chorus_crdt::{Dot, HashDelta, Probe};
+    use chorus_crdt::{Dot, ElemDelta, Probe};
     let big = NodeId(u64::MAX);
     let stamp = Stamp {
         time: u64::MAX - 1,
@@ -148,6 +184,6 @@ fn the_largest_numbers_fit_the_room_the_layout_takes() {
     delta.wrote(&Probe::new(&field), one.dot, stamp.time, b"v");
     let (mut laid_out, mut direct) = (Vec::new(), Vec::new());
     append_coll_delta(&mut laid_out, &delta);
-    append_hset_delta(&mut direct, stamp, &one, &field, b"v");
+    append_one_delta(&mut direct, stamp, &one, &field, Some(b"v"));
     assert_eq!(direct, laid_out);
 }

@@ -53,7 +53,7 @@ fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
     };
     if let [field, value] = pairs {
         // One field: its delta laid out by the sink, no delta `Coll` filled.
-        let one = |w: &mut crate::keyspace::Writer<'_>| w.hset_one_in_place(field, value);
+        let one = |w: &mut crate::keyspace::Writer<'_>| w.one_in_place(field, Some(value));
         return x.coll_update_with(key, Kind::Hash, |w| one(w).map(i64::from), slow);
     }
     let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {

@@ -33,14 +33,7 @@ pub static COMMANDS: &[Spec] = &[
 
 fn sadd(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let members = &args[2..];
-    let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {
-        let mut added = 0;
-        for m in members {
-            added += i64::from(c.sadd_here(stamp, m, d.as_deref_mut()));
-        }
-        Some(added)
-    };
-    let added = x.coll_update_fast(args[1], Kind::Set, fast, |c, d, stamp| {
+    let slow = |c: &Coll, d: &mut Coll, stamp| {
         let mut added = 0;
         for m in members {
             if !c.is_member(m) && d.member_adds(m).is_none_or(|a| a.is_empty()) {
@@ -51,7 +44,21 @@ fn sadd(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             c.sadd_into(d, stamp, m);
         }
         Ok(added)
-    })?;
+    };
+    let added = if let [member] = members {
+        // One member: its delta laid out by the sink, no delta `Coll` filled.
+        let one = |w: &mut crate::keyspace::Writer<'_>| w.one_in_place(member, None);
+        x.coll_update_with(args[1], Kind::Set, |w| one(w).map(i64::from), slow)?
+    } else {
+        let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {
+            let mut added = 0;
+            for m in members {
+                added += i64::from(c.sadd_here(stamp, m, d.as_deref_mut()));
+            }
+            Some(added)
+        };
+        x.coll_update_fast(args[1], Kind::Set, fast, slow)?
+    };
     x.out.int(added);
     Ok(())
 }

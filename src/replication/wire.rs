@@ -271,21 +271,21 @@ pub(crate) fn append_coll_body(out: &mut Vec<u8>, db: u32, key: &[u8], delta: &c
     append_coll_delta(out, delta);
 }
 
-/// [`append_coll_body`] of a one-field HSET's delta, laid out directly
-/// (`codec::append_hset_delta`).
-pub(crate) fn append_hset_body(
+/// [`append_coll_body`] of a one-element write's delta, laid out directly
+/// (`codec::append_one_delta`).
+pub(crate) fn append_one_body(
     out: &mut Vec<u8>,
     db: u32,
     key: &[u8],
     stamp: Stamp,
     one: &chorus_crdt::OneWrite,
-    field: &[u8],
-    value: &[u8],
+    elem: &[u8],
+    value: Option<&[u8]>,
 ) {
     out.push(0);
     append_varint(out, db as u64);
     append_bytes(out, key);
-    chorus_crdt::codec::append_hset_delta(out, stamp, one, field, value);
+    chorus_crdt::codec::append_one_delta(out, stamp, one, elem, value);
 }
 
 /// `Delta::Key` of [`KeyState::tally_delta`]`(node, tally)`.
