@@ -16,7 +16,7 @@ use chorus_crdt::digest::{
     bucket_of, key_digest, sub_bucket_of, DbDigest, LeafDigest, TransferScope, BUCKETS,
 };
 use chorus_crdt::{
-    Clock, Coll, Conflict, ElemDelta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp,
+    Clock, Coll, Conflict, ElemDelta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp, Written,
 };
 use hashbrown::HashSet;
 use parking_lot::{Mutex, MutexGuard};
@@ -68,7 +68,7 @@ pub trait DeltaSink: Send + Sync {
         self.publish_key(db, key, &state, now_ms);
     }
     /// A one-element write made in place at `stamp` (what it did: `one`):
-    /// HSET of field `elem` to `value` (`Some`), or SADD of member `elem`.
+    /// `written` to the hash field, set member or sorted set member `elem`.
     /// By default as the delta `Coll` it would have filled; a sink may lay
     /// its bytes out directly (`codec::append_one_delta`).
     #[allow(clippy::too_many_arguments)]
@@ -79,22 +79,18 @@ pub trait DeltaSink: Send + Sync {
         stamp: Stamp,
         one: &OneWrite,
         elem: &[u8],
-        value: Option<&[u8]>,
+        written: Written<'_>,
         now_ms: u64,
     ) {
-        let kind = if value.is_some() {
-            Kind::Hash
-        } else {
-            Kind::Set
-        };
-        let mut delta = Coll::delta(stamp, kind);
+        let mut delta = Coll::delta(stamp, written.kind());
         for &dot in &one.replaced {
             delta.covers(dot);
         }
         let probe = chorus_crdt::Probe::new(elem);
-        match value {
-            Some(value) => delta.wrote(&probe, one.dot, stamp.time, value),
-            None => delta.added(&probe, one.dot, stamp.time),
+        match written {
+            Written::Field(value) => delta.wrote(&probe, one.dot, stamp.time, value),
+            Written::Member => delta.added(&probe, one.dot, stamp.time),
+            Written::Score(score) => delta.scored(&probe, one.dot, stamp.time, score),
         }
         self.publish_coll(db, key, &delta, now_ms);
     }
@@ -840,17 +836,19 @@ impl Writer<'_> {
         })
     }
 
-    /// HSET of one field (`value` `Some`) or SADD of one member in place
-    /// when the key is a hash or a set that hides nothing (see
-    /// [`Writer::coll_in_place`]), its delta recorded as a [`OneWrite`] for
-    /// the sink to lay out directly. Whether the element is new; `None`
-    /// when that path does not apply (nothing was changed).
-    pub fn one_in_place(&mut self, elem: &[u8], value: Option<&[u8]>) -> Option<bool> {
-        let kind = if value.is_some() {
-            Kind::Hash
-        } else {
-            Kind::Set
-        };
+    /// A write of one element `elem` in place when the key shows `kind`
+    /// and hides nothing (see [`Writer::coll_in_place`]): `op` writes it
+    /// (`hset_here`, `sadd_here`, `zadd_here`), recording what it did in a
+    /// [`OneWrite`] when a sink wants it, and answers with its result and
+    /// what it wrote (`None`: nothing, as ZADD NX of a member there). The
+    /// sink lays out the delta directly. `None` when the path does not
+    /// apply or `op` declines; nothing was changed then.
+    pub fn one_in_place<'e, R>(
+        &mut self,
+        kind: Kind,
+        elem: &[u8],
+        op: impl FnOnce(&mut Coll, Option<&mut OneWrite>, Stamp) -> Option<(R, Option<Written<'e>>)>,
+    ) -> Option<R> {
         if !self.state.shows_only(kind, self.now_ms) {
             return None;
         }
@@ -860,23 +858,20 @@ impl Writer<'_> {
         prefetch_expected(coll);
         let mut one = OneWrite::default();
         let record = ks.sink.is_some().then_some(&mut one);
-        let fresh = match value {
-            Some(value) => coll.hset_here(stamp, elem, value, record)?,
-            None => coll.sadd_here(stamp, elem, record),
-        };
+        let (r, written) = op(coll, record, stamp)?;
         self.wrote_in_place(stamp);
-        if let Some(sink) = ks.sink.as_ref() {
+        if let (Some(sink), Some(written)) = (ks.sink.as_ref(), written) {
             sink.publish_one(
                 self.db as u32,
                 self.key,
                 stamp,
                 &one,
                 elem,
-                value,
+                written,
                 self.now_ms,
             );
         }
-        Some(fresh)
+        Some(r)
     }
 
     /// Bookkeeping after an in-place op: an op may answer without writing

@@ -578,11 +578,11 @@ impl DeltaSink for LogSink {
         stamp: Stamp,
         one: &chorus_crdt::OneWrite,
         elem: &[u8],
-        value: Option<&[u8]>,
+        written: chorus_crdt::Written<'_>,
         _now_ms: u64,
     ) {
         self.append(|out| {
-            wire::append_one_body(out, db, key, stamp, one, elem, value);
+            wire::append_one_body(out, db, key, stamp, one, elem, written);
             Ok(())
         });
     }

@@ -277,6 +277,7 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     q::<()>(&mut c, &["SADD", "set", "w"]);
     q::<()>(&mut c, &["ZADD", "z", "1", "one", "2", "two"]);
     q::<()>(&mut c, &["ZINCRBY", "z", "5", "one"]);
+    q::<()>(&mut c, &["ZADD", "z", "3", "three"]);
     q::<()>(&mut c, &["SET", "deleted", "x"]);
     q::<()>(&mut c, &["DEL", "deleted"]);
     q::<()>(&mut c, &["SELECT", "2"]);
@@ -306,7 +307,7 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     members.sort();
     assert_eq!(members, ["w", "x", "z"]);
     let z: Vec<String> = q(&mut c, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]);
-    assert_eq!(z, ["two", "2", "one", "6"]);
+    assert_eq!(z, ["two", "2", "three", "3", "one", "6"]);
     assert_eq!(get(&mut c, "deleted"), None);
     assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 8);
     q::<()>(&mut c, &["SELECT", "2"]);

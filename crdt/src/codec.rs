@@ -8,7 +8,7 @@ use smallvec::SmallVec;
 
 use std::collections::BTreeMap;
 
-use crate::coll::{Adds, Blob, Coll, Elem, Kind, OneWrite, Removed, Score};
+use crate::coll::{Adds, Blob, Coll, Elem, Kind, OneWrite, Removed, Score, Written};
 use crate::conflict::Conflict;
 use crate::context::{CausalContext, Dot};
 use crate::delta::Delta;
@@ -309,21 +309,23 @@ pub fn append_coll_delta(out: &mut Vec<u8>, delta: &Coll) {
 /// The bytes [`append_coll_delta`] lays out for the delta of one
 /// element's write at `stamp` (`Coll::delta(stamp, kind)` covering `one`'s
 /// dots and holding the write at `one.dot`), without filling that delta:
-/// of a hash field `elem` = `value` (`Some`), or of a set member `elem`
-/// added (`value` `None`).
+/// `written` to hash field, set member or sorted set member `elem`.
 pub fn append_one_delta(
     out: &mut Vec<u8>,
     stamp: Stamp,
     one: &OneWrite,
     elem: &[u8],
-    value: Option<&[u8]>,
+    written: Written<'_>,
 ) {
-    let field = elem;
     let replaced = one.replaced.len();
     // Fifteen and six fixed bytes, three single ones, the cloud's dots and
     // nine other varints.
-    let most =
-        24 + field.len() + value.map_or(0, <[u8]>::len) + (2 * (replaced + 1) + 9) * MAX_VARINT;
+    let value_len = match written {
+        Written::Field(value) => value.len(),
+        Written::Member => 0,
+        Written::Score(_) => 8,
+    };
+    let most = 24 + elem.len() + value_len + (2 * (replaced + 1) + 9) * MAX_VARINT;
     let mut w = Exact::new(out, most);
     // The write's time is its stamp's, and nearly always its dot's number
     // (the first dot a node numbers at a time is the time): laid out
@@ -385,32 +387,29 @@ pub fn append_one_delta(
     }
     w.varint_bytes(&time, time_len);
     w.varint_bytes(&writer, writer_len);
-    match value {
-        Some(value) => {
-            w.varint(Kind::Hash as u64);
-            // One field: its one write and no counts.
-            w.byte(1);
-            w.varint(field.len() as u64);
-            w.bytes(field);
-            w.byte(1);
-            node_id(&mut w, one.dot.node);
-            number(&mut w, one.dot.n);
-            w.varint_bytes(&time, time_len);
+    // Kind, then the parts before the one written, empty.
+    match written {
+        Written::Field(_) => w.bytes(&[Kind::Hash as u8, 1]),
+        Written::Member => w.bytes(&[Kind::Set as u8, 0, 1]),
+        Written::Score(_) => w.bytes(&[Kind::ZSet as u8, 0, 0, 1]),
+    }
+    w.varint(elem.len() as u64);
+    w.bytes(elem);
+    // Its one write or add.
+    w.byte(1);
+    node_id(&mut w, one.dot.node);
+    number(&mut w, one.dot.n);
+    w.varint_bytes(&time, time_len);
+    // The value and no counts, then the parts after it, empty; a part.
+    match written {
+        Written::Field(value) => {
             w.varint(value.len() as u64);
             w.bytes(value);
-            // No counts; no set, sorted set, list or removal records; a part.
             w.bytes(&[0, 0, 0, 0, 0, 1]);
         }
-        None => {
-            // No hash fields; one member with its one add.
-            w.bytes(&[Kind::Set as u8, 0, 1]);
-            w.varint(elem.len() as u64);
-            w.bytes(elem);
-            w.byte(1);
-            node_id(&mut w, one.dot.node);
-            number(&mut w, one.dot.n);
-            w.varint_bytes(&time, time_len);
-            // No sorted set, list or removal records; a part.
+        Written::Member => w.bytes(&[0, 0, 0, 1]),
+        Written::Score(score) => {
+            w.bytes(&score.to_le_bytes());
             w.bytes(&[0, 0, 0, 1]);
         }
     }

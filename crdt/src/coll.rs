@@ -1199,12 +1199,12 @@ impl Coll {
     /// ZADD of one member here; returns its score before (`None`: new).
     /// `None` outside for a member with increments (the general path
     /// records their removal).
-    pub fn zadd_here(
+    pub fn zadd_here<D: ElemDelta>(
         &mut self,
         stamp: Stamp,
         member: &[u8],
         score: f64,
-        mut delta: Option<&mut Coll>,
+        mut delta: Option<&mut D>,
     ) -> Option<Option<f64>> {
         let dot = self.ctx.next_dot(stamp.node, stamp.time);
         let write = Write {
@@ -1218,17 +1218,17 @@ impl Coll {
             Some(e) => {
                 if let Some(d) = delta.as_deref_mut() {
                     for w in &e.writes {
-                        d.ctx.insert(w.dot);
+                        d.covers(w.dot);
                     }
                 }
                 let old = e.winner().map(|w| w.value.0);
                 e.writes.clear();
-                e.writes.push(write.clone());
+                e.writes.push(write);
                 old
             }
             None => {
                 let mut writes = SmallVec::new();
-                writes.push(write.clone());
+                writes.push(write);
                 self.zset.make().insert(
                     probe.to_key(),
                     Elem {
@@ -1240,10 +1240,7 @@ impl Coll {
             }
         };
         if let Some(d) = delta {
-            d.ctx.insert(dot);
-            let e = d.zset.make().entry(probe.to_key()).or_default();
-            e.writes.clear();
-            e.writes.push(write);
+            d.scored(&probe, dot, stamp.time, score);
         }
         self.note_local(stamp, Kind::ZSet, dot);
         self.reindex_to(member, old, Some(score));
@@ -2112,6 +2109,27 @@ pub trait ElemDelta {
     fn wrote(&mut self, field: &Probe<'_>, dot: Dot, time: u64, value: &[u8]);
     /// The member's new add (the delta covers its dot, too).
     fn added(&mut self, member: &Probe<'_>, dot: Dot, time: u64);
+    /// The sorted set member's new score (the delta covers its dot, too).
+    fn scored(&mut self, member: &Probe<'_>, dot: Dot, time: u64, score: f64);
+}
+
+/// What a one-element write wrote, besides its element: a hash field's
+/// value, a set member's add, a sorted set member's score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Written<'a> {
+    Field(&'a [u8]),
+    Member,
+    Score(f64),
+}
+
+impl Written<'_> {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Written::Field(_) => Kind::Hash,
+            Written::Member => Kind::Set,
+            Written::Score(_) => Kind::ZSet,
+        }
+    }
 }
 
 impl ElemDelta for Coll {
@@ -2135,6 +2153,17 @@ impl ElemDelta for Coll {
         let adds = self.set.make().entry(member.to_key()).or_default();
         adds.clear();
         adds.push(Add { dot, time });
+    }
+
+    fn scored(&mut self, member: &Probe<'_>, dot: Dot, time: u64, score: f64) {
+        self.ctx.insert(dot);
+        let e = self.zset.make().entry(member.to_key()).or_default();
+        e.writes.clear();
+        e.writes.push(Write {
+            dot,
+            time,
+            value: Score(score),
+        });
     }
 }
 
@@ -2171,6 +2200,10 @@ impl ElemDelta for OneWrite {
     }
 
     fn added(&mut self, _member: &Probe<'_>, dot: Dot, _time: u64) {
+        self.dot = dot;
+    }
+
+    fn scored(&mut self, _member: &Probe<'_>, dot: Dot, _time: u64, _score: f64) {
         self.dot = dot;
     }
 }

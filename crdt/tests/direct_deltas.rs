@@ -4,7 +4,7 @@
 //! field, other nodes' dots around).
 
 use chorus_crdt::codec::{append_coll_delta, append_one_delta};
-use chorus_crdt::{Coll, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp};
+use chorus_crdt::{Coll, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp, Written};
 use proptest::prelude::*;
 
 const FIELDS: [&[u8]; 4] = [b"f0", b"f1", b"a-field-name", b"\x00"];
@@ -46,6 +46,7 @@ fn coll_state(kind: Kind, ops: &[Op]) -> (KeyState, u64) {
         let r = &mut replicas[node as usize];
         let delta = r.coll_write(stamp, kind, |c, d| match kind {
             Kind::Hash => c.hset_into(d, stamp, FIELDS[field], &value),
+            Kind::ZSet => c.zadd_into(d, stamp, FIELDS[field], len as f64 / 4.0),
             _ => c.sadd_into(d, stamp, FIELDS[field]),
         });
         r.merge(&delta);
@@ -83,7 +84,7 @@ proptest! {
         }
         let (mut laid_out, mut direct) = (vec![7u8], vec![7u8]);
         append_coll_delta(&mut laid_out, &delta);
-        append_one_delta(&mut direct, stamp, &one, FIELDS[field], Some(&value));
+        append_one_delta(&mut direct, stamp, &one, FIELDS[field], Written::Field(&value));
         prop_assert_eq!(&direct, &laid_out);
         // And a replica that merges it holds what the writer does.
         let mut replica = state.clone();
@@ -113,7 +114,40 @@ proptest! {
         prop_assert_eq!(&by_one, &by_coll);
         let (mut laid_out, mut direct) = (vec![7u8], vec![7u8]);
         append_coll_delta(&mut laid_out, &delta);
-        append_one_delta(&mut direct, stamp, &one, FIELDS[member], None);
+        append_one_delta(&mut direct, stamp, &one, FIELDS[member], Written::Member);
+        prop_assert_eq!(&direct, &laid_out);
+        let mut replica = state.clone();
+        replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
+        prop_assert_eq!(&replica, &by_one);
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_one_member_zadd_lays_out_the_delta_it_would_have_filled(
+        ops in ops(),
+        node in 1u64..4,
+        member in 0..FIELDS.len(),
+        score in prop_oneof![Just(0.0f64), Just(-1.5), Just(f64::INFINITY), any::<f64>().prop_filter("a score", |s| !s.is_nan())],
+        later in 0u64..2,
+    ) {
+        let (state, time) = coll_state(Kind::ZSet, &ops);
+        prop_assume!(state.key_type(0) == Some(KeyType::Coll(Kind::ZSet)) && !state.has_hidden_parts());
+        let stamp = Stamp { time: time + later, node: NodeId(node) };
+        let mut by_coll = state.clone();
+        let mut delta = Coll::delta(stamp, Kind::ZSet);
+        let old = by_coll.coll.as_mut().unwrap().zadd_here(stamp, FIELDS[member], score, Some(&mut delta));
+        let mut by_one = state.clone();
+        let mut one = OneWrite::default();
+        let old_one = by_one.coll.as_mut().unwrap().zadd_here(stamp, FIELDS[member], score, Some(&mut one));
+        prop_assert_eq!(old, old_one);
+        prop_assert_eq!(&by_one, &by_coll);
+        if old.is_none() {
+            return Ok(());
+        }
+        let (mut laid_out, mut direct) = (vec![7u8], vec![7u8]);
+        append_coll_delta(&mut laid_out, &delta);
+        append_one_delta(&mut direct, stamp, &one, FIELDS[member], Written::Score(score));
         prop_assert_eq!(&direct, &laid_out);
         let mut replica = state.clone();
         replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
@@ -184,6 +218,6 @@ fn the_largest_numbers_fit_the_room_the_layout_takes() {
     delta.wrote(&Probe::new(&field), one.dot, stamp.time, b"v");
     let (mut laid_out, mut direct) = (Vec::new(), Vec::new());
     append_coll_delta(&mut laid_out, &delta);
-    append_one_delta(&mut direct, stamp, &one, &field, Some(b"v"));
+    append_one_delta(&mut direct, stamp, &one, &field, Written::Field(b"v"));
     assert_eq!(direct, laid_out);
 }

@@ -3,7 +3,7 @@
 //! model; docs/crdt-semantics.md).
 
 use chorus_crdt::number::{format_float, parse_float, parse_int};
-use chorus_crdt::{Coll, Kind, Read};
+use chorus_crdt::{Coll, Kind, Read, Written};
 
 use super::keys::{parse_cursor, scan_options};
 use super::sets::{random_distinct, random_repeating};
@@ -53,8 +53,13 @@ fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
     };
     if let [field, value] = pairs {
         // One field: its delta laid out by the sink, no delta `Coll` filled.
-        let one = |w: &mut crate::keyspace::Writer<'_>| w.one_in_place(field, Some(value));
-        return x.coll_update_with(key, Kind::Hash, |w| one(w).map(i64::from), slow);
+        let one = |w: &mut crate::keyspace::Writer<'_>| {
+            w.one_in_place(Kind::Hash, field, |c, d, stamp| {
+                let fresh = c.hset_here(stamp, field, value, d)?;
+                Some((i64::from(fresh), Some(Written::Field(value))))
+            })
+        };
+        return x.coll_update_with(key, Kind::Hash, one, slow);
     }
     let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {
         // A counter field anywhere takes the general path, for all of them.

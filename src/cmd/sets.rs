@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use chorus_crdt::{Coll, Kind};
+use chorus_crdt::{Coll, Kind, Written};
 
 use super::keys::{parse_cursor, scan_options};
 use super::Flag::*;
@@ -47,8 +47,13 @@ fn sadd(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     };
     let added = if let [member] = members {
         // One member: its delta laid out by the sink, no delta `Coll` filled.
-        let one = |w: &mut crate::keyspace::Writer<'_>| w.one_in_place(member, None);
-        x.coll_update_with(args[1], Kind::Set, |w| one(w).map(i64::from), slow)?
+        let one = |w: &mut crate::keyspace::Writer<'_>| {
+            w.one_in_place(Kind::Set, member, |c, d, stamp| {
+                let fresh = c.sadd_here(stamp, member, d);
+                Some((i64::from(fresh), Some(Written::Member)))
+            })
+        };
+        x.coll_update_with(args[1], Kind::Set, one, slow)?
     } else {
         let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {
             let mut added = 0;

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use chorus_crdt::number::{format_score, parse_int, parse_score};
 use chorus_crdt::zindex::{Entry, ScoreIndex};
-use chorus_crdt::{Coll, KeyType, Kind};
+use chorus_crdt::{Coll, KeyType, Kind, Written};
 
 use super::keys::{parse_cursor, scan_options};
 use super::sets::{pick_distinct, pick_repeating};
@@ -193,6 +193,30 @@ fn add_scores(
     scored: &[(f64, &[u8])],
     f: AddFlags,
 ) -> Result<Added, Error> {
+    let slow = |c: &Coll, d: &mut Coll, stamp| add_into(c, d, stamp, scored, f);
+    if let (false, [(score, member)]) = (f.incr, scored) {
+        // One member: its delta laid out by the sink, no delta `Coll` filled.
+        let one = |w: &mut crate::keyspace::Writer<'_>| {
+            w.one_in_place(Kind::ZSet, member, |c, d, stamp| {
+                let write = if f.plain() {
+                    Some(*score)
+                } else {
+                    f.decide(c.score(member), *score)
+                };
+                let Some(score) = write else {
+                    return Some((Ok(Added::default()), None));
+                };
+                let mut done = Added::default();
+                match c.zadd_here(stamp, member, score, d)? {
+                    None => done.added = 1,
+                    Some(o) if o != score => done.changed = 1,
+                    Some(_) => {}
+                }
+                Some((Ok(done), Some(Written::Score(score))))
+            })
+        };
+        return x.coll_update_with(key, Kind::ZSet, one, slow)?;
+    }
     let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| -> Option<Result<Added, Error>> {
         let mut done = Added::default();
         if f.incr {
@@ -236,9 +260,7 @@ fn add_scores(
         }
         Some(Ok(done))
     };
-    x.coll_update_fast(key, Kind::ZSet, fast, |c, d, stamp| {
-        add_into(c, d, stamp, scored, f)
-    })?
+    x.coll_update_fast(key, Kind::ZSet, fast, slow)?
 }
 
 /// ZADD's general path: every write into the delta. Members named twice

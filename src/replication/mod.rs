@@ -944,11 +944,11 @@ impl DeltaSink for Replicator {
         stamp: Stamp,
         one: &chorus_crdt::OneWrite,
         elem: &[u8],
-        value: Option<&[u8]>,
+        written: chorus_crdt::Written<'_>,
         now_ms: u64,
     ) {
         self.publish(now_ms, |out| {
-            wire::append_one_body(out, db, key, stamp, one, elem, value)
+            wire::append_one_body(out, db, key, stamp, one, elem, written)
         });
     }
 

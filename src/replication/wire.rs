@@ -280,12 +280,12 @@ pub(crate) fn append_one_body(
     stamp: Stamp,
     one: &chorus_crdt::OneWrite,
     elem: &[u8],
-    value: Option<&[u8]>,
+    written: chorus_crdt::Written<'_>,
 ) {
     out.push(0);
     append_varint(out, db as u64);
     append_bytes(out, key);
-    chorus_crdt::codec::append_one_delta(out, stamp, one, elem, value);
+    chorus_crdt::codec::append_one_delta(out, stamp, one, elem, written);
 }
 
 /// `Delta::Key` of [`KeyState::tally_delta`]`(node, tally)`.
