@@ -61,9 +61,11 @@ fn by_table(bytes: &[u8]) -> u32 {
     !c
 }
 
+/// # Safety
+/// The CPU must have SSE4.2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
-fn x86_64(bytes: &[u8]) -> u32 {
+unsafe fn x86_64(bytes: &[u8]) -> u32 {
     use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
     let mut c = !0u64;
     let mut words = bytes.chunks_exact(8);
@@ -87,9 +89,11 @@ fn x86_64(bytes: &[u8]) -> u32 {
     !c
 }
 
+/// # Safety
+/// The CPU must have the CRC instructions.
 #[cfg(target_arch = "aarch64")]
 #[target_feature(enable = "crc")]
-fn aarch64(bytes: &[u8]) -> u32 {
+unsafe fn aarch64(bytes: &[u8]) -> u32 {
     use std::arch::aarch64::{__crc32cb, __crc32cd, __crc32ch, __crc32cw};
     let mut c = !0u32;
     let mut words = bytes.chunks_exact(8);

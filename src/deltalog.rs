@@ -140,6 +140,48 @@ impl Drop for Unfinished<'_> {
     }
 }
 
+/// The pending bytes locked for appends. Let go (dropped, or unwound by a
+/// panic in an encoding after earlier records of a run went in), it wakes
+/// whoever the appends concern: a run cut short under `always` must still
+/// wake the writer for the records it left, or their clients would wait
+/// for the next fold.
+struct Appending<'a> {
+    log: &'a DeltaLog,
+    pending: parking_lot::MutexGuard<'a, Pending>,
+    /// The pending bytes when the lock was taken.
+    before: usize,
+    numbered: bool,
+}
+
+impl Drop for Appending<'_> {
+    fn drop(&mut self) {
+        // The writer is woken for the first bytes only when a client will
+        // wait for them (`always`); otherwise it comes by itself every
+        // `WRITE_EVERY`, or when `WAKE_BYTES` piled up. A wake per write
+        // would cost a context switch each on the server's CPU.
+        let (before, after) = (self.before, self.pending.bytes.len());
+        let log = self.log;
+        let wake = after > before
+            && if log.fsync == Fsync::Always {
+                before == 0
+            } else {
+                before < WAKE_BYTES && after >= WAKE_BYTES
+            };
+        let numbered = self.numbered && log.numbered_waiters.load(Ordering::SeqCst) > 0;
+        if wake || numbered {
+            // Woken with the lock let go, not into it.
+            parking_lot::MutexGuard::unlocked(&mut self.pending, || {
+                if wake {
+                    log.more.notify_one();
+                }
+                if numbered {
+                    log.numbered_more.notify_waiters();
+                }
+            });
+        }
+    }
+}
+
 /// The log of one running node.
 pub struct DeltaLog {
     dir: PathBuf,
@@ -356,24 +398,19 @@ impl DeltaLog {
 
     /// [`DeltaLog::append_numbered`] of a payload in parts.
     pub fn append_numbered_parts(&self, parts: &[&[u8]], seq: u64) -> u64 {
-        let mut pending = self.pending.lock();
-        let before = pending.bytes.len();
-        self.append_numbered_locked(&mut pending, seq, parts);
-        let end = pending.end;
-        self.appended_wake(pending, before, true);
-        end
+        let mut appending = self.appending(true);
+        self.append_numbered_locked(&mut appending.pending, seq, parts);
+        appending.pending.end
     }
 
     /// [`DeltaLog::append_numbered`] of several records under one lock of
     /// the pending bytes. A panic leaves the records before the one it cut
     /// short appended, and nothing of that one.
     pub fn append_numbered_run<'a>(&self, records: impl IntoIterator<Item = (u64, &'a [u8])>) {
-        let mut pending = self.pending.lock();
-        let before = pending.bytes.len();
+        let mut appending = self.appending(true);
         for (seq, payload) in records {
-            self.append_numbered_locked(&mut pending, seq, &[payload]);
+            self.append_numbered_locked(&mut appending.pending, seq, &[payload]);
         }
-        self.appended_wake(pending, before, true);
     }
 
     fn append_numbered_locked(&self, pending: &mut Pending, seq: u64, parts: &[&[u8]]) {
@@ -420,12 +457,9 @@ impl DeltaLog {
         seq: Option<u64>,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<u64, E> {
-        let mut pending = self.pending.lock();
-        let before = pending.bytes.len();
-        self.append_locked(&mut pending, seq, encode)?;
-        let end = pending.end;
-        self.appended_wake(pending, before, seq.is_some());
-        Ok(end)
+        let mut appending = self.appending(seq.is_some());
+        self.append_locked(&mut appending.pending, seq, encode)?;
+        Ok(appending.pending.end)
     }
 
     /// Appends one record under the pending bytes' lock.
@@ -474,31 +508,14 @@ impl DeltaLog {
         Ok(())
     }
 
-    /// Lets go of the pending bytes after appends that found `before` of
-    /// them, and wakes whoever those appends concern.
-    fn appended_wake(
-        &self,
-        pending: parking_lot::MutexGuard<'_, Pending>,
-        before: usize,
-        numbered: bool,
-    ) {
-        // The writer is woken for the first bytes only when a client will
-        // wait for them (`always`); otherwise it comes by itself every
-        // `WRITE_EVERY`, or when `WAKE_BYTES` piled up. A wake per write
-        // would cost a context switch each on the server's CPU.
-        let after = pending.bytes.len();
-        let wake = after > before
-            && if self.fsync == Fsync::Always {
-                before == 0
-            } else {
-                before < WAKE_BYTES && after >= WAKE_BYTES
-            };
-        drop(pending);
-        if wake {
-            self.more.notify_one();
-        }
-        if numbered && self.numbered_waiters.load(Ordering::SeqCst) > 0 {
-            self.numbered_more.notify_waiters();
+    /// The pending bytes locked for appends (see [`Appending`]).
+    fn appending(&self, numbered: bool) -> Appending<'_> {
+        let pending = self.pending.lock();
+        Appending {
+            log: self,
+            before: pending.bytes.len(),
+            pending,
+            numbered,
         }
     }
 
@@ -1243,6 +1260,28 @@ mod tests {
         log.close();
         let (log, replay) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
         assert_eq!(replayed(&replay).unwrap(), all);
+        log.close();
+    }
+
+    /// Under `always`, a run that a panic cut short still wakes the
+    /// writer for the records it left: their clients wait for them.
+    #[tokio::test]
+    async fn a_run_cut_short_under_always_still_wakes_the_writer() {
+        let dir = temp_dir("cut-short-wakes");
+        let (log, _) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
+        let all = records(3);
+        // The writer asleep, waiting for appends.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        log.panic_at.store(2, Ordering::SeqCst);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            log.append_numbered_run((1..=3u64).zip(all.iter().map(|r| &r[..])))
+        }));
+        assert!(panicked.is_err());
+        let end = log.appended();
+        assert!(end > 0, "record 1 is in");
+        tokio::time::timeout(Duration::from_secs(5), log.durable_at(end))
+            .await
+            .expect("the writer was woken for record 1");
         log.close();
     }
 

@@ -2100,8 +2100,8 @@ impl Coll {
     }
 }
 
-/// Where an in-place write of one element (a hash field, a set member)
-/// records what it did, for its delta.
+/// Where an in-place write of one element (a hash field, a set member, a
+/// sorted set member) records what it did, for its delta.
 pub trait ElemDelta {
     /// The delta covers `dot`: a write the new one replaced.
     fn covers(&mut self, dot: Dot);
@@ -2168,7 +2168,7 @@ impl ElemDelta for Coll {
 }
 
 /// What a one-element write did, for a sink that lays out its delta
-/// without filling a delta `Coll` (`codec::append_hset_delta`): the new
+/// without filling a delta `Coll` (`codec::append_one_delta`): the new
 /// write's dot and those of the writes it replaced. (Filling and laying
 /// out a `Coll` for a one-field HSET cost a replicating node about as
 /// much as the HSET itself.)

@@ -327,14 +327,22 @@ impl Core {
         self.early.insert(seq, (now_ms, payload));
     }
 
-    /// The parked write that comes next in the backlog, if any.
-    pub fn unpark_next(&mut self) -> Option<(u64, u64, Vec<u8>)> {
-        let entry = self.early.first_entry()?;
-        if *entry.key() != self.backlog.head() + 1 {
-            return None;
+    /// Puts the parked writes that come next into the backlog, in number
+    /// order, each given to `log` first (see `Replicator::append`). A
+    /// write leaves the parked ones only once in the backlog: a panic in
+    /// either step leaves it parked, for the next entry to retry (the log
+    /// skips a number it holds).
+    pub fn enter_parked(&mut self, mut log: impl FnMut(u64, &[u8])) {
+        while let Some((&seq, (now_ms, payload))) = self.early.first_key_value() {
+            if seq != self.backlog.head() + 1 {
+                return;
+            }
+            log(seq, payload);
+            // (Whole, as one part: a payload past one fragment is framed
+            // from it without another copy.)
+            self.backlog.push_parts(*now_ms, payload, &[]);
+            self.early.pop_first();
         }
-        let (seq, (now_ms, body)) = entry.remove_entry();
-        Some((seq, now_ms, body))
     }
 
     /// The newest sequence number handed out.

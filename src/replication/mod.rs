@@ -848,22 +848,23 @@ impl Replicator {
     fn enter(&self, core: &mut Core, seq: u64, now_ms: u64, parts: [&[u8]; 2]) {
         if seq <= core.head() {
             // Entered already (a drain that a panic cut short, retried).
-            return;
-        }
-        if seq != core.head() + 1 {
+        } else if seq != core.head() + 1 {
             core.park(seq, now_ms, parts.concat());
-            return;
+        } else {
+            self.append(core, seq, now_ms, parts);
         }
-        self.append(core, seq, now_ms, parts);
+        // The write the head waits for may be parked already: one whose
+        // entry a panic cut short.
         self.enter_parked(core);
     }
 
     fn enter_parked(&self, core: &mut Core) {
-        while let Some((seq, now_ms, payload)) = core.unpark_next() {
-            // (Whole, as one part: a payload past one fragment is framed
-            // from it without another copy.)
-            self.append(core, seq, now_ms, [&payload, &[]]);
-        }
+        let log = self.log.get();
+        core.enter_parked(|seq, payload| {
+            if let Some(log) = log {
+                log.append_numbered(payload, seq);
+            }
+        });
     }
 
     /// The log first, as in [`Replicator::publish_staged`].
@@ -2707,6 +2708,57 @@ mod tests {
             "{read:?}"
         );
         assert_eq!(numbers, (1..=4).map(Some).collect::<Vec<_>>());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A panic while a parked write goes into the log leaves it parked:
+    /// the next write enters it, logged once, and the backlog goes on.
+    #[test]
+    fn a_panic_while_logging_a_parked_write_leaves_it_parked() {
+        let me = NodeId(6);
+        let mut ks = Keyspace::new(
+            1,
+            chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
+        );
+        let repl = Replicator::new(me, 1 << 20, wall_ms);
+        let dir = std::env::temp_dir().join(format!("chorus-park-panic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0)
+            .expect("a delta log");
+        repl.set_log(log.clone());
+        ks.set_sink(repl.clone());
+        let set = |key: &[u8]| {
+            let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
+            ks.update(&mut locked, 0, key, wall_ms(), |w| w.set(Some(b"v"), 0))
+                .expect("locked");
+        };
+        let batch = ks.batch();
+        set(b"a");
+        // Another thread's write, numbered 2, parks behind the staged 1.
+        std::thread::scope(|s| s.spawn(|| set(b"b")).join().unwrap());
+        assert_eq!((repl.head_seq(), repl.backlog_head()), (2, 0));
+        log.panic_at.store(2, Ordering::SeqCst);
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(batch)));
+        assert!(panicked.is_err(), "the log's append panicked");
+        assert_eq!(repl.backlog_head(), 1);
+        // The thread's next pipeline (its batch, cut short, is still open).
+        set(b"c");
+        ks.hand_over_batch();
+        assert_eq!(repl.backlog_head(), 3, "2 was entered, then 3");
+
+        log.close();
+        let mut numbers = Vec::new();
+        let read = log.read_numbered(
+            1,
+            usize::MAX,
+            |p| own_seq(me, p),
+            |p| numbers.push(own_seq(me, p)),
+        );
+        assert!(
+            matches!(read, crate::deltalog::NumberedRead::Read { last: 3 }),
+            "{read:?}"
+        );
+        assert_eq!(numbers, (1..=3).map(Some).collect::<Vec<_>>());
         let _ = std::fs::remove_dir_all(&dir);
     }
 
