@@ -2661,28 +2661,60 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    /// A keyspace replicating as `me`, with a delta log in a fresh
+    /// directory named after `name`.
+    fn logging_node(
+        me: NodeId,
+        name: &str,
+    ) -> (
+        Keyspace,
+        Arc<Replicator>,
+        Arc<crate::deltalog::DeltaLog>,
+        std::path::PathBuf,
+    ) {
+        let mut ks = Keyspace::new(
+            1,
+            chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
+        );
+        let repl = Replicator::new(me, 1 << 20, wall_ms);
+        let dir = std::env::temp_dir().join(format!("chorus-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0)
+            .expect("a delta log");
+        repl.set_log(log.clone());
+        ks.set_sink(repl.clone());
+        (ks, repl, log, dir)
+    }
+
+    fn set_on(ks: &Keyspace, key: &[u8]) {
+        let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
+        ks.update(&mut locked, 0, key, wall_ms(), |w| w.set(Some(b"v"), 0))
+            .expect("locked");
+    }
+
+    /// The log, closed, holds `me`'s records 1 to `last`, each once and in
+    /// order.
+    fn assert_logged_once_each(log: &crate::deltalog::DeltaLog, me: NodeId, last: u64) {
+        log.close();
+        let mut numbers = Vec::new();
+        let read = log.read_numbered(
+            1,
+            usize::MAX,
+            |p| own_seq(me, p),
+            |p| numbers.push(own_seq(me, p)),
+        );
+        assert_eq!(read, crate::deltalog::NumberedRead::Read { last });
+        assert_eq!(numbers, (1..=last).map(Some).collect::<Vec<_>>());
+    }
+
     /// A panic while a pipeline's writes go into the log, after some of
     /// them did, costs the log none of them: the next hand-over logs the
     /// rest, each once and in number order.
     #[test]
     fn a_panic_while_logging_a_run_loses_none_of_its_records() {
         let me = NodeId(5);
-        let mut ks = Keyspace::new(
-            1,
-            chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
-        );
-        let repl = Replicator::new(me, 1 << 20, wall_ms);
-        let dir = std::env::temp_dir().join(format!("chorus-run-panic-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0)
-            .expect("a delta log");
-        repl.set_log(log.clone());
-        ks.set_sink(repl.clone());
-        let set = |key: &[u8]| {
-            let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
-            ks.update(&mut locked, 0, key, wall_ms(), |w| w.set(Some(b"v"), 0))
-                .expect("locked");
-        };
+        let (ks, repl, log, dir) = logging_node(me, "run-panic");
+        let set = |key: &[u8]| set_on(&ks, key);
         let batch = ks.batch();
         for key in [b"a", b"b", b"c"] {
             set(key);
@@ -2695,19 +2727,7 @@ mod tests {
         set(b"d");
         assert_eq!(repl.backlog_head(), 4);
 
-        log.close();
-        let mut numbers = Vec::new();
-        let read = log.read_numbered(
-            1,
-            usize::MAX,
-            |p| own_seq(me, p),
-            |p| numbers.push(own_seq(me, p)),
-        );
-        assert!(
-            matches!(read, crate::deltalog::NumberedRead::Read { last: 4 }),
-            "{read:?}"
-        );
-        assert_eq!(numbers, (1..=4).map(Some).collect::<Vec<_>>());
+        assert_logged_once_each(&log, me, 4);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -2716,22 +2736,8 @@ mod tests {
     #[test]
     fn a_panic_while_logging_a_parked_write_leaves_it_parked() {
         let me = NodeId(6);
-        let mut ks = Keyspace::new(
-            1,
-            chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
-        );
-        let repl = Replicator::new(me, 1 << 20, wall_ms);
-        let dir = std::env::temp_dir().join(format!("chorus-park-panic-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0)
-            .expect("a delta log");
-        repl.set_log(log.clone());
-        ks.set_sink(repl.clone());
-        let set = |key: &[u8]| {
-            let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
-            ks.update(&mut locked, 0, key, wall_ms(), |w| w.set(Some(b"v"), 0))
-                .expect("locked");
-        };
+        let (ks, repl, log, dir) = logging_node(me, "park-panic");
+        let set = |key: &[u8]| set_on(&ks, key);
         let batch = ks.batch();
         set(b"a");
         // Another thread's write, numbered 2, parks behind the staged 1.
@@ -2746,19 +2752,7 @@ mod tests {
         ks.hand_over_batch();
         assert_eq!(repl.backlog_head(), 3, "2 was entered, then 3");
 
-        log.close();
-        let mut numbers = Vec::new();
-        let read = log.read_numbered(
-            1,
-            usize::MAX,
-            |p| own_seq(me, p),
-            |p| numbers.push(own_seq(me, p)),
-        );
-        assert!(
-            matches!(read, crate::deltalog::NumberedRead::Read { last: 3 }),
-            "{read:?}"
-        );
-        assert_eq!(numbers, (1..=3).map(Some).collect::<Vec<_>>());
+        assert_logged_once_each(&log, me, 3);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
