@@ -582,7 +582,7 @@ impl DeltaSink for LogSink {
         _now_ms: u64,
     ) {
         self.append(|out| {
-            wire::append_one_body(out, db, key, stamp, one, elem, written);
+            wire::append_one_body(out, self.heads.origin(), db, key, stamp, one, elem, written);
             Ok(())
         });
     }

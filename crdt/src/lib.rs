@@ -28,8 +28,8 @@ pub mod zindex;
 
 pub use codec::{
     decode, decode_prefix, decode_stored, decode_stored_conflict, decode_stored_state,
-    decode_stored_write, encode, encode_append, encode_sized, DecodeError, EncodeError,
-    FORMAT_VERSION,
+    decode_stored_write, decode_write_fields, encode, encode_append, encode_sized, DecodeError,
+    EncodeError, FORMAT_VERSION,
 };
 pub use coll::{Coll, ElemDelta, Kind, OneWrite, Written};
 pub use conflict::{Conflict, ConflictKind, Side, Summary};

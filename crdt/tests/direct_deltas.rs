@@ -3,8 +3,11 @@
 //! held before (packed or not, one write or several concurrent ones per
 //! field, other nodes' dots around).
 
-use chorus_crdt::codec::{append_coll_delta, append_one_delta};
-use chorus_crdt::{Coll, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp, Written};
+use chorus_crdt::codec::{append_coll_delta, append_one_delta, append_one_write, append_varint};
+use chorus_crdt::{
+    decode, decode_write_fields, Coll, Delta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp,
+    Written, FORMAT_VERSION,
+};
 use proptest::prelude::*;
 
 const FIELDS: [&[u8]; 4] = [b"f0", b"f1", b"a-field-name", b"\x00"];
@@ -58,6 +61,43 @@ fn coll_state(kind: Kind, ops: &[Op]) -> (KeyState, u64) {
     (replicas.swap_remove(0), time)
 }
 
+/// The compact form of a one-element write (a write's fields, as a link
+/// or the delta log carries them under `origin`'s name) reads back as the
+/// key state of the delta `Coll` the write would have filled.
+fn assert_compact_reads_back(
+    origin: NodeId,
+    stamp: Stamp,
+    one: &OneWrite,
+    elem: &[u8],
+    written: Written<'_>,
+    delta: &Coll,
+) -> Result<(), TestCaseError> {
+    let mut fields = Vec::new();
+    append_varint(&mut fields, origin.0);
+    append_varint(&mut fields, 77);
+    append_one_write(&mut fields, origin, 3, b"key", stamp, one, elem, written);
+    let (read_origin, seq, read) = decode_write_fields(&fields).expect("a compact write decodes");
+    prop_assert_eq!((read_origin, seq), (origin, 77));
+    let mut full = vec![FORMAT_VERSION];
+    append_coll_delta(&mut full, delta);
+    let state = decode::<KeyState>(&full).expect("a full delta decodes");
+    prop_assert_eq!(
+        read,
+        Delta::Key {
+            db: 3,
+            key: b"key".to_vec(),
+            state
+        }
+    );
+    // Cut anywhere, or with a byte more, it is an error, never a panic.
+    for cut in 0..fields.len() {
+        prop_assert!(decode_write_fields(&fields[..cut]).is_err());
+    }
+    fields.push(0);
+    prop_assert!(decode_write_fields(&fields).is_err());
+    Ok(())
+}
+
 proptest! {
     #[test]
     fn a_one_field_hset_lays_out_the_delta_it_would_have_filled(
@@ -66,6 +106,7 @@ proptest! {
         field in 0..FIELDS.len(),
         len in prop_oneof![Just(0usize), Just(3), Just(64), Just(65), Just(300)],
         later in 0u64..2,
+        origin in 1u64..5,
     ) {
         let (state, time) = hash_state(&ops);
         prop_assume!(state.key_type(0) == Some(KeyType::Coll(Kind::Hash)) && !state.has_hidden_parts());
@@ -86,6 +127,7 @@ proptest! {
         append_coll_delta(&mut laid_out, &delta);
         append_one_delta(&mut direct, stamp, &one, FIELDS[field], Written::Field(&value));
         prop_assert_eq!(&direct, &laid_out);
+        assert_compact_reads_back(NodeId(origin), stamp, &one, FIELDS[field], Written::Field(&value), &delta)?;
         // And a replica that merges it holds what the writer does.
         let mut replica = state.clone();
         replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
@@ -100,6 +142,7 @@ proptest! {
         node in 1u64..4,
         member in 0..FIELDS.len(),
         later in 0u64..2,
+        origin in 1u64..5,
     ) {
         let (state, time) = coll_state(Kind::Set, &ops);
         prop_assume!(state.key_type(0) == Some(KeyType::Coll(Kind::Set)) && !state.has_hidden_parts());
@@ -116,6 +159,7 @@ proptest! {
         append_coll_delta(&mut laid_out, &delta);
         append_one_delta(&mut direct, stamp, &one, FIELDS[member], Written::Member);
         prop_assert_eq!(&direct, &laid_out);
+        assert_compact_reads_back(NodeId(origin), stamp, &one, FIELDS[member], Written::Member, &delta)?;
         let mut replica = state.clone();
         replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
         prop_assert_eq!(&replica, &by_one);
@@ -130,6 +174,7 @@ proptest! {
         member in 0..FIELDS.len(),
         score in prop_oneof![Just(0.0f64), Just(-1.5), Just(f64::INFINITY), any::<f64>().prop_filter("a score", |s| !s.is_nan())],
         later in 0u64..2,
+        origin in 1u64..5,
     ) {
         let (state, time) = coll_state(Kind::ZSet, &ops);
         prop_assume!(state.key_type(0) == Some(KeyType::Coll(Kind::ZSet)) && !state.has_hidden_parts());
@@ -149,6 +194,7 @@ proptest! {
         append_coll_delta(&mut laid_out, &delta);
         append_one_delta(&mut direct, stamp, &one, FIELDS[member], Written::Score(score));
         prop_assert_eq!(&direct, &laid_out);
+        assert_compact_reads_back(NodeId(origin), stamp, &one, FIELDS[member], Written::Score(score), &delta)?;
         let mut replica = state.clone();
         replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
         prop_assert_eq!(&replica, &by_one);
@@ -220,4 +266,8 @@ fn the_largest_numbers_fit_the_room_the_layout_takes() {
     append_coll_delta(&mut laid_out, &delta);
     append_one_delta(&mut direct, stamp, &one, &field, Written::Field(b"v"));
     assert_eq!(direct, laid_out);
+    for origin in [big, NodeId(1), NodeId(7)] {
+        assert_compact_reads_back(origin, stamp, &one, &field, Written::Field(b"v"), &delta)
+            .expect("the largest numbers read back");
+    }
 }

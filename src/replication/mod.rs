@@ -949,7 +949,7 @@ impl DeltaSink for Replicator {
         now_ms: u64,
     ) {
         self.publish(now_ms, |out| {
-            wire::append_one_body(out, db, key, stamp, one, elem, written)
+            wire::append_one_body(out, self.node, db, key, stamp, one, elem, written)
         });
     }
 

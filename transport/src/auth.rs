@@ -38,7 +38,7 @@ use crate::TransportError;
 /// 11: `Publish` (pub/sub messages on the live stream). 12: key states
 /// carry lists (crdt format 5). 13: a write leaves its register stamp's
 /// origin implied (crdt format 6).
-pub const PROTOCOL_VERSION: u16 = 13;
+pub const PROTOCOL_VERSION: u16 = 14;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
