@@ -708,18 +708,27 @@ impl Extend<u8> for Appender<'_> {
 /// Postcard's bytes for [`KeyState::tally_delta`]`(node, tally)`, without
 /// building it.
 pub fn append_tally_delta(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
-    let mut w = Writer::new(out);
+    let mut s = Scratch::<{ 14 + NODE_TALLY_MOST }>::new();
     // The empty register, then `Some(extras)` with an empty expiry field,
     // and `counts` of one entry.
-    w.fixed(&[0, 0, 0, 0, 0, 1, 0, 0, 0, 1]);
-    write_node_tally(&mut w, node, tally, false);
+    s.fixed::<10>(|slot| {
+        *slot = [0, 0, 0, 0, 0, 1, 0, 0, 0, 1];
+        10
+    });
+    put_node_tally(&mut s, node, tally, false);
     // No `removed`, a zero floor, no collection.
-    w.fixed(&[0, 0, 0, 0]);
+    s.fixed::<4>(|slot| {
+        *slot = [0; 4];
+        4
+    });
+    s.append_to(out);
 }
 
 /// Postcard's bytes for `(node, tally)`.
 pub fn append_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
-    write_node_tally(&mut Writer::new(out), node, tally, false);
+    let mut s = Scratch::<NODE_TALLY_MOST>::new();
+    put_node_tally(&mut s, node, tally, false);
+    s.append_to(out);
 }
 
 /// [`append_node_tally`] in a record of `node`'s own write: an epoch of
@@ -727,23 +736,40 @@ pub fn append_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
 /// does ([`append_plain_key_delta`]); [`Tally::restore_origin`] puts it
 /// back.
 pub fn append_own_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
-    write_node_tally(&mut Writer::new(out), node, tally, true);
+    let mut s = Scratch::<NODE_TALLY_MOST>::new();
+    put_node_tally(&mut s, node, tally, true);
+    s.append_to(out);
 }
 
+/// The most bytes `(node, tally)` takes: six varints and a float.
+const NODE_TALLY_MOST: usize = 6 * MAX_VARINT + 8;
+
 fn write_node_tally(w: &mut Writer, node: NodeId, tally: Tally, implied: bool) {
-    w.varint(node.0);
-    w.varint(tally.epoch.time);
-    w.varint(
+    let mut s = Scratch::<NODE_TALLY_MOST>::new();
+    put_node_tally(&mut s, node, tally, implied);
+    w.bytes(s.as_slice());
+}
+
+/// `(node, tally)` laid out on the stack: a logged or replicated INCR's
+/// delta is little more, and a [`Writer`] zeroed 128 bytes of room for it.
+#[inline(always)]
+fn put_node_tally<const N: usize>(s: &mut Scratch<N>, node: NodeId, tally: Tally, implied: bool) {
+    s.varint(node.0);
+    s.varint(tally.epoch.time);
+    s.varint(
         if implied && tally.epoch.node == node && tally.epoch.time != 0 {
             0
         } else {
             tally.epoch.node.0
         },
     );
-    w.varint(tally.ops);
-    w.varint(((tally.int << 1) ^ (tally.int >> 63)) as u64);
-    w.fixed(&tally.float.to_le_bytes());
-    w.varint(tally.float_ops);
+    s.varint(tally.ops);
+    s.varint(((tally.int << 1) ^ (tally.int >> 63)) as u64);
+    s.fixed::<8>(|slot| {
+        *slot = tally.float.to_le_bytes();
+        8
+    });
+    s.varint(tally.float_ops);
 }
 
 /// A register without `seen`; with `origin`, its stamp's node left
