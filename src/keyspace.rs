@@ -16,7 +16,7 @@ use chorus_crdt::digest::{
     bucket_of, key_digest, sub_bucket_of, DbDigest, LeafDigest, TransferScope, BUCKETS,
 };
 use chorus_crdt::{
-    Clock, Coll, Conflict, ElemDelta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp, Written,
+    Clock, Coll, Conflict, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp, Written,
 };
 use hashbrown::HashSet;
 use parking_lot::{Mutex, MutexGuard};
@@ -82,17 +82,7 @@ pub trait DeltaSink: Send + Sync {
         written: Written<'_>,
         now_ms: u64,
     ) {
-        let mut delta = Coll::delta(stamp, written.kind());
-        for &dot in &one.replaced {
-            delta.covers(dot);
-        }
-        let probe = chorus_crdt::Probe::new(elem);
-        match written {
-            Written::Field(value) => delta.wrote(&probe, one.dot, stamp.time, value),
-            Written::Member => delta.added(&probe, one.dot, stamp.time),
-            Written::Score(score) => delta.scored(&probe, one.dot, stamp.time, score),
-        }
-        self.publish_coll(db, key, &delta, now_ms);
+        self.publish_coll(db, key, &one.delta(stamp, elem, written), now_ms);
     }
     /// A PUBLISH or SPUBLISH made here, for the peers' subscribers: sent
     /// at most once, never stored.

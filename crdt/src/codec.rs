@@ -319,12 +319,18 @@ pub fn append_one_delta(
     elem: &[u8],
     written: Written<'_>,
 ) {
+    if let Written::Count { .. } = written {
+        // An increment: no dots, one counter segment; only a peer reading
+        // a compact write comes here, and fills the `Coll`.
+        append_coll_delta(out, &one.delta(stamp, elem, written));
+        return;
+    }
     let replaced = one.replaced.len();
     // Fifteen and six fixed bytes, three single ones, the cloud's dots and
     // nine other varints.
     let value_len = match written {
         Written::Field(value) => value.len(),
-        Written::Member => 0,
+        Written::Member | Written::Count { .. } => 0,
         Written::Score(_) => 8,
     };
     let most = 24 + elem.len() + value_len + (2 * (replaced + 1) + 9) * MAX_VARINT;
@@ -394,6 +400,8 @@ pub fn append_one_delta(
         Written::Field(_) => w.bytes(&[Kind::Hash as u8, 1]),
         Written::Member => w.bytes(&[Kind::Set as u8, 0, 1]),
         Written::Score(_) => w.bytes(&[Kind::ZSet as u8, 0, 0, 1]),
+        // (Laid out above.)
+        Written::Count { .. } => {}
     }
     w.varint(elem.len() as u64);
     w.bytes(elem);
@@ -414,6 +422,7 @@ pub fn append_one_delta(
             w.bytes(&score.to_le_bytes());
             w.bytes(&[0, 0, 0, 1]);
         }
+        Written::Count { .. } => {}
     }
 }
 
@@ -446,15 +455,31 @@ pub fn append_one_write(
     let value_len = match written {
         Written::Field(value) => value.len(),
         Written::Member => 0,
-        Written::Score(_) => 8,
+        Written::Score(_) | Written::Count { .. } => 8,
     };
-    let most = 2 + key.len() + elem.len() + value_len + (9 + 2 * one.replaced.len()) * MAX_VARINT;
+    let most = 2 + key.len() + elem.len() + value_len + (11 + 2 * one.replaced.len()) * MAX_VARINT;
     let mut w = Exact::new(out, most);
     let node_id = |node: NodeId| if node == origin { 0 } else { node.0 };
     w.byte(ONE_WRITE_TAG);
     w.varint(db as u64);
     w.varint(key.len() as u64);
     w.bytes(key);
+    if let Written::Count { kind, node, tally } = written {
+        // An increment: its counter segment, no dots.
+        w.byte(COUNTED | kind as u8);
+        w.varint(stamp.time);
+        w.varint(node_id(stamp.node));
+        w.varint(node_id(node));
+        w.varint(stamp.time.wrapping_sub(tally.epoch.time));
+        w.varint(node_id(tally.epoch.node));
+        w.varint(tally.ops);
+        w.varint(((tally.int << 1) ^ (tally.int >> 63)) as u64);
+        w.bytes(&tally.float.to_le_bytes());
+        w.varint(tally.float_ops);
+        w.varint(elem.len() as u64);
+        w.bytes(elem);
+        return;
+    }
     w.byte(written.kind() as u8);
     w.varint(stamp.time);
     w.varint(node_id(stamp.node));
@@ -472,10 +497,13 @@ pub fn append_one_write(
             w.varint(value.len() as u64);
             w.bytes(value);
         }
-        Written::Member => {}
+        Written::Member | Written::Count { .. } => {}
         Written::Score(score) => w.bytes(&score.to_le_bytes()),
     }
 }
+
+/// The bit of a compact write's kind byte that makes it an increment.
+const COUNTED: u8 = 0x80;
 
 /// Reads a write's fields after `ReplMsg::Delta`'s variant (or a delta
 /// log record's tag): origin, number, then the delta, in the compact form
@@ -505,15 +533,44 @@ fn decode_one_write(bytes: &[u8], origin: NodeId) -> Result<Delta, DecodeError> 
         time,
         node: node_id(r.varint()?),
     };
+    let mut one = OneWrite::default();
+    if kind & COUNTED != 0 {
+        let kind = match kind & !COUNTED {
+            k if k == Kind::Hash as u8 => Kind::Hash,
+            k if k == Kind::ZSet as u8 => Kind::ZSet,
+            _ => return Err(postcard::Error::DeserializeBadEnum.into()),
+        };
+        let node = node_id(r.varint()?);
+        let tally = Tally {
+            epoch: Stamp {
+                time: time.wrapping_sub(r.varint()?),
+                node: node_id(r.varint()?),
+            },
+            ops: r.varint()?,
+            int: {
+                let z = r.varint()?;
+                ((z >> 1) as i64) ^ -((z & 1) as i64)
+            },
+            float: f64::from_le_bytes(r.fixed::<8>()?),
+            float_ops: r.varint()?,
+        };
+        let elem = r.string()?;
+        return full_one_write(
+            r,
+            db,
+            key,
+            stamp,
+            &one,
+            elem,
+            Written::Count { kind, node, tally },
+        );
+    }
     let dot = Dot {
         n: time.wrapping_add(r.varint()?),
         node: node_id(r.varint()?),
     };
     let replaced_len = r.varint()?;
-    let mut one = OneWrite {
-        dot,
-        replaced: SmallVec::new(),
-    };
+    one.dot = dot;
     for _ in 0..replaced_len {
         let n = time.wrapping_sub(r.varint()?);
         let node = node_id(r.varint()?);
@@ -526,11 +583,25 @@ fn decode_one_write(bytes: &[u8], origin: NodeId) -> Result<Delta, DecodeError> 
         k if k == Kind::ZSet as u8 => Written::Score(f64::from_le_bytes(r.fixed::<8>()?)),
         _ => return Err(postcard::Error::DeserializeBadEnum.into()),
     };
+    full_one_write(r, db, key, stamp, &one, elem, written)
+}
+
+/// The full delta of a compact write read up to its end (`r`: nothing
+/// may be left).
+fn full_one_write(
+    r: Reader<'_>,
+    db: u32,
+    key: Vec<u8>,
+    stamp: Stamp,
+    one: &OneWrite,
+    elem: &[u8],
+    written: Written<'_>,
+) -> Result<Delta, DecodeError> {
     if !r.0.is_empty() {
         return Err(DecodeError::Trailing(r.0.len()));
     }
-    let mut full = Vec::with_capacity(64 + bytes.len() + 40 * one.replaced.len());
-    append_one_delta(&mut full, stamp, &one, elem, written);
+    let mut full = Vec::with_capacity(96 + key.len() + elem.len() + 40 * one.replaced.len());
+    append_one_delta(&mut full, stamp, one, elem, written);
     Ok(Delta::Key {
         db,
         key,

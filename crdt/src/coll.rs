@@ -1250,13 +1250,13 @@ impl Coll {
     /// ZINCRBY here in one walk of the sorted set: `check` sees the
     /// member's score before (absent for a new member) and after, and may
     /// refuse, leaving everything as it was; returns the score after.
-    pub fn zincr_here<E>(
+    pub fn zincr_here<E, D: ElemDelta>(
         &mut self,
         stamp: Stamp,
         member: &[u8],
         by: f64,
         check: impl FnOnce(Option<f64>, f64) -> Result<(), E>,
-        delta: Option<&mut Coll>,
+        delta: Option<&mut D>,
     ) -> Result<f64, E> {
         let probe = Probe::new(member);
         let removed = if self.removed.is_empty() {
@@ -1306,13 +1306,7 @@ impl Coll {
             }
         };
         if let Some(d) = delta {
-            d.zset
-                .make()
-                .entry(probe.to_key())
-                .or_default()
-                .counts
-                .get_or_insert_with(Default::default)
-                .upsert(node, tally, |mine, new| *mine = new);
+            d.counted(Kind::ZSet, &probe, node, tally);
         }
         if (stamp, Kind::ZSet) > (self.at, self.kind) {
             self.at = stamp;
@@ -1342,13 +1336,13 @@ impl Coll {
     /// HINCRBY or HINCRBYFLOAT here in one walk of the hash: `check` sees
     /// the field's value (absent for a new field) and returns the reply,
     /// or `None` to leave everything as it was.
-    pub fn hincr_here<R>(
+    pub fn hincr_here<R, D: ElemDelta>(
         &mut self,
         stamp: Stamp,
         field: &[u8],
         by: (i64, f64, bool),
         check: impl FnOnce(Read<'_>) -> Option<R>,
-        delta: Option<&mut Coll>,
+        delta: Option<&mut D>,
     ) -> Option<R> {
         let probe = Probe::new(field);
         let removed = if self.removed.is_empty() {
@@ -1405,13 +1399,7 @@ impl Coll {
             }
         };
         if let Some(d) = delta {
-            d.hash
-                .map_mut()
-                .entry(probe.to_key())
-                .or_default()
-                .counts
-                .get_or_insert_with(Default::default)
-                .upsert(stamp.node, tally, |mine, new| *mine = new);
+            d.counted(Kind::Hash, &probe, stamp.node, tally);
         }
         if (stamp, Kind::Hash) > (self.at, self.kind) {
             self.at = stamp;
@@ -2111,15 +2099,25 @@ pub trait ElemDelta {
     fn added(&mut self, member: &Probe<'_>, dot: Dot, time: u64);
     /// The sorted set member's new score (the delta covers its dot, too).
     fn scored(&mut self, member: &Probe<'_>, dot: Dot, time: u64, score: f64);
+    /// The hash field's or sorted set member's counter segment of `node`
+    /// after an increment (HINCRBY, ZINCRBY): no dot, nothing replaced.
+    fn counted(&mut self, kind: Kind, elem: &Probe<'_>, node: NodeId, tally: Tally);
 }
 
 /// What a one-element write wrote, besides its element: a hash field's
 /// value, a set member's add, a sorted set member's score.
+/// Or an increment of a hash field or sorted set member (`kind`): the
+/// counter segment of `node` after it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Written<'a> {
     Field(&'a [u8]),
     Member,
     Score(f64),
+    Count {
+        kind: Kind,
+        node: NodeId,
+        tally: Tally,
+    },
 }
 
 impl Written<'_> {
@@ -2128,6 +2126,7 @@ impl Written<'_> {
             Written::Field(_) => Kind::Hash,
             Written::Member => Kind::Set,
             Written::Score(_) => Kind::ZSet,
+            Written::Count { kind, .. } => *kind,
         }
     }
 }
@@ -2165,6 +2164,16 @@ impl ElemDelta for Coll {
             value: Score(score),
         });
     }
+
+    fn counted(&mut self, kind: Kind, elem: &Probe<'_>, node: NodeId, tally: Tally) {
+        let counts = match kind {
+            Kind::ZSet => &mut self.zset.make().entry(elem.to_key()).or_default().counts,
+            _ => &mut self.hash.map_mut().entry(elem.to_key()).or_default().counts,
+        };
+        counts
+            .get_or_insert_with(Default::default)
+            .upsert(node, tally, |mine, new| *mine = new);
+    }
 }
 
 /// What a one-element write did, for a sink that lays out its delta
@@ -2176,6 +2185,8 @@ impl ElemDelta for Coll {
 pub struct OneWrite {
     pub dot: Dot,
     pub replaced: SmallVec<[Dot; 2]>,
+    /// An increment's counter segment (its node and tally).
+    pub counted: Option<(NodeId, Tally)>,
 }
 
 impl Default for OneWrite {
@@ -2186,7 +2197,31 @@ impl Default for OneWrite {
                 n: 0,
             },
             replaced: SmallVec::new(),
+            counted: None,
         }
+    }
+}
+
+impl OneWrite {
+    /// The delta `Coll` the write would have filled: `written` to `elem`
+    /// at `stamp`, as recorded here.
+    pub fn delta(&self, stamp: Stamp, elem: &[u8], written: Written<'_>) -> Coll {
+        let mut delta = Coll::delta(stamp, written.kind());
+        let probe = Probe::new(elem);
+        if let Written::Count { kind, node, tally } = written {
+            delta.counted(kind, &probe, node, tally);
+            return delta;
+        }
+        for &dot in &self.replaced {
+            delta.covers(dot);
+        }
+        match written {
+            Written::Field(value) => delta.wrote(&probe, self.dot, stamp.time, value),
+            Written::Member => delta.added(&probe, self.dot, stamp.time),
+            Written::Score(score) => delta.scored(&probe, self.dot, stamp.time, score),
+            Written::Count { .. } => {}
+        }
+        delta
     }
 }
 
@@ -2205,6 +2240,10 @@ impl ElemDelta for OneWrite {
 
     fn scored(&mut self, _member: &Probe<'_>, dot: Dot, _time: u64, _score: f64) {
         self.dot = dot;
+    }
+
+    fn counted(&mut self, _kind: Kind, _elem: &Probe<'_>, node: NodeId, tally: Tally) {
+        self.counted = Some((node, tally));
     }
 }
 

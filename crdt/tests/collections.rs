@@ -337,7 +337,13 @@ fn a_packed_hash_stays_packed_through_refusals_and_repacks_after_long_values() {
     assert!(c.hash.is_packed());
 
     let t1 = Stamp { time: 2_000, node };
-    let refused: Option<()> = c.hincr_here(t1, b"name", (1, 0.0, false), |_| None, None);
+    let refused: Option<()> = c.hincr_here(
+        t1,
+        b"name",
+        (1, 0.0, false),
+        |_| None,
+        None::<&mut chorus_crdt::Coll>,
+    );
     assert!(refused.is_none());
     assert!(c.hash.is_packed(), "a refused increment unpacks nothing");
 
@@ -357,7 +363,13 @@ fn a_packed_hash_stays_packed_through_refusals_and_repacks_after_long_values() {
     assert_eq!(c.field(b"name"), Some(chorus_crdt::Read::Str(b"ann")));
 
     let t3 = Stamp { time: 4_000, node };
-    let reply = c.hincr_here(t3, b"n", (5, 0.0, false), |_| Some(5), None);
+    let reply = c.hincr_here(
+        t3,
+        b"n",
+        (5, 0.0, false),
+        |_| Some(5),
+        None::<&mut chorus_crdt::Coll>,
+    );
     assert_eq!(reply, Some(5));
     assert!(!c.hash.is_packed(), "a counter field does not pack");
     assert_eq!(c.field(b"n"), Some(chorus_crdt::Read::Int(5)));

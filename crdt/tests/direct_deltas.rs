@@ -201,6 +201,83 @@ proptest! {
     }
 }
 
+proptest! {
+    /// HINCRBY and ZINCRBY (counters on hash fields and sorted set
+    /// members, written or incremented on three replicas before): what the
+    /// increment records, sent in its compact form, reads back as the delta
+    /// `Coll` it would have filled.
+    #[test]
+    fn an_increment_of_one_element_lays_out_the_delta_it_would_have_filled(
+        ops in ops(),
+        increments in proptest::collection::vec((1u64..4, 0..FIELDS.len(), any::<i32>()), 0..6),
+        zset in any::<bool>(),
+        node in 1u64..4,
+        elem in 0..FIELDS.len(),
+        by in any::<i32>(),
+        later in 0u64..2,
+        origin in 1u64..5,
+    ) {
+        let kind = if zset { Kind::ZSet } else { Kind::Hash };
+        let (mut state, mut time) = coll_state(kind, &ops);
+        prop_assume!(state.key_type(0) == Some(KeyType::Coll(kind)) && !state.has_hidden_parts());
+        // Earlier increments, some on other nodes: the segment continues.
+        for &(n, e, b) in &increments {
+            time += 1;
+            let stamp = Stamp { time, node: NodeId(n) };
+            let c = state.coll.as_mut().unwrap();
+            increment::<Coll>(c, kind, stamp, FIELDS[e], b, None);
+        }
+        let stamp = Stamp { time: time + later, node: NodeId(node) };
+        let mut by_coll = state.clone();
+        let mut delta = Coll::delta(stamp, kind);
+        let r = increment(by_coll.coll.as_mut().unwrap(), kind, stamp, FIELDS[elem], by, Some(&mut delta));
+        let mut by_one = state.clone();
+        let mut one = OneWrite::default();
+        let r_one = increment(by_one.coll.as_mut().unwrap(), kind, stamp, FIELDS[elem], by, Some(&mut one));
+        prop_assert_eq!(r, r_one);
+        prop_assert_eq!(&by_one, &by_coll);
+        let (counted_node, tally) = one.counted.expect("an increment records its segment");
+        let written = Written::Count { kind, node: counted_node, tally };
+        prop_assert_eq!(&one.delta(stamp, FIELDS[elem], written), &delta);
+        assert_compact_reads_back(NodeId(origin), stamp, &one, FIELDS[elem], written, &delta)?;
+        let mut replica = state.clone();
+        replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
+        prop_assert_eq!(&replica, &by_one);
+    }
+}
+
+/// HINCRBY `by` or ZINCRBY `by / 4` of `elem` at `stamp`, recorded in
+/// `delta`: the value after it.
+fn increment<D: chorus_crdt::ElemDelta>(
+    c: &mut Coll,
+    kind: Kind,
+    stamp: Stamp,
+    elem: &[u8],
+    by: i32,
+    delta: Option<&mut D>,
+) -> Option<f64> {
+    match kind {
+        Kind::ZSet => c
+            .zincr_here(
+                stamp,
+                elem,
+                f64::from(by) / 4.0,
+                |_, _| Ok::<(), ()>(()),
+                delta,
+            )
+            .ok(),
+        _ => c
+            .hincr_here(
+                stamp,
+                elem,
+                (i64::from(by), 0.0, false),
+                |_| Some(()),
+                delta,
+            )
+            .map(|()| 0.0),
+    }
+}
+
 /// The case the property must reach: a field with two concurrent writes,
 /// from two nodes, both replaced.
 #[test]
@@ -269,5 +346,26 @@ fn the_largest_numbers_fit_the_room_the_layout_takes() {
     for origin in [big, NodeId(1), NodeId(7)] {
         assert_compact_reads_back(origin, stamp, &one, &field, Written::Field(b"v"), &delta)
             .expect("the largest numbers read back");
+    }
+    // And an increment's segment with every number at its largest.
+    let tally = chorus_crdt::Tally {
+        epoch: Stamp {
+            time: 0,
+            node: NodeId(u64::MAX - 3),
+        },
+        ops: u64::MAX,
+        int: i64::MIN,
+        float: f64::MAX,
+        float_ops: u64::MAX,
+    };
+    for kind in [Kind::Hash, Kind::ZSet] {
+        let written = Written::Count {
+            kind,
+            node: NodeId(u64::MAX - 2),
+            tally,
+        };
+        let delta = one.delta(stamp, &field, written);
+        assert_compact_reads_back(NodeId(1), stamp, &one, &field, written, &delta)
+            .expect("the largest increment reads back");
     }
 }

@@ -735,7 +735,7 @@ proptest! {
                             prop_assert_eq!(&delta2, &delta);
                             let mut refused = state.clone();
                             let c = refused.coll.as_mut().unwrap();
-                            prop_assert_eq!(c.zincr_here(stamp, member, by.1, |_, _| Err(()), None), Err(()));
+                            prop_assert_eq!(c.zincr_here(stamp, member, by.1, |_, _| Err(()), None::<&mut chorus_crdt::Coll>), Err(()));
                             prop_assert_eq!(&refused, state);
                             let mut replica = state.clone();
                             replica.merge(&KeyState {
@@ -767,7 +767,7 @@ proptest! {
                             prop_assert_eq!(&delta2, &delta);
                             let mut declined = state.clone();
                             let c = declined.coll.as_mut().unwrap();
-                            prop_assert_eq!(c.hincr_here(stamp, field, by, |_| None::<()>, None), None);
+                            prop_assert_eq!(c.hincr_here(stamp, field, by, |_| None::<()>, None::<&mut chorus_crdt::Coll>), None);
                             prop_assert_eq!(&declined, state);
                             let mut replica = state.clone();
                             replica.merge(&KeyState {

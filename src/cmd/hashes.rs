@@ -8,7 +8,9 @@ use chorus_crdt::{Coll, Kind, Read, Written};
 use super::keys::{parse_cursor, scan_options};
 use super::sets::{random_distinct, random_repeating};
 use super::Flag::*;
-use super::{float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec};
+use super::{
+    counted, float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec,
+};
 use crate::glob;
 
 #[rustfmt::skip]
@@ -220,18 +222,16 @@ fn int_after(read: Read<'_>, by: i64) -> Result<i64, Error> {
 fn hincrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let by = int_arg(args[3])?;
     let field = args[2];
-    // One walk of the hash in place; an error is left to the general path,
-    // which finds it again.
-    let fast = |c: &mut Coll, d: Option<&mut Coll>, stamp| {
-        c.hincr_here(
-            stamp,
-            field,
-            (by, 0.0, false),
-            |read| int_after(read, by).ok(),
-            d,
-        )
+    // One walk of the hash in place, its delta laid out by the sink; an
+    // error is left to the general path, which finds it again.
+    let fast = |w: &mut crate::keyspace::Writer<'_>| {
+        w.one_in_place(Kind::Hash, field, |c, mut d, stamp| {
+            let check = |read: Read<'_>| int_after(read, by).ok();
+            let new = c.hincr_here(stamp, field, (by, 0.0, false), check, d.as_deref_mut())?;
+            Some((new, counted(Kind::Hash, d)))
+        })
     };
-    let new = x.coll_update_fast(args[1], Kind::Hash, fast, |c, d, stamp| {
+    let new = x.coll_update_with(args[1], Kind::Hash, fast, |c, d, stamp| {
         let new = int_after(c.field(field).unwrap_or(Read::Absent), by)?;
         c.incr_into(d, Kind::Hash, field, stamp, (by, 0.0, false));
         Ok(new)

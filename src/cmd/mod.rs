@@ -673,6 +673,17 @@ pub fn pop_count(arg: &[u8]) -> Result<usize, Error> {
     count_arg(arg, 0, "value is out of range, must be positive")
 }
 
+/// What an increment recorded in `one` (`hincr_here`, `zincr_here`),
+/// for `Writer::one_in_place`: `None` when nothing was recorded (no sink
+/// wanted it).
+pub fn counted(
+    kind: Kind,
+    one: Option<&mut chorus_crdt::OneWrite>,
+) -> Option<chorus_crdt::Written<'static>> {
+    let (node, tally) = one?.counted?;
+    Some(chorus_crdt::Written::Count { kind, node, tally })
+}
+
 /// Parses an integer argument.
 pub fn int_arg(arg: &[u8]) -> Result<i64, Error> {
     chorus_crdt::number::parse_int(arg).ok_or(Error::NotInteger)

@@ -12,7 +12,7 @@ use chorus_crdt::{Coll, KeyType, Kind, Written};
 use super::keys::{parse_cursor, scan_options};
 use super::sets::{pick_distinct, pick_repeating};
 use super::Flag::*;
-use super::{int_arg, is, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
+use super::{counted, int_arg, is, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
 use crate::glob;
 use crate::resp::Reply;
 
@@ -217,28 +217,39 @@ fn add_scores(
         };
         return x.coll_update_with(key, Kind::ZSet, one, slow)?;
     }
+    if let (true, [(by, member)]) = (f.incr, scored) {
+        // An increment (ZINCRBY, ZADD INCR): its delta laid out by the sink.
+        let one = |w: &mut crate::keyspace::Writer<'_>| {
+            w.one_in_place(Kind::ZSet, member, |c, mut d, stamp| {
+                let mut done = Added::default();
+                // Err(None): the flags leave the member alone.
+                let check = |cur: Option<f64>, new: f64| match f.allows_incr(cur, new) {
+                    Err(e) => Err(Some(e)),
+                    Ok(false) => Err(None),
+                    Ok(true) => {
+                        done.added = i64::from(cur.is_none());
+                        Ok(())
+                    }
+                };
+                Some(
+                    match c.zincr_here(stamp, member, *by, check, d.as_deref_mut()) {
+                        Ok(score) => {
+                            let done = Added {
+                                score: Some(score),
+                                ..done
+                            };
+                            (Ok(done), counted(Kind::ZSet, d))
+                        }
+                        Err(Some(e)) => (Err(e), None),
+                        Err(None) => (Ok(Added::default()), None),
+                    },
+                )
+            })
+        };
+        return x.coll_update_with(key, Kind::ZSet, one, slow)?;
+    }
     let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| -> Option<Result<Added, Error>> {
         let mut done = Added::default();
-        if f.incr {
-            let (by, m) = scored[0];
-            // Err(None): the flags leave the member alone.
-            let check = |cur: Option<f64>, new: f64| match f.allows_incr(cur, new) {
-                Err(e) => Err(Some(e)),
-                Ok(false) => Err(None),
-                Ok(true) => {
-                    done.added = i64::from(cur.is_none());
-                    Ok(())
-                }
-            };
-            return Some(match c.zincr_here(stamp, m, by, check, d) {
-                Ok(score) => Ok(Added {
-                    score: Some(score),
-                    ..done
-                }),
-                Err(Some(e)) => Err(e),
-                Err(None) => Ok(Added::default()),
-            });
-        }
         // A member with increments anywhere takes the general path (its
         // removal record), for all of them.
         if scored.len() > 1 && scored.iter().any(|(_, m)| c.has_increments(Kind::ZSet, m)) {

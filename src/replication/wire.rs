@@ -483,6 +483,7 @@ mod tests {
         let one = OneWrite {
             dot: new,
             replaced: [old].into_iter().collect(),
+            counted: None,
         };
         let mut compact = delta_head(node, 123_456).as_slice().to_vec();
         append_one_body(
