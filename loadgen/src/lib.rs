@@ -19,6 +19,8 @@ pub enum Command {
     Incr,
     /// `ZADD myzset <r> element:<r>`
     Zadd,
+    /// `HINCRBY myhash element:<r> 1`
+    Hincrby,
 }
 
 impl Command {
@@ -29,6 +31,7 @@ impl Command {
             "sadd" => Command::Sadd,
             "incr" => Command::Incr,
             "zadd" => Command::Zadd,
+            "hincrby" => Command::Hincrby,
             _ => return None,
         })
     }
@@ -40,6 +43,7 @@ impl Command {
             Command::Sadd => "SADD",
             Command::Incr => "INCR",
             Command::Zadd => "ZADD",
+            Command::Hincrby => "HINCRBY",
         }
     }
 }
@@ -74,6 +78,7 @@ pub fn append_request(out: &mut Vec<u8>, command: Command, r: u64, value: &[u8])
         Command::Sadd => vec![b"SADD", b"myset", element.as_bytes()],
         Command::Incr => vec![b"INCR", counter.as_bytes()],
         Command::Zadd => vec![b"ZADD", b"myzset", score.as_bytes(), element.as_bytes()],
+        Command::Hincrby => vec![b"HINCRBY", b"myhash", element.as_bytes(), b"1"],
     };
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for arg in args {
@@ -189,6 +194,13 @@ mod tests {
         assert_eq!(
             out,
             b"*4\r\n$4\r\nZADD\r\n$6\r\nmyzset\r\n$1\r\n7\r\n$20\r\nelement:000000000007\r\n"
+                .to_vec()
+        );
+        out.clear();
+        append_request(&mut out, Command::Hincrby, 7, b"");
+        assert_eq!(
+            out,
+            b"*4\r\n$7\r\nHINCRBY\r\n$6\r\nmyhash\r\n$20\r\nelement:000000000007\r\n$1\r\n1\r\n"
                 .to_vec()
         );
     }
