@@ -15,7 +15,10 @@ use chorus::connection::read_reserve;
 use chorus::replication::max_message_for;
 use chorus::replication::wire::{decode_msg, decompress, encode_msg, ReplMsg};
 use chorus::resp::{self, Limits, Parsed, Progress, ProtocolError, Source};
-use chorus_crdt::{decode, Delta, KeyState, NodeId, Stamp, FORMAT_VERSION};
+use chorus_crdt::codec::{append_one_write, append_varint};
+use chorus_crdt::{
+    decode, Delta, Dot, KeyState, Kind, NodeId, OneWrite, Stamp, Tally, Written, FORMAT_VERSION,
+};
 use chorus_transport::frame::{append_framed, Deframer};
 use proptest::prelude::*;
 
@@ -233,6 +236,130 @@ proptest! {
         let whole = read_in_pieces(before_auth, &[&bytes])?;
         prop_assert_eq!(read_in_pieces(before_auth, &pieces(&bytes, &cuts))?, whole);
     }
+}
+
+/// A one-element write or increment in the compact form a link carries
+/// (`codec::append_one_write`), as its whole message.
+fn compact_write() -> impl Strategy<Value = Vec<u8>> {
+    let dot = (any::<u64>(), 1u64..5).prop_map(|(n, node)| Dot {
+        n,
+        node: NodeId(node),
+    });
+    (
+        (
+            1u64..5,
+            any::<u64>(),
+            0u32..16,
+            proptest::collection::vec(any::<u8>(), 0..24),
+        ),
+        (stamp(), dot.clone(), proptest::collection::vec(dot, 0..6)),
+        (
+            proptest::collection::vec(any::<u8>(), 0..24),
+            0u8..5,
+            any::<i64>(),
+            any::<u64>(),
+        ),
+    )
+        .prop_map(
+            |((origin, seq, db, key), (stamp, new, replaced), (elem, what, int, ops))| {
+                let origin = NodeId(origin);
+                let mut out = vec![FORMAT_VERSION, 2];
+                append_varint(&mut out, origin.0);
+                append_varint(&mut out, seq);
+                let one = OneWrite {
+                    dot: new,
+                    replaced: replaced.into_iter().collect(),
+                    counted: None,
+                };
+                let tally = Tally {
+                    epoch: stamp,
+                    ops,
+                    int,
+                    float: int as f64 / 3.0,
+                    float_ops: ops / 2,
+                };
+                let written = match what {
+                    0 => Written::Field(&elem),
+                    1 => Written::Member,
+                    2 => Written::Score(int as f64),
+                    3 => Written::Count {
+                        kind: Kind::Hash,
+                        node: stamp.node,
+                        tally,
+                    },
+                    _ => Written::Count {
+                        kind: Kind::ZSet,
+                        node: origin,
+                        tally,
+                    },
+                };
+                append_one_write(&mut out, origin, db, &key, stamp, &one, &elem, written);
+                out
+            },
+        )
+}
+
+proptest! {
+    /// Compact writes, valid or mutated: a message or an error, within the
+    /// heap bound.
+    #[test]
+    fn repl_mutated_compact_writes_decode_to_an_error_or_a_message_within_the_heap_bound(
+        write in compact_write(),
+        mutations in mutations(0..5),
+    ) {
+        let mut bytes = write;
+        let valid = mutations.is_empty();
+        mutate(&mut bytes, &mutations);
+        decode_checked(&bytes)?;
+        if valid {
+            let is_write = matches!(decode_msg(&bytes), Ok(ReplMsg::Delta { .. }));
+            prop_assert!(is_write, "a valid compact write does not decode");
+        }
+    }
+}
+
+/// The most a compact write makes its reader hold per byte: one that
+/// replaces thousands of distinct dots (three bytes each) decodes within
+/// the heap bound.
+#[test]
+fn repl_a_compact_write_replacing_thousands_of_dots_decodes_within_the_heap_bound() {
+    let stamp = Stamp {
+        time: 1 << 40,
+        node: NodeId(1),
+    };
+    let one = OneWrite {
+        dot: Dot {
+            n: stamp.time,
+            node: NodeId(1),
+        },
+        replaced: (1..10_000u64)
+            .map(|i| Dot {
+                n: stamp.time - i,
+                node: NodeId(i % 3 + 1),
+            })
+            .collect(),
+        counted: None,
+    };
+    let mut bytes = vec![FORMAT_VERSION, 2];
+    append_varint(&mut bytes, 1);
+    append_varint(&mut bytes, 7);
+    append_one_write(
+        &mut bytes,
+        NodeId(1),
+        0,
+        b"h",
+        stamp,
+        &one,
+        b"f",
+        Written::Field(b"v"),
+    );
+    let (message, heap) = peak_heap_during(|| decode_msg(&bytes));
+    assert!(matches!(message, Ok(ReplMsg::Delta { .. })), "{message:?}");
+    assert!(
+        heap <= HEAP_PER_INPUT_BYTE * bytes.len() + HEAP_FIXED,
+        "{heap} heap bytes for {} input bytes",
+        bytes.len()
+    );
 }
 
 proptest! {

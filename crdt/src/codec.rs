@@ -459,7 +459,16 @@ pub fn append_one_write(
     };
     let most = 2 + key.len() + elem.len() + value_len + (11 + 2 * one.replaced.len()) * MAX_VARINT;
     let mut w = Exact::new(out, most);
-    let node_id = |node: NodeId| if node == origin { 0 } else { node.0 };
+    // No node is numbered 0 (a stamp, dot or epoch of node 0 would read
+    // back as the origin's).
+    let node_id = |node: NodeId| {
+        debug_assert!(node.0 != 0, "a write names node 0");
+        if node == origin {
+            0
+        } else {
+            node.0
+        }
+    };
     w.byte(ONE_WRITE_TAG);
     w.varint(db as u64);
     w.varint(key.len() as u64);

@@ -949,7 +949,7 @@ impl DeltaSink for Replicator {
         now_ms: u64,
     ) {
         self.publish(now_ms, |out| {
-            wire::append_one_body(out, self.node, db, key, stamp, one, elem, written)
+            wire::append_one_body(out, self.heads.origin(), db, key, stamp, one, elem, written)
         });
     }
 
@@ -2753,6 +2753,75 @@ mod tests {
         assert_eq!(repl.backlog_head(), 3, "2 was entered, then 3");
 
         assert_logged_once_each(&log, me, 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A one-element write and an increment that another node's dots
+    /// surround go out (to the log, as to the backlog) in their compact
+    /// form under this node's name, and read back as the delta `Coll` each
+    /// would have filled: the origin the body leaves implied is the head's.
+    #[test]
+    fn a_compact_write_reads_back_under_its_writers_name() {
+        use chorus_crdt::{Dot, Kind, OneWrite, Tally, Written};
+        let me = NodeId(5);
+        let (_ks, repl, log, dir) = logging_node(me, "compact-origin");
+        let stamp = Stamp {
+            time: 1 << 40,
+            node: me,
+        };
+        let one = OneWrite {
+            dot: Dot {
+                n: stamp.time,
+                node: me,
+            },
+            replaced: [(me, 3), (NodeId(9), 4)]
+                .into_iter()
+                .map(|(node, n)| Dot { node, n })
+                .collect(),
+            counted: None,
+        };
+        let tally = Tally {
+            epoch: Stamp {
+                time: 7,
+                node: NodeId(9),
+            },
+            ops: 2,
+            int: -4,
+            float: 0.0,
+            float_ops: 0,
+        };
+        let writes = [
+            Written::Field(b"value"),
+            Written::Count {
+                kind: Kind::ZSet,
+                node: me,
+                tally,
+            },
+        ];
+        for written in writes {
+            repl.publish_one(0, b"key", stamp, &one, b"elem", written, wall_ms());
+        }
+        log.close();
+        let mut read = Vec::new();
+        log.read_numbered(
+            1,
+            usize::MAX,
+            |p| own_seq(me, p),
+            |p| read.push(wire::decode_msg(p).expect("a logged write decodes")),
+        );
+        assert_eq!(read.len(), 2);
+        for (msg, written) in read.into_iter().zip(writes) {
+            let ReplMsg::Delta {
+                origin,
+                delta: Delta::Key { state, .. },
+                ..
+            } = msg
+            else {
+                panic!("not a key's write: {msg:?}");
+            };
+            assert_eq!(origin, me);
+            assert_eq!(state.coll(), Some(&one.delta(stamp, b"elem", written)));
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -37,7 +37,8 @@ use crate::TransportError;
 /// 10: a `Resume` names the compressions its sender reads; `Compressed`.
 /// 11: `Publish` (pub/sub messages on the live stream). 12: key states
 /// carry lists (crdt format 5). 13: a write leaves its register stamp's
-/// origin implied (crdt format 6).
+/// origin implied (crdt format 6). 14: a one-element collection write or
+/// increment travels in a compact form (`codec::append_one_write`).
 pub const PROTOCOL_VERSION: u16 = 14;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
