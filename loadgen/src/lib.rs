@@ -6,7 +6,8 @@
 
 use std::fmt;
 
-/// The write a request makes; each is answered by one line (`+OK`, `:n`).
+/// The write a request makes; each is answered by one line (`+OK`, `:n`)
+/// or one bulk string (ZINCRBY's new score).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Command {
     /// `SET key:<r> <value>`
@@ -21,6 +22,8 @@ pub enum Command {
     Zadd,
     /// `HINCRBY myhash element:<r> 1`
     Hincrby,
+    /// `ZINCRBY myzset 1 element:<r>`
+    Zincrby,
 }
 
 impl Command {
@@ -32,6 +35,7 @@ impl Command {
             "incr" => Command::Incr,
             "zadd" => Command::Zadd,
             "hincrby" => Command::Hincrby,
+            "zincrby" => Command::Zincrby,
             _ => return None,
         })
     }
@@ -44,6 +48,7 @@ impl Command {
             Command::Incr => "INCR",
             Command::Zadd => "ZADD",
             Command::Hincrby => "HINCRBY",
+            Command::Zincrby => "ZINCRBY",
         }
     }
 }
@@ -79,6 +84,7 @@ pub fn append_request(out: &mut Vec<u8>, command: Command, r: u64, value: &[u8])
         Command::Incr => vec![b"INCR", counter.as_bytes()],
         Command::Zadd => vec![b"ZADD", b"myzset", score.as_bytes(), element.as_bytes()],
         Command::Hincrby => vec![b"HINCRBY", b"myhash", element.as_bytes(), b"1"],
+        Command::Zincrby => vec![b"ZINCRBY", b"myzset", b"1", element.as_bytes()],
     };
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for arg in args {
@@ -111,7 +117,8 @@ pub fn build_batches(
         .collect()
 }
 
-/// A reply the counter cannot take: only one-line replies are expected.
+/// A reply the counter cannot take: only one-line replies and bulk
+/// strings are expected.
 #[derive(Debug, PartialEq, Eq)]
 pub struct UnexpectedReply(pub u8);
 
@@ -119,7 +126,7 @@ impl fmt::Display for UnexpectedReply {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "a reply of type {:?}: only one-line replies (+, -, :) are counted",
+            "a reply of type {:?}: only one-line replies (+, -, :) and bulk strings ($) are counted",
             self.0 as char
         )
     }
@@ -127,11 +134,16 @@ impl fmt::Display for UnexpectedReply {
 
 impl std::error::Error for UnexpectedReply {}
 
-/// Counts complete one-line replies across reads that may split them.
+/// Counts complete replies across reads that may split them: one-line
+/// replies, and bulk strings, whose body is skipped unread.
 #[derive(Debug, Default)]
 pub struct ReplyCounter {
-    /// Inside a reply whose end has not come yet.
-    open: bool,
+    /// The first byte of the line being read, or 0 between replies.
+    open: u8,
+    /// A bulk string's length, read so far from its header.
+    length: Option<u64>,
+    /// Bytes of a bulk string's body (with its CRLF) not yet seen.
+    body_left: u64,
     pub replies: u64,
     pub errors: u64,
     /// The first error's text, for the report.
@@ -142,9 +154,19 @@ pub struct ReplyCounter {
 impl ReplyCounter {
     pub fn feed(&mut self, mut bytes: &[u8]) -> Result<(), UnexpectedReply> {
         while !bytes.is_empty() {
-            if !self.open {
+            if self.body_left > 0 {
+                let skipped = self.body_left.min(bytes.len() as u64);
+                self.body_left -= skipped;
+                bytes = &bytes[skipped as usize..];
+                if self.body_left == 0 {
+                    self.replies += 1;
+                }
+                continue;
+            }
+            if self.open == 0 {
                 match bytes[0] {
                     b'+' | b':' => {}
+                    b'$' => self.length = Some(0),
                     b'-' => {
                         self.errors += 1;
                         if self.first_error.is_none() {
@@ -153,22 +175,38 @@ impl ReplyCounter {
                     }
                     other => return Err(UnexpectedReply(other)),
                 }
-                self.open = true;
+                self.open = bytes[0];
+                bytes = &bytes[1..];
+                if let Some(text) = self.error_text.as_mut() {
+                    text.push(b'-');
+                }
             }
             let end = memchr::memchr(b'\n', bytes);
             let line = &bytes[..end.unwrap_or(bytes.len())];
             if let Some(text) = self.error_text.as_mut() {
                 text.extend_from_slice(line);
             }
+            if let Some(length) = self.length.as_mut() {
+                // `$-1` (a nil) has no body: its `-` leaves no digit.
+                for &b in line.iter().filter(|b| b.is_ascii_digit()) {
+                    *length = *length * 10 + u64::from(b - b'0');
+                }
+                if line.first() == Some(&b'-') {
+                    self.length = None;
+                }
+            }
             match end {
                 Some(end) => {
-                    self.open = false;
-                    self.replies += 1;
+                    bytes = &bytes[end + 1..];
+                    self.open = 0;
+                    match self.length.take() {
+                        Some(length) => self.body_left = length + 2,
+                        None => self.replies += 1,
+                    }
                     if let Some(text) = self.error_text.take() {
                         let text = String::from_utf8_lossy(&text);
                         self.first_error = Some(text.trim_end().to_string());
                     }
-                    bytes = &bytes[end + 1..];
                 }
                 None => bytes = &[],
             }
@@ -194,6 +232,13 @@ mod tests {
         assert_eq!(
             out,
             b"*4\r\n$4\r\nZADD\r\n$6\r\nmyzset\r\n$1\r\n7\r\n$20\r\nelement:000000000007\r\n"
+                .to_vec()
+        );
+        out.clear();
+        append_request(&mut out, Command::Zincrby, 7, b"");
+        assert_eq!(
+            out,
+            b"*4\r\n$7\r\nZINCRBY\r\n$6\r\nmyzset\r\n$1\r\n1\r\n$20\r\nelement:000000000007\r\n"
                 .to_vec()
         );
         out.clear();
@@ -233,8 +278,23 @@ mod tests {
     }
 
     #[test]
-    fn a_multi_line_reply_is_refused_not_miscounted() {
+    fn bulk_strings_split_anywhere_count_once_each() {
+        let stream = b"$3\r\n1.5\r\n$-1\r\n$12\r\nab\r\n\r\n$\r\nxyz\r\n:7\r\n$0\r\n\r\n";
+        for cut in 0..stream.len() {
+            for second in cut..stream.len() {
+                let mut counter = ReplyCounter::default();
+                counter.feed(&stream[..cut]).unwrap();
+                counter.feed(&stream[cut..second]).unwrap();
+                counter.feed(&stream[second..]).unwrap();
+                assert_eq!(counter.replies, 5, "cut at {cut} and {second}");
+                assert_eq!(counter.errors, 0);
+            }
+        }
+    }
+
+    #[test]
+    fn an_array_reply_is_refused_not_miscounted() {
         let mut counter = ReplyCounter::default();
-        assert_eq!(counter.feed(b"$3\r\nfoo\r\n"), Err(UnexpectedReply(b'$')));
+        assert_eq!(counter.feed(b"*1\r\n:1\r\n"), Err(UnexpectedReply(b'*')));
     }
 }
