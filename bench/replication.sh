@@ -3,7 +3,7 @@
 #
 #   bench/replication.sh                 # about 2 minutes
 #   N=200000 PROBES=300 bench/replication.sh
-#   TEST=hset bench/replication.sh       # another loadgen test (hset, sadd, zadd, incr, hincrby, zincrby)
+#   TEST=hset bench/replication.sh       # another loadgen test (hset, sadd, zadd, incr, hincrby, zincrby, session)
 #
 # 1. SET throughput (chorus-loadgen -t set -c $CLIENTS -P 16 -n $N -r 100000) against a
 #    standalone node, then against node A replicating to node B. Medians of $ROUNDS.

@@ -566,7 +566,7 @@ impl DeltaSink for LogSink {
 
     fn publish_coll(&self, db: u32, key: &[u8], delta: &chorus_crdt::Coll, _now_ms: u64) {
         self.append(|out| {
-            wire::append_coll_body(out, db, key, delta);
+            wire::append_coll_body(out, self.heads.origin(), db, key, delta);
             Ok(())
         });
     }

@@ -15,9 +15,10 @@ use chorus::connection::read_reserve;
 use chorus::replication::max_message_for;
 use chorus::replication::wire::{decode_msg, decompress, encode_msg, ReplMsg};
 use chorus::resp::{self, Limits, Parsed, Progress, ProtocolError, Source};
-use chorus_crdt::codec::{append_one_write, append_varint};
+use chorus_crdt::codec::{append_coll_part_write, append_one_write, append_varint};
 use chorus_crdt::{
-    decode, Delta, Dot, KeyState, Kind, NodeId, OneWrite, Stamp, Tally, Written, FORMAT_VERSION,
+    decode, Coll, Delta, Dot, ElemDelta, KeyState, Kind, NodeId, OneWrite, Probe, Stamp, Tally,
+    Written, FORMAT_VERSION,
 };
 use chorus_transport::frame::{append_framed, Deframer};
 use proptest::prelude::*;
@@ -315,6 +316,109 @@ proptest! {
             let is_write = matches!(decode_msg(&bytes), Ok(ReplMsg::Delta { .. }));
             prop_assert!(is_write, "a valid compact write does not decode");
         }
+    }
+}
+
+/// A collection write of several elements in the compact form a link
+/// carries (`codec::append_coll_part_write`), as its whole message.
+fn compact_coll_write() -> impl Strategy<Value = Vec<u8>> {
+    let dot = (any::<u64>(), 1u64..5).prop_map(|(n, node)| Dot {
+        n,
+        node: NodeId(node),
+    });
+    (
+        (1u64..5, any::<u64>(), 0u32..16, stamp(), 0u8..3),
+        proptest::collection::vec(dot.clone(), 0..6),
+        proptest::collection::vec(
+            (
+                proptest::collection::vec(any::<u8>(), 0..12),
+                dot,
+                any::<u64>(),
+            ),
+            0..5,
+        ),
+    )
+        .prop_map(|((origin, seq, db, stamp, kind), covered, elems)| {
+            let origin = NodeId(origin);
+            let kind = [Kind::Hash, Kind::Set, Kind::ZSet][kind as usize];
+            let mut delta = Coll::delta(stamp, kind);
+            for dot in covered {
+                delta.covers(dot);
+            }
+            for (elem, dot, time) in &elems {
+                let probe = Probe::new(elem);
+                match kind {
+                    Kind::Hash => delta.wrote(&probe, *dot, *time, elem),
+                    Kind::Set => delta.added(&probe, *dot, *time),
+                    _ => delta.scored(&probe, *dot, *time, *time as f64),
+                }
+            }
+            let mut out = vec![FORMAT_VERSION, 2];
+            append_varint(&mut out, origin.0);
+            append_varint(&mut out, seq);
+            assert!(append_coll_part_write(&mut out, origin, db, b"key", &delta));
+            out
+        })
+}
+
+proptest! {
+    /// Compact collection writes, valid or mutated: a message or an
+    /// error, within the heap bound.
+    #[test]
+    fn repl_mutated_compact_collection_writes_decode_to_an_error_or_a_message_within_the_heap_bound(
+        write in compact_coll_write(),
+        mutations in mutations(0..5),
+    ) {
+        let mut bytes = write;
+        let valid = mutations.is_empty();
+        mutate(&mut bytes, &mutations);
+        decode_checked(&bytes)?;
+        if valid {
+            let is_write = matches!(decode_msg(&bytes), Ok(ReplMsg::Delta { .. }));
+            prop_assert!(is_write, "a valid compact write does not decode");
+        }
+    }
+}
+
+/// The most a compact collection write makes its reader hold per byte:
+/// thousands of covered dots (three bytes each) and of elements written
+/// (five), each laid out in full before serde reads them.
+#[test]
+fn repl_a_compact_collection_write_of_thousands_of_dots_decodes_within_the_heap_bound() {
+    let stamp = Stamp {
+        time: 1 << 40,
+        node: NodeId(1),
+    };
+    for elements in [false, true] {
+        let mut delta = Coll::delta(stamp, Kind::Set);
+        for i in 1..10_000u64 {
+            let dot = Dot {
+                n: stamp.time - i,
+                node: NodeId(i % 3 + 1),
+            };
+            if elements {
+                delta.added(&Probe::new(&i.to_le_bytes()[..2]), dot, stamp.time);
+            } else {
+                delta.covers(dot);
+            }
+        }
+        let mut bytes = vec![FORMAT_VERSION, 2];
+        append_varint(&mut bytes, 1);
+        append_varint(&mut bytes, 7);
+        assert!(append_coll_part_write(
+            &mut bytes,
+            NodeId(1),
+            0,
+            b"s",
+            &delta
+        ));
+        let (message, heap) = peak_heap_during(|| decode_msg(&bytes));
+        assert!(matches!(message, Ok(ReplMsg::Delta { .. })), "{message:?}");
+        assert!(
+            heap <= HEAP_PER_INPUT_BYTE * bytes.len() + HEAP_FIXED,
+            "{heap} heap bytes for {} input bytes",
+            bytes.len()
+        );
     }
 }
 

@@ -31,7 +31,8 @@ use crate::{NodeId, NodeMap, Stamp};
 /// ([`append_own_node_tally`], [`Tally::restore_origin`]). Other values
 /// are laid out as in 5. Since peer protocol 14, a write's delta may also
 /// take the compact form of a one-element write ([`append_one_write`]),
-/// which an earlier build of version 6 does not read.
+/// and since 15 that of a collection write ([`append_coll_write`]), which
+/// an earlier build of version 6 does not read.
 pub const FORMAT_VERSION: u8 = 6;
 
 /// The oldest version a store written by an earlier build may hold; see
@@ -522,6 +523,7 @@ pub fn decode_write_fields(fields: &[u8]) -> Result<(NodeId, u64, Delta), Decode
     let ((origin, seq), rest) = postcard::take_from_bytes::<(NodeId, u64)>(fields)?;
     let mut delta = match rest.split_first() {
         Some((&ONE_WRITE_TAG, one)) => decode_one_write(one, origin)?,
+        Some((&COLL_WRITE_TAG, coll)) => decode_coll_write(coll, origin)?,
         _ => take_all::<Delta>(rest)?,
     };
     delta.restore_origin(origin);
@@ -611,6 +613,266 @@ fn full_one_write(
     }
     let mut full = Vec::with_capacity(96 + key.len() + elem.len() + 40 * one.replaced.len());
     append_one_delta(&mut full, stamp, one, elem, written);
+    Ok(Delta::Key {
+        db,
+        key,
+        state: take_all::<KeyState>(&full)?,
+    })
+}
+
+/// `Delta`'s tag, in a write's layout, for the compact form of a
+/// collection write's delta of any size ([`append_coll_write`]).
+pub const COLL_WRITE_TAG: u8 = 3;
+
+/// The bit of a compact collection write's kind byte that says its key
+/// state's extras clear the key's expiry at the write's stamp (a write
+/// that made the key: `KeyState::coll_write`); without, they are empty.
+const EXPIRY_CLEARED: u8 = 0x10;
+
+/// A collection write's key state (the empty register, extras that are
+/// empty or clear the expiry at the write's stamp, and the delta `Coll`
+/// of a hash, set or sorted set write) in the compact form a write sent
+/// or logged under `origin`'s name takes, and true; false, with nothing
+/// appended, for any other state (a list's, a counter's, one that names
+/// removal records or parts of several kinds). The full form repeats the
+/// write's time and the writer's id for every dot and element (nine and
+/// ten bytes each): a three-field HSET that made its key took 216 bytes.
+/// Here a node id that is `origin`'s is 0, and dot numbers and times are
+/// signed distances from the write's time (zigzag), mostly one byte.
+/// `decode_write_fields` rebuilds the full form.
+pub fn append_coll_write(
+    out: &mut Vec<u8>,
+    origin: NodeId,
+    db: u32,
+    key: &[u8],
+    state: &KeyState,
+) -> bool {
+    let (reg, Some(coll)) = (&state.reg, state.coll.as_deref()) else {
+        return false;
+    };
+    if !reg.stamp.is_zero() || reg.seen.is_some() || reg.value.is_some() || reg.expire_at_ms != 0 {
+        return false;
+    }
+    let extras = match state.extras.as_deref() {
+        None => 0,
+        Some(x) if x.is_empty() => 0,
+        Some(x)
+            if x.expiry.stamp == coll.at
+                && x.expiry.at_ms == 0
+                && x.counts.is_empty()
+                && x.removed.is_empty()
+                && x.floor.is_zero() =>
+        {
+            EXPIRY_CLEARED
+        }
+        Some(_) => return false,
+    };
+    append_coll_write_as(out, origin, db, key, extras, coll)
+}
+
+/// [`append_coll_write`] of the key state of the collection part `delta`
+/// alone (as [`append_coll_delta`] lays it out).
+pub fn append_coll_part_write(
+    out: &mut Vec<u8>,
+    origin: NodeId,
+    db: u32,
+    key: &[u8],
+    delta: &Coll,
+) -> bool {
+    append_coll_write_as(out, origin, db, key, 0, delta)
+}
+
+fn append_coll_write_as(
+    out: &mut Vec<u8>,
+    origin: NodeId,
+    db: u32,
+    key: &[u8],
+    extras: u8,
+    c: &Coll,
+) -> bool {
+    let (floor, cloud) = c.ctx.parts();
+    let only_its_kind = match c.kind {
+        Kind::Hash => c.set.is_empty() && c.zset.is_empty(),
+        Kind::Set => c.hash.is_empty() && c.zset.is_empty(),
+        Kind::ZSet => c.hash.is_empty() && c.set.is_empty(),
+        Kind::List => false,
+    };
+    if !c.part
+        || !only_its_kind
+        || floor != 0
+        || !c.list.is_empty()
+        || !c.removed.is_empty()
+        || c.at.node.0 == 0
+    {
+        return false;
+    }
+    let start = out.len();
+    let time = c.at.time;
+    let near = |n: u64| {
+        let d = n.wrapping_sub(time) as i64;
+        ((d << 1) ^ (d >> 63)) as u64
+    };
+    // Node 0 stands for the origin: a part naming node 0 itself (no node
+    // is numbered so) goes in the full form.
+    let mut names_zero = false;
+    let mut node_id = |node: NodeId| {
+        names_zero |= node.0 == 0;
+        if node == origin {
+            0
+        } else {
+            node.0
+        }
+    };
+    let mut plain = true;
+    {
+        let mut w = Writer::new(out);
+        w.byte(COLL_WRITE_TAG);
+        w.varint(db as u64);
+        w.string(key);
+        w.byte(c.kind as u8 | extras);
+        w.varint(time);
+        w.varint(node_id(c.at.node));
+        w.varint(cloud.len() as u64);
+        for &(n, node) in cloud {
+            w.varint(near(n));
+            w.varint(node_id(node));
+        }
+        let mut dot = |w: &mut Writer, dot: Dot, at: u64| {
+            w.varint(near(dot.n));
+            w.varint(node_id(dot.node));
+            w.varint(near(at));
+        };
+        match c.kind {
+            Kind::Hash => {
+                w.varint(c.hash.len() as u64);
+                for (field, f) in c.hash.iter() {
+                    w.string(field);
+                    match f {
+                        FieldRef::Elem(e) => {
+                            plain &= e.counts.is_none();
+                            w.varint(e.writes.len() as u64);
+                            for write in &e.writes {
+                                dot(&mut w, write.dot, write.time);
+                                w.string(&write.value.0);
+                            }
+                        }
+                        FieldRef::Packed(p) => {
+                            w.byte(1);
+                            dot(&mut w, p.dot, p.time);
+                            w.string(p.value);
+                        }
+                    }
+                }
+            }
+            Kind::Set => {
+                w.varint(c.set.len() as u64);
+                for (member, adds) in c.set.part().into_iter().flat_map(|s| s.iter()) {
+                    w.string(member.bytes());
+                    w.varint(adds.len() as u64);
+                    for add in adds {
+                        dot(&mut w, add.dot, add.time);
+                    }
+                }
+            }
+            Kind::ZSet => {
+                w.varint(c.zset.len() as u64);
+                for (member, e) in c.zset.part().into_iter().flat_map(|z| z.iter()) {
+                    plain &= e.counts.is_none();
+                    w.string(member.bytes());
+                    w.varint(e.writes.len() as u64);
+                    for write in &e.writes {
+                        dot(&mut w, write.dot, write.time);
+                        w.fixed(&write.value.0.to_le_bytes());
+                    }
+                }
+            }
+            Kind::List => {}
+        }
+    }
+    if !plain || names_zero {
+        out.truncate(start);
+        return false;
+    }
+    true
+}
+
+/// [`append_coll_write`]'s fields (after its tag) as the full delta: its
+/// bytes laid out as [`append_state`] lays out that key state, then read
+/// by serde, so that what a peer merges is what the writer's was.
+fn decode_coll_write(bytes: &[u8], origin: NodeId) -> Result<Delta, DecodeError> {
+    let mut r = Reader(bytes);
+    let node_id = |n: u64| if n == 0 { origin.0 } else { n };
+    let db = u32::try_from(r.varint()?).map_err(|_| postcard::Error::DeserializeBadVarint)?;
+    let key = r.string()?.to_vec();
+    let flags = r.byte()?;
+    let kind = match flags & !EXPIRY_CLEARED {
+        k if k == Kind::Hash as u8 => Kind::Hash,
+        k if k == Kind::Set as u8 => Kind::Set,
+        k if k == Kind::ZSet as u8 => Kind::ZSet,
+        _ => return Err(postcard::Error::DeserializeBadEnum.into()),
+    };
+    let time = r.varint()?;
+    let writer = node_id(r.varint()?);
+    let far = |z: u64| time.wrapping_add((((z >> 1) as i64) ^ -((z & 1) as i64)) as u64);
+    // (Each compact byte takes at most ten in the full form.)
+    let mut full = Vec::with_capacity(64 + 2 * bytes.len());
+    {
+        let mut w = Writer::new(&mut full);
+        // The empty register; the extras; `Some(coll)` and its floor.
+        w.fixed(&[0, 0, 0, 0, 0, 1]);
+        if flags & EXPIRY_CLEARED != 0 {
+            w.varint(time);
+            w.varint(writer);
+            w.fixed(&[0, 0, 0, 0, 0]);
+        } else {
+            w.fixed(&[0, 0, 0, 0, 0, 0, 0]);
+        }
+        w.fixed(&[1, 0]);
+        let dots = r.varint()?;
+        w.varint(dots);
+        for _ in 0..dots {
+            w.varint(far(r.varint()?));
+            w.varint(node_id(r.varint()?));
+        }
+        w.varint(time);
+        w.varint(writer);
+        w.varint(kind as u64);
+        // The parts before the one written, empty.
+        for _ in 0..kind as u8 {
+            w.byte(0);
+        }
+        let elems = r.varint()?;
+        w.varint(elems);
+        for _ in 0..elems {
+            w.string(r.string()?);
+            let writes = r.varint()?;
+            w.varint(writes);
+            for _ in 0..writes {
+                let n = far(r.varint()?);
+                w.varint(node_id(r.varint()?));
+                w.varint(n);
+                w.varint(far(r.varint()?));
+                match kind {
+                    Kind::Hash => w.string(r.string()?),
+                    Kind::ZSet => w.fixed(&r.fixed::<8>()?),
+                    Kind::Set | Kind::List => {}
+                }
+            }
+            if kind != Kind::Set {
+                // No counts.
+                w.byte(0);
+            }
+        }
+        // The parts after it, the list and the removal records, empty;
+        // a part.
+        for _ in kind as u8 + 1..Kind::List as u8 {
+            w.byte(0);
+        }
+        w.fixed(&[0, 0, 1]);
+    }
+    if !r.0.is_empty() {
+        return Err(DecodeError::Trailing(r.0.len()));
+    }
     Ok(Delta::Key {
         db,
         key,

@@ -3,7 +3,10 @@
 //! held before (packed or not, one write or several concurrent ones per
 //! field, other nodes' dots around).
 
-use chorus_crdt::codec::{append_coll_delta, append_one_delta, append_one_write, append_varint};
+use chorus_crdt::codec::{
+    append_coll_delta, append_coll_part_write, append_coll_write, append_one_delta,
+    append_one_write, append_state, append_varint,
+};
 use chorus_crdt::{
     decode, decode_write_fields, Coll, Delta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp,
     Written, FORMAT_VERSION,
@@ -367,5 +370,150 @@ fn the_largest_numbers_fit_the_room_the_layout_takes() {
         let delta = one.delta(stamp, &field, written);
         assert_compact_reads_back(NodeId(1), stamp, &one, &field, written, &delta)
             .expect("the largest increment reads back");
+    }
+}
+
+/// `fields` (a write's origin, number, then a delta in a compact form)
+/// reads back as the key state `full` (laid out by `append_state` or
+/// `append_coll_delta`), and cut anywhere or with a byte more, errs.
+fn assert_reads_back_as(
+    fields: &mut Vec<u8>,
+    origin: NodeId,
+    full: &[u8],
+) -> Result<(), TestCaseError> {
+    let state = decode::<KeyState>(full).expect("a full delta decodes");
+    let (read_origin, seq, read) = decode_write_fields(fields).expect("a compact write decodes");
+    prop_assert_eq!((read_origin, seq), (origin, 77));
+    prop_assert_eq!(
+        read,
+        Delta::Key {
+            db: 3,
+            key: b"key".to_vec(),
+            state
+        }
+    );
+    for cut in 0..fields.len() {
+        prop_assert!(decode_write_fields(&fields[..cut]).is_err());
+    }
+    fields.push(0);
+    prop_assert!(decode_write_fields(fields).is_err());
+    Ok(())
+}
+
+proptest! {
+    /// A write of several elements, adds and removes, of a hash, set or
+    /// sorted set that exists or not: its compact form reads back as the
+    /// key state it was made from, whoever the origin; only a delta that
+    /// clears elements of another kind (hidden parts) keeps the full form.
+    #[test]
+    fn a_collection_write_reads_back_from_its_compact_form(
+        kind in prop_oneof![Just(Kind::Hash), Just(Kind::Set), Just(Kind::ZSet)],
+        ops in ops(),
+        other_kind in prop_oneof![Just(Kind::Hash), Just(Kind::Set), Just(Kind::ZSet)],
+        writes in proptest::collection::vec((0..FIELDS.len(), any::<bool>(), 0usize..70), 1..6),
+        node in 1u64..4,
+        later in 0u64..2,
+        origin in 1u64..5,
+        fresh_key in any::<bool>(),
+    ) {
+        let (state, time) = if fresh_key {
+            (KeyState::default(), 1_000)
+        } else {
+            coll_state(other_kind, &ops)
+        };
+        let stamp = Stamp { time: time + later, node: NodeId(node) };
+        let delta = state.coll_write(stamp, kind, |c, d| {
+            for &(field, remove, len) in &writes {
+                let elem = FIELDS[field];
+                match (remove, kind) {
+                    (true, _) => c.remove_elem_into(d, kind, elem, stamp),
+                    (false, Kind::Hash) => c.hset_into(d, stamp, elem, &vec![b'v'; len]),
+                    (false, Kind::ZSet) => c.zadd_into(d, stamp, elem, len as f64 / 3.0),
+                    (false, _) => c.sadd_into(d, stamp, elem),
+                }
+            }
+        });
+        let coll = delta.coll().expect("a collection delta");
+        let holds = |k: Kind| match k {
+            Kind::Hash => !coll.hash.is_empty(),
+            Kind::Set => !coll.set.is_empty(),
+            Kind::ZSet => !coll.zset.is_empty(),
+            Kind::List => !coll.list.is_empty(),
+        };
+        let clears_others = Kind::ALL.into_iter().any(|k| k != kind && holds(k))
+            || !coll.removed.is_empty();
+        let origin = NodeId(origin);
+        let head = |fields: &mut Vec<u8>| {
+            append_varint(fields, origin.0);
+            append_varint(fields, 77);
+        };
+        // As the write's key state (a write that made its key or not).
+        let mut fields = Vec::new();
+        head(&mut fields);
+        let compact = append_coll_write(&mut fields, origin, 3, b"key", &delta);
+        prop_assert_eq!(compact, !clears_others);
+        let mut full = vec![FORMAT_VERSION];
+        append_state(&mut full, &delta).unwrap();
+        if compact {
+            assert_reads_back_as(&mut fields, origin, &full)?;
+        } else {
+            prop_assert_eq!(fields.len(), 2, "nothing appended");
+        }
+        // As its collection part alone (the in-place path).
+        let mut fields = Vec::new();
+        head(&mut fields);
+        let compact = append_coll_part_write(&mut fields, origin, 3, b"key", coll);
+        prop_assert_eq!(compact, !clears_others);
+        let mut full = vec![FORMAT_VERSION];
+        append_coll_delta(&mut full, coll);
+        if compact {
+            assert_reads_back_as(&mut fields, origin, &full)?;
+        }
+    }
+}
+
+/// Every number at its largest in a compact collection write: dots
+/// numbered below and above the write's time, node ids of ten bytes.
+#[test]
+fn a_collection_write_with_the_largest_numbers_reads_back() {
+    use chorus_crdt::{Dot, ElemDelta, Probe};
+    for time in [0, 1, u64::MAX - 1, u64::MAX] {
+        for kind in [Kind::Hash, Kind::Set, Kind::ZSet] {
+            let big = NodeId(u64::MAX);
+            let stamp = Stamp { time, node: big };
+            let mut delta = Coll::delta(stamp, kind);
+            for (node, n) in [(u64::MAX - 1, u64::MAX), (1, 0), (7, time.wrapping_add(1))] {
+                delta.covers(Dot {
+                    node: NodeId(node),
+                    n,
+                });
+            }
+            let dot = Dot {
+                node: big,
+                n: time.wrapping_sub(1),
+            };
+            let elem = Probe::new(&[0xff; 300]);
+            match kind {
+                Kind::Hash => delta.wrote(&elem, dot, u64::MAX, &[b'v'; 200]),
+                Kind::Set => delta.added(&elem, dot, 0),
+                _ => delta.scored(&elem, dot, time, f64::MIN),
+            }
+            for origin in [big, NodeId(1)] {
+                let mut fields = Vec::new();
+                append_varint(&mut fields, origin.0);
+                append_varint(&mut fields, 77);
+                assert!(append_coll_part_write(
+                    &mut fields,
+                    origin,
+                    3,
+                    b"key",
+                    &delta
+                ));
+                let mut full = vec![FORMAT_VERSION];
+                append_coll_delta(&mut full, &delta);
+                assert_reads_back_as(&mut fields, origin, &full)
+                    .expect("the largest numbers read back");
+            }
+        }
     }
 }

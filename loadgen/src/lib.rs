@@ -24,6 +24,9 @@ pub enum Command {
     Hincrby,
     /// `ZINCRBY myzset 1 element:<r>`
     Zincrby,
+    /// `HSET session:<r> user <value> ts <value> ip <value>`: a session
+    /// store's write of several fields.
+    Session,
 }
 
 impl Command {
@@ -36,6 +39,7 @@ impl Command {
             "zadd" => Command::Zadd,
             "hincrby" => Command::Hincrby,
             "zincrby" => Command::Zincrby,
+            "session" => Command::Session,
             _ => return None,
         })
     }
@@ -49,6 +53,7 @@ impl Command {
             Command::Zadd => "ZADD",
             Command::Hincrby => "HINCRBY",
             Command::Zincrby => "ZINCRBY",
+            Command::Session => "HSET3",
         }
     }
 }
@@ -76,6 +81,7 @@ pub fn append_request(out: &mut Vec<u8>, command: Command, r: u64, value: &[u8])
     let element = format!("element:{r:012}");
     let key = format!("key:{r:012}");
     let counter = format!("counter:{r:012}");
+    let session = format!("session:{r:012}");
     let score = r.to_string();
     let args: Vec<&[u8]> = match command {
         Command::Set => vec![b"SET", key.as_bytes(), value],
@@ -85,6 +91,16 @@ pub fn append_request(out: &mut Vec<u8>, command: Command, r: u64, value: &[u8])
         Command::Zadd => vec![b"ZADD", b"myzset", score.as_bytes(), element.as_bytes()],
         Command::Hincrby => vec![b"HINCRBY", b"myhash", element.as_bytes(), b"1"],
         Command::Zincrby => vec![b"ZINCRBY", b"myzset", b"1", element.as_bytes()],
+        Command::Session => vec![
+            b"HSET",
+            session.as_bytes(),
+            b"user",
+            value,
+            b"ts",
+            value,
+            b"ip",
+            value,
+        ],
     };
     out.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
     for arg in args {
@@ -239,6 +255,13 @@ mod tests {
         assert_eq!(
             out,
             b"*4\r\n$7\r\nZINCRBY\r\n$6\r\nmyzset\r\n$1\r\n1\r\n$20\r\nelement:000000000007\r\n"
+                .to_vec()
+        );
+        out.clear();
+        append_request(&mut out, Command::Session, 7, b"x");
+        assert_eq!(
+            out,
+            b"*8\r\n$4\r\nHSET\r\n$20\r\nsession:000000000007\r\n$4\r\nuser\r\n$1\r\nx\r\n$2\r\nts\r\n$1\r\nx\r\n$2\r\nip\r\n$1\r\nx\r\n"
                 .to_vec()
         );
         out.clear();

@@ -18,7 +18,7 @@ struct Args {
     port: u16,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// set, hset, sadd, incr, zadd, hincrby or zincrby.
+    /// set, hset, sadd, incr, zadd, hincrby, zincrby or session (a three-field HSET).
     #[arg(short = 't', long, default_value = "set")]
     test: String,
     #[arg(short = 'n', long, default_value_t = 1_000_000)]
@@ -44,7 +44,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let Some(command) = Command::parse(&args.test) else {
         bail!(
-            "unknown test {:?}: set, hset, sadd, incr, zadd, hincrby or zincrby",
+            "unknown test {:?}: set, hset, sadd, incr, zadd, hincrby, zincrby or session (a three-field HSET)",
             args.test
         );
     };

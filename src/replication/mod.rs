@@ -935,7 +935,9 @@ impl DeltaSink for Replicator {
     }
 
     fn publish_coll(&self, db: u32, key: &[u8], delta: &chorus_crdt::Coll, now_ms: u64) {
-        self.publish(now_ms, |out| wire::append_coll_body(out, db, key, delta));
+        self.publish(now_ms, |out| {
+            wire::append_coll_body(out, self.heads.origin(), db, key, delta)
+        });
     }
 
     fn publish_one(
@@ -2762,7 +2764,7 @@ mod tests {
     /// would have filled: the origin the body leaves implied is the head's.
     #[test]
     fn a_compact_write_reads_back_under_its_writers_name() {
-        use chorus_crdt::{Dot, Kind, OneWrite, Tally, Written};
+        use chorus_crdt::{Dot, ElemDelta, Kind, OneWrite, Tally, Written};
         let me = NodeId(5);
         let (_ks, repl, log, dir) = logging_node(me, "compact-origin");
         let stamp = Stamp {
@@ -2801,6 +2803,20 @@ mod tests {
         for written in writes {
             repl.publish_one(0, b"key", stamp, &one, b"elem", written, wall_ms());
         }
+        // A write of several elements that made its key, and the same
+        // write's collection part alone (the compact collection form).
+        let made = KeyState::default().coll_write(stamp, Kind::Set, |c, d| {
+            for member in [&b"a"[..], b"b", b"c"] {
+                c.sadd_into(d, stamp, member);
+            }
+        });
+        let mut part = made.coll().expect("a collection delta").clone();
+        part.covers(Dot {
+            node: NodeId(9),
+            n: 4,
+        });
+        repl.publish_key(0, b"key", &made, wall_ms());
+        repl.publish_coll(0, b"key", &part, wall_ms());
         log.close();
         let mut read = Vec::new();
         log.read_numbered(
@@ -2809,7 +2825,19 @@ mod tests {
             |p| own_seq(me, p),
             |p| read.push(wire::decode_msg(p).expect("a logged write decodes")),
         );
-        assert_eq!(read.len(), 2);
+        assert_eq!(read.len(), 4);
+        let parts = read.split_off(2);
+        let whole = |msg: &ReplMsg| match msg {
+            ReplMsg::Delta {
+                origin,
+                delta: Delta::Key { state, .. },
+                ..
+            } => (*origin, state.clone()),
+            other => panic!("not a key's write: {other:?}"),
+        };
+        assert_eq!(whole(&parts[0]), (me, made.clone()));
+        let (origin, state) = whole(&parts[1]);
+        assert_eq!((origin, state.coll()), (me, Some(&part)));
         for (msg, written) in read.into_iter().zip(writes) {
             let ReplMsg::Delta {
                 origin,

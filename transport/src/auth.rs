@@ -38,8 +38,10 @@ use crate::TransportError;
 /// 11: `Publish` (pub/sub messages on the live stream). 12: key states
 /// carry lists (crdt format 5). 13: a write leaves its register stamp's
 /// origin implied (crdt format 6). 14: a one-element collection write or
-/// increment travels in a compact form (`codec::append_one_write`).
-pub const PROTOCOL_VERSION: u16 = 14;
+/// increment travels in a compact form (`codec::append_one_write`). 15: so
+/// does a hash, set or sorted set write of any size
+/// (`codec::append_coll_write`).
+pub const PROTOCOL_VERSION: u16 = 15;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
