@@ -12,7 +12,7 @@
 #
 # Two chorus nodes replicate to each other on loopback (one server thread each); the counted
 # one runs under callgrind, the other natively. redis-benchmark sends 50,000 of the command
-# (-c 50 -P 16 -r 100000) to node A, then, in a second run of both nodes, 50,000 and a further
+# (-c 50 -P 16 -r $R, default 100000) to node A, then, in a second run of both nodes, 50,000 and a further
 # $N; A's `WAIT 1` makes B apply everything before the counted node stops. The difference of
 # the two totals over $N is one write in the steady state, start-up and shutdown cancelled
 # out. STANDALONE=1 counts a node without a peer, for comparison. Kernel time (socket calls,
@@ -21,6 +21,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 N=${N:-100000}
+# Keys (or elements) drawn from 0..R.
+R=${R:-100000}
 SIDE=${SIDE:-writer}
 CHORUS=${CHORUS:-target/release/chorus}
 COMMAND=${1:-HSET myhash element:__rand_int__ v}
@@ -58,9 +60,9 @@ total() {
     done
     sleep 3
     # shellcheck disable=SC2086
-    redis-benchmark -p "$pa" -c 50 -P 16 -n 50000 -r 100000 -q $COMMAND >/dev/null 2>&1
+    redis-benchmark -p "$pa" -c 50 -P 16 -n 50000 -r "$R" -q $COMMAND >/dev/null 2>&1
     # shellcheck disable=SC2086
-    [ "$n" -gt 0 ] && redis-benchmark -p "$pa" -c 50 -P 16 -n "$n" -r 100000 -q $COMMAND >/dev/null 2>&1
+    [ "$n" -gt 0 ] && redis-benchmark -p "$pa" -c 50 -P 16 -n "$n" -r "$R" -q $COMMAND >/dev/null 2>&1
     [ -n "${STANDALONE:-}" ] || redis-cli -p "$pa" WAIT 1 120000 >/dev/null
     kill -INT "$counted"
     for _ in $(seq 1 600); do kill -0 "$counted" 2>/dev/null || break; sleep 0.1; done

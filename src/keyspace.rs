@@ -16,7 +16,7 @@ use chorus_crdt::digest::{
     bucket_of, key_digest, sub_bucket_of, DbDigest, LeafDigest, TransferScope, BUCKETS,
 };
 use chorus_crdt::{
-    Clock, Coll, Conflict, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp, Written,
+    Clock, Coll, Conflict, KeyState, KeyType, Kind, ManyWrite, NodeId, OneWrite, Stamp, Written,
 };
 use hashbrown::HashSet;
 use parking_lot::{Mutex, MutexGuard};
@@ -84,6 +84,21 @@ pub trait DeltaSink: Send + Sync {
     ) {
         self.publish_coll(db, key, &one.delta(stamp, elem, written), now_ms);
     }
+    /// A write of several elements of `kind` made in place at `stamp`
+    /// (what it did: `many`). By default as the delta `Coll` it would have
+    /// filled; a sink may lay its bytes out directly
+    /// (`codec::append_many_write`).
+    fn publish_many(
+        &self,
+        db: u32,
+        key: &[u8],
+        stamp: Stamp,
+        kind: Kind,
+        many: &ManyWrite,
+        now_ms: u64,
+    ) {
+        self.publish_coll(db, key, &many.delta(stamp, kind), now_ms);
+    }
     /// A PUBLISH or SPUBLISH made here, for the peers' subscribers: sent
     /// at most once, never stored.
     fn publish_message(&self, _space: crate::pubsub::Space, _channel: &[u8], _message: &[u8]) {}
@@ -134,6 +149,43 @@ fn with_delta<R>(stamp: Stamp, kind: Kind, f: impl FnOnce(&mut Coll) -> R) -> R 
     });
     r
 }
+
+thread_local! {
+    /// What an in-place write of several elements records for the
+    /// replication sink, reused command after command.
+    static MANY: std::cell::RefCell<ManyWrite> = std::cell::RefCell::new(ManyWrite::default());
+}
+
+/// Runs `f` with this thread's reused [`ManyWrite`], empty (borrowed in
+/// place: moving it in and out cost a three-field HSET 230 instructions),
+/// or with a fresh one if that is in use.
+fn with_many<R>(f: impl FnOnce(&mut ManyWrite) -> R) -> R {
+    let mut f = Some(f);
+    let mut run = |many: &mut ManyWrite| {
+        many.clear();
+        let r = f.take().map(|f| f(many));
+        many.clear();
+        // Nothing of a large write stays held until the next one.
+        if many.bytes.capacity() > MANY_KEPT {
+            many.bytes = Vec::new();
+        }
+        r
+    };
+    let reused = MANY
+        .try_with(|cell| match cell.try_borrow_mut() {
+            Ok(mut many) => run(&mut many),
+            Err(_) => run(&mut ManyWrite::default()),
+        })
+        .ok()
+        .flatten();
+    match reused {
+        Some(r) => r,
+        None => run(&mut ManyWrite::default()).expect("`f` runs once"),
+    }
+}
+
+/// The most element bytes a thread's reused [`ManyWrite`] keeps.
+const MANY_KEPT: usize = 16 * 1024;
 
 /// A batch of commands running on this thread (see [`Keyspace::batch`]).
 /// Not `Send`: a batch never spans an await, where its task could move to
@@ -821,6 +873,38 @@ impl Writer<'_> {
             self.wrote_in_place(stamp);
             if let Some(sink) = self.ks.sink.as_ref().filter(|_| !delta.names_nothing()) {
                 sink.publish_coll(self.db as u32, self.key, delta, self.now_ms);
+            }
+            Some(r)
+        })
+    }
+
+    /// [`Writer::coll_in_place`] for a write of several elements (HSET,
+    /// SADD, ZADD of many): `op` records what it did in a [`ManyWrite`]
+    /// when a sink wants it, and the sink lays out the delta directly.
+    pub fn many_in_place<R>(
+        &mut self,
+        kind: Kind,
+        op: impl FnOnce(&mut Coll, Option<&mut ManyWrite>, Stamp) -> Option<R>,
+    ) -> Option<R> {
+        if !self.state.shows_only(kind, self.now_ms) {
+            return None;
+        }
+        let stamp = self.stamp();
+        let ks = self.ks;
+        let Some(sink) = ks.sink.as_ref() else {
+            let coll = self.state.coll.as_mut()?;
+            prefetch_expected(coll);
+            let r = op(coll, None, stamp)?;
+            self.wrote_in_place(stamp);
+            return Some(r);
+        };
+        with_many(|many| {
+            let coll = self.state.coll.as_mut()?;
+            prefetch_expected(coll);
+            let r = op(coll, Some(&mut *many), stamp)?;
+            self.wrote_in_place(stamp);
+            if !many.names_nothing() {
+                sink.publish_many(self.db as u32, self.key, stamp, kind, many, self.now_ms);
             }
             Some(r)
         })

@@ -587,6 +587,21 @@ impl DeltaSink for LogSink {
         });
     }
 
+    fn publish_many(
+        &self,
+        db: u32,
+        key: &[u8],
+        stamp: Stamp,
+        kind: chorus_crdt::Kind,
+        many: &chorus_crdt::ManyWrite,
+        _now_ms: u64,
+    ) {
+        self.append(|out| {
+            wire::append_many_body(out, self.heads.origin(), db, key, stamp, kind, many);
+            Ok(())
+        });
+    }
+
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, _now_ms: u64) {
         self.append(|out| {
             wire::append_flush_body(out, db, stamp);

@@ -8,7 +8,9 @@ use smallvec::SmallVec;
 
 use std::collections::BTreeMap;
 
-use crate::coll::{Adds, Blob, Coll, Elem, Kind, OneWrite, Removed, Score, Written};
+use crate::coll::{
+    Adds, Blob, Coll, Elem, ElemWrite, Kind, ManyWrite, OneWrite, Removed, Score, Written,
+};
 use crate::conflict::Conflict;
 use crate::context::{CausalContext, Dot};
 use crate::delta::Delta;
@@ -792,6 +794,119 @@ fn append_coll_write_as(
     if !plain || names_zero {
         out.truncate(start);
         return false;
+    }
+    true
+}
+
+/// A write a [`ManyWrite`] recorded: element, value, the rest.
+type Recorded<'a> = (&'a [u8], &'a [u8], &'a ElemWrite);
+
+/// The compact collection write ([`append_coll_write`]) of a write of
+/// several elements of `kind` made in place at `stamp` (what it did:
+/// `many`), laid out without the delta `Coll` it would have filled
+/// ([`ManyWrite::delta`]): the context's dots sorted and each once, and of
+/// an element written twice, its last write.
+#[allow(clippy::too_many_arguments)]
+pub fn append_many_write(
+    out: &mut Vec<u8>,
+    origin: NodeId,
+    db: u32,
+    key: &[u8],
+    stamp: Stamp,
+    kind: Kind,
+    many: &ManyWrite,
+) {
+    let time = stamp.time;
+    let near = |n: u64| {
+        let d = n.wrapping_sub(time) as i64;
+        ((d << 1) ^ (d >> 63)) as u64
+    };
+    let node_id = |node: NodeId| {
+        debug_assert!(node.0 != 0, "a write names node 0");
+        if node == origin {
+            0
+        } else {
+            node.0
+        }
+    };
+    let mut dots: SmallVec<[(u64, NodeId); 8]> = many.dots.iter().map(|d| (d.n, d.node)).collect();
+    dots.sort_unstable();
+    dots.dedup();
+    // Tag, db, key, kind, stamp, the dots, the writes' count; each
+    // write's element, value, one, dot, time and score.
+    let most = 2
+        + key.len()
+        + (6 + 2 * dots.len()) * MAX_VARINT
+        + many.bytes.len()
+        + many.writes.len() * (6 * MAX_VARINT + 9);
+    let mut w = Exact::new(out, most);
+    w.byte(COLL_WRITE_TAG);
+    w.varint(db as u64);
+    w.varint(key.len() as u64);
+    w.bytes(key);
+    w.byte(kind as u8);
+    w.varint(time);
+    w.varint(node_id(stamp.node));
+    w.varint(dots.len() as u64);
+    for &(n, node) in &dots {
+        w.varint(near(n));
+        w.varint(node_id(node));
+    }
+    let lay = |w: &mut Exact, (elem, value, write): Recorded<'_>| {
+        w.varint(elem.len() as u64);
+        w.bytes(elem);
+        w.byte(1);
+        w.varint(near(write.dot.n));
+        w.varint(node_id(write.dot.node));
+        w.varint(near(write.time));
+        match kind {
+            Kind::Hash => {
+                w.varint(value.len() as u64);
+                w.bytes(value);
+            }
+            Kind::ZSet => w.bytes(&write.score.to_le_bytes()),
+            Kind::Set | Kind::List => {}
+        }
+    };
+    if all_distinct(many) {
+        w.varint(many.writes.len() as u64);
+        for recorded in many.iter() {
+            lay(&mut w, recorded);
+        }
+        return;
+    }
+    // An element written twice: its last write only. Stable, so that of
+    // one element's writes the last made stays last.
+    let mut writes: Vec<Recorded<'_>> = many.iter().collect();
+    writes.sort_by(|a, b| a.0.cmp(b.0));
+    let mut kept = 0;
+    for i in 0..writes.len() {
+        if i + 1 < writes.len() && writes[i + 1].0 == writes[i].0 {
+            continue;
+        }
+        writes[kept] = writes[i];
+        kept += 1;
+    }
+    w.varint(kept as u64);
+    for &recorded in &writes[..kept] {
+        lay(&mut w, recorded);
+    }
+}
+
+/// Whether no element of `many` was written twice, by comparing pairs
+/// where there are few (a command names a handful of elements, and
+/// sorting them cost more than the layout).
+fn all_distinct(many: &ManyWrite) -> bool {
+    let n = many.writes.len();
+    if n > 16 {
+        return false;
+    }
+    let mut elems: SmallVec<[&[u8]; 16]> = SmallVec::new();
+    for (elem, _, _) in many.iter() {
+        if elems.contains(&elem) {
+            return false;
+        }
+        elems.push(elem);
     }
     true
 }

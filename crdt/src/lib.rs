@@ -31,7 +31,7 @@ pub use codec::{
     decode_stored_write, decode_write_fields, encode, encode_append, encode_sized, DecodeError,
     EncodeError, FORMAT_VERSION,
 };
-pub use coll::{Coll, ElemDelta, Kind, OneWrite, Written};
+pub use coll::{Coll, CountDelta, ElemDelta, ElemWrite, Kind, ManyWrite, OneWrite, Written};
 pub use conflict::{Conflict, ConflictKind, Side, Summary};
 pub use context::{CausalContext, Dot};
 pub use delta::Delta;

@@ -4,8 +4,8 @@
 //! field, other nodes' dots around).
 
 use chorus_crdt::codec::{
-    append_coll_delta, append_coll_part_write, append_coll_write, append_one_delta,
-    append_one_write, append_state, append_varint,
+    append_coll_delta, append_coll_part_write, append_coll_write, append_many_write,
+    append_one_delta, append_one_write, append_state, append_varint,
 };
 use chorus_crdt::{
     decode, decode_write_fields, Coll, Delta, KeyState, KeyType, Kind, NodeId, OneWrite, Stamp,
@@ -251,7 +251,7 @@ proptest! {
 
 /// HINCRBY `by` or ZINCRBY `by / 4` of `elem` at `stamp`, recorded in
 /// `delta`: the value after it.
-fn increment<D: chorus_crdt::ElemDelta>(
+fn increment<D: chorus_crdt::CountDelta>(
     c: &mut Coll,
     kind: Kind,
     stamp: Stamp,
@@ -498,6 +498,27 @@ fn a_collection_write_with_the_largest_numbers_reads_back() {
                 Kind::Set => delta.added(&elem, dot, 0),
                 _ => delta.scored(&elem, dot, time, f64::MIN),
             }
+            // The same as a record of an in-place write of several
+            // elements, two of them one element.
+            let mut many = chorus_crdt::ManyWrite::default();
+            for (node, n) in [(u64::MAX - 1, u64::MAX), (1, 0), (7, time.wrapping_add(1))] {
+                many.covers(Dot {
+                    node: NodeId(node),
+                    n,
+                });
+            }
+            for (elem, n) in [
+                (&[0xff; 300][..], 0),
+                (&[0xfe; 2][..], u64::MAX),
+                (&[0xff; 300][..], 1),
+            ] {
+                let dot = Dot { node: big, n };
+                match kind {
+                    Kind::Hash => many.wrote(&Probe::new(elem), dot, u64::MAX, &[b'v'; 200]),
+                    Kind::Set => many.added(&Probe::new(elem), dot, 0),
+                    _ => many.scored(&Probe::new(elem), dot, time, f64::MIN),
+                }
+            }
             for origin in [big, NodeId(1)] {
                 let mut fields = Vec::new();
                 append_varint(&mut fields, origin.0);
@@ -513,7 +534,81 @@ fn a_collection_write_with_the_largest_numbers_reads_back() {
                 append_coll_delta(&mut full, &delta);
                 assert_reads_back_as(&mut fields, origin, &full)
                     .expect("the largest numbers read back");
+                let mut fields = Vec::new();
+                append_varint(&mut fields, origin.0);
+                append_varint(&mut fields, 77);
+                append_many_write(&mut fields, origin, 3, b"key", stamp, kind, &many);
+                let mut full = vec![FORMAT_VERSION];
+                append_coll_delta(&mut full, &many.delta(stamp, kind));
+                assert_reads_back_as(&mut fields, origin, &full)
+                    .expect("the largest numbers read back");
             }
         }
+    }
+}
+
+/// The writes of one command of several elements, in place, recorded in
+/// `delta`; their results.
+fn write_many<D: chorus_crdt::ElemDelta>(
+    state: &mut KeyState,
+    kind: Kind,
+    stamp: Stamp,
+    writes: &[(usize, usize)],
+    mut delta: Option<&mut D>,
+) -> Vec<Option<String>> {
+    let coll = state.coll.as_mut().expect("a collection");
+    writes
+        .iter()
+        .map(|&(field, len)| {
+            let elem = FIELDS[field];
+            let d = delta.as_deref_mut();
+            match kind {
+                Kind::Hash => format!("{:?}", coll.hset_here(stamp, elem, &vec![b'w'; len], d)),
+                Kind::Set => format!("{:?}", coll.sadd_here(stamp, elem, d)),
+                _ => format!("{:?}", coll.zadd_here(stamp, elem, len as f64 / 8.0, d)),
+            }
+        })
+        .map(Some)
+        .collect()
+}
+
+proptest! {
+    /// HSET, SADD and ZADD of several elements (some named twice) in
+    /// place: what `ManyWrite` records makes the delta `Coll` the write
+    /// would have filled, and its compact form, laid out from the record,
+    /// reads back as that delta.
+    #[test]
+    fn a_write_of_several_elements_lays_out_the_delta_it_would_have_filled(
+        kind in prop_oneof![Just(Kind::Hash), Just(Kind::Set), Just(Kind::ZSet)],
+        ops in ops(),
+        writes in proptest::collection::vec((0..FIELDS.len(), prop_oneof![Just(0usize), Just(3), Just(64), Just(65)]), 2..7),
+        node in 1u64..4,
+        later in 0u64..2,
+        origin in 1u64..5,
+    ) {
+        let (state, time) = coll_state(kind, &ops);
+        prop_assume!(state.key_type(0) == Some(KeyType::Coll(kind)) && !state.has_hidden_parts());
+        let stamp = Stamp { time: time + later, node: NodeId(node) };
+        let mut by_coll = state.clone();
+        let mut delta = Coll::delta(stamp, kind);
+        let done = write_many(&mut by_coll, kind, stamp, &writes, Some(&mut delta));
+        let mut by_many = state.clone();
+        let mut many = chorus_crdt::ManyWrite::default();
+        let done_many = write_many(&mut by_many, kind, stamp, &writes, Some(&mut many));
+        prop_assert_eq!(done, done_many);
+        prop_assert_eq!(&by_many, &by_coll);
+        prop_assert_eq!(&many.delta(stamp, kind), &delta);
+        let origin = NodeId(origin);
+        let mut fields = Vec::new();
+        append_varint(&mut fields, origin.0);
+        append_varint(&mut fields, 77);
+        append_many_write(&mut fields, origin, 3, b"key", stamp, kind, &many);
+        let mut full = vec![FORMAT_VERSION];
+        append_coll_delta(&mut full, &delta);
+        assert_reads_back_as(&mut fields, origin, &full)?;
+        // And a replica that merges it holds what the writer does.
+        let mut replica = state.clone();
+        replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
+        prop_assert_eq!(&replica, &by_many);
     }
 }

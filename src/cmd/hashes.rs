@@ -63,7 +63,7 @@ fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
         };
         return x.coll_update_with(key, Kind::Hash, one, slow);
     }
-    let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {
+    let fast = |c: &mut Coll, mut d: Option<&mut chorus_crdt::ManyWrite>, stamp| {
         // A counter field anywhere takes the general path, for all of them.
         if pairs.len() > 2
             && pairs
@@ -78,7 +78,7 @@ fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
         }
         Some(added)
     };
-    x.coll_update_fast(key, Kind::Hash, fast, slow)
+    x.coll_update_many(key, Kind::Hash, fast, slow)
 }
 
 fn hset(x: &mut Exec, args: &[&[u8]]) -> CmdResult {

@@ -570,6 +570,19 @@ impl<'s> Exec<'s, '_> {
         self.coll_update_with(key, kind, |w| w.coll_in_place(kind, fast), slow)
     }
 
+    /// [`Exec::coll_update_fast`] for a write of several elements, whose
+    /// fast path records what it did in a `ManyWrite`
+    /// (`Writer::many_in_place`).
+    pub fn coll_update_many<R>(
+        &mut self,
+        key: &[u8],
+        kind: Kind,
+        fast: impl FnOnce(&mut Coll, Option<&mut chorus_crdt::ManyWrite>, Stamp) -> Option<R>,
+        slow: impl FnOnce(&Coll, &mut Coll, Stamp) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        self.coll_update_with(key, kind, |w| w.many_in_place(kind, fast), slow)
+    }
+
     /// [`Exec::coll_update_fast`] with a fast path given the key's writer.
     pub fn coll_update_with<R>(
         &mut self,

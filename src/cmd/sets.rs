@@ -55,14 +55,14 @@ fn sadd(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         };
         x.coll_update_with(args[1], Kind::Set, one, slow)?
     } else {
-        let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| {
+        let fast = |c: &mut Coll, mut d: Option<&mut chorus_crdt::ManyWrite>, stamp| {
             let mut added = 0;
             for m in members {
                 added += i64::from(c.sadd_here(stamp, m, d.as_deref_mut()));
             }
             Some(added)
         };
-        x.coll_update_fast(args[1], Kind::Set, fast, slow)?
+        x.coll_update_many(args[1], Kind::Set, fast, slow)?
     };
     x.out.int(added);
     Ok(())

@@ -248,7 +248,10 @@ fn add_scores(
         };
         return x.coll_update_with(key, Kind::ZSet, one, slow)?;
     }
-    let fast = |c: &mut Coll, mut d: Option<&mut Coll>, stamp| -> Option<Result<Added, Error>> {
+    let fast = |c: &mut Coll,
+                mut d: Option<&mut chorus_crdt::ManyWrite>,
+                stamp|
+     -> Option<Result<Added, Error>> {
         let mut done = Added::default();
         // A member with increments anywhere takes the general path (its
         // removal record), for all of them.
@@ -271,7 +274,7 @@ fn add_scores(
         }
         Some(Ok(done))
     };
-    x.coll_update_fast(key, Kind::ZSet, fast, slow)?
+    x.coll_update_many(key, Kind::ZSet, fast, slow)?
 }
 
 /// ZADD's general path: every write into the delta. Members named twice

@@ -955,6 +955,20 @@ impl DeltaSink for Replicator {
         });
     }
 
+    fn publish_many(
+        &self,
+        db: u32,
+        key: &[u8],
+        stamp: Stamp,
+        kind: chorus_crdt::Kind,
+        many: &chorus_crdt::ManyWrite,
+        now_ms: u64,
+    ) {
+        self.publish(now_ms, |out| {
+            wire::append_many_body(out, self.heads.origin(), db, key, stamp, kind, many)
+        });
+    }
+
     fn publish_flush(&self, db: Option<u32>, stamp: Stamp, now_ms: u64) {
         self.publish(now_ms, |out| wire::append_flush_body(out, db, stamp));
     }
@@ -2817,6 +2831,20 @@ mod tests {
         });
         repl.publish_key(0, b"key", &made, wall_ms());
         repl.publish_coll(0, b"key", &part, wall_ms());
+        // A write of several elements in place, one named twice.
+        let mut many = chorus_crdt::ManyWrite::default();
+        many.covers(Dot {
+            node: NodeId(9),
+            n: 4,
+        });
+        for (member, n) in [(&b"a"[..], 0), (b"b", 1), (b"a", 2)] {
+            let dot = Dot {
+                node: me,
+                n: stamp.time + n,
+            };
+            many.added(&chorus_crdt::Probe::new(member), dot, stamp.time);
+        }
+        repl.publish_many(0, b"key", stamp, Kind::Set, &many, wall_ms());
         log.close();
         let mut read = Vec::new();
         log.read_numbered(
@@ -2825,7 +2853,7 @@ mod tests {
             |p| own_seq(me, p),
             |p| read.push(wire::decode_msg(p).expect("a logged write decodes")),
         );
-        assert_eq!(read.len(), 4);
+        assert_eq!(read.len(), 5);
         let parts = read.split_off(2);
         let whole = |msg: &ReplMsg| match msg {
             ReplMsg::Delta {
@@ -2838,6 +2866,11 @@ mod tests {
         assert_eq!(whole(&parts[0]), (me, made.clone()));
         let (origin, state) = whole(&parts[1]);
         assert_eq!((origin, state.coll()), (me, Some(&part)));
+        let (origin, state) = whole(&parts[2]);
+        assert_eq!(
+            (origin, state.coll()),
+            (me, Some(&many.delta(stamp, Kind::Set)))
+        );
         for (msg, written) in read.into_iter().zip(writes) {
             let ReplMsg::Delta {
                 origin,

@@ -304,6 +304,21 @@ pub(crate) fn append_one_body(
     chorus_crdt::codec::append_one_write(out, origin, db, key, stamp, one, elem, written);
 }
 
+/// A write of several elements' delta (what [`append_coll_body`] lays
+/// out of the delta `Coll` it would have filled) in the compact form, for
+/// a write of `origin`'s (`codec::append_many_write`).
+pub(crate) fn append_many_body(
+    out: &mut Vec<u8>,
+    origin: NodeId,
+    db: u32,
+    key: &[u8],
+    stamp: Stamp,
+    kind: chorus_crdt::Kind,
+    many: &chorus_crdt::ManyWrite,
+) {
+    chorus_crdt::codec::append_many_write(out, origin, db, key, stamp, kind, many);
+}
+
 /// `Delta::Key` of [`KeyState::tally_delta`]`(node, tally)`.
 pub(crate) fn append_tally_body(
     out: &mut Vec<u8>,
