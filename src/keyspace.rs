@@ -169,6 +169,12 @@ fn with_many<R>(f: impl FnOnce(&mut ManyWrite) -> R) -> R {
         if many.bytes.capacity() > MANY_KEPT {
             many.bytes = Vec::new();
         }
+        if many.dots.capacity() > MANY_KEPT / 16 {
+            many.dots = Default::default();
+        }
+        if many.writes.capacity() > MANY_KEPT / 16 {
+            many.writes = Default::default();
+        }
         r
     };
     let reused = MANY
@@ -184,7 +190,8 @@ fn with_many<R>(f: impl FnOnce(&mut ManyWrite) -> R) -> R {
     }
 }
 
-/// The most element bytes a thread's reused [`ManyWrite`] keeps.
+/// The most element bytes a thread's reused [`ManyWrite`] keeps (and a
+/// sixteenth as many dots and writes).
 const MANY_KEPT: usize = 16 * 1024;
 
 /// A batch of commands running on this thread (see [`Keyspace::batch`]).
@@ -2469,6 +2476,14 @@ mod tests {
         let r = ks
             .update(&mut l, 0, b"z", 0, |w| {
                 w.coll_in_place(Kind::ZSet, |_, _, _| Some(()))
+            })
+            .unwrap();
+        assert_eq!(r, Some(()));
+        // The same for a write of several elements (ZADD NX of members
+        // there), which records into a `ManyWrite`.
+        let r = ks
+            .update(&mut l, 0, b"z", 0, |w| {
+                w.many_in_place(Kind::ZSet, |_, _, _| Some(()))
             })
             .unwrap();
         assert_eq!(r, Some(()));

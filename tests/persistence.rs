@@ -270,14 +270,18 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     q::<()>(&mut c, &["HSET", "h", "f1", "a", "f2", "old"]);
     // One field at a time (a delta laid out without a delta `Coll`).
     q::<()>(&mut c, &["HSET", "h", "f2", "b"]);
+    // Several fields of a hash there (a `ManyWrite`, laid out directly).
+    q::<()>(&mut c, &["HSET", "h", "f1", "a", "f3", "c"]);
     q::<()>(&mut c, &["HSET", "h1", "only", "one"]);
     q::<()>(&mut c, &["HINCRBY", "h", "count", "7"]);
     q::<()>(&mut c, &["SADD", "set", "x", "y", "z"]);
     q::<()>(&mut c, &["SREM", "set", "y"]);
     q::<()>(&mut c, &["SADD", "set", "w"]);
+    q::<()>(&mut c, &["SADD", "set", "x", "q"]);
     q::<()>(&mut c, &["ZADD", "z", "1", "one", "2", "two"]);
     q::<()>(&mut c, &["ZINCRBY", "z", "5", "one"]);
     q::<()>(&mut c, &["ZADD", "z", "3", "three"]);
+    q::<()>(&mut c, &["ZADD", "z", "4", "four", "5", "five"]);
     q::<()>(&mut c, &["SET", "deleted", "x"]);
     q::<()>(&mut c, &["DEL", "deleted"]);
     q::<()>(&mut c, &["SELECT", "2"]);
@@ -299,15 +303,18 @@ fn writes_survive_a_kill_between_folds_through_the_delta_log() {
     assert!(q::<i64>(&mut c, &["TTL", "ttl"]) > 900);
     assert_eq!(q::<i64>(&mut c, &["INCR", "n"]), 43, "the counter goes on");
     assert_eq!(get(&mut c, "f").as_deref(), Some("2.75"));
-    let h: Vec<String> = q(&mut c, &["HMGET", "h", "f1", "f2", "count"]);
-    assert_eq!(h, ["a", "b", "7"]);
+    let h: Vec<String> = q(&mut c, &["HMGET", "h", "f1", "f2", "f3", "count"]);
+    assert_eq!(h, ["a", "b", "c", "7"]);
     let h1: Vec<(String, String)> = q(&mut c, &["HGETALL", "h1"]);
     assert_eq!(h1, [("only".to_string(), "one".to_string())]);
     let mut members: Vec<String> = q(&mut c, &["SMEMBERS", "set"]);
     members.sort();
-    assert_eq!(members, ["w", "x", "z"]);
+    assert_eq!(members, ["q", "w", "x", "z"]);
     let z: Vec<String> = q(&mut c, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]);
-    assert_eq!(z, ["two", "2", "three", "3", "one", "6"]);
+    assert_eq!(
+        z,
+        ["two", "2", "three", "3", "four", "4", "five", "5", "one", "6"]
+    );
     assert_eq!(get(&mut c, "deleted"), None);
     assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 8);
     q::<()>(&mut c, &["SELECT", "2"]);

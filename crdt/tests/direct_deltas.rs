@@ -537,7 +537,15 @@ fn a_collection_write_with_the_largest_numbers_reads_back() {
                 let mut fields = Vec::new();
                 append_varint(&mut fields, origin.0);
                 append_varint(&mut fields, 77);
-                append_many_write(&mut fields, origin, 3, b"key", stamp, kind, &many);
+                assert!(append_many_write(
+                    &mut fields,
+                    origin,
+                    3,
+                    b"key",
+                    stamp,
+                    kind,
+                    &many
+                ));
                 let mut full = vec![FORMAT_VERSION];
                 append_coll_delta(&mut full, &many.delta(stamp, kind));
                 assert_reads_back_as(&mut fields, origin, &full)
@@ -602,7 +610,7 @@ proptest! {
         let mut fields = Vec::new();
         append_varint(&mut fields, origin.0);
         append_varint(&mut fields, 77);
-        append_many_write(&mut fields, origin, 3, b"key", stamp, kind, &many);
+        assert!(append_many_write(&mut fields, origin, 3, b"key", stamp, kind, &many));
         let mut full = vec![FORMAT_VERSION];
         append_coll_delta(&mut full, &delta);
         assert_reads_back_as(&mut fields, origin, &full)?;
@@ -611,4 +619,165 @@ proptest! {
         replica.merge(&KeyState { coll: Some(Box::new(delta)), ..KeyState::default() });
         prop_assert_eq!(&replica, &by_many);
     }
+}
+
+/// What the compact collection form cannot say keeps the full form: for
+/// each such delta or key state the encoder declines, appending nothing.
+#[test]
+fn what_the_compact_collection_form_cannot_say_is_refused() {
+    use chorus_crdt::coll::Removed;
+    use chorus_crdt::state::Extras;
+    use chorus_crdt::{CountDelta, Dot, ElemDelta, ManyWrite, Probe, Tally};
+    let node = NodeId(5);
+    let stamp = Stamp {
+        time: 1 << 40,
+        node,
+    };
+    let dot = Dot {
+        node,
+        n: stamp.time,
+    };
+    let mut plain = Coll::delta(stamp, Kind::Hash);
+    plain.wrote(&Probe::new(b"f"), dot, stamp.time, b"v");
+    let state_of = |coll: &Coll| KeyState {
+        coll: Some(Box::new(coll.clone())),
+        ..KeyState::default()
+    };
+    let part_taken = |coll: &Coll| {
+        let mut out = vec![9];
+        let taken = append_coll_part_write(&mut out, node, 0, b"k", coll);
+        assert!(taken || out == [9], "nothing appended when declined");
+        taken
+    };
+    let state_taken = |state: &KeyState| {
+        let mut out = vec![9];
+        let taken = append_coll_write(&mut out, node, 0, b"k", state);
+        assert!(taken || out == [9], "nothing appended when declined");
+        taken
+    };
+    assert!(part_taken(&plain) && state_taken(&state_of(&plain)));
+
+    let mut whole = plain.clone();
+    whole.part = false;
+    let list = Coll::delta(stamp, Kind::List);
+    let mut node_zero = plain.clone();
+    node_zero.covers(Dot {
+        node: NodeId(0),
+        n: 3,
+    });
+    let mut stamp_zero = Coll::delta(
+        Stamp {
+            time: stamp.time,
+            node: NodeId(0),
+        },
+        Kind::Hash,
+    );
+    stamp_zero.wrote(&Probe::new(b"f"), dot, stamp.time, b"v");
+    let mut floor = plain.clone();
+    floor.ctx.raise_floor(2);
+    let mut other_kind = plain.clone();
+    other_kind.added(&Probe::new(b"m"), Dot { node, n: dot.n + 1 }, stamp.time);
+    let tally = Tally {
+        epoch: stamp,
+        ops: 1,
+        int: 1,
+        float: 0.0,
+        float_ops: 0,
+    };
+    let mut counted = plain.clone();
+    counted.counted(Kind::Hash, &Probe::new(b"f"), node, tally);
+    let mut removed = plain.clone();
+    removed
+        .removed
+        .make()
+        .insert((Kind::Hash, b"f".to_vec()), Removed::default());
+    for (what, coll) in [
+        ("a whole state", &whole),
+        ("a list", &list),
+        ("a dot of node 0", &node_zero),
+        ("a stamp of node 0", &stamp_zero),
+        ("a context with a floor", &floor),
+        ("another kind's part", &other_kind),
+        ("an element's counter", &counted),
+        ("a removal record", &removed),
+    ] {
+        assert!(!part_taken(coll), "{what}");
+        assert!(!state_taken(&state_of(coll)), "{what}");
+    }
+
+    // Key states around a plain delta: only the empty register, and
+    // extras that are empty or clear the expiry at the write's stamp.
+    let with_extras = |extras: Extras| KeyState {
+        extras: Some(Box::new(extras)),
+        ..state_of(&plain)
+    };
+    let cleared = chorus_crdt::state::ExpiryField { stamp, at_ms: 0 };
+    assert!(state_taken(&with_extras(Extras::default())));
+    assert!(state_taken(&with_extras(Extras {
+        expiry: cleared,
+        ..Extras::default()
+    })));
+    let refused = [
+        (
+            "a register with a value",
+            KeyState {
+                reg: KeyState::default().write(stamp, Some(b"v"), 0).reg.clone(),
+                ..state_of(&plain)
+            },
+        ),
+        (
+            "an expiry at a time",
+            with_extras(Extras {
+                expiry: chorus_crdt::state::ExpiryField { stamp, at_ms: 7 },
+                ..Extras::default()
+            }),
+        ),
+        (
+            "an expiry stamped before the write",
+            with_extras(Extras {
+                expiry: chorus_crdt::state::ExpiryField {
+                    stamp: Stamp {
+                        time: 1,
+                        node: NodeId(9),
+                    },
+                    at_ms: 0,
+                },
+                ..Extras::default()
+            }),
+        ),
+        (
+            "a key's counter",
+            with_extras(Extras {
+                counts: chorus_crdt::NodeMap::single(node, tally),
+                ..Extras::default()
+            }),
+        ),
+        (
+            "an expiry floor",
+            with_extras(Extras {
+                floor: stamp,
+                ..Extras::default()
+            }),
+        ),
+    ];
+    for (what, state) in &refused {
+        assert!(!state_taken(state), "{what}");
+    }
+
+    // A record of a write of several elements: a list, or a dot of node 0.
+    let mut many = ManyWrite::default();
+    many.wrote(&Probe::new(b"f"), dot, stamp.time, b"v");
+    let many_taken = |many: &ManyWrite, kind: Kind| {
+        let mut out = vec![9];
+        let taken = append_many_write(&mut out, node, 0, b"k", stamp, kind, many);
+        assert!(taken || out == [9], "nothing appended when declined");
+        taken
+    };
+    assert!(many_taken(&many, Kind::Hash));
+    assert!(!many_taken(&many, Kind::List), "a list");
+    many.covers(Dot {
+        node: NodeId(0),
+        n: 3,
+    });
+    assert!(!many_taken(&many, Kind::Hash), "a dot of node 0");
 }
