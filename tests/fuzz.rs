@@ -239,6 +239,22 @@ proptest! {
     }
 }
 
+/// `write` (a valid write's message) mutated by `mutations`: a message or
+/// an error within the heap bound, and a write when not mutated.
+fn decodes_if_valid(
+    mut bytes: Vec<u8>,
+    mutations: &[chorus_testkit::Mutation],
+) -> Result<(), TestCaseError> {
+    let valid = mutations.is_empty();
+    mutate(&mut bytes, mutations);
+    decode_checked(&bytes)?;
+    if valid {
+        let is_write = matches!(decode_msg(&bytes), Ok(ReplMsg::Delta { .. }));
+        prop_assert!(is_write, "a valid compact write does not decode");
+    }
+    Ok(())
+}
+
 /// A one-element write or increment in the compact form a link carries
 /// (`codec::append_one_write`), as its whole message.
 fn compact_write() -> impl Strategy<Value = Vec<u8>> {
@@ -308,14 +324,7 @@ proptest! {
         write in compact_write(),
         mutations in mutations(0..5),
     ) {
-        let mut bytes = write;
-        let valid = mutations.is_empty();
-        mutate(&mut bytes, &mutations);
-        decode_checked(&bytes)?;
-        if valid {
-            let is_write = matches!(decode_msg(&bytes), Ok(ReplMsg::Delta { .. }));
-            prop_assert!(is_write, "a valid compact write does not decode");
-        }
+        decodes_if_valid(write, &mutations)?;
     }
 }
 
@@ -369,14 +378,7 @@ proptest! {
         write in compact_coll_write(),
         mutations in mutations(0..5),
     ) {
-        let mut bytes = write;
-        let valid = mutations.is_empty();
-        mutate(&mut bytes, &mutations);
-        decode_checked(&bytes)?;
-        if valid {
-            let is_write = matches!(decode_msg(&bytes), Ok(ReplMsg::Delta { .. }));
-            prop_assert!(is_write, "a valid compact write does not decode");
-        }
+        decodes_if_valid(write, &mutations)?;
     }
 }
 
