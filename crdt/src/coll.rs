@@ -576,6 +576,41 @@ impl Coll {
         self.tidy();
     }
 
+    /// Whether this delta, made whole, is what merging it into a state of
+    /// nothing makes (see [`Coll::settle_as_first_state`]): elements of its own
+    /// kind only, each with at most one write and no counter, and no
+    /// removal record.
+    pub(crate) fn is_plain_first_write(&self) -> bool {
+        let own_kind_only = match self.kind {
+            Kind::Hash => self.set.is_empty() && self.zset.is_empty(),
+            Kind::Set => self.hash.is_empty() && self.zset.is_empty(),
+            Kind::ZSet => self.hash.is_empty() && self.set.is_empty(),
+            Kind::List => false,
+        };
+        let one_write = |writes: usize, counted: bool| writes <= 1 && !counted;
+        self.part
+            && own_kind_only
+            && self.list.is_empty()
+            && self.removed.is_empty()
+            && self.hash.iter().all(|(_, f)| match f {
+                FieldRef::Elem(e) => one_write(e.writes.len(), e.counts.is_some()),
+                FieldRef::Packed(_) => true,
+            })
+            && self
+                .zset
+                .values()
+                .all(|e| one_write(e.writes.len(), e.counts.is_some()))
+            && self.set.values().all(|adds| adds.len() <= 1)
+    }
+
+    /// Makes a plain first write's delta ([`Coll::is_plain_first_write`])
+    /// the state a merge of it into nothing makes: whole, packed, no index.
+    pub(crate) fn settle_as_first_state(&mut self) {
+        self.make_whole();
+        self.hash.pack();
+        self.unindex();
+    }
+
     /// Frees the parts of other kinds emptied.
     fn tidy(&mut self) {
         self.set.tidy();
