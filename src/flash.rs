@@ -442,14 +442,7 @@ mod tests {
 
     fn digests(ks: &Keyspace) -> Vec<DbDigest> {
         let mut dbs = vec![DbDigest::empty(0), DbDigest::empty(1)];
-        let mut scratch = Vec::new();
-        for i in 0..SHARDS {
-            let mut cold = crate::keyspace::ColdReads::default();
-            ks.digest_shard(i, &mut dbs, &mut scratch, &mut cold)
-                .unwrap();
-            cold.add_digests(ks.gc_acked(), &mut dbs, &mut scratch)
-                .unwrap();
-        }
+        ks.digest_all(&mut dbs);
         assert!(!dbs[0].is_empty());
         dbs
     }
@@ -514,15 +507,12 @@ mod tests {
         }
         persistence.cut_once().unwrap();
         let all_digests = |ks: &Keyspace| {
-            let mut leaves = vec![None, None];
-            let mut scratch = Vec::new();
-            for i in 0..SHARDS {
-                let mut cold = crate::keyspace::ColdReads::default();
-                ks.leaf_digest_shard(i, 6, &mut leaves, &mut scratch, &mut cold)
-                    .unwrap();
-                cold.add_leaf_digests(ks.gc_acked(), 6, &mut leaves, &mut scratch)
-                    .unwrap();
-            }
+            let mut leaves = crate::keyspace::LeafDigests {
+                bits: 6,
+                dbs: vec![None, None],
+            };
+            ks.digest_all(&mut leaves);
+            let leaves = leaves.dbs;
             let buckets: Vec<_> = (0..=255u8)
                 .map(|b| ks.bucket_digests(1, None, b, None).unwrap())
                 .collect();

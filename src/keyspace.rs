@@ -32,6 +32,11 @@ use crate::keymap::{Entry, KeyMap};
 /// A divisor of the digest buckets (see `shard_of`).
 pub const SHARDS: usize = 64;
 
+/// The most keys, and key bytes, a piece of a digest reads under a shard's
+/// lock (about a millisecond of digests of small hashes).
+const DIGEST_PIECE_KEYS: usize = 256;
+const DIGEST_PIECE_BYTES: usize = 256 * 1024;
+
 /// Digest buckets per shard: bucket `b` lies wholly in shard `b / BUCKETS_PER_SHARD`.
 pub const BUCKETS_PER_SHARD: usize = BUCKETS / SHARDS;
 const _: () = assert!(BUCKETS.is_multiple_of(SHARDS));
@@ -376,33 +381,95 @@ impl ColdReads {
         Ok(())
     }
 
-    /// Adds the keys met to `dbs` (see [`Keyspace::digest_shard`]).
-    pub fn add_digests(
+    /// Adds the keys met to `digests` (see [`Keyspace::digest_piece`]).
+    pub fn add_digests<D: Digests + ?Sized>(
         &mut self,
         acked_now: Stamp,
-        dbs: &mut [DbDigest],
+        digests: &mut D,
         scratch: &mut Vec<u8>,
     ) -> Result<(), chorus_crdt::EncodeError> {
         self.read(acked_now, usize::MAX, |db, key, state| {
-            dbs[db as usize].add(key, key_digest(key, state, scratch)?);
+            digests.add(db, key, key_digest(key, state, scratch)?);
             Ok(1)
         })
+    }
+}
+
+/// What a digest of the keyspace adds its keys and floors to, a shard at a
+/// time ([`Keyspace::digest_piece`]).
+pub trait Digests {
+    fn add(&mut self, db: u32, key: &[u8], key_digest: u64);
+    fn floor(&mut self, db: u32, floor: Stamp);
+    /// Undoes what the keys of shard `index` added: the buckets of a shard,
+    /// and the leaves within them, hold its keys alone.
+    fn forget_shard(&mut self, index: usize);
+}
+
+/// The part of `slots` (one per bucket, or per leaf within them) that
+/// shard `index`'s keys fall in.
+fn shard_slots(slots: &mut [u64], index: usize) -> &mut [u64] {
+    let per_shard = slots.len() / SHARDS;
+    &mut slots[index * per_shard..(index + 1) * per_shard]
+}
+
+/// One digest per database, by bucket (a peer's repair offer).
+impl Digests for Vec<DbDigest> {
+    fn add(&mut self, db: u32, key: &[u8], key_digest: u64) {
+        self[db as usize].add(key, key_digest);
     }
 
-    /// Adds the keys met to `dbs` (see [`Keyspace::leaf_digest_shard`]).
-    pub fn add_leaf_digests(
-        &mut self,
-        acked_now: Stamp,
-        bits: u8,
-        dbs: &mut [Option<LeafDigest>],
-        scratch: &mut Vec<u8>,
-    ) -> Result<(), chorus_crdt::EncodeError> {
-        self.read(acked_now, usize::MAX, |db, key, state| {
-            let digest = dbs[db as usize].get_or_insert_with(|| LeafDigest::empty(db, bits));
-            digest.add(key, key_digest(key, state, scratch)?);
-            Ok(1)
-        })
+    fn floor(&mut self, db: u32, floor: Stamp) {
+        let digest = &mut self[db as usize];
+        digest.floor = digest.floor.max(floor);
     }
+
+    fn forget_shard(&mut self, index: usize) {
+        for digest in self.iter_mut() {
+            shard_slots(&mut digest.buckets, index).fill(0);
+        }
+    }
+}
+
+/// One digest of `2^bits` leaves per database, made when it first has a
+/// key or a floor (a transfer of what differs).
+pub struct LeafDigests {
+    pub bits: u8,
+    pub dbs: Vec<Option<LeafDigest>>,
+}
+
+impl LeafDigests {
+    fn of(&mut self, db: u32) -> &mut LeafDigest {
+        let bits = self.bits;
+        self.dbs[db as usize].get_or_insert_with(|| LeafDigest::empty(db, bits))
+    }
+}
+
+impl Digests for LeafDigests {
+    fn add(&mut self, db: u32, key: &[u8], key_digest: u64) {
+        self.of(db).add(key, key_digest);
+    }
+
+    fn floor(&mut self, db: u32, floor: Stamp) {
+        if !floor.is_zero() {
+            let digest = self.of(db);
+            digest.floor = digest.floor.max(floor);
+        }
+    }
+
+    fn forget_shard(&mut self, index: usize) {
+        for digest in self.dbs.iter_mut().flatten() {
+            shard_slots(&mut digest.leaves, index).fill(0);
+        }
+    }
+}
+
+/// Where a digest of one shard taken in pieces stands
+/// ([`Keyspace::digest_piece`]).
+#[derive(Debug, Default, Clone)]
+pub struct DigestScan {
+    scan: ShardScan,
+    /// The rest in one piece: the shard's map was compacted under the scan.
+    whole: bool,
 }
 
 /// Where a scan of one shard that releases its lock between pieces
@@ -413,6 +480,9 @@ pub struct ShardScan {
     position: usize,
     /// The epoch of the database's map at `position` (`KeyMap::epoch`).
     epoch: Option<u64>,
+    /// A database was compacted under the scan, which started it over:
+    /// its keys met before may be met again.
+    started_over: bool,
 }
 
 impl Db {
@@ -1910,56 +1980,74 @@ impl Keyspace {
         Some(shard.dbs.get(db)?.peek(key, acked)?.into_owned())
     }
 
-    /// Adds shard `index`'s keys and floors to `dbs` (one digest per
-    /// database, see `chorus_crdt::digest`), but its cold keys, left in
-    /// `cold` to be added once the lock is released
-    /// ([`ColdReads::add_digests`]). `scratch` is reused across keys.
-    pub fn digest_shard(
+    /// Adds the next piece of shard `index`'s keys to `digests` (and its
+    /// floors, once the last piece is read), its cold keys left in `cold`
+    /// to be added once the lock is released ([`ColdReads::add_digests`]).
+    /// Whether the shard is done. Between two pieces the shard's lock is
+    /// free: a digest of millions of keys holds up a write for a piece at
+    /// most. Writes between pieces are in the digest or not (a key removed
+    /// and made again may count twice, which its bucket shows as a
+    /// difference: a repair of a bucket it did not need). A compaction of
+    /// the shard's map between pieces moves keys: what the shard added is
+    /// forgotten, and it is read again, in one piece. `scratch` is reused
+    /// across keys.
+    pub fn digest_piece<D: Digests + ?Sized>(
         &self,
         index: usize,
-        dbs: &mut [DbDigest],
+        scan: &mut DigestScan,
+        digests: &mut D,
         scratch: &mut Vec<u8>,
         cold: &mut ColdReads,
-    ) -> Result<(), chorus_crdt::EncodeError> {
-        let shard = self.shards[index].lock();
-        let acked = self.gc_acked();
-        for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
-            digest.floor = digest.floor.max(d.floor);
-            for entry in d.map.entries() {
-                if let Some(state) = d.peek_or_defer(db as u32, entry, acked, cold) {
-                    digest.add(&entry.key, key_digest(&entry.key, state, scratch)?);
-                }
+    ) -> Result<bool, chorus_crdt::EncodeError> {
+        let (most_keys, budget) = match scan.whole {
+            true => (usize::MAX, usize::MAX),
+            false => (DIGEST_PIECE_KEYS, DIGEST_PIECE_BYTES),
+        };
+        let done = self.scan_piece(
+            index,
+            &mut scan.scan,
+            most_keys,
+            budget,
+            |_| true,
+            |_, _| true,
+            |db, key, state| {
+                digests.add(db, key, key_digest(key, state, scratch)?);
+                Ok::<_, chorus_crdt::EncodeError>(scratch.len())
+            },
+            cold,
+        )?;
+        if scan.scan.started_over {
+            digests.forget_shard(index);
+            *cold = ColdReads::default();
+            *scan = DigestScan {
+                whole: true,
+                ..DigestScan::default()
+            };
+            return Ok(false);
+        }
+        if done {
+            let shard = self.shards[index].lock();
+            for (db, d) in shard.dbs.iter().enumerate() {
+                digests.floor(db as u32, d.floor);
             }
         }
-        Ok(())
+        Ok(done)
     }
 
-    /// Adds shard `index`'s keys to `dbs` (one leaf digest of `2^bits`
-    /// leaves per database, made when it first has a key or a floor), but
-    /// its cold keys, left in `cold` ([`ColdReads::add_leaf_digests`]).
-    pub fn leaf_digest_shard(
-        &self,
-        index: usize,
-        bits: u8,
-        dbs: &mut [Option<LeafDigest>],
-        scratch: &mut Vec<u8>,
-        cold: &mut ColdReads,
-    ) -> Result<(), chorus_crdt::EncodeError> {
-        let shard = self.shards[index].lock();
-        let acked = self.gc_acked();
-        for (db, (d, digest)) in shard.dbs.iter().zip(dbs.iter_mut()).enumerate() {
-            if d.map.is_empty() && d.floor.is_zero() {
-                continue;
-            }
-            let digest = digest.get_or_insert_with(|| LeafDigest::empty(db as u32, bits));
-            digest.floor = digest.floor.max(d.floor);
-            for entry in d.map.entries() {
-                if let Some(state) = d.peek_or_defer(db as u32, entry, acked, cold) {
-                    digest.add(&entry.key, key_digest(&entry.key, state, scratch)?);
-                }
-            }
+    /// Adds every key and floor to `digests`, a piece at a time, without
+    /// pausing between pieces (a test's digest).
+    #[cfg(test)]
+    pub(crate) fn digest_all<D: Digests + ?Sized>(&self, digests: &mut D) {
+        let mut scratch = Vec::new();
+        for i in 0..SHARDS {
+            let (mut scan, mut cold) = (DigestScan::default(), ColdReads::default());
+            while !self
+                .digest_piece(i, &mut scan, digests, &mut scratch, &mut cold)
+                .unwrap()
+            {}
+            cold.add_digests(self.gc_acked(), digests, &mut scratch)
+                .unwrap();
         }
-        Ok(())
     }
 
     /// Whether shard `index`'s lock is held (by any thread).
@@ -1997,6 +2085,7 @@ impl Keyspace {
         while let Some(d) = shard.dbs.get(scan.db) {
             let epoch = d.map.epoch();
             if scan.epoch != Some(epoch) {
+                scan.started_over |= scan.epoch.is_some();
                 scan.position = 0;
                 scan.epoch = Some(epoch);
             }
@@ -2598,6 +2687,116 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Counts the keys each piece adds on top of the digests it keeps.
+    struct Counted {
+        dbs: Vec<DbDigest>,
+        added: usize,
+        forgotten: usize,
+    }
+
+    impl Digests for Counted {
+        fn add(&mut self, db: u32, key: &[u8], key_digest: u64) {
+            self.added += 1;
+            self.dbs.add(db, key, key_digest);
+        }
+        fn floor(&mut self, db: u32, floor: Stamp) {
+            self.dbs.floor(db, floor);
+        }
+        fn forget_shard(&mut self, index: usize) {
+            self.forgotten += 1;
+            self.dbs.forget_shard(index);
+        }
+    }
+
+    /// What a keyspace's digest must read, computed from its dump.
+    fn digest_of_dump(ks: &Keyspace) -> Vec<DbDigest> {
+        let (keys, floors) = ks.dump();
+        let mut dbs: Vec<DbDigest> = (0..2).map(DbDigest::empty).collect();
+        let mut scratch = Vec::new();
+        for (db, key, state) in &keys {
+            dbs[*db as usize].add(key, key_digest(key, state, &mut scratch).unwrap());
+        }
+        for (db, floor) in floors.into_iter().enumerate() {
+            dbs[db].floor = floor;
+        }
+        dbs
+    }
+
+    /// A keyspace digest (a peer's repair offer) holds a shard's lock for
+    /// a piece of its keys at a time; a compaction of the shard's map
+    /// between two pieces, which moves keys to positions already read,
+    /// has the shard read again rather than counting keys twice.
+    #[test]
+    fn a_digest_in_pieces_reads_a_shard_again_after_a_compaction() {
+        let ks = keyspace();
+        let names: Vec<Vec<u8>> = (0..400_000)
+            .map(|i| format!("key:{i}").into_bytes())
+            .filter(|k| ks.shard_of(k) == 5)
+            .take(1400)
+            .collect();
+        {
+            let mut l = ks.lock_all();
+            for (i, key) in names.iter().enumerate() {
+                ks.update(&mut l, i % 2, key, 0, |w| w.set(Some(b"v"), 0))
+                    .unwrap();
+            }
+        }
+        let mut digests = Counted {
+            dbs: (0..2).map(DbDigest::empty).collect(),
+            added: 0,
+            forgotten: 0,
+        };
+        let (mut scratch, mut cold) = (Vec::new(), ColdReads::default());
+        // Untouched, the shard takes pieces of at most DIGEST_PIECE_KEYS.
+        let mut scan = DigestScan::default();
+        let mut pieces = 0;
+        loop {
+            let before = digests.added;
+            let done = ks
+                .digest_piece(5, &mut scan, &mut digests, &mut scratch, &mut cold)
+                .unwrap();
+            assert!(digests.added - before <= DIGEST_PIECE_KEYS);
+            pieces += 1;
+            if done {
+                break;
+            }
+        }
+        assert_eq!(
+            (digests.added, pieces),
+            (1400, 1400 / DIGEST_PIECE_KEYS + 1)
+        );
+        let whole = digests.dbs.clone();
+        // Another take, with most keys deleted after its first piece.
+        digests.dbs = (0..2).map(DbDigest::empty).collect();
+        let mut scan = DigestScan::default();
+        assert!(!ks
+            .digest_piece(5, &mut scan, &mut digests, &mut scratch, &mut cold)
+            .unwrap());
+        let epoch = ks.shards[5].lock().dbs[0].map.epoch();
+        {
+            let mut l = ks.lock_all();
+            for key in names.iter().step_by(2).take(600) {
+                ks.update(&mut l, 0, key, 0, |w| w.set(None, 0)).unwrap();
+            }
+        }
+        assert_ne!(ks.shards[5].lock().dbs[0].map.epoch(), epoch, "compacted");
+        while !ks
+            .digest_piece(5, &mut scan, &mut digests, &mut scratch, &mut cold)
+            .unwrap()
+        {}
+        for i in (0..SHARDS).filter(|i| *i != 5) {
+            let mut scan = DigestScan::default();
+            while !ks
+                .digest_piece(i, &mut scan, &mut digests, &mut scratch, &mut cold)
+                .unwrap()
+            {}
+        }
+        assert!(cold.is_empty());
+        assert_eq!(digests.dbs, digest_of_dump(&ks));
+        assert_ne!(digests.dbs, whole);
+        assert_eq!(digests.forgotten, 1);
     }
 
     #[test]

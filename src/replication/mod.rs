@@ -58,7 +58,9 @@ use tracing::{info, warn};
 
 use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks, SEND_BATCH_BYTES};
 use crate::deltalog::NumberedRead;
-use crate::keyspace::{ColdReads, DeltaSink, Keyspace, ShardScan, SHARDS};
+use crate::keyspace::{
+    ColdReads, DeltaSink, DigestScan, Digests, Keyspace, LeafDigests, ShardScan, SHARDS,
+};
 use version::{Arrival, VersionVector};
 use wire::ReplMsg;
 
@@ -1625,32 +1627,53 @@ async fn peer_leaves(
     })
 }
 
-/// This node's leaf digests, one shard at a time; only the databases that
-/// hold something.
+/// This node's leaf digests; only the databases that hold something.
 async fn leaf_digests(ks: &Keyspace, bits: u8) -> Result<Vec<LeafDigest>, LinkError> {
     // A database's leaves are made at its first key or floor: 2^bits of
     // them for every database would be 8 MB each at 20 bits.
-    let mut dbs: Vec<Option<LeafDigest>> = vec![None; ks.databases()];
-    let mut scratch = Vec::new();
-    for i in 0..SHARDS {
-        let mut cold = ColdReads::default();
-        ks.leaf_digest_shard(i, bits, &mut dbs, &mut scratch, &mut cold)?;
-        if !cold.is_empty() {
-            let acked = ks.gc_acked();
-            dbs = tokio::task::spawn_blocking(move || {
-                cold.add_leaf_digests(acked, bits, &mut dbs, &mut Vec::new())
-                    .map(|()| dbs)
-            })
-            .await
-            .map_err(|e| LinkError::Protocol(format!("reading cold keys: {e}")))??;
-        }
-        tokio::task::yield_now().await;
-    }
-    Ok(dbs
+    let digests = LeafDigests {
+        bits,
+        dbs: vec![None; ks.databases()],
+    };
+    let digests = digest_keyspace(ks, digests).await?;
+    Ok(digests
+        .dbs
         .into_iter()
         .flatten()
         .filter(|d| !d.is_empty())
         .collect())
+}
+
+/// Adds every key and floor of this node to `digests`, one shard at a time
+/// and each in pieces (see [`Keyspace::digest_piece`]), letting the
+/// runtime's other tasks run between pieces; cold keys are read off the
+/// runtime's threads.
+async fn digest_keyspace<D: Digests + Send + 'static>(
+    ks: &Keyspace,
+    mut digests: D,
+) -> Result<D, LinkError> {
+    let mut scratch = Vec::new();
+    for i in 0..SHARDS {
+        let mut scan = DigestScan::default();
+        loop {
+            let mut cold = ColdReads::default();
+            let done = ks.digest_piece(i, &mut scan, &mut digests, &mut scratch, &mut cold)?;
+            if !cold.is_empty() {
+                let acked = ks.gc_acked();
+                digests = tokio::task::spawn_blocking(move || {
+                    cold.add_digests(acked, &mut digests, &mut Vec::new())
+                        .map(|()| digests)
+                })
+                .await
+                .map_err(|e| LinkError::Protocol(format!("reading cold keys: {e}")))??;
+            }
+            tokio::task::yield_now().await;
+            if done {
+                break;
+            }
+        }
+    }
+    Ok(digests)
 }
 
 /// Streams this node's state on a bulk stream (see [`Transfer`]); returns
@@ -1840,25 +1863,10 @@ async fn shared_digest(ks: &Keyspace, repl: &Replicator) -> Result<Arc<Vec<DbDig
     Ok(digest)
 }
 
-/// This node's keyspace digest, one shard at a time; only the databases
-/// that hold something.
+/// This node's keyspace digest; only the databases that hold something.
 async fn keyspace_digest(ks: &Keyspace) -> Result<Vec<DbDigest>, LinkError> {
-    let mut dbs: Vec<DbDigest> = (0..ks.databases() as u32).map(DbDigest::empty).collect();
-    let mut scratch = Vec::new();
-    for i in 0..SHARDS {
-        let mut cold = ColdReads::default();
-        ks.digest_shard(i, &mut dbs, &mut scratch, &mut cold)?;
-        if !cold.is_empty() {
-            let acked = ks.gc_acked();
-            dbs = tokio::task::spawn_blocking(move || {
-                cold.add_digests(acked, &mut dbs, &mut Vec::new())
-                    .map(|()| dbs)
-            })
-            .await
-            .map_err(|e| LinkError::Protocol(format!("reading cold keys: {e}")))??;
-        }
-        tokio::task::yield_now().await;
-    }
+    let dbs: Vec<DbDigest> = (0..ks.databases() as u32).map(DbDigest::empty).collect();
+    let mut dbs = digest_keyspace(ks, dbs).await?;
     dbs.retain(|d| !d.is_empty());
     Ok(dbs)
 }
