@@ -522,7 +522,13 @@ proptest! {
             }
             let mut direct = vec![chorus_crdt::codec::FORMAT_VERSION];
             chorus_crdt::codec::append_state(&mut direct, state).expect("encodes");
-            prop_assert_eq!(direct, chorus_crdt::encode(state).expect("encodes"));
+            let encoded = chorus_crdt::encode(state).expect("encodes");
+            prop_assert_eq!(&direct, &encoded);
+            // A digest reads the direct encoder's bytes: the same digest.
+            prop_assert_eq!(
+                chorus_crdt::digest::key_digest(b"k", state, &mut Vec::new()).expect("encodes"),
+                chorus_crdt::digest::digest_of_encoded(b"k", &encoded)
+            );
         }
         // A flush leaves nothing stamped before it.
         let floor = replicas[0].floor;
