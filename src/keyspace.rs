@@ -37,6 +37,40 @@ pub const SHARDS: usize = 64;
 const DIGEST_PIECE_KEYS: usize = 256;
 const DIGEST_PIECE_BYTES: usize = 256 * 1024;
 
+/// How far ahead of a scan reading whole keys (digests, transfers) the
+/// entries' allocations are asked for ([`prefetch_ahead`]).
+const SCAN_AHEAD: usize = 8;
+
+/// Asks the CPU for what reading the entry `SCAN_AHEAD` positions past
+/// `position` will touch (its key's bytes, its value and boxes) and, in the
+/// entry half as far on, whose boxes were asked for before, a small hash's
+/// packed fields: a scan over a shard of a large keyspace otherwise waits
+/// for each of those misses in turn.
+fn prefetch_ahead(map: &KeyMap, position: usize) {
+    use crate::keytable::prefetch;
+    let lines = |at: usize, len: usize| {
+        for line in (at & !63..at + len).step_by(64) {
+            prefetch(line);
+        }
+    };
+    if let Some(entry) = map.at(position + SCAN_AHEAD) {
+        prefetch(entry.key.as_ptr() as usize);
+        let [value, extras, coll] = entry.state.heap_parts();
+        for at in [value, extras].into_iter().flatten() {
+            prefetch(at);
+        }
+        if let Some(at) = coll {
+            lines(at, std::mem::size_of::<Coll>());
+        }
+    }
+    let half = map.at(position + SCAN_AHEAD / 2);
+    if let Some(coll) = half.and_then(|e| e.state.coll.as_deref()) {
+        if let Some((at, len)) = coll.hash.packed_bytes() {
+            lines(at, len);
+        }
+    }
+}
+
 /// Digest buckets per shard: bucket `b` lies wholly in shard `b / BUCKETS_PER_SHARD`.
 pub const BUCKETS_PER_SHARD: usize = BUCKETS / SHARDS;
 const _: () = assert!(BUCKETS.is_multiple_of(SHARDS));
@@ -2093,6 +2127,7 @@ impl Keyspace {
                 if keys >= most_keys || spent >= budget || examined >= most_examined {
                     return Ok(false);
                 }
+                prefetch_ahead(&d.map, scan.position);
                 let entry = d.map.at(scan.position);
                 scan.position += 1;
                 examined += 1;
@@ -2210,7 +2245,11 @@ impl Keyspace {
                 };
                 floor = floor.max(d.floor);
                 let acked = self.gc_acked();
-                for entry in d.map.entries() {
+                for position in 0..d.map.positions() {
+                    prefetch_ahead(&d.map, position);
+                    let Some(entry) = d.map.at(position) else {
+                        continue;
+                    };
                     let key = &entry.key;
                     let bucket = bucket_of(key);
                     if buckets.contains(&bucket)

@@ -180,6 +180,15 @@ impl Fields {
     }
 
     /// The map, unless packed.
+    /// Where packed fields lie in memory (address and length), for a scan
+    /// reading many keys whole to prefetch.
+    pub fn packed_bytes(&self) -> Option<(usize, usize)> {
+        match &self.0 {
+            Repr::Packed(p) => Some((p.buf.as_ptr() as usize, p.buf.len())),
+            Repr::Map(_) => None,
+        }
+    }
+
     pub fn unpacked(&self) -> Option<&EMap<Elem<Blob>>> {
         match &self.0 {
             Repr::Map(m) => Some(m),

@@ -424,6 +424,17 @@ impl<'de> Deserialize<'de> for KeyState {
 }
 
 impl KeyState {
+    /// Where the state's own allocations lie in memory (its value, its
+    /// boxes), for a scan reading many keys whole to prefetch before it
+    /// reads them; `None` for each it lacks. Reads no box.
+    pub fn heap_parts(&self) -> [Option<usize>; 3] {
+        [
+            self.reg.value.as_deref().map(|v| v.as_ptr() as usize),
+            self.extras.as_deref().map(|x| x as *const Extras as usize),
+            self.coll.as_deref().map(|c| c as *const Coll as usize),
+        ]
+    }
+
     /// Bytes the state holds on the heap: the value, what its register had
     /// seen, and the counter and expiry metadata (MEMORY USAGE).
     pub fn heap_bytes(&self) -> usize {
