@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use chorus_crdt::digest::{
-    bucket_of, key_digest, sub_bucket_of, DbDigest, LeafDigest, TransferScope, BUCKETS,
+    bucket_of, key_digest, sub_bucket_of, Buckets, DbDigest, LeafDigest, TransferScope, BUCKETS,
 };
 use chorus_crdt::{
     Clock, Coll, Conflict, KeyState, KeyType, Kind, ManyWrite, NodeId, OneWrite, Stamp, Written,
@@ -69,6 +69,11 @@ fn prefetch_ahead(map: &KeyMap, position: usize) {
             lines(at, len);
         }
     }
+}
+
+/// Whether shard `index` holds any of the buckets in `buckets`.
+pub fn shard_reached(buckets: &Buckets, index: usize) -> bool {
+    (index * BUCKETS_PER_SHARD..(index + 1) * BUCKETS_PER_SHARD).any(|b| buckets.contains(b as u8))
 }
 
 /// Digest buckets per shard: bucket `b` lies wholly in shard `b / BUCKETS_PER_SHARD`.
@@ -2292,8 +2297,14 @@ impl Keyspace {
     ) -> usize {
         let held_max = held.values().copied().max().unwrap_or(Stamp::ZERO);
         let held = |n: NodeId| held.get(&n).copied().unwrap_or(Stamp::ZERO);
+        let reached = scope.map(TransferScope::buckets);
         let mut changed = 0;
-        for shard in self.shards.iter() {
+        for (index, shard) in self.shards.iter().enumerate() {
+            // A repair of a bucket or two reads one shard or two, not
+            // every key.
+            if reached.is_some_and(|r| !shard_reached(&r, index)) {
+                continue;
+            }
             let mut shard = shard.lock();
             let acked = self.gc_acked();
             for (db, d) in shard.dbs.iter_mut().enumerate() {
@@ -2836,6 +2847,49 @@ mod tests {
         assert_eq!(digests.dbs, digest_of_dump(&ks));
         assert_ne!(digests.dbs, whole);
         assert_eq!(digests.forgotten, 1);
+    }
+
+    /// After a repair of one bucket, forgetting what the sender no longer
+    /// holds reads the one shard holding that bucket: a shard held by
+    /// another thread throughout does not hold it up.
+    #[test]
+    fn forgetting_after_a_repair_reads_only_the_shards_of_its_buckets() {
+        let ks = Arc::new(keyspace());
+        let key = b"k".to_vec();
+        {
+            let mut l = ks.lock_all();
+            ks.update(&mut l, 0, &key, 0, |w| w.set(Some(b"v"), 0))
+                .unwrap();
+        }
+        let mut buckets = Buckets::default();
+        buckets.insert(bucket_of(&key));
+        let scope = TransferScope::Buckets(chorus_crdt::digest::Scope(vec![(0, buckets)]));
+        let other = (ks.shard_of(&key) + 1) % SHARDS;
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let (held_tx, held) = std::sync::mpsc::channel::<()>();
+        let holder = {
+            let ks = ks.clone();
+            std::thread::spawn(move || {
+                let _guard = ks.shards[other].lock();
+                held_tx.send(()).unwrap();
+                let _ = released.recv_timeout(Duration::from_secs(60));
+            })
+        };
+        held.recv().unwrap();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let forgetter = {
+            let ks = ks.clone();
+            std::thread::spawn(move || {
+                let named = HashSet::default();
+                let forgotten = ks.forget_held_absent(&named, &Default::default(), Some(&scope));
+                done_tx.send(forgotten).unwrap();
+            })
+        };
+        let forgotten = done.recv_timeout(Duration::from_secs(20));
+        release.send(()).unwrap();
+        holder.join().unwrap();
+        forgetter.join().unwrap();
+        assert_eq!(forgotten, Ok(0), "waited for a shard outside the scope");
     }
 
     #[test]

@@ -1495,47 +1495,6 @@ fn conflicts_are_logged_once_with_an_id_a_kind_and_a_count_per_kind() {
 /// #12, server side: CRDT.DIGEST gives two nodes holding the same state the
 /// same digests; a key written on one while they are apart changes one
 /// bucket there, and that bucket's listing names it.
-/// Two nodes in step under a steady trickle of writes on one of them
-/// compare their digests only at the very writes an offer holds: a bucket
-/// that differs by a write one of them has not applied yet is no
-/// difference, and asks for no repair (which would send and merge every
-/// key of that bucket).
-#[test]
-fn a_trickle_of_writes_asks_for_no_repair() {
-    let (pa, pb) = (free_port(), free_port());
-    let fast_repair = ["--repl-repair-interval", "1"];
-    let a = node(pa, &[pb], &fast_repair);
-    let b = node(pb, &[pa], &fast_repair);
-    let (mut ca, mut cb) = (a.conn(), b.conn());
-    // Keys enough that a digest takes a moment to read, as a large
-    // keyspace's does: a write applied meanwhile is then likely.
-    let mut load = redis::pipe();
-    for i in 0..20_000 {
-        load.cmd("HSET")
-            .arg(format!("session:{i}"))
-            .arg("user")
-            .arg(i)
-            .arg("ts")
-            .arg(i)
-            .ignore();
-    }
-    load.query::<()>(&mut ca).unwrap();
-    wait_until("A's keys on B", || q::<u64>(&mut cb, &["DBSIZE"]) == 20_000);
-    let digests_before: u64 = info_field(&mut ca, "repair_digests_taken").parse().unwrap();
-    let until = Instant::now() + Duration::from_secs(6);
-    let mut i = 0u64;
-    while Instant::now() < until {
-        q::<()>(&mut ca, &["SET", "trickle", &i.to_string()]);
-        i += 1;
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    let digests: u64 = info_field(&mut ca, "repair_digests_taken").parse().unwrap();
-    assert!(digests > digests_before, "no digest was offered");
-    for c in [&mut ca, &mut cb] {
-        assert_eq!(info_field(c, "repairs_asked"), "0");
-    }
-}
-
 #[test]
 fn two_nodes_compare_by_digest_and_narrow_down_to_the_differing_key() {
     let (pa, pb) = (free_port(), free_port());

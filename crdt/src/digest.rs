@@ -355,12 +355,67 @@ impl TransferScope {
     pub fn is_everything(&self, databases: usize) -> bool {
         matches!(self, TransferScope::Buckets(s) if s.is_everything(databases))
     }
+
+    /// The buckets holding keys it covers, in any database: a scan for
+    /// those keys can pass over the rest of the keyspace.
+    pub fn buckets(&self) -> Buckets {
+        let mut reached = Buckets::default();
+        match self {
+            TransferScope::Buckets(s) => {
+                for bucket in 0..=u8::MAX {
+                    if s.0.iter().any(|(_, b)| b.contains(bucket)) {
+                        reached.insert(bucket);
+                    }
+                }
+            }
+            TransferScope::Leaves(l) => {
+                // A leaf lies within the bucket of its top 8 bits.
+                let below = u32::from(l.bits.clamp(MIN_LEAF_BITS, MAX_LEAF_BITS) - 8);
+                for leaf in l.dbs.iter().flat_map(|(_, leaves)| leaves) {
+                    reached.insert((leaf >> below) as u8);
+                }
+            }
+        }
+        reached
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stamp::NodeId;
+
+    /// A scope's buckets hold every key it covers, and no bucket without one.
+    #[test]
+    fn a_scope_reaches_the_buckets_of_the_keys_it_covers() {
+        let keys: Vec<Vec<u8>> = (0..4000).map(|i| format!("key:{i}").into_bytes()).collect();
+        let mut some = Buckets::default();
+        for b in [3u8, 100, 255] {
+            some.insert(b);
+        }
+        let leaves = |bits: u8| Leaves {
+            bits,
+            dbs: vec![
+                (0, vec![leaf_of(&keys[0], bits), leaf_of(&keys[1], bits)]),
+                (2, vec![leaf_of(&keys[2], bits)]),
+            ],
+        };
+        for scope in [
+            TransferScope::Buckets(Scope(vec![(1, some)])),
+            TransferScope::Leaves(leaves(8)),
+            TransferScope::Leaves(leaves(13)),
+            TransferScope::Leaves(leaves(20)),
+        ] {
+            let reached = scope.buckets();
+            for key in &keys {
+                if (0..3).any(|db| scope.covers(db, key)) {
+                    assert!(reached.contains(bucket_of(key)));
+                }
+            }
+            let count = (0..=u8::MAX).filter(|b| reached.contains(*b)).count();
+            assert!((1..=3).contains(&count), "{count} buckets");
+        }
+    }
 
     #[test]
     fn the_hash_never_changes() {

@@ -179,7 +179,6 @@ impl Fields {
         }
     }
 
-    /// The map, unless packed.
     /// Where packed fields lie in memory (address and length), for a scan
     /// reading many keys whole to prefetch.
     pub fn packed_bytes(&self) -> Option<(usize, usize)> {
@@ -189,6 +188,7 @@ impl Fields {
         }
     }
 
+    /// The map, unless packed.
     pub fn unpacked(&self) -> Option<&EMap<Elem<Blob>>> {
         match &self.0 {
             Repr::Map(m) => Some(m),

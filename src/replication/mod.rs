@@ -59,7 +59,8 @@ use tracing::{info, warn};
 use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks, SEND_BATCH_BYTES};
 use crate::deltalog::NumberedRead;
 use crate::keyspace::{
-    ColdReads, DeltaSink, DigestScan, Digests, Keyspace, LeafDigests, ShardScan, SHARDS,
+    shard_reached, ColdReads, DeltaSink, DigestScan, Digests, Keyspace, LeafDigests, ShardScan,
+    SHARDS,
 };
 use version::{Arrival, VersionVector};
 use wire::ReplMsg;
@@ -1746,7 +1747,11 @@ async fn state_transfer(
     // Keys sent: a database whose map was compacted during the scan
     // starts over, and its keys met before count twice.
     let (mut keys, mut bytes) = (0u64, 0u64);
+    let reached = scope.as_ref().map(TransferScope::buckets);
     for i in 0..SHARDS {
+        if reached.is_some_and(|r| !shard_reached(&r, i)) {
+            continue;
+        }
         // A piece of a shard encoded under its lock, sent after releasing
         // it: writes wait for one piece at most, and what is held in frames
         // is about a piece (a shard of a large keyspace is gigabytes).
@@ -2148,6 +2153,10 @@ async fn apply_stream(
                 }
                 let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
                 apply_transferred(ks, repl, held, &sender_held, delta, true);
+                // A transfer's merges move no vector: a digest kept from
+                // before them must not serve after them (nor after a
+                // transfer broken off before its end).
+                ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
             }
             ReplMsg::SnapshotBegin { held, scope: s, vv } => {
                 carried = repl.judge_transfer(ks, peer, &vv)?;
@@ -2224,30 +2233,24 @@ async fn apply_stream(
                 }
             }
             ReplMsg::Digest { vv, dbs } => {
-                // Compared only at the very writes the sender's digest
-                // holds, before and after ours is taken: whatever differs
-                // then is something no vector counts. A node a write of
-                // which the sender had not yet applied differs in its
-                // bucket, and a repair of it sends and merges every key of
-                // that bucket for nothing (under a trickle of writes, most
-                // offers: measured, a node of 1M keys spent a third of its
-                // CPU merging such repairs). That offer is let pass; the
-                // next quiet one is compared.
+                // Holding at least what the sender held, whatever still
+                // differs in its favour is something no vector counts; a
+                // bucket that differs only by our newer writes costs a
+                // needless repair of it, nothing more (its forgetting stops
+                // at what the sender held, older than those writes). Under
+                // a steady trickle of writes most offers find one such
+                // bucket; waiting for a moment when both sides hold exactly
+                // the same writes instead would leave a written keyspace
+                // without repair, and a repair's cost is kept to the
+                // shards its buckets lie in.
                 let offered = VersionVector::from_entries(&vv);
-                let at_offered = || {
-                    let mine = repl.full_vv();
-                    mine.covers(&offered) && offered.covers(&mine)
-                };
-                if at_offered()
+                if repl.full_vv().covers(&offered)
                     && dbs.iter().all(|d| d.buckets.len() == BUCKETS)
                     && dbs.len() <= ks.databases()
                 {
                     let digest = shared_digest(ks, repl).await?;
                     let differ = differing(&digest, &dbs);
-                    if !differ.is_empty()
-                        && at_offered()
-                        && asks.try_send(Back::Repair(differ)).is_ok()
-                    {
+                    if !differ.is_empty() && asks.try_send(Back::Repair(differ)).is_ok() {
                         repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -2337,6 +2340,13 @@ fn apply_transferred(
         let acked = ks.gc_acked();
         if let Ok(shard) = locked.shard(index) {
             if let Some(d) = shard.dbs.get_mut(*db as usize) {
+                // Most keys a repair or a transfer to a node that holds
+                // something sends are held here as they are: a state merged
+                // with itself is unchanged, and there is nothing to forget
+                // (a merge unpacks and packs a small hash again).
+                if d.peek(key, acked).is_some_and(|mine| *mine == *state) {
+                    return;
+                }
                 // A cold key is read through, not brought back: most keys a
                 // transfer sends are held here already.
                 // What the sender held and replaced by nothing (a tombstone
