@@ -405,6 +405,9 @@ mod tests {
             TransferScope::Leaves(leaves(8)),
             TransferScope::Leaves(leaves(13)),
             TransferScope::Leaves(leaves(20)),
+            // Bits from the wire, unchecked, read as the nearest split.
+            TransferScope::Leaves(leaves(0)),
+            TransferScope::Leaves(leaves(30)),
         ] {
             let reached = scope.buckets();
             for key in &keys {

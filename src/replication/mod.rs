@@ -2153,10 +2153,6 @@ async fn apply_stream(
                 }
                 let held = mine_held.get_or_insert_with(|| repl.core.lock().holds());
                 apply_transferred(ks, repl, held, &sender_held, delta, true);
-                // A transfer's merges move no vector: a digest kept from
-                // before them must not serve after them (nor after a
-                // transfer broken off before its end).
-                ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
             }
             ReplMsg::SnapshotBegin { held, scope: s, vv } => {
                 carried = repl.judge_transfer(ks, peer, &vv)?;
@@ -2344,18 +2340,24 @@ fn apply_transferred(
                 // something sends are held here as they are: a state merged
                 // with itself is unchanged, and there is nothing to forget
                 // (a merge unpacks and packs a small hash again).
-                if d.peek(key, acked).is_some_and(|mine| *mine == *state) {
-                    return;
-                }
                 // A cold key is read through, not brought back: most keys a
                 // transfer sends are held here already.
                 // What the sender held and replaced by nothing (a tombstone
                 // collected under surviving increments, a compacted reset)
                 // goes here too: a merge alone would keep it.
-                if whole
-                    && d.peek(key, acked)
-                        .is_some_and(|m| m.is_stale_against(state, sender_held))
-                {
+                let (same, stale) = match d.peek(key, acked) {
+                    Some(mine) if *mine == *state => (true, false),
+                    Some(mine) => (false, whole && mine.is_stale_against(state, sender_held)),
+                    None => (false, false),
+                };
+                if same {
+                    return;
+                }
+                // A transfer's merges move no vector: a digest kept from
+                // before them must not serve after them (nor after a
+                // transfer broken off before its end).
+                ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
+                if stale {
                     let incoming: &KeyState = state;
                     let before = crate::notify::Before::of(ks, d.indexed(key));
                     if d.change(key, acked, |m| m.forget_missing_from(incoming, sender_held)) {
@@ -2377,6 +2379,8 @@ fn apply_transferred(
         if state.is_empty() {
             return;
         }
+    } else {
+        ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
     }
     apply(ks, repl, &delta, None);
 }
