@@ -1080,11 +1080,8 @@ fn truncate(path: &Path, len: u64) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn temp_dir(name: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("chorus-log-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
+    fn temp_dir(name: &str) -> crate::TestDir {
+        crate::TestDir::new("log", name)
     }
 
     fn replayed(replay: &Replay) -> Result<Vec<Vec<u8>>, LogError> {

@@ -46,3 +46,42 @@ pub use node::{Node, NodeEnv};
 /// logger is installed; CONFIG SET loglevel calls it).
 pub static LOG_LEVEL_HOOK: std::sync::OnceLock<Box<dyn Fn(config::LogLevel) + Send + Sync>> =
     std::sync::OnceLock::new();
+
+/// A directory of a unit test's own under the system's temporary
+/// directory, removed with everything in it when dropped.
+#[cfg(test)]
+pub(crate) struct TestDir(std::path::PathBuf);
+
+#[cfg(test)]
+impl TestDir {
+    /// A fresh `chorus-{prefix}-{name}-{pid}`.
+    pub(crate) fn new(prefix: &str, name: &str) -> TestDir {
+        let dir =
+            std::env::temp_dir().join(format!("chorus-{prefix}-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a test directory");
+        TestDir(dir)
+    }
+}
+
+#[cfg(test)]
+impl std::ops::Deref for TestDir {
+    type Target = std::path::PathBuf;
+    fn deref(&self) -> &std::path::PathBuf {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+impl Drop for TestDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[cfg(test)]
+impl AsRef<std::path::Path> for TestDir {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.0
+    }
+}

@@ -235,6 +235,8 @@ fn swapdb_survives_a_restart() {
         "the delete before the swap holds"
     );
     assert_eq!(q::<i64>(&mut c, &["DBSIZE"]), 1);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `appendfsync always`: a SWAPDB that replied OK is on disk.
@@ -251,6 +253,8 @@ fn swapdb_under_appendfsync_always_is_durable_at_once() {
     assert_eq!(get(&mut c, "k"), None);
     q::<()>(&mut c, &["SELECT", "3"]);
     assert_eq!(get(&mut c, "k").as_deref(), Some("v"));
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// #14: between folds the delta log keeps every write: killed with no fold

@@ -1260,10 +1260,8 @@ mod tests {
         }
     }
 
-    pub(super) fn tempdir(tag: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("chorus-config-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    pub(super) fn tempdir(tag: &str) -> crate::TestDir {
+        crate::TestDir::new("config", tag)
     }
 
     #[test]
