@@ -371,6 +371,11 @@ impl KeyMap {
         self.slab.get(u32::try_from(position).ok()?)
     }
 
+    /// [`KeyMap::at`], to change the entry's state in place (not its key).
+    pub fn state_at_mut(&mut self, position: usize) -> Option<&mut KeyState> {
+        Some(&mut self.slab.get_mut(u32::try_from(position).ok()?)?.state)
+    }
+
     /// Where the map's table is, for prefetching without its lock.
     pub fn hint(&self) -> std::sync::Arc<ChunksHint> {
         self.table.hint()

@@ -1954,41 +1954,76 @@ impl Keyspace {
             .store(floor.time.saturating_sub(1), Ordering::Relaxed);
     }
 
-    /// Drops every tombstone below the GC floor in shard `index`; returns
-    /// how many went. A sweep goes a shard at a time, so the connections
-    /// sharing its thread wait for one shard's keys at most.
-    pub fn collect_garbage_in(&self, index: usize) -> usize {
-        let mut collected = 0;
+    /// Sweeps the next piece of shard `index`, at most `most_keys` keys:
+    /// compacts every state below the GC floor in place and drops the
+    /// tombstones that can go, counting them in `collected`. Whether the
+    /// shard is done. Between two pieces the shard's lock is free (a sweep
+    /// every few seconds held a shard of a 10M-key node for all its
+    /// 156,000 keys); a compaction of a map between pieces (removals) has
+    /// its database swept again from its start, which compacts nothing
+    /// twice.
+    pub fn collect_garbage_piece(
+        &self,
+        index: usize,
+        scan: &mut ShardScan,
+        most_keys: usize,
+        collected: &mut usize,
+    ) -> bool {
         let mut shard = self.shards[index].lock();
         // Read under the lock: a floor lowered meanwhile (see
-        // `cap_gc_floor`) holds for every shard not swept yet.
+        // `cap_gc_floor`) holds for every piece not swept yet.
         let acked = self.gc_acked();
-        for db in shard.dbs.iter_mut() {
+        let mut keys = 0;
+        while let Some(db) = shard.dbs.get_mut(scan.db) {
+            let epoch = db.map.epoch();
+            if scan.epoch != Some(epoch) {
+                scan.position = 0;
+                scan.epoch = Some(epoch);
+            }
             // A tombstone, floor or removal record under a counter is
             // dropped in place (the key stays, its count and expiry
             // untouched).
-            let mut compacted = false;
-            for state in db.map.values_mut() {
-                compacted |= state.compact(acked);
+            let (mut compacted, mut doomed) = (false, Vec::new());
+            let tombstones = db.map.len() != db.live;
+            while scan.position < db.map.positions() && keys < most_keys {
+                prefetch_ahead(&db.map, scan.position);
+                if let Some(state) = db.map.state_at_mut(scan.position) {
+                    compacted |= state.compact(acked);
+                    if tombstones && state.collectable(acked) {
+                        doomed.push(scan.position);
+                    }
+                }
+                scan.position += 1;
+                keys += 1;
             }
             if compacted {
                 db.changes.fetch_add(1, Ordering::Relaxed);
                 db.collected.fetch_max(acked.time, Ordering::Relaxed);
             }
-            if db.map.len() == db.live {
-                continue;
-            }
-            let doomed: Vec<Key> = db
-                .map
-                .iter()
-                .filter(|(_, s)| s.collectable(acked))
-                .map(|(k, _)| k.clone())
+            let doomed: Vec<Key> = doomed
+                .into_iter()
+                .filter_map(|p| db.map.at(p).map(|e| e.key.clone()))
                 .collect();
             for key in doomed {
                 db.change(&key, acked, |_| ());
-                collected += 1;
+                *collected += 1;
             }
+            if scan.position < db.map.positions() || db.map.epoch() != epoch {
+                return false;
+            }
+            scan.db += 1;
+            scan.position = 0;
+            scan.epoch = None;
         }
+        true
+    }
+
+    /// Sweeps the whole of shard `index` (see
+    /// [`Keyspace::collect_garbage_piece`]); returns how many tombstones
+    /// went.
+    pub fn collect_garbage_in(&self, index: usize) -> usize {
+        let (mut scan, mut collected) = (ShardScan::default(), 0);
+        while !self.collect_garbage_piece(index, &mut scan, usize::MAX, &mut collected) {}
         collected
     }
 
@@ -2827,7 +2862,7 @@ mod tests {
         let epoch = ks.shards[5].lock().dbs[0].map.epoch();
         {
             let mut l = ks.lock_all();
-            for key in names.iter().step_by(2).take(600) {
+            for key in names.iter().take(1000) {
                 ks.update(&mut l, 0, key, 0, |w| w.set(None, 0)).unwrap();
             }
         }
@@ -2927,6 +2962,52 @@ mod tests {
             db.get(b"a").is_none(),
             "standalone: the tombstone is collected at once"
         );
+    }
+
+    /// A GC sweep goes a piece at a time, letting go of the shard between
+    /// pieces, and drops every tombstone below the floor, across the
+    /// compaction its own removals make of the map.
+    #[test]
+    fn a_gc_sweep_in_pieces_drops_every_tombstone_below_the_floor() {
+        let ks = keyspace();
+        let names: Vec<Vec<u8>> = (0..400_000)
+            .map(|i| format!("key:{i}").into_bytes())
+            .filter(|k| ks.shard_of(k) == 5)
+            .take(1400)
+            .collect();
+        // Tombstones stay while the floor is below them.
+        ks.set_gc_floor(Stamp::ZERO);
+        {
+            let mut l = ks.lock_all();
+            for key in &names {
+                ks.update(&mut l, 0, key, 0, |w| w.set(Some(b"v"), 0))
+                    .unwrap();
+            }
+            for key in names.iter().take(1000) {
+                ks.update(&mut l, 0, key, 0, |w| w.set(None, 0)).unwrap();
+            }
+        }
+        let held = |ks: &Keyspace| {
+            let shard = ks.shards[5].lock();
+            (shard.dbs[0].map.len(), shard.dbs[0].live)
+        };
+        assert_eq!(held(&ks), (1400, 400));
+        let epoch = ks.shards[5].lock().dbs[0].map.epoch();
+        ks.set_gc_floor(Stamp::from_unix_ms(
+            ks.clock.physical_unix_ms() + 1_000,
+            NodeId(1),
+        ));
+        let (mut scan, mut collected, mut pieces) = (ShardScan::default(), 0, 0);
+        while !ks.collect_garbage_piece(5, &mut scan, 100, &mut collected) {
+            pieces += 1;
+            assert!(!ks.shard_is_locked(5));
+        }
+        assert!(pieces + 1 >= 1400 / 100, "{pieces} pieces");
+        assert_eq!(collected, 1000);
+        assert_eq!(held(&ks), (400, 400));
+        assert_ne!(ks.shards[5].lock().dbs[0].map.epoch(), epoch, "compacted");
+        // Nothing left: a whole sweep finds nothing more.
+        assert_eq!(ks.collect_garbage_in(5), 0);
     }
 
     /// While a fold stores its keys, collection stays at the GC floor the

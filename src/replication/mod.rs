@@ -91,6 +91,9 @@ const LOG_WAITS_MAX: u32 = 2_000;
 const SENDER_TICK: Duration = Duration::from_millis(100);
 /// How often the node makes a promise and recomputes the GC floor.
 const GC_TICK: Duration = Duration::from_millis(200);
+/// The most keys a GC sweep compacts under a shard's lock at once (about
+/// a tenth of a millisecond).
+const GC_PIECE_KEYS: usize = 1024;
 /// At most this many peer addresses are remembered for telling a restarted
 /// peer by its new id.
 const MAX_INBOUND_ADDRS: usize = 1024;
@@ -1219,9 +1222,13 @@ async fn gc_loop(ks: Arc<Keyspace>, repl: Arc<Replicator>) {
         if sweep {
             let mut collected = 0;
             for shard in 0..SHARDS {
-                collected += ks.collect_garbage_in(shard);
-                // Connections on this thread run between shards: a sweep
-                // of a million keys stalled them ~10 ms at once.
+                // Connections on this thread run between pieces: a sweep
+                // of a million keys stalled them ~10 ms at once, and a
+                // shard whole held its writes up for all its keys.
+                let mut scan = ShardScan::default();
+                while !ks.collect_garbage_piece(shard, &mut scan, GC_PIECE_KEYS, &mut collected) {
+                    tokio::task::yield_now().await;
+                }
                 tokio::task::yield_now().await;
             }
             if collected > 0 {
