@@ -2677,17 +2677,22 @@ mod tests {
         assert_eq!(before, after, "nothing written");
     }
 
+    /// `n` key names that fall in shard `shard`.
+    fn names_in_shard(ks: &Keyspace, shard: usize, n: usize) -> Vec<Vec<u8>> {
+        (0..)
+            .map(|i| format!("key:{i}").into_bytes())
+            .filter(|k| ks.shard_of(k) == shard)
+            .take(n)
+            .collect()
+    }
+
     /// A scan in pieces meets every key that lives throughout, though
     /// deletes between two pieces compact the map under it (moving
     /// entries from positions not yet read to positions already read).
     #[test]
     fn a_scan_in_pieces_meets_every_key_across_a_compaction() {
         let ks = keyspace();
-        let names: Vec<Vec<u8>> = (0..400_000)
-            .map(|i| format!("key:{i}").into_bytes())
-            .filter(|k| ks.shard_of(k) == 5)
-            .take(1400)
-            .collect();
+        let names = names_in_shard(&ks, 5, 1400);
         assert_eq!(names.len(), 1400);
         {
             let mut l = ks.lock_all();
@@ -2816,11 +2821,7 @@ mod tests {
     #[test]
     fn a_digest_in_pieces_reads_a_shard_again_after_a_compaction() {
         let ks = keyspace();
-        let names: Vec<Vec<u8>> = (0..400_000)
-            .map(|i| format!("key:{i}").into_bytes())
-            .filter(|k| ks.shard_of(k) == 5)
-            .take(1400)
-            .collect();
+        let names = names_in_shard(&ks, 5, 1400);
         {
             let mut l = ks.lock_all();
             for (i, key) in names.iter().enumerate() {
@@ -2970,11 +2971,7 @@ mod tests {
     #[test]
     fn a_gc_sweep_in_pieces_drops_every_tombstone_below_the_floor() {
         let ks = keyspace();
-        let names: Vec<Vec<u8>> = (0..400_000)
-            .map(|i| format!("key:{i}").into_bytes())
-            .filter(|k| ks.shard_of(k) == 5)
-            .take(1400)
-            .collect();
+        let names = names_in_shard(&ks, 5, 1400);
         // Tombstones stay while the floor is below them.
         ks.set_gc_floor(Stamp::ZERO);
         {
