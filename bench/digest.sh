@@ -65,4 +65,4 @@ PIDS+=($!)
 sleep 2
 taskset -c 1 redis-benchmark -p "$pa" -c 1 -P 1 -n 100000 -r "$KEYS" HGET session:__rand_int__ user \
     | grep -A2 "latency summary"
-redis-cli -p "$pa" INFO replication | tr -d '\r' | grep -E "^(repairs_asked|repair_digests_taken):"
+redis-cli -p "$pa" INFO replication | tr -d '\r' | grep -E "^(repairs_asked|repair_digests_taken|repair_offers_compared|repair_offers_off_step):"

@@ -547,6 +547,7 @@ mod tests {
                         usize::MAX,
                         |_| true,
                         |_, _| true,
+                        false,
                         &mut take,
                         &mut cold,
                     )
@@ -596,6 +597,7 @@ mod tests {
                     usize::MAX,
                     |_| true,
                     |_, _| true,
+                    false,
                     |_, key, _| -> Result<usize, ()> { panic!("{key:?} is cold") },
                     &mut cold,
                 )

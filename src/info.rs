@@ -399,6 +399,14 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 );
                 line("repairs_asked", &repl.repairs_asked.load(Ordering::Relaxed));
                 line(
+                    "repair_offers_compared",
+                    &repl.offers_compared.load(Ordering::Relaxed),
+                );
+                line(
+                    "repair_offers_off_step",
+                    &repl.offers_off_step.load(Ordering::Relaxed),
+                );
+                line(
                     "repair_digests_taken",
                     &repl.digests_taken.load(Ordering::Relaxed),
                 );

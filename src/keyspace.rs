@@ -427,10 +427,30 @@ impl ColdReads {
         digests: &mut D,
         scratch: &mut Vec<u8>,
     ) -> Result<(), chorus_crdt::EncodeError> {
+        let acked = self.acked.min(acked_now);
         self.read(acked_now, usize::MAX, |db, key, state| {
-            digests.add(db, key, key_digest(key, state, scratch)?);
+            if !state.collectable(acked) {
+                digests.add(db, key, key_digest(key, state, scratch)?);
+            }
             Ok(1)
         })
+    }
+}
+
+/// How far the GC floor moves at a time: 4 s of HLC time (uhlc's NTP64
+/// counts 2^32 to the second). Tombstones wait up to this much longer for
+/// collection; in exchange nodes compact to the same floors, and a repair
+/// offer compares states as both nodes hold them compacted to one floor
+/// (without it, a bucket read just before a sweep on one node and just
+/// after it on the other differed, and was resent whole for nothing).
+pub const GC_STEP: u64 = 1 << 34;
+
+/// The GC floor `time` lies in the step of: the last multiple of
+/// [`GC_STEP`] at or below it (no peers: everything stays everything).
+fn gc_step_of(time: u64) -> u64 {
+    match time {
+        u64::MAX => u64::MAX,
+        time => time & !(GC_STEP - 1),
     }
 }
 
@@ -1892,13 +1912,33 @@ impl Keyspace {
     /// Tombstones at or before this stamp may go: every node has applied
     /// everything stamped before the GC floor. With no peers, nobody can
     /// still need a tombstone.
+    ///
+    /// It moves in steps of [`GC_STEP`]: two nodes whose floors lie in the
+    /// same step compact every state to the same floor, so a digest that
+    /// compacts what it reads to its step gives both the same bytes for the
+    /// same writes, whichever of them swept last (a repair offer).
     pub fn gc_acked(&self) -> Stamp {
+        let time = self
+            .gc_time
+            .load(Ordering::Relaxed)
+            .min(self.fold_cap.load(Ordering::Relaxed));
         Stamp {
-            time: self
-                .gc_time
-                .load(Ordering::Relaxed)
-                .min(self.fold_cap.load(Ordering::Relaxed)),
+            time: gc_step_of(time),
             node: NodeId(u64::MAX),
+        }
+    }
+
+    /// How far into its step the GC floor is, in HLC time (see
+    /// [`GC_STEP`]): a repair offer waits until a step's first moments
+    /// are past, so that a peer whose floor lags a little is in it too.
+    pub fn gc_step_progress(&self) -> u64 {
+        let time = self
+            .gc_time
+            .load(Ordering::Relaxed)
+            .min(self.fold_cap.load(Ordering::Relaxed));
+        match time {
+            u64::MAX => 0,
+            time => time % GC_STEP,
         }
     }
 
@@ -2077,6 +2117,10 @@ impl Keyspace {
             true => (usize::MAX, usize::MAX),
             false => (DIGEST_PIECE_KEYS, DIGEST_PIECE_BYTES),
         };
+        // A tombstone GC may drop is left out: a node that swept it holds
+        // nothing. (A floor that moves a step between this and the piece
+        // spoils the digest: its caller drops a digest across a step.)
+        let acked = self.gc_acked();
         let done = self.scan_piece(
             index,
             &mut scan.scan,
@@ -2084,7 +2128,11 @@ impl Keyspace {
             budget,
             |_| true,
             |_, _| true,
+            true,
             |db, key, state| {
+                if state.collectable(acked) {
+                    return Ok(0);
+                }
                 digests.add(db, key, key_digest(key, state, scratch)?);
                 Ok::<_, chorus_crdt::EncodeError>(scratch.len())
             },
@@ -2147,16 +2195,17 @@ impl Keyspace {
         budget: usize,
         dbs: impl Fn(usize) -> bool,
         wanted: impl Fn(usize, &[u8]) -> bool,
+        compact: bool,
         mut f: impl FnMut(u32, &[u8], &KeyState) -> Result<usize, E>,
         cold: &mut ColdReads,
     ) -> Result<bool, E> {
-        let shard = self.shards[index].lock();
+        let mut shard = self.shards[index].lock();
         let acked = self.gc_acked();
         let (mut keys, mut spent, mut examined) = (0, 0, 0);
         // Holes and keys not wanted (a repair's scope) are passed over
         // cheaply, but not without end under the lock.
         let most_examined = most_keys.saturating_mul(16);
-        while let Some(d) = shard.dbs.get(scan.db) {
+        while let Some(d) = shard.dbs.get_mut(scan.db) {
             let epoch = d.map.epoch();
             if scan.epoch != Some(epoch) {
                 scan.started_over |= scan.epoch.is_some();
@@ -2168,13 +2217,27 @@ impl Keyspace {
                     return Ok(false);
                 }
                 prefetch_ahead(&d.map, scan.position);
-                let entry = d.map.at(scan.position);
+                let position = scan.position;
                 scan.position += 1;
                 examined += 1;
-                let Some(entry) = entry.filter(|e| wanted(scan.db, &e.key)) else {
+                if !d.map.at(position).is_some_and(|e| wanted(scan.db, &e.key)) {
+                    continue;
+                }
+                keys += 1;
+                // As the GC sweep would: a digest then reads every state
+                // compacted to the floor's step (see `GC_STEP`). The kept
+                // digest is not spoiled by it: compacted again to the same
+                // floor, a state digests the same.
+                if compact {
+                    if let Some(state) = d.map.state_at_mut(position) {
+                        if state.compact(acked) {
+                            d.collected.fetch_max(acked.time, Ordering::Relaxed);
+                        }
+                    }
+                }
+                let Some(entry) = d.map.at(position) else {
                     continue;
                 };
-                keys += 1;
                 if let Some(state) = d.peek_or_defer(scan.db as u32, entry, acked, cold) {
                     spent += f(scan.db as u32, &entry.key, state)?;
                 }
@@ -2714,6 +2777,7 @@ mod tests {
                 usize::MAX,
                 |_| true,
                 |_, _| true,
+                false,
                 |db, key, _| {
                     met.push((db, key.to_vec()));
                     Ok::<_, ()>(1)
@@ -2760,6 +2824,7 @@ mod tests {
                 usize::MAX,
                 |_| true,
                 |_, _| false,
+                false,
                 |_, _, _| Ok::<_, ()>(1),
                 &mut cold,
             )
@@ -2965,6 +3030,68 @@ mod tests {
         );
     }
 
+    /// Session 37's finding: right after a burst, a node that had swept and
+    /// one that had not yet digested every bucket differently, and repair
+    /// resent them all. With the floor in the same step, a digest compacts
+    /// what it reads to it and leaves out what GC may drop: both digest
+    /// alike, swept or not.
+    #[test]
+    fn a_node_that_swept_and_one_that_did_not_digest_alike() {
+        let (a, b) = (keyspace(), keyspace());
+        let now = a.clock.physical_unix_ms();
+        for ks in [&a, &b] {
+            ks.set_gc_floor(Stamp::ZERO);
+        }
+        // A minute ago, from a third node: session hashes of three fields
+        // (their dots wait in each context for the floor), and deletes.
+        for i in 0..300u64 {
+            let at = Stamp::from_unix_ms(now - 60_000 + i, NodeId(3));
+            let key = format!("session:{i}");
+            let state = match i % 3 {
+                0 => KeyState::default().write(at, None, 0),
+                _ => KeyState::default().coll_write(at, Kind::Hash, |c, d| {
+                    for field in [&b"user"[..], b"cart", b"seen"] {
+                        c.hset_into(d, at, field, b"v");
+                    }
+                }),
+            };
+            for ks in [&a, &b] {
+                let mut l = ks.lock_all();
+                let shard = l.shard_for(key.as_bytes(), |k| ks.shard_of(k)).unwrap();
+                shard.dbs[0].merge(key.as_bytes(), &state, Stamp::ZERO);
+            }
+        }
+        assert_eq!(a.dump(), b.dump());
+        let floor = Stamp::from_unix_ms(now - 10_000, NodeId(1));
+        for ks in [&a, &b] {
+            ks.set_gc_floor(floor);
+        }
+        assert!(a.gc_acked() > Stamp::from_unix_ms(now - 60_000 + 300, NodeId(3)));
+        for i in 0..SHARDS {
+            a.collect_garbage_in(i);
+        }
+        assert_ne!(a.dump(), b.dump(), "the sweep compacted A alone");
+        let digest = |ks: &Keyspace| {
+            let mut dbs: Vec<DbDigest> = (0..2).map(DbDigest::empty).collect();
+            ks.digest_all(&mut dbs);
+            dbs
+        };
+        assert_eq!(digest(&a), digest(&b));
+    }
+
+    /// The GC floor is its last step: a multiple of `GC_STEP` at or below
+    /// it, less than a step behind.
+    #[test]
+    fn the_gc_floor_moves_in_steps() {
+        let ks = keyspace();
+        let floor = Stamp::from_unix_ms(ks.clock.physical_unix_ms(), NodeId(1));
+        ks.set_gc_floor(floor);
+        let acked = ks.gc_acked();
+        assert_eq!(acked.time % GC_STEP, 0);
+        assert!(acked.time < floor.time && floor.time - acked.time <= GC_STEP);
+        assert_eq!(acked.time + ks.gc_step_progress(), floor.time - 1);
+    }
+
     /// A GC sweep goes a piece at a time, letting go of the shard between
     /// pieces, and drops every tombstone below the floor, across the
     /// compaction its own removals make of the map.
@@ -2991,7 +3118,7 @@ mod tests {
         assert_eq!(held(&ks), (1400, 400));
         let epoch = ks.shards[5].lock().dbs[0].map.epoch();
         ks.set_gc_floor(Stamp::from_unix_ms(
-            ks.clock.physical_unix_ms() + 1_000,
+            ks.clock.physical_unix_ms() + 5_000,
             NodeId(1),
         ));
         let (mut scan, mut collected, mut pieces) = (ShardScan::default(), 0, 0);
@@ -3021,7 +3148,7 @@ mod tests {
         assert_eq!(ks.gc_acked(), began);
         ks.end_fold_cap();
         assert!(ks.gc_acked() > began);
-        assert_eq!(ks.gc_acked().time, at(5_000).time - 1);
+        assert_eq!(ks.gc_acked().time, gc_step_of(at(5_000).time - 1));
     }
 
     /// State merged from a peer whose clock runs ten minutes ahead: a flush

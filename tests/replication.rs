@@ -2880,3 +2880,59 @@ fn lists_pushed_on_three_nodes_at_once_converge_to_one_order() {
         q::<i64>(&mut ca, &["EXISTS", "jobs"]) == 0
     });
 }
+
+/// Session 37: right after a burst, a node whose GC sweep had run and one
+/// whose sweep had not digested nearly every bucket differently, and each
+/// offer resent buckets for nothing. Offers now compare states compacted
+/// to one step of the GC floor: after a burst of hashes and deletes, the
+/// floor passing it and every node sweeping, offers every second compare
+/// and find nothing to repair.
+#[test]
+fn offers_after_a_burst_find_nothing_to_repair() {
+    let (pa, pb) = (free_port(), free_port());
+    let fast_repair = ["--repl-repair-interval", "1"];
+    let a = node(pa, &[pb], &fast_repair);
+    // Sweeps (every 5 s from start) half a period apart, as nodes started
+    // at different moments have them.
+    std::thread::sleep(Duration::from_millis(2_500));
+    let b = node(pb, &[pa], &fast_repair);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    let mut burst = redis::pipe();
+    for i in 0..3000 {
+        let key = format!("session:{i}");
+        burst
+            .cmd("HSET")
+            .arg(&key)
+            .arg("user")
+            .arg(i)
+            .arg("cart")
+            .arg("[]")
+            .arg("seen")
+            .arg(i)
+            .ignore();
+    }
+    for i in (0..3000).step_by(4) {
+        burst.cmd("DEL").arg(format!("session:{i}")).ignore();
+    }
+    burst.query::<()>(&mut ca).unwrap();
+    wait_until("B to hold the burst", || {
+        q::<i64>(&mut cb, &["DBSIZE"]) == 2250
+    });
+    let count =
+        |c: &mut redis::Connection, field: &str| info_field(c, field).parse::<u64>().unwrap();
+    let compared = |ca: &mut redis::Connection, cb: &mut redis::Connection| {
+        count(ca, "repair_offers_compared") + count(cb, "repair_offers_compared")
+    };
+    let before = compared(&mut ca, &mut cb);
+    // Three steps of the floor (4 s each) and more than two sweeps (every
+    // 5 s) on each node.
+    let until = Instant::now() + Duration::from_secs(14);
+    while Instant::now() < until {
+        for c in [&mut ca, &mut cb] {
+            assert_eq!(count(c, "repairs_asked"), 0, "a repair asked for nothing");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let compared = compared(&mut ca, &mut cb) - before;
+    assert!(compared >= 4, "only {compared} offers compared");
+}

@@ -60,7 +60,7 @@ use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks, SEND_BATCH_BYTES
 use crate::deltalog::NumberedRead;
 use crate::keyspace::{
     shard_reached, ColdReads, DeltaSink, DigestScan, Digests, Keyspace, LeafDigests, ShardScan,
-    SHARDS,
+    GC_STEP, SHARDS,
 };
 use version::{Arrival, VersionVector};
 use wire::ReplMsg;
@@ -228,6 +228,11 @@ pub struct Replicator {
     /// Digests a peer offered that differed from ours with the same writes
     /// applied (each answered by a repair request).
     pub repairs_asked: AtomicU64,
+    /// Digests a peer offered with the same writes applied but its GC
+    /// floor a step away from ours: not compared (see `GC_STEP`).
+    pub offers_off_step: AtomicU64,
+    /// Digests a peer offered that were compared with ours.
+    pub offers_compared: AtomicU64,
     /// How often a quiet link offers its digest (see `ReplMsg::Digest`);
     /// 0: never.
     repair_interval_ms: AtomicU64,
@@ -375,6 +380,8 @@ impl Replicator {
             peers: Mutex::new(Vec::new()),
             drift_events: AtomicU64::new(0),
             repairs_asked: AtomicU64::new(0),
+            offers_off_step: AtomicU64::new(0),
+            offers_compared: AtomicU64::new(0),
             repair_interval_ms: AtomicU64::new(30_000),
             digest: Mutex::new(None),
             digests_taken: AtomicU64::new(0),
@@ -1414,17 +1421,33 @@ async fn serve_peer(
                 // Quiet, and the peer has all we have: whatever still differs
                 // is something no version vector counts (docs/architecture.md,
                 // "Repair").
-                next_offer_ms = now.saturating_add(repair_every());
-                let dbs = shared_digest(ks, repl).await?;
-                // Writes applied during the scan are in it or not: offered
-                // with the vector after it, a peer holding exactly that much
-                // asks at worst for a bucket it did not need. (It was
-                // dropped: under a steady trickle of writes no offer went.)
-                live.send(&send_msg(&ReplMsg::Digest {
-                    vv: repl.full_vv().entries(),
-                    dbs: dbs.to_vec(),
-                })?)
-                .await?;
+                // Offered from a quarter into the floor's step to three
+                // quarters: a peer whose floor lags or leads ours by up to
+                // a second is in the same step, and compares. A floor
+                // that does not move (a peer away) waits a step at most.
+                let progress = ks.gc_step_progress();
+                let mid_step = (GC_STEP / 4..GC_STEP / 4 * 3).contains(&progress);
+                let step_ms = (GC_STEP >> 32) * 1000;
+                if mid_step || now >= next_offer_ms.saturating_add(step_ms) {
+                    next_offer_ms = now.saturating_add(repair_every());
+                    // Writes applied during the scan are in it or not:
+                    // offered with the vector after it, a peer holding
+                    // exactly that much asks at worst for a bucket it did
+                    // not need. (It was dropped: under a steady trickle of
+                    // writes no offer went.) A digest across a step of the
+                    // floor is dropped, and taken again at the next tick.
+                    match shared_digest(ks, repl).await? {
+                        Some((floor, dbs)) => {
+                            live.send(&send_msg(&ReplMsg::Digest {
+                                vv: repl.full_vv().entries(),
+                                floor: floor.time,
+                                dbs: dbs.to_vec(),
+                            })?)
+                            .await?;
+                        }
+                        None => next_offer_ms = now,
+                    }
+                }
             }
         }
         if !plan.is_busy() {
@@ -1773,6 +1796,7 @@ async fn state_transfer(
                 TRANSFER_PIECE_BYTES,
                 |db| scope.as_ref().is_none_or(|s| s.covers_db(db as u32)),
                 |db, key| in_scope(db, key),
+                false,
                 |db, key, state| {
                     let f = wire::snapshot_key_msg(db, key, state)?;
                     let len = f.len();
@@ -1846,33 +1870,44 @@ async fn state_transfer(
     Ok(covered)
 }
 
-/// What the state was at: the writes applied, and the other changes.
-type DigestAt = (VersionVector, u64);
+/// What the state was at: the writes applied, the other changes, and the
+/// GC floor every state was compacted to.
+type DigestAt = (VersionVector, u64, Stamp);
 
 fn digest_at(ks: &Keyspace, repl: &Replicator) -> DigestAt {
     (
         repl.full_vv(),
         ks.changes_besides_writes.load(Ordering::SeqCst),
+        ks.gc_acked(),
     )
 }
 
-/// This node's keyspace digest: the last one taken while the state has not
-/// changed since (with `n` peers, one scan per interval instead of `2n`),
-/// or a new one.
-async fn shared_digest(ks: &Keyspace, repl: &Replicator) -> Result<Arc<Vec<DbDigest>>, LinkError> {
+/// This node's keyspace digest and the GC floor its states were compacted
+/// to: the last one taken while the state has not changed since (with `n`
+/// peers, one scan per interval instead of `2n`), or a new one. None when
+/// the floor moved a step during the scan: its keys were compacted to two
+/// floors, and a peer would find differences that are not there.
+async fn shared_digest(
+    ks: &Keyspace,
+    repl: &Replicator,
+) -> Result<Option<(Stamp, Arc<Vec<DbDigest>>)>, LinkError> {
     let at = digest_at(ks, repl);
     if let Some((taken_at, digest)) = &*repl.digest.lock() {
         if *taken_at == at {
-            return Ok(digest.clone());
+            return Ok(Some((at.2, digest.clone())));
         }
     }
     let digest = Arc::new(keyspace_digest(ks).await?);
     repl.digests_taken.fetch_add(1, Ordering::Relaxed);
-    // Taken one shard at a time: kept only if nothing changed meanwhile.
-    if digest_at(ks, repl) == at {
-        *repl.digest.lock() = Some((at, digest.clone()));
+    let after = digest_at(ks, repl);
+    if after.2 != at.2 {
+        return Ok(None);
     }
-    Ok(digest)
+    // Taken one shard at a time: kept only if nothing changed meanwhile.
+    if after == at {
+        *repl.digest.lock() = Some((at.clone(), digest.clone()));
+    }
+    Ok(Some((at.2, digest)))
 }
 
 /// This node's keyspace digest; only the databases that hold something.
@@ -2235,7 +2270,7 @@ async fn apply_stream(
                     return Err(LinkError::Closed(format!("{origin} reopened: resuming")));
                 }
             }
-            ReplMsg::Digest { vv, dbs } => {
+            ReplMsg::Digest { vv, floor, dbs } => {
                 // Holding at least what the sender held, whatever still
                 // differs in its favour is something no vector counts; a
                 // bucket that differs only by our newer writes costs a
@@ -2251,10 +2286,27 @@ async fn apply_stream(
                     && dbs.iter().all(|d| d.buckets.len() == BUCKETS)
                     && dbs.len() <= ks.databases()
                 {
-                    let digest = shared_digest(ks, repl).await?;
-                    let differ = differing(&digest, &dbs);
-                    if !differ.is_empty() && asks.try_send(Back::Repair(differ)).is_ok() {
-                        repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
+                    // Compared only with every state compacted to the
+                    // same floor: else a state one node swept since and
+                    // the other not differs in what both hold alike.
+                    let at_step = ks.gc_acked().time == floor;
+                    match at_step.then(|| shared_digest(ks, repl)) {
+                        Some(digest) => match digest.await? {
+                            Some((mine, digest)) if mine.time == floor => {
+                                repl.offers_compared.fetch_add(1, Ordering::Relaxed);
+                                let differ = differing(&digest, &dbs);
+                                if !differ.is_empty() && asks.try_send(Back::Repair(differ)).is_ok()
+                                {
+                                    repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            _ => {
+                                repl.offers_off_step.fetch_add(1, Ordering::Relaxed);
+                            }
+                        },
+                        None => {
+                            repl.offers_off_step.fetch_add(1, Ordering::Relaxed);
+                        }
                     }
                 }
             }
@@ -3018,15 +3070,16 @@ mod tests {
             ),
         );
         let repl = Replicator::new(NodeId(1), 1 << 20, || 0);
-        let first = shared_digest(&ks, &repl).await.unwrap();
-        let again = shared_digest(&ks, &repl).await.unwrap();
+        let digest = |ks, repl| async move { shared_digest(ks, repl).await.unwrap().unwrap().1 };
+        let first = digest(&ks, &repl).await;
+        let again = digest(&ks, &repl).await;
         assert!(Arc::ptr_eq(&first, &again));
         assert_eq!(repl.digests_taken.load(Ordering::Relaxed), 1);
         repl.publish_key(0, b"k", &KeyState::default(), 0);
-        let after_a_write = shared_digest(&ks, &repl).await.unwrap();
+        let after_a_write = digest(&ks, &repl).await;
         assert!(!Arc::ptr_eq(&first, &after_a_write));
         ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
-        let after_a_collection = shared_digest(&ks, &repl).await.unwrap();
+        let after_a_collection = digest(&ks, &repl).await;
         assert!(!Arc::ptr_eq(&after_a_write, &after_a_collection));
         assert_eq!(repl.digests_taken.load(Ordering::Relaxed), 3);
     }

@@ -81,10 +81,13 @@ pub enum ReplMsg {
     },
     /// Sender → receiver, in order on the live stream, when the receiver had
     /// acknowledged everything the sender applied: the sender's keyspace
-    /// digest, taken with `vv` applied (its own writes included). A receiver
-    /// that applied exactly `vv` too compares (see `RepairAsk`).
+    /// digest, taken with `vv` applied (its own writes included), every
+    /// state compacted to the GC floor `floor` (a step of it, see
+    /// `keyspace::GC_STEP`). A receiver that applied `vv` too and is at the
+    /// same step compares (see `RepairAsk`).
     Digest {
         vv: Vec<(NodeId, u64)>,
+        floor: u64,
         dbs: Vec<DbDigest>,
     },
     /// Receiver → sender: with the same writes applied, our digests differ

@@ -41,7 +41,7 @@ use crate::TransportError;
 /// increment travels in a compact form (`codec::append_one_write`). 15: so
 /// does a hash, set or sorted set write of any size
 /// (`codec::append_coll_write`).
-pub const PROTOCOL_VERSION: u16 = 15;
+pub const PROTOCOL_VERSION: u16 = 16;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
