@@ -59,10 +59,16 @@ node 1 "$pb" "${repl[@]}" --replicaof 127.0.0.1 "$pa"; b=$STARTED
 for t in /proc/"$b"/task/*; do renice -n 19 -p "${t##*/}" >/dev/null; done
 wait_linked "$pa"
 load "$pa"
-until [ "$(redis-cli -p "$pb" DBSIZE)" = "$(redis-cli -p "$pa" DBSIZE)" ]; do sleep 0.5; done
+# Until B has applied every write of A's (not only made every key).
+until redis-cli -p "$pa" INFO replication | grep -q "lag_ops=0,"; do sleep 0.5; done
+shipped() { redis-cli -p "$pb" INFO replication | tr -d '\r' | grep -E "^peer0:" | tr ',' '\n' \
+    | grep -E "^(state_transfers|repairs|transfer_keys)=" | tr '\n' ' '; }
+echo "B's link to A before the reads: $(shipped)"
 ( for i in $(seq 1 120); do redis-cli -p "$pa" SET trickle "$i" >/dev/null; sleep 0.5; done ) &
 PIDS+=($!)
 sleep 2
 taskset -c 1 redis-benchmark -p "$pa" -c 1 -P 1 -n 100000 -r "$KEYS" HGET session:__rand_int__ user \
     | grep -A2 "latency summary"
-redis-cli -p "$pa" INFO replication | tr -d '\r' | grep -E "^(repairs_asked|repair_digests_taken|repair_offers_compared|repair_offers_off_step):"
+redis-cli -p "$pa" INFO replication | tr -d '\r' | grep -E "^(repairs_asked|repair_digests_taken|repair_offers_compared|repair_offers_skipped):"
+# What the repairs shipped: B's link to A (A asks, B sends).
+echo "B's link to A after the reads:  $(shipped)"

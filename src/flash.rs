@@ -547,7 +547,7 @@ mod tests {
                         usize::MAX,
                         |_| true,
                         |_, _| true,
-                        false,
+                        None,
                         &mut take,
                         &mut cold,
                     )
@@ -597,7 +597,7 @@ mod tests {
                     usize::MAX,
                     |_| true,
                     |_, _| true,
-                    false,
+                    None,
                     |_, key, _| -> Result<usize, ()> { panic!("{key:?} is cold") },
                     &mut cold,
                 )

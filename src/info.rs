@@ -403,8 +403,8 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     &repl.offers_compared.load(Ordering::Relaxed),
                 );
                 line(
-                    "repair_offers_off_step",
-                    &repl.offers_off_step.load(Ordering::Relaxed),
+                    "repair_offers_skipped",
+                    &repl.offers_skipped.load(Ordering::Relaxed),
                 );
                 line(
                     "repair_digests_taken",

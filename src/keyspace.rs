@@ -302,6 +302,13 @@ pub struct Db {
     pub cold: Option<Arc<ColdTier>>,
     /// Keys of `map` that are cold.
     pub cold_keys: usize,
+    /// Shared by every database of the keyspace: the epoch of the newest
+    /// digest scan running, 0 when none runs (`Keyspace::hold_gc_at`).
+    pub scan_epoch: Arc<AtomicU64>,
+    /// Per bucket of this shard, the scan epoch of its last change while a
+    /// scan ran: a bucket changed during a digest's scan may hold writes the
+    /// digest missed (see `Keyspace::unsettled_since`).
+    pub bucket_epochs: [u64; BUCKETS_PER_SHARD],
 }
 
 /// The shard holding digest bucket `bucket`.
@@ -420,16 +427,17 @@ impl ColdReads {
         Ok(())
     }
 
-    /// Adds the keys met to `digests` (see [`Keyspace::digest_piece`]).
+    /// Adds the keys met to `digests`, each compacted to `floor` (see
+    /// [`Keyspace::digest_piece`]).
     pub fn add_digests<D: Digests + ?Sized>(
         &mut self,
-        acked_now: Stamp,
+        floor: Stamp,
         digests: &mut D,
         scratch: &mut Vec<u8>,
     ) -> Result<(), chorus_crdt::EncodeError> {
-        let acked = self.acked.min(acked_now);
-        self.read(acked_now, usize::MAX, |db, key, state| {
-            if !state.collectable(acked) {
+        self.acked = floor;
+        self.read(floor, usize::MAX, |db, key, state| {
+            if !state.collectable(floor) {
                 digests.add(db, key, key_digest(key, state, scratch)?);
             }
             Ok(1)
@@ -704,7 +712,13 @@ impl Db {
             index,
             cold,
             cold_keys,
+            scan_epoch,
+            bucket_epochs,
         } = self;
+        match scan_epoch.load(Ordering::Relaxed) {
+            0 => {}
+            epoch => bucket_epochs[bucket_of(key) as usize % BUCKETS_PER_SHARD] = epoch,
+        }
         let entry = map.get_or_insert(key, access_clock.load(Ordering::Relaxed));
         // A cold key's state comes back for the change, and goes back to
         // disk if the change leaves it as it was (a merge of what it holds
@@ -1291,6 +1305,35 @@ pub struct Keyspace {
     /// While a fold stores its keys, the GC floor it began with (see
     /// `cap_gc_for_fold`); `u64::MAX` otherwise.
     fold_cap: AtomicU64,
+    /// While digests are taken, the lowest floor one compacts to (see
+    /// [`Keyspace::hold_gc_at`]); `u64::MAX` otherwise. With how many hold it.
+    digest_cap: AtomicU64,
+    digest_holds: Mutex<usize>,
+    /// The newest digest scan's epoch while one runs, else 0 (shared with
+    /// every `Db`), and the last epoch given.
+    scan_epoch: Arc<AtomicU64>,
+    scan_epochs: AtomicU64,
+}
+
+/// A digest's scan under way: collection held at or below its floor, and
+/// every bucket changed meanwhile marked ([`Keyspace::hold_gc_at`]);
+/// released when dropped.
+pub struct GcHold<'a> {
+    ks: &'a Keyspace,
+    /// This scan's epoch: buckets marked with it or a later one changed
+    /// while it ran.
+    pub epoch: u64,
+}
+
+impl Drop for GcHold<'_> {
+    fn drop(&mut self) {
+        let mut holds = self.ks.digest_holds.lock();
+        *holds -= 1;
+        if *holds == 0 {
+            self.ks.digest_cap.store(u64::MAX, Ordering::Relaxed);
+            self.ks.scan_epoch.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 thread_local! {
@@ -1485,6 +1528,7 @@ impl Keyspace {
         let access_clock = Arc::new(AtomicU32::new(0));
         let with_expiry = Arc::new(AtomicU64::new(0));
         let live_keys = Arc::new(AtomicU64::new(0));
+        let scan_epoch = Arc::new(AtomicU64::new(0));
         let shards = (0..SHARDS)
             .map(|_| {
                 Mutex::new(Shard {
@@ -1497,6 +1541,7 @@ impl Keyspace {
                             access_clock: access_clock.clone(),
                             with_expiry: with_expiry.clone(),
                             live_keys: live_keys.clone(),
+                            scan_epoch: scan_epoch.clone(),
                             ..Db::default()
                         })
                         .collect(),
@@ -1547,6 +1592,10 @@ impl Keyspace {
             cold: None,
             swaps: AtomicU64::new(0),
             fold_cap: AtomicU64::new(u64::MAX),
+            digest_cap: AtomicU64::new(u64::MAX),
+            digest_holds: Mutex::new(0),
+            scan_epoch,
+            scan_epochs: AtomicU64::new(0),
         }
     }
 
@@ -1921,11 +1970,51 @@ impl Keyspace {
         let time = self
             .gc_time
             .load(Ordering::Relaxed)
-            .min(self.fold_cap.load(Ordering::Relaxed));
+            .min(self.fold_cap.load(Ordering::Relaxed))
+            .min(self.digest_cap.load(Ordering::Relaxed));
         Stamp {
             time: gc_step_of(time),
             node: NodeId(u64::MAX),
         }
+    }
+
+    /// Holds collection at or below `floor` until the hold is dropped: a
+    /// digest compacting what it reads to `floor` must not meet a state
+    /// compacted past it (a digest of millions of keys takes seconds, and
+    /// the floor would move a step meanwhile). Whoever collects reads the
+    /// floor under its shard's lock, so nothing collected after this
+    /// returns goes past `floor`.
+    ///
+    /// From then on every change marks its bucket with the hold's epoch
+    /// (see [`Keyspace::unsettled_since`]): a change made after the scan
+    /// read its shard's lock is made after this store, so it sees the
+    /// epoch.
+    pub fn hold_gc_at(&self, floor: Stamp) -> GcHold<'_> {
+        let mut holds = self.digest_holds.lock();
+        *holds += 1;
+        self.digest_cap.fetch_min(floor.time, Ordering::Relaxed);
+        let epoch = self.scan_epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        self.scan_epoch.store(epoch, Ordering::Relaxed);
+        GcHold { ks: self, epoch }
+    }
+
+    /// The buckets (of any database) changed since the scan of epoch
+    /// `epoch` began: its digest may have read them before a change it
+    /// does not hold, or after one its vector does not count. A peer
+    /// leaves them out of a comparison, and compares them at a later offer.
+    pub fn unsettled_since(&self, epoch: u64) -> Buckets {
+        let mut unsettled = Buckets::default();
+        for (index, shard) in self.shards.iter().enumerate() {
+            let shard = shard.lock();
+            for d in &shard.dbs {
+                for (i, e) in d.bucket_epochs.iter().enumerate() {
+                    if *e >= epoch {
+                        unsettled.insert((index * BUCKETS_PER_SHARD + i) as u8);
+                    }
+                }
+            }
+        }
+        unsettled
     }
 
     /// How far into its step the GC floor is, in HLC time (see
@@ -2108,6 +2197,7 @@ impl Keyspace {
     pub fn digest_piece<D: Digests + ?Sized>(
         &self,
         index: usize,
+        floor: Stamp,
         scan: &mut DigestScan,
         digests: &mut D,
         scratch: &mut Vec<u8>,
@@ -2117,10 +2207,7 @@ impl Keyspace {
             true => (usize::MAX, usize::MAX),
             false => (DIGEST_PIECE_KEYS, DIGEST_PIECE_BYTES),
         };
-        // A tombstone GC may drop is left out: a node that swept it holds
-        // nothing. (A floor that moves a step between this and the piece
-        // spoils the digest: its caller drops a digest across a step.)
-        let acked = self.gc_acked();
+
         let done = self.scan_piece(
             index,
             &mut scan.scan,
@@ -2128,9 +2215,10 @@ impl Keyspace {
             budget,
             |_| true,
             |_, _| true,
-            true,
+            Some(floor),
             |db, key, state| {
-                if state.collectable(acked) {
+                // Left out: a node that swept it holds nothing.
+                if state.collectable(floor) {
                     return Ok(0);
                 }
                 digests.add(db, key, key_digest(key, state, scratch)?);
@@ -2160,15 +2248,15 @@ impl Keyspace {
     /// pausing between pieces (a test's digest).
     #[cfg(test)]
     pub(crate) fn digest_all<D: Digests + ?Sized>(&self, digests: &mut D) {
+        let floor = self.gc_acked();
         let mut scratch = Vec::new();
         for i in 0..SHARDS {
             let (mut scan, mut cold) = (DigestScan::default(), ColdReads::default());
             while !self
-                .digest_piece(i, &mut scan, digests, &mut scratch, &mut cold)
+                .digest_piece(i, floor, &mut scan, digests, &mut scratch, &mut cold)
                 .unwrap()
             {}
-            cold.add_digests(self.gc_acked(), digests, &mut scratch)
-                .unwrap();
+            cold.add_digests(floor, digests, &mut scratch).unwrap();
         }
     }
 
@@ -2195,7 +2283,7 @@ impl Keyspace {
         budget: usize,
         dbs: impl Fn(usize) -> bool,
         wanted: impl Fn(usize, &[u8]) -> bool,
-        compact: bool,
+        compact_to: Option<Stamp>,
         mut f: impl FnMut(u32, &[u8], &KeyState) -> Result<usize, E>,
         cold: &mut ColdReads,
     ) -> Result<bool, E> {
@@ -2224,21 +2312,36 @@ impl Keyspace {
                     continue;
                 }
                 keys += 1;
-                // As the GC sweep would: a digest then reads every state
-                // compacted to the floor's step (see `GC_STEP`). The kept
-                // digest is not spoiled by it: compacted again to the same
-                // floor, a state digests the same.
-                if compact {
+                // A digest reads every state compacted to one floor (see
+                // `GC_STEP`): at this node's floor, in place, as the GC
+                // sweep would (a kept digest is not spoiled by it:
+                // compacted again to the same floor, a state digests the
+                // same); past it (a peer's offer), a copy.
+                let in_place = compact_to.filter(|to| *to <= acked);
+                if let Some(to) = in_place {
                     if let Some(state) = d.map.state_at_mut(position) {
-                        if state.compact(acked) {
-                            d.collected.fetch_max(acked.time, Ordering::Relaxed);
+                        if state.compact(to) {
+                            d.collected.fetch_max(to.time, Ordering::Relaxed);
                         }
                     }
                 }
                 let Some(entry) = d.map.at(position) else {
                     continue;
                 };
-                if let Some(state) = d.peek_or_defer(scan.db as u32, entry, acked, cold) {
+                let read_at = compact_to.unwrap_or(acked);
+                if let Some(state) = d.peek_or_defer(scan.db as u32, entry, read_at, cold) {
+                    let copy;
+                    let state = match compact_to {
+                        Some(to) if in_place.is_none() => {
+                            copy = {
+                                let mut copy = state.clone();
+                                copy.compact(to);
+                                copy
+                            };
+                            &copy
+                        }
+                        _ => state,
+                    };
                     spent += f(scan.db as u32, &entry.key, state)?;
                 }
             }
@@ -2777,7 +2880,7 @@ mod tests {
                 usize::MAX,
                 |_| true,
                 |_, _| true,
-                false,
+                None,
                 |db, key, _| {
                     met.push((db, key.to_vec()));
                     Ok::<_, ()>(1)
@@ -2824,7 +2927,7 @@ mod tests {
                 usize::MAX,
                 |_| true,
                 |_, _| false,
-                false,
+                None,
                 |_, _, _| Ok::<_, ()>(1),
                 &mut cold,
             )
@@ -2906,7 +3009,14 @@ mod tests {
         loop {
             let before = digests.added;
             let done = ks
-                .digest_piece(5, &mut scan, &mut digests, &mut scratch, &mut cold)
+                .digest_piece(
+                    5,
+                    ks.gc_acked(),
+                    &mut scan,
+                    &mut digests,
+                    &mut scratch,
+                    &mut cold,
+                )
                 .unwrap();
             assert!(digests.added - before <= DIGEST_PIECE_KEYS);
             pieces += 1;
@@ -2923,7 +3033,14 @@ mod tests {
         digests.dbs = (0..2).map(DbDigest::empty).collect();
         let mut scan = DigestScan::default();
         assert!(!ks
-            .digest_piece(5, &mut scan, &mut digests, &mut scratch, &mut cold)
+            .digest_piece(
+                5,
+                ks.gc_acked(),
+                &mut scan,
+                &mut digests,
+                &mut scratch,
+                &mut cold
+            )
             .unwrap());
         let epoch = ks.shards[5].lock().dbs[0].map.epoch();
         {
@@ -2934,13 +3051,27 @@ mod tests {
         }
         assert_ne!(ks.shards[5].lock().dbs[0].map.epoch(), epoch, "compacted");
         while !ks
-            .digest_piece(5, &mut scan, &mut digests, &mut scratch, &mut cold)
+            .digest_piece(
+                5,
+                ks.gc_acked(),
+                &mut scan,
+                &mut digests,
+                &mut scratch,
+                &mut cold,
+            )
             .unwrap()
         {}
         for i in (0..SHARDS).filter(|i| *i != 5) {
             let mut scan = DigestScan::default();
             while !ks
-                .digest_piece(i, &mut scan, &mut digests, &mut scratch, &mut cold)
+                .digest_piece(
+                    i,
+                    ks.gc_acked(),
+                    &mut scan,
+                    &mut digests,
+                    &mut scratch,
+                    &mut cold,
+                )
                 .unwrap()
             {}
         }
@@ -3077,6 +3208,104 @@ mod tests {
             dbs
         };
         assert_eq!(digest(&a), digest(&b));
+    }
+
+    /// A node whose GC floor lags a peer's offer reads copies compacted to
+    /// the offer's floor: its digest is the peer's, and its own states are
+    /// not compacted past its floor.
+    #[test]
+    fn a_node_behind_an_offers_floor_digests_copies_compacted_to_it() {
+        let (a, b) = (keyspace(), keyspace());
+        let now = a.clock.physical_unix_ms();
+        for ks in [&a, &b] {
+            ks.set_gc_floor(Stamp::ZERO);
+        }
+        for i in 0..200u64 {
+            let at = Stamp::from_unix_ms(now - 60_000 + i, NodeId(3));
+            let key = format!("session:{i}");
+            let state = match i % 4 {
+                0 => KeyState::default().write(at, None, 0),
+                _ => KeyState::default().coll_write(at, Kind::Hash, |c, d| {
+                    c.hset_into(d, at, b"user", b"v");
+                    c.hset_into(d, at, b"cart", b"v");
+                }),
+            };
+            for ks in [&a, &b] {
+                let mut l = ks.lock_all();
+                let shard = l.shard_for(key.as_bytes(), |k| ks.shard_of(k)).unwrap();
+                shard.dbs[0].merge(key.as_bytes(), &state, Stamp::ZERO);
+            }
+        }
+        a.set_gc_floor(Stamp::from_unix_ms(now - 10_000, NodeId(1)));
+        for i in 0..SHARDS {
+            a.collect_garbage_in(i);
+        }
+        let floor = a.gc_acked();
+        let digest_at = |ks: &Keyspace, floor: Stamp| {
+            let mut dbs: Vec<DbDigest> = (0..2).map(DbDigest::empty).collect();
+            let mut scratch = Vec::new();
+            for i in 0..SHARDS {
+                let (mut scan, mut cold) = (DigestScan::default(), ColdReads::default());
+                while !ks
+                    .digest_piece(i, floor, &mut scan, &mut dbs, &mut scratch, &mut cold)
+                    .unwrap()
+                {}
+            }
+            dbs
+        };
+        let before = b.dump();
+        assert_eq!(digest_at(&b, floor), digest_at(&a, floor));
+        assert_eq!(b.dump(), before, "B compacted nothing in place");
+        assert_ne!(digest_at(&b, b.gc_acked()), digest_at(&a, floor));
+    }
+
+    /// A change while a digest's scan runs marks its bucket unsettled for
+    /// that scan; one made before it began, or while none runs, does not.
+    #[test]
+    fn a_change_during_a_digest_marks_its_bucket_unsettled() {
+        let ks = keyspace();
+        let write = |key: &str| {
+            let mut l = ks.lock_all();
+            ks.update(&mut l, 1, key.as_bytes(), 0, |w| w.set(Some(b"v"), 0))
+                .unwrap();
+        };
+        let (before, during, after) = ("before", "during", "after:2");
+        assert!(
+            [before, during, after]
+                .map(|k| bucket_of(k.as_bytes()))
+                .windows(2)
+                .all(|w| w[0] != w[1]),
+            "three buckets"
+        );
+        write(before);
+        let hold = ks.hold_gc_at(ks.gc_acked());
+        write(during);
+        let mut expected = Buckets::default();
+        expected.insert(bucket_of(during.as_bytes()));
+        assert_eq!(ks.unsettled_since(hold.epoch), expected);
+        drop(hold);
+        write(after);
+        let hold = ks.hold_gc_at(ks.gc_acked());
+        assert!(ks.unsettled_since(hold.epoch).is_empty());
+    }
+
+    /// While a digest holds collection at a floor, the GC floor stays at
+    /// or below it however far the replication layer moves it; it follows
+    /// again once every hold is dropped.
+    #[test]
+    fn a_digest_holds_collection_at_its_floor() {
+        let ks = keyspace();
+        let at = |t: u64| Stamp::from_unix_ms(t, NodeId(1));
+        ks.set_gc_floor(at(100_000));
+        let held = ks.gc_acked();
+        let first = ks.hold_gc_at(held);
+        let second = ks.hold_gc_at(held);
+        ks.set_gc_floor(at(200_000));
+        assert_eq!(ks.gc_acked(), held);
+        drop(first);
+        assert_eq!(ks.gc_acked(), held, "another digest still holds it");
+        drop(second);
+        assert_eq!(ks.gc_acked().time, gc_step_of(at(200_000).time - 1));
     }
 
     /// The GC floor is its last step: a multiple of `GC_STEP` at or below

@@ -656,7 +656,7 @@ fn message() -> impl Strategy<Value = ReplMsg> {
     prop_oneof![
         1 => (version_vector(), proptest::collection::vec("[a-z0-9]{0,6}", 0..3))
             .prop_map(|(vv, accepts)| ReplMsg::Resume { vv, accepts }),
-        1 => (any::<u64>(), any::<u8>()).prop_map(|(ask, bits)| ReplMsg::LeafDigestAsk { ask, bits }),
+        1 => (any::<u64>(), any::<u8>(), any::<u64>()).prop_map(|(ask, bits, floor)| ReplMsg::LeafDigestAsk { ask, bits, floor }),
         1 => any::<u64>().prop_map(|ask| ReplMsg::LeafDigestsEnd { ask }),
         1 => proptest::collection::vec(any::<u8>(), 0..64)
             .prop_map(|framed| ReplMsg::Compressed { lz4: lz4_flex::block::compress_prepend_size(&framed) }),

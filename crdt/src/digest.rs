@@ -109,6 +109,13 @@ impl Buckets {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Adds every bucket of `other`.
+    pub fn extend(&mut self, other: &Buckets) {
+        for (w, o) in self.0.iter_mut().zip(other.0) {
+            *w |= o;
+        }
+    }
 }
 
 /// Which keys a repair covers: per database, a set of buckets.
@@ -190,6 +197,13 @@ impl DbDigest {
 /// (with whatever buckets differ in them, possibly none) and the differing
 /// buckets of the others. A database missing from one side is empty there.
 pub fn differing(mine: &[DbDigest], theirs: &[DbDigest]) -> Scope {
+    differing_settled(mine, theirs, &Buckets::default())
+}
+
+/// [`differing`], leaving out the buckets in `unsettled` (in every
+/// database): buckets changed while a digest was taken, which differ for
+/// changes one side's digest holds and the other's not.
+pub fn differing_settled(mine: &[DbDigest], theirs: &[DbDigest], unsettled: &Buckets) -> Scope {
     let empty = |db| DbDigest::empty(db);
     let mut dbs: Vec<u32> = mine.iter().chain(theirs).map(|d| d.db).collect();
     dbs.sort_unstable();
@@ -201,7 +215,7 @@ pub fn differing(mine: &[DbDigest], theirs: &[DbDigest]) -> Scope {
         let b = find(theirs).unwrap_or_else(|| empty(db));
         let mut buckets = Buckets::default();
         for (i, (x, y)) in a.buckets.iter().zip(b.buckets.iter()).enumerate() {
-            if x != y {
+            if x != y && !unsettled.contains(i as u8) {
                 buckets.insert(i as u8);
             }
         }
@@ -496,6 +510,31 @@ mod tests {
         assert!(scope.covers_db(3));
         assert_eq!(scope.buckets(), 0);
         assert!(differing(&[DbDigest::empty(3)], &[]).is_empty());
+    }
+
+    /// Buckets a side names unsettled are left out of a comparison, in
+    /// every database; the rest still differ.
+    #[test]
+    fn unsettled_buckets_are_left_out() {
+        let (mut mine, theirs) = (DbDigest::empty(0), DbDigest::empty(0));
+        let mut other_db = DbDigest::empty(1);
+        for b in [7usize, 9] {
+            mine.buckets[b] = 1;
+            other_db.buckets[b] = 1;
+        }
+        let mut unsettled = Buckets::default();
+        unsettled.insert(7);
+        let scope = differing_settled(
+            &[mine, other_db.clone()],
+            &[theirs, DbDigest::empty(1)],
+            &unsettled,
+        );
+        let mut only_nine = Buckets::default();
+        only_nine.insert(9);
+        assert_eq!(scope, Scope(vec![(0, only_nine), (1, only_nine)]));
+        let mut both = unsettled;
+        both.extend(&only_nine);
+        assert!(differing_settled(&[other_db], &[], &both).is_empty());
     }
 
     fn set(v: &[u8], ms: u64, node: u64) -> KeyState {

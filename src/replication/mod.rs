@@ -43,8 +43,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chorus_crdt::digest::{
-    differing, differing_leaves, leaf_bits_for, DbDigest, LeafDigest, Scope, TransferScope,
-    BUCKETS, MAX_LEAF_BITS, MIN_LEAF_BITS,
+    differing_leaves, differing_settled, leaf_bits_for, Buckets, DbDigest, LeafDigest, Scope,
+    TransferScope, BUCKETS, MAX_LEAF_BITS, MIN_LEAF_BITS,
 };
 use chorus_crdt::{Delta, KeyState, NodeId, Stamp};
 use chorus_transport::peer::Backoff;
@@ -59,11 +59,16 @@ use tracing::{info, warn};
 use self::core::{Core, GcState, Heartbeat, LinkState, PeerAcks, SEND_BATCH_BYTES};
 use crate::deltalog::NumberedRead;
 use crate::keyspace::{
-    shard_reached, ColdReads, DeltaSink, DigestScan, Digests, Keyspace, LeafDigests, ShardScan,
-    GC_STEP, SHARDS,
+    shard_reached, ColdReads, DeltaSink, DigestScan, Digests, GcHold, Keyspace, LeafDigests,
+    ShardScan, GC_STEP, SHARDS,
 };
 use version::{Arrival, VersionVector};
 use wire::ReplMsg;
+
+/// A receiver compares a repair offer only if its own digest holds at
+/// most this many writes the offer does not count: each may make a bucket
+/// differ, and costs a needless repair of it.
+const MOST_WRITES_AHEAD: u64 = 8;
 
 /// How long a transfer's tail waits for the frames of writes its scan saw
 /// (see `state_transfer`) before the link starts over.
@@ -228,9 +233,10 @@ pub struct Replicator {
     /// Digests a peer offered that differed from ours with the same writes
     /// applied (each answered by a repair request).
     pub repairs_asked: AtomicU64,
-    /// Digests a peer offered with the same writes applied but its GC
-    /// floor a step away from ours: not compared (see `GC_STEP`).
-    pub offers_off_step: AtomicU64,
+    /// Digests a peer offered that were not compared: our GC floor past
+    /// the offer's (see `GC_STEP`), or our digest holding more than
+    /// `MOST_WRITES_AHEAD` writes the offer's vector does not count.
+    pub offers_skipped: AtomicU64,
     /// Digests a peer offered that were compared with ours.
     pub offers_compared: AtomicU64,
     /// How often a quiet link offers its digest (see `ReplMsg::Digest`);
@@ -239,7 +245,7 @@ pub struct Replicator {
     /// The last keyspace digest and what the state was when it was taken
     /// (see [`shared_digest`]): every link's offer and every answer to one
     /// reuse it until the state changes.
-    digest: Mutex<Option<(DigestAt, Arc<Vec<DbDigest>>)>>,
+    digest: Mutex<Option<(DigestAt, TakenDigest)>>,
     /// Keyspace digests taken (each one reads every key).
     pub digests_taken: AtomicU64,
     /// Links refused because a closed removed peer holds writes this node
@@ -380,7 +386,7 @@ impl Replicator {
             peers: Mutex::new(Vec::new()),
             drift_events: AtomicU64::new(0),
             repairs_asked: AtomicU64::new(0),
-            offers_off_step: AtomicU64::new(0),
+            offers_skipped: AtomicU64::new(0),
             offers_compared: AtomicU64::new(0),
             repair_interval_ms: AtomicU64::new(30_000),
             digest: Mutex::new(None),
@@ -1395,7 +1401,11 @@ async fn serve_peer(
             let holds_something = !info.acked_vv.lock().entries().is_empty();
             let kind = match holds_something {
                 true => match peer_leaves(ks, repl, link, &mut live, info).await? {
-                    Some((bits, theirs)) => Transfer::Differing { bits, theirs },
+                    Some((bits, floor, theirs)) => Transfer::Differing {
+                        bits,
+                        floor,
+                        theirs,
+                    },
                     None => Transfer::Whole,
                 },
                 false => Transfer::Whole,
@@ -1421,32 +1431,30 @@ async fn serve_peer(
                 // Quiet, and the peer has all we have: whatever still differs
                 // is something no version vector counts (docs/architecture.md,
                 // "Repair").
-                // Offered from a quarter into the floor's step to three
-                // quarters: a peer whose floor lags or leads ours by up to
-                // a second is in the same step, and compares. A floor
-                // that does not move (a peer away) waits a step at most.
+                // Offered early in the floor's step (an eighth in to three
+                // eighths): a peer whose floor lags ours compacts copies
+                // to ours, and one that leads by less than the rest of the
+                // step, less the digest's time, is still in it; one past
+                // it cannot compare. A floor that does not move (a peer
+                // away) waits a step at most.
                 let progress = ks.gc_step_progress();
-                let mid_step = (GC_STEP / 4..GC_STEP / 4 * 3).contains(&progress);
+                let early = (GC_STEP / 8..GC_STEP / 8 * 3).contains(&progress);
                 let step_ms = (GC_STEP >> 32) * 1000;
-                if mid_step || now >= next_offer_ms.saturating_add(step_ms) {
+                if early || now >= next_offer_ms.saturating_add(step_ms) {
                     next_offer_ms = now.saturating_add(repair_every());
                     // Writes applied during the scan are in it or not:
-                    // offered with the vector after it, a peer holding
-                    // exactly that much asks at worst for a bucket it did
-                    // not need. (It was dropped: under a steady trickle of
-                    // writes no offer went.) A digest across a step of the
-                    // floor is dropped, and taken again at the next tick.
-                    match shared_digest(ks, repl).await? {
-                        Some((floor, dbs)) => {
-                            live.send(&send_msg(&ReplMsg::Digest {
-                                vv: repl.full_vv().entries(),
-                                floor: floor.time,
-                                dbs: dbs.to_vec(),
-                            })?)
-                            .await?;
-                        }
-                        None => next_offer_ms = now,
-                    }
+                    // offered with the vector after it, and the buckets
+                    // they changed named unsettled, which the peer leaves
+                    // out. (Offering only a digest no write met was
+                    // dropped: under a steady trickle no offer went.)
+                    let digest = shared_digest(ks, repl, Stamp::ZERO).await?;
+                    live.send(&send_msg(&ReplMsg::Digest {
+                        vv: digest.vv.entries(),
+                        floor: digest.floor.time,
+                        unsettled: digest.unsettled,
+                        dbs: digest.dbs.to_vec(),
+                    })?)
+                    .await?;
                 }
             }
         }
@@ -1601,7 +1609,11 @@ enum Transfer {
     /// (`theirs`, taken before the transfer began): covers as much as a
     /// whole one, for a key whose digests agree is held by the peer as we
     /// hold it, and what we apply later comes in the tail.
-    Differing { bits: u8, theirs: Vec<LeafDigest> },
+    Differing {
+        bits: u8,
+        floor: Stamp,
+        theirs: Vec<LeafDigest>,
+    },
     /// The keys in the buckets a peer asked for: covers no writes.
     Repair(Scope),
 }
@@ -1614,7 +1626,7 @@ async fn peer_leaves(
     link: &PeerLink,
     live: &mut FrameSender,
     info: &PeerInfo,
-) -> Result<Option<(u8, Vec<LeafDigest>)>, LinkError> {
+) -> Result<Option<(u8, Stamp, Vec<LeafDigest>)>, LinkError> {
     // A database's digest must fit one message, with room to spare.
     let fits = (repl.max_message.load(Ordering::Relaxed) / 16).max(1);
     let fit_bits = (63 - fits.leading_zeros()) as u8;
@@ -1629,8 +1641,15 @@ async fn peer_leaves(
     let ask = info.leaf_asks.fetch_add(1, Ordering::Relaxed) + 1;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     *info.leaf_reply.lock() = Some((ask, tx));
-    live.send(&send_msg(&ReplMsg::LeafDigestAsk { ask, bits })?)
-        .await?;
+    // Both digests read every state compacted to one floor: ours now
+    // (unless the peer's, or ours by the time of our own, is past it).
+    let floor = ks.gc_acked();
+    live.send(&send_msg(&ReplMsg::LeafDigestAsk {
+        ask,
+        bits,
+        floor: floor.time,
+    })?)
+    .await?;
     let mut theirs = Vec::new();
     let collect = async {
         while let Some(Some(digest)) = rx.recv().await {
@@ -1650,7 +1669,7 @@ async fn peer_leaves(
     };
     *info.leaf_reply.lock() = None;
     Ok(match collected {
-        Ok(true) => Some((bits, theirs)),
+        Ok(true) => Some((bits, floor, theirs)),
         _ => {
             warn!(peer = %info.addr, "the peer sent no leaf digests in time: sending the whole state");
             None
@@ -1658,15 +1677,17 @@ async fn peer_leaves(
     })
 }
 
-/// This node's leaf digests; only the databases that hold something.
-async fn leaf_digests(ks: &Keyspace, bits: u8) -> Result<Vec<LeafDigest>, LinkError> {
+/// This node's leaf digests, every state compacted to `floor` or this
+/// node's GC floor if it is past that (see [`digest_keyspace`]); only the
+/// databases that hold something.
+async fn leaf_digests(ks: &Keyspace, bits: u8, floor: Stamp) -> Result<Vec<LeafDigest>, LinkError> {
     // A database's leaves are made at its first key or floor: 2^bits of
     // them for every database would be 8 MB each at 20 bits.
     let digests = LeafDigests {
         bits,
         dbs: vec![None; ks.databases()],
     };
-    let digests = digest_keyspace(ks, digests).await?;
+    let (digests, _, _) = digest_keyspace(ks, digests, floor).await?;
     Ok(digests
         .dbs
         .into_iter()
@@ -1678,21 +1699,30 @@ async fn leaf_digests(ks: &Keyspace, bits: u8) -> Result<Vec<LeafDigest>, LinkEr
 /// Adds every key and floor of this node to `digests`, one shard at a time
 /// and each in pieces (see [`Keyspace::digest_piece`]), letting the
 /// runtime's other tasks run between pieces; cold keys are read off the
-/// runtime's threads.
+/// runtime's threads. Every state is read compacted to `floor` (a peer's,
+/// to compare with its digest), or to this node's GC floor if that is past
+/// it; collection is held there until the hold returned with the digest
+/// is dropped, and every bucket changed since the scan began is marked
+/// (see [`Keyspace::unsettled_since`]). Returns the floor used.
 async fn digest_keyspace<D: Digests + Send + 'static>(
     ks: &Keyspace,
     mut digests: D,
-) -> Result<D, LinkError> {
+    floor: Stamp,
+) -> Result<(D, Stamp, GcHold<'_>), LinkError> {
+    let floor = floor.max(ks.gc_acked());
+    // Between the floor read and the hold, a sweep's piece may begin past
+    // it: at worst a key that differs for nothing (a needless repair).
+    let hold = ks.hold_gc_at(floor);
     let mut scratch = Vec::new();
     for i in 0..SHARDS {
         let mut scan = DigestScan::default();
         loop {
             let mut cold = ColdReads::default();
-            let done = ks.digest_piece(i, &mut scan, &mut digests, &mut scratch, &mut cold)?;
+            let done =
+                ks.digest_piece(i, floor, &mut scan, &mut digests, &mut scratch, &mut cold)?;
             if !cold.is_empty() {
-                let acked = ks.gc_acked();
                 digests = tokio::task::spawn_blocking(move || {
-                    cold.add_digests(acked, &mut digests, &mut Vec::new())
+                    cold.add_digests(floor, &mut digests, &mut Vec::new())
                         .map(|()| digests)
                 })
                 .await
@@ -1704,7 +1734,7 @@ async fn digest_keyspace<D: Digests + Send + 'static>(
             }
         }
     }
-    Ok(digests)
+    Ok((digests, floor, hold))
 }
 
 /// Streams this node's state on a bulk stream (see [`Transfer`]); returns
@@ -1731,10 +1761,14 @@ async fn state_transfer(
     let (scope, covering) = match kind {
         Transfer::Whole => (None, true),
         Transfer::Repair(scope) => (Some(TransferScope::Buckets(scope)), false),
-        Transfer::Differing { bits, theirs } => {
+        Transfer::Differing {
+            bits,
+            floor,
+            theirs,
+        } => {
             // Ours taken after what the transfer covers was read: a write
             // it misses is in the tail.
-            let mine = leaf_digests(ks, bits).await?;
+            let mine = leaf_digests(ks, bits, floor).await?;
             match differing_leaves(bits, &mine, &theirs) {
                 Some(leaves) => {
                     info!(
@@ -1796,7 +1830,7 @@ async fn state_transfer(
                 TRANSFER_PIECE_BYTES,
                 |db| scope.as_ref().is_none_or(|s| s.covers_db(db as u32)),
                 |db, key| in_scope(db, key),
-                false,
+                None,
                 |db, key, state| {
                     let f = wire::snapshot_key_msg(db, key, state)?;
                     let len = f.len();
@@ -1871,51 +1905,69 @@ async fn state_transfer(
 }
 
 /// What the state was at: the writes applied, the other changes, and the
-/// GC floor every state was compacted to.
+/// floor every state was compacted to.
 type DigestAt = (VersionVector, u64, Stamp);
 
-fn digest_at(ks: &Keyspace, repl: &Replicator) -> DigestAt {
+fn digest_at(ks: &Keyspace, repl: &Replicator, floor: Stamp) -> DigestAt {
     (
         repl.full_vv(),
         ks.changes_besides_writes.load(Ordering::SeqCst),
-        ks.gc_acked(),
+        floor,
     )
 }
 
-/// This node's keyspace digest and the GC floor its states were compacted
-/// to: the last one taken while the state has not changed since (with `n`
-/// peers, one scan per interval instead of `2n`), or a new one. None when
-/// the floor moved a step during the scan: its keys were compacted to two
-/// floors, and a peer would find differences that are not there.
+/// A keyspace digest as a repair offer carries it and a receiver compares
+/// it.
+#[derive(Clone)]
+struct TakenDigest {
+    /// Every state was read compacted to this floor.
+    floor: Stamp,
+    dbs: Arc<Vec<DbDigest>>,
+    /// The writes applied when the scan ended: the digest holds at most
+    /// these, and all of them outside `unsettled`.
+    vv: VersionVector,
+    /// Buckets changed while the scan ran (see
+    /// [`Keyspace::unsettled_since`]).
+    unsettled: Buckets,
+}
+
+/// This node's keyspace digest with every state compacted to `floor`, or
+/// to this node's GC floor if that is past it (see [`digest_keyspace`]):
+/// the last one taken at that floor while the state has not changed since
+/// (with `n` peers, one scan per interval instead of `2n`), or a new one.
 async fn shared_digest(
     ks: &Keyspace,
     repl: &Replicator,
-) -> Result<Option<(Stamp, Arc<Vec<DbDigest>>)>, LinkError> {
-    let at = digest_at(ks, repl);
+    floor: Stamp,
+) -> Result<TakenDigest, LinkError> {
+    let floor = floor.max(ks.gc_acked());
+    let at = digest_at(ks, repl, floor);
     if let Some((taken_at, digest)) = &*repl.digest.lock() {
         if *taken_at == at {
-            return Ok(Some((at.2, digest.clone())));
+            return Ok(digest.clone());
         }
     }
-    let digest = Arc::new(keyspace_digest(ks).await?);
-    repl.digests_taken.fetch_add(1, Ordering::Relaxed);
-    let after = digest_at(ks, repl);
-    if after.2 != at.2 {
-        return Ok(None);
-    }
-    // Taken one shard at a time: kept only if nothing changed meanwhile.
-    if after == at {
-        *repl.digest.lock() = Some((at.clone(), digest.clone()));
-    }
-    Ok(Some((at.2, digest)))
-}
-
-/// This node's keyspace digest; only the databases that hold something.
-async fn keyspace_digest(ks: &Keyspace) -> Result<Vec<DbDigest>, LinkError> {
     let dbs: Vec<DbDigest> = (0..ks.databases() as u32).map(DbDigest::empty).collect();
-    let mut dbs = digest_keyspace(ks, dbs).await?;
+    let (mut dbs, floor, hold) = digest_keyspace(ks, dbs, floor).await?;
     dbs.retain(|d| !d.is_empty());
-    Ok(dbs)
+    // The vector first: a change after the scan that it counts is marked
+    // (the hold still stands), and one it does not count is the peer's to
+    // see as ours ahead of its offer.
+    let vv = repl.full_vv();
+    let unsettled = ks.unsettled_since(hold.epoch);
+    drop(hold);
+    let digest = TakenDigest {
+        floor,
+        dbs: Arc::new(dbs),
+        vv,
+        unsettled,
+    };
+    repl.digests_taken.fetch_add(1, Ordering::Relaxed);
+    // Taken one shard at a time: kept only if nothing changed meanwhile.
+    if digest_at(ks, repl, floor) == at {
+        *repl.digest.lock() = Some((at, digest.clone()));
+    }
+    Ok(digest)
 }
 
 // ----- receiving a peer's writes -----
@@ -2270,7 +2322,12 @@ async fn apply_stream(
                     return Err(LinkError::Closed(format!("{origin} reopened: resuming")));
                 }
             }
-            ReplMsg::Digest { vv, floor, dbs } => {
+            ReplMsg::Digest {
+                vv,
+                floor,
+                unsettled,
+                dbs,
+            } => {
                 // Holding at least what the sender held, whatever still
                 // differs in its favour is something no vector counts; a
                 // bucket that differs only by our newer writes costs a
@@ -2288,30 +2345,59 @@ async fn apply_stream(
                 {
                     // Compared only with every state compacted to the
                     // same floor: else a state one node swept since and
-                    // the other not differs in what both hold alike.
-                    let at_step = ks.gc_acked().time == floor;
-                    match at_step.then(|| shared_digest(ks, repl)) {
-                        Some(digest) => match digest.await? {
-                            Some((mine, digest)) if mine.time == floor => {
-                                repl.offers_compared.fetch_add(1, Ordering::Relaxed);
-                                let differ = differing(&digest, &dbs);
-                                if !differ.is_empty() && asks.try_send(Back::Repair(differ)).is_ok()
-                                {
+                    // the other not differs in what both hold alike. Our
+                    // states compacted past the offer's floor cannot be;
+                    // at or below it, they are read compacted to it.
+                    let floor = Stamp {
+                        time: floor,
+                        node: NodeId(u64::MAX),
+                    };
+                    let mine = match ks.gc_acked() <= floor {
+                        true => Some(shared_digest(ks, repl, floor).await?),
+                        false => None,
+                    };
+                    // Writes our digest holds and the offer's vector does
+                    // not count differ in buckets we cannot name: a few
+                    // cost a needless repair of theirs, more would make
+                    // the comparison ask for most of the keyspace.
+                    let ahead = |mine: &TakenDigest| -> u64 {
+                        mine.vv
+                            .entries()
+                            .iter()
+                            .map(|(node, seq)| seq.saturating_sub(offered.get(*node)))
+                            .sum()
+                    };
+                    match mine {
+                        Some(mine) if mine.floor == floor && ahead(&mine) <= MOST_WRITES_AHEAD => {
+                            repl.offers_compared.fetch_add(1, Ordering::Relaxed);
+                            let mut unsettled = unsettled;
+                            unsettled.extend(&mine.unsettled);
+                            let differ = differing_settled(&mine.dbs, &dbs, &unsettled);
+                            if !differ.is_empty() {
+                                info!(
+                                    buckets = differ.buckets(),
+                                    writes_ahead = ahead(&mine),
+                                    unsettled = unsettled.len(),
+                                    "a peer's digest differs from ours: asking for a repair"
+                                );
+                                if asks.try_send(Back::Repair(differ)).is_ok() {
                                     repl.repairs_asked.fetch_add(1, Ordering::Relaxed);
                                 }
                             }
-                            _ => {
-                                repl.offers_off_step.fetch_add(1, Ordering::Relaxed);
-                            }
-                        },
-                        None => {
-                            repl.offers_off_step.fetch_add(1, Ordering::Relaxed);
+                        }
+                        _ => {
+                            repl.offers_skipped.fetch_add(1, Ordering::Relaxed);
                         }
                     }
                 }
             }
-            ReplMsg::LeafDigestAsk { ask, bits } => {
-                let digests = leaf_digests(ks, bits.clamp(MIN_LEAF_BITS, MAX_LEAF_BITS)).await?;
+            ReplMsg::LeafDigestAsk { ask, bits, floor } => {
+                let bits = bits.clamp(MIN_LEAF_BITS, MAX_LEAF_BITS);
+                let floor = Stamp {
+                    time: floor,
+                    node: NodeId(u64::MAX),
+                };
+                let digests = leaf_digests(ks, bits, floor).await?;
                 if asks.send(Back::Leaves(ask, digests)).await.is_err() {
                     return Err(LinkError::Closed("the acknowledgement stream ended".into()));
                 }
@@ -3070,7 +3156,8 @@ mod tests {
             ),
         );
         let repl = Replicator::new(NodeId(1), 1 << 20, || 0);
-        let digest = |ks, repl| async move { shared_digest(ks, repl).await.unwrap().unwrap().1 };
+        let digest =
+            |ks, repl| async move { shared_digest(ks, repl, Stamp::ZERO).await.unwrap().dbs };
         let first = digest(&ks, &repl).await;
         let again = digest(&ks, &repl).await;
         assert!(Arc::ptr_eq(&first, &again));

@@ -18,7 +18,7 @@ use chorus_crdt::codec::{
     append_bytes, append_coll_delta, append_plain_key_delta, append_state, append_tally_delta,
     append_varint, Scratch, MAX_VARINT,
 };
-use chorus_crdt::digest::{DbDigest, LeafDigest, Scope, TransferScope};
+use chorus_crdt::digest::{Buckets, DbDigest, LeafDigest, Scope, TransferScope};
 use chorus_crdt::{encode, Delta, KeyState, NodeId, Stamp};
 use serde::{Deserialize, Serialize};
 
@@ -85,9 +85,12 @@ pub enum ReplMsg {
     /// state compacted to the GC floor `floor` (a step of it, see
     /// `keyspace::GC_STEP`). A receiver that applied `vv` too and is at the
     /// same step compares (see `RepairAsk`).
+    /// Buckets changed while the digest was taken (`unsettled`) may hold
+    /// writes it missed: the receiver leaves them out.
     Digest {
         vv: Vec<(NodeId, u64)>,
         floor: u64,
+        unsettled: Buckets,
         dbs: Vec<DbDigest>,
     },
     /// Receiver → sender: with the same writes applied, our digests differ
@@ -98,10 +101,13 @@ pub enum ReplMsg {
     /// Sender → receiver, on the live stream, when the receiver lacks writes
     /// no log here holds: send your digest split into `2^bits` leaves per
     /// database, so that the transfer carries only the leaves that differ.
-    /// `ask` numbers the request; the answers carry it.
+    /// `ask` numbers the request; the answers carry it. Every state is
+    /// read compacted to `floor` (the sender's GC floor), or to the
+    /// receiver's if that is past it.
     LeafDigestAsk {
         ask: u64,
         bits: u8,
+        floor: u64,
     },
     /// Receiver → sender: one database's leaf digest (only databases that
     /// hold something), then `LeafDigestsEnd`.
