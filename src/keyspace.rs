@@ -809,6 +809,11 @@ impl Db {
 
     /// Applies a flush stamped `stamp`: everything older goes.
     pub fn flush(&mut self, stamp: Stamp) {
+        // Every bucket of the shard changes: a digest under way names them
+        // all unsettled.
+        if let epoch @ 1.. = self.scan_epoch.load(Ordering::Relaxed) {
+            self.bucket_epochs = [epoch; BUCKETS_PER_SHARD];
+        }
         self.floor = self.floor.max(stamp);
         let floor = self.floor;
         let gone = &mut self.gone;
@@ -1308,7 +1313,10 @@ pub struct Keyspace {
     /// While digests are taken, the lowest floor one compacts to (see
     /// [`Keyspace::hold_gc_at`]); `u64::MAX` otherwise. With how many hold it.
     digest_cap: AtomicU64,
-    digest_holds: Mutex<usize>,
+    /// The floors digests under way hold collection at, each with how many
+    /// hold it: the cap is the lowest, and moves up as those go (a single
+    /// lowest-since-idle cap froze GC while scans overlapped).
+    digest_holds: Mutex<std::collections::BTreeMap<u64, usize>>,
     /// The newest digest scan's epoch while one runs, else 0 (shared with
     /// every `Db`), and the last epoch given.
     scan_epoch: Arc<AtomicU64>,
@@ -1320,6 +1328,7 @@ pub struct Keyspace {
 /// released when dropped.
 pub struct GcHold<'a> {
     ks: &'a Keyspace,
+    floor: u64,
     /// This scan's epoch: buckets marked with it or a later one changed
     /// while it ran.
     pub epoch: u64,
@@ -1328,9 +1337,17 @@ pub struct GcHold<'a> {
 impl Drop for GcHold<'_> {
     fn drop(&mut self) {
         let mut holds = self.ks.digest_holds.lock();
-        *holds -= 1;
-        if *holds == 0 {
-            self.ks.digest_cap.store(u64::MAX, Ordering::Relaxed);
+        if let Some(count) = holds.get_mut(&self.floor) {
+            *count -= 1;
+            if *count == 0 {
+                holds.remove(&self.floor);
+            }
+        }
+        let lowest = holds.keys().next().copied();
+        self.ks
+            .digest_cap
+            .store(lowest.unwrap_or(u64::MAX), Ordering::Relaxed);
+        if lowest.is_none() {
             self.ks.scan_epoch.store(0, Ordering::Relaxed);
         }
     }
@@ -1593,7 +1610,7 @@ impl Keyspace {
             swaps: AtomicU64::new(0),
             fold_cap: AtomicU64::new(u64::MAX),
             digest_cap: AtomicU64::new(u64::MAX),
-            digest_holds: Mutex::new(0),
+            digest_holds: Mutex::new(std::collections::BTreeMap::new()),
             scan_epoch,
             scan_epochs: AtomicU64::new(0),
         }
@@ -1991,11 +2008,15 @@ impl Keyspace {
     /// epoch.
     pub fn hold_gc_at(&self, floor: Stamp) -> GcHold<'_> {
         let mut holds = self.digest_holds.lock();
-        *holds += 1;
+        *holds.entry(floor.time).or_default() += 1;
         self.digest_cap.fetch_min(floor.time, Ordering::Relaxed);
         let epoch = self.scan_epochs.fetch_add(1, Ordering::Relaxed) + 1;
         self.scan_epoch.store(epoch, Ordering::Relaxed);
-        GcHold { ks: self, epoch }
+        GcHold {
+            ks: self,
+            floor: floor.time,
+            epoch,
+        }
     }
 
     /// The buckets (of any database) changed since the scan of epoch
@@ -3306,6 +3327,19 @@ mod tests {
         assert_eq!(ks.gc_acked(), held, "another digest still holds it");
         drop(second);
         assert_eq!(ks.gc_acked().time, gc_step_of(at(200_000).time - 1));
+
+        // Overlapping holds at two floors: once the lower one goes, the
+        // cap moves up to the other, not to wherever the first left it.
+        let high_floor = ks.gc_acked();
+        assert!(high_floor > held);
+        let high = ks.hold_gc_at(high_floor);
+        let low = ks.hold_gc_at(held);
+        ks.set_gc_floor(at(300_000));
+        assert_eq!(ks.gc_acked(), held);
+        drop(low);
+        assert_eq!(ks.gc_acked(), high_floor, "held at the other's floor");
+        drop(high);
+        assert_eq!(ks.gc_acked().time, gc_step_of(at(300_000).time - 1));
     }
 
     /// The GC floor is its last step: a multiple of `GC_STEP` at or below

@@ -2916,7 +2916,8 @@ fn offers_after_a_burst_find_nothing_to_repair() {
     }
     burst.query::<()>(&mut ca).unwrap();
     wait_until("B to hold the burst", || {
-        q::<i64>(&mut cb, &["DBSIZE"]) == 2250
+        info_field(&mut ca, "peer0").contains("lag_ops=0,")
+            && q::<i64>(&mut cb, &["DBSIZE"]) == 2250
     });
     let count =
         |c: &mut redis::Connection, field: &str| info_field(c, field).parse::<u64>().unwrap();
@@ -2924,9 +2925,9 @@ fn offers_after_a_burst_find_nothing_to_repair() {
         count(ca, "repair_offers_compared") + count(cb, "repair_offers_compared")
     };
     let before = compared(&mut ca, &mut cb);
-    // Three steps of the floor (4 s each) and more than two sweeps (every
-    // 5 s) on each node.
-    let until = Instant::now() + Duration::from_secs(14);
+    // Four steps of the floor (4 s each, an offer a step each way) and
+    // three sweeps (every 5 s) on each node.
+    let until = Instant::now() + Duration::from_secs(16);
     while Instant::now() < until {
         for c in [&mut ca, &mut cb] {
             assert_eq!(count(c, "repairs_asked"), 0, "a repair asked for nothing");
@@ -2934,5 +2935,5 @@ fn offers_after_a_burst_find_nothing_to_repair() {
         std::thread::sleep(Duration::from_millis(100));
     }
     let compared = compared(&mut ca, &mut cb) - before;
-    assert!(compared >= 4, "only {compared} offers compared");
+    assert!(compared >= 2, "only {compared} offers compared");
 }

@@ -246,6 +246,9 @@ pub struct Replicator {
     /// (see [`shared_digest`]): every link's offer and every answer to one
     /// reuse it until the state changes.
     digest: Mutex<Option<(DigestAt, TakenDigest)>>,
+    /// Held while a digest is taken: one scan at a time, and a second
+    /// asker finds the first's digest kept.
+    digest_scan: tokio::sync::Mutex<()>,
     /// Keyspace digests taken (each one reads every key).
     pub digests_taken: AtomicU64,
     /// Links refused because a closed removed peer holds writes this node
@@ -390,6 +393,7 @@ impl Replicator {
             offers_compared: AtomicU64::new(0),
             repair_interval_ms: AtomicU64::new(30_000),
             digest: Mutex::new(None),
+            digest_scan: tokio::sync::Mutex::new(()),
             digests_taken: AtomicU64::new(0),
             refused_closed: AtomicU64::new(0),
             refused: Mutex::new(std::collections::BTreeSet::new()),
@@ -1940,13 +1944,22 @@ async fn shared_digest(
     repl: &Replicator,
     floor: Stamp,
 ) -> Result<TakenDigest, LinkError> {
-    let floor = floor.max(ks.gc_acked());
-    let at = digest_at(ks, repl, floor);
-    if let Some((taken_at, digest)) = &*repl.digest.lock() {
-        if *taken_at == at {
-            return Ok(digest.clone());
+    let kept = |floor: Stamp| {
+        let at = digest_at(ks, repl, floor.max(ks.gc_acked()));
+        match &*repl.digest.lock() {
+            Some((taken_at, digest)) if *taken_at == at => Ok(digest.clone()),
+            _ => Err(at),
         }
+    };
+    if let Ok(digest) = kept(floor) {
+        return Ok(digest);
     }
+    let _scan = repl.digest_scan.lock().await;
+    let at = match kept(floor) {
+        Ok(digest) => return Ok(digest),
+        Err(at) => at,
+    };
+    let floor = at.2;
     let dbs: Vec<DbDigest> = (0..ks.databases() as u32).map(DbDigest::empty).collect();
     let (mut dbs, floor, hold) = digest_keyspace(ks, dbs, floor).await?;
     dbs.retain(|d| !d.is_empty());
@@ -2339,10 +2352,11 @@ async fn apply_stream(
                 // without repair, and a repair's cost is kept to the
                 // shards its buckets lie in.
                 let offered = VersionVector::from_entries(&vv);
-                if repl.full_vv().covers(&offered)
-                    && dbs.iter().all(|d| d.buckets.len() == BUCKETS)
-                    && dbs.len() <= ks.databases()
-                {
+                let well_formed =
+                    dbs.iter().all(|d| d.buckets.len() == BUCKETS) && dbs.len() <= ks.databases();
+                if !repl.full_vv().covers(&offered) || !well_formed {
+                    repl.offers_skipped.fetch_add(1, Ordering::Relaxed);
+                } else {
                     // Compared only with every state compacted to the
                     // same floor: else a state one node swept since and
                     // the other not differs in what both hold alike. Our
@@ -2367,8 +2381,17 @@ async fn apply_stream(
                             .map(|(node, seq)| seq.saturating_sub(offered.get(*node)))
                             .sum()
                     };
+                    let all_unsettled = |mine: &TakenDigest| {
+                        let mut both = unsettled;
+                        both.extend(&mine.unsettled);
+                        both.len() == BUCKETS
+                    };
                     match mine {
-                        Some(mine) if mine.floor == floor && ahead(&mine) <= MOST_WRITES_AHEAD => {
+                        Some(mine)
+                            if mine.floor == floor
+                                && ahead(&mine) <= MOST_WRITES_AHEAD
+                                && !all_unsettled(&mine) =>
+                        {
                             repl.offers_compared.fetch_add(1, Ordering::Relaxed);
                             let mut unsettled = unsettled;
                             unsettled.extend(&mine.unsettled);

@@ -83,8 +83,10 @@ pub enum ReplMsg {
     /// acknowledged everything the sender applied: the sender's keyspace
     /// digest, taken with `vv` applied (its own writes included), every
     /// state compacted to the GC floor `floor` (a step of it, see
-    /// `keyspace::GC_STEP`). A receiver that applied `vv` too and is at the
-    /// same step compares (see `RepairAsk`).
+    /// `keyspace::GC_STEP`). A receiver that applied `vv`, whose own floor
+    /// is not past `floor` (it reads copies compacted to it) and whose
+    /// digest holds at most a few writes `vv` does not count compares (see
+    /// `RepairAsk`).
     /// Buckets changed while the digest was taken (`unsettled`) may hold
     /// writes it missed: the receiver leaves them out.
     Digest {

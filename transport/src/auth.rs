@@ -40,7 +40,9 @@ use crate::TransportError;
 /// origin implied (crdt format 6). 14: a one-element collection write or
 /// increment travels in a compact form (`codec::append_one_write`). 15: so
 /// does a hash, set or sorted set write of any size
-/// (`codec::append_coll_write`).
+/// (`codec::append_coll_write`). 16: a repair offer (`Digest`) names the
+/// GC floor its states were compacted to and its unsettled buckets, and
+/// `LeafDigestAsk` a floor.
 pub const PROTOCOL_VERSION: u16 = 16;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
