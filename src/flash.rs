@@ -442,7 +442,7 @@ mod tests {
 
     fn digests(ks: &Keyspace) -> Vec<DbDigest> {
         let mut dbs = vec![DbDigest::empty(0), DbDigest::empty(1)];
-        ks.digest_all(&mut dbs);
+        ks.digest_all(ks.gc_acked(), &mut dbs);
         assert!(!dbs[0].is_empty());
         dbs
     }
@@ -511,7 +511,7 @@ mod tests {
                 bits: 6,
                 dbs: vec![None, None],
             };
-            ks.digest_all(&mut leaves);
+            ks.digest_all(ks.gc_acked(), &mut leaves);
             let leaves = leaves.dbs;
             let buckets: Vec<_> = (0..=255u8)
                 .map(|b| ks.bucket_digests(1, None, b, None).unwrap())

@@ -1985,14 +1985,20 @@ impl Keyspace {
     /// same writes, whichever of them swept last (a repair offer).
     pub fn gc_acked(&self) -> Stamp {
         let time = self
-            .gc_time
-            .load(Ordering::Relaxed)
-            .min(self.fold_cap.load(Ordering::Relaxed))
+            .gc_floor_time()
             .min(self.digest_cap.load(Ordering::Relaxed));
         Stamp {
             time: gc_step_of(time),
             node: NodeId(u64::MAX),
         }
+    }
+
+    /// The GC floor's time as replication and a fold set it, before a
+    /// digest's hold and the step.
+    fn gc_floor_time(&self) -> u64 {
+        self.gc_time
+            .load(Ordering::Relaxed)
+            .min(self.fold_cap.load(Ordering::Relaxed))
     }
 
     /// Holds collection at or below `floor` until the hold is dropped: a
@@ -2042,11 +2048,7 @@ impl Keyspace {
     /// [`GC_STEP`]): a repair offer waits until a step's first moments
     /// are past, so that a peer whose floor lags a little is in it too.
     pub fn gc_step_progress(&self) -> u64 {
-        let time = self
-            .gc_time
-            .load(Ordering::Relaxed)
-            .min(self.fold_cap.load(Ordering::Relaxed));
-        match time {
+        match self.gc_floor_time() {
             u64::MAX => 0,
             time => time % GC_STEP,
         }
@@ -2265,11 +2267,11 @@ impl Keyspace {
         Ok(done)
     }
 
-    /// Adds every key and floor to `digests`, a piece at a time, without
+    /// Adds every key and floor to `digests`, each state compacted to
+    /// `floor` (see [`Keyspace::digest_piece`]), a piece at a time, without
     /// pausing between pieces (a test's digest).
     #[cfg(test)]
-    pub(crate) fn digest_all<D: Digests + ?Sized>(&self, digests: &mut D) {
-        let floor = self.gc_acked();
+    pub(crate) fn digest_all<D: Digests + ?Sized>(&self, floor: Stamp, digests: &mut D) {
         let mut scratch = Vec::new();
         for i in 0..SHARDS {
             let (mut scan, mut cold) = (DigestScan::default(), ColdReads::default());
@@ -3182,20 +3184,16 @@ mod tests {
         );
     }
 
-    /// Session 37's finding: right after a burst, a node that had swept and
-    /// one that had not yet digested every bucket differently, and repair
-    /// resent them all. With the floor in the same step, a digest compacts
-    /// what it reads to it and leaves out what GC may drop: both digest
-    /// alike, swept or not.
-    #[test]
-    fn a_node_that_swept_and_one_that_did_not_digest_alike() {
+    /// Two nodes holding the same writes of a minute ago, from a third
+    /// node, none compacted (their GC floor at zero): three-field session
+    /// hashes (their dots wait in each context for the floor) and, every
+    /// third key, a delete. Also the physical time they were made at.
+    fn two_nodes_with_old_sessions() -> (Keyspace, Keyspace, u64) {
         let (a, b) = (keyspace(), keyspace());
         let now = a.clock.physical_unix_ms();
         for ks in [&a, &b] {
             ks.set_gc_floor(Stamp::ZERO);
         }
-        // A minute ago, from a third node: session hashes of three fields
-        // (their dots wait in each context for the floor), and deletes.
         for i in 0..300u64 {
             let at = Stamp::from_unix_ms(now - 60_000 + i, NodeId(3));
             let key = format!("session:{i}");
@@ -3213,6 +3211,17 @@ mod tests {
                 shard.dbs[0].merge(key.as_bytes(), &state, Stamp::ZERO);
             }
         }
+        (a, b, now)
+    }
+
+    /// Session 37's finding: right after a burst, a node that had swept and
+    /// one that had not yet digested every bucket differently, and repair
+    /// resent them all. With the floor in the same step, a digest compacts
+    /// what it reads to it and leaves out what GC may drop: both digest
+    /// alike, swept or not.
+    #[test]
+    fn a_node_that_swept_and_one_that_did_not_digest_alike() {
+        let (a, b, now) = two_nodes_with_old_sessions();
         assert_eq!(a.dump(), b.dump());
         let floor = Stamp::from_unix_ms(now - 10_000, NodeId(1));
         for ks in [&a, &b] {
@@ -3225,7 +3234,7 @@ mod tests {
         assert_ne!(a.dump(), b.dump(), "the sweep compacted A alone");
         let digest = |ks: &Keyspace| {
             let mut dbs: Vec<DbDigest> = (0..2).map(DbDigest::empty).collect();
-            ks.digest_all(&mut dbs);
+            ks.digest_all(ks.gc_acked(), &mut dbs);
             dbs
         };
         assert_eq!(digest(&a), digest(&b));
@@ -3236,27 +3245,7 @@ mod tests {
     /// not compacted past its floor.
     #[test]
     fn a_node_behind_an_offers_floor_digests_copies_compacted_to_it() {
-        let (a, b) = (keyspace(), keyspace());
-        let now = a.clock.physical_unix_ms();
-        for ks in [&a, &b] {
-            ks.set_gc_floor(Stamp::ZERO);
-        }
-        for i in 0..200u64 {
-            let at = Stamp::from_unix_ms(now - 60_000 + i, NodeId(3));
-            let key = format!("session:{i}");
-            let state = match i % 4 {
-                0 => KeyState::default().write(at, None, 0),
-                _ => KeyState::default().coll_write(at, Kind::Hash, |c, d| {
-                    c.hset_into(d, at, b"user", b"v");
-                    c.hset_into(d, at, b"cart", b"v");
-                }),
-            };
-            for ks in [&a, &b] {
-                let mut l = ks.lock_all();
-                let shard = l.shard_for(key.as_bytes(), |k| ks.shard_of(k)).unwrap();
-                shard.dbs[0].merge(key.as_bytes(), &state, Stamp::ZERO);
-            }
-        }
+        let (a, b, now) = two_nodes_with_old_sessions();
         a.set_gc_floor(Stamp::from_unix_ms(now - 10_000, NodeId(1)));
         for i in 0..SHARDS {
             a.collect_garbage_in(i);
@@ -3264,14 +3253,7 @@ mod tests {
         let floor = a.gc_acked();
         let digest_at = |ks: &Keyspace, floor: Stamp| {
             let mut dbs: Vec<DbDigest> = (0..2).map(DbDigest::empty).collect();
-            let mut scratch = Vec::new();
-            for i in 0..SHARDS {
-                let (mut scan, mut cold) = (DigestScan::default(), ColdReads::default());
-                while !ks
-                    .digest_piece(i, floor, &mut scan, &mut dbs, &mut scratch, &mut cold)
-                    .unwrap()
-                {}
-            }
+            ks.digest_all(floor, &mut dbs);
             dbs
         };
         let before = b.dump();
