@@ -618,19 +618,22 @@ fn ask<T: redis::FromRedisValue>(
     node: &str,
     cmd: &redis::Cmd,
 ) -> Result<T, AuditError> {
-    cmd.query(conn).map_err(|e| {
-        let why = e.to_string();
-        let node = node.to_string();
-        if why.contains("NOAUTH") || why.contains("WRONGPASS") {
-            AuditError::Auth { node, why }
-        } else if why.contains("unknown command") {
-            AuditError::NotChorus { node, why }
-        } else if why.contains("unknown conflict kind") {
-            AuditError::Usage(why)
-        } else {
-            AuditError::Unreachable { node, why }
-        }
-    })
+    cmd.query(conn).map_err(|e| failed(node, e))
+}
+
+/// What a request's failure says of the node.
+fn failed(node: &str, e: redis::RedisError) -> AuditError {
+    let why = e.to_string();
+    let node = node.to_string();
+    if why.contains("NOAUTH") || why.contains("WRONGPASS") {
+        AuditError::Auth { node, why }
+    } else if why.contains("unknown command") {
+        AuditError::NotChorus { node, why }
+    } else if why.contains("unknown conflict kind") {
+        AuditError::Usage(why)
+    } else {
+        AuditError::Unreachable { node, why }
+    }
 }
 
 /// Buckets asked for per `CRDT.DIGEST` request: each request reads the
@@ -805,18 +808,93 @@ fn diff_bucket(
             if la.get(key) == lb.get(key) {
                 continue;
             }
-            let value = |conn: &mut redis::Connection, node: &str| {
-                ask::<Option<Vec<u8>>>(conn, node, redis::cmd("GET").arg(key))
-                    .map(|v| v.map(|v| String::from_utf8_lossy(&v).into_owned()))
-            };
             out.keys.push(DiffKey {
                 key: key.clone(),
-                a: value(ca, na)?,
-                b: value(cb, nb)?,
+                a: read_value(ca, na, key)?,
+                b: read_value(cb, nb, key)?,
             });
         }
     }
     Ok(())
+}
+
+/// How many times a key is read again when its type changed between its
+/// `TYPE` and the read (a write racing the diff).
+const READS_OF_A_CHANGING_KEY: usize = 3;
+
+/// The value `node` serves for `key`, as text: a string as it is; a hash,
+/// set, sorted set or list as its type's name and its contents, read whole
+/// (`hash {f: v}`, fields and members sorted; `zset {m: 1.5}` in rank
+/// order; `list [a, b]`). `None`: absent.
+fn read_value(
+    conn: &mut redis::Connection,
+    node: &str,
+    key: &str,
+) -> Result<Option<String>, AuditError> {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let kind: String = ask(conn, node, redis::cmd("TYPE").arg(key))?;
+        let read = match kind.as_str() {
+            "none" => return Ok(None),
+            "string" => redis::cmd("GET")
+                .arg(key)
+                .query::<Option<Vec<u8>>>(conn)
+                .map(|v| v.map(|v| text(&v))),
+            "hash" => redis::cmd("HGETALL")
+                .arg(key)
+                .query::<Vec<(Vec<u8>, Vec<u8>)>>(conn)
+                .map(|mut fields| {
+                    fields.sort_unstable();
+                    let shown: Vec<String> = fields
+                        .iter()
+                        .map(|(f, v)| format!("{}: {}", text(f), text(v)))
+                        .collect();
+                    Some(format!("hash {{{}}}", shown.join(", ")))
+                }),
+            "set" => redis::cmd("SMEMBERS")
+                .arg(key)
+                .query::<Vec<Vec<u8>>>(conn)
+                .map(|mut members| {
+                    members.sort_unstable();
+                    let shown: Vec<String> = members.iter().map(|m| text(m)).collect();
+                    Some(format!("set {{{}}}", shown.join(", ")))
+                }),
+            "zset" => redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .arg("WITHSCORES")
+                .query::<Vec<(Vec<u8>, String)>>(conn)
+                .map(|members| {
+                    let shown: Vec<String> = members
+                        .iter()
+                        .map(|(m, score)| format!("{}: {score}", text(m)))
+                        .collect();
+                    Some(format!("zset {{{}}}", shown.join(", ")))
+                }),
+            "list" => redis::cmd("LRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query::<Vec<Vec<u8>>>(conn)
+                .map(|items| {
+                    let shown: Vec<String> = items.iter().map(|i| text(i)).collect();
+                    Some(format!("list [{}]", shown.join(", ")))
+                }),
+            other => return Ok(Some(format!("({other})"))),
+        };
+        match read {
+            Ok(value) => return Ok(value),
+            Err(e) if e.code() == Some("WRONGTYPE") => {
+                if tries == READS_OF_A_CHANGING_KEY {
+                    return Ok(Some("(its type changed while read)".to_string()));
+                }
+            }
+            Err(e) => return Err(failed(node, e)),
+        }
+    }
 }
 
 /// JSON lines, one differing key each.

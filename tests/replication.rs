@@ -1974,6 +1974,75 @@ fn chorus_audit_diff_finds_keys_changed_apart_and_none_after_convergence() {
     assert_eq!(gone.status.code(), Some(2));
 }
 
+/// `chorus audit diff` shows a differing hash, set, sorted set or list by
+/// its contents, as its type's read command returns them (#13): it read
+/// every value with GET, and a differing collection made it stop with
+/// "cannot reach" and exit 2. Two collections with the same contents but
+/// different histories differ in metadata only.
+#[test]
+fn chorus_audit_diff_shows_collections_by_their_contents() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[], &[]);
+    let b = node(pb, &[], &[]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    q::<i64>(&mut ca, &["HSET", "h", "b", "2", "a", "1"]);
+    q::<i64>(&mut cb, &["HSET", "h", "a", "1", "b", "3"]);
+    q::<i64>(&mut ca, &["SADD", "s", "y", "x"]);
+    q::<i64>(&mut cb, &["SADD", "s", "x"]);
+    q::<i64>(&mut ca, &["ZADD", "z", "2", "n", "1.5", "m"]);
+    q::<i64>(&mut cb, &["ZADD", "z", "1", "m"]);
+    q::<i64>(&mut ca, &["RPUSH", "l", "x", "y"]);
+    q::<()>(&mut ca, &["SET", "t", "text"]);
+    q::<i64>(&mut cb, &["HSET", "t", "f", "v"]);
+    for c in [&mut ca, &mut cb] {
+        q::<i64>(c, &["SADD", "same", "m1", "m2"]);
+    }
+    let (na, nb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let diff = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
+            .args(["audit", "diff", &na, &nb])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = diff(&["--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let rows: std::collections::BTreeMap<String, serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .map(|r| (r["key"].as_str().unwrap().to_string(), r))
+        .collect();
+    let sides = |key: &str| {
+        let r = &rows[key];
+        (
+            r["a"].as_str().map(str::to_string),
+            r["b"].as_str().map(str::to_string),
+        )
+    };
+    let some = |s: &str| Some(s.to_string());
+    assert_eq!(
+        sides("h"),
+        (some("hash {a: 1, b: 2}"), some("hash {a: 1, b: 3}"))
+    );
+    assert_eq!(sides("s"), (some("set {x, y}"), some("set {x}")));
+    assert_eq!(
+        sides("z"),
+        (some("zset {m: 1.5, n: 2}"), some("zset {m: 1}"))
+    );
+    assert_eq!(sides("l"), (some("list [x, y]"), None));
+    assert_eq!(sides("t"), (some("text"), some("hash {f: v}")));
+    assert_eq!(sides("same"), (some("set {m1, m2}"), some("set {m1, m2}")));
+    assert_eq!(rows["same"]["same_value"], true);
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    let table = String::from_utf8(diff(&[]).stdout).unwrap();
+    assert!(table.contains("same (metadata only)"), "{table}");
+    assert!(
+        table.contains("5 keys differ (1 in metadata only)"),
+        "{table}"
+    );
+}
+
 /// Hashes and sets written on both sides of a partition (#13): on relink
 /// both nodes hold the same fields and members; counter fields hold every
 /// increment; an SADD the other side's SREM had not seen survives (add
