@@ -2173,7 +2173,8 @@ impl Keyspace {
     /// Sweeps the whole of shard `index` (see
     /// [`Keyspace::collect_garbage_piece`]); returns how many tombstones
     /// went.
-    pub fn collect_garbage_in(&self, index: usize) -> usize {
+    #[cfg(test)]
+    pub(crate) fn collect_garbage_in(&self, index: usize) -> usize {
         let (mut scan, mut collected) = (ShardScan::default(), 0);
         while !self.collect_garbage_piece(index, &mut scan, usize::MAX, &mut collected) {}
         collected

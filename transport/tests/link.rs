@@ -460,13 +460,29 @@ fn backoff_grows_to_its_cap_with_jitter() {
     assert!(b.next_delay() < Duration::from_millis(150));
 }
 
+/// A directory of certificates, removed when the test is done with it.
+struct CertDir(std::path::PathBuf);
+
+impl std::ops::Deref for CertDir {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for CertDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Writes a fresh CA and `n` node certificates into a new directory.
-fn cluster_certs(tag: &str, n: usize) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
+fn cluster_certs(tag: &str, n: usize) -> CertDir {
+    let dir = CertDir(std::env::temp_dir().join(format!(
         "chorus-transport-{tag}-{}-{}",
         std::process::id(),
         rand_suffix()
-    ));
+    )));
     chorus_transport::tls::write_cluster(&dir, "prod", n, 0, &[]).expect("certificates");
     dir
 }
