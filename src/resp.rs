@@ -31,7 +31,10 @@ impl Limits {
     }
 }
 
-pub const DEFAULT_MAX_ARGS: usize = 1024 * 1024;
+/// Redis's bound (INT_MAX). Arguments cost memory only as they arrive
+/// (no room is reserved for a declared count), within
+/// `client-query-buffer-limit`.
+pub const DEFAULT_MAX_ARGS: usize = i32::MAX as usize;
 pub const DEFAULT_MAX_INLINE: usize = 64 * 1024;
 
 /// Where the parsed arguments' ranges point.

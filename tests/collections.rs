@@ -765,3 +765,44 @@ fn a_small_hash_carries_no_room_it_does_not_use() {
         "value-0000000007"
     );
 }
+
+/// Count arguments out of range answer Redis's texts (a differential run
+/// found HRANDFIELD with WITHVALUES returning the whole hash for a count
+/// whose double overflows, and a bare "value is out of range" for
+/// i64::MIN).
+#[test]
+fn random_member_counts_out_of_range_answer_redis_texts() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["HSET", "h", "a", "1"]);
+    q::<i64>(&mut c, &["SADD", "s", "a"]);
+    q::<i64>(&mut c, &["ZADD", "z", "1", "a"]);
+    let e = err(
+        &mut c,
+        &["HRANDFIELD", "h", "9223372036854775807", "WITHVALUES"],
+    );
+    assert!(e.contains("value is out of range"), "{e}");
+    let e = err(
+        &mut c,
+        &["HRANDFIELD", "h", "-4611686018427387904", "WITHVALUES"],
+    );
+    assert!(e.contains("value is out of range"), "{e}");
+    assert_eq!(
+        q::<Vec<String>>(
+            &mut c,
+            &["HRANDFIELD", "h", "4611686018427387903", "WITHVALUES"]
+        ),
+        ["a", "1"],
+        "a count at the bound is taken"
+    );
+    let bound =
+        "value is out of range, value must between -9223372036854775807 and 9223372036854775807";
+    for cmd in [
+        &["SRANDMEMBER", "s", "-9223372036854775808"][..],
+        &["HRANDFIELD", "h", "-9223372036854775808"],
+        &["ZRANDMEMBER", "z", "-9223372036854775808"],
+    ] {
+        let e = err(&mut c, cmd);
+        assert!(e.contains(bound), "{cmd:?}: {e}");
+    }
+}

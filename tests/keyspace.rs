@@ -438,3 +438,26 @@ fn dump_and_restore_round_trip_in_chorus_format() {
         "{e}"
     );
 }
+
+/// Database arguments answer Redis's texts (a differential run found
+/// SWAPDB naming the first index for a bad second one, and COPY's DB past
+/// 32 bits answering "DB index is out of range").
+#[test]
+fn database_arguments_answer_redis_texts() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "k", "v"]);
+    assert!(err(&mut c, &["SWAPDB", "x", "0"]).contains("invalid first DB index"));
+    assert!(err(&mut c, &["SWAPDB", "0", "x"]).contains("invalid second DB index"));
+    assert!(err(&mut c, &["SWAPDB", "0", "99"]).contains("DB index is out of range"));
+    assert!(
+        err(&mut c, &["SWAPDB", "99", "x"]).contains("invalid second DB index"),
+        "both are read before either is checked"
+    );
+    let e = err(&mut c, &["COPY", "k", "t", "DB", "9999999999"]);
+    assert!(
+        e.contains("value is out of range, value must between -2147483648 and 2147483647"),
+        "{e}"
+    );
+    assert!(err(&mut c, &["COPY", "k", "t", "DB", "99"]).contains("DB index is out of range"));
+}

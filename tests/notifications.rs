@@ -243,3 +243,29 @@ fn list_commands_tell_redis_events() {
         vec![ks("n", "rpush"), ks("sorted", "sortstore")]
     );
 }
+
+/// ZMPOP and BZMPOP tell `zpopmax` or `zpopmin`, as Redis does, and `del`
+/// once the sorted set is empty.
+#[test]
+fn zmpop_tells_the_pops_event() {
+    let s = Server::start(&["--notify-keyspace-events", "Kzg"]);
+    let mut con = listener(&s);
+    let mut sub = con.as_pubsub();
+    sub.psubscribe("__keyspace@0__:*").unwrap();
+    let mut c = s.conn();
+    let ks = |key: &str, event: &str| pair(&format!("__keyspace@0__:{key}"), event);
+    q::<i64>(&mut c, &["ZADD", "z", "1", "a", "2", "b"]);
+    q::<redis::Value>(&mut c, &["ZMPOP", "2", "none", "z", "MAX"]);
+    q::<redis::Value>(&mut c, &["BZMPOP", "1", "1", "z", "MIN", "COUNT", "5"]);
+    assert_eq!(
+        next(&mut sub, 4),
+        vec![
+            ks("z", "zadd"),
+            ks("z", "zpopmax"),
+            ks("z", "zpopmin"),
+            ks("z", "del")
+        ]
+    );
+    q::<redis::Value>(&mut c, &["ZMPOP", "1", "z", "MIN"]);
+    nothing_more(&mut sub);
+}

@@ -137,7 +137,7 @@ fn counters_and_their_errors() {
     assert!(
         err(&mut c, &["DECRBY", "n", &i64::MIN.to_string()]).contains("decrement would overflow")
     );
-    assert!(err(&mut c, &["INCRBYFLOAT", "n", "inf"]).contains("not a valid float"));
+    assert!(err(&mut c, &["INCRBYFLOAT", "n", "inf"]).contains("NaN or Infinity"));
     q::<()>(&mut c, &["SET", "fl", "1e308"]);
     assert!(err(&mut c, &["INCRBYFLOAT", "fl", "1e308"]).contains("NaN or Infinity"));
     assert_eq!(
@@ -523,4 +523,87 @@ fn bitfield_follows_redis() {
         .contains("Invalid OVERFLOW type specified"));
     assert!(err(&mut c, &["BITFIELD", "k", "SET", "u8", "0"]).contains("syntax error"));
     assert!(err(&mut c, &["BITFIELD", "k", "SET", "u8", "0", "x"]).contains("not an integer"));
+}
+
+/// Replies a differential run against redis-server 7.0.15 found to differ
+/// (session 39): an option named twice is taken as Redis takes it (the last
+/// value wins), and the error texts of float increments, BITPOS, BITFIELD_RO
+/// and LCS are Redis's.
+#[test]
+fn repeated_options_and_error_texts_follow_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    assert_eq!(
+        q::<String>(&mut c, &["SET", "k", "v", "EX", "10", "EX", "20"]),
+        "OK"
+    );
+    let ttl: i64 = q(&mut c, &["TTL", "k"]);
+    assert!((19..=20).contains(&ttl), "the last EX wins: {ttl}");
+    assert_eq!(
+        q::<String>(&mut c, &["SET", "k", "w", "KEEPTTL", "KEEPTTL"]),
+        "OK"
+    );
+    assert!(q::<i64>(&mut c, &["TTL", "k"]) > 15);
+    assert_eq!(
+        q::<String>(&mut c, &["GETEX", "k", "PERSIST", "PERSIST"]),
+        "w"
+    );
+    assert_eq!(q::<i64>(&mut c, &["TTL", "k"]), -1);
+    assert_eq!(
+        q::<String>(&mut c, &["GETEX", "k", "EX", "5", "EX", "50"]),
+        "w"
+    );
+    assert!(q::<i64>(&mut c, &["TTL", "k"]) > 40);
+    assert_eq!(
+        q::<String>(&mut c, &["SET", "k", "v", "EX", "abc", "EX", "30"]),
+        "OK",
+        "only the last value is read"
+    );
+    assert!(q::<i64>(&mut c, &["TTL", "k"]) > 25);
+    assert!(err(&mut c, &["SET", "k", "v", "EX", "10", "KEEPTTL"]).contains("syntax error"));
+    assert!(err(&mut c, &["GETEX", "k", "EX", "10", "PERSIST"]).contains("syntax error"));
+
+    q::<()>(&mut c, &["SET", "n", "1"]);
+    for bad in ["inf", "-inf"] {
+        let e = err(&mut c, &["INCRBYFLOAT", "n", bad]);
+        assert!(e.contains("increment would produce NaN or Infinity"), "{e}");
+    }
+    q::<()>(&mut c, &["SET", "infinite", "inf"]);
+    let e = err(&mut c, &["INCRBYFLOAT", "infinite", "1"]);
+    assert!(e.contains("increment would produce NaN or Infinity"), "{e}");
+    assert!(err(&mut c, &["INCRBYFLOAT", "n", "x"]).contains("value is not a valid float"));
+    assert_eq!(q::<String>(&mut c, &["GET", "n"]), "1");
+    q::<i64>(&mut c, &["HSET", "h", "a", "1"]);
+    let e = err(&mut c, &["HINCRBYFLOAT", "h", "a", "inf"]);
+    assert!(e.contains("value is NaN or Infinity"), "{e}");
+    assert!(err(&mut c, &["HINCRBYFLOAT", "h", "a", "x"]).contains("value is not a valid float"));
+
+    q::<()>(&mut c, &["SET", "s", "ab"]);
+    let e = err(&mut c, &["BITPOS", "s", "x"]);
+    assert!(e.contains("value is not an integer or out of range"), "{e}");
+    assert!(err(&mut c, &["BITPOS", "s", "2"]).contains("The bit argument must be 1 or 0."));
+    assert!(err(&mut c, &["BITFIELD_RO", "s", "foo"]).contains("syntax error"));
+    assert_eq!(
+        q::<Vec<i64>>(
+            &mut c,
+            &["BITFIELD_RO", "s", "OVERFLOW", "SAT", "GET", "u8", "0"]
+        ),
+        [97]
+    );
+    assert!(err(&mut c, &["BITFIELD", "s", "SET", "i8", "-129"]).contains("syntax error"));
+    let e = err(&mut c, &["BITFIELD_RO", "s", "SET", "u8", "0", "1"]);
+    assert!(
+        e.contains("BITFIELD_RO only supports the GET subcommand"),
+        "{e}"
+    );
+    let e = err(&mut c, &["LCS", "s", "h"]);
+    assert!(
+        e.contains("The specified keys must contain string values"),
+        "{e}"
+    );
+    let e = err(&mut c, &["LCS", "h", "s"]);
+    assert!(
+        e.contains("The specified keys must contain string values"),
+        "{e}"
+    );
 }

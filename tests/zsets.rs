@@ -837,10 +837,7 @@ fn commands_that_change_nothing_write_nothing() {
     assert_eq!(q::<String>(&mut c, &["ZSCORE", "o", "m"]), "-inf");
     // Redis's order of checks and layouts.
     q::<()>(&mut c, &["SET", "str", "x"]);
-    assert_eq!(
-        q::<Vec<String>>(&mut c, &["ZPOPMIN", "str", "0"]),
-        Vec::<String>::new()
-    );
+    assert!(err(&mut c, &["ZPOPMIN", "str", "0"]).contains("WRONGTYPE"));
     assert_eq!(
         q::<Vec<String>>(&mut c, &["ZRANGE", "z", "0", "-1", "LIMIT", "0", "-1"]),
         vec!["m", "top"]
@@ -936,4 +933,124 @@ fn sort_orders_sets_and_sorted_sets() {
     assert!(err(&mut c, &["SORT_RO", "nums", "STORE", "dst"]).contains("syntax error"));
     assert_eq!(q::<i64>(&mut c, &["SORT", "nums", "STORE", "dst"]), 4);
     assert_eq!(q::<String>(&mut c, &["TYPE", "dst"]), "list");
+}
+
+/// ZPOPMIN and ZPOPMAX with a count of 0 check the key's type first, as
+/// Redis does (a differential run found them answering an empty array).
+#[test]
+fn a_pop_of_zero_members_checks_the_type_first() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<()>(&mut c, &["SET", "s", "v"]);
+    q::<i64>(&mut c, &["HSET", "h", "f", "v"]);
+    for cmd in ["ZPOPMIN", "ZPOPMAX"] {
+        for key in ["s", "h"] {
+            assert!(
+                err(&mut c, &[cmd, key, "0"]).contains("WRONGTYPE"),
+                "{cmd} {key}"
+            );
+        }
+        assert!(q::<Vec<String>>(&mut c, &[cmd, "nokey", "0"]).is_empty());
+    }
+    q::<i64>(&mut c, &["ZADD", "z", "1", "a"]);
+    assert!(q::<Vec<String>>(&mut c, &["ZPOPMIN", "z", "0"]).is_empty());
+    assert_eq!(q::<i64>(&mut c, &["ZCARD", "z"]), 1);
+}
+
+type MPopped = Option<(String, Vec<(String, String)>)>;
+
+/// ZMPOP and BZMPOP (Redis 7.0; a differential run found them missing):
+/// the first of the keys holding members, MIN or MAX, COUNT; nil when none
+/// holds any; Redis's errors; BZMPOP woken by another client's write.
+#[test]
+fn zmpop_and_bzmpop_follow_redis() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    q::<i64>(&mut c, &["ZADD", "z", "1", "a", "2", "b", "3", "c"]);
+    q::<i64>(&mut c, &["ZADD", "y", "5", "e"]);
+    let pair = |m: &str, s: &str| (m.to_string(), s.to_string());
+    assert_eq!(
+        q::<MPopped>(
+            &mut c,
+            &["ZMPOP", "3", "nokey", "z", "y", "MIN", "COUNT", "2"]
+        ),
+        Some(("z".into(), vec![pair("a", "1"), pair("b", "2")]))
+    );
+    assert_eq!(
+        q::<MPopped>(&mut c, &["ZMPOP", "1", "z", "max", "COUNT", "10"]),
+        Some(("z".into(), vec![pair("c", "3")]))
+    );
+    assert_eq!(q::<i64>(&mut c, &["EXISTS", "z"]), 0, "emptied, deleted");
+    assert_eq!(
+        q::<MPopped>(&mut c, &["ZMPOP", "2", "z", "y", "MAX"]),
+        Some(("y".into(), vec![pair("e", "5")]))
+    );
+    assert_eq!(q::<MPopped>(&mut c, &["ZMPOP", "2", "z", "y", "MIN"]), None);
+    q::<()>(&mut c, &["SET", "s", "v"]);
+    for (args, text) in [
+        (
+            &["ZMPOP", "0", "z", "MIN"][..],
+            "numkeys should be greater than 0",
+        ),
+        (
+            &["ZMPOP", "1", "z", "MIN", "COUNT", "0"],
+            "count should be greater than 0",
+        ),
+        (&["ZMPOP", "1", "z", "MIDDLE"], "syntax error"),
+        (&["ZMPOP", "2", "z", "MIN"], "syntax error"),
+        (
+            &["ZMPOP", "1", "z", "MIN", "COUNT", "1", "COUNT", "1"],
+            "syntax error",
+        ),
+        (&["ZMPOP", "2", "nokey", "s", "MIN"], "WRONGTYPE"),
+        (
+            &["BZMPOP", "x", "1", "z", "MIN"],
+            "timeout is not a float or out of range",
+        ),
+        (&["BZMPOP", "-1", "1", "z", "MIN"], "timeout is negative"),
+    ] {
+        let e = err(&mut c, args);
+        assert!(e.contains(text), "{args:?}: {e}");
+    }
+    // RESP3: the score is a double.
+    let mut raw = s.raw();
+    raw.hello3();
+    raw.roundtrip(&resp(&[b"ZADD", b"r", b"1.5", b"m"]), b":1\r\n");
+    raw.roundtrip(
+        &resp(&[b"ZMPOP", b"1", b"r", b"MIN"]),
+        b"*2\r\n$1\r\nr\r\n*1\r\n*2\r\n$1\r\nm\r\n,1.5\r\n",
+    );
+    raw.roundtrip(&resp(&[b"ZMPOP", b"1", b"r", b"MIN"]), b"_\r\n");
+
+    // BZMPOP: at once when a key holds members, nil at the timeout,
+    // woken by a write from another client.
+    let mut waiter = s.conn();
+    q::<i64>(&mut c, &["ZADD", "w", "1", "x"]);
+    assert_eq!(
+        q::<MPopped>(&mut waiter, &["BZMPOP", "1", "2", "v", "w", "MIN"]),
+        Some(("w".into(), vec![pair("x", "1")]))
+    );
+    let started = Instant::now();
+    assert_eq!(
+        q::<MPopped>(&mut waiter, &["BZMPOP", "0.2", "1", "w", "MIN"]),
+        None
+    );
+    assert!(started.elapsed() >= Duration::from_millis(190));
+    let blocked = std::thread::spawn(move || {
+        q::<MPopped>(
+            &mut waiter,
+            &["BZMPOP", "0", "2", "v", "w", "MAX", "COUNT", "5"],
+        )
+    });
+    for _ in 0..500 {
+        if q::<String>(&mut c, &["INFO", "clients"]).contains("blocked_clients:1") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    q::<i64>(&mut c, &["ZADD", "w", "1", "low", "9", "high"]);
+    assert_eq!(
+        blocked.join().unwrap(),
+        Some(("w".into(), vec![pair("high", "9"), pair("low", "1")]))
+    );
 }

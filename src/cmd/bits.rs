@@ -27,10 +27,12 @@ fn bit_offset(arg: &[u8]) -> Result<usize, Error> {
     }
 }
 
+/// BITPOS's bit: an integer first (Redis's error for one that is not),
+/// then 0 or 1.
 fn bit_arg(arg: &[u8]) -> Result<u8, Error> {
-    match int_arg(arg) {
-        Ok(0) => Ok(0),
-        Ok(1) => Ok(1),
+    match int_arg(arg)? {
+        0 => Ok(0),
+        1 => Ok(1),
         _ => Err(Error::err("The bit argument must be 1 or 0.")),
     }
 }
@@ -337,21 +339,29 @@ fn field_offset(arg: &[u8], field: Field) -> Result<usize, Error> {
     }
 }
 
+/// BITFIELD's operations, read as Redis reads them: an operation without
+/// all its arguments is a syntax error; BITFIELD_RO (`read_only`) refuses
+/// SET and INCRBY once their type and offset are read, and takes OVERFLOW.
 fn field_ops(args: &[&[u8]], read_only: bool) -> Result<Vec<FieldOp>, Error> {
     let mut ops = Vec::new();
     let mut overflow = Overflow::Wrap;
     let mut i = 2;
-    let arg = |i: usize| args.get(i).copied().ok_or(Error::Syntax);
     while i < args.len() {
         let op = args[i];
-        if is(op, "GET") {
-            let field = Field::parse(arg(i + 1)?)?;
-            ops.push(FieldOp::Get(field, field_offset(arg(i + 2)?, field)?));
-            i += 3;
-        } else if read_only {
-            return Err(Error::err("BITFIELD_RO only supports the GET subcommand"));
+        let needs = if is(op, "GET") {
+            2
+        } else if is(op, "SET") || is(op, "INCRBY") {
+            3
         } else if is(op, "OVERFLOW") {
-            let mode = arg(i + 1)?;
+            1
+        } else {
+            return Err(Error::Syntax);
+        };
+        if args.len() - i - 1 < needs {
+            return Err(Error::Syntax);
+        }
+        if is(op, "OVERFLOW") {
+            let mode = args[i + 1];
             overflow = if is(mode, "WRAP") {
                 Overflow::Wrap
             } else if is(mode, "SAT") {
@@ -362,19 +372,25 @@ fn field_ops(args: &[&[u8]], read_only: bool) -> Result<Vec<FieldOp>, Error> {
                 return Err(Error::err("Invalid OVERFLOW type specified"));
             };
             i += 2;
-        } else if is(op, "SET") || is(op, "INCRBY") {
-            let field = Field::parse(arg(i + 1)?)?;
-            let offset = field_offset(arg(i + 2)?, field)?;
-            let n = int_arg(arg(i + 3)?)?;
-            ops.push(if is(op, "SET") {
-                FieldOp::Set(field, offset, n, overflow)
-            } else {
-                FieldOp::IncrBy(field, offset, n, overflow)
-            });
-            i += 4;
-        } else {
-            return Err(Error::Syntax);
+            continue;
         }
+        let field = Field::parse(args[i + 1])?;
+        let offset = field_offset(args[i + 2], field)?;
+        if is(op, "GET") {
+            ops.push(FieldOp::Get(field, offset));
+            i += 3;
+            continue;
+        }
+        if read_only {
+            return Err(Error::err("BITFIELD_RO only supports the GET subcommand"));
+        }
+        let n = int_arg(args[i + 3])?;
+        ops.push(if is(op, "SET") {
+            FieldOp::Set(field, offset, n, overflow)
+        } else {
+            FieldOp::IncrBy(field, offset, n, overflow)
+        });
+        i += 4;
     }
     Ok(ops)
 }

@@ -62,11 +62,17 @@ pub fn bzpop(x: &mut Exec, args: &[&[u8]], max: bool) -> CmdResult {
         x.out.null_array();
         return Ok(());
     }
+    block_on(x, args, keys, timeout);
+    Ok(())
+}
+
+/// Leaves the command (`args`) blocked on `keys` until one changes or
+/// `timeout` passes.
+pub fn block_on(x: &mut Exec, args: &[&[u8]], keys: &[&[u8]], timeout: Option<Duration>) {
     x.session.blocked = Some(Blocked {
         argv: args.iter().map(|a| a.to_vec()).collect(),
         db: x.session.db,
         keys: keys.iter().map(|k| k.to_vec()).collect(),
         timeout,
     });
-    Ok(())
 }

@@ -2,15 +2,13 @@
 //! as a string key is, fields an observed-remove map (DESIGN.md, Data
 //! model; docs/crdt-semantics.md).
 
-use chorus_crdt::number::{format_float, parse_float, parse_int};
+use chorus_crdt::number::{format_float, parse_int, parse_score};
 use chorus_crdt::{Coll, Kind, Read, Written};
 
 use super::keys::{parse_cursor, scan_options};
-use super::sets::{random_distinct, random_repeating};
+use super::sets::{random_count_arg, random_distinct, random_repeating};
 use super::Flag::*;
-use super::{
-    counted, float_arg, int_arg, is, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec,
-};
+use super::{counted, int_arg, is, reply_read, CmdResult, Error, Exec, Flags, Keys, Spec};
 use crate::glob;
 
 #[rustfmt::skip]
@@ -241,14 +239,18 @@ fn hincrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn hincrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let by = float_arg(args[3])?;
+    // As Redis's strtold: "inf" is a number, refused as an increment.
+    let by = parse_score(args[3]).ok_or(Error::NotFloat)?;
+    if by.is_infinite() {
+        return Err(Error::err("value is NaN or Infinity"));
+    }
     let field = args[2];
     x.coll_update(args[1], Kind::Hash, |c, d, stamp| {
         let current = match c.field(field) {
             None | Some(Read::Absent) => 0.0,
             Some(Read::Int(i)) => i as f64,
             Some(Read::Float(f)) => f,
-            Some(Read::Str(v)) => parse_float(v).ok_or(Error::err("hash value is not a float"))?,
+            Some(Read::Str(v)) => parse_score(v).ok_or(Error::err("hash value is not a float"))?,
         };
         let new = current + by;
         if !new.is_finite() {
@@ -264,12 +266,15 @@ fn hincrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn hrandfield(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let count = args.get(2).map(|a| int_arg(a)).transpose()?;
+    let count = args.get(2).map(|a| random_count_arg(a)).transpose()?;
     let with_values = match args.get(3) {
         None => false,
         Some(a) if is(a, "WITHVALUES") && args.len() == 4 => true,
         Some(_) => return Err(Error::Syntax),
     };
+    if with_values && count.is_some_and(|n| !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&n)) {
+        return Err(Error::err("value is out of range"));
+    }
     let (c, out) = x.coll(args[1], Kind::Hash)?;
     let Some(n) = count else {
         // One field: one walk of the tree.

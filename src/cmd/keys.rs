@@ -472,8 +472,14 @@ fn renamenx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     rename_generic(x, args, true)
 }
 
+/// A database argument of COPY and MOVE: Redis reads it as a C int first.
 fn parse_db(x: &Exec, arg: &[u8]) -> Result<usize, Error> {
     let n = int_arg(arg)?;
+    if i32::try_from(n).is_err() {
+        return Err(Error::err(
+            "value is out of range, value must between -2147483648 and 2147483647",
+        ));
+    }
     if n < 0 || n as usize >= x.ks.databases() {
         return Err(Error::DbRange);
     }
@@ -541,14 +547,23 @@ fn flushall(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let parse = |a: &[u8]| -> Result<usize, Error> {
-        let n = int_arg(a).map_err(|_| Error::err("invalid first DB index"))?;
-        if n < 0 || n as usize >= x.ks.databases() {
-            return Err(Error::DbRange);
-        }
-        Ok(n as usize)
+    // As Redis: both read as C ints, each with its own error, then both
+    // checked against the databases.
+    let parse = |a: &[u8], which: &'static str| -> Result<i64, Error> {
+        int_arg(a)
+            .ok()
+            .filter(|n| i32::try_from(*n).is_ok())
+            .ok_or(Error::err(which))
     };
-    let (a, b) = (parse(args[1])?, parse(args[2])?);
+    let (a, b) = (
+        parse(args[1], "invalid first DB index")?,
+        parse(args[2], "invalid second DB index")?,
+    );
+    let in_range = |n: i64| (0..x.ks.databases() as i64).contains(&n);
+    if !in_range(a) || !in_range(b) {
+        return Err(Error::DbRange);
+    }
+    let (a, b) = (a as usize, b as usize);
     if x.node.repl.is_some() {
         // Replicated writes name database numbers: a swap on one node would
         // send every later write of the swapped databases astray for good.

@@ -488,10 +488,21 @@ fn rpoplpush(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 /// LMPOP's and BLMPOP's arguments from `numkeys`: the keys, the end and
 /// the count.
 fn mpop_args<'a>(args: &'a [&'a [u8]], at: usize) -> Result<(&'a [&'a [u8]], bool, usize), Error> {
+    mpop_args_with(args, at, side_arg)
+}
+
+/// The arguments of a pop from the first of several keys (LMPOP, ZMPOP
+/// and their blocking forms) from `numkeys`: the keys, the end (as `end`
+/// reads it) and the count.
+pub(super) fn mpop_args_with<'a>(
+    args: &'a [&'a [u8]],
+    at: usize,
+    end: fn(&[u8]) -> Result<bool, Error>,
+) -> Result<(&'a [&'a [u8]], bool, usize), Error> {
     let numkeys = count_arg(args[at], 1, "numkeys should be greater than 0")?;
     let side_at = at.saturating_add(numkeys).saturating_add(1);
     let side = args.get(side_at).ok_or(Error::Syntax)?;
-    let head = side_arg(side)?;
+    let head = end(side)?;
     let mut count = None;
     let mut options = Args::new(args, side_at + 1);
     while !options.is_empty() {

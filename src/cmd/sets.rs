@@ -188,6 +188,17 @@ pub fn random_distinct(c: &Coll, kind: Kind, n: usize) -> Vec<&[u8]> {
     pick_distinct(len, n).into_iter().map(|i| all[i]).collect()
 }
 
+/// A random-member COUNT (SRANDMEMBER, HRANDFIELD, ZRANDMEMBER): any
+/// integer whose magnitude is one too (Redis's range, and its text).
+pub fn random_count_arg(arg: &[u8]) -> Result<i64, Error> {
+    match int_arg(arg)? {
+        i64::MIN => Err(Error::err(
+            "value is out of range, value must between -9223372036854775807 and 9223372036854775807",
+        )),
+        n => Ok(n),
+    }
+}
+
 /// `n` elements of `kind` at random, repeats allowed (a negative COUNT),
 /// one tree walk each; an error past [`MAX_REPEATING`].
 pub fn random_repeating(c: &Coll, kind: Kind, n: u64) -> Result<Vec<&[u8]>, Error> {
@@ -254,7 +265,7 @@ fn srandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     if args.len() > 3 {
         return Err(Error::Syntax);
     }
-    let count = args.get(2).map(|a| int_arg(a)).transpose()?;
+    let count = args.get(2).map(|a| random_count_arg(a)).transpose()?;
     let (c, out) = x.coll(args[1], Kind::Set)?;
     if count.is_none() {
         out.bulk_or_null(c.and_then(|c| c.pick(Kind::Set, rand::random())));

@@ -1,13 +1,13 @@
 //! String and counter commands (Redis's `t_string.c`): thin commands over a
 //! few shared helpers, as `setnx`/`setex` sit over `setGenericCommand`.
 
-use chorus_crdt::number::{format_float, parse_float, parse_int};
+use chorus_crdt::number::{format_float, parse_int, parse_score};
 use chorus_crdt::Read;
 
 use crate::keyspace::Writer;
 
 use super::Flag::*;
-use super::{float_arg, int_arg, is, reply_read, Args, CmdResult, Error, Exec, Spec};
+use super::{int_arg, is, reply_read, Args, CmdResult, Error, Exec, Spec};
 use super::{Flags, Keys};
 
 pub static COMMANDS: &[Spec] = &[
@@ -64,38 +64,71 @@ enum Ttl {
     At(u64),
 }
 
-/// Parses `EX s | PX ms | EXAT s | PXAT ms` when `option` is one of them
-/// (its value is the next argument); returns the absolute expiry.
-fn ttl_option(
-    option: &[u8],
-    options: &mut Args,
-    now_ms: u64,
-    cmd: &str,
-) -> Result<Option<u64>, Error> {
-    let unit_ms: i64 = match option {
-        a if is(a, "EX") || is(a, "EXAT") => 1000,
-        a if is(a, "PX") || is(a, "PXAT") => 1,
-        _ => return Ok(None),
-    };
-    let absolute = option.len() == 4;
-    let n = options.int()?;
-    let invalid = || Error::err(format!("invalid expire time in '{cmd}' command"));
-    if n <= 0 {
-        return Err(invalid());
+/// The TTL options of SET (KEEPTTL) and GETEX (PERSIST), and both's EX,
+/// PX, EXAT and PXAT, as Redis reads them: one of them may come again (its
+/// last value counts, and only that one is read), another may not.
+#[derive(Default)]
+struct TtlOptions<'a> {
+    given: Option<(&'static str, Option<&'a [u8]>)>,
+}
+
+impl<'a> TtlOptions<'a> {
+    /// Takes `option` (and its value, from `options`) if it is a TTL
+    /// option of the command (`set`: SET's, else GETEX's).
+    fn take(&mut self, option: &[u8], options: &mut Args<'a>, set: bool) -> Result<bool, Error> {
+        let own = if set { "KEEPTTL" } else { "PERSIST" };
+        let Some(name) = [own, "EX", "PX", "EXAT", "PXAT"]
+            .into_iter()
+            .find(|n| is(option, n))
+        else {
+            return Ok(false);
+        };
+        if self.given.is_some_and(|(given, _)| given != name) {
+            return Err(Error::Syntax);
+        }
+        let value = if name == own {
+            None
+        } else {
+            Some(options.value()?)
+        };
+        self.given = Some((name, value));
+        Ok(true)
     }
-    let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
-    let at = if absolute {
-        ms
-    } else {
-        ms.checked_add(now_ms as i64).ok_or_else(invalid)?
-    };
-    Ok(Some(at as u64))
+
+    /// The TTL the options ask for, its value read now (`cmd` names the
+    /// command in Redis's error).
+    fn ttl(&self, now_ms: u64, cmd: &str) -> Result<Ttl, Error> {
+        let Some((name, value)) = self.given else {
+            return Ok(Ttl::Unset);
+        };
+        let Some(value) = value else {
+            return Ok(if name == "KEEPTTL" {
+                Ttl::Keep
+            } else {
+                Ttl::Persist
+            });
+        };
+        let unit_ms: i64 = if name.starts_with('E') { 1000 } else { 1 };
+        let absolute = name.len() == 4;
+        let n = int_arg(value)?;
+        let invalid = || Error::err(format!("invalid expire time in '{cmd}' command"));
+        if n <= 0 {
+            return Err(invalid());
+        }
+        let ms = n.checked_mul(unit_ms).ok_or_else(invalid)?;
+        let at = if absolute {
+            ms
+        } else {
+            ms.checked_add(now_ms as i64).ok_or_else(invalid)?
+        };
+        Ok(Ttl::At(at as u64))
+    }
 }
 
 fn set(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let (key, value) = (args[1], args[2]);
     let (mut nx, mut xx, mut get) = (false, false, false);
-    let mut ttl = Ttl::Unset;
+    let mut ttl = TtlOptions::default();
     let mut options = Args::new(args, 3);
     while let Some(a) = options.next() {
         if is(a, "NX") && !xx {
@@ -104,17 +137,11 @@ fn set(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             xx = true;
         } else if is(a, "GET") {
             get = true;
-        } else if is(a, "KEEPTTL") && ttl == Ttl::Unset {
-            ttl = Ttl::Keep;
-        } else if let Some(at) = ttl_option(a, &mut options, x.now_ms, "set")? {
-            if ttl != Ttl::Unset {
-                return Err(Error::Syntax);
-            }
-            ttl = Ttl::At(at);
-        } else {
+        } else if !ttl.take(a, &mut options, true)? {
             return Err(Error::Syntax);
         }
     }
+    let ttl = ttl.ttl(x.now_ms, "set")?;
     set_generic(x, key, value, nx, xx, get, ttl)
 }
 
@@ -202,21 +229,14 @@ fn getdel(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn getex(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     let key = args[1];
-    let mut ttl = Ttl::Unset;
+    let mut ttl = TtlOptions::default();
     let mut options = Args::new(args, 2);
     while let Some(a) = options.next() {
-        if ttl != Ttl::Unset {
-            return Err(Error::Syntax);
-        }
-        if is(a, "PERSIST") {
-            ttl = Ttl::Persist;
-        } else if let Some(at) = ttl_option(a, &mut options, x.now_ms, "getex")? {
-            ttl = Ttl::At(at);
-        } else {
+        if !ttl.take(a, &mut options, false)? {
             return Err(Error::Syntax);
         }
     }
-    let at = match ttl {
+    let at = match ttl.ttl(x.now_ms, "getex")? {
         Ttl::At(at) => Some(at),
         Ttl::Persist => Some(0),
         _ => None,
@@ -403,7 +423,9 @@ fn decrby(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let by = float_arg(args[2])?;
+    // As Redis's strtold: an infinite increment, or value, is a number,
+    // refused below for what it would make.
+    let by = parse_score(args[2]).ok_or(Error::NotFloat)?;
     let shown = x.update(args[1], |w| {
         let current = if !w.visible() {
             0.0
@@ -414,7 +436,7 @@ fn incrbyfloat(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
                 Read::Absent => 0.0,
                 Read::Int(i) => i as f64,
                 Read::Float(f) => f,
-                Read::Str(v) => parse_float(v).ok_or(super::Error::NotFloat)?,
+                Read::Str(v) => parse_score(v).ok_or(super::Error::NotFloat)?,
             }
         };
         if !(current + by).is_finite() {
@@ -451,8 +473,12 @@ fn lcs(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "If you want both the length and indexes, please just use IDX.",
         ));
     }
-    let a = x.value(args[1])?.unwrap_or_default();
-    let b = x.value(args[2])?.unwrap_or_default();
+    let not_strings = |e| match e {
+        Error::WrongType => Error::err("The specified keys must contain string values"),
+        e => e,
+    };
+    let a = x.value(args[1]).map_err(not_strings)?.unwrap_or_default();
+    let b = x.value(args[2]).map_err(not_strings)?.unwrap_or_default();
     let cells = (a.len() as u128 + 1) * (b.len() as u128 + 1) * 4;
     if cells > x.server.tunables.max_bulk() as u128 {
         return Err(Error::err(

@@ -40,6 +40,8 @@ pub static COMMANDS: &[Spec] = &[
     Spec { name: "zremrangebylex", arity: 4, flags: Flags::of(&[Write]), keys: Keys::at(1, 1, 1), group: "sorted-set", syntax: "key min max", summary: "Removes members in a sorted set within a lexicographical range. Deletes the sorted set if all members were removed.", run: zremrangebylex },
     Spec { name: "zpopmin", arity: -2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "sorted-set", syntax: "key [count]", summary: "Returns the lowest-scoring members from a sorted set after removing them. Deletes the sorted set if the last member was popped.", run: zpopmin },
     Spec { name: "zpopmax", arity: -2, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, 1, 1), group: "sorted-set", syntax: "key [count]", summary: "Returns the highest-scoring members from a sorted set after removing them. Deletes the sorted set if the last member was popped.", run: zpopmax },
+    Spec { name: "zmpop", arity: -4, flags: Flags::of(&[Write]), keys: Keys::at(2, -1, 1), group: "sorted-set", syntax: "numkeys key [key ...] MIN|MAX [COUNT count]", summary: "Returns the highest- or lowest-scoring members from one or more sorted sets after removing them. Deletes the sorted set if the last member was popped.", run: zmpop },
+    Spec { name: "bzmpop", arity: -5, flags: Flags::of(&[Write]), keys: Keys::at(3, -1, 1), group: "sorted-set", syntax: "timeout numkeys key [key ...] MIN|MAX [COUNT count]", summary: "Removes and returns a member by score from one or more sorted sets. Blocks until a member is available otherwise. Deletes the sorted set if the last element was popped.", run: bzmpop },
     Spec { name: "bzpopmin", arity: -3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, -2, 1), group: "sorted-set", syntax: "key [key ...] timeout", summary: "Removes and returns the member with the lowest score from one or more sorted sets. Blocks until a member is available otherwise. Deletes the sorted set if the last element was popped.", run: bzpopmin },
     Spec { name: "bzpopmax", arity: -3, flags: Flags::of(&[Write, Fast]), keys: Keys::at(1, -2, 1), group: "sorted-set", syntax: "key [key ...] timeout", summary: "Removes and returns the member with the highest score from one or more sorted sets. Blocks until a member available otherwise.  Deletes the sorted set if the last element was popped.", run: bzpopmax },
     Spec { name: "zrandmember", arity: -2, flags: Flags::of(&[ReadOnly]), keys: Keys::at(1, 1, 1), group: "sorted-set", syntax: "key [count [WITHSCORES]]", summary: "Returns one or more random members from a sorted set.", run: zrandmember },
@@ -809,7 +811,8 @@ fn pop_cmd(x: &mut Exec, args: &[&[u8]], max: bool) -> CmdResult {
     }
     let count = args.get(2).map(|a| super::pop_count(a)).transpose()?;
     if count == Some(0) {
-        // As Redis: before the key is even looked at.
+        // As Redis: nothing popped, but the key's type checked.
+        x.coll(args[1], Kind::ZSet)?;
         x.out.array(0);
         return Ok(());
     }
@@ -834,6 +837,83 @@ fn zpopmax(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     pop_cmd(x, args, true)
 }
 
+/// ZMPOP's and BZMPOP's end: MAX (true) or MIN.
+fn min_max_arg(arg: &[u8]) -> Result<bool, Error> {
+    if is(arg, "MAX") {
+        Ok(true)
+    } else if is(arg, "MIN") {
+        Ok(false)
+    } else {
+        Err(Error::Syntax)
+    }
+}
+
+/// A key and the members popped from it, with their scores.
+type ZPopped = (Vec<u8>, Vec<Member>);
+
+/// Pops up to `count` members from the first of `keys` holding any: its
+/// name and what was popped, or `None`. Notified as ZPOPMIN or ZPOPMAX,
+/// as Redis does.
+fn zmpop_from(
+    x: &mut Exec,
+    keys: &[&[u8]],
+    max: bool,
+    count: usize,
+) -> Result<Option<ZPopped>, Error> {
+    let (ks, db) = (x.ks, x.session.db);
+    let event = if max { "zpopmax" } else { "zpopmin" };
+    for key in keys {
+        let popped =
+            crate::notify::as_command(ks, event, Some(key), db, || pop(x, key, count, max));
+        let popped = match popped {
+            // Woken, a key turned into another type keeps the client
+            // waiting (as BZPOPMIN).
+            Err(Error::WrongType) if x.session.retrying_block => continue,
+            popped => popped?,
+        };
+        if let Some(members) = popped.filter(|m| !m.is_empty()) {
+            return Ok(Some((key.to_vec(), members)));
+        }
+    }
+    Ok(None)
+}
+
+/// The key, then its members as [member, score] pairs (in RESP2 too);
+/// a null array when nothing was popped.
+fn reply_zmpop(out: &mut Reply, popped: Option<ZPopped>) {
+    let Some((key, members)) = popped else {
+        out.null_array();
+        return;
+    };
+    out.array(2);
+    out.bulk(&key);
+    out.array(members.len());
+    for (member, score) in &members {
+        out.array(2);
+        out.bulk(member);
+        out.score(*score);
+    }
+}
+
+fn zmpop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let (keys, max, count) = super::lists::mpop_args_with(args, 1, min_max_arg)?;
+    let popped = zmpop_from(x, keys, max, count)?;
+    reply_zmpop(x.out, popped);
+    Ok(())
+}
+
+fn bzmpop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
+    let timeout = super::blocking::timeout_arg(args[1])?;
+    let (keys, max, count) = super::lists::mpop_args_with(args, 2, min_max_arg)?;
+    let popped = zmpop_from(x, keys, max, count)?;
+    if popped.is_some() || x.session.in_exec {
+        reply_zmpop(x.out, popped);
+        return Ok(());
+    }
+    super::blocking::block_on(x, args, keys, timeout);
+    Ok(())
+}
+
 fn bzpopmin(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     super::blocking::bzpop(x, args, false)
 }
@@ -844,7 +924,10 @@ fn bzpopmax(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 // ----- random, scan -----
 
 fn zrandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let count = args.get(2).map(|a| int_arg(a)).transpose()?;
+    let count = args
+        .get(2)
+        .map(|a| super::sets::random_count_arg(a))
+        .transpose()?;
     let withscores = match args.len() {
         2 | 3 => false,
         4 if is(args[3], "WITHSCORES") => true,
