@@ -69,7 +69,9 @@ pub fn matches(pattern: &[u8], subject: &[u8], nocase: bool) -> bool {
 }
 
 /// Matches one byte against the class starting at `pattern[start] == '['`;
-/// returns whether it matched and where the pattern continues.
+/// returns whether it matched and where the pattern continues. As Redis
+/// reads a class: one left open runs to the end of the pattern (`a[*`
+/// matches `a*`), and a range may end in `]` (`[a-]` is `]` to `a`).
 fn class(
     pattern: &[u8],
     start: usize,
@@ -83,17 +85,16 @@ fn class(
     }
     let mut matched = false;
     loop {
-        let b = *pattern.get(i)?;
+        let Some(&b) = pattern.get(i) else {
+            return Some((matched != negate, pattern.len()));
+        };
         if b == b']' {
             break;
         }
         if b == b'\\' && i + 1 < pattern.len() {
             matched |= eq(pattern[i + 1], c);
             i += 2;
-        } else if pattern.get(i + 1) == Some(&b'-')
-            && i + 2 < pattern.len()
-            && pattern[i + 2] != b']'
-        {
+        } else if pattern.get(i + 1) == Some(&b'-') && i + 2 < pattern.len() {
             let (mut lo, mut hi) = (b, pattern[i + 2]);
             if lo > hi {
                 std::mem::swap(&mut lo, &mut hi);
@@ -138,6 +139,18 @@ mod tests {
             assert!(!matches(p.as_bytes(), s.as_bytes(), false), "{p} !~ {s}");
         }
         assert!(matches(b"MAXMEM*", b"maxmemory", true));
+        // Redis's reading of odd classes (a differential run against
+        // redis-server 7.0.15): one left open takes the rest of the
+        // pattern, and a range may end in `]`.
+        assert!(matches(b"a[*", b"a*", false));
+        assert!(!matches(b"a[*", b"ab", false));
+        assert!(matches(b"[^", b"x", false));
+        assert!(!matches(b"a[", b"a", false));
+        for c in ["]", "^", "_", "a"] {
+            assert!(matches(b"[a-]", c.as_bytes(), false), "[a-] ~ {c}");
+        }
+        assert!(!matches(b"[a-]", b"-", false));
+        assert!(!matches(b"[a-]", b"b", false));
     }
 
     #[test]
