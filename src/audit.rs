@@ -591,12 +591,76 @@ fn utc(ms: i64) -> String {
 }
 
 /// A key whose state differs between two nodes, and the value each serves
-/// for it (`None`: absent there).
+/// for it as text (`None`: absent there).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct DiffKey {
     pub key: String,
     pub a: Option<String>,
     pub b: Option<String>,
+    /// Both serve the same value (typed, not as text: a string that reads
+    /// `set {x}` is not the set {x}): the states differ in metadata only.
+    #[serde(skip)]
+    pub same_value: bool,
+}
+
+/// A value as a node serves it, by type, to compare two nodes' values.
+#[derive(Debug, Clone, PartialEq)]
+enum Value {
+    Str(Vec<u8>),
+    Hash(Vec<(Vec<u8>, Vec<u8>)>),
+    Set(Vec<Vec<u8>>),
+    ZSet(Vec<(Vec<u8>, String)>),
+    List(Vec<Vec<u8>>),
+    /// A type the audit does not read, by name.
+    Other(String),
+    /// Its type changed while it was read: equal to nothing.
+    Changing,
+}
+
+impl Value {
+    /// The value as the diff shows it: a string as it is; a hash, set,
+    /// sorted set or list as its type's name and its contents
+    /// (`hash {f: v}`, `zset {m: 1.5}`, `list [a, b]`).
+    fn shown(&self) -> String {
+        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let joined = |items: Vec<String>| items.join(", ");
+        match self {
+            Value::Str(v) => text(v),
+            Value::Hash(fields) => format!(
+                "hash {{{}}}",
+                joined(
+                    fields
+                        .iter()
+                        .map(|(f, v)| format!("{}: {}", text(f), text(v)))
+                        .collect()
+                )
+            ),
+            Value::Set(members) => {
+                format!(
+                    "set {{{}}}",
+                    joined(members.iter().map(|m| text(m)).collect())
+                )
+            }
+            Value::ZSet(members) => format!(
+                "zset {{{}}}",
+                joined(
+                    members
+                        .iter()
+                        .map(|(m, s)| format!("{}: {s}", text(m)))
+                        .collect()
+                )
+            ),
+            Value::List(items) => {
+                format!("list [{}]", joined(items.iter().map(|i| text(i)).collect()))
+            }
+            Value::Other(kind) => format!("({kind})"),
+            Value::Changing => "(its type changed while read)".to_string(),
+        }
+    }
+
+    fn same_as(&self, other: &Value) -> bool {
+        self != &Value::Changing && self == other
+    }
 }
 
 /// What `chorus audit diff` found.
@@ -808,10 +872,17 @@ fn diff_bucket(
             if la.get(key) == lb.get(key) {
                 continue;
             }
+            let (a, b) = (read_value(ca, na, key)?, read_value(cb, nb, key)?);
+            let same_value = match (&a, &b) {
+                (Some(a), Some(b)) => a.same_as(b),
+                (None, None) => true,
+                _ => false,
+            };
             out.keys.push(DiffKey {
                 key: key.clone(),
-                a: read_value(ca, na, key)?,
-                b: read_value(cb, nb, key)?,
+                a: a.map(|v| v.shown()),
+                b: b.map(|v| v.shown()),
+                same_value,
             });
         }
     }
@@ -822,44 +893,35 @@ fn diff_bucket(
 /// `TYPE` and the read (a write racing the diff).
 const READS_OF_A_CHANGING_KEY: usize = 3;
 
-/// The value `node` serves for `key`, as text: a string as it is; a hash,
-/// set, sorted set or list as its type's name and its contents, read whole
-/// (`hash {f: v}`, fields and members sorted; `zset {m: 1.5}` in rank
-/// order; `list [a, b]`). `None`: absent.
+/// The value `node` serves for `key`, read by its type's command, whole
+/// (HGETALL, SMEMBERS, ZRANGE 0 -1 WITHSCORES, LRANGE 0 -1); fields and
+/// members sorted, a sorted set in rank order. `None`: absent.
 fn read_value(
     conn: &mut redis::Connection,
     node: &str,
     key: &str,
-) -> Result<Option<String>, AuditError> {
-    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-    let mut tries = 0;
-    loop {
-        tries += 1;
+) -> Result<Option<Value>, AuditError> {
+    for _ in 0..READS_OF_A_CHANGING_KEY {
         let kind: String = ask(conn, node, redis::cmd("TYPE").arg(key))?;
         let read = match kind.as_str() {
             "none" => return Ok(None),
             "string" => redis::cmd("GET")
                 .arg(key)
                 .query::<Option<Vec<u8>>>(conn)
-                .map(|v| v.map(|v| text(&v))),
+                .map(|v| v.map(Value::Str)),
             "hash" => redis::cmd("HGETALL")
                 .arg(key)
                 .query::<Vec<(Vec<u8>, Vec<u8>)>>(conn)
                 .map(|mut fields| {
                     fields.sort_unstable();
-                    let shown: Vec<String> = fields
-                        .iter()
-                        .map(|(f, v)| format!("{}: {}", text(f), text(v)))
-                        .collect();
-                    Some(format!("hash {{{}}}", shown.join(", ")))
+                    Some(Value::Hash(fields))
                 }),
             "set" => redis::cmd("SMEMBERS")
                 .arg(key)
                 .query::<Vec<Vec<u8>>>(conn)
                 .map(|mut members| {
                     members.sort_unstable();
-                    let shown: Vec<String> = members.iter().map(|m| text(m)).collect();
-                    Some(format!("set {{{}}}", shown.join(", ")))
+                    Some(Value::Set(members))
                 }),
             "zset" => redis::cmd("ZRANGE")
                 .arg(key)
@@ -867,34 +929,22 @@ fn read_value(
                 .arg(-1)
                 .arg("WITHSCORES")
                 .query::<Vec<(Vec<u8>, String)>>(conn)
-                .map(|members| {
-                    let shown: Vec<String> = members
-                        .iter()
-                        .map(|(m, score)| format!("{}: {score}", text(m)))
-                        .collect();
-                    Some(format!("zset {{{}}}", shown.join(", ")))
-                }),
+                .map(|members| Some(Value::ZSet(members))),
             "list" => redis::cmd("LRANGE")
                 .arg(key)
                 .arg(0)
                 .arg(-1)
                 .query::<Vec<Vec<u8>>>(conn)
-                .map(|items| {
-                    let shown: Vec<String> = items.iter().map(|i| text(i)).collect();
-                    Some(format!("list [{}]", shown.join(", ")))
-                }),
-            other => return Ok(Some(format!("({other})"))),
+                .map(|items| Some(Value::List(items))),
+            other => return Ok(Some(Value::Other(other.to_string()))),
         };
         match read {
             Ok(value) => return Ok(value),
-            Err(e) if e.code() == Some("WRONGTYPE") => {
-                if tries == READS_OF_A_CHANGING_KEY {
-                    return Ok(Some("(its type changed while read)".to_string()));
-                }
-            }
+            Err(e) if e.code() == Some("WRONGTYPE") => {}
             Err(e) => return Err(failed(node, e)),
         }
     }
+    Ok(Some(Value::Changing))
 }
 
 /// JSON lines, one differing key each.
@@ -902,7 +952,7 @@ pub fn diff_json_lines(d: &Diff) -> anyhow::Result<String> {
     let mut out = String::new();
     for k in &d.keys {
         let mut v = serde_json::to_value(k).context("encoding a key")?;
-        v["same_value"] = serde_json::Value::Bool(k.a == k.b);
+        v["same_value"] = serde_json::Value::Bool(k.same_value);
         out.push_str(&v.to_string());
         out.push('\n');
     }
@@ -920,7 +970,7 @@ pub fn diff_table(a: &str, b: &str, d: &Diff) -> String {
         .keys
         .iter()
         .map(|k| {
-            let key = if k.a == k.b {
+            let key = if k.same_value {
                 format!("{} (metadata only)", k.key)
             } else {
                 k.key.clone()
@@ -948,7 +998,7 @@ pub fn diff_table(a: &str, b: &str, d: &Diff) -> String {
         out.push_str(line.trim_end());
         out.push('\n');
     }
-    let differ = d.keys.iter().filter(|k| k.a != k.b).count();
+    let differ = d.keys.iter().filter(|k| !k.same_value).count();
     out.push_str(&format!(
         "{differ} key{} differ{} ({} in metadata only); {} keys compared in {} differing buckets of 256; {} keys digested on {a}\n",
         if differ == 1 { "" } else { "s" },

@@ -573,6 +573,12 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             input.drain(..consumed);
             need = need.max(1);
         }
+        // A request of very many arguments (up to Redis's INT_MAX) leaves
+        // its argument list's room behind: not kept for the next ones (but
+        // a request still arriving keeps the arguments it has so far).
+        if ranges.capacity() > RANGES_KEPT && !progress.under_way() {
+            ranges = Vec::new();
+        }
         if commands > 0 {
             server
                 .stats
@@ -707,6 +713,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
 }
+
+/// The most argument ranges a connection keeps room for between batches
+/// (16 bytes each).
+const RANGES_KEPT: usize = 64 * 1024;
 
 /// A pipeline's replies so far go out before its connection waits (a
 /// blocked command, a hold for room), once their writes are as durable as

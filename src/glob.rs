@@ -32,12 +32,11 @@ pub fn matches(pattern: &[u8], subject: &[u8], nocase: bool) -> bool {
                     continue;
                 }
                 b'[' => {
-                    if let Some((matched, next)) = class(pattern, p, subject[s], &eq) {
-                        if matched {
-                            p = next;
-                            s += 1;
-                            continue;
-                        }
+                    let (matched, next) = class(pattern, p, subject[s], nocase);
+                    if matched {
+                        p = next;
+                        s += 1;
+                        continue;
                     }
                 }
                 b'\\' if p + 1 < pattern.len() => {
@@ -71,13 +70,11 @@ pub fn matches(pattern: &[u8], subject: &[u8], nocase: bool) -> bool {
 /// Matches one byte against the class starting at `pattern[start] == '['`;
 /// returns whether it matched and where the pattern continues. As Redis
 /// reads a class: one left open runs to the end of the pattern (`a[*`
-/// matches `a*`), and a range may end in `]` (`[a-]` is `]` to `a`).
-fn class(
-    pattern: &[u8],
-    start: usize,
-    c: u8,
-    eq: &impl Fn(u8, u8) -> bool,
-) -> Option<(bool, usize)> {
+/// matches `a*`), a range may end in `]` (`[a-]` is `]` to `a`), and with
+/// `nocase` a range's ends and the byte are lowercased while an escaped
+/// byte is still compared exactly.
+fn class(pattern: &[u8], start: usize, c: u8, nocase: bool) -> (bool, usize) {
+    let lower = |b: u8| if nocase { b.to_ascii_lowercase() } else { b };
     let mut i = start + 1;
     let negate = pattern.get(i) == Some(&b'^');
     if negate {
@@ -86,27 +83,27 @@ fn class(
     let mut matched = false;
     loop {
         let Some(&b) = pattern.get(i) else {
-            return Some((matched != negate, pattern.len()));
+            return (matched != negate, pattern.len());
         };
         if b == b']' {
             break;
         }
         if b == b'\\' && i + 1 < pattern.len() {
-            matched |= eq(pattern[i + 1], c);
+            matched |= pattern[i + 1] == c;
             i += 2;
         } else if pattern.get(i + 1) == Some(&b'-') && i + 2 < pattern.len() {
-            let (mut lo, mut hi) = (b, pattern[i + 2]);
+            let (mut lo, mut hi) = (lower(b), lower(pattern[i + 2]));
             if lo > hi {
                 std::mem::swap(&mut lo, &mut hi);
             }
-            matched |= (lo..=hi).contains(&c) || (lo..=hi).any(|x| eq(x, c));
+            matched |= (lo..=hi).contains(&lower(c));
             i += 3;
         } else {
-            matched |= eq(b, c);
+            matched |= lower(b) == lower(c);
             i += 1;
         }
     }
-    Some((matched != negate, i + 1))
+    (matched != negate, i + 1)
 }
 
 #[cfg(test)]
@@ -151,6 +148,13 @@ mod tests {
         }
         assert!(!matches(b"[a-]", b"-", false));
         assert!(!matches(b"[a-]", b"b", false));
+        // Without case, a range's ends are lowercased ([A-z] is [a-z]),
+        // and an escaped byte in a class is still compared exactly.
+        assert!(matches(b"[A-z]", b"Q", true));
+        assert!(!matches(b"[A-z]", b"_", true));
+        assert!(matches(b"[A-z]", b"_", false));
+        assert!(!matches(b"[\\A]", b"a", true));
+        assert!(matches(b"[A]", b"a", true));
     }
 
     #[test]

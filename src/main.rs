@@ -336,7 +336,7 @@ fn audit_diff(
         audit::diff_table(a, b, &diff)
     };
     print!("{out}");
-    if diff.keys.iter().any(|k| k.a != k.b) {
+    if diff.keys.iter().any(|k| !k.same_value) {
         std::process::exit(1);
     }
     Ok(())

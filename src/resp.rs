@@ -31,9 +31,11 @@ impl Limits {
     }
 }
 
-/// Redis's bound (INT_MAX). Arguments cost memory only as they arrive
-/// (no room is reserved for a declared count), within
-/// `client-query-buffer-limit`.
+/// Redis's bound (INT_MAX). No room is reserved for a declared count: an
+/// argument costs its bytes in the read buffer (within
+/// `client-query-buffer-limit`) and 16 bytes of range once it has arrived,
+/// at most about 2.7 times what it took on the wire (`$0\r\n\r\n`, six
+/// bytes), less than Redis's object per argument.
 pub const DEFAULT_MAX_ARGS: usize = i32::MAX as usize;
 pub const DEFAULT_MAX_INLINE: usize = 64 * 1024;
 
@@ -85,6 +87,14 @@ pub struct Progress {
     /// Arguments parsed so far, over all calls: what the work is measured by.
     #[cfg(test)]
     parsed: usize,
+}
+
+impl Progress {
+    /// Whether a request is under way: its arguments so far are in the
+    /// caller's list, which must then be kept as it is.
+    pub fn under_way(&self) -> bool {
+        self.remaining > 0
+    }
 }
 
 /// Parses one request from the front of `buf`.

@@ -460,4 +460,12 @@ fn database_arguments_answer_redis_texts() {
         "{e}"
     );
     assert!(err(&mut c, &["COPY", "k", "t", "DB", "99"]).contains("DB index is out of range"));
+    for args in [&["SELECT", "9999999999"][..], &["MOVE", "k", "9999999999"]] {
+        let e = err(&mut c, args);
+        assert!(
+            e.contains("value must between -2147483648 and 2147483647"),
+            "{args:?}: {e}"
+        );
+    }
+    assert!(err(&mut c, &["SELECT", "99"]).contains("DB index is out of range"));
 }

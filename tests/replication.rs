@@ -1997,6 +1997,9 @@ fn chorus_audit_diff_shows_collections_by_their_contents() {
     for c in [&mut ca, &mut cb] {
         q::<i64>(c, &["SADD", "same", "m1", "m2"]);
     }
+    // Shown alike, not alike: values are compared by type, not as text.
+    q::<()>(&mut ca, &["SET", "lookalike", "set {x}"]);
+    q::<i64>(&mut cb, &["SADD", "lookalike", "x"]);
     let (na, nb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
     let diff = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_chorus"))
@@ -2034,11 +2037,14 @@ fn chorus_audit_diff_shows_collections_by_their_contents() {
     assert_eq!(sides("t"), (some("text"), some("hash {f: v}")));
     assert_eq!(sides("same"), (some("set {m1, m2}"), some("set {m1, m2}")));
     assert_eq!(rows["same"]["same_value"], true);
-    assert_eq!(rows.len(), 6, "{rows:?}");
+    assert_eq!(sides("lookalike"), (some("set {x}"), some("set {x}")));
+    assert_eq!(rows["lookalike"]["same_value"], false);
+    assert_eq!(rows.len(), 7, "{rows:?}");
     let table = String::from_utf8(diff(&[]).stdout).unwrap();
     assert!(table.contains("same (metadata only)"), "{table}");
+    assert!(!table.contains("lookalike (metadata only)"), "{table}");
     assert!(
-        table.contains("5 keys differ (1 in metadata only)"),
+        table.contains("6 keys differ (1 in metadata only)"),
         "{table}"
     );
 }
@@ -2218,6 +2224,15 @@ fn sorted_sets_written_on_both_sides_of_a_partition_converge() {
     assert_eq!(blocked.join().unwrap(), vec!["queue", "job", "3"]);
     wait_until("the pop reached A", || {
         q::<i64>(&mut ca, &["EXISTS", "queue"]) == 0
+    });
+
+    // ZMPOP's pops replicate as ZPOPMIN's do.
+    q::<i64>(&mut ca, &["ZADD", "jobs", "1", "a", "2", "b", "3", "c"]);
+    wait_until("jobs on B", || q::<i64>(&mut cb, &["ZCARD", "jobs"]) == 3);
+    let popped: redis::Value = q(&mut cb, &["ZMPOP", "1", "jobs", "MAX", "COUNT", "2"]);
+    assert_ne!(popped, redis::Value::Nil);
+    wait_until("ZMPOP's pops reached A", || {
+        q::<Vec<String>>(&mut ca, &["ZRANGE", "jobs", "0", "-1"]) == ["a"]
     });
 }
 

@@ -591,6 +591,13 @@ fn repeated_options_and_error_texts_follow_redis() {
         [97]
     );
     assert!(err(&mut c, &["BITFIELD", "s", "SET", "i8", "-129"]).contains("syntax error"));
+    let e = err(&mut c, &["BITFIELD_RO", "s", "SET", "u8", "0", "x"]);
+    assert!(e.contains("value is not an integer or out of range"), "{e}");
+    let e = err(
+        &mut c,
+        &["BITFIELD_RO", "s", "SET", "u8", "0", "1", "GET", "u99", "0"],
+    );
+    assert!(e.contains("Invalid bitfield type"), "{e}");
     let e = err(&mut c, &["BITFIELD_RO", "s", "SET", "u8", "0", "1"]);
     assert!(
         e.contains("BITFIELD_RO only supports the GET subcommand"),

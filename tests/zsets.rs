@@ -1008,6 +1008,15 @@ fn zmpop_and_bzmpop_follow_redis() {
             "timeout is not a float or out of range",
         ),
         (&["BZMPOP", "-1", "1", "z", "MIN"], "timeout is negative"),
+        // As Redis, the keys, the end and the count come before the timeout.
+        (
+            &["BZMPOP", "x", "0", "z", "MIN"],
+            "numkeys should be greater than 0",
+        ),
+        (
+            &["BLMPOP", "x", "0", "z", "LEFT"],
+            "numkeys should be greater than 0",
+        ),
     ] {
         let e = err(&mut c, args);
         assert!(e.contains(text), "{args:?}: {e}");
@@ -1042,12 +1051,15 @@ fn zmpop_and_bzmpop_follow_redis() {
             &["BZMPOP", "0", "2", "v", "w", "MAX", "COUNT", "5"],
         )
     });
+    let mut waiting = false;
     for _ in 0..500 {
         if q::<String>(&mut c, &["INFO", "clients"]).contains("blocked_clients:1") {
+            waiting = true;
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    assert!(waiting, "the client never blocked");
     q::<i64>(&mut c, &["ZADD", "w", "1", "low", "9", "high"]);
     assert_eq!(
         blocked.join().unwrap(),

@@ -340,9 +340,10 @@ fn field_offset(arg: &[u8], field: Field) -> Result<usize, Error> {
 }
 
 /// BITFIELD's operations, read as Redis reads them: an operation without
-/// all its arguments is a syntax error; BITFIELD_RO (`read_only`) refuses
-/// SET and INCRBY once their type and offset are read, and takes OVERFLOW.
+/// all its arguments is a syntax error; BITFIELD_RO (`read_only`) takes
+/// OVERFLOW, and refuses SET and INCRBY once every operation is read.
 fn field_ops(args: &[&[u8]], read_only: bool) -> Result<Vec<FieldOp>, Error> {
+    let mut writes = false;
     let mut ops = Vec::new();
     let mut overflow = Overflow::Wrap;
     let mut i = 2;
@@ -381,9 +382,7 @@ fn field_ops(args: &[&[u8]], read_only: bool) -> Result<Vec<FieldOp>, Error> {
             i += 3;
             continue;
         }
-        if read_only {
-            return Err(Error::err("BITFIELD_RO only supports the GET subcommand"));
-        }
+        writes = true;
         let n = int_arg(args[i + 3])?;
         ops.push(if is(op, "SET") {
             FieldOp::Set(field, offset, n, overflow)
@@ -391,6 +390,9 @@ fn field_ops(args: &[&[u8]], read_only: bool) -> Result<Vec<FieldOp>, Error> {
             FieldOp::IncrBy(field, offset, n, overflow)
         });
         i += 4;
+    }
+    if read_only && writes {
+        return Err(Error::err("BITFIELD_RO only supports the GET subcommand"));
     }
     Ok(ops)
 }

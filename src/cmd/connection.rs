@@ -221,12 +221,9 @@ fn hello(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn select(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let n = int_arg(args[1])?;
-    if n < 0 || n as usize >= x.ks.databases() {
-        return Err(Error::DbRange);
-    }
-    x.session.db = n as usize;
-    x.session.handle.db.store(n as usize, Ordering::Relaxed);
+    let n = super::db_index_arg(args[1], x.ks.databases())?;
+    x.session.db = n;
+    x.session.handle.db.store(n, Ordering::Relaxed);
     x.out.ok();
     Ok(())
 }

@@ -272,9 +272,7 @@ fn hrandfield(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         Some(a) if is(a, "WITHVALUES") && args.len() == 4 => true,
         Some(_) => return Err(Error::Syntax),
     };
-    if with_values && count.is_some_and(|n| !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&n)) {
-        return Err(Error::err("value is out of range"));
-    }
+    super::sets::check_paired_count(count, with_values)?;
     let (c, out) = x.coll(args[1], Kind::Hash)?;
     let Some(n) = count else {
         // One field: one walk of the tree.

@@ -472,18 +472,8 @@ fn renamenx(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     rename_generic(x, args, true)
 }
 
-/// A database argument of COPY and MOVE: Redis reads it as a C int first.
 fn parse_db(x: &Exec, arg: &[u8]) -> Result<usize, Error> {
-    let n = int_arg(arg)?;
-    if i32::try_from(n).is_err() {
-        return Err(Error::err(
-            "value is out of range, value must between -2147483648 and 2147483647",
-        ));
-    }
-    if n < 0 || n as usize >= x.ks.databases() {
-        return Err(Error::DbRange);
-    }
-    Ok(n as usize)
+    super::db_index_arg(arg, x.ks.databases())
 }
 
 fn copy(x: &mut Exec, args: &[&[u8]]) -> CmdResult {

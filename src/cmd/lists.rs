@@ -6,7 +6,7 @@
 
 use chorus_crdt::{Coll, Kind, Position};
 
-use super::blocking::{timeout_arg, Blocked};
+use super::blocking::timeout_arg;
 use super::Flag::*;
 use super::{count_arg, int_arg, pop_count, Args, CmdResult, Error, Exec, Flags, Keys, Spec};
 
@@ -562,16 +562,6 @@ fn lmpop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-/// Leaves the command blocked on `keys` until one changes or `timeout`.
-fn block(x: &mut Exec, args: &[&[u8]], keys: &[&[u8]], timeout: Option<std::time::Duration>) {
-    x.session.blocked = Some(Blocked {
-        argv: args.iter().map(|a| a.to_vec()).collect(),
-        db: x.session.db,
-        keys: keys.iter().map(|k| k.to_vec()).collect(),
-        timeout,
-    });
-}
-
 fn bpop(x: &mut Exec, args: &[&[u8]], head: bool) -> CmdResult {
     let keys = &args[1..args.len() - 1];
     let timeout = timeout_arg(args[args.len() - 1])?;
@@ -587,7 +577,7 @@ fn bpop(x: &mut Exec, args: &[&[u8]], head: bool) -> CmdResult {
         x.out.null_array();
         return Ok(());
     }
-    block(x, args, keys, timeout);
+    super::blocking::block_on(x, args, keys, timeout);
     Ok(())
 }
 
@@ -624,7 +614,7 @@ fn bmove(
         x.out.null();
         return Ok(());
     }
-    block(x, args, &args[1..2], timeout);
+    super::blocking::block_on(x, args, &args[1..2], timeout);
     Ok(())
 }
 
@@ -638,13 +628,14 @@ fn brpoplpush(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn blmpop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let timeout = timeout_arg(args[1])?;
+    // As Redis: the keys, the end and the count are read before the timeout.
     let (keys, head, count) = mpop_args(args, 2)?;
+    let timeout = timeout_arg(args[1])?;
     let popped = mpop(x, keys, head, count)?;
     if popped.is_some() || x.session.in_exec {
         reply_mpop(x, popped);
         return Ok(());
     }
-    block(x, args, keys, timeout);
+    super::blocking::block_on(x, args, keys, timeout);
     Ok(())
 }

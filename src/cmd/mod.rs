@@ -702,6 +702,21 @@ pub fn int_arg(arg: &[u8]) -> Result<i64, Error> {
     chorus_crdt::number::parse_int(arg).ok_or(Error::NotInteger)
 }
 
+/// A database index (SELECT, COPY's DB, MOVE): read as Redis reads it, a
+/// C int first, then one of the `databases`.
+pub fn db_index_arg(arg: &[u8], databases: usize) -> Result<usize, Error> {
+    let n = int_arg(arg)?;
+    if i32::try_from(n).is_err() {
+        return Err(Error::err(
+            "value is out of range, value must between -2147483648 and 2147483647",
+        ));
+    }
+    if n < 0 || n as usize >= databases {
+        return Err(Error::DbRange);
+    }
+    Ok(n as usize)
+}
+
 /// Parses a float argument.
 pub fn float_arg(arg: &[u8]) -> Result<f64, Error> {
     chorus_crdt::number::parse_float(arg).ok_or(Error::NotFloat)

@@ -189,7 +189,8 @@ pub fn random_distinct(c: &Coll, kind: Kind, n: usize) -> Vec<&[u8]> {
 }
 
 /// A random-member COUNT (SRANDMEMBER, HRANDFIELD, ZRANDMEMBER): any
-/// integer whose magnitude is one too (Redis's range, and its text).
+/// integer but i64::MIN, whose magnitude no i64 holds (Redis's range, and
+/// its text).
 pub fn random_count_arg(arg: &[u8]) -> Result<i64, Error> {
     match int_arg(arg)? {
         i64::MIN => Err(Error::err(
@@ -197,6 +198,16 @@ pub fn random_count_arg(arg: &[u8]) -> Result<i64, Error> {
         )),
         n => Ok(n),
     }
+}
+
+/// A random-member COUNT with values or scores (HRANDFIELD's WITHVALUES,
+/// ZRANDMEMBER's WITHSCORES) must stay within half the range: Redis
+/// replies with twice as many elements.
+pub fn check_paired_count(count: Option<i64>, paired: bool) -> Result<(), Error> {
+    if paired && count.is_some_and(|n| !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&n)) {
+        return Err(Error::err("value is out of range"));
+    }
+    Ok(())
 }
 
 /// `n` elements of `kind` at random, repeats allowed (a negative COUNT),

@@ -903,8 +903,9 @@ fn zmpop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 }
 
 fn bzmpop(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
-    let timeout = super::blocking::timeout_arg(args[1])?;
+    // As Redis: the keys, the end and the count are read before the timeout.
     let (keys, max, count) = super::lists::mpop_args_with(args, 2, min_max_arg)?;
+    let timeout = super::blocking::timeout_arg(args[1])?;
     let popped = zmpop_from(x, keys, max, count)?;
     if popped.is_some() || x.session.in_exec {
         reply_zmpop(x.out, popped);
@@ -933,9 +934,7 @@ fn zrandmember(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         4 if is(args[3], "WITHSCORES") => true,
         _ => return Err(Error::Syntax),
     };
-    if withscores && count.is_some_and(|n| !(-(i64::MAX / 2)..=i64::MAX / 2).contains(&n)) {
-        return Err(Error::err("value is out of range"));
-    }
+    super::sets::check_paired_count(count, withscores)?;
     let (c, out) = x.coll(args[1], Kind::ZSet)?;
     let Some(n) = count else {
         out.bulk_or_null(c.and_then(|c| c.pick(Kind::ZSet, rand::random())));

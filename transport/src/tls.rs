@@ -23,19 +23,18 @@ use crate::TransportError;
 /// The ALPN protocol peers speak; a non-Chorus QUIC client fails the handshake.
 pub const ALPN: &[u8] = b"chorus-peer/1";
 
-/// ring's suites with AES-128-GCM first (ring's own order puts AES-256
-/// first): every replicated write is sealed, and AES-128's 10 rounds
-/// against AES-256's 14 make that cheaper while its 128-bit security is
-/// TLS 1.3's own baseline (RFC 8446 makes it the one suite every
-/// implementation must offer). Both ends prefer it, so links negotiate it.
+/// ring's suites, every one of them (client TLS on `tls-port` shares this
+/// provider and takes TLS 1.2 too), with AES-128-GCM moved first (ring's
+/// own order puts AES-256 first): every replicated write is sealed, and
+/// AES-128's 10 rounds against AES-256's 14 make that cheaper while its
+/// 128-bit security is TLS 1.3's own baseline (RFC 8446 makes it the one
+/// suite every implementation must offer). Both ends prefer it, so links
+/// negotiate it.
 pub fn provider() -> Arc<CryptoProvider> {
-    use rustls::crypto::ring::cipher_suite;
     let mut provider = rustls::crypto::ring::default_provider();
-    provider.cipher_suites = vec![
-        cipher_suite::TLS13_AES_128_GCM_SHA256,
-        cipher_suite::TLS13_AES_256_GCM_SHA384,
-        cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
-    ];
+    provider
+        .cipher_suites
+        .sort_by_key(|s| s.suite() != rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     Arc::new(provider)
 }
 
@@ -417,5 +416,23 @@ mod tests {
             acceptor.negotiated_cipher_suite().map(|s| s.suite()),
             aes_128
         );
+    }
+
+    /// The reordering keeps every suite ring offers (the TLS 1.2 ones
+    /// too, when the server enables them for clients on `tls-port`), only
+    /// AES-128-GCM moved first.
+    #[test]
+    fn the_provider_keeps_every_suite_of_rings() {
+        let suites = |p: &CryptoProvider| -> Vec<rustls::CipherSuite> {
+            p.cipher_suites.iter().map(|s| s.suite()).collect()
+        };
+        let ours = suites(&provider());
+        let rings = suites(&rustls::crypto::ring::default_provider());
+        assert_eq!(ours[0], rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
+        let sorted = |mut v: Vec<rustls::CipherSuite>| {
+            v.sort_by_key(|s| u16::from(*s));
+            v
+        };
+        assert_eq!(sorted(ours), sorted(rings));
     }
 }
