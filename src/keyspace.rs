@@ -1296,6 +1296,8 @@ pub struct Keyspace {
     tracking: bool,
     /// Clients blocked on keys, woken by every change to them.
     pub waiters: crate::waiters::Waiters,
+    /// Keys under WATCH, and the transactions a change to one fails.
+    pub watches: Arc<crate::watches::Watches>,
     /// Subscribers, and the messages published to them.
     pub pubsub: Arc<crate::pubsub::PubSub>,
     /// CLIENT TRACKING: whom to tell when a key changes.
@@ -1603,6 +1605,7 @@ impl Keyspace {
             local_writes: AtomicU64::new(0),
             tracking: false,
             waiters: Default::default(),
+            watches: Default::default(),
             pubsub,
             invalidations,
             notify: Default::default(),
@@ -2547,8 +2550,7 @@ impl Keyspace {
                     let before = crate::notify::Before::of(self, d.indexed(&key));
                     if d.change(&key, acked, |s| s.forget_held(held)) {
                         changed += 1;
-                        self.waiters.wake(db, &key);
-                        self.invalidations.changed(&key);
+                        self.key_changed(db, &key);
                         crate::notify::after_merge(self, db, &key, before, d.indexed(&key));
                     }
                 }
@@ -2569,11 +2571,12 @@ impl Keyspace {
     }
 
     /// A key changed (a local write, a replicated merge, an expiry or an
-    /// eviction): clients blocked on it retry, and clients caching it are
-    /// told.
+    /// eviction): clients blocked on it retry, clients caching it are told,
+    /// and transactions watching it fail.
     pub fn key_changed(&self, db: usize, key: &[u8]) {
         self.waiters.wake(db, key);
         self.invalidations.changed(key);
+        self.watches.touched(db, key);
     }
 
     /// Runs a local write on `key` in `db`: one hash lookup, expiry first.
@@ -2655,6 +2658,7 @@ impl Keyspace {
             stamp
         };
         self.invalidations.changed_all();
+        self.watches.touched_db(db);
         for shard in locked.shards() {
             match db {
                 Some(d) => shard.dbs[d].flush(stamp),

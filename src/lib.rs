@@ -38,6 +38,7 @@ pub mod store;
 pub mod tls;
 pub mod tracking;
 pub mod waiters;
+pub mod watches;
 
 pub use config::Config;
 pub use node::{Node, NodeEnv};

@@ -166,6 +166,8 @@ pub struct Session {
     /// A command inside MULTI was refused: EXEC must abort.
     pub multi_dirty: bool,
     pub watched: Vec<Watched>,
+    /// The watched keys' registrations: flagged by any change to one.
+    pub watch_set: Option<crate::watches::WatchSet>,
     /// Close once the pending replies are written.
     pub close: bool,
     /// DEBUG SLEEP: wait this long before running the rest of the pipeline.
@@ -215,6 +217,7 @@ impl Session {
             multi: None,
             multi_dirty: false,
             watched: Vec::new(),
+            watch_set: None,
             close: false,
             sleep: None,
             wait: None,

@@ -469,3 +469,54 @@ fn database_arguments_answer_redis_texts() {
     }
     assert!(err(&mut c, &["SELECT", "99"]).contains("DB index is out of range"));
 }
+
+/// A watched key absent at WATCH and at EXEC, but written and deleted in
+/// between, fails the transaction, as in Redis (a differential run found
+/// EXEC running: the key's state was compared, and absent equals absent).
+/// So do its expiry, a flush of its database, and the watcher's own write.
+#[test]
+fn a_watched_key_written_and_deleted_fails_the_transaction() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut other = s.conn();
+    let exec = |c: &mut redis::Connection| -> Option<Vec<String>> {
+        q::<()>(c, &["MULTI"]);
+        q::<()>(c, &["PING"]);
+        q(c, &["EXEC"])
+    };
+    let changes: &[&[&[&str]]] = &[
+        &[&["SET", "nk", "1"], &["DEL", "nk"]],
+        &[&["LPUSH", "nk", "a"], &["LPOP", "nk"]],
+        &[&["HSET", "nk", "f", "v"], &["HDEL", "nk", "f"]],
+        &[&["INCR", "nk"], &["DEL", "nk"]],
+        &[&["SET", "nk", "1"], &["FLUSHDB"]],
+    ];
+    for change in changes {
+        q::<()>(&mut c, &["WATCH", "nk"]);
+        for cmd in *change {
+            q::<redis::Value>(&mut other, cmd);
+        }
+        assert_eq!(exec(&mut c), None, "{change:?}");
+    }
+    // The watcher's own write and delete.
+    q::<()>(&mut c, &["WATCH", "nk"]);
+    q::<()>(&mut c, &["SET", "nk", "1"]);
+    q::<()>(&mut c, &["DEL", "nk"]);
+    assert_eq!(exec(&mut c), None);
+    // An expiry between WATCH and EXEC.
+    q::<()>(&mut c, &["WATCH", "nk"]);
+    q::<()>(&mut other, &["SET", "nk", "1", "PX", "30"]);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(exec(&mut c), None);
+    // Untouched, or touched in another database: EXEC runs.
+    q::<()>(&mut c, &["WATCH", "nk"]);
+    q::<()>(&mut other, &["SELECT", "1"]);
+    q::<()>(&mut other, &["SET", "nk", "1"]);
+    q::<()>(&mut other, &["DEL", "nk"]);
+    assert_eq!(exec(&mut c), Some(vec!["PONG".to_string()]));
+    assert_eq!(
+        exec(&mut c),
+        Some(vec!["PONG".to_string()]),
+        "EXEC unwatches"
+    );
+}

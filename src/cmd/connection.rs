@@ -118,6 +118,7 @@ fn reset(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     x.session.multi = None;
     x.session.multi_dirty = false;
     x.session.watched.clear();
+    x.session.watch_set = None;
     x.session.db = 0;
     x.out.resp3 = false;
     x.session.authed = !x.server.tunables.has_password();

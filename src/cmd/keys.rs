@@ -570,6 +570,8 @@ fn swapdb(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         persistence.log_swap(a, b);
     }
     x.ks.invalidations.changed_all();
+    x.ks.watches.touched_db(Some(a));
+    x.ks.watches.touched_db(Some(b));
     x.ks.waiters.wake_db(a);
     x.ks.waiters.wake_db(b);
     x.ks.note_local_write();

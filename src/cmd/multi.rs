@@ -84,6 +84,7 @@ pub(super) fn discard_session(session: &mut Session) {
     session.multi = None;
     session.multi_dirty = false;
     session.watched.clear();
+    session.watch_set = None;
     session.handle.in_multi.store(false, Ordering::Relaxed);
 }
 
@@ -116,8 +117,9 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
         return Err(Error::ExecAbort);
     }
     let watched = std::mem::take(&mut x.session.watched);
+    let touched = x.session.watch_set.as_ref().is_some_and(|s| s.touched());
     for w in &watched {
-        if !unchanged(x, w)? {
+        if touched || !unchanged(x, w)? {
             end_multi(x);
             x.out.null_array();
             return Ok(());
@@ -158,6 +160,10 @@ fn watch(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             state,
             visible,
         });
+        x.session
+            .watch_set
+            .get_or_insert_with(|| crate::watches::WatchSet::new(x.ks.watches.clone()))
+            .add(db, key);
     }
     x.out.ok();
     Ok(())
@@ -165,6 +171,7 @@ fn watch(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
 
 fn unwatch(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     x.session.watched.clear();
+    x.session.watch_set = None;
     x.out.ok();
     Ok(())
 }

@@ -2634,6 +2634,7 @@ fn apply(
             }
             observe(ks, repl, delta);
             ks.invalidations.changed_all();
+            ks.watches.touched_db(db.map(|d| d as usize));
             for shard in locked.shards() {
                 match db {
                     Some(d) if (*d as usize) < shard.dbs.len() => {
