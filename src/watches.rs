@@ -12,14 +12,17 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-/// The registry: a key to the transactions watching it, with the database
-/// they watch it in (keyed by the bytes alone, so that a write looks its
-/// key up without copying it).
+/// A transaction watching a key: the database it watches it in, and its
+/// flag.
+type Watcher = (usize, Weak<AtomicBool>);
+
+/// The registry: a key to the transactions watching it (keyed by the
+/// bytes alone, so that a write looks its key up without copying it).
 #[derive(Default)]
 pub struct Watches {
     /// Registrations held: 0 lets writers skip the lock.
     active: AtomicUsize,
-    keys: Mutex<HashMap<Vec<u8>, Vec<(usize, Weak<AtomicBool>)>>>,
+    keys: Mutex<HashMap<Vec<u8>, Vec<Watcher>>>,
 }
 
 impl Watches {
