@@ -312,3 +312,44 @@ fn bcast_without_a_prefix_covers_every_key_and_an_idle_redirect_target_is_woken(
         "{err}"
     );
 }
+
+/// CLIENT CACHING's word before MULTI covers the transaction's reads, and
+/// SORT_RO's key is tracked, as in Redis (a differential run found both
+/// left untracked, so a client's cache went stale).
+#[test]
+fn caching_before_multi_and_sort_ro_are_tracked() {
+    let s = Server::start(&[]);
+    let mut b = s.conn();
+    let mut a = s.raw();
+    a.hello3();
+    a.roundtrip(
+        &resp(&[b"CLIENT", b"TRACKING", b"ON", b"OPTIN"]),
+        b"+OK\r\n",
+    );
+    a.roundtrip(&resp(&[b"CLIENT", b"CACHING", b"YES"]), b"+OK\r\n");
+    a.roundtrip(&resp(&[b"MULTI"]), b"+OK\r\n");
+    a.roundtrip(&resp(&[b"GET", b"om1"]), b"+QUEUED\r\n");
+    a.roundtrip(&resp(&[b"EXEC"]), b"*1\r\n_\r\n");
+    q::<()>(&mut b, &["SET", "om1", "x"]);
+    expect(&mut a, &invalidation("om1"));
+
+    let mut c = s.raw();
+    c.hello3();
+    c.roundtrip(
+        &resp(&[b"CLIENT", b"TRACKING", b"ON", b"OPTOUT"]),
+        b"+OK\r\n",
+    );
+    c.roundtrip(&resp(&[b"CLIENT", b"CACHING", b"NO"]), b"+OK\r\n");
+    c.roundtrip(&resp(&[b"MULTI"]), b"+OK\r\n");
+    c.roundtrip(&resp(&[b"GET", b"om2"]), b"+QUEUED\r\n");
+    c.roundtrip(&resp(&[b"EXEC"]), b"*1\r\n_\r\n");
+    q::<()>(&mut b, &["SET", "om2", "x"]);
+    expect_nothing(&mut c);
+
+    let mut d = s.raw();
+    d.hello3();
+    d.roundtrip(&resp(&[b"CLIENT", b"TRACKING", b"ON"]), b"+OK\r\n");
+    d.roundtrip(&resp(&[b"SORT_RO", b"t11"]), b"*0\r\n");
+    q::<i64>(&mut b, &["RPUSH", "t11", "1"]);
+    expect(&mut d, &invalidation("t11"));
+}

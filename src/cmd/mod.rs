@@ -312,9 +312,12 @@ pub fn dispatch(
     };
     x.touch_named_keys(spec, args);
     // As Redis: CLIENT CACHING's word lasts until a command other than
-    // CLIENT, and through a transaction to its EXEC.
+    // CLIENT, and through a transaction (MULTI itself included) to its
+    // EXEC.
     let caching = match x.session.caching {
-        Some(_) if spec.name == "client" || x.session.multi.is_some() => x.session.caching,
+        Some(_) if spec.name == "client" || spec.name == "multi" || x.session.multi.is_some() => {
+            x.session.caching
+        }
         _ => x.session.caching.take(),
     };
     let client = x.session.handle.id;
@@ -476,9 +479,15 @@ impl<'s> Exec<'s, '_> {
         if !spec.has(Flag::ReadOnly) || !guard.tracker.remembers(caching) {
             return;
         }
+        // SORT_RO locks every shard (its BY and GET patterns name keys only
+        // as it runs), and is tracked on its key, as Redis tracks it.
+        let sorted = (spec.name == "sort_ro")
+            .then(|| args.get(1).copied())
+            .flatten();
         let keys = spec
             .key_positions(args.len())
-            .filter_map(|i| args.get(i).copied());
+            .filter_map(|i| args.get(i).copied())
+            .chain(sorted);
         self.ks.invalidations.remember(self.session.handle.id, keys);
     }
 
