@@ -777,3 +777,42 @@ fn a_request_of_more_than_a_million_arguments_runs() {
     let mut c = s.conn();
     assert_eq!(q::<i64>(&mut c, &["SCARD", "big"]), n);
 }
+
+/// CLIENT KILL's filters as Redis 7.0 reads them: a differential run found
+/// MAXAGE (a 7.4 filter) and `SKIPME maybe` accepted, and every client
+/// killed, the caller included. USER names the one user, `default`.
+#[test]
+fn client_kill_refuses_filters_redis_refuses() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    let mut others: Vec<redis::Connection> = (0..2).map(|_| s.conn()).collect();
+    for o in &mut others {
+        q::<String>(o, &["PING"]);
+    }
+    for args in [
+        &["CLIENT", "KILL", "MAXAGE", "1000000"][..],
+        &["CLIENT", "KILL", "SKIPME", "maybe"],
+        &["CLIENT", "KILL", "ID", "5", "TYPE"],
+    ] {
+        assert!(err(&mut c, args).contains("syntax error"), "{args:?}");
+    }
+    for id in ["0", "-5", "x"] {
+        let e = err(&mut c, &["CLIENT", "KILL", "ID", id]);
+        assert!(
+            e.contains("client-id should be greater than 0"),
+            "{id}: {e}"
+        );
+    }
+    let e = err(&mut c, &["CLIENT", "KILL", "USER", "nosuchuser"]);
+    assert!(e.contains("No such user 'nosuchuser'"), "{e}");
+    // Nothing was killed by the refused ones.
+    for o in &mut others {
+        assert_eq!(q::<String>(o, &["PING"]), "PONG");
+    }
+    assert_eq!(q::<i64>(&mut c, &["CLIENT", "KILL", "USER", "default"]), 2);
+    assert_eq!(
+        q::<String>(&mut c, &["PING"]),
+        "PONG",
+        "SKIPME yes by default"
+    );
+}

@@ -6,7 +6,7 @@ use super::{Flags, Keys};
 use std::sync::atomic::Ordering;
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "client", arity: -2, flags: Flags::of(&[]), keys: Keys::None, group: "connection", syntax: "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|INFO|LIST [TYPE normal|pubsub|master|replica] [ID client-id ...]|KILL [ID client-id] [TYPE normal|pubsub|master|replica] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]|TRACKING ON|OFF [REDIRECT client-id] [PREFIX prefix ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP]|CACHING YES|NO|GETREDIR|TRACKINGINFO", summary: "A container for client connection commands.", run: client },
+    Spec { name: "client", arity: -2, flags: Flags::of(&[]), keys: Keys::None, group: "connection", syntax: "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|INFO|LIST [TYPE normal|pubsub|master|replica] [ID client-id ...]|KILL [ID client-id] [TYPE normal|pubsub|master|replica] [USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]|TRACKING ON|OFF [REDIRECT client-id] [PREFIX prefix ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP]|CACHING YES|NO|GETREDIR|TRACKINGINFO", summary: "A container for client connection commands.", run: client },
 ];
 
 pub(super) fn valid_name(name: &[u8]) -> Result<&[u8], Error> {
@@ -147,7 +147,7 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "SETINFO <LIB-NAME|LIB-VER> <value>",
             "INFO",
             "LIST [TYPE normal|pubsub|master|replica] [ID id ...]",
-            "KILL <ip:port> | KILL [ID id] [TYPE normal|pubsub|master|replica] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]",
+            "KILL <ip:port> | KILL [ID id] [TYPE normal|pubsub|master|replica] [USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]",
             "TRACKING (ON|OFF) [REDIRECT <id>] [BCAST] [PREFIX <prefix> [...]] [OPTIN] [OPTOUT] [NOLOOP]",
             "CACHING (YES|NO)",
             "GETREDIR",
@@ -174,19 +174,34 @@ fn client_kill(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         while !options.is_empty() {
             if options.eat("ID") {
                 let n = int_arg(options.value()?)
-                    .map_err(|_| Error::err("client-id should be greater than 0"))?;
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .ok_or(Error::err("client-id should be greater than 0"))?;
                 id = Some(n as u64);
             } else if options.eat("ADDR") {
                 addr = Some(String::from_utf8_lossy(options.value()?).into_owned());
             } else if options.eat("LADDR") {
                 laddr = Some(String::from_utf8_lossy(options.value()?).into_owned());
             } else if options.eat("SKIPME") {
-                skipme = is(options.value()?, "yes");
+                let value = options.value()?;
+                skipme = if is(value, "yes") {
+                    true
+                } else if is(value, "no") {
+                    false
+                } else {
+                    return Err(Error::Syntax);
+                };
             } else if options.eat("TYPE") {
                 kind = Some(client_type(options.value()?)?);
-            } else if options.eat("USER") || options.eat("MAXAGE") {
-                // Every client is one of the default user.
-                options.value()?;
+            } else if options.eat("USER") {
+                // Every client is one of the default user, the only one.
+                let user = options.value()?;
+                if user != b"default" {
+                    return Err(Error::err(format!(
+                        "No such user '{}'",
+                        String::from_utf8_lossy(user)
+                    )));
+                }
             } else {
                 return Err(Error::Syntax);
             }
