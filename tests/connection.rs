@@ -132,6 +132,20 @@ fn requirepass_gates_everything_but_auth() {
         &resp(&[b"AUTH", b"x"]),
         b"-ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?\r\n",
     );
+    // Without a password, the default user is passwordless: named, it takes
+    // any password (clients configured as `default:pw` connect), as Redis.
+    open.roundtrip(&resp(&[b"AUTH", b"default", b"x"]), b"+OK\r\n");
+    open.roundtrip(
+        &resp(&[b"AUTH", b"bob", b"x"]),
+        b"-WRONGPASS invalid username-password pair or user is disabled.\r\n",
+    );
+    open.send(&resp(&[b"HELLO", b"2", b"AUTH", b"default", b"nopass"]));
+    let hello = open.read_until(b"modules\r\n*0\r\n");
+    assert!(
+        hello.starts_with(b"*14\r\n"),
+        "{}",
+        String::from_utf8_lossy(&hello)
+    );
 }
 
 #[test]

@@ -134,11 +134,14 @@ fn reset(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
 fn check_password(x: &mut Exec, user: Option<&[u8]>, password: &[u8]) -> CmdResult {
     let ok = {
         let required = x.server.tunables.requirepass.read();
-        match required.as_deref() {
-            None => {
+        match (required.as_deref(), user) {
+            // As Redis: the bare form is refused without a password, while
+            // `default` (the one user, passwordless then) takes any.
+            (None, None) => {
                 return Err(Error::err("AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?"))
             }
-            Some(p) => user.is_none_or(|u| u == b"default") && constant_time_eq(p, password),
+            (None, Some(u)) => u == b"default",
+            (Some(p), _) => user.is_none_or(|u| u == b"default") && constant_time_eq(p, password),
         }
     };
     if !ok {
