@@ -214,6 +214,18 @@ fn multi_exec_is_atomic_and_reports_per_command_errors() {
     q::<String>(&mut c, &["INCR", "n"]);
     assert_eq!(q::<String>(&mut c, &["DISCARD"]), "OK");
     assert_eq!(q::<i64>(&mut c, &["GET", "n"]), 6);
+    // EXEC of the wrong arity discards the transaction, as Redis.
+    q::<()>(&mut c, &["MULTI"]);
+    q::<String>(&mut c, &["INCR", "n"]);
+    let e = err(&mut c, &["EXEC", "x"]);
+    assert!(
+        e.contains(
+            "Transaction discarded because of: wrong number of arguments for 'exec' command"
+        ),
+        "{e}"
+    );
+    assert!(err(&mut c, &["DISCARD"]).contains("DISCARD without MULTI"));
+    assert_eq!(q::<i64>(&mut c, &["GET", "n"]), 6);
 }
 
 #[test]

@@ -246,6 +246,18 @@ pub fn dispatch(
         }
     };
     if let Err(e) = admit(session, out.resp3, spec, args) {
+        if spec.keys == Keys::Queued && session.multi.is_some() {
+            // EXEC refused (its arity): as Redis, the transaction is
+            // discarded, saying why.
+            multi::discard_session(session);
+            let text = e.text();
+            let why = format!(
+                "EXECABORT Transaction discarded because of: {}",
+                text.strip_prefix("ERR ").unwrap_or(&text)
+            );
+            reply_error(server, out, &why);
+            return Some(spec.name);
+        }
         if session.multi.is_some() {
             session.multi_dirty = true;
         }
