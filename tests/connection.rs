@@ -363,6 +363,24 @@ fn config_get_set_info_command_time() {
     assert!(err(&mut c, &["CONFIG", "SET", "port", "1"]).contains("can't set immutable config"));
     assert!(err(&mut c, &["CONFIG", "SET", "maxclients", "many"]).contains("CONFIG SET failed"));
     assert!(err(&mut c, &["CONFIG", "SET", "nonsense", "1"]).contains("unknown directive"));
+    // All or nothing, as Redis: a bad parameter, an immutable one or a name
+    // given twice leaves every other one of the request unapplied.
+    for args in [
+        &["CONFIG", "SET", "maxmemory", "1gb", "maxclients", "abc"][..],
+        &["CONFIG", "SET", "maxmemory", "1gb", "nosuchparam", "2"],
+        &["CONFIG", "SET", "maxmemory", "1gb", "port", "1"],
+    ] {
+        assert!(err(&mut c, args).contains("CONFIG SET failed"), "{args:?}");
+        let got: Vec<String> = q(&mut c, &["CONFIG", "GET", "maxmemory"]);
+        assert_eq!(got, ["maxmemory", "0"], "{args:?}");
+    }
+    let e = err(
+        &mut c,
+        &["CONFIG", "SET", "maxclients", "5000", "MAXCLIENTS", "6000"],
+    );
+    assert!(e.contains("duplicate parameter"), "{e}");
+    let got: Vec<String> = q(&mut c, &["CONFIG", "GET", "maxclients"]);
+    assert_eq!(got, ["maxclients", "500"]);
     assert_eq!(q::<String>(&mut c, &["CONFIG", "RESETSTAT"]), "OK");
 
     q::<()>(&mut c, &["SET", "k", "v", "EX", "100"]);

@@ -58,8 +58,26 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             x.out.bulk_str(value);
         }
     } else if is(sub, "SET") && args.len() >= 4 && args.len().is_multiple_of(2) {
-        for pair in args[2..].chunks(2) {
-            config_set(x, pair[0], pair[1])?;
+        // As Redis: all or nothing. Every parameter is checked (a name given
+        // twice is refused) before any is applied.
+        let pairs: Vec<&[&[u8]]> = args[2..].chunks(2).collect();
+        for (i, pair) in pairs.iter().enumerate() {
+            if pairs[..i]
+                .iter()
+                .any(|p| p[0].eq_ignore_ascii_case(pair[0]))
+            {
+                return Err(Error::err(format!(
+                    "CONFIG SET failed (possibly related to argument '{}') - duplicate parameter",
+                    String::from_utf8_lossy(pair[0]).to_ascii_lowercase()
+                )));
+            }
+        }
+        let planned = pairs
+            .iter()
+            .map(|pair| config_set_checked(x, pair[0], pair[1]))
+            .collect::<Result<Vec<_>, _>>()?;
+        for (name, probe) in planned {
+            config_set_apply(x, &name, &probe);
         }
         x.out.ok();
     } else if is(sub, "RESETSTAT") && args.len() == 2 {
@@ -86,10 +104,15 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     Ok(())
 }
 
-fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
+/// Checks CONFIG SET's `name` `value`: the config as it would be with it
+/// (read by the config file's own parser), under its lowercased name.
+fn config_set_checked(
+    x: &mut Exec,
+    name: &[u8],
+    value: &[u8],
+) -> Result<(String, crate::config::Config), Error> {
     let name = String::from_utf8_lossy(name).to_ascii_lowercase();
     let value = String::from_utf8_lossy(value).into_owned();
-    // Validate with the same parser as the config file.
     let mut probe = x.node.config.clone();
     // A value that names only some classes keeps the others as they are now.
     probe.client_output_buffer_limits = *x.server.tunables.output_buffer_limits.read();
@@ -113,15 +136,19 @@ fn config_set(x: &mut Exec, name: &[u8], value: &[u8]) -> CmdResult {
             x.node.config.proto_max_bulk_len
         )));
     }
-    if let (Some(repl), "client-output-buffer-limit") = (&x.node.repl, name.as_str()) {
+    if Tunables::live(&name).is_none() && name != CONFLICT_LOG_MAX_LEN {
+        return Err(failed("can't set immutable config".to_string()));
+    }
+    Ok((name, probe))
+}
+
+/// Applies a parameter [`config_set_checked`] took.
+fn config_set_apply(x: &mut Exec, name: &str, probe: &crate::config::Config) {
+    if let (Some(repl), "client-output-buffer-limit") = (&x.node.repl, name) {
         repl.set_peer_buffer_limit(probe.client_output_buffer_limits.replica);
     }
-    match Tunables::live(&name) {
-        Some(live) => (live.set)(&x.server.tunables, &probe),
-        None if name == CONFLICT_LOG_MAX_LEN => {
-            x.ks.conflicts.set_max_len(probe.conflict_log_max_len)
-        }
-        None => return Err(failed("can't set immutable config".to_string())),
+    match Tunables::live(name) {
+        Some(live) => (live.set)(&x.server.tunables, probe),
+        None => x.ks.conflicts.set_max_len(probe.conflict_log_max_len),
     }
-    Ok(())
 }
