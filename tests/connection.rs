@@ -381,6 +381,34 @@ fn config_get_set_info_command_time() {
     assert!(e.contains("duplicate parameter"), "{e}");
     let got: Vec<String> = q(&mut c, &["CONFIG", "GET", "maxclients"]);
     assert_eq!(got, ["maxclients", "500"]);
+    // A key written right after a change of policy starts with the new
+    // policy's clock (a differential run found LFU counts of 136 and more
+    // until the next tick).
+    q::<String>(&mut c, &["CONFIG", "SET", "maxmemory", "1gb"]);
+    q::<String>(
+        &mut c,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"],
+    );
+    q::<()>(&mut c, &["SET", "fresh-lfu", "v"]);
+    assert_eq!(q::<i64>(&mut c, &["OBJECT", "FREQ", "fresh-lfu"]), 5);
+    q::<String>(
+        &mut c,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lru"],
+    );
+    q::<()>(&mut c, &["SET", "fresh-lru", "v"]);
+    assert!(q::<i64>(&mut c, &["OBJECT", "IDLETIME", "fresh-lru"]) <= 1);
+    q::<String>(
+        &mut c,
+        &[
+            "CONFIG",
+            "SET",
+            "maxmemory",
+            "0",
+            "maxmemory-policy",
+            "noeviction",
+        ],
+    );
+    q::<i64>(&mut c, &["DEL", "fresh-lfu", "fresh-lru"]);
     assert_eq!(q::<String>(&mut c, &["CONFIG", "RESETSTAT"]), "OK");
 
     q::<()>(&mut c, &["SET", "k", "v", "EX", "100"]);

@@ -79,6 +79,9 @@ fn config(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         for (name, probe) in planned {
             config_set_apply(x, &name, &probe);
         }
+        // A key made from now on starts with the clock of the policy now
+        // in force (the active cycle would refresh it only at its tick).
+        x.ks.refresh_access_clock(x.now_ms);
         x.out.ok();
     } else if is(sub, "RESETSTAT") && args.len() == 2 {
         x.server.stats.reset();
