@@ -360,6 +360,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         max_bulk: s.tunables.max_bulk(),
         max_args: resp::DEFAULT_MAX_ARGS,
         max_inline: resp::DEFAULT_MAX_INLINE,
+        unauthenticated: false,
     };
     loop {
         // Run every complete request in the buffer.

@@ -65,6 +65,10 @@ pub fn render(server: &Server, all: &mut Locked<'_>, requested: &[String]) -> St
         }
         let mut title = section.to_string();
         title[..1].make_ascii_uppercase();
+        if section == "cpu" {
+            // Redis's one title that is not just capitalised.
+            title = "CPU".to_string();
+        }
         let _ = write!(out, "# {title}\r\n");
         section_body(server, all, section, &mut out);
     }

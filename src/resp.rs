@@ -17,6 +17,9 @@ pub struct Limits {
     pub max_args: usize,
     /// Longest inline request or count line.
     pub max_inline: usize,
+    /// The client has not authenticated: a request past the small limits
+    /// gets Redis's own texts for them.
+    pub unauthenticated: bool,
 }
 
 impl Limits {
@@ -27,6 +30,7 @@ impl Limits {
             max_bulk: self.max_bulk.min(16 * 1024),
             max_args: self.max_args.min(10),
             max_inline: self.max_inline,
+            unauthenticated: true,
         }
     }
 }
@@ -319,7 +323,13 @@ fn multibulk_args(
             });
         }
         if count as u64 > limits.max_args as u64 {
-            return Err(ProtocolError::fixed("invalid multibulk length"));
+            return Err(ProtocolError::fixed(
+                if limits.unauthenticated && count > 10 {
+                    "unauthenticated multibulk length"
+                } else {
+                    "invalid multibulk length"
+                },
+            ));
         }
         progress.remaining = count as u64;
         progress.pos = pos;
@@ -360,7 +370,13 @@ fn multibulk_args(
             });
         };
         if len < 0 || len as u64 > limits.max_bulk as u64 {
-            return Err(ProtocolError::fixed("invalid bulk length"));
+            return Err(ProtocolError::fixed(
+                if limits.unauthenticated && len > 16 * 1024 {
+                    "unauthenticated bulk length"
+                } else {
+                    "invalid bulk length"
+                },
+            ));
         }
         let end = data + len as usize;
         if buf.len() < end + 2 {
@@ -799,6 +815,7 @@ mod tests {
         max_bulk: 512 * 1024 * 1024,
         max_args: DEFAULT_MAX_ARGS,
         max_inline: DEFAULT_MAX_INLINE,
+        unauthenticated: false,
     };
 
     fn parse_all(input: &[u8]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
@@ -875,8 +892,16 @@ mod tests {
     fn unauthenticated_limits_are_small() {
         let limits = LIMITS.unauthenticated();
         let (mut args, mut scratch) = (Vec::new(), Vec::new());
-        assert!(parse(b"*11\r\n", &limits, &mut args, &mut scratch).is_err());
-        assert!(parse(b"*1\r\n$20000\r\n", &limits, &mut args, &mut scratch).is_err());
+        let refused = |r: Result<Parsed, ProtocolError>| r.err().map(|e| e.0.into_owned());
+        // In Redis's words for them.
+        assert_eq!(
+            refused(parse(b"*11\r\n", &limits, &mut args, &mut scratch)).as_deref(),
+            Some("unauthenticated multibulk length")
+        );
+        assert_eq!(
+            refused(parse(b"*1\r\n$20000\r\n", &limits, &mut args, &mut scratch)).as_deref(),
+            Some("unauthenticated bulk length")
+        );
     }
 
     /// #11 item 12: a large request arriving over many reads is resumed

@@ -812,6 +812,7 @@ fn info_counts_errors_by_code_and_takes_several_sections() {
     for which in [&["INFO"][..], &["INFO", "all"], &["INFO", "everything"]] {
         let text: String = q(&mut c, which);
         assert!(text.contains("# Errorstats"), "{which:?}");
+        assert!(text.contains("# CPU\r\n"), "Redis's title: {which:?}");
     }
     q::<()>(&mut c, &["CONFIG", "RESETSTAT"]);
     let info: String = q(&mut c, &["INFO", "errorstats"]);

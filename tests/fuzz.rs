@@ -49,6 +49,7 @@ const LIMITS: Limits = Limits {
     max_bulk: 512 * 1024 * 1024,
     max_args: resp::DEFAULT_MAX_ARGS,
     max_inline: resp::DEFAULT_MAX_INLINE,
+    unauthenticated: false,
 };
 
 /// Small limits, so that random input reaches them.
@@ -56,6 +57,7 @@ const TINY_LIMITS: Limits = Limits {
     max_bulk: 16,
     max_args: 4,
     max_inline: 24,
+    unauthenticated: false,
 };
 
 /// The bytes RESP gives meaning to, and a few others: random strings of
