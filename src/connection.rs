@@ -481,10 +481,18 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                             // reply (an UNSUBSCRIBE's, say).
                             handle.mailbox.drain_into(&mut out, REPLY_BATCH_BYTES);
                             crate::keyspace::expect_elements(ahead);
+                            let mark = out.buf.len();
+                            session.muted =
+                                session.reply_off || std::mem::take(&mut session.reply_skip_next);
                             last_cmd =
                                 crate::cmd::dispatch(server, &mut session, &mut out, argv, now_ms)
                                     .or(last_cmd);
                             crate::keyspace::expect_elements(Ahead::NONE);
+                            if session.muted {
+                                // CLIENT REPLY OFF or SKIP (what a command
+                                // that waits answers later goes the same way).
+                                out.buf.truncate(mark);
+                            }
                             if session.blocked.is_some()
                                 || session.sleep.is_some()
                                 || session.wait.is_some()
@@ -535,7 +543,10 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 now_ms = server.node.ks.clock.physical_unix_ms();
             }
             if let Some(wait) = session.wait.take() {
-                out.int(wait.run().await);
+                let answer = wait.run().await;
+                if !session.muted {
+                    out.int(answer);
+                }
                 now_ms = server.node.ks.clock.physical_unix_ms();
             }
             if std::mem::take(&mut session.hold_for_room) {
@@ -554,7 +565,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                 now_ms = server.node.ks.clock.physical_unix_ms();
             }
             if let Some(persistence) = session.save.take() {
-                match tokio::task::spawn_blocking(move || persistence.cut_once()).await {
+                let mark = out.buf.len();
+                let saved = tokio::task::spawn_blocking(move || persistence.cut_once()).await;
+                match saved {
                     Ok(Ok(_)) => out.ok(),
                     Ok(Err(e)) => crate::cmd::reply_error(server, &mut out, &format!("ERR {e}")),
                     Err(e) => crate::cmd::reply_error(
@@ -562,6 +575,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                         &mut out,
                         &format!("ERR the save failed: {e}"),
                     ),
+                }
+                if session.muted {
+                    out.buf.truncate(mark);
                 }
                 now_ms = server.node.ks.clock.physical_unix_ms();
             }
@@ -761,11 +777,46 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
     if !send_replies_so_far(server, sock, out, writes_before, out_limit).await? {
         return Ok(false);
     }
+    let handle = session.handle.clone();
+    handle.unblock_as.store(0, Ordering::Relaxed);
+    handle.blocked.store(true, Ordering::Release);
+    let mark = out.buf.len();
+    let waited = wait_blocked(server, session, out, sock, input, blocked, out_limit).await;
+    handle.blocked.store(false, Ordering::Release);
+    if session.muted {
+        out.buf.truncate(mark);
+    }
+    waited
+}
+
+/// [`block`]'s wait: the command retried at each change to its keys until
+/// it answers, its timeout passes or CLIENT UNBLOCK ends it.
+async fn wait_blocked<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    session: &mut Session,
+    out: &mut Reply,
+    sock: &mut S,
+    input: &mut Vec<u8>,
+    blocked: crate::cmd::blocking::Blocked,
+    out_limit: OutputBufferLimit,
+) -> std::io::Result<bool> {
     let ks = &server.node.ks;
     let watch = ks.waiters.watch(blocked.db, blocked.keys);
     let deadline = blocked.timeout.map(|t| tokio::time::Instant::now() + t);
     let argv: Vec<&[u8]> = blocked.argv.iter().map(Vec::as_slice).collect();
     let handle = session.handle.clone();
+    // CLIENT UNBLOCK's answer: as at the timeout, or an error.
+    let unblocked = |out: &mut Reply| match handle.unblock_as.swap(0, Ordering::AcqRel) {
+        0 => false,
+        crate::session::UNBLOCK_ERROR => {
+            crate::cmd::reply_error(server, out, "UNBLOCKED client unblocked via CLIENT UNBLOCK");
+            true
+        }
+        _ => {
+            out.null_array();
+            true
+        }
+    };
     // A RESP3 subscriber may block: its messages go out meanwhile.
     let mailbox = handle.mailbox.clone();
     let mut woken = false;
@@ -821,6 +872,11 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
             _ = timeout => {
                 out.null_array();
                 return Ok(true);
+            }
+            _ = handle.unblock.notified() => {
+                if unblocked(out) {
+                    return Ok(true);
+                }
             }
             _ = handle.kill.notified() => return Ok(false),
             read = sock.read_buf(input) => {

@@ -52,7 +52,18 @@ pub struct ClientHandle {
     pub mailbox: Arc<crate::pubsub::Mailbox>,
     /// CLIENT TRACKING's redirect (`redir=`): -1 when not tracking.
     pub redirect: std::sync::atomic::AtomicI64,
+    /// Waiting in a blocking command (CLIENT LIST's `b` flag; what CLIENT
+    /// UNBLOCK may end).
+    pub blocked: AtomicBool,
+    /// CLIENT UNBLOCK's request: 0 none, [`UNBLOCK_TIMEOUT`] or
+    /// [`UNBLOCK_ERROR`]; `unblock` wakes the blocked command to read it.
+    pub unblock_as: std::sync::atomic::AtomicU8,
+    pub unblock: Notify,
 }
+
+/// CLIENT UNBLOCK's reasons: answer as at the timeout, or with an error.
+pub const UNBLOCK_TIMEOUT: u8 = 1;
+pub const UNBLOCK_ERROR: u8 = 2;
 
 impl ClientHandle {
     fn new(id: u64, addr: SocketAddr, laddr: SocketAddr, now_ms: u64) -> Arc<ClientHandle> {
@@ -76,6 +87,9 @@ impl ClientHandle {
             subscriptions: Default::default(),
             mailbox: Arc::new(crate::pubsub::Mailbox::new(me.clone())),
             redirect: std::sync::atomic::AtomicI64::new(-1),
+            blocked: AtomicBool::new(false),
+            unblock_as: std::sync::atomic::AtomicU8::new(0),
+            unblock: Notify::new(),
         })
     }
 
@@ -187,6 +201,13 @@ pub struct Session {
     /// Running a blocked command again after a wake: a key now of another
     /// type keeps it waiting instead of failing it (as Redis 7.0).
     pub retrying_block: bool,
+    /// CLIENT REPLY OFF: no reply is sent until CLIENT REPLY ON.
+    pub reply_off: bool,
+    /// CLIENT REPLY SKIP: the next command's reply is not sent.
+    pub reply_skip_next: bool,
+    /// The command running now sends no reply (CLIENT REPLY OFF or SKIP):
+    /// what it writes, now or when it stops waiting, is dropped.
+    pub muted: bool,
     /// Channels and patterns subscribed to, with the mailbox their
     /// messages wait in (created by the first subscribe).
     pub subs: Option<crate::pubsub::Subscriptions>,
@@ -226,6 +247,9 @@ impl Session {
             blocked: None,
             in_exec: false,
             retrying_block: false,
+            reply_off: false,
+            reply_skip_next: false,
+            muted: false,
             subs: None,
             tracking: None,
             caching: None,

@@ -877,3 +877,64 @@ fn client_kill_refuses_filters_redis_refuses() {
         "SKIPME yes by default"
     );
 }
+
+/// CLIENT REPLY and CLIENT UNBLOCK, as Redis (a differential run found
+/// them unknown): OFF and SKIP silence replies (theirs too) while the
+/// commands still run; UNBLOCK ends a blocked command as at its timeout or
+/// with an error, and answers whether it did; `b` in CLIENT LIST while
+/// blocked.
+#[test]
+fn client_reply_and_client_unblock_follow_redis() {
+    let s = Server::start(&[]);
+    let mut raw = s.raw();
+    raw.send(&resp(&[b"CLIENT", b"REPLY", b"OFF"]));
+    raw.send(&resp(&[b"SET", b"quiet", b"1"]));
+    raw.send(&resp(&[b"INCR", b"quiet"]));
+    raw.send(&resp(&[b"CLIENT", b"REPLY", b"SKIP"]));
+    raw.roundtrip(&resp(&[b"CLIENT", b"REPLY", b"ON"]), b"+OK\r\n");
+    raw.send(&resp(&[b"CLIENT", b"REPLY", b"SKIP"]));
+    raw.send(&resp(&[b"INCR", b"quiet"]));
+    raw.roundtrip(&resp(&[b"GET", b"quiet"]), b"$1\r\n3\r\n");
+    let mut c = s.conn();
+    assert!(err(&mut c, &["CLIENT", "REPLY", "MAYBE"]).contains("syntax error"));
+    let e = err(&mut c, &["CLIENT", "UNBLOCK", "1", "NOW"]);
+    assert!(
+        e.contains("CLIENT UNBLOCK reason should be TIMEOUT or ERROR"),
+        "{e}"
+    );
+
+    let mut waiter = s.raw();
+    waiter.send(&resp(&[b"CLIENT", b"ID"]));
+    let id = String::from_utf8(waiter.read_until(b"\r\n")).unwrap();
+    let id = id.trim().trim_start_matches(':').to_string();
+    let my_id: i64 = q(&mut c, &["CLIENT", "ID"]);
+    assert_eq!(
+        q::<i64>(&mut c, &["CLIENT", "UNBLOCK", &id]),
+        0,
+        "not blocked"
+    );
+    let blocked = |c: &mut redis::Connection| {
+        for _ in 0..500 {
+            let list: String = q(c, &["CLIENT", "LIST", "ID", &id]);
+            if list.contains("flags=b") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        panic!("the client never blocked");
+    };
+    waiter.send(&resp(&[b"BLPOP", b"nothing", b"0"]));
+    blocked(&mut c);
+    assert_eq!(q::<i64>(&mut c, &["CLIENT", "UNBLOCK", &id]), 1);
+    assert_eq!(waiter.read_n(5), b"*-1\r\n");
+    waiter.send(&resp(&[b"BZPOPMIN", b"nothing", b"0"]));
+    blocked(&mut c);
+    assert_eq!(q::<i64>(&mut c, &["CLIENT", "UNBLOCK", &id, "ERROR"]), 1);
+    let reply = String::from_utf8(waiter.read_until(b"\r\n")).unwrap();
+    assert_eq!(reply, "-UNBLOCKED client unblocked via CLIENT UNBLOCK\r\n");
+    waiter.roundtrip(&resp(&[b"PING"]), b"+PONG\r\n");
+    assert_eq!(
+        q::<i64>(&mut c, &["CLIENT", "UNBLOCK", &my_id.to_string()]),
+        0
+    );
+}

@@ -6,7 +6,7 @@ use super::{Flags, Keys};
 use std::sync::atomic::Ordering;
 
 pub static COMMANDS: &[Spec] = &[
-    Spec { name: "client", arity: -2, flags: Flags::of(&[]), keys: Keys::None, group: "connection", syntax: "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|INFO|LIST [TYPE normal|pubsub|master|replica] [ID client-id ...]|KILL [ID client-id] [TYPE normal|pubsub|master|replica] [USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]|TRACKING ON|OFF [REDIRECT client-id] [PREFIX prefix ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP]|CACHING YES|NO|GETREDIR|TRACKINGINFO", summary: "A container for client connection commands.", run: client },
+    Spec { name: "client", arity: -2, flags: Flags::of(&[]), keys: Keys::None, group: "connection", syntax: "ID|GETNAME|SETNAME name|SETINFO LIB-NAME|LIB-VER value|INFO|LIST [TYPE normal|pubsub|master|replica] [ID client-id ...]|KILL [ID client-id] [TYPE normal|pubsub|master|replica] [USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]|TRACKING ON|OFF [REDIRECT client-id] [PREFIX prefix ...] [BCAST] [OPTIN] [OPTOUT] [NOLOOP]|CACHING YES|NO|GETREDIR|TRACKINGINFO|REPLY ON|OFF|SKIP|UNBLOCK client-id [TIMEOUT|ERROR]", summary: "A container for client connection commands.", run: client },
 ];
 
 pub(super) fn valid_name(name: &[u8]) -> Result<&[u8], Error> {
@@ -34,6 +34,9 @@ fn client_line(x: &Exec, c: &crate::session::ClientHandle) -> String {
     }
     if in_multi {
         flags.push('x');
+    }
+    if c.blocked.load(Ordering::Acquire) {
+        flags.push('b');
     }
     if c.redirect.load(Ordering::Relaxed) >= 0 {
         flags.push('t');
@@ -92,6 +95,51 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         drop(lib);
         x.out.ok();
+    } else if is(sub, "REPLY") && args.len() == 3 {
+        // As Redis: ON answers OK; OFF and SKIP answer nothing (this
+        // command is muted by them, see `connection`).
+        if is(args[2], "ON") {
+            x.session.reply_off = false;
+            x.session.reply_skip_next = false;
+            x.session.muted = false;
+            x.out.ok();
+        } else if is(args[2], "OFF") {
+            x.session.reply_off = true;
+            x.session.muted = true;
+        } else if is(args[2], "SKIP") {
+            if !x.session.reply_off {
+                x.session.reply_skip_next = true;
+            }
+            x.session.muted = true;
+        } else {
+            return Err(Error::Syntax);
+        }
+    } else if is(sub, "UNBLOCK") && (args.len() == 3 || args.len() == 4) {
+        let reason = match args.get(3) {
+            None => crate::session::UNBLOCK_TIMEOUT,
+            Some(r) if is(r, "TIMEOUT") => crate::session::UNBLOCK_TIMEOUT,
+            Some(r) if is(r, "ERROR") => crate::session::UNBLOCK_ERROR,
+            Some(_) => {
+                return Err(Error::err(
+                    "CLIENT UNBLOCK reason should be TIMEOUT or ERROR",
+                ))
+            }
+        };
+        let id = int_arg(args[2])?;
+        let target = x
+            .server
+            .clients
+            .list()
+            .into_iter()
+            .find(|h| h.id as i64 == id && h.blocked.load(Ordering::Acquire));
+        match target {
+            Some(h) => {
+                h.unblock_as.store(reason, Ordering::Release);
+                h.unblock.notify_one();
+                x.out.int(1);
+            }
+            None => x.out.int(0),
+        }
     } else if is(sub, "INFO") && args.len() == 2 {
         let line = client_line(x, &x.session.handle.clone());
         x.out.verbatim(&format!("{line}\n"));
@@ -152,6 +200,8 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "CACHING (YES|NO)",
             "GETREDIR",
             "TRACKINGINFO",
+            "REPLY (ON|OFF|SKIP)",
+            "UNBLOCK <id> [TIMEOUT|ERROR]",
         ];
         x.out.lines(&lines);
     } else {
