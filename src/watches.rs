@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 /// A transaction watching a key: the database it watches it in, and its
 /// flag.
@@ -18,11 +18,13 @@ type Watcher = (usize, Weak<AtomicBool>);
 
 /// The registry: a key to the transactions watching it (keyed by the
 /// bytes alone, so that a write looks its key up without copying it).
+/// Writes only read it (their flags are atomics), so while some client
+/// watches, the server's threads still write side by side.
 #[derive(Default)]
 pub struct Watches {
     /// Registrations held: 0 lets writers skip the lock.
     active: AtomicUsize,
-    keys: Mutex<HashMap<Vec<u8>, Vec<Watcher>>>,
+    keys: RwLock<HashMap<Vec<u8>, Vec<Watcher>>>,
 }
 
 impl Watches {
@@ -31,7 +33,7 @@ impl Watches {
         if self.active.load(Ordering::Acquire) == 0 {
             return;
         }
-        if let Some(watching) = self.keys.lock().get(key) {
+        if let Some(watching) = self.keys.read().get(key) {
             for (d, dirty) in watching {
                 if *d == db {
                     if let Some(dirty) = dirty.upgrade() {
@@ -48,7 +50,7 @@ impl Watches {
         if self.active.load(Ordering::Acquire) == 0 {
             return;
         }
-        for watching in self.keys.lock().values() {
+        for watching in self.keys.read().values() {
             for (d, dirty) in watching {
                 if db.is_none_or(|db| db == *d) {
                     if let Some(dirty) = dirty.upgrade() {
@@ -78,7 +80,7 @@ impl WatchSet {
 
     /// Watches `key` in `db` from now on.
     pub fn add(&mut self, db: usize, key: &[u8]) {
-        let mut keys = self.registry.keys.lock();
+        let mut keys = self.registry.keys.write();
         keys.entry(key.to_vec())
             .or_default()
             .push((db, Arc::downgrade(&self.dirty)));
@@ -97,7 +99,7 @@ impl Drop for WatchSet {
         if self.keys.is_empty() {
             return;
         }
-        let mut keys = self.registry.keys.lock();
+        let mut keys = self.registry.keys.write();
         for (db, key) in &self.keys {
             let Some(watching) = keys.get_mut(key.as_slice()) else {
                 continue;
@@ -136,13 +138,13 @@ mod tests {
         drop(a);
         drop(b);
         assert_eq!(registry.active.load(Ordering::Relaxed), 0);
-        assert!(registry.keys.lock().is_empty(), "dropped sets unregister");
+        assert!(registry.keys.read().is_empty(), "dropped sets unregister");
         let mut c = WatchSet::new(registry.clone());
         c.add(0, b"k");
         c.add(0, b"k");
         registry.touched_db(None);
         assert!(c.touched());
         drop(c);
-        assert!(registry.keys.lock().is_empty());
+        assert!(registry.keys.read().is_empty());
     }
 }
