@@ -525,20 +525,8 @@ type Popped = (Vec<u8>, Vec<Vec<u8>>);
 /// Pops from the first of `keys` holding elements: its name and what was
 /// popped, or `None`.
 fn mpop(x: &mut Exec, keys: &[&[u8]], head: bool, count: usize) -> Result<Option<Popped>, Error> {
-    let (ks, db) = (x.ks, x.session.db);
     let event = if head { "lpop" } else { "rpop" };
-    for key in keys {
-        let popped =
-            crate::notify::as_command(ks, event, Some(key), db, || pop(x, key, head, count));
-        let popped = match popped {
-            Err(Error::WrongType) if x.session.retrying_block => continue,
-            popped => popped?,
-        };
-        if let Some(v) = popped.filter(|v| !v.is_empty()) {
-            return Ok(Some((key.to_vec(), v)));
-        }
-    }
-    Ok(None)
+    super::pop_first(x, keys, event, |x, key| pop(x, key, head, count))
 }
 
 fn reply_mpop(x: &mut Exec, popped: Option<Popped>) {

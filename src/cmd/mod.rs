@@ -723,6 +723,33 @@ pub fn int_arg(arg: &[u8]) -> Result<i64, Error> {
     chorus_crdt::number::parse_int(arg).ok_or(Error::NotInteger)
 }
 
+/// A key and the elements popped from it.
+pub type KeyPopped<T> = (Vec<u8>, Vec<T>);
+
+/// Pops from the first of `keys` holding elements (LMPOP, ZMPOP and their
+/// blocking forms), notified as `event`: the key and what `pop` took from
+/// it, or `None`. Woken, a key turned into another type is passed over:
+/// the client keeps waiting (as Redis 7.0).
+pub fn pop_first<T>(
+    x: &mut Exec,
+    keys: &[&[u8]],
+    event: &'static str,
+    mut pop: impl FnMut(&mut Exec, &[u8]) -> Result<Option<Vec<T>>, Error>,
+) -> Result<Option<KeyPopped<T>>, Error> {
+    let (ks, db) = (x.ks, x.session.db);
+    for key in keys {
+        let popped = crate::notify::as_command(ks, event, Some(key), db, || pop(x, key));
+        let popped = match popped {
+            Err(Error::WrongType) if x.session.retrying_block => continue,
+            popped => popped?,
+        };
+        if let Some(v) = popped.filter(|v| !v.is_empty()) {
+            return Ok(Some((key.to_vec(), v)));
+        }
+    }
+    Ok(None)
+}
+
 /// A database index (SELECT, COPY's DB, MOVE): read as Redis reads it, a
 /// C int first, then one of the `databases`.
 pub fn db_index_arg(arg: &[u8], databases: usize) -> Result<usize, Error> {

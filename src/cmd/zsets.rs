@@ -860,22 +860,8 @@ fn zmpop_from(
     max: bool,
     count: usize,
 ) -> Result<Option<ZPopped>, Error> {
-    let (ks, db) = (x.ks, x.session.db);
     let event = if max { "zpopmax" } else { "zpopmin" };
-    for key in keys {
-        let popped =
-            crate::notify::as_command(ks, event, Some(key), db, || pop(x, key, count, max));
-        let popped = match popped {
-            // Woken, a key turned into another type keeps the client
-            // waiting (as BZPOPMIN).
-            Err(Error::WrongType) if x.session.retrying_block => continue,
-            popped => popped?,
-        };
-        if let Some(members) = popped.filter(|m| !m.is_empty()) {
-            return Ok(Some((key.to_vec(), members)));
-        }
-    }
-    Ok(None)
+    super::pop_first(x, keys, event, |x, key| pop(x, key, count, max))
 }
 
 /// The key, then its members as [member, score] pairs (in RESP2 too);
