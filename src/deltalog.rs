@@ -18,9 +18,10 @@
 //! recorded one on. Merges are idempotent, so a record whose write the
 //! store already holds costs nothing but its merge.
 //!
-//! A record is `len: u32 LE, crc32c(len), crc32c(payload), payload` (logs
-//! of builds before session 34 used CRC-32 (IEEE) instead; their files
-//! still replay, each read by the checksum its first record has). What a
+//! A record is `len: u32 LE, crc32c(len), crc32c(payload), payload` (the
+//! payload's checksum filled in by the writer thread as it takes a round;
+//! logs of builds before session 34 used CRC-32 (IEEE) instead; their
+//! files still replay, each read by the checksum its first record has). What a
 //! crash mid-write leaves at the end of a file (a short header, a checked
 //! header whose payload runs past the end, zeros the file system had
 //! allocated) is dropped with a warning. A record that does not read back
@@ -491,11 +492,10 @@ impl DeltaLog {
         let pending = &mut *record.pending;
         let payload_len = pending.bytes.len() - before - HEADER;
         let len = (payload_len as u32).to_le_bytes();
-        let crc = crate::checksum::crc32c(&pending.bytes[before + HEADER..]);
+        // The payload's checksum is the writer's to fill in (`seal_records`).
         let header = &mut pending.bytes[before..before + HEADER];
         header[..4].copy_from_slice(&len);
         header[4..8].copy_from_slice(&crate::checksum::crc32c_of_4(len).to_le_bytes());
-        header[8..].copy_from_slice(&crc.to_le_bytes());
         if let Some(seq) = seq {
             let at = pending.end;
             if at >= pending.mark_at {
@@ -807,7 +807,11 @@ impl DeltaLog {
         loop {
             let round = match carry.take() {
                 Some(round) => round,
-                None => self.next_round(unsynced, last_sync, written.take()),
+                None => {
+                    let mut round = self.next_round(unsynced, last_sync, written.take());
+                    seal_records(&mut round.bytes);
+                    round
+                }
             };
             if let Err((done, e)) = self.write_round(&mut file, &mut file_len, &round) {
                 self.failed(&e);
@@ -1067,6 +1071,25 @@ impl Replay {
             }
         }
         Ok(records)
+    }
+}
+
+/// Fills in the payload checksum of each record in `bytes` (whole records,
+/// as appended). Done by the writer as it takes a round, not by the append:
+/// there the checksum read the payload right after the encoding's stores,
+/// before they had landed, and the CPU's store forwarding stalled (a
+/// logged INCR's checksum took twice the time its instructions needed).
+fn seal_records(bytes: &mut [u8]) {
+    let mut at = 0;
+    while let Some(header) = bytes.get(at..at + HEADER) {
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let payload = at + HEADER..at + HEADER + len;
+        let Some(crc) = bytes.get(payload.clone()).map(crate::checksum::crc32c) else {
+            debug_assert!(false, "a round of whole records");
+            return;
+        };
+        bytes[at + 8..at + HEADER].copy_from_slice(&crc.to_le_bytes());
+        at = payload.end;
     }
 }
 

@@ -553,7 +553,7 @@ impl LogSink {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         // Our own types always encode.
         let _ = self.log.append_encoded(|out| {
-            self.heads.of(seq).append_to(out);
+            self.heads.append(out, seq);
             body(out)
         });
     }

@@ -1198,9 +1198,7 @@ pub fn append_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
 /// does ([`append_plain_key_delta`]); [`Tally::restore_origin`] puts it
 /// back.
 pub fn append_own_node_tally(out: &mut Vec<u8>, node: NodeId, tally: Tally) {
-    let mut s = Scratch::<NODE_TALLY_MOST>::new();
-    put_node_tally(&mut s, node, tally, true);
-    s.append_to(out);
+    put_node_tally(&mut Exact::new(out, NODE_TALLY_MOST), node, tally, true);
 }
 
 /// The most bytes `(node, tally)` takes: six varints and a float.
@@ -1212,10 +1210,40 @@ fn write_node_tally(w: &mut Writer, node: NodeId, tally: Tally, implied: bool) {
     w.bytes(s.as_slice());
 }
 
-/// `(node, tally)` laid out on the stack: a logged or replicated INCR's
-/// delta is little more, and a [`Writer`] zeroed 128 bytes of room for it.
+/// Where [`put_node_tally`] lays its fields: a [`Scratch`] on the stack,
+/// or an [`Exact`] straight in the output (what a logged INCR's record
+/// takes: fields laid on the stack and copied out whole were read back
+/// before their stores had landed, a stall of the CPU's store forwarding).
+trait Fields {
+    fn fixed<const M: usize>(&mut self, put: impl FnOnce(&mut [u8; M]) -> usize);
+
+    #[inline(always)]
+    fn varint(&mut self, n: u64) {
+        self.fixed::<MAX_VARINT>(|slot| put_varint(slot, n));
+    }
+}
+
+impl<const N: usize> Fields for Scratch<N> {
+    #[inline(always)]
+    fn fixed<const M: usize>(&mut self, put: impl FnOnce(&mut [u8; M]) -> usize) {
+        Scratch::fixed(self, put);
+    }
+}
+
+impl Fields for Exact<'_> {
+    #[inline(always)]
+    fn fixed<const M: usize>(&mut self, put: impl FnOnce(&mut [u8; M]) -> usize) {
+        let Some(slot) = self.out[self.at..].first_chunk_mut::<M>() else {
+            panic!("a writer's buffer is too small for its fields");
+        };
+        self.at += put(slot);
+    }
+}
+
+/// `(node, tally)`: a logged or replicated INCR's delta is little more,
+/// and a [`Writer`] zeroed 128 bytes of room for it.
 #[inline(always)]
-fn put_node_tally<const N: usize>(s: &mut Scratch<N>, node: NodeId, tally: Tally, implied: bool) {
+fn put_node_tally(s: &mut impl Fields, node: NodeId, tally: Tally, implied: bool) {
     s.varint(node.0);
     s.varint(tally.epoch.time);
     s.varint(
@@ -1374,9 +1402,11 @@ pub fn put_varint(buf: &mut [u8; MAX_VARINT], n: u64) -> usize {
         (1u64 << (8 * (len - 1))) - 1
     };
     buf[..8].copy_from_slice(&(low | (more & 0x8080_8080_8080_8080)).to_le_bytes());
+    // The last two bytes in one store: a copy of the ten reads them as one
+    // load, which two one-byte stores could not forward to.
     let high = n >> 56;
-    buf[8] = (high & 0x7f) as u8 | if len > 9 { 0x80 } else { 0 };
-    buf[9] = (high >> 7) as u8;
+    let ninth = (high & 0x7f) | if len > 9 { 0x80 } else { 0 };
+    buf[8..].copy_from_slice(&((ninth | (high >> 7) << 8) as u16).to_le_bytes());
     len
 }
 

@@ -91,7 +91,7 @@ pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
         let frames = &mut stage.frames;
         frames.truncate(start);
         frames.extend_from_slice(&[0; HEADER_LEN]);
-        heads.of(seq).append_to(frames);
+        heads.append(frames, seq);
         encode(frames);
         let len = frames.len() - start - HEADER_LEN;
         if len > MAX_FRAGMENT {

@@ -200,6 +200,16 @@ impl Heads {
         self.origin
     }
 
+    /// Appends the head of write `seq` to `out`: the fixed start copied
+    /// from here, then the number (not built on the stack and copied out:
+    /// that copy read bytes just stored, stalling store forwarding, in
+    /// every staged write).
+    #[inline(always)]
+    pub(crate) fn append(&self, out: &mut Vec<u8>, seq: u64) {
+        self.start.append_to(out);
+        chorus_crdt::codec::append_varint(out, seq);
+    }
+
     /// The head of write `seq`.
     #[inline(always)]
     pub(crate) fn of(&self, seq: u64) -> DeltaHead {
