@@ -452,6 +452,13 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 _ => None,
                             };
                             let mut ahead = Ahead::NONE;
+                            // A next key too long to live in its entry: its
+                            // bytes once this command ran (its entries are
+                            // on their way now).
+                            let long_next = next
+                                .as_ref()
+                                .filter(|n| n.key.len() > crate::key::INLINE)
+                                .map(|n| (n.key.clone(), n.hint));
                             if let Some(next) = next {
                                 let element = on_this_key(&next);
                                 if next.counter && next.entries_coming {
@@ -488,6 +495,9 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 crate::cmd::dispatch(server, &mut session, &mut out, argv, now_ms)
                                     .or(last_cmd);
                             crate::keyspace::expect_elements(Ahead::NONE);
+                            if let Some((key, hint)) = long_next {
+                                ks.prefetch_key_bytes(session.db, &input[key], hint);
+                            }
                             if session.muted {
                                 // CLIENT REPLY OFF or SKIP (what a command
                                 // that waits answers later goes the same way).

@@ -13,7 +13,7 @@ use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::ops::Deref;
 
-const INLINE: usize = 18;
+pub(crate) const INLINE: usize = 18;
 
 /// A key's bytes, and a mark that is no part of it. Hashes, compares and
 /// orders exactly as its `[u8]` does, so maps keyed by `Key` are looked up
@@ -63,6 +63,14 @@ impl Key {
         match self {
             Key::Inline { len, buf, .. } => &buf[..(*len & LEN_BITS) as usize],
             Key::Heap { bytes, .. } => bytes,
+        }
+    }
+
+    /// Where a key too long to live inline keeps its bytes.
+    pub fn heap_address(&self) -> Option<usize> {
+        match self {
+            Key::Inline { .. } => None,
+            Key::Heap { bytes, .. } => Some(bytes.as_ptr() as usize),
         }
     }
 
@@ -184,6 +192,16 @@ impl fmt::Debug for Key {
 mod tests {
     use super::*;
     use std::hash::BuildHasher;
+
+    /// Only a key longer than the inline room has bytes elsewhere to
+    /// prefetch, and its address is where those bytes are.
+    #[test]
+    fn a_long_keys_bytes_have_an_address_of_their_own() {
+        let short = Key::new(&[b'k'; INLINE]);
+        assert_eq!(short.heap_address(), None);
+        let long = Key::new(&[b'k'; INLINE + 1]);
+        assert_eq!(long.heap_address(), Some(long.as_bytes().as_ptr() as usize));
+    }
 
     #[test]
     fn the_dirty_flag_changes_neither_bytes_nor_identity() {

@@ -231,6 +231,18 @@ impl KeyMap {
         });
     }
 
+    /// Asks the CPU to bring in the bytes of the long keys a lookup of
+    /// the key whose hash is `hash` will compare (their entries should be
+    /// in the cache already: see [`KeyMap::prefetch_entries`]).
+    pub fn prefetch_key_bytes(&self, hash: u64) {
+        let slab = &self.slab;
+        self.table.candidates(hash, |p| {
+            if let Some(at) = slab.get(p).and_then(|e| e.key.heap_address()) {
+                crate::keytable::prefetch(at);
+            }
+        });
+    }
+
     pub fn entry(&self, key: &[u8]) -> Option<&Entry> {
         self.slab.get(self.position(key)?)
     }
