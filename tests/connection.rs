@@ -466,6 +466,88 @@ fn config_get_set_info_command_time() {
     assert_eq!(q::<String>(&mut c, &["PING", "hi"]), "hi");
 }
 
+/// Commands whose keys an argument counts (ZUNIONSTORE, LMPOP, ...): the
+/// options after the keys are no keys, for COMMAND GETKEYS and COMMAND
+/// INFO as in Redis, and for the access clock of a key named like one.
+#[test]
+fn counted_keys_are_keys_and_the_options_after_them_are_not() {
+    let s = Server::start(&[]);
+    let mut c = s.conn();
+    for (call, keys) in [
+        (
+            &[
+                "ZUNIONSTORE",
+                "d",
+                "2",
+                "a",
+                "b",
+                "WEIGHTS",
+                "1",
+                "2",
+                "AGGREGATE",
+                "SUM",
+            ][..],
+            &["d", "a", "b"][..],
+        ),
+        (&["LMPOP", "2", "a", "b", "LEFT", "COUNT", "3"], &["a", "b"]),
+        (&["BLMPOP", "0", "2", "a", "b", "LEFT"], &["a", "b"]),
+        (&["SINTERCARD", "2", "a", "b", "LIMIT", "5"], &["a", "b"]),
+        (&["ZINTER", "1", "a", "WITHSCORES"], &["a"]),
+    ] {
+        let mut cmd = redis::cmd("COMMAND");
+        cmd.arg("GETKEYS").arg(call);
+        let got: Vec<String> = cmd.query(&mut c).unwrap();
+        assert_eq!(got, keys, "{call:?}");
+    }
+    for bad in [
+        &["ZUNION", "3", "a", "b"][..],
+        &["ZUNION", "x", "a"],
+        &["ZUNION", "0", "a"],
+    ] {
+        let mut cmd = redis::cmd("COMMAND");
+        cmd.arg("GETKEYS").arg(bad);
+        let err = cmd.query::<Vec<String>>(&mut c).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("Invalid arguments specified for command"),
+            "{bad:?}: {err}"
+        );
+    }
+    let info = |c: &mut redis::Connection, name: &str| {
+        let v: redis::Value = redis::cmd("COMMAND")
+            .arg("INFO")
+            .arg(name)
+            .query(c)
+            .unwrap();
+        format!("{v:?}")
+    };
+    let zunion = info(&mut c, "zunion");
+    assert!(zunion.contains("movablekeys"), "{zunion}");
+    assert!(zunion.contains("int(0), int(0), int(0)"), "{zunion}");
+    let store = info(&mut c, "zunionstore");
+    assert!(store.contains("int(1), int(1), int(1)"), "{store}");
+    assert!(!info(&mut c, "zadd").contains("movablekeys"));
+
+    // A key named like an option is not touched by a call that names the
+    // option: its LFU count stays where SET left it.
+    q::<String>(&mut c, &["CONFIG", "SET", "maxmemory", "1gb"]);
+    q::<String>(
+        &mut c,
+        &["CONFIG", "SET", "maxmemory-policy", "allkeys-lfu"],
+    );
+    q::<()>(&mut c, &["SET", "WEIGHTS", "v"]);
+    let before: i64 = q(&mut c, &["OBJECT", "FREQ", "WEIGHTS"]);
+    for _ in 0..10 {
+        q::<i64>(&mut c, &["ZUNIONSTORE", "d", "1", "z", "WEIGHTS", "2"]);
+    }
+    assert_eq!(q::<i64>(&mut c, &["OBJECT", "FREQ", "WEIGHTS"]), before);
+    q::<String>(&mut c, &["GET", "WEIGHTS"]);
+    assert!(
+        q::<i64>(&mut c, &["OBJECT", "FREQ", "WEIGHTS"]) > before,
+        "a read touches it"
+    );
+}
+
 #[test]
 fn pinned_worker_threads_serve_clients() {
     let s = Server::start(&["--server-threads", "2", "--server-thread-affinity", "yes"]);

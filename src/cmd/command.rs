@@ -32,11 +32,15 @@ const FLAG_NAMES: &[(Flag, &str)] = &[
 ];
 
 fn flag_names(spec: &Spec) -> SmallVec<[&'static str; 6]> {
-    FLAG_NAMES
+    let mut names: SmallVec<[&'static str; 6]> = FLAG_NAMES
         .iter()
         .filter(|(flag, _)| spec.has(*flag))
         .map(|(_, name)| *name)
-        .collect()
+        .collect();
+    if matches!(spec.keys, Keys::Counted { .. }) {
+        names.push("movablekeys");
+    }
+    names
 }
 
 fn command_info(x: &mut Exec, spec: &Spec) {
@@ -141,7 +145,11 @@ fn command(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         }
         Some(sub) if is(sub, "GETKEYS") && args.len() >= 3 => {
             let spec = super::lookup(args[2]).ok_or(Error::err("Invalid command specified"))?;
-            let positions: Vec<usize> = spec.key_positions(args.len() - 2).collect();
+            let call = &args[2..];
+            if matches!(spec.keys, Keys::Counted { .. }) && spec.keys.counted(call).is_none() {
+                return Err(Error::err("Invalid arguments specified for command"));
+            }
+            let positions: Vec<usize> = spec.key_positions(call).collect();
             x.out.array(positions.len());
             for p in positions {
                 x.out.bulk(args[2 + p]);

@@ -103,6 +103,14 @@ pub enum Keys {
         last: i8,
         step: u8,
     },
+    /// Keys an argument counts (Redis's `numkeys`): `fixed` keys at 1 up to
+    /// `fixed` (ZUNIONSTORE's destination), then the count at `count_at`
+    /// and that many keys after it; what follows them are options, not
+    /// keys (COMMAND INFO's `movablekeys`).
+    Counted {
+        fixed: u8,
+        count_at: u8,
+    },
     /// Whole-keyspace commands (KEYS, SCAN, FLUSHALL, ...): every shard.
     All,
     /// EXEC: the shards of the commands it queued and the keys it watches.
@@ -114,12 +122,28 @@ impl Keys {
         Keys::At { first, last, step }
     }
 
-    /// Redis's (first, last, step) triple, as COMMAND INFO reports it.
+    /// Redis's (first, last, step) triple, as COMMAND INFO reports it (of
+    /// counted keys, only the fixed ones, as Redis).
     pub fn triple(&self) -> (i64, i64, i64) {
         match *self {
             Keys::At { first, last, step } => (first as i64, last as i64, step as i64),
+            Keys::Counted { fixed, .. } if fixed > 0 => (1, fixed as i64, 1),
             _ => (0, 0, 0),
         }
+    }
+
+    /// How many keys a call's count argument names, if it is a count of
+    /// at least one that the call's arguments hold (`None` for a call
+    /// Redis's COMMAND GETKEYS refuses).
+    pub fn counted(&self, args: &[&[u8]]) -> Option<usize> {
+        let Keys::Counted { count_at, .. } = *self else {
+            return None;
+        };
+        let n: usize = std::str::from_utf8(args.get(count_at as usize)?)
+            .ok()?
+            .parse()
+            .ok()?;
+        (n > 0 && count_at as usize + n < args.len()).then_some(n)
     }
 }
 
@@ -149,8 +173,20 @@ impl Spec {
         }
     }
 
-    /// Positions of the keys in a call with `argc` arguments.
-    pub fn key_positions(&self, argc: usize) -> impl Iterator<Item = usize> {
+    /// Positions of the keys in a call with arguments `args` (the name
+    /// first). A count that does not name as many keys as the call holds
+    /// takes every argument after it (the command refuses the call, under
+    /// the locks of all it could have meant).
+    pub fn key_positions(&self, args: &[&[u8]]) -> impl Iterator<Item = usize> {
+        let argc = args.len();
+        let counted = match self.keys {
+            Keys::Counted { count_at, .. } => {
+                let first = count_at as usize + 1;
+                let end = self.keys.counted(args).map_or(argc, |n| first + n);
+                first.min(argc)..end
+            }
+            _ => 0..0,
+        };
         let (start, end, step) = match self.keys {
             Keys::At { first, last, step } => {
                 let last = if last < 0 {
@@ -164,9 +200,10 @@ impl Spec {
                     (0, 0, 1)
                 }
             }
+            Keys::Counted { fixed, .. } => (1, (fixed as usize + 1).min(argc), 1),
             _ => (0, 0, 1),
         };
-        (start..end).step_by(step)
+        (start..end).step_by(step).chain(counted)
     }
 
     pub fn has(&self, flag: Flag) -> bool {
@@ -214,7 +251,7 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
 
 /// Adds the shards of a command's keys to `into`.
 pub fn shards_for(ks: &Keyspace, spec: &Spec, args: &[&[u8]], into: &mut SmallVec<[usize; 4]>) {
-    for i in spec.key_positions(args.len()) {
+    for i in spec.key_positions(args) {
         if let Some(key) = args.get(i) {
             into.push(ks.shard_of(key));
         }
@@ -307,7 +344,7 @@ pub fn dispatch(
             last: 1,
             step: 1,
         } if args.len() > 1 => ks.lock_key(args[1]),
-        Keys::At { .. } => {
+        Keys::At { .. } | Keys::Counted { .. } => {
             let mut shards = SmallVec::new();
             shards_for(ks, spec, args, &mut shards);
             ks.lock(shards)
@@ -333,7 +370,7 @@ pub fn dispatch(
         _ => x.session.caching.take(),
     };
     let client = x.session.handle.id;
-    let first_key = spec.key_positions(args.len()).next().map(|i| args[i]);
+    let first_key = spec.key_positions(args).next().map(|i| args[i]);
     let db = x.session.db;
     let ran = crate::notify::as_command(ks, spec.name, first_key, db, || {
         crate::tracking::as_client(client, || (spec.run)(&mut x, args))
@@ -457,7 +494,7 @@ impl<'s> Exec<'s, '_> {
         // What the index answers alone needs no disk read.
         let warms = cold && !INDEX_ONLY.contains(&spec.name);
         let acked = self.ks.gc_acked();
-        for i in spec.key_positions(args.len()) {
+        for i in spec.key_positions(args) {
             let Some(key) = args.get(i) else { continue };
             let Ok(shard) = self.locked.shard_for(key, |k| self.ks.shard_of(k)) else {
                 continue;
@@ -497,7 +534,7 @@ impl<'s> Exec<'s, '_> {
             .then(|| args.get(1).copied())
             .flatten();
         let keys = spec
-            .key_positions(args.len())
+            .key_positions(args)
             .filter_map(|i| args.get(i).copied())
             .chain(sorted);
         self.ks.invalidations.remember(self.session.handle.id, keys);
@@ -803,13 +840,24 @@ mod tests {
 
     #[test]
     fn key_positions_follow_redis_key_specs() {
-        let mset = lookup(b"MSET").unwrap();
-        assert_eq!(mset.key_positions(5).collect::<Vec<_>>(), vec![1, 3]);
-        let get = lookup(b"get").unwrap();
-        assert_eq!(get.key_positions(2).collect::<Vec<_>>(), vec![1]);
+        fn at(words: &str) -> Vec<usize> {
+            let args: Vec<&[u8]> = words.split(' ').map(str::as_bytes).collect();
+            lookup(args[0]).unwrap().key_positions(&args).collect()
+        }
+        assert_eq!(at("MSET a 1 b 2"), vec![1, 3]);
+        assert_eq!(at("get k"), vec![1]);
         assert_eq!(lookup(b"exec").unwrap().keys, Keys::Queued);
         assert_eq!(lookup(b"flushall").unwrap().keys, Keys::All);
-        assert!(lookup(b"ping").unwrap().key_positions(2).next().is_none());
+        assert!(at("ping x").is_empty());
+        // Counted keys: the options after them are no keys.
+        assert_eq!(at("zunionstore d 2 a b WEIGHTS 1 2"), vec![1, 3, 4]);
+        assert_eq!(at("lmpop 2 a b LEFT COUNT 3"), vec![2, 3]);
+        assert_eq!(at("blmpop 0 2 a b LEFT"), vec![3, 4]);
+        assert_eq!(at("sintercard 1 a LIMIT 5"), vec![2]);
+        // A count the call cannot hold: all after it, for the locks.
+        assert_eq!(at("zunion 3 a b"), vec![2, 3]);
+        assert_eq!(at("zunion x a b"), vec![2, 3]);
+        assert_eq!(at("zunionstore d"), vec![1]);
     }
 
     #[test]

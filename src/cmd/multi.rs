@@ -132,7 +132,7 @@ fn exec(x: &mut Exec, _args: &[&[u8]]) -> CmdResult {
     for q in &queue {
         let args: SmallVec<[&[u8]; 8]> = q.args.iter().map(|a| a.as_slice()).collect();
         x.touch_named_keys(q.spec, &args);
-        let first_key = q.spec.key_positions(args.len()).next().map(|i| args[i]);
+        let first_key = q.spec.key_positions(&args).next().map(|i| args[i]);
         let (ks, db) = (x.ks, x.session.db);
         let ran =
             crate::notify::as_command(ks, q.spec.name, first_key, db, || (q.spec.run)(x, &args));

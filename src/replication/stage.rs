@@ -24,8 +24,11 @@ use super::wire;
 /// meanwhile wait behind it (parked), so a long pipeline must not hold
 /// the node's replication (and its peers' GC) for its whole length, nor
 /// a batch of large values sit in the stage and the backlog at once.
+/// The bytes stay under the backlog's segment at its default size (64 KB),
+/// so that a run goes into a buffer the backlog reuses: a run longer than
+/// a segment takes a fresh buffer of its own, whose pages fault in anew.
 const STAGE_WRITES: usize = 64;
-const STAGE_BYTES: usize = 64 * 1024;
+const STAGE_BYTES: usize = 16 * 1024;
 
 /// The most buffer a thread's stage keeps between batches.
 const STAGE_KEPT: usize = 256 * 1024;

@@ -440,6 +440,41 @@ pub fn encode_msg(msg: &ReplMsg) -> Result<Vec<u8>, chorus_crdt::codec::EncodeEr
 mod tests {
     use super::*;
 
+    /// A head appended in place holds what the message's encoding starts
+    /// with, for numbers and origins of every varint length.
+    #[test]
+    fn an_appended_head_is_the_encodings_start() {
+        for origin in [1u64, 127, 128, 1 << 35, 1 << 56, u64::MAX] {
+            let heads = Heads::new(NodeId(origin));
+            for seq in [
+                1u64,
+                127,
+                128,
+                16_383,
+                16_384,
+                1 << 40,
+                1 << 56,
+                1 << 63,
+                u64::MAX,
+            ] {
+                let mut appended = b"before".to_vec();
+                heads.append(&mut appended, seq);
+                let message = encode(&ReplMsg::Delta {
+                    origin: NodeId(origin),
+                    seq,
+                    delta: Delta::Flush {
+                        db: None,
+                        stamp: Stamp::ZERO,
+                    },
+                })
+                .unwrap();
+                let head = &appended[b"before".len()..];
+                assert!(message.starts_with(head), "{origin} {seq}");
+                assert_eq!(head, delta_head(NodeId(origin), seq).as_slice());
+            }
+        }
+    }
+
     #[test]
     fn a_logged_write_reads_back_through_its_tag() {
         let write = ReplMsg::Delta {
