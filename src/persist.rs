@@ -140,9 +140,14 @@ impl Persistence {
         let acked = ks.gc_acked();
         let write_tag = ReplMsg::delta_tag();
         let records = replay.for_each(|payload| {
-            if let Some(rest) = payload.strip_prefix(&[TALLY_RECORD]) {
-                let (db, key, node, tally) = read_tally_record(rest)
-                    .map_err(|e| format!("a tally record does not decode: {e}"))?;
+            let tally_record = match payload.split_first() {
+                Some((&TALLY_RECORD, rest)) => Some(read_tally_record(rest)),
+                Some((&INT_TALLY_RECORD, rest)) => Some(read_int_tally_record(rest)),
+                _ => None,
+            };
+            if let Some(record) = tally_record {
+                let (db, key, node, tally) =
+                    record.map_err(|e| format!("a tally record does not decode: {e}"))?;
                 let delta = KeyState::tally_delta(node, tally);
                 let _ = ks.clock.observe(tally.epoch);
                 let index = ks.shard_of(&key);
@@ -520,6 +525,9 @@ const SWAP_RECORD: u8 = 0xff;
 /// tally, written by a node without peers: (db, key, node, tally), a few
 /// fields where the key state that replication sends has a dozen.
 const TALLY_RECORD: u8 = 0xfe;
+/// A [`TALLY_RECORD`] of a tally without floats, less those fields (see
+/// [`codec::append_own_int_tally`]).
+const INT_TALLY_RECORD: u8 = 0xfd;
 
 fn swap_of(payload: &[u8]) -> Option<(usize, usize)> {
     match payload {
@@ -622,11 +630,15 @@ impl DeltaSink for LogSink {
 /// path cost 3% of a logging node's CPU on a loop of INCRs), the epoch's
 /// node left implied when it is `node` (see [`read_tally_record`]).
 fn append_tally_record(out: &mut Vec<u8>, db: u32, key: &[u8], node: NodeId, tally: Tally) {
-    out.push(TALLY_RECORD);
+    let start = out.len();
+    out.push(INT_TALLY_RECORD);
     out.push(chorus_crdt::FORMAT_VERSION);
     codec::append_varint(out, db as u64);
     codec::append_bytes(out, key);
-    codec::append_own_node_tally(out, node, tally);
+    if !codec::append_own_int_tally(out, node, tally) {
+        out[start] = TALLY_RECORD;
+        codec::append_own_node_tally(out, node, tally);
+    }
 }
 
 /// `(db, key, node, tally)` of a tally record (what follows
@@ -636,6 +648,23 @@ fn read_tally_record(
 ) -> Result<(u32, serde_bytes::ByteBuf, NodeId, Tally), chorus_crdt::DecodeError> {
     let (db, key, node, mut tally): (u32, serde_bytes::ByteBuf, NodeId, Tally) =
         chorus_crdt::decode_stored(bytes)?;
+    tally.restore_origin(node);
+    Ok((db, key, node, tally))
+}
+
+/// [`read_tally_record`] of what follows [`INT_TALLY_RECORD`].
+fn read_int_tally_record(
+    bytes: &[u8],
+) -> Result<(u32, serde_bytes::ByteBuf, NodeId, Tally), chorus_crdt::DecodeError> {
+    type Fields = (u32, serde_bytes::ByteBuf, NodeId, Stamp, u64, i64);
+    let (db, key, node, epoch, ops, int): Fields = chorus_crdt::decode_stored(bytes)?;
+    let mut tally = Tally {
+        epoch,
+        ops,
+        int,
+        float: 0.0,
+        float_ops: 0,
+    };
     tally.restore_origin(node);
     Ok((db, key, node, tally))
 }
@@ -667,7 +696,8 @@ mod tests {
     }
 
     /// A tally record holds what serde would write, less its epoch's node
-    /// when that is the record's node, and reads back whole.
+    /// when that is the record's node and its floats when it has none, and
+    /// reads back whole.
     #[test]
     fn a_tally_record_holds_what_serde_would_write_less_its_own_epochs_node() {
         for (db, key, node, epoch_node, time, ops, int, float) in [
@@ -694,6 +724,7 @@ mod tests {
                 2.5,
             ),
             (0, b"reset", 1 << 63, 0, 0, 0, 0, 0.0),
+            (2, b"negative zero", 5, 5, 1 << 40, 1, 3, -0.0),
             (
                 u32::MAX,
                 &[0xffu8; 200][..],
@@ -728,15 +759,28 @@ mod tests {
                 .expect("encodes")
                 .len()
                 - 1;
+            // An integer tally's record leaves out the float and its count.
+            let int_only = float.to_bits() == 0 && ops / 2 == 0;
+            let floats = if int_only { 8 + 1 } else { 0 };
             assert_eq!(
-                direct.len() + if implied { node_len - 1 } else { 0 },
+                direct.len() + if implied { node_len - 1 } else { 0 } + floats,
                 serde.len()
             );
+            if int_only {
+                assert_eq!(direct[0], INT_TALLY_RECORD);
+                serde[0] = INT_TALLY_RECORD;
+                serde.truncate(serde.len() - floats);
+            }
             if !implied {
                 assert_eq!(direct, serde);
             }
+            let read_record = if int_only {
+                read_int_tally_record
+            } else {
+                read_tally_record
+            };
             let (read_db, read_key, read_node, read) =
-                read_tally_record(&direct[1..]).expect("reads back");
+                read_record(&direct[1..]).expect("reads back");
             assert_eq!((read_db, &read_key[..], read_node), (db, key, NodeId(node)));
             assert_eq!(read.epoch, tally.epoch);
             assert_eq!((read.ops, read.int, read.float_ops), (ops, int, ops / 2));

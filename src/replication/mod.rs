@@ -2730,6 +2730,11 @@ mod tests {
         .unwrap();
         assert_eq!(own_seq(me, &heartbeat), None);
         assert_eq!(own_seq(me, &[0xfe, 1, 2, 3]), None, "a tally record");
+        assert_eq!(
+            own_seq(me, &[0xfd, 1, 2, 3]),
+            None,
+            "an integer tally record"
+        );
         assert_eq!(own_seq(me, &[]), None);
     }
 
