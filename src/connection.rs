@@ -504,6 +504,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
                                 out.buf.truncate(mark);
                             }
                             if session.blocked.is_some()
+                                || session.postponed.is_some()
                                 || session.sleep.is_some()
                                 || session.wait.is_some()
                                 || session.save.is_some()
@@ -531,6 +532,21 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             }
             if !waits {
                 break;
+            }
+            while let Some(held) = session.postponed.take() {
+                // CLIENT PAUSE: the replies before it go out meanwhile.
+                if !send_replies_so_far(server, sock, &mut out, writes_before, out_limit).await? {
+                    return Ok(());
+                }
+                server.pause.ended().await;
+                now_ms = server.node.ks.clock.physical_unix_ms();
+                let argv: Vec<&[u8]> = held.iter().map(Vec::as_slice).collect();
+                let mark = out.buf.len();
+                last_cmd = crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
+                    .or(last_cmd);
+                if session.muted {
+                    out.buf.truncate(mark);
+                }
             }
             if let Some(blocked) = session.blocked.take() {
                 let waited = block(

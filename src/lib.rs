@@ -28,6 +28,7 @@ pub mod keyspace;
 pub mod keytable;
 pub mod node;
 pub mod notify;
+pub mod pause;
 pub mod persist;
 pub mod pubsub;
 pub mod replication;

@@ -255,6 +255,8 @@ pub struct Server {
     pub clients: ClientRegistry,
     /// The client addresses the connection layer listens on.
     pub listening: Mutex<Vec<SocketAddr>>,
+    /// CLIENT PAUSE.
+    pub pause: crate::pause::ClientPause,
 }
 
 impl Server {
@@ -271,6 +273,7 @@ impl Server {
             stats: Stats::default(),
             clients: ClientRegistry::default(),
             listening: Mutex::new(Vec::new()),
+            pause: Default::default(),
         })
     }
 }

@@ -186,6 +186,9 @@ pub struct Session {
     pub close: bool,
     /// DEBUG SLEEP: wait this long before running the rest of the pipeline.
     pub sleep: Option<Duration>,
+    /// A command CLIENT PAUSE holds: it runs once the pause ends, before
+    /// the rest of the pipeline.
+    pub postponed: Option<Vec<Vec<u8>>>,
     /// WAIT: its reply comes once enough peers acknowledged.
     pub wait: Option<crate::cmd::replication::PendingWait>,
     /// SAVE: its reply comes once this store's fold is durable.
@@ -241,6 +244,7 @@ impl Session {
             watch_set: None,
             close: false,
             sleep: None,
+            postponed: None,
             wait: None,
             save: None,
             hold_for_room: false,

@@ -466,6 +466,121 @@ fn config_get_set_info_command_time() {
     assert_eq!(q::<String>(&mut c, &["PING", "hi"]), "hi");
 }
 
+/// CLIENT PAUSE holds this node's clients' commands until its time or a
+/// CLIENT UNPAUSE: WRITE only writes (and PUBLISH, EXEC of a write), ALL
+/// everything, CLIENT UNPAUSE included; the replies before a held command
+/// go out meanwhile, and the pipeline goes on after it in order.
+#[test]
+fn client_pause_holds_writes_or_everything_until_it_ends() {
+    use std::time::Instant;
+    let s = Server::start(&[]);
+    let mut admin = s.conn();
+    let mut c = s.conn();
+    for (args, want) in [
+        (
+            &["CLIENT", "PAUSE", "abc"][..],
+            "timeout is not an integer or out of range",
+        ),
+        (&["CLIENT", "PAUSE", "-1"], "timeout is negative"),
+        (
+            &["CLIENT", "PAUSE", "10", "FOO"],
+            "CLIENT PAUSE mode must be WRITE or ALL",
+        ),
+    ] {
+        let e = err(&mut admin, args);
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+
+    // WRITE: reads go on, a write waits for the end.
+    q::<()>(&mut c, &["SET", "k", "before"]);
+    let paused = Instant::now();
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "1500", "WRITE"]);
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "before");
+    assert!(
+        paused.elapsed() < Duration::from_millis(1000),
+        "a read is not held"
+    );
+    q::<()>(&mut c, &["SET", "k", "after"]);
+    assert!(
+        paused.elapsed() >= Duration::from_millis(1400),
+        "the write waited"
+    );
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "after");
+
+    // A pipeline: the read before the held write is answered during the
+    // pause, the write and the read after it once it ends.
+    let mut raw = s.raw();
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "1500", "WRITE"]);
+    let paused = Instant::now();
+    let mut pipeline = resp(&[b"GET", b"k"]);
+    pipeline.extend(resp(&[b"SET", b"k", b"piped"]));
+    pipeline.extend(resp(&[b"GET", b"k"]));
+    raw.send(&pipeline);
+    assert_eq!(raw.read_n(b"$5\r\nafter\r\n".len()), b"$5\r\nafter\r\n");
+    assert!(
+        paused.elapsed() < Duration::from_millis(1000),
+        "sent during the pause"
+    );
+    assert_eq!(
+        raw.read_n(b"+OK\r\n$5\r\npiped\r\n".len()),
+        b"+OK\r\n$5\r\npiped\r\n"
+    );
+    assert!(paused.elapsed() >= Duration::from_millis(1400));
+
+    // A transaction with a write is held at EXEC; PUBLISH is held too.
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "1000", "WRITE"]);
+    let paused = Instant::now();
+    q::<()>(&mut c, &["MULTI"]);
+    q::<String>(&mut c, &["INCR", "n"]);
+    let exec: Vec<i64> = q(&mut c, &["EXEC"]);
+    assert_eq!(exec, [1]);
+    assert!(
+        paused.elapsed() >= Duration::from_millis(900),
+        "EXEC waited"
+    );
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "1000", "WRITE"]);
+    let paused = Instant::now();
+    assert_eq!(q::<i64>(&mut c, &["PUBLISH", "ch", "m"]), 0);
+    assert!(
+        paused.elapsed() >= Duration::from_millis(900),
+        "PUBLISH waited"
+    );
+
+    // UNPAUSE lets a held write go at once.
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "60000", "WRITE"]);
+    let unpause = std::thread::spawn({
+        let mut admin = s.conn();
+        move || {
+            std::thread::sleep(Duration::from_millis(300));
+            q::<()>(&mut admin, &["CLIENT", "UNPAUSE"]);
+        }
+    });
+    let held = Instant::now();
+    q::<()>(&mut c, &["SET", "k", "unpaused"]);
+    assert!(
+        held.elapsed() < Duration::from_secs(10),
+        "released by UNPAUSE"
+    );
+    unpause.join().unwrap();
+
+    // ALL: a read waits, and so does CLIENT UNPAUSE itself (as Redis).
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "1000"]);
+    let paused = Instant::now();
+    assert_eq!(q::<String>(&mut c, &["PING"]), "PONG");
+    assert!(
+        paused.elapsed() >= Duration::from_millis(900),
+        "PING waited"
+    );
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "1000", "ALL"]);
+    let paused = Instant::now();
+    q::<()>(&mut admin, &["CLIENT", "UNPAUSE"]);
+    assert!(
+        paused.elapsed() >= Duration::from_millis(900),
+        "UNPAUSE waited"
+    );
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "unpaused");
+}
+
 /// Commands whose keys an argument counts (ZUNIONSTORE, LMPOP, ...): the
 /// options after the keys are no keys, for COMMAND GETKEYS and COMMAND
 /// INFO as in Redis, and for the access clock of a key named like one.

@@ -3,6 +3,7 @@
 
 use super::{int_arg, is, Args, CmdResult, Error, Exec, Spec};
 use super::{Flags, Keys};
+use crate::pause::PauseMode;
 use std::sync::atomic::Ordering;
 
 pub static COMMANDS: &[Spec] = &[
@@ -174,6 +175,23 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
         x.out.verbatim(&text);
     } else if is(sub, "KILL") {
         client_kill(x, args)?;
+    } else if is(sub, "PAUSE") && (args.len() == 3 || args.len() == 4) {
+        let ms: i64 = std::str::from_utf8(args[2])
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or(Error::err("timeout is not an integer or out of range"))?;
+        let ms = u64::try_from(ms).map_err(|_| Error::err("timeout is negative"))?;
+        let mode = match args.get(3) {
+            None => PauseMode::All,
+            Some(m) if is(m, "ALL") => PauseMode::All,
+            Some(m) if is(m, "WRITE") => PauseMode::Write,
+            Some(_) => return Err(Error::err("CLIENT PAUSE mode must be WRITE or ALL")),
+        };
+        x.server.pause.pause(ms, mode);
+        x.out.ok();
+    } else if is(sub, "UNPAUSE") && args.len() == 2 {
+        x.server.pause.unpause();
+        x.out.ok();
     } else if is(sub, "TRACKING") && args.len() >= 3 {
         tracking(x, args)?;
     } else if is(sub, "CACHING") && args.len() == 3 {
@@ -195,6 +213,8 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "SETINFO <LIB-NAME|LIB-VER> <value>",
             "INFO",
             "LIST [TYPE normal|pubsub|master|replica] [ID id ...]",
+            "PAUSE <timeout> [WRITE|ALL]",
+            "UNPAUSE",
             "KILL <ip:port> | KILL [ID id] [TYPE normal|pubsub|master|replica] [USER username] [ADDR ip:port] [LADDR ip:port] [SKIPME yes|no]",
             "TRACKING (ON|OFF) [REDIRECT <id>] [BCAST] [PREFIX <prefix> [...]] [OPTIN] [OPTOUT] [NOLOOP]",
             "CACHING (YES|NO)",

@@ -249,6 +249,19 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
     BY_NAME.get(name).copied()
 }
 
+/// Whether a command writes or sends something to the peers, which a
+/// CLIENT PAUSE WRITE holds (Redis's `may-replicate`): a write, PUBLISH,
+/// WAIT, or an EXEC with a write queued.
+fn may_replicate(spec: &Spec, session: &Session) -> bool {
+    spec.has(Flag::Write)
+        || matches!(spec.name, "publish" | "spublish" | "wait")
+        || (spec.keys == Keys::Queued
+            && session
+                .multi
+                .as_ref()
+                .is_some_and(|q| q.iter().any(|c| c.spec.has(Flag::Write))))
+}
+
 /// Adds the shards of a command's keys to `into`.
 pub fn shards_for(ks: &Keyspace, spec: &Spec, args: &[&[u8]], into: &mut SmallVec<[usize; 4]>) {
     for i in spec.key_positions(args) {
@@ -316,6 +329,10 @@ pub fn dispatch(
             }
             reply_error(server, out, &Error::Oom.text());
         }
+        return Some(spec.name);
+    }
+    if server.pause.holds(may_replicate(spec, session)) {
+        session.postponed = Some(args.iter().map(|a| a.to_vec()).collect());
         return Some(spec.name);
     }
     if let Some(queue) = &mut session.multi {
