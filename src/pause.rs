@@ -49,14 +49,16 @@ impl ClientPause {
         self.ended.notify_waiters();
     }
 
-    /// Whether a command that writes (`writes`) or not waits now.
-    pub fn holds(&self, writes: bool) -> bool {
+    /// Whether a command waits now; `writes` tells whether it writes (asked
+    /// only while a pause is on).
+    #[inline]
+    pub fn holds(&self, writes: impl FnOnce() -> bool) -> bool {
         if !self.on.load(Ordering::Acquire) {
             return false;
         }
         let mut state = self.state.lock();
         match *state {
-            Some((end, mode)) if end > Instant::now() => mode == PauseMode::All || writes,
+            Some((end, mode)) if end > Instant::now() => mode == PauseMode::All || writes(),
             Some(_) => {
                 *state = None;
                 self.on.store(false, Ordering::Release);
@@ -91,19 +93,19 @@ mod tests {
     #[test]
     fn a_write_pause_holds_writes_and_an_all_pause_everything_until_it_ends() {
         let p = ClientPause::default();
-        assert!(!p.holds(true));
+        assert!(!p.holds(|| true));
         p.pause(60_000, PauseMode::Write);
-        assert!(p.holds(true));
-        assert!(!p.holds(false));
+        assert!(p.holds(|| true));
+        assert!(!p.holds(|| false));
         // A shorter ALL widens the mode and keeps the later end.
         p.pause(10, PauseMode::All);
-        assert!(p.holds(false));
+        assert!(p.holds(|| false));
         std::thread::sleep(Duration::from_millis(20));
-        assert!(p.holds(false), "the first pause's end stands");
+        assert!(p.holds(|| false), "the first pause's end stands");
         p.unpause();
-        assert!(!p.holds(true));
+        assert!(!p.holds(|| true));
         p.pause(0, PauseMode::All);
-        assert!(!p.holds(true), "a pause of 0 ms is over at once");
+        assert!(!p.holds(|| true), "a pause of 0 ms is over at once");
     }
 
     #[tokio::test]

@@ -331,7 +331,7 @@ pub fn dispatch(
         }
         return Some(spec.name);
     }
-    if server.pause.holds(may_replicate(spec, session)) {
+    if server.pause.holds(|| may_replicate(spec, session)) {
         session.postponed = Some(args.iter().map(|a| a.to_vec()).collect());
         return Some(spec.name);
     }
