@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use common::{err, q, Server};
+use common::{err, q, resp, Server};
 
 const WRONGTYPE: &str = "WRONGTYPE";
 
@@ -805,4 +805,55 @@ fn random_member_counts_out_of_range_answer_redis_texts() {
         let e = err(&mut c, cmd);
         assert!(e.contains(bound), "{cmd:?}: {e}");
     }
+}
+
+/// Hashes and sets in RESP3 answer with the types redis-server 7.0.15 sends
+/// (checked byte for byte against it): maps, sets, nulls and pairs; in
+/// RESP2 the same as flat arrays.
+#[test]
+fn hashes_and_sets_reply_in_resp3_as_redis_does() {
+    let s = Server::start(&[]);
+    let mut r = s.raw();
+    r.hello3();
+    let cases: &[(&[&[u8]], &[u8])] = &[
+        (&[b"HSET", b"h", b"f", b"1"], b":1\r\n"),
+        (&[b"HGETALL", b"h"], b"%1\r\n$1\r\nf\r\n$1\r\n1\r\n"),
+        (&[b"HGETALL", b"nohash"], b"%0\r\n"),
+        (
+            &[b"HRANDFIELD", b"h", b"1", b"WITHVALUES"],
+            b"*1\r\n*2\r\n$1\r\nf\r\n$1\r\n1\r\n",
+        ),
+        (
+            &[b"HRANDFIELD", b"h", b"-1", b"WITHVALUES"],
+            b"*1\r\n*2\r\n$1\r\nf\r\n$1\r\n1\r\n",
+        ),
+        (&[b"HMGET", b"h", b"f", b"x"], b"*2\r\n$1\r\n1\r\n_\r\n"),
+        (&[b"HKEYS", b"h"], b"*1\r\n$1\r\nf\r\n"),
+        (&[b"HVALS", b"h"], b"*1\r\n$1\r\n1\r\n"),
+        (
+            &[b"HSCAN", b"h", b"0"],
+            b"*2\r\n$1\r\n0\r\n*2\r\n$1\r\nf\r\n$1\r\n1\r\n",
+        ),
+        (&[b"SADD", b"s", b"a"], b":1\r\n"),
+        (&[b"SMEMBERS", b"s"], b"~1\r\n$1\r\na\r\n"),
+        (&[b"SMEMBERS", b"nos"], b"~0\r\n"),
+        (&[b"SINTER", b"s"], b"~1\r\n$1\r\na\r\n"),
+        (&[b"SUNION", b"s", b"nos"], b"~1\r\n$1\r\na\r\n"),
+        (&[b"SDIFF", b"s", b"nos"], b"~1\r\n$1\r\na\r\n"),
+        (&[b"SRANDMEMBER", b"s", b"1"], b"*1\r\n$1\r\na\r\n"),
+        (&[b"SPOP", b"nos", b"1"], b"~0\r\n"),
+        (&[b"SMISMEMBER", b"s", b"a", b"b"], b"*2\r\n:1\r\n:0\r\n"),
+        (
+            &[b"SSCAN", b"s", b"0"],
+            b"*2\r\n$1\r\n0\r\n*1\r\n$1\r\na\r\n",
+        ),
+        (&[b"SINTERCARD", b"1", b"s"], b":1\r\n"),
+    ];
+    for (args, want) in cases {
+        r.roundtrip(&resp(args), want);
+    }
+    let mut r2 = s.raw();
+    r2.roundtrip(&resp(&[b"HGETALL", b"h"]), b"*2\r\n$1\r\nf\r\n$1\r\n1\r\n");
+    r2.roundtrip(&resp(&[b"SMEMBERS", b"s"]), b"*1\r\n$1\r\na\r\n");
+    r2.roundtrip(&resp(&[b"HMGET", b"h", b"x"]), b"*1\r\n$-1\r\n");
 }

@@ -2865,6 +2865,134 @@ fn a_peers_writes_are_told_as_keyspace_notifications() {
     assert_eq!(info, "0");
 }
 
+/// #13: three real nodes write one hash, set and sorted set at once and
+/// converge to what docs/crdt-semantics.md says: the counters sum every
+/// increment, what a node removed after its own add stays removed, a field
+/// all three wrote holds one of the last writes; then, with one node cut
+/// off, a ZREM races a ZINCRBY (the increment survives, alone) and an SREM
+/// an SADD (the add wins).
+#[test]
+fn collections_written_on_three_nodes_at_once_converge() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let (pa, pb, pc) = (free_port(), free_port(), free_port());
+    let a = node(pa, &[pb, pc], &[]);
+    let b = node(pb, &[pa, pc], &[]);
+    let c = node(pc, &[pa, pb], &[]);
+    let (mut ca, mut cb, mut cc) = (a.conn(), b.conn(), c.conn());
+    q::<()>(&mut ca, &["SET", "up", "1"]);
+    wait_until("the mesh up", || {
+        get(&mut cb, "up").is_some() && get(&mut cc, "up").is_some()
+    });
+    const N: usize = 100;
+    let writers: Vec<_> = [&a, &b, &c]
+        .iter()
+        .enumerate()
+        .map(|(n, s)| {
+            let mut con = s.conn();
+            std::thread::spawn(move || {
+                for i in 0..N {
+                    let field = format!("f.{n}.{i}");
+                    let member = format!("m.{n}.{i}");
+                    q::<i64>(
+                        &mut con,
+                        &["HSET", "h", &field, "v", "last", &format!("{n}.{i}")],
+                    );
+                    q::<i64>(&mut con, &["HINCRBY", "h", "hits", "1"]);
+                    if i % 5 == 0 {
+                        q::<i64>(&mut con, &["HDEL", "h", &field]);
+                    }
+                    q::<i64>(&mut con, &["SADD", "s", &member]);
+                    if i % 2 == 0 {
+                        q::<i64>(&mut con, &["SREM", "s", &member]);
+                    }
+                    q::<i64>(&mut con, &["ZADD", "z", &i.to_string(), &member]);
+                    q::<String>(&mut con, &["ZINCRBY", "z", "1", "total"]);
+                    if i % 3 == 0 {
+                        q::<i64>(&mut con, &["ZREM", "z", &member]);
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap();
+    }
+    type State = (
+        BTreeMap<String, String>,
+        BTreeSet<String>,
+        Vec<(String, String)>,
+    );
+    let state = |con: &mut redis::Connection| -> State {
+        (
+            q(con, &["HGETALL", "h"]),
+            q(con, &["SMEMBERS", "s"]),
+            q(con, &["ZRANGE", "z", "0", "-1", "WITHSCORES"]),
+        )
+    };
+    wait_until("the three nodes alike", || {
+        let x = state(&mut ca);
+        x.0.len() == 3 * (N - N / 5) + 2 && x == state(&mut cb) && x == state(&mut cc)
+    });
+    let (h, s, z) = state(&mut ca);
+    assert_eq!(h["hits"], (3 * N).to_string(), "every HINCRBY counted");
+    let last_writes: Vec<String> = (0..3).map(|n| format!("{n}.{}", N - 1)).collect();
+    assert!(last_writes.contains(&h["last"]), "{}", h["last"]);
+    for n in 0..3 {
+        for i in 0..N {
+            assert_eq!(
+                h.contains_key(&format!("f.{n}.{i}")),
+                i % 5 != 0,
+                "f.{n}.{i}"
+            );
+            assert_eq!(s.contains(&format!("m.{n}.{i}")), i % 2 == 1, "m.{n}.{i}");
+        }
+    }
+    let scores: BTreeMap<String, String> = z.into_iter().collect();
+    assert_eq!(
+        scores["total"],
+        (3 * N).to_string(),
+        "every ZINCRBY counted"
+    );
+    for n in 0..3 {
+        for i in 0..N {
+            let got = scores.get(&format!("m.{n}.{i}"));
+            let want = (i % 3 != 0).then(|| i.to_string());
+            assert_eq!(got, want.as_ref(), "m.{n}.{i}");
+        }
+    }
+
+    // C cut off: A's removals race C's writes of the same member.
+    q::<i64>(&mut ca, &["ZADD", "z", "10", "racer"]);
+    q::<i64>(&mut ca, &["SADD", "s", "racer"]);
+    wait_until("the racer on C", || {
+        q::<Option<String>>(&mut cc, &["ZSCORE", "z", "racer"]).is_some()
+            && q::<i64>(&mut cc, &["SISMEMBER", "s", "racer"]) == 1
+    });
+    let (pa_s, pb_s, pc_s) = (pa.to_string(), pb.to_string(), pc.to_string());
+    q::<String>(&mut cc, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
+    q::<String>(&mut cc, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pc_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pc_s]);
+    wait_until("C alone", || info_field(&mut cc, "connected_peers") == "0");
+    q::<i64>(&mut ca, &["ZREM", "z", "racer"]);
+    q::<i64>(&mut ca, &["SREM", "s", "racer"]);
+    q::<String>(&mut cc, &["ZINCRBY", "z", "5", "racer"]);
+    q::<i64>(&mut cc, &["SADD", "s", "racer"]);
+    q::<String>(&mut cc, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    q::<String>(&mut cc, &["REPLICAOF", "127.0.0.1", &pb_s]);
+    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pc_s]);
+    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pc_s]);
+    for con in [&mut ca, &mut cb, &mut cc] {
+        wait_until("the race merged", || {
+            q::<Option<String>>(con, &["ZSCORE", "z", "racer"]).as_deref() == Some("5")
+                && q::<i64>(con, &["SISMEMBER", "s", "racer"]) == 1
+        });
+    }
+    let x = state(&mut ca);
+    assert_eq!(x, state(&mut cb));
+    assert_eq!(x, state(&mut cc));
+}
+
 /// #15: three nodes pushing at both ends of one list at once end with the
 /// same list, every element once, each node's pushes in the order it made
 /// them; an element popped on two cut-off nodes at once is removed once;
