@@ -533,22 +533,34 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
             if !waits {
                 break;
             }
-            while let Some(held) = session.postponed.take() {
-                // CLIENT PAUSE: the replies before it go out meanwhile.
-                if !send_replies_so_far(server, sock, &mut out, writes_before, out_limit).await? {
-                    return Ok(());
+            // A command CLIENT PAUSE holds, and one that blocks: either
+            // may turn into the other (a blocked pop retried under a pause
+            // is held; a held one may block when it runs).
+            loop {
+                while let Some(held) = session.postponed.take() {
+                    // The replies before it go out meanwhile.
+                    if !send_replies_so_far(server, sock, &mut out, writes_before, out_limit)
+                        .await?
+                    {
+                        return Ok(());
+                    }
+                    if !wait_held(server, &session, sock, &mut input, out.resp3, out_limit).await? {
+                        // Killed or gone while held: the command goes
+                        // with the client, unrun (as Redis frees it).
+                        return Ok(());
+                    }
+                    now_ms = server.node.ks.clock.physical_unix_ms();
+                    let argv: Vec<&[u8]> = held.iter().map(Vec::as_slice).collect();
+                    let mark = out.buf.len();
+                    last_cmd = crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
+                        .or(last_cmd);
+                    if session.muted {
+                        out.buf.truncate(mark);
+                    }
                 }
-                server.pause.ended().await;
-                now_ms = server.node.ks.clock.physical_unix_ms();
-                let argv: Vec<&[u8]> = held.iter().map(Vec::as_slice).collect();
-                let mark = out.buf.len();
-                last_cmd = crate::cmd::dispatch(server, &mut session, &mut out, &argv, now_ms)
-                    .or(last_cmd);
-                if session.muted {
-                    out.buf.truncate(mark);
-                }
-            }
-            if let Some(blocked) = session.blocked.take() {
+                let Some(blocked) = session.blocked.take() else {
+                    break;
+                };
                 let waited = block(
                     server,
                     &mut session,
@@ -813,6 +825,60 @@ async fn block<S: AsyncRead + AsyncWrite + Unpin>(
         out.buf.truncate(mark);
     }
     waited
+}
+
+/// Waits for the end of the CLIENT PAUSE holding this client's command,
+/// while its messages go out and what it sends is read (not run). False
+/// when the client is to close: killed, gone, past its query buffer limit
+/// or its messages' limit.
+async fn wait_held<S: AsyncRead + AsyncWrite + Unpin>(
+    server: &Server,
+    session: &Session,
+    sock: &mut S,
+    input: &mut Vec<u8>,
+    resp3: bool,
+    out_limit: OutputBufferLimit,
+) -> std::io::Result<bool> {
+    let handle = session.handle.clone();
+    let mailbox = handle.mailbox.clone();
+    loop {
+        if handle.killed.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
+            server
+                .stats
+                .query_buffer_limit_disconnections
+                .fetch_add(1, Ordering::Relaxed);
+            return Ok(false);
+        }
+        input.reserve(4096);
+        let mail = async {
+            if mailbox.is_empty() {
+                mailbox.ready.notified().await;
+            }
+        };
+        tokio::select! {
+            _ = server.pause.ended() => return Ok(true),
+            _ = mail => {
+                if mailbox.overflowed.load(Ordering::Relaxed) {
+                    return Ok(false);
+                }
+                let mut pushes = Reply::new();
+                pushes.resp3 = resp3;
+                mailbox.drain_into(&mut pushes, REPLY_BATCH_BYTES);
+                if !pushes.buf.is_empty() && !write_replies(sock, &pushes.buf, out_limit).await? {
+                    return Ok(false);
+                }
+            }
+            _ = handle.kill.notified() => return Ok(false),
+            read = sock.read_buf(input) => {
+                if read? == 0 {
+                    return Ok(false);
+                }
+            }
+        }
+    }
 }
 
 /// [`block`]'s wait: the command retried at each change to its keys until

@@ -44,8 +44,11 @@ impl ClientPause {
     }
 
     pub fn unpause(&self) {
-        *self.state.lock() = None;
+        let mut state = self.state.lock();
+        *state = None;
+        // Under the lock: a pause() between the two would stay unenforced.
         self.on.store(false, Ordering::Release);
+        drop(state);
         self.ended.notify_waiters();
     }
 

@@ -579,6 +579,46 @@ fn client_pause_holds_writes_or_everything_until_it_ends() {
         "UNPAUSE waited"
     );
     assert_eq!(q::<String>(&mut c, &["GET", "k"]), "unpaused");
+
+    // QUIT goes at once, even under ALL.
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "3000", "ALL"]);
+    let paused = Instant::now();
+    let mut quitter = s.raw();
+    quitter.roundtrip(&resp(&[b"QUIT"]), b"+OK\r\n");
+    assert!(
+        paused.elapsed() < Duration::from_millis(2000),
+        "QUIT not held"
+    );
+    q::<()>(&mut admin, &["CLIENT", "UNPAUSE"]);
+
+    // Held, then blocked when it runs, then answered: in order with what
+    // follows it in the pipeline.
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "1000", "WRITE"]);
+    let mut popper = s.raw();
+    let mut pipeline = resp(&[b"BLPOP", b"jobs", b"10"]);
+    pipeline.extend(resp(&[b"GET", b"k"]));
+    popper.send(&pipeline);
+    std::thread::sleep(Duration::from_millis(200));
+    q::<i64>(&mut c, &["LPUSH", "jobs", "j1"]);
+    let want = b"*2\r\n$4\r\njobs\r\n$2\r\nj1\r\n$8\r\nunpaused\r\n";
+    assert_eq!(
+        String::from_utf8_lossy(&popper.read_n(want.len())),
+        String::from_utf8_lossy(want)
+    );
+
+    // A held write whose client is killed meanwhile never runs.
+    let mut doomed = s.raw();
+    doomed.send(&resp(&[b"CLIENT", b"ID"]));
+    let id_reply = String::from_utf8_lossy(&doomed.read_until(b"\r\n")).into_owned();
+    let id = id_reply.trim().trim_start_matches(':').to_string();
+    q::<()>(&mut admin, &["CLIENT", "PAUSE", "60000", "WRITE"]);
+    doomed.send(&resp(&[b"SET", b"k", b"from-a-killed-client"]));
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(q::<i64>(&mut admin, &["CLIENT", "KILL", "ID", &id]), 1);
+    assert!(doomed.read_to_close().is_empty(), "closed without a reply");
+    q::<()>(&mut admin, &["CLIENT", "UNPAUSE"]);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(q::<String>(&mut c, &["GET", "k"]), "unpaused");
 }
 
 /// Commands whose keys an argument counts (ZUNIONSTORE, LMPOP, ...): the

@@ -176,9 +176,7 @@ fn client(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
     } else if is(sub, "KILL") {
         client_kill(x, args)?;
     } else if is(sub, "PAUSE") && (args.len() == 3 || args.len() == 4) {
-        let ms: i64 = std::str::from_utf8(args[2])
-            .ok()
-            .and_then(|s| s.parse().ok())
+        let ms = chorus_crdt::number::parse_int(args[2])
             .ok_or(Error::err("timeout is not an integer or out of range"))?;
         let ms = u64::try_from(ms).map_err(|_| Error::err("timeout is negative"))?;
         let mode = match args.get(3) {

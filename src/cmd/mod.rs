@@ -143,7 +143,7 @@ impl Keys {
             .ok()?
             .parse()
             .ok()?;
-        (n > 0 && count_at as usize + n < args.len()).then_some(n)
+        (n > 0 && (count_at as usize).checked_add(n)? < args.len()).then_some(n)
     }
 }
 
@@ -253,13 +253,14 @@ pub fn lookup(name: &[u8]) -> Option<&'static Spec> {
 /// CLIENT PAUSE WRITE holds (Redis's `may-replicate`): a write, PUBLISH,
 /// WAIT, or an EXEC with a write queued.
 fn may_replicate(spec: &Spec, session: &Session) -> bool {
-    spec.has(Flag::Write)
-        || matches!(spec.name, "publish" | "spublish" | "wait")
+    let one =
+        |spec: &Spec| spec.has(Flag::Write) || matches!(spec.name, "publish" | "spublish" | "wait");
+    one(spec)
         || (spec.keys == Keys::Queued
             && session
                 .multi
                 .as_ref()
-                .is_some_and(|q| q.iter().any(|c| c.spec.has(Flag::Write))))
+                .is_some_and(|q| q.iter().any(|c| one(c.spec))))
 }
 
 /// Adds the shards of a command's keys to `into`.
@@ -331,7 +332,8 @@ pub fn dispatch(
         }
         return Some(spec.name);
     }
-    if server.pause.holds(|| may_replicate(spec, session)) {
+    // (QUIT goes at once, as Redis answers it before any pause.)
+    if server.pause.holds(|| may_replicate(spec, session)) && spec.name != "quit" {
         session.postponed = Some(args.iter().map(|a| a.to_vec()).collect());
         return Some(spec.name);
     }
