@@ -49,6 +49,11 @@ pub enum WriteKind {
     Del,
     Incr(i64),
     Flush,
+    /// An SADD of its member (key `e:set:member`): a new dot even when the
+    /// member was there, which a concurrent SREM does not remove.
+    Add,
+    /// An SREM that removed its member (key `e:set:member`).
+    Remove,
 }
 
 /// One acknowledged write, as the node that took it numbered and stamped it.
@@ -288,7 +293,7 @@ fn check_all(
         let lost_at_once = match w.kind {
             WriteKind::Set(_) | WriteKind::Del => w.stamp.is_none(),
             WriteKind::Incr(_) => w.epoch.is_none(),
-            WriteKind::Flush => false,
+            WriteKind::Flush | WriteKind::Add | WriteKind::Remove => false,
         };
         if lost_at_once {
             return Err(Failure::new(
@@ -386,6 +391,13 @@ fn check_all(
             }
         }
     }
+    removals(
+        reg,
+        &slots,
+        &history.writes,
+        |w| w.seq <= have(&w.origin),
+        uncertain,
+    )?;
     let pasts = causal_pasts(&history.writes);
 
     let mut by_key: BTreeMap<&str, Vec<&Write>> = BTreeMap::new();
@@ -673,6 +685,67 @@ fn causal_pasts(writes: &[Write]) -> BTreeMap<(NodeId, u64), BTreeMap<NodeId, u6
 /// no value twice, none that was never pushed, and each node life's pushes
 /// at one end in the order it made them (an RPUSH after another lands
 /// after it; an LPUSH, before it), whatever reached it in between.
+/// Whether an element must be gone: some surviving removal of it had seen
+/// every add of it that may survive (add wins only over the adds a
+/// removal had not seen).
+fn must_be_gone(adds: &[&Write], removes: &[&Write]) -> bool {
+    removes.iter().any(|r| {
+        adds.iter()
+            .all(|a| r.observed.get(&a.origin).is_some_and(|&seen| a.seq <= seen))
+    })
+}
+
+/// A set member removed after every add of it was observed stays removed,
+/// on every node. Every add that survives or may (`uncertain`: a gone
+/// life's, uncounted) counts; only removals that survive do.
+fn removals(
+    reg: &Registry,
+    slots: &[usize],
+    writes: &[Write],
+    survives: impl Fn(&Write) -> bool,
+    uncertain: impl Fn(&Write) -> bool,
+) -> Result<(), Failure> {
+    let mut by_member: BTreeMap<&str, (Vec<&Write>, Vec<&Write>)> = BTreeMap::new();
+    for w in writes {
+        match w.kind {
+            WriteKind::Add if survives(w) || uncertain(w) => {
+                by_member.entry(&w.key).or_default().0.push(w)
+            }
+            WriteKind::Remove if survives(w) => by_member.entry(&w.key).or_default().1.push(w),
+            _ => {}
+        }
+    }
+    for (key, (adds, removes)) in &by_member {
+        if !must_be_gone(adds, removes) {
+            continue;
+        }
+        let Some((set, member)) = key.strip_prefix("e:").and_then(|k| k.split_once(':')) else {
+            continue;
+        };
+        for &slot in slots {
+            let argv: [&[u8]; 3] = [b"SISMEMBER", set.as_bytes(), member.as_bytes()];
+            let Some(reply) = cluster::command(reg, slot, &argv) else {
+                return Err(Failure::new(
+                    "liveness",
+                    format!("n{slot} went down while checking"),
+                ));
+            };
+            // (Another type over the key holds no member at all.)
+            if reply != b":0\r\n" && !reply.starts_with(b"-WRONGTYPE") {
+                return Err(Failure::new(
+                    "removed",
+                    format!(
+                        "{member} of {set} is back on n{slot} ({:?}) though an SREM saw every \
+                         SADD of it",
+                        String::from_utf8_lossy(&reply)
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn lists(snap: &Snapshot) -> Result<(), Failure> {
     let Some(view) = snap.views.first() else {
         return Ok(());
@@ -742,6 +815,41 @@ mod tests {
             observed: BTreeMap::new(),
             replaced: None,
         }
+    }
+
+    fn element(kind: WriteKind, origin: u64, seq: u64, observed: &[(u64, u64)]) -> Write {
+        Write {
+            origin: NodeId(origin),
+            seq,
+            key: "e:s0:m1".into(),
+            kind,
+            stamp: None,
+            epoch: None,
+            observed: observed.iter().map(|&(o, s)| (NodeId(o), s)).collect(),
+            replaced: None,
+        }
+    }
+
+    /// A member must be gone when one removal saw every add of it; an add
+    /// the removal had not seen (concurrent, or after it) keeps it.
+    #[test]
+    fn a_removal_that_saw_every_add_leaves_its_member_gone() {
+        let a1 = element(WriteKind::Add, 1, 5, &[]);
+        let a2 = element(WriteKind::Add, 2, 3, &[]);
+        let saw_both = element(WriteKind::Remove, 3, 1, &[(1, 5), (2, 3)]);
+        let saw_one = element(WriteKind::Remove, 3, 1, &[(1, 5), (2, 2)]);
+        assert!(must_be_gone(&[&a1, &a2], &[&saw_both]));
+        assert!(
+            !must_be_gone(&[&a1, &a2], &[&saw_one]),
+            "add wins over an unseen add"
+        );
+        assert!(must_be_gone(&[&a1, &a2], &[&saw_one, &saw_both]));
+        assert!(!must_be_gone(&[&a1], &[]), "never removed");
+        let after = element(WriteKind::Add, 1, 6, &[]);
+        assert!(
+            !must_be_gone(&[&a1, &a2, &after], &[&saw_both]),
+            "added again after"
+        );
     }
 
     /// A gone life's uncounted increments may survive, but only as a prefix
