@@ -933,7 +933,12 @@ impl Coll {
             },
             Kind::Set => {
                 if let Some(adds) = self.set.get(probe.as_keyed()) {
-                    for a in adds {
+                    #[cfg(feature = "fault-injection")]
+                    let kept =
+                        usize::from(crate::fault::get() == crate::fault::Broken::RemoveMissesDot);
+                    #[cfg(not(feature = "fault-injection"))]
+                    let kept = 0;
+                    for a in adds.iter().skip(kept) {
                         delta.ctx.insert(a.dot);
                     }
                     delta.set.make().entry(probe.to_key()).or_default();

@@ -18,6 +18,9 @@ pub enum Broken {
     /// A list push lands one element in from its end (LPUSH after the
     /// head, RPUSH before the tail): out of its node's order.
     ListOrder,
+    /// An SREM removes every add of its member but the oldest it holds:
+    /// the member stays, on every node alike.
+    RemoveMissesDot,
 }
 
 thread_local! {

@@ -174,6 +174,11 @@ fn list_pushes_out_of_their_nodes_order_are_caught() {
 }
 
 #[test]
+fn a_removal_that_leaves_its_member_is_caught() {
+    caught(Broken::RemoveMissesDot, "removed");
+}
+
+#[test]
 fn a_merge_that_drops_deletes_is_caught() {
     caught(Broken::DropDeletes, "register");
 }
