@@ -2455,7 +2455,9 @@ fn siblings<V>(
     side: fn(&Write<V>) -> Side,
 ) {
     let Some(win) = e.winner() else { return };
-    for lost in e.writes.iter().filter(|w| w.dot != win.dot) {
+    // The winner's node had its own earlier write, as for registers: the
+    // two meet where a removal between them has not arrived yet.
+    for lost in e.writes.iter().filter(|w| w.dot.node != win.dot.node) {
         conflicts.push((
             key.to_vec(),
             Conflict {

@@ -1117,3 +1117,40 @@ fn a_clear_removes_what_removing_each_element_by_name_removes() {
         assert!(!gone.exists(0), "{gone:?}");
     }
 }
+
+/// A node's later write of a field or member has seen its earlier one, as
+/// a register's has: A writes, B removes what it saw, A merges that and
+/// writes again. C gets A's two writes (in A's order) before B's removal:
+/// the two are siblings for a while, and that is not a conflict.
+#[test]
+fn a_nodes_rewrite_of_an_element_never_conflicts_with_its_earlier_write() {
+    let (a, b) = (NodeId(1), NodeId(2));
+    for (kind, elem) in [(Kind::Hash, &b"f"[..]), (Kind::ZSet, &b"m"[..])] {
+        let write = |state: &KeyState, stamp: Stamp, value: u8| {
+            state.coll_write(stamp, kind, |c, d| match kind {
+                Kind::Hash => c.hset_into(d, stamp, elem, &[value]),
+                _ => c.zadd_into(d, stamp, elem, f64::from(value)),
+            })
+        };
+        let s1 = Stamp { time: 10, node: a };
+        let mut at_a = KeyState::default();
+        let first = write(&at_a, s1, 1);
+        at_a.merge(&first);
+        let mut at_b = KeyState::default();
+        at_b.merge(&first);
+        let s2 = Stamp { time: 20, node: b };
+        let removal = at_b.coll_write(s2, kind, |c, d| c.remove_elem_into(d, kind, elem, s2));
+        at_b.merge(&removal);
+        assert!(at_a.merge(&removal).is_empty());
+        let s3 = Stamp { time: 30, node: a };
+        let second = write(&at_a, s3, 2);
+        at_a.merge(&second);
+
+        let mut at_c = KeyState::default();
+        assert!(at_c.merge(&first).is_empty());
+        let siblings = at_c.merge(&second);
+        assert!(siblings.is_empty(), "{kind:?}: {siblings:?}");
+        assert!(at_c.merge(&removal).is_empty());
+        assert_eq!(at_c, at_a);
+    }
+}
