@@ -2865,6 +2865,59 @@ fn a_peers_writes_are_told_as_keyspace_notifications() {
     assert_eq!(info, "0");
 }
 
+/// Three nodes, each linked to the other two, with the mesh up.
+struct Mesh3 {
+    nodes: [Server; 3],
+    ports: [String; 3],
+}
+
+impl Mesh3 {
+    fn new() -> Mesh3 {
+        let p = [free_port(), free_port(), free_port()];
+        let nodes = [
+            node(p[0], &[p[1], p[2]], &[]),
+            node(p[1], &[p[0], p[2]], &[]),
+            node(p[2], &[p[0], p[1]], &[]),
+        ];
+        let (mut ca, mut cb, mut cc) = (nodes[0].conn(), nodes[1].conn(), nodes[2].conn());
+        q::<()>(&mut ca, &["SET", "up", "1"]);
+        wait_until("the mesh up", || {
+            get(&mut cb, "up").is_some() && get(&mut cc, "up").is_some()
+        });
+        Mesh3 {
+            nodes,
+            ports: p.map(|p| p.to_string()),
+        }
+    }
+
+    /// Unlinks node `i` from the other two, both ways, and waits until it
+    /// has no peer.
+    fn cut_off(&self, i: usize) {
+        self.relink(i, true);
+        wait_until("the node alone", || {
+            info_field(&mut self.nodes[i].conn(), "connected_peers") == "0"
+        });
+    }
+
+    /// Links node `i` with the other two again.
+    fn rejoin(&self, i: usize) {
+        self.relink(i, false);
+    }
+
+    fn relink(&self, i: usize, unlink: bool) {
+        for j in (0..3).filter(|&j| j != i) {
+            for (from, to) in [(i, j), (j, i)] {
+                let mut args = vec!["REPLICAOF"];
+                if unlink {
+                    args.push("REMOVE");
+                }
+                args.extend(["127.0.0.1", self.ports[to].as_str()]);
+                q::<String>(&mut self.nodes[from].conn(), &args);
+            }
+        }
+    }
+}
+
 /// #13: three real nodes write one hash, set and sorted set at once and
 /// converge to what docs/crdt-semantics.md says: the counters sum every
 /// increment, what a node removed after its own add stays removed, a field
@@ -2874,17 +2927,11 @@ fn a_peers_writes_are_told_as_keyspace_notifications() {
 #[test]
 fn collections_written_on_three_nodes_at_once_converge() {
     use std::collections::{BTreeMap, BTreeSet};
-    let (pa, pb, pc) = (free_port(), free_port(), free_port());
-    let a = node(pa, &[pb, pc], &[]);
-    let b = node(pb, &[pa, pc], &[]);
-    let c = node(pc, &[pa, pb], &[]);
+    let mesh = Mesh3::new();
+    let [a, b, c] = &mesh.nodes;
     let (mut ca, mut cb, mut cc) = (a.conn(), b.conn(), c.conn());
-    q::<()>(&mut ca, &["SET", "up", "1"]);
-    wait_until("the mesh up", || {
-        get(&mut cb, "up").is_some() && get(&mut cc, "up").is_some()
-    });
     const N: usize = 100;
-    let writers: Vec<_> = [&a, &b, &c]
+    let writers: Vec<_> = [a, b, c]
         .iter()
         .enumerate()
         .map(|(n, s)| {
@@ -2968,20 +3015,12 @@ fn collections_written_on_three_nodes_at_once_converge() {
         q::<Option<String>>(&mut cc, &["ZSCORE", "z", "racer"]).is_some()
             && q::<i64>(&mut cc, &["SISMEMBER", "s", "racer"]) == 1
     });
-    let (pa_s, pb_s, pc_s) = (pa.to_string(), pb.to_string(), pc.to_string());
-    q::<String>(&mut cc, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
-    q::<String>(&mut cc, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
-    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pc_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pc_s]);
-    wait_until("C alone", || info_field(&mut cc, "connected_peers") == "0");
+    mesh.cut_off(2);
     q::<i64>(&mut ca, &["ZREM", "z", "racer"]);
     q::<i64>(&mut ca, &["SREM", "s", "racer"]);
     q::<String>(&mut cc, &["ZINCRBY", "z", "5", "racer"]);
     q::<i64>(&mut cc, &["SADD", "s", "racer"]);
-    q::<String>(&mut cc, &["REPLICAOF", "127.0.0.1", &pa_s]);
-    q::<String>(&mut cc, &["REPLICAOF", "127.0.0.1", &pb_s]);
-    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pc_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pc_s]);
+    mesh.rejoin(2);
     for con in [&mut ca, &mut cb, &mut cc] {
         wait_until("the race merged", || {
             q::<Option<String>>(con, &["ZSCORE", "z", "racer"]).as_deref() == Some("5")
@@ -2999,17 +3038,11 @@ fn collections_written_on_three_nodes_at_once_converge() {
 /// a client blocked in BLPOP on one node is woken by a push made on another.
 #[test]
 fn lists_pushed_on_three_nodes_at_once_converge_to_one_order() {
-    let (pa, pb, pc) = (free_port(), free_port(), free_port());
-    let a = node(pa, &[pb, pc], &[]);
-    let b = node(pb, &[pa, pc], &[]);
-    let c = node(pc, &[pa, pb], &[]);
+    let mesh = Mesh3::new();
+    let [a, b, c] = &mesh.nodes;
     let (mut ca, mut cb, mut cc) = (a.conn(), b.conn(), c.conn());
-    q::<()>(&mut ca, &["SET", "up", "1"]);
-    wait_until("the mesh up", || {
-        get(&mut cb, "up").is_some() && get(&mut cc, "up").is_some()
-    });
     const PUSHES: usize = 300;
-    let writers: Vec<_> = [&a, &b, &c]
+    let writers: Vec<_> = [a, b, c]
         .iter()
         .enumerate()
         .map(|(n, s)| {
@@ -3057,20 +3090,12 @@ fn lists_pushed_on_three_nodes_at_once_converge_to_one_order() {
     }
 
     // A cut off from B and C: both pop the same head.
-    let (pa_s, pb_s, pc_s) = (pa.to_string(), pb.to_string(), pc.to_string());
-    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pb_s]);
-    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", &pc_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
-    q::<String>(&mut cc, &["REPLICAOF", "REMOVE", "127.0.0.1", &pa_s]);
-    wait_until("A alone", || info_field(&mut ca, "connected_peers") == "0");
+    mesh.cut_off(0);
     let on_a: Option<String> = q(&mut ca, &["LPOP", "l"]);
     let on_b: Option<String> = q(&mut cb, &["LPOP", "l"]);
     assert_eq!(on_a, on_b, "both popped the head they saw");
     assert_eq!(on_a.as_deref(), Some(list[0].as_str()));
-    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pb_s]);
-    q::<String>(&mut ca, &["REPLICAOF", "127.0.0.1", &pc_s]);
-    q::<String>(&mut cb, &["REPLICAOF", "127.0.0.1", &pa_s]);
-    q::<String>(&mut cc, &["REPLICAOF", "127.0.0.1", &pa_s]);
+    mesh.rejoin(0);
     wait_until("the pops merged", || {
         let (x, y, z) = (all(&mut ca), all(&mut cb), all(&mut cc));
         x == y && y == z && x.len() == 3 * PUSHES - 1

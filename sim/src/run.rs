@@ -644,20 +644,17 @@ impl Run<'_> {
                     8..10 => vec!["HINCRBY".into(), h, field, "2".into()],
                     // Recorded: a member removed after every add of it
                     // was seen must stay removed (check::removals).
-                    10..14 => {
+                    r @ 10..16 => {
+                        let (command, kind) = if r < 14 {
+                            ("SADD", WriteKind::Add)
+                        } else {
+                            ("SREM", WriteKind::Remove)
+                        };
                         let element = format!("e:{s}:{member}");
                         return self.record(
                             slot,
-                            &["SADD".into(), s, member],
-                            vec![(element, WriteKind::Add)],
-                        );
-                    }
-                    14..16 => {
-                        let element = format!("e:{s}:{member}");
-                        return self.record(
-                            slot,
-                            &["SREM".into(), s, member],
-                            vec![(element, WriteKind::Remove)],
+                            &[command.into(), s, member],
+                            vec![(element, kind)],
                         );
                     }
                     16 => vec!["SPOP".into(), s],
