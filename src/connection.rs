@@ -839,46 +839,90 @@ async fn wait_held<S: AsyncRead + AsyncWrite + Unpin>(
     resp3: bool,
     out_limit: OutputBufferLimit,
 ) -> std::io::Result<bool> {
-    let handle = session.handle.clone();
-    let mailbox = handle.mailbox.clone();
+    let handle = &session.handle;
     loop {
         if handle.killed.load(Ordering::Relaxed) {
             return Ok(false);
         }
-        if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
-            server
-                .stats
-                .query_buffer_limit_disconnections
-                .fetch_add(1, Ordering::Relaxed);
-            return Ok(false);
-        }
-        input.reserve(4096);
-        let mail = async {
-            if mailbox.is_empty() {
-                mailbox.ready.notified().await;
-            }
-        };
-        tokio::select! {
-            _ = server.pause.ended() => return Ok(true),
-            _ = mail => {
-                if mailbox.overflowed.load(Ordering::Relaxed) {
-                    return Ok(false);
-                }
-                let mut pushes = Reply::new();
-                pushes.resp3 = resp3;
-                mailbox.drain_into(&mut pushes, REPLY_BATCH_BYTES);
-                if !pushes.buf.is_empty() && !write_replies(sock, &pushes.buf, out_limit).await? {
-                    return Ok(false);
-                }
-            }
-            _ = handle.kill.notified() => return Ok(false),
-            read = sock.read_buf(input) => {
-                if read? == 0 {
-                    return Ok(false);
-                }
-            }
+        let ended = server.pause.ended();
+        match wait_serving(server, handle, sock, input, resp3, out_limit, ended).await? {
+            Woke::By(()) => return Ok(true),
+            Woke::Close => return Ok(false),
+            Woke::Served => {}
         }
     }
+}
+
+/// What ended a [`wait_serving`].
+enum Woke<T> {
+    /// The awaited event, with its output.
+    By(T),
+    /// The client sent something or was sent messages: wait again.
+    Served,
+    /// The client is to close.
+    Close,
+}
+
+/// One wait of a client whose command waits (blocked or held by a pause)
+/// for `event`, serving its connection meanwhile: its messages (a RESP3
+/// subscriber's pushes) go out, and what it sends is read into `input`,
+/// to run later. `Close` when it is killed, gone, past its query buffer
+/// limit or its messages' limit.
+async fn wait_serving<S: AsyncRead + AsyncWrite + Unpin, T>(
+    server: &Server,
+    handle: &crate::session::ClientHandle,
+    sock: &mut S,
+    input: &mut Vec<u8>,
+    resp3: bool,
+    out_limit: OutputBufferLimit,
+    event: impl std::future::Future<Output = T>,
+) -> std::io::Result<Woke<T>> {
+    if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
+        server
+            .stats
+            .query_buffer_limit_disconnections
+            .fetch_add(1, Ordering::Relaxed);
+        warn!(addr = %handle.addr, "closing waiting client that exceeded client-query-buffer-limit");
+        return Ok(Woke::Close);
+    }
+    input.reserve(4096);
+    let mailbox = &handle.mailbox;
+    let mail = async {
+        if mailbox.is_empty() {
+            mailbox.ready.notified().await;
+        }
+    };
+    tokio::select! {
+        out = event => Ok(Woke::By(out)),
+        _ = mail => {
+            if mailbox.overflowed.load(Ordering::Relaxed) {
+                return Ok(Woke::Close);
+            }
+            let mut pushes = Reply::new();
+            pushes.resp3 = resp3;
+            mailbox.drain_into(&mut pushes, REPLY_BATCH_BYTES);
+            if !pushes.buf.is_empty() && !write_replies(sock, &pushes.buf, out_limit).await? {
+                return Ok(Woke::Close);
+            }
+            Ok(Woke::Served)
+        }
+        _ = handle.kill.notified() => Ok(Woke::Close),
+        read = sock.read_buf(input) => {
+            if read? == 0 {
+                return Ok(Woke::Close);
+            }
+            Ok(Woke::Served)
+        }
+    }
+}
+
+/// What a blocked command's wait ended on, besides serving its client.
+enum BlockEnd {
+    /// A change to one of its keys.
+    Woken,
+    Timeout,
+    /// CLIENT UNBLOCK.
+    Unblocked,
 }
 
 /// [`block`]'s wait: the command retried at each change to its keys until
@@ -909,8 +953,6 @@ async fn wait_blocked<S: AsyncRead + AsyncWrite + Unpin>(
             true
         }
     };
-    // A RESP3 subscriber may block: its messages go out meanwhile.
-    let mailbox = handle.mailbox.clone();
     let mut woken = false;
     loop {
         // Again at once: a change may have come between the first try
@@ -927,53 +969,31 @@ async fn wait_blocked<S: AsyncRead + AsyncWrite + Unpin>(
             // the next in line may.
             watch.pass_on();
         }
-        let timeout = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => std::future::pending().await,
+        let end = async {
+            let timeout = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = watch.notify.notified() => BlockEnd::Woken,
+                _ = timeout => BlockEnd::Timeout,
+                _ = handle.unblock.notified() => BlockEnd::Unblocked,
             }
         };
-        if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
-            server
-                .stats
-                .query_buffer_limit_disconnections
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(addr = %handle.addr, "closing blocked client that exceeded client-query-buffer-limit");
-            return Ok(false);
-        }
-        input.reserve(4096);
-        let mail = async {
-            if mailbox.is_empty() {
-                mailbox.ready.notified().await;
-            }
-        };
-        tokio::select! {
-            _ = mail => {
-                if mailbox.overflowed.load(Ordering::Relaxed) {
-                    return Ok(false);
-                }
-                let mut pushes = Reply::new();
-                pushes.resp3 = out.resp3;
-                mailbox.drain_into(&mut pushes, REPLY_BATCH_BYTES);
-                if !pushes.buf.is_empty() && !write_replies(sock, &pushes.buf, out_limit).await? {
-                    return Ok(false);
-                }
-                continue;
-            }
-            _ = watch.notify.notified() => woken = true,
-            _ = timeout => {
+        // A RESP3 subscriber may block: its messages go out meanwhile.
+        match wait_serving(server, &handle, sock, input, out.resp3, out_limit, end).await? {
+            Woke::Close => return Ok(false),
+            Woke::Served => {}
+            Woke::By(BlockEnd::Woken) => woken = true,
+            Woke::By(BlockEnd::Timeout) => {
                 out.null_array();
                 return Ok(true);
             }
-            _ = handle.unblock.notified() => {
+            Woke::By(BlockEnd::Unblocked) => {
                 if unblocked(out) {
                     return Ok(true);
-                }
-            }
-            _ = handle.kill.notified() => return Ok(false),
-            read = sock.read_buf(input) => {
-                if read? == 0 {
-                    return Ok(false);
                 }
             }
         }
