@@ -2446,8 +2446,9 @@ fn elem_stamps<V>(e: &Elem<V>) -> impl Iterator<Item = Stamp> + '_ {
         .chain(e.counts.iter().flat_map(|c| c.values()).map(|t| t.epoch))
 }
 
-/// Reports each of an element's surviving writes but the winner as lost
-/// to it: writes no later write observed, so concurrent.
+/// Reports each of an element's surviving writes but the winner, and but
+/// those of the winner's node, as lost to it: writes no later write
+/// observed, so concurrent.
 fn siblings<V>(
     conflicts: &mut Vec<(Vec<u8>, Conflict)>,
     key: &[u8],

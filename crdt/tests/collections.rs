@@ -404,8 +404,8 @@ impl Run {
     }
 
     /// Every node holds the same keys, what the history says they hold,
-    /// after GC too; every field or member two concurrent writes of which
-    /// survived was reported as a conflict.
+    /// after GC too; of the writes of a field or member that survived
+    /// together, every one but the winner was reported lost.
     fn check_converged(&self, gc_at: u64) -> Result<(), TestCaseError> {
         for n in &self.nodes[1..] {
             prop_assert_eq!(n, &self.nodes[0]);
@@ -418,12 +418,28 @@ impl Run {
             self.expected(Which::ZSet),
         );
         prop_assert_eq!(reads(node), expected.clone());
+        // Every such write but the winner was reported lost (to it or to
+        // a write that lost to it since).
         for (which, e) in self.concurrent() {
-            let reported = self
-                .reported
-                .iter()
-                .any(|r| (r.0, &r.2[..]) == (which, &[e][..]));
-            prop_assert!(reported, "{:?} {} lost silently", which, e);
+            let survivors: Vec<&Written> = self
+                .written
+                .values()
+                .filter(|w| (w.which, w.elem) == (which, e) && !self.observed.contains(&w.dot))
+                .collect();
+            let winner = survivors.iter().map(|w| w.stamp).max();
+            for lost in survivors.iter().filter(|w| Some(w.stamp) != winner) {
+                let reported = self
+                    .reported
+                    .iter()
+                    .any(|r| (r.0, &r.2[..], r.4) == (which, &[e][..], lost.stamp));
+                prop_assert!(
+                    reported,
+                    "{:?} {}: {:?} lost silently",
+                    which,
+                    e,
+                    lost.stamp
+                );
+            }
         }
         // GC once everything arrived changes what every node reads nothing.
         let acked = Stamp {
