@@ -263,17 +263,27 @@ fn get(reg: &Registry, slot: usize, key: &str) -> Result<Option<String>, Failure
 
 /// Durability, counters, registers and conflicts against the history.
 ///
-/// `unchecked` counts the keys whose value could not be checked: more
-/// combinations of open writes than the checker tries, or a winner that
-/// cannot be named (a write that lost at once to one stamped ahead).
+/// How much of a run the checkers could check.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Coverage {
+    /// Keys whose value could not be checked: more combinations of open
+    /// writes than the checker tries, or a winner that cannot be named (a
+    /// write that lost at once to one stamped ahead).
+    pub unchecked_keys: usize,
+    /// Set members the `removed` checker required gone on every node.
+    pub removals_checked: usize,
+}
+
+/// Durability, counters, registers and conflicts against the history;
+/// `coverage` counts what could and could not be checked.
 pub fn invariants(
     reg: &Registry,
     snap: &Snapshot,
     history: &History,
     chosen: &[FaultKind],
-    unchecked: &mut usize,
+    coverage: &mut Coverage,
 ) -> Option<Failure> {
-    check_all(reg, snap, history, chosen, unchecked).err()
+    check_all(reg, snap, history, chosen, coverage).err()
 }
 
 fn check_all(
@@ -281,8 +291,9 @@ fn check_all(
     snap: &Snapshot,
     history: &History,
     chosen: &[FaultKind],
-    unchecked: &mut usize,
+    coverage: &mut Coverage,
 ) -> Result<(), Failure> {
+    let unchecked = &mut coverage.unchecked_keys;
     lists(snap)?;
     let vv = &snap.views[0].vv;
     // Causality beats clocks (DESIGN.md, Replication): a write is stamped
@@ -391,7 +402,7 @@ fn check_all(
             }
         }
     }
-    removals(
+    coverage.removals_checked += removals(
         reg,
         &slots,
         &history.writes,
@@ -697,14 +708,15 @@ fn must_be_gone(adds: &[&Write], removes: &[&Write]) -> bool {
 
 /// A set member removed after every add of it was observed stays removed,
 /// on every node. Every add that survives or may (`uncertain`: a gone
-/// life's, uncounted) counts; only removals that survive do.
+/// life's, uncounted) counts; only removals that survive do. Returns how
+/// many members it required gone.
 fn removals(
     reg: &Registry,
     slots: &[usize],
     writes: &[Write],
     survives: impl Fn(&Write) -> bool,
     uncertain: impl Fn(&Write) -> bool,
-) -> Result<(), Failure> {
+) -> Result<usize, Failure> {
     let mut by_member: BTreeMap<&str, (Vec<&Write>, Vec<&Write>)> = BTreeMap::new();
     for w in writes {
         match w.kind {
@@ -715,6 +727,7 @@ fn removals(
             _ => {}
         }
     }
+    let mut checked = 0;
     for (key, (adds, removes)) in &by_member {
         if !must_be_gone(adds, removes) {
             continue;
@@ -722,6 +735,7 @@ fn removals(
         let Some((set, member)) = key.strip_prefix("e:").and_then(|k| k.split_once(':')) else {
             continue;
         };
+        checked += usize::from(!adds.is_empty());
         for &slot in slots {
             let argv: [&[u8]; 3] = [b"SISMEMBER", set.as_bytes(), member.as_bytes()];
             let Some(reply) = cluster::command(reg, slot, &argv) else {
@@ -743,7 +757,7 @@ fn removals(
             }
         }
     }
-    Ok(())
+    Ok(checked)
 }
 
 fn lists(snap: &Snapshot) -> Result<(), Failure> {

@@ -79,7 +79,8 @@ fn json_line(out: &Outcome, replay: &str) -> String {
         "sim_ms": out.sim_ms,
         "real_ms": out.real_ms,
         "ok": out.failure.is_none(),
-        "unchecked_keys": out.unchecked_keys,
+        "unchecked_keys": out.coverage.unchecked_keys,
+        "removals_checked": out.coverage.removals_checked,
         "wiped": out.wiped,
         "failure": out.failure.as_ref().map(|f| serde_json::json!({"kind": f.kind, "detail": f.detail})),
         "replay": replay,
@@ -107,6 +108,7 @@ fn main() {
     let mut failures: Vec<(Outcome, String)> = Vec::new();
     let mut per_fault: std::collections::BTreeMap<FaultKind, u64> = Default::default();
     let (mut ops, mut sim_ms, mut unchecked, mut wiped) = (0u64, 0u64, 0usize, 0usize);
+    let (mut removals, mut removal_seeds) = (0usize, 0usize);
     for i in 0..a.seeds {
         let seed = seed.wrapping_add(i);
         let out = run::run(&Options {
@@ -117,7 +119,9 @@ fn main() {
         });
         ops += out.ops as u64;
         sim_ms += out.sim_ms;
-        unchecked += out.unchecked_keys;
+        unchecked += out.coverage.unchecked_keys;
+        removals += out.coverage.removals_checked;
+        removal_seeds += usize::from(out.coverage.removals_checked > 0);
         wiped += out.wiped;
         for k in &out.injected {
             *per_fault.entry(*k).or_default() += 1;
@@ -185,6 +189,10 @@ fn main() {
     println!(
         "{:<22} {} (refused a removed member's writes, restarted empty)",
         "nodes wiped", wiped
+    );
+    println!(
+        "{:<22} {removals} in {removal_seeds} seeds (set members an SREM that saw every SADD removed)",
+        "removals checked"
     );
     println!("{:<22} {}", "failures", failures.len());
     for (out, replay) in &failures {

@@ -38,9 +38,8 @@ pub struct Outcome {
     pub sim_ms: u64,
     pub real_ms: u64,
     pub failure: Option<check::Failure>,
-    /// Keys whose value the checker could not check (see
-    /// `check::invariants`).
-    pub unchecked_keys: usize,
+    /// What the checkers could and could not check.
+    pub coverage: check::Coverage,
     /// Nodes restarted empty because a peer refused them a removed
     /// member's writes (`Run::wipe_refused`).
     pub wiped: usize,
@@ -60,7 +59,7 @@ struct Run<'a> {
     nodes: usize,
     trace: Vec<String>,
     history: History,
-    unchecked_keys: usize,
+    coverage: check::Coverage,
     /// Session keys created so far (`rs0`, `rs1`, ...).
     sessions: usize,
     /// Some writes carry large values.
@@ -142,7 +141,7 @@ pub fn run(opts: &Options) -> Outcome {
         nodes,
         trace: Vec::new(),
         history: History::default(),
-        unchecked_keys: 0,
+        coverage: check::Coverage::default(),
         sessions: 0,
         large: chosen.contains(&FaultKind::Large),
         wiped_for: BTreeSet::new(),
@@ -203,7 +202,7 @@ pub fn run(opts: &Options) -> Outcome {
         sim_ms,
         real_ms: started.elapsed().as_millis() as u64,
         failure,
-        unchecked_keys: run.unchecked_keys,
+        coverage: run.coverage,
         wiped: run.wiped_for.len(),
         trace: run.trace,
     }
@@ -925,7 +924,7 @@ impl Run<'_> {
                         &snapshot,
                         &self.history,
                         chosen,
-                        &mut self.unchecked_keys,
+                        &mut self.coverage,
                     );
                 }
                 Err(why) => last = Some(why),
