@@ -707,12 +707,7 @@ async fn connection<S: AsyncRead + AsyncWrite + Unpin>(
         if batch_full {
             continue;
         }
-        if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
-            server
-                .stats
-                .query_buffer_limit_disconnections
-                .fetch_add(1, Ordering::Relaxed);
-            warn!(addr = %handle.addr, "closing client that exceeded client-query-buffer-limit");
+        if past_query_limit(server, &handle.addr, &input) {
             return Ok(());
         }
         input.reserve(read_reserve(input.len(), need));
@@ -853,6 +848,20 @@ async fn wait_held<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Whether a client's unread input passed `client-query-buffer-limit`:
+/// then it is counted and logged, and the client is to close.
+fn past_query_limit(server: &Server, addr: &std::net::SocketAddr, input: &[u8]) -> bool {
+    if input.len() <= server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
+        return false;
+    }
+    server
+        .stats
+        .query_buffer_limit_disconnections
+        .fetch_add(1, Ordering::Relaxed);
+    warn!(addr = %addr, "closing client that exceeded client-query-buffer-limit");
+    true
+}
+
 /// What ended a [`wait_serving`].
 enum Woke<T> {
     /// The awaited event, with its output.
@@ -877,12 +886,7 @@ async fn wait_serving<S: AsyncRead + AsyncWrite + Unpin, T>(
     out_limit: OutputBufferLimit,
     event: impl std::future::Future<Output = T>,
 ) -> std::io::Result<Woke<T>> {
-    if input.len() > server.tunables.query_buffer_limit.load(Ordering::Relaxed) {
-        server
-            .stats
-            .query_buffer_limit_disconnections
-            .fetch_add(1, Ordering::Relaxed);
-        warn!(addr = %handle.addr, "closing waiting client that exceeded client-query-buffer-limit");
+    if past_query_limit(server, &handle.addr, input) {
         return Ok(Woke::Close);
     }
     input.reserve(4096);

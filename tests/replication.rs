@@ -2908,6 +2908,18 @@ impl Mesh3 {
         });
     }
 
+    /// Runs `work` on the three nodes at once, each with a connection of
+    /// its own and its index; returns once all three are done.
+    fn on_each_at_once(&self, work: impl Fn(usize, &mut redis::Connection) + Sync) {
+        let work = &work;
+        std::thread::scope(|scope| {
+            for (n, node) in self.nodes.iter().enumerate() {
+                let mut con = node.conn();
+                scope.spawn(move || work(n, &mut con));
+            }
+        });
+    }
+
     /// Links node `i` with the other two again.
     fn rejoin(&self, i: usize) {
         self.relink(i, false);
@@ -2940,39 +2952,29 @@ fn collections_written_on_three_nodes_at_once_converge() {
     let [a, b, c] = &mesh.nodes;
     let (mut ca, mut cb, mut cc) = (a.conn(), b.conn(), c.conn());
     const N: usize = 100;
-    let writers: Vec<_> = [a, b, c]
-        .iter()
-        .enumerate()
-        .map(|(n, s)| {
-            let mut con = s.conn();
-            std::thread::spawn(move || {
-                for i in 0..N {
-                    let field = format!("f.{n}.{i}");
-                    let member = format!("m.{n}.{i}");
-                    q::<i64>(
-                        &mut con,
-                        &["HSET", "h", &field, "v", "last", &format!("{n}.{i}")],
-                    );
-                    q::<i64>(&mut con, &["HINCRBY", "h", "hits", "1"]);
-                    if i % 5 == 0 {
-                        q::<i64>(&mut con, &["HDEL", "h", &field]);
-                    }
-                    q::<i64>(&mut con, &["SADD", "s", &member]);
-                    if i % 2 == 0 {
-                        q::<i64>(&mut con, &["SREM", "s", &member]);
-                    }
-                    q::<i64>(&mut con, &["ZADD", "z", &i.to_string(), &member]);
-                    q::<String>(&mut con, &["ZINCRBY", "z", "1", "total"]);
-                    if i % 3 == 0 {
-                        q::<i64>(&mut con, &["ZREM", "z", &member]);
-                    }
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
+    mesh.on_each_at_once(|n, con| {
+        for i in 0..N {
+            let field = format!("f.{n}.{i}");
+            let member = format!("m.{n}.{i}");
+            q::<i64>(
+                con,
+                &["HSET", "h", &field, "v", "last", &format!("{n}.{i}")],
+            );
+            q::<i64>(con, &["HINCRBY", "h", "hits", "1"]);
+            if i % 5 == 0 {
+                q::<i64>(con, &["HDEL", "h", &field]);
+            }
+            q::<i64>(con, &["SADD", "s", &member]);
+            if i % 2 == 0 {
+                q::<i64>(con, &["SREM", "s", &member]);
+            }
+            q::<i64>(con, &["ZADD", "z", &i.to_string(), &member]);
+            q::<String>(con, &["ZINCRBY", "z", "1", "total"]);
+            if i % 3 == 0 {
+                q::<i64>(con, &["ZREM", "z", &member]);
+            }
+        }
+    });
     type State = (
         BTreeMap<String, String>,
         BTreeSet<String>,
@@ -3051,27 +3053,17 @@ fn lists_pushed_on_three_nodes_at_once_converge_to_one_order() {
     let [a, b, c] = &mesh.nodes;
     let (mut ca, mut cb, mut cc) = (a.conn(), b.conn(), c.conn());
     const PUSHES: usize = 300;
-    let writers: Vec<_> = [a, b, c]
-        .iter()
-        .enumerate()
-        .map(|(n, s)| {
-            let mut con = s.conn();
-            std::thread::spawn(move || {
-                for i in 0..PUSHES {
-                    let (cmd, end) = if i % 2 == 0 {
-                        ("RPUSH", "R")
-                    } else {
-                        ("LPUSH", "L")
-                    };
-                    let v = format!("{n}.{end}.{i:04}");
-                    q::<i64>(&mut con, &[cmd, "l", &v]);
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.join().unwrap();
-    }
+    mesh.on_each_at_once(|n, con| {
+        for i in 0..PUSHES {
+            let (cmd, end) = if i % 2 == 0 {
+                ("RPUSH", "R")
+            } else {
+                ("LPUSH", "L")
+            };
+            let v = format!("{n}.{end}.{i:04}");
+            q::<i64>(con, &[cmd, "l", &v]);
+        }
+    });
     let all = |con: &mut redis::Connection| -> Vec<String> { q(con, &["LRANGE", "l", "0", "-1"]) };
     wait_until("every push on every node", || {
         all(&mut ca).len() == 3 * PUSHES
