@@ -3175,3 +3175,45 @@ fn offers_after_a_burst_find_nothing_to_repair() {
     let compared = compared(&mut ca, &mut cb) - before;
     assert!(compared >= 2, "only {compared} offers compared");
 }
+
+/// #13, the relay case over real links: C writes a field; A, cut off from
+/// C, replaces it; B merges A's write and replaces it before it passes
+/// A's write on to C (a second later), so C gets B's write first. C's
+/// write was replaced knowingly, and B knew it (A's delta recorded the
+/// kill, B's carries it on): no node logs a conflict, and all read B's.
+#[test]
+fn a_field_replaced_through_a_relay_is_no_conflict_anywhere() {
+    let mesh = Mesh3::new();
+    let [mut ca, mut cb, mut cc] = [0, 1, 2].map(|i| mesh.nodes[i].conn());
+    let hget = |c: &mut redis::Connection| q::<Option<String>>(c, &["HGET", "h", "f"]);
+    q::<i64>(&mut cc, &["HSET", "h", "f", "from-c"]);
+    wait_until("C's write everywhere", || {
+        [&mut ca, &mut cb]
+            .into_iter()
+            .all(|c| hget(c).as_deref() == Some("from-c"))
+    });
+    let (pa, pc) = (mesh.ports[0].as_str(), mesh.ports[2].as_str());
+    q::<String>(&mut ca, &["REPLICAOF", "REMOVE", "127.0.0.1", pc]);
+    q::<String>(&mut cc, &["REPLICAOF", "REMOVE", "127.0.0.1", pa]);
+    wait_until("A and C apart", || {
+        info_field(&mut ca, "connected_peers") == "1"
+            && info_field(&mut cc, "connected_peers") == "1"
+    });
+    q::<i64>(&mut ca, &["HSET", "h", "f", "from-a"]);
+    wait_until("A's write on B", || {
+        hget(&mut cb).as_deref() == Some("from-a")
+    });
+    q::<i64>(&mut cb, &["HSET", "h", "f", "from-b"]);
+    wait_until("B's write everywhere", || {
+        [&mut ca, &mut cb, &mut cc]
+            .into_iter()
+            .all(|c| hget(c).as_deref() == Some("from-b"))
+    });
+    // A's write reaches C through B a second after B applied it.
+    std::thread::sleep(Duration::from_millis(2_000));
+    for (name, c) in [("A", &mut ca), ("B", &mut cb), ("C", &mut cc)] {
+        assert_eq!(hget(c).as_deref(), Some("from-b"), "{name}");
+        let logged: Vec<redis::Value> = q(c, &["CRDT.CONFLICTS"]);
+        assert!(logged.is_empty(), "{name} logged {logged:?}");
+    }
+}

@@ -15,8 +15,10 @@ use crate::conflict::Conflict;
 use crate::context::{CausalContext, Dot};
 use crate::delta::Delta;
 use crate::ekey::EKey;
-use crate::fields::FieldRef;
+use crate::emap::EMap;
+use crate::fields::{FieldRef, Fields as HashFields};
 use crate::lazy::Lazy;
+use crate::seq::Seq;
 use crate::state::{ExpiryField, Extras, KeyState, Register, Tally};
 use crate::{NodeId, NodeMap, Stamp};
 
@@ -35,7 +37,9 @@ use crate::{NodeId, NodeMap, Stamp};
 /// take the compact form of a one-element write ([`append_one_write`]),
 /// and since 15 that of a collection write ([`append_coll_write`]), which
 /// an earlier build of version 6 does not read.
-pub const FORMAT_VERSION: u8 = 6;
+/// 7: an element's removal record names the writes its ops killed
+/// (`Removed::dead`).
+pub const FORMAT_VERSION: u8 = 7;
 
 /// The oldest version a store written by an earlier build may hold; see
 /// [`decode_stored`] and [`decode_stored_state`].
@@ -522,11 +526,20 @@ const COUNTED: u8 = 0x80;
 /// of [`append_one_write`] or as serde lays out `Delta`. A register stamp
 /// or dot the origin left implied names it again.
 pub fn decode_write_fields(fields: &[u8]) -> Result<(NodeId, u64, Delta), DecodeError> {
+    decode_write_fields_as(fields, take_all::<Delta>)
+}
+
+/// [`decode_write_fields`] with `full` reading the full form (an earlier
+/// version's layout in a log it wrote; the compact forms have not changed).
+fn decode_write_fields_as(
+    fields: &[u8],
+    full: impl FnOnce(&[u8]) -> Result<Delta, DecodeError>,
+) -> Result<(NodeId, u64, Delta), DecodeError> {
     let ((origin, seq), rest) = postcard::take_from_bytes::<(NodeId, u64)>(fields)?;
     let mut delta = match rest.split_first() {
         Some((&ONE_WRITE_TAG, one)) => decode_one_write(one, origin)?,
         Some((&COLL_WRITE_TAG, coll)) => decode_coll_write(coll, origin)?,
-        _ => take_all::<Delta>(rest)?,
+        _ => full(rest)?,
     };
     delta.restore_origin(origin);
     Ok((origin, seq, delta))
@@ -1131,6 +1144,11 @@ fn write_coll(w: &mut Writer, c: &Coll) {
         w.string(key);
         write_stamp(w, r.reset);
         write_tallies(w, &r.tallies);
+        w.varint(r.dead.len() as u64);
+        for (node, n) in r.dead.iter() {
+            w.varint(node.0);
+            w.varint(*n);
+        }
     }
     w.byte(c.part as u8);
 }
@@ -1476,7 +1494,7 @@ pub fn decode_stored_state(bytes: &[u8]) -> Result<KeyState, DecodeError> {
         Some(2) => take_all::<KeyStateV2>(&bytes[1..])?.into(),
         Some(3) => take_all::<KeyStateV3>(&bytes[1..])?.into(),
         Some(4) => take_all::<KeyStateV4>(&bytes[1..])?.into(),
-        Some(5) => take_all::<KeyState>(&bytes[1..])?,
+        Some(5 | 6) => take_all::<KeyStateV6>(&bytes[1..])?.into(),
         _ => decode(bytes)?,
     };
     state.pack();
@@ -1499,7 +1517,8 @@ pub fn decode_stored_write(bytes: &[u8], tag: &[u8]) -> Result<(NodeId, u64, Del
             delta.restore_origin(origin);
             Ok((origin, seq, delta))
         }
-        5 | FORMAT_VERSION => decode_write_fields(fields),
+        5 | 6 => decode_write_fields_as(fields, |full| Ok(take_all::<DeltaV6>(full)?.into())),
+        FORMAT_VERSION => decode_write_fields(fields),
         v => Err(DecodeError::UnknownVersion(v)),
     }
 }
@@ -1533,6 +1552,117 @@ fn take_all<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
         return Err(DecodeError::Trailing(rest.len()));
     }
     Ok(value)
+}
+
+/// Versions 5 and 6's removal record of an element: no kills.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct RemovedV6 {
+    reset: Stamp,
+    tallies: NodeMap<Tally>,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct CollV6 {
+    ctx: CausalContext,
+    at: Stamp,
+    kind: Kind,
+    hash: HashFields,
+    set: EMap<Adds>,
+    zset: EMap<Elem<Score>>,
+    list: Seq<Elem<Blob>>,
+    removed: BTreeMap<(Kind, Vec<u8>), RemovedV6>,
+    part: bool,
+}
+
+#[derive(serde::Deserialize, serde::Serialize)]
+struct ExtrasV6 {
+    expiry: ExpiryField,
+    counts: NodeMap<Tally>,
+    removed: NodeMap<Tally>,
+    floor: Stamp,
+    coll: Option<Box<CollV6>>,
+}
+
+/// Versions 5 and 6's key state: removal records without kills.
+#[derive(serde::Deserialize, serde::Serialize)]
+struct KeyStateV6 {
+    reg: Register,
+    extras: Option<Box<ExtrasV6>>,
+}
+
+impl From<KeyStateV6> for KeyState {
+    fn from(v6: KeyStateV6) -> KeyState {
+        let Some(x) = v6.extras.map(|x| *x) else {
+            return KeyState {
+                reg: v6.reg,
+                extras: None,
+                coll: None,
+            };
+        };
+        let rest = Extras {
+            expiry: x.expiry,
+            counts: x.counts,
+            removed: Lazy::new(x.removed),
+            floor: x.floor,
+        };
+        KeyState {
+            reg: v6.reg,
+            extras: (!rest.is_empty()).then(|| Box::new(rest)),
+            coll: x.coll.map(|c| {
+                let mut coll = Box::<Coll>::default();
+                coll.ctx = c.ctx;
+                coll.at = c.at;
+                coll.kind = c.kind;
+                coll.hash = c.hash;
+                coll.set = Lazy::new(c.set);
+                coll.zset = Lazy::new(c.zset);
+                coll.list = Lazy::new(c.list);
+                coll.removed = Lazy::new(
+                    c.removed
+                        .into_iter()
+                        .map(|(k, r)| {
+                            let r = Removed {
+                                reset: r.reset,
+                                tallies: r.tallies,
+                                dead: NodeMap::default(),
+                            };
+                            (k, r)
+                        })
+                        .collect(),
+                );
+                coll.part = c.part;
+                coll
+            }),
+        }
+    }
+}
+
+/// Versions 5 and 6's delta.
+#[derive(serde::Deserialize, serde::Serialize)]
+enum DeltaV6 {
+    Key {
+        db: u32,
+        #[serde(with = "serde_bytes")]
+        key: Vec<u8>,
+        state: KeyStateV6,
+    },
+    Flush {
+        db: Option<u32>,
+        stamp: Stamp,
+    },
+}
+
+impl From<DeltaV6> for Delta {
+    fn from(v6: DeltaV6) -> Delta {
+        match v6 {
+            DeltaV6::Key { db, key, state } => Delta::Key {
+                db,
+                key,
+                state: state.into(),
+            },
+            DeltaV6::Flush { db, stamp } => Delta::Flush { db, stamp },
+        }
+    }
 }
 
 /// Versions 2 and 3's conflict: no element.
@@ -2091,6 +2221,100 @@ mod tests {
         let mut v5_state = encode(&hash).expect("encode");
         v5_state[0] = 5;
         assert_eq!(decode_stored_state(&v5_state).expect("v5 state"), hash);
+
+        // Version 6: removal records without kills, as a stored state and
+        // as a write in the delta log.
+        let mut records = KeyState::default();
+        let (s1, s2) = (
+            Stamp {
+                time: 20,
+                node: NodeId(2),
+            },
+            Stamp {
+                time: 21,
+                node: NodeId(3),
+            },
+        );
+        let d1 = records.coll_write(s1, Kind::Hash, |c, d| {
+            c.hset_into(d, s1, b"f", b"v");
+            c.incr_into(d, Kind::Hash, b"n", s1, (1, 0.0, false));
+        });
+        records.merge(&d1);
+        let d2 = records.coll_write(s2, Kind::Hash, |c, d| {
+            c.remove_elem_into(d, Kind::Hash, b"f", s2);
+            c.remove_elem_into(d, Kind::Hash, b"n", s2);
+        });
+        records.merge(&d2);
+        let record =
+            |s: &KeyState, e: &[u8]| s.coll().and_then(|c| c.removed_of(Kind::Hash, e)).cloned();
+        assert!(record(&records, b"f").is_some_and(|r| !r.dead.is_empty()));
+        assert!(record(&records, b"n").is_some_and(|r| !r.tallies.is_empty()));
+        let without_kills = |state: &KeyState| {
+            let mut s = state.clone();
+            if let Some(records) = s.coll.as_deref_mut().and_then(|c| c.removed.made_mut()) {
+                records
+                    .values_mut()
+                    .for_each(|r| r.dead = NodeMap::default());
+            }
+            s
+        };
+        let as_v6 = |state: &KeyState| KeyStateV6 {
+            reg: state.reg.clone(),
+            extras: (state.extras.is_some() || state.coll.is_some()).then(|| {
+                let x = state.extras.as_deref().unwrap_or(&none);
+                Box::new(ExtrasV6 {
+                    expiry: x.expiry,
+                    counts: x.counts.clone(),
+                    removed: (*x.removed).clone(),
+                    floor: x.floor,
+                    coll: state.coll.as_deref().map(|c| {
+                        Box::new(CollV6 {
+                            ctx: c.ctx.clone(),
+                            at: c.at,
+                            kind: c.kind,
+                            hash: c.hash.clone(),
+                            set: (*c.set).clone(),
+                            zset: (*c.zset).clone(),
+                            list: (*c.list).clone(),
+                            removed: c
+                                .removed
+                                .iter()
+                                .map(|(k, r)| {
+                                    let r = RemovedV6 {
+                                        reset: r.reset,
+                                        tallies: r.tallies.clone(),
+                                    };
+                                    (k.clone(), r)
+                                })
+                                .collect(),
+                            part: c.part,
+                        })
+                    }),
+                })
+            }),
+        };
+        let mut bytes = vec![6];
+        bytes.extend(postcard::to_allocvec(&as_v6(&records)).expect("encode"));
+        assert_eq!(
+            decode_stored_state(&bytes).expect("v6 state"),
+            without_kills(&records)
+        );
+        let v6_write = DeltaV6::Key {
+            db: 1,
+            key: b"k".to_vec(),
+            state: as_v6(&d2),
+        };
+        let mut bytes = vec![6, 3];
+        bytes.extend(postcard::to_allocvec(&(NodeId(3), 8u64, v6_write)).expect("encode"));
+        let (_, _, read) = decode_stored_write(&bytes, &tag).expect("v6 write");
+        assert_eq!(
+            read,
+            Delta::Key {
+                db: 1,
+                key: b"k".to_vec(),
+                state: without_kills(&d2)
+            }
+        );
 
         let meta: Vec<(NodeId, u64)> = vec![(NodeId(7), 42)];
         let mut old = encode(&meta).expect("encode");

@@ -20,9 +20,12 @@
 //!
 //! The key's [`CausalContext`] holds every dot the state has seen, so a
 //! removed element leaves no tombstone: an element absent here whose dots
-//! the context holds was removed, one whose dots it lacks is new. Counter
-//! removal records (`removed`) are the only per-element metadata a removal
-//! leaves; compaction drops them at causal stability, as for strings.
+//! the context holds was removed, one whose dots it lacks is new. Removal
+//! records (`removed`) are the only per-element metadata a removal leaves:
+//! what resets removed of a counter, and which writes ops killed (so that
+//! a write relayed ahead of the op that killed what it replaced does not
+//! meet that as a sibling, see [`Removed::dead`]); compaction drops them
+//! at causal stability, as for strings.
 //!
 //! A delta is a `Coll` too, marked `part`: it names in its maps every
 //! element it touches (a removal as an entry with no writes), so merging it
@@ -203,12 +206,66 @@ impl<V> Elem<V> {
     }
 }
 
-/// What resets of one element observed of its counter, per node, and the
-/// newest such reset (for compaction).
+/// What resets of one element observed of its counter, per node; what
+/// removals and rewrites of its value killed; and the newest such op (for
+/// compaction).
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Removed {
     pub reset: Stamp,
     pub tallies: NodeMap<Tally>,
+    /// Per node, the newest dot number of the element's value writes an
+    /// op replaced or removed: that write and the node's earlier ones of
+    /// the element are dead (a node's write replaced its own earlier
+    /// ones). Every later write of the element carries it while it lasts,
+    /// so a node that gets such a write before the op that killed them
+    /// drops them at once, and does not report as a conflict what the
+    /// writer knew it replaced (a conflict is a loss its winner had not
+    /// seen). Dropped with the record once `reset` is stable: by then the
+    /// killing ops are everywhere.
+    pub dead: NodeMap<u64>,
+}
+
+impl Removed {
+    /// Whether the record says the write made with `dot` is dead.
+    pub fn kills(&self, dot: Dot) -> bool {
+        self.dead.get(&dot.node).is_some_and(|&n| dot.n <= n)
+    }
+
+    fn note_dead(&mut self, node: NodeId, n: u64) {
+        self.dead.upsert(node, n, |mine, n| *mine = (*mine).max(n));
+    }
+}
+
+fn kills(record: Option<&Removed>, dot: Dot) -> bool {
+    record.is_some_and(|r| r.kills(dot))
+}
+
+/// Whether a write by `node` over `e` replaces another node's write, a
+/// kill its delta must record (`Coll::replace_into`).
+fn replaces_others<V>(e: &Elem<V>, node: NodeId) -> bool {
+    e.writes.iter().any(|w| w.dot.node != node)
+}
+
+/// Drops the writes `record` kills and the tallies it covers; true when
+/// nothing is left.
+fn emptied<V>(e: &mut Elem<V>, record: Option<&Removed>) -> bool {
+    e.writes.retain(|w| !kills(record, w.dot));
+    settle(e, record)
+}
+
+fn field_killed(f: FieldRef<'_>, record: Option<&Removed>) -> bool {
+    match f {
+        FieldRef::Elem(e) => e.writes.iter().any(|w| kills(record, w.dot)),
+        FieldRef::Packed(p) => kills(record, p.dot),
+    }
+}
+
+/// Whether any record of `kind`'s elements kills a write.
+fn kills_any(removed: &BTreeMap<(Kind, Vec<u8>), Removed>, kind: Kind) -> bool {
+    !removed.is_empty()
+        && removed
+            .iter()
+            .any(|((k, _), r)| *k == kind && !r.dead.is_empty())
 }
 
 /// See the module doc. Laid out as declared: `at`, `kind` and the hash's
@@ -284,15 +341,16 @@ pub fn elem_sum(counts: Option<&NodeMap<Tally>>, removed: Option<&Removed>) -> C
 fn join_elem<V: Clone + Ord>(
     mine: &mut Elem<V>,
     theirs: Option<&Elem<V>>,
-    my_ctx: &CausalContext,
-    their_ctx: &CausalContext,
+    (my_ctx, their_ctx): (&CausalContext, &CausalContext),
+    record: Option<&Removed>,
 ) -> bool {
     let their_writes = theirs.map_or(&[][..], |t| &t.writes[..]);
-    mine.writes
-        .retain(|w| their_writes.contains(w) || !their_ctx.contains(w.dot));
+    mine.writes.retain(|w| {
+        (their_writes.contains(w) || !their_ctx.contains(w.dot)) && !kills(record, w.dot)
+    });
     let before = mine.writes.len();
     for w in their_writes {
-        if !mine.writes.contains(w) && !my_ctx.contains(w.dot) {
+        if !mine.writes.contains(w) && !my_ctx.contains(w.dot) && !kills(record, w.dot) {
             mine.writes.push(w.clone());
         }
     }
@@ -398,11 +456,12 @@ fn join_elems<'r, K: Ord + Clone, V: Clone + Ord>(
     if their_whole {
         // Theirs may remove any of mine by its context.
         mine.keep(|key, elem| {
-            let grew = join_elem(elem, theirs.elem(key), my_ctx, their_ctx);
+            let record = removed_of(key);
+            let grew = join_elem(elem, theirs.elem(key), (my_ctx, their_ctx), record);
             if grew && elem.writes.len() > 1 {
                 on_siblings(key, elem);
             }
-            !settle(elem, removed_of(key)) || keep_empty
+            !settle(elem, record) || keep_empty
         });
     }
     for (key, their) in theirs.elems() {
@@ -410,11 +469,12 @@ fn join_elems<'r, K: Ord + Clone, V: Clone + Ord>(
             continue;
         }
         let mut elem = mine.take(key).unwrap_or_default();
-        let grew = join_elem(&mut elem, Some(their), my_ctx, their_ctx);
+        let record = removed_of(key);
+        let grew = join_elem(&mut elem, Some(their), (my_ctx, their_ctx), record);
         if grew && elem.writes.len() > 1 {
             on_siblings(key, &elem);
         }
-        if !settle(&mut elem, removed_of(key)) || keep_empty {
+        if !settle(&mut elem, record) || keep_empty {
             mine.put(key.clone(), elem);
         }
     }
@@ -430,6 +490,18 @@ fn record_of<'r>(
         return None;
     }
     removed.get(&(kind, key.bytes().to_vec()))
+}
+
+/// A list element's record in `removed`, named by its place as written
+/// out (none for most).
+fn list_record_of<'r>(
+    removed: &'r BTreeMap<(Kind, Vec<u8>), Removed>,
+    pos: &Position,
+) -> Option<&'r Removed> {
+    if removed.is_empty() {
+        return None;
+    }
+    removed.get(&(Kind::List, pos.to_string().into_bytes()))
 }
 
 /// As [`join_elems`] for set members (dots only).
@@ -481,6 +553,54 @@ fn remove_field_dots(delta: &mut Coll, f: FieldRef<'_>) {
         FieldRef::Packed(p) => delta.ctx.insert(p.dot),
     }
 }
+
+/// Records in `delta` the kills of `kind`'s element `key`'s writes `killed`
+/// by the op at `stamp`, and those this node knew of (`known`, its record).
+pub(crate) fn record_kills(
+    delta: &mut Coll,
+    (kind, key): (Kind, &[u8]),
+    known: Option<&Removed>,
+    killed: impl IntoIterator<Item = Dot>,
+    stamp: Stamp,
+) {
+    let mut killed = killed.into_iter().peekable();
+    if known.is_none() && killed.peek().is_none() {
+        return;
+    }
+    // A delta names every element it has a record of, so that merging it
+    // into another delta visits the element there.
+    match kind {
+        Kind::Hash if delta.part => {
+            delta.hash.map_mut().entry(EKey::new(key)).or_default();
+        }
+        Kind::ZSet if delta.part => {
+            delta.zset.make().entry(EKey::new(key)).or_default();
+        }
+        _ => {}
+    }
+    let r = delta
+        .removed
+        .make()
+        .entry((kind, key.to_vec()))
+        .or_default();
+    if let Some(known) = known {
+        r.reset = r.reset.max(known.reset);
+        for (node, n) in known.dead.iter() {
+            r.note_dead(*node, *n);
+        }
+    }
+    if killed.peek().is_some() {
+        r.reset = r.reset.max(stamp);
+    }
+    for d in killed {
+        r.note_dead(d.node, d.n);
+    }
+}
+
+/// The most elements a clear (DEL) records the kills of, one record each
+/// as removing each by name does: past it, a delta of a record per
+/// element would cost more than what it is for (see `Removed::dead`).
+pub const CLEAR_KILLS_MAX: usize = PACK_MAX_FIELDS;
 
 /// Records in `delta` that `kind`'s element `key` had its counter `counts`
 /// reset at `stamp` (what a removal does to a counter).
@@ -911,11 +1031,23 @@ impl Coll {
     /// Adds to `delta` the removal of everything `kind`'s element `key`
     /// holds here: its dots, and its counter as a removal record.
     fn remove_into(&self, delta: &mut Coll, kind: Kind, key: &[u8], stamp: Stamp) {
+        self.replace_into(delta, kind, key, stamp, false);
+    }
+
+    /// [`Coll::remove_into`] by an op that writes the element anew when
+    /// `rewrites` (HSET, ZADD) and so records no kill of its own node's
+    /// writes: its new write carries that.
+    fn replace_into(&self, delta: &mut Coll, kind: Kind, key: &[u8], stamp: Stamp, rewrites: bool) {
         let probe = Probe::new(key);
+        let mut killed: SmallVec<[Dot; 2]> = SmallVec::new();
         let counts = match kind {
             Kind::Hash => match self.hash.get(key) {
                 Some(f) => {
                     remove_field_dots(delta, f);
+                    match f {
+                        FieldRef::Elem(e) => killed.extend(e.writes.iter().map(|w| w.dot)),
+                        FieldRef::Packed(p) => killed.push(p.dot),
+                    }
                     delta.hash.map_mut().entry(probe.to_key()).or_default();
                     f.counts()
                 }
@@ -925,6 +1057,7 @@ impl Coll {
                 Some(e) => {
                     for w in &e.writes {
                         delta.ctx.insert(w.dot);
+                        killed.push(w.dot);
                     }
                     delta.zset.make().entry(probe.to_key()).or_default();
                     e.counts.as_deref()
@@ -951,6 +1084,11 @@ impl Coll {
         if let Some(counts) = counts {
             reset_counter(delta, kind, key, counts, stamp);
         }
+        if matches!(kind, Kind::Hash | Kind::ZSet) {
+            killed.retain(|d| !(rewrites && d.node == stamp.node));
+            let known = self.removed_of(kind, key).filter(|r| !r.dead.is_empty());
+            record_kills(delta, (kind, key), known, killed, stamp);
+        }
     }
 
     /// The delta of removing every element held here, of every kind (DEL,
@@ -959,11 +1097,19 @@ impl Coll {
     /// write carries the stamp.
     pub fn clear(&self, stamp: Stamp) -> Coll {
         let mut delta = Coll::default();
+        let kills = self.hash.len() + self.zset.len() <= CLEAR_KILLS_MAX;
         // Each element as it is walked, not looked up again by name (a
         // packed hash's lookup is a walk: the clear of one would be
         // quadratic).
         for (key, f) in self.hash.iter() {
             remove_field_dots(&mut delta, f);
+            if kills {
+                let dots: SmallVec<[Dot; 2]> = match f {
+                    FieldRef::Elem(e) => e.writes.iter().map(|w| w.dot).collect(),
+                    FieldRef::Packed(p) => SmallVec::from_slice(&[p.dot]),
+                };
+                record_kills(&mut delta, (Kind::Hash, key), None, dots, stamp);
+            }
             if let Some(counts) = f.counts() {
                 reset_counter(&mut delta, Kind::Hash, key, counts, stamp);
             }
@@ -977,9 +1123,17 @@ impl Coll {
             for w in e.writes.iter() {
                 delta.ctx.insert(w.dot);
             }
+            if kills {
+                let dots = e.writes.iter().map(|w| w.dot);
+                record_kills(&mut delta, (Kind::ZSet, key.bytes()), None, dots, stamp);
+            }
             if let Some(counts) = e.counts.as_deref() {
                 reset_counter(&mut delta, Kind::ZSet, key.bytes(), counts, stamp);
             }
+        }
+        // What this node knew of dead writes goes on with the clear.
+        for ((kind, key), r) in self.removed.iter().filter(|(_, r)| !r.dead.is_empty()) {
+            record_kills(&mut delta, (*kind, key), Some(r), None, stamp);
         }
         for pos in self.list.keys() {
             self.list_remove_into(&mut delta, pos);
@@ -1026,7 +1180,7 @@ impl Coll {
 
     /// HSET of one field, into `delta` (a delta of `Coll::delta(stamp, Hash)`).
     pub fn hset_into(&self, delta: &mut Coll, stamp: Stamp, field: &[u8], value: &[u8]) {
-        self.remove_into(delta, Kind::Hash, field, stamp);
+        self.replace_into(delta, Kind::Hash, field, stamp, true);
         let dot = self.new_dot(delta, stamp);
         let elem = delta.hash.map_mut().entry(EKey::new(field)).or_default();
         // The same field twice in one command: the last value stands.
@@ -1059,7 +1213,7 @@ impl Coll {
     /// ZADD of one member at `score`, into `delta`: its earlier score and
     /// increments removed, as HSET's are.
     pub fn zadd_into(&self, delta: &mut Coll, stamp: Stamp, member: &[u8], score: f64) {
-        self.remove_into(delta, Kind::ZSet, member, stamp);
+        self.replace_into(delta, Kind::ZSet, member, stamp, true);
         let dot = self.new_dot(delta, stamp);
         let elem = delta.zset.make().entry(EKey::new(member)).or_default();
         elem.writes.clear();
@@ -1117,6 +1271,36 @@ impl Coll {
     // op's kind and hides nothing; `None` means "not here": nothing was
     // changed and the general path must run.
 
+    /// Whether `node`'s write of `kind`'s element `key` runs in place
+    /// (`hset_here`, `zadd_here`): the element has no counter, no write by
+    /// another node and no record of killed writes, whose removal and
+    /// kills the general path records. A command writing several elements
+    /// checks them all first: the in-place path cannot stop halfway.
+    pub fn writes_in_place(&self, kind: Kind, key: &[u8], node: NodeId) -> bool {
+        if self.records_kill(kind, key) {
+            return false;
+        }
+        let plain = |e: &Elem<_>| e.counts.is_none() && !replaces_others(e, node);
+        match kind {
+            Kind::Hash => match self.hash.get(key) {
+                None => true,
+                Some(FieldRef::Packed(p)) => p.dot.node == node,
+                Some(FieldRef::Elem(e)) => e.counts.is_none() && !replaces_others(e, node),
+            },
+            Kind::ZSet => self.zset.get(Probe::new(key).as_keyed()).is_none_or(plain),
+            Kind::Set | Kind::List => true,
+        }
+    }
+
+    /// Whether `kind`'s element `key` has a record of killed writes, which
+    /// its next write must carry (the general path's `replace_into`).
+    pub fn records_kill(&self, kind: Kind, key: &[u8]) -> bool {
+        !self.removed.is_empty()
+            && self
+                .removed_of(kind, key)
+                .is_some_and(|r| !r.dead.is_empty())
+    }
+
     /// Records a local write of `kind` at `stamp`: its dot, and the newest write.
     pub(crate) fn note_local(&mut self, stamp: Stamp, kind: Kind, dot: Dot) {
         self.ctx.insert(dot);
@@ -1138,10 +1322,13 @@ impl Coll {
         value: &[u8],
         mut delta: Option<&mut D>,
     ) -> Option<bool> {
+        if self.records_kill(Kind::Hash, field) {
+            return None;
+        }
         let dot = self.ctx.next_dot(stamp.node, stamp.time);
         let probe = Probe::new(field);
         if self.hash.is_packed() {
-            if let Some((fresh, old)) = self.hash.set_packed(field, value, dot, stamp.time) {
+            if let Some((fresh, old)) = self.hash.set_packed_own(field, value, dot, stamp.time) {
                 if let Some(d) = delta {
                     if let Some(old) = old {
                         d.covers(old);
@@ -1158,7 +1345,7 @@ impl Coll {
             value: Blob::new(value),
         };
         let fresh = match self.hash.map_mut().get_mut(probe.as_keyed()) {
-            Some(e) if e.counts.is_some() => return None,
+            Some(e) if e.counts.is_some() || replaces_others(e, stamp.node) => return None,
             Some(e) => {
                 if let Some(d) = delta.as_deref_mut() {
                     for w in &e.writes {
@@ -1246,6 +1433,9 @@ impl Coll {
         score: f64,
         mut delta: Option<&mut D>,
     ) -> Option<Option<f64>> {
+        if self.records_kill(Kind::ZSet, member) {
+            return None;
+        }
         let dot = self.ctx.next_dot(stamp.node, stamp.time);
         let write = Write {
             dot,
@@ -1254,7 +1444,7 @@ impl Coll {
         };
         let probe = Probe::new(member);
         let old = match self.zset.make().get_mut(probe.as_keyed()) {
-            Some(e) if e.counts.is_some() => return None,
+            Some(e) if e.counts.is_some() || replaces_others(e, stamp.node) => return None,
             Some(e) => {
                 if let Some(d) = delta.as_deref_mut() {
                     for w in &e.writes {
@@ -1564,6 +1754,9 @@ impl Coll {
             for (node, t) in r.tallies.iter() {
                 join_tally(&mut mine.tallies, *node, t);
             }
+            for (node, n) in r.dead.iter() {
+                mine.note_dead(*node, *n);
+            }
         }
         // A delta keeps the entries of elements it empties: they name what
         // it removes.
@@ -1572,9 +1765,12 @@ impl Coll {
         let removed = &self.removed;
         // A delta without fields changes none (and leaves a packed hash
         // packed); a delta's plain fields join a packed hash in place.
+        // A field a record kills takes the general join, which drops it.
         let in_place = other.part
             && !self.part
             && self.hash.is_packed()
+            && !kills_any(&other.removed, Kind::Hash)
+            && !kills_any(&self.removed, Kind::Hash)
             && self.hash.join_packed(&other.hash, &self.ctx, &other.ctx);
         if !in_place && (!other.hash.is_empty() || (!other.part && !self.hash.is_empty())) {
             join_elems(
@@ -1606,7 +1802,7 @@ impl Coll {
                 self.list.make(),
                 &*other.list,
                 ctxs,
-                |_| None,
+                |pos| list_record_of(removed, pos),
                 how,
                 |pos, e| siblings(&mut conflicts, pos.to_string().as_bytes(), e, blob_side),
             );
@@ -1619,17 +1815,25 @@ impl Coll {
                 let r = self.removed.get(&(*kind, key.clone()));
                 let probe = Probe::new(key);
                 match kind {
-                    // A packed field has no counter: no record empties it.
-                    Kind::Hash if self.hash.is_packed() => {}
+                    // A packed field has no counter: only a kill empties it.
+                    Kind::Hash
+                        if self.hash.is_packed()
+                            && !self.hash.get(key).is_some_and(|f| field_killed(f, r)) => {}
                     Kind::Hash => {
                         let hash = self.hash.map_mut();
-                        if hash.get_mut(probe.as_keyed()).is_some_and(|e| settle(e, r)) {
+                        if hash
+                            .get_mut(probe.as_keyed())
+                            .is_some_and(|e| emptied(e, r))
+                        {
                             hash.remove(probe.as_keyed());
                         }
                     }
                     Kind::ZSet => {
                         if let Some(zset) = self.zset.made_mut() {
-                            if zset.get_mut(probe.as_keyed()).is_some_and(|e| settle(e, r)) {
+                            if zset
+                                .get_mut(probe.as_keyed())
+                                .is_some_and(|e| emptied(e, r))
+                            {
                                 zset.remove(probe.as_keyed());
                             }
                         }
@@ -1794,9 +1998,19 @@ impl Coll {
         // whose tallies are all older than the floor may have merged, on
         // another node, into one whose tallies are not, and its reset
         // with it; dropping it here would leave the two resets apart.
+        //
+        // A kill goes with its own dot, which merging never changes: one
+        // below the floor's time covers only writes the floor removes. A
+        // record kept for its kills alone takes the floor as its reset, so
+        // that its reset too is what it would be had it merged first with
+        // another one older than the floor (that reset is the larger).
         if let Some(removed) = self.removed.made_mut() {
             removed.retain(|_, r| {
                 r.tallies.retain(|_, t| t.epoch >= floor);
+                r.dead.retain(|_, n| *n >= floor.time);
+                if r.reset < floor && !r.dead.is_empty() {
+                    r.reset = floor;
+                }
                 r.reset >= floor
             });
         }
@@ -1807,12 +2021,17 @@ impl Coll {
         self.oldest.0 = self.oldest_stamp().unwrap_or(self.at).max(floor);
     }
 
-    /// The oldest stamp a prune looks at: elements' and removal records'.
+    /// The oldest stamp a prune looks at: elements' and removal records'
+    /// (a kill as the oldest stamp of its dot's time).
     fn oldest_stamp(&self) -> Option<Stamp> {
-        let records = self
-            .removed
-            .values()
-            .flat_map(|r| r.tallies.values().map(|t| t.epoch).chain([r.reset]));
+        let kill = |n: &u64| Stamp {
+            time: *n,
+            node: NodeId(0),
+        };
+        let records = self.removed.values().flat_map(|r| {
+            let tallies = r.tallies.values().map(|t| t.epoch);
+            tallies.chain(r.dead.values().map(kill)).chain([r.reset])
+        });
         self.earliest_added().into_iter().chain(records).min()
     }
 
@@ -1834,11 +2053,16 @@ impl Coll {
     /// dropped.
     pub fn compact(&mut self, acked: Stamp) -> bool {
         let before = self.removed.len();
+        let mut kills_dropped = false;
         let (hash, zset) = (&self.hash, &self.zset);
         if let Some(removed) = self.removed.made_mut() {
             removed.retain(|(kind, key), r| {
                 if r.reset > acked {
                     return true;
+                }
+                if !r.dead.is_empty() {
+                    r.dead = NodeMap::default();
+                    kills_dropped = true;
                 }
                 let probe = Probe::new(key);
                 let counts = match kind {
@@ -1868,7 +2092,7 @@ impl Coll {
             .map_or(self.at.time, |n| n.max(self.at.time));
         self.ctx
             .raise_floor(acked.time.min(newest.saturating_add(1)));
-        self.removed.len() != before || self.ctx.cloud_len() != cloud
+        kills_dropped || self.removed.len() != before || self.ctx.cloud_len() != cloud
     }
 
     // ----- state transfers from a node that collected what this one holds -----
@@ -2111,6 +2335,10 @@ impl Coll {
             if e.writes.spilled() {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Score>>();
             }
+        }
+        for ((_, key), r) in &self.removed {
+            n += std::mem::size_of::<((Kind, Vec<u8>), Removed)>() + key.capacity();
+            n += r.tallies.heap_bytes() + r.dead.heap_bytes();
         }
         n += self.list.heap_bytes();
         for (pos, e) in self.list.iter() {

@@ -266,7 +266,22 @@ impl Fields {
         time: u64,
     ) -> Option<(bool, Option<Dot>)> {
         match &mut self.0 {
-            Repr::Packed(p) => p.set(field, value, dot, time),
+            Repr::Packed(p) => p.set(field, value, dot, time, false),
+            Repr::Map(_) => None,
+        }
+    }
+
+    /// [`Fields::set_packed`] of a local write, which must record the kill
+    /// of a field another node wrote (`Coll::hset_into`): `None` then too.
+    pub fn set_packed_own(
+        &mut self,
+        field: &[u8],
+        value: &[u8],
+        dot: Dot,
+        time: u64,
+    ) -> Option<(bool, Option<Dot>)> {
+        match &mut self.0 {
+            Repr::Packed(p) => p.set(field, value, dot, time, true),
             Repr::Map(_) => None,
         }
     }
@@ -315,7 +330,7 @@ impl Fields {
                     }
                 }
                 (false, Some((dot, time, value)), _) => {
-                    if p.set(field, value, dot, time).is_none() {
+                    if p.set(field, value, dot, time, false).is_none() {
                         return false;
                     }
                 }
@@ -653,6 +668,7 @@ impl Packed {
         value: &[u8],
         dot: Dot,
         time: u64,
+        own_only: bool,
     ) -> Option<(bool, Option<Dot>)> {
         if field.len() > PACK_MAX_BYTES || value.len() > PACK_MAX_BYTES || dot.n < time {
             return None;
@@ -667,6 +683,9 @@ impl Packed {
             }
             None => (None, None),
         };
+        if own_only && old_dot.is_some_and(|d| d.node != dot.node) {
+            return None;
+        }
         if found.is_none() && self.count() >= PACK_MAX_FIELDS {
             return None;
         }

@@ -9,7 +9,7 @@
 
 use smallvec::smallvec;
 
-use crate::coll::{Blob, Coll, Elem, Kind, Write};
+use crate::coll::{record_kills, Blob, Coll, Elem, Kind, Write};
 use crate::context::Dot;
 use crate::position::Position;
 use crate::stamp::Stamp;
@@ -147,6 +147,22 @@ impl Coll {
     /// LSET of the element at `pos`, into `delta`: the writes held here
     /// replaced by one.
     pub fn list_set_into(&self, delta: &mut Coll, stamp: Stamp, pos: &Position, value: &[u8]) {
+        // Other nodes' writes it replaces, and the kills known here, go
+        // with it (see `Removed::dead`); a pop needs none: no node writes
+        // an element it has popped.
+        let killed = self.list.get(pos).into_iter().flat_map(|e| {
+            e.writes
+                .iter()
+                .map(|w| w.dot)
+                .filter(|d| d.node != stamp.node)
+        });
+        if killed.clone().next().is_some() || !self.removed.is_empty() {
+            let name = pos.to_string().into_bytes();
+            let known = self
+                .removed_of(Kind::List, &name)
+                .filter(|r| !r.dead.is_empty());
+            record_kills(delta, (Kind::List, &name), known, killed, stamp);
+        }
         self.list_remove_into(delta, pos);
         let dot = self.new_dot(delta, stamp);
         list_write(delta, stamp, pos.clone(), dot, value);

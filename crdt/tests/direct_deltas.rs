@@ -265,10 +265,12 @@ fn increment<D: chorus_crdt::CountDelta>(
     }
 }
 
-/// The case the property must reach: a field with two concurrent writes,
-/// from two nodes, both replaced.
+/// A field with two concurrent writes, from two nodes: the in-place HSET
+/// declines, changing nothing, and the general one records the other
+/// node's write as killed (its element's removal record), besides
+/// replacing both.
 #[test]
-fn an_hset_over_concurrent_writes_names_every_dot_it_replaced() {
+fn an_hset_over_another_nodes_write_records_its_kill() {
     let write = |node: u64| {
         let stamp = Stamp {
             time: 1_000,
@@ -285,15 +287,30 @@ fn an_hset_over_concurrent_writes_names_every_dot_it_replaced() {
         time: 1_001,
         node: NodeId(1),
     };
+    let before = state.clone();
     let mut one = OneWrite::default();
-    let fresh = state
-        .coll
-        .as_mut()
-        .unwrap()
-        .hset_here(stamp, b"f", b"x", Some(&mut one));
-    assert_eq!(fresh, Some(false));
-    assert_eq!(one.replaced.len(), 2, "{one:?}");
-    assert_ne!(one.replaced[0].node, one.replaced[1].node);
+    let coll = state.coll.as_mut().unwrap();
+    assert!(!coll.writes_in_place(Kind::Hash, b"f", stamp.node));
+    let fresh = coll.hset_here(stamp, b"f", b"x", Some(&mut one));
+    assert_eq!(fresh, None);
+    assert_eq!(state, before);
+    assert!(one.replaced.is_empty(), "{one:?}");
+    let delta = state.coll_write(stamp, Kind::Hash, |c, d| c.hset_into(d, stamp, b"f", b"x"));
+    let delta = delta.coll.as_deref().unwrap();
+    let record = delta.removed_of(Kind::Hash, b"f").expect("a record");
+    let killed: Vec<_> = record.dead.iter().map(|(n, _)| *n).collect();
+    assert_eq!(
+        killed,
+        [NodeId(2)],
+        "its own node's write is not recorded: its new write replaces it"
+    );
+    assert!(state
+        .merge(&KeyState {
+            coll: Some(Box::new(delta.clone())),
+            ..KeyState::default()
+        })
+        .is_empty());
+    assert_eq!(state.coll.as_deref().unwrap().len(Kind::Hash), 1);
 }
 
 /// Every number at its largest (ten-byte varints throughout) and three
@@ -581,6 +598,10 @@ proptest! {
         let (state, time) = coll_state(kind, &ops);
         prop_assume!(state.key_type(0) == Some(KeyType::Coll(kind)) && !state.has_hidden_parts());
         let stamp = Stamp { time: time + later, node: NodeId(node) };
+        // As the commands do: a write the in-place path would decline
+        // takes the general path for every element.
+        let coll = state.coll().expect("a collection");
+        prop_assume!(writes.iter().all(|&(f, _)| coll.writes_in_place(kind, FIELDS[f], stamp.node)));
         let mut by_coll = state.clone();
         let mut delta = Coll::delta(stamp, kind);
         let done = write_many(&mut by_coll, kind, stamp, &writes, Some(&mut delta));

@@ -1056,7 +1056,8 @@ fn a_recycled_delta_is_a_fresh_one() {
 
 /// DEL's delta walks each element once (a packed hash's lookup by name is
 /// a walk of its buffer), and removes exactly what removing each element
-/// by name removes: every dot, and every counter as a removal record.
+/// by name removes: every dot, every counter as a removal record, and
+/// every write as killed (up to `CLEAR_KILLS_MAX` elements).
 #[test]
 fn a_clear_removes_what_removing_each_element_by_name_removes() {
     let build = |kind: Kind, counters: bool| {
@@ -1106,6 +1107,7 @@ fn a_clear_removes_what_removing_each_element_by_name_removes() {
     ] {
         let cleared = c.clear(stamp);
         assert_eq!(cleared, by_name(&c, stamp));
+
         let mut gone = KeyState {
             coll: Some(Box::new(c.clone())),
             ..KeyState::default()
@@ -1153,4 +1155,119 @@ fn a_nodes_rewrite_of_an_element_never_conflicts_with_its_earlier_write() {
         assert!(at_c.merge(&removal).is_empty());
         assert_eq!(at_c, at_a);
     }
+}
+
+/// A write that replaced a write it knew only through a third node's
+/// replacement or removal of it is no conflict: C writes, A replaces (or
+/// removes) C's write, B merges A's op and writes. C gets B's write before
+/// A's op, as replication may deliver them (each origin's in order,
+/// origins in any order): C's write is dead, and B knew it. B's delta says
+/// so (the element's removal record), so C drops its write at once. The
+/// same when A deleted the whole key.
+#[test]
+fn a_write_that_arrives_before_the_replacement_it_followed_never_conflicts() {
+    let (a, b, c) = (NodeId(1), NodeId(2), NodeId(3));
+    for (kind, elem) in [(Kind::Hash, &b"f"[..]), (Kind::ZSet, &b"m"[..])] {
+        for a_op in ["writes", "removes", "deletes the key"] {
+            let write = |state: &KeyState, stamp: Stamp, value: u8| {
+                state.coll_write(stamp, kind, |c, d| match kind {
+                    Kind::Hash => c.hset_into(d, stamp, elem, &[value]),
+                    _ => c.zadd_into(d, stamp, elem, f64::from(value)),
+                })
+            };
+            let s1 = Stamp { time: 10, node: c };
+            let mut at_c = KeyState::default();
+            let first = write(&at_c, s1, 1);
+            at_c.merge(&first);
+            let mut at_a = KeyState::default();
+            at_a.merge(&first);
+            let s2 = Stamp { time: 20, node: a };
+            let second = match a_op {
+                "writes" => write(&at_a, s2, 2),
+                "removes" => {
+                    at_a.coll_write(s2, kind, |c, d| c.remove_elem_into(d, kind, elem, s2))
+                }
+                _ => at_a.write(s2, None, 0),
+            };
+            at_a.merge(&second);
+            let mut at_b = KeyState::default();
+            at_b.merge(&second);
+            let s3 = Stamp { time: 30, node: b };
+            let third = write(&at_b, s3, 3);
+            at_b.merge(&third);
+
+            let case = format!("{kind:?}, A {a_op}");
+            let conflicts = at_c.merge(&third);
+            assert!(conflicts.is_empty(), "{case}: {conflicts:?}");
+            let coll = at_c.coll.as_deref().expect("a collection");
+            assert_eq!(coll.len(kind), 1, "{case}: C's own write dropped");
+            assert!(at_c.merge(&second).is_empty(), "{case}");
+            assert!(at_b.merge(&first).is_empty(), "{case}");
+            assert!(at_a.merge(&third).is_empty(), "{case}");
+            assert_eq!(at_c, at_b, "{case}");
+            assert_eq!(at_a, at_b, "{case}");
+        }
+    }
+}
+
+/// What a removal record says is dead stays dead when the write arrives
+/// after the record: D learns from B's write that C's write is dead, then
+/// gets C's write (C's stream slower than B's).
+#[test]
+fn a_write_a_removal_record_covers_is_dropped_when_it_arrives_late() {
+    let (a, b, c) = (NodeId(1), NodeId(2), NodeId(3));
+    let hset = |state: &KeyState, stamp: Stamp, value: &[u8]| {
+        state.coll_write(stamp, Kind::Hash, |c, d| c.hset_into(d, stamp, b"f", value))
+    };
+    let mut at_c = KeyState::default();
+    let first = hset(&at_c, Stamp { time: 10, node: c }, b"c");
+    at_c.merge(&first);
+    let mut at_a = KeyState::default();
+    at_a.merge(&first);
+    let second = hset(&at_a, Stamp { time: 20, node: a }, b"a");
+    at_a.merge(&second);
+    let mut at_b = KeyState::default();
+    at_b.merge(&second);
+    let third = hset(&at_b, Stamp { time: 30, node: b }, b"b");
+    at_b.merge(&third);
+
+    let mut at_d = KeyState::default();
+    assert!(at_d.merge(&third).is_empty());
+    let late = at_d.merge(&first);
+    assert!(late.is_empty(), "{late:?}");
+    assert!(at_d.merge(&second).is_empty());
+    at_b.merge(&first);
+    assert_eq!(at_d, at_b);
+}
+
+/// The relay case for a list element's LSETs: C pushes x, A sets it, B
+/// merges A's LSET and sets it again; C gets B's LSET before A's. C's
+/// push is dead (A replaced it knowingly) and B knew it: no conflict.
+#[test]
+fn an_lset_that_arrives_before_the_lset_it_followed_never_conflicts() {
+    let lset = |k: &KeyState, stamp: Stamp, v: &[u8]| {
+        k.coll_write(stamp, Kind::List, |c, d| {
+            let pos = c.list_iter().next().map(|(p, _)| p.clone()).expect("x");
+            c.list_set_into(d, stamp, &pos, v);
+        })
+    };
+    let mut at_c = KeyState::default();
+    let first = push(&at_c, at(10, C), true, b"x");
+    at_c.merge(&first);
+    let mut at_a = at_c.clone();
+    let second = lset(&at_a, at(20, A), b"a");
+    at_a.merge(&second);
+    let mut at_b = KeyState::default();
+    at_b.merge(&second);
+    let third = lset(&at_b, at(30, B), b"b");
+    at_b.merge(&third);
+
+    let conflicts = at_c.merge(&third);
+    assert!(conflicts.is_empty(), "{conflicts:?}");
+    assert_eq!(list_of(&at_c), [b"b".to_vec()]);
+    assert!(at_c.merge(&second).is_empty());
+    assert!(at_b.merge(&first).is_empty());
+    assert!(at_a.merge(&third).is_empty());
+    assert_eq!(at_c, at_b);
+    assert_eq!(at_a, at_b);
 }

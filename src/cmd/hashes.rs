@@ -61,21 +61,23 @@ fn hset_pairs(x: &mut Exec, key: &[u8], pairs: &[&[u8]]) -> Result<i64, Error> {
         };
         return x.coll_update_with(key, Kind::Hash, one, slow);
     }
-    let fast = |c: &mut Coll, mut d: Option<&mut chorus_crdt::ManyWrite>, stamp| {
-        // A counter field anywhere takes the general path, for all of them.
-        if pairs.len() > 2
-            && pairs
-                .chunks_exact(2)
-                .any(|p| c.field_counts(p[0]).is_some())
-        {
-            return None;
-        }
-        let mut added = 0;
-        for p in pairs.chunks_exact(2) {
-            added += i64::from(c.hset_here(stamp, p[0], p[1], d.as_deref_mut())?);
-        }
-        Some(added)
-    };
+    let fast =
+        |c: &mut Coll, mut d: Option<&mut chorus_crdt::ManyWrite>, stamp: chorus_crdt::Stamp| {
+            // A field the in-place write declines (a counter, another node's
+            // write) takes the general path, for all of them.
+            if pairs.len() > 2
+                && pairs
+                    .chunks_exact(2)
+                    .any(|p| !c.writes_in_place(Kind::Hash, p[0], stamp.node))
+            {
+                return None;
+            }
+            let mut added = 0;
+            for p in pairs.chunks_exact(2) {
+                added += i64::from(c.hset_here(stamp, p[0], p[1], d.as_deref_mut())?);
+            }
+            Some(added)
+        };
     x.coll_update_many(key, Kind::Hash, fast, slow)
 }
 

@@ -252,12 +252,16 @@ fn add_scores(
     }
     let fast = |c: &mut Coll,
                 mut d: Option<&mut chorus_crdt::ManyWrite>,
-                stamp|
+                stamp: chorus_crdt::Stamp|
      -> Option<Result<Added, Error>> {
         let mut done = Added::default();
-        // A member with increments anywhere takes the general path (its
-        // removal record), for all of them.
-        if scored.len() > 1 && scored.iter().any(|(_, m)| c.has_increments(Kind::ZSet, m)) {
+        // A member the in-place write declines (increments, another node's
+        // score) takes the general path, for all of them.
+        if scored.len() > 1
+            && scored
+                .iter()
+                .any(|(_, m)| !c.writes_in_place(Kind::ZSet, m, stamp.node))
+        {
             return None;
         }
         for &(score, m) in scored {

@@ -42,8 +42,9 @@ use crate::TransportError;
 /// does a hash, set or sorted set write of any size
 /// (`codec::append_coll_write`). 16: a repair offer (`Digest`) names the
 /// GC floor its states were compacted to and its unsettled buckets, and
-/// `LeafDigestAsk` a floor.
-pub const PROTOCOL_VERSION: u16 = 16;
+/// `LeafDigestAsk` a floor. 17: an element's removal record names the
+/// writes its ops killed (crdt format 7).
+pub const PROTOCOL_VERSION: u16 = 17;
 const EKM_LABEL: &[u8] = b"EXPORTER-chorus-peer-auth";
 
 #[derive(Debug, Serialize, Deserialize)]
