@@ -1554,11 +1554,30 @@ fn take_all<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     Ok(value)
 }
 
-/// Versions 5 and 6's removal record of an element: no kills.
+/// Versions 4 to 6's removal record of an element: no kills.
 #[derive(serde::Deserialize, serde::Serialize)]
 struct RemovedV6 {
     reset: Stamp,
     tallies: NodeMap<Tally>,
+}
+
+impl RemovedV6 {
+    #[cfg(test)]
+    fn of(r: &Removed) -> RemovedV6 {
+        RemovedV6 {
+            reset: r.reset,
+            tallies: r.tallies.clone(),
+        }
+    }
+
+    fn upgrade((at, r): ((Kind, Vec<u8>), RemovedV6)) -> ((Kind, Vec<u8>), Removed) {
+        let r = Removed {
+            reset: r.reset,
+            tallies: r.tallies,
+            dead: NodeMap::default(),
+        };
+        (at, r)
+    }
 }
 
 #[derive(serde::Deserialize, serde::Serialize)]
@@ -1617,19 +1636,7 @@ impl From<KeyStateV6> for KeyState {
                 coll.set = Lazy::new(c.set);
                 coll.zset = Lazy::new(c.zset);
                 coll.list = Lazy::new(c.list);
-                coll.removed = Lazy::new(
-                    c.removed
-                        .into_iter()
-                        .map(|(k, r)| {
-                            let r = Removed {
-                                reset: r.reset,
-                                tallies: r.tallies,
-                                dead: NodeMap::default(),
-                            };
-                            (k, r)
-                        })
-                        .collect(),
-                );
+                coll.removed = Lazy::new(c.removed.into_iter().map(RemovedV6::upgrade).collect());
                 coll.part = c.part;
                 coll
             }),
@@ -1697,7 +1704,7 @@ struct CollV4 {
     hash: BTreeMap<EKey, Elem<Blob>>,
     set: BTreeMap<EKey, Adds>,
     zset: BTreeMap<EKey, Elem<Score>>,
-    removed: BTreeMap<(Kind, Vec<u8>), Removed>,
+    removed: BTreeMap<(Kind, Vec<u8>), RemovedV6>,
     part: bool,
 }
 
@@ -1727,7 +1734,7 @@ impl From<KeyStateV4> for KeyState {
                 coll.hash = c.hash.into_iter().collect();
                 coll.set = Lazy::new(c.set.into_iter().collect());
                 coll.zset = Lazy::new(c.zset.into_iter().collect());
-                coll.removed = Lazy::new(c.removed);
+                coll.removed = Lazy::new(c.removed.into_iter().map(RemovedV6::upgrade).collect());
                 coll.part = c.part;
                 coll
             }),
@@ -2166,7 +2173,11 @@ mod tests {
                                 .collect(),
                             set: c.set.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                             zset: c.zset.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                            removed: (*c.removed).clone(),
+                            removed: c
+                                .removed
+                                .iter()
+                                .map(|(k, r)| (k.clone(), RemovedV6::of(r)))
+                                .collect(),
                             part: c.part,
                         })
                     }),
@@ -2279,13 +2290,7 @@ mod tests {
                             removed: c
                                 .removed
                                 .iter()
-                                .map(|(k, r)| {
-                                    let r = RemovedV6 {
-                                        reset: r.reset,
-                                        tallies: r.tallies.clone(),
-                                    };
-                                    (k.clone(), r)
-                                })
+                                .map(|(k, r)| (k.clone(), RemovedV6::of(r)))
                                 .collect(),
                             part: c.part,
                         })

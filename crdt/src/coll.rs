@@ -33,7 +33,6 @@
 //! element by its context, and merging one visits them all.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
@@ -47,6 +46,7 @@ use crate::fields::{FieldRef, Fields, PACK_MAX_BYTES, PACK_MAX_FIELDS};
 use crate::lazy::Lazy;
 use crate::nodemap::NodeMap;
 use crate::position::Position;
+use crate::records::Records;
 use crate::seq::Seq;
 use crate::stamp::{NodeId, Stamp};
 use crate::state::{join_tally, read_value, CounterSum, Read, Tally};
@@ -261,7 +261,7 @@ fn field_killed(f: FieldRef<'_>, record: Option<&Removed>) -> bool {
 }
 
 /// Whether any record of `kind`'s elements kills a write.
-fn kills_any(removed: &BTreeMap<(Kind, Vec<u8>), Removed>, kind: Kind) -> bool {
+fn kills_any(removed: &Records, kind: Kind) -> bool {
     !removed.is_empty()
         && removed
             .iter()
@@ -286,7 +286,7 @@ pub struct Coll {
     pub set: Lazy<EMap<Adds>>,
     pub zset: Lazy<EMap<Elem<Score>>>,
     pub list: Lazy<Seq<Elem<Blob>>>,
-    pub removed: Lazy<BTreeMap<(Kind, Vec<u8>), Removed>>,
+    pub removed: Lazy<Records>,
     /// A delta (see the module doc); false for a state.
     pub part: bool,
     /// At or before every element stamp here (ZERO: not known), so that a
@@ -481,27 +481,20 @@ fn join_elems<'r, K: Ord + Clone, V: Clone + Ord>(
 }
 
 /// An element's counter removal record in `removed` (none for most).
-fn record_of<'r>(
-    removed: &'r BTreeMap<(Kind, Vec<u8>), Removed>,
-    kind: Kind,
-    key: &EKey,
-) -> Option<&'r Removed> {
+fn record_of<'r>(removed: &'r Records, kind: Kind, key: &EKey) -> Option<&'r Removed> {
     if removed.is_empty() {
         return None;
     }
-    removed.get(&(kind, key.bytes().to_vec()))
+    removed.get(kind, key.bytes())
 }
 
 /// A list element's record in `removed`, named by its place as written
 /// out (none for most).
-fn list_record_of<'r>(
-    removed: &'r BTreeMap<(Kind, Vec<u8>), Removed>,
-    pos: &Position,
-) -> Option<&'r Removed> {
+fn list_record_of<'r>(removed: &'r Records, pos: &Position) -> Option<&'r Removed> {
     if removed.is_empty() {
         return None;
     }
-    removed.get(&(Kind::List, pos.to_string().into_bytes()))
+    removed.get(Kind::List, pos.to_string().as_bytes())
 }
 
 /// As [`join_elems`] for set members (dots only).
@@ -578,11 +571,7 @@ pub(crate) fn record_kills(
         }
         _ => {}
     }
-    let r = delta
-        .removed
-        .make()
-        .entry((kind, key.to_vec()))
-        .or_default();
+    let r = delta.removed.make().entry(kind, key);
     if let Some(known) = known {
         r.reset = r.reset.max(known.reset);
         for (node, n) in known.dead.iter() {
@@ -605,11 +594,7 @@ pub const CLEAR_KILLS_MAX: usize = PACK_MAX_FIELDS;
 /// Records in `delta` that `kind`'s element `key` had its counter `counts`
 /// reset at `stamp` (what a removal does to a counter).
 fn reset_counter(delta: &mut Coll, kind: Kind, key: &[u8], counts: &NodeMap<Tally>, stamp: Stamp) {
-    let r = delta
-        .removed
-        .make()
-        .entry((kind, key.to_vec()))
-        .or_default();
+    let r = delta.removed.make().entry(kind, key);
     r.reset = r.reset.max(stamp);
     for (node, t) in counts.iter() {
         join_tally(&mut r.tallies, *node, t);
@@ -826,7 +811,7 @@ impl Coll {
         if self.removed.is_empty() {
             return None;
         }
-        self.removed.get(&(kind, key.to_vec()))
+        self.removed.get(kind, key)
     }
 
     /// A hash field's value as a string key's would read: its winning
@@ -1492,7 +1477,7 @@ impl Coll {
         let removed = if self.removed.is_empty() {
             None
         } else {
-            self.removed.get(&(Kind::ZSet, member.to_vec()))
+            self.removed.get(Kind::ZSet, member)
         };
         let node = stamp.node;
         let next = |current: Option<&Tally>| Tally::next(current, stamp, 0, by, true);
@@ -1578,7 +1563,7 @@ impl Coll {
         let removed = if self.removed.is_empty() {
             None
         } else {
-            self.removed.get(&(Kind::Hash, field.to_vec()))
+            self.removed.get(Kind::Hash, field)
         };
         let next = |current: Option<&Tally>| Tally::next(current, stamp, by.0, by.1, by.2);
         // A packed field has no counter: checked before anything unpacks,
@@ -1749,7 +1734,7 @@ impl Coll {
             }
         };
         for (key, r) in &other.removed {
-            let mine = self.removed.make().entry(key.clone()).or_default();
+            let mine = self.removed.make().entry(key.0, &key.1);
             mine.reset = mine.reset.max(r.reset);
             for (node, t) in r.tallies.iter() {
                 join_tally(&mut mine.tallies, *node, t);
@@ -1812,7 +1797,7 @@ impl Coll {
         let stays_delta = self.part && other.part;
         if !other.removed.is_empty() && !stays_delta {
             for (kind, key) in other.removed.keys() {
-                let r = self.removed.get(&(*kind, key.clone()));
+                let r = self.removed.get(*kind, key);
                 let probe = Probe::new(key);
                 match kind {
                     // A packed field has no counter: only a kill empties it.
@@ -1872,7 +1857,7 @@ impl Coll {
             lost: &mut Vec<(Vec<u8>, Side)>,
             kind: Kind,
             map: &EMap<Elem<V>>,
-            removed: &BTreeMap<(Kind, Vec<u8>), Removed>,
+            removed: &Records,
             flush: Stamp,
             side: fn(&Write<V>) -> Side,
         ) {
@@ -1880,7 +1865,7 @@ impl Coll {
                 for w in e.writes.iter().filter(|w| w.stamp() < flush) {
                     lost.push((key.bytes().to_vec(), side(w)));
                 }
-                let r = removed.get(&(kind, key.bytes().to_vec()));
+                let r = removed.get(kind, key.bytes());
                 for (node, t) in e.counts.iter().flat_map(|c| c.iter()) {
                     let surviving = t.surviving(r.and_then(|r| r.tallies.get(node)));
                     if let Some(s) = surviving.filter(|s| s.epoch < flush) {
@@ -2187,7 +2172,7 @@ impl Coll {
             kind: Kind,
             mine: &'a EMap<Elem<V>>,
             theirs: Option<&'a EMap<Elem<V>>>,
-            removed: Option<&'a BTreeMap<(Kind, Vec<u8>), Removed>>,
+            removed: Option<&'a Records>,
             is_held: &impl Fn(Stamp) -> bool,
             f: &mut impl FnMut(Kind, &EKey, (Option<Dot>, Option<NodeId>)),
         ) {
@@ -2204,7 +2189,7 @@ impl Coll {
                         .and_then(|t| t.counts.as_deref())
                         .is_some_and(|c| c.get(node).is_some())
                         || removed
-                            .and_then(|r| r.get(&(kind, key.bytes().to_vec())))
+                            .and_then(|r| r.get(kind, key.bytes()))
                             .is_some_and(|r| r.tallies.get(node).is_some());
                     if is_held(t.epoch) && !known {
                         f(kind, key, (None, Some(*node)));
@@ -2251,7 +2236,7 @@ impl Coll {
             kind: Kind,
             theirs: &mut EMap<Elem<V>>,
             mine: Option<&EMap<Elem<V>>>,
-            my_removed: Option<&BTreeMap<(Kind, Vec<u8>), Removed>>,
+            my_removed: Option<&Records>,
             is_held: &impl Fn(Stamp) -> bool,
         ) {
             theirs.retain(|key, e| {
@@ -2268,7 +2253,7 @@ impl Coll {
                                 .and_then(|c| c.get(node))
                                 .is_some_and(|c| c.epoch == t.epoch)
                             || my_removed
-                                .and_then(|r| r.get(&(kind, key.bytes().to_vec())))
+                                .and_then(|r| r.get(kind, key.bytes()))
                                 .and_then(|r| r.tallies.get(node))
                                 .is_some_and(|r| r.epoch == t.epoch)
                     });
@@ -2336,10 +2321,7 @@ impl Coll {
                 n += e.writes.capacity() * std::mem::size_of::<Write<Score>>();
             }
         }
-        for ((_, key), r) in &self.removed {
-            n += std::mem::size_of::<((Kind, Vec<u8>), Removed)>() + key.capacity();
-            n += r.tallies.heap_bytes() + r.dead.heap_bytes();
-        }
+        n += self.removed.heap_bytes();
         n += self.list.heap_bytes();
         for (pos, e) in self.list.iter() {
             n += pos.heap_len();

@@ -9,15 +9,15 @@
 //! emptied again. Encoded as the part itself, so the bytes are the same
 //! whether a part is held or not.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::ops::Deref;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::coll::{Adds, Blob, Elem, Kind, Removed, Score};
+use crate::coll::{Adds, Blob, Elem, Score};
 use crate::emap::EMap;
 use crate::nodemap::NodeMap;
+use crate::records::Records;
 use crate::seq::Seq;
 use crate::state::Tally;
 
@@ -136,7 +136,7 @@ impl<'de, T: Part + Deserialize<'de>> Deserialize<'de> for Lazy<T> {
 static NO_SET: EMap<Adds> = EMap::new();
 static NO_ZSET: EMap<Elem<Score>> = EMap::new();
 static NO_LIST: Seq<Elem<Blob>> = Seq::new();
-static NO_REMOVED: BTreeMap<(Kind, Vec<u8>), Removed> = BTreeMap::new();
+static NO_REMOVED: Records = Records::new();
 static NO_TALLIES: NodeMap<Tally> = NodeMap::new();
 
 impl Part for NodeMap<Tally> {
@@ -175,7 +175,7 @@ impl Part for Seq<Elem<Blob>> {
     }
 }
 
-impl Part for BTreeMap<(Kind, Vec<u8>), Removed> {
+impl Part for Records {
     fn empty() -> &'static Self {
         &NO_REMOVED
     }

@@ -21,6 +21,7 @@ pub mod list;
 pub mod nodemap;
 pub mod number;
 pub mod position;
+pub mod records;
 pub mod seq;
 pub mod stamp;
 pub mod state;

@@ -692,10 +692,7 @@ fn what_the_compact_collection_form_cannot_say_is_refused() {
     let mut counted = plain.clone();
     counted.counted(Kind::Hash, &Probe::new(b"f"), node, tally);
     let mut removed = plain.clone();
-    removed
-        .removed
-        .make()
-        .insert((Kind::Hash, b"f".to_vec()), Removed::default());
+    *removed.removed.make().entry(Kind::Hash, b"f") = Removed::default();
     for (what, coll) in [
         ("a whole state", &whole),
         ("a list", &list),
