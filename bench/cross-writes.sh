@@ -70,11 +70,12 @@ for step in "B rewrites field3 of every hash (over A's writes):$pb" "A rewrites 
     port=${step##*:}
     start=$(date +%s.%N)
     cli -p "$port" --pipe < "$WORK/rewrite.resp" >/dev/null
+    piped=$(date +%s.%N)
     for _ in $(seq 1 300); do
         [ "$(cli -p "$pa" HGET user:000000099999 field3)" = "$(cli -p "$pb" HGET user:000000099999 field3)" ] && break
         sleep 0.05
     done
-    echo "$what: A $(mem $a $pa); B $(mem $b $pb); records in 100 sampled keys: A $(records "$pa"), B $(records "$pb"); encoding on B: $(cli -p "$pb" OBJECT ENCODING user:000000000007)"
+    echo "$what, 100,000 HSETs piped in $(awk -v s="$start" -v e="$piped" 'BEGIN {printf "%.2f", e - s}') s: A $(mem $a $pa); B $(mem $b $pb); records in 100 sampled keys: A $(records "$pa"), B $(records "$pb"); encoding on B: $(cli -p "$pb" OBJECT ENCODING user:000000000007)"
     for _ in $(seq 1 600); do
         [ "$(records "$pa")" = 0 ] && [ "$(records "$pb")" = 0 ] && break
         sleep 0.1

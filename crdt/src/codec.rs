@@ -2149,6 +2149,18 @@ mod tests {
         };
         let delta = hash.coll_write(stamp, Kind::Hash, |c, d| c.hset_into(d, stamp, b"f", b"v"));
         hash.merge(&delta);
+        let without_records = hash.clone();
+        // A counter's removal record, laid out as version 4 laid it out.
+        let counted = hash.coll_write(stamp, Kind::Hash, |c, d| {
+            c.incr_into(d, Kind::Hash, b"n", stamp, (1, 0.0, false))
+        });
+        hash.merge(&counted);
+        let later = Stamp { time: 10, ..stamp };
+        let reset = hash.coll_write(later, Kind::Hash, |c, d| {
+            c.remove_elem_into(d, Kind::Hash, b"n", later)
+        });
+        hash.merge(&reset);
+        assert!(hash.coll().is_some_and(|c| !c.removed.is_empty()));
         let c = hash.coll().expect("a collection");
         let none = Extras::default();
         let as_v4 = |state: &KeyState| KeyStateV4 {
@@ -2229,9 +2241,13 @@ mod tests {
             write,
             "version 5 laid writes out as 6 does"
         );
-        let mut v5_state = encode(&hash).expect("encode");
+        // Without removal records, versions 5 and 6 laid states out as 7 does.
+        let mut v5_state = encode(&without_records).expect("encode");
         v5_state[0] = 5;
-        assert_eq!(decode_stored_state(&v5_state).expect("v5 state"), hash);
+        assert_eq!(
+            decode_stored_state(&v5_state).expect("v5 state"),
+            without_records
+        );
 
         // Version 6: removal records without kills, as a stored state and
         // as a write in the delta log.

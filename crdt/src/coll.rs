@@ -260,14 +260,6 @@ fn field_killed(f: FieldRef<'_>, record: Option<&Removed>) -> bool {
     }
 }
 
-/// Whether any record of `kind`'s elements kills a write.
-fn kills_any(removed: &Records, kind: Kind) -> bool {
-    !removed.is_empty()
-        && removed
-            .iter()
-            .any(|((k, _), r)| *k == kind && !r.dead.is_empty())
-}
-
 /// See the module doc. Laid out as declared: `at`, `kind` and the hash's
 /// length, which every command's type check reads, share a cache line.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -560,6 +552,11 @@ pub(crate) fn record_kills(
     if known.is_none() && killed.peek().is_none() {
         return;
     }
+    if delta.removed.len() >= KILLS_MAX && delta.removed.get(kind, key).is_none() {
+        // An op of many elements: a record each would cost more than what
+        // it is for (see `Removed::dead`).
+        return;
+    }
     // A delta names every element it has a record of, so that merging it
     // into another delta visits the element there.
     match kind {
@@ -586,10 +583,11 @@ pub(crate) fn record_kills(
     }
 }
 
-/// The most elements a clear (DEL) records the kills of, one record each
-/// as removing each by name does: past it, a delta of a record per
-/// element would cost more than what it is for (see `Removed::dead`).
-pub const CLEAR_KILLS_MAX: usize = PACK_MAX_FIELDS;
+/// The most elements one op records the kills of, one record each: past
+/// it (a DEL of a bigger collection records none, a ZREMRANGEBYRANK only
+/// its first), a delta of a record per element would cost more than what
+/// it is for (see `Removed::dead`).
+pub const KILLS_MAX: usize = PACK_MAX_FIELDS;
 
 /// Records in `delta` that `kind`'s element `key` had its counter `counts`
 /// reset at `stamp` (what a removal does to a counter).
@@ -1071,7 +1069,11 @@ impl Coll {
         }
         if matches!(kind, Kind::Hash | Kind::ZSet) {
             killed.retain(|d| !(rewrites && d.node == stamp.node));
-            let known = self.removed_of(kind, key).filter(|r| !r.dead.is_empty());
+            // A removal of an absent element writes nothing, and records
+            // nothing either.
+            let known = self
+                .removed_of(kind, key)
+                .filter(|r| !r.dead.is_empty() && (rewrites || !killed.is_empty()));
             record_kills(delta, (kind, key), known, killed, stamp);
         }
     }
@@ -1082,7 +1084,7 @@ impl Coll {
     /// write carries the stamp.
     pub fn clear(&self, stamp: Stamp) -> Coll {
         let mut delta = Coll::default();
-        let kills = self.hash.len() + self.zset.len() <= CLEAR_KILLS_MAX;
+        let kills = self.hash.len() + self.zset.len() <= KILLS_MAX;
         // Each element as it is walked, not looked up again by name (a
         // packed hash's lookup is a walk: the clear of one would be
         // quadratic).
@@ -1322,6 +1324,12 @@ impl Coll {
                 }
                 self.note_local(stamp, Kind::Hash, dot);
                 return Some(fresh);
+            }
+            // Over another node's write: the general path, the hash left
+            // packed.
+            if matches!(self.hash.get(field), Some(FieldRef::Packed(p)) if p.dot.node != stamp.node)
+            {
+                return None;
             }
         }
         let write = Write {
@@ -1733,7 +1741,7 @@ impl Coll {
                 moved
             }
         };
-        for (key, r) in &other.removed {
+        for (key, r) in other.removed.iter() {
             let mine = self.removed.make().entry(key.0, &key.1);
             mine.reset = mine.reset.max(r.reset);
             for (node, t) in r.tallies.iter() {
@@ -1750,13 +1758,14 @@ impl Coll {
         let removed = &self.removed;
         // A delta without fields changes none (and leaves a packed hash
         // packed); a delta's plain fields join a packed hash in place.
-        // A field a record kills takes the general join, which drops it.
         let in_place = other.part
             && !self.part
             && self.hash.is_packed()
-            && !kills_any(&other.removed, Kind::Hash)
-            && !kills_any(&self.removed, Kind::Hash)
-            && self.hash.join_packed(&other.hash, &self.ctx, &other.ctx);
+            && self
+                .hash
+                .join_packed(&other.hash, (&self.ctx, &other.ctx), |f, dot| {
+                    kills(self.removed.get(Kind::Hash, f), dot)
+                });
         if !in_place && (!other.hash.is_empty() || (!other.part && !self.hash.is_empty())) {
             join_elems(
                 self.hash.map_mut(),

@@ -289,7 +289,8 @@ impl Fields {
     /// Joins a delta's fields (`theirs`, made under `their_ctx`) into a
     /// packed hash of a whole state in place, as the general join does
     /// (`coll::join_elems` with a delta: only the fields it names change;
-    /// only right for a delta into a whole state): true when done. A
+    /// only right for a delta into a whole state; `killed` says whether a
+    /// field's removal record kills a write): true when done. A
     /// replicated HSET or HDEL so spares unpacking the hash and packing it
     /// again. False when a field needs what the packed form cannot hold
     /// (two writes surviving side by side, a counter, a long value): the
@@ -299,8 +300,8 @@ impl Fields {
     pub(crate) fn join_packed(
         &mut self,
         theirs: &Fields,
-        my_ctx: &CausalContext,
-        their_ctx: &CausalContext,
+        (my_ctx, their_ctx): (&CausalContext, &CausalContext),
+        killed: impl Fn(&[u8], Dot) -> bool,
     ) -> bool {
         for (field, t) in theirs.iter() {
             let their = match t {
@@ -314,11 +315,11 @@ impl Fields {
             };
             let found = p.find(field);
             let same = |m: &PackedField<'_>| their.is_some_and(|w| w == (m.dot, m.time, m.value));
-            let keep_mine = found
-                .as_ref()
-                .is_some_and(|(_, m)| same(m) || !their_ctx.contains(m.dot));
+            let keep_mine = found.as_ref().is_some_and(|(_, m)| {
+                (same(m) || !their_ctx.contains(m.dot)) && !killed(field, m.dot)
+            });
             let already = found.as_ref().is_some_and(|(_, m)| same(m));
-            let add = their.filter(|w| !already && !my_ctx.contains(w.0));
+            let add = their.filter(|w| !already && !my_ctx.contains(w.0) && !killed(field, w.0));
             match (keep_mine, add, found.map(|(at, _)| at)) {
                 // Both survive: a conflict, which the general join reports.
                 (true, Some(_), _) => return false,

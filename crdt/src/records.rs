@@ -1,8 +1,8 @@
-//! A collection's removal records, by kind and element: a vector sorted by
-//! (kind, element), where a `BTreeMap` allocated its first node with room
-//! for eleven (about 1.7 KB for the one record a field rewritten from
-//! another node holds until GC: 185 MB over 100,000 such hashes). Encoded
-//! as that map was.
+//! A collection's removal records, by kind and element: a few in a vector
+//! sorted by (kind, element), where a `BTreeMap` allocated its first node
+//! with room for eleven (about 1.7 KB for the one record a field rewritten
+//! from another node holds until GC: 185 MB over 100,000 such hashes).
+//! Encoded as that map was.
 
 use std::collections::BTreeMap;
 
@@ -10,110 +10,169 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::coll::{Kind, Removed};
 
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Records(Vec<((Kind, Vec<u8>), Removed)>);
+/// A vector sorted by name up to [`FEW`] records, a map past that (an op
+/// removing many elements, or many removals of a big collection before
+/// GC: inserts into a vector would be quadratic).
+#[derive(Debug, Clone)]
+pub enum Records {
+    Few(Vec<((Kind, Vec<u8>), Removed)>),
+    Many(BTreeMap<(Kind, Vec<u8>), Removed>),
+}
+
+const FEW: usize = 16;
+
+impl Default for Records {
+    fn default() -> Records {
+        Records::new()
+    }
+}
+
+/// Equal by content, whichever form holds it.
+impl PartialEq for Records {
+    fn eq(&self, other: &Records) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+impl Eq for Records {}
 
 impl Records {
     pub const fn new() -> Records {
-        Records(Vec::new())
+        Records::Few(Vec::new())
     }
 
-    fn find(&self, kind: Kind, elem: &[u8]) -> Result<usize, usize> {
-        self.0
-            .binary_search_by(|((k, e), _)| (*k, e.as_slice()).cmp(&(kind, elem)))
+    fn find(v: &[((Kind, Vec<u8>), Removed)], kind: Kind, elem: &[u8]) -> Result<usize, usize> {
+        v.binary_search_by(|((k, e), _)| (*k, e.as_slice()).cmp(&(kind, elem)))
     }
 
     pub fn get(&self, kind: Kind, elem: &[u8]) -> Option<&Removed> {
-        self.find(kind, elem).ok().map(|i| &self.0[i].1)
+        match self {
+            Records::Few(v) => Records::find(v, kind, elem).ok().map(|i| &v[i].1),
+            Records::Many(m) => m.get(&(kind, elem.to_vec())),
+        }
     }
 
     /// The record of `kind`'s element `elem`, a new empty one if none.
     pub fn entry(&mut self, kind: Kind, elem: &[u8]) -> &mut Removed {
-        let i = match self.find(kind, elem) {
-            Ok(i) => i,
-            Err(i) => {
-                self.0
-                    .insert(i, ((kind, elem.to_vec()), Removed::default()));
-                i
+        if let Records::Few(v) = self {
+            if v.len() >= FEW && Records::find(v, kind, elem).is_err() {
+                *self = Records::Many(std::mem::take(v).into_iter().collect());
             }
-        };
-        &mut self.0[i].1
+        }
+        match self {
+            Records::Few(v) => {
+                let i = match Records::find(v, kind, elem) {
+                    Ok(i) => i,
+                    Err(i) => {
+                        v.insert(i, ((kind, elem.to_vec()), Removed::default()));
+                        i
+                    }
+                };
+                &mut v[i].1
+            }
+            Records::Many(m) => m.entry((kind, elem.to_vec())).or_default(),
+        }
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&(Kind, Vec<u8>), &Removed)> {
-        self.0.iter().map(|(k, r)| (k, r))
+        let (few, many) = match self {
+            Records::Few(v) => (Some(v.iter()), None),
+            Records::Many(m) => (None, Some(m.iter())),
+        };
+        few.into_iter()
+            .flatten()
+            .map(|(k, r)| (k, r))
+            .chain(many.into_iter().flatten())
     }
 
     pub fn keys(&self) -> impl Iterator<Item = &(Kind, Vec<u8>)> {
-        self.0.iter().map(|(k, _)| k)
+        self.iter().map(|(k, _)| k)
     }
 
     pub fn values(&self) -> impl Iterator<Item = &Removed> {
-        self.0.iter().map(|(_, r)| r)
+        self.iter().map(|(_, r)| r)
     }
 
     pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Removed> {
-        self.0.iter_mut().map(|(_, r)| r)
+        let (few, many) = match self {
+            Records::Few(v) => (Some(v.iter_mut()), None),
+            Records::Many(m) => (None, Some(m.values_mut())),
+        };
+        few.into_iter()
+            .flatten()
+            .map(|(_, r)| r)
+            .chain(many.into_iter().flatten())
     }
 
     pub fn retain(&mut self, mut keep: impl FnMut(&(Kind, Vec<u8>), &mut Removed) -> bool) {
-        self.0.retain_mut(|(k, r)| keep(k, r));
+        match self {
+            Records::Few(v) => v.retain_mut(|(k, r)| keep(k, r)),
+            Records::Many(m) => m.retain(|k, r| keep(k, r)),
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.0.len()
+        match self {
+            Records::Few(v) => v.len(),
+            Records::Many(m) => m.len(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.len() == 0
     }
 
     pub fn clear(&mut self) {
-        self.0.clear();
+        *self = Records::new();
     }
 
-    /// Bytes held on the heap: the vector's room and each element's name.
+    /// Bytes held on the heap, roughly: the room for the records and each
+    /// element's name.
     pub fn heap_bytes(&self) -> usize {
-        self.0.capacity() * std::mem::size_of::<((Kind, Vec<u8>), Removed)>()
+        let slots = match self {
+            Records::Few(v) => v.capacity(),
+            // A map's nodes hold eleven, about two thirds used.
+            Records::Many(m) => m.len() * 3 / 2,
+        };
+        slots * std::mem::size_of::<((Kind, Vec<u8>), Removed)>()
             + self
-                .0
                 .iter()
                 .map(|((_, e), r)| e.capacity() + r.tallies.heap_bytes() + r.dead.heap_bytes())
                 .sum::<usize>()
     }
 }
 
-impl<'a> IntoIterator for &'a Records {
-    type Item = (&'a (Kind, Vec<u8>), &'a Removed);
-    type IntoIter = std::iter::Map<
-        std::slice::Iter<'a, ((Kind, Vec<u8>), Removed)>,
-        fn(&'a ((Kind, Vec<u8>), Removed)) -> (&'a (Kind, Vec<u8>), &'a Removed),
-    >;
-
-    fn into_iter(self) -> Self::IntoIter {
-        self.0.iter().map(|(k, r)| (k, r))
-    }
-}
-
 /// As a map collects: sorted by name, the last of a name kept.
 impl FromIterator<((Kind, Vec<u8>), Removed)> for Records {
     fn from_iter<I: IntoIterator<Item = ((Kind, Vec<u8>), Removed)>>(iter: I) -> Records {
-        let map: BTreeMap<(Kind, Vec<u8>), Removed> = iter.into_iter().collect();
-        Records(map.into_iter().collect())
+        Records::from(iter.into_iter().collect::<BTreeMap<_, _>>())
+    }
+}
+
+impl From<BTreeMap<(Kind, Vec<u8>), Removed>> for Records {
+    fn from(map: BTreeMap<(Kind, Vec<u8>), Removed>) -> Records {
+        if map.len() <= FEW {
+            Records::Few(map.into_iter().collect())
+        } else {
+            Records::Many(map)
+        }
     }
 }
 
 impl Serialize for Records {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_map(self.0.iter().map(|(k, r)| (k, r)))
+        use serde::ser::SerializeMap;
+        let mut map = s.serialize_map(Some(self.len()))?;
+        for (k, r) in self.iter() {
+            map.serialize_entry(k, r)?;
+        }
+        map.end()
     }
 }
 
 /// Read as a map, so that a peer's names come sorted and distinct.
 impl<'de> Deserialize<'de> for Records {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Records, D::Error> {
-        let map = BTreeMap::<(Kind, Vec<u8>), Removed>::deserialize(d)?;
-        Ok(Records(map.into_iter().collect()))
+        BTreeMap::<(Kind, Vec<u8>), Removed>::deserialize(d).map(Records::from)
     }
 }
 
@@ -161,5 +220,26 @@ mod tests {
         assert_eq!(grown, records);
         grown.retain(|(k, _), _| *k == Kind::ZSet);
         assert_eq!(grown.len(), 1);
+
+        // Past FEW records a map: the same content, equal, encoded alike.
+        let mut few = Records::new();
+        let mut map = BTreeMap::new();
+        for i in (0..100u64).rev() {
+            let name = format!("e{i}").into_bytes();
+            *few.entry(Kind::Hash, &name) = record(i, i);
+            map.insert((Kind::Hash, name), record(i, i));
+            assert_eq!(few.len(), map.len());
+        }
+        assert!(matches!(few, Records::Many(_)));
+        let bytes = postcard::to_allocvec(&few).expect("encode");
+        assert_eq!(bytes, postcard::to_allocvec(&map).expect("encode"));
+        assert_eq!(few, Records::from(map.clone()));
+        assert!(few.keys().eq(map.keys()));
+        few.retain(|_, r| r.reset.time < 3);
+        let small: Records = map.into_iter().filter(|(_, r)| r.reset.time < 3).collect();
+        assert_eq!(
+            few, small,
+            "a map and a vector of the same records are equal"
+        );
     }
 }

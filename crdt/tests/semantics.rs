@@ -1057,7 +1057,7 @@ fn a_recycled_delta_is_a_fresh_one() {
 /// DEL's delta walks each element once (a packed hash's lookup by name is
 /// a walk of its buffer), and removes exactly what removing each element
 /// by name removes: every dot, every counter as a removal record, and
-/// every write as killed (up to `CLEAR_KILLS_MAX` elements).
+/// every write as killed (up to `KILLS_MAX` elements).
 #[test]
 fn a_clear_removes_what_removing_each_element_by_name_removes() {
     let build = |kind: Kind, counters: bool| {
@@ -1270,4 +1270,39 @@ fn an_lset_that_arrives_before_the_lset_it_followed_never_conflicts() {
     assert!(at_a.merge(&third).is_empty());
     assert_eq!(at_c, at_b);
     assert_eq!(at_a, at_b);
+}
+
+/// An HDEL or ZREM of an element that is not there writes nothing, though
+/// the node holds a record of the element's killed writes (the record
+/// goes with writes of the element, not with removals of nothing).
+#[test]
+fn removing_an_absent_element_writes_nothing_even_beside_its_record() {
+    for (kind, elem) in [(Kind::Hash, &b"f"[..]), (Kind::ZSet, &b"m"[..])] {
+        let write = |state: &KeyState, stamp: Stamp| {
+            state.coll_write(stamp, kind, |c, d| match kind {
+                Kind::Hash => c.hset_into(d, stamp, elem, b"v"),
+                _ => c.zadd_into(d, stamp, elem, 1.0),
+            })
+        };
+        let mut state = KeyState::default();
+        let first = write(&state, at(10, C));
+        state.merge(&first);
+        let over = write(&state, at(20, A));
+        state.merge(&over);
+        let removal = state.coll_write(at(30, A), kind, |c, d| {
+            c.remove_elem_into(d, kind, elem, at(30, A))
+        });
+        state.merge(&removal);
+        assert!(state
+            .coll()
+            .and_then(|c| c.removed_of(kind, elem))
+            .is_some_and(|r| !r.dead.is_empty()));
+        let again = state.coll_write(at(40, A), kind, |c, d| {
+            c.remove_elem_into(d, kind, elem, at(40, A))
+        });
+        assert!(
+            again.coll().is_some_and(|c| c.names_nothing()),
+            "{kind:?}: {again:?}"
+        );
+    }
 }
