@@ -1298,8 +1298,9 @@ impl Coll {
     }
 
     /// HSET of one field here; returns whether the field is new. `None`
-    /// for a field with a counter (its removal record takes the general
-    /// path; nothing is changed or recorded then). What the write did goes
+    /// where [`Coll::writes_in_place`] says no (a counter, another node's
+    /// write, a record of kills: the general path records their removal;
+    /// nothing is changed or recorded then). What the write did goes
     /// to `delta`: a delta `Coll`, or a [`OneWrite`] that a sink lays out
     /// directly.
     pub fn hset_here<D: ElemDelta>(

@@ -63,6 +63,11 @@ impl Records {
                 let i = match Records::find(v, kind, elem) {
                     Ok(i) => i,
                     Err(i) => {
+                        // One slot at a time at first: the vector's own
+                        // growth starts at four (600 bytes for one record).
+                        if v.len() == v.capacity() {
+                            v.reserve_exact(v.len().max(1));
+                        }
                         v.insert(i, ((kind, elem.to_vec()), Removed::default()));
                         i
                     }
@@ -106,7 +111,14 @@ impl Records {
     pub fn retain(&mut self, mut keep: impl FnMut(&(Kind, Vec<u8>), &mut Removed) -> bool) {
         match self {
             Records::Few(v) => v.retain_mut(|(k, r)| keep(k, r)),
-            Records::Many(m) => m.retain(|k, r| keep(k, r)),
+            Records::Many(m) => {
+                m.retain(|k, r| keep(k, r));
+                // Few again once GC left few: a map node holds room for
+                // eleven whatever it keeps.
+                if m.len() <= FEW / 2 {
+                    *self = Records::Few(std::mem::take(m).into_iter().collect());
+                }
+            }
         }
     }
 
@@ -131,7 +143,7 @@ impl Records {
         let slots = match self {
             Records::Few(v) => v.capacity(),
             // A map's nodes hold eleven, about two thirds used.
-            Records::Many(m) => m.len() * 3 / 2,
+            Records::Many(m) => (m.len() * 3 / 2).max(11),
         };
         slots * std::mem::size_of::<((Kind, Vec<u8>), Removed)>()
             + self
@@ -235,10 +247,17 @@ mod tests {
         assert_eq!(bytes, postcard::to_allocvec(&map).expect("encode"));
         assert_eq!(few, Records::from(map.clone()));
         assert!(few.keys().eq(map.keys()));
+        let big = few.clone();
         few.retain(|_, r| r.reset.time < 3);
+        assert!(matches!(few, Records::Few(_)), "few again after a retain");
         let small: Records = map.into_iter().filter(|(_, r)| r.reset.time < 3).collect();
+        assert_eq!(few, small);
+        let mut many = big;
+        many.retain(|_, r| r.reset.time < 50);
+        assert!(matches!(many, Records::Many(_)));
+        let as_few = Records::Few(many.iter().map(|(k, r)| (k.clone(), r.clone())).collect());
         assert_eq!(
-            few, small,
+            many, as_few,
             "a map and a vector of the same records are equal"
         );
     }
