@@ -64,6 +64,28 @@ while True:
 PY
 }
 
+# start_pair BINARY: two nodes peered both ways, password "bench", one server thread each, A on
+# CPU 0 and B on CPU 1; sets pa, pb (ports) and a, b (pids) once both answer PING.
+start_pair() {
+    pa=$(free_repl_port)
+    pb=$(free_repl_port)
+    taskset -c 0 "$1" server --port "$pa" --server-threads 1 --requirepass bench \
+        --masterauth bench --replicaof 127.0.0.1 "$pb" >/dev/null 2>&1 &
+    a=$!
+    PIDS+=($a)
+    taskset -c 1 "$1" server --port "$pb" --server-threads 1 --requirepass bench \
+        --masterauth bench --replicaof 127.0.0.1 "$pa" >/dev/null 2>&1 &
+    b=$!
+    PIDS+=($b)
+    local port
+    for port in "$pa" "$pb"; do
+        for _ in $(seq 1 100); do
+            redis-cli -a bench --no-auth-warning -p "$port" PING >/dev/null 2>&1 && break
+            sleep 0.1
+        done
+    done
+}
+
 # A free TCP port on 127.0.0.1.
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

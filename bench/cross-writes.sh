@@ -44,19 +44,7 @@ records() {
     echo "$n"
 }
 
-pa=$(free_repl_port)
-pb=$(free_repl_port)
-taskset -c 0 "$BIN" server --port "$pa" --server-threads 1 --requirepass bench \
-    --masterauth bench --replicaof 127.0.0.1 "$pb" >/dev/null 2>&1 &
-a=$!
-PIDS+=($a)
-taskset -c 1 "$BIN" server --port "$pb" --server-threads 1 --requirepass bench \
-    --masterauth bench --replicaof 127.0.0.1 "$pa" >/dev/null 2>&1 &
-b=$!
-PIDS+=($b)
-for port in "$pa" "$pb"; do
-    for _ in $(seq 1 100); do cli -p "$port" PING >/dev/null 2>&1 && break; sleep 0.1; done
-done
+start_pair "$BIN"
 cli -p "$pa" --pipe < "$WORK/small.resp" >/dev/null
 for _ in $(seq 1 300); do
     [ "$(cli -p "$pb" DBSIZE)" = 100000 ] && break

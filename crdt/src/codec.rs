@@ -1708,37 +1708,35 @@ struct CollV4 {
     part: bool,
 }
 
+/// Version 4's state is version 6's without lists.
 impl From<KeyStateV4> for KeyState {
     fn from(v4: KeyStateV4) -> KeyState {
-        let Some(x) = v4.extras else {
-            return KeyState {
-                reg: v4.reg,
-                extras: None,
-                coll: None,
-            };
-        };
-        let rest = Extras {
-            expiry: x.expiry,
-            counts: x.counts,
-            removed: Lazy::new(x.removed),
-            floor: x.floor,
-        };
-        KeyState {
+        let extras = v4.extras.map(|x| {
+            Box::new(ExtrasV6 {
+                expiry: x.expiry,
+                counts: x.counts,
+                removed: x.removed,
+                floor: x.floor,
+                coll: x.coll.map(|c| {
+                    Box::new(CollV6 {
+                        ctx: c.ctx,
+                        at: c.at,
+                        kind: c.kind,
+                        hash: c.hash.into_iter().collect(),
+                        set: c.set.into_iter().collect(),
+                        zset: c.zset.into_iter().collect(),
+                        list: Seq::new(),
+                        removed: c.removed,
+                        part: c.part,
+                    })
+                }),
+            })
+        });
+        KeyStateV6 {
             reg: v4.reg,
-            extras: (!rest.is_empty()).then(|| Box::new(rest)),
-            coll: x.coll.map(|c| {
-                let mut coll = Box::<Coll>::default();
-                coll.ctx = c.ctx;
-                coll.at = c.at;
-                coll.kind = c.kind;
-                coll.hash = c.hash.into_iter().collect();
-                coll.set = Lazy::new(c.set.into_iter().collect());
-                coll.zset = Lazy::new(c.zset.into_iter().collect());
-                coll.removed = Lazy::new(c.removed.into_iter().map(RemovedV6::upgrade).collect());
-                coll.part = c.part;
-                coll
-            }),
+            extras,
         }
+        .into()
     }
 }
 

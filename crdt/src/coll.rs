@@ -1316,7 +1316,8 @@ impl Coll {
         let dot = self.ctx.next_dot(stamp.node, stamp.time);
         let probe = Probe::new(field);
         if self.hash.is_packed() {
-            if let Some((fresh, old)) = self.hash.set_packed_own(field, value, dot, stamp.time) {
+            if let Some((fresh, old)) = self.hash.set_packed((field, value), dot, stamp.time, true)
+            {
                 if let Some(d) = delta {
                     if let Some(old) = old {
                         d.covers(old);

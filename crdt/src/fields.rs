@@ -257,31 +257,19 @@ impl Fields {
 
     /// Sets a plain field of a packed hash in place: whether the field is
     /// new, and the dot of the write it replaced; `None` when the hash is
-    /// not packed or would no longer qualify (nothing changed then).
+    /// not packed or would no longer qualify, or, with `own_only` (a local
+    /// write, which must record the kill of another node's: see
+    /// `Coll::hset_into`), when another node wrote the field. Nothing is
+    /// changed then.
     pub fn set_packed(
         &mut self,
-        field: &[u8],
-        value: &[u8],
+        (field, value): (&[u8], &[u8]),
         dot: Dot,
         time: u64,
+        own_only: bool,
     ) -> Option<(bool, Option<Dot>)> {
         match &mut self.0 {
-            Repr::Packed(p) => p.set(field, value, dot, time, false),
-            Repr::Map(_) => None,
-        }
-    }
-
-    /// [`Fields::set_packed`] of a local write, which must record the kill
-    /// of a field another node wrote (`Coll::hset_into`): `None` then too.
-    pub fn set_packed_own(
-        &mut self,
-        field: &[u8],
-        value: &[u8],
-        dot: Dot,
-        time: u64,
-    ) -> Option<(bool, Option<Dot>)> {
-        match &mut self.0 {
-            Repr::Packed(p) => p.set(field, value, dot, time, true),
+            Repr::Packed(p) => p.set(field, value, dot, time, own_only),
             Repr::Map(_) => None,
         }
     }
@@ -928,7 +916,7 @@ mod tests {
                 n: 20 + writer,
             };
             assert_eq!(
-                f.set_packed(b"f", b"c", dot, 20 + writer),
+                f.set_packed((b"f", b"c"), dot, 20 + writer, false),
                 Some((false, Some(replaced)))
             );
             replaced = dot;
@@ -991,7 +979,7 @@ mod tests {
                 let dot = Dot { node: NodeId(node), n: time + 3 };
                 let fresh = m.get(Probe::new(&field).as_keyed()).is_none();
                 let e = elem(node, time + 3, time, &value);
-                match f.set_packed(&field, &value, dot, time) {
+                match f.set_packed((&field, &value), dot, time, false) {
                     Some((was_new, _)) => {
                         prop_assert_eq!(was_new, fresh);
                         m.insert(EKey::new(&field), e);
