@@ -240,10 +240,11 @@ fn kills(record: Option<&Removed>, dot: Dot) -> bool {
     record.is_some_and(|r| r.kills(dot))
 }
 
-/// Whether a write by `node` over `e` replaces another node's write, a
-/// kill its delta must record (`Coll::replace_into`).
-fn replaces_others<V>(e: &Elem<V>, node: NodeId) -> bool {
-    e.writes.iter().any(|w| w.dot.node != node)
+/// Whether a write by `node` over `e` runs in place: no counter (whose
+/// removal needs a record) and no other node's write (whose kill does,
+/// see `Coll::replace_into`).
+fn rewrites_in_place<V>(e: &Elem<V>, node: NodeId) -> bool {
+    e.counts.is_none() && e.writes.iter().all(|w| w.dot.node == node)
 }
 
 /// Drops the writes `record` kills and the tallies it covers; true when
@@ -1267,14 +1268,16 @@ impl Coll {
         if self.records_kill(kind, key) {
             return false;
         }
-        let plain = |e: &Elem<_>| e.counts.is_none() && !replaces_others(e, node);
         match kind {
             Kind::Hash => match self.hash.get(key) {
                 None => true,
                 Some(FieldRef::Packed(p)) => p.dot.node == node,
-                Some(FieldRef::Elem(e)) => e.counts.is_none() && !replaces_others(e, node),
+                Some(FieldRef::Elem(e)) => rewrites_in_place(e, node),
             },
-            Kind::ZSet => self.zset.get(Probe::new(key).as_keyed()).is_none_or(plain),
+            Kind::ZSet => self
+                .zset
+                .get(Probe::new(key).as_keyed())
+                .is_none_or(|e| rewrites_in_place(e, node)),
             Kind::Set | Kind::List => true,
         }
     }
@@ -1340,7 +1343,7 @@ impl Coll {
             value: Blob::new(value),
         };
         let fresh = match self.hash.map_mut().get_mut(probe.as_keyed()) {
-            Some(e) if e.counts.is_some() || replaces_others(e, stamp.node) => return None,
+            Some(e) if !rewrites_in_place(e, stamp.node) => return None,
             Some(e) => {
                 if let Some(d) = delta.as_deref_mut() {
                     for w in &e.writes {
@@ -1439,7 +1442,7 @@ impl Coll {
         };
         let probe = Probe::new(member);
         let old = match self.zset.make().get_mut(probe.as_keyed()) {
-            Some(e) if e.counts.is_some() || replaces_others(e, stamp.node) => return None,
+            Some(e) if !rewrites_in_place(e, stamp.node) => return None,
             Some(e) => {
                 if let Some(d) = delta.as_deref_mut() {
                     for w in &e.writes {
