@@ -3217,3 +3217,29 @@ fn a_field_replaced_through_a_relay_is_no_conflict_anywhere() {
         assert!(logged.is_empty(), "{name} logged {logged:?}");
     }
 }
+
+/// An HDEL or ZREM of an element that is not there changes nothing, as in
+/// Redis, even where the element's earlier removal left a record of the
+/// writes it killed (kept here: the peer, down, has not acknowledged it):
+/// a client WATCHing the key still gets its EXEC run.
+#[test]
+fn removing_an_absent_element_leaves_a_watch_untouched() {
+    let a = node(free_port(), &[free_port()], &[]);
+    let (mut c, mut other) = (a.conn(), a.conn());
+    q::<i64>(&mut c, &["HSET", "h", "f", "1", "g", "2"]);
+    q::<i64>(&mut c, &["ZADD", "z", "1", "m", "2", "n"]);
+    assert_eq!(q::<i64>(&mut c, &["HDEL", "h", "f"]), 1);
+    assert_eq!(q::<i64>(&mut c, &["ZREM", "z", "m"]), 1);
+    q::<()>(&mut c, &["WATCH", "h", "z"]);
+    assert_eq!(q::<i64>(&mut other, &["HDEL", "h", "f"]), 0);
+    assert_eq!(q::<i64>(&mut other, &["ZREM", "z", "m"]), 0);
+    q::<()>(&mut c, &["MULTI"]);
+    q::<String>(&mut c, &["HSET", "h", "g", "3"]);
+    let ran: redis::Value = q(&mut c, &["EXEC"]);
+    assert_ne!(
+        ran,
+        redis::Value::Nil,
+        "EXEC aborted: nothing changed the watched keys"
+    );
+    assert_eq!(q::<String>(&mut c, &["HGET", "h", "g"]), "3");
+}
