@@ -747,9 +747,13 @@ impl Coll {
     }
 
     /// Whether a key's GC may drop this part, context and all: no element,
-    /// no removal record, and no write after the GC floor `acked`.
+    /// no write after the GC floor `acked`, and no removal record but those
+    /// [`Coll::compact`] at `acked` drops (without elements, every one reset
+    /// at or below it: its tallies continue no count here). Asked before
+    /// compacting or after, the answer is the same, so a node that
+    /// compacted at an earlier floor and one that did not collect alike.
     pub fn is_collectable(&self, acked: Stamp) -> bool {
-        !self.has_elements() && self.removed.is_empty() && self.at <= acked
+        !self.has_elements() && self.at <= acked && self.removed.values().all(|r| r.reset <= acked)
     }
 
     /// Elements of `kind` present.

@@ -1118,6 +1118,10 @@ impl KeyState {
     /// anything changed.
     pub fn compact(&mut self, acked: Stamp) -> bool {
         let mut changed = false;
+        // A tombstone dropped here still counts below as the write after a
+        // collection it outdates: a node that has not compacted yet shows
+        // the string parts over that collection, and so must this one.
+        let reg_stamp = self.reg.stamp;
         if self.reg.value.is_none() && !self.reg.stamp.is_zero() && self.reg.stamp <= acked {
             self.reg = Register::default();
             changed = true;
@@ -1164,7 +1168,7 @@ impl KeyState {
             // Not while it hides a string part: that would show again.
             let counts = self.extras.as_ref().map(|x| &x.counts);
             let hides = (self.reg.value.is_some() || counts.is_some_and(|c| !c.is_empty())) && {
-                let mut at = self.reg.stamp;
+                let mut at = reg_stamp;
                 for t in counts.into_iter().flat_map(|c| c.values()) {
                     at = at.max(t.epoch);
                 }

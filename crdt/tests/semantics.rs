@@ -1,6 +1,8 @@
 //! One test per semantic rule of DESIGN.md, each a race between two nodes.
 
-use chorus_crdt::{decode, encode, ConflictKind, KeyState, Kind, NodeId, Read, Stamp, Summary};
+use chorus_crdt::{
+    decode, encode, ConflictKind, KeyState, KeyType, Kind, NodeId, Read, Stamp, Summary,
+};
 
 const A: NodeId = NodeId(1);
 const B: NodeId = NodeId(2);
@@ -377,6 +379,61 @@ fn tombstones_are_collectable_only_once_acknowledged_and_empty() {
     );
 }
 const Z: NodeId = NodeId(u64::MAX);
+
+/// A counter, an emptied collection written after it, and a concurrent DEL
+/// that saw only the counter's first increment: the DEL's tombstone is the
+/// newest write, so the surviving increment shows. Once GC drops the
+/// tombstone, the collection must go with it; kept, it outdated the counter
+/// on this node and not on one that had not compacted yet, and the next
+/// INCR here wrote a key creation there it wrote an increment.
+#[test]
+fn a_collected_tombstone_takes_the_collection_it_outdated_along() {
+    let mut k = KeyState::default();
+    let first = k.incr(at(4, A), 1, 0.0, false);
+    apply(&mut k, &first);
+    let at_b = k.clone();
+    let second = k.incr(at(5, A), 1, 0.0, false);
+    apply(&mut k, &second);
+    let emptied = k.coll_write(at(6, A), Kind::List, |_, _| {});
+    apply(&mut k, &emptied);
+    let del = at_b.write(at(7, B), None, 0);
+    apply(&mut k, &del);
+    assert_eq!(k.key_type(0), Some(KeyType::String));
+    let mut compacted = k.clone();
+    compacted.compact(at(9, Z));
+    assert_eq!(compacted.key_type(0), k.key_type(0), "{compacted:?}");
+    assert_eq!(shown(&compacted), shown(&k));
+}
+
+/// A sorted set that a string replaced leaves a removal record of its
+/// member; once the key is deleted and the floor passes everything, GC
+/// drops the key whether or not this node compacted it first. (It asked
+/// before compacting, kept the key for the record, and the compaction then
+/// dropped the record: a node that had compacted earlier dropped the key,
+/// and the two held different states until the next sweep.)
+#[test]
+fn a_removal_record_below_the_floor_does_not_keep_a_dead_key() {
+    let mut k = KeyState::default();
+    let zadd = k.coll_write(at(1, B), Kind::ZSet, |c, d| {
+        c.zadd_into(d, at(1, B), b"m", 1.0)
+    });
+    apply(&mut k, &zadd);
+    let set = k.write(at(2, A), Some(b"v"), 0);
+    apply(&mut k, &set);
+    let del = k.write(at(3, A), None, 0);
+    apply(&mut k, &del);
+    assert!(
+        k.coll()
+            .is_some_and(|c| c.removed_of(Kind::ZSet, b"m").is_some()),
+        "the member's write is recorded as replaced"
+    );
+    let floor = at(10, Z);
+    let mut compacted = k.clone();
+    compacted.compact(floor);
+    assert!(compacted.collectable(floor));
+    assert!(k.collectable(floor), "{k:?}");
+    assert!(!k.collectable(at(2, Z)), "not before the delete is stable");
+}
 
 #[test]
 fn encoding_round_trips_with_a_version_byte() {
