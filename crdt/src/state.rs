@@ -1118,14 +1118,11 @@ impl KeyState {
     /// anything changed.
     pub fn compact(&mut self, acked: Stamp) -> bool {
         let mut changed = false;
-        // A tombstone dropped here still counts below as the write after a
-        // collection it outdates: a node that has not compacted yet shows
-        // the string parts over that collection, and so must this one.
+        // The tombstone goes last: below, it still counts as the write
+        // after a collection part it outdates, as it does on a node that
+        // has not compacted yet.
         let reg_stamp = self.reg.stamp;
-        if self.reg.value.is_none() && !self.reg.stamp.is_zero() && self.reg.stamp <= acked {
-            self.reg = Register::default();
-            changed = true;
-        }
+        let dead_tombstone = self.reg.value.is_none() && !reg_stamp.is_zero() && reg_stamp <= acked;
         // A write at or below the floor reached every node long ago: it can
         // never arrive again to lose, so whether this one saw it no longer
         // matters (and nodes that collected it would not say so).
@@ -1168,7 +1165,7 @@ impl KeyState {
             // Not while it hides a string part: that would show again.
             let counts = self.extras.as_ref().map(|x| &x.counts);
             let hides = (self.reg.value.is_some() || counts.is_some_and(|c| !c.is_empty())) && {
-                let mut at = reg_stamp;
+                let mut at = self.reg.stamp;
                 for t in counts.into_iter().flat_map(|c| c.values()) {
                     at = at.max(t.epoch);
                 }
@@ -1180,6 +1177,13 @@ impl KeyState {
                 self.coll = None;
                 changed = true;
             }
+        }
+        // Not while it alone makes surviving increments newer than a
+        // collection part that stays: without it, that part would hide
+        // them here and not on a node that has not compacted.
+        if dead_tombstone && !self.tombstone_shows_counts_over_coll() {
+            self.reg = Register::default();
+            changed = true;
         }
         if changed {
             self.normalize();
@@ -1284,6 +1288,17 @@ impl KeyState {
     /// changes nothing then: most keys of a transfer are not stale).
     pub fn is_stale_against(&self, sender: &KeyState, held: impl Fn(NodeId) -> Stamp) -> bool {
         Stale::of(self, sender, &held).any()
+    }
+
+    /// Whether the register (a tombstone) is all that makes the counter
+    /// part newer than the collection part, so that the key shows the
+    /// counter.
+    fn tombstone_shows_counts_over_coll(&self) -> bool {
+        let (Some(c), Some(x)) = (self.coll(), &self.extras) else {
+            return false;
+        };
+        let newest_count = x.counts.values().map(|t| t.epoch).max();
+        newest_count.is_some_and(|at| at <= c.at) && c.at < self.reg.stamp
     }
 
     fn has_counts(&self) -> bool {

@@ -405,6 +405,35 @@ fn a_collected_tombstone_takes_the_collection_it_outdated_along() {
     assert_eq!(shown(&compacted), shown(&k));
 }
 
+/// The same with a member in the collection: the collection part stays,
+/// so the tombstone must stay too while it alone makes the surviving
+/// increment newer (dropped, the set showed here and the counter on a node
+/// that had not compacted).
+#[test]
+fn a_tombstone_stays_while_it_shows_a_counter_over_a_collection() {
+    let mut k = KeyState::default();
+    let first = k.incr(at(4, A), 1, 0.0, false);
+    apply(&mut k, &first);
+    let at_b = k.clone();
+    let second = k.incr(at(5, A), 1, 0.0, false);
+    apply(&mut k, &second);
+    let sadd =
+        KeyState::default().coll_write(at(6, C), Kind::Set, |c, d| c.sadd_into(d, at(6, C), b"m"));
+    k.merge(&sadd); // (a type clash, reported)
+    let del = at_b.write(at(7, B), None, 0);
+    k.merge(&del);
+    assert_eq!(k.key_type(0), Some(KeyType::String));
+    let mut compacted = k.clone();
+    compacted.compact(at(9, Z));
+    assert_eq!(compacted.key_type(0), k.key_type(0), "{compacted:?}");
+    assert_eq!(shown(&compacted), shown(&k));
+    // Once a newer collection write outdates the counter anyway, it goes.
+    let sadd2 = compacted.coll_write(at(10, C), Kind::Set, |c, d| c.sadd_into(d, at(10, C), b"n"));
+    compacted.merge(&sadd2);
+    compacted.compact(at(11, Z));
+    assert!(compacted.reg.stamp.is_zero(), "{compacted:?}");
+}
+
 /// A sorted set that a string replaced leaves a removal record of its
 /// member; once the key is deleted and the floor passes everything, GC
 /// drops the key whether or not this node compacted it first. (It asked
