@@ -1349,26 +1349,6 @@ fn a_node_restored_from_an_old_copy_of_its_store_loses_no_write_and_revives_no_k
     let _ = std::fs::remove_dir_all(&base);
 }
 
-/// The second node of a pair kept a burst's frames to pass on (16.7 MB,
-/// seconds after 200k x 1 KB writes), though its only peer is their
-/// origin: frames every peer but their origin holds are let go.
-#[test]
-fn a_pair_keeps_no_frames_to_pass_on() {
-    let (pa, pb) = (free_port(), free_port());
-    let a = node(pa, &[pb], &[]);
-    let b = node(pb, &[pa], &[]);
-    let (mut ca, mut cb) = (a.conn(), b.conn());
-    let value = "v".repeat(1000);
-    for i in 0..2_000 {
-        q::<()>(&mut ca, &["SET", &format!("k{i}"), &value]);
-    }
-    assert_eq!(q::<i64>(&mut ca, &["WAIT", "1", "30000"]), 1);
-    assert!(get(&mut cb, "k1999").is_some());
-    wait_until("B to let A's frames go", || {
-        info_field(&mut cb, "relay_bytes") == "0"
-    });
-}
-
 /// #11 item 5: every in-memory restart of a peer left its earlier life's
 /// writes in the others' relay logs (up to repl-backlog-size each) for good.
 /// Once every node holds all of that life, its frames are freed.
@@ -1384,6 +1364,7 @@ fn a_restarted_peers_earlier_life_is_released_once_every_node_holds_it() {
     wait_until("B's writes on A", || get(&mut ca, "k49").is_some());
     let relay_bytes =
         |c: &mut redis::Connection| info_field(c, "relay_bytes").parse::<u64>().unwrap();
+    assert!(relay_bytes(&mut ca) > 0, "kept to pass on");
     drop(cb);
     drop(b);
     let b = node(pb, &[pa], &[]);

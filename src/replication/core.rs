@@ -853,26 +853,6 @@ impl Core {
             .collect()
     }
 
-    /// Drops the relayed frames that every peer but their origin has
-    /// acknowledged: none of them can need those from here. (A node new to
-    /// the mesh that lacks them gets a state transfer, as after a jump.)
-    /// A node whose only peer is the origin keeps none; until then, a
-    /// burst's frames stayed for good, up to the bound per origin.
-    pub fn trim_relay(&mut self, peers: &[PeerAcks]) {
-        if peers.iter().any(|p| p.id.is_none()) {
-            return;
-        }
-        for origin in self.relay.origins() {
-            let everyone_has = peers
-                .iter()
-                .filter(|p| p.id != Some(origin))
-                .map(|p| p.acked.get(origin))
-                .min()
-                .unwrap_or(u64::MAX);
-            self.relay.acknowledged(origin, everyone_has);
-        }
-    }
-
     /// Whether the keyspace should sweep for tombstones below `floor` now:
     /// every `SWEEP_EVERY_TICKS` GC ticks, when the floor moved since the
     /// last sweep (touched keys drop theirs at once anyway).
@@ -1362,52 +1342,6 @@ mod tests {
         assert!(core
             .settled(&acks(Some(new), VersionVector::default()), 0)
             .is_empty());
-    }
-
-    /// A burst's relayed frames stayed for good (16.7 MB on the second node
-    /// of a pair, seconds after a 200k x 1 KB burst): they now stay only
-    /// while some peer but their origin lacks them, so a pair keeps none.
-    #[test]
-    fn relayed_frames_stay_only_while_a_peer_but_their_origin_lacks_them() {
-        let (me, a, c, fresh) = (NodeId(1), NodeId(2), NodeId(3), NodeId(4));
-        let mut core = Core::new(me, 1 << 20);
-        for seq in 1..=3 {
-            core.applied(a, seq, 0, bytes::Bytes::from(vec![0u8; 100]));
-        }
-        let c_has = |seq: u64| {
-            let mut vv = VersionVector::default();
-            vv.advance(a, seq);
-            vec![
-                PeerAcks {
-                    id: Some(a),
-                    acked: VersionVector::default(),
-                },
-                PeerAcks {
-                    id: Some(c),
-                    acked: vv,
-                },
-            ]
-        };
-        core.trim_relay(&c_has(0));
-        assert_eq!(core.relay_bytes(), 300);
-        core.trim_relay(&c_has(2));
-        assert_eq!(core.relay_bytes(), 100, "the one C lacks stays");
-        let unknown = [PeerAcks {
-            id: None,
-            acked: VersionVector::default(),
-        }];
-        core.trim_relay(&unknown);
-        assert_eq!(core.relay_bytes(), 100, "a peer not known yet may lack it");
-        let origin_only = [PeerAcks {
-            id: Some(a),
-            acked: VersionVector::default(),
-        }];
-        core.trim_relay(&origin_only);
-        assert_eq!(core.relay_bytes(), 0);
-        // A node new to the mesh that lacks them gets a state transfer.
-        let none = VersionVector::default();
-        let mut link = LinkState::new(me, fresh, &none);
-        assert!(core.plan(&mut link, &none, RELAY_DELAY_MS).transfer);
     }
 
     /// #11 item 5: every in-memory restart left a retired id whose relay

@@ -759,7 +759,6 @@ impl Replicator {
             })
             .collect();
         let mut core = self.core.lock();
-        core.trim_relay(&acked);
         let settled = core.settled(&acked, (self.now_ms)());
         let floor = core.gc_tick(&settled, unknown_peer).floor;
         // Under the lock: a reopening (`reopen_if_clear`) caps the floor

@@ -88,23 +88,6 @@ impl Relay {
         }
     }
 
-    /// Drops `origin`'s frames up to `seq`: every peer that could ask this
-    /// node for them has them. A log emptied so lets its buffer go too (it
-    /// held a slot for each of a burst's frames).
-    pub fn acknowledged(&mut self, origin: NodeId, seq: u64) {
-        let Some(log) = self.logs.get_mut(&origin) else {
-            return;
-        };
-        while log.entries.front().is_some_and(|&(s, _, _)| s <= seq) {
-            if let Some((_, _, frame)) = log.entries.pop_front() {
-                log.bytes -= frame.len();
-            }
-        }
-        if log.entries.is_empty() {
-            log.entries = VecDeque::new();
-        }
-    }
-
     pub fn origins(&self) -> Vec<NodeId> {
         self.logs.keys().copied().collect()
     }
