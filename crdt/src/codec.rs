@@ -1644,14 +1644,14 @@ impl From<KeyStateV6> for KeyState {
     }
 }
 
-/// Versions 5 and 6's delta.
+/// An earlier version's delta, of its key states `S`.
 #[derive(serde::Deserialize, serde::Serialize)]
-enum DeltaV6 {
+enum OldDelta<S> {
     Key {
         db: u32,
         #[serde(with = "serde_bytes")]
         key: Vec<u8>,
-        state: KeyStateV6,
+        state: S,
     },
     Flush {
         db: Option<u32>,
@@ -1659,18 +1659,21 @@ enum DeltaV6 {
     },
 }
 
-impl From<DeltaV6> for Delta {
-    fn from(v6: DeltaV6) -> Delta {
-        match v6 {
-            DeltaV6::Key { db, key, state } => Delta::Key {
+impl<S: Into<KeyState>> From<OldDelta<S>> for Delta {
+    fn from(old: OldDelta<S>) -> Delta {
+        match old {
+            OldDelta::Key { db, key, state } => Delta::Key {
                 db,
                 key,
                 state: state.into(),
             },
-            DeltaV6::Flush { db, stamp } => Delta::Flush { db, stamp },
+            OldDelta::Flush { db, stamp } => Delta::Flush { db, stamp },
         }
     }
 }
+
+/// Versions 5 and 6's delta.
+type DeltaV6 = OldDelta<KeyStateV6>;
 
 /// Versions 2 and 3's conflict: no element.
 #[derive(serde::Deserialize, serde::Serialize)]
@@ -1741,32 +1744,7 @@ impl From<KeyStateV4> for KeyState {
 }
 
 /// Version 4's delta: key states without lists.
-#[derive(serde::Deserialize, serde::Serialize)]
-enum DeltaV4 {
-    Key {
-        db: u32,
-        #[serde(with = "serde_bytes")]
-        key: Vec<u8>,
-        state: KeyStateV4,
-    },
-    Flush {
-        db: Option<u32>,
-        stamp: Stamp,
-    },
-}
-
-impl From<DeltaV4> for Delta {
-    fn from(v4: DeltaV4) -> Delta {
-        match v4 {
-            DeltaV4::Key { db, key, state } => Delta::Key {
-                db,
-                key,
-                state: state.into(),
-            },
-            DeltaV4::Flush { db, stamp } => Delta::Flush { db, stamp },
-        }
-    }
-}
+type DeltaV4 = OldDelta<KeyStateV4>;
 
 /// Version 3's key state: no collections.
 #[derive(serde::Deserialize, serde::Serialize)]
