@@ -136,24 +136,54 @@ pub fn append_plain_key_delta(
     key: &[u8],
     state: &KeyState,
 ) -> bool {
-    if state.reg.seen.is_some() || state.extras.is_some() || state.coll.is_some() {
+    let Some(most) = plain_key_delta_most(key, state) else {
         return false;
+    };
+    let at = out.len();
+    out.resize(at + most, 0);
+    let len = put_plain_key_delta(&mut out[at..], origin, db, key, state);
+    out.truncate(at + len);
+    true
+}
+
+/// The most bytes [`put_plain_key_delta`] takes for `key` and `state`;
+/// `None` when `state` is not a plain register.
+#[inline(always)]
+pub fn plain_key_delta_most(key: &[u8], state: &KeyState) -> Option<usize> {
+    if state.reg.seen.is_some() || state.extras.is_some() || state.coll.is_some() {
+        return None;
     }
+    // Variant, db, key, stamp, seen, value, expiry, no extras; each
+    // varint's whole slot, which [`Slot::varint`] writes.
+    Some(
+        1 + MAX_VARINT
+            + MAX_VARINT
+            + key.len()
+            + 2 * MAX_VARINT
+            + 1
+            + 1
+            + MAX_VARINT
+            + state.reg.value.as_deref().map_or(0, <[u8]>::len)
+            + MAX_VARINT
+            + 1,
+    )
+}
+
+/// [`append_plain_key_delta`]'s bytes, written at the start of `out`,
+/// which holds at least [`plain_key_delta_most`] bytes (a plain `state`);
+/// returns how many. Into a slice rather than onto a `Vec`, so that a
+/// caller laying out a frame around it (replication's stage) makes room
+/// once for all of it.
+#[inline]
+pub fn put_plain_key_delta(
+    out: &mut [u8],
+    origin: Option<NodeId>,
+    db: u32,
+    key: &[u8],
+    state: &KeyState,
+) -> usize {
     let reg = &state.reg;
-    let value = reg.value.as_deref();
-    // Variant, db, key, stamp, seen, value, expiry, no extras.
-    let most = 1
-        + MAX_VARINT
-        + MAX_VARINT
-        + key.len()
-        + 2 * MAX_VARINT
-        + 1
-        + 1
-        + MAX_VARINT
-        + value.map_or(0, <[u8]>::len)
-        + MAX_VARINT
-        + 1;
-    let mut w = Exact::new(out, most);
+    let mut w = Slot { out, at: 0 };
     w.byte(0);
     w.varint(db as u64);
     w.varint(key.len() as u64);
@@ -166,7 +196,7 @@ pub fn append_plain_key_delta(
         reg.stamp.node.0
     });
     w.byte(0);
-    match value {
+    match reg.value.as_deref() {
         None => w.byte(0),
         Some(v) => {
             w.byte(1);
@@ -176,7 +206,92 @@ pub fn append_plain_key_delta(
     }
     w.varint(reg.expire_at_ms);
     w.byte(0);
-    true
+    w.at
+}
+
+/// Writes fields into a slice its caller made room in: a field costs a
+/// bounds check, no capacity check, copy or cut. Writing past the slice
+/// is a bug, and panics.
+pub struct Slot<'a> {
+    out: &'a mut [u8],
+    at: usize,
+}
+
+impl<'a> Slot<'a> {
+    pub fn new(out: &'a mut [u8]) -> Slot<'a> {
+        Slot { out, at: 0 }
+    }
+
+    /// How many bytes were written.
+    pub fn len(&self) -> usize {
+        self.at
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.at == 0
+    }
+
+    #[inline(always)]
+    pub fn byte(&mut self, b: u8) {
+        self.out[self.at] = b;
+        self.at += 1;
+    }
+
+    /// `n`'s varint; takes a whole [`MAX_VARINT`] slot's room.
+    #[inline(always)]
+    pub fn varint(&mut self, n: u64) {
+        let Some(slot) = self.out[self.at..].first_chunk_mut::<MAX_VARINT>() else {
+            panic!("a slot is too small for its fields");
+        };
+        self.at += put_varint(slot, n);
+    }
+
+    /// The first `len` bytes of `fixed`, copied as the whole array: an
+    /// `N`-byte copy is a few moves where a run-time length is a call.
+    /// Takes `N` bytes' room.
+    #[inline(always)]
+    pub fn prefix<const N: usize>(&mut self, fixed: &[u8; N], len: usize) {
+        let Some(slot) = self.out[self.at..].first_chunk_mut::<N>() else {
+            panic!("a slot is too small for its fields");
+        };
+        *slot = *fixed;
+        self.at += len.min(N);
+    }
+
+    /// `bytes`; up to 32 of them in two overlapping fixed-size copies
+    /// rather than a call to memcpy (keys and small values).
+    #[inline(always)]
+    pub fn bytes(&mut self, bytes: &[u8]) {
+        let out = &mut self.out[self.at..self.at + bytes.len()];
+        copy_small(out, bytes);
+        self.at += bytes.len();
+    }
+}
+
+/// `dst.copy_from_slice(src)` (equal lengths), in at most two moves of a
+/// fixed size when short.
+#[inline(always)]
+fn copy_small(dst: &mut [u8], src: &[u8]) {
+    fn ends<const N: usize>(dst: &mut [u8], src: &[u8]) {
+        if let (Some(d), Some(s)) = (dst.first_chunk_mut::<N>(), src.first_chunk::<N>()) {
+            *d = *s;
+        }
+        if let (Some(d), Some(s)) = (dst.last_chunk_mut::<N>(), src.last_chunk::<N>()) {
+            *d = *s;
+        }
+    }
+    match src.len() {
+        0 => {}
+        1..=3 => {
+            dst[0] = src[0];
+            dst[src.len() / 2] = src[src.len() / 2];
+            dst[src.len() - 1] = src[src.len() - 1];
+        }
+        4..=7 => ends::<4>(dst, src),
+        8..=15 => ends::<8>(dst, src),
+        16..=32 => ends::<16>(dst, src),
+        _ => dst.copy_from_slice(src),
+    }
 }
 
 /// Writes fields into a buffer grown once by the most they can take, and
@@ -1405,6 +1520,20 @@ impl<const N: usize> Scratch<N> {
         &self.buf[..self.len]
     }
 
+    /// The whole array, of which the first [`Scratch::len`] bytes hold
+    /// the fields (for [`Slot::prefix`]).
+    pub fn raw(&self) -> &[u8; N] {
+        &self.buf
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Appends the fields to `out`.
     #[inline(always)]
     pub fn append_to(&self, out: &mut Vec<u8>) {
@@ -1985,6 +2114,66 @@ mod tests {
         assert!(whole.len() > 100_000, "{}", whole.len());
         assert_eq!(&direct[..6], b"prefix");
         assert_eq!(&direct[6..], &whole[..]);
+    }
+
+    /// A plain write's delta, put into a slice or appended, is postcard's
+    /// for keys and values of every short length (each of the small
+    /// copy's cases and their edges) and for long ones; under its origin's
+    /// name it decodes back to the same delta.
+    #[test]
+    fn a_plain_write_lays_out_as_postcard_for_every_short_length() {
+        let me = NodeId(0x0123_4567_89ab_cdef);
+        let lengths = (0..=40).chain([63, 64, 65, 1000, 5000]);
+        for key_len in lengths.clone() {
+            for value_len in lengths.clone().map(Some).chain([None]) {
+                let key: Vec<u8> = (0..key_len).map(|i| (i * 7 + 1) as u8).collect();
+                let value: Option<Vec<u8>> =
+                    value_len.map(|n| (0..n).map(|i| (i * 13 + 5) as u8).collect());
+                let mut state = KeyState::default();
+                state.reg.stamp = Stamp {
+                    time: (1 << 62) + key_len as u64,
+                    node: me,
+                };
+                state.reg.value = value.as_deref().map(Into::into);
+                state.reg.expire_at_ms = if key_len % 2 == 0 { 0 } else { 1 << 41 };
+                let delta = Delta::Key {
+                    db: key_len as u32 * 20,
+                    key: key.clone(),
+                    state: state.clone(),
+                };
+                let whole = postcard::to_allocvec(&delta).expect("encodes");
+                let db = key_len as u32 * 20;
+
+                let mut appended = b"before".to_vec();
+                assert!(append_plain_key_delta(
+                    &mut appended,
+                    None,
+                    db,
+                    &key,
+                    &state
+                ));
+                assert_eq!(&appended[..6], b"before");
+                assert_eq!(
+                    appended[6..],
+                    whole[..],
+                    "key {key_len}, value {value_len:?}"
+                );
+
+                let most = plain_key_delta_most(&key, &state).expect("plain");
+                let mut slot = vec![0xee; most + 3];
+                let len = put_plain_key_delta(&mut slot, None, db, &key, &state);
+                assert_eq!(slot[..len], whole[..], "key {key_len}, value {value_len:?}");
+                assert!(
+                    slot[most..].iter().all(|&b| b == 0xee),
+                    "wrote past its most"
+                );
+
+                let len = put_plain_key_delta(&mut slot, Some(me), db, &key, &state);
+                let mut back: Delta = postcard::from_bytes(&slot[..len]).expect("decodes");
+                back.restore_origin(me);
+                assert_eq!(back, delta, "key {key_len}, value {value_len:?}");
+            }
+        }
     }
 
     /// A plain write laid out under its origin's name leaves the stamp's

@@ -784,7 +784,45 @@ impl Replicator {
             seq,
             now_ms,
         };
-        let encode = match stage::stage(self.id, &self.heads, seq, now_ms, encode) {
+        let staged = stage::stage(self.id, &self.heads, seq, now_ms, encode);
+        self.publish_numbered(gap, staged);
+    }
+
+    /// [`Replicator::publish`] for a body of at most `most` bytes that
+    /// `put` writes at the start of a slice (returning how many): staged
+    /// in one stretch of the stage ([`stage::stage_put`]).
+    #[inline(always)]
+    fn publish_put(&self, now_ms: u64, most: usize, put: impl FnOnce(&mut [u8]) -> usize) {
+        let seq = self.numbered.fetch_add(1, Ordering::AcqRel) + 1;
+        let gap = Gap {
+            repl: self,
+            seq,
+            now_ms,
+        };
+        let staged = match stage::stage_put(self.id, &self.heads, seq, now_ms, most, put) {
+            Ok(now) => Ok(stage::Staged::Yes(now)),
+            Err(put) => {
+                let encode = move |out: &mut Vec<u8>| {
+                    let at = out.len();
+                    out.resize(at + most, 0);
+                    let len = put(&mut out[at..]);
+                    out.truncate(at + len);
+                };
+                stage::stage(self.id, &self.heads, seq, now_ms, encode)
+            }
+        };
+        self.publish_numbered(gap, staged);
+    }
+
+    /// The rest of a publish, once write `gap.seq` is numbered and given
+    /// to the stage: `staged` is what the stage did with it.
+    fn publish_numbered<F: FnOnce(&mut Vec<u8>)>(
+        &self,
+        gap: Gap<'_>,
+        staged: Result<stage::Staged, F>,
+    ) {
+        let (seq, now_ms) = (gap.seq, gap.now_ms);
+        let encode = match staged {
             Ok(stage::Staged::Yes(false)) => return gap.filled(),
             Ok(stage::Staged::Yes(true)) => {
                 gap.filled();
@@ -946,6 +984,12 @@ pub struct BacklogState {
 
 impl DeltaSink for Replicator {
     fn publish_key(&self, db: u32, key: &[u8], state: &KeyState, now_ms: u64) {
+        if let Some(most) = chorus_crdt::codec::plain_key_delta_most(key, state) {
+            let origin = Some(self.node);
+            return self.publish_put(now_ms, most, |out| {
+                chorus_crdt::codec::put_plain_key_delta(out, origin, db, key, state)
+            });
+        }
         self.publish(now_ms, |out| {
             let start = out.len();
             if let Err(e) = wire::append_own_key_body(out, self.node, db, key, state) {
@@ -2976,6 +3020,96 @@ mod tests {
         assert_eq!(repl.backlog_head(), 3, "2 was entered, then 3");
 
         assert_logged_once_each(&log, me, 3);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Writes laid out in one stretch of the stage (short values) and
+    /// appended (a value past what a stretch takes, a flush) mix in one
+    /// batch, and a later batch lays its frames over the bytes of a longer
+    /// one: the backlog's frames and the log's records read back as the
+    /// writes made, in order.
+    #[test]
+    fn staged_writes_of_either_layout_read_back_whole() {
+        let me = NodeId(8);
+        let (ks, repl, log, dir) = logging_node(me, "stage-layouts");
+        let set = |key: &[u8], value: &[u8]| {
+            let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
+            ks.update(&mut locked, 0, key, wall_ms(), |w| w.set(Some(value), 0))
+                .expect("locked");
+        };
+        let long = vec![b'x'; 5000];
+        let batches: [&[(&[u8], &[u8])]; 2] = [
+            &[
+                (b"k0", &long),
+                (b"k1", b"v1"),
+                (b"flush", b""),
+                (b"k2", &[b'y'; 40]),
+            ],
+            &[(b"k3", b"z"), (b"a-longer-key-than-before", b"abc")],
+        ];
+        for writes in batches {
+            let batch = ks.batch();
+            for &(key, value) in writes {
+                if key == b"flush" {
+                    repl.publish_flush(Some(3), Stamp { time: 9, node: me }, wall_ms());
+                } else {
+                    set(key, value);
+                }
+            }
+            drop(batch);
+        }
+        let expected: Vec<_> = batches.iter().flat_map(|b| b.iter()).collect();
+        let check = |seq: u64, msg: ReplMsg| {
+            let ReplMsg::Delta {
+                origin,
+                seq: got,
+                delta,
+            } = msg
+            else {
+                panic!("not a write: {msg:?}");
+            };
+            assert_eq!((origin, got), (me, seq));
+            let (key, value) = *expected[seq as usize - 1];
+            match delta {
+                Delta::Key { key: k, state, .. } => {
+                    assert_eq!(k, key);
+                    assert_eq!(state.reg.value.as_deref(), Some(value));
+                    assert_eq!(state.reg.stamp.node, me, "the origin put back");
+                }
+                Delta::Flush { db, .. } => assert_eq!((key, db), (&b"flush"[..], Some(3))),
+            }
+        };
+
+        let tail = repl
+            .core
+            .lock()
+            .transfer_tail(NodeId(99), &mut VersionVector::default());
+        let framed: Vec<u8> = tail.own.iter().flat_map(|c| c.iter().copied()).collect();
+        let mut rest = &framed[..];
+        let mut seq = 0;
+        while let Some((header, after)) = rest.split_first_chunk::<4>() {
+            let len = u32::from_be_bytes(*header) as usize;
+            seq += 1;
+            check(
+                seq,
+                wire::decode_msg(&after[..len]).expect("a frame decodes"),
+            );
+            rest = &after[len..];
+        }
+        assert_eq!(seq, expected.len() as u64, "every write framed");
+
+        log.close();
+        let mut seq = 0;
+        log.read_numbered(
+            1,
+            usize::MAX,
+            |p| own_seq(me, p),
+            |p| {
+                seq += 1;
+                check(seq, wire::decode_msg(p).expect("a record decodes"));
+            },
+        );
+        assert_eq!(seq, expected.len() as u64, "every write logged");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -39,7 +39,8 @@ struct Stage {
     open: u64,
     /// The staged writes as the backlog holds them, back to back: each
     /// framed for the wire (its length, then the delta's head and body),
-    /// so that a run of them enters the backlog in one copy.
+    /// so that a run of them enters the backlog in one copy. Bytes past
+    /// the last write's end are not a frame (room [`stage_put`] made).
     frames: Vec<u8>,
     /// Each write's number, where its frame ends in `frames`, and when it
     /// was made (unix ms).
@@ -112,6 +113,49 @@ pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
     })
 }
 
+/// The largest body [`stage_put`] lays out; a larger one goes through
+/// [`stage`] (which also knows a payload too large for one fragment).
+const PUT_MOST: usize = 4 * 1024;
+
+/// Stages write `seq`'s frame, like [`stage`], for a body of at most
+/// `most` bytes that `put` writes at the start of the slice it is given
+/// (returning how many): the frame's length, head and body are laid out
+/// in one stretch of the stage's buffer, made room for once, where
+/// appending each part took a capacity check, a copy and a cut of its
+/// own (most of what staging a SET cost). `Ok(true)`: the stage is big
+/// enough to publish now. `Err(put)`: no batch is open, or the body may
+/// be larger than this lays out.
+#[inline(always)]
+pub(super) fn stage_put<F: FnOnce(&mut [u8]) -> usize>(
+    id: u64,
+    heads: &wire::Heads,
+    seq: u64,
+    now_ms: u64,
+    most: usize,
+    put: F,
+) -> Result<bool, F> {
+    STAGE.with_borrow_mut(|stage| {
+        if stage.open != id || most > PUT_MOST {
+            return Err(put);
+        }
+        let start = stage.writes.last().map_or(0, |w| w.1);
+        // The buffer keeps the length it grew to: bytes past the last
+        // frame are room, already made, for the next.
+        let room = start + HEADER_LEN + wire::HEAD_ROOM + most;
+        if stage.frames.len() < room {
+            stage.frames.resize(room, 0);
+        }
+        let frame = &mut stage.frames[start..];
+        let head = heads.put(&mut frame[HEADER_LEN..], seq);
+        let body = put(&mut frame[HEADER_LEN + head..]);
+        let len = head + body;
+        frame[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
+        let end = start + HEADER_LEN + len;
+        stage.writes.push((seq, end, now_ms));
+        Ok(stage.writes.len() >= STAGE_WRITES || end >= STAGE_BYTES)
+    })
+}
+
 /// Hands this thread's staged writes for replicator `id` to `publish`:
 /// their frames back to back, and each one's number, where its frame ends
 /// and when it was made, in the order they were staged. False when there
@@ -123,7 +167,7 @@ pub(super) fn drain(id: u64, publish: impl FnOnce(&[u8], &[(u64, usize, u64)])) 
         }
         let end = stage.writes.last().map_or(0, |w| w.1);
         publish(&stage.frames[..end], &stage.writes);
-        stage.frames.clear();
+        // The bytes stay: [`stage_put`] writes over them.
         stage.writes.clear();
         if stage.frames.capacity() > STAGE_KEPT {
             stage.frames = Vec::new();

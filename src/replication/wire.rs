@@ -174,6 +174,10 @@ impl ReplMsg {
 /// the owned message's encoding.
 pub(crate) type DeltaHead = Scratch<{ 2 + 2 * MAX_VARINT }>;
 
+/// The room [`Heads::put`] needs: the fixed start's whole array, then
+/// the number's varint slot.
+pub(crate) const HEAD_ROOM: usize = 2 + 2 * MAX_VARINT + MAX_VARINT;
+
 /// `ReplMsg::Delta`'s variant number.
 pub(crate) const DELTA_VARIANT: u32 = 2;
 const _: () = assert!(chorus_crdt::FORMAT_VERSION < 0x80 && DELTA_VARIANT < 0x80);
@@ -208,6 +212,16 @@ impl Heads {
     pub(crate) fn append(&self, out: &mut Vec<u8>, seq: u64) {
         self.start.append_to(out);
         chorus_crdt::codec::append_varint(out, seq);
+    }
+
+    /// Writes the head of write `seq` at the start of `out`, which holds
+    /// at least [`HEAD_ROOM`] bytes; returns its length.
+    #[inline(always)]
+    pub(crate) fn put(&self, out: &mut [u8], seq: u64) -> usize {
+        let mut w = chorus_crdt::codec::Slot::new(out);
+        w.prefix(self.start.raw(), self.start.len());
+        w.varint(seq);
+        w.len()
     }
 
     /// The head of write `seq`.
