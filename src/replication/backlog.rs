@@ -29,14 +29,14 @@ impl Resume {
 #[derive(Debug)]
 struct Segment {
     first: u64,
-    /// Where each frame starts in `data`.
-    offsets: Vec<u32>,
+    /// How many frames it holds.
+    count: usize,
     data: bytes::Bytes,
 }
 
 impl Segment {
     fn end(&self) -> u64 {
-        self.first + self.offsets.len() as u64
+        self.first + self.count as u64
     }
 }
 
@@ -70,7 +70,12 @@ pub struct Backlog {
     spent: VecDeque<bytes::BytesMut>,
     /// Buffers allocated for the tail, ever.
     buffers_made: u64,
-    tail_offsets: Vec<u32>,
+    /// Where each held frame starts in its segment's data (or the tail),
+    /// oldest first: one ring for all of them, where a vector a segment
+    /// (a segment is sealed at every send) grew by doubling, a few
+    /// reallocations for each.
+    offsets: VecDeque<u32>,
+    /// The first frame in the tail (the head + 1 when it holds none).
     tail_first: u64,
     /// Unix ms each held frame was written, oldest first.
     written_ms: VecDeque<u64>,
@@ -116,7 +121,7 @@ impl Backlog {
             tail_standard: false,
             spent: VecDeque::new(),
             buffers_made: 0,
-            tail_offsets: Vec::new(),
+            offsets: VecDeque::new(),
             tail_first: 1,
             written_ms: VecDeque::new(),
             scratch: Vec::new(),
@@ -183,7 +188,7 @@ impl Backlog {
             self.next_tail(framed);
         }
         self.head += 1;
-        self.tail_offsets.push(self.tail.len() as u32);
+        self.offsets.push_back(self.tail.len() as u32);
         if len <= chorus_transport::frame::MAX_FRAGMENT {
             self.tail.extend_from_slice(&(len as u32).to_be_bytes());
             self.tail.extend_from_slice(head);
@@ -223,7 +228,7 @@ impl Backlog {
         let mut last_ms = self.last_ms;
         for (len, now_ms) in writes {
             self.head += 1;
-            self.tail_offsets.push(at as u32);
+            self.offsets.push_back(at as u32);
             self.written_ms.push_back(now_ms);
             at += len;
             last_ms = last_ms.max(now_ms);
@@ -270,7 +275,7 @@ impl Backlog {
     }
 
     fn seal(&mut self) {
-        if self.tail_offsets.is_empty() {
+        if self.head < self.tail_first {
             return;
         }
         debug_assert_eq!(
@@ -279,10 +284,9 @@ impl Backlog {
             "backlog bytes account for every held frame"
         );
         let data = self.tail.split().freeze();
-        let offsets = std::mem::take(&mut self.tail_offsets);
         self.segments.push_back(Segment {
             first: self.tail_first,
-            offsets,
+            count: (self.head + 1 - self.tail_first) as usize,
             data,
         });
         self.tail_first = self.head + 1;
@@ -308,7 +312,7 @@ impl Backlog {
             .over_soft_since_ms
             .is_some_and(|since| now_ms.saturating_sub(since) >= soft_ms);
         while self.bytes > self.max_bytes
-            && (self.segments.len() > 1 || !self.tail_offsets.is_empty())
+            && (self.segments.len() > 1 || self.head >= self.tail_first)
         {
             let Some(oldest) = self.segments.front() else {
                 break;
@@ -318,7 +322,7 @@ impl Backlog {
                 break;
             }
             // Its newest write is the last of it to age past the target.
-            let newest_ms = self.written_ms.get(oldest.offsets.len().saturating_sub(1));
+            let newest_ms = self.written_ms.get(oldest.count.saturating_sub(1));
             let young = newest_ms.is_some_and(|&t| now_ms.saturating_sub(t) < self.keep_ms);
             if within_hard && young {
                 break;
@@ -327,12 +331,18 @@ impl Backlog {
                 break;
             };
             self.bytes -= old.data.len();
-            self.written_ms.drain(..old.offsets.len());
+            self.written_ms.drain(..old.count);
+            self.offsets.drain(..old.count);
         }
         debug_assert_eq!(
             self.written_ms.len() as u64,
             self.head + 1 - self.oldest(),
             "one write time per held frame"
+        );
+        debug_assert_eq!(
+            self.offsets.len(),
+            self.written_ms.len(),
+            "one offset per held frame"
         );
     }
 
@@ -402,6 +412,7 @@ impl Backlog {
         if from < self.oldest() {
             return Resume::Trimmed;
         }
+        let oldest = self.oldest();
         let start = self.segments.partition_point(|s| s.end() <= from);
         let mut chunks = Vec::new();
         let mut total = 0;
@@ -410,8 +421,8 @@ impl Backlog {
             if total >= max_bytes {
                 break;
             }
-            let skip = (from.max(seg.first) - seg.first) as usize;
-            let chunk = seg.data.slice(seg.offsets[skip] as usize..);
+            let at = self.offsets[(from.max(seg.first) - oldest) as usize];
+            let chunk = seg.data.slice(at as usize..);
             total += chunk.len();
             chunks.push(chunk);
             last = seg.end() - 1;
