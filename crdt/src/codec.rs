@@ -121,8 +121,9 @@ pub fn append_state(out: &mut Vec<u8>, state: &KeyState) -> Result<(), EncodeErr
 /// Appends postcard's bytes for `Delta::Key { db, key, state }` when
 /// `state` is a plain register (no `seen`, extras or collection: every
 /// SET, SETEX or DEL that replaced only its own node's writes) and returns
-/// true; false, with nothing appended, for any other state. The hot path
-/// of every replicated and logged string write.
+/// true; false, with nothing appended, for any other state: a logged or
+/// transferred string write's form (a replicated one is put straight
+/// into its frame, [`put_plain_key_delta`]).
 ///
 /// With `origin`, the bytes are a write of `origin`'s, sent or logged
 /// under its name: a register stamp of `origin`'s names node 0 instead
@@ -248,9 +249,11 @@ impl<'a> Slot<'a> {
 
     /// The first `len` bytes of `fixed`, copied as the whole array: an
     /// `N`-byte copy is a few moves where a run-time length is a call.
-    /// Takes `N` bytes' room.
+    /// Takes `N` bytes' room; the `N - len` after the prefix are
+    /// overwritten, and are the next field's room.
     #[inline(always)]
     pub fn prefix<const N: usize>(&mut self, fixed: &[u8; N], len: usize) {
+        debug_assert!(len <= N, "a prefix longer than its array");
         let Some(slot) = self.out[self.at..].first_chunk_mut::<N>() else {
             panic!("a slot is too small for its fields");
         };
@@ -258,8 +261,9 @@ impl<'a> Slot<'a> {
         self.at += len.min(N);
     }
 
-    /// `bytes`; up to 32 of them in two overlapping fixed-size copies
-    /// rather than a call to memcpy (keys and small values).
+    /// `bytes`; up to 32 of them in fixed-size moves (two overlapping
+    /// copies, or three byte stores under four) rather than a call to
+    /// memcpy (keys and small values).
     #[inline(always)]
     pub fn bytes(&mut self, bytes: &[u8]) {
         let out = &mut self.out[self.at..self.at + bytes.len()];
@@ -268,10 +272,11 @@ impl<'a> Slot<'a> {
     }
 }
 
-/// `dst.copy_from_slice(src)` (equal lengths), in at most two moves of a
-/// fixed size when short.
+/// `dst.copy_from_slice(src)` (equal lengths), in fixed-size moves when
+/// short (see [`Slot::bytes`]).
 #[inline(always)]
 fn copy_small(dst: &mut [u8], src: &[u8]) {
+    debug_assert_eq!(dst.len(), src.len());
     fn ends<const N: usize>(dst: &mut [u8], src: &[u8]) {
         if let (Some(d), Some(s)) = (dst.first_chunk_mut::<N>(), src.first_chunk::<N>()) {
             *d = *s;

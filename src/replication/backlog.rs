@@ -55,7 +55,7 @@ const SPENT_SPARE: usize = 4;
 #[derive(Debug)]
 pub struct Backlog {
     segments: VecDeque<Segment>,
-    /// Frames appended since the last seal, and where each starts.
+    /// Frames appended since the last seal.
     tail: bytes::BytesMut,
     /// Whether `tail`'s buffer is of the segment size (one for a larger
     /// frame is not kept for reuse).

@@ -2939,11 +2939,25 @@ mod tests {
         Arc<crate::deltalog::DeltaLog>,
         std::path::PathBuf,
     ) {
+        logging_node_with(me, name, 1 << 20)
+    }
+
+    /// [`logging_node`] with a backlog of `backlog_bytes`.
+    fn logging_node_with(
+        me: NodeId,
+        name: &str,
+        backlog_bytes: usize,
+    ) -> (
+        Keyspace,
+        Arc<Replicator>,
+        Arc<crate::deltalog::DeltaLog>,
+        std::path::PathBuf,
+    ) {
         let mut ks = Keyspace::new(
             1,
             chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
         );
-        let repl = Replicator::new(me, 1 << 20, wall_ms);
+        let repl = Replicator::new(me, backlog_bytes, wall_ms);
         let dir = std::env::temp_dir().join(format!("chorus-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let (log, _) = crate::deltalog::DeltaLog::open(&dir, crate::config::Fsync::No, 0)
@@ -3025,20 +3039,23 @@ mod tests {
 
     /// Writes laid out in one stretch of the stage (short values) and
     /// appended (a value past what a stretch takes, a flush) mix in one
-    /// batch, and a later batch lays its frames over the bytes of a longer
-    /// one: the backlog's frames and the log's records read back as the
-    /// writes made, in order.
+    /// batch, a later batch lays its frames over the bytes of a longer
+    /// one, and a value past one fragment, or a write outside any batch,
+    /// skips the stage: the backlog's frames and the log's records read
+    /// back as the writes made, in order.
     #[test]
     fn staged_writes_of_either_layout_read_back_whole() {
         let me = NodeId(8);
-        let (ks, repl, log, dir) = logging_node(me, "stage-layouts");
+        // Room for the value past one fragment, and all before it.
+        let (ks, repl, log, dir) = logging_node_with(me, "stage-layouts", 8 << 20);
         let set = |key: &[u8], value: &[u8]| {
             let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
             ks.update(&mut locked, 0, key, wall_ms(), |w| w.set(Some(value), 0))
                 .expect("locked");
         };
         let long = vec![b'x'; 5000];
-        let batches: [&[(&[u8], &[u8])]; 2] = [
+        let huge = vec![b'h'; chorus_transport::frame::MAX_FRAGMENT + 10];
+        let batches: [&[(&[u8], &[u8])]; 4] = [
             &[
                 (b"k0", &long),
                 (b"k1", b"v1"),
@@ -3046,10 +3063,13 @@ mod tests {
                 (b"k2", &[b'y'; 40]),
             ],
             &[(b"k3", b"z"), (b"a-longer-key-than-before", b"abc")],
+            &[(b"k4", b"before"), (b"k5", &huge), (b"k6", b"after")],
+            // Outside any batch (below).
+            &[(b"k7", b"alone"), (b"k8", b"")],
         ];
-        for writes in batches {
-            let batch = ks.batch();
-            for &(key, value) in writes {
+        for (i, writes) in batches.iter().enumerate() {
+            let batch = (i < 3).then(|| ks.batch());
+            for &(key, value) in writes.iter() {
                 if key == b"flush" {
                     repl.publish_flush(Some(3), Stamp { time: 9, node: me }, wall_ms());
                 } else {
@@ -3086,15 +3106,17 @@ mod tests {
             .transfer_tail(NodeId(99), &mut VersionVector::default());
         let framed: Vec<u8> = tail.own.iter().flat_map(|c| c.iter().copied()).collect();
         let mut rest = &framed[..];
-        let mut seq = 0;
+        let (mut seq, mut message) = (0, Vec::new());
         while let Some((header, after)) = rest.split_first_chunk::<4>() {
-            let len = u32::from_be_bytes(*header) as usize;
-            seq += 1;
-            check(
-                seq,
-                wire::decode_msg(&after[..len]).expect("a frame decodes"),
-            );
+            let header = u32::from_be_bytes(*header);
+            let len = (header & !(1 << 31)) as usize;
+            message.extend_from_slice(&after[..len]);
             rest = &after[len..];
+            if header >> 31 == 0 {
+                seq += 1;
+                check(seq, wire::decode_msg(&message).expect("a frame decodes"));
+                message.clear();
+            }
         }
         assert_eq!(seq, expected.len() as u64, "every write framed");
 

@@ -40,7 +40,9 @@ struct Stage {
     /// The staged writes as the backlog holds them, back to back: each
     /// framed for the wire (its length, then the delta's head and body),
     /// so that a run of them enters the backlog in one copy. Bytes past
-    /// the last write's end are not a frame (room [`stage_put`] made).
+    /// the last write's end are not a frame: earlier batches' frames and
+    /// room, kept so that [`stage_put`] need not grow and zero its room
+    /// again.
     frames: Vec<u8>,
     /// Each write's number, where its frame ends in `frames`, and when it
     /// was made (unix ms).
@@ -115,6 +117,8 @@ pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
 
 /// The largest body [`stage_put`] lays out; a larger one goes through
 /// [`stage`] (which also knows a payload too large for one fragment).
+/// Small, so that the room a write makes (and the buffer keeps) past the
+/// stage's hand-over size stays small.
 const PUT_MOST: usize = 4 * 1024;
 
 /// Stages write `seq`'s frame, like [`stage`], for a body of at most
@@ -167,7 +171,8 @@ pub(super) fn drain(id: u64, publish: impl FnOnce(&[u8], &[(u64, usize, u64)])) 
         }
         let end = stage.writes.last().map_or(0, |w| w.1);
         publish(&stage.frames[..end], &stage.writes);
-        // The bytes stay: [`stage_put`] writes over them.
+        // The bytes stay: cleared, the next batch's `stage_put` would
+        // grow and zero its room again.
         stage.writes.clear();
         if stage.frames.capacity() > STAGE_KEPT {
             stage.frames = Vec::new();

@@ -174,9 +174,10 @@ impl ReplMsg {
 /// the owned message's encoding.
 pub(crate) type DeltaHead = Scratch<{ 2 + 2 * MAX_VARINT }>;
 
-/// The room [`Heads::put`] needs: the fixed start's whole array, then
-/// the number's varint slot.
-pub(crate) const HEAD_ROOM: usize = 2 + 2 * MAX_VARINT + MAX_VARINT;
+/// The room [`Heads::put`] needs: the fixed start's whole array, which
+/// holds the number's varint slot past the start (version, variant and
+/// the origin's varint take at most 2 + MAX_VARINT bytes of it).
+pub(crate) const HEAD_ROOM: usize = 2 + 2 * MAX_VARINT;
 
 /// `ReplMsg::Delta`'s variant number.
 pub(crate) const DELTA_VARIANT: u32 = 2;
