@@ -2124,6 +2124,11 @@ impl Frames {
         }
     }
 
+    /// Changes whenever [`Frames::next`] read (or waited on) the stream.
+    fn reads(&self) -> u64 {
+        self.rx.reads()
+    }
+
     async fn next(&mut self) -> Result<Option<bytes::Bytes>, LinkError> {
         loop {
             if let Some(frame) = self.opened.next_message()? {
@@ -2222,11 +2227,18 @@ async fn apply_stream(
     let mut asked_all_at: Option<u64> = None;
     let mut publish_stalled = false;
     let mut frames = Frames::new(rx, repl.max_message.load(Ordering::Relaxed) as usize);
+    let mut clock = StreamClock::new(ks, repl);
     while let Some(frame) = frames.next().await? {
         if ks.cold.is_some() {
             crate::flash::make_room_for_replicated(ks).await;
+            clock.waited();
         }
-        match wire::decode_msg(&frame)? {
+        let msg = wire::decode_msg(&frame)?;
+        if !matches!(msg, ReplMsg::Delta { .. }) {
+            // Its handling may wait (a digest, a send).
+            clock.waited();
+        }
+        match msg {
             ReplMsg::Delta {
                 origin, seq, delta, ..
             } if in_transfer => {
@@ -2272,7 +2284,8 @@ async fn apply_stream(
                 };
                 match verdict {
                     Arrival::Apply => {
-                        if apply(ks, repl, &delta, Some((origin, seq, frame.clone()))) {
+                        let recent = clock.read(ks, repl, frames.reads());
+                        if apply(ks, repl, &delta, Some((origin, seq, frame.clone())), recent) {
                             repl.wake_receivers();
                         }
                         break;
@@ -2295,6 +2308,7 @@ async fn apply_stream(
                                 seq,
                             });
                         }
+                        clock.waited();
                     }
                 }
             },
@@ -2594,7 +2608,66 @@ fn apply_transferred(
     } else {
         ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
     }
-    apply(ks, repl, &delta, None);
+    apply(ks, repl, &delta, None, Recent::read(ks, repl));
+}
+
+/// The clocks as read a moment ago, for the writes a receiver applies:
+/// every applied write read them four times (the drift check, the HLC,
+/// the relay's time, the conflict log's), a fifth of a receiver's time on
+/// this VM, whose clock reads are slow.
+#[derive(Clone, Copy)]
+struct Recent {
+    /// The keyspace clock's physical time (`Clock::observe_near`).
+    physical: chorus_crdt::NTP64,
+    /// The replicator's wall clock, ms (the relay's times).
+    ms: u64,
+}
+
+impl Recent {
+    fn read(ks: &Keyspace, repl: &Replicator) -> Recent {
+        Recent {
+            physical: ks.clock.physical(),
+            ms: (repl.now_ms)(),
+        }
+    }
+}
+
+/// How many writes of one stretch of a stream share a reading of the
+/// clocks: a stretch ends at every read of the stream, so a reading never
+/// spans a wait, and at most this many writes apart it is read again.
+const RECENT_WRITES: u32 = 64;
+
+/// The clocks a stream's writes are applied with ([`Recent`]): read again
+/// when the stream was read since, or after [`RECENT_WRITES`] writes.
+struct StreamClock {
+    recent: Recent,
+    reads: u64,
+    uses: u32,
+}
+
+impl StreamClock {
+    fn new(ks: &Keyspace, repl: &Replicator) -> StreamClock {
+        StreamClock {
+            recent: Recent::read(ks, repl),
+            reads: u64::MAX,
+            uses: 0,
+        }
+    }
+
+    fn read(&mut self, ks: &Keyspace, repl: &Replicator, reads: u64) -> Recent {
+        if reads != self.reads || self.uses >= RECENT_WRITES {
+            self.recent = Recent::read(ks, repl);
+            self.reads = reads;
+            self.uses = 0;
+        }
+        self.uses += 1;
+        self.recent
+    }
+
+    /// The stream's task waited on something besides the stream.
+    fn waited(&mut self) {
+        self.uses = RECENT_WRITES;
+    }
 }
 
 /// Merges a remote delta into the keyspace, exactly as a local write merges.
@@ -2608,6 +2681,7 @@ fn apply(
     repl: &Replicator,
     delta: &Delta,
     live: Option<(NodeId, u64, bytes::Bytes)>,
+    recent: Recent,
 ) -> bool {
     let still_due = || {
         live.as_ref()
@@ -2620,8 +2694,7 @@ fn apply(
             if let Some(log) = repl.log.get() {
                 log.append(&frame);
             }
-            let now = (repl.now_ms)();
-            repl.core.lock().applied(origin, seq, now, frame);
+            repl.core.lock().applied(origin, seq, recent.ms, frame);
         }
     };
     match delta {
@@ -2642,7 +2715,7 @@ fn apply(
             if !still_due() {
                 return false;
             }
-            observe(ks, repl, delta);
+            observe(ks, repl, delta, recent);
             // A write new to this node, stamped before this node's own
             // flush: the flush had not seen it (only the flushing node can
             // tell, so only it logs this).
@@ -2668,15 +2741,17 @@ fn apply(
             // merge was remembered before it, and is told.
             ks.key_changed(db, key);
             drop(locked);
-            ks.conflicts
-                .record(db, key, ks.clock.physical_unix_ms(), conflicts);
+            if !conflicts.is_empty() {
+                ks.conflicts
+                    .record(db, key, ks.clock.physical_unix_ms(), conflicts);
+            }
         }
         Delta::Flush { db, stamp } => {
             let mut locked = ks.lock_all();
             if !still_due() {
                 return false;
             }
-            observe(ks, repl, delta);
+            observe(ks, repl, delta, recent);
             ks.invalidations.changed_all();
             ks.watches.touched_db(db.map(|d| d as usize));
             for shard in locked.shards() {
@@ -2708,8 +2783,12 @@ fn newer_than_collected(ks: &Keyspace, delta: &Delta) -> bool {
     }
 }
 
-fn observe(ks: &Keyspace, repl: &Replicator, delta: &Delta) {
-    if ks.clock.observe(delta.stamp()).is_err() {
+fn observe(ks: &Keyspace, repl: &Replicator, delta: &Delta, recent: Recent) {
+    if ks
+        .clock
+        .observe_near(delta.stamp(), recent.physical)
+        .is_err()
+    {
         repl.drift_events.fetch_add(1, Ordering::Relaxed);
     }
 }

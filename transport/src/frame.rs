@@ -58,6 +58,8 @@ pub struct FrameSender {
 pub struct FrameReceiver {
     stream: RecvStream,
     deframer: Deframer,
+    /// Reads of the stream so far ([`FrameReceiver::reads`]).
+    reads: u64,
 }
 
 /// The receiving half of the framing without I/O: bytes in, whole
@@ -199,6 +201,7 @@ impl FrameReceiver {
         FrameReceiver {
             stream,
             deframer: Deframer::new(max_frame),
+            reads: 0,
         }
     }
 
@@ -209,6 +212,7 @@ impl FrameReceiver {
             if let Some(message) = self.deframer.next_message()? {
                 return Ok(Some(message));
             }
+            self.reads += 1;
             match self.stream.read_chunk(READ_CHUNK, true).await.map_err(io)? {
                 Some(chunk) => self.deframer.push(&chunk.bytes),
                 None if self.deframer.is_idle() => return Ok(None),
@@ -220,6 +224,13 @@ impl FrameReceiver {
                 }
             }
         }
+    }
+
+    /// How many times [`FrameReceiver::recv`] read (or waited on) the
+    /// stream: messages it returned between two equal counts arrived
+    /// together, without an await between them.
+    pub fn reads(&self) -> u64 {
+        self.reads
     }
 
     /// Reads exactly one byte (the stream's kind tag).
