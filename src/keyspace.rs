@@ -807,6 +807,11 @@ impl Db {
         self.change(key, gc_acked, |state| state.merge(delta))
     }
 
+    /// [`Db::merge`] of a delta given by value.
+    pub fn merge_owned(&mut self, key: &[u8], delta: KeyState, gc_acked: Stamp) -> Vec<Conflict> {
+        self.change(key, gc_acked, |state| state.merge_owned(delta))
+    }
+
     /// Applies a flush stamped `stamp`: everything older goes.
     pub fn flush(&mut self, stamp: Stamp) {
         // Every bucket of the shard changes: a digest under way names them

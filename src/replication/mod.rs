@@ -2285,7 +2285,7 @@ async fn apply_stream(
                 match verdict {
                     Arrival::Apply => {
                         let recent = clock.read(ks, repl, frames.reads());
-                        if apply(ks, repl, &delta, Some((origin, seq, frame.clone())), recent) {
+                        if apply(ks, repl, delta, Some((origin, seq, frame.clone())), recent) {
                             repl.wake_receivers();
                         }
                         break;
@@ -2608,7 +2608,7 @@ fn apply_transferred(
     } else {
         ks.changes_besides_writes.fetch_add(1, Ordering::SeqCst);
     }
-    apply(ks, repl, &delta, None, Recent::read(ks, repl));
+    apply(ks, repl, delta, None, Recent::read(ks, repl));
 }
 
 /// The clocks as read a moment ago, for the writes a receiver applies:
@@ -2679,7 +2679,7 @@ impl StreamClock {
 fn apply(
     ks: &Keyspace,
     repl: &Replicator,
-    delta: &Delta,
+    delta: Delta,
     live: Option<(NodeId, u64, bytes::Bytes)>,
     recent: Recent,
 ) -> bool {
@@ -2697,9 +2697,10 @@ fn apply(
             repl.core.lock().applied(origin, seq, recent.ms, frame);
         }
     };
+    let stamp = delta.stamp();
     match delta {
         Delta::Key { db, key, state } => {
-            let db = *db as usize;
+            let db = db as usize;
             if db >= ks.databases() {
                 warn!(
                     db,
@@ -2707,7 +2708,7 @@ fn apply(
                 );
                 return false;
             }
-            let index = ks.shard_of(key);
+            let index = ks.shard_of(&key);
             let mut locked = ks.lock(SmallVec::from_slice(&[index]));
             let Ok(shard) = locked.shard(index) else {
                 return false;
@@ -2715,7 +2716,7 @@ fn apply(
             if !still_due() {
                 return false;
             }
-            observe(ks, repl, delta, recent);
+            observe(ks, repl, stamp, recent);
             // A write new to this node, stamped before this node's own
             // flush: the flush had not seen it (only the flushing node can
             // tell, so only it logs this).
@@ -2727,9 +2728,10 @@ fn apply(
             };
             // Notifications read existence and the newest stamp, which a
             // cold key's stand-in tells: the merge alone reads it back.
-            let before = crate::notify::Before::of(ks, shard.dbs[db].indexed(key));
-            let merged = shard.dbs[db].merge(key, state, ks.gc_acked());
-            crate::notify::after_merge(ks, db, key, before, shard.dbs[db].indexed(key));
+            let before = crate::notify::Before::of(ks, shard.dbs[db].indexed(&key));
+            // Owned: a winning value moves into the key, not copied.
+            let merged = shard.dbs[db].merge_owned(&key, state, ks.gc_acked());
+            crate::notify::after_merge(ks, db, &key, before, shard.dbs[db].indexed(&key));
             let reported: Vec<Stamp> = conflicts.iter().map(|c| c.loser.stamp).collect();
             conflicts.extend(
                 merged
@@ -2739,11 +2741,11 @@ fn apply(
             count(live);
             // Under the shard lock: a client that read the key before the
             // merge was remembered before it, and is told.
-            ks.key_changed(db, key);
+            ks.key_changed(db, &key);
             drop(locked);
             if !conflicts.is_empty() {
                 ks.conflicts
-                    .record(db, key, ks.clock.physical_unix_ms(), conflicts);
+                    .record(db, &key, ks.clock.physical_unix_ms(), conflicts);
             }
         }
         Delta::Flush { db, stamp } => {
@@ -2751,16 +2753,14 @@ fn apply(
             if !still_due() {
                 return false;
             }
-            observe(ks, repl, delta, recent);
+            observe(ks, repl, stamp, recent);
             ks.invalidations.changed_all();
             ks.watches.touched_db(db.map(|d| d as usize));
             for shard in locked.shards() {
                 match db {
-                    Some(d) if (*d as usize) < shard.dbs.len() => {
-                        shard.dbs[*d as usize].flush(*stamp)
-                    }
+                    Some(d) if (d as usize) < shard.dbs.len() => shard.dbs[d as usize].flush(stamp),
                     Some(_) => {}
-                    None => shard.dbs.iter_mut().for_each(|d| d.flush(*stamp)),
+                    None => shard.dbs.iter_mut().for_each(|d| d.flush(stamp)),
                 }
             }
             count(live);
@@ -2783,12 +2783,8 @@ fn newer_than_collected(ks: &Keyspace, delta: &Delta) -> bool {
     }
 }
 
-fn observe(ks: &Keyspace, repl: &Replicator, delta: &Delta, recent: Recent) {
-    if ks
-        .clock
-        .observe_near(delta.stamp(), recent.physical)
-        .is_err()
-    {
+fn observe(ks: &Keyspace, repl: &Replicator, stamp: Stamp, recent: Recent) {
+    if ks.clock.observe_near(stamp, recent.physical).is_err() {
         repl.drift_events.fetch_add(1, Ordering::Relaxed);
     }
 }
