@@ -10,7 +10,8 @@
 # CPU 1, as bench/replication.sh), loads A with chorus-loadgen (-c 100 -P 16 -n $N -r 100000),
 # waits for B (`WAIT 1`) and reads A's CPU time (user + system) per write; the builds go in
 # turn, the order swapped every round. Prints each build's median and the median of the
-# rounds' new/old ratios.
+# rounds' new/old ratios, for A and for B (its CPU per write applied: B does nothing else
+# between the load's start and the `WAIT`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,21 +34,22 @@ start_bin() { # start_bin BINARY CPU PORT [args...]: sets STARTED
     PIDS+=("$STARTED")
     wait_ready "$port"
 }
-# one BINARY: prints "cpu_us_per_write writes_per_s"
+# one BINARY: prints "cpu_us_per_write writes_per_s b_cpu_us_per_write"
 one() {
-    local bin=$1 pa pb a b c0 c1 rps
+    local bin=$1 pa pb a b c0 c1 b0 b1 rps
     pa=$(free_repl_port); pb=$(free_repl_port)
     start_bin "$bin" 0 "$pa" --masterauth bench --replicaof 127.0.0.1 "$pb"; a=$STARTED
     start_bin "$bin" 1 "$pb" --masterauth bench --replicaof 127.0.0.1 "$pa"; b=$STARTED
     for t in /proc/"$b"/task/*; do renice -n 19 -p "${t##*/}" >/dev/null; done
     wait_linked "$pa"
-    c0=$(cpu_s "$a")
+    c0=$(cpu_s "$a"); b0=$(cpu_s "$b")
     rps=$(taskset -c 1 ./target/release/chorus-loadgen -p "$pa" -c 100 -P 16 -n "$N" -r 100000 -t "$TEST" \
         | awk -F'","' '{gsub(/"/,"",$2); print $2}')
     redis-cli -p "$pa" WAIT 1 60000 >/dev/null
-    c1=$(cpu_s "$a")
+    c1=$(cpu_s "$a"); b1=$(cpu_s "$b")
     stop "$a"; stop "$b"
-    awk -v a="$c0" -v b="$c1" -v n="$N" -v r="$rps" 'BEGIN {printf "%.3f %.0f\n", (b - a) * 1e6 / n, r}'
+    awk -v a="$c0" -v b="$c1" -v n="$N" -v r="$rps" -v b0="$b0" -v b1="$b1" \
+        'BEGIN {printf "%.3f %.0f %.3f\n", (b - a) * 1e6 / n, r, (b1 - b0) * 1e6 / n}'
 }
 
 : > "$WORK/old"; : > "$WORK/new"
@@ -62,6 +64,9 @@ done
 echo "${TEST^^} with a peer, $R rounds (-c 100 -P 16 -n $N -r 100000)"
 echo "old: CPU us/write median $(awk '{print $1}' "$WORK/old" | median), writes/s $(awk '{print $2}' "$WORK/old" | median)"
 echo "new: CPU us/write median $(awk '{print $1}' "$WORK/new" | median), writes/s $(awk '{print $2}' "$WORK/new" | median)"
-paste "$WORK/old" "$WORK/new" | awk '{print $3 / $1}' | sort -g \
+paste "$WORK/old" "$WORK/new" | awk '{print $4 / $1}' | sort -g \
     | awk '{r[NR] = $1} END {printf "new/old CPU per write: median %.3f (low %.3f, high %.3f)\n", r[int((NR + 1) / 2)], r[1], r[NR]}'
+echo "B (applying): old CPU us/write median $(awk '{print $3}' "$WORK/old" | median), new $(awk '{print $3}' "$WORK/new" | median)"
+paste "$WORK/old" "$WORK/new" | awk '{print $6 / $3}' | sort -g \
+    | awk '{r[NR] = $1} END {printf "B new/old CPU per write: median %.3f (low %.3f, high %.3f)\n", r[int((NR + 1) / 2)], r[1], r[NR]}'
 machine

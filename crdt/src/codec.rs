@@ -677,7 +677,7 @@ fn decode_plain_key_delta(body: &[u8]) -> Option<Delta> {
     }
     let value = match r.byte().ok()? {
         0 => None,
-        1 => Some(Box::<[u8]>::from(r.string().ok()?)),
+        1 => Some(r.string().ok()?),
         _ => return None,
     };
     let expire_at_ms = r.varint().ok()?;
@@ -685,6 +685,7 @@ fn decode_plain_key_delta(body: &[u8]) -> Option<Delta> {
     if r.byte().ok()? != 0 || !r.0.is_empty() {
         return None;
     }
+    let value = value.map(Box::<[u8]>::from);
     Some(Delta::Key {
         db,
         key: key.to_vec(),

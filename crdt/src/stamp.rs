@@ -157,7 +157,9 @@ impl Clock {
 
     /// A new stamp, greater than every stamp this clock made or observed:
     /// the physical time when that is later than all of them, else one
-    /// count past the latest.
+    /// count past the latest. (At `u64::MAX` it would repeat; no stamp
+    /// gets near it: followed ones are at most a year ahead of physical
+    /// time.)
     pub fn now(&self) -> Stamp {
         let physical = (self.physical)().0 & !COUNTER_BITS;
         let mut last = self.last.load(Ordering::Acquire);
@@ -204,10 +206,12 @@ impl Clock {
     }
 
     /// [`Clock::observe`], judged first against `recent`, a physical time
-    /// read a moment ago (at or before now): a stamp within the drift of it
-    /// is within the drift of now, and one that is not is judged again
-    /// against a fresh reading. A receiver reads the clock once for many
-    /// writes.
+    /// read a moment ago: a stamp within the drift of it is within the
+    /// drift of now (the physical clock having moved on since), and one
+    /// that is not is judged again against a fresh reading. A receiver
+    /// reads the clock once for many writes. Should the wall clock step
+    /// back between the two readings, a stamp up to the step further ahead
+    /// is followed: as it would have been just before the step.
     pub fn observe_near(&self, stamp: Stamp, recent: NTP64) -> Result<(), DriftError> {
         let drift = NTP64::from(self.max_drift).0;
         if stamp.time > recent.0.saturating_add(drift) {

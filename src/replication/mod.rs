@@ -2611,10 +2611,12 @@ fn apply_transferred(
     apply(ks, repl, delta, None, Recent::read(ks, repl));
 }
 
-/// The clocks as read a moment ago, for the writes a receiver applies:
-/// every applied write read them four times (the drift check, the HLC,
-/// the relay's time, the conflict log's), a fifth of a receiver's time on
-/// this VM, whose clock reads are slow.
+/// The clocks as read a moment ago, shared by the writes a receiver
+/// applies in one stretch: clock reads are dear on the receive path (on
+/// a VM, a tenth of a receiver's time when each write read them), and a
+/// reading a few writes old serves both uses: the drift check reads again
+/// when in doubt (`Clock::observe_near`), and the relay's times need only
+/// be right to a few milliseconds.
 #[derive(Clone, Copy)]
 struct Recent {
     /// The keyspace clock's physical time (`Clock::observe_near`).
@@ -2633,8 +2635,10 @@ impl Recent {
 }
 
 /// How many writes of one stretch of a stream share a reading of the
-/// clocks: a stretch ends at every read of the stream, so a reading never
-/// spans a wait, and at most this many writes apart it is read again.
+/// clocks: a stretch ends at every read of the stream and at every other
+/// await, so a reading never spans one (a blocking lock may still fall
+/// inside: its wait is short), and at most this many writes apart it is
+/// read again.
 const RECENT_WRITES: u32 = 64;
 
 /// The clocks a stream's writes are applied with ([`Recent`]): read again
@@ -2729,8 +2733,15 @@ fn apply(
             // Notifications read existence and the newest stamp, which a
             // cold key's stand-in tells: the merge alone reads it back.
             let before = crate::notify::Before::of(ks, shard.dbs[db].indexed(&key));
-            // Owned: a winning value moves into the key, not copied.
-            let merged = shard.dbs[db].merge_owned(&key, state, ks.gc_acked());
+            // A register's winning value moves into the key rather than
+            // being copied. Anything more takes the general merge: the
+            // owned one's first-write shortcut is held to it only for
+            // deltas made over nothing, which a peer's need not be.
+            let merged = if state.extras.is_none() && state.coll.is_none() {
+                shard.dbs[db].merge_owned(&key, state, ks.gc_acked())
+            } else {
+                shard.dbs[db].merge(&key, &state, ks.gc_acked())
+            };
             crate::notify::after_merge(ks, db, &key, before, shard.dbs[db].indexed(&key));
             let reported: Vec<Stamp> = conflicts.iter().map(|c| c.loser.stamp).collect();
             conflicts.extend(
