@@ -55,7 +55,7 @@ rps() { # rps PORT TEST: TEST is a redis-benchmark test name (incr) or a command
     # (The last figure: lrange_100 runs the LPUSH that fills its list first.)
     local what
     if [[ "$2" == *" "* ]]; then read -ra what <<< "$2"; else what=(-t "$2"); fi
-    taskset -c 1 redis-benchmark -p "$1" -c 50 -P "$PIPE" -n "$N" -r 100000 --csv "${what[@]}" 2>/dev/null \
+    taskset -c 1 redis-benchmark -p "$1" -c 50 -P "$PIPE" -n "$N" -r "${R:-100000}" --csv "${what[@]}" 2>/dev/null \
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}' | tail -1
 }
 

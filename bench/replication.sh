@@ -48,14 +48,6 @@ source bench/common.sh
 ensure_tools "redis-benchmark redis-cli" "redis-tools"
 cargo build --release -q -p chorus -p chorus-loadgen
 
-
-
-
-
-
-# CPU seconds (user + system) a process has used.
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
-
 set_rps() {
     taskset -c 1 ./target/release/chorus-loadgen -p "$1" -c "$CLIENTS" -P 16 -n "$N" -r 100000 -t "$TEST" \
         | awk -F'","' '{gsub(/"/,"",$2); print $2}'

@@ -25,7 +25,6 @@ source bench/common.sh
 ensure_tools "redis-cli" "redis-tools"
 cargo build --release -q -p chorus-loadgen
 
-cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat"; }
 start_bin() { # start_bin BINARY CPU PORT [args...]: sets STARTED
     local bin=$1 cpu=$2 port=$3; shift 3
     taskset -c "$cpu" "$bin" server --port "$port" --server-threads 1 "$@" \
@@ -49,7 +48,7 @@ one() {
     c1=$(cpu_s "$a"); b1=$(cpu_s "$b")
     stop "$a"; stop "$b"
     awk -v a="$c0" -v b="$c1" -v n="$N" -v r="$rps" -v b0="$b0" -v b1="$b1" \
-        'BEGIN {printf "%.3f %.0f %.3f\n", (b - a) * 1e6 / n, r, (b1 - b0) * 1e6 / n}'
+        'BEGIN {printf "%.4f %.0f %.4f\n", (b - a) * 1e6 / n, r, (b1 - b0) * 1e6 / n}'
 }
 
 : > "$WORK/old"; : > "$WORK/new"

@@ -94,6 +94,10 @@ pub enum LogError {
 }
 
 /// Appended bytes the writer thread has not taken yet.
+/// How far past its end an append asks for the pending buffer's line
+/// (eight lines: a dozen small records).
+const PREFETCH_AHEAD: usize = 512;
+
 #[derive(Default)]
 struct Pending {
     bytes: Vec<u8>,
@@ -505,6 +509,15 @@ impl DeltaLog {
             pending.last_numbered = seq;
         }
         pending.end += (HEADER + payload_len) as u64;
+        // A round's bytes are written, read by the writer and copied into
+        // the page cache before their buffer comes back for a later round:
+        // by then a busy keyspace has pushed its lines out of the cache,
+        // and an append that began a line waited for it at the lock's
+        // release (5% of a loop of logged INCRs' time).
+        let ahead = pending.bytes.len() + PREFETCH_AHEAD;
+        if ahead < pending.bytes.capacity() {
+            crate::prefetch::write(pending.bytes.as_ptr() as usize + ahead);
+        }
         Ok(())
     }
 

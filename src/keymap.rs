@@ -225,8 +225,8 @@ impl KeyMap {
         let slab = &self.slab;
         self.table.candidates(hash, |p| {
             if let Some(at) = slab.address(p) {
-                crate::keytable::prefetch(at);
-                crate::keytable::prefetch(at + std::mem::size_of::<Option<Entry>>() - 1);
+                crate::prefetch::read(at);
+                crate::prefetch::read(at + std::mem::size_of::<Option<Entry>>() - 1);
             }
         });
     }
@@ -238,7 +238,7 @@ impl KeyMap {
         let slab = &self.slab;
         self.table.candidates(hash, |p| {
             if let Some(at) = slab.get(p).and_then(|e| e.key.heap_address()) {
-                crate::keytable::prefetch(at);
+                crate::prefetch::read(at);
             }
         });
     }

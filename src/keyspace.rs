@@ -47,12 +47,7 @@ const SCAN_AHEAD: usize = 8;
 /// packed fields: a scan over a shard of a large keyspace otherwise waits
 /// for each of those misses in turn.
 fn prefetch_ahead(map: &KeyMap, position: usize) {
-    use crate::keytable::prefetch;
-    let lines = |at: usize, len: usize| {
-        for line in (at & !63..at + len).step_by(64) {
-            prefetch(line);
-        }
-    };
+    use crate::prefetch::{read as prefetch, read_lines as lines};
     if let Some(entry) = map.at(position + SCAN_AHEAD) {
         prefetch(entry.key.as_ptr() as usize);
         let [value, extras, coll] = entry.state.heap_parts();
@@ -1399,11 +1394,7 @@ pub fn expect_elements(ahead: Ahead) {
 /// See [`expect_elements`]; at most once per announcement.
 pub fn prefetch_expected(coll: &Coll) {
     let ahead = AHEAD.replace(Ahead::NONE);
-    let lines = |(at, len): (usize, usize)| {
-        for line in (at & !63..at + len).step_by(64) {
-            crate::keytable::prefetch(line);
-        }
-    };
+    let lines = |(at, len): (usize, usize)| crate::prefetch::read_lines(at, len);
     for hash in [ahead.entries, ahead.after].into_iter().flatten() {
         if let Some(probe) = coll.first_probe(hash) {
             lines(probe);

@@ -117,21 +117,8 @@ impl ChunksHint {
         // chunks (an emptied table's mask is all ones): wrapping math.
         let chunk = hash as usize & self.mask.load(Ordering::Relaxed);
         let at = base.wrapping_add(chunk.wrapping_mul(64));
-        prefetch(at);
+        crate::prefetch::read(at);
     }
-}
-
-#[inline]
-pub fn prefetch(addr: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        // SAFETY: SSE is part of x86_64, and a prefetch reads nothing the
-        // program sees and never faults, whatever the address.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>(addr as *const i8) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = addr;
 }
 
 impl KeyTable {

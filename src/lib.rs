@@ -30,6 +30,7 @@ pub mod node;
 pub mod notify;
 pub mod pause;
 pub mod persist;
+pub mod prefetch;
 pub mod pubsub;
 pub mod replication;
 pub mod resp;

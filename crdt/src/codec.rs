@@ -1673,6 +1673,13 @@ pub fn put_varint(buf: &mut [u8; MAX_VARINT], n: u64) -> usize {
         buf[0] = n as u8;
         return 1;
     }
+    if n < 0x4000 {
+        // Lengths of values past 127 bytes, counts and sums: two bytes
+        // without the spreading below.
+        buf[..2]
+            .copy_from_slice(&((n as u16 & 0x7f) | 0x80 | ((n as u16 >> 7) << 8)).to_le_bytes());
+        return 2;
+    }
     let len = (64 - n.leading_zeros() as usize).div_ceil(7);
     // The low 56 bits' eight groups of seven, each moved up to its byte in
     // three halvings (28 bits to each half of the word, 14 to each

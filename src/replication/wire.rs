@@ -455,8 +455,8 @@ pub fn encode_msg(msg: &ReplMsg) -> Result<Vec<u8>, chorus_crdt::codec::EncodeEr
 mod tests {
     use super::*;
 
-    /// A head appended in place holds what the message's encoding starts
-    /// with, for numbers and origins of every varint length.
+    /// A head appended or put in place holds what the message's encoding
+    /// starts with, for numbers and origins of every varint length.
     #[test]
     fn an_appended_head_is_the_encodings_start() {
         for origin in [1u64, 127, 128, 1 << 35, 1 << 56, u64::MAX] {
@@ -486,6 +486,9 @@ mod tests {
                 let head = &appended[b"before".len()..];
                 assert!(message.starts_with(head), "{origin} {seq}");
                 assert_eq!(head, delta_head(NodeId(origin), seq).as_slice());
+                let mut room = [0xaa; HEAD_ROOM];
+                let put = heads.put(&mut room, seq);
+                assert_eq!(&room[..put], head, "put in place: {origin} {seq}");
             }
         }
     }
