@@ -28,8 +28,6 @@ wait_ready() { # wait_ready PORT
     exit 1
 }
 
-# Stops a server and waits until it is gone: servers start in subshells, so `wait` cannot
-# see them, and one still exiting (a final cut to disk) would steal the next run's CPU.
 # run_bench PORT PIPELINE TESTS -> lines "TEST rps": redis-benchmark on CPU 1, -c 50,
 # -n $N over 100000 random keys.
 run_bench() {
@@ -91,6 +89,8 @@ free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
+# Stops a server and waits until it is gone: servers start in subshells, so `wait` cannot
+# see them, and one still exiting (a final cut to disk) would steal the next run's CPU.
 stop() { # stop PID
     kill "$1" 2>/dev/null || true
     for _ in $(seq 1 300); do
