@@ -93,11 +93,11 @@ pub enum LogError {
     },
 }
 
-/// Appended bytes the writer thread has not taken yet.
-/// How far past its end an append asks for the pending buffer's line
-/// (eight lines: a dozen small records).
+/// How far past its own record's bytes an append asks for the pending
+/// buffer's lines (eight lines: a dozen small records).
 const PREFETCH_AHEAD: usize = 512;
 
+/// Appended bytes the writer thread has not taken yet.
 #[derive(Default)]
 struct Pending {
     bytes: Vec<u8>,
@@ -513,11 +513,12 @@ impl DeltaLog {
         // the page cache before their buffer comes back for a later round:
         // by then a busy keyspace has pushed its lines out of the cache,
         // and an append that began a line waited for it at the lock's
-        // release (5% of a loop of logged INCRs' time).
-        let ahead = pending.bytes.len() + PREFETCH_AHEAD;
-        if ahead < pending.bytes.capacity() {
-            crate::prefetch::write(pending.bytes.as_ptr() as usize + ahead);
-        }
+        // release (6.4% of a loop of logged INCRs' time, 1.6% with this).
+        // The lines as far ahead as this record's, whatever its length.
+        let room = pending.bytes.capacity();
+        let from = (before + PREFETCH_AHEAD).min(room);
+        let to = (pending.bytes.len() + PREFETCH_AHEAD).min(room);
+        crate::prefetch::write_lines(pending.bytes.as_ptr() as usize + from, to - from);
         Ok(())
     }
 

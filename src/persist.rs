@@ -529,8 +529,9 @@ const TALLY_RECORD: u8 = 0xfe;
 /// A [`TALLY_RECORD`] of a tally without floats, less those fields (see
 /// [`codec::append_own_int_tally`]).
 const INT_TALLY_RECORD: u8 = 0xfd;
-/// An [`INT_TALLY_RECORD`] of a node's own epoch, its node and time in
-/// fixed width (see [`append_own_int_tally_record`]).
+/// An integer tally of the node's own epoch, laid out on its own (its node
+/// and time in fixed width, the epoch's node left out): see
+/// [`append_own_int_tally_record`].
 const OWN_INT_TALLY_RECORD: u8 = 0xfc;
 
 fn swap_of(payload: &[u8]) -> Option<(usize, usize)> {
@@ -562,8 +563,8 @@ impl LogSink {
 
     /// [`LogSink::append`] of a body `put` lays out in at most `most` bytes
     /// of room: the head and the body in one pass over room made once, as
-    /// replication's stage does (a SET's record, 80 instructions fewer than
-    /// appended field by field).
+    /// replication's stage does (a logged SET, about 100 instructions fewer
+    /// than appended field by field).
     fn append_put(&self, most: usize, put: impl FnOnce(&mut [u8]) -> usize) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         let _ = self.log.append_encoded(|out| {
@@ -651,10 +652,12 @@ impl DeltaSink for LogSink {
     }
 }
 
-/// A tally record: [`TALLY_RECORD`], then `(db, key, node, tally)` as
-/// [`chorus_crdt::encode_append`] lays it out, written here by hand (serde's generic
-/// path cost 3% of a logging node's CPU on a loop of INCRs), the epoch's
-/// node left implied when it is `node` (see [`read_tally_record`]).
+/// A tally record: [`OWN_INT_TALLY_RECORD`] when it can be, else
+/// [`TALLY_RECORD`] (or [`INT_TALLY_RECORD`] without floats), then
+/// `(db, key, node, tally)` as [`chorus_crdt::encode_append`] lays it out,
+/// written here by hand (serde's generic path cost 3% of a logging node's
+/// CPU on a loop of INCRs), the epoch's node left implied when it is
+/// `node` (see [`read_tally_record`]).
 fn append_tally_record(out: &mut Vec<u8>, db: u32, key: &[u8], node: NodeId, tally: Tally) {
     if append_own_int_tally_record(out, db, key, node, tally) {
         return;
@@ -690,6 +693,8 @@ fn append_own_int_tally_record(
         return false;
     }
     let at = out.len();
+    // Two bytes of prefix, four varints' slots (db, the key's length, ops,
+    // the sum), the key and the two fixed fields.
     out.resize(at + 2 + 4 * codec::MAX_VARINT + key.len() + 16, 0);
     let mut w = codec::Slot::new(&mut out[at..]);
     w.byte(OWN_INT_TALLY_RECORD);
@@ -778,6 +783,37 @@ mod tests {
         assert_eq!(next_fold_in(every, Duration::from_secs(30)), FOLD_EVERY_MAX);
         let long = Duration::from_secs(120);
         assert_eq!(next_fold_in(long, Duration::ZERO), long);
+    }
+
+    /// An integer tally record of an earlier build, which left its epoch's
+    /// node implied (this one writes those as `OWN_INT_TALLY_RECORD`s),
+    /// still reads back with that node.
+    #[test]
+    fn an_earlier_builds_integer_tally_record_reads_back_with_its_epochs_node() {
+        let node = NodeId(1 << 63);
+        let implied = Stamp {
+            time: 1 << 40,
+            node: NodeId(0),
+        };
+        let fields = (
+            3u32,
+            serde_bytes::Bytes::new(b"n"),
+            node,
+            implied,
+            2u64,
+            42i64,
+        );
+        let record = chorus_crdt::encode_append(&fields, vec![INT_TALLY_RECORD]).expect("encodes");
+        let (db, key, read_node, tally) = read_int_tally_record(&record[1..]).expect("reads back");
+        assert_eq!((db, &key[..], read_node), (3, &b"n"[..], node));
+        assert_eq!(
+            tally.epoch,
+            Stamp {
+                time: 1 << 40,
+                node
+            }
+        );
+        assert_eq!((tally.ops, tally.int, tally.float_ops), (2, 42, 0));
     }
 
     /// A tally record holds what serde would write, less its epoch's node

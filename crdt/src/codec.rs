@@ -1664,7 +1664,7 @@ impl<const N: usize> Scratch<N> {
 }
 
 /// Writes `n`'s varint at the start of `buf`; returns its length. Past
-/// one byte, its seven-bit groups are spread over a word at once, not one
+/// two bytes, its seven-bit groups are spread over a word at once, not one
 /// byte per loop turn: stamps, dots and node ids, most of a delta, take
 /// nine or ten bytes each. Bytes of `buf` past the length are left set.
 #[inline(always)]

@@ -2865,6 +2865,11 @@ mod tests {
             None,
             "an integer tally record"
         );
+        assert_eq!(
+            own_seq(me, &[0xfc, 1, 2, 3]),
+            None,
+            "an integer tally record of the node's own epoch"
+        );
         assert_eq!(own_seq(me, &[]), None);
     }
 
