@@ -65,10 +65,11 @@ pub struct ColdTier {
     /// the next fold would free nothing either (each write would wait a
     /// whole fold for nothing).
     futile: AtomicBool,
-    /// The replication buffers' bytes, which `maxmemory` does not count,
-    /// as the node's 100 ms cycle last read them (a link reads them so
-    /// for every frame, without the replication core's lock).
-    pub repl_buffered: AtomicU64,
+    /// The buffers `maxmemory` does not count
+    /// (`crate::node::Node::buffers_not_counted`), as the node's 100 ms
+    /// cycle last read them (a link reads them so for every frame, without
+    /// the replication core's lock).
+    pub not_counted_for_evict: AtomicU64,
 }
 
 /// What a flash node's memory may reach while writes outrun its folds:
@@ -86,7 +87,7 @@ pub fn ceiling(maxmemory: u64) -> u64 {
 /// comes in faster), and the link waits as a client does past the
 /// ceiling. Waiting holds the stream, whose flow control slows the peer.
 /// Memory is counted as for a client (`crate::node::Node::data_memory`:
-/// the replication buffers left out).
+/// the replication and log buffers left out).
 pub async fn make_room_for_replicated(ks: &crate::keyspace::Keyspace) {
     let Some(tier) = &ks.cold else {
         return;
@@ -95,7 +96,7 @@ pub async fn make_room_for_replicated(ks: &crate::keyspace::Keyspace) {
     if max == 0 {
         return;
     }
-    let buffered = tier.repl_buffered.load(Ordering::Relaxed);
+    let buffered = tier.not_counted_for_evict.load(Ordering::Relaxed);
     let used = || crate::alloc::used_bytes().map(|b| (b as u64).saturating_sub(buffered));
     if used().is_some_and(|u| u > max) {
         let _ = crate::evict::make_room(ks, used, true, ks.clock.physical_unix_ms());
@@ -130,7 +131,7 @@ impl ColdTier {
             writes_held: AtomicU64::new(0),
             moved_at_fold_end: AtomicU64::new(0),
             futile: AtomicBool::new(false),
-            repl_buffered: AtomicU64::new(0),
+            not_counted_for_evict: AtomicU64::new(0),
         }
     }
 

@@ -136,6 +136,9 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 "used_memory_peak_perc",
                 &format!("{:.2}%", used as f64 * 100.0 / peak.max(1) as f64),
             );
+            // What maxmemory leaves out: the writes kept for peers and
+            // the delta log's buffers (crate::node::Node::buffers_not_counted).
+            line("mem_not_counted_for_evict", &node.buffers_not_counted());
             line("maxmemory", &limits.maxmemory());
             line("maxmemory_human", &human(limits.maxmemory()));
             line("maxmemory_policy", &limits.policy().name());

@@ -174,20 +174,37 @@ pub struct Node {
 }
 
 impl Node {
-    /// The memory `maxmemory` bounds: what the allocator holds less the
-    /// writes kept for peers (the backlog is bounded by its own setting,
-    /// as Redis leaves replica buffers out; counting it would make eviction
-    /// delete data to make room for copies of the data it deletes).
-    /// `None` where the counting allocator is not installed.
-    /// The writes kept for peers are read by the 100 ms cycle
+    /// The memory `maxmemory` bounds: what the allocator holds less
+    /// `buffers_not_counted`. `None` where the counting allocator is not
+    /// installed. The writes kept for peers are read by the 100 ms cycle
     /// (`repl_buffered`), not here: this runs before every command that may
-    /// grow memory, and they sit under the replication core's lock.
+    /// grow memory, and they sit under the replication core's lock. The
+    /// log's are read here: a burst grows them faster than the cycle runs.
     pub fn data_memory(&self) -> Option<u64> {
         let used = crate::alloc::used_bytes()? as u64;
         let buffered = self
             .repl_buffered
-            .load(std::sync::atomic::Ordering::Relaxed);
+            .load(std::sync::atomic::Ordering::Relaxed)
+            + self.log_buffered();
         Some(used.saturating_sub(buffered))
+    }
+
+    /// Bytes of buffers `maxmemory` leaves out, as Redis leaves out its
+    /// replica buffers and AOF buffer (INFO `mem_not_counted_for_evict`):
+    /// the writes kept for peers (bounded by `repl-backlog-size`; counting
+    /// them would make eviction delete data to make room for copies of the
+    /// data it deletes) and the delta log's buffers (writes on their way to
+    /// the file; counted, a burst's buffers took a cache's headroom, and
+    /// with every key that could leave gone, writes were refused).
+    pub fn buffers_not_counted(&self) -> u64 {
+        self.repl.as_ref().map_or(0, |r| r.buffered_bytes() as u64) + self.log_buffered()
+    }
+
+    fn log_buffered(&self) -> u64 {
+        self.persistence
+            .as_ref()
+            .and_then(|p| p.log.as_ref())
+            .map_or(0, |log| log.buffered_bytes() as u64)
     }
 
     /// Opens a node: its keyspace, replicator (when the config replicates)
@@ -443,14 +460,13 @@ async fn active_expiry(node: Arc<Node>) {
             debug!(deleted, "active expiry cycle");
         }
         ks.refresh_access_clock(now);
-        if let Some(repl) = &node.repl {
-            let buffered = repl.buffered_bytes() as u64;
-            node.repl_buffered
-                .store(buffered, std::sync::atomic::Ordering::Relaxed);
-            if let Some(tier) = &ks.cold {
-                tier.repl_buffered
-                    .store(buffered, std::sync::atomic::Ordering::Relaxed);
-            }
+        let repl_buffered = node.repl.as_ref().map_or(0, |r| r.buffered_bytes() as u64);
+        node.repl_buffered
+            .store(repl_buffered, std::sync::atomic::Ordering::Relaxed);
+        if let Some(tier) = &ks.cold {
+            let not_counted = repl_buffered + node.log_buffered();
+            tier.not_counted_for_evict
+                .store(not_counted, std::sync::atomic::Ordering::Relaxed);
         }
         // The peak moves on the cycle too, not only when INFO asks.
         let _ = crate::alloc::used_bytes();

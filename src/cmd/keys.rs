@@ -710,7 +710,7 @@ fn memory(x: &mut Exec, args: &[&[u8]]) -> CmdResult {
             "    CRDT metadata, and its expiry index entry.",
             "STATS",
             "    Show memory usage details: the allocator's count, its peak and start-up",
-            "    figures, the replication backlog, keys, and the dataset.",
+            "    figures, the replication backlog, the AOF buffer, keys, and the dataset.",
             "PURGE",
             "    Return freed memory to the system (glibc's malloc_trim).",
             "HELP",
@@ -771,16 +771,23 @@ fn memory_stats(x: &mut Exec) -> CmdResult {
         .repl
         .as_ref()
         .map_or(0, |r| r.buffered_bytes() as u64);
+    let aof = x
+        .node
+        .persistence
+        .as_ref()
+        .and_then(|p| p.log.as_ref())
+        .map_or(0, |log| log.buffered_bytes() as u64);
     let keys = x.ks.live_keys.load(std::sync::atomic::Ordering::Relaxed) as usize;
-    let overhead = startup + backlog;
+    let overhead = startup + backlog + aof;
     let dataset = total.saturating_sub(overhead);
     let percent = |part: u64, whole: u64| part as f64 * 100.0 / whole.max(1) as f64;
-    x.out.map(13);
-    let ints: [(&str, u64); 5] = [
+    x.out.map(14);
+    let ints: [(&str, u64); 6] = [
         ("peak.allocated", peak),
         ("total.allocated", total),
         ("startup.allocated", startup),
         ("replication.backlog", backlog),
+        ("aof.buffer", aof),
         ("overhead.total", overhead),
     ];
     for (name, value) in ints {
