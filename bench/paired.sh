@@ -8,15 +8,17 @@
 #   NEW_ARGS="--appendonly yes --appendfsync everysec" TESTS=set,incr \
 #       bench/paired.sh target/release/chorus target/release/chorus   # what the log costs
 #   PIPE=1 N=50000 ...                       # requests per pipeline (default 16)
+#   THREADS=2 ...                            # chorus's default here: a server thread per CPU,
+#                                            # servers and redis-benchmark on every CPU
 #
 # bench/ab.sh restarts the servers every round, so minutes pass between an old and a new
 # figure, and this machine's speed drifts by 25% over minutes. Here both servers stay up
-# (each pinned to CPU 0, one server thread; only the one under load uses it) and each test
-# runs as $PAIRS pairs of short runs (-n $N, about half a second), old and new back to back,
-# the order swapped every pair. A pair's ratio sees the same machine; the median of the
-# ratios is the result. Keys are written once before the pairs (SET over -r 100000), so that
-# reads find them. OLD_ARGS and NEW_ARGS are added to each server's command line; a server
-# given `--appendonly yes` gets a fresh `--dir`.
+# (each pinned to CPU 0, one server thread, unless THREADS says otherwise; only the one
+# under load uses it) and each test runs as $PAIRS pairs of short runs (-n $N, about half a
+# second), old and new back to back, the order swapped every pair. A pair's ratio sees the
+# same machine; the median of the ratios is the result. Keys are written once before the
+# pairs (SET over -r 100000), so that reads find them. OLD_ARGS and NEW_ARGS are added to
+# each server's command line; a server given `--appendonly yes` gets a fresh `--dir`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,6 +30,9 @@ TESTS=${TESTS:-set,get,incr}
 PIPE=${PIPE:-16}
 OLD_ARGS=${OLD_ARGS:-}
 NEW_ARGS=${NEW_ARGS:-}
+THREADS=${THREADS:-1}
+# One server thread: the server on CPU 0, the client on CPU 1. More: both anywhere.
+if [ "$THREADS" = 1 ]; then SERVER_CPUS=0; CLIENT_CPUS=1; else SERVER_CPUS=0-63; CLIENT_CPUS=0-63; fi
 
 source bench/common.sh
 ensure_tools "redis-server redis-benchmark redis-cli" "redis-server redis-tools"
@@ -35,7 +40,7 @@ ensure_tools "redis-server redis-benchmark redis-cli" "redis-server redis-tools"
 start() { # start BINARY ARGS -> port
     local port args; port=$(free_port)
     if [ "$1" = redis ]; then
-        taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
+        taskset -c "$SERVER_CPUS" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no \
             --daemonize no --logfile /dev/null $2 >/dev/null 2>&1 &
         echo "$!" >> "$WORK/pids"
         wait_ready "$port"
@@ -46,7 +51,7 @@ start() { # start BINARY ARGS -> port
     case " $2 " in
         *" --appendonly yes "*) mkdir -p "$WORK/dir-$port"; args+=(--dir "$WORK/dir-$port") ;;
     esac
-    taskset -c 0 "$1" server --port "$port" --server-threads 1 "${args[@]}" >/dev/null 2>&1 &
+    taskset -c "$SERVER_CPUS" "$1" server --port "$port" --server-threads "$THREADS" "${args[@]}" >/dev/null 2>&1 &
     echo "$!" >> "$WORK/pids"
     wait_ready "$port"
     echo "$port"
@@ -55,7 +60,7 @@ rps() { # rps PORT TEST: TEST is a redis-benchmark test name (incr) or a command
     # (The last figure: lrange_100 runs the LPUSH that fills its list first.)
     local what
     if [[ "$2" == *" "* ]]; then read -ra what <<< "$2"; else what=(-t "$2"); fi
-    taskset -c 1 redis-benchmark -p "$1" -c 50 -P "$PIPE" -n "$N" -r "${R:-100000}" --csv "${what[@]}" 2>/dev/null \
+    taskset -c "$CLIENT_CPUS" redis-benchmark -p "$1" -c 50 -P "$PIPE" -n "$N" -r "${R:-100000}" --csv "${what[@]}" 2>/dev/null \
         | awk -F'","' 'NR>1 {gsub(/"/,"",$2); print $2}' | tail -1
 }
 
