@@ -71,7 +71,8 @@ old=$(start "$OLD" "$OLD_ARGS")
 new=$(start "$NEW" "$NEW_ARGS")
 for port in "$old" "$new"; do rps "$port" set >/dev/null; done
 
-echo "new/old, median of $PAIRS paired runs (-n $N -r 100000 -c 50 -P $PIPE; servers on CPU 0, client on CPU 1)"
+if [ "$THREADS" = 1 ]; then WHERE="servers on CPU 0, client on CPU 1"; else WHERE="$THREADS server threads, servers and client on every CPU"; fi
+echo "new/old, median of $PAIRS paired runs (-n $N -r 100000 -c 50 -P $PIPE; $WHERE)"
 printf '%-8s %8s %8s %8s %14s %14s\n' test median low high old-median new-median
 IFS=',' read -ra tests <<< "$TESTS"
 for t in "${tests[@]}"; do
