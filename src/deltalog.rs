@@ -515,9 +515,11 @@ impl DeltaLog {
         record.finished = true;
         let pending = &mut *record.pending;
         let payload_len = pending.bytes.len() - before - HEADER;
-        if let Some(header) = pending.bytes[before..].first_chunk_mut::<HEADER>() {
-            put_record_header(header, payload_len);
-        }
+        let len = (payload_len as u32).to_le_bytes();
+        // The payload's checksum is the writer's to fill in (`seal_records`).
+        let header = &mut pending.bytes[before..before + HEADER];
+        header[..4].copy_from_slice(&len);
+        header[4..8].copy_from_slice(&crate::checksum::crc32c_of_4(len).to_le_bytes());
         if let Some(seq) = seq {
             let at = pending.end;
             if at >= pending.mark_at {
@@ -541,22 +543,6 @@ impl DeltaLog {
         let to = (pending.bytes.len() + PREFETCH_AHEAD).min(room);
         crate::prefetch::write_lines(pending.bytes.as_ptr() as usize + from, to - from);
         Ok(())
-    }
-
-    /// Appends records a caller laid out back to back, each behind a
-    /// header [`put_record_header`] filled: a batch of writes under one
-    /// lock (see `crate::persist::LogSink`). Returns the log position
-    /// after them.
-    pub fn append_records(&self, records: &[u8]) -> u64 {
-        debug_assert!(whole_records(records), "records cut short");
-        let mut appending = self.appending(false);
-        let pending = &mut *appending.pending;
-        pending.bytes.extend_from_slice(records);
-        pending.end += records.len() as u64;
-        if pending.bytes.capacity() != pending.bytes_counted {
-            self.count_buffers(pending);
-        }
-        pending.end
     }
 
     /// The pending bytes locked for appends (see [`Appending`]).
@@ -828,11 +814,10 @@ impl DeltaLog {
         let _ = rx.wait_for(|&d| d >= position).await;
     }
 
-    /// The position up to which the log is durable (see `durable`).
     /// Bytes the log's buffers hold (their capacity: appended bytes not
     /// written yet, the round being written, the spare buffer). Like
     /// Redis's AOF buffer they are left out of what `maxmemory` bounds
-    /// (`crate::node::Node::not_counted_for_evict`).
+    /// (`crate::node::Node::buffers_not_counted`).
     pub fn buffered_bytes(&self) -> usize {
         self.buffered.load(Ordering::Relaxed)
     }
@@ -844,6 +829,7 @@ impl DeltaLog {
         self.buffered.store(pending.buffered(), Ordering::Relaxed);
     }
 
+    /// The position up to which the log is durable (see `durable`).
     pub fn durable(&self) -> u64 {
         *self.durable.borrow()
     }
@@ -1166,29 +1152,6 @@ impl Replay {
 /// there the checksum read the payload right after the encoding's stores,
 /// before they had landed, and the CPU's store forwarding stalled (a
 /// logged INCR's checksum took twice the time its instructions needed).
-/// The bytes before each record's payload.
-pub const RECORD_HEADER: usize = HEADER;
-
-/// Fills the header of a record of `len` payload bytes that a caller lays
-/// out itself (see [`DeltaLog::append_records`]): the length and its
-/// checksum. The payload's checksum is the writer's (`seal_records`).
-#[inline(always)]
-pub fn put_record_header(header: &mut [u8; HEADER], len: usize) {
-    let len = (len as u32).to_le_bytes();
-    header[..4].copy_from_slice(&len);
-    header[4..8].copy_from_slice(&crate::checksum::crc32c_of_4(len).to_le_bytes());
-}
-
-/// Whether `bytes` are whole records back to back.
-fn whole_records(bytes: &[u8]) -> bool {
-    let mut at = 0;
-    while let Some(header) = bytes.get(at..at + HEADER) {
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        at += HEADER + len;
-    }
-    at == bytes.len()
-}
-
 fn seal_records(bytes: &mut [u8]) {
     let mut at = 0;
     while let Some(header) = bytes.get(at..at + HEADER) {

@@ -257,6 +257,40 @@ fn swapdb_under_appendfsync_always_is_durable_at_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Writes pipelined with a SWAPDB, in one batch, land on the side of the
+/// swap they were made on after a restart from the log.
+#[test]
+fn writes_pipelined_around_a_swapdb_survive_a_kill_on_their_side_of_it() {
+    let dir = data_dir("swapdb-pipelined");
+    let s = start(&dir, &["--appendfsync", "always"]);
+    let mut c = s.conn();
+    let () = redis::pipe()
+        .cmd("SET")
+        .arg("before")
+        .arg("v")
+        .ignore()
+        .cmd("SWAPDB")
+        .arg("0")
+        .arg("1")
+        .ignore()
+        .cmd("SET")
+        .arg("after")
+        .arg("w")
+        .ignore()
+        .query(&mut c)
+        .unwrap();
+    kill_hard(s);
+    let s = start(&dir, &["--appendfsync", "always"]);
+    let mut c = s.conn();
+    assert_eq!(get(&mut c, "before"), None, "swapped out of db 0");
+    assert_eq!(get(&mut c, "after").as_deref(), Some("w"));
+    q::<()>(&mut c, &["SELECT", "1"]);
+    assert_eq!(get(&mut c, "before").as_deref(), Some("v"));
+    assert_eq!(get(&mut c, "after"), None);
+    drop(s);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// #14: between folds the delta log keeps every write: killed with no fold
 /// since the start, the node comes back with strings, counters, hashes,
 /// sets, sorted sets, expiries, deletes and a flush as they were.
