@@ -32,7 +32,11 @@ fn kill_hard(mut s: Server) {
 }
 
 fn info_field(c: &mut redis::Connection, field: &str) -> u64 {
-    let info: String = q(c, &["INFO", "persistence"]);
+    section_field(c, "persistence", field)
+}
+
+fn section_field(c: &mut redis::Connection, section: &str, field: &str) -> u64 {
+    let info: String = q(c, &["INFO", section]);
     info.lines()
         .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().parse().ok())
@@ -580,11 +584,7 @@ fn a_list_survives_a_hard_kill_from_store_and_log() {
 }
 
 fn memory_field(c: &mut redis::Connection, field: &str) -> u64 {
-    let info: String = q(c, &["INFO", "memory"]);
-    info.lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in {info}"))
+    section_field(c, "memory", field)
 }
 
 /// The delta log's buffers are left out of what `maxmemory` bounds, as
