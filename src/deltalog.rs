@@ -18,8 +18,8 @@
 //! recorded one on. Merges are idempotent, so a record whose write the
 //! store already holds costs nothing but its merge.
 //!
-//! A record is `len: u32 LE, crc32c(len), crc32c(payload), payload` (the
-//! payload's checksum filled in by the writer thread as it takes a round;
+//! A record is `len: u32 LE, crc32c(len), crc32c(payload), payload` (both
+//! checksums filled in by the writer thread as it takes a round;
 //! logs of builds before session 34 used CRC-32 (IEEE) instead; their
 //! files still replay, each read by the checksum its first record has). What a
 //! crash mid-write leaves at the end of a file (a short header, a checked
@@ -513,13 +513,40 @@ impl DeltaLog {
         // bytes back out.
         encode(&mut record.pending.bytes)?;
         record.finished = true;
-        let pending = &mut *record.pending;
+        self.finish_record(record.pending, before, seq);
+        Ok(())
+    }
+
+    /// Appends one record whose payload `put` writes into `most` bytes of
+    /// room and returns its length: room made once, where
+    /// [`DeltaLog::append_encoded`]'s encoding grows the pending bytes
+    /// field by field. A panic in `put` appends nothing. Returns the log
+    /// position after the record.
+    pub fn append_put(&self, most: usize, put: impl FnOnce(&mut [u8]) -> usize) -> u64 {
+        let mut appending = self.appending(false);
+        let pending = &mut *appending.pending;
+        let before = pending.bytes.len();
+        let mut record = Unfinished {
+            pending,
+            before,
+            finished: false,
+        };
+        record.pending.bytes.resize(before + HEADER + most, 0);
+        let len = put(&mut record.pending.bytes[before + HEADER..]);
+        debug_assert!(len <= most, "a record laid out past its room");
+        record.pending.bytes.truncate(before + HEADER + len);
+        record.finished = true;
+        self.finish_record(record.pending, before, None);
+        record.pending.end
+    }
+
+    /// Completes the record appended at `before` in the pending bytes: its
+    /// length, its place among the numbered records, the log's end.
+    #[inline(always)]
+    fn finish_record(&self, pending: &mut Pending, before: usize, seq: Option<u64>) {
         let payload_len = pending.bytes.len() - before - HEADER;
-        let len = (payload_len as u32).to_le_bytes();
-        // The payload's checksum is the writer's to fill in (`seal_records`).
-        let header = &mut pending.bytes[before..before + HEADER];
-        header[..4].copy_from_slice(&len);
-        header[4..8].copy_from_slice(&crate::checksum::crc32c_of_4(len).to_le_bytes());
+        // The checksums are the writer's to fill in (`seal_records`).
+        pending.bytes[before..before + 4].copy_from_slice(&(payload_len as u32).to_le_bytes());
         if let Some(seq) = seq {
             let at = pending.end;
             if at >= pending.mark_at {
@@ -542,7 +569,6 @@ impl DeltaLog {
         let from = (before + PREFETCH_AHEAD).min(room);
         let to = (pending.bytes.len() + PREFETCH_AHEAD).min(room);
         crate::prefetch::write_lines(pending.bytes.as_ptr() as usize + from, to - from);
-        Ok(())
     }
 
     /// The pending bytes locked for appends (see [`Appending`]).
@@ -1147,11 +1173,13 @@ impl Replay {
     }
 }
 
-/// Fills in the payload checksum of each record in `bytes` (whole records,
-/// as appended). Done by the writer as it takes a round, not by the append:
-/// there the checksum read the payload right after the encoding's stores,
-/// before they had landed, and the CPU's store forwarding stalled (a
-/// logged INCR's checksum took twice the time its instructions needed).
+/// Fills in the length's and the payload's checksums of each record in
+/// `bytes` (whole records, as appended). Done by the writer as it takes a
+/// round, not by the append: there the checksum read the payload right
+/// after the encoding's stores, before they had landed, and the CPU's
+/// store forwarding stalled (a logged INCR's checksum took twice the time
+/// its instructions needed); and the length's took the server's thread a
+/// call and a CPU check per write.
 fn seal_records(bytes: &mut [u8]) {
     let mut at = 0;
     while let Some(header) = bytes.get(at..at + HEADER) {
@@ -1161,6 +1189,8 @@ fn seal_records(bytes: &mut [u8]) {
             debug_assert!(false, "a round of whole records");
             return;
         };
+        let len_crc = crate::checksum::crc32c_of_4([header[0], header[1], header[2], header[3]]);
+        bytes[at + 4..at + 8].copy_from_slice(&len_crc.to_le_bytes());
         bytes[at + 8..at + HEADER].copy_from_slice(&crc.to_le_bytes());
         at = payload.end;
     }
@@ -1319,16 +1349,28 @@ mod tests {
             });
         }));
         assert!(panicked.is_err());
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            log.append_put(8, |out| {
+                out[..4].copy_from_slice(b"half");
+                panic!("a layout's bug");
+            });
+        }));
+        assert!(panicked.is_err());
         let end = log.append_encoded(|out| {
             out.extend_from_slice(b"after");
             Ok::<(), ()>(())
         });
         assert_eq!(end, Ok(log.appended()));
+        let put = log.append_put(16, |out| {
+            out[..3].copy_from_slice(b"put");
+            3
+        });
+        assert_eq!(put, log.appended());
         log.close();
         let (log, replay) = DeltaLog::open(&dir, Fsync::Always, 0).unwrap();
         assert_eq!(
             replayed(&replay).unwrap(),
-            vec![b"before".to_vec(), b"after".to_vec()]
+            vec![b"before".to_vec(), b"after".to_vec(), b"put".to_vec()]
         );
         log.close();
     }
