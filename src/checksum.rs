@@ -9,7 +9,7 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
     #[cfg(target_arch = "x86_64")]
     if std::arch::is_x86_feature_detected!("sse4.2") {
         // SAFETY: the CPU has SSE4.2, checked just above.
-        return unsafe { x86_64(bytes) };
+        return unsafe { crc32c_sse42(bytes) };
     }
     #[cfg(target_arch = "aarch64")]
     if std::arch::is_aarch64_feature_detected!("crc") {
@@ -17,17 +17,6 @@ pub fn crc32c(bytes: &[u8]) -> u32 {
         return unsafe { aarch64(bytes) };
     }
     by_table(bytes)
-}
-
-/// [`crc32c`] of four bytes (a log record's length), in one instruction
-/// where the CPU has it.
-pub fn crc32c_of_4(bytes: [u8; 4]) -> u32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("sse4.2") {
-        // SAFETY: the CPU has SSE4.2, checked just above.
-        return !unsafe { std::arch::x86_64::_mm_crc32_u32(!0, u32::from_le_bytes(bytes)) };
-    }
-    crc32c(&bytes)
 }
 
 /// The reversed Castagnoli polynomial.
@@ -61,11 +50,15 @@ fn by_table(bytes: &[u8]) -> u32 {
     !c
 }
 
+/// [`crc32c`] by the instructions; inlined into a caller that enables
+/// SSE4.2 itself (a loop over many short pieces: the log's records).
+///
 /// # Safety
 /// The CPU must have SSE4.2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.2")]
-unsafe fn x86_64(bytes: &[u8]) -> u32 {
+#[inline]
+pub unsafe fn crc32c_sse42(bytes: &[u8]) -> u32 {
     use std::arch::x86_64::{_mm_crc32_u16, _mm_crc32_u32, _mm_crc32_u64, _mm_crc32_u8};
     let mut c = !0u64;
     let mut words = bytes.chunks_exact(8);
@@ -131,13 +124,6 @@ mod tests {
             assert_eq!(check(&[0xffu8; 32]), 0x62a8_ab43);
             let ascending: Vec<u8> = (0..32).collect();
             assert_eq!(check(&ascending), 0x46dd_794e);
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn four_bytes_take_the_general_path_s_value(bytes in any::<[u8; 4]>()) {
-            prop_assert_eq!(crc32c_of_4(bytes), by_table(&bytes));
         }
     }
 
