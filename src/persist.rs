@@ -688,10 +688,9 @@ fn append_own_int_tally_record(
     let Some(most) = own_int_tally_record_most(key, node, tally) else {
         return false;
     };
-    let at = out.len();
-    out.resize(at + most, 0);
-    let len = put_own_int_tally_record(&mut out[at..], db, key, node, tally);
-    out.truncate(at + len);
+    codec::append_put(out, most, |room| {
+        put_own_int_tally_record(room, db, key, node, tally)
+    });
     true
 }
 
@@ -722,13 +721,14 @@ fn put_own_int_tally_record(
     tally: Tally,
 ) -> usize {
     let mut w = codec::Slot::new(out);
-    w.byte(OWN_INT_TALLY_RECORD);
-    w.byte(chorus_crdt::FORMAT_VERSION);
-    w.varint(db as u64);
-    w.varint(key.len() as u64);
-    w.bytes(key);
-    w.prefix(&node.0.to_le_bytes(), 8);
-    w.prefix(&tally.epoch.time.to_le_bytes(), 8);
+    put_record_start(
+        &mut w,
+        OWN_INT_TALLY_RECORD,
+        db,
+        key,
+        node,
+        tally.epoch.time,
+    );
     w.varint(tally.ops);
     w.varint(((tally.int << 1) ^ (tally.int >> 63)) as u64);
     w.len()
@@ -768,13 +768,14 @@ fn plain_record_most(key: &[u8], state: &chorus_crdt::KeyState) -> Option<usize>
 fn put_plain_record(out: &mut [u8], db: u32, key: &[u8], state: &chorus_crdt::KeyState) -> usize {
     let reg = &state.reg;
     let mut w = codec::Slot::new(out);
-    w.byte(PLAIN_RECORD);
-    w.byte(chorus_crdt::FORMAT_VERSION);
-    w.varint(db as u64);
-    w.varint(key.len() as u64);
-    w.bytes(key);
-    w.prefix(&reg.stamp.node.0.to_le_bytes(), 8);
-    w.prefix(&reg.stamp.time.to_le_bytes(), 8);
+    put_record_start(
+        &mut w,
+        PLAIN_RECORD,
+        db,
+        key,
+        reg.stamp.node,
+        reg.stamp.time,
+    );
     w.varint(reg.expire_at_ms);
     match reg.value.as_deref() {
         None => w.byte(0),
@@ -785,6 +786,20 @@ fn put_plain_record(out: &mut [u8], db: u32, key: &[u8], state: &chorus_crdt::Ke
         }
     }
     w.len()
+}
+
+/// The fields a [`PLAIN_RECORD`] and an [`OWN_INT_TALLY_RECORD`] start
+/// with: `kind`, the format's version, `db`, `key`, then a node and a time
+/// (a stamp's, or an epoch's) in eight bytes each.
+#[inline(always)]
+fn put_record_start(w: &mut codec::Slot, kind: u8, db: u32, key: &[u8], node: NodeId, time: u64) {
+    w.byte(kind);
+    w.byte(chorus_crdt::FORMAT_VERSION);
+    w.varint(db as u64);
+    w.varint(key.len() as u64);
+    w.bytes(key);
+    w.prefix(&node.0.to_le_bytes(), 8);
+    w.prefix(&time.to_le_bytes(), 8);
 }
 
 /// `(db, key, state)` of what follows [`PLAIN_RECORD`].

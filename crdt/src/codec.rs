@@ -140,11 +140,22 @@ pub fn append_plain_key_delta(
     let Some(most) = plain_key_delta_most(key, state) else {
         return false;
     };
+    append_put(out, most, |room| {
+        put_plain_key_delta(room, origin, db, key, state)
+    });
+    true
+}
+
+/// Appends what `put` lays out in `most` bytes of room made once at the
+/// end of `out` (it returns how many it took): for a few fields whose
+/// most is known, one capacity check where pushes took one each.
+#[inline(always)]
+pub fn append_put(out: &mut Vec<u8>, most: usize, put: impl FnOnce(&mut [u8]) -> usize) {
     let at = out.len();
     out.resize(at + most, 0);
-    let len = put_plain_key_delta(&mut out[at..], origin, db, key, state);
+    let len = put(&mut out[at..]);
+    debug_assert!(len <= most, "fields laid out past their room");
     out.truncate(at + len);
-    true
 }
 
 /// The most bytes [`put_plain_key_delta`] takes for `key` and `state`;

@@ -802,12 +802,8 @@ impl Replicator {
         let staged = match stage::stage_put(self.id, &self.heads, seq, now_ms, most, put) {
             Ok(now) => Ok(stage::Staged::Yes(now)),
             Err(put) => {
-                let encode = move |out: &mut Vec<u8>| {
-                    let at = out.len();
-                    out.resize(at + most, 0);
-                    let len = put(&mut out[at..]);
-                    out.truncate(at + len);
-                };
+                let encode =
+                    move |out: &mut Vec<u8>| chorus_crdt::codec::append_put(out, most, put);
                 stage::stage(self.id, &self.heads, seq, now_ms, encode)
             }
         };
