@@ -571,7 +571,16 @@ impl DeltaLog {
         }
         let from = (before + PREFETCH_AHEAD).min(room);
         let to = (pending.bytes.len() + PREFETCH_AHEAD).min(room);
-        crate::prefetch::write_lines(pending.bytes.as_ptr() as usize + from, to - from);
+        let base = pending.bytes.as_ptr() as usize;
+        if to - from <= 64 {
+            // The record before asked for the lines up to `from`: a short
+            // record's are then at most the one at its end (no loop).
+            if to > from {
+                crate::prefetch::write(base + to - 1);
+            }
+        } else {
+            crate::prefetch::write_lines(base + from, to - from);
+        }
     }
 
     /// The pending bytes locked for appends (see [`Appending`]).
