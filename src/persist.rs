@@ -777,7 +777,14 @@ fn put_plain_record(out: &mut [u8], db: u32, key: &[u8], state: &chorus_crdt::Ke
         reg.stamp.time,
     );
     w.varint(reg.expire_at_ms);
-    w.option_bytes(reg.value.as_deref());
+    match reg.value.as_deref() {
+        None => w.byte(0),
+        Some(v) => {
+            w.byte(1);
+            w.varint(v.len() as u64);
+            w.bytes(v);
+        }
+    }
     w.len()
 }
 

@@ -208,7 +208,14 @@ pub fn put_plain_key_delta(
         reg.stamp.node.0
     });
     w.byte(0);
-    w.option_bytes(reg.value.as_deref());
+    match reg.value.as_deref() {
+        None => w.byte(0),
+        Some(v) => {
+            w.byte(1);
+            w.varint(v.len() as u64);
+            w.bytes(v);
+        }
+    }
     w.varint(reg.expire_at_ms);
     w.byte(0);
     w.at
@@ -263,20 +270,6 @@ impl<'a> Slot<'a> {
         };
         *slot = *fixed;
         self.at += len.min(N);
-    }
-
-    /// An `Option` of bytes as postcard lays it out: 0, or 1 and the
-    /// bytes after their length. Takes a varint slot's room and the bytes'.
-    #[inline(always)]
-    pub fn option_bytes(&mut self, bytes: Option<&[u8]>) {
-        match bytes {
-            None => self.byte(0),
-            Some(v) => {
-                self.byte(1);
-                self.varint(v.len() as u64);
-                self.bytes(v);
-            }
-        }
     }
 
     /// `bytes`; up to 32 of them in fixed-size moves (two overlapping
