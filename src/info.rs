@@ -345,7 +345,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                     line(
                         &format!("peer{i}"),
                         &format!(
-                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},transfer_keys={},transfer_bytes={},from_log={},compression={},compression_ratio={:.2},relayed={},repairs={},pubsub_sent={},pubsub_dropped={},last_error={}",
+                            "addr={},state={},node={},name={},sent_seq={},acked_seq={},lag_ops={},lag_ms={},ack_age_ms={},state_transfers={},transfer_keys={},transfer_bytes={},from_log={},own_puts={},compression={},compression_ratio={:.2},relayed={},repairs={},pubsub_sent={},pubsub_dropped={},last_error={}",
                             p.addr,
                             if connected { "connected" } else { "connecting" },
                             NodeIdText(p.peer_node.load(Ordering::Relaxed)),
@@ -361,6 +361,7 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                             p.transfer_keys.load(Ordering::Relaxed),
                             p.transfer_bytes.load(Ordering::Relaxed),
                             p.from_log.load(Ordering::Relaxed),
+                            if p.own_puts.load(Ordering::Relaxed) { "yes" } else { "no" },
                             if p.compressing.load(Ordering::Relaxed) { "lz4" } else { "none" },
                             {
                                 let (raw, sent) = (

@@ -3247,3 +3247,87 @@ fn removing_an_absent_element_leaves_a_watch_untouched() {
     );
     assert_eq!(q::<String>(&mut c, &["HGET", "h", "g"]), "3");
 }
+
+/// Plain writes over a pipeline (staged as one batch, so sent as own
+/// puts): keys `own0`..`own99`, one deleted again, one with a TTL.
+fn write_own_puts(c: &mut redis::Connection) {
+    let mut pipe = redis::pipe();
+    for i in 0..100 {
+        pipe.cmd("SET")
+            .arg(format!("own{i}"))
+            .arg(format!("v{i}"))
+            .ignore();
+    }
+    pipe.cmd("SET").arg("gone").arg("x").ignore();
+    pipe.cmd("DEL").arg("gone").ignore();
+    pipe.cmd("SET")
+        .arg("ttl")
+        .arg("t")
+        .arg("EX")
+        .arg(600)
+        .ignore();
+    pipe.query::<()>(c).expect("pipeline");
+}
+
+/// Whether `c`'s node holds what [`write_own_puts`] wrote.
+fn holds_own_puts(c: &mut redis::Connection) -> bool {
+    (0..100).all(|i| get(c, &format!("own{i}")) == Some(format!("v{i}")))
+        && get(c, "gone").is_none()
+        && get(c, "ttl").as_deref() == Some("t")
+        && (1..=600).contains(&q::<i64>(c, &["TTL", "ttl"]))
+}
+
+/// A node's plain writes go to its peer as own puts, whose origin only the
+/// link names. A receiver with a delta log logs them as whole writes:
+/// killed, and back without that peer, it replays them from its log.
+#[test]
+fn a_receiver_logs_a_peers_own_puts_as_whole_writes() {
+    let dir = std::env::temp_dir().join(format!("chorus-own-puts-log-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let d = dir.to_str().unwrap();
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b_args = ["--appendonly", "yes", "--dir", d, "--appendfsync", "always"];
+    let b = node(pb, &[pa], &b_args);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    wait_until("the link", || {
+        info_field(&mut ca, "peer0").contains("state=connected")
+    });
+    write_own_puts(&mut ca);
+    wait_until("B to apply them", || holds_own_puts(&mut cb));
+    assert!(
+        info_field(&mut ca, "peer0").contains("own_puts=yes"),
+        "sent as own puts"
+    );
+    drop((ca, a));
+    // Killed (SIGKILL), then back alone: what it holds comes from its log.
+    drop((cb, b));
+    let b = node(pb, &[], &b_args);
+    let mut cb = b.conn();
+    assert!(holds_own_puts(&mut cb), "replayed from the log");
+    drop((cb, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A peer that does not read own puts (an earlier build; here one told so
+/// by `CHORUS_OWN_PUTS=no`, which then refuses them as that build would)
+/// gets a node's plain writes widened to whole messages.
+#[test]
+fn a_peer_that_does_not_read_own_puts_gets_them_widened() {
+    let (pa, pb) = (free_port(), free_port());
+    let a = node(pa, &[pb], &[]);
+    let b = node_env(pb, &[pa], &[], &[("CHORUS_OWN_PUTS", "no")]);
+    let (mut ca, mut cb) = (a.conn(), b.conn());
+    wait_until("the link", || {
+        info_field(&mut ca, "peer0").contains("state=connected")
+    });
+    write_own_puts(&mut ca);
+    wait_until("B to apply them", || holds_own_puts(&mut cb));
+    let peer = info_field(&mut ca, "peer0");
+    assert!(peer.contains("own_puts=no"), "{peer}");
+    assert!(
+        peer.ends_with("last_error="),
+        "the link never failed: {peer}"
+    );
+}

@@ -221,6 +221,108 @@ pub fn put_plain_key_delta(
     w.at
 }
 
+/// The first byte of an own put ([`put_own_put`]). Messages start with
+/// their format version, which is under 0x80, so an own put never reads
+/// as one.
+pub const OWN_PUT_TAG: u8 = 0xf1;
+
+/// The room [`put_own_put`] needs for `state`, or `None` when `state` is
+/// not an own put: a plain register written by `origin` itself.
+pub fn own_put_most(key: &[u8], state: &KeyState, origin: NodeId) -> Option<usize> {
+    let reg = &state.reg;
+    if reg.seen.is_some()
+        || state.extras.is_some()
+        || state.coll.is_some()
+        || reg.stamp.node != origin
+        || reg.stamp.time == 0
+    {
+        return None;
+    }
+    // Tag, the number's, db's and key length's slots, the key, the time,
+    // the expiry's slot, the value's tag, length slot and bytes.
+    Some(
+        1 + 3 * MAX_VARINT
+            + key.len()
+            + 8
+            + MAX_VARINT
+            + 1
+            + MAX_VARINT
+            + reg.value.as_deref().map_or(0, <[u8]>::len),
+    )
+}
+
+/// A node's own plain register write (a SET, a DEL) as a whole message for
+/// a peer that knows the sender: `(tag, seq, db, key, time, expiry, value)`,
+/// the time in eight fixed bytes, the origin (and the stamp's node, the
+/// same) left to the link. A `ReplMsg::Delta` names the origin in a
+/// ten-byte varint and takes the time as a ten-byte one: the own put is a
+/// third shorter for a 16-byte key, and each byte a link carries costs its
+/// writer about 1.6 ns (docs/benchmarks.md, session 49). `out` holds
+/// [`own_put_most`]'s room; returns how many bytes it took.
+#[inline]
+pub fn put_own_put(out: &mut [u8], seq: u64, db: u32, key: &[u8], state: &KeyState) -> usize {
+    let reg = &state.reg;
+    let mut w = Slot { out, at: 0 };
+    w.byte(OWN_PUT_TAG);
+    w.varint(seq);
+    w.varint(db as u64);
+    w.varint(key.len() as u64);
+    w.bytes(key);
+    w.prefix(&reg.stamp.time.to_le_bytes(), 8);
+    w.varint(reg.expire_at_ms);
+    match reg.value.as_deref() {
+        None => w.byte(0),
+        Some(v) => {
+            w.byte(1);
+            w.varint(v.len() as u64);
+            w.bytes(v);
+        }
+    }
+    w.at
+}
+
+/// Whether `payload` is an own put (see [`put_own_put`]).
+pub fn is_own_put(payload: &[u8]) -> bool {
+    payload.first() == Some(&OWN_PUT_TAG)
+}
+
+/// `(seq, delta)` of an own put that `origin` sent.
+pub fn decode_own_put(bytes: &[u8], origin: NodeId) -> Result<(u64, Delta), DecodeError> {
+    let bad = |e: postcard::Error| DecodeError::Malformed(e);
+    let mut r = Reader(bytes);
+    if r.byte()? != OWN_PUT_TAG {
+        return Err(bad(postcard::Error::DeserializeBadEnum));
+    }
+    let seq = r.varint()?;
+    let db = u32::try_from(r.varint()?).map_err(|_| bad(postcard::Error::DeserializeBadVarint))?;
+    let key = r.string()?.to_vec();
+    let time = u64::from_le_bytes(r.fixed::<8>()?);
+    let expire_at_ms = r.varint()?;
+    let value = match r.byte()? {
+        0 => None,
+        1 => Some(Box::<[u8]>::from(r.string()?)),
+        _ => return Err(bad(postcard::Error::DeserializeBadOption)),
+    };
+    if !r.0.is_empty() {
+        return Err(DecodeError::Trailing(r.0.len()));
+    }
+    // The writer never sends the zero time: it would read as no write.
+    if time == 0 {
+        return Err(bad(postcard::Error::DeserializeBadVarint));
+    }
+    let state = KeyState {
+        reg: Register {
+            stamp: Stamp { time, node: origin },
+            seen: None,
+            value,
+            expire_at_ms,
+        },
+        extras: None,
+        coll: None,
+    };
+    Ok((seq, Delta::Key { db, key, state }))
+}
+
 /// Writes fields into a slice its caller made room in: a field costs a
 /// bounds check, no capacity check, copy or cut. Writing past the slice
 /// is a bug, and panics.
@@ -2122,6 +2224,104 @@ mod tests {
             append_node_tally(&mut direct, NodeId(node), tally);
             prop_assert_eq!(direct, postcard::to_allocvec(&(NodeId(node), tally)).expect("encodes"));
         }
+    }
+
+    proptest! {
+        /// An own put's bytes are serde's of its fields after the tag; it
+        /// reads back as the full delta of the same write, the origin named
+        /// again; it stays within its room.
+        #[test]
+        fn an_own_put_is_its_fields_and_reads_back_as_the_full_delta(
+            seq in edge_u64(),
+            db in prop_oneof![0u32..3, any::<u32>()],
+            key in proptest::collection::vec(any::<u8>(), 0..200),
+            time in edge_u64().prop_filter("a written stamp", |t| *t != 0),
+            origin in edge_u64().prop_filter("a node", |n| *n != 0),
+            value in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+            expire in edge_u64(),
+        ) {
+            let origin = NodeId(origin);
+            let state = KeyState {
+                reg: Register {
+                    stamp: Stamp { time, node: origin },
+                    seen: None,
+                    value: value.clone().map(Vec::into_boxed_slice),
+                    expire_at_ms: expire,
+                },
+                extras: None,
+                coll: None,
+            };
+            let most = own_put_most(&key, &state, origin).expect("an own put");
+            let mut room = vec![0xee; most + 3];
+            let len = put_own_put(&mut room, seq, db, &key, &state);
+            prop_assert!(room[most..].iter().all(|&b| b == 0xee), "wrote past its most");
+            let fields = (
+                seq,
+                db,
+                serde_bytes::ByteBuf::from(key.clone()),
+                time.to_le_bytes(),
+                expire,
+                value.map(serde_bytes::ByteBuf::from),
+            );
+            let mut serde = vec![OWN_PUT_TAG];
+            serde.extend(postcard::to_allocvec(&fields).expect("encodes"));
+            prop_assert_eq!(&room[..len], &serde[..]);
+            prop_assert!(is_own_put(&room[..len]));
+
+            let full = Delta::Key { db, key: key.clone(), state: state.clone() };
+            let (read_seq, read) = decode_own_put(&room[..len], origin).expect("reads");
+            prop_assert_eq!(read_seq, seq);
+            prop_assert_eq!(read, full);
+
+            // Cut short or with a byte more, it is refused, not misread.
+            prop_assert!(decode_own_put(&room[..len - 1], origin).is_err());
+            let mut longer = room[..len].to_vec();
+            longer.push(0);
+            prop_assert!(decode_own_put(&longer, origin).is_err());
+        }
+
+        /// Whatever follows the tag, reading it returns (a write or an
+        /// error) without panicking.
+        #[test]
+        fn any_bytes_after_the_own_put_tag_read_without_panic(
+            bytes in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut payload = vec![OWN_PUT_TAG];
+            payload.extend(bytes);
+            let _ = decode_own_put(&payload, NodeId(7));
+        }
+    }
+
+    /// Only a plain register its own node wrote is an own put.
+    #[test]
+    fn only_a_plain_register_its_node_wrote_is_an_own_put() {
+        let me = NodeId(5);
+        let own = KeyState::default().write(Stamp { time: 9, node: me }, Some(b"v"), 0);
+        assert!(own_put_most(b"k", &own, me).is_some());
+        assert!(
+            own_put_most(b"k", &own, NodeId(6)).is_none(),
+            "another node's write"
+        );
+        let mut seen = own.clone();
+        seen.reg.seen = Some(Box::default());
+        assert!(
+            own_put_most(b"k", &seen, me).is_none(),
+            "it saw another's write"
+        );
+        let mut unwritten = own.clone();
+        unwritten.reg.stamp.time = 0;
+        assert!(own_put_most(b"k", &unwritten, me).is_none(), "no write");
+        let counted = KeyState::tally_delta(
+            me,
+            Tally {
+                epoch: Stamp { time: 9, node: me },
+                ops: 1,
+                int: 1,
+                float: 0.0,
+                float_ops: 0,
+            },
+        );
+        assert!(own_put_most(b"k", &counted, me).is_none(), "a counter");
     }
 
     proptest! {

@@ -521,9 +521,17 @@ impl Core {
                 continue;
             }
             if let Relayed::Frames(frames) = self.relay.due(origin, from, u64::MAX, 0, usize::MAX) {
-                if let Some(&(last, _)) = frames.last() {
-                    covered.advance(origin, last);
-                    tail.others.extend(frames.into_iter().map(|(_, f)| f));
+                for (seq, frame) in frames {
+                    // A third node reads them: an own put names its origin
+                    // only through the link it came on. (It was read to be
+                    // applied; one that could not be widened stops the
+                    // origin here, which the repair covers.)
+                    match super::wire::widen(&frame, origin) {
+                        Ok(std::borrow::Cow::Borrowed(_)) => tail.others.push(frame),
+                        Ok(std::borrow::Cow::Owned(wide)) => tail.others.push(wide.into()),
+                        Err(_) => break,
+                    }
+                    covered.advance(origin, seq);
                 }
             }
         }

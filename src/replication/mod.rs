@@ -145,6 +145,8 @@ pub struct PeerInfo {
     /// Whether the current link's live stream is compressed, and the bytes
     /// of frames before and after compression over every link.
     pub compressing: AtomicBool,
+    /// Whether the peer reads own puts (else ours go to it widened).
+    pub own_puts: AtomicBool,
     pub compress_in: AtomicU64,
     pub compress_out: AtomicU64,
     /// Where the peer's leaf digests go while a transfer waits for them,
@@ -184,6 +186,7 @@ impl PeerInfo {
             transfer_keys: AtomicU64::new(0),
             transfer_bytes: AtomicU64::new(0),
             compressing: AtomicBool::new(false),
+            own_puts: AtomicBool::new(false),
             compress_in: AtomicU64::new(0),
             compress_out: AtomicU64::new(0),
             pubsub_sent: AtomicU64::new(0),
@@ -788,24 +791,28 @@ impl Replicator {
         self.publish_numbered(gap, staged);
     }
 
-    /// [`Replicator::publish`] for a body of at most `most` bytes that
-    /// `put` writes at the start of a slice (returning how many): staged
-    /// in one stretch of the stage ([`stage::stage_put`]).
+    /// [`Replicator::publish`] for a payload of at most `most` bytes that
+    /// `put` writes whole (given the number) at the start of a slice,
+    /// returning how many: staged in one stretch of the stage
+    /// ([`stage::stage_put`]). Without a batch open, `full` appends the
+    /// body of the write's `ReplMsg::Delta` instead.
     #[inline(always)]
-    fn publish_put(&self, now_ms: u64, most: usize, put: impl FnOnce(&mut [u8]) -> usize) {
+    fn publish_put(
+        &self,
+        now_ms: u64,
+        most: usize,
+        put: impl FnOnce(&mut [u8], u64) -> usize,
+        full: impl FnOnce(&mut Vec<u8>),
+    ) {
         let seq = self.numbered.fetch_add(1, Ordering::AcqRel) + 1;
         let gap = Gap {
             repl: self,
             seq,
             now_ms,
         };
-        let staged = match stage::stage_put(self.id, &self.heads, seq, now_ms, most, put) {
+        let staged = match stage::stage_put(self.id, seq, now_ms, most, put) {
             Ok(now) => Ok(stage::Staged::Yes(now)),
-            Err(put) => {
-                let encode =
-                    move |out: &mut Vec<u8>| chorus_crdt::codec::append_put(out, most, put);
-                stage::stage(self.id, &self.heads, seq, now_ms, encode)
-            }
+            Err(_) => stage::stage(self.id, &self.heads, seq, now_ms, full),
         };
         self.publish_numbered(gap, staged);
     }
@@ -878,9 +885,13 @@ impl Replicator {
             // way round, the retry found the writes entered and skipped
             // the log's records for good.
             if let Some(log) = self.log.get() {
-                log.append_numbered_run(
-                    stage::payloads(frames, writes).map(|(seq, payload, _)| (seq, payload)),
-                );
+                let payloads = || stage::payloads(frames, writes).map(|(seq, p, _)| (seq, p));
+                if payloads().any(|(_, p)| chorus_crdt::codec::is_own_put(p)) {
+                    let wide: Vec<_> = payloads().map(|(seq, p)| (seq, self.logged(p))).collect();
+                    log.append_numbered_run(wide.iter().map(|(seq, p)| (*seq, &p[..])));
+                } else {
+                    log.append_numbered_run(payloads());
+                }
             }
             let mut start = 0;
             core.publish_framed_run(
@@ -919,7 +930,7 @@ impl Replicator {
         let log = self.log.get();
         core.enter_parked(|seq, payload| {
             if let Some(log) = log {
-                log.append_numbered(payload, seq);
+                log.append_numbered(&self.logged(payload), seq);
             }
         });
     }
@@ -927,9 +938,24 @@ impl Replicator {
     /// The log first, as in [`Replicator::publish_staged`].
     fn append(&self, core: &mut Core, seq: u64, now_ms: u64, parts: [&[u8]; 2]) {
         if let Some(log) = self.log.get() {
-            log.append_numbered_parts(&parts, seq);
+            match parts {
+                [own, []] if chorus_crdt::codec::is_own_put(own) => {
+                    log.append_numbered(&self.logged(own), seq);
+                }
+                _ => {
+                    log.append_numbered_parts(&parts, seq);
+                }
+            }
         }
         core.publish_parts(now_ms, parts[0], parts[1]);
+    }
+
+    /// A payload of ours as the log keeps it: an own put widened, for the
+    /// log reads it back without a link to name its origin. (Own puts are
+    /// made only without a log; this covers a batch staged as one was
+    /// attached.)
+    fn logged<'a>(&self, payload: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        wire::widen(payload, self.node).unwrap_or(std::borrow::Cow::Borrowed(payload))
     }
 
     fn wake_senders(&self) {
@@ -980,11 +1006,29 @@ pub struct BacklogState {
 
 impl DeltaSink for Replicator {
     fn publish_key(&self, db: u32, key: &[u8], state: &KeyState, now_ms: u64) {
-        if let Some(most) = chorus_crdt::codec::plain_key_delta_most(key, state) {
+        use chorus_crdt::codec;
+        if let Some(body_most) = codec::plain_key_delta_most(key, state) {
             let origin = Some(self.node);
-            return self.publish_put(now_ms, most, |out| {
-                chorus_crdt::codec::put_plain_key_delta(out, origin, db, key, state)
-            });
+            let body =
+                move |out: &mut [u8]| codec::put_plain_key_delta(out, origin, db, key, state);
+            let full = move |out: &mut Vec<u8>| codec::append_put(out, body_most, body);
+            // The log keeps a write as the backlog holds it, and reads it
+            // back without the link that names an own put's origin: with
+            // a log, the full form.
+            let own_most = match self.log.get() {
+                None => codec::own_put_most(key, state, self.node),
+                Some(_) => None,
+            };
+            if let Some(most) = own_most {
+                let own = |out: &mut [u8], seq| codec::put_own_put(out, seq, db, key, state);
+                return self.publish_put(now_ms, most, own, full);
+            }
+            let heads = &self.heads;
+            let whole = move |out: &mut [u8], seq| {
+                let head = heads.put(out, seq);
+                head + body(&mut out[head..])
+            };
+            return self.publish_put(now_ms, wire::HEAD_ROOM + body_most, whole, full);
         }
         self.publish(now_ms, |out| {
             let start = out.len();
@@ -1340,6 +1384,26 @@ async fn sender(
     }
 }
 
+/// Whether this node's receivers name [`wire::OWN_PUT`] in their
+/// `Resume`. An earlier build's do not; `CHORUS_OWN_PUTS=no` in the
+/// environment makes this one's behave so (an own put read is then an
+/// error, as it is to an earlier build), for drills and tests of the
+/// widening its peers then do.
+fn reads_own_puts() -> bool {
+    static READS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *READS.get_or_init(|| std::env::var("CHORUS_OWN_PUTS").map_or(true, |v| v != "no"))
+}
+
+/// A relay batch's frames as a third node reads them: an own put names
+/// its origin only through the link it came on, so it goes widened.
+fn relayed(batch: &self::core::RelayBatch) -> Result<Vec<std::borrow::Cow<'_, [u8]>>, LinkError> {
+    batch
+        .frames
+        .iter()
+        .map(|f| wire::widen(f, batch.origin).map_err(LinkError::Protocol))
+        .collect()
+}
+
 /// `origin`'s heartbeat as the wire says it: our own, or one passed on.
 fn heartbeat_msg(origin: NodeId, hb: Heartbeat) -> ReplMsg {
     ReplMsg::Heartbeat {
@@ -1367,6 +1431,10 @@ async fn serve_peer(
     };
     let compress = repl.compress.load(Ordering::Relaxed) && accepts.iter().any(|a| a == wire::LZ4);
     info.compressing.store(compress, Ordering::Relaxed);
+    // A peer of an earlier build gets our own puts widened.
+    let own_puts = accepts.iter().any(|a| a == wire::OWN_PUT);
+    info.own_puts.store(own_puts, Ordering::Relaxed);
+    let widen_for = (!own_puts).then_some(repl.node);
     let max_message = repl.max_message.load(Ordering::Relaxed) as usize;
     let me = repl.node;
     // However this ends (an error, the task aborted by REPLICAOF REMOVE),
@@ -1392,7 +1460,15 @@ async fn serve_peer(
         let now = (repl.now_ms)();
         let mut plan = repl.core.lock().plan(&mut state, &acked, now);
         if let Some(frames) = plan.live.as_mut() {
-            send_live(&mut live, &mut frames.chunks, compress, max_message, info).await?;
+            send_live(
+                &mut live,
+                &mut frames.chunks,
+                widen_for,
+                compress,
+                max_message,
+                info,
+            )
+            .await?;
             info.sent_seq.store(frames.last, Ordering::Relaxed);
         }
         if let Some(hb) = plan.heartbeat.take() {
@@ -1406,7 +1482,7 @@ async fn serve_peer(
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
         }
         for batch in &plan.relay {
-            let payloads: Vec<&[u8]> = batch.frames.iter().map(|f| &f[..]).collect();
+            let payloads = relayed(batch)?;
             live.send_batch(&payloads).await?;
             info.relayed
                 .fetch_add(payloads.len() as u64, Ordering::Relaxed);
@@ -1454,7 +1530,7 @@ async fn serve_peer(
                 },
                 false => Transfer::Whole,
             };
-            let covered = state_transfer(ks, repl, link, info, kind).await?;
+            let covered = state_transfer(ks, repl, link, info, kind, widen_for).await?;
             state.transferred(me, &covered);
             log_waits = 0;
             info.sent_seq.store(state.sent_seq(), Ordering::Relaxed);
@@ -1463,7 +1539,7 @@ async fn serve_peer(
         let asked = info.repair_asked.lock().take();
         if let Some(scope) = asked {
             info!(peer = %info.addr, buckets = scope.buckets(), "repairing where the peer's state differs from ours");
-            state_transfer(ks, repl, link, info, Transfer::Repair(scope)).await?;
+            state_transfer(ks, repl, link, info, Transfer::Repair(scope), widen_for).await?;
             info.repairs.fetch_add(1, Ordering::Relaxed);
             continue;
         }
@@ -1563,20 +1639,31 @@ async fn send_from_log(
     .await
     .map_err(|e| LinkError::Protocol(format!("reading the delta log: {e}")))?;
     if let NumberedRead::Read { .. } = read {
-        send_live(live, &mut [framed.freeze()], compress, max, info).await?;
+        send_live(live, &mut [framed.freeze()], None, compress, max, info).await?;
     }
     Ok(read)
 }
 
 /// Sends pre-framed chunks of our own writes on the live stream, as one
 /// compressed batch when the link compresses and the batch is worth it.
+/// `widen_for`: our node, when the peer does not read own puts.
 async fn send_live(
     live: &mut FrameSender,
     chunks: &mut [bytes::Bytes],
+    widen_for: Option<NodeId>,
     compress: bool,
     max: usize,
     info: &PeerInfo,
 ) -> Result<(), LinkError> {
+    let mut widened;
+    let chunks = match widen_for.map(|me| wire::widen_framed(chunks, me, max)) {
+        Some(Ok(Some(wide))) => {
+            widened = [wide];
+            &mut widened[..]
+        }
+        Some(Err(e)) => return Err(LinkError::Protocol(e)),
+        Some(Ok(None)) | None => chunks,
+    };
     let len: usize = chunks.iter().map(|c| c.len()).sum();
     if !compress || len < wire::COMPRESS_FROM {
         live.send_framed(chunks).await?;
@@ -1789,6 +1876,7 @@ async fn state_transfer(
     link: &PeerLink,
     info: &PeerInfo,
     kind: Transfer,
+    widen_for: Option<NodeId>,
 ) -> Result<VersionVector, LinkError> {
     // Read what is applied first: anything numbered after it is sent live
     // later, anything up to it is already in the keyspace and so in the
@@ -1933,7 +2021,12 @@ async fn state_transfer(
         }
         let peer = NodeId(link.peer_node);
         let mut tail = repl.core.lock().transfer_tail(peer, &mut covered);
-        bulk.send_framed(&mut tail.own).await?;
+        let max = repl.max_message.load(Ordering::Relaxed) as usize;
+        match widen_for.map(|me| wire::widen_framed(&tail.own, me, max)) {
+            Some(Ok(Some(wide))) => bulk.send_framed(&mut [wide]).await?,
+            Some(Err(e)) => return Err(LinkError::Protocol(e)),
+            Some(Ok(None)) | None => bulk.send_framed(&mut tail.own).await?,
+        }
         // In pieces, as relaying sends them: a batch is copied whole into
         // one buffer, and the tail may hold every relay log.
         for piece in tail.others.chunks(self::core::RELAY_BATCH) {
@@ -2066,7 +2159,10 @@ async fn receive(
     let mut back = link.open(StreamKind::Live).await?;
     back.send(&send_msg(&ReplMsg::Resume {
         vv: repl.applied_vv(),
-        accepts: vec![wire::LZ4.to_string()],
+        accepts: match reads_own_puts() {
+            true => vec![wire::LZ4.to_string(), wire::OWN_PUT.to_string()],
+            false => vec![wire::LZ4.to_string()],
+        },
     })?)
     .await?;
     // Repair requests and leaf digests go back on the acknowledgement
@@ -2224,12 +2320,16 @@ async fn apply_stream(
     let mut publish_stalled = false;
     let mut frames = Frames::new(rx, repl.max_message.load(Ordering::Relaxed) as usize);
     let mut clock = StreamClock::new(ks, repl);
+    let reads_own_puts = reads_own_puts();
     while let Some(frame) = frames.next().await? {
         if ks.cold.is_some() {
             crate::flash::make_room_for_replicated(ks).await;
             clock.waited();
         }
-        let msg = wire::decode_msg(&frame)?;
+        let msg = match reads_own_puts {
+            true => wire::decode_from(peer, &frame)?,
+            false => wire::decode_msg(&frame)?,
+        };
         if !matches!(msg, ReplMsg::Delta { .. }) {
             // Its handling may wait (a digest, a send).
             clock.waited();
@@ -2692,7 +2792,14 @@ fn apply(
     let count = |live: Option<(NodeId, u64, bytes::Bytes)>| {
         if let Some((origin, seq, frame)) = live {
             if let Some(log) = repl.log.get() {
-                log.append(&frame);
+                // The log reads a write back without the link that named an
+                // own put's origin.
+                match wire::widen(&frame, origin) {
+                    Ok(wide) => {
+                        log.append(&wide);
+                    }
+                    Err(e) => warn!(%origin, seq, "a write applied could not be logged: {e}"),
+                }
             }
             repl.core.lock().applied(origin, seq, recent.ms, frame);
         }
@@ -2890,6 +2997,102 @@ mod tests {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as u64)
+    }
+
+    /// Without a log, a batch's plain writes of this node's own (SET, SET
+    /// with an expiry, DEL) go into the backlog as own puts, a third
+    /// shorter than their messages; a write outside a batch goes as a
+    /// message (`own_put_most` keeps the others out). Read with
+    /// the sender named, an own put is the message it stands for, and
+    /// widened (for the log, a third node, a peer of an earlier build) it
+    /// is that message's bytes.
+    #[test]
+    fn plain_writes_go_as_own_puts_that_widen_to_their_messages() {
+        let me = NodeId(1);
+        let mut ks = Keyspace::new(
+            1,
+            chorus_crdt::Clock::new(me, chorus_crdt::system_clock, Duration::from_millis(500)),
+        );
+        let repl = Replicator::new(me, 1 << 20, wall_ms);
+        ks.set_sink(repl.clone());
+        let set = |key: &[u8], value: Option<&[u8]>, expiry: u64| {
+            let mut locked = ks.lock(smallvec::smallvec![ks.shard_of(key)]);
+            ks.update(&mut locked, 0, key, wall_ms(), |w| w.set(value, expiry))
+                .expect("locked");
+        };
+        set(b"alone", Some(b"v"), 0);
+        let batch = ks.batch();
+        set(b"a", Some(b"value"), 0);
+        set(b"b", Some(b"v"), wall_ms() + 60_000);
+        set(b"a", None, 0);
+        drop(batch);
+
+        let backlog::Resume::Frames { chunks, .. } =
+            repl.core.lock().backlog_mut().read_from(1, usize::MAX)
+        else {
+            panic!("the writes are held");
+        };
+        let mut frames = chorus_transport::frame::Deframer::new(1 << 20);
+        let mut payloads = Vec::new();
+        for chunk in &chunks {
+            frames.push(chunk);
+            while let Some(p) = frames.next_message().expect("whole frames") {
+                payloads.push(p);
+            }
+        }
+        let own: Vec<bool> = payloads
+            .iter()
+            .map(|p| chorus_crdt::codec::is_own_put(p))
+            .collect();
+        assert_eq!(own, [false, true, true, true], "alone, a, b, a deleted");
+        let read: Vec<ReplMsg> = payloads
+            .iter()
+            .map(|p| wire::decode_from(me, p).expect("decodes"))
+            .collect();
+        for (i, msg) in read.iter().enumerate() {
+            let ReplMsg::Delta { origin, seq, .. } = msg else {
+                panic!("not a write: {msg:?}");
+            };
+            assert_eq!((*origin, *seq), (me, i as u64 + 1));
+        }
+        let ReplMsg::Delta {
+            delta: Delta::Key { key, state, .. },
+            ..
+        } = &read[3]
+        else {
+            panic!("a key's write");
+        };
+        assert_eq!(
+            (&key[..], state.reg.value.as_deref()),
+            (&b"a"[..], None),
+            "a delete"
+        );
+        // (Compared as encoded: `ReplMsg` has no equality.)
+        let same = |a: &ReplMsg, b: &ReplMsg| {
+            wire::encode_msg(a).expect("encodes") == wire::encode_msg(b).expect("encodes")
+        };
+        for (payload, msg) in payloads.iter().zip(&read) {
+            let wide = wire::widen(payload, me).expect("widens");
+            assert!(!chorus_crdt::codec::is_own_put(&wide));
+            assert!(same(&wire::decode_msg(&wide).expect("a message"), msg));
+        }
+        let wide = wire::widen_framed(&chunks, me, 1 << 20)
+            .expect("widens")
+            .expect("there were own puts");
+        let mut frames = chorus_transport::frame::Deframer::new(1 << 20);
+        frames.push(&wide);
+        let mut widened = Vec::new();
+        while let Some(p) = frames.next_message().expect("whole frames") {
+            assert!(!chorus_crdt::codec::is_own_put(&p));
+            widened.push(wire::decode_msg(&p).expect("a message"));
+        }
+        assert_eq!(widened.len(), read.len());
+        assert!(widened.iter().zip(&read).all(|(a, b)| same(a, b)));
+        assert_eq!(
+            wire::widen_framed(&chunks[..0], me, 1 << 20).expect("nothing"),
+            None,
+            "nothing to widen"
+        );
     }
 
     /// A write is numbered when made, batch or not; a batch's frames reach

@@ -115,24 +115,23 @@ pub(super) fn stage<F: FnOnce(&mut Vec<u8>)>(
     })
 }
 
-/// The largest body [`stage_put`] lays out; a larger one goes through
+/// The largest payload [`stage_put`] lays out; a larger one goes through
 /// [`stage`] (which also knows a payload too large for one fragment).
 /// Small, so that the room a write makes (and the buffer keeps) past the
 /// stage's hand-over size stays small.
-const PUT_MOST: usize = 4 * 1024;
+const PUT_MOST: usize = 4 * 1024 + wire::HEAD_ROOM;
 
-/// Stages write `seq`'s frame, like [`stage`], for a body of at most
-/// `most` bytes that `put` writes at the start of the slice it is given
-/// (returning how many): the frame's length, head and body are laid out
-/// in one stretch of the stage's buffer, made room for once, where
-/// appending each part took a capacity check, a copy and a cut of its
-/// own (most of what staging a SET cost). `Ok(true)`: the stage is big
-/// enough to publish now. `Err(put)`: no batch is open, or the body may
-/// be larger than this lays out.
+/// Stages write `seq`'s frame, like [`stage`], for a payload of at most
+/// `most` bytes that `put` writes whole (head and body, given the number)
+/// at the start of the slice it is given, returning how many: the frame's
+/// length and payload are laid out in one stretch of the stage's buffer,
+/// made room for once, where appending each part took a capacity check, a
+/// copy and a cut of its own (most of what staging a SET cost).
+/// `Ok(true)`: the stage is big enough to publish now. `Err(put)`: no
+/// batch is open, or the payload may be larger than this lays out.
 #[inline(always)]
-pub(super) fn stage_put<F: FnOnce(&mut [u8]) -> usize>(
+pub(super) fn stage_put<F: FnOnce(&mut [u8], u64) -> usize>(
     id: u64,
-    heads: &wire::Heads,
     seq: u64,
     now_ms: u64,
     most: usize,
@@ -145,14 +144,12 @@ pub(super) fn stage_put<F: FnOnce(&mut [u8]) -> usize>(
         let start = stage.writes.last().map_or(0, |w| w.1);
         // The buffer keeps the length it grew to: bytes past the last
         // frame are room, already made, for the next.
-        let room = start + HEADER_LEN + wire::HEAD_ROOM + most;
+        let room = start + HEADER_LEN + most;
         if stage.frames.len() < room {
             stage.frames.resize(room, 0);
         }
         let frame = &mut stage.frames[start..];
-        let head = heads.put(&mut frame[HEADER_LEN..], seq);
-        let body = put(&mut frame[HEADER_LEN + head..]);
-        let len = head + body;
+        let len = put(&mut frame[HEADER_LEN..], seq);
         frame[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         let end = start + HEADER_LEN + len;
         stage.writes.push((seq, end, now_ms));

@@ -433,6 +433,72 @@ pub fn decompress(lz4: &[u8], max: usize) -> Result<Vec<u8>, Decompress> {
     lz4_flex::block::decompress_size_prepended(lz4).map_err(|e| Decompress::Corrupt(e.to_string()))
 }
 
+/// What a receiver names in its `Resume` when it reads own puts
+/// ([`chorus_crdt::codec::put_own_put`]): a sender's plain writes of its
+/// own then go as those, a third shorter than `ReplMsg::Delta`. To a
+/// receiver that does not name it (an earlier build), the sender widens
+/// them back ([`widen_framed`]).
+pub const OWN_PUT: &str = "own-put";
+
+/// Decodes a message that `peer` sent: an own put is `peer`'s write
+/// ([`chorus_crdt::codec::put_own_put`]), anything else as [`decode_msg`]
+/// reads it.
+pub fn decode_from(peer: NodeId, bytes: &[u8]) -> Result<ReplMsg, chorus_crdt::DecodeError> {
+    if chorus_crdt::codec::is_own_put(bytes) {
+        let (seq, delta) = chorus_crdt::codec::decode_own_put(bytes, peer)?;
+        return Ok(ReplMsg::Delta {
+            origin: peer,
+            seq,
+            delta,
+        });
+    }
+    decode_msg(bytes)
+}
+
+/// `payload` as every reader takes it: an own put of `origin`'s as the
+/// `ReplMsg::Delta` of the same write (for the delta log, for a peer of an
+/// earlier build, for passing on to a third node, none of which knows the
+/// origin from the link); anything else as it is.
+pub(crate) fn widen(payload: &[u8], origin: NodeId) -> Result<std::borrow::Cow<'_, [u8]>, String> {
+    if !chorus_crdt::codec::is_own_put(payload) {
+        return Ok(std::borrow::Cow::Borrowed(payload));
+    }
+    let (seq, delta) =
+        chorus_crdt::codec::decode_own_put(payload, origin).map_err(|e| e.to_string())?;
+    let Delta::Key { db, key, state } = delta else {
+        unreachable!("an own put reads as a key's delta");
+    };
+    let mut out = Vec::with_capacity(payload.len() + 2 * MAX_VARINT);
+    Heads::new(origin).append(&mut out, seq);
+    append_own_key_body(&mut out, origin, db, &key, &state).map_err(|e| e.to_string())?;
+    Ok(std::borrow::Cow::Owned(out))
+}
+
+/// Pre-framed chunks of `origin`'s writes with every own put among them
+/// widened ([`widen`]), framed again, for a receiver that does not read
+/// own puts. `None` when there was none to widen.
+pub(crate) fn widen_framed(
+    chunks: &[bytes::Bytes],
+    origin: NodeId,
+    max_message: usize,
+) -> Result<Option<bytes::Bytes>, String> {
+    let mut frames = chorus_transport::frame::Deframer::new(max_message);
+    let mut out = bytes::BytesMut::new();
+    let mut widened = false;
+    for chunk in chunks {
+        frames.push(chunk);
+        while let Some(payload) = frames.next_message().map_err(|e| e.to_string())? {
+            let wide = widen(&payload, origin)?;
+            widened |= matches!(wide, std::borrow::Cow::Owned(_));
+            chorus_transport::frame::append_framed(&mut out, &wide);
+        }
+    }
+    if !frames.is_idle() {
+        return Err("the backlog's chunks end mid-frame".into());
+    }
+    Ok(widened.then(|| out.freeze()))
+}
+
 /// Decodes a message off a link: a write's register stamp or dots its
 /// origin left implied ([`append_own_key_body`], [`append_one_body`])
 /// name the origin again.
