@@ -407,6 +407,10 @@ fn section_body(server: &Server, all: &mut Locked<'_>, section: &str, out: &mut 
                 );
                 line("repairs_asked", &repl.repairs_asked.load(Ordering::Relaxed));
                 line(
+                    "own_puts_received",
+                    &repl.own_puts_received.load(Ordering::Relaxed),
+                );
+                line(
                     "repair_offers_compared",
                     &repl.offers_compared.load(Ordering::Relaxed),
                 );

@@ -3296,10 +3296,9 @@ fn a_receiver_logs_a_peers_own_puts_as_whole_writes() {
     });
     write_own_puts(&mut ca);
     wait_until("B to apply them", || holds_own_puts(&mut cb));
-    assert!(
-        info_field(&mut ca, "peer0").contains("own_puts=yes"),
-        "sent as own puts"
-    );
+    assert!(info_field(&mut ca, "peer0").contains("own_puts=yes"));
+    let received: u64 = info_field(&mut cb, "own_puts_received").parse().unwrap();
+    assert!(received >= 103, "they came as own puts: {received}");
     drop((ca, a));
     // Killed (SIGKILL), then back alone: what it holds comes from its log.
     drop((cb, b));
@@ -3330,4 +3329,9 @@ fn a_peer_that_does_not_read_own_puts_gets_them_widened() {
         peer.ends_with("last_error="),
         "the link never failed: {peer}"
     );
+    assert_eq!(info_field(&mut cb, "own_puts_received"), "0");
+    // The other way, B's writes go to A as own puts.
+    q::<()>(&mut cb, &["SET", "from-b", "1"]);
+    wait_until("A to apply it", || get(&mut ca, "from-b").is_some());
+    assert_ne!(info_field(&mut ca, "own_puts_received"), "0");
 }

@@ -221,10 +221,17 @@ pub fn put_plain_key_delta(
     w.at
 }
 
-/// The first byte of an own put ([`put_own_put`]). Messages start with
-/// their format version, which is under 0x80, so an own put never reads
-/// as one.
-pub const OWN_PUT_TAG: u8 = 0xf1;
+/// The first byte of an own put ([`put_own_put`]) is this, with
+/// [`OWN_PUT_VALUE`], [`OWN_PUT_EXPIRY`] and [`OWN_PUT_DB`] as its low
+/// bits. Messages start with their format version, which is under 0x80,
+/// so an own put never reads as one.
+pub const OWN_PUT_TAG: u8 = 0xf0;
+/// The write holds a value (a SET; without it, a DEL).
+const OWN_PUT_VALUE: u8 = 1;
+/// An expiry follows the time (without it, none).
+const OWN_PUT_EXPIRY: u8 = 2;
+/// A database follows the number (without it, database 0).
+const OWN_PUT_DB: u8 = 4;
 
 /// The room [`put_own_put`] needs for `state`, or `None` when `state` is
 /// not an own put: a plain register written by `origin` itself.
@@ -252,56 +259,75 @@ pub fn own_put_most(key: &[u8], state: &KeyState, origin: NodeId) -> Option<usiz
 }
 
 /// A node's own plain register write (a SET, a DEL) as a whole message for
-/// a peer that knows the sender: `(tag, seq, db, key, time, expiry, value)`,
-/// the time in eight fixed bytes, the origin (and the stamp's node, the
-/// same) left to the link. A `ReplMsg::Delta` names the origin in a
-/// ten-byte varint and takes the time as a ten-byte one: the own put is a
-/// third shorter for a 16-byte key, and each byte a link carries costs its
-/// writer about 1.6 ns (docs/benchmarks.md, session 49). `out` holds
-/// [`own_put_most`]'s room; returns how many bytes it took.
+/// a peer that knows the sender: the tag (its low bits saying which of db,
+/// expiry and value follow), the number, the db unless 0, the key, the
+/// time in eight fixed bytes, the expiry unless none, the value unless a
+/// delete; the origin (and the stamp's node, the same) left to the link.
+/// A `ReplMsg::Delta` names the origin in a ten-byte varint and takes the
+/// time as a ten-byte one: the own put of a SET with a 16-byte key and a
+/// 3-byte value takes 33 bytes where the message took 53, and each byte a
+/// link carries costs its writer about 1.6 ns (docs/benchmarks.md, session
+/// 49). `out` holds [`own_put_most`]'s room; returns how many bytes it
+/// took.
 #[inline]
 pub fn put_own_put(out: &mut [u8], seq: u64, db: u32, key: &[u8], state: &KeyState) -> usize {
     let reg = &state.reg;
+    let value = reg.value.as_deref();
     let mut w = Slot { out, at: 0 };
-    w.byte(OWN_PUT_TAG);
+    w.byte(
+        OWN_PUT_TAG
+            | if value.is_some() { OWN_PUT_VALUE } else { 0 }
+            | if reg.expire_at_ms != 0 {
+                OWN_PUT_EXPIRY
+            } else {
+                0
+            }
+            | if db != 0 { OWN_PUT_DB } else { 0 },
+    );
     w.varint(seq);
-    w.varint(db as u64);
+    if db != 0 {
+        w.varint(db as u64);
+    }
     w.varint(key.len() as u64);
     w.bytes(key);
     w.prefix(&reg.stamp.time.to_le_bytes(), 8);
-    w.varint(reg.expire_at_ms);
-    match reg.value.as_deref() {
-        None => w.byte(0),
-        Some(v) => {
-            w.byte(1);
-            w.varint(v.len() as u64);
-            w.bytes(v);
-        }
+    if reg.expire_at_ms != 0 {
+        w.varint(reg.expire_at_ms);
+    }
+    if let Some(v) = value {
+        w.varint(v.len() as u64);
+        w.bytes(v);
     }
     w.at
 }
 
 /// Whether `payload` is an own put (see [`put_own_put`]).
 pub fn is_own_put(payload: &[u8]) -> bool {
-    payload.first() == Some(&OWN_PUT_TAG)
+    payload.first().is_some_and(|b| b & !7 == OWN_PUT_TAG)
 }
 
 /// `(seq, delta)` of an own put that `origin` sent.
 pub fn decode_own_put(bytes: &[u8], origin: NodeId) -> Result<(u64, Delta), DecodeError> {
     let bad = |e: postcard::Error| DecodeError::Malformed(e);
     let mut r = Reader(bytes);
-    if r.byte()? != OWN_PUT_TAG {
+    let tag = r.byte()?;
+    if tag & !7 != OWN_PUT_TAG {
         return Err(bad(postcard::Error::DeserializeBadEnum));
     }
     let seq = r.varint()?;
-    let db = u32::try_from(r.varint()?).map_err(|_| bad(postcard::Error::DeserializeBadVarint))?;
+    let db = match tag & OWN_PUT_DB {
+        0 => 0,
+        _ => u32::try_from(r.varint()?).map_err(|_| bad(postcard::Error::DeserializeBadVarint))?,
+    };
     let key = r.string()?.to_vec();
     let time = u64::from_le_bytes(r.fixed::<8>()?);
-    let expire_at_ms = r.varint()?;
-    let value = match r.byte()? {
+    let expire_at_ms = match tag & OWN_PUT_EXPIRY {
+        0 => 0,
+        _ => r.varint()?,
+    };
+    let value = match tag & OWN_PUT_VALUE {
         0 => None,
-        1 => Some(Box::<[u8]>::from(r.string()?)),
-        _ => return Err(bad(postcard::Error::DeserializeBadOption)),
+        _ => Some(Box::<[u8]>::from(r.string()?)),
     };
     if !r.0.is_empty() {
         return Err(DecodeError::Trailing(r.0.len()));
@@ -2255,16 +2281,26 @@ mod tests {
             let mut room = vec![0xee; most + 3];
             let len = put_own_put(&mut room, seq, db, &key, &state);
             prop_assert!(room[most..].iter().all(|&b| b == 0xee), "wrote past its most");
-            let fields = (
-                seq,
-                db,
-                serde_bytes::ByteBuf::from(key.clone()),
-                time.to_le_bytes(),
-                expire,
-                value.map(serde_bytes::ByteBuf::from),
-            );
-            let mut serde = vec![OWN_PUT_TAG];
-            serde.extend(postcard::to_allocvec(&fields).expect("encodes"));
+            // Serde's bytes of each field there is, after the tag.
+            fn field<T: Serialize>(v: &T) -> Vec<u8> {
+                postcard::to_allocvec(v).expect("encodes")
+            }
+            let mut serde = vec![OWN_PUT_TAG
+                | u8::from(value.is_some())
+                | if expire != 0 { 2 } else { 0 }
+                | if db != 0 { 4 } else { 0 }];
+            serde.extend(field(&seq));
+            if db != 0 {
+                serde.extend(field(&db));
+            }
+            serde.extend(field(&serde_bytes::ByteBuf::from(key.clone())));
+            serde.extend(time.to_le_bytes());
+            if expire != 0 {
+                serde.extend(field(&expire));
+            }
+            if let Some(v) = &value {
+                serde.extend(field(&serde_bytes::ByteBuf::from(v.clone())));
+            }
             prop_assert_eq!(&room[..len], &serde[..]);
             prop_assert!(is_own_put(&room[..len]));
 

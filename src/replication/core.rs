@@ -148,8 +148,10 @@ pub struct RelayBatch {
 pub struct TransferTail {
     /// Our own writes, framed.
     pub own: Vec<bytes::Bytes>,
-    /// Other origins' writes, as frame payloads.
-    pub others: Vec<bytes::Bytes>,
+    /// Other origins' writes, as frame payloads, each with its origin (an
+    /// own put names it only through the link it came on: the sender
+    /// widens it, outside the core's lock).
+    pub others: Vec<(NodeId, bytes::Bytes)>,
 }
 
 /// What one peer last acknowledged, and the node id its link reported
@@ -521,17 +523,10 @@ impl Core {
                 continue;
             }
             if let Relayed::Frames(frames) = self.relay.due(origin, from, u64::MAX, 0, usize::MAX) {
-                for (seq, frame) in frames {
-                    // A third node reads them: an own put names its origin
-                    // only through the link it came on. (It was read to be
-                    // applied; one that could not be widened stops the
-                    // origin here, which the repair covers.)
-                    match super::wire::widen(&frame, origin) {
-                        Ok(std::borrow::Cow::Borrowed(_)) => tail.others.push(frame),
-                        Ok(std::borrow::Cow::Owned(wide)) => tail.others.push(wide.into()),
-                        Err(_) => break,
-                    }
-                    covered.advance(origin, seq);
+                if let Some(&(last, _)) = frames.last() {
+                    covered.advance(origin, last);
+                    tail.others
+                        .extend(frames.into_iter().map(|(_, f)| (origin, f)));
                 }
             }
         }
@@ -1065,7 +1060,9 @@ mod tests {
         let tail = core.transfer_tail(NodeId(2), &mut covered);
         let own: Vec<(NodeId, u64)> = frames(&tail.own).iter().map(|f| (f.0, f.1)).collect();
         assert_eq!(own, vec![(a, 2), (a, 3)]);
-        assert_eq!(payload_seqs(&tail.others), vec![(c, 2)]);
+        let others: Vec<bytes::Bytes> = tail.others.iter().map(|(_, f)| f.clone()).collect();
+        assert_eq!(payload_seqs(&others), vec![(c, 2)]);
+        assert!(tail.others.iter().all(|(origin, _)| *origin == c));
         assert_eq!((covered.get(a), covered.get(c)), (3, 2), "and covers them");
         let again = core.transfer_tail(NodeId(2), &mut covered);
         assert!(again.own.is_empty() && again.others.is_empty());

@@ -236,6 +236,8 @@ pub struct Replicator {
     /// Digests a peer offered that differed from ours with the same writes
     /// applied (each answered by a repair request).
     pub repairs_asked: AtomicU64,
+    /// Peers' writes that came as own puts (INFO `own_puts_received`).
+    pub own_puts_received: AtomicU64,
     /// Digests a peer offered that were not compared: our GC floor past
     /// the offer's (see `GC_STEP`), or our digest holding more than
     /// `MOST_WRITES_AHEAD` writes the offer's vector does not count.
@@ -392,6 +394,7 @@ impl Replicator {
             peers: Mutex::new(Vec::new()),
             drift_events: AtomicU64::new(0),
             repairs_asked: AtomicU64::new(0),
+            own_puts_received: AtomicU64::new(0),
             offers_skipped: AtomicU64::new(0),
             offers_compared: AtomicU64::new(0),
             repair_interval_ms: AtomicU64::new(30_000),
@@ -2030,7 +2033,11 @@ async fn state_transfer(
         // In pieces, as relaying sends them: a batch is copied whole into
         // one buffer, and the tail may hold every relay log.
         for piece in tail.others.chunks(self::core::RELAY_BATCH) {
-            bulk.send_batch(piece).await?;
+            let payloads = piece
+                .iter()
+                .map(|(origin, f)| wire::widen(f, *origin).map_err(LinkError::Protocol))
+                .collect::<Result<Vec<_>, _>>()?;
+            bulk.send_batch(&payloads).await?;
         }
     }
     bulk.send(&send_msg(&ReplMsg::SnapshotDone {
@@ -2327,8 +2334,11 @@ async fn apply_stream(
             clock.waited();
         }
         let msg = match reads_own_puts {
-            true => wire::decode_from(peer, &frame)?,
-            false => wire::decode_msg(&frame)?,
+            true if chorus_crdt::codec::is_own_put(&frame) => {
+                repl.own_puts_received.fetch_add(1, Ordering::Relaxed);
+                wire::decode_from(peer, &frame)?
+            }
+            _ => wire::decode_msg(&frame)?,
         };
         if !matches!(msg, ReplMsg::Delta { .. }) {
             // Its handling may wait (a digest, a send).

@@ -150,6 +150,9 @@ pub(super) fn stage_put<F: FnOnce(&mut [u8], u64) -> usize>(
         }
         let frame = &mut stage.frames[start..];
         let len = put(&mut frame[HEADER_LEN..], seq);
+        // (The slice runs to the end of the kept buffer: a room undercounted
+        // would not always panic.)
+        debug_assert!(len <= most, "a payload past its room");
         frame[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
         let end = start + HEADER_LEN + len;
         stage.writes.push((seq, end, now_ms));
